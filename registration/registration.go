@@ -1,0 +1,222 @@
+// Package registration holds the rules of registration entries and
+// selectors: parsing and validating them, matching a workload's selectors
+// against an entry, and the SPIFFE IDs Sigil reserves for itself.
+package registration
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// ReservedPath is the path prefix under which Sigil names its own servers
+// and agents. No registration entry may hand out an ID under it.
+const ReservedPath = "/sigil/"
+
+// Limits on entry fields.
+const (
+	MaxSelectors  = 64
+	MaxDNSNames   = 64
+	MaxTTLSeconds = 365 * 24 * 3600
+)
+
+// ServerID is the SPIFFE ID of the server node named node.
+func ServerID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "sigil", "server", node)
+}
+
+// ServersID is the parent ID of node alias entries: an entry parented to it
+// names a group of agents by their node selectors.
+func ServersID(td spiffeid.TrustDomain) spiffeid.ID {
+	id, _ := spiffeid.FromSegments(td, "sigil", "server")
+	return id
+}
+
+// AgentID is the SPIFFE ID of an agent attested by attestor with the given
+// attestor-specific id.
+func AgentID(td spiffeid.TrustDomain, attestor, id string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "sigil", "agent", attestor, id)
+}
+
+// IsAgentID reports whether id names a Sigil agent.
+func IsAgentID(id spiffeid.ID) bool {
+	return strings.HasPrefix(id.Path(), "/sigil/agent/")
+}
+
+// IsServerID reports whether id names a Sigil server node.
+func IsServerID(id spiffeid.ID) bool {
+	return strings.HasPrefix(id.Path(), "/sigil/server/")
+}
+
+// IsReserved reports whether id lies under the reserved /sigil/ path.
+func IsReserved(id spiffeid.ID) bool {
+	return id.Path() == "/sigil" || strings.HasPrefix(id.Path(), ReservedPath)
+}
+
+// ParseSelector parses "type:value", for example "unix:uid:1000". The type
+// is everything before the first colon.
+func ParseSelector(s string) (*sigilv1.Selector, error) {
+	typ, value, ok := strings.Cut(s, ":")
+	sel := &sigilv1.Selector{Type: typ, Value: value}
+	if !ok {
+		return nil, fmt.Errorf("registration: selector %q: want type:value", s)
+	}
+	if err := ValidateSelector(sel); err != nil {
+		return nil, err
+	}
+	return sel, nil
+}
+
+// FormatSelector is the inverse of ParseSelector.
+func FormatSelector(s *sigilv1.Selector) string {
+	return s.GetType() + ":" + s.GetValue()
+}
+
+// ValidateSelector checks a selector's type and value.
+func ValidateSelector(s *sigilv1.Selector) error {
+	if s == nil {
+		return errors.New("registration: selector is missing")
+	}
+	if s.Type == "" {
+		return errors.New("registration: selector type is empty")
+	}
+	if strings.ContainsAny(s.Type, ": \t\n") {
+		return fmt.Errorf("registration: selector type %q may not contain colons or whitespace", s.Type)
+	}
+	for _, r := range s.Type {
+		if !(r == '_' || r == '-' || r == '.' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')) {
+			return fmt.Errorf("registration: selector type %q has invalid character %q", s.Type, r)
+		}
+	}
+	if s.Value == "" {
+		return fmt.Errorf("registration: selector %q has an empty value", s.Type)
+	}
+	if strings.ContainsAny(s.Value, "\n\r\x00") {
+		return fmt.Errorf("registration: selector %q value has control characters", s.Type)
+	}
+	return nil
+}
+
+// Validate checks an entry as the admin API receives it (id, revision and
+// created_at are the server's to set and are not checked). td is the
+// server's trust domain.
+func Validate(td spiffeid.TrustDomain, e *sigilv1.Entry) error {
+	if e == nil {
+		return errors.New("registration: entry is missing")
+	}
+	id, err := spiffeid.FromString(e.SpiffeId)
+	if err != nil {
+		return fmt.Errorf("registration: invalid spiffe_id %q: %w", e.SpiffeId, err)
+	}
+	if id.TrustDomain() != td {
+		return fmt.Errorf("registration: spiffe_id %q is not in trust domain %q", e.SpiffeId, td)
+	}
+	if id.Path() == "" {
+		return fmt.Errorf("registration: spiffe_id %q has no path", e.SpiffeId)
+	}
+	if IsReserved(id) {
+		return fmt.Errorf("registration: spiffe_id %q is under the reserved path %s", e.SpiffeId, ReservedPath)
+	}
+	parent, err := spiffeid.FromString(e.ParentId)
+	if err != nil {
+		return fmt.Errorf("registration: invalid parent_id %q: %w", e.ParentId, err)
+	}
+	if parent.TrustDomain() != td {
+		return fmt.Errorf("registration: parent_id %q is not in trust domain %q", e.ParentId, td)
+	}
+	if parent == id {
+		return fmt.Errorf("registration: parent_id equals spiffe_id %q", e.SpiffeId)
+	}
+	if len(e.Selectors) == 0 {
+		return errors.New("registration: entry needs at least one selector")
+	}
+	if len(e.Selectors) > MaxSelectors {
+		return fmt.Errorf("registration: entry has %d selectors, at most %d allowed", len(e.Selectors), MaxSelectors)
+	}
+	seen := make(map[string]bool, len(e.Selectors))
+	for _, s := range e.Selectors {
+		if err := ValidateSelector(s); err != nil {
+			return err
+		}
+		k := FormatSelector(s)
+		if seen[k] {
+			return fmt.Errorf("registration: duplicate selector %q", k)
+		}
+		seen[k] = true
+	}
+	if e.X509SvidTtl < 0 || e.X509SvidTtl > MaxTTLSeconds {
+		return fmt.Errorf("registration: x509_svid_ttl %d out of range [0, %d]", e.X509SvidTtl, MaxTTLSeconds)
+	}
+	if e.JwtSvidTtl < 0 || e.JwtSvidTtl > MaxTTLSeconds {
+		return fmt.Errorf("registration: jwt_svid_ttl %d out of range [0, %d]", e.JwtSvidTtl, MaxTTLSeconds)
+	}
+	if len(e.DnsNames) > MaxDNSNames {
+		return fmt.Errorf("registration: entry has %d DNS names, at most %d allowed", len(e.DnsNames), MaxDNSNames)
+	}
+	for _, d := range e.DnsNames {
+		if err := validateDNSName(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validateDNSName(d string) error {
+	name := strings.TrimPrefix(d, "*.")
+	if name == "" || len(d) > 253 {
+		return fmt.Errorf("registration: invalid DNS name %q", d)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("registration: invalid DNS name %q", d)
+		}
+		for _, r := range label {
+			if !(r == '-' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')) {
+				return fmt.Errorf("registration: invalid DNS name %q", d)
+			}
+		}
+	}
+	return nil
+}
+
+// SelectorSet is a set of selectors keyed by "type:value".
+type SelectorSet map[string]struct{}
+
+// NewSelectorSet builds a set from selectors.
+func NewSelectorSet(sels []*sigilv1.Selector) SelectorSet {
+	s := make(SelectorSet, len(sels))
+	for _, sel := range sels {
+		s[FormatSelector(sel)] = struct{}{}
+	}
+	return s
+}
+
+// Contains reports whether every selector of sels is in the set: the rule
+// by which a workload (or node) with this set matches an entry with sels.
+func (s SelectorSet) Contains(sels []*sigilv1.Selector) bool {
+	if len(sels) == 0 {
+		return false
+	}
+	for _, sel := range sels {
+		if _, ok := s[FormatSelector(sel)]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Key returns a canonical string for an entry's identity (spiffe_id,
+// parent_id and sorted selectors), used to refuse duplicate entries.
+func Key(e *sigilv1.Entry) string {
+	sels := make([]string, 0, len(e.Selectors))
+	for _, s := range e.Selectors {
+		sels = append(sels, FormatSelector(s))
+	}
+	sort.Strings(sels)
+	return e.SpiffeId + "\x00" + e.ParentId + "\x00" + strings.Join(sels, "\x00")
+}
