@@ -1,0 +1,59 @@
+package workloadapi
+
+import (
+	"crypto"
+	"crypto/x509"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// X509Identity is one X.509-SVID that the agent holds for a registration
+// entry, with its private key (which never leaves the node).
+type X509Identity struct {
+	EntryID  string
+	SPIFFEID spiffeid.ID
+	// Chain is the SVID, leaf first.
+	Chain      []*x509.Certificate
+	PrivateKey crypto.Signer
+	Hint       string
+}
+
+// X509Snapshot is what a workload is entitled to at one moment.
+type X509Snapshot struct {
+	// Identities are the SVIDs of every entry the workload matches; empty
+	// means the workload is entitled to nothing.
+	Identities []X509Identity
+	// Bundle is the agent's own trust domain bundle.
+	Bundle *x509bundle.Bundle
+	// Federated holds the bundles of federated trust domains, keyed by
+	// trust domain; it may be nil.
+	Federated map[spiffeid.TrustDomain]*x509bundle.Bundle
+}
+
+// Cache is the agent's store of entries, SVIDs and bundles as the Workload
+// API sees it. The agent implements it; NewMemoryCache is an in-memory
+// implementation for tests.
+type Cache interface {
+	// SubscribeX509 subscribes to the X.509 material for a workload with
+	// the given attested selectors. An entry matches when every one of its
+	// selectors is among them.
+	//
+	// The subscription delivers a first snapshot as soon as every matching
+	// entry has an SVID (at once when nothing matches, with no
+	// identities), then a new snapshot on every change: rotation, an entry
+	// added, changed or deleted, a bundle change.
+	SubscribeX509(selectors []*sigilv1.Selector) X509Subscription
+}
+
+// X509Subscription is one workload's view of the cache.
+type X509Subscription interface {
+	// Updates delivers snapshots. Only the latest matters: an
+	// implementation may drop a snapshot that has not been received yet
+	// when a newer one replaces it.
+	Updates() <-chan *X509Snapshot
+	// Close ends the subscription and releases its resources.
+	Close()
+}
