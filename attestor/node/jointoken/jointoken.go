@@ -1,0 +1,114 @@
+// Package jointoken is the join token node attestor. An operator creates a
+// random single-use token on the server (only its SHA-256 hash is stored)
+// and hands it to the agent, which presents it once to attest its node.
+//
+// The agent's id is the first 32 hex characters of the token's hash, so the
+// agent's SPIFFE ID is spiffe://<td>/sigil/agent/join_token/<id> and neither
+// the ID nor any selector reveals the token itself.
+package jointoken
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node"
+)
+
+// Name is the attestor name.
+const Name = "join_token"
+
+// tokenBytes is the entropy of a token; its hex form has twice as many
+// characters.
+const tokenBytes = 32
+
+// ErrMalformed is wrapped by errors about a token that is not 64 lowercase
+// hex characters.
+var ErrMalformed = errors.New("join token is malformed: want 64 lowercase hex characters")
+
+// Generate returns a new token: 32 bytes from crypto/rand, hex-encoded (64
+// characters).
+func Generate() (string, error) {
+	var b [tokenBytes]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("jointoken: generating token: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// Hash returns the hex SHA-256 of token: what the server stores and consumes.
+func Hash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// AgentIDSegment returns the first 32 hex characters of Hash(token): the
+// <ID> part of the agent's SPIFFE ID.
+func AgentIDSegment(token string) string {
+	return Hash(token)[:32]
+}
+
+// Validate reports whether token is well-formed (64 lowercase hex
+// characters). The error never contains the token.
+func Validate(token string) error {
+	if len(token) != 2*tokenBytes {
+		return fmt.Errorf("jointoken: %w (got %d characters)", ErrMalformed, len(token))
+	}
+	for i := 0; i < len(token); i++ {
+		c := token[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return fmt.Errorf("jointoken: %w (invalid character at position %d)", ErrMalformed, i)
+		}
+	}
+	return nil
+}
+
+type verifier struct{}
+
+// NewVerifier returns the server half. Verify takes the token itself as the
+// payload; the caller must consume Result.ConsumeJoinTokenHash atomically
+// with recording the attestation, which is what makes the token single-use.
+func NewVerifier() node.Verifier { return verifier{} }
+
+func (verifier) Name() string { return Name }
+
+func (verifier) Verify(ctx context.Context, payload []byte) (*node.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	token := string(payload)
+	if err := Validate(token); err != nil {
+		return nil, err
+	}
+	id := AgentIDSegment(token)
+	return &node.Result{
+		ID:                   id,
+		Selectors:            []*sigilv1.Selector{{Type: Name, Value: id}},
+		ConsumeJoinTokenHash: Hash(token),
+	}, nil
+}
+
+type attestor struct{ token string }
+
+// NewAttestor returns the agent half, which presents token. Surrounding
+// white space (a trailing newline from a file) is ignored.
+func NewAttestor(token string) node.Attestor {
+	return attestor{token: strings.TrimSpace(token)}
+}
+
+func (attestor) Name() string { return Name }
+
+func (a attestor) Payload(ctx context.Context) ([]byte, error) {
+	if a.token == "" {
+		return nil, errors.New("jointoken: no join token configured")
+	}
+	if err := Validate(a.token); err != nil {
+		return nil, err
+	}
+	return []byte(a.token), nil
+}

@@ -1,0 +1,160 @@
+package jointoken_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-id/sigil/attestor/node/jointoken"
+)
+
+const known = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+func TestGenerate(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 100; i++ {
+		tok, err := jointoken.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := jointoken.Validate(tok); err != nil {
+			t.Fatalf("generated token is malformed: %v", err)
+		}
+		if seen[tok] {
+			t.Fatal("duplicate token")
+		}
+		seen[tok] = true
+	}
+}
+
+func TestHashAndSegment(t *testing.T) {
+	sum := sha256.Sum256([]byte(known))
+	want := hex.EncodeToString(sum[:])
+	if got := jointoken.Hash(known); got != want {
+		t.Errorf("Hash = %s, want %s", got, want)
+	}
+	if got := jointoken.AgentIDSegment(known); got != want[:32] || len(got) != 32 {
+		t.Errorf("AgentIDSegment = %s, want %s", got, want[:32])
+	}
+	if jointoken.Hash(known) == jointoken.Hash(strings.Replace(known, "0", "1", 1)) {
+		t.Error("different tokens hash alike")
+	}
+	// The segment must be a valid SPIFFE ID path segment.
+	if _, err := spiffeid.FromSegments(spiffeid.RequireTrustDomainFromString("example.org"),
+		"sigil", "agent", jointoken.Name, jointoken.AgentIDSegment(known)); err != nil {
+		t.Errorf("segment is not a valid path segment: %v", err)
+	}
+}
+
+func TestVerify(t *testing.T) {
+	v := jointoken.NewVerifier()
+	if v.Name() != "join_token" {
+		t.Errorf("Name = %q", v.Name())
+	}
+	tests := []struct {
+		name    string
+		payload string
+		wantErr bool
+	}{
+		{"valid", known, false},
+		{"empty", "", true},
+		{"short", known[:63], true},
+		{"long", known + "0", true},
+		{"uppercase", strings.ToUpper(known), true},
+		{"non hex", strings.Replace(known, "a", "g", 1), true},
+		{"trailing newline", known[:63] + "\n", true},
+		{"surrounding space", " " + known + " ", true},
+		{"multibyte", strings.Repeat("é", 32), true},
+		{"nul", known[:63] + "\x00", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := v.Verify(context.Background(), []byte(tt.payload))
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("accepted %q: %+v", tt.payload, res)
+				}
+				if !errors.Is(err, jointoken.ErrMalformed) {
+					t.Errorf("err = %v, want ErrMalformed", err)
+				}
+				if len(tt.payload) > 8 && strings.Contains(err.Error(), strings.TrimSpace(tt.payload)) {
+					t.Errorf("error echoes the token: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			seg := jointoken.AgentIDSegment(tt.payload)
+			if res.ID != seg {
+				t.Errorf("ID = %q, want %q", res.ID, seg)
+			}
+			if len(res.Selectors) != 1 || res.Selectors[0].GetType() != "join_token" || res.Selectors[0].GetValue() != seg {
+				t.Errorf("Selectors = %v", res.Selectors)
+			}
+			if res.ConsumeJoinTokenHash != jointoken.Hash(tt.payload) {
+				t.Errorf("ConsumeJoinTokenHash = %q", res.ConsumeJoinTokenHash)
+			}
+			if strings.Contains(res.ID, tt.payload) || strings.Contains(res.ConsumeJoinTokenHash, tt.payload) {
+				t.Error("result reveals the token")
+			}
+		})
+	}
+}
+
+func TestVerifyCanceled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := jointoken.NewVerifier().Verify(ctx, []byte(known)); err == nil {
+		t.Error("Verify ignored a canceled context")
+	}
+}
+
+func TestAttestor(t *testing.T) {
+	tests := []struct {
+		name    string
+		token   string
+		want    string
+		wantErr string
+	}{
+		{"valid", known, known, ""},
+		{"trailing newline from a file", known + "\n", known, ""},
+		{"empty", "", "", "no join token"},
+		{"blank", " \n", "", "no join token"},
+		{"malformed", "not-a-token", "", "malformed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := jointoken.NewAttestor(tt.token)
+			if a.Name() != jointoken.Name {
+				t.Errorf("Name = %q", a.Name())
+			}
+			p, err := a.Payload(context.Background())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(p) != tt.want {
+				t.Errorf("payload = %q, want %q", p, tt.want)
+			}
+			// Round trip: the server accepts what the agent sends.
+			res, err := jointoken.NewVerifier().Verify(context.Background(), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ID != jointoken.AgentIDSegment(tt.want) {
+				t.Errorf("round trip ID = %q", res.ID)
+			}
+		})
+	}
+}

@@ -1,0 +1,197 @@
+package unix
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/workload"
+)
+
+func values(t *testing.T, sels []*sigilv1.Selector) []string {
+	t.Helper()
+	var out []string
+	for _, s := range sels {
+		if s.GetType() != Name {
+			t.Fatalf("selector type %q, want %q", s.GetType(), Name)
+		}
+		out = append(out, s.GetValue())
+	}
+	return out
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func wantContains(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("selectors %q lack %q", got, w)
+		}
+	}
+}
+
+func TestName(t *testing.T) {
+	if got := New().Name(); got != "unix" {
+		t.Fatalf("Name() = %q", got)
+	}
+}
+
+func TestAttestSelf(t *testing.T) {
+	a := New()
+	sels, err := a.Attest(context.Background(), int32(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := values(t, sels)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err = filepath.EvalSymlinks(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantContains(t, got,
+		"uid:"+strconv.Itoa(os.Geteuid()),
+		"gid:"+strconv.Itoa(os.Getegid()),
+		"path:"+exe,
+		"sha256:"+fileSHA256(t, exe),
+	)
+	groups, err := os.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range groups {
+		wantContains(t, got, "supplementary_gid:"+strconv.Itoa(g))
+	}
+	if n := countPrefix(got, "supplementary_gid:"); n != len(groups) {
+		t.Errorf("%d supplementary_gid selectors, want %d", n, len(groups))
+	}
+
+	// A second attestation uses the cached hash.
+	if _, err := a.Attest(context.Background(), int32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	hashed := a.hashed
+	a.mu.Unlock()
+	if hashed != 1 {
+		t.Errorf("executable hashed %d times, want 1", hashed)
+	}
+}
+
+func countPrefix(vals []string, prefix string) int {
+	n := 0
+	for _, v := range vals {
+		if len(v) >= len(prefix) && v[:len(prefix)] == prefix {
+			n++
+		}
+	}
+	return n
+}
+
+func TestAttestChild(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	cmd := exec.Command(sleep, "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	real, err := filepath.EvalSymlinks(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sels, err := New().Attest(context.Background(), int32(cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := values(t, sels)
+	wantContains(t, got,
+		"uid:"+strconv.Itoa(os.Geteuid()),
+		"gid:"+strconv.Itoa(os.Getegid()),
+		"path:"+real,
+		"sha256:"+fileSHA256(t, real),
+	)
+}
+
+func TestAttestUserAndGroupNames(t *testing.T) {
+	sels, err := New().Attest(context.Background(), int32(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := values(t, sels)
+	if os.Geteuid() == 0 {
+		wantContains(t, got, "user:root")
+	}
+	if os.Getegid() == 0 {
+		wantContains(t, got, "group:root")
+	}
+}
+
+func TestAttestGoneProcess(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Skip("cannot run true:", err)
+	}
+	// The child has exited and been reaped; its pid is (almost surely)
+	// unused now.
+	_, err := New().Attest(context.Background(), int32(cmd.Process.Pid))
+	if !errors.Is(err, workload.ErrProcessGone) {
+		t.Fatalf("err = %v, want ErrProcessGone", err)
+	}
+	// A pid beyond pid_max can never exist.
+	_, err = New().Attest(context.Background(), 1<<30)
+	if !errors.Is(err, workload.ErrProcessGone) {
+		t.Fatalf("err = %v, want ErrProcessGone", err)
+	}
+	if _, err := New().Attest(context.Background(), -1); err == nil {
+		t.Fatal("negative pid: no error")
+	}
+}
+
+func TestReadStatusEffectiveIDs(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "status")
+	content := "Name:\tx\nUid:\t1000\t2000\t3000\t4000\nGid:\t10\t20\t30\t40\nGroups:\t5 6 7 \n"
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := readStatus(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.uid != "2000" || st.gid != "20" || !slices.Equal(st.groups, []string{"5", "6", "7"}) {
+		t.Fatalf("status = %+v", st)
+	}
+	for _, bad := range []string{"Uid:\t1\nGid:\t1\t1\n", "Gid:\t1\t1\n", "Uid:\t1\tx\nGid:\t1\t1\n", "Uid:\t1\t1\nGid:\t1\t1\nGroups:\tz\n"} {
+		if err := os.WriteFile(p, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readStatus(p); err == nil {
+			t.Errorf("readStatus(%q): no error", bad)
+		}
+	}
+}

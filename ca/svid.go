@@ -1,0 +1,213 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// MinRSABits is the smallest RSA modulus accepted for an SVID key.
+const MinRSABits = 2048
+
+// maxDNSNames bounds the DNS SANs of one SVID.
+const maxDNSNames = 64
+
+// VerifyCSR parses a DER PKCS#10 request, checks its signature, and returns
+// its public key. Nothing else of the CSR (subject, SANs, extensions) is
+// used: the identity of an SVID comes from the caller, never from the CSR.
+func VerifyCSR(der []byte) (crypto.PublicKey, error) {
+	if len(der) == 0 {
+		return nil, errors.New("ca: CSR is empty")
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: malformed CSR: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("ca: CSR signature is invalid: %w", err)
+	}
+	if err := checkPublicKey(csr.PublicKey); err != nil {
+		return nil, err
+	}
+	return csr.PublicKey, nil
+}
+
+// X509SVIDParams is what an X.509-SVID is minted from.
+type X509SVIDParams struct {
+	PublicKey crypto.PublicKey
+	SPIFFEID  spiffeid.ID
+	DNSNames  []string
+	TTL       time.Duration // 0 = Config.X509SVIDTTL
+}
+
+// SignX509SVID mints an X.509-SVID: exactly one URI SAN (the SPIFFE ID),
+// the DNS SANs of p (the first one also the subject CN), a random positive
+// serial of 127 bits, NotBefore = now-Backdate (but not before the CA's
+// NotBefore), NotAfter = now+TTL but never past the CA certificate's
+// NotAfter, KeyUsage DigitalSignature (plus KeyEncipherment for RSA keys),
+// EKU ServerAuth+ClientAuth, AuthorityKeyId = the CA's SubjectKeyId, and
+// BasicConstraints CA=false.
+//
+// It returns the chain leaf first; that is just the leaf, since the CA is
+// the root published in the bundle.
+//
+// It refuses a zero SPIFFE ID, an ID outside the CA's trust domain or
+// without a path, an unsupported public key, a negative TTL, and signing
+// with a CA that has expired.
+func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.Certificate, err error) {
+	start := time.Now()
+	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
+
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if p.SPIFFEID.IsZero() {
+		return nil, errors.New("ca: SPIFFE ID is empty")
+	}
+	if p.SPIFFEID.TrustDomain() != c.td {
+		return nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
+	}
+	if p.SPIFFEID.Path() == "" {
+		return nil, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
+	}
+	if err := checkPublicKey(p.PublicKey); err != nil {
+		return nil, err
+	}
+	if err := checkDNSNames(p.DNSNames); err != nil {
+		return nil, err
+	}
+	ttl := p.TTL
+	switch {
+	case ttl < 0:
+		return nil, fmt.Errorf("ca: TTL %v is negative", ttl)
+	case ttl == 0:
+		ttl = c.cfg.X509SVIDTTL
+	}
+
+	now := c.cfg.Clock.Now()
+	if !now.Before(c.cert.NotAfter) {
+		return nil, fmt.Errorf("ca: CA certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	notBefore := now.Add(-c.cfg.Backdate)
+	if notBefore.Before(c.cert.NotBefore) {
+		notBefore = c.cert.NotBefore
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(c.cert.NotAfter) {
+		notAfter = c.cert.NotAfter
+	}
+
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	keyUsage := x509.KeyUsageDigitalSignature
+	if _, ok := p.PublicKey.(*rsa.PublicKey); ok {
+		keyUsage |= x509.KeyUsageKeyEncipherment
+	}
+	var subject pkix.Name
+	if len(p.DNSNames) > 0 {
+		subject.CommonName = p.DNSNames[0]
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               subject,
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              keyUsage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		URIs:                  []*url.URL{p.SPIFFEID.URL()},
+		DNSNames:              p.DNSNames,
+		AuthorityKeyId:        c.subjectKeyID,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
+	if err != nil {
+		return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: parsing new X509-SVID: %w", err)
+	}
+	return []*x509.Certificate{leaf}, nil
+}
+
+// SignX509SVIDFromCSR verifies the DER PKCS#10 request csrDER and mints an
+// X.509-SVID for id with the CSR's public key. Only the public key of the
+// CSR is used; its subject and SANs are ignored.
+func (c *CA) SignX509SVIDFromCSR(ctx context.Context, csrDER []byte, id spiffeid.ID, dns []string, ttl time.Duration) ([]*x509.Certificate, error) {
+	start := time.Now()
+	pub, err := VerifyCSR(csrDER)
+	if err != nil {
+		c.cfg.Meter.X509SVIDSigned(time.Since(start), err)
+		return nil, err
+	}
+	return c.SignX509SVID(ctx, X509SVIDParams{PublicKey: pub, SPIFFEID: id, DNSNames: dns, TTL: ttl})
+}
+
+// checkPublicKey accepts the key types an SVID may carry: ECDSA on P-256,
+// P-384 or P-521, RSA of at least MinRSABits, and Ed25519.
+func checkPublicKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k == nil {
+			break
+		}
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+			return nil
+		}
+		return fmt.Errorf("ca: unsupported ECDSA curve %s", k.Curve.Params().Name)
+	case *rsa.PublicKey:
+		if k == nil || k.N == nil {
+			break
+		}
+		if k.N.BitLen() < MinRSABits {
+			return fmt.Errorf("ca: RSA key of %d bits is too small (minimum %d)", k.N.BitLen(), MinRSABits)
+		}
+		return nil
+	case ed25519.PublicKey:
+		if len(k) == ed25519.PublicKeySize {
+			return nil
+		}
+		return errors.New("ca: malformed Ed25519 public key")
+	case nil:
+		return errors.New("ca: public key is missing")
+	}
+	return fmt.Errorf("ca: unsupported public key type %T", pub)
+}
+
+// checkDNSNames rejects DNS SANs that are empty, too long, or not plain
+// printable ASCII without spaces.
+func checkDNSNames(names []string) error {
+	if len(names) > maxDNSNames {
+		return fmt.Errorf("ca: %d DNS names (maximum %d)", len(names), maxDNSNames)
+	}
+	for _, n := range names {
+		if n == "" {
+			return errors.New("ca: DNS name is empty")
+		}
+		if len(n) > 253 {
+			return fmt.Errorf("ca: DNS name of %d characters is too long", len(n))
+		}
+		for i := 0; i < len(n); i++ {
+			if b := n[i]; b <= ' ' || b >= 0x7f {
+				return fmt.Errorf("ca: DNS name %q has an invalid character", n)
+			}
+		}
+	}
+	return nil
+}

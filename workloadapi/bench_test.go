@@ -1,0 +1,78 @@
+package workloadapi
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkFetchX509SVIDCached measures a one-shot FetchX509SVID by
+// go-spiffe's client, already connected, for a workload whose identity is
+// cached: the latency a workload sees, including attestation with the unix
+// attestor (hash cached) and the liveness re-check.
+func BenchmarkFetchX509SVIDCached(b *testing.B) {
+	f := start(b, nil)
+	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(b, "e1", "/workload"))
+	c := f.client(b)
+	ctx := testCtx(b)
+	if _, err := c.FetchX509SVID(ctx); err != nil { // connect, warm the hash cache
+		b.Fatal(err)
+	}
+	durations := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		start := time.Now()
+		if _, err := c.FetchX509SVID(ctx); err != nil {
+			b.Fatal(err)
+		}
+		durations = append(durations, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(durations)
+	pct := func(p float64) float64 {
+		return float64(durations[int(p*float64(len(durations)-1))].Microseconds())
+	}
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
+}
+
+func countPidfds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.Contains(l, "pidfd") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestPidfdClosedWithConnection: the pidfd opened at handshake is released
+// when the connection closes.
+func TestPidfdClosedWithConnection(t *testing.T) {
+	f := start(t, nil)
+	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
+	before := countPidfds(t)
+	c := f.client(t)
+	if _, err := c.FetchX509SVID(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := countPidfds(t); n != before+1 {
+		t.Fatalf("%d pidfds while connected, want %d", n, before+1)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for countPidfds(t) != before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pidfds after close, want %d", countPidfds(t), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

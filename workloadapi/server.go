@@ -1,0 +1,525 @@
+// Package workloadapi is the agent's node-local SPIFFE Workload API server.
+//
+// A workload connects to a unix socket (Listen) without any credentials of
+// its own. The server learns who it is from the kernel: the transport
+// credentials read the peer's pid, uid and gid (SO_PEERCRED) and pin the
+// process with a pidfd at connect time. On every call the configured
+// attestors turn the pid into selectors, and the server then checks that
+// the pinned process is still alive and still owns the pid (its start time
+// is unchanged), so a process that dies and whose pid is reused during
+// attestation gets nothing. The selectors are matched against the agent's
+// Cache, and the workload receives a stream of its X.509-SVIDs and trust
+// bundles, with a new message on every rotation or bundle change.
+//
+// A workload whose selectors match no entry is told PermissionDenied ("no
+// identity issued"), which go-spiffe's client treats as "retry later"; so is
+// a workload whose last entry is deleted while it watches.
+//
+// JWT-SVIDs are not supported yet: those methods answer Unimplemented.
+package workloadapi
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/clock"
+)
+
+// securityHeader is the metadata every Workload API call must carry, so
+// that a browser or other SSRF-able client cannot reach the API by accident.
+const securityHeader = "workload.spiffe.io"
+
+// shutdownTimeout bounds how long Serve waits for calls to finish once its
+// context is done.
+const shutdownTimeout = 5 * time.Second
+
+// Config configures a Server.
+type Config struct {
+	// Cache is the source of SVIDs and bundles. Required.
+	Cache Cache
+	// Attestors are run in order on the caller's pid; their selectors are
+	// concatenated. Required.
+	Attestors []workload.Attestor
+	// Logger logs each call at debug level; nil logs nothing.
+	Logger *zap.Logger
+	// Clock times calls; nil is the wall clock.
+	Clock clock.Clock
+	// Meter receives call metrics; nil records nothing.
+	Meter Meter
+}
+
+// Server is the Workload API server. Create it with New and run it with
+// Serve.
+type Server struct {
+	workloadpb.UnimplementedSpiffeWorkloadAPIServer
+
+	cache     Cache
+	attestors []workload.Attestor
+	log       *zap.Logger
+	clk       clock.Clock
+	meter     Meter
+	grpc      *grpc.Server
+
+	// startTime reads a process's start time; replaced in tests to
+	// simulate pid reuse.
+	startTime func(pid int32) (uint64, error)
+	// afterAttest, if set, runs between attestation and the liveness
+	// re-check; tests use it to kill the caller mid-attestation.
+	afterAttest func(pid int32)
+
+	mu       sync.Mutex
+	served   bool
+	stopping chan struct{}
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Cache == nil {
+		return nil, errors.New("workloadapi: Config.Cache is required")
+	}
+	if len(cfg.Attestors) == 0 {
+		return nil, errors.New("workloadapi: at least one attestor is required")
+	}
+	for i, a := range cfg.Attestors {
+		if a == nil {
+			return nil, fmt.Errorf("workloadapi: attestor %d is nil", i)
+		}
+	}
+	s := &Server{
+		cache:     cfg.Cache,
+		attestors: append([]workload.Attestor(nil), cfg.Attestors...),
+		log:       cfg.Logger,
+		clk:       cfg.Clock,
+		meter:     cfg.Meter,
+		startTime: procStartTime,
+		stopping:  make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	if s.clk == nil {
+		s.clk = clock.New()
+	}
+	if s.meter == nil {
+		s.meter = NopMeter{}
+	}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(&peerCreds{startTime: func(pid int32) (uint64, error) { return s.startTime(pid) }}),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	)
+	workloadpb.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
+	return s, nil
+}
+
+// Listen listens on the unix socket path for Serve. It creates the socket's
+// directory (0755) if it is missing and removes a stale socket left by an
+// earlier run; it refuses to remove anything that is not a socket or a
+// socket that something still answers on. The socket is made
+// world-writable: any local process may connect, as its identity comes
+// from attestation, not from file permissions.
+func Listen(sockPath string) (net.Listener, error) {
+	dir := filepath.Dir(sockPath)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("workloadapi: creating socket directory: %w", err)
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("workloadapi: creating socket directory: %w", err)
+		}
+	}
+	if fi, err := os.Lstat(sockPath); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("workloadapi: %s exists and is not a socket", sockPath)
+		}
+		if c, err := net.DialTimeout("unix", sockPath, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("workloadapi: %s is in use by another server", sockPath)
+		}
+		if err := os.Remove(sockPath); err != nil {
+			return nil, fmt.Errorf("workloadapi: removing stale socket: %w", err)
+		}
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sockPath, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("workloadapi: %w", err)
+	}
+	if err := os.Chmod(sockPath, 0o777); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("workloadapi: %w", err)
+	}
+	return l, nil
+}
+
+// Serve serves the Workload API on l until ctx is done, then stops
+// gracefully: open streams end with Unavailable (clients reconnect to the
+// next server), and calls still running after a few seconds are cut. It
+// closes l. Serve may be called once.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.served {
+		s.mu.Unlock()
+		return errors.New("workloadapi: Serve called twice")
+	}
+	s.served = true
+	s.mu.Unlock()
+
+	errCh := make(chan error, 1)
+	go func() { errCh <- s.grpc.Serve(l) }()
+	select {
+	case err := <-errCh:
+		return err
+	case <-ctx.Done():
+	}
+	close(s.stopping)
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-s.clk.After(shutdownTimeout):
+		s.log.Warn("workload API calls did not finish in time; closing them")
+		s.grpc.Stop()
+		<-stopped
+	}
+	return <-errCh
+}
+
+// FetchX509SVID streams the caller's X.509-SVIDs and bundles.
+func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
+	ctx := stream.Context()
+	sels, err := s.attest(ctx)
+	if err != nil {
+		return err
+	}
+	sub := s.cache.SubscribeX509(sels)
+	defer sub.Close()
+
+	var last *workloadpb.X509SVIDResponse
+	for {
+		snap, err := s.next(ctx, sub)
+		if err != nil {
+			return err
+		}
+		if len(snap.Identities) == 0 {
+			return errNoIdentity
+		}
+		resp, err := x509SVIDResponse(snap)
+		if err != nil {
+			s.log.Error("building X509SVIDResponse", zap.Error(err))
+			return status.Error(codes.Internal, "cannot encode SVID")
+		}
+		if last != nil && proto.Equal(last, resp) {
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		if last == nil {
+			s.firstResponse(ctx)
+		}
+		last = resp
+	}
+}
+
+// FetchX509Bundles streams the trust bundles (own and federated) to a
+// caller entitled to at least one identity.
+func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
+	ctx := stream.Context()
+	sels, err := s.attest(ctx)
+	if err != nil {
+		return err
+	}
+	sub := s.cache.SubscribeX509(sels)
+	defer sub.Close()
+
+	var last *workloadpb.X509BundlesResponse
+	for {
+		snap, err := s.next(ctx, sub)
+		if err != nil {
+			return err
+		}
+		if len(snap.Identities) == 0 {
+			return errNoIdentity
+		}
+		resp := x509BundlesResponse(snap)
+		if last != nil && proto.Equal(last, resp) {
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		if last == nil {
+			s.firstResponse(ctx)
+		}
+		last = resp
+	}
+}
+
+var (
+	errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+	errNoJWT      = status.Error(codes.Unimplemented, "JWT-SVIDs are not supported yet")
+)
+
+// FetchJWTSVID is not implemented yet.
+func (s *Server) FetchJWTSVID(context.Context, *workloadpb.JWTSVIDRequest) (*workloadpb.JWTSVIDResponse, error) {
+	return nil, errNoJWT
+}
+
+// FetchJWTBundles is not implemented yet.
+func (s *Server) FetchJWTBundles(*workloadpb.JWTBundlesRequest, grpc.ServerStreamingServer[workloadpb.JWTBundlesResponse]) error {
+	return errNoJWT
+}
+
+// ValidateJWTSVID is not implemented yet.
+func (s *Server) ValidateJWTSVID(context.Context, *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
+	return nil, errNoJWT
+}
+
+// next waits for the subscription's next snapshot.
+func (s *Server) next(ctx context.Context, sub X509Subscription) (*X509Snapshot, error) {
+	select {
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-s.stopping:
+		return nil, status.Error(codes.Unavailable, "workload API is shutting down")
+	case snap, ok := <-sub.Updates():
+		if !ok || snap == nil {
+			return nil, status.Error(codes.Unavailable, "workload API cache subscription ended")
+		}
+		return snap, nil
+	}
+}
+
+// attest identifies the caller: it runs the attestors on the peer's pid
+// and then checks that the peer process is still the one that connected.
+func (s *Server) attest(ctx context.Context) ([]*sigilv1.Selector, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
+	}
+	info, ok := p.AuthInfo.(*PeerInfo)
+	if !ok {
+		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
+	}
+	var sels []*sigilv1.Selector
+	for _, a := range s.attestors {
+		got, err := a.Attest(ctx, info.PID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			if errors.Is(err, workload.ErrProcessGone) {
+				return nil, status.Error(codes.PermissionDenied, "caller process is gone")
+			}
+			s.log.Error("workload attestation failed",
+				zap.String("attestor", a.Name()), zap.Int32("pid", info.PID), zap.Error(err))
+			return nil, status.Error(codes.Internal, "workload attestation failed")
+		}
+		sels = append(sels, got...)
+	}
+	if s.afterAttest != nil {
+		s.afterAttest(info.PID)
+	}
+	if err := info.alive(s.startTime); err != nil {
+		s.log.Warn("caller changed during attestation; denying",
+			zap.Int32("pid", info.PID), zap.Error(err))
+		return nil, status.Error(codes.PermissionDenied, "caller process exited or was replaced during attestation")
+	}
+	if ce := s.log.Check(zap.DebugLevel, "workload attested"); ce != nil {
+		ce.Write(zap.Int32("pid", info.PID), zap.Stringers("selectors", selectorStrings(sels)))
+	}
+	return sels, nil
+}
+
+type selectorString struct{ s *sigilv1.Selector }
+
+func (s selectorString) String() string { return s.s.GetType() + ":" + s.s.GetValue() }
+
+func selectorStrings(sels []*sigilv1.Selector) []selectorString {
+	out := make([]selectorString, len(sels))
+	for i, s := range sels {
+		out[i] = selectorString{s}
+	}
+	return out
+}
+
+// x509SVIDResponse encodes a snapshot with at least one identity.
+func x509SVIDResponse(snap *X509Snapshot) (*workloadpb.X509SVIDResponse, error) {
+	resp := &workloadpb.X509SVIDResponse{
+		Svids: make([]*workloadpb.X509SVID, 0, len(snap.Identities)),
+	}
+	for _, id := range snap.Identities {
+		if len(id.Chain) == 0 {
+			return nil, fmt.Errorf("entry %s: empty certificate chain", id.EntryID)
+		}
+		if id.PrivateKey == nil {
+			return nil, fmt.Errorf("entry %s: no private key", id.EntryID)
+		}
+		key, err := x509.MarshalPKCS8PrivateKey(id.PrivateKey)
+		if err != nil {
+			return nil, fmt.Errorf("entry %s: %w", id.EntryID, err)
+		}
+		var bundle []byte
+		if b := bundleFor(snap, id.SPIFFEID.TrustDomain()); b != nil {
+			bundle = concatDER(b.X509Authorities())
+		}
+		resp.Svids = append(resp.Svids, &workloadpb.X509SVID{
+			SpiffeId:    id.SPIFFEID.String(),
+			X509Svid:    concatDER(id.Chain),
+			X509SvidKey: key,
+			Bundle:      bundle,
+			Hint:        id.Hint,
+		})
+	}
+	resp.FederatedBundles = federatedBundles(snap)
+	return resp, nil
+}
+
+// bundleFor returns the bundle of trust domain td in snap, or nil.
+func bundleFor(snap *X509Snapshot, td spiffeid.TrustDomain) *x509bundle.Bundle {
+	if snap.Bundle != nil && snap.Bundle.TrustDomain() == td {
+		return snap.Bundle
+	}
+	if b := snap.Federated[td]; b != nil {
+		return b
+	}
+	return snap.Bundle
+}
+
+func federatedBundles(snap *X509Snapshot) map[string][]byte {
+	if len(snap.Federated) == 0 {
+		return nil
+	}
+	out := make(map[string][]byte, len(snap.Federated))
+	for td, b := range snap.Federated {
+		if b == nil || (snap.Bundle != nil && td == snap.Bundle.TrustDomain()) {
+			continue
+		}
+		out[td.IDString()] = concatDER(b.X509Authorities())
+	}
+	return out
+}
+
+// x509BundlesResponse encodes the own and federated bundles of snap, keyed
+// by trust domain ID ("spiffe://example.org").
+func x509BundlesResponse(snap *X509Snapshot) *workloadpb.X509BundlesResponse {
+	bundles := federatedBundles(snap)
+	if bundles == nil {
+		bundles = make(map[string][]byte, 1)
+	}
+	if snap.Bundle != nil {
+		bundles[snap.Bundle.TrustDomain().IDString()] = concatDER(snap.Bundle.X509Authorities())
+	}
+	return &workloadpb.X509BundlesResponse{Bundles: bundles}
+}
+
+func concatDER(certs []*x509.Certificate) []byte {
+	n := 0
+	for _, c := range certs {
+		n += len(c.Raw)
+	}
+	out := make([]byte, 0, n)
+	for _, c := range certs {
+		out = append(out, c.Raw...)
+	}
+	return out
+}
+
+// callInfo travels in a call's context from the interceptor to the
+// handler.
+type callInfo struct {
+	method string
+	start  time.Time
+}
+
+type callInfoKey struct{}
+
+func (s *Server) firstResponse(ctx context.Context) {
+	if ci, ok := ctx.Value(callInfoKey{}).(*callInfo); ok {
+		s.meter.FirstResponse(ci.method, s.clk.Now().Sub(ci.start))
+	}
+}
+
+// checkHeader rejects calls without the Workload API security header.
+func checkHeader(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(securityHeader); len(v) != 1 || v[0] != "true" {
+		return status.Error(codes.InvalidArgument, "security header missing from request")
+	}
+	return nil
+}
+
+func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, *callInfo) {
+	ci := &callInfo{method: path.Base(fullMethod), start: s.clk.Now()}
+	s.meter.CallStarted(ci.method)
+	return context.WithValue(ctx, callInfoKey{}, ci), ci
+}
+
+func (s *Server) end(ctx context.Context, ci *callInfo, err error) {
+	d := s.clk.Now().Sub(ci.start)
+	code := status.Code(err)
+	s.meter.CallDone(ci.method, code, d)
+	lvl := zap.DebugLevel
+	if code == codes.Internal || code == codes.Unknown {
+		lvl = zap.ErrorLevel
+	}
+	if ce := s.log.Check(lvl, "workload API call"); ce != nil {
+		var pid int32
+		if p, ok := peer.FromContext(ctx); ok {
+			if info, ok := p.AuthInfo.(*PeerInfo); ok {
+				pid = info.PID
+			}
+		}
+		ce.Write(zap.String("method", ci.method), zap.Int32("pid", pid),
+			zap.Stringer("code", code), zap.Duration("duration", d), zap.Error(err))
+	}
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	ctx, ci := s.begin(ctx, info.FullMethod)
+	defer func() { s.end(ctx, ci, err) }()
+	if err := checkHeader(ctx); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	ctx, ci := s.begin(ss.Context(), info.FullMethod)
+	defer func() { s.end(ctx, ci, err) }()
+	if err := checkHeader(ctx); err != nil {
+		return err
+	}
+	return handler(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *ctxStream) Context() context.Context { return s.ctx }
