@@ -1,0 +1,470 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/attestor/workload/unix"
+	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/workloadapi"
+)
+
+// Timing of the agent's loops.
+const (
+	syncRetryBase  = 100 * time.Millisecond
+	syncRetryMax   = 5 * time.Second
+	agentRetryBase = 5 * time.Second
+	agentRetryMax  = time.Minute
+	// connDrainTime is how long a replaced connection (after an agent
+	// SVID renewal) stays open for the calls still running on it.
+	connDrainTime = 30 * time.Second
+	// maxBatchesInFlight bounds concurrent BatchNewX509SVID calls.
+	maxBatchesInFlight = 4
+)
+
+// Agent is the node daemon. Create it with New and start it with Run.
+type Agent struct {
+	cfg   Config
+	log   *zap.Logger
+	clk   clock.Clock
+	cache *cache
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	running   atomic.Bool
+
+	mu          sync.Mutex
+	ident       *identity
+	conn        *grpc.ClientConn
+	connChanged chan struct{}
+	oldConns    []*grpc.ClientConn
+	listening   bool
+	syncUp      bool
+	syncErr     error
+	authErr     error
+	reattestErr error
+}
+
+// New checks cfg and returns an agent that is not running yet.
+func New(cfg Config) (*Agent, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With(zap.String("trust_domain", cfg.TrustDomain.Name()))
+	return &Agent{
+		cfg:         cfg,
+		log:         log,
+		clk:         cfg.Clock,
+		cache:       newCache(cfg.TrustDomain, log.Named("cache"), cfg.Clock),
+		ready:       make(chan struct{}),
+		connChanged: make(chan struct{}),
+	}, nil
+}
+
+// Ready is closed once the agent has an SVID and a bundle, has received
+// its first full set of entries and serves the Workload API.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// SPIFFEID is the agent's own SPIFFE ID; valid after Ready.
+func (a *Agent) SPIFFEID() spiffeid.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ident == nil {
+		return spiffeid.ID{}
+	}
+	return a.ident.id
+}
+
+// Cache is the agent's store of entries, SVIDs and bundles as the
+// Workload API sees it.
+func (a *Agent) Cache() workloadapi.Cache { return a.cache }
+
+// Healthy returns nil while the agent can do its job: the sync stream is
+// up, or the material it holds is still valid. Otherwise it says what is
+// wrong.
+func (a *Agent) Healthy() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ident == nil {
+		return errors.New("agent: no agent identity yet")
+	}
+	if a.authErr != nil {
+		return fmt.Errorf("agent was evicted or banned: %w", a.authErr)
+	}
+	if a.syncUp {
+		return nil
+	}
+	now := a.clk.Now()
+	if now.Before(a.ident.notAfter) {
+		return nil
+	}
+	if a.reattestErr != nil {
+		return fmt.Errorf("agent SVID expired and cannot re-attest: %w", a.reattestErr)
+	}
+	return fmt.Errorf("agent SVID expired at %s and the sync stream is down: %v",
+		a.ident.notAfter.UTC().Format(time.RFC3339), a.syncErr)
+}
+
+func (a *Agent) identity() *identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ident
+}
+
+func (a *Agent) setIdentity(id *identity) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ident = id
+}
+
+func (a *Agent) setAuthErr(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.authErr = err
+}
+
+// client returns the current node API client and a channel closed when
+// the connection is replaced.
+func (a *Agent) client() (sigilv1.NodeClient, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return sigilv1.NewNodeClient(a.conn), a.connChanged
+}
+
+// tlsConfig is the mTLS configuration of the connection to the server: it
+// presents the current agent SVID and verifies the server against the
+// current bundle.
+func (a *Agent) tlsConfig() *tls.Config {
+	return serverTLSConfig(a.cfg.TrustDomain, a.cache, func() (*tls.Certificate, error) {
+		return a.identity().tlsCertificate()
+	})
+}
+
+// replaceConn opens a new connection, so that the server sees the current
+// agent SVID, and retires the old one after a grace period.
+func (a *Agent) replaceConn() error {
+	conn, err := dial(a.cfg.ServerAddress, a.tlsConfig())
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	old := a.conn
+	a.conn = conn
+	close(a.connChanged)
+	a.connChanged = make(chan struct{})
+	if old != nil {
+		a.oldConns = append(a.oldConns, old)
+	}
+	a.mu.Unlock()
+	if old != nil {
+		time.AfterFunc(connDrainTime, func() { old.Close() })
+	}
+	return nil
+}
+
+func (a *Agent) closeConns() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.conn != nil {
+		a.conn.Close()
+	}
+	for _, c := range a.oldConns {
+		c.Close()
+	}
+	a.oldConns = nil
+}
+
+func (a *Agent) maybeReady() {
+	a.mu.Lock()
+	ok := a.ident != nil && a.listening
+	a.mu.Unlock()
+	if ok && a.cache.Bundle() != nil && a.cache.Synced() {
+		a.readyOnce.Do(func() {
+			entries, svids := a.cache.stats()
+			a.log.Info("agent ready", zap.String("spiffe_id", a.SPIFFEID().String()),
+				zap.Int("entries", entries), zap.Int("svids", svids))
+			close(a.ready)
+		})
+	}
+}
+
+// Run attests the node or loads the saved identity, then syncs entries,
+// mints and renews SVIDs and serves the Workload API until ctx is done.
+// It returns nil on a clean shutdown.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.running.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called more than once")
+	}
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("agent: data directory: %w", err)
+	}
+	ident, bundle, err := a.loadOrAttest(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	a.setIdentity(ident)
+	a.cache.SetBundle(bundle)
+	defer a.closeConns()
+	if err := a.replaceConn(); err != nil {
+		return err
+	}
+
+	l, err := workloadapi.Listen(a.cfg.SocketPath)
+	if err != nil {
+		return fmt.Errorf("agent: workload API: %w", err)
+	}
+	srv, err := workloadapi.New(workloadapi.Config{
+		Cache:     a.cache,
+		Attestors: []workload.Attestor{unix.New()},
+		Logger:    a.log.Named("workloadapi"),
+		Clock:     a.clk,
+	})
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("agent: workload API: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	wg.Go(func() {
+		defer l.Close()
+		if err := srv.Serve(ctx, l); err != nil && ctx.Err() == nil {
+			serveErr <- err
+			cancel()
+		}
+	})
+	a.mu.Lock()
+	a.listening = true
+	a.mu.Unlock()
+	a.log.Info("workload API listening", zap.String("socket", a.cfg.SocketPath))
+	a.maybeReady()
+
+	wg.Go(func() { a.syncLoop(ctx) })
+	wg.Go(func() { a.mintLoop(ctx) })
+	wg.Go(func() { a.agentLoop(ctx) })
+	wg.Wait()
+	a.log.Info("agent stopped")
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("agent: workload API: %w", err)
+	default:
+		return nil
+	}
+}
+
+// bootstrapBundle is what the agent trusts to authenticate a server when
+// it attests: the configured bundle and the saved one.
+func (a *Agent) bootstrapBundle() (*x509bundle.Bundle, error) {
+	b := x509bundle.New(a.cfg.TrustDomain)
+	for _, c := range a.cfg.TrustBundle {
+		b.AddX509Authority(c)
+	}
+	if a.cfg.TrustBundlePath != "" {
+		data, err := os.ReadFile(a.cfg.TrustBundlePath)
+		if err != nil {
+			return nil, fmt.Errorf("agent: trust bundle: %w", err)
+		}
+		certs, err := parsePEMCerts(data)
+		if err != nil {
+			return nil, fmt.Errorf("agent: trust bundle %s: %w", a.cfg.TrustBundlePath, err)
+		}
+		for _, c := range certs {
+			b.AddX509Authority(c)
+		}
+	}
+	saved, err := loadBundle(a.cfg.DataDir, a.cfg.TrustDomain)
+	if err != nil {
+		a.log.Warn("ignoring unreadable saved bundle", zap.Error(err))
+	} else if saved != nil {
+		for _, c := range saved.X509Authorities() {
+			b.AddX509Authority(c)
+		}
+	}
+	if b.Empty() {
+		return nil, errors.New("agent: no trust bundle to authenticate the server: set TrustBundlePath or TrustBundle")
+	}
+	return b, nil
+}
+
+// loadOrAttest returns the saved identity if it is still valid, or attests
+// the node.
+func (a *Agent) loadOrAttest(ctx context.Context) (*identity, *x509bundle.Bundle, error) {
+	ident, err := loadIdentity(a.cfg.DataDir, a.cfg.TrustDomain)
+	if err != nil {
+		a.log.Warn("saved agent identity is unusable; attesting again", zap.Error(err))
+	}
+	if ident != nil {
+		if a.clk.Now().Before(ident.notAfter) {
+			bundle, err := loadBundle(a.cfg.DataDir, a.cfg.TrustDomain)
+			if err != nil || bundle == nil {
+				bundle, err = a.bootstrapBundle()
+			}
+			if err == nil {
+				a.log.Info("loaded agent identity", zap.String("spiffe_id", ident.id.String()),
+					zap.String("serial", ident.chain[0].SerialNumber.Text(16)),
+					zap.Time("expires_at", ident.notAfter))
+				return ident, bundle, nil
+			}
+			a.log.Warn("no bundle for the saved agent identity; attesting again", zap.Error(err))
+		} else {
+			a.log.Info("saved agent SVID has expired; attesting again",
+				zap.String("spiffe_id", ident.id.String()), zap.Time("expired_at", ident.notAfter))
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		ident, bundle, err := a.attest(ctx)
+		if err == nil {
+			return ident, bundle, nil
+		}
+		if !retryable(err) {
+			return nil, nil, err
+		}
+		d := backoff(syncRetryBase, syncRetryMax, attempt)
+		a.log.Warn("attestation failed; retrying", zap.Duration("retry_in", d), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-a.clk.After(d):
+		}
+	}
+}
+
+// retryable reports whether a call failed for a reason that may go away.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+		return true
+	}
+	return false
+}
+
+// attest proves the node to a server with the join token and returns the
+// agent's new identity and bundle, saved to the data directory.
+func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, error) {
+	if a.cfg.JoinToken == "" {
+		return nil, nil, errors.New("agent: no saved identity and no join token to attest with")
+	}
+	bootstrap, err := a.bootstrapBundle()
+	if err != nil {
+		return nil, nil, err
+	}
+	att := jointoken.NewAttestor(a.cfg.JoinToken)
+	payload, err := att.Payload(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: %s attestation payload: %w", att.Name(), err)
+	}
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: %w", err)
+	}
+	conn, err := dial(a.cfg.ServerAddress, serverTLSConfig(a.cfg.TrustDomain, bootstrap, nil))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	resp, err := sigilv1.NewNodeClient(conn).Attest(cctx, &sigilv1.AttestRequest{
+		AttestationType: att.Name(),
+		Payload:         payload,
+		Csr:             csr,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: attestation: %w", err)
+	}
+	chain, err := parseDERChain(resp.GetSvidChain())
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: attestation returned a bad SVID: %w", err)
+	}
+	id, err := checkAgentSVID(a.cfg.TrustDomain, chain, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: attestation returned a bad SVID: %w", err)
+	}
+	if resp.GetSpiffeId() != "" && resp.GetSpiffeId() != id.String() {
+		return nil, nil, fmt.Errorf("agent: attestation returned SPIFFE ID %q but an SVID for %q", resp.GetSpiffeId(), id)
+	}
+	bundle := bootstrap
+	if resp.GetBundle() != nil {
+		if bundle, err = bundleFromProto(a.cfg.TrustDomain, resp.GetBundle()); err != nil {
+			return nil, nil, fmt.Errorf("agent: attestation returned a bad bundle: %w", err)
+		}
+	}
+	if _, _, err := x509svid.Verify(chain, bundle, x509svid.WithTime(a.clk.Now())); err != nil {
+		return nil, nil, fmt.Errorf("agent: attestation returned an SVID that does not verify against the bundle: %w", err)
+	}
+	ident := newIdentity(chain, key)
+	if err := saveIdentity(a.cfg.DataDir, ident); err != nil {
+		return nil, nil, fmt.Errorf("agent: save identity: %w", err)
+	}
+	if err := saveBundle(a.cfg.DataDir, bundle); err != nil {
+		return nil, nil, fmt.Errorf("agent: save bundle: %w", err)
+	}
+	a.log.Info("node attested",
+		zap.String("audit", "agent_attested"),
+		zap.String("spiffe_id", id.String()),
+		zap.String("attestation_type", att.Name()),
+		zap.String("serial", chain[0].SerialNumber.Text(16)),
+		zap.Time("expires_at", ident.notAfter),
+		zap.Int("bundle_authorities", len(bundle.X509Authorities())))
+	return ident, bundle, nil
+}
+
+// bundleFromProto converts a bundle from the node API.
+func bundleFromProto(td spiffeid.TrustDomain, pb *sigilv1.Bundle) (*x509bundle.Bundle, error) {
+	if pb.GetTrustDomain() != "" && pb.GetTrustDomain() != td.Name() {
+		return nil, fmt.Errorf("bundle is for trust domain %q, not %q", pb.GetTrustDomain(), td)
+	}
+	var certs []*x509.Certificate
+	for i, auth := range pb.GetX509Authorities() {
+		c, err := x509.ParseCertificate(auth.GetCertificate())
+		if err != nil {
+			return nil, fmt.Errorf("X.509 authority %d: %w", i, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("bundle has no X.509 authorities")
+	}
+	return x509bundle.FromX509Authorities(td, certs), nil
+}
+
+// applyBundle installs a bundle received from the server and saves it.
+func (a *Agent) applyBundle(pb *sigilv1.Bundle) {
+	b, err := bundleFromProto(a.cfg.TrustDomain, pb)
+	if err != nil {
+		a.log.Error("ignoring bad bundle from server", zap.Error(err))
+		return
+	}
+	if !a.cache.SetBundle(b) {
+		return
+	}
+	a.log.Info("trust bundle updated", zap.Int("x509_authorities", len(b.X509Authorities())),
+		zap.Uint64("sequence_number", pb.GetSequenceNumber()))
+	if err := saveBundle(a.cfg.DataDir, b); err != nil {
+		a.log.Error("could not save bundle", zap.Error(err))
+	}
+}

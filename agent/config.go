@@ -1,0 +1,114 @@
+// Package agent is the Sigil node daemon. It attests its node to a server,
+// keeps its own SVID, receives the registration entries it is authorized for
+// over one long-lived push stream, generates workload keys locally (they
+// never leave the node), has them signed in batches, renews them at half
+// their lifetime and serves them to workloads over the SPIFFE Workload API.
+package agent
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+
+	"github.com/sigil-id/sigil/clock"
+)
+
+// Defaults.
+const (
+	DefaultSocketPath    = "/tmp/sigil-agent/public/api.sock"
+	DefaultSyncBatchSize = 500
+	// MaxSyncBatchSize bounds one BatchNewX509SVID call, so that a request
+	// stays well under gRPC's default 4 MB message limit.
+	MaxSyncBatchSize = 5000
+)
+
+// Config configures an Agent.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// ServerAddress is host:port of a server's node API.
+	ServerAddress string
+	// DataDir holds the agent's state; it is created with mode 0700.
+	DataDir string
+	// SocketPath is the Workload API socket; DefaultSocketPath when empty.
+	SocketPath string
+	// JoinToken is used only when there is no saved identity.
+	JoinToken string
+	// TrustBundlePath is a PEM file with the server CA certificates used to
+	// authenticate the server before the agent has a bundle of its own.
+	TrustBundlePath string
+	// TrustBundle is an alternative to TrustBundlePath; when both are set
+	// the agent trusts the union.
+	TrustBundle []*x509.Certificate
+	// Logger receives the agent's logs; nil discards them.
+	Logger *zap.Logger
+	// Clock drives expiry, renewal and backoff; nil is the wall clock.
+	Clock clock.Clock
+	// SyncBatchSize is the largest number of CSRs sent in one
+	// BatchNewX509SVID call; DefaultSyncBatchSize when zero.
+	SyncBatchSize int
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		SocketPath:    DefaultSocketPath,
+		SyncBatchSize: DefaultSyncBatchSize,
+	}
+}
+
+// withDefaults fills the zero fields that have defaults.
+func (c Config) withDefaults() Config {
+	if c.SocketPath == "" {
+		c.SocketPath = DefaultSocketPath
+	}
+	if c.SyncBatchSize == 0 {
+		c.SyncBatchSize = DefaultSyncBatchSize
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Clock == nil {
+		c.Clock = clock.New()
+	}
+	return c
+}
+
+// Validate reports the first problem with the configuration. Zero values
+// that have defaults (SocketPath, SyncBatchSize, Logger, Clock) are
+// accepted.
+func (c *Config) Validate() error {
+	if c.TrustDomain.IsZero() {
+		return errors.New("agent: trust domain is required")
+	}
+	if c.ServerAddress == "" {
+		return errors.New("agent: server address is required")
+	}
+	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
+		return fmt.Errorf("agent: server address %q: want host:port: %w", c.ServerAddress, err)
+	}
+	if c.DataDir == "" {
+		return errors.New("agent: data directory is required")
+	}
+	if c.SyncBatchSize < 0 {
+		return fmt.Errorf("agent: sync batch size %d is negative", c.SyncBatchSize)
+	}
+	if c.SyncBatchSize > MaxSyncBatchSize {
+		return fmt.Errorf("agent: sync batch size %d exceeds the maximum of %d", c.SyncBatchSize, MaxSyncBatchSize)
+	}
+	if c.TrustBundlePath != "" {
+		if _, err := os.Stat(c.TrustBundlePath); err != nil {
+			return fmt.Errorf("agent: trust bundle: %w", err)
+		}
+	}
+	for i, cert := range c.TrustBundle {
+		if cert == nil {
+			return fmt.Errorf("agent: trust bundle certificate %d is nil", i)
+		}
+	}
+	return nil
+}

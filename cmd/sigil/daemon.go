@@ -1,0 +1,248 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+
+	"github.com/sigil-id/sigil/agent"
+	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
+	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
+	"github.com/sigil-id/sigil/server"
+)
+
+// shutdownGrace bounds how long the health endpoint waits for requests in
+// flight at shutdown.
+const shutdownGrace = 5 * time.Second
+
+func newServerCommand() *cobra.Command {
+	var path string
+	var flags *config.ServerFlags
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a Sigil server node",
+		Long: `Run a Sigil server node: the certificate authority of the trust domain, its
+node API for agents and its admin API on a local unix socket.
+
+Settings come from the server block of the -config file; flags given on the
+command line override the file.`,
+		Example: `  sigil server -config /etc/sigil/server.hcl
+  sigil server -trust-domain example.org -data-dir /var/lib/sigil/server`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			settings := &config.Server{}
+			if path != "" {
+				f, err := config.LoadFile(path)
+				if err != nil {
+					return err
+				}
+				if f.Server == nil {
+					return fmt.Errorf("%s has no server block", path)
+				}
+				settings = f.Server
+			}
+			flags.Apply(settings)
+			if err := settings.Validate(); err != nil {
+				return err
+			}
+			log, err := config.NewLogger(settings.Log, "json", cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck // stderr may not support sync
+			cfg, err := serverConfig(settings, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runServer(ctx, cfg, log)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "HCL configuration file with a server block")
+	flags = config.NewServerFlags(cmd.Flags())
+	return cmd
+}
+
+// serverConfig turns the command-line settings into a server.Config on top
+// of the server's defaults.
+func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
+	cfg := server.DefaultConfig()
+	td, err := spiffeid.TrustDomainFromString(s.TrustDomain)
+	if err != nil {
+		return cfg, fmt.Errorf("trust_domain %q is invalid: %v", s.TrustDomain, err)
+	}
+	cfg.TrustDomain = td
+	setString(&cfg.NodeName, s.NodeName)
+	setString(&cfg.DataDir, s.DataDir)
+	setString(&cfg.BindAddress, s.BindAddress)
+	setString(&cfg.AdminSocket, s.AdminSocket)
+	cfg.HealthAddress = s.HealthAddress
+	setString(&cfg.KeyManager, s.KeyManager)
+	setDuration(&cfg.CATTL, s.CATTL)
+	setDuration(&cfg.X509SVIDTTL, s.X509SVIDTTL)
+	setDuration(&cfg.AgentSVIDTTL, s.AgentSVIDTTL)
+	setDuration(&cfg.JoinTokenTTL, s.JoinTokenTTL)
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
+	srv, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	if cfg.HealthAddress != "" {
+		hs, err := health.Start(cfg.HealthAddress, health.Closed(srv.Ready(), "server is starting"), log.Named("health"))
+		if err != nil {
+			return err
+		}
+		defer stopHealth(hs, log)
+	}
+	log.Info("starting server",
+		zap.String("trust_domain", cfg.TrustDomain.String()),
+		zap.String("node_name", cfg.NodeName),
+		zap.String("bind_address", cfg.BindAddress),
+		zap.String("admin_socket", cfg.AdminSocket))
+	err = srv.Run(ctx)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("server: %w", err)
+	}
+	log.Info("server stopped")
+	return nil
+}
+
+func newAgentCommand() *cobra.Command {
+	var path string
+	var flags *config.AgentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a Sigil agent, or manage attested agents (list, show, evict, ban)",
+		Long: `Run a Sigil agent: it attests this node to a server, receives the
+registration entries it is authorized for and serves SVIDs to local
+workloads on the SPIFFE Workload API socket.
+
+Settings come from the agent block of the -config file; flags given on the
+command line override the file. The subcommands manage attested agents
+through a server's admin socket.`,
+		Example: `  sigil agent -config /etc/sigil/agent.hcl
+  sigil agent -trust-domain example.org -server-address 10.0.0.1:8081 -trust-bundle-path bundle.pem -join-token TOKEN
+  sigil agent list`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			settings := &config.Agent{}
+			if path != "" {
+				f, err := config.LoadFile(path)
+				if err != nil {
+					return err
+				}
+				if f.Agent == nil {
+					return fmt.Errorf("%s has no agent block", path)
+				}
+				settings = f.Agent
+			}
+			flags.Apply(settings)
+			if err := settings.Validate(); err != nil {
+				return err
+			}
+			log, err := config.NewLogger(settings.Log, "json", cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck // stderr may not support sync
+			cfg, err := agentConfig(settings, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runAgent(ctx, cfg, settings.HealthAddress, log)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "HCL configuration file with an agent block")
+	flags = config.NewAgentFlags(cmd.Flags())
+	return cmd
+}
+
+// defaultAgentDataDir is used when neither the file nor a flag names one.
+const defaultAgentDataDir = "./.sigil/agent"
+
+// agentConfig turns the command-line settings into an agent.Config on top
+// of the agent's defaults.
+func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
+	cfg := agent.DefaultConfig()
+	td, err := spiffeid.TrustDomainFromString(a.TrustDomain)
+	if err != nil {
+		return cfg, fmt.Errorf("trust_domain %q is invalid: %v", a.TrustDomain, err)
+	}
+	cfg.TrustDomain = td
+	cfg.ServerAddress = a.ServerAddress
+	if cfg.DataDir == "" {
+		cfg.DataDir = defaultAgentDataDir
+	}
+	setString(&cfg.DataDir, a.DataDir)
+	setString(&cfg.SocketPath, a.SocketPath)
+	cfg.JoinToken = a.JoinToken
+	cfg.TrustBundlePath = a.TrustBundlePath
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap.Logger) error {
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	if healthAddr != "" {
+		ready := health.All(health.Closed(a.Ready(), "agent is starting"), a.Healthy)
+		hs, err := health.Start(healthAddr, ready, log.Named("health"))
+		if err != nil {
+			return err
+		}
+		defer stopHealth(hs, log)
+	}
+	log.Info("starting agent",
+		zap.String("trust_domain", cfg.TrustDomain.String()),
+		zap.String("server_address", cfg.ServerAddress),
+		zap.String("socket_path", cfg.SocketPath))
+	err = a.Run(ctx)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("agent: %w", err)
+	}
+	log.Info("agent stopped")
+	return nil
+}
+
+func stopHealth(hs *health.Server, log *zap.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := hs.Stop(ctx); err != nil {
+		log.Warn("health endpoint shutdown", zap.Error(err))
+	}
+}
+
+func setString(dst *string, v string) {
+	if v != "" {
+		*dst = v
+	}
+}
+
+func setDuration(dst *time.Duration, v time.Duration) {
+	if v != 0 {
+		*dst = v
+	}
+}

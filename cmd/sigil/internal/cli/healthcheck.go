@@ -1,0 +1,53 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// NewHealthcheckCommand returns `sigil healthcheck`, for container
+// HEALTHCHECK lines and scripts: exit 0 if the endpoint answers 200.
+func NewHealthcheckCommand() *cobra.Command {
+	var (
+		url     string
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "healthcheck",
+		Short: "Exit 0 if a server's or agent's /ready endpoint reports ready",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client := &http.Client{Timeout: timeout}
+			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, url, nil)
+			if err != nil {
+				return fmt.Errorf("invalid -url %q: %v", url, err)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return fmt.Errorf("not ready: %v", err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			msg := OneLine(string(body))
+			if resp.StatusCode != http.StatusOK {
+				if msg == "" {
+					msg = http.StatusText(resp.StatusCode)
+				}
+				return fmt.Errorf("%s: HTTP %d: %s", url, resp.StatusCode, strings.TrimPrefix(msg, "not ready: "))
+			}
+			if msg == "" {
+				msg = "ready"
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), msg)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&url, "url", "http://127.0.0.1:8080/ready", "health URL to probe")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for an answer")
+	return cmd
+}

@@ -1,0 +1,285 @@
+package cli
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// NewTokenCommand returns `sigil token`.
+func NewTokenCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Manage join tokens for agent attestation",
+	}
+	var ttl time.Duration
+	var o *adminOpts
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Create a single-use join token for a new agent",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			secs, err := ttlSeconds("ttl", ttl)
+			if err != nil {
+				return err
+			}
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := call(cmd.Context(), c.CreateJoinToken, &sigilv1.CreateJoinTokenRequest{Ttl: secs})
+			if err != nil {
+				return c.RPCError("generate token", err)
+			}
+			out := cmd.OutOrStdout()
+			if o.json() {
+				return printJSON(out, resp)
+			}
+			fmt.Fprintf(out, "Token           : %s\n", resp.GetToken())
+			fmt.Fprintf(out, "Agent SPIFFE ID : %s\n", resp.GetAgentId())
+			fmt.Fprintf(out, "Expires at      : %s\n", formatTime(resp.GetExpiresAt()))
+			return nil
+		},
+	}
+	gen.Flags().DurationVar(&ttl, "ttl", 10*time.Minute, "how long the token may be used")
+	o = addAdminFlags(gen)
+	cmd.AddCommand(gen)
+	return cmd
+}
+
+// NewBundleCommand returns `sigil bundle`.
+func NewBundleCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bundle",
+		Short: "Show the trust bundle of the trust domain",
+	}
+	var format string
+	var o *adminOpts
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "Print the trust bundle (the file agents use as trust_bundle_path)",
+		Example: `  sigil bundle show > /etc/sigil/bundle.pem
+  sigil bundle show -format spiffe`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "pem" && format != "spiffe" {
+				return fmt.Errorf("invalid -format %q: want pem or spiffe", format)
+			}
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			b, err := call(cmd.Context(), c.GetBundle, &sigilv1.GetBundleRequest{})
+			if err != nil {
+				return c.RPCError("show bundle", err)
+			}
+			out := cmd.OutOrStdout()
+			if o.json() {
+				return printJSON(out, b)
+			}
+			if format == "pem" {
+				return WriteBundlePEM(out, b)
+			}
+			doc, err := SPIFFEBundle(b)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(out, "%s\n", doc)
+			return err
+		},
+	}
+	show.Flags().StringVar(&format, "format", "pem", "pem (CA certificates) or spiffe (SPIFFE bundle JSON, as served to federated trust domains)")
+	o = addAdminFlags(show)
+	cmd.AddCommand(show)
+	return cmd
+}
+
+// WriteBundlePEM writes the X.509 authorities of b as PEM certificates.
+func WriteBundlePEM(w io.Writer, b *sigilv1.Bundle) error {
+	if len(b.GetX509Authorities()) == 0 {
+		return errors.New("the bundle has no X.509 authorities yet")
+	}
+	for _, a := range b.GetX509Authorities() {
+		if err := pem.Encode(w, &pem.Block{Type: "CERTIFICATE", Bytes: a.GetCertificate()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SPIFFEBundle renders b in the SPIFFE trust bundle format (JWKS).
+func SPIFFEBundle(b *sigilv1.Bundle) ([]byte, error) {
+	td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain())
+	if err != nil {
+		return nil, fmt.Errorf("bundle has invalid trust domain %q: %v", b.GetTrustDomain(), err)
+	}
+	sb := spiffebundle.New(td)
+	for i, a := range b.GetX509Authorities() {
+		cert, err := x509.ParseCertificate(a.GetCertificate())
+		if err != nil {
+			return nil, fmt.Errorf("bundle X.509 authority %d: %v", i, err)
+		}
+		sb.AddX509Authority(cert)
+	}
+	for _, a := range b.GetJwtAuthorities() {
+		key, err := x509.ParsePKIXPublicKey(a.GetPublicKey())
+		if err != nil {
+			return nil, fmt.Errorf("bundle JWT authority %q: %v", a.GetKeyId(), err)
+		}
+		if err := sb.AddJWTAuthority(a.GetKeyId(), key); err != nil {
+			return nil, fmt.Errorf("bundle JWT authority %q: %v", a.GetKeyId(), err)
+		}
+	}
+	if b.GetRefreshHint() > 0 {
+		sb.SetRefreshHint(time.Duration(b.GetRefreshHint()) * time.Second)
+	}
+	sb.SetSequenceNumber(b.GetSequenceNumber())
+	return sb.Marshal()
+}
+
+// AgentAdminCommands returns the subcommands of `sigil agent` that manage
+// attested agents through the server's admin API.
+func AgentAdminCommands() []*cobra.Command {
+	return []*cobra.Command{newAgentList(), newAgentShow(), newAgentEvict(), newAgentBan()}
+}
+
+func newAgentList() *cobra.Command {
+	var o *adminOpts
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List attested agents",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var agents []*sigilv1.AttestedNode
+			req := &sigilv1.ListAgentsRequest{}
+			seen := map[string]bool{}
+			for {
+				resp, err := call(cmd.Context(), c.ListAgents, req)
+				if err != nil {
+					return c.RPCError("list agents", err)
+				}
+				agents = append(agents, resp.Agents...)
+				next := resp.GetNextPageToken()
+				if next == "" {
+					break
+				}
+				if seen[next] {
+					return fmt.Errorf("list agents: the server repeated page token %q", next)
+				}
+				seen[next] = true
+				req.PageToken = next
+			}
+			out := cmd.OutOrStdout()
+			if o.json() {
+				return printJSON(out, &sigilv1.ListAgentsResponse{Agents: agents})
+			}
+			fmt.Fprintf(out, "Found %d %s\n", len(agents), plural(len(agents), "agent", "agents"))
+			for _, a := range agents {
+				fmt.Fprintln(out)
+				printAgent(out, a)
+			}
+			return nil
+		},
+	}
+	o = addAdminFlags(cmd)
+	return cmd
+}
+
+func printAgent(w io.Writer, a *sigilv1.AttestedNode) {
+	fmt.Fprintf(w, "SPIFFE ID        : %s\n", a.GetSpiffeId())
+	fmt.Fprintf(w, "Attestation type : %s\n", a.GetAttestationType())
+	fmt.Fprintf(w, "SVID serial      : %s\n", a.GetCertSerial())
+	fmt.Fprintf(w, "SVID expires at  : %s\n", formatTime(a.GetCertNotAfter()))
+	fmt.Fprintf(w, "Banned           : %t\n", a.GetBanned())
+	for _, s := range a.GetSelectors() {
+		fmt.Fprintf(w, "Selector         : %s\n", registration.FormatSelector(s))
+	}
+	fmt.Fprintf(w, "Attested at      : %s\n", formatTime(a.GetCreatedAt()))
+}
+
+// agentIDCommand builds a command that takes -spiffe-id of an agent.
+func agentIDCommand(use, short string, run func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error) *cobra.Command {
+	var id string
+	var o *adminOpts
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if id == "" {
+				return errors.New("-spiffe-id is required")
+			}
+			if _, err := spiffeid.FromString(id); err != nil {
+				return fmt.Errorf("invalid -spiffe-id %q: %v", id, err)
+			}
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return run(cmd, c, o, id)
+		},
+	}
+	cmd.Flags().StringVar(&id, "spiffe-id", "", "SPIFFE ID of the agent")
+	o = addAdminFlags(cmd)
+	return cmd
+}
+
+func newAgentShow() *cobra.Command {
+	return agentIDCommand("show", "Show one attested agent", func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error {
+		a, err := call(cmd.Context(), c.GetAgent, &sigilv1.GetAgentRequest{SpiffeId: id})
+		if err != nil {
+			return c.RPCError("show agent "+id, err)
+		}
+		if o.json() {
+			return printJSON(cmd.OutOrStdout(), a)
+		}
+		printAgent(cmd.OutOrStdout(), a)
+		return nil
+	})
+}
+
+func newAgentEvict() *cobra.Command {
+	return agentIDCommand("evict", "Forget an attested agent; it must attest again to get SVIDs", func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error {
+		resp, err := call(cmd.Context(), c.EvictAgent, &sigilv1.EvictAgentRequest{SpiffeId: id})
+		if err != nil {
+			return c.RPCError("evict agent "+id, err)
+		}
+		if o.json() {
+			return printJSON(cmd.OutOrStdout(), resp)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "Evicted agent %s\n", id)
+		return nil
+	})
+}
+
+func newAgentBan() *cobra.Command {
+	return agentIDCommand("ban", "Ban an agent: its calls are refused from now on", func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error {
+		resp, err := call(cmd.Context(), c.BanAgent, &sigilv1.BanAgentRequest{SpiffeId: id})
+		if err != nil {
+			return c.RPCError("ban agent "+id, err)
+		}
+		if o.json() {
+			return printJSON(cmd.OutOrStdout(), resp)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "Banned agent %s\n", id)
+		return nil
+	})
+}

@@ -1,0 +1,341 @@
+// Package config reads the HCL configuration files of `sigil server` and
+// `sigil agent`, lets command-line flags override them, and builds the
+// process logger. It knows nothing about the server and agent packages: it
+// produces plain settings that the commands copy into server.Config and
+// agent.Config.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Server holds the settings of `sigil server`. Zero values mean "use the
+// server's default".
+type Server struct {
+	TrustDomain   string
+	NodeName      string
+	DataDir       string
+	BindAddress   string
+	AdminSocket   string
+	HealthAddress string
+	KeyManager    string
+	CATTL         time.Duration
+	X509SVIDTTL   time.Duration
+	AgentSVIDTTL  time.Duration
+	JoinTokenTTL  time.Duration
+	Log           Log
+}
+
+// Agent holds the settings of `sigil agent`. Zero values mean "use the
+// agent's default".
+type Agent struct {
+	TrustDomain     string
+	ServerAddress   string
+	DataDir         string
+	SocketPath      string
+	JoinToken       string
+	TrustBundlePath string
+	HealthAddress   string
+	Log             Log
+}
+
+// Log holds the logging settings shared by both daemons.
+type Log struct {
+	Level  string // debug, info, warn, error; "" means info
+	Format string // json or console; "" means json
+}
+
+// File is a parsed configuration file. A file may hold a server block, an
+// agent block or both.
+type File struct {
+	Server *Server
+	Agent  *Agent
+}
+
+// hclFile mirrors the file layout for gohcl. Durations are strings here and
+// are parsed after decoding so that a bad one gets a precise message.
+type hclFile struct {
+	Server *hclServer `hcl:"server,block"`
+	Agent  *hclAgent  `hcl:"agent,block"`
+}
+
+type hclServer struct {
+	TrustDomain   string `hcl:"trust_domain,optional"`
+	NodeName      string `hcl:"node_name,optional"`
+	DataDir       string `hcl:"data_dir,optional"`
+	BindAddress   string `hcl:"bind_address,optional"`
+	AdminSocket   string `hcl:"admin_socket,optional"`
+	HealthAddress string `hcl:"health_address,optional"`
+	KeyManager    string `hcl:"key_manager,optional"`
+	CATTL         string `hcl:"ca_ttl,optional"`
+	X509SVIDTTL   string `hcl:"x509_svid_ttl,optional"`
+	AgentSVIDTTL  string `hcl:"agent_svid_ttl,optional"`
+	JoinTokenTTL  string `hcl:"join_token_ttl,optional"`
+	LogLevel      string `hcl:"log_level,optional"`
+	LogFormat     string `hcl:"log_format,optional"`
+}
+
+type hclAgent struct {
+	TrustDomain     string `hcl:"trust_domain,optional"`
+	ServerAddress   string `hcl:"server_address,optional"`
+	DataDir         string `hcl:"data_dir,optional"`
+	SocketPath      string `hcl:"socket_path,optional"`
+	JoinToken       string `hcl:"join_token,optional"`
+	TrustBundlePath string `hcl:"trust_bundle_path,optional"`
+	HealthAddress   string `hcl:"health_address,optional"`
+	LogLevel        string `hcl:"log_level,optional"`
+	LogFormat       string `hcl:"log_format,optional"`
+}
+
+// LoadFile reads and parses the configuration file at path.
+func LoadFile(path string) (*File, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, src)
+}
+
+// Parse parses HCL source; filename is used in error messages only.
+// Unknown blocks or attributes, wrong types and bad durations are errors.
+func Parse(filename string, src []byte) (*File, error) {
+	f, diags := hclsyntax.ParseConfig(src, filename, hcl.Pos{Line: 1, Column: 1})
+	if diags.HasErrors() {
+		return nil, diagError(diags)
+	}
+	var raw hclFile
+	if diags := gohcl.DecodeBody(f.Body, nil, &raw); diags.HasErrors() {
+		return nil, diagError(diags)
+	}
+	out := &File{}
+	if s := raw.Server; s != nil {
+		out.Server = &Server{
+			TrustDomain:   s.TrustDomain,
+			NodeName:      s.NodeName,
+			DataDir:       s.DataDir,
+			BindAddress:   s.BindAddress,
+			AdminSocket:   s.AdminSocket,
+			HealthAddress: s.HealthAddress,
+			KeyManager:    s.KeyManager,
+			Log:           Log{Level: s.LogLevel, Format: s.LogFormat},
+		}
+		durations := []struct {
+			name string
+			src  string
+			dst  *time.Duration
+		}{
+			{"ca_ttl", s.CATTL, &out.Server.CATTL},
+			{"x509_svid_ttl", s.X509SVIDTTL, &out.Server.X509SVIDTTL},
+			{"agent_svid_ttl", s.AgentSVIDTTL, &out.Server.AgentSVIDTTL},
+			{"join_token_ttl", s.JoinTokenTTL, &out.Server.JoinTokenTTL},
+		}
+		for _, d := range durations {
+			if d.src == "" {
+				continue
+			}
+			v, err := parseDuration(d.src)
+			if err != nil {
+				return nil, fmt.Errorf("%s: server.%s: %w", filename, d.name, err)
+			}
+			*d.dst = v
+		}
+	}
+	if a := raw.Agent; a != nil {
+		out.Agent = &Agent{
+			TrustDomain:     a.TrustDomain,
+			ServerAddress:   a.ServerAddress,
+			DataDir:         a.DataDir,
+			SocketPath:      a.SocketPath,
+			JoinToken:       a.JoinToken,
+			TrustBundlePath: a.TrustBundlePath,
+			HealthAddress:   a.HealthAddress,
+			Log:             Log{Level: a.LogLevel, Format: a.LogFormat},
+		}
+	}
+	return out, nil
+}
+
+// parseDuration is time.ParseDuration that also refuses negative values.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. \"90s\", \"1h\", \"24h\")", s)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("invalid duration %q: must not be negative", s)
+	}
+	return d, nil
+}
+
+// diagError turns HCL diagnostics into one error. Each diagnostic becomes
+// "file:line,col: summary; detail".
+func diagError(diags hcl.Diagnostics) error {
+	var msgs []string
+	for _, d := range diags {
+		if d.Severity != hcl.DiagError {
+			continue
+		}
+		var b strings.Builder
+		if d.Subject != nil {
+			fmt.Fprintf(&b, "%s:%d,%d: ", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column)
+		}
+		b.WriteString(d.Summary)
+		if d.Detail != "" {
+			b.WriteString("; ")
+			b.WriteString(d.Detail)
+		}
+		msgs = append(msgs, b.String())
+	}
+	if len(msgs) == 0 {
+		return errors.New("config: invalid file")
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// ServerFlags are the command-line flags of `sigil server`.
+type ServerFlags struct {
+	fs  *pflag.FlagSet
+	val Server
+}
+
+// NewServerFlags registers the server flags on fs.
+func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
+	f := &ServerFlags{fs: fs}
+	fs.StringVar(&f.val.TrustDomain, "trust-domain", "", "trust domain of this cluster, e.g. example.org")
+	fs.StringVar(&f.val.NodeName, "node-name", "", "name of this server node (default: hostname)")
+	fs.StringVar(&f.val.DataDir, "data-dir", "", "directory for Raft data and CA keys (default ./.sigil/server)")
+	fs.StringVar(&f.val.BindAddress, "bind-address", "", "listen address of the node API (default :8081)")
+	fs.StringVar(&f.val.AdminSocket, "admin-socket", "", "path of the admin API unix socket (default /tmp/sigil-server/private/admin.sock)")
+	fs.StringVar(&f.val.HealthAddress, "health-address", "", "listen address of the /live and /ready endpoints (empty: disabled)")
+	fs.StringVar(&f.val.KeyManager, "key-manager", "", "where CA keys are kept: disk or memory (default disk)")
+	fs.DurationVar(&f.val.CATTL, "ca-ttl", 0, "lifetime of CA certificates (default 24h)")
+	fs.DurationVar(&f.val.X509SVIDTTL, "x509-svid-ttl", 0, "default lifetime of workload X.509-SVIDs (default 1h)")
+	fs.DurationVar(&f.val.AgentSVIDTTL, "agent-svid-ttl", 0, "lifetime of agent SVIDs (default 1h)")
+	fs.DurationVar(&f.val.JoinTokenTTL, "join-token-ttl", 0, "default lifetime of join tokens (default 10m)")
+	addLogFlags(fs, &f.val.Log)
+	return f
+}
+
+// Apply copies the flags that were set explicitly on the command line
+// over s.
+func (f *ServerFlags) Apply(s *Server) {
+	set := func(name string, dst *string, v string) {
+		if f.fs.Changed(name) {
+			*dst = v
+		}
+	}
+	setD := func(name string, dst *time.Duration, v time.Duration) {
+		if f.fs.Changed(name) {
+			*dst = v
+		}
+	}
+	set("trust-domain", &s.TrustDomain, f.val.TrustDomain)
+	set("node-name", &s.NodeName, f.val.NodeName)
+	set("data-dir", &s.DataDir, f.val.DataDir)
+	set("bind-address", &s.BindAddress, f.val.BindAddress)
+	set("admin-socket", &s.AdminSocket, f.val.AdminSocket)
+	set("health-address", &s.HealthAddress, f.val.HealthAddress)
+	set("key-manager", &s.KeyManager, f.val.KeyManager)
+	setD("ca-ttl", &s.CATTL, f.val.CATTL)
+	setD("x509-svid-ttl", &s.X509SVIDTTL, f.val.X509SVIDTTL)
+	setD("agent-svid-ttl", &s.AgentSVIDTTL, f.val.AgentSVIDTTL)
+	setD("join-token-ttl", &s.JoinTokenTTL, f.val.JoinTokenTTL)
+	set("log-level", &s.Log.Level, f.val.Log.Level)
+	set("log-format", &s.Log.Format, f.val.Log.Format)
+}
+
+// AgentFlags are the command-line flags of `sigil agent`.
+type AgentFlags struct {
+	fs  *pflag.FlagSet
+	val Agent
+}
+
+// NewAgentFlags registers the agent flags on fs.
+func NewAgentFlags(fs *pflag.FlagSet) *AgentFlags {
+	f := &AgentFlags{fs: fs}
+	fs.StringVar(&f.val.TrustDomain, "trust-domain", "", "trust domain of the servers, e.g. example.org")
+	fs.StringVar(&f.val.ServerAddress, "server-address", "", "address (host:port) of a server's node API")
+	fs.StringVar(&f.val.DataDir, "data-dir", "", "directory for the agent's identity and cache (default ./.sigil/agent)")
+	fs.StringVar(&f.val.SocketPath, "socket-path", "", "path of the Workload API unix socket (default /tmp/sigil-agent/public/api.sock)")
+	fs.StringVar(&f.val.JoinToken, "join-token", "", "single-use join token for the first attestation")
+	fs.StringVar(&f.val.TrustBundlePath, "trust-bundle-path", "", "PEM file with the server CA certificates (from `sigil bundle show`)")
+	fs.StringVar(&f.val.HealthAddress, "health-address", "", "listen address of the /live and /ready endpoints (empty: disabled)")
+	addLogFlags(fs, &f.val.Log)
+	return f
+}
+
+// Apply copies the flags that were set explicitly on the command line
+// over a.
+func (f *AgentFlags) Apply(a *Agent) {
+	set := func(name string, dst *string, v string) {
+		if f.fs.Changed(name) {
+			*dst = v
+		}
+	}
+	set("trust-domain", &a.TrustDomain, f.val.TrustDomain)
+	set("server-address", &a.ServerAddress, f.val.ServerAddress)
+	set("data-dir", &a.DataDir, f.val.DataDir)
+	set("socket-path", &a.SocketPath, f.val.SocketPath)
+	set("join-token", &a.JoinToken, f.val.JoinToken)
+	set("trust-bundle-path", &a.TrustBundlePath, f.val.TrustBundlePath)
+	set("health-address", &a.HealthAddress, f.val.HealthAddress)
+	set("log-level", &a.Log.Level, f.val.Log.Level)
+	set("log-format", &a.Log.Format, f.val.Log.Format)
+}
+
+func addLogFlags(fs *pflag.FlagSet, l *Log) {
+	fs.StringVar(&l.Level, "log-level", "", "log level: debug, info, warn or error (default info)")
+	fs.StringVar(&l.Format, "log-format", "", "log format: json or console (default json)")
+}
+
+// Validate checks the settings that the command line owns: the trust
+// domain and the log settings. The server package checks the rest.
+func (s *Server) Validate() error {
+	if err := validateTrustDomain(s.TrustDomain); err != nil {
+		return err
+	}
+	return s.Log.Validate()
+}
+
+// Validate checks the agent settings that the command line owns.
+func (a *Agent) Validate() error {
+	if err := validateTrustDomain(a.TrustDomain); err != nil {
+		return err
+	}
+	if a.ServerAddress == "" {
+		return errors.New("server_address is required (set it in the config file or with -server-address)")
+	}
+	return a.Log.Validate()
+}
+
+func validateTrustDomain(td string) error {
+	if td == "" {
+		return errors.New("trust_domain is required (set it in the config file or with -trust-domain)")
+	}
+	if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+		return fmt.Errorf("trust_domain %q is invalid: %v", td, err)
+	}
+	return nil
+}
+
+// Validate checks the log level and format.
+func (l Log) Validate() error {
+	if _, err := parseLevel(l.Level); err != nil {
+		return err
+	}
+	switch l.Format {
+	case "", "json", "console", "text":
+		return nil
+	}
+	return fmt.Errorf("log_format %q is invalid: want json or console", l.Format)
+}

@@ -1,0 +1,59 @@
+// Command sigil is the one Sigil binary: the server and agent daemons, the
+// single-process `dev` mode, and the client commands that talk to a
+// server's admin API or to an agent's Workload API.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
+)
+
+// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	os.Exit(cli.Execute(newRootCommand(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "sigil",
+		Short: "Sigil issues SPIFFE workload identities",
+		Long: `Sigil is a SPIFFE workload identity issuer: servers form the certificate
+authority of a trust domain, agents attest their node and serve SVIDs to
+local workloads over the SPIFFE Workload API.
+
+Long flags take one dash or two: -config and --config are the same.`,
+		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
+	}
+	agentCmd := newAgentCommand()
+	agentCmd.AddCommand(cli.AgentAdminCommands()...)
+	root.AddCommand(
+		newServerCommand(),
+		agentCmd,
+		newDevCommand(),
+		cli.NewEntryCommand(),
+		cli.NewTokenCommand(),
+		cli.NewBundleCommand(),
+		cli.NewSVIDCommand(),
+		cli.NewHealthcheckCommand(),
+		newVersionCommand(),
+	)
+	return root
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version of this binary",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "sigil %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		},
+	}
+}

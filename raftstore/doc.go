@@ -1,0 +1,38 @@
+// Package raftstore is Sigil's replicated state machine: the registration
+// entries, attested nodes, join tokens and trust bundles of one trust
+// domain, kept identical on every server by Raft (hashicorp/raft, with a
+// bolt log and stable store and file snapshots on disk).
+//
+// Writes are typed commands (sigilv1.Command) proposed with Store.Apply; the
+// leader appends them to the Raft log and every server applies them, in log
+// order, to an indexed in-memory database (go-memdb). Reads go through a
+// Reader, a consistent, immutable view of that database that also collects
+// the watch channels of every query run through it, so a caller can block
+// until the answer to exactly its queries may have changed (Reader.WatchSet)
+// and then read again. Store.Changed is a coarser broadcast fired after
+// every applied change.
+//
+// # Determinism contract
+//
+// Applying a command must produce the same state on every server, on every
+// replay of the log and after restoring any snapshot. The state machine
+// therefore:
+//
+//   - never reads the clock: every time-dependent decision (join token
+//     expiry, creation times) uses Command.Timestamp, stamped once by the
+//     proposer in Store.Apply;
+//   - uses no randomness and never lets map iteration order reach the
+//     state or a result: batch items are applied in order, lists are kept
+//     sorted;
+//   - validates everything it is given and refuses bad input (undecodable
+//     bytes, a missing or unknown operation, invalid entries, nodes, tokens
+//     or certificates) with a CommandError and no change at all. Batch
+//     commands refuse item by item; a refused item changes nothing;
+//   - never mutates a stored object in place: an object handed out by a
+//     Reader stays valid and unchanged for as long as the caller holds it.
+//     Callers must treat every returned value as read-only.
+//
+// Snapshots carry the whole state with a checksum; a snapshot that is
+// corrupt or holds an invalid record is refused and the state is left as it
+// was.
+package raftstore

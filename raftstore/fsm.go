@@ -1,0 +1,533 @@
+package raftstore
+
+import (
+	"bytes"
+	"crypto/x509"
+	"fmt"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// maxEntryIDLen bounds entry ids.
+const maxEntryIDLen = 255
+
+// dbState is one generation of the in-memory database. Restore replaces the
+// whole generation and closes abandon, which every Reader watches, so that
+// watchers of the old database wake up.
+type dbState struct {
+	db      *memdb.MemDB
+	abandon chan struct{}
+}
+
+// fsm is the raft.FSM. Raft calls Apply, Snapshot and Restore from one
+// goroutine; readers run concurrently through memdb read transactions.
+type fsm struct {
+	td        spiffeid.TrustDomain
+	serversID string
+	log       *zap.Logger
+
+	state     atomic.Pointer[dbState]
+	lastIndex atomic.Uint64
+
+	mu      sync.Mutex
+	changed chan struct{}
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+func newFSM(td spiffeid.TrustDomain, log *zap.Logger) *fsm {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	f := &fsm{
+		td:        td,
+		serversID: registration.ServersID(td).String(),
+		log:       log,
+		changed:   make(chan struct{}),
+	}
+	f.state.Store(&dbState{db: newMemDB(), abandon: make(chan struct{})})
+	return f
+}
+
+// changedCh returns the channel closed after the next applied change.
+func (f *fsm) changedCh() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+func (f *fsm) broadcast() {
+	f.mu.Lock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// Apply applies one committed log entry. It returns a *sigilv1.CommandResult
+// on success (and for batch commands, whose items fail one by one) or a
+// *CommandError when the whole command is refused.
+func (f *fsm) Apply(l *raft.Log) interface{} {
+	defer f.lastIndex.Store(l.Index)
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	var cmd sigilv1.Command
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		f.log.Warn("refusing undecodable raft command", zap.Uint64("index", l.Index), zap.Error(err))
+		return cmdErr(codes.InvalidArgument, "undecodable command: %v", err)
+	}
+	if cmd.Timestamp <= 0 {
+		return cmdErr(codes.InvalidArgument, "command has no timestamp")
+	}
+	st := f.state.Load()
+	txn := st.db.Txn(true)
+	defer txn.Abort() // no-op after Commit
+	a := &applier{f: f, txn: txn, index: l.Index, nowSec: cmd.Timestamp / 1e9}
+
+	var res interface{}
+	switch op := cmd.Op.(type) {
+	case *sigilv1.Command_CreateEntries:
+		res = a.batch(len(op.CreateEntries.GetEntries()), func(i int) *CommandError {
+			return a.createEntry(op.CreateEntries.Entries[i])
+		})
+	case *sigilv1.Command_UpdateEntries:
+		res = a.batch(len(op.UpdateEntries.GetEntries()), func(i int) *CommandError {
+			return a.updateEntry(op.UpdateEntries.Entries[i])
+		})
+	case *sigilv1.Command_DeleteEntries:
+		res = a.batch(len(op.DeleteEntries.GetIds()), func(i int) *CommandError {
+			return a.deleteEntry(op.DeleteEntries.Ids[i])
+		})
+	case *sigilv1.Command_CreateJoinToken:
+		res = a.single(a.createJoinToken(op.CreateJoinToken))
+	case *sigilv1.Command_AttestNode:
+		res = a.single(a.attestNode(op.AttestNode))
+	case *sigilv1.Command_UpdateNode:
+		res = a.single(a.updateNode(op.UpdateNode))
+	case *sigilv1.Command_EvictNode:
+		res = a.single(a.evictNode(op.EvictNode))
+	case *sigilv1.Command_BanNode:
+		res = a.single(a.banNode(op.BanNode))
+	case *sigilv1.Command_PutX509Authority:
+		res = a.single(a.putX509Authority(op.PutX509Authority))
+	default:
+		return cmdErr(codes.InvalidArgument, "command has no known operation")
+	}
+	if a.changed {
+		if err := txn.Insert(tableMeta, &metaRow{Key: metaIndexKey, Index: l.Index}); err != nil {
+			// Cannot happen with a constant schema; refuse rather than panic.
+			return cmdErr(codes.Internal, "recording index: %v", err)
+		}
+		txn.Commit()
+		f.lastIndex.Store(l.Index)
+		f.broadcast()
+	}
+	return res
+}
+
+// applier applies the items of one command inside one write transaction.
+type applier struct {
+	f       *fsm
+	txn     *memdb.Txn
+	index   uint64
+	nowSec  int64 // Command.Timestamp in unix seconds
+	changed bool
+}
+
+func (a *applier) batch(n int, item func(i int) *CommandError) *sigilv1.CommandResult {
+	res := &sigilv1.CommandResult{Results: make([]*sigilv1.Status, n)}
+	for i := range n {
+		st := &sigilv1.Status{}
+		if err := item(i); err != nil {
+			st.Code, st.Message = int32(err.Code), err.Msg
+		}
+		res.Results[i] = st
+	}
+	return res
+}
+
+func (a *applier) single(err *CommandError) interface{} {
+	if err != nil {
+		a.changed = false // a refused command changes nothing
+		return err
+	}
+	return &sigilv1.CommandResult{Results: []*sigilv1.Status{{}}}
+}
+
+func (a *applier) insert(table string, obj interface{}) *CommandError {
+	if err := a.txn.Insert(table, obj); err != nil {
+		return cmdErr(codes.Internal, "storing in %s: %v", table, err)
+	}
+	a.changed = true
+	return nil
+}
+
+func (a *applier) delete(table string, obj interface{}) *CommandError {
+	if err := a.txn.Delete(table, obj); err != nil {
+		return cmdErr(codes.Internal, "deleting from %s: %v", table, err)
+	}
+	a.changed = true
+	return nil
+}
+
+func (a *applier) entryByID(id string) *entryRow {
+	raw, err := a.txn.First(tableEntries, indexID, id)
+	if err != nil || raw == nil {
+		return nil
+	}
+	return raw.(*entryRow)
+}
+
+func (a *applier) entryByKey(key string) *entryRow {
+	raw, err := a.txn.First(tableEntries, indexKey, key)
+	if err != nil || raw == nil {
+		return nil
+	}
+	return raw.(*entryRow)
+}
+
+func (a *applier) node(id string) *sigilv1.AttestedNode {
+	raw, err := a.txn.First(tableNodes, indexID, id)
+	if err != nil || raw == nil {
+		return nil
+	}
+	return raw.(*sigilv1.AttestedNode)
+}
+
+func (a *applier) joinToken(hash string) *sigilv1.JoinToken {
+	raw, err := a.txn.First(tableJoinTokens, indexID, hash)
+	if err != nil || raw == nil {
+		return nil
+	}
+	return raw.(*sigilv1.JoinToken)
+}
+
+func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
+	if err := a.f.validateEntry(e); err != nil {
+		return err
+	}
+	if a.entryByID(e.Id) != nil {
+		return cmdErr(codes.AlreadyExists, "entry %q already exists", e.Id)
+	}
+	row := newEntryRow(e)
+	if other := a.entryByKey(row.Key); other != nil {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.ID)
+	}
+	// e was decoded from this log entry alone, so the FSM owns it.
+	e.Revision = 0
+	e.ModifyIndex = a.index
+	if e.CreatedAt == 0 {
+		e.CreatedAt = a.nowSec
+	}
+	return a.insert(tableEntries, row)
+}
+
+func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
+	if err := a.f.validateEntry(e); err != nil {
+		return err
+	}
+	old := a.entryByID(e.Id)
+	if old == nil {
+		return cmdErr(codes.NotFound, "entry %q not found", e.Id)
+	}
+	row := newEntryRow(e)
+	if other := a.entryByKey(row.Key); other != nil && other.ID != e.Id {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.ID)
+	}
+	e.CreatedAt = old.Entry.CreatedAt
+	e.Revision = old.Entry.Revision + 1
+	e.ModifyIndex = a.index
+	return a.insert(tableEntries, row)
+}
+
+func (a *applier) deleteEntry(id string) *CommandError {
+	if id == "" {
+		return cmdErr(codes.InvalidArgument, "entry id is empty")
+	}
+	old := a.entryByID(id)
+	if old == nil {
+		return cmdErr(codes.NotFound, "entry %q not found", id)
+	}
+	return a.delete(tableEntries, old)
+}
+
+// expireJoinTokens deletes every join token expired at the command time.
+func (a *applier) expireJoinTokens() *CommandError {
+	it, err := a.txn.LowerBound(tableJoinTokens, indexExpires, int64(math.MinInt64))
+	if err != nil {
+		return cmdErr(codes.Internal, "scanning join tokens: %v", err)
+	}
+	var expired []*sigilv1.JoinToken
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		t := raw.(*sigilv1.JoinToken)
+		if t.ExpiresAt > a.nowSec {
+			break
+		}
+		expired = append(expired, t)
+	}
+	for _, t := range expired {
+		if err := a.delete(tableJoinTokens, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *applier) createJoinToken(c *sigilv1.CreateJoinToken) *CommandError {
+	t := c.GetToken()
+	if t == nil {
+		return cmdErr(codes.InvalidArgument, "join token is missing")
+	}
+	if err := validateTokenHash(t.Hash); err != nil {
+		return err
+	}
+	if t.ExpiresAt <= a.nowSec {
+		return cmdErr(codes.InvalidArgument, "join token expires at %d, not after the command time %d", t.ExpiresAt, a.nowSec)
+	}
+	if a.joinToken(t.Hash) != nil {
+		return cmdErr(codes.AlreadyExists, "join token already exists")
+	}
+	if err := a.expireJoinTokens(); err != nil {
+		return err
+	}
+	return a.insert(tableJoinTokens, t)
+}
+
+func (a *applier) attestNode(c *sigilv1.AttestNode) *CommandError {
+	n := c.GetNode()
+	if err := a.f.validateNode(n); err != nil {
+		return err
+	}
+	var token *sigilv1.JoinToken
+	if c.JoinTokenHash != "" {
+		if err := validateTokenHash(c.JoinTokenHash); err != nil {
+			return err
+		}
+		token = a.joinToken(c.JoinTokenHash)
+		if token == nil || token.ExpiresAt <= a.nowSec {
+			return cmdErr(codes.PermissionDenied, "join token is invalid or expired")
+		}
+	}
+	old := a.node(n.SpiffeId)
+	if old != nil && old.Banned {
+		return cmdErr(codes.PermissionDenied, "node %q is banned", n.SpiffeId)
+	}
+	// All checks passed: from here on the command succeeds.
+	if token != nil {
+		if err := a.delete(tableJoinTokens, token); err != nil {
+			return err
+		}
+	}
+	if err := a.expireJoinTokens(); err != nil {
+		return err
+	}
+	n.Banned = false
+	switch {
+	case old != nil:
+		n.CreatedAt = old.CreatedAt
+	case n.CreatedAt == 0:
+		n.CreatedAt = a.nowSec
+	}
+	n.ModifyIndex = a.index
+	return a.insert(tableNodes, n)
+}
+
+func (a *applier) updateNode(c *sigilv1.UpdateNode) *CommandError {
+	if c.GetSpiffeId() == "" {
+		return cmdErr(codes.InvalidArgument, "node spiffe_id is empty")
+	}
+	old := a.node(c.SpiffeId)
+	if old == nil {
+		return cmdErr(codes.NotFound, "node %q not found", c.SpiffeId)
+	}
+	if old.Banned {
+		return cmdErr(codes.PermissionDenied, "node %q is banned", c.SpiffeId)
+	}
+	n := proto.Clone(old).(*sigilv1.AttestedNode)
+	n.CertSerial = c.CertSerial
+	n.CertNotAfter = c.CertNotAfter
+	n.ModifyIndex = a.index
+	return a.insert(tableNodes, n)
+}
+
+func (a *applier) evictNode(c *sigilv1.EvictNode) *CommandError {
+	if c.GetSpiffeId() == "" {
+		return cmdErr(codes.InvalidArgument, "node spiffe_id is empty")
+	}
+	old := a.node(c.SpiffeId)
+	if old == nil {
+		return cmdErr(codes.NotFound, "node %q not found", c.SpiffeId)
+	}
+	return a.delete(tableNodes, old)
+}
+
+func (a *applier) banNode(c *sigilv1.BanNode) *CommandError {
+	if c.GetSpiffeId() == "" {
+		return cmdErr(codes.InvalidArgument, "node spiffe_id is empty")
+	}
+	old := a.node(c.SpiffeId)
+	if old == nil {
+		return cmdErr(codes.NotFound, "node %q not found", c.SpiffeId)
+	}
+	if old.Banned {
+		return nil
+	}
+	n := proto.Clone(old).(*sigilv1.AttestedNode)
+	n.Banned = true
+	n.ModifyIndex = a.index
+	return a.insert(tableNodes, n)
+}
+
+func (a *applier) putX509Authority(c *sigilv1.PutX509Authority) *CommandError {
+	if c.GetTrustDomain() != a.f.td.Name() {
+		return cmdErr(codes.InvalidArgument, "trust domain %q is not this cluster's trust domain %q", c.GetTrustDomain(), a.f.td.Name())
+	}
+	in := c.GetAuthority()
+	if in == nil {
+		return cmdErr(codes.InvalidArgument, "authority is missing")
+	}
+	if in.ServerId == "" {
+		return cmdErr(codes.InvalidArgument, "authority server_id is empty")
+	}
+	notAfter, err := parseCACert(in.Certificate)
+	if err != nil {
+		return err
+	}
+	auth := &sigilv1.X509Authority{
+		Certificate: in.Certificate,
+		ServerId:    in.ServerId,
+		NotAfter:    notAfter,
+		Tainted:     in.Tainted,
+	}
+	var b *sigilv1.Bundle
+	if raw, err := a.txn.First(tableBundles, indexID, c.TrustDomain); err == nil && raw != nil {
+		b = proto.Clone(raw.(*sigilv1.Bundle)).(*sigilv1.Bundle)
+	} else {
+		b = &sigilv1.Bundle{TrustDomain: c.TrustDomain}
+	}
+	replaced := false
+	for i, old := range b.X509Authorities {
+		if old.ServerId == auth.ServerId && bytes.Equal(old.Certificate, auth.Certificate) {
+			b.X509Authorities[i] = auth
+			replaced = true
+			break
+		}
+	}
+	if !replaced {
+		b.X509Authorities = append(b.X509Authorities, auth)
+	}
+	sortAuthorities(b.X509Authorities)
+	b.SequenceNumber++
+	return a.insert(tableBundles, b)
+}
+
+func sortAuthorities(as []*sigilv1.X509Authority) {
+	sort.SliceStable(as, func(i, j int) bool {
+		x, y := as[i], as[j]
+		if x.NotAfter != y.NotAfter {
+			return x.NotAfter < y.NotAfter
+		}
+		if c := bytes.Compare(x.Certificate, y.Certificate); c != 0 {
+			return c < 0
+		}
+		return x.ServerId < y.ServerId
+	})
+}
+
+// parseCACert checks that der is a CA certificate and returns its expiry.
+func parseCACert(der []byte) (int64, *CommandError) {
+	if len(der) == 0 {
+		return 0, cmdErr(codes.InvalidArgument, "authority certificate is empty")
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return 0, cmdErr(codes.InvalidArgument, "authority certificate does not parse: %v", err)
+	}
+	if !cert.BasicConstraintsValid || !cert.IsCA {
+		return 0, cmdErr(codes.InvalidArgument, "authority certificate is not a CA certificate")
+	}
+	return cert.NotAfter.Unix(), nil
+}
+
+func (f *fsm) validateEntry(e *sigilv1.Entry) *CommandError {
+	if e == nil {
+		return cmdErr(codes.InvalidArgument, "entry is missing")
+	}
+	if err := validateEntryID(e.Id); err != nil {
+		return err
+	}
+	if err := registration.Validate(f.td, e); err != nil {
+		return cmdErr(codes.InvalidArgument, "entry %q: %v", e.Id, err)
+	}
+	return nil
+}
+
+func validateEntryID(id string) *CommandError {
+	if id == "" {
+		return cmdErr(codes.InvalidArgument, "entry id is empty")
+	}
+	if len(id) > maxEntryIDLen {
+		return cmdErr(codes.InvalidArgument, "entry id is longer than %d bytes", maxEntryIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x20 || c == 0x7f {
+			return cmdErr(codes.InvalidArgument, "entry id %q has control characters", id)
+		}
+	}
+	return nil
+}
+
+func (f *fsm) validateNode(n *sigilv1.AttestedNode) *CommandError {
+	if n == nil {
+		return cmdErr(codes.InvalidArgument, "node is missing")
+	}
+	id, err := spiffeid.FromString(n.SpiffeId)
+	if err != nil {
+		return cmdErr(codes.InvalidArgument, "invalid node spiffe_id %q: %v", n.SpiffeId, err)
+	}
+	if id.TrustDomain() != f.td {
+		return cmdErr(codes.InvalidArgument, "node spiffe_id %q is not in trust domain %q", n.SpiffeId, f.td)
+	}
+	if !registration.IsAgentID(id) {
+		return cmdErr(codes.InvalidArgument, "node spiffe_id %q is not an agent ID", n.SpiffeId)
+	}
+	if n.AttestationType == "" {
+		return cmdErr(codes.InvalidArgument, "node %q has no attestation_type", n.SpiffeId)
+	}
+	for _, s := range n.Selectors {
+		if err := registration.ValidateSelector(s); err != nil {
+			return cmdErr(codes.InvalidArgument, "node %q: %v", n.SpiffeId, err)
+		}
+	}
+	return nil
+}
+
+func validateTokenHash(h string) *CommandError {
+	if len(h) != 64 {
+		return cmdErr(codes.InvalidArgument, "join token hash must be 64 lowercase hex characters, got %d characters", len(h))
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) {
+			return cmdErr(codes.InvalidArgument, "join token hash must be 64 lowercase hex characters")
+		}
+	}
+	return nil
+}
+
+// errorf formats a plain error for snapshot validation.
+func errorf(format string, args ...any) error {
+	return fmt.Errorf("raftstore: "+format, args...)
+}

@@ -1,0 +1,347 @@
+package raftstore
+
+import (
+	"encoding/base64"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// DefaultPageSize is the page size of ListEntries and ListNodes when the
+// caller asks for none.
+const DefaultPageSize = 500
+
+// Reader is a consistent, read-only view of the state at one Raft index.
+// It also collects, in its WatchSet, the watch channels of every query made
+// through it. A Reader is not safe for concurrent use; the values it returns
+// are shared and must not be modified.
+type Reader struct {
+	txn *memdb.Txn
+	ws  memdb.WatchSet
+	td  spiffeid.TrustDomain
+}
+
+func (f *fsm) reader() *Reader {
+	st := f.state.Load()
+	ws := memdb.NewWatchSet()
+	ws.Add(st.abandon)
+	return &Reader{txn: st.db.Txn(false), ws: ws, td: f.td}
+}
+
+// Index is the Raft index of the last change this view reflects. It adds
+// nothing to the WatchSet (it would fire on every write).
+func (r *Reader) Index() uint64 {
+	raw, err := r.txn.First(tableMeta, indexID, metaIndexKey)
+	if err != nil || raw == nil {
+		return 0
+	}
+	return raw.(*metaRow).Index
+}
+
+// WatchSet holds the watch channels of every query run through this Reader
+// (and one that fires if the whole state is replaced by a snapshot). It
+// fires when the result of any of those queries may have changed: always
+// when one did, and sometimes spuriously, since a lookup that found nothing
+// watches the nearest node of the radix tree, which other writes to the
+// same index can touch. Re-read after it fires.
+func (r *Reader) WatchSet() memdb.WatchSet { return r.ws }
+
+func (r *Reader) first(table, index string, arg string) interface{} {
+	ch, raw, err := r.txn.FirstWatch(table, index, arg)
+	if err != nil {
+		return nil
+	}
+	r.ws.Add(ch)
+	return raw
+}
+
+// entries runs an exact index lookup and returns the entry rows, in id order.
+func (r *Reader) entryRows(index, arg string) []*entryRow {
+	it, err := r.txn.Get(tableEntries, index, arg)
+	if err != nil {
+		return nil
+	}
+	r.ws.Add(it.WatchCh())
+	var out []*entryRow
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*entryRow))
+	}
+	return out
+}
+
+func entriesOf(rows []*entryRow) []*sigilv1.Entry {
+	out := make([]*sigilv1.Entry, len(rows))
+	for i, row := range rows {
+		out[i] = row.Entry
+	}
+	return out
+}
+
+// Entry returns the entry with the given id, or ErrNotFound.
+func (r *Reader) Entry(id string) (*sigilv1.Entry, error) {
+	raw := r.first(tableEntries, indexID, id)
+	if raw == nil {
+		return nil, fmt.Errorf("entry %q: %w", id, ErrNotFound)
+	}
+	return raw.(*entryRow).Entry, nil
+}
+
+// EntriesBySPIFFEID returns the entries with this spiffe_id, in id order.
+func (r *Reader) EntriesBySPIFFEID(id string) []*sigilv1.Entry {
+	return entriesOf(r.entryRows(indexSPIFFEID, id))
+}
+
+// EntriesByParentID returns the entries with this parent_id, in id order.
+func (r *Reader) EntriesByParentID(id string) []*sigilv1.Entry {
+	return entriesOf(r.entryRows(indexParentID, id))
+}
+
+// EntriesBySelector returns the entries having this selector (among
+// others), in id order.
+func (r *Reader) EntriesBySelector(sel *sigilv1.Selector) []*sigilv1.Entry {
+	if sel == nil {
+		return nil
+	}
+	return entriesOf(r.entryRows(indexSelector, registration.FormatSelector(sel)))
+}
+
+// EntryFilter narrows ListEntries. Empty fields match everything; an entry
+// matches Selectors when it has all of them (and possibly more).
+type EntryFilter struct {
+	SPIFFEID  string
+	ParentID  string
+	Selectors []*sigilv1.Selector
+}
+
+func (f EntryFilter) matches(row *entryRow) bool {
+	if f.SPIFFEID != "" && row.SPIFFEID != f.SPIFFEID {
+		return false
+	}
+	if f.ParentID != "" && row.ParentID != f.ParentID {
+		return false
+	}
+	if len(f.Selectors) > 0 {
+		have := make(map[string]struct{}, len(row.Selectors))
+		for _, s := range row.Selectors {
+			have[s] = struct{}{}
+		}
+		for _, s := range f.Selectors {
+			if _, ok := have[registration.FormatSelector(s)]; !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+const pageTokenPrefix = "v1:"
+
+func encodePageToken(lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + lastID))
+}
+
+func decodePageToken(tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || !strings.HasPrefix(string(raw), pageTokenPrefix) || len(raw) == len(pageTokenPrefix) {
+		return "", fmt.Errorf("raftstore: malformed page token %q", tok)
+	}
+	return string(raw[len(pageTokenPrefix):]), nil
+}
+
+// ListEntries returns one page of the entries matching f, in id order.
+// pageSize <= 0 means DefaultPageSize. next is the token of the following
+// page, "" after the last one. A malformed pageToken is an error.
+func (r *Reader) ListEntries(f EntryFilter, pageToken string, pageSize int) ([]*sigilv1.Entry, string, error) {
+	after, err := decodePageToken(pageToken)
+	if err != nil {
+		return nil, "", err
+	}
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	for _, s := range f.Selectors {
+		if s == nil {
+			return nil, "", fmt.Errorf("raftstore: entry filter has a nil selector")
+		}
+	}
+
+	// Candidates from the most selective index the filter allows; all index
+	// lookups return rows in id order.
+	var candidates []*entryRow
+	switch {
+	case f.SPIFFEID != "":
+		candidates = r.entryRows(indexSPIFFEID, f.SPIFFEID)
+	case f.ParentID != "":
+		candidates = r.entryRows(indexParentID, f.ParentID)
+	case len(f.Selectors) > 0:
+		candidates = r.entryRows(indexSelector, registration.FormatSelector(f.Selectors[0]))
+	default:
+		return r.listAllEntries(after, pageSize)
+	}
+	var out []*sigilv1.Entry
+	for _, row := range candidates {
+		if row.ID <= after && after != "" {
+			continue
+		}
+		if !f.matches(row) {
+			continue
+		}
+		if len(out) == pageSize {
+			return out, encodePageToken(out[len(out)-1].Id), nil
+		}
+		out = append(out, row.Entry)
+	}
+	return out, "", nil
+}
+
+func (r *Reader) listAllEntries(after string, pageSize int) ([]*sigilv1.Entry, string, error) {
+	// LowerBound iterators cannot be watched; watch the whole id index.
+	all, err := r.txn.Get(tableEntries, indexID+"_prefix", "")
+	if err != nil {
+		return nil, "", fmt.Errorf("raftstore: listing entries: %w", err)
+	}
+	r.ws.Add(all.WatchCh())
+	it, err := r.txn.LowerBound(tableEntries, indexID, after)
+	if err != nil {
+		return nil, "", fmt.Errorf("raftstore: listing entries: %w", err)
+	}
+	var out []*sigilv1.Entry
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		row := raw.(*entryRow)
+		if after != "" && row.ID == after {
+			continue
+		}
+		if len(out) == pageSize {
+			return out, encodePageToken(out[len(out)-1].Id), nil
+		}
+		out = append(out, row.Entry)
+	}
+	return out, "", nil
+}
+
+// AuthorizedEntries returns, in id order, the entries the agent agentID may
+// get SVIDs for: the entries parented to the agent or to one of its node
+// aliases (entries parented to the servers ID whose selectors are all among
+// the node's selectors), and, transitively, the entries parented to any of
+// those. Alias entries themselves are not returned. It fails with
+// ErrNotFound for an unknown agent and with an error wrapping ErrBanned for
+// a banned one.
+func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
+	node, err := r.Node(agentID)
+	if err != nil {
+		return nil, err
+	}
+	if node.Banned {
+		return nil, fmt.Errorf("agent %q: %w", agentID, ErrBanned)
+	}
+	serversID := registration.ServersID(r.td).String()
+
+	visited := map[string]bool{agentID: true}
+	queue := []string{agentID}
+
+	// Node aliases: candidates come from the selector index, one lookup per
+	// node selector, so a new alias matching any of them fires the watch.
+	nodeSels := registration.NewSelectorSet(node.Selectors)
+	for _, s := range node.Selectors {
+		for _, row := range r.entryRows(indexSelector, registration.FormatSelector(s)) {
+			if row.ParentID != serversID || visited[row.SPIFFEID] {
+				continue
+			}
+			if nodeSels.Contains(row.Entry.Selectors) {
+				visited[row.SPIFFEID] = true
+				queue = append(queue, row.SPIFFEID)
+			}
+		}
+	}
+
+	seen := make(map[string]bool)
+	var out []*sigilv1.Entry
+	for len(queue) > 0 {
+		parent := queue[0]
+		queue = queue[1:]
+		for _, row := range r.entryRows(indexParentID, parent) {
+			if seen[row.ID] {
+				continue
+			}
+			seen[row.ID] = true
+			out = append(out, row.Entry)
+			if !visited[row.SPIFFEID] {
+				visited[row.SPIFFEID] = true
+				queue = append(queue, row.SPIFFEID)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out, nil
+}
+
+// Node returns the attested node with this SPIFFE ID, or ErrNotFound.
+func (r *Reader) Node(spiffeID string) (*sigilv1.AttestedNode, error) {
+	raw := r.first(tableNodes, indexID, spiffeID)
+	if raw == nil {
+		return nil, fmt.Errorf("node %q: %w", spiffeID, ErrNotFound)
+	}
+	return raw.(*sigilv1.AttestedNode), nil
+}
+
+// ListNodes returns one page of attested nodes in SPIFFE ID order, with
+// the same paging rules as ListEntries.
+func (r *Reader) ListNodes(pageToken string, pageSize int) ([]*sigilv1.AttestedNode, string, error) {
+	after, err := decodePageToken(pageToken)
+	if err != nil {
+		return nil, "", err
+	}
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	all, err := r.txn.Get(tableNodes, indexID+"_prefix", "")
+	if err != nil {
+		return nil, "", fmt.Errorf("raftstore: listing nodes: %w", err)
+	}
+	r.ws.Add(all.WatchCh())
+	it, err := r.txn.LowerBound(tableNodes, indexID, after)
+	if err != nil {
+		return nil, "", fmt.Errorf("raftstore: listing nodes: %w", err)
+	}
+	var out []*sigilv1.AttestedNode
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		n := raw.(*sigilv1.AttestedNode)
+		if after != "" && n.SpiffeId == after {
+			continue
+		}
+		if len(out) == pageSize {
+			return out, encodePageToken(out[len(out)-1].SpiffeId), nil
+		}
+		out = append(out, n)
+	}
+	return out, "", nil
+}
+
+// JoinToken returns the join token with this hash, or ErrNotFound. An
+// expired token may still be returned until a later command removes it;
+// callers compare ExpiresAt with the time themselves.
+func (r *Reader) JoinToken(hash string) (*sigilv1.JoinToken, error) {
+	raw := r.first(tableJoinTokens, indexID, hash)
+	if raw == nil {
+		return nil, fmt.Errorf("join token: %w", ErrNotFound)
+	}
+	return raw.(*sigilv1.JoinToken), nil
+}
+
+// Bundle returns the trust bundle of trustDomain, or ErrNotFound.
+func (r *Reader) Bundle(trustDomain string) (*sigilv1.Bundle, error) {
+	raw := r.first(tableBundles, indexID, trustDomain)
+	if raw == nil {
+		return nil, fmt.Errorf("bundle %q: %w", trustDomain, ErrNotFound)
+	}
+	return raw.(*sigilv1.Bundle), nil
+}

@@ -1,0 +1,107 @@
+package raftstore
+
+import (
+	"github.com/hashicorp/go-memdb"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// Table and index names of the in-memory database.
+const (
+	tableEntries    = "entries"
+	tableNodes      = "nodes"
+	tableJoinTokens = "join_tokens"
+	tableBundles    = "bundles"
+	tableMeta       = "meta"
+
+	indexID       = "id"
+	indexSPIFFEID = "spiffe_id"
+	indexParentID = "parent_id"
+	indexSelector = "selector"
+	indexKey      = "key"
+	indexExpires  = "expires"
+
+	metaIndexKey = "index"
+)
+
+// entryRow is how an entry is stored: the entry itself plus the derived
+// values the indexes need.
+type entryRow struct {
+	ID        string
+	SPIFFEID  string
+	ParentID  string
+	Key       string   // registration.Key, unique
+	Selectors []string // "type:value"
+	Entry     *sigilv1.Entry
+}
+
+func newEntryRow(e *sigilv1.Entry) *entryRow {
+	sels := make([]string, len(e.Selectors))
+	for i, s := range e.Selectors {
+		sels[i] = registration.FormatSelector(s)
+	}
+	return &entryRow{
+		ID:        e.Id,
+		SPIFFEID:  e.SpiffeId,
+		ParentID:  e.ParentId,
+		Key:       registration.Key(e),
+		Selectors: sels,
+		Entry:     e,
+	}
+}
+
+// metaRow records the Raft index of the last change.
+type metaRow struct {
+	Key   string
+	Index uint64
+}
+
+func schema() *memdb.DBSchema {
+	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+		tableEntries: {
+			Name: tableEntries,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID:       {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+				indexSPIFFEID: {Name: indexSPIFFEID, Indexer: &memdb.StringFieldIndex{Field: "SPIFFEID"}},
+				indexParentID: {Name: indexParentID, Indexer: &memdb.StringFieldIndex{Field: "ParentID"}},
+				indexSelector: {Name: indexSelector, Indexer: &memdb.StringSliceFieldIndex{Field: "Selectors"}},
+				indexKey:      {Name: indexKey, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+			},
+		},
+		tableNodes: {
+			Name: tableNodes,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "SpiffeId"}},
+			},
+		},
+		tableJoinTokens: {
+			Name: tableJoinTokens,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID:      {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Hash"}},
+				indexExpires: {Name: indexExpires, Indexer: &memdb.IntFieldIndex{Field: "ExpiresAt"}},
+			},
+		},
+		tableBundles: {
+			Name: tableBundles,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
+			},
+		},
+		tableMeta: {
+			Name: tableMeta,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+			},
+		},
+	}}
+}
+
+func newMemDB() *memdb.MemDB {
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		// The schema is a constant; this is a programming error.
+		panic("raftstore: invalid memdb schema: " + err.Error())
+	}
+	return db
+}

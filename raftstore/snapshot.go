@@ -1,0 +1,227 @@
+package raftstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/crc32"
+	"io"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// Snapshot format: the 8-byte magic, the Raft index of the state (uint64,
+// big endian), the length of the body (uint64, big endian), the body (a
+// deterministic sigilv1.Snapshot), and the CRC-32C of the body (uint32, big
+// endian).
+var snapshotMagic = [8]byte{'S', 'I', 'G', 'I', 'L', 'S', 'N', '1'}
+
+const (
+	snapshotHeaderLen = 8 + 8 + 8
+	// maxSnapshotBody bounds the body we are willing to read.
+	maxSnapshotBody = 1 << 34
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+type fsmSnapshot struct {
+	txn   *memdb.Txn
+	index uint64
+}
+
+// Snapshot captures the current state. memdb read transactions are
+// immutable, so Persist may run concurrently with later Applies.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{txn: f.state.Load().db.Txn(false), index: f.lastIndex.Load()}, nil
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := writeSnapshot(sink, s.txn, s.index); err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}
+
+// buildSnapshot collects every table, in index order.
+func buildSnapshot(txn *memdb.Txn) (*sigilv1.Snapshot, error) {
+	snap := &sigilv1.Snapshot{}
+	each := func(table string, fn func(raw interface{})) error {
+		it, err := txn.Get(table, indexID)
+		if err != nil {
+			return errorf("snapshot of %s: %v", table, err)
+		}
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			fn(raw)
+		}
+		return nil
+	}
+	if err := each(tableEntries, func(raw interface{}) { snap.Entries = append(snap.Entries, raw.(*entryRow).Entry) }); err != nil {
+		return nil, err
+	}
+	if err := each(tableNodes, func(raw interface{}) { snap.Nodes = append(snap.Nodes, raw.(*sigilv1.AttestedNode)) }); err != nil {
+		return nil, err
+	}
+	if err := each(tableJoinTokens, func(raw interface{}) { snap.JoinTokens = append(snap.JoinTokens, raw.(*sigilv1.JoinToken)) }); err != nil {
+		return nil, err
+	}
+	if err := each(tableBundles, func(raw interface{}) { snap.Bundles = append(snap.Bundles, raw.(*sigilv1.Bundle)) }); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+func writeSnapshot(w io.Writer, txn *memdb.Txn, index uint64) error {
+	snap, err := buildSnapshot(txn)
+	if err != nil {
+		return err
+	}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(snap)
+	if err != nil {
+		return errorf("encoding snapshot: %v", err)
+	}
+	var hdr [snapshotHeaderLen]byte
+	copy(hdr[:8], snapshotMagic[:])
+	binary.BigEndian.PutUint64(hdr[8:16], index)
+	binary.BigEndian.PutUint64(hdr[16:24], uint64(len(body)))
+	var sum [4]byte
+	binary.BigEndian.PutUint32(sum[:], crc32.Checksum(body, crcTable))
+	for _, b := range [][]byte{hdr[:], body, sum[:]} {
+		if _, err := w.Write(b); err != nil {
+			return errorf("writing snapshot: %v", err)
+		}
+	}
+	return nil
+}
+
+// readSnapshot decodes and checks the framing of a snapshot.
+func readSnapshot(r io.Reader) (*sigilv1.Snapshot, uint64, error) {
+	var hdr [snapshotHeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, 0, errorf("snapshot header: %v", err)
+	}
+	if !bytes.Equal(hdr[:8], snapshotMagic[:]) {
+		return nil, 0, errorf("snapshot: not a Sigil snapshot (bad magic)")
+	}
+	index := binary.BigEndian.Uint64(hdr[8:16])
+	n := binary.BigEndian.Uint64(hdr[16:24])
+	if n > maxSnapshotBody {
+		return nil, 0, errorf("snapshot: body length %d is too large", n)
+	}
+	var buf bytes.Buffer
+	if _, err := io.CopyN(&buf, r, int64(n)+4); err != nil {
+		return nil, 0, errorf("snapshot body truncated: %v", err)
+	}
+	if extra, _ := io.ReadFull(r, make([]byte, 1)); extra != 0 {
+		return nil, 0, errorf("snapshot: trailing data after checksum")
+	}
+	data := buf.Bytes()
+	body, sum := data[:n], data[n:]
+	if crc32.Checksum(body, crcTable) != binary.BigEndian.Uint32(sum) {
+		return nil, 0, errorf("snapshot: checksum mismatch")
+	}
+	snap := &sigilv1.Snapshot{}
+	if err := proto.Unmarshal(body, snap); err != nil {
+		return nil, 0, errorf("snapshot: decoding: %v", err)
+	}
+	return snap, index, nil
+}
+
+// Restore replaces the whole state with a snapshot. Every record is checked
+// first; on any error the current state is left untouched.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	snap, index, err := readSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	db, err := f.loadSnapshot(snap, index)
+	if err != nil {
+		return err
+	}
+	old := f.state.Swap(&dbState{db: db, abandon: make(chan struct{})})
+	close(old.abandon)
+	f.lastIndex.Store(index)
+	f.broadcast()
+	return nil
+}
+
+// loadSnapshot validates snap and builds a fresh database from it.
+func (f *fsm) loadSnapshot(snap *sigilv1.Snapshot, index uint64) (*memdb.MemDB, error) {
+	db := newMemDB()
+	txn := db.Txn(true)
+	defer txn.Abort()
+	for _, e := range snap.Entries {
+		if err := f.validateEntry(e); err != nil {
+			return nil, errorf("snapshot: %v", err.Msg)
+		}
+		row := newEntryRow(e)
+		if raw, _ := txn.First(tableEntries, indexID, e.Id); raw != nil {
+			return nil, errorf("snapshot: duplicate entry id %q", e.Id)
+		}
+		if raw, _ := txn.First(tableEntries, indexKey, row.Key); raw != nil {
+			return nil, errorf("snapshot: entries %q and %q are duplicates", raw.(*entryRow).ID, e.Id)
+		}
+		if err := txn.Insert(tableEntries, row); err != nil {
+			return nil, errorf("snapshot: entry %q: %v", e.Id, err)
+		}
+	}
+	for _, n := range snap.Nodes {
+		if err := f.validateNode(n); err != nil {
+			return nil, errorf("snapshot: %v", err.Msg)
+		}
+		if raw, _ := txn.First(tableNodes, indexID, n.SpiffeId); raw != nil {
+			return nil, errorf("snapshot: duplicate node %q", n.SpiffeId)
+		}
+		if err := txn.Insert(tableNodes, n); err != nil {
+			return nil, errorf("snapshot: node %q: %v", n.SpiffeId, err)
+		}
+	}
+	for _, t := range snap.JoinTokens {
+		if t == nil {
+			return nil, errorf("snapshot: join token is missing")
+		}
+		if err := validateTokenHash(t.Hash); err != nil {
+			return nil, errorf("snapshot: %v", err.Msg)
+		}
+		if raw, _ := txn.First(tableJoinTokens, indexID, t.Hash); raw != nil {
+			return nil, errorf("snapshot: duplicate join token")
+		}
+		if err := txn.Insert(tableJoinTokens, t); err != nil {
+			return nil, errorf("snapshot: join token: %v", err)
+		}
+	}
+	for _, b := range snap.Bundles {
+		if b == nil {
+			return nil, errorf("snapshot: bundle is missing")
+		}
+		if _, err := spiffeid.TrustDomainFromString(b.TrustDomain); err != nil || b.TrustDomain == "" {
+			return nil, errorf("snapshot: bundle has invalid trust domain %q", b.TrustDomain)
+		}
+		for _, a := range b.X509Authorities {
+			if a == nil {
+				return nil, errorf("snapshot: bundle %q: authority is missing", b.TrustDomain)
+			}
+			if _, err := parseCACert(a.Certificate); err != nil {
+				return nil, errorf("snapshot: bundle %q: %v", b.TrustDomain, err.Msg)
+			}
+		}
+		if raw, _ := txn.First(tableBundles, indexID, b.TrustDomain); raw != nil {
+			return nil, errorf("snapshot: duplicate bundle %q", b.TrustDomain)
+		}
+		if err := txn.Insert(tableBundles, b); err != nil {
+			return nil, errorf("snapshot: bundle %q: %v", b.TrustDomain, err)
+		}
+	}
+	if err := txn.Insert(tableMeta, &metaRow{Key: metaIndexKey, Index: index}); err != nil {
+		return nil, errorf("snapshot: %v", err)
+	}
+	txn.Commit()
+	return db, nil
+}

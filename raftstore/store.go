@@ -1,0 +1,283 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/clock"
+)
+
+const (
+	// defaultApplyTimeout bounds Apply when ctx has no deadline.
+	defaultApplyTimeout = 30 * time.Second
+	// retainSnapshots is how many snapshots stay on disk.
+	retainSnapshots = 2
+	// leaderPoll is how often WaitForLeader looks for a leader.
+	leaderPoll = 10 * time.Millisecond
+)
+
+// Store is one server's replica of the state machine.
+type Store struct {
+	cfg   Config
+	log   *zap.Logger
+	clock clock.Clock
+	fsm   *fsm
+	raft  *raft.Raft
+
+	bolt      *raftboltdb.BoltStore // nil when InMemory
+	ownTrans  *raft.InmemTransport  // the transport Open created, if any
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (or creates) the Raft state under cfg.DataDir, restores the
+// state machine from the latest snapshot and the log, and starts Raft. With
+// cfg.Bootstrap and no existing state it bootstraps a single-voter cluster.
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Store{cfg: cfg, log: cfg.Logger.Named("raftstore"), clock: cfg.Clock}
+	s.fsm = newFSM(cfg.TrustDomain, s.log)
+	hlog := newZapHCLog(cfg.Logger, "raft")
+
+	var (
+		logs   raft.LogStore
+		stable raft.StableStore
+		snaps  raft.SnapshotStore
+	)
+	if cfg.InMemory {
+		mem := raft.NewInmemStore()
+		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
+	} else {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("raftstore: creating data directory: %w", err)
+		}
+		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+		if err != nil {
+			return nil, fmt.Errorf("raftstore: opening raft.db: %w", err)
+		}
+		s.bolt = bolt
+		fss, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, retainSnapshots, hlog.Named("snapshot"))
+		if err != nil {
+			bolt.Close()
+			return nil, fmt.Errorf("raftstore: opening snapshot store: %w", err)
+		}
+		logs, stable, snaps = bolt, bolt, fss
+	}
+
+	trans := cfg.Transport
+	rc := raft.DefaultConfig()
+	if trans == nil {
+		_, s.ownTrans = raft.NewInmemTransport(raft.ServerAddress("inmem-" + cfg.NodeID))
+		trans = s.ownTrans
+		// No peers: no reason to wait a second for an election.
+		rc.HeartbeatTimeout = 50 * time.Millisecond
+		rc.ElectionTimeout = 50 * time.Millisecond
+		rc.LeaderLeaseTimeout = 50 * time.Millisecond
+		rc.CommitTimeout = 5 * time.Millisecond
+	}
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.Logger = hlog
+	if err := raft.ValidateConfig(rc); err != nil {
+		s.closeStores()
+		return nil, fmt.Errorf("raftstore: raft config: %w", err)
+	}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logs, stable, snaps)
+		if err != nil {
+			s.closeStores()
+			return nil, fmt.Errorf("raftstore: checking existing state: %w", err)
+		}
+		if !has {
+			conf := raft.Configuration{Servers: []raft.Server{{
+				Suffrage: raft.Voter,
+				ID:       rc.LocalID,
+				Address:  trans.LocalAddr(),
+			}}}
+			if err := raft.BootstrapCluster(rc, logs, stable, snaps, trans, conf); err != nil {
+				s.closeStores()
+				return nil, fmt.Errorf("raftstore: bootstrap: %w", err)
+			}
+		}
+	}
+
+	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, trans)
+	if err != nil {
+		s.closeStores()
+		return nil, fmt.Errorf("raftstore: starting raft: %w", err)
+	}
+	s.raft = r
+	return s, nil
+}
+
+func (s *Store) closeStores() error {
+	var errs []error
+	if s.ownTrans != nil {
+		errs = append(errs, s.ownTrans.Close())
+	}
+	if s.bolt != nil {
+		errs = append(errs, s.bolt.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Close shuts Raft down and closes the log store. It is safe to call more
+// than once.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.raft != nil {
+			if err := s.raft.Shutdown().Error(); err != nil {
+				errs = append(errs, fmt.Errorf("raftstore: raft shutdown: %w", err))
+			}
+		}
+		if err := s.closeStores(); err != nil {
+			errs = append(errs, fmt.Errorf("raftstore: closing stores: %w", err))
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// singleItem reports whether cmd is one of the commands whose refusal Apply
+// returns as an error.
+func singleItem(cmd *sigilv1.Command) bool {
+	switch cmd.Op.(type) {
+	case *sigilv1.Command_CreateEntries, *sigilv1.Command_UpdateEntries, *sigilv1.Command_DeleteEntries:
+		return false
+	}
+	return true
+}
+
+// Apply proposes cmd to the cluster and waits until this server has applied
+// it. cmd.Timestamp, when zero, is taken from the clock (cmd itself is not
+// modified). Apply fails with an error wrapping raft.ErrNotLeader on a
+// follower, and with an error wrapping context.DeadlineExceeded (or
+// ctx.Err()) when ctx ends first; the command may still be applied later.
+//
+// A single-item command refused by the state machine returns a
+// *CommandError. Batch commands (CreateEntries, UpdateEntries,
+// DeleteEntries) return one Status per item, code 0 for success, and a nil
+// error.
+func (s *Store) Apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, error) {
+	if cmd == nil || cmd.Op == nil {
+		return nil, cmdErr(codes.InvalidArgument, "command has no operation")
+	}
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
+	if err != nil {
+		return nil, cmdErr(codes.InvalidArgument, "encoding command: %v", err)
+	}
+	if cmd.Timestamp == 0 {
+		// A zero timestamp is not encoded; appending the field stamps a
+		// copy without touching the caller's message.
+		data = protowire.AppendTag(data, 1, protowire.VarintType)
+		data = protowire.AppendVarint(data, uint64(s.clock.Now().UnixNano()))
+	}
+
+	timeout := defaultApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, fmt.Errorf("raftstore: apply: %w", context.DeadlineExceeded)
+		}
+	}
+	f := s.raft.Apply(data, timeout)
+	if done := ctx.Done(); done != nil {
+		finished := make(chan struct{})
+		go func() {
+			_ = f.Error()
+			close(finished)
+		}()
+		select {
+		case <-finished:
+		case <-done:
+			return nil, fmt.Errorf("raftstore: apply: %w", ctx.Err())
+		}
+	}
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrEnqueueTimeout) {
+			return nil, fmt.Errorf("raftstore: apply timed out: %w (%w)", context.DeadlineExceeded, err)
+		}
+		return nil, fmt.Errorf("raftstore: apply: %w", err)
+	}
+	switch resp := f.Response().(type) {
+	case *CommandError:
+		return nil, resp
+	case *sigilv1.CommandResult:
+		if singleItem(cmd) && len(resp.Results) == 1 && resp.Results[0].Code != 0 {
+			return nil, &CommandError{Code: codes.Code(resp.Results[0].Code), Msg: resp.Results[0].Message}
+		}
+		return resp, nil
+	default:
+		return nil, fmt.Errorf("raftstore: apply: unexpected state machine response %T", resp)
+	}
+}
+
+// Read returns a consistent read-only view of the current state.
+func (s *Store) Read() *Reader { return s.fsm.reader() }
+
+// Changed returns a channel closed after the next applied change. It is a
+// broadcast: call Changed again after each wake-up.
+func (s *Store) Changed() <-chan struct{} { return s.fsm.changedCh() }
+
+// WaitForLeader blocks until the cluster has a leader or ctx ends. When this
+// server is the leader it also waits (Barrier) until every committed entry
+// has been applied, so reads after WaitForLeader see the whole log.
+func (s *Store) WaitForLeader(ctx context.Context) error {
+	t := time.NewTicker(leaderPoll)
+	defer t.Stop()
+	for {
+		if addr, _ := s.raft.LeaderWithID(); addr != "" {
+			if s.raft.State() != raft.Leader {
+				return nil
+			}
+			timeout := defaultApplyTimeout
+			if dl, ok := ctx.Deadline(); ok {
+				timeout = time.Until(dl)
+			}
+			if timeout > 0 {
+				err := s.raft.Barrier(timeout).Error()
+				if err == nil {
+					return nil
+				}
+				if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+					return fmt.Errorf("raftstore: waiting for leader: %w", err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("raftstore: waiting for leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// IsLeader reports whether this server is the Raft leader.
+func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Raft returns the underlying Raft instance (membership, stats, snapshots).
+func (s *Store) Raft() *raft.Raft { return s.raft }
+
+// LastIndex is the Raft index of the last log entry applied to the state
+// machine.
+func (s *Store) LastIndex() uint64 { return s.fsm.lastIndex.Load() }

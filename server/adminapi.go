@@ -1,0 +1,292 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/raftstore"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// MaxAdminBatch is the most items one admin batch call may carry.
+const MaxAdminBatch = 10000
+
+type adminAPI struct {
+	sigilv1.UnimplementedAdminServer
+	s *Server
+}
+
+func newEntryID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+func okStatus() *sigilv1.Status { return &sigilv1.Status{} }
+
+func errStatus(c codes.Code, msg string) *sigilv1.Status {
+	return &sigilv1.Status{Code: int32(c), Message: msg}
+}
+
+func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreateEntryRequest) (*sigilv1.BatchCreateEntryResponse, error) {
+	s := a.s
+	if len(req.Entries) > MaxAdminBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "batch of %d exceeds the limit of %d", len(req.Entries), MaxAdminBatch)
+	}
+	results := make([]*sigilv1.EntryResult, len(req.Entries))
+	var toCreate []*sigilv1.Entry
+	var idx []int
+	now := s.cfg.Clock.Now().Unix()
+	for i, in := range req.Entries {
+		e := proto.Clone(in).(*sigilv1.Entry)
+		if err := registration.Validate(s.td, e); err != nil {
+			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: in}
+			continue
+		}
+		id, err := newEntryID()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "entry id: %v", err)
+		}
+		e.Id, e.CreatedAt, e.Revision, e.ModifyIndex = id, now, 0, 0
+		toCreate = append(toCreate, e)
+		idx = append(idx, i)
+	}
+	if len(toCreate) > 0 {
+		res, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateEntries{CreateEntries: &sigilv1.CreateEntries{Entries: toCreate}}})
+		if err != nil {
+			return nil, storeError(err)
+		}
+		for j, e := range toCreate {
+			st := resultAt(res, j)
+			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: e}
+			if st.Code == 0 {
+				if stored, err := s.store.Read().Entry(e.Id); err == nil {
+					results[idx[j]].Entry = stored
+				}
+				s.log.Info("entry created", zap.Bool("audit", true), zap.String("entry_id", e.Id),
+					zap.String("spiffe_id", e.SpiffeId), zap.String("parent_id", e.ParentId), zap.Strings("selectors", selectorStrings(e.Selectors)))
+			}
+		}
+	}
+	return &sigilv1.BatchCreateEntryResponse{Results: results}, nil
+}
+
+func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdateEntryRequest) (*sigilv1.BatchUpdateEntryResponse, error) {
+	s := a.s
+	if len(req.Entries) > MaxAdminBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "batch of %d exceeds the limit of %d", len(req.Entries), MaxAdminBatch)
+	}
+	results := make([]*sigilv1.EntryResult, len(req.Entries))
+	var toUpdate []*sigilv1.Entry
+	var idx []int
+	for i, in := range req.Entries {
+		e := proto.Clone(in).(*sigilv1.Entry)
+		if e.Id == "" {
+			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, "entry id is required"), Entry: in}
+			continue
+		}
+		if err := registration.Validate(s.td, e); err != nil {
+			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: in}
+			continue
+		}
+		toUpdate = append(toUpdate, e)
+		idx = append(idx, i)
+	}
+	if len(toUpdate) > 0 {
+		res, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_UpdateEntries{UpdateEntries: &sigilv1.UpdateEntries{Entries: toUpdate}}})
+		if err != nil {
+			return nil, storeError(err)
+		}
+		for j, e := range toUpdate {
+			st := resultAt(res, j)
+			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: e}
+			if st.Code == 0 {
+				if stored, err := s.store.Read().Entry(e.Id); err == nil {
+					results[idx[j]].Entry = stored
+				}
+				s.log.Info("entry updated", zap.Bool("audit", true), zap.String("entry_id", e.Id),
+					zap.String("spiffe_id", e.SpiffeId), zap.String("parent_id", e.ParentId), zap.Strings("selectors", selectorStrings(e.Selectors)))
+			}
+		}
+	}
+	return &sigilv1.BatchUpdateEntryResponse{Results: results}, nil
+}
+
+func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDeleteEntryRequest) (*sigilv1.BatchDeleteEntryResponse, error) {
+	s := a.s
+	if len(req.Ids) > MaxAdminBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "batch of %d exceeds the limit of %d", len(req.Ids), MaxAdminBatch)
+	}
+	if len(req.Ids) == 0 {
+		return &sigilv1.BatchDeleteEntryResponse{}, nil
+	}
+	res, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_DeleteEntries{DeleteEntries: &sigilv1.DeleteEntries{Ids: req.Ids}}})
+	if err != nil {
+		return nil, storeError(err)
+	}
+	out := &sigilv1.BatchDeleteEntryResponse{}
+	for i, id := range req.Ids {
+		st := resultAt(res, i)
+		out.Results = append(out.Results, &sigilv1.DeleteResult{Id: id, Status: st})
+		if st.Code == 0 {
+			s.log.Info("entry deleted", zap.Bool("audit", true), zap.String("entry_id", id))
+		}
+	}
+	return out, nil
+}
+
+func resultAt(res *sigilv1.CommandResult, i int) *sigilv1.Status {
+	if res == nil || i >= len(res.Results) || res.Results[i] == nil {
+		return okStatus()
+	}
+	return res.Results[i]
+}
+
+func (a *adminAPI) GetEntry(ctx context.Context, req *sigilv1.GetEntryRequest) (*sigilv1.Entry, error) {
+	e, err := a.s.store.Read().Entry(req.Id)
+	if errors.Is(err, raftstore.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "entry %q not found", req.Id)
+	}
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return e, nil
+}
+
+func (a *adminAPI) ListEntries(ctx context.Context, req *sigilv1.ListEntriesRequest) (*sigilv1.ListEntriesResponse, error) {
+	for _, sel := range req.Selectors {
+		if err := registration.ValidateSelector(sel); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	size := int(req.PageSize)
+	if size <= 0 || size > 1000 {
+		size = 1000
+	}
+	entries, next, err := a.s.store.Read().ListEntries(raftstore.EntryFilter{
+		SPIFFEID:  req.SpiffeId,
+		ParentID:  req.ParentId,
+		Selectors: req.Selectors,
+	}, req.PageToken, size)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &sigilv1.ListEntriesResponse{Entries: entries, NextPageToken: next}, nil
+}
+
+func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinTokenRequest) (*sigilv1.CreateJoinTokenResponse, error) {
+	s := a.s
+	if req.Ttl < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl must not be negative")
+	}
+	ttl := s.cfg.JoinTokenTTL
+	if req.Ttl > 0 {
+		ttl = time.Duration(req.Ttl) * time.Second
+	}
+	token, err := jointoken.Generate()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "generating token: %v", err)
+	}
+	expires := s.cfg.Clock.Now().Add(ttl)
+	_, err = s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateJoinToken{CreateJoinToken: &sigilv1.CreateJoinToken{
+		Token: &sigilv1.JoinToken{Hash: jointoken.Hash(token), ExpiresAt: expires.Unix()},
+	}}})
+	if err != nil {
+		return nil, storeError(err)
+	}
+	agentID, err := registration.AgentID(s.td, jointoken.Name, jointoken.AgentIDSegment(token))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "agent id: %v", err)
+	}
+	s.log.Info("join token created", zap.Bool("audit", true), zap.String("agent_id", agentID.String()), zap.Time("expires_at", expires))
+	return &sigilv1.CreateJoinTokenResponse{Token: token, AgentId: agentID.String(), ExpiresAt: expires.Unix()}, nil
+}
+
+func (a *adminAPI) GetBundle(ctx context.Context, _ *sigilv1.GetBundleRequest) (*sigilv1.Bundle, error) {
+	b, err := a.s.store.Read().Bundle(a.s.td.Name())
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "bundle: %v", err)
+	}
+	return b, nil
+}
+
+func (a *adminAPI) ListAgents(ctx context.Context, req *sigilv1.ListAgentsRequest) (*sigilv1.ListAgentsResponse, error) {
+	size := int(req.PageSize)
+	if size <= 0 || size > 1000 {
+		size = 1000
+	}
+	nodes, next, err := a.s.store.Read().ListNodes(req.PageToken, size)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &sigilv1.ListAgentsResponse{Agents: nodes, NextPageToken: next}, nil
+}
+
+func (a *adminAPI) checkAgentID(id string) error {
+	parsed, err := spiffeid.FromString(id)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "invalid agent SPIFFE ID %q: %v", id, err)
+	}
+	if parsed.TrustDomain() != a.s.td || !registration.IsAgentID(parsed) {
+		return status.Errorf(codes.InvalidArgument, "%q is not an agent ID of trust domain %q", id, a.s.td)
+	}
+	return nil
+}
+
+func (a *adminAPI) GetAgent(ctx context.Context, req *sigilv1.GetAgentRequest) (*sigilv1.AttestedNode, error) {
+	if err := a.checkAgentID(req.SpiffeId); err != nil {
+		return nil, err
+	}
+	n, err := a.s.store.Read().Node(req.SpiffeId)
+	if errors.Is(err, raftstore.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "agent %q not found", req.SpiffeId)
+	}
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return n, nil
+}
+
+func (a *adminAPI) EvictAgent(ctx context.Context, req *sigilv1.EvictAgentRequest) (*sigilv1.EvictAgentResponse, error) {
+	if err := a.checkAgentID(req.SpiffeId); err != nil {
+		return nil, err
+	}
+	if _, err := a.s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_EvictNode{EvictNode: &sigilv1.EvictNode{SpiffeId: req.SpiffeId}}}); err != nil {
+		return nil, storeError(err)
+	}
+	a.s.log.Info("agent evicted", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))
+	return &sigilv1.EvictAgentResponse{}, nil
+}
+
+func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (*sigilv1.BanAgentResponse, error) {
+	if err := a.checkAgentID(req.SpiffeId); err != nil {
+		return nil, err
+	}
+	if _, err := a.s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_BanNode{BanNode: &sigilv1.BanNode{SpiffeId: req.SpiffeId}}}); err != nil {
+		return nil, storeError(err)
+	}
+	a.s.log.Info("agent banned", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))
+	return &sigilv1.BanAgentResponse{}, nil
+}
+
+func selectorStrings(sels []*sigilv1.Selector) []string {
+	out := make([]string, len(sels))
+	for i, s := range sels {
+		out[i] = registration.FormatSelector(s)
+	}
+	return out
+}

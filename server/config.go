@@ -1,0 +1,128 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+
+	"github.com/sigil-id/sigil/clock"
+)
+
+// Default locations and lifetimes.
+const (
+	DefaultBindAddress  = ":8081"
+	DefaultAdminSocket  = "/tmp/sigil-server/private/admin.sock"
+	DefaultDataDir      = "./.sigil/server"
+	DefaultCATTL        = 24 * time.Hour
+	DefaultX509SVIDTTL  = time.Hour
+	DefaultAgentSVIDTTL = time.Hour
+	DefaultJoinTokenTTL = 10 * time.Minute
+)
+
+// Config configures a server node.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// NodeName names this server in the cluster and in its SPIFFE ID
+	// spiffe://<td>/sigil/server/<NodeName>. Default: the hostname.
+	NodeName string
+	// DataDir holds the Raft log, snapshots and, for the disk key manager,
+	// the CA key.
+	DataDir string
+	// BindAddress is the node API's listen address.
+	BindAddress string
+	// AdminSocket is the admin API's unix socket; its directory is created
+	// 0700 and is the admin API's access control.
+	AdminSocket string
+	// HealthAddress is served by cmd/sigil; "" disables it.
+	HealthAddress string
+	// KeyManager is "disk" (default) or "memory".
+	KeyManager   string
+	CATTL        time.Duration
+	X509SVIDTTL  time.Duration
+	AgentSVIDTTL time.Duration
+	JoinTokenTTL time.Duration
+	Logger       *zap.Logger
+	Clock        clock.Clock
+}
+
+// DefaultConfig returns a configuration with every default filled in
+// except the trust domain.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "server"
+	}
+	return Config{
+		NodeName:     host,
+		DataDir:      DefaultDataDir,
+		BindAddress:  DefaultBindAddress,
+		AdminSocket:  DefaultAdminSocket,
+		KeyManager:   "disk",
+		CATTL:        DefaultCATTL,
+		X509SVIDTTL:  DefaultX509SVIDTTL,
+		AgentSVIDTTL: DefaultAgentSVIDTTL,
+		JoinTokenTTL: DefaultJoinTokenTTL,
+	}
+}
+
+// Validate checks the configuration and fills in the logger and clock.
+func (c *Config) Validate() error {
+	if c.TrustDomain.IsZero() {
+		return errors.New("server: trust_domain is required")
+	}
+	if c.NodeName == "" {
+		return errors.New("server: node_name is required")
+	}
+	if _, err := spiffeid.FromSegments(c.TrustDomain, "sigil", "server", c.NodeName); err != nil {
+		return fmt.Errorf("server: node_name %q is not a valid SPIFFE ID path segment: %w", c.NodeName, err)
+	}
+	if c.DataDir == "" {
+		return errors.New("server: data_dir is required")
+	}
+	if c.BindAddress == "" {
+		return errors.New("server: bind_address is required")
+	}
+	if c.AdminSocket == "" {
+		return errors.New("server: admin_socket is required")
+	}
+	switch c.KeyManager {
+	case "disk", "memory":
+	case "":
+		c.KeyManager = "disk"
+	default:
+		return fmt.Errorf("server: unknown key_manager %q (want disk or memory)", c.KeyManager)
+	}
+	for name, d := range map[string]*time.Duration{
+		"ca_ttl": &c.CATTL, "x509_svid_ttl": &c.X509SVIDTTL, "agent_svid_ttl": &c.AgentSVIDTTL, "join_token_ttl": &c.JoinTokenTTL,
+	} {
+		if *d < 0 {
+			return fmt.Errorf("server: %s must not be negative", name)
+		}
+	}
+	if c.CATTL == 0 {
+		c.CATTL = DefaultCATTL
+	}
+	if c.X509SVIDTTL == 0 {
+		c.X509SVIDTTL = DefaultX509SVIDTTL
+	}
+	if c.AgentSVIDTTL == 0 {
+		c.AgentSVIDTTL = DefaultAgentSVIDTTL
+	}
+	if c.JoinTokenTTL == 0 {
+		c.JoinTokenTTL = DefaultJoinTokenTTL
+	}
+	if c.X509SVIDTTL >= c.CATTL || c.AgentSVIDTTL >= c.CATTL {
+		return errors.New("server: SVID lifetimes must be shorter than ca_ttl")
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Clock == nil {
+		c.Clock = clock.New()
+	}
+	return nil
+}

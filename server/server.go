@@ -1,0 +1,355 @@
+// Package server wires a Sigil server node: the replicated store, this
+// node's CA, the node API that agents call over TLS, and the admin API on a
+// local unix socket.
+package server
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/disk"
+	"github.com/sigil-id/sigil/ca/keymanager/memory"
+	"github.com/sigil-id/sigil/raftstore"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// Server is one server node.
+type Server struct {
+	cfg       Config
+	log       *zap.Logger
+	td        spiffeid.TrustDomain
+	id        spiffeid.ID
+	verifiers map[string]node.Verifier
+
+	store *raftstore.Store
+	ca    *ca.CA
+
+	svid atomic.Pointer[tls.Certificate]
+
+	bundleMu  sync.Mutex
+	bundleSeq uint64
+	bundleSet *x509bundle.Bundle
+	bundleIdx uint64
+
+	ready    chan struct{}
+	nodeAddr atomic.Value // net.Addr
+}
+
+// New checks cfg and returns a server that Run starts.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	id, err := registration.ServerID(cfg.TrustDomain, cfg.NodeName)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	return &Server{
+		cfg: cfg,
+		log: cfg.Logger.With(zap.String("server_id", id.String())),
+		td:  cfg.TrustDomain,
+		id:  id,
+		verifiers: map[string]node.Verifier{
+			jointoken.Name: jointoken.NewVerifier(),
+		},
+		ready: make(chan struct{}),
+	}, nil
+}
+
+// Ready is closed once the server is serving both APIs.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// NodeAddr is the node API's listen address; valid after Ready.
+func (s *Server) NodeAddr() net.Addr {
+	a, _ := s.nodeAddr.Load().(net.Addr)
+	return a
+}
+
+// ID is the server's SPIFFE ID.
+func (s *Server) ID() spiffeid.ID { return s.id }
+
+// Bundle returns the trust domain's current X.509 authorities; valid after
+// Ready.
+func (s *Server) Bundle() []*x509.Certificate {
+	b, err := s.currentBundle()
+	if err != nil {
+		return nil
+	}
+	return b.X509Authorities()
+}
+
+// Run starts the server and blocks until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("server: data dir: %w", err)
+	}
+	rcfg := raftstore.DefaultConfig()
+	rcfg.TrustDomain = s.td
+	rcfg.NodeID = s.cfg.NodeName
+	rcfg.DataDir = filepath.Join(s.cfg.DataDir, "raft")
+	rcfg.Bootstrap = true
+	rcfg.Logger = s.log.Named("raft")
+	rcfg.Clock = s.cfg.Clock
+	store, err := raftstore.Open(rcfg)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.store = store
+	defer func() {
+		if err := store.Close(); err != nil {
+			s.log.Warn("closing store", zap.Error(err))
+		}
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = store.WaitForLeader(wctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("server: waiting for a raft leader: %w", err)
+	}
+
+	if err := s.initCA(ctx); err != nil {
+		return err
+	}
+	if err := s.rotateServerSVID(ctx); err != nil {
+		return err
+	}
+
+	nodeLis, err := net.Listen("tcp", s.cfg.BindAddress)
+	if err != nil {
+		return fmt.Errorf("server: node API listen: %w", err)
+	}
+	s.nodeAddr.Store(nodeLis.Addr())
+	adminLis, err := listenAdmin(s.cfg.AdminSocket)
+	if err != nil {
+		nodeLis.Close()
+		return err
+	}
+
+	nodeSrv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.nodeTLSConfig())),
+		grpc.ChainUnaryInterceptor(s.authUnary),
+		grpc.ChainStreamInterceptor(s.authStream),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.MaxRecvMsgSize(32<<20),
+	)
+	sigilv1.RegisterNodeServer(nodeSrv, &nodeAPI{s: s})
+	adminSrv := grpc.NewServer()
+	sigilv1.RegisterAdminServer(adminSrv, &adminAPI{s: s})
+
+	errc := make(chan error, 2)
+	go func() { errc <- nodeSrv.Serve(nodeLis) }()
+	go func() { errc <- adminSrv.Serve(adminLis) }()
+	go s.svidRotationLoop(ctx)
+	s.log.Info("server ready",
+		zap.String("trust_domain", s.td.Name()),
+		zap.String("node_api", nodeLis.Addr().String()),
+		zap.String("admin_socket", s.cfg.AdminSocket))
+	close(s.ready)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		runErr = fmt.Errorf("server: serving: %w", runErr)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		nodeSrv.GracefulStop()
+		adminSrv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		nodeSrv.Stop()
+		adminSrv.Stop()
+	}
+	os.Remove(s.cfg.AdminSocket)
+	return runErr
+}
+
+func listenAdmin(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: admin socket dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: admin socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("server: removing stale admin socket: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("server: admin API listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("server: admin socket: %w", err)
+	}
+	return l, nil
+}
+
+// initCA loads or creates this node's CA and publishes its certificate in
+// the replicated bundle before the CA signs anything.
+func (s *Server) initCA(ctx context.Context) error {
+	var km ca.KeyManager
+	switch s.cfg.KeyManager {
+	case "memory":
+		km = memory.New()
+	default:
+		d, err := disk.New(filepath.Join(s.cfg.DataDir, "keys"))
+		if err != nil {
+			return fmt.Errorf("server: key manager: %w", err)
+		}
+		km = d
+	}
+	ccfg := ca.DefaultConfig()
+	ccfg.TrustDomain = s.td
+	ccfg.ServerID = s.cfg.NodeName
+	ccfg.KeyManager = km
+	ccfg.CertPath = filepath.Join(s.cfg.DataDir, "ca.pem")
+	ccfg.CATTL = s.cfg.CATTL
+	ccfg.X509SVIDTTL = s.cfg.X509SVIDTTL
+	ccfg.Clock = s.cfg.Clock
+	c, err := ca.New(ctx, ccfg)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	cert := c.Certificate()
+	_, err = s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+		TrustDomain: s.td.Name(),
+		Authority: &sigilv1.X509Authority{
+			Certificate: cert.Raw,
+			ServerId:    s.cfg.NodeName,
+			NotAfter:    cert.NotAfter.Unix(),
+		},
+	}}})
+	if err != nil {
+		return fmt.Errorf("server: publishing CA certificate: %w", err)
+	}
+	b, err := s.currentBundle()
+	if err != nil {
+		return err
+	}
+	if !b.HasX509Authority(cert) {
+		return errors.New("server: CA certificate is not in the bundle after publishing it")
+	}
+	s.ca = c
+	s.log.Info("CA ready", zap.String("ca_serial", fmt.Sprintf("%x", cert.SerialNumber)), zap.Time("ca_not_after", cert.NotAfter))
+	return nil
+}
+
+// currentBundle returns the trust domain's bundle from the store, parsing
+// it only when it changed.
+func (s *Server) currentBundle() (*x509bundle.Bundle, error) {
+	r := s.store.Read()
+	pb, err := r.Bundle(s.td.Name())
+	if err != nil {
+		return nil, fmt.Errorf("server: reading bundle: %w", err)
+	}
+	s.bundleMu.Lock()
+	defer s.bundleMu.Unlock()
+	if s.bundleSet != nil && s.bundleSeq == pb.SequenceNumber {
+		return s.bundleSet, nil
+	}
+	b, err := bundleFromProto(s.td, pb)
+	if err != nil {
+		return nil, err
+	}
+	s.bundleSet, s.bundleSeq = b, pb.SequenceNumber
+	return b, nil
+}
+
+func bundleFromProto(td spiffeid.TrustDomain, pb *sigilv1.Bundle) (*x509bundle.Bundle, error) {
+	b := x509bundle.New(td)
+	for _, a := range pb.X509Authorities {
+		c, err := x509.ParseCertificate(a.Certificate)
+		if err != nil {
+			return nil, fmt.Errorf("server: bundle holds a bad certificate: %w", err)
+		}
+		b.AddX509Authority(c)
+	}
+	return b, nil
+}
+
+// rotateServerSVID mints a fresh TLS certificate for the node API with a
+// key that exists only in this process.
+func (s *Server) rotateServerSVID(ctx context.Context) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("server: generating server key: %w", err)
+	}
+	chain, err := s.ca.SignX509SVID(ctx, ca.X509SVIDParams{
+		PublicKey: key.Public(),
+		SPIFFEID:  s.id,
+		TTL:       s.cfg.AgentSVIDTTL,
+	})
+	if err != nil {
+		return fmt.Errorf("server: minting server SVID: %w", err)
+	}
+	cert := &tls.Certificate{PrivateKey: crypto.Signer(key), Leaf: chain[0]}
+	for _, c := range chain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	s.svid.Store(cert)
+	return nil
+}
+
+func (s *Server) svidRotationLoop(ctx context.Context) {
+	for {
+		leaf := s.svid.Load().Leaf
+		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+		wait := half.Sub(s.cfg.Clock.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.cfg.Clock.After(wait):
+		}
+		if err := s.rotateServerSVID(ctx); err != nil {
+			s.log.Error("server SVID rotation failed", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.cfg.Clock.After(10 * time.Second):
+			}
+		}
+	}
+}
+
+func (s *Server) nodeTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.svid.Load(), nil
+		},
+		// Attest is open to callers without a certificate; every other
+		// method checks the agent SVID in the auth interceptors.
+		ClientAuth: tls.RequestClientCert,
+	}
+}
