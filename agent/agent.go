@@ -217,6 +217,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("agent: data directory: %w", err)
 	}
+	if fi, err := os.Stat(a.cfg.DataDir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		a.log.Warn("data directory is accessible to other users; it holds the agent's private key",
+			zap.String("path", a.cfg.DataDir), zap.Stringer("mode", fi.Mode().Perm()))
+	}
 	ident, bundle, err := a.loadOrAttest(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -459,12 +463,16 @@ func (a *Agent) applyBundle(pb *sigilv1.Bundle) {
 		a.log.Error("ignoring bad bundle from server", zap.Error(err))
 		return
 	}
-	if !a.cache.SetBundle(b) {
+	if cur := a.cache.Bundle(); cur != nil && cur.Equal(b) {
 		return
 	}
-	a.log.Info("trust bundle updated", zap.Int("x509_authorities", len(b.X509Authorities())),
-		zap.Uint64("sequence_number", pb.GetSequenceNumber()))
+	// Saved first, so that a restart never trusts less than workloads
+	// were told to.
 	if err := saveBundle(a.cfg.DataDir, b); err != nil {
 		a.log.Error("could not save bundle", zap.Error(err))
+	}
+	if a.cache.SetBundle(b) {
+		a.log.Info("trust bundle updated", zap.Int("x509_authorities", len(b.X509Authorities())),
+			zap.Uint64("sequence_number", pb.GetSequenceNumber()))
 	}
 }

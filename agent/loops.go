@@ -37,6 +37,11 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		if progressed {
 			attempt = 0
 		}
+		if errors.Is(err, errConnReplaced) {
+			// A new agent SVID: reconnect at once with it.
+			a.log.Debug("sync stream moved to the new connection")
+			continue
+		}
 		if isAuthError(err) {
 			a.setAuthErr(err)
 			a.log.Error("agent was evicted or banned: server refused the sync stream", zap.Error(err))
@@ -126,12 +131,15 @@ func (a *Agent) syncOnce(ctx context.Context) (progressed bool, err error) {
 // the next SVID is due by the injected clock.
 func (a *Agent) mintLoop(ctx context.Context) {
 	slots := make(chan struct{}, maxBatchesInFlight)
+	idle := 0
 	for {
+		dispatched := false
 		for len(slots) < cap(slots) {
 			jobs := a.cache.takeDue(a.clk.Now(), a.cfg.SyncBatchSize)
 			if len(jobs) == 0 {
 				break
 			}
+			dispatched = true
 			slots <- struct{}{}
 			go func() {
 				defer func() {
@@ -145,10 +153,16 @@ func (a *Agent) mintLoop(ctx context.Context) {
 		if len(slots) < cap(slots) {
 			if next := a.cache.nextEvent(); !next.IsZero() {
 				d := next.Sub(a.clk.Now())
-				if d < time.Millisecond {
-					d = time.Millisecond
+				if d <= 0 && !dispatched {
+					// Something is due but nothing was taken; this
+					// should not happen, but never spin on it.
+					if idle++; idle > 3 {
+						d = 10 * time.Millisecond
+					}
+				} else {
+					idle = 0
 				}
-				timer = a.clk.After(d)
+				timer = a.clk.After(max(d, 0))
 			}
 		}
 		select {

@@ -57,6 +57,12 @@ func fields(args []interface{}) []zap.Field {
 			out = append(out, zap.NamedError(key, err))
 			continue
 		}
+		if f, ok := args[i+1].(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				out = append(out, zap.String(key, fmt.Sprintf(format, f[1:]...)))
+				continue
+			}
+		}
 		out = append(out, zap.Any(key, args[i+1]))
 	}
 	return out

@@ -1,0 +1,723 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/workloadapi"
+)
+
+// fakeServer is a small implementation of the node API for tests: a real
+// gRPC server with real TLS, one CA for agent and server certificates and a
+// configurable signer for workload SVIDs.
+type fakeServer struct {
+	sigilv1.UnimplementedNodeServer
+	t     *testing.T
+	ca    *testCA
+	token string
+	addr  string
+
+	mu          sync.Mutex
+	signer      *testCA
+	bundleCAs   []*testCA
+	entries     map[string]*sigilv1.Entry
+	streams     map[chan *sigilv1.SyncResponse]struct{}
+	tokenUsed   bool
+	banned      bool
+	agentTTL    time.Duration
+	attestCalls int
+	renewCalls  int
+	syncCalls   int
+	issuedKeys  map[string]crypto.PublicKey
+	now         func() time.Time
+}
+
+func newFakeServer(t *testing.T) *fakeServer {
+	t.Helper()
+	now := time.Now()
+	token, err := jointoken.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := newTestCA(t, now)
+	s := &fakeServer{
+		t:          t,
+		ca:         ca,
+		token:      token,
+		signer:     ca,
+		bundleCAs:  []*testCA{ca},
+		entries:    make(map[string]*sigilv1.Entry),
+		streams:    make(map[chan *sigilv1.SyncResponse]struct{}),
+		agentTTL:   time.Hour,
+		issuedKeys: make(map[string]crypto.PublicKey),
+		now:        time.Now,
+	}
+	serverKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverID := spiffeid.RequireFromString("spiffe://example.org/sigil/server/s1")
+	chain := ca.sign(t, serverID, serverKey.Public(), now.Add(-time.Minute), 24*time.Hour)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	tlsCfg := &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{chain[0].Raw}, PrivateKey: serverKey, Leaf: chain[0]}},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    pool,
+		MinVersion:   tls.VersionTLS12,
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = l.Addr().String()
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)))
+	sigilv1.RegisterNodeServer(srv, s)
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	return s
+}
+
+func (s *fakeServer) bundleLocked() *sigilv1.Bundle {
+	b := &sigilv1.Bundle{TrustDomain: testTD.Name()}
+	for _, ca := range s.bundleCAs {
+		b.X509Authorities = append(b.X509Authorities, &sigilv1.X509Authority{Certificate: ca.cert.Raw})
+	}
+	return b
+}
+
+// callerID is the agent ID of the caller's client certificate.
+func callerID(ctx context.Context) (spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no peer")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no client certificate")
+	}
+	id, err := spiffeid.FromURI(info.State.PeerCertificates[0].URIs[0])
+	if err != nil {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return id, nil
+}
+
+func parseCSR(der []byte) (crypto.PublicKey, error) {
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, err
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, err
+	}
+	return csr.PublicKey, nil
+}
+
+func derChain(chain []*x509.Certificate) [][]byte {
+	var out [][]byte
+	for _, c := range chain {
+		out = append(out, c.Raw)
+	}
+	return out
+}
+
+func (s *fakeServer) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigilv1.AttestResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.attestCalls++
+	if req.GetAttestationType() != jointoken.Name || string(req.GetPayload()) != s.token {
+		return nil, status.Error(codes.PermissionDenied, "bad token")
+	}
+	if s.tokenUsed {
+		return nil, status.Error(codes.PermissionDenied, "token already used")
+	}
+	pub, err := parseCSR(req.GetCsr())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.tokenUsed = true
+	id := spiffeid.RequireFromString("spiffe://example.org/sigil/agent/join_token/" + jointoken.AgentIDSegment(s.token))
+	chain, err := s.ca.issue(id, pub, s.now(), s.agentTTL)
+	if err != nil {
+		return nil, err
+	}
+	return &sigilv1.AttestResponse{SpiffeId: id.String(), SvidChain: derChain(chain), Bundle: s.bundleLocked()}, nil
+}
+
+func (s *fakeServer) RenewAgent(ctx context.Context, req *sigilv1.RenewAgentRequest) (*sigilv1.RenewAgentResponse, error) {
+	id, err := callerID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.renewCalls++
+	if s.banned {
+		return nil, status.Error(codes.PermissionDenied, "agent is banned")
+	}
+	pub, err := parseCSR(req.GetCsr())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	chain, err := s.ca.issue(id, pub, s.now(), s.agentTTL)
+	if err != nil {
+		return nil, err
+	}
+	return &sigilv1.RenewAgentResponse{SvidChain: derChain(chain)}, nil
+}
+
+func (s *fakeServer) Sync(_ *sigilv1.SyncRequest, stream grpc.ServerStreamingServer[sigilv1.SyncResponse]) error {
+	if _, err := callerID(stream.Context()); err != nil {
+		return err
+	}
+	ch := make(chan *sigilv1.SyncResponse, 100)
+	s.mu.Lock()
+	s.syncCalls++
+	if s.banned {
+		s.mu.Unlock()
+		return status.Error(codes.PermissionDenied, "agent is banned")
+	}
+	var entries []*sigilv1.Entry
+	for _, e := range s.entries {
+		entries = append(entries, e)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Id < entries[j].Id })
+	bundle := s.bundleLocked()
+	s.streams[ch] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, ch)
+		s.mu.Unlock()
+	}()
+	// The full set in chunks of two: reset first, synced last.
+	msgs := []*sigilv1.SyncResponse{{Reset_: true, Bundle: bundle}}
+	for i := 0; i < len(entries); i += 2 {
+		msgs = append(msgs, &sigilv1.SyncResponse{Upserted: entries[i:min(i+2, len(entries))]})
+	}
+	msgs[len(msgs)-1].Synced = true
+	for _, m := range msgs {
+		if err := stream.Send(m); err != nil {
+			return err
+		}
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case m := <-ch:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *fakeServer) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX509SVIDRequest) (*sigilv1.BatchNewX509SVIDResponse, error) {
+	if _, err := callerID(ctx); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.banned {
+		return nil, status.Error(codes.PermissionDenied, "agent is banned")
+	}
+	resp := &sigilv1.BatchNewX509SVIDResponse{}
+	for _, r := range req.GetRequests() {
+		res := &sigilv1.X509SVIDResult{EntryId: r.GetEntryId()}
+		resp.Results = append(resp.Results, res)
+		e, ok := s.entries[r.GetEntryId()]
+		if !ok {
+			res.Status = &sigilv1.Status{Code: int32(codes.PermissionDenied), Message: "not authorized for entry"}
+			continue
+		}
+		pub, err := parseCSR(r.GetCsr())
+		if err != nil {
+			res.Status = &sigilv1.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+			continue
+		}
+		chain, err := s.signer.issue(spiffeid.RequireFromString(e.SpiffeId), pub, s.now().Add(-time.Minute), time.Hour)
+		if err != nil {
+			res.Status = &sigilv1.Status{Code: int32(codes.Internal), Message: err.Error()}
+			continue
+		}
+		s.issuedKeys[e.Id] = pub
+		res.Status = &sigilv1.Status{Code: int32(codes.OK)}
+		res.Chain = derChain(chain)
+		res.ExpiresAt = chain[0].NotAfter.Unix()
+	}
+	return resp, nil
+}
+
+func (s *fakeServer) pushLocked(m *sigilv1.SyncResponse) {
+	for ch := range s.streams {
+		ch <- m
+	}
+}
+
+func (s *fakeServer) upsert(e *sigilv1.Entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries[e.Id] = e
+	s.pushLocked(&sigilv1.SyncResponse{Upserted: []*sigilv1.Entry{e}})
+}
+
+func (s *fakeServer) remove(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.entries, id)
+	s.pushLocked(&sigilv1.SyncResponse{Deleted: []string{id}})
+}
+
+// addCA adds a CA to the bundle and pushes the new bundle.
+func (s *fakeServer) addCA(ca *testCA) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bundleCAs = append(s.bundleCAs, ca)
+	s.pushLocked(&sigilv1.SyncResponse{Bundle: s.bundleLocked()})
+}
+
+func (s *fakeServer) counts() (attest, renew, syncs int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.attestCalls, s.renewCalls, s.syncCalls
+}
+
+// runningAgent is an agent running in the background for a test.
+type runningAgent struct {
+	*Agent
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // Run's result, once done is closed
+}
+
+func (r *runningAgent) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Fatalf("Run returned %v", r.err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func (s *fakeServer) config(t *testing.T, dataDir string) Config {
+	cfg := DefaultConfig()
+	cfg.TrustDomain = testTD
+	cfg.ServerAddress = s.addr
+	cfg.DataDir = dataDir
+	cfg.SocketPath = filepath.Join(t.TempDir(), "api.sock")
+	cfg.JoinToken = s.token
+	cfg.TrustBundle = []*x509.Certificate{s.ca.cert}
+	cfg.Logger = zaptest.NewLogger(t)
+	return cfg
+}
+
+func startAgent(t *testing.T, cfg Config) *runningAgent {
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		r.err = a.Run(ctx)
+		close(r.done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+	})
+	select {
+	case <-a.Ready():
+	case <-r.done:
+		t.Fatalf("Run returned before ready: %v", r.err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent not ready")
+	}
+	return r
+}
+
+func TestAgentAttestsPersistsAndRestarts(t *testing.T) {
+	srv := newFakeServer(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	cfg := srv.config(t, dir)
+	r := startAgent(t, cfg)
+	wantID := "spiffe://example.org/sigil/agent/join_token/" + jointoken.AgentIDSegment(srv.token)
+	if got := r.SPIFFEID().String(); got != wantID {
+		t.Fatalf("SPIFFEID = %s, want %s", got, wantID)
+	}
+	if err := r.Healthy(); err != nil {
+		t.Fatalf("Healthy = %v", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir: %v %v", fi.Mode(), err)
+	}
+	for name, perm := range map[string]os.FileMode{svidFileName: 0o644, keyFileName: 0o600, bundleFileName: 0o644} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if fi.Mode().Perm() != perm {
+			t.Fatalf("%s mode %v, want %v", name, fi.Mode().Perm(), perm)
+		}
+	}
+	keyPEM, _ := os.ReadFile(filepath.Join(dir, keyFileName))
+	if !strings.Contains(string(keyPEM), "BEGIN PRIVATE KEY") {
+		t.Fatal("key is not PKCS#8 PEM")
+	}
+	r.stop(t)
+
+	// Restart without a join token: the saved identity is used.
+	cfg2 := srv.config(t, dir)
+	cfg2.JoinToken = ""
+	cfg2.TrustBundle = nil
+	r2 := startAgent(t, cfg2)
+	if got := r2.SPIFFEID().String(); got != wantID {
+		t.Fatalf("after restart SPIFFEID = %s, want %s", got, wantID)
+	}
+	if attest, _, _ := srv.counts(); attest != 1 {
+		t.Fatalf("Attest called %d times, want 1", attest)
+	}
+	r2.stop(t)
+}
+
+func TestAgentWithoutIdentityOrTokenFails(t *testing.T) {
+	srv := newFakeServer(t)
+	cfg := srv.config(t, t.TempDir())
+	cfg.JoinToken = ""
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "join token") {
+		t.Fatalf("Run = %v, want a join token error", err)
+	}
+}
+
+func TestAgentRefusesServerOutsideBundle(t *testing.T) {
+	srv := newFakeServer(t)
+	cfg := srv.config(t, t.TempDir())
+	cfg.TrustBundle = []*x509.Certificate{newTestCA(t, time.Now()).cert}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := a.Run(ctx); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if attest, _, _ := srv.counts(); attest != 0 {
+		t.Fatal("agent attested to a server it cannot authenticate")
+	}
+}
+
+func waitSnapshot(t *testing.T, sub workloadapi.X509Subscription, cond func(*workloadapi.X509Snapshot) bool) *workloadapi.X509Snapshot {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case s := <-sub.Updates():
+			if cond(s) {
+				return s
+			}
+		case <-deadline:
+			t.Fatal("snapshot condition not met")
+			return nil
+		}
+	}
+}
+
+func TestAgentMintsOverSyncAndWithdrawsDeleted(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.upsert(entry("e1", "web", 1, "uid:1"))
+	r := startAgent(t, srv.config(t, t.TempDir()))
+
+	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:1")})
+	defer sub.Close()
+	s := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
+	id := s.Identities[0]
+	if id.SPIFFEID.String() != "spiffe://example.org/web" || id.EntryID != "e1" {
+		t.Fatalf("identity %s for %s", id.SPIFFEID, id.EntryID)
+	}
+	srv.mu.Lock()
+	issued := srv.issuedKeys["e1"]
+	srv.mu.Unlock()
+	if !publicKeyEqual(id.Chain[0].PublicKey, id.PrivateKey.Public()) || !publicKeyEqual(issued, id.PrivateKey.Public()) {
+		t.Fatal("SVID is not over the key the agent generated")
+	}
+
+	// An entry pushed later reaches the subscriber.
+	start := time.Now()
+	srv.upsert(entry("e2", "api", 2, "uid:1"))
+	s = waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 2 })
+	if got := ids(s); !equalStrings(got, []string{"e1", "e2"}) {
+		t.Fatalf("identities %v", got)
+	}
+	t.Logf("pushed entry reached the subscriber in %v", time.Since(start))
+
+	srv.remove("e1")
+	s = waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
+	if got := ids(s); !equalStrings(got, []string{"e2"}) {
+		t.Fatalf("after delete: identities %v", got)
+	}
+	r.stop(t)
+}
+
+func TestAgentHoldsSVIDUntilCAIsInBundle(t *testing.T) {
+	srv := newFakeServer(t)
+	r := startAgent(t, srv.config(t, t.TempDir()))
+
+	ca2 := newTestCA(t, time.Now())
+	srv.mu.Lock()
+	srv.signer = ca2 // a new CA signs before the agent's bundle has it
+	srv.mu.Unlock()
+	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:2")})
+	defer sub.Close()
+	// Synced with nothing matching: an empty first snapshot.
+	if s := waitSnapshot(t, sub, func(*workloadapi.X509Snapshot) bool { return true }); len(s.Identities) != 0 {
+		t.Fatalf("identities %v", ids(s))
+	}
+	srv.upsert(entry("e3", "db", 1, "uid:2"))
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		srv.mu.Lock()
+		_, issued := srv.issuedKeys["e3"]
+		srv.mu.Unlock()
+		if issued {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case s := <-sub.Updates():
+		t.Fatalf("SVID handed out before its CA is in the bundle: %v", ids(s))
+	case <-time.After(300 * time.Millisecond):
+	}
+	srv.addCA(ca2)
+	s := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
+	if err := s.Identities[0].Chain[0].CheckSignatureFrom(ca2.cert); err != nil {
+		t.Fatalf("SVID not from the new CA: %v", err)
+	}
+	if !s.Bundle.HasX509Authority(ca2.cert) {
+		t.Fatal("snapshot bundle lacks the new CA")
+	}
+	// The new bundle was saved.
+	saved, err := loadBundle(r.cfg.DataDir, testTD)
+	if err != nil || saved == nil || !saved.HasX509Authority(ca2.cert) {
+		t.Fatalf("saved bundle lacks the new CA: %v", err)
+	}
+	r.stop(t)
+}
+
+func TestAgentRenewsItsSVID(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.agentTTL = 3 * time.Second
+	dir := t.TempDir()
+	r := startAgent(t, srv.config(t, dir))
+	// Read the saved SVID without loadIdentity, which would complete (and
+	// so race with) a save in progress.
+	savedSerial := func() string {
+		data, err := os.ReadFile(filepath.Join(dir, svidFileName))
+		if err != nil {
+			return ""
+		}
+		certs, err := parsePEMCerts(data)
+		if err != nil {
+			return ""
+		}
+		return certs[0].SerialNumber.String()
+	}
+	first := savedSerial()
+	if first == "" {
+		t.Fatal("no saved SVID")
+	}
+	srv.mu.Lock()
+	srv.agentTTL = time.Hour
+	srv.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, renew, syncs := srv.counts()
+		if cur := savedSerial(); renew >= 1 && cur != "" && cur != first && syncs >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent SVID not renewed (renew calls %d, sync calls %d)", renew, syncs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The renewed identity is in use: minting works on the new connection.
+	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:3")})
+	defer sub.Close()
+	srv.upsert(entry("e4", "svc", 1, "uid:3"))
+	waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
+	if err := r.Healthy(); err != nil {
+		t.Fatalf("Healthy = %v", err)
+	}
+	r.stop(t)
+}
+
+func TestAgentReportsBan(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.agentTTL = 2 * time.Second
+	r := startAgent(t, srv.config(t, t.TempDir()))
+	srv.mu.Lock()
+	srv.banned = true
+	srv.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := r.Healthy()
+		if err != nil && strings.Contains(err.Error(), "evicted or banned") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Healthy = %v, want an eviction error", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.stop(t)
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := func() Config {
+		c := DefaultConfig()
+		c.TrustDomain = testTD
+		c.ServerAddress = "127.0.0.1:8081"
+		c.DataDir = "/tmp/x"
+		return c
+	}
+	if err := func() error { c := good(); return c.Validate() }(); err != nil {
+		t.Fatalf("good config refused: %v", err)
+	}
+	cases := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"no trust domain", func(c *Config) { c.TrustDomain = spiffeid.TrustDomain{} }, "trust domain"},
+		{"no server", func(c *Config) { c.ServerAddress = "" }, "server address"},
+		{"bad server", func(c *Config) { c.ServerAddress = "nohost" }, "host:port"},
+		{"no data dir", func(c *Config) { c.DataDir = "" }, "data directory"},
+		{"negative batch", func(c *Config) { c.SyncBatchSize = -1 }, "negative"},
+		{"huge batch", func(c *Config) { c.SyncBatchSize = MaxSyncBatchSize + 1 }, "maximum"},
+		{"missing bundle file", func(c *Config) { c.TrustBundlePath = "/nonexistent/bundle.pem" }, "trust bundle"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := good()
+			c.mutate(&cfg)
+			err := cfg.Validate()
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "agent: ") {
+				t.Fatalf("Validate = %v, want agent: ...%s...", err, c.want)
+			}
+		})
+	}
+	if d := DefaultConfig(); d.SocketPath != DefaultSocketPath || d.SyncBatchSize != 500 {
+		t.Fatalf("DefaultConfig = %+v", d)
+	}
+}
+
+func TestLoadIdentityRecoversInterruptedSave(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t, time.Now())
+	id := spiffeid.RequireFromString("spiffe://example.org/sigil/agent/join_token/x")
+	mk := func() *identity {
+		key, _, err := newKeyAndCSR()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newIdentity(ca.sign(t, id, key.Public(), time.Now(), time.Hour), key)
+	}
+	old, next := mk(), mk()
+	if err := saveIdentity(dir, old); err != nil {
+		t.Fatal(err)
+	}
+	// Crash after the new key was renamed into place but before the
+	// certificate was.
+	keyPEM, _ := encodeKey(next.key)
+	if err := os.WriteFile(filepath.Join(dir, keyFileName), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, svidFileName+newSuffix), encodeCerts(next.chain), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := loadIdentity(dir, testTD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.chain[0].SerialNumber.Cmp(next.chain[0].SerialNumber) != 0 {
+		t.Fatal("did not recover the new identity")
+	}
+	if _, err := os.Stat(filepath.Join(dir, svidFileName+newSuffix)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("leftover .new file")
+	}
+	if got, err := loadIdentity(t.TempDir(), testTD); got != nil || err != nil {
+		t.Fatalf("empty dir: %v %v", got, err)
+	}
+}
+
+func TestAgentRenewsWorkloadSVIDsByClock(t *testing.T) {
+	srv := newFakeServer(t)
+	clk := clock.NewFake(time.Now())
+	srv.now = clk.Now
+	srv.agentTTL = 24 * time.Hour
+	srv.upsert(entry("e1", "web", 1, "uid:1"))
+	cfg := srv.config(t, t.TempDir())
+	cfg.Clock = clk
+	r := startAgent(t, cfg)
+	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:1")})
+	defer sub.Close()
+	first := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 }).Identities[0]
+
+	// Before half-life nothing is renewed.
+	clk.Add(20 * time.Minute)
+	select {
+	case s := <-sub.Updates():
+		t.Fatalf("early rotation: %v", ids(s))
+	case <-time.After(200 * time.Millisecond):
+	}
+	// Past 60 % of the lifetime the SVID has been rotated.
+	clk.Add(20 * time.Minute)
+	s := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
+	second := s.Identities[0]
+	if second.Chain[0].SerialNumber.Cmp(first.Chain[0].SerialNumber) == 0 {
+		t.Fatal("same SVID after renewal time")
+	}
+	if publicKeyEqual(second.PrivateKey.Public(), first.PrivateKey.Public()) {
+		t.Fatal("renewal reused the key")
+	}
+	r.stop(t)
+}
