@@ -122,8 +122,18 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("dev data directory: %w", err)
 	}
+	release, err := lockDir(dataDir, "dev.lock")
+	if err != nil {
+		return fmt.Errorf("%v: is another `sigil dev` running?", err)
+	}
+	defer release()
 	defer func() {
-		if err != nil && !errors.Is(err, context.Canceled) {
+		switch {
+		case ctx.Err() != nil:
+			// Interrupted (Ctrl-C, SIGTERM): a clean exit, even during
+			// startup.
+			err = nil
+		case err != nil:
 			err = fmt.Errorf("%w (dev state is in %s; remove it to start from scratch)", err, dataDir)
 		}
 	}()

@@ -38,7 +38,7 @@ func NewHealthcheckCommand() *cobra.Command {
 				if msg == "" {
 					msg = http.StatusText(resp.StatusCode)
 				}
-				return fmt.Errorf("%s: HTTP %d: %s", url, resp.StatusCode, strings.TrimPrefix(msg, "not ready: "))
+				return fmt.Errorf("not ready: %s answered HTTP %d: %s", url, resp.StatusCode, strings.TrimPrefix(msg, "not ready: "))
 			}
 			if msg == "" {
 				msg = "ready"

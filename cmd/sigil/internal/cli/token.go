@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bytes"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -96,7 +98,12 @@ func NewBundleCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(out, "%s\n", doc)
+			var buf bytes.Buffer
+			if err := json.Indent(&buf, doc, "", "  "); err != nil {
+				return err
+			}
+			buf.WriteByte('\n')
+			_, err = out.Write(buf.Bytes())
 			return err
 		},
 	}

@@ -268,7 +268,7 @@ func NewAgentFlags(fs *pflag.FlagSet) *AgentFlags {
 	fs.StringVar(&f.val.DataDir, "data-dir", "", "directory for the agent's identity and cache (default ./.sigil/agent)")
 	fs.StringVar(&f.val.SocketPath, "socket-path", "", "path of the Workload API unix socket (default /tmp/sigil-agent/public/api.sock)")
 	fs.StringVar(&f.val.JoinToken, "join-token", "", "single-use join token for the first attestation")
-	fs.StringVar(&f.val.TrustBundlePath, "trust-bundle-path", "", "PEM file with the server CA certificates (from `sigil bundle show`)")
+	fs.StringVar(&f.val.TrustBundlePath, "trust-bundle-path", "", "PEM file with the server CA certificates (the output of 'sigil bundle show')")
 	fs.StringVar(&f.val.HealthAddress, "health-address", "", "listen address of the /live and /ready endpoints (empty: disabled)")
 	addLogFlags(fs, &f.val.Log)
 	return f

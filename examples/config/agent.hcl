@@ -1,0 +1,32 @@
+# Configuration of a Sigil agent.
+#   sigil agent -config examples/config/agent.hcl
+# Flags given on the command line override these settings, for example
+#   sigil agent -config agent.hcl -join-token "$(cat token)"
+
+agent {
+  trust_domain = "example.org"
+
+  # host:port of a server's node API.
+  server_address = "127.0.0.1:8081"
+
+  # The agent's identity (key and SVID) and state.
+  data_dir = "/var/lib/sigil/agent"
+
+  # The SPIFFE Workload API socket that workloads connect to.
+  socket_path = "/tmp/sigil-agent/public/api.sock"
+
+  # Single-use token from `sigil token generate`, needed for the first start
+  # only: afterwards the agent renews the identity kept in data_dir. Prefer
+  # passing it with -join-token rather than writing it here.
+  # join_token = ""
+
+  # The server CA certificates (`sigil bundle show > bundle.pem`), used to
+  # authenticate the server on first contact.
+  trust_bundle_path = "/etc/sigil/bundle.pem"
+
+  # /live and /ready; omit to disable.
+  health_address = "127.0.0.1:8082"
+
+  log_level  = "info"
+  log_format = "json"
+}
