@@ -59,6 +59,8 @@ type svid struct {
 	spiffeID  spiffeid.ID
 	chain     []*x509.Certificate
 	key       crypto.Signer
+	chainDER  []byte // concatenated DER of chain
+	keyDER    []byte // PKCS#8 DER of key
 	mintedFor entryFingerprint
 	renewAt   time.Time
 	notAfter  time.Time
@@ -471,11 +473,57 @@ type mintOutcome struct {
 // finish records the outcome of a job. It reports whether an SVID was
 // cached.
 func (c *cache) finish(job *mintJob, out mintOutcome) bool {
+	return c.finishBatch([]*mintJob{job}, []mintOutcome{out}) == 1
+}
+
+// verified is a minted SVID checked against a job and a bundle outside the
+// cache lock: chain verification is the agent's most expensive step and
+// must not serialize every other cache user.
+type verified struct {
+	s      *svid
+	err    error // from checkSVID
+	bundle *x509bundle.Bundle
+	verErr error // from verifying against bundle
+}
+
+// finishBatch records the outcomes of jobs (outs[i] belongs to jobs[i]),
+// notifies subscribers once, and reports how many SVIDs were cached.
+func (c *cache) finishBatch(jobs []*mintJob, outs []mintOutcome) int {
+	c.mu.Lock()
+	bundle := c.bundle
+	now := c.clk.Now()
+	c.mu.Unlock()
+
+	pre := make([]verified, len(jobs))
+	for i, job := range jobs {
+		if outs[i].err != nil || outs[i].denied {
+			continue
+		}
+		pre[i].s, pre[i].err = c.checkSVID(job, outs[i].chain)
+		if pre[i].err == nil && bundle != nil {
+			pre[i].bundle = bundle
+			_, _, pre[i].verErr = x509svid.Verify(pre[i].s.chain, bundle, x509svid.WithTime(now))
+		}
+	}
+
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.wake()
+	cached := 0
+	for i, job := range jobs {
+		if c.finishLocked(job, outs[i], pre[i]) {
+			cached++
+		}
+	}
+	if cached > 0 {
+		c.notifyLocked()
+	}
+	return cached
+}
+
+func (c *cache) finishLocked(job *mintJob, out mintOutcome, pre verified) bool {
 	st := job.st
 	st.inflight = false
-	defer c.wake()
 	if c.entries[job.id] != st {
 		return false // deleted meanwhile; drop the key with the job
 	}
@@ -498,23 +546,27 @@ func (c *cache) finish(job *mintJob, out mintOutcome) bool {
 	if out.err != nil {
 		return fail(out.err)
 	}
-	s, err := c.checkSVID(job, out.chain)
-	if err != nil {
-		return fail(err)
+	if pre.err != nil {
+		return fail(pre.err)
 	}
+	s := pre.s
 	if c.bundle == nil {
 		st.pending, st.pendingSince = s, now
 		return false
 	}
-	if _, _, err := x509svid.Verify(s.chain, c.bundle, x509svid.WithTime(now)); err != nil {
+	verErr := pre.verErr
+	if pre.bundle != c.bundle {
+		// The bundle changed while we verified: check against the new one.
+		_, _, verErr = x509svid.Verify(s.chain, c.bundle, x509svid.WithTime(now))
+	}
+	if verErr != nil {
 		c.log.Info("minted SVID does not verify against the agent's bundle yet; holding it until a bundle update",
-			zap.String("entry_id", job.id), zap.Error(err))
+			zap.String("entry_id", job.id), zap.Error(verErr))
 		st.pending, st.pendingSince = s, now
 		return false
 	}
 	st.pending = nil
 	c.promoteLocked(job.id, st, s)
-	c.notifyLocked()
 	return true
 }
 
@@ -535,10 +587,20 @@ func (c *cache) checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error
 	if !publicKeyEqual(leaf.PublicKey, job.key.Public()) {
 		return nil, errors.New("returned SVID does not carry the agent's public key")
 	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(job.key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the SVID key: %w", err)
+	}
+	var chainDER []byte
+	for _, c := range chain {
+		chainDER = append(chainDER, c.Raw...)
+	}
 	return &svid{
 		spiffeID:  id,
 		chain:     chain,
 		key:       job.key,
+		chainDER:  chainDER,
+		keyDER:    keyDER,
 		mintedFor: job.fp,
 		renewAt:   renewAt(leaf.NotBefore, leaf.NotAfter),
 		notAfter:  leaf.NotAfter,
@@ -640,6 +702,8 @@ func (c *cache) updateSubLocked(sub *subscription) {
 			SPIFFEID:   s.spiffeID,
 			Chain:      s.chain,
 			PrivateKey: s.key,
+			ChainDER:   s.chainDER,
+			KeyDER:     s.keyDER,
 			Hint:       st.entry.GetHint(),
 		})
 		fp.WriteByte('|')

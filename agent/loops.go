@@ -215,8 +215,8 @@ func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 	for _, r := range resp.GetResults() {
 		results[r.GetEntryId()] = r
 	}
-	minted := 0
-	for _, j := range sent {
+	outs := make([]mintOutcome, len(sent))
+	for i, j := range sent {
 		r := results[j.id]
 		var out mintOutcome
 		switch {
@@ -229,10 +229,9 @@ func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 		default:
 			out.chain, out.err = parseDERChain(r.GetChain())
 		}
-		if a.cache.finish(j, out) {
-			minted++
-		}
+		outs[i] = out
 	}
+	minted := a.cache.finishBatch(sent, outs)
 	a.log.Debug("minted batch", zap.Int("requested", len(sent)), zap.Int("cached", minted),
 		zap.Duration("took", a.clk.Now().Sub(start)))
 }

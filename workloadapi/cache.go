@@ -19,6 +19,13 @@ type X509Identity struct {
 	Chain      []*x509.Certificate
 	PrivateKey crypto.Signer
 	Hint       string
+
+	// ChainDER and KeyDER, when set, are the concatenated DER of Chain and
+	// the PKCS#8 DER of PrivateKey, encoded once by the cache so that each
+	// fetch does not encode them again. The server encodes them itself
+	// when they are empty.
+	ChainDER []byte
+	KeyDER   []byte
 }
 
 // X509Snapshot is what a workload is entitled to at one moment.

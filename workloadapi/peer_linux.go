@@ -7,8 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
+
+	"github.com/sigil-id/sigil/internal/procfs"
 
 	"golang.org/x/sys/unix"
 )
@@ -112,11 +113,13 @@ func (p *PeerInfo) close() {
 // procStartTime returns the start time (in clock ticks after boot) of the
 // process pid from /proc/<pid>/stat, and fails for a zombie.
 func procStartTime(pid int32) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	return parseStat(b)
+	var st uint64
+	err := procfs.Read("/proc/"+strconv.Itoa(int(pid))+"/stat", func(b []byte) error {
+		var err error
+		st, err = parseStat(b)
+		return err
+	})
+	return st, err
 }
 
 // parseStat extracts the start time (field 22) from a /proc/<pid>/stat

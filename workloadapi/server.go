@@ -27,7 +27,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -128,6 +130,9 @@ func New(cfg Config) (*Server, error) {
 		grpc.Creds(&peerCreds{startTime: func(pid int32) (uint64, error) { return s.startTime(pid) }}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		// Reuse goroutines for short calls instead of starting one per
+		// stream: fetches are many and small.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	workloadpb.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
 	return s, nil
@@ -379,17 +384,25 @@ func x509SVIDResponse(snap *X509Snapshot) (*workloadpb.X509SVIDResponse, error) 
 		if id.PrivateKey == nil {
 			return nil, fmt.Errorf("entry %s: no private key", id.EntryID)
 		}
-		key, err := x509.MarshalPKCS8PrivateKey(id.PrivateKey)
-		if err != nil {
-			return nil, fmt.Errorf("entry %s: %w", id.EntryID, err)
+		key := id.KeyDER
+		if len(key) == 0 {
+			var err error
+			key, err = x509.MarshalPKCS8PrivateKey(id.PrivateKey)
+			if err != nil {
+				return nil, fmt.Errorf("entry %s: %w", id.EntryID, err)
+			}
+		}
+		chain := id.ChainDER
+		if len(chain) == 0 {
+			chain = concatDER(id.Chain)
 		}
 		var bundle []byte
 		if b := bundleFor(snap, id.SPIFFEID.TrustDomain()); b != nil {
-			bundle = concatDER(b.X509Authorities())
+			bundle = bundleDER(b)
 		}
 		resp.Svids = append(resp.Svids, &workloadpb.X509SVID{
 			SpiffeId:    id.SPIFFEID.String(),
-			X509Svid:    concatDER(id.Chain),
+			X509Svid:    chain,
 			X509SvidKey: key,
 			Bundle:      bundle,
 			Hint:        id.Hint,
@@ -523,3 +536,21 @@ type ctxStream struct {
 }
 
 func (s *ctxStream) Context() context.Context { return s.ctx }
+
+// lastBundle memoizes the DER encoding of the most recent bundle: every
+// fetch carries it, and it changes only on rotation.
+var lastBundle atomic.Pointer[encodedBundle]
+
+type encodedBundle struct {
+	b   *x509bundle.Bundle
+	der []byte
+}
+
+func bundleDER(b *x509bundle.Bundle) []byte {
+	if e := lastBundle.Load(); e != nil && e.b == b {
+		return e.der
+	}
+	der := concatDER(b.X509Authorities())
+	lastBundle.Store(&encodedBundle{b: b, der: der})
+	return der
+}

@@ -19,7 +19,6 @@
 package unix
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -31,9 +30,11 @@ import (
 	"os"
 	"os/user"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
+	"time"
+
+	"github.com/sigil-id/sigil/internal/procfs"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/workload"
@@ -53,6 +54,52 @@ type Attestor struct {
 	hashes map[fileKey]string
 	// hashed counts how many times a file was actually hashed (for tests).
 	hashed int
+
+	users, groups *nameCache
+}
+
+// nameTTL is how long a resolved user or group name is reused. Names come
+// from NSS (files, LDAP, ...), which is slow and often a cgo call; ids are
+// what the kernel vouches for, so a name that changes takes effect within
+// nameTTL.
+const nameTTL = 30 * time.Second
+
+// nameCache caches id -> name resolutions, including failures.
+type nameCache struct {
+	resolve func(id string) (string, error)
+	now     func() time.Time
+
+	mu    sync.Mutex
+	names map[string]cachedName
+}
+
+type cachedName struct {
+	name string
+	ok   bool
+	at   time.Time
+}
+
+func newNameCache(resolve func(string) (string, error)) *nameCache {
+	return &nameCache{resolve: resolve, now: time.Now, names: make(map[string]cachedName)}
+}
+
+func (c *nameCache) lookup(id string) (string, bool) {
+	now := c.now()
+	c.mu.Lock()
+	e, hit := c.names[id]
+	c.mu.Unlock()
+	if hit && now.Sub(e.at) < nameTTL {
+		return e.name, e.ok
+	}
+	name, err := c.resolve(id)
+	e = cachedName{name: name, ok: err == nil, at: now}
+	c.mu.Lock()
+	if len(c.names) >= maxHashCache {
+		clear(c.names)
+	}
+	c.names[id] = e
+	c.mu.Unlock()
+	return e.name, e.ok
 }
 
 type fileKey struct {
@@ -66,7 +113,24 @@ var _ workload.Attestor = (*Attestor)(nil)
 
 // New returns a unix attestor reading /proc.
 func New() *Attestor {
-	return &Attestor{procRoot: "/proc", hashes: make(map[fileKey]string)}
+	return &Attestor{
+		procRoot: "/proc",
+		hashes:   make(map[fileKey]string),
+		users: newNameCache(func(id string) (string, error) {
+			u, err := user.LookupId(id)
+			if err != nil {
+				return "", err
+			}
+			return u.Username, nil
+		}),
+		groups: newNameCache(func(id string) (string, error) {
+			g, err := user.LookupGroupId(id)
+			if err != nil {
+				return "", err
+			}
+			return g.Name, nil
+		}),
+	}
 }
 
 // Name returns "unix".
@@ -93,12 +157,12 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]*sigilv1.Selector, 
 	add := func(v string) { sels = append(sels, &sigilv1.Selector{Type: Name, Value: v}) }
 
 	add("uid:" + st.uid)
-	if u, err := user.LookupId(st.uid); err == nil {
-		add("user:" + u.Username)
+	if name, ok := a.users.lookup(st.uid); ok {
+		add("user:" + name)
 	}
 	add("gid:" + st.gid)
-	if g, err := user.LookupGroupId(st.gid); err == nil {
-		add("group:" + g.Name)
+	if name, ok := a.groups.lookup(st.gid); ok {
+		add("group:" + name)
 	}
 	for _, g := range st.groups {
 		add("supplementary_gid:" + g)
@@ -131,42 +195,47 @@ type status struct {
 // readStatus reads the effective uid and gid and the supplementary groups
 // from a /proc/<pid>/status file.
 func readStatus(path string) (*status, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
+	var st *status
+	err := procfs.Read(path, func(b []byte) error {
+		var err error
+		st, err = parseStatus(path, b)
+		return err
+	})
+	return st, err
+}
+
+// parseStatus reads the effective uid and gid and the supplementary groups
+// from the contents of a /proc/<pid>/status file.
+func parseStatus(path string, b []byte) (*status, error) {
 	var st status
 	var haveUID, haveGID bool
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		key, val, ok := strings.Cut(sc.Text(), ":")
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		key, val, ok := bytes.Cut(line, []byte{':'})
 		if !ok {
 			continue
 		}
-		fields := strings.Fields(val)
-		switch key {
-		case "Uid":
+		switch string(key) {
+		case "Uid", "Gid":
+			fields := bytes.Fields(val)
 			if len(fields) < 2 {
-				return nil, fmt.Errorf("malformed Uid line in %s", path)
+				return nil, fmt.Errorf("malformed %s line in %s", key, path)
 			}
-			if _, err := strconv.ParseUint(fields[1], 10, 32); err != nil {
-				return nil, fmt.Errorf("malformed Uid line in %s", path)
+			if _, err := strconv.ParseUint(string(fields[1]), 10, 32); err != nil {
+				return nil, fmt.Errorf("malformed %s line in %s", key, path)
 			}
-			st.uid, haveUID = fields[1], true
-		case "Gid":
-			if len(fields) < 2 {
-				return nil, fmt.Errorf("malformed Gid line in %s", path)
+			if key[0] == 'U' {
+				st.uid, haveUID = string(fields[1]), true
+			} else {
+				st.gid, haveGID = string(fields[1]), true
 			}
-			if _, err := strconv.ParseUint(fields[1], 10, 32); err != nil {
-				return nil, fmt.Errorf("malformed Gid line in %s", path)
-			}
-			st.gid, haveGID = fields[1], true
 		case "Groups":
-			for _, g := range fields {
-				if _, err := strconv.ParseUint(g, 10, 32); err != nil {
+			for _, g := range bytes.Fields(val) {
+				if _, err := strconv.ParseUint(string(g), 10, 32); err != nil {
 					return nil, fmt.Errorf("malformed Groups line in %s", path)
 				}
-				st.groups = append(st.groups, g)
+				st.groups = append(st.groups, string(g))
 			}
 		}
 	}

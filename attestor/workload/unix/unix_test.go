@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/workload"
@@ -193,5 +194,34 @@ func TestReadStatusEffectiveIDs(t *testing.T) {
 		if _, err := readStatus(p); err == nil {
 			t.Errorf("readStatus(%q): no error", bad)
 		}
+	}
+}
+
+func TestNameCacheReusesAndExpires(t *testing.T) {
+	calls := 0
+	now := time.Unix(1000, 0)
+	c := newNameCache(func(id string) (string, error) {
+		calls++
+		if id == "404" {
+			return "", errors.New("unknown id")
+		}
+		return "name-" + id, nil
+	})
+	c.now = func() time.Time { return now }
+	for i := 0; i < 3; i++ {
+		if n, ok := c.lookup("7"); !ok || n != "name-7" {
+			t.Fatalf("lookup: %q %v", n, ok)
+		}
+		if _, ok := c.lookup("404"); ok {
+			t.Fatal("unknown id resolved")
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("resolved %d times, want 2 (one per id)", calls)
+	}
+	now = now.Add(nameTTL)
+	c.lookup("7")
+	if calls != 3 {
+		t.Fatalf("after TTL: resolved %d times, want 3", calls)
 	}
 }
