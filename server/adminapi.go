@@ -66,7 +66,7 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 		idx = append(idx, i)
 	}
 	if len(toCreate) > 0 {
-		res, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateEntries{CreateEntries: &sigilv1.CreateEntries{Entries: toCreate}}})
+		res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateEntries{CreateEntries: &sigilv1.CreateEntries{Entries: toCreate}}})
 		if err != nil {
 			return nil, storeError(err)
 		}
@@ -107,7 +107,7 @@ func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdat
 		idx = append(idx, i)
 	}
 	if len(toUpdate) > 0 {
-		res, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_UpdateEntries{UpdateEntries: &sigilv1.UpdateEntries{Entries: toUpdate}}})
+		res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_UpdateEntries{UpdateEntries: &sigilv1.UpdateEntries{Entries: toUpdate}}})
 		if err != nil {
 			return nil, storeError(err)
 		}
@@ -134,7 +134,7 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 	if len(req.Ids) == 0 {
 		return &sigilv1.BatchDeleteEntryResponse{}, nil
 	}
-	res, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_DeleteEntries{DeleteEntries: &sigilv1.DeleteEntries{Ids: req.Ids}}})
+	res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_DeleteEntries{DeleteEntries: &sigilv1.DeleteEntries{Ids: req.Ids}}})
 	if err != nil {
 		return nil, storeError(err)
 	}
@@ -202,7 +202,7 @@ func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinT
 		return nil, status.Errorf(codes.Internal, "generating token: %v", err)
 	}
 	expires := s.cfg.Clock.Now().Add(ttl)
-	_, err = s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateJoinToken{CreateJoinToken: &sigilv1.CreateJoinToken{
+	_, err = s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateJoinToken{CreateJoinToken: &sigilv1.CreateJoinToken{
 		Token: &sigilv1.JoinToken{Hash: jointoken.Hash(token), ExpiresAt: expires.Unix()},
 	}}})
 	if err != nil {
@@ -265,7 +265,7 @@ func (a *adminAPI) EvictAgent(ctx context.Context, req *sigilv1.EvictAgentReques
 	if err := a.checkAgentID(req.SpiffeId); err != nil {
 		return nil, err
 	}
-	if _, err := a.s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_EvictNode{EvictNode: &sigilv1.EvictNode{SpiffeId: req.SpiffeId}}}); err != nil {
+	if _, err := a.s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_EvictNode{EvictNode: &sigilv1.EvictNode{SpiffeId: req.SpiffeId}}}); err != nil {
 		return nil, storeError(err)
 	}
 	a.s.log.Info("agent evicted", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))
@@ -276,7 +276,7 @@ func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (
 	if err := a.checkAgentID(req.SpiffeId); err != nil {
 		return nil, err
 	}
-	if _, err := a.s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_BanNode{BanNode: &sigilv1.BanNode{SpiffeId: req.SpiffeId}}}); err != nil {
+	if _, err := a.s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_BanNode{BanNode: &sigilv1.BanNode{SpiffeId: req.SpiffeId}}}); err != nil {
 		return nil, storeError(err)
 	}
 	a.s.log.Info("agent banned", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))

@@ -49,12 +49,12 @@ func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigi
 	if existing, err := s.store.Read().Node(agentID.String()); err == nil && existing.Banned {
 		return nil, status.Errorf(codes.PermissionDenied, "agent %s is banned", agentID)
 	}
-	chain, err := s.ca.SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: pub, SPIFFEID: agentID, TTL: s.cfg.AgentSVIDTTL})
+	chain, err := s.x509CA().SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: pub, SPIFFEID: agentID, TTL: s.cfg.AgentSVIDTTL})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "minting agent SVID: %v", err)
 	}
 	leaf := chain[0]
-	_, err = s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_AttestNode{AttestNode: &sigilv1.AttestNode{
+	_, err = s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_AttestNode{AttestNode: &sigilv1.AttestNode{
 		Node: &sigilv1.AttestedNode{
 			SpiffeId:        agentID.String(),
 			AttestationType: v.Name(),
@@ -85,12 +85,12 @@ func (n *nodeAPI) RenewAgent(ctx context.Context, req *sigilv1.RenewAgentRequest
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "agent CSR: %v", err)
 	}
-	chain, err := s.ca.SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: pub, SPIFFEID: agentID, TTL: s.cfg.AgentSVIDTTL})
+	chain, err := s.x509CA().SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: pub, SPIFFEID: agentID, TTL: s.cfg.AgentSVIDTTL})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "minting agent SVID: %v", err)
 	}
 	leaf := chain[0]
-	_, err = s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_UpdateNode{UpdateNode: &sigilv1.UpdateNode{
+	_, err = s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_UpdateNode{UpdateNode: &sigilv1.UpdateNode{
 		SpiffeId:     agentID.String(),
 		CertSerial:   fmt.Sprintf("%x", leaf.SerialNumber),
 		CertNotAfter: leaf.NotAfter.Unix(),
@@ -158,7 +158,7 @@ func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) (
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
 	}
-	chain, err := n.s.ca.SignX509SVID(ctx, ca.X509SVIDParams{
+	chain, err := n.s.x509CA().SignX509SVID(ctx, ca.X509SVIDParams{
 		PublicKey: pub,
 		SPIFFEID:  id,
 		DNSNames:  e.DnsNames,

@@ -31,8 +31,6 @@ import (
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/ca"
-	"github.com/sigil-id/sigil/ca/keymanager/disk"
-	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -46,7 +44,7 @@ type Server struct {
 	verifiers map[string]node.Verifier
 
 	store *raftstore.Store
-	ca    *ca.CA
+	ca    *ca.CA // see authority.go; read through s.x509CA()
 
 	svid atomic.Pointer[tls.Certificate]
 
@@ -215,56 +213,6 @@ func listenAdmin(path string) (net.Listener, error) {
 	return l, nil
 }
 
-// initCA loads or creates this node's CA and publishes its certificate in
-// the replicated bundle before the CA signs anything.
-func (s *Server) initCA(ctx context.Context) error {
-	var km ca.KeyManager
-	switch s.cfg.KeyManager {
-	case "memory":
-		km = memory.New()
-	default:
-		d, err := disk.New(filepath.Join(s.cfg.DataDir, "keys"))
-		if err != nil {
-			return fmt.Errorf("server: key manager: %w", err)
-		}
-		km = d
-	}
-	ccfg := ca.DefaultConfig()
-	ccfg.TrustDomain = s.td
-	ccfg.ServerID = s.cfg.NodeName
-	ccfg.KeyManager = km
-	ccfg.CertPath = filepath.Join(s.cfg.DataDir, "ca.pem")
-	ccfg.CATTL = s.cfg.CATTL
-	ccfg.X509SVIDTTL = s.cfg.X509SVIDTTL
-	ccfg.Clock = s.cfg.Clock
-	c, err := ca.New(ctx, ccfg)
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
-	}
-	cert := c.Certificate()
-	_, err = s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
-		TrustDomain: s.td.Name(),
-		Authority: &sigilv1.X509Authority{
-			Certificate: cert.Raw,
-			ServerId:    s.cfg.NodeName,
-			NotAfter:    cert.NotAfter.Unix(),
-		},
-	}}})
-	if err != nil {
-		return fmt.Errorf("server: publishing CA certificate: %w", err)
-	}
-	b, err := s.currentBundle()
-	if err != nil {
-		return err
-	}
-	if !b.HasX509Authority(cert) {
-		return errors.New("server: CA certificate is not in the bundle after publishing it")
-	}
-	s.ca = c
-	s.log.Info("CA ready", zap.String("ca_serial", fmt.Sprintf("%x", cert.SerialNumber)), zap.Time("ca_not_after", cert.NotAfter))
-	return nil
-}
-
 // currentBundle returns the trust domain's bundle from the store, parsing
 // it only when it changed.
 func (s *Server) currentBundle() (*x509bundle.Bundle, error) {
@@ -305,7 +253,7 @@ func (s *Server) rotateServerSVID(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: generating server key: %w", err)
 	}
-	chain, err := s.ca.SignX509SVID(ctx, ca.X509SVIDParams{
+	chain, err := s.x509CA().SignX509SVID(ctx, ca.X509SVIDParams{
 		PublicKey: key.Public(),
 		SPIFFEID:  s.id,
 		TTL:       s.cfg.AgentSVIDTTL,
