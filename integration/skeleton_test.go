@@ -16,6 +16,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func uidSelector(t *testing.T) string {
@@ -136,15 +138,26 @@ func TestServerAgentWorkload(t *testing.T) {
 
 	// Restart the agent: it keeps its identity and does not attest again
 	// (its join token is spent, so attesting again would fail).
+	agentsBefore := s.cli("agent", "show", "-spiffe-id", a.id, "-output", "json")
 	a.p.stop()
+	if n := strings.Count(a.logText(), `"node attested"`); n != 1 {
+		t.Fatalf("first run attested %d times, want 1", n)
+	}
 	a.start()
 	fetchID(t, a.socket, want)
-	if n := strings.Count(a.logText(), "attested"); n == 0 {
-		t.Fatal("agent log never mentions attestation")
+	log := a.logText()
+	if n := strings.Count(log, `"node attested"`); n != 1 {
+		t.Fatalf("agent attested again after restart (%d attestations in its log)", n)
+	}
+	if !strings.Contains(log, `"loaded agent identity"`) {
+		t.Fatal("restarted agent did not load its saved identity")
 	}
 	agents := s.cli("agent", "list", "-output", "json")
 	if strings.Count(agents, "/sigil/agent/") != 1 {
 		t.Fatalf("want exactly one agent after restart, got %s", agents)
+	}
+	if after := s.cli("agent", "show", "-spiffe-id", a.id, "-output", "json"); after != agentsBefore {
+		t.Fatalf("agent record changed across an agent restart:\n%s\n%s", agentsBefore, after)
 	}
 
 	// kill -9 the server and restart it: every entry is still there, and
@@ -190,6 +203,14 @@ func TestMTLSBetweenWorkloads(t *testing.T) {
 	cliID := "spiffe://" + trustDomain + "/client"
 	createEntry(t, s, srvID, a.id, uidSelector(t), "unix:path:"+srvBin)
 	createEntry(t, s, cliID, a.id, uidSelector(t), "unix:path:"+cliBin)
+
+	// This test process has the same uid but another executable: it
+	// matches neither entry and must get nothing.
+	fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer fcancel()
+	if _, err := workloadapi.FetchX509Context(fctx, workloadapi.WithAddr("unix://"+a.socket)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a process matching no entry: got %v, want PermissionDenied", err)
+	}
 
 	addr := freeAddr(t)
 	env := []string{"SPIFFE_ENDPOINT_SOCKET=unix://" + a.socket}
