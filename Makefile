@@ -21,7 +21,8 @@ integration: build
 	$(GO) test -race -count=1 -timeout 10m ./integration/...
 
 bench:
-	$(GO) run ./cmd/sigil-bench
+	$(GO) run ./bench
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./ca/ ./mtls/...
 
 proto:
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I api \

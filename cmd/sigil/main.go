@@ -42,6 +42,7 @@ Long flags take one dash or two: -config and --config are the same.`,
 		cli.NewBundleCommand(),
 		cli.NewSVIDCommand(),
 		cli.NewHealthcheckCommand(),
+		cli.NewPolicyCommand(),
 		newVersionCommand(),
 	)
 	return root

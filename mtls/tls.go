@@ -1,0 +1,246 @@
+package mtls
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/sigil-id/sigil/mtls/policy"
+)
+
+// Authorizer decides whether peer may reach target; a non-nil error
+// refuses the call and is reported to the caller. Enforcer.Authorize is an
+// Authorizer, and so is any function with this signature: that is the hook
+// for custom authorization logic.
+type Authorizer func(ctx context.Context, peer spiffeid.ID, target policy.Target) error
+
+// AuthorizeAny accepts every peer whose SVID verifies against the trust
+// bundles (this trust domain and the federated ones).
+func AuthorizeAny() Authorizer {
+	return func(context.Context, spiffeid.ID, policy.Target) error { return nil }
+}
+
+// AuthorizeID accepts only the given SPIFFE IDs.
+func AuthorizeID(allowed ...spiffeid.ID) Authorizer {
+	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
+		for _, id := range allowed {
+			if peer == id {
+				return nil
+			}
+		}
+		want := make([]string, len(allowed))
+		for i, id := range allowed {
+			want[i] = id.String()
+		}
+		return fmt.Errorf("mtls: unexpected peer %s: want %s", peer, strings.Join(want, " or "))
+	}
+}
+
+// AuthorizeMemberOf accepts the peers of the given trust domains.
+func AuthorizeMemberOf(tds ...spiffeid.TrustDomain) Authorizer {
+	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
+		for _, td := range tds {
+			if peer.MemberOf(td) {
+				return nil
+			}
+		}
+		return fmt.Errorf("mtls: peer %s is not in an accepted trust domain (%v)", peer, tds)
+	}
+}
+
+// TLSOption configures ServerConfig, ClientConfig, Listen and Dial.
+type TLSOption interface {
+	applyTLS(*tlsConfig)
+}
+
+type tlsOptionFunc func(*tlsConfig)
+
+func (f tlsOptionFunc) applyTLS(c *tlsConfig) { f(c) }
+
+type tlsConfig struct {
+	authz      Authorizer
+	service    string
+	minVersion uint16
+	nextProtos []string
+}
+
+// WithAuthorizer sets who the peer may be. Defaults: a server accepts any
+// peer whose SVID verifies against the bundles, leaving per-request
+// decisions to HTTPMiddleware or the gRPC interceptors; a client accepts
+// only servers in its own trust domain (use WithServerID to pin one).
+func WithAuthorizer(a Authorizer) TLSOption {
+	return tlsOptionFunc(func(c *tlsConfig) { c.authz = a })
+}
+
+// WithServerID makes a client accept only servers presenting one of ids.
+func WithServerID(ids ...spiffeid.ID) TLSOption { return WithAuthorizer(AuthorizeID(ids...)) }
+
+// WithService names the service a connection-level authorizer is asked
+// about (the Target of a TLS-level check is policy.ServiceTarget(name)).
+func WithService(name string) TLSOption {
+	return tlsOptionFunc(func(c *tlsConfig) { c.service = name })
+}
+
+// WithMinVersion lowers or raises the minimum TLS version (default 1.3).
+func WithMinVersion(v uint16) TLSOption {
+	return tlsOptionFunc(func(c *tlsConfig) { c.minVersion = v })
+}
+
+// WithNextProtos sets the ALPN protocols (e.g. "h2", "http/1.1").
+func WithNextProtos(protos ...string) TLSOption {
+	return tlsOptionFunc(func(c *tlsConfig) { c.nextProtos = protos })
+}
+
+func newTLSConfig(opts []TLSOption) tlsConfig {
+	c := tlsConfig{minVersion: tls.VersionTLS13}
+	for _, o := range opts {
+		o.applyTLS(&c)
+	}
+	return c
+}
+
+// ServerConfig returns a server *tls.Config that presents src's current
+// SVID at every handshake (so rotation needs no restart), requires a
+// client SVID that verifies against src's current bundles (federated
+// ones included), and applies the authorizer. TLS 1.3 is the minimum
+// unless WithMinVersion says otherwise.
+func ServerConfig(src X509Source, opts ...TLSOption) *tls.Config {
+	c := newTLSConfig(opts)
+	authz := c.authz
+	if authz == nil {
+		authz = AuthorizeAny()
+	}
+	return &tls.Config{
+		MinVersion:            c.minVersion,
+		NextProtos:            c.nextProtos,
+		ClientAuth:            tls.RequireAnyClientCert,
+		GetCertificate:        func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certificate(src) },
+		VerifyPeerCertificate: verifyPeer(src, authz, c.service, "client"),
+	}
+}
+
+// ClientConfig returns a client *tls.Config that presents src's current
+// SVID, verifies the server's SVID against src's current bundles and
+// applies the authorizer (default: the server must be in the client's own
+// trust domain). Host names are not checked: the SPIFFE ID is the
+// server's identity.
+func ClientConfig(src X509Source, opts ...TLSOption) *tls.Config {
+	c := newTLSConfig(opts)
+	authz := c.authz
+	if authz == nil {
+		authz = sameTrustDomain(src)
+	}
+	return &tls.Config{
+		MinVersion:           c.minVersion,
+		NextProtos:           c.nextProtos,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return certificate(src) },
+		// The chain is verified against the SPIFFE bundles in
+		// VerifyPeerCertificate instead of against web PKI roots.
+		InsecureSkipVerify:    true,
+		VerifyPeerCertificate: verifyPeer(src, authz, c.service, "server"),
+	}
+}
+
+func sameTrustDomain(src X509Source) Authorizer {
+	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
+		own, err := src.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("mtls: %v", err)
+		}
+		if !peer.MemberOf(own.ID.TrustDomain()) {
+			return fmt.Errorf("mtls: server %s is not in this client's trust domain %s (use mtls.WithServerID or mtls.WithAuthorizer to accept it)", peer, own.ID.TrustDomain())
+		}
+		return nil
+	}
+}
+
+func certificate(src X509Source) (*tls.Certificate, error) {
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("mtls: no SVID to present: %w", err)
+	}
+	chain := make([][]byte, len(svid.Certificates))
+	for i, c := range svid.Certificates {
+		chain[i] = c.Raw
+	}
+	return &tls.Certificate{Certificate: chain, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}, nil
+}
+
+func verifyPeer(src X509Source, authz Authorizer, service, role string) func([][]byte, [][]*x509.Certificate) error {
+	target := policy.ServiceTarget(service)
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return fmt.Errorf("mtls: the %s presented no certificate (an X.509-SVID is required)", role)
+		}
+		id, _, err := x509svid.ParseAndVerify(raw, src)
+		if err != nil {
+			return fmt.Errorf("mtls: %s certificate rejected: %v", role, err)
+		}
+		if err := authz(context.Background(), id, target); err != nil {
+			return prefixed(err)
+		}
+		return nil
+	}
+}
+
+func prefixed(err error) error {
+	if strings.HasPrefix(err.Error(), "mtls: ") {
+		return err
+	}
+	return fmt.Errorf("mtls: %w", err)
+}
+
+// Listen announces on the local network address and returns a listener
+// whose connections are mutual TLS with ServerConfig(src, opts...).
+func Listen(network, addr string, src X509Source, opts ...TLSOption) (net.Listener, error) {
+	l, err := tls.Listen(network, addr, ServerConfig(src, opts...))
+	if err != nil {
+		return nil, fmt.Errorf("mtls: listen %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// Dial connects to addr and completes the mutual TLS handshake with
+// ClientConfig(src, opts...). With TLS 1.3, a server that refuses the
+// client's SVID reports it at the first read or write.
+func Dial(ctx context.Context, network, addr string, src X509Source, opts ...TLSOption) (*tls.Conn, error) {
+	d := tls.Dialer{Config: ClientConfig(src, opts...)}
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("mtls: dial %s: %w", addr, err)
+	}
+	return c.(*tls.Conn), nil
+}
+
+// PeerID returns the SPIFFE ID in the peer certificate of a completed
+// handshake.
+func PeerID(state tls.ConnectionState) (spiffeid.ID, error) {
+	if len(state.PeerCertificates) == 0 {
+		return spiffeid.ID{}, errors.New("mtls: the peer presented no certificate")
+	}
+	id, err := x509svid.IDFromCert(state.PeerCertificates[0])
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("mtls: peer certificate has no SPIFFE ID: %v", err)
+	}
+	return id, nil
+}
+
+// PeerIDFromConn returns the peer's SPIFFE ID of a TLS connection,
+// completing the handshake first if needed.
+func PeerIDFromConn(c net.Conn) (spiffeid.ID, error) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return spiffeid.ID{}, errors.New("mtls: not a TLS connection")
+	}
+	if err := tc.Handshake(); err != nil {
+		return spiffeid.ID{}, fmt.Errorf("mtls: handshake: %w", err)
+	}
+	return PeerID(tc.ConnectionState())
+}
