@@ -64,6 +64,9 @@ type svid struct {
 	mintedFor entryFingerprint
 	renewAt   time.Time
 	notAfter  time.Time
+	// tainted is set when the key that signed the SVID is tainted in the
+	// bundle: it is replaced at once.
+	tainted bool
 }
 
 // entryState is one registration entry and the minting state of its SVID.
@@ -102,7 +105,7 @@ func (st *entryState) due(now time.Time) bool {
 	if st.pending != nil && st.pending.mintedFor == st.fp && now.Before(st.pendingSince.Add(pendingWait)) {
 		return false
 	}
-	if st.svid == nil || st.svid.mintedFor != st.fp {
+	if st.svid == nil || st.svid.mintedFor != st.fp || st.svid.tainted {
 		return true
 	}
 	return !now.Before(st.svid.renewAt)
@@ -136,7 +139,7 @@ func (st *entryState) nextEvent() time.Time {
 		return t
 	}
 	d := st.retryAt
-	if st.svid != nil && st.svid.mintedFor == st.fp {
+	if st.svid != nil && st.svid.mintedFor == st.fp && !st.svid.tainted {
 		d = later(d, st.svid.renewAt)
 	}
 	if st.pending != nil && st.pending.mintedFor == st.fp {
@@ -165,6 +168,9 @@ type cache struct {
 
 	// kick wakes the minting loop; buffered 1.
 	kick chan struct{}
+
+	// JWT part (jwt.go), guarded by mu.
+	jwt jwtState
 }
 
 var _ workloadapi.Cache = (*cache)(nil)
@@ -178,6 +184,7 @@ func newCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock) *cache 
 		entries: make(map[string]*entryState),
 		subs:    make(map[*subscription]struct{}),
 		kick:    make(chan struct{}, 1),
+		jwt:     newJWTState(),
 	}
 }
 
@@ -270,6 +277,7 @@ func (c *cache) ReplaceEntries(entries []*sigilv1.Entry) {
 	for id := range c.entries {
 		if _, ok := next[id]; !ok {
 			removed++
+			c.dropJWTLocked(id)
 		}
 	}
 	c.entries = next
@@ -302,6 +310,7 @@ func (c *cache) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) {
 	}
 	for _, id := range deleted {
 		delete(c.entries, id)
+		c.dropJWTLocked(id)
 	}
 	if len(c.entries) > c.peakEntries {
 		c.peakEntries = len(c.entries)
@@ -328,6 +337,10 @@ func cloneEntries(m map[string]*entryState) map[string]*entryState {
 func (c *cache) updateEntryLocked(st *entryState, e *sigilv1.Entry) {
 	if st.entry != nil && proto.Equal(st.entry, e) {
 		return
+	}
+	if st.entry != nil {
+		// A changed entry (SPIFFE ID, JWT TTL) gets new JWT-SVIDs.
+		c.dropJWTLocked(e.GetId())
 	}
 	st.entry = e
 	st.fp = fingerprintOf(e)
@@ -740,4 +753,16 @@ func (c *cache) stats() (entries, svids int) {
 		}
 	}
 	return len(c.entries), svids
+}
+
+// resetRetries clears the minting backoff of every entry, so that entries
+// that failed while no server was reachable are minted again at once.
+func (c *cache) resetRetries() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.entries {
+		st.failures = 0
+		st.retryAt = time.Time{}
+	}
+	c.wake()
 }

@@ -5,14 +5,20 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/sigil-id/sigil/registration"
 )
@@ -66,8 +72,16 @@ func serverTLSConfig(td spiffeid.TrustDomain, bundle x509bundle.Source, getCert 
 
 // dial opens a client connection to addr with tlsCfg. The connection is
 // established lazily and re-established by gRPC after failures.
+//
+// addr is one host:port or several separated by commas. gRPC's pick_first
+// policy keeps one connection, to the first address that answers (the
+// list is shuffled, so agents spread over the servers), and moves to the
+// next when it breaks: an agent fails over within a reconnect. A host name
+// goes through the DNS resolver, so a name with several addresses works
+// the same way.
 func dial(addr string, tlsCfg *tls.Config) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(addr,
+	target, opts := dialTarget(addr)
+	conn, err := grpc.NewClient(target, append(opts,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                keepaliveTime,
@@ -75,7 +89,13 @@ func dial(addr string, tlsCfg *tls.Config) (*grpc.ClientConn, error) {
 			PermitWithoutStream: true,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
-	)
+		// A dead server is noticed at once on a broken connection; a
+		// reconnect should not wait long for one that is down.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoffConfig,
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("agent: connect to %s: %w", addr, err)
 	}
@@ -92,4 +112,37 @@ func (id *identity) tlsCertificate() (*tls.Certificate, error) {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
 	return cert, nil
+}
+
+// backoffConfig is the reconnect backoff: short, since the agent has other
+// servers to try.
+var backoffConfig = grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second}
+
+// serverListScheme names the resolver of comma-separated address lists.
+const serverListScheme = "sigil-servers"
+
+// dialTarget turns the configured address(es) into a gRPC target.
+func dialTarget(addr string) (string, []grpc.DialOption) {
+	var addrs []string
+	for _, a := range strings.Split(addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 1 {
+		host, _, _ := net.SplitHostPort(addrs[0])
+		if net.ParseIP(host) == nil && host != "" {
+			// A name: every address it resolves to.
+			return "dns:///" + addrs[0], nil
+		}
+		return "passthrough:///" + addrs[0], nil
+	}
+	rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+	r := manual.NewBuilderWithScheme(serverListScheme)
+	state := resolver.State{}
+	for _, a := range addrs {
+		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: a}}})
+	}
+	r.InitialState(state)
+	return serverListScheme + ":///servers", []grpc.DialOption{grpc.WithResolvers(r)}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
@@ -30,8 +31,14 @@ const (
 // Config configures an Agent.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
-	// ServerAddress is host:port of a server's node API.
+	// ServerAddress is host:port of a server's node API, or several
+	// separated by commas. A host name that resolves to several addresses
+	// reaches all of them. The agent keeps its sync stream to one server
+	// and moves to another when that one fails.
 	ServerAddress string
+	// ServerAddresses are more node API addresses, tried like those of
+	// ServerAddress.
+	ServerAddresses []string
 	// DataDir holds the agent's state; it is created with mode 0700.
 	DataDir string
 	// SocketPath is the Workload API socket; DefaultSocketPath when empty.
@@ -61,11 +68,25 @@ func DefaultConfig() Config {
 	}
 }
 
+// serverAddresses lists every configured node API address.
+func (c *Config) serverAddresses() []string {
+	var out []string
+	for _, a := range append(strings.Split(c.ServerAddress, ","), c.ServerAddresses...) {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // withDefaults fills the zero fields that have defaults.
 func (c Config) withDefaults() Config {
 	if c.SocketPath == "" {
 		c.SocketPath = DefaultSocketPath
 	}
+	// dial takes the one ServerAddress string: fold the list into it.
+	c.ServerAddress = strings.Join(c.serverAddresses(), ",")
+	c.ServerAddresses = nil
 	if c.SyncBatchSize == 0 {
 		c.SyncBatchSize = DefaultSyncBatchSize
 	}
@@ -85,11 +106,14 @@ func (c *Config) Validate() error {
 	if c.TrustDomain.IsZero() {
 		return errors.New("agent: trust domain is required")
 	}
-	if c.ServerAddress == "" {
+	addrs := c.serverAddresses()
+	if len(addrs) == 0 {
 		return errors.New("agent: server address is required")
 	}
-	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
-		return fmt.Errorf("agent: server address %q: want host:port: %w", c.ServerAddress, err)
+	for _, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("agent: server address %q: want host:port: %w", a, err)
+		}
 	}
 	if c.DataDir == "" {
 		return errors.New("agent: data directory is required")

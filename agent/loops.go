@@ -24,6 +24,7 @@ func isAuthError(err error) bool {
 // syncLoop keeps one Sync stream open, reconnecting with capped
 // exponential backoff and jitter.
 func (a *Agent) syncLoop(ctx context.Context) {
+	a.cache.setJWTMinter(a.mintJWT)
 	attempt := 0
 	for {
 		progressed, err := a.syncOnce(ctx)
@@ -54,6 +55,13 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			return
 		case <-a.clk.After(d):
 		}
+		// Our own backoff paces the retries: do not let the connection's
+		// (up to two minutes) delay a server that has come back.
+		a.mu.Lock()
+		if a.conn != nil {
+			a.conn.ResetConnectBackoff()
+		}
+		a.mu.Unlock()
 	}
 }
 
@@ -95,9 +103,12 @@ func (a *Agent) syncOnce(ctx context.Context) (progressed bool, err error) {
 			a.authErr = nil
 			a.mu.Unlock()
 			a.log.Info("sync stream established")
+			// Back online: entries that failed to mint while the
+			// servers were away are tried again at once.
+			a.cache.resetRetries()
 		}
 		if msg.GetBundle() != nil {
-			a.applyBundle(msg.GetBundle())
+			a.applyServerBundle(msg.GetBundle())
 		}
 		if msg.GetReset_() {
 			inFull = true
@@ -255,6 +266,8 @@ func (a *Agent) agentLoop(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-a.clk.After(wait):
+			case <-a.cache.jwt.agentTaint:
+				// The key that signed our SVID is tainted: renew now.
 			}
 		} else if ctx.Err() != nil {
 			return
@@ -330,6 +343,12 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 func (a *Agent) reattest(ctx context.Context) error {
 	ident, bundle, err := a.attest(ctx)
 	if err != nil {
+		if !retryable(err) && a.cfg.JoinToken != "" {
+			// A join token works once: it was spent on the first
+			// attestation, so this agent cannot prove itself again.
+			err = fmt.Errorf("the join_token attestor cannot re-attest (a join token works once); "+
+				"generate a new token with `sigil token generate`, put it in the agent's configuration and restart it: %w", err)
+		}
 		a.mu.Lock()
 		a.reattestErr = err
 		a.mu.Unlock()

@@ -141,6 +141,15 @@ func run(dur time.Duration, maxSVIDs int) error {
 	if err := agentBench(ctx, srv, admin, dir); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	stopServer()
+	fmt.Println()
+	if err := benchJWT(ctx); err != nil {
+		return fmt.Errorf("jwt: %w", err)
+	}
+	fmt.Println()
+	if err := benchHA(ctx); err != nil {
+		return fmt.Errorf("ha: %w", err)
+	}
 	return nil
 }
 

@@ -44,3 +44,10 @@ func (kt KeyType) Validate() error {
 
 // caKeyID is the KeyManager id of the CA signing key.
 const caKeyID = "x509-ca"
+
+// KeyDeleter is implemented by key managers that can destroy a key. The
+// slot manager uses it to remove the keys of retired authorities; with a
+// key manager that cannot delete, old keys stay where they are.
+type KeyDeleter interface {
+	DeleteKey(ctx context.Context, id string) error
+}

@@ -100,7 +100,11 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	if !now.Before(c.cert.NotAfter) {
 		return nil, fmt.Errorf("ca: CA certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
-	notBefore := now.Add(-c.cfg.Backdate)
+	// Backdating covers clock skew; it is bounded by a tenth of the TTL
+	// so that a short-lived SVID's half-life (its renewal point) stays
+	// after its issuance.
+	backdate := min(c.cfg.Backdate, ttl/10)
+	notBefore := now.Add(-backdate)
 	if notBefore.Before(c.cert.NotBefore) {
 		notBefore = c.cert.NotBefore
 	}

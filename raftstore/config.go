@@ -39,6 +39,10 @@ type Config struct {
 	// Bootstrap bootstraps a single-node cluster (this node as the only
 	// voter) if there is no existing Raft state.
 	Bootstrap bool
+	// HeartbeatTimeout, when set, is Raft's heartbeat and election timeout
+	// (the leader lease is half of it) with a network Transport; zero
+	// keeps Raft's defaults (1s).
+	HeartbeatTimeout time.Duration
 	// Snapshot tuning; zero values take the defaults above.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
@@ -74,6 +78,9 @@ func (c *Config) Validate() error {
 	}
 	if !c.InMemory && c.DataDir == "" {
 		return errors.New("raftstore: data directory is not set (or set InMemory)")
+	}
+	if c.HeartbeatTimeout < 0 || (c.HeartbeatTimeout > 0 && c.HeartbeatTimeout < 20*time.Millisecond) {
+		return fmt.Errorf("raftstore: heartbeat timeout %v must be zero or at least 20ms", c.HeartbeatTimeout)
 	}
 	if c.SnapshotInterval < 0 {
 		return fmt.Errorf("raftstore: snapshot interval %v is negative", c.SnapshotInterval)

@@ -122,6 +122,12 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		res = a.single(a.banNode(op.BanNode))
 	case *sigilv1.Command_PutX509Authority:
 		res = a.single(a.putX509Authority(op.PutX509Authority))
+	case *sigilv1.Command_PutJwtAuthority:
+		res = a.single(a.putJWTAuthority(op.PutJwtAuthority))
+	case *sigilv1.Command_RemoveAuthority:
+		res = a.single(a.removeAuthority(op.RemoveAuthority))
+	case *sigilv1.Command_PruneBundle:
+		res = a.single(a.pruneBundle(op.PruneBundle))
 	default:
 		return cmdErr(codes.InvalidArgument, "command has no known operation")
 	}

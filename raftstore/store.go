@@ -39,6 +39,7 @@ type Store struct {
 
 	bolt      *raftboltdb.BoltStore // nil when InMemory
 	ownTrans  *raft.InmemTransport  // the transport Open created, if any
+	hadState  bool                  // Raft state existed when Open ran
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -91,6 +92,11 @@ func Open(cfg Config) (*Store, error) {
 		rc.LeaderLeaseTimeout = 50 * time.Millisecond
 		rc.CommitTimeout = 5 * time.Millisecond
 	}
+	if cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+		rc.ElectionTimeout = cfg.HeartbeatTimeout
+		rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+	}
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
@@ -101,12 +107,13 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("raftstore: raft config: %w", err)
 	}
 
+	has, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		s.closeStores()
+		return nil, fmt.Errorf("raftstore: checking existing state: %w", err)
+	}
+	s.hadState = has
 	if cfg.Bootstrap {
-		has, err := raft.HasExistingState(logs, stable, snaps)
-		if err != nil {
-			s.closeStores()
-			return nil, fmt.Errorf("raftstore: checking existing state: %w", err)
-		}
 		if !has {
 			conf := raft.Configuration{Servers: []raft.Server{{
 				Suffrage: raft.Voter,
@@ -179,12 +186,19 @@ func singleItem(cmd *sigilv1.Command) bool {
 // DeleteEntries) return one Status per item, code 0 for success, and a nil
 // error.
 func (s *Store) Apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, error) {
+	res, _, err := s.ApplyIndexed(ctx, cmd)
+	return res, err
+}
+
+// ApplyIndexed is Apply that also returns the Raft index of the command
+// (0 when it never reached the log).
+func (s *Store) ApplyIndexed(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, uint64, error) {
 	if cmd == nil || cmd.Op == nil {
-		return nil, cmdErr(codes.InvalidArgument, "command has no operation")
+		return nil, 0, cmdErr(codes.InvalidArgument, "command has no operation")
 	}
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
 	if err != nil {
-		return nil, cmdErr(codes.InvalidArgument, "encoding command: %v", err)
+		return nil, 0, cmdErr(codes.InvalidArgument, "encoding command: %v", err)
 	}
 	if cmd.Timestamp == 0 {
 		// A zero timestamp is not encoded; appending the field stamps a
@@ -197,7 +211,7 @@ func (s *Store) Apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.Comma
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 		if timeout <= 0 {
-			return nil, fmt.Errorf("raftstore: apply: %w", context.DeadlineExceeded)
+			return nil, 0, fmt.Errorf("raftstore: apply: %w", context.DeadlineExceeded)
 		}
 	}
 	f := s.raft.Apply(data, timeout)
@@ -210,25 +224,25 @@ func (s *Store) Apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.Comma
 		select {
 		case <-finished:
 		case <-done:
-			return nil, fmt.Errorf("raftstore: apply: %w", ctx.Err())
+			return nil, 0, fmt.Errorf("raftstore: apply: %w", ctx.Err())
 		}
 	}
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrEnqueueTimeout) {
-			return nil, fmt.Errorf("raftstore: apply timed out: %w (%w)", context.DeadlineExceeded, err)
+			return nil, 0, fmt.Errorf("raftstore: apply timed out: %w (%w)", context.DeadlineExceeded, err)
 		}
-		return nil, fmt.Errorf("raftstore: apply: %w", err)
+		return nil, 0, fmt.Errorf("raftstore: apply: %w", err)
 	}
 	switch resp := f.Response().(type) {
 	case *CommandError:
-		return nil, resp
+		return nil, f.Index(), resp
 	case *sigilv1.CommandResult:
 		if singleItem(cmd) && len(resp.Results) == 1 && resp.Results[0].Code != 0 {
-			return nil, &CommandError{Code: codes.Code(resp.Results[0].Code), Msg: resp.Results[0].Message}
+			return nil, f.Index(), &CommandError{Code: codes.Code(resp.Results[0].Code), Msg: resp.Results[0].Message}
 		}
-		return resp, nil
+		return resp, f.Index(), nil
 	default:
-		return nil, fmt.Errorf("raftstore: apply: unexpected state machine response %T", resp)
+		return nil, 0, fmt.Errorf("raftstore: apply: unexpected state machine response %T", resp)
 	}
 }
 

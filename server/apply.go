@@ -2,12 +2,22 @@ package server
 
 import (
 	"context"
+	"time"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
 
 // apply commits a command to the replicated store and returns its result.
-// Every write of the server goes through here.
+// Every write of the server goes through here. On a follower the command
+// is forwarded to the leader (see cluster.apply); a nil error means it is
+// committed, and applied on this server too, so the caller reads its own
+// write.
 func (s *Server) apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, error) {
-	return s.store.Apply(ctx, cmd)
+	if s.cluster != nil {
+		return s.cluster.apply(ctx, cmd)
+	}
+	start := time.Now()
+	res, err := s.store.Apply(ctx, cmd)
+	s.metrics.observeCommit(time.Since(start), err)
+	return res, err
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
@@ -21,6 +22,7 @@ const (
 	DefaultX509SVIDTTL  = time.Hour
 	DefaultAgentSVIDTTL = time.Hour
 	DefaultJoinTokenTTL = 10 * time.Minute
+	DefaultJWTSVIDTTL   = 5 * time.Minute
 )
 
 // Config configures a server node.
@@ -45,8 +47,38 @@ type Config struct {
 	X509SVIDTTL  time.Duration
 	AgentSVIDTTL time.Duration
 	JoinTokenTTL time.Duration
-	Logger       *zap.Logger
-	Clock        clock.Clock
+	// JWTSVIDTTL is the default lifetime of JWT-SVIDs.
+	JWTSVIDTTL time.Duration
+	// CAPropagationDelay is how long a new CA or JWT key is in the
+	// committed bundle before it signs anything; 0 means a sixth of
+	// CATTL.
+	CAPropagationDelay time.Duration
+
+	// ClusterAddress is the listen address of the cluster port (Raft and
+	// server-to-server RPCs over mutual TLS). Empty runs a single server
+	// with no network Raft transport, which can never gain peers.
+	ClusterAddress string
+	// AdvertiseAddress is the host:port peers reach the cluster port at;
+	// default: the cluster listener's address (so ClusterAddress then
+	// needs a host).
+	AdvertiseAddress string
+	// JoinAddresses are cluster addresses of existing servers. A server
+	// with no Raft state joins through them (retrying until one accepts)
+	// instead of bootstrapping a new cluster.
+	JoinAddresses []string
+	// JoinSecret is the cluster join secret, the same on every server. It
+	// authenticates a joining server once; after that servers
+	// authenticate with their SVIDs. Empty refuses joins.
+	JoinSecret string
+	// NoBootstrap makes a server with no Raft state and no JoinAddresses
+	// wait for `sigil cluster join` instead of bootstrapping.
+	NoBootstrap bool
+	// RaftHeartbeatTimeout is Raft's heartbeat and election timeout on
+	// the network; zero is 1s.
+	RaftHeartbeatTimeout time.Duration
+
+	Logger *zap.Logger
+	Clock  clock.Clock
 }
 
 // DefaultConfig returns a configuration with every default filled in
@@ -66,6 +98,7 @@ func DefaultConfig() Config {
 		X509SVIDTTL:  DefaultX509SVIDTTL,
 		AgentSVIDTTL: DefaultAgentSVIDTTL,
 		JoinTokenTTL: DefaultJoinTokenTTL,
+		JWTSVIDTTL:   DefaultJWTSVIDTTL,
 	}
 }
 
@@ -98,6 +131,7 @@ func (c *Config) Validate() error {
 	}
 	for name, d := range map[string]*time.Duration{
 		"ca_ttl": &c.CATTL, "x509_svid_ttl": &c.X509SVIDTTL, "agent_svid_ttl": &c.AgentSVIDTTL, "join_token_ttl": &c.JoinTokenTTL,
+		"jwt_svid_ttl": &c.JWTSVIDTTL, "ca_propagation_delay": &c.CAPropagationDelay,
 	} {
 		if *d < 0 {
 			return fmt.Errorf("server: %s must not be negative", name)
@@ -115,8 +149,30 @@ func (c *Config) Validate() error {
 	if c.JoinTokenTTL == 0 {
 		c.JoinTokenTTL = DefaultJoinTokenTTL
 	}
-	if c.X509SVIDTTL >= c.CATTL || c.AgentSVIDTTL >= c.CATTL {
+	if c.JWTSVIDTTL == 0 {
+		c.JWTSVIDTTL = DefaultJWTSVIDTTL
+	}
+	if c.ClusterAddress == "" && len(c.JoinAddresses) > 0 {
+		return errors.New("server: join addresses need a cluster_address")
+	}
+	if c.AdvertiseAddress != "" {
+		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
+			return fmt.Errorf("server: advertise_address %q: %w", c.AdvertiseAddress, err)
+		}
+	}
+	for _, a := range c.JoinAddresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("server: join address %q: %w", a, err)
+		}
+	}
+	if c.RaftHeartbeatTimeout < 0 {
+		return errors.New("server: raft_heartbeat_timeout must not be negative")
+	}
+	if c.X509SVIDTTL >= c.CATTL || c.AgentSVIDTTL >= c.CATTL || c.JWTSVIDTTL >= c.CATTL {
 		return errors.New("server: SVID lifetimes must be shorter than ca_ttl")
+	}
+	if c.CAPropagationDelay >= c.CATTL/2 {
+		return fmt.Errorf("server: ca_propagation_delay %v must be shorter than half of ca_ttl %v", c.CAPropagationDelay, c.CATTL)
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

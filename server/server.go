@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +25,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
@@ -43,8 +46,10 @@ type Server struct {
 	id        spiffeid.ID
 	verifiers map[string]node.Verifier
 
-	store *raftstore.Store
-	ca    *ca.CA // see authority.go; read through s.x509CA()
+	store   *raftstore.Store
+	cluster *cluster // nil for a single server without a cluster port
+	metrics *metrics
+	auth    *authorities // see authority.go; read through s.x509CA() and s.jwtSigner()
 
 	svid atomic.Pointer[tls.Certificate]
 
@@ -74,7 +79,8 @@ func New(cfg Config) (*Server, error) {
 		verifiers: map[string]node.Verifier{
 			jointoken.Name: jointoken.NewVerifier(),
 		},
-		ready: make(chan struct{}),
+		ready:   make(chan struct{}),
+		metrics: newMetrics(),
 	}, nil
 }
 
@@ -112,6 +118,17 @@ func (s *Server) Run(ctx context.Context) error {
 	rcfg.Bootstrap = true
 	rcfg.Logger = s.log.Named("raft")
 	rcfg.Clock = s.cfg.Clock
+	if s.cfg.ClusterAddress != "" {
+		s.cluster = newCluster(s)
+		defer s.cluster.stop()
+		trans, err := s.cluster.start(ctx)
+		if err != nil {
+			return err
+		}
+		rcfg.Transport = trans
+		rcfg.Bootstrap = len(s.cfg.JoinAddresses) == 0 && !s.cfg.NoBootstrap
+		rcfg.HeartbeatTimeout = s.cfg.RaftHeartbeatTimeout
+	}
 	store, err := raftstore.Open(rcfg)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -122,11 +139,45 @@ func (s *Server) Run(ctx context.Context) error {
 			s.log.Warn("closing store", zap.Error(err))
 		}
 	}()
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = store.WaitForLeader(wctx)
-	cancel()
+
+	// The admin socket serves the cluster admin API from now on (a server
+	// waiting for `sigil cluster join` needs it); the other admin
+	// services answer Unavailable until the server is ready.
+	adminLis, err := listenAdmin(s.cfg.AdminSocket)
 	if err != nil {
-		return fmt.Errorf("server: waiting for a raft leader: %w", err)
+		return err
+	}
+	adminSrv := grpc.NewServer(grpc.ChainUnaryInterceptor(s.adminStarting, s.adminConsistency), grpc.ChainStreamInterceptor(s.adminStartingStream))
+	sigilv1.RegisterClusterAdminServer(adminSrv, &clusterAdminAPI{s: s})
+	sigilv1.RegisterAdminServer(adminSrv, &adminAPI{s: s})
+	sigilv1.RegisterAuthorityAdminServer(adminSrv, &authorityAdmin{s: s})
+	errc := make(chan error, 2)
+	go func() { errc <- adminSrv.Serve(adminLis) }()
+	defer func() {
+		stopped := make(chan struct{})
+		go func() { adminSrv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			adminSrv.Stop()
+		}
+		os.Remove(s.cfg.AdminSocket)
+	}()
+	go s.metrics.raftLoop(ctx, store)
+
+	if s.cluster != nil {
+		s.cluster.store.Store(store)
+		if err := s.cluster.joinAtStart(ctx); err != nil {
+			return err
+		}
+	}
+	if err := s.waitForLeader(ctx); err != nil {
+		return err
+	}
+	if s.cluster != nil {
+		if err := s.cluster.publishIdentity(ctx); err != nil {
+			return err
+		}
 	}
 
 	if err := s.initCA(ctx); err != nil {
@@ -141,11 +192,6 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("server: node API listen: %w", err)
 	}
 	s.nodeAddr.Store(nodeLis.Addr())
-	adminLis, err := listenAdmin(s.cfg.AdminSocket)
-	if err != nil {
-		nodeLis.Close()
-		return err
-	}
 
 	nodeSrv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.nodeTLSConfig())),
@@ -156,13 +202,14 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.MaxRecvMsgSize(32<<20),
 	)
 	sigilv1.RegisterNodeServer(nodeSrv, &nodeAPI{s: s})
-	adminSrv := grpc.NewServer()
-	sigilv1.RegisterAdminServer(adminSrv, &adminAPI{s: s})
 
-	errc := make(chan error, 2)
 	go func() { errc <- nodeSrv.Serve(nodeLis) }()
-	go func() { errc <- adminSrv.Serve(adminLis) }()
+	if s.cluster != nil {
+		go s.cluster.bundleLoop(ctx)
+		go s.cluster.healthLoop(ctx)
+	}
 	go s.svidRotationLoop(ctx)
+	go s.rotationLoop(ctx)
 	s.log.Info("server ready",
 		zap.String("trust_domain", s.td.Name()),
 		zap.String("node_api", nodeLis.Addr().String()),
@@ -178,16 +225,13 @@ func (s *Server) Run(ctx context.Context) error {
 	stopped := make(chan struct{})
 	go func() {
 		nodeSrv.GracefulStop()
-		adminSrv.GracefulStop()
 		close(stopped)
 	}()
 	select {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		nodeSrv.Stop()
-		adminSrv.Stop()
 	}
-	os.Remove(s.cfg.AdminSocket)
 	return runErr
 }
 
@@ -249,11 +293,17 @@ func bundleFromProto(td spiffeid.TrustDomain, pb *sigilv1.Bundle) (*x509bundle.B
 // rotateServerSVID mints a fresh TLS certificate for the node API with a
 // key that exists only in this process.
 func (s *Server) rotateServerSVID(ctx context.Context) error {
+	return s.mintServerSVID(ctx, s.x509CA())
+}
+
+// mintServerSVID mints the server SVID with c. It is this server's TLS
+// certificate on the node API and the cluster port.
+func (s *Server) mintServerSVID(ctx context.Context, c *ca.CA) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("server: generating server key: %w", err)
 	}
-	chain, err := s.x509CA().SignX509SVID(ctx, ca.X509SVIDParams{
+	chain, err := c.SignX509SVID(ctx, ca.X509SVIDParams{
 		PublicKey: key.Public(),
 		SPIFFEID:  s.id,
 		TTL:       s.cfg.AgentSVIDTTL,
@@ -300,4 +350,54 @@ func (s *Server) nodeTLSConfig() *tls.Config {
 		// method checks the agent SVID in the auth interceptors.
 		ClientAuth: tls.RequestClientCert,
 	}
+}
+
+// waitForLeader waits until the store has a leader. A single server
+// elects itself at once (30 s bound); a cluster member waits as long as it
+// takes a quorum to form, logging while it waits.
+func (s *Server) waitForLeader(ctx context.Context) error {
+	if s.cluster == nil {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := s.store.WaitForLeader(wctx); err != nil {
+			return fmt.Errorf("server: waiting for a raft leader: %w", err)
+		}
+		return nil
+	}
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := s.store.WaitForLeader(wctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("server: waiting for a raft leader: %w", ctx.Err())
+		}
+		s.log.Warn("no raft leader yet; waiting for a quorum", zap.Bool("has_configuration", s.store.HasConfiguration()))
+	}
+}
+
+// isReady reports whether Run has finished starting.
+func (s *Server) isReady() bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) adminStarting(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !s.isReady() && !strings.HasPrefix(info.FullMethod, "/sigil.v1.ClusterAdmin/") {
+		return nil, status.Error(codes.Unavailable, "server is starting")
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) adminStartingStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !s.isReady() && !strings.HasPrefix(info.FullMethod, "/sigil.v1.ClusterAdmin/") {
+		return status.Error(codes.Unavailable, "server is starting")
+	}
+	return handler(srv, ss)
 }

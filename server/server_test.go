@@ -515,7 +515,7 @@ func TestNoPrivateKeyInLogOrSnapshot(t *testing.T) {
 
 func caKeyScalar(t *testing.T, h *harness) []byte {
 	t.Helper()
-	pemBytes, err := os.ReadFile(filepath.Join(h.dir, "data", "keys", "x509-ca.key.pem"))
+	pemBytes, err := os.ReadFile(filepath.Join(h.dir, "data", "keys", "x509-ca-1.key.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}

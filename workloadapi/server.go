@@ -15,7 +15,8 @@
 // identity issued"), which go-spiffe's client treats as "retry later"; so is
 // a workload whose last entry is deleted while it watches.
 //
-// JWT-SVIDs are not supported yet: those methods answer Unimplemented.
+// JWT-SVIDs are served when the Cache also implements JWTCache (see jwt.go);
+// otherwise those methods answer Unimplemented.
 package workloadapi
 
 import (
@@ -286,23 +287,8 @@ func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.
 
 var (
 	errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
-	errNoJWT      = status.Error(codes.Unimplemented, "JWT-SVIDs are not supported yet")
+	errNoJWT      = status.Error(codes.Unimplemented, "this Workload API's cache does not serve JWT-SVIDs")
 )
-
-// FetchJWTSVID is not implemented yet.
-func (s *Server) FetchJWTSVID(context.Context, *workloadpb.JWTSVIDRequest) (*workloadpb.JWTSVIDResponse, error) {
-	return nil, errNoJWT
-}
-
-// FetchJWTBundles is not implemented yet.
-func (s *Server) FetchJWTBundles(*workloadpb.JWTBundlesRequest, grpc.ServerStreamingServer[workloadpb.JWTBundlesResponse]) error {
-	return errNoJWT
-}
-
-// ValidateJWTSVID is not implemented yet.
-func (s *Server) ValidateJWTSVID(context.Context, *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
-	return nil, errNoJWT
-}
 
 // next waits for the subscription's next snapshot.
 func (s *Server) next(ctx context.Context, sub X509Subscription) (*X509Snapshot, error) {

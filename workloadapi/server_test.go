@@ -408,15 +408,15 @@ func TestJWTUnimplemented(t *testing.T) {
 	c := f.rawClient(t)
 	ctx := withHeader(testCtx(t))
 	_, err := c.FetchJWTSVID(ctx, &workloadpb.JWTSVIDRequest{Audience: []string{"x"}})
-	wantCode(t, err, codes.Unimplemented, "JWT-SVIDs are not supported yet")
+	wantCode(t, err, codes.Unimplemented, "this Workload API's cache does not serve JWT-SVIDs")
 	_, err = c.ValidateJWTSVID(ctx, &workloadpb.ValidateJWTSVIDRequest{Audience: "x", Svid: "y"})
-	wantCode(t, err, codes.Unimplemented, "JWT-SVIDs are not supported yet")
+	wantCode(t, err, codes.Unimplemented, "this Workload API's cache does not serve JWT-SVIDs")
 	s, err := c.FetchJWTBundles(ctx, &workloadpb.JWTBundlesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = s.Recv()
-	wantCode(t, err, codes.Unimplemented, "JWT-SVIDs are not supported yet")
+	wantCode(t, err, codes.Unimplemented, "this Workload API's cache does not serve JWT-SVIDs")
 }
 
 func TestRotationAndRemoval(t *testing.T) {

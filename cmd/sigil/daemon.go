@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -91,6 +92,21 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	setDuration(&cfg.X509SVIDTTL, s.X509SVIDTTL)
 	setDuration(&cfg.AgentSVIDTTL, s.AgentSVIDTTL)
 	setDuration(&cfg.JoinTokenTTL, s.JoinTokenTTL)
+	setDuration(&cfg.JWTSVIDTTL, s.JWTSVIDTTL)
+	setDuration(&cfg.CAPropagationDelay, s.CAPropagationDelay)
+	cfg.ClusterAddress = s.ClusterAddress
+	cfg.AdvertiseAddress = s.AdvertiseAddress
+	for _, a := range strings.Split(s.RetryJoin, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			cfg.JoinAddresses = append(cfg.JoinAddresses, a)
+		}
+	}
+	cfg.JoinSecret = s.JoinSecret
+	if cfg.JoinSecret == "" {
+		cfg.JoinSecret = os.Getenv("SIGIL_JOIN_SECRET")
+	}
+	cfg.NoBootstrap = s.NoBootstrap
+	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
@@ -104,7 +120,8 @@ func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
 		return err
 	}
 	if cfg.HealthAddress != "" {
-		hs, err := health.Start(cfg.HealthAddress, health.Closed(srv.Ready(), "server is starting"), log.Named("health"))
+		hs, err := health.Start(cfg.HealthAddress, health.Closed(srv.Ready(), "server is starting"), log.Named("health"),
+			health.WithHandler("/metrics", srv.MetricsHandler()))
 		if err != nil {
 			return err
 		}

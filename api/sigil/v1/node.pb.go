@@ -569,6 +569,128 @@ func (x *BatchNewX509SVIDResponse) GetResults() []*X509SVIDResult {
 	return nil
 }
 
+type NewJWTSVIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Audience      []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NewJWTSVIDRequest) Reset() {
+	*x = NewJWTSVIDRequest{}
+	mi := &file_sigil_v1_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NewJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NewJWTSVIDRequest) ProtoMessage() {}
+
+func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NewJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*NewJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *NewJWTSVIDRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *NewJWTSVIDRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+type NewJWTSVIDResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Compact JWS.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Unix seconds.
+	IssuedAt      int64  `protobuf:"varint,2,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	ExpiresAt     int64  `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	KeyId         string `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NewJWTSVIDResponse) Reset() {
+	*x = NewJWTSVIDResponse{}
+	mi := &file_sigil_v1_node_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NewJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NewJWTSVIDResponse) ProtoMessage() {}
+
+func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_node_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NewJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*NewJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *NewJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *NewJWTSVIDResponse) GetIssuedAt() int64 {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return 0
+}
+
+func (x *NewJWTSVIDResponse) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *NewJWTSVIDResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 var File_sigil_v1_node_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_node_proto_rawDesc = "" +
@@ -608,13 +730,24 @@ const file_sigil_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"N\n" +
 	"\x18BatchNewX509SVIDResponse\x122\n" +
-	"\aresults\x18\x01 \x03(\v2\x18.sigil.v1.X509SVIDResultR\aresults2\xa0\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.sigil.v1.X509SVIDResultR\aresults\"J\n" +
+	"\x11NewJWTSVIDRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\"}\n" +
+	"\x12NewJWTSVIDResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tissued_at\x18\x02 \x01(\x03R\bissuedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x15\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId2\xe9\x02\n" +
 	"\x04Node\x12;\n" +
 	"\x06Attest\x12\x17.sigil.v1.AttestRequest\x1a\x18.sigil.v1.AttestResponse\x12G\n" +
 	"\n" +
 	"RenewAgent\x12\x1b.sigil.v1.RenewAgentRequest\x1a\x1c.sigil.v1.RenewAgentResponse\x127\n" +
 	"\x04Sync\x12\x15.sigil.v1.SyncRequest\x1a\x16.sigil.v1.SyncResponse0\x01\x12Y\n" +
-	"\x10BatchNewX509SVID\x12!.sigil.v1.BatchNewX509SVIDRequest\x1a\".sigil.v1.BatchNewX509SVIDResponseB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
+	"\x10BatchNewX509SVID\x12!.sigil.v1.BatchNewX509SVIDRequest\x1a\".sigil.v1.BatchNewX509SVIDResponse\x12G\n" +
+	"\n" +
+	"NewJWTSVID\x12\x1b.sigil.v1.NewJWTSVIDRequest\x1a\x1c.sigil.v1.NewJWTSVIDResponseB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_node_proto_rawDescOnce sync.Once
@@ -628,7 +761,7 @@ func file_sigil_v1_node_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_node_proto_rawDescData
 }
 
-var file_sigil_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_sigil_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_sigil_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),            // 0: sigil.v1.AttestRequest
 	(*AttestResponse)(nil),           // 1: sigil.v1.AttestResponse
@@ -640,27 +773,31 @@ var file_sigil_v1_node_proto_goTypes = []any{
 	(*BatchNewX509SVIDRequest)(nil),  // 7: sigil.v1.BatchNewX509SVIDRequest
 	(*X509SVIDResult)(nil),           // 8: sigil.v1.X509SVIDResult
 	(*BatchNewX509SVIDResponse)(nil), // 9: sigil.v1.BatchNewX509SVIDResponse
-	(*Bundle)(nil),                   // 10: sigil.v1.Bundle
-	(*Entry)(nil),                    // 11: sigil.v1.Entry
-	(*Status)(nil),                   // 12: sigil.v1.Status
+	(*NewJWTSVIDRequest)(nil),        // 10: sigil.v1.NewJWTSVIDRequest
+	(*NewJWTSVIDResponse)(nil),       // 11: sigil.v1.NewJWTSVIDResponse
+	(*Bundle)(nil),                   // 12: sigil.v1.Bundle
+	(*Entry)(nil),                    // 13: sigil.v1.Entry
+	(*Status)(nil),                   // 14: sigil.v1.Status
 }
 var file_sigil_v1_node_proto_depIdxs = []int32{
-	10, // 0: sigil.v1.AttestResponse.bundle:type_name -> sigil.v1.Bundle
-	11, // 1: sigil.v1.SyncResponse.upserted:type_name -> sigil.v1.Entry
-	10, // 2: sigil.v1.SyncResponse.bundle:type_name -> sigil.v1.Bundle
+	12, // 0: sigil.v1.AttestResponse.bundle:type_name -> sigil.v1.Bundle
+	13, // 1: sigil.v1.SyncResponse.upserted:type_name -> sigil.v1.Entry
+	12, // 2: sigil.v1.SyncResponse.bundle:type_name -> sigil.v1.Bundle
 	6,  // 3: sigil.v1.BatchNewX509SVIDRequest.requests:type_name -> sigil.v1.X509SVIDRequest
-	12, // 4: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
+	14, // 4: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
 	8,  // 5: sigil.v1.BatchNewX509SVIDResponse.results:type_name -> sigil.v1.X509SVIDResult
 	0,  // 6: sigil.v1.Node.Attest:input_type -> sigil.v1.AttestRequest
 	2,  // 7: sigil.v1.Node.RenewAgent:input_type -> sigil.v1.RenewAgentRequest
 	4,  // 8: sigil.v1.Node.Sync:input_type -> sigil.v1.SyncRequest
 	7,  // 9: sigil.v1.Node.BatchNewX509SVID:input_type -> sigil.v1.BatchNewX509SVIDRequest
-	1,  // 10: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
-	3,  // 11: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
-	5,  // 12: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
-	9,  // 13: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
+	10, // 10: sigil.v1.Node.NewJWTSVID:input_type -> sigil.v1.NewJWTSVIDRequest
+	1,  // 11: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
+	3,  // 12: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
+	5,  // 13: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
+	9,  // 14: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
+	11, // 15: sigil.v1.Node.NewJWTSVID:output_type -> sigil.v1.NewJWTSVIDResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -678,7 +815,7 @@ func file_sigil_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_node_proto_rawDesc), len(file_sigil_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	Node_RenewAgent_FullMethodName       = "/sigil.v1.Node/RenewAgent"
 	Node_Sync_FullMethodName             = "/sigil.v1.Node/Sync"
 	Node_BatchNewX509SVID_FullMethodName = "/sigil.v1.Node/BatchNewX509SVID"
+	Node_NewJWTSVID_FullMethodName       = "/sigil.v1.Node/NewJWTSVID"
 )
 
 // NodeClient is the client API for Node service.
@@ -44,6 +45,8 @@ type NodeClient interface {
 	// BatchNewX509SVID signs workload CSRs for entries the agent is
 	// authorized for.
 	BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDRequest, opts ...grpc.CallOption) (*BatchNewX509SVIDResponse, error)
+	// NewJWTSVID mints a JWT-SVID for an entry the agent is authorized for.
+	NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts ...grpc.CallOption) (*NewJWTSVIDResponse, error)
 }
 
 type nodeClient struct {
@@ -103,6 +106,16 @@ func (c *nodeClient) BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDR
 	return out, nil
 }
 
+func (c *nodeClient) NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts ...grpc.CallOption) (*NewJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NewJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, Node_NewJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -122,6 +135,8 @@ type NodeServer interface {
 	// BatchNewX509SVID signs workload CSRs for entries the agent is
 	// authorized for.
 	BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error)
+	// NewJWTSVID mints a JWT-SVID for an entry the agent is authorized for.
+	NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -143,6 +158,9 @@ func (UnimplementedNodeServer) Sync(*SyncRequest, grpc.ServerStreamingServer[Syn
 }
 func (UnimplementedNodeServer) BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchNewX509SVID not implemented")
+}
+func (UnimplementedNodeServer) NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NewJWTSVID not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -230,6 +248,24 @@ func _Node_BatchNewX509SVID_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_NewJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NewJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).NewJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_NewJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).NewJWTSVID(ctx, req.(*NewJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -248,6 +284,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BatchNewX509SVID",
 			Handler:    _Node_BatchNewX509SVID_Handler,
+		},
+		{
+			MethodName: "NewJWTSVID",
+			Handler:    _Node_NewJWTSVID_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -38,6 +38,9 @@ type Command struct {
 	//	*Command_EvictNode
 	//	*Command_BanNode
 	//	*Command_PutX509Authority
+	//	*Command_PutJwtAuthority
+	//	*Command_RemoveAuthority
+	//	*Command_PruneBundle
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -168,6 +171,33 @@ func (x *Command) GetPutX509Authority() *PutX509Authority {
 	return nil
 }
 
+func (x *Command) GetPutJwtAuthority() *PutJWTAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutJwtAuthority); ok {
+			return x.PutJwtAuthority
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRemoveAuthority() *RemoveAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RemoveAuthority); ok {
+			return x.RemoveAuthority
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPruneBundle() *PruneBundle {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PruneBundle); ok {
+			return x.PruneBundle
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -208,6 +238,18 @@ type Command_PutX509Authority struct {
 	PutX509Authority *PutX509Authority `protobuf:"bytes,18,opt,name=put_x509_authority,json=putX509Authority,proto3,oneof"`
 }
 
+type Command_PutJwtAuthority struct {
+	PutJwtAuthority *PutJWTAuthority `protobuf:"bytes,19,opt,name=put_jwt_authority,json=putJwtAuthority,proto3,oneof"`
+}
+
+type Command_RemoveAuthority struct {
+	RemoveAuthority *RemoveAuthority `protobuf:"bytes,20,opt,name=remove_authority,json=removeAuthority,proto3,oneof"`
+}
+
+type Command_PruneBundle struct {
+	PruneBundle *PruneBundle `protobuf:"bytes,21,opt,name=prune_bundle,json=pruneBundle,proto3,oneof"`
+}
+
 func (*Command_CreateEntries) isCommand_Op() {}
 
 func (*Command_UpdateEntries) isCommand_Op() {}
@@ -225,6 +267,12 @@ func (*Command_EvictNode) isCommand_Op() {}
 func (*Command_BanNode) isCommand_Op() {}
 
 func (*Command_PutX509Authority) isCommand_Op() {}
+
+func (*Command_PutJwtAuthority) isCommand_Op() {}
+
+func (*Command_RemoveAuthority) isCommand_Op() {}
+
+func (*Command_PruneBundle) isCommand_Op() {}
 
 // CreateEntries adds entries; each must have a new unique id. An entry with
 // the same spiffe_id, parent_id and selectors as an existing one is refused.
@@ -666,6 +714,169 @@ func (x *PutX509Authority) GetAuthority() *X509Authority {
 	return nil
 }
 
+// PutJWTAuthority adds (or replaces, by key_id) a JWT signing key in the
+// trust bundle.
+type PutJWTAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Authority     *JWTAuthority          `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutJWTAuthority) Reset() {
+	*x = PutJWTAuthority{}
+	mi := &file_sigil_v1_store_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutJWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutJWTAuthority) ProtoMessage() {}
+
+func (x *PutJWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutJWTAuthority.ProtoReflect.Descriptor instead.
+func (*PutJWTAuthority) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PutJWTAuthority) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *PutJWTAuthority) GetAuthority() *JWTAuthority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+// RemoveAuthority removes one authority from the trust bundle: the X.509
+// CA whose DER certificate is x509_certificate, or the JWT key jwt_key_id.
+// Removing an authority that is not there is not an error.
+type RemoveAuthority struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain     string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	X509Certificate []byte                 `protobuf:"bytes,2,opt,name=x509_certificate,json=x509Certificate,proto3" json:"x509_certificate,omitempty"`
+	JwtKeyId        string                 `protobuf:"bytes,3,opt,name=jwt_key_id,json=jwtKeyId,proto3" json:"jwt_key_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RemoveAuthority) Reset() {
+	*x = RemoveAuthority{}
+	mi := &file_sigil_v1_store_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAuthority) ProtoMessage() {}
+
+func (x *RemoveAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAuthority.ProtoReflect.Descriptor instead.
+func (*RemoveAuthority) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RemoveAuthority) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *RemoveAuthority) GetX509Certificate() []byte {
+	if x != nil {
+		return x.X509Certificate
+	}
+	return nil
+}
+
+func (x *RemoveAuthority) GetJwtKeyId() string {
+	if x != nil {
+		return x.JwtKeyId
+	}
+	return ""
+}
+
+// PruneBundle removes every authority that has expired at the command's
+// timestamp.
+type PruneBundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneBundle) Reset() {
+	*x = PruneBundle{}
+	mi := &file_sigil_v1_store_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneBundle) ProtoMessage() {}
+
+func (x *PruneBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneBundle.ProtoReflect.Descriptor instead.
+func (*PruneBundle) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PruneBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
 // CommandResult is the outcome of applying one command, one status per item
 // for batch commands.
 type CommandResult struct {
@@ -677,7 +888,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_sigil_v1_store_proto_msgTypes[10]
+	mi := &file_sigil_v1_store_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +900,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[10]
+	mi := &file_sigil_v1_store_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +913,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CommandResult) GetResults() []*Status {
@@ -725,7 +936,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_sigil_v1_store_proto_msgTypes[11]
+	mi := &file_sigil_v1_store_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +948,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[11]
+	mi := &file_sigil_v1_store_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +961,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Snapshot) GetEntries() []*Entry {
@@ -785,7 +996,7 @@ var File_sigil_v1_store_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/store.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"\xe0\x04\n" +
+	"\x14sigil/v1/store.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"\xad\x06\n" +
 	"\aCommand\x12\x1c\n" +
 	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12@\n" +
 	"\x0ecreate_entries\x18\n" +
@@ -800,7 +1011,10 @@ const file_sigil_v1_store_proto_rawDesc = "" +
 	"\n" +
 	"evict_node\x18\x10 \x01(\v2\x13.sigil.v1.EvictNodeH\x00R\tevictNode\x12.\n" +
 	"\bban_node\x18\x11 \x01(\v2\x11.sigil.v1.BanNodeH\x00R\abanNode\x12J\n" +
-	"\x12put_x509_authority\x18\x12 \x01(\v2\x1a.sigil.v1.PutX509AuthorityH\x00R\x10putX509AuthorityB\x04\n" +
+	"\x12put_x509_authority\x18\x12 \x01(\v2\x1a.sigil.v1.PutX509AuthorityH\x00R\x10putX509Authority\x12G\n" +
+	"\x11put_jwt_authority\x18\x13 \x01(\v2\x19.sigil.v1.PutJWTAuthorityH\x00R\x0fputJwtAuthority\x12F\n" +
+	"\x10remove_authority\x18\x14 \x01(\v2\x19.sigil.v1.RemoveAuthorityH\x00R\x0fremoveAuthority\x12:\n" +
+	"\fprune_bundle\x18\x15 \x01(\v2\x15.sigil.v1.PruneBundleH\x00R\vpruneBundleB\x04\n" +
 	"\x02op\":\n" +
 	"\rCreateEntries\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\":\n" +
@@ -826,7 +1040,17 @@ const file_sigil_v1_store_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"l\n" +
 	"\x10PutX509Authority\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x125\n" +
-	"\tauthority\x18\x02 \x01(\v2\x17.sigil.v1.X509AuthorityR\tauthority\";\n" +
+	"\tauthority\x18\x02 \x01(\v2\x17.sigil.v1.X509AuthorityR\tauthority\"j\n" +
+	"\x0fPutJWTAuthority\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x124\n" +
+	"\tauthority\x18\x02 \x01(\v2\x16.sigil.v1.JWTAuthorityR\tauthority\"}\n" +
+	"\x0fRemoveAuthority\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
+	"\x10x509_certificate\x18\x02 \x01(\fR\x0fx509Certificate\x12\x1c\n" +
+	"\n" +
+	"jwt_key_id\x18\x03 \x01(\tR\bjwtKeyId\"0\n" +
+	"\vPruneBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\";\n" +
 	"\rCommandResult\x12*\n" +
 	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xc5\x01\n" +
 	"\bSnapshot\x12)\n" +
@@ -848,7 +1072,7 @@ func file_sigil_v1_store_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_store_proto_rawDescData
 }
 
-var file_sigil_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_sigil_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_sigil_v1_store_proto_goTypes = []any{
 	(*Command)(nil),          // 0: sigil.v1.Command
 	(*CreateEntries)(nil),    // 1: sigil.v1.CreateEntries
@@ -860,14 +1084,18 @@ var file_sigil_v1_store_proto_goTypes = []any{
 	(*EvictNode)(nil),        // 7: sigil.v1.EvictNode
 	(*BanNode)(nil),          // 8: sigil.v1.BanNode
 	(*PutX509Authority)(nil), // 9: sigil.v1.PutX509Authority
-	(*CommandResult)(nil),    // 10: sigil.v1.CommandResult
-	(*Snapshot)(nil),         // 11: sigil.v1.Snapshot
-	(*Entry)(nil),            // 12: sigil.v1.Entry
-	(*JoinToken)(nil),        // 13: sigil.v1.JoinToken
-	(*AttestedNode)(nil),     // 14: sigil.v1.AttestedNode
-	(*X509Authority)(nil),    // 15: sigil.v1.X509Authority
-	(*Status)(nil),           // 16: sigil.v1.Status
-	(*Bundle)(nil),           // 17: sigil.v1.Bundle
+	(*PutJWTAuthority)(nil),  // 10: sigil.v1.PutJWTAuthority
+	(*RemoveAuthority)(nil),  // 11: sigil.v1.RemoveAuthority
+	(*PruneBundle)(nil),      // 12: sigil.v1.PruneBundle
+	(*CommandResult)(nil),    // 13: sigil.v1.CommandResult
+	(*Snapshot)(nil),         // 14: sigil.v1.Snapshot
+	(*Entry)(nil),            // 15: sigil.v1.Entry
+	(*JoinToken)(nil),        // 16: sigil.v1.JoinToken
+	(*AttestedNode)(nil),     // 17: sigil.v1.AttestedNode
+	(*X509Authority)(nil),    // 18: sigil.v1.X509Authority
+	(*JWTAuthority)(nil),     // 19: sigil.v1.JWTAuthority
+	(*Status)(nil),           // 20: sigil.v1.Status
+	(*Bundle)(nil),           // 21: sigil.v1.Bundle
 }
 var file_sigil_v1_store_proto_depIdxs = []int32{
 	1,  // 0: sigil.v1.Command.create_entries:type_name -> sigil.v1.CreateEntries
@@ -879,21 +1107,25 @@ var file_sigil_v1_store_proto_depIdxs = []int32{
 	7,  // 6: sigil.v1.Command.evict_node:type_name -> sigil.v1.EvictNode
 	8,  // 7: sigil.v1.Command.ban_node:type_name -> sigil.v1.BanNode
 	9,  // 8: sigil.v1.Command.put_x509_authority:type_name -> sigil.v1.PutX509Authority
-	12, // 9: sigil.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	12, // 10: sigil.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	13, // 11: sigil.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	14, // 12: sigil.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
-	15, // 13: sigil.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	16, // 14: sigil.v1.CommandResult.results:type_name -> sigil.v1.Status
-	12, // 15: sigil.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	14, // 16: sigil.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	13, // 17: sigil.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	17, // 18: sigil.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	10, // 9: sigil.v1.Command.put_jwt_authority:type_name -> sigil.v1.PutJWTAuthority
+	11, // 10: sigil.v1.Command.remove_authority:type_name -> sigil.v1.RemoveAuthority
+	12, // 11: sigil.v1.Command.prune_bundle:type_name -> sigil.v1.PruneBundle
+	15, // 12: sigil.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	15, // 13: sigil.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	16, // 14: sigil.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	17, // 15: sigil.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	18, // 16: sigil.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	19, // 17: sigil.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	20, // 18: sigil.v1.CommandResult.results:type_name -> sigil.v1.Status
+	15, // 19: sigil.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	17, // 20: sigil.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	16, // 21: sigil.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	21, // 22: sigil.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_store_proto_init() }
@@ -912,6 +1144,9 @@ func file_sigil_v1_store_proto_init() {
 		(*Command_EvictNode)(nil),
 		(*Command_BanNode)(nil),
 		(*Command_PutX509Authority)(nil),
+		(*Command_PutJwtAuthority)(nil),
+		(*Command_RemoveAuthority)(nil),
+		(*Command_PruneBundle)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -919,7 +1154,7 @@ func file_sigil_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_store_proto_rawDesc), len(file_sigil_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -181,3 +181,18 @@ func writeFileAtomic(path string, data []byte) (err error) {
 	}
 	return nil
 }
+
+// DeleteKey removes the key named id; a missing key is not an error.
+func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
+	path, err := m.path(id)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.cache, id)
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("ca/keymanager/disk: deleting key %q: %w", id, err)
+	}
+	return nil
+}

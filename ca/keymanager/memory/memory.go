@@ -53,3 +53,11 @@ func (m *KeyManager) GetKey(ctx context.Context, id string) (crypto.Signer, erro
 	}
 	return k, nil
 }
+
+// DeleteKey forgets the key named id; a missing key is not an error.
+func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
+	m.mu.Lock()
+	delete(m.keys, id)
+	m.mu.Unlock()
+	return nil
+}

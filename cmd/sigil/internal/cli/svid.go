@@ -53,15 +53,19 @@ func NewSVIDCommand() *cobra.Command {
 		def = env
 	}
 	var (
-		socket  string
-		dir     string
-		timeout time.Duration
+		socket   string
+		dir      string
+		timeout  time.Duration
+		jwt      bool
+		audience []string
+		spiffeID string
 	)
 	fetch := &cobra.Command{
 		Use:   "fetch",
-		Short: "Fetch the X.509-SVIDs and trust bundles of the calling process",
+		Short: "Fetch the X.509-SVIDs and trust bundles (or, with -jwt, JWT-SVIDs) of the calling process",
 		Example: `  sigil svid fetch -socket /tmp/sigil-agent/public/api.sock
-  sigil svid fetch -write /tmp/svid && openssl verify -CAfile /tmp/svid/bundle.pem /tmp/svid/svid.pem`,
+  sigil svid fetch -write /tmp/svid && openssl verify -CAfile /tmp/svid/bundle.pem /tmp/svid/svid.pem
+  sigil svid fetch -jwt -audience spiffe://example.org/db`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if socket == "" {
@@ -81,6 +85,18 @@ func NewSVIDCommand() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
+			if jwt {
+				if len(audience) == 0 {
+					return errors.New("-jwt needs at least one -audience")
+				}
+				if dir != "" {
+					return errors.New("-write is for X.509-SVIDs; it cannot be combined with -jwt")
+				}
+				return fetchJWT(ctx, cmd.OutOrStdout(), addr, audience, spiffeID, timeout)
+			}
+			if len(audience) > 0 || spiffeID != "" {
+				return errors.New("-audience and -spiffe-id go with -jwt")
+			}
 			x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(addr))
 			if err != nil {
 				return fetchError(err, addr, timeout)
@@ -124,6 +140,9 @@ func NewSVIDCommand() *cobra.Command {
 	fetch.Flags().StringVar(&socket, "socket", def, "Workload API socket path or address (default from SPIFFE_ENDPOINT_SOCKET)")
 	fetch.Flags().StringVar(&dir, "write", "", "directory to write svid.pem (chain), svid.key (PKCS#8) and bundle.pem into")
 	fetch.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the SVIDs")
+	fetch.Flags().BoolVar(&jwt, "jwt", false, "fetch JWT-SVIDs instead of X.509-SVIDs")
+	fetch.Flags().StringArrayVar(&audience, "audience", nil, "audience of the JWT-SVID (repeatable; with -jwt)")
+	fetch.Flags().StringVar(&spiffeID, "spiffe-id", "", "fetch only the JWT-SVID of this SPIFFE ID (with -jwt)")
 	cmd.AddCommand(fetch)
 	return cmd
 }

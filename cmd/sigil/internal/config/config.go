@@ -33,7 +33,18 @@ type Server struct {
 	X509SVIDTTL   time.Duration
 	AgentSVIDTTL  time.Duration
 	JoinTokenTTL  time.Duration
-	Log           Log
+	JWTSVIDTTL    time.Duration
+	// CAPropagationDelay is how long a new key is in the bundle before it
+	// signs; 0 means a sixth of CATTL.
+	CAPropagationDelay time.Duration
+	// Cluster settings (see server.Config).
+	ClusterAddress       string
+	AdvertiseAddress     string
+	RetryJoin            string // comma-separated cluster addresses
+	JoinSecret           string
+	NoBootstrap          bool
+	RaftHeartbeatTimeout time.Duration
+	Log                  Log
 }
 
 // Agent holds the settings of `sigil agent`. Zero values mean "use the
@@ -81,8 +92,17 @@ type hclServer struct {
 	X509SVIDTTL   string `hcl:"x509_svid_ttl,optional"`
 	AgentSVIDTTL  string `hcl:"agent_svid_ttl,optional"`
 	JoinTokenTTL  string `hcl:"join_token_ttl,optional"`
-	LogLevel      string `hcl:"log_level,optional"`
-	LogFormat     string `hcl:"log_format,optional"`
+	JWTSVIDTTL    string `hcl:"jwt_svid_ttl,optional"`
+	CAPropagation string `hcl:"ca_propagation_delay,optional"`
+	// Cluster.
+	ClusterAddress       string   `hcl:"cluster_address,optional"`
+	AdvertiseAddress     string   `hcl:"advertise_address,optional"`
+	RetryJoin            []string `hcl:"retry_join,optional"`
+	JoinSecret           string   `hcl:"join_secret,optional"`
+	Bootstrap            *bool    `hcl:"bootstrap,optional"`
+	RaftHeartbeatTimeout string   `hcl:"raft_heartbeat_timeout,optional"`
+	LogLevel             string   `hcl:"log_level,optional"`
+	LogFormat            string   `hcl:"log_format,optional"`
 }
 
 type hclAgent struct {
@@ -128,6 +148,14 @@ func Parse(filename string, src []byte) (*File, error) {
 			HealthAddress: s.HealthAddress,
 			KeyManager:    s.KeyManager,
 			Log:           Log{Level: s.LogLevel, Format: s.LogFormat},
+
+			ClusterAddress:   s.ClusterAddress,
+			AdvertiseAddress: s.AdvertiseAddress,
+			RetryJoin:        strings.Join(s.RetryJoin, ","),
+			JoinSecret:       s.JoinSecret,
+		}
+		if s.Bootstrap != nil {
+			out.Server.NoBootstrap = !*s.Bootstrap
 		}
 		durations := []struct {
 			name string
@@ -138,6 +166,9 @@ func Parse(filename string, src []byte) (*File, error) {
 			{"x509_svid_ttl", s.X509SVIDTTL, &out.Server.X509SVIDTTL},
 			{"agent_svid_ttl", s.AgentSVIDTTL, &out.Server.AgentSVIDTTL},
 			{"join_token_ttl", s.JoinTokenTTL, &out.Server.JoinTokenTTL},
+			{"jwt_svid_ttl", s.JWTSVIDTTL, &out.Server.JWTSVIDTTL},
+			{"ca_propagation_delay", s.CAPropagation, &out.Server.CAPropagationDelay},
+			{"raft_heartbeat_timeout", s.RaftHeartbeatTimeout, &out.Server.RaftHeartbeatTimeout},
 		}
 		for _, d := range durations {
 			if d.src == "" {
@@ -204,8 +235,9 @@ func diagError(diags hcl.Diagnostics) error {
 
 // ServerFlags are the command-line flags of `sigil server`.
 type ServerFlags struct {
-	fs  *pflag.FlagSet
-	val Server
+	fs    *pflag.FlagSet
+	val   Server
+	joins []string
 }
 
 // NewServerFlags registers the server flags on fs.
@@ -222,6 +254,12 @@ func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
 	fs.DurationVar(&f.val.X509SVIDTTL, "x509-svid-ttl", 0, "default lifetime of workload X.509-SVIDs (default 1h)")
 	fs.DurationVar(&f.val.AgentSVIDTTL, "agent-svid-ttl", 0, "lifetime of agent SVIDs (default 1h)")
 	fs.DurationVar(&f.val.JoinTokenTTL, "join-token-ttl", 0, "default lifetime of join tokens (default 10m)")
+	fs.StringVar(&f.val.ClusterAddress, "cluster-address", "", "listen address of the cluster port (Raft and server-to-server mTLS); empty: a single server")
+	fs.StringVar(&f.val.AdvertiseAddress, "advertise-address", "", "host:port peers reach the cluster port at (default: the cluster address)")
+	fs.StringArrayVar(&f.joins, "join", nil, "cluster address of an existing server to join through (repeatable)")
+	fs.StringVar(&f.val.JoinSecret, "join-secret", "", "cluster join secret (prefer join_secret in the config file or SIGIL_JOIN_SECRET)")
+	fs.BoolVar(&f.val.NoBootstrap, "no-bootstrap", false, "with no Raft state and nothing to join, wait for 'sigil cluster join' instead of bootstrapping")
+	fs.DurationVar(&f.val.RaftHeartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat and election timeout (default 1s)")
 	addLogFlags(fs, &f.val.Log)
 	return f
 }
@@ -250,6 +288,16 @@ func (f *ServerFlags) Apply(s *Server) {
 	setD("x509-svid-ttl", &s.X509SVIDTTL, f.val.X509SVIDTTL)
 	setD("agent-svid-ttl", &s.AgentSVIDTTL, f.val.AgentSVIDTTL)
 	setD("join-token-ttl", &s.JoinTokenTTL, f.val.JoinTokenTTL)
+	set("cluster-address", &s.ClusterAddress, f.val.ClusterAddress)
+	set("advertise-address", &s.AdvertiseAddress, f.val.AdvertiseAddress)
+	set("join-secret", &s.JoinSecret, f.val.JoinSecret)
+	setD("raft-heartbeat-timeout", &s.RaftHeartbeatTimeout, f.val.RaftHeartbeatTimeout)
+	if f.fs.Changed("join") {
+		s.RetryJoin = strings.Join(f.joins, ",")
+	}
+	if f.fs.Changed("no-bootstrap") {
+		s.NoBootstrap = f.val.NoBootstrap
+	}
 	set("log-level", &s.Log.Level, f.val.Log.Level)
 	set("log-format", &s.Log.Format, f.val.Log.Format)
 }

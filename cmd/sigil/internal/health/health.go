@@ -66,7 +66,7 @@ type Server struct {
 // Start listens on addr and serves Handler(ready) until Stop. Listening
 // happens before Start returns, so a bad or busy address is reported at
 // once.
-func Start(addr string, ready ReadyFunc, log *zap.Logger) (*Server, error) {
+func Start(addr string, ready ReadyFunc, log *zap.Logger, opts ...Option) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("health endpoint: %w", err)
@@ -77,7 +77,7 @@ func Start(addr string, ready ReadyFunc, log *zap.Logger) (*Server, error) {
 	s := &Server{
 		ln: ln,
 		srv: &http.Server{
-			Handler:           Handler(ready),
+			Handler:           handler(ready, opts),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          zap.NewStdLog(log),
 		},
@@ -92,6 +92,26 @@ func Start(addr string, ready ReadyFunc, log *zap.Logger) (*Server, error) {
 	}()
 	log.Info("health endpoint listening", zap.String("address", ln.Addr().String()))
 	return s, nil
+}
+
+// Option adds to the endpoint.
+type Option func(*http.ServeMux)
+
+// WithHandler serves h at path beside /live and /ready (e.g. /metrics).
+func WithHandler(path string, h http.Handler) Option {
+	return func(m *http.ServeMux) { m.Handle(path, h) }
+}
+
+func handler(ready ReadyFunc, opts []Option) http.Handler {
+	if len(opts) == 0 {
+		return Handler(ready)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", Handler(ready))
+	for _, o := range opts {
+		o(mux)
+	}
+	return mux
 }
 
 // Addr is the address the endpoint listens on.

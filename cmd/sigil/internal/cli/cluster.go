@@ -1,0 +1,276 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// snapshotChunkSize is the size of uploaded snapshot chunks.
+const snapshotChunkSize = 1 << 20
+
+func (c *AdminConn) cluster() sigilv1.ClusterAdminClient {
+	return sigilv1.NewClusterAdminClient(c.conn)
+}
+
+// NewClusterCommand is `sigil cluster`: membership and backups of a server
+// cluster, through a server's admin socket.
+func NewClusterCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Manage the server cluster: members, join, remove, transfer-leader, snapshot",
+	}
+	cmd.AddCommand(clusterMembersCmd(), clusterJoinCmd(), clusterRemoveCmd(), clusterTransferCmd(), clusterSnapshotCmd())
+	return cmd
+}
+
+func clusterMembersCmd() *cobra.Command {
+	var o *adminOpts
+	var consistent bool
+	cmd := &cobra.Command{
+		Use:   "members",
+		Short: "List the servers of the cluster, the leader and each one's health",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := call(cmd.Context(), c.cluster().Members, &sigilv1.MembersRequest{Consistent: consistent})
+			if err != nil {
+				return c.RPCError("list members", err)
+			}
+			if o.json() {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tADDRESS\tSUFFRAGE\tROLE\tHEALTH\tAPPLIED")
+			for _, m := range resp.Members {
+				role := "follower"
+				if m.Leader {
+					role = "leader"
+				}
+				health := "unreachable"
+				if m.Healthy {
+					health = "healthy"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", m.NodeName, m.Address, m.Suffrage, role, health, m.AppliedIndex)
+			}
+			return tw.Flush()
+		},
+	}
+	o = addAdminFlags(cmd)
+	cmd.Flags().BoolVar(&consistent, "consistent", false, "confirm with the leader before answering (linearizable)")
+	return cmd
+}
+
+func clusterJoinCmd() *cobra.Command {
+	var o *adminOpts
+	cmd := &cobra.Command{
+		Use:   "join ADDRESS...",
+		Short: "Make this server (started with -no-bootstrap and no state) join the cluster at ADDRESS",
+		Long: `Make the local server join an existing cluster through the cluster port of
+one of its servers. The local server must have been started with a
+cluster_address, the cluster's join_secret and -no-bootstrap, and must have
+no Raft state yet. Servers can also join at start with -join or retry_join.`,
+		Example: `  sigil cluster join 10.0.0.1:8082`,
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			resp, err := call(cmd.Context(), c.cluster().Join, &sigilv1.ClusterJoinRequest{Addresses: args})
+			if err != nil {
+				return c.RPCError("join", err)
+			}
+			if o.json() {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "joined; leader is %s\n", resp.LeaderId)
+			return nil
+		},
+	}
+	o = addAdminFlags(cmd)
+	return cmd
+}
+
+func clusterRemoveCmd() *cobra.Command {
+	var o *adminOpts
+	cmd := &cobra.Command{
+		Use:   "remove NODE",
+		Short: "Remove a server from the cluster (run on the leader); it can no longer vote or append",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err := call(cmd.Context(), c.cluster().RemoveMember, &sigilv1.RemoveMemberRequest{NodeName: args[0]}); err != nil {
+				return c.RPCError("remove "+args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", args[0])
+			return nil
+		},
+	}
+	o = addAdminFlags(cmd)
+	return cmd
+}
+
+func clusterTransferCmd() *cobra.Command {
+	var o *adminOpts
+	cmd := &cobra.Command{
+		Use:   "transfer-leader [NODE]",
+		Short: "Hand leadership to NODE, or to the most up-to-date server (run on the leader)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req := &sigilv1.TransferLeadershipRequest{}
+			if len(args) == 1 {
+				req.NodeName = args[0]
+			}
+			resp, err := call(cmd.Context(), c.cluster().TransferLeadership, req)
+			if err != nil {
+				return c.RPCError("transfer leadership", err)
+			}
+			if o.json() {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "leader is %s\n", resp.LeaderId)
+			return nil
+		},
+	}
+	o = addAdminFlags(cmd)
+	return cmd
+}
+
+func clusterSnapshotCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "snapshot",
+		Short: "Save the whole state to a file, or restore it",
+	}
+	var so, ro *adminOpts
+	save := &cobra.Command{
+		Use:   "save FILE",
+		Short: "Save a snapshot of every entry, agent, token and bundle to FILE (no private key is in it)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := so.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := withTimeout(cmd)
+			defer cancel()
+			stream, err := c.cluster().SnapshotSave(ctx, &sigilv1.SnapshotSaveRequest{})
+			if err != nil {
+				return c.RPCError("snapshot save", err)
+			}
+			path := args[0]
+			tmp, err := os.CreateTemp(filepath.Dir(path), ".snapshot-*")
+			if err != nil {
+				return err
+			}
+			defer os.Remove(tmp.Name())
+			n := 0
+			for {
+				chunk, err := stream.Recv()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					tmp.Close()
+					return c.RPCError("snapshot save", err)
+				}
+				if _, err := tmp.Write(chunk.Data); err != nil {
+					tmp.Close()
+					return err
+				}
+				n += len(chunk.Data)
+			}
+			if err := tmp.Sync(); err != nil {
+				tmp.Close()
+				return err
+			}
+			if err := tmp.Close(); err != nil {
+				return err
+			}
+			if err := os.Rename(tmp.Name(), path); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "saved %d bytes to %s\n", n, path)
+			return nil
+		},
+	}
+	so = addAdminFlags(save)
+	restore := &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Replace the cluster's whole state with a snapshot (run on the leader; for disaster recovery)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			c, err := ro.dial()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := withTimeout(cmd)
+			defer cancel()
+			stream, err := c.cluster().SnapshotRestore(ctx)
+			if err != nil {
+				return c.RPCError("snapshot restore", err)
+			}
+			buf := make([]byte, snapshotChunkSize)
+			for {
+				n, err := f.Read(buf)
+				if n > 0 {
+					if err := stream.Send(&sigilv1.SnapshotChunk{Data: append([]byte(nil), buf[:n]...)}); err != nil {
+						break // the server's error comes from CloseAndRecv
+					}
+				}
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					return err
+				}
+			}
+			resp, err := stream.CloseAndRecv()
+			if err != nil {
+				return c.RPCError("snapshot restore", err)
+			}
+			if ro.json() {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restored %d entries and %d agents\n", resp.Entries, resp.Agents)
+			return nil
+		},
+	}
+	ro = addAdminFlags(restore)
+	cmd.AddCommand(save, restore)
+	return cmd
+}
+
+// withTimeout bounds a streaming admin call.
+func withTimeout(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), 10*rpcTimeout)
+}

@@ -1,0 +1,670 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/disk"
+	"github.com/sigil-id/sigil/ca/keymanager/memory"
+	"github.com/sigil-id/sigil/raftstore"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// Cluster tuning.
+const (
+	// ekmLabel is the TLS exporter label of the join proof.
+	ekmLabel = "EXPORTER-sigil-cluster-join"
+	// joinRetryMax bounds the wait between rounds of join attempts.
+	joinRetryMax = 5 * time.Second
+	// forwardRetryFor bounds how long a write waits for a leader.
+	forwardRetryFor = 10 * time.Second
+	// localCatchUp bounds how long a forwarded write waits until this
+	// server has applied it too (read-your-writes on followers).
+	localCatchUp = 5 * time.Second
+	// healthInterval is how often members ask each other for their status.
+	healthInterval = 2 * time.Second
+)
+
+// cluster is the multi-server part of a server: the TLS cluster port that
+// carries Raft and the Cluster gRPC service, joining, forwarding, member
+// health.
+type cluster struct {
+	s      *Server
+	log    *zap.Logger
+	dir    string
+	secret []byte
+
+	mux   *raftstore.Mux
+	trans *raft.NetworkTransport
+	grpc  *grpc.Server
+
+	// idCA is the CA that signed the server SVID used until initCA has
+	// published the CA and the SVID is re-minted from x509CA.
+	idCA *ca.CA
+
+	// extra are authorities trusted besides the store's bundle: the
+	// bundle saved on disk at the last change (a restarted server trusts
+	// members that joined after its last snapshot) and the bundle a Join
+	// returned (before the first replication).
+	extraMu sync.Mutex
+	extra   []*x509.Certificate
+	cacheMu sync.Mutex
+	cache   struct {
+		store *x509bundle.Bundle
+		extra int
+		b     *x509bundle.Bundle
+	}
+
+	connsMu sync.Mutex
+	conns   map[string]*grpc.ClientConn
+
+	healthMu sync.Mutex
+	health   map[string]memberHealth
+
+	// store is set once Run has opened it; handlers run before that.
+	store atomic.Pointer[raftstore.Store]
+	// idTrusted: the identity CA was in the bundle saved at the last run.
+	idTrusted bool
+	joined    atomic.Bool
+}
+
+type memberHealth struct {
+	ok      bool
+	at      time.Time
+	status  *sigilv1.StatusResponse
+	lastErr string
+}
+
+func newCluster(s *Server) *cluster {
+	return &cluster{
+		s:      s,
+		log:    s.log.Named("cluster"),
+		dir:    filepath.Join(s.cfg.DataDir, "cluster"),
+		secret: []byte(s.cfg.JoinSecret),
+		conns:  make(map[string]*grpc.ClientConn),
+		health: make(map[string]memberHealth),
+	}
+}
+
+// loadIdentityCA loads (or creates) this node's cluster identity CA. It
+// signs the server SVID that authenticates this server to its peers until
+// initCA has published the signing CA and the SVID is re-minted from
+// x509CA (a restarted member must reach the leader before it can publish
+// anything). Its key is kept like the CA keys (disk or memory) under
+// DataDir/cluster and never leaves the node; its certificate is in the
+// bundle under the server ID "cluster/<node>".
+func (c *cluster) loadIdentityCA(ctx context.Context) (*ca.CA, error) {
+	s := c.s
+	var km ca.KeyManager
+	certPath := filepath.Join(c.dir, "ca.pem")
+	switch s.cfg.KeyManager {
+	case "memory":
+		km = memory.New()
+		certPath = ""
+	default:
+		d, err := disk.New(filepath.Join(c.dir, "keys"))
+		if err != nil {
+			return nil, fmt.Errorf("server: cluster key manager: %w", err)
+		}
+		km = d
+	}
+	ccfg := ca.DefaultConfig()
+	ccfg.TrustDomain = s.td
+	ccfg.ServerID = "cluster-" + s.cfg.NodeName
+	ccfg.KeyManager = km
+	ccfg.CertPath = certPath
+	ccfg.CATTL = s.cfg.CATTL
+	ccfg.X509SVIDTTL = s.cfg.X509SVIDTTL
+	ccfg.Clock = s.cfg.Clock
+	cc, err := ca.New(ctx, ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("server: cluster identity CA: %w", err)
+	}
+	return cc, nil
+}
+
+// identityAuthorityID is the bundle server_id of a node's identity CA.
+func identityAuthorityID(node string) string { return "cluster/" + node }
+
+// publishIdentity puts the identity CA into the bundle (idempotent).
+func (c *cluster) publishIdentity(ctx context.Context) error {
+	cert := c.idCA.Certificate()
+	_, err := c.s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+		TrustDomain: c.s.td.Name(),
+		Authority:   &sigilv1.X509Authority{Certificate: cert.Raw, ServerId: identityAuthorityID(c.s.cfg.NodeName), NotAfter: cert.NotAfter.Unix()},
+	}}})
+	if err != nil {
+		return fmt.Errorf("server: publishing the cluster identity CA: %w", err)
+	}
+	return nil
+}
+
+// start loads the identity, opens the cluster port and returns the Raft
+// transport. The gRPC service starts serving at once; its handlers wait
+// for the store where they need it.
+func (c *cluster) start(ctx context.Context) (raft.Transport, error) {
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: cluster dir: %w", err)
+	}
+	idCA, err := c.loadIdentityCA(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.idCA = idCA
+	if err := c.s.mintServerSVID(ctx, idCA); err != nil {
+		return nil, err
+	}
+	if certs, err := readPEMCerts(c.bundlePath()); err == nil {
+		c.addExtra(certs)
+		for _, cert := range certs {
+			if bytes.Equal(cert.Raw, idCA.Certificate().Raw) {
+				c.idTrusted = true
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		c.log.Warn("ignoring saved cluster bundle", zap.Error(err))
+	}
+	// A server always trusts its own CA.
+	c.addExtra([]*x509.Certificate{idCA.Certificate()})
+
+	ln, err := net.Listen("tcp", c.s.cfg.ClusterAddress)
+	if err != nil {
+		return nil, fmt.Errorf("server: cluster listen: %w", err)
+	}
+	adv := c.s.cfg.AdvertiseAddress
+	if adv == "" {
+		adv = ln.Addr().String()
+	}
+	mux, err := raftstore.NewMux(ln, c.serverTLS(), c.clientTLS, adv, c.log)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	c.mux = mux
+	c.trans = raftstore.NewNetworkTransport(mux, c.log)
+	c.grpc = grpc.NewServer(
+		grpc.Creds(muxCredentials{}),
+		grpc.ChainUnaryInterceptor(c.authUnary),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(64<<20),
+	)
+	sigilv1.RegisterClusterServer(c.grpc, &clusterAPI{c: c})
+	go func() {
+		if err := c.grpc.Serve(mux.GRPCListener()); err != nil {
+			c.log.Debug("cluster gRPC stopped", zap.Error(err))
+		}
+	}()
+	return c.trans, nil
+}
+
+// advertise is the address peers reach this server at.
+func (c *cluster) advertise() string { return c.mux.Addr().String() }
+
+func (c *cluster) stop() {
+	if c.grpc != nil {
+		done := make(chan struct{})
+		go func() { c.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			c.grpc.Stop()
+		}
+	}
+	if c.trans != nil {
+		c.trans.Close()
+	}
+	if c.mux != nil {
+		c.mux.Close()
+	}
+	c.connsMu.Lock()
+	for _, cc := range c.conns {
+		cc.Close()
+	}
+	c.conns = map[string]*grpc.ClientConn{}
+	c.connsMu.Unlock()
+}
+
+func (c *cluster) bundlePath() string { return filepath.Join(c.dir, "bundle.pem") }
+
+func (c *cluster) addExtra(certs []*x509.Certificate) {
+	c.extraMu.Lock()
+	defer c.extraMu.Unlock()
+	for _, n := range certs {
+		dup := false
+		for _, o := range c.extra {
+			if bytes.Equal(o.Raw, n.Raw) {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			c.extra = append(c.extra, n)
+		}
+	}
+}
+
+// peerBundle is the bundle peers' SVIDs are checked against: the store's
+// bundle and the extra authorities.
+func (c *cluster) peerBundle() *x509bundle.Bundle {
+	var storeB *x509bundle.Bundle
+	if c.store.Load() != nil {
+		if b, err := c.s.currentBundle(); err == nil {
+			storeB = b
+		}
+	}
+	c.extraMu.Lock()
+	extra := c.extra
+	c.extraMu.Unlock()
+	c.cacheMu.Lock()
+	defer c.cacheMu.Unlock()
+	if c.cache.b != nil && c.cache.store == storeB && c.cache.extra == len(extra) {
+		return c.cache.b
+	}
+	b := x509bundle.New(c.s.td)
+	if storeB != nil {
+		for _, a := range storeB.X509Authorities() {
+			b.AddX509Authority(a)
+		}
+	}
+	for _, a := range extra {
+		b.AddX509Authority(a)
+	}
+	c.cache.store, c.cache.extra, c.cache.b = storeB, len(extra), b
+	return b
+}
+
+// verifyPeer checks a peer's certificate chain: a valid SVID of a Sigil
+// server of this trust domain, and, with requireMember, a server that is
+// in the Raft configuration (while this server knows no configuration,
+// any server of the cluster bundle is accepted: the leader that adds it).
+// It returns the peer's node name.
+func (c *cluster) verifyPeer(certs []*x509.Certificate, requireMember bool) (string, error) {
+	if len(certs) == 0 {
+		return "", errors.New("no server SVID presented")
+	}
+	id, _, err := x509svid.Verify(certs, c.peerBundle(), x509svid.WithTime(c.s.cfg.Clock.Now()))
+	if err != nil {
+		return "", fmt.Errorf("server SVID is not valid: %w", err)
+	}
+	name, ok := serverName(c.s.td, id)
+	if !ok {
+		return "", fmt.Errorf("%s is not a server of %s", id, c.s.td)
+	}
+	if st := c.store.Load(); requireMember && st != nil && st.HasConfiguration() && !st.IsMember(name) {
+		return "", fmt.Errorf("server %q is not a member of the cluster", name)
+	}
+	return name, nil
+}
+
+// serverName returns the node name of a server SPIFFE ID.
+func serverName(td spiffeid.TrustDomain, id spiffeid.ID) (string, bool) {
+	if id.TrustDomain() != td || !registration.IsServerID(id) {
+		return "", false
+	}
+	name := strings.TrimPrefix(id.Path(), "/sigil/server/")
+	if name == "" || strings.Contains(name, "/") {
+		return "", false
+	}
+	return name, true
+}
+
+func (c *cluster) certificate() (*tls.Certificate, error) {
+	cert := c.s.svid.Load()
+	if cert == nil {
+		return nil, errors.New("server SVID not ready")
+	}
+	return cert, nil
+}
+
+// serverTLS authenticates inbound cluster connections. Raft requires the
+// SVID of a member; gRPC accepts connections without a certificate (Join)
+// and checks the caller per method.
+func (c *cluster) serverTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{raftstore.ALPNRaft, raftstore.ALPNGRPC},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return c.certificate()
+		},
+		ClientAuth: tls.RequestClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			switch cs.NegotiatedProtocol {
+			case raftstore.ALPNRaft:
+				name, err := c.verifyPeer(cs.PeerCertificates, true)
+				if err != nil {
+					c.log.Warn("raft peer refused", zap.Bool("audit", true), zap.Error(err))
+					return err
+				}
+				_ = name
+				return nil
+			case raftstore.ALPNGRPC:
+				if len(cs.PeerCertificates) > 0 {
+					_, err := c.verifyPeer(cs.PeerCertificates, false)
+					return err
+				}
+				return nil
+			default:
+				return fmt.Errorf("protocol %q is not served here", cs.NegotiatedProtocol)
+			}
+		},
+	}
+}
+
+// clientTLS authenticates the peer a cluster connection goes to.
+func (c *cluster) clientTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// Peers are authenticated by SPIFFE ID against the cluster bundle
+		// in VerifyConnection, not by host name against system roots.
+		InsecureSkipVerify: true, //nolint:gosec // verified below
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return c.certificate()
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := c.verifyPeer(cs.PeerCertificates, false)
+			return err
+		},
+	}
+}
+
+// conn returns a (cached) gRPC connection to a peer's cluster port.
+func (c *cluster) conn(addr string) (*grpc.ClientConn, error) {
+	c.connsMu.Lock()
+	defer c.connsMu.Unlock()
+	if cc, ok := c.conns[addr]; ok {
+		return cc, nil
+	}
+	d := &net.Dialer{LocalAddr: c.mux.LocalDialAddr()}
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(c.clientTLS())),
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", a)
+		}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+	)
+	if err != nil {
+		return nil, err
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}
+
+// joinProof binds the join secret to one TLS connection.
+func joinProof(secret []byte, side, node string, ekm []byte) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("sigil join " + side + "\x00" + node + "\x00"))
+	m.Write(ekm)
+	return m.Sum(nil)
+}
+
+// joinAtStart joins through the configured addresses: always (and
+// until it succeeds) on a first start; on a restart only when this
+// server's identity CA is new (it was down longer than its lifetime, or
+// keeps keys in memory), in the background, as the members may need this
+// server to form a quorum.
+func (c *cluster) joinAtStart(ctx context.Context) error {
+	addrs := c.s.cfg.JoinAddresses
+	if len(addrs) == 0 {
+		return nil
+	}
+	if !c.store.Load().HadState() {
+		return c.join(ctx, addrs)
+	}
+	if !c.idTrusted {
+		go func() {
+			if err := c.join(ctx, addrs); err != nil {
+				c.log.Warn("re-join failed", zap.Error(err))
+			}
+		}()
+	}
+	return nil
+}
+
+// join asks the servers at addrs, in turn and in rounds with a growing
+// pause, to add this server, until one does or ctx ends.
+func (c *cluster) join(ctx context.Context, addrs []string) error {
+	if len(c.secret) == 0 {
+		return errors.New("server: joining needs the cluster join secret (join_secret)")
+	}
+	wait := 200 * time.Millisecond
+	for {
+		var errs []error
+		for _, a := range addrs {
+			err := c.joinOnce(ctx, a, 0)
+			if err == nil {
+				c.joined.Store(true)
+				return nil
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", a, err))
+		}
+		c.log.Warn("join failed; retrying", zap.Duration("retry_in", wait), zap.Error(errors.Join(errs...)))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("server: join: %w (last: %v)", ctx.Err(), errors.Join(errs...))
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, joinRetryMax)
+	}
+}
+
+func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	d := &tls.Dialer{NetDialer: &net.Dialer{LocalAddr: c.mux.LocalDialAddr()}, Config: &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{raftstore.ALPNGRPC},
+		// The server is authenticated by its proof of the join secret,
+		// bound to this connection's exporter, below.
+		InsecureSkipVerify: true, //nolint:gosec // see above
+	}}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	tc := raw.(*tls.Conn)
+	cs := tc.ConnectionState()
+	ekm, err := cs.ExportKeyingMaterial(ekmLabel, nil, 32)
+	if err != nil {
+		tc.Close()
+		return err
+	}
+	var used atomic.Bool
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		// The connection is the TLS connection above.
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
+			if used.Swap(true) {
+				return nil, errors.New("join connection lost")
+			}
+			return tc, nil
+		}),
+	)
+	if err != nil {
+		tc.Close()
+		return err
+	}
+	defer cc.Close()
+	node := c.s.cfg.NodeName
+	resp, err := sigilv1.NewClusterClient(cc).Join(ctx, &sigilv1.JoinRequest{
+		NodeName:       node,
+		ClusterAddress: c.advertise(),
+		CaCertificate:  c.idCA.Certificate().Raw,
+		Proof:          joinProof(c.secret, "client", node, ekm),
+	})
+	if err != nil {
+		return err
+	}
+	if !hmac.Equal(resp.Proof, joinProof(c.secret, "server", node, ekm)) {
+		return errors.New("the server did not prove that it holds the join secret")
+	}
+	if resp.Redirect != "" {
+		if depth >= 3 {
+			return errors.New("too many redirects")
+		}
+		c.log.Info("join redirected to the leader", zap.String("leader", resp.Redirect))
+		return c.joinOnce(ctx, resp.Redirect, depth+1)
+	}
+	var certs []*x509.Certificate
+	for _, der := range resp.Bundle {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("join returned a bad bundle: %w", err)
+		}
+		certs = append(certs, cert)
+	}
+	c.addExtra(certs)
+	if err := writePEMCerts(c.bundlePath(), certs); err != nil {
+		c.log.Warn("saving cluster bundle", zap.Error(err))
+	}
+	c.log.Info("joined the cluster", zap.Bool("audit", true), zap.String("via", addr), zap.String("leader", resp.LeaderId))
+	return nil
+}
+
+// bundleLoop saves the bundle to disk whenever it changes.
+func (c *cluster) bundleLoop(ctx context.Context) {
+	var seq uint64
+	first := true
+	for {
+		changed := c.store.Load().Changed()
+		if pb, err := c.store.Load().Read().Bundle(c.s.td.Name()); err == nil && (first || pb.SequenceNumber != seq) {
+			var certs []*x509.Certificate
+			for _, a := range pb.X509Authorities {
+				if cert, err := x509.ParseCertificate(a.Certificate); err == nil {
+					certs = append(certs, cert)
+				}
+			}
+			if err := writePEMCerts(c.bundlePath(), certs); err != nil {
+				c.log.Warn("saving cluster bundle", zap.Error(err))
+			} else {
+				seq, first = pb.SequenceNumber, false
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-time.After(30 * time.Second):
+		}
+	}
+}
+
+// healthLoop asks every other member for its status.
+func (c *cluster) healthLoop(ctx context.Context) {
+	t := time.NewTicker(healthInterval)
+	defer t.Stop()
+	for {
+		members, err := c.store.Load().Members()
+		if err == nil {
+			var wg sync.WaitGroup
+			for _, m := range members {
+				if m.ID == c.s.cfg.NodeName {
+					continue
+				}
+				wg.Add(1)
+				go func(m raftstore.Member) {
+					defer wg.Done()
+					c.probe(ctx, m)
+				}(m)
+			}
+			wg.Wait()
+			c.s.metrics.observeCluster(c, members)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *cluster) probe(ctx context.Context, m raftstore.Member) {
+	h := memberHealth{at: time.Now()}
+	cc, err := c.conn(m.Address)
+	if err == nil {
+		pctx, cancel := context.WithTimeout(ctx, healthInterval)
+		var st *sigilv1.StatusResponse
+		st, err = sigilv1.NewClusterClient(cc).Status(pctx, &sigilv1.StatusRequest{})
+		cancel()
+		h.status = st
+	}
+	if err != nil {
+		h.lastErr = err.Error()
+	} else {
+		h.ok = true
+	}
+	c.healthMu.Lock()
+	c.health[m.ID] = h
+	c.healthMu.Unlock()
+}
+
+func (c *cluster) memberHealth(id string) (memberHealth, bool) {
+	c.healthMu.Lock()
+	defer c.healthMu.Unlock()
+	h, ok := c.health[id]
+	return h, ok
+}
+
+func readPEMCerts(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		out = append(out, cert)
+	}
+	return out, nil
+}
+
+func writePEMCerts(path string, certs []*x509.Certificate) error {
+	var buf bytes.Buffer
+	for _, c := range certs {
+		if err := pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}); err != nil {
+			return err
+		}
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

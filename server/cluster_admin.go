@@ -1,0 +1,211 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// ConsistencyHeader is the gRPC metadata key an admin client sets to
+// "linearizable" to have a read reflect every write acknowledged before
+// it, wherever it was made (the default reads this server's replica).
+const ConsistencyHeader = "sigil-consistency"
+
+// snapshotChunk is the size of SnapshotChunk messages.
+const snapshotChunk = 1 << 20
+
+type clusterAdminAPI struct {
+	sigilv1.UnimplementedClusterAdminServer
+	s *Server
+}
+
+func (a *clusterAdminAPI) notLeader() error {
+	_, id := a.s.store.Leader()
+	if id == "" {
+		return status.Error(codes.Unavailable, "the cluster has no leader")
+	}
+	return status.Errorf(codes.FailedPrecondition, "this server is not the leader; run this on %s", id)
+}
+
+func (a *clusterAdminAPI) Members(ctx context.Context, req *sigilv1.MembersRequest) (*sigilv1.MembersResponse, error) {
+	s := a.s
+	if req.Consistent {
+		if err := s.consistentRead(ctx); err != nil {
+			return nil, status.Error(codes.Unavailable, err.Error())
+		}
+	}
+	ms, err := s.store.Members()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	st := s.store.Stats()
+	_, leader := s.store.Leader()
+	out := &sigilv1.MembersResponse{LeaderId: leader, Term: st.Term, AppliedIndex: s.store.LastIndex()}
+	for _, m := range ms {
+		pm := &sigilv1.Member{NodeName: m.ID, Address: m.Address, Suffrage: m.Suffrage, Leader: m.Leader}
+		if m.ID == s.cfg.NodeName {
+			pm.Healthy, pm.AppliedIndex, pm.State = true, s.store.LastIndex(), st.State
+		} else if s.cluster != nil {
+			if h, ok := s.cluster.memberHealth(m.ID); ok && h.ok && h.status != nil {
+				pm.Healthy, pm.AppliedIndex, pm.State = true, h.status.AppliedIndex, h.status.State
+			}
+		}
+		out.Members = append(out.Members, pm)
+	}
+	return out, nil
+}
+
+func (a *clusterAdminAPI) Join(ctx context.Context, req *sigilv1.ClusterJoinRequest) (*sigilv1.ClusterJoinResponse, error) {
+	s := a.s
+	if s.cluster == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this server runs without a cluster address (single node)")
+	}
+	if len(req.Addresses) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "no address to join")
+	}
+	if s.store.HasConfiguration() {
+		return nil, status.Error(codes.FailedPrecondition, "this server is already in a cluster")
+	}
+	if err := s.cluster.join(ctx, req.Addresses); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	_, id := s.store.Leader()
+	return &sigilv1.ClusterJoinResponse{LeaderId: id}, nil
+}
+
+func (a *clusterAdminAPI) RemoveMember(ctx context.Context, req *sigilv1.RemoveMemberRequest) (*sigilv1.RemoveMemberResponse, error) {
+	s := a.s
+	if req.NodeName == "" {
+		return nil, status.Error(codes.InvalidArgument, "node name is required")
+	}
+	if !s.store.IsLeader() {
+		return nil, a.notLeader()
+	}
+	if !s.store.IsMember(req.NodeName) {
+		return nil, status.Errorf(codes.NotFound, "%q is not a member", req.NodeName)
+	}
+	if err := s.store.RemoveServer(ctx, req.NodeName); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	s.log.Info("server removed from the cluster", zap.Bool("audit", true), zap.String("node_name", req.NodeName))
+	return &sigilv1.RemoveMemberResponse{}, nil
+}
+
+func (a *clusterAdminAPI) TransferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
+	s := a.s
+	if !s.store.IsLeader() {
+		return nil, a.notLeader()
+	}
+	if err := s.store.TransferLeadership(req.NodeName); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	if err := s.store.WaitForLeader(ctx); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	_, id := s.store.Leader()
+	s.log.Info("leadership transferred", zap.Bool("audit", true), zap.String("leader", id))
+	return &sigilv1.TransferLeadershipResponse{LeaderId: id}, nil
+}
+
+func (a *clusterAdminAPI) SnapshotSave(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.ClusterAdmin_SnapshotSaveServer) error {
+	var buf bytes.Buffer
+	idx, err := a.s.store.SaveSnapshot(stream.Context(), &buf)
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	data := buf.Bytes()
+	for len(data) > 0 {
+		n := min(len(data), snapshotChunk)
+		if err := stream.Send(&sigilv1.SnapshotChunk{Data: data[:n]}); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	a.s.log.Info("snapshot saved", zap.Bool("audit", true), zap.Uint64("index", idx), zap.Int("bytes", buf.Len()))
+	return nil
+}
+
+func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRestoreServer) error {
+	s := a.s
+	ctx := stream.Context()
+	if !s.store.IsLeader() {
+		return a.notLeader()
+	}
+	var buf bytes.Buffer
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if buf.Len()+len(chunk.Data) > maxRestoreBytes {
+			return status.Error(codes.InvalidArgument, "snapshot is too large")
+		}
+		buf.Write(chunk.Data)
+	}
+	// The members' CA certificates must stay trusted, or the members
+	// could no longer authenticate each other after the restore.
+	var keep []*sigilv1.X509Authority
+	if pb, err := s.store.Read().Bundle(s.td.Name()); err == nil {
+		keep = pb.X509Authorities
+	}
+	snap, err := s.store.RestoreSnapshot(ctx, &buf)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	for _, au := range keep {
+		_, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+			TrustDomain: s.td.Name(), Authority: au,
+		}}})
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "restored, but re-publishing the CA of %s failed: %v", au.ServerId, err)
+		}
+	}
+	s.log.Info("snapshot restored", zap.Bool("audit", true), zap.Int("entries", len(snap.Entries)), zap.Int("agents", len(snap.Nodes)))
+	return stream.SendAndClose(&sigilv1.SnapshotRestoreResponse{
+		Index: s.store.LastIndex(), Entries: int32(len(snap.Entries)), Agents: int32(len(snap.Nodes)),
+	})
+}
+
+// maxRestoreBytes bounds an uploaded snapshot.
+const maxRestoreBytes = 1 << 30
+
+// consistentRead makes the following reads linearizable.
+func (s *Server) consistentRead(ctx context.Context) error {
+	if s.cluster != nil {
+		return s.cluster.consistentRead(ctx)
+	}
+	_, err := s.store.ReadIndex(ctx)
+	return err
+}
+
+// adminConsistency is the admin server's interceptor for opt-in
+// linearizable reads.
+func (s *Server) adminConsistency(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for _, v := range md.Get(ConsistencyHeader) {
+			switch v {
+			case "linearizable":
+				if err := s.consistentRead(ctx); err != nil {
+					return nil, status.Error(codes.Unavailable, err.Error())
+				}
+			case "", "local":
+			default:
+				return nil, status.Error(codes.InvalidArgument, fmt.Sprintf("%s must be linearizable or local", ConsistencyHeader))
+			}
+		}
+	}
+	return handler(ctx, req)
+}

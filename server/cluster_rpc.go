@@ -1,0 +1,340 @@
+package server
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/raftstore"
+)
+
+// muxCredentials hands gRPC the TLS connections the cluster mux has
+// already authenticated.
+type muxCredentials struct{}
+
+func (muxCredentials) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("muxCredentials: server side only")
+}
+
+func (muxCredentials) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil, nil, errors.New("cluster connection is not TLS")
+	}
+	return c, credentials.TLSInfo{
+		State:          tc.ConnectionState(),
+		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+	}, nil
+}
+
+func (muxCredentials) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3"}
+}
+func (m muxCredentials) Clone() credentials.TransportCredentials { return m }
+func (muxCredentials) OverrideServerName(string) error           { return nil }
+
+type peerKey struct{}
+
+func tlsState(ctx context.Context) (*tls.ConnectionState, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, false
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil, false
+	}
+	return &ti.State, true
+}
+
+// authUnary lets Join through (it authenticates by the join secret) and
+// requires the SVID of a member for everything else.
+func (c *cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if info.FullMethod == sigilv1.Cluster_Join_FullMethodName {
+		return handler(ctx, req)
+	}
+	st, ok := tlsState(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no TLS peer")
+	}
+	name, err := c.verifyPeer(st.PeerCertificates, true)
+	if err != nil {
+		c.log.Warn("cluster call refused", zap.Bool("audit", true), zap.String("method", info.FullMethod), zap.Error(err))
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+	return handler(context.WithValue(ctx, peerKey{}, name), req)
+}
+
+type clusterAPI struct {
+	sigilv1.UnimplementedClusterServer
+	c *cluster
+}
+
+func (a *clusterAPI) store() (*raftstore.Store, error) {
+	if st := a.c.store.Load(); st != nil {
+		return st, nil
+	}
+	return nil, status.Error(codes.Unavailable, "server is starting")
+}
+
+func (a *clusterAPI) Join(ctx context.Context, req *sigilv1.JoinRequest) (*sigilv1.JoinResponse, error) {
+	c := a.c
+	if len(c.secret) == 0 {
+		return nil, status.Error(codes.PermissionDenied, "this server does not accept joins (no join_secret)")
+	}
+	st, ok := tlsState(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no TLS peer")
+	}
+	ekm, err := st.ExportKeyingMaterial(ekmLabel, nil, 32)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "TLS exporter: %v", err)
+	}
+	if !hmac.Equal(req.Proof, joinProof(c.secret, "client", req.NodeName, ekm)) {
+		c.log.Warn("join refused: bad proof of the join secret", zap.Bool("audit", true), zap.String("node_name", req.NodeName))
+		return nil, status.Error(codes.PermissionDenied, "join refused: wrong join secret")
+	}
+	resp := &sigilv1.JoinResponse{Proof: joinProof(c.secret, "server", req.NodeName, ekm)}
+	store, err := a.store()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := spiffeid.FromSegments(c.s.td, "sigil", "server", req.NodeName); err != nil || req.NodeName == "" {
+		return nil, status.Errorf(codes.InvalidArgument, "node name %q is not valid", req.NodeName)
+	}
+	if _, _, err := net.SplitHostPort(req.ClusterAddress); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "cluster address %q: %v", req.ClusterAddress, err)
+	}
+	caCert, err := x509.ParseCertificate(req.CaCertificate)
+	if err != nil || !caCert.IsCA {
+		return nil, status.Error(codes.InvalidArgument, "CA certificate is not a CA certificate")
+	}
+	if len(caCert.URIs) != 1 || caCert.URIs[0].String() != c.s.td.IDString() {
+		return nil, status.Errorf(codes.InvalidArgument, "CA certificate is not for trust domain %s", c.s.td)
+	}
+	if !store.IsLeader() {
+		addr, _ := store.Leader()
+		if addr == "" {
+			return nil, status.Error(codes.Unavailable, "no leader to join; retry")
+		}
+		resp.Redirect = addr
+		return resp, nil
+	}
+	// The joiner's CA enters the bundle before the joiner becomes a voter
+	// (and so before any peer accepts an SVID it signed).
+	_, err = store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+		TrustDomain: c.s.td.Name(),
+		Authority:   &sigilv1.X509Authority{Certificate: caCert.Raw, ServerId: identityAuthorityID(req.NodeName), NotAfter: caCert.NotAfter.Unix()},
+	}}})
+	if err != nil {
+		return nil, storeError(err)
+	}
+	if err := store.AddVoter(ctx, req.NodeName, req.ClusterAddress); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	pb, err := store.Read().Bundle(c.s.td.Name())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "bundle: %v", err)
+	}
+	for _, au := range pb.X509Authorities {
+		resp.Bundle = append(resp.Bundle, au.Certificate)
+	}
+	_, resp.LeaderId = store.Leader()
+	c.log.Info("server joined", zap.Bool("audit", true), zap.String("node_name", req.NodeName), zap.String("address", req.ClusterAddress))
+	return resp, nil
+}
+
+func (a *clusterAPI) Apply(ctx context.Context, req *sigilv1.ApplyRequest) (*sigilv1.ApplyResponse, error) {
+	store, err := a.store()
+	if err != nil {
+		return nil, err
+	}
+	cmd := &sigilv1.Command{}
+	if err := proto.Unmarshal(req.Command, cmd); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "command: %v", err)
+	}
+	if !store.IsLeader() {
+		return nil, status.Error(codes.FailedPrecondition, "not the leader")
+	}
+	start := time.Now()
+	res, idx, err := store.ApplyIndexed(ctx, cmd)
+	a.c.s.metrics.observeCommit(time.Since(start), err)
+	var ce *raftstore.CommandError
+	switch {
+	case errors.As(err, &ce):
+		return &sigilv1.ApplyResponse{ErrorCode: int32(ce.Code), ErrorMessage: ce.Msg, Index: idx}, nil
+	case errors.Is(err, raft.ErrNotLeader):
+		return nil, status.Error(codes.FailedPrecondition, "not the leader")
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return nil, status.Error(codes.DeadlineExceeded, err.Error())
+	case err != nil:
+		// Leadership lost, shutdown: the command may or may not commit.
+		return nil, status.Error(codes.Aborted, err.Error())
+	}
+	data, err := proto.Marshal(res)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "result: %v", err)
+	}
+	return &sigilv1.ApplyResponse{Result: data, Index: idx}, nil
+}
+
+func (a *clusterAPI) ReadIndex(ctx context.Context, _ *sigilv1.ReadIndexRequest) (*sigilv1.ReadIndexResponse, error) {
+	store, err := a.store()
+	if err != nil {
+		return nil, err
+	}
+	if !store.IsLeader() {
+		return nil, status.Error(codes.FailedPrecondition, "not the leader")
+	}
+	idx, err := store.ReadIndex(ctx)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &sigilv1.ReadIndexResponse{Index: idx}, nil
+}
+
+func (a *clusterAPI) Status(context.Context, *sigilv1.StatusRequest) (*sigilv1.StatusResponse, error) {
+	store, err := a.store()
+	if err != nil {
+		return nil, err
+	}
+	st := store.Stats()
+	_, leader := store.Leader()
+	return &sigilv1.StatusResponse{
+		NodeName:     a.c.s.cfg.NodeName,
+		State:        st.State,
+		Term:         st.Term,
+		AppliedIndex: store.LastIndex(),
+		CommitIndex:  st.CommitIndex,
+		LeaderId:     leader,
+	}, nil
+}
+
+// errNoLeader is returned when no leader appears within forwardRetryFor.
+var errNoLeader = errors.New("no cluster leader")
+
+// apply commits cmd: locally on the leader, through the leader's Cluster
+// service elsewhere. It retries while there is no leader or the leader
+// changes, as long as the command cannot have been committed (the leader
+// refused it before appending it, or it was never delivered).
+func (c *cluster) apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, error) {
+	store := c.store.Load()
+	until := time.Now().Add(forwardRetryFor)
+	var last error
+	for attempt := 0; ; attempt++ {
+		if store.IsLeader() {
+			res, _, err := store.ApplyIndexed(ctx, cmd)
+			if !errors.Is(err, raft.ErrNotLeader) {
+				return res, err
+			}
+			last = err
+		} else if addr, _ := store.Leader(); addr != "" {
+			res, err, retry := c.forward(ctx, addr, cmd)
+			if !retry {
+				return res, err
+			}
+			last = err
+		} else {
+			last = errNoLeader
+		}
+		wait := min(time.Duration(attempt+1)*20*time.Millisecond, 250*time.Millisecond)
+		if time.Now().Add(wait).After(until) {
+			return nil, fmt.Errorf("server: write not accepted: %w", last)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("server: write: %w (%v)", ctx.Err(), last)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// forward sends cmd to the leader at addr. retry reports that the
+// command was certainly not committed and may be sent again.
+func (c *cluster) forward(ctx context.Context, addr string, cmd *sigilv1.Command) (*sigilv1.CommandResult, error, bool) {
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
+	if err != nil {
+		return nil, err, false
+	}
+	cc, err := c.conn(addr)
+	if err != nil {
+		return nil, err, true
+	}
+	start := time.Now()
+	resp, err := sigilv1.NewClusterClient(cc).Apply(ctx, &sigilv1.ApplyRequest{Command: data})
+	c.s.metrics.observeCommit(time.Since(start), err)
+	if err != nil {
+		switch status.Code(err) {
+		case codes.FailedPrecondition, codes.Unavailable:
+			// Not the leader (refused before the log), or the request did
+			// not reach it.
+			return nil, err, true
+		case codes.DeadlineExceeded, codes.Canceled:
+			return nil, fmt.Errorf("server: forwarded write: %w", context.DeadlineExceeded), false
+		default:
+			return nil, fmt.Errorf("server: forwarded write: %w", err), false
+		}
+	}
+	if resp.ErrorCode != 0 {
+		return nil, &raftstore.CommandError{Code: codes.Code(resp.ErrorCode), Msg: resp.ErrorMessage}, false
+	}
+	res := &sigilv1.CommandResult{}
+	if err := proto.Unmarshal(resp.Result, res); err != nil {
+		return nil, fmt.Errorf("server: forwarded write result: %w", err), false
+	}
+	// Read-your-writes: the caller reads this server's store next.
+	wctx, cancel := context.WithTimeout(ctx, localCatchUp)
+	defer cancel()
+	if err := c.store.Load().WaitApplied(wctx, resp.Index); err != nil {
+		c.log.Debug("forwarded write not applied locally yet", zap.Error(err))
+	}
+	return res, nil, false
+}
+
+// consistentRead makes the reads that follow linearizable: the leader
+// confirms its leadership, and this server waits until it has applied
+// everything the leader had committed.
+func (c *cluster) consistentRead(ctx context.Context) error {
+	store := c.store.Load()
+	until := time.Now().Add(forwardRetryFor)
+	for attempt := 0; ; attempt++ {
+		var idx uint64
+		var err error
+		if store.IsLeader() {
+			idx, err = store.ReadIndex(ctx)
+		} else if addr, _ := store.Leader(); addr != "" {
+			var cc *grpc.ClientConn
+			if cc, err = c.conn(addr); err == nil {
+				var resp *sigilv1.ReadIndexResponse
+				if resp, err = sigilv1.NewClusterClient(cc).ReadIndex(ctx, &sigilv1.ReadIndexRequest{}); err == nil {
+					idx = resp.Index
+				}
+			}
+		} else {
+			err = errNoLeader
+		}
+		if err == nil {
+			return store.WaitApplied(ctx, idx)
+		}
+		if time.Now().After(until) || ctx.Err() != nil {
+			return fmt.Errorf("server: linearizable read: %w", err)
+		}
+		time.Sleep(min(time.Duration(attempt+1)*20*time.Millisecond, 250*time.Millisecond))
+	}
+}

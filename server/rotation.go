@@ -1,0 +1,160 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/ca"
+)
+
+// maxRotationSleep bounds the rotation loop's sleep, so that a jump of the
+// wall clock or an authority another server left behind is noticed soon.
+const maxRotationSleep = 30 * time.Second
+
+// rotationLoop runs the key schedule of both kinds of keys and prunes
+// expired authorities from the bundle, until ctx is done.
+func (s *Server) rotationLoop(ctx context.Context) {
+	for {
+		next := s.rotateOnce(ctx)
+		now := s.cfg.Clock.Now()
+		d := maxRotationSleep
+		if !next.IsZero() {
+			d = min(max(next.Sub(now), 0), maxRotationSleep)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.auth.kick:
+		case <-s.cfg.Clock.After(d):
+		}
+	}
+}
+
+// kickRotation wakes the rotation loop.
+func (s *Server) kickRotation() {
+	select {
+	case s.auth.kick <- struct{}{}:
+	default:
+	}
+}
+
+// rotateOnce applies every due rotation step and returns when the next one
+// is due.
+func (s *Server) rotateOnce(ctx context.Context) time.Time {
+	var next time.Time
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	for _, m := range []*ca.Manager{s.auth.x509, s.auth.jwt} {
+		events, n := m.Tick(ctx)
+		earliest(n)
+		activated := false
+		for _, ev := range events {
+			s.logRotation(ev)
+			if ev.Err == nil && ev.Action == ca.ActActivate {
+				activated = true
+			}
+		}
+		if activated && m.Kind() == ca.KindX509 && s.svid.Load() != nil {
+			// The node API's own certificate moves to the new key too, so
+			// that revoking the old one never cuts agents off.
+			if err := s.rotateServerSVID(ctx); err != nil {
+				s.log.Error("server SVID rotation after CA activation failed", zap.Error(err))
+			}
+		}
+	}
+	earliest(s.republishAndPrune(ctx))
+	return next
+}
+
+func (s *Server) logRotation(ev ca.Event) {
+	fields := []zap.Field{
+		zap.Bool("audit", true),
+		zap.String("kind", string(ev.Slot.Kind)),
+		zap.Int("slot", ev.Slot.Seq),
+		zap.String("authority_id", ev.Slot.ID),
+		zap.String("state", string(ev.Slot.State)),
+		zap.Time("not_after", ev.Slot.NotAfter),
+	}
+	if ev.Err != nil {
+		s.log.Error("authority rotation step failed", append(fields, zap.String("action", string(ev.Action)), zap.Error(ev.Err))...)
+		return
+	}
+	s.log.Info("authority "+string(ev.Action), fields...)
+}
+
+// republishAndPrune puts back this node's published keys if the bundle
+// lost them (a restored or rebuilt store), and removes every expired
+// authority, of any server, with a PruneBundle command whose outcome is
+// decided by its timestamp. It returns when the next authority expires.
+func (s *Server) republishAndPrune(ctx context.Context) time.Time {
+	pb, err := s.store.Read().Bundle(s.td.Name())
+	if err != nil {
+		s.log.Warn("reading bundle for pruning", zap.Error(err))
+		return time.Time{}
+	}
+	pub := &bundlePublisher{s: s}
+	for _, m := range []*ca.Manager{s.auth.x509, s.auth.jwt} {
+		for _, sl := range m.Slots() {
+			if sl.PublishedAt.IsZero() || inBundle(pb, sl) {
+				continue
+			}
+			s.log.Warn("authority missing from the bundle; publishing it again",
+				zap.String("kind", string(sl.Kind)), zap.String("authority_id", sl.ID))
+			if err := pub.Publish(ctx, sl); err != nil {
+				s.log.Error("republishing authority", zap.String("authority_id", sl.ID), zap.Error(err))
+			}
+		}
+	}
+	now := s.cfg.Clock.Now().Unix()
+	var next int64
+	expired := false
+	note := func(notAfter int64) {
+		if notAfter <= now {
+			expired = true
+		} else if next == 0 || notAfter < next {
+			next = notAfter
+		}
+	}
+	for _, a := range pb.GetX509Authorities() {
+		note(a.NotAfter)
+	}
+	for _, a := range pb.GetJwtAuthorities() {
+		note(a.ExpiresAt)
+	}
+	if expired {
+		_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PruneBundle{PruneBundle: &sigilv1.PruneBundle{TrustDomain: s.td.Name()}}})
+		if err != nil {
+			s.log.Warn("pruning expired authorities from the bundle", zap.Error(err))
+			return s.cfg.Clock.Now().Add(5 * time.Second)
+		}
+		s.log.Info("pruned expired authorities from the bundle", zap.Bool("audit", true))
+	}
+	if next == 0 {
+		return time.Time{}
+	}
+	return time.Unix(next, 0)
+}
+
+func inBundle(pb *sigilv1.Bundle, sl ca.Slot) bool {
+	if sl.Kind == ca.KindX509 {
+		for _, a := range pb.GetX509Authorities() {
+			if bytes.Equal(a.Certificate, sl.Certificate) && a.Tainted == sl.Tainted {
+				return true
+			}
+		}
+		return false
+	}
+	for _, a := range pb.GetJwtAuthorities() {
+		if a.KeyId == sl.ID && a.Tainted == sl.Tainted {
+			return true
+		}
+	}
+	return false
+}
