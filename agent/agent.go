@@ -321,6 +321,7 @@ func (a *Agent) loadOrAttest(ctx context.Context) (*identity, *x509bundle.Bundle
 	if err != nil {
 		a.log.Warn("saved agent identity is unusable; attesting again", zap.Error(err))
 	}
+	expired := false
 	if ident != nil {
 		if a.clk.Now().Before(ident.notAfter) {
 			bundle, err := loadBundle(a.cfg.DataDir, a.cfg.TrustDomain)
@@ -335,6 +336,7 @@ func (a *Agent) loadOrAttest(ctx context.Context) (*identity, *x509bundle.Bundle
 			}
 			a.log.Warn("no bundle for the saved agent identity; attesting again", zap.Error(err))
 		} else {
+			expired = true
 			a.log.Info("saved agent SVID has expired; attesting again",
 				zap.String("spiffe_id", ident.id.String()), zap.Time("expired_at", ident.notAfter))
 		}
@@ -345,6 +347,11 @@ func (a *Agent) loadOrAttest(ctx context.Context) (*identity, *x509bundle.Bundle
 			return ident, bundle, nil
 		}
 		if !retryable(err) {
+			if expired && a.cfg.JoinToken != "" {
+				err = fmt.Errorf("agent SVID expired and cannot re-attest: the join_token attestor cannot re-attest "+
+					"with the token it already spent; generate a new token with `sigil token generate`, "+
+					"put it in the agent's configuration and restart it: %w", err)
+			}
 			return nil, nil, err
 		}
 		d := backoff(syncRetryBase, syncRetryMax, attempt)

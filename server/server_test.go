@@ -9,7 +9,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -26,6 +29,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
@@ -463,8 +467,9 @@ func TestAdminRejectsBadEntries(t *testing.T) {
 	}
 }
 
-// TestNoPrivateKeyInLogOrSnapshot checks the invariant that the CA key
-// never enters the Raft log, a snapshot, an API response or a log line.
+// TestNoPrivateKeyInLogOrSnapshot checks the invariant that no CA or JWT
+// signing key of the server ever enters the Raft log, a snapshot, an API
+// response or a log line.
 func TestNoPrivateKeyInLogOrSnapshot(t *testing.T) {
 	h := startServer(t)
 	a := h.attest()
@@ -476,64 +481,90 @@ func TestNoPrivateKeyInLogOrSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := caKeyScalar(t, h)
+	bundleBytes, err := proto.Marshal(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := privateScalars(t, filepath.Join(h.dir, "data", "keys"))
 	h.stop()
-	var scanned int
+	var raftFiles [][]byte
 	err = filepath.WalkDir(filepath.Join(h.dir, "data", "raft"), func(path string, de fs.DirEntry, err error) error {
 		if err != nil || de.IsDir() {
 			return err
 		}
 		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		scanned++
-		if bytes.Contains(b, d) {
-			t.Errorf("CA private key found in %s", path)
-		}
-		return nil
+		raftFiles = append(raftFiles, b)
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if scanned < 2 {
-		t.Fatalf("scanned only %d raft files", scanned)
+	if len(raftFiles) < 2 {
+		t.Fatalf("found only %d raft files", len(raftFiles))
 	}
-	for _, au := range bundle.X509Authorities {
-		if bytes.Contains(au.Certificate, d) {
-			t.Error("CA private key in the bundle")
+	var logText strings.Builder
+	for _, e := range h.logs.All() {
+		logText.WriteString(e.Message)
+		for _, f := range e.Context {
+			fmt.Fprintf(&logText, " %s=%s%v", f.Key, f.String, f.Interface)
 		}
 	}
-	for _, e := range h.logs.All() {
-		for _, f := range e.Context {
-			if strings.Contains(f.String, string(d)) {
-				t.Error("CA private key in a log line")
+	for name, d := range keys {
+		for i, b := range raftFiles {
+			if bytes.Contains(b, d) {
+				t.Errorf("private key %s found in raft file %d", name, i)
+			}
+		}
+		if bytes.Contains(bundleBytes, d) {
+			t.Errorf("private key %s in the bundle", name)
+		}
+		for _, enc := range []string{string(d), hex.EncodeToString(d), base64.StdEncoding.EncodeToString(d), base64.RawURLEncoding.EncodeToString(d)} {
+			if strings.Contains(logText.String(), enc) {
+				t.Errorf("private key %s in a log line", name)
 			}
 		}
 	}
 }
 
-func caKeyScalar(t *testing.T, h *harness) []byte {
+// privateScalars returns the private scalar of every ECDSA key file the
+// disk key manager wrote, by file name. It fails unless it finds both a CA
+// and a JWT signing key.
+func privateScalars(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
-	pemBytes, err := os.ReadFile(filepath.Join(h.dir, "data", "keys", "x509-ca-1.key.pem"))
+	files, err := filepath.Glob(filepath.Join(dir, "*.key.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	blk, _ := pem.Decode(pemBytes)
-	if blk == nil {
-		t.Fatal("CA key file is not PEM")
+	out := make(map[string][]byte)
+	var haveCA, haveJWT bool
+	for _, f := range files {
+		pemBytes, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(pemBytes)
+		if blk == nil {
+			t.Fatalf("%s is not PEM", f)
+		}
+		k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ek, ok := k.(*ecdsa.PrivateKey)
+		if !ok {
+			t.Fatalf("%s is not an ECDSA key", f)
+		}
+		d, err := ek.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Base(f)
+		out[name] = d
+		haveCA = haveCA || strings.HasPrefix(name, "x509-ca")
+		haveJWT = haveJWT || strings.HasPrefix(name, "jwt")
 	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
+	if !haveCA || !haveJWT {
+		t.Fatalf("key files %v: want a CA key and a JWT key", files)
 	}
-	ek, ok := k.(*ecdsa.PrivateKey)
-	if !ok {
-		t.Fatal("CA key is not ECDSA")
-	}
-	d, err := ek.Bytes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return out
 }

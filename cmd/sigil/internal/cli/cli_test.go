@@ -64,17 +64,17 @@ func TestEntryCommands(t *testing.T) {
 	code, out, errOut := run(t, "entry", "create", "-socket", sock,
 		"-spiffe-id", "spiffe://example.org/web", "-parent-id", agentID,
 		"-selector", "unix:uid:1000", "-selector", "unix:gid:50",
-		"-dns", "web.example.org", "-x509-svid-ttl", "30m", "-hint", "frontend")
+		"-dns", "web.example.org", "-x509-svid-ttl", "30m", "-jwt-svid-ttl", "2m", "-hint", "frontend")
 	if code != 0 {
 		t.Fatalf("create: code %d, stderr %q", code, errOut)
 	}
-	for _, want := range []string{"Entry ID         : e1", "SPIFFE ID        : spiffe://example.org/web", "X509-SVID TTL    : 30m0s", "Selector         : unix:gid:50", "DNS name         : web.example.org", "Hint             : frontend"} {
+	for _, want := range []string{"Entry ID         : e1", "SPIFFE ID        : spiffe://example.org/web", "X509-SVID TTL    : 30m0s", "JWT-SVID TTL     : 2m0s", "Selector         : unix:gid:50", "DNS name         : web.example.org", "Hint             : frontend"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("create output lacks %q:\n%s", want, out)
 		}
 	}
 	e1 := f.entries["e1"]
-	if e1.X509SvidTtl != 1800 || len(e1.Selectors) != 2 || e1.ParentId != agentID {
+	if e1.X509SvidTtl != 1800 || e1.JwtSvidTtl != 120 || len(e1.Selectors) != 2 || e1.ParentId != agentID {
 		t.Errorf("stored entry = %v", e1)
 	}
 

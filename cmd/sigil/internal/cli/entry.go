@@ -38,6 +38,7 @@ type entryFlags struct {
 	selectors []string
 	dns       []string
 	x509TTL   time.Duration
+	jwtTTL    time.Duration
 	hint      string
 	node      bool
 	data      string
@@ -50,13 +51,14 @@ func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
 	fs.StringArrayVar(&f.selectors, "selector", nil, "selector type:value the workload must have, e.g. unix:uid:1000 (repeatable)")
 	fs.StringArrayVar(&f.dns, "dns", nil, "DNS name to put in the X.509-SVID (repeatable)")
 	fs.DurationVar(&f.x509TTL, "x509-svid-ttl", 0, "lifetime of the X.509-SVIDs of this entry (default: the server's)")
+	fs.DurationVar(&f.jwtTTL, "jwt-svid-ttl", 0, "lifetime of the JWT-SVIDs of this entry (default: the server's)")
 	fs.StringVar(&f.hint, "hint", "", "hint telling workloads with several SVIDs what this one is for")
 	fs.BoolVar(&f.node, "node", false, "make this a node alias: parent is the trust domain's server ID and selectors match agents' node selectors")
 	fs.StringVar(&f.data, "data", "", "JSON file ({\"entries\": [...]}, \"-\" for stdin) with entries to send in one batch")
 }
 
 // fieldFlags are the flags that describe entry fields; -data excludes them.
-var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "hint", "node"}
+var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node"}
 
 func changedAny(cmd *cobra.Command, names ...string) string {
 	for _, n := range names {
@@ -116,6 +118,13 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 			return err
 		}
 		e.X509SvidTtl = ttl
+	}
+	if changed("jwt-svid-ttl") {
+		ttl, err := ttlSeconds("jwt-svid-ttl", f.jwtTTL)
+		if err != nil {
+			return err
+		}
+		e.JwtSvidTtl = ttl
 	}
 	if changed("hint") {
 		e.Hint = f.hint
@@ -242,8 +251,8 @@ file must carry its "id" and replaces the stored entry as a whole.`,
 				if err != nil {
 					return c.RPCError("update entry "+f.id, err)
 				}
-				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "hint", "node") == "" {
-					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -hint")
+				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node") == "" {
+					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint")
 				}
 				if err := f.apply(cmd, cur); err != nil {
 					return err
@@ -314,6 +323,7 @@ func printEntry(w io.Writer, e *sigilv1.Entry) {
 	fmt.Fprintf(w, "Parent ID        : %s\n", e.GetParentId())
 	fmt.Fprintf(w, "Revision         : %d\n", e.GetRevision())
 	fmt.Fprintf(w, "X509-SVID TTL    : %s\n", formatTTL(e.GetX509SvidTtl()))
+	fmt.Fprintf(w, "JWT-SVID TTL     : %s\n", formatTTL(e.GetJwtSvidTtl()))
 	for _, s := range e.GetSelectors() {
 		fmt.Fprintf(w, "Selector         : %s\n", registration.FormatSelector(s))
 	}
