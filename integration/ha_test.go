@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -360,11 +361,11 @@ func TestHASnapshotRestore(t *testing.T) {
 		}
 		checkAcked(t, n, "snap", acked)
 		agents := sigil(t, "agent", "list", "-socket", n.admin)
-		if !contains2(agents, ag.id) {
+		if ag.id == "" || !strings.Contains(agents, ag.id) {
 			t.Errorf("%s: restored agents %q lack %s", n.name, agents, ag.id)
 		}
 		bundle := sigil(t, "bundle", "show", "-socket", n.admin)
-		if !contains2(bundle, firstCert(oldBundle)) {
+		if firstCert(oldBundle) == "" || !strings.Contains(bundle, firstCert(oldBundle)) {
 			t.Errorf("%s: restored bundle lacks the old cluster's CA", n.name)
 		}
 	}
@@ -373,38 +374,15 @@ func TestHASnapshotRestore(t *testing.T) {
 	createEntry(t, &server{t: t, admin: b.nodes[2].admin}, "spiffe://"+trustDomain+"/after-restore", "spiffe://"+trustDomain+"/writer", "unix:uid:7")
 }
 
-func contains2(s, sub string) bool { return len(sub) > 0 && len(s) >= len(sub) && indexOf(s, sub) >= 0 }
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
-}
-
 func firstCert(pemText string) string {
 	// The first base64 line of the first certificate identifies it.
-	lines := splitLines(pemText)
+	lines := strings.Split(pemText, "\n")
 	for i, l := range lines {
 		if l == "-----BEGIN CERTIFICATE-----" && i+2 < len(lines) {
 			return lines[i+1] + "\n" + lines[i+2]
 		}
 	}
 	return ""
-}
-
-func splitLines(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return append(out, s[start:])
 }
 
 // plainLayer speaks Raft's wire protocol over plain TCP, or over TLS
@@ -505,5 +483,70 @@ func TestHAUnauthenticatedPeerRefused(t *testing.T) {
 	}
 	if m1.Term != m0.Term || m1.LeaderId != m0.LeaderId {
 		t.Errorf("cluster changed: term %d -> %d, leader %s -> %s", m0.Term, m1.Term, m0.LeaderId, m1.LeaderId)
+	}
+}
+
+// TestHAMembership: transfer-leader and remove work from any server's
+// admin socket (they are carried out by the leader), and a removed server
+// takes no further part: the remaining two commit writes it never sees.
+func TestHAMembership(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	c := newHACluster(t, haDir(t), 3, 81)
+	c.start()
+	old := c.leader()
+	var via *haNode
+	for _, n := range c.nodes {
+		if n != old {
+			via = n
+			break
+		}
+	}
+	out := sigil(t, "cluster", "transfer-leader", "-socket", via.admin)
+	if !strings.Contains(out, "leader is ") {
+		t.Fatalf("transfer-leader output %q", out)
+	}
+	nl := c.leader()
+	if nl == old {
+		t.Fatalf("leadership stayed on %s after transfer-leader", old.name)
+	}
+
+	// Remove a follower, asking through the other follower.
+	var victim, asker *haNode
+	for _, n := range c.nodes {
+		switch {
+		case n == nl:
+		case victim == nil:
+			victim = n
+		default:
+			asker = n
+		}
+	}
+	sigil(t, "cluster", "remove", victim.name, "-socket", asker.admin)
+	m := c.waitMembers(nl, 2, 15*time.Second)
+	for _, mm := range m.Members {
+		if mm.NodeName == victim.name {
+			t.Fatalf("%s is still a member: %v", victim.name, m)
+		}
+	}
+	// A non-member name is refused with a clear error.
+	if out, err := sigilErr("cluster", "remove", "nosuch", "-socket", asker.admin); err == nil || !strings.Contains(out, "not a member") {
+		t.Fatalf("removing a non-member: %v %s", err, out)
+	}
+
+	s := &server{t: t, admin: asker.admin}
+	createEntry(t, s, "spiffe://"+trustDomain+"/after-remove", "spiffe://"+trustDomain+"/writer", "unix:uid:7")
+	time.Sleep(time.Second) // give a removed server every chance to hear of it
+	ids, err := entryIDs(t, victim, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remaining, err := entryIDs(t, nl, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(remaining) != len(ids)+1 {
+		t.Fatalf("leader has %d entries, removed server %d: want exactly the new entry missing on the removed server", len(remaining), len(ids))
 	}
 }

@@ -84,12 +84,49 @@ func (a *clusterAdminAPI) Join(ctx context.Context, req *sigilv1.ClusterJoinRequ
 }
 
 func (a *clusterAdminAPI) RemoveMember(ctx context.Context, req *sigilv1.RemoveMemberRequest) (*sigilv1.RemoveMemberResponse, error) {
-	s := a.s
 	if req.NodeName == "" {
 		return nil, status.Error(codes.InvalidArgument, "node name is required")
 	}
+	if a.s.store.IsLeader() || a.s.cluster == nil {
+		return a.s.removeMember(ctx, req)
+	}
+	cc, err := a.leaderConn()
+	if err != nil {
+		return nil, err
+	}
+	return sigilv1.NewClusterClient(cc).RemoveMember(ctx, req)
+}
+
+func (a *clusterAdminAPI) TransferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
+	if a.s.store.IsLeader() || a.s.cluster == nil {
+		return a.s.transferLeadership(ctx, req)
+	}
+	cc, err := a.leaderConn()
+	if err != nil {
+		return nil, err
+	}
+	return sigilv1.NewClusterClient(cc).TransferLeadership(ctx, req)
+}
+
+// leaderConn is a connection to the leader's cluster service, for admin
+// operations that only the leader can carry out.
+func (a *clusterAdminAPI) leaderConn() (*grpc.ClientConn, error) {
+	addr, id := a.s.store.Leader()
+	if addr == "" {
+		return nil, status.Error(codes.Unavailable, "the cluster has no leader")
+	}
+	cc, err := a.s.cluster.conn(string(addr))
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "connecting to the leader %s: %v", id, err)
+	}
+	return cc, nil
+}
+
+// removeMember removes a server from the Raft configuration; the caller
+// is the leader.
+func (s *Server) removeMember(ctx context.Context, req *sigilv1.RemoveMemberRequest) (*sigilv1.RemoveMemberResponse, error) {
 	if !s.store.IsLeader() {
-		return nil, a.notLeader()
+		return nil, notLeader(s)
 	}
 	if !s.store.IsMember(req.NodeName) {
 		return nil, status.Errorf(codes.NotFound, "%q is not a member", req.NodeName)
@@ -101,10 +138,11 @@ func (a *clusterAdminAPI) RemoveMember(ctx context.Context, req *sigilv1.RemoveM
 	return &sigilv1.RemoveMemberResponse{}, nil
 }
 
-func (a *clusterAdminAPI) TransferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
-	s := a.s
+// transferLeadership hands leadership to another member; the caller is
+// the leader.
+func (s *Server) transferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
 	if !s.store.IsLeader() {
-		return nil, a.notLeader()
+		return nil, notLeader(s)
 	}
 	if err := s.store.TransferLeadership(req.NodeName); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
@@ -115,6 +153,14 @@ func (a *clusterAdminAPI) TransferLeadership(ctx context.Context, req *sigilv1.T
 	_, id := s.store.Leader()
 	s.log.Info("leadership transferred", zap.Bool("audit", true), zap.String("leader", id))
 	return &sigilv1.TransferLeadershipResponse{LeaderId: id}, nil
+}
+
+func notLeader(s *Server) error {
+	_, id := s.store.Leader()
+	if id == "" {
+		return status.Error(codes.Unavailable, "the cluster has no leader")
+	}
+	return status.Errorf(codes.FailedPrecondition, "this server is not the leader; run this on %s", id)
 }
 
 func (a *clusterAdminAPI) SnapshotSave(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.ClusterAdmin_SnapshotSaveServer) error {

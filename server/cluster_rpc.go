@@ -338,3 +338,17 @@ func (c *cluster) consistentRead(ctx context.Context) error {
 		time.Sleep(min(time.Duration(attempt+1)*20*time.Millisecond, 250*time.Millisecond))
 	}
 }
+
+// RemoveMember carries out an admin removal forwarded by another member.
+func (a *clusterAPI) RemoveMember(ctx context.Context, req *sigilv1.RemoveMemberRequest) (*sigilv1.RemoveMemberResponse, error) {
+	if req.NodeName == "" {
+		return nil, status.Error(codes.InvalidArgument, "node name is required")
+	}
+	return a.c.s.removeMember(ctx, req)
+}
+
+// TransferLeadership carries out an admin transfer forwarded by another
+// member.
+func (a *clusterAPI) TransferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
+	return a.c.s.transferLeadership(ctx, req)
+}

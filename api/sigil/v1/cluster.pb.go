@@ -1155,12 +1155,14 @@ const file_sigil_v1_cluster_proto_rawDesc = "" +
 	"\x17SnapshotRestoreResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x18\n" +
 	"\aentries\x18\x02 \x01(\x05R\aentries\x12\x16\n" +
-	"\x06agents\x18\x03 \x01(\x05R\x06agents2\xfd\x01\n" +
+	"\x06agents\x18\x03 \x01(\x05R\x06agents2\xad\x03\n" +
 	"\aCluster\x125\n" +
 	"\x04Join\x12\x15.sigil.v1.JoinRequest\x1a\x16.sigil.v1.JoinResponse\x128\n" +
 	"\x05Apply\x12\x16.sigil.v1.ApplyRequest\x1a\x17.sigil.v1.ApplyResponse\x12D\n" +
 	"\tReadIndex\x12\x1a.sigil.v1.ReadIndexRequest\x1a\x1b.sigil.v1.ReadIndexResponse\x12;\n" +
-	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse2\xde\x03\n" +
+	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse\x12M\n" +
+	"\fRemoveMember\x12\x1d.sigil.v1.RemoveMemberRequest\x1a\x1e.sigil.v1.RemoveMemberResponse\x12_\n" +
+	"\x12TransferLeadership\x12#.sigil.v1.TransferLeadershipRequest\x1a$.sigil.v1.TransferLeadershipResponse2\xde\x03\n" +
 	"\fClusterAdmin\x12>\n" +
 	"\aMembers\x12\x18.sigil.v1.MembersRequest\x1a\x19.sigil.v1.MembersResponse\x12C\n" +
 	"\x04Join\x12\x1c.sigil.v1.ClusterJoinRequest\x1a\x1d.sigil.v1.ClusterJoinResponse\x12M\n" +
@@ -1210,24 +1212,28 @@ var file_sigil_v1_cluster_proto_depIdxs = []int32{
 	2,  // 2: sigil.v1.Cluster.Apply:input_type -> sigil.v1.ApplyRequest
 	4,  // 3: sigil.v1.Cluster.ReadIndex:input_type -> sigil.v1.ReadIndexRequest
 	6,  // 4: sigil.v1.Cluster.Status:input_type -> sigil.v1.StatusRequest
-	9,  // 5: sigil.v1.ClusterAdmin.Members:input_type -> sigil.v1.MembersRequest
-	11, // 6: sigil.v1.ClusterAdmin.Join:input_type -> sigil.v1.ClusterJoinRequest
-	13, // 7: sigil.v1.ClusterAdmin.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
-	15, // 8: sigil.v1.ClusterAdmin.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
-	17, // 9: sigil.v1.ClusterAdmin.SnapshotSave:input_type -> sigil.v1.SnapshotSaveRequest
-	18, // 10: sigil.v1.ClusterAdmin.SnapshotRestore:input_type -> sigil.v1.SnapshotChunk
-	1,  // 11: sigil.v1.Cluster.Join:output_type -> sigil.v1.JoinResponse
-	3,  // 12: sigil.v1.Cluster.Apply:output_type -> sigil.v1.ApplyResponse
-	5,  // 13: sigil.v1.Cluster.ReadIndex:output_type -> sigil.v1.ReadIndexResponse
-	7,  // 14: sigil.v1.Cluster.Status:output_type -> sigil.v1.StatusResponse
-	10, // 15: sigil.v1.ClusterAdmin.Members:output_type -> sigil.v1.MembersResponse
-	12, // 16: sigil.v1.ClusterAdmin.Join:output_type -> sigil.v1.ClusterJoinResponse
-	14, // 17: sigil.v1.ClusterAdmin.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
-	16, // 18: sigil.v1.ClusterAdmin.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
-	18, // 19: sigil.v1.ClusterAdmin.SnapshotSave:output_type -> sigil.v1.SnapshotChunk
-	19, // 20: sigil.v1.ClusterAdmin.SnapshotRestore:output_type -> sigil.v1.SnapshotRestoreResponse
-	11, // [11:21] is the sub-list for method output_type
-	1,  // [1:11] is the sub-list for method input_type
+	13, // 5: sigil.v1.Cluster.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
+	15, // 6: sigil.v1.Cluster.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
+	9,  // 7: sigil.v1.ClusterAdmin.Members:input_type -> sigil.v1.MembersRequest
+	11, // 8: sigil.v1.ClusterAdmin.Join:input_type -> sigil.v1.ClusterJoinRequest
+	13, // 9: sigil.v1.ClusterAdmin.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
+	15, // 10: sigil.v1.ClusterAdmin.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
+	17, // 11: sigil.v1.ClusterAdmin.SnapshotSave:input_type -> sigil.v1.SnapshotSaveRequest
+	18, // 12: sigil.v1.ClusterAdmin.SnapshotRestore:input_type -> sigil.v1.SnapshotChunk
+	1,  // 13: sigil.v1.Cluster.Join:output_type -> sigil.v1.JoinResponse
+	3,  // 14: sigil.v1.Cluster.Apply:output_type -> sigil.v1.ApplyResponse
+	5,  // 15: sigil.v1.Cluster.ReadIndex:output_type -> sigil.v1.ReadIndexResponse
+	7,  // 16: sigil.v1.Cluster.Status:output_type -> sigil.v1.StatusResponse
+	14, // 17: sigil.v1.Cluster.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
+	16, // 18: sigil.v1.Cluster.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
+	10, // 19: sigil.v1.ClusterAdmin.Members:output_type -> sigil.v1.MembersResponse
+	12, // 20: sigil.v1.ClusterAdmin.Join:output_type -> sigil.v1.ClusterJoinResponse
+	14, // 21: sigil.v1.ClusterAdmin.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
+	16, // 22: sigil.v1.ClusterAdmin.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
+	18, // 23: sigil.v1.ClusterAdmin.SnapshotSave:output_type -> sigil.v1.SnapshotChunk
+	19, // 24: sigil.v1.ClusterAdmin.SnapshotRestore:output_type -> sigil.v1.SnapshotRestoreResponse
+	13, // [13:25] is the sub-list for method output_type
+	1,  // [1:13] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name

@@ -109,7 +109,7 @@ func clusterRemoveCmd() *cobra.Command {
 	var o *adminOpts
 	cmd := &cobra.Command{
 		Use:   "remove NODE",
-		Short: "Remove a server from the cluster (run on the leader); it can no longer vote or append",
+		Short: "Remove a server from the cluster; it can no longer vote or append",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.dial()
@@ -132,7 +132,7 @@ func clusterTransferCmd() *cobra.Command {
 	var o *adminOpts
 	cmd := &cobra.Command{
 		Use:   "transfer-leader [NODE]",
-		Short: "Hand leadership to NODE, or to the most up-to-date server (run on the leader)",
+		Short: "Hand leadership to NODE, or to the most up-to-date server",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.dial()
