@@ -6,7 +6,9 @@
 agent {
   trust_domain = "example.org"
 
-  # host:port of a server's node API.
+  # host:port of a server's node API; with several servers, a
+  # comma-separated list or a DNS name that resolves to all of them. The
+  # agent keeps one stream open and fails over to another server.
   server_address = "127.0.0.1:8081"
 
   # The agent's identity (key and SVID) and state.

@@ -30,8 +30,23 @@ server {
 
   ca_ttl         = "24h"
   x509_svid_ttl  = "1h"
+  jwt_svid_ttl   = "5m"
   agent_svid_ttl = "1h"
   join_token_ttl = "10m"
+
+  # A new CA or JWT key is prepared at half the current one's lifetime and
+  # published in the bundle; it starts signing only after it has been in
+  # the bundle this long. Default: ca_ttl / 6.
+  # ca_propagation_delay = "4h"
+
+  # High availability: give every server a cluster address (Raft and
+  # server-to-server traffic, mutual TLS with server SVIDs) and the same
+  # join secret; the first server bootstraps, the others join through any
+  # member. Leave cluster_address out for a single server.
+  # cluster_address   = ":8082"
+  # advertise_address = "10.0.0.1:8082"
+  # retry_join        = ["10.0.0.2:8082", "10.0.0.3:8082"]
+  # join_secret       = "..."   # or SIGIL_JOIN_SECRET in the environment
 
   log_level  = "info"  # debug, info, warn, error
   log_format = "json"  # json or console

@@ -179,6 +179,14 @@ func TestServerFlagOverride(t *testing.T) {
 			},
 		},
 		{
+			name: "rotation lifetimes",
+			args: []string{"--jwt-svid-ttl", "2m", "--ca-propagation-delay=10s"},
+			want: func(s *Server) {
+				s.JWTSVIDTTL = 2 * time.Minute
+				s.CAPropagationDelay = 10 * time.Second
+			},
+		},
+		{
 			name: "explicit empty value overrides too",
 			args: []string{"--health-address="},
 			want: func(s *Server) { s.HealthAddress = "" },
