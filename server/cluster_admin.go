@@ -164,6 +164,11 @@ func notLeader(s *Server) error {
 }
 
 func (a *clusterAdminAPI) SnapshotSave(_ *sigilv1.SnapshotSaveRequest, stream sigilv1.ClusterAdmin_SnapshotSaveServer) error {
+	// A follower may lag the leader: catch up with everything committed
+	// so far, so the snapshot holds every write acknowledged before it.
+	if err := a.s.consistentRead(stream.Context()); err != nil {
+		return status.Errorf(codes.Unavailable, "snapshot save: %v", err)
+	}
 	var buf bytes.Buffer
 	idx, err := a.s.store.SaveSnapshot(stream.Context(), &buf)
 	if err != nil {
