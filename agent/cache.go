@@ -636,8 +636,11 @@ func (c *cache) SubscribeX509(selectors []*sigilv1.Selector) workloadapi.X509Sub
 	defer c.mu.Unlock()
 	c.subs[sub] = struct{}{}
 	c.updateSubLocked(sub)
-	// A workload may be waiting for SVIDs that are due: mint them first.
-	c.wake()
+	// A workload waiting for SVIDs that are not minted yet: mint them
+	// first. A workload served from the cache wakes nothing.
+	if !sub.delivered {
+		c.wake()
+	}
 	return sub
 }
 
