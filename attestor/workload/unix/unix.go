@@ -253,24 +253,30 @@ func (a *Attestor) exe(link string) (path, sum string, err error) {
 	if err != nil {
 		return "", "", err
 	}
+	// The link resolves to the very file the process runs, whatever
+	// happened to its path since: a stat of it finds a cached hash with
+	// one system call.
+	if fi, err := os.Stat(link); err == nil {
+		if key, ok := keyOf(fi); ok {
+			a.mu.Lock()
+			sum, hit := a.hashes[key]
+			a.mu.Unlock()
+			if hit {
+				return path, sum, nil
+			}
+		}
+	}
 	f, err := os.Open(link)
 	if err != nil {
 		return "", "", err
 	}
 	defer f.Close()
+	// Cache under the key of the file as opened and hashed.
 	fi, err := f.Stat()
 	if err != nil {
 		return "", "", err
 	}
 	key, ok := keyOf(fi)
-	if ok {
-		a.mu.Lock()
-		sum, hit := a.hashes[key]
-		a.mu.Unlock()
-		if hit {
-			return path, sum, nil
-		}
-	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", "", err
