@@ -34,16 +34,9 @@ func benchHA(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bin := filepath.Join(dir, "sigil")
-	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	bin, err := buildSigil(ctx, dir)
 	if err != nil {
-		return fmt.Errorf("ha bench: go env GOMOD: %w", err)
-	}
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/sigil")
-	build.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("ha bench: building sigil: %w", err)
+		return fmt.Errorf("ha bench: %w", err)
 	}
 
 	nodes, err := startBenchCluster(ctx, bin, dir, 3)
@@ -301,4 +294,20 @@ func writeRate(ctx context.Context, targets []*benchNode, workers int, dur time.
 	}
 	wg.Wait()
 	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
+// buildSigil builds the sigil binary into dir.
+func buildSigil(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "sigil")
+	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/sigil")
+	build.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("building sigil: %w", err)
+	}
+	return bin, nil
 }

@@ -27,7 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"runtime"
@@ -142,6 +141,9 @@ func run(dur time.Duration, maxSVIDs int) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	stopServer()
+	if err := benchFetchDeployed(ctx); err != nil {
+		return fmt.Errorf("deployed fetch: %w", err)
+	}
 	fmt.Println()
 	if err := benchJWT(ctx); err != nil {
 		return fmt.Errorf("jwt: %w", err)
@@ -447,16 +449,12 @@ func agentBench(ctx context.Context, srv *server.Server, admin sigilv1.AdminClie
 
 	// Cached fetch latency, measured by a separate workload process as in
 	// production: this process hosts the server and the agent.
-	out, err := exec.CommandContext(ctx, os.Args[0], "-fetch-client", acfg.SocketPath).Output()
+	lat, err := fetchFromChild(ctx, acfg.SocketPath)
 	if err != nil {
-		return fmt.Errorf("fetch client: %w", err)
-	}
-	var lat []time.Duration
-	if err := json.Unmarshal(out, &lat); err != nil || len(lat) == 0 {
-		return fmt.Errorf("fetch client output: %v", err)
+		return err
 	}
 	p50, p99 = percentiles(lat)
-	fmt.Printf("fetch  cached FetchX509SVID over socket:    p50 %8.3f ms  p99 %8.3f ms  (%d calls from a separate process; target 0.5 ms p99; SPIRE 0.58 ms median)\n", ms(p50), ms(p99), len(lat))
+	fmt.Printf("fetch  cached FetchX509SVID over socket:    p50 %8.3f ms  p99 %8.3f ms  (%d calls from a separate process; server+agent in this one; target 0.5 ms p99; SPIRE 0.58 ms median)\n", ms(p50), ms(p99), len(lat))
 	return nil
 }
 
@@ -471,6 +469,16 @@ func fetchLoop(socket string) error {
 		return err
 	}
 	defer client.Close()
+	// The entry may still be on its way to the agent: wait (bounded) for
+	// the first SVID.
+	for i := 0; ; i++ {
+		if _, err := client.FetchX509SVID(ctx); err == nil {
+			break
+		} else if i == 200 {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	var lat []time.Duration
 	for i := 0; i < 3000; i++ {
 		t0 := time.Now()
