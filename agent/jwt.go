@@ -45,6 +45,10 @@ type jwtCall struct {
 	done chan struct{}
 	tok  *jwtToken
 	err  error
+	// gen is the entry's JWT generation when the call started: a token
+	// minted for an older generation is handed to the callers that were
+	// waiting for it but never cached.
+	gen uint64
 }
 
 // jwtMinter asks a server for a JWT-SVID.
@@ -67,12 +71,17 @@ type jwtState struct {
 	// tainted; buffered 1.
 	agentTaint chan struct{}
 	lastSweep  time.Time
+	// gen counts the times an entry's JWT-SVIDs were dropped (the entry
+	// changed or was deleted), from genSeq.
+	gen    map[string]uint64
+	genSeq uint64
 }
 
 func newJWTState() jwtState {
 	return jwtState{
 		tokens:     make(map[jwtKey]*jwtToken),
 		inflight:   make(map[jwtKey]*jwtCall),
+		gen:        make(map[string]uint64),
 		changed:    make(chan struct{}),
 		agentTaint: make(chan struct{}, 1),
 	}
@@ -91,6 +100,15 @@ func (c *cache) dropJWTLocked(entryID string) {
 			delete(c.jwt.tokens, k)
 		}
 	}
+	// Mints in flight were asked for the entry as it was: later fetches
+	// start new ones, and what the old ones return is not cached.
+	for k := range c.jwt.inflight {
+		if k.entryID == entryID {
+			delete(c.jwt.inflight, k)
+		}
+	}
+	c.jwt.genSeq++
+	c.jwt.gen[entryID] = c.jwt.genSeq
 }
 
 // setAuthorities takes the JWT authorities and the tainted flags of a
@@ -245,6 +263,17 @@ func (c *cache) sweepJWTLocked() {
 			delete(c.jwt.tokens, k)
 		}
 	}
+	// Generations of deleted entries matter only while a mint for them
+	// may still be running.
+	busy := make(map[string]bool, len(c.jwt.inflight))
+	for k := range c.jwt.inflight {
+		busy[k.entryID] = true
+	}
+	for id := range c.jwt.gen {
+		if _, ok := c.entries[id]; !ok && !busy[id] {
+			delete(c.jwt.gen, id)
+		}
+	}
 }
 
 // jwtFor returns the cached JWT-SVID for k or mints one, merging
@@ -263,7 +292,7 @@ func (c *cache) jwtFor(ctx context.Context, k jwtKey, aud []string) (*jwtToken, 
 			c.mu.Unlock()
 			return nil, status.Error(codes.Unavailable, "agent is not connected to a server yet")
 		}
-		call = &jwtCall{done: make(chan struct{})}
+		call = &jwtCall{done: make(chan struct{}), gen: c.jwt.gen[k.entryID]}
 		c.jwt.inflight[k] = call
 		mint := c.jwt.mint
 		go c.runJWTMint(call, k, aud, mint)
@@ -299,11 +328,11 @@ func (c *cache) runJWTMint(call *jwtCall, k jwtKey, aud []string, mint jwtMinter
 		tok, err = c.checkJWT(resp)
 	}
 	c.mu.Lock()
-	delete(c.jwt.inflight, k)
-	if err == nil {
-		if _, ok := c.entries[k.entryID]; ok {
-			c.jwt.tokens[k] = tok
-		}
+	if c.jwt.inflight[k] == call {
+		delete(c.jwt.inflight, k)
+	}
+	if err == nil && c.cacheableJWTLocked(k.entryID, call.gen, tok) {
+		c.jwt.tokens[k] = tok
 	}
 	c.mu.Unlock()
 	if err != nil {
@@ -311,6 +340,19 @@ func (c *cache) runJWTMint(call *jwtCall, k jwtKey, aud []string, mint jwtMinter
 	}
 	call.tok, call.err = tok, err
 	close(call.done)
+}
+
+// cacheableJWTLocked reports whether a token minted for entryID at JWT
+// generation gen may be cached: the entry is unchanged since, and the
+// signing key is neither tainted nor gone from the bundle.
+func (c *cache) cacheableJWTLocked(entryID string, gen uint64, tok *jwtToken) bool {
+	if _, ok := c.entries[entryID]; !ok || c.jwt.gen[entryID] != gen {
+		return false
+	}
+	if c.jwt.taintedJWT[tok.keyID] {
+		return false
+	}
+	return c.jwt.bundle == nil || c.jwt.bundle.HasJWTAuthority(tok.keyID)
 }
 
 func (c *cache) checkJWT(resp *sigilv1.NewJWTSVIDResponse) (*jwtToken, error) {
