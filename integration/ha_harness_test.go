@@ -151,8 +151,8 @@ type haCluster struct {
 }
 
 // newHACluster writes the configs of n servers; the first bootstraps,
-// the others join through it.
-func newHACluster(t *testing.T, dir string, n int, ipBase int) *haCluster {
+// the others join through it. extra lines go into every server block.
+func newHACluster(t *testing.T, dir string, n int, ipBase int, extra ...string) *haCluster {
 	t.Helper()
 	c := &haCluster{t: t}
 	for i := 0; i < n; i++ {
@@ -191,6 +191,9 @@ func newHACluster(t *testing.T, dir string, n int, ipBase int) *haCluster {
   %s
 }
 `, trustDomain, nd.name, filepath.Join(nd.dir, "data"), nd.nodeAddr, nd.admin, nd.health, clusterAddr, nd.proxy.addr(), haJoinSecret, join)
+		if len(extra) > 0 {
+			cfg = strings.TrimSuffix(cfg, "}\n") + "  " + strings.Join(extra, "\n  ") + "\n}\n"
+		}
 		if err := os.WriteFile(nd.config, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}

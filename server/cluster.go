@@ -49,6 +49,9 @@ const (
 	localCatchUp = 5 * time.Second
 	// healthInterval is how often members ask each other for their status.
 	healthInterval = 2 * time.Second
+	// oldConnGrace is how long a peer connection replaced after a server
+	// SVID rotation stays open for the calls already on it.
+	oldConnGrace = 30 * time.Second
 )
 
 // cluster is the multi-server part of a server: the TLS cluster port that
@@ -82,7 +85,7 @@ type cluster struct {
 	}
 
 	connsMu sync.Mutex
-	conns   map[string]*grpc.ClientConn
+	conns   map[string]peerConn
 
 	healthMu sync.Mutex
 	health   map[string]memberHealth
@@ -107,7 +110,7 @@ func newCluster(s *Server) *cluster {
 		log:    s.log.Named("cluster"),
 		dir:    filepath.Join(s.cfg.DataDir, "cluster"),
 		secret: []byte(s.cfg.JoinSecret),
-		conns:  make(map[string]*grpc.ClientConn),
+		conns:  make(map[string]peerConn),
 		health: make(map[string]memberHealth),
 	}
 }
@@ -243,10 +246,10 @@ func (c *cluster) stop() {
 		c.mux.Close()
 	}
 	c.connsMu.Lock()
-	for _, cc := range c.conns {
-		cc.Close()
+	for _, pc := range c.conns {
+		pc.cc.Close()
 	}
-	c.conns = map[string]*grpc.ClientConn{}
+	c.conns = map[string]peerConn{}
 	c.connsMu.Unlock()
 }
 
@@ -393,12 +396,33 @@ func (c *cluster) clientTLS() *tls.Config {
 	}
 }
 
+// peerConn is a cached connection to a peer and the server SVID this
+// server held when it was made.
+type peerConn struct {
+	cc   *grpc.ClientConn
+	svid *tls.Certificate
+}
+
 // conn returns a (cached) gRPC connection to a peer's cluster port.
+//
+// The peer checks the certificate presented in the TLS handshake on every
+// call (authUnary), and a connection lives as long as both servers do, so
+// a connection outlives the server SVID it was made with: once that SVID
+// expires, or its CA leaves the bundle, every call on it is refused. So a
+// connection made before this server's SVID was last rotated is replaced
+// by a new one (a new handshake with the current SVID); the old one is
+// closed after a grace period for the calls already on it.
 func (c *cluster) conn(addr string) (*grpc.ClientConn, error) {
 	c.connsMu.Lock()
 	defer c.connsMu.Unlock()
-	if cc, ok := c.conns[addr]; ok {
-		return cc, nil
+	cur := c.s.svid.Load()
+	if pc, ok := c.conns[addr]; ok {
+		if pc.svid == cur {
+			return pc.cc, nil
+		}
+		old := pc.cc
+		time.AfterFunc(oldConnGrace, func() { old.Close() })
+		delete(c.conns, addr)
 	}
 	d := &net.Dialer{LocalAddr: c.mux.LocalDialAddr()}
 	cc, err := grpc.NewClient("passthrough:///"+addr,
@@ -412,7 +436,7 @@ func (c *cluster) conn(addr string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.conns[addr] = cc
+	c.conns[addr] = peerConn{cc: cc, svid: cur}
 	return cc, nil
 }
 
