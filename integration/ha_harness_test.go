@@ -445,6 +445,13 @@ func checkAcked(t *testing.T, n *haNode, prefix string, acked []string) {
 // haAgent starts an agent that knows every server of c.
 func haAgent(t *testing.T, c *haCluster, via *haNode, dir string) *agent {
 	t.Helper()
+	return haAgentOn(t, via, c.nodes, dir)
+}
+
+// haAgentOn starts an agent with a join token from via that knows the
+// servers ns.
+func haAgentOn(t *testing.T, via *haNode, ns []*haNode, dir string) *agent {
+	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +468,7 @@ func haAgent(t *testing.T, c *haCluster, via *haNode, dir string) *agent {
 		t.Fatal(err)
 	}
 	var addrs []string
-	for _, n := range c.nodes {
+	for _, n := range ns {
 		addrs = append(addrs, n.nodeAddr)
 	}
 	a := &agent{

@@ -210,55 +210,6 @@ func TestHARotation(t *testing.T) {
 	t.Logf("done in %v", time.Since(start).Round(time.Millisecond))
 }
 
-// haAgentOn starts an agent with a join token from via that knows the
-// servers ns.
-func haAgentOn(t *testing.T, via *haNode, ns []*haNode, dir string) *agent {
-	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	var tok struct {
-		Token   string `json:"token"`
-		AgentID string `json:"agent_id"`
-	}
-	out := sigil(t, "token", "generate", "-output", "json", "-socket", via.admin)
-	if err := json.Unmarshal([]byte(out), &tok); err != nil {
-		t.Fatalf("token: %q: %v", out, err)
-	}
-	bundle := filepath.Join(dir, "bootstrap.pem")
-	if err := os.WriteFile(bundle, []byte(sigil(t, "bundle", "show", "-socket", via.admin)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var addrs []string
-	for _, n := range ns {
-		addrs = append(addrs, n.nodeAddr)
-	}
-	a := &agent{
-		t:      t,
-		dir:    dir,
-		config: filepath.Join(dir, "agent.hcl"),
-		socket: filepath.Join(dir, "public", "api.sock"),
-		health: freeAddr(t),
-		id:     tok.AgentID,
-	}
-	cfg := fmt.Sprintf(`agent {
-  trust_domain      = %q
-  server_address    = %q
-  data_dir          = %q
-  socket_path       = %q
-  join_token        = %q
-  trust_bundle_path = %q
-  health_address    = %q
-  log_level         = "debug"
-}
-`, trustDomain, strings.Join(addrs, ","), filepath.Join(dir, "data"), a.socket, tok.Token, bundle, a.health)
-	if err := os.WriteFile(a.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a.start()
-	return a
-}
-
 // server returns the server of c that the agent has an established TCP
 // connection to (loopback only: every server listens on its own IP).
 func (a *agent) server(c *haCluster) *haNode {
