@@ -118,6 +118,11 @@ func (s *Server) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.Se
 				return status.Error(codes.Internal, "cannot encode JWT bundles")
 			}
 			if last == nil || !proto.Equal(last, resp) {
+				if last != nil {
+					if err := s.recheck(ctx); err != nil {
+						return err
+					}
+				}
 				if err := stream.Send(resp); err != nil {
 					return err
 				}

@@ -7,6 +7,9 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/internal/procfs"
 )
 
 // PeerInfo is the credentials.AuthInfo of a Workload API connection: the
@@ -14,15 +17,26 @@ import (
 // handshake time.
 type PeerInfo struct {
 	credentials.CommonAuthInfo
-	// PID, UID and GID are the peer's credentials at connect time
-	// (SO_PEERCRED).
+	// PID, UID and GID are the peer's pid and effective ids at connect
+	// time (SO_PEERCRED).
 	PID int32
 	UID uint32
 	GID uint32
+	// Groups are the peer's supplementary groups at connect time
+	// (SO_PEERGROUPS), or nil when the kernel does not report them.
+	Groups []uint32
 
 	mu        sync.Mutex
 	pidfd     int    // -1 once the connection is closed
 	startTime uint64 // of PID, read at handshake
+	exe       exeID  // executable of PID, read at handshake
+	release   func() // returns the connection's slot; nil when none
+	called    bool   // a call has started on the connection
+}
+
+// Caller returns the peer as attestors see it.
+func (p *PeerInfo) Caller() workload.Caller {
+	return workload.Caller{PID: p.PID, UID: p.UID, GID: p.GID, Groups: p.Groups}
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -30,10 +44,39 @@ func (*PeerInfo) AuthType() string { return authType }
 
 const authType = "sigil-peercred"
 
+// exeID identifies the executable a process runs: the file that
+// /proc/<pid>/exe resolves to (device, inode, size and modification time,
+// so that a file rewritten in place is a different executable), or the
+// error that kept the agent from inspecting it (a kernel thread has none;
+// an unprivileged agent may not look at another user's process). A process
+// that exec's another program, or whose program file is modified, gets a
+// different exeID.
+type exeID struct {
+	dev, ino            uint64
+	size                int64
+	mtimeSec, mtimeNsec int64
+	errno               uintptr // 0 when the file was inspected
+}
+
+// procReader reads what the Workload API checks about a process. Tests
+// replace its functions to simulate pid reuse, exec and credential
+// changes.
+type procReader struct {
+	// startTime returns the process's start time; it fails for a
+	// process that has exited.
+	startTime func(pid int32) (uint64, error)
+	// exe identifies the executable the process runs now.
+	exe func(pid int32) (exeID, error)
+	// status returns the process's current credentials.
+	status func(pid int32) (procfs.Status, error)
+}
+
 // peerCreds are the grpc transport credentials of the Workload API server.
-// They secure nothing (the socket is local); they identify the peer.
+// They secure nothing (the socket is local); they identify the peer and
+// count its connections against the limits.
 type peerCreds struct {
-	startTime func(int32) (uint64, error)
+	proc   *procReader
+	limits *connLimits
 }
 
 var _ credentials.TransportCredentials = (*peerCreds)(nil)
@@ -43,12 +86,24 @@ func (c *peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn
 }
 
 func (c *peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	p, err := peerFromConn(conn, c.startTime)
+	p, err := peerFromConn(conn, c.proc)
 	if err != nil {
 		return nil, nil, err
 	}
+	if c.limits != nil {
+		release, err := c.limits.admit(p)
+		if err != nil {
+			p.close()
+			return nil, nil, err
+		}
+		p.release = release
+	}
 	p.CommonAuthInfo = credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}
-	return &peerConn{Conn: conn, peer: p}, p, nil
+	pc := &peerConn{Conn: conn, peer: p}
+	if c.limits != nil {
+		c.limits.watchFirstCall(pc)
+	}
+	return pc, p, nil
 }
 
 func (c *peerCreds) Info() credentials.ProtocolInfo {
@@ -62,7 +117,8 @@ func (c *peerCreds) Clone() credentials.TransportCredentials {
 
 func (c *peerCreds) OverrideServerName(string) error { return nil }
 
-// peerConn releases the peer's pidfd when the connection closes.
+// peerConn releases the peer's pidfd and connection slot when the
+// connection closes.
 type peerConn struct {
 	net.Conn
 	peer *PeerInfo
@@ -71,4 +127,20 @@ type peerConn struct {
 func (c *peerConn) Close() error {
 	c.peer.close()
 	return c.Conn.Close()
+}
+
+// markCalled records that a call started on the connection and reports
+// whether it is the first.
+func (p *PeerInfo) markCalled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	first := !p.called
+	p.called = true
+	return first
+}
+
+func (p *PeerInfo) hasCalled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.called
 }

@@ -4,6 +4,7 @@ package workloadapi
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -14,11 +15,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// peerFromConn reads the peer credentials of a unix socket connection and
-// pins the peer process with a pidfd: from the kernel (SO_PEERPIDFD, Linux
-// 6.5+), which refers to the very process that connected, or else opened
-// by pid.
-func peerFromConn(conn net.Conn, startTime func(int32) (uint64, error)) (*PeerInfo, error) {
+// peerFromConn reads the peer credentials of a unix socket connection,
+// pins the peer process with a pidfd (from the kernel, SO_PEERPIDFD on
+// Linux 6.5+, which refers to the very process that connected, or else
+// opened by pid) and records the executable it runs.
+func peerFromConn(conn net.Conn, r *procReader) (*PeerInfo, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
 		return nil, fmt.Errorf("workload API connection is %T, not a unix socket", conn)
@@ -30,6 +31,7 @@ func peerFromConn(conn net.Conn, startTime func(int32) (uint64, error)) (*PeerIn
 	var (
 		cred    *unix.Ucred
 		credErr error
+		groups  []uint32
 		pidfd   = -1
 	)
 	if err := rc.Control(func(fd uintptr) {
@@ -37,6 +39,7 @@ func peerFromConn(conn net.Conn, startTime func(int32) (uint64, error)) (*PeerIn
 		if credErr != nil {
 			return
 		}
+		groups = peerGroups(int(fd))
 		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
 			pidfd = pfd
 		}
@@ -56,58 +59,138 @@ func peerFromConn(conn net.Conn, startTime func(int32) (uint64, error)) (*PeerIn
 		}
 	}
 	unix.CloseOnExec(pidfd)
-	st, err := startTime(cred.Pid)
+	p := &PeerInfo{
+		PID:    cred.Pid,
+		UID:    cred.Uid,
+		GID:    cred.Gid,
+		Groups: groups,
+		pidfd:  pidfd,
+	}
+	exe, err := r.exe(cred.Pid)
 	if err != nil {
-		unix.Close(pidfd)
+		p.close()
 		return nil, fmt.Errorf("peer %d: %w", cred.Pid, err)
 	}
-	p := &PeerInfo{
-		PID:       cred.Pid,
-		UID:       cred.Uid,
-		GID:       cred.Gid,
-		pidfd:     pidfd,
-		startTime: st,
+	p.exe = exe
+	st, err := r.startTime(cred.Pid)
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("peer %d: %w", cred.Pid, err)
 	}
+	p.startTime = st
 	// The pid may have been reused between connect and the pidfd: the
 	// pidfd would then refer to the process that connected (SO_PEERPIDFD)
 	// and be dead, or to a newer process whose start time we just read.
-	// Check now too, so a connection from a dead peer fails early.
-	if err := p.alive(startTime); err != nil {
+	// And the peer may have exec'd a set-user-ID program between connect
+	// and now. Check now too, so such a connection fails early.
+	if err := p.alive(r); err != nil {
 		p.close()
 		return nil, err
 	}
 	return p, nil
 }
 
+// peerGroups returns the supplementary groups the peer of the unix socket
+// fd had when it connected (SO_PEERGROUPS, Linux 4.13+), or nil when the
+// kernel does not say.
+func peerGroups(fd int) []uint32 {
+	b, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS)
+	if err != nil || len(b)%4 != 0 {
+		return nil
+	}
+	groups := make([]uint32, 0, len(b)/4)
+	for i := 0; i < len(b); i += 4 {
+		groups = append(groups, binary.NativeEndian.Uint32([]byte(b[i:i+4])))
+	}
+	return groups
+}
+
+// Reasons a connection's process is no longer the one that connected.
+var (
+	errCredsChanged = errors.New("changed its user or group since it connected")
+	errExecd        = errors.New("runs another program than when it connected")
+)
+
 // alive reports an error unless the process the connection was pinned to
-// still runs under the same pid.
-func (p *PeerInfo) alive(startTime func(int32) (uint64, error)) error {
+// still runs under the same pid, with the effective user and group it
+// connected with, and the program it ran when it connected. Everything is
+// read before the liveness check, so that a pid reused meanwhile cannot
+// pass with another process's answers.
+func (p *PeerInfo) alive(r *procReader) error {
 	p.mu.Lock()
 	fd := p.pidfd
 	p.mu.Unlock()
 	if fd < 0 {
 		return errors.New("connection closed")
 	}
-	if err := unix.PidfdSendSignal(fd, 0, nil, 0); err != nil {
-		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
-	}
-	st, err := startTime(p.PID)
+	st, err := r.status(p.PID)
 	if err != nil {
 		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
 	}
-	if st != p.startTime {
+	exe, err := r.exe(p.PID)
+	if err != nil {
+		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
+	}
+	if err := unix.PidfdSendSignal(fd, 0, nil, 0); err != nil {
+		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
+	}
+	start, err := r.startTime(p.PID)
+	if err != nil {
+		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
+	}
+	if start != p.startTime {
 		return fmt.Errorf("pid %d was reused by another process", p.PID)
+	}
+	if st.EUID != p.UID || st.EGID != p.GID {
+		return fmt.Errorf("peer process %d %w (uid %d gid %d then, %d %d now)", p.PID, errCredsChanged, p.UID, p.GID, st.EUID, st.EGID)
+	}
+	if exe != p.exe {
+		return fmt.Errorf("peer process %d %w", p.PID, errExecd)
 	}
 	return nil
 }
 
 func (p *PeerInfo) close() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	release := p.release
+	p.release = nil
 	if p.pidfd >= 0 {
 		unix.Close(p.pidfd)
 		p.pidfd = -1
 	}
+	p.mu.Unlock()
+	if release != nil {
+		release()
+	}
+}
+
+// procExe identifies the executable of process pid by a stat of
+// /proc/<pid>/exe, which follows the link to the very file the process
+// runs.
+func procExe(pid int32) (exeID, error) {
+	var st unix.Stat_t
+	err := unix.Stat("/proc/"+strconv.Itoa(int(pid))+"/exe", &st)
+	switch {
+	case err == nil:
+		return exeID{
+			dev: st.Dev, ino: st.Ino, size: st.Size,
+			mtimeSec: st.Mtim.Sec, mtimeNsec: st.Mtim.Nsec,
+		}, nil
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+		// The agent may not inspect this process's executable.
+		return exeID{errno: uintptr(unix.EACCES)}, nil
+	case errors.Is(err, unix.ENOENT):
+		// A kernel thread, or a process that exited: the liveness
+		// check tells which.
+		return exeID{errno: uintptr(unix.ENOENT)}, nil
+	default:
+		return exeID{}, err
+	}
+}
+
+// procStatus reads the credentials of process pid.
+func procStatus(pid int32) (procfs.Status, error) {
+	return procfs.ReadStatus("/proc/" + strconv.Itoa(int(pid)) + "/status")
 }
 
 // procStartTime returns the start time (in clock ticks after boot) of the

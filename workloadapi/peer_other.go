@@ -5,16 +5,30 @@ package workloadapi
 import (
 	"errors"
 	"net"
+
+	"github.com/sigil-id/sigil/internal/procfs"
 )
 
 var errUnsupported = errors.New("workload API peer attestation is only supported on Linux")
 
-func peerFromConn(net.Conn, func(int32) (uint64, error)) (*PeerInfo, error) {
+func peerFromConn(net.Conn, *procReader) (*PeerInfo, error) {
 	return nil, errUnsupported
 }
 
-func (p *PeerInfo) alive(func(int32) (uint64, error)) error { return errUnsupported }
+func (p *PeerInfo) alive(*procReader) error { return errUnsupported }
 
-func (p *PeerInfo) close() {}
+func (p *PeerInfo) close() {
+	p.mu.Lock()
+	release := p.release
+	p.release = nil
+	p.mu.Unlock()
+	if release != nil {
+		release()
+	}
+}
 
 func procStartTime(int32) (uint64, error) { return 0, errUnsupported }
+
+func procExe(int32) (exeID, error) { return exeID{}, errUnsupported }
+
+func procStatus(int32) (procfs.Status, error) { return procfs.Status{}, errUnsupported }

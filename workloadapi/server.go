@@ -37,6 +37,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -50,6 +51,10 @@ import (
 // securityHeader is the metadata every Workload API call must carry, so
 // that a browser or other SSRF-able client cannot reach the API by accident.
 const securityHeader = "workload.spiffe.io"
+
+// maxRequestSize caps a Workload API request. The largest is a
+// ValidateJWTSVID request, whose token is a few KiB.
+const maxRequestSize = 256 << 10
 
 // shutdownTimeout bounds how long Serve waits for calls to finish once its
 // context is done.
@@ -68,6 +73,9 @@ type Config struct {
 	Clock clock.Clock
 	// Meter receives call metrics; nil records nothing.
 	Meter Meter
+	// Limits bound the connections and calls local processes may hold
+	// open; zero fields take their defaults.
+	Limits Limits
 }
 
 // Server is the Workload API server. Create it with New and run it with
@@ -82,9 +90,10 @@ type Server struct {
 	meter     Meter
 	grpc      *grpc.Server
 
-	// startTime reads a process's start time; replaced in tests to
-	// simulate pid reuse.
-	startTime func(pid int32) (uint64, error)
+	// proc reads /proc; its functions are replaced in tests to simulate
+	// pid reuse, exec and credential changes.
+	proc  procReader
+	conns *connLimits
 	// afterAttest, if set, runs between attestation and the liveness
 	// re-check; tests use it to kill the caller mid-attestation.
 	afterAttest func(pid int32)
@@ -113,7 +122,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		clk:       cfg.Clock,
 		meter:     cfg.Meter,
-		startTime: procStartTime,
+		proc:      procReader{startTime: procStartTime, exe: procExe, status: procStatus},
 		stopping:  make(chan struct{}),
 	}
 	if s.log == nil {
@@ -125,8 +134,16 @@ func New(cfg Config) (*Server, error) {
 	if s.meter == nil {
 		s.meter = NopMeter{}
 	}
+	s.conns = newConnLimits(cfg.Limits, s.clk, func(uid uint32, reason string) {
+		s.log.Warn("workload API connection refused", zap.Uint32("uid", uid), zap.String("reason", reason))
+	})
+	limits := s.conns.limits
 	s.grpc = grpc.NewServer(
-		grpc.Creds(&peerCreds{startTime: func(pid int32) (uint64, error) { return s.startTime(pid) }}),
+		grpc.Creds(&peerCreds{proc: &s.proc, limits: s.conns}),
+		grpc.MaxConcurrentStreams(limits.MaxStreamsPerConn),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: limits.IdleTimeout}),
+		// Requests are tiny; a peer gets no more than this buffered.
+		grpc.MaxRecvMsgSize(maxRequestSize),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		// Reuse goroutines for short calls instead of starting one per
@@ -200,6 +217,11 @@ func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.Server
 		if last != nil && proto.Equal(last, resp) {
 			continue
 		}
+		if last != nil {
+			if err := s.recheck(ctx); err != nil {
+				return err
+			}
+		}
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
@@ -233,6 +255,11 @@ func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.
 		resp := x509BundlesResponse(snap)
 		if last != nil && proto.Equal(last, resp) {
 			continue
+		}
+		if last != nil {
+			if err := s.recheck(ctx); err != nil {
+				return err
+			}
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
@@ -275,9 +302,10 @@ func (s *Server) attest(ctx context.Context) ([]*sigilv1.Selector, error) {
 	if !ok {
 		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
 	}
+	caller := info.Caller()
 	var sels []*sigilv1.Selector
 	for _, a := range s.attestors {
-		got, err := a.Attest(ctx, info.PID)
+		got, err := a.Attest(ctx, caller)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, status.FromContextError(ctx.Err()).Err()
@@ -294,15 +322,46 @@ func (s *Server) attest(ctx context.Context) ([]*sigilv1.Selector, error) {
 	if s.afterAttest != nil {
 		s.afterAttest(info.PID)
 	}
-	if err := info.alive(s.startTime); err != nil {
-		s.log.Warn("caller changed during attestation; denying",
-			zap.Int32("pid", info.PID), zap.Error(err))
-		return nil, status.Error(codes.PermissionDenied, "caller process exited or was replaced during attestation")
+	if err := s.stillCaller(info); err != nil {
+		return nil, err
 	}
 	if ce := s.log.Check(zap.DebugLevel, "workload attested"); ce != nil {
 		ce.Write(zap.Int32("pid", info.PID), zap.Stringers("selectors", selectorStrings(sels)))
 	}
 	return sels, nil
+}
+
+// stillCaller checks that the process behind a connection is still the
+// one that connected: alive, under the same pid, with the credentials and
+// the program it connected with.
+func (s *Server) stillCaller(info *PeerInfo) error {
+	err := info.alive(&s.proc)
+	if err == nil {
+		return nil
+	}
+	s.log.Warn("caller is not the process that connected; denying",
+		zap.Int32("pid", info.PID), zap.Uint32("uid", info.UID), zap.Error(err))
+	switch {
+	case errors.Is(err, errCredsChanged):
+		return status.Error(codes.PermissionDenied, "caller process changed its user or group since it connected; reconnect")
+	case errors.Is(err, errExecd):
+		return status.Error(codes.PermissionDenied, "caller process runs another program than when it connected; reconnect")
+	}
+	return status.Error(codes.PermissionDenied, "caller process exited or was replaced during attestation")
+}
+
+// recheck is stillCaller for a call already attested: a stream checks
+// its caller again before each message after the first.
+func (s *Server) recheck(ctx context.Context) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.PermissionDenied, "caller could not be identified")
+	}
+	info, ok := p.AuthInfo.(*PeerInfo)
+	if !ok {
+		return status.Error(codes.PermissionDenied, "caller could not be identified")
+	}
+	return s.stillCaller(info)
 }
 
 type selectorString struct{ s *sigilv1.Selector }
@@ -432,6 +491,11 @@ func checkHeader(ctx context.Context) error {
 }
 
 func (s *Server) begin(ctx context.Context, fullMethod string) (context.Context, *callInfo) {
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(*PeerInfo); ok {
+			info.markCalled()
+		}
+	}
 	ci := &callInfo{method: path.Base(fullMethod), start: s.clk.Now()}
 	s.meter.CallStarted(ci.method)
 	return context.WithValue(ctx, callInfoKey{}, ci), ci

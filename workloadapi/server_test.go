@@ -15,10 +15,12 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,12 +64,24 @@ func childMain(sock string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// On SIGUSR1 the child executes the program named in childExecEnv;
+	// the connection stays open in the parent.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
 	if err := unix.Sendmsg(3, []byte{0}, unix.UnixRights(int(f.Fd())), nil, 0); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	select {}
+	<-usr1
+	prog := os.Getenv(childExecEnv)
+	err = syscall.Exec(prog, []string{prog, "60"}, os.Environ())
+	fmt.Fprintln(os.Stderr, "exec:", err)
+	return 1
 }
+
+// childExecEnv names the program a child started by childConn executes
+// when it receives SIGUSR1.
+const childExecEnv = "SIGIL_WORKLOADAPI_TEST_CHILD_EXEC"
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
@@ -729,7 +743,7 @@ func TestCallerDiesDuringAttestation(t *testing.T) {
 func TestPIDReusedDuringAttestation(t *testing.T) {
 	var reused atomic.Bool
 	f := start(t, func(s *Server) {
-		s.startTime = func(pid int32) (uint64, error) {
+		s.proc.startTime = func(pid int32) (uint64, error) {
 			st, err := procStartTime(pid)
 			if reused.Load() {
 				st++
@@ -765,7 +779,7 @@ func TestParseStat(t *testing.T) {
 type failingAttestor struct{ err error }
 
 func (failingAttestor) Name() string { return "failing" }
-func (a failingAttestor) Attest(context.Context, int32) ([]*sigilv1.Selector, error) {
+func (a failingAttestor) Attest(context.Context, workload.Caller) ([]*sigilv1.Selector, error) {
 	return nil, a.err
 }
 

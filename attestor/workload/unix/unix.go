@@ -19,7 +19,6 @@
 package unix
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -136,36 +135,51 @@ func New() *Attestor {
 // Name returns "unix".
 func (a *Attestor) Name() string { return Name }
 
-// Attest returns the unix selectors of the process pid.
-func (a *Attestor) Attest(ctx context.Context, pid int32) ([]*sigilv1.Selector, error) {
+// Attest returns the unix selectors of the calling process. The user and
+// group selectors come from c, the credentials the kernel reported when the
+// caller connected, so a caller that has since exec'd a set-user-ID program
+// is still the user it was. The executable selectors describe the file the
+// process runs now; the Workload API checks afterwards that it is the file
+// it ran when it connected.
+func (a *Attestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1.Selector, error) {
+	pid := c.PID
 	if pid <= 0 {
 		return nil, fmt.Errorf("unix attestor: invalid pid %d", pid)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	dir := fmt.Sprintf("%s/%d", a.procRoot, pid)
-	st, err := readStatus(dir + "/status")
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
-			return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, workload.ErrProcessGone)
+	dir := a.procRoot + "/" + strconv.Itoa(int(pid))
+	groups := c.Groups
+	if groups == nil {
+		// The kernel did not report the groups (SO_PEERGROUPS needs
+		// Linux 4.13): read them from /proc. Supplementary groups do not
+		// change on exec.
+		st, err := readStatus(dir + "/status")
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+				return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, workload.ErrProcessGone)
+			}
+			return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
 		}
-		return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
+		groups = st.Groups
 	}
 
-	sels := make([]*sigilv1.Selector, 0, 8+len(st.groups))
+	sels := make([]*sigilv1.Selector, 0, 8+len(groups))
 	add := func(v string) { sels = append(sels, &sigilv1.Selector{Type: Name, Value: v}) }
 
-	add("uid:" + st.uid)
-	if name, ok := a.users.lookup(st.uid); ok {
+	uid := strconv.FormatUint(uint64(c.UID), 10)
+	gid := strconv.FormatUint(uint64(c.GID), 10)
+	add("uid:" + uid)
+	if name, ok := a.users.lookup(uid); ok {
 		add("user:" + name)
 	}
-	add("gid:" + st.gid)
-	if name, ok := a.groups.lookup(st.gid); ok {
+	add("gid:" + gid)
+	if name, ok := a.groups.lookup(gid); ok {
 		add("group:" + name)
 	}
-	for _, g := range st.groups {
-		add("supplementary_gid:" + g)
+	for _, g := range groups {
+		add("supplementary_gid:" + strconv.FormatUint(uint64(g), 10))
 	}
 
 	path, sum, err := a.exe(dir + "/exe")
@@ -187,62 +201,14 @@ func (a *Attestor) Attest(ctx context.Context, pid int32) ([]*sigilv1.Selector, 
 	return sels, nil
 }
 
-type status struct {
-	uid, gid string
-	groups   []string
-}
-
-// readStatus reads the effective uid and gid and the supplementary groups
-// from a /proc/<pid>/status file.
-func readStatus(path string) (*status, error) {
-	var st *status
-	err := procfs.Read(path, func(b []byte) error {
-		var err error
-		st, err = parseStatus(path, b)
-		return err
-	})
+// readStatus reads the credentials of a process from its /proc status
+// file.
+func readStatus(path string) (procfs.Status, error) {
+	st, err := procfs.ReadStatus(path)
+	if err != nil && errors.Is(err, procfs.ErrMalformedStatus) {
+		return procfs.Status{}, fmt.Errorf("%s: %w", path, err)
+	}
 	return st, err
-}
-
-// parseStatus reads the effective uid and gid and the supplementary groups
-// from the contents of a /proc/<pid>/status file.
-func parseStatus(path string, b []byte) (*status, error) {
-	var st status
-	var haveUID, haveGID bool
-	for len(b) > 0 {
-		var line []byte
-		line, b, _ = bytes.Cut(b, []byte{'\n'})
-		key, val, ok := bytes.Cut(line, []byte{':'})
-		if !ok {
-			continue
-		}
-		switch string(key) {
-		case "Uid", "Gid":
-			fields := bytes.Fields(val)
-			if len(fields) < 2 {
-				return nil, fmt.Errorf("malformed %s line in %s", key, path)
-			}
-			if _, err := strconv.ParseUint(string(fields[1]), 10, 32); err != nil {
-				return nil, fmt.Errorf("malformed %s line in %s", key, path)
-			}
-			if key[0] == 'U' {
-				st.uid, haveUID = string(fields[1]), true
-			} else {
-				st.gid, haveGID = string(fields[1]), true
-			}
-		case "Groups":
-			for _, g := range bytes.Fields(val) {
-				if _, err := strconv.ParseUint(string(g), 10, 32); err != nil {
-					return nil, fmt.Errorf("malformed Groups line in %s", path)
-				}
-				st.groups = append(st.groups, string(g))
-			}
-		}
-	}
-	if !haveUID || !haveGID {
-		return nil, fmt.Errorf("no Uid/Gid in %s", path)
-	}
-	return &st, nil
 }
 
 // exe resolves the executable link and hashes the file it points to. The

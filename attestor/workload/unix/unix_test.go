@@ -48,6 +48,14 @@ func wantContains(t *testing.T, got []string, want ...string) {
 	}
 }
 
+// caller describes process pid with this process's credentials, as the
+// Workload API would for a child that connected.
+func caller(pid int) workload.Caller {
+	return workload.Caller{PID: int32(pid), UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
+}
+
+func self() workload.Caller { return caller(os.Getpid()) }
+
 func TestName(t *testing.T) {
 	if got := New().Name(); got != "unix" {
 		t.Fatalf("Name() = %q", got)
@@ -56,7 +64,7 @@ func TestName(t *testing.T) {
 
 func TestAttestSelf(t *testing.T) {
 	a := New()
-	sels, err := a.Attest(context.Background(), int32(os.Getpid()))
+	sels, err := a.Attest(context.Background(), self())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +95,7 @@ func TestAttestSelf(t *testing.T) {
 	}
 
 	// A second attestation uses the cached hash.
-	if _, err := a.Attest(context.Background(), int32(os.Getpid())); err != nil {
+	if _, err := a.Attest(context.Background(), self()); err != nil {
 		t.Fatal(err)
 	}
 	a.mu.Lock()
@@ -125,7 +133,7 @@ func TestAttestChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sels, err := New().Attest(context.Background(), int32(cmd.Process.Pid))
+	sels, err := New().Attest(context.Background(), caller(cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +147,7 @@ func TestAttestChild(t *testing.T) {
 }
 
 func TestAttestUserAndGroupNames(t *testing.T) {
-	sels, err := New().Attest(context.Background(), int32(os.Getpid()))
+	sels, err := New().Attest(context.Background(), self())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,16 +167,16 @@ func TestAttestGoneProcess(t *testing.T) {
 	}
 	// The child has exited and been reaped; its pid is (almost surely)
 	// unused now.
-	_, err := New().Attest(context.Background(), int32(cmd.Process.Pid))
+	_, err := New().Attest(context.Background(), caller(cmd.Process.Pid))
 	if !errors.Is(err, workload.ErrProcessGone) {
 		t.Fatalf("err = %v, want ErrProcessGone", err)
 	}
 	// A pid beyond pid_max can never exist.
-	_, err = New().Attest(context.Background(), 1<<30)
+	_, err = New().Attest(context.Background(), caller(1<<30))
 	if !errors.Is(err, workload.ErrProcessGone) {
 		t.Fatalf("err = %v, want ErrProcessGone", err)
 	}
-	if _, err := New().Attest(context.Background(), -1); err == nil {
+	if _, err := New().Attest(context.Background(), caller(-1)); err == nil {
 		t.Fatal("negative pid: no error")
 	}
 }
@@ -184,7 +192,7 @@ func TestReadStatusEffectiveIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.uid != "2000" || st.gid != "20" || !slices.Equal(st.groups, []string{"5", "6", "7"}) {
+	if st.EUID != 2000 || st.EGID != 20 || !slices.Equal(st.Groups, []uint32{5, 6, 7}) {
 		t.Fatalf("status = %+v", st)
 	}
 	for _, bad := range []string{"Uid:\t1\nGid:\t1\t1\n", "Gid:\t1\t1\n", "Uid:\t1\tx\nGid:\t1\t1\n", "Uid:\t1\t1\nGid:\t1\t1\nGroups:\tz\n"} {
@@ -223,5 +231,27 @@ func TestNameCacheReusesAndExpires(t *testing.T) {
 	c.lookup("7")
 	if calls != 3 {
 		t.Fatalf("after TTL: resolved %d times, want 3", calls)
+	}
+}
+
+// TestAttestUsesConnectTimeCredentials: the user and group selectors are
+// the credentials the caller connected with, whatever /proc says now (a
+// caller that exec'd a set-user-ID program after connecting is still the
+// user who connected), and groups reported by the kernel are used as
+// given.
+func TestAttestUsesConnectTimeCredentials(t *testing.T) {
+	c := self()
+	c.UID, c.GID, c.Groups = 4242, 4343, []uint32{77, 78}
+	sels, err := New().Attest(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := values(t, sels)
+	wantContains(t, got, "uid:4242", "gid:4343", "supplementary_gid:77", "supplementary_gid:78")
+	if n := countPrefix(got, "uid:"); n != 1 {
+		t.Errorf("%d uid selectors, want 1: %q", n, got)
+	}
+	if n := countPrefix(got, "supplementary_gid:"); n != 2 {
+		t.Errorf("%d supplementary_gid selectors, want 2: %q", n, got)
 	}
 }
