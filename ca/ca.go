@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -250,8 +251,19 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		URIs:                  []*url.URL{tdURI},
-		SubjectKeyId:          ski,
+		// The CA signs leaves only: no intermediate CA verifies under it.
+		MaxPathLen:     0,
+		MaxPathLenZero: true,
+		// A critical name constraints extension: URIs only in this trust
+		// domain (spiffe://td/...), so a certificate for another trust
+		// domain signed with this key does not verify; no IP addresses
+		// (no SVID carries one). DNS names stay unconstrained: registration
+		// entries' dns_names go into workload SVIDs.
+		PermittedDNSDomainsCritical: true,
+		PermittedURIDomains:         []string{c.td.Name()},
+		ExcludedIPRanges:            []*net.IPNet{{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, {IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
+		URIs:                        []*url.URL{tdURI},
+		SubjectKeyId:                ski,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {

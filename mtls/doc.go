@@ -38,9 +38,21 @@
 //
 // An Authorizer decides whether a peer may reach a target (a service, an
 // HTTP method and path, a gRPC method). The TLS layer applies one per
-// connection (WithAuthorizer; servers accept any peer whose SVID verifies
-// against the bundles by default, clients only servers of their own trust
-// domain). HTTPMiddleware and the gRPC interceptors apply one per request,
+// connection (WithAuthorizer): servers accept any workload whose SVID
+// verifies against the bundles by default; a client has no default and
+// must name the server it accepts (WithServerID, or WithAuthorizer),
+// otherwise its handshakes fail with ErrNoServerAuthorizer. Sigil's own
+// agent and server identities (reserved path /sigil/) are never accepted
+// as workloads: AuthorizeAny, AuthorizeMemberOf and policy patterns do
+// not match them, only AuthorizeID or a policy rule naming the exact ID.
+//
+// The TLS layer verifies the peer's chain against the current bundles and
+// applies the authorizer at every handshake, including a resumed TLS
+// session (tls.Config.VerifyConnection): a peer denied by a changed
+// policy, or whose CA has left the bundle, cannot come back by resuming
+// an earlier session.
+//
+// HTTPMiddleware and the gRPC interceptors apply one per request,
 // with the method and path: that is where a policy belongs. An Enforcer
 // applies a policy (package policy) and counts and logs every decision;
 // hooks (WithHook) and custom Authorizer functions add custom logic.

@@ -2,6 +2,7 @@ package mtls_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -70,7 +71,7 @@ func ExampleNewSource() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	src, err := mtls.NewSource(ctx,
-		mtls.WithSocket("/tmp/sigil-agent/public/api.sock"),
+		mtls.WithSocket("/run/sigil/agent/public/api.sock"),
 		mtls.WithOnRotate(func(s *x509svid.SVID) { fmt.Println("rotated, now valid until", s.Certificates[0].NotAfter) }))
 	if err != nil {
 		fmt.Println(err) // mtls.ErrSocketMissing or mtls.ErrNoIdentity say what to fix
@@ -122,4 +123,43 @@ func ExampleJWTBearer() {
 	// Output:
 	// 200 hello spiffe://example.org/web
 	// 401 mtls: invalid JWT-SVID: jwtsvid: expected audience in ["reports"] (audience=["billing"])
+}
+
+// A client names the server it accepts. Without WithServerID (or
+// WithAuthorizer) Dial refuses to connect: any SVID of the trust domain,
+// an agent's included, would otherwise pass as the server.
+func ExampleDial() {
+	ca := mtlstest.NewCA("example.org")
+	serverSrc := mtlstest.NewSource(ca.SVID("spiffe://example.org/echo", time.Hour), ca.Bundle())
+	clientSrc := mtlstest.NewSource(ca.SVID("spiffe://example.org/web", time.Hour), ca.Bundle())
+	l, _ := mtls.Listen("tcp", "127.0.0.1:0", serverSrc)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			id, _ := mtls.PeerIDFromConn(c)
+			fmt.Fprintln(c, "hello", id)
+			c.Close()
+		}
+	}()
+	ctx := context.Background()
+
+	_, err := mtls.Dial(ctx, "tcp", l.Addr().String(), clientSrc)
+	fmt.Println(errors.Is(err, mtls.ErrNoServerAuthorizer))
+
+	echo := spiffeid.RequireFromString("spiffe://example.org/echo")
+	c, err := mtls.Dial(ctx, "tcp", l.Addr().String(), clientSrc, mtls.WithServerID(echo))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.Close()
+	b, _ := io.ReadAll(c)
+	fmt.Print(string(b))
+	// Output:
+	// true
+	// hello spiffe://example.org/web
 }

@@ -463,9 +463,15 @@ rule "web-to-echo" {
 	if err == nil || !strings.Contains(err.Error(), "mtls: unexpected peer spiffe://example.org/users: want spiffe://example.org/other") {
 		t.Fatalf("wrong server: %v", err)
 	}
-	// By default a client accepts only servers of its own trust domain.
-	_, err = mtls.Dial(ctx, "tcp", l.Addr().String(), e.source(partnerID))
-	if err == nil || !strings.Contains(err.Error(), "is not in this client's trust domain partner.org") {
+	// A client that accepts the members of a trust domain refuses a server
+	// of another one.
+	_, err = mtls.Dial(ctx, "tcp", l.Addr().String(), e.source(partnerID), mtls.WithAuthorizer(mtls.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("partner.org"))))
+	if err == nil || !strings.Contains(err.Error(), "mtls: peer spiffe://example.org/users is not in an accepted trust domain") {
+		t.Fatalf("member-of client authorizer: %v", err)
+	}
+	// A client that does not say which server it accepts does not connect.
+	_, err = mtls.Dial(ctx, "tcp", l.Addr().String(), e.source(clientID))
+	if !errors.Is(err, mtls.ErrNoServerAuthorizer) {
 		t.Fatalf("default client authorizer: %v", err)
 	}
 }

@@ -3,7 +3,6 @@ package mtls
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -21,13 +20,35 @@ import (
 // for custom authorization logic.
 type Authorizer func(ctx context.Context, peer spiffeid.ID, target policy.Target) error
 
-// AuthorizeAny accepts every peer whose SVID verifies against the trust
-// bundles (this trust domain and the federated ones).
+// ErrNoServerAuthorizer is returned (wrapped) by Dial, and by the
+// handshakes of a ClientConfig or ClientCredentials, when the client was
+// not told which server to accept: a client must name its server
+// (WithServerID) or pass an authorizer (WithAuthorizer), because any SVID
+// of the trust domain, an agent's included, would otherwise pass.
+var ErrNoServerAuthorizer = errors.New("mtls: the client does not say which server it accepts: pass mtls.WithServerID(serverID) (or mtls.WithAuthorizer) to ClientConfig, ClientCredentials or Dial")
+
+// AuthorizeAny accepts every workload peer whose SVID verifies against the
+// trust bundles (this trust domain and the federated ones). It refuses
+// Sigil's own identities (agents and servers, under the reserved /sigil/
+// path; see policy.IsReserved): only AuthorizeID, naming the exact ID,
+// accepts those.
 func AuthorizeAny() Authorizer {
-	return func(context.Context, spiffeid.ID, policy.Target) error { return nil }
+	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
+		return refuseReserved(peer)
+	}
 }
 
-// AuthorizeID accepts only the given SPIFFE IDs.
+// refuseReserved refuses a Sigil agent or server identity where a workload
+// is expected.
+func refuseReserved(peer spiffeid.ID) error {
+	if policy.IsReserved(peer) {
+		return fmt.Errorf("mtls: peer %s is a Sigil agent or server identity (reserved path %s), not a workload: accept it only by naming this exact ID (mtls.AuthorizeID or mtls.WithServerID)", peer, policy.ReservedPath)
+	}
+	return nil
+}
+
+// AuthorizeID accepts only the given SPIFFE IDs (a Sigil agent or server
+// ID too, when it is listed).
 func AuthorizeID(allowed ...spiffeid.ID) Authorizer {
 	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
 		for _, id := range allowed {
@@ -43,12 +64,14 @@ func AuthorizeID(allowed ...spiffeid.ID) Authorizer {
 	}
 }
 
-// AuthorizeMemberOf accepts the peers of the given trust domains.
+// AuthorizeMemberOf accepts the workload peers of the given trust
+// domains; like AuthorizeAny it refuses Sigil's own agent and server
+// identities (reserved /sigil/ path).
 func AuthorizeMemberOf(tds ...spiffeid.TrustDomain) Authorizer {
 	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
 		for _, td := range tds {
 			if peer.MemberOf(td) {
-				return nil
+				return refuseReserved(peer)
 			}
 		}
 		return fmt.Errorf("mtls: peer %s is not in an accepted trust domain (%v)", peer, tds)
@@ -71,15 +94,19 @@ type tlsConfig struct {
 	nextProtos []string
 }
 
-// WithAuthorizer sets who the peer may be. Defaults: a server accepts any
-// peer whose SVID verifies against the bundles, leaving per-request
-// decisions to HTTPMiddleware or the gRPC interceptors; a client accepts
-// only servers in its own trust domain (use WithServerID to pin one).
+// WithAuthorizer sets who the peer may be; it is checked at every
+// handshake, resumed ones included. Defaults: a server accepts any
+// workload peer whose SVID verifies against the bundles (AuthorizeAny),
+// leaving per-request decisions to HTTPMiddleware or the gRPC
+// interceptors; a client has no default and refuses every server with
+// ErrNoServerAuthorizer: it must say which server it accepts (WithServerID,
+// or WithAuthorizer with AuthorizeID, AuthorizeMemberOf or an Enforcer).
 func WithAuthorizer(a Authorizer) TLSOption {
 	return tlsOptionFunc(func(c *tlsConfig) { c.authz = a })
 }
 
 // WithServerID makes a client accept only servers presenting one of ids.
+// With no ids it accepts none.
 func WithServerID(ids ...spiffeid.ID) TLSOption { return WithAuthorizer(AuthorizeID(ids...)) }
 
 // WithService names the service a connection-level authorizer is asked
@@ -111,6 +138,11 @@ func newTLSConfig(opts []TLSOption) tlsConfig {
 // client SVID that verifies against src's current bundles (federated
 // ones included), and applies the authorizer. TLS 1.3 is the minimum
 // unless WithMinVersion says otherwise.
+//
+// The client's SVID is verified and authorized at every handshake, a
+// resumed TLS session included (VerifyConnection): a session resumed after
+// the policy changed, or after the client's CA left the bundle, is refused
+// like a new one.
 func ServerConfig(src X509Source, opts ...TLSOption) *tls.Config {
 	c := newTLSConfig(opts)
 	authz := c.authz
@@ -118,46 +150,36 @@ func ServerConfig(src X509Source, opts ...TLSOption) *tls.Config {
 		authz = AuthorizeAny()
 	}
 	return &tls.Config{
-		MinVersion:            c.minVersion,
-		NextProtos:            c.nextProtos,
-		ClientAuth:            tls.RequireAnyClientCert,
-		GetCertificate:        func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certificate(src) },
-		VerifyPeerCertificate: verifyPeer(src, authz, c.service, "client"),
+		MinVersion:     c.minVersion,
+		NextProtos:     c.nextProtos,
+		ClientAuth:     tls.RequireAnyClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certificate(src) },
+		// Not VerifyPeerCertificate: Go skips it when a session resumes.
+		VerifyConnection: verifyConnection(src, authz, c.service, "client"),
 	}
 }
 
 // ClientConfig returns a client *tls.Config that presents src's current
 // SVID, verifies the server's SVID against src's current bundles and
-// applies the authorizer (default: the server must be in the client's own
-// trust domain). Host names are not checked: the SPIFFE ID is the
+// applies the authorizer, at every handshake, resumed sessions included.
+// The client must say which server it accepts (WithServerID, or
+// WithAuthorizer); without either every handshake fails with
+// ErrNoServerAuthorizer. Host names are not checked: the SPIFFE ID is the
 // server's identity.
 func ClientConfig(src X509Source, opts ...TLSOption) *tls.Config {
 	c := newTLSConfig(opts)
 	authz := c.authz
 	if authz == nil {
-		authz = sameTrustDomain(src)
+		authz = func(context.Context, spiffeid.ID, policy.Target) error { return ErrNoServerAuthorizer }
 	}
 	return &tls.Config{
 		MinVersion:           c.minVersion,
 		NextProtos:           c.nextProtos,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return certificate(src) },
 		// The chain is verified against the SPIFFE bundles in
-		// VerifyPeerCertificate instead of against web PKI roots.
-		InsecureSkipVerify:    true,
-		VerifyPeerCertificate: verifyPeer(src, authz, c.service, "server"),
-	}
-}
-
-func sameTrustDomain(src X509Source) Authorizer {
-	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
-		own, err := src.GetX509SVID()
-		if err != nil {
-			return fmt.Errorf("mtls: %v", err)
-		}
-		if !peer.MemberOf(own.ID.TrustDomain()) {
-			return fmt.Errorf("mtls: server %s is not in this client's trust domain %s (use mtls.WithServerID or mtls.WithAuthorizer to accept it)", peer, own.ID.TrustDomain())
-		}
-		return nil
+		// VerifyConnection instead of against web PKI roots.
+		InsecureSkipVerify: true,
+		VerifyConnection:   verifyConnection(src, authz, c.service, "server"),
 	}
 }
 
@@ -173,15 +195,24 @@ func certificate(src X509Source) (*tls.Certificate, error) {
 	return &tls.Certificate{Certificate: chain, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}, nil
 }
 
-func verifyPeer(src X509Source, authz Authorizer, service, role string) func([][]byte, [][]*x509.Certificate) error {
+// verifyConnection verifies the peer's chain against src's current
+// bundles and authorizes its SPIFFE ID. It runs at every handshake: on a
+// resumed session the certificates come from the session, which was
+// verified against the bundles of its time, so the chain is verified
+// again here and VerifiedChains is not trusted.
+func verifyConnection(src X509Source, authz Authorizer, service, role string) func(tls.ConnectionState) error {
 	target := policy.ServiceTarget(service)
-	return func(raw [][]byte, _ [][]*x509.Certificate) error {
-		if len(raw) == 0 {
+	return func(cs tls.ConnectionState) error {
+		what := role + " certificate"
+		if cs.DidResume {
+			what = role + " certificate of the resumed TLS session"
+		}
+		if len(cs.PeerCertificates) == 0 {
 			return fmt.Errorf("mtls: the %s presented no certificate (an X.509-SVID is required)", role)
 		}
-		id, _, err := x509svid.ParseAndVerify(raw, src)
+		id, _, err := x509svid.Verify(cs.PeerCertificates, src)
 		if err != nil {
-			return fmt.Errorf("mtls: %s certificate rejected: %v", role, err)
+			return fmt.Errorf("mtls: %s rejected: %v", what, err)
 		}
 		if err := authz(context.Background(), id, target); err != nil {
 			return prefixed(err)
@@ -210,7 +241,13 @@ func Listen(network, addr string, src X509Source, opts ...TLSOption) (net.Listen
 // Dial connects to addr and completes the mutual TLS handshake with
 // ClientConfig(src, opts...). With TLS 1.3, a server that refuses the
 // client's SVID reports it at the first read or write.
+//
+// Without WithServerID or WithAuthorizer it fails with
+// ErrNoServerAuthorizer before connecting.
 func Dial(ctx context.Context, network, addr string, src X509Source, opts ...TLSOption) (*tls.Conn, error) {
+	if newTLSConfig(opts).authz == nil {
+		return nil, fmt.Errorf("mtls: dial %s: %w", addr, ErrNoServerAuthorizer)
+	}
 	d := tls.Dialer{Config: ClientConfig(src, opts...)}
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {

@@ -41,6 +41,11 @@
 //	spiffe://td/ns/*/sa/w  glob: "*" is one path segment, or part of one ("w-*")
 //	spiffe://td            every ID of trust domain td (also spiffe://td/**)
 //
+// Sigil's own agents and servers (IDs under the reserved path /sigil/, see
+// IsReserved) are not workloads: only a rule naming the exact ID matches
+// one; trust-domain, prefix and glob patterns never do, and shadow mode
+// never lets one through.
+//
 // To patterns:
 //
 //	service:NAME                 any call to the service an enforcement point names NAME

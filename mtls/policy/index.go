@@ -273,6 +273,25 @@ func (p *Policy) Decide(peer spiffeid.ID, t Target, now time.Time) Decision {
 		return p.fallback(d)
 	}
 	s := matchState{rules: p.rules, t: &t, now: now, best: -1, near: -1}
+	if IsReserved(peer) {
+		// A Sigil agent or server is not a workload: only a rule naming
+		// its exact ID allows it, and shadow mode does not let it through.
+		if ti := p.byTD[peer.TrustDomain().Name()]; ti != nil && len(ti.exact) > 0 {
+			s.scan(ti.exact[peer.Path()])
+		}
+		if s.best >= 0 {
+			d.Effect = Allow
+			d.Rule = p.rules[s.best].name
+			return d
+		}
+		d.why = whyReserved
+		if s.near >= 0 {
+			d.why = whyOutsideWindow
+			d.near = p.rules[s.near]
+		}
+		d.Effect = Deny
+		return d
+	}
 	if ti := p.byTD[peer.TrustDomain().Name()]; ti != nil {
 		path := peer.Path()
 		s.scan(&ti.all)

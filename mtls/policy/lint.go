@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -62,6 +63,10 @@ func Lint(p *Policy, now time.Time) []Finding {
 			if m.kind == idTrustDomain {
 				out = append(out, Finding{Severity: Warning, Rule: r.name, Line: r.line,
 					Message: fmt.Sprintf("rule %q allows every workload of trust domain %s (from[%d] %q)", r.name, m.td, i, m.text)})
+			}
+			if m.kind != idExact && isReservedPath(strings.TrimPrefix(m.text, "spiffe://"+m.td)) {
+				out = append(out, Finding{Severity: Warning, Rule: r.name, Line: r.line,
+					Message: fmt.Sprintf("rule %q: from[%d] %q never matches: Sigil agent and server IDs (reserved path %s) are matched only by a rule naming the exact ID", r.name, i, m.text, ReservedPath)})
 			}
 			for j, o := range r.from {
 				if i != j && o.covers(m) && (!m.covers(o) || j < i) {

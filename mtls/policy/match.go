@@ -100,6 +100,10 @@ func (m *idMatcher) covers(o *idMatcher) bool {
 	if m.td != o.td {
 		return false
 	}
+	if o.kind == idExact && isReservedPath(o.path) {
+		// A Sigil agent or server ID is matched only by its exact ID.
+		return m.kind == idExact && m.path == o.path
+	}
 	if m.kind == idTrustDomain {
 		return true
 	}

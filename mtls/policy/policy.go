@@ -345,6 +345,7 @@ const (
 	whyNoRule
 	whyOutsideWindow
 	whyNoPeer
+	whyReserved
 )
 
 // Decision is the answer of Decide. It does not allocate; Reason builds
@@ -394,6 +395,9 @@ func (d Decision) denyText() string {
 	src := ""
 	if d.source != "" {
 		src = " in " + d.source
+	}
+	if d.why == whyReserved {
+		return fmt.Sprintf("%s may not call %s: it is a Sigil agent or server identity (reserved path %s), which only a rule%s naming this exact SPIFFE ID in from allows (patterns and shadow mode never match it)", d.Peer, d.Target, ReservedPath, src)
 	}
 	if d.why == whyOutsideWindow && d.near != nil {
 		return fmt.Sprintf("%s may not call %s at this time: rule %q%s allows it only %s", d.Peer, d.Target, d.near.name, src, d.near.conditionText())

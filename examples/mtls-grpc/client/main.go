@@ -22,9 +22,9 @@ import (
 func main() {
 	var (
 		addr     = flag.String("addr", "127.0.0.1:8444", "server address")
-		socket   = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then "+mtls.DefaultSocket+")")
+		socket   = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then your own agent's under $XDG_RUNTIME_DIR/sigil, then "+mtls.DefaultSocket+")")
 		id       = flag.String("spiffe-id", "", "SPIFFE ID to present when the process has several (default: the first)")
-		serverID = flag.String("server-id", "", "SPIFFE ID the server must present (default: any server of this trust domain)")
+		serverID = flag.String("server-id", "", "SPIFFE ID the server must present (required, e.g. spiffe://dev.sigil.local/example/grpc-server)")
 		watch    = flag.Duration("watch", 0, "after the Check, keep a Watch stream open this long and print each update")
 	)
 	flag.Parse()
@@ -41,6 +41,16 @@ func main() {
 func run(addr, socket, id, serverID string, watch time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+watch)
 	defer cancel()
+	// A client names the server it accepts: any other SVID of the trust
+	// domain (another workload's, an agent's) is refused.
+	if serverID == "" {
+		return fmt.Errorf("-server-id is required: the SPIFFE ID the server must present (e.g. spiffe://dev.sigil.local/example/grpc-server)")
+	}
+	sid, err := spiffeid.FromString(serverID)
+	if err != nil {
+		return fmt.Errorf("-server-id: %v", err)
+	}
+	tlsOpts := []mtls.TLSOption{mtls.WithServerID(sid)}
 	var opts []mtls.SourceOption
 	if socket != "" {
 		opts = append(opts, mtls.WithSocket(socket))
@@ -57,14 +67,6 @@ func run(addr, socket, id, serverID string, watch time.Duration) error {
 		return err
 	}
 	defer src.Close()
-	var tlsOpts []mtls.TLSOption
-	if serverID != "" {
-		sid, err := spiffeid.FromString(serverID)
-		if err != nil {
-			return fmt.Errorf("-server-id: %v", err)
-		}
-		tlsOpts = append(tlsOpts, mtls.WithServerID(sid))
-	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(mtls.ClientCredentials(src, tlsOpts...)))
 	if err != nil {
 		return err

@@ -21,9 +21,9 @@ import (
 func main() {
 	var (
 		url      = flag.String("url", "https://127.0.0.1:8443/hello", "URL to call")
-		socket   = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then "+mtls.DefaultSocket+")")
+		socket   = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then your own agent's under $XDG_RUNTIME_DIR/sigil, then "+mtls.DefaultSocket+")")
 		id       = flag.String("spiffe-id", "", "SPIFFE ID to present when the process has several (default: the first)")
-		serverID = flag.String("server-id", "", "SPIFFE ID the server must present (default: any server of this trust domain)")
+		serverID = flag.String("server-id", "", "SPIFFE ID the server must present (required, e.g. spiffe://dev.sigil.local/example/http-server)")
 		count    = flag.Int("n", 1, "number of requests")
 		interval = flag.Duration("interval", time.Second, "pause between requests")
 	)
@@ -37,6 +37,16 @@ func main() {
 func run(url, socket, id, serverID string, count int, interval time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// A client names the server it accepts: any other SVID of the trust
+	// domain (another workload's, an agent's) is refused.
+	if serverID == "" {
+		return fmt.Errorf("-server-id is required: the SPIFFE ID the server must present (e.g. spiffe://dev.sigil.local/example/http-server)")
+	}
+	sid, err := spiffeid.FromString(serverID)
+	if err != nil {
+		return fmt.Errorf("-server-id: %v", err)
+	}
+	tlsOpts := []mtls.TLSOption{mtls.WithServerID(sid)}
 	var opts []mtls.SourceOption
 	if socket != "" {
 		opts = append(opts, mtls.WithSocket(socket))
@@ -54,14 +64,6 @@ func run(url, socket, id, serverID string, count int, interval time.Duration) er
 	}
 	defer src.Close()
 
-	var tlsOpts []mtls.TLSOption
-	if serverID != "" {
-		sid, err := spiffeid.FromString(serverID)
-		if err != nil {
-			return fmt.Errorf("-server-id: %v", err)
-		}
-		tlsOpts = append(tlsOpts, mtls.WithServerID(sid))
-	}
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig:   mtls.ClientConfig(src, tlsOpts...),
 		ForceAttemptHTTP2: true,
