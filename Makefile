@@ -2,7 +2,15 @@ GO ?= go
 BIN := bin/sigil
 PKGS := ./...
 
-.PHONY: build run test unit integration bench proto lint clean
+.PHONY: build run test unit integration bench proto lint clean fuzz fuzz-short
+
+# Each fuzz target runs for FUZZTIME under `make fuzz` and for
+# FUZZTIME_SHORT under `make fuzz-short` (part of `make test`). Either may
+# be a duration (3s) or a count of inputs (2000x). FUZZ selects targets by
+# an extended regexp on "./pkg.FuzzName".
+FUZZTIME ?= 60s
+FUZZTIME_SHORT ?= 3s
+FUZZ ?=
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sigil
@@ -13,6 +21,7 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 14m ./...
+	$(MAKE) --no-print-directory fuzz-short
 
 unit:
 	$(GO) test -race -count=1 -short ./...
@@ -23,6 +32,15 @@ integration: build
 bench:
 	$(GO) run ./bench
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./ca/ ./mtls/...
+
+# fuzz runs every FuzzXxx target of the module for FUZZTIME each.
+fuzz:
+	GO="$(GO)" FUZZTIME="$(FUZZTIME)" bash scripts/fuzz.sh '$(FUZZ)'
+
+# fuzz-short runs every fuzz target briefly (without -race), as `make test`
+# does after the unit and integration tests.
+fuzz-short:
+	GO="$(GO)" FUZZTIME="$(FUZZTIME_SHORT)" FUZZMINIMIZETIME=0 FUZZTIMEOUT=3m bash scripts/fuzz.sh '$(FUZZ)'
 
 proto:
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I api \

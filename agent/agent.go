@@ -214,6 +214,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called more than once")
 	}
+	// Refuse an unsafe or taken socket path before attesting or writing
+	// anything; Listen below checks again.
+	if err := workloadapi.CheckSocket(a.cfg.SocketPath); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("agent: data directory: %w", err)
 	}
@@ -235,7 +240,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
-	l, err := workloadapi.Listen(a.cfg.SocketPath)
+	l, err := workloadapi.ListenFor(a.cfg.SocketPath, a.cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("agent: workload API: %w", err)
 	}
@@ -296,7 +301,10 @@ func (a *Agent) bootstrapBundle() (*x509bundle.Bundle, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent: trust bundle %s: %w", a.cfg.TrustBundlePath, err)
 		}
-		for _, c := range certs {
+		for i, c := range certs {
+			if err := checkBundleCA(c); err != nil {
+				return nil, fmt.Errorf("agent: trust bundle %s: certificate %d: %w", a.cfg.TrustBundlePath, i+1, err)
+			}
 			b.AddX509Authority(c)
 		}
 	}
@@ -312,6 +320,16 @@ func (a *Agent) bootstrapBundle() (*x509bundle.Bundle, error) {
 		return nil, errors.New("agent: no trust bundle to authenticate the server: set TrustBundlePath or TrustBundle")
 	}
 	return b, nil
+}
+
+// checkBundleCA refuses a certificate that is not a CA certificate: a
+// trust bundle holds the trust domain's CAs (`sigil bundle show`), and a
+// leaf put there would be trusted as a root.
+func checkBundleCA(c *x509.Certificate) error {
+	if !c.BasicConstraintsValid || !c.IsCA {
+		return fmt.Errorf("%q is not a CA certificate; a trust bundle holds the trust domain's CA certificates, as `sigil bundle show` prints them", c.Subject.String())
+	}
+	return nil
 }
 
 // loadOrAttest returns the saved identity if it is still valid, or attests

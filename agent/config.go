@@ -17,15 +17,17 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/unixsock"
 )
 
 // Defaults.
 const (
-	DefaultSocketPath    = "/tmp/sigil-agent/public/api.sock"
+	DefaultSocketPath    = "/run/sigil/agent/public/api.sock" // root's; others': unixsock.DefaultWorkloadSocket
 	DefaultSyncBatchSize = 500
-	// MaxSyncBatchSize bounds one BatchNewX509SVID call, so that a request
-	// stays well under gRPC's default 4 MB message limit.
-	MaxSyncBatchSize = 5000
+	// MaxSyncBatchSize bounds one BatchNewX509SVID call: servers refuse
+	// larger batches (server.MaxBatchSize), and a request stays well under
+	// the node API's 4 MiB message limit.
+	MaxSyncBatchSize = 2000
 )
 
 // Config configures an Agent.
@@ -41,7 +43,8 @@ type Config struct {
 	ServerAddresses []string
 	// DataDir holds the agent's state; it is created with mode 0700.
 	DataDir string
-	// SocketPath is the Workload API socket; DefaultSocketPath when empty.
+	// SocketPath is the Workload API socket; unixsock.DefaultWorkloadSocket
+	// (DefaultSocketPath for root) when empty.
 	SocketPath string
 	// JoinToken is used only when there is no saved identity.
 	JoinToken string
@@ -63,7 +66,7 @@ type Config struct {
 // DefaultConfig returns a Config with every default filled in.
 func DefaultConfig() Config {
 	return Config{
-		SocketPath:    DefaultSocketPath,
+		SocketPath:    unixsock.DefaultWorkloadSocket(),
 		SyncBatchSize: DefaultSyncBatchSize,
 	}
 }
@@ -82,7 +85,7 @@ func (c *Config) serverAddresses() []string {
 // withDefaults fills the zero fields that have defaults.
 func (c Config) withDefaults() Config {
 	if c.SocketPath == "" {
-		c.SocketPath = DefaultSocketPath
+		c.SocketPath = unixsock.DefaultWorkloadSocket()
 	}
 	// dial takes the one ServerAddress string: fold the list into it.
 	c.ServerAddress = strings.Join(c.serverAddresses(), ",")
@@ -132,6 +135,9 @@ func (c *Config) Validate() error {
 	for i, cert := range c.TrustBundle {
 		if cert == nil {
 			return fmt.Errorf("agent: trust bundle certificate %d is nil", i)
+		}
+		if err := checkBundleCA(cert); err != nil {
+			return fmt.Errorf("agent: trust bundle certificate %d: %w", i, err)
 		}
 	}
 	return nil

@@ -191,7 +191,7 @@ func startBenchCluster(ctx context.Context, bin, dir string, n int) ([]*benchNod
 			args = append(args, "-join", first)
 		}
 		nd.cmd = exec.CommandContext(ctx, bin, args...)
-		nd.cmd.Env = append(os.Environ(), "SIGIL_JOIN_SECRET=bench-secret")
+		nd.cmd.Env = append(os.Environ(), "SIGIL_JOIN_SECRET=sigil-join-v1-fF5fLo4hWTgPz7jngLMTpYFxOjxHa-cuHZH5ObIUltk")
 		// Server logs (a killed leader's peers log errors) go to a file
 		// beside its data, not into the figures.
 		logf, err := os.Create(filepath.Join(dir, nd.name+".log"))

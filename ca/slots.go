@@ -531,3 +531,54 @@ func (m *Manager) Revoke(ctx context.Context, id string) (Slot, error) {
 	s := sl.Slot
 	return s, m.removeLocked(ctx, sl)
 }
+
+// AdoptTaint records that the key id was tainted cluster-wide (by an
+// operator on any server, or because this server was removed): it marks
+// the slot tainted, whatever its state, and persists that, without
+// publishing (the bundle has the taint already). A tainted active key is
+// succeeded at once by the schedule (Plan). It reports whether the slot
+// changed; an unknown id is ErrSlotNotFound.
+func (m *Manager) AdoptTaint(id string) (Slot, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sl := m.byAuthorityIDLocked(id)
+	if sl == nil {
+		return Slot{}, false, fmt.Errorf("%w: %s key %q", ErrSlotNotFound, m.cfg.Kind, id)
+	}
+	if sl.Tainted {
+		return sl.Slot, false, nil
+	}
+	sl.Tainted = true
+	return sl.Slot, true, m.persistLocked()
+}
+
+// Forget drops the key id after it was revoked cluster-wide: the slot
+// leaves the state and the key the key manager, without a bundle write
+// (the authority is gone from the bundle already and may not be put
+// back). If it was the active key, it keeps signing (signing never finds
+// no key) only until the next Tick, which activates the prepared key or
+// prepares and activates a new one at once: call Tick next.
+func (m *Manager) Forget(ctx context.Context, id string) (Slot, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sl := m.byAuthorityIDLocked(id)
+	if sl == nil {
+		return Slot{}, fmt.Errorf("%w: %s key %q", ErrSlotNotFound, m.cfg.Kind, id)
+	}
+	m.slots = slices.DeleteFunc(m.slots, func(s *slot) bool { return s == sl })
+	if d, ok := m.cfg.CA.KeyManager.(KeyDeleter); ok {
+		_ = d.DeleteKey(ctx, sl.KeyID) // a leftover key file is harmless
+	}
+	return sl.Slot, m.persistLocked()
+}
+
+// byAuthorityIDLocked finds a slot by its authority ID only (not by slot
+// number, unlike byIDLocked).
+func (m *Manager) byAuthorityIDLocked(id string) *slot {
+	for _, s := range m.slots {
+		if s.ID == id {
+			return s
+		}
+	}
+	return nil
+}

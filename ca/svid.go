@@ -24,12 +24,22 @@ const MinRSABits = 2048
 // maxDNSNames bounds the DNS SANs of one SVID.
 const maxDNSNames = 64
 
+// MaxCSRSize is the largest DER CSR VerifyCSR accepts, in bytes. An SVID
+// CSR is a few hundred bytes (ECDSA P-256) to about 1.5 KiB (RSA 4096);
+// the cap leaves room for large RSA keys and a few extensions while
+// bounding what a caller can make the server parse and verify.
+const MaxCSRSize = 16 << 10
+
 // VerifyCSR parses a DER PKCS#10 request, checks its signature, and returns
 // its public key. Nothing else of the CSR (subject, SANs, extensions) is
 // used: the identity of an SVID comes from the caller, never from the CSR.
+// A CSR larger than MaxCSRSize is refused before it is parsed.
 func VerifyCSR(der []byte) (crypto.PublicKey, error) {
 	if len(der) == 0 {
 		return nil, errors.New("ca: CSR is empty")
+	}
+	if len(der) > MaxCSRSize {
+		return nil, fmt.Errorf("ca: CSR of %d bytes is too large (at most %d)", len(der), MaxCSRSize)
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {

@@ -21,7 +21,9 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
 
-const haJoinSecret = "integration-join-secret"
+// haJoinSecret is a join secret as `sigil cluster secret generate` makes
+// it (servers accept no other kind).
+const haJoinSecret = "sigil-join-v1-pBgSqrWfKbR9dIF6n4rb1u1c5CRA8_yKovjYuT2lN3w"
 
 // faultProxy forwards TCP connections to one server's cluster port and
 // drops those from blocked source IPs (every server dials from its own

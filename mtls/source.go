@@ -16,12 +16,15 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/sigil-id/sigil/internal/unixsock"
 )
 
-// DefaultSocket is where `sigil agent` serves the Workload API unless
-// configured otherwise; it is used when neither WithSocket nor
-// SPIFFE_ENDPOINT_SOCKET says where to connect.
-const DefaultSocket = "/tmp/sigil-agent/public/api.sock"
+// DefaultSocket is where `sigil agent` run by root serves the Workload API
+// unless configured otherwise; it is used when neither WithSocket nor
+// SPIFFE_ENDPOINT_SOCKET says where to connect and the current user runs
+// no agent (or `sigil dev`) of their own under $XDG_RUNTIME_DIR/sigil.
+const DefaultSocket = "/run/sigil/agent/public/api.sock"
 
 // SocketEnv is the standard environment variable naming the Workload API
 // address.
@@ -176,7 +179,7 @@ func NewSource(ctx context.Context, opts ...SourceOption) (*Source, error) {
 		setting = os.Getenv(SocketEnv)
 	}
 	if setting == "" {
-		setting = DefaultSocket
+		setting = unixsock.ClientSocket(unixsock.WorkloadSocketName)
 	}
 	addr, path, err := workloadAddr(setting)
 	if err != nil {

@@ -128,6 +128,12 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		res = a.single(a.removeAuthority(op.RemoveAuthority))
 	case *sigilv1.Command_PruneBundle:
 		res = a.single(a.pruneBundle(op.PruneBundle))
+	case *sigilv1.Command_TaintAuthority:
+		res = a.single(a.taintAuthority(op.TaintAuthority))
+	case *sigilv1.Command_RevokeAuthority:
+		res = a.single(a.revokeAuthority(op.RevokeAuthority))
+	case *sigilv1.Command_RetireServer:
+		res = a.single(a.retireServer(op.RetireServer))
 	default:
 		return cmdErr(codes.InvalidArgument, "command has no known operation")
 	}
@@ -411,6 +417,9 @@ func (a *applier) putX509Authority(c *sigilv1.PutX509Authority) *CommandError {
 	if err != nil {
 		return err
 	}
+	if err := a.checkPut(AuthorityKindX509, x509IDOf(in.Certificate), in.ServerId); err != nil {
+		return err
+	}
 	auth := &sigilv1.X509Authority{
 		Certificate: in.Certificate,
 		ServerId:    in.ServerId,
@@ -426,6 +435,9 @@ func (a *applier) putX509Authority(c *sigilv1.PutX509Authority) *CommandError {
 	replaced := false
 	for i, old := range b.X509Authorities {
 		if old.ServerId == auth.ServerId && bytes.Equal(old.Certificate, auth.Certificate) {
+			// A taint is never undone: the server that holds the key
+			// may not have heard of a cluster-wide taint yet.
+			auth.Tainted = auth.Tainted || old.Tainted
 			b.X509Authorities[i] = auth
 			replaced = true
 			break

@@ -50,6 +50,9 @@ func (a *applier) putJWTAuthority(c *sigilv1.PutJWTAuthority) *CommandError {
 	if _, err := x509.ParsePKIXPublicKey(in.PublicKey); err != nil {
 		return cmdErr(codes.InvalidArgument, "JWT authority public key does not parse: %v", err)
 	}
+	if err := a.checkPut(AuthorityKindJWT, in.KeyId, in.ServerId); err != nil {
+		return err
+	}
 	auth := &sigilv1.JWTAuthority{
 		KeyId:     in.KeyId,
 		PublicKey: in.PublicKey,
@@ -64,6 +67,8 @@ func (a *applier) putJWTAuthority(c *sigilv1.PutJWTAuthority) *CommandError {
 			if !bytes.Equal(old.PublicKey, auth.PublicKey) {
 				return cmdErr(codes.AlreadyExists, "JWT key ID %q is already published with another key", auth.KeyId)
 			}
+			// A taint is never undone (see putX509Authority).
+			auth.Tainted = auth.Tainted || old.Tainted
 			b.JwtAuthorities[i] = auth
 			replaced = true
 		}
@@ -141,6 +146,9 @@ func (a *applier) pruneBundle(c *sigilv1.PruneBundle) *CommandError {
 		}
 	}
 	b.JwtAuthorities = keptJ
+	if err := a.pruneRevoked(); err != nil {
+		return err
+	}
 	if len(b.X509Authorities)+len(b.JwtAuthorities) == n {
 		return nil
 	}

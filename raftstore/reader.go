@@ -337,11 +337,82 @@ func (r *Reader) JoinToken(hash string) (*sigilv1.JoinToken, error) {
 	return raw.(*sigilv1.JoinToken), nil
 }
 
-// Bundle returns the trust bundle of trustDomain, or ErrNotFound.
+// Bundle returns the trust bundle of trustDomain, or ErrNotFound: the
+// bundle agents and workloads trust, without the servers' cluster identity
+// CAs (see PeerBundle).
 func (r *Reader) Bundle(trustDomain string) (*sigilv1.Bundle, error) {
+	pb, err := r.PeerBundle(trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, a := range pb.X509Authorities {
+		if !strings.HasPrefix(a.ServerId, IdentityAuthorityPrefix) {
+			n++
+		}
+	}
+	if n == len(pb.X509Authorities) {
+		return pb, nil
+	}
+	out := &sigilv1.Bundle{
+		TrustDomain:     pb.TrustDomain,
+		X509Authorities: make([]*sigilv1.X509Authority, 0, n),
+		JwtAuthorities:  pb.JwtAuthorities,
+		RefreshHint:     pb.RefreshHint,
+		SequenceNumber:  pb.SequenceNumber,
+	}
+	for _, a := range pb.X509Authorities {
+		if !strings.HasPrefix(a.ServerId, IdentityAuthorityPrefix) {
+			out.X509Authorities = append(out.X509Authorities, a)
+		}
+	}
+	return out, nil
+}
+
+// PeerBundle returns the whole bundle row of trustDomain, or ErrNotFound:
+// the bundle plus the servers' cluster identity CAs (server_id
+// "cluster/<node>"), which authenticate servers to each other on the
+// cluster port and nothing else.
+func (r *Reader) PeerBundle(trustDomain string) (*sigilv1.Bundle, error) {
 	raw := r.first(tableBundles, indexID, trustDomain)
 	if raw == nil {
 		return nil, fmt.Errorf("bundle %q: %w", trustDomain, ErrNotFound)
 	}
 	return raw.(*sigilv1.Bundle), nil
+}
+
+// RevokedAuthorities returns the authorities revoked and not yet expired,
+// in kind and ID order.
+func (r *Reader) RevokedAuthorities() []*sigilv1.RevokedAuthority {
+	it, err := r.txn.Get(tableRevoked, indexID+"_prefix", "")
+	if err != nil {
+		return nil
+	}
+	r.ws.Add(it.WatchCh())
+	var out []*sigilv1.RevokedAuthority
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*revokedRow).A)
+	}
+	return out
+}
+
+// IsRevoked reports whether the authority kind ("x509" or "jwt") id was
+// revoked.
+func (r *Reader) IsRevoked(kind, id string) bool {
+	return r.first(tableRevoked, indexID, revokedKey(kind, id)) != nil
+}
+
+// RemovedServers returns the servers whose authorities are being retired
+// (tainted, not yet revoked), in name order.
+func (r *Reader) RemovedServers() []*sigilv1.RemovedServer {
+	it, err := r.txn.Get(tableRemovedServers, indexID+"_prefix", "")
+	if err != nil {
+		return nil
+	}
+	r.ws.Add(it.WatchCh())
+	var out []*sigilv1.RemovedServer
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*sigilv1.RemovedServer))
+	}
+	return out
 }

@@ -14,6 +14,10 @@ const (
 	tableJoinTokens = "join_tokens"
 	tableBundles    = "bundles"
 	tableMeta       = "meta"
+	// tableRevoked holds *revokedRow; tableRemovedServers
+	// *sigilv1.RemovedServer.
+	tableRevoked        = "revoked_authorities"
+	tableRemovedServers = "removed_servers"
 
 	indexID       = "id"
 	indexSPIFFEID = "spiffe_id"
@@ -86,6 +90,18 @@ func schema() *memdb.DBSchema {
 			Name: tableBundles,
 			Indexes: map[string]*memdb.IndexSchema{
 				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
+			},
+		},
+		tableRevoked: {
+			Name: tableRevoked,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+			},
+		},
+		tableRemovedServers: {
+			Name: tableRemovedServers,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ServerId"}},
 			},
 		},
 		tableMeta: {

@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/binary"
 	"hash/crc32"
 	"io"
@@ -72,6 +73,16 @@ func buildSnapshot(txn *memdb.Txn) (*sigilv1.Snapshot, error) {
 		return nil, err
 	}
 	if err := each(tableBundles, func(raw interface{}) { snap.Bundles = append(snap.Bundles, raw.(*sigilv1.Bundle)) }); err != nil {
+		return nil, err
+	}
+	if err := each(tableRevoked, func(raw interface{}) {
+		snap.RevokedAuthorities = append(snap.RevokedAuthorities, raw.(*revokedRow).A)
+	}); err != nil {
+		return nil, err
+	}
+	if err := each(tableRemovedServers, func(raw interface{}) {
+		snap.RemovedServers = append(snap.RemovedServers, raw.(*sigilv1.RemovedServer))
+	}); err != nil {
 		return nil, err
 	}
 	return snap, nil
@@ -212,6 +223,9 @@ func (f *fsm) loadSnapshot(snap *sigilv1.Snapshot, index uint64) (*memdb.MemDB, 
 				return nil, errorf("snapshot: bundle %q: %v", b.TrustDomain, err.Msg)
 			}
 		}
+		if err := checkSnapshotJWTAuthorities(b); err != nil {
+			return nil, err
+		}
 		if raw, _ := txn.First(tableBundles, indexID, b.TrustDomain); raw != nil {
 			return nil, errorf("snapshot: duplicate bundle %q", b.TrustDomain)
 		}
@@ -219,9 +233,62 @@ func (f *fsm) loadSnapshot(snap *sigilv1.Snapshot, index uint64) (*memdb.MemDB, 
 			return nil, errorf("snapshot: bundle %q: %v", b.TrustDomain, err)
 		}
 	}
+	for _, r := range snap.RevokedAuthorities {
+		if r == nil || (r.Kind != AuthorityKindX509 && r.Kind != AuthorityKindJWT) {
+			return nil, errorf("snapshot: revoked authority has no valid kind")
+		}
+		if err := validateAuthorityID(r.Id); err != nil {
+			return nil, errorf("snapshot: revoked authority: %v", err.Msg)
+		}
+		key := revokedKey(r.Kind, r.Id)
+		if raw, _ := txn.First(tableRevoked, indexID, key); raw != nil {
+			return nil, errorf("snapshot: duplicate revoked authority %s", key)
+		}
+		if err := txn.Insert(tableRevoked, &revokedRow{Key: key, A: r}); err != nil {
+			return nil, errorf("snapshot: revoked authority %s: %v", key, err)
+		}
+	}
+	for _, r := range snap.RemovedServers {
+		if r == nil {
+			return nil, errorf("snapshot: removed server is missing")
+		}
+		if err := validateServerName(r.ServerId); err != nil {
+			return nil, errorf("snapshot: removed server: %v", err.Msg)
+		}
+		if raw, _ := txn.First(tableRemovedServers, indexID, r.ServerId); raw != nil {
+			return nil, errorf("snapshot: duplicate removed server %q", r.ServerId)
+		}
+		if err := txn.Insert(tableRemovedServers, r); err != nil {
+			return nil, errorf("snapshot: removed server %q: %v", r.ServerId, err)
+		}
+	}
 	if err := txn.Insert(tableMeta, &metaRow{Key: metaIndexKey, Index: index}); err != nil {
 		return nil, errorf("snapshot: %v", err)
 	}
 	txn.Commit()
 	return db, nil
+}
+
+// checkSnapshotJWTAuthorities holds the JWT authorities of a restored bundle
+// to what PutJWTAuthority accepts: a key ID that is set, bounded and unique
+// in the bundle, and a public key that parses.
+func checkSnapshotJWTAuthorities(b *sigilv1.Bundle) error {
+	kids := make(map[string]bool, len(b.JwtAuthorities))
+	for _, a := range b.JwtAuthorities {
+		switch {
+		case a == nil:
+			return errorf("snapshot: bundle %q: JWT authority is missing", b.TrustDomain)
+		case a.KeyId == "":
+			return errorf("snapshot: bundle %q: JWT authority key_id is empty", b.TrustDomain)
+		case len(a.KeyId) > maxKeyIDLen:
+			return errorf("snapshot: bundle %q: JWT authority key_id is longer than %d bytes", b.TrustDomain, maxKeyIDLen)
+		case kids[a.KeyId]:
+			return errorf("snapshot: bundle %q: duplicate JWT authority key_id %q", b.TrustDomain, a.KeyId)
+		}
+		kids[a.KeyId] = true
+		if _, err := x509.ParsePKIXPublicKey(a.PublicKey); err != nil {
+			return errorf("snapshot: bundle %q: JWT authority %q: public key does not parse: %v", b.TrustDomain, a.KeyId, err)
+		}
+	}
+	return nil
 }

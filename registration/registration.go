@@ -26,8 +26,20 @@ const (
 )
 
 // ServerID is the SPIFFE ID of the server node named node.
+// The ID may be at most MaxSPIFFEIDLen bytes long.
 func ServerID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "sigil", "server", node)
+	return boundedID(spiffeid.FromSegments(td, "sigil", "server", node))
+}
+
+// boundedID refuses an ID longer than the SPIFFE specification allows.
+func boundedID(id spiffeid.ID, err error) (spiffeid.ID, error) {
+	if err != nil {
+		return id, err
+	}
+	if err := CheckSPIFFEIDLen("SPIFFE ID", id.String()); err != nil {
+		return spiffeid.ID{}, err
+	}
+	return id, nil
 }
 
 // ServersID is the parent ID of node alias entries: an entry parented to it
@@ -38,9 +50,13 @@ func ServersID(td spiffeid.TrustDomain) spiffeid.ID {
 }
 
 // AgentID is the SPIFFE ID of an agent attested by attestor with the given
-// attestor-specific id.
+// attestor-specific id. The ID may be at most MaxSPIFFEIDLen bytes long,
+// whatever an attestor returns.
 func AgentID(td spiffeid.TrustDomain, attestor, id string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "sigil", "agent", attestor, id)
+	if len(attestor)+len(id) > MaxSPIFFEIDLen {
+		return spiffeid.ID{}, fmt.Errorf("registration: agent id of %d bytes: SPIFFE IDs are at most %d bytes", len(attestor)+len(id), MaxSPIFFEIDLen)
+	}
+	return boundedID(spiffeid.FromSegments(td, "sigil", "agent", attestor, id))
 }
 
 // IsAgentID reports whether id names a Sigil agent.
@@ -59,14 +75,23 @@ func IsReserved(id spiffeid.ID) bool {
 }
 
 // ParseSelector parses "type:value", for example "unix:uid:1000". The type
-// is everything before the first colon.
+// is everything before the first colon. It checks the syntax and the size
+// limits but not the type's registered value rules: a client does not know
+// every selector type that its server's plugins define, so the server
+// judges those (ValidateSelectorInput).
 func ParseSelector(s string) (*sigilv1.Selector, error) {
+	if len(s) > MaxSelectorTypeLen+1+MaxSelectorValueLen {
+		return nil, fmt.Errorf("registration: selector of %d bytes is too long (type at most %d bytes, value at most %d)", len(s), MaxSelectorTypeLen, MaxSelectorValueLen)
+	}
 	typ, value, ok := strings.Cut(s, ":")
 	sel := &sigilv1.Selector{Type: typ, Value: value}
 	if !ok {
 		return nil, fmt.Errorf("registration: selector %q: want type:value", s)
 	}
 	if err := ValidateSelector(sel); err != nil {
+		return nil, err
+	}
+	if err := checkSelectorSize(sel); err != nil {
 		return nil, err
 	}
 	return sel, nil
@@ -77,7 +102,11 @@ func FormatSelector(s *sigilv1.Selector) string {
 	return s.GetType() + ":" + s.GetValue()
 }
 
-// ValidateSelector checks a selector's type and value.
+// ValidateSelector checks the structural rules of a selector that every
+// stored selector satisfies: a non-empty type of letters, digits, '_', '-'
+// and '.', and a non-empty value without line breaks or NUL. The Raft FSM
+// applies it to committed commands, so it must never tighten; new input is
+// checked by ValidateSelectorInput.
 func ValidateSelector(s *sigilv1.Selector) error {
 	if s == nil {
 		return errors.New("registration: selector is missing")
@@ -102,9 +131,14 @@ func ValidateSelector(s *sigilv1.Selector) error {
 	return nil
 }
 
-// Validate checks an entry as the admin API receives it (id, revision and
-// created_at are the server's to set and are not checked). td is the
-// server's trust domain.
+// Validate checks the structural rules that every stored entry satisfies
+// (id, revision and created_at are the server's to set and are not
+// checked). td is the server's trust domain. The Raft FSM applies it to
+// every committed command, and a command committed under these rules must
+// apply the same way on every server whatever its version or plugins, so
+// these rules must never tighten. New input (the admin API) is checked by
+// ValidateInput, which adds the size limits, the reserved-path spelling,
+// the known selector types and the TTL bounds.
 func Validate(td spiffeid.TrustDomain, e *sigilv1.Entry) error {
 	if e == nil {
 		return errors.New("registration: entry is missing")

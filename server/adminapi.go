@@ -53,7 +53,7 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 	now := s.cfg.Clock.Now().Unix()
 	for i, in := range req.Entries {
 		e := proto.Clone(in).(*sigilv1.Entry)
-		if err := registration.Validate(s.td, e); err != nil {
+		if err := registration.ValidateInput(s.td, e); err != nil {
 			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: in}
 			continue
 		}
@@ -95,11 +95,11 @@ func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdat
 	var idx []int
 	for i, in := range req.Entries {
 		e := proto.Clone(in).(*sigilv1.Entry)
-		if e.Id == "" {
-			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, "entry id is required"), Entry: in}
+		if err := registration.CheckEntryID(e.Id); err != nil {
+			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: in}
 			continue
 		}
-		if err := registration.Validate(s.td, e); err != nil {
+		if err := registration.ValidateInput(s.td, e); err != nil {
 			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: in}
 			continue
 		}
@@ -134,14 +134,28 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 	if len(req.Ids) == 0 {
 		return &sigilv1.BatchDeleteEntryResponse{}, nil
 	}
-	res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_DeleteEntries{DeleteEntries: &sigilv1.DeleteEntries{Ids: req.Ids}}})
+	// Ids that cannot exist are answered here and cost no Raft write.
+	out := &sigilv1.BatchDeleteEntryResponse{Results: make([]*sigilv1.DeleteResult, len(req.Ids))}
+	var toDelete []string
+	var idx []int
+	for i, id := range req.Ids {
+		if err := registration.CheckEntryID(id); err != nil {
+			out.Results[i] = &sigilv1.DeleteResult{Id: id, Status: errStatus(codes.InvalidArgument, err.Error())}
+			continue
+		}
+		toDelete = append(toDelete, id)
+		idx = append(idx, i)
+	}
+	if len(toDelete) == 0 {
+		return out, nil
+	}
+	res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_DeleteEntries{DeleteEntries: &sigilv1.DeleteEntries{Ids: toDelete}}})
 	if err != nil {
 		return nil, storeError(err)
 	}
-	out := &sigilv1.BatchDeleteEntryResponse{}
-	for i, id := range req.Ids {
-		st := resultAt(res, i)
-		out.Results = append(out.Results, &sigilv1.DeleteResult{Id: id, Status: st})
+	for j, id := range toDelete {
+		st := resultAt(res, j)
+		out.Results[idx[j]] = &sigilv1.DeleteResult{Id: id, Status: st}
 		if st.Code == 0 {
 			s.log.Info("entry deleted", zap.Bool("audit", true), zap.String("entry_id", id))
 		}
@@ -157,6 +171,9 @@ func resultAt(res *sigilv1.CommandResult, i int) *sigilv1.Status {
 }
 
 func (a *adminAPI) GetEntry(ctx context.Context, req *sigilv1.GetEntryRequest) (*sigilv1.Entry, error) {
+	if err := registration.CheckEntryID(req.Id); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	e, err := a.s.store.Read().Entry(req.Id)
 	if errors.Is(err, raftstore.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "entry %q not found", req.Id)
@@ -168,8 +185,16 @@ func (a *adminAPI) GetEntry(ctx context.Context, req *sigilv1.GetEntryRequest) (
 }
 
 func (a *adminAPI) ListEntries(ctx context.Context, req *sigilv1.ListEntriesRequest) (*sigilv1.ListEntriesResponse, error) {
+	if len(req.Selectors) > registration.MaxSelectors {
+		return nil, status.Errorf(codes.InvalidArgument, "filter has %d selectors, at most %d allowed", len(req.Selectors), registration.MaxSelectors)
+	}
 	for _, sel := range req.Selectors {
-		if err := registration.ValidateSelector(sel); err != nil {
+		if err := registration.ValidateSelectorInput(sel); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	for field, id := range map[string]string{"spiffe_id": req.SpiffeId, "parent_id": req.ParentId} {
+		if err := registration.CheckSPIFFEIDLen(field, id); err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
@@ -196,6 +221,9 @@ func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinT
 	ttl := s.cfg.JoinTokenTTL
 	if req.Ttl > 0 {
 		ttl = time.Duration(req.Ttl) * time.Second
+	}
+	if err := registration.CheckJoinTokenTTL(ttl); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	token, err := jointoken.Generate()
 	if err != nil {
@@ -237,6 +265,9 @@ func (a *adminAPI) ListAgents(ctx context.Context, req *sigilv1.ListAgentsReques
 }
 
 func (a *adminAPI) checkAgentID(id string) error {
+	if err := registration.CheckSPIFFEIDLen("agent SPIFFE ID", id); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	parsed, err := spiffeid.FromString(id)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "invalid agent SPIFFE ID %q: %v", id, err)

@@ -2,16 +2,22 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/disk"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // authorities are this node's signing keys: X.509 CA keys and JWT keys,
@@ -135,4 +141,167 @@ func (p *bundlePublisher) Unpublish(ctx context.Context, sl ca.Slot) error {
 	}
 	_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_RemoveAuthority{RemoveAuthority: rm}})
 	return err
+}
+
+// DefaultRemovedServerGrace is the grace period of a removed server's keys
+// when none is configured: twice the JWT-SVID lifetime, at least 5
+// minutes. Agents replace what a tainted key signed within a second when
+// they are connected; the rest covers JWT-SVIDs the removed server signed
+// just before (they live jwtTTL and cannot be re-minted under the
+// holder's feet) and agents that were briefly disconnected.
+func DefaultRemovedServerGrace(jwtTTL time.Duration) time.Duration {
+	return max(2*jwtTTL, 5*time.Minute)
+}
+
+// removeMemberAuthorities is the first step of removing a server: its CA
+// and JWT keys are tainted cluster-wide (agents replace at once what they
+// signed, from other servers' keys, which every bundle holds already), its
+// cluster identity CA is revoked, and no authority of it is accepted any
+// more. The caller then takes it out of the Raft configuration;
+// finishRetirements revokes its keys after the grace period.
+func (s *Server) removeMemberAuthorities(ctx context.Context, node string) error {
+	_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{
+		TrustDomain: s.td.Name(), ServerId: node,
+	}}})
+	if err != nil {
+		return fmt.Errorf("server: tainting the authorities of %s: %w", node, err)
+	}
+	return nil
+}
+
+// finishRetirements revokes, on the leader, the authorities of every
+// server removed at least RemovedServerGrace ago: they leave the bundle
+// for good. It returns when the next one is due (zero when none is).
+func (s *Server) finishRetirements(ctx context.Context) time.Time {
+	if !s.store.IsLeader() {
+		return time.Time{}
+	}
+	var next time.Time
+	now := s.cfg.Clock.Now()
+	for _, rs := range s.store.Read().RemovedServers() {
+		due := time.Unix(rs.RemovedAt, 0).Add(s.cfg.RemovedServerGrace)
+		if now.Before(due) {
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+			continue
+		}
+		_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{
+			TrustDomain: s.td.Name(), ServerId: rs.ServerId, Revoke: true,
+		}}})
+		if ce := (*raftstore.CommandError)(nil); errors.As(err, &ce) && ce.Code == codes.FailedPrecondition {
+			continue // revoked meanwhile by another call (a previous leader)
+		}
+		if err != nil {
+			s.log.Warn("revoking the authorities of a removed server", zap.String("node_name", rs.ServerId), zap.Error(err))
+			retry := now.Add(5 * time.Second)
+			if next.IsZero() || retry.Before(next) {
+				next = retry
+			}
+			continue
+		}
+		s.log.Info("authorities of a removed server revoked: they left the bundle", zap.Bool("audit", true),
+			zap.String("node_name", rs.ServerId), zap.Duration("grace", s.cfg.RemovedServerGrace))
+	}
+	return next
+}
+
+// adoptClusterChanges brings this server's key slots in line with
+// cluster-wide decisions taken anywhere: a key tainted in the bundle is
+// tainted here too (so that it is not published again untainted and an
+// active one is succeeded), and a revoked key is forgotten (its slot and
+// private key dropped; an active one is replaced by the Tick that
+// follows). It reports whether anything changed.
+func (s *Server) adoptClusterChanges(ctx context.Context) bool {
+	r := s.store.Read()
+	pb, err := r.PeerBundle(s.td.Name())
+	if err != nil {
+		return false
+	}
+	tainted := map[string]bool{}
+	for _, a := range pb.X509Authorities {
+		if a.ServerId == s.cfg.NodeName && a.Tainted {
+			if c, err := x509.ParseCertificate(a.Certificate); err == nil {
+				tainted["x509/"+raftstore.X509AuthorityID(c)] = true
+			}
+		}
+	}
+	for _, a := range pb.JwtAuthorities {
+		if a.ServerId == s.cfg.NodeName && a.Tainted {
+			tainted["jwt/"+a.KeyId] = true
+		}
+	}
+	changed := false
+	for _, m := range []*ca.Manager{s.auth.x509, s.auth.jwt} {
+		for _, sl := range m.Slots() {
+			kind := string(sl.Kind)
+			switch {
+			case !sl.PublishedAt.IsZero() && r.IsRevoked(kind, sl.ID):
+				if _, err := m.Forget(ctx, sl.ID); err != nil {
+					s.log.Error("forgetting a revoked key", zap.String("authority_id", sl.ID), zap.Error(err))
+					continue
+				}
+				changed = true
+				s.log.Warn("own key revoked cluster-wide: dropped", zap.Bool("audit", true),
+					zap.String("kind", kind), zap.String("authority_id", sl.ID), zap.String("state", string(sl.State)))
+			case !sl.Tainted && tainted[kind+"/"+sl.ID]:
+				if _, ok, err := m.AdoptTaint(sl.ID); err != nil {
+					s.log.Error("recording a cluster-wide taint", zap.String("authority_id", sl.ID), zap.Error(err))
+					continue
+				} else if ok {
+					changed = true
+					s.log.Warn("own key tainted cluster-wide", zap.Bool("audit", true),
+						zap.String("kind", kind), zap.String("authority_id", sl.ID), zap.String("state", string(sl.State)))
+				}
+			}
+		}
+	}
+	return changed
+}
+
+// peerBundleCache is the parsed cluster peer bundle of one server, kept
+// while the store's bundle row is the same object (rows are replaced, not
+// changed, on every write).
+type peerBundleCache struct {
+	mu sync.Mutex
+	pb *sigilv1.Bundle
+	b  *x509bundle.Bundle
+}
+
+var peerBundles sync.Map // *Server -> *peerBundleCache
+
+// peerStoreBundle returns the store's cluster peer bundle: the bundle plus
+// every member's cluster identity CA. It authenticates servers on the
+// cluster port only; agents and workloads get currentBundle, without the
+// identity CAs. The result is the same object while the bundle is
+// unchanged.
+func (s *Server) peerStoreBundle() (*x509bundle.Bundle, error) {
+	pb, err := s.store.Read().PeerBundle(s.td.Name())
+	if err != nil {
+		return nil, fmt.Errorf("server: reading the cluster peer bundle: %w", err)
+	}
+	v, _ := peerBundles.LoadOrStore(s, &peerBundleCache{})
+	pc := v.(*peerBundleCache)
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.pb == pb && pc.b != nil {
+		return pc.b, nil
+	}
+	b, err := bundleFromProto(s.td, pb)
+	if err != nil {
+		return nil, err
+	}
+	pc.pb, pc.b = pb, b
+	return b, nil
+}
+
+// authorityChanges returns a channel that fires when the bundle or the
+// revocation or removal records change (a taint, revoke or removal decided
+// on another server, which this server may have to adopt), or ctx ends.
+func (s *Server) authorityChanges(ctx context.Context) <-chan error {
+	r := s.store.Read()
+	_, _ = r.PeerBundle(s.td.Name())
+	r.RevokedAuthorities()
+	r.RemovedServers()
+	return r.WatchSet().WatchCh(ctx)
 }

@@ -3,9 +3,9 @@ package server
 import (
 	"context"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -14,6 +14,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // authorityAdmin is the AuthorityAdmin service: it controls the keys of
@@ -88,7 +89,7 @@ func (a *authorityAdmin) ShowAuthorities(ctx context.Context, _ *sigilv1.ShowAut
 	for _, x := range pb.X509Authorities {
 		id := ""
 		if c, err := x509.ParseCertificate(x.Certificate); err == nil {
-			id = hex.EncodeToString(c.SubjectKeyId)
+			id = raftstore.X509AuthorityID(c)
 		}
 		resp.Bundle = append(resp.Bundle, &sigilv1.BundleAuthority{Kind: "x509", Id: id, ServerId: x.ServerId, NotAfter: x.NotAfter, Tainted: x.Tainted})
 	}
@@ -151,6 +152,9 @@ func (a *authorityAdmin) ActivateAuthority(ctx context.Context, req *sigilv1.Aut
 }
 
 func (a *authorityAdmin) TaintAuthority(ctx context.Context, req *sigilv1.AuthorityRequest) (*sigilv1.AuthorityResponse, error) {
+	if req.Authority != "" {
+		return a.clusterOp(ctx, "taint", req.Authority)
+	}
 	m, err := a.manager(req.Kind)
 	if err != nil {
 		return nil, err
@@ -168,6 +172,9 @@ func (a *authorityAdmin) TaintAuthority(ctx context.Context, req *sigilv1.Author
 }
 
 func (a *authorityAdmin) RevokeAuthority(ctx context.Context, req *sigilv1.AuthorityRequest) (*sigilv1.AuthorityResponse, error) {
+	if req.Authority != "" {
+		return a.clusterOp(ctx, "revoke", req.Authority)
+	}
 	m, err := a.manager(req.Kind)
 	if err != nil {
 		return nil, err
@@ -182,4 +189,118 @@ func (a *authorityAdmin) RevokeAuthority(ctx context.Context, req *sigilv1.Autho
 	a.audit("revoked", sl)
 	a.s.kickRotation()
 	return a.slotResp(m, sl), nil
+}
+
+// maxAuthorityIDLen bounds the authority ID of a cluster-wide operation.
+const maxAuthorityIDLen = 128
+
+// bundleMatch is one authority of the bundle named by an ID.
+type bundleMatch struct {
+	kind     string // raftstore.AuthorityKindX509 or AuthorityKindJWT
+	serverID string
+	tainted  bool
+	notAfter int64
+}
+
+func (m bundleMatch) identity() bool {
+	return strings.HasPrefix(m.serverID, raftstore.IdentityAuthorityPrefix)
+}
+
+func (m bundleMatch) proto(id string) *sigilv1.BundleAuthority {
+	return &sigilv1.BundleAuthority{Kind: m.kind, Id: id, ServerId: m.serverID, NotAfter: m.notAfter, Tainted: m.tainted}
+}
+
+// bundleMatches returns the authorities of pb whose ID is id, and the
+// number of untainted authorities each server holds per kind, leaving out
+// those matches.
+func bundleMatches(pb *sigilv1.Bundle, id string) (matches []bundleMatch, untainted map[string]int) {
+	untainted = map[string]int{}
+	for _, x := range pb.X509Authorities {
+		aid := ""
+		if c, err := x509.ParseCertificate(x.Certificate); err == nil {
+			aid = raftstore.X509AuthorityID(c)
+		}
+		if aid == id {
+			matches = append(matches, bundleMatch{raftstore.AuthorityKindX509, x.ServerId, x.Tainted, x.NotAfter})
+		} else if !x.Tainted {
+			untainted[raftstore.AuthorityKindX509+"/"+x.ServerId]++
+		}
+	}
+	for _, j := range pb.JwtAuthorities {
+		if j.KeyId == id {
+			matches = append(matches, bundleMatch{raftstore.AuthorityKindJWT, j.ServerId, j.Tainted, j.ExpiresAt})
+		} else if !j.Tainted {
+			untainted[raftstore.AuthorityKindJWT+"/"+j.ServerId]++
+		}
+	}
+	return matches, untainted
+}
+
+// clusterOp taints or revokes, cluster-wide, the authority id of any
+// server: the command goes through the leader and Raft, every server and
+// agent follows the bundle, and the server that holds the key adopts the
+// change (adoptClusterChanges). A current member's last usable key of a
+// kind is never taken away here: rotate it on that server first, or
+// remove the server (which taints all its keys).
+func (a *authorityAdmin) clusterOp(ctx context.Context, op, id string) (*sigilv1.AuthorityResponse, error) {
+	s := a.s
+	if len(id) > maxAuthorityIDLen {
+		return nil, status.Errorf(codes.InvalidArgument, "authority ID is longer than %d characters", maxAuthorityIDLen)
+	}
+	pb, err := s.store.Read().PeerBundle(s.td.Name())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "reading bundle: %v", err)
+	}
+	matches, untainted := bundleMatches(pb, id)
+	if len(matches) == 0 {
+		return nil, status.Errorf(codes.NotFound, "no authority %q in the bundle; `sigil authority show` lists the bundle's authorities and their IDs", id)
+	}
+	for _, m := range matches {
+		if m.identity() {
+			continue
+		}
+		if op == "revoke" && !m.tainted {
+			return nil, status.Errorf(codes.FailedPrecondition, "%s authority %s of server %s is not tainted; run `sigil authority taint -authority %s` first so that agents replace what it signed, then revoke it", m.kind, id, m.serverID, id)
+		}
+		if !s.store.IsMember(m.serverID) {
+			continue // a removed (or never seen) server: nothing to keep signing
+		}
+		if m.serverID == s.cfg.NodeName {
+			mgr := s.auth.x509
+			if m.kind == raftstore.AuthorityKindJWT {
+				mgr = s.auth.jwt
+			}
+			if act, ok := mgr.Active(); ok && act.ID == id {
+				return nil, status.Errorf(codes.FailedPrecondition, "%s authority %s is the active key of this server (%s); run `sigil authority prepare -kind %s` and `sigil authority activate -kind %s` first, then %s it", m.kind, id, m.serverID, m.kind, m.kind, op)
+			}
+		}
+		if op == "taint" && untainted[m.kind+"/"+m.serverID] == 0 {
+			return nil, status.Errorf(codes.FailedPrecondition, "%s authority %s is the only untainted %s key of server %s, a current member, which would keep signing with it; rotate it on %s first (`sigil authority prepare -kind %s` and `sigil authority activate -kind %s` with -socket of %s's admin socket), or, if %s is lost or compromised, remove it with `sigil cluster remove %s`, which taints all its keys", m.kind, id, m.kind, m.serverID, m.serverID, m.kind, m.kind, m.serverID, m.serverID, m.serverID)
+		}
+		if op == "revoke" && untainted[m.kind+"/"+m.serverID] == 0 {
+			return nil, status.Errorf(codes.FailedPrecondition, "server %s, a current member, has no other usable %s key yet; wait until it has activated a successor (it prepares one at once after a taint; see `sigil authority show` on %s), or remove it with `sigil cluster remove %s`", m.serverID, m.kind, m.serverID, m.serverID)
+		}
+	}
+	var cmd *sigilv1.Command
+	if op == "taint" {
+		cmd = &sigilv1.Command{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: s.td.Name(), AuthorityId: id}}}
+	} else {
+		cmd = &sigilv1.Command{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: s.td.Name(), AuthorityId: id}}}
+	}
+	if _, err := s.apply(ctx, cmd); err != nil {
+		return nil, storeError(err)
+	}
+	s.kickRotation()
+	resp := &sigilv1.AuthorityResponse{}
+	if op == "taint" {
+		if pb, err := s.store.Read().PeerBundle(s.td.Name()); err == nil {
+			matches, _ = bundleMatches(pb, id)
+		}
+	}
+	for _, m := range matches {
+		resp.Authorities = append(resp.Authorities, m.proto(id))
+		s.log.Info(map[string]string{"taint": "authority tainted", "revoke": "authority revoked"}[op]+" cluster-wide by admin", zap.Bool("audit", true), zap.String("kind", m.kind),
+			zap.String("authority_id", id), zap.String("server_id", m.serverID))
+	}
+	return resp, nil
 }

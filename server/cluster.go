@@ -3,8 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -25,7 +23,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -61,7 +58,10 @@ type cluster struct {
 	s      *Server
 	log    *zap.Logger
 	dir    string
-	secret []byte
+	secret []byte // the join secret's key (joinproto.go); nil refuses joins
+
+	// joinLimit rate-limits join attempts on this server.
+	joinLimit *joinLimiter
 
 	mux   *raftstore.Mux
 	trans *raft.NetworkTransport
@@ -109,9 +109,11 @@ func newCluster(s *Server) *cluster {
 		s:      s,
 		log:    s.log.Named("cluster"),
 		dir:    filepath.Join(s.cfg.DataDir, "cluster"),
-		secret: []byte(s.cfg.JoinSecret),
+		secret: joinKey(s.cfg.JoinSecret),
 		conns:  make(map[string]peerConn),
 		health: make(map[string]memberHealth),
+
+		joinLimit: newJoinLimiter(s.cfg.Clock),
 	}
 }
 
@@ -121,7 +123,9 @@ func newCluster(s *Server) *cluster {
 // x509CA (a restarted member must reach the leader before it can publish
 // anything). Its key is kept like the CA keys (disk or memory) under
 // DataDir/cluster and never leaves the node; its certificate is in the
-// bundle under the server ID "cluster/<node>".
+// cluster peer bundle under the server ID "cluster/<node>", which
+// authenticates servers to each other only: it is not in the bundle that
+// agents and workloads trust (raftstore Reader.Bundle leaves it out).
 func (c *cluster) loadIdentityCA(ctx context.Context) (*ca.CA, error) {
 	s := c.s
 	var km ca.KeyManager
@@ -273,11 +277,12 @@ func (c *cluster) addExtra(certs []*x509.Certificate) {
 }
 
 // peerBundle is the bundle peers' SVIDs are checked against: the store's
-// bundle and the extra authorities.
+// cluster peer bundle (the bundle and the members' identity CAs) and the
+// extra authorities.
 func (c *cluster) peerBundle() *x509bundle.Bundle {
 	var storeB *x509bundle.Bundle
 	if c.store.Load() != nil {
-		if b, err := c.s.currentBundle(); err == nil {
+		if b, err := c.s.peerStoreBundle(); err == nil {
 			storeB = b
 		}
 	}
@@ -440,14 +445,6 @@ func (c *cluster) conn(addr string) (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
-// joinProof binds the join secret to one TLS connection.
-func joinProof(secret []byte, side, node string, ekm []byte) []byte {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte("sigil join " + side + "\x00" + node + "\x00"))
-	m.Write(ekm)
-	return m.Sum(nil)
-}
-
 // joinAtStart joins through the configured addresses: always (and
 // until it succeeds) on a first start; on a restart only when this
 // server's identity CA is new (it was down longer than its lifetime, or
@@ -498,86 +495,13 @@ func (c *cluster) join(ctx context.Context, addrs []string) error {
 	}
 }
 
-func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	d := &tls.Dialer{NetDialer: &net.Dialer{LocalAddr: c.mux.LocalDialAddr()}, Config: &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{raftstore.ALPNGRPC},
-		// The server is authenticated by its proof of the join secret,
-		// bound to this connection's exporter, below.
-		InsecureSkipVerify: true, //nolint:gosec // see above
-	}}
-	raw, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	tc := raw.(*tls.Conn)
-	cs := tc.ConnectionState()
-	ekm, err := cs.ExportKeyingMaterial(ekmLabel, nil, 32)
-	if err != nil {
-		tc.Close()
-		return err
-	}
-	var used atomic.Bool
-	cc, err := grpc.NewClient("passthrough:///"+addr,
-		// The connection is the TLS connection above.
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
-			if used.Swap(true) {
-				return nil, errors.New("join connection lost")
-			}
-			return tc, nil
-		}),
-	)
-	if err != nil {
-		tc.Close()
-		return err
-	}
-	defer cc.Close()
-	node := c.s.cfg.NodeName
-	resp, err := sigilv1.NewClusterClient(cc).Join(ctx, &sigilv1.JoinRequest{
-		NodeName:       node,
-		ClusterAddress: c.advertise(),
-		CaCertificate:  c.idCA.Certificate().Raw,
-		Proof:          joinProof(c.secret, "client", node, ekm),
-	})
-	if err != nil {
-		return err
-	}
-	if !hmac.Equal(resp.Proof, joinProof(c.secret, "server", node, ekm)) {
-		return errors.New("the server did not prove that it holds the join secret")
-	}
-	if resp.Redirect != "" {
-		if depth >= 3 {
-			return errors.New("too many redirects")
-		}
-		c.log.Info("join redirected to the leader", zap.String("leader", resp.Redirect))
-		return c.joinOnce(ctx, resp.Redirect, depth+1)
-	}
-	var certs []*x509.Certificate
-	for _, der := range resp.Bundle {
-		cert, err := x509.ParseCertificate(der)
-		if err != nil {
-			return fmt.Errorf("join returned a bad bundle: %w", err)
-		}
-		certs = append(certs, cert)
-	}
-	c.addExtra(certs)
-	if err := writePEMCerts(c.bundlePath(), certs); err != nil {
-		c.log.Warn("saving cluster bundle", zap.Error(err))
-	}
-	c.log.Info("joined the cluster", zap.Bool("audit", true), zap.String("via", addr), zap.String("leader", resp.LeaderId))
-	return nil
-}
-
 // bundleLoop saves the bundle to disk whenever it changes.
 func (c *cluster) bundleLoop(ctx context.Context) {
 	var seq uint64
 	first := true
 	for {
 		changed := c.store.Load().Changed()
-		if pb, err := c.store.Load().Read().Bundle(c.s.td.Name()); err == nil && (first || pb.SequenceNumber != seq) {
+		if pb, err := c.store.Load().Read().PeerBundle(c.s.td.Name()); err == nil && (first || pb.SequenceNumber != seq) {
 			var certs []*x509.Certificate
 			for _, a := range pb.X509Authorities {
 				if cert, err := x509.ParseCertificate(a.Certificate); err == nil {

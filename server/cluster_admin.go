@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // ConsistencyHeader is the gRPC metadata key an admin client sets to
@@ -122,8 +124,13 @@ func (a *clusterAdminAPI) leaderConn() (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
-// removeMember removes a server from the Raft configuration; the caller
-// is the leader.
+// removeMember removes a server from the cluster; the caller is the
+// leader. First its authorities are tainted cluster-wide and no authority
+// of it is accepted any more (agents replace what it signed from the
+// other servers' keys, already in every bundle), then it leaves the Raft
+// configuration; its keys leave the bundle after RemovedServerGrace
+// (finishRetirements). A removal that failed half-way is completed by
+// running it again.
 func (s *Server) removeMember(ctx context.Context, req *sigilv1.RemoveMemberRequest) (*sigilv1.RemoveMemberResponse, error) {
 	if !s.store.IsLeader() {
 		return nil, notLeader(s)
@@ -131,8 +138,13 @@ func (s *Server) removeMember(ctx context.Context, req *sigilv1.RemoveMemberRequ
 	if !s.store.IsMember(req.NodeName) {
 		return nil, status.Errorf(codes.NotFound, "%q is not a member", req.NodeName)
 	}
+	if err := s.removeMemberAuthorities(ctx, req.NodeName); err != nil {
+		return nil, storeError(err)
+	}
+	s.log.Info("authorities of a server being removed tainted", zap.Bool("audit", true), zap.String("node_name", req.NodeName),
+		zap.Duration("revoked_after", s.cfg.RemovedServerGrace))
 	if err := s.store.RemoveServer(ctx, req.NodeName); err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, status.Errorf(codes.Unavailable, "the authorities of %s are tainted, but removing it from the Raft configuration failed (run the removal again): %v", req.NodeName, err)
 	}
 	s.log.Info("server removed from the cluster", zap.Bool("audit", true), zap.String("node_name", req.NodeName))
 	return &sigilv1.RemoveMemberResponse{}, nil
@@ -209,8 +221,20 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 	// The members' CA certificates must stay trusted, or the members
 	// could no longer authenticate each other after the restore.
 	var keep []*sigilv1.X509Authority
-	if pb, err := s.store.Read().Bundle(s.td.Name()); err == nil {
+	if pb, err := s.store.Read().PeerBundle(s.td.Name()); err == nil {
 		keep = pb.X509Authorities
+	}
+	if s.cluster != nil {
+		// Until they are put back below, the restored bundle does not hold
+		// them: keep trusting the members meanwhile, or the restore (and
+		// the puts) could not be replicated.
+		var certs []*x509.Certificate
+		for _, au := range keep {
+			if c, err := x509.ParseCertificate(au.Certificate); err == nil {
+				certs = append(certs, c)
+			}
+		}
+		s.cluster.addExtra(certs)
 	}
 	snap, err := s.store.RestoreSnapshot(ctx, &buf)
 	if err != nil {
@@ -220,6 +244,11 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 		_, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
 			TrustDomain: s.td.Name(), Authority: au,
 		}}})
+		if ce := (*raftstore.CommandError)(nil); errors.As(err, &ce) && ce.Code == codes.PermissionDenied {
+			// Revoked, or of a removed server, in the restored state.
+			s.log.Warn("not re-publishing an authority the restored state refuses", zap.String("server_id", au.ServerId), zap.String("reason", ce.Msg))
+			continue
+		}
 		if err != nil {
 			return status.Errorf(codes.Unavailable, "restored, but re-publishing the CA of %s failed: %v", au.ServerId, err)
 		}

@@ -2,16 +2,13 @@ package server
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -63,10 +60,12 @@ func tlsState(ctx context.Context) (*tls.ConnectionState, bool) {
 	return &ti.State, true
 }
 
-// authUnary lets Join through (it authenticates by the join secret) and
-// requires the SVID of a member for everything else.
+// authUnary lets JoinChallenge and Join through (they authenticate by the
+// join secret, joinproto.go) and requires the SVID of a member for
+// everything else.
 func (c *cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if info.FullMethod == sigilv1.Cluster_Join_FullMethodName {
+	switch info.FullMethod {
+	case sigilv1.Cluster_Join_FullMethodName, sigilv1.Cluster_JoinChallenge_FullMethodName:
 		return handler(ctx, req)
 	}
 	st, ok := tlsState(ctx)
@@ -91,73 +90,6 @@ func (a *clusterAPI) store() (*raftstore.Store, error) {
 		return st, nil
 	}
 	return nil, status.Error(codes.Unavailable, "server is starting")
-}
-
-func (a *clusterAPI) Join(ctx context.Context, req *sigilv1.JoinRequest) (*sigilv1.JoinResponse, error) {
-	c := a.c
-	if len(c.secret) == 0 {
-		return nil, status.Error(codes.PermissionDenied, "this server does not accept joins (no join_secret)")
-	}
-	st, ok := tlsState(ctx)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "no TLS peer")
-	}
-	ekm, err := st.ExportKeyingMaterial(ekmLabel, nil, 32)
-	if err != nil {
-		return nil, status.Errorf(codes.Unauthenticated, "TLS exporter: %v", err)
-	}
-	if !hmac.Equal(req.Proof, joinProof(c.secret, "client", req.NodeName, ekm)) {
-		c.log.Warn("join refused: bad proof of the join secret", zap.Bool("audit", true), zap.String("node_name", req.NodeName))
-		return nil, status.Error(codes.PermissionDenied, "join refused: wrong join secret")
-	}
-	resp := &sigilv1.JoinResponse{Proof: joinProof(c.secret, "server", req.NodeName, ekm)}
-	store, err := a.store()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := spiffeid.FromSegments(c.s.td, "sigil", "server", req.NodeName); err != nil || req.NodeName == "" {
-		return nil, status.Errorf(codes.InvalidArgument, "node name %q is not valid", req.NodeName)
-	}
-	if _, _, err := net.SplitHostPort(req.ClusterAddress); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "cluster address %q: %v", req.ClusterAddress, err)
-	}
-	caCert, err := x509.ParseCertificate(req.CaCertificate)
-	if err != nil || !caCert.IsCA {
-		return nil, status.Error(codes.InvalidArgument, "CA certificate is not a CA certificate")
-	}
-	if len(caCert.URIs) != 1 || caCert.URIs[0].String() != c.s.td.IDString() {
-		return nil, status.Errorf(codes.InvalidArgument, "CA certificate is not for trust domain %s", c.s.td)
-	}
-	if !store.IsLeader() {
-		addr, _ := store.Leader()
-		if addr == "" {
-			return nil, status.Error(codes.Unavailable, "no leader to join; retry")
-		}
-		resp.Redirect = addr
-		return resp, nil
-	}
-	// The joiner's CA enters the bundle before the joiner becomes a voter
-	// (and so before any peer accepts an SVID it signed).
-	_, err = store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
-		TrustDomain: c.s.td.Name(),
-		Authority:   &sigilv1.X509Authority{Certificate: caCert.Raw, ServerId: identityAuthorityID(req.NodeName), NotAfter: caCert.NotAfter.Unix()},
-	}}})
-	if err != nil {
-		return nil, storeError(err)
-	}
-	if err := store.AddVoter(ctx, req.NodeName, req.ClusterAddress); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "%v", err)
-	}
-	pb, err := store.Read().Bundle(c.s.td.Name())
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "bundle: %v", err)
-	}
-	for _, au := range pb.X509Authorities {
-		resp.Bundle = append(resp.Bundle, au.Certificate)
-	}
-	_, resp.LeaderId = store.Leader()
-	c.log.Info("server joined", zap.Bool("audit", true), zap.String("node_name", req.NodeName), zap.String("address", req.ClusterAddress))
-	return resp, nil
 }
 
 func (a *clusterAPI) Apply(ctx context.Context, req *sigilv1.ApplyRequest) (*sigilv1.ApplyResponse, error) {

@@ -11,12 +11,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/unixsock"
 )
 
 // Default locations and lifetimes.
 const (
 	DefaultBindAddress  = ":8081"
-	DefaultAdminSocket  = "/tmp/sigil-server/private/admin.sock"
+	DefaultAdminSocket  = "/run/sigil/server/private/admin.sock" // root's; others': unixsock.DefaultAdminSocket
 	DefaultDataDir      = "./.sigil/server"
 	DefaultCATTL        = 24 * time.Hour
 	DefaultX509SVIDTTL  = time.Hour
@@ -53,6 +54,14 @@ type Config struct {
 	// committed bundle before it signs anything; 0 means a sixth of
 	// CATTL.
 	CAPropagationDelay time.Duration
+	// RemovedServerGrace is how long the keys of a server removed from the
+	// cluster stay in the bundle, tainted, before they are revoked
+	// (removed for good): long enough for agents to replace what those
+	// keys signed (at once when connected; after a short outage on
+	// reconnecting) and for JWT-SVIDs they signed to expire. 0 means
+	// DefaultRemovedServerGrace(JWTSVIDTTL): twice the JWT-SVID lifetime,
+	// at least 5 minutes.
+	RemovedServerGrace time.Duration
 
 	// ClusterAddress is the listen address of the cluster port (Raft and
 	// server-to-server RPCs over mutual TLS). Empty runs a single server
@@ -92,7 +101,7 @@ func DefaultConfig() Config {
 		NodeName:     host,
 		DataDir:      DefaultDataDir,
 		BindAddress:  DefaultBindAddress,
-		AdminSocket:  DefaultAdminSocket,
+		AdminSocket:  unixsock.DefaultAdminSocket(),
 		KeyManager:   "disk",
 		CATTL:        DefaultCATTL,
 		X509SVIDTTL:  DefaultX509SVIDTTL,
@@ -132,6 +141,7 @@ func (c *Config) Validate() error {
 	for name, d := range map[string]*time.Duration{
 		"ca_ttl": &c.CATTL, "x509_svid_ttl": &c.X509SVIDTTL, "agent_svid_ttl": &c.AgentSVIDTTL, "join_token_ttl": &c.JoinTokenTTL,
 		"jwt_svid_ttl": &c.JWTSVIDTTL, "ca_propagation_delay": &c.CAPropagationDelay,
+		"removed_server_grace": &c.RemovedServerGrace,
 	} {
 		if *d < 0 {
 			return fmt.Errorf("server: %s must not be negative", name)
@@ -152,6 +162,9 @@ func (c *Config) Validate() error {
 	if c.JWTSVIDTTL == 0 {
 		c.JWTSVIDTTL = DefaultJWTSVIDTTL
 	}
+	if c.RemovedServerGrace == 0 {
+		c.RemovedServerGrace = DefaultRemovedServerGrace(c.JWTSVIDTTL)
+	}
 	if c.ClusterAddress == "" && len(c.JoinAddresses) > 0 {
 		return errors.New("server: join addresses need a cluster_address")
 	}
@@ -163,6 +176,11 @@ func (c *Config) Validate() error {
 	for _, a := range c.JoinAddresses {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("server: join address %q: %w", a, err)
+		}
+	}
+	if c.JoinSecret != "" {
+		if _, err := ParseJoinSecret(c.JoinSecret); err != nil {
+			return err
 		}
 	}
 	if c.RaftHeartbeatTimeout < 0 {

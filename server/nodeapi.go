@@ -6,14 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
@@ -25,18 +32,91 @@ const MaxBatchSize = 2000
 type nodeAPI struct {
 	sigilv1.UnimplementedNodeServer
 	s *Server
+
+	// claims holds the single-use credentials (join token hashes) that
+	// an Attest call on this server is consuming right now; a concurrent
+	// call with the same one is refused before it signs anything.
+	claimMu sync.Mutex
+	claims  map[string]struct{}
 }
 
+// claim marks hash as being consumed; false if another call holds it.
+func (n *nodeAPI) claim(hash string) bool {
+	n.claimMu.Lock()
+	defer n.claimMu.Unlock()
+	if _, ok := n.claims[hash]; ok {
+		return false
+	}
+	if n.claims == nil {
+		n.claims = make(map[string]struct{})
+	}
+	n.claims[hash] = struct{}{}
+	return true
+}
+
+func (n *nodeAPI) unclaim(hash string) {
+	n.claimMu.Lock()
+	defer n.claimMu.Unlock()
+	delete(n.claims, hash)
+}
+
+// Attest is the node API's only method open to callers without an agent
+// SVID. Before it signs anything or writes to Raft it checks the request's
+// size and the evidence against local state (the verifier looks the join
+// token up in this server's copy of the store), so an unauthenticated
+// caller with made-up evidence costs one local lookup. The connection and
+// rate limits in front of it are in nodeapi_limits.go.
 func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigilv1.AttestResponse, error) {
 	s := n.s
+	if size := proto.Size(req); size > s.nodeLimits.MaxAttestRequestSize {
+		return nil, status.Errorf(codes.ResourceExhausted, "attestation request of %d bytes exceeds the limit of %d bytes", size, s.nodeLimits.MaxAttestRequestSize)
+	}
 	v, ok := s.verifiers[req.AttestationType]
 	if !ok {
-		return nil, status.Errorf(codes.InvalidArgument, "unknown attestation type %q", req.AttestationType)
+		typ := req.AttestationType
+		if len(typ) > 64 {
+			typ = typ[:64] + "…"
+		}
+		known := make([]string, 0, len(s.verifiers))
+		for name := range s.verifiers {
+			known = append(known, name)
+		}
+		sort.Strings(known)
+		return nil, status.Errorf(codes.InvalidArgument, "unknown attestation type %q (this server knows %s)", typ, strings.Join(known, ", "))
 	}
 	res, err := v.Verify(ctx, req.Payload)
 	if err != nil {
 		s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType), zap.Error(err))
+		var refused *node.RefusedError
+		switch {
+		case errors.As(err, &refused):
+			// One answer for unknown, used and expired credentials;
+			// the reason is in the log line above.
+			return nil, status.Errorf(codes.PermissionDenied, "attestation failed: %s", refused.Public)
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			return nil, status.FromContextError(err).Err()
+		}
+		if st, ok := status.FromError(err); ok {
+			return nil, st.Err()
+		}
 		return nil, status.Errorf(codes.PermissionDenied, "attestation failed: %v", err)
+	}
+	if h := res.ConsumeJoinTokenHash; h != "" {
+		// The Raft command consumes the credential atomically across
+		// servers; this claim keeps concurrent uses on one server from
+		// each costing a signature and a Raft write first.
+		if !n.claim(h) {
+			s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
+				zap.String("reason", "the single-use credential is being consumed by a concurrent attestation"))
+			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+jointoken.RefusedMessage)
+		}
+		defer n.unclaim(h)
+		// A call that held the claim until just now has consumed it.
+		if _, err := s.store.Read().JoinToken(h); err != nil {
+			s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
+				zap.String("reason", "the single-use credential was consumed by a concurrent attestation"))
+			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+jointoken.RefusedMessage)
+		}
 	}
 	agentID, err := registration.AgentID(s.td, v.Name(), res.ID)
 	if err != nil {
@@ -236,4 +316,69 @@ func storeError(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	}
 	return status.Errorf(codes.Unavailable, "store: %v", err)
+}
+
+// followerTokenWait bounds how long a follower that does not hold a join
+// token waits for its store to catch up: the leader may have committed
+// the token a moment ago, and a follower learns of it within a
+// replication round (tens of milliseconds).
+const followerTokenWait = time.Second
+
+// nodeState is the verifiers' read-only view of this server's store.
+type nodeState struct{ s *Server }
+
+// JoinTokenExpiry looks the token up in the local store. A follower that
+// does not find it waits up to followerTokenWait for its store to apply
+// newer entries (no Raft traffic, no write) before it gives up; while it
+// waits, the call gives its in-flight attestation slot back (the rate
+// limits bound how many such waits there can be).
+func (st nodeState) JoinTokenExpiry(ctx context.Context, hash string) (time.Time, error) {
+	s := st.s
+	if s.store == nil {
+		return time.Time{}, status.Error(codes.Unavailable, "server: the store is not open yet")
+	}
+	var timeout <-chan time.Time
+	for {
+		changed := s.store.Changed()
+		t, err := s.store.Read().JoinToken(hash)
+		switch {
+		case err == nil:
+			return time.Unix(t.ExpiresAt, 0), nil
+		case !errors.Is(err, raftstore.ErrNotFound):
+			return time.Time{}, status.Errorf(codes.Internal, "server: reading join tokens: %v", err)
+		case s.cluster == nil || s.store.IsLeader():
+			return time.Time{}, fmt.Errorf("server: %w", node.ErrNotFound)
+		}
+		if timeout == nil {
+			timeout = s.cfg.Clock.After(followerTokenWait)
+			releaseAttestSlot(ctx)
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return time.Time{}, fmt.Errorf("server: %w", node.ErrNotFound)
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		}
+	}
+}
+
+// verifiedAgent reports whether certs are a valid agent SVID of the trust
+// domain now (whether the agent is attested and not banned is checked on
+// each call by the auth interceptors).
+func (s *Server) verifiedAgent(certs []*x509.Certificate) bool {
+	bundle, err := s.currentBundle()
+	if err != nil {
+		return false
+	}
+	id, _, err := x509svid.Verify(certs, bundle, x509svid.WithTime(s.cfg.Clock.Now()))
+	return err == nil && registration.IsAgentID(id)
+}
+
+// refuseUnauthenticated is the node guard's answer to a call other than
+// Attest on a connection that presented no valid agent SVID: the auth
+// interceptor's own error.
+func (s *Server) refuseUnauthenticated(ctx context.Context) error {
+	_, err := s.authenticate(ctx)
+	return err
 }

@@ -25,12 +25,16 @@ func (s *Server) rotationLoop(ctx context.Context) {
 		if !next.IsZero() {
 			d = min(max(next.Sub(now), 0), maxRotationSleep)
 		}
+		wctx, cancel := context.WithCancel(ctx)
 		select {
 		case <-ctx.Done():
+			cancel()
 			return
 		case <-s.auth.kick:
+		case <-s.authorityChanges(wctx):
 		case <-s.cfg.Clock.After(d):
 		}
+		cancel()
 	}
 }
 
@@ -51,6 +55,9 @@ func (s *Server) rotateOnce(ctx context.Context) time.Time {
 			next = t
 		}
 	}
+	// Taints and revocations of this server's keys decided cluster-wide
+	// first, so that the Tick below replaces a revoked active key at once.
+	s.adoptClusterChanges(ctx)
 	for _, m := range []*ca.Manager{s.auth.x509, s.auth.jwt} {
 		events, n := m.Tick(ctx)
 		earliest(n)
@@ -70,6 +77,7 @@ func (s *Server) rotateOnce(ctx context.Context) time.Time {
 		}
 	}
 	earliest(s.republishAndPrune(ctx))
+	earliest(s.finishRetirements(ctx))
 	return next
 }
 

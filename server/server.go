@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -34,6 +33,7 @@ import (
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -60,6 +60,9 @@ type Server struct {
 
 	ready    chan struct{}
 	nodeAddr atomic.Value // net.Addr
+
+	nodeLimits nodeLimits // see nodeapi_limits.go; tests may change them before Run
+	nodeGuard  *nodeGuard // set by Run
 }
 
 // New checks cfg and returns a server that Run starts.
@@ -71,17 +74,21 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	return &Server{
-		cfg: cfg,
-		log: cfg.Logger.With(zap.String("server_id", id.String())),
-		td:  cfg.TrustDomain,
-		id:  id,
-		verifiers: map[string]node.Verifier{
-			jointoken.Name: jointoken.NewVerifier(),
-		},
-		ready:   make(chan struct{}),
-		metrics: newMetrics(),
-	}, nil
+	s := &Server{
+		cfg:        cfg,
+		log:        cfg.Logger.With(zap.String("server_id", id.String())),
+		td:         cfg.TrustDomain,
+		id:         id,
+		ready:      make(chan struct{}),
+		metrics:    newMetrics(),
+		nodeLimits: defaultNodeLimits(),
+	}
+	// Verifiers check evidence against the local store before the
+	// server signs or writes anything.
+	s.verifiers = map[string]node.Verifier{
+		jointoken.Name: jointoken.NewVerifier(nodeState{s}, cfg.Clock),
+	}
+	return s, nil
 }
 
 // Ready is closed once the server is serving both APIs.
@@ -108,6 +115,11 @@ func (s *Server) Bundle() []*x509.Certificate {
 
 // Run starts the server and blocks until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
+	// Refuse an unsafe or taken admin socket path before writing any
+	// state; listenAdmin checks again.
+	if err := unixsock.Check(s.cfg.AdminSocket, adminSocketOptions(s.cfg.DataDir)); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
 	}
@@ -143,7 +155,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// The admin socket serves the cluster admin API from now on (a server
 	// waiting for `sigil cluster join` needs it); the other admin
 	// services answer Unavailable until the server is ready.
-	adminLis, err := listenAdmin(s.cfg.AdminSocket)
+	adminLis, err := listenAdmin(s.cfg.AdminSocket, s.cfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -161,7 +173,7 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-time.After(5 * time.Second):
 			adminSrv.Stop()
 		}
-		os.Remove(s.cfg.AdminSocket)
+		adminLis.Close() // removes the socket only if it is still ours
 	}()
 	go s.metrics.raftLoop(ctx, store)
 
@@ -193,13 +205,21 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.nodeAddr.Store(nodeLis.Addr())
 
+	// The node API is open to the network: nodeGuard bounds what a caller
+	// without a valid agent SVID costs (see nodeapi_limits.go).
+	lim := s.nodeLimits
+	s.nodeGuard = newNodeGuard(lim, s.cfg.Clock, s.log.Named("node_api"), s.verifiedAgent, s.refuseUnauthenticated)
 	nodeSrv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(s.nodeTLSConfig())),
+		grpc.Creds(s.nodeGuard.credentials(credentials.NewTLS(s.nodeTLSConfig()))),
+		grpc.InTapHandle(s.nodeGuard.tap),
 		grpc.ChainUnaryInterceptor(s.authUnary),
 		grpc.ChainStreamInterceptor(s.authStream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.MaxRecvMsgSize(32<<20),
+		grpc.MaxRecvMsgSize(lim.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(lim.MaxHeaderListSize),
+		grpc.ConnectionTimeout(lim.HandshakeTimeout),
 	)
 	sigilv1.RegisterNodeServer(nodeSrv, &nodeAPI{s: s})
 
@@ -235,24 +255,21 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
-func listenAdmin(path string) (net.Listener, error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("server: admin socket dir: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("server: admin socket dir: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("server: removing stale admin socket: %w", err)
-	}
-	l, err := net.Listen("unix", path)
+// adminSocketOptions: the admin socket's 0700 directory is the admin API's
+// access control.
+func adminSocketOptions(dataDir string) unixsock.Options {
+	return unixsock.Options{Name: "admin API socket", DirMode: 0o700, SocketMode: 0o600, DataDir: dataDir}
+}
+
+// listenAdmin listens on the admin socket in a 0700 directory, with the
+// checks of package unixsock: it refuses directories another user could
+// write to and never replaces a socket another process serves (the error
+// names that process's data directory). Closing the listener removes the
+// socket if it is still this one.
+func listenAdmin(path, dataDir string) (net.Listener, error) {
+	l, err := unixsock.Listen(path, adminSocketOptions(dataDir))
 	if err != nil {
-		return nil, fmt.Errorf("server: admin API listen: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("server: admin socket: %w", err)
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	return l, nil
 }

@@ -873,10 +873,18 @@ func TestListen(t *testing.T) {
 	if _, err := Listen(sock); err == nil {
 		t.Error("Listen on a live socket: no error")
 	}
-	// A stale one is.
-	ul := l.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false)
+	// Closing removes our own socket.
 	l.Close()
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+	// A stale one, left by a process that died, is replaced.
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul.SetUnlinkOnClose(false)
+	ul.Close()
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatalf("stale socket missing: %v", err)
 	}

@@ -6,6 +6,8 @@ package node
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
@@ -29,9 +31,41 @@ type Result struct {
 	Selectors []*sigilv1.Selector
 	// ConsumeJoinTokenHash, if set, is a single-use credential the server
 	// must consume atomically (through Raft) as part of recording the
-	// attestation.
+	// attestation. The Verifier has already found it unconsumed and
+	// unexpired in the local State; the consumption in Raft is what keeps
+	// concurrent uses of one credential from both succeeding.
 	ConsumeJoinTokenHash string
 }
+
+// State is the server's local, read-only view of the replicated
+// attestation state. A Verifier checks the evidence against it before the
+// server signs or writes anything, so that an unauthenticated caller costs
+// one local lookup and no signature or Raft write.
+type State interface {
+	// JoinTokenExpiry returns when the unconsumed join token with this
+	// SHA-256 hash (lowercase hex) expires. It returns an error wrapping
+	// ErrNotFound if no such token exists (never issued, already used or
+	// already removed after expiry).
+	JoinTokenExpiry(ctx context.Context, hash string) (time.Time, error)
+}
+
+// ErrNotFound is wrapped by State errors about a credential that does not
+// exist.
+var ErrNotFound = errors.New("node: credential not found")
+
+// RefusedError is returned by a Verifier for well-formed evidence that is
+// not valid now (unknown, already used, expired). The server answers every
+// such case with Public alone, the same text whatever the reason, so that
+// a caller learns nothing that helps guessing; Reason goes to the server's
+// log only.
+type RefusedError struct {
+	// Public is what the caller is told.
+	Public string
+	// Reason is the precise reason, for the server's log.
+	Reason string
+}
+
+func (e *RefusedError) Error() string { return e.Public + " (" + e.Reason + ")" }
 
 // Attestor is the agent half: it produces evidence.
 type Attestor interface {

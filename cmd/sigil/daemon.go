@@ -54,11 +54,17 @@ command line override the file.`,
 			if err := settings.Validate(); err != nil {
 				return err
 			}
+			if err := settings.ResolveJoinSecret(os.Getenv); err != nil {
+				return err
+			}
 			log, err := config.NewLogger(settings.Log, "json", cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // stderr may not support sync
+			for _, w := range flags.Warnings() {
+				log.Warn(w)
+			}
 			cfg, err := serverConfig(settings, log)
 			if err != nil {
 				return err
@@ -94,6 +100,7 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	setDuration(&cfg.JoinTokenTTL, s.JoinTokenTTL)
 	setDuration(&cfg.JWTSVIDTTL, s.JWTSVIDTTL)
 	setDuration(&cfg.CAPropagationDelay, s.CAPropagationDelay)
+	setDuration(&cfg.RemovedServerGrace, s.RemovedServerGrace)
 	cfg.ClusterAddress = s.ClusterAddress
 	cfg.AdvertiseAddress = s.AdvertiseAddress
 	for _, a := range strings.Split(s.RetryJoin, ",") {
@@ -154,7 +161,7 @@ Settings come from the agent block of the -config file; flags given on the
 command line override the file. The subcommands manage attested agents
 through a server's admin socket.`,
 		Example: `  sigil agent -config /etc/sigil/agent.hcl
-  sigil agent -trust-domain example.org -server-address 10.0.0.1:8081 -trust-bundle-path bundle.pem -join-token TOKEN
+  sigil agent -trust-domain example.org -server-address 10.0.0.1:8081 -trust-bundle-path bundle.pem -join-token-file /etc/sigil/join-token
   sigil agent list`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -173,11 +180,17 @@ through a server's admin socket.`,
 			if err := settings.Validate(); err != nil {
 				return err
 			}
+			if err := settings.ResolveJoinToken(os.Getenv); err != nil {
+				return err
+			}
 			log, err := config.NewLogger(settings.Log, "json", cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // stderr may not support sync
+			for _, w := range flags.Warnings() {
+				log.Warn(w)
+			}
 			cfg, err := agentConfig(settings, log)
 			if err != nil {
 				return err

@@ -24,8 +24,10 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
+	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/server"
+	"github.com/sigil-id/sigil/workloadapi"
 )
 
 // devOptions are the settings of `sigil dev`.
@@ -69,8 +71,12 @@ the command prints how to fetch its SVID. Stop with Ctrl-C.`,
 	fs := cmd.Flags()
 	fs.StringVar(&o.trustDomain, "trust-domain", "dev.sigil.local", "trust domain of the dev cluster")
 	fs.StringVar(&o.dataDir, "data-dir", defaultDevDataDir(), "directory for the server's and agent's state")
-	fs.StringVar(&o.socket, "socket", agent.DefaultSocketPath, "path of the Workload API socket")
-	fs.StringVar(&o.adminSocket, "admin-socket", server.DefaultAdminSocket, "path of the admin API socket")
+	// Root's sockets are under /run/sigil; another user's under
+	// $XDG_RUNTIME_DIR/sigil (and without XDG_RUNTIME_DIR, under
+	// /run/sigil too, which fails with a message saying what to set:
+	// never a guessable path in a shared directory such as /tmp).
+	fs.StringVar(&o.socket, "socket", unixsock.DefaultWorkloadSocket(), "path of the Workload API socket")
+	fs.StringVar(&o.adminSocket, "admin-socket", unixsock.DefaultAdminSocket(), "path of the admin API socket")
 	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.log.Format, "log-format", "console", "log format: console or json")
 	return cmd
@@ -127,12 +133,23 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 		return fmt.Errorf("%v: is another `sigil dev` running?", err)
 	}
 	defer release()
+	// Refuse socket paths another user could take over, or that another
+	// running sigil holds, before writing any state (the server and the
+	// agent check again when they listen).
+	if err := unixsock.Check(o.adminSocket, unixsock.Options{Name: "admin API socket"}); err != nil {
+		return err
+	}
+	if err := workloadapi.CheckSocket(o.socket); err != nil {
+		return err
+	}
 	defer func() {
 		switch {
 		case ctx.Err() != nil:
 			// Interrupted (Ctrl-C, SIGTERM): a clean exit, even during
 			// startup.
 			err = nil
+		case errors.Is(err, unixsock.ErrInUse), errors.Is(err, unixsock.ErrUnsafe):
+			// A socket problem: the dev state is not the cause.
 		case err != nil:
 			err = fmt.Errorf("%w (dev state is in %s; remove it to start from scratch)", err, dataDir)
 		}
@@ -361,7 +378,7 @@ func devUserName(uid int) string {
 
 func printDevBanner(w io.Writer, o devOptions, td spiffeid.TrustDomain, dataDir string, id spiffeid.ID, uid int) {
 	adminFlag := ""
-	if o.adminSocket != server.DefaultAdminSocket {
+	if o.adminSocket != unixsock.ClientSocket(unixsock.AdminSocketName) {
 		adminFlag = " -socket " + o.adminSocket
 	}
 	fmt.Fprintf(w, `

@@ -1,7 +1,7 @@
 # Configuration of a Sigil agent.
 #   sigil agent -config examples/config/agent.hcl
 # Flags given on the command line override these settings, for example
-#   sigil agent -config agent.hcl -join-token "$(cat token)"
+#   sigil agent -config agent.hcl -join-token-file /etc/sigil/join-token
 
 agent {
   trust_domain = "example.org"
@@ -14,13 +14,19 @@ agent {
   # The agent's identity (key and SVID) and state.
   data_dir = "/var/lib/sigil/agent"
 
-  # The SPIFFE Workload API socket that workloads connect to.
-  socket_path = "/tmp/sigil-agent/public/api.sock"
+  # The SPIFFE Workload API socket that workloads connect to, in a 0755
+  # directory. Default: /run/sigil/agent/public/api.sock for root (or a
+  # service user given /run/sigil, e.g. systemd RuntimeDirectory=sigil), else
+  # $XDG_RUNTIME_DIR/sigil/agent/public/api.sock. The agent refuses a path
+  # with a directory that another user owns or may write to.
+  # socket_path = "/run/sigil/agent/public/api.sock"
 
   # Single-use token from `sigil token generate`, needed for the first start
-  # only: afterwards the agent renews the identity kept in data_dir. Prefer
-  # passing it with -join-token rather than writing it here.
-  # join_token = ""
+  # only: afterwards the agent renews the identity kept in data_dir. Keep it
+  # in a file of mode 0600 owned by the agent's user (the agent refuses any
+  # other), or pass it in SIGIL_JOIN_TOKEN; -join-token TOKEN works but any
+  # local user can read a command line.
+  # join_token_file = "/etc/sigil/join-token"
 
   # The server CA certificates (`sigil bundle show > bundle.pem`), used to
   # authenticate the server on first contact.

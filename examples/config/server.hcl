@@ -19,8 +19,12 @@ server {
   bind_address = ":8081"
 
   # Admin API (entries, tokens, bundle, agents). Its directory is created
-  # with mode 0700: only the user running the server can use it.
-  admin_socket = "/tmp/sigil-server/private/admin.sock"
+  # with mode 0700: only the user running the server can use it. Default:
+  # /run/sigil/server/private/admin.sock for root (or a service user given
+  # /run/sigil, e.g. systemd RuntimeDirectory=sigil), else
+  # $XDG_RUNTIME_DIR/sigil/server/private/admin.sock. The server refuses a
+  # path with a directory that another user owns or may write to.
+  # admin_socket = "/run/sigil/server/private/admin.sock"
 
   # /live and /ready for supervisors and load balancers; omit to disable.
   health_address = "127.0.0.1:8080"
@@ -46,7 +50,10 @@ server {
   # cluster_address   = ":8082"
   # advertise_address = "10.0.0.1:8082"
   # retry_join        = ["10.0.0.2:8082", "10.0.0.3:8082"]
-  # join_secret       = "..."   # or SIGIL_JOIN_SECRET in the environment
+  # The secret from `sigil cluster secret generate`, in a file of mode 0600
+  # owned by the server's user (or SIGIL_JOIN_SECRET in the environment):
+  #   (umask 077; sigil cluster secret generate > /etc/sigil/join-secret)
+  # join_secret_file  = "/etc/sigil/join-secret"
 
   log_level  = "info"  # debug, info, warn, error
   log_format = "json"  # json or console

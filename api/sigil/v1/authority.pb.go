@@ -28,7 +28,13 @@ type AuthorityRequest struct {
 	// Authority ID (hex SubjectKeyId of the CA, or the JWT key ID) or the
 	// slot number; empty for prepare, and for activate meaning the prepared
 	// key.
-	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// authority, for taint and revoke, names an authority of any server of
+	// the cluster by its ID in the bundle (hex SubjectKeyId of a CA, or a
+	// JWT key ID, as ShowAuthorities lists it) instead of a slot of this
+	// server: the change is applied cluster-wide through the leader. kind
+	// and id are ignored then.
+	Authority     string `protobuf:"bytes,3,opt,name=authority,proto3" json:"authority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -73,6 +79,13 @@ func (x *AuthorityRequest) GetKind() string {
 func (x *AuthorityRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthorityRequest) GetAuthority() string {
+	if x != nil {
+		return x.Authority
 	}
 	return ""
 }
@@ -406,7 +419,10 @@ type AuthorityResponse struct {
 	Slot  *AuthoritySlot         `protobuf:"bytes,1,opt,name=slot,proto3" json:"slot,omitempty"`
 	// Set when the operation skipped part of the schedule, for example an
 	// activation before the propagation delay passed.
-	Warning       string `protobuf:"bytes,2,opt,name=warning,proto3" json:"warning,omitempty"`
+	Warning string `protobuf:"bytes,2,opt,name=warning,proto3" json:"warning,omitempty"`
+	// authorities are the bundle authorities a cluster-wide taint or revoke
+	// (AuthorityRequest.authority) changed, as they were after the change.
+	Authorities   []*BundleAuthority `protobuf:"bytes,3,rep,name=authorities,proto3" json:"authorities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -455,14 +471,22 @@ func (x *AuthorityResponse) GetWarning() string {
 	return ""
 }
 
+func (x *AuthorityResponse) GetAuthorities() []*BundleAuthority {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
 var File_sigil_v1_authority_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_authority_proto_rawDesc = "" +
 	"\n" +
-	"\x18sigil/v1/authority.proto\x12\bsigil.v1\"6\n" +
+	"\x18sigil/v1/authority.proto\x12\bsigil.v1\"T\n" +
 	"\x10AuthorityRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"\xfa\x02\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1c\n" +
+	"\tauthority\x18\x03 \x01(\tR\tauthority\"\xfa\x02\n" +
 	"\rAuthoritySlot\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x05R\x03seq\x12\x0e\n" +
@@ -493,10 +517,11 @@ const file_sigil_v1_authority_proto_rawDesc = "" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12-\n" +
 	"\x05slots\x18\x02 \x03(\v2\x17.sigil.v1.AuthoritySlotR\x05slots\x121\n" +
 	"\x06bundle\x18\x03 \x03(\v2\x19.sigil.v1.BundleAuthorityR\x06bundle\x12+\n" +
-	"\x11propagation_delay\x18\x04 \x01(\x03R\x10propagationDelay\"Z\n" +
+	"\x11propagation_delay\x18\x04 \x01(\x03R\x10propagationDelay\"\x97\x01\n" +
 	"\x11AuthorityResponse\x12+\n" +
 	"\x04slot\x18\x01 \x01(\v2\x17.sigil.v1.AuthoritySlotR\x04slot\x12\x18\n" +
-	"\awarning\x18\x02 \x01(\tR\awarning2\x9a\x03\n" +
+	"\awarning\x18\x02 \x01(\tR\awarning\x12;\n" +
+	"\vauthorities\x18\x03 \x03(\v2\x19.sigil.v1.BundleAuthorityR\vauthorities2\x9a\x03\n" +
 	"\x0eAuthorityAdmin\x12V\n" +
 	"\x0fShowAuthorities\x12 .sigil.v1.ShowAuthoritiesRequest\x1a!.sigil.v1.ShowAuthoritiesResponse\x12K\n" +
 	"\x10PrepareAuthority\x12\x1a.sigil.v1.AuthorityRequest\x1a\x1b.sigil.v1.AuthorityResponse\x12L\n" +
@@ -529,21 +554,22 @@ var file_sigil_v1_authority_proto_depIdxs = []int32{
 	1, // 0: sigil.v1.ShowAuthoritiesResponse.slots:type_name -> sigil.v1.AuthoritySlot
 	2, // 1: sigil.v1.ShowAuthoritiesResponse.bundle:type_name -> sigil.v1.BundleAuthority
 	1, // 2: sigil.v1.AuthorityResponse.slot:type_name -> sigil.v1.AuthoritySlot
-	3, // 3: sigil.v1.AuthorityAdmin.ShowAuthorities:input_type -> sigil.v1.ShowAuthoritiesRequest
-	0, // 4: sigil.v1.AuthorityAdmin.PrepareAuthority:input_type -> sigil.v1.AuthorityRequest
-	0, // 5: sigil.v1.AuthorityAdmin.ActivateAuthority:input_type -> sigil.v1.AuthorityRequest
-	0, // 6: sigil.v1.AuthorityAdmin.TaintAuthority:input_type -> sigil.v1.AuthorityRequest
-	0, // 7: sigil.v1.AuthorityAdmin.RevokeAuthority:input_type -> sigil.v1.AuthorityRequest
-	4, // 8: sigil.v1.AuthorityAdmin.ShowAuthorities:output_type -> sigil.v1.ShowAuthoritiesResponse
-	5, // 9: sigil.v1.AuthorityAdmin.PrepareAuthority:output_type -> sigil.v1.AuthorityResponse
-	5, // 10: sigil.v1.AuthorityAdmin.ActivateAuthority:output_type -> sigil.v1.AuthorityResponse
-	5, // 11: sigil.v1.AuthorityAdmin.TaintAuthority:output_type -> sigil.v1.AuthorityResponse
-	5, // 12: sigil.v1.AuthorityAdmin.RevokeAuthority:output_type -> sigil.v1.AuthorityResponse
-	8, // [8:13] is the sub-list for method output_type
-	3, // [3:8] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 3: sigil.v1.AuthorityResponse.authorities:type_name -> sigil.v1.BundleAuthority
+	3, // 4: sigil.v1.AuthorityAdmin.ShowAuthorities:input_type -> sigil.v1.ShowAuthoritiesRequest
+	0, // 5: sigil.v1.AuthorityAdmin.PrepareAuthority:input_type -> sigil.v1.AuthorityRequest
+	0, // 6: sigil.v1.AuthorityAdmin.ActivateAuthority:input_type -> sigil.v1.AuthorityRequest
+	0, // 7: sigil.v1.AuthorityAdmin.TaintAuthority:input_type -> sigil.v1.AuthorityRequest
+	0, // 8: sigil.v1.AuthorityAdmin.RevokeAuthority:input_type -> sigil.v1.AuthorityRequest
+	4, // 9: sigil.v1.AuthorityAdmin.ShowAuthorities:output_type -> sigil.v1.ShowAuthoritiesResponse
+	5, // 10: sigil.v1.AuthorityAdmin.PrepareAuthority:output_type -> sigil.v1.AuthorityResponse
+	5, // 11: sigil.v1.AuthorityAdmin.ActivateAuthority:output_type -> sigil.v1.AuthorityResponse
+	5, // 12: sigil.v1.AuthorityAdmin.TaintAuthority:output_type -> sigil.v1.AuthorityResponse
+	5, // 13: sigil.v1.AuthorityAdmin.RevokeAuthority:output_type -> sigil.v1.AuthorityResponse
+	9, // [9:14] is the sub-list for method output_type
+	4, // [4:9] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_authority_proto_init() }

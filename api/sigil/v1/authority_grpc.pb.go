@@ -41,10 +41,12 @@ type AuthorityAdminClient interface {
 	// ActivateAuthority makes the prepared key active now.
 	ActivateAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthorityResponse, error)
 	// TaintAuthority marks a non-active key tainted in the bundle; agents
-	// replace everything it signed at once.
+	// replace everything it signed at once. With AuthorityRequest.authority
+	// it taints any server's authority, cluster-wide.
 	TaintAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthorityResponse, error)
 	// RevokeAuthority removes a tainted, non-active key from the bundle and
-	// destroys it.
+	// destroys it. With AuthorityRequest.authority it removes any server's
+	// tainted authority from the bundle, cluster-wide, for good.
 	RevokeAuthority(ctx context.Context, in *AuthorityRequest, opts ...grpc.CallOption) (*AuthorityResponse, error)
 }
 
@@ -121,10 +123,12 @@ type AuthorityAdminServer interface {
 	// ActivateAuthority makes the prepared key active now.
 	ActivateAuthority(context.Context, *AuthorityRequest) (*AuthorityResponse, error)
 	// TaintAuthority marks a non-active key tainted in the bundle; agents
-	// replace everything it signed at once.
+	// replace everything it signed at once. With AuthorityRequest.authority
+	// it taints any server's authority, cluster-wide.
 	TaintAuthority(context.Context, *AuthorityRequest) (*AuthorityResponse, error)
 	// RevokeAuthority removes a tainted, non-active key from the bundle and
-	// destroys it.
+	// destroys it. With AuthorityRequest.authority it removes any server's
+	// tainted authority from the bundle, cluster-wide, for good.
 	RevokeAuthority(context.Context, *AuthorityRequest) (*AuthorityResponse, error)
 	mustEmbedUnimplementedAuthorityAdminServer()
 }

@@ -29,8 +29,12 @@ type JoinRequest struct {
 	// ca_certificate is the joiner's CA certificate (DER); it enters the
 	// bundle before the joiner becomes a voter.
 	CaCertificate []byte `protobuf:"bytes,3,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
-	// proof is HMAC-SHA256(secret, "sigil join client" || node_name || EKM).
-	Proof         []byte `protobuf:"bytes,4,opt,name=proof,proto3" json:"proof,omitempty"`
+	// proof is HMAC-SHA256(key, "sigil join v2 joiner" || trust domain ||
+	// node_name || nonce || EKM), where key is the decoded join secret and
+	// nonce the one of the JoinChallenge on this connection.
+	Proof []byte `protobuf:"bytes,4,opt,name=proof,proto3" json:"proof,omitempty"`
+	// nonce is the joiner's JoinChallenge nonce (32 bytes).
+	Nonce         []byte `protobuf:"bytes,5,opt,name=nonce,proto3" json:"nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -93,14 +97,19 @@ func (x *JoinRequest) GetProof() []byte {
 	return nil
 }
 
+func (x *JoinRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
 type JoinResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// bundle is the trust domain's X.509 authorities (DER), including the
 	// joiner's CA.
-	Bundle [][]byte `protobuf:"bytes,1,rep,name=bundle,proto3" json:"bundle,omitempty"`
-	// proof is HMAC-SHA256(secret, "sigil join server" || node_name || EKM).
-	Proof    []byte `protobuf:"bytes,2,opt,name=proof,proto3" json:"proof,omitempty"`
-	LeaderId string `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Bundle   [][]byte `protobuf:"bytes,1,rep,name=bundle,proto3" json:"bundle,omitempty"`
+	LeaderId string   `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
 	// redirect, when set, is the cluster address of the leader: the server
 	// asked is not the leader and the joiner must ask there.
 	Redirect      string `protobuf:"bytes,4,opt,name=redirect,proto3" json:"redirect,omitempty"`
@@ -145,13 +154,6 @@ func (x *JoinResponse) GetBundle() [][]byte {
 	return nil
 }
 
-func (x *JoinResponse) GetProof() []byte {
-	if x != nil {
-		return x.Proof
-	}
-	return nil
-}
-
 func (x *JoinResponse) GetLeaderId() string {
 	if x != nil {
 		return x.LeaderId
@@ -166,6 +168,107 @@ func (x *JoinResponse) GetRedirect() string {
 	return ""
 }
 
+type JoinChallengeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_name is the joiner's node name.
+	NodeName string `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	// nonce is 32 fresh random bytes chosen by the joiner.
+	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinChallengeRequest) Reset() {
+	*x = JoinChallengeRequest{}
+	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinChallengeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinChallengeRequest) ProtoMessage() {}
+
+func (x *JoinChallengeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinChallengeRequest.ProtoReflect.Descriptor instead.
+func (*JoinChallengeRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *JoinChallengeRequest) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *JoinChallengeRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+type JoinChallengeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// proof is HMAC-SHA256(key, "sigil join v2 responder" || trust domain ||
+	// node_name || nonce || EKM), where key is the decoded join secret and
+	// EKM the TLS exporter of this connection.
+	Proof         []byte `protobuf:"bytes,1,opt,name=proof,proto3" json:"proof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinChallengeResponse) Reset() {
+	*x = JoinChallengeResponse{}
+	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinChallengeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinChallengeResponse) ProtoMessage() {}
+
+func (x *JoinChallengeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinChallengeResponse.ProtoReflect.Descriptor instead.
+func (*JoinChallengeResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JoinChallengeResponse) GetProof() []byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
 type ApplyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// command is a serialized sigil.v1.Command.
@@ -176,7 +279,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -188,7 +291,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -201,7 +304,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -227,7 +330,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +342,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +355,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ApplyResponse) GetResult() []byte {
@@ -291,7 +394,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +406,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +419,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 type ReadIndexResponse struct {
@@ -328,7 +431,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +443,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +456,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -371,7 +474,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +486,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +499,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type StatusResponse struct {
@@ -413,7 +516,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +528,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +541,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatusResponse) GetNodeName() string {
@@ -500,7 +603,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +615,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +628,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Member) GetNodeName() string {
@@ -587,7 +690,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +702,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +715,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MembersRequest) GetConsistent() bool {
@@ -634,7 +737,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +749,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +762,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -699,7 +802,7 @@ type ClusterJoinRequest struct {
 
 func (x *ClusterJoinRequest) Reset() {
 	*x = ClusterJoinRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +814,7 @@ func (x *ClusterJoinRequest) String() string {
 func (*ClusterJoinRequest) ProtoMessage() {}
 
 func (x *ClusterJoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +827,7 @@ func (x *ClusterJoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterJoinRequest.ProtoReflect.Descriptor instead.
 func (*ClusterJoinRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ClusterJoinRequest) GetAddresses() []string {
@@ -743,7 +846,7 @@ type ClusterJoinResponse struct {
 
 func (x *ClusterJoinResponse) Reset() {
 	*x = ClusterJoinResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[12]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +858,7 @@ func (x *ClusterJoinResponse) String() string {
 func (*ClusterJoinResponse) ProtoMessage() {}
 
 func (x *ClusterJoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[12]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +871,7 @@ func (x *ClusterJoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterJoinResponse.ProtoReflect.Descriptor instead.
 func (*ClusterJoinResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClusterJoinResponse) GetLeaderId() string {
@@ -787,7 +890,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[13]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +902,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[13]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +915,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveMemberRequest) GetNodeName() string {
@@ -830,7 +933,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[14]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +945,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[14]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +958,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 type TransferLeadershipRequest struct {
@@ -868,7 +971,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[15]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +983,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[15]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +996,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TransferLeadershipRequest) GetNodeName() string {
@@ -912,7 +1015,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[16]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1027,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[16]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1040,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -955,7 +1058,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[17]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1070,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[17]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1083,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 type SnapshotChunk struct {
@@ -992,7 +1095,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[18]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1107,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[18]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1120,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1038,7 +1141,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[19]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1153,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[19]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1166,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotRestoreResponse) GetIndex() uint64 {
@@ -1091,17 +1194,22 @@ var File_sigil_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16sigil/v1/cluster.proto\x12\bsigil.v1\"\x90\x01\n" +
+	"\x16sigil/v1/cluster.proto\x12\bsigil.v1\"\xa6\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12'\n" +
 	"\x0fcluster_address\x18\x02 \x01(\tR\x0eclusterAddress\x12%\n" +
 	"\x0eca_certificate\x18\x03 \x01(\fR\rcaCertificate\x12\x14\n" +
-	"\x05proof\x18\x04 \x01(\fR\x05proof\"u\n" +
+	"\x05proof\x18\x04 \x01(\fR\x05proof\x12\x14\n" +
+	"\x05nonce\x18\x05 \x01(\fR\x05nonce\"l\n" +
 	"\fJoinResponse\x12\x16\n" +
-	"\x06bundle\x18\x01 \x03(\fR\x06bundle\x12\x14\n" +
-	"\x05proof\x18\x02 \x01(\fR\x05proof\x12\x1b\n" +
+	"\x06bundle\x18\x01 \x03(\fR\x06bundle\x12\x1b\n" +
 	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12\x1a\n" +
-	"\bredirect\x18\x04 \x01(\tR\bredirect\"(\n" +
+	"\bredirect\x18\x04 \x01(\tR\bredirectJ\x04\b\x02\x10\x03R\x05proof\"I\n" +
+	"\x14JoinChallengeRequest\x12\x1b\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"-\n" +
+	"\x15JoinChallengeResponse\x12\x14\n" +
+	"\x05proof\x18\x01 \x01(\fR\x05proof\"(\n" +
 	"\fApplyRequest\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\fR\acommand\"\x81\x01\n" +
 	"\rApplyResponse\x12\x16\n" +
@@ -1155,8 +1263,9 @@ const file_sigil_v1_cluster_proto_rawDesc = "" +
 	"\x17SnapshotRestoreResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x18\n" +
 	"\aentries\x18\x02 \x01(\x05R\aentries\x12\x16\n" +
-	"\x06agents\x18\x03 \x01(\x05R\x06agents2\xad\x03\n" +
-	"\aCluster\x125\n" +
+	"\x06agents\x18\x03 \x01(\x05R\x06agents2\xff\x03\n" +
+	"\aCluster\x12P\n" +
+	"\rJoinChallenge\x12\x1e.sigil.v1.JoinChallengeRequest\x1a\x1f.sigil.v1.JoinChallengeResponse\x125\n" +
 	"\x04Join\x12\x15.sigil.v1.JoinRequest\x1a\x16.sigil.v1.JoinResponse\x128\n" +
 	"\x05Apply\x12\x16.sigil.v1.ApplyRequest\x1a\x17.sigil.v1.ApplyResponse\x12D\n" +
 	"\tReadIndex\x12\x1a.sigil.v1.ReadIndexRequest\x1a\x1b.sigil.v1.ReadIndexResponse\x12;\n" +
@@ -1183,57 +1292,61 @@ func file_sigil_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_cluster_proto_rawDescData
 }
 
-var file_sigil_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_sigil_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_sigil_v1_cluster_proto_goTypes = []any{
 	(*JoinRequest)(nil),                // 0: sigil.v1.JoinRequest
 	(*JoinResponse)(nil),               // 1: sigil.v1.JoinResponse
-	(*ApplyRequest)(nil),               // 2: sigil.v1.ApplyRequest
-	(*ApplyResponse)(nil),              // 3: sigil.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),           // 4: sigil.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),          // 5: sigil.v1.ReadIndexResponse
-	(*StatusRequest)(nil),              // 6: sigil.v1.StatusRequest
-	(*StatusResponse)(nil),             // 7: sigil.v1.StatusResponse
-	(*Member)(nil),                     // 8: sigil.v1.Member
-	(*MembersRequest)(nil),             // 9: sigil.v1.MembersRequest
-	(*MembersResponse)(nil),            // 10: sigil.v1.MembersResponse
-	(*ClusterJoinRequest)(nil),         // 11: sigil.v1.ClusterJoinRequest
-	(*ClusterJoinResponse)(nil),        // 12: sigil.v1.ClusterJoinResponse
-	(*RemoveMemberRequest)(nil),        // 13: sigil.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 14: sigil.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 15: sigil.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 16: sigil.v1.TransferLeadershipResponse
-	(*SnapshotSaveRequest)(nil),        // 17: sigil.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),              // 18: sigil.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil),    // 19: sigil.v1.SnapshotRestoreResponse
+	(*JoinChallengeRequest)(nil),       // 2: sigil.v1.JoinChallengeRequest
+	(*JoinChallengeResponse)(nil),      // 3: sigil.v1.JoinChallengeResponse
+	(*ApplyRequest)(nil),               // 4: sigil.v1.ApplyRequest
+	(*ApplyResponse)(nil),              // 5: sigil.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),           // 6: sigil.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 7: sigil.v1.ReadIndexResponse
+	(*StatusRequest)(nil),              // 8: sigil.v1.StatusRequest
+	(*StatusResponse)(nil),             // 9: sigil.v1.StatusResponse
+	(*Member)(nil),                     // 10: sigil.v1.Member
+	(*MembersRequest)(nil),             // 11: sigil.v1.MembersRequest
+	(*MembersResponse)(nil),            // 12: sigil.v1.MembersResponse
+	(*ClusterJoinRequest)(nil),         // 13: sigil.v1.ClusterJoinRequest
+	(*ClusterJoinResponse)(nil),        // 14: sigil.v1.ClusterJoinResponse
+	(*RemoveMemberRequest)(nil),        // 15: sigil.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 16: sigil.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 17: sigil.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 18: sigil.v1.TransferLeadershipResponse
+	(*SnapshotSaveRequest)(nil),        // 19: sigil.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),              // 20: sigil.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),    // 21: sigil.v1.SnapshotRestoreResponse
 }
 var file_sigil_v1_cluster_proto_depIdxs = []int32{
-	8,  // 0: sigil.v1.MembersResponse.members:type_name -> sigil.v1.Member
-	0,  // 1: sigil.v1.Cluster.Join:input_type -> sigil.v1.JoinRequest
-	2,  // 2: sigil.v1.Cluster.Apply:input_type -> sigil.v1.ApplyRequest
-	4,  // 3: sigil.v1.Cluster.ReadIndex:input_type -> sigil.v1.ReadIndexRequest
-	6,  // 4: sigil.v1.Cluster.Status:input_type -> sigil.v1.StatusRequest
-	13, // 5: sigil.v1.Cluster.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
-	15, // 6: sigil.v1.Cluster.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
-	9,  // 7: sigil.v1.ClusterAdmin.Members:input_type -> sigil.v1.MembersRequest
-	11, // 8: sigil.v1.ClusterAdmin.Join:input_type -> sigil.v1.ClusterJoinRequest
-	13, // 9: sigil.v1.ClusterAdmin.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
-	15, // 10: sigil.v1.ClusterAdmin.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
-	17, // 11: sigil.v1.ClusterAdmin.SnapshotSave:input_type -> sigil.v1.SnapshotSaveRequest
-	18, // 12: sigil.v1.ClusterAdmin.SnapshotRestore:input_type -> sigil.v1.SnapshotChunk
-	1,  // 13: sigil.v1.Cluster.Join:output_type -> sigil.v1.JoinResponse
-	3,  // 14: sigil.v1.Cluster.Apply:output_type -> sigil.v1.ApplyResponse
-	5,  // 15: sigil.v1.Cluster.ReadIndex:output_type -> sigil.v1.ReadIndexResponse
-	7,  // 16: sigil.v1.Cluster.Status:output_type -> sigil.v1.StatusResponse
-	14, // 17: sigil.v1.Cluster.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
-	16, // 18: sigil.v1.Cluster.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
-	10, // 19: sigil.v1.ClusterAdmin.Members:output_type -> sigil.v1.MembersResponse
-	12, // 20: sigil.v1.ClusterAdmin.Join:output_type -> sigil.v1.ClusterJoinResponse
-	14, // 21: sigil.v1.ClusterAdmin.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
-	16, // 22: sigil.v1.ClusterAdmin.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
-	18, // 23: sigil.v1.ClusterAdmin.SnapshotSave:output_type -> sigil.v1.SnapshotChunk
-	19, // 24: sigil.v1.ClusterAdmin.SnapshotRestore:output_type -> sigil.v1.SnapshotRestoreResponse
-	13, // [13:25] is the sub-list for method output_type
-	1,  // [1:13] is the sub-list for method input_type
+	10, // 0: sigil.v1.MembersResponse.members:type_name -> sigil.v1.Member
+	2,  // 1: sigil.v1.Cluster.JoinChallenge:input_type -> sigil.v1.JoinChallengeRequest
+	0,  // 2: sigil.v1.Cluster.Join:input_type -> sigil.v1.JoinRequest
+	4,  // 3: sigil.v1.Cluster.Apply:input_type -> sigil.v1.ApplyRequest
+	6,  // 4: sigil.v1.Cluster.ReadIndex:input_type -> sigil.v1.ReadIndexRequest
+	8,  // 5: sigil.v1.Cluster.Status:input_type -> sigil.v1.StatusRequest
+	15, // 6: sigil.v1.Cluster.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
+	17, // 7: sigil.v1.Cluster.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
+	11, // 8: sigil.v1.ClusterAdmin.Members:input_type -> sigil.v1.MembersRequest
+	13, // 9: sigil.v1.ClusterAdmin.Join:input_type -> sigil.v1.ClusterJoinRequest
+	15, // 10: sigil.v1.ClusterAdmin.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
+	17, // 11: sigil.v1.ClusterAdmin.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
+	19, // 12: sigil.v1.ClusterAdmin.SnapshotSave:input_type -> sigil.v1.SnapshotSaveRequest
+	20, // 13: sigil.v1.ClusterAdmin.SnapshotRestore:input_type -> sigil.v1.SnapshotChunk
+	3,  // 14: sigil.v1.Cluster.JoinChallenge:output_type -> sigil.v1.JoinChallengeResponse
+	1,  // 15: sigil.v1.Cluster.Join:output_type -> sigil.v1.JoinResponse
+	5,  // 16: sigil.v1.Cluster.Apply:output_type -> sigil.v1.ApplyResponse
+	7,  // 17: sigil.v1.Cluster.ReadIndex:output_type -> sigil.v1.ReadIndexResponse
+	9,  // 18: sigil.v1.Cluster.Status:output_type -> sigil.v1.StatusResponse
+	16, // 19: sigil.v1.Cluster.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
+	18, // 20: sigil.v1.Cluster.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
+	12, // 21: sigil.v1.ClusterAdmin.Members:output_type -> sigil.v1.MembersResponse
+	14, // 22: sigil.v1.ClusterAdmin.Join:output_type -> sigil.v1.ClusterJoinResponse
+	16, // 23: sigil.v1.ClusterAdmin.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
+	18, // 24: sigil.v1.ClusterAdmin.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
+	20, // 25: sigil.v1.ClusterAdmin.SnapshotSave:output_type -> sigil.v1.SnapshotChunk
+	21, // 26: sigil.v1.ClusterAdmin.SnapshotRestore:output_type -> sigil.v1.SnapshotRestoreResponse
+	14, // [14:27] is the sub-list for method output_type
+	1,  // [1:14] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -1250,7 +1363,7 @@ func file_sigil_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_cluster_proto_rawDesc), len(file_sigil_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,6 +19,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	Cluster_JoinChallenge_FullMethodName      = "/sigil.v1.Cluster/JoinChallenge"
 	Cluster_Join_FullMethodName               = "/sigil.v1.Cluster/Join"
 	Cluster_Apply_FullMethodName              = "/sigil.v1.Cluster/Apply"
 	Cluster_ReadIndex_FullMethodName          = "/sigil.v1.Cluster/ReadIndex"
@@ -36,10 +37,20 @@ const (
 // Every method but Join requires the caller's server SVID, valid against
 // the cluster bundle, of a current member.
 type ClusterClient interface {
-	// Join adds the calling server to the cluster. The caller has no SVID
-	// yet; both sides prove that they hold the cluster join secret by an
-	// HMAC over the TLS exporter of this very connection, so the secret never
-	// crosses the wire and a relayed connection fails.
+	// JoinChallenge is the first step of a join: the server asked (the
+	// responder) proves that it holds the cluster join secret, by an HMAC
+	// over the joiner's fresh nonce and the TLS exporter of this very
+	// connection. The joiner sends nothing derived from the secret before it
+	// has checked that proof, so an endpoint that does not hold the secret
+	// learns nothing from a joiner that could test a guess of it. See
+	// server/joinproto.go for the security argument.
+	JoinChallenge(ctx context.Context, in *JoinChallengeRequest, opts ...grpc.CallOption) (*JoinChallengeResponse, error)
+	// Join adds the calling server to the cluster, on the connection on
+	// which the responder has proved itself. The caller has no SVID yet; it
+	// proves that it holds the join secret by an HMAC over the TLS exporter
+	// of this connection, so the secret never crosses the wire and a relayed
+	// connection fails. Join and JoinChallenge attempts are rate-limited per
+	// source address and in total.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Apply commits a command on the leader for a follower.
 	Apply(ctx context.Context, in *ApplyRequest, opts ...grpc.CallOption) (*ApplyResponse, error)
@@ -61,6 +72,16 @@ type clusterClient struct {
 
 func NewClusterClient(cc grpc.ClientConnInterface) ClusterClient {
 	return &clusterClient{cc}
+}
+
+func (c *clusterClient) JoinChallenge(ctx context.Context, in *JoinChallengeRequest, opts ...grpc.CallOption) (*JoinChallengeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinChallengeResponse)
+	err := c.cc.Invoke(ctx, Cluster_JoinChallenge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *clusterClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error) {
@@ -132,10 +153,20 @@ func (c *clusterClient) TransferLeadership(ctx context.Context, in *TransferLead
 // Every method but Join requires the caller's server SVID, valid against
 // the cluster bundle, of a current member.
 type ClusterServer interface {
-	// Join adds the calling server to the cluster. The caller has no SVID
-	// yet; both sides prove that they hold the cluster join secret by an
-	// HMAC over the TLS exporter of this very connection, so the secret never
-	// crosses the wire and a relayed connection fails.
+	// JoinChallenge is the first step of a join: the server asked (the
+	// responder) proves that it holds the cluster join secret, by an HMAC
+	// over the joiner's fresh nonce and the TLS exporter of this very
+	// connection. The joiner sends nothing derived from the secret before it
+	// has checked that proof, so an endpoint that does not hold the secret
+	// learns nothing from a joiner that could test a guess of it. See
+	// server/joinproto.go for the security argument.
+	JoinChallenge(context.Context, *JoinChallengeRequest) (*JoinChallengeResponse, error)
+	// Join adds the calling server to the cluster, on the connection on
+	// which the responder has proved itself. The caller has no SVID yet; it
+	// proves that it holds the join secret by an HMAC over the TLS exporter
+	// of this connection, so the secret never crosses the wire and a relayed
+	// connection fails. Join and JoinChallenge attempts are rate-limited per
+	// source address and in total.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Apply commits a command on the leader for a follower.
 	Apply(context.Context, *ApplyRequest) (*ApplyResponse, error)
@@ -159,6 +190,9 @@ type ClusterServer interface {
 // pointer dereference when methods are called.
 type UnimplementedClusterServer struct{}
 
+func (UnimplementedClusterServer) JoinChallenge(context.Context, *JoinChallengeRequest) (*JoinChallengeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method JoinChallenge not implemented")
+}
 func (UnimplementedClusterServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Join not implemented")
 }
@@ -196,6 +230,24 @@ func RegisterClusterServer(s grpc.ServiceRegistrar, srv ClusterServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&Cluster_ServiceDesc, srv)
+}
+
+func _Cluster_JoinChallenge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinChallengeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).JoinChallenge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_JoinChallenge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).JoinChallenge(ctx, req.(*JoinChallengeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _Cluster_Join_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -313,6 +365,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "sigil.v1.Cluster",
 	HandlerType: (*ClusterServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "JoinChallenge",
+			Handler:    _Cluster_JoinChallenge_Handler,
+		},
 		{
 			MethodName: "Join",
 			Handler:    _Cluster_Join_Handler,

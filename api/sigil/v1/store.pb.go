@@ -41,6 +41,9 @@ type Command struct {
 	//	*Command_PutJwtAuthority
 	//	*Command_RemoveAuthority
 	//	*Command_PruneBundle
+	//	*Command_TaintAuthority
+	//	*Command_RevokeAuthority
+	//	*Command_RetireServer
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -198,6 +201,33 @@ func (x *Command) GetPruneBundle() *PruneBundle {
 	return nil
 }
 
+func (x *Command) GetTaintAuthority() *TaintAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TaintAuthority); ok {
+			return x.TaintAuthority
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeAuthority() *RevokeAuthority {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeAuthority); ok {
+			return x.RevokeAuthority
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRetireServer() *RetireServer {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RetireServer); ok {
+			return x.RetireServer
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -250,6 +280,18 @@ type Command_PruneBundle struct {
 	PruneBundle *PruneBundle `protobuf:"bytes,21,opt,name=prune_bundle,json=pruneBundle,proto3,oneof"`
 }
 
+type Command_TaintAuthority struct {
+	TaintAuthority *TaintAuthority `protobuf:"bytes,22,opt,name=taint_authority,json=taintAuthority,proto3,oneof"`
+}
+
+type Command_RevokeAuthority struct {
+	RevokeAuthority *RevokeAuthority `protobuf:"bytes,23,opt,name=revoke_authority,json=revokeAuthority,proto3,oneof"`
+}
+
+type Command_RetireServer struct {
+	RetireServer *RetireServer `protobuf:"bytes,24,opt,name=retire_server,json=retireServer,proto3,oneof"`
+}
+
 func (*Command_CreateEntries) isCommand_Op() {}
 
 func (*Command_UpdateEntries) isCommand_Op() {}
@@ -273,6 +315,12 @@ func (*Command_PutJwtAuthority) isCommand_Op() {}
 func (*Command_RemoveAuthority) isCommand_Op() {}
 
 func (*Command_PruneBundle) isCommand_Op() {}
+
+func (*Command_TaintAuthority) isCommand_Op() {}
+
+func (*Command_RevokeAuthority) isCommand_Op() {}
+
+func (*Command_RetireServer) isCommand_Op() {}
 
 // CreateEntries adds entries; each must have a new unique id. An entry with
 // the same spiffe_id, parent_id and selectors as an existing one is refused.
@@ -877,6 +925,335 @@ func (x *PruneBundle) GetTrustDomain() string {
 	return ""
 }
 
+// TaintAuthority marks tainted, cluster-wide, every authority of the
+// trust bundle whose ID is authority_id: the hex SubjectKeyId of an X.509
+// CA (a server CA or a cluster identity CA), or the key ID of a JWT key.
+// Agents replace at once everything a tainted key signed; the server that
+// holds the key stops signing with it. A taint is never undone: a later
+// put of the same authority keeps it tainted. Refused (NotFound) when no
+// authority has the ID.
+type TaintAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	AuthorityId   string                 `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintAuthority) Reset() {
+	*x = TaintAuthority{}
+	mi := &file_sigil_v1_store_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintAuthority) ProtoMessage() {}
+
+func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintAuthority.ProtoReflect.Descriptor instead.
+func (*TaintAuthority) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TaintAuthority) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *TaintAuthority) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+// RevokeAuthority removes, cluster-wide, every authority whose ID is
+// authority_id (as in TaintAuthority) from the trust bundle, and records
+// it as revoked until it expires, so that no server can publish it again.
+// Every matching authority must be tainted already (FailedPrecondition
+// otherwise); refused (NotFound) when no authority has the ID.
+type RevokeAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	AuthorityId   string                 `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAuthority) Reset() {
+	*x = RevokeAuthority{}
+	mi := &file_sigil_v1_store_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAuthority) ProtoMessage() {}
+
+func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAuthority.ProtoReflect.Descriptor instead.
+func (*RevokeAuthority) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RevokeAuthority) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *RevokeAuthority) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+// RetireServer retires the authorities of a server that leaves (or has
+// left) the cluster.
+//
+// Without revoke (the first step, before the server leaves the Raft
+// configuration): every X.509 and JWT authority of server_id is tainted,
+// its cluster identity CA is revoked at once (it signs nothing but that
+// server's own server SVID), and the server is recorded as removed at the
+// command's timestamp: from then on every put of an authority of
+// server_id is refused, so the server cannot put its keys back or
+// publish new ones.
+//
+// With revoke (the second step, once what those keys signed has been
+// re-minted): every authority of server_id is removed from the bundle and
+// recorded as revoked until it expires, and the removal record is
+// dropped. Refused (FailedPrecondition) unless the server was retired
+// without revoke first.
+type RetireServer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	ServerId      string                 `protobuf:"bytes,2,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	Revoke        bool                   `protobuf:"varint,3,opt,name=revoke,proto3" json:"revoke,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireServer) Reset() {
+	*x = RetireServer{}
+	mi := &file_sigil_v1_store_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireServer) ProtoMessage() {}
+
+func (x *RetireServer) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireServer.ProtoReflect.Descriptor instead.
+func (*RetireServer) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RetireServer) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *RetireServer) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *RetireServer) GetRevoke() bool {
+	if x != nil {
+		return x.Revoke
+	}
+	return false
+}
+
+// RevokedAuthority records an authority that was revoked: no put of it is
+// accepted until not_after, when the record is pruned with the bundle.
+type RevokedAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "x509" or "jwt".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Hex SubjectKeyId (x509) or key ID (jwt).
+	Id       string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	ServerId string `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// Unix seconds: the authority's own expiry.
+	NotAfter int64 `protobuf:"varint,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// Unix seconds.
+	RevokedAt     int64 `protobuf:"varint,5,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokedAuthority) Reset() {
+	*x = RevokedAuthority{}
+	mi := &file_sigil_v1_store_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokedAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokedAuthority) ProtoMessage() {}
+
+func (x *RevokedAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokedAuthority.ProtoReflect.Descriptor instead.
+func (*RevokedAuthority) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RevokedAuthority) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RevokedAuthority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokedAuthority) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *RevokedAuthority) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+func (x *RevokedAuthority) GetRevokedAt() int64 {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return 0
+}
+
+// RemovedServer records a server whose authorities are being retired
+// (RetireServer without revoke, until RetireServer with revoke).
+type RemovedServer struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ServerId string                 `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// Unix seconds.
+	RemovedAt     int64 `protobuf:"varint,2,opt,name=removed_at,json=removedAt,proto3" json:"removed_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemovedServer) Reset() {
+	*x = RemovedServer{}
+	mi := &file_sigil_v1_store_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemovedServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemovedServer) ProtoMessage() {}
+
+func (x *RemovedServer) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_store_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemovedServer.ProtoReflect.Descriptor instead.
+func (*RemovedServer) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RemovedServer) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *RemovedServer) GetRemovedAt() int64 {
+	if x != nil {
+		return x.RemovedAt
+	}
+	return 0
+}
+
 // CommandResult is the outcome of applying one command, one status per item
 // for batch commands.
 type CommandResult struct {
@@ -888,7 +1265,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_sigil_v1_store_proto_msgTypes[13]
+	mi := &file_sigil_v1_store_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +1277,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[13]
+	mi := &file_sigil_v1_store_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1290,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{13}
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommandResult) GetResults() []*Status {
@@ -925,18 +1302,20 @@ func (x *CommandResult) GetResults() []*Status {
 
 // Snapshot is the whole replicated state, written by the FSM snapshot.
 type Snapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	Nodes         []*AttestedNode        `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	JoinTokens    []*JoinToken           `protobuf:"bytes,3,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
-	Bundles       []*Bundle              `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Entries            []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Nodes              []*AttestedNode        `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	JoinTokens         []*JoinToken           `protobuf:"bytes,3,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	Bundles            []*Bundle              `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	RevokedAuthorities []*RevokedAuthority    `protobuf:"bytes,5,rep,name=revoked_authorities,json=revokedAuthorities,proto3" json:"revoked_authorities,omitempty"`
+	RemovedServers     []*RemovedServer       `protobuf:"bytes,6,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_sigil_v1_store_proto_msgTypes[14]
+	mi := &file_sigil_v1_store_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1327,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[14]
+	mi := &file_sigil_v1_store_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1340,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{14}
+	return file_sigil_v1_store_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Snapshot) GetEntries() []*Entry {
@@ -992,11 +1371,25 @@ func (x *Snapshot) GetBundles() []*Bundle {
 	return nil
 }
 
+func (x *Snapshot) GetRevokedAuthorities() []*RevokedAuthority {
+	if x != nil {
+		return x.RevokedAuthorities
+	}
+	return nil
+}
+
+func (x *Snapshot) GetRemovedServers() []*RemovedServer {
+	if x != nil {
+		return x.RemovedServers
+	}
+	return nil
+}
+
 var File_sigil_v1_store_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/store.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"\xad\x06\n" +
+	"\x14sigil/v1/store.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"\xf9\a\n" +
 	"\aCommand\x12\x1c\n" +
 	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12@\n" +
 	"\x0ecreate_entries\x18\n" +
@@ -1014,7 +1407,10 @@ const file_sigil_v1_store_proto_rawDesc = "" +
 	"\x12put_x509_authority\x18\x12 \x01(\v2\x1a.sigil.v1.PutX509AuthorityH\x00R\x10putX509Authority\x12G\n" +
 	"\x11put_jwt_authority\x18\x13 \x01(\v2\x19.sigil.v1.PutJWTAuthorityH\x00R\x0fputJwtAuthority\x12F\n" +
 	"\x10remove_authority\x18\x14 \x01(\v2\x19.sigil.v1.RemoveAuthorityH\x00R\x0fremoveAuthority\x12:\n" +
-	"\fprune_bundle\x18\x15 \x01(\v2\x15.sigil.v1.PruneBundleH\x00R\vpruneBundleB\x04\n" +
+	"\fprune_bundle\x18\x15 \x01(\v2\x15.sigil.v1.PruneBundleH\x00R\vpruneBundle\x12C\n" +
+	"\x0ftaint_authority\x18\x16 \x01(\v2\x18.sigil.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12F\n" +
+	"\x10revoke_authority\x18\x17 \x01(\v2\x19.sigil.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12=\n" +
+	"\rretire_server\x18\x18 \x01(\v2\x16.sigil.v1.RetireServerH\x00R\fretireServerB\x04\n" +
 	"\x02op\":\n" +
 	"\rCreateEntries\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\":\n" +
@@ -1050,15 +1446,38 @@ const file_sigil_v1_store_proto_rawDesc = "" +
 	"\n" +
 	"jwt_key_id\x18\x03 \x01(\tR\bjwtKeyId\"0\n" +
 	"\vPruneBundle\x12!\n" +
-	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\";\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"V\n" +
+	"\x0eTaintAuthority\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"W\n" +
+	"\x0fRevokeAuthority\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"f\n" +
+	"\fRetireServer\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1b\n" +
+	"\tserver_id\x18\x02 \x01(\tR\bserverId\x12\x16\n" +
+	"\x06revoke\x18\x03 \x01(\bR\x06revoke\"\x8f\x01\n" +
+	"\x10RevokedAuthority\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1b\n" +
+	"\tserver_id\x18\x03 \x01(\tR\bserverId\x12\x1b\n" +
+	"\tnot_after\x18\x04 \x01(\x03R\bnotAfter\x12\x1d\n" +
+	"\n" +
+	"revoked_at\x18\x05 \x01(\x03R\trevokedAt\"K\n" +
+	"\rRemovedServer\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x1d\n" +
+	"\n" +
+	"removed_at\x18\x02 \x01(\x03R\tremovedAt\";\n" +
 	"\rCommandResult\x12*\n" +
-	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xc5\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xd4\x02\n" +
 	"\bSnapshot\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\x12,\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x16.sigil.v1.AttestedNodeR\x05nodes\x124\n" +
 	"\vjoin_tokens\x18\x03 \x03(\v2\x13.sigil.v1.JoinTokenR\n" +
 	"joinTokens\x12*\n" +
-	"\abundles\x18\x04 \x03(\v2\x10.sigil.v1.BundleR\abundlesB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
+	"\abundles\x18\x04 \x03(\v2\x10.sigil.v1.BundleR\abundles\x12K\n" +
+	"\x13revoked_authorities\x18\x05 \x03(\v2\x1a.sigil.v1.RevokedAuthorityR\x12revokedAuthorities\x12@\n" +
+	"\x0fremoved_servers\x18\x06 \x03(\v2\x17.sigil.v1.RemovedServerR\x0eremovedServersB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_store_proto_rawDescOnce sync.Once
@@ -1072,7 +1491,7 @@ func file_sigil_v1_store_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_store_proto_rawDescData
 }
 
-var file_sigil_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_sigil_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_sigil_v1_store_proto_goTypes = []any{
 	(*Command)(nil),          // 0: sigil.v1.Command
 	(*CreateEntries)(nil),    // 1: sigil.v1.CreateEntries
@@ -1087,15 +1506,20 @@ var file_sigil_v1_store_proto_goTypes = []any{
 	(*PutJWTAuthority)(nil),  // 10: sigil.v1.PutJWTAuthority
 	(*RemoveAuthority)(nil),  // 11: sigil.v1.RemoveAuthority
 	(*PruneBundle)(nil),      // 12: sigil.v1.PruneBundle
-	(*CommandResult)(nil),    // 13: sigil.v1.CommandResult
-	(*Snapshot)(nil),         // 14: sigil.v1.Snapshot
-	(*Entry)(nil),            // 15: sigil.v1.Entry
-	(*JoinToken)(nil),        // 16: sigil.v1.JoinToken
-	(*AttestedNode)(nil),     // 17: sigil.v1.AttestedNode
-	(*X509Authority)(nil),    // 18: sigil.v1.X509Authority
-	(*JWTAuthority)(nil),     // 19: sigil.v1.JWTAuthority
-	(*Status)(nil),           // 20: sigil.v1.Status
-	(*Bundle)(nil),           // 21: sigil.v1.Bundle
+	(*TaintAuthority)(nil),   // 13: sigil.v1.TaintAuthority
+	(*RevokeAuthority)(nil),  // 14: sigil.v1.RevokeAuthority
+	(*RetireServer)(nil),     // 15: sigil.v1.RetireServer
+	(*RevokedAuthority)(nil), // 16: sigil.v1.RevokedAuthority
+	(*RemovedServer)(nil),    // 17: sigil.v1.RemovedServer
+	(*CommandResult)(nil),    // 18: sigil.v1.CommandResult
+	(*Snapshot)(nil),         // 19: sigil.v1.Snapshot
+	(*Entry)(nil),            // 20: sigil.v1.Entry
+	(*JoinToken)(nil),        // 21: sigil.v1.JoinToken
+	(*AttestedNode)(nil),     // 22: sigil.v1.AttestedNode
+	(*X509Authority)(nil),    // 23: sigil.v1.X509Authority
+	(*JWTAuthority)(nil),     // 24: sigil.v1.JWTAuthority
+	(*Status)(nil),           // 25: sigil.v1.Status
+	(*Bundle)(nil),           // 26: sigil.v1.Bundle
 }
 var file_sigil_v1_store_proto_depIdxs = []int32{
 	1,  // 0: sigil.v1.Command.create_entries:type_name -> sigil.v1.CreateEntries
@@ -1110,22 +1534,27 @@ var file_sigil_v1_store_proto_depIdxs = []int32{
 	10, // 9: sigil.v1.Command.put_jwt_authority:type_name -> sigil.v1.PutJWTAuthority
 	11, // 10: sigil.v1.Command.remove_authority:type_name -> sigil.v1.RemoveAuthority
 	12, // 11: sigil.v1.Command.prune_bundle:type_name -> sigil.v1.PruneBundle
-	15, // 12: sigil.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	15, // 13: sigil.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	16, // 14: sigil.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	17, // 15: sigil.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
-	18, // 16: sigil.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	19, // 17: sigil.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
-	20, // 18: sigil.v1.CommandResult.results:type_name -> sigil.v1.Status
-	15, // 19: sigil.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	17, // 20: sigil.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	16, // 21: sigil.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	21, // 22: sigil.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	13, // 12: sigil.v1.Command.taint_authority:type_name -> sigil.v1.TaintAuthority
+	14, // 13: sigil.v1.Command.revoke_authority:type_name -> sigil.v1.RevokeAuthority
+	15, // 14: sigil.v1.Command.retire_server:type_name -> sigil.v1.RetireServer
+	20, // 15: sigil.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	20, // 16: sigil.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	21, // 17: sigil.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	22, // 18: sigil.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	23, // 19: sigil.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	24, // 20: sigil.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	25, // 21: sigil.v1.CommandResult.results:type_name -> sigil.v1.Status
+	20, // 22: sigil.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	22, // 23: sigil.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	21, // 24: sigil.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	26, // 25: sigil.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	16, // 26: sigil.v1.Snapshot.revoked_authorities:type_name -> sigil.v1.RevokedAuthority
+	17, // 27: sigil.v1.Snapshot.removed_servers:type_name -> sigil.v1.RemovedServer
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_store_proto_init() }
@@ -1147,6 +1576,9 @@ func file_sigil_v1_store_proto_init() {
 		(*Command_PutJwtAuthority)(nil),
 		(*Command_RemoveAuthority)(nil),
 		(*Command_PruneBundle)(nil),
+		(*Command_TaintAuthority)(nil),
+		(*Command_RevokeAuthority)(nil),
+		(*Command_RetireServer)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1154,7 +1586,7 @@ func file_sigil_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_store_proto_rawDesc), len(file_sigil_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -15,9 +15,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/clock"
 )
 
 // Name is the attestor name.
@@ -68,28 +70,65 @@ func Validate(token string) error {
 	return nil
 }
 
-type verifier struct{}
+// RefusedMessage is what a caller is told about a well-formed token that
+// is not valid now, whatever the reason (never issued, already used,
+// expired): one answer for all, so that the answer does not help guessing.
+const RefusedMessage = "join token is unknown, already used or expired"
+
+type verifier struct {
+	state node.State
+	clk   clock.Clock
+}
 
 // NewVerifier returns the server half. Verify takes the token itself as the
-// payload; the caller must consume Result.ConsumeJoinTokenHash atomically
-// with recording the attestation, which is what makes the token single-use.
-func NewVerifier() node.Verifier { return verifier{} }
+// payload and checks it against state (the server's local copy of the
+// replicated join tokens) at clk's time before returning, so a made-up,
+// used or expired token costs one local lookup. The caller must still
+// consume Result.ConsumeJoinTokenHash atomically with recording the
+// attestation (through Raft), which is what makes the token single-use
+// when several callers present it at once.
+func NewVerifier(state node.State, clk clock.Clock) node.Verifier {
+	if clk == nil {
+		clk = clock.New()
+	}
+	return verifier{state: state, clk: clk}
+}
 
 func (verifier) Name() string { return Name }
 
-func (verifier) Verify(ctx context.Context, payload []byte) (*node.Result, error) {
+func (v verifier) Verify(ctx context.Context, payload []byte) (*node.Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	// Check the length before copying the payload into a string.
+	if len(payload) != 2*tokenBytes {
+		return nil, fmt.Errorf("jointoken: %w (got %d bytes)", ErrMalformed, len(payload))
 	}
 	token := string(payload)
 	if err := Validate(token); err != nil {
 		return nil, err
 	}
-	id := AgentIDSegment(token)
+	if v.state == nil {
+		return nil, errors.New("jointoken: the verifier has no state to check tokens against")
+	}
+	hash := Hash(token)
+	expires, err := v.state.JoinTokenExpiry(ctx, hash)
+	switch {
+	case errors.Is(err, node.ErrNotFound):
+		return nil, fmt.Errorf("jointoken: %w", &node.RefusedError{Public: RefusedMessage,
+			Reason: "no such join token: never issued, already used, or removed after expiry"})
+	case err != nil:
+		return nil, fmt.Errorf("jointoken: checking the join token: %w", err)
+	}
+	if now := v.clk.Now(); !now.Before(expires) {
+		return nil, fmt.Errorf("jointoken: %w", &node.RefusedError{Public: RefusedMessage,
+			Reason: fmt.Sprintf("join token expired at %s (now %s)", expires.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))})
+	}
+	id := hash[:32]
 	return &node.Result{
 		ID:                   id,
 		Selectors:            []*sigilv1.Selector{{Type: Name, Value: id}},
-		ConsumeJoinTokenHash: Hash(token),
+		ConsumeJoinTokenHash: hash,
 	}, nil
 }
 

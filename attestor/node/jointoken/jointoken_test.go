@@ -6,14 +6,56 @@ import (
 	"encoding/hex"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/clock"
 )
 
 const known = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// memState is an in-memory node.State: join token hashes and their expiry.
+type memState struct {
+	mu      sync.Mutex
+	tokens  map[string]time.Time
+	lookups int
+	err     error
+}
+
+func newMemState(tokens ...string) *memState {
+	m := &memState{tokens: map[string]time.Time{}}
+	for _, t := range tokens {
+		m.tokens[jointoken.Hash(t)] = t0.Add(10 * time.Minute)
+	}
+	return m
+}
+
+func (m *memState) JoinTokenExpiry(_ context.Context, hash string) (time.Time, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lookups++
+	if m.err != nil {
+		return time.Time{}, m.err
+	}
+	exp, ok := m.tokens[hash]
+	if !ok {
+		return time.Time{}, node.ErrNotFound
+	}
+	return exp, nil
+}
+
+func (m *memState) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lookups
+}
 
 func TestGenerate(t *testing.T) {
 	seen := map[string]bool{}
@@ -52,7 +94,8 @@ func TestHashAndSegment(t *testing.T) {
 }
 
 func TestVerify(t *testing.T) {
-	v := jointoken.NewVerifier()
+	st := newMemState(known)
+	v := jointoken.NewVerifier(st, clock.NewFake(t0))
 	if v.Name() != "join_token" {
 		t.Errorf("Name = %q", v.Name())
 	}
@@ -74,6 +117,7 @@ func TestVerify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			lookups := st.count()
 			res, err := v.Verify(context.Background(), []byte(tt.payload))
 			if tt.wantErr {
 				if err == nil {
@@ -81,6 +125,9 @@ func TestVerify(t *testing.T) {
 				}
 				if !errors.Is(err, jointoken.ErrMalformed) {
 					t.Errorf("err = %v, want ErrMalformed", err)
+				}
+				if n := st.count() - lookups; n != 0 {
+					t.Errorf("a malformed token cost %d state lookups", n)
 				}
 				if len(tt.payload) > 8 && strings.Contains(err.Error(), strings.TrimSpace(tt.payload)) {
 					t.Errorf("error echoes the token: %v", err)
@@ -110,7 +157,7 @@ func TestVerify(t *testing.T) {
 func TestVerifyCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := jointoken.NewVerifier().Verify(ctx, []byte(known)); err == nil {
+	if _, err := jointoken.NewVerifier(newMemState(known), clock.NewFake(t0)).Verify(ctx, []byte(known)); err == nil {
 		t.Error("Verify ignored a canceled context")
 	}
 }
@@ -148,7 +195,7 @@ func TestAttestor(t *testing.T) {
 				t.Errorf("payload = %q, want %q", p, tt.want)
 			}
 			// Round trip: the server accepts what the agent sends.
-			res, err := jointoken.NewVerifier().Verify(context.Background(), p)
+			res, err := jointoken.NewVerifier(newMemState(tt.want), clock.NewFake(t0)).Verify(context.Background(), p)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -156,5 +203,53 @@ func TestAttestor(t *testing.T) {
 				t.Errorf("round trip ID = %q", res.ID)
 			}
 		})
+	}
+}
+
+// TestVerifyChecksState: a well-formed token that the state does not hold,
+// or holds expired, is refused with one public message whatever the
+// reason; the precise reason is only in the error's Reason.
+func TestVerifyChecksState(t *testing.T) {
+	expired := strings.Repeat("ab", 32)
+	st := newMemState(known)
+	st.tokens[jointoken.Hash(expired)] = t0
+	clk := clock.NewFake(t0)
+	v := jointoken.NewVerifier(st, clk)
+
+	unknown := strings.Repeat("cd", 32)
+	var reasons []string
+	for _, tok := range []string{unknown, expired} {
+		res, err := v.Verify(context.Background(), []byte(tok))
+		var re *node.RefusedError
+		if !errors.As(err, &re) {
+			t.Fatalf("token %s…: got %v, %+v; want a RefusedError", tok[:4], err, res)
+		}
+		if re.Public != jointoken.RefusedMessage {
+			t.Errorf("public message %q, want %q", re.Public, jointoken.RefusedMessage)
+		}
+		if strings.Contains(err.Error(), tok) || strings.Contains(err.Error(), jointoken.Hash(tok)) {
+			t.Errorf("error reveals the token or its hash: %v", err)
+		}
+		reasons = append(reasons, re.Reason)
+	}
+	if reasons[0] == reasons[1] || !strings.Contains(reasons[1], "expired") {
+		t.Errorf("reasons do not tell unknown from expired: %q", reasons)
+	}
+	// Valid until just before its expiry, not at it.
+	clk.Set(t0.Add(10*time.Minute - time.Second))
+	if _, err := v.Verify(context.Background(), []byte(known)); err != nil {
+		t.Fatalf("valid token refused: %v", err)
+	}
+	clk.Set(t0.Add(10 * time.Minute))
+	if _, err := v.Verify(context.Background(), []byte(known)); !errors.As(err, new(*node.RefusedError)) {
+		t.Fatalf("token at its expiry: got %v, want refused", err)
+	}
+	// A state failure is not a refusal of the token.
+	st.err = errors.New("store closed")
+	if _, err := v.Verify(context.Background(), []byte(known)); err == nil || errors.As(err, new(*node.RefusedError)) {
+		t.Fatalf("state failure: got %v, want a plain error", err)
+	}
+	if _, err := jointoken.NewVerifier(nil, nil).Verify(context.Background(), []byte(known)); err == nil {
+		t.Fatal("a verifier without state accepted a token")
 	}
 }

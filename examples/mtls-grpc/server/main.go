@@ -32,7 +32,7 @@ import (
 func main() {
 	var (
 		addr        = flag.String("addr", "127.0.0.1:8444", "address to serve gRPC on")
-		socket      = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then "+mtls.DefaultSocket+")")
+		socket      = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then your own agent's under $XDG_RUNTIME_DIR/sigil, then "+mtls.DefaultSocket+")")
 		id          = flag.String("spiffe-id", "", "SPIFFE ID to present when the process has several (default: the first)")
 		policyFile  = flag.String("policy", "policy.hcl", "authorization policy file (reloaded when it changes)")
 		metricsAddr = flag.String("metrics", "127.0.0.1:9444", "address of the plain-HTTP /metrics endpoint (empty: none)")

@@ -28,7 +28,7 @@ import (
 func main() {
 	var (
 		addr        = flag.String("addr", "127.0.0.1:8443", "address to serve HTTPS on")
-		socket      = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then "+mtls.DefaultSocket+")")
+		socket      = flag.String("socket", "", "Workload API socket (default $SPIFFE_ENDPOINT_SOCKET, then your own agent's under $XDG_RUNTIME_DIR/sigil, then "+mtls.DefaultSocket+")")
 		id          = flag.String("spiffe-id", "", "SPIFFE ID to present when the process has several (default: the first)")
 		policyFile  = flag.String("policy", "policy.hcl", "authorization policy file (reloaded when it changes)")
 		service     = flag.String("service", "greeter", "service name the policy's service: targets refer to")

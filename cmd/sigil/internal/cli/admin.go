@@ -20,11 +20,13 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/unixsock"
 )
 
-// DefaultAdminSocket is where `sigil server` serves the admin API unless
-// configured otherwise.
-const DefaultAdminSocket = "/tmp/sigil-server/private/admin.sock"
+// DefaultAdminSocket is where the client commands look for the admin API
+// unless told otherwise: the current user's own server's socket under
+// $XDG_RUNTIME_DIR/sigil if there is one, else /run/sigil/server/private/admin.sock.
+var DefaultAdminSocket = unixsock.ClientSocket(unixsock.AdminSocketName)
 
 // rpcTimeout bounds each admin call.
 const rpcTimeout = 30 * time.Second

@@ -16,22 +16,38 @@ import (
 func NewAuthorityCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "authority",
-		Short: "Show and rotate the signing keys (X.509 CA and JWT) of one server",
+		Short: "Show and rotate the signing keys (X.509 CA and JWT) of the servers",
 		Long: `Each server has its own X.509 CA key and JWT signing key, each in slots:
 prepared (in the bundle, signing nothing), active (signing) and retired (in
 the bundle until everything it signed has expired). Rotation is automatic;
 these commands let an operator rotate early, for example after a suspected
-key compromise:
+key compromise. prepare, activate and -id act on the keys of the server
+whose admin socket is given:
 
   sigil authority prepare            # new key, published in the bundle
   sigil authority activate           # it signs from now on (after propagation)
   sigil authority taint -id OLD_ID   # agents replace everything OLD_ID signed
-  sigil authority revoke -id OLD_ID  # OLD_ID leaves the bundle`,
+  sigil authority revoke -id OLD_ID  # OLD_ID leaves the bundle
+
+taint and revoke with -authority act on any server's key, cluster-wide,
+from any server's admin socket (the change goes through the leader); the
+ID is one of the trust bundle's authorities as 'sigil authority show'
+lists them:
+
+  sigil authority taint -authority ID   # agents replace what ID signed, at once
+  sigil authority revoke -authority ID  # ID leaves every bundle, for good
+
+Revoke refuses a key that is not tainted (taint it first, so that nothing
+it signed is still in use). Neither takes away the last usable key of a
+server that is still a member: rotate it on that server first (prepare,
+activate), or, if the server is lost or compromised, remove it with
+'sigil cluster remove NODE', which taints all its keys at once and revokes
+them after removed_server_grace.`,
 	}
 	cmd.AddCommand(authorityShow(), authorityOp("prepare", "Make and publish a new key now, ahead of the schedule", false),
 		authorityOp("activate", "Make the prepared key active now", false),
-		authorityOp("taint", "Mark a prepared or retired key tainted: agents replace what it signed at once", true),
-		authorityOp("revoke", "Remove a tainted, non-active key from the bundle and destroy it", true))
+		authorityOp("taint", "Mark a key tainted: agents replace what it signed at once (-authority: any server's key, cluster-wide)", true),
+		authorityOp("revoke", "Remove a tainted, non-active key from the bundle for good (-authority: any server's key, cluster-wide)", true))
 	return cmd
 }
 
@@ -95,9 +111,10 @@ func nextEvent(s *sigilv1.AuthoritySlot) string {
 
 func authorityOp(name, short string, needID bool) *cobra.Command {
 	var (
-		o    *adminOpts
-		kind string
-		id   string
+		o         *adminOpts
+		kind      string
+		id        string
+		authority string
 	)
 	cmd := &cobra.Command{
 		Use:   name,
@@ -107,8 +124,11 @@ func authorityOp(name, short string, needID bool) *cobra.Command {
 			if kind != "x509" && kind != "jwt" {
 				return fmt.Errorf("invalid -kind %q: want x509 or jwt", kind)
 			}
-			if needID && id == "" {
-				return fmt.Errorf("-id is required: the authority ID or slot number from `sigil authority show`")
+			if authority != "" && id != "" {
+				return fmt.Errorf("give -id (a key of this server) or -authority (any server's key, cluster-wide), not both")
+			}
+			if needID && id == "" && authority == "" {
+				return fmt.Errorf("-id or -authority is required: -id is the ID or slot number of a key of this server, -authority the ID of any authority of the trust bundle, both as `sigil authority show` lists them")
 			}
 			c, err := o.dial()
 			if err != nil {
@@ -116,7 +136,7 @@ func authorityOp(name, short string, needID bool) *cobra.Command {
 			}
 			defer c.Close()
 			client := sigilv1.NewAuthorityAdminClient(c.conn)
-			req := &sigilv1.AuthorityRequest{Kind: kind, Id: id}
+			req := &sigilv1.AuthorityRequest{Kind: kind, Id: id, Authority: authority}
 			fn := map[string]func() (*sigilv1.AuthorityResponse, error){
 				"prepare":  func() (*sigilv1.AuthorityResponse, error) { return call(cmd.Context(), client.PrepareAuthority, req) },
 				"activate": func() (*sigilv1.AuthorityResponse, error) { return call(cmd.Context(), client.ActivateAuthority, req) },
@@ -130,6 +150,10 @@ func authorityOp(name, short string, needID bool) *cobra.Command {
 			if o.json() {
 				return printJSON(cmd.OutOrStdout(), resp)
 			}
+			if authority != "" {
+				printClusterResult(cmd.OutOrStdout(), name, authority, resp)
+				return nil
+			}
 			printSlotResult(cmd.OutOrStdout(), name, resp)
 			return nil
 		},
@@ -137,13 +161,29 @@ func authorityOp(name, short string, needID bool) *cobra.Command {
 	o = addAdminFlags(cmd)
 	cmd.Flags().StringVar(&kind, "kind", "x509", "key kind: x509 (CA) or jwt")
 	if name != "prepare" {
-		help := "authority ID or slot number"
+		help := "a key of this server: its authority ID or slot number"
 		if name == "activate" {
 			help += " (default: the prepared key)"
 		}
 		cmd.Flags().StringVar(&id, "id", "", help)
 	}
+	if needID {
+		cmd.Flags().StringVar(&authority, "authority", "", "`ID` of an authority of any server, as 'sigil authority show' lists it in the trust bundle: "+name+" it cluster-wide (see 'sigil authority --help')")
+	}
 	return cmd
+}
+
+func printClusterResult(w io.Writer, op, id string, resp *sigilv1.AuthorityResponse) {
+	verb := map[string]string{"taint": "Tainted", "revoke": "Revoked"}[op]
+	for _, a := range resp.Authorities {
+		fmt.Fprintf(w, "%s %s authority %s of server %s cluster-wide (valid until %s)\n", verb, a.Kind, id, a.ServerId, formatTime(a.NotAfter))
+	}
+	switch op {
+	case "taint":
+		fmt.Fprintf(w, "Agents now replace what it signed. Once they have, remove it from every bundle: sigil authority revoke -authority %s\n", id)
+	case "revoke":
+		fmt.Fprintln(w, "It has left the bundle and cannot be published again.")
+	}
 }
 
 func printSlotResult(w io.Writer, op string, resp *sigilv1.AuthorityResponse) {

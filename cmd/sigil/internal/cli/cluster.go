@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/server"
 )
 
 // snapshotChunkSize is the size of uploaded snapshot chunks.
@@ -26,9 +27,39 @@ func (c *AdminConn) cluster() sigilv1.ClusterAdminClient {
 func NewClusterCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cluster",
-		Short: "Manage the server cluster: members, join, remove, transfer-leader, snapshot",
+		Short: "Manage the server cluster: members, join, remove, transfer-leader, snapshot, secret",
 	}
-	cmd.AddCommand(clusterMembersCmd(), clusterJoinCmd(), clusterRemoveCmd(), clusterTransferCmd(), clusterSnapshotCmd())
+	cmd.AddCommand(clusterMembersCmd(), clusterJoinCmd(), clusterRemoveCmd(), clusterTransferCmd(), clusterSnapshotCmd(), clusterSecretCmd())
+	return cmd
+}
+
+// clusterSecretCmd is `sigil cluster secret`: join secrets.
+func clusterSecretCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "secret",
+		Short: "Generate the cluster join secret",
+	}
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Print a new cluster join secret (256 random bits)",
+		Long: `Print a new cluster join secret: "` + server.JoinSecretPrefix + `" and 32 random bytes
+from the operating system's random source, base64url-encoded. Servers
+accept only secrets in this format. Give every server of the cluster the
+same secret, best in a file of mode 0600 named by join_secret_file (or in
+join_secret or SIGIL_JOIN_SECRET); keep it out of command lines and logs.
+Nothing is sent anywhere and no server is needed.`,
+		Example: `  (umask 077; sigil cluster secret generate > /etc/sigil/join-secret)`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := server.GenerateJoinSecret(nil)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), s)
+			return err
+		},
+	}
+	cmd.AddCommand(gen)
 	return cmd
 }
 
@@ -109,8 +140,17 @@ func clusterRemoveCmd() *cobra.Command {
 	var o *adminOpts
 	cmd := &cobra.Command{
 		Use:   "remove NODE",
-		Short: "Remove a server from the cluster; it can no longer vote or append",
-		Args:  cobra.ExactArgs(1),
+		Short: "Remove a server from the cluster; it can no longer vote or append, and its keys are retired",
+		Long: `Remove a server from the cluster. First its X.509 CA and JWT keys are
+tainted cluster-wide: every agent replaces at once what they signed, from
+the other servers' keys, and no key of the removed server is accepted into
+the bundle any more. Then it leaves the Raft configuration, so it can no
+longer vote, append or write. Its keys leave every bundle, for good, after
+the servers' removed_server_grace (default twice jwt_svid_ttl, at least 5
+minutes), once what they signed has been replaced and JWT-SVIDs they
+signed have expired; 'sigil authority revoke -authority ID' removes one
+earlier. Stop the removed server's process too.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.dial()
 			if err != nil {
@@ -120,7 +160,7 @@ func clusterRemoveCmd() *cobra.Command {
 			if _, err := call(cmd.Context(), c.cluster().RemoveMember, &sigilv1.RemoveMemberRequest{NodeName: args[0]}); err != nil {
 				return c.RPCError("remove "+args[0], err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s; its keys are tainted (agents are replacing what they signed) and leave the bundle after removed_server_grace\n", args[0])
 			return nil
 		},
 	}

@@ -17,11 +17,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/sigil-id/sigil/internal/unixsock"
 )
 
-// DefaultWorkloadSocket is where `sigil agent` serves the Workload API
-// unless configured otherwise.
-const DefaultWorkloadSocket = "/tmp/sigil-agent/public/api.sock"
+// DefaultWorkloadSocket is where the client commands look for the Workload
+// API unless told otherwise: the current user's own agent's socket under
+// $XDG_RUNTIME_DIR/sigil if there is one, else /run/sigil/agent/public/api.sock.
+var DefaultWorkloadSocket = unixsock.ClientSocket(unixsock.WorkloadSocketName)
 
 // workloadAddr turns a -socket value into a Workload API address: a plain
 // path becomes unix://<absolute path>; unix:/tcp: addresses pass through.
@@ -63,7 +66,7 @@ func NewSVIDCommand() *cobra.Command {
 	fetch := &cobra.Command{
 		Use:   "fetch",
 		Short: "Fetch the X.509-SVIDs and trust bundles (or, with -jwt, JWT-SVIDs) of the calling process",
-		Example: `  sigil svid fetch -socket /tmp/sigil-agent/public/api.sock
+		Example: `  sigil svid fetch -socket /run/sigil/agent/public/api.sock
   sigil svid fetch -write /tmp/svid && openssl verify -CAfile /tmp/svid/bundle.pem /tmp/svid/svid.pem
   sigil svid fetch -jwt -audience spiffe://example.org/db`,
 		Args: cobra.NoArgs,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,7 +55,7 @@ func NewTokenCommand() *cobra.Command {
 			return nil
 		},
 	}
-	gen.Flags().DurationVar(&ttl, "ttl", 10*time.Minute, "how long the token may be used")
+	gen.Flags().DurationVar(&ttl, "ttl", 10*time.Minute, "how long the token may be used (1s to 24h)")
 	o = addAdminFlags(gen)
 	cmd.AddCommand(gen)
 	return cmd
@@ -132,6 +133,10 @@ func SPIFFEBundle(b *sigilv1.Bundle) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle has invalid trust domain %q: %v", b.GetTrustDomain(), err)
 	}
+	if len(b.GetX509Authorities())+len(b.GetJwtAuthorities()) == 0 {
+		// A SPIFFE bundle without keys does not parse.
+		return nil, errors.New("the bundle has no authorities yet")
+	}
 	sb := spiffebundle.New(td)
 	for i, a := range b.GetX509Authorities() {
 		cert, err := x509.ParseCertificate(a.GetCertificate())
@@ -149,8 +154,12 @@ func SPIFFEBundle(b *sigilv1.Bundle) ([]byte, error) {
 			return nil, fmt.Errorf("bundle JWT authority %q: %v", a.GetKeyId(), err)
 		}
 	}
-	if b.GetRefreshHint() > 0 {
-		sb.SetRefreshHint(time.Duration(b.GetRefreshHint()) * time.Second)
+	if h := b.GetRefreshHint(); h > 0 {
+		// go-spiffe rounds the hint up to whole seconds in nanoseconds.
+		if h > int64((math.MaxInt64-time.Second)/time.Second) {
+			return nil, fmt.Errorf("bundle refresh hint %d s is out of range", h)
+		}
+		sb.SetRefreshHint(time.Duration(h) * time.Second)
 	}
 	sb.SetSequenceNumber(b.GetSequenceNumber())
 	return sb.Marshal()

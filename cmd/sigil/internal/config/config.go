@@ -37,11 +37,14 @@ type Server struct {
 	// CAPropagationDelay is how long a new key is in the bundle before it
 	// signs; 0 means a sixth of CATTL.
 	CAPropagationDelay time.Duration
+	// RemovedServerGrace: see server.Config.RemovedServerGrace.
+	RemovedServerGrace time.Duration
 	// Cluster settings (see server.Config).
 	ClusterAddress       string
 	AdvertiseAddress     string
 	RetryJoin            string // comma-separated cluster addresses
 	JoinSecret           string
+	JoinSecretFile       string // file (mode 0600) holding the join secret
 	NoBootstrap          bool
 	RaftHeartbeatTimeout time.Duration
 	Log                  Log
@@ -55,6 +58,7 @@ type Agent struct {
 	DataDir         string
 	SocketPath      string
 	JoinToken       string
+	JoinTokenFile   string // file (mode 0600) holding the join token
 	TrustBundlePath string
 	HealthAddress   string
 	Log             Log
@@ -94,11 +98,14 @@ type hclServer struct {
 	JoinTokenTTL  string `hcl:"join_token_ttl,optional"`
 	JWTSVIDTTL    string `hcl:"jwt_svid_ttl,optional"`
 	CAPropagation string `hcl:"ca_propagation_delay,optional"`
+	// RemovedServerGrace: see server.Config.RemovedServerGrace.
+	RemovedServerGrace string `hcl:"removed_server_grace,optional"`
 	// Cluster.
 	ClusterAddress       string   `hcl:"cluster_address,optional"`
 	AdvertiseAddress     string   `hcl:"advertise_address,optional"`
 	RetryJoin            []string `hcl:"retry_join,optional"`
 	JoinSecret           string   `hcl:"join_secret,optional"`
+	JoinSecretFile       string   `hcl:"join_secret_file,optional"`
 	Bootstrap            *bool    `hcl:"bootstrap,optional"`
 	RaftHeartbeatTimeout string   `hcl:"raft_heartbeat_timeout,optional"`
 	LogLevel             string   `hcl:"log_level,optional"`
@@ -111,6 +118,7 @@ type hclAgent struct {
 	DataDir         string `hcl:"data_dir,optional"`
 	SocketPath      string `hcl:"socket_path,optional"`
 	JoinToken       string `hcl:"join_token,optional"`
+	JoinTokenFile   string `hcl:"join_token_file,optional"`
 	TrustBundlePath string `hcl:"trust_bundle_path,optional"`
 	HealthAddress   string `hcl:"health_address,optional"`
 	LogLevel        string `hcl:"log_level,optional"`
@@ -153,6 +161,7 @@ func Parse(filename string, src []byte) (*File, error) {
 			AdvertiseAddress: s.AdvertiseAddress,
 			RetryJoin:        strings.Join(s.RetryJoin, ","),
 			JoinSecret:       s.JoinSecret,
+			JoinSecretFile:   s.JoinSecretFile,
 		}
 		if s.Bootstrap != nil {
 			out.Server.NoBootstrap = !*s.Bootstrap
@@ -168,6 +177,7 @@ func Parse(filename string, src []byte) (*File, error) {
 			{"join_token_ttl", s.JoinTokenTTL, &out.Server.JoinTokenTTL},
 			{"jwt_svid_ttl", s.JWTSVIDTTL, &out.Server.JWTSVIDTTL},
 			{"ca_propagation_delay", s.CAPropagation, &out.Server.CAPropagationDelay},
+			{"removed_server_grace", s.RemovedServerGrace, &out.Server.RemovedServerGrace},
 			{"raft_heartbeat_timeout", s.RaftHeartbeatTimeout, &out.Server.RaftHeartbeatTimeout},
 		}
 		for _, d := range durations {
@@ -188,6 +198,7 @@ func Parse(filename string, src []byte) (*File, error) {
 			DataDir:         a.DataDir,
 			SocketPath:      a.SocketPath,
 			JoinToken:       a.JoinToken,
+			JoinTokenFile:   a.JoinTokenFile,
 			TrustBundlePath: a.TrustBundlePath,
 			HealthAddress:   a.HealthAddress,
 			Log:             Log{Level: a.LogLevel, Format: a.LogFormat},
@@ -247,7 +258,7 @@ func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
 	fs.StringVar(&f.val.NodeName, "node-name", "", "name of this server node (default: hostname)")
 	fs.StringVar(&f.val.DataDir, "data-dir", "", "directory for Raft data and CA keys (default ./.sigil/server)")
 	fs.StringVar(&f.val.BindAddress, "bind-address", "", "listen address of the node API (default :8081)")
-	fs.StringVar(&f.val.AdminSocket, "admin-socket", "", "path of the admin API unix socket (default /tmp/sigil-server/private/admin.sock)")
+	fs.StringVar(&f.val.AdminSocket, "admin-socket", "", "path of the admin API unix socket (default /run/sigil/server/private/admin.sock; $XDG_RUNTIME_DIR/sigil/server/private/admin.sock for a user other than root)")
 	fs.StringVar(&f.val.HealthAddress, "health-address", "", "listen address of the /live and /ready endpoints (empty: disabled)")
 	fs.StringVar(&f.val.KeyManager, "key-manager", "", "where CA keys are kept: disk or memory (default disk)")
 	fs.DurationVar(&f.val.CATTL, "ca-ttl", 0, "lifetime of CA certificates (default 24h)")
@@ -259,7 +270,8 @@ func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
 	fs.StringVar(&f.val.ClusterAddress, "cluster-address", "", "listen address of the cluster port (Raft and server-to-server mTLS); empty: a single server")
 	fs.StringVar(&f.val.AdvertiseAddress, "advertise-address", "", "host:port peers reach the cluster port at (default: the cluster address)")
 	fs.StringArrayVar(&f.joins, "join", nil, "cluster address of an existing server to join through (repeatable)")
-	fs.StringVar(&f.val.JoinSecret, "join-secret", "", "cluster join secret (prefer join_secret in the config file or SIGIL_JOIN_SECRET)")
+	fs.StringVar(&f.val.JoinSecret, "join-secret", "", "cluster join secret; visible to every local user: prefer -join-secret-file or SIGIL_JOIN_SECRET")
+	fs.StringVar(&f.val.JoinSecretFile, "join-secret-file", "", "file (mode 0600) holding the cluster join secret")
 	fs.BoolVar(&f.val.NoBootstrap, "no-bootstrap", false, "with no Raft state and nothing to join, wait for 'sigil cluster join' instead of bootstrapping")
 	fs.DurationVar(&f.val.RaftHeartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat and election timeout (default 1s)")
 	addLogFlags(fs, &f.val.Log)
@@ -295,6 +307,7 @@ func (f *ServerFlags) Apply(s *Server) {
 	set("cluster-address", &s.ClusterAddress, f.val.ClusterAddress)
 	set("advertise-address", &s.AdvertiseAddress, f.val.AdvertiseAddress)
 	set("join-secret", &s.JoinSecret, f.val.JoinSecret)
+	set("join-secret-file", &s.JoinSecretFile, f.val.JoinSecretFile)
 	setD("raft-heartbeat-timeout", &s.RaftHeartbeatTimeout, f.val.RaftHeartbeatTimeout)
 	if f.fs.Changed("join") {
 		s.RetryJoin = strings.Join(f.joins, ",")
@@ -318,8 +331,9 @@ func NewAgentFlags(fs *pflag.FlagSet) *AgentFlags {
 	fs.StringVar(&f.val.TrustDomain, "trust-domain", "", "trust domain of the servers, e.g. example.org")
 	fs.StringVar(&f.val.ServerAddress, "server-address", "", "address (host:port) of a server's node API")
 	fs.StringVar(&f.val.DataDir, "data-dir", "", "directory for the agent's identity and cache (default ./.sigil/agent)")
-	fs.StringVar(&f.val.SocketPath, "socket-path", "", "path of the Workload API unix socket (default /tmp/sigil-agent/public/api.sock)")
-	fs.StringVar(&f.val.JoinToken, "join-token", "", "single-use join token for the first attestation")
+	fs.StringVar(&f.val.SocketPath, "socket-path", "", "path of the Workload API unix socket (default /run/sigil/agent/public/api.sock; $XDG_RUNTIME_DIR/sigil/agent/public/api.sock for a user other than root)")
+	fs.StringVar(&f.val.JoinToken, "join-token", "", "single-use join token for the first attestation; visible to every local user: prefer -join-token-file or SIGIL_JOIN_TOKEN")
+	fs.StringVar(&f.val.JoinTokenFile, "join-token-file", "", "file (mode 0600) holding the single-use join token")
 	fs.StringVar(&f.val.TrustBundlePath, "trust-bundle-path", "", "PEM file with the server CA certificates (the output of 'sigil bundle show')")
 	fs.StringVar(&f.val.HealthAddress, "health-address", "", "listen address of the /live and /ready endpoints (empty: disabled)")
 	addLogFlags(fs, &f.val.Log)
@@ -339,6 +353,7 @@ func (f *AgentFlags) Apply(a *Agent) {
 	set("data-dir", &a.DataDir, f.val.DataDir)
 	set("socket-path", &a.SocketPath, f.val.SocketPath)
 	set("join-token", &a.JoinToken, f.val.JoinToken)
+	set("join-token-file", &a.JoinTokenFile, f.val.JoinTokenFile)
 	set("trust-bundle-path", &a.TrustBundlePath, f.val.TrustBundlePath)
 	set("health-address", &a.HealthAddress, f.val.HealthAddress)
 	set("log-level", &a.Log.Level, f.val.Log.Level)
@@ -351,9 +366,13 @@ func addLogFlags(fs *pflag.FlagSet, l *Log) {
 }
 
 // Validate checks the settings that the command line owns: the trust
-// domain and the log settings. The server package checks the rest.
+// domain, the log settings and the bounds on lifetimes (see
+// validateLifetimes). The server package checks the rest.
 func (s *Server) Validate() error {
 	if err := validateTrustDomain(s.TrustDomain); err != nil {
+		return err
+	}
+	if err := s.validateLifetimes(); err != nil {
 		return err
 	}
 	return s.Log.Validate()

@@ -1,0 +1,67 @@
+package config
+
+import (
+	"reflect"
+	"testing"
+)
+
+// FuzzConfig: Parse never panics on any input; an accepted file parses the
+// same way twice, and Validate of its server and agent blocks gives the
+// same answer twice and never panics. An accepted server block satisfies
+// the lifetime bounds.
+func FuzzConfig(f *testing.F) {
+	f.Add(validFile)
+	f.Add(`server { trust_domain = "example.org" }`)
+	f.Add(`server {
+  trust_domain     = "example.org"
+  x509_svid_ttl    = "1s"
+  join_token_ttl   = "87600h"
+  join_secret_file = "/etc/sigil/join-secret"
+  retry_join       = ["10.0.0.1:8082", "10.0.0.2:8082"]
+  bootstrap        = false
+}`)
+	f.Add(`agent {
+  trust_domain    = "example.org"
+  server_address  = "127.0.0.1:8081"
+  join_token_file = "/etc/sigil/join-token"
+}`)
+	f.Add(`server { ca_ttl = "one day" }`)
+	f.Add(`server { unknown = 1 }`)
+	f.Add(`server { trust_domain = "Example.org" } agent {}`)
+	f.Add("server {\n  trust_domain = \"${x}\"\n}")
+	f.Add(`server { trust_domain = 1 + }`)
+	f.Fuzz(func(t *testing.T, src string) {
+		file, err := Parse("fuzz.hcl", []byte(src))
+		if err != nil {
+			if file != nil {
+				t.Fatal("a file with an error")
+			}
+			return
+		}
+		again, err := Parse("fuzz.hcl", []byte(src))
+		if err != nil || !reflect.DeepEqual(file, again) {
+			t.Fatalf("Parse is not deterministic: %v", err)
+		}
+		if s := file.Server; s != nil {
+			err1, err2 := s.Validate(), s.Validate()
+			if (err1 == nil) != (err2 == nil) {
+				t.Fatal("server Validate is not deterministic")
+			}
+			if err1 == nil {
+				if err := s.validateLifetimes(); err != nil {
+					t.Fatalf("accepted server block out of bounds: %v", err)
+				}
+				for _, d := range []int64{int64(s.CATTL), int64(s.X509SVIDTTL), int64(s.JoinTokenTTL)} {
+					if d < 0 {
+						t.Fatal("accepted a negative duration")
+					}
+				}
+			}
+		}
+		if a := file.Agent; a != nil {
+			if (a.Validate() == nil) != (a.Validate() == nil) {
+				t.Fatal("agent Validate is not deterministic")
+			}
+		}
+	})
+}

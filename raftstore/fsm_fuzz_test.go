@@ -1,0 +1,299 @@
+package raftstore
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/binary"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// maxFuzzCommands bounds the commands one fuzz input is split into.
+const maxFuzzCommands = 16
+
+// splitCommands cuts a fuzz input into Raft command payloads: each is a
+// 2-byte big-endian length and that many bytes (fewer at the end).
+func splitCommands(data []byte) [][]byte {
+	var cmds [][]byte
+	for len(data) > 0 && len(cmds) < maxFuzzCommands {
+		if len(data) < 2 {
+			cmds = append(cmds, data)
+			break
+		}
+		n := int(binary.BigEndian.Uint16(data))
+		data = data[2:]
+		n = min(n, len(data))
+		cmds = append(cmds, data[:n])
+		data = data[n:]
+	}
+	return cmds
+}
+
+// joinCommands is the inverse of splitCommands, for seeds.
+func joinCommands(cmds ...[]byte) []byte {
+	var out []byte
+	for _, c := range cmds {
+		out = binary.BigEndian.AppendUint16(out, uint16(len(c)))
+		out = append(out, c...)
+	}
+	return out
+}
+
+// fuzzCmd encodes cmd stamped with time at.
+func fuzzCmd(tb testing.TB, at time.Time, cmd *sigilv1.Command) []byte {
+	tb.Helper()
+	cmd.Timestamp = at.UnixNano()
+	b, err := proto.Marshal(cmd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+func fuzzPutJWT(trustDomain, kid, serverID string, pub []byte, expires time.Time) *sigilv1.Command {
+	return &sigilv1.Command{Op: &sigilv1.Command_PutJwtAuthority{PutJwtAuthority: &sigilv1.PutJWTAuthority{
+		TrustDomain: trustDomain,
+		Authority:   &sigilv1.JWTAuthority{KeyId: kid, PublicKey: pub, ServerId: serverID, ExpiresAt: expires.Unix()},
+	}}}
+}
+
+// fuzzFixture holds the encoded commands the fuzz targets build on: base
+// brings a fresh FSM to a populated state; seeds are commands of every
+// kind, valid and not, for the seed corpus.
+type fuzzFixture struct {
+	base  [][]byte
+	seeds [][]byte
+
+	once      sync.Once
+	baseDB    *memdb.MemDB
+	baseIndex uint64
+}
+
+func newFuzzFixture(tb testing.TB) *fuzzFixture {
+	ca := makeCert(tb, true, t0.Add(24*time.Hour))
+	ca2 := makeCert(tb, true, t0.Add(48*time.Hour))
+	leaf := makeCert(tb, false, t0.Add(24*time.Hour))
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	at := func(d time.Duration, c *sigilv1.Command) []byte { return fuzzCmd(tb, t0.Add(d), c) }
+	fx := &fuzzFixture{}
+	fx.base = [][]byte{
+		at(0, createEntries(
+			entry("a", "spiffe://example.org/a", agent, sel("unix", "uid:1"), sel("k8s", "ns:x")),
+			entry("b", "spiffe://example.org/b", "spiffe://example.org/a"),
+			entry("alias", "spiffe://example.org/eu", alias, sel("region", "eu")),
+		)),
+		at(0, createJoinToken(tokenHash("x"), t0.Add(time.Hour))),
+		at(0, createJoinToken(tokenHash("y"), t0.Add(time.Minute))),
+		at(0, attestNode(agent, "", sel("region", "eu"))),
+		at(0, putAuthority("example.org", "n1", ca)),
+		at(0, fuzzPutJWT("example.org", "k1", "n1", pub, t0.Add(time.Hour))),
+	}
+	node2 := "spiffe://example.org/sigil/agent/join_token/a2"
+	fx.seeds = [][]byte{
+		at(0, createEntries(entry("c", "spiffe://example.org/c", agent), entry("a", "spiffe://example.org/dup", agent))),
+		at(0, updateEntries(entry("a", "spiffe://example.org/a2", agent, sel("unix", "uid:2")))),
+		at(0, updateEntries(entry("a", "spiffe://example.org/b", "spiffe://example.org/a"))),
+		at(0, deleteEntries("b", "nope", "")),
+		at(0, createJoinToken(tokenHash("z"), t0.Add(time.Hour))),
+		// Refused (x exists) at a time when token y has expired.
+		at(2*time.Minute, createJoinToken(tokenHash("x"), t0.Add(time.Hour))),
+		at(2*time.Minute, attestNode(node2, tokenHash("x"))),
+		at(2*time.Minute, attestNode(node2, tokenHash("y"))),
+		at(0, updateNode(agent, "0a", t0.Add(time.Hour).Unix())),
+		at(0, banNode(agent)),
+		at(0, evictNode(agent)),
+		at(0, putAuthority("example.org", "n2", ca2)),
+		at(0, putAuthority("example.org", "n2", leaf)),
+		at(0, putAuthority("other.org", "n2", ca2)),
+		at(0, fuzzPutJWT("example.org", "k1", "n2", pub, t0.Add(2*time.Hour))),
+		at(0, fuzzPutJWT("example.org", "k2", "n2", []byte("not a key"), t0.Add(2*time.Hour))),
+		at(0, &sigilv1.Command{Op: &sigilv1.Command_RemoveAuthority{RemoveAuthority: &sigilv1.RemoveAuthority{TrustDomain: "example.org", X509Certificate: ca, JwtKeyId: "k1"}}}),
+		at(30*time.Hour, &sigilv1.Command{Op: &sigilv1.Command_PruneBundle{PruneBundle: &sigilv1.PruneBundle{TrustDomain: "example.org"}}}),
+		{},
+		{0x72, 0x40, 0x01},
+	}
+	// Cluster-wide taint, revocation and retirement of a server's keys.
+	caCert, err := x509.ParseCertificate(ca)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	caID := X509AuthorityID(caCert)
+	for _, c := range []*sigilv1.Command{
+		{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: "example.org", AuthorityId: caID}}},
+		{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: "example.org", AuthorityId: "k1"}}},
+		{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: "example.org", AuthorityId: caID}}},
+		{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: "example.org", AuthorityId: "k1"}}},
+		{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{TrustDomain: "example.org", ServerId: "n1"}}},
+		{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{TrustDomain: "example.org", ServerId: "n1", Revoke: true}}},
+	} {
+		fx.seeds = append(fx.seeds, at(0, c))
+	}
+	return fx
+}
+
+// fuzzApplier applies commands to an FSM with consecutive log indexes.
+type fuzzApplier struct {
+	f     *fsm
+	index uint64
+}
+
+func (a *fuzzApplier) apply(data []byte) interface{} {
+	a.index++
+	return a.f.Apply(&raft.Log{Index: a.index, Term: 1, Type: raft.LogCommand, Data: data})
+}
+
+// newFuzzApplier returns a fresh FSM, or one in the populated base state.
+// The base state is built once and handed out as memdb snapshots, which
+// are O(1) and independent of each other (stored objects are shared, which
+// is safe because the FSM never modifies a stored object in place).
+func (fx *fuzzFixture) newFuzzApplier(t testing.TB, populated bool) *fuzzApplier {
+	a := &fuzzApplier{f: newFSM(td, nil)}
+	if !populated {
+		return a
+	}
+	fx.once.Do(func() {
+		b := &fuzzApplier{f: newFSM(td, nil)}
+		for i, c := range fx.base {
+			if res, ok := b.apply(c).(*sigilv1.CommandResult); !ok || !allOK(res) {
+				t.Fatalf("base command %d refused: %v", i, res)
+			}
+		}
+		fx.baseDB, fx.baseIndex = b.f.state.Load().db, b.index
+	})
+	a.f.state.Store(&dbState{db: fx.baseDB.Snapshot(), abandon: make(chan struct{})})
+	a.f.lastIndex.Store(fx.baseIndex)
+	a.index = fx.baseIndex
+	return a
+}
+
+func allOK(r *sigilv1.CommandResult) bool {
+	for _, s := range r.Results {
+		if s.Code != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func allRefused(r *sigilv1.CommandResult) bool {
+	for _, s := range r.Results {
+		if s.Code == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// sameResult reports whether two Apply results are the same outcome.
+func sameResult(x, y interface{}) bool {
+	switch x := x.(type) {
+	case *CommandError:
+		y, ok := y.(*CommandError)
+		return ok && *x == *y
+	case *sigilv1.CommandResult:
+		y, ok := y.(*sigilv1.CommandResult)
+		return ok && proto.Equal(x, y)
+	}
+	return false
+}
+
+// persistBytes is the full snapshot of f (state and index).
+func persistBytes(t testing.TB, f *fsm) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := writeSnapshot(&buf, f.state.Load().db.Txn(false), f.lastIndex.Load()); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// FuzzFSMApply applies arbitrary bytes, cut into up to 16 Raft commands, to
+// a fresh FSM and to a populated one. It checks that the FSM never panics
+// and only answers with a CommandError or a CommandResult; that a refused
+// command (or a batch whose items are all refused) changes nothing; that
+// two FSMs fed the same log end in the same state with the same answers;
+// and that a snapshot of the result restores, into a new FSM, to exactly
+// the same state and snapshot bytes (so a follower can always take a
+// leader's snapshot of anything the FSM accepted).
+func FuzzFSMApply(f *testing.F) {
+	fx := newFuzzFixture(f)
+	for _, s := range fx.seeds {
+		f.Add(joinCommands(s))
+	}
+	f.Add(joinCommands(fx.seeds...))
+	f.Add(joinCommands(fx.base...))
+	f.Add(joinCommands(fx.seeds[4], fx.seeds[6], fx.seeds[9], fx.seeds[8], fx.seeds[10], fx.seeds[6]))
+	f.Add(joinCommands(fx.seeds[len(fx.seeds)-6:]...))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cmds := splitCommands(data)
+		for _, populated := range []bool{false, true} {
+			a, b := fx.newFuzzApplier(t, populated), fx.newFuzzApplier(t, populated)
+			for i, c := range cmds {
+				before := snapshotBytes(t, a.f)
+				changed := a.f.changedCh()
+				res := a.apply(c)
+				switch r := res.(type) {
+				case *CommandError:
+					if !bytes.Equal(snapshotBytes(t, a.f), before) {
+						t.Fatalf("command %d refused (%v) but changed the state", i, r)
+					}
+					select {
+					case <-changed:
+						t.Fatalf("command %d refused (%v) but woke watchers", i, r)
+					default:
+					}
+				case *sigilv1.CommandResult:
+					if len(r.Results) == 0 || !allRefused(r) {
+						break
+					}
+					if !bytes.Equal(snapshotBytes(t, a.f), before) {
+						t.Fatalf("command %d: every item refused (%v) but the state changed", i, r)
+					}
+				default:
+					t.Fatalf("command %d: Apply returned %T %v", i, res, res)
+				}
+				if a.f.lastIndex.Load() != a.index {
+					t.Fatalf("command %d: last index %d, want %d", i, a.f.lastIndex.Load(), a.index)
+				}
+				if other := b.apply(c); !sameResult(res, other) {
+					t.Fatalf("command %d: two FSMs answered %v and %v", i, res, other)
+				}
+			}
+			snap := persistBytes(t, a.f)
+			if !bytes.Equal(persistBytes(t, b.f), snap) {
+				t.Fatal("two FSMs applying the same log differ")
+			}
+			c := newFSM(td, nil)
+			if err := c.Restore(io.NopCloser(bytes.NewReader(snap))); err != nil {
+				t.Fatalf("snapshot of an applied state does not restore: %v", err)
+			}
+			if !bytes.Equal(persistBytes(t, c), snap) {
+				t.Fatal("restored state differs from the snapshot")
+			}
+			// The restored FSM goes on like the original.
+			next := fuzzCmd(t, t0.Add(time.Hour), createEntries(entry("zz", "spiffe://example.org/zz", agent)))
+			ca := &fuzzApplier{f: c, index: a.index}
+			if r1, r2 := a.apply(next), ca.apply(next); !sameResult(r1, r2) || !bytes.Equal(persistBytes(t, a.f), persistBytes(t, c)) {
+				t.Fatalf("restored FSM diverges: %v vs %v", r1, r2)
+			}
+		}
+	})
+}

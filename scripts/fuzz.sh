@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of the module, one `go test -fuzz` per target (go
+# test fuzzes one target per invocation).
+#
+# Targets are discovered, not listed: every top-level
+#   func FuzzXxx(f *testing.F)
+# in a *_test.go file is run, so new targets are picked up automatically.
+#
+# Usage: scripts/fuzz.sh [PATTERN]
+#   PATTERN   optional extended regexp; only targets whose "pkg.FuzzName"
+#             (pkg like ./raftstore) matches it are run.
+# Environment:
+#   FUZZTIME  how long each target fuzzes: a duration (60s) or a count of
+#             inputs (2000x). Default 60s.
+#   FUZZMINIMIZETIME  time (or Nx count) go test spends minimizing each
+#             new interesting or failing input; 0: none. Default 5s; go's own
+#             default (60s) can eat a whole short run on one input.
+#   FUZZTIMEOUT  go test -timeout for each target (a hung input then fails
+#             the run instead of blocking it). Default FUZZTIME plus 10m
+#             when FUZZTIME is a plain duration (90s, 10m, 1h), else none.
+#   GO        the go command. Default go.
+#   FUZZFLAGS extra flags for go test (e.g. -parallel 1).
+#
+# The seed corpora (f.Add and testdata/fuzz/FuzzXxx/) run first, then the
+# fuzzer. Inputs the fuzzer finds interesting are kept in Go's build cache
+# (GOCACHE/fuzz), never in the tree; only a failing input is written, to
+# the package's testdata/fuzz/FuzzXxx/ (go test's behaviour), so that it
+# becomes a regression seed once committed. A passing run leaves the tree
+# unchanged. Every target runs even after a failure; the exit status is
+# non-zero if any failed, and each failing input's path is printed.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+
+GO=${GO:-go}
+FUZZTIME=${FUZZTIME:-60s}
+FUZZMINIMIZETIME=${FUZZMINIMIZETIME:-5s}
+if [ -z "${FUZZTIMEOUT:-}" ]; then
+	# FUZZTIME plus 10 minutes for a plain duration; none (0) otherwise.
+	FUZZTIMEOUT=0
+	if [[ $FUZZTIME =~ ^([0-9]+)(s|m|h)$ ]]; then
+		n=${BASH_REMATCH[1]}
+		case ${BASH_REMATCH[2]} in
+		m) n=$((n * 60)) ;;
+		h) n=$((n * 3600)) ;;
+		esac
+		FUZZTIMEOUT="$((n + 600))s"
+	fi
+fi
+FUZZFLAGS=${FUZZFLAGS:-}
+PATTERN=${1:-}
+
+# discover prints "dir name" for each fuzz target, sorted.
+discover() {
+	grep -rE --include='*_test.go' \
+		--exclude-dir=.git --exclude-dir=testdata --exclude-dir=vendor --exclude-dir=node_modules \
+		'^func Fuzz[A-Za-z0-9_]*\([A-Za-z_][A-Za-z0-9_]* \*testing\.F\)' . |
+		sed -E 's#^\./(.*)/[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)\(.*#\1 \2#; s#^\./[^/]*_test\.go:func (Fuzz[A-Za-z0-9_]*)\(.*#. \1#' |
+		sort -u
+}
+
+targets=()
+while read -r dir name; do
+	[ -n "$name" ] || continue
+	pkg="./$dir"
+	[ "$dir" = "." ] && pkg="."
+	if [ -n "$PATTERN" ] && ! grep -qE -- "$PATTERN" <<<"$pkg.$name"; then
+		continue
+	fi
+	targets+=("$pkg $name")
+done < <(discover)
+
+if [ ${#targets[@]} -eq 0 ]; then
+	echo "fuzz: no fuzz targets found${PATTERN:+ matching $PATTERN}" >&2
+	exit 1
+fi
+
+echo "fuzz: ${#targets[@]} targets, -fuzztime $FUZZTIME each (-fuzzminimizetime $FUZZMINIMIZETIME, -timeout $FUZZTIMEOUT)"
+start=$SECONDS
+passed=0
+failed=()
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+for t in "${targets[@]}"; do
+	pkg=${t% *}
+	name=${t#* }
+	t0=$SECONDS
+	# shellcheck disable=SC2086 # FUZZFLAGS is split on purpose
+	"$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" \
+		-fuzzminimizetime "$FUZZMINIMIZETIME" -timeout "$FUZZTIMEOUT" $FUZZFLAGS "$pkg" >"$log" 2>&1
+	rc=$?
+	if [ $rc -eq 0 ] && grep -q 'no fuzz tests to fuzz\|no tests to run' "$log"; then
+		# A build constraint left the target out on this platform.
+		echo "fuzz: skip $pkg $name (not built on this platform)"
+		passed=$((passed + 1))
+		continue
+	fi
+	if [ $rc -eq 0 ]; then
+		echo "fuzz: ok   $pkg $name ($((SECONDS - t0))s)"
+		passed=$((passed + 1))
+		continue
+	fi
+	echo "fuzz: FAIL $pkg $name ($((SECONDS - t0))s)"
+	cat "$log"
+	# go test names the failing input relative to the package directory.
+	inputs=$(sed -nE 's#.*(testdata/fuzz/'"$name"'/[0-9a-f]+).*#\1#p' "$log" | sort -u)
+	for in in $inputs; do
+		echo "fuzz: failing input: ${pkg#./}/$in"
+		echo "fuzz:   reproduce: $GO test -run '^${name}/$(basename "$in")\$' $pkg"
+	done
+	failed+=("$pkg $name")
+done
+
+echo "fuzz: total $((SECONDS - start))s"
+if [ ${#failed[@]} -gt 0 ]; then
+	for f in "${failed[@]}"; do
+		echo "fuzz: failed: $f"
+	done
+fi
+echo "fuzz: $passed passed, ${#failed[@]} failed"
+[ ${#failed[@]} -eq 0 ]

@@ -1,0 +1,103 @@
+package server
+
+import (
+	"bytes"
+	"encoding/base64"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// FuzzJoinSecret: ParseJoinSecret never panics, never accepts a secret
+// that is not exactly the canonical encoding of 32 bytes under the
+// prefix, and every refusal says how to make a good secret.
+func FuzzJoinSecret(f *testing.F) {
+	good, err := GenerateJoinSecret(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{
+		good, " " + good + "\n", "", "password", JoinSecretPrefix,
+		JoinSecretPrefix + strings.Repeat("A", 43),
+		JoinSecretPrefix + strings.Repeat("_", 43),
+		good[:len(good)-1] + "B", good + "=", strings.ToUpper(good),
+		"sigil-join-v1-pBgSqrWfKbR9dIF6n4rb1u1c5CRA8_yKovjYuT2lN3w",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		key, err := ParseJoinSecret(s)
+		if err != nil {
+			if key != nil {
+				t.Fatal("a key with an error")
+			}
+			if !strings.Contains(err.Error(), "sigil cluster secret generate") {
+				t.Fatalf("refusal without advice: %v", err)
+			}
+			return
+		}
+		if len(key) != JoinSecretBytes {
+			t.Fatalf("accepted a key of %d bytes", len(key))
+		}
+		if enc := JoinSecretPrefix + base64.RawURLEncoding.EncodeToString(key); enc != strings.TrimSpace(s) {
+			t.Fatalf("accepted %q, whose canonical form is %q", s, enc)
+		}
+		again, err := ParseJoinSecret(JoinSecretPrefix + base64.RawURLEncoding.EncodeToString(key))
+		if err != nil || !bytes.Equal(again, key) {
+			t.Fatalf("round trip: %v", err)
+		}
+	})
+}
+
+// FuzzJoinHello decodes join messages as a responder receives them and
+// runs the checks made before any proof is computed: no panic, and an
+// accepted message has a nonce of joinNonceLen bytes and a bounded node
+// name, and proofs over it are deterministic and label-separated.
+func FuzzJoinHello(f *testing.F) {
+	nonce := bytes.Repeat([]byte{7}, joinNonceLen)
+	for _, m := range []proto.Message{
+		&sigilv1.JoinChallengeRequest{NodeName: "s2", Nonce: nonce},
+		&sigilv1.JoinChallengeRequest{NodeName: "", Nonce: nonce},
+		&sigilv1.JoinChallengeRequest{NodeName: "a/b", Nonce: nonce[:5]},
+		&sigilv1.JoinRequest{NodeName: "s3", ClusterAddress: "127.0.0.1:1", Nonce: nonce, Proof: nonce},
+		&sigilv1.JoinRequest{NodeName: strings.Repeat("n", 300), Nonce: nonce},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0xff, 0xff, 0xff})
+	key := bytes.Repeat([]byte{1}, JoinSecretBytes)
+	ekm := bytes.Repeat([]byte{2}, 32)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var ch sigilv1.JoinChallengeRequest
+		if proto.Unmarshal(data, &ch) == nil {
+			checkFuzzedHello(t, ch.NodeName, ch.Nonce, key, ekm)
+		}
+		var jr sigilv1.JoinRequest
+		if proto.Unmarshal(data, &jr) == nil {
+			checkFuzzedHello(t, jr.NodeName, jr.Nonce, key, ekm)
+		}
+	})
+}
+
+func checkFuzzedHello(t *testing.T, node string, nonce, key, ekm []byte) {
+	t.Helper()
+	if err := checkJoinHello(testTD, node, nonce); err != nil {
+		return
+	}
+	if len(nonce) != joinNonceLen || node == "" || len(node) > joinMaxNodeName || strings.Contains(node, "/") {
+		t.Fatalf("accepted node %q, nonce of %d bytes", node, len(nonce))
+	}
+	r1 := joinMAC(key, joinLabelResponder, testTD.Name(), node, nonce, ekm)
+	r2 := joinMAC(key, joinLabelResponder, testTD.Name(), node, nonce, ekm)
+	j := joinMAC(key, joinLabelJoiner, testTD.Name(), node, nonce, ekm)
+	if len(r1) != 32 || !bytes.Equal(r1, r2) || bytes.Equal(r1, j) {
+		t.Fatal("proofs are not deterministic or not label-separated")
+	}
+}
