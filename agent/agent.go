@@ -249,6 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Attestors: []workload.Attestor{unix.New()},
 		Logger:    a.log.Named("workloadapi"),
 		Clock:     a.clk,
+		Limits:    a.cfg.WorkloadAPILimits,
 	})
 	if err != nil {
 		l.Close()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/unixsock"
+	"github.com/sigil-id/sigil/workloadapi"
 )
 
 // Defaults.
@@ -61,6 +62,10 @@ type Config struct {
 	// SyncBatchSize is the largest number of CSRs sent in one
 	// BatchNewX509SVID call; DefaultSyncBatchSize when zero.
 	SyncBatchSize int
+	// WorkloadAPILimits bound the connections and calls local processes
+	// may hold open on the Workload API; zero fields take the defaults
+	// of workloadapi.Limits.
+	WorkloadAPILimits workloadapi.Limits
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -123,6 +128,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SyncBatchSize < 0 {
 		return fmt.Errorf("agent: sync batch size %d is negative", c.SyncBatchSize)
+	}
+	if l := c.WorkloadAPILimits; l.MaxConnsPerUID < 0 || l.MaxConns < 0 || l.FirstCallTimeout < 0 || l.IdleTimeout < 0 {
+		return errors.New("agent: workload API limits must not be negative")
 	}
 	if c.SyncBatchSize > MaxSyncBatchSize {
 		return fmt.Errorf("agent: sync batch size %d exceeds the maximum of %d", c.SyncBatchSize, MaxSyncBatchSize)

@@ -225,6 +225,8 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	setString(&cfg.SocketPath, a.SocketPath)
 	cfg.JoinToken = a.JoinToken
 	cfg.TrustBundlePath = a.TrustBundlePath
+	cfg.WorkloadAPILimits.MaxConnsPerUID = a.MaxWorkloadConnsPerUID
+	cfg.WorkloadAPILimits.MaxConns = a.MaxWorkloadConns
 	cfg.Logger = log
 	if err := cfg.Validate(); err != nil {
 		return cfg, err

@@ -21,6 +21,12 @@ agent {
   # with a directory that another user owns or may write to.
   # socket_path = "/run/sigil/agent/public/api.sock"
 
+  # Workload API connections one uid may hold open at once, and all of them
+  # (defaults 128 and 4096); raise the first for a user that runs many
+  # processes each with its own connection.
+  # workload_api_max_connections_per_uid = 128
+  # workload_api_max_connections         = 4096
+
   # Single-use token from `sigil token generate`, needed for the first start
   # only: afterwards the agent renews the identity kept in data_dir. Keep it
   # in a file of mode 0600 owned by the agent's user (the agent refuses any

@@ -62,6 +62,11 @@ type Agent struct {
 	TrustBundlePath string
 	HealthAddress   string
 	Log             Log
+	// MaxWorkloadConnsPerUID and MaxWorkloadConns cap the Workload API
+	// connections open at once from one uid and in all; 0 means the
+	// default (workloadapi.Limits).
+	MaxWorkloadConnsPerUID int
+	MaxWorkloadConns       int
 }
 
 // Log holds the logging settings shared by both daemons.
@@ -123,6 +128,9 @@ type hclAgent struct {
 	HealthAddress   string `hcl:"health_address,optional"`
 	LogLevel        string `hcl:"log_level,optional"`
 	LogFormat       string `hcl:"log_format,optional"`
+
+	MaxWorkloadConnsPerUID int `hcl:"workload_api_max_connections_per_uid,optional"`
+	MaxWorkloadConns       int `hcl:"workload_api_max_connections,optional"`
 }
 
 // LoadFile reads and parses the configuration file at path.
@@ -202,6 +210,12 @@ func Parse(filename string, src []byte) (*File, error) {
 			TrustBundlePath: a.TrustBundlePath,
 			HealthAddress:   a.HealthAddress,
 			Log:             Log{Level: a.LogLevel, Format: a.LogFormat},
+
+			MaxWorkloadConnsPerUID: a.MaxWorkloadConnsPerUID,
+			MaxWorkloadConns:       a.MaxWorkloadConns,
+		}
+		if a.MaxWorkloadConnsPerUID < 0 || a.MaxWorkloadConns < 0 {
+			return nil, fmt.Errorf("%s: agent: workload_api_max_connections_per_uid and workload_api_max_connections must not be negative", filename)
 		}
 	}
 	return out, nil

@@ -39,6 +39,9 @@ agent {
   health_address    = "127.0.0.1:8082"
   log_level         = "warn"
   log_format        = "console"
+
+  workload_api_max_connections_per_uid = 512
+  workload_api_max_connections         = 8192
 }
 `
 
@@ -67,6 +70,7 @@ func TestParse(t *testing.T) {
 					TrustDomain: "example.org", ServerAddress: "127.0.0.1:8081", DataDir: "/var/lib/sigil/agent",
 					SocketPath: "/run/sigil/api.sock", JoinToken: "abc", TrustBundlePath: "/etc/sigil/bundle.pem",
 					HealthAddress: "127.0.0.1:8082", Log: Log{Level: "warn", Format: "console"},
+					MaxWorkloadConnsPerUID: 512, MaxWorkloadConns: 8192,
 				}
 				if f.Agent == nil || *f.Agent != wantA {
 					t.Errorf("agent = %+v, want %+v", f.Agent, wantA)
@@ -116,6 +120,11 @@ func TestParse(t *testing.T) {
 			name:    "duplicate block",
 			src:     "server {}\nserver {}",
 			wantErr: `Duplicate server block`,
+		},
+		{
+			name:    "negative workload connection limit",
+			src:     `agent { workload_api_max_connections_per_uid = -1 }`,
+			wantErr: `workload_api_max_connections_per_uid and workload_api_max_connections must not be negative`,
 		},
 	}
 	for _, tt := range tests {
