@@ -104,16 +104,32 @@ func clWait(t *testing.T, within time.Duration, what string, cond func() string)
 // applied index and every server's bundle listing.
 func clState(t *testing.T, ns []*haNode) string {
 	t.Helper()
-	var b strings.Builder
-	for _, n := range ns {
-		m, err := n.members(context.Background())
-		if err != nil {
-			t.Fatalf("%s: members: %v", n.name, err)
+	// Followers apply a moment after the leader: read until every node
+	// has applied the same index (bounded), so that replication lag is not
+	// mistaken for a change.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var b strings.Builder
+		settled := true
+		var first uint64
+		for i, n := range ns {
+			m, err := n.members(context.Background())
+			if err != nil {
+				t.Fatalf("%s: members: %v", n.name, err)
+			}
+			if i == 0 {
+				first = m.AppliedIndex
+			} else if m.AppliedIndex != first {
+				settled = false
+			}
+			v := clShow(t, n)
+			fmt.Fprintf(&b, "%s applied=%d bundle=%v\n", n.name, m.AppliedIndex, v.Bundle)
 		}
-		v := clShow(t, n)
-		fmt.Fprintf(&b, "%s applied=%d bundle=%v\n", n.name, m.AppliedIndex, v.Bundle)
+		if settled || time.Now().After(deadline) {
+			return b.String()
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return b.String()
 }
 
 // clWorkloadBundles fetches the X.509 and JWT bundles of the trust domain
