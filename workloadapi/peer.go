@@ -5,10 +5,12 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 
 	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/procfs"
 )
 
@@ -32,6 +34,26 @@ type PeerInfo struct {
 	exe       exeID  // executable of PID, read at handshake
 	release   func() // returns the connection's slot; nil when none
 	called    bool   // a call has started on the connection
+	conn      *peerConn
+	closing   bool // closeAfter was called
+}
+
+// closeAfter closes the peer's connection after d (once, however often it
+// is called).
+func (p *PeerInfo) closeAfter(clk clock.Clock, d time.Duration) {
+	p.mu.Lock()
+	conn := p.conn
+	if conn == nil || p.closing {
+		p.mu.Unlock()
+		return
+	}
+	p.closing = true
+	p.mu.Unlock()
+	timer := clk.After(d)
+	go func() {
+		<-timer
+		conn.Close()
+	}()
 }
 
 // Caller returns the peer as attestors see it.
@@ -100,6 +122,7 @@ func (c *peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthIn
 	}
 	p.CommonAuthInfo = credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}
 	pc := &peerConn{Conn: conn, peer: p}
+	p.conn = pc
 	if c.limits != nil {
 		c.limits.watchFirstCall(pc)
 	}

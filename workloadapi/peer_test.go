@@ -45,7 +45,9 @@ func TestCallerExecdSinceConnect(t *testing.T) {
 		t.Skip("no /bin/sleep to execute:", err)
 	}
 	t.Setenv(childExecEnv, sleep)
-	f := start(t, nil)
+	// Keep the refused connection open for the whole test, to check
+	// both a new call and the open stream on it.
+	f := start(t, func(s *Server) { s.staleGrace = time.Hour })
 	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
 	cmd, c := childConn(t, f)
 	ctx := withHeader(testCtx(t))
@@ -94,6 +96,7 @@ func TestCallerExecdSinceConnect(t *testing.T) {
 func TestCallerCredsChangedSinceConnect(t *testing.T) {
 	var changed atomic.Bool
 	f := start(t, func(s *Server) {
+		s.staleGrace = time.Millisecond
 		s.proc.status = func(pid int32) (procfs.Status, error) {
 			st, err := procStatus(pid)
 			if changed.Load() {
@@ -122,6 +125,11 @@ func TestCallerCredsChangedSinceConnect(t *testing.T) {
 		t.Fatal("a caller whose uid changed got an SVID")
 	}
 	wantCode(t, err, codes.PermissionDenied, "caller process changed its user or group since it connected; reconnect")
+
+	// The refused connection is closed, so that the client reconnects
+	// and is attested afresh; here the new connection is refused at
+	// accept, as the next paragraph shows.
+	waitFor(t, "the refused connection to be closed", func() bool { n, _ := f.server.conns.open(uint32(os.Geteuid())); return n == 0 })
 
 	// A new connection from a process whose credentials differ from
 	// its connect-time ones already at accept is refused outright.

@@ -52,6 +52,11 @@ import (
 // that a browser or other SSRF-able client cannot reach the API by accident.
 const securityHeader = "workload.spiffe.io"
 
+// staleConnGrace is how long a connection whose process is no longer the
+// one that connected stays open after its refusal, for the refusal to
+// reach the client.
+const staleConnGrace = time.Second
+
 // maxRequestSize caps a Workload API request. The largest is a
 // ValidateJWTSVID request, whose token is a few KiB.
 const maxRequestSize = 256 << 10
@@ -94,6 +99,9 @@ type Server struct {
 	// pid reuse, exec and credential changes.
 	proc  procReader
 	conns *connLimits
+	// staleGrace is how long a refused stale connection stays open
+	// (staleConnGrace; tests change it).
+	staleGrace time.Duration
 	// afterAttest, if set, runs between attestation and the liveness
 	// re-check; tests use it to kill the caller mid-attestation.
 	afterAttest func(pid int32)
@@ -117,13 +125,14 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{
-		cache:     cfg.Cache,
-		attestors: append([]workload.Attestor(nil), cfg.Attestors...),
-		log:       cfg.Logger,
-		clk:       cfg.Clock,
-		meter:     cfg.Meter,
-		proc:      procReader{startTime: procStartTime, exe: procExe, status: procStatus},
-		stopping:  make(chan struct{}),
+		cache:      cfg.Cache,
+		attestors:  append([]workload.Attestor(nil), cfg.Attestors...),
+		log:        cfg.Logger,
+		clk:        cfg.Clock,
+		meter:      cfg.Meter,
+		proc:       procReader{startTime: procStartTime, exe: procExe, status: procStatus},
+		staleGrace: staleConnGrace,
+		stopping:   make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -339,8 +348,13 @@ func (s *Server) stillCaller(info *PeerInfo) error {
 	if err == nil {
 		return nil
 	}
-	s.log.Warn("caller is not the process that connected; denying",
+	s.log.Warn("caller is not the process that connected; denying and closing its connection",
 		zap.Int32("pid", info.PID), zap.Uint32("uid", info.UID), zap.Error(err))
+	// The connection will never serve again: close it once the refusal
+	// has been sent, so that a client such as go-spiffe's, which retries
+	// on the connection it has, opens a new one and is attested afresh
+	// (as the process that connects then).
+	info.closeAfter(s.clk, s.staleGrace)
 	switch {
 	case errors.Is(err, errCredsChanged):
 		return status.Error(codes.PermissionDenied, "caller process changed its user or group since it connected; reconnect")
