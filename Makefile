@@ -37,10 +37,10 @@ bench:
 fuzz:
 	GO="$(GO)" FUZZTIME="$(FUZZTIME)" bash scripts/fuzz.sh '$(FUZZ)'
 
-# fuzz-short runs every fuzz target briefly (without -race), as `make test`
-# does after the unit and integration tests.
+# fuzz-short runs every fuzz target briefly (without -race), from its seeds
+# only, as `make test` does after the unit and integration tests.
 fuzz-short:
-	GO="$(GO)" FUZZTIME="$(FUZZTIME_SHORT)" FUZZMINIMIZETIME=0 FUZZTIMEOUT=3m bash scripts/fuzz.sh '$(FUZZ)'
+	GO="$(GO)" FUZZTIME="$(FUZZTIME_SHORT)" FUZZMINIMIZETIME=0 FUZZTIMEOUT=3m FUZZCORPUS=seeds bash scripts/fuzz.sh '$(FUZZ)'
 
 proto:
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I api \

@@ -18,6 +18,12 @@
 #   FUZZTIMEOUT  go test -timeout for each target (a hung input then fails
 #             the run instead of blocking it). Default FUZZTIME plus 10m
 #             when FUZZTIME is a plain duration (90s, 10m, 1h), else none.
+#   FUZZCORPUS  "cache" (default): start from the seeds plus what earlier
+#             runs found, kept in Go's build cache; "seeds": start from the
+#             seeds only, in a fresh directory removed afterwards. A short
+#             run uses "seeds": with a large cached corpus, gathering its
+#             baseline coverage can outlast a short -fuzztime, which go test
+#             reports as a failure ("context deadline exceeded").
 #   GO        the go command. Default go.
 #   FUZZFLAGS extra flags for go test (e.g. -parallel 1).
 #
@@ -80,15 +86,30 @@ start=$SECONDS
 passed=0
 failed=()
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+corpus=
+case ${FUZZCORPUS:-cache} in
+cache) ;;
+seeds) corpus=$(mktemp -d) ;;
+*)
+	echo "fuzz: FUZZCORPUS must be cache or seeds, not ${FUZZCORPUS}" >&2
+	exit 2
+	;;
+esac
+trap 'rm -f "$log"; [ -z "$corpus" ] || rm -rf "$corpus"' EXIT
 
 for t in "${targets[@]}"; do
 	pkg=${t% *}
 	name=${t#* }
 	t0=$SECONDS
+	cacheargs=()
+	if [ -n "$corpus" ]; then
+		# The test binary's own flag for where the fuzzer keeps its
+		# corpus; given after the go command's, it wins.
+		cacheargs=(-args "-test.fuzzcachedir=$corpus/${pkg#./}/$name")
+	fi
 	# shellcheck disable=SC2086 # FUZZFLAGS is split on purpose
 	"$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" \
-		-fuzzminimizetime "$FUZZMINIMIZETIME" -timeout "$FUZZTIMEOUT" $FUZZFLAGS "$pkg" >"$log" 2>&1
+		-fuzzminimizetime "$FUZZMINIMIZETIME" -timeout "$FUZZTIMEOUT" $FUZZFLAGS "$pkg" "${cacheargs[@]}" >"$log" 2>&1
 	rc=$?
 	if [ $rc -eq 0 ] && grep -q 'no fuzz tests to fuzz\|no tests to run' "$log"; then
 		# A build constraint left the target out on this platform.
