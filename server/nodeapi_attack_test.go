@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -30,47 +29,11 @@ import (
 	"github.com/sigil-id/sigil/clock"
 )
 
-// nodeAttackServer starts a server like startServer, with its clock,
-// node API limits and config changed by the callers' functions first.
+// nodeAttackServer starts a server like startServer, with its clock and
+// node API limits changed by the callers' functions first.
 func nodeAttackServer(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits)) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	core, logs := observer.New(zap.DebugLevel)
-	cfg := DefaultConfig()
-	cfg.TrustDomain = testTD
-	cfg.NodeName = "s1"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.BindAddress = "127.0.0.1:0"
-	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.Logger = zap.New(core)
-	cfg.Clock = clk
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if setLimits != nil {
-		setLimits(&srv.nodeLimits)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, srv: srv, logs: logs, dir: dir, cancel: cancel, done: make(chan error, 1)}
-	go func() { h.done <- srv.Run(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-h.done:
-		t.Fatalf("server exited: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server not ready")
-	}
-	conn, err := grpc.NewClient("unix://"+cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.admin = sigilv1.NewAdminClient(conn)
-	t.Cleanup(func() {
-		conn.Close()
-		h.stop()
-	})
-	return h
+	return startServerWith(t, clk, setLimits)
 }
 
 // nodeAttackState is what a refused attestation must leave unchanged.

@@ -33,6 +33,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/clock"
 )
 
 var testTD = spiffeid.RequireTrustDomainFromString("example.org")
@@ -49,6 +50,14 @@ type harness struct {
 
 func startServer(t *testing.T) *harness {
 	t.Helper()
+	return startServerWith(t, nil, nil)
+}
+
+// startServerWith starts a single-node server in a temporary directory;
+// clk, when not nil, is its clock, and setLimits, when not nil, changes its
+// node API limits before it runs.
+func startServerWith(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	core, logs := observer.New(zap.DebugLevel)
 	cfg := DefaultConfig()
@@ -58,9 +67,13 @@ func startServer(t *testing.T) *harness {
 	cfg.BindAddress = "127.0.0.1:0"
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
 	cfg.Logger = zap.New(core)
+	cfg.Clock = clk
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setLimits != nil {
+		setLimits(&srv.nodeLimits)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{t: t, srv: srv, logs: logs, dir: dir, cancel: cancel, done: make(chan error, 1)}
