@@ -273,50 +273,14 @@ func (p *Policy) Decide(peer spiffeid.ID, t Target, now time.Time) Decision {
 		return p.fallback(d)
 	}
 	s := matchState{rules: p.rules, t: &t, now: now, best: -1, near: -1}
-	if IsReserved(peer) {
-		// A Sigil agent or server is not a workload: only a rule naming
-		// its exact ID allows it, and shadow mode does not let it through.
-		if ti := p.byTD[peer.TrustDomain().Name()]; ti != nil && len(ti.exact) > 0 {
-			s.scan(ti.exact[peer.Path()])
-		}
-		if s.best >= 0 {
-			d.Effect = Allow
-			d.Rule = p.rules[s.best].name
-			return d
-		}
-		d.why = whyReserved
-		if s.near >= 0 {
-			d.why = whyOutsideWindow
-			d.near = p.rules[s.near]
-		}
-		d.Effect = Deny
-		return d
-	}
+	// A Sigil agent or server is not a workload: only a rule naming its
+	// exact ID allows it, and shadow mode does not let it through.
+	reserved := IsReserved(peer)
 	if ti := p.byTD[peer.TrustDomain().Name()]; ti != nil {
-		path := peer.Path()
-		s.scan(&ti.all)
-		if len(ti.exact) > 0 {
-			s.scan(ti.exact[path])
-		}
-		if len(ti.prefix) > 0 {
-			for q := path; q != ""; q = q[:strings.LastIndexByte(q, '/')] {
-				s.scan(ti.prefix[q])
-			}
-		}
-		if len(ti.byLen) > 0 {
-			if grp := ti.byLen[segmentCount(path)]; grp != nil {
-				for _, pos := range grp.positions {
-					for _, gr := range grp.keyed[pos][segmentAt(path, pos)] {
-						s.scanGlob(gr, path)
-					}
-				}
-				for _, gr := range grp.unkeyed {
-					s.scanGlob(gr, path)
-				}
-			}
-		}
-		for _, gr := range ti.restGlobs {
-			s.scanGlob(gr, path)
+		if reserved {
+			s.scan(ti.exact[peer.Path()])
+		} else {
+			s.scanTrustDomain(ti, peer.Path())
 		}
 	}
 	if s.best >= 0 {
@@ -325,11 +289,47 @@ func (p *Policy) Decide(peer spiffeid.ID, t Target, now time.Time) Decision {
 		return d
 	}
 	d.why = whyNoRule
+	if reserved {
+		d.why = whyReserved
+	}
 	if s.near >= 0 {
 		d.why = whyOutsideWindow
 		d.near = p.rules[s.near]
 	}
+	if reserved {
+		d.Effect = Deny
+		return d
+	}
 	return p.fallback(d)
+}
+
+// scanTrustDomain scans every rule of one trust domain that may match
+// path: any-ID rules, the exact ID, path prefixes and globs.
+func (s *matchState) scanTrustDomain(ti *tdIndex, path string) {
+	s.scan(&ti.all)
+	if len(ti.exact) > 0 {
+		s.scan(ti.exact[path])
+	}
+	if len(ti.prefix) > 0 {
+		for q := path; q != ""; q = q[:strings.LastIndexByte(q, '/')] {
+			s.scan(ti.prefix[q])
+		}
+	}
+	if len(ti.byLen) > 0 {
+		if grp := ti.byLen[segmentCount(path)]; grp != nil {
+			for _, pos := range grp.positions {
+				for _, gr := range grp.keyed[pos][segmentAt(path, pos)] {
+					s.scanGlob(gr, path)
+				}
+			}
+			for _, gr := range grp.unkeyed {
+				s.scanGlob(gr, path)
+			}
+		}
+	}
+	for _, gr := range ti.restGlobs {
+		s.scanGlob(gr, path)
+	}
 }
 
 // fallback turns a would-be denial into ShadowDeny when the policy, or a
