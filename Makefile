@@ -47,6 +47,10 @@ proto:
 		--go_out=api --go_opt=paths=source_relative \
 		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
 		api/sigil/v1/*.proto
+	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I api -I internal \
+		--go_out=internal --go_opt=paths=source_relative \
+		--go-grpc_out=internal --go-grpc_opt=paths=source_relative \
+		internal/storepb/store.proto internal/clusterpb/cluster.proto
 
 lint:
 	gofmt -l . | (! grep .)

@@ -53,6 +53,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // ---- helpers (prefixed held) ----
@@ -672,7 +674,7 @@ func TestAttackHeldAgentSVIDOnClusterPort(t *testing.T) {
 	entriesBefore := sigil(t, "entry", "list", "-output", "json", "-socket", leader.admin)
 	refusedBefore := heldCountLogText(t, leader.p.log, "raft peer refused")
 
-	cmd, err := proto.Marshal(&sigilv1.Command{Timestamp: time.Now().UnixNano(), Op: &sigilv1.Command_CreateEntries{CreateEntries: &sigilv1.CreateEntries{
+	cmd, err := proto.Marshal(&storepb.Command{Timestamp: time.Now().UnixNano(), Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{
 		Entries: []*sigilv1.Entry{{
 			Id: "held-forged", SpiffeId: "spiffe://" + trustDomain + "/held/forged", ParentId: a.id,
 			Selectors: []*sigilv1.Selector{{Type: "unix", Value: "uid:0"}},
@@ -717,13 +719,13 @@ func TestAttackHeldAgentSVIDOnClusterPort(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			cc := sigilv1.NewClusterClient(conn)
+			cc := clusterpb.NewClusterClient(conn)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			calls := map[string]error{}
-			_, calls["Apply"] = cc.Apply(ctx, &sigilv1.ApplyRequest{Command: cmd})
-			_, calls["ReadIndex"] = cc.ReadIndex(ctx, &sigilv1.ReadIndexRequest{})
-			_, calls["Status"] = cc.Status(ctx, &sigilv1.StatusRequest{})
+			_, calls["Apply"] = cc.Apply(ctx, &clusterpb.ApplyRequest{Command: cmd})
+			_, calls["ReadIndex"] = cc.ReadIndex(ctx, &clusterpb.ReadIndexRequest{})
+			_, calls["Status"] = cc.Status(ctx, &clusterpb.StatusRequest{})
 			_, calls["RemoveMember"] = cc.RemoveMember(ctx, &sigilv1.RemoveMemberRequest{NodeName: c.nodes[2].name})
 			_, calls["TransferLeadership"] = cc.TransferLeadership(ctx, &sigilv1.TransferLeadershipRequest{})
 			for name, err := range calls {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // Member is one server of the Raft configuration.
@@ -218,7 +218,7 @@ const maxRestoreSize = 1 << 30
 // written by SaveSnapshot. Leader only. The snapshot is checked in full
 // (framing, checksum, every record) before anything changes; the current
 // Raft configuration is kept.
-func (s *Store) RestoreSnapshot(ctx context.Context, r io.Reader) (*sigilv1.Snapshot, error) {
+func (s *Store) RestoreSnapshot(ctx context.Context, r io.Reader) (*storepb.Snapshot, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxRestoreSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: restore: reading: %w", err)

@@ -3,7 +3,7 @@
 // domain, kept identical on every server by Raft (hashicorp/raft, with a
 // bolt log and stable store and file snapshots on disk).
 //
-// Writes are typed commands (sigilv1.Command) proposed with Store.Apply; the
+// Writes are typed commands (storepb.Command) proposed with Store.Apply; the
 // leader appends them to the Raft log and every server applies them, in log
 // order, to an indexed in-memory database (go-memdb). Reads go through a
 // Reader, a consistent, immutable view of that database that also collects

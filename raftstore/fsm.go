@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -75,7 +76,7 @@ func (f *fsm) broadcast() {
 	f.mu.Unlock()
 }
 
-// Apply applies one committed log entry. It returns a *sigilv1.CommandResult
+// Apply applies one committed log entry. It returns a *storepb.CommandResult
 // on success (and for batch commands, whose items fail one by one) or a
 // *CommandError when the whole command is refused.
 func (f *fsm) Apply(l *raft.Log) interface{} {
@@ -83,7 +84,7 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	var cmd sigilv1.Command
+	var cmd storepb.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
 		f.log.Warn("refusing undecodable raft command", zap.Uint64("index", l.Index), zap.Error(err))
 		return cmdErr(codes.InvalidArgument, "undecodable command: %v", err)
@@ -98,41 +99,41 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 
 	var res interface{}
 	switch op := cmd.Op.(type) {
-	case *sigilv1.Command_CreateEntries:
+	case *storepb.Command_CreateEntries:
 		res = a.batch(len(op.CreateEntries.GetEntries()), func(i int) *CommandError {
 			return a.createEntry(op.CreateEntries.Entries[i])
 		})
-	case *sigilv1.Command_UpdateEntries:
+	case *storepb.Command_UpdateEntries:
 		res = a.batch(len(op.UpdateEntries.GetEntries()), func(i int) *CommandError {
 			return a.updateEntry(op.UpdateEntries.Entries[i])
 		})
-	case *sigilv1.Command_DeleteEntries:
+	case *storepb.Command_DeleteEntries:
 		res = a.batch(len(op.DeleteEntries.GetIds()), func(i int) *CommandError {
 			return a.deleteEntry(op.DeleteEntries.Ids[i])
 		})
-	case *sigilv1.Command_CreateJoinToken:
+	case *storepb.Command_CreateJoinToken:
 		res = a.single(a.createJoinToken(op.CreateJoinToken))
-	case *sigilv1.Command_AttestNode:
+	case *storepb.Command_AttestNode:
 		res = a.single(a.attestNode(op.AttestNode))
-	case *sigilv1.Command_UpdateNode:
+	case *storepb.Command_UpdateNode:
 		res = a.single(a.updateNode(op.UpdateNode))
-	case *sigilv1.Command_EvictNode:
+	case *storepb.Command_EvictNode:
 		res = a.single(a.evictNode(op.EvictNode))
-	case *sigilv1.Command_BanNode:
+	case *storepb.Command_BanNode:
 		res = a.single(a.banNode(op.BanNode))
-	case *sigilv1.Command_PutX509Authority:
+	case *storepb.Command_PutX509Authority:
 		res = a.single(a.putX509Authority(op.PutX509Authority))
-	case *sigilv1.Command_PutJwtAuthority:
+	case *storepb.Command_PutJwtAuthority:
 		res = a.single(a.putJWTAuthority(op.PutJwtAuthority))
-	case *sigilv1.Command_RemoveAuthority:
+	case *storepb.Command_RemoveAuthority:
 		res = a.single(a.removeAuthority(op.RemoveAuthority))
-	case *sigilv1.Command_PruneBundle:
+	case *storepb.Command_PruneBundle:
 		res = a.single(a.pruneBundle(op.PruneBundle))
-	case *sigilv1.Command_TaintAuthority:
+	case *storepb.Command_TaintAuthority:
 		res = a.single(a.taintAuthority(op.TaintAuthority))
-	case *sigilv1.Command_RevokeAuthority:
+	case *storepb.Command_RevokeAuthority:
 		res = a.single(a.revokeAuthority(op.RevokeAuthority))
-	case *sigilv1.Command_RetireServer:
+	case *storepb.Command_RetireServer:
 		res = a.single(a.retireServer(op.RetireServer))
 	default:
 		return cmdErr(codes.InvalidArgument, "command has no known operation")
@@ -158,8 +159,8 @@ type applier struct {
 	changed bool
 }
 
-func (a *applier) batch(n int, item func(i int) *CommandError) *sigilv1.CommandResult {
-	res := &sigilv1.CommandResult{Results: make([]*sigilv1.Status, n)}
+func (a *applier) batch(n int, item func(i int) *CommandError) *storepb.CommandResult {
+	res := &storepb.CommandResult{Results: make([]*sigilv1.Status, n)}
 	for i := range n {
 		st := &sigilv1.Status{}
 		if err := item(i); err != nil {
@@ -175,7 +176,7 @@ func (a *applier) single(err *CommandError) interface{} {
 		a.changed = false // a refused command changes nothing
 		return err
 	}
-	return &sigilv1.CommandResult{Results: []*sigilv1.Status{{}}}
+	return &storepb.CommandResult{Results: []*sigilv1.Status{{}}}
 }
 
 func (a *applier) insert(table string, obj interface{}) *CommandError {
@@ -297,7 +298,7 @@ func (a *applier) expireJoinTokens() *CommandError {
 	return nil
 }
 
-func (a *applier) createJoinToken(c *sigilv1.CreateJoinToken) *CommandError {
+func (a *applier) createJoinToken(c *storepb.CreateJoinToken) *CommandError {
 	t := c.GetToken()
 	if t == nil {
 		return cmdErr(codes.InvalidArgument, "join token is missing")
@@ -317,7 +318,7 @@ func (a *applier) createJoinToken(c *sigilv1.CreateJoinToken) *CommandError {
 	return a.insert(tableJoinTokens, t)
 }
 
-func (a *applier) attestNode(c *sigilv1.AttestNode) *CommandError {
+func (a *applier) attestNode(c *storepb.AttestNode) *CommandError {
 	n := c.GetNode()
 	if err := a.f.validateNode(n); err != nil {
 		return err
@@ -356,7 +357,7 @@ func (a *applier) attestNode(c *sigilv1.AttestNode) *CommandError {
 	return a.insert(tableNodes, n)
 }
 
-func (a *applier) updateNode(c *sigilv1.UpdateNode) *CommandError {
+func (a *applier) updateNode(c *storepb.UpdateNode) *CommandError {
 	if c.GetSpiffeId() == "" {
 		return cmdErr(codes.InvalidArgument, "node spiffe_id is empty")
 	}
@@ -374,7 +375,7 @@ func (a *applier) updateNode(c *sigilv1.UpdateNode) *CommandError {
 	return a.insert(tableNodes, n)
 }
 
-func (a *applier) evictNode(c *sigilv1.EvictNode) *CommandError {
+func (a *applier) evictNode(c *storepb.EvictNode) *CommandError {
 	if c.GetSpiffeId() == "" {
 		return cmdErr(codes.InvalidArgument, "node spiffe_id is empty")
 	}
@@ -385,7 +386,7 @@ func (a *applier) evictNode(c *sigilv1.EvictNode) *CommandError {
 	return a.delete(tableNodes, old)
 }
 
-func (a *applier) banNode(c *sigilv1.BanNode) *CommandError {
+func (a *applier) banNode(c *storepb.BanNode) *CommandError {
 	if c.GetSpiffeId() == "" {
 		return cmdErr(codes.InvalidArgument, "node spiffe_id is empty")
 	}
@@ -402,7 +403,7 @@ func (a *applier) banNode(c *sigilv1.BanNode) *CommandError {
 	return a.insert(tableNodes, n)
 }
 
-func (a *applier) putX509Authority(c *sigilv1.PutX509Authority) *CommandError {
+func (a *applier) putX509Authority(c *storepb.PutX509Authority) *CommandError {
 	if c.GetTrustDomain() != a.f.td.Name() {
 		return cmdErr(codes.InvalidArgument, "trust domain %q is not this cluster's trust domain %q", c.GetTrustDomain(), a.f.td.Name())
 	}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // IdentityAuthorityPrefix starts the server_id under which a server's
@@ -30,7 +31,7 @@ const maxAuthorityIDLen = 128
 // revokedRow is how a RevokedAuthority is stored: Key is "<kind>/<id>".
 type revokedRow struct {
 	Key string
-	A   *sigilv1.RevokedAuthority
+	A   *storepb.RevokedAuthority
 }
 
 func revokedKey(kind, id string) string { return kind + "/" + id }
@@ -94,7 +95,7 @@ func validateServerName(name string) *CommandError {
 	return nil
 }
 
-func (a *applier) revoked(kind, id string) *sigilv1.RevokedAuthority {
+func (a *applier) revoked(kind, id string) *storepb.RevokedAuthority {
 	raw, err := a.txn.First(tableRevoked, indexID, revokedKey(kind, id))
 	if err != nil || raw == nil {
 		return nil
@@ -102,12 +103,12 @@ func (a *applier) revoked(kind, id string) *sigilv1.RevokedAuthority {
 	return raw.(*revokedRow).A
 }
 
-func (a *applier) removedServer(node string) *sigilv1.RemovedServer {
+func (a *applier) removedServer(node string) *storepb.RemovedServer {
 	raw, err := a.txn.First(tableRemovedServers, indexID, node)
 	if err != nil || raw == nil {
 		return nil
 	}
-	return raw.(*sigilv1.RemovedServer)
+	return raw.(*storepb.RemovedServer)
 }
 
 // checkPut refuses the put of an authority that was revoked, or of any
@@ -126,7 +127,7 @@ func (a *applier) addRevoked(kind, id, serverID string, notAfter int64) *Command
 	if id == "" || notAfter <= a.nowSec {
 		return nil // nothing to guard: an expired authority is refused anyway
 	}
-	return a.insert(tableRevoked, &revokedRow{Key: revokedKey(kind, id), A: &sigilv1.RevokedAuthority{
+	return a.insert(tableRevoked, &revokedRow{Key: revokedKey(kind, id), A: &storepb.RevokedAuthority{
 		Kind: kind, Id: id, ServerId: serverID, NotAfter: notAfter, RevokedAt: a.nowSec,
 	}})
 }
@@ -152,7 +153,7 @@ func (a *applier) pruneRevoked() *CommandError {
 	return nil
 }
 
-func (a *applier) taintAuthority(c *sigilv1.TaintAuthority) *CommandError {
+func (a *applier) taintAuthority(c *storepb.TaintAuthority) *CommandError {
 	if err := a.checkTrustDomain(c.GetTrustDomain()); err != nil {
 		return err
 	}
@@ -187,7 +188,7 @@ func (a *applier) taintAuthority(c *sigilv1.TaintAuthority) *CommandError {
 	return a.insert(tableBundles, b)
 }
 
-func (a *applier) revokeAuthority(c *sigilv1.RevokeAuthority) *CommandError {
+func (a *applier) revokeAuthority(c *storepb.RevokeAuthority) *CommandError {
 	if err := a.checkTrustDomain(c.GetTrustDomain()); err != nil {
 		return err
 	}
@@ -245,7 +246,7 @@ func (a *applier) revokeAuthority(c *sigilv1.RevokeAuthority) *CommandError {
 	return a.insert(tableBundles, b)
 }
 
-func (a *applier) retireServer(c *sigilv1.RetireServer) *CommandError {
+func (a *applier) retireServer(c *storepb.RetireServer) *CommandError {
 	if err := a.checkTrustDomain(c.GetTrustDomain()); err != nil {
 		return err
 	}
@@ -295,7 +296,7 @@ func (a *applier) retireServer(c *sigilv1.RetireServer) *CommandError {
 			return err
 		}
 	} else if removed == nil {
-		if err := a.insert(tableRemovedServers, &sigilv1.RemovedServer{ServerId: node, RemovedAt: a.nowSec}); err != nil {
+		if err := a.insert(tableRemovedServers, &storepb.RemovedServer{ServerId: node, RemovedAt: a.nowSec}); err != nil {
 			return err
 		}
 	}

@@ -11,34 +11,35 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // Helpers of this file are prefixed "ra" (retire/revoke authority).
 
-func raPutX509(serverID string, der []byte, tainted bool) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+func raPutX509(serverID string, der []byte, tainted bool) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 		TrustDomain: "example.org",
 		Authority:   &sigilv1.X509Authority{Certificate: der, ServerId: serverID, Tainted: tainted},
 	}}}
 }
 
-func raPutJWT(serverID, kid string, pub []byte, expires time.Time) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_PutJwtAuthority{PutJwtAuthority: &sigilv1.PutJWTAuthority{
+func raPutJWT(serverID, kid string, pub []byte, expires time.Time) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_PutJwtAuthority{PutJwtAuthority: &storepb.PutJWTAuthority{
 		TrustDomain: "example.org",
 		Authority:   &sigilv1.JWTAuthority{KeyId: kid, PublicKey: pub, ExpiresAt: expires.Unix(), ServerId: serverID},
 	}}}
 }
 
-func raTaint(id string) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: "example.org", AuthorityId: id}}}
+func raTaint(id string) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{TrustDomain: "example.org", AuthorityId: id}}}
 }
 
-func raRevoke(id string) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: "example.org", AuthorityId: id}}}
+func raRevoke(id string) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: "example.org", AuthorityId: id}}}
 }
 
-func raRetire(node string, revoke bool) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{TrustDomain: "example.org", ServerId: node, Revoke: revoke}}}
+func raRetire(node string, revoke bool) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{TrustDomain: "example.org", ServerId: node, Revoke: revoke}}}
 }
 
 func raID(t *testing.T, der []byte) string {
@@ -104,7 +105,7 @@ func newRACluster(t *testing.T) *raCluster {
 	c.pubA, c.pubB = pubDER(t), pubDER(t)
 	c.kidA, c.kidB = "kid-a", "kid-b"
 	c.caAID, c.caBID, c.idBID = raID(t, c.caA), raID(t, c.caB), raID(t, c.idB)
-	for _, cmd := range []*sigilv1.Command{
+	for _, cmd := range []*storepb.Command{
 		raPutX509("a", c.caA, false), raPutX509("b", c.caB, false),
 		raPutX509(IdentityAuthorityPrefix+"a", c.idA, false), raPutX509(IdentityAuthorityPrefix+"b", c.idB, false),
 		raPutJWT("a", c.kidA, c.pubA, c.jwtExpiry), raPutJWT("b", c.kidB, c.pubB, c.jwtExpiry),
@@ -214,7 +215,7 @@ func TestTaintAndRevokeOtherServersAuthority(t *testing.T) {
 		t.Fatal("revocation record lost in a snapshot")
 	}
 	tf.now = c.expiry.Add(time.Second)
-	if code := tf.single(&sigilv1.Command{Op: &sigilv1.Command_PruneBundle{PruneBundle: &sigilv1.PruneBundle{TrustDomain: "example.org"}}}); code != codes.OK {
+	if code := tf.single(&storepb.Command{Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: "example.org"}}}); code != codes.OK {
 		t.Fatalf("prune: %v", code)
 	}
 	if len(tf.f.reader().RevokedAuthorities()) != 0 {
@@ -233,7 +234,7 @@ func TestTaintRevokeRefusals(t *testing.T) {
 	tf := c.tf
 	before := snapshotBytes(t, tf.f)
 	for name, tc := range map[string]struct {
-		cmd  *sigilv1.Command
+		cmd  *storepb.Command
 		want codes.Code
 	}{
 		"taint unknown":       {raTaint("00ff"), codes.NotFound},
@@ -241,7 +242,7 @@ func TestTaintRevokeRefusals(t *testing.T) {
 		"taint empty":         {raTaint(""), codes.InvalidArgument},
 		"taint control chars": {raTaint("ab\ncd"), codes.InvalidArgument},
 		"taint too long":      {raTaint(string(bytes.Repeat([]byte("a"), 200))), codes.InvalidArgument},
-		"taint other td": {&sigilv1.Command{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{
+		"taint other td": {&storepb.Command{Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{
 			TrustDomain: "other.org", AuthorityId: c.caBID}}}, codes.InvalidArgument},
 		"retire empty":        {raRetire("", false), codes.InvalidArgument},
 		"retire path":         {raRetire("cluster/b", false), codes.InvalidArgument},
@@ -286,7 +287,7 @@ func TestRetireServer(t *testing.T) {
 	// The removed server cannot put its keys back untainted, nor new ones,
 	// nor its identity CA.
 	before := snapshotBytes(t, tf.f)
-	for name, cmd := range map[string]*sigilv1.Command{
+	for name, cmd := range map[string]*storepb.Command{
 		"old CA":       raPutX509("b", c.caB, false),
 		"new CA":       raPutX509("b", makeCert(t, true, c.expiry), false),
 		"identity CA":  raPutX509(IdentityAuthorityPrefix+"b", c.idB, false),
@@ -344,7 +345,7 @@ func TestRetireServer(t *testing.T) {
 func TestAuthorityCommandsDeterministic(t *testing.T) {
 	c := newRACluster(t)
 	extra := makeCert(t, true, c.expiry)
-	log := []*sigilv1.Command{
+	log := []*storepb.Command{
 		raTaint(c.caAID), raRevoke(c.kidA), raRetire("b", false), raPutX509("b", extra, false),
 		raRevoke(c.caAID), raTaint("nosuch"), raRetire("b", true), raRevoke(c.idBID),
 	}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // maxKeyIDLen bounds JWT key IDs.
@@ -30,7 +31,7 @@ func (a *applier) checkTrustDomain(td string) *CommandError {
 	return nil
 }
 
-func (a *applier) putJWTAuthority(c *sigilv1.PutJWTAuthority) *CommandError {
+func (a *applier) putJWTAuthority(c *storepb.PutJWTAuthority) *CommandError {
 	if err := a.checkTrustDomain(c.GetTrustDomain()); err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func sortJWTAuthorities(as []*sigilv1.JWTAuthority) {
 	})
 }
 
-func (a *applier) removeAuthority(c *sigilv1.RemoveAuthority) *CommandError {
+func (a *applier) removeAuthority(c *storepb.RemoveAuthority) *CommandError {
 	if err := a.checkTrustDomain(c.GetTrustDomain()); err != nil {
 		return err
 	}
@@ -126,7 +127,7 @@ func (a *applier) removeAuthority(c *sigilv1.RemoveAuthority) *CommandError {
 
 // pruneBundle drops the authorities expired at the command time; the
 // outcome depends only on the log, so every replica prunes the same.
-func (a *applier) pruneBundle(c *sigilv1.PruneBundle) *CommandError {
+func (a *applier) pruneBundle(c *storepb.PruneBundle) *CommandError {
 	if err := a.checkTrustDomain(c.GetTrustDomain()); err != nil {
 		return err
 	}

@@ -11,10 +11,11 @@ import (
 	"google.golang.org/grpc/codes"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
-func putJWT(kid string, pub []byte, expires time.Time) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_PutJwtAuthority{PutJwtAuthority: &sigilv1.PutJWTAuthority{
+func putJWT(kid string, pub []byte, expires time.Time) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_PutJwtAuthority{PutJwtAuthority: &storepb.PutJWTAuthority{
 		TrustDomain: "example.org",
 		Authority:   &sigilv1.JWTAuthority{KeyId: kid, PublicKey: pub, ExpiresAt: expires.Unix(), ServerId: "n1"},
 	}}}
@@ -32,14 +33,14 @@ func pubDER(t *testing.T) []byte {
 func TestJWTAuthorityRemoveAndPrune(t *testing.T) {
 	tf := newTestFSM(t)
 	pub, other := pubDER(t), pubDER(t)
-	for name, cmd := range map[string]*sigilv1.Command{
+	for name, cmd := range map[string]*storepb.Command{
 		"no kid":     putJWT("", pub, t0.Add(time.Hour)),
 		"bad key":    putJWT("k1", []byte("junk"), t0.Add(time.Hour)),
 		"no expiry":  putJWT("k1", pub, time.Unix(0, 0)),
-		"no name":    {Op: &sigilv1.Command_RemoveAuthority{RemoveAuthority: &sigilv1.RemoveAuthority{TrustDomain: "example.org"}}},
-		"other td":   {Op: &sigilv1.Command_PruneBundle{PruneBundle: &sigilv1.PruneBundle{TrustDomain: "other.org"}}},
-		"remove td":  {Op: &sigilv1.Command_RemoveAuthority{RemoveAuthority: &sigilv1.RemoveAuthority{TrustDomain: "other.org", JwtKeyId: "k1"}}},
-		"jwt bad td": {Op: &sigilv1.Command_PutJwtAuthority{PutJwtAuthority: &sigilv1.PutJWTAuthority{TrustDomain: "other.org"}}},
+		"no name":    {Op: &storepb.Command_RemoveAuthority{RemoveAuthority: &storepb.RemoveAuthority{TrustDomain: "example.org"}}},
+		"other td":   {Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: "other.org"}}},
+		"remove td":  {Op: &storepb.Command_RemoveAuthority{RemoveAuthority: &storepb.RemoveAuthority{TrustDomain: "other.org", JwtKeyId: "k1"}}},
+		"jwt bad td": {Op: &storepb.Command_PutJwtAuthority{PutJwtAuthority: &storepb.PutJWTAuthority{TrustDomain: "other.org"}}},
 	} {
 		if got := tf.single(cmd); got != codes.InvalidArgument {
 			t.Errorf("%s: %v, want InvalidArgument", name, got)
@@ -47,7 +48,7 @@ func TestJWTAuthorityRemoveAndPrune(t *testing.T) {
 	}
 	old := makeCert(t, true, t0.Add(time.Hour))
 	cur := makeCert(t, true, t0.Add(48*time.Hour))
-	for _, c := range []*sigilv1.Command{
+	for _, c := range []*storepb.Command{
 		putJWT("k1", pub, t0.Add(time.Hour)),
 		putJWT("k2", other, t0.Add(48*time.Hour)),
 		putJWT("k1", pub, t0.Add(time.Hour)), // replace
@@ -68,7 +69,7 @@ func TestJWTAuthorityRemoveAndPrune(t *testing.T) {
 
 	// Pruning before anything expired changes nothing.
 	seq := b.SequenceNumber
-	prune := &sigilv1.Command{Op: &sigilv1.Command_PruneBundle{PruneBundle: &sigilv1.PruneBundle{TrustDomain: "example.org"}}}
+	prune := &storepb.Command{Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: "example.org"}}}
 	if got := tf.single(prune); got != codes.OK {
 		t.Fatal(got)
 	}
@@ -85,7 +86,7 @@ func TestJWTAuthorityRemoveAndPrune(t *testing.T) {
 	if len(b.JwtAuthorities) != 1 || b.JwtAuthorities[0].KeyId != "k2" || len(b.X509Authorities) != 1 {
 		t.Fatalf("after prune: %v", b)
 	}
-	remove := &sigilv1.Command{Op: &sigilv1.Command_RemoveAuthority{RemoveAuthority: &sigilv1.RemoveAuthority{
+	remove := &storepb.Command{Op: &storepb.Command_RemoveAuthority{RemoveAuthority: &storepb.RemoveAuthority{
 		TrustDomain: "example.org", X509Certificate: cur, JwtKeyId: "k2"}}}
 	if got := tf.single(remove); got != codes.OK {
 		t.Fatal(got)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // maxFuzzCommands bounds the commands one fuzz input is split into.
@@ -51,7 +52,7 @@ func joinCommands(cmds ...[]byte) []byte {
 }
 
 // fuzzCmd encodes cmd stamped with time at.
-func fuzzCmd(tb testing.TB, at time.Time, cmd *sigilv1.Command) []byte {
+func fuzzCmd(tb testing.TB, at time.Time, cmd *storepb.Command) []byte {
 	tb.Helper()
 	cmd.Timestamp = at.UnixNano()
 	b, err := proto.Marshal(cmd)
@@ -61,8 +62,8 @@ func fuzzCmd(tb testing.TB, at time.Time, cmd *sigilv1.Command) []byte {
 	return b
 }
 
-func fuzzPutJWT(trustDomain, kid, serverID string, pub []byte, expires time.Time) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_PutJwtAuthority{PutJwtAuthority: &sigilv1.PutJWTAuthority{
+func fuzzPutJWT(trustDomain, kid, serverID string, pub []byte, expires time.Time) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_PutJwtAuthority{PutJwtAuthority: &storepb.PutJWTAuthority{
 		TrustDomain: trustDomain,
 		Authority:   &sigilv1.JWTAuthority{KeyId: kid, PublicKey: pub, ServerId: serverID, ExpiresAt: expires.Unix()},
 	}}}
@@ -92,7 +93,7 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	at := func(d time.Duration, c *sigilv1.Command) []byte { return fuzzCmd(tb, t0.Add(d), c) }
+	at := func(d time.Duration, c *storepb.Command) []byte { return fuzzCmd(tb, t0.Add(d), c) }
 	fx := &fuzzFixture{}
 	fx.base = [][]byte{
 		at(0, createEntries(
@@ -125,8 +126,8 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		at(0, putAuthority("other.org", "n2", ca2)),
 		at(0, fuzzPutJWT("example.org", "k1", "n2", pub, t0.Add(2*time.Hour))),
 		at(0, fuzzPutJWT("example.org", "k2", "n2", []byte("not a key"), t0.Add(2*time.Hour))),
-		at(0, &sigilv1.Command{Op: &sigilv1.Command_RemoveAuthority{RemoveAuthority: &sigilv1.RemoveAuthority{TrustDomain: "example.org", X509Certificate: ca, JwtKeyId: "k1"}}}),
-		at(30*time.Hour, &sigilv1.Command{Op: &sigilv1.Command_PruneBundle{PruneBundle: &sigilv1.PruneBundle{TrustDomain: "example.org"}}}),
+		at(0, &storepb.Command{Op: &storepb.Command_RemoveAuthority{RemoveAuthority: &storepb.RemoveAuthority{TrustDomain: "example.org", X509Certificate: ca, JwtKeyId: "k1"}}}),
+		at(30*time.Hour, &storepb.Command{Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: "example.org"}}}),
 		{},
 		{0x72, 0x40, 0x01},
 	}
@@ -136,13 +137,13 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		tb.Fatal(err)
 	}
 	caID := X509AuthorityID(caCert)
-	for _, c := range []*sigilv1.Command{
-		{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: "example.org", AuthorityId: caID}}},
-		{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: "example.org", AuthorityId: "k1"}}},
-		{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: "example.org", AuthorityId: caID}}},
-		{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: "example.org", AuthorityId: "k1"}}},
-		{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{TrustDomain: "example.org", ServerId: "n1"}}},
-		{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{TrustDomain: "example.org", ServerId: "n1", Revoke: true}}},
+	for _, c := range []*storepb.Command{
+		{Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{TrustDomain: "example.org", AuthorityId: caID}}},
+		{Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{TrustDomain: "example.org", AuthorityId: "k1"}}},
+		{Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: "example.org", AuthorityId: caID}}},
+		{Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: "example.org", AuthorityId: "k1"}}},
+		{Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{TrustDomain: "example.org", ServerId: "n1"}}},
+		{Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{TrustDomain: "example.org", ServerId: "n1", Revoke: true}}},
 	} {
 		fx.seeds = append(fx.seeds, at(0, c))
 	}
@@ -172,7 +173,7 @@ func (fx *fuzzFixture) newFuzzApplier(t testing.TB, populated bool) *fuzzApplier
 	fx.once.Do(func() {
 		b := &fuzzApplier{f: newFSM(td, nil)}
 		for i, c := range fx.base {
-			if res, ok := b.apply(c).(*sigilv1.CommandResult); !ok || !allOK(res) {
+			if res, ok := b.apply(c).(*storepb.CommandResult); !ok || !allOK(res) {
 				t.Fatalf("base command %d refused: %v", i, res)
 			}
 		}
@@ -184,7 +185,7 @@ func (fx *fuzzFixture) newFuzzApplier(t testing.TB, populated bool) *fuzzApplier
 	return a
 }
 
-func allOK(r *sigilv1.CommandResult) bool {
+func allOK(r *storepb.CommandResult) bool {
 	for _, s := range r.Results {
 		if s.Code != 0 {
 			return false
@@ -193,7 +194,7 @@ func allOK(r *sigilv1.CommandResult) bool {
 	return true
 }
 
-func allRefused(r *sigilv1.CommandResult) bool {
+func allRefused(r *storepb.CommandResult) bool {
 	for _, s := range r.Results {
 		if s.Code == 0 {
 			return false
@@ -208,8 +209,8 @@ func sameResult(x, y interface{}) bool {
 	case *CommandError:
 		y, ok := y.(*CommandError)
 		return ok && *x == *y
-	case *sigilv1.CommandResult:
-		y, ok := y.(*sigilv1.CommandResult)
+	case *storepb.CommandResult:
+		y, ok := y.(*storepb.CommandResult)
 		return ok && proto.Equal(x, y)
 	}
 	return false
@@ -260,7 +261,7 @@ func FuzzFSMApply(f *testing.F) {
 						t.Fatalf("command %d refused (%v) but woke watchers", i, r)
 					default:
 					}
-				case *sigilv1.CommandResult:
+				case *storepb.CommandResult:
 					if len(r.Results) == 0 || !allRefused(r) {
 						break
 					}

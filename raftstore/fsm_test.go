@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 func TestFSMRefusesGarbage(t *testing.T) {
@@ -225,7 +226,7 @@ func TestJoinTokensAndNodes(t *testing.T) {
 	node2 := "spiffe://example.org/sigil/agent/join_token/a2"
 	type step struct {
 		name string
-		cmd  *sigilv1.Command
+		cmd  *storepb.Command
 		at   time.Duration // command time relative to t0
 		want codes.Code
 	}
@@ -318,14 +319,14 @@ func TestPutX509Authority(t *testing.T) {
 
 	refusals := []struct {
 		name string
-		cmd  *sigilv1.Command
+		cmd  *storepb.Command
 	}{
 		{"leaf", putAuthority("example.org", "n1", leaf)},
 		{"garbage", putAuthority("example.org", "n1", []byte("not a cert"))},
 		{"empty", putAuthority("example.org", "n1", nil)},
 		{"other td", putAuthority("other.org", "n1", caLate)},
 		{"no server", putAuthority("example.org", "", caLate)},
-		{"no authority", &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{TrustDomain: "example.org"}}}},
+		{"no authority", &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{TrustDomain: "example.org"}}}},
 	}
 	for _, c := range refusals {
 		if got := tf.single(c.cmd); got != codes.InvalidArgument {
@@ -336,7 +337,7 @@ func TestPutX509Authority(t *testing.T) {
 		t.Fatalf("refusals created a bundle: %v", err)
 	}
 
-	for _, c := range []*sigilv1.Command{
+	for _, c := range []*storepb.Command{
 		putAuthority("example.org", "n1", caLate),
 		putAuthority("example.org", "n2", caEarly),
 		putAuthority("example.org", "n1", caLate), // replace: same server and cert

@@ -20,6 +20,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 var (
@@ -60,7 +61,7 @@ func (tf *testFSM) applyRaw(data []byte) interface{} {
 	return tf.f.Apply(&raft.Log{Index: tf.index, Term: 1, Type: raft.LogCommand, Data: data})
 }
 
-func (tf *testFSM) apply(cmd *sigilv1.Command) interface{} {
+func (tf *testFSM) apply(cmd *storepb.Command) interface{} {
 	tf.t.Helper()
 	if cmd.Timestamp == 0 {
 		cmd.Timestamp = tf.now.UnixNano()
@@ -74,12 +75,12 @@ func (tf *testFSM) apply(cmd *sigilv1.Command) interface{} {
 
 // single applies a single-item command and returns its refusal code (OK on
 // success).
-func (tf *testFSM) single(cmd *sigilv1.Command) codes.Code {
+func (tf *testFSM) single(cmd *storepb.Command) codes.Code {
 	tf.t.Helper()
 	switch r := tf.apply(cmd).(type) {
 	case *CommandError:
 		return r.Code
-	case *sigilv1.CommandResult:
+	case *storepb.CommandResult:
 		if len(r.Results) != 1 || r.Results[0].Code != 0 {
 			tf.t.Fatalf("single command result %v", r)
 		}
@@ -91,9 +92,9 @@ func (tf *testFSM) single(cmd *sigilv1.Command) codes.Code {
 }
 
 // batch applies a batch command and returns the item codes.
-func (tf *testFSM) batch(cmd *sigilv1.Command) []codes.Code {
+func (tf *testFSM) batch(cmd *storepb.Command) []codes.Code {
 	tf.t.Helper()
-	r, ok := tf.apply(cmd).(*sigilv1.CommandResult)
+	r, ok := tf.apply(cmd).(*storepb.CommandResult)
 	if !ok {
 		tf.t.Fatalf("batch command refused as a whole: %v", r)
 	}
@@ -104,44 +105,44 @@ func (tf *testFSM) batch(cmd *sigilv1.Command) []codes.Code {
 	return out
 }
 
-func createEntries(es ...*sigilv1.Entry) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_CreateEntries{CreateEntries: &sigilv1.CreateEntries{Entries: es}}}
+func createEntries(es ...*sigilv1.Entry) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: es}}}
 }
 
-func updateEntries(es ...*sigilv1.Entry) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_UpdateEntries{UpdateEntries: &sigilv1.UpdateEntries{Entries: es}}}
+func updateEntries(es ...*sigilv1.Entry) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_UpdateEntries{UpdateEntries: &storepb.UpdateEntries{Entries: es}}}
 }
 
-func deleteEntries(ids ...string) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_DeleteEntries{DeleteEntries: &sigilv1.DeleteEntries{Ids: ids}}}
+func deleteEntries(ids ...string) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_DeleteEntries{DeleteEntries: &storepb.DeleteEntries{Ids: ids}}}
 }
 
-func createJoinToken(hash string, expires time.Time) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_CreateJoinToken{CreateJoinToken: &sigilv1.CreateJoinToken{
+func createJoinToken(hash string, expires time.Time) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_CreateJoinToken{CreateJoinToken: &storepb.CreateJoinToken{
 		Token: &sigilv1.JoinToken{Hash: hash, ExpiresAt: expires.Unix()}}}}
 }
 
-func attestNode(id, tokenHash string, sels ...*sigilv1.Selector) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_AttestNode{AttestNode: &sigilv1.AttestNode{
+func attestNode(id, tokenHash string, sels ...*sigilv1.Selector) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_AttestNode{AttestNode: &storepb.AttestNode{
 		Node:          &sigilv1.AttestedNode{SpiffeId: id, AttestationType: "join_token", Selectors: sels},
 		JoinTokenHash: tokenHash,
 	}}}
 }
 
-func updateNode(id, serial string, notAfter int64) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_UpdateNode{UpdateNode: &sigilv1.UpdateNode{SpiffeId: id, CertSerial: serial, CertNotAfter: notAfter}}}
+func updateNode(id, serial string, notAfter int64) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_UpdateNode{UpdateNode: &storepb.UpdateNode{SpiffeId: id, CertSerial: serial, CertNotAfter: notAfter}}}
 }
 
-func evictNode(id string) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_EvictNode{EvictNode: &sigilv1.EvictNode{SpiffeId: id}}}
+func evictNode(id string) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_EvictNode{EvictNode: &storepb.EvictNode{SpiffeId: id}}}
 }
 
-func banNode(id string) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_BanNode{BanNode: &sigilv1.BanNode{SpiffeId: id}}}
+func banNode(id string) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_BanNode{BanNode: &storepb.BanNode{SpiffeId: id}}}
 }
 
-func putAuthority(trustDomain, serverID string, der []byte) *sigilv1.Command {
-	return &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+func putAuthority(trustDomain, serverID string, der []byte) *storepb.Command {
+	return &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 		TrustDomain: trustDomain,
 		Authority:   &sigilv1.X509Authority{Certificate: der, ServerId: serverID},
 	}}}

@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -383,13 +384,13 @@ func (r *Reader) PeerBundle(trustDomain string) (*sigilv1.Bundle, error) {
 
 // RevokedAuthorities returns the authorities revoked and not yet expired,
 // in kind and ID order.
-func (r *Reader) RevokedAuthorities() []*sigilv1.RevokedAuthority {
+func (r *Reader) RevokedAuthorities() []*storepb.RevokedAuthority {
 	it, err := r.txn.Get(tableRevoked, indexID+"_prefix", "")
 	if err != nil {
 		return nil
 	}
 	r.ws.Add(it.WatchCh())
-	var out []*sigilv1.RevokedAuthority
+	var out []*storepb.RevokedAuthority
 	for raw := it.Next(); raw != nil; raw = it.Next() {
 		out = append(out, raw.(*revokedRow).A)
 	}
@@ -404,15 +405,15 @@ func (r *Reader) IsRevoked(kind, id string) bool {
 
 // RemovedServers returns the servers whose authorities are being retired
 // (tainted, not yet revoked), in name order.
-func (r *Reader) RemovedServers() []*sigilv1.RemovedServer {
+func (r *Reader) RemovedServers() []*storepb.RemovedServer {
 	it, err := r.txn.Get(tableRemovedServers, indexID+"_prefix", "")
 	if err != nil {
 		return nil
 	}
 	r.ws.Add(it.WatchCh())
-	var out []*sigilv1.RemovedServer
+	var out []*storepb.RemovedServer
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*sigilv1.RemovedServer))
+		out = append(out, raw.(*storepb.RemovedServer))
 	}
 	return out
 }

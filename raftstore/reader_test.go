@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 func ids(es []*sigilv1.Entry) []string {
@@ -25,7 +26,7 @@ func TestAuthorizedEntries(t *testing.T) {
 	other := "spiffe://example.org/sigil/agent/join_token/other"
 	banned := "spiffe://example.org/sigil/agent/join_token/banned"
 	tf := newTestFSM(t)
-	for _, c := range []*sigilv1.Command{
+	for _, c := range []*storepb.Command{
 		attestNode(agent, "", sel("region", "eu"), sel("type", "gpu")),
 		attestNode(other, "", sel("region", "us")),
 		attestNode(banned, "", sel("region", "eu")),
@@ -116,7 +117,7 @@ func TestAuthorizedEntriesWatch(t *testing.T) {
 
 	type change struct {
 		name  string
-		cmd   *sigilv1.Command
+		cmd   *storepb.Command
 		fires bool
 	}
 	changes := []change{

@@ -15,7 +15,7 @@ const (
 	tableBundles    = "bundles"
 	tableMeta       = "meta"
 	// tableRevoked holds *revokedRow; tableRemovedServers
-	// *sigilv1.RemovedServer.
+	// *storepb.RemovedServer.
 	tableRevoked        = "revoked_authorities"
 	tableRemovedServers = "removed_servers"
 

@@ -13,11 +13,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // Snapshot format: the 8-byte magic, the Raft index of the state (uint64,
 // big endian), the length of the body (uint64, big endian), the body (a
-// deterministic sigilv1.Snapshot), and the CRC-32C of the body (uint32, big
+// deterministic storepb.Snapshot), and the CRC-32C of the body (uint32, big
 // endian).
 var snapshotMagic = [8]byte{'S', 'I', 'G', 'I', 'L', 'S', 'N', '1'}
 
@@ -51,8 +52,8 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 func (s *fsmSnapshot) Release() {}
 
 // buildSnapshot collects every table, in index order.
-func buildSnapshot(txn *memdb.Txn) (*sigilv1.Snapshot, error) {
-	snap := &sigilv1.Snapshot{}
+func buildSnapshot(txn *memdb.Txn) (*storepb.Snapshot, error) {
+	snap := &storepb.Snapshot{}
 	each := func(table string, fn func(raw interface{})) error {
 		it, err := txn.Get(table, indexID)
 		if err != nil {
@@ -81,7 +82,7 @@ func buildSnapshot(txn *memdb.Txn) (*sigilv1.Snapshot, error) {
 		return nil, err
 	}
 	if err := each(tableRemovedServers, func(raw interface{}) {
-		snap.RemovedServers = append(snap.RemovedServers, raw.(*sigilv1.RemovedServer))
+		snap.RemovedServers = append(snap.RemovedServers, raw.(*storepb.RemovedServer))
 	}); err != nil {
 		return nil, err
 	}
@@ -112,7 +113,7 @@ func writeSnapshot(w io.Writer, txn *memdb.Txn, index uint64) error {
 }
 
 // readSnapshot decodes and checks the framing of a snapshot.
-func readSnapshot(r io.Reader) (*sigilv1.Snapshot, uint64, error) {
+func readSnapshot(r io.Reader) (*storepb.Snapshot, uint64, error) {
 	var hdr [snapshotHeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, 0, errorf("snapshot header: %v", err)
@@ -137,7 +138,7 @@ func readSnapshot(r io.Reader) (*sigilv1.Snapshot, uint64, error) {
 	if crc32.Checksum(body, crcTable) != binary.BigEndian.Uint32(sum) {
 		return nil, 0, errorf("snapshot: checksum mismatch")
 	}
-	snap := &sigilv1.Snapshot{}
+	snap := &storepb.Snapshot{}
 	if err := proto.Unmarshal(body, snap); err != nil {
 		return nil, 0, errorf("snapshot: decoding: %v", err)
 	}
@@ -164,7 +165,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 }
 
 // loadSnapshot validates snap and builds a fresh database from it.
-func (f *fsm) loadSnapshot(snap *sigilv1.Snapshot, index uint64) (*memdb.MemDB, error) {
+func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, error) {
 	db := newMemDB()
 	txn := db.Txn(true)
 	defer txn.Abort()

@@ -11,7 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // frameSnapshot wraps body in a valid snapshot header and checksum.
@@ -86,23 +86,23 @@ func FuzzSnapshotRestore(f *testing.F) {
 	huge = binary.BigEndian.AppendUint64(huge[:16], 1<<63)
 	f.Add(huge, false)
 	// Records that must be refused.
-	snap := &sigilv1.Snapshot{}
+	snap := &storepb.Snapshot{}
 	if err := proto.Unmarshal(body, snap); err != nil {
 		f.Fatal(err)
 	}
-	for _, mut := range []func(s *sigilv1.Snapshot){
-		func(s *sigilv1.Snapshot) { s.Entries = append(s.Entries, s.Entries[0]) },
-		func(s *sigilv1.Snapshot) { s.Nodes = append(s.Nodes, nil) },
-		func(s *sigilv1.Snapshot) { s.JoinTokens[0].Hash = "abc" },
-		func(s *sigilv1.Snapshot) { s.Bundles = append(s.Bundles, s.Bundles[0]) },
-		func(s *sigilv1.Snapshot) { s.Bundles[0].JwtAuthorities[0].PublicKey = []byte("x") },
-		func(s *sigilv1.Snapshot) { s.Bundles[0].JwtAuthorities[0].KeyId = "" },
-		func(s *sigilv1.Snapshot) {
+	for _, mut := range []func(s *storepb.Snapshot){
+		func(s *storepb.Snapshot) { s.Entries = append(s.Entries, s.Entries[0]) },
+		func(s *storepb.Snapshot) { s.Nodes = append(s.Nodes, nil) },
+		func(s *storepb.Snapshot) { s.JoinTokens[0].Hash = "abc" },
+		func(s *storepb.Snapshot) { s.Bundles = append(s.Bundles, s.Bundles[0]) },
+		func(s *storepb.Snapshot) { s.Bundles[0].JwtAuthorities[0].PublicKey = []byte("x") },
+		func(s *storepb.Snapshot) { s.Bundles[0].JwtAuthorities[0].KeyId = "" },
+		func(s *storepb.Snapshot) {
 			s.Bundles[0].JwtAuthorities = append(s.Bundles[0].JwtAuthorities, s.Bundles[0].JwtAuthorities[0])
 		},
-		func(s *sigilv1.Snapshot) { s.Bundles[0].X509Authorities[0].Certificate = []byte("x") },
+		func(s *storepb.Snapshot) { s.Bundles[0].X509Authorities[0].Certificate = []byte("x") },
 	} {
-		s := proto.Clone(snap).(*sigilv1.Snapshot)
+		s := proto.Clone(snap).(*storepb.Snapshot)
 		mut(s)
 		b, err := proto.Marshal(s)
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // bufSink is a raft.SnapshotSink over a buffer.
@@ -32,7 +33,7 @@ func populated(t *testing.T) *testFSM {
 		entry("b", "spiffe://example.org/b", "spiffe://example.org/a"),
 		entry("alias", "spiffe://example.org/eu", alias, sel("region", "eu")),
 	))
-	for _, c := range []*sigilv1.Command{
+	for _, c := range []*storepb.Command{
 		createJoinToken(tokenHash("x"), t0.Add(time.Hour)),
 		attestNode(agent, "", sel("region", "eu")),
 		putAuthority("example.org", "n1", makeCert(t, true, t0.Add(time.Hour))),
@@ -108,8 +109,8 @@ func TestRestoreRefusesCorruptSnapshots(t *testing.T) {
 		out = append(out, b...)
 		return binary.BigEndian.AppendUint32(out, crc32.Checksum(b, crcTable))
 	}
-	withSnap := func(mut func(s *sigilv1.Snapshot)) []byte {
-		s := &sigilv1.Snapshot{}
+	withSnap := func(mut func(s *storepb.Snapshot)) []byte {
+		s := &storepb.Snapshot{}
 		if err := proto.Unmarshal(body, s); err != nil {
 			t.Fatal(err)
 		}
@@ -131,17 +132,17 @@ func TestRestoreRefusesCorruptSnapshots(t *testing.T) {
 		"trailing data":   append(append([]byte{}, good...), 0),
 		"huge length":     append(append(append([]byte{}, snapshotMagic[:]...), make([]byte, 8)...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff),
 		"garbage body":    frame([]byte{0xff, 0xff, 0xff}),
-		"invalid entry":   withSnap(func(s *sigilv1.Snapshot) { s.Entries[0].SpiffeId = "spiffe://example.org/sigil/x" }),
-		"duplicate entry": withSnap(func(s *sigilv1.Snapshot) { s.Entries = append(s.Entries, s.Entries[0]) }),
-		"duplicate key": withSnap(func(s *sigilv1.Snapshot) {
+		"invalid entry":   withSnap(func(s *storepb.Snapshot) { s.Entries[0].SpiffeId = "spiffe://example.org/sigil/x" }),
+		"duplicate entry": withSnap(func(s *storepb.Snapshot) { s.Entries = append(s.Entries, s.Entries[0]) }),
+		"duplicate key": withSnap(func(s *storepb.Snapshot) {
 			e := proto.Clone(s.Entries[0]).(*sigilv1.Entry)
 			e.Id = "zzz"
 			s.Entries = append(s.Entries, e)
 		}),
-		"invalid node":   withSnap(func(s *sigilv1.Snapshot) { s.Nodes[0].SpiffeId = "spiffe://example.org/web" }),
-		"invalid token":  withSnap(func(s *sigilv1.Snapshot) { s.JoinTokens[0].Hash = "abc" }),
-		"invalid bundle": withSnap(func(s *sigilv1.Snapshot) { s.Bundles[0].X509Authorities[0].Certificate = []byte("x") }),
-		"nil bundle td":  withSnap(func(s *sigilv1.Snapshot) { s.Bundles[0].TrustDomain = "" }),
+		"invalid node":   withSnap(func(s *storepb.Snapshot) { s.Nodes[0].SpiffeId = "spiffe://example.org/web" }),
+		"invalid token":  withSnap(func(s *storepb.Snapshot) { s.JoinTokens[0].Hash = "abc" }),
+		"invalid bundle": withSnap(func(s *storepb.Snapshot) { s.Bundles[0].X509Authorities[0].Certificate = []byte("x") }),
+		"nil bundle td":  withSnap(func(s *storepb.Snapshot) { s.Bundles[0].TrustDomain = "" }),
 	}
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -16,8 +16,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 const (
@@ -167,9 +167,9 @@ func (s *Store) Close() error {
 
 // singleItem reports whether cmd is one of the commands whose refusal Apply
 // returns as an error.
-func singleItem(cmd *sigilv1.Command) bool {
+func singleItem(cmd *storepb.Command) bool {
 	switch cmd.Op.(type) {
-	case *sigilv1.Command_CreateEntries, *sigilv1.Command_UpdateEntries, *sigilv1.Command_DeleteEntries:
+	case *storepb.Command_CreateEntries, *storepb.Command_UpdateEntries, *storepb.Command_DeleteEntries:
 		return false
 	}
 	return true
@@ -185,14 +185,14 @@ func singleItem(cmd *sigilv1.Command) bool {
 // *CommandError. Batch commands (CreateEntries, UpdateEntries,
 // DeleteEntries) return one Status per item, code 0 for success, and a nil
 // error.
-func (s *Store) Apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, error) {
+func (s *Store) Apply(ctx context.Context, cmd *storepb.Command) (*storepb.CommandResult, error) {
 	res, _, err := s.ApplyIndexed(ctx, cmd)
 	return res, err
 }
 
 // ApplyIndexed is Apply that also returns the Raft index of the command
 // (0 when it never reached the log).
-func (s *Store) ApplyIndexed(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, uint64, error) {
+func (s *Store) ApplyIndexed(ctx context.Context, cmd *storepb.Command) (*storepb.CommandResult, uint64, error) {
 	if cmd == nil || cmd.Op == nil {
 		return nil, 0, cmdErr(codes.InvalidArgument, "command has no operation")
 	}
@@ -236,7 +236,7 @@ func (s *Store) ApplyIndexed(ctx context.Context, cmd *sigilv1.Command) (*sigilv
 	switch resp := f.Response().(type) {
 	case *CommandError:
 		return nil, f.Index(), resp
-	case *sigilv1.CommandResult:
+	case *storepb.CommandResult:
 		if singleItem(cmd) && len(resp.Results) == 1 && resp.Results[0].Code != 0 {
 			return nil, f.Index(), &CommandError{Code: codes.Code(resp.Results[0].Code), Msg: resp.Results[0].Message}
 		}

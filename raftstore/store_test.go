@@ -20,6 +20,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 func mustCreate(t *testing.T, s *Store, es ...*sigilv1.Entry) {
@@ -144,7 +145,7 @@ func TestApplyErrors(t *testing.T) {
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("grpc status code %v", status.Code(err))
 	}
-	if _, err := s.Apply(ctx, &sigilv1.Command{}); !errors.As(err, &ce) || ce.Code != codes.InvalidArgument {
+	if _, err := s.Apply(ctx, &storepb.Command{}); !errors.As(err, &ce) || ce.Code != codes.InvalidArgument {
 		t.Fatalf("empty command: %v", err)
 	}
 	if _, err := s.Apply(ctx, nil); !errors.As(err, &ce) || ce.Code != codes.InvalidArgument {

@@ -16,6 +16,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -66,7 +67,7 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 		idx = append(idx, i)
 	}
 	if len(toCreate) > 0 {
-		res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateEntries{CreateEntries: &sigilv1.CreateEntries{Entries: toCreate}}})
+		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: toCreate}}})
 		if err != nil {
 			return nil, storeError(err)
 		}
@@ -107,7 +108,7 @@ func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdat
 		idx = append(idx, i)
 	}
 	if len(toUpdate) > 0 {
-		res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_UpdateEntries{UpdateEntries: &sigilv1.UpdateEntries{Entries: toUpdate}}})
+		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_UpdateEntries{UpdateEntries: &storepb.UpdateEntries{Entries: toUpdate}}})
 		if err != nil {
 			return nil, storeError(err)
 		}
@@ -149,7 +150,7 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 	if len(toDelete) == 0 {
 		return out, nil
 	}
-	res, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_DeleteEntries{DeleteEntries: &sigilv1.DeleteEntries{Ids: toDelete}}})
+	res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_DeleteEntries{DeleteEntries: &storepb.DeleteEntries{Ids: toDelete}}})
 	if err != nil {
 		return nil, storeError(err)
 	}
@@ -163,7 +164,7 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 	return out, nil
 }
 
-func resultAt(res *sigilv1.CommandResult, i int) *sigilv1.Status {
+func resultAt(res *storepb.CommandResult, i int) *sigilv1.Status {
 	if res == nil || i >= len(res.Results) || res.Results[i] == nil {
 		return okStatus()
 	}
@@ -230,7 +231,7 @@ func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinT
 		return nil, status.Errorf(codes.Internal, "generating token: %v", err)
 	}
 	expires := s.cfg.Clock.Now().Add(ttl)
-	_, err = s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_CreateJoinToken{CreateJoinToken: &sigilv1.CreateJoinToken{
+	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateJoinToken{CreateJoinToken: &storepb.CreateJoinToken{
 		Token: &sigilv1.JoinToken{Hash: jointoken.Hash(token), ExpiresAt: expires.Unix()},
 	}}})
 	if err != nil {
@@ -296,7 +297,7 @@ func (a *adminAPI) EvictAgent(ctx context.Context, req *sigilv1.EvictAgentReques
 	if err := a.checkAgentID(req.SpiffeId); err != nil {
 		return nil, err
 	}
-	if _, err := a.s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_EvictNode{EvictNode: &sigilv1.EvictNode{SpiffeId: req.SpiffeId}}}); err != nil {
+	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_EvictNode{EvictNode: &storepb.EvictNode{SpiffeId: req.SpiffeId}}}); err != nil {
 		return nil, storeError(err)
 	}
 	a.s.log.Info("agent evicted", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))
@@ -307,7 +308,7 @@ func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (
 	if err := a.checkAgentID(req.SpiffeId); err != nil {
 		return nil, err
 	}
-	if _, err := a.s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_BanNode{BanNode: &sigilv1.BanNode{SpiffeId: req.SpiffeId}}}); err != nil {
+	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_BanNode{BanNode: &storepb.BanNode{SpiffeId: req.SpiffeId}}}); err != nil {
 		return nil, storeError(err)
 	}
 	a.s.log.Info("agent banned", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))

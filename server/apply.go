@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // apply commits a command to the replicated store and returns its result.
@@ -12,7 +12,7 @@ import (
 // is forwarded to the leader (see cluster.apply); a nil error means it is
 // committed, and applied on this server too, so the caller reads its own
 // write.
-func (s *Server) apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, error) {
+func (s *Server) apply(ctx context.Context, cmd *storepb.Command) (*storepb.CommandResult, error) {
 	if s.cluster != nil {
 		return s.cluster.apply(ctx, cmd)
 	}

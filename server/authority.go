@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/disk"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -101,10 +102,10 @@ type bundlePublisher struct{ s *Server }
 
 func (p *bundlePublisher) Publish(ctx context.Context, sl ca.Slot) error {
 	s := p.s
-	var cmd *sigilv1.Command
+	var cmd *storepb.Command
 	switch sl.Kind {
 	case ca.KindX509:
-		cmd = &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+		cmd = &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 			TrustDomain: s.td.Name(),
 			Authority: &sigilv1.X509Authority{
 				Certificate: sl.Certificate,
@@ -114,7 +115,7 @@ func (p *bundlePublisher) Publish(ctx context.Context, sl ca.Slot) error {
 			},
 		}}}
 	case ca.KindJWT:
-		cmd = &sigilv1.Command{Op: &sigilv1.Command_PutJwtAuthority{PutJwtAuthority: &sigilv1.PutJWTAuthority{
+		cmd = &storepb.Command{Op: &storepb.Command_PutJwtAuthority{PutJwtAuthority: &storepb.PutJWTAuthority{
 			TrustDomain: s.td.Name(),
 			Authority: &sigilv1.JWTAuthority{
 				KeyId:     sl.ID,
@@ -133,13 +134,13 @@ func (p *bundlePublisher) Publish(ctx context.Context, sl ca.Slot) error {
 
 func (p *bundlePublisher) Unpublish(ctx context.Context, sl ca.Slot) error {
 	s := p.s
-	rm := &sigilv1.RemoveAuthority{TrustDomain: s.td.Name()}
+	rm := &storepb.RemoveAuthority{TrustDomain: s.td.Name()}
 	if sl.Kind == ca.KindX509 {
 		rm.X509Certificate = sl.Certificate
 	} else {
 		rm.JwtKeyId = sl.ID
 	}
-	_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_RemoveAuthority{RemoveAuthority: rm}})
+	_, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_RemoveAuthority{RemoveAuthority: rm}})
 	return err
 }
 
@@ -160,7 +161,7 @@ func DefaultRemovedServerGrace(jwtTTL time.Duration) time.Duration {
 // more. The caller then takes it out of the Raft configuration;
 // finishRetirements revokes its keys after the grace period.
 func (s *Server) removeMemberAuthorities(ctx context.Context, node string) error {
-	_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{
+	_, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{
 		TrustDomain: s.td.Name(), ServerId: node,
 	}}})
 	if err != nil {
@@ -186,7 +187,7 @@ func (s *Server) finishRetirements(ctx context.Context) time.Time {
 			}
 			continue
 		}
-		_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_RetireServer{RetireServer: &sigilv1.RetireServer{
+		_, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{
 			TrustDomain: s.td.Name(), ServerId: rs.ServerId, Revoke: true,
 		}}})
 		if ce := (*raftstore.CommandError)(nil); errors.As(err, &ce) && ce.Code == codes.FailedPrecondition {

@@ -14,6 +14,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -281,11 +282,11 @@ func (a *authorityAdmin) clusterOp(ctx context.Context, op, id string) (*sigilv1
 			return nil, status.Errorf(codes.FailedPrecondition, "server %s, a current member, has no other usable %s key yet; wait until it has activated a successor (it prepares one at once after a taint; see `sigil authority show` on %s), or remove it with `sigil cluster remove %s`", m.serverID, m.kind, m.serverID, m.serverID)
 		}
 	}
-	var cmd *sigilv1.Command
+	var cmd *storepb.Command
 	if op == "taint" {
-		cmd = &sigilv1.Command{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: s.td.Name(), AuthorityId: id}}}
+		cmd = &storepb.Command{Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{TrustDomain: s.td.Name(), AuthorityId: id}}}
 	} else {
-		cmd = &sigilv1.Command{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: s.td.Name(), AuthorityId: id}}}
+		cmd = &storepb.Command{Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: s.td.Name(), AuthorityId: id}}}
 	}
 	if _, err := s.apply(ctx, cmd); err != nil {
 		return nil, storeError(err)

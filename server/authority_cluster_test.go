@@ -24,6 +24,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -128,12 +129,12 @@ func (h *acHarness) acPublishForeign(t *testing.T, node string) (caID, kid strin
 	der, caID := acForeignCA(t, now)
 	idDER, _ := acForeignCA(t, now)
 	kid = "kid-" + node
-	for _, cmd := range []*sigilv1.Command{
-		{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{TrustDomain: testTD.Name(),
+	for _, cmd := range []*storepb.Command{
+		{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{TrustDomain: testTD.Name(),
 			Authority: &sigilv1.X509Authority{Certificate: der, ServerId: node}}}},
-		{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{TrustDomain: testTD.Name(),
+		{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{TrustDomain: testTD.Name(),
 			Authority: &sigilv1.X509Authority{Certificate: idDER, ServerId: raftstore.IdentityAuthorityPrefix + node}}}},
-		{Op: &sigilv1.Command_PutJwtAuthority{PutJwtAuthority: &sigilv1.PutJWTAuthority{TrustDomain: testTD.Name(),
+		{Op: &storepb.Command_PutJwtAuthority{PutJwtAuthority: &storepb.PutJWTAuthority{TrustDomain: testTD.Name(),
 			Authority: &sigilv1.JWTAuthority{KeyId: kid, PublicKey: acPubDER(t), ExpiresAt: now.Add(24 * time.Hour).Unix(), ServerId: node}}}},
 	} {
 		if _, err := h.srv.apply(ctx, cmd); err != nil {
@@ -203,7 +204,7 @@ func TestRemoveMemberTaintsThenRevokesAuthorities(t *testing.T) {
 			caDER = a.Certificate
 		}
 	}
-	_, err := h.srv.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+	_, err := h.srv.apply(ctx, &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 		TrustDomain: testTD.Name(), Authority: &sigilv1.X509Authority{Certificate: caDER, ServerId: "s9"}}}})
 	if ce := (*raftstore.CommandError)(nil); !errors.As(err, &ce) || ce.Code != codes.PermissionDenied {
 		t.Fatalf("put by a removed server: %v, want PermissionDenied", err)
@@ -306,9 +307,9 @@ func TestOwnKeyRevokedClusterWideIsReplaced(t *testing.T) {
 	h := startACServer(t)
 	ctx := context.Background()
 	old := acIDOf(h.srv.x509CA())
-	for _, cmd := range []*sigilv1.Command{
-		{Op: &sigilv1.Command_TaintAuthority{TaintAuthority: &sigilv1.TaintAuthority{TrustDomain: testTD.Name(), AuthorityId: old}}},
-		{Op: &sigilv1.Command_RevokeAuthority{RevokeAuthority: &sigilv1.RevokeAuthority{TrustDomain: testTD.Name(), AuthorityId: old}}},
+	for _, cmd := range []*storepb.Command{
+		{Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{TrustDomain: testTD.Name(), AuthorityId: old}}},
+		{Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: testTD.Name(), AuthorityId: old}}},
 	} {
 		if _, err := h.srv.apply(ctx, cmd); err != nil {
 			t.Fatal(err)

@@ -29,6 +29,8 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/disk"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
+	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -100,7 +102,7 @@ type cluster struct {
 type memberHealth struct {
 	ok      bool
 	at      time.Time
-	status  *sigilv1.StatusResponse
+	status  *clusterpb.StatusResponse
 	lastErr string
 }
 
@@ -162,7 +164,7 @@ func identityAuthorityID(node string) string { return "cluster/" + node }
 // publishIdentity puts the identity CA into the bundle (idempotent).
 func (c *cluster) publishIdentity(ctx context.Context) error {
 	cert := c.idCA.Certificate()
-	_, err := c.s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+	_, err := c.s.apply(ctx, &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 		TrustDomain: c.s.td.Name(),
 		Authority:   &sigilv1.X509Authority{Certificate: cert.Raw, ServerId: identityAuthorityID(c.s.cfg.NodeName), NotAfter: cert.NotAfter.Unix()},
 	}}})
@@ -221,7 +223,7 @@ func (c *cluster) start(ctx context.Context) (raft.Transport, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(64<<20),
 	)
-	sigilv1.RegisterClusterServer(c.grpc, &clusterAPI{c: c})
+	clusterpb.RegisterClusterServer(c.grpc, &clusterAPI{c: c})
 	go func() {
 		if err := c.grpc.Serve(mux.GRPCListener()); err != nil {
 			c.log.Debug("cluster gRPC stopped", zap.Error(err))
@@ -557,8 +559,8 @@ func (c *cluster) probe(ctx context.Context, m raftstore.Member) {
 	cc, err := c.conn(m.Address)
 	if err == nil {
 		pctx, cancel := context.WithTimeout(ctx, healthInterval)
-		var st *sigilv1.StatusResponse
-		st, err = sigilv1.NewClusterClient(cc).Status(pctx, &sigilv1.StatusRequest{})
+		var st *clusterpb.StatusResponse
+		st, err = clusterpb.NewClusterClient(cc).Status(pctx, &clusterpb.StatusRequest{})
 		cancel()
 		h.status = st
 	}

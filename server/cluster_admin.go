@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -96,7 +98,7 @@ func (a *clusterAdminAPI) RemoveMember(ctx context.Context, req *sigilv1.RemoveM
 	if err != nil {
 		return nil, err
 	}
-	return sigilv1.NewClusterClient(cc).RemoveMember(ctx, req)
+	return clusterpb.NewClusterClient(cc).RemoveMember(ctx, req)
 }
 
 func (a *clusterAdminAPI) TransferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
@@ -107,7 +109,7 @@ func (a *clusterAdminAPI) TransferLeadership(ctx context.Context, req *sigilv1.T
 	if err != nil {
 		return nil, err
 	}
-	return sigilv1.NewClusterClient(cc).TransferLeadership(ctx, req)
+	return clusterpb.NewClusterClient(cc).TransferLeadership(ctx, req)
 }
 
 // leaderConn is a connection to the leader's cluster service, for admin
@@ -241,7 +243,7 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	for _, au := range keep {
-		_, err := s.store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+		_, err := s.store.Apply(ctx, &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 			TrustDomain: s.td.Name(), Authority: au,
 		}}})
 		if ce := (*raftstore.CommandError)(nil); errors.As(err, &ce) && ce.Code == codes.PermissionDenied {

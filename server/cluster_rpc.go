@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -65,7 +67,7 @@ func tlsState(ctx context.Context) (*tls.ConnectionState, bool) {
 // everything else.
 func (c *cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	switch info.FullMethod {
-	case sigilv1.Cluster_Join_FullMethodName, sigilv1.Cluster_JoinChallenge_FullMethodName:
+	case clusterpb.Cluster_Join_FullMethodName, clusterpb.Cluster_JoinChallenge_FullMethodName:
 		return handler(ctx, req)
 	}
 	st, ok := tlsState(ctx)
@@ -81,7 +83,7 @@ func (c *cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServer
 }
 
 type clusterAPI struct {
-	sigilv1.UnimplementedClusterServer
+	clusterpb.UnimplementedClusterServer
 	c *cluster
 }
 
@@ -92,12 +94,12 @@ func (a *clusterAPI) store() (*raftstore.Store, error) {
 	return nil, status.Error(codes.Unavailable, "server is starting")
 }
 
-func (a *clusterAPI) Apply(ctx context.Context, req *sigilv1.ApplyRequest) (*sigilv1.ApplyResponse, error) {
+func (a *clusterAPI) Apply(ctx context.Context, req *clusterpb.ApplyRequest) (*clusterpb.ApplyResponse, error) {
 	store, err := a.store()
 	if err != nil {
 		return nil, err
 	}
-	cmd := &sigilv1.Command{}
+	cmd := &storepb.Command{}
 	if err := proto.Unmarshal(req.Command, cmd); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "command: %v", err)
 	}
@@ -110,7 +112,7 @@ func (a *clusterAPI) Apply(ctx context.Context, req *sigilv1.ApplyRequest) (*sig
 	var ce *raftstore.CommandError
 	switch {
 	case errors.As(err, &ce):
-		return &sigilv1.ApplyResponse{ErrorCode: int32(ce.Code), ErrorMessage: ce.Msg, Index: idx}, nil
+		return &clusterpb.ApplyResponse{ErrorCode: int32(ce.Code), ErrorMessage: ce.Msg, Index: idx}, nil
 	case errors.Is(err, raft.ErrNotLeader):
 		return nil, status.Error(codes.FailedPrecondition, "not the leader")
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
@@ -123,10 +125,10 @@ func (a *clusterAPI) Apply(ctx context.Context, req *sigilv1.ApplyRequest) (*sig
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "result: %v", err)
 	}
-	return &sigilv1.ApplyResponse{Result: data, Index: idx}, nil
+	return &clusterpb.ApplyResponse{Result: data, Index: idx}, nil
 }
 
-func (a *clusterAPI) ReadIndex(ctx context.Context, _ *sigilv1.ReadIndexRequest) (*sigilv1.ReadIndexResponse, error) {
+func (a *clusterAPI) ReadIndex(ctx context.Context, _ *clusterpb.ReadIndexRequest) (*clusterpb.ReadIndexResponse, error) {
 	store, err := a.store()
 	if err != nil {
 		return nil, err
@@ -138,17 +140,17 @@ func (a *clusterAPI) ReadIndex(ctx context.Context, _ *sigilv1.ReadIndexRequest)
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
-	return &sigilv1.ReadIndexResponse{Index: idx}, nil
+	return &clusterpb.ReadIndexResponse{Index: idx}, nil
 }
 
-func (a *clusterAPI) Status(context.Context, *sigilv1.StatusRequest) (*sigilv1.StatusResponse, error) {
+func (a *clusterAPI) Status(context.Context, *clusterpb.StatusRequest) (*clusterpb.StatusResponse, error) {
 	store, err := a.store()
 	if err != nil {
 		return nil, err
 	}
 	st := store.Stats()
 	_, leader := store.Leader()
-	return &sigilv1.StatusResponse{
+	return &clusterpb.StatusResponse{
 		NodeName:     a.c.s.cfg.NodeName,
 		State:        st.State,
 		Term:         st.Term,
@@ -165,7 +167,7 @@ var errNoLeader = errors.New("no cluster leader")
 // service elsewhere. It retries while there is no leader or the leader
 // changes, as long as the command cannot have been committed (the leader
 // refused it before appending it, or it was never delivered).
-func (c *cluster) apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.CommandResult, error) {
+func (c *cluster) apply(ctx context.Context, cmd *storepb.Command) (*storepb.CommandResult, error) {
 	store := c.store.Load()
 	until := time.Now().Add(forwardRetryFor)
 	var last error
@@ -199,7 +201,7 @@ func (c *cluster) apply(ctx context.Context, cmd *sigilv1.Command) (*sigilv1.Com
 
 // forward sends cmd to the leader at addr. retry reports that the
 // command was certainly not committed and may be sent again.
-func (c *cluster) forward(ctx context.Context, addr string, cmd *sigilv1.Command) (*sigilv1.CommandResult, error, bool) {
+func (c *cluster) forward(ctx context.Context, addr string, cmd *storepb.Command) (*storepb.CommandResult, error, bool) {
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
 	if err != nil {
 		return nil, err, false
@@ -209,7 +211,7 @@ func (c *cluster) forward(ctx context.Context, addr string, cmd *sigilv1.Command
 		return nil, err, true
 	}
 	start := time.Now()
-	resp, err := sigilv1.NewClusterClient(cc).Apply(ctx, &sigilv1.ApplyRequest{Command: data})
+	resp, err := clusterpb.NewClusterClient(cc).Apply(ctx, &clusterpb.ApplyRequest{Command: data})
 	c.s.metrics.observeCommit(time.Since(start), err)
 	if err != nil {
 		switch status.Code(err) {
@@ -226,7 +228,7 @@ func (c *cluster) forward(ctx context.Context, addr string, cmd *sigilv1.Command
 	if resp.ErrorCode != 0 {
 		return nil, &raftstore.CommandError{Code: codes.Code(resp.ErrorCode), Msg: resp.ErrorMessage}, false
 	}
-	res := &sigilv1.CommandResult{}
+	res := &storepb.CommandResult{}
 	if err := proto.Unmarshal(resp.Result, res); err != nil {
 		return nil, fmt.Errorf("server: forwarded write result: %w", err), false
 	}
@@ -253,8 +255,8 @@ func (c *cluster) consistentRead(ctx context.Context) error {
 		} else if addr, _ := store.Leader(); addr != "" {
 			var cc *grpc.ClientConn
 			if cc, err = c.conn(addr); err == nil {
-				var resp *sigilv1.ReadIndexResponse
-				if resp, err = sigilv1.NewClusterClient(cc).ReadIndex(ctx, &sigilv1.ReadIndexRequest{}); err == nil {
+				var resp *clusterpb.ReadIndexResponse
+				if resp, err = clusterpb.NewClusterClient(cc).ReadIndex(ctx, &clusterpb.ReadIndexRequest{}); err == nil {
 					idx = resp.Index
 				}
 			}

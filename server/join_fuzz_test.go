@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/clusterpb"
 )
 
 // FuzzJoinSecret: ParseJoinSecret never panics, never accepts a secret
@@ -59,11 +59,11 @@ func FuzzJoinSecret(f *testing.F) {
 func FuzzJoinHello(f *testing.F) {
 	nonce := bytes.Repeat([]byte{7}, joinNonceLen)
 	for _, m := range []proto.Message{
-		&sigilv1.JoinChallengeRequest{NodeName: "s2", Nonce: nonce},
-		&sigilv1.JoinChallengeRequest{NodeName: "", Nonce: nonce},
-		&sigilv1.JoinChallengeRequest{NodeName: "a/b", Nonce: nonce[:5]},
-		&sigilv1.JoinRequest{NodeName: "s3", ClusterAddress: "127.0.0.1:1", Nonce: nonce, Proof: nonce},
-		&sigilv1.JoinRequest{NodeName: strings.Repeat("n", 300), Nonce: nonce},
+		&clusterpb.JoinChallengeRequest{NodeName: "s2", Nonce: nonce},
+		&clusterpb.JoinChallengeRequest{NodeName: "", Nonce: nonce},
+		&clusterpb.JoinChallengeRequest{NodeName: "a/b", Nonce: nonce[:5]},
+		&clusterpb.JoinRequest{NodeName: "s3", ClusterAddress: "127.0.0.1:1", Nonce: nonce, Proof: nonce},
+		&clusterpb.JoinRequest{NodeName: strings.Repeat("n", 300), Nonce: nonce},
 	} {
 		b, err := proto.Marshal(m)
 		if err != nil {
@@ -75,11 +75,11 @@ func FuzzJoinHello(f *testing.F) {
 	key := bytes.Repeat([]byte{1}, JoinSecretBytes)
 	ekm := bytes.Repeat([]byte{2}, 32)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var ch sigilv1.JoinChallengeRequest
+		var ch clusterpb.JoinChallengeRequest
 		if proto.Unmarshal(data, &ch) == nil {
 			checkFuzzedHello(t, ch.NodeName, ch.Nonce, key, ekm)
 		}
-		var jr sigilv1.JoinRequest
+		var jr clusterpb.JoinRequest
 		if proto.Unmarshal(data, &jr) == nil {
 			checkFuzzedHello(t, jr.NodeName, jr.Nonce, key, ekm)
 		}

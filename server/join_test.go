@@ -34,6 +34,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/clusterpb"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -487,17 +488,17 @@ func joinAttack(t *testing.T, ip, addr string, challenge bool) error {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	client := sigilv1.NewClusterClient(cc)
+	client := clusterpb.NewClusterClient(cc)
 	nonce := make([]byte, joinNonceLen)
 	rand.Read(nonce)
 	if challenge {
-		if _, err := client.JoinChallenge(ctx, &sigilv1.JoinChallengeRequest{NodeName: "evil", Nonce: nonce}); err != nil {
+		if _, err := client.JoinChallenge(ctx, &clusterpb.JoinChallengeRequest{NodeName: "evil", Nonce: nonce}); err != nil {
 			return err
 		}
 	}
 	proof := make([]byte, 32)
 	rand.Read(proof)
-	_, err = client.Join(ctx, &sigilv1.JoinRequest{NodeName: "evil", ClusterAddress: ip + ":1", Nonce: nonce, Proof: proof})
+	_, err = client.Join(ctx, &clusterpb.JoinRequest{NodeName: "evil", ClusterAddress: ip + ":1", Nonce: nonce, Proof: proof})
 	return err
 }
 
@@ -715,7 +716,7 @@ func TestJoinImpostorEndpointGetsNothingSecretDerived(t *testing.T) {
 			t.Fatalf("secret %d: the impostor received nothing (the test proves nothing)", i)
 		}
 		for _, m := range msgs {
-			if m.method != sigilv1.Cluster_JoinChallenge_FullMethodName {
+			if m.method != clusterpb.Cluster_JoinChallenge_FullMethodName {
 				t.Errorf("secret %d: the impostor received %s (%d bytes)", i, m.method, len(m.body))
 			}
 			f := joinFields(t, m.body)
@@ -744,7 +745,7 @@ func TestJoinImpostorEndpointGetsNothingSecretDerived(t *testing.T) {
 					rest = protowire.AppendBytes(protowire.AppendTag(rest, num, protowire.BytesType), v)
 				}
 			}
-			if m.method == sigilv1.Cluster_JoinChallenge_FullMethodName && len(f[2]) != joinNonceLen {
+			if m.method == clusterpb.Cluster_JoinChallenge_FullMethodName && len(f[2]) != joinNonceLen {
 				t.Errorf("secret %d: nonce of %d bytes", i, len(f[2]))
 			}
 			normalized[m.method+":"+string(rest)] = true

@@ -76,6 +76,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -168,7 +170,7 @@ func (c *cluster) joinGate(ctx context.Context, method string) (ekm []byte, src 
 
 // JoinChallenge proves to a joiner that this server holds the join secret
 // (step 2 of the join protocol).
-func (a *clusterAPI) JoinChallenge(ctx context.Context, req *sigilv1.JoinChallengeRequest) (*sigilv1.JoinChallengeResponse, error) {
+func (a *clusterAPI) JoinChallenge(ctx context.Context, req *clusterpb.JoinChallengeRequest) (*clusterpb.JoinChallengeResponse, error) {
 	c := a.c
 	ekm, _, err := c.joinGate(ctx, "JoinChallenge")
 	if err != nil {
@@ -177,14 +179,14 @@ func (a *clusterAPI) JoinChallenge(ctx context.Context, req *sigilv1.JoinChallen
 	if err := checkJoinHello(c.s.td, req.NodeName, req.Nonce); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "join challenge: %v", err)
 	}
-	return &sigilv1.JoinChallengeResponse{
+	return &clusterpb.JoinChallengeResponse{
 		Proof: joinMAC(c.secret, joinLabelResponder, c.s.td.Name(), req.NodeName, req.Nonce, ekm),
 	}, nil
 }
 
 // Join adds a server that proved that it holds the join secret (step 4 of
 // the join protocol).
-func (a *clusterAPI) Join(ctx context.Context, req *sigilv1.JoinRequest) (*sigilv1.JoinResponse, error) {
+func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clusterpb.JoinResponse, error) {
 	c := a.c
 	ekm, src, err := c.joinGate(ctx, "Join")
 	if err != nil {
@@ -201,7 +203,7 @@ func (a *clusterAPI) Join(ctx context.Context, req *sigilv1.JoinRequest) (*sigil
 			zap.String("source", src), zap.String("node_name", req.NodeName))
 		return nil, status.Error(codes.PermissionDenied, "join refused: wrong join secret")
 	}
-	resp := &sigilv1.JoinResponse{}
+	resp := &clusterpb.JoinResponse{}
 	store, err := a.store()
 	if err != nil {
 		return nil, err
@@ -226,7 +228,7 @@ func (a *clusterAPI) Join(ctx context.Context, req *sigilv1.JoinRequest) (*sigil
 	}
 	// The joiner's CA enters the bundle before the joiner becomes a voter
 	// (and so before any peer accepts an SVID it signed).
-	_, err = store.Apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PutX509Authority{PutX509Authority: &sigilv1.PutX509Authority{
+	_, err = store.Apply(ctx, &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 		TrustDomain: c.s.td.Name(),
 		Authority:   &sigilv1.X509Authority{Certificate: caCert.Raw, ServerId: identityAuthorityID(req.NodeName), NotAfter: caCert.NotAfter.Unix()},
 	}}})
@@ -291,13 +293,13 @@ func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
 		return err
 	}
 	defer cc.Close()
-	client := sigilv1.NewClusterClient(cc)
+	client := clusterpb.NewClusterClient(cc)
 	node, td := c.s.cfg.NodeName, c.s.td.Name()
 	nonce := make([]byte, joinNonceLen)
 	if _, err := rand.Read(nonce); err != nil {
 		return err
 	}
-	ch, err := client.JoinChallenge(ctx, &sigilv1.JoinChallengeRequest{NodeName: node, Nonce: nonce})
+	ch, err := client.JoinChallenge(ctx, &clusterpb.JoinChallengeRequest{NodeName: node, Nonce: nonce})
 	if status.Code(err) == codes.Unimplemented {
 		return errors.New("the server does not speak this version's join protocol (JoinChallenge); upgrade it first")
 	}
@@ -307,7 +309,7 @@ func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
 	if !hmac.Equal(ch.Proof, joinMAC(c.secret, joinLabelResponder, td, node, nonce, ekm)) {
 		return errJoinUnauthenticated
 	}
-	resp, err := client.Join(ctx, &sigilv1.JoinRequest{
+	resp, err := client.Join(ctx, &clusterpb.JoinRequest{
 		NodeName:       node,
 		ClusterAddress: c.advertise(),
 		CaCertificate:  c.idCA.Certificate().Raw,

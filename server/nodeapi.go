@@ -22,6 +22,7 @@ import (
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -134,7 +135,7 @@ func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigi
 		return nil, status.Errorf(codes.Internal, "minting agent SVID: %v", err)
 	}
 	leaf := chain[0]
-	_, err = s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_AttestNode{AttestNode: &sigilv1.AttestNode{
+	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_AttestNode{AttestNode: &storepb.AttestNode{
 		Node: &sigilv1.AttestedNode{
 			SpiffeId:        agentID.String(),
 			AttestationType: v.Name(),
@@ -170,7 +171,7 @@ func (n *nodeAPI) RenewAgent(ctx context.Context, req *sigilv1.RenewAgentRequest
 		return nil, status.Errorf(codes.Internal, "minting agent SVID: %v", err)
 	}
 	leaf := chain[0]
-	_, err = s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_UpdateNode{UpdateNode: &sigilv1.UpdateNode{
+	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_UpdateNode{UpdateNode: &storepb.UpdateNode{
 		SpiffeId:     agentID.String(),
 		CertSerial:   fmt.Sprintf("%x", leaf.SerialNumber),
 		CertNotAfter: leaf.NotAfter.Unix(),

@@ -9,6 +9,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // maxRotationSleep bounds the rotation loop's sleep, so that a jump of the
@@ -137,7 +138,7 @@ func (s *Server) republishAndPrune(ctx context.Context) time.Time {
 		note(a.ExpiresAt)
 	}
 	if expired {
-		_, err := s.apply(ctx, &sigilv1.Command{Op: &sigilv1.Command_PruneBundle{PruneBundle: &sigilv1.PruneBundle{TrustDomain: s.td.Name()}}})
+		_, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: s.td.Name()}}})
 		if err != nil {
 			s.log.Warn("pruning expired authorities from the bundle", zap.Error(err))
 			return s.cfg.Clock.Now().Add(5 * time.Second)

@@ -21,571 +21,6 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-type JoinRequest struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	NodeName string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
-	// cluster_address is the host:port of the joiner's cluster port.
-	ClusterAddress string `protobuf:"bytes,2,opt,name=cluster_address,json=clusterAddress,proto3" json:"cluster_address,omitempty"`
-	// ca_certificate is the joiner's CA certificate (DER); it enters the
-	// bundle before the joiner becomes a voter.
-	CaCertificate []byte `protobuf:"bytes,3,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
-	// proof is HMAC-SHA256(key, "sigil join v2 joiner" || trust domain ||
-	// node_name || nonce || EKM), where key is the decoded join secret and
-	// nonce the one of the JoinChallenge on this connection.
-	Proof []byte `protobuf:"bytes,4,opt,name=proof,proto3" json:"proof,omitempty"`
-	// nonce is the joiner's JoinChallenge nonce (32 bytes).
-	Nonce         []byte `protobuf:"bytes,5,opt,name=nonce,proto3" json:"nonce,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *JoinRequest) Reset() {
-	*x = JoinRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *JoinRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*JoinRequest) ProtoMessage() {}
-
-func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
-func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{0}
-}
-
-func (x *JoinRequest) GetNodeName() string {
-	if x != nil {
-		return x.NodeName
-	}
-	return ""
-}
-
-func (x *JoinRequest) GetClusterAddress() string {
-	if x != nil {
-		return x.ClusterAddress
-	}
-	return ""
-}
-
-func (x *JoinRequest) GetCaCertificate() []byte {
-	if x != nil {
-		return x.CaCertificate
-	}
-	return nil
-}
-
-func (x *JoinRequest) GetProof() []byte {
-	if x != nil {
-		return x.Proof
-	}
-	return nil
-}
-
-func (x *JoinRequest) GetNonce() []byte {
-	if x != nil {
-		return x.Nonce
-	}
-	return nil
-}
-
-type JoinResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// bundle is the trust domain's X.509 authorities (DER), including the
-	// joiner's CA.
-	Bundle   [][]byte `protobuf:"bytes,1,rep,name=bundle,proto3" json:"bundle,omitempty"`
-	LeaderId string   `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	// redirect, when set, is the cluster address of the leader: the server
-	// asked is not the leader and the joiner must ask there.
-	Redirect      string `protobuf:"bytes,4,opt,name=redirect,proto3" json:"redirect,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *JoinResponse) Reset() {
-	*x = JoinResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *JoinResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*JoinResponse) ProtoMessage() {}
-
-func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
-func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{1}
-}
-
-func (x *JoinResponse) GetBundle() [][]byte {
-	if x != nil {
-		return x.Bundle
-	}
-	return nil
-}
-
-func (x *JoinResponse) GetLeaderId() string {
-	if x != nil {
-		return x.LeaderId
-	}
-	return ""
-}
-
-func (x *JoinResponse) GetRedirect() string {
-	if x != nil {
-		return x.Redirect
-	}
-	return ""
-}
-
-type JoinChallengeRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// node_name is the joiner's node name.
-	NodeName string `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
-	// nonce is 32 fresh random bytes chosen by the joiner.
-	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *JoinChallengeRequest) Reset() {
-	*x = JoinChallengeRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *JoinChallengeRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*JoinChallengeRequest) ProtoMessage() {}
-
-func (x *JoinChallengeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use JoinChallengeRequest.ProtoReflect.Descriptor instead.
-func (*JoinChallengeRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *JoinChallengeRequest) GetNodeName() string {
-	if x != nil {
-		return x.NodeName
-	}
-	return ""
-}
-
-func (x *JoinChallengeRequest) GetNonce() []byte {
-	if x != nil {
-		return x.Nonce
-	}
-	return nil
-}
-
-type JoinChallengeResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// proof is HMAC-SHA256(key, "sigil join v2 responder" || trust domain ||
-	// node_name || nonce || EKM), where key is the decoded join secret and
-	// EKM the TLS exporter of this connection.
-	Proof         []byte `protobuf:"bytes,1,opt,name=proof,proto3" json:"proof,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *JoinChallengeResponse) Reset() {
-	*x = JoinChallengeResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *JoinChallengeResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*JoinChallengeResponse) ProtoMessage() {}
-
-func (x *JoinChallengeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use JoinChallengeResponse.ProtoReflect.Descriptor instead.
-func (*JoinChallengeResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *JoinChallengeResponse) GetProof() []byte {
-	if x != nil {
-		return x.Proof
-	}
-	return nil
-}
-
-type ApplyRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// command is a serialized sigil.v1.Command.
-	Command       []byte `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ApplyRequest) Reset() {
-	*x = ApplyRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ApplyRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ApplyRequest) ProtoMessage() {}
-
-func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
-func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *ApplyRequest) GetCommand() []byte {
-	if x != nil {
-		return x.Command
-	}
-	return nil
-}
-
-type ApplyResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// result is a serialized sigil.v1.CommandResult, when error_code is 0.
-	Result []byte `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
-	// error_code and error_message carry a command refused by the state
-	// machine (a gRPC code).
-	ErrorCode    int32  `protobuf:"varint,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorMessage string `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
-	// index is the Raft index of the command.
-	Index         uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ApplyResponse) Reset() {
-	*x = ApplyResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ApplyResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ApplyResponse) ProtoMessage() {}
-
-func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
-func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *ApplyResponse) GetResult() []byte {
-	if x != nil {
-		return x.Result
-	}
-	return nil
-}
-
-func (x *ApplyResponse) GetErrorCode() int32 {
-	if x != nil {
-		return x.ErrorCode
-	}
-	return 0
-}
-
-func (x *ApplyResponse) GetErrorMessage() string {
-	if x != nil {
-		return x.ErrorMessage
-	}
-	return ""
-}
-
-func (x *ApplyResponse) GetIndex() uint64 {
-	if x != nil {
-		return x.Index
-	}
-	return 0
-}
-
-type ReadIndexRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReadIndexRequest) Reset() {
-	*x = ReadIndexRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReadIndexRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReadIndexRequest) ProtoMessage() {}
-
-func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
-func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{6}
-}
-
-type ReadIndexResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReadIndexResponse) Reset() {
-	*x = ReadIndexResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReadIndexResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReadIndexResponse) ProtoMessage() {}
-
-func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
-func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *ReadIndexResponse) GetIndex() uint64 {
-	if x != nil {
-		return x.Index
-	}
-	return 0
-}
-
-type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *StatusRequest) Reset() {
-	*x = StatusRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *StatusRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*StatusRequest) ProtoMessage() {}
-
-func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
-func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{8}
-}
-
-type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeName      string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Term          uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	CommitIndex   uint64                 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	LeaderId      string                 `protobuf:"bytes,6,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *StatusResponse) Reset() {
-	*x = StatusResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *StatusResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*StatusResponse) ProtoMessage() {}
-
-func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
-func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *StatusResponse) GetNodeName() string {
-	if x != nil {
-		return x.NodeName
-	}
-	return ""
-}
-
-func (x *StatusResponse) GetState() string {
-	if x != nil {
-		return x.State
-	}
-	return ""
-}
-
-func (x *StatusResponse) GetTerm() uint64 {
-	if x != nil {
-		return x.Term
-	}
-	return 0
-}
-
-func (x *StatusResponse) GetAppliedIndex() uint64 {
-	if x != nil {
-		return x.AppliedIndex
-	}
-	return 0
-}
-
-func (x *StatusResponse) GetCommitIndex() uint64 {
-	if x != nil {
-		return x.CommitIndex
-	}
-	return 0
-}
-
-func (x *StatusResponse) GetLeaderId() string {
-	if x != nil {
-		return x.LeaderId
-	}
-	return ""
-}
-
 type Member struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	NodeName string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
@@ -603,7 +38,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +50,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +63,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Member) GetNodeName() string {
@@ -690,7 +125,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +137,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +150,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *MembersRequest) GetConsistent() bool {
@@ -737,7 +172,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[12]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +184,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[12]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +197,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -802,7 +237,7 @@ type ClusterJoinRequest struct {
 
 func (x *ClusterJoinRequest) Reset() {
 	*x = ClusterJoinRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[13]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +249,7 @@ func (x *ClusterJoinRequest) String() string {
 func (*ClusterJoinRequest) ProtoMessage() {}
 
 func (x *ClusterJoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[13]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +262,7 @@ func (x *ClusterJoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterJoinRequest.ProtoReflect.Descriptor instead.
 func (*ClusterJoinRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ClusterJoinRequest) GetAddresses() []string {
@@ -846,7 +281,7 @@ type ClusterJoinResponse struct {
 
 func (x *ClusterJoinResponse) Reset() {
 	*x = ClusterJoinResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[14]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +293,7 @@ func (x *ClusterJoinResponse) String() string {
 func (*ClusterJoinResponse) ProtoMessage() {}
 
 func (x *ClusterJoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[14]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +306,7 @@ func (x *ClusterJoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterJoinResponse.ProtoReflect.Descriptor instead.
 func (*ClusterJoinResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ClusterJoinResponse) GetLeaderId() string {
@@ -890,7 +325,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[15]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +337,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[15]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +350,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RemoveMemberRequest) GetNodeName() string {
@@ -933,7 +368,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[16]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +380,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[16]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +393,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 type TransferLeadershipRequest struct {
@@ -971,7 +406,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[17]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +418,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[17]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +431,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TransferLeadershipRequest) GetNodeName() string {
@@ -1015,7 +450,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[18]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +462,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[18]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +475,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -1058,7 +493,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[19]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +505,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[19]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +518,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 type SnapshotChunk struct {
@@ -1095,7 +530,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[20]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +542,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[20]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +555,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1141,7 +576,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_sigil_v1_cluster_proto_msgTypes[21]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +588,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_cluster_proto_msgTypes[21]
+	mi := &file_sigil_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +601,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_sigil_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SnapshotRestoreResponse) GetIndex() uint64 {
@@ -1194,41 +629,7 @@ var File_sigil_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16sigil/v1/cluster.proto\x12\bsigil.v1\"\xa6\x01\n" +
-	"\vJoinRequest\x12\x1b\n" +
-	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12'\n" +
-	"\x0fcluster_address\x18\x02 \x01(\tR\x0eclusterAddress\x12%\n" +
-	"\x0eca_certificate\x18\x03 \x01(\fR\rcaCertificate\x12\x14\n" +
-	"\x05proof\x18\x04 \x01(\fR\x05proof\x12\x14\n" +
-	"\x05nonce\x18\x05 \x01(\fR\x05nonce\"l\n" +
-	"\fJoinResponse\x12\x16\n" +
-	"\x06bundle\x18\x01 \x03(\fR\x06bundle\x12\x1b\n" +
-	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12\x1a\n" +
-	"\bredirect\x18\x04 \x01(\tR\bredirectJ\x04\b\x02\x10\x03R\x05proof\"I\n" +
-	"\x14JoinChallengeRequest\x12\x1b\n" +
-	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x14\n" +
-	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"-\n" +
-	"\x15JoinChallengeResponse\x12\x14\n" +
-	"\x05proof\x18\x01 \x01(\fR\x05proof\"(\n" +
-	"\fApplyRequest\x12\x18\n" +
-	"\acommand\x18\x01 \x01(\fR\acommand\"\x81\x01\n" +
-	"\rApplyResponse\x12\x16\n" +
-	"\x06result\x18\x01 \x01(\fR\x06result\x12\x1d\n" +
-	"\n" +
-	"error_code\x18\x02 \x01(\x05R\terrorCode\x12#\n" +
-	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\x12\x14\n" +
-	"\x05index\x18\x04 \x01(\x04R\x05index\"\x12\n" +
-	"\x10ReadIndexRequest\")\n" +
-	"\x11ReadIndexResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"\x0f\n" +
-	"\rStatusRequest\"\xbc\x01\n" +
-	"\x0eStatusResponse\x12\x1b\n" +
-	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\x12#\n" +
-	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\x12!\n" +
-	"\fcommit_index\x18\x05 \x01(\x04R\vcommitIndex\x12\x1b\n" +
-	"\tleader_id\x18\x06 \x01(\tR\bleaderId\"\xc8\x01\n" +
+	"\x16sigil/v1/cluster.proto\x12\bsigil.v1\"\xc8\x01\n" +
 	"\x06Member\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -1263,15 +664,7 @@ const file_sigil_v1_cluster_proto_rawDesc = "" +
 	"\x17SnapshotRestoreResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x18\n" +
 	"\aentries\x18\x02 \x01(\x05R\aentries\x12\x16\n" +
-	"\x06agents\x18\x03 \x01(\x05R\x06agents2\xff\x03\n" +
-	"\aCluster\x12P\n" +
-	"\rJoinChallenge\x12\x1e.sigil.v1.JoinChallengeRequest\x1a\x1f.sigil.v1.JoinChallengeResponse\x125\n" +
-	"\x04Join\x12\x15.sigil.v1.JoinRequest\x1a\x16.sigil.v1.JoinResponse\x128\n" +
-	"\x05Apply\x12\x16.sigil.v1.ApplyRequest\x1a\x17.sigil.v1.ApplyResponse\x12D\n" +
-	"\tReadIndex\x12\x1a.sigil.v1.ReadIndexRequest\x1a\x1b.sigil.v1.ReadIndexResponse\x12;\n" +
-	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse\x12M\n" +
-	"\fRemoveMember\x12\x1d.sigil.v1.RemoveMemberRequest\x1a\x1e.sigil.v1.RemoveMemberResponse\x12_\n" +
-	"\x12TransferLeadership\x12#.sigil.v1.TransferLeadershipRequest\x1a$.sigil.v1.TransferLeadershipResponse2\xde\x03\n" +
+	"\x06agents\x18\x03 \x01(\x05R\x06agents2\xde\x03\n" +
 	"\fClusterAdmin\x12>\n" +
 	"\aMembers\x12\x18.sigil.v1.MembersRequest\x1a\x19.sigil.v1.MembersResponse\x12C\n" +
 	"\x04Join\x12\x1c.sigil.v1.ClusterJoinRequest\x1a\x1d.sigil.v1.ClusterJoinResponse\x12M\n" +
@@ -1292,61 +685,37 @@ func file_sigil_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_cluster_proto_rawDescData
 }
 
-var file_sigil_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_sigil_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_sigil_v1_cluster_proto_goTypes = []any{
-	(*JoinRequest)(nil),                // 0: sigil.v1.JoinRequest
-	(*JoinResponse)(nil),               // 1: sigil.v1.JoinResponse
-	(*JoinChallengeRequest)(nil),       // 2: sigil.v1.JoinChallengeRequest
-	(*JoinChallengeResponse)(nil),      // 3: sigil.v1.JoinChallengeResponse
-	(*ApplyRequest)(nil),               // 4: sigil.v1.ApplyRequest
-	(*ApplyResponse)(nil),              // 5: sigil.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),           // 6: sigil.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),          // 7: sigil.v1.ReadIndexResponse
-	(*StatusRequest)(nil),              // 8: sigil.v1.StatusRequest
-	(*StatusResponse)(nil),             // 9: sigil.v1.StatusResponse
-	(*Member)(nil),                     // 10: sigil.v1.Member
-	(*MembersRequest)(nil),             // 11: sigil.v1.MembersRequest
-	(*MembersResponse)(nil),            // 12: sigil.v1.MembersResponse
-	(*ClusterJoinRequest)(nil),         // 13: sigil.v1.ClusterJoinRequest
-	(*ClusterJoinResponse)(nil),        // 14: sigil.v1.ClusterJoinResponse
-	(*RemoveMemberRequest)(nil),        // 15: sigil.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 16: sigil.v1.RemoveMemberResponse
-	(*TransferLeadershipRequest)(nil),  // 17: sigil.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 18: sigil.v1.TransferLeadershipResponse
-	(*SnapshotSaveRequest)(nil),        // 19: sigil.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),              // 20: sigil.v1.SnapshotChunk
-	(*SnapshotRestoreResponse)(nil),    // 21: sigil.v1.SnapshotRestoreResponse
+	(*Member)(nil),                     // 0: sigil.v1.Member
+	(*MembersRequest)(nil),             // 1: sigil.v1.MembersRequest
+	(*MembersResponse)(nil),            // 2: sigil.v1.MembersResponse
+	(*ClusterJoinRequest)(nil),         // 3: sigil.v1.ClusterJoinRequest
+	(*ClusterJoinResponse)(nil),        // 4: sigil.v1.ClusterJoinResponse
+	(*RemoveMemberRequest)(nil),        // 5: sigil.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 6: sigil.v1.RemoveMemberResponse
+	(*TransferLeadershipRequest)(nil),  // 7: sigil.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 8: sigil.v1.TransferLeadershipResponse
+	(*SnapshotSaveRequest)(nil),        // 9: sigil.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),              // 10: sigil.v1.SnapshotChunk
+	(*SnapshotRestoreResponse)(nil),    // 11: sigil.v1.SnapshotRestoreResponse
 }
 var file_sigil_v1_cluster_proto_depIdxs = []int32{
-	10, // 0: sigil.v1.MembersResponse.members:type_name -> sigil.v1.Member
-	2,  // 1: sigil.v1.Cluster.JoinChallenge:input_type -> sigil.v1.JoinChallengeRequest
-	0,  // 2: sigil.v1.Cluster.Join:input_type -> sigil.v1.JoinRequest
-	4,  // 3: sigil.v1.Cluster.Apply:input_type -> sigil.v1.ApplyRequest
-	6,  // 4: sigil.v1.Cluster.ReadIndex:input_type -> sigil.v1.ReadIndexRequest
-	8,  // 5: sigil.v1.Cluster.Status:input_type -> sigil.v1.StatusRequest
-	15, // 6: sigil.v1.Cluster.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
-	17, // 7: sigil.v1.Cluster.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
-	11, // 8: sigil.v1.ClusterAdmin.Members:input_type -> sigil.v1.MembersRequest
-	13, // 9: sigil.v1.ClusterAdmin.Join:input_type -> sigil.v1.ClusterJoinRequest
-	15, // 10: sigil.v1.ClusterAdmin.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
-	17, // 11: sigil.v1.ClusterAdmin.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
-	19, // 12: sigil.v1.ClusterAdmin.SnapshotSave:input_type -> sigil.v1.SnapshotSaveRequest
-	20, // 13: sigil.v1.ClusterAdmin.SnapshotRestore:input_type -> sigil.v1.SnapshotChunk
-	3,  // 14: sigil.v1.Cluster.JoinChallenge:output_type -> sigil.v1.JoinChallengeResponse
-	1,  // 15: sigil.v1.Cluster.Join:output_type -> sigil.v1.JoinResponse
-	5,  // 16: sigil.v1.Cluster.Apply:output_type -> sigil.v1.ApplyResponse
-	7,  // 17: sigil.v1.Cluster.ReadIndex:output_type -> sigil.v1.ReadIndexResponse
-	9,  // 18: sigil.v1.Cluster.Status:output_type -> sigil.v1.StatusResponse
-	16, // 19: sigil.v1.Cluster.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
-	18, // 20: sigil.v1.Cluster.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
-	12, // 21: sigil.v1.ClusterAdmin.Members:output_type -> sigil.v1.MembersResponse
-	14, // 22: sigil.v1.ClusterAdmin.Join:output_type -> sigil.v1.ClusterJoinResponse
-	16, // 23: sigil.v1.ClusterAdmin.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
-	18, // 24: sigil.v1.ClusterAdmin.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
-	20, // 25: sigil.v1.ClusterAdmin.SnapshotSave:output_type -> sigil.v1.SnapshotChunk
-	21, // 26: sigil.v1.ClusterAdmin.SnapshotRestore:output_type -> sigil.v1.SnapshotRestoreResponse
-	14, // [14:27] is the sub-list for method output_type
-	1,  // [1:14] is the sub-list for method input_type
+	0,  // 0: sigil.v1.MembersResponse.members:type_name -> sigil.v1.Member
+	1,  // 1: sigil.v1.ClusterAdmin.Members:input_type -> sigil.v1.MembersRequest
+	3,  // 2: sigil.v1.ClusterAdmin.Join:input_type -> sigil.v1.ClusterJoinRequest
+	5,  // 3: sigil.v1.ClusterAdmin.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
+	7,  // 4: sigil.v1.ClusterAdmin.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
+	9,  // 5: sigil.v1.ClusterAdmin.SnapshotSave:input_type -> sigil.v1.SnapshotSaveRequest
+	10, // 6: sigil.v1.ClusterAdmin.SnapshotRestore:input_type -> sigil.v1.SnapshotChunk
+	2,  // 7: sigil.v1.ClusterAdmin.Members:output_type -> sigil.v1.MembersResponse
+	4,  // 8: sigil.v1.ClusterAdmin.Join:output_type -> sigil.v1.ClusterJoinResponse
+	6,  // 9: sigil.v1.ClusterAdmin.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
+	8,  // 10: sigil.v1.ClusterAdmin.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
+	10, // 11: sigil.v1.ClusterAdmin.SnapshotSave:output_type -> sigil.v1.SnapshotChunk
+	11, // 12: sigil.v1.ClusterAdmin.SnapshotRestore:output_type -> sigil.v1.SnapshotRestoreResponse
+	7,  // [7:13] is the sub-list for method output_type
+	1,  // [1:7] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -1363,9 +732,9 @@ func file_sigil_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_cluster_proto_rawDesc), len(file_sigil_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   12,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   1,
 		},
 		GoTypes:           file_sigil_v1_cluster_proto_goTypes,
 		DependencyIndexes: file_sigil_v1_cluster_proto_depIdxs,

@@ -2,11 +2,16 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: sigil/v1/store.proto
+// source: storepb/store.proto
 
-package sigilv1
+// The Raft command and snapshot schema: what the replicated log and its
+// snapshots hold. It is internal to the servers (agents and admin clients
+// never see it) and lives apart from the public API in api/.
+
+package storepb
 
 import (
+	v1 "github.com/sigil-id/sigil/api/sigil/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -51,7 +56,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_sigil_v1_store_proto_msgTypes[0]
+	mi := &file_storepb_store_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -63,7 +68,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[0]
+	mi := &file_storepb_store_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -76,7 +81,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{0}
+	return file_storepb_store_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Command) GetTimestamp() int64 {
@@ -326,14 +331,14 @@ func (*Command_RetireServer) isCommand_Op() {}
 // the same spiffe_id, parent_id and selectors as an existing one is refused.
 type CreateEntries struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Entries       []*v1.Entry            `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateEntries) Reset() {
 	*x = CreateEntries{}
-	mi := &file_sigil_v1_store_proto_msgTypes[1]
+	mi := &file_storepb_store_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +350,7 @@ func (x *CreateEntries) String() string {
 func (*CreateEntries) ProtoMessage() {}
 
 func (x *CreateEntries) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[1]
+	mi := &file_storepb_store_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,10 +363,10 @@ func (x *CreateEntries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntries.ProtoReflect.Descriptor instead.
 func (*CreateEntries) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{1}
+	return file_storepb_store_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *CreateEntries) GetEntries() []*Entry {
+func (x *CreateEntries) GetEntries() []*v1.Entry {
 	if x != nil {
 		return x.Entries
 	}
@@ -371,14 +376,14 @@ func (x *CreateEntries) GetEntries() []*Entry {
 // UpdateEntries replaces existing entries, matched by id.
 type UpdateEntries struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Entries       []*v1.Entry            `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateEntries) Reset() {
 	*x = UpdateEntries{}
-	mi := &file_sigil_v1_store_proto_msgTypes[2]
+	mi := &file_storepb_store_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +395,7 @@ func (x *UpdateEntries) String() string {
 func (*UpdateEntries) ProtoMessage() {}
 
 func (x *UpdateEntries) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[2]
+	mi := &file_storepb_store_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,10 +408,10 @@ func (x *UpdateEntries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntries.ProtoReflect.Descriptor instead.
 func (*UpdateEntries) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{2}
+	return file_storepb_store_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *UpdateEntries) GetEntries() []*Entry {
+func (x *UpdateEntries) GetEntries() []*v1.Entry {
 	if x != nil {
 		return x.Entries
 	}
@@ -422,7 +427,7 @@ type DeleteEntries struct {
 
 func (x *DeleteEntries) Reset() {
 	*x = DeleteEntries{}
-	mi := &file_sigil_v1_store_proto_msgTypes[3]
+	mi := &file_storepb_store_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +439,7 @@ func (x *DeleteEntries) String() string {
 func (*DeleteEntries) ProtoMessage() {}
 
 func (x *DeleteEntries) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[3]
+	mi := &file_storepb_store_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +452,7 @@ func (x *DeleteEntries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntries.ProtoReflect.Descriptor instead.
 func (*DeleteEntries) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{3}
+	return file_storepb_store_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DeleteEntries) GetIds() []string {
@@ -459,14 +464,14 @@ func (x *DeleteEntries) GetIds() []string {
 
 type CreateJoinToken struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         *JoinToken             `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Token         *v1.JoinToken          `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateJoinToken) Reset() {
 	*x = CreateJoinToken{}
-	mi := &file_sigil_v1_store_proto_msgTypes[4]
+	mi := &file_storepb_store_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -478,7 +483,7 @@ func (x *CreateJoinToken) String() string {
 func (*CreateJoinToken) ProtoMessage() {}
 
 func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[4]
+	mi := &file_storepb_store_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -491,10 +496,10 @@ func (x *CreateJoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinToken.ProtoReflect.Descriptor instead.
 func (*CreateJoinToken) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{4}
+	return file_storepb_store_proto_rawDescGZIP(), []int{4}
 }
 
-func (x *CreateJoinToken) GetToken() *JoinToken {
+func (x *CreateJoinToken) GetToken() *v1.JoinToken {
 	if x != nil {
 		return x.Token
 	}
@@ -506,7 +511,7 @@ func (x *CreateJoinToken) GetToken() *JoinToken {
 // unknown or expired at timestamp, so a token works once.
 type AttestNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          *AttestedNode          `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Node          *v1.AttestedNode       `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	JoinTokenHash string                 `protobuf:"bytes,2,opt,name=join_token_hash,json=joinTokenHash,proto3" json:"join_token_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -514,7 +519,7 @@ type AttestNode struct {
 
 func (x *AttestNode) Reset() {
 	*x = AttestNode{}
-	mi := &file_sigil_v1_store_proto_msgTypes[5]
+	mi := &file_storepb_store_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +531,7 @@ func (x *AttestNode) String() string {
 func (*AttestNode) ProtoMessage() {}
 
 func (x *AttestNode) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[5]
+	mi := &file_storepb_store_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,10 +544,10 @@ func (x *AttestNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestNode.ProtoReflect.Descriptor instead.
 func (*AttestNode) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{5}
+	return file_storepb_store_proto_rawDescGZIP(), []int{5}
 }
 
-func (x *AttestNode) GetNode() *AttestedNode {
+func (x *AttestNode) GetNode() *v1.AttestedNode {
 	if x != nil {
 		return x.Node
 	}
@@ -568,7 +573,7 @@ type UpdateNode struct {
 
 func (x *UpdateNode) Reset() {
 	*x = UpdateNode{}
-	mi := &file_sigil_v1_store_proto_msgTypes[6]
+	mi := &file_storepb_store_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +585,7 @@ func (x *UpdateNode) String() string {
 func (*UpdateNode) ProtoMessage() {}
 
 func (x *UpdateNode) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[6]
+	mi := &file_storepb_store_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +598,7 @@ func (x *UpdateNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNode.ProtoReflect.Descriptor instead.
 func (*UpdateNode) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{6}
+	return file_storepb_store_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateNode) GetSpiffeId() string {
@@ -627,7 +632,7 @@ type EvictNode struct {
 
 func (x *EvictNode) Reset() {
 	*x = EvictNode{}
-	mi := &file_sigil_v1_store_proto_msgTypes[7]
+	mi := &file_storepb_store_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +644,7 @@ func (x *EvictNode) String() string {
 func (*EvictNode) ProtoMessage() {}
 
 func (x *EvictNode) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[7]
+	mi := &file_storepb_store_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +657,7 @@ func (x *EvictNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNode.ProtoReflect.Descriptor instead.
 func (*EvictNode) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{7}
+	return file_storepb_store_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EvictNode) GetSpiffeId() string {
@@ -673,7 +678,7 @@ type BanNode struct {
 
 func (x *BanNode) Reset() {
 	*x = BanNode{}
-	mi := &file_sigil_v1_store_proto_msgTypes[8]
+	mi := &file_storepb_store_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +690,7 @@ func (x *BanNode) String() string {
 func (*BanNode) ProtoMessage() {}
 
 func (x *BanNode) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[8]
+	mi := &file_storepb_store_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +703,7 @@ func (x *BanNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNode.ProtoReflect.Descriptor instead.
 func (*BanNode) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{8}
+	return file_storepb_store_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BanNode) GetSpiffeId() string {
@@ -713,14 +718,14 @@ func (x *BanNode) GetSpiffeId() string {
 type PutX509Authority struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	Authority     *X509Authority         `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
+	Authority     *v1.X509Authority      `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutX509Authority) Reset() {
 	*x = PutX509Authority{}
-	mi := &file_sigil_v1_store_proto_msgTypes[9]
+	mi := &file_storepb_store_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +737,7 @@ func (x *PutX509Authority) String() string {
 func (*PutX509Authority) ProtoMessage() {}
 
 func (x *PutX509Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[9]
+	mi := &file_storepb_store_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +750,7 @@ func (x *PutX509Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutX509Authority.ProtoReflect.Descriptor instead.
 func (*PutX509Authority) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{9}
+	return file_storepb_store_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutX509Authority) GetTrustDomain() string {
@@ -755,7 +760,7 @@ func (x *PutX509Authority) GetTrustDomain() string {
 	return ""
 }
 
-func (x *PutX509Authority) GetAuthority() *X509Authority {
+func (x *PutX509Authority) GetAuthority() *v1.X509Authority {
 	if x != nil {
 		return x.Authority
 	}
@@ -767,14 +772,14 @@ func (x *PutX509Authority) GetAuthority() *X509Authority {
 type PutJWTAuthority struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	Authority     *JWTAuthority          `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
+	Authority     *v1.JWTAuthority       `protobuf:"bytes,2,opt,name=authority,proto3" json:"authority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutJWTAuthority) Reset() {
 	*x = PutJWTAuthority{}
-	mi := &file_sigil_v1_store_proto_msgTypes[10]
+	mi := &file_storepb_store_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +791,7 @@ func (x *PutJWTAuthority) String() string {
 func (*PutJWTAuthority) ProtoMessage() {}
 
 func (x *PutJWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[10]
+	mi := &file_storepb_store_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +804,7 @@ func (x *PutJWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTAuthority.ProtoReflect.Descriptor instead.
 func (*PutJWTAuthority) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{10}
+	return file_storepb_store_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutJWTAuthority) GetTrustDomain() string {
@@ -809,7 +814,7 @@ func (x *PutJWTAuthority) GetTrustDomain() string {
 	return ""
 }
 
-func (x *PutJWTAuthority) GetAuthority() *JWTAuthority {
+func (x *PutJWTAuthority) GetAuthority() *v1.JWTAuthority {
 	if x != nil {
 		return x.Authority
 	}
@@ -830,7 +835,7 @@ type RemoveAuthority struct {
 
 func (x *RemoveAuthority) Reset() {
 	*x = RemoveAuthority{}
-	mi := &file_sigil_v1_store_proto_msgTypes[11]
+	mi := &file_storepb_store_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +847,7 @@ func (x *RemoveAuthority) String() string {
 func (*RemoveAuthority) ProtoMessage() {}
 
 func (x *RemoveAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[11]
+	mi := &file_storepb_store_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +860,7 @@ func (x *RemoveAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAuthority.ProtoReflect.Descriptor instead.
 func (*RemoveAuthority) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{11}
+	return file_storepb_store_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoveAuthority) GetTrustDomain() string {
@@ -890,7 +895,7 @@ type PruneBundle struct {
 
 func (x *PruneBundle) Reset() {
 	*x = PruneBundle{}
-	mi := &file_sigil_v1_store_proto_msgTypes[12]
+	mi := &file_storepb_store_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +907,7 @@ func (x *PruneBundle) String() string {
 func (*PruneBundle) ProtoMessage() {}
 
 func (x *PruneBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[12]
+	mi := &file_storepb_store_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +920,7 @@ func (x *PruneBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneBundle.ProtoReflect.Descriptor instead.
 func (*PruneBundle) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{12}
+	return file_storepb_store_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PruneBundle) GetTrustDomain() string {
@@ -942,7 +947,7 @@ type TaintAuthority struct {
 
 func (x *TaintAuthority) Reset() {
 	*x = TaintAuthority{}
-	mi := &file_sigil_v1_store_proto_msgTypes[13]
+	mi := &file_storepb_store_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +959,7 @@ func (x *TaintAuthority) String() string {
 func (*TaintAuthority) ProtoMessage() {}
 
 func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[13]
+	mi := &file_storepb_store_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +972,7 @@ func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthority.ProtoReflect.Descriptor instead.
 func (*TaintAuthority) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{13}
+	return file_storepb_store_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TaintAuthority) GetTrustDomain() string {
@@ -999,7 +1004,7 @@ type RevokeAuthority struct {
 
 func (x *RevokeAuthority) Reset() {
 	*x = RevokeAuthority{}
-	mi := &file_sigil_v1_store_proto_msgTypes[14]
+	mi := &file_storepb_store_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1016,7 @@ func (x *RevokeAuthority) String() string {
 func (*RevokeAuthority) ProtoMessage() {}
 
 func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[14]
+	mi := &file_storepb_store_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1029,7 @@ func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthority.ProtoReflect.Descriptor instead.
 func (*RevokeAuthority) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{14}
+	return file_storepb_store_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevokeAuthority) GetTrustDomain() string {
@@ -1068,7 +1073,7 @@ type RetireServer struct {
 
 func (x *RetireServer) Reset() {
 	*x = RetireServer{}
-	mi := &file_sigil_v1_store_proto_msgTypes[15]
+	mi := &file_storepb_store_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1085,7 @@ func (x *RetireServer) String() string {
 func (*RetireServer) ProtoMessage() {}
 
 func (x *RetireServer) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[15]
+	mi := &file_storepb_store_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1098,7 @@ func (x *RetireServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireServer.ProtoReflect.Descriptor instead.
 func (*RetireServer) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{15}
+	return file_storepb_store_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RetireServer) GetTrustDomain() string {
@@ -1136,7 +1141,7 @@ type RevokedAuthority struct {
 
 func (x *RevokedAuthority) Reset() {
 	*x = RevokedAuthority{}
-	mi := &file_sigil_v1_store_proto_msgTypes[16]
+	mi := &file_storepb_store_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1153,7 @@ func (x *RevokedAuthority) String() string {
 func (*RevokedAuthority) ProtoMessage() {}
 
 func (x *RevokedAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[16]
+	mi := &file_storepb_store_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1166,7 @@ func (x *RevokedAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedAuthority.ProtoReflect.Descriptor instead.
 func (*RevokedAuthority) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{16}
+	return file_storepb_store_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokedAuthority) GetKind() string {
@@ -1212,7 +1217,7 @@ type RemovedServer struct {
 
 func (x *RemovedServer) Reset() {
 	*x = RemovedServer{}
-	mi := &file_sigil_v1_store_proto_msgTypes[17]
+	mi := &file_storepb_store_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1229,7 @@ func (x *RemovedServer) String() string {
 func (*RemovedServer) ProtoMessage() {}
 
 func (x *RemovedServer) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[17]
+	mi := &file_storepb_store_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1242,7 @@ func (x *RemovedServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovedServer.ProtoReflect.Descriptor instead.
 func (*RemovedServer) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{17}
+	return file_storepb_store_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemovedServer) GetServerId() string {
@@ -1258,14 +1263,14 @@ func (x *RemovedServer) GetRemovedAt() int64 {
 // for batch commands.
 type CommandResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Results       []*Status              `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	Results       []*v1.Status           `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_sigil_v1_store_proto_msgTypes[18]
+	mi := &file_storepb_store_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1282,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[18]
+	mi := &file_storepb_store_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,10 +1295,10 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{18}
+	return file_storepb_store_proto_rawDescGZIP(), []int{18}
 }
 
-func (x *CommandResult) GetResults() []*Status {
+func (x *CommandResult) GetResults() []*v1.Status {
 	if x != nil {
 		return x.Results
 	}
@@ -1303,10 +1308,10 @@ func (x *CommandResult) GetResults() []*Status {
 // Snapshot is the whole replicated state, written by the FSM snapshot.
 type Snapshot struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
-	Entries            []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	Nodes              []*AttestedNode        `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	JoinTokens         []*JoinToken           `protobuf:"bytes,3,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
-	Bundles            []*Bundle              `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	Entries            []*v1.Entry            `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Nodes              []*v1.AttestedNode     `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	JoinTokens         []*v1.JoinToken        `protobuf:"bytes,3,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	Bundles            []*v1.Bundle           `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
 	RevokedAuthorities []*RevokedAuthority    `protobuf:"bytes,5,rep,name=revoked_authorities,json=revokedAuthorities,proto3" json:"revoked_authorities,omitempty"`
 	RemovedServers     []*RemovedServer       `protobuf:"bytes,6,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
 	unknownFields      protoimpl.UnknownFields
@@ -1315,7 +1320,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_sigil_v1_store_proto_msgTypes[19]
+	mi := &file_storepb_store_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1332,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_store_proto_msgTypes[19]
+	mi := &file_storepb_store_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,31 +1345,31 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_store_proto_rawDescGZIP(), []int{19}
+	return file_storepb_store_proto_rawDescGZIP(), []int{19}
 }
 
-func (x *Snapshot) GetEntries() []*Entry {
+func (x *Snapshot) GetEntries() []*v1.Entry {
 	if x != nil {
 		return x.Entries
 	}
 	return nil
 }
 
-func (x *Snapshot) GetNodes() []*AttestedNode {
+func (x *Snapshot) GetNodes() []*v1.AttestedNode {
 	if x != nil {
 		return x.Nodes
 	}
 	return nil
 }
 
-func (x *Snapshot) GetJoinTokens() []*JoinToken {
+func (x *Snapshot) GetJoinTokens() []*v1.JoinToken {
 	if x != nil {
 		return x.JoinTokens
 	}
 	return nil
 }
 
-func (x *Snapshot) GetBundles() []*Bundle {
+func (x *Snapshot) GetBundles() []*v1.Bundle {
 	if x != nil {
 		return x.Bundles
 	}
@@ -1385,32 +1390,32 @@ func (x *Snapshot) GetRemovedServers() []*RemovedServer {
 	return nil
 }
 
-var File_sigil_v1_store_proto protoreflect.FileDescriptor
+var File_storepb_store_proto protoreflect.FileDescriptor
 
-const file_sigil_v1_store_proto_rawDesc = "" +
+const file_storepb_store_proto_rawDesc = "" +
 	"\n" +
-	"\x14sigil/v1/store.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"\xf9\a\n" +
+	"\x13storepb/store.proto\x12\x0esigil.store.v1\x1a\x14sigil/v1/types.proto\"\xd3\b\n" +
 	"\aCommand\x12\x1c\n" +
-	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12@\n" +
+	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12F\n" +
 	"\x0ecreate_entries\x18\n" +
-	" \x01(\v2\x17.sigil.v1.CreateEntriesH\x00R\rcreateEntries\x12@\n" +
-	"\x0eupdate_entries\x18\v \x01(\v2\x17.sigil.v1.UpdateEntriesH\x00R\rupdateEntries\x12@\n" +
-	"\x0edelete_entries\x18\f \x01(\v2\x17.sigil.v1.DeleteEntriesH\x00R\rdeleteEntries\x12G\n" +
-	"\x11create_join_token\x18\r \x01(\v2\x19.sigil.v1.CreateJoinTokenH\x00R\x0fcreateJoinToken\x127\n" +
-	"\vattest_node\x18\x0e \x01(\v2\x14.sigil.v1.AttestNodeH\x00R\n" +
-	"attestNode\x127\n" +
-	"\vupdate_node\x18\x0f \x01(\v2\x14.sigil.v1.UpdateNodeH\x00R\n" +
-	"updateNode\x124\n" +
+	" \x01(\v2\x1d.sigil.store.v1.CreateEntriesH\x00R\rcreateEntries\x12F\n" +
+	"\x0eupdate_entries\x18\v \x01(\v2\x1d.sigil.store.v1.UpdateEntriesH\x00R\rupdateEntries\x12F\n" +
+	"\x0edelete_entries\x18\f \x01(\v2\x1d.sigil.store.v1.DeleteEntriesH\x00R\rdeleteEntries\x12M\n" +
+	"\x11create_join_token\x18\r \x01(\v2\x1f.sigil.store.v1.CreateJoinTokenH\x00R\x0fcreateJoinToken\x12=\n" +
+	"\vattest_node\x18\x0e \x01(\v2\x1a.sigil.store.v1.AttestNodeH\x00R\n" +
+	"attestNode\x12=\n" +
+	"\vupdate_node\x18\x0f \x01(\v2\x1a.sigil.store.v1.UpdateNodeH\x00R\n" +
+	"updateNode\x12:\n" +
 	"\n" +
-	"evict_node\x18\x10 \x01(\v2\x13.sigil.v1.EvictNodeH\x00R\tevictNode\x12.\n" +
-	"\bban_node\x18\x11 \x01(\v2\x11.sigil.v1.BanNodeH\x00R\abanNode\x12J\n" +
-	"\x12put_x509_authority\x18\x12 \x01(\v2\x1a.sigil.v1.PutX509AuthorityH\x00R\x10putX509Authority\x12G\n" +
-	"\x11put_jwt_authority\x18\x13 \x01(\v2\x19.sigil.v1.PutJWTAuthorityH\x00R\x0fputJwtAuthority\x12F\n" +
-	"\x10remove_authority\x18\x14 \x01(\v2\x19.sigil.v1.RemoveAuthorityH\x00R\x0fremoveAuthority\x12:\n" +
-	"\fprune_bundle\x18\x15 \x01(\v2\x15.sigil.v1.PruneBundleH\x00R\vpruneBundle\x12C\n" +
-	"\x0ftaint_authority\x18\x16 \x01(\v2\x18.sigil.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12F\n" +
-	"\x10revoke_authority\x18\x17 \x01(\v2\x19.sigil.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12=\n" +
-	"\rretire_server\x18\x18 \x01(\v2\x16.sigil.v1.RetireServerH\x00R\fretireServerB\x04\n" +
+	"evict_node\x18\x10 \x01(\v2\x19.sigil.store.v1.EvictNodeH\x00R\tevictNode\x124\n" +
+	"\bban_node\x18\x11 \x01(\v2\x17.sigil.store.v1.BanNodeH\x00R\abanNode\x12P\n" +
+	"\x12put_x509_authority\x18\x12 \x01(\v2 .sigil.store.v1.PutX509AuthorityH\x00R\x10putX509Authority\x12M\n" +
+	"\x11put_jwt_authority\x18\x13 \x01(\v2\x1f.sigil.store.v1.PutJWTAuthorityH\x00R\x0fputJwtAuthority\x12L\n" +
+	"\x10remove_authority\x18\x14 \x01(\v2\x1f.sigil.store.v1.RemoveAuthorityH\x00R\x0fremoveAuthority\x12@\n" +
+	"\fprune_bundle\x18\x15 \x01(\v2\x1b.sigil.store.v1.PruneBundleH\x00R\vpruneBundle\x12I\n" +
+	"\x0ftaint_authority\x18\x16 \x01(\v2\x1e.sigil.store.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
+	"\x10revoke_authority\x18\x17 \x01(\v2\x1f.sigil.store.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12C\n" +
+	"\rretire_server\x18\x18 \x01(\v2\x1c.sigil.store.v1.RetireServerH\x00R\fretireServerB\x04\n" +
 	"\x02op\":\n" +
 	"\rCreateEntries\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\":\n" +
@@ -1469,87 +1474,87 @@ const file_sigil_v1_store_proto_rawDesc = "" +
 	"\n" +
 	"removed_at\x18\x02 \x01(\x03R\tremovedAt\";\n" +
 	"\rCommandResult\x12*\n" +
-	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xd4\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xe0\x02\n" +
 	"\bSnapshot\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\x12,\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x16.sigil.v1.AttestedNodeR\x05nodes\x124\n" +
 	"\vjoin_tokens\x18\x03 \x03(\v2\x13.sigil.v1.JoinTokenR\n" +
 	"joinTokens\x12*\n" +
-	"\abundles\x18\x04 \x03(\v2\x10.sigil.v1.BundleR\abundles\x12K\n" +
-	"\x13revoked_authorities\x18\x05 \x03(\v2\x1a.sigil.v1.RevokedAuthorityR\x12revokedAuthorities\x12@\n" +
-	"\x0fremoved_servers\x18\x06 \x03(\v2\x17.sigil.v1.RemovedServerR\x0eremovedServersB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
+	"\abundles\x18\x04 \x03(\v2\x10.sigil.v1.BundleR\abundles\x12Q\n" +
+	"\x13revoked_authorities\x18\x05 \x03(\v2 .sigil.store.v1.RevokedAuthorityR\x12revokedAuthorities\x12F\n" +
+	"\x0fremoved_servers\x18\x06 \x03(\v2\x1d.sigil.store.v1.RemovedServerR\x0eremovedServersB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
 
 var (
-	file_sigil_v1_store_proto_rawDescOnce sync.Once
-	file_sigil_v1_store_proto_rawDescData []byte
+	file_storepb_store_proto_rawDescOnce sync.Once
+	file_storepb_store_proto_rawDescData []byte
 )
 
-func file_sigil_v1_store_proto_rawDescGZIP() []byte {
-	file_sigil_v1_store_proto_rawDescOnce.Do(func() {
-		file_sigil_v1_store_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_sigil_v1_store_proto_rawDesc), len(file_sigil_v1_store_proto_rawDesc)))
+func file_storepb_store_proto_rawDescGZIP() []byte {
+	file_storepb_store_proto_rawDescOnce.Do(func() {
+		file_storepb_store_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)))
 	})
-	return file_sigil_v1_store_proto_rawDescData
+	return file_storepb_store_proto_rawDescData
 }
 
-var file_sigil_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
-var file_sigil_v1_store_proto_goTypes = []any{
-	(*Command)(nil),          // 0: sigil.v1.Command
-	(*CreateEntries)(nil),    // 1: sigil.v1.CreateEntries
-	(*UpdateEntries)(nil),    // 2: sigil.v1.UpdateEntries
-	(*DeleteEntries)(nil),    // 3: sigil.v1.DeleteEntries
-	(*CreateJoinToken)(nil),  // 4: sigil.v1.CreateJoinToken
-	(*AttestNode)(nil),       // 5: sigil.v1.AttestNode
-	(*UpdateNode)(nil),       // 6: sigil.v1.UpdateNode
-	(*EvictNode)(nil),        // 7: sigil.v1.EvictNode
-	(*BanNode)(nil),          // 8: sigil.v1.BanNode
-	(*PutX509Authority)(nil), // 9: sigil.v1.PutX509Authority
-	(*PutJWTAuthority)(nil),  // 10: sigil.v1.PutJWTAuthority
-	(*RemoveAuthority)(nil),  // 11: sigil.v1.RemoveAuthority
-	(*PruneBundle)(nil),      // 12: sigil.v1.PruneBundle
-	(*TaintAuthority)(nil),   // 13: sigil.v1.TaintAuthority
-	(*RevokeAuthority)(nil),  // 14: sigil.v1.RevokeAuthority
-	(*RetireServer)(nil),     // 15: sigil.v1.RetireServer
-	(*RevokedAuthority)(nil), // 16: sigil.v1.RevokedAuthority
-	(*RemovedServer)(nil),    // 17: sigil.v1.RemovedServer
-	(*CommandResult)(nil),    // 18: sigil.v1.CommandResult
-	(*Snapshot)(nil),         // 19: sigil.v1.Snapshot
-	(*Entry)(nil),            // 20: sigil.v1.Entry
-	(*JoinToken)(nil),        // 21: sigil.v1.JoinToken
-	(*AttestedNode)(nil),     // 22: sigil.v1.AttestedNode
-	(*X509Authority)(nil),    // 23: sigil.v1.X509Authority
-	(*JWTAuthority)(nil),     // 24: sigil.v1.JWTAuthority
-	(*Status)(nil),           // 25: sigil.v1.Status
-	(*Bundle)(nil),           // 26: sigil.v1.Bundle
+var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_storepb_store_proto_goTypes = []any{
+	(*Command)(nil),          // 0: sigil.store.v1.Command
+	(*CreateEntries)(nil),    // 1: sigil.store.v1.CreateEntries
+	(*UpdateEntries)(nil),    // 2: sigil.store.v1.UpdateEntries
+	(*DeleteEntries)(nil),    // 3: sigil.store.v1.DeleteEntries
+	(*CreateJoinToken)(nil),  // 4: sigil.store.v1.CreateJoinToken
+	(*AttestNode)(nil),       // 5: sigil.store.v1.AttestNode
+	(*UpdateNode)(nil),       // 6: sigil.store.v1.UpdateNode
+	(*EvictNode)(nil),        // 7: sigil.store.v1.EvictNode
+	(*BanNode)(nil),          // 8: sigil.store.v1.BanNode
+	(*PutX509Authority)(nil), // 9: sigil.store.v1.PutX509Authority
+	(*PutJWTAuthority)(nil),  // 10: sigil.store.v1.PutJWTAuthority
+	(*RemoveAuthority)(nil),  // 11: sigil.store.v1.RemoveAuthority
+	(*PruneBundle)(nil),      // 12: sigil.store.v1.PruneBundle
+	(*TaintAuthority)(nil),   // 13: sigil.store.v1.TaintAuthority
+	(*RevokeAuthority)(nil),  // 14: sigil.store.v1.RevokeAuthority
+	(*RetireServer)(nil),     // 15: sigil.store.v1.RetireServer
+	(*RevokedAuthority)(nil), // 16: sigil.store.v1.RevokedAuthority
+	(*RemovedServer)(nil),    // 17: sigil.store.v1.RemovedServer
+	(*CommandResult)(nil),    // 18: sigil.store.v1.CommandResult
+	(*Snapshot)(nil),         // 19: sigil.store.v1.Snapshot
+	(*v1.Entry)(nil),         // 20: sigil.v1.Entry
+	(*v1.JoinToken)(nil),     // 21: sigil.v1.JoinToken
+	(*v1.AttestedNode)(nil),  // 22: sigil.v1.AttestedNode
+	(*v1.X509Authority)(nil), // 23: sigil.v1.X509Authority
+	(*v1.JWTAuthority)(nil),  // 24: sigil.v1.JWTAuthority
+	(*v1.Status)(nil),        // 25: sigil.v1.Status
+	(*v1.Bundle)(nil),        // 26: sigil.v1.Bundle
 }
-var file_sigil_v1_store_proto_depIdxs = []int32{
-	1,  // 0: sigil.v1.Command.create_entries:type_name -> sigil.v1.CreateEntries
-	2,  // 1: sigil.v1.Command.update_entries:type_name -> sigil.v1.UpdateEntries
-	3,  // 2: sigil.v1.Command.delete_entries:type_name -> sigil.v1.DeleteEntries
-	4,  // 3: sigil.v1.Command.create_join_token:type_name -> sigil.v1.CreateJoinToken
-	5,  // 4: sigil.v1.Command.attest_node:type_name -> sigil.v1.AttestNode
-	6,  // 5: sigil.v1.Command.update_node:type_name -> sigil.v1.UpdateNode
-	7,  // 6: sigil.v1.Command.evict_node:type_name -> sigil.v1.EvictNode
-	8,  // 7: sigil.v1.Command.ban_node:type_name -> sigil.v1.BanNode
-	9,  // 8: sigil.v1.Command.put_x509_authority:type_name -> sigil.v1.PutX509Authority
-	10, // 9: sigil.v1.Command.put_jwt_authority:type_name -> sigil.v1.PutJWTAuthority
-	11, // 10: sigil.v1.Command.remove_authority:type_name -> sigil.v1.RemoveAuthority
-	12, // 11: sigil.v1.Command.prune_bundle:type_name -> sigil.v1.PruneBundle
-	13, // 12: sigil.v1.Command.taint_authority:type_name -> sigil.v1.TaintAuthority
-	14, // 13: sigil.v1.Command.revoke_authority:type_name -> sigil.v1.RevokeAuthority
-	15, // 14: sigil.v1.Command.retire_server:type_name -> sigil.v1.RetireServer
-	20, // 15: sigil.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	20, // 16: sigil.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	21, // 17: sigil.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	22, // 18: sigil.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
-	23, // 19: sigil.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	24, // 20: sigil.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
-	25, // 21: sigil.v1.CommandResult.results:type_name -> sigil.v1.Status
-	20, // 22: sigil.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	22, // 23: sigil.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	21, // 24: sigil.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	26, // 25: sigil.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	16, // 26: sigil.v1.Snapshot.revoked_authorities:type_name -> sigil.v1.RevokedAuthority
-	17, // 27: sigil.v1.Snapshot.removed_servers:type_name -> sigil.v1.RemovedServer
+var file_storepb_store_proto_depIdxs = []int32{
+	1,  // 0: sigil.store.v1.Command.create_entries:type_name -> sigil.store.v1.CreateEntries
+	2,  // 1: sigil.store.v1.Command.update_entries:type_name -> sigil.store.v1.UpdateEntries
+	3,  // 2: sigil.store.v1.Command.delete_entries:type_name -> sigil.store.v1.DeleteEntries
+	4,  // 3: sigil.store.v1.Command.create_join_token:type_name -> sigil.store.v1.CreateJoinToken
+	5,  // 4: sigil.store.v1.Command.attest_node:type_name -> sigil.store.v1.AttestNode
+	6,  // 5: sigil.store.v1.Command.update_node:type_name -> sigil.store.v1.UpdateNode
+	7,  // 6: sigil.store.v1.Command.evict_node:type_name -> sigil.store.v1.EvictNode
+	8,  // 7: sigil.store.v1.Command.ban_node:type_name -> sigil.store.v1.BanNode
+	9,  // 8: sigil.store.v1.Command.put_x509_authority:type_name -> sigil.store.v1.PutX509Authority
+	10, // 9: sigil.store.v1.Command.put_jwt_authority:type_name -> sigil.store.v1.PutJWTAuthority
+	11, // 10: sigil.store.v1.Command.remove_authority:type_name -> sigil.store.v1.RemoveAuthority
+	12, // 11: sigil.store.v1.Command.prune_bundle:type_name -> sigil.store.v1.PruneBundle
+	13, // 12: sigil.store.v1.Command.taint_authority:type_name -> sigil.store.v1.TaintAuthority
+	14, // 13: sigil.store.v1.Command.revoke_authority:type_name -> sigil.store.v1.RevokeAuthority
+	15, // 14: sigil.store.v1.Command.retire_server:type_name -> sigil.store.v1.RetireServer
+	20, // 15: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	20, // 16: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	21, // 17: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	22, // 18: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	23, // 19: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	24, // 20: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	25, // 21: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
+	20, // 22: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	22, // 23: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	21, // 24: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	26, // 25: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	16, // 26: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
+	17, // 27: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
 	28, // [28:28] is the sub-list for method output_type
 	28, // [28:28] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
@@ -1557,13 +1562,12 @@ var file_sigil_v1_store_proto_depIdxs = []int32{
 	0,  // [0:28] is the sub-list for field type_name
 }
 
-func init() { file_sigil_v1_store_proto_init() }
-func file_sigil_v1_store_proto_init() {
-	if File_sigil_v1_store_proto != nil {
+func init() { file_storepb_store_proto_init() }
+func file_storepb_store_proto_init() {
+	if File_storepb_store_proto != nil {
 		return
 	}
-	file_sigil_v1_types_proto_init()
-	file_sigil_v1_store_proto_msgTypes[0].OneofWrappers = []any{
+	file_storepb_store_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_CreateEntries)(nil),
 		(*Command_UpdateEntries)(nil),
 		(*Command_DeleteEntries)(nil),
@@ -1584,17 +1588,17 @@ func file_sigil_v1_store_proto_init() {
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_store_proto_rawDesc), len(file_sigil_v1_store_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
-		GoTypes:           file_sigil_v1_store_proto_goTypes,
-		DependencyIndexes: file_sigil_v1_store_proto_depIdxs,
-		MessageInfos:      file_sigil_v1_store_proto_msgTypes,
+		GoTypes:           file_storepb_store_proto_goTypes,
+		DependencyIndexes: file_storepb_store_proto_depIdxs,
+		MessageInfos:      file_storepb_store_proto_msgTypes,
 	}.Build()
-	File_sigil_v1_store_proto = out.File
-	file_sigil_v1_store_proto_goTypes = nil
-	file_sigil_v1_store_proto_depIdxs = nil
+	File_storepb_store_proto = out.File
+	file_storepb_store_proto_goTypes = nil
+	file_storepb_store_proto_depIdxs = nil
 }
