@@ -43,7 +43,9 @@ type nodeLimits struct {
 	// agent's answers and the verifier's challenges).
 	MaxAttestRequestSize int
 	// MaxAttestRounds bounds the challenge rounds of one attestation on
-	// AttestStream (the unary Attest allows none).
+	// AttestStream (the unary Attest allows none). A caller without an
+	// agent SVID is also held to UnauthReadBudget, which its request and
+	// answers must fit in.
 	MaxAttestRounds int
 	// MaxAttestDuration bounds one attestation on AttestStream, from the
 	// call's start to the verifier's decision: a caller that stalls
