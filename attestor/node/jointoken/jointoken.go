@@ -163,4 +163,3 @@ func (attestor) SpentMessage() string { return SpentMessage }
 // its join token cannot be used again, and what to do.
 const SpentMessage = "the join_token attestor cannot re-attest with the token it already spent (a join token works once); " +
 	"generate a new token with `sigil token generate`, put it in the agent's configuration and restart it"
-
