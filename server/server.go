@@ -86,7 +86,7 @@ func New(cfg Config) (*Server, error) {
 	// Verifiers check evidence against the local store before the
 	// server signs or writes anything.
 	s.verifiers = map[string]node.Verifier{
-		jointoken.Name: jointoken.NewVerifier(nodeState{s}, cfg.Clock),
+		jointoken.Name: jointoken.NewVerifier(),
 	}
 	return s, nil
 }
