@@ -10,29 +10,51 @@
 package eventually
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 )
 
-// Tick is the interval between two checks.
-const Tick = 10 * time.Millisecond
+// The interval between two checks starts at FirstTick and doubles up to
+// MaxTick: a condition that holds soon is seen soon, and a long wait
+// (a process starting, an election) does not load the host.
+const (
+	FirstTick = 10 * time.Millisecond
+	MaxTick   = 100 * time.Millisecond
+)
 
-// Wait calls check every Tick until it returns nil and returns nil, or,
-// once timeout has passed, returns check's last error. check is called
-// at least once, and once more after the deadline, so a slow host that
-// oversleeps still gets a final look.
+// Stop marks err as final: Wait returns it at once instead of checking
+// again (the process that should make the condition true has exited).
+func Stop(err error) error { return stopError{err} }
+
+type stopError struct{ err error }
+
+func (e stopError) Error() string { return e.err.Error() }
+func (e stopError) Unwrap() error { return e.err }
+
+// Wait calls check until it returns nil and returns nil, or, once
+// timeout has passed, returns check's last error. check is called at
+// least once, and once more after the deadline, so a slow host that
+// oversleeps still gets a final look. An error made with Stop ends the
+// wait at once and is returned as it is.
 func Wait(timeout time.Duration, check func() error) error {
 	deadline := time.Now().Add(timeout)
+	tick := FirstTick
 	for {
 		err := check()
 		if err == nil {
 			return nil
 		}
+		var stop stopError
+		if errors.As(err, &stop) {
+			return stop.err
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("still failing after %v: %w", timeout, err)
 		}
-		time.Sleep(Tick)
+		time.Sleep(tick)
+		tick = min(2*tick, MaxTick)
 	}
 }
 

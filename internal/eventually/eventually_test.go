@@ -40,6 +40,24 @@ func TestWaitReportsTheLastFailure(t *testing.T) {
 	}
 }
 
+func TestStopEndsTheWaitAtOnce(t *testing.T) {
+	exited := errors.New("server exited")
+	n := 0
+	err := Wait(10*time.Second, func() error {
+		n++
+		if n == 2 {
+			return Stop(fmt.Errorf("before it was ready: %w", exited))
+		}
+		return errors.New("not ready")
+	})
+	if err == nil || err.Error() != "before it was ready: server exited" || !errors.Is(err, exited) {
+		t.Fatalf("err %v, want the Stop error as it is", err)
+	}
+	if n != 2 {
+		t.Fatalf("%d checks, want 2: none after the Stop", n)
+	}
+}
+
 // recorder is a testing.TB that records Fatal instead of stopping.
 type recorder struct {
 	testing.TB
