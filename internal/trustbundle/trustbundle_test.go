@@ -1,53 +1,28 @@
 package trustbundle
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/mtls/mtlstest"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
-func newCA(t *testing.T, name string) *x509.Certificate {
+// newCA returns a fresh self-signed CA certificate.
+func newCA(t *testing.T) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Unix(1_700_000_000, 0),
-		NotAfter:              time.Unix(1_800_000_000, 0),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return mtlstest.NewCA("example.org").Cert()
 }
 
 func TestFromProto(t *testing.T) {
-	a, b := newCA(t, "a"), newCA(t, "b")
+	a, b := newCA(t), newCA(t)
 	auths := []*sigilv1.X509Authority{{Certificate: a.Raw}, {Certificate: b.Raw}}
 
 	got, err := FromProto(td, &sigilv1.Bundle{TrustDomain: "example.org", X509Authorities: auths})
@@ -84,7 +59,7 @@ func TestFromProto(t *testing.T) {
 }
 
 func TestPEMRoundTrip(t *testing.T) {
-	a, b := newCA(t, "a"), newCA(t, "b")
+	a, b := newCA(t), newCA(t)
 	data := EncodePEM([]*x509.Certificate{a, b})
 	if n := strings.Count(string(data), "-----BEGIN CERTIFICATE-----"); n != 2 {
 		t.Fatalf("%d CERTIFICATE blocks, want 2", n)
@@ -101,7 +76,7 @@ func TestPEMRoundTrip(t *testing.T) {
 }
 
 func TestParsePEMErrors(t *testing.T) {
-	a := newCA(t, "a")
+	a := newCA(t)
 	bad := append(EncodePEM([]*x509.Certificate{a}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")})...)
 	for _, tc := range []struct {
 		name string
