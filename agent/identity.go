@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,6 +18,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/sigil-id/sigil/internal/atomicfile"
+	"github.com/sigil-id/sigil/internal/trustbundle"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -103,37 +104,12 @@ func parseDERChain(ders [][]byte) ([]*x509.Certificate, error) {
 	return chain, nil
 }
 
-func encodeCerts(certs []*x509.Certificate) []byte {
-	var buf bytes.Buffer
-	for _, c := range certs {
-		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return buf.Bytes()
-}
-
-// parsePEMCerts parses every CERTIFICATE block of data.
-func parsePEMCerts(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, cert)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no certificates found")
-	}
-	return certs, nil
-}
+// encodeCerts and parsePEMCerts are the PEM forms of the agent's files
+// (agent-svid.pem, bundle.pem, the bootstrap trust bundle).
+var (
+	encodeCerts   = trustbundle.EncodePEM
+	parsePEMCerts = trustbundle.ParsePEM
+)
 
 func encodeKey(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
@@ -159,73 +135,6 @@ func parseKey(data []byte) (crypto.Signer, error) {
 	return s, nil
 }
 
-// writeFileSynced writes data to path with perm and flushes it to disk.
-func writeFileSynced(path string, data []byte, perm os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// writeFileAtomic replaces path with data: a reader sees the old or the
-// new content, never a mix.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(dir)
-}
-
 // saveIdentity persists the agent SVID and key. Both are written beside
 // their final names first and then renamed, so that loadIdentity can
 // always find a matching pair, even after a crash between the renames.
@@ -235,23 +144,20 @@ func saveIdentity(dir string, id *identity) error {
 		return fmt.Errorf("encode agent key: %w", err)
 	}
 	svidPath, keyPath := filepath.Join(dir, svidFileName), filepath.Join(dir, keyFileName)
-	if err := writeFileSynced(keyPath+newSuffix, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyPath+newSuffix, keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeFileSynced(svidPath+newSuffix, encodeCerts(id.chain), 0o644); err != nil {
+	if err := atomicfile.WriteFile(svidPath+newSuffix, encodeCerts(id.chain), 0o644); err != nil {
 		return err
 	}
-	if err := os.Rename(keyPath+newSuffix, keyPath); err != nil {
+	if err := atomicfile.Rename(keyPath+newSuffix, keyPath); err != nil {
 		return err
 	}
-	if err := os.Rename(svidPath+newSuffix, svidPath); err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return atomicfile.Rename(svidPath+newSuffix, svidPath)
 }
 
 func saveBundle(dir string, b *x509bundle.Bundle) error {
-	return writeFileAtomic(filepath.Join(dir, bundleFileName), encodeCerts(b.X509Authorities()), 0o644)
+	return atomicfile.WriteFile(filepath.Join(dir, bundleFileName), encodeCerts(b.X509Authorities()), 0o644)
 }
 
 // loadBundle reads the saved bundle; nil when there is none.
@@ -309,12 +215,12 @@ func loadIdentity(dir string, td spiffeid.TrustDomain) (*identity, error) {
 	}
 	pairs := []pair{
 		{newCert, newKey, func() error {
-			if err := os.Rename(keyPath+newSuffix, keyPath); err != nil {
+			if err := atomicfile.Rename(keyPath+newSuffix, keyPath); err != nil {
 				return err
 			}
-			return os.Rename(svidPath+newSuffix, svidPath)
+			return atomicfile.Rename(svidPath+newSuffix, svidPath)
 		}},
-		{newCert, curKey, func() error { return os.Rename(svidPath+newSuffix, svidPath) }},
+		{newCert, curKey, func() error { return atomicfile.Rename(svidPath+newSuffix, svidPath) }},
 		{curCert, curKey, nil},
 	}
 	var firstErr error

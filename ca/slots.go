@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/atomicfile"
 )
 
 // Publisher writes authorities to the replicated trust bundle. Both calls
@@ -208,7 +210,7 @@ func (m *Manager) persistLocked() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(m.cfg.StatePath, data, 0o600); err != nil {
+	if err := atomicfile.WriteFile(m.cfg.StatePath, data, 0o600); err != nil {
 		return fmt.Errorf("ca: persisting slot state: %w", err)
 	}
 	return nil

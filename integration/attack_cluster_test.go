@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net/url"
@@ -32,6 +33,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/disk"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // Helpers of this file are prefixed "cl" (cluster attacks).
@@ -89,15 +91,15 @@ func (v clView) bundle(id string) (in, tainted bool) {
 // it fails the test with the last reason.
 func clWait(t *testing.T, within time.Duration, what string, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	last := ""
-	for time.Now().Before(deadline) {
-		if last = cond(); last == "" {
-			return
+	err := eventually.Wait(within, func() error {
+		if last := cond(); last != "" {
+			return errors.New(last)
 		}
-		time.Sleep(200 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s not reached: %v", what, err)
 	}
-	t.Fatalf("%s not reached within %v: %s", what, within, last)
 }
 
 // clState is what must not change when an attack is refused: the Raft
@@ -107,8 +109,8 @@ func clState(t *testing.T, ns []*haNode) string {
 	// Followers apply a moment after the leader: read until every node
 	// has applied the same index (bounded), so that replication lag is not
 	// mistaken for a change.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var state string
+	_ = eventually.Wait(10*time.Second, func() error {
 		var b strings.Builder
 		settled := true
 		var first uint64
@@ -125,11 +127,15 @@ func clState(t *testing.T, ns []*haNode) string {
 			v := clShow(t, n)
 			fmt.Fprintf(&b, "%s applied=%d bundle=%v\n", n.name, m.AppliedIndex, v.Bundle)
 		}
-		if settled || time.Now().After(deadline) {
-			return b.String()
+		state = b.String()
+		if !settled {
+			return errors.New("applied indexes differ")
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	// Past the bound the unsettled state is returned: the comparison
+	// that follows reports it.
+	return state
 }
 
 // clWorkloadBundles fetches the X.509 and JWT bundles of the trust domain

@@ -22,6 +22,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -54,6 +55,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/internal/storepb"
 )
 
@@ -344,11 +346,12 @@ func TestAttackHeldCrossAgentEntryTheft(t *testing.T) {
 	// The refusals were audited, and nothing was signed for B for A's
 	// entry.
 	refused := 0
-	for i := 0; i < 50 && refused < 2; i++ {
+	_ = eventually.Wait(5*time.Second, func() error {
 		if refused = heldCountLog(t, slog, "x509-svid refused", map[string]string{"agent_id": b.id, "entry_id": entryA}); refused < 2 {
-			time.Sleep(100 * time.Millisecond)
+			return errors.New("fewer than 2 refusals logged")
 		}
-	}
+		return nil
+	})
 	if refused < 2 {
 		t.Errorf("want 2 audited refusals of A's entry to B, got %d", refused)
 	}
@@ -613,20 +616,18 @@ func heldView(t *testing.T, c *haCluster) heldClusterView {
 func heldStableView(t *testing.T, c *haCluster) heldClusterView {
 	t.Helper()
 	var v heldClusterView
-	for i := 0; i < 50; i++ {
+	err := eventually.Wait(5*time.Second, func() error {
 		v = heldView(t, c)
-		same := true
 		for _, a := range v.applied {
 			if a != v.applied[c.nodes[0].name] {
-				same = false
+				return fmt.Errorf("applied indexes %v", v.applied)
 			}
 		}
-		if same {
-			return v
-		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the nodes did not converge on one applied index: %v", err)
 	}
-	t.Fatalf("the nodes did not converge on one applied index: %v", v.applied)
 	return v
 }
 

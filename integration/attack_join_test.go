@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -29,6 +30,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // Attacks on the cluster join (issue 8, finding 4). They use raw protobuf
@@ -216,16 +219,15 @@ func TestAttackJoinImpostorEndpoint(t *testing.T) {
 		logPath := filepath.Join(sd, "server.log")
 		p := startProc(t, fmt.Sprintf("joiner%d", i), logPath, nil, sigilBin, "server", "-config", config)
 		// Wait for two rounds of join attempts (bounded).
-		deadline := time.Now().Add(30 * time.Second)
 		var log string
-		for time.Now().Before(deadline) {
+		_ = eventually.Wait(30*time.Second, func() error {
 			b, _ := os.ReadFile(logPath)
 			log = string(b)
 			if strings.Count(log, "join failed; retrying") >= 2 || p.exited() {
-				break
+				return nil
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return errors.New("fewer than two join attempts")
+		})
 		if joinAttackReady(health) {
 			t.Fatalf("secret %d: the joiner became ready after joining an impostor", i)
 		}

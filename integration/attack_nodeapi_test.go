@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // nodeAttackRefused is the one answer for a made-up, used or expired join
@@ -330,26 +331,26 @@ func TestAttackNodeAPIRateLimit(t *testing.T) {
 func nodeAttackApplied(t *testing.T, c *haCluster) map[string]uint64 {
 	t.Helper()
 	var got map[string]uint64
-	for i := 0; i < 100; i++ {
+	err := eventually.Wait(5*time.Second, func() error {
 		got = map[string]uint64{}
-		same := true
 		for _, n := range c.nodes {
 			m, err := n.members(context.Background())
 			if err != nil {
 				t.Fatalf("%s: cluster members: %v", n.name, err)
 			}
 			got[n.name] = m.AppliedIndex
-			if m.AppliedIndex != got[c.nodes[0].name] {
-				same = false
+		}
+		for _, n := range c.nodes {
+			if got[n.name] != got[c.nodes[0].name] {
+				return fmt.Errorf("applied indexes %v", got)
 			}
 		}
-		if same {
-			return got
-		}
-		time.Sleep(50 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the servers' applied indexes do not converge: %v", err)
 	}
-	t.Fatalf("the servers' applied indexes do not converge: %v", got)
-	return nil
+	return got
 }
 
 // TestAttackNodeAPIFollowerBogusTokens: on a 3-server cluster, made-up

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // socketAttackUID is the attacker's uid (nobody).
@@ -169,18 +171,20 @@ func socketAttackSameSocket(t *testing.T, path string, want fs.FileInfo) {
 // Workload API at sock with go-spiffe, retrying while the agent syncs.
 func socketAttackFetch(t *testing.T, sock, wantID string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	err := eventually.Wait(30*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+sock))
 		cancel()
-		if err == nil && svid.ID.String() == wantID {
-			return
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("fetching the SVID from %s: %v (got %v)", sock, err, svid)
+		if svid.ID.String() != wantID {
+			return fmt.Errorf("got %v, want %s", svid.ID, wantID)
 		}
-		time.Sleep(200 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("fetching the SVID from %s: %v", sock, err)
 	}
 }
 

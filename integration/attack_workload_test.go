@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 var (
@@ -141,21 +144,19 @@ func (e *workloadAttackEnv) run(t *testing.T, cmd *exec.Cmd, out string) fetchRe
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, err := os.ReadFile(out)
-		if err == nil {
-			var r fetchResult
-			if err := json.Unmarshal(b, &r); err != nil {
-				t.Fatalf("result %s: %v", b, err)
-			}
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no result in %s within 30s", out)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var b []byte
+	err := eventually.Wait(30*time.Second, func() (err error) {
+		b, err = os.ReadFile(out)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("no result in %s: %v", out, err)
 	}
+	var r fetchResult
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("result %s: %v", b, err)
+	}
+	return r
 }
 
 func (e *workloadAttackEnv) entry(t *testing.T, id string, selectors ...string) {
@@ -178,17 +179,17 @@ func (e *workloadAttackEnv) entryIDs(t *testing.T) string {
 // so that a refusal later is not a matter of timing.
 func (e *workloadAttackEnv) waitSVID(t *testing.T, id string, fetch func(out string) *exec.Cmd) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for i := 0; ; i++ {
+	i := 0
+	err := eventually.Wait(30*time.Second, func() error {
 		out := filepath.Join(e.out, "probe-"+strings.ReplaceAll(id, "/", "_")+"-"+itoa(i))
-		r := e.run(t, fetch(out), out)
-		if r.SPIFFEID == "spiffe://"+trustDomain+id {
-			return
+		i++
+		if r := e.run(t, fetch(out), out); r.SPIFFEID != "spiffe://"+trustDomain+id {
+			return fmt.Errorf("got %+v", r)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the legitimate process never got %s: %+v", id, r)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the legitimate process never got %s: %v", id, err)
 	}
 }
 

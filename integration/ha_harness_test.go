@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // haJoinSecret is a join secret as `sigil cluster secret generate` makes
@@ -265,49 +267,51 @@ func (n *haNode) members(ctx context.Context) (*sigilv1.MembersResponse, error) 
 // waitMembers waits until n sees want healthy members and a leader.
 func (c *haCluster) waitMembers(n *haNode, want int, within time.Duration) *sigilv1.MembersResponse {
 	c.t.Helper()
-	deadline := time.Now().Add(within)
-	var last string
-	for time.Now().Before(deadline) {
-		m, err := n.members(context.Background())
-		if err == nil && m.LeaderId != "" {
-			healthy := 0
-			for _, mm := range m.Members {
-				if mm.Healthy {
-					healthy++
-				}
-			}
-			if len(m.Members) == want && healthy == want {
-				return m
-			}
-			last = fmt.Sprintf("%d members, %d healthy, leader %q", len(m.Members), healthy, m.LeaderId)
-		} else if err != nil {
-			last = err.Error()
+	var m *sigilv1.MembersResponse
+	err := eventually.Wait(within, func() error {
+		var err error
+		if m, err = n.members(context.Background()); err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
+		healthy := 0
+		for _, mm := range m.Members {
+			if mm.Healthy {
+				healthy++
+			}
+		}
+		if m.LeaderId == "" || len(m.Members) != want || healthy != want {
+			return fmt.Errorf("%d members, %d healthy, leader %q", len(m.Members), healthy, m.LeaderId)
+		}
+		return nil
+	})
+	if err != nil {
+		c.t.Fatalf("%s never saw %d healthy members with a leader: %v", n.name, want, err)
 	}
-	c.t.Fatalf("%s never saw %d healthy members with a leader within %v: %s", n.name, want, within, last)
-	return nil
+	return m
 }
 
 // leader returns the current leader as some live node sees it.
 func (c *haCluster) leader(except ...*haNode) *haNode {
 	c.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
+	var leader *haNode
+	err := eventually.Wait(15*time.Second, func() error {
 		for _, n := range c.nodes {
 			if n.p == nil || n.p.exited() || contains(except, n) {
 				continue
 			}
 			if m, err := n.members(context.Background()); err == nil && m.LeaderId != "" {
 				if l := c.nodeByName(m.LeaderId); l != nil && !contains(except, l) {
-					return l
+					leader = l
+					return nil
 				}
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		return errors.New("no live node names a leader")
+	})
+	if err != nil {
+		c.t.Fatalf("no leader: %v", err)
 	}
-	c.t.Fatal("no leader within 15s")
-	return nil
+	return leader
 }
 
 func contains(ns []*haNode, n *haNode) bool {
@@ -420,13 +424,10 @@ func entryIDs(t *testing.T, n *haNode, prefix string, linearizable bool) (map[st
 func checkAcked(t *testing.T, n *haNode, prefix string, acked []string) {
 	t.Helper()
 	var have map[string]bool
-	var err error
-	for i := 0; i < 50; i++ {
-		if have, err = entryIDs(t, n, prefix, true); err == nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	err := eventually.Wait(10*time.Second, func() (err error) {
+		have, err = entryIDs(t, n, prefix, true)
+		return err
+	})
 	if err != nil {
 		t.Fatalf("listing entries on %s: %v", n.name, err)
 	}

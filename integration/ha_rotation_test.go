@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // TestHARotation: a three-server cluster whose servers each rotate their
@@ -174,12 +177,12 @@ func TestHARotation(t *testing.T) {
 	// The bundles converge: identical on every server, nothing expired.
 	var views []authorityView
 	var problem string
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(250 * time.Millisecond) {
-		views, problem = bundlesProblem(c)
-		if problem == "" || time.Now().After(end) {
-			break
+	_ = eventually.Wait(10*time.Second, func() error {
+		if views, problem = bundlesProblem(c); problem != "" {
+			return errors.New(problem)
 		}
-	}
+		return nil
+	}) // past the bound, the problem is reported below
 	for i, v := range views {
 		for _, n := range c.nodes {
 			if id := actives[n.name][0]; v.inBundle("x509", id) {
@@ -213,10 +216,11 @@ func TestHARotation(t *testing.T) {
 // server returns the server of c that the agent has an established TCP
 // connection to (loopback only: every server listens on its own IP).
 func (a *agent) server(c *haCluster) *haNode {
-	for i := 0; i < 50; i++ {
+	var found *haNode
+	_ = eventually.Wait(5*time.Second, func() error {
 		b, err := os.ReadFile("/proc/net/tcp")
 		if err != nil {
-			return nil
+			return eventually.Stop(err)
 		}
 		for _, line := range strings.Split(string(b), "\n")[1:] {
 			f := strings.Fields(line)
@@ -226,13 +230,14 @@ func (a *agent) server(c *haCluster) *haNode {
 			remote := procNetAddr(f[2])
 			for _, n := range c.nodes {
 				if remote == n.nodeAddr {
-					return n
+					found = n
+					return nil
 				}
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return nil
+		return errors.New("no connection to a server")
+	})
+	return found
 }
 
 // procNetAddr turns /proc/net/tcp's "0100007F:1F90" into "127.0.0.1:8080".

@@ -8,6 +8,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/url"
@@ -22,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // fetcher fetches the workload's X.509-SVID from an agent continuously
@@ -149,17 +152,13 @@ func TestHALeaderKill(t *testing.T) {
 	}
 	// The killed server restarts from disk and catches up.
 	old.start()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually.NoError(t, 20*time.Second, func() error {
 		have, err := entryIDs(t, old, "kill", false)
 		if err == nil && len(have) >= len(acked) {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restarted %s did not catch up: %d of %d entries (%v)", old.name, len(have), len(acked), err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return fmt.Errorf("restarted %s did not catch up: %d of %d entries (%v)", old.name, len(have), len(acked), err)
+	})
 	checkAcked(t, old, "kill", acked)
 }
 
@@ -231,39 +230,28 @@ func TestHAPartition(t *testing.T) {
 		n.proxy.heal()
 	}
 	var want map[string]bool
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		same := true
+	eventually.NoError(t, 20*time.Second, func() error {
 		var sets []map[string]bool
 		for _, n := range c.nodes {
 			ids, err := entryIDs(t, n, "", false)
 			if err != nil {
-				same = false
-				break
+				return fmt.Errorf("servers did not converge after healing: %s: %w", n.name, err)
 			}
 			sets = append(sets, ids)
 		}
-		if same && len(sets) == 3 {
-			for _, s := range sets[1:] {
-				if len(s) != len(sets[0]) {
-					same = false
-				}
-				for id := range sets[0] {
-					if !s[id] {
-						same = false
-					}
+		for _, s := range sets[1:] {
+			if len(s) != len(sets[0]) {
+				return errors.New("servers did not converge after healing: entry counts differ")
+			}
+			for id := range sets[0] {
+				if !s[id] {
+					return fmt.Errorf("servers did not converge after healing: %s missing on one", id)
 				}
 			}
-			want = sets[0]
 		}
-		if same && want != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("servers did not converge within 20s of healing")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		want = sets[0]
+		return nil
+	})
 	for _, id := range acked {
 		if !want[id] {
 			t.Errorf("acknowledged write %s lost", id)
@@ -321,9 +309,12 @@ func TestHASnapshotRestore(t *testing.T) {
 	a.start()
 	ag := haAgent(t, a, a.nodes[1], filepath.Join(dir, "agent"))
 	w := startWriter(t, "snap", func() []*haNode { return a.nodes })
-	for w.count() < 30 {
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually.NoError(t, 60*time.Second, func() error {
+		if n := w.count(); n < 30 {
+			return fmt.Errorf("%d of 30 writes acknowledged", n)
+		}
+		return nil
+	})
 	acked := w.finish()
 	file := filepath.Join(dir, "backup.snap")
 	// A write that failed on the client may still commit a little later,
@@ -350,26 +341,22 @@ func TestHASnapshotRestore(t *testing.T) {
 	out := sigil(t, "cluster", "snapshot", "restore", file, "-socket", l.admin)
 	t.Logf("restore: %s", out)
 	for _, n := range b.nodes {
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			got, err := entryIDs(t, n, "", false)
-			if err == nil && len(got) >= len(before) {
-				for id := range before {
-					if !got[id] {
-						t.Errorf("%s: entry %s not restored", n.name, id)
-					}
-				}
-				for id := range got {
-					if !after[id] {
-						t.Errorf("%s: restored entry %s was never written", n.name, id)
-					}
-				}
-				break
+		var got map[string]bool
+		eventually.NoError(t, 15*time.Second, func() (err error) {
+			if got, err = entryIDs(t, n, "", false); err == nil && len(got) >= len(before) {
+				return nil
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d entries after restore, want at least %d (%v)", n.name, len(got), len(before), err)
+			return fmt.Errorf("%s: %d entries after restore, want at least %d (%v)", n.name, len(got), len(before), err)
+		})
+		for id := range before {
+			if !got[id] {
+				t.Errorf("%s: entry %s not restored", n.name, id)
 			}
-			time.Sleep(200 * time.Millisecond)
+		}
+		for id := range got {
+			if !after[id] {
+				t.Errorf("%s: restored entry %s was never written", n.name, id)
+			}
 		}
 		checkAcked(t, n, "snap", acked)
 		agents := sigil(t, "agent", "list", "-socket", n.admin)

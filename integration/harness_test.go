@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 const trustDomain = "it.sigil.test"
@@ -191,21 +193,20 @@ func (s *server) cliErr(args ...string) (string, error) {
 
 func waitReady(t *testing.T, p *proc, url string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
+	eventually.NoError(t, 60*time.Second, func() error {
 		if p.exited() {
-			t.Fatalf("%s exited before it was ready: %v", p.name, p.err)
+			return eventually.Stop(fmt.Errorf("%s exited before it was ready: %v", p.name, p.err))
 		}
 		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if err != nil {
+			return fmt.Errorf("%s not ready at %s: %w", p.name, url, err)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s not ready at %s within 60s", p.name, url)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s not ready at %s: %s", p.name, url, resp.Status)
+		}
+		return nil
+	})
 }
 
 // token creates a join token and returns it with the agent ID it gives.

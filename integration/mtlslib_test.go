@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/mtls"
 	"github.com/sigil-id/sigil/mtls/policy"
 )
@@ -208,11 +209,5 @@ func mtlsWriteFile(t *testing.T, path, content string) {
 
 func mtlsWaitUntil(t *testing.T, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually.True(t, d, cond, "condition not met")
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 var (
@@ -104,17 +106,16 @@ func startLoopPair(t *testing.T, s *server, a *agent, root string) *loopPair {
 	lp.web = startProc(t, "loopweb", filepath.Join(root, "loopweb.log"), env, srvBin, "serve", addr, cliID, lp.webStatus)
 	lp.client = startProc(t, "loopclient", filepath.Join(root, "loopclient.log"), env, cliBin, "dial", addr, srvID, lp.cliStatus)
 	// Wait for traffic.
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		w, c := lp.status()
-		if w.Requests > 5 && c.Requests > 5 {
-			return lp
+	err = eventually.Wait(60*time.Second, func() error {
+		if w, c := lp.status(); w.Requests <= 5 || c.Requests <= 5 {
+			return fmt.Errorf("web %+v client %+v", w, c)
 		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("no mTLS traffic: %v", err)
 	}
-	w, c := lp.status()
-	t.Fatalf("no mTLS traffic within 60s: web %+v client %+v", w, c)
-	return nil
+	return lp
 }
 
 func readLoopStatus(path string) loopStatus {

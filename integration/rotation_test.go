@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -9,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // TestRotationUnderTraffic: with a 40s CA and 8s SVIDs, two go-spiffe
@@ -61,16 +65,15 @@ func TestRotationUnderTraffic(t *testing.T) {
 	// Within one SVID lifetime both workloads hold SVIDs of the active key.
 	var web, client loopStatus
 	var v authorityView
-	ok := false
-	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+	err := eventually.Wait(15*time.Second, func() error {
 		v = s.authorities()
 		web, client = lp.status()
-		if act := v.active("x509"); web.SVIDAuthority == act && client.SVIDAuthority == act {
-			ok = true
-			break
+		if act := v.active("x509"); web.SVIDAuthority != act || client.SVIDAuthority != act {
+			return errors.New("workloads not on the active key")
 		}
-	}
-	if !ok {
+		return nil
+	})
+	if err != nil {
 		t.Errorf("workloads hold SVIDs of %s and %s, active key is %s", web.SVIDAuthority, client.SVIDAuthority, v.active("x509"))
 	}
 	// Retired keys that expired have left the bundle; nothing expired is
@@ -150,16 +153,12 @@ func TestTaintAndRevoke(t *testing.T) {
 	s.cli("authority", "taint", "-id", old)
 	tainted := time.Now()
 	var web, client loopStatus
-	for {
-		web, client = lp.status()
-		if web.SVIDAuthority == cur && client.SVIDAuthority == cur {
-			break
+	eventually.NoError(t, 5*time.Second, func() error {
+		if web, client = lp.status(); web.SVIDAuthority != cur || client.SVIDAuthority != cur {
+			return fmt.Errorf("after the taint workloads hold SVIDs of %s and %s, want %s", web.SVIDAuthority, client.SVIDAuthority, cur)
 		}
-		if time.Since(tainted) > 5*time.Second {
-			t.Fatalf("5s after the taint workloads hold SVIDs of %s and %s, want %s", web.SVIDAuthority, client.SVIDAuthority, cur)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	t.Logf("every workload moved off the tainted key in %v", time.Since(tainted).Round(time.Millisecond))
 	// The agent's own SVID moved too; revoke the old key and keep going.
 	time.Sleep(time.Second)
@@ -209,16 +208,16 @@ func TestOfflineAgent(t *testing.T) {
 	defer client.Close()
 	// Stop the server just after a renewal, so the SVID has most of its
 	// life ahead.
-	for {
+	eventually.NoError(t, 60*time.Second, func() error {
 		xc, err := client.FetchX509Context(ctx)
 		if err != nil {
-			t.Fatal(err)
+			return eventually.Stop(err)
 		}
-		if time.Until(xc.DefaultSVID().Certificates[0].NotAfter) > 8500*time.Millisecond {
-			break
+		if left := time.Until(xc.DefaultSVID().Certificates[0].NotAfter); left <= 8500*time.Millisecond {
+			return fmt.Errorf("SVID has %v left, want a fresh one", left)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 
 	s.p.stop()
 	stopped := time.Now()
@@ -258,17 +257,20 @@ func TestOfflineAgent(t *testing.T) {
 
 	s.start()
 	back := time.Now()
-	for {
+	err = eventually.Wait(15*time.Second, func() error {
 		fctx, fcancel := context.WithTimeout(ctx, 2*time.Second)
 		xc, err := client.FetchX509Context(fctx)
 		fcancel()
-		if err == nil && time.Now().Before(xc.DefaultSVID().Certificates[0].NotAfter) {
-			break
+		if err != nil {
+			return err
 		}
-		if time.Since(back) > 15*time.Second {
-			t.Fatalf("no fresh SVID 15s after the server returned: %v", err)
+		if leaf := xc.DefaultSVID().Certificates[0]; !time.Now().Before(leaf.NotAfter) {
+			return fmt.Errorf("SVID expired at %v", leaf.NotAfter)
 		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("no fresh SVID after the server returned: %v", err)
 	}
 	t.Logf("fresh SVID %v after the server returned", time.Since(back).Round(time.Millisecond))
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 func uidSelector(t *testing.T) string {
@@ -39,23 +41,24 @@ func fetchID(t *testing.T, socket, want string) *workloadapi.X509Context {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	var last error
-	for ctx.Err() == nil {
+	var got *workloadapi.X509Context
+	err = eventually.Wait(30*time.Second, func() error {
 		xc, err := client.FetchX509Context(ctx)
-		if err == nil {
-			for _, s := range xc.SVIDs {
-				if s.ID.String() == want {
-					return xc
-				}
-			}
-			last = fmt.Errorf("got %d SVIDs, none is %s", len(xc.SVIDs), want)
-		} else {
-			last = err
+		if err != nil {
+			return err
 		}
-		time.Sleep(50 * time.Millisecond)
+		for _, s := range xc.SVIDs {
+			if s.ID.String() == want {
+				got = xc
+				return nil
+			}
+		}
+		return fmt.Errorf("got %d SVIDs, none is %s", len(xc.SVIDs), want)
+	})
+	if err != nil {
+		t.Fatalf("workload never got %s: %v", want, err)
 	}
-	t.Fatalf("workload never got %s: %v", want, last)
-	return nil
+	return got
 }
 
 type entryJSON struct {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-id/sigil/internal/grpcstream"
 	"github.com/sigil-id/sigil/mtls/policy"
 )
 
@@ -75,13 +76,6 @@ func StreamServerInterceptor(authz Authorizer) grpc.StreamServerInterceptor {
 		if err != nil {
 			return err
 		}
-		return handler(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+		return handler(srv, grpcstream.WithContext(ss, ctx))
 	}
 }
-
-type ctxStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *ctxStream) Context() context.Context { return s.ctx }

@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/mtls"
 	"github.com/sigil-id/sigil/mtls/mtlstest"
 	"github.com/sigil-id/sigil/mtls/policy"
@@ -283,13 +284,7 @@ rule "rollout" {
 
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.True(t, 10*time.Second, cond, "condition not met")
 }
 
 func TestPolicyFileHotReload(t *testing.T) {

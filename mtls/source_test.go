@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/mtls"
 	"github.com/sigil-id/sigil/mtls/mtlstest"
 )
@@ -134,7 +135,16 @@ func TestSourceErrors(t *testing.T) {
 		w := startFake(t)
 		w.SetX509([]*x509svid.SVID{e.ca.SVID(clientID, time.Hour)}, e.ca.Bundle())
 		go func() {
-			time.Sleep(200 * time.Millisecond)
+			// The new SVID comes after the source has the first
+			// response, which lacks it.
+			if err := eventually.Wait(10*time.Second, func() error {
+				if w.SentX509SVIDs() == 0 {
+					return errors.New("no response sent yet")
+				}
+				return nil
+			}); err != nil {
+				t.Error(err)
+			}
 			w.SetX509([]*x509svid.SVID{e.ca.SVID(clientID, time.Hour), e.ca.SVID(serverID, time.Hour)}, e.ca.Bundle())
 		}()
 		src, err := mtls.NewSource(ctx, mtls.WithSocket(w.Addr()), mtls.WithSVIDID(spiffeid.RequireFromString(serverID)))

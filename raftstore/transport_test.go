@@ -100,12 +100,15 @@ func TestMuxAuthenticatesRaftPeers(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("the trusted connection never reached Raft")
 	}
-	// gRPC ALPN goes to the gRPC listener.
+	// gRPC ALPN goes to the gRPC listener. The client holds its
+	// connection open until the test is over.
+	held := make(chan struct{})
+	defer close(held)
 	go func() {
 		gc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{Certificates: []tls.Certificate{good}, InsecureSkipVerify: true, NextProtos: []string{ALPNGRPC}}) //nolint:gosec // test
 		if err == nil {
 			defer gc.Close()
-			time.Sleep(time.Second)
+			<-held
 		}
 	}()
 	gl := m.GRPCListener()

@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
@@ -78,8 +78,7 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 				if stored, err := s.store.Read().Entry(e.Id); err == nil {
 					results[idx[j]].Entry = stored
 				}
-				s.log.Info("entry created", zap.Bool("audit", true), zap.String("entry_id", e.Id),
-					zap.String("spiffe_id", e.SpiffeId), zap.String("parent_id", e.ParentId), zap.Strings("selectors", selectorStrings(e.Selectors)))
+				s.auditEntry("entry_created", "entry created", e)
 			}
 		}
 	}
@@ -119,8 +118,7 @@ func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdat
 				if stored, err := s.store.Read().Entry(e.Id); err == nil {
 					results[idx[j]].Entry = stored
 				}
-				s.log.Info("entry updated", zap.Bool("audit", true), zap.String("entry_id", e.Id),
-					zap.String("spiffe_id", e.SpiffeId), zap.String("parent_id", e.ParentId), zap.Strings("selectors", selectorStrings(e.Selectors)))
+				s.auditEntry("entry_updated", "entry updated", e)
 			}
 		}
 	}
@@ -158,7 +156,8 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 		st := resultAt(res, j)
 		out.Results[idx[j]] = &sigilv1.DeleteResult{Id: id, Status: st}
 		if st.Code == 0 {
-			s.log.Info("entry deleted", zap.Bool("audit", true), zap.String("entry_id", id))
+			s.audit(audit.Event{What: "entry_deleted", Who: audit.Admin, Subject: id, Message: "entry deleted",
+				Fields: []audit.Field{audit.String("entry_id", id)}})
 		}
 	}
 	return out, nil
@@ -241,7 +240,8 @@ func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinT
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "agent id: %v", err)
 	}
-	s.log.Info("join token created", zap.Bool("audit", true), zap.String("agent_id", agentID.String()), zap.Time("expires_at", expires))
+	s.audit(audit.Event{What: "join_token_created", Who: audit.Admin, Subject: agentID.String(), Message: "join token created",
+		Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.Time("expires_at", expires)}})
 	return &sigilv1.CreateJoinTokenResponse{Token: token, AgentId: agentID.String(), ExpiresAt: expires.Unix()}, nil
 }
 
@@ -300,7 +300,8 @@ func (a *adminAPI) EvictAgent(ctx context.Context, req *sigilv1.EvictAgentReques
 	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_EvictNode{EvictNode: &storepb.EvictNode{SpiffeId: req.SpiffeId}}}); err != nil {
 		return nil, storeError(err)
 	}
-	a.s.log.Info("agent evicted", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))
+	a.s.audit(audit.Event{What: "agent_evicted", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent evicted",
+		Fields: []audit.Field{audit.String("agent_id", req.SpiffeId)}})
 	return &sigilv1.EvictAgentResponse{}, nil
 }
 
@@ -311,8 +312,17 @@ func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (
 	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_BanNode{BanNode: &storepb.BanNode{SpiffeId: req.SpiffeId}}}); err != nil {
 		return nil, storeError(err)
 	}
-	a.s.log.Info("agent banned", zap.Bool("audit", true), zap.String("agent_id", req.SpiffeId))
+	a.s.audit(audit.Event{What: "agent_banned", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent banned",
+		Fields: []audit.Field{audit.String("agent_id", req.SpiffeId)}})
 	return &sigilv1.BanAgentResponse{}, nil
+}
+
+// auditEntry records an entry written by the admin API.
+func (s *Server) auditEntry(what, msg string, e *sigilv1.Entry) {
+	s.audit(audit.Event{What: what, Who: audit.Admin, Subject: e.Id, Message: msg, Fields: []audit.Field{
+		audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId), audit.String("parent_id", e.ParentId),
+		audit.Strings("selectors", selectorStrings(e.Selectors)),
+	}})
 }
 
 func selectorStrings(sels []*sigilv1.Selector) []string {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
@@ -111,8 +112,8 @@ func slotError(err error) error {
 }
 
 func (a *authorityAdmin) audit(op string, sl ca.Slot) {
-	a.s.log.Info("authority "+op+" by admin", zap.Bool("audit", true), zap.String("kind", string(sl.Kind)),
-		zap.Int("slot", sl.Seq), zap.String("authority_id", sl.ID))
+	a.s.audit(audit.Event{What: "authority_" + op, Who: audit.Admin, Subject: sl.ID, Message: "authority " + op + " by admin",
+		Fields: []audit.Field{audit.String("kind", string(sl.Kind)), audit.Int("slot", sl.Seq), audit.String("authority_id", sl.ID)}})
 }
 
 func (a *authorityAdmin) PrepareAuthority(ctx context.Context, req *sigilv1.AuthorityRequest) (*sigilv1.AuthorityResponse, error) {
@@ -300,8 +301,9 @@ func (a *authorityAdmin) clusterOp(ctx context.Context, op, id string) (*sigilv1
 	}
 	for _, m := range matches {
 		resp.Authorities = append(resp.Authorities, m.proto(id))
-		s.log.Info(map[string]string{"taint": "authority tainted", "revoke": "authority revoked"}[op]+" cluster-wide by admin", zap.Bool("audit", true), zap.String("kind", m.kind),
-			zap.String("authority_id", id), zap.String("server_id", m.serverID))
+		done := map[string]string{"taint": "tainted", "revoke": "revoked"}[op]
+		s.audit(audit.Event{What: "authority_" + done + "_cluster_wide", Who: audit.Admin, Subject: id, Message: "authority " + done + " cluster-wide by admin",
+			Fields: []audit.Field{audit.String("kind", m.kind), audit.String("authority_id", id), audit.String("server_id", m.serverID)}})
 	}
 	return resp, nil
 }

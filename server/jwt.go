@@ -4,11 +4,11 @@ import (
 	"context"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 )
 
@@ -32,8 +32,8 @@ func (n *nodeAPI) NewJWTSVID(ctx context.Context, req *sigilv1.NewJWTSVIDRequest
 		}
 	}
 	if entry == nil {
-		s.log.Warn("jwt-svid refused", zap.Bool("audit", true), zap.String("agent_id", agentID.String()),
-			zap.String("entry_id", req.EntryId), zap.String("reason", "not authorized"))
+		s.audit(audit.Event{What: "jwt_svid_refused", Who: agentID.String(), Subject: req.EntryId, Outcome: audit.Denied, Message: "jwt-svid refused",
+			Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("entry_id", req.EntryId), audit.String("reason", "not authorized")}})
 		return nil, status.Errorf(codes.PermissionDenied, "agent is not authorized for entry %q", req.EntryId)
 	}
 	id, err := spiffeid.FromString(entry.SpiffeId)
@@ -49,8 +49,9 @@ func (n *nodeAPI) NewJWTSVID(ctx context.Context, req *sigilv1.NewJWTSVIDRequest
 		return nil, status.Errorf(codes.Internal, "signing: %v", err)
 	}
 	now := s.cfg.Clock.Now()
-	s.log.Info("jwt-svid issued", zap.Bool("audit", true), zap.String("agent_id", agentID.String()),
-		zap.String("entry_id", entry.Id), zap.String("spiffe_id", entry.SpiffeId),
-		zap.Strings("audience", req.Audience), zap.String("key_id", signer.KeyID()), zap.Time("expires_at", exp))
+	s.audit(audit.Event{What: "jwt_svid_issued", Who: agentID.String(), Subject: entry.Id, Message: "jwt-svid issued", Fields: []audit.Field{
+		audit.String("agent_id", agentID.String()), audit.String("entry_id", entry.Id), audit.String("spiffe_id", entry.SpiffeId),
+		audit.Strings("audience", req.Audience), audit.String("key_id", signer.KeyID()), audit.Time("expires_at", exp),
+	}})
 	return &sigilv1.NewJWTSVIDResponse{Token: token, IssuedAt: now.Unix(), ExpiresAt: exp.Unix(), KeyId: signer.KeyID()}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/storepb"
 )
@@ -83,19 +84,19 @@ func (s *Server) rotateOnce(ctx context.Context) time.Time {
 }
 
 func (s *Server) logRotation(ev ca.Event) {
-	fields := []zap.Field{
-		zap.Bool("audit", true),
-		zap.String("kind", string(ev.Slot.Kind)),
-		zap.Int("slot", ev.Slot.Seq),
-		zap.String("authority_id", ev.Slot.ID),
-		zap.String("state", string(ev.Slot.State)),
-		zap.Time("not_after", ev.Slot.NotAfter),
-	}
+	e := audit.Event{What: "authority_" + string(ev.Action), Who: s.id.String(), Subject: ev.Slot.ID, Message: "authority " + string(ev.Action),
+		Fields: []audit.Field{
+			audit.String("kind", string(ev.Slot.Kind)),
+			audit.Int("slot", ev.Slot.Seq),
+			audit.String("authority_id", ev.Slot.ID),
+			audit.String("state", string(ev.Slot.State)),
+			audit.Time("not_after", ev.Slot.NotAfter),
+		}}
 	if ev.Err != nil {
-		s.log.Error("authority rotation step failed", append(fields, zap.String("action", string(ev.Action)), zap.Error(ev.Err))...)
-		return
+		e.What, e.Message, e.Outcome = "authority_rotation_failed", "authority rotation step failed", audit.Failure
+		e.Fields = append(e.Fields, audit.String("action", string(ev.Action)), audit.Err(ev.Err))
 	}
-	s.log.Info("authority "+string(ev.Action), fields...)
+	s.audit(e)
 }
 
 // republishAndPrune puts back this node's published keys if the bundle
@@ -143,7 +144,7 @@ func (s *Server) republishAndPrune(ctx context.Context) time.Time {
 			s.log.Warn("pruning expired authorities from the bundle", zap.Error(err))
 			return s.cfg.Clock.Now().Add(5 * time.Second)
 		}
-		s.log.Info("pruned expired authorities from the bundle", zap.Bool("audit", true))
+		s.audit(audit.Event{What: "bundle_pruned", Who: s.id.String(), Subject: s.td.Name(), Message: "pruned expired authorities from the bundle"})
 	}
 	if next == 0 {
 		return time.Time{}

@@ -262,15 +262,16 @@ func TestJoinTokenWorksOnce(t *testing.T) {
 }
 
 func TestExpiredJoinTokenRefused(t *testing.T) {
-	h := startServer(t)
+	clk := clock.NewFake(time.Now())
+	h := startServerWith(t, clk, nil)
 	resp, err := h.admin.CreateJoinToken(context.Background(), &sigilv1.CreateJoinTokenRequest{Ttl: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The FSM compares the token's expiry with the command's timestamp;
-	// waiting just past one second is the shortest expiry the API allows.
-	deadline := time.Unix(resp.ExpiresAt, 0).Add(1100 * time.Millisecond)
-	time.Sleep(time.Until(deadline))
+	// The FSM compares the token's expiry with the command's timestamp,
+	// which comes from the server's clock: move it just past the expiry
+	// (one second is the shortest the API allows).
+	clk.Set(time.Unix(resp.ExpiresAt, 0).Add(1100 * time.Millisecond))
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	_, err = h.nodeClient(nil).Attest(context.Background(), &sigilv1.AttestRequest{AttestationType: jointoken.Name, Payload: []byte(resp.Token), Csr: newCSR(t, key, "a")})
 	if status.Code(err) != codes.PermissionDenied {

@@ -1,11 +1,14 @@
 package workloadapi
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // BenchmarkFetchX509SVIDCached measures a one-shot FetchX509SVID by
@@ -68,11 +71,10 @@ func TestPidfdClosedWithConnection(t *testing.T) {
 		t.Fatalf("%d pidfds while connected, want %d", n, before+1)
 	}
 	c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for countPidfds(t) != before {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d pidfds after close, want %d", countPidfds(t), before)
+	eventually.NoError(t, 5*time.Second, func() error {
+		if n := countPidfds(t); n != before {
+			return fmt.Errorf("%d pidfds after close, want %d", n, before)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -108,7 +107,7 @@ func (s *Server) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.Se
 	if _, err := s.attest(ctx); err != nil {
 		return err
 	}
-	var last *workloadpb.JWTBundlesResponse
+	out := changeSender[workloadpb.JWTBundlesResponse, *workloadpb.JWTBundlesResponse]{s: s, stream: stream}
 	for {
 		bundles, changed := jc.JWTBundles()
 		if len(bundles) > 0 {
@@ -117,19 +116,8 @@ func (s *Server) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.Se
 				s.log.Error("encoding JWT bundles", zap.Error(err))
 				return status.Error(codes.Internal, "cannot encode JWT bundles")
 			}
-			if last == nil || !proto.Equal(last, resp) {
-				if last != nil {
-					if err := s.recheck(ctx); err != nil {
-						return err
-					}
-				}
-				if err := stream.Send(resp); err != nil {
-					return err
-				}
-				if last == nil {
-					s.firstResponse(ctx)
-				}
-				last = resp
+			if err := out.send(ctx, resp); err != nil {
+				return err
 			}
 		}
 		select {

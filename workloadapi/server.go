@@ -46,6 +46,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/grpcstream"
 )
 
 // securityHeader is the metadata every Workload API call must carry, so
@@ -201,49 +202,29 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 // FetchX509SVID streams the caller's X.509-SVIDs and bundles.
 func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
-	ctx := stream.Context()
-	sels, err := s.attest(ctx)
-	if err != nil {
-		return err
-	}
-	sub := s.cache.SubscribeX509(sels)
-	defer sub.Close()
-
-	var last *workloadpb.X509SVIDResponse
-	for {
-		snap, err := s.next(ctx, sub)
-		if err != nil {
-			return err
-		}
-		if len(snap.Identities) == 0 {
-			return errNoIdentity
-		}
+	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509SVIDResponse, error) {
 		resp, err := x509SVIDResponse(snap)
 		if err != nil {
 			s.log.Error("building X509SVIDResponse", zap.Error(err))
-			return status.Error(codes.Internal, "cannot encode SVID")
+			return nil, status.Error(codes.Internal, "cannot encode SVID")
 		}
-		if last != nil && proto.Equal(last, resp) {
-			continue
-		}
-		if last != nil {
-			if err := s.recheck(ctx); err != nil {
-				return err
-			}
-		}
-		if err := stream.Send(resp); err != nil {
-			return err
-		}
-		if last == nil {
-			s.firstResponse(ctx)
-		}
-		last = resp
-	}
+		return resp, nil
+	})
 }
 
 // FetchX509Bundles streams the trust bundles (own and federated) to a
 // caller entitled to at least one identity.
 func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
+	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509BundlesResponse, error) {
+		return x509BundlesResponse(snap), nil
+	})
+}
+
+// streamX509 is the loop of both X.509 fetch streams: it attests the
+// caller, subscribes to its identities and sends build(snapshot) each
+// time that changes what the caller would receive. A caller that has
+// (or is left with) no identity gets PermissionDenied.
+func streamX509[T any, PT protoPtr[T]](s *Server, stream grpc.ServerStreamingServer[T], build func(*X509Snapshot) (PT, error)) error {
 	ctx := stream.Context()
 	sels, err := s.attest(ctx)
 	if err != nil {
@@ -252,7 +233,7 @@ func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.
 	sub := s.cache.SubscribeX509(sels)
 	defer sub.Close()
 
-	var last *workloadpb.X509BundlesResponse
+	out := changeSender[T, PT]{s: s, stream: stream}
 	for {
 		snap, err := s.next(ctx, sub)
 		if err != nil {
@@ -261,23 +242,50 @@ func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.
 		if len(snap.Identities) == 0 {
 			return errNoIdentity
 		}
-		resp := x509BundlesResponse(snap)
-		if last != nil && proto.Equal(last, resp) {
-			continue
-		}
-		if last != nil {
-			if err := s.recheck(ctx); err != nil {
-				return err
-			}
-		}
-		if err := stream.Send(resp); err != nil {
+		resp, err := build(snap)
+		if err != nil {
 			return err
 		}
-		if last == nil {
-			s.firstResponse(ctx)
+		if err := out.send(ctx, resp); err != nil {
+			return err
 		}
-		last = resp
 	}
+}
+
+// protoPtr is a pointer to a generated message type T.
+type protoPtr[T any] interface {
+	*T
+	proto.Message
+}
+
+// changeSender sends the messages of one server stream: a message equal
+// to the last one sent is skipped, the caller is checked again to still
+// be the process that connected before every message after the first,
+// and the first message is counted.
+type changeSender[T any, PT protoPtr[T]] struct {
+	s      *Server
+	stream grpc.ServerStreamingServer[T]
+	last   PT
+}
+
+func (c *changeSender[T, PT]) send(ctx context.Context, resp PT) error {
+	first := c.last == nil
+	if !first && proto.Equal(c.last, resp) {
+		return nil
+	}
+	if !first {
+		if err := c.s.recheck(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.stream.Send((*T)(resp)); err != nil {
+		return err
+	}
+	if first {
+		c.s.firstResponse(ctx)
+	}
+	c.last = resp
+	return nil
 }
 
 var (
@@ -550,15 +558,8 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	if err := checkHeader(ctx); err != nil {
 		return err
 	}
-	return handler(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+	return handler(srv, grpcstream.WithContext(ss, ctx))
 }
-
-type ctxStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *ctxStream) Context() context.Context { return s.ctx }
 
 // lastBundle memoizes the DER encoding of the most recent bundle: every
 // fetch carries it, and it changes only on rotation.

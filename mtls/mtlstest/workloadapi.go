@@ -30,6 +30,7 @@ type WorkloadAPI struct {
 	mu      sync.Mutex
 	resp    *workload.X509SVIDResponse // nil: no identity
 	changed chan struct{}              // closed and replaced on every change
+	sent    int                        // X509SVIDResponses sent, all streams
 }
 
 // StartWorkloadAPI serves the fake Workload API in dir (a short directory:
@@ -112,12 +113,24 @@ func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Ser
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
+		w.mu.Lock()
+		w.sent++
+		w.mu.Unlock()
 		select {
 		case <-changed:
 		case <-stream.Context().Done():
 			return nil
 		}
 	}
+}
+
+// SentX509SVIDs returns how many X509SVIDResponses the fake has sent on
+// all FetchX509SVID streams: a test waits on it to know that a client
+// holds the current response before it changes it.
+func (w *WorkloadAPI) SentX509SVIDs() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sent
 }
 
 // FetchX509Bundles implements the Workload API.

@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 func mustParse(t testing.TB, src string) *Policy {
@@ -428,17 +429,15 @@ func TestWatcherReload(t *testing.T) {
 	allowedB := func() bool { return w.Policy().Decide(id("spiffe://td/b"), ServiceTarget("s"), monday10).Allowed() }
 	tick := func(cond func() bool) {
 		t.Helper()
-		for i := 0; i < 200; i++ {
-			for fake.Waiters() == 0 {
-				time.Sleep(time.Millisecond)
+		// Each round waits for the watcher to sleep on the fake clock
+		// (it has finished its previous check) and wakes it.
+		eventually.True(t, 10*time.Second, func() bool {
+			if fake.Waiters() == 0 {
+				return false
 			}
 			fake.Add(50 * time.Millisecond)
-			if cond() {
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-		t.Fatal("condition not reached")
+			return cond()
+		}, "condition not reached")
 	}
 	if allowedB() {
 		t.Fatal("b allowed before edit")

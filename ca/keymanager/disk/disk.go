@@ -18,6 +18,7 @@ import (
 
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/internal/keygen"
+	"github.com/sigil-id/sigil/internal/atomicfile"
 )
 
 const (
@@ -86,7 +87,7 @@ func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) 
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	err = writeFileAtomic(path, data)
+	err = atomicfile.WriteFile(path, data, 0o600)
 	clear(data)
 	if err != nil {
 		return nil, fmt.Errorf("ca/keymanager/disk: writing key %q: %w", id, err)
@@ -142,42 +143,6 @@ func checkID(id string) error {
 		strings.Contains(id, ".."),
 		id == ".":
 		return fmt.Errorf("ca/keymanager/disk: invalid key id %q: path separators and \"..\" are not allowed", id)
-	}
-	return nil
-}
-
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	// CreateTemp already uses 0600; make it explicit regardless of umask.
-	if err = f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/atomicfile"
 	"github.com/sigil-id/sigil/server"
 )
 
@@ -222,35 +222,23 @@ func clusterSnapshotCmd() *cobra.Command {
 				return c.RPCError("snapshot save", err)
 			}
 			path := args[0]
-			tmp, err := os.CreateTemp(filepath.Dir(path), ".snapshot-*")
-			if err != nil {
-				return err
-			}
-			defer os.Remove(tmp.Name())
 			n := 0
-			for {
-				chunk, err := stream.Recv()
-				if errors.Is(err, io.EOF) {
-					break
+			err = atomicfile.WriteFunc(path, 0o600, func(w io.Writer) error {
+				for {
+					chunk, err := stream.Recv()
+					if errors.Is(err, io.EOF) {
+						return nil
+					}
+					if err != nil {
+						return c.RPCError("snapshot save", err)
+					}
+					if _, err := w.Write(chunk.Data); err != nil {
+						return err
+					}
+					n += len(chunk.Data)
 				}
-				if err != nil {
-					tmp.Close()
-					return c.RPCError("snapshot save", err)
-				}
-				if _, err := tmp.Write(chunk.Data); err != nil {
-					tmp.Close()
-					return err
-				}
-				n += len(chunk.Data)
-			}
-			if err := tmp.Sync(); err != nil {
-				tmp.Close()
-				return err
-			}
-			if err := tmp.Close(); err != nil {
-				return err
-			}
-			if err := os.Rename(tmp.Name(), path); err != nil {
+			})
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "saved %d bytes to %s\n", n, path)

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-id/sigil/internal/atomicfile"
+	"github.com/sigil-id/sigil/internal/trustbundle"
 	"github.com/sigil-id/sigil/internal/unixsock"
 )
 
@@ -209,53 +211,23 @@ func WriteSVID(dir string, s *x509svid.SVID, bundle []*x509.Certificate) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("-write: %w", err)
 	}
-	var chain []byte
-	for _, c := range s.Certificates {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
+	chain := trustbundle.EncodePEM(s.Certificates)
 	der, err := x509.MarshalPKCS8PrivateKey(s.PrivateKey)
 	if err != nil {
 		return fmt.Errorf("encode private key: %w", err)
 	}
 	key := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	var bundlePEM []byte
-	for _, c := range bundle {
-		bundlePEM = append(bundlePEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
+	bundlePEM := trustbundle.EncodePEM(bundle)
 	if len(bundlePEM) == 0 {
 		return fmt.Errorf("the Workload API returned no trust bundle for %s", s.ID.TrustDomain())
 	}
 	// The key goes first so that a failure never leaves a new certificate
 	// next to an old key.
-	if err := writeFileAtomic(filepath.Join(dir, "svid.key"), key, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "svid.key"), key, 0o600); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "svid.pem"), chain, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "svid.pem"), chain, 0o644); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, "bundle.pem"), bundlePEM, 0o644)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.WriteFile(filepath.Join(dir, "bundle.pem"), bundlePEM, 0o644)
 }
