@@ -198,7 +198,7 @@ func TestCacheDeletionWithdrawsAndFrees(t *testing.T) {
 		t.Fatalf("after delete: identities %v", got)
 	}
 	f.c.mu.Lock()
-	_, present := f.c.entries["a"]
+	_, present := f.c.st.entries["a"]
 	f.c.mu.Unlock()
 	if present {
 		t.Fatal("deleted entry still cached")
@@ -285,7 +285,7 @@ func TestCacheCloseUnsubscribes(t *testing.T) {
 	sub := f.c.SubscribeX509([]*sigilv1.Selector{sel("uid:1")})
 	sub.Close()
 	f.c.mu.Lock()
-	n := len(f.c.subs)
+	n := f.c.subs.len()
 	f.c.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d subscriptions after Close", n)

@@ -103,7 +103,7 @@ func newJWTFixture(t *testing.T) *jwtFixture {
 func (f *jwtFixture) mint(ctx context.Context, entryID string, audience []string) (*sigilv1.NewJWTSVIDResponse, error) {
 	// The server sees the entry as it is when the request arrives.
 	f.c.mu.Lock()
-	st := f.c.entries[entryID]
+	st := f.c.st.entries[entryID]
 	var sid string
 	if st != nil {
 		sid = st.entry.GetSpiffeId()
@@ -185,8 +185,8 @@ func (f *jwtFixture) fetchOne(aud ...string) workloadapi.JWTSVID {
 }
 
 func (f *jwtFixture) cachedTokens(entryID string) int {
-	f.c.mu.Lock()
-	defer f.c.mu.Unlock()
+	f.c.jwt.mu.Lock()
+	defer f.c.jwt.mu.Unlock()
 	n := 0
 	for k := range f.c.jwt.tokens {
 		if k.entryID == entryID {
