@@ -224,15 +224,15 @@ func (st *entryState) nextEvent() time.Time {
 type eventKind uint8
 
 const (
-	evMinted        eventKind = iota // an SVID was installed
-	evStale                          // a mint result for a changed or deleted entry was dropped
-	evHeld                           // a minted SVID waits for its CA to reach the bundle
-	evFailed                         // minting failed; the entry backs off
-	evDenied                         // the server refused the entry until it changes
-	evExpired                        // the SVID expired before it could be renewed
-	evPendingExpired                 // a held SVID never verified; the entry backs off
-	evTainted                        // the SVID's signer was tainted
-	evAbandoned                      // the entry changed or was deleted while its mint was in flight
+	evMinted         eventKind = iota // an SVID was installed
+	evStale                           // a mint result for a changed or deleted entry was dropped
+	evHeld                            // a minted SVID waits for its CA to reach the bundle
+	evFailed                          // minting failed; the entry backs off
+	evDenied                          // the server refused the entry until it changes
+	evExpired                         // the SVID expired before it could be renewed
+	evPendingExpired                  // a held SVID never verified; the entry backs off
+	evTainted                         // the SVID's signer was tainted
+	evAbandoned                       // the entry changed or was deleted while its mint was in flight
 )
 
 func (k eventKind) String() string {
