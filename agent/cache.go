@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -34,6 +35,8 @@ type cache struct {
 	mu   sync.Mutex
 	st   x509State
 	subs subscriptions
+	// bundle is st.bundle, for verifying minted SVIDs without the lock.
+	bundle atomic.Pointer[x509bundle.Bundle]
 
 	// kick wakes the minting loop; buffered 1.
 	kick chan struct{}
@@ -166,6 +169,7 @@ func (c *cache) Synced() bool {
 func (c *cache) SetBundle(b *x509bundle.Bundle) bool {
 	c.mu.Lock()
 	changed, ch := c.st.SetBundle(b, c.clk.Now())
+	c.bundle.Store(c.st.bundle)
 	c.settle(ch)
 	c.mu.Unlock()
 	c.report(ch)
@@ -204,17 +208,12 @@ func (c *cache) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) {
 }
 
 // takeBatch applies the passing of time and marks up to max entries due
-// at now as minting (x509State.StartMints). Each job carries the bundle
-// of the moment, against which finishBatch verifies its SVID. next is the
-// earliest time-driven change when every due entry was taken, zero
-// otherwise.
+// at now as minting (x509State.StartMints). next is the earliest
+// time-driven change when every due entry was taken, zero otherwise.
 func (c *cache) takeBatch(now time.Time, max int) (jobs []*mintJob, next time.Time) {
 	c.mu.Lock()
 	ch := c.st.Tick(now)
 	jobs, next = c.st.StartMints(now, max, func() map[*entryState]bool { return c.subs.waiting(&c.st) })
-	for _, j := range jobs {
-		j.bundle = c.st.bundle
-	}
 	c.settle(ch)
 	c.mu.Unlock()
 	ch.wake = false // the caller is the minting loop
@@ -247,9 +246,10 @@ func (c *cache) finish(job *mintJob, out mintOutcome) bool {
 // SVIDs are checked and verified before the lock is taken.
 func (c *cache) finishBatch(jobs []*mintJob, outs []mintOutcome) int {
 	now := c.clk.Now()
+	bundle := c.bundle.Load()
 	results := make([]mintResult, len(jobs))
 	for i, job := range jobs {
-		results[i] = checkMint(job, outs[i], job.bundle, now)
+		results[i] = checkMint(job, outs[i], bundle, now)
 	}
 	c.mu.Lock()
 	installed, ch := c.st.MintFinished(results, now)

@@ -312,7 +312,6 @@ func runX509Scenario(t *testing.T, path string) string {
 			var names []string
 			for _, j := range jobs {
 				s.njob++
-				j.bundle = s.st.bundle
 				s.jobs[s.njob] = j
 				names = append(names, fmt.Sprintf("#%d %s", s.njob, j.id))
 			}
@@ -349,7 +348,7 @@ func runX509Scenario(t *testing.T, path string) string {
 					id = spiffeid.RequireFromPath(testTD, "/"+p)
 				}
 				chain := ca.sign(t, id, pub, s.now, ttl)
-				results[i] = checkMint(j, mintOutcome{chain: chain}, j.bundle, s.now)
+				results[i] = checkMint(j, mintOutcome{chain: chain}, s.st.bundle, s.now)
 			}
 			var n int
 			n, ch = s.st.MintFinished(results, s.now)
@@ -367,7 +366,7 @@ func runX509Scenario(t *testing.T, path string) string {
 			}
 			results := make([]mintResult, len(jobs))
 			for i, j := range jobs {
-				results[i] = checkMint(j, out, j.bundle, s.now)
+				results[i] = checkMint(j, out, s.st.bundle, s.now)
 			}
 			_, ch = s.st.MintFinished(results, s.now)
 		case "reset":

@@ -466,9 +466,6 @@ type mintJob struct {
 	fp  entryFingerprint
 	// key is the SVID's private key, set by whoever builds the CSR.
 	key crypto.Signer
-	// bundle is the trust bundle when the job started, against which its
-	// SVID is verified before the result is recorded (nil: none yet).
-	bundle *x509bundle.Bundle
 }
 
 // StartMints marks up to max entries that are due at now as minting and
