@@ -277,8 +277,6 @@ type x509State struct {
 	bundleVersion uint64
 	svidSeq       uint64
 	genSeq        uint64
-	// taintedX509 are the tainted X.509 authorities by SubjectKeyId.
-	taintedX509 map[string]bool
 	// jitter draws the jitter of renewal times and retry backoffs, in
 	// [0, 1).
 	jitter func() float64
@@ -423,11 +421,10 @@ func (s *x509State) SetBundle(b *x509bundle.Bundle, now time.Time) (bool, change
 	return true, ch
 }
 
-// Tainted records the tainted X.509 authorities (by SubjectKeyId): SVIDs
-// they signed become due at once.
+// Tainted takes the tainted X.509 authorities (by SubjectKeyId): SVIDs
+// they signed become due at once and are served until replaced.
 func (s *x509State) Tainted(taintedX509 map[string]bool) changes {
 	var ch changes
-	s.taintedX509 = taintedX509
 	for _, id := range s.sortedIDs() {
 		st := s.entries[id]
 		if st.svid != nil && !st.svid.tainted && taintedX509[string(st.svid.chain[0].AuthorityKeyId)] {
