@@ -39,15 +39,22 @@ const (
 	mintRetryMax  = time.Minute
 )
 
-// phase is where one entry's X.509-SVID stands.
+// phase is where one entry's X.509-SVID stands. Its transitions:
 //
-//	noSVID  --StartMints-->  minting  --MintFinished(ok)-->  valid
-//	minting --MintFinished(error, denied, held)-->  back to the phase it left
-//	valid   --time passes renewAt-->  due  --StartMints-->  minting
-//	valid, due --Tainted(signer)-->  tainted  --StartMints-->  minting
-//	valid, due, tainted --time passes notAfter (Tick)-->  noSVID
-//	any     --entry changed-->  due (same SPIFFE ID) or noSVID; a mint in flight is abandoned
-//	any     --entry deleted-->  gone; a mint in flight is abandoned
+//	no-svid, due, tainted --StartMints--> minting (an older SVID is still served)
+//	minting --MintFinished ok--> valid
+//	minting --MintFinished error, denial, or SVID held for its CA--> the phase it left
+//	held SVID --SetBundle with its CA--> valid
+//	valid --Tick past renewAt--> due
+//	valid, due --Tainted(its signer)--> tainted
+//	valid, due, tainted --Tick past notAfter--> no-svid
+//	any --entry changed--> due (same SPIFFE ID) or no-svid; a mint in flight is abandoned
+//	any --entry deleted--> gone; a mint in flight is abandoned
+//
+// An abandoned mint's result is dropped when it comes back: jobs carry the
+// entry's generation (entryState.gen). Backoff after errors, a denial and
+// a held SVID are attributes that keep a no-svid or due entry from being
+// minted until they clear.
 type phase uint8
 
 const (
@@ -61,7 +68,8 @@ const (
 	// phaseValid: the SVID is handed out and not due for renewal.
 	phaseValid
 	// phaseDue: the SVID is handed out but is past its renewal time or
-	// was minted for an older version of the entry.
+	// was minted for an older version of the entry; it is minted again
+	// unless it backs off or holds an SVID waiting for its CA.
 	phaseDue
 	// phaseTainted: the SVID is handed out but was signed by a tainted
 	// authority; it is replaced at once.
