@@ -45,9 +45,9 @@ const (
 //	minting --MintFinished ok--> valid
 //	minting --MintFinished error, denial, or SVID held for its CA--> the phase it left
 //	held SVID --SetBundle with its CA--> valid
-//	valid --Tick past renewAt--> due
+//	valid --now passes renewAt--> due
 //	valid, due --Tainted(its signer)--> tainted
-//	valid, due, tainted --Tick past notAfter--> no-svid
+//	valid, due, tainted --now passes notAfter--> no-svid (Tick drops the SVID)
 //	any --entry changed--> due (same SPIFFE ID) or no-svid; a mint in flight is abandoned
 //	any --entry deleted--> gone; a mint in flight is abandoned
 //
