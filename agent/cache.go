@@ -101,11 +101,13 @@ func (c *cache) report(ch changes) {
 		id := zap.String("entry_id", e.entryID)
 		switch e.kind {
 		case evMinted:
-			leaf := e.svid.chain[0]
-			c.log.Debug("SVID received", id,
-				zap.String("spiffe_id", e.svid.spiffeID.String()),
-				zap.String("serial", leaf.SerialNumber.Text(16)),
-				zap.Time("expires_at", leaf.NotAfter))
+			if ce := c.log.Check(zap.DebugLevel, "SVID received"); ce != nil {
+				leaf := e.svid.chain[0]
+				ce.Write(id,
+					zap.String("spiffe_id", e.svid.spiffeID.String()),
+					zap.String("serial", leaf.SerialNumber.Text(16)),
+					zap.Time("expires_at", leaf.NotAfter))
+			}
 		case evStale:
 			c.log.Debug("dropping an SVID minted for an entry that changed or was deleted since", id)
 		case evAbandoned:

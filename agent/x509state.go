@@ -582,7 +582,7 @@ func checkMint(job *mintJob, out mintOutcome, bundle *x509bundle.Bundle, now tim
 // result for an entry deleted or changed since its job started is
 // dropped, with its key. It returns how many SVIDs were installed.
 func (s *x509State) MintFinished(results []mintResult, now time.Time) (int, changes) {
-	var ch changes
+	ch := changes{events: make([]event, 0, len(results))}
 	installed := 0
 	for _, r := range results {
 		if s.finish(r, now, &ch) {
