@@ -116,7 +116,8 @@ func (c *cache) report(ch changes) {
 			c.log.Info("minted SVID does not verify against the agent's bundle yet; holding it until a bundle update",
 				id, zap.Error(e.err))
 		case evFailed:
-			c.log.Warn("minting SVID failed", id, zap.Time("retry_at", e.at), zap.Error(e.err))
+			c.log.Warn("minting SVID failed", id, zap.Int("failures", e.failures),
+				zap.Time("retry_at", e.at), zap.Error(e.err))
 		case evDenied:
 			c.log.Warn("server refused to mint an SVID for the entry; waiting for the entry to change",
 				id, zap.Error(e.err))

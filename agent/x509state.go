@@ -253,7 +253,10 @@ type event struct {
 	entryID string
 	svid    *svid // evMinted, evExpired
 	err     error // evStale, evHeld, evFailed, evDenied
-	at      time.Time
+	// at is the time of the next attempt and failures the count of
+	// failures in a row (evFailed, evPendingExpired).
+	at       time.Time
+	failures int
 }
 
 // changes is what a transition changed, for the state's owner to act on.
@@ -458,7 +461,7 @@ func (s *x509State) Tick(now time.Time) changes {
 			st.pending = nil
 			st.failures++
 			st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
-			ch.add(event{kind: evPendingExpired, entryID: id, at: st.retryAt})
+			ch.add(event{kind: evPendingExpired, entryID: id, at: st.retryAt, failures: st.failures})
 		}
 	}
 	return ch
@@ -610,7 +613,7 @@ func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
 	fail := func(err error) bool {
 		st.failures++
 		st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
-		ch.add(event{kind: evFailed, entryID: job.id, err: err, at: st.retryAt})
+		ch.add(event{kind: evFailed, entryID: job.id, err: err, at: st.retryAt, failures: st.failures})
 		return false
 	}
 	if r.out.err != nil {
