@@ -199,9 +199,9 @@ func FuzzServerBundle(f *testing.F) {
 		if (err == nil) != (valid == len(pb.JwtAuthorities)) {
 			t.Fatalf("error %v, but %d of %d JWT authorities are valid", err, valid, len(pb.JwtAuthorities))
 		}
-		c.mu.Lock()
+		c.jwt.mu.Lock()
 		tainted := c.jwt.taintedJWT
-		c.mu.Unlock()
+		c.jwt.mu.Unlock()
 		for kid := range tainted {
 			ok := false
 			for _, a := range pb.JwtAuthorities {

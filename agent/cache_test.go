@@ -198,7 +198,7 @@ func TestCacheDeletionWithdrawsAndFrees(t *testing.T) {
 		t.Fatalf("after delete: identities %v", got)
 	}
 	f.c.mu.Lock()
-	_, present := f.c.entries["a"]
+	_, present := f.c.st.entries["a"]
 	f.c.mu.Unlock()
 	if present {
 		t.Fatal("deleted entry still cached")
@@ -285,7 +285,7 @@ func TestCacheCloseUnsubscribes(t *testing.T) {
 	sub := f.c.SubscribeX509([]*sigilv1.Selector{sel("uid:1")})
 	sub.Close()
 	f.c.mu.Lock()
-	n := len(f.c.subs)
+	n := f.c.subs.len()
 	f.c.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d subscriptions after Close", n)
@@ -472,5 +472,70 @@ func TestCacheRejectsWrongKeyOrID(t *testing.T) {
 	chain = f.ca.sign(t, spiffeid.RequireFromString("spiffe://example.org/evil"), key.Public(), t0, time.Hour)
 	if f.c.finish(jobs[0], mintOutcome{chain: chain}) {
 		t.Fatal("SVID with a foreign ID cached")
+	}
+}
+
+// signJob gives job a key and an SVID for its entry signed by ca.
+func (f *cacheFixture) signJob(j *mintJob, ca *testCA) mintOutcome {
+	f.t.Helper()
+	key, _, err := newKeyAndCSR()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	j.key = key
+	return mintOutcome{chain: ca.sign(f.t, spiffeid.RequireFromString(j.fp.spiffeID), key.Public(), f.clk.Now().Add(-time.Minute), time.Hour)}
+}
+
+// An SVID minted for an entry as it was before it changed never reaches a
+// workload, even when it comes back after the SVID for the new version.
+func TestCacheEntryUpdatedMidMintNotServed(t *testing.T) {
+	f := newCacheFixture(t)
+	f.c.SetBundle(f.bundle(f.ca))
+	f.c.ReplaceEntries([]*sigilv1.Entry{entry("a", "web", 1, "uid:1")})
+	sub := f.c.SubscribeX509([]*sigilv1.Selector{sel("uid:1")})
+	defer sub.Close()
+	old := f.c.takeDue(f.clk.Now(), 10)
+	if len(old) != 1 {
+		t.Fatalf("%d jobs", len(old))
+	}
+	changed := entry("a", "web2", 1, "uid:1")
+	changed.Revision = 2
+	f.c.ApplyDelta([]*sigilv1.Entry{changed}, nil)
+	// The changed entry is minted again at once, without waiting for the
+	// abandoned mint.
+	fresh := f.c.takeDue(f.clk.Now(), 10)
+	if len(fresh) != 1 || fresh[0].fp.spiffeID != "spiffe://example.org/web2" {
+		t.Fatalf("jobs after the change: %d", len(fresh))
+	}
+	if f.c.finishBatch(fresh, []mintOutcome{f.signJob(fresh[0], f.ca)}) != 1 {
+		t.Fatal("SVID for the new version not cached")
+	}
+	s := recv(t, sub)
+	if len(s.Identities) != 1 || s.Identities[0].SPIFFEID.String() != "spiffe://example.org/web2" {
+		t.Fatalf("identities %v", ids(s))
+	}
+	if f.c.finishBatch(old, []mintOutcome{f.signJob(old[0], f.ca)}) != 0 {
+		t.Fatal("SVID for the old version cached")
+	}
+	noRecv(t, sub)
+	if jobs := f.c.takeDue(f.clk.Now(), 10); len(jobs) != 0 {
+		t.Fatalf("%d jobs after both results", len(jobs))
+	}
+}
+
+// A result for an entry deleted and added again under the same ID while
+// its mint was in flight is dropped; the new entry is minted on its own.
+func TestCacheEntryReAddedMidMintNotServed(t *testing.T) {
+	f := newCacheFixture(t)
+	f.c.SetBundle(f.bundle(f.ca))
+	f.c.ReplaceEntries([]*sigilv1.Entry{entry("a", "web", 1, "uid:1")})
+	old := f.c.takeDue(f.clk.Now(), 10)
+	f.c.ApplyDelta(nil, []string{"a"})
+	f.c.ApplyDelta([]*sigilv1.Entry{entry("a", "web", 1, "uid:1")}, nil)
+	if f.c.finishBatch(old, []mintOutcome{f.signJob(old[0], f.ca)}) != 0 {
+		t.Fatal("SVID minted before the deletion cached for the re-added entry")
+	}
+	if n := f.mintAll(f.ca); n != 1 {
+		t.Fatalf("re-added entry minted %d times, want 1", n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -16,11 +17,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/workloadapi"
 )
-
-var _ workloadapi.JWTCache = (*cache)(nil)
 
 // jwtExpiryMargin: a cached JWT-SVID is not handed out when it has less
 // than this left, even when the server cannot be reached for a new one.
@@ -37,6 +37,9 @@ type jwtToken struct {
 	keyID     string
 	expiresAt time.Time
 	renewAt   time.Time
+	// gen is the entry's generation (entryState.gen) the token was
+	// minted for: it is handed out for that version of the entry only.
+	gen uint64
 }
 
 // jwtCall is one in-flight mint that concurrent fetches of the same
@@ -45,7 +48,7 @@ type jwtCall struct {
 	done chan struct{}
 	tok  *jwtToken
 	err  error
-	// gen is the entry's JWT generation when the call started: a token
+	// gen is the entry's generation when the call started: a token
 	// minted for an older generation is handed to the callers that were
 	// waiting for it but never cached.
 	gen uint64
@@ -54,8 +57,27 @@ type jwtCall struct {
 // jwtMinter asks a server for a JWT-SVID.
 type jwtMinter func(ctx context.Context, entryID string, audience []string) (*sigilv1.NewJWTSVIDResponse, error)
 
-// jwtState is the JWT part of the cache, guarded by cache.mu.
-type jwtState struct {
+// jwtTarget is an entry a JWT-SVID is fetched for.
+type jwtTarget struct {
+	entryID   string
+	gen       uint64
+	spiffeID  spiffeid.ID
+	hint      string
+	createdAt int64
+}
+
+// jwtCache holds the JWT-SVIDs minted for workloads, merges concurrent
+// mints of the same one (single flight) and keeps the JWT bundle. It has
+// its own lock; it learns the entries from targets (the X.509 state's
+// entry set) and is told by the cache when entries change or go
+// (entriesChanged).
+type jwtCache struct {
+	log     *zap.Logger
+	clk     clock.Clock
+	td      spiffeid.TrustDomain
+	targets func(sels registration.SelectorSet, spiffeID string) []jwtTarget
+
+	mu       sync.Mutex
 	tokens   map[jwtKey]*jwtToken
 	inflight map[jwtKey]*jwtCall
 	mint     jwtMinter
@@ -63,122 +85,142 @@ type jwtState struct {
 	// replaced when it changes.
 	bundle  *jwtbundle.Bundle
 	changed chan struct{}
-	// tainted authorities: X.509 by SubjectKeyId (raw bytes as string),
-	// JWT by key ID.
-	taintedX509 map[string]bool
-	taintedJWT  map[string]bool
-	// agentTaint is signalled when the agent's own SVID's signer is
-	// tainted; buffered 1.
-	agentTaint chan struct{}
+	// taintedJWT are the tainted JWT authorities by key ID.
+	taintedJWT map[string]bool
 	lastSweep  time.Time
-	// gen counts the times an entry's JWT-SVIDs were dropped (the entry
-	// changed or was deleted), from genSeq.
-	gen    map[string]uint64
-	genSeq uint64
+	// floor is, for entries that changed or were deleted, the lowest
+	// generation still current: a token minted for an older one is not
+	// cached. running counts the mints in flight per entry; floors are
+	// forgotten when none runs.
+	floor   map[string]uint64
+	running map[string]int
 }
 
-func newJWTState() jwtState {
-	return jwtState{
-		tokens:     make(map[jwtKey]*jwtToken),
-		inflight:   make(map[jwtKey]*jwtCall),
-		gen:        make(map[string]uint64),
-		changed:    make(chan struct{}),
-		agentTaint: make(chan struct{}, 1),
+func newJWTCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock,
+	targets func(registration.SelectorSet, string) []jwtTarget) *jwtCache {
+	return &jwtCache{
+		log:      log,
+		clk:      clk,
+		td:       td,
+		targets:  targets,
+		tokens:   make(map[jwtKey]*jwtToken),
+		inflight: make(map[jwtKey]*jwtCall),
+		changed:  make(chan struct{}),
+		floor:    make(map[string]uint64),
+		running:  make(map[string]int),
 	}
 }
 
 func (c *cache) setJWTMinter(m jwtMinter) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.jwt.mu.Lock()
+	defer c.jwt.mu.Unlock()
 	c.jwt.mint = m
-}
-
-// dropJWTLocked forgets the JWT-SVIDs of an entry.
-func (c *cache) dropJWTLocked(entryID string) {
-	for k := range c.jwt.tokens {
-		if k.entryID == entryID {
-			delete(c.jwt.tokens, k)
-		}
-	}
-	// Mints in flight were asked for the entry as it was: later fetches
-	// start new ones, and what the old ones return is not cached.
-	for k := range c.jwt.inflight {
-		if k.entryID == entryID {
-			delete(c.jwt.inflight, k)
-		}
-	}
-	c.jwt.genSeq++
-	c.jwt.gen[entryID] = c.jwt.genSeq
-}
-
-// setAuthorities takes the JWT authorities and the tainted flags of a
-// bundle from the server. SVIDs signed by a newly tainted key become due
-// at once; cached JWT-SVIDs of a tainted key are dropped. It reports
-// whether the agent's own SVID, signed by authority key ID agentAKI, is
-// now signed by a tainted key.
-func (c *cache) setAuthorities(pb *sigilv1.Bundle, agentAKI []byte) (agentTainted bool, err error) {
-	jb := jwtbundle.New(c.td)
-	taintedJWT := make(map[string]bool)
-	for _, a := range pb.GetJwtAuthorities() {
-		pub, perr := x509.ParsePKIXPublicKey(a.GetPublicKey())
-		if perr != nil {
-			err = fmt.Errorf("JWT authority %q: %w", a.GetKeyId(), perr)
-			continue
-		}
-		if aerr := jb.AddJWTAuthority(a.GetKeyId(), pub); aerr != nil {
-			err = aerr
-			continue
-		}
-		if a.GetTainted() {
-			taintedJWT[a.GetKeyId()] = true
-		}
-	}
-	taintedX509 := make(map[string]bool)
-	for _, a := range pb.GetX509Authorities() {
-		if !a.GetTainted() {
-			continue
-		}
-		if cert, perr := x509.ParseCertificate(a.GetCertificate()); perr == nil {
-			taintedX509[string(cert.SubjectKeyId)] = true
-		}
-	}
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.jwt.bundle == nil || !c.jwt.bundle.Equal(jb) {
-		c.jwt.bundle = jb
-		close(c.jwt.changed)
-		c.jwt.changed = make(chan struct{})
-	}
-	c.jwt.taintedJWT = taintedJWT
-	c.jwt.taintedX509 = taintedX509
-	for k, t := range c.jwt.tokens {
-		if taintedJWT[t.keyID] || !jb.HasJWTAuthority(t.keyID) {
-			delete(c.jwt.tokens, k)
-		}
-	}
-	marked := 0
-	for _, st := range c.entries {
-		if st.svid != nil && !st.svid.tainted && taintedX509[string(st.svid.chain[0].AuthorityKeyId)] {
-			st.svid.tainted = true
-			marked++
-		}
-	}
-	if marked > 0 {
-		c.log.Info("SVIDs signed by a tainted authority are being replaced", zap.Int("svids", marked))
-		c.wake()
-	}
-	return len(agentAKI) > 0 && taintedX509[string(agentAKI)], err
 }
 
 // JWTBundles implements workloadapi.JWTCache.
 func (c *cache) JWTBundles() (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.jwt.bundle == nil {
-		return nil, c.jwt.changed
+	return c.jwt.bundles()
+}
+
+// FetchJWTSVIDs implements workloadapi.JWTCache.
+func (c *cache) FetchJWTSVIDs(ctx context.Context, selectors []*sigilv1.Selector, audience []string, spiffeID string) ([]workloadapi.JWTSVID, error) {
+	return c.jwt.fetch(ctx, selectors, audience, spiffeID)
+}
+
+// entriesChanged forgets the JWT-SVIDs of entries that changed or were
+// deleted. gens holds each one's new generation, or 0 when it was
+// deleted.
+func (j *jwtCache) entriesChanged(gens map[string]uint64, genSeq uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for k := range j.tokens {
+		if _, ok := gens[k.entryID]; ok {
+			delete(j.tokens, k)
+		}
 	}
-	return map[spiffeid.TrustDomain]*jwtbundle.Bundle{c.td: c.jwt.bundle}, c.jwt.changed
+	// Mints in flight were asked for the entry as it was: later fetches
+	// start new ones, and what the old ones return is not cached.
+	for k := range j.inflight {
+		if _, ok := gens[k.entryID]; ok {
+			delete(j.inflight, k)
+		}
+	}
+	for id, g := range gens {
+		if g == 0 {
+			// Deleted: every generation issued so far is gone; an entry
+			// added again under the same ID gets a later one.
+			g = genSeq + 1
+		}
+		if g > j.floor[id] {
+			j.floor[id] = g
+		}
+	}
+}
+
+// authorities is what a bundle from the server says about signing keys.
+type authorities struct {
+	jwt         *jwtbundle.Bundle
+	taintedJWT  map[string]bool // by key ID
+	taintedX509 map[string]bool // by SubjectKeyId (raw bytes as string)
+}
+
+// parseAuthorities reads the JWT authorities and the tainted flags of a
+// bundle. A bad JWT authority is reported and left out; the others are
+// kept.
+func parseAuthorities(td spiffeid.TrustDomain, pb *sigilv1.Bundle) (authorities, error) {
+	var err error
+	a := authorities{jwt: jwtbundle.New(td), taintedJWT: make(map[string]bool), taintedX509: make(map[string]bool)}
+	for _, ja := range pb.GetJwtAuthorities() {
+		pub, perr := x509.ParsePKIXPublicKey(ja.GetPublicKey())
+		if perr != nil {
+			err = fmt.Errorf("JWT authority %q: %w", ja.GetKeyId(), perr)
+			continue
+		}
+		if aerr := a.jwt.AddJWTAuthority(ja.GetKeyId(), pub); aerr != nil {
+			err = aerr
+			continue
+		}
+		if ja.GetTainted() {
+			a.taintedJWT[ja.GetKeyId()] = true
+		}
+	}
+	for _, xa := range pb.GetX509Authorities() {
+		if !xa.GetTainted() {
+			continue
+		}
+		if cert, perr := x509.ParseCertificate(xa.GetCertificate()); perr == nil {
+			a.taintedX509[string(cert.SubjectKeyId)] = true
+		}
+	}
+	return a, err
+}
+
+// setAuthorities installs the JWT bundle and the tainted JWT keys: cached
+// JWT-SVIDs of a tainted key or of a key gone from the bundle are
+// dropped.
+func (j *jwtCache) setAuthorities(jb *jwtbundle.Bundle, tainted map[string]bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.bundle == nil || !j.bundle.Equal(jb) {
+		j.bundle = jb
+		close(j.changed)
+		j.changed = make(chan struct{})
+	}
+	j.taintedJWT = tainted
+	for k, t := range j.tokens {
+		if tainted[t.keyID] || !jb.HasJWTAuthority(t.keyID) {
+			delete(j.tokens, k)
+		}
+	}
+}
+
+func (j *jwtCache) bundles() (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.bundle == nil {
+		return nil, j.changed
+	}
+	return map[spiffeid.TrustDomain]*jwtbundle.Bundle{j.td: j.bundle}, j.changed
 }
 
 // canonicalAudience sorts and deduplicates an audience list.
@@ -188,61 +230,32 @@ func canonicalAudience(aud []string) []string {
 	return slices.Compact(out)
 }
 
-type jwtTarget struct {
-	entryID  string
-	spiffeID spiffeid.ID
-	hint     string
-}
-
-// FetchJWTSVIDs implements workloadapi.JWTCache: a cached JWT-SVID is
-// reused until half its lifetime has passed; after that a new one is
+// fetch returns a JWT-SVID for every matching entry: a cached JWT-SVID
+// is reused until half its lifetime has passed; after that a new one is
 // minted, and the cached one is still served while it is valid if no
 // server can be reached.
-func (c *cache) FetchJWTSVIDs(ctx context.Context, selectors []*sigilv1.Selector, audience []string, spiffeID string) ([]workloadapi.JWTSVID, error) {
+func (j *jwtCache) fetch(ctx context.Context, selectors []*sigilv1.Selector, audience []string, spiffeID string) ([]workloadapi.JWTSVID, error) {
 	aud := canonicalAudience(audience)
 	audKey := strings.Join(aud, "\x00")
-	sels := registration.NewSelectorSet(selectors)
-
-	c.mu.Lock()
-	var targets []jwtTarget
-	var createdAt []int64
-	for id, st := range c.entries {
-		e := st.entry
-		if !sels.Contains(e.GetSelectors()) {
-			continue
-		}
-		if spiffeID != "" && e.GetSpiffeId() != spiffeID {
-			continue
-		}
-		sid, err := spiffeid.FromString(e.GetSpiffeId())
-		if err != nil {
-			continue
-		}
-		targets = append(targets, jwtTarget{entryID: id, spiffeID: sid, hint: e.GetHint()})
-		createdAt = append(createdAt, e.GetCreatedAt())
-	}
-	c.sweepJWTLocked()
-	c.mu.Unlock()
+	targets := j.targets(registration.NewSelectorSet(selectors), spiffeID)
+	j.mu.Lock()
+	j.sweepLocked()
+	j.mu.Unlock()
 	if len(targets) == 0 {
 		return nil, workloadapi.ErrNoIdentity
 	}
-	idx := make([]int, len(targets))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortFunc(idx, func(a, b int) int {
-		if createdAt[a] != createdAt[b] {
-			if createdAt[a] < createdAt[b] {
+	slices.SortFunc(targets, func(a, b jwtTarget) int {
+		if a.createdAt != b.createdAt {
+			if a.createdAt < b.createdAt {
 				return -1
 			}
 			return 1
 		}
-		return strings.Compare(targets[a].entryID, targets[b].entryID)
+		return strings.Compare(a.entryID, b.entryID)
 	})
 	out := make([]workloadapi.JWTSVID, 0, len(targets))
-	for _, i := range idx {
-		t := targets[i]
-		tok, err := c.jwtFor(ctx, jwtKey{entryID: t.entryID, audience: audKey}, aud)
+	for _, t := range targets {
+		tok, err := j.tokenFor(ctx, jwtKey{entryID: t.entryID, audience: audKey}, t.gen, aud)
 		if err != nil {
 			return nil, err
 		}
@@ -251,53 +264,52 @@ func (c *cache) FetchJWTSVIDs(ctx context.Context, selectors []*sigilv1.Selector
 	return out, nil
 }
 
-// sweepJWTLocked drops expired JWT-SVIDs, at most once a minute.
-func (c *cache) sweepJWTLocked() {
-	now := c.clk.Now()
-	if now.Sub(c.jwt.lastSweep) < time.Minute {
+// sweepLocked drops expired JWT-SVIDs, at most once a minute.
+func (j *jwtCache) sweepLocked() {
+	now := j.clk.Now()
+	if now.Sub(j.lastSweep) < time.Minute {
 		return
 	}
-	c.jwt.lastSweep = now
-	for k, t := range c.jwt.tokens {
+	j.lastSweep = now
+	for k, t := range j.tokens {
 		if !now.Before(t.expiresAt) {
-			delete(c.jwt.tokens, k)
+			delete(j.tokens, k)
 		}
 	}
-	// Generations of deleted entries matter only while a mint for them
-	// may still be running.
-	busy := make(map[string]bool, len(c.jwt.inflight))
-	for k := range c.jwt.inflight {
-		busy[k.entryID] = true
-	}
-	for id := range c.jwt.gen {
-		if _, ok := c.entries[id]; !ok && !busy[id] {
-			delete(c.jwt.gen, id)
+	// Floors matter only while a mint for an older generation may still
+	// be running.
+	for id := range j.floor {
+		if j.running[id] == 0 {
+			delete(j.floor, id)
 		}
 	}
 }
 
-// jwtFor returns the cached JWT-SVID for k or mints one, merging
-// concurrent mints of the same one.
-func (c *cache) jwtFor(ctx context.Context, k jwtKey, aud []string) (*jwtToken, error) {
-	c.mu.Lock()
-	now := c.clk.Now()
-	cached := c.jwt.tokens[k]
+// tokenFor returns the cached JWT-SVID for k, minted for generation gen
+// of its entry, or mints one, merging concurrent mints of the same one.
+func (j *jwtCache) tokenFor(ctx context.Context, k jwtKey, gen uint64, aud []string) (*jwtToken, error) {
+	j.mu.Lock()
+	now := j.clk.Now()
+	cached := j.tokens[k]
+	if cached != nil && cached.gen != gen {
+		cached = nil // minted for another version of the entry
+	}
 	if cached != nil && now.Before(cached.renewAt) {
-		c.mu.Unlock()
+		j.mu.Unlock()
 		return cached, nil
 	}
-	call := c.jwt.inflight[k]
-	if call == nil {
-		if c.jwt.mint == nil {
-			c.mu.Unlock()
+	call := j.inflight[k]
+	if call == nil || call.gen < gen {
+		if j.mint == nil {
+			j.mu.Unlock()
 			return nil, status.Error(codes.Unavailable, "agent is not connected to a server yet")
 		}
-		call = &jwtCall{done: make(chan struct{}), gen: c.jwt.gen[k.entryID]}
-		c.jwt.inflight[k] = call
-		mint := c.jwt.mint
-		go c.runJWTMint(call, k, aud, mint)
+		call = &jwtCall{done: make(chan struct{}), gen: gen}
+		j.inflight[k] = call
+		j.running[k.entryID]++
+		go j.run(call, k, aud, j.mint)
 	}
-	c.mu.Unlock()
+	j.mu.Unlock()
 
 	select {
 	case <-ctx.Done():
@@ -311,51 +323,58 @@ func (c *cache) jwtFor(ctx context.Context, k jwtKey, aud []string) (*jwtToken, 
 		return nil, call.err
 	}
 	// Offline: serve the cached token while it is still good.
-	if cached != nil && c.clk.Now().Add(jwtExpiryMargin).Before(cached.expiresAt) {
+	if cached != nil && j.clk.Now().Add(jwtExpiryMargin).Before(cached.expiresAt) {
 		return cached, nil
 	}
 	return nil, call.err
 }
 
-// runJWTMint mints outside any caller's context, so that a caller that
-// gives up does not fail the others waiting on the same call.
-func (c *cache) runJWTMint(call *jwtCall, k jwtKey, aud []string, mint jwtMinter) {
+// run mints outside any caller's context, so that a caller that gives up
+// does not fail the others waiting on the same call.
+func (j *jwtCache) run(call *jwtCall, k jwtKey, aud []string, mint jwtMinter) {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
 	resp, err := mint(ctx, k.entryID, aud)
 	var tok *jwtToken
 	if err == nil {
-		tok, err = c.checkJWT(resp)
+		tok, err = checkJWT(resp, call.gen)
 	}
-	c.mu.Lock()
-	if c.jwt.inflight[k] == call {
-		delete(c.jwt.inflight, k)
+	j.mu.Lock()
+	if j.inflight[k] == call {
+		delete(j.inflight, k)
 	}
-	if err == nil && c.cacheableJWTLocked(k.entryID, call.gen, tok) {
-		c.jwt.tokens[k] = tok
+	if j.running[k.entryID]--; j.running[k.entryID] <= 0 {
+		delete(j.running, k.entryID)
 	}
-	c.mu.Unlock()
+	if err == nil && j.cacheableLocked(k, tok) {
+		j.tokens[k] = tok
+	}
+	j.mu.Unlock()
 	if err != nil {
-		c.log.Warn("minting JWT-SVID failed", zap.String("entry_id", k.entryID), zap.Error(err))
+		j.log.Warn("minting JWT-SVID failed", zap.String("entry_id", k.entryID), zap.Error(err))
 	}
 	call.tok, call.err = tok, err
 	close(call.done)
 }
 
-// cacheableJWTLocked reports whether a token minted for entryID at JWT
-// generation gen may be cached: the entry is unchanged since, and the
-// signing key is neither tainted nor gone from the bundle.
-func (c *cache) cacheableJWTLocked(entryID string, gen uint64, tok *jwtToken) bool {
-	if _, ok := c.entries[entryID]; !ok || c.jwt.gen[entryID] != gen {
+// cacheableLocked reports whether tok may be cached under k: its entry has
+// not changed or gone since the mint started, no token for a newer
+// version is cached, and the signing key is neither tainted nor gone from
+// the bundle.
+func (j *jwtCache) cacheableLocked(k jwtKey, tok *jwtToken) bool {
+	if tok.gen < j.floor[k.entryID] {
 		return false
 	}
-	if c.jwt.taintedJWT[tok.keyID] {
+	if cur := j.tokens[k]; cur != nil && cur.gen > tok.gen {
 		return false
 	}
-	return c.jwt.bundle == nil || c.jwt.bundle.HasJWTAuthority(tok.keyID)
+	if j.taintedJWT[tok.keyID] {
+		return false
+	}
+	return j.bundle == nil || j.bundle.HasJWTAuthority(tok.keyID)
 }
 
-func (c *cache) checkJWT(resp *sigilv1.NewJWTSVIDResponse) (*jwtToken, error) {
+func checkJWT(resp *sigilv1.NewJWTSVIDResponse, gen uint64) (*jwtToken, error) {
 	if resp.GetToken() == "" {
 		return nil, errors.New("server returned an empty JWT-SVID")
 	}
@@ -368,6 +387,7 @@ func (c *cache) checkJWT(resp *sigilv1.NewJWTSVIDResponse) (*jwtToken, error) {
 		keyID:     resp.GetKeyId(),
 		expiresAt: exp,
 		renewAt:   iat.Add(exp.Sub(iat) / 2),
+		gen:       gen,
 	}, nil
 }
 
@@ -396,7 +416,7 @@ func (a *Agent) applyServerBundle(pb *sigilv1.Bundle) {
 	if tainted {
 		a.log.Warn("the agent's own SVID is signed by a tainted authority; renewing it now")
 		select {
-		case a.cache.jwt.agentTaint <- struct{}{}:
+		case a.cache.agentTaint <- struct{}{}:
 		default:
 		}
 	}

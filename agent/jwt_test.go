@@ -103,7 +103,7 @@ func newJWTFixture(t *testing.T) *jwtFixture {
 func (f *jwtFixture) mint(ctx context.Context, entryID string, audience []string) (*sigilv1.NewJWTSVIDResponse, error) {
 	// The server sees the entry as it is when the request arrives.
 	f.c.mu.Lock()
-	st := f.c.entries[entryID]
+	st := f.c.st.entries[entryID]
 	var sid string
 	if st != nil {
 		sid = st.entry.GetSpiffeId()
@@ -185,8 +185,8 @@ func (f *jwtFixture) fetchOne(aud ...string) workloadapi.JWTSVID {
 }
 
 func (f *jwtFixture) cachedTokens(entryID string) int {
-	f.c.mu.Lock()
-	defer f.c.mu.Unlock()
+	f.c.jwt.mu.Lock()
+	defer f.c.jwt.mu.Unlock()
 	n := 0
 	for k := range f.c.jwt.tokens {
 		if k.entryID == entryID {
@@ -734,5 +734,50 @@ func TestJWTBundles(t *testing.T) {
 	bs, _ = c.JWTBundles()
 	if b := bs[testTD]; !b.HasJWTAuthority(k1.kid) || !b.HasJWTAuthority(k2.kid) || b.HasJWTAuthority("bad") {
 		t.Fatalf("kids = %v", b.JWTAuthorities())
+	}
+}
+
+// An entry deleted and added again under the same ID (with a new SPIFFE
+// ID) while a mint for the old one is in flight: the old token is handed
+// to the caller that asked for it but never cached; the new entry's token
+// is, whichever mint ends first.
+func TestJWTCacheEntryReAddedDuringMint(t *testing.T) {
+	f := newJWTFixture(t)
+	f.c.ReplaceEntries([]*sigilv1.Entry{entry("a", "web", 1, "uid:1")})
+	release := f.hold()
+	defer release()
+	done := make(chan error, 2)
+	go func() {
+		_, err := f.fetch(context.Background(), "uid:1", "", "x")
+		done <- err
+	}()
+	waitFor(t, f.started, "the first mint")
+	f.c.ApplyDelta(nil, []string{"a"})
+	readded := entry("a", "web2", 1, "uid:1")
+	readded.Revision = 2
+	f.c.ApplyDelta([]*sigilv1.Entry{readded}, nil)
+	go func() {
+		_, err := f.fetch(context.Background(), "uid:1", "", "x")
+		done <- err
+	}()
+	waitFor(t, f.started, "the second mint")
+	release()
+	for range 2 {
+		if err := waitFor(t, done, "a fetch"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.wantCalls(2)
+	if n := f.cachedTokens("a"); n != 1 {
+		t.Fatalf("%d tokens cached for a, want 1", n)
+	}
+	got := f.fetchOne("x")
+	f.wantCalls(2) // served from the cache
+	svid, err := jwtsvid.ParseAndValidate(got.Token, jwtbundle.NewSet(f.bundle()), []string{"x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := spiffeid.RequireFromString("spiffe://example.org/web2"); svid.ID != want {
+		t.Fatalf("cached token for %v, want %v", svid.ID, want)
 	}
 }

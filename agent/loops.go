@@ -139,14 +139,18 @@ func (a *Agent) syncOnce(ctx context.Context) (progressed bool, err error) {
 
 // mintLoop mints SVIDs for entries that need one, in batches, at most
 // maxBatchesInFlight at a time. It also drives renewal: it sleeps until
-// the next SVID is due by the injected clock.
+// the next SVID is due by the injected clock. Each batch enters the cache
+// twice: once to take its jobs (takeBatch) and once to hand back their
+// outcomes (finishBatch).
 func (a *Agent) mintLoop(ctx context.Context) {
 	slots := make(chan struct{}, maxBatchesInFlight)
 	idle := 0
 	for {
 		dispatched := false
+		var next time.Time
 		for len(slots) < cap(slots) {
-			jobs := a.cache.takeDue(a.clk.Now(), a.cfg.SyncBatchSize)
+			jobs, n := a.cache.takeBatch(a.clk.Now(), a.cfg.SyncBatchSize)
+			next = n
 			if len(jobs) == 0 {
 				break
 			}
@@ -159,22 +163,24 @@ func (a *Agent) mintLoop(ctx context.Context) {
 				}()
 				a.mintBatch(ctx, jobs)
 			}()
+			if len(jobs) < a.cfg.SyncBatchSize {
+				break // every due entry was taken; next is set
+			}
+			next = time.Time{}
 		}
 		var timer <-chan time.Time
-		if len(slots) < cap(slots) {
-			if next := a.cache.nextEvent(); !next.IsZero() {
-				d := next.Sub(a.clk.Now())
-				if d <= 0 && !dispatched {
-					// Something is due but nothing was taken; this
-					// should not happen, but never spin on it.
-					if idle++; idle > 3 {
-						d = 10 * time.Millisecond
-					}
-				} else {
-					idle = 0
+		if len(slots) < cap(slots) && !next.IsZero() {
+			d := next.Sub(a.clk.Now())
+			if d <= 0 && !dispatched {
+				// Something is due but nothing was taken; this
+				// should not happen, but never spin on it.
+				if idle++; idle > 3 {
+					d = 10 * time.Millisecond
 				}
-				timer = a.clk.After(max(d, 0))
+			} else {
+				idle = 0
 			}
+			timer = a.clk.After(max(d, 0))
 		}
 		select {
 		case <-ctx.Done():
@@ -189,36 +195,44 @@ func (a *Agent) mintLoop(ctx context.Context) {
 	}
 }
 
-// mintBatch generates a key and CSR per job and has them signed in one
-// call.
+// mintBatch generates a key and CSR per job, has them signed in one call
+// and hands every outcome back to the cache in one call.
 func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
+	outs := make([]mintOutcome, len(jobs))
 	req := &sigilv1.BatchNewX509SVIDRequest{Requests: make([]*sigilv1.X509SVIDRequest, 0, len(jobs))}
-	sent := jobs[:0:0]
-	for _, j := range jobs {
+	sent := make([]int, 0, len(jobs)) // indexes of the jobs in req
+	for i, j := range jobs {
 		key, csr, err := newKeyAndCSR()
 		if err != nil {
-			a.cache.finish(j, mintOutcome{err: err})
+			outs[i].err = err
 			continue
 		}
 		j.key = key
 		req.Requests = append(req.Requests, &sigilv1.X509SVIDRequest{EntryId: j.id, Csr: csr})
-		sent = append(sent, j)
+		sent = append(sent, i)
 	}
-	if len(sent) == 0 {
-		return
+	start := a.clk.Now()
+	if len(sent) > 0 {
+		a.mintRPC(ctx, req, jobs, sent, outs)
 	}
+	minted := a.cache.finishBatch(jobs, outs)
+	a.log.Debug("minted batch", zap.Int("requested", len(sent)), zap.Int("cached", minted),
+		zap.Duration("took", a.clk.Now().Sub(start)))
+}
+
+// mintRPC sends req and fills in outs[i] for each job index i in sent.
+func (a *Agent) mintRPC(ctx context.Context, req *sigilv1.BatchNewX509SVIDRequest, jobs []*mintJob, sent []int, outs []mintOutcome) {
 	client, _ := a.client()
 	cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	start := a.clk.Now()
 	resp, err := client.BatchNewX509SVID(cctx, req)
 	if err != nil {
 		if isAuthError(err) {
 			a.setAuthErr(err)
 			a.log.Error("agent was evicted or banned: server refused to mint SVIDs", zap.Error(err))
 		}
-		for _, j := range sent {
-			a.cache.finish(j, mintOutcome{err: err})
+		for _, i := range sent {
+			outs[i].err = err
 		}
 		return
 	}
@@ -226,10 +240,9 @@ func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 	for _, r := range resp.GetResults() {
 		results[r.GetEntryId()] = r
 	}
-	outs := make([]mintOutcome, len(sent))
-	for i, j := range sent {
-		r := results[j.id]
-		var out mintOutcome
+	for _, i := range sent {
+		r := results[jobs[i].id]
+		out := &outs[i]
 		switch {
 		case r == nil:
 			out.err = errors.New("server returned no result for the entry")
@@ -240,11 +253,7 @@ func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 		default:
 			out.chain, out.err = parseDERChain(r.GetChain())
 		}
-		outs[i] = out
 	}
-	minted := a.cache.finishBatch(sent, outs)
-	a.log.Debug("minted batch", zap.Int("requested", len(sent)), zap.Int("cached", minted),
-		zap.Duration("took", a.clk.Now().Sub(start)))
 }
 
 // agentLoop renews the agent SVID at half its lifetime, and re-attests if
@@ -266,7 +275,7 @@ func (a *Agent) agentLoop(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-a.clk.After(wait):
-			case <-a.cache.jwt.agentTaint:
+			case <-a.cache.agentTaint:
 				// The key that signed our SVID is tainted: renew now.
 			}
 		} else if ctx.Err() != nil {

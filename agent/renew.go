@@ -29,8 +29,21 @@ func renewAt(notBefore, notAfter time.Time) time.Time {
 }
 
 // backoff is a capped exponential backoff with full jitter in
-// [d/2, d) where d = base·2^attempt capped at max.
+// [d/2, d] where d = base·2^attempt capped at max.
 func backoff(base, max time.Duration, attempt int) time.Duration {
+	return Backoff(base, max, attempt, rand.Float64())
+}
+
+// Backoff is the wait before retry number attempt (from 0): d =
+// base·2^attempt capped at max, of which the upper half is scaled by
+// jitter in [0, 1), giving [d/2, d]. Jitter outside [0, 1) is clamped.
+func Backoff(base, max time.Duration, attempt int, jitter float64) time.Duration {
+	if jitter < 0 {
+		jitter = 0
+	}
+	if jitter >= 1 {
+		jitter = 0.999999
+	}
 	d := base
 	for i := 0; i < attempt && d < max; i++ {
 		d *= 2
@@ -39,5 +52,5 @@ func backoff(base, max time.Duration, attempt int) time.Duration {
 		d = max
 	}
 	half := d / 2
-	return half + time.Duration(rand.Int64N(int64(half)+1))
+	return half + time.Duration(jitter*float64(half+1))
 }

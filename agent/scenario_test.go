@@ -1,0 +1,381 @@
+package agent
+
+import (
+	"bufio"
+	"crypto"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files of the X.509 state scenarios")
+
+// TestX509StateScenarios runs the scripts in testdata/x509state against an
+// x509State with no jitter (renewal at exactly half-life, backoff at the
+// lower end) and compares the printed transitions and states with the
+// golden files (go test ./agent -run Scenarios -update rewrites them).
+//
+// Commands, one a line (# starts a comment, copied to the output):
+//
+//	bundle CA...                 SetBundle with these CAs (made on first mention)
+//	entries ID=PATH...           ReplaceEntries (revision 1, selector uid:1)
+//	upsert ID PATH [rev=N] [ttl=SECONDS] [dns=NAME]   ApplyDelta of one entry
+//	delete ID...                 ApplyDelta deleting entries
+//	taint CA...                  Tainted: these CAs' keys are tainted
+//	advance D                    move the clock
+//	tick                         Tick
+//	start [MAX]                  StartMints (MAX 10); jobs are numbered #1, #2, ...
+//	mint JOB[,JOB...] CA [ttl=D] [id=PATH] [key=other]
+//	                             MintFinished: SVIDs signed by CA, valid from now
+//	fail JOB[,JOB...] [CODE]     MintFinished: the server answered with an error
+//	deny JOB                     MintFinished: PermissionDenied
+//	reset                        ResetRetries
+func TestX509StateScenarios(t *testing.T) {
+	scripts, _ := filepath.Glob("testdata/x509state/*.script")
+	if len(scripts) == 0 {
+		t.Fatal("no scenario scripts")
+	}
+	for _, path := range scripts {
+		name := strings.TrimSuffix(filepath.Base(path), ".script")
+		t.Run(name, func(t *testing.T) {
+			got := runX509Scenario(t, path)
+			golden := strings.TrimSuffix(path, ".script") + ".golden"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("scenario output differs from %s (run with -update after checking):\n%s", golden, lineDiff(string(want), got))
+			}
+		})
+	}
+}
+
+func lineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var b strings.Builder
+	for i := 0; i < max(len(w), len(g)); i++ {
+		var wl, gl string
+		if i < len(w) {
+			wl = w[i]
+		}
+		if i < len(g) {
+			gl = g[i]
+		}
+		if wl != gl {
+			fmt.Fprintf(&b, "line %d:\n  want %q\n  got  %q\n", i+1, wl, gl)
+		}
+	}
+	return b.String()
+}
+
+type scenario struct {
+	t     *testing.T
+	start time.Time
+	now   time.Time
+	st    x509State
+	cas   map[string]*testCA
+	// caOf names a CA by its SubjectKeyId.
+	caOf map[string]string
+	jobs map[int]*mintJob
+	njob int
+	out  strings.Builder
+}
+
+func (s *scenario) rel(tm time.Time) string {
+	if tm.IsZero() {
+		return "-"
+	}
+	return "+" + tm.Sub(s.start).String()
+}
+
+func (s *scenario) ca(name string) *testCA {
+	if c := s.cas[name]; c != nil {
+		return c
+	}
+	c := newTestCA(s.t, s.start)
+	s.cas[name] = c
+	s.caOf[string(c.cert.SubjectKeyId)] = name
+	return c
+}
+
+func (s *scenario) fatalf(line, format string, args ...any) {
+	s.t.Helper()
+	s.t.Fatalf("%s: %s", line, fmt.Sprintf(format, args...))
+}
+
+// show prints what a transition changed.
+func (s *scenario) show(ch changes) {
+	for _, e := range ch.events {
+		fmt.Fprintf(&s.out, "  event %s %s", e.kind, e.entryID)
+		if e.svid != nil {
+			fmt.Fprintf(&s.out, " svid#%d", e.svid.seq)
+		}
+		if !e.at.IsZero() {
+			fmt.Fprintf(&s.out, " retry %s", s.rel(e.at))
+		}
+		if e.err != nil {
+			fmt.Fprintf(&s.out, " (%v)", e.err)
+		}
+		s.out.WriteString("\n")
+	}
+	var flags []string
+	if ch.notify {
+		flags = append(flags, "notify")
+	}
+	if ch.wake {
+		flags = append(flags, "wake")
+	}
+	if len(ch.jwtDrop) > 0 {
+		d := slices.Clone(ch.jwtDrop)
+		slices.Sort(d)
+		flags = append(flags, "jwt-drop["+strings.Join(d, ",")+"]")
+	}
+	if len(flags) > 0 {
+		fmt.Fprintf(&s.out, "  changes: %s\n", strings.Join(flags, " "))
+	}
+}
+
+// state prints every entry and the next time-driven event.
+func (s *scenario) state() {
+	for _, id := range s.st.sortedIDs() {
+		st := s.st.entries[id]
+		fmt.Fprintf(&s.out, "  %-4s %-8s gen %d %s", id, st.phase(s.now), st.gen, strings.TrimPrefix(st.entry.GetSpiffeId(), "spiffe://example.org"))
+		if sv := st.svid; sv != nil {
+			fmt.Fprintf(&s.out, " | svid#%d %s by %s renew %s expires %s", sv.seq,
+				strings.TrimPrefix(sv.spiffeID.String(), "spiffe://example.org"), s.caOf[string(sv.chain[0].AuthorityKeyId)],
+				s.rel(sv.renewAt), s.rel(sv.notAfter))
+			if sv.mintedFor != st.fp {
+				s.out.WriteString(" (for an older version)")
+			}
+			if sv.tainted {
+				s.out.WriteString(" tainted")
+			}
+		}
+		if st.pending != nil {
+			fmt.Fprintf(&s.out, " | held since %s, by %s", s.rel(st.pendingSince), s.caOf[string(st.pending.chain[0].AuthorityKeyId)])
+		}
+		if st.failures > 0 || !st.retryAt.IsZero() {
+			fmt.Fprintf(&s.out, " | failures %d retry %s", st.failures, s.rel(st.retryAt))
+		}
+		if st.denied {
+			s.out.WriteString(" | denied")
+		}
+		s.out.WriteString("\n")
+	}
+	fmt.Fprintf(&s.out, "  next %s\n", s.rel(s.st.NextEvent()))
+}
+
+// jobsOf parses a comma-separated list of job numbers.
+func (s *scenario) jobsOf(line, arg string) []*mintJob {
+	var jobs []*mintJob
+	for _, f := range strings.Split(arg, ",") {
+		n, err := strconv.Atoi(strings.TrimPrefix(f, "#"))
+		if err != nil || s.jobs[n] == nil {
+			s.fatalf(line, "no job %q", f)
+		}
+		jobs = append(jobs, s.jobs[n])
+		delete(s.jobs, n)
+	}
+	return jobs
+}
+
+func scenarioEntry(id, path string) *sigilv1.Entry {
+	e := entry(id, path, 1, "uid:1")
+	return e
+}
+
+func runX509Scenario(t *testing.T, path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := &scenario{
+		t:     t,
+		start: start,
+		now:   start,
+		st:    newX509State(func() float64 { return 0 }),
+		cas:   make(map[string]*testCA),
+		caOf:  make(map[string]string),
+		jobs:  make(map[int]*mintJob),
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			s.out.WriteString(line + "\n")
+			continue
+		}
+		fields := strings.Fields(line)
+		args := fields[1:]
+		opts := map[string]string{}
+		var pos []string
+		for _, a := range args {
+			if k, v, ok := strings.Cut(a, "="); ok && fields[0] != "entries" {
+				opts[k] = v
+			} else {
+				pos = append(pos, a)
+			}
+		}
+		fmt.Fprintf(&s.out, "> %s   (now %s)\n", line, s.rel(s.now))
+		var ch changes
+		switch fields[0] {
+		case "bundle":
+			b := x509bundle.New(testTD)
+			for _, name := range pos {
+				b.AddX509Authority(s.ca(name).cert)
+			}
+			changed, c := s.st.SetBundle(b, s.now)
+			if !changed {
+				s.out.WriteString("  unchanged\n")
+			}
+			ch = c
+		case "entries":
+			var es []*sigilv1.Entry
+			for _, a := range pos {
+				id, p, ok := strings.Cut(a, "=")
+				if !ok {
+					s.fatalf(line, "want ID=PATH, got %q", a)
+				}
+				es = append(es, scenarioEntry(id, p))
+			}
+			ch = s.st.ReplaceEntries(es)
+		case "upsert":
+			if len(pos) != 2 {
+				s.fatalf(line, "want upsert ID PATH")
+			}
+			e := scenarioEntry(pos[0], pos[1])
+			if v, ok := opts["rev"]; ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					s.fatalf(line, "%v", err)
+				}
+				e.Revision = n
+			}
+			if v, ok := opts["ttl"]; ok {
+				n, err := strconv.ParseInt(v, 10, 32)
+				if err != nil {
+					s.fatalf(line, "%v", err)
+				}
+				e.X509SvidTtl = int32(n)
+			}
+			if v, ok := opts["dns"]; ok {
+				e.DnsNames = []string{v}
+			}
+			ch = s.st.ApplyDelta([]*sigilv1.Entry{e}, nil)
+		case "delete":
+			ch = s.st.ApplyDelta(nil, pos)
+		case "taint":
+			tainted := map[string]bool{}
+			for _, name := range pos {
+				tainted[string(s.ca(name).cert.SubjectKeyId)] = true
+			}
+			ch = s.st.Tainted(tainted)
+		case "advance":
+			d, err := time.ParseDuration(pos[0])
+			if err != nil {
+				s.fatalf(line, "%v", err)
+			}
+			s.now = s.now.Add(d)
+			continue
+		case "tick":
+			ch = s.st.Tick(s.now)
+		case "start":
+			n := 10
+			if len(pos) > 0 {
+				if n, err = strconv.Atoi(pos[0]); err != nil {
+					s.fatalf(line, "%v", err)
+				}
+			}
+			jobs, next := s.st.StartMints(s.now, n, func() map[*entryState]bool { return nil })
+			var names []string
+			for _, j := range jobs {
+				s.njob++
+				s.jobs[s.njob] = j
+				names = append(names, fmt.Sprintf("#%d %s", s.njob, j.id))
+			}
+			fmt.Fprintf(&s.out, "  jobs [%s] then next %s\n", strings.Join(names, ", "), s.rel(next))
+		case "mint":
+			if len(pos) != 2 {
+				s.fatalf(line, "want mint JOB CA")
+			}
+			jobs := s.jobsOf(line, pos[0])
+			ca := s.ca(pos[1])
+			ttl := time.Hour
+			if v, ok := opts["ttl"]; ok {
+				if ttl, err = time.ParseDuration(v); err != nil {
+					s.fatalf(line, "%v", err)
+				}
+			}
+			results := make([]mintResult, len(jobs))
+			for i, j := range jobs {
+				key, _, err := newKeyAndCSR()
+				if err != nil {
+					t.Fatal(err)
+				}
+				j.key = key
+				var pub crypto.PublicKey = key.Public()
+				if opts["key"] == "other" {
+					other, _, _ := newKeyAndCSR()
+					pub = other.Public()
+				}
+				id, err := spiffeid.FromString(j.fp.spiffeID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p, ok := opts["id"]; ok {
+					id = spiffeid.RequireFromPath(testTD, "/"+p)
+				}
+				chain := ca.sign(t, id, pub, s.now, ttl)
+				results[i] = checkMint(j, mintOutcome{chain: chain}, s.st.bundle, s.now)
+			}
+			var n int
+			n, ch = s.st.MintFinished(results, s.now)
+			fmt.Fprintf(&s.out, "  installed %d\n", n)
+		case "fail", "deny":
+			if len(pos) < 1 {
+				s.fatalf(line, "want %s JOB", fields[0])
+			}
+			jobs := s.jobsOf(line, pos[0])
+			out := mintOutcome{err: status.Error(codes.Unavailable, "server unreachable")}
+			if fields[0] == "deny" {
+				out = mintOutcome{err: status.Error(codes.PermissionDenied, "entry not authorized for this agent"), denied: true}
+			} else if len(pos) > 1 {
+				out = mintOutcome{err: errors.New(strings.Join(pos[1:], " "))}
+			}
+			results := make([]mintResult, len(jobs))
+			for i, j := range jobs {
+				results[i] = checkMint(j, out, s.st.bundle, s.now)
+			}
+			_, ch = s.st.MintFinished(results, s.now)
+		case "reset":
+			ch = s.st.ResetRetries()
+		default:
+			s.fatalf(line, "unknown command %q", fields[0])
+		}
+		s.show(ch)
+		s.state()
+	}
+	return s.out.String()
+}

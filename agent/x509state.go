@@ -1,0 +1,729 @@
+package agent
+
+import (
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+// This file holds the agent's X.509 minting state: the registration
+// entries, the SVID of each and the trust bundle. x509State is a plain
+// value: no lock, no I/O, no goroutines, and the time is an argument of
+// every transition that depends on it. The cache (cache.go) wraps it in
+// one mutex; the scenario tests (scenario_test.go) drive it directly.
+//
+// Each entry is in one phase (see phase). The transitions are the methods
+// of x509State; each reports what changed in a changes value, which the
+// cache turns into log lines, subscriber updates and wake-ups of the
+// minting loop.
+
+// pendingWait is how long a returned SVID whose CA is not yet in the
+// agent's bundle is kept waiting for a bundle update before the agent
+// gives up on it and mints again.
+const pendingWait = 30 * time.Second
+
+// Backoff of per-entry minting errors.
+const (
+	mintRetryBase = time.Second
+	mintRetryMax  = time.Minute
+)
+
+// phase is where one entry's X.509-SVID stands. Its transitions:
+//
+//	no-svid, due, tainted --StartMints--> minting (an older SVID is still served)
+//	minting --MintFinished ok--> valid
+//	minting --MintFinished error, denial, or SVID held for its CA--> the phase it left
+//	held SVID --SetBundle with its CA--> valid
+//	valid --now passes renewAt--> due
+//	valid, due --Tainted(its signer)--> tainted
+//	valid, due, tainted --now passes notAfter--> no-svid (Tick drops the SVID)
+//	any --entry changed--> due (same SPIFFE ID) or no-svid; a mint in flight is abandoned
+//	any --entry deleted--> gone; a mint in flight is abandoned
+//
+// An abandoned mint's result is dropped when it comes back: jobs carry the
+// entry's generation (entryState.gen). Backoff after errors, a denial and
+// a held SVID are attributes that keep a no-svid or due entry from being
+// minted until they clear.
+type phase uint8
+
+const (
+	// phaseNoSVID: nothing to hand out. The entry is minted unless it backs
+	// off after an error, was denied by the server or holds a minted SVID
+	// that waits for its CA to reach the bundle.
+	phaseNoSVID phase = iota
+	// phaseMinting: a mint is in flight. An older SVID, if any, is still
+	// handed out.
+	phaseMinting
+	// phaseValid: the SVID is handed out and not due for renewal.
+	phaseValid
+	// phaseDue: the SVID is handed out but is past its renewal time or
+	// was minted for an older version of the entry; it is minted again
+	// unless it backs off or holds an SVID waiting for its CA.
+	phaseDue
+	// phaseTainted: the SVID is handed out but was signed by a tainted
+	// authority; it is replaced at once.
+	phaseTainted
+)
+
+func (p phase) String() string {
+	switch p {
+	case phaseNoSVID:
+		return "no-svid"
+	case phaseMinting:
+		return "minting"
+	case phaseValid:
+		return "valid"
+	case phaseDue:
+		return "due"
+	case phaseTainted:
+		return "tainted"
+	}
+	return fmt.Sprintf("phase(%d)", uint8(p))
+}
+
+// entryFingerprint is what an SVID depends on: when any of it changes the
+// SVID is minted again.
+type entryFingerprint struct {
+	revision int64
+	spiffeID string
+	ttl      int32
+	dnsNames string
+}
+
+func fingerprintOf(e *sigilv1.Entry) entryFingerprint {
+	return entryFingerprint{
+		revision: e.GetRevision(),
+		spiffeID: e.GetSpiffeId(),
+		ttl:      e.GetX509SvidTtl(),
+		dnsNames: strings.Join(e.GetDnsNames(), "\x00"),
+	}
+}
+
+// svid is one X.509-SVID with its private key, which never leaves the
+// agent's memory.
+type svid struct {
+	seq       uint64
+	spiffeID  spiffeid.ID
+	chain     []*x509.Certificate
+	key       crypto.Signer
+	chainDER  []byte // concatenated DER of chain
+	keyDER    []byte // PKCS#8 DER of key
+	mintedFor entryFingerprint
+	renewAt   time.Time
+	notAfter  time.Time
+	// tainted is set when the key that signed the SVID is tainted in the
+	// bundle: it is replaced at once.
+	tainted bool
+}
+
+// entryState is one registration entry and the minting state of its SVID.
+type entryState struct {
+	entry *sigilv1.Entry
+	fp    entryFingerprint
+	// gen identifies this version of the entry: it is new (from
+	// x509State.genSeq, so never reused) whenever the entry is added or
+	// changes. A mint started for an older generation is stale.
+	gen  uint64
+	svid *svid
+	// pending is a minted SVID whose chain did not verify against the
+	// bundle the agent had when it arrived; it waits for a bundle update.
+	pending      *svid
+	pendingSince time.Time
+	// denied is set when the server refused the entry with
+	// PermissionDenied; it stays until the entry changes.
+	denied   bool
+	failures int
+	retryAt  time.Time
+	inflight bool
+}
+
+// servable returns the SVID the agent may hand out for the entry, or nil.
+func (st *entryState) servable() *svid {
+	if st.svid == nil || st.svid.spiffeID.String() != st.entry.GetSpiffeId() {
+		return nil
+	}
+	return st.svid
+}
+
+// phase is the entry's phase at now.
+func (st *entryState) phase(now time.Time) phase {
+	if st.inflight {
+		return phaseMinting
+	}
+	s := st.servable()
+	switch {
+	case s == nil || !now.Before(s.notAfter):
+		return phaseNoSVID
+	case s.tainted:
+		return phaseTainted
+	case s.mintedFor != st.fp || !now.Before(s.renewAt):
+		return phaseDue
+	}
+	return phaseValid
+}
+
+// due reports whether the entry needs a new SVID now and may be sent.
+func (st *entryState) due(now time.Time) bool {
+	if st.inflight || st.denied {
+		return false
+	}
+	if now.Before(st.retryAt) {
+		return false
+	}
+	if st.pending != nil && st.pending.mintedFor == st.fp && now.Before(st.pendingSince.Add(pendingWait)) {
+		return false
+	}
+	if st.svid == nil || st.svid.mintedFor != st.fp || st.svid.tainted {
+		return true
+	}
+	return !now.Before(st.svid.renewAt)
+}
+
+// nextEvent is the earliest time at which the entry's state changes by
+// the passing of time alone (expiry, pending timeout, becoming due for
+// minting); zero when there is none. A zero due time (due at once) is left
+// out: StartMints has already taken such entries when minting capacity
+// was free.
+func (st *entryState) nextEvent() time.Time {
+	var t time.Time
+	min := func(c time.Time) {
+		if !c.IsZero() && (t.IsZero() || c.Before(t)) {
+			t = c
+		}
+	}
+	later := func(a, b time.Time) time.Time {
+		if b.After(a) {
+			return b
+		}
+		return a
+	}
+	if st.svid != nil {
+		min(st.svid.notAfter)
+	}
+	if st.pending != nil {
+		min(st.pendingSince.Add(pendingWait))
+	}
+	if st.inflight || st.denied {
+		return t
+	}
+	d := st.retryAt
+	if st.svid != nil && st.svid.mintedFor == st.fp && !st.svid.tainted {
+		d = later(d, st.svid.renewAt)
+	}
+	if st.pending != nil && st.pending.mintedFor == st.fp {
+		d = later(d, st.pendingSince.Add(pendingWait))
+	}
+	min(d)
+	return t
+}
+
+// eventKind names what happened to an entry in a transition.
+type eventKind uint8
+
+const (
+	evMinted         eventKind = iota // an SVID was installed
+	evStale                           // a mint result for a changed or deleted entry was dropped
+	evHeld                            // a minted SVID waits for its CA to reach the bundle
+	evFailed                          // minting failed; the entry backs off
+	evDenied                          // the server refused the entry until it changes
+	evExpired                         // the SVID expired before it could be renewed
+	evPendingExpired                  // a held SVID never verified; the entry backs off
+	evTainted                         // the SVID's signer was tainted
+	evAbandoned                       // the entry changed or was deleted while its mint was in flight
+)
+
+func (k eventKind) String() string {
+	return [...]string{"minted", "stale", "held", "failed", "denied", "expired", "pending-expired", "tainted", "abandoned"}[k]
+}
+
+// event is one thing that happened to an entry in a transition.
+type event struct {
+	kind    eventKind
+	entryID string
+	svid    *svid // evMinted, evExpired
+	err     error // evStale, evHeld, evFailed, evDenied
+	// at is the time of the next attempt and failures the count of
+	// failures in a row (evFailed, evPendingExpired).
+	at       time.Time
+	failures int
+}
+
+// changes is what a transition changed, for the state's owner to act on.
+type changes struct {
+	// notify: entries, SVIDs or the bundle changed; subscribers must be
+	// brought up to date.
+	notify bool
+	// wake: entries may have become due; the minting loop must look.
+	wake bool
+	// jwtDrop are entries that changed or were deleted: their JWT-SVIDs
+	// no longer hold.
+	jwtDrop []string
+	// events are what happened to single entries, in order.
+	events []event
+}
+
+func (c *changes) add(e event) { c.events = append(c.events, e) }
+
+// x509State is the agent's entries, their X.509-SVIDs and the trust
+// bundle. It is not safe for concurrent use; the cache guards it.
+type x509State struct {
+	entries     map[string]*entryState
+	peakEntries int
+	// version counts changes of the entry set (for subscriptions'
+	// matching).
+	version       uint64
+	synced        bool
+	bundle        *x509bundle.Bundle
+	bundleVersion uint64
+	svidSeq       uint64
+	genSeq        uint64
+	// jitter draws the jitter of renewal times and retry backoffs, in
+	// [0, 1).
+	jitter func() float64
+}
+
+// newX509State returns an empty state that draws its jitter from jitter.
+func newX509State(jitter func() float64) x509State {
+	return x509State{entries: make(map[string]*entryState), jitter: jitter}
+}
+
+// ReplaceEntries makes entries the full entry set: entries not among them
+// are deleted, with their SVIDs and keys. The state is synced from then
+// on.
+func (s *x509State) ReplaceEntries(entries []*sigilv1.Entry) changes {
+	var ch changes
+	next := make(map[string]*entryState, len(entries))
+	for _, e := range entries {
+		if e.GetId() == "" {
+			continue
+		}
+		st := s.entries[e.GetId()]
+		if st == nil {
+			st = &entryState{}
+		}
+		s.upsert(st, e, &ch)
+		next[e.GetId()] = st
+	}
+	for id, st := range s.entries {
+		if _, ok := next[id]; !ok {
+			s.deleted(id, st, &ch)
+		}
+	}
+	s.entries = next
+	s.peakEntries = len(next)
+	s.version++
+	s.synced = true
+	ch.notify, ch.wake = true, true
+	return ch
+}
+
+// ApplyDelta upserts and deletes entries.
+func (s *x509State) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) changes {
+	var ch changes
+	if len(upserted) == 0 && len(deleted) == 0 {
+		return ch
+	}
+	for _, e := range upserted {
+		if e.GetId() == "" {
+			continue
+		}
+		st := s.entries[e.GetId()]
+		if st == nil {
+			st = &entryState{}
+			s.entries[e.GetId()] = st
+		}
+		s.upsert(st, e, &ch)
+	}
+	for _, id := range deleted {
+		if st, ok := s.entries[id]; ok {
+			delete(s.entries, id)
+			s.deleted(id, st, &ch)
+		} else {
+			ch.jwtDrop = append(ch.jwtDrop, id)
+		}
+	}
+	if len(s.entries) > s.peakEntries {
+		s.peakEntries = len(s.entries)
+	}
+	// Go maps never shrink: rebuild after large deletions so that the
+	// memory of deleted entries is returned.
+	if s.peakEntries > 1024 && len(s.entries) < s.peakEntries/2 {
+		n := make(map[string]*entryState, len(s.entries))
+		for k, v := range s.entries {
+			n[k] = v
+		}
+		s.entries = n
+		s.peakEntries = len(n)
+	}
+	s.version++
+	ch.notify, ch.wake = true, true
+	return ch
+}
+
+// upsert installs e as st's entry. A changed entry gets a new generation:
+// its mint in flight, if any, is abandoned, and it is minted again.
+func (s *x509State) upsert(st *entryState, e *sigilv1.Entry, ch *changes) {
+	if st.entry != nil && proto.Equal(st.entry, e) {
+		return
+	}
+	if st.entry != nil {
+		// A changed entry (SPIFFE ID, JWT TTL) gets new JWT-SVIDs.
+		ch.jwtDrop = append(ch.jwtDrop, e.GetId())
+		if st.inflight {
+			ch.add(event{kind: evAbandoned, entryID: e.GetId()})
+		}
+	}
+	s.genSeq++
+	st.gen = s.genSeq
+	st.entry = e
+	st.fp = fingerprintOf(e)
+	st.inflight = false
+	st.denied = false
+	st.failures = 0
+	st.retryAt = time.Time{}
+	if st.pending != nil && st.pending.mintedFor != st.fp {
+		st.pending = nil
+	}
+}
+
+func (s *x509State) deleted(id string, st *entryState, ch *changes) {
+	ch.jwtDrop = append(ch.jwtDrop, id)
+	if st.inflight {
+		ch.add(event{kind: evAbandoned, entryID: id})
+	}
+}
+
+// SetBundle replaces the trust bundle at now and reports whether it
+// changed. Held SVIDs whose CA is now in the bundle are installed.
+func (s *x509State) SetBundle(b *x509bundle.Bundle, now time.Time) (bool, changes) {
+	var ch changes
+	if s.bundle != nil && s.bundle.Equal(b) {
+		return false, ch
+	}
+	s.bundle = b.Clone()
+	s.bundleVersion++
+	for _, id := range s.sortedIDs() {
+		st := s.entries[id]
+		if st.pending == nil {
+			continue
+		}
+		if st.pending.mintedFor != st.fp {
+			st.pending = nil
+			continue
+		}
+		if _, _, err := x509svid.Verify(st.pending.chain, s.bundle, x509svid.WithTime(now)); err != nil {
+			continue
+		}
+		s.promote(id, st, st.pending, &ch)
+		st.pending = nil
+	}
+	ch.notify, ch.wake = true, true
+	return true, ch
+}
+
+// Tainted takes the tainted X.509 authorities (by SubjectKeyId): SVIDs
+// they signed become due at once and are served until replaced.
+func (s *x509State) Tainted(taintedX509 map[string]bool) changes {
+	var ch changes
+	for _, id := range s.sortedIDs() {
+		st := s.entries[id]
+		if st.svid != nil && !st.svid.tainted && taintedX509[string(st.svid.chain[0].AuthorityKeyId)] {
+			st.svid.tainted = true
+			ch.add(event{kind: evTainted, entryID: id, svid: st.svid})
+		}
+	}
+	ch.wake = len(ch.events) > 0
+	return ch
+}
+
+// Tick applies the passing of time up to now: expired SVIDs are no longer
+// handed out, and held SVIDs that never verified are given up.
+func (s *x509State) Tick(now time.Time) changes {
+	var ch changes
+	for id, st := range s.entries {
+		if st.svid != nil && !now.Before(st.svid.notAfter) {
+			ch.add(event{kind: evExpired, entryID: id, svid: st.svid})
+			st.svid = nil
+			ch.notify = true
+		}
+		if st.pending != nil && !now.Before(st.pendingSince.Add(pendingWait)) {
+			st.pending = nil
+			st.failures++
+			st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
+			ch.add(event{kind: evPendingExpired, entryID: id, at: st.retryAt, failures: st.failures})
+		}
+	}
+	return ch
+}
+
+// mintJob is one entry sent for minting.
+type mintJob struct {
+	id  string
+	gen uint64
+	fp  entryFingerprint
+	// key is the SVID's private key, set by whoever builds the CSR.
+	key crypto.Signer
+}
+
+// StartMints marks up to max entries that are due at now as minting and
+// returns their jobs: entries that a waiting workload needs first
+// (waiting, called only when something is due, reports them), then
+// entries with no SVID, then renewals in order of their renewal time.
+// When it took every due entry, next is the earliest time-driven change
+// after that (zero when there is none); otherwise next is zero and more
+// is due at once.
+func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entryState]bool) (jobs []*mintJob, next time.Time) {
+	type cand struct {
+		id      string
+		st      *entryState
+		rank    int
+		renewAt time.Time
+	}
+	var due []cand
+	for id, st := range s.entries {
+		if st.due(now) {
+			due = append(due, cand{id: id, st: st, rank: 2})
+		}
+	}
+	if len(due) > 0 {
+		w := waiting()
+		for i := range due {
+			d := &due[i]
+			switch {
+			case w[d.st]:
+				d.rank = 0
+			case d.st.servable() == nil:
+				d.rank = 1
+			default:
+				d.renewAt = d.st.svid.renewAt
+			}
+		}
+		slices.SortFunc(due, func(a, b cand) int {
+			if a.rank != b.rank {
+				return a.rank - b.rank
+			}
+			if r := a.renewAt.Compare(b.renewAt); r != 0 {
+				return r
+			}
+			return strings.Compare(a.id, b.id)
+		})
+	}
+	all := len(due) <= max
+	if !all {
+		due = due[:max]
+	}
+	jobs = make([]*mintJob, len(due))
+	for i, d := range due {
+		d.st.inflight = true
+		jobs[i] = &mintJob{id: d.id, gen: d.st.gen, fp: d.st.fp}
+	}
+	if all {
+		next = s.NextEvent()
+	}
+	return jobs, next
+}
+
+// NextEvent is the earliest time-driven change among all entries; zero
+// when there is none.
+func (s *x509State) NextEvent() time.Time {
+	var t time.Time
+	for _, st := range s.entries {
+		if n := st.nextEvent(); !n.IsZero() && (t.IsZero() || n.Before(t)) {
+			t = n
+		}
+	}
+	return t
+}
+
+// mintOutcome is what the server answered for one job.
+type mintOutcome struct {
+	chain  []*x509.Certificate
+	err    error
+	denied bool
+}
+
+// mintResult is a job's outcome with the returned SVID checked against
+// the job and verified against a bundle (checkMint) before the state is
+// locked: chain verification is the agent's most expensive step and must
+// not serialize every other cache user.
+type mintResult struct {
+	job    *mintJob
+	out    mintOutcome
+	s      *svid
+	err    error // from checkSVID
+	bundle *x509bundle.Bundle
+	verErr error // from verifying against bundle
+}
+
+// checkMint checks the outcome of job and verifies its SVID against
+// bundle (nil: not verified) at now. It is a pure function.
+func checkMint(job *mintJob, out mintOutcome, bundle *x509bundle.Bundle, now time.Time) mintResult {
+	r := mintResult{job: job, out: out}
+	if out.err != nil || out.denied {
+		return r
+	}
+	r.s, r.err = checkSVID(job, out.chain)
+	if r.err == nil && bundle != nil {
+		r.bundle = bundle
+		_, _, r.verErr = x509svid.Verify(r.s.chain, bundle, x509svid.WithTime(now))
+	}
+	return r
+}
+
+// MintFinished records the results of jobs that StartMints returned. A
+// result for an entry deleted or changed since its job started is
+// dropped, with its key. It returns how many SVIDs were installed.
+func (s *x509State) MintFinished(results []mintResult, now time.Time) (int, changes) {
+	ch := changes{events: make([]event, 0, len(results))}
+	installed := 0
+	for _, r := range results {
+		if s.finish(r, now, &ch) {
+			installed++
+		}
+	}
+	ch.wake = true
+	ch.notify = installed > 0
+	return installed, ch
+}
+
+func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
+	job := r.job
+	st := s.entries[job.id]
+	if st == nil || st.gen != job.gen {
+		ch.add(event{kind: evStale, entryID: job.id})
+		return false
+	}
+	st.inflight = false
+	if r.out.denied {
+		st.denied = true
+		ch.add(event{kind: evDenied, entryID: job.id, err: r.out.err})
+		return false
+	}
+	fail := func(err error) bool {
+		st.failures++
+		st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
+		ch.add(event{kind: evFailed, entryID: job.id, err: err, at: st.retryAt, failures: st.failures})
+		return false
+	}
+	if r.out.err != nil {
+		return fail(r.out.err)
+	}
+	if r.err != nil {
+		return fail(r.err)
+	}
+	if s.bundle == nil {
+		st.pending, st.pendingSince = r.s, now
+		ch.add(event{kind: evHeld, entryID: job.id, err: errors.New("no bundle yet")})
+		return false
+	}
+	verErr := r.verErr
+	if r.bundle != s.bundle {
+		// The bundle changed since the result was verified: check
+		// against the new one.
+		_, _, verErr = x509svid.Verify(r.s.chain, s.bundle, x509svid.WithTime(now))
+	}
+	if verErr != nil {
+		st.pending, st.pendingSince = r.s, now
+		ch.add(event{kind: evHeld, entryID: job.id, err: verErr})
+		return false
+	}
+	st.pending = nil
+	s.promote(job.id, st, r.s, ch)
+	return true
+}
+
+// promote installs a verified SVID for an entry.
+func (s *x509State) promote(id string, st *entryState, sv *svid, ch *changes) {
+	s.svidSeq++
+	sv.seq = s.svidSeq
+	sv.renewAt = RenewAt(sv.chain[0].NotBefore, sv.notAfter, s.jitter())
+	st.svid = sv
+	st.failures = 0
+	st.retryAt = time.Time{}
+	ch.notify = true
+	ch.add(event{kind: evMinted, entryID: id, svid: sv})
+}
+
+// ResetRetries clears the minting backoff of every entry, so that entries
+// that failed while no server was reachable are minted again at once.
+func (s *x509State) ResetRetries() changes {
+	for _, st := range s.entries {
+		st.failures = 0
+		st.retryAt = time.Time{}
+	}
+	return changes{wake: true}
+}
+
+// Stats counts the entries and the entries with an SVID.
+func (s *x509State) Stats() (entries, svids int) {
+	for _, st := range s.entries {
+		if st.svid != nil {
+			svids++
+		}
+	}
+	return len(s.entries), svids
+}
+
+// sortedIDs returns the entry IDs in order, so that transitions that
+// report events for several entries report them in a stable order.
+func (s *x509State) sortedIDs() []string {
+	ids := make([]string, 0, len(s.entries))
+	for id := range s.entries {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// checkSVID checks a returned chain against the job: its leaf carries the
+// job's public key and the entry's SPIFFE ID. Its renewal time is drawn
+// when it is installed (promote).
+func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("server returned an empty chain")
+	}
+	leaf := chain[0]
+	id, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		return nil, fmt.Errorf("returned SVID: %w", err)
+	}
+	if id.String() != job.fp.spiffeID {
+		return nil, fmt.Errorf("returned SVID has ID %q, want %q", id, job.fp.spiffeID)
+	}
+	if !publicKeyEqual(leaf.PublicKey, job.key.Public()) {
+		return nil, errors.New("returned SVID does not carry the agent's public key")
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(job.key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the SVID key: %w", err)
+	}
+	var chainDER []byte
+	for _, c := range chain {
+		chainDER = append(chainDER, c.Raw...)
+	}
+	return &svid{
+		spiffeID:  id,
+		chain:     chain,
+		key:       job.key,
+		chainDER:  chainDER,
+		keyDER:    keyDER,
+		mintedFor: job.fp,
+		notAfter:  leaf.NotAfter,
+	}, nil
+}
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ea.Equal(b)
+}
