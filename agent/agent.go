@@ -25,7 +25,9 @@ import (
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/attestor/workload/unix"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/trustbundle"
 	"github.com/sigil-id/sigil/workloadapi"
 )
 
@@ -462,7 +464,7 @@ func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, erro
 	}
 	bundle := bootstrap
 	if resp.GetBundle() != nil {
-		if bundle, err = bundleFromProto(a.cfg.TrustDomain, resp.GetBundle()); err != nil {
+		if bundle, err = trustbundle.FromProto(a.cfg.TrustDomain, resp.GetBundle()); err != nil {
 			return nil, nil, fmt.Errorf("agent: attestation returned a bad bundle: %w", err)
 		}
 	}
@@ -476,13 +478,14 @@ func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, erro
 	if err := saveBundle(a.cfg.DataDir, bundle); err != nil {
 		return nil, nil, fmt.Errorf("agent: save bundle: %w", err)
 	}
-	a.log.Info("node attested",
-		zap.String("audit", "agent_attested"),
-		zap.String("spiffe_id", id.String()),
-		zap.String("attestation_type", att.Name()),
-		zap.String("serial", chain[0].SerialNumber.Text(16)),
-		zap.Time("expires_at", ident.notAfter),
-		zap.Int("bundle_authorities", len(bundle.X509Authorities())))
+	audit.NewZap(a.log).Audit(audit.Event{What: "agent_attested", Subject: id.String(), Message: "node attested",
+		Fields: []audit.Field{
+			audit.String("spiffe_id", id.String()),
+			audit.String("attestation_type", att.Name()),
+			audit.String("serial", chain[0].SerialNumber.Text(16)),
+			audit.Time("expires_at", ident.notAfter),
+			audit.Int("bundle_authorities", len(bundle.X509Authorities())),
+		}})
 	return ident, bundle, nil
 }
 
@@ -543,28 +546,9 @@ func attestStream(ctx context.Context, c sigilv1.NodeClient, att node.Attestor, 
 	}
 }
 
-// bundleFromProto converts a bundle from the node API.
-func bundleFromProto(td spiffeid.TrustDomain, pb *sigilv1.Bundle) (*x509bundle.Bundle, error) {
-	if pb.GetTrustDomain() != "" && pb.GetTrustDomain() != td.Name() {
-		return nil, fmt.Errorf("bundle is for trust domain %q, not %q", pb.GetTrustDomain(), td)
-	}
-	var certs []*x509.Certificate
-	for i, auth := range pb.GetX509Authorities() {
-		c, err := x509.ParseCertificate(auth.GetCertificate())
-		if err != nil {
-			return nil, fmt.Errorf("X.509 authority %d: %w", i, err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("bundle has no X.509 authorities")
-	}
-	return x509bundle.FromX509Authorities(td, certs), nil
-}
-
 // applyBundle installs a bundle received from the server and saves it.
 func (a *Agent) applyBundle(pb *sigilv1.Bundle) {
-	b, err := bundleFromProto(a.cfg.TrustDomain, pb)
+	b, err := trustbundle.FromProto(a.cfg.TrustDomain, pb)
 	if err != nil {
 		a.log.Error("ignoring bad bundle from server", zap.Error(err))
 		return

@@ -19,6 +19,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/trustbundle"
 )
 
 // pemCertDERs returns the DER bytes of the CERTIFICATE blocks of data.
@@ -153,7 +154,7 @@ func FuzzServerBundle(f *testing.F) {
 		if err := proto.Unmarshal(data, pb); err != nil {
 			return
 		}
-		b, err := bundleFromProto(testTD, pb)
+		b, err := trustbundle.FromProto(testTD, pb)
 		if err == nil {
 			if pb.TrustDomain != "" && pb.TrustDomain != testTD.Name() {
 				t.Fatalf("accepted a bundle of trust domain %q", pb.TrustDomain)

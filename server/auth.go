@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/grpcstream"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -77,13 +78,6 @@ func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	return handler(actx, req)
 }
 
-type authedStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (a *authedStream) Context() context.Context { return a.ctx }
-
 func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if !strings.HasPrefix(info.FullMethod, "/sigil.v1.Node/") || isOpenMethod(info.FullMethod) {
 		return handler(srv, ss)
@@ -92,5 +86,5 @@ func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	if err != nil {
 		return err
 	}
-	return handler(srv, &authedStream{ServerStream: ss, ctx: actx})
+	return handler(srv, grpcstream.WithContext(ss, actx))
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -21,6 +20,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
@@ -112,15 +112,16 @@ func (n *nodeAPI) verify(ctx context.Context, req *sigilv1.AttestRequest, ex *ex
 		if err == nil {
 			err = failed
 		}
-		s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
-			zap.Int("rounds", ex.rounds()), zap.Error(err))
+		s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
+			Fields: []audit.Field{audit.String("attestation_type", req.AttestationType), audit.Int("rounds", ex.rounds()), audit.Err(err)}})
 		return nil, nil, failed
 	}
 	if err == nil && res == nil {
 		err = errors.New("the verifier returned no result")
 	}
 	if err != nil {
-		s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType), zap.Error(err))
+		s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
+			Fields: []audit.Field{audit.String("attestation_type", req.AttestationType), audit.Err(err)}})
 		var refused *node.RefusedError
 		switch {
 		case errors.As(err, &refused):
@@ -144,23 +145,26 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 	s := n.s
 	for _, c := range res.Consume {
 		if c.Kind != node.CredentialJoinToken {
-			s.log.Error("node attestation refused: the verifier asked to consume a credential of a kind the store does not keep",
-				zap.Bool("audit", true), zap.String("attestation_type", v.Name()), zap.String("kind", c.Kind))
+			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Failure,
+				Message: "node attestation refused: the verifier asked to consume a credential of a kind the store does not keep",
+				Fields:  []audit.Field{audit.String("attestation_type", v.Name()), audit.String("kind", c.Kind)}})
 			return nil, status.Errorf(codes.Internal, "attestation failed: the %s verifier asked to consume a credential of kind %q, which this server does not keep", v.Name(), c.Kind)
 		}
 		// The Raft command consumes the credential atomically across
 		// servers; this claim keeps concurrent uses on one server from
 		// each costing a signature and a Raft write first.
 		if !n.claim(c) {
-			s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
-				zap.String("reason", "the single-use credential is being consumed by a concurrent attestation"))
+			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
+				Fields: []audit.Field{audit.String("attestation_type", req.AttestationType),
+					audit.String("reason", "the single-use credential is being consumed by a concurrent attestation")}})
 			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+jointoken.RefusedMessage)
 		}
 		defer n.unclaim(c)
 		// A call that held the claim until just now has consumed it.
 		if _, err := s.store.Read().JoinToken(c.ID); err != nil {
-			s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
-				zap.String("reason", "the single-use credential was consumed by a concurrent attestation"))
+			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
+				Fields: []audit.Field{audit.String("attestation_type", req.AttestationType),
+					audit.String("reason", "the single-use credential was consumed by a concurrent attestation")}})
 			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+jointoken.RefusedMessage)
 		}
 	}
@@ -202,15 +206,17 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 	}
 	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_AttestNode{AttestNode: cmd}})
 	if err != nil {
-		s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("agent_id", agentID.String()), zap.Error(err))
+		s.audit(audit.Event{What: "node_attestation_refused", Subject: agentID.String(), Outcome: audit.Denied, Message: "node attestation refused",
+			Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.Err(err)}})
 		return nil, storeError(err)
 	}
 	pb, err := s.store.Read().Bundle(s.td.Name())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "reading bundle: %v", err)
 	}
-	s.log.Info("agent attested", zap.Bool("audit", true), zap.String("agent_id", agentID.String()),
-		zap.String("attestation_type", v.Name()), zap.String("serial", fmt.Sprintf("%x", leaf.SerialNumber)), zap.Time("not_after", leaf.NotAfter))
+	s.audit(audit.Event{What: "agent_attested", Subject: agentID.String(), Message: "agent attested",
+		Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("attestation_type", v.Name()),
+			audit.String("serial", fmt.Sprintf("%x", leaf.SerialNumber)), audit.Time("not_after", leaf.NotAfter)}})
 	return &sigilv1.AttestResponse{SpiffeId: agentID.String(), SvidChain: rawChain(chain), Bundle: pb}, nil
 }
 
@@ -234,8 +240,9 @@ func (n *nodeAPI) RenewAgent(ctx context.Context, req *sigilv1.RenewAgentRequest
 	if err != nil {
 		return nil, storeError(err)
 	}
-	s.log.Info("agent SVID renewed", zap.Bool("audit", true), zap.String("agent_id", agentID.String()),
-		zap.String("serial", fmt.Sprintf("%x", leaf.SerialNumber)), zap.Time("not_after", leaf.NotAfter))
+	s.audit(audit.Event{What: "agent_svid_renewed", Who: agentID.String(), Subject: agentID.String(), Message: "agent SVID renewed",
+		Fields: []audit.Field{audit.String("agent_id", agentID.String()),
+			audit.String("serial", fmt.Sprintf("%x", leaf.SerialNumber)), audit.Time("not_after", leaf.NotAfter)}})
 	return &sigilv1.RenewAgentResponse{SvidChain: rawChain(chain)}, nil
 }
 
@@ -271,15 +278,15 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 		res.Status = &sigilv1.Status{}
 		res.Chain = rawChain(chain)
 		res.ExpiresAt = chain[0].NotAfter.Unix()
-		s.log.Info("x509-svid issued", zap.Bool("audit", true), zap.String("agent_id", agentID.String()),
-			zap.String("entry_id", e.Id), zap.String("spiffe_id", e.SpiffeId),
-			zap.String("serial", chain[0].SerialNumber.Text(16)), zap.Time("not_after", chain[0].NotAfter))
+		s.audit(audit.Event{What: "x509_svid_issued", Who: agentID.String(), Subject: e.SpiffeId, Message: "x509-svid issued",
+			Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId),
+				audit.String("serial", chain[0].SerialNumber.Text(16)), audit.Time("not_after", chain[0].NotAfter)}})
 	}
 	parallelFor(len(req.Requests), sign)
 	for _, res := range results {
 		if res.Status.GetCode() == int32(codes.PermissionDenied) {
-			s.log.Warn("x509-svid refused", zap.Bool("audit", true), zap.String("agent_id", agentID.String()),
-				zap.String("entry_id", res.EntryId), zap.String("reason", res.Status.Message))
+			s.audit(audit.Event{What: "x509_svid_refused", Who: agentID.String(), Subject: res.EntryId, Outcome: audit.Denied, Message: "x509-svid refused",
+				Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("entry_id", res.EntryId), audit.String("reason", res.Status.Message)}})
 		}
 	}
 	return &sigilv1.BatchNewX509SVIDResponse{Results: results}, nil
