@@ -20,9 +20,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
-	"github.com/sigil-id/sigil/attestor/node/jointoken"
-	"github.com/sigil-id/sigil/attestor/workload"
-	"github.com/sigil-id/sigil/attestor/workload/unix"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/workloadapi"
 )
@@ -246,7 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	srv, err := workloadapi.New(workloadapi.Config{
 		Cache:     a.cache,
-		Attestors: []workload.Attestor{unix.New()},
+		Attestors: a.cfg.WorkloadAttestors,
 		Logger:    a.log.Named("workloadapi"),
 		Clock:     a.clk,
 		Limits:    a.cfg.WorkloadAPILimits,
@@ -366,7 +363,7 @@ func (a *Agent) loadOrAttest(ctx context.Context) (*identity, *x509bundle.Bundle
 			return ident, bundle, nil
 		}
 		if !retryable(err) {
-			if expired && a.cfg.JoinToken != "" {
+			if expired && a.cfg.NodeAttestor.Name() == "join_token" {
 				err = fmt.Errorf("agent SVID expired and cannot re-attest: the join_token attestor cannot re-attest "+
 					"with the token it already spent; generate a new token with `sigil token generate`, "+
 					"put it in the agent's configuration and restart it: %w", err)
@@ -392,17 +389,15 @@ func retryable(err error) bool {
 	return false
 }
 
-// attest proves the node to a server with the join token and returns the
-// agent's new identity and bundle, saved to the data directory.
+// attest proves the node to a server with the configured node attestor
+// and returns the agent's new identity and bundle, saved to the data
+// directory.
 func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, error) {
-	if a.cfg.JoinToken == "" {
-		return nil, nil, errors.New("agent: no saved identity and no join token to attest with")
-	}
 	bootstrap, err := a.bootstrapBundle()
 	if err != nil {
 		return nil, nil, err
 	}
-	att := jointoken.NewAttestor(a.cfg.JoinToken)
+	att := a.cfg.NodeAttestor
 	payload, err := att.Payload(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: %s attestation payload: %w", att.Name(), err)

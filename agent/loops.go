@@ -343,7 +343,7 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 func (a *Agent) reattest(ctx context.Context) error {
 	ident, bundle, err := a.attest(ctx)
 	if err != nil {
-		if !retryable(err) && a.cfg.JoinToken != "" {
+		if !retryable(err) && a.cfg.NodeAttestor.Name() == "join_token" {
 			// A join token works once: it was spent on the first
 			// attestation, so this agent cannot prove itself again.
 			err = fmt.Errorf("the join_token attestor cannot re-attest (a join token works once); "+

@@ -37,6 +37,7 @@ func FuzzAttestPayload(f *testing.F) {
 	cfg.BindAddress = "127.0.0.1:0"
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
 	cfg.Logger = zap.NewNop()
+	withPlugins(f, &cfg, "disk")
 	srv, err := New(cfg)
 	if err != nil {
 		f.Fatal(err)

@@ -93,7 +93,6 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	setString(&cfg.BindAddress, s.BindAddress)
 	setString(&cfg.AdminSocket, s.AdminSocket)
 	cfg.HealthAddress = s.HealthAddress
-	setString(&cfg.KeyManager, s.KeyManager)
 	setDuration(&cfg.CATTL, s.CATTL)
 	setDuration(&cfg.X509SVIDTTL, s.X509SVIDTTL)
 	setDuration(&cfg.AgentSVIDTTL, s.AgentSVIDTTL)
@@ -115,6 +114,9 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	cfg.NoBootstrap = s.NoBootstrap
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
+	if err := serverPlugins(s, &cfg); err != nil {
+		return cfg, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}
@@ -223,11 +225,13 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	}
 	setString(&cfg.DataDir, a.DataDir)
 	setString(&cfg.SocketPath, a.SocketPath)
-	cfg.JoinToken = a.JoinToken
 	cfg.TrustBundlePath = a.TrustBundlePath
 	cfg.WorkloadAPILimits.MaxConnsPerUID = a.MaxWorkloadConnsPerUID
 	cfg.WorkloadAPILimits.MaxConns = a.MaxWorkloadConns
 	cfg.Logger = log
+	if err := agentPlugins(a, &cfg); err != nil {
+		return cfg, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}

@@ -186,6 +186,9 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	scfg.BindAddress = "127.0.0.1:0"
 	scfg.AdminSocket = o.adminSocket
 	scfg.Logger = log.Named("server")
+	if err := serverPlugins(&config.Server{}, &scfg); err != nil {
+		return err
+	}
 	if err := scfg.Validate(); err != nil {
 		return err
 	}
@@ -278,9 +281,11 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	acfg.ServerAddress = srv.NodeAddr().String()
 	acfg.DataDir = agentDir
 	acfg.SocketPath = o.socket
-	acfg.JoinToken = joinToken
 	acfg.TrustBundle = srv.Bundle()
 	acfg.Logger = log.Named("agent")
+	if err := agentPlugins(&config.Agent{JoinToken: joinToken}, &acfg); err != nil {
+		return err
+	}
 	if err := acfg.Validate(); err != nil {
 		return err
 	}

@@ -13,6 +13,8 @@ import (
 	"go.uber.org/zap"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/disk"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/server"
@@ -32,11 +34,20 @@ func TestServerConfig(t *testing.T) {
 	if cfg.TrustDomain.Name() != "example.org" || cfg.NodeName != "s1" || cfg.BindAddress != "127.0.0.1:9081" || cfg.X509SVIDTTL != 30*time.Minute {
 		t.Errorf("settings not applied: %+v", cfg)
 	}
-	if cfg.DataDir != defaults.DataDir || cfg.AdminSocket != defaults.AdminSocket || cfg.CATTL != defaults.CATTL || cfg.KeyManager != defaults.KeyManager {
+	if cfg.DataDir != defaults.DataDir || cfg.AdminSocket != defaults.AdminSocket || cfg.CATTL != defaults.CATTL {
 		t.Errorf("defaults lost: %+v", cfg)
 	}
-	if _, err := serverConfig(&config.Server{TrustDomain: "example.org", KeyManager: "hsm"}, zap.NewNop()); err == nil {
-		t.Error("unknown key manager accepted")
+	// The default plugins: the disk key manager in the data directory's
+	// keys and cluster/keys, and the join_token verifier.
+	ks, ok := cfg.KeyStore.(*disk.Store)
+	if !ok || ks.Dir(ca.KeyScopeAuthorities) != filepath.Join(defaults.DataDir, "keys") || ks.Dir(ca.KeyScopeClusterIdentity) != filepath.Join(defaults.DataDir, "cluster", "keys") {
+		t.Errorf("default key manager = %#v, want disk in %s/keys and %s/cluster/keys", cfg.KeyStore, defaults.DataDir, defaults.DataDir)
+	}
+	if len(cfg.NodeVerifiers) != 1 || cfg.NodeVerifiers[0].Name() != "join_token" {
+		t.Errorf("default node verifiers = %v, want join_token", cfg.NodeVerifiers)
+	}
+	if _, err := serverConfig(&config.Server{TrustDomain: "example.org", KeyManager: "hsm"}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), `key_manager "hsm": unknown plugin (known: disk, memory)`) {
+		t.Errorf("unknown key manager: %v", err)
 	}
 }
 
