@@ -258,7 +258,7 @@ func Build(blocks []Block, where hcl.Range, env Env) (Set, error) {
 			return nil, blockError(b, fmt.Errorf("unknown plugin kind (known: %s)", joinKinds()))
 		}
 		if _, ok := s.roles[env.Role]; !ok {
-			return nil, blockError(b, fmt.Errorf("not a %s plugin (%s plugins belong in the %s block)", env.Role, b.Kind, otherRoles(s, env.Role)))
+			return nil, blockError(b, fmt.Errorf("%s plugins belong in the %s block, not in the %s block", b.Kind, otherRoles(s, env.Role), env.Role))
 		}
 		if _, ok := lookup(b.Kind, b.Name); !ok {
 			return nil, blockError(b, fmt.Errorf("unknown plugin (known: %s)", strings.Join(Names(b.Kind), ", ")))

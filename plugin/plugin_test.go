@@ -91,7 +91,7 @@ func TestBuild(t *testing.T) {
 		{"unknown key", "workload_attestor \"fake\" {\n\n  lable = \"a\"\n}", RoleAgent, `p.hcl:3: workload_attestor "fake": Unsupported argument; An argument named "lable" is not expected here. Did you mean "label"?`},
 		{"bad value", "workload_attestor \"fake\" {\n  label = \"bad\"\n}", RoleAgent, `p.hcl:2: workload_attestor "fake": label: "bad" is not allowed`},
 		{"unknown plugin", "\nworkload_attestor \"fkae\" {}", RoleAgent, `p.hcl:2: workload_attestor "fkae": unknown plugin (known: fake, liar)`},
-		{"wrong role", "workload_attestor \"fake\" {}", RoleServer, `p.hcl:1: workload_attestor "fake": not a server plugin (workload_attestor plugins belong in the agent block)`},
+		{"wrong role", "workload_attestor \"fake\" {}", RoleServer, `p.hcl:1: workload_attestor "fake": workload_attestor plugins belong in the agent block, not in the server block`},
 		{"twice", "workload_attestor \"fake\" {}\nworkload_attestor \"fake\" {}", RoleAgent, `p.hcl:2: workload_attestor "fake": declared twice (first at p.hcl:1)`},
 		{"wrong type", "workload_attestor \"liar\" {}", RoleAgent, `p.hcl:1: workload_attestor "liar": the plugin returned string, which is not a workload.Attestor`},
 	} {
