@@ -132,6 +132,7 @@ func TestDev(t *testing.T) {
 		log:         config.Log{Level: "warn"},
 		binary:      "./bin/sigil",
 	}
+	o.healthAddress = freeAddr(t)
 
 	runOnce := func() devReady {
 		t.Helper()
@@ -184,10 +185,17 @@ func TestDev(t *testing.T) {
 			"Your SPIFFE ID      : " + r.SPIFFEID.String(),
 			"./bin/sigil svid fetch -socket " + o.socket + "\n",
 			"./bin/sigil svid fetch -socket " + o.socket + " -write /tmp/svid && openssl verify -CAfile /tmp/svid/bundle.pem /tmp/svid/svid.pem",
+			"Health endpoint     : http://" + o.healthAddress + "/ready (and /live, /metrics); check it with: ./bin/sigil healthcheck -url http://" + o.healthAddress + "/ready\n",
 		} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("banner lacks %q:\n%s", want, out.String())
 			}
+		}
+
+		// `sigil healthcheck` succeeds against dev mode.
+		var hout, herr bytes.Buffer
+		if code := cli.Execute(newRootCommand(), []string{"healthcheck", "-url", "http://" + o.healthAddress + "/ready"}, &hout, &herr); code != 0 || strings.TrimSpace(hout.String()) != "ready" {
+			t.Errorf("healthcheck against dev: code %d, stdout %q, stderr %q", code, hout.String(), herr.String())
 		}
 
 		cancel()
@@ -212,5 +220,23 @@ func TestDev(t *testing.T) {
 	o.trustDomain = "other.test"
 	if err := runDev(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}, nil); err == nil || !strings.Contains(err.Error(), `belongs to trust domain "dev.test"`) {
 		t.Errorf("trust domain change: %v", err)
+	}
+}
+
+// `sigil healthcheck` with no flags probes `sigil dev`'s health endpoint.
+func TestHealthcheckDefaultFindsDev(t *testing.T) {
+	root := newRootCommand()
+	hc, _, err := root.Find([]string{"healthcheck"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, _, err := root.Find([]string{"dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := hc.Flags().Lookup("url").DefValue
+	addr := dev.Flags().Lookup("health-address").DefValue
+	if addr == "" || url != "http://"+addr+"/ready" {
+		t.Fatalf("healthcheck probes %s by default, dev serves health on %q", url, addr)
 	}
 }

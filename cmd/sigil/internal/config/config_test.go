@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap/zapcore"
 )
 
 const validFile = `
@@ -320,5 +321,21 @@ func TestNewLogger(t *testing.T) {
 
 	if _, err := NewLogger(Log{Level: "verbose"}, "json", nil); err == nil {
 		t.Error("bad level accepted")
+	}
+}
+
+// The console format prints the full date, time and zone of every line.
+func TestConsoleLogFullTimestamp(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := NewLogger(Log{}, "console", &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 3, 4, 7, 30, 41, 0, time.FixedZone("CET", 3600))
+	if err := log.Core().Write(zapcore.Entry{Level: zapcore.InfoLevel, Time: at, Message: "CA expires"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := buf.String(); !strings.HasPrefix(got, "2026-03-04T07:30:41.000+01:00\t") {
+		t.Errorf("console line = %q, want it to start with 2026-03-04T07:30:41.000+01:00", got)
 	}
 }
