@@ -239,7 +239,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	l, err := workloadapi.ListenFor(a.cfg.SocketPath, a.cfg.DataDir)
 	if err != nil {
-		return fmt.Errorf("agent: workload API: %w", err)
+		return fmt.Errorf("agent: %w", err)
 	}
 	srv, err := workloadapi.New(workloadapi.Config{
 		Cache:     a.cache,
@@ -250,7 +250,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		l.Close()
-		return fmt.Errorf("agent: workload API: %w", err)
+		return fmt.Errorf("agent: %w", err)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)

@@ -143,7 +143,7 @@ func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
 		zap.String("admin_socket", cfg.AdminSocket))
 	err = srv.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("server: %w", err)
+		return prefixed("server", err)
 	}
 	log.Info("server stopped")
 	return nil
@@ -257,7 +257,7 @@ func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap
 		zap.String("socket_path", cfg.SocketPath))
 	err = a.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("agent: %w", err)
+		return prefixed("agent", err)
 	}
 	log.Info("agent stopped")
 	return nil
@@ -269,6 +269,16 @@ func stopHealth(hs *health.Server, log *zap.Logger) {
 	if err := hs.Stop(ctx); err != nil {
 		log.Warn("health endpoint shutdown", zap.Error(err))
 	}
+}
+
+// prefixed says which daemon err comes from, unless err already does
+// (the daemons' errors start with their package's name): "server: data
+// dir: ...", never "server: server: data dir: ...".
+func prefixed(who string, err error) error {
+	if err == nil || strings.HasPrefix(err.Error(), who+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", who, err)
 }
 
 func setString(dst *string, v string) {

@@ -274,7 +274,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 				if r.err == nil || errors.Is(r.err, context.Canceled) {
 					return fmt.Errorf("%s stopped before it was ready", r.who)
 				}
-				return fmt.Errorf("%s: %w", r.who, r.err)
+				return prefixed(r.who, r.err)
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-hint.C:
@@ -358,7 +358,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 		if r.err == nil || errors.Is(r.err, context.Canceled) {
 			return fmt.Errorf("%s stopped unexpectedly", r.who)
 		}
-		return fmt.Errorf("%s: %w", r.who, r.err)
+		return prefixed(r.who, r.err)
 	}
 }
 
