@@ -2,9 +2,15 @@ package server
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/ca"
@@ -100,25 +106,18 @@ func TestKeyManagerScopes(t *testing.T) {
 	if _, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := disk.New(cfg.DataDir + "/keys"); err != nil {
-		t.Fatal(err)
-	}
-	if d, _ := disk.New(cfg.DataDir + "/keys"); d != nil {
-		if _, err := d.GetKey(ctx, "k"); err != nil {
-			t.Fatalf("the authority key is not in DataDir/keys: %v", err)
-		}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "keys", "k.key.pem")); err != nil {
+		t.Fatalf("the authority key is not in DataDir/keys: %v", err)
 	}
 	ikm, certPath, err := s.identityKeyManager(ctx)
-	if err != nil || certPath != cfg.DataDir+"/cluster/ca.pem" {
+	if err != nil || certPath != filepath.Join(cfg.DataDir, "cluster", "ca.pem") {
 		t.Fatalf("identityKeyManager: cert %q, %v", certPath, err)
 	}
 	if _, err := ikm.GenerateKey(ctx, "i", ca.KeyTypeECP256); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := disk.New(cfg.DataDir + "/cluster/keys"); d != nil {
-		if _, err := d.GetKey(ctx, "i"); err != nil {
-			t.Fatalf("the identity key is not in DataDir/cluster/keys: %v", err)
-		}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "cluster", "keys", "i.key.pem")); err != nil {
+		t.Fatalf("the identity key is not in DataDir/cluster/keys: %v", err)
 	}
 
 	withPlugins(t, &cfg, "memory")
@@ -131,5 +130,25 @@ func TestKeyManagerScopes(t *testing.T) {
 	}
 	if _, certPath, err := s.identityKeyManager(ctx); err != nil || certPath != "" {
 		t.Fatalf("memory identityKeyManager: cert %q, %v", certPath, err)
+	}
+}
+
+// Without the join_token verifier the admin API creates no join tokens.
+func TestCreateJoinTokenNeedsJoinTokenVerifier(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.TrustDomain = testTD
+	cfg.DataDir = t.TempDir()
+	withPlugins(t, &cfg, "memory")
+	cfg.NodeVerifiers = []node.Verifier{namedVerifier("x509pop")}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = (&adminAPI{s: s}).CreateJoinToken(context.Background(), &sigilv1.CreateJoinTokenRequest{})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), `no node_attestor "join_token"`) {
+		t.Fatalf("CreateJoinToken = %v, want FailedPrecondition", err)
+	}
+	if _, ok := s.verifiers["x509pop"]; !ok || len(s.verifiers) != 1 {
+		t.Fatalf("verifiers = %v", s.verifiers)
 	}
 }

@@ -20,15 +20,18 @@ import (
 // "join_token" (registration.ValidateJoinTokenSelector).
 func init() {
 	registration.RegisterSelectorType(Name, registration.ValidateJoinTokenSelector)
-	plugin.Register(plugin.KindNodeAttestor, Name, func(body hcl.Body, env plugin.Env) (any, error) {
-		if err := plugin.NoSettings(body); err != nil {
-			return nil, err
-		}
-		if env.Role == plugin.RoleAgent {
-			return NewAttestor(env.JoinToken), nil
-		}
-		return NewServerVerifier(), nil
-	})
+	plugin.Register(plugin.KindNodeAttestor, Name, pluginNew)
+}
+
+// pluginNew builds the half of env.Role.
+func pluginNew(body hcl.Body, env plugin.Env) (any, error) {
+	if err := plugin.NoSettings(body); err != nil {
+		return nil, err
+	}
+	if env.Role == plugin.RoleAgent {
+		return NewAttestor(env.JoinToken), nil
+	}
+	return NewServerVerifier(), nil
 }
 
 // ServerVerifier is the server half as a server is configured with it: it
