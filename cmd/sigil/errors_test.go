@@ -29,7 +29,7 @@ func doubledPrefix(msg string) bool {
 
 func TestDoubledPrefixPattern(t *testing.T) {
 	for s, want := range map[string]bool{
-		"server: server: data dir: mkdir x": true,
+		"server: server: data dir: mkdir x":               true,
 		"agent: agent: workload API: workloadapi: listen": true,
 		"agent: workload API: workloadapi: listen":        true,
 		"server: data dir: mkdir x: not a directory":      false,
