@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -238,5 +239,36 @@ func TestHealthcheckDefaultFindsDev(t *testing.T) {
 	addr := dev.Flags().Lookup("health-address").DefValue
 	if addr == "" || url != "http://"+addr+"/ready" {
 		t.Fatalf("healthcheck probes %s by default, dev serves health on %q", url, addr)
+	}
+}
+
+// A busy health port stops `sigil dev` before it writes any state.
+func TestDevHealthPortInUse(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sgh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	o := devOptions{
+		trustDomain:   "dev.test",
+		dataDir:       filepath.Join(tmp, "data"),
+		socket:        filepath.Join(tmp, "api.sock"),
+		adminSocket:   filepath.Join(tmp, "adm", "admin.sock"),
+		healthAddress: ln.Addr().String(),
+		log:           config.Log{Level: "warn"},
+	}
+	err = runDev(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}, nil)
+	if err == nil || !strings.Contains(err.Error(), "health endpoint: ") || !strings.Contains(err.Error(), "-health-address") {
+		t.Fatalf("runDev = %v, want the busy health port", err)
+	}
+	for _, p := range []string{"server", "agent", devStateFile} {
+		if _, err := os.Stat(filepath.Join(o.dataDir, p)); !os.IsNotExist(err) {
+			t.Errorf("%s was written before the health port was checked: %v", p, err)
+		}
 	}
 }
