@@ -2,7 +2,8 @@
 // `sigil agent`, lets command-line flags override them, and builds the
 // process logger. It knows nothing about the server and agent packages: it
 // produces plain settings that the commands copy into server.Config and
-// agent.Config.
+// agent.Config, and the plugin blocks (with the flat keys and the defaults
+// applied: PluginBlocks) that the commands build with package plugin.
 package config
 
 import (
