@@ -78,7 +78,9 @@ type Config struct {
 	WorkloadAPILimits workloadapi.Limits
 }
 
-// DefaultConfig returns a Config with every default filled in.
+// DefaultConfig returns a Config with every default filled in except the
+// plugins (NodeAttestor, WorkloadAttestors), which have no default here:
+// New refuses a configuration without them.
 func DefaultConfig() Config {
 	return Config{
 		SocketPath:    unixsock.DefaultWorkloadSocket(),

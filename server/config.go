@@ -100,7 +100,8 @@ type Config struct {
 }
 
 // DefaultConfig returns a configuration with every default filled in
-// except the trust domain.
+// except the trust domain and the plugins (NodeVerifiers, KeyStore), which
+// have no default here: New refuses a configuration without them.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	if host == "" {
