@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/workloadapi"
 )
@@ -363,10 +365,8 @@ func (a *Agent) loadOrAttest(ctx context.Context) (*identity, *x509bundle.Bundle
 			return ident, bundle, nil
 		}
 		if !retryable(err) {
-			if expired && a.cfg.NodeAttestor.Name() == "join_token" {
-				err = fmt.Errorf("agent SVID expired and cannot re-attest: the join_token attestor cannot re-attest "+
-					"with the token it already spent; generate a new token with `sigil token generate`, "+
-					"put it in the agent's configuration and restart it: %w", err)
+			if spent, ok := a.spentMessage(); expired && ok {
+				err = fmt.Errorf("agent SVID expired and cannot re-attest: %s: %w", spent, err)
 			}
 			return nil, nil, err
 		}
@@ -389,15 +389,38 @@ func retryable(err error) bool {
 	return false
 }
 
-// attest proves the node to a server with the configured node attestor
-// and returns the agent's new identity and bundle, saved to the data
-// directory.
+// nodeAttestor is the agent's node attestor (Config.NodeAttestor), and
+// false if it has none.
+func (a *Agent) nodeAttestor() (node.Attestor, bool) {
+	return a.cfg.NodeAttestor, a.cfg.NodeAttestor != nil
+}
+
+// spentMessage is what to tell the operator when the node attestor works
+// once (node.SingleUse) and an attestation after its first was refused;
+// false if the attestor can attest again.
+func (a *Agent) spentMessage() (string, bool) {
+	att, ok := a.nodeAttestor()
+	if !ok {
+		return "", false
+	}
+	su, ok := att.(node.SingleUse)
+	if !ok {
+		return "", false
+	}
+	return su.SpentMessage(), true
+}
+
+// attest proves the node to a server with the node attestor and returns
+// the agent's new identity and bundle, saved to the data directory.
 func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, error) {
+	att, ok := a.nodeAttestor()
+	if !ok {
+		return nil, nil, errors.New("agent: no saved identity and no node attestor to attest with")
+	}
 	bootstrap, err := a.bootstrapBundle()
 	if err != nil {
 		return nil, nil, err
 	}
-	att := a.cfg.NodeAttestor
 	payload, err := att.Payload(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agent: %s attestation payload: %w", att.Name(), err)
@@ -413,7 +436,7 @@ func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, erro
 	defer conn.Close()
 	cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	resp, err := sigilv1.NewNodeClient(conn).Attest(cctx, &sigilv1.AttestRequest{
+	resp, err := attestCall(cctx, sigilv1.NewNodeClient(conn), att, &sigilv1.AttestRequest{
 		AttestationType: att.Name(),
 		Payload:         payload,
 		Csr:             csr,
@@ -456,6 +479,63 @@ func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, erro
 		zap.Time("expires_at", ident.notAfter),
 		zap.Int("bundle_authorities", len(bundle.X509Authorities())))
 	return ident, bundle, nil
+}
+
+// attestCall runs one attestation on the node API: on AttestStream,
+// answering the verifier's challenges with att; or, on a server of the
+// previous version, which does not serve AttestStream, on the unary
+// Attest if att needs no challenge (node.ChallengeFree). Such a server
+// answers AttestStream with Unimplemented, or, to a caller without an
+// agent SVID, with Unauthenticated (its guard lets such a caller call
+// Attest alone); this version's server answers neither for AttestStream.
+func attestCall(ctx context.Context, c sigilv1.NodeClient, att node.Attestor, req *sigilv1.AttestRequest) (*sigilv1.AttestResponse, error) {
+	resp, err := attestStream(ctx, c, att, req)
+	if code := status.Code(err); code == codes.Unimplemented || code == codes.Unauthenticated {
+		if cf, ok := att.(node.ChallengeFree); ok && cf.ChallengeFree() {
+			return c.Attest(ctx, req)
+		}
+	}
+	return resp, err
+}
+
+// attestStream runs one attestation on AttestStream.
+func attestStream(ctx context.Context, c sigilv1.NodeClient, att node.Attestor, req *sigilv1.AttestRequest) (*sigilv1.AttestResponse, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the call on every return
+	stream, err := c.AttestStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// A Send that fails with io.EOF means the server ended the call; its
+	// status comes with the next Recv.
+	err = stream.Send(&sigilv1.AttestStreamRequest{Step: &sigilv1.AttestStreamRequest_Attest{Attest: req}})
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	for rounds := 0; ; rounds++ {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("the server ended the attestation without a result")
+		}
+		if err != nil {
+			return nil, err
+		}
+		switch step := msg.GetStep().(type) {
+		case *sigilv1.AttestStreamResponse_Result:
+			return step.Result, nil
+		case *sigilv1.AttestStreamResponse_Challenge:
+			ans, err := att.Answer(ctx, step.Challenge)
+			if err != nil {
+				return nil, fmt.Errorf("%s attestor answering challenge %d: %w", att.Name(), rounds+1, err)
+			}
+			err = stream.Send(&sigilv1.AttestStreamRequest{Step: &sigilv1.AttestStreamRequest_Answer{Answer: ans}})
+			if err != nil && !errors.Is(err, io.EOF) {
+				return nil, err
+			}
+		default:
+			return nil, errors.New("the server sent an attestation message with neither a challenge nor a result")
+		}
+	}
 }
 
 // bundleFromProto converts a bundle from the node API.

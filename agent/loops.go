@@ -343,11 +343,11 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 func (a *Agent) reattest(ctx context.Context) error {
 	ident, bundle, err := a.attest(ctx)
 	if err != nil {
-		if !retryable(err) && a.cfg.NodeAttestor.Name() == "join_token" {
-			// A join token works once: it was spent on the first
-			// attestation, so this agent cannot prove itself again.
-			err = fmt.Errorf("the join_token attestor cannot re-attest (a join token works once); "+
-				"generate a new token with `sigil token generate`, put it in the agent's configuration and restart it: %w", err)
+		if spent, ok := a.spentMessage(); !retryable(err) && ok {
+			// The attestor works once (a join token): it was spent
+			// on the first attestation, so this agent cannot prove
+			// itself again.
+			err = fmt.Errorf("%s: %w", spent, err)
 		}
 		a.mu.Lock()
 		a.reattestErr = err

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -323,22 +324,16 @@ func (a *applier) attestNode(c *storepb.AttestNode) *CommandError {
 	if err := a.f.validateNode(n); err != nil {
 		return err
 	}
-	var token *sigilv1.JoinToken
-	if c.JoinTokenHash != "" {
-		if err := validateTokenHash(c.JoinTokenHash); err != nil {
-			return err
-		}
-		token = a.joinToken(c.JoinTokenHash)
-		if token == nil || token.ExpiresAt <= a.nowSec {
-			return cmdErr(codes.PermissionDenied, "join token is invalid or expired")
-		}
+	tokens, cerr := a.consumedJoinTokens(c)
+	if cerr != nil {
+		return cerr
 	}
 	old := a.node(n.SpiffeId)
 	if old != nil && old.Banned {
 		return cmdErr(codes.PermissionDenied, "node %q is banned", n.SpiffeId)
 	}
 	// All checks passed: from here on the command succeeds.
-	if token != nil {
+	for _, token := range tokens {
 		if err := a.delete(tableJoinTokens, token); err != nil {
 			return err
 		}
@@ -356,6 +351,43 @@ func (a *applier) attestNode(c *storepb.AttestNode) *CommandError {
 	n.ModifyIndex = a.index
 	return a.insert(tableNodes, n)
 }
+
+// consumedJoinTokens returns the join tokens an AttestNode command
+// consumes: the one of join_token_hash (the form every version writes)
+// and those of consume. Each must exist and be unexpired at the command
+// time; a command that names a credential twice, or one of a kind this
+// store does not keep, is refused.
+func (a *applier) consumedJoinTokens(c *storepb.AttestNode) ([]*sigilv1.JoinToken, *CommandError) {
+	var hashes []string
+	if c.JoinTokenHash != "" {
+		hashes = append(hashes, c.JoinTokenHash)
+	}
+	for _, cred := range c.GetConsume() {
+		if cred.GetKind() != credentialJoinToken {
+			return nil, cmdErr(codes.InvalidArgument, "cannot consume a credential of kind %q", cred.GetKind())
+		}
+		hashes = append(hashes, cred.GetId())
+	}
+	tokens := make([]*sigilv1.JoinToken, 0, len(hashes))
+	for i, h := range hashes {
+		if err := validateTokenHash(h); err != nil {
+			return nil, err
+		}
+		if slices.Contains(hashes[:i], h) {
+			return nil, cmdErr(codes.InvalidArgument, "the command consumes one join token twice")
+		}
+		token := a.joinToken(h)
+		if token == nil || token.ExpiresAt <= a.nowSec {
+			return nil, cmdErr(codes.PermissionDenied, "join token is invalid or expired")
+		}
+		tokens = append(tokens, token)
+	}
+	return tokens, nil
+}
+
+// credentialJoinToken is the storepb.Credential kind of a join token
+// (node.CredentialJoinToken).
+const credentialJoinToken = "join_token"
 
 func (a *applier) updateNode(c *storepb.UpdateNode) *CommandError {
 	if c.GetSpiffeId() == "" {

@@ -243,6 +243,18 @@ func FuzzFSMApply(f *testing.F) {
 	f.Add(joinCommands(fx.base...))
 	f.Add(joinCommands(fx.seeds[4], fx.seeds[6], fx.seeds[9], fx.seeds[8], fx.seeds[10], fx.seeds[6]))
 	f.Add(joinCommands(fx.seeds[len(fx.seeds)-6:]...))
+	// The generic consume field of AttestNode: a join token consumed
+	// through it, a kind the store does not keep, one token twice.
+	consume := func(id, legacy string, creds ...*storepb.Credential) *storepb.Command {
+		c := attestNode(id, legacy)
+		c.GetAttestNode().Consume = creds
+		return c
+	}
+	f.Add(joinCommands(
+		fuzzCmd(f, t0, consume("spiffe://example.org/sigil/agent/join_token/a3", "", &storepb.Credential{Kind: "join_token", Id: tokenHash("x")})),
+		fuzzCmd(f, t0, consume("spiffe://example.org/sigil/agent/join_token/a4", "", &storepb.Credential{Kind: "other", Id: "n"})),
+		fuzzCmd(f, t0, consume("spiffe://example.org/sigil/agent/join_token/a4", tokenHash("z"), &storepb.Credential{Kind: "join_token", Id: tokenHash("z")})),
+	))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cmds := splitCommands(data)
 		for _, populated := range []bool{false, true} {

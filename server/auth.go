@@ -26,8 +26,10 @@ func agentFrom(ctx context.Context) (spiffeid.ID, bool) {
 	return id, ok
 }
 
+// isOpenMethod reports whether a node API method is open to callers
+// without an agent SVID: the attestations.
 func isOpenMethod(fullMethod string) bool {
-	return fullMethod == sigilv1.Node_Attest_FullMethodName
+	return fullMethod == sigilv1.Node_Attest_FullMethodName || fullMethod == sigilv1.Node_AttestStream_FullMethodName
 }
 
 // authenticate checks that the caller presented a valid SVID of an agent

@@ -34,43 +34,63 @@ type nodeAPI struct {
 	s *Server
 
 	// claims holds the single-use credentials (join token hashes) that
-	// an Attest call on this server is consuming right now; a concurrent
-	// call with the same one is refused before it signs anything.
+	// an attestation on this server is consuming right now; a concurrent
+	// one with the same credential is refused before it signs anything.
 	claimMu sync.Mutex
-	claims  map[string]struct{}
+	claims  map[node.Credential]struct{}
 }
 
-// claim marks hash as being consumed; false if another call holds it.
-func (n *nodeAPI) claim(hash string) bool {
+// claim marks c as being consumed; false if another call holds it.
+func (n *nodeAPI) claim(c node.Credential) bool {
 	n.claimMu.Lock()
 	defer n.claimMu.Unlock()
-	if _, ok := n.claims[hash]; ok {
+	if _, ok := n.claims[c]; ok {
 		return false
 	}
 	if n.claims == nil {
-		n.claims = make(map[string]struct{})
+		n.claims = make(map[node.Credential]struct{})
 	}
-	n.claims[hash] = struct{}{}
+	n.claims[c] = struct{}{}
 	return true
 }
 
-func (n *nodeAPI) unclaim(hash string) {
+func (n *nodeAPI) unclaim(c node.Credential) {
 	n.claimMu.Lock()
 	defer n.claimMu.Unlock()
-	delete(n.claims, hash)
+	delete(n.claims, c)
 }
 
-// Attest is the node API's only method open to callers without an agent
-// SVID. Before it signs anything or writes to Raft it checks the request's
-// size and the evidence against local state (the verifier looks the join
-// token up in this server's copy of the store), so an unauthenticated
-// caller with made-up evidence costs one local lookup. The connection and
-// rate limits in front of it are in nodeapi_limits.go.
+// Attest is the unary attestation of agents of the previous version: the
+// verifier gets the payload and no challenge round. With AttestStream it
+// is the only node API method open to callers without an agent SVID.
+// Before it signs anything or writes to Raft it checks the request's size
+// and the evidence against local state (the verifier looks the join token
+// up in this server's copy of the store), so an unauthenticated caller
+// with made-up evidence costs one local lookup. The connection and rate
+// limits in front of it are in nodeapi_limits.go.
 func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigilv1.AttestResponse, error) {
-	s := n.s
-	if size := proto.Size(req); size > s.nodeLimits.MaxAttestRequestSize {
-		return nil, status.Errorf(codes.ResourceExhausted, "attestation request of %d bytes exceeds the limit of %d bytes", size, s.nodeLimits.MaxAttestRequestSize)
+	if size := proto.Size(req); size > n.s.nodeLimits.MaxAttestRequestSize {
+		return nil, status.Errorf(codes.ResourceExhausted, "attestation request of %d bytes exceeds the limit of %d bytes", size, n.s.nodeLimits.MaxAttestRequestSize)
 	}
+	return n.attest(ctx, req, &exchange{payload: req.Payload, unary: true, attestationType: req.AttestationType})
+}
+
+// attest runs one attestation: the verifier named by req checks the
+// evidence through ex, and only then is the CSR parsed, the agent SVID
+// signed and the attestation (with the credentials it consumes) written
+// through Raft. ctx bounds the whole call.
+func (n *nodeAPI) attest(ctx context.Context, req *sigilv1.AttestRequest, ex *exchange) (*sigilv1.AttestResponse, error) {
+	res, v, err := n.verify(ctx, req, ex)
+	if err != nil {
+		return nil, err
+	}
+	return n.record(ctx, req, v, res)
+}
+
+// verify finds the verifier of req and runs it. A refusal is logged and
+// returned as the status the caller gets.
+func (n *nodeAPI) verify(ctx context.Context, req *sigilv1.AttestRequest, ex *exchange) (*node.Result, node.Verifier, error) {
+	s := n.s
 	v, ok := s.verifiers[req.AttestationType]
 	if !ok {
 		typ := req.AttestationType
@@ -82,9 +102,22 @@ func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigi
 			known = append(known, name)
 		}
 		sort.Strings(known)
-		return nil, status.Errorf(codes.InvalidArgument, "unknown attestation type %q (this server knows %s)", typ, strings.Join(known, ", "))
+		return nil, nil, status.Errorf(codes.InvalidArgument, "unknown attestation type %q (this server knows %s)", typ, strings.Join(known, ", "))
 	}
-	res, err := v.Verify(ctx, req.Payload)
+	res, err := v.Verify(ctx, nodeState{s}, ex)
+	// The exchange's own failure (rounds, sizes, time, the agent going
+	// away) stands whatever the verifier made of it.
+	if failed := ex.failure(); failed != nil {
+		if err == nil {
+			err = failed
+		}
+		s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
+			zap.Int("rounds", ex.rounds()), zap.Error(err))
+		return nil, nil, failed
+	}
+	if err == nil && res == nil {
+		err = errors.New("the verifier returned no result")
+	}
 	if err != nil {
 		s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType), zap.Error(err))
 		var refused *node.RefusedError
@@ -92,27 +125,39 @@ func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigi
 		case errors.As(err, &refused):
 			// One answer for unknown, used and expired credentials;
 			// the reason is in the log line above.
-			return nil, status.Errorf(codes.PermissionDenied, "attestation failed: %s", refused.Public)
+			return nil, nil, status.Errorf(codes.PermissionDenied, "attestation failed: %s", refused.Public)
 		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-			return nil, status.FromContextError(err).Err()
+			return nil, nil, status.FromContextError(err).Err()
 		}
 		if st, ok := status.FromError(err); ok {
-			return nil, st.Err()
+			return nil, nil, st.Err()
 		}
-		return nil, status.Errorf(codes.PermissionDenied, "attestation failed: %v", err)
+		return nil, nil, status.Errorf(codes.PermissionDenied, "attestation failed: %v", err)
 	}
-	if h := res.ConsumeJoinTokenHash; h != "" {
+	return res, v, nil
+}
+
+// record signs the agent SVID of a verified attestation and writes the
+// attestation, consuming res.Consume, through Raft.
+func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node.Verifier, res *node.Result) (*sigilv1.AttestResponse, error) {
+	s := n.s
+	for _, c := range res.Consume {
+		if c.Kind != node.CredentialJoinToken {
+			s.log.Error("node attestation refused: the verifier asked to consume a credential of a kind the store does not keep",
+				zap.Bool("audit", true), zap.String("attestation_type", v.Name()), zap.String("kind", c.Kind))
+			return nil, status.Errorf(codes.Internal, "attestation failed: the %s verifier asked to consume a credential of kind %q, which this server does not keep", v.Name(), c.Kind)
+		}
 		// The Raft command consumes the credential atomically across
 		// servers; this claim keeps concurrent uses on one server from
 		// each costing a signature and a Raft write first.
-		if !n.claim(h) {
+		if !n.claim(c) {
 			s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
 				zap.String("reason", "the single-use credential is being consumed by a concurrent attestation"))
 			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+consumedMessage)
 		}
-		defer n.unclaim(h)
+		defer n.unclaim(c)
 		// A call that held the claim until just now has consumed it.
-		if _, err := s.store.Read().JoinToken(h); err != nil {
+		if _, err := s.store.Read().JoinToken(c.ID); err != nil {
 			s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("attestation_type", req.AttestationType),
 				zap.String("reason", "the single-use credential was consumed by a concurrent attestation"))
 			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+consumedMessage)
@@ -134,7 +179,7 @@ func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigi
 		return nil, status.Errorf(codes.Internal, "minting agent SVID: %v", err)
 	}
 	leaf := chain[0]
-	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_AttestNode{AttestNode: &storepb.AttestNode{
+	cmd := &storepb.AttestNode{
 		Node: &sigilv1.AttestedNode{
 			SpiffeId:        agentID.String(),
 			AttestationType: v.Name(),
@@ -143,8 +188,18 @@ func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigi
 			Selectors:       res.Selectors,
 			CreatedAt:       s.cfg.Clock.Now().Unix(),
 		},
-		JoinTokenHash: res.ConsumeJoinTokenHash,
-	}}})
+	}
+	for _, c := range res.Consume {
+		// A join token goes in join_token_hash, which servers of the
+		// previous version apply too (they ignore consume), so that a
+		// cluster in a rolling upgrade applies the command alike.
+		if c.Kind == node.CredentialJoinToken && cmd.JoinTokenHash == "" {
+			cmd.JoinTokenHash = c.ID
+			continue
+		}
+		cmd.Consume = append(cmd.Consume, &storepb.Credential{Kind: c.Kind, Id: c.ID})
+	}
+	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_AttestNode{AttestNode: cmd}})
 	if err != nil {
 		s.log.Warn("node attestation refused", zap.Bool("audit", true), zap.String("agent_id", agentID.String()), zap.Error(err))
 		return nil, storeError(err)
@@ -332,13 +387,21 @@ const followerTokenWait = time.Second
 // nodeState is the verifiers' read-only view of this server's store.
 type nodeState struct{ s *Server }
 
-// JoinTokenExpiry looks the token up in the local store. A follower that
-// does not find it waits up to followerTokenWait for its store to apply
-// newer entries (no Raft traffic, no write) before it gives up; while it
-// waits, the call gives its in-flight attestation slot back (the rate
-// limits bound how many such waits there can be).
-func (st nodeState) JoinTokenExpiry(ctx context.Context, hash string) (time.Time, error) {
+// Now is the server's clock.
+func (st nodeState) Now() time.Time { return st.s.cfg.Clock.Now() }
+
+// CredentialExpiry looks the credential up in the local store (join
+// tokens are the only kind). A follower that does not find it waits up to
+// followerTokenWait for its store to apply newer entries (no Raft
+// traffic, no write) before it gives up; while it waits, the call gives
+// its in-flight attestation slot back (the rate limits bound how many
+// such waits there can be).
+func (st nodeState) CredentialExpiry(ctx context.Context, c node.Credential) (time.Time, error) {
 	s := st.s
+	if c.Kind != node.CredentialJoinToken {
+		return time.Time{}, fmt.Errorf("server: no credentials of kind %q: %w", c.Kind, node.ErrNotFound)
+	}
+	hash := c.ID
 	if s.store == nil {
 		return time.Time{}, status.Error(codes.Unavailable, "server: the store is not open yet")
 	}
@@ -381,7 +444,7 @@ func (s *Server) verifiedAgent(certs []*x509.Certificate) bool {
 }
 
 // refuseUnauthenticated is the node guard's answer to a call other than
-// Attest on a connection that presented no valid agent SVID: the auth
+// an attestation on a connection that presented no valid agent SVID: the auth
 // interceptor's own error.
 func (s *Server) refuseUnauthenticated(ctx context.Context) error {
 	_, err := s.authenticate(ctx)

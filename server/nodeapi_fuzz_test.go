@@ -5,7 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,152 @@ import (
 // were; an accepted one carried a token this server issued, and then
 // wrote exactly one Raft entry.
 func FuzzAttestPayload(f *testing.F) {
+	fs := newFuzzNodeServer(f)
+	for _, tok := range fs.tokens {
+		csr := newCSR(f, mustKey(f), "agent")
+		for _, req := range []*sigilv1.AttestRequest{
+			{AttestationType: jointoken.Name, Payload: []byte(tok), Csr: csr},
+			{AttestationType: jointoken.Name, Payload: []byte(tok), Csr: []byte("not a CSR")},
+		} {
+			b, _ := proto.Marshal(req)
+			f.Add(b)
+		}
+	}
+	for _, req := range fuzzBogusRequests(f) {
+		b, _ := proto.Marshal(req)
+		f.Add(b)
+	}
+	f.Add([]byte{0xff, 0xff, 0xff})
+
+	api := &nodeAPI{s: fs.srv}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		req := &sigilv1.AttestRequest{}
+		if err := proto.Unmarshal(raw, req); err != nil {
+			return // gRPC refuses it before the handler
+		}
+		index, nAgents := fs.srv.store.LastIndex(), fs.agents(t)
+		resp, err := api.Attest(fs.ctx, req)
+		if err != nil {
+			fs.checkRefused(t, err, index, nAgents)
+			return
+		}
+		if !fs.issued[string(req.Payload)] {
+			t.Fatalf("attested %s with a token the server did not issue", resp.SpiffeId)
+		}
+		if got := fs.srv.store.LastIndex(); got != index+1 {
+			t.Fatalf("an attestation moved the Raft index from %d to %d, want one entry", index, got)
+		}
+	})
+}
+
+// FuzzAttestStream decodes two arbitrary byte strings as the first two
+// messages of an AttestStream call, as the node API does, and runs the
+// handler of a real server (Raft store on disk, its CA, the join token
+// verifier and the test-only HMAC challenge-response verifier, one round)
+// on them; the call's other messages end it. Invariants: no panic; a
+// refusal has one of the expected codes and leaves the Raft index and the
+// agent list as they were; an accepted attestation carried a token this
+// server issued (no fuzz input can answer the HMAC verifier's random
+// challenge) and wrote exactly one Raft entry.
+func FuzzAttestStream(f *testing.F) {
+	fs := newFuzzNodeServer(f)
+	fs.srv.verifiers[hmacName] = hmacVerifier{key: []byte("fuzz key"), rounds: 1}
+	msg := func(m *sigilv1.AttestStreamRequest) []byte {
+		b, _ := proto.Marshal(m)
+		return b
+	}
+	attest := func(r *sigilv1.AttestRequest) []byte {
+		return msg(&sigilv1.AttestStreamRequest{Step: &sigilv1.AttestStreamRequest_Attest{Attest: r}})
+	}
+	answer := msg(&sigilv1.AttestStreamRequest{Step: &sigilv1.AttestStreamRequest_Answer{Answer: make([]byte, 32)}})
+	csr := newCSR(f, mustKey(f), "agent")
+	for _, tok := range fs.tokens {
+		f.Add(attest(&sigilv1.AttestRequest{AttestationType: jointoken.Name, Payload: []byte(tok), Csr: csr}), []byte(nil))
+		f.Add(attest(&sigilv1.AttestRequest{AttestationType: jointoken.Name, Payload: []byte(tok), Csr: csr}), answer)
+	}
+	hmacReq := attest(&sigilv1.AttestRequest{AttestationType: hmacName, Payload: []byte("node-1"), Csr: csr})
+	f.Add(hmacReq, answer)
+	f.Add(hmacReq, hmacReq)
+	f.Add(hmacReq, []byte(nil))
+	f.Add(answer, hmacReq)
+	for _, req := range fuzzBogusRequests(f) {
+		f.Add(attest(req), answer)
+	}
+	f.Add([]byte{}, []byte{})
+	f.Add([]byte{0xff, 0xff, 0xff}, answer)
+
+	api := &nodeAPI{s: fs.srv}
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		var msgs []*sigilv1.AttestStreamRequest
+		for _, raw := range [][]byte{first, second} {
+			m := &sigilv1.AttestStreamRequest{}
+			if err := proto.Unmarshal(raw, m); err != nil {
+				break // gRPC ends the call before the handler reads it
+			}
+			msgs = append(msgs, m)
+		}
+		index, nAgents := fs.srv.store.LastIndex(), fs.agents(t)
+		stream := &fuzzAttestStream{ctx: fs.ctx, in: msgs}
+		err := api.AttestStream(stream)
+		if err != nil {
+			if stream.result != nil {
+				t.Fatal("a refused attestation sent a result")
+			}
+			fs.checkRefused(t, err, index, nAgents, codes.FailedPrecondition)
+			return
+		}
+		if stream.result == nil {
+			t.Fatal("an accepted attestation sent no result")
+		}
+		req := msgs[0].GetAttest()
+		if req.GetAttestationType() != jointoken.Name || !fs.issued[string(req.GetPayload())] {
+			t.Fatalf("attested %s with evidence the server did not issue", stream.result.SpiffeId)
+		}
+		if got := fs.srv.store.LastIndex(); got != index+1 {
+			t.Fatalf("an attestation moved the Raft index from %d to %d, want one entry", index, got)
+		}
+	})
+}
+
+// fuzzAttestStream is the server side of an AttestStream call for the
+// fuzz target: Recv returns the given messages, then io.EOF (the caller
+// closed its side); Send keeps the result.
+type fuzzAttestStream struct {
+	grpc.ServerStream
+	ctx    context.Context
+	in     []*sigilv1.AttestStreamRequest
+	result *sigilv1.AttestResponse
+}
+
+func (s *fuzzAttestStream) Context() context.Context { return s.ctx }
+
+func (s *fuzzAttestStream) Recv() (*sigilv1.AttestStreamRequest, error) {
+	if len(s.in) == 0 {
+		return nil, io.EOF
+	}
+	m := s.in[0]
+	s.in = s.in[1:]
+	return m, nil
+}
+
+func (s *fuzzAttestStream) Send(m *sigilv1.AttestStreamResponse) error {
+	if r := m.GetResult(); r != nil {
+		s.result = r
+	}
+	return nil
+}
+
+// fuzzNodeServer is a real server for the node API fuzz targets, with two
+// join tokens issued.
+type fuzzNodeServer struct {
+	srv    *Server
+	ctx    context.Context
+	admin  sigilv1.AdminClient
+	tokens []string
+	issued map[string]bool
+}
+
+func newFuzzNodeServer(f *testing.F) *fuzzNodeServer {
 	dir := f.TempDir()
 	cfg := DefaultConfig()
 	cfg.TrustDomain = testTD
@@ -64,72 +212,54 @@ func FuzzAttestPayload(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { conn.Close() })
-	admin := sigilv1.NewAdminClient(conn)
-	issued := map[string]bool{}
+	fs := &fuzzNodeServer{srv: srv, ctx: ctx, admin: sigilv1.NewAdminClient(conn), issued: map[string]bool{}}
 	for i := 0; i < 2; i++ {
-		resp, err := admin.CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{})
+		resp, err := fs.admin.CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{})
 		if err != nil {
 			f.Fatal(err)
 		}
-		issued[resp.Token] = true
-		csr := newCSR(f, mustKey(f), "agent")
-		for _, req := range []*sigilv1.AttestRequest{
-			{AttestationType: jointoken.Name, Payload: []byte(resp.Token), Csr: csr},
-			{AttestationType: jointoken.Name, Payload: []byte(resp.Token), Csr: []byte("not a CSR")},
-		} {
-			b, _ := proto.Marshal(req)
-			f.Add(b)
-		}
+		fs.tokens = append(fs.tokens, resp.Token)
+		fs.issued[resp.Token] = true
 	}
+	return fs
+}
+
+// fuzzBogusRequests are attestation requests every server refuses.
+func fuzzBogusRequests(f *testing.F) []*sigilv1.AttestRequest {
 	bogus, _ := jointoken.Generate()
-	for _, req := range []*sigilv1.AttestRequest{
+	return []*sigilv1.AttestRequest{
 		{AttestationType: jointoken.Name, Payload: []byte(bogus), Csr: newCSR(f, mustKey(f), "agent")},
 		{AttestationType: jointoken.Name, Payload: []byte("not-a-token")},
 		{AttestationType: "x509pop", Payload: []byte(bogus)},
 		{AttestationType: jointoken.Name, Payload: []byte(strings.Repeat("a", 40<<10))},
 		{},
-	} {
-		b, _ := proto.Marshal(req)
-		f.Add(b)
 	}
-	f.Add([]byte{0xff, 0xff, 0xff})
+}
 
-	api := &nodeAPI{s: srv}
-	agents := func(t *testing.T) int {
-		resp, err := admin.ListAgents(ctx, &sigilv1.ListAgentsRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(resp.Agents)
+func (fs *fuzzNodeServer) agents(t *testing.T) int {
+	resp, err := fs.admin.ListAgents(fs.ctx, &sigilv1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		req := &sigilv1.AttestRequest{}
-		if err := proto.Unmarshal(raw, req); err != nil {
-			return // gRPC refuses it before the handler
-		}
-		index, nAgents := srv.store.LastIndex(), agents(t)
-		resp, err := api.Attest(ctx, req)
-		if err != nil {
-			switch status.Code(err) {
-			case codes.PermissionDenied, codes.InvalidArgument, codes.ResourceExhausted:
-			default:
-				t.Fatalf("refusal with code %v: %v", status.Code(err), err)
-			}
-			if got := srv.store.LastIndex(); got != index {
-				t.Fatalf("a refused attestation (%v) moved the Raft index from %d to %d", err, index, got)
-			}
-			if got := agents(t); got != nAgents {
-				t.Fatalf("a refused attestation changed the agents from %d to %d", nAgents, got)
-			}
-			return
-		}
-		if !issued[string(req.Payload)] {
-			t.Fatalf("attested %s with a token the server did not issue", resp.SpiffeId)
-		}
-		if got := srv.store.LastIndex(); got != index+1 {
-			t.Fatalf("an attestation moved the Raft index from %d to %d, want one entry", index, got)
-		}
-	})
+	return len(resp.Agents)
+}
+
+// checkRefused fails t unless err is a refusal (PermissionDenied,
+// InvalidArgument, ResourceExhausted or one of more) that left the Raft
+// index and the agents as they were.
+func (fs *fuzzNodeServer) checkRefused(t *testing.T, err error, index uint64, nAgents int, more ...codes.Code) {
+	t.Helper()
+	switch c := status.Code(err); {
+	case c == codes.PermissionDenied, c == codes.InvalidArgument, c == codes.ResourceExhausted, slices.Contains(more, c):
+	default:
+		t.Fatalf("refusal with code %v: %v", c, err)
+	}
+	if got := fs.srv.store.LastIndex(); got != index {
+		t.Fatalf("a refused attestation (%v) moved the Raft index from %d to %d", err, index, got)
+	}
+	if got := fs.agents(t); got != nAgents {
+		t.Fatalf("a refused attestation changed the agents from %d to %d", nAgents, got)
+	}
 }
 
 func mustKey(tb testing.TB) *ecdsa.PrivateKey {

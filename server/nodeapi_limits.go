@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -40,8 +39,19 @@ type nodeLimits struct {
 	HandshakeTimeout time.Duration
 
 	// MaxAttestRequestSize bounds an AttestRequest (token or evidence,
-	// and CSR).
+	// and CSR), and every message of AttestStream either way (the
+	// agent's answers and the verifier's challenges).
 	MaxAttestRequestSize int
+	// MaxAttestRounds bounds the challenge rounds of one attestation on
+	// AttestStream (the unary Attest allows none). A caller without an
+	// agent SVID is also held to UnauthReadBudget, which its request and
+	// answers must fit in.
+	MaxAttestRounds int
+	// MaxAttestDuration bounds one attestation on AttestStream, from the
+	// call's start to the verifier's decision: a caller that stalls
+	// (never sends its evidence or an answer) is cut off then, and its
+	// in-flight slot freed.
+	MaxAttestDuration time.Duration
 	// UnauthReadBudget is how many bytes the server reads, handshake
 	// included, from a connection without a valid agent SVID before it
 	// closes it: room for a few attestations, not for a large message.
@@ -92,6 +102,8 @@ func defaultNodeLimits() nodeLimits {
 		HandshakeTimeout:     10 * time.Second,
 
 		MaxAttestRequestSize:    32 << 10,
+		MaxAttestRounds:         4,
+		MaxAttestDuration:       20 * time.Second,
 		UnauthReadBudget:        64 << 10,
 		UnauthConnLifetime:      time.Minute,
 		MaxUnauthConns:          256,
@@ -127,8 +139,8 @@ type nodeGuard struct {
 	// isAgent reports whether a handshake's peer certificates are a
 	// valid agent SVID of the trust domain.
 	isAgent func([]*x509.Certificate) bool
-	// refuse returns the error for a call other than Attest on a
-	// connection without a valid agent SVID.
+	// refuse returns the error for a call other than an attestation on
+	// a connection without a valid agent SVID.
 	refuse func(context.Context) error
 
 	mu          sync.RWMutex
@@ -369,8 +381,9 @@ func (c *guardedConn) expire(d time.Duration) {
 }
 
 // tap runs on a call's headers, before its message is read: a call other
-// than Attest on a connection without a valid agent SVID is refused here,
-// and Attest is subject to the in-flight caps and the rate limits.
+// than an attestation (Attest, AttestStream) on a connection without a
+// valid agent SVID is refused here, and an attestation is subject to the
+// in-flight caps and the rate limits.
 func (g *nodeGuard) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
 	var remote net.Addr
@@ -385,7 +398,7 @@ func (g *nodeGuard) tap(ctx context.Context, info *tap.Info) (context.Context, e
 	gc := g.conns[addr]
 	authed := gc != nil && gc.authed
 	g.mu.RUnlock()
-	if info.FullMethodName != sigilv1.Node_Attest_FullMethodName {
+	if !isOpenMethod(info.FullMethodName) {
 		if authed {
 			return ctx, nil
 		}

@@ -46,7 +46,7 @@ func withPlugins(t testing.TB, cfg *Config, keyManager string) {
 type namedVerifier string
 
 func (v namedVerifier) Name() string { return string(v) }
-func (namedVerifier) Verify(context.Context, []byte) (*node.Result, error) {
+func (namedVerifier) Verify(context.Context, node.State, node.Exchange) (*node.Result, error) {
 	return nil, nil
 }
 

@@ -32,7 +32,6 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/ca"
-	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
@@ -87,19 +86,9 @@ func New(cfg Config) (*Server, error) {
 	// server signs or writes anything.
 	s.verifiers = make(map[string]node.Verifier, len(cfg.NodeVerifiers))
 	for _, v := range cfg.NodeVerifiers {
-		if b, ok := v.(stateBinder); ok {
-			v = b.BindState(nodeState{s}, cfg.Clock)
-		}
 		s.verifiers[v.Name()] = v
 	}
 	return s, nil
-}
-
-// stateBinder is implemented by a node verifier built from configuration
-// that checks evidence against the server's state: the server binds it to
-// its state and clock once and verifies with the result.
-type stateBinder interface {
-	BindState(node.State, clock.Clock) node.Verifier
 }
 
 // JoinTokenIssuer is implemented by the node verifier whose tokens the

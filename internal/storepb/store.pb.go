@@ -506,13 +506,21 @@ func (x *CreateJoinToken) GetToken() *v1.JoinToken {
 	return nil
 }
 
-// AttestNode records an attested agent. If join_token_hash is set, the
-// token is consumed in the same step: the command fails if the token is
-// unknown or expired at timestamp, so a token works once.
+// AttestNode records an attested agent and consumes, in the same step, the
+// single-use credentials the attestation spent: the command fails if any
+// of them is unknown or expired at timestamp, so each works once.
+//
+// join_token_hash (the join token of that hash) is the form every version
+// writes for a join token, and the only one servers before consume was
+// added read; consume carries the other kinds (none yet: a future kind
+// may only be written once every server of the cluster applies it, since
+// an older one ignores the field). A command may name each credential
+// once.
 type AttestNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          *v1.AttestedNode       `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	JoinTokenHash string                 `protobuf:"bytes,2,opt,name=join_token_hash,json=joinTokenHash,proto3" json:"join_token_hash,omitempty"`
+	Consume       []*Credential          `protobuf:"bytes,3,rep,name=consume,proto3" json:"consume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -561,6 +569,68 @@ func (x *AttestNode) GetJoinTokenHash() string {
 	return ""
 }
 
+func (x *AttestNode) GetConsume() []*Credential {
+	if x != nil {
+		return x.Consume
+	}
+	return nil
+}
+
+// Credential names a single-use credential record of the replicated
+// state.
+type Credential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "join_token" (id: the token's lowercase hex SHA-256).
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Credential) Reset() {
+	*x = Credential{}
+	mi := &file_storepb_store_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Credential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Credential) ProtoMessage() {}
+
+func (x *Credential) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Credential.ProtoReflect.Descriptor instead.
+func (*Credential) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Credential) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Credential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 // UpdateNode records a renewed agent SVID (serial and expiry).
 type UpdateNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -573,7 +643,7 @@ type UpdateNode struct {
 
 func (x *UpdateNode) Reset() {
 	*x = UpdateNode{}
-	mi := &file_storepb_store_proto_msgTypes[6]
+	mi := &file_storepb_store_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +655,7 @@ func (x *UpdateNode) String() string {
 func (*UpdateNode) ProtoMessage() {}
 
 func (x *UpdateNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[6]
+	mi := &file_storepb_store_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +668,7 @@ func (x *UpdateNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNode.ProtoReflect.Descriptor instead.
 func (*UpdateNode) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{6}
+	return file_storepb_store_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UpdateNode) GetSpiffeId() string {
@@ -632,7 +702,7 @@ type EvictNode struct {
 
 func (x *EvictNode) Reset() {
 	*x = EvictNode{}
-	mi := &file_storepb_store_proto_msgTypes[7]
+	mi := &file_storepb_store_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +714,7 @@ func (x *EvictNode) String() string {
 func (*EvictNode) ProtoMessage() {}
 
 func (x *EvictNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[7]
+	mi := &file_storepb_store_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +727,7 @@ func (x *EvictNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNode.ProtoReflect.Descriptor instead.
 func (*EvictNode) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{7}
+	return file_storepb_store_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EvictNode) GetSpiffeId() string {
@@ -678,7 +748,7 @@ type BanNode struct {
 
 func (x *BanNode) Reset() {
 	*x = BanNode{}
-	mi := &file_storepb_store_proto_msgTypes[8]
+	mi := &file_storepb_store_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +760,7 @@ func (x *BanNode) String() string {
 func (*BanNode) ProtoMessage() {}
 
 func (x *BanNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[8]
+	mi := &file_storepb_store_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +773,7 @@ func (x *BanNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNode.ProtoReflect.Descriptor instead.
 func (*BanNode) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{8}
+	return file_storepb_store_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BanNode) GetSpiffeId() string {
@@ -725,7 +795,7 @@ type PutX509Authority struct {
 
 func (x *PutX509Authority) Reset() {
 	*x = PutX509Authority{}
-	mi := &file_storepb_store_proto_msgTypes[9]
+	mi := &file_storepb_store_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +807,7 @@ func (x *PutX509Authority) String() string {
 func (*PutX509Authority) ProtoMessage() {}
 
 func (x *PutX509Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[9]
+	mi := &file_storepb_store_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +820,7 @@ func (x *PutX509Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutX509Authority.ProtoReflect.Descriptor instead.
 func (*PutX509Authority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{9}
+	return file_storepb_store_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutX509Authority) GetTrustDomain() string {
@@ -779,7 +849,7 @@ type PutJWTAuthority struct {
 
 func (x *PutJWTAuthority) Reset() {
 	*x = PutJWTAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[10]
+	mi := &file_storepb_store_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +861,7 @@ func (x *PutJWTAuthority) String() string {
 func (*PutJWTAuthority) ProtoMessage() {}
 
 func (x *PutJWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[10]
+	mi := &file_storepb_store_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +874,7 @@ func (x *PutJWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTAuthority.ProtoReflect.Descriptor instead.
 func (*PutJWTAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{10}
+	return file_storepb_store_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PutJWTAuthority) GetTrustDomain() string {
@@ -835,7 +905,7 @@ type RemoveAuthority struct {
 
 func (x *RemoveAuthority) Reset() {
 	*x = RemoveAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[11]
+	mi := &file_storepb_store_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +917,7 @@ func (x *RemoveAuthority) String() string {
 func (*RemoveAuthority) ProtoMessage() {}
 
 func (x *RemoveAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[11]
+	mi := &file_storepb_store_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +930,7 @@ func (x *RemoveAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAuthority.ProtoReflect.Descriptor instead.
 func (*RemoveAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{11}
+	return file_storepb_store_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveAuthority) GetTrustDomain() string {
@@ -895,7 +965,7 @@ type PruneBundle struct {
 
 func (x *PruneBundle) Reset() {
 	*x = PruneBundle{}
-	mi := &file_storepb_store_proto_msgTypes[12]
+	mi := &file_storepb_store_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +977,7 @@ func (x *PruneBundle) String() string {
 func (*PruneBundle) ProtoMessage() {}
 
 func (x *PruneBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[12]
+	mi := &file_storepb_store_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +990,7 @@ func (x *PruneBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneBundle.ProtoReflect.Descriptor instead.
 func (*PruneBundle) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{12}
+	return file_storepb_store_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PruneBundle) GetTrustDomain() string {
@@ -947,7 +1017,7 @@ type TaintAuthority struct {
 
 func (x *TaintAuthority) Reset() {
 	*x = TaintAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[13]
+	mi := &file_storepb_store_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1029,7 @@ func (x *TaintAuthority) String() string {
 func (*TaintAuthority) ProtoMessage() {}
 
 func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[13]
+	mi := &file_storepb_store_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1042,7 @@ func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthority.ProtoReflect.Descriptor instead.
 func (*TaintAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{13}
+	return file_storepb_store_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TaintAuthority) GetTrustDomain() string {
@@ -1004,7 +1074,7 @@ type RevokeAuthority struct {
 
 func (x *RevokeAuthority) Reset() {
 	*x = RevokeAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[14]
+	mi := &file_storepb_store_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1086,7 @@ func (x *RevokeAuthority) String() string {
 func (*RevokeAuthority) ProtoMessage() {}
 
 func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[14]
+	mi := &file_storepb_store_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1099,7 @@ func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthority.ProtoReflect.Descriptor instead.
 func (*RevokeAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{14}
+	return file_storepb_store_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RevokeAuthority) GetTrustDomain() string {
@@ -1073,7 +1143,7 @@ type RetireServer struct {
 
 func (x *RetireServer) Reset() {
 	*x = RetireServer{}
-	mi := &file_storepb_store_proto_msgTypes[15]
+	mi := &file_storepb_store_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1155,7 @@ func (x *RetireServer) String() string {
 func (*RetireServer) ProtoMessage() {}
 
 func (x *RetireServer) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[15]
+	mi := &file_storepb_store_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1168,7 @@ func (x *RetireServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireServer.ProtoReflect.Descriptor instead.
 func (*RetireServer) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{15}
+	return file_storepb_store_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RetireServer) GetTrustDomain() string {
@@ -1141,7 +1211,7 @@ type RevokedAuthority struct {
 
 func (x *RevokedAuthority) Reset() {
 	*x = RevokedAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[16]
+	mi := &file_storepb_store_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1223,7 @@ func (x *RevokedAuthority) String() string {
 func (*RevokedAuthority) ProtoMessage() {}
 
 func (x *RevokedAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[16]
+	mi := &file_storepb_store_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1236,7 @@ func (x *RevokedAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedAuthority.ProtoReflect.Descriptor instead.
 func (*RevokedAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{16}
+	return file_storepb_store_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokedAuthority) GetKind() string {
@@ -1217,7 +1287,7 @@ type RemovedServer struct {
 
 func (x *RemovedServer) Reset() {
 	*x = RemovedServer{}
-	mi := &file_storepb_store_proto_msgTypes[17]
+	mi := &file_storepb_store_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1299,7 @@ func (x *RemovedServer) String() string {
 func (*RemovedServer) ProtoMessage() {}
 
 func (x *RemovedServer) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[17]
+	mi := &file_storepb_store_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1312,7 @@ func (x *RemovedServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovedServer.ProtoReflect.Descriptor instead.
 func (*RemovedServer) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{17}
+	return file_storepb_store_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemovedServer) GetServerId() string {
@@ -1270,7 +1340,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_storepb_store_proto_msgTypes[18]
+	mi := &file_storepb_store_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1352,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[18]
+	mi := &file_storepb_store_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1365,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{18}
+	return file_storepb_store_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CommandResult) GetResults() []*v1.Status {
@@ -1320,7 +1390,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_storepb_store_proto_msgTypes[19]
+	mi := &file_storepb_store_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1402,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[19]
+	mi := &file_storepb_store_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1415,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{19}
+	return file_storepb_store_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Snapshot) GetEntries() []*v1.Entry {
@@ -1424,11 +1494,16 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\rDeleteEntries\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\tR\x03ids\"<\n" +
 	"\x0fCreateJoinToken\x12)\n" +
-	"\x05token\x18\x01 \x01(\v2\x13.sigil.v1.JoinTokenR\x05token\"`\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.sigil.v1.JoinTokenR\x05token\"\x96\x01\n" +
 	"\n" +
 	"AttestNode\x12*\n" +
 	"\x04node\x18\x01 \x01(\v2\x16.sigil.v1.AttestedNodeR\x04node\x12&\n" +
-	"\x0fjoin_token_hash\x18\x02 \x01(\tR\rjoinTokenHash\"p\n" +
+	"\x0fjoin_token_hash\x18\x02 \x01(\tR\rjoinTokenHash\x124\n" +
+	"\aconsume\x18\x03 \x03(\v2\x1a.sigil.store.v1.CredentialR\aconsume\"0\n" +
+	"\n" +
+	"Credential\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"p\n" +
 	"\n" +
 	"UpdateNode\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
@@ -1496,7 +1571,7 @@ func file_storepb_store_proto_rawDescGZIP() []byte {
 	return file_storepb_store_proto_rawDescData
 }
 
-var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_storepb_store_proto_goTypes = []any{
 	(*Command)(nil),          // 0: sigil.store.v1.Command
 	(*CreateEntries)(nil),    // 1: sigil.store.v1.CreateEntries
@@ -1504,27 +1579,28 @@ var file_storepb_store_proto_goTypes = []any{
 	(*DeleteEntries)(nil),    // 3: sigil.store.v1.DeleteEntries
 	(*CreateJoinToken)(nil),  // 4: sigil.store.v1.CreateJoinToken
 	(*AttestNode)(nil),       // 5: sigil.store.v1.AttestNode
-	(*UpdateNode)(nil),       // 6: sigil.store.v1.UpdateNode
-	(*EvictNode)(nil),        // 7: sigil.store.v1.EvictNode
-	(*BanNode)(nil),          // 8: sigil.store.v1.BanNode
-	(*PutX509Authority)(nil), // 9: sigil.store.v1.PutX509Authority
-	(*PutJWTAuthority)(nil),  // 10: sigil.store.v1.PutJWTAuthority
-	(*RemoveAuthority)(nil),  // 11: sigil.store.v1.RemoveAuthority
-	(*PruneBundle)(nil),      // 12: sigil.store.v1.PruneBundle
-	(*TaintAuthority)(nil),   // 13: sigil.store.v1.TaintAuthority
-	(*RevokeAuthority)(nil),  // 14: sigil.store.v1.RevokeAuthority
-	(*RetireServer)(nil),     // 15: sigil.store.v1.RetireServer
-	(*RevokedAuthority)(nil), // 16: sigil.store.v1.RevokedAuthority
-	(*RemovedServer)(nil),    // 17: sigil.store.v1.RemovedServer
-	(*CommandResult)(nil),    // 18: sigil.store.v1.CommandResult
-	(*Snapshot)(nil),         // 19: sigil.store.v1.Snapshot
-	(*v1.Entry)(nil),         // 20: sigil.v1.Entry
-	(*v1.JoinToken)(nil),     // 21: sigil.v1.JoinToken
-	(*v1.AttestedNode)(nil),  // 22: sigil.v1.AttestedNode
-	(*v1.X509Authority)(nil), // 23: sigil.v1.X509Authority
-	(*v1.JWTAuthority)(nil),  // 24: sigil.v1.JWTAuthority
-	(*v1.Status)(nil),        // 25: sigil.v1.Status
-	(*v1.Bundle)(nil),        // 26: sigil.v1.Bundle
+	(*Credential)(nil),       // 6: sigil.store.v1.Credential
+	(*UpdateNode)(nil),       // 7: sigil.store.v1.UpdateNode
+	(*EvictNode)(nil),        // 8: sigil.store.v1.EvictNode
+	(*BanNode)(nil),          // 9: sigil.store.v1.BanNode
+	(*PutX509Authority)(nil), // 10: sigil.store.v1.PutX509Authority
+	(*PutJWTAuthority)(nil),  // 11: sigil.store.v1.PutJWTAuthority
+	(*RemoveAuthority)(nil),  // 12: sigil.store.v1.RemoveAuthority
+	(*PruneBundle)(nil),      // 13: sigil.store.v1.PruneBundle
+	(*TaintAuthority)(nil),   // 14: sigil.store.v1.TaintAuthority
+	(*RevokeAuthority)(nil),  // 15: sigil.store.v1.RevokeAuthority
+	(*RetireServer)(nil),     // 16: sigil.store.v1.RetireServer
+	(*RevokedAuthority)(nil), // 17: sigil.store.v1.RevokedAuthority
+	(*RemovedServer)(nil),    // 18: sigil.store.v1.RemovedServer
+	(*CommandResult)(nil),    // 19: sigil.store.v1.CommandResult
+	(*Snapshot)(nil),         // 20: sigil.store.v1.Snapshot
+	(*v1.Entry)(nil),         // 21: sigil.v1.Entry
+	(*v1.JoinToken)(nil),     // 22: sigil.v1.JoinToken
+	(*v1.AttestedNode)(nil),  // 23: sigil.v1.AttestedNode
+	(*v1.X509Authority)(nil), // 24: sigil.v1.X509Authority
+	(*v1.JWTAuthority)(nil),  // 25: sigil.v1.JWTAuthority
+	(*v1.Status)(nil),        // 26: sigil.v1.Status
+	(*v1.Bundle)(nil),        // 27: sigil.v1.Bundle
 }
 var file_storepb_store_proto_depIdxs = []int32{
 	1,  // 0: sigil.store.v1.Command.create_entries:type_name -> sigil.store.v1.CreateEntries
@@ -1532,34 +1608,35 @@ var file_storepb_store_proto_depIdxs = []int32{
 	3,  // 2: sigil.store.v1.Command.delete_entries:type_name -> sigil.store.v1.DeleteEntries
 	4,  // 3: sigil.store.v1.Command.create_join_token:type_name -> sigil.store.v1.CreateJoinToken
 	5,  // 4: sigil.store.v1.Command.attest_node:type_name -> sigil.store.v1.AttestNode
-	6,  // 5: sigil.store.v1.Command.update_node:type_name -> sigil.store.v1.UpdateNode
-	7,  // 6: sigil.store.v1.Command.evict_node:type_name -> sigil.store.v1.EvictNode
-	8,  // 7: sigil.store.v1.Command.ban_node:type_name -> sigil.store.v1.BanNode
-	9,  // 8: sigil.store.v1.Command.put_x509_authority:type_name -> sigil.store.v1.PutX509Authority
-	10, // 9: sigil.store.v1.Command.put_jwt_authority:type_name -> sigil.store.v1.PutJWTAuthority
-	11, // 10: sigil.store.v1.Command.remove_authority:type_name -> sigil.store.v1.RemoveAuthority
-	12, // 11: sigil.store.v1.Command.prune_bundle:type_name -> sigil.store.v1.PruneBundle
-	13, // 12: sigil.store.v1.Command.taint_authority:type_name -> sigil.store.v1.TaintAuthority
-	14, // 13: sigil.store.v1.Command.revoke_authority:type_name -> sigil.store.v1.RevokeAuthority
-	15, // 14: sigil.store.v1.Command.retire_server:type_name -> sigil.store.v1.RetireServer
-	20, // 15: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	20, // 16: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	21, // 17: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	22, // 18: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
-	23, // 19: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	24, // 20: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
-	25, // 21: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
-	20, // 22: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	22, // 23: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	21, // 24: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	26, // 25: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	16, // 26: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
-	17, // 27: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	7,  // 5: sigil.store.v1.Command.update_node:type_name -> sigil.store.v1.UpdateNode
+	8,  // 6: sigil.store.v1.Command.evict_node:type_name -> sigil.store.v1.EvictNode
+	9,  // 7: sigil.store.v1.Command.ban_node:type_name -> sigil.store.v1.BanNode
+	10, // 8: sigil.store.v1.Command.put_x509_authority:type_name -> sigil.store.v1.PutX509Authority
+	11, // 9: sigil.store.v1.Command.put_jwt_authority:type_name -> sigil.store.v1.PutJWTAuthority
+	12, // 10: sigil.store.v1.Command.remove_authority:type_name -> sigil.store.v1.RemoveAuthority
+	13, // 11: sigil.store.v1.Command.prune_bundle:type_name -> sigil.store.v1.PruneBundle
+	14, // 12: sigil.store.v1.Command.taint_authority:type_name -> sigil.store.v1.TaintAuthority
+	15, // 13: sigil.store.v1.Command.revoke_authority:type_name -> sigil.store.v1.RevokeAuthority
+	16, // 14: sigil.store.v1.Command.retire_server:type_name -> sigil.store.v1.RetireServer
+	21, // 15: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	21, // 16: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	22, // 17: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	23, // 18: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	6,  // 19: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
+	24, // 20: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	25, // 21: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	26, // 22: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
+	21, // 23: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	23, // 24: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	22, // 25: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	27, // 26: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	17, // 27: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
+	18, // 28: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_storepb_store_proto_init() }
@@ -1590,7 +1667,7 @@ func file_storepb_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -145,6 +145,180 @@ func (x *AttestResponse) GetBundle() *Bundle {
 	return nil
 }
 
+// AttestStreamRequest is one message from the agent on AttestStream: the
+// first carries attest, each later one the answer to the server's last
+// challenge.
+type AttestStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Step:
+	//
+	//	*AttestStreamRequest_Attest
+	//	*AttestStreamRequest_Answer
+	Step          isAttestStreamRequest_Step `protobuf_oneof:"step"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestStreamRequest) Reset() {
+	*x = AttestStreamRequest{}
+	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestStreamRequest) ProtoMessage() {}
+
+func (x *AttestStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestStreamRequest.ProtoReflect.Descriptor instead.
+func (*AttestStreamRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AttestStreamRequest) GetStep() isAttestStreamRequest_Step {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *AttestStreamRequest) GetAttest() *AttestRequest {
+	if x != nil {
+		if x, ok := x.Step.(*AttestStreamRequest_Attest); ok {
+			return x.Attest
+		}
+	}
+	return nil
+}
+
+func (x *AttestStreamRequest) GetAnswer() []byte {
+	if x != nil {
+		if x, ok := x.Step.(*AttestStreamRequest_Answer); ok {
+			return x.Answer
+		}
+	}
+	return nil
+}
+
+type isAttestStreamRequest_Step interface {
+	isAttestStreamRequest_Step()
+}
+
+type AttestStreamRequest_Attest struct {
+	// The attestor name, its evidence and the agent's CSR.
+	Attest *AttestRequest `protobuf:"bytes,1,opt,name=attest,proto3,oneof"`
+}
+
+type AttestStreamRequest_Answer struct {
+	// The attestor's answer to the challenge.
+	Answer []byte `protobuf:"bytes,2,opt,name=answer,proto3,oneof"`
+}
+
+func (*AttestStreamRequest_Attest) isAttestStreamRequest_Step() {}
+
+func (*AttestStreamRequest_Answer) isAttestStreamRequest_Step() {}
+
+// AttestStreamResponse is one message from the server on AttestStream: a
+// challenge the agent's attestor must answer, or the result, which ends
+// the attestation.
+type AttestStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Step:
+	//
+	//	*AttestStreamResponse_Challenge
+	//	*AttestStreamResponse_Result
+	Step          isAttestStreamResponse_Step `protobuf_oneof:"step"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestStreamResponse) Reset() {
+	*x = AttestStreamResponse{}
+	mi := &file_sigil_v1_node_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestStreamResponse) ProtoMessage() {}
+
+func (x *AttestStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_node_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestStreamResponse.ProtoReflect.Descriptor instead.
+func (*AttestStreamResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AttestStreamResponse) GetStep() isAttestStreamResponse_Step {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *AttestStreamResponse) GetChallenge() []byte {
+	if x != nil {
+		if x, ok := x.Step.(*AttestStreamResponse_Challenge); ok {
+			return x.Challenge
+		}
+	}
+	return nil
+}
+
+func (x *AttestStreamResponse) GetResult() *AttestResponse {
+	if x != nil {
+		if x, ok := x.Step.(*AttestStreamResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isAttestStreamResponse_Step interface {
+	isAttestStreamResponse_Step()
+}
+
+type AttestStreamResponse_Challenge struct {
+	// Attestor-specific challenge.
+	Challenge []byte `protobuf:"bytes,1,opt,name=challenge,proto3,oneof"`
+}
+
+type AttestStreamResponse_Result struct {
+	// The agent's SVID and the trust bundle.
+	Result *AttestResponse `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*AttestStreamResponse_Challenge) isAttestStreamResponse_Step() {}
+
+func (*AttestStreamResponse_Result) isAttestStreamResponse_Step() {}
+
 type RenewAgentRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -154,7 +328,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	mi := &file_sigil_v1_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -166,7 +340,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	mi := &file_sigil_v1_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -179,7 +353,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{2}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -198,7 +372,7 @@ type RenewAgentResponse struct {
 
 func (x *RenewAgentResponse) Reset() {
 	*x = RenewAgentResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[3]
+	mi := &file_sigil_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +384,7 @@ func (x *RenewAgentResponse) String() string {
 func (*RenewAgentResponse) ProtoMessage() {}
 
 func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[3]
+	mi := &file_sigil_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +397,7 @@ func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{3}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewAgentResponse) GetSvidChain() [][]byte {
@@ -241,7 +415,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[4]
+	mi := &file_sigil_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +427,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[4]
+	mi := &file_sigil_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +440,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 // SyncResponse is one message of the sync stream. The first messages carry
@@ -289,7 +463,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[5]
+	mi := &file_sigil_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +475,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[5]
+	mi := &file_sigil_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +488,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SyncResponse) GetReset_() bool {
@@ -370,7 +544,7 @@ type X509SVIDRequest struct {
 
 func (x *X509SVIDRequest) Reset() {
 	*x = X509SVIDRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[6]
+	mi := &file_sigil_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +556,7 @@ func (x *X509SVIDRequest) String() string {
 func (*X509SVIDRequest) ProtoMessage() {}
 
 func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[6]
+	mi := &file_sigil_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +569,7 @@ func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*X509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *X509SVIDRequest) GetEntryId() string {
@@ -421,7 +595,7 @@ type BatchNewX509SVIDRequest struct {
 
 func (x *BatchNewX509SVIDRequest) Reset() {
 	*x = BatchNewX509SVIDRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[7]
+	mi := &file_sigil_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +607,7 @@ func (x *BatchNewX509SVIDRequest) String() string {
 func (*BatchNewX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[7]
+	mi := &file_sigil_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +620,7 @@ func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BatchNewX509SVIDRequest) GetRequests() []*X509SVIDRequest {
@@ -469,7 +643,7 @@ type X509SVIDResult struct {
 
 func (x *X509SVIDResult) Reset() {
 	*x = X509SVIDResult{}
-	mi := &file_sigil_v1_node_proto_msgTypes[8]
+	mi := &file_sigil_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +655,7 @@ func (x *X509SVIDResult) String() string {
 func (*X509SVIDResult) ProtoMessage() {}
 
 func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[8]
+	mi := &file_sigil_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +668,7 @@ func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDResult.ProtoReflect.Descriptor instead.
 func (*X509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *X509SVIDResult) GetEntryId() string {
@@ -534,7 +708,7 @@ type BatchNewX509SVIDResponse struct {
 
 func (x *BatchNewX509SVIDResponse) Reset() {
 	*x = BatchNewX509SVIDResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[9]
+	mi := &file_sigil_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +720,7 @@ func (x *BatchNewX509SVIDResponse) String() string {
 func (*BatchNewX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[9]
+	mi := &file_sigil_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +733,7 @@ func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BatchNewX509SVIDResponse) GetResults() []*X509SVIDResult {
@@ -579,7 +753,7 @@ type NewJWTSVIDRequest struct {
 
 func (x *NewJWTSVIDRequest) Reset() {
 	*x = NewJWTSVIDRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[10]
+	mi := &file_sigil_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +765,7 @@ func (x *NewJWTSVIDRequest) String() string {
 func (*NewJWTSVIDRequest) ProtoMessage() {}
 
 func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[10]
+	mi := &file_sigil_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +778,7 @@ func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NewJWTSVIDRequest) GetEntryId() string {
@@ -635,7 +809,7 @@ type NewJWTSVIDResponse struct {
 
 func (x *NewJWTSVIDResponse) Reset() {
 	*x = NewJWTSVIDResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[11]
+	mi := &file_sigil_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +821,7 @@ func (x *NewJWTSVIDResponse) String() string {
 func (*NewJWTSVIDResponse) ProtoMessage() {}
 
 func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[11]
+	mi := &file_sigil_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +834,7 @@ func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NewJWTSVIDResponse) GetToken() string {
@@ -704,7 +878,15 @@ const file_sigil_v1_node_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x02 \x03(\fR\tsvidChain\x12(\n" +
-	"\x06bundle\x18\x03 \x01(\v2\x10.sigil.v1.BundleR\x06bundle\"%\n" +
+	"\x06bundle\x18\x03 \x01(\v2\x10.sigil.v1.BundleR\x06bundle\"j\n" +
+	"\x13AttestStreamRequest\x121\n" +
+	"\x06attest\x18\x01 \x01(\v2\x17.sigil.v1.AttestRequestH\x00R\x06attest\x12\x18\n" +
+	"\x06answer\x18\x02 \x01(\fH\x00R\x06answerB\x06\n" +
+	"\x04step\"r\n" +
+	"\x14AttestStreamResponse\x12\x1e\n" +
+	"\tchallenge\x18\x01 \x01(\fH\x00R\tchallenge\x122\n" +
+	"\x06result\x18\x02 \x01(\v2\x18.sigil.v1.AttestResponseH\x00R\x06resultB\x06\n" +
+	"\x04step\"%\n" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"3\n" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
@@ -739,8 +921,9 @@ const file_sigil_v1_node_proto_rawDesc = "" +
 	"\tissued_at\x18\x02 \x01(\x03R\bissuedAt\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x15\n" +
-	"\x06key_id\x18\x04 \x01(\tR\x05keyId2\xe9\x02\n" +
-	"\x04Node\x12;\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId2\xbc\x03\n" +
+	"\x04Node\x12Q\n" +
+	"\fAttestStream\x12\x1d.sigil.v1.AttestStreamRequest\x1a\x1e.sigil.v1.AttestStreamResponse(\x010\x01\x12;\n" +
 	"\x06Attest\x12\x17.sigil.v1.AttestRequest\x1a\x18.sigil.v1.AttestResponse\x12G\n" +
 	"\n" +
 	"RenewAgent\x12\x1b.sigil.v1.RenewAgentRequest\x1a\x1c.sigil.v1.RenewAgentResponse\x127\n" +
@@ -761,46 +944,52 @@ func file_sigil_v1_node_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_node_proto_rawDescData
 }
 
-var file_sigil_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_sigil_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_sigil_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),            // 0: sigil.v1.AttestRequest
 	(*AttestResponse)(nil),           // 1: sigil.v1.AttestResponse
-	(*RenewAgentRequest)(nil),        // 2: sigil.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),       // 3: sigil.v1.RenewAgentResponse
-	(*SyncRequest)(nil),              // 4: sigil.v1.SyncRequest
-	(*SyncResponse)(nil),             // 5: sigil.v1.SyncResponse
-	(*X509SVIDRequest)(nil),          // 6: sigil.v1.X509SVIDRequest
-	(*BatchNewX509SVIDRequest)(nil),  // 7: sigil.v1.BatchNewX509SVIDRequest
-	(*X509SVIDResult)(nil),           // 8: sigil.v1.X509SVIDResult
-	(*BatchNewX509SVIDResponse)(nil), // 9: sigil.v1.BatchNewX509SVIDResponse
-	(*NewJWTSVIDRequest)(nil),        // 10: sigil.v1.NewJWTSVIDRequest
-	(*NewJWTSVIDResponse)(nil),       // 11: sigil.v1.NewJWTSVIDResponse
-	(*Bundle)(nil),                   // 12: sigil.v1.Bundle
-	(*Entry)(nil),                    // 13: sigil.v1.Entry
-	(*Status)(nil),                   // 14: sigil.v1.Status
+	(*AttestStreamRequest)(nil),      // 2: sigil.v1.AttestStreamRequest
+	(*AttestStreamResponse)(nil),     // 3: sigil.v1.AttestStreamResponse
+	(*RenewAgentRequest)(nil),        // 4: sigil.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),       // 5: sigil.v1.RenewAgentResponse
+	(*SyncRequest)(nil),              // 6: sigil.v1.SyncRequest
+	(*SyncResponse)(nil),             // 7: sigil.v1.SyncResponse
+	(*X509SVIDRequest)(nil),          // 8: sigil.v1.X509SVIDRequest
+	(*BatchNewX509SVIDRequest)(nil),  // 9: sigil.v1.BatchNewX509SVIDRequest
+	(*X509SVIDResult)(nil),           // 10: sigil.v1.X509SVIDResult
+	(*BatchNewX509SVIDResponse)(nil), // 11: sigil.v1.BatchNewX509SVIDResponse
+	(*NewJWTSVIDRequest)(nil),        // 12: sigil.v1.NewJWTSVIDRequest
+	(*NewJWTSVIDResponse)(nil),       // 13: sigil.v1.NewJWTSVIDResponse
+	(*Bundle)(nil),                   // 14: sigil.v1.Bundle
+	(*Entry)(nil),                    // 15: sigil.v1.Entry
+	(*Status)(nil),                   // 16: sigil.v1.Status
 }
 var file_sigil_v1_node_proto_depIdxs = []int32{
-	12, // 0: sigil.v1.AttestResponse.bundle:type_name -> sigil.v1.Bundle
-	13, // 1: sigil.v1.SyncResponse.upserted:type_name -> sigil.v1.Entry
-	12, // 2: sigil.v1.SyncResponse.bundle:type_name -> sigil.v1.Bundle
-	6,  // 3: sigil.v1.BatchNewX509SVIDRequest.requests:type_name -> sigil.v1.X509SVIDRequest
-	14, // 4: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
-	8,  // 5: sigil.v1.BatchNewX509SVIDResponse.results:type_name -> sigil.v1.X509SVIDResult
-	0,  // 6: sigil.v1.Node.Attest:input_type -> sigil.v1.AttestRequest
-	2,  // 7: sigil.v1.Node.RenewAgent:input_type -> sigil.v1.RenewAgentRequest
-	4,  // 8: sigil.v1.Node.Sync:input_type -> sigil.v1.SyncRequest
-	7,  // 9: sigil.v1.Node.BatchNewX509SVID:input_type -> sigil.v1.BatchNewX509SVIDRequest
-	10, // 10: sigil.v1.Node.NewJWTSVID:input_type -> sigil.v1.NewJWTSVIDRequest
-	1,  // 11: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
-	3,  // 12: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
-	5,  // 13: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
-	9,  // 14: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
-	11, // 15: sigil.v1.Node.NewJWTSVID:output_type -> sigil.v1.NewJWTSVIDResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 0: sigil.v1.AttestResponse.bundle:type_name -> sigil.v1.Bundle
+	0,  // 1: sigil.v1.AttestStreamRequest.attest:type_name -> sigil.v1.AttestRequest
+	1,  // 2: sigil.v1.AttestStreamResponse.result:type_name -> sigil.v1.AttestResponse
+	15, // 3: sigil.v1.SyncResponse.upserted:type_name -> sigil.v1.Entry
+	14, // 4: sigil.v1.SyncResponse.bundle:type_name -> sigil.v1.Bundle
+	8,  // 5: sigil.v1.BatchNewX509SVIDRequest.requests:type_name -> sigil.v1.X509SVIDRequest
+	16, // 6: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
+	10, // 7: sigil.v1.BatchNewX509SVIDResponse.results:type_name -> sigil.v1.X509SVIDResult
+	2,  // 8: sigil.v1.Node.AttestStream:input_type -> sigil.v1.AttestStreamRequest
+	0,  // 9: sigil.v1.Node.Attest:input_type -> sigil.v1.AttestRequest
+	4,  // 10: sigil.v1.Node.RenewAgent:input_type -> sigil.v1.RenewAgentRequest
+	6,  // 11: sigil.v1.Node.Sync:input_type -> sigil.v1.SyncRequest
+	9,  // 12: sigil.v1.Node.BatchNewX509SVID:input_type -> sigil.v1.BatchNewX509SVIDRequest
+	12, // 13: sigil.v1.Node.NewJWTSVID:input_type -> sigil.v1.NewJWTSVIDRequest
+	3,  // 14: sigil.v1.Node.AttestStream:output_type -> sigil.v1.AttestStreamResponse
+	1,  // 15: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
+	5,  // 16: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
+	7,  // 17: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
+	11, // 18: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
+	13, // 19: sigil.v1.Node.NewJWTSVID:output_type -> sigil.v1.NewJWTSVIDResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_node_proto_init() }
@@ -809,13 +998,21 @@ func file_sigil_v1_node_proto_init() {
 		return
 	}
 	file_sigil_v1_types_proto_init()
+	file_sigil_v1_node_proto_msgTypes[2].OneofWrappers = []any{
+		(*AttestStreamRequest_Attest)(nil),
+		(*AttestStreamRequest_Answer)(nil),
+	}
+	file_sigil_v1_node_proto_msgTypes[3].OneofWrappers = []any{
+		(*AttestStreamResponse_Challenge)(nil),
+		(*AttestStreamResponse_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_node_proto_rawDesc), len(file_sigil_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,6 +19,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	Node_AttestStream_FullMethodName     = "/sigil.v1.Node/AttestStream"
 	Node_Attest_FullMethodName           = "/sigil.v1.Node/Attest"
 	Node_RenewAgent_FullMethodName       = "/sigil.v1.Node/RenewAgent"
 	Node_Sync_FullMethodName             = "/sigil.v1.Node/Sync"
@@ -30,12 +31,23 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// Node is the API that agents call on servers, over TLS. Attest is the only
-// method open to a caller without an agent SVID; every other method requires
-// a client certificate that is a valid, unbanned agent SVID.
+// Node is the API that agents call on servers, over TLS. AttestStream and
+// Attest are the only methods open to a caller without an agent SVID; every
+// other method requires a client certificate that is a valid, unbanned
+// agent SVID.
 type NodeClient interface {
-	// Attest proves the agent's node with platform evidence and returns the
-	// agent's SVID, signed over the agent's CSR.
+	// AttestStream proves the agent's node with platform evidence, in rounds
+	// when the attestor needs them, and returns the agent's SVID, signed over
+	// the agent's CSR. The agent sends an AttestStreamRequest with attest
+	// set; the server answers with a challenge (the agent sends the answer
+	// and the server answers again) or with the result, then ends the call.
+	// The server bounds the rounds, the size of each message and the time
+	// of the whole call.
+	AttestStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttestStreamRequest, AttestStreamResponse], error)
+	// Attest is the attestation of agents of the previous version: one
+	// request and one answer, for attestors that need no challenge (no
+	// round is allowed). Agents use AttestStream, and Attest only when the
+	// server does not serve AttestStream.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error)
 	// RenewAgent returns a new agent SVID for the calling agent.
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error)
@@ -56,6 +68,19 @@ type nodeClient struct {
 func NewNodeClient(cc grpc.ClientConnInterface) NodeClient {
 	return &nodeClient{cc}
 }
+
+func (c *nodeClient) AttestStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttestStreamRequest, AttestStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[0], Node_AttestStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AttestStreamRequest, AttestStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_AttestStreamClient = grpc.BidiStreamingClient[AttestStreamRequest, AttestStreamResponse]
 
 func (c *nodeClient) Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -79,7 +104,7 @@ func (c *nodeClient) RenewAgent(ctx context.Context, in *RenewAgentRequest, opts
 
 func (c *nodeClient) Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[0], Node_Sync_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Node_ServiceDesc.Streams[1], Node_Sync_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -120,12 +145,23 @@ func (c *nodeClient) NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
 //
-// Node is the API that agents call on servers, over TLS. Attest is the only
-// method open to a caller without an agent SVID; every other method requires
-// a client certificate that is a valid, unbanned agent SVID.
+// Node is the API that agents call on servers, over TLS. AttestStream and
+// Attest are the only methods open to a caller without an agent SVID; every
+// other method requires a client certificate that is a valid, unbanned
+// agent SVID.
 type NodeServer interface {
-	// Attest proves the agent's node with platform evidence and returns the
-	// agent's SVID, signed over the agent's CSR.
+	// AttestStream proves the agent's node with platform evidence, in rounds
+	// when the attestor needs them, and returns the agent's SVID, signed over
+	// the agent's CSR. The agent sends an AttestStreamRequest with attest
+	// set; the server answers with a challenge (the agent sends the answer
+	// and the server answers again) or with the result, then ends the call.
+	// The server bounds the rounds, the size of each message and the time
+	// of the whole call.
+	AttestStream(grpc.BidiStreamingServer[AttestStreamRequest, AttestStreamResponse]) error
+	// Attest is the attestation of agents of the previous version: one
+	// request and one answer, for attestors that need no challenge (no
+	// round is allowed). Agents use AttestStream, and Attest only when the
+	// server does not serve AttestStream.
 	Attest(context.Context, *AttestRequest) (*AttestResponse, error)
 	// RenewAgent returns a new agent SVID for the calling agent.
 	RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error)
@@ -147,6 +183,9 @@ type NodeServer interface {
 // pointer dereference when methods are called.
 type UnimplementedNodeServer struct{}
 
+func (UnimplementedNodeServer) AttestStream(grpc.BidiStreamingServer[AttestStreamRequest, AttestStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method AttestStream not implemented")
+}
 func (UnimplementedNodeServer) Attest(context.Context, *AttestRequest) (*AttestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Attest not implemented")
 }
@@ -182,6 +221,13 @@ func RegisterNodeServer(s grpc.ServiceRegistrar, srv NodeServer) {
 	}
 	s.RegisterService(&Node_ServiceDesc, srv)
 }
+
+func _Node_AttestStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServer).AttestStream(&grpc.GenericServerStream[AttestStreamRequest, AttestStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Node_AttestStreamServer = grpc.BidiStreamingServer[AttestStreamRequest, AttestStreamResponse]
 
 func _Node_Attest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AttestRequest)
@@ -291,6 +337,12 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AttestStream",
+			Handler:       _Node_AttestStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Sync",
 			Handler:       _Node_Sync_Handler,

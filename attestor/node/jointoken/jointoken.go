@@ -19,7 +19,6 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
-	"github.com/sigil-id/sigil/clock"
 )
 
 // Name is the attestor name.
@@ -75,31 +74,25 @@ func Validate(token string) error {
 // expired): one answer for all, so that the answer does not help guessing.
 const RefusedMessage = "join token is unknown, already used or expired"
 
-type verifier struct {
-	state node.State
-	clk   clock.Clock
-}
+type verifier struct{}
 
-// NewVerifier returns the server half. Verify takes the token itself as the
-// payload and checks it against state (the server's local copy of the
-// replicated join tokens) at clk's time before returning, so a made-up,
-// used or expired token costs one local lookup. The caller must still
-// consume Result.ConsumeJoinTokenHash atomically with recording the
+// NewVerifier returns the server half. It holds no state: Verify takes the
+// token itself as the payload, sends no challenge, and checks the token
+// against the State of the call (the server's local copy of the replicated
+// join tokens) at the State's time before returning, so a made-up, used or
+// expired token costs one local lookup. The Result names the token in
+// Consume; the server consumes it atomically with recording the
 // attestation (through Raft), which is what makes the token single-use
 // when several callers present it at once.
-func NewVerifier(state node.State, clk clock.Clock) node.Verifier {
-	if clk == nil {
-		clk = clock.New()
-	}
-	return verifier{state: state, clk: clk}
-}
+func NewVerifier() node.Verifier { return verifier{} }
 
 func (verifier) Name() string { return Name }
 
-func (v verifier) Verify(ctx context.Context, payload []byte) (*node.Result, error) {
+func (verifier) Verify(ctx context.Context, state node.State, ex node.Exchange) (*node.Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	payload := ex.Payload()
 	// Check the length before copying the payload into a string.
 	if len(payload) != 2*tokenBytes {
 		return nil, fmt.Errorf("jointoken: %w (got %d bytes)", ErrMalformed, len(payload))
@@ -108,11 +101,12 @@ func (v verifier) Verify(ctx context.Context, payload []byte) (*node.Result, err
 	if err := Validate(token); err != nil {
 		return nil, err
 	}
-	if v.state == nil {
+	if state == nil {
 		return nil, errors.New("jointoken: the verifier has no state to check tokens against")
 	}
 	hash := Hash(token)
-	expires, err := v.state.JoinTokenExpiry(ctx, hash)
+	cred := node.Credential{Kind: node.CredentialJoinToken, ID: hash}
+	expires, err := state.CredentialExpiry(ctx, cred)
 	switch {
 	case errors.Is(err, node.ErrNotFound):
 		return nil, fmt.Errorf("jointoken: %w", &node.RefusedError{Public: RefusedMessage,
@@ -120,22 +114,23 @@ func (v verifier) Verify(ctx context.Context, payload []byte) (*node.Result, err
 	case err != nil:
 		return nil, fmt.Errorf("jointoken: checking the join token: %w", err)
 	}
-	if now := v.clk.Now(); !now.Before(expires) {
+	if now := state.Now(); !now.Before(expires) {
 		return nil, fmt.Errorf("jointoken: %w", &node.RefusedError{Public: RefusedMessage,
 			Reason: fmt.Sprintf("join token expired at %s (now %s)", expires.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))})
 	}
 	id := hash[:32]
 	return &node.Result{
-		ID:                   id,
-		Selectors:            []*sigilv1.Selector{{Type: Name, Value: id}},
-		ConsumeJoinTokenHash: hash,
+		ID:        id,
+		Selectors: []*sigilv1.Selector{{Type: Name, Value: id}},
+		Consume:   []node.Credential{cred},
 	}, nil
 }
 
 type attestor struct{ token string }
 
 // NewAttestor returns the agent half, which presents token. Surrounding
-// white space (a trailing newline from a file) is ignored.
+// white space (a trailing newline from a file) is ignored. It implements
+// node.ChallengeFree and node.SingleUse.
 func NewAttestor(token string) node.Attestor {
 	return attestor{token: strings.TrimSpace(token)}
 }
@@ -151,3 +146,20 @@ func (a attestor) Payload(ctx context.Context) ([]byte, error) {
 	}
 	return []byte(a.token), nil
 }
+
+// Answer refuses: the join token verifier sends no challenge, so a
+// challenge did not come from it.
+func (attestor) Answer(context.Context, []byte) ([]byte, error) {
+	return nil, errors.New("jointoken: the join_token attestor answers no challenge, but the server sent one")
+}
+
+// ChallengeFree reports true: the token alone is the evidence.
+func (attestor) ChallengeFree() bool { return true }
+
+// SpentMessage is what an agent whose token was spent tells the operator.
+func (attestor) SpentMessage() string { return SpentMessage }
+
+// SpentMessage tells the operator of an agent that must attest again that
+// its join token cannot be used again, and what to do.
+const SpentMessage = "the join_token attestor cannot re-attest with the token it already spent (a join token works once); " +
+	"generate a new token with `sigil token generate`, put it in the agent's configuration and restart it"

@@ -10,7 +10,6 @@ import (
 
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
-	"github.com/sigil-id/sigil/clock"
 )
 
 // wellFormed is the specification Validate implements: 64 lowercase hex
@@ -44,7 +43,8 @@ func FuzzJoinTokenParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		st := newMemState(known)
 		st.tokens[jointoken.Hash(expired)] = t0
-		v := jointoken.NewVerifier(st, clock.NewFake(t0.Add(time.Minute)))
+		st.clk.Set(t0.Add(time.Minute))
+		v := jointoken.NewVerifier()
 		ok := wellFormed(payload)
 
 		if err := jointoken.Validate(string(payload)); (err == nil) != ok {
@@ -54,7 +54,7 @@ func FuzzJoinTokenParse(f *testing.F) {
 		}
 
 		in := bytes.Clone(payload)
-		res, err := v.Verify(context.Background(), payload)
+		res, err := verify(t, context.Background(), v, st, payload)
 		if !bytes.Equal(in, payload) {
 			t.Fatal("Verify modified its payload")
 		}
@@ -81,7 +81,7 @@ func FuzzJoinTokenParse(f *testing.F) {
 		if tok != known {
 			t.Fatalf("Verify accepted %q, which the store does not hold live", payload)
 		}
-		if res.ConsumeJoinTokenHash != jointoken.Hash(tok) || res.ID != jointoken.AgentIDSegment(tok) ||
+		if len(res.Consume) != 1 || res.Consume[0] != (node.Credential{Kind: node.CredentialJoinToken, ID: jointoken.Hash(tok)}) || res.ID != jointoken.AgentIDSegment(tok) ||
 			len(res.Selectors) != 1 || res.Selectors[0].GetValue() != res.ID {
 			t.Fatalf("result %+v does not derive from the token", res)
 		}

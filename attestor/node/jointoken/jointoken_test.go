@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,34 +22,68 @@ const known = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-// memState is an in-memory node.State: join token hashes and their expiry.
+// memState is an in-memory node.State: join token hashes and their
+// expiry, and a fake clock (at t0 unless a test moves it).
 type memState struct {
 	mu      sync.Mutex
+	clk     *clock.Fake
 	tokens  map[string]time.Time
 	lookups int
 	err     error
 }
 
 func newMemState(tokens ...string) *memState {
-	m := &memState{tokens: map[string]time.Time{}}
+	m := &memState{clk: clock.NewFake(t0), tokens: map[string]time.Time{}}
 	for _, t := range tokens {
 		m.tokens[jointoken.Hash(t)] = t0.Add(10 * time.Minute)
 	}
 	return m
 }
 
-func (m *memState) JoinTokenExpiry(_ context.Context, hash string) (time.Time, error) {
+func (m *memState) Now() time.Time { return m.clk.Now() }
+
+func (m *memState) CredentialExpiry(_ context.Context, c node.Credential) (time.Time, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.lookups++
 	if m.err != nil {
 		return time.Time{}, m.err
 	}
-	exp, ok := m.tokens[hash]
+	if c.Kind != node.CredentialJoinToken {
+		return time.Time{}, node.ErrNotFound
+	}
+	exp, ok := m.tokens[c.ID]
 	if !ok {
 		return time.Time{}, node.ErrNotFound
 	}
 	return exp, nil
+}
+
+// payloadOnly is a node.Exchange that carries a payload and allows no
+// challenge round, as the server's unary Attest; it counts the
+// challenges a verifier tried to send.
+type payloadOnly struct {
+	payload    []byte
+	challenges int
+}
+
+func (p *payloadOnly) Payload() []byte { return p.payload }
+
+func (p *payloadOnly) Challenge(context.Context, []byte) ([]byte, error) {
+	p.challenges++
+	return nil, node.ErrRoundsExhausted
+}
+
+// verify runs v on payload against st and fails the test if the verifier
+// tried to send a challenge (the join token verifier sends none).
+func verify(t testing.TB, ctx context.Context, v node.Verifier, st node.State, payload []byte) (*node.Result, error) {
+	t.Helper()
+	ex := &payloadOnly{payload: payload}
+	res, err := v.Verify(ctx, st, ex)
+	if ex.challenges != 0 {
+		t.Fatalf("the join token verifier sent %d challenges", ex.challenges)
+	}
+	return res, err
 }
 
 func (m *memState) count() int {
@@ -95,7 +130,7 @@ func TestHashAndSegment(t *testing.T) {
 
 func TestVerify(t *testing.T) {
 	st := newMemState(known)
-	v := jointoken.NewVerifier(st, clock.NewFake(t0))
+	v := jointoken.NewVerifier()
 	if v.Name() != "join_token" {
 		t.Errorf("Name = %q", v.Name())
 	}
@@ -118,7 +153,7 @@ func TestVerify(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			lookups := st.count()
-			res, err := v.Verify(context.Background(), []byte(tt.payload))
+			res, err := verify(t, context.Background(), v, st, []byte(tt.payload))
 			if tt.wantErr {
 				if err == nil {
 					t.Fatalf("accepted %q: %+v", tt.payload, res)
@@ -144,10 +179,11 @@ func TestVerify(t *testing.T) {
 			if len(res.Selectors) != 1 || res.Selectors[0].GetType() != "join_token" || res.Selectors[0].GetValue() != seg {
 				t.Errorf("Selectors = %v", res.Selectors)
 			}
-			if res.ConsumeJoinTokenHash != jointoken.Hash(tt.payload) {
-				t.Errorf("ConsumeJoinTokenHash = %q", res.ConsumeJoinTokenHash)
+			want := []node.Credential{{Kind: node.CredentialJoinToken, ID: jointoken.Hash(tt.payload)}}
+			if !slices.Equal(res.Consume, want) {
+				t.Errorf("Consume = %+v, want %+v", res.Consume, want)
 			}
-			if strings.Contains(res.ID, tt.payload) || strings.Contains(res.ConsumeJoinTokenHash, tt.payload) {
+			if strings.Contains(res.ID, tt.payload) || strings.Contains(res.Consume[0].ID, tt.payload) {
 				t.Error("result reveals the token")
 			}
 		})
@@ -157,7 +193,7 @@ func TestVerify(t *testing.T) {
 func TestVerifyCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := jointoken.NewVerifier(newMemState(known), clock.NewFake(t0)).Verify(ctx, []byte(known)); err == nil {
+	if _, err := verify(t, ctx, jointoken.NewVerifier(), newMemState(known), []byte(known)); err == nil {
 		t.Error("Verify ignored a canceled context")
 	}
 }
@@ -195,7 +231,7 @@ func TestAttestor(t *testing.T) {
 				t.Errorf("payload = %q, want %q", p, tt.want)
 			}
 			// Round trip: the server accepts what the agent sends.
-			res, err := jointoken.NewVerifier(newMemState(tt.want), clock.NewFake(t0)).Verify(context.Background(), p)
+			res, err := verify(t, context.Background(), jointoken.NewVerifier(), newMemState(tt.want), p)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -213,13 +249,13 @@ func TestVerifyChecksState(t *testing.T) {
 	expired := strings.Repeat("ab", 32)
 	st := newMemState(known)
 	st.tokens[jointoken.Hash(expired)] = t0
-	clk := clock.NewFake(t0)
-	v := jointoken.NewVerifier(st, clk)
+	clk := st.clk
+	v := jointoken.NewVerifier()
 
 	unknown := strings.Repeat("cd", 32)
 	var reasons []string
 	for _, tok := range []string{unknown, expired} {
-		res, err := v.Verify(context.Background(), []byte(tok))
+		res, err := verify(t, context.Background(), v, st, []byte(tok))
 		var re *node.RefusedError
 		if !errors.As(err, &re) {
 			t.Fatalf("token %s…: got %v, %+v; want a RefusedError", tok[:4], err, res)
@@ -237,19 +273,41 @@ func TestVerifyChecksState(t *testing.T) {
 	}
 	// Valid until just before its expiry, not at it.
 	clk.Set(t0.Add(10*time.Minute - time.Second))
-	if _, err := v.Verify(context.Background(), []byte(known)); err != nil {
+	if _, err := verify(t, context.Background(), v, st, []byte(known)); err != nil {
 		t.Fatalf("valid token refused: %v", err)
 	}
 	clk.Set(t0.Add(10 * time.Minute))
-	if _, err := v.Verify(context.Background(), []byte(known)); !errors.As(err, new(*node.RefusedError)) {
+	if _, err := verify(t, context.Background(), v, st, []byte(known)); !errors.As(err, new(*node.RefusedError)) {
 		t.Fatalf("token at its expiry: got %v, want refused", err)
 	}
 	// A state failure is not a refusal of the token.
 	st.err = errors.New("store closed")
-	if _, err := v.Verify(context.Background(), []byte(known)); err == nil || errors.As(err, new(*node.RefusedError)) {
+	if _, err := verify(t, context.Background(), v, st, []byte(known)); err == nil || errors.As(err, new(*node.RefusedError)) {
 		t.Fatalf("state failure: got %v, want a plain error", err)
 	}
-	if _, err := jointoken.NewVerifier(nil, nil).Verify(context.Background(), []byte(known)); err == nil {
+	if _, err := verify(t, context.Background(), jointoken.NewVerifier(), nil, []byte(known)); err == nil {
 		t.Fatal("a verifier without state accepted a token")
+	}
+}
+
+// TestAttestorProperties: the agent half needs no challenge (so an agent
+// may fall back to the unary Attest of an older server), refuses to answer
+// one, and says that it cannot attest again once its token is spent, with
+// the message that tells the operator what to do.
+func TestAttestorProperties(t *testing.T) {
+	a := jointoken.NewAttestor(known)
+	cf, ok := a.(node.ChallengeFree)
+	if !ok || !cf.ChallengeFree() {
+		t.Error("the join token attestor does not report that it needs no challenge")
+	}
+	su, ok := a.(node.SingleUse)
+	if !ok {
+		t.Fatal("the join token attestor does not report that it works once")
+	}
+	if msg := su.SpentMessage(); !strings.Contains(msg, "sigil token generate") || !strings.Contains(msg, "cannot re-attest") {
+		t.Errorf("SpentMessage = %q, want how to recover", msg)
+	}
+	if ans, err := a.Answer(context.Background(), []byte("nonce")); err == nil || ans != nil {
+		t.Errorf("Answer = %q, %v; want an error", ans, err)
 	}
 }

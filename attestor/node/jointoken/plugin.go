@@ -1,13 +1,9 @@
 package jointoken
 
 import (
-	"context"
-	"errors"
-
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/sigil-id/sigil/attestor/node"
-	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/plugin"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -34,29 +30,15 @@ func pluginNew(body hcl.Body, env plugin.Env) (any, error) {
 	return NewServerVerifier(), nil
 }
 
-// ServerVerifier is the server half as a server is configured with it: it
-// verifies join tokens and creates them for the admin API
-// (NewJoinToken). It holds no state.
-type ServerVerifier struct{}
-
-// NewServerVerifier returns the server half. The server binds it to its
-// state and clock with BindState before it verifies anything.
-func NewServerVerifier() *ServerVerifier { return &ServerVerifier{} }
-
-// Name is the attestor name.
-func (*ServerVerifier) Name() string { return Name }
-
-// Verify refuses: the server verifies with the verifier BindState
-// returns.
-func (*ServerVerifier) Verify(context.Context, []byte) (*node.Result, error) {
-	return nil, errors.New("jointoken: the verifier is not bound to the server's state")
+// ServerVerifier is the server half as a server is configured with it:
+// the verifier (NewVerifier), which also creates join tokens for the admin
+// API (NewJoinToken). It holds no state.
+type ServerVerifier struct {
+	node.Verifier
 }
 
-// BindState returns the verifier that checks tokens against state at
-// clk's time.
-func (*ServerVerifier) BindState(state node.State, clk clock.Clock) node.Verifier {
-	return NewVerifier(state, clk)
-}
+// NewServerVerifier returns the server half.
+func NewServerVerifier() *ServerVerifier { return &ServerVerifier{Verifier: NewVerifier()} }
 
 // NewJoinToken returns a new token, the hash the servers store in its
 // place (its lowercase hex SHA-256) and the id an agent attesting with it
