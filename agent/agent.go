@@ -22,9 +22,6 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
-	"github.com/sigil-id/sigil/attestor/node/jointoken"
-	"github.com/sigil-id/sigil/attestor/workload"
-	"github.com/sigil-id/sigil/attestor/workload/unix"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/trustbundle"
@@ -246,18 +243,18 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	l, err := workloadapi.ListenFor(a.cfg.SocketPath, a.cfg.DataDir)
 	if err != nil {
-		return fmt.Errorf("agent: workload API: %w", err)
+		return fmt.Errorf("agent: %w", err)
 	}
 	srv, err := workloadapi.New(workloadapi.Config{
 		Cache:     a.cache,
-		Attestors: []workload.Attestor{unix.New()},
+		Attestors: a.cfg.WorkloadAttestors,
 		Logger:    a.log.Named("workloadapi"),
 		Clock:     a.clk,
 		Limits:    a.cfg.WorkloadAPILimits,
 	})
 	if err != nil {
 		l.Close()
-		return fmt.Errorf("agent: workload API: %w", err)
+		return fmt.Errorf("agent: %w", err)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -394,12 +391,10 @@ func retryable(err error) bool {
 	return false
 }
 
-// nodeAttestor is the agent's node attestor, and false if it has none.
+// nodeAttestor is the agent's node attestor (Config.NodeAttestor), and
+// false if it has none.
 func (a *Agent) nodeAttestor() (node.Attestor, bool) {
-	if a.cfg.JoinToken == "" {
-		return nil, false
-	}
-	return jointoken.NewAttestor(a.cfg.JoinToken), true
+	return a.cfg.NodeAttestor, a.cfg.NodeAttestor != nil
 }
 
 // spentMessage is what to tell the operator when the node attestor works
@@ -422,7 +417,7 @@ func (a *Agent) spentMessage() (string, bool) {
 func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, error) {
 	att, ok := a.nodeAttestor()
 	if !ok {
-		return nil, nil, errors.New("agent: no saved identity and no join token to attest with")
+		return nil, nil, errors.New("agent: no saved identity and no node attestor to attest with")
 	}
 	bootstrap, err := a.bootstrapBundle()
 	if err != nil {

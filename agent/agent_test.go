@@ -28,6 +28,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/attestor/workload/unix"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/workloadapi"
 )
@@ -336,7 +337,7 @@ func (s *fakeServer) config(t *testing.T, dataDir string) Config {
 	cfg.ServerAddress = s.addr
 	cfg.DataDir = dataDir
 	cfg.SocketPath = filepath.Join(t.TempDir(), "api.sock")
-	cfg.JoinToken = s.token
+	withPlugins(&cfg, s.token)
 	cfg.TrustBundle = []*x509.Certificate{s.ca.cert}
 	cfg.Logger = zaptest.NewLogger(t)
 	return cfg
@@ -401,7 +402,7 @@ func TestAgentAttestsPersistsAndRestarts(t *testing.T) {
 
 	// Restart without a join token: the saved identity is used.
 	cfg2 := srv.config(t, dir)
-	cfg2.JoinToken = ""
+	withPlugins(&cfg2, "")
 	cfg2.TrustBundle = nil
 	r2 := startAgent(t, cfg2)
 	if got := r2.SPIFFEID().String(); got != wantID {
@@ -416,7 +417,7 @@ func TestAgentAttestsPersistsAndRestarts(t *testing.T) {
 func TestAgentWithoutIdentityOrTokenFails(t *testing.T) {
 	srv := newFakeServer(t)
 	cfg := srv.config(t, t.TempDir())
-	cfg.JoinToken = ""
+	withPlugins(&cfg, "")
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -617,6 +618,7 @@ func TestConfigValidate(t *testing.T) {
 		c.TrustDomain = testTD
 		c.ServerAddress = "127.0.0.1:8081"
 		c.DataDir = "/tmp/x"
+		withPlugins(&c, "")
 		return c
 	}
 	if err := func() error { c := good(); return c.Validate() }(); err != nil {
@@ -634,6 +636,10 @@ func TestConfigValidate(t *testing.T) {
 		{"negative batch", func(c *Config) { c.SyncBatchSize = -1 }, "negative"},
 		{"huge batch", func(c *Config) { c.SyncBatchSize = MaxSyncBatchSize + 1 }, "maximum"},
 		{"missing bundle file", func(c *Config) { c.TrustBundlePath = "/nonexistent/bundle.pem" }, "trust bundle"},
+		{"no node attestor", func(c *Config) { c.NodeAttestor = nil }, "no node attestor"},
+		{"no workload attestor", func(c *Config) { c.WorkloadAttestors = nil }, "no workload attestor"},
+		{"nil workload attestor", func(c *Config) { c.WorkloadAttestors = append(c.WorkloadAttestors, nil) }, "workload attestor 1 is nil"},
+		{"duplicate workload attestor", func(c *Config) { c.WorkloadAttestors = append(c.WorkloadAttestors, unix.New()) }, `two workload attestors are named "unix"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -16,6 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/workloadapi"
@@ -47,8 +49,16 @@ type Config struct {
 	// SocketPath is the Workload API socket; unixsock.DefaultWorkloadSocket
 	// (DefaultSocketPath for root) when empty.
 	SocketPath string
-	// JoinToken is used only when there is no saved identity.
-	JoinToken string
+	// NodeAttestor proves the node to a server when the agent has no
+	// valid saved identity (cmd/sigil builds it from the node_attestor
+	// plugin block, by default join_token with the configured token).
+	// Required: there is no default, since agent/ imports no concrete
+	// plugin.
+	NodeAttestor node.Attestor
+	// WorkloadAttestors turn a Workload API caller into selectors, one
+	// per name (cmd/sigil builds them from workload_attestor plugin
+	// blocks, by default unix). At least one is required.
+	WorkloadAttestors []workload.Attestor
 	// TrustBundlePath is a PEM file with the server CA certificates used to
 	// authenticate the server before the agent has a bundle of its own.
 	TrustBundlePath string
@@ -68,7 +78,9 @@ type Config struct {
 	WorkloadAPILimits workloadapi.Limits
 }
 
-// DefaultConfig returns a Config with every default filled in.
+// DefaultConfig returns a Config with every default filled in except the
+// plugins (NodeAttestor, WorkloadAttestors), which have no default here:
+// New refuses a configuration without them.
 func DefaultConfig() Config {
 	return Config{
 		SocketPath:    unixsock.DefaultWorkloadSocket(),
@@ -147,6 +159,35 @@ func (c *Config) Validate() error {
 		if err := checkBundleCA(cert); err != nil {
 			return fmt.Errorf("agent: trust bundle certificate %d: %w", i, err)
 		}
+	}
+	return c.checkPlugins()
+}
+
+// checkPlugins refuses a missing node attestor, no workload attestor, a
+// nil one, one without a name and two with one name.
+func (c *Config) checkPlugins() error {
+	if c.NodeAttestor == nil {
+		return errors.New("agent: no node attestor: set NodeAttestor (cmd/sigil builds it from a node_attestor plugin block, e.g. node_attestor \"join_token\" {})")
+	}
+	if c.NodeAttestor.Name() == "" {
+		return fmt.Errorf("agent: node attestor %T has no name", c.NodeAttestor)
+	}
+	if len(c.WorkloadAttestors) == 0 {
+		return errors.New("agent: no workload attestor: set WorkloadAttestors (cmd/sigil builds them from workload_attestor plugin blocks, e.g. workload_attestor \"unix\" {})")
+	}
+	seen := make(map[string]bool, len(c.WorkloadAttestors))
+	for i, w := range c.WorkloadAttestors {
+		if w == nil {
+			return fmt.Errorf("agent: workload attestor %d is nil", i)
+		}
+		name := w.Name()
+		if name == "" {
+			return fmt.Errorf("agent: workload attestor %d (%T) has no name", i, w)
+		}
+		if seen[name] {
+			return fmt.Errorf("agent: two workload attestors are named %q", name)
+		}
+		seen[name] = true
 	}
 	return nil
 }

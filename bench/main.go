@@ -47,7 +47,10 @@ import (
 
 	"github.com/sigil-id/sigil/agent"
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
+	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/attestor/workload/unix"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/server"
@@ -122,7 +125,8 @@ func run(dur time.Duration, maxSVIDs int) error {
 	cfg.DataDir = filepath.Join(dir, "server")
 	cfg.BindAddress = "127.0.0.1:0"
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.KeyManager = "memory"
+	cfg.KeyStore = memory.NewStore()
+	cfg.NodeVerifiers = []node.Verifier{jointoken.NewServerVerifier()}
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -337,7 +341,8 @@ func agentBench(ctx context.Context, srv *server.Server, admin sigilv1.AdminClie
 	acfg.ServerAddress = srv.NodeAddr().String()
 	acfg.DataDir = filepath.Join(dir, "agent")
 	acfg.SocketPath = filepath.Join(dir, "public", "api.sock")
-	acfg.JoinToken = tok.Token
+	acfg.NodeAttestor = jointoken.NewAttestor(tok.Token)
+	acfg.WorkloadAttestors = []workload.Attestor{unix.New()}
 	acfg.TrustBundle = srv.Bundle()
 	ag, err := agent.New(acfg)
 	if err != nil {

@@ -245,15 +245,6 @@ func TestRegisterSelectorType(t *testing.T) {
 	}
 }
 
-func TestBuiltinSelectorTypes(t *testing.T) {
-	got := strings.Join(SelectorTypes(), ",")
-	for _, want := range []string{"join_token", "unix"} {
-		if !strings.Contains(got, want) {
-			t.Errorf("built-in type %q not registered: %s", want, got)
-		}
-	}
-}
-
 func TestCheckJoinTokenTTL(t *testing.T) {
 	for _, c := range []struct {
 		ttl time.Duration

@@ -27,8 +27,9 @@ var selectorTypes = struct {
 // ValidateSelectorInput, with validate checking its values (nil accepts
 // any value within the size limits). Attestor plugins call it from an
 // init function for every selector type they produce, workload and node
-// alike; the types of the built-in attestors ("unix", "join_token") are
-// registered by this package. It panics if name is not a valid selector
+// alike (attestor/workload/unix registers "unix", attestor/node/jointoken
+// "join_token"): the binary knows the types of the plugins it imports. It
+// panics if name is not a valid selector
 // type or is registered twice, as database/sql.Register does: both are
 // programming errors.
 func RegisterSelectorType(name string, validate SelectorValidator) {
@@ -60,11 +61,6 @@ func lookupSelectorType(name string) (SelectorValidator, bool) {
 	defer selectorTypes.RUnlock()
 	v, ok := selectorTypes.m[name]
 	return v, ok
-}
-
-func init() {
-	RegisterSelectorType("unix", ValidateUnixSelector)
-	RegisterSelectorType("join_token", ValidateJoinTokenSelector)
 }
 
 // unixKeys are the keys of the unix workload attestor's selectors

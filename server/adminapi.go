@@ -14,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
-	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
@@ -225,18 +224,22 @@ func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinT
 	if err := registration.CheckJoinTokenTTL(ttl); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	token, err := jointoken.Generate()
+	issuer, ok := s.joinTokenIssuer()
+	if !ok {
+		return nil, status.Error(codes.FailedPrecondition, `join tokens are off: this server has no node_attestor "join_token"`)
+	}
+	token, hash, id, err := issuer.NewJoinToken()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "generating token: %v", err)
 	}
 	expires := s.cfg.Clock.Now().Add(ttl)
 	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateJoinToken{CreateJoinToken: &storepb.CreateJoinToken{
-		Token: &sigilv1.JoinToken{Hash: jointoken.Hash(token), ExpiresAt: expires.Unix()},
+		Token: &sigilv1.JoinToken{Hash: hash, ExpiresAt: expires.Unix()},
 	}}})
 	if err != nil {
 		return nil, storeError(err)
 	}
-	agentID, err := registration.AgentID(s.td, jointoken.Name, jointoken.AgentIDSegment(token))
+	agentID, err := registration.AgentID(s.td, issuer.Name(), id)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "agent id: %v", err)
 	}

@@ -15,8 +15,6 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/ca"
-	"github.com/sigil-id/sigil/ca/keymanager/disk"
-	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
@@ -40,18 +38,10 @@ func (s *Server) jwtSigner() *ca.JWTSigner { return s.auth.jwt.JWTSigner() }
 // brings them up to date with the schedule: every key is published in the
 // replicated bundle, and that write committed, before it signs anything.
 func (s *Server) initCA(ctx context.Context) error {
-	var km ca.KeyManager
-	persist := true
-	switch s.cfg.KeyManager {
-	case "memory":
-		km = memory.New()
-		persist = false // the keys die with the process; so does their state
-	default:
-		d, err := disk.New(filepath.Join(s.cfg.DataDir, "keys"))
-		if err != nil {
-			return fmt.Errorf("server: key manager: %w", err)
-		}
-		km = d
+	// Keys that die with the process take their slot state with them.
+	km, persist, err := s.authorityKeyManager(ctx)
+	if err != nil {
+		return err
 	}
 	base := ca.DefaultConfig()
 	base.TrustDomain = s.td

@@ -52,6 +52,7 @@ func startACServer(t *testing.T) *acHarness {
 	cfg.Logger = zap.NewNop()
 	cfg.Clock = clk
 	cfg.RemovedServerGrace = 10 * time.Minute
+	withPlugins(t, &cfg, "disk")
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

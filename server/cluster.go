@@ -27,8 +27,6 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/ca"
-	"github.com/sigil-id/sigil/ca/keymanager/disk"
-	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/internal/clusterpb"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
@@ -130,18 +128,9 @@ func newCluster(s *Server) *cluster {
 // agents and workloads trust (raftstore Reader.Bundle leaves it out).
 func (c *cluster) loadIdentityCA(ctx context.Context) (*ca.CA, error) {
 	s := c.s
-	var km ca.KeyManager
-	certPath := filepath.Join(c.dir, "ca.pem")
-	switch s.cfg.KeyManager {
-	case "memory":
-		km = memory.New()
-		certPath = ""
-	default:
-		d, err := disk.New(filepath.Join(c.dir, "keys"))
-		if err != nil {
-			return nil, fmt.Errorf("server: cluster key manager: %w", err)
-		}
-		km = d
+	km, certPath, err := s.identityKeyManager(ctx)
+	if err != nil {
+		return nil, err
 	}
 	ccfg := ca.DefaultConfig()
 	ccfg.TrustDomain = s.td

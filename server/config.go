@@ -10,6 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/unixsock"
 )
@@ -32,8 +34,8 @@ type Config struct {
 	// NodeName names this server in the cluster and in its SPIFFE ID
 	// spiffe://<td>/sigil/server/<NodeName>. Default: the hostname.
 	NodeName string
-	// DataDir holds the Raft log, snapshots and, for the disk key manager,
-	// the CA key.
+	// DataDir holds the Raft log, snapshots, the state of the CA key slots
+	// and, for the disk key manager by default, the CA keys.
 	DataDir string
 	// BindAddress is the node API's listen address.
 	BindAddress string
@@ -42,8 +44,15 @@ type Config struct {
 	AdminSocket string
 	// HealthAddress is served by cmd/sigil; "" disables it.
 	HealthAddress string
-	// KeyManager is "disk" (default) or "memory".
-	KeyManager   string
+	// NodeVerifiers are the node attestors agents may attest with, one
+	// per name (cmd/sigil builds them from node_attestor plugin blocks).
+	// At least one is required: there is no default, since server/ imports
+	// no concrete plugin.
+	NodeVerifiers []node.Verifier
+	// KeyStore keeps this node's CA, JWT and cluster identity keys
+	// (cmd/sigil builds it from the key_manager plugin block, by default
+	// disk under DataDir). Required: there is no default.
+	KeyStore     ca.KeyStore
 	CATTL        time.Duration
 	X509SVIDTTL  time.Duration
 	AgentSVIDTTL time.Duration
@@ -91,7 +100,8 @@ type Config struct {
 }
 
 // DefaultConfig returns a configuration with every default filled in
-// except the trust domain.
+// except the trust domain and the plugins (NodeVerifiers, KeyStore), which
+// have no default here: New refuses a configuration without them.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	if host == "" {
@@ -102,7 +112,6 @@ func DefaultConfig() Config {
 		DataDir:      DefaultDataDir,
 		BindAddress:  DefaultBindAddress,
 		AdminSocket:  unixsock.DefaultAdminSocket(),
-		KeyManager:   "disk",
 		CATTL:        DefaultCATTL,
 		X509SVIDTTL:  DefaultX509SVIDTTL,
 		AgentSVIDTTL: DefaultAgentSVIDTTL,
@@ -131,12 +140,11 @@ func (c *Config) Validate() error {
 	if c.AdminSocket == "" {
 		return errors.New("server: admin_socket is required")
 	}
-	switch c.KeyManager {
-	case "disk", "memory":
-	case "":
-		c.KeyManager = "disk"
-	default:
-		return fmt.Errorf("server: unknown key_manager %q (want disk or memory)", c.KeyManager)
+	if c.KeyStore == nil {
+		return errors.New("server: no key manager: set KeyStore (cmd/sigil builds it from a key_manager plugin block, e.g. disk.NewStore(disk.DefaultDirs(dataDir)))")
+	}
+	if err := checkVerifiers(c.NodeVerifiers); err != nil {
+		return err
 	}
 	for name, d := range map[string]*time.Duration{
 		"ca_ttl": &c.CATTL, "x509_svid_ttl": &c.X509SVIDTTL, "agent_svid_ttl": &c.AgentSVIDTTL, "join_token_ttl": &c.JoinTokenTTL,
@@ -197,6 +205,29 @@ func (c *Config) Validate() error {
 	}
 	if c.Clock == nil {
 		c.Clock = clock.New()
+	}
+	return nil
+}
+
+// checkVerifiers refuses no verifier, a nil one, one without a name and
+// two with one name.
+func checkVerifiers(vs []node.Verifier) error {
+	if len(vs) == 0 {
+		return errors.New("server: no node verifier: set NodeVerifiers (cmd/sigil builds them from node_attestor plugin blocks, e.g. node_attestor \"join_token\" {})")
+	}
+	seen := make(map[string]bool, len(vs))
+	for i, v := range vs {
+		if v == nil {
+			return fmt.Errorf("server: node verifier %d is nil", i)
+		}
+		name := v.Name()
+		if name == "" {
+			return fmt.Errorf("server: node verifier %d (%T) has no name", i, v)
+		}
+		if seen[name] {
+			return fmt.Errorf("server: two node verifiers are named %q", name)
+		}
+		seen[name] = true
 	}
 	return nil
 }

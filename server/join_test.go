@@ -133,6 +133,7 @@ func joinValidConfig(t *testing.T) Config {
 	cfg.NodeName = "s1"
 	cfg.DataDir = t.TempDir()
 	cfg.ClusterAddress = "127.0.0.1:0"
+	withPlugins(t, &cfg, "disk")
 	return cfg
 }
 
@@ -298,7 +299,7 @@ func startJoinNode(t *testing.T, ip, name, secret string, mod func(*Config)) *jo
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.BindAddress = ip + ":0"
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.KeyManager = "memory"
+	withPlugins(t, &cfg, "memory")
 	cfg.ClusterAddress = joinFreeAddrOn(t, ip)
 	cfg.JoinSecret = secret
 	cfg.RaftHeartbeatTimeout = 300 * time.Millisecond

@@ -19,7 +19,6 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
-	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/storepb"
@@ -157,7 +156,7 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
 				Fields: []audit.Field{audit.String("attestation_type", req.AttestationType),
 					audit.String("reason", "the single-use credential is being consumed by a concurrent attestation")}})
-			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+jointoken.RefusedMessage)
+			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+consumedMessage)
 		}
 		defer n.unclaim(c)
 		// A call that held the claim until just now has consumed it.
@@ -165,7 +164,7 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
 				Fields: []audit.Field{audit.String("attestation_type", req.AttestationType),
 					audit.String("reason", "the single-use credential was consumed by a concurrent attestation")}})
-			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+jointoken.RefusedMessage)
+			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+consumedMessage)
 		}
 	}
 	agentID, err := registration.AgentID(s.td, v.Name(), res.ID)
@@ -380,6 +379,11 @@ func storeError(err error) error {
 	}
 	return status.Errorf(codes.Unavailable, "store: %v", err)
 }
+
+// consumedMessage is the answer to an attestation whose single-use
+// credential a concurrent attestation consumed: the join token verifier's
+// answer for a spent token, so that the two cases read the same.
+const consumedMessage = "join token is unknown, already used or expired"
 
 // followerTokenWait bounds how long a follower that does not hold a join
 // token waits for its store to catch up: the leader may have committed

@@ -468,7 +468,7 @@ func BenchmarkNodeAttackGuardedBatchIssue(b *testing.B) {
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.BindAddress = "127.0.0.1:0"
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.KeyManager = "memory"
+	withPlugins(b, &cfg, "memory")
 	cfg.Logger = zap.NewNop()
 	srv, err := New(cfg)
 	if err != nil {

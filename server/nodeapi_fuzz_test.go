@@ -185,6 +185,7 @@ func newFuzzNodeServer(f *testing.F) *fuzzNodeServer {
 	cfg.BindAddress = "127.0.0.1:0"
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
 	cfg.Logger = zap.NewNop()
+	withPlugins(f, &cfg, "disk")
 	srv, err := New(cfg)
 	if err != nil {
 		f.Fatal(err)

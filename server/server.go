@@ -31,7 +31,6 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
-	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/raftstore"
@@ -85,10 +84,32 @@ func New(cfg Config) (*Server, error) {
 	}
 	// Verifiers check evidence against the local store before the
 	// server signs or writes anything.
-	s.verifiers = map[string]node.Verifier{
-		jointoken.Name: jointoken.NewVerifier(),
+	s.verifiers = make(map[string]node.Verifier, len(cfg.NodeVerifiers))
+	for _, v := range cfg.NodeVerifiers {
+		s.verifiers[v.Name()] = v
 	}
 	return s, nil
+}
+
+// JoinTokenIssuer is implemented by the node verifier whose tokens the
+// admin API creates (node_attestor "join_token"). Without one in
+// Config.NodeVerifiers, CreateJoinToken fails with FailedPrecondition.
+type JoinTokenIssuer interface {
+	// Name is the attestor name, the one in the agent's SPIFFE ID.
+	Name() string
+	// NewJoinToken returns a new secret token, the hash the servers
+	// store in its place and the id an agent attesting with it gets.
+	NewJoinToken() (token, hash, agentID string, err error)
+}
+
+// joinTokenIssuer returns the configured JoinTokenIssuer, if any.
+func (s *Server) joinTokenIssuer() (JoinTokenIssuer, bool) {
+	for _, v := range s.cfg.NodeVerifiers {
+		if i, ok := v.(JoinTokenIssuer); ok {
+			return i, true
+		}
+	}
+	return nil, false
 }
 
 // Ready is closed once the server is serving both APIs.

@@ -68,6 +68,7 @@ func startServerWith(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits))
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
 	cfg.Logger = zap.New(core)
 	cfg.Clock = clk
+	withPlugins(t, &cfg, "disk")
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -93,7 +93,6 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	setString(&cfg.BindAddress, s.BindAddress)
 	setString(&cfg.AdminSocket, s.AdminSocket)
 	cfg.HealthAddress = s.HealthAddress
-	setString(&cfg.KeyManager, s.KeyManager)
 	setDuration(&cfg.CATTL, s.CATTL)
 	setDuration(&cfg.X509SVIDTTL, s.X509SVIDTTL)
 	setDuration(&cfg.AgentSVIDTTL, s.AgentSVIDTTL)
@@ -115,6 +114,9 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	cfg.NoBootstrap = s.NoBootstrap
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
+	if err := serverPlugins(s, &cfg); err != nil {
+		return cfg, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}
@@ -141,7 +143,7 @@ func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
 		zap.String("admin_socket", cfg.AdminSocket))
 	err = srv.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("server: %w", err)
+		return prefixed("server", err)
 	}
 	log.Info("server stopped")
 	return nil
@@ -223,11 +225,13 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	}
 	setString(&cfg.DataDir, a.DataDir)
 	setString(&cfg.SocketPath, a.SocketPath)
-	cfg.JoinToken = a.JoinToken
 	cfg.TrustBundlePath = a.TrustBundlePath
 	cfg.WorkloadAPILimits.MaxConnsPerUID = a.MaxWorkloadConnsPerUID
 	cfg.WorkloadAPILimits.MaxConns = a.MaxWorkloadConns
 	cfg.Logger = log
+	if err := agentPlugins(a, &cfg); err != nil {
+		return cfg, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}
@@ -253,7 +257,7 @@ func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap
 		zap.String("socket_path", cfg.SocketPath))
 	err = a.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("agent: %w", err)
+		return prefixed("agent", err)
 	}
 	log.Info("agent stopped")
 	return nil
@@ -265,6 +269,16 @@ func stopHealth(hs *health.Server, log *zap.Logger) {
 	if err := hs.Stop(ctx); err != nil {
 		log.Warn("health endpoint shutdown", zap.Error(err))
 	}
+}
+
+// prefixed says which daemon err comes from, unless err already does
+// (the daemons' errors start with their package's name): "server: data
+// dir: ...", never "server: server: data dir: ...".
+func prefixed(who string, err error) error {
+	if err == nil || strings.HasPrefix(err.Error(), who+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", who, err)
 }
 
 func setString(dst *string, v string) {

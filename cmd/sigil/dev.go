@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
+	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/server"
@@ -36,7 +39,9 @@ type devOptions struct {
 	dataDir     string
 	socket      string
 	adminSocket string
-	log         config.Log
+	// healthAddress serves /live, /ready and /metrics; "" turns it off.
+	healthAddress string
+	log           config.Log
 	// binary is how the printed commands call sigil.
 	binary string
 }
@@ -77,10 +82,14 @@ the command prints how to fetch its SVID. Stop with Ctrl-C.`,
 	// never a guessable path in a shared directory such as /tmp).
 	fs.StringVar(&o.socket, "socket", unixsock.DefaultWorkloadSocket(), "path of the Workload API socket")
 	fs.StringVar(&o.adminSocket, "admin-socket", unixsock.DefaultAdminSocket(), "path of the admin API socket")
+	fs.StringVar(&o.healthAddress, "health-address", defaultDevHealthAddress, "listen address of the /live, /ready and /metrics endpoints, which `sigil healthcheck` probes by default (empty: disabled)")
 	fs.StringVar(&o.log.Level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.log.Format, "log-format", "console", "log format: console or json")
 	return cmd
 }
+
+// defaultDevHealthAddress is where `sigil healthcheck` looks by default.
+const defaultDevHealthAddress = "127.0.0.1:8080"
 
 // defaultDevDataDir is $XDG_STATE_HOME/sigil-dev, ~/.local/state/sigil-dev,
 // or a per-user directory under the temporary directory.
@@ -142,6 +151,36 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	if err := workloadapi.CheckSocket(o.socket); err != nil {
 		return err
 	}
+	// The health endpoint listens before any state is written, so that a
+	// busy port is reported first. It is ready once the server and the
+	// agent are, and while the agent stays healthy.
+	var (
+		devUp    = make(chan struct{})
+		devAgent atomic.Pointer[agent.Agent]
+		metrics  atomic.Pointer[http.Handler]
+	)
+	if o.healthAddress != "" {
+		ready := func() error {
+			select {
+			case <-devUp:
+			default:
+				return errors.New("sigil dev is starting")
+			}
+			return devAgent.Load().Healthy()
+		}
+		hs, err := health.Start(o.healthAddress, ready, nil, health.WithHandler("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if h := metrics.Load(); h != nil {
+				(*h).ServeHTTP(w, r)
+				return
+			}
+			http.Error(w, "sigil dev is starting", http.StatusServiceUnavailable)
+		})))
+		if err != nil {
+			return fmt.Errorf("%w (choose another port with -health-address, or turn the endpoint off with -health-address '')", err)
+		}
+		defer stopHealth(hs, zap.NewNop())
+		o.healthAddress = hs.Addr().String()
+	}
 	defer func() {
 		switch {
 		case ctx.Err() != nil:
@@ -186,6 +225,9 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	scfg.BindAddress = "127.0.0.1:0"
 	scfg.AdminSocket = o.adminSocket
 	scfg.Logger = log.Named("server")
+	if err := serverPlugins(&config.Server{}, &scfg); err != nil {
+		return err
+	}
 	if err := scfg.Validate(); err != nil {
 		return err
 	}
@@ -193,6 +235,8 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	if err != nil {
 		return err
 	}
+	mh := srv.MetricsHandler()
+	metrics.Store(&mh)
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -230,7 +274,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 				if r.err == nil || errors.Is(r.err, context.Canceled) {
 					return fmt.Errorf("%s stopped before it was ready", r.who)
 				}
-				return fmt.Errorf("%s: %w", r.who, r.err)
+				return prefixed(r.who, r.err)
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-hint.C:
@@ -278,9 +322,11 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	acfg.ServerAddress = srv.NodeAddr().String()
 	acfg.DataDir = agentDir
 	acfg.SocketPath = o.socket
-	acfg.JoinToken = joinToken
 	acfg.TrustBundle = srv.Bundle()
 	acfg.Logger = log.Named("agent")
+	if err := agentPlugins(&config.Agent{JoinToken: joinToken}, &acfg); err != nil {
+		return err
+	}
 	if err := acfg.Validate(); err != nil {
 		return err
 	}
@@ -288,6 +334,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	if err != nil {
 		return err
 	}
+	devAgent.Store(ag)
 	start("agent", ag.Run)
 	if err := wait(ag.Ready(), "agent"); err != nil {
 		return err
@@ -296,6 +343,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 		return err
 	}
 
+	close(devUp)
 	printDevBanner(stdout, o, td, dataDir, userID, uid)
 	if onReady != nil {
 		onReady(devReady{TrustDomain: td, SocketPath: o.socket, SPIFFEID: userID, AgentID: agentID})
@@ -310,7 +358,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 		if r.err == nil || errors.Is(r.err, context.Canceled) {
 			return fmt.Errorf("%s stopped unexpectedly", r.who)
 		}
-		return fmt.Errorf("%s: %w", r.who, r.err)
+		return prefixed(r.who, r.err)
 	}
 }
 
@@ -381,6 +429,14 @@ func printDevBanner(w io.Writer, o devOptions, td spiffeid.TrustDomain, dataDir 
 	if o.adminSocket != unixsock.ClientSocket(unixsock.AdminSocketName) {
 		adminFlag = " -socket " + o.adminSocket
 	}
+	healthLines := ""
+	if o.healthAddress != "" {
+		healthCmd := o.binary + " healthcheck"
+		if o.healthAddress != defaultDevHealthAddress {
+			healthCmd += " -url http://" + o.healthAddress + "/ready"
+		}
+		healthLines = fmt.Sprintf("  Health endpoint     : http://%s/ready (and /live, /metrics); check it with: %s\n", o.healthAddress, healthCmd)
+	}
 	fmt.Fprintf(w, `
 Sigil dev mode is running; press Ctrl-C to stop.
 
@@ -389,7 +445,7 @@ Sigil dev mode is running; press Ctrl-C to stop.
   Admin API socket    : %s
   Data directory      : %s
   Your SPIFFE ID      : %s (processes with uid %d)
-
+%s
 Fetch your SVID:
   %s svid fetch -socket %s
 
@@ -399,7 +455,7 @@ Write it to files and verify it with openssl:
 List the registration entries:
   %s entry list%s
 
-`, td.Name(), o.socket, o.adminSocket, dataDir, id, uid,
+`, td.Name(), o.socket, o.adminSocket, dataDir, id, uid, healthLines,
 		o.binary, o.socket,
 		o.binary, o.socket,
 		o.binary, adminFlag)

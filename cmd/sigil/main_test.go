@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/disk"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/server"
@@ -32,11 +35,20 @@ func TestServerConfig(t *testing.T) {
 	if cfg.TrustDomain.Name() != "example.org" || cfg.NodeName != "s1" || cfg.BindAddress != "127.0.0.1:9081" || cfg.X509SVIDTTL != 30*time.Minute {
 		t.Errorf("settings not applied: %+v", cfg)
 	}
-	if cfg.DataDir != defaults.DataDir || cfg.AdminSocket != defaults.AdminSocket || cfg.CATTL != defaults.CATTL || cfg.KeyManager != defaults.KeyManager {
+	if cfg.DataDir != defaults.DataDir || cfg.AdminSocket != defaults.AdminSocket || cfg.CATTL != defaults.CATTL {
 		t.Errorf("defaults lost: %+v", cfg)
 	}
-	if _, err := serverConfig(&config.Server{TrustDomain: "example.org", KeyManager: "hsm"}, zap.NewNop()); err == nil {
-		t.Error("unknown key manager accepted")
+	// The default plugins: the disk key manager in the data directory's
+	// keys and cluster/keys, and the join_token verifier.
+	ks, ok := cfg.KeyStore.(*disk.Store)
+	if !ok || ks.Dir(ca.KeyScopeAuthorities) != filepath.Join(defaults.DataDir, "keys") || ks.Dir(ca.KeyScopeClusterIdentity) != filepath.Join(defaults.DataDir, "cluster", "keys") {
+		t.Errorf("default key manager = %#v, want disk in %s/keys and %s/cluster/keys", cfg.KeyStore, defaults.DataDir, defaults.DataDir)
+	}
+	if len(cfg.NodeVerifiers) != 1 || cfg.NodeVerifiers[0].Name() != "join_token" {
+		t.Errorf("default node verifiers = %v, want join_token", cfg.NodeVerifiers)
+	}
+	if _, err := serverConfig(&config.Server{TrustDomain: "example.org", KeyManager: "hsm"}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), `key_manager "hsm": unknown plugin (known: disk, memory)`) {
+		t.Errorf("unknown key manager: %v", err)
 	}
 }
 
@@ -121,6 +133,7 @@ func TestDev(t *testing.T) {
 		log:         config.Log{Level: "warn"},
 		binary:      "./bin/sigil",
 	}
+	o.healthAddress = freeAddr(t)
 
 	runOnce := func() devReady {
 		t.Helper()
@@ -173,10 +186,17 @@ func TestDev(t *testing.T) {
 			"Your SPIFFE ID      : " + r.SPIFFEID.String(),
 			"./bin/sigil svid fetch -socket " + o.socket + "\n",
 			"./bin/sigil svid fetch -socket " + o.socket + " -write /tmp/svid && openssl verify -CAfile /tmp/svid/bundle.pem /tmp/svid/svid.pem",
+			"Health endpoint     : http://" + o.healthAddress + "/ready (and /live, /metrics); check it with: ./bin/sigil healthcheck -url http://" + o.healthAddress + "/ready\n",
 		} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("banner lacks %q:\n%s", want, out.String())
 			}
+		}
+
+		// `sigil healthcheck` succeeds against dev mode.
+		var hout, herr bytes.Buffer
+		if code := cli.Execute(newRootCommand(), []string{"healthcheck", "-url", "http://" + o.healthAddress + "/ready"}, &hout, &herr); code != 0 || strings.TrimSpace(hout.String()) != "ready" {
+			t.Errorf("healthcheck against dev: code %d, stdout %q, stderr %q", code, hout.String(), herr.String())
 		}
 
 		cancel()
@@ -201,5 +221,54 @@ func TestDev(t *testing.T) {
 	o.trustDomain = "other.test"
 	if err := runDev(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}, nil); err == nil || !strings.Contains(err.Error(), `belongs to trust domain "dev.test"`) {
 		t.Errorf("trust domain change: %v", err)
+	}
+}
+
+// `sigil healthcheck` with no flags probes `sigil dev`'s health endpoint.
+func TestHealthcheckDefaultFindsDev(t *testing.T) {
+	root := newRootCommand()
+	hc, _, err := root.Find([]string{"healthcheck"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, _, err := root.Find([]string{"dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := hc.Flags().Lookup("url").DefValue
+	addr := dev.Flags().Lookup("health-address").DefValue
+	if addr == "" || url != "http://"+addr+"/ready" {
+		t.Fatalf("healthcheck probes %s by default, dev serves health on %q", url, addr)
+	}
+}
+
+// A busy health port stops `sigil dev` before it writes any state.
+func TestDevHealthPortInUse(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sgh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	o := devOptions{
+		trustDomain:   "dev.test",
+		dataDir:       filepath.Join(tmp, "data"),
+		socket:        filepath.Join(tmp, "api.sock"),
+		adminSocket:   filepath.Join(tmp, "adm", "admin.sock"),
+		healthAddress: ln.Addr().String(),
+		log:           config.Log{Level: "warn"},
+	}
+	err = runDev(context.Background(), o, &bytes.Buffer{}, &bytes.Buffer{}, nil)
+	if err == nil || !strings.Contains(err.Error(), "health endpoint: ") || !strings.Contains(err.Error(), "-health-address") {
+		t.Fatalf("runDev = %v, want the busy health port", err)
+	}
+	for _, p := range []string{"server", "agent", devStateFile} {
+		if _, err := os.Stat(filepath.Join(o.dataDir, p)); !os.IsNotExist(err) {
+			t.Errorf("%s was written before the health port was checked: %v", p, err)
+		}
 	}
 }

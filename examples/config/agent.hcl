@@ -34,6 +34,16 @@ agent {
   # local user can read a command line.
   # join_token_file = "/etc/sigil/join-token"
 
+  # Plugins, one block each with its own settings. join_token presents the
+  # token above (a secret: never written in the block); unix gives
+  # workloads the selectors unix:uid:<n>, unix:user:<name>, unix:path:<exe>,
+  # unix:sha256:<hash>, ... Without a plugins block these two are the
+  # defaults.
+  plugins {
+    node_attestor "join_token" {}
+    workload_attestor "unix" {}
+  }
+
   # The server CA certificates (`sigil bundle show > bundle.pem`), used to
   # authenticate the server on first contact.
   trust_bundle_path = "/etc/sigil/bundle.pem"

@@ -12,7 +12,7 @@ server {
   # Default: the hostname.
   node_name = "s1"
 
-  # Raft data and, with key_manager = "disk", this node's CA key.
+  # Raft data and, with the disk key manager, this node's keys.
   data_dir = "/var/lib/sigil/server"
 
   # Node API for agents (gRPC over TLS).
@@ -29,8 +29,21 @@ server {
   # /live and /ready for supervisors and load balancers; omit to disable.
   health_address = "127.0.0.1:8080"
 
-  # "disk" keeps the CA key in data_dir; "memory" loses it on restart.
-  key_manager = "disk"
+  # Plugins, one block each with its own settings.
+  plugins {
+    # How agents prove which node they run on; at least one. join_token:
+    # single-use tokens from `sigil token generate`.
+    node_attestor "join_token" {}
+
+    # Where this node's CA, JWT and cluster identity keys are kept; exactly
+    # one. "disk" keeps them in files of mode 0600, by default under
+    # data_dir (keys/ and cluster/keys/); "memory" loses them on restart.
+    # (The older flat form key_manager = "disk" still works.)
+    key_manager "disk" {
+      # directory         = "/var/lib/sigil/server/keys"
+      # cluster_directory = "/var/lib/sigil/server/cluster/keys"
+    }
+  }
 
   ca_ttl         = "24h"
   x509_svid_ttl  = "1h"
@@ -47,9 +60,9 @@ server {
   # server-to-server traffic, mutual TLS with server SVIDs) and the same
   # join secret; the first server bootstraps, the others join through any
   # member. Leave cluster_address out for a single server.
-  # cluster_address   = ":8082"
-  # advertise_address = "10.0.0.1:8082"
-  # retry_join        = ["10.0.0.2:8082", "10.0.0.3:8082"]
+  # cluster_address   = ":8444"
+  # advertise_address = "10.0.0.1:8444"
+  # retry_join        = ["10.0.0.2:8444", "10.0.0.3:8444"]
   # The secret from `sigil cluster secret generate`, in a file of mode 0600
   # owned by the server's user (or SIGIL_JOIN_SECRET in the environment):
   #   (umask 077; sigil cluster secret generate > /etc/sigil/join-secret)

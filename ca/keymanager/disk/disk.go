@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,3 +162,45 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// Store is the disk key manager as a server opens it (ca.KeyStore): one
+// directory per scope, each a KeyManager.
+type Store struct {
+	dirs map[ca.KeyScope]string
+}
+
+var _ ca.KeyStore = (*Store)(nil)
+
+// NewStore returns a Store keeping the keys of each scope in dirs[scope].
+// Nothing is created until OpenKeyManager. Two scopes may not share a
+// directory.
+func NewStore(dirs map[ca.KeyScope]string) (*Store, error) {
+	seen := map[string]ca.KeyScope{}
+	for scope, dir := range dirs {
+		if dir == "" {
+			return nil, fmt.Errorf("ca/keymanager/disk: the directory of scope %s is empty", scope)
+		}
+		clean := filepath.Clean(dir)
+		if other, dup := seen[clean]; dup {
+			return nil, fmt.Errorf("ca/keymanager/disk: scopes %s and %s share the directory %s", other, scope, dir)
+		}
+		seen[clean] = scope
+	}
+	return &Store{dirs: maps.Clone(dirs)}, nil
+}
+
+// OpenKeyManager returns a KeyManager over the scope's directory,
+// creating the directory (mode 0700) if needed.
+func (s *Store) OpenKeyManager(_ context.Context, scope ca.KeyScope) (ca.KeyManager, error) {
+	dir, ok := s.dirs[scope]
+	if !ok {
+		return nil, fmt.Errorf("ca/keymanager/disk: no directory for key scope %q", scope)
+	}
+	return New(dir)
+}
+
+// Persistent reports true: keys are files that outlive the process.
+func (s *Store) Persistent() bool { return true }
+
+// Dir returns the directory of scope ("" if the store has none).
+func (s *Store) Dir(scope ca.KeyScope) string { return s.dirs[scope] }

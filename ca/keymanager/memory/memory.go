@@ -61,3 +61,24 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	m.mu.Unlock()
 	return nil
 }
+
+// Store is the memory key manager as a server opens it (ca.KeyStore).
+// Each OpenKeyManager returns a new, empty KeyManager: nothing outlives a
+// run of the server.
+type Store struct{}
+
+var _ ca.KeyStore = Store{}
+
+// NewStore returns a Store.
+func NewStore() Store { return Store{} }
+
+// OpenKeyManager returns a new, empty KeyManager for scope.
+func (Store) OpenKeyManager(ctx context.Context, scope ca.KeyScope) (ca.KeyManager, error) {
+	if scope == "" {
+		return nil, fmt.Errorf("ca/keymanager/memory: key scope is empty")
+	}
+	return New(), nil
+}
+
+// Persistent reports false: the keys die with the process.
+func (Store) Persistent() bool { return false }

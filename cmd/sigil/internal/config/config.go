@@ -2,7 +2,8 @@
 // `sigil agent`, lets command-line flags override them, and builds the
 // process logger. It knows nothing about the server and agent packages: it
 // produces plain settings that the commands copy into server.Config and
-// agent.Config.
+// agent.Config, and the plugin blocks (with the flat keys and the defaults
+// applied: PluginBlocks) that the commands build with package plugin.
 package config
 
 import (
@@ -48,6 +49,9 @@ type Server struct {
 	NoBootstrap          bool
 	RaftHeartbeatTimeout time.Duration
 	Log                  Log
+	// Plugins is what the file says about plugins; nil without a file.
+	// PluginBlocks applies KeyManager and the defaults to it.
+	Plugins *Plugins
 }
 
 // Agent holds the settings of `sigil agent`. Zero values mean "use the
@@ -67,6 +71,9 @@ type Agent struct {
 	// default (workloadapi.Limits).
 	MaxWorkloadConnsPerUID int
 	MaxWorkloadConns       int
+	// Plugins is what the file says about plugins; nil without a file.
+	// PluginBlocks applies the defaults to it.
+	Plugins *Plugins
 }
 
 // Log holds the logging settings shared by both daemons.
@@ -76,7 +83,8 @@ type Log struct {
 }
 
 // File is a parsed configuration file. A file may hold a server block, an
-// agent block or both.
+// agent block or both. A plugins block goes inside the server or agent
+// block, or at the top level of a file that holds only one of them.
 type File struct {
 	Server *Server
 	Agent  *Agent
@@ -87,6 +95,8 @@ type File struct {
 type hclFile struct {
 	Server *hclServer `hcl:"server,block"`
 	Agent  *hclAgent  `hcl:"agent,block"`
+	// Plugins at the top level belong to the file's one daemon block.
+	Plugins *hclPlugins `hcl:"plugins,block"`
 }
 
 type hclServer struct {
@@ -115,6 +125,8 @@ type hclServer struct {
 	RaftHeartbeatTimeout string   `hcl:"raft_heartbeat_timeout,optional"`
 	LogLevel             string   `hcl:"log_level,optional"`
 	LogFormat            string   `hcl:"log_format,optional"`
+
+	Plugins *hclPlugins `hcl:"plugins,block"`
 }
 
 type hclAgent struct {
@@ -131,6 +143,8 @@ type hclAgent struct {
 
 	MaxWorkloadConnsPerUID int `hcl:"workload_api_max_connections_per_uid,optional"`
 	MaxWorkloadConns       int `hcl:"workload_api_max_connections,optional"`
+
+	Plugins *hclPlugins `hcl:"plugins,block"`
 }
 
 // LoadFile reads and parses the configuration file at path.
@@ -153,6 +167,22 @@ func Parse(filename string, src []byte) (*File, error) {
 	if diags := gohcl.DecodeBody(f.Body, nil, &raw); diags.HasErrors() {
 		return nil, diagError(diags)
 	}
+	body, ok := f.Body.(*hclsyntax.Body)
+	if !ok {
+		return nil, fmt.Errorf("%s: not a native HCL file", filename)
+	}
+	if raw.Plugins != nil && (raw.Server == nil) == (raw.Agent == nil) {
+		at := raw.Plugins.Body.MissingItemRange()
+		for _, b := range body.Blocks {
+			if b.Type == "plugins" {
+				at = b.DefRange()
+			}
+		}
+		if raw.Server == nil {
+			return nil, fmt.Errorf("%s: a top-level plugins block needs a server or an agent block in the file", pos(at))
+		}
+		return nil, fmt.Errorf("%s: a top-level plugins block is ambiguous in a file with both a server and an agent block: move it into one of them (server { plugins { ... } })", pos(at))
+	}
 	out := &File{}
 	if s := raw.Server; s != nil {
 		out.Server = &Server{
@@ -174,6 +204,11 @@ func Parse(filename string, src []byte) (*File, error) {
 		if s.Bootstrap != nil {
 			out.Server.NoBootstrap = !*s.Bootstrap
 		}
+		p, err := readPlugins(body, "server", s.Plugins, raw.Plugins)
+		if err != nil {
+			return nil, err
+		}
+		out.Server.Plugins = p
 		durations := []struct {
 			name string
 			src  string
@@ -217,6 +252,11 @@ func Parse(filename string, src []byte) (*File, error) {
 		if a.MaxWorkloadConnsPerUID < 0 || a.MaxWorkloadConns < 0 {
 			return nil, fmt.Errorf("%s: agent: workload_api_max_connections_per_uid and workload_api_max_connections must not be negative", filename)
 		}
+		p, err := readPlugins(body, "agent", a.Plugins, raw.Plugins)
+		if err != nil {
+			return nil, err
+		}
+		out.Agent.Plugins = p
 	}
 	return out, nil
 }
@@ -389,6 +429,9 @@ func (s *Server) Validate() error {
 	if err := s.validateLifetimes(); err != nil {
 		return err
 	}
+	if err := s.checkFlatPlugins(); err != nil {
+		return err
+	}
 	return s.Log.Validate()
 }
 
@@ -399,6 +442,9 @@ func (a *Agent) Validate() error {
 	}
 	if a.ServerAddress == "" {
 		return errors.New("server_address is required (set it in the config file or with -server-address)")
+	}
+	if err := a.checkFlatPlugins(); err != nil {
+		return err
 	}
 	return a.Log.Validate()
 }

@@ -2,13 +2,23 @@ package config
 
 import (
 	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/sigil-id/sigil/plugin"
+
+	// The plugins the binary ships, so that their blocks are decoded.
+	_ "github.com/sigil-id/sigil/attestor/node/jointoken"
+	_ "github.com/sigil-id/sigil/attestor/workload/unix"
+	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
+	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
 )
 
 // FuzzConfig: Parse never panics on any input; an accepted file parses the
 // same way twice, and Validate of its server and agent blocks gives the
 // same answer twice and never panics. An accepted server block satisfies
-// the lifetime bounds.
+// the lifetime bounds. Building the plugins of an accepted file never
+// panics, and its errors are one line.
 func FuzzConfig(f *testing.F) {
 	f.Add(validFile)
 	f.Add(`server { trust_domain = "example.org" }`)
@@ -30,6 +40,41 @@ func FuzzConfig(f *testing.F) {
 	f.Add(`server { trust_domain = "Example.org" } agent {}`)
 	f.Add("server {\n  trust_domain = \"${x}\"\n}")
 	f.Add(`server { trust_domain = 1 + }`)
+	f.Add(`server {
+  trust_domain = "example.org"
+  plugins {
+    node_attestor "join_token" {}
+    key_manager "disk" { directory = "/var/lib/sigil/keys" }
+  }
+}`)
+	f.Add(`plugins {
+  node_attestor "join_token" {}
+  workload_attestor "unix" {}
+}
+agent {
+  trust_domain   = "example.org"
+  server_address = "127.0.0.1:8081"
+}`)
+	f.Add(`server {
+  key_manager = "memory"
+  plugins {
+    key_manager "disk" { cluster_directory = "" }
+    key_manager "memory" {}
+    node_attestor "join_token" { token = "x" }
+  }
+}`)
+	f.Add(`plugins { key_manager "dsik" {} }
+server {}
+agent {}`)
+	f.Add(`agent {
+  join_token_file = "/t"
+  plugins {
+    node_attestor "x509pop" {}
+    workload_attestor "unix" {}
+    workload_attestor "unix" {}
+  }
+}`)
+	f.Add(`server { plugins { node_attestor {} key_manager "a" "b" {} } }`)
 	f.Fuzz(func(t *testing.T, src string) {
 		file, err := Parse("fuzz.hcl", []byte(src))
 		if err != nil {
@@ -62,6 +107,24 @@ func FuzzConfig(f *testing.F) {
 			if (a.Validate() == nil) != (a.Validate() == nil) {
 				t.Fatal("agent Validate is not deterministic")
 			}
+		}
+		oneLine := func(err error) {
+			if err != nil && strings.Contains(err.Error(), "\n") {
+				t.Fatalf("plugin error of more than one line: %q", err)
+			}
+		}
+		if s := file.Server; s != nil {
+			if blocks, where, err := s.PluginBlocks(); err == nil {
+				_, err = plugin.Build(blocks, where, plugin.Env{Role: plugin.RoleServer, DataDir: "/nonexistent"})
+				oneLine(err)
+			} else {
+				oneLine(err)
+			}
+		}
+		if a := file.Agent; a != nil {
+			blocks, where := a.PluginBlocks()
+			_, err := plugin.Build(blocks, where, plugin.Env{Role: plugin.RoleAgent})
+			oneLine(err)
 		}
 	})
 }

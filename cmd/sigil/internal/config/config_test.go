@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap/zapcore"
 )
 
 const validFile = `
@@ -63,8 +64,15 @@ func TestParse(t *testing.T) {
 					AgentSVIDTTL: 90 * time.Minute, JoinTokenTTL: 10 * time.Minute,
 					Log: Log{Level: "debug", Format: "json"},
 				}
-				if f.Server == nil || *f.Server != want {
-					t.Errorf("server = %+v, want %+v", f.Server, want)
+				// Plugins (what the file says of plugins) is checked in
+				// plugins_test.go.
+				if f.Server == nil || f.Server.Plugins == nil || f.Server.Plugins.Block != nil {
+					t.Fatalf("server plugins = %+v, want a file without a plugins block", f.Server)
+				}
+				got := *f.Server
+				got.Plugins = nil
+				if got != want {
+					t.Errorf("server = %+v, want %+v", got, want)
 				}
 				wantA := Agent{
 					TrustDomain: "example.org", ServerAddress: "127.0.0.1:8081", DataDir: "/var/lib/sigil/agent",
@@ -72,8 +80,13 @@ func TestParse(t *testing.T) {
 					HealthAddress: "127.0.0.1:8082", Log: Log{Level: "warn", Format: "console"},
 					MaxWorkloadConnsPerUID: 512, MaxWorkloadConns: 8192,
 				}
-				if f.Agent == nil || *f.Agent != wantA {
-					t.Errorf("agent = %+v, want %+v", f.Agent, wantA)
+				if f.Agent == nil || f.Agent.Plugins == nil || f.Agent.Plugins.Block != nil {
+					t.Fatalf("agent plugins = %+v, want a file without a plugins block", f.Agent)
+				}
+				gotA := *f.Agent
+				gotA.Plugins = nil
+				if gotA != wantA {
+					t.Errorf("agent = %+v, want %+v", gotA, wantA)
 				}
 			},
 		},
@@ -308,5 +321,21 @@ func TestNewLogger(t *testing.T) {
 
 	if _, err := NewLogger(Log{Level: "verbose"}, "json", nil); err == nil {
 		t.Error("bad level accepted")
+	}
+}
+
+// The console format prints the full date, time and zone of every line.
+func TestConsoleLogFullTimestamp(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := NewLogger(Log{}, "console", &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 3, 4, 7, 30, 41, 0, time.FixedZone("CET", 3600))
+	if err := log.Core().Write(zapcore.Entry{Level: zapcore.InfoLevel, Time: at, Message: "CA expires"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := buf.String(); !strings.HasPrefix(got, "2026-03-04T07:30:41.000+01:00\t") {
+		t.Errorf("console line = %q, want it to start with 2026-03-04T07:30:41.000+01:00", got)
 	}
 }

@@ -23,6 +23,11 @@ func parseLevel(s string) (zapcore.Level, error) {
 	return 0, fmt.Errorf("log_level %q is invalid: want debug, info, warn or error", s)
 }
 
+// consoleTimeLayout is the console format's timestamp: date, time and
+// zone always, so that a time in a message (a certificate's expiry) and
+// the time of the line can be told apart from another day's.
+const consoleTimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
 // NewLogger builds the process logger writing to w (os.Stderr when nil).
 // defaultFormat applies when l.Format is empty: the daemons log JSON,
 // `sigil dev` logs for a terminal.
@@ -47,7 +52,7 @@ func NewLogger(l Log, defaultFormat string, w io.Writer) (*zap.Logger, error) {
 		enc = zapcore.NewJSONEncoder(ec)
 	case "console", "text":
 		ec := zap.NewDevelopmentEncoderConfig()
-		ec.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+		ec.EncodeTime = zapcore.TimeEncoderOfLayout(consoleTimeLayout)
 		enc = zapcore.NewConsoleEncoder(ec)
 	default:
 		return nil, fmt.Errorf("log_format %q is invalid: want json or console", format)
