@@ -71,6 +71,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With(zap.String("trust_domain", cfg.TrustDomain.Name()))
+	if cfg.AuditSink == nil {
+		cfg.AuditSink = audit.NewZap(log)
+	}
 	return &Agent{
 		cfg:         cfg,
 		log:         log,
@@ -473,7 +476,7 @@ func (a *Agent) attest(ctx context.Context) (*identity, *x509bundle.Bundle, erro
 	if err := saveBundle(a.cfg.DataDir, bundle); err != nil {
 		return nil, nil, fmt.Errorf("agent: save bundle: %w", err)
 	}
-	audit.NewZap(a.log).Audit(audit.Event{What: "agent_attested", Subject: id.String(), Message: "node attested",
+	a.cfg.AuditSink.Audit(audit.Event{What: "agent_attested", Subject: id.String(), Message: "node attested",
 		Fields: []audit.Field{
 			audit.String("spiffe_id", id.String()),
 			audit.String("attestation_type", att.Name()),

@@ -29,6 +29,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/attestor/workload/unix"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/workloadapi"
 )
@@ -373,11 +374,19 @@ func TestAgentAttestsPersistsAndRestarts(t *testing.T) {
 	srv := newFakeServer(t)
 	dir := filepath.Join(t.TempDir(), "data")
 	cfg := srv.config(t, dir)
+	var audited []audit.Event
+	var auditMu sync.Mutex
+	cfg.AuditSink = audit.SinkFunc(func(ev audit.Event) { auditMu.Lock(); audited = append(audited, ev); auditMu.Unlock() })
 	r := startAgent(t, cfg)
 	wantID := "spiffe://example.org/sigil/agent/join_token/" + jointoken.AgentIDSegment(srv.token)
 	if got := r.SPIFFEID().String(); got != wantID {
 		t.Fatalf("SPIFFEID = %s, want %s", got, wantID)
 	}
+	auditMu.Lock()
+	if len(audited) != 1 || audited[0].What != "agent_attested" || audited[0].Subject != wantID {
+		t.Errorf("audit events %+v, want one agent_attested for %s", audited, wantID)
+	}
+	auditMu.Unlock()
 	if err := r.Healthy(); err != nil {
 		t.Fatalf("Healthy = %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/workloadapi"
@@ -69,6 +70,9 @@ type Config struct {
 	Logger *zap.Logger
 	// Clock drives expiry, renewal and backoff; nil is the wall clock.
 	Clock clock.Clock
+	// AuditSink receives the agent's audit events (its node attested);
+	// nil writes them to Logger (audit.NewZap).
+	AuditSink audit.Sink
 	// SyncBatchSize is the largest number of CSRs sent in one
 	// BatchNewX509SVID call; DefaultSyncBatchSize when zero.
 	SyncBatchSize int

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/unixsock"
@@ -97,6 +98,11 @@ type Config struct {
 
 	Logger *zap.Logger
 	Clock  clock.Clock
+	// AuditSink receives the server's audit events (identities issued
+	// and refused, attestations, admin and cluster changes); nil writes
+	// them to Logger (audit.NewZap). A sink that adds to the log, for
+	// example an alert feed, is combined with the log with audit.Multi.
+	AuditSink audit.Sink
 }
 
 // DefaultConfig returns a configuration with every default filled in

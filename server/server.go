@@ -31,6 +31,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/raftstore"
@@ -62,6 +63,8 @@ type Server struct {
 
 	nodeLimits nodeLimits // see nodeapi_limits.go; tests may change them before Run
 	nodeGuard  *nodeGuard // set by Run
+
+	auditSink audit.Sink // see audit.go
 }
 
 // New checks cfg and returns a server that Run starts.
@@ -81,6 +84,10 @@ func New(cfg Config) (*Server, error) {
 		ready:      make(chan struct{}),
 		metrics:    newMetrics(),
 		nodeLimits: defaultNodeLimits(),
+	}
+	s.auditSink = cfg.AuditSink
+	if s.auditSink == nil {
+		s.auditSink = audit.NewZap(s.log)
 	}
 	// Verifiers check evidence against the local store before the
 	// server signs or writes anything.
