@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"crypto"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,9 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files of the X.509 state scenarios")
 
 // TestX509StateScenarios runs the scripts in testdata/x509state against an
 // x509State with no jitter (renewal at exactly half-life, backoff at the
@@ -45,48 +42,7 @@ var update = flag.Bool("update", false, "rewrite the golden files of the X.509 s
 //	deny JOB                     MintFinished: PermissionDenied
 //	reset                        ResetRetries
 func TestX509StateScenarios(t *testing.T) {
-	scripts, _ := filepath.Glob("testdata/x509state/*.script")
-	if len(scripts) == 0 {
-		t.Fatal("no scenario scripts")
-	}
-	for _, path := range scripts {
-		name := strings.TrimSuffix(filepath.Base(path), ".script")
-		t.Run(name, func(t *testing.T) {
-			got := runX509Scenario(t, path)
-			golden := strings.TrimSuffix(path, ".script") + ".golden"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("scenario output differs from %s (run with -update after checking):\n%s", golden, lineDiff(string(want), got))
-			}
-		})
-	}
-}
-
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for i := 0; i < max(len(w), len(g)); i++ {
-		var wl, gl string
-		if i < len(w) {
-			wl = w[i]
-		}
-		if i < len(g) {
-			gl = g[i]
-		}
-		if wl != gl {
-			fmt.Fprintf(&b, "line %d:\n  want %q\n  got  %q\n", i+1, wl, gl)
-		}
-	}
-	return b.String()
+	golden.Scripts(t, "testdata/x509state/*.script", runX509Scenario)
 }
 
 type scenario struct {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,9 +17,8 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files of the rotation scenarios")
 
 // fakeBundle is a Publisher that keeps the bundle in memory and can be
 // made to fail.
@@ -57,48 +55,7 @@ func (b *fakeBundle) Unpublish(_ context.Context, s ca.Slot) error {
 // prepare, activate [SEQ], taint SEQ, revoke SEQ, fail-publish on|off,
 // restart (reload from the state file, as after a crash).
 func TestRotationScenarios(t *testing.T) {
-	scripts, _ := filepath.Glob("testdata/rotation/*.script")
-	if len(scripts) == 0 {
-		t.Fatal("no scenario scripts")
-	}
-	for _, path := range scripts {
-		name := strings.TrimSuffix(filepath.Base(path), ".script")
-		t.Run(name, func(t *testing.T) {
-			got := runScenario(t, path)
-			golden := strings.TrimSuffix(path, ".script") + ".golden"
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("scenario output differs from %s (run with -update after checking):\n%s", golden, diff(string(want), got))
-			}
-		})
-	}
-}
-
-func diff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for i := 0; i < max(len(w), len(g)); i++ {
-		var wl, gl string
-		if i < len(w) {
-			wl = w[i]
-		}
-		if i < len(g) {
-			gl = g[i]
-		}
-		if wl != gl {
-			fmt.Fprintf(&b, "line %d:\n  want %q\n  got  %q\n", i+1, wl, gl)
-		}
-	}
-	return b.String()
+	golden.Scripts(t, "testdata/rotation/*.script", runScenario)
 }
 
 func runScenario(t *testing.T, path string) string {
