@@ -408,7 +408,7 @@ func AttrError(body hcl.Body, name, format string, args ...any) error {
 }
 
 // DiagError turns HCL diagnostics into one error: the errors, each as
-// "file:line: summary; detail", joined with "; ".
+// "file:line,column: summary; detail", joined with "; ".
 func DiagError(diags hcl.Diagnostics) error {
 	var msgs []string
 	for _, d := range diags {
@@ -416,8 +416,8 @@ func DiagError(diags hcl.Diagnostics) error {
 			continue
 		}
 		var b strings.Builder
-		if d.Subject != nil {
-			b.WriteString(prefix(*d.Subject))
+		if d.Subject != nil && d.Subject.Filename != "" {
+			fmt.Fprintf(&b, "%s:%d,%d: ", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column)
 		}
 		b.WriteString(d.Summary)
 		if d.Detail != "" {

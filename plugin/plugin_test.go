@@ -110,7 +110,7 @@ func TestBuild(t *testing.T) {
 func TestParseBlocksRefusesUnknownKind(t *testing.T) {
 	f, _ := hclsyntax.ParseConfig([]byte("key_manger \"disk\" {}"), "p.hcl", hcl.Pos{Line: 1, Column: 1})
 	_, err := ParseBlocks(f.Body)
-	if err == nil || !strings.Contains(err.Error(), `p.hcl:1: Unsupported block type`) || !strings.Contains(err.Error(), `Did you mean "key_manager"?`) {
+	if err == nil || !strings.Contains(err.Error(), `p.hcl:1,1: Unsupported block type`) || !strings.Contains(err.Error(), `Did you mean "key_manager"?`) {
 		t.Fatalf("ParseBlocks = %v", err)
 	}
 	f, _ = hclsyntax.ParseConfig([]byte("key_manager {}"), "p.hcl", hcl.Pos{Line: 1, Column: 1})

@@ -196,7 +196,7 @@ func TestPluginConfigErrors(t *testing.T) {
   plugins {
     node_atestor "join_token" {}
   }
-}`, `4: Unsupported block type; Blocks of type "node_atestor" are not expected here. Did you mean "node_attestor"?`},
+}`, `4,5: Unsupported block type; Blocks of type "node_atestor" are not expected here. Did you mean "node_attestor"?`},
 		{"top-level plugins with both daemons", false, `server { trust_domain = "example.org" }
 agent { trust_domain = "example.org" }
 

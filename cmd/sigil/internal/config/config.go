@@ -18,6 +18,8 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-id/sigil/plugin"
 )
 
 // Server holds the settings of `sigil server`. Zero values mean "use the
@@ -161,11 +163,11 @@ func LoadFile(path string) (*File, error) {
 func Parse(filename string, src []byte) (*File, error) {
 	f, diags := hclsyntax.ParseConfig(src, filename, hcl.Pos{Line: 1, Column: 1})
 	if diags.HasErrors() {
-		return nil, diagError(diags)
+		return nil, plugin.DiagError(diags)
 	}
 	var raw hclFile
 	if diags := gohcl.DecodeBody(f.Body, nil, &raw); diags.HasErrors() {
-		return nil, diagError(diags)
+		return nil, plugin.DiagError(diags)
 	}
 	body, ok := f.Body.(*hclsyntax.Body)
 	if !ok {
@@ -271,31 +273,6 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("invalid duration %q: must not be negative", s)
 	}
 	return d, nil
-}
-
-// diagError turns HCL diagnostics into one error. Each diagnostic becomes
-// "file:line,col: summary; detail".
-func diagError(diags hcl.Diagnostics) error {
-	var msgs []string
-	for _, d := range diags {
-		if d.Severity != hcl.DiagError {
-			continue
-		}
-		var b strings.Builder
-		if d.Subject != nil {
-			fmt.Fprintf(&b, "%s:%d,%d: ", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column)
-		}
-		b.WriteString(d.Summary)
-		if d.Detail != "" {
-			b.WriteString("; ")
-			b.WriteString(d.Detail)
-		}
-		msgs = append(msgs, b.String())
-	}
-	if len(msgs) == 0 {
-		return errors.New("config: invalid file")
-	}
-	return errors.New(strings.Join(msgs, "; "))
 }
 
 // ServerFlags are the command-line flags of `sigil server`.

@@ -110,8 +110,8 @@ func TestParsePluginsErrors(t *testing.T) {
 	for _, c := range []struct{ name, src, want string }{
 		{"top level without a daemon", "plugins {\n}\n", `e.hcl:1: a top-level plugins block needs a server or an agent block in the file`},
 		{"two plugins blocks in one daemon", "server {\n  plugins {}\n  plugins {}\n}", `e.hcl:3,3: Duplicate plugins block`},
-		{"attribute in plugins", "server {\n  plugins {\n    key_manager = \"disk\"\n  }\n}", `e.hcl:3: Unsupported argument`},
-		{"plugin without a name", "agent {\n  plugins {\n    workload_attestor {}\n  }\n}", `e.hcl:3: Missing name for workload_attestor`},
+		{"attribute in plugins", "server {\n  plugins {\n    key_manager = \"disk\"\n  }\n}", `e.hcl:3,5: Unsupported argument`},
+		{"plugin without a name", "agent {\n  plugins {\n    workload_attestor {}\n  }\n}", `e.hcl:3,23: Missing name for workload_attestor`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Parse("e.hcl", []byte(c.src))
