@@ -38,45 +38,62 @@ command line override the file.`,
 		Example: `  sigil server -config /etc/sigil/server.hcl
   sigil server -trust-domain example.org -data-dir /var/lib/sigil/server`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			settings := &config.Server{}
-			if path != "" {
-				f, err := config.LoadFile(path)
+		RunE: daemonRun(&path, "server", func(f *config.File) *config.Server { return f.Server },
+			func(settings *config.Server) (config.Log, []string, error) {
+				flags.Apply(settings)
+				if err := settings.Validate(); err != nil {
+					return config.Log{}, nil, err
+				}
+				return settings.Log, flags.Warnings(), settings.ResolveJoinSecret(os.Getenv)
+			},
+			func(ctx context.Context, settings *config.Server, log *zap.Logger) error {
+				cfg, err := serverConfig(settings, log)
 				if err != nil {
 					return err
 				}
-				if f.Server == nil {
-					return fmt.Errorf("%s has no server block", path)
-				}
-				settings = f.Server
-			}
-			flags.Apply(settings)
-			if err := settings.Validate(); err != nil {
-				return err
-			}
-			if err := settings.ResolveJoinSecret(os.Getenv); err != nil {
-				return err
-			}
-			log, err := config.NewLogger(settings.Log, "json", cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer log.Sync() //nolint:errcheck // stderr may not support sync
-			for _, w := range flags.Warnings() {
-				log.Warn(w)
-			}
-			cfg, err := serverConfig(settings, log)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return runServer(ctx, cfg, log)
-		},
+				return runServer(ctx, cfg, log)
+			}),
 	}
 	cmd.Flags().StringVar(&path, "config", "", "HCL configuration file with a server block")
 	flags = config.NewServerFlags(cmd.Flags())
 	return cmd
+}
+
+// daemonRun is the body of `sigil server` and `sigil agent`: it reads the
+// daemon's block of the -config file at *path (or starts from empty
+// settings), lets prepare apply the flags, validate and resolve secrets
+// (it returns the log settings and the flags' warnings), builds the
+// logger and runs the daemon until SIGINT or SIGTERM.
+func daemonRun[S any](path *string, block string, fromFile func(*config.File) *S,
+	prepare func(*S) (config.Log, []string, error), run func(context.Context, *S, *zap.Logger) error,
+) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		settings := new(S)
+		if *path != "" {
+			f, err := config.LoadFile(*path)
+			if err != nil {
+				return err
+			}
+			if settings = fromFile(f); settings == nil {
+				return fmt.Errorf("%s has no %s block", *path, block)
+			}
+		}
+		logSettings, warnings, err := prepare(settings)
+		if err != nil {
+			return err
+		}
+		log, err := config.NewLogger(logSettings, "json", cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		defer log.Sync() //nolint:errcheck // stderr may not support sync
+		for _, w := range warnings {
+			log.Warn(w)
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return run(ctx, settings, log)
+	}
 }
 
 // serverConfig turns the command-line settings into a server.Config on top
@@ -166,41 +183,21 @@ through a server's admin socket.`,
   sigil agent -trust-domain example.org -server-address 10.0.0.1:8081 -trust-bundle-path bundle.pem -join-token-file /etc/sigil/join-token
   sigil agent list`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			settings := &config.Agent{}
-			if path != "" {
-				f, err := config.LoadFile(path)
+		RunE: daemonRun(&path, "agent", func(f *config.File) *config.Agent { return f.Agent },
+			func(settings *config.Agent) (config.Log, []string, error) {
+				flags.Apply(settings)
+				if err := settings.Validate(); err != nil {
+					return config.Log{}, nil, err
+				}
+				return settings.Log, flags.Warnings(), settings.ResolveJoinToken(os.Getenv)
+			},
+			func(ctx context.Context, settings *config.Agent, log *zap.Logger) error {
+				cfg, err := agentConfig(settings, log)
 				if err != nil {
 					return err
 				}
-				if f.Agent == nil {
-					return fmt.Errorf("%s has no agent block", path)
-				}
-				settings = f.Agent
-			}
-			flags.Apply(settings)
-			if err := settings.Validate(); err != nil {
-				return err
-			}
-			if err := settings.ResolveJoinToken(os.Getenv); err != nil {
-				return err
-			}
-			log, err := config.NewLogger(settings.Log, "json", cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer log.Sync() //nolint:errcheck // stderr may not support sync
-			for _, w := range flags.Warnings() {
-				log.Warn(w)
-			}
-			cfg, err := agentConfig(settings, log)
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return runAgent(ctx, cfg, settings.HealthAddress, log)
-		},
+				return runAgent(ctx, cfg, settings.HealthAddress, log)
+			}),
 	}
 	cmd.Flags().StringVar(&path, "config", "", "HCL configuration file with an agent block")
 	flags = config.NewAgentFlags(cmd.Flags())
