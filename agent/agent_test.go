@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ import (
 	"github.com/sigil-id/sigil/attestor/workload/unix"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/workloadapi"
 )
 
@@ -522,16 +524,13 @@ func TestAgentHoldsSVIDUntilCAIsInBundle(t *testing.T) {
 		t.Fatalf("identities %v", ids(s))
 	}
 	srv.upsert(entry("e3", "db", 1, "uid:2"))
-	deadline := time.Now().Add(time.Second)
-	for time.Now().Before(deadline) {
+	eventually.True(t, 10*time.Second, func() bool {
 		srv.mu.Lock()
+		defer srv.mu.Unlock()
 		_, issued := srv.issuedKeys["e3"]
-		srv.mu.Unlock()
-		if issued {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return issued
+	}, "the agent did not have e3's SVID signed by the new CA")
+	// The SVID exists; none reaches the subscriber in this window.
 	select {
 	case s := <-sub.Updates():
 		t.Fatalf("SVID handed out before its CA is in the bundle: %v", ids(s))
@@ -553,11 +552,41 @@ func TestAgentHoldsSVIDUntilCAIsInBundle(t *testing.T) {
 	r.stop(t)
 }
 
+// agentClockInPast is a fake clock for tests that move the agent SVID
+// past its renewal time. Both ends of the node API's TLS check the
+// certificates against the wall clock, so an SVID issued at fake time
+// must not start in the wall clock's future: the fake clock starts half
+// an hour in the past and the test moves it less than that.
+func agentClockInPast() *clock.Fake {
+	return clock.NewFake(time.Now().Add(-30 * time.Minute))
+}
+
+// agentRenewalTTL is the agent SVID lifetime for those tests: renewal is
+// due 20 to 24 minutes in (RenewAt), well before it expires, and
+// agentRenewalDue moves the fake clock past it, still behind the wall
+// clock.
+const (
+	agentRenewalTTL = 40 * time.Minute
+	agentRenewalDue = 25 * time.Minute
+)
+
+// waitAgentLoopOnClock waits until the agent's loops are blocked on clk
+// (the agent SVID's renewal timer), so that advancing clk fires it.
+func waitAgentLoopOnClock(t *testing.T, clk *clock.Fake) {
+	t.Helper()
+	eventually.True(t, 10*time.Second, func() bool { return clk.Waiters() > 0 },
+		"the agent did not start its renewal timer")
+}
+
 func TestAgentRenewsItsSVID(t *testing.T) {
 	srv := newFakeServer(t)
-	srv.agentTTL = 3 * time.Second
+	clk := agentClockInPast()
+	srv.now = clk.Now
+	srv.agentTTL = agentRenewalTTL
 	dir := t.TempDir()
-	r := startAgent(t, srv.config(t, dir))
+	cfg := srv.config(t, dir)
+	cfg.Clock = clk
+	r := startAgent(t, cfg)
 	// Read the saved SVID without loadIdentity, which would complete (and
 	// so race with) a save in progress.
 	savedSerial := func() string {
@@ -578,17 +607,18 @@ func TestAgentRenewsItsSVID(t *testing.T) {
 	srv.mu.Lock()
 	srv.agentTTL = time.Hour
 	srv.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitAgentLoopOnClock(t, clk)
+	if _, renew, _ := srv.counts(); renew != 0 {
+		t.Fatalf("%d renew calls before the renewal time", renew)
+	}
+	clk.Add(agentRenewalDue)
+	eventually.NoError(t, 10*time.Second, func() error {
 		_, renew, syncs := srv.counts()
 		if cur := savedSerial(); renew >= 1 && cur != "" && cur != first && syncs >= 2 {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent SVID not renewed (renew calls %d, sync calls %d)", renew, syncs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("agent SVID not renewed (renew calls %d, sync calls %d)", renew, syncs)
+	})
 	// The renewed identity is in use: minting works on the new connection.
 	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:3")})
 	defer sub.Close()
@@ -602,22 +632,24 @@ func TestAgentRenewsItsSVID(t *testing.T) {
 
 func TestAgentReportsBan(t *testing.T) {
 	srv := newFakeServer(t)
-	srv.agentTTL = 2 * time.Second
-	r := startAgent(t, srv.config(t, t.TempDir()))
+	clk := agentClockInPast()
+	srv.now = clk.Now
+	srv.agentTTL = agentRenewalTTL
+	cfg := srv.config(t, t.TempDir())
+	cfg.Clock = clk
+	r := startAgent(t, cfg)
 	srv.mu.Lock()
 	srv.banned = true
 	srv.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitAgentLoopOnClock(t, clk)
+	clk.Add(agentRenewalDue)
+	eventually.NoError(t, 10*time.Second, func() error {
 		err := r.Healthy()
 		if err != nil && strings.Contains(err.Error(), "evicted or banned") {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Healthy = %v, want an eviction error", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("Healthy = %v, want an eviction error", err)
+	})
 	r.stop(t)
 }
 

@@ -27,6 +27,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // nodeAttackServer starts a server like startServer, with its clock and
@@ -275,12 +276,12 @@ func TestNodeAttackRateLimit(t *testing.T) {
 // attestation in flight: the count drops when gRPC ends a call's context.
 func nodeAttackNoneInFlight(t *testing.T, g *nodeGuard) {
 	t.Helper()
-	for i := 0; g.attestsInFlight() != 0 && i < 500; i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := g.attestsInFlight(); n != 0 {
-		t.Fatalf("%d attestations still counted in flight", n)
-	}
+	eventually.NoError(t, 10*time.Second, func() error {
+		if n := g.attestsInFlight(); n != 0 {
+			return fmt.Errorf("%d attestations still counted in flight", n)
+		}
+		return nil
+	})
 }
 
 // TestNodeAttackAttestsInFlight: a caller that opens attestation calls
@@ -304,9 +305,12 @@ func TestNodeAttackAttestsInFlight(t *testing.T) {
 		}
 	}
 	g := h.srv.nodeGuard
-	for i := 0; g.attestsInFlight() < 2 && i < 500; i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.NoError(t, 10*time.Second, func() error {
+		if n := g.attestsInFlight(); n < 2 {
+			return fmt.Errorf("%d attestations in flight, want the 2 open calls", n)
+		}
+		return nil
+	})
 	if n := g.attestsInFlight(); n != 2 {
 		t.Fatalf("%d attestations in flight, want the 2 open calls", n)
 	}
@@ -348,22 +352,22 @@ func TestNodeAttackUnauthenticatedConnections(t *testing.T) {
 	c2.Close()
 	// The server notices the close; then there is room again.
 	var c4 *tls.Conn
-	for i := 0; i < 100; i++ {
-		if c4, err = dialTLS(); err == nil {
-			break
+	eventually.NoError(t, 10*time.Second, func() (err error) {
+		if c4, err = dialTLS(); err != nil {
+			return fmt.Errorf("no room after a connection closed: %w", err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("no room after a connection closed: %v", err)
-	}
+		return nil
+	})
 	defer c4.Close()
 
 	// At the end of its lifetime the server closes an idle connection.
 	// c1, c2 and c4 each started a lifetime timer.
-	for i := 0; clk.Waiters() < base+3 && i < 500; i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.NoError(t, 10*time.Second, func() error {
+		if n := clk.Waiters() - base; n < 3 {
+			return fmt.Errorf("%d connection lifetime timers started, want 3", n)
+		}
+		return nil
+	})
 	clk.Add(h.srv.nodeLimits.UnauthConnLifetime)
 	c1.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 4096)

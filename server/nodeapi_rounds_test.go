@@ -19,6 +19,7 @@ import (
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // hmacName is the attestation type of the test-only challenge-response
@@ -273,12 +274,8 @@ func TestAttestStreamStalledCallerCutOff(t *testing.T) {
 			}
 		}
 		// The handler has started its timer (a new clock waiter).
-		for i := 0; clk.Waiters() <= waiters && i < 500; i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if clk.Waiters() <= waiters {
-			t.Fatal("the attestation did not start its time bound")
-		}
+		eventually.True(t, 10*time.Second, func() bool { return clk.Waiters() > waiters },
+			"the attestation did not start its time bound")
 		if n := g.attestsInFlight(); n != 1 {
 			t.Fatalf("%d attestations in flight, want the stalled one", n)
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // freeAddr returns a loopback address that was free a moment ago.
@@ -31,21 +33,21 @@ func freeAddr(t *testing.T) string {
 
 func waitStatus(t *testing.T, url string, want int) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var body string
+	eventually.NoError(t, 30*time.Second, func() error {
 		resp, err := http.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == want {
-				return string(body)
-			}
+		if err != nil {
+			return fmt.Errorf("%s did not answer %d (last: %w)", url, want, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer %d within 30s (last: %v)", url, want, err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			return fmt.Errorf("%s did not answer %d (last: %d)", url, want, resp.StatusCode)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		body = string(b)
+		return nil
+	})
+	return body
 }
 
 // TestDaemons runs the server and agent the way `sigil server` and
