@@ -5,8 +5,6 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
-
-
 )
 
 // FuzzJoinSecret: ParseJoinSecret never panics, never accepts a secret
@@ -49,4 +47,3 @@ func FuzzJoinSecret(f *testing.F) {
 		}
 	})
 }
-

@@ -351,4 +351,3 @@ func joinEqualDERs(a, b [][]byte) bool {
 	}
 	return true
 }
-

@@ -168,10 +168,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		rcfg.Transport = trans
 		rcfg.Bootstrap = len(s.cfg.JoinAddresses) == 0 && !s.cfg.NoBootstrap
-		rcfg.HeartbeatTimeout = s.cfg.RaftHeartbeatTimeout
-		if rcfg.HeartbeatTimeout == 0 {
-			rcfg.HeartbeatTimeout = cluster.DefaultRaftTimeout
-		}
+		rcfg.HeartbeatTimeout = s.raftTimeout()
 	}
 	store, err := raftstore.Open(rcfg)
 	if err != nil {
@@ -286,6 +283,16 @@ func (s *Server) Run(ctx context.Context) error {
 		nodeSrv.Stop()
 	}
 	return runErr
+}
+
+// raftTimeout is Raft's heartbeat and election timeout on the cluster
+// port: RaftHeartbeatTimeout, or cluster.DefaultRaftTimeout (see package
+// cluster, "Raft timing").
+func (s *Server) raftTimeout() time.Duration {
+	if s.cfg.RaftHeartbeatTimeout > 0 {
+		return s.cfg.RaftHeartbeatTimeout
+	}
+	return cluster.DefaultRaftTimeout
 }
 
 // adminSocketOptions: the admin socket's 0700 directory is the admin API's
