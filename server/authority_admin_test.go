@@ -59,10 +59,22 @@ func TestAuthorityAdminLifecycle(t *testing.T) {
 
 	// Bad requests.
 	for name, call := range map[string]func() error{
-		"unknown kind":        func() error { _, err := h.auth.PrepareAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "rsa"}); return err },
-		"taint without ID":    func() error { _, err := h.auth.TaintAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "x509"}); return err },
-		"revoke without ID":   func() error { _, err := h.auth.RevokeAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "jwt"}); return err },
-		"activate without ID": func() error { _, err := h.auth.ActivateAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "x509"}); return err },
+		"unknown kind": func() error {
+			_, err := h.auth.PrepareAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "rsa"})
+			return err
+		},
+		"taint without ID": func() error {
+			_, err := h.auth.TaintAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "x509"})
+			return err
+		},
+		"revoke without ID": func() error {
+			_, err := h.auth.RevokeAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "jwt"})
+			return err
+		},
+		"activate without ID": func() error {
+			_, err := h.auth.ActivateAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "x509"})
+			return err
+		},
 	} {
 		want := codes.InvalidArgument
 		if name == "activate without ID" {
