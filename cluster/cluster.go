@@ -496,7 +496,7 @@ func (c *Cluster) dropConns(keep map[string]bool) {
 	}
 }
 
-// conns returns the number of pooled connections (tests).
+// pooled returns the pooled connections by address (tests).
 func (c *Cluster) pooled() map[string]*grpc.ClientConn {
 	c.connsMu.Lock()
 	defer c.connsMu.Unlock()
