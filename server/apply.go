@@ -9,15 +9,15 @@ import (
 
 // apply commits a command to the replicated store and returns its result.
 // Every write of the server goes through here. On a follower the command
-// is forwarded to the leader (see cluster.apply); a nil error means it is
+// is forwarded to the leader (see cluster.Cluster.Apply); a nil error means it is
 // committed, and applied on this server too, so the caller reads its own
 // write.
 func (s *Server) apply(ctx context.Context, cmd *storepb.Command) (*storepb.CommandResult, error) {
 	if s.cluster != nil {
-		return s.cluster.apply(ctx, cmd)
+		return s.cluster.Apply(ctx, cmd)
 	}
 	start := time.Now()
 	res, err := s.store.Apply(ctx, cmd)
-	s.metrics.observeCommit(time.Since(start), err)
+	s.metrics.ObserveCommit(time.Since(start), err)
 	return res, err
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/cluster"
 	"github.com/sigil-id/sigil/internal/clusterpb"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
@@ -60,8 +61,8 @@ func (a *clusterAdminAPI) Members(ctx context.Context, req *sigilv1.MembersReque
 		if m.ID == s.cfg.NodeName {
 			pm.Healthy, pm.AppliedIndex, pm.State = true, s.store.LastIndex(), st.State
 		} else if s.cluster != nil {
-			if h, ok := s.cluster.memberHealth(m.ID); ok && h.ok && h.status != nil {
-				pm.Healthy, pm.AppliedIndex, pm.State = true, h.status.AppliedIndex, h.status.State
+			if h, ok := s.cluster.MemberHealth(m.ID); ok && h.OK && h.Status != nil {
+				pm.Healthy, pm.AppliedIndex, pm.State = true, h.Status.AppliedIndex, h.Status.State
 			}
 		}
 		out.Members = append(out.Members, pm)
@@ -80,7 +81,10 @@ func (a *clusterAdminAPI) Join(ctx context.Context, req *sigilv1.ClusterJoinRequ
 	if s.store.HasConfiguration() {
 		return nil, status.Error(codes.FailedPrecondition, "this server is already in a cluster")
 	}
-	if err := s.cluster.join(ctx, req.Addresses); err != nil {
+	if err := s.cluster.Join(ctx, req.Addresses); err != nil {
+		if errors.Is(err, cluster.ErrJoinRefused) {
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	_, id := s.store.Leader()
@@ -119,7 +123,7 @@ func (a *clusterAdminAPI) leaderConn() (*grpc.ClientConn, error) {
 	if addr == "" {
 		return nil, status.Error(codes.Unavailable, "the cluster has no leader")
 	}
-	cc, err := a.s.cluster.conn(string(addr))
+	cc, err := a.s.cluster.Conn(addr)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "connecting to the leader %s: %v", id, err)
 	}
@@ -236,7 +240,7 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 				certs = append(certs, c)
 			}
 		}
-		s.cluster.addExtra(certs)
+		s.cluster.TrustExtra(certs)
 	}
 	snap, err := s.store.RestoreSnapshot(ctx, &buf)
 	if err != nil {
@@ -267,7 +271,7 @@ const maxRestoreBytes = 1 << 30
 // consistentRead makes the following reads linearizable.
 func (s *Server) consistentRead(ctx context.Context) error {
 	if s.cluster != nil {
-		return s.cluster.consistentRead(ctx)
+		return s.cluster.ConsistentRead(ctx)
 	}
 	_, err := s.store.ReadIndex(ctx)
 	return err

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sigil-id/sigil/cluster"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -73,7 +74,8 @@ func (s *Server) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 }
 
-func (m *metrics) observeCommit(d time.Duration, err error) {
+// ObserveCommit records a write's commit time (cluster.Metrics).
+func (m *metrics) ObserveCommit(d time.Duration, err error) {
 	res := "ok"
 	if err != nil {
 		res = "error"
@@ -125,24 +127,25 @@ func (m *metrics) raftLoop(ctx context.Context, store *raftstore.Store) {
 	}
 }
 
-func (m *metrics) observeCluster(c *cluster, members []raftstore.Member) {
+// ObserveMembers records the members' health after a round of probes
+// (cluster.Metrics).
+func (m *metrics) ObserveMembers(self string, applied uint64, members []raftstore.Member, health func(string) (cluster.MemberHealth, bool)) {
 	m.members.Set(float64(len(members)))
-	own := c.s.store.LastIndex()
 	for _, mem := range members {
-		if mem.ID == c.s.cfg.NodeName {
+		if mem.ID == self {
 			m.memberHealthy.WithLabelValues(mem.ID).Set(1)
 			m.memberLag.WithLabelValues(mem.ID).Set(0)
 			continue
 		}
-		h, ok := c.memberHealth(mem.ID)
-		if !ok || !h.ok {
+		h, ok := health(mem.ID)
+		if !ok || !h.OK {
 			m.memberHealthy.WithLabelValues(mem.ID).Set(0)
 			continue
 		}
 		m.memberHealthy.WithLabelValues(mem.ID).Set(1)
 		lag := float64(0)
-		if h.status != nil && own > h.status.AppliedIndex {
-			lag = float64(own - h.status.AppliedIndex)
+		if h.Status != nil && applied > h.Status.AppliedIndex {
+			lag = float64(applied - h.Status.AppliedIndex)
 		}
 		m.memberLag.WithLabelValues(mem.ID).Set(lag)
 	}

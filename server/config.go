@@ -93,7 +93,7 @@ type Config struct {
 	// wait for `sigil cluster join` instead of bootstrapping.
 	NoBootstrap bool
 	// RaftHeartbeatTimeout is Raft's heartbeat and election timeout on
-	// the network; zero is 1s.
+	// the network; zero is cluster.DefaultRaftTimeout (5s).
 	RaftHeartbeatTimeout time.Duration
 
 	Logger *zap.Logger

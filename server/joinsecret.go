@@ -82,3 +82,16 @@ func ParseJoinSecret(s string) ([]byte, error) {
 	}
 	return key, nil
 }
+
+// joinKey returns the key of a join secret; nil (joins refused) when the
+// secret is empty or not valid (Config.Validate refuses those).
+func joinKey(secret string) []byte {
+	if secret == "" {
+		return nil
+	}
+	key, err := ParseJoinSecret(secret)
+	if err != nil {
+		return nil
+	}
+	return key
+}

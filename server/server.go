@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
@@ -33,6 +34,7 @@ import (
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/cluster"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
@@ -47,7 +49,7 @@ type Server struct {
 	verifiers map[string]node.Verifier
 
 	store   *raftstore.Store
-	cluster *cluster // nil for a single server without a cluster port
+	cluster *cluster.Cluster // nil for a single server without a cluster port
 	metrics *metrics
 	auth    *authorities // see authority.go; read through s.x509CA() and s.jwtSigner()
 
@@ -65,6 +67,12 @@ type Server struct {
 	nodeGuard  *nodeGuard // set by Run
 
 	auditSink audit.Sink // see audit.go
+
+	// Tests may set these before Run: Raft's transport instead of the
+	// cluster port (an in-memory transport whose addresses are the
+	// cluster addresses), and changes to the cluster's tuning.
+	raftTransport raft.Transport
+	clusterTuning func(*cluster.Config)
 }
 
 // New checks cfg and returns a server that Run starts.
@@ -141,12 +149,30 @@ func (s *Server) Bundle() []*x509.Certificate {
 	return b.X509Authorities()
 }
 
-// Run starts the server and blocks until ctx is done.
+// Run starts the server and blocks until ctx is done. It returns an error
+// if the server cannot start: a port or the admin socket is taken (found
+// before any state is written), the data directory is unusable, or the
+// join through JoinAddresses was refused for good (cluster.ErrJoinRefused,
+// e.g. a join secret that differs from the cluster's).
 func (s *Server) Run(ctx context.Context) error {
-	// Refuse an unsafe or taken admin socket path before writing any
-	// state; listenAdmin checks again.
+	// Refuse an unsafe or taken admin socket path, and take the node API
+	// and cluster ports, before writing any state: a server that cannot
+	// start leaves a new data directory empty. listenAdmin checks the
+	// socket again.
 	if err := unixsock.Check(s.cfg.AdminSocket, adminSocketOptions(s.cfg.DataDir)); err != nil {
 		return fmt.Errorf("server: %w", err)
+	}
+	nodeLis, err := net.Listen("tcp", s.cfg.BindAddress)
+	if err != nil {
+		return fmt.Errorf("server: node API listen: %w", err)
+	}
+	defer nodeLis.Close()
+	var clusterLis net.Listener
+	if s.cfg.ClusterAddress != "" {
+		if clusterLis, err = net.Listen("tcp", s.cfg.ClusterAddress); err != nil {
+			return fmt.Errorf("server: cluster listen: %w", err)
+		}
+		defer clusterLis.Close()
 	}
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
@@ -158,16 +184,19 @@ func (s *Server) Run(ctx context.Context) error {
 	rcfg.Bootstrap = true
 	rcfg.Logger = s.log.Named("raft")
 	rcfg.Clock = s.cfg.Clock
-	if s.cfg.ClusterAddress != "" {
-		s.cluster = newCluster(s)
-		defer s.cluster.stop()
-		trans, err := s.cluster.start(ctx)
+	if clusterLis != nil {
+		defer func() {
+			if s.cluster != nil {
+				s.cluster.Close()
+			}
+		}()
+		trans, err := s.startCluster(ctx, clusterLis)
 		if err != nil {
 			return err
 		}
 		rcfg.Transport = trans
 		rcfg.Bootstrap = len(s.cfg.JoinAddresses) == 0 && !s.cfg.NoBootstrap
-		rcfg.HeartbeatTimeout = s.cfg.RaftHeartbeatTimeout
+		rcfg.HeartbeatTimeout = s.raftTimeout()
 	}
 	store, err := raftstore.Open(rcfg)
 	if err != nil {
@@ -206,17 +235,23 @@ func (s *Server) Run(ctx context.Context) error {
 	go s.metrics.raftLoop(ctx, store)
 
 	if s.cluster != nil {
-		s.cluster.store.Store(store)
-		if err := s.cluster.joinAtStart(ctx); err != nil {
-			return err
+		s.cluster.SetStore(store)
+		if err := s.cluster.JoinAtStart(ctx); err != nil {
+			return fmt.Errorf("server: %w", err)
 		}
 	}
 	if err := s.waitForLeader(ctx); err != nil {
 		return err
 	}
 	if s.cluster != nil {
-		if err := s.cluster.publishIdentity(ctx); err != nil {
-			return err
+		// A restarted follower knows the leader before it has applied the
+		// log: catch up first, so that what follows (the CA, the bundle
+		// checks of the rotation loop) reads the current state.
+		if err := s.cluster.ConsistentRead(ctx); err != nil {
+			s.log.Warn("catching up with the leader", zap.Error(err))
+		}
+		if err := s.cluster.PublishIdentity(ctx); err != nil {
+			return fmt.Errorf("server: %w", err)
 		}
 	}
 
@@ -227,10 +262,6 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 
-	nodeLis, err := net.Listen("tcp", s.cfg.BindAddress)
-	if err != nil {
-		return fmt.Errorf("server: node API listen: %w", err)
-	}
 	s.nodeAddr.Store(nodeLis.Addr())
 
 	// The node API is open to the network: nodeGuard bounds what a caller
@@ -253,8 +284,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	go func() { errc <- nodeSrv.Serve(nodeLis) }()
 	if s.cluster != nil {
-		go s.cluster.bundleLoop(ctx)
-		go s.cluster.healthLoop(ctx)
+		s.cluster.Run(ctx)
 	}
 	go s.svidRotationLoop(ctx)
 	go s.rotationLoop(ctx)
@@ -281,6 +311,16 @@ func (s *Server) Run(ctx context.Context) error {
 		nodeSrv.Stop()
 	}
 	return runErr
+}
+
+// raftTimeout is Raft's heartbeat and election timeout on the cluster
+// port: RaftHeartbeatTimeout, or cluster.DefaultRaftTimeout (see package
+// cluster, "Raft timing").
+func (s *Server) raftTimeout() time.Duration {
+	if s.cfg.RaftHeartbeatTimeout > 0 {
+		return s.cfg.RaftHeartbeatTimeout
+	}
+	return cluster.DefaultRaftTimeout
 }
 
 // adminSocketOptions: the admin socket's 0700 directory is the admin API's

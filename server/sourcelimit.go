@@ -2,47 +2,22 @@ package server
 
 import (
 	"net"
-	"net/netip"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/sigil-id/sigil/internal/sourcelimit"
 )
 
 // sourceKey is the rate-limit key of a peer address, for the join limits
-// and the node API limits alike: the IP address, or its /64 for IPv6 (one
-// host commonly holds a whole /64).
-func sourceKey(addr net.Addr) string {
-	var s string
-	if addr != nil {
-		s = addr.String()
-	}
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		if host, _, err := net.SplitHostPort(s); err == nil {
-			return host
-		}
-		return s
-	}
-	ip := ap.Addr().Unmap()
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.String()
-	}
-	return ip.String()
-}
+// and the node API limits alike (sourcelimit.Key).
+func sourceKey(addr net.Addr) string { return sourcelimit.Key(addr) }
 
-// newBucket returns a full token bucket of burst tokens that refills at r
-// tokens per second. Its callers drive it with their (injectable) clock:
-// AllowN, ReserveN and TokensAt with an explicit time.
-func newBucket(r float64, burst int) *rate.Limiter {
-	return rate.NewLimiter(rate.Limit(r), burst)
-}
+// newBucket returns a full token bucket (sourcelimit.NewBucket).
+func newBucket(r float64, burst int) *rate.Limiter { return sourcelimit.NewBucket(r, burst) }
 
-// bucketFull reports whether b is full at now, so that replacing it with a
-// new bucket changes nothing.
-func bucketFull(b *rate.Limiter, now time.Time) bool {
-	return b.TokensAt(now) >= float64(b.Burst())
-}
+// bucketFull reports whether b is full at now (sourcelimit.BucketFull).
+func bucketFull(b *rate.Limiter, now time.Time) bool { return sourcelimit.BucketFull(b, now) }
 
 // sourceState is the state a limiter keeps of one source address (a
 // pointer).

@@ -64,24 +64,3 @@ func TestSourceTableSweepsEveryTimeWithoutGap(t *testing.T) {
 		t.Fatalf("%d sources tracked, bound is 1", len(tab.m))
 	}
 }
-
-// A failed proof makes the buckets go below zero, but concurrent failures
-// do not pile up debt beyond the penalty: that would lock out every
-// joiner for long.
-func TestJoinPenaltyDebtBounded(t *testing.T) {
-	now := time.Unix(1_700_000_000, 0)
-	b := &joinBucket{bucket: newBucket(joinGlobalRate, joinGlobalBurst)}
-	b.penalize(now)
-	if got, want := b.bucket.TokensAt(now), joinGlobalBurst-joinFailPenalty; got != want {
-		t.Fatalf("%v tokens after one penalty, want %v", got, want)
-	}
-	for range 20 {
-		b.penalize(now)
-	}
-	if got := b.bucket.TokensAt(now); got != -joinFailPenalty {
-		t.Fatalf("%v tokens after many penalties, want %v", got, -joinFailPenalty)
-	}
-	if w, want := b.wait(now), time.Duration((1+joinFailPenalty)/joinGlobalRate*float64(time.Second)); w != want {
-		t.Fatalf("wait %v, want %v", w, want)
-	}
-}

@@ -304,7 +304,7 @@ func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
 	fs.StringVar(&f.val.JoinSecret, "join-secret", "", "cluster join secret; visible to every local user: prefer -join-secret-file or SIGIL_JOIN_SECRET")
 	fs.StringVar(&f.val.JoinSecretFile, "join-secret-file", "", "file (mode 0600) holding the cluster join secret")
 	fs.BoolVar(&f.val.NoBootstrap, "no-bootstrap", false, "with no Raft state and nothing to join, wait for 'sigil cluster join' instead of bootstrapping")
-	fs.DurationVar(&f.val.RaftHeartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat and election timeout (default 1s)")
+	fs.DurationVar(&f.val.RaftHeartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat and election timeout (default 5s)")
 	addLogFlags(fs, &f.val.Log)
 	return f
 }

@@ -1,4 +1,4 @@
-package server
+package cluster
 
 // The join protocol.
 //
@@ -77,6 +77,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/sourcelimit"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
@@ -95,19 +96,6 @@ const (
 var errJoinUnauthenticated = errors.New("the server did not prove that it holds the join secret: " +
 	"it is not a server of this cluster, or its join_secret differs from this server's " +
 	"(nothing derived from the secret was sent to it)")
-
-// joinKey returns the key of a join secret; nil (joins refused) when the
-// secret is empty or not valid (Config.Validate refuses those).
-func joinKey(secret string) []byte {
-	if secret == "" {
-		return nil
-	}
-	key, err := ParseJoinSecret(secret)
-	if err != nil {
-		return nil
-	}
-	return key
-}
 
 // joinMAC is HMAC-SHA256 over the label and the length-prefixed fields.
 func joinMAC(key []byte, label, td, node string, nonce, ekm []byte) []byte {
@@ -139,12 +127,12 @@ func checkJoinHello(td spiffeid.TrustDomain, node string, nonce []byte) error {
 // joinGate runs the checks every join RPC starts with: joins enabled, the
 // rate limit, a TLS connection. It returns the connection's exporter and
 // the caller's source address.
-func (c *cluster) joinGate(ctx context.Context, method string) (ekm []byte, src string, err error) {
-	if len(c.secret) == 0 {
+func (c *Cluster) joinGate(ctx context.Context, method string) (ekm []byte, src string, err error) {
+	if len(c.cfg.JoinKey) == 0 {
 		return nil, "", status.Error(codes.PermissionDenied, "this server does not accept joins (no join_secret)")
 	}
 	if p, ok := peer.FromContext(ctx); ok {
-		src = sourceKey(p.Addr)
+		src = sourcelimit.Key(p.Addr)
 	}
 	if d := c.joinLimit.allow(src); !d.ok {
 		scope := "from " + src
@@ -176,11 +164,11 @@ func (a *clusterAPI) JoinChallenge(ctx context.Context, req *clusterpb.JoinChall
 	if err != nil {
 		return nil, err
 	}
-	if err := checkJoinHello(c.s.td, req.NodeName, req.Nonce); err != nil {
+	if err := checkJoinHello(c.cfg.TrustDomain, req.NodeName, req.Nonce); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "join challenge: %v", err)
 	}
 	return &clusterpb.JoinChallengeResponse{
-		Proof: joinMAC(c.secret, joinLabelResponder, c.s.td.Name(), req.NodeName, req.Nonce, ekm),
+		Proof: joinMAC(c.cfg.JoinKey, joinLabelResponder, c.cfg.TrustDomain.Name(), req.NodeName, req.Nonce, ekm),
 	}, nil
 }
 
@@ -192,12 +180,12 @@ func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clu
 	if err != nil {
 		return nil, err
 	}
-	if err := checkJoinHello(c.s.td, req.NodeName, req.Nonce); err != nil {
+	if err := checkJoinHello(c.cfg.TrustDomain, req.NodeName, req.Nonce); err != nil {
 		c.joinLimit.penalize(src)
 		c.log.Warn("join refused: bad request", zap.Bool("audit", true), zap.String("source", src), zap.Error(err))
 		return nil, status.Errorf(codes.InvalidArgument, "join: %v (is the joining server older than this one?)", err)
 	}
-	if !hmac.Equal(req.Proof, joinMAC(c.secret, joinLabelJoiner, c.s.td.Name(), req.NodeName, req.Nonce, ekm)) {
+	if !hmac.Equal(req.Proof, joinMAC(c.cfg.JoinKey, joinLabelJoiner, c.cfg.TrustDomain.Name(), req.NodeName, req.Nonce, ekm)) {
 		c.joinLimit.penalize(src)
 		c.log.Warn("join refused: bad proof of the join secret", zap.Bool("audit", true),
 			zap.String("source", src), zap.String("node_name", req.NodeName))
@@ -215,8 +203,8 @@ func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clu
 	if err != nil || !caCert.IsCA {
 		return nil, status.Error(codes.InvalidArgument, "CA certificate is not a CA certificate")
 	}
-	if len(caCert.URIs) != 1 || caCert.URIs[0].String() != c.s.td.IDString() {
-		return nil, status.Errorf(codes.InvalidArgument, "CA certificate is not for trust domain %s", c.s.td)
+	if len(caCert.URIs) != 1 || caCert.URIs[0].String() != c.cfg.TrustDomain.IDString() {
+		return nil, status.Errorf(codes.InvalidArgument, "CA certificate is not for trust domain %s", c.cfg.TrustDomain)
 	}
 	if !store.IsLeader() {
 		addr, _ := store.Leader()
@@ -229,18 +217,18 @@ func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clu
 	// The joiner's CA enters the bundle before the joiner becomes a voter
 	// (and so before any peer accepts an SVID it signed).
 	_, err = store.Apply(ctx, &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
-		TrustDomain: c.s.td.Name(),
-		Authority:   &sigilv1.X509Authority{Certificate: caCert.Raw, ServerId: identityAuthorityID(req.NodeName), NotAfter: caCert.NotAfter.Unix()},
+		TrustDomain: c.cfg.TrustDomain.Name(),
+		Authority:   &sigilv1.X509Authority{Certificate: caCert.Raw, ServerId: IdentityAuthorityID(req.NodeName), NotAfter: caCert.NotAfter.Unix()},
 	}}})
 	if err != nil {
-		return nil, storeError(err)
+		return nil, storeStatus(err)
 	}
 	if err := store.AddVoter(ctx, req.NodeName, req.ClusterAddress); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
 	// The joiner checks its peers against this until its store catches
 	// up: the peer bundle, with the members' identity CAs.
-	pb, err := store.Read().PeerBundle(c.s.td.Name())
+	pb, err := store.Read().PeerBundle(c.cfg.TrustDomain.Name())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "bundle: %v", err)
 	}
@@ -248,6 +236,7 @@ func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clu
 		resp.Bundle = append(resp.Bundle, au.Certificate)
 	}
 	_, resp.LeaderId = store.Leader()
+	c.kickProbes()
 	c.log.Info("server joined", zap.Bool("audit", true), zap.String("node_name", req.NodeName),
 		zap.String("address", req.ClusterAddress), zap.String("source", src))
 	return resp, nil
@@ -255,7 +244,7 @@ func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clu
 
 // joinOnce runs the join protocol with the server at addr, following up
 // to three redirects to the leader.
-func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
+func (c *Cluster) joinOnce(ctx context.Context, addr string, depth int) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	d := &tls.Dialer{NetDialer: &net.Dialer{LocalAddr: c.mux.LocalDialAddr()}, Config: &tls.Config{
@@ -294,7 +283,7 @@ func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
 	}
 	defer cc.Close()
 	client := clusterpb.NewClusterClient(cc)
-	node, td := c.s.cfg.NodeName, c.s.td.Name()
+	node, td := c.cfg.NodeName, c.cfg.TrustDomain.Name()
 	nonce := make([]byte, joinNonceLen)
 	if _, err := rand.Read(nonce); err != nil {
 		return err
@@ -306,15 +295,15 @@ func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
 	if err != nil {
 		return err
 	}
-	if !hmac.Equal(ch.Proof, joinMAC(c.secret, joinLabelResponder, td, node, nonce, ekm)) {
+	if !hmac.Equal(ch.Proof, joinMAC(c.cfg.JoinKey, joinLabelResponder, td, node, nonce, ekm)) {
 		return errJoinUnauthenticated
 	}
 	resp, err := client.Join(ctx, &clusterpb.JoinRequest{
 		NodeName:       node,
-		ClusterAddress: c.advertise(),
+		ClusterAddress: c.Advertise(),
 		CaCertificate:  c.idCA.Certificate().Raw,
 		Nonce:          nonce,
-		Proof:          joinMAC(c.secret, joinLabelJoiner, td, node, nonce, ekm),
+		Proof:          joinMAC(c.cfg.JoinKey, joinLabelJoiner, td, node, nonce, ekm),
 	})
 	if err != nil {
 		return err
@@ -334,10 +323,89 @@ func (c *cluster) joinOnce(ctx context.Context, addr string, depth int) error {
 		}
 		certs = append(certs, cert)
 	}
-	c.addExtra(certs)
+	c.TrustExtra(certs)
 	if err := writePEMCerts(c.bundlePath(), certs); err != nil {
 		c.log.Warn("saving cluster bundle", zap.Error(err))
 	}
 	c.log.Info("joined the cluster", zap.Bool("audit", true), zap.String("via", addr), zap.String("leader", resp.LeaderId))
 	return nil
+}
+
+// ErrJoinRefused is returned (wrapped) by Join and JoinAtStart when every
+// server asked refused in a way that retrying cannot change: it does not
+// prove the join secret (its join_secret differs, or it is not a server
+// of this cluster), it accepts no joins, or it refuses this server's
+// request as invalid. (A server too old to speak the join protocol is
+// retried: it may be upgraded meanwhile.) The error names each server's reason.
+var ErrJoinRefused = errors.New("cluster: join refused")
+
+// permanentJoinError reports whether err, from one server, would be the
+// same on every retry.
+func permanentJoinError(err error) bool {
+	if errors.Is(err, errJoinUnauthenticated) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.PermissionDenied, codes.InvalidArgument:
+		return true
+	}
+	return false
+}
+
+// JoinAtStart joins through Config.JoinAddresses: always (and until it
+// succeeds or is refused for good) on a first start; on a restart only
+// when this server's identity CA is new (it was down longer than its
+// lifetime, or keeps keys in memory), in the background, as the members
+// may need this server to form a quorum. SetStore must have been called.
+func (c *Cluster) JoinAtStart(ctx context.Context) error {
+	addrs := c.cfg.JoinAddresses
+	if len(addrs) == 0 {
+		return nil
+	}
+	if !c.store.Load().HadState() {
+		return c.Join(ctx, addrs)
+	}
+	if !c.idTrusted {
+		go func() {
+			if err := c.Join(ctx, addrs); err != nil {
+				c.log.Warn("re-join failed", zap.Error(err))
+			}
+		}()
+	}
+	return nil
+}
+
+// Join asks the servers at addrs, in turn and in rounds with a growing
+// pause (up to Config.JoinRetryMax), to add this server, until one does,
+// ctx ends, or every one of them refuses for good (ErrJoinRefused: a
+// wrong join secret is not retried forever).
+func (c *Cluster) Join(ctx context.Context, addrs []string) error {
+	if len(c.cfg.JoinKey) == 0 {
+		return errors.New("cluster: joining needs the cluster join secret (join_secret)")
+	}
+	wait := 200 * time.Millisecond
+	for {
+		var errs []error
+		permanent := true
+		for _, a := range addrs {
+			err := c.joinOnce(ctx, a, 0)
+			if err == nil {
+				return nil
+			}
+			permanent = permanent && permanentJoinError(err)
+			errs = append(errs, fmt.Errorf("%s: %w", a, err))
+		}
+		if permanent {
+			err := fmt.Errorf("%w: %w", ErrJoinRefused, errors.Join(errs...))
+			c.log.Error("join refused; not retrying", zap.Error(err))
+			return err
+		}
+		c.log.Warn("join failed; retrying", zap.Duration("retry_in", wait), zap.Error(errors.Join(errs...)))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: join: %w (last: %w)", ctx.Err(), errors.Join(errs...))
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, c.cfg.JoinRetryMax)
+	}
 }

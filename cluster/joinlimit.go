@@ -1,4 +1,4 @@
-package server
+package cluster
 
 import (
 	"math"
@@ -8,6 +8,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/sourcelimit"
 )
 
 // Join rate limits. Every JoinChallenge and every Join costs one token
@@ -37,7 +38,7 @@ type joinBucket struct {
 	limited bool
 }
 
-func (b *joinBucket) idle(now time.Time) bool { return bucketFull(b.bucket, now) }
+func (b *joinBucket) Idle(now time.Time) bool { return sourcelimit.BucketFull(b.bucket, now) }
 
 // wait is how long until the bucket holds one token.
 func (b *joinBucket) wait(now time.Time) time.Duration {
@@ -66,7 +67,7 @@ type joinLimiter struct {
 
 	mu     sync.Mutex
 	global joinBucket
-	srcs   sourceTable[*joinBucket]
+	srcs   sourcelimit.Table[*joinBucket]
 }
 
 func newJoinLimiter(c clock.Clock) *joinLimiter {
@@ -75,9 +76,9 @@ func newJoinLimiter(c clock.Clock) *joinLimiter {
 	}
 	return &joinLimiter{
 		clock:  c,
-		global: joinBucket{bucket: newBucket(joinGlobalRate, joinGlobalBurst)},
-		srcs: newSourceTable(joinMaxSources, 0, func() *joinBucket {
-			return &joinBucket{bucket: newBucket(joinPerSourceRate, joinPerSourceBurst)}
+		global: joinBucket{bucket: sourcelimit.NewBucket(joinGlobalRate, joinGlobalBurst)},
+		srcs: sourcelimit.NewTable(joinMaxSources, 0, func() *joinBucket {
+			return &joinBucket{bucket: sourcelimit.NewBucket(joinPerSourceRate, joinPerSourceBurst)}
 		}),
 	}
 }
@@ -99,7 +100,7 @@ func (l *joinLimiter) allow(src string) limitDecision {
 	now := l.clock.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.srcs.add(src, now)
+	b, ok := l.srcs.Add(src, now)
 	if !ok {
 		first := !l.global.limited
 		l.global.limited = true
@@ -127,7 +128,7 @@ func (l *joinLimiter) penalize(src string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.global.penalize(now)
-	if b, ok := l.srcs.get(src); ok {
+	if b, ok := l.srcs.Get(src); ok {
 		b.penalize(now)
 	}
 }

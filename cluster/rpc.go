@@ -1,10 +1,9 @@
-package server
+package cluster
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"time"
 
@@ -63,9 +62,9 @@ func tlsState(ctx context.Context) (*tls.ConnectionState, bool) {
 }
 
 // authUnary lets JoinChallenge and Join through (they authenticate by the
-// join secret, joinproto.go) and requires the SVID of a member for
-// everything else.
-func (c *cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// join secret, join.go) and requires the SVID of a member for everything
+// else.
+func (c *Cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	switch info.FullMethod {
 	case clusterpb.Cluster_Join_FullMethodName, clusterpb.Cluster_JoinChallenge_FullMethodName:
 		return handler(ctx, req)
@@ -82,9 +81,10 @@ func (c *cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServer
 	return handler(context.WithValue(ctx, peerKey{}, name), req)
 }
 
+// clusterAPI serves the Cluster service.
 type clusterAPI struct {
 	clusterpb.UnimplementedClusterServer
-	c *cluster
+	c *Cluster
 }
 
 func (a *clusterAPI) store() (*raftstore.Store, error) {
@@ -92,6 +92,19 @@ func (a *clusterAPI) store() (*raftstore.Store, error) {
 		return st, nil
 	}
 	return nil, status.Error(codes.Unavailable, "server is starting")
+}
+
+// storeStatus maps a store error to a gRPC status.
+func storeStatus(err error) error {
+	var ce *raftstore.CommandError
+	switch {
+	case errors.As(err, &ce):
+		return status.Error(ce.Code, ce.Msg)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	default:
+		return status.Errorf(codes.Unavailable, "store: %v", err)
+	}
 }
 
 func (a *clusterAPI) Apply(ctx context.Context, req *clusterpb.ApplyRequest) (*clusterpb.ApplyResponse, error) {
@@ -108,7 +121,7 @@ func (a *clusterAPI) Apply(ctx context.Context, req *clusterpb.ApplyRequest) (*c
 	}
 	start := time.Now()
 	res, idx, err := store.ApplyIndexed(ctx, cmd)
-	a.c.s.metrics.observeCommit(time.Since(start), err)
+	a.c.metrics.ObserveCommit(time.Since(start), err)
 	var ce *raftstore.CommandError
 	switch {
 	case errors.As(err, &ce):
@@ -151,7 +164,7 @@ func (a *clusterAPI) Status(context.Context, *clusterpb.StatusRequest) (*cluster
 	st := store.Stats()
 	_, leader := store.Leader()
 	return &clusterpb.StatusResponse{
-		NodeName:     a.c.s.cfg.NodeName,
+		NodeName:     a.c.cfg.NodeName,
 		State:        st.State,
 		Term:         st.Term,
 		AppliedIndex: store.LastIndex(),
@@ -160,129 +173,16 @@ func (a *clusterAPI) Status(context.Context, *clusterpb.StatusRequest) (*cluster
 	}, nil
 }
 
-// errNoLeader is returned when no leader appears within forwardRetryFor.
-var errNoLeader = errors.New("no cluster leader")
-
-// apply commits cmd: locally on the leader, through the leader's Cluster
-// service elsewhere. It retries while there is no leader or the leader
-// changes, as long as the command cannot have been committed (the leader
-// refused it before appending it, or it was never delivered).
-func (c *cluster) apply(ctx context.Context, cmd *storepb.Command) (*storepb.CommandResult, error) {
-	store := c.store.Load()
-	until := time.Now().Add(forwardRetryFor)
-	var last error
-	for attempt := 0; ; attempt++ {
-		if store.IsLeader() {
-			res, _, err := store.ApplyIndexed(ctx, cmd)
-			if !errors.Is(err, raft.ErrNotLeader) {
-				return res, err
-			}
-			last = err
-		} else if addr, _ := store.Leader(); addr != "" {
-			res, err, retry := c.forward(ctx, addr, cmd)
-			if !retry {
-				return res, err
-			}
-			last = err
-		} else {
-			last = errNoLeader
-		}
-		wait := min(time.Duration(attempt+1)*20*time.Millisecond, 250*time.Millisecond)
-		if time.Now().Add(wait).After(until) {
-			return nil, fmt.Errorf("server: write not accepted: %w", last)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("server: write: %w (%v)", ctx.Err(), last)
-		case <-time.After(wait):
-		}
-	}
-}
-
-// forward sends cmd to the leader at addr. retry reports that the
-// command was certainly not committed and may be sent again.
-func (c *cluster) forward(ctx context.Context, addr string, cmd *storepb.Command) (*storepb.CommandResult, error, bool) {
-	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
-	if err != nil {
-		return nil, err, false
-	}
-	cc, err := c.conn(addr)
-	if err != nil {
-		return nil, err, true
-	}
-	start := time.Now()
-	resp, err := clusterpb.NewClusterClient(cc).Apply(ctx, &clusterpb.ApplyRequest{Command: data})
-	c.s.metrics.observeCommit(time.Since(start), err)
-	if err != nil {
-		switch status.Code(err) {
-		case codes.FailedPrecondition, codes.Unavailable:
-			// Not the leader (refused before the log), or the request did
-			// not reach it.
-			return nil, err, true
-		case codes.DeadlineExceeded, codes.Canceled:
-			return nil, fmt.Errorf("server: forwarded write: %w", context.DeadlineExceeded), false
-		default:
-			return nil, fmt.Errorf("server: forwarded write: %w", err), false
-		}
-	}
-	if resp.ErrorCode != 0 {
-		return nil, &raftstore.CommandError{Code: codes.Code(resp.ErrorCode), Msg: resp.ErrorMessage}, false
-	}
-	res := &storepb.CommandResult{}
-	if err := proto.Unmarshal(resp.Result, res); err != nil {
-		return nil, fmt.Errorf("server: forwarded write result: %w", err), false
-	}
-	// Read-your-writes: the caller reads this server's store next.
-	wctx, cancel := context.WithTimeout(ctx, localCatchUp)
-	defer cancel()
-	if err := c.store.Load().WaitApplied(wctx, resp.Index); err != nil {
-		c.log.Debug("forwarded write not applied locally yet", zap.Error(err))
-	}
-	return res, nil, false
-}
-
-// consistentRead makes the reads that follow linearizable: the leader
-// confirms its leadership, and this server waits until it has applied
-// everything the leader had committed.
-func (c *cluster) consistentRead(ctx context.Context) error {
-	store := c.store.Load()
-	until := time.Now().Add(forwardRetryFor)
-	for attempt := 0; ; attempt++ {
-		var idx uint64
-		var err error
-		if store.IsLeader() {
-			idx, err = store.ReadIndex(ctx)
-		} else if addr, _ := store.Leader(); addr != "" {
-			var cc *grpc.ClientConn
-			if cc, err = c.conn(addr); err == nil {
-				var resp *clusterpb.ReadIndexResponse
-				if resp, err = clusterpb.NewClusterClient(cc).ReadIndex(ctx, &clusterpb.ReadIndexRequest{}); err == nil {
-					idx = resp.Index
-				}
-			}
-		} else {
-			err = errNoLeader
-		}
-		if err == nil {
-			return store.WaitApplied(ctx, idx)
-		}
-		if time.Now().After(until) || ctx.Err() != nil {
-			return fmt.Errorf("server: linearizable read: %w", err)
-		}
-		time.Sleep(min(time.Duration(attempt+1)*20*time.Millisecond, 250*time.Millisecond))
-	}
-}
-
 // RemoveMember carries out an admin removal forwarded by another member.
 func (a *clusterAPI) RemoveMember(ctx context.Context, req *sigilv1.RemoveMemberRequest) (*sigilv1.RemoveMemberResponse, error) {
 	if req.NodeName == "" {
 		return nil, status.Error(codes.InvalidArgument, "node name is required")
 	}
-	return a.c.s.removeMember(ctx, req)
+	return a.c.cfg.Admin.RemoveMember(ctx, req)
 }
 
 // TransferLeadership carries out an admin transfer forwarded by another
 // member.
 func (a *clusterAPI) TransferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
-	return a.c.s.transferLeadership(ctx, req)
+	return a.c.cfg.Admin.TransferLeadership(ctx, req)
 }
