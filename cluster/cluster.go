@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/clusterpb"
@@ -44,6 +45,7 @@ type Cluster struct {
 	log     *zap.Logger
 	clock   clock.Clock
 	metrics Metrics
+	audit   audit.Sink
 
 	// joinLimit rate-limits join attempts on this server.
 	joinLimit *joinLimiter
@@ -117,6 +119,10 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	if c.metrics == nil {
 		c.metrics = nopMetrics{}
+	}
+	c.audit = cfg.AuditSink
+	if c.audit == nil {
+		c.audit = audit.NewZap(c.log)
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster: directory: %w", err)
@@ -363,7 +369,8 @@ func (c *Cluster) serverTLS() *tls.Config {
 			switch cs.NegotiatedProtocol {
 			case raftstore.ALPNRaft:
 				if _, err := c.verifyPeer(cs.PeerCertificates, true); err != nil {
-					c.log.Warn("raft peer refused", zap.Bool("audit", true), zap.Error(err))
+					c.audit.Audit(audit.Event{What: "cluster_peer_refused", Outcome: audit.Denied, Message: "raft peer refused",
+						Fields: []audit.Field{audit.Err(err)}})
 					return err
 				}
 				return nil

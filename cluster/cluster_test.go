@@ -52,6 +52,16 @@ func TestClusterJoin(t *testing.T) {
 			})
 		}
 	}
+	// Joins are audited through the configured sink, on both sides.
+	s0 := tc.live()[0]
+	if got := strings.Join(s0.auditedEvents(), ","); !strings.Contains(got, "cluster_server_joined s1") || !strings.Contains(got, "cluster_server_joined s2") {
+		t.Errorf("s0's audit events %q lack the joins of s1 and s2", got)
+	}
+	for _, n := range tc.live()[1:] {
+		if got := strings.Join(n.auditedEvents(), ","); !strings.Contains(got, "cluster_joined "+n.name) {
+			t.Errorf("%s's audit events %q lack its own join", n.name, got)
+		}
+	}
 }
 
 // TestClusterJoinWrongSecretRefusedForGood: a server whose join secret

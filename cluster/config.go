@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/clusterpb"
@@ -122,6 +123,9 @@ type Config struct {
 	Metrics Metrics
 	// Logger receives the cluster's logs; nil discards them.
 	Logger *zap.Logger
+	// AuditSink receives the cluster's audit events (joins, refused
+	// peers and calls); nil writes them to Logger.
+	AuditSink audit.Sink
 	// Clock drives health probes, SVID validity checks and the join rate
 	// limit; nil is the wall clock.
 	Clock clock.Clock

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/clock"
@@ -73,6 +74,8 @@ type testNode struct {
 	store   *raftstore.Store
 	svid    atomic.Pointer[tls.Certificate]
 	logs    *observer.ObservedLogs
+	auditMu sync.Mutex
+	audited []audit.Event // what the node's AuditSink received
 	ctx     context.Context
 	cancel  context.CancelFunc
 	stopped bool
@@ -161,6 +164,13 @@ func (tc *testCluster) start(name string, o nodeOpts) (*testNode, error) {
 	cfg.SVID = n.svid.Load
 	cfg.Admin = testAdmin{n}
 	cfg.Logger = zap.New(core)
+	// The log keeps the audit records (tests look for them there) and
+	// n.audited what the configured sink received.
+	cfg.AuditSink = audit.Multi(audit.NewZap(cfg.Logger), audit.SinkFunc(func(ev audit.Event) {
+		n.auditMu.Lock()
+		n.audited = append(n.audited, ev)
+		n.auditMu.Unlock()
+	}))
 	cfg.Clock = tc.clk
 	cfg.HealthInterval = 200 * time.Millisecond
 	cfg.JoinRetryMax = 200 * time.Millisecond
@@ -346,3 +356,15 @@ func (n *testNode) hasToken(h string) bool {
 }
 
 var _ = errors.New
+
+// auditedEvents returns the What of each audit event n emitted, with its
+// subject ("what subject").
+func (n *testNode) auditedEvents() []string {
+	n.auditMu.Lock()
+	defer n.auditMu.Unlock()
+	out := make([]string, len(n.audited))
+	for i, ev := range n.audited {
+		out[i] = ev.What + " " + ev.Subject
+	}
+	return out
+}

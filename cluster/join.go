@@ -76,6 +76,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/internal/clusterpb"
 	"github.com/sigil-id/sigil/internal/sourcelimit"
 	"github.com/sigil-id/sigil/internal/storepb"
@@ -140,8 +141,8 @@ func (c *Cluster) joinGate(ctx context.Context, method string) (ekm []byte, src 
 			scope = "in total"
 		}
 		if d.first {
-			c.log.Warn("join attempts rate-limited", zap.Bool("audit", true), zap.String("method", method),
-				zap.String("source", src), zap.Bool("global", d.global))
+			c.audit.Audit(audit.Event{What: "cluster_join_rate_limited", Who: src, Outcome: audit.Denied, Message: "join attempts rate-limited",
+				Fields: []audit.Field{audit.String("method", method), audit.String("source", src), audit.Bool("global", d.global)}})
 		}
 		return nil, src, status.Errorf(codes.ResourceExhausted, "too many join attempts %s; retry in %v", scope, max(d.retry, 100*time.Millisecond))
 	}
@@ -182,13 +183,15 @@ func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clu
 	}
 	if err := checkJoinHello(c.cfg.TrustDomain, req.NodeName, req.Nonce); err != nil {
 		c.joinLimit.penalize(src)
-		c.log.Warn("join refused: bad request", zap.Bool("audit", true), zap.String("source", src), zap.Error(err))
+		c.audit.Audit(audit.Event{What: "cluster_join_refused", Who: src, Outcome: audit.Denied, Message: "join refused: bad request",
+			Fields: []audit.Field{audit.String("source", src), audit.Err(err)}})
 		return nil, status.Errorf(codes.InvalidArgument, "join: %v (is the joining server older than this one?)", err)
 	}
 	if !hmac.Equal(req.Proof, joinMAC(c.cfg.JoinKey, joinLabelJoiner, c.cfg.TrustDomain.Name(), req.NodeName, req.Nonce, ekm)) {
 		c.joinLimit.penalize(src)
-		c.log.Warn("join refused: bad proof of the join secret", zap.Bool("audit", true),
-			zap.String("source", src), zap.String("node_name", req.NodeName))
+		c.audit.Audit(audit.Event{What: "cluster_join_refused", Who: src, Subject: req.NodeName, Outcome: audit.Denied,
+			Message: "join refused: bad proof of the join secret",
+			Fields:  []audit.Field{audit.String("source", src), audit.String("node_name", req.NodeName)}})
 		return nil, status.Error(codes.PermissionDenied, "join refused: wrong join secret")
 	}
 	resp := &clusterpb.JoinResponse{}
@@ -237,8 +240,8 @@ func (a *clusterAPI) Join(ctx context.Context, req *clusterpb.JoinRequest) (*clu
 	}
 	_, resp.LeaderId = store.Leader()
 	c.kickProbes()
-	c.log.Info("server joined", zap.Bool("audit", true), zap.String("node_name", req.NodeName),
-		zap.String("address", req.ClusterAddress), zap.String("source", src))
+	c.audit.Audit(audit.Event{What: "cluster_server_joined", Who: src, Subject: req.NodeName, Message: "server joined",
+		Fields: []audit.Field{audit.String("node_name", req.NodeName), audit.String("address", req.ClusterAddress), audit.String("source", src)}})
 	return resp, nil
 }
 
@@ -327,7 +330,8 @@ func (c *Cluster) joinOnce(ctx context.Context, addr string, depth int) error {
 	if err := writePEMCerts(c.bundlePath(), certs); err != nil {
 		c.log.Warn("saving cluster bundle", zap.Error(err))
 	}
-	c.log.Info("joined the cluster", zap.Bool("audit", true), zap.String("via", addr), zap.String("leader", resp.LeaderId))
+	c.audit.Audit(audit.Event{What: "cluster_joined", Subject: c.cfg.NodeName, Message: "joined the cluster",
+		Fields: []audit.Field{audit.String("via", addr), audit.String("leader", resp.LeaderId)}})
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/internal/clusterpb"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
@@ -75,7 +75,8 @@ func (c *Cluster) authUnary(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	name, err := c.verifyPeer(st.PeerCertificates, true)
 	if err != nil {
-		c.log.Warn("cluster call refused", zap.Bool("audit", true), zap.String("method", info.FullMethod), zap.Error(err))
+		c.audit.Audit(audit.Event{What: "cluster_call_refused", Outcome: audit.Denied, Message: "cluster call refused",
+			Fields: []audit.Field{audit.String("method", info.FullMethod), audit.Err(err)}})
 		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
 	return handler(context.WithValue(ctx, peerKey{}, name), req)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
@@ -191,8 +192,9 @@ func (s *Server) finishRetirements(ctx context.Context) time.Time {
 			}
 			continue
 		}
-		s.log.Info("authorities of a removed server revoked: they left the bundle", zap.Bool("audit", true),
-			zap.String("node_name", rs.ServerId), zap.Duration("grace", s.cfg.RemovedServerGrace))
+		s.audit(audit.Event{What: "removed_server_authorities_revoked", Subject: rs.ServerId,
+			Message: "authorities of a removed server revoked: they left the bundle",
+			Fields:  []audit.Field{audit.String("node_name", rs.ServerId), audit.Duration("grace", s.cfg.RemovedServerGrace)}})
 	}
 	return next
 }
@@ -233,16 +235,16 @@ func (s *Server) adoptClusterChanges(ctx context.Context) bool {
 					continue
 				}
 				changed = true
-				s.log.Warn("own key revoked cluster-wide: dropped", zap.Bool("audit", true),
-					zap.String("kind", kind), zap.String("authority_id", sl.ID), zap.String("state", string(sl.State)))
+				s.audit(audit.Event{What: "authority_revoked_adopted", Subject: sl.ID, Message: "own key revoked cluster-wide: dropped",
+					Fields: []audit.Field{audit.String("kind", kind), audit.String("authority_id", sl.ID), audit.String("state", string(sl.State))}})
 			case !sl.Tainted && tainted[kind+"/"+sl.ID]:
 				if _, ok, err := m.AdoptTaint(sl.ID); err != nil {
 					s.log.Error("recording a cluster-wide taint", zap.String("authority_id", sl.ID), zap.Error(err))
 					continue
 				} else if ok {
 					changed = true
-					s.log.Warn("own key tainted cluster-wide", zap.Bool("audit", true),
-						zap.String("kind", kind), zap.String("authority_id", sl.ID), zap.String("state", string(sl.State)))
+					s.audit(audit.Event{What: "authority_taint_adopted", Subject: sl.ID, Message: "own key tainted cluster-wide",
+						Fields: []audit.Field{audit.String("kind", kind), audit.String("authority_id", sl.ID), audit.String("state", string(sl.State))}})
 				}
 			}
 		}

@@ -38,6 +38,7 @@ func (s *Server) startCluster(ctx context.Context, ln net.Listener) (raft.Transp
 	cfg.Admin = clusterAdmin{s}
 	cfg.Metrics = s.metrics
 	cfg.Logger = s.log.Named("cluster")
+	cfg.AuditSink = s.auditSink
 	cfg.Clock = s.cfg.Clock
 	if s.clusterTuning != nil {
 		s.clusterTuning(&cfg)
