@@ -1,10 +1,8 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"sync"
@@ -12,7 +10,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sigil-id/sigil/internal/atomicfile"
 	"github.com/sigil-id/sigil/internal/clusterpb"
+	"github.com/sigil-id/sigil/internal/trustbundle"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -133,40 +133,22 @@ func (c *Cluster) MemberHealth(id string) (MemberHealth, bool) {
 	return h, ok
 }
 
+// readPEMCerts reads the certificates saved at path; a damaged file is an
+// error, not an empty bundle.
 func readPEMCerts(path string) ([]*x509.Certificate, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		out = append(out, cert)
+	certs, err := trustbundle.ParsePEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return out, nil
+	return certs, nil
 }
 
+// writePEMCerts saves certs to path atomically; the bundle loop and a
+// join may both write it.
 func writePEMCerts(path string, certs []*x509.Certificate) error {
-	var buf bytes.Buffer
-	for _, c := range certs {
-		if err := pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}); err != nil {
-			return err
-		}
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(path, trustbundle.EncodePEM(certs), 0o644)
 }

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 
@@ -250,42 +248,6 @@ func (s *Server) adoptClusterChanges(ctx context.Context) bool {
 		}
 	}
 	return changed
-}
-
-// peerBundleCache is the parsed cluster peer bundle of one server, kept
-// while the store's bundle row is the same object (rows are replaced, not
-// changed, on every write).
-type peerBundleCache struct {
-	mu sync.Mutex
-	pb *sigilv1.Bundle
-	b  *x509bundle.Bundle
-}
-
-var peerBundles sync.Map // *Server -> *peerBundleCache
-
-// peerStoreBundle returns the store's cluster peer bundle: the bundle plus
-// every member's cluster identity CA. It authenticates servers on the
-// cluster port only; agents and workloads get currentBundle, without the
-// identity CAs. The result is the same object while the bundle is
-// unchanged.
-func (s *Server) peerStoreBundle() (*x509bundle.Bundle, error) {
-	pb, err := s.store.Read().PeerBundle(s.td.Name())
-	if err != nil {
-		return nil, fmt.Errorf("server: reading the cluster peer bundle: %w", err)
-	}
-	v, _ := peerBundles.LoadOrStore(s, &peerBundleCache{})
-	pc := v.(*peerBundleCache)
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	if pc.pb == pb && pc.b != nil {
-		return pc.b, nil
-	}
-	b, err := bundleFromProto(s.td, pb)
-	if err != nil {
-		return nil, err
-	}
-	pc.pb, pc.b = pb, b
-	return b, nil
 }
 
 // authorityChanges returns a channel that fires when the bundle or the

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/sourcelimit"
 )
 
 // ---- join secrets -------------------------------------------------------
@@ -134,12 +135,12 @@ func TestSourceKey(t *testing.T) {
 		"not an address":                "not an address",
 	} {
 		addr := joinFakeAddr(in)
-		if got := sourceKey(addr); got != want {
-			t.Errorf("sourceKey(%q) = %q, want %q", in, got, want)
+		if got := sourcelimit.Key(addr); got != want {
+			t.Errorf("sourcelimit.Key(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if got := sourceKey(nil); got != "" {
-		t.Errorf("sourceKey(nil) = %q", got)
+	if got := sourcelimit.Key(nil); got != "" {
+		t.Errorf("sourcelimit.Key(nil) = %q", got)
 	}
 }
 

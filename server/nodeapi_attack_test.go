@@ -260,7 +260,7 @@ func TestNodeAttackRateLimit(t *testing.T) {
 	// fresh source's does.
 	g := h.srv.nodeGuard
 	g.mu.Lock()
-	g.sources.m = map[string]*source{}
+	g.sources.Clear()
 	g.mu.Unlock()
 	if err := attest(); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("fifth call: got %v, want PermissionDenied", err)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/sourcelimit"
 )
 
 // nodeLimits bound what a node API caller can cost the server. A
@@ -145,7 +146,7 @@ type nodeGuard struct {
 
 	mu          sync.RWMutex
 	conns       map[string]*guardedConn // by remote address
-	sources     sourceTable[*source]
+	sources     sourcelimit.Table[*source]
 	handshakes  int // in progress
 	unauthConns int // established without a valid agent SVID
 	inFlight    int
@@ -161,8 +162,8 @@ type source struct {
 }
 
 // idle reports whether forgetting s would change nothing.
-func (s *source) idle(now time.Time) bool {
-	return s.inFlight == 0 && s.unauthConns == 0 && bucketFull(s.attests, now) && bucketFull(s.conns, now)
+func (s *source) Idle(now time.Time) bool {
+	return s.inFlight == 0 && s.unauthConns == 0 && sourcelimit.BucketFull(s.attests, now) && sourcelimit.BucketFull(s.conns, now)
 }
 
 func newNodeGuard(lim nodeLimits, clk clock.Clock, log *zap.Logger, isAgent func([]*x509.Certificate) bool, refuse func(context.Context) error) *nodeGuard {
@@ -171,13 +172,13 @@ func newNodeGuard(lim nodeLimits, clk clock.Clock, log *zap.Logger, isAgent func
 		conns: make(map[string]*guardedConn),
 		// Sweep a full table at most once a second, so that a flood of
 		// new sources does not make every one of them scan it.
-		sources: newSourceTable(lim.MaxSources, time.Second, func() *source {
+		sources: sourcelimit.NewTable(lim.MaxSources, time.Second, func() *source {
 			return &source{
-				attests: newBucket(lim.AttestRatePerSource, lim.AttestBurstPerSource),
-				conns:   newBucket(lim.ConnRatePerSource, lim.ConnBurstPerSource),
+				attests: sourcelimit.NewBucket(lim.AttestRatePerSource, lim.AttestBurstPerSource),
+				conns:   sourcelimit.NewBucket(lim.ConnRatePerSource, lim.ConnBurstPerSource),
 			}
 		}),
-		global: newBucket(lim.AttestRate, lim.AttestBurst),
+		global: sourcelimit.NewBucket(lim.AttestRate, lim.AttestBurst),
 	}
 }
 
@@ -200,7 +201,7 @@ func (c *guardedCreds) Clone() credentials.TransportCredentials {
 // lifts the budget if the client presented a valid agent SVID.
 func (c *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	g := c.g
-	gc := &guardedConn{Conn: raw, g: g, addr: raw.RemoteAddr().String(), src: sourceKey(raw.RemoteAddr()), closed: make(chan struct{})}
+	gc := &guardedConn{Conn: raw, g: g, addr: raw.RemoteAddr().String(), src: sourcelimit.Key(raw.RemoteAddr()), closed: make(chan struct{})}
 	if err := g.admit(gc); err != nil {
 		raw.Close()
 		return nil, nil, err
@@ -236,7 +237,7 @@ func (g *nodeGuard) admit(gc *guardedConn) error {
 		return fmt.Errorf("server: too many TLS handshakes in progress (%d)", g.lim.MaxHandshakes)
 	}
 	now := g.clk.Now()
-	s, ok := g.sources.add(gc.src, now)
+	s, ok := g.sources.Add(gc.src, now)
 	if !ok {
 		return errors.New("server: too many source addresses")
 	}
@@ -297,9 +298,9 @@ func (g *nodeGuard) uncountLocked(gc *guardedConn) {
 		return
 	}
 	gc.counted = false
-	if s, ok := g.sources.get(gc.src); ok {
+	if s, ok := g.sources.Get(gc.src); ok {
 		s.unauthConns--
-		g.sources.forget(gc.src, s, g.clk.Now())
+		g.sources.Forget(gc.src, s, g.clk.Now())
 	}
 }
 
@@ -410,14 +411,14 @@ func (g *nodeGuard) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		return ctx, nil
 	}
 
-	src := sourceKey(remote)
+	src := sourcelimit.Key(remote)
 	now := g.clk.Now()
 	g.mu.Lock()
 	if g.inFlight >= g.lim.MaxAttestsInFlight {
 		g.mu.Unlock()
 		return nil, status.Errorf(codes.ResourceExhausted, "too many node attestations in progress (%d); retry later", g.lim.MaxAttestsInFlight)
 	}
-	s, ok := g.sources.add(src, now)
+	s, ok := g.sources.Add(src, now)
 	if !ok {
 		g.mu.Unlock()
 		return nil, status.Error(codes.ResourceExhausted, "too many attesting source addresses; retry later")
@@ -446,7 +447,7 @@ func (g *nodeGuard) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		defer g.mu.Unlock()
 		g.inFlight--
 		s.inFlight--
-		g.sources.forget(src, s, g.clk.Now())
+		g.sources.Forget(src, s, g.clk.Now())
 	})
 	// gRPC cancels a stream's context when the call ends.
 	context.AfterFunc(ctx, release)

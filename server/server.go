@@ -35,6 +35,7 @@ import (
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/cluster"
+	"github.com/sigil-id/sigil/internal/trustbundle"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
@@ -355,23 +356,11 @@ func (s *Server) currentBundle() (*x509bundle.Bundle, error) {
 	if s.bundleSet != nil && s.bundleSeq == pb.SequenceNumber {
 		return s.bundleSet, nil
 	}
-	b, err := bundleFromProto(s.td, pb)
+	b, err := trustbundle.FromProto(s.td, pb)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.bundleSet, s.bundleSeq = b, pb.SequenceNumber
-	return b, nil
-}
-
-func bundleFromProto(td spiffeid.TrustDomain, pb *sigilv1.Bundle) (*x509bundle.Bundle, error) {
-	b := x509bundle.New(td)
-	for _, a := range pb.X509Authorities {
-		c, err := x509.ParseCertificate(a.Certificate)
-		if err != nil {
-			return nil, fmt.Errorf("server: bundle holds a bad certificate: %w", err)
-		}
-		b.AddX509Authority(c)
-	}
 	return b, nil
 }
 

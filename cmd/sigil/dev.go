@@ -27,6 +27,7 @@ import (
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
+	"github.com/sigil-id/sigil/internal/atomicfile"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/server"
@@ -481,11 +482,7 @@ func saveDevState(dir string, s devState) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, devStateFile+".tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("dev state: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, devStateFile)); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, devStateFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("dev state: %w", err)
 	}
 	return nil

@@ -109,3 +109,13 @@ func (t *Table[T]) Add(key string, now time.Time) (s T, ok bool) {
 	t.m[key] = s
 	return s, true
 }
+
+// Forget drops the state of key if it is still s and idle at now.
+func (t *Table[T]) Forget(key string, s T, now time.Time) {
+	if cur, ok := t.m[key]; ok && cur == s && s.Idle(now) {
+		delete(t.m, key)
+	}
+}
+
+// Clear drops every state, as if no source had been seen.
+func (t *Table[T]) Clear() { clear(t.m) }

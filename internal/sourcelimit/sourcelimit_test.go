@@ -71,3 +71,47 @@ func TestBuckets(t *testing.T) {
 		t.Fatal("the bucket did not refill")
 	}
 }
+
+// Forget drops only the same, idle state (moved from server's
+// TestSourceTableBound).
+func TestTableForget(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	tab := NewTable(2, time.Second, func() *state { return &state{} })
+	a, _ := tab.Add("a", now)
+	c := &state{}
+	a.busy = true
+	tab.Forget("a", a, now)
+	if _, ok := tab.Get("a"); !ok {
+		t.Fatal("Forget dropped a busy source")
+	}
+	a.busy = false
+	tab.Forget("a", c, now)
+	if _, ok := tab.Get("a"); !ok {
+		t.Fatal("Forget dropped a source given another one's state")
+	}
+	tab.Forget("a", a, now)
+	if _, ok := tab.Get("a"); ok {
+		t.Fatal("Forget kept an idle source")
+	}
+	b, _ := tab.Add("b", now)
+	b.busy = true
+	tab.Clear()
+	if _, ok := tab.Get("b"); ok || tab.Len() != 0 {
+		t.Fatal("Clear kept a source")
+	}
+}
+
+// A table without a sweep gap sweeps whenever a new source finds it full
+// (moved from server's TestSourceTableSweepsEveryTimeWithoutGap).
+func TestTableSweepsEveryTimeWithoutGap(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	tab := NewTable(1, 0, func() *state { return &state{} })
+	for _, k := range []string{"a", "b", "c"} {
+		if _, ok := tab.Add(k, now); !ok {
+			t.Fatalf("source %s refused though the others are idle", k)
+		}
+	}
+	if tab.Len() != 1 {
+		t.Fatalf("%d sources tracked, bound is 1", tab.Len())
+	}
+}
