@@ -28,6 +28,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 	"github.com/sigil-id/sigil/registration"
@@ -47,13 +48,7 @@ const testRaftTimeout = 200 * time.Millisecond
 // waitFor polls cond until it holds, failing the test after 20 s.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.True(t, 20*time.Second, cond, "timed out waiting for %s", what)
 }
 
 type testCluster struct {

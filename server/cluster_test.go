@@ -24,6 +24,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/cluster"
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/raftstore"
 )
 
@@ -35,13 +36,7 @@ import (
 // clusterWait polls cond until it holds, failing the test after 30 s.
 func clusterWait(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually.True(t, 30*time.Second, cond, "timed out waiting for %s", what)
 }
 
 type memCluster struct {

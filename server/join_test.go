@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/internal/sourcelimit"
 )
 
@@ -267,17 +268,17 @@ func (n *joinNode) members() []string {
 // waitLog waits until n logged a message matching ok.
 func (n *joinNode) waitLog(what string, ok func(observer.LoggedEntry) bool) observer.LoggedEntry {
 	n.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	var found observer.LoggedEntry
+	eventually.True(n.t, 30*time.Second, func() bool {
 		for _, e := range n.logs.All() {
 			if ok(e) {
-				return e
+				found = e
+				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	n.t.Fatalf("%s never logged %s", n.cfg.NodeName, what)
-	return observer.LoggedEntry{}
+		return false
+	}, "%s never logged %s", n.cfg.NodeName, what)
+	return found
 }
 
 func joinBundleDER(s *Server) [][]byte {
