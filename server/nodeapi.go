@@ -104,7 +104,7 @@ func (n *nodeAPI) verify(ctx context.Context, req *sigilv1.AttestRequest, ex *ex
 		sort.Strings(known)
 		return nil, nil, status.Errorf(codes.InvalidArgument, "unknown attestation type %q (this server knows %s)", typ, strings.Join(known, ", "))
 	}
-	res, err := v.Verify(ctx, nodeState{s}, ex)
+	res, err := v.Verify(ctx, nodeState{s: s, attestor: v.Name()}, ex)
 	// The exchange's own failure (rounds, sizes, time, the agent going
 	// away) stands whatever the verifier made of it.
 	if failed := ex.failure(); failed != nil {
@@ -392,7 +392,10 @@ const consumedMessage = "join token is unknown, already used or expired"
 const followerTokenWait = time.Second
 
 // nodeState is the verifiers' read-only view of this server's store.
-type nodeState struct{ s *Server }
+type nodeState struct {
+	s        *Server
+	attestor string // the verifier's name, for Agent
+}
 
 // Now is the server's clock.
 func (st nodeState) Now() time.Time { return st.s.cfg.Clock.Now() }
@@ -456,4 +459,35 @@ func (s *Server) verifiedAgent(certs []*x509.Certificate) bool {
 func (s *Server) refuseUnauthenticated(ctx context.Context) error {
 	_, err := s.authenticate(ctx)
 	return err
+}
+
+// Used reports whether a use-once credential was used. The replicated
+// state does not keep use-once records yet, so every such credential is
+// refused (fail closed) until it does.
+func (st nodeState) Used(ctx context.Context, c node.Credential) (bool, error) {
+	return false, fmt.Errorf("server: credentials of kind %q are not kept by this server", c.Kind)
+}
+
+// Agent looks up the agent the verifier's attestor names id.
+func (st nodeState) Agent(ctx context.Context, id string) (node.AgentRecord, error) {
+	s := st.s
+	agentID, err := registration.AgentID(s.td, st.attestor, id)
+	if err != nil {
+		return node.AgentRecord{}, fmt.Errorf("server: %w", err)
+	}
+	if s.store == nil {
+		return node.AgentRecord{}, status.Error(codes.Unavailable, "server: the store is not open yet")
+	}
+	n, err := s.store.Read().Node(agentID.String())
+	switch {
+	case errors.Is(err, raftstore.ErrNotFound):
+		return node.AgentRecord{}, fmt.Errorf("server: agent %s: %w", agentID, node.ErrNotFound)
+	case err != nil:
+		return node.AgentRecord{}, status.Errorf(codes.Internal, "server: reading agent %s: %v", agentID, err)
+	}
+	return node.AgentRecord{
+		Banned:        n.Banned,
+		AttestedAt:    time.Unix(n.CreatedAt, 0),
+		SVIDExpiresAt: time.Unix(n.CertNotAfter, 0),
+	}, nil
 }

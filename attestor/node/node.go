@@ -94,20 +94,31 @@ type Result struct {
 // the replicated state until it is consumed or expires. Only the record's
 // identifier travels, never the secret it stands for.
 type Credential struct {
-	// Kind is the kind of record; the replicated state knows
-	// CredentialJoinToken. An attestor whose evidence is fresh by
-	// construction (a challenge-response attestor: the server's random
-	// challenge lives only in the Exchange of one attestation) needs no
-	// record and consumes nothing. An attestor whose evidence may be
-	// replayed within its validity and has no pre-issued record (a signed
-	// document with a unique id) must add a kind to the replicated state
-	// first: a "used" record per id, kept until the evidence expires,
-	// pruned by the Raft apply at the command time and carried in
-	// snapshots.
+	// Kind is the kind of record. CredentialJoinToken names a pre-issued
+	// record (created by an operator) that the attestation consumes.
+	// Every other kind is a use-once record: the attestation records
+	// that the credential was used, and a second attestation naming the
+	// same Kind and ID before ExpiresAt is refused (State.Used tells a
+	// verifier beforehand; the Raft apply decides atomically). A use-once
+	// kind is the attestor's name, or its name, a colon and a word
+	// ("oidc:jti"), so that attestors never share records.
+	//
+	// An attestor whose evidence is fresh by construction (a
+	// challenge-response attestor: the server's random challenge lives
+	// only in the Exchange of one attestation) needs no record and
+	// consumes nothing. An attestor whose evidence may be replayed within
+	// its validity (a signed token with a unique id) names it here.
 	Kind string
 	// ID identifies the record within its kind (for a join token, the
-	// lowercase hex SHA-256 of the token).
+	// lowercase hex SHA-256 of the token; for a use-once record, an
+	// identifier of the evidence, at most 256 bytes, such as a token's
+	// jti; a secret must be hashed first).
 	ID string
+	// ExpiresAt is how long a use-once record is kept: until the evidence
+	// it stands for expires (after that the evidence is refused anyway).
+	// Required for use-once kinds, at most 24 hours after State.Now;
+	// ignored for join tokens, whose records carry their own expiry.
+	ExpiresAt time.Time
 }
 
 // CredentialJoinToken is the kind of a join token record: Credential.ID is
@@ -123,15 +134,37 @@ const CredentialJoinToken = "join_token"
 type State interface {
 	// Now is the server's time; a Verifier checks expiries against it.
 	Now() time.Time
-	// CredentialExpiry returns when the unconsumed single-use credential
-	// c expires. It returns an error wrapping ErrNotFound if no such
-	// credential exists (never issued, already consumed or already
-	// removed after expiry).
+	// CredentialExpiry returns when the unconsumed pre-issued credential
+	// c (a join token) expires. It returns an error wrapping ErrNotFound
+	// if no such credential exists (never issued, already consumed or
+	// already removed after expiry).
 	CredentialExpiry(ctx context.Context, c Credential) (time.Time, error)
+	// Used reports whether the use-once credential c (Kind other than
+	// CredentialJoinToken) was already used by an attestation whose
+	// record has not expired.
+	Used(ctx context.Context, c Credential) (bool, error)
+	// Agent returns what the servers know of the agent that this
+	// verifier's attestor names id (Result.ID): an attestor that admits a
+	// node once (trust on first use: an instance identity document that
+	// anyone on the instance can read) refuses an id that is already
+	// attested and not evicted. It returns an error wrapping ErrNotFound
+	// if no such agent is attested (never, or evicted).
+	Agent(ctx context.Context, id string) (AgentRecord, error)
 }
 
-// ErrNotFound is wrapped by State errors about a credential that does not
-// exist.
+// AgentRecord is what the servers know of an attested agent.
+type AgentRecord struct {
+	// Banned: the agent may not attest again, whatever its evidence (the
+	// server refuses it before recording anything).
+	Banned bool
+	// AttestedAt is when the agent was first attested.
+	AttestedAt time.Time
+	// SVIDExpiresAt is when the agent's current SVID expires.
+	SVIDExpiresAt time.Time
+}
+
+// ErrNotFound is wrapped by State errors about a credential or an agent
+// that does not exist.
 var ErrNotFound = errors.New("node: credential not found")
 
 // RefusedError is returned by a Verifier for well-formed evidence that is

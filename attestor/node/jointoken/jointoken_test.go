@@ -42,6 +42,16 @@ func newMemState(tokens ...string) *memState {
 
 func (m *memState) Now() time.Time { return m.clk.Now() }
 
+// Used: join tokens are pre-issued records, never use-once ones.
+func (m *memState) Used(context.Context, node.Credential) (bool, error) {
+	return false, errors.New("memState keeps no use-once records")
+}
+
+// Agent: the join-token verifier does not look agents up.
+func (m *memState) Agent(context.Context, string) (node.AgentRecord, error) {
+	return node.AgentRecord{}, node.ErrNotFound
+}
+
 func (m *memState) CredentialExpiry(_ context.Context, c node.Credential) (time.Time, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
