@@ -3,6 +3,7 @@ package awsiid
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -75,6 +76,8 @@ func (f *fixture) payload(t *testing.T) []byte {
 	doc := f.doc.JSON()
 	return mustJSON(t, Payload{Document: string(doc), RSA2048: f.signer.Sign(t, doc)})
 }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
 
 func mustJSON(t *testing.T, v any) []byte {
 	b, err := json.Marshal(v)
@@ -296,4 +299,4 @@ func TestValidateSelector(t *testing.T) {
 	}
 }
 
-func b64(b []byte) string { return base64Std(b) }
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

@@ -36,17 +36,13 @@ func init() {
 	plugin.Register(plugin.KindNodeAttestor, Name, pluginNew)
 }
 
-// regionBlock is one region's settings in the server block.
-type regionBlock struct {
-	CertificatePath string `cty:"certificate_path"`
-}
-
 // serverBlock is the server's node_attestor "aws_iid" block.
 type serverBlock struct {
-	Regions            map[string]regionBlock `hcl:"regions"`
-	AccountAllowList   []string               `hcl:"account_allow_list"`
-	MaxDocumentAge     string                 `hcl:"max_document_age,optional"`
-	AllowReattestation bool                   `hcl:"allow_reattestation,optional"`
+	// Regions maps a region to its settings: certificate_path only.
+	Regions            map[string]map[string]string `hcl:"regions"`
+	AccountAllowList   []string                     `hcl:"account_allow_list"`
+	MaxDocumentAge     string                       `hcl:"max_document_age,optional"`
+	AllowReattestation bool                         `hcl:"allow_reattestation,optional"`
 }
 
 // agentBlock is the agent's node_attestor "aws_iid" block.
@@ -89,10 +85,15 @@ func pluginNew(body hcl.Body, env plugin.Env) (any, error) {
 	}
 	c.Regions = map[string][]*x509.Certificate{}
 	for r, rb := range b.Regions {
-		if rb.CertificatePath == "" {
+		for k := range rb {
+			if k != "certificate_path" {
+				return nil, plugin.AttrError(body, "regions", "region %q: unknown setting %q (want certificate_path)", r, k)
+			}
+		}
+		if rb["certificate_path"] == "" {
 			return nil, plugin.AttrError(body, "regions", "region %q has no certificate_path", r)
 		}
-		certs, err := LoadCertificates(rb.CertificatePath)
+		certs, err := LoadCertificates(rb["certificate_path"])
 		if err != nil {
 			return nil, plugin.AttrError(body, "regions", "region %q: %v", r, err)
 		}
