@@ -91,7 +91,8 @@ func awsiidAgent(t *testing.T, s *server, dir, imds string) *agent {
 // test certificate standing in for AWS's. A node alias on the account and
 // region of the first two gives the workload an SVID on both of their
 // sockets, not on the third's (another account); a copy of the first
-// instance's document is refused (trust on first use).
+// instance's document is refused (trust on first use) until the instance
+// is evicted, and refused again once it is banned.
 func TestAttestAWSIIDNodeAlias(t *testing.T) {
 	dir := t.TempDir()
 	signer := awsiidtest.NewSigner(t, "test stand-in for the AWS us-east-1 RSA-2048 certificate")
@@ -173,4 +174,27 @@ func TestAttestAWSIIDNodeAlias(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(s.dir, "server.log")); !strings.Contains(string(b), "already attested") {
 		t.Error("the server's log does not say why the replay was refused")
 	}
+	replay.p.kill()
+
+	// Evicting the instance deletes its record: the instance (a fresh
+	// agent with the same document) attests again as new.
+	agents[0].p.stop()
+	s.cli("agent", "evict", "-spiffe-id", agentIDs[0])
+	again := awsiidAgent(t, s, filepath.Join(dir, "again"), imds[0].URL)
+	again.p = startProc(t, "again", filepath.Join(again.dir, "agent.log"), nil, sigilBin, "agent", "-config", again.config)
+	waitReady(t, again.p, "http://"+again.health+"/ready")
+	fetchID(t, again.socket, aliased+"/workload")
+
+	// A banned instance stays out, whatever document it shows.
+	again.p.stop()
+	s.cli("agent", "ban", "-spiffe-id", agentIDs[0])
+	banned := awsiidAgent(t, s, filepath.Join(dir, "banned"), imds[0].URL)
+	banned.p = startProc(t, "banned", filepath.Join(banned.dir, "agent.log"), nil, sigilBin, "agent", "-config", banned.config)
+	eventually.NoError(t, 60*time.Second, func() error {
+		b, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+		if !strings.Contains(banned.logText(), "refused") || !strings.Contains(string(b), "is banned") {
+			return fmt.Errorf("banned instance not refused yet:\n%s", tail(banned.logText(), 2000))
+		}
+		return nil
+	})
 }
