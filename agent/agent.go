@@ -79,10 +79,10 @@ func New(cfg Config) (*Agent, error) {
 		cfg.AuditSink = audit.NewZap(log)
 	}
 	return &Agent{
-		cfg:         cfg,
-		log:         log,
-		clk:         cfg.Clock,
-		cache:       newCache(cfg.TrustDomain, log.Named("cache"), cfg.Clock),
+		cfg:          cfg,
+		log:          log,
+		clk:          cfg.Clock,
+		cache:        newCache(cfg.TrustDomain, log.Named("cache"), cfg.Clock),
 		ready:        make(chan struct{}),
 		connChanged:  make(chan struct{}),
 		reattestKick: make(chan struct{}, 1),
@@ -109,7 +109,9 @@ func (a *Agent) Cache() workloadapi.Cache { return a.cache }
 
 // Healthy returns nil while the agent can do its job: the sync stream is
 // up, or the material it holds is still valid. Otherwise it says what is
-// wrong.
+// wrong: a server refused the agent (evicted, forgotten or banned; with a
+// node attestor that can attest again, whether it is attesting again or
+// was refused that too), or its SVID expired and the stream is down.
 func (a *Agent) Healthy() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
