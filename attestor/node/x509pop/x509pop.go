@@ -53,7 +53,7 @@ var ErrMalformed = errors.New("malformed x509pop evidence")
 
 // RefusedMessage is the one public text of every refusal of well-formed
 // evidence (expired, untrusted, wrong answer): the reason goes to the log.
-const RefusedMessage = "x509pop: certificate or proof of possession refused"
+const RefusedMessage = "x509pop certificate or proof of possession refused"
 
 // payload is the agent's evidence: the certificate chain, leaf first, DER.
 type payload struct {
