@@ -44,8 +44,8 @@ func (c AgentConfig) Validate() error {
 
 // Attestor is the agent half. It reads its files when built (so that a
 // bad file fails at start) and again for every attestation (so that a
-// renewed certificate is used without restarting). Its Answer signs for
-// the chain of its last Payload.
+// renewed certificate is used without restarting). It runs one
+// attestation at a time: Answer signs for the chain of the last Payload.
 type Attestor struct {
 	cfg         AgentConfig
 	trustDomain string
@@ -134,6 +134,9 @@ func (a *Attestor) load() ([][]byte, crypto.Signer, error) {
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
 		return nil, nil, fmt.Errorf("x509pop: certificate_path %s: the first certificate (the leaf): %w", a.cfg.CertificatePath, err)
+	}
+	if _, err := schemesFor(leaf.PublicKey); err != nil {
+		return nil, nil, fmt.Errorf("x509pop: certificate_path %s: the leaf's key: %w", a.cfg.CertificatePath, err)
 	}
 	keyPEM, err := readFile("private_key_path", a.cfg.PrivateKeyPath, true)
 	if err != nil {

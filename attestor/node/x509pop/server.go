@@ -23,6 +23,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/registration"
 )
 
 // Values of ServerConfig.ExtKeyUsage.
@@ -265,7 +266,7 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 }
 
 // selectors returns the node selectors of a verified leaf, sorted and
-// without duplicates. The CA fingerprints are those of every certificate
+// without duplicates, leaving out any that registration would refuse. The CA fingerprints are those of every certificate
 // above the leaf in any verified chain (intermediates and the root).
 func selectors(leaf *x509.Certificate, verified [][]*x509.Certificate) []*sigilv1.Selector {
 	seen := map[string]bool{}
@@ -285,14 +286,17 @@ func selectors(leaf *x509.Certificate, verified [][]*x509.Certificate) []*sigilv
 	seen["serialnumber:"+serialHex(leaf)] = true
 	vals := make([]string, 0, len(seen))
 	for s := range seen {
-		if ValidateSelector(s) == nil {
-			vals = append(vals, s)
-		}
+		vals = append(vals, s)
 	}
 	sort.Strings(vals)
-	out := make([]*sigilv1.Selector, len(vals))
-	for i, s := range vals {
-		out[i] = &sigilv1.Selector{Type: Name, Value: s}
+	out := make([]*sigilv1.Selector, 0, len(vals))
+	for _, s := range vals {
+		sel := &sigilv1.Selector{Type: Name, Value: s}
+		// A value entries could not name (a control character in a
+		// common name, an oversized SAN) is left out.
+		if registration.ValidateSelectorInput(sel) == nil {
+			out = append(out, sel)
+		}
 	}
 	return out
 }

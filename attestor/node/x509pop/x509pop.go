@@ -18,13 +18,13 @@
 package x509pop
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // Name is the attestor name.
@@ -69,7 +69,7 @@ func encodePayload(chain [][]byte) ([]byte, error) {
 // certificates.
 func decodePayload(b []byte) ([][]byte, error) {
 	var p payload
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
 		return nil, fmt.Errorf("x509pop: %w: %v", ErrMalformed, err)
@@ -111,7 +111,7 @@ func decodeAnswer(b []byte) (answer, error) {
 	if len(b) > maxAnswerSize {
 		return a, fmt.Errorf("x509pop: %w: answer of %d bytes, at most %d", ErrMalformed, len(b), maxAnswerSize)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&a); err != nil {
 		return a, fmt.Errorf("x509pop: %w: answer: %v", ErrMalformed, err)

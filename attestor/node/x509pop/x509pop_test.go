@@ -241,7 +241,29 @@ func TestAttestRefusals(t *testing.T) {
 		if _, err := NewAttestor(testTD, AgentConfig{}); err == nil {
 			t.Fatal("empty agent config accepted")
 		}
-		_ = key
+		dir := t.TempDir()
+		_, err = NewAttestor(testTD, AgentConfig{
+			CertificatePath: writeFile(t, dir, "c.pem", pemCerts(chain...), 0o644),
+			PrivateKeyPath:  writeFile(t, dir, "k.pem", pemKey(t, key), 0o600),
+		})
+		if err == nil || !strings.Contains(err.Error(), "P-521") {
+			t.Fatalf("agent with a P-521 leaf: %v", err)
+		}
+	})
+	t.Run("selector that entries could not name", func(t *testing.T) {
+		leaf, key, chain := ca.issue(t, leafOpts{cn: "bad\ncn"})
+		res, _, err := attest(t, v, newState(), newAttestorFor(t, testTD, chain, key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range selectorValues(res) {
+			if strings.HasPrefix(s, "subject:cn:") {
+				t.Fatalf("selector %q with a control character", s)
+			}
+		}
+		if !slices.Contains(selectorValues(res), "serialnumber:"+leaf.SerialNumber.Text(16)) {
+			t.Fatalf("selectors %q", selectorValues(res))
+		}
 	})
 	t.Run("id template not a path", func(t *testing.T) {
 		cfg := DefaultServerConfig()
