@@ -89,8 +89,9 @@ func parseIDTemplate(s string) (*idTemplate, error) {
 }
 
 // render returns the id of the agent holding leaf. It fails if the result
-// is not a valid relative SPIFFE ID path (a common name with a space,
-// for example).
+// is not a valid relative SPIFFE ID path or if a placeholder's value is not
+// one path segment's worth of characters (a common name with a space or a
+// '/', for example).
 func (t *idTemplate) render(leaf *x509.Certificate) (string, error) {
 	var b strings.Builder
 	for _, p := range t.parts {
@@ -106,7 +107,16 @@ func (t *idTemplate) render(leaf *x509.Certificate) (string, error) {
 		case "SerialNumber":
 			b.WriteString(serialHex(leaf))
 		case "Subject.CN":
-			b.WriteString(leaf.Subject.CommonName)
+			// Only literal text may add path segments: a common name
+			// with a '/' (or any character outside a path segment's)
+			// is refused, not spliced into the id's structure.
+			cn := leaf.Subject.CommonName
+			for _, r := range cn {
+				if !pathChar(r) {
+					return "", fmt.Errorf("the common name %q has the character %q, not allowed in a SPIFFE ID path segment", cn, r)
+				}
+			}
+			b.WriteString(cn)
 		}
 	}
 	id := b.String()

@@ -43,7 +43,7 @@ const (
 	maxAnswerSize = 4 << 10
 )
 
-// context is the domain separation string that starts every signed
+// signingContext is the domain separation string that starts every signed
 // message: a signature made for this attestor cannot be taken for one made
 // for anything else with the same key.
 const signingContext = "sigil x509pop node attestation v1"
