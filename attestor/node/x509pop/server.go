@@ -242,6 +242,11 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 		return nil, refused("leaf serial %s: %v", serialHex(leaf), err)
 	}
 
+	id, err := v.tmpl.render(leaf)
+	if err != nil {
+		return nil, refused("leaf serial %s: agent_id template: %v", serialHex(leaf), err)
+	}
+
 	nonce := make([]byte, NonceSize)
 	if _, err := io.ReadFull(v.rand, nonce); err != nil {
 		return nil, fmt.Errorf("x509pop: generating the challenge: %w", err)
@@ -258,10 +263,6 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 		return nil, refused("leaf serial %s: the answer to the challenge does not verify: %v", serialHex(leaf), err)
 	}
 
-	id, err := v.tmpl.render(leaf)
-	if err != nil {
-		return nil, refused("leaf serial %s: agent_id template: %v", serialHex(leaf), err)
-	}
 	return &node.Result{ID: id, Selectors: selectors(leaf, verified)}, nil
 }
 

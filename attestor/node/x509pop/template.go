@@ -17,6 +17,10 @@ const DefaultAgentIDTemplate = "{{ .Fingerprint.SHA256 }}"
 // {{ .Name }}; nothing else may stand between double braces.
 var Placeholders = []string{"Fingerprint.SHA256", "Fingerprint.SHA1", "SerialNumber", "Subject.CN"}
 
+// maxIDLen bounds a rendered agent id, well within a SPIFFE ID's 2048
+// bytes.
+const maxIDLen = 1024
+
 // maxTemplateLen bounds an agent_id template.
 const maxTemplateLen = 512
 
@@ -120,6 +124,9 @@ func (t *idTemplate) render(leaf *x509.Certificate) (string, error) {
 		}
 	}
 	id := b.String()
+	if len(id) > maxIDLen {
+		return "", fmt.Errorf("agent id of %d bytes, at most %d", len(id), maxIDLen)
+	}
 	for _, seg := range strings.Split(id, "/") {
 		if seg == "" || seg == "." || seg == ".." {
 			return "", fmt.Errorf("agent id %q has an empty, '.' or '..' path segment", id)

@@ -271,6 +271,12 @@ func TestAttestRefusals(t *testing.T) {
 		_, key, chain := ca.issue(t, leafOpts{cn: "has space"})
 		res, _, err := attest(t, newVerifierFor(t, cfg, ca), newState(), newAttestorFor(t, testTD, chain, key))
 		wantRefused(t, res, err, "not allowed in a SPIFFE ID path segment")
+		_, key, chain = ca.issue(t, leafOpts{cn: strings.Repeat("a", 1100)})
+		res, ex, err := attest(t, newVerifierFor(t, cfg, ca), newState(), newAttestorFor(t, testTD, chain, key))
+		wantRefused(t, res, err, "at most 1024")
+		if len(ex.challenges) != 0 {
+			t.Fatal("a challenge was sent for a leaf that cannot name an agent")
+		}
 	})
 }
 
