@@ -164,7 +164,7 @@ func TestPluginConfigErrors(t *testing.T) {
   plugins {
     key_manager "disk" {}
   }
-}`, `3: plugins: no node_attestor: the server needs one (known: ` + knownNodeAttestors + `), e.g. node_attestor "join_token" {}`},
+}`, `3: plugins: no node_attestor: the server needs one (known: ` + knownNodeAttestors + `), e.g. node_attestor "` + plugin.Names(plugin.KindNodeAttestor)[0] + `" {}`},
 		{"no key manager", false, `server {
   trust_domain = "example.org"
   plugins {
