@@ -14,6 +14,7 @@ import (
 	// plugin to the binary is one line here.
 	_ "github.com/sigil-id/sigil/attestor/node/awsiid"
 	_ "github.com/sigil-id/sigil/attestor/node/jointoken"
+	_ "github.com/sigil-id/sigil/attestor/node/x509pop"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
