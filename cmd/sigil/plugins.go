@@ -12,6 +12,8 @@ import (
 	// The plugins this binary ships: each registers itself (and the
 	// selector types it produces) with the plugin registry. Adding a
 	// plugin to the binary is one line here.
+	_ "github.com/sigil-id/sigil/attestor/node/azuremsi"
+	_ "github.com/sigil-id/sigil/attestor/node/gcpiit"
 	_ "github.com/sigil-id/sigil/attestor/node/jointoken"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
