@@ -1,6 +1,7 @@
 package gcpiit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -95,7 +96,7 @@ func (a *Attestor) Payload(ctx context.Context) ([]byte, error) {
 	if resp.Header.Get("Metadata-Flavor") != "Google" {
 		return nil, errors.New("gcpiit: the answer lacks the header Metadata-Flavor: Google: not a Compute Engine metadata server")
 	}
-	tok, err := ParseToken(body)
+	tok, err := ParseToken(bytes.TrimSpace(body))
 	if err != nil {
 		return nil, fmt.Errorf("the metadata server's answer: %w", err)
 	}

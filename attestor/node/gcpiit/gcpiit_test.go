@@ -242,6 +242,27 @@ func TestKeySetUnreachable(t *testing.T) {
 	}
 }
 
+func TestVerifyReturnsWhenContextEnds(t *testing.T) {
+	f := newFakeGoogle(t)
+	hang := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	defer close(hang)
+	v := f.verifier(t, func(c *VerifierConfig) { c.JWKSURL = slow.URL + "/certs" })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := v.Verify(ctx, newMemState(f.clk), payload(f.token(t, f.claims(testAudience))))
+	var r *node.RefusedError
+	if !errors.Is(err, context.Canceled) || errors.As(err, &r) || !strings.HasPrefix(err.Error(), "gcpiit: ") {
+		t.Fatalf("cancelled: %v", err)
+	}
+}
+
 func TestKeySetBoundedAndCached(t *testing.T) {
 	f := newFakeGoogle(t)
 	v := f.verifier(t, nil)
