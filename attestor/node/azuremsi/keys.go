@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -128,6 +129,11 @@ func (k probedKeySet) VerifySignature(ctx context.Context, jwt string) ([]byte, 
 // each fetch bounded by timeout (the keyFetcher's own, so that its errors
 // keep errKeysUnavailable).
 func newKeySet(jwksURL string, timeout time.Duration, maxBytes int64, clk clock.Clock) oidc.KeySet {
+	// The URL as go-oidc's requests will spell it, so that the fetcher
+	// recognizes it (the configuration was validated as an http(s) URL).
+	if u, err := url.Parse(jwksURL); err == nil {
+		jwksURL = u.String()
+	}
 	base := http.DefaultTransport.(*http.Transport).Clone()
 	base.Proxy = http.ProxyFromEnvironment
 	client := &http.Client{

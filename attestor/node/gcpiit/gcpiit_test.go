@@ -387,3 +387,13 @@ func TestValidateSelector(t *testing.T) {
 		}
 	}
 }
+
+// The fetcher recognizes the configured key set URL however it is
+// spelled, as go-oidc's requests spell it.
+func TestKeySetURLSpelling(t *testing.T) {
+	f := newFakeGoogle(t)
+	v := f.verifier(t, func(c *VerifierConfig) { c.JWKSURL = "HTTP://" + strings.TrimPrefix(c.JWKSURL, "http://") })
+	if _, err := v.Verify(context.Background(), newMemState(f.clk), payload(f.token(t, f.claims(testAudience)))); err != nil {
+		t.Fatal(err)
+	}
+}
