@@ -13,6 +13,8 @@ import (
 	// selector types it produces) with the plugin registry. Adding a
 	// plugin to the binary is one line here.
 	_ "github.com/sigil-id/sigil/attestor/node/awsiid"
+	_ "github.com/sigil-id/sigil/attestor/node/azuremsi"
+	_ "github.com/sigil-id/sigil/attestor/node/gcpiit"
 	_ "github.com/sigil-id/sigil/attestor/node/jointoken"
 	_ "github.com/sigil-id/sigil/attestor/node/x509pop"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"

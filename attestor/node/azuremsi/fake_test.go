@@ -1,0 +1,247 @@
+package azuremsi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/clock"
+)
+
+var t0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+
+const (
+	testTenant   = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	otherTenant  = "0d3b3f4e-1111-4a2b-9c3d-5e6f7a8b9c0d"
+	testResource = "api://sigil-attestation"
+	testOID      = "9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
+	testSub      = "11111111-2222-4333-8444-555555555555"
+	testMirID    = "/subscriptions/" + testSub + "/resourcegroups/Prod-RG/providers/Microsoft.Compute/virtualMachines/Web-1"
+)
+
+var (
+	keyOnce sync.Once
+	key1    *rsa.PrivateKey
+	key2    *rsa.PrivateKey
+)
+
+func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) {
+	keyOnce.Do(func() {
+		var err error
+		if key1, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+			panic(err)
+		}
+		if key2, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+			panic(err)
+		}
+	})
+	return key1, key2
+}
+
+// fakeAzure serves, on loopback, what Microsoft Entra ID and IMDS serve
+// to the attestor: per tenant, the v1 discovery document (issuer
+// <srv>/<tenant>/, as https://sts.windows.net/<tenant>/) and key set
+// (<srv>/<tenant>/discovery/keys), and IMDS's token endpoint, which signs
+// a v1 managed identity access token for the requested resource.
+type fakeAzure struct {
+	srv      *httptest.Server
+	clk      *clock.Fake
+	key      *rsa.PrivateKey
+	kid      string
+	jwksHits atomic.Int64
+	// mirid is the xms_mirid claim IMDS's tokens carry ("" for none).
+	mirid      string
+	imdsStatus int
+}
+
+func newFakeAzure(t *testing.T) *fakeAzure {
+	k, _ := testKeys(t)
+	f := &fakeAzure{clk: clock.NewFake(t0), key: k, kid: "nOo3ZDrODXEK1jKWhXslHR_KXEg", mirid: testMirID}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{tenant}/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		tid := r.PathValue("tenant")
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{
+			"token_endpoint":                        f.srv.URL + "/" + tid + "/oauth2/token",
+			"jwks_uri":                              f.srv.URL + "/" + tid + "/discovery/keys",
+			"issuer":                                f.issuer(tid),
+			"response_types_supported":              []string{"code", "id_token", "code id_token", "token id_token", "token"},
+			"subject_types_supported":               []string{"pairwise"},
+			"id_token_signing_alg_values_supported": []string{"RS256"},
+			"tenant_region_scope":                   "WW",
+		})
+	})
+	mux.HandleFunc("GET /{tenant}/discovery/keys", func(w http.ResponseWriter, r *http.Request) {
+		f.jwksHits.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: f.key.Public(), KeyID: f.kid, Use: "sig"}}})
+	})
+	mux.HandleFunc("GET /metadata/identity/oauth2/token", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		if r.Header.Get("Metadata") != "true" {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]string{"error": "invalid_request", "error_description": "Required metadata header not specified"})
+			return
+		}
+		if f.imdsStatus != 0 {
+			w.WriteHeader(f.imdsStatus)
+			json.NewEncoder(w).Encode(map[string]string{"error": "invalid_request", "error_description": "Identity not found"})
+			return
+		}
+		res := r.URL.Query().Get("resource")
+		if r.URL.Query().Get("api-version") != MetadataAPIVersion || res == "" {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]string{"error": "invalid_request", "error_description": "api-version and resource required"})
+			return
+		}
+		now := f.clk.Now()
+		json.NewEncoder(w).Encode(map[string]string{
+			"access_token":   f.token(t, f.claims(testTenant, res)),
+			"client_id":      "5f1e8a3b-0c2d-4e6f-8a9b-1c2d3e4f5a6b",
+			"expires_in":     "86399",
+			"expires_on":     strconv.FormatInt(now.Add(24*time.Hour).Unix(), 10),
+			"ext_expires_in": "86399",
+			"not_before":     strconv.FormatInt(now.Unix(), 10),
+			"resource":       res,
+			"token_type":     "Bearer",
+		})
+	})
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeAzure) issuer(tid string) string { return f.srv.URL + "/" + tid + "/" }
+
+// claims returns the claims of a v1 managed identity token of tid for
+// resource, issued now.
+func (f *fakeAzure) claims(tid, resource string) map[string]any {
+	now := f.clk.Now()
+	c := map[string]any{
+		"aud":      resource,
+		"iss":      f.issuer(tid),
+		"iat":      now.Unix(),
+		"nbf":      now.Unix(),
+		"exp":      now.Add(24 * time.Hour).Unix(),
+		"aio":      "E2ZgYJh1bW5ydW5f",
+		"appid":    "5f1e8a3b-0c2d-4e6f-8a9b-1c2d3e4f5a6b",
+		"appidacr": "2",
+		"idp":      f.issuer(tid),
+		"idtyp":    "app",
+		"oid":      testOID,
+		"rh":       "0.AAAAv4j5cvGGr0GRqy180BHbR.",
+		"sub":      testOID,
+		"tid":      tid,
+		"uti":      "Ab1Cd2Ef3Gh4Ij5Kl6Mn7",
+		"ver":      "1.0",
+	}
+	if f.mirid != "" {
+		c["xms_mirid"] = f.mirid
+	}
+	return c
+}
+
+func (f *fakeAzure) token(t testing.TB, claims map[string]any) string {
+	return signRS256(t, f.key, f.kid, claims)
+}
+
+func signRS256(t testing.TB, k *rsa.PrivateKey, kid string, claims map[string]any) string {
+	t.Helper()
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: k, KeyID: kid}},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("x5t", kid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(claims)
+	jws, err := s.Sign(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := jws.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (f *fakeAzure) tenantConfig(tid string) TenantConfig {
+	return TenantConfig{Resource: testResource, IssuerURL: f.issuer(tid), JWKSURL: f.srv.URL + "/" + tid + "/discovery/keys"}
+}
+
+func (f *fakeAzure) verifier(t *testing.T, mutate func(*VerifierConfig)) *Verifier {
+	t.Helper()
+	c := DefaultVerifierConfig()
+	c.Tenants = map[string]TenantConfig{testTenant: f.tenantConfig(testTenant)}
+	c.Clock = f.clk
+	if mutate != nil {
+		mutate(&c)
+	}
+	v, err := NewVerifier(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func (f *fakeAzure) attestor(t *testing.T) *Attestor {
+	t.Helper()
+	c := DefaultAttestorConfig()
+	c.Resource = testResource
+	c.MetadataURL = f.srv.URL + "/metadata/identity/oauth2/token"
+	a, err := NewAttestor(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// memState is an in-memory node.State on the fake's clock.
+type memState struct {
+	clk    *clock.Fake
+	agents map[string]node.AgentRecord
+	err    error
+}
+
+func newMemState(clk *clock.Fake) *memState {
+	return &memState{clk: clk, agents: map[string]node.AgentRecord{}}
+}
+
+func (m *memState) Now() time.Time { return m.clk.Now() }
+
+func (m *memState) CredentialExpiry(context.Context, node.Credential) (time.Time, error) {
+	return time.Time{}, node.ErrNotFound
+}
+
+func (m *memState) Used(context.Context, node.Credential) (bool, error) {
+	return false, nil
+}
+
+func (m *memState) Agent(_ context.Context, id string) (node.AgentRecord, error) {
+	if m.err != nil {
+		return node.AgentRecord{}, m.err
+	}
+	r, ok := m.agents[id]
+	if !ok {
+		return node.AgentRecord{}, node.ErrNotFound
+	}
+	return r, nil
+}
+
+type payload []byte
+
+func (p payload) Payload() []byte { return p }
+
+func (payload) Challenge(context.Context, []byte) ([]byte, error) {
+	return nil, node.ErrRoundsExhausted
+}
