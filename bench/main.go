@@ -170,6 +170,10 @@ func run(dur time.Duration, maxSVIDs int) error {
 		return err
 	}
 	fmt.Println()
+	if err := benchAttestX509pop(ctx); err != nil {
+		return fmt.Errorf("x509pop: %w", err)
+	}
+	fmt.Println()
 	if err := benchHA(ctx); err != nil {
 		return fmt.Errorf("ha: %w", err)
 	}
