@@ -63,7 +63,16 @@ func ValidateUseOnceCredential(kind, id string, expiresAt, nowSec int64) error {
 	return nil
 }
 
-func validateUseOnce(kind, id string, expiresAt, nowSec int64) *CommandError {
+// ValidateUseOnceName checks the kind and ID of a use-once credential as
+// ValidateUseOnceCredential does, without an expiry (for a lookup).
+func ValidateUseOnceName(kind, id string) error {
+	if err := validateUseOnceName(kind, id); err != nil {
+		return err
+	}
+	return nil
+}
+
+func validateUseOnceName(kind, id string) *CommandError {
 	if err := validateCredentialKind(kind); err != nil {
 		return err
 	}
@@ -72,6 +81,13 @@ func validateUseOnce(kind, id string, expiresAt, nowSec int64) *CommandError {
 	}
 	if len(id) > MaxCredentialIDLen {
 		return cmdErr(codes.InvalidArgument, "credential of kind %q has an id of %d bytes, more than %d", kind, len(id), MaxCredentialIDLen)
+	}
+	return nil
+}
+
+func validateUseOnce(kind, id string, expiresAt, nowSec int64) *CommandError {
+	if err := validateUseOnceName(kind, id); err != nil {
+		return err
 	}
 	if expiresAt <= nowSec {
 		return cmdErr(codes.InvalidArgument, "credential of kind %q expires at %d, not after the command time %d", kind, expiresAt, nowSec)
