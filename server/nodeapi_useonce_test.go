@@ -19,6 +19,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // onceName is the attestation type of the test-only use-once attestor.
@@ -339,5 +340,48 @@ func TestAttestRefusalMetricsBounded(t *testing.T) {
 	want := "made-up-1/unknown_type,made-up-2/unknown_type," + strings.Repeat("x", 64) + "…/unknown_type,once_test/malformed,once_test/too_large,once_test/malformed"
 	if got != want {
 		t.Errorf("audited refusals\n%s, want\n%s", got, want)
+	}
+}
+
+// TestAttestApplyRefusalReasons: how a refused or failed AttestNode write
+// is told to the caller and counted: a use-once credential another
+// server recorded first (AlreadyExists in the state machine) is
+// "replayed" with the replay message; a node banned meanwhile is
+// "banned"; a join token consumed meanwhile "replayed"; another refusal
+// of the state machine (a server bug) "internal"; a write that timed out
+// "deadline", one that could not be made "unavailable".
+func TestAttestApplyRefusalReasons(t *testing.T) {
+	h := startServerWith(t, clock.NewFake(time.Now()), nil)
+	n := &nodeAPI{s: h.srv}
+	banned := h.attest()
+	if _, err := h.admin.BanAgent(context.Background(), &sigilv1.BanAgentRequest{SpiffeId: banned.id}); err != nil {
+		t.Fatal(err)
+	}
+	other := "spiffe://example.org/sigil/agent/once_test/n1"
+	cases := []struct {
+		name     string
+		agent    string
+		useOnce  bool
+		err      error
+		reason   string
+		code     codes.Code
+		contains string
+	}{
+		{"use-once recorded first", other, true, &raftstore.CommandError{Code: codes.AlreadyExists, Msg: `a credential of kind "x" was already used`},
+			reasonReplayed, codes.PermissionDenied, replayedMessage},
+		{"banned", banned.id, false, &raftstore.CommandError{Code: codes.PermissionDenied, Msg: "node is banned"},
+			reasonBanned, codes.PermissionDenied, "banned"},
+		{"join token consumed", other, false, &raftstore.CommandError{Code: codes.PermissionDenied, Msg: "join token is invalid or expired"},
+			reasonReplayed, codes.PermissionDenied, "join token"},
+		{"state machine bug", other, true, &raftstore.CommandError{Code: codes.InvalidArgument, Msg: "bad"},
+			reasonInternal, codes.InvalidArgument, "bad"},
+		{"timed out", other, false, fmt.Errorf("cluster: write: %w", context.DeadlineExceeded), reasonDeadline, codes.DeadlineExceeded, ""},
+		{"no leader", other, false, errors.New("cluster: write not accepted"), reasonUnavailable, codes.Unavailable, "not accepted"},
+	}
+	for _, tc := range cases {
+		reason, public := n.applyRefusal(tc.agent, tc.useOnce, tc.err)
+		if reason != tc.reason || status.Code(public) != tc.code || !strings.Contains(status.Convert(public).Message(), tc.contains) {
+			t.Errorf("%s: reason %s, status %v; want %s, %v containing %q", tc.name, reason, public, tc.reason, tc.code, tc.contains)
+		}
 	}
 }
