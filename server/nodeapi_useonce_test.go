@@ -385,3 +385,82 @@ func TestAttestApplyRefusalReasons(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterUseOnceCredentialReplicated: on a cluster of two servers,
+// the record of a use-once credential used through one server (a
+// follower, whose write is forwarded) reaches the other, which refuses a
+// replay; attestations racing with one credential through both servers
+// at once (verifiers that leave the check to the Raft apply) yield
+// exactly one agent.
+func TestClusterUseOnceCredentialReplicated(t *testing.T) {
+	v := &onceVerifier{ttl: time.Hour}
+	addV := func(c *Config) { c.NodeVerifiers = append(c.NodeVerifiers, v) }
+	mc := newMemCluster(t)
+	first := mc.start("s1", mc.config("s1", "", addV))
+	first.waitReady()
+	mc.start("s2", mc.config("s2", "", func(c *Config) {
+		addV(c)
+		c.JoinAddresses = []string{first.cfg.ClusterAddress}
+	})).waitReady()
+	l := mc.leader()
+	var f *memNode
+	for _, n := range mc.live() {
+		if n != l {
+			f = n
+		}
+	}
+	ctx := context.Background()
+	leaderC := (&harness{t: t, srv: l.srv}).nodeClient(nil)
+	followerC := (&harness{t: t, srv: f.srv}).nodeClient(nil)
+
+	if _, err := onceAttest(ctx, t, followerC, "n1", "j1"); err != nil {
+		t.Fatalf("attestation through the follower: %v", err)
+	}
+	clusterWait(t, "the record on the leader", func() bool {
+		used, err := (nodeState{s: l.srv, attestor: onceName}).Used(ctx, node.Credential{Kind: onceKind, ID: "j1"})
+		return err == nil && used
+	})
+	v.skipUsedCheck.Store(true)
+	if _, err := onceAttest(ctx, t, leaderC, "n2", "j1"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("replay through the leader: %v", err)
+	}
+
+	const n = 8
+	var wg sync.WaitGroup
+	var won atomic.Int32
+	errs := make(chan error, n)
+	for i := range n {
+		c := leaderC
+		if i%2 == 1 {
+			c = followerC
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := onceAttest(ctx, t, c, fmt.Sprintf("r%d", i), "shared")
+			switch {
+			case err == nil:
+				won.Add(1)
+			case status.Code(err) != codes.PermissionDenied:
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("loser refused with %v, want PermissionDenied", err)
+	}
+	if won.Load() != 1 {
+		t.Fatalf("%d attestations won, want exactly 1", won.Load())
+	}
+	agents := 0
+	for i := range n {
+		if _, err := l.srv.store.Read().Node(fmt.Sprintf("spiffe://example.org/sigil/agent/once_test/r%d", i)); err == nil {
+			agents++
+		}
+	}
+	if agents != 1 {
+		t.Fatalf("%d racing agents recorded, want 1", agents)
+	}
+}
