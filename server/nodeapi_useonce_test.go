@@ -464,3 +464,54 @@ func TestClusterUseOnceCredentialReplicated(t *testing.T) {
 		t.Fatalf("%d racing agents recorded, want 1", agents)
 	}
 }
+
+// TestAttestStreamRefusalReasons: refusals of the attestation in rounds
+// are audited and counted with their reasons: a wrong answer ("refused"),
+// the unary Attest of an attestor that needs a round ("rounds"), a
+// verifier asking for more rounds than allowed ("rounds"), and a first
+// message that is not the attestation request ("malformed", attestor
+// "unknown").
+func TestAttestStreamRefusalReasons(t *testing.T) {
+	key := []byte("test hmac key")
+	h := startServerWith(t, clock.NewFake(time.Now()), func(l *nodeLimits) { l.MaxAttestRounds = 1 })
+	h.addVerifier(hmacVerifier{key: key, rounds: 1})
+	c := h.nodeClient(nil)
+	ctx := context.Background()
+	req := &sigilv1.AttestRequest{AttestationType: hmacName, Payload: []byte("node-1"), Csr: attackCSR(t)}
+
+	if _, _, err := streamAttest(ctx, c, req, func([]byte) []byte { return make([]byte, 32) }); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("wrong answer: %v", err)
+	}
+	if _, err := c.Attest(ctx, req); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("unary Attest of a challenge attestor: %v", err)
+	}
+	h.addVerifier(hmacVerifier{key: key, rounds: 2})
+	right := func(nonce []byte) []byte { return hmacAnswer(key, nonce, "node-1") }
+	if _, _, err := streamAttest(ctx, c, req, right); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("too many rounds: %v", err)
+	}
+	stream, err := c.AttestStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&sigilv1.AttestStreamRequest{Step: &sigilv1.AttestStreamRequest_Answer{Answer: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("answer first: %v", err)
+	}
+	got := strings.Join(h.refusalReasons(), ",")
+	if want := "hmac_test/refused,hmac_test/rounds,hmac_test/rounds,/malformed"; got != want {
+		t.Errorf("audited refusals %s, want %s", got, want)
+	}
+	metrics := h.scrape()
+	for _, line := range []string{
+		`sigil_server_node_attestations_total{attestor="hmac_test",outcome="refused",reason="refused"} 1`,
+		`sigil_server_node_attestations_total{attestor="hmac_test",outcome="refused",reason="rounds"} 2`,
+		`sigil_server_node_attestations_total{attestor="unknown",outcome="refused",reason="malformed"} 1`,
+	} {
+		if !strings.Contains(metrics, line+"\n") {
+			t.Errorf("metrics lack %s", line)
+		}
+	}
+}
