@@ -237,10 +237,11 @@ func (n *nodeAPI) verify(ctx context.Context, req *sigilv1.AttestRequest, ex *ex
 
 // checkConsume checks the credentials a verifier asked to consume before
 // anything is signed: a verifier bug must not write garbage to the
-// replicated state. Use-once credentials must have a valid kind and ID
-// and expire after now and at most node's 24 hours after it; at most
-// raftstore.MaxConsume credentials, each named once.
-func checkConsume(consume []node.Credential, now time.Time) error {
+// replicated state. Use-once credentials must have a valid kind of the
+// attestor (its name, or its name, ':' and a word) and ID, and expire
+// after now and at most 24 hours after it; at most raftstore.MaxConsume
+// credentials, each named once.
+func checkConsume(attestor string, consume []node.Credential, now time.Time) error {
 	if len(consume) > raftstore.MaxConsume {
 		return fmt.Errorf("%d credentials to consume, more than %d", len(consume), raftstore.MaxConsume)
 	}
@@ -254,12 +255,24 @@ func checkConsume(consume []node.Credential, now time.Time) error {
 		if c.Kind == node.CredentialJoinToken {
 			continue
 		}
+		if err := ownKind(attestor, c.Kind); err != nil {
+			return err
+		}
 		if c.ExpiresAt.After(now.Add(raftstore.MaxUsedCredentialTTL)) {
 			return fmt.Errorf("a credential of kind %q expires more than %s from now", c.Kind, raftstore.MaxUsedCredentialTTL)
 		}
 		if err := raftstore.ValidateUseOnceCredential(c.Kind, c.ID, expiresUnix(c.ExpiresAt), now.Unix()); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// ownKind checks that the use-once kind is attestor's: its name, or its
+// name, ':' and a word, so that attestors never share records.
+func ownKind(attestor, kind string) error {
+	if name, _, _ := strings.Cut(kind, ":"); name != attestor {
+		return fmt.Errorf("credential kind %q is not the %s attestor's (%q or %q)", kind, attestor, attestor, attestor+":<word>")
 	}
 	return nil
 }
@@ -307,7 +320,7 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 	s := n.s
 	typ := v.Name()
 	now := s.cfg.Clock.Now()
-	if err := checkConsume(res.Consume, now); err != nil {
+	if err := checkConsume(typ, res.Consume, now); err != nil {
 		return nil, n.refuse(typ, "", reasonInternal, err,
 			status.Errorf(codes.Internal, "attestation failed: the %s verifier asked to consume a bad credential", typ))
 	}
@@ -659,8 +672,9 @@ func (s *Server) refuseUnauthenticated(ctx context.Context) error {
 	return err
 }
 
-// Used reports whether the use-once credential c has an unexpired record
-// in this server's store. A follower that has not applied the latest
+// Used reports whether the use-once credential c (of the verifier's
+// attestor: its kind is the attestor's name, or its name, ':' and a word)
+// has an unexpired record in this server's store. A follower that has not applied the latest
 // attestations answers "not used" for a credential used a moment ago on
 // another server: the Raft apply of the attestation is the atomic check
 // (a replay is refused there, and nothing is written), so the answer
@@ -668,6 +682,9 @@ func (s *Server) refuseUnauthenticated(ctx context.Context) error {
 func (st nodeState) Used(ctx context.Context, c node.Credential) (bool, error) {
 	s := st.s
 	if err := raftstore.ValidateUseOnceName(c.Kind, c.ID); err != nil {
+		return false, fmt.Errorf("server: %w", err)
+	}
+	if err := ownKind(st.attestor, c.Kind); err != nil {
 		return false, fmt.Errorf("server: %w", err)
 	}
 	if s.store == nil {

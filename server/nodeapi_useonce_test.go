@@ -130,6 +130,9 @@ func TestAttestUseOnceCredential(t *testing.T) {
 	if _, err := (nodeState{s: h.srv, attestor: onceName}).Used(ctx, node.Credential{Kind: "join_token", ID: "x"}); err == nil {
 		t.Fatal("State.Used answered for a join token")
 	}
+	if _, err := (nodeState{s: h.srv, attestor: "oidc"}).Used(ctx, node.Credential{Kind: onceKind, ID: "jti-1"}); err == nil {
+		t.Fatal("State.Used answered for another attestor's kind")
+	}
 
 	before := h.nodeAttackState()
 	_, err = onceAttest(ctx, t, c, "n2", "jti-1")
@@ -224,7 +227,8 @@ func TestAttestUseOnceConcurrent(t *testing.T) {
 
 // TestAttestBadConsumeRefused: a verifier that asks to consume a bad
 // use-once credential (no expiry, one beyond 24 hours, an empty or
-// overlong ID, a bad kind, one credential twice, too many) is refused
+// overlong ID, a bad kind, another attestor's kind, one credential twice,
+// too many) is refused
 // with Internal before anything is signed or written, audited with the
 // reason "internal".
 func TestAttestBadConsumeRefused(t *testing.T) {
@@ -243,13 +247,15 @@ func TestAttestBadConsumeRefused(t *testing.T) {
 		}
 	}
 	cases := map[string]func(time.Time, string) []node.Credential{
-		"no expiry":   one(onceKind, "a", 0),
-		"expired":     one(onceKind, "a", -time.Second),
-		"beyond 24h":  one(onceKind, "a", 24*time.Hour+time.Second),
-		"empty id":    one(onceKind, "", time.Hour),
-		"overlong id": one(onceKind, strings.Repeat("i", 257), time.Hour),
-		"bad kind":    one("once test", "a", time.Hour),
-		"empty kind":  one("", "a", time.Hour),
+		"no expiry":               one(onceKind, "a", 0),
+		"expired":                 one(onceKind, "a", -time.Second),
+		"beyond 24h":              one(onceKind, "a", 24*time.Hour+time.Second),
+		"empty id":                one(onceKind, "", time.Hour),
+		"overlong id":             one(onceKind, strings.Repeat("i", 257), time.Hour),
+		"bad kind":                one("once test", "a", time.Hour),
+		"empty kind":              one("", "a", time.Hour),
+		"another attestor's kind": one("oidc:jti", "a", time.Hour),
+		"a kind with a prefix":    one("once_test2", "a", time.Hour),
 		"twice": func(now time.Time, _ string) []node.Credential {
 			cred := node.Credential{Kind: onceKind, ID: "a", ExpiresAt: now.Add(time.Hour)}
 			return []node.Credential{cred, cred}
