@@ -114,9 +114,10 @@ func TestAttestNodeOldFormCommand(t *testing.T) {
 }
 
 // TestAttestNodeConsume: the generic consume field consumes join tokens as
-// join_token_hash does, atomically with the node; a command naming a kind
-// the store does not keep, or one credential twice, is refused and
-// changes nothing.
+// join_token_hash does, atomically with the node; a command naming a
+// credential of another kind without a valid use-once kind or expiry (see
+// fsm_usedcred_test.go for use-once records), or one credential twice, is
+// refused and changes nothing.
 func TestAttestNodeConsume(t *testing.T) {
 	h1, h2 := tokenHash("one"), tokenHash("two")
 	node2 := "spiffe://example.org/sigil/agent/join_token/a2"
