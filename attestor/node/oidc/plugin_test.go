@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
-	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/clock"
@@ -55,9 +55,9 @@ issuer "github" {
 		t.Fatalf("Verify = %+v, %v", res, err)
 	}
 	for src, want := range map[string]string{
-		``:                                          "no issuer block",
-		`bogus = 1`:                                 "Unsupported argument",
-		`issuer "a" { audiences = ["x"] }`:          "issuer_url",
+		``:                                 "no issuer block",
+		`bogus = 1`:                        "Unsupported argument",
+		`issuer "a" { audiences = ["x"] }`: "issuer_url",
 		`issuer "a" {
   issuer_url = "https://a.example"
   audiences = ["x"]
