@@ -71,15 +71,24 @@ func decodeClaims(b []byte) (map[string]any, error) {
 	return claims, nil
 }
 
-// lookup returns the claim at path (nested objects).
+// lookup returns the claim at path (nested objects). A claim name may
+// itself contain dots (Kubernetes' "kubernetes.io"): at each level the
+// longest run of path parts that names a key is taken.
 func lookup(claims map[string]any, path []string) (any, bool) {
 	var cur any = claims
-	for _, p := range path {
+	for len(path) > 0 {
 		m, ok := cur.(map[string]any)
 		if !ok {
 			return nil, false
 		}
-		if cur, ok = m[p]; !ok {
+		found := false
+		for i := len(path); i > 0; i-- {
+			if v, ok := m[strings.Join(path[:i], ".")]; ok {
+				cur, path, found = v, path[i:], true
+				break
+			}
+		}
+		if !found {
 			return nil, false
 		}
 	}

@@ -599,13 +599,15 @@ func TestConfigValidate(t *testing.T) {
 
 func TestTemplate(t *testing.T) {
 	claims := map[string]any{"sub": "repo:acme/app:ref:refs/heads/main", "n": json.Number("12"), "b": true,
-		"nested": map[string]any{"ns": "prod"}, "under_score": "a_b", "dots": "..", "empty": "", "arr": []any{"x"}}
+		"nested": map[string]any{"ns": "prod"}, "under_score": "a_b", "dots": "..", "empty": "", "arr": []any{"x"},
+		"kubernetes.io": map[string]any{"namespace": "sigil", "serviceaccount": map[string]any{"name": "agent"}}}
 	for tmpl, want := range map[string]string{
 		"{{sub}}":                      "repo_3Aacme_2Fapp_3Aref_3Arefs_2Fheads_2Fmain",
 		"{{claims.sub}}":               "repo_3Aacme_2Fapp_3Aref_3Arefs_2Fheads_2Fmain",
 		"run-{{n}}/{{b}}":              "run-12/true",
 		"{{claims.nested.ns}}/x_{{n}}": "prod/x_12",
 		"{{under_score}}":              "a_5Fb",
+		"{{kubernetes.io.namespace}}/{{kubernetes.io.serviceaccount.name}}": "sigil/agent",
 	} {
 		tp, err := parseTemplate(tmpl)
 		if err != nil {
@@ -626,7 +628,7 @@ func TestTemplate(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "/{{sub}}", "{{sub}}/", "a//{{sub}}", "{{sub}}}", "{{}}", "{{a..b}}", "x y{{sub}}", "./{{sub}}",
-		"{{a}}/{{b}}/{{c}}/{{d}}/{{e}}/{{f}}/{{g}}/{{h}}/{{i}}", "{{a.b.c.d.e}}", "sub", "{{s ub}}"} {
+		"{{a}}/{{b}}/{{c}}/{{d}}/{{e}}/{{f}}/{{g}}/{{h}}/{{i}}", "{{a.b.c.d.e.f.g}}", "sub", "{{s ub}}"} {
 		if _, err := parseTemplate(bad); err == nil {
 			t.Errorf("parseTemplate(%q) accepted", bad)
 		}

@@ -16,7 +16,7 @@ const (
 	// escaping) that becomes part of an agent ID or a selector.
 	MaxClaimValueLen = 256
 	// maxClaimPathDepth is the most dotted parts of a claim path.
-	maxClaimPathDepth = 4
+	maxClaimPathDepth = 6
 )
 
 // template is a parsed agent_id template: path segments, each a sequence
