@@ -1,6 +1,6 @@
 // Package raftstore is Sigil's replicated state machine: the registration
-// entries, attested nodes, join tokens and trust bundles of one trust
-// domain, kept identical on every server by Raft (hashicorp/raft, with a
+// entries, attested nodes, join tokens, use-once credential records and
+// trust bundles of one trust domain, kept identical on every server by Raft (hashicorp/raft, with a
 // bolt log and stable store and file snapshots on disk).
 //
 // Writes are typed commands (storepb.Command) proposed with Store.Apply; the

@@ -324,9 +324,21 @@ func (a *applier) attestNode(c *storepb.AttestNode) *CommandError {
 	if err := a.f.validateNode(n); err != nil {
 		return err
 	}
+	if len(c.GetConsume()) > MaxConsume {
+		return cmdErr(codes.InvalidArgument, "the command consumes %d credentials, more than %d", len(c.GetConsume()), MaxConsume)
+	}
+	var useOnce []*storepb.Credential
+	for _, cred := range c.GetConsume() {
+		if cred.GetKind() != credentialJoinToken {
+			useOnce = append(useOnce, cred)
+		}
+	}
 	tokens, cerr := a.consumedJoinTokens(c)
 	if cerr != nil {
 		return cerr
+	}
+	if err := a.checkUseOnce(useOnce); err != nil {
+		return err
 	}
 	old := a.node(n.SpiffeId)
 	if old != nil && old.Banned {
@@ -339,6 +351,12 @@ func (a *applier) attestNode(c *storepb.AttestNode) *CommandError {
 		}
 	}
 	if err := a.expireJoinTokens(); err != nil {
+		return err
+	}
+	if err := a.pruneUsedCredentials(usedCredentialPrunePerCommand); err != nil {
+		return err
+	}
+	if err := a.recordUseOnce(useOnce, n.SpiffeId); err != nil {
 		return err
 	}
 	n.Banned = false
@@ -354,9 +372,9 @@ func (a *applier) attestNode(c *storepb.AttestNode) *CommandError {
 
 // consumedJoinTokens returns the join tokens an AttestNode command
 // consumes: the one of join_token_hash (the form every version writes)
-// and those of consume. Each must exist and be unexpired at the command
-// time; a command that names a credential twice, or one of a kind this
-// store does not keep, is refused.
+// and those of consume whose kind is "join_token" (the other kinds are
+// use-once records: checkUseOnce). Each must exist and be unexpired at
+// the command time; a command that names a token twice is refused.
 func (a *applier) consumedJoinTokens(c *storepb.AttestNode) ([]*sigilv1.JoinToken, *CommandError) {
 	var hashes []string
 	if c.JoinTokenHash != "" {
@@ -364,7 +382,7 @@ func (a *applier) consumedJoinTokens(c *storepb.AttestNode) ([]*sigilv1.JoinToke
 	}
 	for _, cred := range c.GetConsume() {
 		if cred.GetKind() != credentialJoinToken {
-			return nil, cmdErr(codes.InvalidArgument, "cannot consume a credential of kind %q", cred.GetKind())
+			continue
 		}
 		hashes = append(hashes, cred.GetId())
 	}

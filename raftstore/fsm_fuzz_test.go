@@ -106,6 +106,8 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		at(0, attestNode(agent, "", sel("region", "eu"))),
 		at(0, putAuthority("example.org", "n1", ca)),
 		at(0, fuzzPutJWT("example.org", "k1", "n1", pub, t0.Add(time.Hour))),
+		// Use-once records: j1 for an hour, j2 for a minute.
+		at(0, useOnce(oidcAgent, t0, cred("oidc:jti", "j1", t0.Add(time.Hour)), cred("oidc", "j2", t0.Add(time.Minute)))),
 	}
 	node2 := "spiffe://example.org/sigil/agent/join_token/a2"
 	fx.seeds = [][]byte{
@@ -130,6 +132,17 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		at(30*time.Hour, &storepb.Command{Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: "example.org"}}}),
 		{},
 		{0x72, 0x40, 0x01},
+		// Use-once records: a replay, a reuse after expiry (which prunes
+		// j2), malformed ones, and one with a join token.
+		at(0, useOnce(node2, t0, cred("oidc:jti", "j1", t0.Add(time.Hour)))),
+		at(2*time.Minute, useOnce(node2, t0.Add(2*time.Minute), cred("oidc", "j2", t0.Add(time.Hour)))),
+		at(0, useOnce(node2, t0, cred("oidc:jti", "j3", t0.Add(48*time.Hour)))),
+		at(0, useOnce(node2, t0, cred("join_token:x", "", t0.Add(time.Hour)), cred("a b", "j4", t0.Add(time.Hour)))),
+		at(0, func() *storepb.Command {
+			c := useOnce(node2, t0, cred("oidc:jti", "j5", t0.Add(time.Hour)))
+			c.GetAttestNode().JoinTokenHash = tokenHash("x")
+			return c
+		}()),
 	}
 	// Cluster-wide taint, revocation and retirement of a server's keys.
 	caCert, err := x509.ParseCertificate(ca)

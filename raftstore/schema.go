@@ -18,6 +18,8 @@ const (
 	// *storepb.RemovedServer.
 	tableRevoked        = "revoked_authorities"
 	tableRemovedServers = "removed_servers"
+	// tableUsedCredentials holds *usedRow.
+	tableUsedCredentials = "used_credentials"
 
 	indexID       = "id"
 	indexSPIFFEID = "spiffe_id"
@@ -102,6 +104,13 @@ func schema() *memdb.DBSchema {
 			Name: tableRemovedServers,
 			Indexes: map[string]*memdb.IndexSchema{
 				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ServerId"}},
+			},
+		},
+		tableUsedCredentials: {
+			Name: tableUsedCredentials,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID:      {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+				indexExpires: {Name: indexExpires, Indexer: &memdb.IntFieldIndex{Field: "ExpiresAt"}},
 			},
 		},
 		tableMeta: {

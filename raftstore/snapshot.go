@@ -86,6 +86,11 @@ func buildSnapshot(txn *memdb.Txn) (*storepb.Snapshot, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := each(tableUsedCredentials, func(raw interface{}) {
+		snap.UsedCredentials = append(snap.UsedCredentials, raw.(*usedRow).C)
+	}); err != nil {
+		return nil, err
+	}
 	return snap, nil
 }
 
@@ -261,6 +266,23 @@ func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, 
 		}
 		if err := txn.Insert(tableRemovedServers, r); err != nil {
 			return nil, errorf("snapshot: removed server %q: %v", r.ServerId, err)
+		}
+	}
+	for _, u := range snap.UsedCredentials {
+		if u == nil {
+			return nil, errorf("snapshot: used credential is missing")
+		}
+		// Checked at its own time: a record restored after it expired
+		// is pruned by a later command.
+		if err := validateUseOnce(u.Kind, u.Id, u.ExpiresAt, u.UsedAt); err != nil {
+			return nil, errorf("snapshot: used credential: %v", err.Msg)
+		}
+		key := usedKey(u.Kind, u.Id)
+		if raw, _ := txn.First(tableUsedCredentials, indexID, key); raw != nil {
+			return nil, errorf("snapshot: duplicate used credential of kind %q", u.Kind)
+		}
+		if err := txn.Insert(tableUsedCredentials, &usedRow{Key: key, ExpiresAt: u.ExpiresAt, C: u}); err != nil {
+			return nil, errorf("snapshot: used credential of kind %q: %v", u.Kind, err)
 		}
 	}
 	if err := txn.Insert(tableMeta, &metaRow{Key: metaIndexKey, Index: index}); err != nil {

@@ -26,6 +26,7 @@ type metrics struct {
 	members       prometheus.Gauge
 	memberHealthy *prometheus.GaugeVec
 	memberLag     *prometheus.GaugeVec
+	attestations  *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -63,10 +64,29 @@ func newMetrics() *metrics {
 		memberLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sigil_cluster_member_apply_lag_entries", Help: "How far the member's applied index trails this server's.",
 		}, []string{"member"}),
+		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sigil_server_node_attestations_total",
+			Help: "Node attestations this server ended, by attestor (a configured verifier, else \"unknown\"), " +
+				"outcome (accepted, refused) and reason (ok, or why it was refused, from a fixed list).",
+		}, []string{"attestor", "outcome", "reason"}),
 	}
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.commit, m.applyLag, m.commitIndex, m.appliedIndex,
-		m.lastContact, m.members, m.memberHealthy, m.memberLag)
+		m.lastContact, m.members, m.memberHealthy, m.memberLag, m.attestations)
 	return m
+}
+
+// Outcomes of node attestations (the outcome label of
+// sigil_server_node_attestations_total).
+const (
+	attestAccepted = "accepted"
+	attestRefused  = "refused"
+)
+
+// observeAttestation counts one node attestation. Every label comes from a
+// fixed set (the configured verifier names, the outcomes, the reasons of
+// nodeapi.go), so the series are bounded whatever callers send.
+func (m *metrics) observeAttestation(attestor, outcome, reason string) {
+	m.attestations.WithLabelValues(attestor, outcome, reason).Inc()
 }
 
 // MetricsHandler serves the server's metrics in the Prometheus format.

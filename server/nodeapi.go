@@ -33,31 +33,128 @@ type nodeAPI struct {
 	sigilv1.UnimplementedNodeServer
 	s *Server
 
-	// claims holds the single-use credentials (join token hashes) that
-	// an attestation on this server is consuming right now; a concurrent
-	// one with the same credential is refused before it signs anything.
+	// claims holds the single-use credentials (join tokens and use-once
+	// records, by kind and ID) that an attestation on this server is
+	// consuming right now; a concurrent one with the same credential is
+	// refused before it signs anything.
 	claimMu sync.Mutex
-	claims  map[node.Credential]struct{}
+	claims  map[claimKey]struct{}
 }
+
+// claimKey names a credential whatever its ExpiresAt.
+type claimKey struct{ kind, id string }
 
 // claim marks c as being consumed; false if another call holds it.
 func (n *nodeAPI) claim(c node.Credential) bool {
 	n.claimMu.Lock()
 	defer n.claimMu.Unlock()
-	if _, ok := n.claims[c]; ok {
+	k := claimKey{c.Kind, c.ID}
+	if _, ok := n.claims[k]; ok {
 		return false
 	}
 	if n.claims == nil {
-		n.claims = make(map[node.Credential]struct{})
+		n.claims = make(map[claimKey]struct{})
 	}
-	n.claims[c] = struct{}{}
+	n.claims[k] = struct{}{}
 	return true
 }
 
 func (n *nodeAPI) unclaim(c node.Credential) {
 	n.claimMu.Lock()
 	defer n.claimMu.Unlock()
-	delete(n.claims, c)
+	delete(n.claims, claimKey{c.Kind, c.ID})
+}
+
+// Reasons an attestation ended with: the reason label of
+// sigil_server_node_attestations_total and the reason field of the
+// node_attestation_refused audit event. A fixed set, so that the metric's
+// series are bounded; the precise reason goes to the audit event's error.
+const (
+	reasonOK          = "ok"           // accepted
+	reasonUnknownType = "unknown_type" // no verifier of that name
+	reasonTooLarge    = "too_large"    // a message over the size limit
+	reasonMalformed   = "malformed"    // evidence, CSR or messages that do not parse
+	reasonRefused     = "refused"      // well-formed evidence not valid now (node.RefusedError)
+	reasonRounds      = "rounds"       // more challenge rounds than allowed, or none allowed
+	reasonDeadline    = "deadline"     // the time bound or the caller's deadline
+	reasonCanceled    = "canceled"     // the caller went away
+	reasonBanned      = "banned"       // the agent is banned
+	reasonReplayed    = "replayed"     // a single-use credential already used or being used
+	reasonUnavailable = "unavailable"  // the store could not be written or read
+	reasonInternal    = "internal"     // a verifier bug or a server failure
+)
+
+// unknownAttestor is the attestor label of an attestation whose type is
+// not a configured verifier.
+const unknownAttestor = "unknown"
+
+// attestorLabel is typ if a verifier of that name is configured, else
+// unknownAttestor: callers cannot add series to the metric.
+func (n *nodeAPI) attestorLabel(typ string) string {
+	if _, ok := n.s.verifiers[typ]; ok {
+		return typ
+	}
+	return unknownAttestor
+}
+
+// shortType is an attestation type as the audit records it: the caller
+// chose it, so it is cut at 64 bytes.
+func shortType(typ string) string {
+	if len(typ) > 64 {
+		return typ[:64] + "…"
+	}
+	return typ
+}
+
+// refuse records a refused attestation of type typ: a
+// node_attestation_refused audit event with the attestation type, reason
+// (one of the reason constants) and detail (the precise error for the
+// log, which may say more than the caller is told but never holds a
+// secret of the evidence: see node.Verifier), and the metric. It returns
+// public, the status the caller gets. subject is the agent's SPIFFE ID
+// once known.
+func (n *nodeAPI) refuse(typ, subject, reason string, detail, public error, fields ...audit.Field) error {
+	s := n.s
+	outcome := audit.Denied
+	if reason == reasonInternal || reason == reasonUnavailable {
+		outcome = audit.Failure
+	}
+	fs := make([]audit.Field, 0, 4+len(fields))
+	fs = append(fs, audit.String("attestation_type", shortType(typ)), audit.String("reason", reason))
+	if subject != "" {
+		fs = append(fs, audit.String("agent_id", subject))
+	}
+	if detail == nil {
+		detail = public
+	}
+	fs = append(fs, audit.Err(detail))
+	fs = append(fs, fields...)
+	s.audit(audit.Event{What: "node_attestation_refused", Subject: subject, Outcome: outcome, Message: "node attestation refused", Fields: fs})
+	s.metrics.observeAttestation(n.attestorLabel(typ), attestRefused, reason)
+	return public
+}
+
+// statusReason is the reason of a refusal with status err that has no
+// more precise one.
+func statusReason(err error) string {
+	switch status.Code(err) {
+	case codes.FailedPrecondition:
+		return reasonRounds
+	case codes.DeadlineExceeded:
+		return reasonDeadline
+	case codes.Canceled:
+		return reasonCanceled
+	case codes.ResourceExhausted:
+		return reasonTooLarge
+	case codes.Unavailable:
+		return reasonUnavailable
+	case codes.Internal, codes.Unknown:
+		return reasonInternal
+	case codes.PermissionDenied:
+		return reasonRefused
+	default:
+		return reasonMalformed
+	}
 }
 
 // Attest is the unary attestation of agents of the previous version: the
@@ -70,7 +167,8 @@ func (n *nodeAPI) unclaim(c node.Credential) {
 // limits in front of it are in nodeapi_limits.go.
 func (n *nodeAPI) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*sigilv1.AttestResponse, error) {
 	if size := proto.Size(req); size > n.s.nodeLimits.MaxAttestRequestSize {
-		return nil, status.Errorf(codes.ResourceExhausted, "attestation request of %d bytes exceeds the limit of %d bytes", size, n.s.nodeLimits.MaxAttestRequestSize)
+		return nil, n.refuse(req.AttestationType, "", reasonTooLarge, nil,
+			status.Errorf(codes.ResourceExhausted, "attestation request of %d bytes exceeds the limit of %d bytes", size, n.s.nodeLimits.MaxAttestRequestSize))
 	}
 	return n.attest(ctx, req, &exchange{payload: req.Payload, unary: true, attestationType: req.AttestationType})
 }
@@ -87,22 +185,20 @@ func (n *nodeAPI) attest(ctx context.Context, req *sigilv1.AttestRequest, ex *ex
 	return n.record(ctx, req, v, res)
 }
 
-// verify finds the verifier of req and runs it. A refusal is logged and
-// returned as the status the caller gets.
+// verify finds the verifier of req and runs it. A refusal is audited,
+// counted and returned as the status the caller gets.
 func (n *nodeAPI) verify(ctx context.Context, req *sigilv1.AttestRequest, ex *exchange) (*node.Result, node.Verifier, error) {
 	s := n.s
-	v, ok := s.verifiers[req.AttestationType]
+	typ := req.AttestationType
+	v, ok := s.verifiers[typ]
 	if !ok {
-		typ := req.AttestationType
-		if len(typ) > 64 {
-			typ = typ[:64] + "…"
-		}
 		known := make([]string, 0, len(s.verifiers))
 		for name := range s.verifiers {
 			known = append(known, name)
 		}
 		sort.Strings(known)
-		return nil, nil, status.Errorf(codes.InvalidArgument, "unknown attestation type %q (this server knows %s)", typ, strings.Join(known, ", "))
+		return nil, nil, n.refuse(typ, "", reasonUnknownType, nil,
+			status.Errorf(codes.InvalidArgument, "unknown attestation type %q (this server knows %s)", shortType(typ), strings.Join(known, ", ")))
 	}
 	res, err := v.Verify(ctx, nodeState{s: s, attestor: v.Name()}, ex)
 	// The exchange's own failure (rounds, sizes, time, the agent going
@@ -111,86 +207,159 @@ func (n *nodeAPI) verify(ctx context.Context, req *sigilv1.AttestRequest, ex *ex
 		if err == nil {
 			err = failed
 		}
-		s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
-			Fields: []audit.Field{audit.String("attestation_type", req.AttestationType), audit.Int("rounds", ex.rounds()), audit.Err(err)}})
-		return nil, nil, failed
+		return nil, nil, n.refuse(typ, "", statusReason(failed), err, failed, audit.Int("rounds", ex.rounds()))
 	}
 	if err == nil && res == nil {
-		err = errors.New("the verifier returned no result")
+		return nil, nil, n.refuse(typ, "", reasonInternal, errors.New("the verifier returned no result"),
+			status.Errorf(codes.Internal, "attestation failed: the %s verifier returned no result", v.Name()))
 	}
 	if err != nil {
-		s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
-			Fields: []audit.Field{audit.String("attestation_type", req.AttestationType), audit.Err(err)}})
 		var refused *node.RefusedError
 		switch {
 		case errors.As(err, &refused):
 			// One answer for unknown, used and expired credentials;
-			// the reason is in the log line above.
-			return nil, nil, status.Errorf(codes.PermissionDenied, "attestation failed: %s", refused.Public)
+			// the reason is in the audit event.
+			return nil, nil, n.refuse(typ, "", reasonRefused, err, status.Errorf(codes.PermissionDenied, "attestation failed: %s", refused.Public))
 		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-			return nil, nil, status.FromContextError(err).Err()
+			st := status.FromContextError(err).Err()
+			if ex.timedOut.Load() {
+				st = ex.deadlineError()
+			}
+			return nil, nil, n.refuse(typ, "", statusReason(st), err, st)
 		}
 		if st, ok := status.FromError(err); ok {
-			return nil, nil, st.Err()
+			return nil, nil, n.refuse(typ, "", statusReason(st.Err()), err, st.Err())
 		}
-		return nil, nil, status.Errorf(codes.PermissionDenied, "attestation failed: %v", err)
+		return nil, nil, n.refuse(typ, "", reasonMalformed, err, status.Errorf(codes.PermissionDenied, "attestation failed: %v", err))
 	}
 	return res, v, nil
 }
 
+// checkConsume checks the credentials a verifier asked to consume before
+// anything is signed: a verifier bug must not write garbage to the
+// replicated state. Use-once credentials must have a valid kind and ID
+// and expire after now and at most node's 24 hours after it; at most
+// raftstore.MaxConsume credentials, each named once.
+func checkConsume(consume []node.Credential, now time.Time) error {
+	if len(consume) > raftstore.MaxConsume {
+		return fmt.Errorf("%d credentials to consume, more than %d", len(consume), raftstore.MaxConsume)
+	}
+	seen := make(map[claimKey]bool, len(consume))
+	for _, c := range consume {
+		k := claimKey{c.Kind, c.ID}
+		if seen[k] {
+			return fmt.Errorf("a credential of kind %q named twice", c.Kind)
+		}
+		seen[k] = true
+		if c.Kind == node.CredentialJoinToken {
+			continue
+		}
+		if c.ExpiresAt.After(now.Add(raftstore.MaxUsedCredentialTTL)) {
+			return fmt.Errorf("a credential of kind %q expires more than %s from now", c.Kind, raftstore.MaxUsedCredentialTTL)
+		}
+		if err := raftstore.ValidateUseOnceCredential(c.Kind, c.ID, expiresUnix(c.ExpiresAt), now.Unix()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expiresUnix is t in unix seconds, rounded up so that the record lasts
+// as long as the evidence; zero for the zero time.
+func expiresUnix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	sec := t.Unix()
+	if t.Nanosecond() > 0 {
+		sec++
+	}
+	return sec
+}
+
+// consumedElsewhere reports whether the single-use credential c was
+// consumed (a join token no longer there) or used (an unexpired use-once
+// record) by another attestation, according to this server's store.
+func (n *nodeAPI) consumedElsewhere(c node.Credential) (bool, error) {
+	r := n.s.store.Read()
+	if c.Kind == node.CredentialJoinToken {
+		_, err := r.JoinToken(c.ID)
+		return err != nil, nil
+	}
+	rec, err := r.UsedCredential(c.Kind, c.ID)
+	switch {
+	case errors.Is(err, raftstore.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return rec.ExpiresAt > n.s.cfg.Clock.Now().Unix(), nil
+}
+
+// replayedMessage is the public text of a refusal because a use-once
+// credential was already used.
+const replayedMessage = "the attestation evidence was already used"
+
 // record signs the agent SVID of a verified attestation and writes the
-// attestation, consuming res.Consume, through Raft.
+// attestation, consuming res.Consume, through Raft. A refusal is audited
+// and counted.
 func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node.Verifier, res *node.Result) (*sigilv1.AttestResponse, error) {
 	s := n.s
+	typ := v.Name()
+	now := s.cfg.Clock.Now()
+	if err := checkConsume(res.Consume, now); err != nil {
+		return nil, n.refuse(typ, "", reasonInternal, err,
+			status.Errorf(codes.Internal, "attestation failed: the %s verifier asked to consume a bad credential", typ))
+	}
+	useOnce := false
 	for _, c := range res.Consume {
+		public := status.Error(codes.PermissionDenied, "attestation failed: "+consumedMessage)
 		if c.Kind != node.CredentialJoinToken {
-			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Failure,
-				Message: "node attestation refused: the verifier asked to consume a credential of a kind the store does not keep",
-				Fields:  []audit.Field{audit.String("attestation_type", v.Name()), audit.String("kind", c.Kind)}})
-			return nil, status.Errorf(codes.Internal, "attestation failed: the %s verifier asked to consume a credential of kind %q, which this server does not keep", v.Name(), c.Kind)
+			useOnce = true
+			public = status.Error(codes.PermissionDenied, "attestation failed: "+replayedMessage)
 		}
 		// The Raft command consumes the credential atomically across
 		// servers; this claim keeps concurrent uses on one server from
 		// each costing a signature and a Raft write first.
 		if !n.claim(c) {
-			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
-				Fields: []audit.Field{audit.String("attestation_type", req.AttestationType),
-					audit.String("reason", "the single-use credential is being consumed by a concurrent attestation")}})
-			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+consumedMessage)
+			return nil, n.refuse(typ, "", reasonReplayed,
+				fmt.Errorf("a single-use credential of kind %q is being consumed by a concurrent attestation", c.Kind), public)
 		}
 		defer n.unclaim(c)
 		// A call that held the claim until just now has consumed it.
-		if _, err := s.store.Read().JoinToken(c.ID); err != nil {
-			s.audit(audit.Event{What: "node_attestation_refused", Outcome: audit.Denied, Message: "node attestation refused",
-				Fields: []audit.Field{audit.String("attestation_type", req.AttestationType),
-					audit.String("reason", "the single-use credential was consumed by a concurrent attestation")}})
-			return nil, status.Error(codes.PermissionDenied, "attestation failed: "+consumedMessage)
+		used, err := n.consumedElsewhere(c)
+		if err != nil {
+			return nil, n.refuse(typ, "", reasonInternal, err, status.Errorf(codes.Internal, "reading single-use credentials: %v", err))
+		}
+		if used {
+			return nil, n.refuse(typ, "", reasonReplayed,
+				fmt.Errorf("a single-use credential of kind %q was consumed by another attestation", c.Kind), public)
 		}
 	}
-	agentID, err := registration.AgentID(s.td, v.Name(), res.ID)
+	agentID, err := registration.AgentID(s.td, typ, res.ID)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "attestor returned a bad agent id: %v", err)
+		return nil, n.refuse(typ, "", reasonMalformed, err, status.Errorf(codes.InvalidArgument, "attestor returned a bad agent id: %v", err))
 	}
 	pub, err := ca.VerifyCSR(req.Csr)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "agent CSR: %v", err)
+		return nil, n.refuse(typ, agentID.String(), reasonMalformed, err, status.Errorf(codes.InvalidArgument, "agent CSR: %v", err))
 	}
 	if existing, err := s.store.Read().Node(agentID.String()); err == nil && existing.Banned {
-		return nil, status.Errorf(codes.PermissionDenied, "agent %s is banned", agentID)
+		return nil, n.refuse(typ, agentID.String(), reasonBanned, nil, status.Errorf(codes.PermissionDenied, "agent %s is banned", agentID))
 	}
 	chain, err := s.x509CA().SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: pub, SPIFFEID: agentID, TTL: s.cfg.AgentSVIDTTL})
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "minting agent SVID: %v", err)
+		return nil, n.refuse(typ, agentID.String(), reasonInternal, err, status.Errorf(codes.Internal, "minting agent SVID: %v", err))
 	}
 	leaf := chain[0]
 	cmd := &storepb.AttestNode{
 		Node: &sigilv1.AttestedNode{
 			SpiffeId:        agentID.String(),
-			AttestationType: v.Name(),
+			AttestationType: typ,
 			CertSerial:      fmt.Sprintf("%x", leaf.SerialNumber),
 			CertNotAfter:    leaf.NotAfter.Unix(),
 			Selectors:       res.Selectors,
-			CreatedAt:       s.cfg.Clock.Now().Unix(),
+			CreatedAt:       now.Unix(),
 		},
 	}
 	for _, c := range res.Consume {
@@ -201,22 +370,51 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 			cmd.JoinTokenHash = c.ID
 			continue
 		}
-		cmd.Consume = append(cmd.Consume, &storepb.Credential{Kind: c.Kind, Id: c.ID})
+		cred := &storepb.Credential{Kind: c.Kind, Id: c.ID}
+		if c.Kind != node.CredentialJoinToken {
+			cred.ExpiresAt = expiresUnix(c.ExpiresAt)
+		}
+		cmd.Consume = append(cmd.Consume, cred)
 	}
 	_, err = s.apply(ctx, &storepb.Command{Op: &storepb.Command_AttestNode{AttestNode: cmd}})
 	if err != nil {
-		s.audit(audit.Event{What: "node_attestation_refused", Subject: agentID.String(), Outcome: audit.Denied, Message: "node attestation refused",
-			Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.Err(err)}})
-		return nil, storeError(err)
+		reason, public := n.applyRefusal(agentID.String(), useOnce, err)
+		return nil, n.refuse(typ, agentID.String(), reason, err, public)
 	}
 	pb, err := s.store.Read().Bundle(s.td.Name())
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading bundle: %v", err)
+		return nil, n.refuse(typ, agentID.String(), reasonInternal, err, status.Errorf(codes.Internal, "reading bundle: %v", err))
 	}
 	s.audit(audit.Event{What: "agent_attested", Subject: agentID.String(), Message: "agent attested",
-		Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("attestation_type", v.Name()),
+		Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("attestation_type", typ),
 			audit.String("serial", fmt.Sprintf("%x", leaf.SerialNumber)), audit.Time("not_after", leaf.NotAfter)}})
+	s.metrics.observeAttestation(typ, attestAccepted, reasonOK)
 	return &sigilv1.AttestResponse{SpiffeId: agentID.String(), SvidChain: rawChain(chain), Bundle: pb}, nil
+}
+
+// applyRefusal is the reason and the caller's status of an AttestNode
+// command the store refused or could not apply.
+func (n *nodeAPI) applyRefusal(agentID string, useOnce bool, err error) (string, error) {
+	var ce *raftstore.CommandError
+	switch {
+	case errors.As(err, &ce) && ce.Code == codes.AlreadyExists && useOnce:
+		// Another server's attestation recorded the credential first.
+		return reasonReplayed, status.Error(codes.PermissionDenied, "attestation failed: "+replayedMessage)
+	case errors.As(err, &ce) && ce.Code == codes.PermissionDenied:
+		if existing, rerr := n.s.store.Read().Node(agentID); rerr == nil && existing.Banned {
+			return reasonBanned, storeError(err)
+		}
+		// The join token was consumed or expired meanwhile.
+		return reasonReplayed, storeError(err)
+	case errors.As(err, &ce):
+		return reasonInternal, storeError(err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return reasonDeadline, storeError(err)
+	case errors.Is(err, context.Canceled):
+		return reasonCanceled, storeError(err)
+	default:
+		return reasonUnavailable, storeError(err)
+	}
 }
 
 func (n *nodeAPI) RenewAgent(ctx context.Context, req *sigilv1.RenewAgentRequest) (*sigilv1.RenewAgentResponse, error) {
@@ -461,11 +659,28 @@ func (s *Server) refuseUnauthenticated(ctx context.Context) error {
 	return err
 }
 
-// Used reports whether a use-once credential was used. The replicated
-// state does not keep use-once records yet, so every such credential is
-// refused (fail closed) until it does.
+// Used reports whether the use-once credential c has an unexpired record
+// in this server's store. A follower that has not applied the latest
+// attestations answers "not used" for a credential used a moment ago on
+// another server: the Raft apply of the attestation is the atomic check
+// (a replay is refused there, and nothing is written), so the answer
+// only saves a signature and a write in the common case.
 func (st nodeState) Used(ctx context.Context, c node.Credential) (bool, error) {
-	return false, fmt.Errorf("server: credentials of kind %q are not kept by this server", c.Kind)
+	s := st.s
+	if err := raftstore.ValidateUseOnceName(c.Kind, c.ID); err != nil {
+		return false, fmt.Errorf("server: %w", err)
+	}
+	if s.store == nil {
+		return false, status.Error(codes.Unavailable, "server: the store is not open yet")
+	}
+	rec, err := s.store.Read().UsedCredential(c.Kind, c.ID)
+	switch {
+	case errors.Is(err, raftstore.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, status.Errorf(codes.Internal, "server: reading used credentials: %v", err)
+	}
+	return rec.ExpiresAt > st.Now().Unix(), nil
 }
 
 // Agent looks up the agent the verifier's attestor names id.

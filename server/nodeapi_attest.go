@@ -51,14 +51,17 @@ func (n *nodeAPI) AttestStream(stream sigilv1.Node_AttestStreamServer) error {
 	}()
 	first, err := ex.recv()
 	if err != nil {
-		return ex.streamError(err, "waiting for the attestation request")
+		st := ex.streamError(err, "waiting for the attestation request")
+		return n.refuse("", "", statusReason(st), err, st)
 	}
 	if size := proto.Size(first); size > lim.MaxAttestRequestSize {
-		return status.Errorf(codes.ResourceExhausted, "attestation request of %d bytes exceeds the limit of %d bytes", size, lim.MaxAttestRequestSize)
+		return n.refuse(first.GetAttest().GetAttestationType(), "", reasonTooLarge, nil,
+			status.Errorf(codes.ResourceExhausted, "attestation request of %d bytes exceeds the limit of %d bytes", size, lim.MaxAttestRequestSize))
 	}
 	req := first.GetAttest()
 	if req == nil {
-		return status.Error(codes.InvalidArgument, "the first message of an attestation must carry the attestation request")
+		return n.refuse("", "", reasonMalformed, nil,
+			status.Error(codes.InvalidArgument, "the first message of an attestation must carry the attestation request"))
 	}
 	ex.attestationType, ex.payload = req.AttestationType, req.Payload
 	res, v, err := n.verify(ctx, req, ex)
@@ -68,7 +71,7 @@ func (n *nodeAPI) AttestStream(stream sigilv1.Node_AttestStreamServer) error {
 	if ex.timedOut.Load() {
 		// The verifier decided after the time was up (it did not watch
 		// its context): the bound holds whatever it returned.
-		return ex.deadlineError()
+		return n.refuse(req.AttestationType, "", reasonDeadline, errors.New("the verifier decided after the time was up"), ex.deadlineError())
 	}
 	// The time bound is for the exchange with the caller; signing and
 	// the Raft write run under the call's own context, as for Attest.

@@ -510,12 +510,18 @@ func (x *CreateJoinToken) GetToken() *v1.JoinToken {
 // single-use credentials the attestation spent: the command fails if any
 // of them is unknown or expired at timestamp, so each works once.
 //
+// Use-once credentials (any kind other than "join_token") are recorded
+// instead: the command fails (AlreadyExists) if one of them is recorded
+// and unexpired at timestamp, and otherwise records each as a
+// UsedCredential until its expires_at, with the node.
+//
 // join_token_hash (the join token of that hash) is the form every version
 // writes for a join token, and the only one servers before consume was
-// added read; consume carries the other kinds (none yet: a future kind
-// may only be written once every server of the cluster applies it, since
-// an older one ignores the field). A command may name each credential
-// once.
+// added read; consume carries the other kinds. A server older than
+// use-once records refuses a command that consumes one (InvalidArgument,
+// changing nothing), so the servers of a cluster must all run a version
+// that keeps them before an attestor that consumes them is configured.
+// A command may name each credential once, and at most 16.
 type AttestNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          *v1.AttestedNode       `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -580,9 +586,17 @@ func (x *AttestNode) GetConsume() []*Credential {
 // state.
 type Credential struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// "join_token" (id: the token's lowercase hex SHA-256).
-	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// "join_token" (id: the token's lowercase hex SHA-256), or a use-once
+	// kind: an attestor name, or an attestor name, a colon and a word
+	// ("oidc:jti"), in lowercase letters, digits and "_" (at most 64
+	// bytes).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// At most 256 bytes, not empty.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// Use-once kinds only: when the record may be dropped, in unix
+	// seconds, after the command's timestamp and at most 24 hours (and a
+	// minute of clock skew) after it. Zero for join tokens.
+	ExpiresAt     int64 `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -631,6 +645,95 @@ func (x *Credential) GetId() string {
 	return ""
 }
 
+func (x *Credential) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+// UsedCredential records a use-once credential that an attestation used:
+// another attestation naming the same kind and id is refused until
+// expires_at, after which the record is pruned.
+type UsedCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id    string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// Unix seconds.
+	ExpiresAt int64 `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Unix seconds: the timestamp of the command that recorded it.
+	UsedAt int64 `protobuf:"varint,4,opt,name=used_at,json=usedAt,proto3" json:"used_at,omitempty"`
+	// The agent whose attestation used it.
+	SpiffeId      string `protobuf:"bytes,5,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsedCredential) Reset() {
+	*x = UsedCredential{}
+	mi := &file_storepb_store_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsedCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsedCredential) ProtoMessage() {}
+
+func (x *UsedCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsedCredential.ProtoReflect.Descriptor instead.
+func (*UsedCredential) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UsedCredential) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *UsedCredential) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UsedCredential) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *UsedCredential) GetUsedAt() int64 {
+	if x != nil {
+		return x.UsedAt
+	}
+	return 0
+}
+
+func (x *UsedCredential) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
 // UpdateNode records a renewed agent SVID (serial and expiry).
 type UpdateNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -643,7 +746,7 @@ type UpdateNode struct {
 
 func (x *UpdateNode) Reset() {
 	*x = UpdateNode{}
-	mi := &file_storepb_store_proto_msgTypes[7]
+	mi := &file_storepb_store_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +758,7 @@ func (x *UpdateNode) String() string {
 func (*UpdateNode) ProtoMessage() {}
 
 func (x *UpdateNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[7]
+	mi := &file_storepb_store_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +771,7 @@ func (x *UpdateNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNode.ProtoReflect.Descriptor instead.
 func (*UpdateNode) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{7}
+	return file_storepb_store_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UpdateNode) GetSpiffeId() string {
@@ -702,7 +805,7 @@ type EvictNode struct {
 
 func (x *EvictNode) Reset() {
 	*x = EvictNode{}
-	mi := &file_storepb_store_proto_msgTypes[8]
+	mi := &file_storepb_store_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +817,7 @@ func (x *EvictNode) String() string {
 func (*EvictNode) ProtoMessage() {}
 
 func (x *EvictNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[8]
+	mi := &file_storepb_store_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +830,7 @@ func (x *EvictNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNode.ProtoReflect.Descriptor instead.
 func (*EvictNode) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{8}
+	return file_storepb_store_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EvictNode) GetSpiffeId() string {
@@ -748,7 +851,7 @@ type BanNode struct {
 
 func (x *BanNode) Reset() {
 	*x = BanNode{}
-	mi := &file_storepb_store_proto_msgTypes[9]
+	mi := &file_storepb_store_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +863,7 @@ func (x *BanNode) String() string {
 func (*BanNode) ProtoMessage() {}
 
 func (x *BanNode) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[9]
+	mi := &file_storepb_store_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +876,7 @@ func (x *BanNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNode.ProtoReflect.Descriptor instead.
 func (*BanNode) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{9}
+	return file_storepb_store_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BanNode) GetSpiffeId() string {
@@ -795,7 +898,7 @@ type PutX509Authority struct {
 
 func (x *PutX509Authority) Reset() {
 	*x = PutX509Authority{}
-	mi := &file_storepb_store_proto_msgTypes[10]
+	mi := &file_storepb_store_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +910,7 @@ func (x *PutX509Authority) String() string {
 func (*PutX509Authority) ProtoMessage() {}
 
 func (x *PutX509Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[10]
+	mi := &file_storepb_store_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +923,7 @@ func (x *PutX509Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutX509Authority.ProtoReflect.Descriptor instead.
 func (*PutX509Authority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{10}
+	return file_storepb_store_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PutX509Authority) GetTrustDomain() string {
@@ -849,7 +952,7 @@ type PutJWTAuthority struct {
 
 func (x *PutJWTAuthority) Reset() {
 	*x = PutJWTAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[11]
+	mi := &file_storepb_store_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +964,7 @@ func (x *PutJWTAuthority) String() string {
 func (*PutJWTAuthority) ProtoMessage() {}
 
 func (x *PutJWTAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[11]
+	mi := &file_storepb_store_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +977,7 @@ func (x *PutJWTAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutJWTAuthority.ProtoReflect.Descriptor instead.
 func (*PutJWTAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{11}
+	return file_storepb_store_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PutJWTAuthority) GetTrustDomain() string {
@@ -905,7 +1008,7 @@ type RemoveAuthority struct {
 
 func (x *RemoveAuthority) Reset() {
 	*x = RemoveAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[12]
+	mi := &file_storepb_store_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1020,7 @@ func (x *RemoveAuthority) String() string {
 func (*RemoveAuthority) ProtoMessage() {}
 
 func (x *RemoveAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[12]
+	mi := &file_storepb_store_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1033,7 @@ func (x *RemoveAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAuthority.ProtoReflect.Descriptor instead.
 func (*RemoveAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{12}
+	return file_storepb_store_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemoveAuthority) GetTrustDomain() string {
@@ -965,7 +1068,7 @@ type PruneBundle struct {
 
 func (x *PruneBundle) Reset() {
 	*x = PruneBundle{}
-	mi := &file_storepb_store_proto_msgTypes[13]
+	mi := &file_storepb_store_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1080,7 @@ func (x *PruneBundle) String() string {
 func (*PruneBundle) ProtoMessage() {}
 
 func (x *PruneBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[13]
+	mi := &file_storepb_store_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1093,7 @@ func (x *PruneBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneBundle.ProtoReflect.Descriptor instead.
 func (*PruneBundle) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{13}
+	return file_storepb_store_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PruneBundle) GetTrustDomain() string {
@@ -1017,7 +1120,7 @@ type TaintAuthority struct {
 
 func (x *TaintAuthority) Reset() {
 	*x = TaintAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[14]
+	mi := &file_storepb_store_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1132,7 @@ func (x *TaintAuthority) String() string {
 func (*TaintAuthority) ProtoMessage() {}
 
 func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[14]
+	mi := &file_storepb_store_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1145,7 @@ func (x *TaintAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthority.ProtoReflect.Descriptor instead.
 func (*TaintAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{14}
+	return file_storepb_store_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TaintAuthority) GetTrustDomain() string {
@@ -1074,7 +1177,7 @@ type RevokeAuthority struct {
 
 func (x *RevokeAuthority) Reset() {
 	*x = RevokeAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[15]
+	mi := &file_storepb_store_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1189,7 @@ func (x *RevokeAuthority) String() string {
 func (*RevokeAuthority) ProtoMessage() {}
 
 func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[15]
+	mi := &file_storepb_store_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1202,7 @@ func (x *RevokeAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthority.ProtoReflect.Descriptor instead.
 func (*RevokeAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{15}
+	return file_storepb_store_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeAuthority) GetTrustDomain() string {
@@ -1143,7 +1246,7 @@ type RetireServer struct {
 
 func (x *RetireServer) Reset() {
 	*x = RetireServer{}
-	mi := &file_storepb_store_proto_msgTypes[16]
+	mi := &file_storepb_store_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1258,7 @@ func (x *RetireServer) String() string {
 func (*RetireServer) ProtoMessage() {}
 
 func (x *RetireServer) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[16]
+	mi := &file_storepb_store_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1271,7 @@ func (x *RetireServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireServer.ProtoReflect.Descriptor instead.
 func (*RetireServer) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{16}
+	return file_storepb_store_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RetireServer) GetTrustDomain() string {
@@ -1211,7 +1314,7 @@ type RevokedAuthority struct {
 
 func (x *RevokedAuthority) Reset() {
 	*x = RevokedAuthority{}
-	mi := &file_storepb_store_proto_msgTypes[17]
+	mi := &file_storepb_store_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1326,7 @@ func (x *RevokedAuthority) String() string {
 func (*RevokedAuthority) ProtoMessage() {}
 
 func (x *RevokedAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[17]
+	mi := &file_storepb_store_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1339,7 @@ func (x *RevokedAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedAuthority.ProtoReflect.Descriptor instead.
 func (*RevokedAuthority) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{17}
+	return file_storepb_store_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokedAuthority) GetKind() string {
@@ -1287,7 +1390,7 @@ type RemovedServer struct {
 
 func (x *RemovedServer) Reset() {
 	*x = RemovedServer{}
-	mi := &file_storepb_store_proto_msgTypes[18]
+	mi := &file_storepb_store_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1402,7 @@ func (x *RemovedServer) String() string {
 func (*RemovedServer) ProtoMessage() {}
 
 func (x *RemovedServer) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[18]
+	mi := &file_storepb_store_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1415,7 @@ func (x *RemovedServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovedServer.ProtoReflect.Descriptor instead.
 func (*RemovedServer) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{18}
+	return file_storepb_store_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemovedServer) GetServerId() string {
@@ -1340,7 +1443,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_storepb_store_proto_msgTypes[19]
+	mi := &file_storepb_store_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1455,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[19]
+	mi := &file_storepb_store_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1468,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{19}
+	return file_storepb_store_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CommandResult) GetResults() []*v1.Status {
@@ -1384,13 +1487,14 @@ type Snapshot struct {
 	Bundles            []*v1.Bundle           `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
 	RevokedAuthorities []*RevokedAuthority    `protobuf:"bytes,5,rep,name=revoked_authorities,json=revokedAuthorities,proto3" json:"revoked_authorities,omitempty"`
 	RemovedServers     []*RemovedServer       `protobuf:"bytes,6,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
+	UsedCredentials    []*UsedCredential      `protobuf:"bytes,7,rep,name=used_credentials,json=usedCredentials,proto3" json:"used_credentials,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_storepb_store_proto_msgTypes[20]
+	mi := &file_storepb_store_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1506,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_storepb_store_proto_msgTypes[20]
+	mi := &file_storepb_store_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1519,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_storepb_store_proto_rawDescGZIP(), []int{20}
+	return file_storepb_store_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Snapshot) GetEntries() []*v1.Entry {
@@ -1460,6 +1564,13 @@ func (x *Snapshot) GetRemovedServers() []*RemovedServer {
 	return nil
 }
 
+func (x *Snapshot) GetUsedCredentials() []*UsedCredential {
+	if x != nil {
+		return x.UsedCredentials
+	}
+	return nil
+}
+
 var File_storepb_store_proto protoreflect.FileDescriptor
 
 const file_storepb_store_proto_rawDesc = "" +
@@ -1499,11 +1610,20 @@ const file_storepb_store_proto_rawDesc = "" +
 	"AttestNode\x12*\n" +
 	"\x04node\x18\x01 \x01(\v2\x16.sigil.v1.AttestedNodeR\x04node\x12&\n" +
 	"\x0fjoin_token_hash\x18\x02 \x01(\tR\rjoinTokenHash\x124\n" +
-	"\aconsume\x18\x03 \x03(\v2\x1a.sigil.store.v1.CredentialR\aconsume\"0\n" +
+	"\aconsume\x18\x03 \x03(\v2\x1a.sigil.store.v1.CredentialR\aconsume\"O\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"p\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x89\x01\n" +
+	"\x0eUsedCredential\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x17\n" +
+	"\aused_at\x18\x04 \x01(\x03R\x06usedAt\x12\x1b\n" +
+	"\tspiffe_id\x18\x05 \x01(\tR\bspiffeId\"p\n" +
 	"\n" +
 	"UpdateNode\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
@@ -1549,7 +1669,7 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\n" +
 	"removed_at\x18\x02 \x01(\x03R\tremovedAt\";\n" +
 	"\rCommandResult\x12*\n" +
-	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xe0\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xab\x03\n" +
 	"\bSnapshot\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\x12,\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x16.sigil.v1.AttestedNodeR\x05nodes\x124\n" +
@@ -1557,7 +1677,8 @@ const file_storepb_store_proto_rawDesc = "" +
 	"joinTokens\x12*\n" +
 	"\abundles\x18\x04 \x03(\v2\x10.sigil.v1.BundleR\abundles\x12Q\n" +
 	"\x13revoked_authorities\x18\x05 \x03(\v2 .sigil.store.v1.RevokedAuthorityR\x12revokedAuthorities\x12F\n" +
-	"\x0fremoved_servers\x18\x06 \x03(\v2\x1d.sigil.store.v1.RemovedServerR\x0eremovedServersB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
+	"\x0fremoved_servers\x18\x06 \x03(\v2\x1d.sigil.store.v1.RemovedServerR\x0eremovedServers\x12I\n" +
+	"\x10used_credentials\x18\a \x03(\v2\x1e.sigil.store.v1.UsedCredentialR\x0fusedCredentialsB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
 
 var (
 	file_storepb_store_proto_rawDescOnce sync.Once
@@ -1571,7 +1692,7 @@ func file_storepb_store_proto_rawDescGZIP() []byte {
 	return file_storepb_store_proto_rawDescData
 }
 
-var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_storepb_store_proto_goTypes = []any{
 	(*Command)(nil),          // 0: sigil.store.v1.Command
 	(*CreateEntries)(nil),    // 1: sigil.store.v1.CreateEntries
@@ -1580,27 +1701,28 @@ var file_storepb_store_proto_goTypes = []any{
 	(*CreateJoinToken)(nil),  // 4: sigil.store.v1.CreateJoinToken
 	(*AttestNode)(nil),       // 5: sigil.store.v1.AttestNode
 	(*Credential)(nil),       // 6: sigil.store.v1.Credential
-	(*UpdateNode)(nil),       // 7: sigil.store.v1.UpdateNode
-	(*EvictNode)(nil),        // 8: sigil.store.v1.EvictNode
-	(*BanNode)(nil),          // 9: sigil.store.v1.BanNode
-	(*PutX509Authority)(nil), // 10: sigil.store.v1.PutX509Authority
-	(*PutJWTAuthority)(nil),  // 11: sigil.store.v1.PutJWTAuthority
-	(*RemoveAuthority)(nil),  // 12: sigil.store.v1.RemoveAuthority
-	(*PruneBundle)(nil),      // 13: sigil.store.v1.PruneBundle
-	(*TaintAuthority)(nil),   // 14: sigil.store.v1.TaintAuthority
-	(*RevokeAuthority)(nil),  // 15: sigil.store.v1.RevokeAuthority
-	(*RetireServer)(nil),     // 16: sigil.store.v1.RetireServer
-	(*RevokedAuthority)(nil), // 17: sigil.store.v1.RevokedAuthority
-	(*RemovedServer)(nil),    // 18: sigil.store.v1.RemovedServer
-	(*CommandResult)(nil),    // 19: sigil.store.v1.CommandResult
-	(*Snapshot)(nil),         // 20: sigil.store.v1.Snapshot
-	(*v1.Entry)(nil),         // 21: sigil.v1.Entry
-	(*v1.JoinToken)(nil),     // 22: sigil.v1.JoinToken
-	(*v1.AttestedNode)(nil),  // 23: sigil.v1.AttestedNode
-	(*v1.X509Authority)(nil), // 24: sigil.v1.X509Authority
-	(*v1.JWTAuthority)(nil),  // 25: sigil.v1.JWTAuthority
-	(*v1.Status)(nil),        // 26: sigil.v1.Status
-	(*v1.Bundle)(nil),        // 27: sigil.v1.Bundle
+	(*UsedCredential)(nil),   // 7: sigil.store.v1.UsedCredential
+	(*UpdateNode)(nil),       // 8: sigil.store.v1.UpdateNode
+	(*EvictNode)(nil),        // 9: sigil.store.v1.EvictNode
+	(*BanNode)(nil),          // 10: sigil.store.v1.BanNode
+	(*PutX509Authority)(nil), // 11: sigil.store.v1.PutX509Authority
+	(*PutJWTAuthority)(nil),  // 12: sigil.store.v1.PutJWTAuthority
+	(*RemoveAuthority)(nil),  // 13: sigil.store.v1.RemoveAuthority
+	(*PruneBundle)(nil),      // 14: sigil.store.v1.PruneBundle
+	(*TaintAuthority)(nil),   // 15: sigil.store.v1.TaintAuthority
+	(*RevokeAuthority)(nil),  // 16: sigil.store.v1.RevokeAuthority
+	(*RetireServer)(nil),     // 17: sigil.store.v1.RetireServer
+	(*RevokedAuthority)(nil), // 18: sigil.store.v1.RevokedAuthority
+	(*RemovedServer)(nil),    // 19: sigil.store.v1.RemovedServer
+	(*CommandResult)(nil),    // 20: sigil.store.v1.CommandResult
+	(*Snapshot)(nil),         // 21: sigil.store.v1.Snapshot
+	(*v1.Entry)(nil),         // 22: sigil.v1.Entry
+	(*v1.JoinToken)(nil),     // 23: sigil.v1.JoinToken
+	(*v1.AttestedNode)(nil),  // 24: sigil.v1.AttestedNode
+	(*v1.X509Authority)(nil), // 25: sigil.v1.X509Authority
+	(*v1.JWTAuthority)(nil),  // 26: sigil.v1.JWTAuthority
+	(*v1.Status)(nil),        // 27: sigil.v1.Status
+	(*v1.Bundle)(nil),        // 28: sigil.v1.Bundle
 }
 var file_storepb_store_proto_depIdxs = []int32{
 	1,  // 0: sigil.store.v1.Command.create_entries:type_name -> sigil.store.v1.CreateEntries
@@ -1608,35 +1730,36 @@ var file_storepb_store_proto_depIdxs = []int32{
 	3,  // 2: sigil.store.v1.Command.delete_entries:type_name -> sigil.store.v1.DeleteEntries
 	4,  // 3: sigil.store.v1.Command.create_join_token:type_name -> sigil.store.v1.CreateJoinToken
 	5,  // 4: sigil.store.v1.Command.attest_node:type_name -> sigil.store.v1.AttestNode
-	7,  // 5: sigil.store.v1.Command.update_node:type_name -> sigil.store.v1.UpdateNode
-	8,  // 6: sigil.store.v1.Command.evict_node:type_name -> sigil.store.v1.EvictNode
-	9,  // 7: sigil.store.v1.Command.ban_node:type_name -> sigil.store.v1.BanNode
-	10, // 8: sigil.store.v1.Command.put_x509_authority:type_name -> sigil.store.v1.PutX509Authority
-	11, // 9: sigil.store.v1.Command.put_jwt_authority:type_name -> sigil.store.v1.PutJWTAuthority
-	12, // 10: sigil.store.v1.Command.remove_authority:type_name -> sigil.store.v1.RemoveAuthority
-	13, // 11: sigil.store.v1.Command.prune_bundle:type_name -> sigil.store.v1.PruneBundle
-	14, // 12: sigil.store.v1.Command.taint_authority:type_name -> sigil.store.v1.TaintAuthority
-	15, // 13: sigil.store.v1.Command.revoke_authority:type_name -> sigil.store.v1.RevokeAuthority
-	16, // 14: sigil.store.v1.Command.retire_server:type_name -> sigil.store.v1.RetireServer
-	21, // 15: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	21, // 16: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	22, // 17: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	23, // 18: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	8,  // 5: sigil.store.v1.Command.update_node:type_name -> sigil.store.v1.UpdateNode
+	9,  // 6: sigil.store.v1.Command.evict_node:type_name -> sigil.store.v1.EvictNode
+	10, // 7: sigil.store.v1.Command.ban_node:type_name -> sigil.store.v1.BanNode
+	11, // 8: sigil.store.v1.Command.put_x509_authority:type_name -> sigil.store.v1.PutX509Authority
+	12, // 9: sigil.store.v1.Command.put_jwt_authority:type_name -> sigil.store.v1.PutJWTAuthority
+	13, // 10: sigil.store.v1.Command.remove_authority:type_name -> sigil.store.v1.RemoveAuthority
+	14, // 11: sigil.store.v1.Command.prune_bundle:type_name -> sigil.store.v1.PruneBundle
+	15, // 12: sigil.store.v1.Command.taint_authority:type_name -> sigil.store.v1.TaintAuthority
+	16, // 13: sigil.store.v1.Command.revoke_authority:type_name -> sigil.store.v1.RevokeAuthority
+	17, // 14: sigil.store.v1.Command.retire_server:type_name -> sigil.store.v1.RetireServer
+	22, // 15: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	22, // 16: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	23, // 17: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	24, // 18: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
 	6,  // 19: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
-	24, // 20: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	25, // 21: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
-	26, // 22: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
-	21, // 23: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	23, // 24: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	22, // 25: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	27, // 26: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	17, // 27: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
-	18, // 28: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	25, // 20: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	26, // 21: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	27, // 22: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
+	22, // 23: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	24, // 24: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	23, // 25: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	28, // 26: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	18, // 27: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
+	19, // 28: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
+	7,  // 29: sigil.store.v1.Snapshot.used_credentials:type_name -> sigil.store.v1.UsedCredential
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_storepb_store_proto_init() }
@@ -1667,7 +1790,7 @@ func file_storepb_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
