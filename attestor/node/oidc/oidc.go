@@ -277,11 +277,8 @@ type requiredClaim struct {
 
 // Verifier is the server half. It is safe for concurrent use.
 type Verifier struct {
-	cfg     Config
-	byURL   map[string]*issuer
-	clock   clock.Clock
-	skew    time.Duration
-	timeout time.Duration
+	byURL map[string]*issuer
+	skew  time.Duration
 }
 
 // NewVerifier checks c and returns the server half. It fetches nothing:
@@ -295,7 +292,7 @@ func NewVerifier(c Config) (*Verifier, error) {
 		clk = clock.New()
 	}
 	client := newHTTPClient(c.Transport, c.FetchTimeout)
-	v := &Verifier{cfg: c, byURL: map[string]*issuer{}, clock: clk, skew: c.ClockSkew, timeout: c.FetchTimeout}
+	v := &Verifier{byURL: map[string]*issuer{}, skew: c.ClockSkew}
 	for _, ic := range c.Issuers {
 		t, _ := parseTemplate(ic.AgentID)
 		is := &issuer{cfg: ic, algs: ic.SigningAlgs, template: t}

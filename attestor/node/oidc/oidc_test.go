@@ -652,3 +652,55 @@ func TestValidateSelector(t *testing.T) {
 }
 
 var _ crypto.Signer = (*rsa.PrivateKey)(nil)
+
+func TestVerifyIssuerFetchesFailClosed(t *testing.T) {
+	testKeys(t)
+	good := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: rsaKey.Public(), KeyID: "rsa-1", Algorithm: "RS256", Use: "sig"}}}
+	var url string
+	var discoHits atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		discoHits.Add(1)
+		json.NewEncoder(w).Encode(map[string]any{"issuer": "https://someone-else.example", "jwks_uri": url + "/jwks"})
+	})
+	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) { json.NewEncoder(w).Encode(good) })
+	mux.HandleFunc("/huge", func(w http.ResponseWriter, r *http.Request) {
+		// A valid key set, padded past the bound with white space.
+		b, _ := json.Marshal(good)
+		w.Write([]byte(strings.Repeat(" ", maxFetchBytes)))
+		w.Write(b)
+	})
+	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/jwks", http.StatusFound) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	url = srv.URL
+	c := githubClaims(url)
+	delete(c, "jti")
+	tok := exchange(sign(t, jose.RS256, rsaKey, "rsa-1", c))
+
+	// Discovery naming another issuer: refused to use it.
+	st := newState()
+	v := newTestVerifier(t, st.clk, githubIssuer(url))
+	if _, err := v.Verify(context.Background(), st, tok); err == nil || !strings.Contains(err.Error(), keysUnavailable) {
+		t.Fatalf("discovery of another issuer: %v", err)
+	}
+	// A configured jwks_url skips discovery.
+	is := githubIssuer(url)
+	is.JWKSURL = url + "/jwks"
+	v = newTestVerifier(t, st.clk, is)
+	before := discoHits.Load()
+	if _, err := v.Verify(context.Background(), st, tok); err != nil {
+		t.Fatalf("with jwks_url: %v", err)
+	}
+	if discoHits.Load() != before {
+		t.Error("discovery fetched although jwks_url is configured")
+	}
+	// An oversized key set and a redirect are refused.
+	for path, want := range map[string]string{"/huge": "over 1048576 bytes", "/redirect": "redirects are not followed"} {
+		is.JWKSURL = url + path
+		v = newTestVerifier(t, st.clk, is)
+		if _, err := v.Verify(context.Background(), st, tok); err == nil || !strings.Contains(err.Error(), keysUnavailable) || !strings.Contains(err.Error(), want) {
+			t.Errorf("jwks_url %s: %v, want keys unavailable: %s", path, err, want)
+		}
+	}
+}

@@ -48,7 +48,7 @@ issuer "github" {
 	}
 	ver := v.(*Verifier)
 	if ver.skew != 10*time.Second || ver.byURL[f.srv.URL].cfg.MaxTokenLifetime != 10*time.Minute {
-		t.Fatalf("decoded %+v", ver.cfg)
+		t.Fatalf("decoded skew %s, issuers %+v", ver.skew, ver.byURL)
 	}
 	res, err := ver.Verify(context.Background(), st, exchange(sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))))
 	if err != nil || res.ID != "github/acme_2Fapp/9876543210123456789" {
