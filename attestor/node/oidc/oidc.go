@@ -65,6 +65,8 @@ const (
 	maxClockSkew = 5 * time.Minute
 	// maxJTIIDLen is the longest jti kept as is in a credential id.
 	maxJTIIDLen = 256
+	// maxAgentIDLen bounds Result.ID, well within a SPIFFE ID's 2048 bytes.
+	maxAgentIDLen = 1024
 )
 
 // defaultAlgs are the signing algorithms allowed when an issuer lists none.
@@ -342,7 +344,12 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 	if state == nil {
 		return nil, errors.New("oidc: the verifier has no state")
 	}
-	token := strings.TrimSpace(string(ex.Payload()))
+	payload := ex.Payload()
+	// Check the length before copying the payload into a string.
+	if len(payload) > MaxTokenLen+64 {
+		return nil, fmt.Errorf("oidc: token of %d bytes is too long (at most %d)", len(payload), MaxTokenLen)
+	}
+	token := strings.TrimSpace(string(payload))
 	h, unverified, err := splitToken(token)
 	if err != nil {
 		return nil, fmt.Errorf("oidc: %w", err)
@@ -391,6 +398,9 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 	rendered, err := is.template.render(claims)
 	if err != nil {
 		return nil, refused("issuer %s: %v", is.cfg.Name, err)
+	}
+	if len(is.cfg.Name)+1+len(rendered) > maxAgentIDLen {
+		return nil, refused("issuer %s: the agent ID would be %d bytes (at most %d)", is.cfg.Name, len(is.cfg.Name)+1+len(rendered), maxAgentIDLen)
 	}
 	res := &node.Result{
 		ID:        is.cfg.Name + "/" + rendered,

@@ -373,6 +373,13 @@ func TestVerifyRefuses(t *testing.T) {
 		{"templated claim too long", func(t *testing.T) string {
 			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = strings.Repeat("1", MaxClaimValueLen+1) }))
 		}},
+		{"agent ID too long", func(t *testing.T) string {
+			// 256 bytes escaped to 768, twice: over the agent ID bound.
+			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) {
+				c["repository"] = strings.Repeat("/", MaxClaimValueLen)
+				c["run_id"] = strings.Repeat("/", MaxClaimValueLen)
+			}))
+		}},
 		{"templated claim renders dot-dot", func(t *testing.T) string {
 			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = ".." }))
 		}},
@@ -390,11 +397,44 @@ func TestVerifyRefuses(t *testing.T) {
 			if !isRefused(err) {
 				t.Fatalf("Verify: %v, want a RefusedError", err)
 			}
+			if want := refusalReasons[tc.name]; want == "" || !strings.Contains(err.Error(), want) {
+				t.Errorf("Verify: %v, want the reason %q", err, want)
+			}
 			if !strings.HasPrefix(err.Error(), "oidc: ") || strings.Contains(err.Error(), "oidc: oidc:") {
 				t.Errorf("error %q: want one oidc: prefix", err)
 			}
 		})
 	}
+}
+
+// refusalReasons are the reasons (in the log, not the public text) of
+// TestVerifyRefuses' cases.
+var refusalReasons = map[string]string{
+	"alg none": `algorithm "none" is not allowed`,
+	"HS256 with the public key (PEM) as secret":        `algorithm "HS256" is not allowed`,
+	"HS256 with the public key (DER) as secret":        `algorithm "HS256" is not allowed`,
+	"RS256 signature by another key under a known kid": "signature does not verify",
+	"tampered claims":                           "signature does not verify",
+	"unconfigured issuer":                       `issuer "https://evil.example" is not configured`,
+	"issuer of another configured issuer's key": "signature does not verify",
+	"wrong audience":                            "audience",
+	"no audience":                               "audience",
+	"expired":                                   "expired at",
+	"no exp":                                    "no exp",
+	"not yet valid":                             "not valid before",
+	"issued in the future":                      "issued in the future",
+	"lifetime over max_token_lifetime":          "the token lives",
+	"exp too far ahead without iat":             "the token expires in",
+	"unknown kid":                               "key id",
+	"required claim with another value":         `required claim "repository_owner"`,
+	"required claim missing":                    `required claim "repository_owner"`,
+	"templated claim missing":                   `claim "run_id" is missing`,
+	"templated claim not a scalar":              `claim "run_id" is missing or not a string`,
+	"templated claim too long":                  `claim "run_id" has 257 bytes`,
+	"agent ID too long":                         "the agent ID would be",
+	"templated claim renders dot-dot":           `renders a ".." path segment`,
+	"jti not a string":                          "jti claim",
+	"RS256 not among the issuer's signing algs": `algorithm "RS384" is not allowed`,
 }
 
 func TestVerifyJTIOnce(t *testing.T) {
