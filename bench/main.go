@@ -174,6 +174,10 @@ func run(dur time.Duration, maxSVIDs int) error {
 		return fmt.Errorf("x509pop: %w", err)
 	}
 	fmt.Println()
+	if err := benchAttestOIDC(ctx); err != nil {
+		return fmt.Errorf("oidc: %w", err)
+	}
+	fmt.Println()
 	if err := benchHA(ctx); err != nil {
 		return fmt.Errorf("ha: %w", err)
 	}
