@@ -345,6 +345,9 @@ func (a *applier) attestNode(c *storepb.AttestNode) *CommandError {
 	if old != nil && old.Banned {
 		return cmdErr(codes.PermissionDenied, "node %q is banned", n.SpiffeId)
 	}
+	if old != nil && c.GetFirstAttestation() {
+		return cmdErr(codes.AlreadyExists, "node %q is already attested", n.SpiffeId)
+	}
 	// All checks passed: from here on the command succeeds.
 	for _, token := range tokens {
 		if err := a.delete(tableJoinTokens, token); err != nil {

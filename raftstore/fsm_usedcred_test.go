@@ -281,3 +281,37 @@ func TestUsedCredentialsSnapshot(t *testing.T) {
 		}
 	}
 }
+
+// TestAttestNodeFirstAttestation: a first attestation (trust on first
+// use) admits a node only if no agent with its SPIFFE ID is recorded; a
+// second is refused with AlreadyExists and nothing changed, whatever
+// arrives in between; after an eviction the node may attest again; a
+// plain attestation of an attested node still updates it.
+func TestAttestNodeFirstAttestation(t *testing.T) {
+	tf := newTestFSM(t)
+	first := func(at time.Time) *storepb.Command {
+		cmd := useOnce(oidcAgent, at)
+		cmd.GetAttestNode().FirstAttestation = true
+		return cmd
+	}
+	if c := tf.single(first(t0)); c != codes.OK {
+		t.Fatalf("first attestation: %v", c)
+	}
+	before := snapshotBytes(t, tf.f)
+	if c := tf.single(first(t0.Add(time.Second))); c != codes.AlreadyExists {
+		t.Fatalf("second first attestation: %v, want AlreadyExists", c)
+	}
+	if !bytes.Equal(snapshotBytes(t, tf.f), before) {
+		t.Fatal("a refused first attestation changed the state")
+	}
+	if c := tf.single(useOnce(oidcAgent, t0.Add(2*time.Second))); c != codes.OK {
+		t.Fatalf("plain re-attestation: %v", c)
+	}
+	if c := tf.single(&storepb.Command{Timestamp: t0.Add(3 * time.Second).UnixNano(),
+		Op: &storepb.Command_EvictNode{EvictNode: &storepb.EvictNode{SpiffeId: oidcAgent}}}); c != codes.OK {
+		t.Fatalf("evict: %v", c)
+	}
+	if c := tf.single(first(t0.Add(4 * time.Second))); c != codes.OK {
+		t.Fatalf("first attestation after eviction: %v", c)
+	}
+}

@@ -313,6 +313,10 @@ func (n *nodeAPI) consumedElsewhere(c node.Credential) (bool, error) {
 // credential was already used.
 const replayedMessage = "the attestation evidence was already used"
 
+// firstUseMessage tells an agent that its trust-on-first-use attestation
+// lost to another one of the same node.
+const firstUseMessage = "the node is already attested (an operator must evict it before it can attest again)"
+
 // record signs the agent SVID of a verified attestation and writes the
 // attestation, consuming res.Consume, through Raft. A refusal is audited
 // and counted.
@@ -375,6 +379,7 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 			CreatedAt:       now.Unix(),
 			LastSeen:        now.Unix(),
 		},
+		FirstAttestation: res.FirstAttestation,
 	}
 	for _, c := range res.Consume {
 		// A join token goes in join_token_hash, which servers of the
@@ -414,6 +419,10 @@ func (n *nodeAPI) applyRefusal(agentID string, useOnce bool, err error) (string,
 	case errors.As(err, &ce) && ce.Code == codes.AlreadyExists && useOnce:
 		// Another server's attestation recorded the credential first.
 		return reasonReplayed, status.Error(codes.PermissionDenied, "attestation failed: "+replayedMessage)
+	case errors.As(err, &ce) && ce.Code == codes.AlreadyExists:
+		// A first attestation (trust on first use) found the node
+		// attested: another attestation got in first.
+		return reasonReplayed, status.Error(codes.PermissionDenied, "attestation failed: "+firstUseMessage)
 	case errors.As(err, &ce) && ce.Code == codes.PermissionDenied:
 		if existing, rerr := n.s.store.Read().Node(agentID); rerr == nil && existing.Banned {
 			return reasonBanned, storeError(err)

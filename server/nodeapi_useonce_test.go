@@ -42,6 +42,7 @@ type onceVerifier struct {
 	ttl           time.Duration
 	skipUsedCheck atomic.Bool
 	consume       func(now time.Time, jti string) []node.Credential
+	firstUse      bool // admit each name once (Result.FirstAttestation), consuming nothing
 }
 
 func (*onceVerifier) Name() string { return onceName }
@@ -65,7 +66,10 @@ func (v *onceVerifier) Verify(ctx context.Context, st node.State, ex node.Exchan
 	if v.consume != nil {
 		consume = v.consume(st.Now(), jti)
 	}
-	return &node.Result{ID: name, Selectors: []*sigilv1.Selector{{Type: onceName, Value: name}}, Consume: consume}, nil
+	if v.firstUse {
+		consume = nil
+	}
+	return &node.Result{ID: name, Selectors: []*sigilv1.Selector{{Type: onceName, Value: name}}, Consume: consume, FirstAttestation: v.firstUse}, nil
 }
 
 func onceAttest(ctx context.Context, t *testing.T, c sigilv1.NodeClient, name, jti string) (*sigilv1.AttestResponse, error) {
@@ -519,5 +523,56 @@ func TestAttestStreamRefusalReasons(t *testing.T) {
 		if !strings.Contains(metrics, line+"\n") {
 			t.Errorf("metrics lack %s", line)
 		}
+	}
+}
+
+// TestAttestFirstAttestationConcurrent: of concurrent first attestations
+// of one node (trust on first use) exactly one gets in, whatever each
+// verifier saw; the others are refused with PermissionDenied and the
+// reason "replayed"; after an eviction the node attests again.
+func TestAttestFirstAttestationConcurrent(t *testing.T) {
+	h := startServerWith(t, clock.NewFake(time.Now()), nil)
+	v := &onceVerifier{ttl: time.Hour, firstUse: true}
+	v.skipUsedCheck.Store(true)
+	h.addVerifier(v)
+	c := h.nodeClient(nil)
+	before := h.nodeAttackState()
+	const n = 8
+	var wg sync.WaitGroup
+	var won atomic.Int32
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := onceAttest(context.Background(), t, c, "node", fmt.Sprintf("j%d", i))
+			switch {
+			case err == nil:
+				won.Add(1)
+			case status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "already attested"):
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("loser refused with %v, want PermissionDenied: already attested", err)
+	}
+	if won.Load() != 1 {
+		t.Fatalf("%d first attestations won, want exactly 1", won.Load())
+	}
+	if got := h.nodeAttackState(); got.agents != before.agents+1 {
+		t.Fatalf("%d agents recorded, want %d", got.agents, before.agents+1)
+	}
+	if _, err := onceAttest(context.Background(), t, c, "node", "later"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a later first attestation: %v, want PermissionDenied", err)
+	}
+	id := "spiffe://" + testTD.Name() + "/sigil/agent/" + onceName + "/node"
+	if _, err := h.admin.EvictAgent(context.Background(), &sigilv1.EvictAgentRequest{SpiffeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := onceAttest(context.Background(), t, c, "node", "after-evict"); err != nil {
+		t.Fatalf("first attestation after eviction: %v", err)
 	}
 }

@@ -88,6 +88,14 @@ type Result struct {
 	// keeps concurrent uses of one credential (on one server or on
 	// several) from both succeeding.
 	Consume []Credential
+	// FirstAttestation admits the node only if no agent with this ID is
+	// attested (trust on first use, for evidence anyone on the node can
+	// read and replay, such as an instance identity document). The
+	// verifier has already found no such agent in State.Agent; the Raft
+	// apply decides atomically, so that of two concurrent first
+	// attestations (on one server or several) exactly one gets in. An
+	// evicted agent has no record and may attest again.
+	FirstAttestation bool
 }
 
 // Credential names a single-use credential: a record the servers keep in

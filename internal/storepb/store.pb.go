@@ -527,8 +527,14 @@ type AttestNode struct {
 	Node          *v1.AttestedNode       `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	JoinTokenHash string                 `protobuf:"bytes,2,opt,name=join_token_hash,json=joinTokenHash,proto3" json:"join_token_hash,omitempty"`
 	Consume       []*Credential          `protobuf:"bytes,3,rep,name=consume,proto3" json:"consume,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// first_attestation admits the node only if no agent with its SPIFFE ID
+	// is recorded (trust on first use): the apply refuses the command with
+	// AlreadyExists otherwise, so that of two concurrent first
+	// attestations of one node exactly one gets in. An evicted agent has no
+	// record and may attest again.
+	FirstAttestation bool `protobuf:"varint,4,opt,name=first_attestation,json=firstAttestation,proto3" json:"first_attestation,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AttestNode) Reset() {
@@ -580,6 +586,13 @@ func (x *AttestNode) GetConsume() []*Credential {
 		return x.Consume
 	}
 	return nil
+}
+
+func (x *AttestNode) GetFirstAttestation() bool {
+	if x != nil {
+		return x.FirstAttestation
+	}
+	return false
 }
 
 // Credential names a single-use credential record of the replicated
@@ -1631,12 +1644,13 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\rDeleteEntries\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\tR\x03ids\"<\n" +
 	"\x0fCreateJoinToken\x12)\n" +
-	"\x05token\x18\x01 \x01(\v2\x13.sigil.v1.JoinTokenR\x05token\"\x96\x01\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.sigil.v1.JoinTokenR\x05token\"\xc3\x01\n" +
 	"\n" +
 	"AttestNode\x12*\n" +
 	"\x04node\x18\x01 \x01(\v2\x16.sigil.v1.AttestedNodeR\x04node\x12&\n" +
 	"\x0fjoin_token_hash\x18\x02 \x01(\tR\rjoinTokenHash\x124\n" +
-	"\aconsume\x18\x03 \x03(\v2\x1a.sigil.store.v1.CredentialR\aconsume\"O\n" +
+	"\aconsume\x18\x03 \x03(\v2\x1a.sigil.store.v1.CredentialR\aconsume\x12+\n" +
+	"\x11first_attestation\x18\x04 \x01(\bR\x10firstAttestation\"O\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +

@@ -222,9 +222,16 @@ func TestVerifyTrustOnFirstUse(t *testing.T) {
 	_, err = f.verify(t, &state{err: errors.New("store unavailable")}, f.payload(t))
 	wantMalformed(t, err, "store unavailable")
 
+	// The first attestation of an instance is decided atomically by the
+	// store (FirstAttestation), so that two concurrent ones cannot both
+	// get in.
+	if res, err := f.verify(t, otherInstance, f.payload(t)); err != nil || !res.FirstAttestation {
+		t.Fatalf("first attestation %+v (%v), want FirstAttestation", res, err)
+	}
+
 	f.cfg.AllowReattestation = true
-	if _, err := f.verify(t, attested, f.payload(t)); err != nil {
-		t.Fatalf("re-attestation allowed but refused: %v", err)
+	if res, err := f.verify(t, attested, f.payload(t)); err != nil || res.FirstAttestation {
+		t.Fatalf("re-attestation allowed but refused or first-use only: %+v %v", res, err)
 	}
 	_, err = f.verify(t, banned, f.payload(t))
 	wantRefused(t, err, "banned")

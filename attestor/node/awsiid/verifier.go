@@ -213,7 +213,11 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 		return nil, refused("instance %s: agent %s is already attested (since %s) and allow_reattestation is off: evict it to let the instance attest again",
 			doc.InstanceID, id, rec.AttestedAt.UTC().Format(time.RFC3339))
 	}
-	return &node.Result{ID: id, Selectors: doc.Selectors()}, nil
+	// Without re-attestation the node is admitted once: the Raft apply
+	// refuses this attestation if another one of the instance got in
+	// first (two concurrent first attestations both pass the Agent
+	// check above).
+	return &node.Result{ID: id, Selectors: doc.Selectors(), FirstAttestation: !v.reattest}, nil
 }
 
 // errMalformedSignature marks signature errors that are malformed

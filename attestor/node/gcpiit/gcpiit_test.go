@@ -173,13 +173,16 @@ func TestTrustOnFirstUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !res.FirstAttestation {
+		t.Fatal("a trust-on-first-use attestation is not marked FirstAttestation: two concurrent ones could both get in")
+	}
 	st.record(res)
 	f.clk.Add(time.Second) // a new token
 	_, err = attest(tofu)
 	wantRefused(t, err, "already attested")
 	again := f.verifier(t, func(c *VerifierConfig) { c.AllowReattestation = true })
-	if _, err := attest(again); err != nil {
-		t.Fatalf("re-attestation allowed: %v", err)
+	if res, err := attest(again); err != nil || res.FirstAttestation {
+		t.Fatalf("re-attestation allowed: %+v %v", res, err)
 	}
 	// Evicted: admitted again.
 	delete(st.agents, res.ID)

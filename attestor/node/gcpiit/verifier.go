@@ -183,7 +183,9 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 	if used {
 		return nil, refused("token of instance %s already used", id)
 	}
-	return &node.Result{ID: id, Selectors: in.Selectors(), Consume: []node.Credential{cred}}, nil
+	// Without re-attestation the instance is admitted once, decided
+	// atomically by the Raft apply (see node.Result.FirstAttestation).
+	return &node.Result{ID: id, Selectors: in.Selectors(), Consume: []node.Credential{cred}, FirstAttestation: !v.cfg.AllowReattestation}, nil
 }
 
 // rawJSON keeps a token's claims as JSON.
