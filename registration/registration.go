@@ -50,13 +50,15 @@ func ServersID(td spiffeid.TrustDomain) spiffeid.ID {
 }
 
 // AgentID is the SPIFFE ID of an agent attested by attestor with the given
-// attestor-specific id. The ID may be at most MaxSPIFFEIDLen bytes long,
-// whatever an attestor returns.
+// attestor-specific id. The id may be several path segments separated by
+// "/" ("prod/node-1"), each a valid SPIFFE path segment. The ID may be at
+// most MaxSPIFFEIDLen bytes long, whatever an attestor returns.
 func AgentID(td spiffeid.TrustDomain, attestor, id string) (spiffeid.ID, error) {
 	if len(attestor)+len(id) > MaxSPIFFEIDLen {
 		return spiffeid.ID{}, fmt.Errorf("registration: agent id of %d bytes: SPIFFE IDs are at most %d bytes", len(attestor)+len(id), MaxSPIFFEIDLen)
 	}
-	return boundedID(spiffeid.FromSegments(td, "sigil", "agent", attestor, id))
+	segs := append([]string{"sigil", "agent", attestor}, strings.Split(id, "/")...)
+	return boundedID(spiffeid.FromSegments(td, segs...))
 }
 
 // IsAgentID reports whether id names a Sigil agent.
