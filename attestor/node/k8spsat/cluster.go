@@ -348,6 +348,9 @@ const (
 // status that authenticated a token for audience.
 func IdentityFromTokenReview(st TokenReviewStatus, audience string) (Identity, error) {
 	if !st.Authenticated {
+		if st.Error != "" {
+			return Identity{}, fmt.Errorf("the API server did not authenticate the token: %.200s", st.Error)
+		}
 		return Identity{}, errors.New("the API server did not authenticate the token")
 	}
 	if !contains(st.Audiences, audience) {
