@@ -13,6 +13,7 @@ import (
 	// selector types it produces) with the plugin registry. Adding a
 	// plugin to the binary is one line here.
 	_ "github.com/sigil-id/sigil/attestor/node/jointoken"
+	_ "github.com/sigil-id/sigil/attestor/node/k8spsat"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"

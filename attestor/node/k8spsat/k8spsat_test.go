@@ -61,7 +61,7 @@ type fixture struct {
 	now time.Time
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	p := k8spsattest.New(t)
 	p.SetPod(ns, podName, k8spsattest.Pod{UID: podUID, NodeName: node1})
 	p.SetNode(node1, k8spsattest.Node{UID: nodeUID, Labels: map[string]string{"topology.kubernetes.io/zone": "eu-1a", "secret-ish": "x"}})
@@ -79,7 +79,7 @@ func (f *fixture) reviewCluster(name string) k8spsat.ClusterConfig {
 		KubeAPI: &k8spsat.KubeAPIConfig{URL: f.p.URL, CAPath: f.p.CAPath, TokenPath: f.p.ReviewerTokenPath}}
 }
 
-func (f *fixture) verifier(t *testing.T, clusters ...k8spsat.ClusterConfig) node.Verifier {
+func (f *fixture) verifier(t testing.TB, clusters ...k8spsat.ClusterConfig) node.Verifier {
 	t.Helper()
 	cfg := k8spsat.DefaultConfig()
 	cfg.Clock = f.clk
@@ -303,7 +303,10 @@ func TestRefusals(t *testing.T) {
 	}{
 		{"wrong audience", "prod", mod(func(c *k8spsattest.Claims) { c.Audience = []string{"vault"} }), "audience", true},
 		{"wrong issuer", "prod", mod(func(c *k8spsattest.Claims) { c.Issuer = "https://evil.example" }), "different provider", true},
-		{"expired", "prod", mod(func(c *k8spsattest.Claims) { c.IssuedAt = f.now.Add(-2 * time.Hour); c.Expiry = f.now.Add(-time.Minute) }), "expired", true},
+		{"expired", "prod", mod(func(c *k8spsattest.Claims) {
+			c.IssuedAt = f.now.Add(-2 * time.Hour)
+			c.Expiry = f.now.Add(-time.Minute)
+		}), "expired", true},
 		{"sa not allowed", "prod", mod(func(c *k8spsattest.Claims) { c.SA = "default" }), "not in the allow list", true},
 		{"namespace not allowed", "prod", mod(func(c *k8spsattest.Claims) { c.Namespace = "kube-system" }), "not in the allow list", false},
 		{"unknown cluster", "dev", f.p.Token(t, f.claims()), "unknown cluster", true},
