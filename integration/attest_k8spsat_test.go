@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-id/sigil/attestor/node/k8spsat/k8spsattest"
+)
+
+// k8sAgent is a sigil agent attesting with k8s_psat from a pod of the
+// fake cluster.
+func newK8sAgent(t *testing.T, s *server, p *k8spsattest.Platform, dir, pod, node string) *agent {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tokenPath := filepath.Join(dir, "token")
+	tok := p.Token(t, p.Claims(time.Now(), "sigil-server", "sigil", "sigil-agent", pod, node))
+	if err := os.WriteFile(tokenPath, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "bootstrap.pem")
+	if err := os.WriteFile(bundle, []byte(s.cli("bundle", "show")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{t: t, dir: dir, config: filepath.Join(dir, "agent.hcl"), socket: filepath.Join(dir, "public", "api.sock"), health: freeAddr(t)}
+	cfg := fmt.Sprintf(`agent {
+  trust_domain      = %q
+  server_address    = %q
+  data_dir          = %q
+  socket_path       = %q
+  trust_bundle_path = %q
+  health_address    = %q
+  log_level         = "debug"
+  plugins {
+    node_attestor "k8s_psat" {
+      cluster    = "prod"
+      token_path = %q
+    }
+    workload_attestor "unix" {}
+  }
+}
+`, trustDomain, s.addr, filepath.Join(dir, "data"), a.socket, bundle, a.health, tokenPath)
+	if err := os.WriteFile(a.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TestAttestK8sPSATNodeAlias: three agents in pods of a fake cluster attest
+// to a real server with k8s_psat (tokens checked against the cluster's
+// OIDC discovery and JWKS, node labels read from its API); a node alias on
+// the cluster and a zone label covers the two agents in that zone, whose
+// go-spiffe workload gets the SVID parented to the alias; the third
+// agent, in another zone, does not serve it.
+func TestAttestK8sPSATNodeAlias(t *testing.T) {
+	p := k8spsattest.New(t)
+	zones := map[string]string{"node-a": "eu-1a", "node-b": "eu-1a", "node-c": "eu-1b"}
+	for i, n := range []string{"node-a", "node-b", "node-c"} {
+		p.SetNode(n, k8spsattest.Node{UID: fmt.Sprintf("00000000-0000-4000-8000-00000000000%d", i), Labels: map[string]string{"topology.kubernetes.io/zone": zones[n]}})
+		p.SetPod("sigil", "sigil-agent-"+n, k8spsattest.Pod{UID: fmt.Sprintf("10000000-0000-4000-8000-00000000000%d", i), NodeName: n})
+	}
+
+	dir := t.TempDir()
+	s := newServer(t, filepath.Join(dir, "server"))
+	raw, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugins := fmt.Sprintf(`  plugins {
+    node_attestor "k8s_psat" {
+      cluster "prod" {
+        audience                   = "sigil-server"
+        service_account_allow_list = ["sigil:sigil-agent"]
+        validation                 = "oidc"
+        issuer                     = %q
+        ca_path                    = %q
+        kube_api {
+          url        = %q
+          ca_path    = %q
+          token_path = %q
+        }
+        node_label_allow_list = ["topology.kubernetes.io/zone"]
+      }
+    }
+    key_manager "disk" {}
+  }
+}
+`, p.Issuer, p.CAPath, p.URL, p.CAPath, p.ReviewerTokenPath)
+	cfg := strings.TrimSuffix(strings.TrimSpace(string(raw)), "}") + plugins
+	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+
+	var agents []*agent
+	for i, n := range []string{"node-a", "node-b", "node-c"} {
+		a := newK8sAgent(t, s, p, filepath.Join(dir, n), "sigil-agent-"+n, n)
+		a.id = fmt.Sprintf("spiffe://%s/sigil/agent/k8s_psat/prod/00000000-0000-4000-8000-00000000000%d", trustDomain, i)
+		a.start()
+		if !strings.Contains(a.logText(), a.id) {
+			t.Fatalf("agent on %s is not %s:\n%s", n, a.id, tail(a.logText(), 2000))
+		}
+		agents = append(agents, a)
+	}
+	if p.Count("jwks") == 0 || p.Count("node") == 0 {
+		t.Fatalf("the server did not use the cluster: jwks %d, node %d fetches", p.Count("jwks"), p.Count("node"))
+	}
+
+	alias := "spiffe://" + trustDomain + "/k8s/prod/eu-1a"
+	createEntry(t, s, alias, "spiffe://"+trustDomain+"/sigil/server",
+		"k8s_psat:cluster:prod", "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a")
+	web := "spiffe://" + trustDomain + "/k8s/web"
+	createEntry(t, s, web, alias, uidSelector(t))
+
+	fetchID(t, agents[0].socket, web)
+	fetchID(t, agents[1].socket, web)
+
+	// The third agent is attested and serves its socket, but not the
+	// aliased entry.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	xc, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+agents[2].socket))
+	switch {
+	case err == nil:
+		for _, svid := range xc.SVIDs {
+			if svid.ID.String() == web {
+				t.Fatalf("the agent in zone eu-1b serves %s", web)
+			}
+		}
+	case status.Code(err) != codes.PermissionDenied:
+		t.Fatalf("the agent in zone eu-1b: %v, want no identity (PermissionDenied)", err)
+	}
+}
