@@ -94,8 +94,14 @@ func TestIDs(t *testing.T) {
 	if err != nil || !IsServerID(s) || IsAgentID(s) {
 		t.Fatalf("server id %v %v", s, err)
 	}
-	if _, err := AgentID(td, "join_token", "a/b"); err == nil {
-		t.Fatal("slash in segment accepted")
+	// An id of several segments is several path segments (issue 10's
+	// k8s_psat/<cluster>/<node>); a slash never makes an empty or dot
+	// segment (more in TestAgentIDSegments).
+	if a, err := AgentID(td, "join_token", "a/b"); err != nil || a.String() != "spiffe://example.org/sigil/agent/join_token/a/b" {
+		t.Fatalf("agent id of two segments: %v %v", a, err)
+	}
+	if _, err := AgentID(td, "join_token", "a//b"); err == nil {
+		t.Fatal("empty segment accepted")
 	}
 }
 

@@ -307,6 +307,7 @@ func TestRefusals(t *testing.T) {
 			c.IssuedAt = f.now.Add(-2 * time.Hour)
 			c.Expiry = f.now.Add(-time.Minute)
 		}), "expired", true},
+		{"not yet valid", "prod", mod(func(c *k8spsattest.Claims) { c.IssuedAt = f.now.Add(10 * time.Minute) }), "before the nbf", true},
 		{"sa not allowed", "prod", mod(func(c *k8spsattest.Claims) { c.SA = "default" }), "not in the allow list", true},
 		{"namespace not allowed", "prod", mod(func(c *k8spsattest.Claims) { c.Namespace = "kube-system" }), "not in the allow list", false},
 		{"unknown cluster", "dev", f.p.Token(t, f.claims()), "unknown cluster", true},
