@@ -56,6 +56,40 @@ func newK8sAgent(t *testing.T, s *server, p *k8spsattest.Platform, dir, pod, nod
 	return a
 }
 
+// newK8sServer starts a server whose k8s_psat cluster "prod" is p, with
+// the validation keys given and API access for the zone label.
+func newK8sServer(t *testing.T, p *k8spsattest.Platform, dir, validation string) *server {
+	t.Helper()
+	s := newServer(t, dir)
+	raw, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugins := fmt.Sprintf(`  plugins {
+    node_attestor "k8s_psat" {
+      cluster "prod" {
+        audience                   = "sigil-server"
+        service_account_allow_list = ["sigil:sigil-agent"]%s
+        kube_api {
+          url        = %q
+          ca_path    = %q
+          token_path = %q
+        }
+        node_label_allow_list = ["topology.kubernetes.io/zone"]
+      }
+    }
+    key_manager "disk" {}
+  }
+}
+`, validation, p.URL, p.CAPath, p.ReviewerTokenPath)
+	cfg := strings.TrimSuffix(strings.TrimSpace(string(raw)), "}") + plugins
+	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	return s
+}
+
 // TestAttestK8sPSATNodeAlias: three agents in pods of a fake cluster attest
 // to a real server with k8s_psat (tokens checked against the cluster's
 // OIDC discovery and JWKS, node labels read from its API); a node alias on
@@ -71,36 +105,10 @@ func TestAttestK8sPSATNodeAlias(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	s := newServer(t, filepath.Join(dir, "server"))
-	raw, err := os.ReadFile(s.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plugins := fmt.Sprintf(`  plugins {
-    node_attestor "k8s_psat" {
-      cluster "prod" {
-        audience                   = "sigil-server"
-        service_account_allow_list = ["sigil:sigil-agent"]
+	s := newK8sServer(t, p, filepath.Join(dir, "server"), fmt.Sprintf(`
         validation                 = "oidc"
         issuer                     = %q
-        ca_path                    = %q
-        kube_api {
-          url        = %q
-          ca_path    = %q
-          token_path = %q
-        }
-        node_label_allow_list = ["topology.kubernetes.io/zone"]
-      }
-    }
-    key_manager "disk" {}
-  }
-}
-`, p.Issuer, p.CAPath, p.URL, p.CAPath, p.ReviewerTokenPath)
-	cfg := strings.TrimSuffix(strings.TrimSpace(string(raw)), "}") + plugins
-	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.start()
+        ca_path                    = %q`, p.Issuer, p.CAPath))
 
 	var agents []*agent
 	for i, n := range []string{"node-a", "node-b", "node-c"} {
@@ -139,5 +147,57 @@ func TestAttestK8sPSATNodeAlias(t *testing.T) {
 		}
 	case status.Code(err) != codes.PermissionDenied:
 		t.Fatalf("the agent in zone eu-1b: %v, want no identity (PermissionDenied)", err)
+	}
+}
+
+// TestAttestK8sPSATTokenReview: with TokenReview validation an agent in a
+// live pod attests; an agent whose pod was deleted is refused with the
+// one public message, which neither its log nor the server's echoes the
+// token in, and the agent stops.
+func TestAttestK8sPSATTokenReview(t *testing.T) {
+	p := k8spsattest.New(t)
+	p.SetNode("node-a", k8spsattest.Node{UID: "00000000-0000-4000-8000-00000000000a", Labels: map[string]string{"topology.kubernetes.io/zone": "eu-1a"}})
+	p.SetPod("sigil", "sigil-agent-a", k8spsattest.Pod{UID: "10000000-0000-4000-8000-00000000000a", NodeName: "node-a"})
+	p.SetPod("sigil", "sigil-agent-gone", k8spsattest.Pod{UID: "10000000-0000-4000-8000-00000000000b", NodeName: "node-a"})
+	dir := t.TempDir()
+	s := newK8sServer(t, p, filepath.Join(dir, "server"), `
+        validation                 = "token_review"`)
+
+	a := newK8sAgent(t, s, p, filepath.Join(dir, "a"), "sigil-agent-a", "node-a")
+	a.start()
+	if id := "spiffe://" + trustDomain + "/sigil/agent/k8s_psat/prod/00000000-0000-4000-8000-00000000000a"; !strings.Contains(a.logText(), id) {
+		t.Fatalf("agent is not %s:\n%s", id, tail(a.logText(), 2000))
+	}
+	if p.Count("tokenreview") == 0 || p.Count("jwks") != 0 {
+		t.Fatalf("token reviews %d, jwks fetches %d", p.Count("tokenreview"), p.Count("jwks"))
+	}
+
+	gone := newK8sAgent(t, s, p, filepath.Join(dir, "gone"), "sigil-agent-gone", "node-a")
+	p.DeletePod("sigil", "sigil-agent-gone")
+	gone.p = startProc(t, "agent-gone", filepath.Join(gone.dir, "agent.log"), nil, sigilBin, "agent", "-config", gone.config)
+	select {
+	case <-gone.p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the refused agent did not stop")
+	}
+	if gone.p.err == nil {
+		t.Fatal("the refused agent exited cleanly")
+	}
+	tok, err := os.ReadFile(filepath.Join(gone.dir, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := gone.logText()
+	if !strings.Contains(log, "kubernetes service account token refused") {
+		t.Fatalf("the agent's log does not say it was refused:\n%s", tail(log, 2000))
+	}
+	serverLog, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+	for name, text := range map[string]string{"agent": log, "server": string(serverLog)} {
+		if strings.Contains(text, string(tok)) {
+			t.Fatalf("the %s log contains the token", name)
+		}
+	}
+	if !strings.Contains(string(serverLog), "did not authenticate") {
+		t.Fatalf("the server's log does not give the reason:\n%s", tail(string(serverLog), 3000))
 	}
 }
