@@ -63,10 +63,10 @@ func newCluster(cc ClusterConfig, cfg Config) (*cluster, error) {
 
 // newHTTPClient returns a client that trusts the CAs in caPath (the
 // system's when empty), follows no redirect (only configured URLs are
-// fetched) and gives up after timeout.
+// fetched) and gives up after timeout. It honours HTTPS_PROXY and
+// NO_PROXY like any Go client.
 func newHTTPClient(caPath string, timeout time.Duration) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = nil
 	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	if caPath != "" {
 		pem, err := os.ReadFile(caPath)

@@ -28,6 +28,7 @@
 package k8spsat
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -100,7 +101,7 @@ func ParsePayload(b []byte) (Payload, error) {
 	if len(b) > MaxPayloadBytes {
 		return p, fmt.Errorf("k8spsat: payload of %d bytes is too large (at most %d)", len(b), MaxPayloadBytes)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
 		return Payload{}, errors.New("k8spsat: payload is not a JSON object {cluster, token}")
