@@ -320,9 +320,9 @@ func (p *Platform) authorized(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// tokenReview judges a token as the API server does: its signature and
-// expiry, the audiences, and that the pod it is bound to still exists with
-// the same UID.
+// tokenReview judges a token as the API server does: its signature, its
+// issuer, its expiry (against the real clock), the audiences, and that the
+// pod it is bound to still exists with the same UID.
 func (p *Platform) tokenReview(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		APIVersion string `json:"apiVersion"`
@@ -354,7 +354,6 @@ func (p *Platform) tokenReview(w http.ResponseWriter, r *http.Request) {
 	}
 	var std jwt.Claims
 	var ext struct {
-		Subject string `json:"sub"`
 		K8s     struct {
 			Namespace string `json:"namespace"`
 			SA        ref    `json:"serviceaccount"`
@@ -366,56 +365,48 @@ func (p *Platform) tokenReview(w http.ResponseWriter, r *http.Request) {
 		deny("[invalid bearer token, square/go-jose: error in cryptographic primitive]")
 		return
 	}
-	claims := struct {
-		jwt.Claims
-		K8s struct {
-			Namespace string
-			Pod, Node *ref
-		}
-	}{Claims: std}
-	claims.K8s.Namespace, claims.K8s.Pod, claims.K8s.Node = ext.K8s.Namespace, ext.K8s.Pod, ext.K8s.Node
-	if claims.Issuer != p.Issuer {
+	if std.Issuer != p.Issuer {
 		deny("[invalid bearer token, token issuer mismatch]")
 		return
 	}
-	if err := claims.ValidateWithLeeway(jwt.Expected{Time: time.Now()}, 0); err != nil {
+	if err := std.ValidateWithLeeway(jwt.Expected{Time: time.Now()}, 0); err != nil {
 		deny("[invalid bearer token, service account token has expired]")
 		return
 	}
 	var auds []string
 	for _, a := range req.Spec.Audiences {
-		for _, ta := range claims.Audience {
+		for _, ta := range std.Audience {
 			if a == ta {
 				auds = append(auds, a)
 			}
 		}
 	}
 	if len(auds) == 0 {
-		deny("[invalid bearer token, token audiences " + strings.Join(claims.Audience, ",") + " is invalid for the target audiences " + strings.Join(req.Spec.Audiences, ",") + "]")
+		deny("[invalid bearer token, token audiences " + strings.Join(std.Audience, ",") + " is invalid for the target audiences " + strings.Join(req.Spec.Audiences, ",") + "]")
 		return
 	}
-	extra := map[string][]string{"authentication.kubernetes.io/credential-id": {"JTI=" + claims.ID}}
-	if claims.K8s.Pod != nil {
+	extra := map[string][]string{"authentication.kubernetes.io/credential-id": {"JTI=" + std.ID}}
+	if ext.K8s.Pod != nil {
 		p.mu.Lock()
-		pod, ok := p.pods[claims.K8s.Namespace+"/"+claims.K8s.Pod.Name]
+		pod, ok := p.pods[ext.K8s.Namespace+"/"+ext.K8s.Pod.Name]
 		p.mu.Unlock()
-		if !ok || pod.UID != claims.K8s.Pod.UID {
-			deny("[invalid bearer token, pod \"" + claims.K8s.Pod.Name + "\" not found]")
+		if !ok || pod.UID != ext.K8s.Pod.UID {
+			deny("[invalid bearer token, pod \"" + ext.K8s.Pod.Name + "\" not found]")
 			return
 		}
-		extra["authentication.kubernetes.io/pod-name"] = []string{claims.K8s.Pod.Name}
-		extra["authentication.kubernetes.io/pod-uid"] = []string{claims.K8s.Pod.UID}
+		extra["authentication.kubernetes.io/pod-name"] = []string{ext.K8s.Pod.Name}
+		extra["authentication.kubernetes.io/pod-uid"] = []string{ext.K8s.Pod.UID}
 	}
-	if claims.K8s.Node != nil {
-		extra["authentication.kubernetes.io/node-name"] = []string{claims.K8s.Node.Name}
-		extra["authentication.kubernetes.io/node-uid"] = []string{claims.K8s.Node.UID}
+	if ext.K8s.Node != nil {
+		extra["authentication.kubernetes.io/node-name"] = []string{ext.K8s.Node.Name}
+		extra["authentication.kubernetes.io/node-uid"] = []string{ext.K8s.Node.UID}
 	}
 	resp["status"] = map[string]any{
 		"authenticated": true,
 		"user": map[string]any{
-			"username": claims.Subject,
+			"username": std.Subject,
 			"uid":      ext.K8s.SA.UID,
-			"groups":   []string{"system:serviceaccounts", "system:serviceaccounts:" + claims.K8s.Namespace, "system:authenticated"},
+			"groups":   []string{"system:serviceaccounts", "system:serviceaccounts:" + ext.K8s.Namespace, "system:authenticated"},
 			"extra":    extra,
 		},
 		"audiences": auds,
