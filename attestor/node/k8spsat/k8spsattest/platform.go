@@ -354,7 +354,7 @@ func (p *Platform) tokenReview(w http.ResponseWriter, r *http.Request) {
 	}
 	var std jwt.Claims
 	var ext struct {
-		K8s     struct {
+		K8s struct {
 			Namespace string `json:"namespace"`
 			SA        ref    `json:"serviceaccount"`
 			Pod       *ref   `json:"pod"`
