@@ -563,3 +563,47 @@ func TestValidateSelector(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysThroughOutage: fetched keys stay in use while the platform is
+// down, for a day; after that the cluster fails closed.
+func TestKeysThroughOutage(t *testing.T) {
+	f := newFixture(t)
+	v := f.verifier(t, f.oidcCluster("prod"))
+	tok := f.p.Token(t, f.claims())
+	if _, err := f.verify(v, "prod", tok); err != nil {
+		t.Fatal(err)
+	}
+	f.p.SetUnavailable(true)
+	f.clk.Add(2 * time.Hour) // past KeysMaxAge: a fetch is tried, and fails
+	if _, err := f.verify(v, "prod", tok); err != nil {
+		t.Fatalf("known keys not used through the outage: %v", err)
+	}
+	f.clk.Add(23 * time.Hour)
+	_, err := f.verify(v, "prod", tok)
+	var r *node.RefusedError
+	if err == nil || errors.As(err, &r) || !strings.Contains(err.Error(), "fetching the keys") {
+		t.Fatalf("after a day of outage: %v", err)
+	}
+}
+
+// TestWrongCA: a platform whose certificate does not chain to ca_path is
+// not trusted.
+func TestWrongCA(t *testing.T) {
+	f := newFixture(t)
+	other := k8spsattest.New(t)
+	c := f.oidcCluster("prod")
+	c.CAPath = other.CAPath
+	_, err := f.verify(f.verifier(t, c), "prod", f.p.Token(t, f.claims()))
+	var r *node.RefusedError
+	if err == nil || errors.As(err, &r) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("untrusted platform certificate: %v", err)
+	}
+	r2 := f.reviewCluster("prod")
+	r2.KubeAPI.CAPath = other.CAPath
+	if _, err := f.verify(f.verifier(t, r2), "prod", f.p.Token(t, f.claims())); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("untrusted API server certificate: %v", err)
+	}
+	if f.p.Count("tokenreview") != 0 {
+		t.Fatal("the token was sent to an untrusted API server")
+	}
+}

@@ -6,11 +6,16 @@
 package k8spsattest
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -48,7 +53,8 @@ type Platform struct {
 	// the service account issuer (the same URL, so discovery is found at
 	// Issuer/.well-known/openid-configuration).
 	URL, Issuer string
-	// CAPath is a PEM file of the server's certificate.
+	// CAPath is a PEM file of the CA of the server's certificate (a CA
+	// of this platform's own).
 	CAPath string
 	// ReviewerTokenPath is a file holding the bearer token the fake API
 	// server accepts (ReviewerToken).
@@ -79,13 +85,15 @@ func New(t testing.TB) *Platform {
 		t.Fatal(err)
 	}
 	srv.Listener = ln
+	caPEM, leaf := newCert(t)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}, MinVersion: tls.VersionTLS12}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	p.srv = srv
 	p.URL, p.Issuer = srv.URL, srv.URL
 	dir := t.TempDir()
 	p.CAPath = filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(p.CAPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+	if err := os.WriteFile(p.CAPath, caPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p.ReviewerTokenPath = filepath.Join(dir, "reviewer.token")
@@ -93,6 +101,40 @@ func New(t testing.TB) *Platform {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// newCert makes a CA of the platform's own (each platform trusts only its
+// own) and a server certificate for 127.0.0.1 issued by it.
+func newCert(t testing.TB) (caPEM []byte, leaf tls.Certificate) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fake kubernetes CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // SetPod adds or replaces the pod ns/name.
