@@ -180,6 +180,9 @@ func identityFromClaims(raw []byte) (Identity, error) {
 	if c.K8s == nil || c.K8s.Namespace == "" || c.K8s.ServiceAccount == nil || c.K8s.ServiceAccount.Name == "" {
 		return Identity{}, errors.New("token has no kubernetes.io namespace and service account (not a service account token)")
 	}
+	if strings.Contains(c.K8s.Namespace, ":") || strings.Contains(c.K8s.ServiceAccount.Name, ":") {
+		return Identity{}, errors.New("token's namespace or service account name contains ':' (not a Kubernetes name)")
+	}
 	if c.K8s.Pod == nil || c.K8s.Pod.Name == "" || c.K8s.Pod.UID == "" {
 		return Identity{}, errors.New("token is not bound to a pod (not a projected token)")
 	}
