@@ -62,6 +62,10 @@ type Agent struct {
 	syncErr     error
 	authErr     error
 	reattestErr error
+	// reattestKick wakes agentLoop when a call was refused because the
+	// server does not know this agent (evicted, or forgotten in a restore
+	// from an older snapshot), so that it attests again. Buffered (1).
+	reattestKick chan struct{}
 }
 
 // New checks cfg and returns an agent that is not running yet.
@@ -75,12 +79,13 @@ func New(cfg Config) (*Agent, error) {
 		cfg.AuditSink = audit.NewZap(log)
 	}
 	return &Agent{
-		cfg:         cfg,
-		log:         log,
-		clk:         cfg.Clock,
-		cache:       newCache(cfg.TrustDomain, log.Named("cache"), cfg.Clock),
-		ready:       make(chan struct{}),
-		connChanged: make(chan struct{}),
+		cfg:          cfg,
+		log:          log,
+		clk:          cfg.Clock,
+		cache:        newCache(cfg.TrustDomain, log.Named("cache"), cfg.Clock),
+		ready:        make(chan struct{}),
+		connChanged:  make(chan struct{}),
+		reattestKick: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -104,7 +109,9 @@ func (a *Agent) Cache() workloadapi.Cache { return a.cache }
 
 // Healthy returns nil while the agent can do its job: the sync stream is
 // up, or the material it holds is still valid. Otherwise it says what is
-// wrong.
+// wrong: a server refused the agent (evicted, forgotten or banned; with a
+// node attestor that can attest again, whether it is attesting again or
+// was refused that too), or its SVID expired and the stream is down.
 func (a *Agent) Healthy() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -112,6 +119,12 @@ func (a *Agent) Healthy() error {
 		return errors.New("agent: no agent identity yet")
 	}
 	if a.authErr != nil {
+		if a.reattestErr != nil {
+			return fmt.Errorf("agent was evicted or banned: %w; attesting again was refused: %v", a.authErr, a.reattestErr)
+		}
+		if a.canReattest() {
+			return fmt.Errorf("agent was evicted or banned: %w; attesting again", a.authErr)
+		}
 		return fmt.Errorf("agent was evicted or banned: %w", a.authErr)
 	}
 	if a.syncUp {
@@ -144,6 +157,32 @@ func (a *Agent) setAuthErr(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.authErr = err
+}
+
+// refused records that the server refused the agent itself (err is an
+// auth error: it was evicted, forgotten or banned, or its SVID is no
+// longer accepted) and, if the node attestor can attest again, wakes
+// agentLoop to do so.
+func (a *Agent) refused(err error, msg string) {
+	a.setAuthErr(err)
+	if !a.canReattest() {
+		a.log.Error("agent was evicted or banned: "+msg, zap.Error(err))
+		return
+	}
+	a.log.Warn("agent was evicted, forgotten or banned: "+msg+"; attesting again", zap.Error(err))
+	select {
+	case a.reattestKick <- struct{}{}:
+	default:
+	}
+}
+
+// mustReattest reports whether the server refused the agent and its node
+// attestor can attest again.
+func (a *Agent) mustReattest() bool {
+	a.mu.Lock()
+	refused := a.authErr != nil
+	a.mu.Unlock()
+	return refused && a.canReattest()
 }
 
 // client returns the current node API client and a channel closed when
@@ -398,6 +437,17 @@ func retryable(err error) bool {
 // false if it has none.
 func (a *Agent) nodeAttestor() (node.Attestor, bool) {
 	return a.cfg.NodeAttestor, a.cfg.NodeAttestor != nil
+}
+
+// canReattest reports whether the node attestor can attest the node
+// again (it does not implement node.SingleUse).
+func (a *Agent) canReattest() bool {
+	att, ok := a.nodeAttestor()
+	if !ok {
+		return false
+	}
+	_, single := att.(node.SingleUse)
+	return !single
 }
 
 // spentMessage is what to tell the operator when the node attestor works

@@ -53,6 +53,8 @@ type fakeServer struct {
 	streams     map[chan *sigilv1.SyncResponse]struct{}
 	tokenUsed   bool
 	banned      bool
+	evicted     bool          // the server does not know the agent (reattest_test.go)
+	cut         chan struct{} // closed to end the open Sync streams (cutStreams)
 	agentTTL    time.Duration
 	attestCalls int
 	renewCalls  int
@@ -80,6 +82,7 @@ func newFakeServer(t *testing.T) *fakeServer {
 		agentTTL:   time.Hour,
 		issuedKeys: make(map[string]crypto.PublicKey),
 		now:        time.Now,
+		cut:        make(chan struct{}),
 	}
 	serverKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -94,6 +97,9 @@ func newFakeServer(t *testing.T) *fakeServer {
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    pool,
 		MinVersion:   tls.VersionTLS12,
+		// Client SVIDs are checked at the server's (fake) time, as
+		// they were issued.
+		Time: func() time.Time { return s.now() },
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -155,6 +161,9 @@ func (s *fakeServer) Attest(ctx context.Context, req *sigilv1.AttestRequest) (*s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.attestCalls++
+	if req.GetAttestationType() == reattestName {
+		return s.attestAgainLocked(req)
+	}
 	if req.GetAttestationType() != jointoken.Name || string(req.GetPayload()) != s.token {
 		return nil, status.Error(codes.PermissionDenied, "bad token")
 	}
@@ -182,8 +191,8 @@ func (s *fakeServer) RenewAgent(ctx context.Context, req *sigilv1.RenewAgentRequ
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.renewCalls++
-	if s.banned {
-		return nil, status.Error(codes.PermissionDenied, "agent is banned")
+	if err := s.refusalLocked(id); err != nil {
+		return nil, err
 	}
 	pub, err := parseCSR(req.GetCsr())
 	if err != nil {
@@ -197,16 +206,18 @@ func (s *fakeServer) RenewAgent(ctx context.Context, req *sigilv1.RenewAgentRequ
 }
 
 func (s *fakeServer) Sync(_ *sigilv1.SyncRequest, stream grpc.ServerStreamingServer[sigilv1.SyncResponse]) error {
-	if _, err := callerID(stream.Context()); err != nil {
+	id, err := callerID(stream.Context())
+	if err != nil {
 		return err
 	}
 	ch := make(chan *sigilv1.SyncResponse, 100)
 	s.mu.Lock()
 	s.syncCalls++
-	if s.banned {
+	if err := s.refusalLocked(id); err != nil {
 		s.mu.Unlock()
-		return status.Error(codes.PermissionDenied, "agent is banned")
+		return err
 	}
+	cut := s.cut
 	var entries []*sigilv1.Entry
 	for _, e := range s.entries {
 		entries = append(entries, e)
@@ -235,6 +246,11 @@ func (s *fakeServer) Sync(_ *sigilv1.SyncRequest, stream grpc.ServerStreamingSer
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case <-cut:
+			s.mu.Lock()
+			err := s.refusalLocked(id)
+			s.mu.Unlock()
+			return err
 		case m := <-ch:
 			if err := stream.Send(m); err != nil {
 				return err
@@ -244,13 +260,14 @@ func (s *fakeServer) Sync(_ *sigilv1.SyncRequest, stream grpc.ServerStreamingSer
 }
 
 func (s *fakeServer) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX509SVIDRequest) (*sigilv1.BatchNewX509SVIDResponse, error) {
-	if _, err := callerID(ctx); err != nil {
+	id, err := callerID(ctx)
+	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.banned {
-		return nil, status.Error(codes.PermissionDenied, "agent is banned")
+	if err := s.refusalLocked(id); err != nil {
+		return nil, err
 	}
 	resp := &sigilv1.BatchNewX509SVIDResponse{}
 	for _, r := range req.GetRequests() {
@@ -277,6 +294,27 @@ func (s *fakeServer) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNew
 		res.ExpiresAt = chain[0].NotAfter.Unix()
 	}
 	return resp, nil
+}
+
+// refusalLocked is the server's answer to a call of agent id that it
+// refuses, as the real server's auth interceptor words it, or nil.
+func (s *fakeServer) refusalLocked(id spiffeid.ID) error {
+	switch {
+	case s.banned:
+		return status.Errorf(codes.PermissionDenied, "agent %s is banned", id)
+	case s.evicted:
+		return status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", id)
+	}
+	return nil
+}
+
+// cutStreams ends the open Sync streams with refusalLocked's answer, as
+// the real server does when it bans or evicts an agent.
+func (s *fakeServer) cutStreams() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.cut)
+	s.cut = make(chan struct{})
 }
 
 func (s *fakeServer) pushLocked(m *sigilv1.SyncResponse) {

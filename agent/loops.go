@@ -22,12 +22,16 @@ func isAuthError(err error) bool {
 }
 
 // syncLoop keeps one Sync stream open, reconnecting with capped
-// exponential backoff and jitter.
+// exponential backoff and jitter. When the server refuses the agent
+// itself and the node attestor can attest again, it waits instead for the
+// connection that agentLoop opens after attesting again: the
+// re-attestation's own backoff paces the calls to the server.
 func (a *Agent) syncLoop(ctx context.Context) {
 	a.cache.setJWTMinter(a.mintJWT)
 	attempt := 0
 	for {
-		progressed, err := a.syncOnce(ctx)
+		client, changed := a.client()
+		progressed, err := a.syncOnce(ctx, client, changed)
 		if ctx.Err() != nil {
 			return
 		}
@@ -44,8 +48,16 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			continue
 		}
 		if isAuthError(err) {
-			a.setAuthErr(err)
-			a.log.Error("agent was evicted or banned: server refused the sync stream", zap.Error(err))
+			a.refused(err, "server refused the sync stream")
+			if a.canReattest() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-changed:
+					attempt = 0
+					continue
+				}
+			}
 		}
 		d := backoff(syncRetryBase, syncRetryMax, attempt)
 		attempt++
@@ -68,10 +80,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 // errConnReplaced ends a stream whose connection was replaced.
 var errConnReplaced = errors.New("connection replaced")
 
-// syncOnce runs one Sync stream until it fails. It reports whether any
-// message arrived.
-func (a *Agent) syncOnce(ctx context.Context) (progressed bool, err error) {
-	client, changed := a.client()
+// syncOnce runs one Sync stream on client until it fails or changed is
+// closed (the connection was replaced). It reports whether any message
+// arrived.
+func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed <-chan struct{}) (progressed bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
@@ -228,8 +240,7 @@ func (a *Agent) mintRPC(ctx context.Context, req *sigilv1.BatchNewX509SVIDReques
 	resp, err := client.BatchNewX509SVID(cctx, req)
 	if err != nil {
 		if isAuthError(err) {
-			a.setAuthErr(err)
-			a.log.Error("agent was evicted or banned: server refused to mint SVIDs", zap.Error(err))
+			a.refused(err, "server refused to mint SVIDs")
 		}
 		for _, i := range sent {
 			outs[i].err = err
@@ -256,36 +267,62 @@ func (a *Agent) mintRPC(ctx context.Context, req *sigilv1.BatchNewX509SVIDReques
 	}
 }
 
-// agentLoop renews the agent SVID at half its lifetime, and re-attests if
-// it has expired.
+// agentLoop renews the agent SVID at half its lifetime, and attests the
+// node again if the SVID has expired or if the server refused the agent
+// (evicted, or forgotten by a restore from an older snapshot) and the
+// node attestor can attest again. Failures are retried with capped
+// exponential backoff (agentRetryBase to agentRetryMax): a banned agent,
+// whose attestations the server refuses, asks at most once per
+// agentRetryMax.
 func (a *Agent) agentLoop(ctx context.Context) {
 	failures := 0
 	for {
 		ident := a.identity()
 		now := a.clk.Now()
+		refused := a.mustReattest()
 		wait := ident.renewAt.Sub(now)
+		if refused {
+			wait = 0
+		}
 		if failures > 0 {
 			wait = backoff(agentRetryBase, agentRetryMax, failures-1)
-			if untilExpiry := ident.notAfter.Sub(now); untilExpiry > 0 && untilExpiry < wait {
+			if untilExpiry := ident.notAfter.Sub(now); !refused && untilExpiry > 0 && untilExpiry < wait {
 				wait = untilExpiry
 			}
 		}
+		kicked := false
 		if wait > 0 {
+			// A refusal seen by another loop wakes this one, unless it
+			// is backing off after a failure.
+			var kick <-chan struct{}
+			if failures == 0 {
+				kick = a.reattestKick
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-a.clk.After(wait):
 			case <-a.cache.agentTaint:
 				// The key that signed our SVID is tainted: renew now.
+			case <-kick:
+				kicked = true
 			}
 		} else if ctx.Err() != nil {
 			return
 		}
 		var err error
-		if !a.clk.Now().Before(ident.notAfter) {
-			err = a.reattest(ctx)
-		} else {
+		switch {
+		case a.mustReattest():
+			err = a.reattest(ctx, "the server refused the agent")
+		case !a.clk.Now().Before(ident.notAfter):
+			err = a.reattest(ctx, "the agent SVID expired")
+		case kicked:
+			continue // the refusal has cleared since
+		default:
 			err = a.renewAgent(ctx)
+			if err != nil && isAuthError(err) && a.canReattest() && ctx.Err() == nil {
+				err = a.reattest(ctx, "the server refused to renew the agent SVID")
+			}
 		}
 		if ctx.Err() != nil {
 			return
@@ -311,9 +348,7 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 	resp, err := client.RenewAgent(cctx, &sigilv1.RenewAgentRequest{Csr: csr})
 	if err != nil {
 		if isAuthError(err) {
-			a.setAuthErr(err)
-			a.log.Error("agent was evicted or banned: server refused to renew the agent SVID",
-				zap.String("spiffe_id", cur.id.String()), zap.Error(err))
+			a.refused(err, "server refused to renew the agent SVID "+cur.id.String())
 		} else {
 			a.log.Warn("agent SVID renewal failed", zap.Error(err))
 		}
@@ -348,8 +383,15 @@ func (a *Agent) renewAgent(ctx context.Context) error {
 	return nil
 }
 
-// reattest attests the node again after the agent SVID expired.
-func (a *Agent) reattest(ctx context.Context) error {
+// reattest attests the node again, for the reason given (the agent SVID
+// expired, or the server refused the agent). On success the agent uses
+// its new identity and bundle, drops its authentication and attestation
+// errors and reconnects, so that the sync stream resumes; the workload
+// SVIDs it holds stay in the cache (the trust domain signed them, and
+// they are withdrawn as usual if the resumed sync no longer carries their
+// entries).
+func (a *Agent) reattest(ctx context.Context, reason string) error {
+	old := a.identity()
 	ident, bundle, err := a.attest(ctx)
 	if err != nil {
 		if spent, ok := a.spentMessage(); !retryable(err) && ok {
@@ -361,7 +403,7 @@ func (a *Agent) reattest(ctx context.Context) error {
 		a.mu.Lock()
 		a.reattestErr = err
 		a.mu.Unlock()
-		a.log.Error("agent SVID expired and cannot re-attest", zap.Error(err))
+		a.log.Error("cannot re-attest", zap.String("reason", reason), zap.Error(err))
 		return err
 	}
 	a.cache.SetBundle(bundle)
@@ -370,5 +412,15 @@ func (a *Agent) reattest(ctx context.Context) error {
 	a.reattestErr = nil
 	a.authErr = nil
 	a.mu.Unlock()
+	select {
+	case <-a.reattestKick: // a refusal seen before this attestation
+	default:
+	}
+	if old != nil && old.id != ident.id {
+		a.log.Warn("re-attested under a different agent ID", zap.String("old_spiffe_id", old.id.String()),
+			zap.String("spiffe_id", ident.id.String()))
+	}
+	a.log.Info("re-attested", zap.String("reason", reason), zap.String("spiffe_id", ident.id.String()),
+		zap.String("serial", ident.chain[0].SerialNumber.Text(16)), zap.Time("expires_at", ident.notAfter))
 	return a.replaceConn()
 }

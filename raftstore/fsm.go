@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -403,6 +404,10 @@ func (a *applier) updateNode(c *storepb.UpdateNode) *CommandError {
 	n := proto.Clone(old).(*sigilv1.AttestedNode)
 	n.CertSerial = c.CertSerial
 	n.CertNotAfter = c.CertNotAfter
+	// A renewal is when the agent was last seen: the command's time,
+	// the same on every server (and for commands written before the
+	// field existed, which set nothing else differently).
+	n.LastSeen = a.nowSec
 	n.ModifyIndex = a.index
 	return a.insert(tableNodes, n)
 }
@@ -415,6 +420,9 @@ func (a *applier) evictNode(c *storepb.EvictNode) *CommandError {
 	if old == nil {
 		return cmdErr(codes.NotFound, "node %q not found", c.SpiffeId)
 	}
+	if old.Banned && c.KeepBanned {
+		return cmdErr(codes.FailedPrecondition, "node %q is banned; evicting it would let it attest again, so a banned node stays banned", c.SpiffeId)
+	}
 	return a.delete(tableNodes, old)
 }
 
@@ -423,6 +431,17 @@ func (a *applier) banNode(c *storepb.BanNode) *CommandError {
 		return cmdErr(codes.InvalidArgument, "node spiffe_id is empty")
 	}
 	old := a.node(c.SpiffeId)
+	if old == nil && c.BanUnknown {
+		// An ID that is not attested is banned ahead of its next
+		// attestation: a record with nothing but the ban.
+		// Its attestation type is the one its ID names.
+		typ, _, _ := strings.Cut(strings.TrimPrefix(c.SpiffeId, "spiffe://"+a.f.td.Name()+"/sigil/agent/"), "/")
+		n := &sigilv1.AttestedNode{SpiffeId: c.SpiffeId, AttestationType: typ, Banned: true, CreatedAt: a.nowSec, ModifyIndex: a.index}
+		if err := a.f.validateNode(n); err != nil {
+			return err
+		}
+		return a.insert(tableNodes, n)
+	}
 	if old == nil {
 		return cmdErr(codes.NotFound, "node %q not found", c.SpiffeId)
 	}

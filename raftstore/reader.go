@@ -297,12 +297,25 @@ func (r *Reader) Node(spiffeID string) (*sigilv1.AttestedNode, error) {
 // ListNodes returns one page of attested nodes in SPIFFE ID order, with
 // the same paging rules as ListEntries.
 func (r *Reader) ListNodes(pageToken string, pageSize int) ([]*sigilv1.AttestedNode, string, error) {
+	return r.ListNodesMatching(nil, pageToken, pageSize)
+}
+
+// ListNodesMatching is ListNodes over the nodes whose selectors include
+// all of selectors (every node if it is empty).
+func (r *Reader) ListNodesMatching(selectors []*sigilv1.Selector, pageToken string, pageSize int) ([]*sigilv1.AttestedNode, string, error) {
 	after, err := decodePageToken(pageToken)
 	if err != nil {
 		return nil, "", err
 	}
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
+	}
+	want := make([]string, len(selectors))
+	for i, s := range selectors {
+		if s == nil {
+			return nil, "", fmt.Errorf("raftstore: node filter has a nil selector")
+		}
+		want[i] = registration.FormatSelector(s)
 	}
 	all, err := r.txn.Get(tableNodes, indexID+"_prefix", "")
 	if err != nil {
@@ -319,12 +332,33 @@ func (r *Reader) ListNodes(pageToken string, pageSize int) ([]*sigilv1.AttestedN
 		if after != "" && n.SpiffeId == after {
 			continue
 		}
+		if !nodeHasSelectors(n, want) {
+			continue
+		}
 		if len(out) == pageSize {
 			return out, encodePageToken(out[len(out)-1].SpiffeId), nil
 		}
 		out = append(out, n)
 	}
 	return out, "", nil
+}
+
+// nodeHasSelectors reports whether every selector in want (formatted
+// with registration.FormatSelector) is among n's selectors.
+func nodeHasSelectors(n *sigilv1.AttestedNode, want []string) bool {
+	if len(want) == 0 {
+		return true
+	}
+	have := make(map[string]bool, len(n.Selectors))
+	for _, s := range n.Selectors {
+		have[registration.FormatSelector(s)] = true
+	}
+	for _, w := range want {
+		if !have[w] {
+			return false
+		}
+	}
+	return true
 }
 
 // JoinToken returns the join token with this hash, or ErrNotFound. An

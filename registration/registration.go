@@ -50,15 +50,16 @@ func ServersID(td spiffeid.TrustDomain) spiffeid.ID {
 }
 
 // AgentID is the SPIFFE ID of an agent attested by attestor with the given
-// attestor-specific id. The id may be several path segments separated by
-// "/" ("prod/node-1"), each a valid SPIFFE path segment. The ID may be at
-// most MaxSPIFFEIDLen bytes long, whatever an attestor returns.
+// attestor-specific id, which may hold several path segments separated by
+// "/", each a valid SPIFFE path segment. The ID may be at most MaxSPIFFEIDLen bytes long,
+// whatever an attestor returns.
 func AgentID(td spiffeid.TrustDomain, attestor, id string) (spiffeid.ID, error) {
 	if len(attestor)+len(id) > MaxSPIFFEIDLen {
 		return spiffeid.ID{}, fmt.Errorf("registration: agent id of %d bytes: SPIFFE IDs are at most %d bytes", len(attestor)+len(id), MaxSPIFFEIDLen)
 	}
-	segs := append([]string{"sigil", "agent", attestor}, strings.Split(id, "/")...)
-	return boundedID(spiffeid.FromSegments(td, segs...))
+	// An id of several path segments ("<account>/<region>/<instance>")
+	// is split so that each segment is validated on its own.
+	return boundedID(spiffeid.FromSegments(td, append([]string{"sigil", "agent", attestor}, strings.Split(id, "/")...)...))
 }
 
 // IsAgentID reports whether id names a Sigil agent.

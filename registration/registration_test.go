@@ -94,14 +94,15 @@ func TestIDs(t *testing.T) {
 	if err != nil || !IsServerID(s) || IsAgentID(s) {
 		t.Fatalf("server id %v %v", s, err)
 	}
-	// An id of several segments is several path segments (issue 10's
-	// k8s_psat/<cluster>/<node>); a slash never makes an empty or dot
-	// segment (more in TestAgentIDSegments).
-	if a, err := AgentID(td, "join_token", "a/b"); err != nil || a.String() != "spiffe://example.org/sigil/agent/join_token/a/b" {
-		t.Fatalf("agent id of two segments: %v %v", a, err)
+	// An id of several segments (node attestors such as aws_iid name an
+	// agent "<account>/<region>/<instance>"): each segment is validated.
+	if a, err := AgentID(td, "aws_iid", "123456789012/us-east-1/i-0abc"); err != nil || a.String() != "spiffe://example.org/sigil/agent/aws_iid/123456789012/us-east-1/i-0abc" {
+		t.Fatalf("multi-segment agent id %v %v", a, err)
 	}
-	if _, err := AgentID(td, "join_token", "a//b"); err == nil {
-		t.Fatal("empty segment accepted")
+	for _, bad := range []string{"a//b", "a/", "/a", "a/b c", "a/..", "a/./b", ""} {
+		if _, err := AgentID(td, "join_token", bad); err == nil {
+			t.Errorf("agent id %q accepted", bad)
+		}
 	}
 }
 

@@ -256,12 +256,26 @@ func (a *adminAPI) GetBundle(ctx context.Context, _ *sigilv1.GetBundleRequest) (
 	return b, nil
 }
 
+// maxAgentFilterSelectors bounds the selectors of one ListAgents filter.
+const maxAgentFilterSelectors = 64
+
+// ListAgents lists attested (and banned) agents in SPIFFE ID order, one
+// page at a time; with selectors, only the agents whose node selectors
+// include all of them.
 func (a *adminAPI) ListAgents(ctx context.Context, req *sigilv1.ListAgentsRequest) (*sigilv1.ListAgentsResponse, error) {
 	size := int(req.PageSize)
 	if size <= 0 || size > 1000 {
 		size = 1000
 	}
-	nodes, next, err := a.s.store.Read().ListNodes(req.PageToken, size)
+	if len(req.Selectors) > maxAgentFilterSelectors {
+		return nil, status.Errorf(codes.InvalidArgument, "%d selectors in the filter exceed the limit of %d", len(req.Selectors), maxAgentFilterSelectors)
+	}
+	for _, sel := range req.Selectors {
+		if err := registration.ValidateSelector(sel); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "agent filter: %v", err)
+		}
+	}
+	nodes, next, err := a.s.store.Read().ListNodesMatching(req.Selectors, req.PageToken, size)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -300,7 +314,10 @@ func (a *adminAPI) EvictAgent(ctx context.Context, req *sigilv1.EvictAgentReques
 	if err := a.checkAgentID(req.SpiffeId); err != nil {
 		return nil, err
 	}
-	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_EvictNode{EvictNode: &storepb.EvictNode{SpiffeId: req.SpiffeId}}}); err != nil {
+	// keep_banned: the store refuses to evict a banned agent, which
+	// would let it attest again (an agent whose attestor can attest again
+	// does so by itself).
+	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_EvictNode{EvictNode: &storepb.EvictNode{SpiffeId: req.SpiffeId, KeepBanned: true}}}); err != nil {
 		return nil, storeError(err)
 	}
 	a.s.audit(audit.Event{What: "agent_evicted", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent evicted",
@@ -312,7 +329,9 @@ func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (
 	if err := a.checkAgentID(req.SpiffeId); err != nil {
 		return nil, err
 	}
-	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_BanNode{BanNode: &storepb.BanNode{SpiffeId: req.SpiffeId}}}); err != nil {
+	// ban_unknown: an agent that is not attested (evicted, or not yet
+	// seen) is banned ahead of its next attestation.
+	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_BanNode{BanNode: &storepb.BanNode{SpiffeId: req.SpiffeId, BanUnknown: true}}}); err != nil {
 		return nil, storeError(err)
 	}
 	a.s.audit(audit.Event{What: "agent_banned", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent banned",

@@ -191,6 +191,7 @@ func (n *nodeAPI) record(ctx context.Context, req *sigilv1.AttestRequest, v node
 			CertNotAfter:    leaf.NotAfter.Unix(),
 			Selectors:       res.Selectors,
 			CreatedAt:       s.cfg.Clock.Now().Unix(),
+			LastSeen:        s.cfg.Clock.Now().Unix(),
 		},
 	}
 	for _, c := range res.Consume {

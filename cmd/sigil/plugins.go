@@ -12,6 +12,7 @@ import (
 	// The plugins this binary ships: each registers itself (and the
 	// selector types it produces) with the plugin registry. Adding a
 	// plugin to the binary is one line here.
+	_ "github.com/sigil-id/sigil/attestor/node/awsiid"
 	_ "github.com/sigil-id/sigil/attestor/node/jointoken"
 	_ "github.com/sigil-id/sigil/attestor/node/k8spsat"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"

@@ -35,8 +35,8 @@ func TestDaemonsImportNoConcretePlugin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}
-	if got := concretePlugins(strings.Fields(string(out))); len(got) != 5 {
-		t.Errorf("the binary's concrete plugins = %v, want jointoken, k8spsat, unix, disk and memory", got)
+	if got := concretePlugins(strings.Fields(string(out))); len(got) != 6 {
+		t.Errorf("the binary's concrete plugins = %v, want awsiid, jointoken, k8spsat, unix, disk and memory", got)
 	}
 }
 
@@ -159,7 +159,7 @@ func TestPluginConfigErrors(t *testing.T) {
   plugins {
     key_manager "disk" {}
   }
-}`, `3: plugins: no node_attestor: the server needs one (known: join_token, k8s_psat), e.g. node_attestor "join_token" {}`},
+}`, `3: plugins: no node_attestor: the server needs one (known: aws_iid, join_token, k8s_psat), e.g. node_attestor "aws_iid" {}`},
 		{"no key manager", false, `server {
   trust_domain = "example.org"
   plugins {
@@ -227,7 +227,7 @@ server {
   plugins {
     workload_attestor "unix" {}
   }
-}`, `4: plugins: no node_attestor: the agent needs one (known: join_token, k8s_psat)`},
+}`, `4: plugins: no node_attestor: the agent needs one (known: aws_iid, join_token, k8s_psat)`},
 		{"key manager in agent", true, `agent {
   trust_domain   = "example.org"
   server_address = "127.0.0.1:8081"

@@ -694,8 +694,13 @@ func (x *UpdateNode) GetCertNotAfter() int64 {
 
 // EvictNode deletes an attested node; it may attest again.
 type EvictNode struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// keep_banned refuses the command if the node is banned, so that a ban
+	// is never undone by an eviction. Servers since issue 10 set it;
+	// commands without it (written before) delete a banned node as they
+	// did.
+	KeepBanned    bool `protobuf:"varint,2,opt,name=keep_banned,json=keepBanned,proto3" json:"keep_banned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -737,11 +742,25 @@ func (x *EvictNode) GetSpiffeId() string {
 	return ""
 }
 
+func (x *EvictNode) GetKeepBanned() bool {
+	if x != nil {
+		return x.KeepBanned
+	}
+	return false
+}
+
 // BanNode marks an attested node banned; it gets nothing and cannot attest
-// again with the same ID until evicted.
+// again with the same ID. Evictions written by servers since issue 10
+// (keep_banned) are refused for a banned node; earlier ones removed the
+// ban.
 type BanNode struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// ban_unknown bans an ID that is not attested (evicted, or never seen)
+	// by recording it banned, so that it cannot attest. Servers since issue
+	// 10 set it; commands without it fail with NotFound for such an ID, as
+	// they did.
+	BanUnknown    bool `protobuf:"varint,2,opt,name=ban_unknown,json=banUnknown,proto3" json:"ban_unknown,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -781,6 +800,13 @@ func (x *BanNode) GetSpiffeId() string {
 		return x.SpiffeId
 	}
 	return ""
+}
+
+func (x *BanNode) GetBanUnknown() bool {
+	if x != nil {
+		return x.BanUnknown
+	}
+	return false
 }
 
 // PutX509Authority adds (or replaces, by server_id and certificate) a CA
@@ -1509,11 +1535,15 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vcert_serial\x18\x02 \x01(\tR\n" +
 	"certSerial\x12$\n" +
-	"\x0ecert_not_after\x18\x03 \x01(\x03R\fcertNotAfter\"(\n" +
+	"\x0ecert_not_after\x18\x03 \x01(\x03R\fcertNotAfter\"I\n" +
 	"\tEvictNode\x12\x1b\n" +
-	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"&\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
+	"\vkeep_banned\x18\x02 \x01(\bR\n" +
+	"keepBanned\"G\n" +
 	"\aBanNode\x12\x1b\n" +
-	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"l\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
+	"\vban_unknown\x18\x02 \x01(\bR\n" +
+	"banUnknown\"l\n" +
 	"\x10PutX509Authority\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x125\n" +
 	"\tauthority\x18\x02 \x01(\v2\x17.sigil.v1.X509AuthorityR\tauthority\"j\n" +

@@ -706,9 +706,12 @@ func (*GetBundleRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListAgentsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Agents whose node selectors include all of these; empty matches
+	// every agent.
+	Selectors     []*Selector `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -755,6 +758,13 @@ func (x *ListAgentsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListAgentsRequest) GetSelectors() []*Selector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
 }
 
 type ListAgentsResponse struct {
@@ -1055,11 +1065,12 @@ const file_sigil_v1_admin_proto_rawDesc = "" +
 	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x12\n" +
-	"\x10GetBundleRequest\"O\n" +
+	"\x10GetBundleRequest\"\x81\x01\n" +
 	"\x11ListAgentsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"l\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x120\n" +
+	"\tselectors\x18\x03 \x03(\v2\x12.sigil.v1.SelectorR\tselectors\"l\n" +
 	"\x12ListAgentsResponse\x12.\n" +
 	"\x06agents\x18\x01 \x03(\v2\x16.sigil.v1.AttestedNodeR\x06agents\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\".\n" +
@@ -1138,34 +1149,35 @@ var file_sigil_v1_admin_proto_depIdxs = []int32{
 	6,  // 7: sigil.v1.BatchDeleteEntryResponse.results:type_name -> sigil.v1.DeleteResult
 	23, // 8: sigil.v1.ListEntriesRequest.selectors:type_name -> sigil.v1.Selector
 	22, // 9: sigil.v1.ListEntriesResponse.entries:type_name -> sigil.v1.Entry
-	24, // 10: sigil.v1.ListAgentsResponse.agents:type_name -> sigil.v1.AttestedNode
-	1,  // 11: sigil.v1.Admin.BatchCreateEntry:input_type -> sigil.v1.BatchCreateEntryRequest
-	3,  // 12: sigil.v1.Admin.BatchUpdateEntry:input_type -> sigil.v1.BatchUpdateEntryRequest
-	5,  // 13: sigil.v1.Admin.BatchDeleteEntry:input_type -> sigil.v1.BatchDeleteEntryRequest
-	8,  // 14: sigil.v1.Admin.GetEntry:input_type -> sigil.v1.GetEntryRequest
-	9,  // 15: sigil.v1.Admin.ListEntries:input_type -> sigil.v1.ListEntriesRequest
-	11, // 16: sigil.v1.Admin.CreateJoinToken:input_type -> sigil.v1.CreateJoinTokenRequest
-	13, // 17: sigil.v1.Admin.GetBundle:input_type -> sigil.v1.GetBundleRequest
-	14, // 18: sigil.v1.Admin.ListAgents:input_type -> sigil.v1.ListAgentsRequest
-	16, // 19: sigil.v1.Admin.GetAgent:input_type -> sigil.v1.GetAgentRequest
-	17, // 20: sigil.v1.Admin.EvictAgent:input_type -> sigil.v1.EvictAgentRequest
-	19, // 21: sigil.v1.Admin.BanAgent:input_type -> sigil.v1.BanAgentRequest
-	2,  // 22: sigil.v1.Admin.BatchCreateEntry:output_type -> sigil.v1.BatchCreateEntryResponse
-	4,  // 23: sigil.v1.Admin.BatchUpdateEntry:output_type -> sigil.v1.BatchUpdateEntryResponse
-	7,  // 24: sigil.v1.Admin.BatchDeleteEntry:output_type -> sigil.v1.BatchDeleteEntryResponse
-	22, // 25: sigil.v1.Admin.GetEntry:output_type -> sigil.v1.Entry
-	10, // 26: sigil.v1.Admin.ListEntries:output_type -> sigil.v1.ListEntriesResponse
-	12, // 27: sigil.v1.Admin.CreateJoinToken:output_type -> sigil.v1.CreateJoinTokenResponse
-	25, // 28: sigil.v1.Admin.GetBundle:output_type -> sigil.v1.Bundle
-	15, // 29: sigil.v1.Admin.ListAgents:output_type -> sigil.v1.ListAgentsResponse
-	24, // 30: sigil.v1.Admin.GetAgent:output_type -> sigil.v1.AttestedNode
-	18, // 31: sigil.v1.Admin.EvictAgent:output_type -> sigil.v1.EvictAgentResponse
-	20, // 32: sigil.v1.Admin.BanAgent:output_type -> sigil.v1.BanAgentResponse
-	22, // [22:33] is the sub-list for method output_type
-	11, // [11:22] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	23, // 10: sigil.v1.ListAgentsRequest.selectors:type_name -> sigil.v1.Selector
+	24, // 11: sigil.v1.ListAgentsResponse.agents:type_name -> sigil.v1.AttestedNode
+	1,  // 12: sigil.v1.Admin.BatchCreateEntry:input_type -> sigil.v1.BatchCreateEntryRequest
+	3,  // 13: sigil.v1.Admin.BatchUpdateEntry:input_type -> sigil.v1.BatchUpdateEntryRequest
+	5,  // 14: sigil.v1.Admin.BatchDeleteEntry:input_type -> sigil.v1.BatchDeleteEntryRequest
+	8,  // 15: sigil.v1.Admin.GetEntry:input_type -> sigil.v1.GetEntryRequest
+	9,  // 16: sigil.v1.Admin.ListEntries:input_type -> sigil.v1.ListEntriesRequest
+	11, // 17: sigil.v1.Admin.CreateJoinToken:input_type -> sigil.v1.CreateJoinTokenRequest
+	13, // 18: sigil.v1.Admin.GetBundle:input_type -> sigil.v1.GetBundleRequest
+	14, // 19: sigil.v1.Admin.ListAgents:input_type -> sigil.v1.ListAgentsRequest
+	16, // 20: sigil.v1.Admin.GetAgent:input_type -> sigil.v1.GetAgentRequest
+	17, // 21: sigil.v1.Admin.EvictAgent:input_type -> sigil.v1.EvictAgentRequest
+	19, // 22: sigil.v1.Admin.BanAgent:input_type -> sigil.v1.BanAgentRequest
+	2,  // 23: sigil.v1.Admin.BatchCreateEntry:output_type -> sigil.v1.BatchCreateEntryResponse
+	4,  // 24: sigil.v1.Admin.BatchUpdateEntry:output_type -> sigil.v1.BatchUpdateEntryResponse
+	7,  // 25: sigil.v1.Admin.BatchDeleteEntry:output_type -> sigil.v1.BatchDeleteEntryResponse
+	22, // 26: sigil.v1.Admin.GetEntry:output_type -> sigil.v1.Entry
+	10, // 27: sigil.v1.Admin.ListEntries:output_type -> sigil.v1.ListEntriesResponse
+	12, // 28: sigil.v1.Admin.CreateJoinToken:output_type -> sigil.v1.CreateJoinTokenResponse
+	25, // 29: sigil.v1.Admin.GetBundle:output_type -> sigil.v1.Bundle
+	15, // 30: sigil.v1.Admin.ListAgents:output_type -> sigil.v1.ListAgentsResponse
+	24, // 31: sigil.v1.Admin.GetAgent:output_type -> sigil.v1.AttestedNode
+	18, // 32: sigil.v1.Admin.EvictAgent:output_type -> sigil.v1.EvictAgentResponse
+	20, // 33: sigil.v1.Admin.BanAgent:output_type -> sigil.v1.BanAgentResponse
+	23, // [23:34] is the sub-list for method output_type
+	12, // [12:23] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_admin_proto_init() }

@@ -231,12 +231,18 @@ type AttestedNode struct {
 	SpiffeId        string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	AttestationType string                 `protobuf:"bytes,2,opt,name=attestation_type,json=attestationType,proto3" json:"attestation_type,omitempty"`
 	// Serial number (hex) and expiry (unix seconds) of the agent's current SVID.
-	CertSerial    string      `protobuf:"bytes,3,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
-	CertNotAfter  int64       `protobuf:"varint,4,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
-	Selectors     []*Selector `protobuf:"bytes,5,rep,name=selectors,proto3" json:"selectors,omitempty"`
-	Banned        bool        `protobuf:"varint,6,opt,name=banned,proto3" json:"banned,omitempty"`
-	CreatedAt     int64       `protobuf:"varint,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	ModifyIndex   uint64      `protobuf:"varint,8,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	CertSerial   string      `protobuf:"bytes,3,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	CertNotAfter int64       `protobuf:"varint,4,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	Selectors    []*Selector `protobuf:"bytes,5,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	Banned       bool        `protobuf:"varint,6,opt,name=banned,proto3" json:"banned,omitempty"`
+	// Unix seconds of the agent's first attestation (kept when it attests
+	// again).
+	CreatedAt   int64  `protobuf:"varint,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,8,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Unix seconds of the agent's last attestation or SVID renewal: when a
+	// server last saw it prove itself. 0 if not recorded (an agent last
+	// attested and renewed by a server of an earlier version).
+	LastSeen      int64 `protobuf:"varint,9,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -323,6 +329,13 @@ func (x *AttestedNode) GetCreatedAt() int64 {
 func (x *AttestedNode) GetModifyIndex() uint64 {
 	if x != nil {
 		return x.ModifyIndex
+	}
+	return 0
+}
+
+func (x *AttestedNode) GetLastSeen() int64 {
+	if x != nil {
+		return x.LastSeen
 	}
 	return 0
 }
@@ -691,7 +704,7 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\v \x01(\x03R\tcreatedAt\x12\x1a\n" +
 	"\brevision\x18\f \x01(\x03R\brevision\x12!\n" +
-	"\fmodify_index\x18\r \x01(\x04R\vmodifyIndex\"\xa9\x02\n" +
+	"\fmodify_index\x18\r \x01(\x04R\vmodifyIndex\"\xc6\x02\n" +
 	"\fAttestedNode\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12\x1f\n" +
@@ -702,7 +715,8 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\x06banned\x18\x06 \x01(\bR\x06banned\x12\x1d\n" +
 	"\n" +
 	"created_at\x18\a \x01(\x03R\tcreatedAt\x12!\n" +
-	"\fmodify_index\x18\b \x01(\x04R\vmodifyIndex\">\n" +
+	"\fmodify_index\x18\b \x01(\x04R\vmodifyIndex\x12\x1b\n" +
+	"\tlast_seen\x18\t \x01(\x03R\blastSeen\">\n" +
 	"\tJoinToken\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x1d\n" +
 	"\n" +

@@ -174,13 +174,28 @@ func (f *fakeAdmin) GetBundle(context.Context, *sigilv1.GetBundleRequest) (*sigi
 }
 
 func (f *fakeAdmin) ListAgents(_ context.Context, req *sigilv1.ListAgentsRequest) (*sigilv1.ListAgentsResponse, error) {
+	// The agents whose node selectors include all of req.Selectors.
+	var agents []*sigilv1.AttestedNode
+	for _, a := range f.agents {
+		have := map[string]bool{}
+		for _, s := range a.Selectors {
+			have[registration.FormatSelector(s)] = true
+		}
+		ok := true
+		for _, s := range req.Selectors {
+			ok = ok && have[registration.FormatSelector(s)]
+		}
+		if ok {
+			agents = append(agents, a)
+		}
+	}
 	start := 0
 	if req.PageToken != "" {
 		start, _ = strconv.Atoi(req.PageToken)
 	}
-	end := min(start+f.pageSize, len(f.agents))
-	resp := &sigilv1.ListAgentsResponse{Agents: f.agents[start:end]}
-	if end < len(f.agents) {
+	end := min(start+f.pageSize, len(agents))
+	resp := &sigilv1.ListAgentsResponse{Agents: agents[start:end]}
+	if end < len(agents) {
 		resp.NextPageToken = strconv.Itoa(end)
 	}
 	return resp, nil

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -172,19 +173,36 @@ func AgentAdminCommands() []*cobra.Command {
 }
 
 func newAgentList() *cobra.Command {
-	var o *adminOpts
+	var (
+		o         *adminOpts
+		selectors []string
+	)
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List attested agents",
-		Args:  cobra.NoArgs,
+		Short: "List attested agents, optionally those with given node selectors",
+		Long: `List attested (and banned) agents: SPIFFE ID, attestation type, SVID
+serial and expiry, banned, node selectors, last seen (the time of the
+agent's last attestation or agent SVID renewal, "-" if not recorded) and
+first attestation. -selector (repeatable) keeps the agents whose node
+selectors include all the given ones; the server filters.`,
+		Example: `  sigil agent list
+  sigil agent list -selector k8s_psat:cluster:prod -selector k8s_psat:agent_ns:spire`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &sigilv1.ListAgentsRequest{}
+			for _, s := range selectors {
+				sel, err := registration.ParseSelector(s)
+				if err != nil {
+					return fmt.Errorf("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
+				}
+				req.Selectors = append(req.Selectors, sel)
+			}
 			c, err := o.dial()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			var agents []*sigilv1.AttestedNode
-			req := &sigilv1.ListAgentsRequest{}
 			seen := map[string]bool{}
 			for {
 				resp, err := call(cmd.Context(), c.ListAgents, req)
@@ -214,6 +232,7 @@ func newAgentList() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().StringArrayVar(&selectors, "selector", nil, "node selector type:value the agents must have, e.g. k8s_psat:cluster:prod (repeatable: all must match)")
 	o = addAdminFlags(cmd)
 	return cmd
 }
@@ -227,6 +246,7 @@ func printAgent(w io.Writer, a *sigilv1.AttestedNode) {
 	for _, s := range a.GetSelectors() {
 		fmt.Fprintf(w, "Selector         : %s\n", registration.FormatSelector(s))
 	}
+	fmt.Fprintf(w, "Last seen        : %s\n", formatTime(a.GetLastSeen()))
 	fmt.Fprintf(w, "Attested at      : %s\n", formatTime(a.GetCreatedAt()))
 }
 
@@ -273,7 +293,7 @@ func newAgentShow() *cobra.Command {
 }
 
 func newAgentEvict() *cobra.Command {
-	return agentIDCommand("evict", "Forget an attested agent; it must attest again to get SVIDs", func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error {
+	cmd := agentIDCommand("evict", "Forget an attested agent; it must attest again to get SVIDs", func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error {
 		resp, err := call(cmd.Context(), c.EvictAgent, &sigilv1.EvictAgentRequest{SpiffeId: id})
 		if err != nil {
 			return c.RPCError("evict agent "+id, err)
@@ -284,10 +304,15 @@ func newAgentEvict() *cobra.Command {
 		fmt.Fprintf(cmd.OutOrStdout(), "Evicted agent %s\n", id)
 		return nil
 	})
+	cmd.Long = `Forget an attested agent: its calls are refused until it attests again.
+An agent whose node attestor can attest again (every attestor but
+join_token) does so by itself; a join token agent needs a new token.
+A banned agent cannot be evicted: its ban stays.`
+	return cmd
 }
 
 func newAgentBan() *cobra.Command {
-	return agentIDCommand("ban", "Ban an agent: its calls are refused from now on", func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error {
+	cmd := agentIDCommand("ban", "Ban an agent: its calls and attestations are refused from now on", func(cmd *cobra.Command, c *AdminConn, o *adminOpts, id string) error {
 		resp, err := call(cmd.Context(), c.BanAgent, &sigilv1.BanAgentRequest{SpiffeId: id})
 		if err != nil {
 			return c.RPCError("ban agent "+id, err)
@@ -298,4 +323,9 @@ func newAgentBan() *cobra.Command {
 		fmt.Fprintf(cmd.OutOrStdout(), "Banned agent %s\n", id)
 		return nil
 	})
+	cmd.Long = `Ban an agent: its calls are refused from now on, and so is every
+attestation for its SPIFFE ID, whatever evidence it shows. An agent that
+is not attested (evicted, or not seen yet) can be banned too. A ban is
+not undone by eviction.`
+	return cmd
 }
