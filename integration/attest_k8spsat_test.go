@@ -124,6 +124,12 @@ func TestAttestK8sPSATNodeAlias(t *testing.T) {
 		t.Fatalf("the server did not use the cluster: jwks %d, node %d fetches", p.Count("jwks"), p.Count("node"))
 	}
 
+	// The servers keep each agent's node selectors: the zone selects two.
+	out := s.cli("agent", "list", "-selector", "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a")
+	if !strings.Contains(out, agents[0].id) || !strings.Contains(out, agents[1].id) || strings.Contains(out, agents[2].id) {
+		t.Fatalf("agent list -selector zone eu-1a:\n%s", out)
+	}
+
 	alias := "spiffe://" + trustDomain + "/k8s/prod/eu-1a"
 	createEntry(t, s, alias, "spiffe://"+trustDomain+"/sigil/server",
 		"k8s_psat:cluster:prod", "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a")
