@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sigil-id/sigil/attestor/node/k8spsat/k8spsattest"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // k8sAgent is a sigil agent attesting with k8s_psat from a pod of the
@@ -95,7 +96,8 @@ func newK8sServer(t *testing.T, p *k8spsattest.Platform, dir, validation string)
 // OIDC discovery and JWKS, node labels read from its API); a node alias on
 // the cluster and a zone label covers the two agents in that zone, whose
 // go-spiffe workload gets the SVID parented to the alias; the third
-// agent, in another zone, does not serve it.
+// agent, in another zone, does not serve it. An evicted agent re-attests
+// by itself and serves again; a banned one is refused.
 func TestAttestK8sPSATNodeAlias(t *testing.T) {
 	p := k8spsattest.New(t)
 	zones := map[string]string{"node-a": "eu-1a", "node-b": "eu-1a", "node-c": "eu-1b"}
@@ -154,6 +156,28 @@ func TestAttestK8sPSATNodeAlias(t *testing.T) {
 	case status.Code(err) != codes.PermissionDenied:
 		t.Fatalf("the agent in zone eu-1b: %v, want no identity (PermissionDenied)", err)
 	}
+
+	// Evicted, an agent re-attests by itself with its pod's token (not
+	// single-use) under the same ID, and serves the aliased entry again;
+	// banned, it stays out.
+	s.cli("agent", "evict", "-spiffe-id", agents[0].id)
+	eventually.NoError(t, 60*time.Second, func() error {
+		if !strings.Contains(agents[0].logText(), `"re-attested"`) {
+			return fmt.Errorf("agent on node-a has not re-attested:\n%s", tail(agents[0].logText(), 1500))
+		}
+		return nil
+	})
+	if out := s.cli("agent", "list"); !strings.Contains(out, agents[0].id) {
+		t.Fatalf("re-attested agent not listed:\n%s", out)
+	}
+	fetchID(t, agents[0].socket, web)
+	s.cli("agent", "ban", "-spiffe-id", agents[1].id)
+	eventually.NoError(t, 60*time.Second, func() error {
+		if l := agents[1].logText(); !strings.Contains(l, `"cannot re-attest"`) || !strings.Contains(l, "is banned") {
+			return fmt.Errorf("the banned agent on node-b was not refused re-attestation yet:\n%s", tail(l, 1500))
+		}
+		return nil
+	})
 }
 
 // TestAttestK8sPSATTokenReview: with TokenReview validation an agent in a
