@@ -167,6 +167,9 @@ func TestAttestK8sPSATNodeAlias(t *testing.T) {
 		}
 		return nil
 	})
+	if strings.Contains(agents[0].logText(), "under a different agent ID") {
+		t.Fatal("the agent re-attested under another ID")
+	}
 	if out := s.cli("agent", "list"); !strings.Contains(out, agents[0].id) {
 		t.Fatalf("re-attested agent not listed:\n%s", out)
 	}
