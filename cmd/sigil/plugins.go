@@ -16,6 +16,7 @@ import (
 	_ "github.com/sigil-id/sigil/attestor/node/azuremsi"
 	_ "github.com/sigil-id/sigil/attestor/node/gcpiit"
 	_ "github.com/sigil-id/sigil/attestor/node/jointoken"
+	_ "github.com/sigil-id/sigil/attestor/node/k8spsat"
 	_ "github.com/sigil-id/sigil/attestor/node/oidc"
 	_ "github.com/sigil-id/sigil/attestor/node/x509pop"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"
