@@ -64,7 +64,22 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fetchClient := flag.String("fetch-client", "", "internal: act as a workload process fetching from this socket")
 	floodOnly := flag.Bool("attest-flood-only", false, "only measure server memory under 20 concurrent 30 MiB attestations")
+	attestOnly := flag.Bool("attest-only", false, "only measure node attestations per second (x509pop, oidc) beside the raw verify rates")
 	flag.Parse()
+	if *attestOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		err := benchAttestX509pop(ctx)
+		if err == nil {
+			fmt.Println()
+			err = benchAttestOIDC(ctx)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *floodOnly {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
