@@ -27,9 +27,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/registration"
 )
+
+// keysUnavailable starts the errors about keys that could not be had.
+var keysUnavailable = jwks.ErrUnavailable.Error()
 
 var t0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 
