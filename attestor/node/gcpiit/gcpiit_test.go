@@ -20,6 +20,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 	"github.com/sigil-id/sigil/internal/eventually"
 )
 
@@ -233,7 +234,7 @@ func TestKeySetUnreachable(t *testing.T) {
 			select {
 			case err := <-done:
 				var r *node.RefusedError
-				if err == nil || errors.As(err, &r) || !errors.Is(err, errKeysUnavailable) {
+				if err == nil || errors.As(err, &r) || !errors.Is(err, jwks.ErrUnavailable) {
 					t.Fatalf("want a key set failure, got %v", err)
 				}
 				if !strings.HasPrefix(err.Error(), "gcpiit: cannot verify the token now") {
@@ -303,21 +304,8 @@ func TestKeySetBoundedAndCached(t *testing.T) {
 	}
 	// A key set over the size bound is not used.
 	big := f.verifier(t, func(c *VerifierConfig) { c.MaxKeySetBytes = 100 })
-	if _, err := big.Verify(context.Background(), st, payload(good)); !errors.Is(err, errKeysUnavailable) || !strings.Contains(err.Error(), "more than 100 bytes") {
+	if _, err := big.Verify(context.Background(), st, payload(good)); !errors.Is(err, jwks.ErrUnavailable) || !strings.Contains(err.Error(), "over 100 bytes") {
 		t.Fatalf("oversized key set: %v", err)
-	}
-}
-
-func TestKeyFetcherOnlyConfiguredURL(t *testing.T) {
-	f := newFakeGoogle(t)
-	kf := &keyFetcher{url: f.srv.URL + "/oauth2/v3/certs", base: http.DefaultTransport, maxBytes: 1 << 20, timeout: time.Second,
-		refresh: time.Minute, retry: time.Second, clock: f.clk}
-	req, _ := http.NewRequest(http.MethodGet, f.srv.URL+"/.well-known/openid-configuration", nil)
-	if _, err := kf.RoundTrip(req); !errors.Is(err, errKeysUnavailable) || !strings.Contains(err.Error(), "not the configured key set URL") {
-		t.Fatalf("other URL: %v", err)
-	}
-	if f.jwksHits.Load() != 0 {
-		t.Fatal("fetched")
 	}
 }
 

@@ -35,13 +35,18 @@ var ErrUnavailable = errors.New("the issuer's keys are unavailable")
 
 // ErrUnknownKey is wrapped when no cached or freshly fetched key has the
 // token's key id.
-var ErrUnknownKey = errors.New("no key of the issuer's key set has the token's key id")
+var ErrUnknownKey = errors.New("unknown key id: no key of the issuer's key set has it")
 
 // Config configures a KeySet.
 type Config struct {
 	// IssuerURL is the issuer whose discovery document names the JWKS
-	// URL when JWKSURL is empty.
+	// URL when JWKSURL is empty; the document must name this issuer.
 	IssuerURL string
+	// DiscoveryURL is where the discovery document is fetched; empty for
+	// IssuerURL + "/.well-known/openid-configuration".
+	DiscoveryURL string
+	// HTTPSOnly refuses a discovered jwks_uri that is not https.
+	HTTPSOnly bool
 	// JWKSURL is the configured key set URL; empty to discover it.
 	JWKSURL string
 	// Algs are the signature algorithms accepted.
@@ -55,9 +60,13 @@ type Config struct {
 	// Refresh is the least time between two fetch attempts (for an
 	// unknown key id, or after a failure).
 	Refresh time.Duration
-	// CacheTTL is how long fetched keys are used before they are fetched
-	// again.
+	// CacheTTL is how long fetched keys (and the discovered JWKS URL)
+	// are used before they are fetched again.
 	CacheTTL time.Duration
+	// MaxStale, when longer than CacheTTL, is how long fetched keys stay
+	// in use while they cannot be fetched again (through an issuer's
+	// outage); else keys older than CacheTTL are never used.
+	MaxStale time.Duration
 }
 
 // KeySet is one issuer's signing keys: discovered (once) from the
@@ -76,11 +85,30 @@ type KeySet struct {
 	sem chan struct{}
 	// Guarded by sem.
 	discovered  string
+	discAt      time.Time // of discovered
 	keys        []jose.JSONWebKey
 	fetchedAt   time.Time // of keys
 	attemptAt   time.Time // of the last fetch attempt
 	lastErr     error
 	everFetched bool
+}
+
+// Defaults of the key sets of platforms whose JWKS URL is fixed (see
+// ForURL).
+const (
+	DefaultRefresh  = time.Minute
+	DefaultCacheTTL = time.Hour
+)
+
+// ForURL returns the key set at the configured jwksURL (no discovery),
+// signing with algs, each fetch bounded by timeout and maxBytes through
+// NewClient(nil, ...), refreshed at most once per DefaultRefresh and kept
+// for DefaultCacheTTL.
+func ForURL(jwksURL string, algs []jose.SignatureAlgorithm, timeout time.Duration, maxBytes int64, clk clock.Clock) *KeySet {
+	return New(Config{
+		JWKSURL: jwksURL, Algs: algs, Client: NewClient(nil, timeout, maxBytes), Clock: clk,
+		Timeout: timeout, Refresh: DefaultRefresh, CacheTTL: DefaultCacheTTL,
+	})
 }
 
 // New returns the key set configured by c (nil Clock: the system's). It
@@ -150,7 +178,7 @@ func (k *KeySet) get(ctx context.Context, kid string) ([]jose.JSONWebKey, error)
 			k.attemptAt, k.lastErr = now, err
 		}
 	}
-	if !k.everFetched || k.cfg.Clock.Now().Sub(k.fetchedAt) >= k.cfg.CacheTTL {
+	if !k.everFetched || k.cfg.Clock.Now().Sub(k.fetchedAt) >= max(k.cfg.CacheTTL, k.cfg.MaxStale) {
 		if k.lastErr != nil {
 			return nil, fmt.Errorf("%w (fails closed; next attempt within %s): %w", ErrUnavailable, k.cfg.Refresh, k.lastErr)
 		}
@@ -178,48 +206,83 @@ func (k *KeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 	defer cancel()
 	url := k.cfg.JWKSURL
 	if url == "" {
+		if k.discovered == "" || k.cfg.Clock.Now().Sub(k.discAt) >= k.cfg.CacheTTL {
+			u, err := k.discover(ctx)
+			if err != nil {
+				return nil, err
+			}
+			k.discovered, k.discAt = u, k.cfg.Clock.Now()
+		}
 		url = k.discovered
 	}
-	if url == "" {
-		// go-oidc checks that the document names the configured issuer.
-		p, err := gooidc.NewProvider(gooidc.ClientContext(ctx, k.cfg.Client), k.cfg.IssuerURL)
-		if err != nil {
-			return nil, fmt.Errorf("discovery at %s: %w", k.cfg.IssuerURL, err)
-		}
-		var doc struct {
-			JWKSURI string `json:"jwks_uri"`
-		}
-		if err := p.Claims(&doc); err != nil || doc.JWKSURI == "" {
-			return nil, fmt.Errorf("discovery at %s: no jwks_uri", k.cfg.IssuerURL)
-		}
-		if !strings.HasPrefix(doc.JWKSURI, "https://") && !strings.HasPrefix(doc.JWKSURI, "http://") {
-			return nil, fmt.Errorf("discovery at %s: jwks_uri is not an http(s) URL", k.cfg.IssuerURL)
-		}
-		k.discovered = doc.JWKSURI
-		url = doc.JWKSURI
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, fmt.Errorf("JWKS request for %s: %w", url, err)
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := k.cfg.Client.Do(req)
+	body, err := k.getOK(ctx, url)
 	if err != nil {
 		return nil, fmt.Errorf("JWKS at %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("JWKS at %s: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("JWKS at %s: %s", url, resp.Status)
 	}
 	keys, err := ParseSet(body)
 	if err != nil {
 		return nil, fmt.Errorf("JWKS at %s: %w", url, err)
 	}
 	return keys, nil
+}
+
+// discover fetches the discovery document and returns its jwks_uri. The
+// document must name the configured issuer.
+func (k *KeySet) discover(ctx context.Context) (string, error) {
+	at := k.cfg.DiscoveryURL
+	if at == "" {
+		at = strings.TrimSuffix(k.cfg.IssuerURL, "/") + "/.well-known/openid-configuration"
+	}
+	body, err := k.getOK(ctx, at)
+	if err != nil {
+		return "", fmt.Errorf("discovery at %s: %w", at, err)
+	}
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return "", fmt.Errorf("discovery at %s: not a JSON discovery document", at)
+	}
+	if doc.Issuer != k.cfg.IssuerURL {
+		return "", fmt.Errorf("discovery at %s: the document is for issuer %q, not %q", at, doc.Issuer, k.cfg.IssuerURL)
+	}
+	switch {
+	case doc.JWKSURI == "":
+		return "", fmt.Errorf("discovery at %s: no jwks_uri", at)
+	case strings.HasPrefix(doc.JWKSURI, "https://"):
+	case k.cfg.HTTPSOnly:
+		return "", fmt.Errorf("discovery at %s: jwks_uri is not an https URL", at)
+	case !strings.HasPrefix(doc.JWKSURI, "http://"):
+		return "", fmt.Errorf("discovery at %s: jwks_uri is not an http(s) URL", at)
+	}
+	return doc.JWKSURI, nil
+}
+
+// getOK fetches url and returns its body if the answer is 200 OK.
+func (k *KeySet) getOK(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := k.cfg.Client.Do(req)
+	if err != nil {
+		var ue interface{ Unwrap() error }
+		if errors.As(err, &ue) && ue.Unwrap() != nil {
+			err = ue.Unwrap() // drop *url.Error's repetition of the URL
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, errors.New(resp.Status)
+	}
+	return body, nil
 }
 
 // ParseSet decodes a JWKS, keeping the public signing keys it can use (at
