@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/plugin"
 	"github.com/sigil-id/sigil/registration"
@@ -50,7 +51,7 @@ issuer "github" {
 	if ver.skew != 10*time.Second || ver.byURL[f.srv.URL].cfg.MaxTokenLifetime != 10*time.Minute {
 		t.Fatalf("decoded skew %s, issuers %+v", ver.skew, ver.byURL)
 	}
-	res, err := ver.Verify(context.Background(), st, exchange(sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))))
+	res, err := ver.Verify(context.Background(), st, exchange(jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))))
 	if err != nil || res.ID != "github/acme_2Fapp/9876543210123456789" {
 		t.Fatalf("Verify = %+v, %v", res, err)
 	}
