@@ -2,9 +2,7 @@ package gcpiit
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -15,6 +13,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -25,25 +24,8 @@ const (
 	testProject  = "sigil-prod-1"
 )
 
-var (
-	keyOnce sync.Once
-	key1    *rsa.PrivateKey
-	key2    *rsa.PrivateKey
-)
-
 // testKeys returns two RSA keys, made once for the package's tests.
-func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) {
-	keyOnce.Do(func() {
-		var err error
-		if key1, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-		if key2, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-	})
-	return key1, key2
-}
+func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) { return jwkstest.RSAKeys(t) }
 
 // fakeGoogle serves, on loopback, what Google serves to the attestor:
 // the issuer's discovery document and key set (as www.googleapis.com's
@@ -51,13 +33,12 @@ func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) {
 // which signs a format=full instance identity token for the requested
 // audience.
 type fakeGoogle struct {
+	iss      *jwkstest.Issuer
 	srv      *httptest.Server
 	clk      *clock.Fake
 	key      *rsa.PrivateKey
 	kid      string
-	mu       sync.Mutex
-	jwks     []jose.JSONWebKey
-	jwksHits atomic.Int64
+	jwksHits *atomic.Int64
 	// claims are the compute_engine claims the metadata server signs.
 	instance map[string]any
 	// metadataStatus, when set, is what the metadata server answers.
@@ -76,11 +57,10 @@ func newFakeGoogle(t *testing.T) *fakeGoogle {
 		"project_number":              738198324413,
 		"zone":                        "europe-west1-b",
 	}}
-	f.jwks = []jose.JSONWebKey{{Key: k.Public(), KeyID: f.kid, Algorithm: "RS256", Use: "sig"}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{
+	f.iss = jwkstest.NewIssuer(t, jose.JSONWebKey{Key: k.Public(), KeyID: f.kid, Algorithm: "RS256", Use: "sig"})
+	f.srv, f.jwksHits = f.iss.Server, &f.iss.JWKSHits
+	f.iss.ServeDiscovery("GET /.well-known/openid-configuration", func(*http.Request) map[string]any {
+		return map[string]any{
 			"issuer":                                f.srv.URL,
 			"authorization_endpoint":                f.srv.URL + "/o/oauth2/v2/auth",
 			"token_endpoint":                        f.srv.URL + "/token",
@@ -88,17 +68,10 @@ func newFakeGoogle(t *testing.T) *fakeGoogle {
 			"response_types_supported":              []string{"code", "token", "id_token"},
 			"subject_types_supported":               []string{"public"},
 			"id_token_signing_alg_values_supported": []string{"RS256"},
-		})
+		}
 	})
-	mux.HandleFunc("GET /oauth2/v3/certs", func(w http.ResponseWriter, r *http.Request) {
-		f.jwksHits.Add(1)
-		f.mu.Lock()
-		set := jose.JSONWebKeySet{Keys: f.jwks}
-		f.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(set)
-	})
-	mux.HandleFunc("GET /computeMetadata/v1/instance/service-accounts/default/identity", func(w http.ResponseWriter, r *http.Request) {
+	f.iss.ServeJWKS("GET /oauth2/v3/certs")
+	f.iss.Mux.HandleFunc("GET /computeMetadata/v1/instance/service-accounts/default/identity", func(w http.ResponseWriter, r *http.Request) {
 		if !f.noFlavor {
 			w.Header().Set("Metadata-Flavor", "Google")
 		}
@@ -118,8 +91,6 @@ func newFakeGoogle(t *testing.T) *fakeGoogle {
 		w.Header().Set("Content-Type", "text/html")
 		w.Write([]byte(f.token(t, f.claims(aud))))
 	})
-	f.srv = httptest.NewServer(mux)
-	t.Cleanup(f.srv.Close)
 	return f
 }
 
@@ -145,26 +116,7 @@ func (f *fakeGoogle) claims(aud string) map[string]any {
 
 // token signs claims with the issuer's key as Google does (RS256, kid).
 func (f *fakeGoogle) token(t testing.TB, claims map[string]any) string {
-	return signRS256(t, f.key, f.kid, claims)
-}
-
-func signRS256(t testing.TB, k *rsa.PrivateKey, kid string, claims map[string]any) string {
-	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: k, KeyID: kid}},
-		(&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(claims)
-	jws, err := s.Sign(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return jwkstest.Sign(t, jose.RS256, f.key, f.kid, claims)
 }
 
 // verifier returns a verifier of the fake's tokens (mutate adjusts the

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
 	"github.com/sigil-id/sigil/internal/eventually"
 )
 
@@ -125,8 +126,8 @@ func TestVerifyRefusals(t *testing.T) {
 		{"domain-scoped project", mutated(t, f, func(c map[string]any) { ce(c)["project_id"] = "example.com:proj" }), "domain-scoped"},
 		{"bad instance id", mutated(t, f, func(c map[string]any) { ce(c)["instance_id"] = "12/../34" }), "instance_id"},
 		{"instance id as a number", mutated(t, f, func(c map[string]any) { ce(c)["instance_id"] = 12 }), "claims"},
-		{"unknown kid", signRS256(t, f.key, "kid-unknown", f.claims(testAudience)), "failed to verify"},
-		{"other key, known kid", signRS256(t, other, f.kid, f.claims(testAudience)), "failed to verify"},
+		{"unknown kid", jwkstest.Sign(t, jose.RS256, f.key, "kid-unknown", f.claims(testAudience)), "failed to verify"},
+		{"other key, known kid", jwkstest.Sign(t, jose.RS256, other, f.kid, f.claims(testAudience)), "failed to verify"},
 		{"alg none", b64(map[string]any{"alg": "none", "typ": "JWT"}) + "." + b64(f.claims(testAudience)) + ".AAAA", "malformed jwt"},
 		{"HS256 with the public key", hs256(), "malformed jwt"},
 	} {
@@ -278,7 +279,7 @@ func TestKeySetBoundedAndCached(t *testing.T) {
 	}
 	// A flood of unknown key ids costs one fetch per refresh interval.
 	for i := 0; i < 20; i++ {
-		_, err := v.Verify(context.Background(), st, payload(signRS256(t, f.key, "kid-new", f.claims(testAudience))))
+		_, err := v.Verify(context.Background(), st, payload(jwkstest.Sign(t, jose.RS256, f.key, "kid-new", f.claims(testAudience))))
 		wantRefused(t, err, "failed to verify")
 	}
 	if n := f.jwksHits.Load(); n != 1 {
@@ -287,11 +288,9 @@ func TestKeySetBoundedAndCached(t *testing.T) {
 	// Google rotates: the new key is served; after the interval it is
 	// fetched and its tokens accepted.
 	_, k2 := testKeys(t)
-	f.mu.Lock()
-	f.jwks = append(f.jwks, jose.JSONWebKey{Key: k2.Public(), KeyID: "kid-2", Algorithm: "RS256", Use: "sig"})
-	f.mu.Unlock()
+	f.iss.AddKeys(jose.JSONWebKey{Key: k2.Public(), KeyID: "kid-2", Algorithm: "RS256", Use: "sig"})
 	f.clk.Add(time.Minute)
-	rotated := signRS256(t, k2, "kid-2", f.claims(testAudience))
+	rotated := jwkstest.Sign(t, jose.RS256, k2, "kid-2", f.claims(testAudience))
 	// go-oidc lets a verification join a key set refresh already in
 	// flight, whose answer (the old set, from before the interval) may
 	// not have the new key yet: the next verification refreshes.
