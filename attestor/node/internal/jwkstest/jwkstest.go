@@ -61,8 +61,18 @@ func ECKey(t testing.TB) *ecdsa.PrivateKey {
 // under alg and kid (none when empty), with typ JWT.
 func Sign(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims map[string]any) string {
 	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: key, KeyID: kid}},
-		(&jose.SignerOptions{}).WithType("JWT"))
+	return SignWithHeaders(t, alg, key, kid, claims, nil)
+}
+
+// SignWithHeaders is Sign with more protected headers (such as Entra
+// ID's x5t).
+func SignWithHeaders(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims map[string]any, headers map[jose.HeaderKey]any) string {
+	t.Helper()
+	opts := (&jose.SignerOptions{}).WithType("JWT")
+	for k, v := range headers {
+		opts = opts.WithHeader(k, v)
+	}
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: key, KeyID: kid}}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
