@@ -69,15 +69,15 @@ func TestAttestAccepted(t *testing.T) {
 		}
 	}
 	// Re-attestation is allowed, with the same (cached) token too.
-	st.agents[res.ID] = node.AgentRecord{AttestedAt: t0}
+	st.Agents[res.ID] = node.AgentRecord{AttestedAt: t0}
 	if _, err := v.Verify(context.Background(), st, payload(p)); err != nil {
 		t.Fatalf("re-attestation: %v", err)
 	}
 	// A banned identity is refused.
-	st.agents[res.ID] = node.AgentRecord{Banned: true}
+	st.Agents[res.ID] = node.AgentRecord{Banned: true}
 	_, err = v.Verify(context.Background(), st, payload(p))
 	wantRefused(t, err, "banned")
-	st.err = errors.New("store unavailable")
+	st.Err = errors.New("store unavailable")
 	if _, err := v.Verify(context.Background(), st, payload(p)); err == nil || !strings.Contains(err.Error(), "store unavailable") {
 		t.Fatalf("state error: %v", err)
 	}

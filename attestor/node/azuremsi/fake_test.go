@@ -1,7 +1,6 @@
 package azuremsi
 
 import (
-	"context"
 	"crypto/rsa"
 	"encoding/json"
 	"net/http"
@@ -13,8 +12,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -169,42 +168,11 @@ func (f *fakeAzure) attestor(t *testing.T) *Attestor {
 	return a
 }
 
-// memState is an in-memory node.State on the fake's clock.
-type memState struct {
-	clk    *clock.Fake
-	agents map[string]node.AgentRecord
-	err    error
-}
+// memState is the in-memory node.State of the tests; payload a
+// challenge-free node.Exchange.
+type (
+	memState = nodetest.State
+	payload  = nodetest.Payload
+)
 
-func newMemState(clk *clock.Fake) *memState {
-	return &memState{clk: clk, agents: map[string]node.AgentRecord{}}
-}
-
-func (m *memState) Now() time.Time { return m.clk.Now() }
-
-func (m *memState) CredentialExpiry(context.Context, node.Credential) (time.Time, error) {
-	return time.Time{}, node.ErrNotFound
-}
-
-func (m *memState) Used(context.Context, node.Credential) (bool, error) {
-	return false, nil
-}
-
-func (m *memState) Agent(_ context.Context, id string) (node.AgentRecord, error) {
-	if m.err != nil {
-		return node.AgentRecord{}, m.err
-	}
-	r, ok := m.agents[id]
-	if !ok {
-		return node.AgentRecord{}, node.ErrNotFound
-	}
-	return r, nil
-}
-
-type payload []byte
-
-func (p payload) Payload() []byte { return p }
-
-func (payload) Challenge(context.Context, []byte) ([]byte, error) {
-	return nil, node.ErrRoundsExhausted
-}
+func newMemState(clk *clock.Fake) *memState { return nodetest.NewState(clk) }

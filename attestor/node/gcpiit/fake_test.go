@@ -1,19 +1,17 @@
 package gcpiit
 
 import (
-	"context"
 	"crypto/rsa"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -148,64 +146,11 @@ func (f *fakeGoogle) attestor(t *testing.T) *Attestor {
 	return a
 }
 
-// memState is an in-memory node.State on the fake's clock: attested
-// agents and use-once records.
-type memState struct {
-	mu     sync.Mutex
-	clk    *clock.Fake
-	agents map[string]node.AgentRecord
-	used   map[node.Credential]bool
-	err    error
-}
+// memState is the in-memory node.State of the tests; payload a
+// challenge-free node.Exchange.
+type (
+	memState = nodetest.State
+	payload  = nodetest.Payload
+)
 
-func newMemState(clk *clock.Fake) *memState {
-	return &memState{clk: clk, agents: map[string]node.AgentRecord{}, used: map[node.Credential]bool{}}
-}
-
-func (m *memState) Now() time.Time { return m.clk.Now() }
-
-func (m *memState) CredentialExpiry(context.Context, node.Credential) (time.Time, error) {
-	return time.Time{}, node.ErrNotFound
-}
-
-func (m *memState) Used(_ context.Context, c node.Credential) (bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.err != nil {
-		return false, m.err
-	}
-	return m.used[node.Credential{Kind: c.Kind, ID: c.ID}], nil
-}
-
-func (m *memState) Agent(_ context.Context, id string) (node.AgentRecord, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.err != nil {
-		return node.AgentRecord{}, m.err
-	}
-	r, ok := m.agents[id]
-	if !ok {
-		return node.AgentRecord{}, node.ErrNotFound
-	}
-	return r, nil
-}
-
-// record does what the server does with an accepted result: it records
-// the agent and consumes the credentials.
-func (m *memState) record(res *node.Result) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.agents[res.ID] = node.AgentRecord{AttestedAt: m.clk.Now(), SVIDExpiresAt: m.clk.Now().Add(time.Hour)}
-	for _, c := range res.Consume {
-		m.used[node.Credential{Kind: c.Kind, ID: c.ID}] = true
-	}
-}
-
-// payload is a node.Exchange carrying a payload and refusing challenges.
-type payload []byte
-
-func (p payload) Payload() []byte { return p }
-
-func (payload) Challenge(context.Context, []byte) ([]byte, error) {
-	return nil, node.ErrRoundsExhausted
-}
+func newMemState(clk *clock.Fake) *memState { return nodetest.NewState(clk) }

@@ -79,7 +79,7 @@ func TestAttestAccepted(t *testing.T) {
 		t.Fatalf("consume %+v", res.Consume)
 	}
 	// The token works once.
-	st.record(res)
+	st.Record(res)
 	_, err = f.verifier(t, func(c *VerifierConfig) { c.AllowReattestation = true }).Verify(context.Background(), st, payload(p))
 	wantRefused(t, err, "already used")
 }
@@ -178,7 +178,7 @@ func TestTrustOnFirstUse(t *testing.T) {
 	if !res.FirstAttestation {
 		t.Fatal("a trust-on-first-use attestation is not marked FirstAttestation: two concurrent ones could both get in")
 	}
-	st.record(res)
+	st.Record(res)
 	f.clk.Add(time.Second) // a new token
 	_, err = attest(tofu)
 	wantRefused(t, err, "already attested")
@@ -187,18 +187,18 @@ func TestTrustOnFirstUse(t *testing.T) {
 		t.Fatalf("re-attestation allowed: %+v %v", res, err)
 	}
 	// Evicted: admitted again.
-	delete(st.agents, res.ID)
+	delete(st.Agents, res.ID)
 	if _, err := attest(tofu); err != nil {
 		t.Fatalf("after eviction: %v", err)
 	}
 	// Banned: never.
-	st.agents[res.ID] = node.AgentRecord{Banned: true}
+	st.Agents[res.ID] = node.AgentRecord{Banned: true}
 	for _, v := range []*Verifier{tofu, again} {
 		_, err = attest(v)
 		wantRefused(t, err, "banned")
 	}
 	// The state failing fails the attestation closed.
-	st.err = errors.New("store unavailable")
+	st.Err = errors.New("store unavailable")
 	if _, err := attest(again); err == nil || !strings.Contains(err.Error(), "store unavailable") {
 		t.Fatalf("state error: %v", err)
 	}
