@@ -21,8 +21,8 @@ import (
 
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
-	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
 	"github.com/sigil-id/sigil/internal/eventually"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 func selectorStrings(res *node.Result) []string {

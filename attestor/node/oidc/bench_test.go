@@ -10,7 +10,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
-	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 // BenchmarkVerifyES256 measures Verify on a GitHub Actions-shaped ES256

@@ -8,7 +8,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
-	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 // FuzzOIDCToken feeds arbitrary payloads to the verifier, configured with

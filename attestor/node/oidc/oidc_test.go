@@ -26,8 +26,8 @@ import (
 
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
-	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 	"github.com/sigil-id/sigil/registration"
 )
 

@@ -12,8 +12,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
-	"github.com/sigil-id/sigil/attestor/node/internal/jwkstest"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 var t0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
