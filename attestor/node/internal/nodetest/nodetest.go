@@ -1,12 +1,17 @@
 // Package nodetest holds the in-memory node.State and node.Exchange that
 // the unit tests of the node attestors' server halves verify against (the
-// server's own State is tested with the server).
+// server's own State is tested with the server), and the parsing of
+// their plugin blocks.
 package nodetest
 
 import (
 	"context"
 	"sync"
+	"testing"
 	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/clock"
@@ -86,4 +91,14 @@ func (p Payload) Payload() []byte { return p }
 // Challenge fails: no challenge is expected.
 func (Payload) Challenge(context.Context, []byte) ([]byte, error) {
 	return nil, node.ErrRoundsExhausted
+}
+
+// ParseBody parses src as an HCL body (a plugin block's contents).
+func ParseBody(t testing.TB, src string) hcl.Body {
+	t.Helper()
+	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	return f.Body
 }
