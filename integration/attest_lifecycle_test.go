@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/sigil-id/sigil/internal/eventually"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 // lifecycleToken returns a token of is for acme/app's run run (hence the
@@ -24,25 +25,11 @@ import (
 func lifecycleToken(t *testing.T, is *oidcIssuer, run, jti string) string {
 	t.Helper()
 	now := time.Now()
-	claims := map[string]any{
+	return jwkstest.Sign(t, jose.ES256, is.key, "it-1", map[string]any{
 		"iss": is.srv.URL, "aud": "sigil", "jti": jti, "sub": "repo:acme/app:ref:refs/heads/main",
 		"repository": "acme/app", "repository_owner": "acme", "run_id": run, "workflow": "deploy",
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(10 * time.Minute).Unix(),
-	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: is.key, KeyID: "it-1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(claims)
-	jws, err := s.Sign(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	})
 }
 
 // writeToken replaces the token in a's token file (the oidc attestor

@@ -2,9 +2,6 @@ package integration
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +14,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/sigil-id/sigil/internal/eventually"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 // oidcIssuer is a fake OIDC issuer on loopback: discovery and a JWKS with
@@ -28,22 +26,13 @@ type oidcIssuer struct {
 
 func newOIDCIssuer(t *testing.T) *oidcIssuer {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is := &oidcIssuer{key: key}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(map[string]any{"issuer": is.srv.URL, "jwks_uri": is.srv.URL + "/jwks",
-			"id_token_signing_alg_values_supported": []string{"ES256"}})
+	key := jwkstest.ECKey(t)
+	iss := jwkstest.NewIssuer(t, jose.JSONWebKey{Key: key.Public(), KeyID: "it-1", Algorithm: "ES256", Use: "sig"})
+	iss.ServeDiscovery("/.well-known/openid-configuration", func(*http.Request) map[string]any {
+		return map[string]any{"issuer": iss.URL, "jwks_uri": iss.URL + "/jwks", "id_token_signing_alg_values_supported": []string{"ES256"}}
 	})
-	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "it-1", Algorithm: "ES256", Use: "sig"}}})
-	})
-	is.srv = httptest.NewServer(mux)
-	t.Cleanup(is.srv.Close)
-	return is
+	iss.ServeJWKS("/jwks")
+	return &oidcIssuer{srv: iss.Server, key: key}
 }
 
 // token returns a token for repository repo and run id run, valid for ten
@@ -51,25 +40,11 @@ func newOIDCIssuer(t *testing.T) *oidcIssuer {
 func (is *oidcIssuer) token(t *testing.T, repo, run string) string {
 	t.Helper()
 	now := time.Now()
-	claims := map[string]any{
+	return jwkstest.Sign(t, jose.ES256, is.key, "it-1", map[string]any{
 		"iss": is.srv.URL, "aud": "sigil", "jti": "it-" + run, "sub": "repo:" + repo + ":ref:refs/heads/main",
 		"repository": repo, "repository_owner": strings.Split(repo, "/")[0], "run_id": run, "workflow": "deploy",
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(10 * time.Minute).Unix(),
-	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: is.key, KeyID: "it-1"}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(claims)
-	jws, err := s.Sign(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	})
 }
 
 // withOIDCServerPlugins rewrites s's configuration with a plugins block:

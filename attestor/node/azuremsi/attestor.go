@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/sigil-id/sigil/attestor/node/internal/metadata"
 )
 
 // AttestorConfig configures the agent half.
@@ -36,9 +37,8 @@ func (c AttestorConfig) Validate() error {
 	if c.Resource == "" {
 		return errors.New("azuremsi: resource is required (the resource the server expects the tokens for)")
 	}
-	p, err := url.Parse(c.MetadataURL)
-	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-		return fmt.Errorf("azuremsi: metadata_url %q is not an http(s) URL", c.MetadataURL)
+	if err := metadata.CheckURL(c.MetadataURL); err != nil {
+		return fmt.Errorf("azuremsi: %w", err)
 	}
 	if c.Timeout <= 0 {
 		return fmt.Errorf("azuremsi: timeout %v: want a positive duration", c.Timeout)
@@ -50,7 +50,7 @@ func (c AttestorConfig) Validate() error {
 // configured resource from IMDS for each attestation.
 type Attestor struct {
 	cfg    AttestorConfig
-	client *http.Client
+	client *metadata.Client
 }
 
 // NewAttestor returns the agent half configured by c.
@@ -58,11 +58,7 @@ func NewAttestor(c AttestorConfig) (*Attestor, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	return &Attestor{cfg: c, client: &http.Client{
-		Timeout:       c.Timeout,
-		Transport:     &http.Transport{Proxy: nil}, // IMDS is never reached through a proxy
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}, nil
+	return &Attestor{cfg: c, client: metadata.NewClient(c.Timeout)}, nil
 }
 
 // Name is the attestor name.
@@ -80,28 +76,15 @@ type tokenResponse struct {
 
 // Payload fetches a managed identity token for the resource.
 func (a *Attestor) Payload(ctx context.Context) ([]byte, error) {
-	u, _ := url.Parse(a.cfg.MetadataURL)
-	q := u.Query()
-	q.Set("api-version", MetadataAPIVersion)
-	q.Set("resource", a.cfg.Resource)
+	q := url.Values{"api-version": {MetadataAPIVersion}, "resource": {a.cfg.Resource}}
 	if a.cfg.ClientID != "" {
 		q.Set("client_id", a.cfg.ClientID)
 	}
-	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("azuremsi: %w", err)
-	}
-	req.Header.Set("Metadata", "true")
-	resp, err := a.client.Do(req)
+	resp, err := a.client.Get(ctx, a.cfg.MetadataURL, q, http.Header{"Metadata": {"true"}}, 4*MaxTokenLen)
 	if err != nil {
 		return nil, fmt.Errorf("azuremsi: fetching the managed identity token (is this an Azure VM with a managed identity?): %w", err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4*MaxTokenLen))
-	if err != nil {
-		return nil, fmt.Errorf("azuremsi: reading the managed identity token: %w", err)
-	}
+	body := resp.Body
 	if resp.StatusCode != http.StatusOK {
 		var e struct {
 			Error       string `json:"error"`

@@ -26,10 +26,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node/internal/keyed"
 )
 
 // Name is the attestor name.
@@ -181,7 +181,7 @@ func (id Identity) Selectors() []*sigilv1.Selector {
 	return out
 }
 
-var selectorKeys = map[string]func(string) bool{
+var selectorKeys = keyed.Checks{
 	SelectorTenant:        IsGUID,
 	SelectorSubscription:  IsGUID,
 	SelectorResourceGroup: func(v string) bool { return isName(v, 90) },
@@ -193,20 +193,7 @@ var selectorKeys = map[string]func(string) bool{
 // resource-group, vm-name and a value the attestor could produce
 // (lowercase GUIDs, lowercase names).
 func ValidateSelector(value string) error {
-	key, v, _ := strings.Cut(value, ":")
-	check, ok := selectorKeys[key]
-	if !ok {
-		keys := make([]string, 0, len(selectorKeys))
-		for k := range selectorKeys {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		return fmt.Errorf("want azure_msi:<key>:<value> with key one of %s", strings.Join(keys, ", "))
-	}
-	if !check(v) {
-		return fmt.Errorf("%s: %q is not a value the azure_msi attestor produces (GUIDs and names are lowercase)", key, clip(v))
-	}
-	return nil
+	return selectorKeys.Validate(Name, value, "GUIDs and names are lowercase")
 }
 
 // IsGUID reports whether s is a lowercase GUID
@@ -245,9 +232,5 @@ func isName(s string, max int) bool {
 	return true
 }
 
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
-}
+// clip shortens a claim for an error message.
+var clip = keyed.Clip

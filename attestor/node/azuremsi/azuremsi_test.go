@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 )
 
 func selectorStrings(res *node.Result) []string {
@@ -68,15 +69,15 @@ func TestAttestAccepted(t *testing.T) {
 		}
 	}
 	// Re-attestation is allowed, with the same (cached) token too.
-	st.agents[res.ID] = node.AgentRecord{AttestedAt: t0}
+	st.Agents[res.ID] = node.AgentRecord{AttestedAt: t0}
 	if _, err := v.Verify(context.Background(), st, payload(p)); err != nil {
 		t.Fatalf("re-attestation: %v", err)
 	}
 	// A banned identity is refused.
-	st.agents[res.ID] = node.AgentRecord{Banned: true}
+	st.Agents[res.ID] = node.AgentRecord{Banned: true}
 	_, err = v.Verify(context.Background(), st, payload(p))
 	wantRefused(t, err, "banned")
-	st.err = errors.New("store unavailable")
+	st.Err = errors.New("store unavailable")
 	if _, err := v.Verify(context.Background(), st, payload(p)); err == nil || !strings.Contains(err.Error(), "store unavailable") {
 		t.Fatalf("state error: %v", err)
 	}
@@ -213,7 +214,7 @@ func TestKeySetUnreachable(t *testing.T) {
 			select {
 			case err := <-done:
 				var r *node.RefusedError
-				if err == nil || errors.As(err, &r) || !errors.Is(err, errKeysUnavailable) ||
+				if err == nil || errors.As(err, &r) || !errors.Is(err, jwks.ErrUnavailable) ||
 					!strings.HasPrefix(err.Error(), "azuremsi: cannot verify the token now") {
 					t.Fatalf("want a key set failure, got %v", err)
 				}
@@ -239,7 +240,7 @@ func TestKeySetCached(t *testing.T) {
 		t.Fatalf("key set fetched %d times, want 1", n)
 	}
 	big := f.verifier(t, func(c *VerifierConfig) { c.MaxKeySetBytes = 64 })
-	if _, err := big.Verify(context.Background(), st, payload(f.token(t, f.claims(testTenant, testResource)))); !errors.Is(err, errKeysUnavailable) {
+	if _, err := big.Verify(context.Background(), st, payload(f.token(t, f.claims(testTenant, testResource)))); !errors.Is(err, jwks.ErrUnavailable) {
 		t.Fatalf("oversized key set: %v", err)
 	}
 }

@@ -1,22 +1,20 @@
 package azuremsi
 
 import (
-	"context"
-	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 var t0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
@@ -30,24 +28,7 @@ const (
 	testMirID    = "/subscriptions/" + testSub + "/resourcegroups/Prod-RG/providers/Microsoft.Compute/virtualMachines/Web-1"
 )
 
-var (
-	keyOnce sync.Once
-	key1    *rsa.PrivateKey
-	key2    *rsa.PrivateKey
-)
-
-func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) {
-	keyOnce.Do(func() {
-		var err error
-		if key1, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-		if key2, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-	})
-	return key1, key2
-}
+func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) { return jwkstest.RSAKeys(t) }
 
 // fakeAzure serves, on loopback, what Microsoft Entra ID and IMDS serve
 // to the attestor: per tenant, the v1 discovery document (issuer
@@ -55,11 +36,12 @@ func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) {
 // (<srv>/<tenant>/discovery/keys), and IMDS's token endpoint, which signs
 // a v1 managed identity access token for the requested resource.
 type fakeAzure struct {
+	iss      *jwkstest.Issuer
 	srv      *httptest.Server
 	clk      *clock.Fake
 	key      *rsa.PrivateKey
 	kid      string
-	jwksHits atomic.Int64
+	jwksHits *atomic.Int64
 	// mirid is the xms_mirid claim IMDS's tokens carry ("" for none).
 	mirid      string
 	imdsStatus int
@@ -68,11 +50,11 @@ type fakeAzure struct {
 func newFakeAzure(t *testing.T) *fakeAzure {
 	k, _ := testKeys(t)
 	f := &fakeAzure{clk: clock.NewFake(t0), key: k, kid: "nOo3ZDrODXEK1jKWhXslHR_KXEg", mirid: testMirID}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{tenant}/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+	f.iss = jwkstest.NewIssuer(t, jose.JSONWebKey{Key: k.Public(), KeyID: f.kid, Use: "sig"})
+	f.srv, f.jwksHits = f.iss.Server, &f.iss.JWKSHits
+	f.iss.ServeDiscovery("GET /{tenant}/.well-known/openid-configuration", func(r *http.Request) map[string]any {
 		tid := r.PathValue("tenant")
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{
+		return map[string]any{
 			"token_endpoint":                        f.srv.URL + "/" + tid + "/oauth2/token",
 			"jwks_uri":                              f.srv.URL + "/" + tid + "/discovery/keys",
 			"issuer":                                f.issuer(tid),
@@ -80,14 +62,10 @@ func newFakeAzure(t *testing.T) *fakeAzure {
 			"subject_types_supported":               []string{"pairwise"},
 			"id_token_signing_alg_values_supported": []string{"RS256"},
 			"tenant_region_scope":                   "WW",
-		})
+		}
 	})
-	mux.HandleFunc("GET /{tenant}/discovery/keys", func(w http.ResponseWriter, r *http.Request) {
-		f.jwksHits.Add(1)
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: f.key.Public(), KeyID: f.kid, Use: "sig"}}})
-	})
-	mux.HandleFunc("GET /metadata/identity/oauth2/token", func(w http.ResponseWriter, r *http.Request) {
+	f.iss.ServeJWKS("GET /{tenant}/discovery/keys")
+	f.iss.Mux.HandleFunc("GET /metadata/identity/oauth2/token", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		if r.Header.Get("Metadata") != "true" {
 			w.WriteHeader(http.StatusBadRequest)
@@ -117,8 +95,6 @@ func newFakeAzure(t *testing.T) *fakeAzure {
 			"token_type":     "Bearer",
 		})
 	})
-	f.srv = httptest.NewServer(mux)
-	t.Cleanup(f.srv.Close)
 	return f
 }
 
@@ -158,21 +134,7 @@ func (f *fakeAzure) token(t testing.TB, claims map[string]any) string {
 
 func signRS256(t testing.TB, k *rsa.PrivateKey, kid string, claims map[string]any) string {
 	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: k, KeyID: kid}},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("x5t", kid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(claims)
-	jws, err := s.Sign(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return jwkstest.SignWithHeaders(t, jose.RS256, k, kid, claims, map[jose.HeaderKey]any{"x5t": kid})
 }
 
 func (f *fakeAzure) tenantConfig(tid string) TenantConfig {
@@ -206,42 +168,11 @@ func (f *fakeAzure) attestor(t *testing.T) *Attestor {
 	return a
 }
 
-// memState is an in-memory node.State on the fake's clock.
-type memState struct {
-	clk    *clock.Fake
-	agents map[string]node.AgentRecord
-	err    error
-}
+// memState is the in-memory node.State of the tests; payload a
+// challenge-free node.Exchange.
+type (
+	memState = nodetest.State
+	payload  = nodetest.Payload
+)
 
-func newMemState(clk *clock.Fake) *memState {
-	return &memState{clk: clk, agents: map[string]node.AgentRecord{}}
-}
-
-func (m *memState) Now() time.Time { return m.clk.Now() }
-
-func (m *memState) CredentialExpiry(context.Context, node.Credential) (time.Time, error) {
-	return time.Time{}, node.ErrNotFound
-}
-
-func (m *memState) Used(context.Context, node.Credential) (bool, error) {
-	return false, nil
-}
-
-func (m *memState) Agent(_ context.Context, id string) (node.AgentRecord, error) {
-	if m.err != nil {
-		return node.AgentRecord{}, m.err
-	}
-	r, ok := m.agents[id]
-	if !ok {
-		return node.AgentRecord{}, node.ErrNotFound
-	}
-	return r, nil
-}
-
-type payload []byte
-
-func (p payload) Payload() []byte { return p }
-
-func (payload) Challenge(context.Context, []byte) ([]byte, error) {
-	return nil, node.ErrRoundsExhausted
-}
+func newMemState(clk *clock.Fake) *memState { return nodetest.NewState(clk) }

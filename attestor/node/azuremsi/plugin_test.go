@@ -5,24 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/plugin"
 	"github.com/sigil-id/sigil/registration"
 )
-
-func parseBody(t *testing.T, src string) hcl.Body {
-	t.Helper()
-	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	return f.Body
-}
 
 func TestPlugin(t *testing.T) {
 	if !strings.Contains(strings.Join(registration.SelectorTypes(), ","), Name) {
@@ -32,7 +22,7 @@ func TestPlugin(t *testing.T) {
 		t.Fatal("the azure_msi plugin is not registered")
 	}
 	f := newFakeAzure(t)
-	v, err := pluginNew(parseBody(t, `
+	v, err := pluginNew(nodetest.ParseBody(t, `
 tenant "`+testTenant+`" {
   resource   = "`+testResource+`"
   issuer_url = "`+f.issuer(testTenant)+`"
@@ -50,7 +40,7 @@ fetch_timeout = "2s"
 	if len(ver.tenants) != 2 || ver.tenants[otherTenant].cfg.IssuerURL != DefaultIssuer(otherTenant) {
 		t.Fatalf("tenants %+v", ver.tenants)
 	}
-	a, err := pluginNew(parseBody(t, `
+	a, err := pluginNew(nodetest.ParseBody(t, `
 resource     = "`+testResource+`"
 metadata_url = "`+f.srv.URL+`/metadata/identity/oauth2/token"
 timeout      = "5s"
@@ -79,7 +69,7 @@ timeout      = "5s"
 		{plugin.RoleAgent, `resource = "r"` + "\n" + `tenant "` + testTenant + `" { resource = "r" }`, "Unsupported block"},
 		{plugin.RoleAgent, "resource = \"r\"\ntimeout = \"-1s\"", "timeout"},
 	} {
-		_, err := pluginNew(parseBody(t, c.src), plugin.Env{Role: c.role, Logger: zap.NewNop(), Clock: clock.New()})
+		_, err := pluginNew(nodetest.ParseBody(t, c.src), plugin.Env{Role: c.role, Logger: zap.NewNop(), Clock: clock.New()})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s %q: %v, want %q", c.role, c.src, err, c.want)
 		}

@@ -5,10 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/sigil-id/sigil/attestor/node/internal/metadata"
 )
 
 // AttestorConfig configures the agent half.
@@ -34,9 +35,8 @@ func (c AttestorConfig) Validate() error {
 	if c.Audience == "" {
 		return errors.New("gcpiit: audience is required (the server's audience)")
 	}
-	p, err := url.Parse(c.MetadataURL)
-	if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-		return fmt.Errorf("gcpiit: metadata_url %q is not an http(s) URL", c.MetadataURL)
+	if err := metadata.CheckURL(c.MetadataURL); err != nil {
+		return fmt.Errorf("gcpiit: %w", err)
 	}
 	if c.Timeout <= 0 {
 		return fmt.Errorf("gcpiit: timeout %v: want a positive duration", c.Timeout)
@@ -48,7 +48,7 @@ func (c AttestorConfig) Validate() error {
 // (format=full) from the metadata server for each attestation.
 type Attestor struct {
 	cfg    AttestorConfig
-	client *http.Client
+	client *metadata.Client
 }
 
 // NewAttestor returns the agent half configured by c.
@@ -56,11 +56,7 @@ func NewAttestor(c AttestorConfig) (*Attestor, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	return &Attestor{cfg: c, client: &http.Client{
-		Timeout:       c.Timeout,
-		Transport:     &http.Transport{Proxy: nil}, // the metadata server is never reached through a proxy
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}, nil
+	return &Attestor{cfg: c, client: metadata.NewClient(c.Timeout)}, nil
 }
 
 // Name is the attestor name.
@@ -71,24 +67,11 @@ func (*Attestor) ChallengeFree() bool { return true }
 
 // Payload fetches a new instance identity token.
 func (a *Attestor) Payload(ctx context.Context) ([]byte, error) {
-	u, _ := url.Parse(a.cfg.MetadataURL)
-	q := u.Query()
-	q.Set("audience", a.cfg.Audience)
-	q.Set("format", "full")
-	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("gcpiit: %w", err)
-	}
-	req.Header.Set("Metadata-Flavor", "Google")
-	resp, err := a.client.Do(req)
+	resp, err := a.client.Get(ctx, a.cfg.MetadataURL,
+		url.Values{"audience": {a.cfg.Audience}, "format": {"full"}},
+		http.Header{"Metadata-Flavor": {"Google"}}, MaxTokenLen+1)
 	if err != nil {
 		return nil, fmt.Errorf("gcpiit: fetching the instance identity token (is this a Compute Engine instance?): %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxTokenLen+1))
-	if err != nil {
-		return nil, fmt.Errorf("gcpiit: reading the instance identity token: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("gcpiit: the metadata server answered %s", resp.Status)
@@ -96,7 +79,7 @@ func (a *Attestor) Payload(ctx context.Context) ([]byte, error) {
 	if resp.Header.Get("Metadata-Flavor") != "Google" {
 		return nil, errors.New("gcpiit: the answer lacks the header Metadata-Flavor: Google: not a Compute Engine metadata server")
 	}
-	tok, err := ParseToken(bytes.TrimSpace(body))
+	tok, err := ParseToken(bytes.TrimSpace(resp.Body))
 	if err != nil {
 		return nil, fmt.Errorf("the metadata server's answer: %w", err)
 	}

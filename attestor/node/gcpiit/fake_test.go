@@ -1,21 +1,18 @@
 package gcpiit
 
 import (
-	"context"
-	"crypto/rand"
 	"crypto/rsa"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 var t0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
@@ -25,25 +22,8 @@ const (
 	testProject  = "sigil-prod-1"
 )
 
-var (
-	keyOnce sync.Once
-	key1    *rsa.PrivateKey
-	key2    *rsa.PrivateKey
-)
-
 // testKeys returns two RSA keys, made once for the package's tests.
-func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) {
-	keyOnce.Do(func() {
-		var err error
-		if key1, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-		if key2, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-	})
-	return key1, key2
-}
+func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) { return jwkstest.RSAKeys(t) }
 
 // fakeGoogle serves, on loopback, what Google serves to the attestor:
 // the issuer's discovery document and key set (as www.googleapis.com's
@@ -51,13 +31,12 @@ func testKeys(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey) {
 // which signs a format=full instance identity token for the requested
 // audience.
 type fakeGoogle struct {
+	iss      *jwkstest.Issuer
 	srv      *httptest.Server
 	clk      *clock.Fake
 	key      *rsa.PrivateKey
 	kid      string
-	mu       sync.Mutex
-	jwks     []jose.JSONWebKey
-	jwksHits atomic.Int64
+	jwksHits *atomic.Int64
 	// claims are the compute_engine claims the metadata server signs.
 	instance map[string]any
 	// metadataStatus, when set, is what the metadata server answers.
@@ -76,11 +55,10 @@ func newFakeGoogle(t *testing.T) *fakeGoogle {
 		"project_number":              738198324413,
 		"zone":                        "europe-west1-b",
 	}}
-	f.jwks = []jose.JSONWebKey{{Key: k.Public(), KeyID: f.kid, Algorithm: "RS256", Use: "sig"}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{
+	f.iss = jwkstest.NewIssuer(t, jose.JSONWebKey{Key: k.Public(), KeyID: f.kid, Algorithm: "RS256", Use: "sig"})
+	f.srv, f.jwksHits = f.iss.Server, &f.iss.JWKSHits
+	f.iss.ServeDiscovery("GET /.well-known/openid-configuration", func(*http.Request) map[string]any {
+		return map[string]any{
 			"issuer":                                f.srv.URL,
 			"authorization_endpoint":                f.srv.URL + "/o/oauth2/v2/auth",
 			"token_endpoint":                        f.srv.URL + "/token",
@@ -88,17 +66,10 @@ func newFakeGoogle(t *testing.T) *fakeGoogle {
 			"response_types_supported":              []string{"code", "token", "id_token"},
 			"subject_types_supported":               []string{"public"},
 			"id_token_signing_alg_values_supported": []string{"RS256"},
-		})
+		}
 	})
-	mux.HandleFunc("GET /oauth2/v3/certs", func(w http.ResponseWriter, r *http.Request) {
-		f.jwksHits.Add(1)
-		f.mu.Lock()
-		set := jose.JSONWebKeySet{Keys: f.jwks}
-		f.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(set)
-	})
-	mux.HandleFunc("GET /computeMetadata/v1/instance/service-accounts/default/identity", func(w http.ResponseWriter, r *http.Request) {
+	f.iss.ServeJWKS("GET /oauth2/v3/certs")
+	f.iss.Mux.HandleFunc("GET /computeMetadata/v1/instance/service-accounts/default/identity", func(w http.ResponseWriter, r *http.Request) {
 		if !f.noFlavor {
 			w.Header().Set("Metadata-Flavor", "Google")
 		}
@@ -118,8 +89,6 @@ func newFakeGoogle(t *testing.T) *fakeGoogle {
 		w.Header().Set("Content-Type", "text/html")
 		w.Write([]byte(f.token(t, f.claims(aud))))
 	})
-	f.srv = httptest.NewServer(mux)
-	t.Cleanup(f.srv.Close)
 	return f
 }
 
@@ -145,26 +114,7 @@ func (f *fakeGoogle) claims(aud string) map[string]any {
 
 // token signs claims with the issuer's key as Google does (RS256, kid).
 func (f *fakeGoogle) token(t testing.TB, claims map[string]any) string {
-	return signRS256(t, f.key, f.kid, claims)
-}
-
-func signRS256(t testing.TB, k *rsa.PrivateKey, kid string, claims map[string]any) string {
-	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: k, KeyID: kid}},
-		(&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(claims)
-	jws, err := s.Sign(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return jwkstest.Sign(t, jose.RS256, f.key, f.kid, claims)
 }
 
 // verifier returns a verifier of the fake's tokens (mutate adjusts the
@@ -196,64 +146,11 @@ func (f *fakeGoogle) attestor(t *testing.T) *Attestor {
 	return a
 }
 
-// memState is an in-memory node.State on the fake's clock: attested
-// agents and use-once records.
-type memState struct {
-	mu     sync.Mutex
-	clk    *clock.Fake
-	agents map[string]node.AgentRecord
-	used   map[node.Credential]bool
-	err    error
-}
+// memState is the in-memory node.State of the tests; payload a
+// challenge-free node.Exchange.
+type (
+	memState = nodetest.State
+	payload  = nodetest.Payload
+)
 
-func newMemState(clk *clock.Fake) *memState {
-	return &memState{clk: clk, agents: map[string]node.AgentRecord{}, used: map[node.Credential]bool{}}
-}
-
-func (m *memState) Now() time.Time { return m.clk.Now() }
-
-func (m *memState) CredentialExpiry(context.Context, node.Credential) (time.Time, error) {
-	return time.Time{}, node.ErrNotFound
-}
-
-func (m *memState) Used(_ context.Context, c node.Credential) (bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.err != nil {
-		return false, m.err
-	}
-	return m.used[node.Credential{Kind: c.Kind, ID: c.ID}], nil
-}
-
-func (m *memState) Agent(_ context.Context, id string) (node.AgentRecord, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.err != nil {
-		return node.AgentRecord{}, m.err
-	}
-	r, ok := m.agents[id]
-	if !ok {
-		return node.AgentRecord{}, node.ErrNotFound
-	}
-	return r, nil
-}
-
-// record does what the server does with an accepted result: it records
-// the agent and consumes the credentials.
-func (m *memState) record(res *node.Result) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.agents[res.ID] = node.AgentRecord{AttestedAt: m.clk.Now(), SVIDExpiresAt: m.clk.Now().Add(time.Hour)}
-	for _, c := range res.Consume {
-		m.used[node.Credential{Kind: c.Kind, ID: c.ID}] = true
-	}
-}
-
-// payload is a node.Exchange carrying a payload and refusing challenges.
-type payload []byte
-
-func (p payload) Payload() []byte { return p }
-
-func (payload) Challenge(context.Context, []byte) ([]byte, error) {
-	return nil, node.ErrRoundsExhausted
-}
+func newMemState(clk *clock.Fake) *memState { return nodetest.NewState(clk) }

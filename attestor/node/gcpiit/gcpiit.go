@@ -20,10 +20,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node/internal/keyed"
 )
 
 // Name is the attestor name.
@@ -147,7 +147,7 @@ func (in Instance) Selectors() []*sigilv1.Selector {
 }
 
 // selectorKeys check the value of each selector key.
-var selectorKeys = map[string]func(string) bool{
+var selectorKeys = keyed.Checks{
 	SelectorProjectID:    func(v string) bool { return isSegment(v, 128) },
 	SelectorZone:         func(v string) bool { return isSegment(v, 64) },
 	SelectorInstanceName: func(v string) bool { return isSegment(v, 63) },
@@ -160,20 +160,7 @@ var selectorKeys = map[string]func(string) bool{
 // <key>:<value> with key one of project-id, zone, instance-name,
 // instance-id and a value the attestor could produce.
 func ValidateSelector(value string) error {
-	key, v, _ := strings.Cut(value, ":")
-	check, ok := selectorKeys[key]
-	if !ok {
-		keys := make([]string, 0, len(selectorKeys))
-		for k := range selectorKeys {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		return fmt.Errorf("want gcp_iit:<key>:<value> with key one of %s", strings.Join(keys, ", "))
-	}
-	if !check(v) {
-		return fmt.Errorf("%s: %q is not a value the gcp_iit attestor produces", key, clip(v))
-	}
-	return nil
+	return selectorKeys.Validate(Name, value, "")
 }
 
 // isSegment reports whether s is 1 to max characters valid in a SPIFFE ID
@@ -192,9 +179,4 @@ func isSegment(s string, max int) bool {
 }
 
 // clip shortens a claim for an error message.
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
-}
+var clip = keyed.Clip

@@ -20,7 +20,9 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 	"github.com/sigil-id/sigil/internal/eventually"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 func selectorStrings(res *node.Result) []string {
@@ -77,7 +79,7 @@ func TestAttestAccepted(t *testing.T) {
 		t.Fatalf("consume %+v", res.Consume)
 	}
 	// The token works once.
-	st.record(res)
+	st.Record(res)
 	_, err = f.verifier(t, func(c *VerifierConfig) { c.AllowReattestation = true }).Verify(context.Background(), st, payload(p))
 	wantRefused(t, err, "already used")
 }
@@ -124,8 +126,8 @@ func TestVerifyRefusals(t *testing.T) {
 		{"domain-scoped project", mutated(t, f, func(c map[string]any) { ce(c)["project_id"] = "example.com:proj" }), "domain-scoped"},
 		{"bad instance id", mutated(t, f, func(c map[string]any) { ce(c)["instance_id"] = "12/../34" }), "instance_id"},
 		{"instance id as a number", mutated(t, f, func(c map[string]any) { ce(c)["instance_id"] = 12 }), "claims"},
-		{"unknown kid", signRS256(t, f.key, "kid-unknown", f.claims(testAudience)), "failed to verify"},
-		{"other key, known kid", signRS256(t, other, f.kid, f.claims(testAudience)), "failed to verify"},
+		{"unknown kid", jwkstest.Sign(t, jose.RS256, f.key, "kid-unknown", f.claims(testAudience)), "failed to verify"},
+		{"other key, known kid", jwkstest.Sign(t, jose.RS256, other, f.kid, f.claims(testAudience)), "failed to verify"},
 		{"alg none", b64(map[string]any{"alg": "none", "typ": "JWT"}) + "." + b64(f.claims(testAudience)) + ".AAAA", "malformed jwt"},
 		{"HS256 with the public key", hs256(), "malformed jwt"},
 	} {
@@ -176,7 +178,7 @@ func TestTrustOnFirstUse(t *testing.T) {
 	if !res.FirstAttestation {
 		t.Fatal("a trust-on-first-use attestation is not marked FirstAttestation: two concurrent ones could both get in")
 	}
-	st.record(res)
+	st.Record(res)
 	f.clk.Add(time.Second) // a new token
 	_, err = attest(tofu)
 	wantRefused(t, err, "already attested")
@@ -185,18 +187,18 @@ func TestTrustOnFirstUse(t *testing.T) {
 		t.Fatalf("re-attestation allowed: %+v %v", res, err)
 	}
 	// Evicted: admitted again.
-	delete(st.agents, res.ID)
+	delete(st.Agents, res.ID)
 	if _, err := attest(tofu); err != nil {
 		t.Fatalf("after eviction: %v", err)
 	}
 	// Banned: never.
-	st.agents[res.ID] = node.AgentRecord{Banned: true}
+	st.Agents[res.ID] = node.AgentRecord{Banned: true}
 	for _, v := range []*Verifier{tofu, again} {
 		_, err = attest(v)
 		wantRefused(t, err, "banned")
 	}
 	// The state failing fails the attestation closed.
-	st.err = errors.New("store unavailable")
+	st.Err = errors.New("store unavailable")
 	if _, err := attest(again); err == nil || !strings.Contains(err.Error(), "store unavailable") {
 		t.Fatalf("state error: %v", err)
 	}
@@ -233,7 +235,7 @@ func TestKeySetUnreachable(t *testing.T) {
 			select {
 			case err := <-done:
 				var r *node.RefusedError
-				if err == nil || errors.As(err, &r) || !errors.Is(err, errKeysUnavailable) {
+				if err == nil || errors.As(err, &r) || !errors.Is(err, jwks.ErrUnavailable) {
 					t.Fatalf("want a key set failure, got %v", err)
 				}
 				if !strings.HasPrefix(err.Error(), "gcpiit: cannot verify the token now") {
@@ -277,7 +279,7 @@ func TestKeySetBoundedAndCached(t *testing.T) {
 	}
 	// A flood of unknown key ids costs one fetch per refresh interval.
 	for i := 0; i < 20; i++ {
-		_, err := v.Verify(context.Background(), st, payload(signRS256(t, f.key, "kid-new", f.claims(testAudience))))
+		_, err := v.Verify(context.Background(), st, payload(jwkstest.Sign(t, jose.RS256, f.key, "kid-new", f.claims(testAudience))))
 		wantRefused(t, err, "failed to verify")
 	}
 	if n := f.jwksHits.Load(); n != 1 {
@@ -286,11 +288,9 @@ func TestKeySetBoundedAndCached(t *testing.T) {
 	// Google rotates: the new key is served; after the interval it is
 	// fetched and its tokens accepted.
 	_, k2 := testKeys(t)
-	f.mu.Lock()
-	f.jwks = append(f.jwks, jose.JSONWebKey{Key: k2.Public(), KeyID: "kid-2", Algorithm: "RS256", Use: "sig"})
-	f.mu.Unlock()
+	f.iss.AddKeys(jose.JSONWebKey{Key: k2.Public(), KeyID: "kid-2", Algorithm: "RS256", Use: "sig"})
 	f.clk.Add(time.Minute)
-	rotated := signRS256(t, k2, "kid-2", f.claims(testAudience))
+	rotated := jwkstest.Sign(t, jose.RS256, k2, "kid-2", f.claims(testAudience))
 	// go-oidc lets a verification join a key set refresh already in
 	// flight, whose answer (the old set, from before the interval) may
 	// not have the new key yet: the next verification refreshes.
@@ -303,21 +303,8 @@ func TestKeySetBoundedAndCached(t *testing.T) {
 	}
 	// A key set over the size bound is not used.
 	big := f.verifier(t, func(c *VerifierConfig) { c.MaxKeySetBytes = 100 })
-	if _, err := big.Verify(context.Background(), st, payload(good)); !errors.Is(err, errKeysUnavailable) || !strings.Contains(err.Error(), "more than 100 bytes") {
+	if _, err := big.Verify(context.Background(), st, payload(good)); !errors.Is(err, jwks.ErrUnavailable) || !strings.Contains(err.Error(), "over 100 bytes") {
 		t.Fatalf("oversized key set: %v", err)
-	}
-}
-
-func TestKeyFetcherOnlyConfiguredURL(t *testing.T) {
-	f := newFakeGoogle(t)
-	kf := &keyFetcher{url: f.srv.URL + "/oauth2/v3/certs", base: http.DefaultTransport, maxBytes: 1 << 20, timeout: time.Second,
-		refresh: time.Minute, retry: time.Second, clock: f.clk}
-	req, _ := http.NewRequest(http.MethodGet, f.srv.URL+"/.well-known/openid-configuration", nil)
-	if _, err := kf.RoundTrip(req); !errors.Is(err, errKeysUnavailable) || !strings.Contains(err.Error(), "not the configured key set URL") {
-		t.Fatalf("other URL: %v", err)
-	}
-	if f.jwksHits.Load() != 0 {
-		t.Fatal("fetched")
 	}
 }
 

@@ -5,24 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/plugin"
 	"github.com/sigil-id/sigil/registration"
 )
-
-func parseBody(t *testing.T, src string) hcl.Body {
-	t.Helper()
-	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	return f.Body
-}
 
 func TestPlugin(t *testing.T) {
 	if !strings.Contains(strings.Join(registration.SelectorTypes(), ","), Name) {
@@ -33,7 +23,7 @@ func TestPlugin(t *testing.T) {
 	}
 	f := newFakeGoogle(t)
 	env := plugin.Env{Role: plugin.RoleServer, Logger: zap.NewNop(), Clock: f.clk}
-	v, err := pluginNew(parseBody(t, `
+	v, err := pluginNew(nodetest.ParseBody(t, `
 audience = "`+testAudience+`"
 project_allow_list = ["`+testProject+`"]
 allow_reattestation = true
@@ -48,7 +38,7 @@ fetch_timeout = "3s"
 	if !ver.cfg.AllowReattestation || ver.cfg.FetchTimeout.String() != "3s" || ver.Name() != Name {
 		t.Fatalf("config %+v", ver.cfg)
 	}
-	a, err := pluginNew(parseBody(t, `
+	a, err := pluginNew(nodetest.ParseBody(t, `
 audience = "`+testAudience+`"
 metadata_url = "`+f.srv.URL+`/computeMetadata/v1/instance/service-accounts/default/identity"
 `), plugin.Env{Role: plugin.RoleAgent, Logger: zap.NewNop(), Clock: clock.New()})
@@ -75,7 +65,7 @@ metadata_url = "`+f.srv.URL+`/computeMetadata/v1/instance/service-accounts/defau
 		{plugin.RoleAgent, `metadata_url = "http://x"`, `"audience" is required`},
 		{plugin.RoleAgent, "audience = \"a\"\nmetadata_url = \"::\"", "metadata_url"},
 	} {
-		_, err := pluginNew(parseBody(t, c.src), plugin.Env{Role: c.role, Logger: zap.NewNop(), Clock: clock.New()})
+		_, err := pluginNew(nodetest.ParseBody(t, c.src), plugin.Env{Role: c.role, Logger: zap.NewNop(), Clock: clock.New()})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s %q: %v, want %q", c.role, c.src, err, c.want)
 		}

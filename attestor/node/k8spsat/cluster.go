@@ -15,8 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -24,9 +23,9 @@ import (
 type cluster struct {
 	cfg     ClusterConfig
 	allowed map[string]bool
-	keys    *keySet   // OIDC validation only
-	api     *kubeAPI  // nil without kube_api
-	nodes   nodeCache // node labels
+	keys    *jwks.KeySet // OIDC validation only
+	api     *kubeAPI     // nil without kube_api
+	nodes   nodeCache    // node labels
 }
 
 func newCluster(cc ClusterConfig, cfg Config) (*cluster, error) {
@@ -36,22 +35,18 @@ func newCluster(cc ClusterConfig, cfg Config) (*cluster, error) {
 	}
 	c.nodes = nodeCache{ttl: cfg.NodeCacheTTL, max: cfg.NodeCacheSize, clk: cfg.Clock, m: map[string]nodeEntry{}}
 	if cc.Validation == ValidationOIDC {
-		hc, err := newHTTPClient(cc.CAPath, cfg.HTTPTimeout)
+		hc, err := newHTTPClient(cc.CAPath, cfg.HTTPTimeout, cfg.MaxResponseBytes)
 		if err != nil {
 			return nil, fmt.Errorf("k8spsat: cluster %q: %w", cc.Name, err)
 		}
-		discovery := cc.DiscoveryURL
-		if discovery == "" && cc.JWKSURL == "" {
-			discovery = strings.TrimSuffix(cc.Issuer, "/") + "/.well-known/openid-configuration"
-		}
-		c.keys = &keySet{
-			issuer: cc.Issuer, discoveryURL: discovery, jwksURL: cc.JWKSURL,
-			get:    getter{hc: hc, max: cfg.MaxResponseBytes},
-			maxAge: cfg.KeysMaxAge, minRefresh: cfg.KeysMinRefresh, clk: cfg.Clock,
-		}
+		c.keys = jwks.New(jwks.Config{
+			IssuerURL: cc.Issuer, DiscoveryURL: cc.DiscoveryURL, JWKSURL: cc.JWKSURL, HTTPSOnly: true,
+			Algs: signingAlgs, Client: hc, Clock: cfg.Clock, Timeout: cfg.HTTPTimeout,
+			Refresh: cfg.KeysMinRefresh, CacheTTL: cfg.KeysMaxAge, MaxStale: maxStale,
+		})
 	}
 	if cc.KubeAPI != nil {
-		hc, err := newHTTPClient(cc.KubeAPI.CAPath, cfg.HTTPTimeout)
+		hc, err := newHTTPClient(cc.KubeAPI.CAPath, cfg.HTTPTimeout, cfg.MaxResponseBytes)
 		if err != nil {
 			return nil, fmt.Errorf("k8spsat: cluster %q: kube_api: %w", cc.Name, err)
 		}
@@ -63,9 +58,10 @@ func newCluster(cc ClusterConfig, cfg Config) (*cluster, error) {
 
 // newHTTPClient returns a client that trusts the CAs in caPath (the
 // system's when empty), follows no redirect (only configured URLs are
-// fetched) and gives up after timeout. It honours HTTPS_PROXY and
+// fetched), gives up after timeout and reads at most maxBytes of an
+// answer (jwks.NewClient). It honours HTTPS_PROXY and
 // NO_PROXY like any Go client.
-func newHTTPClient(caPath string, timeout time.Duration) (*http.Client, error) {
+func newHTTPClient(caPath string, timeout time.Duration, maxBytes int64) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	if caPath != "" {
@@ -79,13 +75,7 @@ func newHTTPClient(caPath string, timeout time.Duration) (*http.Client, error) {
 		}
 		tr.TLSClientConfig.RootCAs = pool
 	}
-	return &http.Client{
-		Transport: tr,
-		Timeout:   timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error {
-			return errors.New("redirects are not followed")
-		},
-	}, nil
+	return jwks.NewClient(tr, timeout, maxBytes), nil
 }
 
 // getter makes bounded requests.
@@ -152,135 +142,8 @@ func (g getter) getJSON(ctx context.Context, url, bearer string, out any) error 
 	return g.do(req, out)
 }
 
-// fetchSlot carries, through the context go-oidc passes to the key set,
-// the error of a key fetch: Verify tells a platform that cannot be reached
-// (an error) from a token that does not verify (a refusal).
-type fetchSlot struct{ err error }
-
-type fetchSlotKey struct{}
-
-// keySet is the cluster's signing keys (an oidc.KeySet): fetched from the
-// configured JWKS URL or the one the configured discovery document names,
-// kept for maxAge, and fetched again for an unknown key id at most once
-// per minRefresh.
-type keySet struct {
-	issuer, discoveryURL, jwksURL string
-	get                           getter
-	maxAge, minRefresh            time.Duration
-	clk                           clock.Clock
-
-	mu          sync.Mutex
-	keys        []jose.JSONWebKey
-	fetchedAt   time.Time // of keys
-	lastAttempt time.Time
-	lastErr     error  // of the last fetch
-	discovered  string // jwks_uri from discovery
-	discAt      time.Time
-}
-
-// VerifySignature implements oidc.KeySet.
-func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	jws, err := jose.ParseSigned(raw, signingAlgs)
-	if err != nil {
-		return nil, fmt.Errorf("malformed token: %v", err)
-	}
-	if len(jws.Signatures) != 1 {
-		return nil, errors.New("token must have exactly one signature")
-	}
-	kid := jws.Signatures[0].Header.KeyID
-	keys, err := k.lookup(ctx, kid)
-	if err != nil {
-		if slot, ok := ctx.Value(fetchSlotKey{}).(*fetchSlot); ok {
-			slot.err = err
-		}
-		return nil, err
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("unknown key id %q", kid)
-	}
-	for _, key := range keys {
-		if payload, err := jws.Verify(key.Key); err == nil {
-			return payload, nil
-		}
-	}
-	return nil, errors.New("signature does not verify with the cluster's keys")
-}
-
-// lookup returns the keys with id kid (every key for an empty kid). It
-// returns an error only when keys were needed and could not be fetched.
-func (k *keySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	now := k.clk.Now()
-	match := func() []jose.JSONWebKey {
-		var out []jose.JSONWebKey
-		for _, key := range k.keys {
-			if (kid == "" || key.KeyID == kid) && key.Valid() && key.IsPublic() {
-				out = append(out, key)
-			}
-		}
-		return out
-	}
-	fresh := k.keys != nil && now.Sub(k.fetchedAt) < k.maxAge
-	found := match()
-	if fresh && len(found) > 0 {
-		return found, nil
-	}
-	if !k.lastAttempt.IsZero() && now.Sub(k.lastAttempt) < k.minRefresh {
-		// Fetched (or tried) too recently to fetch again.
-		if k.lastErr != nil && (k.keys == nil || now.Sub(k.fetchedAt) >= maxStale) {
-			return nil, k.lastErr
-		}
-		return found, nil
-	}
-	k.lastAttempt = now
-	keys, err := k.fetch(ctx, now)
-	if err != nil {
-		k.lastErr = fmt.Errorf("fetching the keys: %w", err)
-		if len(found) > 0 && now.Sub(k.fetchedAt) < maxStale {
-			return found, nil // known keys stay usable through an outage
-		}
-		return nil, k.lastErr
-	}
-	k.keys, k.fetchedAt, k.lastErr = keys, now, nil
-	return match(), nil
-}
-
 // maxStale is how long known keys are used while they cannot be fetched.
 const maxStale = 24 * time.Hour
-
-// fetch gets the JWKS (after discovery when no JWKS URL is configured).
-// Called with k.mu held.
-func (k *keySet) fetch(ctx context.Context, now time.Time) ([]jose.JSONWebKey, error) {
-	jwksURL := k.jwksURL
-	if jwksURL == "" {
-		if k.discovered == "" || now.Sub(k.discAt) >= k.maxAge {
-			var doc struct {
-				Issuer  string `json:"issuer"`
-				JWKSURI string `json:"jwks_uri"`
-			}
-			if err := k.get.getJSON(ctx, k.discoveryURL, "", &doc); err != nil {
-				return nil, fmt.Errorf("discovery: %w", err)
-			}
-			if doc.Issuer != k.issuer {
-				return nil, fmt.Errorf("discovery: the document at %s is for issuer %q, not %q", k.discoveryURL, doc.Issuer, k.issuer)
-			}
-			if err := checkHTTPS(doc.JWKSURI); err != nil {
-				return nil, fmt.Errorf("discovery: jwks_uri %w", err)
-			}
-			k.discovered, k.discAt = doc.JWKSURI, now
-		}
-		jwksURL = k.discovered
-	}
-	var set jose.JSONWebKeySet
-	if err := k.get.getJSON(ctx, jwksURL, "", &set); err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
-	}
-	if set.Keys == nil {
-		set.Keys = []jose.JSONWebKey{}
-	}
-	return set.Keys, nil
-}
 
 // kubeAPI is a cluster's API server.
 type kubeAPI struct {

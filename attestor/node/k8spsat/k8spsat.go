@@ -43,6 +43,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -339,18 +340,20 @@ func ValidateSelector(value string) error {
 // verifyOIDC checks the token's signature against the cluster's keys and
 // its issuer, audience and expiry with go-oidc.
 func (c *cluster) verifyOIDC(ctx context.Context, token string, now func() time.Time) (Identity, error) {
-	slot := &fetchSlot{}
 	v := oidc.NewVerifier(c.cfg.Issuer, c.keys, &oidc.Config{
 		ClientID:             c.cfg.Audience,
 		SupportedSigningAlgs: algNames(),
 		Now:                  now,
 	})
-	tok, err := v.Verify(context.WithValue(ctx, fetchSlotKey{}, slot), token)
+	tok, err := jwks.Verify(ctx, v, token)
 	if err != nil {
-		if slot.err != nil {
+		if errors.Is(err, jwks.ErrUnavailable) {
 			// The keys could not be fetched: fail closed, but as an
 			// error of the platform, not a refusal of the agent.
-			return Identity{}, fmt.Errorf("k8spsat: cluster %q: %w", c.cfg.Name, slot.err)
+			return Identity{}, fmt.Errorf("k8spsat: cluster %q: fetching the keys: %w", c.cfg.Name, err)
+		}
+		if ctx.Err() != nil {
+			return Identity{}, fmt.Errorf("k8spsat: cluster %q: %w", c.cfg.Name, err)
 		}
 		var exp *oidc.TokenExpiredError
 		if errors.As(err, &exp) {

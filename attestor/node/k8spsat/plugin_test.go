@@ -6,22 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
-
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/plugin"
 	"github.com/sigil-id/sigil/registration"
 )
-
-func parseBody(t *testing.T, src string) hcl.Body {
-	t.Helper()
-	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	return f.Body
-}
 
 func TestPlugin(t *testing.T) {
 	if !slices.Contains(registration.SelectorTypes(), Name) {
@@ -30,7 +19,7 @@ func TestPlugin(t *testing.T) {
 	if !slices.Contains(plugin.Names(plugin.KindNodeAttestor), Name) {
 		t.Fatal("the k8s_psat plugin is not registered")
 	}
-	v, err := pluginNew(parseBody(t, `
+	v, err := pluginNew(nodetest.ParseBody(t, `
 cluster "prod" {
   audience                   = "sigil-server"
   service_account_allow_list = ["sigil:sigil-agent"]
@@ -56,7 +45,7 @@ cluster "staging" {
 		t.Fatalf("server half %+v", vv)
 	}
 
-	a, err := pluginNew(parseBody(t, `cluster = "prod"`), plugin.Env{Role: plugin.RoleAgent})
+	a, err := pluginNew(nodetest.ParseBody(t, `cluster = "prod"`), plugin.Env{Role: plugin.RoleAgent})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +74,7 @@ cluster "staging" {
 cluster = "prod"
 audience = "x"`, "audience"},
 	} {
-		_, err := pluginNew(parseBody(t, c.src), plugin.Env{Role: c.role})
+		_, err := pluginNew(nodetest.ParseBody(t, c.src), plugin.Env{Role: c.role})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s %q: %v, want %q", c.role, c.src, err, c.want)
 		}

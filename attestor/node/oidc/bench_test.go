@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 // BenchmarkVerifyES256 measures Verify on a GitHub Actions-shaped ES256
@@ -17,7 +19,7 @@ func BenchmarkVerifyES256(b *testing.B) {
 	f := newFakeIssuer(b)
 	st := newState()
 	v := newTestVerifier(b, st.clk, githubIssuer(f.srv.URL))
-	tok := exchange(sign(b, jose.ES256, ecKey, "ec-1", githubClaims(f.srv.URL)))
+	tok := exchange(jwkstest.Sign(b, jose.ES256, ecKey, "ec-1", githubClaims(f.srv.URL)))
 	if _, err := v.Verify(context.Background(), st, tok); err != nil {
 		b.Fatal(err)
 	}
@@ -33,7 +35,7 @@ func BenchmarkVerifyES256(b *testing.B) {
 // same signing input.
 func BenchmarkRawES256Verify(b *testing.B) {
 	testKeys(b)
-	tok := sign(b, jose.ES256, ecKey, "ec-1", githubClaims("https://issuer.example"))
+	tok := jwkstest.Sign(b, jose.ES256, ecKey, "ec-1", githubClaims("https://issuer.example"))
 	input := tok[:strings.LastIndexByte(tok, '.')]
 	d := sha256.Sum256([]byte(input))
 	sig, err := ecdsa.SignASN1(rand.Reader, ecKey, d[:])

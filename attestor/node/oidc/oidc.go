@@ -37,6 +37,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -263,7 +264,7 @@ type issuer struct {
 	template  *template
 	selectors []claimSelector
 	required  []requiredClaim
-	keys      *keySet
+	keys      *jwks.KeySet
 	verifier  *gooidc.IDTokenVerifier
 }
 
@@ -293,7 +294,7 @@ func NewVerifier(c Config) (*Verifier, error) {
 	if clk == nil {
 		clk = clock.New()
 	}
-	client := newHTTPClient(c.Transport, c.FetchTimeout)
+	client := jwks.NewClient(c.Transport, c.FetchTimeout, maxFetchBytes)
 	v := &Verifier{byURL: map[string]*issuer{}, skew: c.ClockSkew}
 	for _, ic := range c.Issuers {
 		t, _ := parseTemplate(ic.AgentID)
@@ -314,7 +315,10 @@ func NewVerifier(c Config) (*Verifier, error) {
 		for i, a := range ic.SigningAlgs {
 			algs[i] = jose.SignatureAlgorithm(a)
 		}
-		is.keys = newKeySet(ic.IssuerURL, ic.JWKSURL, algs, client, clk, c.FetchTimeout, c.RefreshInterval, c.KeyCacheTTL)
+		is.keys = jwks.New(jwks.Config{
+			IssuerURL: ic.IssuerURL, JWKSURL: ic.JWKSURL, Algs: algs, Client: client, Clock: clk,
+			Timeout: c.FetchTimeout, Refresh: c.RefreshInterval, CacheTTL: c.KeyCacheTTL,
+		})
 		// go-oidc checks the algorithm, the signature (with is.keys) and
 		// the issuer; the times and audiences are checked against the
 		// server's State, below.
@@ -362,15 +366,11 @@ func (v *Verifier) Verify(ctx context.Context, state node.State, ex node.Exchang
 	if !slices.Contains(is.algs, h.Alg) {
 		return nil, refused("issuer %s: signature algorithm %q is not allowed (allowed: %s)", is.cfg.Name, truncate(h.Alg), strings.Join(is.algs, ", "))
 	}
-	idt, err := is.verifier.Verify(ctx, token)
+	idt, err := jwks.Verify(ctx, is.verifier, token)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("oidc: issuer %s: %w", is.cfg.Name, ctx.Err())
-		}
-		// go-oidc formats the key set's errors with %v: the marker text
-		// of keysUnavailable tells an unreachable issuer (fail closed, an
-		// error of the server) from a token that does not verify.
-		if strings.Contains(err.Error(), keysUnavailable) {
+		// An ended context or an unreachable issuer is an error of the
+		// server (fail closed), not a token that does not verify.
+		if ctx.Err() != nil || errors.Is(err, jwks.ErrUnavailable) {
 			return nil, fmt.Errorf("oidc: issuer %s: %w", is.cfg.Name, err)
 		}
 		return nil, refused("issuer %s: %v", is.cfg.Name, err)
@@ -500,3 +500,6 @@ func (j *jsonRaw) UnmarshalJSON(b []byte) error {
 	*j.b = append([]byte(nil), b...)
 	return nil
 }
+
+// maxFetchBytes bounds a discovery document or a JWKS.
+const maxFetchBytes = 1 << 20

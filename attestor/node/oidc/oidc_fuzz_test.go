@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/sigil-id/sigil/internal/jwkstest"
 )
 
 // FuzzOIDCToken feeds arbitrary payloads to the verifier, configured with
@@ -22,7 +24,7 @@ func FuzzOIDCToken(f *testing.F) {
 	v := newTestVerifier(f, st.clk, githubIssuer(iss.srv.URL))
 	c := githubClaims(iss.srv.URL)
 	delete(c, "jti")
-	good := sign(f, jose.RS256, rsaKey, "rsa-1", c)
+	good := jwkstest.Sign(f, jose.RS256, rsaKey, "rsa-1", c)
 	parts := strings.Split(good, ".")
 	enc := base64.RawURLEncoding.EncodeToString
 	for _, s := range []string{good, parts[0] + "." + parts[1] + ".", parts[0] + ".." + parts[2], "..", "",

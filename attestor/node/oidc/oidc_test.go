@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -27,9 +25,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/jwks"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 	"github.com/sigil-id/sigil/registration"
 )
+
+// keysUnavailable starts the errors about keys that could not be had.
+var keysUnavailable = jwks.ErrUnavailable.Error()
 
 var t0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 
@@ -43,93 +46,39 @@ var (
 func testKeys(t testing.TB) {
 	t.Helper()
 	keysOnce.Do(func() {
-		var err error
-		if rsaKey, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-		if otherKey, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-		if ecKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-			panic(err)
-		}
+		rsaKey, otherKey = jwkstest.RSAKeys(t)
+		ecKey = jwkstest.ECKey(t)
 	})
 }
 
 // fakeIssuer is an OIDC issuer on loopback: discovery and a JWKS with the
 // RSA key "rsa-1" and the EC key "ec-1" (keys can be swapped by tests).
 type fakeIssuer struct {
-	srv       *httptest.Server
-	mu        sync.Mutex
-	keys      []jose.JSONWebKey
-	jwksHits  atomic.Int32
-	discoHits atomic.Int32
+	*jwkstest.Issuer
+	srv                 *httptest.Server
+	jwksHits, discoHits *atomic.Int64
 }
 
 func newFakeIssuer(t testing.TB) *fakeIssuer {
 	t.Helper()
 	testKeys(t)
-	f := &fakeIssuer{keys: []jose.JSONWebKey{
-		{Key: rsaKey.Public(), KeyID: "rsa-1", Algorithm: "RS256", Use: "sig"},
-		{Key: ecKey.Public(), KeyID: "ec-1", Algorithm: "ES256", Use: "sig"},
-	}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		f.discoHits.Add(1)
-		json.NewEncoder(w).Encode(map[string]any{
-			"issuer":                                f.srv.URL,
-			"jwks_uri":                              f.srv.URL + "/jwks",
+	iss := jwkstest.NewIssuer(t,
+		jose.JSONWebKey{Key: rsaKey.Public(), KeyID: "rsa-1", Algorithm: "RS256", Use: "sig"},
+		jose.JSONWebKey{Key: ecKey.Public(), KeyID: "ec-1", Algorithm: "ES256", Use: "sig"})
+	iss.ServeDiscovery("/.well-known/openid-configuration", func(*http.Request) map[string]any {
+		return map[string]any{
+			"issuer":                                iss.URL,
+			"jwks_uri":                              iss.URL + "/jwks",
 			"id_token_signing_alg_values_supported": []string{"RS256", "ES256"},
 			"response_types_supported":              []string{"id_token"},
 			"subject_types_supported":               []string{"public"},
-		})
+		}
 	})
-	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
-		f.jwksHits.Add(1)
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: f.keys})
-	})
-	f.srv = httptest.NewServer(mux)
-	t.Cleanup(f.srv.Close)
-	return f
+	iss.ServeJWKS("/jwks")
+	return &fakeIssuer{Issuer: iss, srv: iss.Server, jwksHits: &iss.JWKSHits, discoHits: &iss.DiscoveryHits}
 }
 
-func (f *fakeIssuer) setKeys(keys ...jose.JSONWebKey) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.keys = keys
-}
-
-// sign signs claims with key (an *rsa.PrivateKey or *ecdsa.PrivateKey)
-// under alg and kid.
-func sign(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims map[string]any) string {
-	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: key, KeyID: kid}},
-		(&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(claims)
-	jws, err := s.Sign(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-// handToken builds a compact JWS by hand: header and claims as given, the
-// signature from sig over the signing input.
-func handToken(header, claims map[string]any, sig func(input []byte) []byte) string {
-	hb, _ := json.Marshal(header)
-	cb, _ := json.Marshal(claims)
-	input := base64.RawURLEncoding.EncodeToString(hb) + "." + base64.RawURLEncoding.EncodeToString(cb)
-	return input + "." + base64.RawURLEncoding.EncodeToString(sig([]byte(input)))
-}
+func (f *fakeIssuer) setKeys(keys ...jose.JSONWebKey) { f.SetKeys(keys...) }
 
 // githubClaims are a GitHub Actions token's claims (shape of
 // token.actions.githubusercontent.com), issued at t0 for 5 minutes.
@@ -241,7 +190,7 @@ func TestVerifyAcceptsGitHubActionsToken(t *testing.T) {
 	}{{jose.RS256, rsaKey, "rsa-1"}, {jose.ES256, ecKey, "ec-1"}} {
 		claims := githubClaims(f.srv.URL)
 		claims["jti"] = "jti-" + string(tc.alg)
-		res, err := v.Verify(context.Background(), st, exchange(sign(t, tc.alg, tc.key, tc.kid, claims)))
+		res, err := v.Verify(context.Background(), st, exchange(jwkstest.Sign(t, tc.alg, tc.key, tc.kid, claims)))
 		if err != nil {
 			t.Fatalf("%s: %v", tc.alg, err)
 		}
@@ -303,91 +252,91 @@ func TestVerifyRefuses(t *testing.T) {
 		token func(t *testing.T) string
 	}{
 		{"alg none", func(t *testing.T) string {
-			return handToken(map[string]any{"alg": "none", "typ": "JWT"}, githubClaims(f.srv.URL), func([]byte) []byte { return nil })
+			return jwkstest.HandToken(map[string]any{"alg": "none", "typ": "JWT"}, githubClaims(f.srv.URL), func([]byte) []byte { return nil })
 		}},
 		{"HS256 with the public key (PEM) as secret", func(t *testing.T) string {
-			return handToken(map[string]any{"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, githubClaims(f.srv.URL), hs256(pubPEM))
+			return jwkstest.HandToken(map[string]any{"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, githubClaims(f.srv.URL), hs256(pubPEM))
 		}},
 		{"HS256 with the public key (DER) as secret", func(t *testing.T) string {
-			return handToken(map[string]any{"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, githubClaims(f.srv.URL), hs256(pubDER))
+			return jwkstest.HandToken(map[string]any{"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, githubClaims(f.srv.URL), hs256(pubDER))
 		}},
 		{"RS256 signature by another key under a known kid", func(t *testing.T) string {
-			return sign(t, jose.RS256, otherKey, "rsa-1", githubClaims(f.srv.URL))
+			return jwkstest.Sign(t, jose.RS256, otherKey, "rsa-1", githubClaims(f.srv.URL))
 		}},
 		{"tampered claims", func(t *testing.T) string {
-			tok := sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))
+			tok := jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))
 			parts := strings.Split(tok, ".")
 			cb, _ := json.Marshal(with(func(c map[string]any) { c["repository_owner"] = "acme"; c["repository"] = "acme/evil" }))
 			return parts[0] + "." + base64.RawURLEncoding.EncodeToString(cb) + "." + parts[2]
 		}},
 		{"unconfigured issuer", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["iss"] = "https://evil.example" }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["iss"] = "https://evil.example" }))
 		}},
 		{"issuer of another configured issuer's key", func(t *testing.T) string {
 			// Signed by the "other" issuer's key, claiming the github issuer.
-			return sign(t, jose.RS256, otherKey, "rsa-1", githubClaims(f.srv.URL))
+			return jwkstest.Sign(t, jose.RS256, otherKey, "rsa-1", githubClaims(f.srv.URL))
 		}},
 		{"wrong audience", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["aud"] = []string{"someone-else"} }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["aud"] = []string{"someone-else"} }))
 		}},
 		{"no audience", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "aud") }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "aud") }))
 		}},
 		{"expired", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) {
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) {
 				c["iat"] = t0.Add(-10 * time.Minute).Unix()
 				c["nbf"] = t0.Add(-10 * time.Minute).Unix()
 				c["exp"] = t0.Add(-31 * time.Second).Unix()
 			}))
 		}},
 		{"no exp", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "exp") }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "exp") }))
 		}},
 		{"not yet valid", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["nbf"] = t0.Add(2 * time.Minute).Unix() }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["nbf"] = t0.Add(2 * time.Minute).Unix() }))
 		}},
 		{"issued in the future", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["iat"] = t0.Add(2 * time.Minute).Unix() }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["iat"] = t0.Add(2 * time.Minute).Unix() }))
 		}},
 		{"lifetime over max_token_lifetime", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["exp"] = t0.Add(2 * time.Hour).Unix() }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["exp"] = t0.Add(2 * time.Hour).Unix() }))
 		}},
 		{"exp too far ahead without iat", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "iat"); c["exp"] = t0.Add(2 * time.Hour).Unix() }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "iat"); c["exp"] = t0.Add(2 * time.Hour).Unix() }))
 		}},
 		{"unknown kid", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-unknown", githubClaims(f.srv.URL))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-unknown", githubClaims(f.srv.URL))
 		}},
 		{"required claim with another value", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["repository_owner"] = "mallory" }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["repository_owner"] = "mallory" }))
 		}},
 		{"required claim missing", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "repository_owner") }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "repository_owner") }))
 		}},
 		{"templated claim missing", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "run_id") }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { delete(c, "run_id") }))
 		}},
 		{"templated claim not a scalar", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = []string{"1", "2"} }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = []string{"1", "2"} }))
 		}},
 		{"templated claim too long", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = strings.Repeat("1", MaxClaimValueLen+1) }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = strings.Repeat("1", MaxClaimValueLen+1) }))
 		}},
 		{"agent ID too long", func(t *testing.T) string {
 			// 256 bytes escaped to 768, twice: over the agent ID bound.
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) {
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) {
 				c["repository"] = strings.Repeat("/", MaxClaimValueLen)
 				c["run_id"] = strings.Repeat("/", MaxClaimValueLen)
 			}))
 		}},
 		{"templated claim renders dot-dot", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = ".." }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["run_id"] = ".." }))
 		}},
 		{"jti not a string", func(t *testing.T) string {
-			return sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["jti"] = 7 }))
+			return jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", with(func(c map[string]any) { c["jti"] = 7 }))
 		}},
 		{"RS256 not among the issuer's signing algs", func(t *testing.T) string {
-			return sign(t, jose.RS384, rsaKey, "rsa-1", githubClaims(f.srv.URL))
+			return jwkstest.Sign(t, jose.RS384, rsaKey, "rsa-1", githubClaims(f.srv.URL))
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -441,7 +390,7 @@ func TestVerifyJTIOnce(t *testing.T) {
 	f := newFakeIssuer(t)
 	st := newState()
 	v := newTestVerifier(t, st.clk, githubIssuer(f.srv.URL))
-	tok := sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))
+	tok := jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))
 	res, err := v.Verify(context.Background(), st, exchange(tok))
 	if err != nil {
 		t.Fatal(err)
@@ -469,7 +418,7 @@ func TestVerifyWithoutJTIConsumesNothing(t *testing.T) {
 	c := githubClaims(f.srv.URL)
 	delete(c, "jti")
 	for i := 0; i < 2; i++ { // replayable until exp, as documented
-		res, err := v.Verify(context.Background(), st, exchange(sign(t, jose.ES256, ecKey, "ec-1", c)))
+		res, err := v.Verify(context.Background(), st, exchange(jwkstest.Sign(t, jose.ES256, ecKey, "ec-1", c)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -522,7 +471,7 @@ func TestVerifyUnreachableIssuerFailsClosed(t *testing.T) {
 	l.Close()
 	st := newState()
 	v := newTestVerifier(t, st.clk, githubIssuer(closedURL))
-	tok := sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(closedURL))
+	tok := jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(closedURL))
 	_, err = v.Verify(context.Background(), st, exchange(tok))
 	if err == nil || isRefused(err) || !strings.Contains(err.Error(), keysUnavailable) {
 		t.Fatalf("Verify against a closed port: %v, want a keys-unavailable error", err)
@@ -550,7 +499,7 @@ func TestVerifyUnreachableIssuerFailsClosed(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := v2.Verify(ctx, st, exchange(sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(hang.URL))))
+		_, err := v2.Verify(ctx, st, exchange(jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(hang.URL))))
 		done <- err
 	}()
 	select {
@@ -571,13 +520,13 @@ func TestKeyRotationAndUnknownKidRefetchBound(t *testing.T) {
 		t.Helper()
 		c := githubClaims(f.srv.URL)
 		delete(c, "jti")
-		if _, err := v.Verify(context.Background(), st, exchange(sign(t, jose.RS256, rsaKey, "rsa-1", c))); err != nil {
+		if _, err := v.Verify(context.Background(), st, exchange(jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", c))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	ok()
 	// Tokens naming an unknown kid: one refetch per refresh interval.
-	unknown := sign(t, jose.RS256, otherKey, "rsa-2", githubClaims(f.srv.URL))
+	unknown := jwkstest.Sign(t, jose.RS256, otherKey, "rsa-2", githubClaims(f.srv.URL))
 	for i := 0; i < 5; i++ {
 		if _, err := v.Verify(context.Background(), st, exchange(unknown)); !isRefused(err) {
 			t.Fatalf("unknown kid: %v", err)
@@ -592,7 +541,7 @@ func TestKeyRotationAndUnknownKidRefetchBound(t *testing.T) {
 	st.clk.Add(DefaultConfig().RefreshInterval)
 	c := githubClaims(f.srv.URL)
 	c["iat"], c["nbf"], c["exp"] = st.Now().Unix(), st.Now().Unix(), st.Now().Add(time.Minute).Unix()
-	if _, err := v.Verify(context.Background(), st, exchange(sign(t, jose.RS256, otherKey, "rsa-2", c))); err != nil {
+	if _, err := v.Verify(context.Background(), st, exchange(jwkstest.Sign(t, jose.RS256, otherKey, "rsa-2", c))); err != nil {
 		t.Fatalf("rotated key: %v", err)
 	}
 	if n := f.jwksHits.Load(); n != 2 {
@@ -716,7 +665,7 @@ func TestVerifyIssuerFetchesFailClosed(t *testing.T) {
 	url = srv.URL
 	c := githubClaims(url)
 	delete(c, "jti")
-	tok := exchange(sign(t, jose.RS256, rsaKey, "rsa-1", c))
+	tok := exchange(jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", c))
 
 	// Discovery naming another issuer: refused to use it.
 	st := newState()

@@ -7,23 +7,14 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	"github.com/sigil-id/sigil/attestor/node/internal/nodetest"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/jwkstest"
 	"github.com/sigil-id/sigil/plugin"
 	"github.com/sigil-id/sigil/registration"
 )
-
-func parseBody(t *testing.T, src string) hcl.Body {
-	t.Helper()
-	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	return f.Body
-}
 
 func TestPluginServerBlock(t *testing.T) {
 	if !strings.Contains(","+strings.Join(registration.SelectorTypes(), ",")+",", ","+Name+",") {
@@ -31,7 +22,7 @@ func TestPluginServerBlock(t *testing.T) {
 	}
 	f := newFakeIssuer(t)
 	st := newState()
-	body := parseBody(t, `
+	body := nodetest.ParseBody(t, `
 clock_skew = "10s"
 issuer "github" {
   issuer_url = "`+f.srv.URL+`"
@@ -50,7 +41,7 @@ issuer "github" {
 	if ver.skew != 10*time.Second || ver.byURL[f.srv.URL].cfg.MaxTokenLifetime != 10*time.Minute {
 		t.Fatalf("decoded skew %s, issuers %+v", ver.skew, ver.byURL)
 	}
-	res, err := ver.Verify(context.Background(), st, exchange(sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))))
+	res, err := ver.Verify(context.Background(), st, exchange(jwkstest.Sign(t, jose.RS256, rsaKey, "rsa-1", githubClaims(f.srv.URL))))
 	if err != nil || res.ID != "github/acme_2Fapp/9876543210123456789" {
 		t.Fatalf("Verify = %+v, %v", res, err)
 	}
@@ -70,14 +61,14 @@ issuer "github" {
 }`: "max_token_lifetime",
 		`fetch_timeout = "fast"`: "fetch_timeout",
 	} {
-		if _, err := pluginNew(parseBody(t, src), plugin.Env{Role: plugin.RoleServer, Clock: clock.New()}); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := pluginNew(nodetest.ParseBody(t, src), plugin.Env{Role: plugin.RoleServer, Clock: clock.New()}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want an error about %s", src, err, want)
 		}
 	}
 }
 
 func TestPluginAgentBlock(t *testing.T) {
-	v, err := pluginNew(parseBody(t, `token_env = "MY_TOKEN"`), plugin.Env{Role: plugin.RoleAgent})
+	v, err := pluginNew(nodetest.ParseBody(t, `token_env = "MY_TOKEN"`), plugin.Env{Role: plugin.RoleAgent})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +84,7 @@ func TestPluginAgentBlock(t *testing.T) {
 	}
 	for _, src := range []string{``, `token_env = "A"
 token_path = "/b"`, `issuer "x" {}`} {
-		if _, err := pluginNew(parseBody(t, src), plugin.Env{Role: plugin.RoleAgent}); err == nil {
+		if _, err := pluginNew(nodetest.ParseBody(t, src), plugin.Env{Role: plugin.RoleAgent}); err == nil {
 			t.Errorf("%q accepted", src)
 		}
 	}
