@@ -215,7 +215,8 @@ func isHexID(s string) bool {
 // (/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid
 // with '_' for '-'>.slice/...), with the dashes restored; a kubelet that
 // runs in a container itself (kind) nests these under kubelet-kubepods
-// slices. ok is false
+// slices; seen from inside a cgroup namespace the path is relative
+// ("/../../kubepods-besteffort-pod<uid>.slice/..."). ok is false
 // when no entry is in a pod, or entries name different pods.
 func PodUID(entries []Entry) (uid string, ok bool) {
 	for _, e := range entries {
@@ -232,29 +233,21 @@ func PodUID(entries []Entry) (uid string, ok bool) {
 }
 
 func podUIDInPath(path string) (string, bool) {
-	parts := strings.Split(path, "/")
-	inKubepods := false
-	for _, p := range parts {
-		if p == "kubepods" || strings.HasPrefix(p, "kubepods.") || strings.HasPrefix(p, "kubepods-") || strings.Contains(p, "-kubepods") {
-			inKubepods = true
-		}
-		if !inKubepods {
-			continue
-		}
-		name := p
-		if s, ok := strings.CutSuffix(name, ".slice"); ok {
-			// kubepods-burstable-pod<uid>.slice or kubepods-pod<uid>.slice
+	for _, p := range strings.Split(path, "/") {
+		if s, ok := strings.CutSuffix(p, ".slice"); ok {
+			// kubepods-burstable-pod<uid>.slice, kubepods-pod<uid>.slice
 			i := strings.LastIndex(s, "-pod")
-			if i < 0 {
+			if i < 0 || !strings.Contains(s[:i], "kubepods") {
 				continue
 			}
-			name = s[i+1:]
-			if u, ok := podUID(strings.ReplaceAll(name[len("pod"):], "_", "-")); ok {
+			if u, ok := podUID(strings.ReplaceAll(s[i+len("-pod"):], "_", "-")); ok {
 				return u, true
 			}
 			continue
 		}
-		if u, ok := strings.CutPrefix(name, "pod"); ok {
+		// The cgroupfs form: a pod<uid> component, under /kubepods or,
+		// seen from inside a cgroup namespace, under "..".
+		if u, ok := strings.CutPrefix(p, "pod"); ok {
 			if u, ok := podUID(u); ok {
 				return u, true
 			}

@@ -94,6 +94,21 @@ var cases = []struct {
 		container: "", pod: pod,
 	},
 	{
+		name:      "v2 seen from a private cgroup namespace (systemd driver)",
+		file:      "0::/../../kubepods-besteffort-pod" + podU + ".slice/cri-containerd-" + cid + ".scope\n",
+		container: cid, pod: pod, unit: "cri-containerd-" + cid + ".scope",
+	},
+	{
+		name:      "v2 seen from a private cgroup namespace (cgroupfs driver)",
+		file:      "0::/../../../besteffort/pod" + pod + "/" + cid + "\n",
+		container: cid, pod: pod,
+	},
+	{
+		name: "a slice named pod-something outside kubepods is not a pod",
+		file: "0::/system.slice/foo-pod" + podU + ".slice/bar.service\n",
+		unit: "bar.service",
+	},
+	{
 		name: "v1 docker cgroupfs driver",
 		file: `9:memory:/docker/` + cid + `
 4:cpu,cpuacct:/docker/` + cid + `
