@@ -51,8 +51,8 @@ type Config struct {
 	// SocketPath is the Engine API's unix socket.
 	SocketPath string
 	// APIVersion is the Engine API version requested ("1.41" asks for
-	// /v1.41/containers/<id>/json); Docker 20.10 and later and Podman 3
-	// and later serve it.
+	// /v1.41/containers/<id>/json); Docker 20.10 and later serve it, and
+	// Podman 4 and later report it on their compatible socket.
 	APIVersion string
 	// EnvAllowList names the environment variables that become env
 	// selectors; others never do. Empty by default: environments hold

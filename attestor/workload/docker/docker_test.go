@@ -427,3 +427,25 @@ func TestOddValuesSkipped(t *testing.T) {
 		t.Fatalf("selectors:\n got %q\nwant %q", got, want)
 	}
 }
+
+func TestAttestCgroupfsDriverV1(t *testing.T) {
+	cg := "12:pids:/docker/" + ctrID + "\n" +
+		"5:memory:/docker/" + ctrID + "\n" +
+		"1:name=systemd:/docker/" + ctrID + "\n" +
+		"0::/system.slice/containerd.service\n"
+	e := newEngine(t, serve(map[string]string{ctrID: dockerPayload(ctrID, initPID)}))
+	root := procTree(t, map[int]string{initPID: cg, callPID: cg})
+	a := newAttestor(t, e.sock, root, nil)
+	sels, err := a.Attest(context.Background(), workload.Caller{PID: callPID})
+	if err != nil || !slices.Contains(values(sels), "docker:image_id:"+imageID) {
+		t.Fatalf("selectors %v, err %v", values(sels), err)
+	}
+	// The init process in another container's cgroup in one hierarchy:
+	// refused.
+	other := strings.Replace(cg, "5:memory:/docker/"+ctrID, "5:memory:/docker/"+strings.Repeat("c", 64), 1)
+	root = procTree(t, map[int]string{initPID: other, callPID: cg})
+	a = newAttestor(t, e.sock, root, nil)
+	if _, err := a.Attest(context.Background(), workload.Caller{PID: callPID}); err == nil || !strings.Contains(err.Error(), "whose init process is not in it") {
+		t.Fatalf("err %v; want the init process refused", err)
+	}
+}
