@@ -31,14 +31,14 @@ func (s *Server) attest(ctx context.Context) ([]*sigilv1.Selector, error) {
 		if ctx.Err() != nil {
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
-		var ae *attestorError
-		if !errors.As(err, &ae) {
-			ae = &attestorError{name: "?", err: err}
-		}
 		if errors.Is(err, workload.ErrProcessGone) {
 			return nil, status.Error(codes.PermissionDenied, "caller process is gone")
 		}
-		if ok, suppressed := s.denials.allow(info.UID, info.PID); ok {
+		var ae *attestorError
+		if !errors.As(err, &ae) { // runAttestors returns no other error
+			ae = &attestorError{name: "unknown", err: err}
+		}
+		if ok, suppressed := s.failures.allow(info.UID, info.PID); ok {
 			s.log.Error("workload attestation failed; no identity for the caller",
 				zap.String("attestor", ae.name), zap.Int32("pid", info.PID), zap.Uint32("uid", info.UID),
 				zap.Bool("timed_out", ae.timedOut), zap.Int("suppressed", suppressed), zap.Error(ae.err))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,6 +34,15 @@ func (a funcAttestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1
 	return a.fn(ctx, c)
 }
 
+// signalDone wraps a so that done is closed when its first run returns.
+func signalDone(a workload.Attestor, done chan struct{}) funcAttestor {
+	var once sync.Once
+	return funcAttestor{name: a.Name(), fn: func(ctx context.Context, c workload.Caller) ([]*sigilv1.Selector, error) {
+		defer once.Do(func() { close(done) })
+		return a.Attest(ctx, c)
+	}}
+}
+
 // hangingAttestor blocks until its context is done, reporting that it
 // started and that its context was canceled.
 func hangingAttestor(started, canceled chan struct{}) funcAttestor {
@@ -51,7 +61,11 @@ func hangingAttestor(started, canceled chan struct{}) funcAttestor {
 func TestHangingAttestorTimesOut(t *testing.T) {
 	fake := clock.NewFake(time.Now())
 	started, canceled := make(chan struct{}), make(chan struct{})
+	core, logs := observer.New(zap.InfoLevel)
+	unixDone := make(chan struct{})
 	f := start(t, func(s *Server) {
+		s.attestors[0] = signalDone(s.attestors[0], unixDone)
+		s.log = zap.New(core)
 		s.clk = fake
 		s.attestorTimeout = 5 * time.Second
 		s.attestors = append(s.attestors, hangingAttestor(started, canceled))
@@ -63,6 +77,7 @@ func TestHangingAttestorTimesOut(t *testing.T) {
 		errCh <- err
 	}()
 	<-started
+	<-unixDone
 	eventually.NoError(t, 10*time.Second, func() error {
 		if fake.Waiters() == 0 {
 			return errors.New("the server is not waiting on the attestor bound yet")
@@ -81,6 +96,21 @@ func TestHangingAttestorTimesOut(t *testing.T) {
 		t.Fatal("the hanging attestor's context was not canceled")
 	}
 	wantCode(t, <-errCh, codes.Unavailable, "workload attestation timed out")
+	wantFailureLog(t, logs, "hanging", true)
+}
+
+// wantFailureLog checks that the one log line about a failed attestation
+// names the attestor, the caller's pid and whether it timed out.
+func wantFailureLog(t *testing.T, logs *observer.ObservedLogs, attestor string, timedOut bool) {
+	t.Helper()
+	lines := logs.FilterMessage("workload attestation failed; no identity for the caller").All()
+	if len(lines) != 1 {
+		t.Fatalf("%d attestation failure log lines, want 1", len(lines))
+	}
+	fields := lines[0].ContextMap()
+	if fields["attestor"] != attestor || fields["pid"] != int32(os.Getpid()) || fields["timed_out"] != timedOut {
+		t.Errorf("log fields %v, want attestor %q, pid %d, timed_out %v", fields, attestor, os.Getpid(), timedOut)
+	}
 }
 
 // TestHangingAttestorBound: with the wall clock, a hanging attestor delays the caller by about the bound, not
@@ -114,7 +144,9 @@ func TestHangingAttestorBound(t *testing.T) {
 // an entry, one attestor fails after they answered: no identity.
 func TestOneFailingAttestorFailsClosed(t *testing.T) {
 	answered := make(chan struct{})
+	core, logs := observer.New(zap.InfoLevel)
 	f := start(t, func(s *Server) {
+		s.log = zap.New(core)
 		s.attestors = append(s.attestors,
 			funcAttestor{name: "good", fn: func(context.Context, workload.Caller) ([]*sigilv1.Selector, error) {
 				defer close(answered)
@@ -129,6 +161,7 @@ func TestOneFailingAttestorFailsClosed(t *testing.T) {
 		f.ca.identity(t, "e1", "/workload"))
 	_, err := f.client(t).FetchX509SVID(testCtx(t))
 	wantCode(t, err, codes.Internal, "workload attestation failed")
+	wantFailureLog(t, logs, "bad", false)
 }
 
 // TestAttestorsRunConcurrently: each of two attestors waits for the other
@@ -193,9 +226,23 @@ func TestAttestorsRunConcurrently(t *testing.T) {
 // nothing although every attestor answered with matching selectors.
 func TestCallerExitsWhileAttestorIsSlow(t *testing.T) {
 	var child atomic.Pointer[exec.Cmd]
+	isChild := func(c workload.Caller) bool {
+		cmd := child.Load()
+		return cmd != nil && int32(cmd.Process.Pid) == c.PID
+	}
+	unixDone := make(chan struct{})
 	f := start(t, func(s *Server) {
+		unixAttestor := s.attestors[0]
+		s.attestors[0] = funcAttestor{name: "unix", fn: func(ctx context.Context, c workload.Caller) ([]*sigilv1.Selector, error) {
+			sels, err := unixAttestor.Attest(ctx, c)
+			if isChild(c) {
+				close(unixDone)
+			}
+			return sels, err
+		}}
 		s.attestors = append(s.attestors, funcAttestor{name: "slow", fn: func(_ context.Context, c workload.Caller) ([]*sigilv1.Selector, error) {
-			if cmd := child.Load(); cmd != nil && int32(cmd.Process.Pid) == c.PID {
+			if cmd := child.Load(); isChild(c) {
+				<-unixDone // the unix attestor has vouched for the live child
 				_ = cmd.Process.Kill()
 				_ = cmd.Wait() // reaped: the pid is free for reuse
 			}

@@ -114,9 +114,10 @@ type Server struct {
 	// afterAttest, if set, runs between attestation and the liveness
 	// re-check; tests use it to kill the caller mid-attestation.
 	afterAttest func(pid int32)
-	// denials rate-limits the log lines about callers refused an identity
-	// (no entry matched, or attestation failed), per uid and pid.
-	denials *logLimiter
+	// denials and failures rate-limit, per uid and pid, the log lines
+	// about callers whose selectors matched no entry and those whose
+	// attestation failed.
+	denials, failures *logLimiter
 
 	mu       sync.Mutex
 	served   bool
@@ -162,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 	if s.meter == nil {
 		s.meter = NopMeter{}
 	}
-	s.denials = newLogLimiter(s.clk)
+	s.denials, s.failures = newLogLimiter(s.clk), newLogLimiter(s.clk)
 	s.conns = newConnLimits(cfg.Limits, s.clk, func(uid uint32, reason string) {
 		s.log.Warn("workload API connection refused", zap.Uint32("uid", uid), zap.String("reason", reason))
 	})
