@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -73,9 +74,10 @@ func peerInfo(ctx context.Context) (*PeerInfo, error) {
 	return info, nil
 }
 
-// attestorError is the failure of one attestor on one call.
+// attestorError is the failure of one attestor on one call, or the
+// timeout of one or more.
 type attestorError struct {
-	name     string
+	name     string // comma-separated if several timed out
 	timedOut bool
 	err      error
 }
@@ -96,8 +98,8 @@ type attestorResult struct {
 // runAttestors runs every attestor on caller at the same time, each with
 // a context canceled after s.attestorTimeout (or when ctx is done), and
 // returns their selectors concatenated in the configured order. The first
-// attestor to fail, or all those still running when the bound passes,
-// make it fail (an *attestorError naming one of them); the others' contexts
+// attestor to fail, or those still running when the bound passes, make it
+// fail (an *attestorError naming it or them); the others' contexts
 // are then canceled and their results dropped. An attestor that ignores
 // its context delays the caller by no more than the bound: its goroutine
 // ends whenever the attestor returns.
@@ -126,12 +128,24 @@ func (s *Server) runAttestors(ctx context.Context, caller workload.Caller) ([]*s
 			got[r.i], done[r.i] = r.sels, true
 			n += len(r.sels)
 		case <-timeout:
-			for i, d := range done {
-				if !d {
-					return nil, &attestorError{name: s.attestors[i].Name(), timedOut: true,
-						err: fmt.Errorf("no answer within %v", s.attestorTimeout)}
+			// Answers already in count; the attestors still without one
+			// are named.
+			for drained := false; !drained; {
+				select {
+				case r := <-results:
+					done[r.i] = true
+				default:
+					drained = true
 				}
 			}
+			var late []string
+			for i, d := range done {
+				if !d {
+					late = append(late, s.attestors[i].Name())
+				}
+			}
+			return nil, &attestorError{name: strings.Join(late, ","), timedOut: true,
+				err: fmt.Errorf("no answer within %v", s.attestorTimeout)}
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
