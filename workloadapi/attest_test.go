@@ -352,3 +352,44 @@ func TestNewRefusesNegativeAttestorTimeout(t *testing.T) {
 		t.Fatalf("AttestorTimeout 1s: %v, %v", s, err)
 	}
 }
+
+// BenchmarkRunAttestors measures what running the attestors concurrently
+// under a bound costs over calling them in turn: one and three attestors
+// that answer at once.
+func BenchmarkRunAttestors(b *testing.B) {
+	instant := funcAttestor{name: "instant", fn: func(context.Context, workload.Caller) ([]*sigilv1.Selector, error) {
+		return []*sigilv1.Selector{{Type: "t", Value: "v"}}, nil
+	}}
+	for _, n := range []int{1, 3} {
+		attestors := make([]workload.Attestor, n)
+		for i := range attestors {
+			attestors[i] = instant
+		}
+		s, err := New(Config{Cache: NewMemoryCache(), Attestors: attestors})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx := context.Background()
+		b.Run(fmt.Sprintf("concurrent-%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.runAttestors(ctx, workload.Caller{PID: 1}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("sequential-%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var sels []*sigilv1.Selector
+				for _, a := range attestors {
+					got, err := a.Attest(ctx, workload.Caller{PID: 1})
+					if err != nil {
+						b.Fatal(err)
+					}
+					sels = append(sels, got...)
+				}
+			}
+		})
+	}
+}
