@@ -4,7 +4,9 @@
 // its own. The server learns who it is from the kernel: the transport
 // credentials read the peer's pid, uid and gid (SO_PEERCRED) and pin the
 // process with a pidfd at connect time. On every call the configured
-// attestors turn the pid into selectors, and the server then checks that
+// attestors turn the pid into selectors (all at once, each within
+// Config.AttestorTimeout; if any fails or runs out of time the caller gets
+// no identity, never a partial selector set), and the server then checks that
 // the pinned process is still alive and still owns the pid (its start time
 // is unchanged), so a process that dies and whose pid is reused during
 // attestation gets nothing. The selectors are matched against the agent's
