@@ -288,11 +288,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	srv, err := workloadapi.New(workloadapi.Config{
-		Cache:     a.cache,
-		Attestors: a.cfg.WorkloadAttestors,
-		Logger:    a.log.Named("workloadapi"),
-		Clock:     a.clk,
-		Limits:    a.cfg.WorkloadAPILimits,
+		Cache:           a.cache,
+		Attestors:       a.cfg.WorkloadAttestors,
+		AttestorTimeout: a.cfg.WorkloadAttestorTimeout,
+		Logger:          a.log.Named("workloadapi"),
+		Clock:           a.clk,
+		Limits:          a.cfg.WorkloadAPILimits,
 	})
 	if err != nil {
 		l.Close()

@@ -713,6 +713,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad server", func(c *Config) { c.ServerAddress = "nohost" }, "host:port"},
 		{"no data dir", func(c *Config) { c.DataDir = "" }, "data directory"},
 		{"negative batch", func(c *Config) { c.SyncBatchSize = -1 }, "negative"},
+		{"negative workload attestor timeout", func(c *Config) { c.WorkloadAttestorTimeout = -time.Second }, "workload attestor timeout"},
 		{"huge batch", func(c *Config) { c.SyncBatchSize = MaxSyncBatchSize + 1 }, "maximum"},
 		{"missing bundle file", func(c *Config) { c.TrustBundlePath = "/nonexistent/bundle.pem" }, "trust bundle"},
 		{"no node attestor", func(c *Config) { c.NodeAttestor = nil }, "no node attestor"},

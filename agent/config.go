@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
@@ -60,6 +61,10 @@ type Config struct {
 	// per name (cmd/sigil builds them from workload_attestor plugin
 	// blocks, by default unix). At least one is required.
 	WorkloadAttestors []workload.Attestor
+	// WorkloadAttestorTimeout bounds each workload attestor's run on a
+	// Workload API call; one that outlasts it leaves the caller without
+	// an identity. Zero is workloadapi.DefaultAttestorTimeout.
+	WorkloadAttestorTimeout time.Duration
 	// TrustBundlePath is a PEM file with the server CA certificates used to
 	// authenticate the server before the agent has a bundle of its own.
 	TrustBundlePath string
@@ -147,6 +152,9 @@ func (c *Config) Validate() error {
 	}
 	if l := c.WorkloadAPILimits; l.MaxConnsPerUID < 0 || l.MaxConns < 0 || l.FirstCallTimeout < 0 || l.IdleTimeout < 0 {
 		return errors.New("agent: workload API limits must not be negative")
+	}
+	if c.WorkloadAttestorTimeout < 0 {
+		return fmt.Errorf("agent: workload attestor timeout %v is negative", c.WorkloadAttestorTimeout)
 	}
 	if c.SyncBatchSize > MaxSyncBatchSize {
 		return fmt.Errorf("agent: sync batch size %d exceeds the maximum of %d", c.SyncBatchSize, MaxSyncBatchSize)

@@ -79,7 +79,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDReques
 	svids, err := jc.FetchJWTSVIDs(ctx, sels, req.Audience, req.SpiffeId)
 	switch {
 	case errors.Is(err, ErrNoIdentity) || (err == nil && len(svids) == 0):
-		return nil, errNoIdentity
+		return nil, s.noIdentity(ctx, sels)
 	case err != nil:
 		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 			return nil, err

@@ -4,7 +4,9 @@
 // its own. The server learns who it is from the kernel: the transport
 // credentials read the peer's pid, uid and gid (SO_PEERCRED) and pin the
 // process with a pidfd at connect time. On every call the configured
-// attestors turn the pid into selectors, and the server then checks that
+// attestors turn the pid into selectors (all at once, each within
+// Config.AttestorTimeout; if any fails or runs out of time the caller gets
+// no identity, never a partial selector set), and the server then checks that
 // the pinned process is still alive and still owns the pid (its start time
 // is unchanged), so a process that dies and whose pid is reused during
 // attestation gets nothing. The selectors are matched against the agent's
@@ -66,13 +68,20 @@ const maxRequestSize = 256 << 10
 // context is done.
 const shutdownTimeout = 5 * time.Second
 
+// DefaultAttestorTimeout is Config.AttestorTimeout when zero.
+const DefaultAttestorTimeout = 5 * time.Second
+
 // Config configures a Server.
 type Config struct {
 	// Cache is the source of SVIDs and bundles. Required.
 	Cache Cache
-	// Attestors are run in order on the caller's pid; their selectors are
-	// concatenated. Required.
+	// Attestors are run concurrently on the caller's pid; their selectors
+	// are concatenated in the order of this list. If any of them fails or
+	// outlasts AttestorTimeout, the call gets no identity. Required.
 	Attestors []workload.Attestor
+	// AttestorTimeout bounds each attestor's run on a call; its context is
+	// canceled then. Zero is DefaultAttestorTimeout; negative is an error.
+	AttestorTimeout time.Duration
 	// Logger logs each call at debug level; nil logs nothing.
 	Logger *zap.Logger
 	// Clock times calls; nil is the wall clock.
@@ -89,12 +98,13 @@ type Config struct {
 type Server struct {
 	workloadpb.UnimplementedSpiffeWorkloadAPIServer
 
-	cache     Cache
-	attestors []workload.Attestor
-	log       *zap.Logger
-	clk       clock.Clock
-	meter     Meter
-	grpc      *grpc.Server
+	cache           Cache
+	attestors       []workload.Attestor
+	attestorTimeout time.Duration
+	log             *zap.Logger
+	clk             clock.Clock
+	meter           Meter
+	grpc            *grpc.Server
 
 	// proc reads /proc; its functions are replaced in tests to simulate
 	// pid reuse, exec and credential changes.
@@ -106,6 +116,10 @@ type Server struct {
 	// afterAttest, if set, runs between attestation and the liveness
 	// re-check; tests use it to kill the caller mid-attestation.
 	afterAttest func(pid int32)
+	// denials and failures rate-limit, per uid and pid, the log lines
+	// about callers whose selectors matched no entry and those whose
+	// attestation failed.
+	denials, failures *logLimiter
 
 	mu       sync.Mutex
 	served   bool
@@ -125,15 +139,22 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("workloadapi: attestor %d is nil", i)
 		}
 	}
+	if cfg.AttestorTimeout < 0 {
+		return nil, fmt.Errorf("workloadapi: AttestorTimeout %v must not be negative", cfg.AttestorTimeout)
+	}
+	if cfg.AttestorTimeout == 0 {
+		cfg.AttestorTimeout = DefaultAttestorTimeout
+	}
 	s := &Server{
-		cache:      cfg.Cache,
-		attestors:  append([]workload.Attestor(nil), cfg.Attestors...),
-		log:        cfg.Logger,
-		clk:        cfg.Clock,
-		meter:      cfg.Meter,
-		proc:       procReader{startTime: procStartTime, exe: procExe, status: procStatus},
-		staleGrace: staleConnGrace,
-		stopping:   make(chan struct{}),
+		cache:           cfg.Cache,
+		attestors:       append([]workload.Attestor(nil), cfg.Attestors...),
+		attestorTimeout: cfg.AttestorTimeout,
+		log:             cfg.Logger,
+		clk:             cfg.Clock,
+		meter:           cfg.Meter,
+		proc:            procReader{startTime: procStartTime, exe: procExe, status: procStatus},
+		staleGrace:      staleConnGrace,
+		stopping:        make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -144,6 +165,7 @@ func New(cfg Config) (*Server, error) {
 	if s.meter == nil {
 		s.meter = NopMeter{}
 	}
+	s.denials, s.failures = newLogLimiter(s.clk), newLogLimiter(s.clk)
 	s.conns = newConnLimits(cfg.Limits, s.clk, func(uid uint32, reason string) {
 		s.log.Warn("workload API connection refused", zap.Uint32("uid", uid), zap.String("reason", reason))
 	})
@@ -240,7 +262,7 @@ func streamX509[T any, PT protoPtr[T]](s *Server, stream grpc.ServerStreamingSer
 			return err
 		}
 		if len(snap.Identities) == 0 {
-			return errNoIdentity
+			return s.noIdentity(ctx, sels)
 		}
 		resp, err := build(snap)
 		if err != nil {
@@ -306,46 +328,6 @@ func (s *Server) next(ctx context.Context, sub X509Subscription) (*X509Snapshot,
 		}
 		return snap, nil
 	}
-}
-
-// attest identifies the caller: it runs the attestors on the peer's pid
-// and then checks that the peer process is still the one that connected.
-func (s *Server) attest(ctx context.Context) ([]*sigilv1.Selector, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
-	}
-	info, ok := p.AuthInfo.(*PeerInfo)
-	if !ok {
-		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
-	}
-	caller := info.Caller()
-	var sels []*sigilv1.Selector
-	for _, a := range s.attestors {
-		got, err := a.Attest(ctx, caller)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-			if errors.Is(err, workload.ErrProcessGone) {
-				return nil, status.Error(codes.PermissionDenied, "caller process is gone")
-			}
-			s.log.Error("workload attestation failed",
-				zap.String("attestor", a.Name()), zap.Int32("pid", info.PID), zap.Error(err))
-			return nil, status.Error(codes.Internal, "workload attestation failed")
-		}
-		sels = append(sels, got...)
-	}
-	if s.afterAttest != nil {
-		s.afterAttest(info.PID)
-	}
-	if err := s.stillCaller(info); err != nil {
-		return nil, err
-	}
-	if ce := s.log.Check(zap.DebugLevel, "workload attested"); ce != nil {
-		ce.Write(zap.Int32("pid", info.PID), zap.Stringers("selectors", selectorStrings(sels)))
-	}
-	return sels, nil
 }
 
 // stillCaller checks that the process behind a connection is still the

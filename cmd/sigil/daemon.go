@@ -225,6 +225,7 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	cfg.TrustBundlePath = a.TrustBundlePath
 	cfg.WorkloadAPILimits.MaxConnsPerUID = a.MaxWorkloadConnsPerUID
 	cfg.WorkloadAPILimits.MaxConns = a.MaxWorkloadConns
+	cfg.WorkloadAttestorTimeout = a.WorkloadAttestorTimeout
 	cfg.Logger = log
 	if err := agentPlugins(a, &cfg); err != nil {
 		return cfg, err

@@ -63,12 +63,15 @@ func TestAgentConfig(t *testing.T) {
 	if _, err := agentConfig(&config.Agent{TrustDomain: "example.org", ServerAddress: "no-port"}, zap.NewNop()); err == nil {
 		t.Error("server address without port accepted")
 	}
-	cfg, err = agentConfig(&config.Agent{TrustDomain: "example.org", ServerAddress: "10.0.0.1:8081", MaxWorkloadConnsPerUID: 512, MaxWorkloadConns: 9000}, zap.NewNop())
+	cfg, err = agentConfig(&config.Agent{TrustDomain: "example.org", ServerAddress: "10.0.0.1:8081", MaxWorkloadConnsPerUID: 512, MaxWorkloadConns: 9000, WorkloadAttestorTimeout: 2 * time.Second}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l := cfg.WorkloadAPILimits; l.MaxConnsPerUID != 512 || l.MaxConns != 9000 {
 		t.Errorf("workload API limits = %+v, want 512 per uid and 9000 in all", l)
+	}
+	if cfg.WorkloadAttestorTimeout != 2*time.Second {
+		t.Errorf("workload attestor timeout = %v, want 2s", cfg.WorkloadAttestorTimeout)
 	}
 }
 

@@ -27,6 +27,11 @@ agent {
   # workload_api_max_connections_per_uid = 128
   # workload_api_max_connections         = 4096
 
+  # How long each workload attestor may take on a Workload API call (they
+  # run at the same time); one that fails or runs out of time leaves the
+  # caller without an identity. Default 5s.
+  # workload_attestor_timeout = "5s"
+
   # Single-use token from `sigil token generate`, needed for the first start
   # only: afterwards the agent renews the identity kept in data_dir. Keep it
   # in a file of mode 0600 owned by the agent's user (the agent refuses any

@@ -73,6 +73,9 @@ type Agent struct {
 	// default (workloadapi.Limits).
 	MaxWorkloadConnsPerUID int
 	MaxWorkloadConns       int
+	// WorkloadAttestorTimeout bounds each workload attestor's run on a
+	// Workload API call; 0 means the default (agent.Config).
+	WorkloadAttestorTimeout time.Duration
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies the defaults to it.
 	Plugins *Plugins
@@ -145,6 +148,8 @@ type hclAgent struct {
 
 	MaxWorkloadConnsPerUID int `hcl:"workload_api_max_connections_per_uid,optional"`
 	MaxWorkloadConns       int `hcl:"workload_api_max_connections,optional"`
+
+	WorkloadAttestorTimeout string `hcl:"workload_attestor_timeout,optional"`
 
 	Plugins *hclPlugins `hcl:"plugins,block"`
 }
@@ -253,6 +258,13 @@ func Parse(filename string, src []byte) (*File, error) {
 		}
 		if a.MaxWorkloadConnsPerUID < 0 || a.MaxWorkloadConns < 0 {
 			return nil, fmt.Errorf("%s: agent: workload_api_max_connections_per_uid and workload_api_max_connections must not be negative", filename)
+		}
+		if a.WorkloadAttestorTimeout != "" {
+			d, err := parseDuration(a.WorkloadAttestorTimeout)
+			if err != nil {
+				return nil, fmt.Errorf("%s: agent.workload_attestor_timeout: %w", filename, err)
+			}
+			out.Agent.WorkloadAttestorTimeout = d
 		}
 		p, err := readPlugins(body, "agent", a.Plugins, raw.Plugins)
 		if err != nil {

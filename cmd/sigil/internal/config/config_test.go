@@ -43,6 +43,7 @@ agent {
 
   workload_api_max_connections_per_uid = 512
   workload_api_max_connections         = 8192
+  workload_attestor_timeout            = "2s"
 }
 `
 
@@ -79,6 +80,7 @@ func TestParse(t *testing.T) {
 					SocketPath: "/run/sigil/api.sock", JoinToken: "abc", TrustBundlePath: "/etc/sigil/bundle.pem",
 					HealthAddress: "127.0.0.1:8082", Log: Log{Level: "warn", Format: "console"},
 					MaxWorkloadConnsPerUID: 512, MaxWorkloadConns: 8192,
+					WorkloadAttestorTimeout: 2 * time.Second,
 				}
 				if f.Agent == nil || f.Agent.Plugins == nil || f.Agent.Plugins.Block != nil {
 					t.Fatalf("agent plugins = %+v, want a file without a plugins block", f.Agent)
@@ -138,6 +140,16 @@ func TestParse(t *testing.T) {
 			name:    "negative workload connection limit",
 			src:     `agent { workload_api_max_connections_per_uid = -1 }`,
 			wantErr: `workload_api_max_connections_per_uid and workload_api_max_connections must not be negative`,
+		},
+		{
+			name:    "negative workload attestor timeout",
+			src:     `agent { workload_attestor_timeout = "-1s" }`,
+			wantErr: `test.hcl: agent.workload_attestor_timeout: invalid duration "-1s": must not be negative`,
+		},
+		{
+			name:    "bad workload attestor timeout",
+			src:     `agent { workload_attestor_timeout = "soon" }`,
+			wantErr: `test.hcl: agent.workload_attestor_timeout: invalid duration "soon"`,
 		},
 	}
 	for _, tt := range tests {
