@@ -217,14 +217,13 @@ func (k *Kubelet) Hang() (release func()) {
 	k.mu.Lock()
 	k.hang = ch
 	k.mu.Unlock()
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			k.mu.Lock()
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if k.hang == ch {
 			k.hang = nil
-			k.mu.Unlock()
 			close(ch)
-		})
+		}
 	}
 }
 
