@@ -45,6 +45,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -128,7 +129,9 @@ func (a *Attestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1.Se
 	if ct.pod.Metadata.UID != podUID {
 		return nil, fmt.Errorf("k8s: container %s: the kubelet puts it in pod %s but its cgroup in pod %s", short(id), ct.pod.Metadata.UID, podUID)
 	}
-	return selectors(ct), nil
+	// The selectors are shared by every caller in the container: the
+	// slice is the caller's, the selectors are read-only.
+	return slices.Clone(ct.selectors), nil
 }
 
 // find returns the container id, waiting with backoff up to MaxPoll for

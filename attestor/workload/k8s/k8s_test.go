@@ -61,14 +61,14 @@ func otherNodePod() k8stest.Pod {
 }
 
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	kubelet *k8stest.Kubelet
 	clock   *clock.Fake
 	proc    string
 	cfg     Config
 }
 
-func newFixture(t *testing.T, pods ...k8stest.Pod) *fixture {
+func newFixture(t testing.TB, pods ...k8stest.Pod) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	k := k8stest.NewKubelet(token, pods)

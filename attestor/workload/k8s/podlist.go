@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
 
 // The subset of the v1 PodList that the kubelet's /pods serves and the
@@ -61,6 +63,8 @@ type container struct {
 	// specImage is the image the pod's spec asks for (may differ from
 	// the resolved status.image).
 	specImage string
+	// selectors are the container's selectors, computed once per fetch.
+	selectors []*sigilv1.Selector
 }
 
 // parsePodList parses the kubelet's /pods response and indexes its
@@ -108,7 +112,9 @@ func parsePodList(data []byte, nodeName string) (map[string]container, error) {
 				if err != nil {
 					return nil, fmt.Errorf("k8s: kubelet /pods: pod %s/%s container %q: %w", md.Namespace, md.Name, trunc(s.Name), err)
 				}
-				index[id] = container{pod: p, status: s, specImage: specImages[s.Name]}
+				c := container{pod: p, status: s, specImage: specImages[s.Name]}
+				c.selectors = selectors(c)
+				index[id] = c
 			}
 		}
 	}

@@ -14,11 +14,10 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // MaxFileSize bounds how much of /proc/<pid>/cgroup ReadProc reads; a
@@ -52,17 +51,39 @@ func ReadProc(procRoot string, pid int32) ([]Entry, error) {
 		return nil, fmt.Errorf("cgroup: invalid pid %d", pid)
 	}
 	name := filepath.Join(procRoot, strconv.FormatInt(int64(pid), 10), "cgroup")
-	f, err := os.Open(name)
+	// Plain system calls rather than os.Open: this is on the path of
+	// every Workload API call, and the file is small.
+	fd, err := syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	for err == syscall.EINTR {
+		fd, err = syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if err == syscall.ENOENT || err == syscall.ESRCH {
 			return nil, fmt.Errorf("cgroup: pid %d: %w", pid, ErrProcessGone)
 		}
-		return nil, fmt.Errorf("cgroup: %w", err)
+		return nil, fmt.Errorf("cgroup: open %s: %w", name, err)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("cgroup: read %s: %w", name, err)
+	defer syscall.Close(fd)
+	var buf [4096]byte
+	data := buf[:0]
+	for {
+		if len(data) == cap(data) {
+			if len(data) > MaxFileSize {
+				return nil, fmt.Errorf("cgroup: %s is larger than %d bytes", name, MaxFileSize)
+			}
+			data = append(data, 0)[:len(data)]
+		}
+		n, err := syscall.Read(fd, data[len(data):cap(data)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cgroup: read %s: %w", name, err)
+		}
+		if n == 0 {
+			break
+		}
+		data = data[:len(data)+n]
 	}
 	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("cgroup: %s is larger than %d bytes", name, MaxFileSize)
