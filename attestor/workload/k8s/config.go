@@ -22,7 +22,7 @@ const (
 	DefaultMaxPoll          = 10 * time.Second
 	DefaultFetchTimeout     = 5 * time.Second
 	DefaultMaxResponseBytes = 32 << 20
-	DefaultMaxTokenBytes    = 64 << 10
+	maxTokenBytes           = 64 << 10
 	firstBackoff            = 200 * time.Millisecond
 	maxBackoff              = 2 * time.Second
 	maxReadOnlyPort         = 65535

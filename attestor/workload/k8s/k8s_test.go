@@ -371,7 +371,7 @@ func TestRefusals(t *testing.T) {
 			}
 		}, want: "401 Unauthorized (the kubelet refused the token in token_path)"},
 		{name: "token file missing", setup: func(f *fixture) { f.cfg.TokenPath = filepath.Join(t.TempDir(), "none") }, want: "k8s: token_path: open"},
-		{name: "forbidden", setup: func(f *fixture) { f.kubelet.SetResponse(http.StatusForbidden, []byte(`{"kind":"Status"}`)) }, want: "403 Forbidden (the service account needs get on nodes/proxy)"},
+		{name: "forbidden", setup: func(f *fixture) { f.kubelet.SetResponse(http.StatusForbidden, []byte(`{"kind":"Status"}`)) }, want: "403 Forbidden (the service account needs get on nodes/pods or nodes/proxy)"},
 		{name: "malformed JSON", setup: func(f *fixture) { f.kubelet.SetResponse(http.StatusOK, []byte(`{"kind":"PodList","items":[{`)) }, want: "k8s: kubelet /pods: malformed JSON"},
 		{name: "not a pod list", setup: func(f *fixture) {
 			f.kubelet.SetResponse(http.StatusOK, []byte(`{"kind":"Status","apiVersion":"v1","status":"Failure"}`))

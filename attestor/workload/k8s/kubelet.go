@@ -90,7 +90,7 @@ func (k *kubelet) pods(ctx context.Context) (map[string]container, error) {
 		case http.StatusUnauthorized:
 			hint = " (the kubelet refused the token in token_path)"
 		case http.StatusForbidden:
-			hint = " (the service account needs get on nodes/proxy)"
+			hint = " (the service account needs get on nodes/pods or nodes/proxy)"
 		}
 		return nil, fmt.Errorf("k8s: kubelet GET %s: %s%s", k.url, resp.Status, hint)
 	}
@@ -110,12 +110,12 @@ func readToken(path string) (string, error) {
 		return "", fmt.Errorf("k8s: token_path: %w", err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, DefaultMaxTokenBytes+1))
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenBytes+1))
 	if err != nil {
 		return "", fmt.Errorf("k8s: token_path: %w", err)
 	}
-	if len(b) > DefaultMaxTokenBytes {
-		return "", fmt.Errorf("k8s: token_path %s: larger than %d bytes", path, DefaultMaxTokenBytes)
+	if len(b) > maxTokenBytes {
+		return "", fmt.Errorf("k8s: token_path %s: larger than %d bytes", path, maxTokenBytes)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" || strings.ContainsAny(tok, " \r\n\t") {
