@@ -22,11 +22,18 @@ const (
 	DefaultMaxPoll          = 10 * time.Second
 	DefaultFetchTimeout     = 5 * time.Second
 	DefaultMaxResponseBytes = 32 << 20
-	maxTokenBytes           = 64 << 10
-	firstBackoff            = 200 * time.Millisecond
-	maxBackoff              = 2 * time.Second
-	maxReadOnlyPort         = 65535
-	readOnlyHost            = "127.0.0.1"
+)
+
+const (
+	// maxTokenBytes bounds the token file.
+	maxTokenBytes = 64 << 10
+	// firstBackoff and maxBackoff bound the waits between lookups of a
+	// container the kubelet does not list yet.
+	firstBackoff = 200 * time.Millisecond
+	maxBackoff   = 2 * time.Second
+	// The read-only port is on loopback.
+	maxReadOnlyPort = 65535
+	readOnlyHost    = "127.0.0.1"
 )
 
 // Config configures the k8s workload attestor. Start from DefaultConfig.

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/sigil-id/sigil/attestor/workload"
 )
 
 // MaxFileSize bounds how much of /proc/<pid>/cgroup ReadProc reads; a
@@ -41,8 +43,9 @@ type Entry struct {
 }
 
 // ErrProcessGone is wrapped by ReadProc's error when the process does not
-// exist (its /proc directory is missing).
-var ErrProcessGone = errors.New("process does not exist")
+// exist (its /proc directory is missing). It is workload.ErrProcessGone,
+// so attestors may return ReadProc's error as it is.
+var ErrProcessGone = workload.ErrProcessGone
 
 // ReadProc reads and parses <procRoot>/<pid>/cgroup. An error wraps
 // ErrProcessGone when that file does not exist.
