@@ -235,7 +235,7 @@ func TestAttackInputBadSelectors(t *testing.T) {
 	for sel, want := range map[string]string{
 		"unix:uid:abc":    `"abc" is not a numeric id`,
 		"unix:uid:-1":     `"-1" is not a numeric id`,
-		"foo:bar":         `unknown selector type "foo" (known types: aws_iid, azure_msi, docker, gcp_iit, join_token, k8s_psat, oidc, systemd, unix, x509pop)`,
+		"foo:bar":         `unknown selector type "foo" (known types: aws_iid, azure_msi, docker, gcp_iit, join_token, k8s, k8s_psat, oidc, systemd, unix, x509pop)`,
 		"unix:path:bin/x": "is not an absolute path",
 		"unix:pid:1":      "want unix:<key>:<value> with key one of",
 	} {

@@ -20,6 +20,7 @@ import (
 	_ "github.com/sigil-id/sigil/attestor/node/oidc"
 	_ "github.com/sigil-id/sigil/attestor/node/x509pop"
 	_ "github.com/sigil-id/sigil/attestor/workload/docker"
+	_ "github.com/sigil-id/sigil/attestor/workload/k8s"
 	_ "github.com/sigil-id/sigil/attestor/workload/systemd"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"

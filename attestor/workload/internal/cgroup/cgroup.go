@@ -14,11 +14,12 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"github.com/sigil-id/sigil/attestor/workload"
 )
 
 // MaxFileSize bounds how much of /proc/<pid>/cgroup ReadProc reads; a
@@ -42,8 +43,9 @@ type Entry struct {
 }
 
 // ErrProcessGone is wrapped by ReadProc's error when the process does not
-// exist (its /proc directory is missing).
-var ErrProcessGone = errors.New("process does not exist")
+// exist (its /proc directory is missing). It is workload.ErrProcessGone,
+// so attestors may return ReadProc's error as it is.
+var ErrProcessGone = workload.ErrProcessGone
 
 // ReadProc reads and parses <procRoot>/<pid>/cgroup. An error wraps
 // ErrProcessGone when that file does not exist.
@@ -52,17 +54,39 @@ func ReadProc(procRoot string, pid int32) ([]Entry, error) {
 		return nil, fmt.Errorf("cgroup: invalid pid %d", pid)
 	}
 	name := filepath.Join(procRoot, strconv.FormatInt(int64(pid), 10), "cgroup")
-	f, err := os.Open(name)
+	// Plain system calls rather than os.Open: this is on the path of
+	// every Workload API call, and the file is small.
+	fd, err := syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	for err == syscall.EINTR {
+		fd, err = syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if err == syscall.ENOENT || err == syscall.ESRCH {
 			return nil, fmt.Errorf("cgroup: pid %d: %w", pid, ErrProcessGone)
 		}
-		return nil, fmt.Errorf("cgroup: %w", err)
+		return nil, fmt.Errorf("cgroup: open %s: %w", name, err)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("cgroup: read %s: %w", name, err)
+	defer syscall.Close(fd)
+	var buf [4096]byte
+	data := buf[:0]
+	for {
+		if len(data) == cap(data) {
+			if len(data) > MaxFileSize {
+				return nil, fmt.Errorf("cgroup: %s is larger than %d bytes", name, MaxFileSize)
+			}
+			data = append(data, 0)[:len(data)]
+		}
+		n, err := syscall.Read(fd, data[len(data):cap(data)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cgroup: read %s: %w", name, err)
+		}
+		if n == 0 {
+			break
+		}
+		data = data[:len(data)+n]
 	}
 	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("cgroup: %s is larger than %d bytes", name, MaxFileSize)

@@ -2,6 +2,7 @@ package cgroup
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -307,6 +308,16 @@ func TestReadProc(t *testing.T) {
 	write("42", "0::/system.slice/docker-"+cid+".scope\n")
 	write("43", "garbage\n")
 	write("44", "0::/"+strings.Repeat("a", MaxFileSize)+"\n")
+
+	// A file larger than the first read buffer is read whole.
+	var big strings.Builder
+	for i := 1; i <= 120; i++ {
+		fmt.Fprintf(&big, "%d:ctl%d:/kubepods/burstable/pod%s/%s\n", i, i, pod, cid)
+	}
+	write("45", big.String())
+	if entries, err := ReadProc(root, 45); err != nil || len(entries) != 120 || entries[119].Path != "/kubepods/burstable/pod"+pod+"/"+cid {
+		t.Fatalf("%d-byte file: %d entries, %v", big.Len(), len(entries), err)
+	}
 
 	entries, err := ReadProc(root, 42)
 	if err != nil {
