@@ -122,6 +122,14 @@ func (a *Attestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1.Se
 	if !ok {
 		return nil, nil
 	}
+	if unit, under := cgroup.UnderService(entries); under {
+		// A pod's cgroup is never below a service or a user slice; a
+		// process there may have named its own cgroup after another
+		// pod's container (a user's delegated user@<uid>.service
+		// subtree), so the names prove nothing: fail closed.
+		return nil, fmt.Errorf("k8s: pid %d: its cgroup names container %s of pod %s but lies below %s, where the names can be chosen by an unprivileged user; refusing",
+			c.PID, short(id), podUID, unit)
+	}
 	ct, err := a.find(ctx, id)
 	if err != nil {
 		return nil, err

@@ -395,6 +395,15 @@ func TestRefusals(t *testing.T) {
 			}
 		}, want: "certificate signed by unknown authority"},
 		{name: "pod uid mismatch", cgroup: k8stest.CgroupV2(otherUID, appID), want: "the kubelet puts it in pod " + webUID + " but its cgroup in pod " + otherUID},
+		// A user's delegated systemd subtree, where the user can name
+		// cgroups after another pod's container: the names prove nothing.
+		{name: "pod-shaped cgroup below a user's service",
+			cgroup: "0::/user.slice/user-1000.slice/user@1000.service/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" +
+				strings.ReplaceAll(webUID, "-", "_") + ".slice/cri-containerd-" + appID + ".scope\n",
+			want: "lies below user.slice"},
+		{name: "pod-shaped cgroup below a service (v1)",
+			cgroup: "12:pids:/system.slice/evil.service/kubepods/besteffort/pod" + webUID + "/" + appID + "\n",
+			want: "lies below evil.service"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, webPod())

@@ -342,3 +342,25 @@ func unitInPath(path string) (string, bool) {
 	}
 	return "", false
 }
+
+// UnderService returns the first component of an entry's path that is a
+// systemd service unit (it ends in ".service") or a user slice
+// ("user.slice", "user-<uid>.slice"), and whether there is one. The
+// cgroups below a service may be delegated to the service's user —
+// systemd's user@<uid>.service is delegated to that user, who can then
+// create cgroups with any name, including names shaped like a pod's or a
+// container's (".../user@1000.service/kubepods-pod<uid>.slice/
+// cri-containerd-<id>.scope"). Kubernetes pods are never below a service
+// or a user slice, so an attestor that trusts a pod or container name in
+// the path must refuse a path for which UnderService is true.
+func UnderService(entries []Entry) (component string, ok bool) {
+	for _, e := range entries {
+		for _, p := range strings.Split(e.Path, "/") {
+			if strings.HasSuffix(p, ".service") || p == "user.slice" ||
+				(strings.HasPrefix(p, "user-") && strings.HasSuffix(p, ".slice")) {
+				return p, true
+			}
+		}
+	}
+	return "", false
+}

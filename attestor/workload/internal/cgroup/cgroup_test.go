@@ -379,3 +379,19 @@ func FuzzParseProcCgroup(f *testing.F) {
 		}
 	})
 }
+
+func TestUnderService(t *testing.T) {
+	for path, want := range map[string]string{
+		"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/cri-containerd-a.scope": "",
+		"/kubepods/burstable/podx/abc":                                        "",
+		"/system.slice/docker-abc.scope/kubelet.slice/kubelet-kubepods.slice": "",
+		"/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope":     "user.slice",
+		"/../../user-1000.slice/user@1000.service/kubepods.slice":             "user-1000.slice",
+		"/system.slice/evil.service/kubepods/besteffort/podx/abc":             "evil.service",
+	} {
+		got, ok := UnderService([]Entry{{Path: path}})
+		if got != want || ok != (want != "") {
+			t.Errorf("UnderService(%q) = %q, %v; want %q", path, got, ok, want)
+		}
+	}
+}
