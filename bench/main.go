@@ -177,6 +177,10 @@ func run(dur time.Duration, maxSVIDs int) error {
 		return fmt.Errorf("deployed fetch: %w", err)
 	}
 	fmt.Println()
+	if err := benchWorkloadK8s(ctx); err != nil {
+		return fmt.Errorf("workload k8s: %w", err)
+	}
+	fmt.Println()
 	if err := benchJWT(ctx); err != nil {
 		return fmt.Errorf("jwt: %w", err)
 	}
