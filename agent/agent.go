@@ -25,6 +25,7 @@ import (
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/trustbundle"
+	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/workloadapi"
 )
 
@@ -262,6 +263,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := workloadapi.CheckSocket(a.cfg.SocketPath); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	if err := unixsock.Check(a.cfg.AdminSocket, adminSocketOptions(a.cfg.DataDir)); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("agent: data directory: %w", err)
 	}
@@ -298,6 +302,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		l.Close()
 		return fmt.Errorf("agent: %w", err)
 	}
+	adminLis, err := a.listenAdmin()
+	if err != nil {
+		l.Close()
+		return err
+	}
+	adminSrv := newAdminServer(&adminAPI{a: a, wl: srv, procRoot: "/proc"})
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -310,10 +320,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			cancel()
 		}
 	})
+	wg.Go(func() {
+		defer adminLis.Close() // removes the socket only if it is still ours
+		go func() {
+			<-ctx.Done()
+			adminSrv.Stop()
+		}()
+		if err := adminSrv.Serve(adminLis); err != nil && ctx.Err() == nil {
+			a.log.Error("agent admin API stopped", zap.Error(err))
+		}
+	})
 	a.mu.Lock()
 	a.listening = true
 	a.mu.Unlock()
-	a.log.Info("workload API listening", zap.String("socket", a.cfg.SocketPath))
+	a.log.Info("workload API listening", zap.String("socket", a.cfg.SocketPath),
+		zap.String("admin_socket", a.cfg.AdminSocket))
 	a.maybeReady()
 
 	wg.Go(func() { a.syncLoop(ctx) })
