@@ -189,13 +189,17 @@ func verdict(r *sigilv1.ExplainResponse) string {
 		if !r.GetSynced() {
 			return "no identity: the agent has not synced its entries with a server yet"
 		}
-		return fmt.Sprintf("no identity: none of the %d entries this agent holds has all its selectors among the process's", r.GetEntriesHeld())
+		return fmt.Sprintf("no identity: none of the %d entries this agent holds has all its selectors among the process's (see the near misses)", r.GetEntriesHeld())
 	}
 	ids := make([]string, 0, len(r.GetMatched()))
 	for _, e := range r.GetMatched() {
 		ids = append(ids, e.GetSpiffeId())
 	}
-	return fmt.Sprintf("the Workload API serves %d identity(ies): %s", len(ids), strings.Join(ids, ", "))
+	noun := "identity"
+	if len(ids) > 1 {
+		noun = "identities"
+	}
+	return fmt.Sprintf("the Workload API serves %d %s: %s", len(ids), noun, strings.Join(ids, ", "))
 }
 
 func selectorList(sels []*sigilv1.Selector) string {
