@@ -123,6 +123,9 @@ func (s *adminAPI) Explain(ctx context.Context, req *sigilv1.ExplainRequest) (*s
 	resp.Synced = synced
 	resp.EntriesHeld = int32(len(held))
 	resp.Matched, resp.NearMisses, resp.NearMissesOmitted = explainEntries(held, sels, maxNearMisses)
+	if id := req.GetEntryId(); id != "" {
+		resp.Entry, resp.EntryMatched = explainEntry(held, sels, id)
+	}
 	s.a.log.Info("explained workload", zap.Int32("pid", pid), zap.Bool("attested", resp.Attested),
 		zap.Int("matched", len(resp.Matched)), zap.Int("near_misses", len(resp.NearMisses)))
 	return resp, nil
@@ -160,6 +163,37 @@ func (c *cache) heldEntries(now time.Time) ([]heldEntry, bool) {
 		out = append(out, h)
 	}
 	return out, c.st.synced
+}
+
+// explainEntry explains the held entry with ID id against sels: the
+// entry with the selectors sels lack, and whether it matches; nil when no
+// held entry has that ID.
+func explainEntry(held []heldEntry, sels []*sigilv1.Selector, id string) (*sigilv1.ExplainedEntry, bool) {
+	set := registration.NewSelectorSet(sels)
+	for _, h := range held {
+		e := h.entry
+		if e.GetId() != id {
+			continue
+		}
+		ee := &sigilv1.ExplainedEntry{
+			EntryId:    e.GetId(),
+			SpiffeId:   e.GetSpiffeId(),
+			ParentId:   e.GetParentId(),
+			Selectors:  e.GetSelectors(),
+			SvidCached: h.cached,
+			SvidState:  h.state,
+		}
+		if h.cached {
+			ee.SvidNotAfter = h.notAfter.Unix()
+		}
+		for _, s := range e.GetSelectors() {
+			if _, ok := set[registration.FormatSelector(s)]; !ok {
+				ee.Missing = append(ee.Missing, s)
+			}
+		}
+		return ee, set.Contains(e.GetSelectors())
+	}
+	return nil, false
 }
 
 // explainEntries sorts held entries into those that sels match (every

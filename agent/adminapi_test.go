@@ -183,6 +183,29 @@ func TestAdminExplain(t *testing.T) {
 		t.Errorf("near misses %v, want [b c]", got)
 	}
 
+	// One entry by ID: held or not, matched or not, with what it lacks.
+	resp, err = api.Explain(context.Background(), &sigilv1.ExplainRequest{Pid: 42, EntryId: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetEntry().GetEntryId() != "b" || resp.GetEntryMatched() || formatted(resp.GetEntry().GetMissing()) != "unix:gid:5" {
+		t.Errorf("entry b: %v matched %v, want it lacking unix:gid:5", resp.GetEntry(), resp.GetEntryMatched())
+	}
+	resp, err = api.Explain(context.Background(), &sigilv1.ExplainRequest{Pid: 42, EntryId: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetEntry().GetEntryId() != "a" || !resp.GetEntryMatched() || len(resp.GetEntry().GetMissing()) != 0 {
+		t.Errorf("entry a: %v matched %v, want it matched", resp.GetEntry(), resp.GetEntryMatched())
+	}
+	resp, err = api.Explain(context.Background(), &sigilv1.ExplainRequest{Pid: 42, EntryId: "nope"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetEntry() != nil || resp.GetEntryMatched() {
+		t.Errorf("unknown entry: %v matched %v, want none", resp.GetEntry(), resp.GetEntryMatched())
+	}
+
 	// One failing attestor: the process would get nothing; the others'
 	// selectors and the failure are both reported.
 	resp, err = newAPI(uidAttestor{&seen}, brokenAttestor{}).Explain(context.Background(), &sigilv1.ExplainRequest{Pid: 42})

@@ -20,7 +20,8 @@ import (
 // against a real agent's admin socket names the unix attestor's
 // selectors, the entry that matches (with its SVID cached), the near miss
 // with the selector it lacks, and not the entry parented to another
-// agent; and another uid (nobody, through setpriv) that can reach the
+// agent, and with -entry why one entry does or does not match; and
+// another uid (nobody, through setpriv) that can reach the
 // agent's directory cannot connect to the admin socket.
 func TestWorkloadExplain(t *testing.T) {
 	setpriv, err := exec.LookPath("setpriv")
@@ -81,7 +82,7 @@ func TestWorkloadExplain(t *testing.T) {
 	lacking := fmt.Sprintf("unix:gid:%d", gid+4242)
 	matchID := create("/explain/match", a.id, uidSel)
 	nearID := create("/explain/near", a.id, uidSel, lacking)
-	create("/explain/elsewhere", td+"/sigil/agent/join_token/another-node", uidSel)
+	elsewhereID := create("/explain/elsewhere", td+"/sigil/agent/join_token/another-node", uidSel)
 
 	pid := strconv.Itoa(os.Getpid())
 	explain := func(args ...string) (string, error) {
@@ -153,6 +154,19 @@ func TestWorkloadExplain(t *testing.T) {
 	if len(resp.NearMisses) != 1 || resp.NearMisses[0].EntryID != nearID || len(resp.NearMisses[0].Missing) != 1 ||
 		resp.NearMisses[0].Missing[0].Type+":"+resp.NearMisses[0].Missing[0].Value != lacking {
 		t.Errorf("explain json near misses: %+v, want %s lacking %s", resp.NearMisses, nearID, lacking)
+	}
+
+	// -entry answers for one entry: what it lacks, or that this agent
+	// does not hold it.
+	for id, want := range map[string]string{
+		nearID:      "Entry " + nearID + ":\n  " + td + "/explain/near does not match: the process lacks " + lacking + "\n",
+		matchID:     td + "/explain/match matches: the Workload API serves it (valid)",
+		elsewhereID: "Entry " + elsewhereID + ":\n  not held by this agent",
+	} {
+		out, err := explain("-entry", id)
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("explain -entry %s: %v: output lacks %q:\n%s", id, err, want, out)
+		}
 	}
 
 	// A pid that does not exist is a clear error.

@@ -24,7 +24,11 @@ const (
 type ExplainRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Process to explain, as seen in the agent's pid namespace.
-	Pid           int32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Pid int32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// When set, the answer also explains this one entry (entry_id), whether
+	// or not it is a near miss: `sigil workload explain -pid N -entry ID`
+	// answers "why does this process not get this entry's identity?".
+	EntryId       string `protobuf:"bytes,2,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -64,6 +68,13 @@ func (x *ExplainRequest) GetPid() int32 {
 		return x.Pid
 	}
 	return 0
+}
+
+func (x *ExplainRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
 }
 
 // AttestorResult is what one workload attestor said about the process.
@@ -259,7 +270,13 @@ type ExplainResponse struct {
 	// Number of entries the agent holds (synced from the servers).
 	EntriesHeld int32 `protobuf:"varint,9,opt,name=entries_held,json=entriesHeld,proto3" json:"entries_held,omitempty"`
 	// Whether the agent has completed a sync with a server since it started.
-	Synced        bool `protobuf:"varint,10,opt,name=synced,proto3" json:"synced,omitempty"`
+	Synced bool `protobuf:"varint,10,opt,name=synced,proto3" json:"synced,omitempty"`
+	// The entry named by the request's entry_id, with the selectors the
+	// process lacks for it; unset when the request named none or the agent
+	// does not hold it (it is parented to another agent, or not synced).
+	Entry *ExplainedEntry `protobuf:"bytes,11,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Whether that entry's selectors are all among the process's.
+	EntryMatched  bool `protobuf:"varint,12,opt,name=entry_matched,json=entryMatched,proto3" json:"entry_matched,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,13 +381,28 @@ func (x *ExplainResponse) GetSynced() bool {
 	return false
 }
 
+func (x *ExplainResponse) GetEntry() *ExplainedEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetEntryMatched() bool {
+	if x != nil {
+		return x.EntryMatched
+	}
+	return false
+}
+
 var File_sigil_v1_agent_admin_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_agent_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1asigil/v1/agent_admin.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"\"\n" +
+	"\x1asigil/v1/agent_admin.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"=\n" +
 	"\x0eExplainRequest\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\x05R\x03pid\"l\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x19\n" +
+	"\bentry_id\x18\x02 \x01(\tR\aentryId\"l\n" +
 	"\x0eAttestorResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\tselectors\x18\x02 \x03(\v2\x12.sigil.v1.SelectorR\tselectors\x12\x14\n" +
@@ -385,7 +417,7 @@ const file_sigil_v1_agent_admin_proto_rawDesc = "" +
 	"svidCached\x12\x1d\n" +
 	"\n" +
 	"svid_state\x18\a \x01(\tR\tsvidState\x12$\n" +
-	"\x0esvid_not_after\x18\b \x01(\x03R\fsvidNotAfter\"\xf5\x02\n" +
+	"\x0esvid_not_after\x18\b \x01(\x03R\fsvidNotAfter\"\xca\x03\n" +
 	"\x0fExplainResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
@@ -398,7 +430,9 @@ const file_sigil_v1_agent_admin_proto_rawDesc = "" +
 	"\x13near_misses_omitted\x18\b \x01(\x05R\x11nearMissesOmitted\x12!\n" +
 	"\fentries_held\x18\t \x01(\x05R\ventriesHeld\x12\x16\n" +
 	"\x06synced\x18\n" +
-	" \x01(\bR\x06synced2L\n" +
+	" \x01(\bR\x06synced\x12.\n" +
+	"\x05entry\x18\v \x01(\v2\x18.sigil.v1.ExplainedEntryR\x05entry\x12#\n" +
+	"\rentry_matched\x18\f \x01(\bR\fentryMatched2L\n" +
 	"\n" +
 	"AgentAdmin\x12>\n" +
 	"\aExplain\x12\x18.sigil.v1.ExplainRequest\x1a\x19.sigil.v1.ExplainResponseB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
@@ -430,13 +464,14 @@ var file_sigil_v1_agent_admin_proto_depIdxs = []int32{
 	1, // 3: sigil.v1.ExplainResponse.attestors:type_name -> sigil.v1.AttestorResult
 	2, // 4: sigil.v1.ExplainResponse.matched:type_name -> sigil.v1.ExplainedEntry
 	2, // 5: sigil.v1.ExplainResponse.near_misses:type_name -> sigil.v1.ExplainedEntry
-	0, // 6: sigil.v1.AgentAdmin.Explain:input_type -> sigil.v1.ExplainRequest
-	3, // 7: sigil.v1.AgentAdmin.Explain:output_type -> sigil.v1.ExplainResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2, // 6: sigil.v1.ExplainResponse.entry:type_name -> sigil.v1.ExplainedEntry
+	0, // 7: sigil.v1.AgentAdmin.Explain:input_type -> sigil.v1.ExplainRequest
+	3, // 8: sigil.v1.AgentAdmin.Explain:output_type -> sigil.v1.ExplainResponse
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_agent_admin_proto_init() }

@@ -35,9 +35,10 @@ func NewWorkloadCommand() *cobra.Command {
 		Short: "Ask the local agent about workloads",
 	}
 	var (
-		pid    int
-		socket string
-		output string
+		pid     int
+		entryID string
+		socket  string
+		output  string
 	)
 	explain := &cobra.Command{
 		Use:   "explain",
@@ -46,11 +47,13 @@ func NewWorkloadCommand() *cobra.Command {
 does when the process connects, and prints the selectors each attestor
 produced, the entries whose selectors all match (what the Workload API would
 serve) and the near misses: entries that share a selector type with the
-process, with the selectors each lacks.
+process, with the selectors each lacks. With -entry ID it also says why
+the process does or does not get that one entry's identity.
 
 It talks to the agent's admin socket (admin_socket in the agent's
 configuration), which only root and the agent's user may use.`,
 		Example: `  sigil workload explain -pid 4242
+  sigil workload explain -pid 4242 -entry 36846acb4c473aea872e3fc826af0066
   sigil workload explain -pid 4242 -admin-socket /run/sigil/agent/private/admin.sock -output json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -67,7 +70,7 @@ configuration), which only root and the agent's user may use.`,
 			defer closeConn()
 			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout+5*time.Second)
 			defer cancel()
-			resp, err := client.Explain(ctx, &sigilv1.ExplainRequest{Pid: int32(pid)})
+			resp, err := client.Explain(ctx, &sigilv1.ExplainRequest{Pid: int32(pid), EntryId: entryID})
 			if err != nil {
 				return agentRPCError(abs, err)
 			}
@@ -75,10 +78,14 @@ configuration), which only root and the agent's user may use.`,
 				return printJSON(cmd.OutOrStdout(), resp)
 			}
 			printExplain(cmd.OutOrStdout(), resp)
+			if entryID != "" {
+				printEntryWhy(cmd.OutOrStdout(), resp, entryID)
+			}
 			return nil
 		},
 	}
 	explain.Flags().IntVar(&pid, "pid", 0, "process to explain")
+	explain.Flags().StringVar(&entryID, "entry", "", "also explain this entry (its ID): why the process does or does not get its identity")
 	explain.Flags().StringVar(&socket, "admin-socket", DefaultAgentAdminSocket, "path of the agent's admin API unix socket")
 	explain.Flags().StringVar(&output, "output", "text", "output format: text or json")
 	cmd.AddCommand(explain)
@@ -171,6 +178,22 @@ func printExplain(w io.Writer, r *sigilv1.ExplainResponse) {
 	}
 	if n := r.GetNearMissesOmitted(); n > 0 {
 		fmt.Fprintf(w, "  ... and %d more, left out\n", n)
+	}
+}
+
+// printEntryWhy prints the answer about the one entry -entry named.
+func printEntryWhy(w io.Writer, r *sigilv1.ExplainResponse, id string) {
+	fmt.Fprintf(w, "\nEntry %s:\n", id)
+	e := r.GetEntry()
+	switch {
+	case e == nil:
+		fmt.Fprintln(w, "  not held by this agent: its parent_id names another agent (or a node selector this agent lacks), or the agent has not synced it yet")
+	case r.GetEntryMatched() && r.GetAttested():
+		fmt.Fprintf(w, "  %s matches: the Workload API serves it (%s)\n", e.GetSpiffeId(), e.GetSvidState())
+	case r.GetEntryMatched():
+		fmt.Fprintf(w, "  %s matches, but an attestor failed, so the Workload API serves nothing\n", e.GetSpiffeId())
+	default:
+		fmt.Fprintf(w, "  %s does not match: the process lacks %s\n", e.GetSpiffeId(), selectorList(e.GetMissing()))
 	}
 }
 

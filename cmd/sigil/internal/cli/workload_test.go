@@ -40,6 +40,26 @@ func TestWorkloadExplainVerdict(t *testing.T) {
 	}
 }
 
+func TestWorkloadExplainEntry(t *testing.T) {
+	e := &sigilv1.ExplainedEntry{EntryId: "e2", SpiffeId: "spiffe://example.org/db", Missing: []*sigilv1.Selector{{Type: "unix", Value: "gid:5"}}}
+	for _, tc := range []struct {
+		name string
+		resp *sigilv1.ExplainResponse
+		want string
+	}{
+		{"not held", &sigilv1.ExplainResponse{Attested: true}, "not held by this agent"},
+		{"lacks", &sigilv1.ExplainResponse{Attested: true, Entry: e}, "spiffe://example.org/db does not match: the process lacks unix:gid:5"},
+		{"matched", &sigilv1.ExplainResponse{Attested: true, Entry: &sigilv1.ExplainedEntry{SpiffeId: "spiffe://example.org/db", SvidState: "valid"}, EntryMatched: true}, "matches: the Workload API serves it (valid)"},
+		{"matched, attestor failed", &sigilv1.ExplainResponse{Entry: e, EntryMatched: true}, "an attestor failed"},
+	} {
+		var b strings.Builder
+		printEntryWhy(&b, tc.resp, "e2")
+		if !strings.Contains(b.String(), "Entry e2:") || !strings.Contains(b.String(), tc.want) {
+			t.Errorf("%s: output lacks %q:\n%s", tc.name, tc.want, b.String())
+		}
+	}
+}
+
 func TestWorkloadExplainErrors(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "admin.sock")
 	for _, tc := range []struct {
