@@ -122,7 +122,11 @@ func (s *adminAPI) Explain(ctx context.Context, req *sigilv1.ExplainRequest) (*s
 	held, synced := s.a.cache.heldEntries(s.a.clk.Now())
 	resp.Synced = synced
 	resp.EntriesHeld = int32(len(held))
-	resp.Matched, resp.NearMisses, resp.NearMissesOmitted = explainEntries(held, sels, maxNearMisses)
+	var agentID string
+	if id := s.a.SPIFFEID(); !id.IsZero() {
+		agentID = id.String()
+	}
+	resp.Matched, resp.NearMisses, resp.NearMissesOmitted = explainEntries(held, sels, agentID, maxNearMisses)
 	if id := req.GetEntryId(); id != "" {
 		resp.Entry, resp.EntryMatched = explainEntry(held, sels, id)
 	}
@@ -198,10 +202,13 @@ func explainEntry(held []heldEntry, sels []*sigilv1.Selector, id string) (*sigil
 
 // explainEntries sorts held entries into those that sels match (every
 // selector of the entry is among sels) and near misses: entries that do
-// not match but have at least one selector of a type that sels has,
-// listed with the selectors they lack, fewest missing first, at most max
-// of them; omitted counts the near misses left out.
-func explainEntries(held []heldEntry, sels []*sigilv1.Selector, max int) (matched, near []*sigilv1.ExplainedEntry, omitted int32) {
+// not match but are parented to the agent itself (agentID, when not
+// empty) or have at least one selector of a type that sels has, listed
+// with the selectors they lack, fewest missing first, at most max of them;
+// omitted counts the near misses left out. Entries the agent holds through
+// a node alias and that share no selector type with the process are
+// neither.
+func explainEntries(held []heldEntry, sels []*sigilv1.Selector, agentID string, max int) (matched, near []*sigilv1.ExplainedEntry, omitted int32) {
 	set := registration.NewSelectorSet(sels)
 	types := make(map[string]bool, len(sels))
 	for _, s := range sels {
@@ -223,7 +230,7 @@ func explainEntries(held []heldEntry, sels []*sigilv1.Selector, max int) (matche
 			matched = append(matched, ee)
 			continue
 		}
-		related := false
+		related := agentID != "" && e.GetParentId() == agentID
 		for _, s := range e.GetSelectors() {
 			if _, ok := set[registration.FormatSelector(s)]; !ok {
 				ee.Missing = append(ee.Missing, s)

@@ -45,7 +45,11 @@ func formatted(sels []*sigilv1.Selector) string {
 }
 
 func TestExplainEntries(t *testing.T) {
-	k8s := &sigilv1.Entry{Id: "k", SpiffeId: "spiffe://example.org/pod", Selectors: []*sigilv1.Selector{{Type: "k8s", Value: "ns:prod"}}}
+	const agentID = "spiffe://example.org/sigil/agent/join_token/x"
+	// Entries with only k8s selectors: one parented to the agent, one held
+	// through a node alias.
+	k8s := &sigilv1.Entry{Id: "k", SpiffeId: "spiffe://example.org/pod", ParentId: agentID, Selectors: []*sigilv1.Selector{{Type: "k8s", Value: "ns:prod"}}}
+	alias := &sigilv1.Entry{Id: "alias", SpiffeId: "spiffe://example.org/pod2", ParentId: "spiffe://example.org/nodes/prod", Selectors: []*sigilv1.Selector{{Type: "k8s", Value: "ns:prod"}}}
 	entries := held(
 		entry("two", "two-missing", 1, "uid:1000", "gid:7", "path:/bin/x"),
 		entry("match", "web", 1, "uid:1000"),
@@ -53,22 +57,24 @@ func TestExplainEntries(t *testing.T) {
 		entry("one", "one-missing", 1, "uid:1000", "gid:7"),
 		entry("other", "other-user", 1, "uid:0"),
 		k8s,
+		alias,
 	)
 	caller := []*sigilv1.Selector{sel("uid:1000"), sel("gid:1000")}
 
-	matched, near, omitted := explainEntries(entries, caller, 50)
+	matched, near, omitted := explainEntries(entries, caller, agentID, 50)
 	if got, want := strings.Join(explainedIDs(matched), ","), "match,match2"; got != want {
 		t.Errorf("matched %s, want %s", got, want)
 	}
-	// Fewest missing first; the entry with only k8s selectors shares no
-	// selector type with the caller and is no near miss.
-	if got, want := strings.Join(explainedIDs(near), ","), "one,other,two"; got != want {
+	// Fewest missing first; the entry parented to the agent is listed
+	// although it shares no selector type with the caller, the one held
+	// through a node alias is not.
+	if got, want := strings.Join(explainedIDs(near), ","), "one,other,k,two"; got != want {
 		t.Errorf("near misses %s, want %s", got, want)
 	}
 	if omitted != 0 {
 		t.Errorf("omitted %d, want 0", omitted)
 	}
-	wantMissing := map[string]string{"one": "unix:gid:7", "other": "unix:uid:0", "two": "unix:gid:7 unix:path:/bin/x"}
+	wantMissing := map[string]string{"k": "k8s:ns:prod", "one": "unix:gid:7", "other": "unix:uid:0", "two": "unix:gid:7 unix:path:/bin/x"}
 	for _, e := range near {
 		if got := formatted(e.GetMissing()); got != wantMissing[e.GetEntryId()] {
 			t.Errorf("entry %s lacks %q, want %q", e.GetEntryId(), got, wantMissing[e.GetEntryId()])
@@ -81,13 +87,14 @@ func TestExplainEntries(t *testing.T) {
 	}
 
 	// The list is bounded; the rest are counted.
-	_, near, omitted = explainEntries(entries, caller, 1)
-	if len(near) != 1 || near[0].GetEntryId() != "one" || omitted != 2 {
-		t.Errorf("bounded to 1: near %v, omitted %d; want [one], 2", explainedIDs(near), omitted)
+	_, near, omitted = explainEntries(entries, caller, agentID, 1)
+	if len(near) != 1 || near[0].GetEntryId() != "one" || omitted != 3 {
+		t.Errorf("bounded to 1: near %v, omitted %d; want [one], 3", explainedIDs(near), omitted)
 	}
 
-	// No selectors (every attestor failed): nothing matches, nothing is near.
-	matched, near, _ = explainEntries(entries, nil, 50)
+	// No selectors (every attestor failed): nothing matches; only the
+	// entries parented to the agent are near misses.
+	matched, near, _ = explainEntries(entries, nil, "spiffe://example.org/nobody", 50)
 	if len(matched) != 0 || len(near) != 0 {
 		t.Errorf("no selectors: matched %v, near %v", explainedIDs(matched), explainedIDs(near))
 	}

@@ -252,7 +252,8 @@ func (a *Agent) maybeReady() {
 }
 
 // Run attests the node or loads the saved identity, then syncs entries,
-// mints and renews SVIDs and serves the Workload API until ctx is done.
+// mints and renews SVIDs and serves the Workload API (and, on its admin
+// socket, the AgentAdmin API) until ctx is done.
 // It returns nil on a clean shutdown.
 func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {

@@ -261,9 +261,9 @@ type ExplainResponse struct {
 	// The entries whose selectors are all among the process's selectors:
 	// what FetchX509SVID would serve (once each has an SVID).
 	Matched []*ExplainedEntry `protobuf:"bytes,6,rep,name=matched,proto3" json:"matched,omitempty"`
-	// Entries the agent holds that share a selector type with the process
-	// but lack some of its selectors, fewest missing first, at most
-	// max_near_misses of them.
+	// Entries the agent holds that do not match but are parented to the
+	// agent itself or share a selector type with the process, with the
+	// selectors each lacks, fewest missing first, at most 50 of them.
 	NearMisses []*ExplainedEntry `protobuf:"bytes,7,rep,name=near_misses,json=nearMisses,proto3" json:"near_misses,omitempty"`
 	// Near misses left out of near_misses.
 	NearMissesOmitted int32 `protobuf:"varint,8,opt,name=near_misses_omitted,json=nearMissesOmitted,proto3" json:"near_misses_omitted,omitempty"`

@@ -46,8 +46,8 @@ func NewWorkloadCommand() *cobra.Command {
 		Long: `Explain runs the agent's workload attestors on a process, as the Workload API
 does when the process connects, and prints the selectors each attestor
 produced, the entries whose selectors all match (what the Workload API would
-serve) and the near misses: entries that share a selector type with the
-process, with the selectors each lacks. With -entry ID it also says why
+serve) and the near misses: entries parented to the agent or that share a
+selector type with the process, with the selectors each lacks. With -entry ID it also says why
 the process does or does not get that one entry's identity.
 
 It talks to the agent's admin socket (admin_socket in the agent's
