@@ -43,7 +43,7 @@ import (
 const maxNearMisses = 50
 
 // explainTimeout bounds one Explain call's attestation.
-const explainTimeout = 30 * time.Second
+const explainTimeout = 10 * time.Second
 
 // adminSocketOptions are the unixsock options of the agent's admin socket.
 func adminSocketOptions(dataDir string) unixsock.Options {
