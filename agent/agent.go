@@ -25,6 +25,7 @@ import (
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/trustbundle"
+	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/workloadapi"
 )
 
@@ -251,7 +252,8 @@ func (a *Agent) maybeReady() {
 }
 
 // Run attests the node or loads the saved identity, then syncs entries,
-// mints and renews SVIDs and serves the Workload API until ctx is done.
+// mints and renews SVIDs and serves the Workload API (and, on its admin
+// socket, the AgentAdmin API) until ctx is done.
 // It returns nil on a clean shutdown.
 func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
@@ -260,6 +262,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Refuse an unsafe or taken socket path before attesting or writing
 	// anything; Listen below checks again.
 	if err := workloadapi.CheckSocket(a.cfg.SocketPath); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if err := unixsock.Check(a.cfg.AdminSocket, adminSocketOptions(a.cfg.DataDir)); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
@@ -299,6 +304,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		l.Close()
 		return fmt.Errorf("agent: %w", err)
 	}
+	adminLis, err := a.listenAdmin()
+	if err != nil {
+		l.Close()
+		return err
+	}
+	adminSrv := newAdminServer(&adminAPI{a: a, wl: srv, procRoot: "/proc"})
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -311,10 +322,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			cancel()
 		}
 	})
+	wg.Go(func() {
+		defer adminLis.Close() // removes the socket only if it is still ours
+		go func() {
+			<-ctx.Done()
+			adminSrv.Stop()
+		}()
+		if err := adminSrv.Serve(adminLis); err != nil && ctx.Err() == nil {
+			a.log.Error("agent admin API stopped", zap.Error(err))
+		}
+	})
 	a.mu.Lock()
 	a.listening = true
 	a.mu.Unlock()
-	a.log.Info("workload API listening", zap.String("socket", a.cfg.SocketPath))
+	a.log.Info("workload API listening", zap.String("socket", a.cfg.SocketPath),
+		zap.String("admin_socket", a.cfg.AdminSocket))
 	a.maybeReady()
 
 	wg.Go(func() { a.syncLoop(ctx) })

@@ -51,6 +51,10 @@ type Config struct {
 	// SocketPath is the Workload API socket; unixsock.DefaultWorkloadSocket
 	// (DefaultSocketPath for root) when empty.
 	SocketPath string
+	// AdminSocket is the agent's admin API socket (sigil workload
+	// explain), in a 0700 directory; DefaultAdminSocketFor(SocketPath)
+	// when empty.
+	AdminSocket string
 	// NodeAttestor proves the node to a server when the agent has no
 	// valid saved identity (cmd/sigil builds it from the node_attestor
 	// plugin block, by default join_token with the configured token).
@@ -112,6 +116,9 @@ func (c *Config) serverAddresses() []string {
 func (c Config) withDefaults() Config {
 	if c.SocketPath == "" {
 		c.SocketPath = unixsock.DefaultWorkloadSocket()
+	}
+	if c.AdminSocket == "" {
+		c.AdminSocket = DefaultAdminSocketFor(c.SocketPath)
 	}
 	// dial takes the one ServerAddress string: fold the list into it.
 	c.ServerAddress = strings.Join(c.serverAddresses(), ",")

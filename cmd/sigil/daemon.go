@@ -222,6 +222,7 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	}
 	setString(&cfg.DataDir, a.DataDir)
 	setString(&cfg.SocketPath, a.SocketPath)
+	setString(&cfg.AdminSocket, a.AdminSocket)
 	cfg.TrustBundlePath = a.TrustBundlePath
 	cfg.WorkloadAPILimits.MaxConnsPerUID = a.MaxWorkloadConnsPerUID
 	cfg.WorkloadAPILimits.MaxConns = a.MaxWorkloadConns

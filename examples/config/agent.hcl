@@ -21,6 +21,14 @@ agent {
   # with a directory that another user owns or may write to.
   # socket_path = "/run/sigil/agent/public/api.sock"
 
+  # The agent's admin API socket, for `sigil workload explain`, in a 0700
+  # directory: only root and the agent's user may use it (it tells which
+  # selectors any local process has and which entries the agent holds).
+  # Default: private/admin.sock beside the Workload API socket's "public"
+  # directory (/run/sigil/agent/private/admin.sock by default), or inside
+  # the socket's directory when that is not named "public".
+  # admin_socket = "/run/sigil/agent/private/admin.sock"
+
   # Workload API connections one uid may hold open at once, and all of them
   # (defaults 128 and 4096); raise the first for a user that runs many
   # processes each with its own connection.

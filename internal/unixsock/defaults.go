@@ -16,6 +16,9 @@ const (
 	// WorkloadSocketName is the agent's Workload API socket, in a 0755
 	// directory.
 	WorkloadSocketName = "agent/public/api.sock"
+	// AgentAdminSocketName is the agent's admin API socket, in a 0700
+	// directory.
+	AgentAdminSocketName = "agent/private/admin.sock"
 )
 
 // RuntimeDir is the directory under which Sigil's sockets live by default:
@@ -57,3 +60,7 @@ func clientSocket(name, runtimeDir string) string {
 	}
 	return system
 }
+
+// DefaultAgentAdminSocket is where an agent run by the current user serves
+// its admin API unless configured otherwise.
+func DefaultAgentAdminSocket() string { return filepath.Join(RuntimeDir(), AgentAdminSocketName) }

@@ -63,6 +63,7 @@ type Agent struct {
 	ServerAddress   string
 	DataDir         string
 	SocketPath      string
+	AdminSocket     string // the agent's admin API socket (sigil workload explain)
 	JoinToken       string
 	JoinTokenFile   string // file (mode 0600) holding the join token
 	TrustBundlePath string
@@ -139,6 +140,7 @@ type hclAgent struct {
 	ServerAddress   string `hcl:"server_address,optional"`
 	DataDir         string `hcl:"data_dir,optional"`
 	SocketPath      string `hcl:"socket_path,optional"`
+	AdminSocket     string `hcl:"admin_socket,optional"`
 	JoinToken       string `hcl:"join_token,optional"`
 	JoinTokenFile   string `hcl:"join_token_file,optional"`
 	TrustBundlePath string `hcl:"trust_bundle_path,optional"`
@@ -247,6 +249,7 @@ func Parse(filename string, src []byte) (*File, error) {
 			ServerAddress:   a.ServerAddress,
 			DataDir:         a.DataDir,
 			SocketPath:      a.SocketPath,
+			AdminSocket:     a.AdminSocket,
 			JoinToken:       a.JoinToken,
 			JoinTokenFile:   a.JoinTokenFile,
 			TrustBundlePath: a.TrustBundlePath,
@@ -375,6 +378,7 @@ func NewAgentFlags(fs *pflag.FlagSet) *AgentFlags {
 	fs.StringVar(&f.val.ServerAddress, "server-address", "", "address (host:port) of a server's node API")
 	fs.StringVar(&f.val.DataDir, "data-dir", "", "directory for the agent's identity and cache (default ./.sigil/agent)")
 	fs.StringVar(&f.val.SocketPath, "socket-path", "", "path of the Workload API unix socket (default /run/sigil/agent/public/api.sock; $XDG_RUNTIME_DIR/sigil/agent/public/api.sock for a user other than root)")
+	fs.StringVar(&f.val.AdminSocket, "admin-socket", "", "path of the agent's admin API unix socket, for `sigil workload explain` (default: private/admin.sock beside socket-path's directory, or beside its parent when that directory is named public: /run/sigil/agent/private/admin.sock for the default socket-path)")
 	fs.StringVar(&f.val.JoinToken, "join-token", "", "single-use join token for the first attestation; visible to every local user: prefer -join-token-file or SIGIL_JOIN_TOKEN")
 	fs.StringVar(&f.val.JoinTokenFile, "join-token-file", "", "file (mode 0600) holding the single-use join token")
 	fs.StringVar(&f.val.TrustBundlePath, "trust-bundle-path", "", "PEM file with the server CA certificates (the output of 'sigil bundle show')")
@@ -395,6 +399,7 @@ func (f *AgentFlags) Apply(a *Agent) {
 	set("server-address", &a.ServerAddress, f.val.ServerAddress)
 	set("data-dir", &a.DataDir, f.val.DataDir)
 	set("socket-path", &a.SocketPath, f.val.SocketPath)
+	set("admin-socket", &a.AdminSocket, f.val.AdminSocket)
 	set("join-token", &a.JoinToken, f.val.JoinToken)
 	set("join-token-file", &a.JoinTokenFile, f.val.JoinTokenFile)
 	set("trust-bundle-path", &a.TrustBundlePath, f.val.TrustBundlePath)

@@ -35,6 +35,7 @@ agent {
   server_address    = "127.0.0.1:8081"
   data_dir          = "/var/lib/sigil/agent"
   socket_path       = "/run/sigil/api.sock"
+  admin_socket      = "/run/sigil/private/admin.sock"
   join_token        = "abc"
   trust_bundle_path = "/etc/sigil/bundle.pem"
   health_address    = "127.0.0.1:8082"
@@ -77,7 +78,7 @@ func TestParse(t *testing.T) {
 				}
 				wantA := Agent{
 					TrustDomain: "example.org", ServerAddress: "127.0.0.1:8081", DataDir: "/var/lib/sigil/agent",
-					SocketPath: "/run/sigil/api.sock", JoinToken: "abc", TrustBundlePath: "/etc/sigil/bundle.pem",
+					SocketPath: "/run/sigil/api.sock", AdminSocket: "/run/sigil/private/admin.sock", JoinToken: "abc", TrustBundlePath: "/etc/sigil/bundle.pem",
 					HealthAddress: "127.0.0.1:8082", Log: Log{Level: "warn", Format: "console"},
 					MaxWorkloadConnsPerUID: 512, MaxWorkloadConns: 8192,
 					WorkloadAttestorTimeout: 2 * time.Second,
