@@ -33,6 +33,16 @@ func (s *Server) AttestEach(ctx context.Context, caller workload.Caller) []Attes
 	}
 	// Buffered for every attestor: one that answers after AttestEach
 	// returned does not block its goroutine.
+	// Each attestor has the Workload API's bound (Config.AttestorTimeout).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.clk.After(s.attestorTimeout):
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	results := make(chan result, len(s.attestors))
 	for i, a := range s.attestors {
 		go func() {

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 type callerAttestor struct{}
@@ -59,5 +62,31 @@ func TestAttestEach(t *testing.T) {
 	got = s.AttestEach(ctx, workload.Caller{PID: 42})
 	if len(got) != 1 || got[0].Name != "stuck" || !errors.Is(got[0].Err, context.Canceled) {
 		t.Errorf("stuck attestor: %+v, want context.Canceled", got)
+	}
+}
+
+// AttestEach bounds each attestor like the Workload API does
+// (Config.AttestorTimeout): a hanging attestor is reported without an
+// answer once the bound passes on the server's clock.
+func TestAttestEachBounded(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	fake := clock.NewFake(time.Now())
+	s, err := New(Config{Cache: NewMemoryCache(), Clock: fake, AttestorTimeout: time.Second,
+		Attestors: []workload.Attestor{stuckAttestor{release}, callerAttestor{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []AttestorResult, 1)
+	go func() { done <- s.AttestEach(context.Background(), workload.Caller{PID: 42, UID: 1000}) }()
+	eventually.True(t, 10*time.Second, func() bool { return fake.Waiters() > 0 }, "AttestEach started no timer")
+	fake.Add(time.Second)
+	select {
+	case got := <-done:
+		if len(got) != 2 || got[0].Err == nil || got[1].Err != nil {
+			t.Fatalf("results %+v, want the stuck attestor without an answer and the other's selectors", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("AttestEach did not return after the bound")
 	}
 }
