@@ -134,33 +134,11 @@ func run(dur time.Duration, maxSVIDs int) error {
 	}
 	defer os.RemoveAll(dir)
 
-	cfg := server.DefaultConfig()
-	cfg.TrustDomain = td
-	cfg.NodeName = "bench"
-	cfg.DataDir = filepath.Join(dir, "server")
-	cfg.BindAddress = "127.0.0.1:0"
-	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.KeyStore = memory.NewStore()
-	cfg.NodeVerifiers = []node.Verifier{jointoken.NewServerVerifier()}
-	srv, err := server.New(cfg)
+	srv, admin, stopServer, err := benchServer(ctx, dir, "bench")
 	if err != nil {
 		return err
 	}
-	sctx, stopServer := context.WithCancel(ctx)
 	defer stopServer()
-	serr := make(chan error, 1)
-	go func() { serr <- srv.Run(sctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-serr:
-		return err
-	}
-	adminConn, err := grpc.NewClient("unix://"+cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer adminConn.Close()
-	admin := sigilv1.NewAdminClient(adminConn)
 
 	rate, err := nodeAPIRate(ctx, srv, admin, dur, maxSVIDs)
 	if err != nil {
@@ -585,3 +563,36 @@ func percentiles(d []time.Duration) (p50, p99 time.Duration) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// benchServer starts a single server for a benchmark in dir/server, with
+// the join-token verifier and in-memory keys, and returns it with an admin
+// client; stop stops both.
+func benchServer(ctx context.Context, dir, name string) (srv *server.Server, admin sigilv1.AdminClient, stop func(), err error) {
+	cfg := server.DefaultConfig()
+	cfg.TrustDomain = td
+	cfg.NodeName = name
+	cfg.DataDir = filepath.Join(dir, "server")
+	cfg.BindAddress = "127.0.0.1:0"
+	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
+	cfg.KeyStore = memory.NewStore()
+	cfg.NodeVerifiers = []node.Verifier{jointoken.NewServerVerifier()}
+	srv, err = server.New(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sctx, stopServer := context.WithCancel(ctx)
+	serr := make(chan error, 1)
+	go func() { serr <- srv.Run(sctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-serr:
+		stopServer()
+		return nil, nil, nil, err
+	}
+	conn, err := grpc.NewClient("unix://"+cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		stopServer()
+		return nil, nil, nil, err
+	}
+	return srv, sigilv1.NewAdminClient(conn), func() { conn.Close(); stopServer() }, nil
+}

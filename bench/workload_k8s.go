@@ -11,19 +11,13 @@ import (
 	"path/filepath"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/sigil-id/sigil/agent"
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
-	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/attestor/workload/k8s"
 	"github.com/sigil-id/sigil/attestor/workload/k8s/k8stest"
 	"github.com/sigil-id/sigil/attestor/workload/unix"
-	"github.com/sigil-id/sigil/ca/keymanager/memory"
-	"github.com/sigil-id/sigil/server"
 )
 
 // benchWorkloadK8s measures what the k8s workload attestor adds to a
@@ -41,33 +35,11 @@ func benchWorkloadK8s(ctx context.Context) error {
 	}
 	defer os.RemoveAll(dir)
 
-	cfg := server.DefaultConfig()
-	cfg.TrustDomain = td
-	cfg.NodeName = "bench-k8s"
-	cfg.DataDir = filepath.Join(dir, "server")
-	cfg.BindAddress = "127.0.0.1:0"
-	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.KeyStore = memory.NewStore()
-	cfg.NodeVerifiers = []node.Verifier{jointoken.NewServerVerifier()}
-	srv, err := server.New(cfg)
+	srv, admin, stopServer, err := benchServer(ctx, dir, "bench-k8s")
 	if err != nil {
 		return err
 	}
-	sctx, stopServer := context.WithCancel(ctx)
 	defer stopServer()
-	serr := make(chan error, 1)
-	go func() { serr <- srv.Run(sctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-serr:
-		return err
-	}
-	conn, err := grpc.NewClient("unix://"+cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	admin := sigilv1.NewAdminClient(conn)
 
 	// The fake node: one pod whose container the workload claims to be in.
 	pod := k8stest.Pod{
