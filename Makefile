@@ -22,6 +22,8 @@ run: build
 	./$(BIN) dev
 
 test:
+	@unformatted="$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 14m ./...
 	$(MAKE) --no-print-directory fuzz-short

@@ -403,7 +403,7 @@ func TestRefusals(t *testing.T) {
 			want: "lies below user.slice"},
 		{name: "pod-shaped cgroup below a service (v1)",
 			cgroup: "12:pids:/system.slice/evil.service/kubepods/besteffort/pod" + webUID + "/" + appID + "\n",
-			want: "lies below evil.service"},
+			want:   "lies below evil.service"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, webPod())
