@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/attestor/node"
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
@@ -98,6 +99,11 @@ type Config struct {
 
 	Logger *zap.Logger
 	Clock  clock.Clock
+	// Federation configures the bundle endpoint and the refresh of
+	// federated bundles; the zero value serves no endpoint and refreshes
+	// the relationships created through the admin API with the defaults.
+	Federation FederationConfig
+
 	// AuditSink receives the server's audit events (identities issued
 	// and refused, attestations, admin and cluster changes); nil writes
 	// them to Logger (audit.NewZap). A sink that adds to the log, for
@@ -236,4 +242,56 @@ func checkVerifiers(vs []node.Verifier) error {
 		seen[name] = true
 	}
 	return nil
+}
+
+// FederationConfig is the server's `federation` block.
+type FederationConfig struct {
+	// BundleEndpoint, when Address is set, serves the trust domain's
+	// bundle on its own listener.
+	BundleEndpoint BundleEndpointConfig
+	// MinRefresh and MaxRefresh bound the refresh hints of foreign
+	// bundles; 0 means federation.DefaultMinRefresh / DefaultMaxRefresh.
+	MinRefresh, MaxRefresh time.Duration
+	// FetchTimeout bounds one fetch of a foreign bundle; 0 means
+	// federation.DefaultFetchTimeout.
+	FetchTimeout time.Duration
+	// PartnerRefreshBound is how long federated partners may take to
+	// fetch a new bundle: while a bundle endpoint is served, a new CA or
+	// JWT key is in the published bundle at least this long before it
+	// signs anything (the rotation's propagation delay is raised to it).
+	// 0 means DefaultPartnerRefreshBound.
+	PartnerRefreshBound time.Duration
+	// Relationships are declared in the configuration file (GitOps): the
+	// leader writes each one (and its bootstrap bundle when no bundle of
+	// that trust domain exists) when it takes office. Relationships made
+	// with the admin API are left alone; one removed from the file stays
+	// until `sigil federation delete`.
+	Relationships []ConfigRelationship
+}
+
+// DefaultPartnerRefreshBound is FederationConfig.PartnerRefreshBound's
+// default.
+const DefaultPartnerRefreshBound = 5 * time.Minute
+
+// BundleEndpointConfig is the `federation { bundle_endpoint { … } }`
+// block.
+type BundleEndpointConfig struct {
+	// Address is the listen address ("" serves no endpoint).
+	Address string
+	// Profile is "https_spiffe" (default; served with an X.509-SVID
+	// spiffe://<td>/sigil/server minted by this server's CA) or
+	// "https_web" (CertFile and KeyFile, re-read when they change).
+	Profile           string
+	CertFile, KeyFile string
+	// RefreshHint is published in the bundle; 0 means
+	// federation.DefaultRefreshHint.
+	RefreshHint time.Duration
+}
+
+// ConfigRelationship is one `federates_with "<td>" { … }` block.
+type ConfigRelationship struct {
+	Relationship *sigilv1.FederationRelationship
+	// BootstrapBundle is the SPIFFE bundle document read from the
+	// block's bundle_file (nil when none).
+	BootstrapBundle []byte
 }

@@ -49,6 +49,13 @@ type Command struct {
 	//	*Command_TaintAuthority
 	//	*Command_RevokeAuthority
 	//	*Command_RetireServer
+	//	*Command_PutFederationRelationship
+	//	*Command_DeleteFederationRelationship
+	//	*Command_SetFederatedBundle
+	//	*Command_DeleteFederatedBundle
+	//	*Command_PutFederationStatus
+	//	*Command_RequestFederationRefresh
+	//	*Command_RecordPartnerFetch
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -233,6 +240,69 @@ func (x *Command) GetRetireServer() *RetireServer {
 	return nil
 }
 
+func (x *Command) GetPutFederationRelationship() *PutFederationRelationship {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutFederationRelationship); ok {
+			return x.PutFederationRelationship
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteFederationRelationship() *DeleteFederationRelationship {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteFederationRelationship); ok {
+			return x.DeleteFederationRelationship
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetFederatedBundle() *SetFederatedBundle {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetFederatedBundle); ok {
+			return x.SetFederatedBundle
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteFederatedBundle() *DeleteFederatedBundle {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteFederatedBundle); ok {
+			return x.DeleteFederatedBundle
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPutFederationStatus() *PutFederationStatus {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutFederationStatus); ok {
+			return x.PutFederationStatus
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRequestFederationRefresh() *RequestFederationRefresh {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RequestFederationRefresh); ok {
+			return x.RequestFederationRefresh
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRecordPartnerFetch() *RecordPartnerFetch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RecordPartnerFetch); ok {
+			return x.RecordPartnerFetch
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -297,6 +367,34 @@ type Command_RetireServer struct {
 	RetireServer *RetireServer `protobuf:"bytes,24,opt,name=retire_server,json=retireServer,proto3,oneof"`
 }
 
+type Command_PutFederationRelationship struct {
+	PutFederationRelationship *PutFederationRelationship `protobuf:"bytes,25,opt,name=put_federation_relationship,json=putFederationRelationship,proto3,oneof"`
+}
+
+type Command_DeleteFederationRelationship struct {
+	DeleteFederationRelationship *DeleteFederationRelationship `protobuf:"bytes,26,opt,name=delete_federation_relationship,json=deleteFederationRelationship,proto3,oneof"`
+}
+
+type Command_SetFederatedBundle struct {
+	SetFederatedBundle *SetFederatedBundle `protobuf:"bytes,27,opt,name=set_federated_bundle,json=setFederatedBundle,proto3,oneof"`
+}
+
+type Command_DeleteFederatedBundle struct {
+	DeleteFederatedBundle *DeleteFederatedBundle `protobuf:"bytes,28,opt,name=delete_federated_bundle,json=deleteFederatedBundle,proto3,oneof"`
+}
+
+type Command_PutFederationStatus struct {
+	PutFederationStatus *PutFederationStatus `protobuf:"bytes,29,opt,name=put_federation_status,json=putFederationStatus,proto3,oneof"`
+}
+
+type Command_RequestFederationRefresh struct {
+	RequestFederationRefresh *RequestFederationRefresh `protobuf:"bytes,30,opt,name=request_federation_refresh,json=requestFederationRefresh,proto3,oneof"`
+}
+
+type Command_RecordPartnerFetch struct {
+	RecordPartnerFetch *RecordPartnerFetch `protobuf:"bytes,31,opt,name=record_partner_fetch,json=recordPartnerFetch,proto3,oneof"`
+}
+
 func (*Command_CreateEntries) isCommand_Op() {}
 
 func (*Command_UpdateEntries) isCommand_Op() {}
@@ -326,6 +424,20 @@ func (*Command_TaintAuthority) isCommand_Op() {}
 func (*Command_RevokeAuthority) isCommand_Op() {}
 
 func (*Command_RetireServer) isCommand_Op() {}
+
+func (*Command_PutFederationRelationship) isCommand_Op() {}
+
+func (*Command_DeleteFederationRelationship) isCommand_Op() {}
+
+func (*Command_SetFederatedBundle) isCommand_Op() {}
+
+func (*Command_DeleteFederatedBundle) isCommand_Op() {}
+
+func (*Command_PutFederationStatus) isCommand_Op() {}
+
+func (*Command_RequestFederationRefresh) isCommand_Op() {}
+
+func (*Command_RecordPartnerFetch) isCommand_Op() {}
 
 // CreateEntries adds entries; each must have a new unique id. An entry with
 // the same spiffe_id, parent_id and selectors as an existing one is refused.
@@ -1519,16 +1631,19 @@ func (x *CommandResult) GetResults() []*v1.Status {
 
 // Snapshot is the whole replicated state, written by the FSM snapshot.
 type Snapshot struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	Entries            []*v1.Entry            `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	Nodes              []*v1.AttestedNode     `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	JoinTokens         []*v1.JoinToken        `protobuf:"bytes,3,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
-	Bundles            []*v1.Bundle           `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
-	RevokedAuthorities []*RevokedAuthority    `protobuf:"bytes,5,rep,name=revoked_authorities,json=revokedAuthorities,proto3" json:"revoked_authorities,omitempty"`
-	RemovedServers     []*RemovedServer       `protobuf:"bytes,6,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
-	UsedCredentials    []*UsedCredential      `protobuf:"bytes,7,rep,name=used_credentials,json=usedCredentials,proto3" json:"used_credentials,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	state                   protoimpl.MessageState       `protogen:"open.v1"`
+	Entries                 []*v1.Entry                  `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Nodes                   []*v1.AttestedNode           `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	JoinTokens              []*v1.JoinToken              `protobuf:"bytes,3,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	Bundles                 []*v1.Bundle                 `protobuf:"bytes,4,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	RevokedAuthorities      []*RevokedAuthority          `protobuf:"bytes,5,rep,name=revoked_authorities,json=revokedAuthorities,proto3" json:"revoked_authorities,omitempty"`
+	RemovedServers          []*RemovedServer             `protobuf:"bytes,6,rep,name=removed_servers,json=removedServers,proto3" json:"removed_servers,omitempty"`
+	UsedCredentials         []*UsedCredential            `protobuf:"bytes,7,rep,name=used_credentials,json=usedCredentials,proto3" json:"used_credentials,omitempty"`
+	FederationRelationships []*v1.FederationRelationship `protobuf:"bytes,8,rep,name=federation_relationships,json=federationRelationships,proto3" json:"federation_relationships,omitempty"`
+	FederationStatuses      []*v1.FederationStatus       `protobuf:"bytes,9,rep,name=federation_statuses,json=federationStatuses,proto3" json:"federation_statuses,omitempty"`
+	PartnerFetches          []*v1.PartnerFetch           `protobuf:"bytes,10,rep,name=partner_fetches,json=partnerFetches,proto3" json:"partner_fetches,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -1610,11 +1725,409 @@ func (x *Snapshot) GetUsedCredentials() []*UsedCredential {
 	return nil
 }
 
+func (x *Snapshot) GetFederationRelationships() []*v1.FederationRelationship {
+	if x != nil {
+		return x.FederationRelationships
+	}
+	return nil
+}
+
+func (x *Snapshot) GetFederationStatuses() []*v1.FederationStatus {
+	if x != nil {
+		return x.FederationStatuses
+	}
+	return nil
+}
+
+func (x *Snapshot) GetPartnerFetches() []*v1.PartnerFetch {
+	if x != nil {
+		return x.PartnerFetches
+	}
+	return nil
+}
+
+// PutFederationRelationship creates or replaces a federation
+// relationship. With create, an existing one is AlreadyExists; with
+// update, a missing one is NotFound; with neither it is an upsert (the
+// configuration file's relationships). created_at is kept on update.
+type PutFederationRelationship struct {
+	state        protoimpl.MessageState     `protogen:"open.v1"`
+	Relationship *v1.FederationRelationship `protobuf:"bytes,1,opt,name=relationship,proto3" json:"relationship,omitempty"`
+	Create       bool                       `protobuf:"varint,2,opt,name=create,proto3" json:"create,omitempty"`
+	Update       bool                       `protobuf:"varint,3,opt,name=update,proto3" json:"update,omitempty"`
+	// Optional bootstrap bundle of the foreign trust domain, written with
+	// the relationship when no bundle of that trust domain exists yet.
+	BootstrapBundle *v1.Bundle `protobuf:"bytes,4,opt,name=bootstrap_bundle,json=bootstrapBundle,proto3" json:"bootstrap_bundle,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PutFederationRelationship) Reset() {
+	*x = PutFederationRelationship{}
+	mi := &file_storepb_store_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutFederationRelationship) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutFederationRelationship) ProtoMessage() {}
+
+func (x *PutFederationRelationship) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutFederationRelationship.ProtoReflect.Descriptor instead.
+func (*PutFederationRelationship) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PutFederationRelationship) GetRelationship() *v1.FederationRelationship {
+	if x != nil {
+		return x.Relationship
+	}
+	return nil
+}
+
+func (x *PutFederationRelationship) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
+func (x *PutFederationRelationship) GetUpdate() bool {
+	if x != nil {
+		return x.Update
+	}
+	return false
+}
+
+func (x *PutFederationRelationship) GetBootstrapBundle() *v1.Bundle {
+	if x != nil {
+		return x.BootstrapBundle
+	}
+	return nil
+}
+
+// DeleteFederationRelationship removes a relationship, its status and,
+// unless keep_bundle, the federated bundle. NotFound when it is missing.
+type DeleteFederationRelationship struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	KeepBundle    bool                   `protobuf:"varint,2,opt,name=keep_bundle,json=keepBundle,proto3" json:"keep_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationRelationship) Reset() {
+	*x = DeleteFederationRelationship{}
+	mi := &file_storepb_store_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationRelationship) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationRelationship) ProtoMessage() {}
+
+func (x *DeleteFederationRelationship) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationRelationship.ProtoReflect.Descriptor instead.
+func (*DeleteFederationRelationship) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteFederationRelationship) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *DeleteFederationRelationship) GetKeepBundle() bool {
+	if x != nil {
+		return x.KeepBundle
+	}
+	return false
+}
+
+// SetFederatedBundle writes the bundle of a foreign trust domain. With
+// refresh (the refresher's write) a relationship must exist and the
+// sequence number must not go below the stored one; without it (`sigil
+// bundle set`) the bundle replaces any stored one. status, when set, is
+// written in the same command (as PutFederationStatus).
+type SetFederatedBundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundle        *v1.Bundle             `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Refresh       bool                   `protobuf:"varint,2,opt,name=refresh,proto3" json:"refresh,omitempty"`
+	Status        *v1.FederationStatus   `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFederatedBundle) Reset() {
+	*x = SetFederatedBundle{}
+	mi := &file_storepb_store_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFederatedBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFederatedBundle) ProtoMessage() {}
+
+func (x *SetFederatedBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFederatedBundle.ProtoReflect.Descriptor instead.
+func (*SetFederatedBundle) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SetFederatedBundle) GetBundle() *v1.Bundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *SetFederatedBundle) GetRefresh() bool {
+	if x != nil {
+		return x.Refresh
+	}
+	return false
+}
+
+func (x *SetFederatedBundle) GetStatus() *v1.FederationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// DeleteFederatedBundle removes a federated bundle. NotFound when it is
+// missing; FailedPrecondition when a relationship still refreshes it.
+type DeleteFederatedBundle struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundle) Reset() {
+	*x = DeleteFederatedBundle{}
+	mi := &file_storepb_store_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundle) ProtoMessage() {}
+
+func (x *DeleteFederatedBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundle.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundle) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DeleteFederatedBundle) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+// PutFederationStatus records a relationship's refresh state.
+// NotFound when the relationship is missing.
+type PutFederationStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        *v1.FederationStatus   `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutFederationStatus) Reset() {
+	*x = PutFederationStatus{}
+	mi := &file_storepb_store_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutFederationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutFederationStatus) ProtoMessage() {}
+
+func (x *PutFederationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutFederationStatus.ProtoReflect.Descriptor instead.
+func (*PutFederationStatus) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PutFederationStatus) GetStatus() *v1.FederationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// RequestFederationRefresh sets refresh_requested_at of a relationship's
+// status to the command's timestamp. NotFound when it is missing.
+type RequestFederationRefresh struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestFederationRefresh) Reset() {
+	*x = RequestFederationRefresh{}
+	mi := &file_storepb_store_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestFederationRefresh) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestFederationRefresh) ProtoMessage() {}
+
+func (x *RequestFederationRefresh) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestFederationRefresh.ProtoReflect.Descriptor instead.
+func (*RequestFederationRefresh) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RequestFederationRefresh) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+// RecordPartnerFetch records that a partner fetched the local bundle at
+// a sequence number; a sequence not above the stored one changes nothing.
+type RecordPartnerFetch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fetch         *v1.PartnerFetch       `protobuf:"bytes,1,opt,name=fetch,proto3" json:"fetch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordPartnerFetch) Reset() {
+	*x = RecordPartnerFetch{}
+	mi := &file_storepb_store_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordPartnerFetch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordPartnerFetch) ProtoMessage() {}
+
+func (x *RecordPartnerFetch) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordPartnerFetch.ProtoReflect.Descriptor instead.
+func (*RecordPartnerFetch) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RecordPartnerFetch) GetFetch() *v1.PartnerFetch {
+	if x != nil {
+		return x.Fetch
+	}
+	return nil
+}
+
 var File_storepb_store_proto protoreflect.FileDescriptor
 
 const file_storepb_store_proto_rawDesc = "" +
 	"\n" +
-	"\x13storepb/store.proto\x12\x0esigil.store.v1\x1a\x14sigil/v1/types.proto\"\xd3\b\n" +
+	"\x13storepb/store.proto\x12\x0esigil.store.v1\x1a\x14sigil/v1/types.proto\"\x8c\x0e\n" +
 	"\aCommand\x12\x1c\n" +
 	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12F\n" +
 	"\x0ecreate_entries\x18\n" +
@@ -1635,7 +2148,14 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\fprune_bundle\x18\x15 \x01(\v2\x1b.sigil.store.v1.PruneBundleH\x00R\vpruneBundle\x12I\n" +
 	"\x0ftaint_authority\x18\x16 \x01(\v2\x1e.sigil.store.v1.TaintAuthorityH\x00R\x0etaintAuthority\x12L\n" +
 	"\x10revoke_authority\x18\x17 \x01(\v2\x1f.sigil.store.v1.RevokeAuthorityH\x00R\x0frevokeAuthority\x12C\n" +
-	"\rretire_server\x18\x18 \x01(\v2\x1c.sigil.store.v1.RetireServerH\x00R\fretireServerB\x04\n" +
+	"\rretire_server\x18\x18 \x01(\v2\x1c.sigil.store.v1.RetireServerH\x00R\fretireServer\x12k\n" +
+	"\x1bput_federation_relationship\x18\x19 \x01(\v2).sigil.store.v1.PutFederationRelationshipH\x00R\x19putFederationRelationship\x12t\n" +
+	"\x1edelete_federation_relationship\x18\x1a \x01(\v2,.sigil.store.v1.DeleteFederationRelationshipH\x00R\x1cdeleteFederationRelationship\x12V\n" +
+	"\x14set_federated_bundle\x18\x1b \x01(\v2\".sigil.store.v1.SetFederatedBundleH\x00R\x12setFederatedBundle\x12_\n" +
+	"\x17delete_federated_bundle\x18\x1c \x01(\v2%.sigil.store.v1.DeleteFederatedBundleH\x00R\x15deleteFederatedBundle\x12Y\n" +
+	"\x15put_federation_status\x18\x1d \x01(\v2#.sigil.store.v1.PutFederationStatusH\x00R\x13putFederationStatus\x12h\n" +
+	"\x1arequest_federation_refresh\x18\x1e \x01(\v2(.sigil.store.v1.RequestFederationRefreshH\x00R\x18requestFederationRefresh\x12V\n" +
+	"\x14record_partner_fetch\x18\x1f \x01(\v2\".sigil.store.v1.RecordPartnerFetchH\x00R\x12recordPartnerFetchB\x04\n" +
 	"\x02op\":\n" +
 	"\rCreateEntries\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\":\n" +
@@ -1713,7 +2233,7 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\n" +
 	"removed_at\x18\x02 \x01(\x03R\tremovedAt\";\n" +
 	"\rCommandResult\x12*\n" +
-	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xab\x03\n" +
+	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\x96\x05\n" +
 	"\bSnapshot\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\x12,\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x16.sigil.v1.AttestedNodeR\x05nodes\x124\n" +
@@ -1722,7 +2242,32 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\abundles\x18\x04 \x03(\v2\x10.sigil.v1.BundleR\abundles\x12Q\n" +
 	"\x13revoked_authorities\x18\x05 \x03(\v2 .sigil.store.v1.RevokedAuthorityR\x12revokedAuthorities\x12F\n" +
 	"\x0fremoved_servers\x18\x06 \x03(\v2\x1d.sigil.store.v1.RemovedServerR\x0eremovedServers\x12I\n" +
-	"\x10used_credentials\x18\a \x03(\v2\x1e.sigil.store.v1.UsedCredentialR\x0fusedCredentialsB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
+	"\x10used_credentials\x18\a \x03(\v2\x1e.sigil.store.v1.UsedCredentialR\x0fusedCredentials\x12[\n" +
+	"\x18federation_relationships\x18\b \x03(\v2 .sigil.v1.FederationRelationshipR\x17federationRelationships\x12K\n" +
+	"\x13federation_statuses\x18\t \x03(\v2\x1a.sigil.v1.FederationStatusR\x12federationStatuses\x12?\n" +
+	"\x0fpartner_fetches\x18\n" +
+	" \x03(\v2\x16.sigil.v1.PartnerFetchR\x0epartnerFetches\"\xce\x01\n" +
+	"\x19PutFederationRelationship\x12D\n" +
+	"\frelationship\x18\x01 \x01(\v2 .sigil.v1.FederationRelationshipR\frelationship\x12\x16\n" +
+	"\x06create\x18\x02 \x01(\bR\x06create\x12\x16\n" +
+	"\x06update\x18\x03 \x01(\bR\x06update\x12;\n" +
+	"\x10bootstrap_bundle\x18\x04 \x01(\v2\x10.sigil.v1.BundleR\x0fbootstrapBundle\"b\n" +
+	"\x1cDeleteFederationRelationship\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x1f\n" +
+	"\vkeep_bundle\x18\x02 \x01(\bR\n" +
+	"keepBundle\"\x8c\x01\n" +
+	"\x12SetFederatedBundle\x12(\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x10.sigil.v1.BundleR\x06bundle\x12\x18\n" +
+	"\arefresh\x18\x02 \x01(\bR\arefresh\x122\n" +
+	"\x06status\x18\x03 \x01(\v2\x1a.sigil.v1.FederationStatusR\x06status\":\n" +
+	"\x15DeleteFederatedBundle\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"I\n" +
+	"\x13PutFederationStatus\x122\n" +
+	"\x06status\x18\x01 \x01(\v2\x1a.sigil.v1.FederationStatusR\x06status\"=\n" +
+	"\x18RequestFederationRefresh\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"B\n" +
+	"\x12RecordPartnerFetch\x12,\n" +
+	"\x05fetch\x18\x01 \x01(\v2\x16.sigil.v1.PartnerFetchR\x05fetchB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
 
 var (
 	file_storepb_store_proto_rawDescOnce sync.Once
@@ -1736,37 +2281,47 @@ func file_storepb_store_proto_rawDescGZIP() []byte {
 	return file_storepb_store_proto_rawDescData
 }
 
-var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_storepb_store_proto_goTypes = []any{
-	(*Command)(nil),          // 0: sigil.store.v1.Command
-	(*CreateEntries)(nil),    // 1: sigil.store.v1.CreateEntries
-	(*UpdateEntries)(nil),    // 2: sigil.store.v1.UpdateEntries
-	(*DeleteEntries)(nil),    // 3: sigil.store.v1.DeleteEntries
-	(*CreateJoinToken)(nil),  // 4: sigil.store.v1.CreateJoinToken
-	(*AttestNode)(nil),       // 5: sigil.store.v1.AttestNode
-	(*Credential)(nil),       // 6: sigil.store.v1.Credential
-	(*UsedCredential)(nil),   // 7: sigil.store.v1.UsedCredential
-	(*UpdateNode)(nil),       // 8: sigil.store.v1.UpdateNode
-	(*EvictNode)(nil),        // 9: sigil.store.v1.EvictNode
-	(*BanNode)(nil),          // 10: sigil.store.v1.BanNode
-	(*PutX509Authority)(nil), // 11: sigil.store.v1.PutX509Authority
-	(*PutJWTAuthority)(nil),  // 12: sigil.store.v1.PutJWTAuthority
-	(*RemoveAuthority)(nil),  // 13: sigil.store.v1.RemoveAuthority
-	(*PruneBundle)(nil),      // 14: sigil.store.v1.PruneBundle
-	(*TaintAuthority)(nil),   // 15: sigil.store.v1.TaintAuthority
-	(*RevokeAuthority)(nil),  // 16: sigil.store.v1.RevokeAuthority
-	(*RetireServer)(nil),     // 17: sigil.store.v1.RetireServer
-	(*RevokedAuthority)(nil), // 18: sigil.store.v1.RevokedAuthority
-	(*RemovedServer)(nil),    // 19: sigil.store.v1.RemovedServer
-	(*CommandResult)(nil),    // 20: sigil.store.v1.CommandResult
-	(*Snapshot)(nil),         // 21: sigil.store.v1.Snapshot
-	(*v1.Entry)(nil),         // 22: sigil.v1.Entry
-	(*v1.JoinToken)(nil),     // 23: sigil.v1.JoinToken
-	(*v1.AttestedNode)(nil),  // 24: sigil.v1.AttestedNode
-	(*v1.X509Authority)(nil), // 25: sigil.v1.X509Authority
-	(*v1.JWTAuthority)(nil),  // 26: sigil.v1.JWTAuthority
-	(*v1.Status)(nil),        // 27: sigil.v1.Status
-	(*v1.Bundle)(nil),        // 28: sigil.v1.Bundle
+	(*Command)(nil),                      // 0: sigil.store.v1.Command
+	(*CreateEntries)(nil),                // 1: sigil.store.v1.CreateEntries
+	(*UpdateEntries)(nil),                // 2: sigil.store.v1.UpdateEntries
+	(*DeleteEntries)(nil),                // 3: sigil.store.v1.DeleteEntries
+	(*CreateJoinToken)(nil),              // 4: sigil.store.v1.CreateJoinToken
+	(*AttestNode)(nil),                   // 5: sigil.store.v1.AttestNode
+	(*Credential)(nil),                   // 6: sigil.store.v1.Credential
+	(*UsedCredential)(nil),               // 7: sigil.store.v1.UsedCredential
+	(*UpdateNode)(nil),                   // 8: sigil.store.v1.UpdateNode
+	(*EvictNode)(nil),                    // 9: sigil.store.v1.EvictNode
+	(*BanNode)(nil),                      // 10: sigil.store.v1.BanNode
+	(*PutX509Authority)(nil),             // 11: sigil.store.v1.PutX509Authority
+	(*PutJWTAuthority)(nil),              // 12: sigil.store.v1.PutJWTAuthority
+	(*RemoveAuthority)(nil),              // 13: sigil.store.v1.RemoveAuthority
+	(*PruneBundle)(nil),                  // 14: sigil.store.v1.PruneBundle
+	(*TaintAuthority)(nil),               // 15: sigil.store.v1.TaintAuthority
+	(*RevokeAuthority)(nil),              // 16: sigil.store.v1.RevokeAuthority
+	(*RetireServer)(nil),                 // 17: sigil.store.v1.RetireServer
+	(*RevokedAuthority)(nil),             // 18: sigil.store.v1.RevokedAuthority
+	(*RemovedServer)(nil),                // 19: sigil.store.v1.RemovedServer
+	(*CommandResult)(nil),                // 20: sigil.store.v1.CommandResult
+	(*Snapshot)(nil),                     // 21: sigil.store.v1.Snapshot
+	(*PutFederationRelationship)(nil),    // 22: sigil.store.v1.PutFederationRelationship
+	(*DeleteFederationRelationship)(nil), // 23: sigil.store.v1.DeleteFederationRelationship
+	(*SetFederatedBundle)(nil),           // 24: sigil.store.v1.SetFederatedBundle
+	(*DeleteFederatedBundle)(nil),        // 25: sigil.store.v1.DeleteFederatedBundle
+	(*PutFederationStatus)(nil),          // 26: sigil.store.v1.PutFederationStatus
+	(*RequestFederationRefresh)(nil),     // 27: sigil.store.v1.RequestFederationRefresh
+	(*RecordPartnerFetch)(nil),           // 28: sigil.store.v1.RecordPartnerFetch
+	(*v1.Entry)(nil),                     // 29: sigil.v1.Entry
+	(*v1.JoinToken)(nil),                 // 30: sigil.v1.JoinToken
+	(*v1.AttestedNode)(nil),              // 31: sigil.v1.AttestedNode
+	(*v1.X509Authority)(nil),             // 32: sigil.v1.X509Authority
+	(*v1.JWTAuthority)(nil),              // 33: sigil.v1.JWTAuthority
+	(*v1.Status)(nil),                    // 34: sigil.v1.Status
+	(*v1.Bundle)(nil),                    // 35: sigil.v1.Bundle
+	(*v1.FederationRelationship)(nil),    // 36: sigil.v1.FederationRelationship
+	(*v1.FederationStatus)(nil),          // 37: sigil.v1.FederationStatus
+	(*v1.PartnerFetch)(nil),              // 38: sigil.v1.PartnerFetch
 }
 var file_storepb_store_proto_depIdxs = []int32{
 	1,  // 0: sigil.store.v1.Command.create_entries:type_name -> sigil.store.v1.CreateEntries
@@ -1784,26 +2339,42 @@ var file_storepb_store_proto_depIdxs = []int32{
 	15, // 12: sigil.store.v1.Command.taint_authority:type_name -> sigil.store.v1.TaintAuthority
 	16, // 13: sigil.store.v1.Command.revoke_authority:type_name -> sigil.store.v1.RevokeAuthority
 	17, // 14: sigil.store.v1.Command.retire_server:type_name -> sigil.store.v1.RetireServer
-	22, // 15: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	22, // 16: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	23, // 17: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	24, // 18: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
-	6,  // 19: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
-	25, // 20: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	26, // 21: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
-	27, // 22: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
-	22, // 23: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	24, // 24: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	23, // 25: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	28, // 26: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	18, // 27: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
-	19, // 28: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
-	7,  // 29: sigil.store.v1.Snapshot.used_credentials:type_name -> sigil.store.v1.UsedCredential
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	22, // 15: sigil.store.v1.Command.put_federation_relationship:type_name -> sigil.store.v1.PutFederationRelationship
+	23, // 16: sigil.store.v1.Command.delete_federation_relationship:type_name -> sigil.store.v1.DeleteFederationRelationship
+	24, // 17: sigil.store.v1.Command.set_federated_bundle:type_name -> sigil.store.v1.SetFederatedBundle
+	25, // 18: sigil.store.v1.Command.delete_federated_bundle:type_name -> sigil.store.v1.DeleteFederatedBundle
+	26, // 19: sigil.store.v1.Command.put_federation_status:type_name -> sigil.store.v1.PutFederationStatus
+	27, // 20: sigil.store.v1.Command.request_federation_refresh:type_name -> sigil.store.v1.RequestFederationRefresh
+	28, // 21: sigil.store.v1.Command.record_partner_fetch:type_name -> sigil.store.v1.RecordPartnerFetch
+	29, // 22: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	29, // 23: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	30, // 24: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	31, // 25: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	6,  // 26: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
+	32, // 27: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	33, // 28: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	34, // 29: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
+	29, // 30: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	31, // 31: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	30, // 32: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	35, // 33: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	18, // 34: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
+	19, // 35: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
+	7,  // 36: sigil.store.v1.Snapshot.used_credentials:type_name -> sigil.store.v1.UsedCredential
+	36, // 37: sigil.store.v1.Snapshot.federation_relationships:type_name -> sigil.v1.FederationRelationship
+	37, // 38: sigil.store.v1.Snapshot.federation_statuses:type_name -> sigil.v1.FederationStatus
+	38, // 39: sigil.store.v1.Snapshot.partner_fetches:type_name -> sigil.v1.PartnerFetch
+	36, // 40: sigil.store.v1.PutFederationRelationship.relationship:type_name -> sigil.v1.FederationRelationship
+	35, // 41: sigil.store.v1.PutFederationRelationship.bootstrap_bundle:type_name -> sigil.v1.Bundle
+	35, // 42: sigil.store.v1.SetFederatedBundle.bundle:type_name -> sigil.v1.Bundle
+	37, // 43: sigil.store.v1.SetFederatedBundle.status:type_name -> sigil.v1.FederationStatus
+	37, // 44: sigil.store.v1.PutFederationStatus.status:type_name -> sigil.v1.FederationStatus
+	38, // 45: sigil.store.v1.RecordPartnerFetch.fetch:type_name -> sigil.v1.PartnerFetch
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_storepb_store_proto_init() }
@@ -1827,6 +2398,13 @@ func file_storepb_store_proto_init() {
 		(*Command_TaintAuthority)(nil),
 		(*Command_RevokeAuthority)(nil),
 		(*Command_RetireServer)(nil),
+		(*Command_PutFederationRelationship)(nil),
+		(*Command_DeleteFederationRelationship)(nil),
+		(*Command_SetFederatedBundle)(nil),
+		(*Command_DeleteFederatedBundle)(nil),
+		(*Command_PutFederationStatus)(nil),
+		(*Command_RequestFederationRefresh)(nil),
+		(*Command_RecordPartnerFetch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1834,7 +2412,7 @@ func file_storepb_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

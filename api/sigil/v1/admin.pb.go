@@ -670,7 +670,10 @@ func (x *CreateJoinTokenResponse) GetExpiresAt() int64 {
 }
 
 type GetBundleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty: the own trust domain's bundle; otherwise the federated bundle
+	// of this trust domain (NotFound when there is none).
+	TrustDomain   string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -703,6 +706,13 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
 }
 
 type ListAgentsRequest struct {
@@ -1064,8 +1074,9 @@ const file_sigil_v1_admin_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x19\n" +
 	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x12\n" +
-	"\x10GetBundleRequest\"\x81\x01\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"5\n" +
+	"\x10GetBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x81\x01\n" +
 	"\x11ListAgentsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +

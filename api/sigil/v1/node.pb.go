@@ -456,9 +456,17 @@ type SyncResponse struct {
 	Deleted  []string               `protobuf:"bytes,4,rep,name=deleted,proto3" json:"deleted,omitempty"`
 	Bundle   *Bundle                `protobuf:"bytes,5,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	// Raft index the message reflects.
-	Index         uint64 `protobuf:"varint,6,opt,name=index,proto3" json:"index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Index uint64 `protobuf:"varint,6,opt,name=index,proto3" json:"index,omitempty"`
+	// Federated bundles the agent needs (those named in federates_with of
+	// the entries it is authorized for) that are new or changed since the
+	// last message (by modify_index). In a full set (reset), every one the
+	// agent needs, and the agent drops any it has that is not among them.
+	FederatedBundles []*Bundle `protobuf:"bytes,7,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
+	// Trust domains whose federated bundles the agent must drop: no entry
+	// it holds names them any more, or the bundle was deleted.
+	RemovedFederatedBundles []string `protobuf:"bytes,8,rep,name=removed_federated_bundles,json=removedFederatedBundles,proto3" json:"removed_federated_bundles,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -531,6 +539,20 @@ func (x *SyncResponse) GetIndex() uint64 {
 		return x.Index
 	}
 	return 0
+}
+
+func (x *SyncResponse) GetFederatedBundles() []*Bundle {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetRemovedFederatedBundles() []string {
+	if x != nil {
+		return x.RemovedFederatedBundles
+	}
+	return nil
 }
 
 type X509SVIDRequest struct {
@@ -892,14 +914,16 @@ const file_sigil_v1_node_proto_rawDesc = "" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"\r\n" +
-	"\vSyncRequest\"\xc3\x01\n" +
+	"\vSyncRequest\"\xbe\x02\n" +
 	"\fSyncResponse\x12\x14\n" +
 	"\x05reset\x18\x01 \x01(\bR\x05reset\x12\x16\n" +
 	"\x06synced\x18\x02 \x01(\bR\x06synced\x12+\n" +
 	"\bupserted\x18\x03 \x03(\v2\x0f.sigil.v1.EntryR\bupserted\x12\x18\n" +
 	"\adeleted\x18\x04 \x03(\tR\adeleted\x12(\n" +
 	"\x06bundle\x18\x05 \x01(\v2\x10.sigil.v1.BundleR\x06bundle\x12\x14\n" +
-	"\x05index\x18\x06 \x01(\x04R\x05index\">\n" +
+	"\x05index\x18\x06 \x01(\x04R\x05index\x12=\n" +
+	"\x11federated_bundles\x18\a \x03(\v2\x10.sigil.v1.BundleR\x10federatedBundles\x12:\n" +
+	"\x19removed_federated_bundles\x18\b \x03(\tR\x17removedFederatedBundles\">\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"P\n" +
@@ -970,26 +994,27 @@ var file_sigil_v1_node_proto_depIdxs = []int32{
 	1,  // 2: sigil.v1.AttestStreamResponse.result:type_name -> sigil.v1.AttestResponse
 	15, // 3: sigil.v1.SyncResponse.upserted:type_name -> sigil.v1.Entry
 	14, // 4: sigil.v1.SyncResponse.bundle:type_name -> sigil.v1.Bundle
-	8,  // 5: sigil.v1.BatchNewX509SVIDRequest.requests:type_name -> sigil.v1.X509SVIDRequest
-	16, // 6: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
-	10, // 7: sigil.v1.BatchNewX509SVIDResponse.results:type_name -> sigil.v1.X509SVIDResult
-	2,  // 8: sigil.v1.Node.AttestStream:input_type -> sigil.v1.AttestStreamRequest
-	0,  // 9: sigil.v1.Node.Attest:input_type -> sigil.v1.AttestRequest
-	4,  // 10: sigil.v1.Node.RenewAgent:input_type -> sigil.v1.RenewAgentRequest
-	6,  // 11: sigil.v1.Node.Sync:input_type -> sigil.v1.SyncRequest
-	9,  // 12: sigil.v1.Node.BatchNewX509SVID:input_type -> sigil.v1.BatchNewX509SVIDRequest
-	12, // 13: sigil.v1.Node.NewJWTSVID:input_type -> sigil.v1.NewJWTSVIDRequest
-	3,  // 14: sigil.v1.Node.AttestStream:output_type -> sigil.v1.AttestStreamResponse
-	1,  // 15: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
-	5,  // 16: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
-	7,  // 17: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
-	11, // 18: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
-	13, // 19: sigil.v1.Node.NewJWTSVID:output_type -> sigil.v1.NewJWTSVIDResponse
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 5: sigil.v1.SyncResponse.federated_bundles:type_name -> sigil.v1.Bundle
+	8,  // 6: sigil.v1.BatchNewX509SVIDRequest.requests:type_name -> sigil.v1.X509SVIDRequest
+	16, // 7: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
+	10, // 8: sigil.v1.BatchNewX509SVIDResponse.results:type_name -> sigil.v1.X509SVIDResult
+	2,  // 9: sigil.v1.Node.AttestStream:input_type -> sigil.v1.AttestStreamRequest
+	0,  // 10: sigil.v1.Node.Attest:input_type -> sigil.v1.AttestRequest
+	4,  // 11: sigil.v1.Node.RenewAgent:input_type -> sigil.v1.RenewAgentRequest
+	6,  // 12: sigil.v1.Node.Sync:input_type -> sigil.v1.SyncRequest
+	9,  // 13: sigil.v1.Node.BatchNewX509SVID:input_type -> sigil.v1.BatchNewX509SVIDRequest
+	12, // 14: sigil.v1.Node.NewJWTSVID:input_type -> sigil.v1.NewJWTSVIDRequest
+	3,  // 15: sigil.v1.Node.AttestStream:output_type -> sigil.v1.AttestStreamResponse
+	1,  // 16: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
+	5,  // 17: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
+	7,  // 18: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
+	11, // 19: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
+	13, // 20: sigil.v1.Node.NewJWTSVID:output_type -> sigil.v1.NewJWTSVIDResponse
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_node_proto_init() }

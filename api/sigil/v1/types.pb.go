@@ -99,7 +99,12 @@ type Entry struct {
 	// Incremented on every update; set by the server.
 	Revision int64 `protobuf:"varint,12,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Raft index of the last change; set by the store.
-	ModifyIndex   uint64 `protobuf:"varint,13,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	ModifyIndex uint64 `protobuf:"varint,13,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Foreign trust domains (names, e.g. "gcp.example") whose bundles the
+	// entry's workloads receive as federated bundles. Each must have a
+	// federation relationship or a bundle set with `sigil bundle set` when
+	// the entry is written.
+	FederatesWith []string `protobuf:"bytes,14,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -223,6 +228,13 @@ func (x *Entry) GetModifyIndex() uint64 {
 		return x.ModifyIndex
 	}
 	return 0
+}
+
+func (x *Entry) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
 }
 
 // AttestedNode is an agent that passed node attestation.
@@ -553,10 +565,21 @@ type Bundle struct {
 	X509Authorities []*X509Authority       `protobuf:"bytes,2,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
 	JwtAuthorities  []*JWTAuthority        `protobuf:"bytes,3,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
 	// Seconds.
-	RefreshHint    int64  `protobuf:"varint,4,opt,name=refresh_hint,json=refreshHint,proto3" json:"refresh_hint,omitempty"`
+	RefreshHint int64 `protobuf:"varint,4,opt,name=refresh_hint,json=refreshHint,proto3" json:"refresh_hint,omitempty"`
+	// The bundle's sequence number: for the own trust domain, incremented by
+	// the store on every change; for a federated trust domain, the
+	// spiffe_sequence of the document it was fetched or set from (0 when the
+	// document had none).
 	SequenceNumber uint64 `protobuf:"varint,5,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Raft index of the bundle row's last change; set by the store on
+	// federated bundles. Consumers detect a change of a federated bundle by
+	// this field, since a foreign sequence number may not change.
+	ModifyIndex uint64 `protobuf:"varint,6,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Unix seconds of the row's last change (the command's timestamp); set
+	// by the store on federated bundles.
+	UpdatedAt     int64 `protobuf:"varint,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -624,6 +647,310 @@ func (x *Bundle) GetSequenceNumber() uint64 {
 	return 0
 }
 
+func (x *Bundle) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
+func (x *Bundle) GetUpdatedAt() int64 {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return 0
+}
+
+// FederationRelationship: this trust domain trusts the bundle of a
+// foreign trust domain, fetched from that trust domain's SPIFFE bundle
+// endpoint.
+type FederationRelationship struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The foreign trust domain's name, e.g. "gcp.example".
+	TrustDomain string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The https URL of the foreign bundle endpoint.
+	BundleEndpointUrl string `protobuf:"bytes,2,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	// "https_spiffe" or "https_web".
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	// For https_spiffe: the SPIFFE ID the endpoint's SVID must carry (in
+	// trust_domain); empty for https_web.
+	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// Declared in a server's configuration file (GitOps), not through the
+	// admin API.
+	FromConfig bool `protobuf:"varint,5,opt,name=from_config,json=fromConfig,proto3" json:"from_config,omitempty"`
+	// Unix seconds; set by the store.
+	CreatedAt int64 `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Raft index of the last change; set by the store.
+	ModifyIndex   uint64 `protobuf:"varint,7,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederationRelationship) Reset() {
+	*x = FederationRelationship{}
+	mi := &file_sigil_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationRelationship) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationRelationship) ProtoMessage() {}
+
+func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
+func (*FederationRelationship) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FederationRelationship) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetFromConfig() bool {
+	if x != nil {
+		return x.FromConfig
+	}
+	return false
+}
+
+func (x *FederationRelationship) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
+// FederationStatus is the refresh state of one relationship's bundle. The
+// server that refreshes (the leader) writes it when something changes: an
+// error appears, changes or clears, the bundle changes, or the last
+// success it records is more than a minute old.
+type FederationStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// Unix seconds of the last fetch that returned a valid bundle.
+	LastSuccessAt int64 `protobuf:"varint,2,opt,name=last_success_at,json=lastSuccessAt,proto3" json:"last_success_at,omitempty"`
+	// Unix seconds of the last fetch attempt recorded.
+	LastAttemptAt int64 `protobuf:"varint,3,opt,name=last_attempt_at,json=lastAttemptAt,proto3" json:"last_attempt_at,omitempty"`
+	// The last fetch's error; empty after a success.
+	LastError   string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorAt int64  `protobuf:"varint,5,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	// Unix seconds of the next planned fetch.
+	NextRefreshAt       int64  `protobuf:"varint,6,opt,name=next_refresh_at,json=nextRefreshAt,proto3" json:"next_refresh_at,omitempty"`
+	ConsecutiveFailures uint32 `protobuf:"varint,7,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	// Unix seconds of the last `sigil federation refresh`: the refresher
+	// fetches at once when it is later than last_attempt_at. Set only by
+	// the RequestFederationRefresh command; a status write keeps it.
+	RefreshRequestedAt int64 `protobuf:"varint,8,opt,name=refresh_requested_at,json=refreshRequestedAt,proto3" json:"refresh_requested_at,omitempty"`
+	// Raft index of the last change; set by the store.
+	ModifyIndex   uint64 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederationStatus) Reset() {
+	*x = FederationStatus{}
+	mi := &file_sigil_v1_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationStatus) ProtoMessage() {}
+
+func (x *FederationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
+func (*FederationStatus) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *FederationStatus) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederationStatus) GetLastSuccessAt() int64 {
+	if x != nil {
+		return x.LastSuccessAt
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetLastAttemptAt() int64 {
+	if x != nil {
+		return x.LastAttemptAt
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *FederationStatus) GetLastErrorAt() int64 {
+	if x != nil {
+		return x.LastErrorAt
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetNextRefreshAt() int64 {
+	if x != nil {
+		return x.NextRefreshAt
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetConsecutiveFailures() uint32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetRefreshRequestedAt() int64 {
+	if x != nil {
+		return x.RefreshRequestedAt
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
+// PartnerFetch records that an authenticated partner (a caller of this
+// trust domain's bundle endpoint presenting an X.509-SVID of a federated
+// trust domain) fetched the local bundle at a sequence number.
+type PartnerFetch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The partner's trust domain name.
+	TrustDomain string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The highest sequence number of the local bundle it fetched.
+	SequenceNumber uint64 `protobuf:"varint,2,opt,name=sequence_number,json=sequenceNumber,proto3" json:"sequence_number,omitempty"`
+	// Unix seconds of that fetch.
+	FetchedAt     int64 `protobuf:"varint,3,opt,name=fetched_at,json=fetchedAt,proto3" json:"fetched_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PartnerFetch) Reset() {
+	*x = PartnerFetch{}
+	mi := &file_sigil_v1_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PartnerFetch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PartnerFetch) ProtoMessage() {}
+
+func (x *PartnerFetch) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PartnerFetch.ProtoReflect.Descriptor instead.
+func (*PartnerFetch) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PartnerFetch) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *PartnerFetch) GetSequenceNumber() uint64 {
+	if x != nil {
+		return x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *PartnerFetch) GetFetchedAt() int64 {
+	if x != nil {
+		return x.FetchedAt
+	}
+	return 0
+}
+
 // Status is the outcome of one item of a batch call.
 type Status struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -636,7 +963,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_sigil_v1_types_proto_msgTypes[7]
+	mi := &file_sigil_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +975,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_types_proto_msgTypes[7]
+	mi := &file_sigil_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +988,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_sigil_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Status) GetCode() int32 {
@@ -685,7 +1012,7 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\x14sigil/v1/types.proto\x12\bsigil.v1\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\x8e\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xb5\x03\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -704,7 +1031,8 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\v \x01(\x03R\tcreatedAt\x12\x1a\n" +
 	"\brevision\x18\f \x01(\x03R\brevision\x12!\n" +
-	"\fmodify_index\x18\r \x01(\x04R\vmodifyIndex\"\xc6\x02\n" +
+	"\fmodify_index\x18\r \x01(\x04R\vmodifyIndex\x12%\n" +
+	"\x0efederates_with\x18\x0e \x03(\tR\rfederatesWith\"\xc6\x02\n" +
 	"\fAttestedNode\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12\x1f\n" +
@@ -733,13 +1061,42 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x1b\n" +
 	"\tserver_id\x18\x04 \x01(\tR\bserverId\x12\x18\n" +
-	"\atainted\x18\x05 \x01(\bR\atainted\"\xfc\x01\n" +
+	"\atainted\x18\x05 \x01(\bR\atainted\"\xbe\x02\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12B\n" +
 	"\x10x509_authorities\x18\x02 \x03(\v2\x17.sigil.v1.X509AuthorityR\x0fx509Authorities\x12?\n" +
 	"\x0fjwt_authorities\x18\x03 \x03(\v2\x16.sigil.v1.JWTAuthorityR\x0ejwtAuthorities\x12!\n" +
 	"\frefresh_hint\x18\x04 \x01(\x03R\vrefreshHint\x12'\n" +
-	"\x0fsequence_number\x18\x05 \x01(\x04R\x0esequenceNumber\"6\n" +
+	"\x0fsequence_number\x18\x05 \x01(\x04R\x0esequenceNumber\x12!\n" +
+	"\fmodify_index\x18\x06 \x01(\x04R\vmodifyIndex\x12\x1d\n" +
+	"\n" +
+	"updated_at\x18\a \x01(\x03R\tupdatedAt\"\x96\x02\n" +
+	"\x16FederationRelationship\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12\x1f\n" +
+	"\vfrom_config\x18\x05 \x01(\bR\n" +
+	"fromConfig\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12!\n" +
+	"\fmodify_index\x18\a \x01(\x04R\vmodifyIndex\"\xf8\x02\n" +
+	"\x10FederationStatus\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12&\n" +
+	"\x0flast_success_at\x18\x02 \x01(\x03R\rlastSuccessAt\x12&\n" +
+	"\x0flast_attempt_at\x18\x03 \x01(\x03R\rlastAttemptAt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x12\"\n" +
+	"\rlast_error_at\x18\x05 \x01(\x03R\vlastErrorAt\x12&\n" +
+	"\x0fnext_refresh_at\x18\x06 \x01(\x03R\rnextRefreshAt\x121\n" +
+	"\x14consecutive_failures\x18\a \x01(\rR\x13consecutiveFailures\x120\n" +
+	"\x14refresh_requested_at\x18\b \x01(\x03R\x12refreshRequestedAt\x12!\n" +
+	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\"y\n" +
+	"\fPartnerFetch\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
+	"\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\x12\x1d\n" +
+	"\n" +
+	"fetched_at\x18\x03 \x01(\x03R\tfetchedAt\"6\n" +
 	"\x06Status\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessageB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
@@ -756,16 +1113,19 @@ func file_sigil_v1_types_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_types_proto_rawDescData
 }
 
-var file_sigil_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_sigil_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_sigil_v1_types_proto_goTypes = []any{
-	(*Selector)(nil),      // 0: sigil.v1.Selector
-	(*Entry)(nil),         // 1: sigil.v1.Entry
-	(*AttestedNode)(nil),  // 2: sigil.v1.AttestedNode
-	(*JoinToken)(nil),     // 3: sigil.v1.JoinToken
-	(*X509Authority)(nil), // 4: sigil.v1.X509Authority
-	(*JWTAuthority)(nil),  // 5: sigil.v1.JWTAuthority
-	(*Bundle)(nil),        // 6: sigil.v1.Bundle
-	(*Status)(nil),        // 7: sigil.v1.Status
+	(*Selector)(nil),               // 0: sigil.v1.Selector
+	(*Entry)(nil),                  // 1: sigil.v1.Entry
+	(*AttestedNode)(nil),           // 2: sigil.v1.AttestedNode
+	(*JoinToken)(nil),              // 3: sigil.v1.JoinToken
+	(*X509Authority)(nil),          // 4: sigil.v1.X509Authority
+	(*JWTAuthority)(nil),           // 5: sigil.v1.JWTAuthority
+	(*Bundle)(nil),                 // 6: sigil.v1.Bundle
+	(*FederationRelationship)(nil), // 7: sigil.v1.FederationRelationship
+	(*FederationStatus)(nil),       // 8: sigil.v1.FederationStatus
+	(*PartnerFetch)(nil),           // 9: sigil.v1.PartnerFetch
+	(*Status)(nil),                 // 10: sigil.v1.Status
 }
 var file_sigil_v1_types_proto_depIdxs = []int32{
 	0, // 0: sigil.v1.Entry.selectors:type_name -> sigil.v1.Selector
@@ -790,7 +1150,7 @@ func file_sigil_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_types_proto_rawDesc), len(file_sigil_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
