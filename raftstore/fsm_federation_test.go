@@ -677,26 +677,35 @@ func TestSnapshotFederationRefusesCorrupt(t *testing.T) {
 		}
 	}
 	for name, mut := range map[string]func(s *storepb.Snapshot){
-		"nil relationship":     func(s *storepb.Snapshot) { s.FederationRelationships = append(s.FederationRelationships, nil) },
-		"dup relationship":     func(s *storepb.Snapshot) { s.FederationRelationships = append(s.FederationRelationships, s.FederationRelationships[0]) },
-		"http relationship":    func(s *storepb.Snapshot) { s.FederationRelationships[0].BundleEndpointUrl = "http://x" },
-		"local relationship":   func(s *storepb.Snapshot) { s.FederationRelationships[0].TrustDomain = "example.org" },
-		"too many":             tooMany,
-		"orphan status":        func(s *storepb.Snapshot) { s.FederationStatuses[0].TrustDomain = "nowhere.example" },
-		"dup status":           func(s *storepb.Snapshot) { s.FederationStatuses = append(s.FederationStatuses, s.FederationStatuses[0]) },
-		"nil status":           func(s *storepb.Snapshot) { s.FederationStatuses = append(s.FederationStatuses, nil) },
-		"long status error":    func(s *storepb.Snapshot) { s.FederationStatuses[0].LastError = strings.Repeat("e", MaxFederationErrorLen+1) },
+		"nil relationship": func(s *storepb.Snapshot) { s.FederationRelationships = append(s.FederationRelationships, nil) },
+		"dup relationship": func(s *storepb.Snapshot) {
+			s.FederationRelationships = append(s.FederationRelationships, s.FederationRelationships[0])
+		},
+		"http relationship":  func(s *storepb.Snapshot) { s.FederationRelationships[0].BundleEndpointUrl = "http://x" },
+		"local relationship": func(s *storepb.Snapshot) { s.FederationRelationships[0].TrustDomain = "example.org" },
+		"too many":           tooMany,
+		"orphan status":      func(s *storepb.Snapshot) { s.FederationStatuses[0].TrustDomain = "nowhere.example" },
+		"dup status": func(s *storepb.Snapshot) {
+			s.FederationStatuses = append(s.FederationStatuses, s.FederationStatuses[0])
+		},
+		"nil status": func(s *storepb.Snapshot) { s.FederationStatuses = append(s.FederationStatuses, nil) },
+		"long status error": func(s *storepb.Snapshot) {
+			s.FederationStatuses[0].LastError = strings.Repeat("e", MaxFederationErrorLen+1)
+		},
 		"orphan partner fetch": func(s *storepb.Snapshot) { s.PartnerFetches[0].TrustDomain = "nowhere.example" },
 		"local partner fetch":  func(s *storepb.Snapshot) { s.PartnerFetches[0].TrustDomain = "example.org" },
 		"nil partner fetch":    func(s *storepb.Snapshot) { s.PartnerFetches = append(s.PartnerFetches, nil) },
 		"dup partner fetch":    func(s *storepb.Snapshot) { s.PartnerFetches = append(s.PartnerFetches, s.PartnerFetches[0]) },
-		"empty federated":      func(s *storepb.Snapshot) { i := fedIdx(s, gcp); s.Bundles[i].X509Authorities, s.Bundles[i].JwtAuthorities = nil, nil },
-		"federated server_id":  func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].X509Authorities[0].ServerId = "n1" },
-		"federated not_after":  func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].X509Authorities[0].NotAfter++ },
-		"federated bad cert":   func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].X509Authorities[0].Certificate = []byte("x") },
-		"federated bad key":    func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].JwtAuthorities[0].PublicKey = []byte("x") },
-		"federated td as id":   func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].TrustDomain = "spiffe://gcp.example" },
-		"entry local fed":      func(s *storepb.Snapshot) { s.Entries[len(s.Entries)-1].FederatesWith = []string{"example.org"} },
+		"empty federated": func(s *storepb.Snapshot) {
+			i := fedIdx(s, gcp)
+			s.Bundles[i].X509Authorities, s.Bundles[i].JwtAuthorities = nil, nil
+		},
+		"federated server_id": func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].X509Authorities[0].ServerId = "n1" },
+		"federated not_after": func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].X509Authorities[0].NotAfter++ },
+		"federated bad cert":  func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].X509Authorities[0].Certificate = []byte("x") },
+		"federated bad key":   func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].JwtAuthorities[0].PublicKey = []byte("x") },
+		"federated td as id":  func(s *storepb.Snapshot) { s.Bundles[fedIdx(s, gcp)].TrustDomain = "spiffe://gcp.example" },
+		"entry local fed":     func(s *storepb.Snapshot) { s.Entries[len(s.Entries)-1].FederatesWith = []string{"example.org"} },
 	} {
 		s := proto.Clone(&snap).(*storepb.Snapshot)
 		mut(s)
