@@ -386,3 +386,23 @@ func TestEndpointReportsOnlyVerifiedPartners(t *testing.T) {
 		t.Fatalf("partner fetches %v, want [b.example@7]", got)
 	}
 }
+
+func TestEndpointBoundsHeaders(t *testing.T) {
+	ca := mtlstest.NewCA("a.example")
+	url, _ := serve(t, spiffeEndpoint(t, ca, &bundleSource{b: testBundle(t, ca, 1, 0)}, nil))
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // the test looks at HTTP only
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Big", strings.Repeat("x", 64<<10))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("64 KiB of headers: %s", resp.Status)
+	}
+}
