@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/protobuf/proto"
 
 	"go.uber.org/zap"
 
@@ -324,10 +323,12 @@ func (r *Refresher) reconcile(states map[string]*relState, gen *uint64, rels []*
 			}
 			states[td] = st
 			r.log.Debug("federation relationship scheduled", zap.String("trust_domain", td), zap.Time("due", st.due))
-		case !proto.Equal(st.rel, rel):
+		case !sameEndpoint(st.rel, rel):
 			st.rel = rel
 			st.failures = 0
 			r.refreshNow(st, now)
+		default:
+			st.rel = rel // a rewrite that changes nothing fetched
 		}
 		switch {
 		case b == nil && st.hadBundle:
@@ -351,6 +352,15 @@ func (r *Refresher) reconcile(states map[string]*relState, gen *uint64, rels []*
 			r.log.Debug("federation relationship dropped", zap.String("trust_domain", td))
 		}
 	}
+}
+
+// sameEndpoint reports whether two versions of a relationship fetch the
+// same way (store-set fields and from_config aside).
+func sameEndpoint(a, b *sigilv1.FederationRelationship) bool {
+	return a.GetTrustDomain() == b.GetTrustDomain() &&
+		a.GetBundleEndpointUrl() == b.GetBundleEndpointUrl() &&
+		a.GetProfile() == b.GetProfile() &&
+		a.GetEndpointSpiffeId() == b.GetEndpointSpiffeId()
 }
 
 // refreshNow makes st due now, or right after the fetch in flight.

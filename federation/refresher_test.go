@@ -434,7 +434,12 @@ func TestRefresherHonoursRefreshRequest(t *testing.T) {
 	if _, s := store.writes(td); s != 1 {
 		t.Fatalf("%d status writes, want 1", s)
 	}
-	// Honoured once: later store changes do not fetch again.
+	// Honoured once: later store changes do not fetch again, nor does a
+	// rewrite of the relationship that changes nothing fetched (a new
+	// leader writing the config file's relationships).
+	rewritten := p.rel()
+	rewritten.FromConfig = true
+	store.putRel(rewritten, nil)
 	store.putRel(&sigilv1.FederationRelationship{TrustDomain: "c.example", BundleEndpointUrl: "https://127.0.0.1:1/", Profile: ProfileHTTPSWeb}, nil)
 	m.waitOutcomes(t, "c.example", 1)
 	if got := len(m.get(td)); got != 2 {
