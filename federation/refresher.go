@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -472,7 +473,7 @@ func (r *Refresher) attempt(ctx context.Context, j job) result {
 // (or on request or heartbeat), a log line when the error text changed,
 // never a bundle.
 func (r *Refresher) failed(ctx context.Context, log *zap.Logger, j job, res result, err error, now time.Time, attemptAt int64) result {
-	text := err.Error()
+	text := errorText(err)
 	res.failures = j.failures + 1
 	res.lastErr = text
 	res.lastSuccess = j.lastSuccess
@@ -509,4 +510,15 @@ func (r *Refresher) failed(ctx context.Context, log *zap.Logger, j job, res resu
 		r.meter.BundleAge(j.td, now.Sub(j.lastSuccess))
 	}
 	return res
+}
+
+// localAddr matches the local end of a connection in a net.OpError's text
+// ("read tcp 10.0.0.1:53124->10.0.0.2:8443: …"): its port changes with
+// every attempt, and an error that only differs there is the same error.
+var localAddr = regexp.MustCompile(`\b(tcp|tcp4|tcp6) \S+->`)
+
+// errorText is err's text without what changes from one attempt to the
+// next for the same failure, so that it is logged and recorded once.
+func errorText(err error) string {
+	return localAddr.ReplaceAllString(err.Error(), "$1 ")
 }
