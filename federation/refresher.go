@@ -7,6 +7,7 @@ import (
 	"math"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -517,8 +518,17 @@ func (r *Refresher) failed(ctx context.Context, log *zap.Logger, j job, res resu
 // every attempt, and an error that only differs there is the same error.
 var localAddr = regexp.MustCompile(`\b(tcp|tcp4|tcp6) \S+->`)
 
+// maxErrorText bounds an error recorded in the replicated status (a
+// partner's document can put its own text in an error).
+const maxErrorText = 1024
+
 // errorText is err's text without what changes from one attempt to the
-// next for the same failure, so that it is logged and recorded once.
+// next for the same failure, so that it is logged and recorded once, and
+// at most maxErrorText bytes of it.
 func errorText(err error) string {
-	return localAddr.ReplaceAllString(err.Error(), "$1 ")
+	text := localAddr.ReplaceAllString(err.Error(), "$1 ")
+	if len(text) > maxErrorText {
+		text = strings.ToValidUTF8(text[:maxErrorText], "") + "…"
+	}
+	return text
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -635,5 +636,12 @@ func TestErrorTextIgnoresLocalPort(t *testing.T) {
 	}
 	if got := errorText(errTest); got != "test error" {
 		t.Fatalf("errorText(%v) = %q", errTest, got)
+	}
+}
+
+func TestErrorTextIsBounded(t *testing.T) {
+	got := errorText(fmt.Errorf("federation: %s", strings.Repeat("é", 2000)))
+	if len(got) > maxErrorText+len("…") || !strings.HasPrefix(got, "federation: éé") || !strings.HasSuffix(got, "…") || !utf8.ValidString(got) {
+		t.Fatalf("errorText gave %d bytes: %q…", len(got), got[:40])
 	}
 }
