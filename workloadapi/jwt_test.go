@@ -96,14 +96,12 @@ type fakeJWTCache struct {
 	calls   []jwtFetchCall
 	err     error // returned by FetchJWTSVIDs when set
 	nothing bool  // FetchJWTSVIDs returns (nil, nil)
-	bundles map[spiffeid.TrustDomain]*jwtbundle.Bundle
-	changed chan struct{}
 }
 
 var _ JWTCache = (*fakeJWTCache)(nil)
 
 func newFakeJWTCache(key *jwtKey) *fakeJWTCache {
-	return &fakeJWTCache{MemoryCache: NewMemoryCache(), key: key, changed: make(chan struct{})}
+	return &fakeJWTCache{MemoryCache: NewMemoryCache(), key: key}
 }
 
 func (c *fakeJWTCache) addEntry(sels []*sigilv1.Selector, path, hint string) spiffeid.ID {
@@ -145,23 +143,18 @@ func (c *fakeJWTCache) FetchJWTSVIDs(_ context.Context, selectors []*sigilv1.Sel
 	return out, nil
 }
 
-func (c *fakeJWTCache) JWTBundles() (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.bundles, c.changed
-}
-
-// setJWTBundles replaces the bundles and signals a change (even when the
-// bundles are the same).
+// setJWTBundles sets the own JWT bundle (the one of td) and the
+// federated JWT bundles among bs, and signals a change (even when the
+// bundles are the same). The embedded MemoryCache serves them
+// (JWTBundles).
 func (c *fakeJWTCache) setJWTBundles(bs ...*jwtbundle.Bundle) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.bundles = make(map[spiffeid.TrustDomain]*jwtbundle.Bundle, len(bs))
 	for _, b := range bs {
-		c.bundles[b.TrustDomain()] = b
+		if b.TrustDomain() == td {
+			c.MemoryCache.SetJWTBundle(b)
+		} else {
+			c.MemoryCache.SetFederatedJWTBundle(b.TrustDomain(), b)
+		}
 	}
-	close(c.changed)
-	c.changed = make(chan struct{})
 }
 
 func (c *fakeJWTCache) fetchCalls() []jwtFetchCall {
