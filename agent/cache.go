@@ -221,7 +221,7 @@ func (c *cache) SetFederated(full bool, bundles []*sigilv1.Bundle, removed []str
 	n := len(c.st.federated)
 	c.mu.Unlock()
 	for _, e := range evs {
-		td := zap.String("trust_domain", e.td.Name())
+		td := zap.String("federated_trust_domain", e.td.Name())
 		switch e.kind {
 		case "ignored":
 			c.log.Warn("ignoring federated bundle", td, zap.Error(e.err))
@@ -236,11 +236,8 @@ func (c *cache) SetFederated(full bool, bundles []*sigilv1.Bundle, removed []str
 				nj = len(e.bundle.jwt.JWTAuthorities())
 			}
 			c.log.Info("federated bundle "+e.kind, td, zap.Uint64("sequence_number", e.bundle.seq),
-				zap.Int("x509_authorities", nx), zap.Int("jwt_authorities", nj))
+				zap.Int("x509_authorities", nx), zap.Int("jwt_authorities", nj), zap.Int("federated_bundles", n))
 		}
-	}
-	if len(evs) > 0 {
-		c.log.Debug("federated bundles", zap.Int("trust_domains", n))
 	}
 	c.report(ch)
 }
