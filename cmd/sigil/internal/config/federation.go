@@ -302,7 +302,7 @@ func readBounded(path string, max int64) ([]byte, error) {
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err // *os.File errors name the path
 	}
 	if int64(len(b)) > max {
 		return nil, fmt.Errorf("%s is larger than %d bytes, the limit of a bundle document", path, max)
