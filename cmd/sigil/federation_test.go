@@ -2,6 +2,12 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,13 +20,39 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
+	"github.com/sigil-id/sigil/federation"
 )
+
+// bundleDoc is a SPIFFE bundle document of trust domain td with one
+// self-signed CA.
+func bundleDoc(t *testing.T, td string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		URIs: []*url.URL{{Scheme: "spiffe", Host: td}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := federation.Encode(&sigilv1.Bundle{TrustDomain: td, X509Authorities: []*sigilv1.X509Authority{{Certificate: der}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
 
 // The federation block of the file reaches server.Config.Federation, its
 // relationships marked from_config with their bootstrap bundles.
 func TestServerFederationConfig(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "gcp.bundle.json"), []byte(`{"keys": []}`), 0o600)
+	doc := bundleDoc(t, "gcp.example")
+	os.WriteFile(filepath.Join(dir, "gcp.bundle.json"), doc, 0o600)
 	path := filepath.Join(dir, "server.hcl")
 	os.WriteFile(path, []byte(`server {
   trust_domain = "aws.example"
@@ -57,7 +89,7 @@ func TestServerFederationConfig(t *testing.T) {
 	}
 	want := &sigilv1.FederationRelationship{TrustDomain: "gcp.example", BundleEndpointUrl: "https://127.0.0.1:8444", Profile: "https_spiffe",
 		EndpointSpiffeId: "spiffe://gcp.example/sigil/server", FromConfig: true}
-	if len(fed.Relationships) != 1 || !proto.Equal(fed.Relationships[0].Relationship, want) || string(fed.Relationships[0].BootstrapBundle) != `{"keys": []}` {
+	if len(fed.Relationships) != 1 || !proto.Equal(fed.Relationships[0].Relationship, want) || !bytes.Equal(fed.Relationships[0].BootstrapBundle, doc) {
 		t.Errorf("relationships = %+v, want %v", fed.Relationships, want)
 	}
 
