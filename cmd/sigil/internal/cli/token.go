@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -13,10 +12,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/federation"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -66,28 +65,44 @@ func NewTokenCommand() *cobra.Command {
 func NewBundleCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bundle",
-		Short: "Show the trust bundle of the trust domain",
+		Short: "Show the trust bundle of the trust domain; set, delete and list federated bundles",
 	}
-	var format string
+	var format, trustDomain string
 	var o *adminOpts
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "Print the trust bundle (the file agents use as trust_bundle_path)",
+		Short: "Print the trust bundle (the file agents use as trust_bundle_path) or a federated bundle",
+		Long: `Print the trust domain's bundle: PEM CA certificates (the default, the file
+agents use as trust_bundle_path) or, with -format spiffe, the SPIFFE bundle
+document that the bundle endpoint serves and that a federated trust domain
+takes as its bootstrap bundle (sigil bundle set or sigil federation create
+-bundle-file there). -trust-domain prints a federated bundle instead.`,
 		Example: `  sigil bundle show > /etc/sigil/bundle.pem
-  sigil bundle show -format spiffe`,
+  sigil bundle show -format spiffe > aws.bundle.json
+  sigil bundle show -trust-domain gcp.example -format spiffe`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "pem" && format != "spiffe" {
 				return fmt.Errorf("invalid -format %q: want pem or spiffe", format)
+			}
+			req := &sigilv1.GetBundleRequest{}
+			what := "show bundle"
+			if cmd.Flags().Changed("trust-domain") {
+				td, err := trustDomainArg("trust-domain", trustDomain)
+				if err != nil {
+					return err
+				}
+				req.TrustDomain = td
+				what = "show bundle of " + td
 			}
 			c, err := o.dial()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			b, err := call(cmd.Context(), c.GetBundle, &sigilv1.GetBundleRequest{})
+			b, err := call(cmd.Context(), c.GetBundle, req)
 			if err != nil {
-				return c.RPCError("show bundle", err)
+				return c.RPCError(what, err)
 			}
 			out := cmd.OutOrStdout()
 			if o.json() {
@@ -109,9 +124,10 @@ func NewBundleCommand() *cobra.Command {
 			return err
 		},
 	}
-	show.Flags().StringVar(&format, "format", "pem", "pem (CA certificates) or spiffe (SPIFFE bundle JSON, as served to federated trust domains)")
+	show.Flags().StringVar(&format, "format", "pem", "pem (CA certificates) or spiffe (SPIFFE bundle document, as served to federated trust domains)")
+	show.Flags().StringVar(&trustDomain, "trust-domain", "", "print the federated bundle of this trust domain instead of the local one")
 	o = addAdminFlags(show)
-	cmd.AddCommand(show)
+	cmd.AddCommand(show, newBundleSet(), newBundleDelete(), newBundleList())
 	return cmd
 }
 
@@ -128,42 +144,15 @@ func WriteBundlePEM(w io.Writer, b *sigilv1.Bundle) error {
 	return nil
 }
 
-// SPIFFEBundle renders b in the SPIFFE trust bundle format (JWKS).
+// SPIFFEBundle renders b as a SPIFFE bundle document (JWKS), exactly as
+// the bundle endpoint serves it (federation.Encode).
+// A refresh hint too long for a time.Duration is refused rather than
+// published shortened.
 func SPIFFEBundle(b *sigilv1.Bundle) ([]byte, error) {
-	td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain())
-	if err != nil {
-		return nil, fmt.Errorf("bundle has invalid trust domain %q: %v", b.GetTrustDomain(), err)
+	if h := b.GetRefreshHint(); h > int64((math.MaxInt64-time.Second)/time.Second) {
+		return nil, fmt.Errorf("bundle refresh hint %d s is out of range", h)
 	}
-	if len(b.GetX509Authorities())+len(b.GetJwtAuthorities()) == 0 {
-		// A SPIFFE bundle without keys does not parse.
-		return nil, errors.New("the bundle has no authorities yet")
-	}
-	sb := spiffebundle.New(td)
-	for i, a := range b.GetX509Authorities() {
-		cert, err := x509.ParseCertificate(a.GetCertificate())
-		if err != nil {
-			return nil, fmt.Errorf("bundle X.509 authority %d: %v", i, err)
-		}
-		sb.AddX509Authority(cert)
-	}
-	for _, a := range b.GetJwtAuthorities() {
-		key, err := x509.ParsePKIXPublicKey(a.GetPublicKey())
-		if err != nil {
-			return nil, fmt.Errorf("bundle JWT authority %q: %v", a.GetKeyId(), err)
-		}
-		if err := sb.AddJWTAuthority(a.GetKeyId(), key); err != nil {
-			return nil, fmt.Errorf("bundle JWT authority %q: %v", a.GetKeyId(), err)
-		}
-	}
-	if h := b.GetRefreshHint(); h > 0 {
-		// go-spiffe rounds the hint up to whole seconds in nanoseconds.
-		if h > int64((math.MaxInt64-time.Second)/time.Second) {
-			return nil, fmt.Errorf("bundle refresh hint %d s is out of range", h)
-		}
-		sb.SetRefreshHint(time.Duration(h) * time.Second)
-	}
-	sb.SetSequenceNumber(b.GetSequenceNumber())
-	return sb.Marshal()
+	return federation.Encode(b)
 }
 
 // AgentAdminCommands returns the subcommands of `sigil agent` that manage
