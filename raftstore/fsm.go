@@ -247,7 +247,7 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if err := a.f.validateEntry(e); err != nil {
 		return err
 	}
-	if err := a.checkFederatesWith(e); err != nil {
+	if err := a.checkFederatesWith(e, nil); err != nil {
 		return err
 	}
 	if a.entryByID(e.Id) != nil {
@@ -270,12 +270,14 @@ func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
 	if err := a.f.validateEntry(e); err != nil {
 		return err
 	}
-	if err := a.checkFederatesWith(e); err != nil {
-		return err
-	}
 	old := a.entryByID(e.Id)
 	if old == nil {
 		return cmdErr(codes.NotFound, "entry %q not found", e.Id)
+	}
+	// Only the trust domains the update adds must be federated now: an
+	// entry whose relationship was deleted can still be updated.
+	if err := a.checkFederatesWith(e, old.Entry.FederatesWith); err != nil {
+		return err
 	}
 	row := newEntryRow(e)
 	if other := a.entryByKey(row.Key); other != nil && other.ID != e.Id {

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"crypto/x509"
 	"net/url"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -298,12 +299,30 @@ func (a *applier) countRelationships() (int, *CommandError) {
 	return n, nil
 }
 
+// countStaticBundles counts the federated bundles that no relationship
+// refreshes (set with `sigil bundle set`).
+func (a *applier) countStaticBundles() (int, *CommandError) {
+	it, err := a.txn.Get(tableBundles, indexID)
+	if err != nil {
+		return 0, cmdErr(codes.Internal, "counting bundles: %v", err)
+	}
+	n := 0
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		td := raw.(*sigilv1.Bundle).TrustDomain
+		if td != a.f.td.Name() && a.relationship(td) == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // checkFederatesWith refuses an entry that federates with a trust domain
 // the cluster has no relationship or bundle of (the syntax is checked by
-// validateEntry).
-func (a *applier) checkFederatesWith(e *sigilv1.Entry) *CommandError {
+// validateEntry). Trust domains in had (the stored entry's, on update)
+// are not checked again.
+func (a *applier) checkFederatesWith(e *sigilv1.Entry, had []string) *CommandError {
 	for _, name := range e.FederatesWith {
-		if !a.federates(name) {
+		if !slices.Contains(had, name) && !a.federates(name) {
 			return cmdErr(codes.InvalidArgument, "federates_with: trust domain %q has no federation relationship or bundle (sigil federation create or sigil bundle set first)", name)
 		}
 	}
@@ -447,7 +466,18 @@ func (a *applier) setFederatedBundle(c *storepb.SetFederatedBundle) *CommandErro
 	if (c.Refresh || st != nil) && a.relationship(b.TrustDomain) == nil {
 		return cmdErr(codes.NotFound, "federation relationship %q not found", b.TrustDomain)
 	}
-	if old := a.bundle(b.TrustDomain); c.Refresh && old != nil && b.SequenceNumber < old.SequenceNumber {
+	old := a.bundle(b.TrustDomain)
+	if old == nil && a.relationship(b.TrustDomain) == nil {
+		// A bundle with no relationship: bounded like relationships.
+		n, err := a.countStaticBundles()
+		if err != nil {
+			return err
+		}
+		if n >= MaxFederationRelationships {
+			return cmdErr(codes.FailedPrecondition, "already %d federated bundles without a relationship, the limit", n)
+		}
+	}
+	if c.Refresh && old != nil && b.SequenceNumber < old.SequenceNumber {
 		return cmdErr(codes.FailedPrecondition, "bundle of %q has sequence number %d, below the stored %d", b.TrustDomain, b.SequenceNumber, old.SequenceNumber)
 	}
 	if err := a.writeFederatedBundle(b); err != nil {

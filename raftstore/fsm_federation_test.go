@@ -235,6 +235,23 @@ func TestFederationRelationshipLimit(t *testing.T) {
 	tf.ok(putRel(fedRel("more.example", "https://more.example", ProfileHTTPSWeb, ""), true, false, nil))
 }
 
+func TestStaticFederatedBundleLimit(t *testing.T) {
+	tf := newTestFSM(t)
+	for i := range MaxFederationRelationships {
+		tf.ok(setBundle(fedBundle(t, fmt.Sprintf("td%d.example", i), 1), false, nil))
+	}
+	before := snapshotBytes(t, tf.f)
+	tf.refused("one too many", setBundle(fedBundle(t, "more.example", 1), false, nil), codes.FailedPrecondition)
+	if !bytes.Equal(snapshotBytes(t, tf.f), before) {
+		t.Fatal("a refused bundle changed the state")
+	}
+	// Replacing a stored one is fine at the limit, and a relationship's
+	// bundle does not count.
+	tf.ok(setBundle(fedBundle(t, "td0.example", 2), false, nil))
+	tf.ok(putRel(gcpRel(), true, false, nil))
+	tf.ok(setBundle(fedBundle(t, gcp, 1), false, nil))
+}
+
 func TestDeleteFederationRelationship(t *testing.T) {
 	tf := newTestFSM(t)
 	tf.ok(putRel(gcpRel(), true, false, fedBundle(t, gcp, 1)))
@@ -549,6 +566,16 @@ func TestEntryFederatesWith(t *testing.T) {
 	tf.ok(deleteBundle(aws))
 	if e, _ := tf.f.reader().Entry("a"); len(e.FederatesWith) != 1 || e.FederatesWith[0] != aws {
 		t.Fatalf("entry after its bundle went: %v", e)
+	}
+	// The entry can still be updated while it names the trust domain that
+	// went: only trust domains an update adds must be federated.
+	upd := fed("a", aws)
+	upd.Hint = "still updatable"
+	if got := tf.batch(updateEntries(upd)); got[0] != codes.OK {
+		t.Fatalf("update of an entry whose trust domain went: %v", got[0])
+	}
+	if got := tf.batch(updateEntries(fed("a", aws, "azure.example"))); got[0] != codes.InvalidArgument {
+		t.Fatalf("update adding an unknown trust domain: %v", got[0])
 	}
 }
 
