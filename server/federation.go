@@ -246,31 +246,16 @@ func (s *Server) federationLeaderLoop(ctx context.Context) {
 	ch := make(chan raft.Observation, 4)
 	unregister := s.store.LeaderObservations(ch)
 	defer unregister()
-	var (
-		cancel context.CancelFunc
-		done   chan struct{}
-	)
-	stop := func() {
-		if cancel != nil {
-			cancel()
-			<-done
-			cancel, done = nil, nil
-		}
-	}
-	defer stop()
+	var term *leaderTerm
+	defer func() { term.end() }()
 	for {
 		leader := s.store.IsLeader()
 		switch {
-		case leader && cancel == nil:
-			var lctx context.Context
-			lctx, cancel = context.WithCancel(ctx)
-			done = make(chan struct{})
-			go func() {
-				defer close(done)
-				s.leadFederation(lctx)
-			}()
-		case !leader && cancel != nil:
-			stop()
+		case leader && term == nil:
+			term = s.startLeaderTerm(ctx)
+		case !leader && term != nil:
+			term.end()
+			term = nil
 		}
 		select {
 		case <-ctx.Done():
@@ -279,6 +264,31 @@ func (s *Server) federationLeaderLoop(ctx context.Context) {
 		case <-s.cfg.Clock.After(leaderPoll):
 		}
 	}
+}
+
+// leaderTerm is the federation work of one term as leader.
+type leaderTerm struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *Server) startLeaderTerm(ctx context.Context) *leaderTerm {
+	lctx, cancel := context.WithCancel(ctx)
+	t := &leaderTerm{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(t.done)
+		s.leadFederation(lctx)
+	}()
+	return t
+}
+
+// end stops the term's work and waits for it; a nil term is a no-op.
+func (t *leaderTerm) end() {
+	if t == nil {
+		return
+	}
+	t.cancel()
+	<-t.done
 }
 
 // leadFederation is the leader's federation work: the configuration's
