@@ -107,15 +107,22 @@ func (s *Server) newBundleEndpoint() (*federation.Endpoint, error) {
 	}
 	e, err := federation.NewEndpoint(federation.EndpointConfig{
 		Profile:            profile,
-		Bundle:             func() (*sigilv1.Bundle, error) { return s.publicBundle(profile) },
+		Bundle:             s.publicBundle,
 		RefreshHint:        ec.RefreshHint,
 		SVID:               s.endpointSVID,
 		PartnerAuthorities: s.partnerAuthorities,
 		OnPartnerFetch:     s.onPartnerFetch,
 		CertFile:           ec.CertFile,
 		KeyFile:            ec.KeyFile,
-		Logger:             s.log.Named("bundle_endpoint"),
-		Clock:              s.cfg.Clock,
+		OnRequest: func(ok bool) {
+			outcome := "ok"
+			if !ok {
+				outcome = "error"
+			}
+			s.metrics.fed.endpointRequests.WithLabelValues(profile, outcome).Inc()
+		},
+		Logger: s.log.Named("bundle_endpoint"),
+		Clock:  s.cfg.Clock,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: bundle endpoint: %w", err)
@@ -123,19 +130,16 @@ func (s *Server) newBundleEndpoint() (*federation.Endpoint, error) {
 	return e, nil
 }
 
-// publicBundle is the local bundle the endpoint serves; each call is one
-// request, counted in sigil_federation_endpoint_requests_total.
-func (s *Server) publicBundle(profile string) (*sigilv1.Bundle, error) {
+// publicBundle is the local bundle the endpoint serves (without the
+// cluster identity CAs).
+func (s *Server) publicBundle() (*sigilv1.Bundle, error) {
 	if s.store == nil {
-		s.metrics.fed.endpointRequests.WithLabelValues(profile, "error").Inc()
 		return nil, errors.New("server: starting")
 	}
 	b, err := s.store.Read().Bundle(s.td.Name())
 	if err != nil {
-		s.metrics.fed.endpointRequests.WithLabelValues(profile, "error").Inc()
 		return nil, fmt.Errorf("server: reading the local bundle: %w", err)
 	}
-	s.metrics.fed.endpointRequests.WithLabelValues(profile, "ok").Inc()
 	return b, nil
 }
 

@@ -153,8 +153,8 @@ func TestFederationAdminRelationshipsAndBundles(t *testing.T) {
 	_, err = h.fed.CreateRelationship(ctx, &sigilv1.CreateRelationshipRequest{Relationship: plain})
 	wantCode(t, "create with an http URL", err, codes.InvalidArgument)
 	other := &sigilv1.FederationRelationship{TrustDomain: "other.test", BundleEndpointUrl: "https://127.0.0.1:1", Profile: federation.ProfileHTTPSWeb}
-	_, err = h.fed.CreateRelationship(ctx, &sigilv1.CreateRelationshipRequest{Relationship: other, BootstrapBundle: doc})
-	wantCode(t, "create with another trust domain's bootstrap bundle", err, codes.InvalidArgument)
+	_, err = h.fed.CreateRelationship(ctx, &sigilv1.CreateRelationshipRequest{Relationship: other, BootstrapBundle: []byte(`{"keys":[]}`)})
+	wantCode(t, "create with an empty bootstrap bundle", err, codes.InvalidArgument)
 	_, err = h.fed.UpdateRelationship(ctx, &sigilv1.UpdateRelationshipRequest{Relationship: rel})
 	wantCode(t, "update of a missing relationship", err, codes.NotFound)
 
@@ -744,8 +744,8 @@ func TestFederationConfigValidate(t *testing.T) {
 		{"twice", func(c *Config) {
 			c.Federation.Relationships = []ConfigRelationship{{Relationship: rel("partner.test")}, {Relationship: rel("partner.test")}}
 		}, "declared twice"},
-		{"foreign bootstrap bundle", func(c *Config) {
-			c.Federation.Relationships = []ConfigRelationship{{Relationship: rel("other.test"), BootstrapBundle: doc}}
+		{"bad bootstrap bundle", func(c *Config) {
+			c.Federation.Relationships = []ConfigRelationship{{Relationship: rel("other.test"), BootstrapBundle: []byte("{")}}
 		}, "bundle_file"},
 	} {
 		cfg := base()
@@ -773,7 +773,7 @@ func TestFederationClusterRefreshOnLeaderOnly(t *testing.T) {
 	mc := newMemCluster(t)
 	fedCfg := func(c *Config) {
 		c.Federation.Relationships = []ConfigRelationship{{
-			Relationship: &sigilv1.FederationRelationship{TrustDomain: "partner.test", BundleEndpointUrl: "https://127.0.0.1:1", Profile: federation.ProfileHTTPSWeb},
+			Relationship:    &sigilv1.FederationRelationship{TrustDomain: "partner.test", BundleEndpointUrl: "https://127.0.0.1:1", Profile: federation.ProfileHTTPSWeb},
 			BootstrapBundle: doc,
 		}}
 	}
