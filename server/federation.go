@@ -326,10 +326,23 @@ func (s *Server) leadFederation(ctx context.Context) {
 		return
 	}
 	log.Info("refreshing federated bundles (leader)")
-	if err := r.Run(ctx); err != nil && ctx.Err() == nil {
-		log.Error("federation refresher stopped", zap.Error(err))
+	for {
+		err := r.Run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Error("federation refresher stopped; restarting it", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.cfg.Clock.After(refresherRestart):
+		}
 	}
 }
+
+// refresherRestart is how long the leader waits before restarting a
+// refresher that stopped.
+const refresherRestart = 5 * time.Second
 
 func (s *Server) setRefreshing(v bool) {
 	s.fed.mu.Lock()
