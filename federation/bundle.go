@@ -150,6 +150,8 @@ func decode(td spiffeid.TrustDomain, doc []byte) (*sigilv1.Bundle, error) {
 		if hint < 0 {
 			return nil, fmt.Errorf("negative spiffe_refresh_hint %d", hint)
 		}
+		// A hint of centuries is as good as the largest Duration.
+		hint = min(hint, maxHintSeconds)
 	}
 	sb, err := spiffebundle.Parse(td, doc)
 	if err != nil {
@@ -383,15 +385,16 @@ func redactURL(u *url.URL) string {
 	return c.String()
 }
 
+// maxHintSeconds is the largest refresh hint kept, a second below the
+// largest Duration: go-spiffe rounds a hint up to whole seconds by adding
+// almost a second.
+const maxHintSeconds = int64(math.MaxInt64/time.Second) - 1
+
 // secondsToDuration converts a refresh hint without overflowing.
 func secondsToDuration(s int64) time.Duration {
 	if s <= 0 {
 		return 0
 	}
-	// Stay a second below the largest Duration: go-spiffe rounds the
-	// hint up to whole seconds by adding almost a second.
-	if lim := int64(math.MaxInt64/time.Second) - 1; s > lim {
-		s = lim
-	}
+	s = min(s, maxHintSeconds)
 	return time.Duration(s) * time.Second
 }
