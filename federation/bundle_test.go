@@ -192,8 +192,9 @@ func TestDecodeRefuses(t *testing.T) {
 		"empty key set":  {[]byte(`{"keys": []}`), "no keys"},
 		"null keys":      {[]byte(`{"keys": null}`), "no keys"},
 		"too many keys":  {docWith(t, tooMany, nil), "1025 keys, more than the limit of 1024"},
-		"unknown use":    {docWith(t, []map[string]any{x509Key, with(jwtKey, "use", "enc")}, nil), `key 2: use "enc"`},
-		"no use":         {docWith(t, []map[string]any{with(x509Key, "use", nil)}, nil), `key 1: use ""`},
+		"only unknown":   {docWith(t, []map[string]any{with(jwtKey, "use", "enc"), with(x509Key, "kty", "XYZ")}, nil), "none of the 2 keys is an x509-svid or jwt-svid key of a known type"},
+		"no use":         {docWith(t, []map[string]any{with(x509Key, "use", nil)}, nil), "none of the 1 keys"},
+		"use a number":   {docWith(t, []map[string]any{with(x509Key, "use", 5)}, nil), "key 1: json: cannot unmarshal number"},
 		"jwt no kid":     {docWith(t, []map[string]any{x509Key, with(jwtKey, "kid", nil)}, nil), "key 2: jwt-svid key without kid"},
 		"duplicate kid":  {docWith(t, []map[string]any{jwtKey, x509Key, jwtKey}, nil), `key 3: duplicate kid "key-1"`},
 		"bad x5c":        {docWith(t, []map[string]any{with(x509Key, "x5c", []string{base64.StdEncoding.EncodeToString([]byte("not a certificate"))})}, nil), "spiffebundle"},
@@ -215,6 +216,37 @@ func TestDecodeRefuses(t *testing.T) {
 	}
 	if _, err := Decode(spiffeid.TrustDomain{}, valid); err == nil {
 		t.Fatal("Decode accepted the zero trust domain")
+	}
+}
+
+func TestDecodeIgnoresUnknownKeys(t *testing.T) {
+	ca := mtlstest.NewCA("a.example")
+	b := testBundle(t, ca, 2, 2)
+	keys := keysOf(t, b)
+	// Keys of other uses (go-spiffe's experimental wit-svid, "enc") and
+	// of unknown key types are ignored (SPIFFE Trust Domain and Bundle
+	// 4.1.3, 4.2.1, 4.2.2), wherever they are.
+	var jwt map[string]any
+	for _, k := range keys {
+		if k["use"] == "jwt-svid" {
+			jwt = k
+		}
+	}
+	wit := map[string]any{}
+	enc := map[string]any{}
+	for k, v := range jwt {
+		wit[k], enc[k] = v, v
+	}
+	wit["use"], wit["kid"] = "wit-svid", "key-1"
+	enc["use"], enc["kid"] = "enc", "key-1"
+	unknownKty := map[string]any{"use": "jwt-svid", "kid": "pq", "kty": "ML-DSA", "pub": "AAAA"}
+	doc := docWith(t, append([]map[string]any{wit, unknownKty}, append(keys, enc)...), map[string]any{"spiffe_sequence": 2, "spiffe_refresh_hint": 300})
+	got, err := Decode(tdA, doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Equal(got, b) {
+		t.Fatalf("decoded %v, want %v", got, b)
 	}
 }
 

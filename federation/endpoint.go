@@ -89,6 +89,7 @@ type Endpoint struct {
 	mu     sync.Mutex
 	doc    []byte // the encoded document of docSeq, nil before the first
 	docSeq uint64
+	docErr string // the last failure logged; "" once served again
 }
 
 // NewEndpoint checks cfg (an https_web endpoint loads its files here, so
@@ -159,7 +160,6 @@ func (e *Endpoint) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	doc, seq, err := e.document()
 	if err != nil {
-		e.log.Warn("bundle endpoint cannot serve the bundle", zap.Error(err))
 		http.Error(w, "bundle unavailable", http.StatusInternalServerError)
 		return
 	}
@@ -187,7 +187,23 @@ func (e *Endpoint) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // document returns the encoded bundle and its sequence number, encoding
 // only when the sequence number changed.
+// A failure is logged when its text differs from the last one's.
 func (e *Endpoint) document() ([]byte, uint64, error) {
+	doc, seq, err := e.encoded()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case err != nil && err.Error() != e.docErr:
+		e.log.Warn("bundle endpoint cannot serve the bundle", zap.Error(err))
+		e.docErr = err.Error()
+	case err == nil && e.docErr != "":
+		e.log.Info("bundle endpoint serves the bundle again")
+		e.docErr = ""
+	}
+	return doc, seq, err
+}
+
+func (e *Endpoint) encoded() ([]byte, uint64, error) {
 	b, err := e.cfg.Bundle()
 	if err != nil {
 		return nil, 0, err

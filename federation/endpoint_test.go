@@ -146,7 +146,9 @@ func TestEndpointHandler(t *testing.T) {
 	ca := mtlstest.NewCA("a.example")
 	src := &bundleSource{b: testBundle(t, ca, 1, 4)}
 	var oks, errs atomic.Int64
+	core, logs := observer.New(zap.InfoLevel)
 	e := spiffeEndpoint(t, ca, src, func(c *EndpointConfig) {
+		c.Logger = zap.New(core)
 		c.OnRequest = func(ok bool) {
 			if ok {
 				oks.Add(1)
@@ -214,11 +216,16 @@ func TestEndpointHandler(t *testing.T) {
 	src.mu.Lock()
 	src.err = errTest
 	src.mu.Unlock()
-	if resp, _ := do(http.MethodGet); resp.StatusCode != http.StatusInternalServerError {
-		t.Fatalf("GET with a failing bundle: %s", resp.Status)
+	for range 2 {
+		if resp, _ := do(http.MethodGet); resp.StatusCode != http.StatusInternalServerError {
+			t.Fatalf("GET with a failing bundle: %s", resp.Status)
+		}
 	}
-	if oks.Load() != 13 || errs.Load() != 4 {
-		t.Fatalf("OnRequest saw %d ok and %d errors, want 13 and 4", oks.Load(), errs.Load())
+	if n := logs.FilterMessage("bundle endpoint cannot serve the bundle").Len(); n != 1 {
+		t.Fatalf("the failure was logged %d times, want once", n)
+	}
+	if oks.Load() != 13 || errs.Load() != 5 {
+		t.Fatalf("OnRequest saw %d ok and %d errors, want 13 and 5", oks.Load(), errs.Load())
 	}
 }
 
@@ -384,5 +391,25 @@ func TestEndpointReportsOnlyVerifiedPartners(t *testing.T) {
 	stop() // every handler has returned
 	if got := fetches.list(); len(got) != 1 || got[0] != "b.example@7" {
 		t.Fatalf("partner fetches %v, want [b.example@7]", got)
+	}
+}
+
+func TestEndpointBoundsHeaders(t *testing.T) {
+	ca := mtlstest.NewCA("a.example")
+	url, _ := serve(t, spiffeEndpoint(t, ca, &bundleSource{b: testBundle(t, ca, 1, 0)}, nil))
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // the test looks at HTTP only
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Big", strings.Repeat("x", 64<<10))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("64 KiB of headers: %s", resp.Status)
 	}
 }
