@@ -497,7 +497,8 @@ func metricValue(t *testing.T, s *Server, name string, labels map[string]string)
 // https_spiffe and one https_web: each one's bundle reaches the other's
 // store, the https_spiffe side records the authenticated partner's
 // fetch, an agent whose entry federates with the other trust domain gets
-// its bundle on the sync stream, and deleting the relationship removes it.
+// its bundle on the sync stream, then the other side's new CA key with its
+// next refresh, and deleting the relationship removes the bundle.
 func TestFederationTwoTrustDomains(t *testing.T) {
 	tdA := spiffeid.RequireTrustDomainFromString("a.test")
 	tdB := spiffeid.RequireTrustDomainFromString("b.test")
@@ -599,6 +600,29 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 	if err != nil || !first.Reset_ || len(first.FederatedBundles) != 1 || !slices.Equal(certSet(first.FederatedBundles[0]), certSet(ownB)) {
 		t.Fatalf("first sync message: %v %v", first, err)
 	}
+	// A new CA key of B (prepared ahead of its schedule) reaches A's
+	// agent through A's refresh of B's endpoint.
+	prep, err := b.auth.PrepareAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "x509"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownB2, err := b.admin.GetBundle(ctx, &sigilv1.GetBundleRequest{})
+	if err != nil || len(ownB2.X509Authorities) != len(ownB.X509Authorities)+1 {
+		t.Fatalf("B's bundle after prepare (%s): %v %v", prep.Slot.Id, ownB2, err)
+	}
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("waiting for B's new bundle: %v", err)
+		}
+		if len(m.FederatedBundles) > 0 {
+			if got := m.FederatedBundles[0]; got.TrustDomain != "b.test" || !slices.Equal(certSet(got), certSet(ownB2)) || got.SequenceNumber != ownB2.SequenceNumber {
+				t.Fatalf("B's new bundle on A's sync stream: %v", got)
+			}
+			break
+		}
+	}
+
 	if _, err := a.fed.DeleteRelationship(ctx, &sigilv1.DeleteRelationshipRequest{TrustDomain: "b.test"}); err != nil {
 		t.Fatal(err)
 	}
@@ -767,7 +791,9 @@ func TestFederationConfigValidate(t *testing.T) {
 
 // TestFederationClusterRefreshOnLeaderOnly: in a three-server cluster
 // only the leader runs the refresher and writes the configuration's
-// relationships; when it stops, the new leader takes over.
+// relationships (with their bootstrap bundles); a refresh asked on a
+// follower is made by the leader; when the leader stops, the new leader
+// takes over.
 func TestFederationClusterRefreshOnLeaderOnly(t *testing.T) {
 	doc, _ := testBundleDoc(t, "partner.test", 3)
 	mc := newMemCluster(t)
@@ -804,12 +830,29 @@ func TestFederationClusterRefreshOnLeaderOnly(t *testing.T) {
 		return l
 	}
 	l := checkOne()
+	var follower *memNode
 	for _, n := range mc.live() {
 		clusterWait(t, "the configured relationship on "+n.name, func() bool {
 			rel, err := n.srv.store.Read().FederationRelationship("partner.test")
 			_, berr := n.srv.store.Read().FederatedBundle("partner.test")
 			return err == nil && rel.FromConfig && berr == nil
 		})
+		if n != l {
+			follower = n
+		}
+	}
+	// A refresh asked on a follower is made by the leader; the follower
+	// answers with the attempt's status (the endpoint is unreachable).
+	st, err := sigilv1.NewFederationAdminClient(follower.admin).RefreshBundle(context.Background(),
+		&sigilv1.RefreshBundleRequest{TrustDomain: "partner.test", TimeoutMs: 20000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status.GetLastError() == "" || !st.Present || st.SequenceNumber != 3 || !st.Relationship.GetFromConfig() {
+		t.Fatalf("refresh through a follower: %v", st)
+	}
+	if v := metricValue(t, l.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "partner.test", "outcome": "error"}); v < 1 {
+		t.Errorf("the leader's failed refreshes: %v", v)
 	}
 	l.stop()
 	if l2 := checkOne(); l2 == l {
