@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/federation"
@@ -857,5 +858,72 @@ func TestFederationClusterRefreshOnLeaderOnly(t *testing.T) {
 	l.stop()
 	if l2 := checkOne(); l2 == l {
 		t.Fatal("the stopped leader still leads")
+	}
+}
+
+// TestFederationSyncChunksLargeBundles: federated bundles too large for
+// one message are spread over the messages of the full set, each under
+// the chunk size, the last one Synced.
+func TestFederationSyncChunksLargeBundles(t *testing.T) {
+	h := startFedServer(t, testTD, nil, nil)
+	ctx := context.Background()
+	a := h.attest()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tds := []string{"big1.test", "big2.test", "big3.test", "big4.test"}
+	for i, td := range tds {
+		b := &sigilv1.Bundle{TrustDomain: td, SequenceNumber: 1}
+		for j := range 1000 {
+			tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i*10000 + j + 1)), Subject: pkix.Name{CommonName: td},
+				NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.X509Authorities = append(b.X509Authorities, &sigilv1.X509Authority{Certificate: der, NotAfter: tmpl.NotAfter.Unix()})
+		}
+		doc, err := federation.Encode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.fed.SetBundle(ctx, &sigilv1.SetBundleRequest{TrustDomain: td, Document: doc}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := &sigilv1.Entry{SpiffeId: "spiffe://example.org/w", ParentId: a.id, Selectors: []*sigilv1.Selector{{Type: "unix", Value: "uid:1"}}, FederatesWith: tds}
+	if r, err := h.admin.BatchCreateEntry(ctx, &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{e}}); err != nil || r.Results[0].Status.Code != 0 {
+		t.Fatalf("create entry: %v %v", r, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	stream, err := a.node.Sync(sctx, &sigilv1.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	msgs := 0
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msgs == 0 && !m.Reset_ {
+			t.Fatal("the first message is not a reset")
+		}
+		msgs++
+		if size := proto.Size(m); size > syncChunkBytes+64<<10 {
+			t.Fatalf("message of %d bytes", size)
+		}
+		for _, b := range m.FederatedBundles {
+			got = append(got, b.TrustDomain)
+		}
+		if m.Synced {
+			break
+		}
+	}
+	if msgs < 2 || !slices.Equal(got, tds) {
+		t.Fatalf("%d messages with the federated bundles %v, want several with %v", msgs, got, tds)
 	}
 }
