@@ -695,33 +695,45 @@ func TestFederationPropagationDelayRaised(t *testing.T) {
 	}
 }
 
-// TestFederationEndpointPortTaken: a taken bundle endpoint port fails the
-// start before any state is written.
-func TestFederationEndpointPortTaken(t *testing.T) {
+// TestFederationEndpointStartFailures: a taken bundle endpoint port, or
+// https_web certificate files that do not load, fail the start before any
+// state is written.
+func TestFederationEndpointStartFailures(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	dir := t.TempDir()
-	cfg := DefaultConfig()
-	cfg.TrustDomain = testTD
-	cfg.NodeName = "s1"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.BindAddress = "127.0.0.1:0"
-	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.Federation.BundleEndpoint.Address = l.Addr().String()
-	withPlugins(t, &cfg, "memory")
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = srv.Run(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "bundle endpoint listen") {
-		t.Fatalf("run with a taken endpoint port: %v", err)
-	}
-	if _, err := os.Stat(cfg.DataDir); !os.IsNotExist(err) {
-		t.Fatalf("data dir after a failed start: %v", err)
+	for _, c := range []struct {
+		name string
+		ep   BundleEndpointConfig
+		want string
+	}{
+		{"port taken", BundleEndpointConfig{Address: l.Addr().String()}, "server: bundle endpoint listen"},
+		{"missing certificate", BundleEndpointConfig{Address: "127.0.0.1:0", Profile: federation.ProfileHTTPSWeb, CertFile: "/nonexistent/web.crt", KeyFile: "/nonexistent/web.key"}, "server: bundle endpoint"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := DefaultConfig()
+			cfg.TrustDomain = testTD
+			cfg.NodeName = "s1"
+			cfg.DataDir = filepath.Join(dir, "data")
+			cfg.BindAddress = "127.0.0.1:0"
+			cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
+			cfg.Federation.BundleEndpoint = c.ep
+			withPlugins(t, &cfg, "memory")
+			srv, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = srv.Run(context.Background())
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("run: %v, want an error with %q", err, c.want)
+			}
+			if _, err := os.Stat(cfg.DataDir); !os.IsNotExist(err) {
+				t.Fatalf("data dir after a failed start: %v", err)
+			}
+		})
 	}
 }
 
