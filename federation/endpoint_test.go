@@ -157,7 +157,7 @@ func TestEndpointHandler(t *testing.T) {
 			}
 		}
 	})
-	url, _ := serve(t, e)
+	url, stop := serve(t, e)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // the test looks at HTTP only
 	defer client.CloseIdleConnections()
 	do := func(method string) (*http.Response, []byte) {
@@ -224,6 +224,7 @@ func TestEndpointHandler(t *testing.T) {
 	if n := logs.FilterMessage("bundle endpoint cannot serve the bundle").Len(); n != 1 {
 		t.Fatalf("the failure was logged %d times, want once", n)
 	}
+	stop() // every handler has returned
 	if oks.Load() != 13 || errs.Load() != 5 {
 		t.Fatalf("OnRequest saw %d ok and %d errors, want 13 and 5", oks.Load(), errs.Load())
 	}

@@ -417,6 +417,7 @@ func TestOwnBundleCommandsRefuseForeignTrustDomains(t *testing.T) {
 		"prune":  {Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: gcp}}},
 		"taint":  {Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{TrustDomain: gcp, AuthorityId: "kid-gcp.example"}}},
 		"revoke": {Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: gcp, AuthorityId: "kid-gcp.example"}}},
+		"retire": {Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{TrustDomain: gcp, ServerId: "n1"}}},
 	} {
 		tf.refused(name, cmd, codes.InvalidArgument)
 	}
