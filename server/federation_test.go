@@ -575,15 +575,13 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 		}
 		return false
 	})
-	if v := metricValue(t, a.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "b.test", "outcome": "changed"}); v < 1 {
-		t.Errorf("A's changed refreshes of b.test: %v", v)
-	}
-	if v := metricValue(t, b.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_web", "outcome": "ok"}); v < 1 {
-		t.Errorf("B's endpoint requests: %v", v)
-	}
-	if v := metricValue(t, a.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_spiffe", "outcome": "ok"}); v < 1 {
-		t.Errorf("A's endpoint requests: %v", v)
-	}
+	// The metrics (an endpoint counts a request after its answer).
+	clusterWait(t, "the federation metrics", func() bool {
+		return metricValue(t, a.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "b.test", "outcome": "changed"}) >= 1 &&
+			metricValue(t, a.srv, "sigil_federation_bundle_age_seconds", map[string]string{"trust_domain": "b.test"}) >= 0 &&
+			metricValue(t, b.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_web", "outcome": "ok"}) >= 1 &&
+			metricValue(t, a.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_spiffe", "outcome": "ok"}) >= 1
+	})
 
 	// An agent of A whose entry federates with b.test gets B's bundle.
 	ag := a.attest()
@@ -864,9 +862,9 @@ func TestFederationClusterRefreshOnLeaderOnly(t *testing.T) {
 	if st.Status.GetLastError() == "" || !st.Present || st.SequenceNumber != 3 || !st.Relationship.GetFromConfig() {
 		t.Fatalf("refresh through a follower: %v", st)
 	}
-	if v := metricValue(t, l.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "partner.test", "outcome": "error"}); v < 1 {
-		t.Errorf("the leader's failed refreshes: %v", v)
-	}
+	clusterWait(t, "the leader's failed refreshes counted", func() bool {
+		return metricValue(t, l.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "partner.test", "outcome": "error"}) >= 1
+	})
 	l.stop()
 	if l2 := checkOne(); l2 == l {
 		t.Fatal("the stopped leader still leads")
