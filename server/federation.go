@@ -277,7 +277,9 @@ func (c FederationConfig) partnerRefreshBound() time.Duration {
 }
 
 // leaderPoll is how often the leadership loop checks leadership besides
-// Raft's leader observations.
+// Raft's leader observations. Like the Raft metrics' sampling it ticks on
+// the wall clock: it is a safety net, not a schedule, and ticking on an
+// injected fake clock would add to the waiters tests count.
 const leaderPoll = time.Second
 
 // federationLeaderLoop runs the refresher and writes the configuration's
@@ -287,6 +289,8 @@ func (s *Server) federationLeaderLoop(ctx context.Context) {
 	ch := make(chan raft.Observation, 4)
 	unregister := s.store.LeaderObservations(ch)
 	defer unregister()
+	tick := time.NewTicker(leaderPoll)
+	defer tick.Stop()
 	var term *leaderTerm
 	defer func() { term.end() }()
 	for {
@@ -302,7 +306,7 @@ func (s *Server) federationLeaderLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ch:
-		case <-s.cfg.Clock.After(leaderPoll):
+		case <-tick.C:
 		}
 	}
 }
