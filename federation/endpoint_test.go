@@ -414,3 +414,35 @@ func TestEndpointBoundsHeaders(t *testing.T) {
 		t.Fatalf("64 KiB of headers: %s", resp.Status)
 	}
 }
+
+func TestSPIFFEEndpointWithoutSVID(t *testing.T) {
+	ca := mtlstest.NewCA("a.example")
+	var svid atomic.Pointer[tls.Certificate]
+	core, logs := observer.New(zap.InfoLevel)
+	e := spiffeEndpoint(t, ca, &bundleSource{b: testBundle(t, ca, 1, 0)}, func(c *EndpointConfig) {
+		c.SVID = func() (*tls.Certificate, error) {
+			if s := svid.Load(); s != nil {
+				return s, nil
+			}
+			return nil, errTest
+		}
+		c.Logger = zap.New(core)
+	})
+	url, _ := serve(t, e)
+	rel := &sigilv1.FederationRelationship{TrustDomain: "a.example", BundleEndpointUrl: url, Profile: ProfileHTTPSSPIFFE, EndpointSpiffeId: endpointIDA}
+	for range 3 {
+		if _, err := Fetch(context.Background(), rel, testBundle(t, ca, 0, 0), FetchConfig{}); err == nil {
+			t.Fatal("fetched from an endpoint without certificate")
+		}
+	}
+	if n := logs.FilterMessage("bundle endpoint has no certificate to serve").Len(); n != 1 {
+		t.Fatalf("the SVID failure was logged %d times, want once", n)
+	}
+	svid.Store(tlsCert(ca.SVID(endpointIDA, time.Hour)))
+	if _, err := Fetch(context.Background(), rel, testBundle(t, ca, 0, 0), FetchConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if logs.FilterMessage("bundle endpoint has a certificate again").Len() != 1 {
+		t.Fatalf("recovery not logged: %v", logs.All())
+	}
+}

@@ -111,10 +111,13 @@ func fetch(ctx context.Context, rel *sigilv1.FederationRelationship, cur *sigilv
 		return nil, timeoutError(err, timeout)
 	}
 	if resp.StatusCode != http.StatusOK {
+		// The status code only: the reason phrase is the server's text,
+		// and errors end up in the replicated status.
+		status := fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 		if resp.StatusCode >= 300 && resp.StatusCode < 400 {
-			return nil, fmt.Errorf("the endpoint answered %s (redirects are not followed), want 200 OK", resp.Status)
+			return nil, fmt.Errorf("the endpoint answered %s (redirects are not followed), want 200 OK", status)
 		}
-		return nil, fmt.Errorf("the endpoint answered %s, want 200 OK", resp.Status)
+		return nil, fmt.Errorf("the endpoint answered %s, want 200 OK", status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
 	if err == nil {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -617,5 +620,28 @@ func TestNewRefresherRefuses(t *testing.T) {
 			_, err := NewRefresher(tc.cfg)
 			wantErr(t, err, "federation: refresher: ", tc.want)
 		})
+	}
+}
+
+func TestErrorTextIgnoresLocalPort(t *testing.T) {
+	opErr := func(port int) error {
+		return fmt.Errorf("federation: fetch bundle of %q from %s: %w", "b.example", "https://10.0.0.2:8443",
+			&net.OpError{Op: "read", Net: "tcp", Source: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: port},
+				Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 8443}, Err: syscall.ECONNRESET})
+	}
+	a, b := errorText(opErr(50000)), errorText(opErr(50001))
+	want := `federation: fetch bundle of "b.example" from https://10.0.0.2:8443: read tcp 10.0.0.2:8443: connection reset by peer`
+	if a != want || b != want {
+		t.Fatalf("errorText gave %q and %q, want %q", a, b, want)
+	}
+	if got := errorText(errTest); got != "test error" {
+		t.Fatalf("errorText(%v) = %q", errTest, got)
+	}
+}
+
+func TestErrorTextIsBounded(t *testing.T) {
+	got := errorText(fmt.Errorf("federation: %s", strings.Repeat("é", 2000)))
+	if len(got) > maxErrorText+len("…") || !strings.HasPrefix(got, "federation: éé") || !strings.HasSuffix(got, "…") || !utf8.ValidString(got) {
+		t.Fatalf("errorText gave %d bytes: %q…", len(got), got[:40])
 	}
 }
