@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -13,6 +14,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -317,6 +322,7 @@ func TestFederationBetweenTrustDomains(t *testing.T) {
 	// One fetch each way through the real endpoints succeeds.
 	A.s.cli("federation", "refresh", "-trust-domain", "gcp.example")
 	B.s.cli("federation", "refresh", "-trust-domain", "aws.example")
+	fedInterop(t, A, B, certFile, keyFile, bDoc)
 
 	// Entries: the two loop workloads (told apart by executable path) and
 	// this test process in each domain.
@@ -509,4 +515,106 @@ func TestFederationBetweenTrustDomains(t *testing.T) {
 		t.Errorf("gcp.example lost aws.example's bundle: %v", st)
 	}
 	t.Logf("federation test took %v", time.Since(started).Round(time.Millisecond))
+}
+
+// fedInterop checks Sigil's endpoints and client against go-spiffe's
+// reference implementation: federation.FetchBundle reads A's https_web
+// and B's https_spiffe endpoint (authenticated with B's bootstrap bundle
+// document), and B's server reads, through a relationship, an https_web
+// endpoint served by federation.Handler for a third trust domain.
+func fedInterop(t *testing.T, A, B *fedDomain, certFile, keyFile, bDoc string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	for _, x := range []struct {
+		d   *fedDomain
+		opt federation.FetchOption
+	}{
+		{A, federation.WithWebPKIRoots(pool)},
+		{B, federation.WithSPIFFEAuth(fedLoadBundle(t, B.td, bDoc), spiffeid.RequireFromPath(B.td, "/sigil/server"))},
+	} {
+		got, err := federation.FetchBundle(ctx, x.d.td, "https://"+x.d.endpoint, x.opt)
+		if err != nil {
+			t.Fatalf("go-spiffe FetchBundle from %s's endpoint: %v", x.d.td.Name(), err)
+		}
+		var ids []string
+		for _, c := range got.X509Authorities() {
+			ids = append(ids, hex.EncodeToString(c.SubjectKeyId))
+		}
+		for _, b := range x.d.s.authorities().Bundle {
+			if b.Kind == "x509" && !slices.Contains(ids, b.ID) {
+				t.Errorf("go-spiffe read %s's endpoint without authority %s (got %v)", x.d.td.Name(), b.ID, ids)
+			}
+		}
+		if _, ok := got.SequenceNumber(); !ok {
+			t.Errorf("%s's bundle document has no spiffe_sequence", x.d.td.Name())
+		}
+		if hint, ok := got.RefreshHint(); !ok || hint != time.Second {
+			t.Errorf("%s's bundle document has refresh hint %v (%v), want 1s", x.d.td.Name(), hint, ok)
+		}
+	}
+
+	// A go-spiffe endpoint for spire.example, with the same web
+	// certificate (which B's server trusts through SSL_CERT_FILE).
+	spireTD := spiffeid.RequireTrustDomainFromString("spire.example")
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "spire.example CA"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+		URIs: []*url.URL{spireTD.ID().URL()},
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	jwtKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	spire := spiffebundle.New(spireTD)
+	spire.AddX509Authority(caCert)
+	if err := spire.AddJWTAuthority("spire-kid-1", jwtKey.Public()); err != nil {
+		t.Fatal(err)
+	}
+	spire.SetSequenceNumber(7)
+	spire.SetRefreshHint(time.Second)
+	h, err := federation.NewHandler(spireTD, spire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, ReadHeaderTimeout: 5 * time.Second}
+	go srv.ServeTLS(l, "", "")
+	t.Cleanup(func() { srv.Close() })
+	B.s.cli("federation", "create", "-trust-domain", spireTD.Name(), "-bundle-endpoint-url", "https://"+l.Addr().String(), "-profile", "https_web")
+	B.s.cli("federation", "refresh", "-trust-domain", spireTD.Name())
+	st := B.bundles(t)[spireTD.Name()]
+	if st == nil || !st.Present || st.X509Authorities != 1 || st.JwtAuthorities != 1 || st.SequenceNumber != 7 || st.RefreshHint != 1 {
+		t.Errorf("the bundle B fetched from go-spiffe's handler: %v", st)
+	}
+}
+
+// fedLoadBundle parses the bundle document at path.
+func fedLoadBundle(t *testing.T, td spiffeid.TrustDomain, path string) *spiffebundle.Bundle {
+	t.Helper()
+	b, err := spiffebundle.Load(td, path)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return b
 }
