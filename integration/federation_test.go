@@ -17,8 +17,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -617,4 +620,60 @@ func fedLoadBundle(t *testing.T, td spiffeid.TrustDomain, path string) *spiffebu
 		t.Fatalf("%s: %v", path, err)
 	}
 	return b
+}
+
+// fedFreePortBlock finds n consecutive free loopback ports and returns the
+// first.
+func fedFreePortBlock(t *testing.T, n int) int {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if base+n > 65535 {
+			continue
+		}
+		free := true
+		for p := base; p < base+n && free; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				free = false
+				continue
+			}
+			l.Close()
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatalf("no block of %d free loopback ports", n)
+	return 0
+}
+
+// TestFederationExample runs examples/federation/run.sh with the sigil
+// binary under test: two trust domains federated both ways and the
+// example client in one calling the example greeter in the other over
+// mTLS, three times.
+func TestFederationExample(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	_, file, _, _ := runtime.Caller(0)
+	script := filepath.Join(filepath.Dir(filepath.Dir(file)), "examples", "federation", "run.sh")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", script)
+	cmd.Env = append(os.Environ(), "SIGIL="+sigilBin, "WORK="+filepath.Join(t.TempDir(), "work"),
+		"BASE_PORT="+strconv.Itoa(fedFreePortBlock(t, 21)))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("run.sh: %v\n%s", err, out)
+	}
+	want := "200 OK: hello spiffe://aws.example/example/client, from spiffe://gcp.example/example/greeter"
+	if n := strings.Count(string(out), want); n != 3 || !strings.Contains(string(out), "federation example: OK") {
+		t.Fatalf("run.sh output (%d answers):\n%s", n, out)
+	}
 }
