@@ -50,6 +50,7 @@ type fakeServer struct {
 	signer      *testCA
 	bundleCAs   []*testCA
 	entries     map[string]*sigilv1.Entry
+	federated   map[string]*sigilv1.Bundle // by trust domain, sent on every stream
 	streams     map[chan *sigilv1.SyncResponse]struct{}
 	tokenUsed   bool
 	banned      bool
@@ -78,6 +79,7 @@ func newFakeServer(t *testing.T) *fakeServer {
 		signer:     ca,
 		bundleCAs:  []*testCA{ca},
 		entries:    make(map[string]*sigilv1.Entry),
+		federated:  make(map[string]*sigilv1.Bundle),
 		streams:    make(map[chan *sigilv1.SyncResponse]struct{}),
 		agentTTL:   time.Hour,
 		issuedKeys: make(map[string]crypto.PublicKey),
@@ -224,6 +226,10 @@ func (s *fakeServer) Sync(_ *sigilv1.SyncRequest, stream grpc.ServerStreamingSer
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Id < entries[j].Id })
 	bundle := s.bundleLocked()
+	var federated []*sigilv1.Bundle
+	for _, b := range s.federated {
+		federated = append(federated, b)
+	}
 	s.streams[ch] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
@@ -232,7 +238,7 @@ func (s *fakeServer) Sync(_ *sigilv1.SyncRequest, stream grpc.ServerStreamingSer
 		s.mu.Unlock()
 	}()
 	// The full set in chunks of two: reset first, synced last.
-	msgs := []*sigilv1.SyncResponse{{Reset_: true, Bundle: bundle}}
+	msgs := []*sigilv1.SyncResponse{{Reset_: true, Bundle: bundle, FederatedBundles: federated}}
 	for i := 0; i < len(entries); i += 2 {
 		msgs = append(msgs, &sigilv1.SyncResponse{Upserted: entries[i:min(i+2, len(entries))]})
 	}
@@ -335,6 +341,20 @@ func (s *fakeServer) remove(id string) {
 	defer s.mu.Unlock()
 	delete(s.entries, id)
 	s.pushLocked(&sigilv1.SyncResponse{Deleted: []string{id}})
+}
+
+// setFederated sets (nil removes) the federated bundle of td and pushes
+// the change.
+func (s *fakeServer) setFederated(td string, b *sigilv1.Bundle) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b == nil {
+		delete(s.federated, td)
+		s.pushLocked(&sigilv1.SyncResponse{RemovedFederatedBundles: []string{td}})
+		return
+	}
+	s.federated[td] = b
+	s.pushLocked(&sigilv1.SyncResponse{FederatedBundles: []*sigilv1.Bundle{b}})
 }
 
 // addCA adds a CA to the bundle and pushes the new bundle.

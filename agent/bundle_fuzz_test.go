@@ -174,7 +174,7 @@ func FuzzServerBundle(f *testing.F) {
 
 		c := newCache(testTD, zap.NewNop(), clock.NewFake(t0))
 		_, err = c.setAuthorities(pb, nil)
-		jb, _ := c.JWTBundles()
+		jb, _ := c.JWTBundles(nil)
 		kept := 0
 		for kid, k := range jb[testTD].JWTAuthorities() {
 			kept++

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +93,9 @@ func (c *cache) settle(ch changes) {
 	if ch.notify {
 		c.subs.notify(&c.st)
 	}
+	if ch.jwtBundles {
+		c.jwt.bundlesChanged()
+	}
 }
 
 // report logs what a transition did and wakes the minting loop if it
@@ -177,6 +182,75 @@ func (c *cache) SetBundle(b *x509bundle.Bundle) bool {
 	c.mu.Unlock()
 	c.report(ch)
 	return changed
+}
+
+// SetFederated takes the federated bundles of a sync message: with
+// full, bundles are the whole set (the trust domains not among them are
+// dropped); otherwise they are upserted and the trust domains removed are
+// dropped. A bad bundle (or one for the agent's own trust domain) is
+// logged and ignored, keeping the one held before; so is any bundle
+// beyond maxFederatedBundles.
+func (c *cache) SetFederated(full bool, bundles []*sigilv1.Bundle, removed []string) {
+	if !full && len(bundles) == 0 && len(removed) == 0 {
+		return
+	}
+	parsed := make([]*fedBundle, 0, len(bundles))
+	var bad []spiffeid.TrustDomain
+	for _, pb := range bundles {
+		b, err := parseFederated(c.td, pb)
+		if err != nil {
+			c.log.Error("ignoring bad federated bundle from server; keeping the previous one", zap.Error(err))
+			if td, terr := spiffeid.TrustDomainFromString(pb.GetTrustDomain()); terr == nil && td != c.td {
+				bad = append(bad, td)
+			}
+			continue
+		}
+		parsed = append(parsed, b)
+	}
+	// In order, so that which bundles are beyond the bound is stable.
+	slices.SortFunc(parsed, func(a, b *fedBundle) int { return strings.Compare(a.td.Name(), b.td.Name()) })
+	var gone []spiffeid.TrustDomain
+	for _, name := range removed {
+		if td, err := spiffeid.TrustDomainFromString(name); err == nil {
+			gone = append(gone, td)
+		}
+	}
+	c.mu.Lock()
+	evs, ch := c.st.SetFederated(full, parsed, bad, gone)
+	c.settle(ch)
+	n := len(c.st.federated)
+	c.mu.Unlock()
+	for _, e := range evs {
+		td := zap.String("federated_trust_domain", e.td.Name())
+		switch e.kind {
+		case "ignored":
+			c.log.Warn("ignoring federated bundle", td, zap.Error(e.err))
+		case "removed":
+			c.log.Info("federated bundle removed", td)
+		default:
+			var nx, nj int
+			if e.bundle.x509 != nil {
+				nx = len(e.bundle.x509.X509Authorities())
+			}
+			if e.bundle.jwt != nil {
+				nj = len(e.bundle.jwt.JWTAuthorities())
+			}
+			c.log.Info("federated bundle "+e.kind, td, zap.Uint64("sequence_number", e.bundle.seq),
+				zap.Int("x509_authorities", nx), zap.Int("jwt_authorities", nj), zap.Int("federated_bundles", n))
+		}
+	}
+	c.report(ch)
+}
+
+// federatedBundles returns the federated bundles held, by trust domain.
+func (c *cache) federatedBundles() map[spiffeid.TrustDomain]*fedBundle {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[spiffeid.TrustDomain]*fedBundle, len(c.st.federated))
+	for td, b := range c.st.federated {
+		out[td] = b
+	}
+	return out
 }
 
 // ReplaceEntries makes entries the agent's full entry set: entries not

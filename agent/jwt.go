@@ -117,9 +117,42 @@ func (c *cache) setJWTMinter(m jwtMinter) {
 	c.jwt.mint = m
 }
 
-// JWTBundles implements workloadapi.JWTCache.
-func (c *cache) JWTBundles() (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {
-	return c.jwt.bundles()
+// JWTBundles implements workloadapi.JWTCache: the own trust domain's JWT
+// bundle and the federated JWT bundles named in federates_with by the
+// entries the selectors match.
+func (c *cache) JWTBundles(selectors []*sigilv1.Selector) (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {
+	sels := registration.NewSelectorSet(selectors)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Both parts are read under c.mu, and the channel with the own
+	// bundle under j.mu: a federated change (made under c.mu) or an own
+	// change after this point closes the channel returned.
+	own, changed := c.jwt.bundles()
+	var out map[spiffeid.TrustDomain]*jwtbundle.Bundle
+	if len(c.st.federated) > 0 {
+		var matched []*entryState
+		for _, st := range c.st.entries {
+			if len(st.entry.GetFederatesWith()) > 0 && sels.Contains(st.entry.GetSelectors()) {
+				matched = append(matched, st)
+			}
+		}
+		c.st.federatedOf(matched, func(b *fedBundle) {
+			if b.jwt == nil {
+				return
+			}
+			if out == nil {
+				out = make(map[spiffeid.TrustDomain]*jwtbundle.Bundle, len(own)+1)
+				for td, jb := range own {
+					out[td] = jb
+				}
+			}
+			out[b.td] = b.jwt
+		})
+	}
+	if out == nil {
+		out = own
+	}
+	return out, changed
 }
 
 // FetchJWTSVIDs implements workloadapi.JWTCache.
@@ -212,6 +245,15 @@ func (j *jwtCache) setAuthorities(jb *jwtbundle.Bundle, tainted map[string]bool)
 			delete(j.tokens, k)
 		}
 	}
+}
+
+// bundlesChanged wakes the watchers of JWT bundle sets: a federated
+// bundle or the federates_with of an entry changed.
+func (j *jwtCache) bundlesChanged() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	close(j.changed)
+	j.changed = make(chan struct{})
 }
 
 func (j *jwtCache) bundles() (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {

@@ -197,7 +197,7 @@ func (f *jwtFixture) cachedTokens(entryID string) int {
 }
 
 func (f *jwtFixture) bundle() *jwtbundle.Bundle {
-	bs, _ := f.c.JWTBundles()
+	bs, _ := f.c.JWTBundles(nil)
 	return bs[testTD]
 }
 
@@ -689,7 +689,7 @@ func TestJWTCacheNotConnected(t *testing.T) {
 func TestJWTBundles(t *testing.T) {
 	clk := clock.NewFake(t0)
 	c := newCache(testTD, zaptest.NewLogger(t), clk)
-	bs, changed := c.JWTBundles()
+	bs, changed := c.JWTBundles(nil)
 	if bs != nil {
 		t.Fatalf("bundles before the first: %v", bs)
 	}
@@ -703,7 +703,7 @@ func TestJWTBundles(t *testing.T) {
 	default:
 		t.Fatal("first bundle not signalled")
 	}
-	bs, changed = c.JWTBundles()
+	bs, changed = c.JWTBundles(nil)
 	if b := bs[testTD]; b == nil || !b.HasJWTAuthority(k1.kid) || len(b.JWTAuthorities()) != 1 {
 		t.Fatalf("bundles = %v", bs)
 	}
@@ -731,7 +731,7 @@ func TestJWTBundles(t *testing.T) {
 	default:
 		t.Fatal("new key not signalled")
 	}
-	bs, _ = c.JWTBundles()
+	bs, _ = c.JWTBundles(nil)
 	if b := bs[testTD]; !b.HasJWTAuthority(k1.kid) || !b.HasJWTAuthority(k2.kid) || b.HasJWTAuthority("bad") {
 		t.Fatalf("kids = %v", b.JWTAuthorities())
 	}

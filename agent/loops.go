@@ -98,6 +98,9 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 		return false, err
 	}
 	var full map[string]*sigilv1.Entry
+	// fedFull collects the federated bundles of a full set, by trust
+	// domain, until it ends.
+	var fedFull map[string]*sigilv1.Bundle
 	inFull := false
 	for {
 		msg, err := stream.Recv()
@@ -125,6 +128,7 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 		if msg.GetReset_() {
 			inFull = true
 			full = make(map[string]*sigilv1.Entry)
+			fedFull = make(map[string]*sigilv1.Bundle)
 		}
 		if inFull {
 			for _, e := range msg.GetUpserted() {
@@ -133,7 +137,16 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 			for _, id := range msg.GetDeleted() {
 				delete(full, id)
 			}
+			for _, b := range msg.GetFederatedBundles() {
+				fedFull[b.GetTrustDomain()] = b
+			}
+			for _, td := range msg.GetRemovedFederatedBundles() {
+				delete(fedFull, td)
+			}
 		} else {
+			// Bundles first: an entry that names a new federated trust
+			// domain finds its bundle.
+			a.cache.SetFederated(false, msg.GetFederatedBundles(), msg.GetRemovedFederatedBundles())
 			a.cache.ApplyDelta(msg.GetUpserted(), msg.GetDeleted())
 		}
 		if msg.GetSynced() && inFull {
@@ -141,7 +154,12 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 			for _, e := range full {
 				entries = append(entries, e)
 			}
-			full, inFull = nil, false
+			bundles := make([]*sigilv1.Bundle, 0, len(fedFull))
+			for _, b := range fedFull {
+				bundles = append(bundles, b)
+			}
+			full, fedFull, inFull = nil, nil, false
+			a.cache.SetFederated(true, bundles, nil)
 			a.cache.ReplaceEntries(entries)
 			a.log.Info("entries synced", zap.Int("entries", len(entries)), zap.Uint64("index", msg.GetIndex()))
 			a.maybeReady()

@@ -19,6 +19,8 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/internal/golden"
+	"github.com/sigil-id/sigil/registration"
+	"github.com/sigil-id/sigil/workloadapi"
 )
 
 // TestX509StateScenarios runs the scripts in testdata/x509state against an
@@ -30,7 +32,9 @@ import (
 //
 //	bundle CA...                 SetBundle with these CAs (made on first mention)
 //	entries ID=PATH...           ReplaceEntries (revision 1, selector uid:1)
-//	upsert ID PATH [rev=N] [ttl=SECONDS] [dns=NAME]   ApplyDelta of one entry
+//	upsert ID PATH [rev=N] [ttl=SECONDS] [dns=NAME] [uid=N] [fed=TD[+TD...]]
+//	                             ApplyDelta of one entry (selector uid:N, 1 by
+//	                             default; federating with these trust domains)
 //	delete ID...                 ApplyDelta deleting entries
 //	taint CA...                  Tainted: these CAs' keys are tainted
 //	advance D                    move the clock
@@ -41,6 +45,10 @@ import (
 //	fail JOB[,JOB...] [CODE]     MintFinished: the server answered with an error
 //	deny JOB                     MintFinished: PermissionDenied
 //	reset                        ResetRetries
+//	federated [full] TD=CA[+CA...]...  SetFederated: federated bundles (full: the whole set)
+//	fedremove TD...              SetFederated: remove these federated bundles
+//	subscribe NAME UID           a subscription with selector uid:UID; after every
+//	                             command, the snapshots subscriptions receive are printed
 func TestX509StateScenarios(t *testing.T) {
 	golden.Scripts(t, "testdata/x509state/*.script", runX509Scenario)
 }
@@ -56,6 +64,9 @@ type scenario struct {
 	jobs map[int]*mintJob
 	njob int
 	out  strings.Builder
+	// subs are the subscriptions, by name.
+	subs     subscriptions
+	subNames map[*subscription]string
 }
 
 func (s *scenario) rel(tm time.Time) string {
@@ -102,6 +113,9 @@ func (s *scenario) show(ch changes) {
 	if ch.wake {
 		flags = append(flags, "wake")
 	}
+	if ch.jwtBundles {
+		flags = append(flags, "jwt-bundles")
+	}
 	if len(ch.jwtDrop) > 0 {
 		d := slices.Clone(ch.jwtDrop)
 		slices.Sort(d)
@@ -139,7 +153,54 @@ func (s *scenario) state() {
 		}
 		s.out.WriteString("\n")
 	}
+	for _, td := range s.st.sortedFederated() {
+		b := s.st.federated[td]
+		fmt.Fprintf(&s.out, "  federated %s v%d by %s\n", td.Name(), b.version, s.casOf(b))
+	}
 	fmt.Fprintf(&s.out, "  next %s\n", s.rel(s.st.NextEvent()))
+}
+
+// casOf names the CAs of a federated bundle.
+func (s *scenario) casOf(b *fedBundle) string {
+	var names []string
+	if b.x509 != nil {
+		for _, c := range b.x509.X509Authorities() {
+			names = append(names, s.caOf[string(c.SubjectKeyId)])
+		}
+	}
+	slices.Sort(names)
+	return strings.Join(names, "+")
+}
+
+// deliveries prints the snapshots the subscriptions received.
+func (s *scenario) deliveries() {
+	names := make([]string, 0, len(s.subNames))
+	bySub := make(map[string]*subscription, len(s.subNames))
+	for sub, n := range s.subNames {
+		names = append(names, n)
+		bySub[n] = sub
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		select {
+		case snap := <-bySub[n].ch:
+			var ids, fed []string
+			for _, id := range snap.Identities {
+				ids = append(ids, id.EntryID)
+			}
+			for td, b := range snap.Federated {
+				var cas []string
+				for _, c := range b.X509Authorities() {
+					cas = append(cas, s.caOf[string(c.SubjectKeyId)])
+				}
+				slices.Sort(cas)
+				fed = append(fed, td.Name()+"="+strings.Join(cas, "+"))
+			}
+			slices.Sort(fed)
+			fmt.Fprintf(&s.out, "  snapshot to %s: [%s] federated [%s]\n", n, strings.Join(ids, " "), strings.Join(fed, " "))
+		default:
+		}
+	}
 }
 
 // jobsOf parses a comma-separated list of job numbers.
@@ -175,6 +236,9 @@ func runX509Scenario(t *testing.T, path string) string {
 		cas:   make(map[string]*testCA),
 		caOf:  make(map[string]string),
 		jobs:  make(map[int]*mintJob),
+
+		subs:     newSubscriptions(),
+		subNames: make(map[*subscription]string),
 	}
 	sc := bufio.NewScanner(strings.NewReader(string(data)))
 	for sc.Scan() {
@@ -188,7 +252,7 @@ func runX509Scenario(t *testing.T, path string) string {
 		opts := map[string]string{}
 		var pos []string
 		for _, a := range args {
-			if k, v, ok := strings.Cut(a, "="); ok && fields[0] != "entries" {
+			if k, v, ok := strings.Cut(a, "="); ok && fields[0] != "entries" && fields[0] != "federated" {
 				opts[k] = v
 			} else {
 				pos = append(pos, a)
@@ -238,6 +302,12 @@ func runX509Scenario(t *testing.T, path string) string {
 			}
 			if v, ok := opts["dns"]; ok {
 				e.DnsNames = []string{v}
+			}
+			if v, ok := opts["uid"]; ok {
+				e.Selectors = []*sigilv1.Selector{sel("uid:" + v)}
+			}
+			if v, ok := opts["fed"]; ok {
+				e.FederatesWith = strings.Split(v, "+")
 			}
 			ch = s.st.ApplyDelta([]*sigilv1.Entry{e}, nil)
 		case "delete":
@@ -327,10 +397,61 @@ func runX509Scenario(t *testing.T, path string) string {
 			_, ch = s.st.MintFinished(results, s.now)
 		case "reset":
 			ch = s.st.ResetRetries()
+		case "federated", "fedremove":
+			full := len(pos) > 0 && pos[0] == "full"
+			if full {
+				pos = pos[1:]
+			}
+			var bundles []*fedBundle
+			var removed []spiffeid.TrustDomain
+			for _, a := range pos {
+				if fields[0] == "fedremove" {
+					removed = append(removed, spiffeid.RequireTrustDomainFromString(a))
+					continue
+				}
+				name, cas, ok := strings.Cut(a, "=")
+				if !ok {
+					s.fatalf(line, "want TD=CA[+CA...], got %q", a)
+				}
+				pb := &sigilv1.Bundle{TrustDomain: name}
+				for _, c := range strings.Split(cas, "+") {
+					pb.X509Authorities = append(pb.X509Authorities, &sigilv1.X509Authority{Certificate: s.ca(c).cert.Raw})
+				}
+				b, err := parseFederated(testTD, pb)
+				if err != nil {
+					s.fatalf(line, "%v", err)
+				}
+				bundles = append(bundles, b)
+			}
+			var evs []fedEvent
+			evs, ch = s.st.SetFederated(full, bundles, nil, removed)
+			for _, e := range evs {
+				fmt.Fprintf(&s.out, "  federated %s %s", e.kind, e.td.Name())
+				if e.bundle != nil {
+					fmt.Fprintf(&s.out, " v%d", e.bundle.version)
+				}
+				s.out.WriteString("\n")
+			}
+		case "subscribe":
+			if len(pos) != 2 {
+				s.fatalf(line, "want subscribe NAME UID")
+			}
+			sub := &subscription{
+				sels: registration.NewSelectorSet([]*sigilv1.Selector{sel("uid:" + pos[1])}),
+				ch:   make(chan *workloadapi.X509Snapshot, 1),
+			}
+			s.subNames[sub] = pos[0]
+			s.subs.add(sub, &s.st)
+			s.deliveries()
+			continue
 		default:
 			s.fatalf(line, "unknown command %q", fields[0])
 		}
 		s.show(ch)
+		if ch.notify {
+			s.subs.notify(&s.st)
+		}
+		s.deliveries()
 		s.state()
 	}
 	return s.out.String()

@@ -5,6 +5,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/workloadapi"
 )
@@ -136,13 +139,30 @@ func (ss *subscriptions) update(sub *subscription, st *x509State) {
 		fp.WriteByte(':')
 		fp.WriteString(e.entry.GetHint())
 	}
+	// The federated bundles the matched entries name, by version: a
+	// change of one of them is a change of the snapshot, a change of any
+	// other is not. Nothing is allocated when no entry names one.
+	var federated map[spiffeid.TrustDomain]*x509bundle.Bundle
+	st.federatedOf(sub.matched, func(b *fedBundle) {
+		if b.x509 == nil {
+			return
+		}
+		if federated == nil {
+			federated = make(map[spiffeid.TrustDomain]*x509bundle.Bundle)
+		}
+		federated[b.td] = b.x509
+		fp.WriteString("|f:")
+		fp.WriteString(b.td.Name())
+		fp.WriteByte(':')
+		fp.WriteString(strconv.FormatUint(b.version, 10))
+	})
 	if !sub.delivered && !complete {
 		return
 	}
 	if sub.delivered && fp.String() == sub.last {
 		return
 	}
-	snap := &workloadapi.X509Snapshot{Identities: ids, Bundle: st.bundle}
+	snap := &workloadapi.X509Snapshot{Identities: ids, Bundle: st.bundle, Federated: federated}
 	// Latest wins: replace a snapshot the workload has not taken yet.
 	select {
 	case <-sub.ch:

@@ -269,6 +269,9 @@ type changes struct {
 	// jwtDrop are entries that changed or were deleted: their JWT-SVIDs
 	// no longer hold.
 	jwtDrop []string
+	// jwtBundles: the federated bundles, or the federates_with of an
+	// entry, changed: the JWT bundle sets of workloads may differ.
+	jwtBundles bool
 	// events are what happened to single entries, in order.
 	events []event
 }
@@ -286,8 +289,12 @@ type x509State struct {
 	synced        bool
 	bundle        *x509bundle.Bundle
 	bundleVersion uint64
-	svidSeq       uint64
-	genSeq        uint64
+	// federated are the federated bundles by trust domain (federated.go);
+	// fedSeq numbers their versions.
+	federated map[spiffeid.TrustDomain]*fedBundle
+	fedSeq    uint64
+	svidSeq   uint64
+	genSeq    uint64
 	// jitter draws the jitter of renewal times and retry backoffs, in
 	// [0, 1).
 	jitter func() float64
@@ -377,6 +384,9 @@ func (s *x509State) upsert(st *entryState, e *sigilv1.Entry, ch *changes) {
 	if st.entry != nil && proto.Equal(st.entry, e) {
 		return
 	}
+	if len(e.GetFederatesWith()) > 0 || len(st.entry.GetFederatesWith()) > 0 {
+		ch.jwtBundles = true
+	}
 	if st.entry != nil {
 		// A changed entry (SPIFFE ID, JWT TTL) gets new JWT-SVIDs.
 		ch.jwtDrop = append(ch.jwtDrop, e.GetId())
@@ -399,6 +409,9 @@ func (s *x509State) upsert(st *entryState, e *sigilv1.Entry, ch *changes) {
 
 func (s *x509State) deleted(id string, st *entryState, ch *changes) {
 	ch.jwtDrop = append(ch.jwtDrop, id)
+	if len(st.entry.GetFederatesWith()) > 0 {
+		ch.jwtBundles = true
+	}
 	if st.inflight {
 		ch.add(event{kind: evAbandoned, entryID: id})
 	}

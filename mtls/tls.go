@@ -28,10 +28,18 @@ type Authorizer func(ctx context.Context, peer spiffeid.ID, target policy.Target
 var ErrNoServerAuthorizer = errors.New("mtls: the client does not say which server it accepts: pass mtls.WithServerID(serverID) (or mtls.WithAuthorizer) to ClientConfig, ClientCredentials or Dial")
 
 // AuthorizeAny accepts every workload peer whose SVID verifies against the
-// trust bundles (this trust domain and the federated ones). It refuses
-// Sigil's own identities (agents and servers, under the reserved /sigil/
-// path; see policy.IsReserved): only AuthorizeID, naming the exact ID,
-// accepts those.
+// trust bundles of the source: this trust domain's and every federated
+// one the source holds. With Sigil, a workload's source holds the bundle
+// of a foreign trust domain only when one of its registration entries
+// federates with it (federates_with), so federating an entry with a trust
+// domain opts the workload into accepting that trust domain's workloads
+// at the TLS layer; per-request decisions (HTTPMiddleware, the gRPC
+// interceptors, a policy) still apply. To accept only the own trust
+// domain at the TLS layer, use AuthorizeMemberOf with it.
+//
+// It refuses Sigil's own identities (agents and servers, under the
+// reserved /sigil/ path; see policy.IsReserved), of any trust domain:
+// only AuthorizeID, naming the exact ID, accepts those.
 func AuthorizeAny() Authorizer {
 	return func(_ context.Context, peer spiffeid.ID, _ policy.Target) error {
 		return refuseReserved(peer)

@@ -137,6 +137,20 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		res = a.single(a.revokeAuthority(op.RevokeAuthority))
 	case *storepb.Command_RetireServer:
 		res = a.single(a.retireServer(op.RetireServer))
+	case *storepb.Command_PutFederationRelationship:
+		res = a.single(a.putFederationRelationship(op.PutFederationRelationship))
+	case *storepb.Command_DeleteFederationRelationship:
+		res = a.single(a.deleteFederationRelationship(op.DeleteFederationRelationship))
+	case *storepb.Command_SetFederatedBundle:
+		res = a.single(a.setFederatedBundle(op.SetFederatedBundle))
+	case *storepb.Command_DeleteFederatedBundle:
+		res = a.single(a.deleteFederatedBundle(op.DeleteFederatedBundle))
+	case *storepb.Command_PutFederationStatus:
+		res = a.single(a.putFederationStatus(op.PutFederationStatus))
+	case *storepb.Command_RequestFederationRefresh:
+		res = a.single(a.requestFederationRefresh(op.RequestFederationRefresh))
+	case *storepb.Command_RecordPartnerFetch:
+		res = a.single(a.recordPartnerFetch(op.RecordPartnerFetch))
 	default:
 		return cmdErr(codes.InvalidArgument, "command has no known operation")
 	}
@@ -233,6 +247,9 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if err := a.f.validateEntry(e); err != nil {
 		return err
 	}
+	if err := a.checkFederatesWith(e); err != nil {
+		return err
+	}
 	if a.entryByID(e.Id) != nil {
 		return cmdErr(codes.AlreadyExists, "entry %q already exists", e.Id)
 	}
@@ -251,6 +268,9 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 
 func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
 	if err := a.f.validateEntry(e); err != nil {
+		return err
+	}
+	if err := a.checkFederatesWith(e); err != nil {
 		return err
 	}
 	old := a.entryByID(e.Id)
@@ -560,6 +580,11 @@ func (f *fsm) validateEntry(e *sigilv1.Entry) *CommandError {
 		return err
 	}
 	if err := registration.Validate(f.td, e); err != nil {
+		return cmdErr(codes.InvalidArgument, "entry %q: %v", e.Id, err)
+	}
+	// Entries written before federation have no federates_with, so this
+	// check applies the same to every command ever committed.
+	if err := registration.CheckFederatesWith(f.td, e.FederatesWith); err != nil {
 		return cmdErr(codes.InvalidArgument, "entry %q: %v", e.Id, err)
 	}
 	return nil

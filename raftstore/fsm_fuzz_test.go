@@ -75,6 +75,8 @@ func fuzzPutJWT(trustDomain, kid, serverID string, pub []byte, expires time.Time
 type fuzzFixture struct {
 	base  [][]byte
 	seeds [][]byte
+	// fed are the federation commands among seeds.
+	fed [][]byte
 
 	once      sync.Once
 	baseDB    *memdb.MemDB
@@ -94,6 +96,10 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		tb.Fatal(err)
 	}
 	at := func(d time.Duration, c *storepb.Command) []byte { return fuzzCmd(tb, t0.Add(d), c) }
+	awsBundle := fedBundle(tb, aws, 5)
+	awsBundle.X509Authorities = append(awsBundle.X509Authorities, &sigilv1.X509Authority{Certificate: leaf})
+	fedEntry := entry("fed", "spiffe://example.org/fed", agent)
+	fedEntry.FederatesWith = []string{gcp, aws}
 	fx := &fuzzFixture{}
 	fx.base = [][]byte{
 		at(0, createEntries(
@@ -108,6 +114,15 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		at(0, fuzzPutJWT("example.org", "k1", "n1", pub, t0.Add(time.Hour))),
 		// Use-once records: j1 for an hour, j2 for a minute.
 		at(0, useOnce(oidcAgent, t0, cred("oidc:jti", "j1", t0.Add(time.Hour)), cred("oidc", "j2", t0.Add(time.Minute)))),
+		// Federation: a relationship with its bootstrap bundle and a
+		// status, a bundle set without one (with a leaf certificate
+		// among its authorities), a partner, an entry federating with
+		// both.
+		at(0, putRel(gcpRel(), true, false, fedBundle(tb, gcp, 1))),
+		at(0, setBundle(awsBundle, false, nil)),
+		at(0, putStatus(&sigilv1.FederationStatus{TrustDomain: gcp, LastSuccessAt: t0.Unix(), LastAttemptAt: t0.Unix(), NextRefreshAt: t0.Unix() + 300})),
+		at(0, recordFetch(gcp, 2)),
+		at(0, createEntries(fedEntry)),
 	}
 	node2 := "spiffe://example.org/sigil/agent/join_token/a2"
 	fx.seeds = [][]byte{
@@ -144,6 +159,41 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 			return c
 		}()),
 	}
+	// Federation commands, accepted and refused.
+	azure := fedRel("azure.example", "https://azure.example", ProfileHTTPSWeb, "")
+	federating := func(id string, tds ...string) *storepb.Command {
+		e := entry(id, "spiffe://example.org/"+id, agent)
+		e.FederatesWith = tds
+		return createEntries(e)
+	}
+	fx.fed = [][]byte{
+		at(0, putRel(fedRel(aws, "https://aws.example", ProfileHTTPSWeb, ""), true, false, nil)),
+		at(time.Minute, putRel(gcpRel(), false, true, fedBundle(tb, gcp, 9))),
+		at(0, putRel(proto.Clone(azure).(*sigilv1.FederationRelationship), false, false, fedBundle(tb, "azure.example", 1))),
+		at(0, putRel(fedRel(aws, "http://aws.example", ProfileHTTPSWeb, ""), false, false, nil)),
+		at(0, putRel(fedRel(aws, "https://aws.example", ProfileHTTPSSPIFFE, "spiffe://gcp.example/x"), false, false, nil)),
+		at(0, deleteRel(gcp, false)),
+		at(0, deleteRel(gcp, true)),
+		at(time.Minute, setBundle(fedBundle(tb, gcp, 2), true, &sigilv1.FederationStatus{TrustDomain: gcp, LastSuccessAt: t0.Unix() + 60})),
+		at(0, setBundle(fedBundle(tb, gcp, 0), true, nil)),
+		at(0, setBundle(fedBundle(tb, "example.org", 1), false, nil)),
+		at(0, setBundle(fedBundle(tb, "azure.example", 1), true, nil)),
+		at(0, deleteBundle(aws)),
+		at(0, deleteBundle(gcp)),
+		at(0, putStatus(&sigilv1.FederationStatus{TrustDomain: gcp, LastError: "fetch failed", LastErrorAt: t0.Unix(), ConsecutiveFailures: 1})),
+		at(0, putStatus(&sigilv1.FederationStatus{TrustDomain: aws})),
+		at(2*time.Minute, requestRefresh(gcp)),
+		at(0, requestRefresh(aws)),
+		at(0, recordFetch(gcp, 3)),
+		at(0, recordFetch(gcp, 1)),
+		at(0, recordFetch(aws, 1)),
+		at(0, recordFetch("azure.example", 1)),
+		at(0, federating("fed2", gcp)),
+		at(0, federating("fed3", "azure.example")),
+		at(0, federating("fed4", "example.org")),
+		at(0, updateEntries(fedEntry)),
+	}
+	fx.seeds = append(fx.seeds, fx.fed...)
 	// Cluster-wide taint, revocation and retirement of a server's keys.
 	caCert, err := x509.ParseCertificate(ca)
 	if err != nil {
@@ -256,6 +306,11 @@ func FuzzFSMApply(f *testing.F) {
 	f.Add(joinCommands(fx.base...))
 	f.Add(joinCommands(fx.seeds[4], fx.seeds[6], fx.seeds[9], fx.seeds[8], fx.seeds[10], fx.seeds[6]))
 	f.Add(joinCommands(fx.seeds[len(fx.seeds)-6:]...))
+	// Federation: a relationship deleted with its bundle and partner;
+	// another created, refreshed and federated with; a bundle kept
+	// without its relationship, then deleted.
+	f.Add(joinCommands(fx.fed[5], fx.fed[17], fx.fed[21], fx.fed[2], fx.fed[10], fx.fed[20], fx.fed[22], fx.fed[15]))
+	f.Add(joinCommands(fx.fed[6], fx.fed[12], fx.fed[20], fx.fed[11], fx.fed[19], fx.fed[2], fx.fed[10], fx.fed[23]))
 	// The generic consume field of AttestNode: a join token consumed
 	// through it, a kind the store does not keep, one token twice.
 	consume := func(id, legacy string, creds ...*storepb.Credential) *storepb.Command {

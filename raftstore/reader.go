@@ -451,3 +451,99 @@ func (r *Reader) RemovedServers() []*storepb.RemovedServer {
 	}
 	return out
 }
+
+// all returns every row of table in trust domain (id) order and watches
+// the whole table.
+func (r *Reader) all(table string) []interface{} {
+	it, err := r.txn.Get(table, indexID+"_prefix", "")
+	if err != nil {
+		return nil
+	}
+	r.ws.Add(it.WatchCh())
+	var out []interface{}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw)
+	}
+	return out
+}
+
+// FederationRelationship returns the federation relationship with the
+// foreign trust domain td, or an error wrapping ErrNotFound. The lookup is
+// watched, also when there is none.
+func (r *Reader) FederationRelationship(td string) (*sigilv1.FederationRelationship, error) {
+	raw := r.first(tableFederationRelationships, indexID, td)
+	if raw == nil {
+		return nil, fmt.Errorf("federation relationship %q: %w", td, ErrNotFound)
+	}
+	return raw.(*sigilv1.FederationRelationship), nil
+}
+
+// FederationRelationships returns every federation relationship, in
+// trust domain order. The list is watched.
+func (r *Reader) FederationRelationships() []*sigilv1.FederationRelationship {
+	var out []*sigilv1.FederationRelationship
+	for _, raw := range r.all(tableFederationRelationships) {
+		out = append(out, raw.(*sigilv1.FederationRelationship))
+	}
+	return out
+}
+
+// FederatedBundle returns the bundle of the foreign trust domain td, or an
+// error wrapping ErrNotFound. The lookup is watched, also when there is
+// none, so that the WatchSet fires when the bundle appears. For the local
+// trust domain it is an error (use Bundle).
+func (r *Reader) FederatedBundle(td string) (*sigilv1.Bundle, error) {
+	if td == r.td.Name() {
+		return nil, fmt.Errorf("raftstore: %q is the local trust domain, not a federated one", td)
+	}
+	raw := r.first(tableBundles, indexID, td)
+	if raw == nil {
+		return nil, fmt.Errorf("federated bundle %q: %w", td, ErrNotFound)
+	}
+	return raw.(*sigilv1.Bundle), nil
+}
+
+// FederatedBundles returns the bundle of every foreign trust domain, in
+// trust domain order. The whole bundles table is watched, so the WatchSet
+// also fires on changes of the local bundle.
+func (r *Reader) FederatedBundles() []*sigilv1.Bundle {
+	var out []*sigilv1.Bundle
+	for _, raw := range r.all(tableBundles) {
+		if b := raw.(*sigilv1.Bundle); b.TrustDomain != r.td.Name() {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// FederationStatus returns the refresh status of the relationship with
+// td, or an error wrapping ErrNotFound (no relationship, or none recorded
+// yet). The lookup is watched.
+func (r *Reader) FederationStatus(td string) (*sigilv1.FederationStatus, error) {
+	raw := r.first(tableFederationStatuses, indexID, td)
+	if raw == nil {
+		return nil, fmt.Errorf("federation status %q: %w", td, ErrNotFound)
+	}
+	return raw.(*sigilv1.FederationStatus), nil
+}
+
+// FederationStatuses returns every recorded relationship status, in trust
+// domain order. The list is watched.
+func (r *Reader) FederationStatuses() []*sigilv1.FederationStatus {
+	var out []*sigilv1.FederationStatus
+	for _, raw := range r.all(tableFederationStatuses) {
+		out = append(out, raw.(*sigilv1.FederationStatus))
+	}
+	return out
+}
+
+// PartnerFetches returns, in trust domain order, the partners recorded as
+// having fetched the local bundle, each with the highest sequence number
+// it fetched. The list is watched.
+func (r *Reader) PartnerFetches() []*sigilv1.PartnerFetch {
+	var out []*sigilv1.PartnerFetch
+	for _, raw := range r.all(tablePartnerFetches) {
+		out = append(out, raw.(*sigilv1.PartnerFetch))
+	}
+	return out
+}

@@ -20,6 +20,13 @@ const (
 	tableRemovedServers = "removed_servers"
 	// tableUsedCredentials holds *usedRow.
 	tableUsedCredentials = "used_credentials"
+	// tableFederationRelationships holds
+	// *sigilv1.FederationRelationship, tableFederationStatuses
+	// *sigilv1.FederationStatus and tablePartnerFetches
+	// *sigilv1.PartnerFetch, each keyed by trust domain name.
+	tableFederationRelationships = "federation_relationships"
+	tableFederationStatuses      = "federation_statuses"
+	tablePartnerFetches          = "partner_fetches"
 
 	indexID       = "id"
 	indexSPIFFEID = "spiffe_id"
@@ -111,6 +118,24 @@ func schema() *memdb.DBSchema {
 			Indexes: map[string]*memdb.IndexSchema{
 				indexID:      {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
 				indexExpires: {Name: indexExpires, Indexer: &memdb.IntFieldIndex{Field: "ExpiresAt"}},
+			},
+		},
+		tableFederationRelationships: {
+			Name: tableFederationRelationships,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
+			},
+		},
+		tableFederationStatuses: {
+			Name: tableFederationStatuses,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
+			},
+		},
+		tablePartnerFetches: {
+			Name: tablePartnerFetches,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
 			},
 		},
 		tableMeta: {

@@ -91,6 +91,21 @@ func buildSnapshot(txn *memdb.Txn) (*storepb.Snapshot, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := each(tableFederationRelationships, func(raw interface{}) {
+		snap.FederationRelationships = append(snap.FederationRelationships, raw.(*sigilv1.FederationRelationship))
+	}); err != nil {
+		return nil, err
+	}
+	if err := each(tableFederationStatuses, func(raw interface{}) {
+		snap.FederationStatuses = append(snap.FederationStatuses, raw.(*sigilv1.FederationStatus))
+	}); err != nil {
+		return nil, err
+	}
+	if err := each(tablePartnerFetches, func(raw interface{}) {
+		snap.PartnerFetches = append(snap.PartnerFetches, raw.(*sigilv1.PartnerFetch))
+	}); err != nil {
+		return nil, err
+	}
 	return snap, nil
 }
 
@@ -221,6 +236,23 @@ func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, 
 		if _, err := spiffeid.TrustDomainFromString(b.TrustDomain); err != nil || b.TrustDomain == "" {
 			return nil, errorf("snapshot: bundle has invalid trust domain %q", b.TrustDomain)
 		}
+		if b.TrustDomain != f.td.Name() {
+			// A federated bundle: as SetFederatedBundle stores it.
+			norm, err := f.normalFederatedBundle(b)
+			if err != nil {
+				return nil, errorf("snapshot: %v", err.Msg)
+			}
+			if !proto.Equal(norm, b) {
+				return nil, errorf("snapshot: bundle of %q is not in the form the store writes", b.TrustDomain)
+			}
+			if raw, _ := txn.First(tableBundles, indexID, b.TrustDomain); raw != nil {
+				return nil, errorf("snapshot: duplicate bundle %q", b.TrustDomain)
+			}
+			if err := txn.Insert(tableBundles, b); err != nil {
+				return nil, errorf("snapshot: bundle %q: %v", b.TrustDomain, err)
+			}
+			continue
+		}
 		for _, a := range b.X509Authorities {
 			if a == nil {
 				return nil, errorf("snapshot: bundle %q: authority is missing", b.TrustDomain)
@@ -285,6 +317,9 @@ func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, 
 			return nil, errorf("snapshot: used credential of kind %q: %v", u.Kind, err)
 		}
 	}
+	if err := f.loadSnapshotFederation(txn, snap); err != nil {
+		return nil, err
+	}
 	if err := txn.Insert(tableMeta, &metaRow{Key: metaIndexKey, Index: index}); err != nil {
 		return nil, errorf("snapshot: %v", err)
 	}
@@ -311,6 +346,66 @@ func checkSnapshotJWTAuthorities(b *sigilv1.Bundle) error {
 		kids[a.KeyId] = true
 		if _, err := x509.ParsePKIXPublicKey(a.PublicKey); err != nil {
 			return errorf("snapshot: bundle %q: JWT authority %q: public key does not parse: %v", b.TrustDomain, a.KeyId, err)
+		}
+	}
+	return nil
+}
+
+// loadSnapshotFederation checks and loads the federation tables of a
+// snapshot, after its bundles: each record as the commands store it, at
+// most MaxFederationRelationships relationships, a status only with its
+// relationship, and a partner fetch only of a trust domain with a
+// relationship or a bundle.
+func (f *fsm) loadSnapshotFederation(txn *memdb.Txn, snap *storepb.Snapshot) error {
+	if n := len(snap.FederationRelationships); n > MaxFederationRelationships {
+		return errorf("snapshot: %d federation relationships, at most %d allowed", n, MaxFederationRelationships)
+	}
+	for _, rel := range snap.FederationRelationships {
+		if err := f.validateRelationship(rel); err != nil {
+			return errorf("snapshot: %v", err.Msg)
+		}
+		if raw, _ := txn.First(tableFederationRelationships, indexID, rel.TrustDomain); raw != nil {
+			return errorf("snapshot: duplicate federation relationship %q", rel.TrustDomain)
+		}
+		if err := txn.Insert(tableFederationRelationships, rel); err != nil {
+			return errorf("snapshot: federation relationship %q: %v", rel.TrustDomain, err)
+		}
+	}
+	for _, st := range snap.FederationStatuses {
+		norm, err := f.normalStatus(st)
+		if err != nil {
+			return errorf("snapshot: %v", err.Msg)
+		}
+		if !proto.Equal(norm, st) {
+			return errorf("snapshot: federation status of %q is not in the form the store writes", st.TrustDomain)
+		}
+		if raw, _ := txn.First(tableFederationRelationships, indexID, st.TrustDomain); raw == nil {
+			return errorf("snapshot: federation status of %q has no relationship", st.TrustDomain)
+		}
+		if raw, _ := txn.First(tableFederationStatuses, indexID, st.TrustDomain); raw != nil {
+			return errorf("snapshot: duplicate federation status %q", st.TrustDomain)
+		}
+		if err := txn.Insert(tableFederationStatuses, st); err != nil {
+			return errorf("snapshot: federation status %q: %v", st.TrustDomain, err)
+		}
+	}
+	for _, pf := range snap.PartnerFetches {
+		if pf == nil {
+			return errorf("snapshot: partner fetch is missing")
+		}
+		if err := f.checkForeignTrustDomain(pf.TrustDomain); err != nil {
+			return errorf("snapshot: partner fetch: %v", err.Msg)
+		}
+		rel, _ := txn.First(tableFederationRelationships, indexID, pf.TrustDomain)
+		b, _ := txn.First(tableBundles, indexID, pf.TrustDomain)
+		if rel == nil && b == nil {
+			return errorf("snapshot: partner fetch of %q, which has no federation relationship or bundle", pf.TrustDomain)
+		}
+		if raw, _ := txn.First(tablePartnerFetches, indexID, pf.TrustDomain); raw != nil {
+			return errorf("snapshot: duplicate partner fetch %q", pf.TrustDomain)
+		}
+		if err := txn.Insert(tablePartnerFetches, pf); err != nil {
+			return errorf("snapshot: partner fetch %q: %v", pf.TrustDomain, err)
 		}
 	}
 	return nil

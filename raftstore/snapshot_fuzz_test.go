@@ -24,17 +24,51 @@ func frameSnapshot(index uint64, body []byte) []byte {
 }
 
 // checkRestoredState checks what an accepted snapshot must hold beyond the
-// per-record checks the FSM applies to commands: bundles carry only CA
-// certificates and JWT keys that parse, under unique, bounded key IDs.
+// per-record checks the FSM applies to commands: the local bundle carries
+// only CA certificates, federated bundles certificates that parse (with
+// their expiry and no server), and both JWT keys that parse, under unique,
+// bounded key IDs; federation statuses only with their relationship, and
+// partner fetches only of trust domains with a relationship or a bundle.
 func checkRestoredState(t *testing.T, f *fsm) {
 	t.Helper()
 	snap, err := buildSnapshot(f.state.Load().db.Txn(false))
 	if err != nil {
 		t.Fatal(err)
 	}
+	federated := map[string]bool{}
+	if len(snap.FederationRelationships) > MaxFederationRelationships {
+		t.Fatalf("restored %d federation relationships", len(snap.FederationRelationships))
+	}
+	for _, r := range snap.FederationRelationships {
+		if r.TrustDomain == td.Name() {
+			t.Fatal("restored a relationship with the local trust domain")
+		}
+		federated[r.TrustDomain] = true
+	}
+	for _, st := range snap.FederationStatuses {
+		if !federated[st.TrustDomain] {
+			t.Fatalf("restored a status of %q without its relationship", st.TrustDomain)
+		}
+	}
+	for _, b := range snap.Bundles {
+		if b.TrustDomain != td.Name() {
+			federated[b.TrustDomain] = true
+		}
+	}
+	for _, pf := range snap.PartnerFetches {
+		if !federated[pf.TrustDomain] {
+			t.Fatalf("restored a partner fetch of %q, which has no relationship or bundle", pf.TrustDomain)
+		}
+	}
 	for _, b := range snap.Bundles {
 		for _, a := range b.X509Authorities {
 			c, err := x509.ParseCertificate(a.Certificate)
+			if b.TrustDomain != td.Name() {
+				if err != nil || a.ServerId != "" || a.NotAfter != c.NotAfter.Unix() {
+					t.Fatalf("federated bundle %q: restored an X.509 authority that does not parse or is not as stored (%v)", b.TrustDomain, err)
+				}
+				continue
+			}
 			if err != nil || !c.IsCA || !c.BasicConstraintsValid {
 				t.Fatalf("bundle %q: restored a non-CA X.509 authority (%v)", b.TrustDomain, err)
 			}
@@ -101,6 +135,22 @@ func FuzzSnapshotRestore(f *testing.F) {
 			s.Bundles[0].JwtAuthorities = append(s.Bundles[0].JwtAuthorities, s.Bundles[0].JwtAuthorities[0])
 		},
 		func(s *storepb.Snapshot) { s.Bundles[0].X509Authorities[0].Certificate = []byte("x") },
+		// Federation records.
+		func(s *storepb.Snapshot) { s.FederationRelationships[0].BundleEndpointUrl = "http://x" },
+		func(s *storepb.Snapshot) {
+			s.FederationRelationships = append(s.FederationRelationships, s.FederationRelationships[0])
+		},
+		func(s *storepb.Snapshot) { s.FederationStatuses[0].TrustDomain = "nowhere.example" },
+		func(s *storepb.Snapshot) { s.PartnerFetches[0].TrustDomain = "nowhere.example" },
+		func(s *storepb.Snapshot) { s.FederationRelationships = nil },
+		func(s *storepb.Snapshot) {
+			for _, b := range s.Bundles {
+				if b.TrustDomain != td.Name() {
+					b.X509Authorities[0].ServerId = "n1"
+				}
+			}
+		},
+		func(s *storepb.Snapshot) { s.Entries[0].FederatesWith = []string{td.Name()} },
 	} {
 		s := proto.Clone(snap).(*storepb.Snapshot)
 		mut(s)

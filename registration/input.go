@@ -51,7 +51,46 @@ const (
 	MinJoinTokenTTL = time.Second
 	// MaxEntryIDLen bounds an entry id, as the Raft store does.
 	MaxEntryIDLen = 255
+	// MaxTrustDomainLen bounds a trust domain name, in bytes (the SPIFFE
+	// ID specification's limit).
+	MaxTrustDomainLen = 255
+	// MaxFederatesWith bounds the trust domains an entry federates with
+	// (raftstore.MaxFederatesWith).
+	MaxFederatesWith = 32
 )
+
+// CheckFederatesWith checks an entry's federates_with as the admin API and
+// the Raft store accept it: at most MaxFederatesWith trust domain names
+// (a bare name such as "gcp.example", not a "spiffe://" ID), each valid
+// and at most MaxTrustDomainLen bytes,
+// none the local trust domain td, and no duplicates. Whether each trust
+// domain has a federation relationship or a bundle is the store's check.
+func CheckFederatesWith(td spiffeid.TrustDomain, names []string) error {
+	if len(names) > MaxFederatesWith {
+		return fmt.Errorf("registration: entry federates with %d trust domains, at most %d allowed", len(names), MaxFederatesWith)
+	}
+	seen := make(map[string]bool, len(names))
+	for _, name := range names {
+		if len(name) > MaxTrustDomainLen {
+			return fmt.Errorf("registration: federates_with: trust domain name of %d bytes is too long (at most %d)", len(name), MaxTrustDomainLen)
+		}
+		fed, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			return fmt.Errorf("registration: federates_with: invalid trust domain %q: %w", name, err)
+		}
+		if fed.Name() != name {
+			return fmt.Errorf("registration: federates_with: %q is not a trust domain name (write %q)", name, fed.Name())
+		}
+		if fed == td {
+			return fmt.Errorf("registration: federates_with: %q is the local trust domain", name)
+		}
+		if seen[name] {
+			return fmt.Errorf("registration: federates_with: duplicate trust domain %q", name)
+		}
+		seen[name] = true
+	}
+	return nil
+}
 
 // CheckEntryID checks an entry id given as input (for an update, delete or
 // get): non-empty, at most MaxEntryIDLen bytes, no control characters.
@@ -169,8 +208,8 @@ func CheckJoinTokenTTL(ttl time.Duration) error {
 // MaxSPIFFEIDLen bytes, no /sigil/ path in another spelling, at most
 // MaxSelectorBytes of selectors each of a registered type with a valid
 // value (ValidateSelectorInput), a hint of at most MaxHintLen bytes
-// without control characters, and SVID lifetimes of 0 or at least
-// MinSVIDTTL. The limits are checked before anything is parsed, so an
+// without control characters, federates_with as CheckFederatesWith
+// accepts it, and SVID lifetimes of 0 or at least MinSVIDTTL. The limits are checked before anything is parsed, so an
 // oversized entry costs no more than reading its lengths.
 func ValidateInput(td spiffeid.TrustDomain, e *sigilv1.Entry) error {
 	if e == nil {
@@ -198,6 +237,9 @@ func ValidateInput(td spiffeid.TrustDomain, e *sigilv1.Entry) error {
 	if total > MaxSelectorBytes {
 		return fmt.Errorf("registration: entry's selectors total %d bytes, at most %d allowed", total, MaxSelectorBytes)
 	}
+	if len(e.FederatesWith) > MaxFederatesWith {
+		return fmt.Errorf("registration: entry federates with %d trust domains, at most %d allowed", len(e.FederatesWith), MaxFederatesWith)
+	}
 	if len(e.Hint) > MaxHintLen {
 		return fmt.Errorf("registration: hint of %d bytes is too long (at most %d)", len(e.Hint), MaxHintLen)
 	}
@@ -222,6 +264,9 @@ func ValidateInput(td spiffeid.TrustDomain, e *sigilv1.Entry) error {
 		if err := ValidateSelectorInput(s); err != nil {
 			return err
 		}
+	}
+	if err := CheckFederatesWith(td, e.FederatesWith); err != nil {
+		return err
 	}
 	if err := CheckSVIDTTL("x509_svid_ttl", e.X509SvidTtl); err != nil {
 		return err

@@ -340,3 +340,61 @@ func TestCheckEntryID(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckFederatesWith: federates_with holds at most MaxFederatesWith
+// distinct foreign trust domain names; ValidateInput applies it.
+func TestCheckFederatesWith(t *testing.T) {
+	tds := func(n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = "td" + itoa(i) + ".example"
+		}
+		return out
+	}
+	cases := []struct {
+		name  string
+		names []string
+		want  string // "" = accepted
+	}{
+		{"none", nil, ""},
+		{"one", []string{"gcp.example"}, ""},
+		{"at limit", tds(MaxFederatesWith), ""},
+		{"over limit", tds(MaxFederatesWith + 1), "federates with 33 trust domains, at most 32 allowed"},
+		{"local", []string{"gcp.example", "example.org"}, `federates_with: "example.org" is the local trust domain`},
+		{"duplicate", []string{"gcp.example", "aws.example", "gcp.example"}, `duplicate trust domain "gcp.example"`},
+		{"empty", []string{""}, "federates_with: invalid trust domain"},
+		{"upper case", []string{"GCP.example"}, "federates_with: invalid trust domain"},
+		{"spiffe id", []string{"spiffe://gcp.example"}, `"spiffe://gcp.example" is not a trust domain name (write "gcp.example")`},
+		{"spiffe id with path", []string{"spiffe://gcp.example/x"}, "is not a trust domain name"},
+		{"long", []string{strings.Repeat("a", MaxTrustDomainLen+1)}, "trust domain name of 256 bytes is too long (at most 255)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, check := range []func() error{
+				func() error { return CheckFederatesWith(td, c.names) },
+				func() error { e := inputEntry(); e.FederatesWith = c.names; return ValidateInput(td, e) },
+			} {
+				err := check()
+				if c.want == "" {
+					if err != nil {
+						t.Fatalf("refused: %v", err)
+					}
+					continue
+				}
+				if err == nil || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("got %v, want error containing %q", err, c.want)
+				}
+				if !strings.HasPrefix(err.Error(), "registration: ") || strings.Contains(err.Error(), "registration: registration:") {
+					t.Fatalf("error %q: want one package prefix", err)
+				}
+			}
+		})
+	}
+	// Validate (the rules the Raft store applies to every committed
+	// entry) does not look at federates_with.
+	e := inputEntry()
+	e.FederatesWith = []string{"example.org"}
+	if err := Validate(td, e); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+}

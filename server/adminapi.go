@@ -248,12 +248,10 @@ func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinT
 	return &sigilv1.CreateJoinTokenResponse{Token: token, AgentId: agentID.String(), ExpiresAt: expires.Unix()}, nil
 }
 
-func (a *adminAPI) GetBundle(ctx context.Context, _ *sigilv1.GetBundleRequest) (*sigilv1.Bundle, error) {
-	b, err := a.s.store.Read().Bundle(a.s.td.Name())
-	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "bundle: %v", err)
-	}
-	return b, nil
+// GetBundle returns the own trust domain's bundle, or with trust_domain
+// the federated bundle of that trust domain.
+func (a *adminAPI) GetBundle(ctx context.Context, req *sigilv1.GetBundleRequest) (*sigilv1.Bundle, error) {
+	return a.s.getBundle(req.TrustDomain)
 }
 
 // maxAgentFilterSelectors bounds the selectors of one ListAgents filter.

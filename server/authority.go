@@ -56,7 +56,7 @@ func (s *Server) initCA(ctx context.Context) error {
 			Kind:        kind,
 			CA:          base,
 			JWTSVIDTTL:  s.cfg.JWTSVIDTTL,
-			Propagation: s.cfg.CAPropagationDelay,
+			Propagation: s.propagationDelay(),
 			Publisher:   pub,
 		}
 		if persist {

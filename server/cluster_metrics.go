@@ -27,6 +27,7 @@ type metrics struct {
 	memberHealthy *prometheus.GaugeVec
 	memberLag     *prometheus.GaugeVec
 	attestations  *prometheus.CounterVec
+	fed           *fedMetrics // see federation.go
 }
 
 func newMetrics() *metrics {
@@ -72,6 +73,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.commit, m.applyLag, m.commitIndex, m.appliedIndex,
 		m.lastContact, m.members, m.memberHealthy, m.memberLag, m.attestations)
+	m.fed = newFedMetrics(m.reg)
 	return m
 }
 

@@ -15,7 +15,9 @@ import (
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/federation"
 	"github.com/sigil-id/sigil/internal/unixsock"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // Default locations and lifetimes.
@@ -212,6 +214,9 @@ func (c *Config) Validate() error {
 	if c.CAPropagationDelay >= c.CATTL/2 {
 		return fmt.Errorf("server: ca_propagation_delay %v must be shorter than half of ca_ttl %v", c.CAPropagationDelay, c.CATTL)
 	}
+	if err := c.validateFederation(); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -294,4 +299,85 @@ type ConfigRelationship struct {
 	// BootstrapBundle is the SPIFFE bundle document read from the
 	// block's bundle_file (nil when none).
 	BootstrapBundle []byte
+}
+
+// validateFederation checks the federation block and fills in the bundle
+// endpoint's default profile.
+func (c *Config) validateFederation() error {
+	f := &c.Federation
+	for name, d := range map[string]time.Duration{
+		"min_refresh": f.MinRefresh, "max_refresh": f.MaxRefresh, "fetch_timeout": f.FetchTimeout,
+		"partner_refresh_bound": f.PartnerRefreshBound, "bundle_endpoint refresh_hint": f.BundleEndpoint.RefreshHint,
+	} {
+		if d < 0 {
+			return fmt.Errorf("server: federation %s must not be negative", name)
+		}
+	}
+	minR, maxR := f.MinRefresh, f.MaxRefresh
+	if minR == 0 {
+		minR = federation.DefaultMinRefresh
+	}
+	if maxR == 0 {
+		maxR = federation.DefaultMaxRefresh
+	}
+	if minR > maxR {
+		return fmt.Errorf("server: federation min_refresh %v must not exceed max_refresh %v", minR, maxR)
+	}
+	ep := &f.BundleEndpoint
+	if ep.Address == "" {
+		if ep.Profile != "" || ep.CertFile != "" || ep.KeyFile != "" || ep.RefreshHint != 0 {
+			return errors.New("server: federation bundle_endpoint: address is required")
+		}
+	} else {
+		if _, _, err := net.SplitHostPort(ep.Address); err != nil {
+			return fmt.Errorf("server: federation bundle_endpoint address %q: %w", ep.Address, err)
+		}
+		if ep.Profile == "" {
+			ep.Profile = federation.ProfileHTTPSSPIFFE
+		}
+		switch ep.Profile {
+		case federation.ProfileHTTPSSPIFFE:
+			if ep.CertFile != "" || ep.KeyFile != "" {
+				return errors.New("server: federation bundle_endpoint: cert_file and key_file are for profile https_web (https_spiffe serves the server's SVID)")
+			}
+		case federation.ProfileHTTPSWeb:
+			if ep.CertFile == "" || ep.KeyFile == "" {
+				return errors.New("server: federation bundle_endpoint: profile https_web needs cert_file and key_file")
+			}
+		default:
+			return fmt.Errorf("server: federation bundle_endpoint profile %q: must be %s or %s", ep.Profile, federation.ProfileHTTPSSPIFFE, federation.ProfileHTTPSWeb)
+		}
+		// The propagation delay is raised to the partners' refresh bound,
+		// and must stay under half of the key lifetime.
+		if b := f.partnerRefreshBound(); b >= c.CATTL/2 {
+			return fmt.Errorf("server: federation partner_refresh_bound %v must be shorter than half of ca_ttl %v", b, c.CATTL)
+		}
+	}
+	if len(f.Relationships) > raftstore.MaxFederationRelationships {
+		return fmt.Errorf("server: %d federation relationships exceed the limit of %d", len(f.Relationships), raftstore.MaxFederationRelationships)
+	}
+	seen := make(map[string]bool, len(f.Relationships))
+	for i, cr := range f.Relationships {
+		rel := cr.Relationship
+		if rel == nil {
+			return fmt.Errorf("server: federation relationship %d is empty", i)
+		}
+		if err := federation.ValidateRelationship(c.TrustDomain, rel); err != nil {
+			return fmt.Errorf("server: federates_with %q: %w", rel.TrustDomain, err)
+		}
+		if seen[rel.TrustDomain] {
+			return fmt.Errorf("server: federates_with %q is declared twice", rel.TrustDomain)
+		}
+		seen[rel.TrustDomain] = true
+		if len(cr.BootstrapBundle) > 0 {
+			td, err := spiffeid.TrustDomainFromString(rel.TrustDomain)
+			if err != nil {
+				return fmt.Errorf("server: federates_with %q: %w", rel.TrustDomain, err)
+			}
+			if _, err := federation.Decode(td, cr.BootstrapBundle); err != nil {
+				return fmt.Errorf("server: federates_with %q: bundle_file: %w", rel.TrustDomain, err)
+			}
+		}
+	}
+	return nil
 }

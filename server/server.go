@@ -69,6 +69,9 @@ type Server struct {
 
 	auditSink audit.Sink // see audit.go
 
+	fed    federationState // see federation.go
+	runCtx context.Context // Run's context; set before the APIs serve
+
 	// Tests may set these before Run: Raft's transport instead of the
 	// cluster port (an in-memory transport whose addresses are the
 	// cluster addresses), and changes to the cluster's tuning.
@@ -175,6 +178,17 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer clusterLis.Close()
 	}
+	var fedLis net.Listener
+	if s.cfg.Federation.BundleEndpoint.Address != "" {
+		if s.fed.endpoint, err = s.newBundleEndpoint(); err != nil {
+			return err
+		}
+		if fedLis, err = net.Listen("tcp", s.cfg.Federation.BundleEndpoint.Address); err != nil {
+			return fmt.Errorf("server: bundle endpoint listen: %w", err)
+		}
+		defer fedLis.Close()
+	}
+	s.runCtx = ctx
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
 	}
@@ -221,7 +235,8 @@ func (s *Server) Run(ctx context.Context) error {
 	sigilv1.RegisterClusterAdminServer(adminSrv, &clusterAdminAPI{s: s})
 	sigilv1.RegisterAdminServer(adminSrv, &adminAPI{s: s})
 	sigilv1.RegisterAuthorityAdminServer(adminSrv, &authorityAdmin{s: s})
-	errc := make(chan error, 2)
+	sigilv1.RegisterFederationAdminServer(adminSrv, &federationAdmin{s: s})
+	errc := make(chan error, 3)
 	go func() { errc <- adminSrv.Serve(adminLis) }()
 	defer func() {
 		stopped := make(chan struct{})
@@ -289,6 +304,16 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	go s.svidRotationLoop(ctx)
 	go s.rotationLoop(ctx)
+	if fedLis != nil {
+		go s.serveBundleEndpoint(ctx, fedLis, errc)
+	}
+	fedCtx, fedCancel := context.WithCancel(ctx)
+	fedDone := make(chan struct{})
+	go func() {
+		defer close(fedDone)
+		s.federationLeaderLoop(fedCtx)
+	}()
+	defer func() { fedCancel(); <-fedDone }()
 	s.log.Info("server ready",
 		zap.String("trust_domain", s.td.Name()),
 		zap.String("node_api", nodeLis.Addr().String()),
@@ -364,10 +389,14 @@ func (s *Server) currentBundle() (*x509bundle.Bundle, error) {
 	return b, nil
 }
 
-// rotateServerSVID mints a fresh TLS certificate for the node API with a
-// key that exists only in this process.
+// rotateServerSVID mints a fresh TLS certificate for the node API, and a
+// fresh bundle endpoint SVID (see federation.go), with keys that exist
+// only in this process.
 func (s *Server) rotateServerSVID(ctx context.Context) error {
-	return s.mintServerSVID(ctx, s.x509CA())
+	if err := s.mintServerSVID(ctx, s.x509CA()); err != nil {
+		return err
+	}
+	return s.mintEndpointSVID(ctx, s.x509CA())
 }
 
 // mintServerSVID mints the server SVID with c. It is this server's TLS

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -9,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // Chunk limits of the sync stream: no message carries more than
@@ -21,8 +24,9 @@ const (
 
 func ttlSeconds(s int32) time.Duration { return time.Duration(s) * time.Second }
 
-// Sync pushes the agent's authorized entries and the bundle: the full set
-// first, then deltas, each computed when a memdb watch fires.
+// Sync pushes the agent's authorized entries, the bundle and the
+// federated bundles its entries federate with: the full set first, then
+// deltas, each computed when a memdb watch fires.
 func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) error {
 	s := n.s
 	ctx := stream.Context()
@@ -30,6 +34,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 	log := s.log.With(zap.String("agent_id", agentID.String()))
 	sent := make(map[string]uint64) // entry id -> modify index sent
 	var bundleSeq uint64
+	var fed federatedSent
 	first := true
 	for {
 		r := s.store.Read()
@@ -42,6 +47,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 		if err != nil {
 			return status.Errorf(codes.Internal, "reading bundle: %v", err)
 		}
+		fedUp, fedRm := fed.update(r, entries, first)
 		ws := r.WatchSet()
 		index := r.Index()
 
@@ -65,8 +71,8 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 		if first || bundle.SequenceNumber != bundleSeq {
 			sendBundle = bundle
 		}
-		if first || len(upserted) > 0 || len(deleted) > 0 || sendBundle != nil {
-			if err := sendChunked(stream, first, upserted, deleted, sendBundle, index); err != nil {
+		if first || len(upserted) > 0 || len(deleted) > 0 || sendBundle != nil || len(fedUp) > 0 || len(fedRm) > 0 {
+			if err := sendChunked(stream, first, upserted, deleted, sendBundle, fedUp, fedRm, index); err != nil {
 				return err
 			}
 		}
@@ -82,8 +88,11 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 
 // sendChunked sends one logical update as one or more messages. For a full
 // set, the first message has Reset and the last Synced.
-func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle, index uint64) error {
-	msg := &sigilv1.SyncResponse{Reset_: full, Bundle: bundle, Index: index, Deleted: deleted}
+// The federated bundles and removals ride in the first message.
+func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
+	fedBundles []*sigilv1.Bundle, fedRemoved []string, index uint64) error {
+	msg := &sigilv1.SyncResponse{Reset_: full, Bundle: bundle, Index: index, Deleted: deleted,
+		FederatedBundles: fedBundles, RemovedFederatedBundles: fedRemoved}
 	size := proto.Size(msg)
 	flush := func(last bool) error {
 		msg.Synced = full && last
@@ -105,4 +114,50 @@ func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []*sigilv1.
 		size += es
 	}
 	return flush(true)
+}
+
+// federatedSent tracks the federated bundles one sync stream sent: trust
+// domain → the bundle's modify_index.
+type federatedSent map[string]uint64
+
+// update reads the federated bundles named by the federates_with of
+// entries (registering watches on them in r, present or not) and returns
+// those to send (new, changed, or all of them when full) and the trust
+// domains to drop (no longer needed, or deleted). With no entry that
+// federates and nothing sent before, it allocates nothing.
+func (f *federatedSent) update(r *raftstore.Reader, entries []*sigilv1.Entry, full bool) (send []*sigilv1.Bundle, removed []string) {
+	var need map[string]struct{}
+	for _, e := range entries {
+		for _, td := range e.FederatesWith {
+			if need == nil {
+				need = make(map[string]struct{})
+			}
+			need[td] = struct{}{}
+		}
+	}
+	if need == nil && len(*f) == 0 {
+		return nil, nil
+	}
+	cur := make(federatedSent, len(need))
+	for td := range need {
+		b, err := r.FederatedBundle(td)
+		if err != nil {
+			continue // absent (watched: its creation wakes the stream)
+		}
+		cur[td] = b.ModifyIndex
+		if prev, ok := (*f)[td]; full || !ok || prev != b.ModifyIndex {
+			send = append(send, b)
+		}
+	}
+	if !full {
+		for td := range *f {
+			if _, ok := cur[td]; !ok {
+				removed = append(removed, td)
+			}
+		}
+	}
+	*f = cur
+	slices.SortFunc(send, func(a, b *sigilv1.Bundle) int { return strings.Compare(a.TrustDomain, b.TrustDomain) })
+	slices.Sort(removed)
+	return send, removed
 }

@@ -35,9 +35,14 @@ type JWTCache interface {
 	// empty), minting or refreshing them as needed. It returns
 	// ErrNoIdentity when no entry matches.
 	FetchJWTSVIDs(ctx context.Context, selectors []*sigilv1.Selector, audience []string, spiffeID string) ([]JWTSVID, error)
-	// JWTBundles returns the JWT bundles by trust domain (nil before the
-	// first one) and a channel closed when they next change.
-	JWTBundles() (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{})
+	// JWTBundles returns the JWT bundles, by trust domain, of a workload
+	// with the given attested selectors: the own trust domain's (absent
+	// before the first one) and the federated bundles of the trust
+	// domains that the entries the selectors match name in
+	// federates_with. It also returns a channel closed when that set may
+	// have changed (a bundle in it changed, or the entries' federates_with
+	// did); the caller asks again then.
+	JWTBundles(selectors []*sigilv1.Selector) (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{})
 }
 
 // ErrNoIdentity is returned by JWTCache.FetchJWTSVIDs when the caller is
@@ -95,21 +100,24 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDReques
 	return resp, nil
 }
 
-// FetchJWTBundles streams the JWT bundles (JWKS documents keyed by trust
-// domain ID) and a new message whenever they change. Bundles are public
-// keys: any attested local process may have them.
+// FetchJWTBundles streams the caller's JWT bundles (JWKS documents keyed
+// by trust domain ID: the own trust domain's and those of the trust
+// domains its entries federate with) and a new message whenever they
+// change. Bundles are public keys: any attested local process may have
+// the own one.
 func (s *Server) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.ServerStreamingServer[workloadpb.JWTBundlesResponse]) error {
 	jc, err := s.jwtCache()
 	if err != nil {
 		return err
 	}
 	ctx := stream.Context()
-	if _, err := s.attest(ctx); err != nil {
+	sels, err := s.attest(ctx)
+	if err != nil {
 		return err
 	}
 	out := changeSender[workloadpb.JWTBundlesResponse, *workloadpb.JWTBundlesResponse]{s: s, stream: stream}
 	for {
-		bundles, changed := jc.JWTBundles()
+		bundles, changed := jc.JWTBundles(sels)
 		if len(bundles) > 0 {
 			resp, err := jwtBundlesResponse(bundles)
 			if err != nil {
@@ -142,9 +150,11 @@ func jwtBundlesResponse(bundles map[spiffeid.TrustDomain]*jwtbundle.Bundle) (*wo
 	return resp, nil
 }
 
-// ValidateJWTSVID checks a JWT-SVID's signature against the JWT bundles,
-// its expiry and that audience is among its audiences, and returns its
-// SPIFFE ID and claims.
+// ValidateJWTSVID checks a JWT-SVID's signature against the caller's JWT
+// bundles (JWTCache.JWTBundles: a token of a federated trust domain
+// validates only for a caller whose entries federate with it), its expiry
+// and that audience is among its audiences, and returns its SPIFFE ID and
+// claims.
 func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
 	jc, err := s.jwtCache()
 	if err != nil {
@@ -156,10 +166,11 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJW
 	if req.Svid == "" {
 		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
 	}
-	if _, err := s.attest(ctx); err != nil {
+	sels, err := s.attest(ctx)
+	if err != nil {
 		return nil, err
 	}
-	bundles, _ := jc.JWTBundles()
+	bundles, _ := jc.JWTBundles(sels)
 	svid, err := jwtsvid.ParseAndValidate(req.Svid, jwtbundle.NewSet(values(bundles)...), []string{req.Audience})
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "JWT-SVID is not valid: %v", err)

@@ -96,14 +96,12 @@ type fakeJWTCache struct {
 	calls   []jwtFetchCall
 	err     error // returned by FetchJWTSVIDs when set
 	nothing bool  // FetchJWTSVIDs returns (nil, nil)
-	bundles map[spiffeid.TrustDomain]*jwtbundle.Bundle
-	changed chan struct{}
 }
 
 var _ JWTCache = (*fakeJWTCache)(nil)
 
 func newFakeJWTCache(key *jwtKey) *fakeJWTCache {
-	return &fakeJWTCache{MemoryCache: NewMemoryCache(), key: key, changed: make(chan struct{})}
+	return &fakeJWTCache{MemoryCache: NewMemoryCache(), key: key}
 }
 
 func (c *fakeJWTCache) addEntry(sels []*sigilv1.Selector, path, hint string) spiffeid.ID {
@@ -145,23 +143,18 @@ func (c *fakeJWTCache) FetchJWTSVIDs(_ context.Context, selectors []*sigilv1.Sel
 	return out, nil
 }
 
-func (c *fakeJWTCache) JWTBundles() (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.bundles, c.changed
-}
-
-// setJWTBundles replaces the bundles and signals a change (even when the
-// bundles are the same).
+// setJWTBundles sets the own JWT bundle (the one of td) and the
+// federated JWT bundles among bs, and signals a change (even when the
+// bundles are the same). The embedded MemoryCache serves them
+// (JWTBundles).
 func (c *fakeJWTCache) setJWTBundles(bs ...*jwtbundle.Bundle) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.bundles = make(map[spiffeid.TrustDomain]*jwtbundle.Bundle, len(bs))
 	for _, b := range bs {
-		c.bundles[b.TrustDomain()] = b
+		if b.TrustDomain() == td {
+			c.MemoryCache.SetJWTBundle(b)
+		} else {
+			c.MemoryCache.SetFederatedJWTBundle(b.TrustDomain(), b)
+		}
 	}
-	close(c.changed)
-	c.changed = make(chan struct{})
 }
 
 func (c *fakeJWTCache) fetchCalls() []jwtFetchCall {
@@ -606,4 +599,95 @@ func TestValidateJWTSVIDInvalidArguments(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument, "audience must be specified")
 	_, err = c.ValidateJWTSVID(ctx, &workloadpb.ValidateJWTSVIDRequest{Audience: "db"})
 	wantCode(t, err, codes.InvalidArgument, "svid must be specified")
+}
+
+// TestJWTFederatedBundles: a caller whose entry federates with a trust
+// domain gets that trust domain's JWT bundle on FetchJWTBundles (pushed
+// when it starts federating and when the bundle changes) and validates
+// its JWT-SVIDs; a caller whose entries do not federate with it does
+// neither.
+func TestJWTFederatedBundles(t *testing.T) {
+	f := startJWT(t)
+	partner := spiffeid.RequireTrustDomainFromString("partner.test")
+	pkey := newJWTKey(t, partner, nil, 5*time.Minute)
+	partnerBundle := func(keys ...*jwtKey) *jwtbundle.Bundle {
+		b := jwtbundle.New(partner)
+		for _, k := range keys {
+			if err := b.AddJWTAuthority(k.kid, k.key.Public()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return b
+	}
+	f.jc.setJWTBundles(partnerBundle(pkey))
+	f.jc.MemoryCache.SetIdentity(mySelectors(), f.ca.identity(t, "e1", "/workload"))
+	tok := pkey.mint(t, spiffeid.RequireFromPath(partner, "/client"), "me")
+
+	c := f.client(t)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	w := &jwtBundleWatcher{updates: make(chan *jwtbundle.Set, 10)}
+	done := make(chan error, 1)
+	go func() { done <- c.WatchJWTBundles(ctx, w) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	nextSet := func() *jwtbundle.Set {
+		t.Helper()
+		select {
+		case s := <-w.updates:
+			return s
+		case <-time.After(10 * time.Second):
+			t.Fatal("no JWT bundle update")
+			return nil
+		}
+	}
+
+	// Not federating: the own bundle only, and the partner's token is
+	// refused.
+	if s := nextSet(); s.Len() != 1 || !s.Has(td) {
+		t.Fatalf("bundles before federating: %v", s.Bundles())
+	}
+	_, err := c.ValidateJWTSVID(testCtx(t), tok, "me")
+	wantCodeContains(t, err, codes.InvalidArgument, "JWT-SVID is not valid")
+
+	// Federating: pushed, and the token validates.
+	f.jc.MemoryCache.SetFederatesWith("e1", partner)
+	s := nextSet()
+	if s.Len() != 2 || !s.Has(td) || !s.Has(partner) {
+		t.Fatalf("bundles after federating: %v", s.Bundles())
+	}
+	if b, _ := s.Get(partner); !b.HasJWTAuthority(pkey.kid) {
+		t.Fatal("partner bundle lacks its key")
+	}
+	svid, err := c.ValidateJWTSVID(testCtx(t), tok, "me")
+	if err != nil {
+		t.Fatalf("partner token refused: %v", err)
+	}
+	if svid.ID.String() != "spiffe://partner.test/client" {
+		t.Fatalf("validated %v", svid.ID)
+	}
+	// The audience is still checked.
+	_, err = c.ValidateJWTSVID(testCtx(t), tok, "someone-else")
+	wantCodeContains(t, err, codes.InvalidArgument, "JWT-SVID is not valid")
+
+	// The partner rotates its key: pushed; the old key's tokens are
+	// refused.
+	pkey2 := newJWTKey(t, partner, nil, 5*time.Minute)
+	f.jc.setJWTBundles(partnerBundle(pkey2))
+	s = nextSet()
+	if b, _ := s.Get(partner); b == nil || !b.HasJWTAuthority(pkey2.kid) || b.HasJWTAuthority(pkey.kid) {
+		t.Fatalf("partner bundle after rotation: %v", b)
+	}
+	_, err = c.ValidateJWTSVID(testCtx(t), tok, "me")
+	wantCodeContains(t, err, codes.InvalidArgument, "JWT-SVID is not valid")
+	if _, err := c.ValidateJWTSVID(testCtx(t), pkey2.mint(t, spiffeid.RequireFromPath(partner, "/client"), "me"), "me"); err != nil {
+		t.Fatalf("token of the partner's new key refused: %v", err)
+	}
+
+	// The entry stops federating: pushed without the partner.
+	f.jc.MemoryCache.SetFederatesWith("e1")
+	if s := nextSet(); s.Len() != 1 || s.Has(partner) {
+		t.Fatalf("bundles after federating no more: %v", s.Bundles())
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -12,14 +13,25 @@ import (
 )
 
 // MemoryCache is an in-memory Cache for tests and examples: identities are
-// set by hand, with the selectors their entry requires. It is safe for
-// concurrent use.
+// set by hand, with the selectors their entry requires, and so are the
+// trust domains each entry federates with. Like the agent's cache, it
+// hands a workload the federated bundles (X.509 and JWT) of the trust
+// domains its matching entries federate with, and no others. It also
+// serves JWT bundles (JWTBundles); a test that needs JWT-SVIDs embeds it
+// in a type that adds FetchJWTSVIDs. It is safe for concurrent use.
 type MemoryCache struct {
 	mu        sync.Mutex
 	bundle    *x509bundle.Bundle
 	federated map[spiffeid.TrustDomain]*x509bundle.Bundle
+	jwtBundle *jwtbundle.Bundle
+	fedJWT    map[spiffeid.TrustDomain]*jwtbundle.Bundle
 	entries   map[string]memEntry
-	subs      map[*memSub]struct{}
+	// federatesWith are the trust domains each entry federates with, by
+	// entry ID; kept apart from entries so that either may be set first.
+	federatesWith map[string][]spiffeid.TrustDomain
+	subs          map[*memSub]struct{}
+	// jwtChanged is closed and replaced on every change.
+	jwtChanged chan struct{}
 }
 
 type memEntry struct {
@@ -32,10 +44,80 @@ var _ Cache = (*MemoryCache)(nil)
 // NewMemoryCache returns an empty MemoryCache.
 func NewMemoryCache() *MemoryCache {
 	return &MemoryCache{
-		federated: make(map[spiffeid.TrustDomain]*x509bundle.Bundle),
-		entries:   make(map[string]memEntry),
-		subs:      make(map[*memSub]struct{}),
+		federated:     make(map[spiffeid.TrustDomain]*x509bundle.Bundle),
+		fedJWT:        make(map[spiffeid.TrustDomain]*jwtbundle.Bundle),
+		entries:       make(map[string]memEntry),
+		federatesWith: make(map[string][]spiffeid.TrustDomain),
+		subs:          make(map[*memSub]struct{}),
+		jwtChanged:    make(chan struct{}),
 	}
+}
+
+// SetJWTBundle sets the agent's own trust domain JWT bundle.
+func (c *MemoryCache) SetJWTBundle(b *jwtbundle.Bundle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.jwtBundle = b
+	c.notifyLocked()
+}
+
+// SetFederatedJWTBundle sets (or, with nil, removes) the JWT bundle of a
+// federated trust domain.
+func (c *MemoryCache) SetFederatedJWTBundle(td spiffeid.TrustDomain, b *jwtbundle.Bundle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b == nil {
+		delete(c.fedJWT, td)
+	} else {
+		c.fedJWT[td] = b
+	}
+	c.notifyLocked()
+}
+
+// SetFederatesWith sets the trust domains that entry entryID federates
+// with (none: it federates with no one); the workloads it matches get
+// those trust domains' federated bundles.
+func (c *MemoryCache) SetFederatesWith(entryID string, tds ...spiffeid.TrustDomain) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(tds) == 0 {
+		delete(c.federatesWith, entryID)
+	} else {
+		c.federatesWith[entryID] = slices.Clone(tds)
+	}
+	c.notifyLocked()
+}
+
+// JWTBundles returns the own JWT bundle and the federated JWT bundles of
+// the trust domains that the entries the selectors match federate with,
+// and a channel closed on the cache's next change. It is
+// JWTCache.JWTBundles.
+func (c *MemoryCache) JWTBundles(selectors []*sigilv1.Selector) (map[spiffeid.TrustDomain]*jwtbundle.Bundle, <-chan struct{}) {
+	have := selectorSet(selectors)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[spiffeid.TrustDomain]*jwtbundle.Bundle)
+	if c.jwtBundle != nil {
+		out[c.jwtBundle.TrustDomain()] = c.jwtBundle
+	}
+	for _, td := range c.federatesWithLocked(have) {
+		if b := c.fedJWT[td]; b != nil {
+			out[td] = b
+		}
+	}
+	return out, c.jwtChanged
+}
+
+// federatesWithLocked returns the trust domains that the entries matching
+// have federate with.
+func (c *MemoryCache) federatesWithLocked(have map[selectorKey]struct{}) []spiffeid.TrustDomain {
+	var tds []spiffeid.TrustDomain
+	for id, e := range c.entries {
+		if fw := c.federatesWith[id]; len(fw) > 0 && matches(e.selectors, have) {
+			tds = append(tds, fw...)
+		}
+	}
+	return tds
 }
 
 // SetBundle sets the agent's own trust domain bundle.
@@ -46,8 +128,9 @@ func (c *MemoryCache) SetBundle(b *x509bundle.Bundle) {
 	c.notifyLocked()
 }
 
-// SetFederatedBundle sets (or, with nil, removes) the bundle of a federated
-// trust domain.
+// SetFederatedBundle sets (or, with nil, removes) the X.509 bundle of a
+// federated trust domain; the workloads whose entries federate with it
+// (SetFederatesWith) get it.
 func (c *MemoryCache) SetFederatedBundle(td spiffeid.TrustDomain, b *x509bundle.Bundle) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -78,11 +161,7 @@ func (c *MemoryCache) RemoveIdentity(entryID string) {
 
 // SubscribeX509 implements Cache. The first snapshot is ready at once.
 func (c *MemoryCache) SubscribeX509(selectors []*sigilv1.Selector) X509Subscription {
-	set := make(map[selectorKey]struct{}, len(selectors))
-	for _, s := range selectors {
-		set[selectorKey{s.GetType(), s.GetValue()}] = struct{}{}
-	}
-	sub := &memSub{cache: c, selectors: set, ch: make(chan *X509Snapshot, 1)}
+	sub := &memSub{cache: c, selectors: selectorSet(selectors), ch: make(chan *X509Snapshot, 1)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.subs[sub] = struct{}{}
@@ -92,7 +171,17 @@ func (c *MemoryCache) SubscribeX509(selectors []*sigilv1.Selector) X509Subscript
 
 type selectorKey struct{ typ, value string }
 
+func selectorSet(selectors []*sigilv1.Selector) map[selectorKey]struct{} {
+	set := make(map[selectorKey]struct{}, len(selectors))
+	for _, s := range selectors {
+		set[selectorKey{s.GetType(), s.GetValue()}] = struct{}{}
+	}
+	return set
+}
+
 func (c *MemoryCache) notifyLocked() {
+	close(c.jwtChanged)
+	c.jwtChanged = make(chan struct{})
 	for sub := range c.subs {
 		snap := c.snapshotLocked(sub.selectors)
 		// Replace an undelivered snapshot: only the latest matters.
@@ -106,8 +195,13 @@ func (c *MemoryCache) notifyLocked() {
 
 func (c *MemoryCache) snapshotLocked(have map[selectorKey]struct{}) *X509Snapshot {
 	snap := &X509Snapshot{Bundle: c.bundle}
-	if len(c.federated) > 0 {
-		snap.Federated = maps.Clone(c.federated)
+	for _, td := range c.federatesWithLocked(have) {
+		if b := c.federated[td]; b != nil {
+			if snap.Federated == nil {
+				snap.Federated = make(map[spiffeid.TrustDomain]*x509bundle.Bundle)
+			}
+			snap.Federated[td] = b
+		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(c.entries)) {
 		e := c.entries[id]

@@ -345,7 +345,18 @@ func TestFederatedBundles(t *testing.T) {
 	fedCA := newCA(t)
 	f.cache.SetFederatedBundle(fedTD, x509bundle.FromX509Authorities(fedTD, []*x509.Certificate{fedCA.cert}))
 
+	// A workload whose entries do not federate with the trust domain
+	// does not get its bundle.
 	x509ctx, err := f.client(t).FetchX509Context(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x509ctx.Bundles.Has(fedTD) {
+		t.Fatal("got the federated bundle without federating with its trust domain")
+	}
+
+	f.cache.SetFederatesWith("e1", fedTD)
+	x509ctx, err = f.client(t).FetchX509Context(testCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}

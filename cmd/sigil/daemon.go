@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/agent"
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
 	"github.com/sigil-id/sigil/server"
@@ -131,6 +132,7 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	cfg.NoBootstrap = s.NoBootstrap
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
+	cfg.Federation = federationConfig(s.Federation)
 	if err := serverPlugins(s, &cfg); err != nil {
 		return cfg, err
 	}
@@ -138,6 +140,41 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// federationConfig turns the file's federation block (nil: none) into
+// the server's; every relationship it declares is from_config.
+func federationConfig(f *config.Federation) server.FederationConfig {
+	var out server.FederationConfig
+	if f == nil {
+		return out
+	}
+	if ep := f.BundleEndpoint; ep != nil {
+		out.BundleEndpoint = server.BundleEndpointConfig{
+			Address:     ep.Address,
+			Profile:     ep.Profile,
+			CertFile:    ep.CertFile,
+			KeyFile:     ep.KeyFile,
+			RefreshHint: ep.RefreshHint,
+		}
+	}
+	out.MinRefresh = f.MinRefresh
+	out.MaxRefresh = f.MaxRefresh
+	out.FetchTimeout = f.FetchTimeout
+	out.PartnerRefreshBound = f.PartnerRefreshBound
+	for _, r := range f.Relationships {
+		out.Relationships = append(out.Relationships, server.ConfigRelationship{
+			Relationship: &sigilv1.FederationRelationship{
+				TrustDomain:       r.TrustDomain,
+				BundleEndpointUrl: r.BundleEndpointURL,
+				Profile:           r.Profile,
+				EndpointSpiffeId:  r.EndpointSPIFFEID,
+				FromConfig:        true,
+			},
+			BootstrapBundle: r.BootstrapBundle,
+		})
+	}
+	return out
 }
 
 func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {

@@ -42,6 +42,7 @@ type entryFlags struct {
 	hint      string
 	node      bool
 	data      string
+	federates []string
 }
 
 func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
@@ -54,11 +55,12 @@ func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
 	fs.DurationVar(&f.jwtTTL, "jwt-svid-ttl", 0, "lifetime of the JWT-SVIDs of this entry (default: the server's)")
 	fs.StringVar(&f.hint, "hint", "", "hint telling workloads with several SVIDs what this one is for")
 	fs.BoolVar(&f.node, "node", false, "make this a node alias: parent is the trust domain's server ID and selectors match agents' node selectors")
+	fs.StringArrayVar(&f.federates, "federates-with", nil, "foreign trust domain whose bundle the workloads receive, e.g. gcp.example or spiffe://gcp.example (repeatable; needs a federation relationship or bundle there)")
 	fs.StringVar(&f.data, "data", "", "JSON file ({\"entries\": [...]}, \"-\" for stdin) with entries to send in one batch")
 }
 
 // fieldFlags are the flags that describe entry fields; -data excludes them.
-var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node"}
+var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with"}
 
 func changedAny(cmd *cobra.Command, names ...string) string {
 	for _, n := range names {
@@ -129,6 +131,23 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 	if changed("hint") {
 		e.Hint = f.hint
 	}
+	if changed("federates-with") {
+		e.FederatesWith = nil
+		seen := map[string]bool{}
+		for _, v := range f.federates {
+			if v == "" {
+				continue // -federates-with "" clears the list
+			}
+			td, err := trustDomainArg("federates-with", v)
+			if err != nil {
+				return err
+			}
+			if !seen[td] {
+				seen[td] = true
+				e.FederatesWith = append(e.FederatesWith, td)
+			}
+		}
+	}
 	return nil
 }
 
@@ -153,6 +172,20 @@ func readEntries(cmd *cobra.Command, path string) ([]*sigilv1.Entry, error) {
 	if len(req.Entries) == 0 {
 		return nil, fmt.Errorf("-data %s holds no entries", path)
 	}
+	// federates_with takes trust domain names; like -federates-with, the
+	// file may also give them as spiffe://td.
+	for i, e := range req.Entries {
+		for j, v := range e.FederatesWith {
+			if v == "" {
+				return nil, fmt.Errorf("-data %s: entry %d: federates_with holds an empty trust domain", path, i)
+			}
+			td, err := trustDomainArg("federates-with", v)
+			if err != nil {
+				return nil, fmt.Errorf("-data %s: entry %d: federates_with: %v", path, i, strings.TrimPrefix(err.Error(), "invalid -federates-with "))
+			}
+			e.FederatesWith[j] = td
+		}
+	}
 	return req.Entries, nil
 }
 
@@ -164,6 +197,7 @@ func newEntryCreate() *cobra.Command {
 		Short: "Create registration entries",
 		Example: `  sigil entry create -spiffe-id spiffe://example.org/web -parent-id spiffe://example.org/sigil/agent/join_token/... -selector unix:uid:1000
   sigil entry create -node -spiffe-id spiffe://example.org/nodes/db -selector join_token:...
+  sigil entry create -spiffe-id spiffe://example.org/api -parent-id ... -selector unix:uid:1001 -federates-with gcp.example
   sigil entry create -data entries.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -251,8 +285,8 @@ file must carry its "id" and replaces the stored entry as a whole.`,
 				if err != nil {
 					return c.RPCError("update entry "+f.id, err)
 				}
-				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node") == "" {
-					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint")
+				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with") == "" {
+					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint, -federates-with")
 				}
 				if err := f.apply(cmd, cur); err != nil {
 					return err
@@ -332,6 +366,9 @@ func printEntry(w io.Writer, e *sigilv1.Entry) {
 	}
 	if e.GetHint() != "" {
 		fmt.Fprintf(w, "Hint             : %s\n", e.GetHint())
+	}
+	for _, td := range e.GetFederatesWith() {
+		fmt.Fprintf(w, "Federates with   : %s\n", td)
 	}
 	fmt.Fprintf(w, "Created at       : %s\n", formatTime(e.GetCreatedAt()))
 }

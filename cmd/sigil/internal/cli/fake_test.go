@@ -53,6 +53,7 @@ type fakeAdmin struct {
 	entries  map[string]*sigilv1.Entry
 	agents   []*sigilv1.AttestedNode
 	bundle   *sigilv1.Bundle
+	foreign  map[string]*sigilv1.Bundle // federated bundles by trust domain
 	evicted  []string
 	banned   []string
 	pageSize int
@@ -169,7 +170,13 @@ func (f *fakeAdmin) CreateJoinToken(_ context.Context, req *sigilv1.CreateJoinTo
 	}, nil
 }
 
-func (f *fakeAdmin) GetBundle(context.Context, *sigilv1.GetBundleRequest) (*sigilv1.Bundle, error) {
+func (f *fakeAdmin) GetBundle(_ context.Context, req *sigilv1.GetBundleRequest) (*sigilv1.Bundle, error) {
+	if req.TrustDomain != "" {
+		if b, ok := f.foreign[req.TrustDomain]; ok {
+			return b, nil
+		}
+		return nil, status.Errorf(codes.NotFound, "no bundle of trust domain %q", req.TrustDomain)
+	}
 	return f.bundle, nil
 }
 
@@ -244,7 +251,7 @@ func testRoot() *cobra.Command {
 	root := &cobra.Command{Use: "sigil"}
 	agent := &cobra.Command{Use: "agent"}
 	agent.AddCommand(AgentAdminCommands()...)
-	root.AddCommand(NewEntryCommand(), NewTokenCommand(), NewBundleCommand(), agent, NewSVIDCommand(), NewHealthcheckCommand())
+	root.AddCommand(NewEntryCommand(), NewTokenCommand(), NewBundleCommand(), agent, NewSVIDCommand(), NewHealthcheckCommand(), NewFederationCommand())
 	return root
 }
 

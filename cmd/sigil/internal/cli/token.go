@@ -66,28 +66,44 @@ func NewTokenCommand() *cobra.Command {
 func NewBundleCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bundle",
-		Short: "Show the trust bundle of the trust domain",
+		Short: "Show the trust bundle of the trust domain; set, delete and list federated bundles",
 	}
-	var format string
+	var format, trustDomain string
 	var o *adminOpts
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "Print the trust bundle (the file agents use as trust_bundle_path)",
+		Short: "Print the trust bundle (the file agents use as trust_bundle_path) or a federated bundle",
+		Long: `Print the trust domain's bundle: PEM CA certificates (the default, the file
+agents use as trust_bundle_path) or, with -format spiffe, the SPIFFE bundle
+document that the bundle endpoint serves and that a federated trust domain
+takes as its bootstrap bundle (sigil bundle set or sigil federation create
+-bundle-file there). -trust-domain prints a federated bundle instead.`,
 		Example: `  sigil bundle show > /etc/sigil/bundle.pem
-  sigil bundle show -format spiffe`,
+  sigil bundle show -format spiffe > aws.bundle.json
+  sigil bundle show -trust-domain gcp.example -format spiffe`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "pem" && format != "spiffe" {
 				return fmt.Errorf("invalid -format %q: want pem or spiffe", format)
+			}
+			req := &sigilv1.GetBundleRequest{}
+			what := "show bundle"
+			if cmd.Flags().Changed("trust-domain") {
+				td, err := trustDomainArg("trust-domain", trustDomain)
+				if err != nil {
+					return err
+				}
+				req.TrustDomain = td
+				what = "show bundle of " + td
 			}
 			c, err := o.dial()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			b, err := call(cmd.Context(), c.GetBundle, &sigilv1.GetBundleRequest{})
+			b, err := call(cmd.Context(), c.GetBundle, req)
 			if err != nil {
-				return c.RPCError("show bundle", err)
+				return c.RPCError(what, err)
 			}
 			out := cmd.OutOrStdout()
 			if o.json() {
@@ -109,9 +125,10 @@ func NewBundleCommand() *cobra.Command {
 			return err
 		},
 	}
-	show.Flags().StringVar(&format, "format", "pem", "pem (CA certificates) or spiffe (SPIFFE bundle JSON, as served to federated trust domains)")
+	show.Flags().StringVar(&format, "format", "pem", "pem (CA certificates) or spiffe (SPIFFE bundle document, as served to federated trust domains)")
+	show.Flags().StringVar(&trustDomain, "trust-domain", "", "print the federated bundle of this trust domain instead of the local one")
 	o = addAdminFlags(show)
-	cmd.AddCommand(show)
+	cmd.AddCommand(show, newBundleSet(), newBundleDelete(), newBundleList())
 	return cmd
 }
 

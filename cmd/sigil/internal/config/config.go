@@ -54,6 +54,8 @@ type Server struct {
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies KeyManager and the defaults to it.
 	Plugins *Plugins
+	// Federation is the file's federation block; nil without one.
+	Federation *Federation
 }
 
 // Agent holds the settings of `sigil agent`. Zero values mean "use the
@@ -132,7 +134,8 @@ type hclServer struct {
 	LogLevel             string   `hcl:"log_level,optional"`
 	LogFormat            string   `hcl:"log_format,optional"`
 
-	Plugins *hclPlugins `hcl:"plugins,block"`
+	Plugins    *hclPlugins    `hcl:"plugins,block"`
+	Federation *hclFederation `hcl:"federation,block"`
 }
 
 type hclAgent struct {
@@ -241,6 +244,13 @@ func Parse(filename string, src []byte) (*File, error) {
 				return nil, fmt.Errorf("%s: server.%s: %w", filename, d.name, err)
 			}
 			*d.dst = v
+		}
+		if s.Federation != nil {
+			fed, err := readFederation(filename, syntaxBlock(body, "server"), s.Federation)
+			if err != nil {
+				return nil, err
+			}
+			out.Server.Federation = fed
 		}
 	}
 	if a := raw.Agent; a != nil {
@@ -418,6 +428,9 @@ func addLogFlags(fs *pflag.FlagSet, l *Log) {
 // validateLifetimes). The server package checks the rest.
 func (s *Server) Validate() error {
 	if err := validateTrustDomain(s.TrustDomain); err != nil {
+		return err
+	}
+	if err := s.Federation.validate(s.TrustDomain); err != nil {
 		return err
 	}
 	if err := s.validateLifetimes(); err != nil {
