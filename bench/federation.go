@@ -321,7 +321,7 @@ func benchFederation(ctx context.Context) error {
 		return fmt.Errorf("plain HTTPS GETs: %w", err)
 	}
 	fmt.Printf("limit  plain TLS handshakes (P-256):         %9.0f /s  (Go server in this process, %d clients)\n", handshakes, fedClients)
-	fmt.Printf("limit  plain HTTPS GETs, keep-alive:         %9.0f /s  (same server, 56-byte body)\n", plainKeepAlive)
+	fmt.Printf("limit  plain HTTPS GETs, keep-alive:         %9.0f /s  (same server, 55-byte body)\n", plainKeepAlive)
 	for _, m := range []struct {
 		what      string
 		op        func(*http.Client) error
