@@ -40,8 +40,11 @@ type fedBundle struct {
 	x509 *x509bundle.Bundle // nil when it holds no X.509 authority
 	jwt  *jwtbundle.Bundle  // nil when it holds no JWT authority
 	// version is unique among all versions of all federated bundles the
-	// state has held (x509State.fedSeq).
-	version uint64
+	// state has held (x509State.fedSeq); x509Version is the version at
+	// which the X.509 part last changed (X.509 snapshots depend on it
+	// alone).
+	version     uint64
+	x509Version uint64
 	// seq is the bundle's sequence number, for logs.
 	seq uint64
 }
@@ -167,6 +170,10 @@ func (s *x509State) SetFederated(full bool, bundles []*fedBundle, bad, removed [
 		s.fedSeq++
 		nb := *b
 		nb.version = s.fedSeq
+		nb.x509Version = s.fedSeq
+		if cur != nil && (cur.x509 == nil) == (b.x509 == nil) && (b.x509 == nil || cur.x509.Equal(b.x509)) {
+			nb.x509Version = cur.x509Version
+		}
 		s.federated[b.td] = &nb
 		kind := "added"
 		if cur != nil {

@@ -213,6 +213,10 @@ func TestCacheFederatedBundlePushes(t *testing.T) {
 	noRecv(t, f.subA)
 	noRecv(t, f.subB)
 
+	// A change of partner.test's JWT keys alone: no X.509 snapshot.
+	f.c.SetFederated(false, []*sigilv1.Bundle{fedProto(t, partnerTD, 1, []*testCA{p1}, newTestJWTKey(t, f.clk))}, nil)
+	noRecv(t, f.subA)
+
 	// A change of partner.test's bundle (a rotation): pushed.
 	f.c.SetFederated(false, []*sigilv1.Bundle{fedProto(t, partnerTD, 2, []*testCA{p1, p2})}, nil)
 	wantFederated(t, recv(t, f.subA), p1, p2)

@@ -154,7 +154,7 @@ func (ss *subscriptions) update(sub *subscription, st *x509State) {
 		fp.WriteString("|f:")
 		fp.WriteString(b.td.Name())
 		fp.WriteByte(':')
-		fp.WriteString(strconv.FormatUint(b.version, 10))
+		fp.WriteString(strconv.FormatUint(b.x509Version, 10))
 	})
 	if !sub.delivered && !complete {
 		return

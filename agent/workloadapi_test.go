@@ -156,6 +156,26 @@ func TestAgentServesFederatedBundles(t *testing.T) {
 		}
 		return nil
 	})
+
+	// A new stream's full set (reset) no longer holds other.test: the
+	// agent drops it.
+	if r.cache.federatedBundles()[otherTD] == nil {
+		t.Fatal("other.test's bundle missing before the reset")
+	}
+	_, _, syncs := srv.counts()
+	srv.mu.Lock()
+	delete(srv.federated, "other.test")
+	srv.mu.Unlock()
+	srv.cutStreams()
+	eventually.NoError(t, 15*time.Second, func() error {
+		if _, _, n := srv.counts(); n == syncs {
+			return errors.New("no new sync stream yet")
+		}
+		if got := r.cache.federatedBundles(); len(got) != 0 {
+			return fmt.Errorf("agent holds %d federated bundles after the reset", len(got))
+		}
+		return nil
+	})
 	r.stop(t)
 }
 

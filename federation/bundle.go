@@ -81,25 +81,37 @@ func encode(b *sigilv1.Bundle) ([]byte, error) {
 	return sb.Marshal()
 }
 
-// docShape is what Decode reads of a document before go-spiffe parses
-// it: the checks spiffebundle.Parse does not make need the keys' count,
-// uses and kids in document order, and the raw header fields.
-type docShape struct {
-	Keys *[]struct {
-		Use string `json:"use"`
-		Kid string `json:"kid"`
-	} `json:"keys"`
-	Sequence    *uint64 `json:"spiffe_sequence"`
-	RefreshHint *int64  `json:"spiffe_refresh_hint"`
+// rawDoc is what Decode reads of a document before go-spiffe parses
+// it: the header fields and each key as it is, so that the keys to
+// ignore can be left out and the checks spiffebundle.Parse does not make
+// can be made.
+type rawDoc struct {
+	Keys        *[]json.RawMessage `json:"keys"`
+	Sequence    *uint64            `json:"spiffe_sequence"`
+	RefreshHint *int64             `json:"spiffe_refresh_hint"`
 }
+
+// keyHead is the part of a JWK that tells whether it is for us.
+type keyHead struct {
+	Use string `json:"use"`
+	Kty string `json:"kty"`
+	Kid string `json:"kid"`
+}
+
+// knownKeyTypes are the JWK key types go-jose parses. A key of another
+// type is ignored, as the specification requires.
+var knownKeyTypes = map[string]bool{"EC": true, "RSA": true, "OKP": true, "oct": true}
 
 // Decode parses a SPIFFE bundle document of trust domain td (at most
 // MaxDocumentSize bytes, at most MaxAuthorities keys) into a Bundle:
 // X.509 authorities with their DER certificate and not_after, JWT
 // authorities with key_id, PKIX DER public_key (and expires_at 0),
-// sequence_number and refresh_hint. A key that does not parse, a key
-// use other than x509-svid or jwt-svid, a jwt-svid key without kid, a
-// duplicate kid or a document with no key is an error.
+// sequence_number and refresh_hint. As the SPIFFE Trust Domain and
+// Bundle specification requires (4.1.3, 4.2.1, 4.2.2), a key whose use
+// is neither x509-svid nor jwt-svid, or whose key type (kty) is unknown,
+// is ignored. A key of those uses that does not parse, a jwt-svid key
+// without kid, a duplicate kid, a negative refresh hint or a document
+// with no x509-svid or jwt-svid key is an error.
 func Decode(td spiffeid.TrustDomain, doc []byte) (*sigilv1.Bundle, error) {
 	b, err := decode(td, doc)
 	if err != nil {
@@ -115,49 +127,70 @@ func decode(td spiffeid.TrustDomain, doc []byte) (*sigilv1.Bundle, error) {
 	if len(doc) > MaxDocumentSize {
 		return nil, fmt.Errorf("document is %d bytes, more than the limit of %d", len(doc), MaxDocumentSize)
 	}
-	var shape docShape
-	if err := json.Unmarshal(doc, &shape); err != nil {
+	var raw rawDoc
+	if err := json.Unmarshal(doc, &raw); err != nil {
 		return nil, fmt.Errorf("not a JWKS document: %w", err)
 	}
-	if shape.Keys == nil || len(*shape.Keys) == 0 {
+	if raw.Keys == nil || len(*raw.Keys) == 0 {
 		return nil, errors.New(`no keys (a bundle needs at least one authority)`)
 	}
-	keys := *shape.Keys
+	keys := *raw.Keys
 	if len(keys) > MaxAuthorities {
 		return nil, fmt.Errorf("%d keys, more than the limit of %d", len(keys), MaxAuthorities)
 	}
+	var kept []json.RawMessage
 	var kids []string
 	seen := make(map[string]bool)
 	for i, k := range keys {
-		switch k.Use {
-		case useX509SVID:
-		case useJWTSVID:
-			if k.Kid == "" {
+		var h keyHead
+		if err := json.Unmarshal(k, &h); err != nil {
+			return nil, fmt.Errorf("key %d: %w", i+1, err)
+		}
+		if (h.Use != useX509SVID && h.Use != useJWTSVID) || !knownKeyTypes[h.Kty] {
+			continue
+		}
+		if h.Use == useJWTSVID {
+			if h.Kid == "" {
 				return nil, fmt.Errorf("key %d: jwt-svid key without kid", i+1)
 			}
-			if seen[k.Kid] {
-				return nil, fmt.Errorf("key %d: duplicate kid %q", i+1, k.Kid)
+			if seen[h.Kid] {
+				return nil, fmt.Errorf("key %d: duplicate kid %q", i+1, h.Kid)
 			}
-			seen[k.Kid] = true
-			kids = append(kids, k.Kid)
-		default:
-			return nil, fmt.Errorf("key %d: use %q is neither %q nor %q", i+1, k.Use, useX509SVID, useJWTSVID)
+			seen[h.Kid] = true
+			kids = append(kids, h.Kid)
 		}
+		kept = append(kept, k)
+	}
+	if len(kept) == 0 {
+		return nil, fmt.Errorf("none of the %d keys is an x509-svid or jwt-svid key of a known type", len(keys))
 	}
 	var hint int64
-	if shape.RefreshHint != nil {
-		hint = *shape.RefreshHint
+	if raw.RefreshHint != nil {
+		hint = *raw.RefreshHint
 		if hint < 0 {
 			return nil, fmt.Errorf("negative spiffe_refresh_hint %d", hint)
 		}
+		// A hint of centuries is as good as the largest Duration.
+		hint = min(hint, maxHintSeconds)
+	}
+	if len(kept) < len(keys) {
+		// go-spiffe reads the keys of other uses it knows (wit-svid)
+		// and fails on unknown key types: give it only ours.
+		filtered, err := json.Marshal(struct {
+			Keys []json.RawMessage `json:"keys"`
+		}{kept})
+		if err != nil {
+			return nil, err
+		}
+		doc = filtered
 	}
 	sb, err := spiffebundle.Parse(td, doc)
 	if err != nil {
 		return nil, err
 	}
 	out := &sigilv1.Bundle{TrustDomain: td.Name(), RefreshHint: hint}
-	if shape.Sequence != nil {
-		out.SequenceNumber = *shape.Sequence
+	if raw.Sequence != nil {
+		out.SequenceNumber = *raw.Sequence
 	}
 	for _, cert := range sb.X509Authorities() {
 		out.X509Authorities = append(out.X509Authorities, &sigilv1.X509Authority{
@@ -383,15 +416,16 @@ func redactURL(u *url.URL) string {
 	return c.String()
 }
 
+// maxHintSeconds is the largest refresh hint kept, a second below the
+// largest Duration: go-spiffe rounds a hint up to whole seconds by adding
+// almost a second.
+const maxHintSeconds = int64(math.MaxInt64/time.Second) - 1
+
 // secondsToDuration converts a refresh hint without overflowing.
 func secondsToDuration(s int64) time.Duration {
 	if s <= 0 {
 		return 0
 	}
-	// Stay a second below the largest Duration: go-spiffe rounds the
-	// hint up to whole seconds by adding almost a second.
-	if lim := int64(math.MaxInt64/time.Second) - 1; s > lim {
-		s = lim
-	}
+	s = min(s, maxHintSeconds)
 	return time.Duration(s) * time.Second
 }

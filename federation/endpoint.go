@@ -281,6 +281,10 @@ func (e *Endpoint) Serve(ctx context.Context, l net.Listener) error {
 		WriteTimeout:      endpointWriteTimeout,
 		IdleTimeout:       endpointIdleTimeout,
 		MaxHeaderBytes:    endpointMaxHeaderBytes,
+		// HTTP/1.1 only: one small document per request needs nothing
+		// of HTTP/2, and without it a shutdown does not wait out
+		// HTTP/2's GOAWAY grace period.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
 	// TLS handshake errors (scanners, partners without the bundle) are
 	// logged at debug level.

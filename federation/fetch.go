@@ -104,7 +104,7 @@ func fetch(ctx context.Context, rel *sigilv1.FederationRelationship, cur *sigilv
 	req.Header.Set("Accept", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, unwrapURLError(err)
+		return nil, timeoutError(err, timeout)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -115,7 +115,7 @@ func fetch(ctx context.Context, rel *sigilv1.FederationRelationship, cur *sigilv
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("read the document: %w", unwrapURLError(err))
+		return nil, fmt.Errorf("read the document: %w", timeoutError(err, timeout))
 	}
 	if int64(len(body)) > maxSize {
 		return nil, fmt.Errorf("the document is larger than the limit of %d bytes", maxSize)
@@ -183,6 +183,17 @@ func authorizeEndpoint(want spiffeid.ID) tlsconfig.Authorizer {
 		}
 		return nil
 	}
+}
+
+// timeoutError says which timeout passed, since "context deadline
+// exceeded" does not.
+func timeoutError(err error, timeout time.Duration) error {
+	err = unwrapURLError(err)
+	var nerr net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &nerr) && nerr.Timeout()) {
+		return fmt.Errorf("no complete answer within the fetch timeout of %v: %w", timeout, err)
+	}
+	return err
 }
 
 // unwrapURLError drops the "Get "url": " that net/http adds, since

@@ -3,6 +3,14 @@
 // trust bundles of one trust domain, kept identical on every server by Raft (hashicorp/raft, with a
 // bolt log and stable store and file snapshots on disk).
 //
+// Federation state lives here too: the relationships with foreign trust
+// domains (at most MaxFederationRelationships), their bundles (rows of the
+// bundles table keyed by the foreign trust domain, with modify_index and
+// updated_at set by the store), each relationship's refresh status, and
+// the partners that fetched the local bundle. Entries name the foreign
+// trust domains they federate with (at most MaxFederatesWith), each of
+// which must have a relationship or a bundle when the entry is written.
+//
 // Writes are typed commands (storepb.Command) proposed with Store.Apply; the
 // leader appends them to the Raft log and every server applies them, in log
 // order, to an indexed in-memory database (go-memdb). Reads go through a

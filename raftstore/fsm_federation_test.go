@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/storepb"
 )
 
@@ -415,6 +417,7 @@ func TestOwnBundleCommandsRefuseForeignTrustDomains(t *testing.T) {
 		"prune":  {Op: &storepb.Command_PruneBundle{PruneBundle: &storepb.PruneBundle{TrustDomain: gcp}}},
 		"taint":  {Op: &storepb.Command_TaintAuthority{TaintAuthority: &storepb.TaintAuthority{TrustDomain: gcp, AuthorityId: "kid-gcp.example"}}},
 		"revoke": {Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: gcp, AuthorityId: "kid-gcp.example"}}},
+		"retire": {Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{TrustDomain: gcp, ServerId: "n1"}}},
 	} {
 		tf.refused(name, cmd, codes.InvalidArgument)
 	}
@@ -722,5 +725,55 @@ func TestSnapshotFederationRefusesCorrupt(t *testing.T) {
 		if !bytes.Equal(persist(t, dst.f), before) {
 			t.Errorf("%s: refused snapshot changed the state", name)
 		}
+	}
+}
+
+// TestStoreFederationThroughRaft: the federation commands go through a
+// real Raft log on disk, their refusals reach the caller as CommandErrors
+// with their code, and the state survives a restart from a snapshot.
+func TestStoreFederationThroughRaft(t *testing.T) {
+	dir := t.TempDir()
+	s := openDisk(t, dir, func(c *Config) { c.Clock = clock.NewFake(t0) })
+	ctx := context.Background()
+	for _, cmd := range []*storepb.Command{
+		putRel(gcpRel(), true, false, fedBundle(t, gcp, 4)),
+		requestRefresh(gcp),
+		recordFetch(gcp, 2),
+	} {
+		if _, err := s.Apply(ctx, cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ce *CommandError
+	if _, err := s.Apply(ctx, deleteBundle(gcp)); !errors.As(err, &ce) || ce.Code != codes.FailedPrecondition {
+		t.Fatalf("deleting a refreshed bundle: %v", err)
+	}
+	e := entry("fed", "spiffe://example.org/fed", agent)
+	e.FederatesWith = []string{gcp}
+	mustCreate(t, s, e)
+	b, err := s.Read().FederatedBundle(gcp)
+	if err != nil || b.SequenceNumber != 4 || b.UpdatedAt != t0.Unix() || b.ModifyIndex == 0 {
+		t.Fatalf("federated bundle %v, %v", b, err)
+	}
+	if err := s.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openDisk(t, dir)
+	defer s.Close()
+	r := s.Read()
+	if st, err := r.FederationStatus(gcp); err != nil || st.RefreshRequestedAt != t0.Unix() {
+		t.Fatalf("status after restart: %v, %v", st, err)
+	}
+	if pfs := r.PartnerFetches(); len(pfs) != 1 || pfs[0].SequenceNumber != 2 {
+		t.Fatalf("partner fetches after restart: %v", pfs)
+	}
+	if got, err := r.FederatedBundle(gcp); err != nil || !proto.Equal(got, b) {
+		t.Fatalf("bundle after restart: %v, %v", got, err)
+	}
+	if got, err := r.Entry("fed"); err != nil || len(got.FederatesWith) != 1 {
+		t.Fatalf("entry after restart: %v, %v", got, err)
 	}
 }

@@ -139,3 +139,27 @@ func FuzzEntry(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckFederatesWith: CheckFederatesWith never panics and accepts a
+// name only if it is a trust domain name (its own canonical form, within
+// MaxTrustDomainLen bytes) other than the local one; two names are
+// refused when they are the same.
+func FuzzCheckFederatesWith(f *testing.F) {
+	for _, s := range []string{"gcp.example", "example.org", "spiffe://gcp.example", "GCP.example", "", "a_b-c.d", "gcp.example/x", strings.Repeat("a", 256)} {
+		f.Add(s, "aws.example")
+	}
+	f.Add("gcp.example", "gcp.example")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		if err := CheckFederatesWith(td, []string{a}); err == nil {
+			fed, perr := spiffeid.TrustDomainFromString(a)
+			if perr != nil || fed.Name() != a || fed == td || len(a) > MaxTrustDomainLen {
+				t.Fatalf("accepted %q", a)
+			}
+		} else if !strings.HasPrefix(err.Error(), "registration: ") {
+			t.Fatalf("error without prefix: %v", err)
+		}
+		if a == b && CheckFederatesWith(td, []string{a, b}) == nil {
+			t.Fatalf("accepted %q twice", a)
+		}
+	})
+}

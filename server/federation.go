@@ -52,6 +52,8 @@ type federationState struct {
 
 	mu       sync.Mutex
 	inFlight map[string]bool // partner td → a RecordPartnerFetch is in flight
+	writes   sync.WaitGroup  // the RecordPartnerFetch writes in flight; Run waits for them
+	stopped  bool            // Run is stopping: no new writes
 	// refreshing is true while this server runs the refresher.
 	refreshing bool
 }
@@ -181,7 +183,7 @@ func (s *Server) onPartnerFetch(td spiffeid.TrustDomain, sequence uint64) {
 	}
 	f := &s.fed
 	f.mu.Lock()
-	if f.inFlight[name] {
+	if f.inFlight[name] || f.stopped {
 		f.mu.Unlock()
 		return
 	}
@@ -189,8 +191,10 @@ func (s *Server) onPartnerFetch(td spiffeid.TrustDomain, sequence uint64) {
 		f.inFlight = make(map[string]bool)
 	}
 	f.inFlight[name] = true
+	f.writes.Add(1)
 	f.mu.Unlock()
 	go func() {
+		defer f.writes.Done()
 		defer func() {
 			f.mu.Lock()
 			delete(f.inFlight, name)
@@ -205,6 +209,15 @@ func (s *Server) onPartnerFetch(td spiffeid.TrustDomain, sequence uint64) {
 			s.log.Warn("recording a partner's bundle fetch", zap.String("trust_domain", name), zap.Uint64("sequence", sequence), zap.Error(err))
 		}
 	}()
+}
+
+// waitPartnerFetchWrites refuses new partner fetch writes and waits for
+// those in flight.
+func (s *Server) waitPartnerFetchWrites() {
+	s.fed.mu.Lock()
+	s.fed.stopped = true
+	s.fed.mu.Unlock()
+	s.fed.writes.Wait()
 }
 
 // serveBundleEndpoint serves the bundle endpoint on l until ctx is done;

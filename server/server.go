@@ -223,6 +223,7 @@ func (s *Server) Run(ctx context.Context) error {
 			s.log.Warn("closing store", zap.Error(err))
 		}
 	}()
+	defer s.waitPartnerFetchWrites() // before the store closes
 
 	// The admin socket serves the cluster admin API from now on (a server
 	// waiting for `sigil cluster join` needs it); the other admin

@@ -1,12 +1,16 @@
 package workloadapi
 
 import (
+	"crypto/x509"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/internal/eventually"
 )
@@ -40,6 +44,33 @@ func BenchmarkFetchX509SVIDCached(b *testing.B) {
 	}
 	b.ReportMetric(pct(0.50), "p50-µs")
 	b.ReportMetric(pct(0.99), "p99-µs")
+}
+
+// BenchmarkFetchX509SVIDCachedFederated is BenchmarkFetchX509SVIDCached
+// for a workload whose entry federates with one trust domain: each
+// response also carries that trust domain's bundle.
+func BenchmarkFetchX509SVIDCachedFederated(b *testing.B) {
+	f := start(b, nil)
+	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(b, "e1", "/workload"))
+	fedTD := spiffeid.RequireTrustDomainFromString("partner.test")
+	f.cache.SetFederatedBundle(fedTD, x509bundle.FromX509Authorities(fedTD, []*x509.Certificate{newCA(b).cert}))
+	f.cache.SetFederatesWith("e1", fedTD)
+	c := f.client(b)
+	ctx := testCtx(b)
+	svid, err := c.FetchX509Context(ctx) // connect, warm the hash cache
+	if err != nil {
+		b.Fatal(err)
+	}
+	if !svid.Bundles.Has(fedTD) {
+		b.Fatal("no federated bundle")
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.FetchX509SVID(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 func countPidfds(t *testing.T) int {

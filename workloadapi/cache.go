@@ -28,15 +28,18 @@ type X509Identity struct {
 	KeyDER   []byte
 }
 
-// X509Snapshot is what a workload is entitled to at one moment.
+// X509Snapshot is what a workload is entitled to at one moment. Its
+// bundles must not be modified once handed out: the server memoizes
+// their encodings by pointer.
 type X509Snapshot struct {
 	// Identities are the SVIDs of every entry the workload matches; empty
 	// means the workload is entitled to nothing.
 	Identities []X509Identity
 	// Bundle is the agent's own trust domain bundle.
 	Bundle *x509bundle.Bundle
-	// Federated holds the bundles of federated trust domains, keyed by
-	// trust domain; it may be nil.
+	// Federated holds the bundles of the federated trust domains that the
+	// workload's entries federate with (federates_with), keyed by trust
+	// domain; nil when there are none.
 	Federated map[spiffeid.TrustDomain]*x509bundle.Bundle
 }
 

@@ -440,9 +440,34 @@ func federatedBundles(snap *X509Snapshot) map[string][]byte {
 		if b == nil || (snap.Bundle != nil && td == snap.Bundle.TrustDomain()) {
 			continue
 		}
-		out[td.IDString()] = concatDER(b.X509Authorities())
+		out[td.IDString()] = federatedDER(b)
 	}
 	return out
+}
+
+// fedDER memoizes the DER encoding of federated bundles by bundle: a cache
+// hands out the same *x509bundle.Bundle until the bundle changes, and
+// every fetch of a federating workload carries it. Bounded: cleared when
+// it holds maxFedDER encodings (old bundles are dropped with it).
+var fedDER struct {
+	sync.Mutex
+	m map[*x509bundle.Bundle][]byte
+}
+
+const maxFedDER = 1024
+
+func federatedDER(b *x509bundle.Bundle) []byte {
+	fedDER.Lock()
+	defer fedDER.Unlock()
+	if der, ok := fedDER.m[b]; ok {
+		return der
+	}
+	if fedDER.m == nil || len(fedDER.m) >= maxFedDER {
+		fedDER.m = make(map[*x509bundle.Bundle][]byte)
+	}
+	der := concatDER(b.X509Authorities())
+	fedDER.m[b] = der
+	return der
 }
 
 // x509BundlesResponse encodes the own and federated bundles of snap, keyed

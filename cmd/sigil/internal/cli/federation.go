@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/federation"
@@ -470,6 +472,13 @@ the attempt failed; the last good bundle stays in use.`,
 			defer cancel()
 			st, err := c.federationClient().RefreshBundle(ctx, &sigilv1.RefreshBundleRequest{TrustDomain: td, TimeoutMs: timeout.Milliseconds()})
 			if err != nil {
+				if s, ok := status.FromError(err); ok && s.Code() == codes.DeadlineExceeded {
+					if ctx.Err() != nil {
+						return fmt.Errorf("refresh bundle of %s: the server did not answer within %s", td, timeout+refreshMargin)
+					}
+					// The server's own answer: no attempt within -timeout.
+					return fmt.Errorf("refresh bundle of %s: %s", td, statusText(s.Code(), s.Message()))
+				}
 				return c.RPCError("refresh bundle of "+td, err)
 			}
 			out := cmd.OutOrStdout()

@@ -107,6 +107,9 @@ func (f *fakeFederation) RefreshBundle(_ context.Context, req *sigilv1.RefreshBu
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.refreshes = append(f.refreshes, req)
+	if req.TrustDomain == "slow.example" {
+		return nil, status.Errorf(codes.DeadlineExceeded, "no refresh attempt of %q within 1s (the leader refreshes; is it up?)", req.TrustDomain)
+	}
 	st, ok := f.refreshed[req.TrustDomain]
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "no federation relationship with %q", req.TrustDomain)
@@ -335,8 +338,14 @@ func TestFederationRefresh(t *testing.T) {
 	if code, _, errOut := run(t, "federation", "refresh", "-socket", sock, "-trust-domain", "gcp.example", "-timeout", "0s"); code != 1 || !strings.Contains(errOut, "-timeout 0s must be positive") {
 		t.Errorf("zero timeout: %d %q", code, errOut)
 	}
-	if len(f.refreshes) != 4 {
-		t.Errorf("%d refresh calls, want 4", len(f.refreshes))
+	// The server's DeadlineExceeded (no attempt in time) is its message,
+	// not "the server did not answer".
+	if code, _, errOut := run(t, "federation", "refresh", "-socket", sock, "-trust-domain", "slow.example", "-timeout", "1s"); code != 1 ||
+		errOut != "sigil: refresh bundle of slow.example: DeadlineExceeded: no refresh attempt of \"slow.example\" within 1s (the leader refreshes; is it up?)\n" {
+		t.Errorf("refresh without an attempt: %d %q", code, errOut)
+	}
+	if len(f.refreshes) != 5 {
+		t.Errorf("%d refresh calls, want 5", len(f.refreshes))
 	}
 }
 

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -13,10 +12,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/federation"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -145,42 +144,15 @@ func WriteBundlePEM(w io.Writer, b *sigilv1.Bundle) error {
 	return nil
 }
 
-// SPIFFEBundle renders b in the SPIFFE trust bundle format (JWKS).
+// SPIFFEBundle renders b as a SPIFFE bundle document (JWKS), exactly as
+// the bundle endpoint serves it (federation.Encode).
+// A refresh hint too long for a time.Duration is refused rather than
+// published shortened.
 func SPIFFEBundle(b *sigilv1.Bundle) ([]byte, error) {
-	td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain())
-	if err != nil {
-		return nil, fmt.Errorf("bundle has invalid trust domain %q: %v", b.GetTrustDomain(), err)
+	if h := b.GetRefreshHint(); h > int64((math.MaxInt64-time.Second)/time.Second) {
+		return nil, fmt.Errorf("bundle refresh hint %d s is out of range", h)
 	}
-	if len(b.GetX509Authorities())+len(b.GetJwtAuthorities()) == 0 {
-		// A SPIFFE bundle without keys does not parse.
-		return nil, errors.New("the bundle has no authorities yet")
-	}
-	sb := spiffebundle.New(td)
-	for i, a := range b.GetX509Authorities() {
-		cert, err := x509.ParseCertificate(a.GetCertificate())
-		if err != nil {
-			return nil, fmt.Errorf("bundle X.509 authority %d: %v", i, err)
-		}
-		sb.AddX509Authority(cert)
-	}
-	for _, a := range b.GetJwtAuthorities() {
-		key, err := x509.ParsePKIXPublicKey(a.GetPublicKey())
-		if err != nil {
-			return nil, fmt.Errorf("bundle JWT authority %q: %v", a.GetKeyId(), err)
-		}
-		if err := sb.AddJWTAuthority(a.GetKeyId(), key); err != nil {
-			return nil, fmt.Errorf("bundle JWT authority %q: %v", a.GetKeyId(), err)
-		}
-	}
-	if h := b.GetRefreshHint(); h > 0 {
-		// go-spiffe rounds the hint up to whole seconds in nanoseconds.
-		if h > int64((math.MaxInt64-time.Second)/time.Second) {
-			return nil, fmt.Errorf("bundle refresh hint %d s is out of range", h)
-		}
-		sb.SetRefreshHint(time.Duration(h) * time.Second)
-	}
-	sb.SetSequenceNumber(b.GetSequenceNumber())
-	return sb.Marshal()
+	return federation.Encode(b)
 }
 
 // AgentAdminCommands returns the subcommands of `sigil agent` that manage

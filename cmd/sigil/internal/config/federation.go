@@ -54,7 +54,8 @@ type Relationship struct {
 	EndpointSPIFFEID string
 	// BundleFile is the bundle_file path resolved against the
 	// configuration file's directory ("" when none), and BootstrapBundle
-	// its content, read when the file is parsed.
+	// its content (a SPIFFE bundle document of TrustDomain), read and
+	// checked with federation.Decode when the file is parsed.
 	BundleFile      string
 	BootstrapBundle []byte
 	// At is where the block is written ("file:line").
@@ -286,6 +287,9 @@ func readRelationship(dir string, b *hclsyntax.Block, raw *hclFederatesWith) (Re
 		doc, err := readBounded(rel.BundleFile, federation.MaxDocumentSize)
 		if err != nil {
 			return rel, fmt.Errorf("%s: %s.bundle_file: %w", attrAt(b, "bundle_file"), where, err)
+		}
+		if _, err := federation.Decode(td, doc); err != nil {
+			return rel, fmt.Errorf("%s: %s.bundle_file %s: %w", attrAt(b, "bundle_file"), where, rel.BundleFile, err)
 		}
 		rel.BootstrapBundle = doc
 	}

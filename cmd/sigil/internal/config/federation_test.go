@@ -2,6 +2,13 @@ package config
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -9,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/federation"
 )
 
@@ -58,9 +66,33 @@ func writeConfig(t *testing.T, src string, files map[string]string) string {
 	return path
 }
 
-const bundleDoc = `{"keys": [{"use": "x509-svid", "kty": "EC"}]}`
+// testBundleDoc is a SPIFFE bundle document of trust domain td with one
+// self-signed CA.
+func testBundleDoc(t testing.TB, td string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: td},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		URIs: []*url.URL{{Scheme: "spiffe", Host: td}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := federation.Encode(&sigilv1.Bundle{TrustDomain: td, X509Authorities: []*sigilv1.X509Authority{{Certificate: der}}, SequenceNumber: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(doc)
+}
 
 func TestFederationBlock(t *testing.T) {
+	bundleDoc := testBundleDoc(t, "gcp.example")
 	path := writeConfig(t, fedFile, map[string]string{"gcp.bundle.json": bundleDoc})
 	f, err := LoadFile(path)
 	if err != nil {
@@ -167,10 +199,14 @@ func TestFederationBlockErrors(t *testing.T) {
 		{"empty bundle file", rel(url + `      bundle_file = "empty.json"`), `6: server.federation.federates_with "gcp.example".bundle_file: `},
 		{"huge bundle file", rel(url + `      bundle_file = "huge.json"`), `6: server.federation.federates_with "gcp.example".bundle_file: `},
 		{"bundle file is a directory", rel(url + `      bundle_file = "sub"`), `6: server.federation.federates_with "gcp.example".bundle_file: read `},
+		{"garbage bundle file", rel(url + `      bundle_file = "garbage.json"`), `6: server.federation.federates_with "gcp.example".bundle_file `},
+		{"bundle file without keys", rel(url + `      bundle_file = "nokeys.json"`), `6: server.federation.federates_with "gcp.example".bundle_file `},
 		{"duplicate trust domain", fed("    federates_with \"gcp.example\" {\n" + url + "    }\n    federates_with \"gcp.example\" {\n" + url + "    }"), `7: server.federation: a second federates_with "gcp.example" block (the first is at `},
 	}
-	// tails: the end of the error, where want cannot say it.
+	// tails: what the error holds after the temporary directory.
 	tails := map[string]string{
+		"garbage bundle file":        `/garbage.json: federation: bundle document of "gcp.example": not a JWKS document`,
+		"bundle file without keys":   `/nokeys.json: federation: bundle document of "gcp.example": `,
 		"missing bundle file":        "nope.json: no such file or directory",
 		"empty bundle file":          "/empty.json is empty",
 		"huge bundle file":           "/huge.json is larger than 1048576 bytes, the limit of a bundle document",
@@ -178,7 +214,7 @@ func TestFederationBlockErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			files := map[string]string{"empty.json": " \n"}
+			files := map[string]string{"empty.json": " \n", "garbage.json": "<html>", "nokeys.json": `{"keys": []}`}
 			if strings.Contains(tt.src, "huge.json") {
 				files["huge.json"] = strings.Repeat(" ", federation.MaxDocumentSize) + "{}"
 			}
@@ -190,8 +226,8 @@ func TestFederationBlockErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("no error for\n%s", tt.src)
 			}
-			if !strings.HasPrefix(err.Error(), path+":"+tt.want) || !strings.HasSuffix(err.Error(), tails[tt.name]) {
-				t.Errorf("error = %q\nwant prefix %q and suffix %q", err, path+":"+tt.want, tails[tt.name])
+			if !strings.HasPrefix(err.Error(), path+":"+tt.want) || !strings.Contains(err.Error(), tails[tt.name]) {
+				t.Errorf("error = %q\nwant prefix %q, containing %q", err, path+":"+tt.want, tails[tt.name])
 			}
 		})
 	}
@@ -204,7 +240,8 @@ func TestFederationBundleFileErrors(t *testing.T) {
 		t.Errorf("huge bundle file: %v", err)
 	}
 	// Exactly the limit is accepted.
-	path = writeConfig(t, strings.Replace(src, "%s", "max.json", 1), map[string]string{"max.json": strings.Repeat("x", federation.MaxDocumentSize)})
+	doc := testBundleDoc(t, "gcp.example")
+	path = writeConfig(t, strings.Replace(src, "%s", "max.json", 1), map[string]string{"max.json": doc + strings.Repeat(" ", federation.MaxDocumentSize-len(doc))})
 	f, err := LoadFile(path)
 	if err != nil || len(f.Server.Federation.Relationships[0].BootstrapBundle) != federation.MaxDocumentSize {
 		t.Errorf("bundle file of the maximum size: %v", err)
@@ -234,6 +271,7 @@ func TestFederationOwnTrustDomain(t *testing.T) {
 // The federation block's bundle file is read relative to the file, not to
 // the working directory.
 func TestFederationBundleFileRelativeToConfig(t *testing.T) {
+	bundleDoc := testBundleDoc(t, "gcp.example")
 	path := writeConfig(t, "server {\n  federation {\n    federates_with \"gcp.example\" {\n      bundle_endpoint_url = \"https://gcp.example\"\n      bundle_file = \"b.json\"\n    }\n  }\n}\n", map[string]string{"b.json": bundleDoc})
 	t.Chdir(t.TempDir())
 	f, err := LoadFile(path)
