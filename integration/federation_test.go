@@ -268,13 +268,13 @@ func TestFederationBetweenTrustDomains(t *testing.T) {
 	}
 	started := time.Now()
 	root := t.TempDir()
-	const propagation = 2 * time.Second
+	const propagation = 2 * time.Second // gcp.example's partner_refresh_bound, above its ca_propagation_delay
 	common := `
   ca_ttl               = "10m"
   x509_svid_ttl        = "2m"
   agent_svid_ttl       = "5m"
   jwt_svid_ttl         = "1m"
-  ca_propagation_delay = "2s"`
+  ca_propagation_delay = "1s"`
 	certFile, keyFile := fedWebCert(t, filepath.Join(root, "web"))
 	aEP, bEP := freeAddr(t), freeAddr(t)
 	A := newFedDomain(t, filepath.Join(root, "aws"), "aws.example", aEP, common+fmt.Sprintf(`
@@ -435,6 +435,15 @@ func TestFederationBetweenTrustDomains(t *testing.T) {
 		t.Errorf("bundle list on gcp.example does not show partner aws.example: %q", l)
 	}
 
+	// While the endpoint is served, the propagation delay is raised to the
+	// partner refresh bound (2s, above the configured 1s).
+	var show struct {
+		PropagationDelay string `json:"propagation_delay"`
+	}
+	if out := B.s.cli("authority", "show", "-output", "json"); json.Unmarshal([]byte(out), &show) != nil || show.PropagationDelay != "2" {
+		t.Errorf("gcp.example's propagation delay %q, want 2 (seconds: the partner refresh bound): %s", show.PropagationDelay, out)
+	}
+
 	// CA rotation in gcp.example under the request loop.
 	before, _ := lp.status()
 	old := B.s.authorities().active("x509")
@@ -464,13 +473,17 @@ func TestFederationBetweenTrustDomains(t *testing.T) {
 		}
 		return nil
 	})
-	// A handshake or more with the new key, and the client holds the
-	// gcp.example bundle as it is now.
+	// Handshakes with the new key: the aws.example client verifies the
+	// gcp.example server's new SVID.
+	_, moved := lp.status()
 	time.Sleep(1500 * time.Millisecond)
 	web, client := lp.stop()
 	lp.checkNoFailures(web, client)
-	if n := client.Requests - before.Requests; n < 40 {
+	if n := client.Requests - before.Requests; n < 50 {
 		t.Errorf("only %d requests during the rotation", n)
+	}
+	if n := client.Requests - moved.Requests; n < 10 {
+		t.Errorf("only %d requests after the server moved to the new key", n)
 	}
 	t.Logf("cross-domain loop: client %d requests (%d during the rotation), web %d, failures %d+%d",
 		client.Requests, client.Requests-before.Requests, web.Requests, client.Failures, web.Failures)
