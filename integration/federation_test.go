@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,6 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -23,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -689,4 +692,229 @@ func TestFederationExample(t *testing.T) {
 	if n := strings.Count(string(out), want); n != 3 || !strings.Contains(string(out), "federation example: OK") {
 		t.Fatalf("run.sh output (%d answers):\n%s", n, out)
 	}
+}
+
+// fedFakeEndpoint is an HTTPS bundle endpoint the test controls: it
+// answers every request with what serve says now.
+type fedFakeEndpoint struct {
+	mu    sync.Mutex
+	serve http.HandlerFunc
+	url   string
+}
+
+func newFedFakeEndpoint(t *testing.T, cfg *tls.Config) *fedFakeEndpoint {
+	t.Helper()
+	e := &fedFakeEndpoint{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.mu.Lock()
+		h := e.serve
+		e.mu.Unlock()
+		h(w, r)
+	}), TLSConfig: cfg, ReadHeaderTimeout: 5 * time.Second}
+	go srv.ServeTLS(l, "", "")
+	t.Cleanup(func() { srv.Close() })
+	e.url = "https://" + l.Addr().String()
+	return e
+}
+
+func (e *fedFakeEndpoint) set(h http.HandlerFunc) {
+	e.mu.Lock()
+	e.serve = h
+	e.mu.Unlock()
+}
+
+// fedDoc is a SPIFFE bundle document of td with one X.509 authority, one
+// JWT authority, a sequence number and a 1 s refresh hint.
+func fedDoc(t *testing.T, td spiffeid.TrustDomain, ca *x509.Certificate, seq uint64) []byte {
+	t.Helper()
+	b := spiffebundle.New(td)
+	b.AddX509Authority(ca)
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err := b.AddJWTAuthority("kid-"+strconv.FormatUint(seq, 10), k.Public()); err != nil {
+		t.Fatal(err)
+	}
+	b.SetSequenceNumber(seq)
+	b.SetRefreshHint(time.Second)
+	doc, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// fedCA makes a CA certificate (and key) of td.
+func fedCA(t *testing.T, td spiffeid.TrustDomain) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: td.Name() + " CA"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+		URIs: []*url.URL{td.ID().URL()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c, key
+}
+
+// TestFederationBadEndpoints: a real server federated with endpoints the
+// test controls. Each bad answer (an error status, garbage, an oversized
+// body, an empty key set, an older sequence, a slow answer past the fetch
+// timeout, an https_spiffe endpoint presenting another SPIFFE ID) is
+// refused with a clear error that `bundle list`, `federation refresh`
+// (exit status 1), the log and the error counter show, and the last good
+// bundle stays; a good answer afterwards is taken.
+func TestFederationBadEndpoints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	root := t.TempDir()
+	certFile, keyFile := fedWebCert(t, filepath.Join(root, "web"))
+	d := newFedDomain(t, filepath.Join(root, "gcp"), "gcp.example", "", `
+  federation {
+    min_refresh   = "1s"
+    fetch_timeout = "2s"
+  }`, []string{"SSL_CERT_FILE=" + certFile})
+	d.s.p = startProc(t, "server gcp.example", filepath.Join(d.s.dir, "server.log"), d.env, sigilBin, "server", "-config", d.s.config)
+	waitReady(t, d.s.p, "http://"+d.s.health+"/ready")
+
+	webCert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	partner := spiffeid.RequireTrustDomainFromString("partner.example")
+	ca, _ := fedCA(t, partner)
+	good := fedDoc(t, partner, ca, 5)
+	ep := newFedFakeEndpoint(t, &tls.Config{Certificates: []tls.Certificate{webCert}})
+	ep.set(func(w http.ResponseWriter, _ *http.Request) { w.Write(good) })
+	d.s.cli("federation", "create", "-trust-domain", partner.Name(), "-bundle-endpoint-url", ep.url, "-profile", "https_web")
+	d.s.cli("federation", "refresh", "-trust-domain", partner.Name())
+	if st := d.bundles(t)[partner.Name()]; st == nil || !st.Present || st.SequenceNumber != 5 || st.X509Authorities != 1 || st.JwtAuthorities != 1 {
+		t.Fatalf("after a good fetch: %v", st)
+	}
+
+	errorsCounted := func() float64 {
+		return fedMetric(t, "http://"+d.s.health+"/metrics", `sigil_federation_refreshes_total{outcome="error",trust_domain="partner.example"}`)
+	}
+	oversized := append([]byte(`{"keys":[`), bytes.Repeat([]byte(" "), 2<<20)...)
+	for _, c := range []struct {
+		name  string
+		serve http.HandlerFunc
+		want  string
+	}{
+		{"error status", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "boom", 500) }, "the endpoint answered 500"},
+		{"garbage", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("<html>not a bundle</html>")) }, "not a JWKS document"},
+		{"oversized", func(w http.ResponseWriter, _ *http.Request) { w.Write(oversized) }, "larger than the limit of 1048576 bytes"},
+		{"empty key set", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(`{"keys":[],"spiffe_sequence":9}`)) }, "no keys"},
+		{"older sequence", func(w http.ResponseWriter, _ *http.Request) { w.Write(fedDoc(t, partner, ca, 4)) }, "sequence number 4 is below the current bundle's 5"},
+		{"slow", func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			w.Write(good)
+		}, "no complete answer within the fetch timeout of 2s"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := errorsCounted()
+			ep.set(c.serve)
+			// The refresher polls every second (the documents' hint, the
+			// minimum after a failure): wait for an attempt that meets the
+			// bad answer. (Not `federation refresh` alone: statuses have
+			// second resolution, and a refresh requested in the second of
+			// the previous attempt returns that attempt's outcome.)
+			var st *sigilv1.BundleStatus
+			eventually.NoError(t, 15*time.Second, func() error {
+				if st = d.bundles(t)[partner.Name()]; !strings.Contains(st.GetStatus().GetLastError(), c.want) {
+					return fmt.Errorf("last error %q, want one with %q", st.GetStatus().GetLastError(), c.want)
+				}
+				return nil
+			})
+			if !st.Present || st.SequenceNumber != 5 || st.X509Authorities != 1 || st.JwtAuthorities != 1 {
+				t.Errorf("after a bad fetch the bundle is %v, want the last good one (sequence 5)", st)
+			}
+			out, err := d.s.cliErr("federation", "refresh", "-trust-domain", partner.Name(), "-timeout", "10s")
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Errorf("federation refresh: %v, want exit status 1 and an error with %q:\n%s", err, c.want, out)
+			}
+			if l := d.bundleListLine(t, partner.Name()); !strings.Contains(l, c.want) {
+				t.Errorf("bundle list does not show the error: %q", l)
+			}
+			if after := errorsCounted(); after <= before {
+				t.Errorf("sigil_federation_refreshes_total{outcome=error} went from %v to %v", before, after)
+			}
+			if log, _ := os.ReadFile(d.s.p.log); !strings.Contains(string(log), c.want) {
+				t.Errorf("the server log does not have the error %q", c.want)
+			}
+		})
+	}
+
+	// An https_spiffe endpoint whose SVID (signed by the partner's CA)
+	// has another SPIFFE ID than the relationship names.
+	other := spiffeid.RequireTrustDomainFromString("other.example")
+	oca, okey := fedCA(t, other)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs: []*url.URL{spiffeid.RequireFromPath(other, "/not-the-endpoint").URL()},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, oca, leafKey.Public(), okey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sep := newFedFakeEndpoint(t, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}}})
+	sep.set(func(w http.ResponseWriter, _ *http.Request) { w.Write(fedDoc(t, other, oca, 2)) })
+	otherDoc := filepath.Join(root, "other.json")
+	if err := os.WriteFile(otherDoc, fedDoc(t, other, oca, 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.s.cli("federation", "create", "-trust-domain", other.Name(), "-bundle-endpoint-url", sep.url, "-profile", "https_spiffe",
+		"-endpoint-spiffe-id", "spiffe://other.example/sigil/server", "-bundle-file", otherDoc)
+	want := `the endpoint's SVID has SPIFFE ID "spiffe://other.example/not-the-endpoint", want "spiffe://other.example/sigil/server"`
+	if out, err := d.s.cliErr("federation", "refresh", "-trust-domain", other.Name(), "-timeout", "10s"); err == nil || !strings.Contains(out, want) {
+		t.Fatalf("https_spiffe endpoint with another SPIFFE ID: %v\n%s", err, out)
+	}
+	if st := d.bundles(t)[other.Name()]; st == nil || st.SequenceNumber != 1 {
+		t.Errorf("the bootstrap bundle of other.example was replaced: %v", st)
+	}
+
+	// A good answer again is taken.
+	next, _ := fedCA(t, partner)
+	ep.set(func(w http.ResponseWriter, _ *http.Request) { w.Write(fedDoc(t, partner, next, 6)) })
+	eventually.NoError(t, 15*time.Second, func() error {
+		if st := d.bundles(t)[partner.Name()]; st.GetSequenceNumber() != 6 || st.GetStatus().GetLastError() != "" {
+			return fmt.Errorf("after the endpoint recovered: %v", st)
+		}
+		return nil
+	})
+}
+
+// fedMetric reads one sample (name with its labels, as the text
+// exposition format prints it) from a /metrics URL; 0 when absent.
+func fedMetric(t *testing.T, url, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, sample+" ") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(l, sample)), 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", l, err)
+			}
+			return v
+		}
+	}
+	return 0
 }
