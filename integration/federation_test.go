@@ -387,7 +387,11 @@ func TestFederationBetweenTrustDomains(t *testing.T) {
 	lp.client = startProc(t, "fedclient", filepath.Join(root, "fedclient.log"), []string{"SPIFFE_ENDPOINT_SOCKET=unix://" + A.a.socket},
 		cliBin, "dial", addr, webID, lp.cliStatus)
 	eventually.NoError(t, 30*time.Second, func() error {
-		if w, c := lp.status(); w.Requests <= 5 || c.Requests <= 5 || w.Failures+c.Failures > 0 {
+		w, c := lp.status()
+		if w.Failures+c.Failures > 0 {
+			return eventually.Stop(fmt.Errorf("failed cross-domain requests: web %+v client %+v", w, c))
+		}
+		if w.Requests <= 5 || c.Requests <= 5 {
 			return fmt.Errorf("no cross-domain mTLS traffic yet: web %+v client %+v", w, c)
 		}
 		return nil
@@ -416,7 +420,7 @@ func TestFederationBetweenTrustDomains(t *testing.T) {
 		if !strings.Contains(l, "federated") {
 			t.Errorf("bundle list on %s about %s: %q", x.here.td.Name(), x.there.td.Name(), l)
 		}
-		if st := x.here.bundles(t)[x.there.td.Name()]; st == nil || st.Local || !st.Present || st.X509Authorities < 1 || st.Status.GetLastError() != "" {
+		if st := x.here.bundles(t)[x.there.td.Name()]; st == nil || st.Local || !st.Present || st.X509Authorities < 1 || st.Status.GetLastError() != "" || st.Status.GetLastSuccessAt() == 0 {
 			t.Errorf("ListBundles on %s about %s: %v", x.here.td.Name(), x.there.td.Name(), st)
 		}
 	}
