@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -154,7 +155,7 @@ func decode(td spiffeid.TrustDomain, doc []byte) (*sigilv1.Bundle, error) {
 				return nil, fmt.Errorf("key %d: jwt-svid key without kid", i+1)
 			}
 			if seen[h.Kid] {
-				return nil, fmt.Errorf("key %d: duplicate kid %q", i+1, h.Kid)
+				return nil, fmt.Errorf("key %d: duplicate kid %q", i+1, short(h.Kid))
 			}
 			seen[h.Kid] = true
 			kids = append(kids, h.Kid)
@@ -201,11 +202,11 @@ func decode(td spiffeid.TrustDomain, doc []byte) (*sigilv1.Bundle, error) {
 	for _, kid := range kids {
 		pub, ok := sb.FindJWTAuthority(kid)
 		if !ok {
-			return nil, fmt.Errorf("jwt-svid key %q was not parsed", kid)
+			return nil, fmt.Errorf("jwt-svid key %q was not parsed", short(kid))
 		}
 		der, err := x509.MarshalPKIXPublicKey(pub)
 		if err != nil {
-			return nil, fmt.Errorf("jwt-svid key %q: unsupported public key: %w", kid, err)
+			return nil, fmt.Errorf("jwt-svid key %q: unsupported public key: %w", short(kid), err)
 		}
 		out.JwtAuthorities = append(out.JwtAuthorities, &sigilv1.JWTAuthority{KeyId: kid, PublicKey: der})
 	}
@@ -428,4 +429,12 @@ func secondsToDuration(s int64) time.Duration {
 	}
 	s = min(s, maxHintSeconds)
 	return time.Duration(s) * time.Second
+}
+
+// short is s, cut to 64 bytes for an error message.
+func short(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	return strings.ToValidUTF8(s[:64], "") + "…"
 }

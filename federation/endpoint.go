@@ -86,9 +86,11 @@ type Endpoint struct {
 	clock clock.Clock
 	web   *certFiles // https_web
 
-	mu     sync.Mutex
-	doc    []byte // the encoded document of docSeq, nil before the first
-	docSeq uint64
+	mu      sync.Mutex
+	doc     []byte // the encoded document of docSeq, nil before the first
+	docSeq  uint64
+	docErr  string // the last failure logged; "" once served again
+	svidErr string // the last SVID failure logged
 }
 
 // NewEndpoint checks cfg (an https_web endpoint loads its files here, so
@@ -159,7 +161,6 @@ func (e *Endpoint) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	doc, seq, err := e.document()
 	if err != nil {
-		e.log.Warn("bundle endpoint cannot serve the bundle", zap.Error(err))
 		http.Error(w, "bundle unavailable", http.StatusInternalServerError)
 		return
 	}
@@ -187,7 +188,23 @@ func (e *Endpoint) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // document returns the encoded bundle and its sequence number, encoding
 // only when the sequence number changed.
+// A failure is logged when its text differs from the last one's.
 func (e *Endpoint) document() ([]byte, uint64, error) {
+	doc, seq, err := e.encoded()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case err != nil && err.Error() != e.docErr:
+		e.log.Warn("bundle endpoint cannot serve the bundle", zap.Error(err))
+		e.docErr = err.Error()
+	case err == nil && e.docErr != "":
+		e.log.Info("bundle endpoint serves the bundle again")
+		e.docErr = ""
+	}
+	return doc, seq, err
+}
+
+func (e *Endpoint) encoded() ([]byte, uint64, error) {
 	b, err := e.cfg.Bundle()
 	if err != nil {
 		return nil, 0, err
@@ -251,11 +268,12 @@ func (e *Endpoint) tlsConfig() *tls.Config {
 	case ProfileHTTPSSPIFFE:
 		c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			cert, err := e.cfg.SVID()
+			if err == nil && cert == nil {
+				err = errors.New("no SVID yet")
+			}
+			e.svidFailed(err)
 			if err != nil {
 				return nil, fmt.Errorf("federation: bundle endpoint SVID: %w", err)
-			}
-			if cert == nil {
-				return nil, errors.New("federation: bundle endpoint has no SVID yet")
 			}
 			return cert, nil
 		}
@@ -267,6 +285,21 @@ func (e *Endpoint) tlsConfig() *tls.Config {
 		c.GetCertificate = e.web.get
 	}
 	return c
+}
+
+// svidFailed logs an SVID failure once per error text (handshake errors
+// are only logged at debug level), and the recovery.
+func (e *Endpoint) svidFailed(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case err != nil && err.Error() != e.svidErr:
+		e.log.Warn("bundle endpoint has no certificate to serve", zap.Error(err))
+		e.svidErr = err.Error()
+	case err == nil && e.svidErr != "":
+		e.log.Info("bundle endpoint has a certificate again")
+		e.svidErr = ""
+	}
 }
 
 // Serve serves TLS of the endpoint's profile on l until ctx is done, with

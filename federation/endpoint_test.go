@@ -146,7 +146,9 @@ func TestEndpointHandler(t *testing.T) {
 	ca := mtlstest.NewCA("a.example")
 	src := &bundleSource{b: testBundle(t, ca, 1, 4)}
 	var oks, errs atomic.Int64
+	core, logs := observer.New(zap.InfoLevel)
 	e := spiffeEndpoint(t, ca, src, func(c *EndpointConfig) {
+		c.Logger = zap.New(core)
 		c.OnRequest = func(ok bool) {
 			if ok {
 				oks.Add(1)
@@ -155,7 +157,7 @@ func TestEndpointHandler(t *testing.T) {
 			}
 		}
 	})
-	url, _ := serve(t, e)
+	url, stop := serve(t, e)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // the test looks at HTTP only
 	defer client.CloseIdleConnections()
 	do := func(method string) (*http.Response, []byte) {
@@ -214,11 +216,17 @@ func TestEndpointHandler(t *testing.T) {
 	src.mu.Lock()
 	src.err = errTest
 	src.mu.Unlock()
-	if resp, _ := do(http.MethodGet); resp.StatusCode != http.StatusInternalServerError {
-		t.Fatalf("GET with a failing bundle: %s", resp.Status)
+	for range 2 {
+		if resp, _ := do(http.MethodGet); resp.StatusCode != http.StatusInternalServerError {
+			t.Fatalf("GET with a failing bundle: %s", resp.Status)
+		}
 	}
-	if oks.Load() != 13 || errs.Load() != 4 {
-		t.Fatalf("OnRequest saw %d ok and %d errors, want 13 and 4", oks.Load(), errs.Load())
+	if n := logs.FilterMessage("bundle endpoint cannot serve the bundle").Len(); n != 1 {
+		t.Fatalf("the failure was logged %d times, want once", n)
+	}
+	stop() // every handler has returned
+	if oks.Load() != 13 || errs.Load() != 5 {
+		t.Fatalf("OnRequest saw %d ok and %d errors, want 13 and 5", oks.Load(), errs.Load())
 	}
 }
 
@@ -404,5 +412,37 @@ func TestEndpointBoundsHeaders(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("64 KiB of headers: %s", resp.Status)
+	}
+}
+
+func TestSPIFFEEndpointWithoutSVID(t *testing.T) {
+	ca := mtlstest.NewCA("a.example")
+	var svid atomic.Pointer[tls.Certificate]
+	core, logs := observer.New(zap.InfoLevel)
+	e := spiffeEndpoint(t, ca, &bundleSource{b: testBundle(t, ca, 1, 0)}, func(c *EndpointConfig) {
+		c.SVID = func() (*tls.Certificate, error) {
+			if s := svid.Load(); s != nil {
+				return s, nil
+			}
+			return nil, errTest
+		}
+		c.Logger = zap.New(core)
+	})
+	url, _ := serve(t, e)
+	rel := &sigilv1.FederationRelationship{TrustDomain: "a.example", BundleEndpointUrl: url, Profile: ProfileHTTPSSPIFFE, EndpointSpiffeId: endpointIDA}
+	for range 3 {
+		if _, err := Fetch(context.Background(), rel, testBundle(t, ca, 0, 0), FetchConfig{}); err == nil {
+			t.Fatal("fetched from an endpoint without certificate")
+		}
+	}
+	if n := logs.FilterMessage("bundle endpoint has no certificate to serve").Len(); n != 1 {
+		t.Fatalf("the SVID failure was logged %d times, want once", n)
+	}
+	svid.Store(tlsCert(ca.SVID(endpointIDA, time.Hour)))
+	if _, err := Fetch(context.Background(), rel, testBundle(t, ca, 0, 0), FetchConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if logs.FilterMessage("bundle endpoint has a certificate again").Len() != 1 {
+		t.Fatalf("recovery not logged: %v", logs.All())
 	}
 }

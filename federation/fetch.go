@@ -90,9 +90,9 @@ func fetch(ctx context.Context, rel *sigilv1.FederationRelationship, cur *sigilv
 		DisableKeepAlives:      true,
 	}
 	defer tr.CloseIdleConnections()
+	// ctx bounds the whole fetch, body included.
 	client := &http.Client{
 		Transport: tr,
-		Timeout:   timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
@@ -107,13 +107,24 @@ func fetch(ctx context.Context, rel *sigilv1.FederationRelationship, cur *sigilv
 		return nil, timeoutError(err, timeout)
 	}
 	defer resp.Body.Close()
+	if err := ctx.Err(); err != nil {
+		return nil, timeoutError(err, timeout)
+	}
 	if resp.StatusCode != http.StatusOK {
+		// The status code only: the reason phrase is the server's text,
+		// and errors end up in the replicated status.
+		status := fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 		if resp.StatusCode >= 300 && resp.StatusCode < 400 {
-			return nil, fmt.Errorf("the endpoint answered %s (redirects are not followed), want 200 OK", resp.Status)
+			return nil, fmt.Errorf("the endpoint answered %s (redirects are not followed), want 200 OK", status)
 		}
-		return nil, fmt.Errorf("the endpoint answered %s, want 200 OK", resp.Status)
+		return nil, fmt.Errorf("the endpoint answered %s, want 200 OK", status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSize+1))
+	if err == nil {
+		// A body that ended as the deadline passed may be cut short
+		// (the server saw the connection close and ended its answer).
+		err = ctx.Err()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read the document: %w", timeoutError(err, timeout))
 	}

@@ -149,6 +149,15 @@ func TestFetchRefuses(t *testing.T) {
 			}
 		case "/500":
 			http.Error(w, "boom", http.StatusInternalServerError)
+		case "/teapot":
+			// A custom reason phrase is not repeated.
+			conn, buf, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			_, _ = buf.WriteString("HTTP/1.1 418 " + strings.Repeat("x", 1000) + "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+			_ = buf.Flush()
+			conn.Close()
 		case "/redirect":
 			http.Redirect(w, r, "/ok", http.StatusFound)
 		case "/huge":
@@ -169,6 +178,7 @@ func TestFetchRefuses(t *testing.T) {
 		"/slowbody": "read the document: no complete answer within the fetch timeout of 300ms",
 		"/500":      "the endpoint answered 500 Internal Server Error, want 200 OK",
 		"/redirect": "302 Found (redirects are not followed)",
+		"/teapot":   "the endpoint answered 418 I'm a teapot, want 200 OK",
 		"/huge":     "larger than the limit of 1048576 bytes",
 		"/garbage":  "not a JWKS document",
 	} {
@@ -176,6 +186,9 @@ func TestFetchRefuses(t *testing.T) {
 			start := time.Now()
 			_, err := Fetch(context.Background(), webRel(base+path), nil, cfg)
 			wantErr(t, err, `federation: fetch bundle of "a.example" from `+base+path+": ", want)
+			if strings.Contains(err.Error(), "xxxxxxxx") {
+				t.Fatalf("error %q repeats the server's reason phrase", err)
+			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Fatalf("took %v with a 300ms timeout", d)
 			}

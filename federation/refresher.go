@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -472,7 +474,7 @@ func (r *Refresher) attempt(ctx context.Context, j job) result {
 // (or on request or heartbeat), a log line when the error text changed,
 // never a bundle.
 func (r *Refresher) failed(ctx context.Context, log *zap.Logger, j job, res result, err error, now time.Time, attemptAt int64) result {
-	text := err.Error()
+	text := errorText(err)
 	res.failures = j.failures + 1
 	res.lastErr = text
 	res.lastSuccess = j.lastSuccess
@@ -509,4 +511,24 @@ func (r *Refresher) failed(ctx context.Context, log *zap.Logger, j job, res resu
 		r.meter.BundleAge(j.td, now.Sub(j.lastSuccess))
 	}
 	return res
+}
+
+// localAddr matches the local end of a connection in a net.OpError's text
+// ("read tcp 10.0.0.1:53124->10.0.0.2:8443: …"): its port changes with
+// every attempt, and an error that only differs there is the same error.
+var localAddr = regexp.MustCompile(`\b(tcp|tcp4|tcp6) \S+->`)
+
+// maxErrorText bounds an error recorded in the replicated status (a
+// partner's document can put its own text in an error).
+const maxErrorText = 1024
+
+// errorText is err's text without what changes from one attempt to the
+// next for the same failure, so that it is logged and recorded once, and
+// at most maxErrorText bytes of it.
+func errorText(err error) string {
+	text := localAddr.ReplaceAllString(err.Error(), "$1 ")
+	if len(text) > maxErrorText {
+		text = strings.ToValidUTF8(text[:maxErrorText], "") + "…"
+	}
+	return text
 }

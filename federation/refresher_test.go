@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -247,6 +250,15 @@ func newPartner(t *testing.T, td string, hint time.Duration) *partner {
 	return p
 }
 
+// waitRequests waits until the endpoint has counted n requests (it
+// counts one once the answer is written, which may be after the client
+// has read it) and returns the count.
+func (p *partner) waitRequests(t *testing.T, n int64) int64 {
+	t.Helper()
+	eventually.True(t, 10*time.Second, func() bool { return p.requests.Load() >= n }, "want %d requests", n)
+	return p.requests.Load()
+}
+
 func (p *partner) rel() *sigilv1.FederationRelationship {
 	td := p.ca.TrustDomain().Name()
 	return &sigilv1.FederationRelationship{
@@ -311,7 +323,7 @@ func TestRefresherWritesChangedBundlesOnly(t *testing.T) {
 	if b, st := store.writes(td); b != 1 || st != 0 {
 		t.Fatalf("writes after an unchanged refresh: %d bundles, %d statuses; want 1, 0", b, st)
 	}
-	if p.requests.Load() != 2 {
+	if p.waitRequests(t, 2) != 2 {
 		t.Fatalf("%d requests, want 2", p.requests.Load())
 	}
 	// Unchanged a minute after the last recorded success: the status
@@ -465,7 +477,7 @@ func TestRefresherFollowsRelationshipChanges(t *testing.T) {
 	store.mu.Unlock()
 	store.putRel(p2.rel(), nil)
 	m.waitOutcomes(t, td, 2)
-	if p1.requests.Load() != 1 || p2.requests.Load() != 1 {
+	if p2.waitRequests(t, 1) != 1 || p1.requests.Load() != 1 {
 		t.Fatalf("requests: %d to the old endpoint, %d to the new; want 1, 1", p1.requests.Load(), p2.requests.Load())
 	}
 	if got := store.bundle(td); !Equal(got, withHint(p2.src.b, 3600)) {
@@ -490,7 +502,7 @@ func TestRefresherFollowsRelationshipChanges(t *testing.T) {
 	if got := m.waitOutcomes(t, td, 4); got[3] != "changed" {
 		t.Fatalf("outcomes %v", got)
 	}
-	if p2.requests.Load() != 2 || store.status(td).LastError != "" {
+	if p2.waitRequests(t, 2) != 2 || store.status(td).LastError != "" {
 		t.Fatalf("%d requests, status %v", p2.requests.Load(), store.status(td))
 	}
 
@@ -530,7 +542,7 @@ func TestRefresherKeepsPreviousLeadersSchedule(t *testing.T) {
 	// Another, new relationship is fetched at once; b.example is not.
 	store.putRel(&sigilv1.FederationRelationship{TrustDomain: "c.example", BundleEndpointUrl: "https://127.0.0.1:1/", Profile: ProfileHTTPSWeb}, nil)
 	m.waitOutcomes(t, "c.example", 1)
-	if p.requests.Load() != 0 {
+	if p.requests.Load() != 0 || len(m.get(td)) != 0 {
 		t.Fatal("the new leader fetched before the planned time")
 	}
 	clk.Add(10 * time.Minute)
@@ -608,5 +620,28 @@ func TestNewRefresherRefuses(t *testing.T) {
 			_, err := NewRefresher(tc.cfg)
 			wantErr(t, err, "federation: refresher: ", tc.want)
 		})
+	}
+}
+
+func TestErrorTextIgnoresLocalPort(t *testing.T) {
+	opErr := func(port int) error {
+		return fmt.Errorf("federation: fetch bundle of %q from %s: %w", "b.example", "https://10.0.0.2:8443",
+			&net.OpError{Op: "read", Net: "tcp", Source: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: port},
+				Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 8443}, Err: syscall.ECONNRESET})
+	}
+	a, b := errorText(opErr(50000)), errorText(opErr(50001))
+	want := `federation: fetch bundle of "b.example" from https://10.0.0.2:8443: read tcp 10.0.0.2:8443: connection reset by peer`
+	if a != want || b != want {
+		t.Fatalf("errorText gave %q and %q, want %q", a, b, want)
+	}
+	if got := errorText(errTest); got != "test error" {
+		t.Fatalf("errorText(%v) = %q", errTest, got)
+	}
+}
+
+func TestErrorTextIsBounded(t *testing.T) {
+	got := errorText(fmt.Errorf("federation: %s", strings.Repeat("é", 2000)))
+	if len(got) > maxErrorText+len("…") || !strings.HasPrefix(got, "federation: éé") || !strings.HasSuffix(got, "…") || !utf8.ValidString(got) {
+		t.Fatalf("errorText gave %d bytes: %q…", len(got), got[:40])
 	}
 }

@@ -51,9 +51,10 @@ type federationState struct {
 	rootCAs *x509.CertPool
 
 	mu       sync.Mutex
-	inFlight map[string]bool // partner td → a RecordPartnerFetch is in flight
-	writes   sync.WaitGroup  // the RecordPartnerFetch writes in flight; Run waits for them
-	stopped  bool            // Run is stopping: no new writes
+	inFlight map[string]bool              // partner td → a RecordPartnerFetch is in flight
+	writes   sync.WaitGroup               // the RecordPartnerFetch writes in flight; Run waits for them
+	stopped  bool                         // Run is stopping: no new writes
+	parsed   map[string]parsedAuthorities // partner td → its parsed X.509 authorities
 	// refreshing is true while this server runs the refresher.
 	refreshing bool
 }
@@ -146,7 +147,8 @@ func (s *Server) publicBundle() (*sigilv1.Bundle, error) {
 }
 
 // partnerAuthorities returns the X.509 authorities of a federated trust
-// domain (nil when there is no bundle of it).
+// domain (nil when there is no bundle of it), parsed once per version of
+// the bundle.
 func (s *Server) partnerAuthorities(td spiffeid.TrustDomain) []*x509.Certificate {
 	if s.store == nil || td == s.td {
 		return nil
@@ -155,13 +157,35 @@ func (s *Server) partnerAuthorities(td spiffeid.TrustDomain) []*x509.Certificate
 	if err != nil {
 		return nil
 	}
+	f := &s.fed
+	f.mu.Lock()
+	if c, ok := f.parsed[td.Name()]; ok && c.index == b.ModifyIndex {
+		f.mu.Unlock()
+		return c.certs
+	}
+	f.mu.Unlock()
 	out := make([]*x509.Certificate, 0, len(b.X509Authorities))
 	for _, a := range b.X509Authorities {
 		if c, err := x509.ParseCertificate(a.Certificate); err == nil {
 			out = append(out, c)
 		}
 	}
+	f.mu.Lock()
+	if f.parsed == nil {
+		f.parsed = make(map[string]parsedAuthorities)
+	}
+	// Bounded by the federated bundles (those of partners that present a
+	// verified-looking trust domain and have a bundle here).
+	f.parsed[td.Name()] = parsedAuthorities{index: b.ModifyIndex, certs: out}
+	f.mu.Unlock()
 	return out
+}
+
+// parsedAuthorities caches the parsed X.509 authorities of one version
+// (modify_index) of a federated bundle.
+type parsedAuthorities struct {
+	index uint64
+	certs []*x509.Certificate
 }
 
 // partnerFetchTimeout bounds one RecordPartnerFetch write.

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/federation"
@@ -497,7 +498,8 @@ func metricValue(t *testing.T, s *Server, name string, labels map[string]string)
 // https_spiffe and one https_web: each one's bundle reaches the other's
 // store, the https_spiffe side records the authenticated partner's
 // fetch, an agent whose entry federates with the other trust domain gets
-// its bundle on the sync stream, and deleting the relationship removes it.
+// its bundle on the sync stream, then the other side's new CA key with its
+// next refresh, and deleting the relationship removes the bundle.
 func TestFederationTwoTrustDomains(t *testing.T) {
 	tdA := spiffeid.RequireTrustDomainFromString("a.test")
 	tdB := spiffeid.RequireTrustDomainFromString("b.test")
@@ -573,15 +575,13 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 		}
 		return false
 	})
-	if v := metricValue(t, a.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "b.test", "outcome": "changed"}); v < 1 {
-		t.Errorf("A's changed refreshes of b.test: %v", v)
-	}
-	if v := metricValue(t, b.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_web", "outcome": "ok"}); v < 1 {
-		t.Errorf("B's endpoint requests: %v", v)
-	}
-	if v := metricValue(t, a.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_spiffe", "outcome": "ok"}); v < 1 {
-		t.Errorf("A's endpoint requests: %v", v)
-	}
+	// The metrics (an endpoint counts a request after its answer).
+	clusterWait(t, "the federation metrics", func() bool {
+		return metricValue(t, a.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "b.test", "outcome": "changed"}) >= 1 &&
+			metricValue(t, a.srv, "sigil_federation_bundle_age_seconds", map[string]string{"trust_domain": "b.test"}) >= 0 &&
+			metricValue(t, b.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_web", "outcome": "ok"}) >= 1 &&
+			metricValue(t, a.srv, "sigil_federation_endpoint_requests_total", map[string]string{"profile": "https_spiffe", "outcome": "ok"}) >= 1
+	})
 
 	// An agent of A whose entry federates with b.test gets B's bundle.
 	ag := a.attest()
@@ -599,6 +599,29 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 	if err != nil || !first.Reset_ || len(first.FederatedBundles) != 1 || !slices.Equal(certSet(first.FederatedBundles[0]), certSet(ownB)) {
 		t.Fatalf("first sync message: %v %v", first, err)
 	}
+	// A new CA key of B (prepared ahead of its schedule) reaches A's
+	// agent through A's refresh of B's endpoint.
+	prep, err := b.auth.PrepareAuthority(ctx, &sigilv1.AuthorityRequest{Kind: "x509"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownB2, err := b.admin.GetBundle(ctx, &sigilv1.GetBundleRequest{})
+	if err != nil || len(ownB2.X509Authorities) != len(ownB.X509Authorities)+1 {
+		t.Fatalf("B's bundle after prepare (%s): %v %v", prep.Slot.Id, ownB2, err)
+	}
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("waiting for B's new bundle: %v", err)
+		}
+		if len(m.FederatedBundles) > 0 {
+			if got := m.FederatedBundles[0]; got.TrustDomain != "b.test" || !slices.Equal(certSet(got), certSet(ownB2)) || got.SequenceNumber != ownB2.SequenceNumber {
+				t.Fatalf("B's new bundle on A's sync stream: %v", got)
+			}
+			break
+		}
+	}
+
 	if _, err := a.fed.DeleteRelationship(ctx, &sigilv1.DeleteRelationshipRequest{TrustDomain: "b.test"}); err != nil {
 		t.Fatal(err)
 	}
@@ -670,33 +693,45 @@ func TestFederationPropagationDelayRaised(t *testing.T) {
 	}
 }
 
-// TestFederationEndpointPortTaken: a taken bundle endpoint port fails the
-// start before any state is written.
-func TestFederationEndpointPortTaken(t *testing.T) {
+// TestFederationEndpointStartFailures: a taken bundle endpoint port, or
+// https_web certificate files that do not load, fail the start before any
+// state is written.
+func TestFederationEndpointStartFailures(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	dir := t.TempDir()
-	cfg := DefaultConfig()
-	cfg.TrustDomain = testTD
-	cfg.NodeName = "s1"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.BindAddress = "127.0.0.1:0"
-	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.Federation.BundleEndpoint.Address = l.Addr().String()
-	withPlugins(t, &cfg, "memory")
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = srv.Run(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "bundle endpoint listen") {
-		t.Fatalf("run with a taken endpoint port: %v", err)
-	}
-	if _, err := os.Stat(cfg.DataDir); !os.IsNotExist(err) {
-		t.Fatalf("data dir after a failed start: %v", err)
+	for _, c := range []struct {
+		name string
+		ep   BundleEndpointConfig
+		want string
+	}{
+		{"port taken", BundleEndpointConfig{Address: l.Addr().String()}, "server: bundle endpoint listen"},
+		{"missing certificate", BundleEndpointConfig{Address: "127.0.0.1:0", Profile: federation.ProfileHTTPSWeb, CertFile: "/nonexistent/web.crt", KeyFile: "/nonexistent/web.key"}, "server: bundle endpoint"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := DefaultConfig()
+			cfg.TrustDomain = testTD
+			cfg.NodeName = "s1"
+			cfg.DataDir = filepath.Join(dir, "data")
+			cfg.BindAddress = "127.0.0.1:0"
+			cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
+			cfg.Federation.BundleEndpoint = c.ep
+			withPlugins(t, &cfg, "memory")
+			srv, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = srv.Run(context.Background())
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("run: %v, want an error with %q", err, c.want)
+			}
+			if _, err := os.Stat(cfg.DataDir); !os.IsNotExist(err) {
+				t.Fatalf("data dir after a failed start: %v", err)
+			}
+		})
 	}
 }
 
@@ -767,7 +802,9 @@ func TestFederationConfigValidate(t *testing.T) {
 
 // TestFederationClusterRefreshOnLeaderOnly: in a three-server cluster
 // only the leader runs the refresher and writes the configuration's
-// relationships; when it stops, the new leader takes over.
+// relationships (with their bootstrap bundles); a refresh asked on a
+// follower is made by the leader; when the leader stops, the new leader
+// takes over.
 func TestFederationClusterRefreshOnLeaderOnly(t *testing.T) {
 	doc, _ := testBundleDoc(t, "partner.test", 3)
 	mc := newMemCluster(t)
@@ -804,15 +841,99 @@ func TestFederationClusterRefreshOnLeaderOnly(t *testing.T) {
 		return l
 	}
 	l := checkOne()
+	var follower *memNode
 	for _, n := range mc.live() {
 		clusterWait(t, "the configured relationship on "+n.name, func() bool {
 			rel, err := n.srv.store.Read().FederationRelationship("partner.test")
 			_, berr := n.srv.store.Read().FederatedBundle("partner.test")
 			return err == nil && rel.FromConfig && berr == nil
 		})
+		if n != l {
+			follower = n
+		}
 	}
+	// A refresh asked on a follower is made by the leader; the follower
+	// answers with the attempt's status (the endpoint is unreachable).
+	st, err := sigilv1.NewFederationAdminClient(follower.admin).RefreshBundle(context.Background(),
+		&sigilv1.RefreshBundleRequest{TrustDomain: "partner.test", TimeoutMs: 20000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status.GetLastError() == "" || !st.Present || st.SequenceNumber != 3 || !st.Relationship.GetFromConfig() {
+		t.Fatalf("refresh through a follower: %v", st)
+	}
+	clusterWait(t, "the leader's failed refreshes counted", func() bool {
+		return metricValue(t, l.srv, "sigil_federation_refreshes_total", map[string]string{"trust_domain": "partner.test", "outcome": "error"}) >= 1
+	})
 	l.stop()
 	if l2 := checkOne(); l2 == l {
 		t.Fatal("the stopped leader still leads")
+	}
+}
+
+// TestFederationSyncChunksLargeBundles: federated bundles too large for
+// one message are spread over the messages of the full set, each under
+// the chunk size, the last one Synced.
+func TestFederationSyncChunksLargeBundles(t *testing.T) {
+	h := startFedServer(t, testTD, nil, nil)
+	ctx := context.Background()
+	a := h.attest()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tds := []string{"big1.test", "big2.test", "big3.test", "big4.test"}
+	for i, td := range tds {
+		b := &sigilv1.Bundle{TrustDomain: td, SequenceNumber: 1}
+		for j := range 1000 {
+			tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i*10000 + j + 1)), Subject: pkix.Name{CommonName: td},
+				NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.X509Authorities = append(b.X509Authorities, &sigilv1.X509Authority{Certificate: der, NotAfter: tmpl.NotAfter.Unix()})
+		}
+		doc, err := federation.Encode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.fed.SetBundle(ctx, &sigilv1.SetBundleRequest{TrustDomain: td, Document: doc}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := &sigilv1.Entry{SpiffeId: "spiffe://example.org/w", ParentId: a.id, Selectors: []*sigilv1.Selector{{Type: "unix", Value: "uid:1"}}, FederatesWith: tds}
+	if r, err := h.admin.BatchCreateEntry(ctx, &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{e}}); err != nil || r.Results[0].Status.Code != 0 {
+		t.Fatalf("create entry: %v %v", r, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	stream, err := a.node.Sync(sctx, &sigilv1.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	msgs := 0
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msgs == 0 && !m.Reset_ {
+			t.Fatal("the first message is not a reset")
+		}
+		msgs++
+		if size := proto.Size(m); size > syncChunkBytes+64<<10 {
+			t.Fatalf("message of %d bytes", size)
+		}
+		for _, b := range m.FederatedBundles {
+			got = append(got, b.TrustDomain)
+		}
+		if m.Synced {
+			break
+		}
+	}
+	if msgs < 2 || !slices.Equal(got, tds) {
+		t.Fatalf("%d messages with the federated bundles %v, want several with %v", msgs, got, tds)
 	}
 }

@@ -87,12 +87,11 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 }
 
 // sendChunked sends one logical update as one or more messages. For a full
-// set, the first message has Reset and the last Synced.
-// The federated bundles and removals ride in the first message.
+// set, the first message has Reset and the last Synced. Federated bundles
+// come before the entries, chunked by size like them.
 func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
 	fedBundles []*sigilv1.Bundle, fedRemoved []string, index uint64) error {
-	msg := &sigilv1.SyncResponse{Reset_: full, Bundle: bundle, Index: index, Deleted: deleted,
-		FederatedBundles: fedBundles, RemovedFederatedBundles: fedRemoved}
+	msg := &sigilv1.SyncResponse{Reset_: full, Bundle: bundle, Index: index, Deleted: deleted, RemovedFederatedBundles: fedRemoved}
 	size := proto.Size(msg)
 	flush := func(last bool) error {
 		msg.Synced = full && last
@@ -103,9 +102,19 @@ func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []*sigilv1.
 		size = 0
 		return nil
 	}
+	for _, b := range fedBundles {
+		bs := proto.Size(b) + 8
+		if len(msg.FederatedBundles) > 0 && size+bs > syncChunkBytes {
+			if err := flush(false); err != nil {
+				return err
+			}
+		}
+		msg.FederatedBundles = append(msg.FederatedBundles, b)
+		size += bs
+	}
 	for _, e := range upserted {
 		es := proto.Size(e) + 8
-		if len(msg.Upserted) > 0 && (len(msg.Upserted) >= syncChunkEntries || size+es > syncChunkBytes) {
+		if len(msg.Upserted) >= syncChunkEntries || (size+es > syncChunkBytes && (len(msg.Upserted) > 0 || len(msg.FederatedBundles) > 0)) {
 			if err := flush(false); err != nil {
 				return err
 			}

@@ -55,7 +55,7 @@ func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
 	fs.DurationVar(&f.jwtTTL, "jwt-svid-ttl", 0, "lifetime of the JWT-SVIDs of this entry (default: the server's)")
 	fs.StringVar(&f.hint, "hint", "", "hint telling workloads with several SVIDs what this one is for")
 	fs.BoolVar(&f.node, "node", false, "make this a node alias: parent is the trust domain's server ID and selectors match agents' node selectors")
-	fs.StringArrayVar(&f.federates, "federates-with", nil, "foreign trust domain whose bundle the workloads receive, e.g. gcp.example or spiffe://gcp.example (repeatable; needs a federation relationship or bundle there)")
+	fs.StringArrayVar(&f.federates, "federates-with", nil, "foreign trust domain whose bundle the workloads receive, e.g. gcp.example or spiffe://gcp.example (repeatable; the trust domain needs a federation relationship or bundle; on update, an empty value clears the list)")
 	fs.StringVar(&f.data, "data", "", "JSON file ({\"entries\": [...]}, \"-\" for stdin) with entries to send in one batch")
 }
 

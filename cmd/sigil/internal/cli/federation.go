@@ -104,7 +104,7 @@ func addRelationshipFlags(cmd *cobra.Command, f *relationshipFlags) {
 	fs.StringVar(&f.url, "bundle-endpoint-url", "", "https URL of the foreign trust domain's SPIFFE bundle endpoint")
 	fs.StringVar(&f.profile, "profile", federation.ProfileHTTPSSPIFFE, "bundle endpoint profile: https_spiffe (the endpoint presents an X.509-SVID of the foreign trust domain) or https_web (a web PKI certificate)")
 	fs.StringVar(&f.endpointID, "endpoint-spiffe-id", "", "https_spiffe: the SPIFFE ID of the endpoint's SVID (default spiffe://<trust-domain>/sigil/server, what a Sigil server presents)")
-	fs.StringVar(&f.bundleFile, "bundle-file", "", "bootstrap bundle: a SPIFFE bundle document of the foreign trust domain (`sigil bundle show -format spiffe` there; \"-\" for stdin); needed for https_spiffe unless a bundle was set before")
+	fs.StringVar(&f.bundleFile, "bundle-file", "", "bootstrap bundle `FILE`: a SPIFFE bundle document of the foreign trust domain, as sigil bundle show -format spiffe prints it there (\"-\" for stdin); needed for https_spiffe unless a bundle was set before")
 }
 
 // defaultEndpointID is the SPIFFE ID a Sigil server's bundle endpoint

@@ -35,6 +35,25 @@ func FuzzConfig(f *testing.F) {
   server_address  = "127.0.0.1:8081"
   join_token_file = "/etc/sigil/join-token"
 }`)
+	f.Add(`server {
+  trust_domain = "aws.example"
+  federation {
+    bundle_endpoint {
+      address      = "127.0.0.1:8443"
+      profile      = "https_web"
+      cert_file    = "chain.pem"
+      key_file     = "key.pem"
+      refresh_hint = "5m"
+    }
+    min_refresh = "1s"
+    max_refresh = "1h"
+    federates_with "gcp.example" {
+      bundle_endpoint_url = "https://127.0.0.1:8444"
+      endpoint_spiffe_id  = "spiffe://gcp.example/sigil/server"
+      bundle_file         = "/dev/null"
+    }
+  }
+}`)
 	f.Add(`server { ca_ttl = "one day" }`)
 	f.Add(`server { unknown = 1 }`)
 	f.Add(`server { trust_domain = "Example.org" } agent {}`)

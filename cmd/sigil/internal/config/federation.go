@@ -296,14 +296,20 @@ func readRelationship(dir string, b *hclsyntax.Block, raw *hclFederatesWith) (Re
 	return rel, nil
 }
 
-// readBounded reads the file at path, refusing one larger than max bytes
-// or empty.
+// readBounded reads the regular file at path, refusing one larger than
+// max bytes or empty.
 func readBounded(path string, max int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	// A FIFO or a device could block or never end: only regular files.
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, err // *os.File errors name the path

@@ -198,9 +198,10 @@ func TestFederationBlockErrors(t *testing.T) {
 		{"missing bundle file", rel(url + `      bundle_file = "nope.json"`), `6: server.federation.federates_with "gcp.example".bundle_file: open `},
 		{"empty bundle file", rel(url + `      bundle_file = "empty.json"`), `6: server.federation.federates_with "gcp.example".bundle_file: `},
 		{"huge bundle file", rel(url + `      bundle_file = "huge.json"`), `6: server.federation.federates_with "gcp.example".bundle_file: `},
-		{"bundle file is a directory", rel(url + `      bundle_file = "sub"`), `6: server.federation.federates_with "gcp.example".bundle_file: read `},
+		{"bundle file is a directory", rel(url + `      bundle_file = "sub"`), `6: server.federation.federates_with "gcp.example".bundle_file: `},
 		{"garbage bundle file", rel(url + `      bundle_file = "garbage.json"`), `6: server.federation.federates_with "gcp.example".bundle_file `},
 		{"bundle file without keys", rel(url + `      bundle_file = "nokeys.json"`), `6: server.federation.federates_with "gcp.example".bundle_file `},
+		{"bundle file is a device", rel(url + `      bundle_file = "/dev/zero"`), `6: server.federation.federates_with "gcp.example".bundle_file: /dev/zero is not a regular file`},
 		{"duplicate trust domain", fed("    federates_with \"gcp.example\" {\n" + url + "    }\n    federates_with \"gcp.example\" {\n" + url + "    }"), `7: server.federation: a second federates_with "gcp.example" block (the first is at `},
 	}
 	// tails: what the error holds after the temporary directory.
@@ -210,7 +211,7 @@ func TestFederationBlockErrors(t *testing.T) {
 		"missing bundle file":        "nope.json: no such file or directory",
 		"empty bundle file":          "/empty.json is empty",
 		"huge bundle file":           "/huge.json is larger than 1048576 bytes, the limit of a bundle document",
-		"bundle file is a directory": "/sub: is a directory",
+		"bundle file is a directory": "/sub is not a regular file",
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
