@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -58,7 +59,7 @@ var (
 // workload (go-spiffe watcher), and the bundle endpoints' requests per
 // second with a new TLS connection per request and with keep-alive,
 // beside plain TLS handshakes and keep-alive HTTPS requests per second of
-// a Go server in this process, measured in the same run.
+// a plain Go HTTPS server in its own process, measured in the same run.
 func benchFederation(ctx context.Context) error {
 	dir, err := os.MkdirTemp("", "sigil-bench-fed-")
 	if err != nil {
@@ -97,7 +98,7 @@ func benchFederation(ctx context.Context) error {
 		return string(out), nil
 	}
 
-	webCert, webPool, err := fedBenchWebCert(dir)
+	webPool, err := fedBenchWebCert(dir)
 	if err != nil {
 		return err
 	}
@@ -291,7 +292,7 @@ func benchFederation(ctx context.Context) error {
 	}
 	spiffeTLS := tlsconfig.TLSClientConfig(bBundle, tlsconfig.AuthorizeID(spiffeid.RequireFromPath(b.td, "/sigil/server")))
 	webTLS := &tls.Config{RootCAs: webPool, MinVersion: tls.VersionTLS12}
-	plainAddr, stopPlain, err := fedPlainServer(webCert)
+	plainAddr, stopPlain, err := fedPlainServer(ctx, dir)
 	if err != nil {
 		return err
 	}
@@ -327,7 +328,7 @@ func benchFederation(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("plain HTTPS GETs: %w", err)
 	}
-	fmt.Printf("limit  plain TLS handshakes (P-256):         %9.0f /s  (Go server in this process, %d clients)\n", handshakes, fedClients)
+	fmt.Printf("limit  plain TLS handshakes (P-256):         %9.0f /s  (a Go server in its own process, %d clients)\n", handshakes, fedClients)
 	fmt.Printf("limit  plain HTTPS GETs, keep-alive:         %9.0f /s  (same server, 55-byte body)\n", plainKeepAlive)
 	for _, m := range []struct {
 		what      string
@@ -442,12 +443,39 @@ func fedHandshakeRate(ctx context.Context, addr string, cfg *tls.Config) (float6
 	return float64(n.Load()) / time.Since(start).Seconds(), nil
 }
 
-// fedPlainServer serves a small static body over HTTPS with cert on
-// loopback, the baseline of the endpoint rates.
-func fedPlainServer(cert tls.Certificate) (addr string, stop func(), err error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// fedPlainServer runs this program as a separate process (as the
+// endpoints are) serving a small static body over HTTPS with the
+// certificate in dir/web.pem and dir/web.key on loopback: the baseline of
+// the endpoint rates.
+func fedPlainServer(ctx context.Context, dir string) (addr string, stop func(), err error) {
+	cmd := exec.CommandContext(ctx, os.Args[0], "-plain-tls-server", dir)
+	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop = func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("plain TLS server: %w", err)
+	}
+	return strings.TrimSpace(line), stop, nil
+}
+
+// plainTLSServer is the process fedPlainServer starts: it prints its
+// address and serves until killed.
+func plainTLSServer(dir string) error {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "web.pem"), filepath.Join(dir, "web.key"))
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
 	}
 	body := []byte(`{"keys":[],"spiffe_sequence":1,"spiffe_refresh_hint":1}`)
 	srv := &http.Server{
@@ -458,17 +486,17 @@ func fedPlainServer(cert tls.Certificate) (addr string, stop func(), err error) 
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	go srv.ServeTLS(l, "", "")
-	return l.Addr().String(), func() { srv.Close() }, nil
+	fmt.Println(l.Addr().String())
+	return srv.ServeTLS(l, "", "")
 }
 
 // fedBenchWebCert makes a self-signed P-256 certificate for 127.0.0.1 (the
 // https_web endpoint's and the plain TLS server's), writes it to
-// dir/web.pem and dir/web.key, and returns it with a pool that trusts it.
-func fedBenchWebCert(dir string) (tls.Certificate, *x509.CertPool, error) {
+// dir/web.pem and dir/web.key, and returns a pool that trusts it.
+func fedBenchWebCert(dir string) (*x509.CertPool, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return tls.Certificate{}, nil, err
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -483,28 +511,24 @@ func fedBenchWebCert(dir string) (tls.Certificate, *x509.CertPool, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return tls.Certificate{}, nil, err
+		return nil, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return tls.Certificate{}, nil, err
+		return nil, err
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	if err := os.WriteFile(filepath.Join(dir, "web.pem"), certPEM, 0o644); err != nil {
-		return tls.Certificate{}, nil, err
+		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "web.key"), keyPEM, 0o600); err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return tls.Certificate{}, nil, err
+		return nil, err
 	}
 	leaf, _ := x509.ParseCertificate(der)
 	pool := x509.NewCertPool()
 	pool.AddCert(leaf)
-	return cert, pool, nil
+	return pool, nil
 }
 
 // fedLogTail is the end of a process log, for an error message.

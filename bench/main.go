@@ -69,8 +69,16 @@ func main() {
 	fetchClient := flag.String("fetch-client", "", "internal: act as a workload process fetching from this socket")
 	floodOnly := flag.Bool("attest-flood-only", false, "only measure server memory under 20 concurrent 30 MiB attestations")
 	attestOnly := flag.Bool("attest-only", false, "only measure node attestations per second (x509pop, oidc) beside the raw verify rates")
+	plainTLS := flag.String("plain-tls-server", "", "internal: serve HTTPS with DIR/web.pem and DIR/web.key, the federation bench's baseline")
 	fedOnly := flag.Bool("federation-only", false, "only measure federation: bundle change propagation between two trust domains and bundle endpoint requests/s")
 	flag.Parse()
+	if *plainTLS != "" {
+		if err := plainTLSServer(*plainTLS); err != nil {
+			fmt.Fprintln(os.Stderr, "bench plain TLS server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *fedOnly {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
