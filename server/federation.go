@@ -153,11 +153,14 @@ func (s *Server) partnerAuthorities(td spiffeid.TrustDomain) []*x509.Certificate
 	if s.store == nil || td == s.td {
 		return nil
 	}
+	f := &s.fed
 	b, err := s.store.Read().FederatedBundle(td.Name())
 	if err != nil {
+		f.mu.Lock()
+		delete(f.parsed, td.Name()) // a bundle deleted since
+		f.mu.Unlock()
 		return nil
 	}
-	f := &s.fed
 	f.mu.Lock()
 	if c, ok := f.parsed[td.Name()]; ok && c.index == b.ModifyIndex {
 		f.mu.Unlock()
@@ -174,8 +177,8 @@ func (s *Server) partnerAuthorities(td spiffeid.TrustDomain) []*x509.Certificate
 	if f.parsed == nil {
 		f.parsed = make(map[string]parsedAuthorities)
 	}
-	// Bounded by the federated bundles (those of partners that present a
-	// verified-looking trust domain and have a bundle here).
+	// Bounded by the federated bundles: only a trust domain with a bundle
+	// here gets an entry, and a lookup after its deletion drops it.
 	f.parsed[td.Name()] = parsedAuthorities{index: b.ModifyIndex, certs: out}
 	f.mu.Unlock()
 	return out
@@ -277,7 +280,9 @@ func (c FederationConfig) partnerRefreshBound() time.Duration {
 }
 
 // leaderPoll is how often the leadership loop checks leadership besides
-// Raft's leader observations.
+// Raft's leader observations. Like the Raft metrics' sampling it ticks on
+// the wall clock: it is a safety net, not a schedule, and ticking on an
+// injected fake clock would add to the waiters tests count.
 const leaderPoll = time.Second
 
 // federationLeaderLoop runs the refresher and writes the configuration's
@@ -287,6 +292,8 @@ func (s *Server) federationLeaderLoop(ctx context.Context) {
 	ch := make(chan raft.Observation, 4)
 	unregister := s.store.LeaderObservations(ch)
 	defer unregister()
+	tick := time.NewTicker(leaderPoll)
+	defer tick.Stop()
 	var term *leaderTerm
 	defer func() { term.end() }()
 	for {
@@ -302,7 +309,7 @@ func (s *Server) federationLeaderLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ch:
-		case <-s.cfg.Clock.After(leaderPoll):
+		case <-tick.C:
 		}
 	}
 }
