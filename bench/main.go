@@ -13,6 +13,10 @@
 //   - peak memory of a real server process under 20 concurrent 30 MiB
 //     attestation calls from unauthenticated clients, beside its 200 MiB
 //     bound (alone: go run ./bench -attest-flood-only).
+//   - federation between two trust domains run as processes: time from a
+//     bundle change in one to the new bundle in a workload of the other
+//     (1 s refresh hint), and bundle endpoint requests per second beside
+//     plain TLS handshakes per second (alone: go run ./bench -federation-only).
 //
 // Run it with `make bench`. Every loop is bounded in count and time.
 package main
@@ -65,7 +69,25 @@ func main() {
 	fetchClient := flag.String("fetch-client", "", "internal: act as a workload process fetching from this socket")
 	floodOnly := flag.Bool("attest-flood-only", false, "only measure server memory under 20 concurrent 30 MiB attestations")
 	attestOnly := flag.Bool("attest-only", false, "only measure node attestations per second (x509pop, oidc) beside the raw verify rates")
+	plainTLS := flag.String("plain-tls-server", "", "internal: serve HTTPS with DIR/web.pem and DIR/web.key, the federation bench's baseline")
+	fedOnly := flag.Bool("federation-only", false, "only measure federation: bundle change propagation between two trust domains and bundle endpoint requests/s")
 	flag.Parse()
+	if *plainTLS != "" {
+		if err := plainTLSServer(*plainTLS); err != nil {
+			fmt.Fprintln(os.Stderr, "bench plain TLS server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *fedOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := benchFederation(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *attestOnly {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
@@ -177,6 +199,10 @@ func run(dur time.Duration, maxSVIDs int) error {
 	fmt.Println()
 	if err := benchHA(ctx); err != nil {
 		return fmt.Errorf("ha: %w", err)
+	}
+	fmt.Println()
+	if err := benchFederation(ctx); err != nil {
+		return fmt.Errorf("federation: %w", err)
 	}
 	return nil
 }

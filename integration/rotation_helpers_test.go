@@ -70,6 +70,7 @@ type loopStatus struct {
 	SVIDNotAfter  time.Time `json:"svid_not_after"`
 	SVIDsSeen     int       `json:"svids_seen"`
 	Authorities   []string  `json:"authorities_seen"`
+	PeerBundle    []string  `json:"peer_bundle"`
 }
 
 // loopPair is a server and a client mtlsloop workload under one agent.

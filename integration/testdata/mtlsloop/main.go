@@ -40,9 +40,14 @@ type Status struct {
 	SVIDNotAfter  time.Time `json:"svid_not_after"`
 	SVIDsSeen     int       `json:"svids_seen"`
 	Authorities   []string  `json:"authorities_seen"`
+	// PeerBundle lists the X.509 authorities (hex SubjectKeyId) the
+	// workload holds now for its peer's trust domain (a federated bundle
+	// when the peer is in another trust domain).
+	PeerBundle []string `json:"peer_bundle"`
 }
 
 type tracker struct {
+	peerTD  spiffeid.TrustDomain
 	mu      sync.Mutex
 	st      Status
 	serials map[string]bool
@@ -63,6 +68,12 @@ func (t *tracker) result(err error) {
 }
 
 func (t *tracker) observe(src *workloadapi.X509Source) {
+	var peerBundle []string
+	if b, err := src.GetX509BundleForTrustDomain(t.peerTD); err == nil {
+		for _, c := range b.X509Authorities() {
+			peerBundle = append(peerBundle, hex.EncodeToString(c.SubjectKeyId))
+		}
+	}
 	svid, err := src.GetX509SVID()
 	if err != nil {
 		return
@@ -73,6 +84,7 @@ func (t *tracker) observe(src *workloadapi.X509Source) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.st.SVIDSerial, t.st.SVIDAuthority, t.st.SVIDNotAfter = serial, aki, leaf.NotAfter
+	t.st.PeerBundle = peerBundle
 	if !t.serials[serial] {
 		t.serials[serial] = true
 		t.st.SVIDsSeen++
@@ -118,7 +130,7 @@ func run(mode, addr, peer, statusPath string) error {
 		return fmt.Errorf("x509 source: %w", err)
 	}
 	defer src.Close()
-	t := &tracker{serials: map[string]bool{}, auths: map[string]bool{}}
+	t := &tracker{peerTD: peerID.TrustDomain(), serials: map[string]bool{}, auths: map[string]bool{}}
 	go func() {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
