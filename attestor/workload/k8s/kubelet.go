@@ -98,6 +98,12 @@ func (k *kubelet) pods(ctx context.Context) (map[string]container, error) {
 	if err != nil {
 		return nil, fmt.Errorf("k8s: kubelet GET %s: %w", k.url, err)
 	}
+	// Over HTTP/2, an answer cut short when the fetch timeout ends can
+	// reach here as a complete empty 200: past the deadline, the kubelet
+	// did not answer in time, whatever the body says.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("k8s: kubelet unreachable: no complete answer in time: %w", err)
+	}
 	if int64(len(data)) > k.maxBytes {
 		return nil, fmt.Errorf("k8s: kubelet GET %s: response larger than max_response_bytes (%d)", k.url, k.maxBytes)
 	}
