@@ -264,7 +264,9 @@ type FederationConfig struct {
 	// fetch a new bundle: while a bundle endpoint is served, a new CA or
 	// JWT key is in the published bundle at least this long before it
 	// signs anything (the rotation's propagation delay is raised to it).
-	// 0 means DefaultPartnerRefreshBound.
+	// It must not be shorter than the bundle endpoint's refresh hint,
+	// at which partners poll. 0 means twice the refresh hint, at least
+	// DefaultPartnerRefreshBound.
 	PartnerRefreshBound time.Duration
 	// Relationships are declared in the configuration file (GitOps): the
 	// leader writes each one (and its bootstrap bundle when no bundle of
@@ -274,8 +276,8 @@ type FederationConfig struct {
 	Relationships []ConfigRelationship
 }
 
-// DefaultPartnerRefreshBound is FederationConfig.PartnerRefreshBound's
-// default.
+// DefaultPartnerRefreshBound is the least default of
+// FederationConfig.PartnerRefreshBound.
 const DefaultPartnerRefreshBound = 5 * time.Minute
 
 // BundleEndpointConfig is the `federation { bundle_endpoint { … } }`
@@ -349,6 +351,9 @@ func (c *Config) validateFederation() error {
 		}
 		// The propagation delay is raised to the partners' refresh bound,
 		// and must stay under half of the key lifetime.
+		if b, h := f.partnerRefreshBound(), ep.refreshHint(); b < h {
+			return fmt.Errorf("server: federation partner_refresh_bound %v is shorter than the bundle endpoint's refresh_hint %v: partners fetch at the refresh hint, so a new key could sign before they have it", b, h)
+		}
 		if b := f.partnerRefreshBound(); b >= c.CATTL/2 {
 			return fmt.Errorf("server: federation partner_refresh_bound %v must be shorter than half of ca_ttl %v", b, c.CATTL)
 		}

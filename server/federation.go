@@ -271,12 +271,22 @@ func (s *Server) propagationDelay() time.Duration {
 	return max(d, s.cfg.Federation.partnerRefreshBound())
 }
 
-// partnerRefreshBound is PartnerRefreshBound or its default.
+// partnerRefreshBound is PartnerRefreshBound or its default: twice the
+// published refresh hint (partners poll at the hint; twice leaves room
+// for one failed fetch), at least DefaultPartnerRefreshBound.
 func (c FederationConfig) partnerRefreshBound() time.Duration {
 	if c.PartnerRefreshBound > 0 {
 		return c.PartnerRefreshBound
 	}
-	return DefaultPartnerRefreshBound
+	return max(DefaultPartnerRefreshBound, 2*c.BundleEndpoint.refreshHint())
+}
+
+// refreshHint is the published refresh hint: RefreshHint or its default.
+func (b BundleEndpointConfig) refreshHint() time.Duration {
+	if b.RefreshHint > 0 {
+		return b.RefreshHint
+	}
+	return federation.DefaultRefreshHint
 }
 
 // leaderPoll is how often the leadership loop checks leadership besides

@@ -689,7 +689,16 @@ func TestFederationPropagationDelayRaised(t *testing.T) {
 	}
 	s := &Server{cfg: Config{CATTL: 24 * time.Hour, Federation: FederationConfig{BundleEndpoint: BundleEndpointConfig{Address: "x:1"}}}}
 	if got := s.propagationDelay(); got != 4*time.Hour {
-		t.Fatalf("default delay with an endpoint: %v, want the default 4h (above the 5m bound)", got)
+		t.Fatalf("default delay with an endpoint: %v, want the default 4h (above the 10m bound)", got)
+	}
+	// The default bound is twice the published refresh hint, at least 5m.
+	for _, c := range []struct{ hint, want time.Duration }{
+		{0, 10 * time.Minute}, {time.Minute, 5 * time.Minute}, {time.Hour, 2 * time.Hour},
+	} {
+		f := FederationConfig{BundleEndpoint: BundleEndpointConfig{Address: "x:1", RefreshHint: c.hint}}
+		if got := f.partnerRefreshBound(); got != c.want {
+			t.Errorf("default bound with refresh hint %v: %v, want %v", c.hint, got, c.want)
+		}
 	}
 }
 
@@ -772,6 +781,10 @@ func TestFederationConfigValidate(t *testing.T) {
 			c.Federation.BundleEndpoint.Address = "127.0.0.1:0"
 			c.Federation.PartnerRefreshBound = 13 * time.Hour
 		}, "partner_refresh_bound"},
+		{"bound below the refresh hint", func(c *Config) {
+			c.Federation.BundleEndpoint = BundleEndpointConfig{Address: "127.0.0.1:0", RefreshHint: 10 * time.Minute}
+			c.Federation.PartnerRefreshBound = 9 * time.Minute
+		}, "shorter than the bundle endpoint's refresh_hint"},
 		{"nil relationship", func(c *Config) { c.Federation.Relationships = []ConfigRelationship{{}} }, "relationship 0 is empty"},
 		{"own trust domain", func(c *Config) {
 			c.Federation.Relationships = []ConfigRelationship{{Relationship: rel(testTD.Name())}}
