@@ -68,8 +68,7 @@ func (a Alert) Resolved() bool { return !a.EndsAt.IsZero() }
 // firing and resolved alerts; it must be safe for concurrent use, honour
 // ctx, and be idempotent by Key (the Dispatcher may send the same alert
 // again: a repeat, or a retry after an error). An error means the batch
-// may not have been delivered and will be retried. Close releases
-// resources.
+// may not have been delivered and will be retried.
 type Notifier interface {
 	// Name identifies the notifier in logs, metrics and `sigil alert
 	// test` (the plugin name, or the name given in its block).
