@@ -196,8 +196,9 @@ type relState struct {
 	failures    int
 	lastErr     string    // of the last attempt; "" after a success
 	lastSuccess time.Time // zero when never (as far as known)
-	pendingReq  int64     // a refresh_requested_at to honour
-	handledReq  int64     // the last refresh_requested_at honoured
+	pendingReq  uint64    // a refresh_requests count to answer
+	handledReq  uint64    // the last refresh_requests count answered
+	requestedAt int64     // refresh_requested_at of pendingReq
 }
 
 // job is one attempt: what the fetch and the write decision need.
@@ -210,7 +211,8 @@ type job struct {
 	failures    int
 	lastErr     string
 	lastSuccess time.Time
-	requested   int64
+	requested   uint64 // the refresh_requests count this attempt answers (0: none)
+	requestedAt int64
 	start       time.Time
 }
 
@@ -342,8 +344,8 @@ func (r *Refresher) reconcile(states map[string]*relState, gen *uint64, rels []*
 			r.refreshNow(st, now)
 		}
 		st.hadBundle = b != nil
-		if req := status.GetRefreshRequestedAt(); req > status.GetLastAttemptAt() && req > st.handledReq {
-			st.pendingReq = req
+		if req := status.GetRefreshRequests(); req > status.GetRefreshesDone() && req > st.handledReq {
+			st.pendingReq, st.requestedAt = req, status.GetRefreshRequestedAt()
 			r.refreshNow(st, now)
 		}
 		st.bundle, st.status = b, status
@@ -388,7 +390,7 @@ func (r *Refresher) startJob(st *relState, now time.Time) job {
 		start:       now,
 	}
 	if st.pendingReq > st.handledReq {
-		j.requested = st.pendingReq
+		j.requested, j.requestedAt = st.pendingReq, st.requestedAt
 		st.handledReq = st.pendingReq
 	}
 	return j
@@ -429,7 +431,7 @@ func (r *Refresher) attempt(ctx context.Context, j job) result {
 		res.next = now
 		return res
 	}
-	attemptAt := max(j.start.Unix(), j.requested)
+	attemptAt := max(j.start.Unix(), j.requestedAt)
 	if err != nil {
 		return r.failed(ctx, log, j, res, err, now, attemptAt)
 	}
@@ -442,6 +444,7 @@ func (r *Refresher) attempt(ctx context.Context, j job) result {
 		LastAttemptAt: attemptAt,
 		LastErrorAt:   j.status.GetLastErrorAt(),
 		NextRefreshAt: res.next.Unix(),
+		RefreshesDone: j.requested,
 	}
 	changed := j.cur == nil || !Equal(j.cur, b)
 	wctx, cancel := context.WithTimeout(ctx, storeWriteTimeout)
@@ -494,6 +497,7 @@ func (r *Refresher) failed(ctx context.Context, log *zap.Logger, j job, res resu
 			LastErrorAt:         now.Unix(),
 			NextRefreshAt:       res.next.Unix(),
 			ConsecutiveFailures: uint32(min(res.failures, math.MaxUint32)),
+			RefreshesDone:       j.requested,
 		}
 		if !j.lastSuccess.IsZero() {
 			status.LastSuccessAt = max(status.LastSuccessAt, j.lastSuccess.Unix())

@@ -76,7 +76,12 @@ func (s *memStore) Federation() ([]*sigilv1.FederationRelationship, map[string]*
 
 func (s *memStore) putStatus(st *sigilv1.FederationStatus) {
 	st = proto.Clone(st).(*sigilv1.FederationStatus)
-	st.RefreshRequestedAt = s.statuses[st.TrustDomain].GetRefreshRequestedAt()
+	old := s.statuses[st.TrustDomain]
+	st.RefreshRequestedAt = old.GetRefreshRequestedAt()
+	// As the store does: requests are kept, answered ones never go down
+	// nor above those made.
+	st.RefreshRequests = old.GetRefreshRequests()
+	st.RefreshesDone = max(old.GetRefreshesDone(), min(st.RefreshesDone, st.RefreshRequests))
 	st.ModifyIndex = s.index + 1
 	s.statuses[st.TrustDomain] = st
 }
@@ -151,6 +156,7 @@ func (s *memStore) requestRefresh(td string, at time.Time) {
 		s.statuses[td] = st
 	}
 	st.RefreshRequestedAt = at.Unix()
+	st.RefreshRequests++
 	s.notify()
 }
 
@@ -440,7 +446,7 @@ func TestRefresherHonoursRefreshRequest(t *testing.T) {
 	store.requestRefresh(td, clk.Now())
 	m.waitOutcomes(t, td, 2)
 	st := store.status(td)
-	if st.LastAttemptAt < st.RefreshRequestedAt || st.LastError != "" {
+	if st.LastAttemptAt < st.RefreshRequestedAt || st.LastError != "" || st.RefreshesDone != 1 {
 		t.Fatalf("status after the request: %v", st)
 	}
 	if _, s := store.writes(td); s != 1 {
@@ -456,6 +462,14 @@ func TestRefresherHonoursRefreshRequest(t *testing.T) {
 	m.waitOutcomes(t, "c.example", 1)
 	if got := len(m.get(td)); got != 2 {
 		t.Fatalf("%d refreshes of %s, want 2", got, td)
+	}
+	// A second request in the same second as the attempt that answered
+	// the first one is answered by a new attempt (the timestamps cannot
+	// tell the two apart; the request count does).
+	store.requestRefresh(td, clk.Now())
+	m.waitOutcomes(t, td, 3)
+	if st := store.status(td); st.RefreshRequests != 2 || st.RefreshesDone != 2 {
+		t.Fatalf("status after the second request: %v", st)
 	}
 }
 

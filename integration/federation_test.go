@@ -831,9 +831,8 @@ func TestFederationBadEndpoints(t *testing.T) {
 			ep.set(c.serve)
 			// The refresher polls every second (the documents' hint, the
 			// minimum after a failure): wait for an attempt that meets the
-			// bad answer. (Not `federation refresh` alone: statuses have
-			// second resolution, and a refresh requested in the second of
-			// the previous attempt returns that attempt's outcome.)
+			// bad answer (an attempt in flight when the endpoint changed
+			// may still have met the good one).
 			var st *sigilv1.BundleStatus
 			eventually.NoError(t, 15*time.Second, func() error {
 				if st = d.bundles(t)[partner.Name()]; !strings.Contains(st.GetStatus().GetLastError(), c.want) {

@@ -347,9 +347,14 @@ func (a *applier) writeStatus(st *sigilv1.FederationStatus) *CommandError {
 	old := a.status(st.TrustDomain)
 	st.RefreshRequestedAt = 0
 	st.ModifyIndex = 0
+	done := st.RefreshesDone
+	st.RefreshRequests, st.RefreshesDone = 0, 0
 	if old != nil {
 		st.RefreshRequestedAt = old.RefreshRequestedAt
 		st.ModifyIndex = old.ModifyIndex
+		st.RefreshRequests = old.RefreshRequests
+		// Answered requests never go down, nor above those made.
+		st.RefreshesDone = max(old.RefreshesDone, min(done, old.RefreshRequests))
 		if proto.Equal(old, st) {
 			return nil
 		}
@@ -531,6 +536,7 @@ func (a *applier) requestFederationRefresh(c *storepb.RequestFederationRefresh) 
 		st = proto.Clone(old).(*sigilv1.FederationStatus)
 	}
 	st.RefreshRequestedAt = a.nowSec
+	st.RefreshRequests++
 	st.ModifyIndex = a.index
 	return a.insert(tableFederationStatuses, st)
 }

@@ -440,6 +440,30 @@ func TestOwnBundleCommandsRefuseForeignTrustDomains(t *testing.T) {
 	}
 }
 
+// TestFederationRefreshRequestCount: requests are counted by the store, a
+// status write keeps the count, and the answered count never goes down
+// nor above the requests made.
+func TestFederationRefreshRequestCount(t *testing.T) {
+	tf := newTestFSM(t)
+	tf.ok(putRel(gcpRel(), true, false, nil))
+	tf.ok(requestRefresh(gcp))
+	tf.ok(requestRefresh(gcp)) // in the same second: counted apart
+	st, _ := tf.f.reader().FederationStatus(gcp)
+	if st.RefreshRequests != 2 || st.RefreshesDone != 0 {
+		t.Fatalf("after two requests: %v", st)
+	}
+	tf.ok(putStatus(&sigilv1.FederationStatus{TrustDomain: gcp, LastAttemptAt: 5, RefreshRequests: 99, RefreshesDone: 9}))
+	st, _ = tf.f.reader().FederationStatus(gcp)
+	if st.RefreshRequests != 2 || st.RefreshesDone != 2 {
+		t.Fatalf("a status write set requests %d done %d; want 2, 2 (kept, capped)", st.RefreshRequests, st.RefreshesDone)
+	}
+	tf.ok(putStatus(&sigilv1.FederationStatus{TrustDomain: gcp, LastAttemptAt: 6}))
+	st, _ = tf.f.reader().FederationStatus(gcp)
+	if st.RefreshesDone != 2 {
+		t.Fatalf("answered requests went down to %d", st.RefreshesDone)
+	}
+}
+
 func TestFederationStatusCommands(t *testing.T) {
 	tf := newTestFSM(t)
 	tf.refused("no relationship", putStatus(&sigilv1.FederationStatus{TrustDomain: gcp}), codes.NotFound)

@@ -276,12 +276,11 @@ func (f *federationAdmin) RefreshBundle(ctx context.Context, req *sigilv1.Refres
 	}
 	s.audit(audit.Event{What: "federation_refresh_requested", Who: audit.Admin, Subject: req.TrustDomain, Message: "federation refresh requested",
 		Fields: []audit.Field{audit.String("trust_domain", req.TrustDomain)}})
-	var requestedAt int64
+	// The count of requests after this one was applied: the refresher
+	// answers it (or a later one) with an attempt.
+	var requests uint64
 	if st, err := s.store.Read().FederationStatus(req.TrustDomain); err == nil {
-		requestedAt = st.RefreshRequestedAt
-	}
-	if requestedAt == 0 {
-		requestedAt = s.cfg.Clock.Now().Unix()
+		requests = st.RefreshRequests
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
@@ -291,7 +290,7 @@ func (f *federationAdmin) RefreshBundle(ctx context.Context, req *sigilv1.Refres
 		if _, err := r.FederationRelationship(req.TrustDomain); errors.Is(err, raftstore.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "no federation relationship with trust domain %q", req.TrustDomain)
 		}
-		if st, err := r.FederationStatus(req.TrustDomain); err == nil && st.LastAttemptAt >= requestedAt {
+		if st, err := r.FederationStatus(req.TrustDomain); err == nil && requests > 0 && st.RefreshesDone >= requests {
 			return f.statusOf(r, req.TrustDomain), nil
 		}
 		select {

@@ -291,6 +291,16 @@ func TestFederationRefreshBundleReportsAttempt(t *testing.T) {
 	if st.Status == nil || st.Status.LastError == "" || st.Status.LastAttemptAt < st.Status.RefreshRequestedAt || !st.Present || st.SequenceNumber != 1 {
 		t.Fatalf("status after a failed refresh: %v", st)
 	}
+	// A second request at once (most likely in the same second as the
+	// attempt that answered the first) waits for an attempt of its own.
+	st2, err := h.fed.RefreshBundle(ctx, &sigilv1.RefreshBundleRequest{TrustDomain: "partner.test", TimeoutMs: 20000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.Status.RefreshRequests != st.Status.RefreshRequests+1 || st2.Status.RefreshesDone < st2.Status.RefreshRequests {
+		t.Fatalf("second refresh answered by %d of %d requests (first: %d of %d)",
+			st2.Status.RefreshesDone, st2.Status.RefreshRequests, st.Status.RefreshesDone, st.Status.RefreshRequests)
+	}
 	if !h.audited("federation_refresh_requested") {
 		t.Error("no federation_refresh_requested audit record")
 	}

@@ -787,9 +787,17 @@ type FederationStatus struct {
 	// the RequestFederationRefresh command; a status write keeps it.
 	RefreshRequestedAt int64 `protobuf:"varint,8,opt,name=refresh_requested_at,json=refreshRequestedAt,proto3" json:"refresh_requested_at,omitempty"`
 	// Raft index of the last change; set by the store.
-	ModifyIndex   uint64 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ModifyIndex uint64 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// How many refreshes were requested (RequestFederationRefresh adds one;
+	// a status write keeps it), and how many of them the refresher has
+	// answered with an attempt recorded in this status (it never goes
+	// down, nor above refresh_requests). `sigil federation refresh` waits
+	// until refreshes_done reaches the count its request made: unlike the
+	// timestamps, this tells apart two requests in the same second.
+	RefreshRequests uint64 `protobuf:"varint,10,opt,name=refresh_requests,json=refreshRequests,proto3" json:"refresh_requests,omitempty"`
+	RefreshesDone   uint64 `protobuf:"varint,11,opt,name=refreshes_done,json=refreshesDone,proto3" json:"refreshes_done,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *FederationStatus) Reset() {
@@ -881,6 +889,20 @@ func (x *FederationStatus) GetRefreshRequestedAt() int64 {
 func (x *FederationStatus) GetModifyIndex() uint64 {
 	if x != nil {
 		return x.ModifyIndex
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetRefreshRequests() uint64 {
+	if x != nil {
+		return x.RefreshRequests
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetRefreshesDone() uint64 {
+	if x != nil {
+		return x.RefreshesDone
 	}
 	return 0
 }
@@ -1080,7 +1102,7 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"fromConfig\x12\x1d\n" +
 	"\n" +
 	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12!\n" +
-	"\fmodify_index\x18\a \x01(\x04R\vmodifyIndex\"\xf8\x02\n" +
+	"\fmodify_index\x18\a \x01(\x04R\vmodifyIndex\"\xca\x03\n" +
 	"\x10FederationStatus\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12&\n" +
 	"\x0flast_success_at\x18\x02 \x01(\x03R\rlastSuccessAt\x12&\n" +
@@ -1091,7 +1113,10 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\x0fnext_refresh_at\x18\x06 \x01(\x03R\rnextRefreshAt\x121\n" +
 	"\x14consecutive_failures\x18\a \x01(\rR\x13consecutiveFailures\x120\n" +
 	"\x14refresh_requested_at\x18\b \x01(\x03R\x12refreshRequestedAt\x12!\n" +
-	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\"y\n" +
+	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\x12)\n" +
+	"\x10refresh_requests\x18\n" +
+	" \x01(\x04R\x0frefreshRequests\x12%\n" +
+	"\x0erefreshes_done\x18\v \x01(\x04R\rrefreshesDone\"y\n" +
 	"\fPartnerFetch\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12'\n" +
 	"\x0fsequence_number\x18\x02 \x01(\x04R\x0esequenceNumber\x12\x1d\n" +
