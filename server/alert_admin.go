@@ -22,8 +22,9 @@ const DefaultAlertTestTimeout = 10 * time.Second
 // maxAlertTestTimeout caps the timeout a request may ask for.
 const maxAlertTestTimeout = 5 * time.Minute
 
-// newDispatcher builds the server's alert dispatcher from
-// Config.Notifiers; Run starts it.
+// newDispatcher builds the server's alert dispatcher (Server.alerts)
+// from Config.Notifiers: the server's conditions raise and resolve alerts
+// through it, Run delivers them, AlertAdmin lists them.
 func newDispatcher(cfg Config, log *zap.Logger) (*alert.Dispatcher, error) {
 	dcfg := alert.DefaultDispatcherConfig()
 	dcfg.Notifiers = cfg.Notifiers
@@ -35,10 +36,6 @@ func newDispatcher(cfg Config, log *zap.Logger) (*alert.Dispatcher, error) {
 	}
 	return d, nil
 }
-
-// Alerts is the server's alert dispatcher: conditions raise and resolve
-// alerts through it; Run delivers them to Config.Notifiers.
-func (s *Server) Alerts() *alert.Dispatcher { return s.alerts }
 
 // alertAdmin serves AlertAdmin on the admin socket.
 type alertAdmin struct {

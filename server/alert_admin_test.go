@@ -140,7 +140,7 @@ func TestAlertAdminWithoutNotifiers(t *testing.T) {
 		t.Fatalf("List = %v, %v; want none", list, err)
 	}
 	start := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	srv.Alerts().Fire(alert.Alert{Key: "k/1", Name: "SVIDNotRenewed", Severity: alert.Critical, Source: "s1", StartsAt: start, Details: map[string]string{"agent": "a"}})
+	srv.alerts.Fire(alert.Alert{Key: "k/1", Name: "SVIDNotRenewed", Severity: alert.Critical, Source: "s1", StartsAt: start, Details: map[string]string{"agent": "a"}})
 	list, err = client.List(context.Background(), &sigilv1.AlertListRequest{})
 	if err != nil {
 		t.Fatal(err)
