@@ -92,7 +92,7 @@ func startAlertServer(t *testing.T, notifiers ...alert.Notifier) (*Server, *obse
 func TestAlertAdminTestReachesEveryNotifier(t *testing.T) {
 	ok := &memNotifier{name: "pager", min: alert.Critical}
 	bad := &memNotifier{name: "hook", min: alert.Info, err: errors.New("hook: receiver answered 503")}
-	_, logs, client := startAlertServer(t, ok, bad)
+	srv, logs, client := startAlertServer(t, ok, bad)
 	resp, err := client.Test(context.Background(), &sigilv1.AlertTestRequest{Severity: "info"})
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +126,18 @@ func TestAlertAdminTestReachesEveryNotifier(t *testing.T) {
 	}
 	if _, err := client.Test(context.Background(), &sigilv1.AlertTestRequest{Severity: "urgent"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad severity: %v", err)
+	}
+	// Run runs the dispatcher: a fired alert reaches the notifiers.
+	srv.alerts.Fire(alert.Alert{Key: "k/1", Name: "SVIDNotRenewed", Severity: alert.Critical, Source: "s1"})
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ok.received()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the fired alert did not reach the notifier: %v", ok.received())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := ok.received()[1]; got.Key != "k/1" {
+		t.Errorf("notifier got %+v", got)
 	}
 }
 
