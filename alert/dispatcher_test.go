@@ -299,10 +299,10 @@ func TestDispatcherQueueOverflowCounted(t *testing.T) {
 	if got := meter.get(meter.qlen, "m"); got != 3 {
 		t.Fatalf("queued = %d, want 3", got)
 	}
-	start := d.workers[0]
-	start.mu.Lock()
-	q := append([]Alert(nil), start.q...)
-	start.mu.Unlock()
+	w := d.workers[0]
+	w.mu.Lock()
+	q := append([]Alert(nil), w.q...)
+	w.mu.Unlock()
 	if len(q) != 3 || q[0].Key != "k2" || q[2].Key != "k4" {
 		t.Fatalf("queue = %v, want k2..k4", q)
 	}
