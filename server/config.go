@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"github.com/sigil-id/sigil/alert"
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/audit"
@@ -111,6 +112,11 @@ type Config struct {
 	// them to Logger (audit.NewZap). A sink that adds to the log, for
 	// example an alert feed, is combined with the log with audit.Multi.
 	AuditSink audit.Sink
+
+	// Notifiers carry the server's alerts to on-call (the notifier
+	// plugins); none is valid: alerts are then only listed
+	// (AlertAdmin.List). Their names must be unique.
+	Notifiers []alert.Notifier
 }
 
 // DefaultConfig returns a configuration with every default filled in

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/sigil-id/sigil/alert"
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/audit"
@@ -68,7 +69,8 @@ type Server struct {
 	nodeLimits nodeLimits // see nodeapi_limits.go; tests may change them before Run
 	nodeGuard  *nodeGuard // set by Run
 
-	auditSink audit.Sink // see audit.go
+	auditSink audit.Sink        // see audit.go
+	alerts    *alert.Dispatcher // see alert_admin.go; Run runs it
 
 	fed    federationState // see federation.go
 	runCtx context.Context // Run's context; set before the APIs serve
@@ -101,6 +103,9 @@ func New(cfg Config) (*Server, error) {
 	s.auditSink = cfg.AuditSink
 	if s.auditSink == nil {
 		s.auditSink = audit.NewZap(s.log)
+	}
+	if s.alerts, err = newDispatcher(cfg, s.log); err != nil {
+		return nil, err
 	}
 	// Verifiers check evidence against the local store before the
 	// server signs or writes anything.
@@ -238,6 +243,7 @@ func (s *Server) Run(ctx context.Context) error {
 	sigilv1.RegisterAdminServer(adminSrv, &adminAPI{s: s})
 	sigilv1.RegisterAuthorityAdminServer(adminSrv, &authorityAdmin{s: s})
 	sigilv1.RegisterFederationAdminServer(adminSrv, &federationAdmin{s: s})
+	sigilv1.RegisterAlertAdminServer(adminSrv, &alertAdmin{s: s})
 	errc := make(chan error, 3)
 	go func() { errc <- adminSrv.Serve(adminLis) }()
 	defer func() {
@@ -251,6 +257,10 @@ func (s *Server) Run(ctx context.Context) error {
 		adminLis.Close() // removes the socket only if it is still ours
 	}()
 	go s.metrics.raftLoop(ctx, store)
+	alertsCtx, alertsCancel := context.WithCancel(ctx)
+	alertsDone := make(chan struct{})
+	go func() { defer close(alertsDone); s.alerts.Run(alertsCtx) }()
+	defer func() { alertsCancel(); <-alertsDone }()
 
 	if s.cluster != nil {
 		s.cluster.SetStore(store)

@@ -48,6 +48,7 @@ Long flags take one dash or two: -config and --config are the same.`,
 		cli.NewClusterCommand(),
 		cli.NewHealthcheckCommand(),
 		cli.NewPolicyCommand(),
+		cli.NewAlertCommand(),
 		newVersionCommand(),
 	)
 	return root

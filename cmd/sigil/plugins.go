@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/sigil-id/sigil/agent"
+	"github.com/sigil-id/sigil/alert"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/ca"
@@ -49,6 +50,7 @@ func serverPlugins(s *config.Server, cfg *server.Config) error {
 	if ks := plugin.Values[ca.KeyStore](set, plugin.KindKeyManager); len(ks) > 0 {
 		cfg.KeyStore = ks[0]
 	}
+	cfg.Notifiers = plugin.Values[alert.Notifier](set, plugin.KindNotifier)
 	return nil
 }
 
