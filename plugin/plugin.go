@@ -30,6 +30,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"github.com/sigil-id/sigil/alert"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/ca"
@@ -49,6 +50,8 @@ const (
 	// KindKeyManager is a server's ca.KeyStore, which holds the CA, JWT
 	// and cluster identity keys.
 	KindKeyManager Kind = "key_manager"
+	// KindNotifier is a server's alert.Notifier.
+	KindNotifier Kind = "notifier"
 )
 
 // Role says which daemon a plugin is built for.
@@ -81,6 +84,7 @@ var kinds = []kindSpec{
 	{KindNodeAttestor, map[Role]rule{RoleServer: {1, many, typeOf[node.Verifier]()}, RoleAgent: {1, 1, typeOf[node.Attestor]()}}},
 	{KindWorkloadAttestor, map[Role]rule{RoleAgent: {1, many, typeOf[workload.Attestor]()}}},
 	{KindKeyManager, map[Role]rule{RoleServer: {1, 1, typeOf[ca.KeyStore]()}}},
+	{KindNotifier, map[Role]rule{RoleServer: {0, many, typeOf[alert.Notifier]()}}},
 }
 
 func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }
