@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -89,10 +90,13 @@ func redactErr(err error, secret string) string {
 // Notifier posts alerts to a Slack incoming webhook. It is safe for
 // concurrent use.
 type Notifier struct {
-	name   string
-	min    alert.Severity
-	url    string
-	client *http.Client
+	name string
+	min  alert.Severity
+	url  string
+	// secrets are removed from any answer an error quotes: the URL and
+	// its path (where the token is).
+	secrets []string
+	client  *http.Client
 }
 
 // New returns a Notifier for c.
@@ -100,7 +104,11 @@ func New(c Config) (*Notifier, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	return &Notifier{name: c.Name, min: c.MinSeverity, url: c.WebhookURL, client: notify.NewClient(c.Timeout)}, nil
+	n := &Notifier{name: c.Name, min: c.MinSeverity, url: c.WebhookURL, secrets: []string{c.WebhookURL}, client: notify.NewClient(c.Timeout)}
+	if u, err := url.Parse(c.WebhookURL); err == nil && len(u.Path) >= 8 {
+		n.secrets = append(n.secrets, u.Path)
+	}
+	return n, nil
 }
 
 // Name returns the notifier's name.
@@ -127,7 +135,7 @@ func (n *Notifier) Notify(ctx context.Context, alerts []alert.Alert) error {
 	if err != nil {
 		return fmt.Errorf("slack: %w", err)
 	}
-	if err := notify.Post(ctx, n.client, notify.Request{URL: n.url, Label: label, Body: body, Secrets: []string{n.url}}); err != nil {
+	if err := notify.Post(ctx, n.client, notify.Request{URL: n.url, Label: label, Body: body, Secrets: n.secrets}); err != nil {
 		return fmt.Errorf("slack: %w", err)
 	}
 	return nil
