@@ -188,9 +188,13 @@ func Post(ctx context.Context, c *http.Client, r Request) error {
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			err = ue.Err
+			err = ue.Err // without the URL
 		}
-		return fmt.Errorf("POST %s: %s", r.Label, redact(err.Error(), r))
+		if msg := redact(err.Error(), r); msg != err.Error() {
+			return fmt.Errorf("POST %s: %s", r.Label, msg)
+		}
+		// Keep the cause (context.Canceled, a timeout) for errors.Is.
+		return fmt.Errorf("POST %s: %w", r.Label, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
