@@ -13,6 +13,10 @@ import (
 	// The plugins this binary ships: each registers itself (and the
 	// selector types it produces) with the plugin registry. Adding a
 	// plugin to the binary is one line here.
+	_ "github.com/sigil-id/sigil/alert/notifier/alertmanager"
+	_ "github.com/sigil-id/sigil/alert/notifier/pagerduty"
+	_ "github.com/sigil-id/sigil/alert/notifier/slack"
+	_ "github.com/sigil-id/sigil/alert/notifier/webhook"
 	_ "github.com/sigil-id/sigil/attestor/node/awsiid"
 	_ "github.com/sigil-id/sigil/attestor/node/azuremsi"
 	_ "github.com/sigil-id/sigil/attestor/node/gcpiit"

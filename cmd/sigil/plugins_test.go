@@ -42,12 +42,12 @@ func TestDaemonsImportNoConcretePlugin(t *testing.T) {
 }
 
 // concretePlugins returns the packages in deps under attestor/node/<name>,
-// attestor/workload/<name> or ca/keymanager/<name>.
+// attestor/workload/<name>, ca/keymanager/<name> or alert/notifier/<name>.
 func concretePlugins(deps []string) []string {
 	const mod = "github.com/sigil-id/sigil/"
 	var out []string
 	for _, d := range deps {
-		for _, parent := range []string{"attestor/node/", "attestor/workload/", "ca/keymanager/"} {
+		for _, parent := range []string{"attestor/node/", "attestor/workload/", "ca/keymanager/", "alert/notifier/"} {
 			if strings.HasPrefix(d, mod+parent) {
 				out = append(out, d)
 			}
