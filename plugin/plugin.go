@@ -32,8 +32,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/attestor/node"
-	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
 )

@@ -135,7 +135,8 @@ func (c Config) Validate() error {
 
 // Stats are a Sink's counters since New.
 type Stats struct {
-	// Written is the number of event lines written to the file.
+	// Written is the number of event lines handed to the file (a failed
+	// flush may still lose some: see WriteErrors).
 	Written uint64
 	// Dropped is the number of events refused because the queue was
 	// full or the sink closed.
@@ -178,7 +179,16 @@ func New(cfg Config) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
+	s, err := newSink(cfg.withDefaults())
+	if err != nil {
+		return nil, err
+	}
+	go s.run()
+	return s, nil
+}
+
+// newSink opens the file; the caller starts the writer.
+func newSink(cfg Config) (*Sink, error) {
 	s := &Sink{
 		cfg:   cfg,
 		log:   cfg.Logger,
@@ -191,7 +201,6 @@ func New(cfg Config) (*Sink, error) {
 	if err := s.open(); err != nil {
 		return nil, err
 	}
-	go s.run()
 	return s, nil
 }
 
@@ -240,6 +249,9 @@ func (s *Sink) Close() error {
 	s.mu.Unlock()
 	<-s.done
 	if s.f == nil {
+		if s.writeErrors.Load() > 0 {
+			return fmt.Errorf("filesink: %s: %d write errors", s.cfg.Path, s.writeErrors.Load())
+		}
 		return nil
 	}
 	err := s.w.Flush()
@@ -318,23 +330,33 @@ func (s *Sink) writeLine(line []byte) bool {
 	n, err := s.w.Write(line)
 	s.size += int64(n)
 	if err != nil {
-		s.fail(fmt.Errorf("filesink: write %s: %w", s.cfg.Path, err))
+		s.broken(fmt.Errorf("filesink: write %s: %w", s.cfg.Path, err))
 		return false
 	}
 	return true
 }
 
+// sync flushes the buffer and fsyncs the file.
 func (s *Sink) sync() {
 	if s.f == nil {
 		return
 	}
 	if err := s.w.Flush(); err != nil {
-		s.fail(fmt.Errorf("filesink: write %s: %w", s.cfg.Path, err))
+		s.broken(fmt.Errorf("filesink: write %s: %w", s.cfg.Path, err))
 		return
 	}
 	if err := s.f.Sync(); err != nil {
 		s.fail(fmt.Errorf("filesink: sync %s: %w", s.cfg.Path, err))
 	}
+}
+
+// broken handles a failed write: the buffered lines are lost (a
+// bufio.Writer keeps its error), the file is closed and the next line
+// opens it again.
+func (s *Sink) broken(err error) {
+	s.fail(err)
+	s.f.Close() //nolint:errcheck // already failing
+	s.f = nil
 }
 
 // open opens the file for appending with mode 0600.
@@ -344,7 +366,7 @@ func (s *Sink) open() error {
 		return fmt.Errorf("filesink: %w", err)
 	}
 	st, err := f.Stat()
-	if err == nil && st.Mode().Perm() != 0o600 {
+	if err == nil && st.Mode().IsRegular() && st.Mode().Perm() != 0o600 {
 		err = f.Chmod(0o600)
 	}
 	if err != nil {
