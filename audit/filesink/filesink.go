@@ -162,12 +162,14 @@ type Sink struct {
 	written, dropped, writeErrors, rotations atomic.Uint64
 
 	// Owned by the writer goroutine.
-	f          *os.File
-	w          *bufio.Writer
-	size       int64
-	reported   uint64 // drops already recorded in the file
-	lastErrLog time.Time
-	errsSince  uint64
+	f           *os.File
+	w           *bufio.Writer
+	size        int64
+	reported    uint64 // drops already recorded in the file
+	lastErrLog  time.Time
+	errsSince   uint64
+	lastDropLog time.Time
+	dropsSince  uint64
 }
 
 var _ audit.Sink = (*Sink)(nil)
@@ -292,7 +294,7 @@ func (s *Sink) run() {
 }
 
 // recordDrops writes a line saying how many events were dropped since the
-// last such line.
+// last such line, and logs the drops (at most once per errorLogInterval).
 func (s *Sink) recordDrops() {
 	d := s.dropped.Load()
 	if d == s.reported {
@@ -300,7 +302,11 @@ func (s *Sink) recordDrops() {
 	}
 	n := d - s.reported
 	s.reported = d
-	s.log.Warn("audit events dropped: the audit file writer is behind", zap.Uint64("dropped", n), zap.String("path", s.cfg.Path))
+	s.dropsSince += n
+	if now := s.cfg.Clock.Now(); s.lastDropLog.IsZero() || now.Sub(s.lastDropLog) >= errorLogInterval {
+		s.log.Warn("audit events dropped: the audit file writer is behind", zap.Uint64("dropped", s.dropsSince), zap.String("path", s.cfg.Path))
+		s.lastDropLog, s.dropsSince = now, 0
+	}
 	s.writeLine(Encode(s.cfg.Clock.Now(), audit.Event{
 		What:    "audit_events_dropped",
 		Outcome: audit.Failure,
@@ -494,8 +500,25 @@ func appendValue(b *bytes.Buffer, v any) {
 
 // appendString writes s as a JSON string (not HTML-escaped).
 func appendString(b *bytes.Buffer, s string) {
+	if plainASCII(s) {
+		b.WriteByte('"')
+		b.WriteString(s)
+		b.WriteByte('"')
+		return
+	}
 	enc := json.NewEncoder(b)
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(s)       // a string always encodes
 	b.Truncate(b.Len() - 1) // Encode's newline
+}
+
+// plainASCII reports whether s is printable ASCII without a quote or a
+// backslash: its JSON form is s in quotes.
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }

@@ -45,13 +45,14 @@ func TestEncodeGolden(t *testing.T) {
 			audit.Err(errors.New("boom")),
 			{Key: "nil_error", Value: nil},
 			{Key: "int64", Value: int64(1) << 40},
+			audit.String("odd", "é\n\x00\xff\\"),
 		},
 	}
 	got := string(Encode(t0, ev))
 	want := `{"time":"2026-11-30T14:04:05.123456789Z","what":"jwt_svid_issued","who":"spiffe://example.org/sigil/agent/join_token/n1",` +
 		`"subject":"spiffe://example.org/web","outcome":"success","message":"jwt-svid <issued>","fields":{"entry_id":"e1",` +
 		`"audience":["a","b\"c"],"slot":-3,"index":7,"tainted":false,"expires_at":"2026-11-30T14:04:05.123456789Z","ttl":90.5,` +
-		`"error":"boom","nil_error":null,"int64":1099511627776}}` + "\n"
+		`"error":"boom","nil_error":null,"int64":1099511627776,"odd":"é\n\u0000\ufffd\\"}}` + "\n"
 	if got != want {
 		t.Fatalf("Encode =\n%s\nwant\n%s", got, want)
 	}
@@ -499,4 +500,27 @@ func TestPluginBuildsForBothRoles(t *testing.T) {
 		}
 		checkSeq(t, readLines(t, path), 0, 1)
 	}
+}
+
+// BenchmarkAudit is the cost of Audit to the caller: encoding and
+// queueing (the writer runs concurrently).
+func BenchmarkAudit(b *testing.B) {
+	s, err := New(Config{Path: filepath.Join(b.TempDir(), "audit.log"), QueueSize: 1 << 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev := audit.Event{What: "x509_svid_issued", Who: "spiffe://example.org/sigil/agent/join_token/n1", Subject: "spiffe://example.org/web",
+		Message: "x509-svid issued", Fields: []audit.Field{audit.String("agent_id", "spiffe://example.org/sigil/agent/join_token/n1"),
+			audit.String("entry_id", "0b6c3a4e-5a4e-4d53-8f3e-8a1f3f0e2b1c"), audit.String("spiffe_id", "spiffe://example.org/web"),
+			audit.String("serial", "1f2e3d4c5b6a"), audit.Time("not_after", t0)}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		s.Audit(ev)
+	}
+	b.StopTimer()
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(s.Stats().Dropped), "dropped")
 }
