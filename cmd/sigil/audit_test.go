@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -49,9 +50,9 @@ func findAudit(recs []map[string]any, what, subject string) map[string]any {
 
 // TestAuditSinkFile runs a server and an agent configured with an
 // audit_sink "file" block each: the server's file records the admin
-// changes, the attestation and the issuance, the agent's its attestation,
-// the log keeps its audit records, and neither file holds a private key
-// or the join token.
+// changes, the attestation and the issuances, the agent's its
+// attestation, the log keeps its audit records, and neither file holds a
+// private key, the join token or the JWT-SVID.
 func TestAuditSinkFile(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server and an agent")
@@ -179,9 +180,14 @@ agent {
 	waitStatus(t, "http://"+agentHealth+"/ready", 200)
 	fctx, fcancel := context.WithTimeout(ctx, 20*time.Second)
 	svid, err := workloadapi.FetchX509SVID(fctx, workloadapi.WithAddr("unix://"+socket))
-	fcancel()
 	if err != nil || svid.ID.String() != "spiffe://audit.test/me" {
+		fcancel()
 		t.Fatalf("fetch SVID: %v %v", svid, err)
+	}
+	jwt, err := workloadapi.FetchJWTSVID(fctx, jwtsvid.Params{Audience: "audit-test"}, workloadapi.WithAddr("unix://"+socket))
+	fcancel()
+	if err != nil {
+		t.Fatalf("fetch JWT-SVID: %v", err)
 	}
 
 	// Closing the daemons closes (flushes) their audit files.
@@ -203,6 +209,7 @@ agent {
 		{"entry_created", "admin", entryID},
 		{"agent_attested", "", tok.AgentId},
 		{"x509_svid_issued", tok.AgentId, "spiffe://audit.test/me"},
+		{"jwt_svid_issued", tok.AgentId, entryID},
 	} {
 		r := findAudit(recs, want.what, want.subject)
 		if r == nil {
@@ -221,8 +228,8 @@ agent {
 		t.Errorf("agent audit file has no agent_attested: %s", araw)
 	}
 	for name, text := range map[string]string{"server": raw, "agent": araw} {
-		if strings.Contains(text, "PRIVATE KEY") || strings.Contains(text, tok.Token) {
-			t.Errorf("%s audit file holds a private key or the join token", name)
+		if strings.Contains(text, "PRIVATE KEY") || strings.Contains(text, tok.Token) || strings.Contains(text, jwt.Marshal()) {
+			t.Errorf("%s audit file holds a private key, the join token or the JWT-SVID", name)
 		}
 	}
 	for _, p := range []string{serverAudit, agentAudit} {
