@@ -1,6 +1,7 @@
 // Package plugin is the registry that turns the HCL plugin blocks of a
 // configuration file into values the daemons receive (server.Config's node
-// verifiers and key manager, agent.Config's node and workload attestors).
+// verifiers and key manager, agent.Config's node and workload attestors,
+// both daemons' audit sinks).
 //
 // A plugin package registers a constructor for its name from an init
 // function, in a file of its own (plugin.go):
@@ -33,6 +34,7 @@ import (
 	"github.com/sigil-id/sigil/alert"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
 )
@@ -54,6 +56,9 @@ const (
 	// on-call (Alertmanager, a webhook, Slack, PagerDuty); a server takes
 	// any number, none included.
 	KindNotifier Kind = "notifier"
+	// KindAuditSink is an audit.Sink that receives a daemon's audit
+	// events next to its log; a server and an agent take any number.
+	KindAuditSink Kind = "audit_sink"
 )
 
 // Role says which daemon a plugin is built for.
@@ -87,6 +92,7 @@ var kinds = []kindSpec{
 	{KindWorkloadAttestor, map[Role]rule{RoleAgent: {1, many, typeOf[workload.Attestor]()}}},
 	{KindKeyManager, map[Role]rule{RoleServer: {1, 1, typeOf[ca.KeyStore]()}}},
 	{KindNotifier, map[Role]rule{RoleServer: {0, many, typeOf[alert.Notifier]()}}},
+	{KindAuditSink, map[Role]rule{RoleServer: {0, many, typeOf[audit.Sink]()}, RoleAgent: {0, many, typeOf[audit.Sink]()}}},
 }
 
 func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }

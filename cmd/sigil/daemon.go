@@ -137,6 +137,7 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 		return cfg, err
 	}
 	if err := cfg.Validate(); err != nil {
+		closeAuditSinks(cfg.AuditSink, log)
 		return cfg, err
 	}
 	return cfg, nil
@@ -178,6 +179,7 @@ func federationConfig(f *config.Federation) server.FederationConfig {
 }
 
 func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
+	defer closeAuditSinks(cfg.AuditSink, log)
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -269,12 +271,14 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 		return cfg, err
 	}
 	if err := cfg.Validate(); err != nil {
+		closeAuditSinks(cfg.AuditSink, log)
 		return cfg, err
 	}
 	return cfg, nil
 }
 
 func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap.Logger) error {
+	defer closeAuditSinks(cfg.AuditSink, log)
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err

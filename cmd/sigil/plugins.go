@@ -1,13 +1,20 @@
 package main
 
 import (
+	"errors"
+	"io"
+
+	"go.uber.org/zap"
+
 	"github.com/sigil-id/sigil/agent"
 	"github.com/sigil-id/sigil/alert"
 	"github.com/sigil-id/sigil/attestor/node"
 	"github.com/sigil-id/sigil/attestor/workload"
+	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/plugin"
+	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/server"
 
 	// The plugins this binary ships: each registers itself (and the
@@ -28,6 +35,7 @@ import (
 	_ "github.com/sigil-id/sigil/attestor/workload/k8s"
 	_ "github.com/sigil-id/sigil/attestor/workload/systemd"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"
+	_ "github.com/sigil-id/sigil/audit/filesink"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
 )
@@ -55,6 +63,15 @@ func serverPlugins(s *config.Server, cfg *server.Config) error {
 		cfg.KeyStore = ks[0]
 	}
 	cfg.Notifiers = plugin.Values[alert.Notifier](set, plugin.KindNotifier)
+	if sinks := plugin.Values[audit.Sink](set, plugin.KindAuditSink); len(sinks) > 0 {
+		// The log keeps its audit records as the server writes them by
+		// default (audit.NewZap on its logger with server_id).
+		log := cfg.Logger
+		if id, err := registration.ServerID(cfg.TrustDomain, cfg.NodeName); err == nil {
+			log = log.With(zap.String("server_id", id.String()))
+		}
+		cfg.AuditSink = withAuditSinks(audit.NewZap(log), sinks)
+	}
 	return nil
 }
 
@@ -78,5 +95,48 @@ func agentPlugins(a *config.Agent, cfg *agent.Config) error {
 		cfg.NodeAttestor = na[0]
 	}
 	cfg.WorkloadAttestors = plugin.Values[workload.Attestor](set, plugin.KindWorkloadAttestor)
+	if sinks := plugin.Values[audit.Sink](set, plugin.KindAuditSink); len(sinks) > 0 {
+		// As the agent's default sink: its logger with the trust domain.
+		log := cfg.Logger.With(zap.String("trust_domain", cfg.TrustDomain.Name()))
+		cfg.AuditSink = withAuditSinks(audit.NewZap(log), sinks)
+	}
 	return nil
+}
+
+// auditSinks is a daemon's audit sink when audit_sink plugins are
+// configured: the log sink and the plugins through audit.Multi, and Close
+// for the plugins that hold files.
+type auditSinks struct {
+	audit.Sink
+	closers []io.Closer
+}
+
+func withAuditSinks(logSink audit.Sink, plugins []audit.Sink) *auditSinks {
+	a := &auditSinks{Sink: audit.Multi(append([]audit.Sink{logSink}, plugins...)...)}
+	for _, p := range plugins {
+		if c, ok := p.(io.Closer); ok {
+			a.closers = append(a.closers, c)
+		}
+	}
+	return a
+}
+
+// Close closes the audit sink plugins that can be closed (flushing them).
+func (a *auditSinks) Close() error {
+	var errs []error
+	for _, c := range a.closers {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// closeAuditSinks closes s when it is the daemon's audit_sink plugins
+// (after the daemon stopped, so that no event comes later); a failure is
+// logged, as the daemon's own outcome is already decided.
+func closeAuditSinks(s audit.Sink, log *zap.Logger) {
+	if a, ok := s.(*auditSinks); ok {
+		if err := a.Close(); err != nil {
+			log.Error("closing audit sinks", zap.Error(err))
+		}
+	}
 }
