@@ -207,7 +207,7 @@ type agentCounts struct {
 	ageSum  float64
 }
 
-// countAgents classifies nodes at now and adds them to ac.
+// add classifies nodes at now and adds them to ac.
 func (ac *agentCounts) add(nodes []*sigilv1.AttestedNode, now time.Time) {
 	nowUnix := now.Unix()
 	for _, n := range nodes {
