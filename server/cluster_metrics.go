@@ -28,6 +28,7 @@ type metrics struct {
 	memberLag     *prometheus.GaugeVec
 	attestations  *prometheus.CounterVec
 	fed           *fedMetrics // see federation.go
+	iss           *issuanceMetrics
 }
 
 func newMetrics() *metrics {
@@ -74,6 +75,7 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.commit, m.applyLag, m.commitIndex, m.appliedIndex,
 		m.lastContact, m.members, m.memberHealthy, m.memberLag, m.attestations)
 	m.fed = newFedMetrics(m.reg)
+	m.iss = newIssuanceMetrics(m.reg)
 	return m
 }
 
@@ -103,6 +105,7 @@ func (m *metrics) ObserveCommit(d time.Duration, err error) {
 		res = "error"
 	}
 	m.commit.WithLabelValues(res).Observe(d.Seconds())
+	m.iss.applyTime.WithLabelValues(res).Observe(d.Seconds())
 }
 
 // raftLoop follows leader changes and samples Raft's indexes.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -14,8 +15,9 @@ import (
 
 // NewJWTSVID mints a JWT-SVID for an entry the calling agent is authorized
 // for, with this node's active JWT key.
-func (n *nodeAPI) NewJWTSVID(ctx context.Context, req *sigilv1.NewJWTSVIDRequest) (*sigilv1.NewJWTSVIDResponse, error) {
+func (n *nodeAPI) NewJWTSVID(ctx context.Context, req *sigilv1.NewJWTSVIDRequest) (_ *sigilv1.NewJWTSVIDResponse, err error) {
 	s := n.s
+	defer s.metrics.iss.countJWT(&err)
 	agentID, _ := agentFrom(ctx)
 	if err := ca.CheckAudience(req.Audience); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -44,7 +46,9 @@ func (n *nodeAPI) NewJWTSVID(ctx context.Context, req *sigilv1.NewJWTSVIDRequest
 	if signer == nil {
 		return nil, status.Error(codes.Unavailable, "no active JWT signing key")
 	}
+	start := time.Now()
 	token, exp, err := signer.SignJWTSVID(ctx, ca.JWTSVIDParams{SPIFFEID: id, Audience: req.Audience, TTL: ttlSeconds(entry.JwtSvidTtl)})
+	s.metrics.iss.observeSign(svidJWT, start)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "signing: %v", err)
 	}

@@ -100,6 +100,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:    newMetrics(),
 		nodeLimits: defaultNodeLimits(),
 	}
+	s.metrics.registerStateCollector(s)
 	s.auditSink = cfg.AuditSink
 	if s.auditSink == nil {
 		s.auditSink = audit.NewZap(s.log)

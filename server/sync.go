@@ -31,6 +31,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 	s := n.s
 	ctx := stream.Context()
 	agentID, _ := agentFrom(ctx)
+	defer s.metrics.iss.syncOpened()()
 	log := s.log.With(zap.String("agent_id", agentID.String()))
 	sent := make(map[string]uint64) // entry id -> modify index sent
 	var bundleSeq uint64
@@ -75,6 +76,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 			if err := sendChunked(stream, first, upserted, deleted, sendBundle, fedUp, fedRm, index); err != nil {
 				return err
 			}
+			s.metrics.iss.pushed.Add(float64(len(upserted)))
 		}
 		sent = current
 		bundleSeq = bundle.SequenceNumber
