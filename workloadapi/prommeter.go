@@ -55,10 +55,10 @@ func methodIndex(method string) int {
 // Unauthenticated); a code outside them is counted as Unknown.
 const numCodes = int(codes.Unauthenticated) + 1
 
-// LatencyBuckets are the buckets of the latency histogram, in seconds:
+// latencyBuckets are the buckets of the latency histogram, in seconds:
 // from 100µs (a cached SVID) to 10s (a workload waiting for its first
 // SVID to be minted).
-var LatencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
 // PrometheusMeter is a Meter that records the Workload API's calls as
 // Prometheus metrics:
@@ -108,7 +108,7 @@ func NewPrometheusMeter(reg prometheus.Registerer) (*PrometheusMeter, error) {
 			Name: MetricLatency,
 			Help: "Workload API latency by method: time to the first response for streams " +
 				"(FetchX509SVID, FetchX509Bundles, FetchJWTBundles), call duration for unary calls.",
-			Buckets: LatencyBuckets,
+			Buckets: latencyBuckets,
 		}, []string{"method"}),
 	}
 	for i, am := range apiMethods {
