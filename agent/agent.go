@@ -48,6 +48,8 @@ type Agent struct {
 	log   *zap.Logger
 	clk   clock.Clock
 	cache *cache
+	// metrics is the agent's Prometheus registry (metrics.go).
+	metrics *agentMetrics
 
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -79,7 +81,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.AuditSink == nil {
 		cfg.AuditSink = audit.NewZap(log)
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:          cfg,
 		log:          log,
 		clk:          cfg.Clock,
@@ -87,7 +89,13 @@ func New(cfg Config) (*Agent, error) {
 		ready:        make(chan struct{}),
 		connChanged:  make(chan struct{}),
 		reattestKick: make(chan struct{}, 1),
-	}, nil
+	}
+	m, err := newAgentMetrics(a)
+	if err != nil {
+		return nil, err
+	}
+	a.metrics = m
+	return a, nil
 }
 
 // Ready is closed once the agent has an SVID and a bundle, has received
@@ -299,11 +307,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:          a.log.Named("workloadapi"),
 		Clock:           a.clk,
 		Limits:          a.cfg.WorkloadAPILimits,
+		Meter:           a.metrics.workload,
 	})
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("agent: %w", err)
 	}
+	a.metrics.wlServer.Store(srv)
 	adminLis, err := a.listenAdmin()
 	if err != nil {
 		l.Close()

@@ -47,6 +47,9 @@ type cache struct {
 	agentTaint chan struct{}
 
 	jwt *jwtCache
+
+	// met counts minted SVIDs and failed mints (metrics.go).
+	met *mintMetrics
 }
 
 var (
@@ -64,6 +67,7 @@ func newCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock) *cache 
 		subs:       newSubscriptions(),
 		kick:       make(chan struct{}, 1),
 		agentTaint: make(chan struct{}, 1),
+		met:        newMintMetrics(),
 	}
 	c.jwt = newJWTCache(td, log, clk, c.jwtTargets)
 	return c
@@ -98,14 +102,18 @@ func (c *cache) settle(ch changes) {
 	}
 }
 
-// report logs what a transition did and wakes the minting loop if it
-// needs to look; c.mu is not held.
+// report logs and counts what a transition did and wakes the minting
+// loop if it needs to look; c.mu is not held.
 func (c *cache) report(ch changes) {
 	tainted := 0
 	for _, e := range ch.events {
+		if e.reason != "" {
+			c.met.failed(e.reason)
+		}
 		id := zap.String("entry_id", e.entryID)
 		switch e.kind {
 		case evMinted:
+			c.met.minted.Inc()
 			if ce := c.log.Check(zap.DebugLevel, "SVID received"); ce != nil {
 				leaf := e.svid.chain[0]
 				ce.Write(id,

@@ -275,12 +275,14 @@ func (a *Agent) mintRPC(ctx context.Context, req *sigilv1.BatchNewX509SVIDReques
 		switch {
 		case r == nil:
 			out.err = errors.New("server returned no result for the entry")
+			out.badResponse = true
 		case codes.Code(r.GetStatus().GetCode()) != codes.OK:
 			c := codes.Code(r.GetStatus().GetCode())
 			out.err = status.Error(c, r.GetStatus().GetMessage())
 			out.denied = c == codes.PermissionDenied
 		default:
 			out.chain, out.err = parseDERChain(r.GetChain())
+			out.badResponse = out.err != nil
 		}
 	}
 }

@@ -257,6 +257,9 @@ type event struct {
 	// failures in a row (evFailed, evPendingExpired).
 	at       time.Time
 	failures int
+	// reason is why minting failed, one of the mintFailure constants
+	// (evFailed, evDenied, evPendingExpired).
+	reason string
 }
 
 // changes is what a transition changed, for the state's owner to act on.
@@ -474,7 +477,7 @@ func (s *x509State) Tick(now time.Time) changes {
 			st.pending = nil
 			st.failures++
 			st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
-			ch.add(event{kind: evPendingExpired, entryID: id, at: st.retryAt, failures: st.failures})
+			ch.add(event{kind: evPendingExpired, entryID: id, at: st.retryAt, failures: st.failures, reason: mintUnverified})
 		}
 	}
 	return ch
@@ -564,6 +567,9 @@ type mintOutcome struct {
 	chain  []*x509.Certificate
 	err    error
 	denied bool
+	// badResponse: the server's answer for the job was unusable (no
+	// result, or a chain that does not parse).
+	badResponse bool
 }
 
 // mintResult is a job's outcome with the returned SVID checked against
@@ -620,20 +626,20 @@ func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
 	st.inflight = false
 	if r.out.denied {
 		st.denied = true
-		ch.add(event{kind: evDenied, entryID: job.id, err: r.out.err})
+		ch.add(event{kind: evDenied, entryID: job.id, err: r.out.err, reason: mintDenied})
 		return false
 	}
-	fail := func(err error) bool {
+	fail := func(err error, reason string) bool {
 		st.failures++
 		st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
-		ch.add(event{kind: evFailed, entryID: job.id, err: err, at: st.retryAt, failures: st.failures})
+		ch.add(event{kind: evFailed, entryID: job.id, err: err, at: st.retryAt, failures: st.failures, reason: reason})
 		return false
 	}
 	if r.out.err != nil {
-		return fail(r.out.err)
+		return fail(r.out.err, mintFailureReason(r.out))
 	}
 	if r.err != nil {
-		return fail(r.err)
+		return fail(r.err, mintBadResponse)
 	}
 	if s.bundle == nil {
 		st.pending, st.pendingSince = r.s, now

@@ -20,7 +20,34 @@ import (
 // cached: the latency a workload sees, including attestation with the unix
 // attestor (hash cached) and the liveness re-check.
 func BenchmarkFetchX509SVIDCached(b *testing.B) {
-	f := start(b, nil)
+	benchFetchX509SVIDCached(b, nil)
+}
+
+// BenchmarkFetchX509SVIDCachedPrometheus is BenchmarkFetchX509SVIDCached
+// with the agent's Prometheus meter in place of the tests' counting
+// meter: the cost of the Workload API metrics on the hot path.
+func BenchmarkFetchX509SVIDCachedPrometheus(b *testing.B) {
+	m, reg := newTestPrometheusMeter(b)
+	benchFetchX509SVIDCached(b, m)
+	if n, _ := histogram(b, reg, "FetchX509SVID"); n < uint64(b.N) {
+		b.Fatalf("%d FetchX509SVID latency samples, want at least %d", n, b.N)
+	}
+}
+
+// BenchmarkFetchX509SVIDCachedNopMeter is BenchmarkFetchX509SVIDCached
+// with no meter at all (NopMeter): the baseline of the metered variants.
+func BenchmarkFetchX509SVIDCachedNopMeter(b *testing.B) {
+	benchFetchX509SVIDCached(b, NopMeter{})
+}
+
+// benchFetchX509SVIDCached runs BenchmarkFetchX509SVIDCached with meter
+// (nil: the fixture's counting meter).
+func benchFetchX509SVIDCached(b *testing.B, meter Meter) {
+	var setup func(*Server)
+	if meter != nil {
+		setup = func(s *Server) { s.meter = meter }
+	}
+	f := start(b, setup)
 	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(b, "e1", "/workload"))
 	c := f.client(b)
 	ctx := testCtx(b)

@@ -133,3 +133,10 @@ func (c *connLimits) watchFirstCall(pc *peerConn) {
 		}
 	}()
 }
+
+// Connections is the number of Workload API connections open now (those
+// admitted under the limits, not yet closed): the workloads connected.
+func (s *Server) Connections() int {
+	_, total := s.conns.open(0)
+	return total
+}

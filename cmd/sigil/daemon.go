@@ -285,7 +285,8 @@ func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap
 	}
 	if healthAddr != "" {
 		ready := health.All(health.Closed(a.Ready(), "agent is starting"), a.Healthy)
-		hs, err := health.Start(healthAddr, ready, log.Named("health"))
+		hs, err := health.Start(healthAddr, ready, log.Named("health"),
+			health.WithHandler("/metrics", a.MetricsHandler()))
 		if err != nil {
 			return err
 		}

@@ -123,6 +123,11 @@ func TestDaemons(t *testing.T) {
 	if body := waitStatus(t, "http://"+agentHealth+"/ready", 200); strings.TrimSpace(body) != "ready" {
 		t.Errorf("agent /ready body = %q", body)
 	}
+	// The agent serves its metrics beside /ready, as the server does.
+	if body := waitStatus(t, "http://"+agentHealth+"/metrics", 200); !strings.Contains(body, "sigil_agent_server_connected 1") ||
+		!strings.Contains(body, "# TYPE sigil_agent_workload_api_seconds histogram") {
+		t.Errorf("agent /metrics lacks the agent's metrics:\n%s", body)
+	}
 
 	cancel()
 	for name, ch := range map[string]chan error{"server": serverDone, "agent": agentDone} {

@@ -1,0 +1,243 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sigil-id/sigil/workloadapi"
+)
+
+// This file holds the agent's Prometheus metrics (docs/metrics-agent.md).
+// No label carries a SPIFFE ID, an entry ID or a pid: every label value
+// comes from a fixed set.
+//
+// Counters move when their event happens (cache.report). The gauges about
+// the SVIDs held are computed when scraped, in one pass over the entries
+// under the cache's lock (cache.svidStats): two of them (SVIDs past their
+// renewal point, seconds to the earliest expiry) change with the passing
+// of time alone, with no event to update them on, and a pass costs
+// O(entries) per scrape, microseconds for thousands of entries, instead
+// of work on every transition of the minting loop.
+
+// Reasons a workload SVID could not be minted: the values of the reason
+// label of sigil_agent_svid_mint_failures_total.
+const (
+	// mintServerUnavailable: no server answered in time (Unavailable,
+	// DeadlineExceeded, ResourceExhausted, Aborted, Canceled).
+	mintServerUnavailable = "server_unavailable"
+	// mintDenied: the server refused the entry (PermissionDenied for it);
+	// the agent waits for the entry to change.
+	mintDenied = "denied"
+	// mintAgentRefused: the server refused the agent itself (evicted,
+	// banned, SVID no longer accepted).
+	mintAgentRefused = "agent_refused"
+	// mintBadResponse: the server's answer was unusable: no result, a
+	// chain that does not parse, or an SVID with the wrong ID or key.
+	mintBadResponse = "bad_response"
+	// mintUnverified: a minted SVID never verified against the agent's
+	// bundle within pendingWait.
+	mintUnverified = "unverified"
+	// mintServerError: any other error status from the server.
+	mintServerError = "server_error"
+	// mintOther: a local failure (generating the key or CSR).
+	mintOther = "other"
+)
+
+// mintFailureReasons are every reason, exported at zero from the start so
+// that rate() over them works before the first failure.
+var mintFailureReasons = []string{
+	mintServerUnavailable, mintDenied, mintAgentRefused, mintBadResponse,
+	mintUnverified, mintServerError, mintOther,
+}
+
+// mintFailureReason classifies an error outcome of a mint.
+func mintFailureReason(out mintOutcome) string {
+	if out.badResponse {
+		return mintBadResponse
+	}
+	st, ok := status.FromError(out.err)
+	if !ok {
+		return mintOther
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Canceled:
+		return mintServerUnavailable
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return mintAgentRefused
+	}
+	return mintServerError
+}
+
+// mintMetrics are the counters of the cache's minting. They exist (and
+// count) whether or not a registry holds them.
+type mintMetrics struct {
+	minted   prometheus.Counter
+	failures *prometheus.CounterVec
+	// byReason are the failures' series, resolved once; read-only after
+	// newMintMetrics.
+	byReason map[string]prometheus.Counter
+}
+
+func newMintMetrics() *mintMetrics {
+	m := &mintMetrics{
+		minted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sigil_agent_svids_minted_total",
+			Help: "Workload X.509-SVIDs the agent installed in its cache (new and renewed).",
+		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sigil_agent_svid_mint_failures_total",
+			Help: "Workload X.509-SVID mints that failed, one per entry and attempt, by reason " +
+				"(server_unavailable, denied, agent_refused, bad_response, unverified, server_error, other).",
+		}, []string{"reason"}),
+		byReason: make(map[string]prometheus.Counter, len(mintFailureReasons)),
+	}
+	for _, r := range mintFailureReasons {
+		m.byReason[r] = m.failures.WithLabelValues(r)
+	}
+	return m
+}
+
+// failed counts one failure for reason (mintOther if unknown).
+func (m *mintMetrics) failed(reason string) {
+	c, ok := m.byReason[reason]
+	if !ok {
+		c = m.byReason[mintOther]
+	}
+	c.Inc()
+}
+
+// svidStats are the gauges about the workload SVIDs held at one time.
+type svidStats struct {
+	// cached counts the SVIDs held and not expired.
+	cached int
+	// late counts those past their renewal time.
+	late int
+	// earliest is the earliest NotAfter among them; zero when none.
+	earliest time.Time
+}
+
+// svidStats scans the SVIDs held at now, under the cache's lock.
+func (c *cache) svidStats(now time.Time) svidStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var s svidStats
+	for _, st := range c.st.entries {
+		v := st.svid
+		if v == nil || !now.Before(v.notAfter) {
+			continue
+		}
+		s.cached++
+		if !now.Before(v.renewAt) {
+			s.late++
+		}
+		if s.earliest.IsZero() || v.notAfter.Before(s.earliest) {
+			s.earliest = v.notAfter
+		}
+	}
+	return s
+}
+
+// agentMetrics is the agent's registry and what its scrape-time
+// collector reads.
+type agentMetrics struct {
+	reg *prometheus.Registry
+	// workload is the Workload API's meter, passed to its server.
+	workload *workloadapi.PrometheusMeter
+	// wlServer is the Workload API server once Run has built it, for the
+	// connections open.
+	wlServer atomic.Pointer[workloadapi.Server]
+}
+
+// newAgentMetrics builds a's registry: the cache's counters, the
+// Workload API meter and the gauges computed at scrape time.
+func newAgentMetrics(a *Agent) (*agentMetrics, error) {
+	m := &agentMetrics{reg: prometheus.NewRegistry()}
+	var err error
+	if m.workload, err = workloadapi.NewPrometheusMeter(m.reg); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	for _, c := range []prometheus.Collector{a.cache.met.minted, a.cache.met.failures, newAgentCollector(a, m)} {
+		if err := m.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("agent: registering metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// agentCollector exports the agent's gauges, computed when scraped.
+type agentCollector struct {
+	a *Agent
+	m *agentMetrics
+
+	cached, earliest, late, workloads, ownExpiry, serverConnected *prometheus.Desc
+}
+
+func newAgentCollector(a *Agent, m *agentMetrics) *agentCollector {
+	return &agentCollector{
+		a: a,
+		m: m,
+		cached: prometheus.NewDesc("sigil_agent_svids_cached",
+			"Workload X.509-SVIDs the agent holds and that have not expired.", nil, nil),
+		earliest: prometheus.NewDesc("sigil_agent_svid_earliest_expiry_seconds",
+			"Seconds until the earliest NotAfter among the workload X.509-SVIDs held; absent when none is held.", nil, nil),
+		late: prometheus.NewDesc("sigil_agent_renewals_late",
+			"Workload X.509-SVIDs held past their renewal time and not yet replaced.", nil, nil),
+		workloads: prometheus.NewDesc("sigil_agent_workloads_connected",
+			"Connections open on the Workload API socket.", nil, nil),
+		ownExpiry: prometheus.NewDesc("sigil_agent_svid_expiry_seconds",
+			"Seconds until the agent's own SVID expires (negative once expired); absent before the agent has one.", nil, nil),
+		serverConnected: prometheus.NewDesc("sigil_agent_server_connected",
+			"1 while the agent's sync stream to a server is up, 0 otherwise.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.cached, c.earliest, c.late, c.workloads, c.ownExpiry, c.serverConnected} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector. It takes the cache's lock and
+// the agent's, one after the other.
+func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.a.clk.Now()
+	s := c.a.cache.svidStats(now)
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	gauge(c.cached, float64(s.cached))
+	gauge(c.late, float64(s.late))
+	if !s.earliest.IsZero() {
+		gauge(c.earliest, s.earliest.Sub(now).Seconds())
+	}
+	workloads := 0
+	if srv := c.m.wlServer.Load(); srv != nil {
+		workloads = srv.Connections()
+	}
+	gauge(c.workloads, float64(workloads))
+	c.a.mu.Lock()
+	ident, up := c.a.ident, c.a.syncUp
+	c.a.mu.Unlock()
+	if ident != nil {
+		gauge(c.ownExpiry, ident.notAfter.Sub(now).Seconds())
+	}
+	connected := 0.0
+	if up {
+		connected = 1
+	}
+	gauge(c.serverConnected, connected)
+}
+
+// MetricsHandler serves the agent's metrics in the Prometheus format
+// (docs/metrics-agent.md).
+func (a *Agent) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{})
+}
