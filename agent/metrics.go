@@ -14,7 +14,7 @@ import (
 	"github.com/sigil-id/sigil/workloadapi"
 )
 
-// This file holds the agent's Prometheus metrics (docs/metrics-agent.md).
+// This file holds the agent's Prometheus metrics (docs/metrics.md).
 // No label carries a SPIFFE ID, an entry ID or a pid: every label value
 // comes from a fixed set.
 //
@@ -237,7 +237,7 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // MetricsHandler serves the agent's metrics in the Prometheus format
-// (docs/metrics-agent.md).
+// (docs/metrics.md).
 func (a *Agent) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{})
 }

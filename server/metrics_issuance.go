@@ -11,7 +11,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 )
 
-// This file holds the server metrics of issue 13 (docs/metrics-server.md):
+// This file holds the server metrics of issue 13 (docs/metrics.md):
 // SVID issuance, sync streams and Raft apply time, counted where the work
 // happens, and the state gauges (agents, authorities) that a collector
 // computes from the store and the key slots on each scrape.

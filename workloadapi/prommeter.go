@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// Names of the metrics PrometheusMeter records (docs/metrics-agent.md).
+// Names of the metrics PrometheusMeter records (docs/metrics.md).
 const (
 	MetricCalls   = "sigil_agent_workload_api_calls_total"
 	MetricLatency = "sigil_agent_workload_api_seconds"
