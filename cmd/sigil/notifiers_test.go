@@ -15,8 +15,10 @@ import (
 // The binary ships the four notifiers, and a server's plugins block
 // builds them (secrets from a file and from the environment).
 func TestBinaryShipsNotifiers(t *testing.T) {
-	if got := plugin.Names(plugin.KindNotifier); !slices.Equal(got, []string{"alertmanager", "pagerduty", "slack", "webhook"}) {
-		t.Fatalf("notifier plugins = %v", got)
+	// Tests of this package register their own (named test_*).
+	shipped := slices.DeleteFunc(plugin.Names(plugin.KindNotifier), func(n string) bool { return strings.HasPrefix(n, "test_") })
+	if !slices.Equal(shipped, []string{"alertmanager", "pagerduty", "slack", "webhook"}) {
+		t.Fatalf("notifier plugins = %v", shipped)
 	}
 	secret := filepath.Join(t.TempDir(), "webhook.secret")
 	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
