@@ -795,6 +795,29 @@ func TestLoadIdentityRecoversInterruptedSave(t *testing.T) {
 	}
 }
 
+func TestSavedIdentityValid(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	if SavedIdentityValid(dir, testTD, now) {
+		t.Fatal("an empty directory holds a valid identity")
+	}
+	ca := newTestCA(t, now)
+	key, _, err := newKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://example.org/sigil/agent/join_token/x")
+	if err := saveIdentity(dir, newIdentity(ca.sign(t, id, key.Public(), now, time.Hour), key)); err != nil {
+		t.Fatal(err)
+	}
+	if !SavedIdentityValid(dir, testTD, now.Add(59*time.Minute)) {
+		t.Fatal("a saved SVID within its lifetime is not valid")
+	}
+	if SavedIdentityValid(dir, testTD, now.Add(2*time.Hour)) {
+		t.Fatal("an expired saved SVID is valid")
+	}
+}
+
 func TestAgentRenewsWorkloadSVIDsByClock(t *testing.T) {
 	srv := newFakeServer(t)
 	clk := clock.NewFake(time.Now())

@@ -249,3 +249,14 @@ func loadIdentity(dir string, td spiffeid.TrustDomain) (*identity, error) {
 	}
 	return nil, firstErr
 }
+
+// SavedIdentityValid reports whether dataDir holds a saved agent SVID of
+// td that is still valid at now, so that an agent started on it serves
+// without attesting. A supervisor that attests the agent itself (`sigil
+// dev`) uses it to give the agent a new join token when the saved SVID
+// expired while the agent was stopped: a join token works once, so the
+// agent cannot re-attest with the one it spent.
+func SavedIdentityValid(dataDir string, td spiffeid.TrustDomain, now time.Time) bool {
+	id, err := loadIdentity(dataDir, td)
+	return err == nil && id != nil && now.Before(id.notAfter)
+}

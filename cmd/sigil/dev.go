@@ -296,11 +296,13 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer, onReady
 	defer admin.Close()
 
 	// The agent keeps its identity in its data directory; attest with a
-	// new join token only when it has none.
+	// new join token only when it has none, or when the one it saved
+	// expired while dev was stopped (the agent cannot re-attest with the
+	// token it spent): the user's entry moves to the new agent ID.
 	agentDir := filepath.Join(dataDir, "agent")
 	var joinToken string
 	agentID, _ := spiffeid.FromString(state.AgentID)
-	if state.AgentID == "" || agentID.IsZero() || isEmptyDir(agentDir) {
+	if state.AgentID == "" || agentID.IsZero() || isEmptyDir(agentDir) || !agent.SavedIdentityValid(agentDir, td, time.Now()) {
 		tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
 		tok, err := admin.CreateJoinToken(tctx, &sigilv1.CreateJoinTokenRequest{})
 		tcancel()
