@@ -219,7 +219,7 @@ secret_env = "SIGIL_TEST_WEBHOOK_SECRET"
 		"notifier \"webhook\" {\n  url = \"https://x\"\n  secret = \"inline\"\n}\n":                                                           `n.hcl:3: notifier "webhook": Unsupported argument`,
 		"notifier \"webhook\" {\n  url = \"https://x\"\n  secret_file = \"" + file + "\"\n  min_severity = \"high\"\n}\n":                     `n.hcl:4: notifier "webhook": min_severity: "high" is not a severity`,
 		"notifier \"webhook\" {\n  url = \"https://x\"\n  secret_file = \"" + file + "\"\n  headers = { \"X-Sigil-Signature\" = \"x\" }\n}\n": `n.hcl:4: notifier "webhook": headers: header "X-Sigil-Signature" cannot be set`,
-		"notifier \"webhook\" {\n  url = \"https://x\"\n  secret_file = \"/nonexistent/secret\"\n}\n":                                         `n.hcl:3: notifier "webhook": secret_file: open /nonexistent/secret`,
+		"notifier \"webhook\" {\n  url = \"https://x\"\n  secret_file = \"/nonexistent/secret\"\n}\n":                                         `n.hcl:3: notifier "webhook": secret_file: /nonexistent/secret: no such file or directory`,
 		"notifier \"webhook\" {\n  secret_file = \"" + file + "\"\n}\n":                                                                       `n.hcl:1: notifier "webhook": url: is required`,
 	} {
 		err := notifytest.Build(t, src)

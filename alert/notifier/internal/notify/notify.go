@@ -28,10 +28,6 @@ const DefaultTimeout = 10 * time.Second
 // block sets no min_severity.
 const DefaultMinSeverity = alert.Warning
 
-// maxSecretSize bounds a secret file; secrets are at most a few hundred
-// bytes (a Slack webhook URL is the longest).
-const maxSecretSize = 4096
-
 // maxResponse bounds how much of a receiver's answer is read;
 // maxSnippet how much of it an error quotes.
 const (
@@ -93,40 +89,6 @@ func CheckURL(s string) (*url.URL, error) {
 		return nil, errors.New("a fragment in the URL is not allowed")
 	}
 	return u, nil
-}
-
-// ReadSecretFile reads a secret from path: a regular file not accessible
-// to group or others (mode 0600 or 0400), at most 4 KiB; surrounding
-// white space is dropped and an empty secret is an error. Errors name the
-// file, never the secret.
-func ReadSecretFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("%s is not a regular file", path)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("%s is accessible by group or others (mode %04o): a secret file must be readable only by its owner; run: chmod 600 %s", path, perm, path)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxSecretSize+1))
-	if err != nil {
-		return "", fmt.Errorf("reading %s: %w", path, err)
-	}
-	if len(b) > maxSecretSize {
-		return "", fmt.Errorf("%s is larger than %d bytes: it should hold just the secret", path, maxSecretSize)
-	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return "", fmt.Errorf("%s is empty", path)
-	}
-	return s, nil
 }
 
 // ReadSecretEnv reads a secret from the environment variable name; unset

@@ -6,8 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -83,34 +81,7 @@ func TestPostHonoursContext(t *testing.T) {
 	}
 }
 
-func TestReadSecretFile(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string, mode os.FileMode) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	if s, err := ReadSecretFile(write("ok", "  tok\n", 0o600)); err != nil || s != "tok" {
-		t.Fatalf("ok: %q, %v", s, err)
-	}
-	for name, c := range map[string]struct {
-		path, want string
-	}{
-		"open":  {write("open", "tok", 0o644), "accessible by group or others"},
-		"empty": {write("empty", "\n", 0o600), "is empty"},
-		"big":   {write("big", strings.Repeat("a", 5000), 0o600), "larger than"},
-		"dir":   {dir, "not a regular file"},
-		"none":  {filepath.Join(dir, "none"), "no such file"},
-	} {
-		if _, err := ReadSecretFile(c.path); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: %v, want %q", name, err, c.want)
-		}
-	}
+func TestReadSecretEnv(t *testing.T) {
 	t.Setenv("NOTIFY_TEST_SECRET", " v \n")
 	if s, err := ReadSecretEnv("NOTIFY_TEST_SECRET"); err != nil || s != "v" {
 		t.Errorf("env: %q %v", s, err)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 
+	"github.com/sigil-id/sigil/internal/secretfile"
 	"github.com/sigil-id/sigil/plugin"
 )
 
@@ -47,7 +48,7 @@ func PluginSecret(body hcl.Body, fileAttr, envAttr string, file, env *string) (s
 	case file != nil && env != nil:
 		return "", plugin.AttrError(body, envAttr, "both %s and %s are set: keep one", fileAttr, envAttr)
 	case file != nil:
-		s, err := ReadSecretFile(*file)
+		s, err := secretfile.Read(*file)
 		if err != nil {
 			return "", plugin.AttrError(body, fileAttr, "%v", err)
 		}

@@ -2,9 +2,9 @@ package config
 
 import (
 	"fmt"
-	"io"
-	"os"
 	"strings"
+
+	"github.com/sigil-id/sigil/internal/secretfile"
 )
 
 // Environment variables that carry secrets. The environment of a process
@@ -16,49 +16,18 @@ const (
 )
 
 // maxSecretFileSize bounds a secret file; secrets are tens of bytes.
-const maxSecretFileSize = 4096
+const maxSecretFileSize = secretfile.MaxSize
 
-// ReadSecretFile reads a secret from path, the way ssh reads a private key:
-// the file must be a regular file owned by the user running sigil (or by
-// root) and not accessible to group or others (mode 0600 or 0400), at most
-// 4 KiB. Surrounding white space (a trailing newline) is dropped; an empty
-// secret is an error. Errors name the file and say how to fix it, and
-// never contain the secret.
+// ReadSecretFile reads a secret from path, the way ssh reads a private key
+// (see package secretfile): a regular file owned by the user running sigil
+// (or by root), mode 0600 or 0400, at most 4 KiB. Errors name the key and
+// the file, say how to fix it, and never contain the secret.
 func ReadSecretFile(key, path string) (string, error) {
-	f, err := os.Open(path)
+	s, err := secretfile.Read(path)
 	if err != nil {
-		return "", fmt.Errorf("config: %s: %w", key, err)
+		return "", fmt.Errorf("config: %s %w", key, err)
 	}
-	defer f.Close()
-	// Check the file that was opened, not the path, so that a swap
-	// between the check and the read cannot pass.
-	st, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("config: %s: %w", key, err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("config: %s %s is not a regular file", key, path)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("config: %s %s is accessible by group or others (mode %04o): a secret file must be readable only by its owner; run: chmod 600 %s", key, path, perm, path)
-	}
-	if owner, ok := fileOwner(st); ok {
-		if uid := os.Geteuid(); int64(owner) != int64(uid) && owner != 0 {
-			return "", fmt.Errorf("config: %s %s is owned by uid %d, not by the user running sigil (uid %d) or root; run: chown %d %s", key, path, owner, uid, uid, path)
-		}
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxSecretFileSize+1))
-	if err != nil {
-		return "", fmt.Errorf("config: %s: reading %s: %w", key, path, err)
-	}
-	if len(b) > maxSecretFileSize {
-		return "", fmt.Errorf("config: %s %s is larger than %d bytes: it should hold just the secret", key, path, maxSecretFileSize)
-	}
-	secret := strings.TrimSpace(string(b))
-	if secret == "" {
-		return "", fmt.Errorf("config: %s %s is empty", key, path)
-	}
-	return secret, nil
+	return s, nil
 }
 
 // resolveSecret picks a secret from its three sources: the value itself
