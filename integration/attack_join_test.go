@@ -170,7 +170,8 @@ func joinAttackServerConfig(t *testing.T, dir, ip, secret, join string) (config,
 		t.Fatal(err)
 	}
 	config = filepath.Join(dir, "server.hcl")
-	health = freeAddrOn(t, ip)
+	addrs := freeAddrsOn(t, ip, 3)
+	health = addrs[0]
 	admin = filepath.Join(dir, "admin", "admin.sock")
 	cfg := fmt.Sprintf(`server {
   trust_domain    = %q
@@ -184,7 +185,7 @@ func joinAttackServerConfig(t *testing.T, dir, ip, secret, join string) (config,
   retry_join      = [%q]
   log_level       = "info"
 }
-`, trustDomain, filepath.Join(dir, "data"), freeAddrOn(t, ip), admin, health, freeAddrOn(t, ip), secret, join)
+`, trustDomain, filepath.Join(dir, "data"), addrs[1], admin, health, addrs[2], secret, join)
 	if err := os.WriteFile(config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -139,14 +139,22 @@ type haNode struct {
 	starts   int
 }
 
-func freeAddrOn(t *testing.T, ip string) string {
+// freeAddrsOn returns n distinct free addresses on ip. Each listener stays
+// open until all n are picked: picked one at a time, the kernel may hand
+// out the same port twice, and a server given it for two of its
+// listeners fails to start with "address already in use".
+func freeAddrsOn(t *testing.T, ip string, n int) []string {
 	t.Helper()
-	l, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
+	out := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		out = append(out, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return out
 }
 
 type haCluster struct {
@@ -161,14 +169,15 @@ func newHACluster(t *testing.T, dir string, n int, ipBase int, extra ...string) 
 	c := &haCluster{t: t}
 	for i := 0; i < n; i++ {
 		ip := fmt.Sprintf("127.0.0.%d", ipBase+i)
-		clusterAddr := freeAddrOn(t, ip)
+		addrs := freeAddrsOn(t, ip, 3)
+		clusterAddr := addrs[0]
 		nd := &haNode{
 			t:        t,
 			name:     fmt.Sprintf("s%d", i+1),
 			ip:       ip,
 			dir:      filepath.Join(dir, fmt.Sprintf("s%d", i+1)),
-			nodeAddr: freeAddrOn(t, ip),
-			health:   freeAddrOn(t, ip),
+			nodeAddr: addrs[1],
+			health:   addrs[2],
 			proxy:    newFaultProxy(t, clusterAddr),
 		}
 		if err := os.MkdirAll(nd.dir, 0o700); err != nil {
