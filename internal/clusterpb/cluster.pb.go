@@ -592,11 +592,206 @@ func (x *StatusResponse) GetLeaderId() string {
 	return ""
 }
 
+type AgentReportsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// since is the generation of the caller's last answer from this
+	// server (0: none). Reports whose content did not change since then
+	// come without their report field.
+	Since         uint64 `protobuf:"varint,1,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentReportsRequest) Reset() {
+	*x = AgentReportsRequest{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentReportsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentReportsRequest) ProtoMessage() {}
+
+func (x *AgentReportsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentReportsRequest.ProtoReflect.Descriptor instead.
+func (*AgentReportsRequest) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AgentReportsRequest) GetSince() uint64 {
+	if x != nil {
+		return x.Since
+	}
+	return 0
+}
+
+// HeldReport is one agent's last report as a server holds it: the full
+// state after every delta was applied.
+type HeldReport struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AgentId string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// received_at is when the server last heard from the agent (a
+	// heartbeat counts), Unix seconds.
+	ReceivedAt int64 `protobuf:"varint,2,opt,name=received_at,json=receivedAt,proto3" json:"received_at,omitempty"`
+	// report is the agent's full state (full set); absent when unchanged
+	// since the request's since generation.
+	Report        *v1.AgentReport `protobuf:"bytes,3,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldReport) Reset() {
+	*x = HeldReport{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldReport) ProtoMessage() {}
+
+func (x *HeldReport) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldReport.ProtoReflect.Descriptor instead.
+func (*HeldReport) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *HeldReport) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *HeldReport) GetReceivedAt() int64 {
+	if x != nil {
+		return x.ReceivedAt
+	}
+	return 0
+}
+
+func (x *HeldReport) GetReport() *v1.AgentReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+type AgentReportsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation of this answer: pass it as since next time. A server
+	// that restarted starts again from a new random base, so a caller
+	// whose since is unknown gets every report.
+	Generation uint64        `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Reports    []*HeldReport `protobuf:"bytes,2,rep,name=reports,proto3" json:"reports,omitempty"`
+	// Failure counters of this server since it started (cumulative).
+	AttestationFailures uint64 `protobuf:"varint,3,opt,name=attestation_failures,json=attestationFailures,proto3" json:"attestation_failures,omitempty"`
+	SigningFailures     uint64 `protobuf:"varint,4,opt,name=signing_failures,json=signingFailures,proto3" json:"signing_failures,omitempty"`
+	// instance identifies this server process (changes on restart), so the
+	// caller knows the counters started again.
+	Instance      string `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentReportsResponse) Reset() {
+	*x = AgentReportsResponse{}
+	mi := &file_clusterpb_cluster_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentReportsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentReportsResponse) ProtoMessage() {}
+
+func (x *AgentReportsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clusterpb_cluster_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentReportsResponse.ProtoReflect.Descriptor instead.
+func (*AgentReportsResponse) Descriptor() ([]byte, []int) {
+	return file_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AgentReportsResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *AgentReportsResponse) GetReports() []*HeldReport {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
+func (x *AgentReportsResponse) GetAttestationFailures() uint64 {
+	if x != nil {
+		return x.AttestationFailures
+	}
+	return 0
+}
+
+func (x *AgentReportsResponse) GetSigningFailures() uint64 {
+	if x != nil {
+		return x.SigningFailures
+	}
+	return 0
+}
+
+func (x *AgentReportsResponse) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
 var File_clusterpb_cluster_proto protoreflect.FileDescriptor
 
 const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x17clusterpb/cluster.proto\x12\bsigil.v1\x1a\x16sigil/v1/cluster.proto\"\xa6\x01\n" +
+	"\x17clusterpb/cluster.proto\x12\bsigil.v1\x1a\x16sigil/v1/cluster.proto\x1a\x13sigil/v1/node.proto\"\xa6\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12'\n" +
 	"\x0fcluster_address\x18\x02 \x01(\tR\x0eclusterAddress\x12%\n" +
@@ -630,7 +825,23 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\x04term\x18\x03 \x01(\x04R\x04term\x12#\n" +
 	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fcommit_index\x18\x05 \x01(\x04R\vcommitIndex\x12\x1b\n" +
-	"\tleader_id\x18\x06 \x01(\tR\bleaderId2\xff\x03\n" +
+	"\tleader_id\x18\x06 \x01(\tR\bleaderId\"+\n" +
+	"\x13AgentReportsRequest\x12\x14\n" +
+	"\x05since\x18\x01 \x01(\x04R\x05since\"w\n" +
+	"\n" +
+	"HeldReport\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1f\n" +
+	"\vreceived_at\x18\x02 \x01(\x03R\n" +
+	"receivedAt\x12-\n" +
+	"\x06report\x18\x03 \x01(\v2\x15.sigil.v1.AgentReportR\x06report\"\xe0\x01\n" +
+	"\x14AgentReportsResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12.\n" +
+	"\areports\x18\x02 \x03(\v2\x14.sigil.v1.HeldReportR\areports\x121\n" +
+	"\x14attestation_failures\x18\x03 \x01(\x04R\x13attestationFailures\x12)\n" +
+	"\x10signing_failures\x18\x04 \x01(\x04R\x0fsigningFailures\x12\x1a\n" +
+	"\binstance\x18\x05 \x01(\tR\binstance2\xce\x04\n" +
 	"\aCluster\x12P\n" +
 	"\rJoinChallenge\x12\x1e.sigil.v1.JoinChallengeRequest\x1a\x1f.sigil.v1.JoinChallengeResponse\x125\n" +
 	"\x04Join\x12\x15.sigil.v1.JoinRequest\x1a\x16.sigil.v1.JoinResponse\x128\n" +
@@ -638,7 +849,8 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\tReadIndex\x12\x1a.sigil.v1.ReadIndexRequest\x1a\x1b.sigil.v1.ReadIndexResponse\x12;\n" +
 	"\x06Status\x12\x17.sigil.v1.StatusRequest\x1a\x18.sigil.v1.StatusResponse\x12M\n" +
 	"\fRemoveMember\x12\x1d.sigil.v1.RemoveMemberRequest\x1a\x1e.sigil.v1.RemoveMemberResponse\x12_\n" +
-	"\x12TransferLeadership\x12#.sigil.v1.TransferLeadershipRequest\x1a$.sigil.v1.TransferLeadershipResponseB8Z6github.com/sigil-id/sigil/internal/clusterpb;clusterpbb\x06proto3"
+	"\x12TransferLeadership\x12#.sigil.v1.TransferLeadershipRequest\x1a$.sigil.v1.TransferLeadershipResponse\x12M\n" +
+	"\fAgentReports\x12\x1d.sigil.v1.AgentReportsRequest\x1a\x1e.sigil.v1.AgentReportsResponseB8Z6github.com/sigil-id/sigil/internal/clusterpb;clusterpbb\x06proto3"
 
 var (
 	file_clusterpb_cluster_proto_rawDescOnce sync.Once
@@ -652,7 +864,7 @@ func file_clusterpb_cluster_proto_rawDescGZIP() []byte {
 	return file_clusterpb_cluster_proto_rawDescData
 }
 
-var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_clusterpb_cluster_proto_goTypes = []any{
 	(*JoinRequest)(nil),                   // 0: sigil.v1.JoinRequest
 	(*JoinResponse)(nil),                  // 1: sigil.v1.JoinResponse
@@ -664,31 +876,39 @@ var file_clusterpb_cluster_proto_goTypes = []any{
 	(*ReadIndexResponse)(nil),             // 7: sigil.v1.ReadIndexResponse
 	(*StatusRequest)(nil),                 // 8: sigil.v1.StatusRequest
 	(*StatusResponse)(nil),                // 9: sigil.v1.StatusResponse
-	(*v1.RemoveMemberRequest)(nil),        // 10: sigil.v1.RemoveMemberRequest
-	(*v1.TransferLeadershipRequest)(nil),  // 11: sigil.v1.TransferLeadershipRequest
-	(*v1.RemoveMemberResponse)(nil),       // 12: sigil.v1.RemoveMemberResponse
-	(*v1.TransferLeadershipResponse)(nil), // 13: sigil.v1.TransferLeadershipResponse
+	(*AgentReportsRequest)(nil),           // 10: sigil.v1.AgentReportsRequest
+	(*HeldReport)(nil),                    // 11: sigil.v1.HeldReport
+	(*AgentReportsResponse)(nil),          // 12: sigil.v1.AgentReportsResponse
+	(*v1.AgentReport)(nil),                // 13: sigil.v1.AgentReport
+	(*v1.RemoveMemberRequest)(nil),        // 14: sigil.v1.RemoveMemberRequest
+	(*v1.TransferLeadershipRequest)(nil),  // 15: sigil.v1.TransferLeadershipRequest
+	(*v1.RemoveMemberResponse)(nil),       // 16: sigil.v1.RemoveMemberResponse
+	(*v1.TransferLeadershipResponse)(nil), // 17: sigil.v1.TransferLeadershipResponse
 }
 var file_clusterpb_cluster_proto_depIdxs = []int32{
-	2,  // 0: sigil.v1.Cluster.JoinChallenge:input_type -> sigil.v1.JoinChallengeRequest
-	0,  // 1: sigil.v1.Cluster.Join:input_type -> sigil.v1.JoinRequest
-	4,  // 2: sigil.v1.Cluster.Apply:input_type -> sigil.v1.ApplyRequest
-	6,  // 3: sigil.v1.Cluster.ReadIndex:input_type -> sigil.v1.ReadIndexRequest
-	8,  // 4: sigil.v1.Cluster.Status:input_type -> sigil.v1.StatusRequest
-	10, // 5: sigil.v1.Cluster.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
-	11, // 6: sigil.v1.Cluster.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
-	3,  // 7: sigil.v1.Cluster.JoinChallenge:output_type -> sigil.v1.JoinChallengeResponse
-	1,  // 8: sigil.v1.Cluster.Join:output_type -> sigil.v1.JoinResponse
-	5,  // 9: sigil.v1.Cluster.Apply:output_type -> sigil.v1.ApplyResponse
-	7,  // 10: sigil.v1.Cluster.ReadIndex:output_type -> sigil.v1.ReadIndexResponse
-	9,  // 11: sigil.v1.Cluster.Status:output_type -> sigil.v1.StatusResponse
-	12, // 12: sigil.v1.Cluster.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
-	13, // 13: sigil.v1.Cluster.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
-	7,  // [7:14] is the sub-list for method output_type
-	0,  // [0:7] is the sub-list for method input_type
-	0,  // [0:0] is the sub-list for extension type_name
-	0,  // [0:0] is the sub-list for extension extendee
-	0,  // [0:0] is the sub-list for field type_name
+	13, // 0: sigil.v1.HeldReport.report:type_name -> sigil.v1.AgentReport
+	11, // 1: sigil.v1.AgentReportsResponse.reports:type_name -> sigil.v1.HeldReport
+	2,  // 2: sigil.v1.Cluster.JoinChallenge:input_type -> sigil.v1.JoinChallengeRequest
+	0,  // 3: sigil.v1.Cluster.Join:input_type -> sigil.v1.JoinRequest
+	4,  // 4: sigil.v1.Cluster.Apply:input_type -> sigil.v1.ApplyRequest
+	6,  // 5: sigil.v1.Cluster.ReadIndex:input_type -> sigil.v1.ReadIndexRequest
+	8,  // 6: sigil.v1.Cluster.Status:input_type -> sigil.v1.StatusRequest
+	14, // 7: sigil.v1.Cluster.RemoveMember:input_type -> sigil.v1.RemoveMemberRequest
+	15, // 8: sigil.v1.Cluster.TransferLeadership:input_type -> sigil.v1.TransferLeadershipRequest
+	10, // 9: sigil.v1.Cluster.AgentReports:input_type -> sigil.v1.AgentReportsRequest
+	3,  // 10: sigil.v1.Cluster.JoinChallenge:output_type -> sigil.v1.JoinChallengeResponse
+	1,  // 11: sigil.v1.Cluster.Join:output_type -> sigil.v1.JoinResponse
+	5,  // 12: sigil.v1.Cluster.Apply:output_type -> sigil.v1.ApplyResponse
+	7,  // 13: sigil.v1.Cluster.ReadIndex:output_type -> sigil.v1.ReadIndexResponse
+	9,  // 14: sigil.v1.Cluster.Status:output_type -> sigil.v1.StatusResponse
+	16, // 15: sigil.v1.Cluster.RemoveMember:output_type -> sigil.v1.RemoveMemberResponse
+	17, // 16: sigil.v1.Cluster.TransferLeadership:output_type -> sigil.v1.TransferLeadershipResponse
+	12, // 17: sigil.v1.Cluster.AgentReports:output_type -> sigil.v1.AgentReportsResponse
+	10, // [10:18] is the sub-list for method output_type
+	2,  // [2:10] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_clusterpb_cluster_proto_init() }
@@ -702,7 +922,7 @@ func file_clusterpb_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clusterpb_cluster_proto_rawDesc), len(file_clusterpb_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

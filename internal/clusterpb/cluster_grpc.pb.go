@@ -32,6 +32,7 @@ const (
 	Cluster_Status_FullMethodName             = "/sigil.v1.Cluster/Status"
 	Cluster_RemoveMember_FullMethodName       = "/sigil.v1.Cluster/RemoveMember"
 	Cluster_TransferLeadership_FullMethodName = "/sigil.v1.Cluster/TransferLeadership"
+	Cluster_AgentReports_FullMethodName       = "/sigil.v1.Cluster/AgentReports"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -70,6 +71,9 @@ type ClusterClient interface {
 	// them.
 	RemoveMember(ctx context.Context, in *v1.RemoveMemberRequest, opts ...grpc.CallOption) (*v1.RemoveMemberResponse, error)
 	TransferLeadership(ctx context.Context, in *v1.TransferLeadershipRequest, opts ...grpc.CallOption) (*v1.TransferLeadershipResponse, error)
+	// AgentReports returns the agent reports this server holds and its
+	// failure counters, for the leader's rotation-health evaluation.
+	AgentReports(ctx context.Context, in *AgentReportsRequest, opts ...grpc.CallOption) (*AgentReportsResponse, error)
 }
 
 type clusterClient struct {
@@ -150,6 +154,16 @@ func (c *clusterClient) TransferLeadership(ctx context.Context, in *v1.TransferL
 	return out, nil
 }
 
+func (c *clusterClient) AgentReports(ctx context.Context, in *AgentReportsRequest, opts ...grpc.CallOption) (*AgentReportsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AgentReportsResponse)
+	err := c.cc.Invoke(ctx, Cluster_AgentReports_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -186,6 +200,9 @@ type ClusterServer interface {
 	// them.
 	RemoveMember(context.Context, *v1.RemoveMemberRequest) (*v1.RemoveMemberResponse, error)
 	TransferLeadership(context.Context, *v1.TransferLeadershipRequest) (*v1.TransferLeadershipResponse, error)
+	// AgentReports returns the agent reports this server holds and its
+	// failure counters, for the leader's rotation-health evaluation.
+	AgentReports(context.Context, *AgentReportsRequest) (*AgentReportsResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -216,6 +233,9 @@ func (UnimplementedClusterServer) RemoveMember(context.Context, *v1.RemoveMember
 }
 func (UnimplementedClusterServer) TransferLeadership(context.Context, *v1.TransferLeadershipRequest) (*v1.TransferLeadershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
+}
+func (UnimplementedClusterServer) AgentReports(context.Context, *AgentReportsRequest) (*AgentReportsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AgentReports not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -364,6 +384,24 @@ func _Cluster_TransferLeadership_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_AgentReports_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AgentReportsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).AgentReports(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_AgentReports_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).AgentReports(ctx, req.(*AgentReportsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -398,6 +436,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferLeadership",
 			Handler:    _Cluster_TransferLeadership_Handler,
+		},
+		{
+			MethodName: "AgentReports",
+			Handler:    _Cluster_AgentReports_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

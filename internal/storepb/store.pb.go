@@ -56,6 +56,7 @@ type Command struct {
 	//	*Command_PutFederationStatus
 	//	*Command_RequestFederationRefresh
 	//	*Command_RecordPartnerFetch
+	//	*Command_UpdateAlerts
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -303,6 +304,15 @@ func (x *Command) GetRecordPartnerFetch() *RecordPartnerFetch {
 	return nil
 }
 
+func (x *Command) GetUpdateAlerts() *UpdateAlerts {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UpdateAlerts); ok {
+			return x.UpdateAlerts
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -395,6 +405,10 @@ type Command_RecordPartnerFetch struct {
 	RecordPartnerFetch *RecordPartnerFetch `protobuf:"bytes,31,opt,name=record_partner_fetch,json=recordPartnerFetch,proto3,oneof"`
 }
 
+type Command_UpdateAlerts struct {
+	UpdateAlerts *UpdateAlerts `protobuf:"bytes,32,opt,name=update_alerts,json=updateAlerts,proto3,oneof"`
+}
+
 func (*Command_CreateEntries) isCommand_Op() {}
 
 func (*Command_UpdateEntries) isCommand_Op() {}
@@ -438,6 +452,8 @@ func (*Command_PutFederationStatus) isCommand_Op() {}
 func (*Command_RequestFederationRefresh) isCommand_Op() {}
 
 func (*Command_RecordPartnerFetch) isCommand_Op() {}
+
+func (*Command_UpdateAlerts) isCommand_Op() {}
 
 // CreateEntries adds entries; each must have a new unique id. An entry with
 // the same spiffe_id, parent_id and selectors as an existing one is refused.
@@ -1642,6 +1658,7 @@ type Snapshot struct {
 	FederationRelationships []*v1.FederationRelationship `protobuf:"bytes,8,rep,name=federation_relationships,json=federationRelationships,proto3" json:"federation_relationships,omitempty"`
 	FederationStatuses      []*v1.FederationStatus       `protobuf:"bytes,9,rep,name=federation_statuses,json=federationStatuses,proto3" json:"federation_statuses,omitempty"`
 	PartnerFetches          []*v1.PartnerFetch           `protobuf:"bytes,10,rep,name=partner_fetches,json=partnerFetches,proto3" json:"partner_fetches,omitempty"`
+	Alerts                  []*AlertRecord               `protobuf:"bytes,11,rep,name=alerts,proto3" json:"alerts,omitempty"`
 	unknownFields           protoimpl.UnknownFields
 	sizeCache               protoimpl.SizeCache
 }
@@ -1742,6 +1759,13 @@ func (x *Snapshot) GetFederationStatuses() []*v1.FederationStatus {
 func (x *Snapshot) GetPartnerFetches() []*v1.PartnerFetch {
 	if x != nil {
 		return x.PartnerFetches
+	}
+	return nil
+}
+
+func (x *Snapshot) GetAlerts() []*AlertRecord {
+	if x != nil {
+		return x.Alerts
 	}
 	return nil
 }
@@ -2123,11 +2147,183 @@ func (x *RecordPartnerFetch) GetFetch() *v1.PartnerFetch {
 	return nil
 }
 
+// AlertRecord is one firing rotation-health alert, as the leader that
+// raised it recorded it (so every server lists it and the next leader
+// resolves it when the condition is gone).
+type AlertRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is the stable dedupe key (at most 256 bytes, unique).
+	Key  string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// severity: "info", "warning" or "critical".
+	Severity string `protobuf:"bytes,3,opt,name=severity,proto3" json:"severity,omitempty"`
+	Summary  string `protobuf:"bytes,4,opt,name=summary,proto3" json:"summary,omitempty"`
+	// details: at most 32, keys at most 64 bytes, values at most 1 KiB.
+	Details map[string]string `protobuf:"bytes,5,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Source  string            `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	// starts_at, Unix seconds.
+	StartsAt     int64  `protobuf:"varint,7,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
+	GeneratorUrl string `protobuf:"bytes,8,opt,name=generator_url,json=generatorUrl,proto3" json:"generator_url,omitempty"`
+	// modify_index is set by the store.
+	ModifyIndex   uint64 `protobuf:"varint,9,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlertRecord) Reset() {
+	*x = AlertRecord{}
+	mi := &file_storepb_store_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlertRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlertRecord) ProtoMessage() {}
+
+func (x *AlertRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlertRecord.ProtoReflect.Descriptor instead.
+func (*AlertRecord) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AlertRecord) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *AlertRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AlertRecord) GetSeverity() string {
+	if x != nil {
+		return x.Severity
+	}
+	return ""
+}
+
+func (x *AlertRecord) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *AlertRecord) GetDetails() map[string]string {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+func (x *AlertRecord) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *AlertRecord) GetStartsAt() int64 {
+	if x != nil {
+		return x.StartsAt
+	}
+	return 0
+}
+
+func (x *AlertRecord) GetGeneratorUrl() string {
+	if x != nil {
+		return x.GeneratorUrl
+	}
+	return ""
+}
+
+func (x *AlertRecord) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
+// UpdateAlerts records alerts that started or changed (fired, replacing
+// any with the same key) and those that ended (resolved, by key). The
+// store holds at most 1024 firing alerts; an update that would exceed it
+// is refused whole.
+type UpdateAlerts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fired         []*AlertRecord         `protobuf:"bytes,1,rep,name=fired,proto3" json:"fired,omitempty"`
+	Resolved      []string               `protobuf:"bytes,2,rep,name=resolved,proto3" json:"resolved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateAlerts) Reset() {
+	*x = UpdateAlerts{}
+	mi := &file_storepb_store_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateAlerts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateAlerts) ProtoMessage() {}
+
+func (x *UpdateAlerts) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateAlerts.ProtoReflect.Descriptor instead.
+func (*UpdateAlerts) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UpdateAlerts) GetFired() []*AlertRecord {
+	if x != nil {
+		return x.Fired
+	}
+	return nil
+}
+
+func (x *UpdateAlerts) GetResolved() []string {
+	if x != nil {
+		return x.Resolved
+	}
+	return nil
+}
+
 var File_storepb_store_proto protoreflect.FileDescriptor
 
 const file_storepb_store_proto_rawDesc = "" +
 	"\n" +
-	"\x13storepb/store.proto\x12\x0esigil.store.v1\x1a\x14sigil/v1/types.proto\"\x8c\x0e\n" +
+	"\x13storepb/store.proto\x12\x0esigil.store.v1\x1a\x14sigil/v1/types.proto\"\xd1\x0e\n" +
 	"\aCommand\x12\x1c\n" +
 	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12F\n" +
 	"\x0ecreate_entries\x18\n" +
@@ -2155,7 +2351,8 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\x17delete_federated_bundle\x18\x1c \x01(\v2%.sigil.store.v1.DeleteFederatedBundleH\x00R\x15deleteFederatedBundle\x12Y\n" +
 	"\x15put_federation_status\x18\x1d \x01(\v2#.sigil.store.v1.PutFederationStatusH\x00R\x13putFederationStatus\x12h\n" +
 	"\x1arequest_federation_refresh\x18\x1e \x01(\v2(.sigil.store.v1.RequestFederationRefreshH\x00R\x18requestFederationRefresh\x12V\n" +
-	"\x14record_partner_fetch\x18\x1f \x01(\v2\".sigil.store.v1.RecordPartnerFetchH\x00R\x12recordPartnerFetchB\x04\n" +
+	"\x14record_partner_fetch\x18\x1f \x01(\v2\".sigil.store.v1.RecordPartnerFetchH\x00R\x12recordPartnerFetch\x12C\n" +
+	"\rupdate_alerts\x18  \x01(\v2\x1c.sigil.store.v1.UpdateAlertsH\x00R\fupdateAlertsB\x04\n" +
 	"\x02op\":\n" +
 	"\rCreateEntries\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\":\n" +
@@ -2233,7 +2430,7 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\n" +
 	"removed_at\x18\x02 \x01(\x03R\tremovedAt\";\n" +
 	"\rCommandResult\x12*\n" +
-	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\x96\x05\n" +
+	"\aresults\x18\x01 \x03(\v2\x10.sigil.v1.StatusR\aresults\"\xcb\x05\n" +
 	"\bSnapshot\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\x12,\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x16.sigil.v1.AttestedNodeR\x05nodes\x124\n" +
@@ -2246,7 +2443,8 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\x18federation_relationships\x18\b \x03(\v2 .sigil.v1.FederationRelationshipR\x17federationRelationships\x12K\n" +
 	"\x13federation_statuses\x18\t \x03(\v2\x1a.sigil.v1.FederationStatusR\x12federationStatuses\x12?\n" +
 	"\x0fpartner_fetches\x18\n" +
-	" \x03(\v2\x16.sigil.v1.PartnerFetchR\x0epartnerFetches\"\xce\x01\n" +
+	" \x03(\v2\x16.sigil.v1.PartnerFetchR\x0epartnerFetches\x123\n" +
+	"\x06alerts\x18\v \x03(\v2\x1b.sigil.store.v1.AlertRecordR\x06alerts\"\xce\x01\n" +
 	"\x19PutFederationRelationship\x12D\n" +
 	"\frelationship\x18\x01 \x01(\v2 .sigil.v1.FederationRelationshipR\frelationship\x12\x16\n" +
 	"\x06create\x18\x02 \x01(\bR\x06create\x12\x16\n" +
@@ -2267,7 +2465,23 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\x18RequestFederationRefresh\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"B\n" +
 	"\x12RecordPartnerFetch\x12,\n" +
-	"\x05fetch\x18\x01 \x01(\v2\x16.sigil.v1.PartnerFetchR\x05fetchB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
+	"\x05fetch\x18\x01 \x01(\v2\x16.sigil.v1.PartnerFetchR\x05fetch\"\xe6\x02\n" +
+	"\vAlertRecord\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bseverity\x18\x03 \x01(\tR\bseverity\x12\x18\n" +
+	"\asummary\x18\x04 \x01(\tR\asummary\x12B\n" +
+	"\adetails\x18\x05 \x03(\v2(.sigil.store.v1.AlertRecord.DetailsEntryR\adetails\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\x12\x1b\n" +
+	"\tstarts_at\x18\a \x01(\x03R\bstartsAt\x12#\n" +
+	"\rgenerator_url\x18\b \x01(\tR\fgeneratorUrl\x12!\n" +
+	"\fmodify_index\x18\t \x01(\x04R\vmodifyIndex\x1a:\n" +
+	"\fDetailsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"]\n" +
+	"\fUpdateAlerts\x121\n" +
+	"\x05fired\x18\x01 \x03(\v2\x1b.sigil.store.v1.AlertRecordR\x05fired\x12\x1a\n" +
+	"\bresolved\x18\x02 \x03(\tR\bresolvedB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
 
 var (
 	file_storepb_store_proto_rawDescOnce sync.Once
@@ -2281,7 +2495,7 @@ func file_storepb_store_proto_rawDescGZIP() []byte {
 	return file_storepb_store_proto_rawDescData
 }
 
-var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_storepb_store_proto_goTypes = []any{
 	(*Command)(nil),                      // 0: sigil.store.v1.Command
 	(*CreateEntries)(nil),                // 1: sigil.store.v1.CreateEntries
@@ -2312,16 +2526,19 @@ var file_storepb_store_proto_goTypes = []any{
 	(*PutFederationStatus)(nil),          // 26: sigil.store.v1.PutFederationStatus
 	(*RequestFederationRefresh)(nil),     // 27: sigil.store.v1.RequestFederationRefresh
 	(*RecordPartnerFetch)(nil),           // 28: sigil.store.v1.RecordPartnerFetch
-	(*v1.Entry)(nil),                     // 29: sigil.v1.Entry
-	(*v1.JoinToken)(nil),                 // 30: sigil.v1.JoinToken
-	(*v1.AttestedNode)(nil),              // 31: sigil.v1.AttestedNode
-	(*v1.X509Authority)(nil),             // 32: sigil.v1.X509Authority
-	(*v1.JWTAuthority)(nil),              // 33: sigil.v1.JWTAuthority
-	(*v1.Status)(nil),                    // 34: sigil.v1.Status
-	(*v1.Bundle)(nil),                    // 35: sigil.v1.Bundle
-	(*v1.FederationRelationship)(nil),    // 36: sigil.v1.FederationRelationship
-	(*v1.FederationStatus)(nil),          // 37: sigil.v1.FederationStatus
-	(*v1.PartnerFetch)(nil),              // 38: sigil.v1.PartnerFetch
+	(*AlertRecord)(nil),                  // 29: sigil.store.v1.AlertRecord
+	(*UpdateAlerts)(nil),                 // 30: sigil.store.v1.UpdateAlerts
+	nil,                                  // 31: sigil.store.v1.AlertRecord.DetailsEntry
+	(*v1.Entry)(nil),                     // 32: sigil.v1.Entry
+	(*v1.JoinToken)(nil),                 // 33: sigil.v1.JoinToken
+	(*v1.AttestedNode)(nil),              // 34: sigil.v1.AttestedNode
+	(*v1.X509Authority)(nil),             // 35: sigil.v1.X509Authority
+	(*v1.JWTAuthority)(nil),              // 36: sigil.v1.JWTAuthority
+	(*v1.Status)(nil),                    // 37: sigil.v1.Status
+	(*v1.Bundle)(nil),                    // 38: sigil.v1.Bundle
+	(*v1.FederationRelationship)(nil),    // 39: sigil.v1.FederationRelationship
+	(*v1.FederationStatus)(nil),          // 40: sigil.v1.FederationStatus
+	(*v1.PartnerFetch)(nil),              // 41: sigil.v1.PartnerFetch
 }
 var file_storepb_store_proto_depIdxs = []int32{
 	1,  // 0: sigil.store.v1.Command.create_entries:type_name -> sigil.store.v1.CreateEntries
@@ -2346,35 +2563,39 @@ var file_storepb_store_proto_depIdxs = []int32{
 	26, // 19: sigil.store.v1.Command.put_federation_status:type_name -> sigil.store.v1.PutFederationStatus
 	27, // 20: sigil.store.v1.Command.request_federation_refresh:type_name -> sigil.store.v1.RequestFederationRefresh
 	28, // 21: sigil.store.v1.Command.record_partner_fetch:type_name -> sigil.store.v1.RecordPartnerFetch
-	29, // 22: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	29, // 23: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	30, // 24: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	31, // 25: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
-	6,  // 26: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
-	32, // 27: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	33, // 28: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
-	34, // 29: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
-	29, // 30: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	31, // 31: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	30, // 32: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	35, // 33: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	18, // 34: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
-	19, // 35: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
-	7,  // 36: sigil.store.v1.Snapshot.used_credentials:type_name -> sigil.store.v1.UsedCredential
-	36, // 37: sigil.store.v1.Snapshot.federation_relationships:type_name -> sigil.v1.FederationRelationship
-	37, // 38: sigil.store.v1.Snapshot.federation_statuses:type_name -> sigil.v1.FederationStatus
-	38, // 39: sigil.store.v1.Snapshot.partner_fetches:type_name -> sigil.v1.PartnerFetch
-	36, // 40: sigil.store.v1.PutFederationRelationship.relationship:type_name -> sigil.v1.FederationRelationship
-	35, // 41: sigil.store.v1.PutFederationRelationship.bootstrap_bundle:type_name -> sigil.v1.Bundle
-	35, // 42: sigil.store.v1.SetFederatedBundle.bundle:type_name -> sigil.v1.Bundle
-	37, // 43: sigil.store.v1.SetFederatedBundle.status:type_name -> sigil.v1.FederationStatus
-	37, // 44: sigil.store.v1.PutFederationStatus.status:type_name -> sigil.v1.FederationStatus
-	38, // 45: sigil.store.v1.RecordPartnerFetch.fetch:type_name -> sigil.v1.PartnerFetch
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	30, // 22: sigil.store.v1.Command.update_alerts:type_name -> sigil.store.v1.UpdateAlerts
+	32, // 23: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	32, // 24: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	33, // 25: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	34, // 26: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	6,  // 27: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
+	35, // 28: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	36, // 29: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	37, // 30: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
+	32, // 31: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	34, // 32: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	33, // 33: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	38, // 34: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	18, // 35: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
+	19, // 36: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
+	7,  // 37: sigil.store.v1.Snapshot.used_credentials:type_name -> sigil.store.v1.UsedCredential
+	39, // 38: sigil.store.v1.Snapshot.federation_relationships:type_name -> sigil.v1.FederationRelationship
+	40, // 39: sigil.store.v1.Snapshot.federation_statuses:type_name -> sigil.v1.FederationStatus
+	41, // 40: sigil.store.v1.Snapshot.partner_fetches:type_name -> sigil.v1.PartnerFetch
+	29, // 41: sigil.store.v1.Snapshot.alerts:type_name -> sigil.store.v1.AlertRecord
+	39, // 42: sigil.store.v1.PutFederationRelationship.relationship:type_name -> sigil.v1.FederationRelationship
+	38, // 43: sigil.store.v1.PutFederationRelationship.bootstrap_bundle:type_name -> sigil.v1.Bundle
+	38, // 44: sigil.store.v1.SetFederatedBundle.bundle:type_name -> sigil.v1.Bundle
+	40, // 45: sigil.store.v1.SetFederatedBundle.status:type_name -> sigil.v1.FederationStatus
+	40, // 46: sigil.store.v1.PutFederationStatus.status:type_name -> sigil.v1.FederationStatus
+	41, // 47: sigil.store.v1.RecordPartnerFetch.fetch:type_name -> sigil.v1.PartnerFetch
+	31, // 48: sigil.store.v1.AlertRecord.details:type_name -> sigil.store.v1.AlertRecord.DetailsEntry
+	29, // 49: sigil.store.v1.UpdateAlerts.fired:type_name -> sigil.store.v1.AlertRecord
+	50, // [50:50] is the sub-list for method output_type
+	50, // [50:50] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_storepb_store_proto_init() }
@@ -2405,6 +2626,7 @@ func file_storepb_store_proto_init() {
 		(*Command_PutFederationStatus)(nil),
 		(*Command_RequestFederationRefresh)(nil),
 		(*Command_RecordPartnerFetch)(nil),
+		(*Command_UpdateAlerts)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2412,7 +2634,7 @@ func file_storepb_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -21,6 +21,294 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SVIDState is the rotation state of one SVID an agent holds (or should
+// hold: an entry whose first mint keeps failing has no serial).
+type SVIDState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entry_id is the registration entry; empty for the agent's own SVID.
+	EntryId  string `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// serial of the SVID held, lower-case hex; empty when none is held.
+	Serial string `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	// expires_at and renew_at of the SVID held, Unix seconds; 0 when none.
+	ExpiresAt int64 `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	RenewAt   int64 `protobuf:"varint,5,opt,name=renew_at,json=renewAt,proto3" json:"renew_at,omitempty"`
+	// last_attempt is when the agent last tried to mint or renew it, Unix
+	// seconds; 0 when it never had to.
+	LastAttempt int64 `protobuf:"varint,6,opt,name=last_attempt,json=lastAttempt,proto3" json:"last_attempt,omitempty"`
+	// last_error is why the last attempt failed (at most 256 bytes); empty
+	// when it succeeded.
+	LastError string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// failures counts the attempts that failed in a row.
+	Failures      uint32 `protobuf:"varint,8,opt,name=failures,proto3" json:"failures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SVIDState) Reset() {
+	*x = SVIDState{}
+	mi := &file_sigil_v1_node_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SVIDState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SVIDState) ProtoMessage() {}
+
+func (x *SVIDState) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_node_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SVIDState.ProtoReflect.Descriptor instead.
+func (*SVIDState) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SVIDState) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *SVIDState) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *SVIDState) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *SVIDState) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *SVIDState) GetRenewAt() int64 {
+	if x != nil {
+		return x.RenewAt
+	}
+	return 0
+}
+
+func (x *SVIDState) GetLastAttempt() int64 {
+	if x != nil {
+		return x.LastAttempt
+	}
+	return 0
+}
+
+func (x *SVIDState) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *SVIDState) GetFailures() uint32 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+// AgentReport is one report of an agent's rotation state.
+type AgentReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq numbers the agent's reports, from 1, increasing within the
+	// agent's process.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// full reports carry every SVID held in svids; base_seq is then 0.
+	Full bool `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	// base_seq is the report a delta applies to: the server applies it only
+	// if the last report it holds for the agent has that seq, and answers
+	// need_full otherwise.
+	BaseSeq uint64 `protobuf:"varint,3,opt,name=base_seq,json=baseSeq,proto3" json:"base_seq,omitempty"`
+	// agent_svid is the agent's own SVID (entry_id empty).
+	AgentSvid *SVIDState `protobuf:"bytes,4,opt,name=agent_svid,json=agentSvid,proto3" json:"agent_svid,omitempty"`
+	// svids: every workload SVID held (full), or those whose state changed
+	// since base_seq (delta). At most 20000 per report, earliest renew_at
+	// first; truncated says some were left out.
+	Svids []*SVIDState `protobuf:"bytes,5,rep,name=svids,proto3" json:"svids,omitempty"`
+	// removed: entry IDs no longer held since base_seq (delta only).
+	Removed []string `protobuf:"bytes,6,rep,name=removed,proto3" json:"removed,omitempty"`
+	// held is how many workload SVIDs the agent holds in all.
+	Held      uint32 `protobuf:"varint,7,opt,name=held,proto3" json:"held,omitempty"`
+	Truncated bool   `protobuf:"varint,8,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// generated_at is when the agent made the report, Unix seconds.
+	GeneratedAt   int64 `protobuf:"varint,9,opt,name=generated_at,json=generatedAt,proto3" json:"generated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentReport) Reset() {
+	*x = AgentReport{}
+	mi := &file_sigil_v1_node_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentReport) ProtoMessage() {}
+
+func (x *AgentReport) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_node_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentReport.ProtoReflect.Descriptor instead.
+func (*AgentReport) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AgentReport) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AgentReport) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *AgentReport) GetBaseSeq() uint64 {
+	if x != nil {
+		return x.BaseSeq
+	}
+	return 0
+}
+
+func (x *AgentReport) GetAgentSvid() *SVIDState {
+	if x != nil {
+		return x.AgentSvid
+	}
+	return nil
+}
+
+func (x *AgentReport) GetSvids() []*SVIDState {
+	if x != nil {
+		return x.Svids
+	}
+	return nil
+}
+
+func (x *AgentReport) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *AgentReport) GetHeld() uint32 {
+	if x != nil {
+		return x.Held
+	}
+	return 0
+}
+
+func (x *AgentReport) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+func (x *AgentReport) GetGeneratedAt() int64 {
+	if x != nil {
+		return x.GeneratedAt
+	}
+	return 0
+}
+
+type ReportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// need_full asks the agent to send a full report now: the server holds
+	// no report for it, or not the one the delta's base_seq names.
+	NeedFull bool `protobuf:"varint,1,opt,name=need_full,json=needFull,proto3" json:"need_full,omitempty"`
+	// interval_seconds is the heartbeat interval the server wants (0: the
+	// agent keeps its own).
+	IntervalSeconds uint32 `protobuf:"varint,2,opt,name=interval_seconds,json=intervalSeconds,proto3" json:"interval_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ReportResponse) Reset() {
+	*x = ReportResponse{}
+	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportResponse) ProtoMessage() {}
+
+func (x *ReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
+func (*ReportResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReportResponse) GetNeedFull() bool {
+	if x != nil {
+		return x.NeedFull
+	}
+	return false
+}
+
+func (x *ReportResponse) GetIntervalSeconds() uint32 {
+	if x != nil {
+		return x.IntervalSeconds
+	}
+	return 0
+}
+
 type AttestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Name of the node attestor, for example "join_token".
@@ -35,7 +323,7 @@ type AttestRequest struct {
 
 func (x *AttestRequest) Reset() {
 	*x = AttestRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[0]
+	mi := &file_sigil_v1_node_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +335,7 @@ func (x *AttestRequest) String() string {
 func (*AttestRequest) ProtoMessage() {}
 
 func (x *AttestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[0]
+	mi := &file_sigil_v1_node_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +348,7 @@ func (x *AttestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestRequest.ProtoReflect.Descriptor instead.
 func (*AttestRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{0}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AttestRequest) GetAttestationType() string {
@@ -96,7 +384,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[1]
+	mi := &file_sigil_v1_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -108,7 +396,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[1]
+	mi := &file_sigil_v1_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -121,7 +409,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{1}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AttestResponse) GetSpiffeId() string {
@@ -161,7 +449,7 @@ type AttestStreamRequest struct {
 
 func (x *AttestStreamRequest) Reset() {
 	*x = AttestStreamRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	mi := &file_sigil_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -173,7 +461,7 @@ func (x *AttestStreamRequest) String() string {
 func (*AttestStreamRequest) ProtoMessage() {}
 
 func (x *AttestStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[2]
+	mi := &file_sigil_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -186,7 +474,7 @@ func (x *AttestStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestStreamRequest.ProtoReflect.Descriptor instead.
 func (*AttestStreamRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{2}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AttestStreamRequest) GetStep() isAttestStreamRequest_Step {
@@ -248,7 +536,7 @@ type AttestStreamResponse struct {
 
 func (x *AttestStreamResponse) Reset() {
 	*x = AttestStreamResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[3]
+	mi := &file_sigil_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +548,7 @@ func (x *AttestStreamResponse) String() string {
 func (*AttestStreamResponse) ProtoMessage() {}
 
 func (x *AttestStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[3]
+	mi := &file_sigil_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +561,7 @@ func (x *AttestStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestStreamResponse.ProtoReflect.Descriptor instead.
 func (*AttestStreamResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{3}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AttestStreamResponse) GetStep() isAttestStreamResponse_Step {
@@ -328,7 +616,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[4]
+	mi := &file_sigil_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +628,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[4]
+	mi := &file_sigil_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +641,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -372,7 +660,7 @@ type RenewAgentResponse struct {
 
 func (x *RenewAgentResponse) Reset() {
 	*x = RenewAgentResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[5]
+	mi := &file_sigil_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +672,7 @@ func (x *RenewAgentResponse) String() string {
 func (*RenewAgentResponse) ProtoMessage() {}
 
 func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[5]
+	mi := &file_sigil_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +685,7 @@ func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RenewAgentResponse) GetSvidChain() [][]byte {
@@ -415,7 +703,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[6]
+	mi := &file_sigil_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +715,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[6]
+	mi := &file_sigil_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +728,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 // SyncResponse is one message of the sync stream. The first messages carry
@@ -471,7 +759,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[7]
+	mi := &file_sigil_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +771,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[7]
+	mi := &file_sigil_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +784,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SyncResponse) GetReset_() bool {
@@ -566,7 +854,7 @@ type X509SVIDRequest struct {
 
 func (x *X509SVIDRequest) Reset() {
 	*x = X509SVIDRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[8]
+	mi := &file_sigil_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +866,7 @@ func (x *X509SVIDRequest) String() string {
 func (*X509SVIDRequest) ProtoMessage() {}
 
 func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[8]
+	mi := &file_sigil_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +879,7 @@ func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*X509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *X509SVIDRequest) GetEntryId() string {
@@ -617,7 +905,7 @@ type BatchNewX509SVIDRequest struct {
 
 func (x *BatchNewX509SVIDRequest) Reset() {
 	*x = BatchNewX509SVIDRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[9]
+	mi := &file_sigil_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +917,7 @@ func (x *BatchNewX509SVIDRequest) String() string {
 func (*BatchNewX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[9]
+	mi := &file_sigil_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +930,7 @@ func (x *BatchNewX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BatchNewX509SVIDRequest) GetRequests() []*X509SVIDRequest {
@@ -665,7 +953,7 @@ type X509SVIDResult struct {
 
 func (x *X509SVIDResult) Reset() {
 	*x = X509SVIDResult{}
-	mi := &file_sigil_v1_node_proto_msgTypes[10]
+	mi := &file_sigil_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +965,7 @@ func (x *X509SVIDResult) String() string {
 func (*X509SVIDResult) ProtoMessage() {}
 
 func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[10]
+	mi := &file_sigil_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +978,7 @@ func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDResult.ProtoReflect.Descriptor instead.
 func (*X509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *X509SVIDResult) GetEntryId() string {
@@ -730,7 +1018,7 @@ type BatchNewX509SVIDResponse struct {
 
 func (x *BatchNewX509SVIDResponse) Reset() {
 	*x = BatchNewX509SVIDResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[11]
+	mi := &file_sigil_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +1030,7 @@ func (x *BatchNewX509SVIDResponse) String() string {
 func (*BatchNewX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[11]
+	mi := &file_sigil_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +1043,7 @@ func (x *BatchNewX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchNewX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchNewX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BatchNewX509SVIDResponse) GetResults() []*X509SVIDResult {
@@ -775,7 +1063,7 @@ type NewJWTSVIDRequest struct {
 
 func (x *NewJWTSVIDRequest) Reset() {
 	*x = NewJWTSVIDRequest{}
-	mi := &file_sigil_v1_node_proto_msgTypes[12]
+	mi := &file_sigil_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +1075,7 @@ func (x *NewJWTSVIDRequest) String() string {
 func (*NewJWTSVIDRequest) ProtoMessage() {}
 
 func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[12]
+	mi := &file_sigil_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +1088,7 @@ func (x *NewJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NewJWTSVIDRequest) GetEntryId() string {
@@ -831,7 +1119,7 @@ type NewJWTSVIDResponse struct {
 
 func (x *NewJWTSVIDResponse) Reset() {
 	*x = NewJWTSVIDResponse{}
-	mi := &file_sigil_v1_node_proto_msgTypes[13]
+	mi := &file_sigil_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1131,7 @@ func (x *NewJWTSVIDResponse) String() string {
 func (*NewJWTSVIDResponse) ProtoMessage() {}
 
 func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_node_proto_msgTypes[13]
+	mi := &file_sigil_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1144,7 @@ func (x *NewJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*NewJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_sigil_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NewJWTSVIDResponse) GetToken() string {
@@ -891,7 +1179,32 @@ var File_sigil_v1_node_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13sigil/v1/node.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"f\n" +
+	"\x13sigil/v1/node.proto\x12\bsigil.v1\x1a\x14sigil/v1/types.proto\"\xf3\x01\n" +
+	"\tSVIDState\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x19\n" +
+	"\brenew_at\x18\x05 \x01(\x03R\arenewAt\x12!\n" +
+	"\flast_attempt\x18\x06 \x01(\x03R\vlastAttempt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x12\x1a\n" +
+	"\bfailures\x18\b \x01(\rR\bfailures\"\x9c\x02\n" +
+	"\vAgentReport\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\x12\x19\n" +
+	"\bbase_seq\x18\x03 \x01(\x04R\abaseSeq\x122\n" +
+	"\n" +
+	"agent_svid\x18\x04 \x01(\v2\x13.sigil.v1.SVIDStateR\tagentSvid\x12)\n" +
+	"\x05svids\x18\x05 \x03(\v2\x13.sigil.v1.SVIDStateR\x05svids\x12\x18\n" +
+	"\aremoved\x18\x06 \x03(\tR\aremoved\x12\x12\n" +
+	"\x04held\x18\a \x01(\rR\x04held\x12\x1c\n" +
+	"\ttruncated\x18\b \x01(\bR\ttruncated\x12!\n" +
+	"\fgenerated_at\x18\t \x01(\x03R\vgeneratedAt\"X\n" +
+	"\x0eReportResponse\x12\x1b\n" +
+	"\tneed_full\x18\x01 \x01(\bR\bneedFull\x12)\n" +
+	"\x10interval_seconds\x18\x02 \x01(\rR\x0fintervalSeconds\"f\n" +
 	"\rAttestRequest\x12)\n" +
 	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x10\n" +
@@ -945,7 +1258,7 @@ const file_sigil_v1_node_proto_rawDesc = "" +
 	"\tissued_at\x18\x02 \x01(\x03R\bissuedAt\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x15\n" +
-	"\x06key_id\x18\x04 \x01(\tR\x05keyId2\xbc\x03\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x05keyId2\xf7\x03\n" +
 	"\x04Node\x12Q\n" +
 	"\fAttestStream\x12\x1d.sigil.v1.AttestStreamRequest\x1a\x1e.sigil.v1.AttestStreamResponse(\x010\x01\x12;\n" +
 	"\x06Attest\x12\x17.sigil.v1.AttestRequest\x1a\x18.sigil.v1.AttestResponse\x12G\n" +
@@ -954,7 +1267,8 @@ const file_sigil_v1_node_proto_rawDesc = "" +
 	"\x04Sync\x12\x15.sigil.v1.SyncRequest\x1a\x16.sigil.v1.SyncResponse0\x01\x12Y\n" +
 	"\x10BatchNewX509SVID\x12!.sigil.v1.BatchNewX509SVIDRequest\x1a\".sigil.v1.BatchNewX509SVIDResponse\x12G\n" +
 	"\n" +
-	"NewJWTSVID\x12\x1b.sigil.v1.NewJWTSVIDRequest\x1a\x1c.sigil.v1.NewJWTSVIDResponseB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
+	"NewJWTSVID\x12\x1b.sigil.v1.NewJWTSVIDRequest\x1a\x1c.sigil.v1.NewJWTSVIDResponse\x129\n" +
+	"\x06Report\x12\x15.sigil.v1.AgentReport\x1a\x18.sigil.v1.ReportResponseB0Z.github.com/sigil-id/sigil/api/sigil/v1;sigilv1b\x06proto3"
 
 var (
 	file_sigil_v1_node_proto_rawDescOnce sync.Once
@@ -968,53 +1282,60 @@ func file_sigil_v1_node_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_node_proto_rawDescData
 }
 
-var file_sigil_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_sigil_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_sigil_v1_node_proto_goTypes = []any{
-	(*AttestRequest)(nil),            // 0: sigil.v1.AttestRequest
-	(*AttestResponse)(nil),           // 1: sigil.v1.AttestResponse
-	(*AttestStreamRequest)(nil),      // 2: sigil.v1.AttestStreamRequest
-	(*AttestStreamResponse)(nil),     // 3: sigil.v1.AttestStreamResponse
-	(*RenewAgentRequest)(nil),        // 4: sigil.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),       // 5: sigil.v1.RenewAgentResponse
-	(*SyncRequest)(nil),              // 6: sigil.v1.SyncRequest
-	(*SyncResponse)(nil),             // 7: sigil.v1.SyncResponse
-	(*X509SVIDRequest)(nil),          // 8: sigil.v1.X509SVIDRequest
-	(*BatchNewX509SVIDRequest)(nil),  // 9: sigil.v1.BatchNewX509SVIDRequest
-	(*X509SVIDResult)(nil),           // 10: sigil.v1.X509SVIDResult
-	(*BatchNewX509SVIDResponse)(nil), // 11: sigil.v1.BatchNewX509SVIDResponse
-	(*NewJWTSVIDRequest)(nil),        // 12: sigil.v1.NewJWTSVIDRequest
-	(*NewJWTSVIDResponse)(nil),       // 13: sigil.v1.NewJWTSVIDResponse
-	(*Bundle)(nil),                   // 14: sigil.v1.Bundle
-	(*Entry)(nil),                    // 15: sigil.v1.Entry
-	(*Status)(nil),                   // 16: sigil.v1.Status
+	(*SVIDState)(nil),                // 0: sigil.v1.SVIDState
+	(*AgentReport)(nil),              // 1: sigil.v1.AgentReport
+	(*ReportResponse)(nil),           // 2: sigil.v1.ReportResponse
+	(*AttestRequest)(nil),            // 3: sigil.v1.AttestRequest
+	(*AttestResponse)(nil),           // 4: sigil.v1.AttestResponse
+	(*AttestStreamRequest)(nil),      // 5: sigil.v1.AttestStreamRequest
+	(*AttestStreamResponse)(nil),     // 6: sigil.v1.AttestStreamResponse
+	(*RenewAgentRequest)(nil),        // 7: sigil.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),       // 8: sigil.v1.RenewAgentResponse
+	(*SyncRequest)(nil),              // 9: sigil.v1.SyncRequest
+	(*SyncResponse)(nil),             // 10: sigil.v1.SyncResponse
+	(*X509SVIDRequest)(nil),          // 11: sigil.v1.X509SVIDRequest
+	(*BatchNewX509SVIDRequest)(nil),  // 12: sigil.v1.BatchNewX509SVIDRequest
+	(*X509SVIDResult)(nil),           // 13: sigil.v1.X509SVIDResult
+	(*BatchNewX509SVIDResponse)(nil), // 14: sigil.v1.BatchNewX509SVIDResponse
+	(*NewJWTSVIDRequest)(nil),        // 15: sigil.v1.NewJWTSVIDRequest
+	(*NewJWTSVIDResponse)(nil),       // 16: sigil.v1.NewJWTSVIDResponse
+	(*Bundle)(nil),                   // 17: sigil.v1.Bundle
+	(*Entry)(nil),                    // 18: sigil.v1.Entry
+	(*Status)(nil),                   // 19: sigil.v1.Status
 }
 var file_sigil_v1_node_proto_depIdxs = []int32{
-	14, // 0: sigil.v1.AttestResponse.bundle:type_name -> sigil.v1.Bundle
-	0,  // 1: sigil.v1.AttestStreamRequest.attest:type_name -> sigil.v1.AttestRequest
-	1,  // 2: sigil.v1.AttestStreamResponse.result:type_name -> sigil.v1.AttestResponse
-	15, // 3: sigil.v1.SyncResponse.upserted:type_name -> sigil.v1.Entry
-	14, // 4: sigil.v1.SyncResponse.bundle:type_name -> sigil.v1.Bundle
-	14, // 5: sigil.v1.SyncResponse.federated_bundles:type_name -> sigil.v1.Bundle
-	8,  // 6: sigil.v1.BatchNewX509SVIDRequest.requests:type_name -> sigil.v1.X509SVIDRequest
-	16, // 7: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
-	10, // 8: sigil.v1.BatchNewX509SVIDResponse.results:type_name -> sigil.v1.X509SVIDResult
-	2,  // 9: sigil.v1.Node.AttestStream:input_type -> sigil.v1.AttestStreamRequest
-	0,  // 10: sigil.v1.Node.Attest:input_type -> sigil.v1.AttestRequest
-	4,  // 11: sigil.v1.Node.RenewAgent:input_type -> sigil.v1.RenewAgentRequest
-	6,  // 12: sigil.v1.Node.Sync:input_type -> sigil.v1.SyncRequest
-	9,  // 13: sigil.v1.Node.BatchNewX509SVID:input_type -> sigil.v1.BatchNewX509SVIDRequest
-	12, // 14: sigil.v1.Node.NewJWTSVID:input_type -> sigil.v1.NewJWTSVIDRequest
-	3,  // 15: sigil.v1.Node.AttestStream:output_type -> sigil.v1.AttestStreamResponse
-	1,  // 16: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
-	5,  // 17: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
-	7,  // 18: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
-	11, // 19: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
-	13, // 20: sigil.v1.Node.NewJWTSVID:output_type -> sigil.v1.NewJWTSVIDResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	0,  // 0: sigil.v1.AgentReport.agent_svid:type_name -> sigil.v1.SVIDState
+	0,  // 1: sigil.v1.AgentReport.svids:type_name -> sigil.v1.SVIDState
+	17, // 2: sigil.v1.AttestResponse.bundle:type_name -> sigil.v1.Bundle
+	3,  // 3: sigil.v1.AttestStreamRequest.attest:type_name -> sigil.v1.AttestRequest
+	4,  // 4: sigil.v1.AttestStreamResponse.result:type_name -> sigil.v1.AttestResponse
+	18, // 5: sigil.v1.SyncResponse.upserted:type_name -> sigil.v1.Entry
+	17, // 6: sigil.v1.SyncResponse.bundle:type_name -> sigil.v1.Bundle
+	17, // 7: sigil.v1.SyncResponse.federated_bundles:type_name -> sigil.v1.Bundle
+	11, // 8: sigil.v1.BatchNewX509SVIDRequest.requests:type_name -> sigil.v1.X509SVIDRequest
+	19, // 9: sigil.v1.X509SVIDResult.status:type_name -> sigil.v1.Status
+	13, // 10: sigil.v1.BatchNewX509SVIDResponse.results:type_name -> sigil.v1.X509SVIDResult
+	5,  // 11: sigil.v1.Node.AttestStream:input_type -> sigil.v1.AttestStreamRequest
+	3,  // 12: sigil.v1.Node.Attest:input_type -> sigil.v1.AttestRequest
+	7,  // 13: sigil.v1.Node.RenewAgent:input_type -> sigil.v1.RenewAgentRequest
+	9,  // 14: sigil.v1.Node.Sync:input_type -> sigil.v1.SyncRequest
+	12, // 15: sigil.v1.Node.BatchNewX509SVID:input_type -> sigil.v1.BatchNewX509SVIDRequest
+	15, // 16: sigil.v1.Node.NewJWTSVID:input_type -> sigil.v1.NewJWTSVIDRequest
+	1,  // 17: sigil.v1.Node.Report:input_type -> sigil.v1.AgentReport
+	6,  // 18: sigil.v1.Node.AttestStream:output_type -> sigil.v1.AttestStreamResponse
+	4,  // 19: sigil.v1.Node.Attest:output_type -> sigil.v1.AttestResponse
+	8,  // 20: sigil.v1.Node.RenewAgent:output_type -> sigil.v1.RenewAgentResponse
+	10, // 21: sigil.v1.Node.Sync:output_type -> sigil.v1.SyncResponse
+	14, // 22: sigil.v1.Node.BatchNewX509SVID:output_type -> sigil.v1.BatchNewX509SVIDResponse
+	16, // 23: sigil.v1.Node.NewJWTSVID:output_type -> sigil.v1.NewJWTSVIDResponse
+	2,  // 24: sigil.v1.Node.Report:output_type -> sigil.v1.ReportResponse
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_node_proto_init() }
@@ -1023,11 +1344,11 @@ func file_sigil_v1_node_proto_init() {
 		return
 	}
 	file_sigil_v1_types_proto_init()
-	file_sigil_v1_node_proto_msgTypes[2].OneofWrappers = []any{
+	file_sigil_v1_node_proto_msgTypes[5].OneofWrappers = []any{
 		(*AttestStreamRequest_Attest)(nil),
 		(*AttestStreamRequest_Answer)(nil),
 	}
-	file_sigil_v1_node_proto_msgTypes[3].OneofWrappers = []any{
+	file_sigil_v1_node_proto_msgTypes[6].OneofWrappers = []any{
 		(*AttestStreamResponse_Challenge)(nil),
 		(*AttestStreamResponse_Result)(nil),
 	}
@@ -1037,7 +1358,7 @@ func file_sigil_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_node_proto_rawDesc), len(file_sigil_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	Node_Sync_FullMethodName             = "/sigil.v1.Node/Sync"
 	Node_BatchNewX509SVID_FullMethodName = "/sigil.v1.Node/BatchNewX509SVID"
 	Node_NewJWTSVID_FullMethodName       = "/sigil.v1.Node/NewJWTSVID"
+	Node_Report_FullMethodName           = "/sigil.v1.Node/Report"
 )
 
 // NodeClient is the client API for Node service.
@@ -59,6 +60,16 @@ type NodeClient interface {
 	BatchNewX509SVID(ctx context.Context, in *BatchNewX509SVIDRequest, opts ...grpc.CallOption) (*BatchNewX509SVIDResponse, error)
 	// NewJWTSVID mints a JWT-SVID for an entry the agent is authorized for.
 	NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts ...grpc.CallOption) (*NewJWTSVIDResponse, error)
+	// Report tells the server the rotation state of the calling agent's own
+	// SVID and of every workload X.509-SVID it holds. Reports are kept in
+	// the memory of the server that receives them (never written to Raft);
+	// the leader gathers every server's reports to evaluate the rotation
+	// health alerts. An agent sends a full report after it connects and
+	// whenever the server answers need_full, a delta (the SVIDs whose state
+	// changed since base_seq, and the entries no longer held) when its
+	// state changes, and an empty delta as a heartbeat at least every
+	// interval.
+	Report(ctx context.Context, in *AgentReport, opts ...grpc.CallOption) (*ReportResponse, error)
 }
 
 type nodeClient struct {
@@ -141,6 +152,16 @@ func (c *nodeClient) NewJWTSVID(ctx context.Context, in *NewJWTSVIDRequest, opts
 	return out, nil
 }
 
+func (c *nodeClient) Report(ctx context.Context, in *AgentReport, opts ...grpc.CallOption) (*ReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportResponse)
+	err := c.cc.Invoke(ctx, Node_Report_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -173,6 +194,16 @@ type NodeServer interface {
 	BatchNewX509SVID(context.Context, *BatchNewX509SVIDRequest) (*BatchNewX509SVIDResponse, error)
 	// NewJWTSVID mints a JWT-SVID for an entry the agent is authorized for.
 	NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error)
+	// Report tells the server the rotation state of the calling agent's own
+	// SVID and of every workload X.509-SVID it holds. Reports are kept in
+	// the memory of the server that receives them (never written to Raft);
+	// the leader gathers every server's reports to evaluate the rotation
+	// health alerts. An agent sends a full report after it connects and
+	// whenever the server answers need_full, a delta (the SVIDs whose state
+	// changed since base_seq, and the entries no longer held) when its
+	// state changes, and an empty delta as a heartbeat at least every
+	// interval.
+	Report(context.Context, *AgentReport) (*ReportResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -200,6 +231,9 @@ func (UnimplementedNodeServer) BatchNewX509SVID(context.Context, *BatchNewX509SV
 }
 func (UnimplementedNodeServer) NewJWTSVID(context.Context, *NewJWTSVIDRequest) (*NewJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NewJWTSVID not implemented")
+}
+func (UnimplementedNodeServer) Report(context.Context, *AgentReport) (*ReportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -312,6 +346,24 @@ func _Node_NewJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_Report_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AgentReport)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).Report(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_Report_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).Report(ctx, req.(*AgentReport))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -334,6 +386,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NewJWTSVID",
 			Handler:    _Node_NewJWTSVID_Handler,
+		},
+		{
+			MethodName: "Report",
+			Handler:    _Node_Report_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
