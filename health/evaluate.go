@@ -162,7 +162,7 @@ func evalAgents(cfg Config, s Snapshot) []alert.Alert {
 		late, expiring, expired := classify(cfg, s.Now, ag, r)
 		if len(late) > 0 {
 			out = append(out, svidAlert(cfg, s, ag, r, stale, KeySVIDNotRenewed, NameSVIDNotRenewed, alert.Warning, late, nil,
-				fmt.Sprintf("%s past their renewal point and not renewed", plural(len(late), "SVID"))))
+				fmt.Sprintf("%s past %s renewal point and not renewed", plural(len(late), "SVID"), pick(len(late) == 1, "its", "their"))))
 		}
 		if len(expiring)+len(expired) > 0 {
 			var what string
@@ -507,4 +507,11 @@ func plural(n int, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
+}
+
+func pick(cond bool, a, b string) string {
+	if cond {
+		return a
+	}
+	return b
 }
