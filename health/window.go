@@ -16,7 +16,9 @@ import (
 // before Window knew it are not counted (they may be days old), except
 // for a new instance of a server already known, whose counters began at
 // zero when it restarted. The window is (now-d, now]: increments observed
-// exactly d ago no longer count. A Window is safe for concurrent use.
+// exactly d ago no longer count. A merged sample counts until its last
+// increment slides out, so an increment may count up to d/10 longer,
+// never shorter. A Window is safe for concurrent use.
 type Window struct {
 	d time.Duration
 
