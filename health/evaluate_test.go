@@ -71,7 +71,7 @@ func TestFiringAlertsStableAcrossHeartbeats(t *testing.T) {
 			Reports: []health.AgentReport{{AgentID: agent, Server: "s2", ReceivedAt: received, SVIDs: []health.SVID{
 				{SPIFFEID: "spiffe://td/w", RenewAt: start.Add(-time.Hour), ExpiresAt: start.Add(time.Hour), LastError: "boom", LastAttempt: start},
 			}}},
-			Members: []health.Member{{Name: "s3", Address: "127.0.0.1:1", UnreachableSince: start.Add(-time.Hour)}},
+			Members:     []health.Member{{Name: "s3", Address: "127.0.0.1:1", UnreachableSince: start.Add(-time.Hour)}},
 			Authorities: []health.Authority{{Kind: "x509", Server: "s1", ID: "k", State: "active", ExpiresAt: start.Add(time.Hour)}},
 		}
 	}
