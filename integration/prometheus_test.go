@@ -219,8 +219,9 @@ func dashboardExprs(t *testing.T, path, rate string) []string {
 // server and agent with the example rules loaded: both targets are up,
 // every rule evaluates without error (and, the deployment being healthy,
 // none is pending or firing), every rule and dashboard expression
-// answers through the HTTP API without error, and the key series carry
-// the values a working deployment gives them.
+// answers through the HTTP API without error, the key series carry the
+// values a working deployment gives them, and once the server is stopped
+// the agent's not-reporting rule goes pending.
 func TestPrometheusScrapesSigil(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
@@ -379,4 +380,31 @@ func TestPrometheusScrapesSigil(t *testing.T) {
 		}
 	}
 	t.Logf("%d rule and dashboard expressions queried (%d rules), %d with series", len(exprs), len(rules), nonEmpty)
+
+	// The rules see a real failure: with the server stopped, the agent
+	// loses its sync stream and SigilAgentNotReporting{signal="agent"}
+	// becomes pending (it fires after its 2 minutes, not waited for here).
+	s.p.stop()
+	eventually.NoError(t, 60*time.Second, func() error {
+		data, err := ps.get("/api/v1/alerts", nil)
+		if err != nil {
+			return err
+		}
+		var res struct {
+			Alerts []struct {
+				Labels map[string]string `json:"labels"`
+				State  string            `json:"state"`
+			} `json:"alerts"`
+		}
+		if err := json.Unmarshal(data, &res); err != nil {
+			return eventually.Stop(err)
+		}
+		for _, al := range res.Alerts {
+			l := al.Labels
+			if l["alertname"] == "SigilAgentNotReporting" && l["signal"] == "agent" && l["instance"] == a.health && al.State == "pending" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no pending SigilAgentNotReporting for the agent: alerts %+v", res.Alerts)
+	})
 }
