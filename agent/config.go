@@ -147,9 +147,8 @@ func (c Config) withDefaults() Config {
 }
 
 // Validate reports the first problem with the configuration. Zero values
-// that have defaults (SocketPath, SyncBatchSize, HealthReportInterval, Logger,
-// Clock) are
-// accepted.
+// that have defaults (SocketPath, SyncBatchSize, HealthReportInterval,
+// Logger, Clock) are accepted.
 func (c *Config) Validate() error {
 	if c.TrustDomain.IsZero() {
 		return errors.New("agent: trust domain is required")
