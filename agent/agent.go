@@ -73,6 +73,8 @@ type Agent struct {
 	// numbers the rotation reports (report.go).
 	agentAttempt agentAttempt
 	reportSeq    reportSeq
+	// reportLoops counts the report loops running (at most one).
+	reportLoops atomic.Int32
 }
 
 // New checks cfg and returns an agent that is not running yet.

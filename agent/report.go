@@ -272,6 +272,8 @@ type reportSession struct {
 // reportLoop sends the rotation reports on client until ctx is done or
 // the server does not implement Report.
 func (a *Agent) reportLoop(ctx context.Context, client sigilv1.NodeClient) {
+	a.reportLoops.Add(1)
+	defer a.reportLoops.Add(-1)
 	s := &reportSession{a: a, client: client, interval: a.cfg.HealthReportInterval, needFull: true}
 	dirty := true
 	var (

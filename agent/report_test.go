@@ -349,7 +349,12 @@ func TestAgentStopsReportingToServerWithoutReport(t *testing.T) {
 	cfg.Clock = clk
 	r := startAgent(t, cfg)
 	eventually.True(t, 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return calls == 1 }, "no report")
-	// Intervals pass: no heartbeat to a server that does not take them.
+	// The report loop stops while the sync stream stays up: intervals
+	// pass without a heartbeat to a server that does not take them.
+	eventually.True(t, 10*time.Second, func() bool { return r.reportLoops.Load() == 0 }, "the report loop still runs")
+	if err := r.Healthy(); err != nil {
+		t.Fatalf("Healthy = %v", err)
+	}
 	clk.Add(3 * DefaultHealthReportInterval)
 	// On the next connection the agent tries again, with a full report.
 	rec := newReportRecorder(srv)
