@@ -20,7 +20,7 @@ func TestAgentHealthReportInterval(t *testing.T) {
 		t.Fatalf("unset: %v, %v", f, err)
 	}
 	for src, want := range map[string]string{
-		`agent { health_report_interval = "-1s" }`:  `test.hcl: agent.health_report_interval: invalid duration "-1s": must not be negative`,
+		`agent { health_report_interval = "-1s" }`:   `test.hcl: agent.health_report_interval: invalid duration "-1s": must not be negative`,
 		`agent { health_report_interval = "often" }`: `test.hcl: agent.health_report_interval: invalid duration "often"`,
 	} {
 		if _, err := Parse("test.hcl", []byte(src)); err == nil || !strings.Contains(err.Error(), want) {
