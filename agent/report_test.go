@@ -110,6 +110,11 @@ func (rec *reportRecorder) next(t *testing.T) *sigilv1.AgentReport {
 	if rec.last != nil && r.GetSeq() <= rec.last.GetSeq() {
 		t.Fatalf("report seq %d after %d", r.GetSeq(), rec.last.GetSeq())
 	}
+	// Deltas are at least 5 s apart (a full report asked for
+	// with need_full goes at once).
+	if gap := r.GetGeneratedAt() - rec.last.GetGeneratedAt(); rec.last != nil && !r.GetFull() && gap < 5 {
+		t.Fatalf("delta %d only %ds after report %d", r.GetSeq(), gap, rec.last.GetSeq())
+	}
 	if r.GetFull() {
 		if r.GetBaseSeq() != 0 || len(r.GetRemoved()) != 0 {
 			t.Fatalf("full report %d: base_seq %d, removed %v", r.GetSeq(), r.GetBaseSeq(), r.GetRemoved())
@@ -329,6 +334,37 @@ func TestAgentReportsMintFailure(t *testing.T) {
 	e := s.GetLastError()
 	if len(e) > maxReportError || len(e) < maxReportError-1 || !utf8.ValidString(e) || !strings.Contains(e, "Internal") || !strings.Contains(e, "xéé") {
 		t.Fatalf("last_error = %q (%d bytes), want the mint error cut to at most %d bytes on a character boundary", e, len(e), maxReportError)
+	}
+	r.stop(t)
+}
+
+// A report that fails (the server is unavailable) is tried again one
+// interval later, as a full report while the server has none.
+func TestAgentRetriesFailedReport(t *testing.T) {
+	srv := newFakeServer(t)
+	clk := clock.NewFake(time.Now())
+	srv.now = clk.Now
+	srv.agentTTL = 24 * time.Hour
+	srv.upsert(entry("e1", "web", 1, "uid:1"))
+	rec := newReportRecorder(srv)
+	rec.answerNext(func(*sigilv1.AgentReport) (*sigilv1.ReportResponse, error) {
+		return nil, status.Error(codes.Unavailable, "server shutting down")
+	})
+	cfg := srv.config(t, t.TempDir())
+	cfg.Clock = clk
+	r := startAgent(t, cfg)
+	failed := rec.next(t)
+	if !failed.GetFull() || failed.GetSeq() != 1 {
+		t.Fatalf("first report: full %v seq %d", failed.GetFull(), failed.GetSeq())
+	}
+	eventually.True(t, 10*time.Second, func() bool { return len(heldSerials(r)) == 1 }, "SVID not minted")
+	clk.Add(DefaultHealthReportInterval)
+	again := rec.next(t)
+	if !again.GetFull() || again.GetSeq() != 2 || again.GetGeneratedAt()-failed.GetGeneratedAt() < int64(DefaultHealthReportInterval/time.Second) {
+		t.Fatalf("retry: full %v seq %d, %ds after the failed one", again.GetFull(), again.GetSeq(), again.GetGeneratedAt()-failed.GetGeneratedAt())
+	}
+	if len(again.GetSvids()) != 1 || again.GetSvids()[0].GetSerial() != heldSerials(r)["e1"] {
+		t.Fatalf("retry carries %v", again.GetSvids())
 	}
 	r.stop(t)
 }
