@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -546,4 +548,44 @@ func TestClampReportInterval(t *testing.T) {
 			t.Errorf("clamp(%v) = %v, want %v", in, got, want)
 		}
 	}
+}
+
+// BenchmarkReportStates measures what one report costs the agent with
+// MaxReportSVIDs entries held: the copy under the cache's lock (the only
+// part that holds up minting and the Workload API), then the states, the
+// ordering and the delta without it.
+func BenchmarkReportStates(b *testing.B) {
+	c := newCache(testTD, zap.NewNop(), clock.New())
+	now := time.Now()
+	ca := newTestCA(b, now)
+	key, _, err := newKeyAndCSR()
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://example.org/web")
+	chain := ca.sign(b, id, key.Public(), now, time.Hour)
+	entries := make([]*sigilv1.Entry, MaxReportSVIDs)
+	for i := range entries {
+		entries[i] = entry(fmt.Sprintf("e%05d", i), "web", 1, "uid:1")
+	}
+	c.ReplaceEntries(entries)
+	n := 0
+	for _, st := range c.st.entries {
+		n++
+		st.svid = &svid{spiffeID: id, chain: chain, renewAt: now.Add(time.Duration(n) * time.Second), notAfter: chain[0].NotAfter}
+	}
+	last := make(map[string]svidReport)
+	b.Run("locked-copy", func(b *testing.B) {
+		for b.Loop() {
+			c.mu.Lock()
+			_ = c.st.reportStates()
+			c.mu.Unlock()
+		}
+	})
+	b.Run("build", func(b *testing.B) {
+		for b.Loop() {
+			view, _, _ := reportView(c.reportStates(), MaxReportSVIDs)
+			reportDelta(last, view)
+		}
+	})
 }
