@@ -69,6 +69,12 @@ type Agent struct {
 	// server does not know this agent (evicted, or forgotten in a restore
 	// from an older snapshot), so that it attests again. Buffered (1).
 	reattestKick chan struct{}
+	// agentAttempt is the last renewal of the agent SVID, and reportSeq
+	// numbers the rotation reports (report.go).
+	agentAttempt agentAttempt
+	reportSeq    reportSeq
+	// reportLoops counts the report loops running (at most one).
+	reportLoops atomic.Int32
 }
 
 // New checks cfg and returns an agent that is not running yet.

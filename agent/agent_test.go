@@ -62,6 +62,9 @@ type fakeServer struct {
 	syncCalls   int
 	issuedKeys  map[string]crypto.PublicKey
 	now         func() time.Time
+	// report answers Node.Report (report_test.go); nil: Unimplemented,
+	// as an older server answers.
+	report func(context.Context, *sigilv1.AgentReport) (*sigilv1.ReportResponse, error)
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
@@ -735,6 +738,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative batch", func(c *Config) { c.SyncBatchSize = -1 }, "negative"},
 		{"negative workload attestor timeout", func(c *Config) { c.WorkloadAttestorTimeout = -time.Second }, "workload attestor timeout"},
 		{"huge batch", func(c *Config) { c.SyncBatchSize = MaxSyncBatchSize + 1 }, "maximum"},
+		{"short report interval", func(c *Config) { c.HealthReportInterval = time.Second }, "health report interval 1s is outside 5s..10m0s"},
+		{"long report interval", func(c *Config) { c.HealthReportInterval = time.Hour }, "health report interval"},
 		{"missing bundle file", func(c *Config) { c.TrustBundlePath = "/nonexistent/bundle.pem" }, "trust bundle"},
 		{"no node attestor", func(c *Config) { c.NodeAttestor = nil }, "no node attestor"},
 		{"no workload attestor", func(c *Config) { c.WorkloadAttestors = nil }, "no workload attestor"},
@@ -751,7 +756,7 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	if d := DefaultConfig(); d.SocketPath != DefaultSocketPath || d.SyncBatchSize != 500 {
+	if d := DefaultConfig(); d.SocketPath != DefaultSocketPath || d.SyncBatchSize != 500 || d.HealthReportInterval != 30*time.Second {
 		t.Fatalf("DefaultConfig = %+v", d)
 	}
 }

@@ -45,6 +45,9 @@ type cache struct {
 	// agentTaint is signalled when the agent's own SVID's signer is
 	// tainted; buffered 1.
 	agentTaint chan struct{}
+	// reportKick wakes the rotation report loop (report.go) when the
+	// state of an SVID may have changed; buffered 1.
+	reportKick chan struct{}
 
 	jwt *jwtCache
 
@@ -67,6 +70,7 @@ func newCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock) *cache 
 		subs:       newSubscriptions(),
 		kick:       make(chan struct{}, 1),
 		agentTaint: make(chan struct{}, 1),
+		reportKick: make(chan struct{}, 1),
 		met:        newMintMetrics(),
 	}
 	c.jwt = newJWTCache(td, log, clk, c.jwtTargets)
@@ -145,6 +149,9 @@ func (c *cache) report(ch changes) {
 	}
 	if tainted > 0 {
 		c.log.Info("SVIDs signed by a tainted authority are being replaced", zap.Int("svids", tainted))
+	}
+	if len(ch.events) > 0 || ch.notify {
+		c.kickReport()
 	}
 	if ch.wake {
 		c.wake()

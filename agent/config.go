@@ -89,6 +89,12 @@ type Config struct {
 	// may hold open on the Workload API; zero fields take the defaults
 	// of workloadapi.Limits.
 	WorkloadAPILimits workloadapi.Limits
+	// HealthReportInterval is the longest time between two rotation
+	// reports to the server (report.go): with nothing to report, a
+	// heartbeat is sent at this interval. A non-zero interval asked for
+	// by the server overrides it. Between MinHealthReportInterval and
+	// MaxHealthReportInterval; DefaultHealthReportInterval when zero.
+	HealthReportInterval time.Duration
 }
 
 // DefaultConfig returns a Config with every default filled in except the
@@ -98,6 +104,8 @@ func DefaultConfig() Config {
 	return Config{
 		SocketPath:    unixsock.DefaultWorkloadSocket(),
 		SyncBatchSize: DefaultSyncBatchSize,
+
+		HealthReportInterval: DefaultHealthReportInterval,
 	}
 }
 
@@ -126,6 +134,9 @@ func (c Config) withDefaults() Config {
 	if c.SyncBatchSize == 0 {
 		c.SyncBatchSize = DefaultSyncBatchSize
 	}
+	if c.HealthReportInterval == 0 {
+		c.HealthReportInterval = DefaultHealthReportInterval
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -136,8 +147,8 @@ func (c Config) withDefaults() Config {
 }
 
 // Validate reports the first problem with the configuration. Zero values
-// that have defaults (SocketPath, SyncBatchSize, Logger, Clock) are
-// accepted.
+// that have defaults (SocketPath, SyncBatchSize, HealthReportInterval,
+// Logger, Clock) are accepted.
 func (c *Config) Validate() error {
 	if c.TrustDomain.IsZero() {
 		return errors.New("agent: trust domain is required")
@@ -162,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if c.WorkloadAttestorTimeout < 0 {
 		return fmt.Errorf("agent: workload attestor timeout %v is negative", c.WorkloadAttestorTimeout)
+	}
+	if d := c.HealthReportInterval; d != 0 && (d < MinHealthReportInterval || d > MaxHealthReportInterval) {
+		return fmt.Errorf("agent: health report interval %v is outside %v..%v", d, MinHealthReportInterval, MaxHealthReportInterval)
 	}
 	if c.SyncBatchSize > MaxSyncBatchSize {
 		return fmt.Errorf("agent: sync batch size %d exceeds the maximum of %d", c.SyncBatchSize, MaxSyncBatchSize)

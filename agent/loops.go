@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -85,7 +86,13 @@ var errConnReplaced = errors.New("connection replaced")
 // arrived.
 func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed <-chan struct{}) (progressed bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	// The report loop runs on this stream's connection while it is up.
+	var reports sync.WaitGroup
+	reportStarted := false
+	defer func() {
+		cancel(nil)
+		reports.Wait()
+	}()
 	go func() {
 		select {
 		case <-changed:
@@ -163,6 +170,10 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 			a.cache.ReplaceEntries(entries)
 			a.log.Info("entries synced", zap.Int("entries", len(entries)), zap.Uint64("index", msg.GetIndex()))
 			a.maybeReady()
+			if !reportStarted {
+				reportStarted = true
+				reports.Go(func() { a.reportLoop(ctx, client) })
+			}
 		}
 	}
 }
@@ -331,6 +342,7 @@ func (a *Agent) agentLoop(ctx context.Context) {
 			return
 		}
 		var err error
+		attemptAt := a.clk.Now()
 		switch {
 		case a.mustReattest():
 			err = a.reattest(ctx, "the server refused the agent")
@@ -347,6 +359,7 @@ func (a *Agent) agentLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		a.recordAgentAttempt(attemptAt, err)
 		if err != nil {
 			failures++
 			continue

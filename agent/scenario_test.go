@@ -49,6 +49,7 @@ import (
 //	fedremove TD...              SetFederated: remove these federated bundles
 //	subscribe NAME UID           a subscription with selector uid:UID; after every
 //	                             command, the snapshots subscriptions receive are printed
+//	report                       the rotation report fields of every entry (report.go)
 func TestX509StateScenarios(t *testing.T) {
 	golden.Scripts(t, "testdata/x509state/*.script", runX509Scenario)
 }
@@ -432,6 +433,17 @@ func runX509Scenario(t *testing.T, path string) string {
 				}
 				s.out.WriteString("\n")
 			}
+		case "report":
+			rs := s.st.reportStates()
+			slices.SortFunc(rs, func(a, b entryReport) int { return strings.Compare(a.id, b.id) })
+			for _, r := range rs {
+				fmt.Fprintf(&s.out, "  report %s %s", r.id, r.spiffeID)
+				if r.sv != nil {
+					fmt.Fprintf(&s.out, " svid#%d renew %s expires %s", r.sv.seq, s.rel(r.sv.renewAt), s.rel(r.sv.notAfter))
+				}
+				fmt.Fprintf(&s.out, " attempt %s failures %d error %q\n", s.rel(r.lastAttempt), r.failStreak, r.lastError)
+			}
+			continue
 		case "subscribe":
 			if len(pos) != 2 {
 				s.fatalf(line, "want subscribe NAME UID")

@@ -146,6 +146,25 @@ type entryState struct {
 	failures int
 	retryAt  time.Time
 	inflight bool
+	// lastAttempt is when a mint for the entry last started; lastError
+	// is why the last attempt failed ("" when it succeeded or none
+	// failed) and failStreak counts the attempts that failed in a row.
+	// Unlike failures (which drives the backoff and is cleared when the
+	// agent reconnects) they are cleared only by a successful mint. The
+	// agent's rotation reports carry them (report.go).
+	lastAttempt time.Time
+	lastError   string
+	failStreak  int
+}
+
+// attemptFailed records a failed attempt for the rotation reports.
+func (st *entryState) attemptFailed(err error) {
+	st.failStreak++
+	if err != nil {
+		st.lastError = err.Error()
+	} else {
+		st.lastError = "unknown error"
+	}
 }
 
 // servable returns the SVID the agent may hand out for the entry, or nil.
@@ -477,6 +496,7 @@ func (s *x509State) Tick(now time.Time) changes {
 			st.pending = nil
 			st.failures++
 			st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
+			st.attemptFailed(errors.New("minted SVID never verified against the agent's bundle"))
 			ch.add(event{kind: evPendingExpired, entryID: id, at: st.retryAt, failures: st.failures, reason: mintUnverified})
 		}
 	}
@@ -542,6 +562,7 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 	jobs = make([]*mintJob, len(due))
 	for i, d := range due {
 		d.st.inflight = true
+		d.st.lastAttempt = now
 		jobs[i] = &mintJob{id: d.id, gen: d.st.gen, fp: d.st.fp}
 	}
 	if all {
@@ -626,12 +647,14 @@ func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
 	st.inflight = false
 	if r.out.denied {
 		st.denied = true
+		st.attemptFailed(r.out.err)
 		ch.add(event{kind: evDenied, entryID: job.id, err: r.out.err, reason: mintDenied})
 		return false
 	}
 	fail := func(err error, reason string) bool {
 		st.failures++
 		st.retryAt = now.Add(Backoff(mintRetryBase, mintRetryMax, st.failures-1, s.jitter()))
+		st.attemptFailed(err)
 		ch.add(event{kind: evFailed, entryID: job.id, err: err, at: st.retryAt, failures: st.failures, reason: reason})
 		return false
 	}
@@ -670,6 +693,7 @@ func (s *x509State) promote(id string, st *entryState, sv *svid, ch *changes) {
 	st.svid = sv
 	st.failures = 0
 	st.retryAt = time.Time{}
+	st.lastError, st.failStreak = "", 0
 	ch.notify = true
 	ch.add(event{kind: evMinted, entryID: id, svid: sv})
 }

@@ -266,6 +266,9 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	cfg.WorkloadAPILimits.MaxConnsPerUID = a.MaxWorkloadConnsPerUID
 	cfg.WorkloadAPILimits.MaxConns = a.MaxWorkloadConns
 	cfg.WorkloadAttestorTimeout = a.WorkloadAttestorTimeout
+	if a.HealthReportInterval != 0 {
+		cfg.HealthReportInterval = a.HealthReportInterval
+	}
 	cfg.Logger = log
 	if err := agentPlugins(a, &cfg); err != nil {
 		return cfg, err

@@ -40,6 +40,12 @@ agent {
   # caller without an identity. Default 5s.
   # workload_attestor_timeout = "5s"
 
+  # Longest time between two rotation reports to the server (the state of
+  # every SVID the agent holds, for the rotation-health alerts); changes
+  # are reported at most every 5s. 5s to 10m; the server's alerts
+  # report_interval, when set, overrides it. Default 30s.
+  # health_report_interval = "30s"
+
   # Single-use token from `sigil token generate`, needed for the first start
   # only: afterwards the agent renews the identity kept in data_dir. Keep it
   # in a file of mode 0600 owned by the agent's user (the agent refuses any

@@ -79,6 +79,10 @@ type Agent struct {
 	// WorkloadAttestorTimeout bounds each workload attestor's run on a
 	// Workload API call; 0 means the default (agent.Config).
 	WorkloadAttestorTimeout time.Duration
+	// HealthReportInterval is the longest time between two rotation
+	// reports to the server (heartbeats); 0 means the default
+	// (agent.Config).
+	HealthReportInterval time.Duration
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies the defaults to it.
 	Plugins *Plugins
@@ -155,6 +159,7 @@ type hclAgent struct {
 	MaxWorkloadConns       int `hcl:"workload_api_max_connections,optional"`
 
 	WorkloadAttestorTimeout string `hcl:"workload_attestor_timeout,optional"`
+	HealthReportInterval    string `hcl:"health_report_interval,optional"`
 
 	Plugins *hclPlugins `hcl:"plugins,block"`
 }
@@ -278,6 +283,13 @@ func Parse(filename string, src []byte) (*File, error) {
 				return nil, fmt.Errorf("%s: agent.workload_attestor_timeout: %w", filename, err)
 			}
 			out.Agent.WorkloadAttestorTimeout = d
+		}
+		if a.HealthReportInterval != "" {
+			d, err := parseDuration(a.HealthReportInterval)
+			if err != nil {
+				return nil, fmt.Errorf("%s: agent.health_report_interval: %w", filename, err)
+			}
+			out.Agent.HealthReportInterval = d
 		}
 		p, err := readPlugins(body, "agent", a.Plugins, raw.Plugins)
 		if err != nil {
