@@ -413,11 +413,19 @@ func evalMembers(cfg Config, s Snapshot) []alert.Alert {
 }
 
 func burst(cfg Config, s Snapshot, k, name, what string, n uint64) alert.Alert {
+	// The alert names a tier (the threshold, doubled while n reaches the
+	// double), not n itself: a count that moved with every failure would
+	// change the alert, and so re-notify and rewrite it, on every
+	// evaluation of a burst.
+	tier := cfg.FailureBurst
+	for tier <= n/2 {
+		tier *= 2
+	}
 	return build(alert.Alert{
 		Key: k, Name: name, Severity: alert.Warning,
-		Summary: fmt.Sprintf("%d %s failures in the last %s across the cluster (threshold %d)", n, what, dur(cfg.FailureWindow), cfg.FailureBurst),
+		Summary: fmt.Sprintf("at least %d %s failures in the last %s across the cluster (threshold %d)", tier, what, dur(cfg.FailureWindow), cfg.FailureBurst),
 		Source:  s.Source, StartsAt: s.Now,
-	}, "count", strconv.FormatUint(n, 10), "window", dur(cfg.FailureWindow))
+	}, "at_least", strconv.FormatUint(tier, 10), "window", dur(cfg.FailureWindow))
 }
 
 // build sets a's details from key/value pairs, bounding their number and
