@@ -381,7 +381,7 @@ func TestDispatcherRepeatsPerNotifier(t *testing.T) {
 	clk := clock.NewFake(t0)
 	fast := repeatNotifier{&memNotifier{name: "fast"}, time.Minute}
 	slow := repeatNotifier{&memNotifier{name: "slow"}, 10 * time.Hour} // longer than the Dispatcher's: 5m
-	off := repeatNotifier{&memNotifier{name: "off"}, 0}                 // zero: ignored, 5m
+	off := repeatNotifier{&memNotifier{name: "off"}, 0}                // zero: ignored, 5m
 	plain := &memNotifier{name: "plain"}
 	d := start(t, DispatcherConfig{Notifiers: []Notifier{fast, slow, off, plain}, Clock: clk, RepeatInterval: 5 * time.Minute})
 	d.Fire(alertN("a", Warning))
