@@ -97,7 +97,7 @@ func New(cfg Config) (*Server, error) {
 		td:         cfg.TrustDomain,
 		id:         id,
 		ready:      make(chan struct{}),
-		metrics:    newMetrics(),
+		metrics:    newServerMetrics(!cfg.DisableMetrics),
 		nodeLimits: defaultNodeLimits(),
 	}
 	s.metrics.registerStateCollector(s)
