@@ -313,7 +313,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Logger:          a.log.Named("workloadapi"),
 		Clock:           a.clk,
 		Limits:          a.cfg.WorkloadAPILimits,
-		Meter:           a.metrics.workload,
+		Meter:           a.workloadMeter(),
 	})
 	if err != nil {
 		l.Close()

@@ -79,6 +79,11 @@ type Config struct {
 	Logger *zap.Logger
 	// Clock drives expiry, renewal and backoff; nil is the wall clock.
 	Clock clock.Clock
+	// DisableMetrics installs no meter on the Workload API (no per-call
+	// metric work; the sigil_agent_workload_api_* series are absent from
+	// MetricsHandler). For measuring what the metrics cost (go run ./bench
+	// -metrics-only); default false.
+	DisableMetrics bool
 	// AuditSink receives the agent's audit events (its node attested);
 	// nil writes them to Logger (audit.NewZap).
 	AuditSink audit.Sink

@@ -148,7 +148,8 @@ func (c *cache) svidStats(now time.Time) svidStats {
 // collector reads.
 type agentMetrics struct {
 	reg *prometheus.Registry
-	// workload is the Workload API's meter, passed to its server.
+	// workload is the Workload API's meter, passed to its server; nil
+	// when Config.DisableMetrics is set.
 	workload *workloadapi.PrometheusMeter
 	// wlServer is the Workload API server once Run has built it, for the
 	// connections open.
@@ -159,9 +160,11 @@ type agentMetrics struct {
 // Workload API meter and the gauges computed at scrape time.
 func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 	m := &agentMetrics{reg: prometheus.NewRegistry()}
-	var err error
-	if m.workload, err = workloadapi.NewPrometheusMeter(m.reg); err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+	if !a.cfg.DisableMetrics {
+		var err error
+		if m.workload, err = workloadapi.NewPrometheusMeter(m.reg); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 	}
 	for _, c := range []prometheus.Collector{a.cache.met.minted, a.cache.met.failures, newAgentCollector(a, m)} {
 		if err := m.reg.Register(c); err != nil {
@@ -169,6 +172,15 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// workloadMeter is the meter the Workload API server gets: none when
+// Config.DisableMetrics is set (a nil interface, not a nil pointer).
+func (a *Agent) workloadMeter() workloadapi.Meter {
+	if a.metrics.workload == nil {
+		return nil
+	}
+	return a.metrics.workload
 }
 
 // agentCollector exports the agent's gauges, computed when scraped.

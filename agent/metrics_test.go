@@ -347,3 +347,36 @@ sigil_agent_workloads_connected 1
 	})
 	r.stop(t)
 }
+
+// TestAgentDisableMetrics: with DisableMetrics the Workload API has no
+// meter: a fetch still works and /metrics carries no
+// sigil_agent_workload_api_* series, while the other gauges remain.
+func TestAgentDisableMetrics(t *testing.T) {
+	srv := newFakeServer(t)
+	srv.upsert(entry("me", "me", 1, "uid:"+strconv.Itoa(os.Getuid())))
+	cfg := srv.config(t, t.TempDir())
+	cfg.DisableMetrics = true
+	r := startAgent(t, cfg)
+	if r.workloadMeter() != nil {
+		t.Fatal("the Workload API got a meter with DisableMetrics set")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := spiffewl.New(ctx, spiffewl.WithAddr("unix://"+cfg.SocketPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.FetchX509SVID(ctx); err != nil {
+		t.Fatalf("FetchX509SVID: %v", err)
+	}
+	rec := httptest.NewRecorder()
+	r.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	if strings.Contains(body, "sigil_agent_workload_api_") {
+		t.Errorf("/metrics has Workload API series with DisableMetrics set:\n%s", body)
+	}
+	if !strings.Contains(body, "sigil_agent_server_connected") {
+		t.Errorf("/metrics lacks the agent's gauges:\n%s", body)
+	}
+}

@@ -21,6 +21,18 @@ type Router interface {
 	MinSeverity() Severity
 }
 
+// Repeater is implemented by a Notifier whose receiver needs a firing
+// alert sent again more often than the Dispatcher's RepeatInterval (e.g.
+// Alertmanager, which resolves an alert it has not heard of for its
+// resolve_timeout). The Dispatcher repeats each firing alert to such a
+// notifier every min(DispatcherConfig.RepeatInterval, RepeatInterval());
+// a zero or negative RepeatInterval is ignored.
+type Repeater interface {
+	// RepeatInterval is the longest the notifier may go without hearing
+	// of an alert that still fires.
+	RepeatInterval() time.Duration
+}
+
 // DefaultMinSeverity is the minimum severity of a Notifier that is not a
 // Router.
 const DefaultMinSeverity = Warning
@@ -52,8 +64,9 @@ type DispatcherConfig struct {
 	Notifiers []Notifier
 	// QueueSize bounds each notifier's queue. Default 1024.
 	QueueSize int
-	// RepeatInterval is how often a firing alert is sent again while it
-	// fires unchanged. Default 4h.
+	// RepeatInterval is how often a firing alert is sent again to each
+	// notifier while it fires unchanged; a notifier that is a Repeater
+	// gets it at the shorter of this and its own interval. Default 4h.
 	RepeatInterval time.Duration
 	// RetryMin and RetryMax bound the exponential backoff between
 	// retries of a failed send. Defaults 1s and 5m.
@@ -136,8 +149,8 @@ func (c DispatcherConfig) withDefaults() DispatcherConfig {
 // notifiers: each notifier has its own goroutine and a bounded queue, and
 // gets only the alerts of at least its minimum severity (Router). A
 // firing alert is sent when it starts or changes (severity, summary,
-// details), again every RepeatInterval while it fires, and once when it
-// is resolved. A failed send is retried with exponential backoff, with
+// details), again every RepeatInterval (per notifier: see Repeater) while
+// it fires, and once when it is resolved. A failed send is retried with exponential backoff, with
 // whatever was queued meanwhile. Fire and Resolve never block: when a
 // queue is full, the oldest entries of keys that have a newer entry are
 // dropped first, then the oldest entries, and the drops are counted.
@@ -152,8 +165,19 @@ type Dispatcher struct {
 }
 
 type activeAlert struct {
-	alert    Alert
-	lastSent time.Time // when it was last queued (start, change or repeat)
+	alert Alert
+	// lastSent is, per worker (by index in Dispatcher.workers), when the
+	// alert was last queued to it (start, change or repeat).
+	lastSent []time.Time
+}
+
+// newActive returns the entry of a, queued to every worker at now.
+func (d *Dispatcher) newActive(a Alert, now time.Time) *activeAlert {
+	e := &activeAlert{alert: a, lastSent: make([]time.Time, len(d.workers))}
+	for i := range e.lastSent {
+		e.lastSent[i] = now
+	}
+	return e
 }
 
 // NewDispatcher returns a Dispatcher for cfg (zero fields take their
@@ -169,7 +193,11 @@ func NewDispatcher(cfg DispatcherConfig) (*Dispatcher, error) {
 		if r, ok := n.(Router); ok {
 			min = r.MinSeverity()
 		}
-		d.workers = append(d.workers, &worker{d: d, n: n, name: n.Name(), min: min, signal: make(chan struct{}, 1)})
+		repeat := cfg.RepeatInterval
+		if r, ok := n.(Repeater); ok && r.RepeatInterval() > 0 && r.RepeatInterval() < repeat {
+			repeat = r.RepeatInterval()
+		}
+		d.workers = append(d.workers, &worker{d: d, n: n, name: n.Name(), min: min, repeat: repeat, signal: make(chan struct{}, 1)})
 	}
 	return d, nil
 }
@@ -228,7 +256,7 @@ func (d *Dispatcher) Fire(a Alert) {
 	if ok && !changed(prev.alert, a) {
 		return
 	}
-	d.active[a.Key] = &activeAlert{alert: a, lastSent: now}
+	d.active[a.Key] = d.newActive(a, now)
 	d.queue(a)
 	if !ok {
 		select {
@@ -312,8 +340,8 @@ func (d *Dispatcher) queue(a Alert) {
 	}
 }
 
-// repeatLoop queues firing alerts again when they have not been sent for
-// RepeatInterval, until ctx is done.
+// repeatLoop queues firing alerts again to each notifier that has not
+// been sent them for its repeat interval, until ctx is done.
 func (d *Dispatcher) repeatLoop(ctx context.Context) {
 	var timer <-chan time.Time
 	var timerAt time.Time
@@ -334,21 +362,27 @@ func (d *Dispatcher) repeatLoop(ctx context.Context) {
 	}
 }
 
-// repeatDue queues the firing alerts whose repeat is due at now and
-// returns when the next one is due (zero: none fires).
+// repeatDue queues each firing alert to each notifier it is routed to
+// whose repeat is due at now, and returns when the next repeat is due
+// (zero: none).
 func (d *Dispatcher) repeatDue(now time.Time) time.Time {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var next time.Time
 	for _, e := range d.active {
-		due := e.lastSent.Add(d.cfg.RepeatInterval)
-		if !due.After(now) {
-			e.lastSent = now
-			d.queue(e.alert)
-			due = now.Add(d.cfg.RepeatInterval)
-		}
-		if next.IsZero() || due.Before(next) {
-			next = due
+		for i, w := range d.workers {
+			if !routed(w.min, e.alert.Severity) {
+				continue
+			}
+			due := e.lastSent[i].Add(w.repeat)
+			if !due.After(now) {
+				e.lastSent[i] = now
+				w.push(e.alert)
+				due = now.Add(w.repeat)
+			}
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
 		}
 	}
 	return next
@@ -360,6 +394,7 @@ type worker struct {
 	n      Notifier
 	name   string
 	min    Severity
+	repeat time.Duration // min(cfg.RepeatInterval, the Repeater's)
 	signal chan struct{}
 
 	mu sync.Mutex

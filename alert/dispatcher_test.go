@@ -365,3 +365,95 @@ func TestDispatcherConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// repeatNotifier is a Repeater asking for repeats every every.
+type repeatNotifier struct {
+	*memNotifier
+	every time.Duration
+}
+
+func (r repeatNotifier) RepeatInterval() time.Duration { return r.every }
+
+// TestDispatcherRepeatsPerNotifier: each notifier gets a firing alert
+// again at the shorter of the Dispatcher's RepeatInterval and its own
+// (Repeater); one notifier's repeats are not sent to the others.
+func TestDispatcherRepeatsPerNotifier(t *testing.T) {
+	clk := clock.NewFake(t0)
+	fast := repeatNotifier{&memNotifier{name: "fast"}, time.Minute}
+	slow := repeatNotifier{&memNotifier{name: "slow"}, 10 * time.Hour} // longer than the Dispatcher's: 5m
+	off := repeatNotifier{&memNotifier{name: "off"}, 0}                // zero: ignored, 5m
+	plain := &memNotifier{name: "plain"}
+	d := start(t, DispatcherConfig{Notifiers: []Notifier{fast, slow, off, plain}, Clock: clk, RepeatInterval: 5 * time.Minute})
+	d.Fire(alertN("a", Warning))
+	all := []*memNotifier{fast.memNotifier, slow.memNotifier, off.memNotifier, plain}
+	for _, m := range all {
+		eventually(t, m.name+" first send", func() bool { return len(m.sent()) == 1 })
+	}
+	for i := 1; i <= 10; i++ {
+		eventually(t, "repeat timer", func() bool { return clk.Waiters() == 1 })
+		clk.Add(time.Minute)
+		eventually(t, fmt.Sprintf("fast repeat %d", i), func() bool { return len(fast.sent()) == 1+i })
+		want := 1 + i/5
+		for _, m := range all[1:] {
+			if i%5 == 0 {
+				eventually(t, fmt.Sprintf("%s repeat at %dm", m.name, i), func() bool { return len(m.sent()) == want })
+			}
+		}
+	}
+	// Every repeat has been awaited: no notifier got more than its own.
+	if n := len(fast.sent()); n != 11 {
+		t.Errorf("fast notifier got %d sends in 10m, want 11", n)
+	}
+	for _, m := range all[1:] {
+		if n := len(m.sent()); n != 3 {
+			t.Errorf("%s got %d sends in 10m, want 3 (start, 5m, 10m)", m.name, n)
+		}
+	}
+	for _, m := range all {
+		for _, b := range m.sent() {
+			if len(b) != 1 || b[0].Key != "a" || b[0].Resolved() || !b[0].StartsAt.Equal(t0) {
+				t.Fatalf("%s: repeat sent %+v", m.name, b)
+			}
+		}
+	}
+}
+
+// TestDispatcherRepeatsOnlyRoutedAlerts: a Repeater is not sent alerts
+// below its minimum severity by repeats either, and a change restarts
+// every notifier's repeat interval.
+func TestDispatcherRepeatsOnlyRoutedAlerts(t *testing.T) {
+	clk := clock.NewFake(t0)
+	crit := &critRepeater{repeatNotifier{&memNotifier{name: "crit"}, time.Minute}}
+	plain := &memNotifier{name: "plain"}
+	d := start(t, DispatcherConfig{Notifiers: []Notifier{crit, plain}, Clock: clk, RepeatInterval: time.Hour})
+	d.Fire(alertN("w", Warning))
+	d.Fire(alertN("c", Critical))
+	eventually(t, "crit gets c", func() bool { return len(crit.sent()) >= 1 })
+	eventually(t, "plain gets w and c", func() bool { return countKeys(plain.sent()) == 2 })
+	eventually(t, "repeat timer", func() bool { return clk.Waiters() >= 1 })
+	before := countKeys(crit.sent())
+	clk.Add(time.Minute)
+	eventually(t, "crit repeat", func() bool { return countKeys(crit.sent()) == before+1 })
+	for _, b := range crit.sent() {
+		for _, a := range b {
+			if a.Key != "c" {
+				t.Fatalf("critical notifier was sent %q", a.Key)
+			}
+		}
+	}
+	if n := countKeys(plain.sent()); n != 2 {
+		t.Errorf("plain notifier got %d alerts before its repeat interval, want 2", n)
+	}
+}
+
+type critRepeater struct{ repeatNotifier }
+
+func (critRepeater) MinSeverity() Severity { return Critical }
+
+func countKeys(batches [][]Alert) int {
+	n := 0
+	for _, b := range batches {
+		n += len(b)
+	}
+	return n
+}

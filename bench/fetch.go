@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -107,7 +108,7 @@ func benchFetchDeployed(ctx context.Context) error {
 // fetchFromChild runs this program as a workload process that fetches
 // from socket until it holds an SVID, then measures cached fetches.
 func fetchFromChild(ctx context.Context, socket string) ([]time.Duration, error) {
-	out, err := exec.CommandContext(ctx, os.Args[0], "-fetch-client", socket).Output()
+	out, err := exec.CommandContext(ctx, os.Args[0], "-fetch-calls", strconv.Itoa(fetchCalls), "-fetch-client", socket).Output()
 	if err != nil {
 		return nil, fmt.Errorf("fetch client: %w", err)
 	}

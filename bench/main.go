@@ -17,6 +17,10 @@
 //     bundle change in one to the new bundle in a workload of the other
 //     (1 s refresh hint), and bundle endpoint requests per second beside
 //     plain TLS handshakes per second (alone: go run ./bench -federation-only).
+//   - what the server's and agent's metrics cost: the node API issuance
+//     rate and the cached FetchX509SVID p50/p99 with the metrics on and
+//     off, side by side with their ratio (alone: go run ./bench
+//     -metrics-only).
 //
 // Run it with `make bench`. Every loop is bounded in count and time.
 package main
@@ -71,7 +75,23 @@ func main() {
 	attestOnly := flag.Bool("attest-only", false, "only measure node attestations per second (x509pop, oidc) beside the raw verify rates")
 	plainTLS := flag.String("plain-tls-server", "", "internal: serve HTTPS with DIR/web.pem and DIR/web.key, the federation bench's baseline")
 	fedOnly := flag.Bool("federation-only", false, "only measure federation: bundle change propagation between two trust domains and bundle endpoint requests/s")
+	metricsOnly := flag.Bool("metrics-only", false, "only measure the metrics' cost: issuance rate and cached fetch p50/p99 with the server's and agent's metrics on, then off")
+	metricsRounds := flag.Int("metrics-rounds", 3, "rounds of the metrics on/off comparison (alternating the order; medians are printed)")
+	flag.IntVar(&fetchCalls, "fetch-calls", fetchCalls, "cached FetchX509SVID calls timed by a fetch client (after 200 to warm up)")
 	flag.Parse()
+	if *metricsRounds < 1 || fetchCalls < 1 || *svids < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -metrics-rounds, -fetch-calls and -svids must be at least 1")
+		os.Exit(2)
+	}
+	if *metricsOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if err := benchMetricsCost(ctx, *dur, *svids, *metricsRounds); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *plainTLS != "" {
 		if err := plainTLSServer(*plainTLS); err != nil {
 			fmt.Fprintln(os.Stderr, "bench plain TLS server:", err)
@@ -130,14 +150,14 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*dur, *svids); err != nil {
+	if err := run(*dur, *svids, *metricsRounds); err != nil {
 		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dur time.Duration, maxSVIDs int) error {
+func run(dur time.Duration, maxSVIDs, metricsRounds int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	fmt.Printf("sigil bench: GOMAXPROCS=%d, %s/%s\n\n", runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH)
@@ -173,6 +193,11 @@ func run(dur time.Duration, maxSVIDs int) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	stopServer()
+	fmt.Println()
+	if err := benchMetricsCost(ctx, dur, maxSVIDs, metricsRounds); err != nil {
+		return fmt.Errorf("metrics cost: %w", err)
+	}
+	fmt.Println()
 	if err := benchFetchDeployed(ctx); err != nil {
 		return fmt.Errorf("deployed fetch: %w", err)
 	}
@@ -511,9 +536,13 @@ func agentBench(ctx context.Context, srv *server.Server, admin sigilv1.AdminClie
 	return nil
 }
 
+// fetchCalls is how many cached fetches a fetch client times (flag
+// -fetch-calls, passed on to the child).
+var fetchCalls = 2800
+
 // fetchLoop is the workload side of the fetch benchmark: one connection,
-// 3000 one-shot FetchX509SVID calls (the first 200 warm up), latencies as
-// JSON on stdout.
+// 200 one-shot FetchX509SVID calls to warm up, then fetchCalls timed
+// ones, latencies as JSON on stdout.
 func fetchLoop(socket string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -533,7 +562,7 @@ func fetchLoop(socket string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	var lat []time.Duration
-	for i := 0; i < 3000; i++ {
+	for i := 0; i < 200+fetchCalls; i++ {
 		t0 := time.Now()
 		if _, err := client.FetchX509SVID(ctx); err != nil {
 			return err
@@ -594,6 +623,12 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // the join-token verifier and in-memory keys, and returns it with an admin
 // client; stop stops both.
 func benchServer(ctx context.Context, dir, name string) (srv *server.Server, admin sigilv1.AdminClient, stop func(), err error) {
+	return benchServerWith(ctx, dir, name, nil)
+}
+
+// benchServerWith is benchServer with edit applied to the configuration
+// (nil: none).
+func benchServerWith(ctx context.Context, dir, name string, edit func(*server.Config)) (srv *server.Server, admin sigilv1.AdminClient, stop func(), err error) {
 	cfg := server.DefaultConfig()
 	cfg.TrustDomain = td
 	cfg.NodeName = name
@@ -602,6 +637,9 @@ func benchServer(ctx context.Context, dir, name string) (srv *server.Server, adm
 	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
 	cfg.KeyStore = memory.NewStore()
 	cfg.NodeVerifiers = []node.Verifier{jointoken.NewServerVerifier()}
+	if edit != nil {
+		edit(&cfg)
+	}
 	srv, err = server.New(cfg)
 	if err != nil {
 		return nil, nil, nil, err

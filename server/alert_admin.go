@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/alert"
@@ -24,16 +25,21 @@ const maxAlertTestTimeout = 5 * time.Minute
 
 // newDispatcher builds the server's alert dispatcher (Server.alerts)
 // from Config.Notifiers: the server's conditions raise and resolve alerts
-// through it, Run delivers them, AlertAdmin lists them.
-func newDispatcher(cfg Config, log *zap.Logger) (*alert.Dispatcher, error) {
+// through it, Run delivers them, AlertAdmin lists them. Its metrics
+// (metrics_alert.go) are registered with reg.
+func newDispatcher(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*alert.Dispatcher, error) {
 	dcfg := alert.DefaultDispatcherConfig()
 	dcfg.Notifiers = cfg.Notifiers
 	dcfg.Clock = cfg.Clock
 	dcfg.Logger = log.Named("alert")
+	meter := newAlertMeter(reg)
+	dcfg.Meter = meter
 	d, err := alert.NewDispatcher(dcfg)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	meter.init(d.Notifiers())
+	reg.MustRegister(newFiringCollector(d.Active))
 	return d, nil
 }
 

@@ -31,7 +31,12 @@ type metrics struct {
 	iss           *issuanceMetrics
 }
 
-func newMetrics() *metrics {
+func newMetrics() *metrics { return newServerMetrics(true) }
+
+// newServerMetrics returns the server's metrics; without issuance the
+// instruments of metrics_issuance.go are left out (Config.DisableMetrics)
+// and m.iss is nil, whose methods do nothing.
+func newServerMetrics(issuance bool) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
@@ -75,7 +80,9 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.commit, m.applyLag, m.commitIndex, m.appliedIndex,
 		m.lastContact, m.members, m.memberHealthy, m.memberLag, m.attestations)
 	m.fed = newFedMetrics(m.reg)
-	m.iss = newIssuanceMetrics(m.reg)
+	if issuance {
+		m.iss = newIssuanceMetrics(m.reg)
+	}
 	return m
 }
 
@@ -105,7 +112,7 @@ func (m *metrics) ObserveCommit(d time.Duration, err error) {
 		res = "error"
 	}
 	m.commit.WithLabelValues(res).Observe(d.Seconds())
-	m.iss.applyTime.WithLabelValues(res).Observe(d.Seconds())
+	m.iss.observeApply(res, d)
 }
 
 // raftLoop follows leader changes and samples Raft's indexes.

@@ -49,6 +49,12 @@ type Config struct {
 	AdminSocket string
 	// HealthAddress is served by cmd/sigil; "" disables it.
 	HealthAddress string
+	// DisableMetrics leaves out the instruments of the SVID issuance,
+	// sync and Raft apply paths (metrics_issuance.go): their series are
+	// absent from MetricsHandler and those paths do no metric work. For
+	// measuring what the metrics cost (go run ./bench -metrics-only);
+	// default false.
+	DisableMetrics bool
 	// NodeVerifiers are the node attestors agents may attest with, one
 	// per name (cmd/sigil builds them from node_attestor plugin blocks).
 	// At least one is required: there is no default, since server/ imports

@@ -36,7 +36,8 @@ const (
 
 // issuanceMetrics are the SVID, sync and Raft apply metrics. The children
 // of the labelled vectors are resolved once here so that the signing path
-// pays for an atomic add, not a label lookup.
+// pays for an atomic add, not a label lookup. A nil *issuanceMetrics
+// (Config.DisableMetrics) records nothing.
 type issuanceMetrics struct {
 	signed    map[string]map[string]prometheus.Counter // type → outcome
 	signTime  map[string]prometheus.Observer           // type
@@ -87,12 +88,18 @@ func newIssuanceMetrics(reg prometheus.Registerer) *issuanceMetrics {
 // observeSign records the time of one signature begun at start (wall
 // time: a duration, not a point in the server's clock).
 func (m *issuanceMetrics) observeSign(typ string, start time.Time) {
+	if m == nil {
+		return
+	}
 	m.signTime[typ].Observe(time.Since(start).Seconds())
 }
 
 // countX509Results counts the outcome of every request of a batch from
 // its result status.
 func (m *issuanceMetrics) countX509Results(results []*sigilv1.X509SVIDResult) {
+	if m == nil {
+		return
+	}
 	c := m.signed[svidX509]
 	for _, r := range results {
 		c[outcomeOf(codes.Code(r.GetStatus().GetCode()))].Inc()
@@ -102,12 +109,18 @@ func (m *issuanceMetrics) countX509Results(results []*sigilv1.X509SVIDResult) {
 // countRefused counts n requests of type typ refused as a whole with err
 // (a gRPC status error); it returns err.
 func (m *issuanceMetrics) countRefused(typ string, n int, err error) error {
+	if m == nil {
+		return err
+	}
 	m.signed[typ][outcomeOf(status.Code(err))].Add(float64(n))
 	return err
 }
 
 // countJWT counts one JWT-SVID request ended with *errp (nil: signed).
 func (m *issuanceMetrics) countJWT(errp *error) {
+	if m == nil {
+		return
+	}
 	m.signed[svidJWT][outcomeOf(status.Code(*errp))].Inc()
 }
 
@@ -126,8 +139,27 @@ func outcomeOf(c codes.Code) string {
 // syncOpened counts an open sync stream; the returned function, deferred,
 // counts it closed.
 func (m *issuanceMetrics) syncOpened() func() {
+	if m == nil {
+		return func() {}
+	}
 	m.streams.Inc()
 	return m.streams.Dec
+}
+
+// countPushed counts n entries sent on a sync stream.
+func (m *issuanceMetrics) countPushed(n int) {
+	if m == nil {
+		return
+	}
+	m.pushed.Add(float64(n))
+}
+
+// observeApply records one write's time to commit and apply, by result.
+func (m *issuanceMetrics) observeApply(result string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.applyTime.WithLabelValues(result).Observe(d.Seconds())
 }
 
 // Agent states (the state label of sigil_server_agents).

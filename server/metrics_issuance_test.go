@@ -428,3 +428,40 @@ func BenchmarkIssuanceHooksPerSVID(b *testing.B) {
 		m.iss.countX509Results(res)
 	}
 }
+
+// TestMetricsDisabledIssuance: without the issuance instruments
+// (Config.DisableMetrics) every hook of the signing, sync and apply paths
+// is a no-op and their series are absent; the Raft metrics remain.
+func TestMetricsDisabledIssuance(t *testing.T) {
+	m := newServerMetrics(false)
+	if m.iss != nil {
+		t.Fatal("issuance metrics installed")
+	}
+	m.iss.observeSign(svidX509, time.Now())
+	m.iss.countX509Results([]*sigilv1.X509SVIDResult{{}})
+	refused := status.Error(codes.PermissionDenied, "banned")
+	if err := m.iss.countRefused(svidX509, 3, refused); err != refused {
+		t.Errorf("countRefused returned %v, want its error", err)
+	}
+	var err error
+	m.iss.countJWT(&err)
+	m.iss.syncOpened()()
+	m.iss.countPushed(5)
+	m.ObserveCommit(time.Millisecond, nil)
+	mfs, gerr := m.reg.Gather()
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, absent := range []string{"sigil_server_svids_signed_total", "sigil_server_svid_sign_seconds", "sigil_server_sync_streams", "sigil_server_sync_entries_pushed_total", "sigil_server_raft_apply_seconds"} {
+		if names[absent] {
+			t.Errorf("%s exported with the issuance metrics disabled", absent)
+		}
+	}
+	if !names["sigil_raft_commit_duration_seconds"] {
+		t.Errorf("the Raft metrics went too: %v", names)
+	}
+}

@@ -97,7 +97,7 @@ func New(cfg Config) (*Server, error) {
 		td:         cfg.TrustDomain,
 		id:         id,
 		ready:      make(chan struct{}),
-		metrics:    newMetrics(),
+		metrics:    newServerMetrics(!cfg.DisableMetrics),
 		nodeLimits: defaultNodeLimits(),
 	}
 	s.metrics.registerStateCollector(s)
@@ -105,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 	if s.auditSink == nil {
 		s.auditSink = audit.NewZap(s.log)
 	}
-	if s.alerts, err = newDispatcher(cfg, s.log); err != nil {
+	if s.alerts, err = newDispatcher(cfg, s.log, s.metrics.reg); err != nil {
 		return nil, err
 	}
 	// Verifiers check evidence against the local store before the

@@ -76,7 +76,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 			if err := sendChunked(stream, first, upserted, deleted, sendBundle, fedUp, fedRm, index); err != nil {
 				return err
 			}
-			s.metrics.iss.pushed.Add(float64(len(upserted)))
+			s.metrics.iss.countPushed(len(upserted))
 		}
 		sent = current
 		bundleSeq = bundle.SequenceNumber

@@ -9,18 +9,22 @@
 //	alertname   Alert.Name
 //	severity    Alert.Severity
 //	dedupe_key  Alert.Key
-//	source      Alert.Source (when set)
 //
-// Its annotations carry the rest: summary (Alert.Summary) and each of
-// Alert.Details (keys made into valid label names, at most 32 details,
-// values cut to 1 KiB). Details are annotations, not labels, because they
-// may change while the condition lasts (an expiry counting down), and a
-// changed label would make a new Alertmanager alert that never resolves.
+// Its annotations carry the rest: summary (Alert.Summary), source
+// (Alert.Source, when set) and each of Alert.Details (keys made into valid
+// label names, at most 32 details, values cut to 1 KiB). Details are
+// annotations, not labels, because they may change while the condition
+// lasts (an expiry counting down), and a changed label would make a new
+// Alertmanager alert that never resolves. Source is an annotation for the
+// same reason: when another server becomes the Raft leader and raises the
+// same condition, it must update the same Alertmanager alert, not open a
+// second one.
 //
 // startsAt is Alert.StartsAt; endsAt is set only for a resolved alert.
 // A firing alert without endsAt is resolved by Alertmanager after its
-// resolve_timeout unless it is sent again, which the Dispatcher's repeats
-// do.
+// resolve_timeout (default 5m) unless it is sent again: the Notifier is an
+// alert.Repeater whose RepeatInterval (option repeat_interval, default
+// 1m) makes the Dispatcher send every firing alert at least that often.
 //
 // Several URLs (an Alertmanager cluster) each get every batch; Notify
 // fails if any of them fails, so the Dispatcher retries the batch on all
@@ -63,15 +67,24 @@ type Config struct {
 	MinSeverity alert.Severity
 	// Timeout bounds one POST (default 10s).
 	Timeout time.Duration
+	// RepeatInterval is how often the Dispatcher sends a firing alert
+	// again (alert.Repeater), well under Alertmanager's resolve_timeout
+	// (default 5m) so that a firing alert is not resolved by Alertmanager
+	// itself. Default DefaultRepeatInterval.
+	RepeatInterval time.Duration
 }
+
+// DefaultRepeatInterval is the default Config.RepeatInterval.
+const DefaultRepeatInterval = time.Minute
 
 // DefaultConfig returns a Config for the local Alertmanager.
 func DefaultConfig() Config {
 	return Config{
-		URLs:        []string{"http://127.0.0.1:9093"},
-		Name:        PluginName,
-		MinSeverity: notify.DefaultMinSeverity,
-		Timeout:     notify.DefaultTimeout,
+		URLs:           []string{"http://127.0.0.1:9093"},
+		Name:           PluginName,
+		MinSeverity:    notify.DefaultMinSeverity,
+		Timeout:        notify.DefaultTimeout,
+		RepeatInterval: DefaultRepeatInterval,
 	}
 }
 
@@ -82,6 +95,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("alertmanager: %w", err)
 	}
 	c.Name, c.MinSeverity, c.Timeout = common.Name, common.MinSeverity, common.Timeout
+	if c.RepeatInterval < 0 {
+		return fmt.Errorf("alertmanager: repeat interval %s is negative", c.RepeatInterval)
+	}
+	if c.RepeatInterval == 0 {
+		c.RepeatInterval = DefaultRepeatInterval
+	}
 	if len(c.URLs) == 0 {
 		return errors.New("alertmanager: no URL")
 	}
@@ -100,6 +119,7 @@ type Notifier struct {
 	min       alert.Severity
 	endpoints []string
 	client    *http.Client
+	repeat    time.Duration
 }
 
 // New returns a Notifier for c.
@@ -107,7 +127,7 @@ func New(c Config) (*Notifier, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	n := &Notifier{name: c.Name, min: c.MinSeverity, client: notify.NewClient(c.Timeout)}
+	n := &Notifier{name: c.Name, min: c.MinSeverity, client: notify.NewClient(c.Timeout), repeat: c.RepeatInterval}
 	for _, u := range c.URLs {
 		n.endpoints = append(n.endpoints, strings.TrimRight(u, "/")+"/api/v2/alerts")
 	}
@@ -120,6 +140,10 @@ func (n *Notifier) Name() string { return n.name }
 // MinSeverity returns the least severe alert the Dispatcher should route
 // to it.
 func (n *Notifier) MinSeverity() alert.Severity { return n.min }
+
+// RepeatInterval returns how often the Dispatcher should send a firing
+// alert again (alert.Repeater), so that Alertmanager does not resolve it.
+func (n *Notifier) RepeatInterval() time.Duration { return n.repeat }
 
 // postableAlert is an alert of Alertmanager's API v2.
 type postableAlert struct {
@@ -165,11 +189,11 @@ func payload(alerts []alert.Alert) []postableAlert {
 			Annotations:  map[string]string{},
 			GeneratorURL: a.GeneratorURL,
 		}
-		if a.Source != "" {
-			p.Labels["source"] = a.Source
-		}
 		if a.Summary != "" {
 			p.Annotations["summary"] = a.Summary
+		}
+		if a.Source != "" {
+			p.Annotations["source"] = a.Source
 		}
 		keys := make([]string, 0, len(a.Details))
 		for k := range a.Details {

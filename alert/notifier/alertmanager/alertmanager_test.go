@@ -83,7 +83,7 @@ func TestNotifyFiringAndResolved(t *testing.T) {
 		t.Fatalf("got %d alerts", len(got))
 	}
 	a := got[0]
-	wantLabels := map[string]string{"alertname": "SVIDNotRenewed", "severity": "critical", "dedupe_key": firing.Key, "source": "sigil-1"}
+	wantLabels := map[string]string{"alertname": "SVIDNotRenewed", "severity": "critical", "dedupe_key": firing.Key}
 	if len(a.Labels) != len(wantLabels) {
 		t.Errorf("labels %v, want %v", a.Labels, wantLabels)
 	}
@@ -92,7 +92,7 @@ func TestNotifyFiringAndResolved(t *testing.T) {
 			t.Errorf("label %s = %q, want %q", k, a.Labels[k], v)
 		}
 	}
-	if a.Annotations["summary"] != firing.Summary || a.Annotations["agent"] != firing.Details["agent"] || a.Annotations["expires_in"] != "4m" {
+	if a.Annotations["summary"] != firing.Summary || a.Annotations["source"] != "sigil-1" || a.Annotations["agent"] != firing.Details["agent"] || a.Annotations["expires_in"] != "4m" {
 		t.Errorf("annotations %v", a.Annotations)
 	}
 	if a.StartsAt == nil || !a.StartsAt.Equal(notifytest.Start) || a.EndsAt != nil {
@@ -117,7 +117,7 @@ func TestNotifyFiringAndResolved(t *testing.T) {
 
 func TestDetailsAreBoundedAnnotations(t *testing.T) {
 	a := notifytest.Firing()
-	a.Details = map[string]string{"summary": "must not replace the summary", "bad-key.1": strings.Repeat("v", 5000), "9lives": "x"}
+	a.Details = map[string]string{"summary": "must not replace the summary", "source": "must not replace the source", "bad-key.1": strings.Repeat("v", 5000), "9lives": "x"}
 	for i := range 100 {
 		a.Details["d"+string(rune('a'+i%26))+strings.Repeat("z", i/26)] = "v"
 	}
@@ -125,8 +125,11 @@ func TestDetailsAreBoundedAnnotations(t *testing.T) {
 	if p.Annotations["summary"] != a.Summary {
 		t.Errorf("summary replaced by a detail: %q", p.Annotations["summary"])
 	}
-	if len(p.Annotations) != 1+MaxDetails {
-		t.Errorf("%d annotations, want %d", len(p.Annotations), 1+MaxDetails)
+	if p.Annotations["source"] != a.Source {
+		t.Errorf("source replaced by a detail: %q", p.Annotations["source"])
+	}
+	if len(p.Annotations) != 2+MaxDetails {
+		t.Errorf("%d annotations, want %d", len(p.Annotations), 2+MaxDetails)
 	}
 	if v := p.Annotations["bad_key_1"]; len(v) > MaxDetailValue || len(v) == 0 {
 		t.Errorf("bad-key.1 annotation of %d bytes", len(v))
@@ -134,8 +137,46 @@ func TestDetailsAreBoundedAnnotations(t *testing.T) {
 	if _, ok := p.Annotations["_9lives"]; !ok {
 		t.Errorf("9lives not made a label name: %v", p.Annotations)
 	}
-	if len(p.Labels) != 4 {
+	if len(p.Labels) != 3 {
 		t.Errorf("details leaked into labels: %v", p.Labels)
+	}
+}
+
+// TestLabelsDoNotDependOnSource: the same condition raised by another
+// server (a new Raft leader) has the same labels, so Alertmanager updates
+// one alert rather than opening a second that would never resolve.
+func TestLabelsDoNotDependOnSource(t *testing.T) {
+	a, b := notifytest.Firing(), notifytest.Firing()
+	a.Source, b.Source = "sigil-1", "sigil-2"
+	pa, pb := payload([]alert.Alert{a})[0], payload([]alert.Alert{b})[0]
+	if len(pa.Labels) != len(pb.Labels) {
+		t.Fatalf("labels %v and %v", pa.Labels, pb.Labels)
+	}
+	for k, v := range pa.Labels {
+		if pb.Labels[k] != v {
+			t.Errorf("label %s: %q from sigil-1, %q from sigil-2", k, v, pb.Labels[k])
+		}
+	}
+	if pa.Annotations["source"] != "sigil-1" || pb.Annotations["source"] != "sigil-2" {
+		t.Errorf("source annotations %q, %q", pa.Annotations["source"], pb.Annotations["source"])
+	}
+}
+
+func TestRepeatInterval(t *testing.T) {
+	n, err := New(Config{URLs: []string{"http://127.0.0.1:9093"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r alert.Repeater = n
+	if r.RepeatInterval() != DefaultRepeatInterval || DefaultRepeatInterval != time.Minute {
+		t.Errorf("default repeat interval %s", r.RepeatInterval())
+	}
+	n, err = New(Config{URLs: []string{"http://127.0.0.1:9093"}, RepeatInterval: 20 * time.Second})
+	if err != nil || n.RepeatInterval() != 20*time.Second {
+		t.Fatalf("repeat interval 20s: %v %v", n, err)
+	}
+	if _, err := New(Config{URLs: []string{"http://127.0.0.1:9093"}, RepeatInterval: -time.Second}); err == nil || err.Error() != "alertmanager: repeat interval -1s is negative" {
+		t.Errorf("negative repeat interval: %v", err)
 	}
 }
 
@@ -177,26 +218,28 @@ url          = "http://127.0.0.1:9093"
 name         = "am-local"
 min_severity = "critical"
 timeout      = "3s"
+repeat_interval = "30s"
 `), plugin.Env{Role: plugin.RoleServer})
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := v.(*Notifier)
-	if n.Name() != "am-local" || n.MinSeverity() != alert.Critical || n.client.Timeout != 3*time.Second || n.endpoints[0] != "http://127.0.0.1:9093/api/v2/alerts" {
+	if n.Name() != "am-local" || n.MinSeverity() != alert.Critical || n.client.Timeout != 3*time.Second || n.RepeatInterval() != 30*time.Second || n.endpoints[0] != "http://127.0.0.1:9093/api/v2/alerts" {
 		t.Fatalf("notifier %+v", n)
 	}
 	v, err = NewPlugin(notifytest.Body(t, `urls = ["http://a:9093", "https://b:9093"]`), plugin.Env{Role: plugin.RoleServer})
-	if err != nil || len(v.(*Notifier).endpoints) != 2 || v.(*Notifier).Name() != "alertmanager" {
+	if err != nil || len(v.(*Notifier).endpoints) != 2 || v.(*Notifier).Name() != "alertmanager" || v.(*Notifier).RepeatInterval() != time.Minute {
 		t.Fatalf("urls: %v", err)
 	}
 
 	for src, want := range map[string]string{
-		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  min_severity = \"loud\"\n}\n": `n.hcl:3: notifier "alertmanager": min_severity: "loud" is not a severity`,
-		"notifier \"alertmanager\" {\n\n  url = \"ftp://a\"\n}\n":                           `n.hcl:3: notifier "alertmanager": url: "ftp://a": scheme "ftp"`,
-		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  uri = \"x\"\n}\n":             `n.hcl:3: notifier "alertmanager": Unsupported argument`,
-		"notifier \"alertmanager\" {\n}\n":                                                  `n.hcl:1: notifier "alertmanager": url: is required`,
-		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  urls = [\"http://b\"]\n}\n":   `n.hcl:3: notifier "alertmanager": urls: both url and urls are set`,
-		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  timeout = \"soon\"\n}\n":      `n.hcl:3: notifier "alertmanager": timeout: "soon" is not a positive duration`,
+		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  min_severity = \"loud\"\n}\n":  `n.hcl:3: notifier "alertmanager": min_severity: "loud" is not a severity`,
+		"notifier \"alertmanager\" {\n\n  url = \"ftp://a\"\n}\n":                            `n.hcl:3: notifier "alertmanager": url: "ftp://a": scheme "ftp"`,
+		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  uri = \"x\"\n}\n":              `n.hcl:3: notifier "alertmanager": Unsupported argument`,
+		"notifier \"alertmanager\" {\n}\n":                                                   `n.hcl:1: notifier "alertmanager": url: is required`,
+		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  urls = [\"http://b\"]\n}\n":    `n.hcl:3: notifier "alertmanager": urls: both url and urls are set`,
+		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  timeout = \"soon\"\n}\n":       `n.hcl:3: notifier "alertmanager": timeout: "soon" is not a positive duration`,
+		"notifier \"alertmanager\" {\n  url = \"http://a\"\n  repeat_interval = \"0s\"\n}\n": `n.hcl:3: notifier "alertmanager": repeat_interval: "0s" is not a positive duration`,
 	} {
 		if err := notifytest.Build(t, src); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q:\n got %v\nwant %s", src, err, want)

@@ -1,6 +1,8 @@
 package alertmanager
 
 import (
+	"time"
+
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/sigil-id/sigil/alert/notifier/internal/notify"
@@ -16,6 +18,7 @@ func init() { plugin.Register(plugin.KindNotifier, PluginName, NewPlugin) }
 //	  name         = "alertmanager"            # default the plugin name
 //	  min_severity = "warning"                 # info | warning | critical
 //	  timeout      = "10s"
+//	  repeat_interval = "1m"                   # < Alertmanager's resolve_timeout
 //	}
 type pluginConfig struct {
 	URL         *string  `hcl:"url,optional"`
@@ -23,6 +26,7 @@ type pluginConfig struct {
 	Name        *string  `hcl:"name,optional"`
 	MinSeverity *string  `hcl:"min_severity,optional"`
 	Timeout     *string  `hcl:"timeout,optional"`
+	Repeat      *string  `hcl:"repeat_interval,optional"`
 }
 
 // NewPlugin is the plugin constructor: it decodes an alertmanager block
@@ -37,6 +41,13 @@ func NewPlugin(body hcl.Body, env plugin.Env) (any, error) {
 		return nil, err
 	}
 	c := Config{Name: common.Name, MinSeverity: common.MinSeverity, Timeout: common.Timeout}
+	if pc.Repeat != nil {
+		d, err := time.ParseDuration(*pc.Repeat)
+		if err != nil || d <= 0 {
+			return nil, plugin.AttrError(body, "repeat_interval", "%q is not a positive duration (e.g. \"1m\")", *pc.Repeat)
+		}
+		c.RepeatInterval = d
+	}
 	switch {
 	case pc.URL != nil && pc.URLs != nil:
 		return nil, plugin.AttrError(body, "urls", "both url and urls are set: keep one")
