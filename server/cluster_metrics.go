@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -29,6 +30,9 @@ type metrics struct {
 	attestations  *prometheus.CounterVec
 	fed           *fedMetrics // see federation.go
 	iss           *issuanceMetrics
+	// attestFailures counts refused attestations since the process
+	// started (the health evaluation's failure counters, report.go).
+	attestFailures atomic.Uint64
 }
 
 func newMetrics() *metrics {
@@ -91,6 +95,9 @@ const (
 // nodeapi.go), so the series are bounded whatever callers send.
 func (m *metrics) observeAttestation(attestor, outcome, reason string) {
 	m.attestations.WithLabelValues(attestor, outcome, reason).Inc()
+	if outcome == attestRefused {
+		m.attestFailures.Add(1)
+	}
 }
 
 // MetricsHandler serves the server's metrics in the Prometheus format.

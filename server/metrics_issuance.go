@@ -1,6 +1,7 @@
 package server
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,10 @@ type issuanceMetrics struct {
 	streams   prometheus.Gauge
 	pushed    prometheus.Counter
 	applyTime *prometheus.HistogramVec
+	// signFailures counts the SVID requests that ended with outcome
+	// error since the process started (the health evaluation's failure
+	// counters, report.go); refusals (denied) are not failures.
+	signFailures atomic.Uint64
 }
 
 func newIssuanceMetrics(reg prometheus.Registerer) *issuanceMetrics {
@@ -95,20 +100,32 @@ func (m *issuanceMetrics) observeSign(typ string, start time.Time) {
 func (m *issuanceMetrics) countX509Results(results []*sigilv1.X509SVIDResult) {
 	c := m.signed[svidX509]
 	for _, r := range results {
-		c[outcomeOf(codes.Code(r.GetStatus().GetCode()))].Inc()
+		o := outcomeOf(codes.Code(r.GetStatus().GetCode()))
+		c[o].Inc()
+		if o == outcomeError {
+			m.signFailures.Add(1)
+		}
 	}
 }
 
 // countRefused counts n requests of type typ refused as a whole with err
 // (a gRPC status error); it returns err.
 func (m *issuanceMetrics) countRefused(typ string, n int, err error) error {
-	m.signed[typ][outcomeOf(status.Code(err))].Add(float64(n))
+	o := outcomeOf(status.Code(err))
+	m.signed[typ][o].Add(float64(n))
+	if o == outcomeError {
+		m.signFailures.Add(uint64(n))
+	}
 	return err
 }
 
 // countJWT counts one JWT-SVID request ended with *errp (nil: signed).
 func (m *issuanceMetrics) countJWT(errp *error) {
-	m.signed[svidJWT][outcomeOf(status.Code(*errp))].Inc()
+	o := outcomeOf(status.Code(*errp))
+	m.signed[svidJWT][o].Inc()
+	if o == outcomeError {
+		m.signFailures.Add(1)
+	}
 }
 
 // outcomeOf maps a gRPC code to an outcome label value.

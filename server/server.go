@@ -73,6 +73,10 @@ type Server struct {
 	alerts    *alert.Dispatcher // see alert_admin.go; Run runs it
 
 	fed    federationState // see federation.go
+	// reports and instance: see report.go; gather: see health_gather.go.
+	reports  *reportStore
+	instance string
+	gather   gatherCache
 	runCtx context.Context // Run's context; set before the APIs serve
 
 	// Tests may set these before Run: Raft's transport instead of the
@@ -99,6 +103,8 @@ func New(cfg Config) (*Server, error) {
 		ready:      make(chan struct{}),
 		metrics:    newMetrics(),
 		nodeLimits: defaultNodeLimits(),
+		reports:    newReportStore(defaultReportLimits()),
+		instance:   newInstanceID(),
 	}
 	s.metrics.registerStateCollector(s)
 	s.auditSink = cfg.AuditSink
