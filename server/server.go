@@ -73,11 +73,12 @@ type Server struct {
 	alerts    *alert.Dispatcher // see alert_admin.go; Run runs it
 
 	fed    federationState // see federation.go
+	runCtx context.Context // Run's context; set before the APIs serve
+
 	// reports and instance: see report.go; gather: see health_gather.go.
 	reports  *reportStore
 	instance string
 	gather   gatherCache
-	runCtx context.Context // Run's context; set before the APIs serve
 
 	// Tests may set these before Run: Raft's transport instead of the
 	// cluster port (an in-memory transport whose addresses are the
