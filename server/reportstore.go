@@ -48,16 +48,17 @@ type reportLimits struct {
 	AnswerBytes int
 }
 
-// defaultReportLimits: 100,000 agents; 20,000 SVIDs and 4 MiB (the node
-// API's message limit) per agent; 256 MiB in all; reports older than 24
-// hours dropped; AgentReports answers of about 32 MiB (the cluster
-// client's receive limit is 64 MiB).
+// defaultReportLimits: 100,000 agents; 20,000 SVIDs and 16 MiB per agent
+// (a full report of 20,000 SVIDs of typical size, about 250 bytes each
+// as counted, takes 5 MiB); 512 MiB in all (about two million SVIDs of
+// typical size); reports older than 24 hours dropped; AgentReports
+// answers of about 32 MiB (the cluster client's receive limit is 64 MiB).
 func defaultReportLimits() reportLimits {
 	return reportLimits{
 		MaxAgents:     100000,
 		MaxAgentSVIDs: MaxReportSVIDs,
-		MaxAgentBytes: 4 << 20,
-		MaxBytes:      256 << 20,
+		MaxAgentBytes: 16 << 20,
+		MaxBytes:      512 << 20,
 		MaxAge:        24 * time.Hour,
 		AnswerBytes:   32 << 20,
 	}
@@ -275,6 +276,8 @@ func (st *reportStore) applyFull(agentID string, cur *heldReport, r *sigilv1.Age
 	var curBytes int64
 	if cur != nil {
 		curBytes = cur.bytes
+	} else if len(st.agents) >= st.lim.MaxAgents {
+		st.evictLocked(now, nil) // make room of the reports aged out, if any
 	}
 	if err := st.fits(cur == nil, len(next.svids), next.bytes, curBytes); err != nil {
 		return err
@@ -378,6 +381,11 @@ func sameContent(a, b *heldReport) bool {
 func (st *reportStore) evict(now time.Time, keep func(agentID string) bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.evictLocked(now, keep)
+}
+
+// evictLocked is evict with st.mu held.
+func (st *reportStore) evictLocked(now time.Time, keep func(agentID string) bool) {
 	for id, h := range st.agents {
 		if now.Sub(h.receivedAt) > st.lim.MaxAge || (keep != nil && !keep(id)) {
 			st.bytes -= h.bytes

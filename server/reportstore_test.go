@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -267,7 +268,8 @@ func TestReportStoreRefusesBadInput(t *testing.T) {
 
 // TestReportStoreLimits: a report that would take the store past its
 // agent, SVID or byte limits is refused with ResourceExhausted, and
-// nothing changes; agents already held keep reporting.
+// nothing changes; agents already held keep reporting; at the agent
+// limit, reports aged out are dropped to make room.
 func TestReportStoreLimits(t *testing.T) {
 	lim := defaultReportLimits()
 	lim.MaxAgents = 2
@@ -311,6 +313,12 @@ func TestReportStoreLimits(t *testing.T) {
 	if got := rsEntries(rsHeld(t, st, a)); got != "e2@2,e3@3,e4@4" {
 		t.Fatalf("refused reports changed a's: %s", got)
 	}
+	// At the agent limit, reports aged out make room for a new agent.
+	st.lim.MaxBytes = 1 << 20
+	mustApply(t, st, c, rsFull(1), rsNow.Add(24*time.Hour+time.Second))
+	if st.len() != 1 {
+		t.Fatalf("%d reports held, want c's only", st.len())
+	}
 }
 
 // TestReportStoreEvict: reports not refreshed within MaxAge, and those of
@@ -337,5 +345,62 @@ func TestReportStoreEvict(t *testing.T) {
 	st.evict(later.Add(24*time.Hour), nil)
 	if st.len() != 0 || st.bytes != 0 {
 		t.Fatalf("after every report aged out: %d held, %d bytes", st.len(), st.bytes)
+	}
+}
+
+// typicalSVIDs are n SVID states of typical size (UUID entry IDs, short
+// SPIFFE IDs, 32-hex-digit serials).
+func typicalSVIDs(n int) []*sigilv1.SVIDState {
+	out := make([]*sigilv1.SVIDState, n)
+	for i := range out {
+		out[i] = &sigilv1.SVIDState{EntryId: fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i),
+			SpiffeId: fmt.Sprintf("spiffe://example.org/ns/default/sa/workload-%d", i), Serial: fmt.Sprintf("%032x", i),
+			ExpiresAt: 1800000000, RenewAt: 1799998200, LastAttempt: 1799996400}
+	}
+	return out
+}
+
+// BenchmarkApplyFullReport20kSVIDs: one full report of the most SVIDs a
+// report may carry, replacing the one held; reports the heap the store
+// holds per SVID next to the size it counts.
+func BenchmarkApplyFullReport20kSVIDs(b *testing.B) {
+	r := &sigilv1.AgentReport{Seq: 1, Full: true, Svids: typicalSVIDs(MaxReportSVIDs), Held: MaxReportSVIDs}
+	st := newReportStore(defaultReportLimits())
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	if _, err := st.apply("spiffe://example.org/sigil/agent/a", r, rsNow); err != nil {
+		b.Fatal(err)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	heap, counted := float64(m1.HeapAlloc-m0.HeapAlloc)/MaxReportSVIDs, float64(st.bytes)/MaxReportSVIDs
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r.Seq = uint64(i + 2)
+		if _, err := st.apply("spiffe://example.org/sigil/agent/a", r, rsNow); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(heap, "heap-B/svid")
+	b.ReportMetric(counted, "counted-B/svid")
+}
+
+// BenchmarkListReports10kAgents: the AgentReports answer of a server
+// holding 10,000 agents' reports (10 SVIDs each) when only heartbeats
+// came since the last call (the steady state of the leader's gather).
+func BenchmarkListReports10kAgents(b *testing.B) {
+	st := newReportStore(defaultReportLimits())
+	for i := range 10000 {
+		if _, err := st.apply(fmt.Sprintf("spiffe://example.org/sigil/agent/%d", i), &sigilv1.AgentReport{Seq: 1, Full: true, Svids: typicalSVIDs(10)}, rsNow); err != nil {
+			b.Fatal(err)
+		}
+	}
+	gen := st.list(0).Generation
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if resp := st.list(gen); len(resp.Reports) != 10000 || resp.Reports[0].Report != nil {
+			b.Fatal("unexpected answer")
+		}
 	}
 }
