@@ -121,6 +121,11 @@ type Config struct {
 	Admin Admin
 	// Metrics, if set, receives commit times and member health.
 	Metrics Metrics
+	// AgentReports, if set, answers the AgentReports calls of other
+	// members (the server's agent reports and failure counters, for the
+	// leader's rotation-health evaluation); nil answers Unimplemented.
+	// The caller is an authenticated member.
+	AgentReports func(ctx context.Context, req *clusterpb.AgentReportsRequest) (*clusterpb.AgentReportsResponse, error)
 	// Logger receives the cluster's logs; nil discards them.
 	Logger *zap.Logger
 	// AuditSink receives the cluster's audit events (joins, refused

@@ -187,3 +187,12 @@ func (a *clusterAPI) RemoveMember(ctx context.Context, req *sigilv1.RemoveMember
 func (a *clusterAPI) TransferLeadership(ctx context.Context, req *sigilv1.TransferLeadershipRequest) (*sigilv1.TransferLeadershipResponse, error) {
 	return a.c.cfg.Admin.TransferLeadership(ctx, req)
 }
+
+// AgentReports answers with this server's agent reports through
+// Config.AgentReports; the cluster holds none of that logic.
+func (a *clusterAPI) AgentReports(ctx context.Context, req *clusterpb.AgentReportsRequest) (*clusterpb.AgentReportsResponse, error) {
+	if a.c.cfg.AgentReports == nil {
+		return nil, status.Error(codes.Unimplemented, "this server keeps no agent reports")
+	}
+	return a.c.cfg.AgentReports(ctx, req)
+}

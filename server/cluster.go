@@ -37,6 +37,7 @@ func (s *Server) startCluster(ctx context.Context, ln net.Listener) (raft.Transp
 	cfg.SVID = s.svid.Load
 	cfg.Admin = clusterAdmin{s}
 	cfg.Metrics = s.metrics
+	cfg.AgentReports = s.agentReports
 	cfg.Logger = s.log.Named("cluster")
 	cfg.AuditSink = s.auditSink
 	cfg.Clock = s.cfg.Clock

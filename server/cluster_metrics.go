@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -29,6 +30,14 @@ type metrics struct {
 	attestations  *prometheus.CounterVec
 	fed           *fedMetrics // see federation.go
 	iss           *issuanceMetrics
+	// attestFailures counts refused attestations since the process
+	// started (the health evaluation's failure counters, report.go).
+	attestFailures atomic.Uint64
+	// signFailures counts the SVID requests that ended with outcome
+	// error since the process started (the health evaluation's failure
+	// counters, report.go); refusals (denied) are not failures. Counted
+	// whether or not the issuance metrics are enabled.
+	signFailures atomic.Uint64
 }
 
 func newMetrics() *metrics { return newServerMetrics(true) }
@@ -98,6 +107,9 @@ const (
 // nodeapi.go), so the series are bounded whatever callers send.
 func (m *metrics) observeAttestation(attestor, outcome, reason string) {
 	m.attestations.WithLabelValues(attestor, outcome, reason).Inc()
+	if outcome == attestRefused {
+		m.attestFailures.Add(1)
+	}
 }
 
 // MetricsHandler serves the server's metrics in the Prometheus format.

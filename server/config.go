@@ -123,6 +123,11 @@ type Config struct {
 	// plugins); none is valid: alerts are then only listed
 	// (AlertAdmin.List). Their names must be unique.
 	Notifiers []alert.Notifier
+
+	// AgentReportInterval is the heartbeat interval of agent reports the
+	// server asks agents for (ReportResponse.interval_seconds, whole
+	// seconds): 0 leaves each agent's own; otherwise 5s to 10m.
+	AgentReportInterval time.Duration
 }
 
 // DefaultConfig returns a configuration with every default filled in
@@ -198,6 +203,10 @@ func (c *Config) Validate() error {
 	}
 	if c.RemovedServerGrace == 0 {
 		c.RemovedServerGrace = DefaultRemovedServerGrace(c.JWTSVIDTTL)
+	}
+	if c.AgentReportInterval != 0 && (c.AgentReportInterval < MinAgentReportInterval || c.AgentReportInterval > MaxAgentReportInterval) {
+		return fmt.Errorf("server: report_interval: must be 0 (the agents' own) or %v to %v, got %v",
+			MinAgentReportInterval, MaxAgentReportInterval, c.AgentReportInterval)
 	}
 	if c.ClusterAddress == "" && len(c.JoinAddresses) > 0 {
 		return errors.New("server: join addresses need a cluster_address")

@@ -17,7 +17,7 @@ import (
 // for, with this node's active JWT key.
 func (n *nodeAPI) NewJWTSVID(ctx context.Context, req *sigilv1.NewJWTSVIDRequest) (_ *sigilv1.NewJWTSVIDResponse, err error) {
 	s := n.s
-	defer s.metrics.iss.countJWT(&err)
+	defer s.metrics.countJWT(&err)
 	agentID, _ := agentFrom(ctx)
 	if err := ca.CheckAudience(req.Audience); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -124,6 +124,35 @@ func (m *issuanceMetrics) countJWT(errp *error) {
 	m.signed[svidJWT][outcomeOf(status.Code(*errp))].Inc()
 }
 
+// countX509Results counts a batch's outcomes: the failures always (the
+// health evaluation's counter), the metrics when enabled.
+func (m *metrics) countX509Results(results []*sigilv1.X509SVIDResult) {
+	for _, r := range results {
+		if outcomeOf(codes.Code(r.GetStatus().GetCode())) == outcomeError {
+			m.signFailures.Add(1)
+		}
+	}
+	m.iss.countX509Results(results)
+}
+
+// countRefused counts n requests of type typ refused as a whole with err:
+// the failures always, the metrics when enabled; it returns err.
+func (m *metrics) countRefused(typ string, n int, err error) error {
+	if outcomeOf(status.Code(err)) == outcomeError {
+		m.signFailures.Add(uint64(n))
+	}
+	return m.iss.countRefused(typ, n, err)
+}
+
+// countJWT counts one JWT-SVID request ended with *errp: the failures
+// always, the metrics when enabled.
+func (m *metrics) countJWT(errp *error) {
+	if outcomeOf(status.Code(*errp)) == outcomeError {
+		m.signFailures.Add(1)
+	}
+	m.iss.countJWT(errp)
+}
+
 // outcomeOf maps a gRPC code to an outcome label value.
 func outcomeOf(c codes.Code) string {
 	switch c {

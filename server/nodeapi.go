@@ -474,7 +474,7 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 	}
 	authorized, err := s.store.Read().AuthorizedEntries(agentID.String())
 	if err != nil {
-		return nil, s.metrics.iss.countRefused(svidX509, len(req.Requests), agentStateError(agentID, err))
+		return nil, s.metrics.countRefused(svidX509, len(req.Requests), agentStateError(agentID, err))
 	}
 	byID := make(map[string]*sigilv1.Entry, len(authorized))
 	for _, e := range authorized {
@@ -503,7 +503,7 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 				audit.String("serial", chain[0].SerialNumber.Text(16)), audit.Time("not_after", chain[0].NotAfter)}})
 	}
 	parallelFor(len(req.Requests), sign)
-	s.metrics.iss.countX509Results(results)
+	s.metrics.countX509Results(results)
 	for _, res := range results {
 		if res.Status.GetCode() == int32(codes.PermissionDenied) {
 			s.audit(audit.Event{What: "x509_svid_refused", Who: agentID.String(), Subject: res.EntryId, Outcome: audit.Denied, Message: "x509-svid refused",

@@ -75,6 +75,11 @@ type Server struct {
 	fed    federationState // see federation.go
 	runCtx context.Context // Run's context; set before the APIs serve
 
+	// reports and instance: see report.go; gather: see health_gather.go.
+	reports  *reportStore
+	instance string
+	gather   gatherCache
+
 	// Tests may set these before Run: Raft's transport instead of the
 	// cluster port (an in-memory transport whose addresses are the
 	// cluster addresses), and changes to the cluster's tuning.
@@ -99,6 +104,8 @@ func New(cfg Config) (*Server, error) {
 		ready:      make(chan struct{}),
 		metrics:    newServerMetrics(!cfg.DisableMetrics),
 		nodeLimits: defaultNodeLimits(),
+		reports:    newReportStore(defaultReportLimits()),
+		instance:   newInstanceID(),
 	}
 	s.metrics.registerStateCollector(s)
 	s.auditSink = cfg.AuditSink
