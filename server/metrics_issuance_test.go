@@ -465,3 +465,28 @@ func TestMetricsDisabledIssuance(t *testing.T) {
 		t.Errorf("the Raft metrics went too: %v", names)
 	}
 }
+
+// TestFailureCountersWithMetricsDisabled: the health evaluation's
+// failure counters count whether or not the issuance metrics are
+// enabled (the burst alerts must not depend on DisableMetrics).
+func TestFailureCountersWithMetricsDisabled(t *testing.T) {
+	for _, enabled := range []bool{true, false} {
+		m := newServerMetrics(enabled)
+		m.countX509Results([]*sigilv1.X509SVIDResult{
+			{Status: &sigilv1.Status{Code: int32(codes.InvalidArgument)}},
+			{Status: &sigilv1.Status{Code: int32(codes.PermissionDenied)}},
+			{},
+		})
+		_ = m.countRefused(svidX509, 3, status.Error(codes.Internal, "signer down"))
+		_ = m.countRefused(svidX509, 4, status.Error(codes.PermissionDenied, "banned"))
+		err := status.Error(codes.Unavailable, "no key")
+		m.countJWT(&err)
+		m.observeAttestation("join_token", attestRefused, "bad_token")
+		if got := m.signFailures.Load(); got != 5 {
+			t.Errorf("metrics enabled=%v: sign failures %d, want 5 (1 in the batch, 3 refused, 1 JWT; denials are not failures)", enabled, got)
+		}
+		if got := m.attestFailures.Load(); got != 1 {
+			t.Errorf("metrics enabled=%v: attestation failures %d, want 1", enabled, got)
+		}
+	}
+}
