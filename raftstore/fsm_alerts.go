@@ -193,3 +193,13 @@ func (a *applier) updateAlerts(c *storepb.UpdateAlerts) *CommandError {
 	}
 	return nil
 }
+
+// CheckAlertRecord reports whether UpdateAlerts would accept r (its
+// modify_index, which the store sets, aside), so that the leader records
+// only what the store takes: one bad record refuses the whole command.
+func CheckAlertRecord(r *storepb.AlertRecord) error {
+	if err := validateAlert(r); err != nil {
+		return err
+	}
+	return nil
+}

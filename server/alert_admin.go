@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -29,6 +30,9 @@ func newDispatcher(cfg Config, log *zap.Logger) (*alert.Dispatcher, error) {
 	dcfg := alert.DefaultDispatcherConfig()
 	dcfg.Notifiers = cfg.Notifiers
 	dcfg.Clock = cfg.Clock
+	if cfg.AlertRepeatInterval > 0 {
+		dcfg.RepeatInterval = cfg.AlertRepeatInterval
+	}
 	dcfg.Logger = log.Named("alert")
 	d, err := alert.NewDispatcher(dcfg)
 	if err != nil {
@@ -101,11 +105,17 @@ func (a *alertAdmin) Test(ctx context.Context, req *sigilv1.AlertTestRequest) (*
 	return resp, nil
 }
 
-// List returns the firing alerts.
+// List returns the firing alerts: the cluster's, recorded in Raft by
+// the leader, and this server's own (ClusterNoLeader), by key.
 func (a *alertAdmin) List(context.Context, *sigilv1.AlertListRequest) (*sigilv1.AlertListResponse, error) {
-	active := a.s.alerts.Active()
-	resp := &sigilv1.AlertListResponse{Alerts: make([]*sigilv1.ActiveAlert, 0, len(active))}
-	for _, al := range active {
+	var all []alert.Alert
+	for _, r := range a.s.store.Read().Alerts() {
+		all = append(all, alertOf(r))
+	}
+	all = append(all, a.s.eval.localAlerts()...)
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Key < all[j].Key })
+	resp := &sigilv1.AlertListResponse{Alerts: make([]*sigilv1.ActiveAlert, 0, len(all))}
+	for _, al := range all {
 		resp.Alerts = append(resp.Alerts, &sigilv1.ActiveAlert{
 			Key: al.Key, Name: al.Name, Severity: string(al.Severity), Summary: al.Summary, Details: al.Details,
 			Source: al.Source, StartsAt: al.StartsAt.Unix(), GeneratorUrl: al.GeneratorURL,
