@@ -105,14 +105,22 @@ func (a *alertAdmin) Test(ctx context.Context, req *sigilv1.AlertTestRequest) (*
 	return resp, nil
 }
 
-// List returns the firing alerts: the cluster's, recorded in Raft by
-// the leader, and this server's own (ClusterNoLeader), by key.
+// List returns the firing alerts, by key: the cluster's, recorded in
+// Raft by the leader, and those this server's dispatcher has firing (its
+// own, such as ClusterNoLeader; on the leader, the recorded ones too,
+// listed once, as recorded).
 func (a *alertAdmin) List(context.Context, *sigilv1.AlertListRequest) (*sigilv1.AlertListResponse, error) {
 	var all []alert.Alert
+	seen := map[string]bool{}
 	for _, r := range a.s.store.Read().Alerts() {
 		all = append(all, alertOf(r))
+		seen[r.Key] = true
 	}
-	all = append(all, a.s.eval.localAlerts()...)
+	for _, al := range a.s.alerts.Active() {
+		if !seen[al.Key] {
+			all = append(all, al)
+		}
+	}
 	sort.SliceStable(all, func(i, j int) bool { return all[i].Key < all[j].Key })
 	resp := &sigilv1.AlertListResponse{Alerts: make([]*sigilv1.ActiveAlert, 0, len(all))}
 	for _, al := range all {

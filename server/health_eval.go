@@ -69,18 +69,6 @@ func newHealthEval(s *Server) healthEval {
 	}
 }
 
-// localAlerts returns this server's own firing alerts, by key.
-func (e *healthEval) localAlerts() []alert.Alert {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := make([]alert.Alert, 0, len(e.local))
-	for _, a := range e.local {
-		out = append(out, a)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out
-}
-
 // recordOf is the Raft record of a.
 func recordOf(a alert.Alert) *storepb.AlertRecord {
 	return &storepb.AlertRecord{
