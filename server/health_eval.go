@@ -205,7 +205,7 @@ func (t *healthTerm) round(ctx context.Context) {
 	}
 	sort.Strings(upd.Resolved)
 	if len(upd.Fired) > 0 || len(upd.Resolved) > 0 {
-		cmd := &storepb.Command{Timestamp: s.cfg.Clock.Now().UnixNano(), Op: &storepb.Command_UpdateAlerts{UpdateAlerts: upd}}
+		cmd := &storepb.Command{Op: &storepb.Command_UpdateAlerts{UpdateAlerts: upd}}
 		if _, err := s.apply(ctx, cmd); err != nil {
 			// Retried at the next evaluation; the receivers hear of the
 			// change once it is recorded.
