@@ -217,18 +217,20 @@ func (t *healthTerm) round(ctx context.Context) {
 		s.alerts.Fire(a)
 		t.firing[a.Key] = true
 	}
+	// Each audit event is emitted once the change is recorded, before
+	// the receivers hear of it.
 	for _, a := range changed {
+		s.auditAlert(auditAlertFired, a)
 		s.alerts.Fire(a)
 		t.firing[a.Key] = true
-		s.auditAlert(auditAlertFired, a)
 	}
 	now := s.cfg.Clock.Now()
 	for _, r := range gone {
-		s.alerts.Resolve(r.Key, now)
-		delete(t.firing, r.Key)
 		a := alertOf(r)
 		a.EndsAt = now
 		s.auditAlert(auditAlertResolved, a)
+		s.alerts.Resolve(r.Key, now)
+		delete(t.firing, r.Key)
 	}
 }
 
@@ -264,6 +266,14 @@ func (t *healthTerm) evaluate(ctx context.Context) (alerts []alert.Alert, ok boo
 	return s.eval.evaluate(s.cfg.Health, snap), true
 }
 
+// unixTime is the time of Unix seconds sec, zero for 0 (not recorded).
+func unixTime(sec int64) time.Time {
+	if sec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0).UTC()
+}
+
 // healthAgents lists the attested agents of the store.
 func (s *Server) healthAgents() []health.Agent {
 	var out []health.Agent
@@ -277,8 +287,8 @@ func (s *Server) healthAgents() []health.Agent {
 		for _, n := range nodes {
 			out = append(out, health.Agent{
 				ID:         n.SpiffeId,
-				AttestedAt: time.Unix(n.CreatedAt, 0).UTC(),
-				ExpiresAt:  time.Unix(n.CertNotAfter, 0).UTC(),
+				AttestedAt: unixTime(n.CreatedAt),
+				ExpiresAt:  unixTime(n.CertNotAfter),
 				Banned:     n.Banned,
 			})
 		}
@@ -353,16 +363,14 @@ func (s *Server) healthFederation() []health.FederatedBundle {
 	r := s.store.Read()
 	var out []health.FederatedBundle
 	for _, rel := range r.FederationRelationships() {
-		fb := health.FederatedBundle{TrustDomain: rel.TrustDomain, CreatedAt: time.Unix(rel.CreatedAt, 0).UTC()}
+		fb := health.FederatedBundle{TrustDomain: rel.TrustDomain, CreatedAt: unixTime(rel.CreatedAt)}
 		var hint time.Duration
 		if b, err := r.FederatedBundle(rel.TrustDomain); err == nil {
 			hint = time.Duration(b.RefreshHint) * time.Second
 		}
 		fb.RefreshHint = federation.NextRefresh(hint, s.cfg.Federation.MinRefresh, s.cfg.Federation.MaxRefresh, 0)
 		if st, err := r.FederationStatus(rel.TrustDomain); err == nil {
-			if st.LastSuccessAt > 0 {
-				fb.LastSuccess = time.Unix(st.LastSuccessAt, 0).UTC()
-			}
+			fb.LastSuccess = unixTime(st.LastSuccessAt)
 			fb.LastError = st.LastError
 		}
 		out = append(out, fb)
@@ -467,10 +475,10 @@ func (s *Server) checkNoLeader(log *zap.Logger, now, since time.Time) {
 	}
 	e.local[a.Key] = a
 	e.mu.Unlock()
-	s.alerts.Fire(a)
 	if !had || !maps.Equal(prev.Details, a.Details) || prev.Summary != a.Summary || prev.Severity != a.Severity {
 		s.auditAlert(auditAlertFired, a)
 	}
+	s.alerts.Fire(a)
 }
 
 // resolveLocal resolves this server's own alert key, if it fires.
@@ -483,7 +491,7 @@ func (s *Server) resolveLocal(key string, now time.Time) {
 	if !had {
 		return
 	}
-	s.alerts.Resolve(key, now)
 	a.EndsAt = now
 	s.auditAlert(auditAlertResolved, a)
+	s.alerts.Resolve(key, now)
 }

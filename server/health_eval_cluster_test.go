@@ -74,6 +74,28 @@ func TestHealthEvalNewLeaderAdoptsAndResolves(t *testing.T) {
 	old := mc.leader()
 	untilEval(t, clk, "the alerts recorded", func() bool { return len(raftAlerts(old.srv)) == 2 })
 	recorded := raftAlerts(old.srv)
+	// The snapshot names every server's keys (the others' from the
+	// bundle: one active key of each kind per server) and the other
+	// members.
+	snap, _ := fe.snapshot()
+	active := map[string]int{}
+	for _, a := range snap.Authorities {
+		if a.State == "active" {
+			active[a.Kind+"/"+a.Server]++
+		}
+	}
+	members := map[string]bool{}
+	for _, m := range snap.Members {
+		members[m.Name] = true
+	}
+	for _, n := range []string{"s1", "s2", "s3"} {
+		if active["x509/"+n] != 1 || active["jwt/"+n] != 1 {
+			t.Errorf("snapshot: %d active x509 and %d active jwt keys of %s, want 1 each (%+v)", active["x509/"+n], active["jwt/"+n], n, snap.Authorities)
+		}
+		if members[n] != (n != old.name) {
+			t.Errorf("snapshot members %v: want the two other than the leader %s", members, old.name)
+		}
+	}
 	for _, n := range mc.live() {
 		clusterWait(t, "the alerts listed on "+n.name, func() bool { return len(listKeys(t, n)) == 2 })
 		if got := listKeys(t, n)[keyA]; got.Source != old.name || got.StartsAt != recorded[keyA].StartsAt {

@@ -202,9 +202,32 @@ func TestHealthEvalFiresRecordsResolves(t *testing.T) {
 	m := &memNotifier{name: "mem", min: alert.Info}
 	srv, logs, client := startEvalServer(t, clk, fe, m)
 
+	// Two agents: one attested, one banned before it attested.
+	agentA := "spiffe://" + testTD.Name() + "/sigil/agent/join_token/a"
+	agentB := "spiffe://" + testTD.Name() + "/sigil/agent/join_token/b"
+	expires := clk.Now().Add(time.Hour).Truncate(time.Second)
+	for _, cmd := range []*storepb.Command{
+		{Op: &storepb.Command_AttestNode{AttestNode: &storepb.AttestNode{Node: &sigilv1.AttestedNode{
+			SpiffeId: agentA, AttestationType: "join_token", CertSerial: "01", CertNotAfter: expires.Unix()}}}},
+		{Op: &storepb.Command_BanNode{BanNode: &storepb.BanNode{SpiffeId: agentB, BanUnknown: true}}},
+	} {
+		if _, err := srv.apply(context.Background(), cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	// No alert: an evaluation runs and records nothing.
 	untilEval(t, clk, "a first evaluation", func() bool { _, n := fe.snapshot(); return n > 0 })
 	snap, _ := fe.snapshot()
+	if len(snap.Agents) != 2 {
+		t.Fatalf("snapshot agents %+v, want 2", snap.Agents)
+	}
+	if a := snap.Agents[0]; a.ID != agentA || a.Banned || !a.ExpiresAt.Equal(expires) || !a.AttestedAt.Equal(snap.Agents[0].AttestedAt) || a.AttestedAt.IsZero() {
+		t.Errorf("snapshot agent a: %+v", a)
+	}
+	if b := snap.Agents[1]; b.ID != agentB || !b.Banned || !b.ExpiresAt.IsZero() {
+		t.Errorf("snapshot agent b: %+v, want banned with no SVID", b)
+	}
 	if snap.Source != "s1" || snap.TermStart.IsZero() || snap.Now.Before(snap.TermStart) || snap.Failures != (health.Failures{Attestation: 3, Signing: 1}) {
 		t.Fatalf("snapshot: source %q, term start %v, now %v, failures %+v", snap.Source, snap.TermStart, snap.Now, snap.Failures)
 	}
