@@ -76,7 +76,9 @@ func (w *fakeWindow) Observe(_ time.Time, server, instance string, _ health.Fail
 	w.mu.Unlock()
 }
 
-func (w *fakeWindow) Count(time.Time) health.Failures { return health.Failures{Attestation: 3, Signing: 1} }
+func (w *fakeWindow) Count(time.Time) health.Failures {
+	return health.Failures{Attestation: 3, Signing: 1}
+}
 
 // hookEval makes srv evaluate with fe, gather an empty view with one
 // server's counters, and count with a fakeWindow.
