@@ -330,3 +330,38 @@ func TestHealthEvalFailedEvaluationChangesNothing(t *testing.T) {
 	fe.mu.Unlock()
 	untilEval(t, clk, "A resolved once evaluation works", func() bool { return len(raftAlerts(srv)) == 0 })
 }
+
+// TestConfigAlerts: the alert settings default (zero Health is
+// health.DefaultConfig, zero EvaluateInterval DefaultEvaluateInterval)
+// and bad ones are refused with one prefix.
+func TestConfigAlerts(t *testing.T) {
+	base := func() Config {
+		cfg := DefaultConfig()
+		cfg.TrustDomain = testTD
+		cfg.NodeName = "s1"
+		cfg.DataDir = t.TempDir()
+		withPlugins(t, &cfg, "memory")
+		return cfg
+	}
+	cfg := base()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Health != health.DefaultConfig() || cfg.EvaluateInterval != DefaultEvaluateInterval {
+		t.Fatalf("defaults: %+v, %v", cfg.Health, cfg.EvaluateInterval)
+	}
+	for name, tc := range map[string]struct {
+		mod  func(*Config)
+		want string
+	}{
+		"bad threshold":     {func(c *Config) { c.Health = health.DefaultConfig(); c.Health.MaxIDs = 0 }, "server: alerts: health: max_ids: must be 1..100, got 0"},
+		"negative interval": {func(c *Config) { c.EvaluateInterval = -time.Second }, "server: alerts evaluate_interval must not be negative"},
+		"negative repeat":   {func(c *Config) { c.AlertRepeatInterval = -time.Second }, "server: alerts repeat_interval must not be negative"},
+	} {
+		cfg := base()
+		tc.mod(&cfg)
+		if err := cfg.Validate(); err == nil || err.Error() != tc.want {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+}
