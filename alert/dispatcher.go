@@ -285,6 +285,17 @@ func (d *Dispatcher) Resolve(key string, at time.Time) {
 	d.queue(a)
 }
 
+// Forget stops tracking the alert firing under key without sending its
+// resolution: it is no longer repeated nor listed by Active, and a later
+// Fire of the key is new. A server that loses leadership forgets the
+// cluster's alerts, which the next leader adopts and resolves. An unknown
+// key is ignored; what is already queued is still sent.
+func (d *Dispatcher) Forget(key string) {
+	d.mu.Lock()
+	delete(d.active, key)
+	d.mu.Unlock()
+}
+
 // Active returns the firing alerts, by key.
 func (d *Dispatcher) Active() []Alert {
 	d.mu.Lock()

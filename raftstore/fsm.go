@@ -151,6 +151,8 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		res = a.single(a.requestFederationRefresh(op.RequestFederationRefresh))
 	case *storepb.Command_RecordPartnerFetch:
 		res = a.single(a.recordPartnerFetch(op.RecordPartnerFetch))
+	case *storepb.Command_UpdateAlerts:
+		res = a.single(a.updateAlerts(op.UpdateAlerts))
 	default:
 		return cmdErr(codes.InvalidArgument, "command has no known operation")
 	}

@@ -194,6 +194,17 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		at(0, updateEntries(fedEntry)),
 	}
 	fx.seeds = append(fx.seeds, fx.fed...)
+	// Alerts: fired, fired again unchanged, changed, resolved; refused
+	// (bad severity, fired and resolved at once).
+	bad := alertRec("k/bad", "x")
+	bad.Severity = "page"
+	fx.seeds = append(fx.seeds,
+		at(0, updateAlerts([]*storepb.AlertRecord{alertRec("svid_not_renewed/a", "a"), alertRec("cluster_no_leader", "b")})),
+		at(0, updateAlerts([]*storepb.AlertRecord{alertRec("svid_not_renewed/a", "a")})),
+		at(0, updateAlerts([]*storepb.AlertRecord{alertRec("svid_not_renewed/a", "a2")}, "cluster_no_leader")),
+		at(0, updateAlerts([]*storepb.AlertRecord{bad})),
+		at(0, updateAlerts([]*storepb.AlertRecord{alertRec("k/c", "c")}, "k/c")),
+	)
 	// Cluster-wide taint, revocation and retirement of a server's keys.
 	caCert, err := x509.ParseCertificate(ca)
 	if err != nil {

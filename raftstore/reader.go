@@ -547,3 +547,13 @@ func (r *Reader) PartnerFetches() []*sigilv1.PartnerFetch {
 	}
 	return out
 }
+
+// Alerts returns the firing alerts the leader recorded, in key order.
+// The list is watched.
+func (r *Reader) Alerts() []*storepb.AlertRecord {
+	var out []*storepb.AlertRecord
+	for _, raw := range r.all(tableAlerts) {
+		out = append(out, raw.(*storepb.AlertRecord))
+	}
+	return out
+}

@@ -27,6 +27,8 @@ const (
 	tableFederationRelationships = "federation_relationships"
 	tableFederationStatuses      = "federation_statuses"
 	tablePartnerFetches          = "partner_fetches"
+	// tableAlerts holds *storepb.AlertRecord, keyed by dedupe key.
+	tableAlerts = "alerts"
 
 	indexID       = "id"
 	indexSPIFFEID = "spiffe_id"
@@ -136,6 +138,12 @@ func schema() *memdb.DBSchema {
 			Name: tablePartnerFetches,
 			Indexes: map[string]*memdb.IndexSchema{
 				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "TrustDomain"}},
+			},
+		},
+		tableAlerts: {
+			Name: tableAlerts,
+			Indexes: map[string]*memdb.IndexSchema{
+				indexID: {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
 			},
 		},
 		tableMeta: {

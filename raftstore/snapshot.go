@@ -106,6 +106,9 @@ func buildSnapshot(txn *memdb.Txn) (*storepb.Snapshot, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := each(tableAlerts, func(raw interface{}) { snap.Alerts = append(snap.Alerts, raw.(*storepb.AlertRecord)) }); err != nil {
+		return nil, err
+	}
 	return snap, nil
 }
 
@@ -320,6 +323,9 @@ func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, 
 	if err := f.loadSnapshotFederation(txn, snap); err != nil {
 		return nil, err
 	}
+	if err := loadSnapshotAlerts(txn, snap); err != nil {
+		return nil, err
+	}
 	if err := txn.Insert(tableMeta, &metaRow{Key: metaIndexKey, Index: index}); err != nil {
 		return nil, errorf("snapshot: %v", err)
 	}
@@ -406,6 +412,26 @@ func (f *fsm) loadSnapshotFederation(txn *memdb.Txn, snap *storepb.Snapshot) err
 		}
 		if err := txn.Insert(tablePartnerFetches, pf); err != nil {
 			return errorf("snapshot: partner fetch %q: %v", pf.TrustDomain, err)
+		}
+	}
+	return nil
+}
+
+// loadSnapshotAlerts checks and loads the firing alerts of a snapshot:
+// each as UpdateAlerts accepts it, keys unique, at most MaxAlerts.
+func loadSnapshotAlerts(txn *memdb.Txn, snap *storepb.Snapshot) error {
+	if n := len(snap.Alerts); n > MaxAlerts {
+		return errorf("snapshot: %d alerts, at most %d allowed", n, MaxAlerts)
+	}
+	for _, r := range snap.Alerts {
+		if err := validateAlert(r); err != nil {
+			return errorf("snapshot: %v", err.Msg)
+		}
+		if raw, _ := txn.First(tableAlerts, indexID, r.Key); raw != nil {
+			return errorf("snapshot: duplicate alert %q", r.Key)
+		}
+		if err := txn.Insert(tableAlerts, r); err != nil {
+			return errorf("snapshot: alert %q: %v", r.Key, err)
 		}
 	}
 	return nil

@@ -28,12 +28,21 @@ func frameSnapshot(index uint64, body []byte) []byte {
 // only CA certificates, federated bundles certificates that parse (with
 // their expiry and no server), and both JWT keys that parse, under unique,
 // bounded key IDs; federation statuses only with their relationship, and
-// partner fetches only of trust domains with a relationship or a bundle.
+// partner fetches only of trust domains with a relationship or a bundle;
+// at most MaxAlerts alerts, each as UpdateAlerts accepts it.
 func checkRestoredState(t *testing.T, f *fsm) {
 	t.Helper()
 	snap, err := buildSnapshot(f.state.Load().db.Txn(false))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(snap.Alerts) > MaxAlerts {
+		t.Fatalf("restored %d alerts", len(snap.Alerts))
+	}
+	for _, r := range snap.Alerts {
+		if err := CheckAlertRecord(r); err != nil {
+			t.Fatalf("restored an alert UpdateAlerts refuses: %v", err)
+		}
 	}
 	federated := map[string]bool{}
 	if len(snap.FederationRelationships) > MaxFederationRelationships {
@@ -119,6 +128,19 @@ func FuzzSnapshotRestore(f *testing.F) {
 	f.Add(huge, false)
 	huge = binary.BigEndian.AppendUint64(huge[:16], 1<<63)
 	f.Add(huge, false)
+	// A valid snapshot with alerts.
+	{
+		withAlerts := &storepb.Snapshot{}
+		if err := proto.Unmarshal(body, withAlerts); err != nil {
+			f.Fatal(err)
+		}
+		withAlerts.Alerts = []*storepb.AlertRecord{alertRec("cluster_member_unreachable/s2", "s2"), alertRec("svid_expiring/a", "a")}
+		b, err := proto.Marshal(withAlerts)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, true)
+	}
 	// Records that must be refused.
 	snap := &storepb.Snapshot{}
 	if err := proto.Unmarshal(body, snap); err != nil {
@@ -151,6 +173,10 @@ func FuzzSnapshotRestore(f *testing.F) {
 			}
 		},
 		func(s *storepb.Snapshot) { s.Entries[0].FederatesWith = []string{td.Name()} },
+		// Alerts.
+		func(s *storepb.Snapshot) { s.Alerts = append(s.Alerts, alertRec("k/a", "a"), alertRec("k/a", "b")) },
+		func(s *storepb.Snapshot) { s.Alerts = append(s.Alerts, alertRec("", "a")) },
+		func(s *storepb.Snapshot) { s.Alerts = append(s.Alerts, nil) },
 	} {
 		s := proto.Clone(snap).(*storepb.Snapshot)
 		mut(s)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -31,6 +32,9 @@ func newDispatcher(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*ale
 	dcfg := alert.DefaultDispatcherConfig()
 	dcfg.Notifiers = cfg.Notifiers
 	dcfg.Clock = cfg.Clock
+	if cfg.AlertRepeatInterval > 0 {
+		dcfg.RepeatInterval = cfg.AlertRepeatInterval
+	}
 	dcfg.Logger = log.Named("alert")
 	meter := newAlertMeter(reg)
 	dcfg.Meter = meter
@@ -107,11 +111,25 @@ func (a *alertAdmin) Test(ctx context.Context, req *sigilv1.AlertTestRequest) (*
 	return resp, nil
 }
 
-// List returns the firing alerts.
+// List returns the firing alerts, by key: the cluster's, recorded in
+// Raft by the leader, and those this server's dispatcher has firing (its
+// own, such as ClusterNoLeader; on the leader, the recorded ones too,
+// listed once, as recorded).
 func (a *alertAdmin) List(context.Context, *sigilv1.AlertListRequest) (*sigilv1.AlertListResponse, error) {
-	active := a.s.alerts.Active()
-	resp := &sigilv1.AlertListResponse{Alerts: make([]*sigilv1.ActiveAlert, 0, len(active))}
-	for _, al := range active {
+	var all []alert.Alert
+	seen := map[string]bool{}
+	for _, r := range a.s.store.Read().Alerts() {
+		all = append(all, alertOf(r))
+		seen[r.Key] = true
+	}
+	for _, al := range a.s.alerts.Active() {
+		if !seen[al.Key] {
+			all = append(all, al)
+		}
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Key < all[j].Key })
+	resp := &sigilv1.AlertListResponse{Alerts: make([]*sigilv1.ActiveAlert, 0, len(all))}
+	for _, al := range all {
 		resp.Alerts = append(resp.Alerts, &sigilv1.ActiveAlert{
 			Key: al.Key, Name: al.Name, Severity: string(al.Severity), Summary: al.Summary, Details: al.Details,
 			Source: al.Source, StartsAt: al.StartsAt.Unix(), GeneratorUrl: al.GeneratorURL,

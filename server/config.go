@@ -17,6 +17,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/federation"
+	"github.com/sigil-id/sigil/health"
 	"github.com/sigil-id/sigil/internal/unixsock"
 	"github.com/sigil-id/sigil/raftstore"
 )
@@ -124,6 +125,17 @@ type Config struct {
 	// (AlertAdmin.List). Their names must be unique.
 	Notifiers []alert.Notifier
 
+	// Health holds the thresholds of the alert conditions; the zero
+	// value means health.DefaultConfig().
+	Health health.Config
+	// EvaluateInterval is how often the leader evaluates the alert
+	// conditions (and every server checks that it knows a leader); 0
+	// means DefaultEvaluateInterval.
+	EvaluateInterval time.Duration
+	// AlertRepeatInterval is how often a firing alert is sent again to
+	// the notifiers while it fires unchanged; 0 means the dispatcher's
+	// default (alert.DefaultDispatcherConfig).
+	AlertRepeatInterval time.Duration
 	// AgentReportInterval is the heartbeat interval of agent reports the
 	// server asks agents for (ReportResponse.interval_seconds, whole
 	// seconds): 0 leaves each agent's own; otherwise 5s to 10m.
@@ -236,6 +248,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("server: ca_propagation_delay %v must be shorter than half of ca_ttl %v", c.CAPropagationDelay, c.CATTL)
 	}
 	if err := c.validateFederation(); err != nil {
+		return err
+	}
+	if err := c.validateAlerts(); err != nil {
 		return err
 	}
 	if c.Logger == nil {
@@ -404,6 +419,26 @@ func (c *Config) validateFederation() error {
 				return fmt.Errorf("server: federates_with %q: bundle_file: %w", rel.TrustDomain, err)
 			}
 		}
+	}
+	return nil
+}
+
+// validateAlerts checks the alert settings and fills in their defaults.
+func (c *Config) validateAlerts() error {
+	if c.Health == (health.Config{}) {
+		c.Health = health.DefaultConfig()
+	} else if err := c.Health.Validate(); err != nil {
+		return fmt.Errorf("server: alerts: %w", err)
+	}
+	for name, d := range map[string]time.Duration{
+		"evaluate_interval": c.EvaluateInterval, "repeat_interval": c.AlertRepeatInterval, "report_interval": c.AgentReportInterval,
+	} {
+		if d < 0 {
+			return fmt.Errorf("server: alerts %s must not be negative", name)
+		}
+	}
+	if c.EvaluateInterval == 0 {
+		c.EvaluateInterval = DefaultEvaluateInterval
 	}
 	return nil
 }

@@ -324,7 +324,8 @@ func (s *Server) federationLeaderLoop(ctx context.Context) {
 	}
 }
 
-// leaderTerm is the federation work of one term as leader.
+// leaderTerm is the work of one term as leader: federation and the
+// alert evaluation.
 type leaderTerm struct {
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -335,7 +336,13 @@ func (s *Server) startLeaderTerm(ctx context.Context) *leaderTerm {
 	t := &leaderTerm{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(t.done)
+		healthDone := make(chan struct{})
+		go func() {
+			defer close(healthDone)
+			s.leadHealth(lctx) // see health_eval.go
+		}()
 		s.leadFederation(lctx)
+		<-healthDone
 	}()
 	return t
 }

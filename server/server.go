@@ -71,6 +71,7 @@ type Server struct {
 
 	auditSink audit.Sink        // see audit.go
 	alerts    *alert.Dispatcher // see alert_admin.go; Run runs it
+	eval      healthEval        // see health_eval.go; tests may set its funcs before Run
 
 	fed    federationState // see federation.go
 	runCtx context.Context // Run's context; set before the APIs serve
@@ -115,6 +116,7 @@ func New(cfg Config) (*Server, error) {
 	if s.alerts, err = newDispatcher(cfg, s.log, s.metrics.reg); err != nil {
 		return nil, err
 	}
+	s.eval = newHealthEval(s)
 	// Verifiers check evidence against the local store before the
 	// server signs or writes anything.
 	s.verifiers = make(map[string]node.Verifier, len(cfg.NodeVerifiers))
@@ -334,6 +336,13 @@ func (s *Server) Run(ctx context.Context) error {
 		s.federationLeaderLoop(fedCtx)
 	}()
 	defer func() { fedCancel(); <-fedDone }()
+	localCtx, localCancel := context.WithCancel(ctx)
+	localDone := make(chan struct{})
+	go func() {
+		defer close(localDone)
+		s.localHealthLoop(localCtx)
+	}()
+	defer func() { localCancel(); <-localDone }()
 	s.log.Info("server ready",
 		zap.String("trust_domain", s.td.Name()),
 		zap.String("node_api", nodeLis.Addr().String()),

@@ -133,6 +133,12 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
 	cfg.Federation = federationConfig(s.Federation)
+	if a := s.Alerts; a != nil {
+		cfg.Health = a.Health
+		cfg.EvaluateInterval = a.EvaluateInterval
+		cfg.AgentReportInterval = a.ReportInterval
+		cfg.AlertRepeatInterval = a.RepeatInterval
+	}
 	if err := serverPlugins(s, &cfg); err != nil {
 		return cfg, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,7 +25,7 @@ at least its min_severity.
 
   sigil alert test                     # a test alert through every notifier
   sigil alert test -severity critical
-  sigil alert list                     # the alerts this server has firing`,
+  sigil alert list                     # the firing alerts (-output json: with details)`,
 	}
 	cmd.AddCommand(alertTest(), alertList())
 	return cmd
@@ -112,7 +113,13 @@ func alertList() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the alerts the server has firing",
-		Args:  cobra.NoArgs,
+		Long: `list prints the firing alerts: those the cluster's leader raised and
+recorded (the same on every server) and this server's own (ClusterNoLeader),
+one line each with its severity, name, subject (an agent's SPIFFE ID, a
+member, a trust domain, "<kind>/<server>" of a CA or JWT key), since when it
+fires and the server that raised it. -output json gives every field, the
+details included.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := o.dial()
 			if err != nil {
@@ -133,13 +140,23 @@ func alertList() *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSEVERITY\tKEY\tSOURCE\tSINCE")
+			fmt.Fprintln(tw, "SEVERITY\tNAME\tSUBJECT\tSINCE\tSOURCE")
 			for _, a := range resp.Alerts {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Name, a.Severity, a.Key, a.Source, formatTime(a.StartsAt))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Severity, a.Name, OneLine(alertSubject(a.Key)), formatTime(a.StartsAt), a.Source)
 			}
 			return tw.Flush()
 		},
 	}
 	o = addAdminFlags(cmd)
 	return cmd
+}
+
+// alertSubject is the subject of an alert: its dedupe key after the
+// condition's prefix ("svid_not_renewed/<agent>" → "<agent>"), or "-" for
+// a cluster-wide condition.
+func alertSubject(key string) string {
+	if _, subject, ok := strings.Cut(key, "/"); ok && subject != "" {
+		return subject
+	}
+	return "-"
 }

@@ -117,14 +117,19 @@ func TestAlertList(t *testing.T) {
 		t.Fatalf("alert list, none: %d %q", code, out)
 	}
 	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	f.alerts = []*sigilv1.ActiveAlert{{Key: "svid_not_renewed/a1", Name: "SVIDNotRenewed", Severity: "critical", Source: "s1", StartsAt: t0.Unix()}}
+	f.alerts = []*sigilv1.ActiveAlert{
+		{Key: "cluster_no_leader", Name: "SigilClusterNoLeader", Severity: "critical", Source: "s2", StartsAt: t0.Add(time.Minute).Unix()},
+		{Key: "svid_not_renewed/a1", Name: "SVIDNotRenewed", Severity: "warning", Source: "s1", StartsAt: t0.Unix(), Details: map[string]string{"count": "3"}},
+	}
 	code, out, _ := runAlert("list", "-socket", sock)
-	want := "NAME            SEVERITY  KEY                  SOURCE  SINCE\nSVIDNotRenewed  critical  svid_not_renewed/a1  s1      2026-11-30T12:00:00Z\n"
+	want := "SEVERITY  NAME                  SUBJECT  SINCE                 SOURCE\n" +
+		"critical  SigilClusterNoLeader  -        2026-11-30T12:01:00Z  s2\n" +
+		"warning   SVIDNotRenewed        a1       2026-11-30T12:00:00Z  s1\n"
 	if code != 0 || out != want {
 		t.Fatalf("alert list: %d\n%s\nwant\n%s", code, out, want)
 	}
 	code, out, _ = runAlert("list", "-socket", sock, "-output", "json")
-	if code != 0 || !strings.Contains(out, `"key": "svid_not_renewed/a1"`) {
+	if code != 0 || !strings.Contains(out, `"key": "svid_not_renewed/a1"`) || !strings.Contains(out, `"count": "3"`) {
 		t.Fatalf("alert list -output json: %d %q", code, out)
 	}
 }

@@ -56,6 +56,8 @@ type Server struct {
 	Plugins *Plugins
 	// Federation is the file's federation block; nil without one.
 	Federation *Federation
+	// Alerts is the file's alerts block; nil without one.
+	Alerts *Alerts
 }
 
 // Agent holds the settings of `sigil agent`. Zero values mean "use the
@@ -140,6 +142,7 @@ type hclServer struct {
 
 	Plugins    *hclPlugins    `hcl:"plugins,block"`
 	Federation *hclFederation `hcl:"federation,block"`
+	Alerts     *hclAlerts     `hcl:"alerts,block"`
 }
 
 type hclAgent struct {
@@ -256,6 +259,13 @@ func Parse(filename string, src []byte) (*File, error) {
 				return nil, err
 			}
 			out.Server.Federation = fed
+		}
+		if s.Alerts != nil {
+			al, err := readAlerts(filename, syntaxBlock(body, "server"), s.Alerts)
+			if err != nil {
+				return nil, err
+			}
+			out.Server.Alerts = al
 		}
 	}
 	if a := raw.Agent; a != nil {

@@ -55,6 +55,8 @@ func FuzzConfig(f *testing.F) {
   }
 }`)
 	f.Add(`server { ca_ttl = "one day" }`)
+	f.Add("server {\n  trust_domain = \"example.org\"\n  alerts {\n    expiry_critical = \"5m\"\n    max_ids = 7\n    report_interval = \"1m\"\n  }\n}")
+	f.Add("server {\n  alerts {\n    max_ids = 0\n    renew_grace = \"x\"\n  }\n}")
 	f.Add(`server { unknown = 1 }`)
 	f.Add(`server { trust_domain = "Example.org" } agent {}`)
 	f.Add("server {\n  trust_domain = \"${x}\"\n}")
