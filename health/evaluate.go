@@ -202,9 +202,12 @@ func classify(cfg Config, now time.Time, ag Agent, r *AgentReport) (late, expiri
 		if v.ExpiresAt.IsZero() {
 			return
 		}
+		// An SVID close to expiry is at risk only once it should have
+		// been renewed: an SVID whose TTL is shorter than ExpiryCritical
+		// is always "close to expiry" and normally renewed in time.
 		if !now.Before(v.ExpiresAt) {
 			expired = append(expired, ref)
-		} else if v.ExpiresAt.Sub(now) < cfg.ExpiryCritical {
+		} else if v.ExpiresAt.Sub(now) < cfg.ExpiryCritical && (v.RenewAt.IsZero() || now.Sub(v.RenewAt) > cfg.RenewGrace) {
 			expiring = append(expiring, ref)
 		}
 	}
@@ -275,8 +278,15 @@ func notReporting(cfg Config, s Snapshot, ag Agent, r *AgentReport) (alert.Alert
 		Source: s.Source, StartsAt: s.Now,
 	}
 	if r != nil {
-		a.Summary = fmt.Sprintf("agent %s: no report since %s (its SVID is valid until %s)", ag.ID, stamp(r.ReceivedAt), stamp(ag.ExpiresAt))
-		return build(a, "agent_id", ag.ID, "reported_by", r.Server, "last_report", stamp(r.ReceivedAt)), true
+		// The SVIDs at risk are every one it held at its last report:
+		// none of them can be renewed while it does not reach a server.
+		held := atRisk(s.Now, ag, r)
+		a.Summary = fmt.Sprintf("agent %s: no report since %s; %s at risk (its own valid until %s)", ag.ID, stamp(r.ReceivedAt), plural(len(held), "SVID"), stamp(ag.ExpiresAt))
+		kv := []string{"agent_id", ag.ID, "reported_by", r.Server, "last_report", stamp(r.ReceivedAt), "count", strconv.Itoa(len(held))}
+		if len(held) > 0 {
+			kv = append(kv, "spiffe_ids", idList(cfg, held), "earliest_expiry", stamp(held[0].expiresAt))
+		}
+		return build(a, kv...), true
 	}
 	// No report at all: this leader may simply not have gathered it yet,
 	// or the agent attested a moment ago.
@@ -285,6 +295,42 @@ func notReporting(cfg Config, s Snapshot, ag Agent, r *AgentReport) (alert.Alert
 	}
 	a.Summary = fmt.Sprintf("agent %s: no report held by any server (its SVID is valid until %s)", ag.ID, stamp(ag.ExpiresAt))
 	return build(a, "agent_id", ag.ID, "last_report", "none"), true
+}
+
+// atRisk lists the SVIDs of r (the agent's own first considered) that
+// have not expired at now, by expiry.
+func atRisk(now time.Time, ag Agent, r *AgentReport) []svidRef {
+	var out []svidRef
+	add := func(v SVID) {
+		if v.ExpiresAt.IsZero() || !now.Before(v.ExpiresAt) {
+			return
+		}
+		out = append(out, svidRef{id: v.SPIFFEID, entry: v.EntryID, expiresAt: v.ExpiresAt})
+	}
+	own := r.AgentSVID
+	if own.SPIFFEID == "" {
+		own.SPIFFEID = ag.ID
+	}
+	// The replicated state knows the agent's current SVID even when the
+	// report does not (or reports an older one).
+	if ag.ExpiresAt.After(own.ExpiresAt) {
+		own.ExpiresAt = ag.ExpiresAt
+	}
+	add(own)
+	for _, v := range r.SVIDs {
+		add(v)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if !a.expiresAt.Equal(b.expiresAt) {
+			return a.expiresAt.Before(b.expiresAt)
+		}
+		if a.id != b.id {
+			return a.id < b.id
+		}
+		return a.entry < b.entry
+	})
+	return out
 }
 
 func evalAuthorities(cfg Config, s Snapshot) []alert.Alert {

@@ -49,7 +49,10 @@ type Config struct {
 	// before raising it for agents it has no report of.
 	ReportTimeout time.Duration
 	// AuthorityWarn: an active CA or JWT key that expires within it with
-	// no prepared successor fires AuthorityNoSuccessor.
+	// no prepared successor fires AuthorityNoSuccessor. A successor is
+	// prepared at half the key's life, so the window must be shorter
+	// than half the CA TTL (the server uses a quarter of it when the
+	// default is too long for its ca_ttl).
 	AuthorityWarn time.Duration
 	// FederationStaleHints: a federated bundle whose last successful
 	// refresh is older than this many refresh hints fires
@@ -77,7 +80,7 @@ func DefaultConfig() Config {
 		RenewGrace:             time.Minute,
 		ExpiryCritical:         10 * time.Minute,
 		ReportTimeout:          2 * time.Minute,
-		AuthorityWarn:          24 * time.Hour,
+		AuthorityWarn:          6 * time.Hour,
 		FederationStaleHints:   3,
 		NoLeaderAfter:          time.Minute,
 		MemberUnreachableAfter: time.Minute,

@@ -440,5 +440,15 @@ func (c *Config) validateAlerts() error {
 	if c.EvaluateInterval == 0 {
 		c.EvaluateInterval = DefaultEvaluateInterval
 	}
+	// A successor key is prepared at half a key's life: a warning window
+	// of half the CA TTL or more would fire on every healthy key. The
+	// default shrinks to a quarter of a short ca_ttl; a window set that
+	// long is an error.
+	if c.Health.AuthorityWarn >= c.CATTL/2 {
+		if c.Health.AuthorityWarn != health.DefaultConfig().AuthorityWarn {
+			return fmt.Errorf("server: alerts authority_warn %v must be shorter than half of ca_ttl %v (a successor key is prepared at half a key's life)", c.Health.AuthorityWarn, c.CATTL)
+		}
+		c.Health.AuthorityWarn = c.CATTL / 4
+	}
 	return nil
 }
