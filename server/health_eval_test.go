@@ -350,6 +350,13 @@ func TestConfigAlerts(t *testing.T) {
 	if cfg.Health != health.DefaultConfig() || cfg.EvaluateInterval != DefaultEvaluateInterval {
 		t.Fatalf("defaults: %+v, %v", cfg.Health, cfg.EvaluateInterval)
 	}
+	// The default authority_warn shrinks to a quarter of a short ca_ttl
+	// (a fresh CA would otherwise warn at once).
+	short := base()
+	short.CATTL = 4 * time.Hour
+	if err := short.Validate(); err != nil || short.Health.AuthorityWarn != time.Hour {
+		t.Fatalf("ca_ttl 4h: authority_warn %v, %v; want 1h", short.Health.AuthorityWarn, err)
+	}
 	for name, tc := range map[string]struct {
 		mod  func(*Config)
 		want string
@@ -357,6 +364,11 @@ func TestConfigAlerts(t *testing.T) {
 		"bad threshold":     {func(c *Config) { c.Health = health.DefaultConfig(); c.Health.MaxIDs = 0 }, "server: alerts: health: max_ids: must be 1..100, got 0"},
 		"negative interval": {func(c *Config) { c.EvaluateInterval = -time.Second }, "server: alerts evaluate_interval must not be negative"},
 		"negative repeat":   {func(c *Config) { c.AlertRepeatInterval = -time.Second }, "server: alerts repeat_interval must not be negative"},
+		"authority_warn past half of ca_ttl": {func(c *Config) {
+			c.CATTL = 4 * time.Hour
+			c.Health = health.DefaultConfig()
+			c.Health.AuthorityWarn = 2 * time.Hour
+		}, "server: alerts authority_warn 2h0m0s must be shorter than half of ca_ttl 4h0m0s (a successor key is prepared at half a key's life)"},
 	} {
 		cfg := base()
 		tc.mod(&cfg)
