@@ -41,6 +41,7 @@ func heldIDs(s *Server) map[string]health.AgentReport {
 // another base (or another agent's) gets need_full.
 func TestNodeReportIdentityFromCertificate(t *testing.T) {
 	h := startServer(t)
+	noReportGap(h.srv)
 	a, b := h.attest(), h.attest()
 	ctx := context.Background()
 
@@ -95,6 +96,7 @@ func TestNodeReportIdentityFromCertificate(t *testing.T) {
 // nothing is stored; a banned agent's report is dropped.
 func TestNodeReportRefusals(t *testing.T) {
 	h := startServer(t)
+	noReportGap(h.srv)
 	a, ev := h.attest(), h.attest()
 	ctx := context.Background()
 	if _, err := h.nodeClient(nil).Report(ctx, rsFull(1)); status.Code(err) != codes.Unauthenticated {
@@ -168,6 +170,7 @@ func TestNodeReportRefusals(t *testing.T) {
 // authorization as neither.
 func TestAgentReportsCountsFailures(t *testing.T) {
 	h := startServer(t)
+	noReportGap(h.srv)
 	ctx := context.Background()
 	a := h.attest()
 	e := h.createEntry("spiffe://example.org/web", a.id, "unix:uid:1000")
@@ -267,6 +270,9 @@ func clientTo(t *testing.T, n *memNode, a *testAgent) sigilv1.NodeClient {
 // keeping the reports it last answered with.
 func TestGatherHealthAcrossMembers(t *testing.T) {
 	mc := startMemCluster(t, 3)
+	for _, n := range mc.live() {
+		noReportGap(n.srv)
+	}
 	l := mc.leader()
 	var f, g *memNode
 	for _, n := range mc.live() {

@@ -46,6 +46,13 @@ type reportLimits struct {
 	// AnswerBytes is the size above which an AgentReports answer leaves
 	// the remaining changed reports for the next call.
 	AnswerBytes int
+	// MinGap is the least time between two reports of one agent that
+	// the store applies; a report sooner is refused with
+	// ResourceExhausted before it is validated (an agent sends one every
+	// few seconds at most; a compromised one must not make the server
+	// merge 20,000-SVID reports in a loop). A full report answering
+	// need_full is exempt.
+	MinGap time.Duration
 }
 
 // defaultReportLimits: 100,000 agents; 20,000 SVIDs and 16 MiB per agent
@@ -61,6 +68,7 @@ func defaultReportLimits() reportLimits {
 		MaxBytes:      512 << 20,
 		MaxAge:        24 * time.Hour,
 		AnswerBytes:   32 << 20,
+		MinGap:        time.Second,
 	}
 }
 
@@ -123,6 +131,9 @@ type heldReport struct {
 	truncated   bool
 	generatedAt int64
 	bytes       int64
+	// askedFull: the last answer to the agent was need_full, so its
+	// next full report is not held to MinGap.
+	askedFull bool
 }
 
 // reportBase estimates the memory of a heldReport beyond its SVIDs.
@@ -244,6 +255,12 @@ func shortString(s string) string {
 // store past its limits with ResourceExhausted; either way nothing
 // changes.
 func (st *reportStore) apply(agentID string, r *sigilv1.AgentReport, now time.Time) (needFull bool, err error) {
+	st.mu.Lock()
+	if cur := st.agents[agentID]; cur != nil && now.Sub(cur.receivedAt) < st.lim.MinGap && !(r.GetFull() && cur.askedFull) {
+		st.mu.Unlock()
+		return false, status.Errorf(codes.ResourceExhausted, "report: sent %v after the previous one; at least %v apart", now.Sub(cur.receivedAt).Round(time.Millisecond), st.lim.MinGap)
+	}
+	st.mu.Unlock()
 	if err := validateReport(r); err != nil {
 		return false, status.Errorf(codes.InvalidArgument, "report: %v", err)
 	}
@@ -254,6 +271,9 @@ func (st *reportStore) apply(agentID string, r *sigilv1.AgentReport, now time.Ti
 		return false, st.applyFull(agentID, cur, r, now)
 	}
 	if cur == nil || cur.seq != r.BaseSeq {
+		if cur != nil {
+			cur.askedFull = true
+		}
 		return true, nil
 	}
 	return false, st.applyDelta(cur, r, now)

@@ -40,7 +40,7 @@ func FuzzApplyReport(f *testing.F) {
 		if err := proto.Unmarshal(data, r); err != nil {
 			return // gRPC refuses it before the handler
 		}
-		lim := defaultReportLimits()
+		lim := testReportLimits()
 		lim.MaxAgentSVIDs = 8
 		lim.MaxAgentBytes = 4096
 		lim.AnswerBytes = 1024

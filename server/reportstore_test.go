@@ -86,7 +86,7 @@ func mustApply(t *testing.T, st *reportStore, agent string, r *sigilv1.AgentRepo
 // whose base is not the report held, or for an agent with none, changes
 // nothing and asks for a full report; a new full report replaces all.
 func TestReportStoreFullAndDeltas(t *testing.T) {
-	st := newReportStore(defaultReportLimits())
+	st := newReportStore(testReportLimits())
 	a := "spiffe://example.org/sigil/agent/a"
 	if mustApply(t, st, a, rsDelta(2, 1, 0, nil), rsNow) != true {
 		t.Fatal("a delta with no report held: need_full not asked")
@@ -135,7 +135,7 @@ func TestReportStoreFullAndDeltas(t *testing.T) {
 // time of receipt but not the content generation, so an incremental list
 // sends the agent without its report; a change of content does.
 func TestReportStoreHeartbeatKeepsGeneration(t *testing.T) {
-	st := newReportStore(defaultReportLimits())
+	st := newReportStore(testReportLimits())
 	a, b := "spiffe://example.org/sigil/agent/a", "spiffe://example.org/sigil/agent/b"
 	mustApply(t, st, a, rsFull(1, rsSVID("e1", 100)), rsNow)
 	mustApply(t, st, b, rsFull(1, rsSVID("e2", 100)), rsNow)
@@ -183,7 +183,7 @@ func TestReportStoreHeartbeatKeepsGeneration(t *testing.T) {
 // for the next call, oldest changes first; following the generations
 // gets every report, and at least one is sent per call.
 func TestReportStoreAnswerBudget(t *testing.T) {
-	lim := defaultReportLimits()
+	lim := testReportLimits()
 	lim.AnswerBytes = 1 // every answer carries one report
 	st := newReportStore(lim)
 	for i := range 3 {
@@ -251,7 +251,7 @@ func TestReportStoreRefusesBadInput(t *testing.T) {
 	a := "spiffe://example.org/sigil/agent/a"
 	for name, r := range cases {
 		t.Run(name, func(t *testing.T) {
-			st := newReportStore(defaultReportLimits())
+			st := newReportStore(testReportLimits())
 			mustApply(t, st, a, rsFull(1, rsSVID("e1", 100)), rsNow)
 			before := st.list(0)
 			_, err := st.apply(a, r, rsNow.Add(time.Minute))
@@ -271,7 +271,7 @@ func TestReportStoreRefusesBadInput(t *testing.T) {
 // nothing changes; agents already held keep reporting; at the agent
 // limit, reports aged out are dropped to make room.
 func TestReportStoreLimits(t *testing.T) {
-	lim := defaultReportLimits()
+	lim := testReportLimits()
 	lim.MaxAgents = 2
 	lim.MaxAgentSVIDs = 3
 	st := newReportStore(lim)
@@ -325,7 +325,7 @@ func TestReportStoreLimits(t *testing.T) {
 // agents the store says are gone or banned, are dropped; the memory
 // accounting follows.
 func TestReportStoreEvict(t *testing.T) {
-	st := newReportStore(defaultReportLimits())
+	st := newReportStore(testReportLimits())
 	old, fresh, banned := "spiffe://example.org/sigil/agent/old", "spiffe://example.org/sigil/agent/fresh", "spiffe://example.org/sigil/agent/banned"
 	mustApply(t, st, old, rsFull(1, rsSVID("e", 1)), rsNow)
 	mustApply(t, st, fresh, rsFull(1, rsSVID("e", 1)), rsNow)
@@ -365,7 +365,7 @@ func typicalSVIDs(n int) []*sigilv1.SVIDState {
 // holds per SVID next to the size it counts.
 func BenchmarkApplyFullReport20kSVIDs(b *testing.B) {
 	r := &sigilv1.AgentReport{Seq: 1, Full: true, Svids: typicalSVIDs(MaxReportSVIDs), Held: MaxReportSVIDs}
-	st := newReportStore(defaultReportLimits())
+	st := newReportStore(testReportLimits())
 	var m0, m1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&m0)
@@ -390,7 +390,7 @@ func BenchmarkApplyFullReport20kSVIDs(b *testing.B) {
 // holding 10,000 agents' reports (10 SVIDs each) when only heartbeats
 // came since the last call (the steady state of the leader's gather).
 func BenchmarkListReports10kAgents(b *testing.B) {
-	st := newReportStore(defaultReportLimits())
+	st := newReportStore(testReportLimits())
 	for i := range 10000 {
 		if _, err := st.apply(fmt.Sprintf("spiffe://example.org/sigil/agent/%d", i), &sigilv1.AgentReport{Seq: 1, Full: true, Svids: typicalSVIDs(10)}, rsNow); err != nil {
 			b.Fatal(err)
@@ -402,5 +402,57 @@ func BenchmarkListReports10kAgents(b *testing.B) {
 		if resp := st.list(gen); len(resp.Reports) != 10000 || resp.Reports[0].Report != nil {
 			b.Fatal("unexpected answer")
 		}
+	}
+}
+
+// testReportLimits are the default limits without MinGap: these tests
+// send reports in quick succession on one clock reading.
+func testReportLimits() reportLimits {
+	lim := defaultReportLimits()
+	lim.MinGap = 0
+	return lim
+}
+
+// noReportGap lifts MinGap on a running server's store (tests that send
+// reports back to back).
+func noReportGap(s *Server) {
+	s.reports.mu.Lock()
+	s.reports.lim.MinGap = 0
+	s.reports.mu.Unlock()
+}
+
+// TestReportStoreMinGap: a report sooner than MinGap after the previous
+// one of the same agent is refused with ResourceExhausted before it is
+// even validated, and nothing changes; a full report answering need_full
+// is exempt; other agents are not affected; once the gap has passed,
+// reports apply again.
+func TestReportStoreMinGap(t *testing.T) {
+	st := newReportStore(defaultReportLimits())
+	a, b := "spiffe://example.org/sigil/agent/a", "spiffe://example.org/sigil/agent/b"
+	mustApply(t, st, a, rsFull(1, rsSVID("e1", 1)), rsNow)
+	soon := rsNow.Add(st.lim.MinGap / 2)
+	if _, err := st.apply(a, rsDelta(2, 1, 1, []*sigilv1.SVIDState{rsSVID("e1", 2)}), soon); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("delta within the gap: %v", err)
+	}
+	if _, err := st.apply(a, &sigilv1.AgentReport{}, soon); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("invalid report within the gap: %v, want ResourceExhausted before validation", err)
+	}
+	if got := rsEntries(rsHeld(t, st, a)); got != "e1@1" {
+		t.Fatalf("refused reports changed a's: %s", got)
+	}
+	mustApply(t, st, b, rsFull(1, rsSVID("x", 1)), soon)
+	later := rsNow.Add(st.lim.MinGap)
+	// A delta on a stale base is answered need_full; the full report
+	// that follows at once is applied.
+	if needFull, err := st.apply(a, rsDelta(3, 2, 1, nil), later); err != nil || !needFull {
+		t.Fatalf("delta on a stale base: %v %v", needFull, err)
+	}
+	mustApply(t, st, a, rsFull(4, rsSVID("e1", 3)), later)
+	if got := rsEntries(rsHeld(t, st, a)); got != "e1@3" {
+		t.Fatalf("full report after need_full: %s", got)
+	}
+	// The exemption is used up: another full report at once is refused.
+	if _, err := st.apply(a, rsFull(5, rsSVID("e1", 4)), later); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("second full report within the gap: %v", err)
 	}
 }
