@@ -19,6 +19,9 @@ const (
 // KeyStore is a key manager plugin as a server uses it: it opens the
 // KeyManager of each scope. Implementations live in ca/keymanager/<name>
 // and are built from configuration; a server receives one as a value.
+// A KeyStore that holds sessions or clients (an HSM, a KMS) implements
+// io.Closer; its owner (cmd/sigil) closes it after the server stopped,
+// and the signers it returned fail from then on.
 type KeyStore interface {
 	// OpenKeyManager returns the KeyManager of scope, creating what it
 	// needs (a directory) only now, so that building a KeyStore from

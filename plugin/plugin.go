@@ -126,6 +126,10 @@ type Env struct {
 	// DataDir is the daemon's data directory; plugins that keep files
 	// default to places under it.
 	DataDir string
+	// NodeName is a server's node name (RoleServer only): key managers
+	// whose store is shared by several servers (one HSM token, one KMS
+	// account) name each server's keys with it.
+	NodeName string
 	// Logger is the daemon's logger; the registry names it after the
 	// plugin. Never nil when a constructor is called.
 	Logger *zap.Logger

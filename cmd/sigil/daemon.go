@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/sigil-id/sigil/agent"
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
 	"github.com/sigil-id/sigil/server"
@@ -186,6 +188,7 @@ func federationConfig(f *config.Federation) server.FederationConfig {
 
 func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
 	defer closeAuditSinks(cfg.AuditSink, log)
+	defer closeKeyStore(cfg.KeyStore, log)
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -340,5 +343,15 @@ func setString(dst *string, v string) {
 func setDuration(dst *time.Duration, v time.Duration) {
 	if v != 0 {
 		*dst = v
+	}
+}
+
+// closeKeyStore releases the key manager's sessions (an HSM session, a
+// KMS client) once the server has stopped, if it holds any (io.Closer).
+func closeKeyStore(ks ca.KeyStore, log *zap.Logger) {
+	if c, ok := ks.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			log.Warn("closing the key manager", zap.Error(err))
+		}
 	}
 }

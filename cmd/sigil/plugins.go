@@ -52,6 +52,7 @@ func serverPlugins(s *config.Server, cfg *server.Config) error {
 		Role:        plugin.RoleServer,
 		TrustDomain: cfg.TrustDomain,
 		DataDir:     cfg.DataDir,
+		NodeName:    cfg.NodeName,
 		Logger:      cfg.Logger,
 		Clock:       cfg.Clock,
 	})
