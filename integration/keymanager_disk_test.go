@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -173,13 +174,14 @@ func setPassFile(t *testing.T, s *server, from, to string) {
 	}
 }
 
-// keyFileContents returns the content of every key file under data.
+// keyFileContents returns the content of every file in data's key
+// directories (those that exist).
 func keyFileContents(t *testing.T, data string) map[string]string {
 	t.Helper()
 	m := map[string]string{}
 	for _, dir := range []string{filepath.Join(data, "keys"), filepath.Join(data, "cluster", "keys")} {
 		entries, err := os.ReadDir(dir)
-		if err != nil {
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Fatal(err)
 		}
 		for _, e := range entries {
@@ -236,4 +238,83 @@ func scanForKeys(t *testing.T, dir string, keys map[string]crypto.Signer) {
 func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestKeyManagerDiskMigration is the operator's path to encryption: a
+// server that kept its keys in clear, stopped, is configured with a
+// passphrase_file; it refuses to start and prints the migration command;
+// that command, run as printed, encrypts the keys; the server then starts
+// with the same CA.
+func TestKeyManagerDiskMigration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	root := t.TempDir()
+	passFile := filepath.Join(root, "keys.pass")
+	if err := os.WriteFile(passFile, []byte("migration passphrase\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := newServerWith(t, filepath.Join(root, "server"), `
+  plugins {
+    node_attestor "join_token" {}
+    key_manager "disk" {}
+  }`)
+	data := filepath.Join(s.dir, "data")
+	s.start()
+	bundle := s.cli("bundle", "show")
+	s.p.stop()
+	before := keyFileContents(t, data)
+	if len(before) == 0 {
+		t.Fatal("no key files after the first run")
+	}
+	for f, c := range before {
+		if !strings.HasPrefix(c, "-----BEGIN PRIVATE KEY-----") {
+			t.Fatalf("%s is not a key in clear before the migration", f)
+		}
+	}
+
+	b, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.Replace(string(b), `key_manager "disk" {}`, fmt.Sprintf(`key_manager "disk" { passphrase_file = %q }`, passFile), 1)
+	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, "server-refused", filepath.Join(s.dir, "server-refused.log"), nil, sigilBin, "server", "-config", s.config)
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the server did not refuse its keys in clear")
+	}
+	logb, _ := os.ReadFile(p.log)
+	msg := lastLine(logb)
+	const lead = "encrypt the existing keys with: "
+	i := strings.Index(msg, lead)
+	if p.err == nil || i < 0 || !strings.Contains(msg, " is not encrypted but a passphrase is configured") {
+		t.Fatalf("the server did not refuse the keys in clear with the migration command (exit %v): %s", p.err, msg)
+	}
+	command := msg[i+len(lead):]
+	want := "sigil keys encrypt -data-dir " + data + " -passphrase-file " + passFile
+	if command != want {
+		t.Fatalf("migration command %q, want %q", command, want)
+	}
+	if after := keyFileContents(t, data); len(after) != len(before) {
+		t.Fatal("the refused start changed the key files")
+	}
+
+	out := sigil(t, strings.Fields(command)[1:]...)
+	if !strings.Contains(out, fmt.Sprintf("%d key files encrypted", len(before))) {
+		t.Errorf("sigil keys encrypt: %s", out)
+	}
+	for f, c := range keyFileContents(t, data) {
+		if !strings.HasPrefix(c, "-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+			t.Errorf("%s is not encrypted after the migration", f)
+		}
+	}
+
+	s.start()
+	if got := s.cli("bundle", "show"); got != bundle {
+		t.Error("the bundle changed across the migration: the CA keys were not kept")
+	}
 }
