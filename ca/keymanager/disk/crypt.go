@@ -117,10 +117,14 @@ func decodeKey(path string, data, passphrase []byte) (crypto.Signer, error) {
 			return nil, fmt.Errorf("ca/keymanager/disk: key file %s is encrypted and no passphrase is configured", path)
 		}
 		parsed, err = pemutil.ParseKey(data, pemutil.WithPassword(passphrase), pemutil.WithFilename(filepath.Base(path)))
-		if err != nil {
-			// Decryption under a wrong key fails on the padding or, rarely,
-			// yields bytes that are not PKCS#8: both mean the same here.
+		switch {
+		case errors.Is(err, x509.IncorrectPasswordError):
 			return nil, fmt.Errorf("ca/keymanager/disk: cannot decrypt key file %s: %w", path, errWrongPassphrase)
+		case err != nil:
+			// Decryption under a wrong key fails on the padding or, rarely,
+			// yields bytes that are not PKCS#8; a damaged file or one
+			// another tool encrypted fails on its structure.
+			return nil, fmt.Errorf("ca/keymanager/disk: cannot decrypt key file %s: %w (%v)", path, errWrongPassphrase, err)
 		}
 	default:
 		return nil, fmt.Errorf("ca/keymanager/disk: key file %s is not a single PEM %q or %q block", path, pemType, encPEMType)

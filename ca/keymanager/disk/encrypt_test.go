@@ -432,3 +432,28 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+func TestDamagedEncryptedKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	m, err := disk.New(dir, disk.WithPassphrase(passA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.GenerateKey(context.Background(), "k", ca.KeyTypeECP256); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "k.key.pem")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	block.Bytes = block.Bytes[:len(block.Bytes)/2] // truncated
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = disk.New(dir, disk.WithPassphrase(passA))
+	if err == nil || !strings.Contains(err.Error(), "cannot decrypt key file "+path+": wrong passphrase or damaged file (") {
+		t.Errorf("a truncated encrypted key file: %v", err)
+	}
+}

@@ -102,7 +102,11 @@ func passphrase(body hcl.Body, c pluginConfig) (pass, flag string, err error) {
 		if err != nil {
 			return "", "", plugin.AttrError(body, "passphrase_file", "%v", err)
 		}
-		return s, "-passphrase-file " + shellQuote(*c.PassphraseFile), nil
+		file := *c.PassphraseFile
+		if a, err := filepath.Abs(file); err == nil {
+			file = a
+		}
+		return s, "-passphrase-file " + shellQuote(file), nil
 	case c.PassphraseEnv != nil:
 		s, err := ReadPassphraseEnv(*c.PassphraseEnv)
 		if err != nil {
@@ -133,17 +137,22 @@ func ReadPassphraseEnv(name string) (string, error) {
 // migrationCommand is the `sigil keys encrypt` command that encrypts the
 // keys of this configuration.
 func migrationCommand(dataDir string, dirs map[ca.KeyScope]string, c pluginConfig, passFlag string) string {
-	if dataDir == "" {
-		dataDir = "<server data_dir>"
-	} else {
-		dataDir = shellQuote(dataDir)
+	// The command may run from another directory than the server did.
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return shellQuote(a)
+		}
+		return shellQuote(p)
 	}
-	cmd := "sigil keys encrypt -data-dir " + dataDir
+	cmd := "sigil keys encrypt -data-dir <server data_dir>"
+	if dataDir != "" {
+		cmd = "sigil keys encrypt -data-dir " + abs(dataDir)
+	}
 	if c.Directory != nil {
-		cmd += " -directory " + shellQuote(dirs[ca.KeyScopeAuthorities])
+		cmd += " -directory " + abs(dirs[ca.KeyScopeAuthorities])
 	}
 	if c.ClusterDirectory != nil {
-		cmd += " -cluster-directory " + shellQuote(dirs[ca.KeyScopeClusterIdentity])
+		cmd += " -cluster-directory " + abs(dirs[ca.KeyScopeClusterIdentity])
 	}
 	return cmd + " " + passFlag
 }

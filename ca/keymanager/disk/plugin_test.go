@@ -202,3 +202,21 @@ func TestShellQuote(t *testing.T) {
 		}
 	}
 }
+
+// TestPluginMigrationCommandAbsolute: a relative data_dir or passphrase
+// file is resolved in the command, which may run from another directory.
+func TestPluginMigrationCommandAbsolute(t *testing.T) {
+	cwd := t.TempDir()
+	t.Chdir(cwd)
+	if err := os.WriteFile("keys.pass", []byte("p"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := newPlugin(body(t, "passphrase_file = \"keys.pass\"\n"), plugin.Env{Role: plugin.RoleServer, DataDir: "data"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := newOptions(v.(*Store).opts)
+	if want := "sigil keys encrypt -data-dir " + filepath.Join(cwd, "data") + " -passphrase-file " + filepath.Join(cwd, "keys.pass"); o.migrate != want {
+		t.Errorf("migration command %q, want %q", o.migrate, want)
+	}
+}
