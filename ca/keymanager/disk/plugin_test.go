@@ -144,12 +144,12 @@ func TestPluginPassphrase(t *testing.T) {
 		"passphrase_file = \"" + passFile + "\"\npassphrase_env = \"SIGIL_TEST_KEY_PASSPHRASE\"": "passphrase_env: both passphrase_file and passphrase_env are set",
 		"passphrase_file = \"\"": "passphrase_file: must not be empty",
 		"passphrase_file = \"" + writeSecret(t, secret, 0o644) + "\"": "accessible by group or others",
-		"passphrase_file = \"" + writeSecret(t, "\n", 0o600) + "\"":    "is empty",
-		"passphrase_file = \"/nonexistent/keys.pass\"":                 "/nonexistent/keys.pass: no such file",
-		"passphrase_env = \"SIGIL_TEST_UNSET_VARIABLE\"":               "environment variable SIGIL_TEST_UNSET_VARIABLE is not set or empty",
-		"passphrase_env = \"SIGIL_TEST_EMPTY\"":                        "SIGIL_TEST_EMPTY is not set or empty",
-		"passphrase_env = \"A-B\"":                                     `"A-B" is not an environment variable name`,
-		"passphrase = \"inline\"":                                      "Unsupported argument",
+		"passphrase_file = \"" + writeSecret(t, "\n", 0o600) + "\"":   "is empty",
+		"passphrase_file = \"/nonexistent/keys.pass\"":                "/nonexistent/keys.pass: no such file",
+		"passphrase_env = \"SIGIL_TEST_UNSET_VARIABLE\"":              "environment variable SIGIL_TEST_UNSET_VARIABLE is not set or empty",
+		"passphrase_env = \"SIGIL_TEST_EMPTY\"":                       "SIGIL_TEST_EMPTY is not set or empty",
+		"passphrase_env = \"A-B\"":                                    `"A-B" is not an environment variable name`,
+		"passphrase = \"inline\"":                                     "Unsupported argument",
 	} {
 		_, err := newPlugin(body(t, src), env)
 		if err == nil || !strings.Contains(err.Error(), want) {
