@@ -109,6 +109,7 @@ func decodeKey(path string, data, passphrase []byte) (crypto.Signer, error) {
 	switch f {
 	case formClear:
 		parsed, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+		clear(block.Bytes)
 		if err != nil {
 			return nil, fmt.Errorf("ca/keymanager/disk: key file %s: %w", path, err)
 		}

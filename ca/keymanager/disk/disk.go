@@ -26,7 +26,11 @@
 // passphrase, but root on a running server reads the passphrase from its
 // file or the process environment, or the key from the process memory, and
 // so obtains the CA key: encryption at rest protects copies of the data,
-// not a compromised host.
+// not a compromised host. After a compromise, rotate the authorities
+// (`sigil authority prepare`, `activate`, then `taint` and `revoke` the
+// old one) and change the passphrase with the server stopped (`sigil keys
+// decrypt` with the old one, then `sigil keys encrypt` with the new one;
+// the keys are in clear on disk in between).
 package disk
 
 import (

@@ -185,6 +185,7 @@ func snapshot(t *testing.T, dirs map[ca.KeyScope]string) map[string]string {
 }
 
 func TestEncryptedBothScopesSurviveRestart(t *testing.T) {
+	t.Parallel()
 	dirs := storeDirs(t)
 	keys := generate(t, dirs, disk.WithPassphrase(passA))
 	checkEncrypted(t, dirs, keys)
@@ -202,6 +203,7 @@ func TestEncryptedBothScopesSurviveRestart(t *testing.T) {
 }
 
 func TestEncryptedRSAKey(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	m, err := disk.New(dir, disk.WithPassphrase(passA))
 	if err != nil {
@@ -226,6 +228,7 @@ func TestEncryptedRSAKey(t *testing.T) {
 }
 
 func TestWrongPassphrase(t *testing.T) {
+	t.Parallel()
 	dirs := storeDirs(t)
 	generate(t, dirs, disk.WithPassphrase(passA))
 	before := snapshot(t, dirs)
@@ -270,6 +273,7 @@ func TestWrongPassphrase(t *testing.T) {
 }
 
 func TestClearKeyRefusedWithMigrationCommand(t *testing.T) {
+	t.Parallel()
 	dirs := storeDirs(t)
 	generate(t, dirs)
 	before := snapshot(t, dirs)
@@ -307,6 +311,7 @@ func TestClearKeyRefusedWithMigrationCommand(t *testing.T) {
 }
 
 func TestEncryptedKeyRefusedWithoutPassphrase(t *testing.T) {
+	t.Parallel()
 	dirs := storeDirs(t)
 	generate(t, dirs, disk.WithPassphrase(passA))
 	st, err := disk.NewStore(dirs)
@@ -332,6 +337,7 @@ func TestEncryptedKeyRefusedWithoutPassphrase(t *testing.T) {
 }
 
 func TestMigrationEncryptThenDecrypt(t *testing.T) {
+	t.Parallel()
 	dirs := storeDirs(t)
 	keys := generate(t, dirs)
 	clearFiles := snapshot(t, dirs)
@@ -384,6 +390,7 @@ func TestMigrationEncryptThenDecrypt(t *testing.T) {
 }
 
 func TestMigrationAllOrNothing(t *testing.T) {
+	t.Parallel()
 	// One scope in clear, the other encrypted under another passphrase:
 	// EncryptFiles fails on the second before rewriting the first.
 	dirs := storeDirs(t)
@@ -434,6 +441,7 @@ func copyFile(t *testing.T, from, to string) {
 }
 
 func TestDamagedEncryptedKeyFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	m, err := disk.New(dir, disk.WithPassphrase(passA))
 	if err != nil {
