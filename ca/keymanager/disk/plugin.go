@@ -1,11 +1,16 @@
 package disk
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/internal/secretfile"
 	"github.com/sigil-id/sigil/plugin"
 )
 
@@ -19,13 +24,20 @@ func init() { plugin.Register(plugin.KindKeyManager, PluginName, newPlugin) }
 //	key_manager "disk" {
 //	  directory         = "/var/lib/sigil/server/keys"          # default <data_dir>/keys
 //	  cluster_directory = "/var/lib/sigil/server/cluster/keys"  # default <data_dir>/cluster/keys
+//	  passphrase_file   = "/etc/sigil/keys.pass"  # or passphrase_env = "SIGIL_KEY_PASSPHRASE"
 //	}
 //
 // directory holds the CA and JWT signing keys, cluster_directory the key
-// of the cluster identity CA.
+// of the cluster identity CA. With passphrase_file (a file checked like
+// every secret file: owned by the server's user or root, mode 0600 or
+// 0400, small) or passphrase_env (the name of an environment variable),
+// the keys of both scopes are encrypted at rest; the passphrase itself is
+// never written in the configuration.
 type pluginConfig struct {
 	Directory        *string `hcl:"directory,optional"`
 	ClusterDirectory *string `hcl:"cluster_directory,optional"`
+	PassphraseFile   *string `hcl:"passphrase_file,optional"`
+	PassphraseEnv    *string `hcl:"passphrase_env,optional"`
 }
 
 // DefaultDirs are the key directories under a server's data directory:
@@ -64,5 +76,94 @@ func newPlugin(body hcl.Body, env plugin.Env) (any, error) {
 	if filepath.Clean(dirs[ca.KeyScopeAuthorities]) == filepath.Clean(dirs[ca.KeyScopeClusterIdentity]) {
 		return nil, plugin.AttrError(body, "cluster_directory", "%q is also the directory: the cluster identity key needs a directory of its own", dirs[ca.KeyScopeClusterIdentity])
 	}
-	return NewStore(dirs)
+	pass, src, err := passphrase(body, c)
+	if err != nil {
+		return nil, err
+	}
+	if pass == "" {
+		return NewStore(dirs)
+	}
+	cmd := migrationCommand(env.DataDir, dirs, c, src)
+	return NewStore(dirs, WithPassphrase([]byte(pass)), WithMigrationCommand(cmd))
+}
+
+// passphrase reads the passphrase that passphrase_file or passphrase_env
+// names ("" if neither is set) and returns it with the flag that gives it
+// to `sigil keys` ("-passphrase-file /etc/sigil/keys.pass").
+func passphrase(body hcl.Body, c pluginConfig) (pass, flag string, err error) {
+	switch {
+	case c.PassphraseFile != nil && c.PassphraseEnv != nil:
+		return "", "", plugin.AttrError(body, "passphrase_env", "both passphrase_file and passphrase_env are set: keep one")
+	case c.PassphraseFile != nil:
+		if *c.PassphraseFile == "" {
+			return "", "", plugin.AttrError(body, "passphrase_file", "must not be empty (leave it out to keep the keys in clear)")
+		}
+		s, err := secretfile.Read(*c.PassphraseFile)
+		if err != nil {
+			return "", "", plugin.AttrError(body, "passphrase_file", "%v", err)
+		}
+		file := *c.PassphraseFile
+		if a, err := filepath.Abs(file); err == nil {
+			file = a
+		}
+		return s, "-passphrase-file " + shellQuote(file), nil
+	case c.PassphraseEnv != nil:
+		s, err := ReadPassphraseEnv(*c.PassphraseEnv)
+		if err != nil {
+			return "", "", plugin.AttrError(body, "passphrase_env", "%v", err)
+		}
+		return s, "-passphrase-env " + shellQuote(*c.PassphraseEnv), nil
+	}
+	return "", "", nil
+}
+
+// envName is what an environment variable's name may be.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ReadPassphraseEnv returns the passphrase in the environment variable
+// name, refusing an invalid name and an unset or empty variable. Errors
+// name the variable, never its value.
+func ReadPassphraseEnv(name string) (string, error) {
+	if !envName.MatchString(name) {
+		return "", fmt.Errorf("%q is not an environment variable name", name)
+	}
+	v := strings.TrimSpace(os.Getenv(name))
+	if v == "" {
+		return "", fmt.Errorf("environment variable %s is not set or empty", name)
+	}
+	return v, nil
+}
+
+// migrationCommand is the `sigil keys encrypt` command that encrypts the
+// keys of this configuration.
+func migrationCommand(dataDir string, dirs map[ca.KeyScope]string, c pluginConfig, passFlag string) string {
+	// The command may run from another directory than the server did.
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return shellQuote(a)
+		}
+		return shellQuote(p)
+	}
+	cmd := "sigil keys encrypt -data-dir <server data_dir>"
+	if dataDir != "" {
+		cmd = "sigil keys encrypt -data-dir " + abs(dataDir)
+	}
+	if c.Directory != nil {
+		cmd += " -directory " + abs(dirs[ca.KeyScopeAuthorities])
+	}
+	if c.ClusterDirectory != nil {
+		cmd += " -cluster-directory " + abs(dirs[ca.KeyScopeClusterIdentity])
+	}
+	return cmd + " " + passFlag
+}
+
+// shellSafe matches words a POSIX shell takes as they are.
+var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_@%+=:,./-]+$`)
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if shellSafe.MatchString(s) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
