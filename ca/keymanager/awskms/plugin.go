@@ -67,8 +67,5 @@ func newPlugin(body hcl.Body, env plugin.Env) (any, error) {
 			return nil, plugin.AttrError(body, "endpoint", "%v", err)
 		}
 	}
-	if env.Role != plugin.RoleServer {
-		return nil, plugin.AttrError(body, "region", "the awskms key manager is for servers")
-	}
 	return NewStore(context.Background(), c)
 }
