@@ -67,6 +67,9 @@ const DefaultAliasPrefix = "alias/sigil"
 // this package schedules: the shortest KMS allows.
 const PendingWindowInDays = 7
 
+// maxDescriptionLength is the longest description KMS accepts.
+const maxDescriptionLength = 8192
+
 // Config configures a Store.
 type Config struct {
 	// Region is the AWS region of the keys. Empty: the region of the AWS
@@ -357,10 +360,14 @@ func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) 
 	defer m.mu.Unlock()
 	delete(m.cache, id)
 
+	desc := fmt.Sprintf("Sigil %s key %q of server %q in trust domain %q", m.scope, id, c.NodeName, c.TrustDomain.Name())
+	if len(desc) > maxDescriptionLength {
+		desc = desc[:maxDescriptionLength]
+	}
 	out, err := m.store.client.CreateKey(ctx, &kms.CreateKeyInput{
 		KeySpec:     spec,
 		KeyUsage:    types.KeyUsageTypeSignVerify,
-		Description: aws.String(fmt.Sprintf("Sigil %s key %q of server %q in trust domain %q", m.scope, id, c.NodeName, c.TrustDomain.Name())),
+		Description: aws.String(desc),
 		Tags:        []types.Tag{{TagKey: aws.String("sigil:alias"), TagValue: aws.String(alias)}},
 	})
 	if err != nil {

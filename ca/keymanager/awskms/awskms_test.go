@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/awskms/internal/fakekms"
@@ -523,5 +525,85 @@ func TestStoreConfig(t *testing.T) {
 	c.Region = ""
 	if _, err := NewStore(context.Background(), c); err != nil {
 		t.Errorf("region from AWS_REGION: %v", err)
+	}
+}
+
+func TestUnreachableEndpoint(t *testing.T) {
+	f := newFixture(t)
+	f.fake.Close()
+	_, err := openKM(t, f.store, ca.KeyScopeAuthorities).GetKey(context.Background(), "x509-ca")
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ca.ErrKeyNotFound) || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("GetKey with KMS unreachable: %v", err)
+	}
+}
+
+func TestSignRefusesUnsupportedHash(t *testing.T) {
+	f := newFixture(t)
+	s, err := openKM(t, f.store, ca.KeyScopeAuthorities).GenerateKey(context.Background(), "k", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.fake.Calls("Sign")
+	_, err = s.Sign(rand.Reader, make([]byte, 20), crypto.SHA1)
+	if err == nil || !strings.HasPrefix(err.Error(), `awskms: sign with key "k"`) || strings.Count(err.Error(), "awskms") != 1 {
+		t.Fatalf("sign with SHA-1: %v", err)
+	}
+	if f.fake.Calls("Sign") != before {
+		t.Fatal("an unsupported hash reached KMS")
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	km := openKM(t, f.store, ca.KeyScopeAuthorities)
+	s, err := km.GenerateKey(ctx, "x509-ca", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 16)
+	for i := range 8 {
+		go func() {
+			d := sha256.Sum256([]byte{byte(i)})
+			sig, err := s.Sign(rand.Reader, d[:], crypto.SHA256)
+			if err == nil && !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), d[:], sig) {
+				err = errors.New("bad signature")
+			}
+			errs <- err
+		}()
+		go func() {
+			_, err := km.GetKey(ctx, "x509-ca")
+			errs <- err
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestReplaceLogsFailedDeletion(t *testing.T) {
+	f := newFixture(t)
+	core, logs := observer.New(zap.WarnLevel)
+	f.cfg.Logger = zap.New(core)
+	ctx := context.Background()
+	km := openKM(t, f.open(t), ca.KeyScopeAuthorities)
+	if _, err := km.GenerateKey(ctx, "x509-ca", ca.KeyTypeECP256); err != nil {
+		t.Fatal(err)
+	}
+	oldID := f.fake.Aliases()[km.Alias("x509-ca")]
+	f.fake.FailNext("ScheduleKeyDeletion", 1, fakekms.FaultAccessDenied)
+	s, err := km.GenerateKey(ctx, "x509-ca", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatalf("the replacement failed because the old key could not be scheduled for deletion: %v", err)
+	}
+	checkSigns(t, s)
+	if k, _ := f.fake.Key(oldID); k.State != fakekms.StateEnabled {
+		t.Fatalf("old key state %s", k.State)
+	}
+	entries := logs.FilterField(zap.String("key_id", oldID)).All()
+	if len(entries) != 1 || !strings.Contains(entries[0].Message, "schedule it by hand") {
+		t.Fatalf("log entries for the old key: %v", logs.All())
 	}
 }

@@ -17,8 +17,9 @@ import (
 // callers can test them with errors.Is. Their text has no package prefix:
 // it appears after one.
 var (
-	// ErrUnavailable: KMS answered with a server error (HTTP 5xx) or
-	// could not be reached, still after the SDK's retries.
+	// ErrUnavailable: KMS answered with a server error (HTTP 5xx), could
+	// not be reached or did not answer in time, still after the SDK's
+	// retries.
 	ErrUnavailable = errors.New("AWS KMS is unavailable")
 	// ErrThrottled: KMS throttled the requests, still after the SDK's
 	// retries.
@@ -55,7 +56,7 @@ func classify(err error) error {
 		notFound *types.NotFoundException
 	)
 	switch {
-	case errors.Is(err, ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded) && !errors.As(err, &respErr):
+	case errors.Is(err, ErrClosed), errors.Is(err, context.Canceled):
 		return err
 	case errors.As(err, &notFound):
 		return err
@@ -67,7 +68,8 @@ func classify(err error) error {
 		kind = ErrInvalidState
 	case errors.As(err, &respErr) && respErr.HTTPStatusCode() >= 500,
 		errors.As(err, &apiErr) && apiErr.ErrorFault() == smithy.FaultServer,
-		errors.As(err, &netErr):
+		errors.As(err, &netErr),
+		errors.Is(err, context.DeadlineExceeded):
 		kind = ErrUnavailable
 	default:
 		return err
