@@ -19,7 +19,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sigil-id/sigil/ca"
-	"github.com/sigil-id/sigil/ca/keymanager/awskms/internal/fakekms"
+	"github.com/sigil-id/sigil/internal/fakekms"
 	"github.com/sigil-id/sigil/clock"
 )
 
