@@ -155,6 +155,31 @@ func (s *Server) Key(id string) (Key, bool) {
 	return *k, true
 }
 
+// PublicKey returns the public key of the key whose id is id.
+func (s *Server) PublicKey(id string) (crypto.PublicKey, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[id]
+	if !ok {
+		return nil, false
+	}
+	return k.signer.Public(), true
+}
+
+// PrivateKeyDER returns the PKCS#8 DER encoding of the private key whose
+// id is id, for tests that scan a client's files for leaked key material
+// (a real KMS never reveals it).
+func (s *Server) PrivateKeyDER(id string) ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[id]
+	if !ok {
+		return nil, false
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k.signer)
+	return der, err == nil
+}
+
 // Keys returns the ids of all keys, sorted.
 func (s *Server) Keys() []string {
 	s.mu.Lock()
