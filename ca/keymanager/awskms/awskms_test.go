@@ -19,8 +19,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sigil-id/sigil/ca"
-	"github.com/sigil-id/sigil/internal/fakekms"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/fakekms"
 )
 
 const testAccessKeyID = "AKIDSIGILTEST"
