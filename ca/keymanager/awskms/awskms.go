@@ -47,6 +47,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
@@ -66,6 +67,9 @@ const DefaultAliasPrefix = "alias/sigil"
 // PendingWindowInDays is the waiting period, in days, of the deletions
 // this package schedules: the shortest KMS allows.
 const PendingWindowInDays = 7
+
+// cleanupTimeout bounds the scheduling of an unused key's deletion.
+const cleanupTimeout = 30 * time.Second
 
 // maxDescriptionLength is the longest description KMS accepts.
 const maxDescriptionLength = 8192
@@ -421,6 +425,9 @@ func (m *KeyManager) pointAlias(ctx context.Context, id, alias, keyID string) er
 // used where the key no longer serves and the operation's outcome does not
 // depend on it.
 func (m *KeyManager) scheduleDeletion(ctx context.Context, keyID, what string) {
+	// Even when ctx is done: the key must not be left behind.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
 	_, err := m.store.client.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: aws.String(keyID), PendingWindowInDays: aws.Int32(PendingWindowInDays)})
 	if err != nil && m.store.cfg.Logger != nil {
 		m.store.cfg.Logger.Warn("awskms: could not schedule the deletion of a KMS key no longer in use; schedule it by hand",
