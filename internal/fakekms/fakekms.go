@@ -94,6 +94,7 @@ type Server struct {
 	aliases     map[string]string // alias name -> key id
 	calls       map[string]int
 	faults      map[string][]Fault
+	hooks       map[string]func()
 }
 
 // New starts a fake KMS for region on a loopback port. now gives the time
@@ -109,6 +110,7 @@ func New(region string, now func() time.Time) *Server {
 		aliases: map[string]string{},
 		calls:   map[string]int{},
 		faults:  map[string][]Fault{},
+		hooks:   map[string]func(){},
 	}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
 	s.URL = s.srv.URL
@@ -134,6 +136,14 @@ func (s *Server) FailNext(op string, n int, f Fault) {
 	for range n {
 		s.faults[op] = append(s.faults[op], f)
 	}
+}
+
+// OnRequest makes the fake call fn (once) when the next request for op
+// arrives, before handling it; fn must not call the Server's methods.
+func (s *Server) OnRequest(op string, fn func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hooks[op] = fn
 }
 
 // Calls returns how many requests for op the fake received, faults
@@ -222,6 +232,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls[op]++
+	if fn := s.hooks[op]; fn != nil {
+		delete(s.hooks, op)
+		fn()
+	}
 	if f, ok := s.nextFault(op); ok {
 		writeError(w, &apiError{status: f.Status, typ: f.Type, msg: f.Message})
 		return

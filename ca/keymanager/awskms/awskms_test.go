@@ -607,3 +607,26 @@ func TestReplaceLogsFailedDeletion(t *testing.T) {
 		t.Fatalf("log entries for the old key: %v", logs.All())
 	}
 }
+
+func TestCancelledGenerateLeavesNoKey(t *testing.T) {
+	f := newFixture(t)
+	km := openKM(t, f.store, ca.KeyScopeAuthorities)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The caller gives up while the alias is looked up, after the key was
+	// created.
+	f.fake.OnRequest("DescribeKey", cancel)
+	if _, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled GenerateKey: %v", err)
+	}
+	ids := f.fake.Keys()
+	if len(ids) != 1 {
+		t.Fatalf("keys = %v", ids)
+	}
+	if k, _ := f.fake.Key(ids[0]); k.State != fakekms.StatePendingDeletion {
+		t.Fatalf("the key of a cancelled GenerateKey is %s, want PendingDeletion", k.State)
+	}
+	if len(f.fake.Aliases()) != 0 {
+		t.Fatalf("aliases = %v", f.fake.Aliases())
+	}
+}
