@@ -29,7 +29,7 @@ var testNow = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 
 // awsEnv points the AWS SDK at static test credentials and nothing else
 // (no shared files, no instance metadata).
-func awsEnv(t *testing.T) {
+func awsEnv(t testing.TB) {
 	t.Helper()
 	dir := t.TempDir()
 	t.Setenv("AWS_ACCESS_KEY_ID", testAccessKeyID)
@@ -56,7 +56,7 @@ type fixture struct {
 	store *Store
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	awsEnv(t)
 	fake := fakekms.New("eu-west-1", clock.NewFake(testNow).Now)
@@ -75,7 +75,7 @@ func newFixture(t *testing.T) *fixture {
 
 // open builds a new Store on the fixture's configuration, as a restarted
 // server would.
-func (f *fixture) open(t *testing.T) *Store {
+func (f *fixture) open(t testing.TB) *Store {
 	t.Helper()
 	s, err := NewStore(context.Background(), f.cfg)
 	if err != nil {
@@ -85,7 +85,7 @@ func (f *fixture) open(t *testing.T) *Store {
 	return s
 }
 
-func openKM(t *testing.T, s *Store, scope ca.KeyScope) *KeyManager {
+func openKM(t testing.TB, s *Store, scope ca.KeyScope) *KeyManager {
 	t.Helper()
 	km, err := s.OpenKeyManager(context.Background(), scope)
 	if err != nil {
