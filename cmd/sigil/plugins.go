@@ -36,6 +36,7 @@ import (
 	_ "github.com/sigil-id/sigil/attestor/workload/systemd"
 	_ "github.com/sigil-id/sigil/attestor/workload/unix"
 	_ "github.com/sigil-id/sigil/audit/filesink"
+	_ "github.com/sigil-id/sigil/ca/keymanager/awskms"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
 )

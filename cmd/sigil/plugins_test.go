@@ -123,7 +123,7 @@ func TestPluginConfigErrors(t *testing.T) {
     node_attestor "join_token" {}
     key_manager "dsik" {}
   }
-}`, `5: key_manager "dsik": unknown plugin (known: disk, memory)`},
+}`, `5: key_manager "dsik": unknown plugin (known: awskms, disk, memory)`},
 		{"unknown key", false, `server {
   trust_domain = "example.org"
   plugins {
@@ -170,7 +170,7 @@ func TestPluginConfigErrors(t *testing.T) {
   plugins {
     node_attestor "join_token" {}
   }
-}`, `3: plugins: no key_manager: the server needs one (known: disk, memory)`},
+}`, `3: plugins: no key_manager: the server needs one (known: awskms, disk, memory)`},
 		{"agent plugin in server", false, `server {
   trust_domain = "example.org"
   plugins {
