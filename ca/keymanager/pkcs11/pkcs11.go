@@ -200,7 +200,7 @@ func (s *Store) open() (*steppkcs11.PKCS11, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
-		return nil, errClosed
+		return nil, fmt.Errorf("pkcs11: %w", errClosed)
 	}
 	if s.kms != nil {
 		return s.kms, nil
@@ -245,7 +245,7 @@ func (s *Store) openError(err error) error {
 	case strings.Contains(msg, "compiled without cgo"):
 		return fmt.Errorf("pkcs11: this sigil binary was built without cgo, which PKCS#11 needs: %w", err)
 	}
-	return fmt.Errorf("pkcs11: opening token %s with module %s: %w", tok, mod, err)
+	return &tokenError{what: fmt.Sprintf("opening token %s with module %s", tok, mod), err: err}
 }
 
 // Close logs out of the token and unloads the module (once the last user
@@ -263,9 +263,9 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// errClosed is returned by a Store, its KeyManagers and signers after
-// Close.
-var errClosed = errors.New("pkcs11: the key store is closed")
+// errClosed is wrapped by the errors of a Store, its KeyManagers and
+// signers after Close.
+var errClosed = errors.New("the key store is closed")
 
 // KeyManager is the keys of one scope in the token. It is safe for
 // concurrent use; it remembers the keys it found or created.
@@ -294,8 +294,10 @@ func (m *KeyManager) objectURI(id string) (u, label string, err error) {
 }
 
 // GenerateKey creates the key pair named id in the token, sensitive and
-// not extractable, replacing (destroying) any existing pair of that name
-// first.
+// not extractable, replacing any existing pair of that name: that one is
+// destroyed first (if creating the new one then fails, the name has no
+// key; the slot manager names each new key afresh, so this only matters to
+// a caller that regenerates a key in place).
 func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) (crypto.Signer, error) {
 	if err := kt.Validate(); err != nil {
 		return nil, fmt.Errorf("pkcs11: %w", err)
@@ -387,7 +389,7 @@ func (m *KeyManager) find(k *steppkcs11.PKCS11, id, u, label string) (*signer, e
 	if err != nil {
 		return nil, m.store.opError(fmt.Sprintf("get key %q (label %q)", id, label), err)
 	}
-	s := &signer{store: m.store, id: id, key: cs, pub: cs.Public()}
+	s := &signer{store: m.store, km: m, id: id, key: cs, pub: cs.Public()}
 	m.cache[id] = s
 	return s, nil
 }
@@ -415,19 +417,47 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	return nil
 }
 
-// opError is the error of a failed operation on the token: errClosed if
-// the store was closed meanwhile, else "pkcs11: <what>: <cause>".
+// opError is the error of a failed operation on the token: "pkcs11:
+// <what>: <cause>", the cause being errClosed if the store was closed
+// meanwhile.
 func (s *Store) opError(what string, err error) error {
 	if s.closed.Load() {
-		return fmt.Errorf("pkcs11: %s: %w", what, errClosed)
+		err = errClosed
 	}
-	return fmt.Errorf("pkcs11: %s: %w", what, err)
+	return &tokenError{what: what, err: err}
 }
+
+// tokenError is a failed operation on the token. Its text is
+// "pkcs11: <what>: <cause>", where the cause loses the prefixes the
+// libraries underneath add ("pkcs11: 0x30: CKR_DEVICE_ERROR" becomes
+// "0x30: CKR_DEVICE_ERROR"), so that no prefix is doubled; Unwrap gives
+// the cause as it was.
+type tokenError struct {
+	what string
+	err  error
+}
+
+// causePrefixes are what go.step.sm/crypto and miekg/pkcs11 put before a
+// token's error.
+var causePrefixes = strings.NewReplacer(
+	"pkcs11: 0x", "0x",
+	"createKey failed: ", "",
+	"createSigner failed: ", "",
+	"deleteKey failed: ", "",
+	"error initializing PKCS#11: ", "",
+)
+
+func (e *tokenError) Error() string {
+	return "pkcs11: " + e.what + ": " + causePrefixes.Replace(e.err.Error())
+}
+
+func (e *tokenError) Unwrap() error { return e.err }
 
 // signer is a key in the token as a crypto.Signer: it signs in the token
 // and fails clearly once the store is closed.
 type signer struct {
 	store *Store
+	km    *KeyManager
 	id    string
 	key   crypto.Signer
 	pub   crypto.PublicKey
@@ -439,11 +469,23 @@ func (s *signer) Public() crypto.PublicKey { return s.pub }
 // Sign signs digest in the token.
 func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	if s.store.closed.Load() {
-		return nil, fmt.Errorf("pkcs11: sign with key %q: %w", s.id, errClosed)
+		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), errClosed)
 	}
 	sig, err := s.key.Sign(rand, digest, opts)
 	if err != nil {
+		// The next GetKey looks the key up in the token again (its
+		// handle may be stale after the token came back).
+		s.km.forget(s)
 		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), err)
 	}
 	return sig, nil
+}
+
+// forget drops s from the cache, unless another key took its place.
+func (m *KeyManager) forget(s *signer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cache[s.id] == s {
+		delete(m.cache, s.id)
+	}
 }

@@ -354,7 +354,7 @@ func TestClosed(t *testing.T) {
 	digest := sha256.Sum256([]byte("x"))
 	for name, k := range map[string]crypto.Signer{"ec": ec, "rsa": rk} {
 		_, err := k.Sign(rand.Reader, digest[:], crypto.SHA256)
-		if !errors.Is(err, errClosed) || err.Error() != `pkcs11: sign with key "`+name+`": pkcs11: the key store is closed` {
+		if !errors.Is(err, errClosed) || err.Error() != `pkcs11: sign with key "`+name+`": the key store is closed` {
 			t.Errorf("sign after Close: %v", err)
 		}
 	}
@@ -422,5 +422,35 @@ func TestConcurrentSign(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestTokenFailure: when the token fails underneath (here its files are
+// removed), signing and generating fail with a clear error, the cause
+// from the token, and no fallback; nothing panics.
+func TestTokenFailure(t *testing.T) {
+	tk := token(t)
+	ctx := context.Background()
+	km := keyManager(t, open(t, config(tk, "s1")), ca.KeyScopeAuthorities)
+	k, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(tk.Dir); err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("x"))
+	for range 2 {
+		_, err = k.Sign(rand.Reader, digest[:], crypto.SHA256)
+		if err == nil || err.Error() != `pkcs11: sign with key "k": 0x82: CKR_OBJECT_HANDLE_INVALID` {
+			t.Fatalf("sign with the token gone: %v", err)
+		}
+	}
+	if _, err := km.GetKey(ctx, "k"); !errors.Is(err, ca.ErrKeyNotFound) {
+		t.Fatalf("GetKey with the token gone: %v (want a fresh lookup, not the stale key)", err)
+	}
+	_, err = km.GenerateKey(ctx, "k2", ca.KeyTypeECP256)
+	if err == nil || !strings.HasPrefix(err.Error(), `pkcs11: generate ec-p256 key "k2" (label "sigil/example.org/s1/authorities/k2"): 0x`) || strings.Count(err.Error(), "pkcs11:") != 1 {
+		t.Fatalf("generate with the token gone: %v", err)
 	}
 }
