@@ -1,3 +1,7 @@
+//go:build cgo
+
+// The raw PKCS#11 calls of this test need cgo, as the key manager does.
+
 package pkcs11
 
 import (

@@ -20,14 +20,18 @@
 // its keys again after a restart.
 //
 // Security: the CA, JWT and cluster identity private keys live in the
-// token. An attacker with root on a server obtains the PIN (from its file
-// or the process environment) and with it the use of the keys for as long
-// as they hold the server and the token is reachable from it (they can
-// sign, so they can mint SVIDs meanwhile), but not the keys themselves: a
-// compromise ends when the server is rebuilt and the PIN changed, and the
-// keys need not be rotated unless the token itself (for SoftHSM2 its token
-// directory and the PIN, or an HSM's backup) was taken. With a network HSM,
-// the HSM's own audit log records every signature.
+// token, created sensitive and never extractable, so no file, log or Raft
+// entry of the server ever holds them. An attacker with root on a server
+// obtains the PIN (from its file or the process environment) and with it
+// the use of the keys, in the token, for as long as they hold the server:
+// they can sign anything meanwhile (SVIDs, even a certificate with the CA
+// bit), so after a compromise rotate and taint the server's keys (sigil
+// authority prepare, activate, taint) like any other. With a hardware
+// token they do not obtain the keys themselves, which the token never
+// reveals. SoftHSM2 is a software token on the same host: its token
+// directory holds the keys encrypted under the PIN, so root on that host
+// obtains the keys too; it protects against leaks through the server's
+// files and backups, not against root.
 package pkcs11
 
 import (
@@ -56,6 +60,23 @@ import (
 
 	"github.com/sigil-id/sigil/ca"
 )
+
+// uriScheme is the scheme of go.step.sm/crypto's PKCS#11 URIs (its
+// Scheme constant exists only in cgo builds).
+const uriScheme = "pkcs11"
+
+// deleter is the DeleteKey of go.step.sm/crypto's PKCS11 (cgo builds
+// only; without cgo no PKCS11 is ever made).
+type deleter interface{ DeleteKey(uri string) error }
+
+// deleteKey destroys the key pair of the step URI u in the token.
+func deleteKey(k *steppkcs11.PKCS11, u string) error {
+	d, ok := any(k).(deleter)
+	if !ok {
+		return errors.New("this build cannot delete PKCS#11 keys")
+	}
+	return d.DeleteKey(u)
+}
 
 // DefaultKeyLabelPrefix starts the label of every key (key_label_prefix).
 const DefaultKeyLabelPrefix = "sigil"
@@ -217,7 +238,7 @@ func (s *Store) open() (*steppkcs11.PKCS11, error) {
 	// The PIN goes in Options, not in the URI, which errors may quote.
 	k, err := steppkcs11.New(context.Background(), apiv1.Options{
 		Type: apiv1.PKCS11,
-		URI:  uri.New(steppkcs11.Scheme, v).String(),
+		URI:  uri.New(uriScheme, v).String(),
 		Pin:  s.cfg.PIN,
 	})
 	if err != nil {
@@ -290,7 +311,7 @@ func (m *KeyManager) objectURI(id string) (u, label string, err error) {
 	}
 	c := m.store.cfg
 	label, ckaID := KeyLabel(c.KeyLabelPrefix, c.TrustDomain, c.NodeName, m.scope, id)
-	return uri.New(steppkcs11.Scheme, url.Values{"id": {hex.EncodeToString(ckaID)}, "object": {label}}).String(), label, nil
+	return uri.New(uriScheme, url.Values{"id": {hex.EncodeToString(ckaID)}, "object": {label}}).String(), label, nil
 }
 
 // GenerateKey creates the key pair named id in the token, sensitive and
@@ -326,7 +347,7 @@ func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.cache, id)
-	if err := k.DeleteKey(u); err != nil {
+	if err := deleteKey(k, u); err != nil {
 		return nil, m.store.opError(fmt.Sprintf("replace key %q (label %q)", id, label), err)
 	}
 	if _, err := k.CreateKey(req); err != nil {
@@ -411,7 +432,7 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.cache, id)
-	if err := k.DeleteKey(u); err != nil {
+	if err := deleteKey(k, u); err != nil {
 		return m.store.opError(fmt.Sprintf("delete key %q (label %q)", id, label), err)
 	}
 	return nil
