@@ -67,6 +67,11 @@ func TestSoftHSM2Installed(t *testing.T) {
 	if _, _, err := softhsmtest.Find(); err != nil {
 		t.Fatal(err)
 	}
+	// Without softhsm2-util in PATH, the error says how to install it.
+	t.Setenv("PATH", t.TempDir())
+	if _, _, err := softhsmtest.Find(); err == nil || err.Error() != "softhsm2-util is not in PATH: "+softhsmtest.InstallHint {
+		t.Errorf("Find without softhsm2-util: %v", err)
+	}
 }
 
 // signVerify signs a digest with s (and each of the key's usual options)
