@@ -36,7 +36,7 @@ integration: build
 
 bench:
 	$(GO) run ./bench
-	$(GO) test -run '^$$' -bench . -benchtime 1s ./ca/ ./mtls/...
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./ca/ ./ca/keymanager/pkcs11/ ./mtls/...
 
 # fuzz runs every FuzzXxx target of the module for FUZZTIME each.
 fuzz:

@@ -39,6 +39,7 @@ import (
 	_ "github.com/sigil-id/sigil/ca/keymanager/awskms"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
+	_ "github.com/sigil-id/sigil/ca/keymanager/pkcs11"
 )
 
 // serverPlugins builds the server's plugins from s (its plugin blocks,
