@@ -38,6 +38,7 @@ import (
 	_ "github.com/sigil-id/sigil/audit/filesink"
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
+	_ "github.com/sigil-id/sigil/ca/keymanager/tpm"
 )
 
 // serverPlugins builds the server's plugins from s (its plugin blocks,
