@@ -47,7 +47,7 @@ func TestServerConfig(t *testing.T) {
 	if len(cfg.NodeVerifiers) != 1 || cfg.NodeVerifiers[0].Name() != "join_token" {
 		t.Errorf("default node verifiers = %v, want join_token", cfg.NodeVerifiers)
 	}
-	if _, err := serverConfig(&config.Server{TrustDomain: "example.org", KeyManager: "hsm"}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), `key_manager "hsm": unknown plugin (known: disk, memory)`) {
+	if _, err := serverConfig(&config.Server{TrustDomain: "example.org", KeyManager: "hsm"}, zap.NewNop()); err == nil || !strings.Contains(err.Error(), `key_manager "hsm": unknown plugin (known: `+knownKeyManagers+`)`) {
 		t.Errorf("unknown key manager: %v", err)
 	}
 }

@@ -71,6 +71,9 @@ func TestBinaryKnowsPluginSelectorTypes(t *testing.T) {
 // configuration errors name them.
 var knownNodeAttestors = strings.Join(plugin.Names(plugin.KindNodeAttestor), ", ")
 
+// knownKeyManagers lists the key managers the binary ships, likewise.
+var knownKeyManagers = strings.Join(plugin.Names(plugin.KindKeyManager), ", ")
+
 func writeConfig(t *testing.T, src string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "sigil.hcl")
@@ -123,7 +126,7 @@ func TestPluginConfigErrors(t *testing.T) {
     node_attestor "join_token" {}
     key_manager "dsik" {}
   }
-}`, `5: key_manager "dsik": unknown plugin (known: disk, memory)`},
+}`, `5: key_manager "dsik": unknown plugin (known: ` + knownKeyManagers + `)`},
 		{"unknown key", false, `server {
   trust_domain = "example.org"
   plugins {
@@ -170,7 +173,7 @@ func TestPluginConfigErrors(t *testing.T) {
   plugins {
     node_attestor "join_token" {}
   }
-}`, `3: plugins: no key_manager: the server needs one (known: disk, memory)`},
+}`, `3: plugins: no key_manager: the server needs one (known: ` + knownKeyManagers + `)`},
 		{"agent plugin in server", false, `server {
   trust_domain = "example.org"
   plugins {
