@@ -371,7 +371,9 @@ func TestDeviceErrors(t *testing.T) {
 	}
 	tp.stop()
 	d := sha256.Sum256([]byte("x"))
-	if _, err := k.Sign(rand.Reader, d[:], crypto.SHA256); err == nil || !strings.HasPrefix(err.Error(), `tpm: sign with key "x509-ca-1": `) {
+	_, err = k.Sign(rand.Reader, d[:], crypto.SHA256)
+	t.Logf("sign without a TPM: %v", err)
+	if err == nil || !strings.HasPrefix(err.Error(), `tpm: sign with key "x509-ca-1": `) {
 		t.Errorf("sign without a TPM: %v", err)
 	}
 	if _, err := km.GenerateKey(ctx, "x509-ca-2", ca.KeyTypeECP256); err == nil || !strings.HasPrefix(err.Error(), "tpm: ") {
@@ -557,4 +559,29 @@ func BenchmarkSign(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// FuzzName: every accepted id gives a name that is one file name of
+// [A-Za-z0-9._-] within the file system's limit, starting with its scope.
+func FuzzName(f *testing.F) {
+	for _, id := range []string{"x509-ca-1", "jwt-key-2", "", "..", "a/b", ".x", "a\x00"} {
+		f.Add("example.org", "node-1", id)
+	}
+	f.Fuzz(func(t *testing.T, td, node, id string) {
+		n, err := Name(td, node, ca.KeyScopeClusterIdentity, id)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "tpm: invalid key id") {
+				t.Fatalf("error %v", err)
+			}
+			return
+		}
+		if !strings.HasPrefix(n, "cluster_identity."+id+".") || len("key-"+n+".tpmobj") > 255 || n == "." || n == ".." {
+			t.Fatalf("name %q for id %q", n, id)
+		}
+		for _, r := range n {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+				t.Fatalf("name %q holds %q", n, r)
+			}
+		}
+	})
 }
