@@ -11,6 +11,8 @@ import (
 	"crypto/sha512"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"os"
@@ -320,10 +322,10 @@ func TestBadBlobs(t *testing.T) {
 	t.Logf("another TPM: %v", err)
 
 	for what, data := range map[string][]byte{
-		"not JSON":     []byte("garbage"),
-		"truncated":    good[:len(good)/2],
-		"blob flipped": bytes.Replace(good, []byte(`"data":"eyJ`), []byte(`"data":"eyK`), 1),
-		"empty":        nil,
+		"not JSON":            []byte("garbage"),
+		"truncated":           good[:len(good)/2],
+		"wrapped key altered": alterWrappedKey(t, good),
+		"empty":               nil,
 	} {
 		if err := os.WriteFile(blob, data, 0o600); err != nil {
 			t.Fatal(err)
@@ -334,6 +336,40 @@ func TestBadBlobs(t *testing.T) {
 		}
 		t.Logf("%s: %v", what, err)
 	}
+}
+
+// alterWrappedKey flips one bit of the wrapped private key inside a
+// blob file, keeping its JSON valid: only the TPM's integrity check can
+// notice.
+func alterWrappedKey(t *testing.T, file []byte) []byte {
+	t.Helper()
+	var outer map[string]any
+	if err := json.Unmarshal(file, &outer); err != nil {
+		t.Fatal(err)
+	}
+	data, err := base64.StdEncoding.DecodeString(outer["data"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inner map[string]any
+	if err := json.Unmarshal(data, &inner); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := base64.StdEncoding.DecodeString(inner["KeyBlob"].(string))
+	if err != nil || len(blob) < 16 {
+		t.Fatalf("KeyBlob %q: %v", inner["KeyBlob"], err)
+	}
+	blob[len(blob)-8] ^= 1
+	inner["KeyBlob"] = blob
+	if data, err = json.Marshal(inner); err != nil {
+		t.Fatal(err)
+	}
+	outer["data"] = data
+	out, err := json.Marshal(outer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // TestDeviceErrors: a missing device, a path that is no device, and a
