@@ -55,7 +55,8 @@ func startSWTPM(t *testing.T, dir string) string {
 // TestKeyManagerTPM: a server process keeps its CA, JWT and cluster
 // identity keys in a TPM (swtpm): an agent gets a workload SVID; a forced
 // CA rotation (prepare, activate, taint) creates the new key in the TPM
-// and workloads move to it; the server restarts on its TPM keys; and the
+// and workloads move to it; revoking the old key deletes its blob; the
+// server restarts on its TPM keys; and the
 // server's directory (data, Raft files, logs) holds no private key, only
 // TPM-wrapped blobs.
 func TestKeyManagerTPM(t *testing.T) {
@@ -130,6 +131,18 @@ func TestKeyManagerTPM(t *testing.T) {
 		return nil
 	})
 
+	// Revoking the old key destroys it: its blob goes.
+	eventually.NoError(t, 15*time.Second, func() error {
+		out, err := s.cliErr("authority", "revoke", "-id", old)
+		if err != nil || !strings.Contains(out, "Revoked") {
+			return fmt.Errorf("revoke: %v %s", err, out)
+		}
+		return nil
+	})
+	if n := len(blobs("authorities.x509-ca-")); n != 1 {
+		t.Fatalf("after revoking the old key: %d X.509 CA key blobs, want 1", n)
+	}
+
 	// A restart finds the keys in the TPM: a new entry's SVID is signed
 	// by the restarted server with the new CA key.
 	s.p.stop()
@@ -180,7 +193,7 @@ func TestKeyManagerTPM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if raftFiles < 1 || len(blobs("")) < 3 {
+	if raftFiles < 1 || len(blobs("")) < 2 {
 		t.Fatalf("scanned %d files (%d Raft files) and %d TPM blobs: the scan proves nothing", scanned, raftFiles, len(blobs("")))
 	}
 	if _, err := os.Stat(filepath.Join(s.dir, "data", "keys")); !os.IsNotExist(err) {
