@@ -40,6 +40,7 @@ import (
 	_ "github.com/sigil-id/sigil/ca/keymanager/disk"
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
 	_ "github.com/sigil-id/sigil/ca/keymanager/pkcs11"
+	_ "github.com/sigil-id/sigil/ca/keymanager/tpm"
 )
 
 // serverPlugins builds the server's plugins from s (its plugin blocks,
