@@ -338,7 +338,7 @@ func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
 	fs.StringVar(&f.val.BindAddress, "bind-address", "", "listen address of the node API (default :8081)")
 	fs.StringVar(&f.val.AdminSocket, "admin-socket", "", "path of the admin API unix socket (default /run/sigil/server/private/admin.sock; $XDG_RUNTIME_DIR/sigil/server/private/admin.sock for a user other than root)")
 	fs.StringVar(&f.val.HealthAddress, "health-address", "", "listen address of the /live and /ready endpoints (empty: disabled)")
-	fs.StringVar(&f.val.KeyManager, "key-manager", "", "where CA keys are kept: disk or memory (default disk)")
+	fs.StringVar(&f.val.KeyManager, "key-manager", "", "where CA keys are kept, for key managers without settings: disk or memory (default disk); pkcs11, tpm and awskms need a key_manager block")
 	fs.DurationVar(&f.val.CATTL, "ca-ttl", 0, "lifetime of CA certificates (default 24h)")
 	fs.DurationVar(&f.val.X509SVIDTTL, "x509-svid-ttl", 0, "default lifetime of workload X.509-SVIDs (default 1h)")
 	fs.DurationVar(&f.val.AgentSVIDTTL, "agent-svid-ttl", 0, "lifetime of agent SVIDs (default 1h)")
