@@ -4,11 +4,9 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"errors"
 	"strings"
 	"testing"
@@ -19,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/internal/signtest"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/fakekms"
 )
@@ -94,51 +93,6 @@ func openKM(t testing.TB, s *Store, scope ca.KeyScope) *KeyManager {
 	return km.(*KeyManager)
 }
 
-// checkSigns has s sign a SHA-256 (or SHA-384 for P-384) digest and
-// verifies the signature with s's public key.
-func checkSigns(t *testing.T, s crypto.Signer) {
-	t.Helper()
-	msg := []byte("sigil awskms test message")
-	switch pub := s.Public().(type) {
-	case *ecdsa.PublicKey:
-		var digest []byte
-		var h crypto.Hash
-		if pub.Curve == elliptic.P384() {
-			d := sha512.Sum384(msg)
-			digest, h = d[:], crypto.SHA384
-		} else {
-			d := sha256.Sum256(msg)
-			digest, h = d[:], crypto.SHA256
-		}
-		sig, err := s.Sign(rand.Reader, digest, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ecdsa.VerifyASN1(pub, digest, sig) {
-			t.Fatal("ECDSA signature does not verify")
-		}
-	case *rsa.PublicKey:
-		d := sha256.Sum256(msg)
-		sig, err := s.Sign(rand.Reader, d[:], crypto.SHA256)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, d[:], sig); err != nil {
-			t.Fatalf("PKCS#1 v1.5 signature: %v", err)
-		}
-		pss := &rsa.PSSOptions{Hash: crypto.SHA256, SaltLength: rsa.PSSSaltLengthEqualsHash}
-		sig, err = s.Sign(rand.Reader, d[:], pss)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rsa.VerifyPSS(pub, crypto.SHA256, d[:], sig, pss); err != nil {
-			t.Fatalf("PSS signature: %v", err)
-		}
-	default:
-		t.Fatalf("public key is a %T", pub)
-	}
-}
-
 func TestGenerateGetSignPerKeyType(t *testing.T) {
 	f := newFixture(t)
 	km := openKM(t, f.store, ca.KeyScopeAuthorities)
@@ -168,7 +122,7 @@ func TestGenerateGetSignPerKeyType(t *testing.T) {
 					t.Fatalf("RSA size %d, want %d", pub.N.BitLen(), tc.bits)
 				}
 			}
-			checkSigns(t, s)
+			signtest.SignVerify(t, s)
 
 			keyID := f.fake.Aliases()[km.Alias(id)]
 			k, ok := f.fake.Key(keyID)
@@ -212,7 +166,7 @@ func TestGetKeyAfterReopen(t *testing.T) {
 	if !got.Public().(*ecdsa.PublicKey).Equal(s.Public()) {
 		t.Fatal("the reopened store found another key")
 	}
-	checkSigns(t, got)
+	signtest.SignVerify(t, got)
 
 	// Another node of the same account does not see it.
 	other := *f
@@ -248,7 +202,7 @@ func TestReplaceSchedulesOldKeyDeletion(t *testing.T) {
 	if nk, _ := f.fake.Key(newID); nk.State != fakekms.StateEnabled || nk.Spec != "ECC_NIST_P384" {
 		t.Fatalf("new key = %+v", nk)
 	}
-	checkSigns(t, repl)
+	signtest.SignVerify(t, repl)
 	// The old signer is bound to the old key, not to the alias: it fails
 	// clearly rather than signing with the new key.
 	d := sha256.Sum256([]byte("x"))
@@ -598,7 +552,7 @@ func TestReplaceLogsFailedDeletion(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the replacement failed because the old key could not be scheduled for deletion: %v", err)
 	}
-	checkSigns(t, s)
+	signtest.SignVerify(t, s)
 	if k, _ := f.fake.Key(oldID); k.State != fakekms.StateEnabled {
 		t.Fatalf("old key state %s", k.State)
 	}

@@ -4,10 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -21,6 +17,7 @@ import (
 
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/disk"
+	"github.com/sigil-id/sigil/ca/keymanager/internal/signtest"
 )
 
 var (
@@ -89,26 +86,7 @@ func reopen(t *testing.T, dirs map[ca.KeyScope]string, want map[ca.KeyScope]cryp
 		if !publicEqual(want[scope], got) {
 			t.Fatalf("%s: the reopened key is not the one generated", scope)
 		}
-		checkSigns(t, got)
-	}
-}
-
-func checkSigns(t *testing.T, k crypto.Signer) {
-	t.Helper()
-	digest := sha256.Sum256([]byte("sigil"))
-	sig, err := k.Sign(rand.Reader, digest[:], crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ok := false
-	switch pub := k.Public().(type) {
-	case *ecdsa.PublicKey:
-		ok = ecdsa.VerifyASN1(pub, digest[:], sig)
-	case *rsa.PublicKey:
-		ok = rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig) == nil
-	}
-	if !ok {
-		t.Fatalf("the %T key's signature does not verify", k.Public())
+		signtest.SignVerify(t, got)
 	}
 }
 
@@ -224,7 +202,7 @@ func TestEncryptedRSAKey(t *testing.T) {
 	if !publicEqual(k, got) {
 		t.Fatal("reloaded RSA key differs")
 	}
-	checkSigns(t, got)
+	signtest.SignVerify(t, got)
 }
 
 func TestWrongPassphrase(t *testing.T) {

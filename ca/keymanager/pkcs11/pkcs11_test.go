@@ -5,9 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"errors"
 	"os"
 	"path/filepath"
@@ -18,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/internal/signtest"
 	"github.com/sigil-id/sigil/ca/keymanager/pkcs11/softhsmtest"
 )
 
@@ -74,47 +73,6 @@ func TestSoftHSM2Installed(t *testing.T) {
 	}
 }
 
-// signVerify signs a digest with s (and each of the key's usual options)
-// and verifies the signature with the standard library.
-func signVerify(t *testing.T, s crypto.Signer) {
-	t.Helper()
-	msg := []byte("sigil pkcs11")
-	switch pub := s.Public().(type) {
-	case *ecdsa.PublicKey:
-		h, digest := crypto.SHA256, sha256.Sum256(msg)
-		d := digest[:]
-		if pub.Curve.Params().BitSize == 384 {
-			d384 := sha512.Sum384(msg)
-			h, d = crypto.SHA384, d384[:]
-		}
-		sig, err := s.Sign(rand.Reader, d, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ecdsa.VerifyASN1(pub, d, sig) {
-			t.Fatal("the ECDSA signature does not verify")
-		}
-	case *rsa.PublicKey:
-		digest := sha256.Sum256(msg)
-		sig, err := s.Sign(rand.Reader, digest[:], crypto.SHA256)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig); err != nil {
-			t.Fatalf("PKCS #1 v1.5: %v", err)
-		}
-		pss := &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}
-		if sig, err = s.Sign(rand.Reader, digest[:], pss); err != nil {
-			t.Fatal(err)
-		}
-		if err := rsa.VerifyPSS(pub, crypto.SHA256, digest[:], sig, pss); err != nil {
-			t.Fatalf("PSS: %v", err)
-		}
-	default:
-		t.Fatalf("public key %T", pub)
-	}
-}
-
 func samePublic(a, b crypto.Signer) bool {
 	return a.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(b.Public())
 }
@@ -140,7 +98,7 @@ func TestGenerateGetSignVerify(t *testing.T) {
 			if _, ok := k.(*ecdsa.PrivateKey); ok {
 				t.Fatal("the key is in process memory")
 			}
-			signVerify(t, k)
+			signtest.SignVerify(t, k)
 			got, err := km.GetKey(ctx, id)
 			if err != nil {
 				t.Fatal(err)
@@ -148,7 +106,7 @@ func TestGenerateGetSignVerify(t *testing.T) {
 			if !samePublic(got, k) {
 				t.Fatal("GetKey returned another key")
 			}
-			signVerify(t, got)
+			signtest.SignVerify(t, got)
 		})
 	}
 	if _, err := km.GenerateKey(ctx, "k", "ed25519"); err == nil || !strings.Contains(err.Error(), `pkcs11: ca: unsupported key type "ed25519"`) {
@@ -200,7 +158,7 @@ func TestKeysSurviveReopen(t *testing.T) {
 		if !samePublic(got, c.want) {
 			t.Fatalf("%s: another key after reopening", name)
 		}
-		signVerify(t, got)
+		signtest.SignVerify(t, got)
 	}
 	// Another server sharing the token sees none of s1's keys.
 	other := keyManager(t, open(t, config(tk, "s2")), ca.KeyScopeAuthorities)
@@ -253,7 +211,7 @@ func TestSlotSelection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	signVerify(t, k)
+	signtest.SignVerify(t, k)
 	// The same key, through the token's label.
 	got, err := keyManager(t, open(t, config(tk, "s1")), ca.KeyScopeAuthorities).GetKey(context.Background(), "k")
 	if err != nil || !samePublic(got, k) {

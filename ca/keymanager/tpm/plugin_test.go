@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/internal/signtest"
 	"github.com/sigil-id/sigil/plugin"
 )
 
@@ -60,7 +61,7 @@ func TestPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	signVerify(t, k)
+	signtest.SignVerify(t, k)
 	name, _ := Name(testTD, "node-1", ca.KeyScopeClusterIdentity, "cluster-ca")
 	if _, err := os.Stat(filepath.Join(dir, "key-"+name+".tpmobj")); err != nil {
 		t.Fatalf("blob not in the configured directory: %v", err)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/internal/signtest"
 )
 
 const testTD = "example.org"
@@ -50,48 +51,6 @@ func openKM(t testing.TB, s *Store, scope ca.KeyScope) *KeyManager {
 		t.Fatal(err)
 	}
 	return km.(*KeyManager)
-}
-
-// signVerify signs a message the way the CA does for the key's type and
-// checks the signature with the public key alone.
-func signVerify(t testing.TB, s crypto.Signer) {
-	t.Helper()
-	msg := []byte("to be signed")
-	switch pub := s.Public().(type) {
-	case *ecdsa.PublicKey:
-		h := crypto.SHA256
-		if pub.Curve.Params().BitSize == 384 {
-			h = crypto.SHA384
-		}
-		hh := h.New()
-		hh.Write(msg)
-		d := hh.Sum(nil)
-		sig, err := s.Sign(rand.Reader, d, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ecdsa.VerifyASN1(pub, d, sig) {
-			t.Fatal("ECDSA signature does not verify")
-		}
-	case *rsa.PublicKey:
-		d := sha256.Sum256(msg)
-		sig, err := s.Sign(rand.Reader, d[:], crypto.SHA256)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, d[:], sig); err != nil {
-			t.Fatalf("RSA signature does not verify: %v", err)
-		}
-		sig, err = s.Sign(rand.Reader, d[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rsa.VerifyPSS(pub, crypto.SHA256, d[:], sig, nil); err != nil {
-			t.Fatalf("RSA-PSS signature does not verify: %v", err)
-		}
-	default:
-		t.Fatalf("unexpected public key %T", pub)
-	}
 }
 
 func publicEqual(a, b crypto.PublicKey) bool {
@@ -139,7 +98,7 @@ func TestGenerateGetSignReopen(t *testing.T) {
 				t.Errorf("%s: RSA %d bits", kt, pub.N.BitLen())
 			}
 		}
-		signVerify(t, k)
+		signtest.SignVerify(t, k)
 		pubs[id] = k.Public()
 
 		name, _ := Name(testTD, "node-1", ca.KeyScopeAuthorities, id)
@@ -167,7 +126,7 @@ func TestGenerateGetSignReopen(t *testing.T) {
 			if !publicEqual(pub, k.Public()) {
 				t.Fatalf("%s: key %s differs", when, id)
 			}
-			signVerify(t, k)
+			signtest.SignVerify(t, k)
 		}
 	}
 	if err := s.Close(); err != nil {
@@ -209,7 +168,7 @@ func TestGenerateReplaces(t *testing.T) {
 	if !publicEqual(k2.Public(), got.Public()) {
 		t.Fatal("a new store finds the replaced key")
 	}
-	signVerify(t, got)
+	signtest.SignVerify(t, got)
 }
 
 // TestDeleteKey: the blob goes, GetKey then says not found (also for a
@@ -416,7 +375,7 @@ func TestDeviceErrors(t *testing.T) {
 		t.Errorf("generate without a TPM: %v", err)
 	}
 	tp.start(t)
-	signVerify(t, k)
+	signtest.SignVerify(t, k)
 }
 
 // TestConfigAndStorageDirectory: Validate, and a storage directory others
@@ -498,7 +457,7 @@ func TestClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	signVerify(t, k)
+	signtest.SignVerify(t, k)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +506,7 @@ func TestConcurrentSigning(t *testing.T) {
 				return
 			}
 			for j := 0; j < 5; j++ {
-				signVerify(t, k)
+				signtest.SignVerify(t, k)
 			}
 		}()
 	}
