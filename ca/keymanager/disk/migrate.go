@@ -17,8 +17,8 @@ import (
 // file) leaves every file as it was. Each rewrite is atomic and leaves the
 // file with mode 0600. The server using dirs must be stopped.
 func EncryptFiles(dirs []string, passphrase []byte) ([]string, error) {
-	if len(passphrase) == 0 {
-		return nil, errors.New("ca/keymanager/disk: the passphrase is empty")
+	if err := CheckPassphrase(string(passphrase)); err != nil {
+		return nil, fmt.Errorf("ca/keymanager/disk: %w", err)
 	}
 	return convert(dirs, passphrase, formClear, passphrase)
 }

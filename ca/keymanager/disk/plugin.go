@@ -102,6 +102,9 @@ func passphrase(body hcl.Body, c pluginConfig) (pass, flag string, err error) {
 		if err != nil {
 			return "", "", plugin.AttrError(body, "passphrase_file", "%v", err)
 		}
+		if err := CheckPassphrase(s); err != nil {
+			return "", "", plugin.AttrError(body, "passphrase_file", "%v", err)
+		}
 		file := *c.PassphraseFile
 		if a, err := filepath.Abs(file); err == nil {
 			file = a
@@ -112,9 +115,26 @@ func passphrase(body hcl.Body, c pluginConfig) (pass, flag string, err error) {
 		if err != nil {
 			return "", "", plugin.AttrError(body, "passphrase_env", "%v", err)
 		}
+		if err := CheckPassphrase(s); err != nil {
+			return "", "", plugin.AttrError(body, "passphrase_env", "%v", err)
+		}
 		return s, "-passphrase-env " + shellQuote(*c.PassphraseEnv), nil
 	}
 	return "", "", nil
+}
+
+// MinPassphraseLen is the shortest passphrase the key files are
+// encrypted with: PBKDF2 slows guessing down, it does not make a short
+// passphrase safe.
+const MinPassphraseLen = 12
+
+// CheckPassphrase refuses a passphrase shorter than MinPassphraseLen
+// bytes; the error never shows the passphrase.
+func CheckPassphrase(p string) error {
+	if len(p) < MinPassphraseLen {
+		return fmt.Errorf("the passphrase is %d bytes long; at least %d are needed", len(p), MinPassphraseLen)
+	}
+	return nil
 }
 
 // envName is what an environment variable's name may be.

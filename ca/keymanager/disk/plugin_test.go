@@ -177,7 +177,7 @@ func TestPluginMigrationHint(t *testing.T) {
 	if _, err := km.GenerateKey(context.Background(), "x509-ca", ca.KeyTypeECP256); err != nil {
 		t.Fatal(err)
 	}
-	passFile := writeSecret(t, "pass", 0o400)
+	passFile := writeSecret(t, "migration hint passphrase", 0o400)
 	v, err := newPlugin(body(t, "passphrase_file = \""+passFile+"\"\n"), env)
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +208,7 @@ func TestShellQuote(t *testing.T) {
 func TestPluginMigrationCommandAbsolute(t *testing.T) {
 	cwd := t.TempDir()
 	t.Chdir(cwd)
-	if err := os.WriteFile("keys.pass", []byte("p"), 0o600); err != nil {
+	if err := os.WriteFile("keys.pass", []byte("a long enough passphrase"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	v, err := newPlugin(body(t, "passphrase_file = \"keys.pass\"\n"), plugin.Env{Role: plugin.RoleServer, DataDir: "data"})
@@ -218,5 +218,25 @@ func TestPluginMigrationCommandAbsolute(t *testing.T) {
 	o := newOptions(v.(*Store).opts)
 	if want := "sigil keys encrypt -data-dir " + filepath.Join(cwd, "data") + " -passphrase-file " + filepath.Join(cwd, "keys.pass"); o.migrate != want {
 		t.Errorf("migration command %q, want %q", o.migrate, want)
+	}
+}
+
+// TestPluginShortPassphrase: a passphrase under MinPassphraseLen bytes is
+// refused, from a file and from the environment, without showing it.
+func TestPluginShortPassphrase(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "short.pass")
+	if err := os.WriteFile(file, []byte("elevenbytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SIGIL_TEST_SHORT_PASSPHRASE", "elevenbytes")
+	for _, src := range []string{"passphrase_file = \"" + file + "\"\n", "passphrase_env = \"SIGIL_TEST_SHORT_PASSPHRASE\"\n"} {
+		_, err := newPlugin(body(t, src), plugin.Env{Role: plugin.RoleServer, DataDir: dir})
+		if err == nil || !strings.Contains(err.Error(), "the passphrase is 11 bytes long; at least 12 are needed") || strings.Contains(err.Error(), "elevenbytes") {
+			t.Errorf("%s: %v", strings.TrimSpace(src), err)
+		}
+	}
+	if _, err := EncryptFiles([]string{dir}, []byte("elevenbytes")); err == nil || !strings.Contains(err.Error(), "at least 12") {
+		t.Errorf("EncryptFiles with a short passphrase: %v", err)
 	}
 }
