@@ -20,8 +20,9 @@ import (
 // Both methods are called on the signing path, concurrently: they must be
 // safe for concurrent use and cheap (an atomic store), and must not block.
 type KeyObserver interface {
-	// KeyOK reports a key operation that succeeded.
-	KeyOK()
+	// KeyOK reports a key operation op (KeyOpSign, KeyOpGenerate or
+	// KeyOpGet) that succeeded.
+	KeyOK(op string)
 	// KeyFailed reports a key operation op (KeyOpSign, KeyOpGenerate or
 	// KeyOpGet) that failed with err.
 	KeyFailed(op string, err error)
@@ -63,7 +64,7 @@ func observe(obs KeyObserver, op string, err error) {
 	switch {
 	case obs == nil:
 	case err == nil:
-		obs.KeyOK()
+		obs.KeyOK(op)
 	case errors.Is(err, ErrKeyNotFound), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 	default:
 		obs.KeyFailed(op, err)

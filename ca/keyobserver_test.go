@@ -70,7 +70,7 @@ type recorder struct {
 	failed []string // "op: error"
 }
 
-func (r *recorder) KeyOK() { r.mu.Lock(); r.ok++; r.mu.Unlock() }
+func (r *recorder) KeyOK(string) { r.mu.Lock(); r.ok++; r.mu.Unlock() }
 func (r *recorder) KeyFailed(op string, err error) {
 	r.mu.Lock()
 	r.failed = append(r.failed, op+": "+err.Error())
