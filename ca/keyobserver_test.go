@@ -255,3 +255,31 @@ func TestKeyObserverSlotManager(t *testing.T) {
 		})
 	}
 }
+
+// atomicObserver is a KeyObserver that costs what a server's does: an
+// atomic store per operation.
+type atomicObserver struct{ ok, failed atomic.Int64 }
+
+func (o *atomicObserver) KeyOK(string)            { o.ok.Add(1) }
+func (o *atomicObserver) KeyFailed(string, error) { o.failed.Add(1) }
+
+// BenchmarkSignX509SVIDObserved is BenchmarkSignX509SVID with a
+// KeyObserver: the cost of reporting each signature.
+func BenchmarkSignX509SVIDObserved(b *testing.B) {
+	cfg := testConfig(b, clock.New())
+	obs := &atomicObserver{}
+	cfg.KeyObserver = obs
+	c := newCA(b, cfg)
+	csr := mustCSR(b, genKey(b, "p256"), nil)
+	id := spiffeid.RequireFromPath(td, "/ns/prod/sa/web")
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.SignX509SVIDFromCSR(ctx, csr, id, []string{"web.example.org"}, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if obs.ok.Load() < int64(b.N) || obs.failed.Load() != 0 {
+		b.Fatalf("observer saw %d ok and %d failed of %d signatures", obs.ok.Load(), obs.failed.Load(), b.N)
+	}
+}
