@@ -59,13 +59,14 @@ func (s observedSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOp
 
 // observe reports the outcome err of key operation op to obs (when not
 // nil), leaving out what is not a backend failure: a missing key and a
-// canceled call.
+// canceled call. A deadline exceeded is a failure: a backend that does
+// not answer in time (a KMS unreachable) is one.
 func observe(obs KeyObserver, op string, err error) {
 	switch {
 	case obs == nil:
 	case err == nil:
 		obs.KeyOK(op)
-	case errors.Is(err, ErrKeyNotFound), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, ErrKeyNotFound), errors.Is(err, context.Canceled):
 	default:
 		obs.KeyFailed(op, err)
 	}

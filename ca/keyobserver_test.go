@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"errors"
+	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
@@ -283,3 +284,33 @@ func BenchmarkSignX509SVIDObserved(b *testing.B) {
 		b.Fatalf("observer saw %d ok and %d failed of %d signatures", obs.ok.Load(), obs.failed.Load(), b.N)
 	}
 }
+
+// TestKeyObserverTimeoutIsFailureCancelIsNot: a backend that times out
+// fails; a call its caller canceled (the server stopping) does not.
+func TestKeyObserverTimeoutIsFailureCancelIsNot(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		failed bool
+	}{
+		{fmt.Errorf("awskms: sign: %w", context.DeadlineExceeded), true},
+		{fmt.Errorf("awskms: generate: %w", context.Canceled), false},
+	} {
+		obs := &recorder{}
+		cfg := testConfig(t, clock.NewFake(start))
+		cfg.KeyManager = errKM{tc.err}
+		cfg.KeyObserver = obs
+		if _, err := ca.New(context.Background(), cfg); !errors.Is(err, tc.err) {
+			t.Fatalf("New: %v, want %v", err, tc.err)
+		}
+		if _, failed := obs.counts(); (len(failed) == 1) != tc.failed || len(failed) > 1 {
+			t.Errorf("%v: failures reported %q, want a failure: %v", tc.err, failed, tc.failed)
+		}
+	}
+}
+
+type errKM struct{ err error }
+
+func (k errKM) GenerateKey(context.Context, string, ca.KeyType) (crypto.Signer, error) {
+	return nil, k.err
+}
+func (k errKM) GetKey(context.Context, string) (crypto.Signer, error) { return nil, k.err }
