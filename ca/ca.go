@@ -70,6 +70,9 @@ type Config struct {
 	Backdate    time.Duration // NotBefore backdating, default 10s
 	Clock       clock.Clock   // default clock.New()
 	Meter       Meter         // default NoopMeter
+	// KeyObserver, when not nil, is told the outcome of every key
+	// manager call and signature (see KeyObserver); nil by default.
+	KeyObserver KeyObserver
 }
 
 // DefaultConfig returns a Config with every default filled in. The trust
@@ -159,9 +162,11 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	if signer == nil {
 		signer, err = cfg.KeyManager.GenerateKey(ctx, caKeyID, cfg.KeyType)
+		observe(cfg.KeyObserver, KeyOpGenerate, err)
 		if err != nil {
 			return nil, fmt.Errorf("ca: generating CA key: %w", err)
 		}
+		signer = observeSigner(signer, cfg.KeyObserver)
 		cert, err = c.selfSign(signer)
 		if err != nil {
 			return nil, err
@@ -196,6 +201,7 @@ func (c *CA) load(ctx context.Context) (crypto.Signer, *x509.Certificate, error)
 		return nil, nil, fmt.Errorf("ca: CA certificate %s: %w", c.cfg.CertPath, err)
 	}
 	signer, err := c.cfg.KeyManager.GetKey(ctx, caKeyID)
+	observe(c.cfg.KeyObserver, KeyOpGet, err)
 	if errors.Is(err, ErrKeyNotFound) {
 		return nil, nil, nil
 	}
@@ -205,7 +211,7 @@ func (c *CA) load(ctx context.Context) (crypto.Signer, *x509.Certificate, error)
 	if !c.reusable(signer, cert) {
 		return nil, nil, nil
 	}
-	return signer, cert, nil
+	return observeSigner(signer, c.cfg.KeyObserver), cert, nil
 }
 
 // reusable reports whether a persisted certificate and key make a CA this

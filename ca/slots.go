@@ -169,9 +169,11 @@ func (m *Manager) restore(ctx context.Context, s Slot) (*slot, error) {
 		return nil, fmt.Errorf("expired at %s", s.NotAfter.UTC().Format(time.RFC3339))
 	}
 	signer, err := m.cfg.CA.KeyManager.GetKey(ctx, s.KeyID)
+	observe(m.cfg.CA.KeyObserver, KeyOpGet, err)
 	if err != nil {
 		return nil, err
 	}
+	signer = observeSigner(signer, m.cfg.CA.KeyObserver)
 	sl := &slot{Slot: s, signer: signer}
 	switch s.Kind {
 	case KindX509:
@@ -346,9 +348,11 @@ func (m *Manager) prepareLocked(ctx context.Context) (Slot, error) {
 		keyID = fmt.Sprintf("jwt-key-%d", seq)
 	}
 	signer, err := m.cfg.CA.KeyManager.GenerateKey(ctx, keyID, m.cfg.CA.KeyType)
+	observe(m.cfg.CA.KeyObserver, KeyOpGenerate, err)
 	if err != nil {
 		return Slot{}, fmt.Errorf("ca: generating %s key: %w", m.cfg.Kind, err)
 	}
+	signer = observeSigner(signer, m.cfg.CA.KeyObserver)
 	now := m.cfg.CA.Clock.Now()
 	sl := &slot{signer: signer, Slot: Slot{Kind: m.cfg.Kind, Seq: seq, KeyID: keyID, State: StatePrepared, PreparedAt: now}}
 	switch m.cfg.Kind {

@@ -15,7 +15,7 @@ import (
 
 // Dedupe key prefixes, one per condition; the subject follows the slash
 // (an agent's SPIFFE ID, "<kind>/<server>", a trust domain name, a
-// member name). A key longer than 256 bytes ends in a hash of the
+// member or server name). A key longer than 256 bytes ends in a hash of the
 // subject instead.
 const (
 	KeySVIDNotRenewed           = "svid_not_renewed/"
@@ -27,6 +27,7 @@ const (
 	KeyClusterMemberUnreachable = "cluster_member_unreachable/"
 	KeyAttestationFailureBurst  = "attestation_failure_burst"
 	KeySigningFailureBurst      = "signing_failure_burst"
+	KeyKeyManagerFailing        = "key_manager_failing/"
 )
 
 // Bounds of an alert made by this package.
@@ -66,6 +67,7 @@ func Evaluate(cfg Config, s Snapshot) []alert.Alert {
 	out = append(out, evalAuthorities(cfg, s)...)
 	out = append(out, evalFederation(cfg, s)...)
 	out = append(out, evalMembers(cfg, s)...)
+	out = append(out, evalKeyManagers(cfg, s)...)
 	if s.Failures.Attestation >= cfg.FailureBurst {
 		out = append(out, burst(cfg, s, KeyAttestationFailureBurst, NameAttestationFailureBurst, "attestation", s.Failures.Attestation))
 	}
@@ -452,6 +454,28 @@ func evalMembers(cfg Config, s Snapshot) []alert.Alert {
 		out = append(out, build(alert.Alert{
 			Key: key(KeyClusterMemberUnreachable, m.Name), Name: NameClusterMemberUnreachable, Severity: alert.Warning,
 			Summary: fmt.Sprintf("cluster member %s (%s) unreachable since %s", m.Name, m.Address, stamp(since)),
+			Source:  s.Source, StartsAt: s.Now,
+		}, kv...))
+	}
+	return out
+}
+
+func evalKeyManagers(cfg Config, s Snapshot) []alert.Alert {
+	var out []alert.Alert
+	for _, sv := range s.Servers {
+		since := sv.KeyManagerFailingSince
+		if since.IsZero() || s.Now.Sub(since) <= cfg.KeyManagerFailingAfter {
+			continue
+		}
+		kv := []string{"server", sv.Name, "since", stamp(since)}
+		if sv.KeyManagerError != "" {
+			kv = append(kv, "last_error", cut(sv.KeyManagerError, MaxErrorLen))
+		}
+		// The summary leaves the error out: a backend whose message
+		// changes from one failure to the next must not re-notify.
+		out = append(out, build(alert.Alert{
+			Key: key(KeyKeyManagerFailing, sv.Name), Name: NameKeyManagerFailing, Severity: alert.Critical,
+			Summary: fmt.Sprintf("key manager of server %s failing since %s: it cannot sign SVIDs or rotate its keys", sv.Name, stamp(since)),
 			Source:  s.Source, StartsAt: s.Now,
 		}, kv...))
 	}

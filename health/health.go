@@ -4,7 +4,8 @@
 // stopped reporting while its SVID is still valid, a CA or JWT key close
 // to expiry with no prepared successor, a federated bundle not refreshed
 // for several refresh hints, a cluster member unreachable, a cluster
-// without a leader, and a burst of attestation or signing failures.
+// without a leader, a server whose key manager fails (an HSM unplugged,
+// a KMS throttling), and a burst of attestation or signing failures.
 //
 // Evaluate is a pure function of a Snapshot and a Config: the server
 // builds the snapshot (the leader gathers every server's reports) and
@@ -30,6 +31,7 @@ const (
 	NameClusterMemberUnreachable = "SigilClusterMemberUnreachable"
 	NameAttestationFailureBurst  = "SigilAttestationFailureBurst"
 	NameSigningFailureBurst      = "SigilSigningFailureBurst"
+	NameKeyManagerFailing        = "SigilKeyManagerFailing"
 )
 
 // Config holds the thresholds of the conditions. The zero value is not
@@ -68,6 +70,11 @@ type Config struct {
 	// FailureWindow, cluster-wide, fire the burst alert of that kind.
 	FailureBurst  uint64
 	FailureWindow time.Duration
+	// KeyManagerFailingAfter: a server whose key manager has failed
+	// every key operation (signature, key generation or load) for longer
+	// fires KeyManagerFailing (critical); its next successful operation
+	// resolves it.
+	KeyManagerFailingAfter time.Duration
 	// MaxIDs bounds how many SPIFFE IDs one alert names in its details
 	// (the count is always given).
 	MaxIDs int
@@ -86,6 +93,7 @@ func DefaultConfig() Config {
 		MemberUnreachableAfter: time.Minute,
 		FailureBurst:           20,
 		FailureWindow:          5 * time.Minute,
+		KeyManagerFailingAfter: 30 * time.Second,
 		MaxIDs:                 20,
 	}
 }
@@ -105,6 +113,7 @@ func (c Config) Validate() error {
 	pos("no_leader_after", c.NoLeaderAfter)
 	pos("member_unreachable_after", c.MemberUnreachableAfter)
 	pos("failure_window", c.FailureWindow)
+	pos("key_manager_failing_after", c.KeyManagerFailingAfter)
 	if c.FederationStaleHints < 1 || c.FederationStaleHints > 1000 {
 		errs = append(errs, fmt.Errorf("federation_stale_hints: must be 1..1000, got %d", c.FederationStaleHints))
 	}
@@ -196,6 +205,17 @@ type Member struct {
 	LastError        string
 }
 
+// Server is one server's key manager state, as the leader gathered it.
+type Server struct {
+	// Name is the server's node name.
+	Name string
+	// KeyManagerFailingSince is when the server's key manager began to
+	// fail (its first failed operation after a success); zero while it
+	// works. KeyManagerError is the last failure's error.
+	KeyManagerFailingSince time.Time
+	KeyManagerError        string
+}
+
 // Failures are cluster-wide failure counts within the failure window.
 type Failures struct {
 	Attestation, Signing uint64
@@ -213,6 +233,8 @@ type Snapshot struct {
 	Authorities []Authority
 	Federation  []FederatedBundle
 	Members     []Member
+	// Servers: one per server the leader reached (itself included).
+	Servers []Server
 	// Failures within Config.FailureWindow before Now (see Window).
 	Failures Failures
 }

@@ -42,6 +42,8 @@ import (
 //	authority KIND SERVER ID state=S expires=T
 //	federation TD last_success=T hint=D created=T [error=S]
 //	member NAME addr=A [unreachable since=T] [error=S]
+//	server NAME [failing since=T] [error=S]
+//	                             a server's key manager state (failing: since T)
 //	observe SERVER instance=I attestation=N signing=N
 //	                             cumulative failure counters of a server, into the Window
 //	window                       print the Window's count now
@@ -157,6 +159,12 @@ func runScenario(t *testing.T, path string) string {
 				m.UnreachableSince = sc.time(kv["since"])
 			}
 			sc.snap.Members = replaceBy(sc.snap.Members, m, func(a health.Member) bool { return a.Name == m.Name })
+		case "server":
+			sv := health.Server{Name: sc.arg(pos, 0), KeyManagerError: kv["error"]}
+			if has(pos, "failing") {
+				sv.KeyManagerFailingSince = sc.time(kv["since"])
+			}
+			sc.snap.Servers = replaceBy(sc.snap.Servers, sv, func(a health.Server) bool { return a.Name == sv.Name })
 		case "observe":
 			sc.win.Observe(sc.now, sc.arg(pos, 0), kv["instance"], health.Failures{Attestation: sc.uint(kv["attestation"]), Signing: sc.uint(kv["signing"])})
 		case "window":
@@ -281,6 +289,8 @@ func (sc *scenario) config(kv map[string]string) {
 			sc.cfg.FailureBurst = sc.uint(v)
 		case "failure_window":
 			sc.cfg.FailureWindow = sc.dur(v)
+		case "key_manager_failing_after":
+			sc.cfg.KeyManagerFailingAfter = sc.dur(v)
 		case "max_ids":
 			sc.cfg.MaxIDs = int(sc.uint(v))
 		default:

@@ -49,6 +49,7 @@ func (s *Server) initCA(ctx context.Context) error {
 	base.CATTL = s.cfg.CATTL
 	base.X509SVIDTTL = s.cfg.X509SVIDTTL
 	base.Clock = s.cfg.Clock
+	base.KeyObserver = s.keys
 	pub := &bundlePublisher{s: s}
 	managers := make(map[ca.SlotKind]*ca.Manager, 2)
 	for _, kind := range []ca.SlotKind{ca.KindX509, ca.KindJWT} {

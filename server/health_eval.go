@@ -261,6 +261,7 @@ func (t *healthTerm) evaluate(ctx context.Context) (alerts []alert.Alert, ok boo
 		Authorities: s.healthAuthorities(),
 		Federation:  s.healthFederation(),
 		Members:     t.members(now, view.Unreachable),
+		Servers:     view.Servers,
 		Failures:    s.eval.window.Count(now),
 	}
 	return s.eval.evaluate(s.cfg.Health, snap), true

@@ -17,7 +17,8 @@ import (
 
 // healthView is the cluster-wide view the leader evaluates: the latest
 // report of each agent across all servers, each server's failure
-// counters, and the members whose reports could not be gathered.
+// counters and key manager state, and the members whose reports could not
+// be gathered.
 type healthView struct {
 	// Reports: one per agent, the most recently received across servers.
 	Reports []health.AgentReport
@@ -25,6 +26,9 @@ type healthView struct {
 	Counters []serverCounters
 	// Unreachable: member name → why its reports could not be gathered.
 	Unreachable map[string]error
+	// Servers: the key manager state of each server, this one included;
+	// a member not reached now is given as at its last answer.
+	Servers []health.Server
 }
 
 // serverCounters are one server process's cumulative failure counters.
@@ -50,6 +54,8 @@ type memberReports struct {
 	generation uint64
 	// reports: the member's agents whose content is known, by agent ID.
 	reports map[string]health.AgentReport
+	// keyManager: the member's key manager state at its last answer.
+	keyManager health.Server
 }
 
 // gatherHealth builds the cluster-wide view: this server's reports and
@@ -74,6 +80,7 @@ func (s *Server) gatherHealth(ctx context.Context) healthView {
 		add(r)
 	}
 	view.Counters = append(view.Counters, serverCounters{Server: s.cfg.NodeName, Instance: s.instance, Failures: s.failures()})
+	view.Servers = append(view.Servers, s.healthServer())
 
 	var members []raftstore.Member
 	if s.cluster != nil {
@@ -86,6 +93,7 @@ func (s *Server) gatherHealth(ctx context.Context) healthView {
 		name     string
 		reports  map[string]health.AgentReport
 		counters *serverCounters
+		keys     *health.Server
 		err      error
 	}
 	s.gather.mu.Lock()
@@ -112,12 +120,12 @@ func (s *Server) gatherHealth(ctx context.Context) healthView {
 			next, counters, err := s.gatherMember(ctx, m, prev)
 			res := result{name: m.ID, counters: counters, err: err}
 			if next != nil {
-				res.reports = next.reports
+				res.reports, res.keys = next.reports, &next.keyManager
 				s.gather.mu.Lock()
 				s.gather.members[m.ID] = next
 				s.gather.mu.Unlock()
 			} else if prev != nil {
-				res.reports = prev.reports
+				res.reports, res.keys = prev.reports, &prev.keyManager
 			}
 			results <- res
 		}(m, cached[m.ID])
@@ -130,6 +138,9 @@ func (s *Server) gatherHealth(ctx context.Context) healthView {
 		}
 		if res.counters != nil {
 			view.Counters = append(view.Counters, *res.counters)
+		}
+		if res.keys != nil && res.keys.Name != "" {
+			view.Servers = append(view.Servers, *res.keys)
 		}
 		for _, r := range res.reports {
 			add(r)
@@ -169,14 +180,16 @@ func (s *Server) gatherMember(ctx context.Context, m raftstore.Member, prev *mem
 	resp, err := clusterpb.NewClusterClient(cc).AgentReports(cctx, &clusterpb.AgentReportsRequest{Since: since})
 	switch {
 	case status.Code(err) == codes.Unimplemented:
-		return &memberReports{reports: map[string]health.AgentReport{}}, &serverCounters{Server: m.ID}, nil
+		return &memberReports{reports: map[string]health.AgentReport{}, keyManager: health.Server{Name: m.ID}}, &serverCounters{Server: m.ID}, nil
 	case err != nil:
 		return nil, nil, fmt.Errorf("server: agent reports from %s: %w", m.Address, err)
 	}
 	if prev == nil || prev.instance != resp.Instance {
 		prev = &memberReports{reports: map[string]health.AgentReport{}}
 	}
-	next := &memberReports{instance: resp.Instance, generation: resp.Generation, reports: make(map[string]health.AgentReport, len(resp.Reports))}
+	next := &memberReports{instance: resp.Instance, generation: resp.Generation, reports: make(map[string]health.AgentReport, len(resp.Reports)),
+		keyManager: health.Server{Name: m.ID, KeyManagerError: cutUTF8(resp.KeyManagerError, maxKeyErrorLen),
+			KeyManagerFailingSince: unixTime(resp.KeyManagerFailingSince)}}
 	for _, hr := range resp.Reports {
 		received := unixTime(hr.ReceivedAt)
 		if hr.Report != nil {

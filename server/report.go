@@ -20,8 +20,8 @@ import (
 // This file holds the agents' rotation reports on the server side: the
 // Node.Report handler, which keeps each agent's merged report in this
 // server's memory (reportstore.go), and the Cluster.AgentReports answer
-// through which the leader gathers every server's reports and failure
-// counters (health_gather.go).
+// through which the leader gathers every server's reports, failure
+// counters and key manager state (health_gather.go).
 
 // Bounds of Config.AgentReportInterval (when not 0).
 const (
@@ -84,5 +84,10 @@ func (s *Server) agentReports(ctx context.Context, req *clusterpb.AgentReportsRe
 	resp := s.reports.list(req.Since)
 	f := s.failures()
 	resp.AttestationFailures, resp.SigningFailures, resp.Instance = f.Attestation, f.Signing, s.instance
+	since, lastErr := s.keys.state()
+	resp.KeyManagerError = lastErr
+	if !since.IsZero() {
+		resp.KeyManagerFailingSince = since.Unix()
+	}
 	return resp, nil
 }

@@ -55,6 +55,7 @@ type Server struct {
 	cluster *cluster.Cluster // nil for a single server without a cluster port
 	metrics *metrics
 	auth    *authorities // see authority.go; read through s.x509CA() and s.jwtSigner()
+	keys    *keyHealth   // see keyhealth.go
 
 	svid atomic.Pointer[tls.Certificate]
 
@@ -109,6 +110,7 @@ func New(cfg Config) (*Server, error) {
 		instance:   newInstanceID(),
 	}
 	s.metrics.registerStateCollector(s)
+	s.keys = newKeyHealth(cfg.Clock, s.metrics.reg, !cfg.DisableMetrics)
 	s.auditSink = cfg.AuditSink
 	if s.auditSink == nil {
 		s.auditSink = audit.NewZap(s.log)

@@ -91,6 +91,7 @@ func TestRulesMatchBuiltinAlerts(t *testing.T) {
 		health.NameSVIDNotRenewed, health.NameSVIDExpiringSoon, health.NameAgentNotReporting,
 		health.NameAuthorityNoSuccessor, health.NameFederatedBundleStale, health.NameClusterNoLeader,
 		health.NameClusterMemberUnreachable, health.NameAttestationFailureBurst, health.NameSigningFailureBurst,
+		health.NameKeyManagerFailing,
 	} {
 		if !names[n] {
 			t.Errorf("sigil-rules.yml has no rule for the built-in alert %s", n)

@@ -717,9 +717,15 @@ type AgentReportsResponse struct {
 	SigningFailures     uint64 `protobuf:"varint,4,opt,name=signing_failures,json=signingFailures,proto3" json:"signing_failures,omitempty"`
 	// instance identifies this server process (changes on restart), so the
 	// caller knows the counters started again.
-	Instance      string `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Instance string `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
+	// key_manager_error is the last error of this server's key manager
+	// (at most 256 bytes) while it fails; empty while it works.
+	KeyManagerError string `protobuf:"bytes,6,opt,name=key_manager_error,json=keyManagerError,proto3" json:"key_manager_error,omitempty"`
+	// key_manager_failing_since is when this server's key manager began to
+	// fail (Unix seconds); 0 while it works.
+	KeyManagerFailingSince int64 `protobuf:"varint,7,opt,name=key_manager_failing_since,json=keyManagerFailingSince,proto3" json:"key_manager_failing_since,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *AgentReportsResponse) Reset() {
@@ -787,6 +793,20 @@ func (x *AgentReportsResponse) GetInstance() string {
 	return ""
 }
 
+func (x *AgentReportsResponse) GetKeyManagerError() string {
+	if x != nil {
+		return x.KeyManagerError
+	}
+	return ""
+}
+
+func (x *AgentReportsResponse) GetKeyManagerFailingSince() int64 {
+	if x != nil {
+		return x.KeyManagerFailingSince
+	}
+	return 0
+}
+
 var File_clusterpb_cluster_proto protoreflect.FileDescriptor
 
 const file_clusterpb_cluster_proto_rawDesc = "" +
@@ -833,7 +853,7 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1f\n" +
 	"\vreceived_at\x18\x02 \x01(\x03R\n" +
 	"receivedAt\x12-\n" +
-	"\x06report\x18\x03 \x01(\v2\x15.sigil.v1.AgentReportR\x06report\"\xe0\x01\n" +
+	"\x06report\x18\x03 \x01(\v2\x15.sigil.v1.AgentReportR\x06report\"\xc7\x02\n" +
 	"\x14AgentReportsResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -841,7 +861,9 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\areports\x18\x02 \x03(\v2\x14.sigil.v1.HeldReportR\areports\x121\n" +
 	"\x14attestation_failures\x18\x03 \x01(\x04R\x13attestationFailures\x12)\n" +
 	"\x10signing_failures\x18\x04 \x01(\x04R\x0fsigningFailures\x12\x1a\n" +
-	"\binstance\x18\x05 \x01(\tR\binstance2\xce\x04\n" +
+	"\binstance\x18\x05 \x01(\tR\binstance\x12*\n" +
+	"\x11key_manager_error\x18\x06 \x01(\tR\x0fkeyManagerError\x129\n" +
+	"\x19key_manager_failing_since\x18\a \x01(\x03R\x16keyManagerFailingSince2\xce\x04\n" +
 	"\aCluster\x12P\n" +
 	"\rJoinChallenge\x12\x1e.sigil.v1.JoinChallengeRequest\x1a\x1f.sigil.v1.JoinChallengeResponse\x125\n" +
 	"\x04Join\x12\x15.sigil.v1.JoinRequest\x1a\x16.sigil.v1.JoinResponse\x128\n" +

@@ -45,6 +45,7 @@ type hclAlerts struct {
 	MemberUnreachableAfter string  `hcl:"member_unreachable_after,optional"`
 	FailureBurst           *uint64 `hcl:"failure_burst,optional"`
 	FailureWindow          string  `hcl:"failure_window,optional"`
+	KeyManagerFailingAfter string  `hcl:"key_manager_failing_after,optional"`
 	MaxIDs                 *int    `hcl:"max_ids,optional"`
 	ReportInterval         string  `hcl:"report_interval,optional"`
 	RepeatInterval         string  `hcl:"repeat_interval,optional"`
@@ -79,6 +80,7 @@ func readAlerts(filename string, sb *hclsyntax.Block, raw *hclAlerts) (*Alerts, 
 		{"no_leader_after", raw.NoLeaderAfter, &h.NoLeaderAfter},
 		{"member_unreachable_after", raw.MemberUnreachableAfter, &h.MemberUnreachableAfter},
 		{"failure_window", raw.FailureWindow, &h.FailureWindow},
+		{"key_manager_failing_after", raw.KeyManagerFailingAfter, &h.KeyManagerFailingAfter},
 		{"report_interval", raw.ReportInterval, &out.ReportInterval},
 		{"repeat_interval", raw.RepeatInterval, &out.RepeatInterval},
 	} {
