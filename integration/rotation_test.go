@@ -227,6 +227,11 @@ func TestOfflineAgent(t *testing.T) {
 	fetches := 0
 	for {
 		fctx, fcancel := context.WithTimeout(ctx, 2*time.Second)
+		// The agent answers at some time after sent: an SVID whose
+		// not-after is past sent was served expired. (Checked against
+		// the time after the answer, an SVID served a millisecond before
+		// its expiry looked expired: a false failure.)
+		sent := time.Now()
 		xc, err := client.FetchX509Context(fctx)
 		fcancel()
 		now := time.Now()
@@ -237,8 +242,8 @@ func TestOfflineAgent(t *testing.T) {
 			break // the cached SVID expired and none can be minted
 		}
 		leaf := xc.DefaultSVID().Certificates[0]
-		if !now.Before(leaf.NotAfter) {
-			t.Fatalf("agent served an expired SVID (not after %v)", leaf.NotAfter)
+		if !sent.Before(leaf.NotAfter) {
+			t.Fatalf("agent served an expired SVID (not after %v, asked at %v)", leaf.NotAfter, sent)
 		}
 		lastNotAfter = leaf.NotAfter
 		fetches++
