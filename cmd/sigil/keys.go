@@ -75,7 +75,7 @@ func runKeys(o keysOptions, verb string, run func([]string, []byte) ([]string, e
 	case o.passphraseFile != "":
 		pass, err = secretfile.Read(o.passphraseFile)
 	case o.passphraseEnv != "":
-		pass, err = disk.ReadPassphraseEnv(o.passphraseEnv)
+		pass, err = secretfile.ReadEnv(o.passphraseEnv)
 	default:
 		return errors.New("keys: -passphrase-file or -passphrase-env is required (a passphrase is never given on the command line)")
 	}

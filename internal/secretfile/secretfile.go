@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"regexp"
 	"strings"
 )
 
@@ -65,4 +66,25 @@ func pathError(path string, err error) error {
 		return fmt.Errorf("%s: %w", path, pe.Err)
 	}
 	return fmt.Errorf("%s: %w", path, err)
+}
+
+// envName is what an environment variable's name may be.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ReadEnv reads the secret in the environment variable name, the other
+// place a secret may come from: an invalid name, an unset or empty
+// variable (after dropping surrounding white space) and a value over
+// MaxSize bytes are errors naming the variable, never showing its value.
+func ReadEnv(name string) (string, error) {
+	if !envName.MatchString(name) {
+		return "", fmt.Errorf("%q is not an environment variable name", name)
+	}
+	v := strings.TrimSpace(os.Getenv(name))
+	switch {
+	case v == "":
+		return "", fmt.Errorf("environment variable %s is not set or empty", name)
+	case len(v) > MaxSize:
+		return "", fmt.Errorf("environment variable %s: longer than %d bytes", name, MaxSize)
+	}
+	return v, nil
 }

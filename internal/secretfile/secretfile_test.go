@@ -54,3 +54,27 @@ func TestRead(t *testing.T) {
 		}
 	}
 }
+
+// TestReadEnv: a secret from the environment is trimmed; an invalid
+// name, an unset, empty or oversized variable are errors naming the
+// variable and never showing the value.
+func TestReadEnv(t *testing.T) {
+	t.Setenv("SECRETFILE_TEST_SECRET", " v \n")
+	if s, err := ReadEnv("SECRETFILE_TEST_SECRET"); err != nil || s != "v" {
+		t.Errorf("set: %q %v", s, err)
+	}
+	t.Setenv("SECRETFILE_TEST_EMPTY", "  ")
+	big := strings.Repeat("s", MaxSize+1)
+	t.Setenv("SECRETFILE_TEST_BIG", big)
+	for name, want := range map[string]string{
+		"SECRETFILE_TEST_UNSET_VARIABLE": "environment variable SECRETFILE_TEST_UNSET_VARIABLE is not set or empty",
+		"SECRETFILE_TEST_EMPTY":          "environment variable SECRETFILE_TEST_EMPTY is not set or empty",
+		"SECRETFILE_TEST_BIG":            "environment variable SECRETFILE_TEST_BIG: longer than 4096 bytes",
+		"A-B":                            `"A-B" is not an environment variable name`,
+		"":                               `"" is not an environment variable name`,
+	} {
+		if _, err := ReadEnv(name); err == nil || err.Error() != want || strings.Contains(err.Error(), big) {
+			t.Errorf("%q: %v, want %q", name, err, want)
+		}
+	}
+}

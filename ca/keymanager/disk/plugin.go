@@ -2,7 +2,6 @@ package disk
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -111,7 +110,7 @@ func passphrase(body hcl.Body, c pluginConfig) (pass, flag string, err error) {
 		}
 		return s, "-passphrase-file " + shellQuote(file), nil
 	case c.PassphraseEnv != nil:
-		s, err := ReadPassphraseEnv(*c.PassphraseEnv)
+		s, err := secretfile.ReadEnv(*c.PassphraseEnv)
 		if err != nil {
 			return "", "", plugin.AttrError(body, "passphrase_env", "%v", err)
 		}
@@ -135,23 +134,6 @@ func CheckPassphrase(p string) error {
 		return fmt.Errorf("the passphrase is %d bytes long; at least %d are needed", len(p), MinPassphraseLen)
 	}
 	return nil
-}
-
-// envName is what an environment variable's name may be.
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// ReadPassphraseEnv returns the passphrase in the environment variable
-// name, refusing an invalid name and an unset or empty variable. Errors
-// name the variable, never its value.
-func ReadPassphraseEnv(name string) (string, error) {
-	if !envName.MatchString(name) {
-		return "", fmt.Errorf("%q is not an environment variable name", name)
-	}
-	v := strings.TrimSpace(os.Getenv(name))
-	if v == "" {
-		return "", fmt.Errorf("environment variable %s is not set or empty", name)
-	}
-	return v, nil
 }
 
 // migrationCommand is the `sigil keys encrypt` command that encrypts the

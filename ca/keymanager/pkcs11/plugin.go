@@ -2,7 +2,6 @@ package pkcs11
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/hashicorp/hcl/v2"
 
@@ -82,9 +81,9 @@ func newPlugin(body hcl.Body, env plugin.Env) (any, error) {
 		if *c.PINEnv == "" {
 			return nil, plugin.AttrError(body, "pin_env", "must not be empty: the name of an environment variable")
 		}
-		pin, ok := os.LookupEnv(*c.PINEnv)
-		if !ok || pin == "" {
-			return nil, plugin.AttrError(body, "pin_env", "the environment variable %s is not set or empty", *c.PINEnv)
+		pin, err := secretfile.ReadEnv(*c.PINEnv)
+		if err != nil {
+			return nil, plugin.AttrError(body, "pin_env", "%v", err)
 		}
 		cfg.PIN = pin
 	}

@@ -12,7 +12,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -89,19 +88,6 @@ func CheckURL(s string) (*url.URL, error) {
 		return nil, errors.New("a fragment in the URL is not allowed")
 	}
 	return u, nil
-}
-
-// ReadSecretEnv reads a secret from the environment variable name; unset
-// or empty is an error naming the variable.
-func ReadSecretEnv(name string) (string, error) {
-	if name == "" {
-		return "", errors.New("empty variable name")
-	}
-	s := strings.TrimSpace(os.Getenv(name))
-	if s == "" {
-		return "", fmt.Errorf("environment variable %s is not set or empty", name)
-	}
-	return s, nil
 }
 
 // NewClient returns an HTTP client that gives up after timeout and follows

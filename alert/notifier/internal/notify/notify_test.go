@@ -81,16 +81,6 @@ func TestPostHonoursContext(t *testing.T) {
 	}
 }
 
-func TestReadSecretEnv(t *testing.T) {
-	t.Setenv("NOTIFY_TEST_SECRET", " v \n")
-	if s, err := ReadSecretEnv("NOTIFY_TEST_SECRET"); err != nil || s != "v" {
-		t.Errorf("env: %q %v", s, err)
-	}
-	if _, err := ReadSecretEnv("NOTIFY_TEST_UNSET_VARIABLE"); err == nil || !strings.Contains(err.Error(), "NOTIFY_TEST_UNSET_VARIABLE is not set") {
-		t.Errorf("unset env: %v", err)
-	}
-}
-
 func TestCheckURLAndCommon(t *testing.T) {
 	for _, ok := range []string{"http://127.0.0.1:9093", "https://am.example.com/prefix/"} {
 		if _, err := CheckURL(ok); err != nil {

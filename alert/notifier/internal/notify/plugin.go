@@ -54,7 +54,7 @@ func PluginSecret(body hcl.Body, fileAttr, envAttr string, file, env *string) (s
 		}
 		return s, nil
 	case env != nil:
-		s, err := ReadSecretEnv(*env)
+		s, err := secretfile.ReadEnv(*env)
 		if err != nil {
 			return "", plugin.AttrError(body, envAttr, "%v", err)
 		}
