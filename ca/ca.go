@@ -73,6 +73,14 @@ type Config struct {
 	// KeyObserver, when not nil, is told the outcome of every key
 	// manager call and signature (see KeyObserver); nil by default.
 	KeyObserver KeyObserver
+	// Upstream, when not nil, signs the CA certificates the slot Manager
+	// prepares (see UpstreamAuthority); nil: self-signed. New (the
+	// single CA without slots) ignores it.
+	Upstream UpstreamAuthority
+	// AllowIntermediates makes self-signed CA certificates allow one
+	// level of intermediate CAs below them (path length 1), for servers
+	// that sign downstream clusters' CAs; false: path length 0.
+	AllowIntermediates bool
 }
 
 // DefaultConfig returns a Config with every default filled in. The trust

@@ -59,6 +59,10 @@ const (
 	// KindAuditSink is an audit.Sink that receives a daemon's audit
 	// events next to its log; a server and an agent take any number.
 	KindAuditSink Kind = "audit_sink"
+	// KindUpstreamAuthority is a server's ca.UpstreamAuthority, which
+	// signs its CA certificates so that they chain to an existing PKI or
+	// an upstream Sigil cluster; a server takes at most one.
+	KindUpstreamAuthority Kind = "upstream_authority"
 )
 
 // Role says which daemon a plugin is built for.
@@ -91,6 +95,7 @@ var kinds = []kindSpec{
 	{KindNodeAttestor, map[Role]rule{RoleServer: {1, many, typeOf[node.Verifier]()}, RoleAgent: {1, 1, typeOf[node.Attestor]()}}},
 	{KindWorkloadAttestor, map[Role]rule{RoleAgent: {1, many, typeOf[workload.Attestor]()}}},
 	{KindKeyManager, map[Role]rule{RoleServer: {1, 1, typeOf[ca.KeyStore]()}}},
+	{KindUpstreamAuthority, map[Role]rule{RoleServer: {0, 1, typeOf[ca.UpstreamAuthority]()}}},
 	{KindNotifier, map[Role]rule{RoleServer: {0, many, typeOf[alert.Notifier]()}}},
 	{KindAuditSink, map[Role]rule{RoleServer: {0, many, typeOf[audit.Sink]()}, RoleAgent: {0, many, typeOf[audit.Sink]()}}},
 }

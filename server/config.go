@@ -64,11 +64,24 @@ type Config struct {
 	// KeyStore keeps this node's CA, JWT and cluster identity keys
 	// (cmd/sigil builds it from the key_manager plugin block, by default
 	// disk under DataDir). Required: there is no default.
-	KeyStore     ca.KeyStore
-	CATTL        time.Duration
-	X509SVIDTTL  time.Duration
-	AgentSVIDTTL time.Duration
-	JoinTokenTTL time.Duration
+	KeyStore ca.KeyStore
+	// UpstreamAuthority, when not nil, signs this server's CA
+	// certificates (cmd/sigil builds it from an upstream_authority plugin
+	// block): they become intermediates under its roots, which the bundle
+	// lists instead of them. Nil: self-signed CA certificates, each a
+	// root of the bundle.
+	UpstreamAuthority ca.UpstreamAuthority
+	// AllowDownstream makes this server sign the CA certificates of
+	// downstream Sigil clusters of its trust domain (the Downstream
+	// service on the node API port, for callers whose SVID is the
+	// spiffe_id of an entry marked downstream). Its own CA certificates,
+	// self-signed, then allow one level of intermediates (path length 1
+	// instead of 0), from the next key on.
+	AllowDownstream bool
+	CATTL           time.Duration
+	X509SVIDTTL     time.Duration
+	AgentSVIDTTL    time.Duration
+	JoinTokenTTL    time.Duration
 	// JWTSVIDTTL is the default lifetime of JWT-SVIDs.
 	JWTSVIDTTL time.Duration
 	// CAPropagationDelay is how long a new CA or JWT key is in the

@@ -66,6 +66,9 @@ func serverPlugins(s *config.Server, cfg *server.Config) error {
 	if ks := plugin.Values[ca.KeyStore](set, plugin.KindKeyManager); len(ks) > 0 {
 		cfg.KeyStore = ks[0]
 	}
+	if ua := plugin.Values[ca.UpstreamAuthority](set, plugin.KindUpstreamAuthority); len(ua) > 0 {
+		cfg.UpstreamAuthority = ua[0]
+	}
 	cfg.Notifiers = plugin.Values[alert.Notifier](set, plugin.KindNotifier)
 	if sinks := plugin.Values[audit.Sink](set, plugin.KindAuditSink); len(sinks) > 0 {
 		// The log keeps its audit records as the server writes them by

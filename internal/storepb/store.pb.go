@@ -57,6 +57,7 @@ type Command struct {
 	//	*Command_RequestFederationRefresh
 	//	*Command_RecordPartnerFetch
 	//	*Command_UpdateAlerts
+	//	*Command_SetUpstreamRoots
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -313,6 +314,15 @@ func (x *Command) GetUpdateAlerts() *UpdateAlerts {
 	return nil
 }
 
+func (x *Command) GetSetUpstreamRoots() *SetUpstreamRoots {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetUpstreamRoots); ok {
+			return x.SetUpstreamRoots
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -409,6 +419,10 @@ type Command_UpdateAlerts struct {
 	UpdateAlerts *UpdateAlerts `protobuf:"bytes,32,opt,name=update_alerts,json=updateAlerts,proto3,oneof"`
 }
 
+type Command_SetUpstreamRoots struct {
+	SetUpstreamRoots *SetUpstreamRoots `protobuf:"bytes,33,opt,name=set_upstream_roots,json=setUpstreamRoots,proto3,oneof"`
+}
+
 func (*Command_CreateEntries) isCommand_Op() {}
 
 func (*Command_UpdateEntries) isCommand_Op() {}
@@ -454,6 +468,8 @@ func (*Command_RequestFederationRefresh) isCommand_Op() {}
 func (*Command_RecordPartnerFetch) isCommand_Op() {}
 
 func (*Command_UpdateAlerts) isCommand_Op() {}
+
+func (*Command_SetUpstreamRoots) isCommand_Op() {}
 
 // CreateEntries adds entries; each must have a new unique id. An entry with
 // the same spiffe_id, parent_id and selectors as an existing one is refused.
@@ -2319,11 +2335,80 @@ func (x *UpdateAlerts) GetResolved() []string {
 	return nil
 }
 
+// SetUpstreamRoots records the roots of the trust domain's upstream
+// authority in its bundle (X509Authority.upstream, no server_id). With
+// replace, the recorded set becomes exactly certificates (the leader
+// mirrors the upstream's current roots, so a root the upstream dropped
+// leaves the bundle); without, certificates are added to it (a server
+// publishes the roots its new CA certificate chains to before the CA is
+// published). Each certificate must parse, be a CA certificate and not be
+// expired at the command time; at most 64 roots are kept, and the set may
+// not become empty while an intermediate authority is in the bundle.
+type SetUpstreamRoots struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Certificates  [][]byte               `protobuf:"bytes,2,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	Replace       bool                   `protobuf:"varint,3,opt,name=replace,proto3" json:"replace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetUpstreamRoots) Reset() {
+	*x = SetUpstreamRoots{}
+	mi := &file_storepb_store_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetUpstreamRoots) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetUpstreamRoots) ProtoMessage() {}
+
+func (x *SetUpstreamRoots) ProtoReflect() protoreflect.Message {
+	mi := &file_storepb_store_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetUpstreamRoots.ProtoReflect.Descriptor instead.
+func (*SetUpstreamRoots) Descriptor() ([]byte, []int) {
+	return file_storepb_store_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SetUpstreamRoots) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *SetUpstreamRoots) GetCertificates() [][]byte {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *SetUpstreamRoots) GetReplace() bool {
+	if x != nil {
+		return x.Replace
+	}
+	return false
+}
+
 var File_storepb_store_proto protoreflect.FileDescriptor
 
 const file_storepb_store_proto_rawDesc = "" +
 	"\n" +
-	"\x13storepb/store.proto\x12\x0esigil.store.v1\x1a\x14sigil/v1/types.proto\"\xd1\x0e\n" +
+	"\x13storepb/store.proto\x12\x0esigil.store.v1\x1a\x14sigil/v1/types.proto\"\xa3\x0f\n" +
 	"\aCommand\x12\x1c\n" +
 	"\ttimestamp\x18\x01 \x01(\x03R\ttimestamp\x12F\n" +
 	"\x0ecreate_entries\x18\n" +
@@ -2352,7 +2437,8 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\x15put_federation_status\x18\x1d \x01(\v2#.sigil.store.v1.PutFederationStatusH\x00R\x13putFederationStatus\x12h\n" +
 	"\x1arequest_federation_refresh\x18\x1e \x01(\v2(.sigil.store.v1.RequestFederationRefreshH\x00R\x18requestFederationRefresh\x12V\n" +
 	"\x14record_partner_fetch\x18\x1f \x01(\v2\".sigil.store.v1.RecordPartnerFetchH\x00R\x12recordPartnerFetch\x12C\n" +
-	"\rupdate_alerts\x18  \x01(\v2\x1c.sigil.store.v1.UpdateAlertsH\x00R\fupdateAlertsB\x04\n" +
+	"\rupdate_alerts\x18  \x01(\v2\x1c.sigil.store.v1.UpdateAlertsH\x00R\fupdateAlerts\x12P\n" +
+	"\x12set_upstream_roots\x18! \x01(\v2 .sigil.store.v1.SetUpstreamRootsH\x00R\x10setUpstreamRootsB\x04\n" +
 	"\x02op\":\n" +
 	"\rCreateEntries\x12)\n" +
 	"\aentries\x18\x01 \x03(\v2\x0f.sigil.v1.EntryR\aentries\":\n" +
@@ -2481,7 +2567,11 @@ const file_storepb_store_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"]\n" +
 	"\fUpdateAlerts\x121\n" +
 	"\x05fired\x18\x01 \x03(\v2\x1b.sigil.store.v1.AlertRecordR\x05fired\x12\x1a\n" +
-	"\bresolved\x18\x02 \x03(\tR\bresolvedB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
+	"\bresolved\x18\x02 \x03(\tR\bresolved\"s\n" +
+	"\x10SetUpstreamRoots\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\"\n" +
+	"\fcertificates\x18\x02 \x03(\fR\fcertificates\x12\x18\n" +
+	"\areplace\x18\x03 \x01(\bR\areplaceB4Z2github.com/sigil-id/sigil/internal/storepb;storepbb\x06proto3"
 
 var (
 	file_storepb_store_proto_rawDescOnce sync.Once
@@ -2495,7 +2585,7 @@ func file_storepb_store_proto_rawDescGZIP() []byte {
 	return file_storepb_store_proto_rawDescData
 }
 
-var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_storepb_store_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_storepb_store_proto_goTypes = []any{
 	(*Command)(nil),                      // 0: sigil.store.v1.Command
 	(*CreateEntries)(nil),                // 1: sigil.store.v1.CreateEntries
@@ -2528,17 +2618,18 @@ var file_storepb_store_proto_goTypes = []any{
 	(*RecordPartnerFetch)(nil),           // 28: sigil.store.v1.RecordPartnerFetch
 	(*AlertRecord)(nil),                  // 29: sigil.store.v1.AlertRecord
 	(*UpdateAlerts)(nil),                 // 30: sigil.store.v1.UpdateAlerts
-	nil,                                  // 31: sigil.store.v1.AlertRecord.DetailsEntry
-	(*v1.Entry)(nil),                     // 32: sigil.v1.Entry
-	(*v1.JoinToken)(nil),                 // 33: sigil.v1.JoinToken
-	(*v1.AttestedNode)(nil),              // 34: sigil.v1.AttestedNode
-	(*v1.X509Authority)(nil),             // 35: sigil.v1.X509Authority
-	(*v1.JWTAuthority)(nil),              // 36: sigil.v1.JWTAuthority
-	(*v1.Status)(nil),                    // 37: sigil.v1.Status
-	(*v1.Bundle)(nil),                    // 38: sigil.v1.Bundle
-	(*v1.FederationRelationship)(nil),    // 39: sigil.v1.FederationRelationship
-	(*v1.FederationStatus)(nil),          // 40: sigil.v1.FederationStatus
-	(*v1.PartnerFetch)(nil),              // 41: sigil.v1.PartnerFetch
+	(*SetUpstreamRoots)(nil),             // 31: sigil.store.v1.SetUpstreamRoots
+	nil,                                  // 32: sigil.store.v1.AlertRecord.DetailsEntry
+	(*v1.Entry)(nil),                     // 33: sigil.v1.Entry
+	(*v1.JoinToken)(nil),                 // 34: sigil.v1.JoinToken
+	(*v1.AttestedNode)(nil),              // 35: sigil.v1.AttestedNode
+	(*v1.X509Authority)(nil),             // 36: sigil.v1.X509Authority
+	(*v1.JWTAuthority)(nil),              // 37: sigil.v1.JWTAuthority
+	(*v1.Status)(nil),                    // 38: sigil.v1.Status
+	(*v1.Bundle)(nil),                    // 39: sigil.v1.Bundle
+	(*v1.FederationRelationship)(nil),    // 40: sigil.v1.FederationRelationship
+	(*v1.FederationStatus)(nil),          // 41: sigil.v1.FederationStatus
+	(*v1.PartnerFetch)(nil),              // 42: sigil.v1.PartnerFetch
 }
 var file_storepb_store_proto_depIdxs = []int32{
 	1,  // 0: sigil.store.v1.Command.create_entries:type_name -> sigil.store.v1.CreateEntries
@@ -2564,38 +2655,39 @@ var file_storepb_store_proto_depIdxs = []int32{
 	27, // 20: sigil.store.v1.Command.request_federation_refresh:type_name -> sigil.store.v1.RequestFederationRefresh
 	28, // 21: sigil.store.v1.Command.record_partner_fetch:type_name -> sigil.store.v1.RecordPartnerFetch
 	30, // 22: sigil.store.v1.Command.update_alerts:type_name -> sigil.store.v1.UpdateAlerts
-	32, // 23: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
-	32, // 24: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
-	33, // 25: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
-	34, // 26: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
-	6,  // 27: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
-	35, // 28: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
-	36, // 29: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
-	37, // 30: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
-	32, // 31: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
-	34, // 32: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
-	33, // 33: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
-	38, // 34: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
-	18, // 35: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
-	19, // 36: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
-	7,  // 37: sigil.store.v1.Snapshot.used_credentials:type_name -> sigil.store.v1.UsedCredential
-	39, // 38: sigil.store.v1.Snapshot.federation_relationships:type_name -> sigil.v1.FederationRelationship
-	40, // 39: sigil.store.v1.Snapshot.federation_statuses:type_name -> sigil.v1.FederationStatus
-	41, // 40: sigil.store.v1.Snapshot.partner_fetches:type_name -> sigil.v1.PartnerFetch
-	29, // 41: sigil.store.v1.Snapshot.alerts:type_name -> sigil.store.v1.AlertRecord
-	39, // 42: sigil.store.v1.PutFederationRelationship.relationship:type_name -> sigil.v1.FederationRelationship
-	38, // 43: sigil.store.v1.PutFederationRelationship.bootstrap_bundle:type_name -> sigil.v1.Bundle
-	38, // 44: sigil.store.v1.SetFederatedBundle.bundle:type_name -> sigil.v1.Bundle
-	40, // 45: sigil.store.v1.SetFederatedBundle.status:type_name -> sigil.v1.FederationStatus
-	40, // 46: sigil.store.v1.PutFederationStatus.status:type_name -> sigil.v1.FederationStatus
-	41, // 47: sigil.store.v1.RecordPartnerFetch.fetch:type_name -> sigil.v1.PartnerFetch
-	31, // 48: sigil.store.v1.AlertRecord.details:type_name -> sigil.store.v1.AlertRecord.DetailsEntry
-	29, // 49: sigil.store.v1.UpdateAlerts.fired:type_name -> sigil.store.v1.AlertRecord
-	50, // [50:50] is the sub-list for method output_type
-	50, // [50:50] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	31, // 23: sigil.store.v1.Command.set_upstream_roots:type_name -> sigil.store.v1.SetUpstreamRoots
+	33, // 24: sigil.store.v1.CreateEntries.entries:type_name -> sigil.v1.Entry
+	33, // 25: sigil.store.v1.UpdateEntries.entries:type_name -> sigil.v1.Entry
+	34, // 26: sigil.store.v1.CreateJoinToken.token:type_name -> sigil.v1.JoinToken
+	35, // 27: sigil.store.v1.AttestNode.node:type_name -> sigil.v1.AttestedNode
+	6,  // 28: sigil.store.v1.AttestNode.consume:type_name -> sigil.store.v1.Credential
+	36, // 29: sigil.store.v1.PutX509Authority.authority:type_name -> sigil.v1.X509Authority
+	37, // 30: sigil.store.v1.PutJWTAuthority.authority:type_name -> sigil.v1.JWTAuthority
+	38, // 31: sigil.store.v1.CommandResult.results:type_name -> sigil.v1.Status
+	33, // 32: sigil.store.v1.Snapshot.entries:type_name -> sigil.v1.Entry
+	35, // 33: sigil.store.v1.Snapshot.nodes:type_name -> sigil.v1.AttestedNode
+	34, // 34: sigil.store.v1.Snapshot.join_tokens:type_name -> sigil.v1.JoinToken
+	39, // 35: sigil.store.v1.Snapshot.bundles:type_name -> sigil.v1.Bundle
+	18, // 36: sigil.store.v1.Snapshot.revoked_authorities:type_name -> sigil.store.v1.RevokedAuthority
+	19, // 37: sigil.store.v1.Snapshot.removed_servers:type_name -> sigil.store.v1.RemovedServer
+	7,  // 38: sigil.store.v1.Snapshot.used_credentials:type_name -> sigil.store.v1.UsedCredential
+	40, // 39: sigil.store.v1.Snapshot.federation_relationships:type_name -> sigil.v1.FederationRelationship
+	41, // 40: sigil.store.v1.Snapshot.federation_statuses:type_name -> sigil.v1.FederationStatus
+	42, // 41: sigil.store.v1.Snapshot.partner_fetches:type_name -> sigil.v1.PartnerFetch
+	29, // 42: sigil.store.v1.Snapshot.alerts:type_name -> sigil.store.v1.AlertRecord
+	40, // 43: sigil.store.v1.PutFederationRelationship.relationship:type_name -> sigil.v1.FederationRelationship
+	39, // 44: sigil.store.v1.PutFederationRelationship.bootstrap_bundle:type_name -> sigil.v1.Bundle
+	39, // 45: sigil.store.v1.SetFederatedBundle.bundle:type_name -> sigil.v1.Bundle
+	41, // 46: sigil.store.v1.SetFederatedBundle.status:type_name -> sigil.v1.FederationStatus
+	41, // 47: sigil.store.v1.PutFederationStatus.status:type_name -> sigil.v1.FederationStatus
+	42, // 48: sigil.store.v1.RecordPartnerFetch.fetch:type_name -> sigil.v1.PartnerFetch
+	32, // 49: sigil.store.v1.AlertRecord.details:type_name -> sigil.store.v1.AlertRecord.DetailsEntry
+	29, // 50: sigil.store.v1.UpdateAlerts.fired:type_name -> sigil.store.v1.AlertRecord
+	51, // [51:51] is the sub-list for method output_type
+	51, // [51:51] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_storepb_store_proto_init() }
@@ -2627,6 +2719,7 @@ func file_storepb_store_proto_init() {
 		(*Command_RequestFederationRefresh)(nil),
 		(*Command_RecordPartnerFetch)(nil),
 		(*Command_UpdateAlerts)(nil),
+		(*Command_SetUpstreamRoots)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2634,7 +2727,7 @@ func file_storepb_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_storepb_store_proto_rawDesc), len(file_storepb_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -417,7 +417,17 @@ type X509Authority struct {
 	// Unix seconds.
 	NotAfter int64 `protobuf:"varint,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	// Tainted authorities must not be relied on for new SVIDs.
-	Tainted       bool `protobuf:"varint,4,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	Tainted bool `protobuf:"varint,4,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	// Intermediate marks a server's CA certificate that an upstream
+	// authority signed. It is carried in the chains of the SVIDs it signs and
+	// kept here for taints and revocations, but it is not a trust anchor:
+	// the bundle that agents, workloads and federated trust domains receive
+	// lists it under Bundle.x509_intermediates, not x509_authorities.
+	Intermediate bool `protobuf:"varint,5,opt,name=intermediate,proto3" json:"intermediate,omitempty"`
+	// Upstream marks a root of the trust domain's upstream authority: a
+	// trust anchor whose key no Sigil server holds (server_id is empty). The
+	// servers' intermediate CA certificates chain to one of them.
+	Upstream      bool `protobuf:"varint,6,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -476,6 +486,20 @@ func (x *X509Authority) GetNotAfter() int64 {
 func (x *X509Authority) GetTainted() bool {
 	if x != nil {
 		return x.Tainted
+	}
+	return false
+}
+
+func (x *X509Authority) GetIntermediate() bool {
+	if x != nil {
+		return x.Intermediate
+	}
+	return false
+}
+
+func (x *X509Authority) GetUpstream() bool {
+	if x != nil {
+		return x.Upstream
 	}
 	return false
 }
@@ -575,6 +599,10 @@ type Bundle struct {
 	// federated bundles. Consumers detect a change of a federated bundle by
 	// this field, since a foreign sequence number may not change.
 	ModifyIndex uint64 `protobuf:"varint,6,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// The servers' CA certificates signed by an upstream authority (see
+	// X509Authority.intermediate): not trust anchors, listed so that agents
+	// see their taints. Empty without an upstream authority.
+	X509Intermediates []*X509Authority `protobuf:"bytes,8,rep,name=x509_intermediates,json=x509Intermediates,proto3" json:"x509_intermediates,omitempty"`
 	// Unix seconds of the row's last change (the command's timestamp); set
 	// by the store on federated bundles.
 	UpdatedAt     int64 `protobuf:"varint,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
@@ -652,6 +680,13 @@ func (x *Bundle) GetModifyIndex() uint64 {
 		return x.ModifyIndex
 	}
 	return 0
+}
+
+func (x *Bundle) GetX509Intermediates() []*X509Authority {
+	if x != nil {
+		return x.X509Intermediates
+	}
+	return nil
 }
 
 func (x *Bundle) GetUpdatedAt() int64 {
@@ -1070,12 +1105,14 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\tJoinToken\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"\x85\x01\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"\xc5\x01\n" +
 	"\rX509Authority\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x1b\n" +
 	"\tserver_id\x18\x02 \x01(\tR\bserverId\x12\x1b\n" +
 	"\tnot_after\x18\x03 \x01(\x03R\bnotAfter\x12\x18\n" +
-	"\atainted\x18\x04 \x01(\bR\atainted\"\x9a\x01\n" +
+	"\atainted\x18\x04 \x01(\bR\atainted\x12\"\n" +
+	"\fintermediate\x18\x05 \x01(\bR\fintermediate\x12\x1a\n" +
+	"\bupstream\x18\x06 \x01(\bR\bupstream\"\x9a\x01\n" +
 	"\fJWTAuthority\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
@@ -1083,14 +1120,15 @@ const file_sigil_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x1b\n" +
 	"\tserver_id\x18\x04 \x01(\tR\bserverId\x12\x18\n" +
-	"\atainted\x18\x05 \x01(\bR\atainted\"\xbe\x02\n" +
+	"\atainted\x18\x05 \x01(\bR\atainted\"\x86\x03\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12B\n" +
 	"\x10x509_authorities\x18\x02 \x03(\v2\x17.sigil.v1.X509AuthorityR\x0fx509Authorities\x12?\n" +
 	"\x0fjwt_authorities\x18\x03 \x03(\v2\x16.sigil.v1.JWTAuthorityR\x0ejwtAuthorities\x12!\n" +
 	"\frefresh_hint\x18\x04 \x01(\x03R\vrefreshHint\x12'\n" +
 	"\x0fsequence_number\x18\x05 \x01(\x04R\x0esequenceNumber\x12!\n" +
-	"\fmodify_index\x18\x06 \x01(\x04R\vmodifyIndex\x12\x1d\n" +
+	"\fmodify_index\x18\x06 \x01(\x04R\vmodifyIndex\x12F\n" +
+	"\x12x509_intermediates\x18\b \x03(\v2\x17.sigil.v1.X509AuthorityR\x11x509Intermediates\x12\x1d\n" +
 	"\n" +
 	"updated_at\x18\a \x01(\x03R\tupdatedAt\"\x96\x02\n" +
 	"\x16FederationRelationship\x12!\n" +
@@ -1157,11 +1195,12 @@ var file_sigil_v1_types_proto_depIdxs = []int32{
 	0, // 1: sigil.v1.AttestedNode.selectors:type_name -> sigil.v1.Selector
 	4, // 2: sigil.v1.Bundle.x509_authorities:type_name -> sigil.v1.X509Authority
 	5, // 3: sigil.v1.Bundle.jwt_authorities:type_name -> sigil.v1.JWTAuthority
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 4: sigil.v1.Bundle.x509_intermediates:type_name -> sigil.v1.X509Authority
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_sigil_v1_types_proto_init() }
