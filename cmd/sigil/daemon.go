@@ -132,6 +132,7 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 		cfg.JoinSecret = os.Getenv("SIGIL_JOIN_SECRET")
 	}
 	cfg.NoBootstrap = s.NoBootstrap
+	cfg.AllowDownstream = s.AllowDownstream
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
 	cfg.Federation = federationConfig(s.Federation)
