@@ -40,9 +40,9 @@ func allowsIntermediates(cert *x509.Certificate) bool {
 // constraints to the trust domain), valid from now-Backdate (not before
 // c's own NotBefore) for req.TTL, cut at c's NotAfter.
 //
-// It returns the new certificate first, then c's certificate (the chain
-// up to and including c's certificate; the caller drops what its bundle
-// holds as trust anchors). It refuses a trust domain other than c's, a CA
+// It returns the new certificate first, then c's chain (Chain: c's
+// certificate and its upstream intermediates; the caller drops what its
+// bundle holds as trust anchors). It refuses a trust domain other than c's, a CA
 // certificate that allows no intermediates (ErrNoIntermediates), an
 // expired CA, and a bad CSR (UpstreamCATemplate's errors).
 func (c *CA) SignDownstreamCA(ctx context.Context, req X509CARequest) ([]*x509.Certificate, error) {
@@ -75,5 +75,5 @@ func (c *CA) SignDownstreamCA(ctx context.Context, req X509CARequest) ([]*x509.C
 	if err != nil {
 		return nil, fmt.Errorf("ca: parsing downstream CA certificate: %w", err)
 	}
-	return []*x509.Certificate{cert, c.cert}, nil
+	return append([]*x509.Certificate{cert}, c.Chain()...), nil
 }

@@ -50,6 +50,8 @@ func (s *Server) initCA(ctx context.Context) error {
 	base.X509SVIDTTL = s.cfg.X509SVIDTTL
 	base.Clock = s.cfg.Clock
 	base.KeyObserver = s.keys
+	base.Upstream = s.cfg.UpstreamAuthority
+	base.AllowIntermediates = s.cfg.AllowDownstream
 	pub := &bundlePublisher{s: s}
 	managers := make(map[ca.SlotKind]*ca.Manager, 2)
 	for _, kind := range []ca.SlotKind{ca.KindX509, ca.KindJWT} {

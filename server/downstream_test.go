@@ -407,3 +407,105 @@ func TestDownstreamTTL(t *testing.T) {
 		t.Error("a negative TTL is accepted")
 	}
 }
+
+// TestDownstreamMintX509CA: the SVID of a workload of an entry marked
+// downstream, over real TLS, gets a CA certificate for its CSR's key
+// that verifies to the bundle's roots, and a leaf the new CA signs
+// verifies through it.
+func TestDownstreamMintX509CA(t *testing.T) {
+	log := &auditLog{}
+	h := startDownstreamServer(t, t.TempDir(), nil, true, log)
+	if !h.srv.x509CA().AllowsIntermediates() {
+		t.Fatal("a server with allow_downstream made a CA that allows no intermediates")
+	}
+	h.createEntryDownstream("spiffe://example.org/down", true)
+	key := newKey(t)
+	start := time.Now()
+	resp, err := h.downstreamClient(h.mintSVID("spiffe://example.org/down")).MintX509CA(context.Background(),
+		&sigilv1.MintX509CARequest{Csr: downstreamCSR(t, key, "spiffe://example.org"), TtlSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.CaChain) != 1 {
+		t.Fatalf("chain of %d certificates: the signer is a root of the bundle and must not be in it", len(resp.CaChain))
+	}
+	chain, err := parseCerts(resp.CaChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := parseCerts(resp.Roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(roots) != len(h.srv.Bundle()) || !containsCert(roots, h.srv.x509CA().Certificate()) {
+		t.Fatalf("%d roots, want the bundle's %d with the signer", len(roots), len(h.srv.Bundle()))
+	}
+	if err := ca.CheckUpstreamResponse(&ca.X509CAResponse{Chain: chain, Roots: roots}, testTD, key.Public(), time.Now()); err != nil {
+		t.Fatalf("the answer fails the downstream server's checks: %v", err)
+	}
+	newCA := chain[0]
+	if d := newCA.NotAfter.Sub(start); d < time.Hour-time.Minute || d > time.Hour+time.Minute {
+		t.Errorf("lifetime %v, want the 1h asked for", d)
+	}
+	if newCA.Subject.CommonName != "Sigil CA down-1" {
+		t.Errorf("subject %v, want the CSR's", newCA.Subject)
+	}
+
+	// A leaf signed by the new CA verifies through it to the bundle.
+	leafTmpl := &x509.Certificate{
+		SerialNumber: newCA.SerialNumber, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		URIs:        []*url.URL{spiffeid.RequireFromString("spiffe://example.org/web").URL()},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	leafKey := newKey(t)
+	der, err := x509.CreateCertificate(rand.Reader, leafTmpl, newCA, leafKey.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	inter := x509.NewCertPool()
+	inter.AddCert(newCA)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: h.pool(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("a leaf of the downstream CA does not verify to the bundle: %v", err)
+	}
+	if log.count("downstream_ca_signed") != 1 {
+		t.Fatal("the signature was not audited")
+	}
+
+	// The entry's x509_svid_ttl bounds the lifetime.
+	h.createEntryDownstreamTTL("spiffe://example.org/short", 600)
+	resp, err = h.downstreamClient(h.mintSVID("spiffe://example.org/short")).MintX509CA(context.Background(),
+		&sigilv1.MintX509CARequest{Csr: downstreamCSR(t, key, "spiffe://example.org")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, _ = parseCerts(resp.CaChain)
+	if d := chain[0].NotAfter.Sub(start); d > 11*time.Minute {
+		t.Errorf("lifetime %v, want the entry's 10m", d)
+	}
+}
+
+func parseCerts(raw [][]byte) ([]*x509.Certificate, error) {
+	out := make([]*x509.Certificate, len(raw))
+	for i, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = c
+	}
+	return out, nil
+}
+
+// createEntryDownstreamTTL creates an entry marked downstream with an
+// x509_svid_ttl.
+func (h *harness) createEntryDownstreamTTL(spiffeID string, ttl int32) {
+	h.t.Helper()
+	e := &sigilv1.Entry{SpiffeId: spiffeID, ParentId: "spiffe://example.org/node/1", Downstream: true, X509SvidTtl: ttl,
+		Selectors: []*sigilv1.Selector{{Type: "unix", Value: "uid:1000"}}}
+	resp, err := h.admin.BatchCreateEntry(context.Background(), &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{e}})
+	if err != nil || resp.Results[0].Status.Code != 0 {
+		h.t.Fatalf("create entry: %v %v", err, resp)
+	}
+}
