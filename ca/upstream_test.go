@@ -339,3 +339,54 @@ func TestUpstreamRetryDelay(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamCATemplate: the template an upstream signs copies the CSR's
+// subject, carries the trust domain ID, signs leaves only within the trust
+// domain, and is cut at the signer's NotAfter; bad requests are refused.
+func TestUpstreamCATemplate(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr := func(uris ...string) []byte {
+		req := &x509.CertificateRequest{Subject: pkix.Name{CommonName: "Sigil CA s1", SerialNumber: "s1"}}
+		for _, u := range uris {
+			req.URIs = append(req.URIs, spiffeid.RequireFromString(u).URL())
+		}
+		der, err := x509.CreateCertificateRequest(rand.Reader, req, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	tmpl, pub, err := ca.UpstreamCATemplate(ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td, TTL: 48 * time.Hour}, now, time.Second, now.Add(24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !key.PublicKey.Equal(pub) || tmpl.Subject.CommonName != "Sigil CA s1" || tmpl.Subject.SerialNumber != "s1" ||
+		!tmpl.IsCA || !tmpl.MaxPathLenZero || len(tmpl.URIs) != 1 || tmpl.URIs[0].String() != "spiffe://example.org" ||
+		len(tmpl.PermittedURIDomains) != 1 || tmpl.PermittedURIDomains[0] != "example.org" || !tmpl.NotAfter.Equal(now.Add(24*time.Hour)) ||
+		tmpl.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign || len(tmpl.SubjectKeyId) != 20 {
+		t.Fatalf("template %+v", tmpl)
+	}
+	bad := csr("spiffe://example.org")
+	bad[len(bad)-1] ^= 1
+	for name, tc := range map[string]struct {
+		req   ca.X509CARequest
+		limit time.Time
+		want  string
+	}{
+		"no URI":         {ca.X509CARequest{CSR: csr(), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"workload URI":   {ca.X509CARequest{CSR: csr("spiffe://example.org/w"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"other domain":   {ca.X509CARequest{CSR: csr("spiffe://other.org"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"two URIs":       {ca.X509CARequest{CSR: csr("spiffe://example.org", "spiffe://example.org/x"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"bad signature":  {ca.X509CARequest{CSR: bad, TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "CSR"},
+		"garbage":        {ca.X509CARequest{CSR: []byte("junk"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "CSR"},
+		"zero TTL":       {ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td}, now.Add(time.Hour), "not positive"},
+		"signer expired": {ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td, TTL: time.Hour}, now, "expires"},
+		"no domain":      {ca.X509CARequest{CSR: csr("spiffe://example.org"), TTL: time.Hour}, now.Add(time.Hour), "no trust domain"},
+	} {
+		if _, _, err := ca.UpstreamCATemplate(tc.req, now, time.Second, tc.limit); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
+		}
+	}
+}
