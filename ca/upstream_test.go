@@ -12,7 +12,6 @@ import (
 	"math/big"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,42 +21,15 @@ import (
 
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/memory"
+	upmemory "github.com/sigil-id/sigil/ca/upstream/memory"
 	"github.com/sigil-id/sigil/clock"
 )
 
-// testUpstream is an upstream authority in memory: a root and,
-// optionally, an intermediate below it that signs. It can be made to
-// fail or to answer wrongly.
-type testUpstream struct {
-	mu     sync.Mutex
-	clk    clock.Clock
-	root   *x509.Certificate
-	inter  *x509.Certificate // nil: the root signs
-	key    crypto.Signer     // of inter, or of root
-	fail   error
-	mangle func(*ca.X509CAResponse)
-	calls  int
-}
-
-func newTestUpstream(t *testing.T, clk clock.Clock, withIntermediate bool) *testUpstream {
+func newTestUpstream(t *testing.T, clk clock.Clock, withIntermediate bool) *upmemory.Authority {
 	t.Helper()
-	now := clk.Now()
-	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	root := selfSignedCA(t, rootKey, "Upstream Root", now.Add(-time.Hour), now.Add(365*24*time.Hour), 2)
-	u := &testUpstream{clk: clk, root: root, key: rootKey}
-	if withIntermediate {
-		ik, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "Upstream Intermediate"},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(180 * 24 * time.Hour),
-			KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true, MaxPathLen: 1,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, root, ik.Public(), rootKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u.inter, _ = x509.ParseCertificate(der)
-		u.key = ik
+	u, err := upmemory.New(clk, upmemory.Options{Intermediate: withIntermediate})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return u
 }
@@ -77,46 +49,6 @@ func selfSignedCA(t *testing.T, key crypto.Signer, cn string, nb, na time.Time, 
 		t.Fatal(err)
 	}
 	return c
-}
-
-func (u *testUpstream) MintX509CA(ctx context.Context, req ca.X509CARequest) (*ca.X509CAResponse, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.calls++
-	if u.fail != nil {
-		return nil, u.fail
-	}
-	parent := u.root
-	if u.inter != nil {
-		parent = u.inter
-	}
-	tmpl, pub, err := ca.UpstreamCATemplate(req, u.clk.Now(), time.Second, parent.NotAfter)
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, u.key)
-	if err != nil {
-		return nil, err
-	}
-	cert, _ := x509.ParseCertificate(der)
-	resp := &ca.X509CAResponse{Chain: []*x509.Certificate{cert}, Roots: []*x509.Certificate{u.root}}
-	if u.inter != nil {
-		resp.Chain = append(resp.Chain, u.inter)
-	}
-	if u.mangle != nil {
-		u.mangle(resp)
-	}
-	return resp, nil
-}
-
-func (u *testUpstream) Roots(context.Context) ([]*x509.Certificate, error) {
-	return []*x509.Certificate{u.root}, nil
-}
-
-func (u *testUpstream) set(fail error, mangle func(*ca.X509CAResponse)) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.fail, u.mangle = fail, mangle
 }
 
 // rootBundle records, in order, what a Manager publishes: upstream roots
@@ -204,7 +136,7 @@ func TestUpstreamSignedCA(t *testing.T) {
 		if len(chain) != 2+len(act.UpstreamChain) {
 			t.Fatalf("SVID chain of %d certificates", len(chain))
 		}
-		bundle := x509bundle.FromX509Authorities(id.TrustDomain(), []*x509.Certificate{u.root})
+		bundle := x509bundle.FromX509Authorities(id.TrustDomain(), []*x509.Certificate{u.Root()})
 		got, _, err := x509svid.Verify(chain, bundle, x509svid.WithTime(clk.Now()))
 		if err != nil || got != id {
 			t.Fatalf("SVID does not verify against the upstream root alone: %v", err)
@@ -250,7 +182,7 @@ func TestUpstreamDownDelaysPreparation(t *testing.T) {
 	}
 	gen := km.generated
 
-	u.set(errors.New("connection refused"), nil)
+	u.SetFailure(errors.New("connection refused"))
 	clk.Set(ca.PrepareAt(act))
 	var delays []time.Duration
 	for range 4 {
@@ -279,7 +211,7 @@ func TestUpstreamDownDelaysPreparation(t *testing.T) {
 		t.Fatalf("a failed preparation left %d slots", len(m.Slots()))
 	}
 
-	u.set(nil, nil)
+	u.SetFailure(nil)
 	evs, _ := m.Tick(ctx)
 	if len(evs) == 0 || evs[0].Action != ca.ActPrepare || evs[0].Err != nil {
 		t.Fatalf("after recovery: %+v", evs)
@@ -303,15 +235,17 @@ func TestUpstreamBadAnswers(t *testing.T) {
 		mangle func(*ca.X509CAResponse)
 		want   string
 	}{
-		"empty chain":    {func(r *ca.X509CAResponse) { r.Chain = nil }, "empty CA chain"},
-		"no roots":       {func(r *ca.X509CAResponse) { r.Roots = nil }, "no roots"},
-		"other root":     {func(r *ca.X509CAResponse) { r.Roots = []*x509.Certificate{otherRoot} }, "does not verify"},
-		"wrong key":      {func(r *ca.X509CAResponse) { r.Chain = []*x509.Certificate{otherRoot} }, "not for the new CA key"},
-		"long chain":     {func(r *ca.X509CAResponse) { r.Chain = append(r.Chain, make([]*x509.Certificate, ca.MaxUpstreamChain)...) }, "at most"},
+		"empty chain": {func(r *ca.X509CAResponse) { r.Chain = nil }, "empty CA chain"},
+		"no roots":    {func(r *ca.X509CAResponse) { r.Roots = nil }, "no roots"},
+		"other root":  {func(r *ca.X509CAResponse) { r.Roots = []*x509.Certificate{otherRoot} }, "does not verify"},
+		"wrong key":   {func(r *ca.X509CAResponse) { r.Chain = []*x509.Certificate{otherRoot} }, "not for the new CA key"},
+		"long chain": {func(r *ca.X509CAResponse) {
+			r.Chain = append(r.Chain, make([]*x509.Certificate, ca.MaxUpstreamChain)...)
+		}, "at most"},
 		"root not a CA": {func(r *ca.X509CAResponse) { r.Roots = []*x509.Certificate{{Raw: []byte{1}}} }, "root 1 is not a CA"},
 	} {
 		u := newTestUpstream(t, clk, false)
-		u.set(nil, tc.mangle)
+		u.SetMangle(tc.mangle)
 		b := &rootBundle{fakeBundle: fakeBundle{entries: map[string]string{}}}
 		m := upstreamManager(t, u, memory.New(), clk, "", b)
 		evs := tick(ctx, m)
@@ -331,16 +265,18 @@ func TestUpstreamBadAnswers(t *testing.T) {
 func TestUpstreamRootExpiredDropsSlot(t *testing.T) {
 	ctx := context.Background()
 	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
-	u := newTestUpstream(t, clk, false)
 	// A root that expires in 2 hours: the CA certificate is cut at it.
-	u.root = selfSignedCA(t, u.key, "Short Root", clk.Now().Add(-time.Hour), clk.Now().Add(2*time.Hour), 1)
+	u, err := upmemory.New(clk, upmemory.Options{RootTTL: 2 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
 	b := &rootBundle{fakeBundle: fakeBundle{entries: map[string]string{}}}
 	state := filepath.Join(t.TempDir(), "slots.json")
 	km := memory.New()
 	m := upstreamManager(t, u, km, clk, state, b)
 	tick(ctx, m)
 	act, ok := m.Active()
-	if !ok || !act.NotAfter.Equal(u.root.NotAfter) {
+	if !ok || !act.NotAfter.Equal(u.Root().NotAfter) {
 		t.Fatalf("CA certificate not cut at the upstream's NotAfter: %+v", act)
 	}
 	clk.Add(3 * time.Hour)
@@ -400,6 +336,57 @@ func TestUpstreamRetryDelay(t *testing.T) {
 	}{{0, 5 * time.Second}, {1, 5 * time.Second}, {2, 10 * time.Second}, {3, 20 * time.Second}, {7, 5 * time.Minute}, {100, 5 * time.Minute}} {
 		if got := ca.UpstreamRetryDelay(5*time.Second, tc.n); got != tc.want {
 			t.Errorf("UpstreamRetryDelay(5s, %d) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}
+
+// TestUpstreamCATemplate: the template an upstream signs copies the CSR's
+// subject, carries the trust domain ID, signs leaves only within the trust
+// domain, and is cut at the signer's NotAfter; bad requests are refused.
+func TestUpstreamCATemplate(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr := func(uris ...string) []byte {
+		req := &x509.CertificateRequest{Subject: pkix.Name{CommonName: "Sigil CA s1", SerialNumber: "s1"}}
+		for _, u := range uris {
+			req.URIs = append(req.URIs, spiffeid.RequireFromString(u).URL())
+		}
+		der, err := x509.CreateCertificateRequest(rand.Reader, req, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	tmpl, pub, err := ca.UpstreamCATemplate(ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td, TTL: 48 * time.Hour}, now, time.Second, now.Add(24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !key.PublicKey.Equal(pub) || tmpl.Subject.CommonName != "Sigil CA s1" || tmpl.Subject.SerialNumber != "s1" ||
+		!tmpl.IsCA || !tmpl.MaxPathLenZero || len(tmpl.URIs) != 1 || tmpl.URIs[0].String() != "spiffe://example.org" ||
+		len(tmpl.PermittedURIDomains) != 1 || tmpl.PermittedURIDomains[0] != "example.org" || !tmpl.NotAfter.Equal(now.Add(24*time.Hour)) ||
+		tmpl.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign || len(tmpl.SubjectKeyId) != 20 {
+		t.Fatalf("template %+v", tmpl)
+	}
+	bad := csr("spiffe://example.org")
+	bad[len(bad)-1] ^= 1
+	for name, tc := range map[string]struct {
+		req   ca.X509CARequest
+		limit time.Time
+		want  string
+	}{
+		"no URI":         {ca.X509CARequest{CSR: csr(), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"workload URI":   {ca.X509CARequest{CSR: csr("spiffe://example.org/w"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"other domain":   {ca.X509CARequest{CSR: csr("spiffe://other.org"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"two URIs":       {ca.X509CARequest{CSR: csr("spiffe://example.org", "spiffe://example.org/x"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"bad signature":  {ca.X509CARequest{CSR: bad, TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "CSR"},
+		"garbage":        {ca.X509CARequest{CSR: []byte("junk"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "CSR"},
+		"zero TTL":       {ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td}, now.Add(time.Hour), "not positive"},
+		"signer expired": {ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td, TTL: time.Hour}, now, "expires"},
+		"no domain":      {ca.X509CARequest{CSR: csr("spiffe://example.org"), TTL: time.Hour}, now.Add(time.Hour), "no trust domain"},
+	} {
+		if _, _, err := ca.UpstreamCATemplate(tc.req, now, time.Second, tc.limit); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
 		}
 	}
 }

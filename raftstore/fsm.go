@@ -523,8 +523,8 @@ func (a *applier) putX509Authority(c *storepb.PutX509Authority) *CommandError {
 		return err
 	}
 	auth := &sigilv1.X509Authority{
-		Certificate: in.Certificate,
-		ServerId:    in.ServerId,
+		Certificate:  in.Certificate,
+		ServerId:     in.ServerId,
 		NotAfter:     notAfter,
 		Tainted:      in.Tainted,
 		Intermediate: in.Intermediate,
