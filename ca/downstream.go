@@ -17,6 +17,11 @@ import (
 // (Config.AllowIntermediates), from the next key on.
 var ErrNoIntermediates = errors.New("ca: the active CA certificate allows no intermediate CAs; set allow_downstream and rotate the CA (sigil authority prepare, activate)")
 
+// ErrIntermediateCA is returned by SignDownstreamCA when c's certificate
+// was itself signed by an upstream authority: it allows no CA below it
+// (nesting is one level deep), and no setting changes that.
+var ErrIntermediateCA = errors.New("ca: the active CA certificate is an intermediate of this cluster's own upstream authority and allows no CA below it: point the downstream cluster at the upstream's cluster instead")
+
 // AllowsIntermediates reports whether a CA certificate signed by c
 // verifies: the basic constraints of c's certificate allow at least one
 // level of CA below it.
@@ -42,8 +47,9 @@ func allowsIntermediates(cert *x509.Certificate) bool {
 //
 // It returns the new certificate first, then c's chain (Chain: c's
 // certificate and its upstream intermediates; the caller drops what its
-// bundle holds as trust anchors). It refuses a trust domain other than c's, a CA
-// certificate that allows no intermediates (ErrNoIntermediates), an
+// bundle holds as trust anchors). It refuses a trust domain other than
+// c's, a CA certificate that allows no intermediates (ErrNoIntermediates,
+// or ErrIntermediateCA for a CA signed by an upstream authority), an
 // expired CA, and a bad CSR (UpstreamCATemplate's errors).
 func (c *CA) SignDownstreamCA(ctx context.Context, req X509CARequest) ([]*x509.Certificate, error) {
 	if err := ctx.Err(); err != nil {
@@ -53,6 +59,9 @@ func (c *CA) SignDownstreamCA(ctx context.Context, req X509CARequest) ([]*x509.C
 		return nil, fmt.Errorf("ca: downstream CA for trust domain %q, this CA is of %q", req.TrustDomain, c.td)
 	}
 	if !c.AllowsIntermediates() {
+		if c.Upstream() {
+			return nil, ErrIntermediateCA
+		}
 		return nil, ErrNoIntermediates
 	}
 	now := c.cfg.Clock.Now()

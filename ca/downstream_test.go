@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/ca/keymanager/memory"
 	"github.com/sigil-id/sigil/clock"
 )
 
@@ -185,5 +186,28 @@ func TestSignDownstreamCAPathLenZero(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "set allow_downstream and rotate the CA") {
 		t.Fatalf("error %q does not name the fix", err)
+	}
+}
+
+// TestSignDownstreamCAChainedRefused: a CA whose certificate an upstream
+// authority signed (path length 0) refuses, saying that nesting is one
+// level deep.
+func TestSignDownstreamCAChainedRefused(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	b := &rootBundle{fakeBundle: fakeBundle{entries: map[string]string{}}}
+	m := upstreamManager(t, newTestUpstream(t, clk, false), memory.New(), clk, filepath.Join(t.TempDir(), "slots.json"), b)
+	for _, ev := range tick(ctx, m) {
+		if ev.Err != nil {
+			t.Fatal(ev.Err)
+		}
+	}
+	c := m.X509CA()
+	if c == nil || !c.Upstream() || c.AllowsIntermediates() {
+		t.Fatal("want an upstream-signed CA that allows no intermediates")
+	}
+	_, err := c.SignDownstreamCA(ctx, ca.X509CARequest{CSR: downstreamCSR(t, genKey(t, "p256"), td.IDString()), TrustDomain: td, TTL: time.Hour})
+	if !errors.Is(err, ca.ErrIntermediateCA) {
+		t.Fatalf("error %v, want ErrIntermediateCA", err)
 	}
 }

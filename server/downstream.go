@@ -124,12 +124,9 @@ func (d *downstreamAPI) MintX509CA(ctx context.Context, req *sigilv1.MintX509CAR
 	if c == nil {
 		return nil, status.Error(codes.Unavailable, "this server has no active CA yet")
 	}
-	if !c.AllowsIntermediates() {
-		return nil, s.refuseDownstream(id, "no_intermediates", nil, status.Error(codes.FailedPrecondition, ca.ErrNoIntermediates.Error()))
-	}
 	chain, err := c.SignDownstreamCA(ctx, caReq)
 	switch {
-	case errors.Is(err, ca.ErrNoIntermediates):
+	case errors.Is(err, ca.ErrNoIntermediates), errors.Is(err, ca.ErrIntermediateCA):
 		return nil, s.refuseDownstream(id, "no_intermediates", nil, status.Error(codes.FailedPrecondition, err.Error()))
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return nil, status.FromContextError(err).Err()
