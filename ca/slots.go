@@ -97,6 +97,7 @@ type Manager struct {
 	// consecutive failures, for the retry backoff.
 	pending          *pendingKey
 	upstreamFailures int
+	upstreamRetryAt  time.Time
 
 	active atomic.Pointer[slot]
 }
@@ -329,11 +330,17 @@ func (m *Manager) Tick(ctx context.Context) (events []Event, next time.Time) {
 			return events, nxt
 		}
 		for _, a := range actions {
+			if a.Kind == ActPrepare && m.upstreamFailures > 0 && now.Before(m.upstreamRetryAt) {
+				// The upstream failed: the schedule waits for the backoff,
+				// however often Tick is called (Prepare does not).
+				return events, m.upstreamRetryAt
+			}
 			ev := m.doLocked(ctx, a)
 			events = append(events, ev)
 			if ev.Err != nil {
 				if errors.Is(ev.Err, ErrUpstream) {
-					return events, now.Add(m.upstreamRetryDelay())
+					m.upstreamRetryAt = now.Add(m.upstreamRetryDelay())
+					return events, m.upstreamRetryAt
 				}
 				return events, now.Add(m.retryDelay())
 			}

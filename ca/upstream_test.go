@@ -192,6 +192,13 @@ func TestUpstreamDownDelaysPreparation(t *testing.T) {
 			t.Fatalf("events %+v", evs)
 		}
 		delays = append(delays, next.Sub(clk.Now()))
+		// Ticks before the retry time (the server's loop wakes on its
+		// own) do not call the upstream.
+		calls := u.Calls()
+		clk.Add(next.Sub(clk.Now()) / 2)
+		if evs, n := m.Tick(ctx); len(evs) != 0 || !n.Equal(next) || u.Calls() != calls {
+			t.Fatalf("a tick within the backoff acted: %+v, next %v (want %v), %d calls", evs, n, next, u.Calls()-calls)
+		}
 		// The active key signs all along.
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if _, err := m.X509CA().SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/w")}); err != nil {
