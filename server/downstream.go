@@ -148,7 +148,7 @@ func (d *downstreamAPI) MintX509CA(ctx context.Context, req *sigilv1.MintX509CAR
 	}
 	s.audit(audit.Event{What: "downstream_ca_signed", Who: id.String(), Subject: id.String(), Message: "downstream CA certificate signed",
 		Fields: []audit.Field{audit.String("caller_id", id.String()), audit.String("serial", chain[0].SerialNumber.Text(16)),
-			audit.Time("not_after", chain[0].NotAfter), audit.String("subject", chain[0].Subject.String())}})
+			audit.Time("not_after", chain[0].NotAfter), audit.String("ca_subject", chain[0].Subject.String())}})
 	return resp, nil
 }
 
