@@ -28,6 +28,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
+	upmemory "github.com/sigil-id/sigil/ca/upstream/memory"
 	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/mtls/mtlstest"
 )
@@ -109,11 +110,15 @@ func (h *harness) downstreamClient(cert *tls.Certificate) sigilv1.DownstreamClie
 	pool := h.pool()
 	tc := &tls.Config{InsecureSkipVerify: true, // verified below, as an SVID of the bundle
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			c, err := x509.ParseCertificate(raw[0])
+			certs, err := parseCerts(raw)
 			if err != nil {
 				return err
 			}
-			_, err = c.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			inter := x509.NewCertPool()
+			for _, c := range certs[1:] {
+				inter.AddCert(c)
+			}
+			_, err = certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 			return err
 		}}
 	if cert != nil {
@@ -472,6 +477,12 @@ func TestDownstreamMintX509CA(t *testing.T) {
 	if log.count("downstream_ca_signed") != 1 {
 		t.Fatal("the signature was not audited")
 	}
+	// The node guard counts the downstream caller's connection (still
+	// open) as authenticated: it is not held to the limits of callers
+	// without an SVID.
+	if n := h.srv.nodeGuard.unauthConnCount(); n != 0 {
+		t.Errorf("%d unauthenticated node API connections, want the downstream caller's counted as authenticated", n)
+	}
 
 	// The entry's x509_svid_ttl bounds the lifetime.
 	h.createEntryDownstreamTTL("spiffe://example.org/short", 600)
@@ -507,5 +518,31 @@ func (h *harness) createEntryDownstreamTTL(spiffeID string, ttl int32) {
 	resp, err := h.admin.BatchCreateEntry(context.Background(), &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{e}})
 	if err != nil || resp.Results[0].Status.Code != 0 {
 		h.t.Fatalf("create entry: %v %v", err, resp)
+	}
+}
+
+// TestDownstreamChainedServerRefuses: a server whose own CA certificate
+// an upstream authority signed refuses to sign below it, even with
+// allow_downstream (nesting is one level deep), saying so.
+func TestDownstreamChainedServerRefuses(t *testing.T) {
+	up, err := upmemory.New(clock.New(), upmemory.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &auditLog{}
+	h := startServerConfig(t, nil, nil, func(c *Config) {
+		c.UpstreamAuthority = up
+		c.AllowDownstream = true
+		c.AuditSink = log
+	})
+	if !h.srv.x509CA().Upstream() {
+		t.Fatal("the server's CA is not signed upstream")
+	}
+	h.createEntryDownstream("spiffe://example.org/down", true)
+	_, err = h.downstreamClient(h.mintSVID("spiffe://example.org/down")).MintX509CA(context.Background(),
+		&sigilv1.MintX509CARequest{Csr: downstreamCSR(t, newKey(t), "spiffe://example.org")})
+	wantStatus(t, err, codes.FailedPrecondition, "intermediate of this cluster's own upstream authority")
+	if log.count("downstream_ca_signed") != 0 || log.count("downstream_ca_refused") != 1 {
+		t.Fatal("something was signed, or the refusal was not audited")
 	}
 }

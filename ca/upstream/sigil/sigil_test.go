@@ -511,3 +511,33 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("defaults: %v, timeout %v", err, c.Timeout)
 	}
 }
+
+// TestServerAddressList: with several upstream addresses, a call goes to
+// one that answers when the first is down.
+func TestServerAddressList(t *testing.T) {
+	u := startUpstream(t)
+	w := u.workloadAPI(u.svid("spiffe://example.org/downstream/server", true))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	cfg := DefaultConfig()
+	cfg.TrustDomain = td
+	cfg.ServerAddresses = []string{closed, u.srv.NodeAddr().String()}
+	cfg.WorkloadAPISocket = w.Path()
+	up, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	key := newKey(t)
+	resp, err := up.MintX509CA(context.Background(), ca.X509CARequest{CSR: csrFor(t, key, td.IDString()), TrustDomain: td, TTL: time.Hour})
+	if err != nil {
+		t.Fatalf("with the first address down: %v", err)
+	}
+	if !key.PublicKey.Equal(resp.Chain[0].PublicKey) {
+		t.Fatal("the CA certificate is not for the CSR's key")
+	}
+}
