@@ -238,12 +238,15 @@ func (s *Server) downstreamEntries(id spiffeid.ID) ([]*sigilv1.Entry, error) {
 	return out, nil
 }
 
-// isDownstreamSVID reports whether certs are a valid X.509-SVID of a
-// downstream workload now, on a server with AllowDownstream: for the node
-// guard, which lifts the limits of unauthenticated connections for them.
-func (s *Server) isDownstreamSVID(certs []*x509.Certificate) bool {
+// verifiedCaller reports whether certs are a valid agent SVID now, or,
+// on a server with AllowDownstream, a valid SVID of a downstream workload:
+// the node guard's test of an authenticated connection, which lifts the
+// limits of connections without an SVID. Whether the agent is attested
+// and not banned, or the workload still downstream, is checked on each
+// call.
+func (s *Server) verifiedCaller(certs []*x509.Certificate) bool {
 	if !s.cfg.AllowDownstream {
-		return false
+		return s.verifiedAgent(certs)
 	}
 	bundle, err := s.currentBundle()
 	if err != nil {
@@ -253,15 +256,11 @@ func (s *Server) isDownstreamSVID(certs []*x509.Certificate) bool {
 	if err != nil {
 		return false
 	}
+	if registration.IsAgentID(id) {
+		return true
+	}
 	_, err = s.downstreamEntries(id)
 	return err == nil
-}
-
-// verifiedCaller reports whether certs are a valid agent SVID, or a
-// downstream workload's SVID on a server with AllowDownstream: the node
-// guard's test of an authenticated connection.
-func (s *Server) verifiedCaller(certs []*x509.Certificate) bool {
-	return s.verifiedAgent(certs) || s.isDownstreamSVID(certs)
 }
 
 // refuseDownstream records a refused Downstream call: a

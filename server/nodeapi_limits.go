@@ -138,7 +138,8 @@ type nodeGuard struct {
 	clk clock.Clock
 	log *zap.Logger
 	// isAgent reports whether a handshake's peer certificates are a
-	// valid agent SVID of the trust domain.
+	// valid agent SVID of the trust domain (or a downstream workload's
+	// SVID: see downstream.go).
 	isAgent func([]*x509.Certificate) bool
 	// refuse returns the error for a call of method other than an
 	// attestation on a connection without a valid agent SVID.
