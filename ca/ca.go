@@ -81,6 +81,12 @@ type Config struct {
 	// level of intermediate CAs below them (path length 1), for servers
 	// that sign downstream clusters' CAs; false: path length 0.
 	AllowIntermediates bool
+	// X509SVIDTemplate and CATemplate, when not nil, are the operator's
+	// certificate templates for X.509-SVIDs and for this server's CA
+	// certificates (see template.go); nil: Sigil's certificates as they
+	// are, at no cost.
+	X509SVIDTemplate *X509SVIDTemplate
+	CATemplate       *CATemplate
 }
 
 // DefaultConfig returns a Config with every default filled in. The trust
@@ -280,6 +286,10 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 		ExcludedIPRanges:            []*net.IPNet{{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, {IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
 		URIs:                        []*url.URL{tdURI},
 		SubjectKeyId:                ski,
+	}
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.CATemplate.apply(tmpl, c.td, c.cfg.ServerID); err != nil {
+		return nil, err
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {
