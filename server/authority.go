@@ -50,6 +50,7 @@ func (s *Server) initCA(ctx context.Context) error {
 	base.X509SVIDTTL = s.cfg.X509SVIDTTL
 	base.Clock = s.cfg.Clock
 	base.KeyObserver = s.keys
+	base.X509SVIDTemplate, base.CATemplate = s.cfg.X509SVIDTemplate, s.cfg.CATemplate
 	pub := &bundlePublisher{s: s}
 	managers := make(map[ca.SlotKind]*ca.Manager, 2)
 	for _, kind := range []ca.SlotKind{ca.KindX509, ca.KindJWT} {
