@@ -51,7 +51,11 @@ const (
 
 // Representative data a template is rendered with when it is parsed.
 var (
-	sampleSVIDID   = spiffeid.RequireFromString("spiffe://example.org/ns/default/sa/workload")
+	sampleSVIDID = spiffeid.RequireFromString("spiffe://example.org/ns/default/sa/workload")
+	// The template also applies to agents' and servers' SVIDs, which
+	// have neither DNS names nor an entry.
+	sampleAgentID  = spiffeid.RequireFromString("spiffe://example.org/sigil/agent/join_token/00000000-0000-4000-8000-000000000000")
+	sampleServerID = spiffeid.RequireFromString("spiffe://example.org/sigil/server/server-1")
 	sampleDNSNames = []string{"workload.example.org"}
 	sampleEntryID  = "00000000-0000-4000-8000-000000000000"
 	sampleTD       = spiffeid.RequireTrustDomainFromString("example.org")
@@ -91,9 +95,11 @@ type X509SVIDTemplate struct {
 }
 
 // ParseX509SVIDTemplate parses and validates an X.509-SVID template: it
-// renders it with representative data (a SPIFFE ID, a DNS name, an
-// entry ID), checks what it sets, and signs a trial certificate with a
-// throwaway key to check the result against the X.509-SVID rules.
+// renders it with representative data (a workload's SPIFFE ID, a DNS
+// name, an entry ID), checks what it sets, and signs a trial certificate
+// with a throwaway key to check the result against the X.509-SVID rules;
+// it also renders and checks it for an agent's and a server's SVID (IDs
+// under /sigil/agent/ and /sigil/server/, no DNS name, no entry).
 func ParseX509SVIDTemplate(text string) (*X509SVIDTemplate, error) {
 	t, err := parseCertTemplate("X.509-SVID template", text)
 	if err != nil {
@@ -106,6 +112,11 @@ func ParseX509SVIDTemplate(text string) (*X509SVIDTemplate, error) {
 	}
 	if err := trialSVID(ov); err != nil {
 		return nil, fmt.Errorf("ca: %s: %w", t.kind, err)
+	}
+	for _, id := range []spiffeid.ID{sampleAgentID, sampleServerID} {
+		if _, err := x.render(id, nil, ""); err != nil {
+			return nil, fmt.Errorf("%w (rendering for an SVID like %s)", err, id)
+		}
 	}
 	if !t.usesData {
 		x.static = ov

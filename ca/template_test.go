@@ -69,6 +69,7 @@ func TestParseX509SVIDTemplateRefuses(t *testing.T) {
 		{"critical extension", `{"extensions": [{"id": "1.3.6.1.4.1.55555.7.2", "critical": true, "value": "BQA="}]}`, "as critical"},
 		{"duplicate extension", `{"extensions": [{"id": "1.3.6.1.4.1.55555.7.2", "value": "BQA="}, {"id": "1.3.6.1.4.1.55555.7.2", "value": "BQA="}]}`, "twice"},
 		{"too large", `{"subject": "` + strings.Repeat("a", ca.MaxTemplateSize) + `"}`, "too large"},
+		{"fails for a server's SVID", `{"subject": {{ index .PathSegments 3 | toJson }} }`, "rendering for an SVID like spiffe://example.org/sigil/server/server-1"},
 		{"renders too much", `{"subject": {{ repeat 70000 "a" | quote }} }`, "renders more than"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -118,10 +119,10 @@ func TestParseCATemplateRefuses(t *testing.T) {
 const svidTemplate = `{
 	"subject": {
 		"organization": {{ index .PathSegments 1 | toJson }},
-		"organizationalUnit": [{{ index .PathSegments 3 | toJson }}, "sigil"],
+		"organizationalUnit": [{{ last .PathSegments | toJson }}, "sigil"],
 		"commonName": {{ toJson .Subject.CommonName }}
 	},
-	"dnsNames": [{{ printf "%s.svc.example.org" (index .PathSegments 3) | toJson }}],
+	"dnsNames": [{{ printf "%s.svc.example.org" (last .PathSegments) | toJson }}],
 	"keyUsage": ["digitalSignature", "keyAgreement"],
 	"policyIdentifiers": ["1.3.6.1.4.1.55555.7.1"],
 	"extensions": [{"id": "1.3.6.1.4.1.55555.7.2", "value": {{ asn1Enc (printf "utf8:%s" .EntryID) | toJson }} }]
