@@ -349,3 +349,32 @@ func findExtension(exts []pkix.Extension, oid asn1.ObjectIdentifier) *pkix.Exten
 	}
 	return nil
 }
+
+// TestX509SVIDTemplateConcurrent: one parsed template renders for many
+// SVIDs at once (run with -race).
+func TestX509SVIDTemplateConcurrent(t *testing.T) {
+	x, err := ca.ParseX509SVIDTemplate(svidTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, clock.NewFake(start))
+	cfg.X509SVIDTemplate = x
+	c := newCA(t, cfg)
+	pub := genKey(t, "p256").Public()
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			id := spiffeid.RequireFromPath(td, fmt.Sprintf("/ns/n%d/sa/s%d", i, i))
+			chain, err := c.SignX509SVID(context.Background(), ca.X509SVIDParams{PublicKey: pub, SPIFFEID: id, EntryID: fmt.Sprint(i)})
+			if err == nil && fmt.Sprint(chain[0].Subject.Organization) != fmt.Sprintf("[n%d]", i) {
+				err = fmt.Errorf("%s: subject %s", id, chain[0].Subject)
+			}
+			errs <- err
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
