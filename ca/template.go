@@ -495,6 +495,9 @@ var controlledExtensions = map[string]string{
 	"2.5.29.37": "extKeyUsage",
 }
 
+// oidSerialNumber is the subject attribute serialNumber (X.520).
+var oidSerialNumber = asn1.ObjectIdentifier{2, 5, 4, 5}
+
 // commonOverlay checks the fields both kinds of template refuse and fills
 // in the overlay fields both allow.
 func commonOverlay(c *x509util.Certificate) (*overlay, error) {
@@ -525,7 +528,7 @@ func commonOverlay(c *x509util.Certificate) (*overlay, error) {
 		issuingURL: c.IssuingCertificateURL,
 		crlDP:      c.CRLDistributionPoints,
 	}
-	if !c.Subject.IsEmpty() {
+	if !subjectEmpty(c.Subject) {
 		var scratch x509.Certificate
 		c.Subject.Set(&scratch)
 		ov.subject = &scratch.Subject
@@ -624,6 +627,13 @@ func caOverlay(c *x509util.Certificate) (*overlay, error) {
 		return nil, errors.New("sets basicConstraints.maxPathLen: the path length is Sigil's (0, or 1 with intermediates allowed)")
 	case len(c.ExtKeyUsage) > 0:
 		return nil, errors.New("sets an extended key usage on the CA: it would restrict what the SVIDs it signs may be used for")
+	}
+	if ov.subject != nil {
+		for _, atv := range ov.subject.ExtraNames {
+			if atv.Type.Equal(oidSerialNumber) {
+				return nil, errors.New("sets the subject's serialNumber in extraNames: a CA's subject serialNumber is the node name, which Sigil sets")
+			}
+		}
 	}
 	const allowed = x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature
 	if extra := ov.keyUsage &^ allowed; extra != 0 {
@@ -837,6 +847,13 @@ func trialCATemplate(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
 		URIs:                        []*url.URL{sampleTD.ID().URL()},
 		SubjectKeyId:                ski,
 	}, nil
+}
+
+// subjectEmpty reports whether a template's subject has no attribute
+// (x509util's Subject.IsEmpty, without encoding it).
+func subjectEmpty(s x509util.Subject) bool {
+	return len(s.Country)+len(s.Organization)+len(s.OrganizationalUnit)+len(s.Locality)+len(s.Province)+
+		len(s.StreetAddress)+len(s.PostalCode)+len(s.SerialNumber)+len(s.CommonName)+len(s.ExtraNames) == 0
 }
 
 func printableASCII(s string) bool {

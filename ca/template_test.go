@@ -103,6 +103,7 @@ func TestParseCATemplateRefuses(t *testing.T) {
 		{"SKI extension", `{"extensions": [{"id": "2.5.29.14", "value": "BAA="}]}`, "(subjectKeyIdentifier)"},
 		{"critical extension", `{"extensions": [{"id": "1.2.3.4", "critical": true, "value": "BQA="}]}`, "as critical"},
 		{"validity", `{"notBefore": "2020-01-01T00:00:00Z"}`, "validity"},
+		{"serialNumber in extraNames", `{"subject": {"commonName": "CA", "extraNames": [{"type": "2.5.4.5", "value": "other"}]}}`, "node name"},
 		{"does not parse", `{{ if }}`, "parsing"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
