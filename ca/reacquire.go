@@ -163,11 +163,10 @@ func (r *reacquiringSigner) reacquire(st *signerState, rand io.Reader, digest []
 	ctx, cancel := context.WithTimeout(context.Background(), reacquireTimeout)
 	s, err := r.km.GetKey(ctx, r.keyID)
 	cancel()
-	observe(r.obs, KeyOpGet, err)
 	if err == nil && !samePublicKey(s.Public(), r.pub) {
 		err = fmt.Errorf("the key manager returned another key (a different public key) for %q: refused", r.keyID)
-		observe(r.obs, KeyOpGet, err)
 	}
+	observe(r.obs, KeyOpGet, err)
 	if err != nil {
 		return nil, r.retryLater(st.signer, st, err)
 	}
