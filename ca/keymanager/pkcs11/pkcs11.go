@@ -153,11 +153,25 @@ func (c *Config) Validate() error {
 // Store is the pkcs11 key manager as a server opens it (ca.KeyStore): one
 // token, opened on the first OpenKeyManager and shared by both scopes,
 // until Close. It is safe for concurrent use.
+//
+// Recovery: once an operation on the token failed (a signature, a key
+// generation: the token was unplugged, its files moved away), the next
+// GetKey, GenerateKey or DeleteKey re-opens the token (logs out, unloads
+// the module, loads it again and logs in) before its lookup, since a
+// PKCS#11 module does not find a token that came back in a session it
+// opened before; the signers obtained until then fail from then on and
+// must be obtained again with GetKey (the CA does so with backoff).
 type Store struct {
 	cfg Config
 
-	mu     sync.Mutex
-	kms    *steppkcs11.PKCS11 // nil until opened
+	mu  sync.Mutex
+	kms *steppkcs11.PKCS11 // nil until opened
+	// gen counts the openings of the token: signers and cached keys of
+	// an older opening are stale.
+	gen uint64
+	// failed is set when an operation on kms failed: the next open
+	// re-opens the token.
+	failed bool
 	closed atomic.Bool
 }
 
@@ -210,24 +224,33 @@ func (s *Store) OpenKeyManager(_ context.Context, scope ca.KeyScope) (ca.KeyMana
 	default:
 		return nil, fmt.Errorf("pkcs11: unknown key scope %q", scope)
 	}
-	if _, err := s.open(); err != nil {
+	if _, _, err := s.open(); err != nil {
 		return nil, err
 	}
 	return &KeyManager{store: s, scope: scope, cache: map[string]*signer{}}, nil
 }
 
-// open returns the token's KMS, opening it the first time.
-func (s *Store) open() (*steppkcs11.PKCS11, error) {
+// open returns the token's KMS and the number of its opening, opening it
+// the first time, and again after an operation on it failed (see Store).
+func (s *Store) open() (*steppkcs11.PKCS11, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
-		return nil, fmt.Errorf("pkcs11: %w", errClosed)
+		return nil, 0, fmt.Errorf("pkcs11: %w", errClosed)
+	}
+	if s.kms != nil && !s.failed {
+		return s.kms, s.gen, nil
 	}
 	if s.kms != nil {
-		return s.kms, nil
+		// Close waits for the signatures in progress and, this store
+		// being the module's last user in the process, finalizes the
+		// module, so that opening it again finds the token anew. Its
+		// error (a token gone) does not matter: the context is dropped.
+		_ = s.kms.Close()
+		s.kms, s.failed = nil, false
 	}
 	if err := checkModule(s.cfg.Module); err != nil {
-		return nil, fmt.Errorf("pkcs11: module %w", err)
+		return nil, 0, fmt.Errorf("pkcs11: module %w", err)
 	}
 	v := url.Values{"module-path": {s.cfg.Module}}
 	if s.cfg.Slot != nil {
@@ -242,10 +265,21 @@ func (s *Store) open() (*steppkcs11.PKCS11, error) {
 		Pin:  s.cfg.PIN,
 	})
 	if err != nil {
-		return nil, s.openError(err)
+		return nil, 0, s.openError(err)
 	}
 	s.kms = k
-	return k, nil
+	s.gen++
+	return k, s.gen, nil
+}
+
+// fail records that an operation on the token's opening gen failed: the
+// next open re-opens the token.
+func (s *Store) fail(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == gen && s.kms != nil {
+		s.failed = true
+	}
 }
 
 // openError turns a failure to open the token into a clear error.
@@ -330,7 +364,7 @@ func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	k, err := m.store.open()
+	k, gen, err := m.store.open()
 	if err != nil {
 		return nil, err
 	}
@@ -348,12 +382,14 @@ func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) 
 	defer m.mu.Unlock()
 	delete(m.cache, id)
 	if err := deleteKey(k, u); err != nil {
+		m.store.fail(gen)
 		return nil, m.store.opError(fmt.Sprintf("replace key %q (label %q)", id, label), err)
 	}
 	if _, err := k.CreateKey(req); err != nil {
+		m.store.fail(gen)
 		return nil, m.store.opError(fmt.Sprintf("generate %s key %q (label %q)", kt, id, label), err)
 	}
-	s, err := m.find(k, id, u, label)
+	s, err := m.find(k, gen, id, u, label)
 	if err != nil {
 		return nil, err
 	}
@@ -388,29 +424,30 @@ func (m *KeyManager) GetKey(ctx context.Context, id string) (crypto.Signer, erro
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	k, err := m.store.open()
+	k, gen, err := m.store.open()
 	if err != nil {
 		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s, ok := m.cache[id]; ok {
+	if s, ok := m.cache[id]; ok && s.gen == gen {
 		return s, nil
 	}
-	return m.find(k, id, u, label)
+	return m.find(k, gen, id, u, label)
 }
 
-// find looks the key pair up in the token and caches its signer; m.mu is
-// held.
-func (m *KeyManager) find(k *steppkcs11.PKCS11, id, u, label string) (*signer, error) {
+// find looks the key pair up in the token's opening gen and caches its
+// signer; m.mu is held.
+func (m *KeyManager) find(k *steppkcs11.PKCS11, gen uint64, id, u, label string) (*signer, error) {
 	cs, err := k.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: u})
 	if errors.Is(err, apiv1.NotFoundError{}) {
 		return nil, fmt.Errorf("pkcs11: key %q (label %q) is not in token %s: %w", id, label, m.store.cfg.token(), ca.ErrKeyNotFound)
 	}
 	if err != nil {
+		m.store.fail(gen)
 		return nil, m.store.opError(fmt.Sprintf("get key %q (label %q)", id, label), err)
 	}
-	s := &signer{store: m.store, km: m, id: id, key: cs, pub: cs.Public()}
+	s := &signer{store: m.store, km: m, gen: gen, id: id, key: cs, pub: cs.Public()}
 	m.cache[id] = s
 	return s, nil
 }
@@ -425,7 +462,7 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	k, err := m.store.open()
+	k, gen, err := m.store.open()
 	if err != nil {
 		return err
 	}
@@ -433,6 +470,7 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	defer m.mu.Unlock()
 	delete(m.cache, id)
 	if err := deleteKey(k, u); err != nil {
+		m.store.fail(gen)
 		return m.store.opError(fmt.Sprintf("delete key %q (label %q)", id, label), err)
 	}
 	return nil
@@ -479,6 +517,7 @@ func (e *tokenError) Unwrap() error { return e.err }
 type signer struct {
 	store *Store
 	km    *KeyManager
+	gen   uint64 // the opening of the token key belongs to
 	id    string
 	key   crypto.Signer
 	pub   crypto.PublicKey
@@ -494,9 +533,10 @@ func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	}
 	sig, err := s.key.Sign(rand, digest, opts)
 	if err != nil {
-		// The next GetKey looks the key up in the token again (its
-		// handle may be stale after the token came back).
+		// The next GetKey re-opens the token and looks the key up
+		// again (its handle is stale after the token came back).
 		s.km.forget(s)
+		s.store.fail(s.gen)
 		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), err)
 	}
 	return sig, nil
