@@ -159,16 +159,18 @@ func (c *Config) Validate() error {
 // GetKey, GenerateKey or DeleteKey re-opens the token (logs out, unloads
 // the module, loads it again and logs in) before its lookup, since a
 // PKCS#11 module does not find a token that came back in a session it
-// opened before; the signers obtained until then fail from then on and
-// must be obtained again with GetKey (the CA does so with backoff).
+// opened before. Signers obtained before a re-opening look their key up
+// again in the new opening on their next signature (it must have the same
+// public key), so every key held recovers once one GetKey re-opened the
+// token (the CA calls GetKey after a failure, with backoff).
 type Store struct {
 	cfg Config
 
 	mu  sync.Mutex
 	kms *steppkcs11.PKCS11 // nil until opened
-	// gen counts the openings of the token: signers and cached keys of
-	// an older opening are stale.
-	gen uint64
+	// gen counts the openings of the token (written under mu): the
+	// handles of signers of an older opening are stale.
+	gen atomic.Uint64
 	// failed is set when an operation on kms failed: the next open
 	// re-opens the token.
 	failed bool
@@ -239,7 +241,7 @@ func (s *Store) open() (*steppkcs11.PKCS11, uint64, error) {
 		return nil, 0, fmt.Errorf("pkcs11: %w", errClosed)
 	}
 	if s.kms != nil && !s.failed {
-		return s.kms, s.gen, nil
+		return s.kms, s.gen.Load(), nil
 	}
 	if s.kms != nil {
 		// Close waits for the signatures in progress and, this store
@@ -268,8 +270,7 @@ func (s *Store) open() (*steppkcs11.PKCS11, uint64, error) {
 		return nil, 0, s.openError(err)
 	}
 	s.kms = k
-	s.gen++
-	return k, s.gen, nil
+	return k, s.gen.Add(1), nil
 }
 
 // fail records that an operation on the token's opening gen failed: the
@@ -277,7 +278,7 @@ func (s *Store) open() (*steppkcs11.PKCS11, uint64, error) {
 func (s *Store) fail(gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.gen == gen && s.kms != nil {
+	if s.gen.Load() == gen && s.kms != nil {
 		s.failed = true
 	}
 }
@@ -430,7 +431,7 @@ func (m *KeyManager) GetKey(ctx context.Context, id string) (crypto.Signer, erro
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s, ok := m.cache[id]; ok && s.gen == gen {
+	if s, ok := m.cache[id]; ok && s.h.Load().gen == gen {
 		return s, nil
 	}
 	return m.find(k, gen, id, u, label)
@@ -447,7 +448,8 @@ func (m *KeyManager) find(k *steppkcs11.PKCS11, gen uint64, id, u, label string)
 		m.store.fail(gen)
 		return nil, m.store.opError(fmt.Sprintf("get key %q (label %q)", id, label), err)
 	}
-	s := &signer{store: m.store, km: m, gen: gen, id: id, key: cs, pub: cs.Public()}
+	s := &signer{store: m.store, km: m, id: id, u: u, label: label, pub: cs.Public()}
+	s.h.Store(&handle{gen: gen, key: cs})
 	m.cache[id] = s
 	return s, nil
 }
@@ -513,14 +515,21 @@ func (e *tokenError) Error() string {
 func (e *tokenError) Unwrap() error { return e.err }
 
 // signer is a key in the token as a crypto.Signer: it signs in the token
-// and fails clearly once the store is closed.
+// and fails clearly once the store is closed. After the token was
+// re-opened it looks its key up again (see Store).
 type signer struct {
-	store *Store
-	km    *KeyManager
-	gen   uint64 // the opening of the token key belongs to
-	id    string
-	key   crypto.Signer
-	pub   crypto.PublicKey
+	store    *Store
+	km       *KeyManager
+	id       string
+	u, label string // the key's step URI and label
+	pub      crypto.PublicKey
+	h        atomic.Pointer[handle]
+}
+
+// handle is a signer's key in one opening of the token.
+type handle struct {
+	gen uint64
+	key crypto.Signer
 }
 
 // Public returns the key's public half (read from the token once).
@@ -531,15 +540,52 @@ func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	if s.store.closed.Load() {
 		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), errClosed)
 	}
-	sig, err := s.key.Sign(rand, digest, opts)
+	h := s.h.Load()
+	if h.gen != s.store.gen.Load() {
+		var err error
+		if h, err = s.km.refresh(s); err != nil {
+			return nil, err
+		}
+	}
+	sig, err := h.key.Sign(rand, digest, opts)
 	if err != nil {
 		// The next GetKey re-opens the token and looks the key up
 		// again (its handle is stale after the token came back).
 		s.km.forget(s)
-		s.store.fail(s.gen)
+		s.store.fail(h.gen)
 		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), err)
 	}
 	return sig, nil
+}
+
+// refresh looks the key of s up in the token's current opening (the
+// token was re-opened since s got its handle), checking it is the same
+// key pair, and returns its handle.
+func (m *KeyManager) refresh(s *signer) (*handle, error) {
+	k, gen, err := m.store.open()
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if h := s.h.Load(); h.gen == gen {
+		return h, nil
+	}
+	what := fmt.Sprintf("sign with key %q (label %q)", s.id, s.label)
+	cs, err := k.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: s.u})
+	if errors.Is(err, apiv1.NotFoundError{}) {
+		return nil, fmt.Errorf("pkcs11: %s: the key is no longer in token %s: %w", what, m.store.cfg.token(), ca.ErrKeyNotFound)
+	}
+	if err != nil {
+		m.store.fail(gen)
+		return nil, m.store.opError(what, err)
+	}
+	if pub, ok := cs.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(s.pub) {
+		return nil, fmt.Errorf("pkcs11: %s: token %s now holds another key pair under that name", what, m.store.cfg.token())
+	}
+	h := &handle{gen: gen, key: cs}
+	s.h.Store(h)
+	return h, nil
 }
 
 // forget drops s from the cache, unless another key took its place.

@@ -456,14 +456,15 @@ func TestGenerateFailureReopens(t *testing.T) {
 // error; the files are put back: after the backoff, the same slot signs
 // again, with the same key, in the same process (the re-acquire of
 // package ca calls GetKey, which re-opens the token). The other scope's
-// key, held from before, is found again too.
+// key, held from before, signs again too, without a GetKey of its own.
 func TestTokenBackWithoutRestart(t *testing.T) {
 	tk := token(t)
 	ctx := context.Background()
 	s := open(t, config(tk, "s1"))
 	km := keyManager(t, s, ca.KeyScopeAuthorities)
 	clusterKM := keyManager(t, s, ca.KeyScopeClusterIdentity)
-	if _, err := clusterKM.GenerateKey(ctx, "x509-ca", ca.KeyTypeECP256); err != nil {
+	held, err := clusterKM.GenerateKey(ctx, "x509-ca", ca.KeyTypeECP256)
+	if err != nil {
 		t.Fatal(err)
 	}
 	clk := clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
@@ -525,11 +526,7 @@ func TestTokenBackWithoutRestart(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: clk.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		t.Fatalf("the SVID signed after the token came back does not verify with the slot's CA: %v", err)
 	}
-	k, err := clusterKM.GetKey(ctx, "x509-ca")
-	if err != nil {
-		t.Fatalf("the other scope's key after the token came back: %v", err)
-	}
-	signtest.SignVerify(t, k)
+	signtest.SignVerify(t, held)
 }
 
 // nopPublisher publishes nowhere.
@@ -537,3 +534,33 @@ type nopPublisher struct{}
 
 func (nopPublisher) Publish(context.Context, ca.Slot) error   { return nil }
 func (nopPublisher) Unpublish(context.Context, ca.Slot) error { return nil }
+
+// TestRefreshRefusesAnotherKey: a signer held across a re-opening of the
+// token whose name now holds another key pair refuses to sign with it.
+func TestRefreshRefusesAnotherKey(t *testing.T) {
+	tk := token(t)
+	ctx := context.Background()
+	km := keyManager(t, open(t, config(tk, "s1")), ca.KeyScopeAuthorities)
+	held, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaced, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("x"))
+	if _, err := held.Sign(rand.Reader, digest[:], crypto.SHA256); err == nil || !strings.Contains(err.Error(), "CKR_OBJECT_HANDLE_INVALID") {
+		t.Fatalf("the replaced key signed: %v", err)
+	}
+	// The failure makes GetKey re-open the token.
+	got, err := km.GetKey(ctx, "k")
+	if err != nil || !samePublic(got, replaced) {
+		t.Fatalf("GetKey after the re-opening: %v", err)
+	}
+	_, err = held.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err == nil || err.Error() != `pkcs11: sign with key "k" (label "sigil/example.org/s1/authorities/k"): token "sigil" now holds another key pair under that name` {
+		t.Fatalf("the held signer after the re-opening: %v", err)
+	}
+	signtest.SignVerify(t, got)
+}
