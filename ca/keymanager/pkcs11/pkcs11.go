@@ -174,6 +174,9 @@ type Store struct {
 	// failed is set when an operation on kms failed: the next open
 	// re-opens the token.
 	failed bool
+	// down is the error of the last opening of the token that failed,
+	// nil once one succeeded: signers of a closed opening fail with it.
+	down   atomic.Pointer[error]
 	closed atomic.Bool
 }
 
@@ -252,7 +255,9 @@ func (s *Store) open() (*steppkcs11.PKCS11, uint64, error) {
 		s.kms, s.failed = nil, false
 	}
 	if err := checkModule(s.cfg.Module); err != nil {
-		return nil, 0, fmt.Errorf("pkcs11: module %w", err)
+		err = fmt.Errorf("pkcs11: module %w", err)
+		s.down.Store(&err)
+		return nil, 0, err
 	}
 	v := url.Values{"module-path": {s.cfg.Module}}
 	if s.cfg.Slot != nil {
@@ -267,9 +272,12 @@ func (s *Store) open() (*steppkcs11.PKCS11, uint64, error) {
 		Pin:  s.cfg.PIN,
 	})
 	if err != nil {
-		return nil, 0, s.openError(err)
+		err = s.openError(err)
+		s.down.Store(&err)
+		return nil, 0, err
 	}
 	s.kms = k
+	s.down.Store(nil)
 	return k, s.gen.Add(1), nil
 }
 
@@ -546,6 +554,10 @@ func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		if h, err = s.km.refresh(s); err != nil {
 			return nil, err
 		}
+	} else if down := s.store.down.Load(); down != nil {
+		// The token was closed after a failure and not opened again
+		// yet (the next GetKey tries).
+		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), reopenError{*down})
 	}
 	sig, err := h.key.Sign(rand, digest, opts)
 	if err != nil {
@@ -587,6 +599,16 @@ func (m *KeyManager) refresh(s *signer) (*handle, error) {
 	s.h.Store(h)
 	return h, nil
 }
+
+// reopenError is the cause of a signature with a key of a token that was
+// closed after a failure and could not be opened again (err).
+type reopenError struct{ err error }
+
+func (e reopenError) Error() string {
+	return "the token was closed after a failure and could not be opened again: " + strings.TrimPrefix(e.err.Error(), "pkcs11: ")
+}
+
+func (e reopenError) Unwrap() error { return e.err }
 
 // forget drops s from the cache, unless another key took its place.
 func (m *KeyManager) forget(s *signer) {

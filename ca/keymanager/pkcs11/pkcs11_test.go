@@ -419,6 +419,11 @@ func TestTokenFailure(t *testing.T) {
 	if err == nil || errors.Is(err, ca.ErrKeyNotFound) || !strings.HasPrefix(err.Error(), `pkcs11: opening token "sigil" with module `) || !strings.HasSuffix(err.Error(), "CKR_GENERAL_ERROR") || strings.Count(err.Error(), "pkcs11:") != 1 {
 		t.Fatalf("GetKey with the token gone: %v (want a fresh opening of the token, not the stale key)", err)
 	}
+	// The key held signs no more, saying why.
+	_, err = k.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err == nil || !strings.HasPrefix(err.Error(), `pkcs11: sign with key "k": the token was closed after a failure and could not be opened again: opening token "sigil" with module `) || !strings.HasSuffix(err.Error(), "CKR_GENERAL_ERROR") {
+		t.Fatalf("sign with the token gone and closed: %v", err)
+	}
 	_, err = km.GenerateKey(ctx, "k2", ca.KeyTypeECP256)
 	if err == nil || !strings.HasPrefix(err.Error(), `pkcs11: opening token "sigil" with module `) || strings.Count(err.Error(), "pkcs11:") != 1 {
 		t.Fatalf("generate with the token gone: %v", err)
