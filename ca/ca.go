@@ -214,7 +214,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ca: generating CA key: %w", err)
 		}
-		signer = observeSigner(signer, cfg.KeyObserver)
+		signer = reacquiring(observeSigner(signer, cfg.KeyObserver), cfg.KeyManager, caKeyID, cfg.Clock, cfg.KeyObserver)
 		cert, err = c.selfSign(signer)
 		if err != nil {
 			return nil, err
@@ -259,7 +259,7 @@ func (c *CA) load(ctx context.Context) (crypto.Signer, *x509.Certificate, error)
 	if !c.reusable(signer, cert) {
 		return nil, nil, nil
 	}
-	return observeSigner(signer, c.cfg.KeyObserver), cert, nil
+	return reacquiring(observeSigner(signer, c.cfg.KeyObserver), c.cfg.KeyManager, caKeyID, c.cfg.Clock, c.cfg.KeyObserver), cert, nil
 }
 
 // reusable reports whether a persisted certificate and key make a CA this

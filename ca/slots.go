@@ -212,7 +212,7 @@ func (m *Manager) restore(ctx context.Context, s Slot) (*slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	signer = observeSigner(signer, m.cfg.CA.KeyObserver)
+	signer = reacquiring(observeSigner(signer, m.cfg.CA.KeyObserver), m.cfg.CA.KeyManager, s.KeyID, m.cfg.CA.Clock, m.cfg.CA.KeyObserver)
 	sl := &slot{Slot: s, signer: signer}
 	switch s.Kind {
 	case KindX509:
@@ -450,7 +450,7 @@ func (m *Manager) prepareLocked(ctx context.Context) (Slot, error) {
 		if err != nil {
 			return Slot{}, fmt.Errorf("ca: generating %s key: %w", m.cfg.Kind, err)
 		}
-		signer = observeSigner(signer, m.cfg.CA.KeyObserver)
+		signer = reacquiring(observeSigner(signer, m.cfg.CA.KeyObserver), m.cfg.CA.KeyManager, keyID, m.cfg.CA.Clock, m.cfg.CA.KeyObserver)
 	}
 	now := m.cfg.CA.Clock.Now()
 	sl := &slot{signer: signer, Slot: Slot{Kind: m.cfg.Kind, Seq: seq, KeyID: keyID, State: StatePrepared, PreparedAt: now}}
