@@ -81,6 +81,12 @@ type Config struct {
 	// level of intermediate CAs below them (path length 1), for servers
 	// that sign downstream clusters' CAs; false: path length 0.
 	AllowIntermediates bool
+	// X509SVIDTemplate and CATemplate, when not nil, are the operator's
+	// certificate templates for X.509-SVIDs and for this server's CA
+	// certificates (see template.go); nil: Sigil's certificates as they
+	// are, at no cost.
+	X509SVIDTemplate *X509SVIDTemplate
+	CATemplate       *CATemplate
 }
 
 // DefaultConfig returns a Config with every default filled in. The trust
@@ -208,7 +214,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ca: generating CA key: %w", err)
 		}
-		signer = observeSigner(signer, cfg.KeyObserver)
+		signer = reacquiring(observeSigner(signer, cfg.KeyObserver), cfg.KeyManager, caKeyID, cfg.Clock, cfg.KeyObserver)
 		cert, err = c.selfSign(signer)
 		if err != nil {
 			return nil, err
@@ -253,7 +259,7 @@ func (c *CA) load(ctx context.Context) (crypto.Signer, *x509.Certificate, error)
 	if !c.reusable(signer, cert) {
 		return nil, nil, nil
 	}
-	return observeSigner(signer, c.cfg.KeyObserver), cert, nil
+	return reacquiring(observeSigner(signer, c.cfg.KeyObserver), c.cfg.KeyManager, caKeyID, c.cfg.Clock, c.cfg.KeyObserver), cert, nil
 }
 
 // reusable reports whether a persisted certificate and key make a CA this
@@ -303,7 +309,7 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 	tdURI := c.td.ID().URL()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               caRequestSubject(c.cfg.ServerID),
+		Subject:               defaultCASubject(c.cfg.ServerID),
 		NotBefore:             now.Add(-c.cfg.Backdate),
 		NotAfter:              now.Add(c.cfg.CATTL),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -326,6 +332,10 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 	}
 	if c.cfg.AllowIntermediates {
 		tmpl.MaxPathLen = 1
+	}
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.CATemplate.apply(tmpl, c.td, c.cfg.ServerID); err != nil {
+		return nil, err
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {

@@ -66,8 +66,14 @@ func observe(obs KeyObserver, op string, err error) {
 	case obs == nil:
 	case err == nil:
 		obs.KeyOK(op)
-	case errors.Is(err, ErrKeyNotFound), errors.Is(err, context.Canceled):
-	default:
+	case backendFailure(err):
 		obs.KeyFailed(op, err)
 	}
+}
+
+// backendFailure reports whether err, the outcome of a key operation, is
+// a failure of the key manager's backend: not nil, not a missing key,
+// not a canceled call.
+func backendFailure(err error) bool {
+	return err != nil && !errors.Is(err, ErrKeyNotFound) && !errors.Is(err, context.Canceled)
 }

@@ -212,7 +212,7 @@ func (m *Manager) restore(ctx context.Context, s Slot) (*slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	signer = observeSigner(signer, m.cfg.CA.KeyObserver)
+	signer = reacquiring(observeSigner(signer, m.cfg.CA.KeyObserver), m.cfg.CA.KeyManager, s.KeyID, m.cfg.CA.Clock, m.cfg.CA.KeyObserver)
 	sl := &slot{Slot: s, signer: signer}
 	switch s.Kind {
 	case KindX509:
@@ -450,7 +450,7 @@ func (m *Manager) prepareLocked(ctx context.Context) (Slot, error) {
 		if err != nil {
 			return Slot{}, fmt.Errorf("ca: generating %s key: %w", m.cfg.Kind, err)
 		}
-		signer = observeSigner(signer, m.cfg.CA.KeyObserver)
+		signer = reacquiring(observeSigner(signer, m.cfg.CA.KeyObserver), m.cfg.CA.KeyManager, keyID, m.cfg.CA.Clock, m.cfg.CA.KeyObserver)
 	}
 	now := m.cfg.CA.Clock.Now()
 	sl := &slot{signer: signer, Slot: Slot{Kind: m.cfg.Kind, Seq: seq, KeyID: keyID, State: StatePrepared, PreparedAt: now}}
@@ -510,8 +510,14 @@ func (m *Manager) prepareLocked(ctx context.Context) (Slot, error) {
 // authority, within the upstream timeout, and checks the answer. The CA it
 // returns carries the upstream's roots in its roots field.
 func (m *Manager) upstreamSignLocked(ctx context.Context, signer crypto.Signer) (*CA, error) {
+	// The operator's CA template gives the subject (the upstream copies
+	// it); its extensions are the upstream's to decide.
+	subject, err := m.cfg.CA.CATemplate.Subject(m.cfg.CA.TrustDomain, m.cfg.CA.ServerID)
+	if err != nil {
+		return nil, fmt.Errorf("ca: CA template: %w", err)
+	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: caRequestSubject(m.cfg.CA.ServerID),
+		Subject: subject,
 		URIs:    []*url.URL{m.cfg.CA.TrustDomain.ID().URL()},
 	}, signer)
 	if err != nil {

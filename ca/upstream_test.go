@@ -397,3 +397,36 @@ func TestUpstreamCATemplate(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamCSRSubjectFromCATemplate: the operator's CA template gives
+// the subject of the CSR sent upstream, which the upstream copies.
+func TestUpstreamCSRSubjectFromCATemplate(t *testing.T) {
+	tmpl, err := ca.ParseCATemplate(`{"subject": {"organization": "Example Corp", "commonName": {{ printf "Example CA %s" .NodeName | toJson }}}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	u := newTestUpstream(t, clk, false)
+	cfg := ca.DefaultConfig()
+	cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
+	cfg.ServerID = "s1"
+	cfg.KeyManager = memory.New()
+	cfg.Clock = clk
+	cfg.Upstream = u
+	cfg.CATemplate = tmpl
+	m, err := ca.NewManager(ctx, ca.ManagerConfig{Kind: ca.KindX509, CA: cfg, Publisher: &rootBundle{fakeBundle: fakeBundle{entries: map[string]string{}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range tick(ctx, m) {
+		if ev.Err != nil {
+			t.Fatal(ev.Err)
+		}
+	}
+	got := m.X509CA().Certificate().Subject
+	want := pkix.Name{Organization: []string{"Example Corp"}, CommonName: "Example CA s1", SerialNumber: "s1"}
+	if got.String() != want.String() || !m.X509CA().Upstream() {
+		t.Fatalf("upstream-signed CA subject %s, want %s", got, want)
+	}
+}

@@ -139,6 +139,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		ccfg.X509SVIDTTL = cfg.IdentitySVIDTTL
 	}
 	ccfg.Clock = cfg.Clock
+	ccfg.KeyObserver = cfg.KeyObserver
 	idCA, err := ca.New(ctx, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: identity CA: %w", err)

@@ -110,6 +110,10 @@ type Config struct {
 	// IdentitySVIDTTL bounds what the identity CA signs; zero is ca's
 	// default.
 	IdentitySVIDTTL time.Duration
+	// KeyObserver, if set, is told the outcome of every operation on the
+	// identity CA's key (its signatures, GenerateKey, GetKey), like the
+	// server's other keys (ca.Config.KeyObserver).
+	KeyObserver ca.KeyObserver
 
 	// SVID returns the node's current server SVID: the TLS certificate
 	// this server presents on the cluster port, in both directions

@@ -34,6 +34,7 @@ func (s *Server) startCluster(ctx context.Context, ln net.Listener) (raft.Transp
 	cfg.IdentityCertPath = certPath
 	cfg.IdentityCATTL = s.cfg.CATTL
 	cfg.IdentitySVIDTTL = s.cfg.X509SVIDTTL
+	cfg.KeyObserver = s.keys
 	cfg.SVID = s.svid.Load
 	cfg.Admin = clusterAdmin{s}
 	cfg.Metrics = s.metrics

@@ -13,8 +13,8 @@ import (
 )
 
 // This file keeps the state of this server's key manager (issue 14): the
-// CA and slot managers report every signature, key generation and key
-// load to keyHealth (a ca.KeyObserver); the state goes into the
+// CA and slot managers and the cluster identity CA report every
+// signature, key generation and key load to keyHealth (a ca.KeyObserver); the state goes into the
 // Cluster.AgentReports answer (report.go) and, through the leader's
 // gather, into the SigilKeyManagerFailing condition (package health).
 
@@ -62,7 +62,7 @@ func newKeyHealth(clk clock.Clock, reg prometheus.Registerer, counters bool) *ke
 	if counters {
 		vec := prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sigil_server_key_operations_total",
-			Help: "Calls this server made to its key manager for its CA and JWT keys, by op (sign, generate, get) and outcome (ok, error).",
+			Help: "Calls this server made to its key manager for its CA, JWT and cluster identity keys, by op (sign, generate, get) and outcome (ok, error).",
 		}, []string{"op", "outcome"})
 		reg.MustRegister(vec)
 		k.ops = map[string]map[string]prometheus.Counter{}

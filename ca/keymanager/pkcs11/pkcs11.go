@@ -153,11 +153,30 @@ func (c *Config) Validate() error {
 // Store is the pkcs11 key manager as a server opens it (ca.KeyStore): one
 // token, opened on the first OpenKeyManager and shared by both scopes,
 // until Close. It is safe for concurrent use.
+//
+// Recovery: once an operation on the token failed (a signature, a key
+// generation: the token was unplugged, its files moved away), the next
+// GetKey, GenerateKey or DeleteKey re-opens the token (logs out, unloads
+// the module, loads it again and logs in) before its lookup, since a
+// PKCS#11 module does not find a token that came back in a session it
+// opened before. Signers obtained before a re-opening look their key up
+// again in the new opening on their next signature (it must have the same
+// public key), so every key held recovers once one GetKey re-opened the
+// token (the CA calls GetKey after a failure, with backoff).
 type Store struct {
 	cfg Config
 
-	mu     sync.Mutex
-	kms    *steppkcs11.PKCS11 // nil until opened
+	mu  sync.Mutex
+	kms *steppkcs11.PKCS11 // nil until opened
+	// gen counts the openings of the token (written under mu): the
+	// handles of signers of an older opening are stale.
+	gen atomic.Uint64
+	// failed is set when an operation on kms failed: the next open
+	// re-opens the token.
+	failed bool
+	// down is the error of the last opening of the token that failed,
+	// nil once one succeeded: signers of a closed opening fail with it.
+	down   atomic.Pointer[error]
 	closed atomic.Bool
 }
 
@@ -210,24 +229,35 @@ func (s *Store) OpenKeyManager(_ context.Context, scope ca.KeyScope) (ca.KeyMana
 	default:
 		return nil, fmt.Errorf("pkcs11: unknown key scope %q", scope)
 	}
-	if _, err := s.open(); err != nil {
+	if _, _, err := s.open(); err != nil {
 		return nil, err
 	}
 	return &KeyManager{store: s, scope: scope, cache: map[string]*signer{}}, nil
 }
 
-// open returns the token's KMS, opening it the first time.
-func (s *Store) open() (*steppkcs11.PKCS11, error) {
+// open returns the token's KMS and the number of its opening, opening it
+// the first time, and again after an operation on it failed (see Store).
+func (s *Store) open() (*steppkcs11.PKCS11, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
-		return nil, fmt.Errorf("pkcs11: %w", errClosed)
+		return nil, 0, fmt.Errorf("pkcs11: %w", errClosed)
+	}
+	if s.kms != nil && !s.failed {
+		return s.kms, s.gen.Load(), nil
 	}
 	if s.kms != nil {
-		return s.kms, nil
+		// Close waits for the signatures in progress and, this store
+		// being the module's last user in the process, finalizes the
+		// module, so that opening it again finds the token anew. Its
+		// error (a token gone) does not matter: the context is dropped.
+		_ = s.kms.Close()
+		s.kms, s.failed = nil, false
 	}
 	if err := checkModule(s.cfg.Module); err != nil {
-		return nil, fmt.Errorf("pkcs11: module %w", err)
+		err = fmt.Errorf("pkcs11: module %w", err)
+		s.down.Store(&err)
+		return nil, 0, err
 	}
 	v := url.Values{"module-path": {s.cfg.Module}}
 	if s.cfg.Slot != nil {
@@ -242,10 +272,23 @@ func (s *Store) open() (*steppkcs11.PKCS11, error) {
 		Pin:  s.cfg.PIN,
 	})
 	if err != nil {
-		return nil, s.openError(err)
+		err = s.openError(err)
+		s.down.Store(&err)
+		return nil, 0, err
 	}
 	s.kms = k
-	return k, nil
+	s.down.Store(nil)
+	return k, s.gen.Add(1), nil
+}
+
+// fail records that an operation on the token's opening gen failed: the
+// next open re-opens the token.
+func (s *Store) fail(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen.Load() == gen && s.kms != nil {
+		s.failed = true
+	}
 }
 
 // openError turns a failure to open the token into a clear error.
@@ -330,7 +373,7 @@ func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	k, err := m.store.open()
+	k, gen, err := m.store.open()
 	if err != nil {
 		return nil, err
 	}
@@ -348,12 +391,14 @@ func (m *KeyManager) GenerateKey(ctx context.Context, id string, kt ca.KeyType) 
 	defer m.mu.Unlock()
 	delete(m.cache, id)
 	if err := deleteKey(k, u); err != nil {
+		m.store.fail(gen)
 		return nil, m.store.opError(fmt.Sprintf("replace key %q (label %q)", id, label), err)
 	}
 	if _, err := k.CreateKey(req); err != nil {
+		m.store.fail(gen)
 		return nil, m.store.opError(fmt.Sprintf("generate %s key %q (label %q)", kt, id, label), err)
 	}
-	s, err := m.find(k, id, u, label)
+	s, err := m.find(k, gen, id, u, label)
 	if err != nil {
 		return nil, err
 	}
@@ -388,29 +433,31 @@ func (m *KeyManager) GetKey(ctx context.Context, id string) (crypto.Signer, erro
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	k, err := m.store.open()
+	k, gen, err := m.store.open()
 	if err != nil {
 		return nil, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s, ok := m.cache[id]; ok {
+	if s, ok := m.cache[id]; ok && s.h.Load().gen == gen {
 		return s, nil
 	}
-	return m.find(k, id, u, label)
+	return m.find(k, gen, id, u, label)
 }
 
-// find looks the key pair up in the token and caches its signer; m.mu is
-// held.
-func (m *KeyManager) find(k *steppkcs11.PKCS11, id, u, label string) (*signer, error) {
+// find looks the key pair up in the token's opening gen and caches its
+// signer; m.mu is held.
+func (m *KeyManager) find(k *steppkcs11.PKCS11, gen uint64, id, u, label string) (*signer, error) {
 	cs, err := k.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: u})
 	if errors.Is(err, apiv1.NotFoundError{}) {
 		return nil, fmt.Errorf("pkcs11: key %q (label %q) is not in token %s: %w", id, label, m.store.cfg.token(), ca.ErrKeyNotFound)
 	}
 	if err != nil {
+		m.store.fail(gen)
 		return nil, m.store.opError(fmt.Sprintf("get key %q (label %q)", id, label), err)
 	}
-	s := &signer{store: m.store, km: m, id: id, key: cs, pub: cs.Public()}
+	s := &signer{store: m.store, km: m, id: id, u: u, label: label, pub: cs.Public()}
+	s.h.Store(&handle{gen: gen, key: cs})
 	m.cache[id] = s
 	return s, nil
 }
@@ -425,7 +472,7 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	k, err := m.store.open()
+	k, gen, err := m.store.open()
 	if err != nil {
 		return err
 	}
@@ -433,6 +480,7 @@ func (m *KeyManager) DeleteKey(ctx context.Context, id string) error {
 	defer m.mu.Unlock()
 	delete(m.cache, id)
 	if err := deleteKey(k, u); err != nil {
+		m.store.fail(gen)
 		return m.store.opError(fmt.Sprintf("delete key %q (label %q)", id, label), err)
 	}
 	return nil
@@ -475,13 +523,21 @@ func (e *tokenError) Error() string {
 func (e *tokenError) Unwrap() error { return e.err }
 
 // signer is a key in the token as a crypto.Signer: it signs in the token
-// and fails clearly once the store is closed.
+// and fails clearly once the store is closed. After the token was
+// re-opened it looks its key up again (see Store).
 type signer struct {
-	store *Store
-	km    *KeyManager
-	id    string
-	key   crypto.Signer
-	pub   crypto.PublicKey
+	store    *Store
+	km       *KeyManager
+	id       string
+	u, label string // the key's step URI and label
+	pub      crypto.PublicKey
+	h        atomic.Pointer[handle]
+}
+
+// handle is a signer's key in one opening of the token.
+type handle struct {
+	gen uint64
+	key crypto.Signer
 }
 
 // Public returns the key's public half (read from the token once).
@@ -492,15 +548,67 @@ func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	if s.store.closed.Load() {
 		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), errClosed)
 	}
-	sig, err := s.key.Sign(rand, digest, opts)
+	h := s.h.Load()
+	if h.gen != s.store.gen.Load() {
+		var err error
+		if h, err = s.km.refresh(s); err != nil {
+			return nil, err
+		}
+	} else if down := s.store.down.Load(); down != nil {
+		// The token was closed after a failure and not opened again
+		// yet (the next GetKey tries).
+		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), reopenError{*down})
+	}
+	sig, err := h.key.Sign(rand, digest, opts)
 	if err != nil {
-		// The next GetKey looks the key up in the token again (its
-		// handle may be stale after the token came back).
+		// The next GetKey re-opens the token and looks the key up
+		// again (its handle is stale after the token came back).
 		s.km.forget(s)
+		s.store.fail(h.gen)
 		return nil, s.store.opError(fmt.Sprintf("sign with key %q", s.id), err)
 	}
 	return sig, nil
 }
+
+// refresh looks the key of s up in the token's current opening (the
+// token was re-opened since s got its handle), checking it is the same
+// key pair, and returns its handle.
+func (m *KeyManager) refresh(s *signer) (*handle, error) {
+	k, gen, err := m.store.open()
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if h := s.h.Load(); h.gen == gen {
+		return h, nil
+	}
+	what := fmt.Sprintf("sign with key %q (label %q)", s.id, s.label)
+	cs, err := k.CreateSigner(&apiv1.CreateSignerRequest{SigningKey: s.u})
+	if errors.Is(err, apiv1.NotFoundError{}) {
+		return nil, fmt.Errorf("pkcs11: %s: the key is no longer in token %s: %w", what, m.store.cfg.token(), ca.ErrKeyNotFound)
+	}
+	if err != nil {
+		m.store.fail(gen)
+		return nil, m.store.opError(what, err)
+	}
+	if pub, ok := cs.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(s.pub) {
+		return nil, fmt.Errorf("pkcs11: %s: token %s now holds another key pair under that name", what, m.store.cfg.token())
+	}
+	h := &handle{gen: gen, key: cs}
+	s.h.Store(h)
+	return h, nil
+}
+
+// reopenError is the cause of a signature with a key of a token that was
+// closed after a failure and could not be opened again (err).
+type reopenError struct{ err error }
+
+func (e reopenError) Error() string {
+	return "the token was closed after a failure and could not be opened again: " + strings.TrimPrefix(e.err.Error(), "pkcs11: ")
+}
+
+func (e reopenError) Unwrap() error { return e.err }
 
 // forget drops s from the cache, unless another key took its place.
 func (m *KeyManager) forget(s *signer) {

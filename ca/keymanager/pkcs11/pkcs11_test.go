@@ -4,20 +4,24 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/ca/keymanager/internal/signtest"
 	"github.com/sigil-id/sigil/ca/keymanager/pkcs11/softhsmtest"
+	"github.com/sigil-id/sigil/clock"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -409,11 +413,159 @@ func TestTokenFailure(t *testing.T) {
 			t.Fatalf("sign with the token gone: %v", err)
 		}
 	}
-	if _, err := km.GetKey(ctx, "k"); !errors.Is(err, ca.ErrKeyNotFound) {
-		t.Fatalf("GetKey with the token gone: %v (want a fresh lookup, not the stale key)", err)
+	// GetKey re-opens the token after the failed signature (not the
+	// stale key): the token is gone, a failure, not a missing key.
+	_, err = km.GetKey(ctx, "k")
+	if err == nil || errors.Is(err, ca.ErrKeyNotFound) || !strings.HasPrefix(err.Error(), `pkcs11: opening token "sigil" with module `) || !strings.HasSuffix(err.Error(), "CKR_GENERAL_ERROR") || strings.Count(err.Error(), "pkcs11:") != 1 {
+		t.Fatalf("GetKey with the token gone: %v (want a fresh opening of the token, not the stale key)", err)
+	}
+	// The key held signs no more, saying why.
+	_, err = k.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err == nil || !strings.HasPrefix(err.Error(), `pkcs11: sign with key "k": the token was closed after a failure and could not be opened again: opening token "sigil" with module `) || !strings.HasSuffix(err.Error(), "CKR_GENERAL_ERROR") {
+		t.Fatalf("sign with the token gone and closed: %v", err)
 	}
 	_, err = km.GenerateKey(ctx, "k2", ca.KeyTypeECP256)
+	if err == nil || !strings.HasPrefix(err.Error(), `pkcs11: opening token "sigil" with module `) || strings.Count(err.Error(), "pkcs11:") != 1 {
+		t.Fatalf("generate with the token gone: %v", err)
+	}
+}
+
+// TestGenerateFailureReopens: a key generation that fails in an open
+// token (its files moved away) makes the next call re-open the token.
+func TestGenerateFailureReopens(t *testing.T) {
+	tk := token(t)
+	ctx := context.Background()
+	km := keyManager(t, open(t, config(tk, "s1")), ca.KeyScopeAuthorities)
+	if _, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tk.Dir, tk.Dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := km.GenerateKey(ctx, "k2", ca.KeyTypeECP256)
 	if err == nil || !strings.HasPrefix(err.Error(), `pkcs11: generate ec-p256 key "k2" (label "sigil/example.org/s1/authorities/k2"): 0x`) || strings.Count(err.Error(), "pkcs11:") != 1 {
 		t.Fatalf("generate with the token gone: %v", err)
 	}
+	if err := os.Rename(tk.Dir+".away", tk.Dir); err != nil {
+		t.Fatal(err)
+	}
+	k, err := km.GetKey(ctx, "k")
+	if err != nil {
+		t.Fatalf("GetKey with the token back: %v", err)
+	}
+	signtest.SignVerify(t, k)
+}
+
+// TestTokenBackWithoutRestart: the token's files are moved away (the
+// token unplugged): the active slot's signatures fail, with the token's
+// error; the files are put back: after the backoff, the same slot signs
+// again, with the same key, in the same process (the re-acquire of
+// package ca calls GetKey, which re-opens the token). The other scope's
+// key, held from before, signs again too, without a GetKey of its own.
+func TestTokenBackWithoutRestart(t *testing.T) {
+	tk := token(t)
+	ctx := context.Background()
+	s := open(t, config(tk, "s1"))
+	km := keyManager(t, s, ca.KeyScopeAuthorities)
+	clusterKM := keyManager(t, s, ca.KeyScopeClusterIdentity)
+	held, err := clusterKM.GenerateKey(ctx, "x509-ca", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	cfg := ca.DefaultConfig()
+	cfg.TrustDomain, cfg.ServerID, cfg.KeyManager, cfg.Clock = td, "s1", km, clk
+	m, err := ca.NewManager(ctx, ca.ManagerConfig{Kind: ca.KindX509, CA: cfg, Propagation: time.Minute, Publisher: nopPublisher{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot, err := m.Prepare(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m.Activate(ctx, slot.ID); err != nil {
+		t.Fatal(err)
+	}
+	authority := m.X509CA()
+	workload, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromPath(td, "/web")
+	sign := func() (*x509.Certificate, error) {
+		chain, err := m.X509CA().SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: workload.Public(), SPIFFEID: id})
+		if err != nil {
+			return nil, err
+		}
+		return chain[0], nil
+	}
+	if _, err := sign(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.Rename(tk.Dir, tk.Dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = sign()
+	if err == nil || !strings.Contains(err.Error(), `key "x509-ca-1" failed, re-acquire from the key manager scheduled in `) || !strings.HasSuffix(err.Error(), `: pkcs11: sign with key "x509-ca-1": 0x82: CKR_OBJECT_HANDLE_INVALID`) {
+		t.Fatalf("sign with the token gone: %v", err)
+	}
+	clk.Add(time.Second)
+	if _, err = sign(); err == nil || !strings.Contains(err.Error(), `pkcs11: opening token "sigil"`) {
+		t.Fatalf("re-acquire with the token gone: %v", err)
+	}
+
+	if err := os.Rename(tk.Dir+".away", tk.Dir); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(2 * time.Second) // the second backoff: 1 to 2 s
+	leaf, err := sign()
+	if err != nil {
+		t.Fatalf("sign with the token back: %v", err)
+	}
+	if m.X509CA() != authority {
+		t.Fatal("another slot signs")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(authority.Certificate())
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: clk.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("the SVID signed after the token came back does not verify with the slot's CA: %v", err)
+	}
+	signtest.SignVerify(t, held)
+}
+
+// nopPublisher publishes nowhere.
+type nopPublisher struct{}
+
+func (nopPublisher) Publish(context.Context, ca.Slot) error   { return nil }
+func (nopPublisher) Unpublish(context.Context, ca.Slot) error { return nil }
+
+// TestRefreshRefusesAnotherKey: a signer held across a re-opening of the
+// token whose name now holds another key pair refuses to sign with it.
+func TestRefreshRefusesAnotherKey(t *testing.T) {
+	tk := token(t)
+	ctx := context.Background()
+	km := keyManager(t, open(t, config(tk, "s1")), ca.KeyScopeAuthorities)
+	held, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaced, err := km.GenerateKey(ctx, "k", ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("x"))
+	if _, err := held.Sign(rand.Reader, digest[:], crypto.SHA256); err == nil || !strings.Contains(err.Error(), "CKR_OBJECT_HANDLE_INVALID") {
+		t.Fatalf("the replaced key signed: %v", err)
+	}
+	// The failure makes GetKey re-open the token.
+	got, err := km.GetKey(ctx, "k")
+	if err != nil || !samePublic(got, replaced) {
+		t.Fatalf("GetKey after the re-opening: %v", err)
+	}
+	_, err = held.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err == nil || err.Error() != `pkcs11: sign with key "k" (label "sigil/example.org/s1/authorities/k"): token "sigil" now holds another key pair under that name` {
+		t.Fatalf("the held signer after the re-opening: %v", err)
+	}
+	signtest.SignVerify(t, got)
 }
