@@ -33,6 +33,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
@@ -113,6 +114,10 @@ func checkAddress(a string) error {
 	}
 	return nil
 }
+
+// reconnectBackoff is the backoff between connection attempts to the
+// upstream servers.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second}
 
 // Upstream is a ca.UpstreamAuthority backed by an upstream Sigil
 // cluster. It connects on first use and holds the Workload API stream and
@@ -207,7 +212,10 @@ func (u *Upstream) dial(src *workloadapi.X509Source) (*grpc.ClientConn, error) {
 	}
 	r.InitialState(state)
 	conn, err := grpc.NewClient("sigil-upstream:///servers", grpc.WithResolvers(r),
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		// An upstream that was down is tried again within seconds of a
+		// call, not after gRPC's default backoff of up to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: u.cfg.Timeout}))
 	if err != nil {
 		return nil, fmt.Errorf("upstream/sigil: connecting to %s: %w", strings.Join(u.cfg.ServerAddresses, ","), err)
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -539,5 +540,56 @@ func TestServerAddressList(t *testing.T) {
 	}
 	if !key.PublicKey.Equal(resp.Chain[0].PublicKey) {
 		t.Fatal("the CA certificate is not for the CSR's key")
+	}
+}
+
+// TestUpstreamBack: an upstream that was down when the first call came
+// answers the next calls once it is back, within seconds.
+func TestUpstreamBack(t *testing.T) {
+	u := startUpstream(t)
+	w := u.workloadAPI(u.svid("spiffe://example.org/downstream/server", true))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	up := newUpstream(t, addr, w.Path(), 5*time.Second)
+	req := ca.X509CARequest{CSR: csrFor(t, newKey(t), td.IDString()), TrustDomain: td, TTL: time.Hour}
+	if _, err := up.MintX509CA(context.Background(), req); err == nil || !strings.Contains(err.Error(), "Unavailable") {
+		t.Fatalf("upstream down: %v", err)
+	}
+	// The upstream comes back at that address (a TCP relay to the server).
+	l, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go relay(l, u.srv.NodeAddr().String())
+	eventually.NoError(t, 15*time.Second, func() error {
+		_, err := up.MintX509CA(context.Background(), req)
+		return err
+	})
+}
+
+// relay forwards each connection accepted on l to target.
+func relay(l net.Listener, target string) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			d, err := net.Dial("tcp", target)
+			if err != nil {
+				return
+			}
+			defer d.Close()
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(d, c); done <- struct{}{} }()
+			go func() { io.Copy(c, d); done <- struct{}{} }()
+			<-done
+		}()
 	}
 }
