@@ -63,6 +63,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -215,7 +216,7 @@ func (a *Authority) MintX509CA(ctx context.Context, req ca.X509CARequest) (*ca.X
 	now := a.cfg.Clock.Now()
 	if err := m.check(a.cfg.TrustDomain, now); err != nil {
 		if bad != nil {
-			return nil, fmt.Errorf("%w; the replacement files are not usable either: %w", err, bad)
+			return nil, fmt.Errorf("%w; the replacement files are not usable either: %s", err, strings.TrimPrefix(bad.Error(), "ca/upstream/disk: "))
 		}
 		return nil, err
 	}
