@@ -235,18 +235,19 @@ func describe(c *x509.Certificate) string {
 // readFile reads the file path of configuration field: a regular file of
 // at most maxFileSize bytes.
 func readFile(field, path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("ca/upstream/disk: %s %w", field, pathError(path, err))
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+	// Looked at before it is opened: opening a FIFO would block.
+	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("ca/upstream/disk: %s %w", field, pathError(path, err))
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("ca/upstream/disk: %s %s is not a regular file", field, path)
 	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("ca/upstream/disk: %s %w", field, pathError(path, err))
+	}
+	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("ca/upstream/disk: %s %w", field, pathError(path, err))

@@ -106,7 +106,11 @@ func newPlugin(body hcl.Body, env plugin.Env) (any, error) {
 		}
 		cfg.PKCS11 = k
 	}
-	return New(cfg)
+	a, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // passphrase reads the passphrase that passphrase_file or passphrase_env
