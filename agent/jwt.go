@@ -217,12 +217,17 @@ func parseAuthorities(td spiffeid.TrustDomain, pb *sigilv1.Bundle) (authorities,
 			a.taintedJWT[ja.GetKeyId()] = true
 		}
 	}
-	for _, xa := range pb.GetX509Authorities() {
-		if !xa.GetTainted() {
-			continue
-		}
-		if cert, perr := x509.ParseCertificate(xa.GetCertificate()); perr == nil {
-			a.taintedX509[string(cert.SubjectKeyId)] = true
+	// The servers' CA certificates signed by an upstream authority are
+	// not trust anchors, but SVIDs they signed are replaced when they
+	// are tainted just the same.
+	for _, list := range [][]*sigilv1.X509Authority{pb.GetX509Authorities(), pb.GetX509Intermediates()} {
+		for _, xa := range list {
+			if !xa.GetTainted() {
+				continue
+			}
+			if cert, perr := x509.ParseCertificate(xa.GetCertificate()); perr == nil {
+				a.taintedX509[string(cert.SubjectKeyId)] = true
+			}
 		}
 	}
 	return a, err

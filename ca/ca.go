@@ -147,9 +147,43 @@ type CA struct {
 	td     spiffeid.TrustDomain
 	signer crypto.Signer
 	cert   *x509.Certificate
+	// upstream are the certificates between cert and an upstream root
+	// when an upstream authority signed cert (nil for a self-signed CA);
+	// svidChain is what follows an SVID in its chain: cert and upstream,
+	// or nothing for a self-signed CA (its certificate is a root of the
+	// bundle).
+	upstream  []*x509.Certificate
+	svidChain []*x509.Certificate
+	// roots carries the upstream's roots from upstreamSignLocked to the
+	// slot it prepares; nil otherwise.
+	roots []*x509.Certificate
 	// subjectKeyID is the CA's SubjectKeyId, used as AuthorityKeyId.
 	subjectKeyID []byte
 }
+
+// newChainedCA returns the CA of signer whose certificate cert an upstream
+// authority signed, upstream being the certificates between cert and the
+// upstream's root (none when a root signed it); upstream nil with
+// selfSigned true is a self-signed CA.
+func newChainedCA(cfg Config, signer crypto.Signer, cert *x509.Certificate, upstream []*x509.Certificate, selfSigned bool) *CA {
+	c := &CA{cfg: cfg, td: cfg.TrustDomain, signer: signer, cert: cert, subjectKeyID: cert.SubjectKeyId}
+	if !selfSigned {
+		c.upstream = upstream
+		c.svidChain = append([]*x509.Certificate{cert}, upstream...)
+	}
+	return c
+}
+
+// Chain returns the CA certificate followed by the certificates between
+// it and an upstream root (just the CA certificate when it is
+// self-signed). The caller must not modify it.
+func (c *CA) Chain() []*x509.Certificate {
+	return append([]*x509.Certificate{c.cert}, c.upstream...)
+}
+
+// Upstream reports whether an upstream authority signed the CA
+// certificate.
+func (c *CA) Upstream() bool { return len(c.svidChain) > 0 }
 
 // New loads the CA key "x509-ca" and the certificate at CertPath if both
 // exist, match each other and this configuration (trust domain, CA), and the
@@ -244,6 +278,18 @@ func (c *CA) reusable(signer crypto.Signer, cert *x509.Certificate) bool {
 	return c.cfg.Clock.Now().Before(cert.NotAfter)
 }
 
+// reusableChained reports whether a persisted certificate that an upstream
+// authority signed, with the certificates upstream above it, and key make
+// a CA this configuration can keep using: the key matches, it is a CA of
+// this trust domain, and the chain still verifies to roots now.
+func (c *CA) reusableChained(signer crypto.Signer, cert *x509.Certificate, upstream, roots []*x509.Certificate) error {
+	if len(roots) == 0 {
+		return errors.New("no upstream roots recorded")
+	}
+	resp := &X509CAResponse{Chain: append([]*x509.Certificate{cert}, upstream...), Roots: roots}
+	return CheckUpstreamResponse(resp, c.td, signer.Public(), c.cfg.Clock.Now())
+}
+
 func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 	serial, err := newSerial()
 	if err != nil {
@@ -256,20 +302,17 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 	now := c.cfg.Clock.Now()
 	tdURI := c.td.ID().URL()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject: pkix.Name{
-			Organization: []string{"Sigil"},
-			CommonName:   "Sigil CA " + c.cfg.ServerID,
-			SerialNumber: c.cfg.ServerID,
-		},
+		SerialNumber:          serial,
+		Subject:               caRequestSubject(c.cfg.ServerID),
 		NotBefore:             now.Add(-c.cfg.Backdate),
 		NotAfter:              now.Add(c.cfg.CATTL),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		// The CA signs leaves only: no intermediate CA verifies under it.
+		// The CA signs leaves only, so no intermediate CA verifies under
+		// it, unless it signs downstream clusters' CAs (one level).
 		MaxPathLen:     0,
-		MaxPathLenZero: true,
+		MaxPathLenZero: !c.cfg.AllowIntermediates,
 		// A critical name constraints extension: URIs only in this trust
 		// domain (spiffe://td/...), so a certificate for another trust
 		// domain signed with this key does not verify; no IP addresses
@@ -280,6 +323,9 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 		ExcludedIPRanges:            []*net.IPNet{{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, {IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
 		URIs:                        []*url.URL{tdURI},
 		SubjectKeyId:                ski,
+	}
+	if c.cfg.AllowIntermediates {
+		tmpl.MaxPathLen = 1
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {

@@ -51,7 +51,18 @@ type Slot struct {
 	// PKIX DER public key (JWT slots).
 	Certificate []byte `json:"certificate,omitempty"`
 	PublicKey   []byte `json:"public_key,omitempty"`
+	// UpstreamChain are the DER certificates between Certificate and an
+	// upstream root, and UpstreamRoots the upstream's roots Certificate
+	// verified to when it was signed: both empty for a self-signed CA,
+	// UpstreamRoots set when an upstream authority signed Certificate
+	// (the X.509 slot is then an intermediate, not a bundle root).
+	UpstreamChain [][]byte `json:"upstream_chain,omitempty"`
+	UpstreamRoots [][]byte `json:"upstream_roots,omitempty"`
 }
+
+// Upstream reports whether an upstream authority signed the slot's CA
+// certificate.
+func (s Slot) Upstream() bool { return len(s.UpstreamRoots) > 0 }
 
 // Policy is the rotation schedule of one kind of key.
 type Policy struct {

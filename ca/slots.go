@@ -3,12 +3,14 @@ package ca
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"slices"
 	"sync"
@@ -28,6 +30,19 @@ type Publisher interface {
 	Unpublish(ctx context.Context, s Slot) error
 }
 
+// RootPublisher is implemented by a Publisher that can record the roots of
+// an upstream authority in the bundle; a Manager whose CA config has an
+// Upstream requires it for X.509 keys.
+type RootPublisher interface {
+	// PublishUpstreamRoots adds roots to the bundle's upstream roots and
+	// returns once the write is committed.
+	PublishUpstreamRoots(ctx context.Context, roots []*x509.Certificate) error
+}
+
+// DefaultUpstreamTimeout bounds one MintX509CA call to the upstream
+// authority.
+const DefaultUpstreamTimeout = 30 * time.Second
+
 // ManagerConfig configures a Manager.
 type ManagerConfig struct {
 	Kind SlotKind
@@ -44,6 +59,9 @@ type ManagerConfig struct {
 	// "" keeps it in memory.
 	StatePath string
 	Publisher Publisher
+	// UpstreamTimeout bounds one MintX509CA call; 0 means
+	// DefaultUpstreamTimeout.
+	UpstreamTimeout time.Duration
 }
 
 // Event reports one rotation step a Manager took or tried.
@@ -73,8 +91,20 @@ type Manager struct {
 	slots   []*slot
 	nextSeq int
 	notes   []string
+	// pending is a key generated for a preparation whose upstream
+	// signature failed: the next attempt reuses it rather than making a
+	// key in the key manager each time. upstreamFailures counts the
+	// consecutive failures, for the retry backoff.
+	pending          *pendingKey
+	upstreamFailures int
 
 	active atomic.Pointer[slot]
+}
+
+type pendingKey struct {
+	seq    int
+	keyID  string
+	signer crypto.Signer
 }
 
 type stateFile struct {
@@ -103,6 +133,14 @@ func NewManager(ctx context.Context, cfg ManagerConfig) (*Manager, error) {
 	}
 	if cfg.Propagation == 0 {
 		cfg.Propagation = DefaultPropagation(cfg.CA.CATTL)
+	}
+	if cfg.UpstreamTimeout <= 0 {
+		cfg.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if cfg.Kind == KindX509 && cfg.CA.Upstream != nil {
+		if _, ok := cfg.Publisher.(RootPublisher); !ok {
+			return nil, errors.New("ca: an upstream authority needs a publisher of upstream roots")
+		}
 	}
 	if cfg.Propagation >= cfg.CA.CATTL/2 {
 		return nil, fmt.Errorf("ca: propagation delay %v must be shorter than half the CA TTL %v", cfg.Propagation, cfg.CA.CATTL)
@@ -181,9 +219,25 @@ func (m *Manager) restore(ctx context.Context, s Slot) (*slot, error) {
 		if err != nil {
 			return nil, fmt.Errorf("certificate: %w", err)
 		}
-		c := &CA{cfg: m.cfg.CA, td: m.cfg.CA.TrustDomain, signer: signer, cert: cert, subjectKeyID: cert.SubjectKeyId}
-		if !c.reusable(signer, cert) {
-			return nil, errors.New("certificate does not match its key, this server or the trust domain")
+		if !s.Upstream() {
+			c := newChainedCA(m.cfg.CA, signer, cert, nil, true)
+			if !c.reusable(signer, cert) {
+				return nil, errors.New("certificate does not match its key, this server or the trust domain")
+			}
+			sl.x509 = c
+			break
+		}
+		upstream, err := parseDERs(s.UpstreamChain)
+		if err != nil {
+			return nil, fmt.Errorf("upstream chain: %w", err)
+		}
+		roots, err := parseDERs(s.UpstreamRoots)
+		if err != nil {
+			return nil, fmt.Errorf("upstream roots: %w", err)
+		}
+		c := newChainedCA(m.cfg.CA, signer, cert, upstream, false)
+		if err := c.reusableChained(signer, cert, upstream, roots); err != nil {
+			return nil, err
 		}
 		sl.x509 = c
 	case KindJWT:
@@ -278,6 +332,9 @@ func (m *Manager) Tick(ctx context.Context) (events []Event, next time.Time) {
 			ev := m.doLocked(ctx, a)
 			events = append(events, ev)
 			if ev.Err != nil {
+				if errors.Is(ev.Err, ErrUpstream) {
+					return events, now.Add(m.upstreamRetryDelay())
+				}
 				return events, now.Add(m.retryDelay())
 			}
 		}
@@ -288,6 +345,28 @@ func (m *Manager) Tick(ctx context.Context) (events []Event, next time.Time) {
 // retryDelay is how soon a failed step is tried again.
 func (m *Manager) retryDelay() time.Duration {
 	return min(5*time.Second, max(m.policy.TTL/100, 100*time.Millisecond))
+}
+
+// maxUpstreamRetryDelay caps the backoff between attempts to get a new CA
+// certificate signed by an upstream authority that fails.
+const maxUpstreamRetryDelay = 5 * time.Minute
+
+// upstreamRetryDelay is how soon a preparation that failed at the
+// upstream authority is tried again: the retry delay, doubled with each
+// consecutive failure, at most maxUpstreamRetryDelay.
+func (m *Manager) upstreamRetryDelay() time.Duration {
+	return UpstreamRetryDelay(m.retryDelay(), m.upstreamFailures)
+}
+
+// UpstreamRetryDelay is the backoff after failures consecutive failed
+// attempts at the upstream authority: base doubled failures-1 times,
+// at most 5 minutes (and never less than base).
+func UpstreamRetryDelay(base time.Duration, failures int) time.Duration {
+	d := base
+	for i := 1; i < failures && d < maxUpstreamRetryDelay; i++ {
+		d *= 2
+	}
+	return min(d, max(base, maxUpstreamRetryDelay))
 }
 
 func (m *Manager) doLocked(ctx context.Context, a Action) Event {
@@ -339,30 +418,59 @@ func (m *Manager) byIDLocked(id string) *slot {
 	return nil
 }
 
+// ErrUpstream is wrapped by the errors of preparing an X.509 key whose
+// certificate the upstream authority did not sign (unreachable, refused,
+// or an answer that does not check).
+var ErrUpstream = errors.New("ca: upstream authority")
+
 // prepareLocked makes a new key and certificate (or JWT key), persists the
-// slot and publishes it.
+// slot and publishes it. With an upstream authority the certificate is
+// signed there first; if that fails nothing is persisted or published and
+// the key is kept for the next attempt.
 func (m *Manager) prepareLocked(ctx context.Context) (Slot, error) {
 	seq := m.nextSeq + 1
 	keyID := fmt.Sprintf("%s-ca-%d", m.cfg.Kind, seq)
 	if m.cfg.Kind == KindJWT {
 		keyID = fmt.Sprintf("jwt-key-%d", seq)
 	}
-	signer, err := m.cfg.CA.KeyManager.GenerateKey(ctx, keyID, m.cfg.CA.KeyType)
-	observe(m.cfg.CA.KeyObserver, KeyOpGenerate, err)
-	if err != nil {
-		return Slot{}, fmt.Errorf("ca: generating %s key: %w", m.cfg.Kind, err)
+	var signer crypto.Signer
+	if p := m.pending; p != nil && p.seq == seq && p.keyID == keyID {
+		signer = p.signer
+	} else {
+		var err error
+		signer, err = m.cfg.CA.KeyManager.GenerateKey(ctx, keyID, m.cfg.CA.KeyType)
+		observe(m.cfg.CA.KeyObserver, KeyOpGenerate, err)
+		if err != nil {
+			return Slot{}, fmt.Errorf("ca: generating %s key: %w", m.cfg.Kind, err)
+		}
+		signer = observeSigner(signer, m.cfg.CA.KeyObserver)
 	}
-	signer = observeSigner(signer, m.cfg.CA.KeyObserver)
 	now := m.cfg.CA.Clock.Now()
 	sl := &slot{signer: signer, Slot: Slot{Kind: m.cfg.Kind, Seq: seq, KeyID: keyID, State: StatePrepared, PreparedAt: now}}
 	switch m.cfg.Kind {
 	case KindX509:
-		c := &CA{cfg: m.cfg.CA, td: m.cfg.CA.TrustDomain, signer: signer}
-		cert, err := c.selfSign(signer)
-		if err != nil {
-			return Slot{}, err
+		var c *CA
+		if m.cfg.CA.Upstream != nil {
+			var err error
+			c, err = m.upstreamSignLocked(ctx, signer)
+			if err != nil {
+				m.pending = &pendingKey{seq: seq, keyID: keyID, signer: signer}
+				m.upstreamFailures++
+				return Slot{Kind: m.cfg.Kind, Seq: seq, KeyID: keyID, State: StatePrepared}, err
+			}
+			m.pending, m.upstreamFailures = nil, 0
+			sl.UpstreamRoots = derOf(c.roots)
+			sl.UpstreamChain = derOf(c.upstream)
+			c.roots = nil
+		} else {
+			self := &CA{cfg: m.cfg.CA, td: m.cfg.CA.TrustDomain, signer: signer}
+			cert, err := self.selfSign(signer)
+			if err != nil {
+				return Slot{}, err
+			}
+			c = newChainedCA(m.cfg.CA, signer, cert, nil, true)
 		}
-		c.cert, c.subjectKeyID = cert, cert.SubjectKeyId
+		cert := c.cert
 		sl.x509 = c
 		sl.ID = hex.EncodeToString(cert.SubjectKeyId)
 		sl.NotBefore, sl.NotAfter = cert.NotBefore, cert.NotAfter
@@ -387,12 +495,75 @@ func (m *Manager) prepareLocked(ctx context.Context) (Slot, error) {
 	if err := m.persistLocked(); err != nil {
 		return sl.Slot, err
 	}
-	err = m.publishLocked(ctx, sl)
+	err := m.publishLocked(ctx, sl)
 	return sl.Slot, err
+}
+
+// upstreamSignLocked gets a CA certificate for signer from the upstream
+// authority, within the upstream timeout, and checks the answer. The CA it
+// returns carries the upstream's roots in its roots field.
+func (m *Manager) upstreamSignLocked(ctx context.Context, signer crypto.Signer) (*CA, error) {
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: caRequestSubject(m.cfg.CA.ServerID),
+		URIs:    []*url.URL{m.cfg.CA.TrustDomain.ID().URL()},
+	}, signer)
+	if err != nil {
+		return nil, fmt.Errorf("ca: making the CA certificate request: %w", err)
+	}
+	uctx, cancel := context.WithTimeout(ctx, m.cfg.UpstreamTimeout)
+	defer cancel()
+	resp, err := m.cfg.CA.Upstream.MintX509CA(uctx, X509CARequest{CSR: csr, TrustDomain: m.cfg.CA.TrustDomain, TTL: m.cfg.CA.CATTL})
+	if err != nil {
+		return nil, fmt.Errorf("%w: signing the new CA certificate: %w", ErrUpstream, err)
+	}
+	if err := CheckUpstreamResponse(resp, m.cfg.CA.TrustDomain, signer.Public(), m.cfg.CA.Clock.Now()); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUpstream, err)
+	}
+	c := newChainedCA(m.cfg.CA, signer, resp.Chain[0], slices.Clone(resp.Chain[1:]), false)
+	c.roots = slices.Clone(resp.Roots)
+	return c, nil
+}
+
+func derOf(certs []*x509.Certificate) [][]byte {
+	if len(certs) == 0 {
+		return nil
+	}
+	out := make([][]byte, len(certs))
+	for i, c := range certs {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
+	out := make([]*x509.Certificate, 0, len(ders))
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // publishLocked writes the slot to the bundle and records the commit time.
 func (m *Manager) publishLocked(ctx context.Context, sl *slot) error {
+	if sl.Upstream() {
+		// The roots first: a CA is in the bundle (through its root)
+		// before anything it signs is handed out.
+		rp, ok := m.cfg.Publisher.(RootPublisher)
+		if !ok {
+			return fmt.Errorf("ca: publishing %s key %s: the publisher cannot record upstream roots", sl.Kind, sl.ID)
+		}
+		roots, err := parseDERs(sl.UpstreamRoots)
+		if err != nil {
+			return fmt.Errorf("ca: %s key %s: upstream roots: %w", sl.Kind, sl.ID, err)
+		}
+		if err := rp.PublishUpstreamRoots(ctx, roots); err != nil {
+			return fmt.Errorf("ca: publishing the upstream roots of %s key %s: %w", sl.Kind, sl.ID, err)
+		}
+	}
 	if err := m.cfg.Publisher.Publish(ctx, sl.Slot); err != nil {
 		return fmt.Errorf("ca: publishing %s key %s: %w", sl.Kind, sl.ID, err)
 	}

@@ -70,8 +70,10 @@ type X509SVIDParams struct {
 // EKU ServerAuth+ClientAuth, AuthorityKeyId = the CA's SubjectKeyId, and
 // BasicConstraints CA=false.
 //
-// It returns the chain leaf first; that is just the leaf, since the CA is
-// the root published in the bundle.
+// It returns the chain leaf first: just the leaf when the CA certificate is
+// self-signed (a root of the bundle); the leaf, the CA certificate and the
+// certificates up to the upstream root when an upstream authority signed
+// it.
 //
 // It refuses a zero SPIFFE ID, an ID outside the CA's trust domain or
 // without a path, an unsupported public key, a negative TTL, and signing
@@ -156,7 +158,11 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	if err != nil {
 		return nil, fmt.Errorf("ca: parsing new X509-SVID: %w", err)
 	}
-	return []*x509.Certificate{leaf}, nil
+	if len(c.svidChain) == 0 {
+		return []*x509.Certificate{leaf}, nil
+	}
+	chain = make([]*x509.Certificate, 0, 1+len(c.svidChain))
+	return append(append(chain, leaf), c.svidChain...), nil
 }
 
 // SignX509SVIDFromCSR verifies the DER PKCS#10 request csrDER and mints an

@@ -28,6 +28,7 @@ const (
 	KeyAttestationFailureBurst  = "attestation_failure_burst"
 	KeySigningFailureBurst      = "signing_failure_burst"
 	KeyKeyManagerFailing        = "key_manager_failing/"
+	KeyUpstreamFailing          = "upstream_failing/"
 )
 
 // Bounds of an alert made by this package.
@@ -68,6 +69,7 @@ func Evaluate(cfg Config, s Snapshot) []alert.Alert {
 	out = append(out, evalFederation(cfg, s)...)
 	out = append(out, evalMembers(cfg, s)...)
 	out = append(out, evalKeyManagers(cfg, s)...)
+	out = append(out, evalUpstreams(cfg, s)...)
 	if s.Failures.Attestation >= cfg.FailureBurst {
 		out = append(out, burst(cfg, s, KeyAttestationFailureBurst, NameAttestationFailureBurst, "attestation", s.Failures.Attestation))
 	}
@@ -476,6 +478,26 @@ func evalKeyManagers(cfg Config, s Snapshot) []alert.Alert {
 		out = append(out, build(alert.Alert{
 			Key: key(KeyKeyManagerFailing, sv.Name), Name: NameKeyManagerFailing, Severity: alert.Critical,
 			Summary: fmt.Sprintf("key manager of server %s failing since %s: it cannot sign SVIDs or rotate its keys", sv.Name, stamp(since)),
+			Source:  s.Source, StartsAt: s.Now,
+		}, kv...))
+	}
+	return out
+}
+
+func evalUpstreams(cfg Config, s Snapshot) []alert.Alert {
+	var out []alert.Alert
+	for _, sv := range s.Servers {
+		since := sv.UpstreamFailingSince
+		if since.IsZero() || s.Now.Sub(since) <= cfg.UpstreamFailingAfter {
+			continue
+		}
+		kv := []string{"server", sv.Name, "since", stamp(since)}
+		if sv.UpstreamError != "" {
+			kv = append(kv, "last_error", cut(sv.UpstreamError, MaxErrorLen))
+		}
+		out = append(out, build(alert.Alert{
+			Key: key(KeyUpstreamFailing, sv.Name), Name: NameUpstreamFailing, Severity: alert.Warning,
+			Summary: fmt.Sprintf("upstream authority of server %s failing since %s: its next CA key cannot be signed (the active key still signs)", sv.Name, stamp(since)),
 			Source:  s.Source, StartsAt: s.Now,
 		}, kv...))
 	}

@@ -32,6 +32,7 @@ const (
 	NameAttestationFailureBurst  = "SigilAttestationFailureBurst"
 	NameSigningFailureBurst      = "SigilSigningFailureBurst"
 	NameKeyManagerFailing        = "SigilKeyManagerFailing"
+	NameUpstreamFailing          = "SigilUpstreamAuthorityFailing"
 )
 
 // Config holds the thresholds of the conditions. The zero value is not
@@ -75,6 +76,12 @@ type Config struct {
 	// fires KeyManagerFailing (critical); its next successful operation
 	// resolves it.
 	KeyManagerFailingAfter time.Duration
+	// UpstreamFailingAfter: a server whose upstream authority has failed
+	// for longer (getting a new CA certificate signed, or reading its
+	// roots) fires UpstreamAuthorityFailing (warning): the server's next
+	// CA key waits for it, the active key keeps signing. The next
+	// success resolves it.
+	UpstreamFailingAfter time.Duration
 	// MaxIDs bounds how many SPIFFE IDs one alert names in its details
 	// (the count is always given).
 	MaxIDs int
@@ -94,6 +101,7 @@ func DefaultConfig() Config {
 		FailureBurst:           20,
 		FailureWindow:          5 * time.Minute,
 		KeyManagerFailingAfter: 30 * time.Second,
+		UpstreamFailingAfter:   5 * time.Minute,
 		MaxIDs:                 20,
 	}
 }
@@ -114,6 +122,7 @@ func (c Config) Validate() error {
 	pos("member_unreachable_after", c.MemberUnreachableAfter)
 	pos("failure_window", c.FailureWindow)
 	pos("key_manager_failing_after", c.KeyManagerFailingAfter)
+	pos("upstream_failing_after", c.UpstreamFailingAfter)
 	if c.FederationStaleHints < 1 || c.FederationStaleHints > 1000 {
 		errs = append(errs, fmt.Errorf("federation_stale_hints: must be 1..1000, got %d", c.FederationStaleHints))
 	}
@@ -214,6 +223,11 @@ type Server struct {
 	// works. KeyManagerError is the last failure's error.
 	KeyManagerFailingSince time.Time
 	KeyManagerError        string
+	// UpstreamFailingSince is when the server's upstream authority began
+	// to fail; zero while it works or when there is none. UpstreamError
+	// is the last failure's error.
+	UpstreamFailingSince time.Time
+	UpstreamError        string
 }
 
 // Failures are cluster-wide failure counts within the failure window.

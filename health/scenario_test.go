@@ -160,9 +160,12 @@ func runScenario(t *testing.T, path string) string {
 			}
 			sc.snap.Members = replaceBy(sc.snap.Members, m, func(a health.Member) bool { return a.Name == m.Name })
 		case "server":
-			sv := health.Server{Name: sc.arg(pos, 0), KeyManagerError: kv["error"]}
+			sv := health.Server{Name: sc.arg(pos, 0), KeyManagerError: kv["error"], UpstreamError: kv["upstream_error"]}
 			if has(pos, "failing") {
 				sv.KeyManagerFailingSince = sc.time(kv["since"])
+			}
+			if has(pos, "upstream_failing") {
+				sv.UpstreamFailingSince = sc.time(kv["upstream_since"])
 			}
 			sc.snap.Servers = replaceBy(sc.snap.Servers, sv, func(a health.Server) bool { return a.Name == sv.Name })
 		case "observe":
@@ -291,6 +294,8 @@ func (sc *scenario) config(kv map[string]string) {
 			sc.cfg.FailureWindow = sc.dur(v)
 		case "key_manager_failing_after":
 			sc.cfg.KeyManagerFailingAfter = sc.dur(v)
+		case "upstream_failing_after":
+			sc.cfg.UpstreamFailingAfter = sc.dur(v)
 		case "max_ids":
 			sc.cfg.MaxIDs = int(sc.uint(v))
 		default:

@@ -153,6 +153,8 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		res = a.single(a.recordPartnerFetch(op.RecordPartnerFetch))
 	case *storepb.Command_UpdateAlerts:
 		res = a.single(a.updateAlerts(op.UpdateAlerts))
+	case *storepb.Command_SetUpstreamRoots:
+		res = a.single(a.setUpstreamRoots(op.SetUpstreamRoots))
 	default:
 		return cmdErr(codes.InvalidArgument, "command has no known operation")
 	}
@@ -510,6 +512,9 @@ func (a *applier) putX509Authority(c *storepb.PutX509Authority) *CommandError {
 	if in.ServerId == "" {
 		return cmdErr(codes.InvalidArgument, "authority server_id is empty")
 	}
+	if in.Upstream {
+		return cmdErr(codes.InvalidArgument, "upstream roots are recorded with SetUpstreamRoots, not as a server's authority")
+	}
 	notAfter, err := parseCACert(in.Certificate)
 	if err != nil {
 		return err
@@ -518,10 +523,11 @@ func (a *applier) putX509Authority(c *storepb.PutX509Authority) *CommandError {
 		return err
 	}
 	auth := &sigilv1.X509Authority{
-		Certificate: in.Certificate,
-		ServerId:    in.ServerId,
-		NotAfter:    notAfter,
-		Tainted:     in.Tainted,
+		Certificate:  in.Certificate,
+		ServerId:     in.ServerId,
+		NotAfter:     notAfter,
+		Tainted:      in.Tainted,
+		Intermediate: in.Intermediate,
 	}
 	var b *sigilv1.Bundle
 	if raw, err := a.txn.First(tableBundles, indexID, c.TrustDomain); err == nil && raw != nil {

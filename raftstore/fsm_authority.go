@@ -164,6 +164,9 @@ func (a *applier) taintAuthority(c *storepb.TaintAuthority) *CommandError {
 	found, changed := false, false
 	for _, x := range b.X509Authorities {
 		if x509IDOf(x.Certificate) == c.AuthorityId {
+			if x.Upstream {
+				return cmdErr(codes.FailedPrecondition, "authority %s is a root of the upstream authority: it is tainted or removed there, not in Sigil", c.AuthorityId)
+			}
 			found = true
 			if !x.Tainted {
 				x.Tainted, changed = true, true
@@ -200,6 +203,9 @@ func (a *applier) revokeAuthority(c *storepb.RevokeAuthority) *CommandError {
 	keptX := make([]*sigilv1.X509Authority, 0, len(b.X509Authorities))
 	for _, x := range b.X509Authorities {
 		if x509IDOf(x.Certificate) == c.AuthorityId {
+			if x.Upstream {
+				return cmdErr(codes.FailedPrecondition, "authority %s is a root of the upstream authority: it is removed there, not in Sigil", c.AuthorityId)
+			}
 			goneX = append(goneX, x)
 		} else {
 			keptX = append(keptX, x)

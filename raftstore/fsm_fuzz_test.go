@@ -218,6 +218,10 @@ func newFuzzFixture(tb testing.TB) *fuzzFixture {
 		{Op: &storepb.Command_RevokeAuthority{RevokeAuthority: &storepb.RevokeAuthority{TrustDomain: "example.org", AuthorityId: "k1"}}},
 		{Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{TrustDomain: "example.org", ServerId: "n1"}}},
 		{Op: &storepb.Command_RetireServer{RetireServer: &storepb.RetireServer{TrustDomain: "example.org", ServerId: "n1", Revoke: true}}},
+		// Upstream roots and a server's intermediate CA.
+		{Op: &storepb.Command_SetUpstreamRoots{SetUpstreamRoots: &storepb.SetUpstreamRoots{TrustDomain: "example.org", Certificates: [][]byte{ca}}}},
+		{Op: &storepb.Command_SetUpstreamRoots{SetUpstreamRoots: &storepb.SetUpstreamRoots{TrustDomain: "example.org", Replace: true}}},
+		{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{TrustDomain: "example.org", Authority: &sigilv1.X509Authority{Certificate: ca, ServerId: "n2", Intermediate: true}}}},
 	} {
 		fx.seeds = append(fx.seeds, at(0, c))
 	}

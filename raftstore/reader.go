@@ -374,7 +374,10 @@ func (r *Reader) JoinToken(hash string) (*sigilv1.JoinToken, error) {
 
 // Bundle returns the trust bundle of trustDomain, or ErrNotFound: the
 // bundle agents and workloads trust, without the servers' cluster identity
-// CAs (see PeerBundle).
+// CAs (see PeerBundle). The servers' CA certificates that an upstream
+// authority signed are moved from x509_authorities to x509_intermediates:
+// the trust anchors are the upstream roots (and any self-signed server
+// CA).
 func (r *Reader) Bundle(trustDomain string) (*sigilv1.Bundle, error) {
 	pb, err := r.PeerBundle(trustDomain)
 	if err != nil {
@@ -382,7 +385,7 @@ func (r *Reader) Bundle(trustDomain string) (*sigilv1.Bundle, error) {
 	}
 	n := 0
 	for _, a := range pb.X509Authorities {
-		if !strings.HasPrefix(a.ServerId, IdentityAuthorityPrefix) {
+		if !strings.HasPrefix(a.ServerId, IdentityAuthorityPrefix) && !a.Intermediate {
 			n++
 		}
 	}
@@ -397,7 +400,11 @@ func (r *Reader) Bundle(trustDomain string) (*sigilv1.Bundle, error) {
 		SequenceNumber:  pb.SequenceNumber,
 	}
 	for _, a := range pb.X509Authorities {
-		if !strings.HasPrefix(a.ServerId, IdentityAuthorityPrefix) {
+		switch {
+		case strings.HasPrefix(a.ServerId, IdentityAuthorityPrefix):
+		case a.Intermediate:
+			out.X509Intermediates = append(out.X509Intermediates, a)
+		default:
 			out.X509Authorities = append(out.X509Authorities, a)
 		}
 	}

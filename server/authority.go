@@ -50,6 +50,8 @@ func (s *Server) initCA(ctx context.Context) error {
 	base.X509SVIDTTL = s.cfg.X509SVIDTTL
 	base.Clock = s.cfg.Clock
 	base.KeyObserver = s.keys
+	base.Upstream = s.cfg.UpstreamAuthority
+	base.AllowIntermediates = s.cfg.AllowDownstream
 	pub := &bundlePublisher{s: s}
 	managers := make(map[ca.SlotKind]*ca.Manager, 2)
 	for _, kind := range []ca.SlotKind{ca.KindX509, ca.KindJWT} {
@@ -98,10 +100,11 @@ func (p *bundlePublisher) Publish(ctx context.Context, sl ca.Slot) error {
 		cmd = &storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
 			TrustDomain: s.td.Name(),
 			Authority: &sigilv1.X509Authority{
-				Certificate: sl.Certificate,
-				ServerId:    s.cfg.NodeName,
-				NotAfter:    sl.NotAfter.Unix(),
-				Tainted:     sl.Tainted,
+				Certificate:  sl.Certificate,
+				ServerId:     s.cfg.NodeName,
+				NotAfter:     sl.NotAfter.Unix(),
+				Tainted:      sl.Tainted,
+				Intermediate: sl.Upstream(),
 			},
 		}}}
 	case ca.KindJWT:
@@ -119,6 +122,25 @@ func (p *bundlePublisher) Publish(ctx context.Context, sl ca.Slot) error {
 		return fmt.Errorf("unknown authority kind %q", sl.Kind)
 	}
 	_, err := s.apply(ctx, cmd)
+	return err
+}
+
+// PublishUpstreamRoots adds the roots of the upstream authority to the
+// bundle (ca.RootPublisher).
+func (p *bundlePublisher) PublishUpstreamRoots(ctx context.Context, roots []*x509.Certificate) error {
+	return p.s.setUpstreamRoots(ctx, roots, false)
+}
+
+// setUpstreamRoots records roots as the bundle's upstream roots: added to
+// those there, or replacing them.
+func (s *Server) setUpstreamRoots(ctx context.Context, roots []*x509.Certificate, replace bool) error {
+	ders := make([][]byte, len(roots))
+	for i, c := range roots {
+		ders[i] = c.Raw
+	}
+	_, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_SetUpstreamRoots{SetUpstreamRoots: &storepb.SetUpstreamRoots{
+		TrustDomain: s.td.Name(), Certificates: ders, Replace: replace,
+	}}})
 	return err
 }
 

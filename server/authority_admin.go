@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -88,12 +89,13 @@ func (a *authorityAdmin) ShowAuthorities(ctx context.Context, _ *sigilv1.ShowAut
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "reading bundle: %v", err)
 	}
-	for _, x := range pb.X509Authorities {
+	for _, x := range append(slices.Clip(pb.X509Authorities), pb.X509Intermediates...) {
 		id := ""
 		if c, err := x509.ParseCertificate(x.Certificate); err == nil {
 			id = raftstore.X509AuthorityID(c)
 		}
-		resp.Bundle = append(resp.Bundle, &sigilv1.BundleAuthority{Kind: "x509", Id: id, ServerId: x.ServerId, NotAfter: x.NotAfter, Tainted: x.Tainted})
+		resp.Bundle = append(resp.Bundle, &sigilv1.BundleAuthority{Kind: "x509", Id: id, ServerId: x.ServerId, NotAfter: x.NotAfter, Tainted: x.Tainted,
+			Intermediate: x.Intermediate, Upstream: x.Upstream})
 	}
 	for _, j := range pb.JwtAuthorities {
 		resp.Bundle = append(resp.Bundle, &sigilv1.BundleAuthority{Kind: "jwt", Id: j.KeyId, ServerId: j.ServerId, NotAfter: j.ExpiresAt, Tainted: j.Tainted})

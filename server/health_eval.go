@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -335,7 +336,10 @@ func (s *Server) healthAuthorities() []health.Authority {
 			latest[g] = len(others) - 1
 		}
 	}
-	for _, x := range b.X509Authorities {
+	for _, x := range append(slices.Clip(b.X509Authorities), b.X509Intermediates...) {
+		if x.Upstream {
+			continue // no server holds it: nothing of Sigil's succeeds it
+		}
 		id := ""
 		if c, err := x509.ParseCertificate(x.Certificate); err == nil {
 			id = raftstore.X509AuthorityID(c)

@@ -189,7 +189,8 @@ func (s *Server) gatherMember(ctx context.Context, m raftstore.Member, prev *mem
 	}
 	next := &memberReports{instance: resp.Instance, generation: resp.Generation, reports: make(map[string]health.AgentReport, len(resp.Reports)),
 		keyManager: health.Server{Name: m.ID, KeyManagerError: cutUTF8(resp.KeyManagerError, maxKeyErrorLen),
-			KeyManagerFailingSince: unixTime(resp.KeyManagerFailingSince)}}
+			KeyManagerFailingSince: unixTime(resp.KeyManagerFailingSince),
+			UpstreamError:          cutUTF8(resp.UpstreamError, maxKeyErrorLen), UpstreamFailingSince: unixTime(resp.UpstreamFailingSince)}}
 	for _, hr := range resp.Reports {
 		received := unixTime(hr.ReceivedAt)
 		if hr.Report != nil {

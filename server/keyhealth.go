@@ -117,7 +117,9 @@ func (k *keyHealth) state() (since time.Time, lastErr string) {
 // reads it.
 func (s *Server) healthServer() health.Server {
 	since, lastErr := s.keys.state()
-	return health.Server{Name: s.cfg.NodeName, KeyManagerFailingSince: since, KeyManagerError: lastErr}
+	usince, uerr := s.upstream.state()
+	return health.Server{Name: s.cfg.NodeName, KeyManagerFailingSince: since, KeyManagerError: lastErr,
+		UpstreamFailingSince: usince, UpstreamError: uerr}
 }
 
 // cutUTF8 is s cut to at most n bytes at a UTF-8 boundary.

@@ -89,5 +89,8 @@ func (s *Server) agentReports(ctx context.Context, req *clusterpb.AgentReportsRe
 	if !since.IsZero() {
 		resp.KeyManagerFailingSince = since.Unix()
 	}
+	if since, lastErr := s.upstream.state(); !since.IsZero() {
+		resp.UpstreamFailingSince, resp.UpstreamError = since.Unix(), lastErr
+	}
 	return resp, nil
 }

@@ -3,6 +3,9 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -11,6 +14,7 @@ import (
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/internal/storepb"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // maxRotationSleep bounds the rotation loop's sleep, so that a jump of the
@@ -69,6 +73,14 @@ func (s *Server) rotateOnce(ctx context.Context) time.Time {
 			if ev.Err == nil && ev.Action == ca.ActActivate {
 				activated = true
 			}
+			if m.Kind() == ca.KindX509 && ev.Action == ca.ActPrepare && s.cfg.UpstreamAuthority != nil {
+				switch {
+				case errors.Is(ev.Err, ca.ErrUpstream):
+					s.upstream.mintFailed(s.cfg.Clock.Now(), ev.Err)
+				case ev.Err == nil:
+					s.upstream.mintOK()
+				}
+			}
 		}
 		if activated && m.Kind() == ca.KindX509 && s.svid.Load() != nil {
 			// The node API's own certificate moves to the new key too, so
@@ -80,7 +92,64 @@ func (s *Server) rotateOnce(ctx context.Context) time.Time {
 	}
 	earliest(s.republishAndPrune(ctx))
 	earliest(s.finishRetirements(ctx))
+	s.mirrorUpstreamRoots(ctx)
 	return next
+}
+
+// mirrorUpstreamRoots makes the bundle's upstream roots, on the leader,
+// those the upstream authority has now: a root it added (its own
+// rotation) is trusted before anything chains to it, one it dropped
+// leaves the bundle. The rotation loop calls it at least every
+// maxRotationSleep. The store refuses to remove every root while a CA
+// certificate chained to them is in the bundle.
+func (s *Server) mirrorUpstreamRoots(ctx context.Context) {
+	if s.cfg.UpstreamAuthority == nil || !s.store.IsLeader() {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	roots, err := s.cfg.UpstreamAuthority.Roots(rctx)
+	cancel()
+	if err == nil && len(roots) == 0 {
+		err = errors.New("the upstream authority has no roots")
+	}
+	if err == nil && len(roots) > raftstore.MaxUpstreamRoots {
+		err = fmt.Errorf("the upstream authority has %d roots (at most %d)", len(roots), raftstore.MaxUpstreamRoots)
+	}
+	if err != nil {
+		s.upstream.rootsFailed(s.cfg.Clock.Now(), err)
+		s.log.Warn("reading the upstream authority's roots", zap.Error(err))
+		return
+	}
+	s.upstream.rootsOK()
+	pb, err := s.store.Read().PeerBundle(s.td.Name())
+	if err == nil && sameUpstreamRoots(pb, roots) {
+		return
+	}
+	if err := s.setUpstreamRoots(ctx, roots, true); err != nil {
+		s.log.Warn("recording the upstream authority's roots", zap.Error(err))
+		return
+	}
+	s.audit(audit.Event{What: "upstream_roots_updated", Who: s.id.String(), Subject: s.td.Name(),
+		Message: "the bundle's upstream roots follow the upstream authority", Fields: []audit.Field{audit.Int("roots", len(roots))}})
+}
+
+// sameUpstreamRoots reports whether pb's upstream roots are exactly roots.
+func sameUpstreamRoots(pb *sigilv1.Bundle, roots []*x509.Certificate) bool {
+	n := 0
+	for _, a := range pb.GetX509Authorities() {
+		if !a.Upstream {
+			continue
+		}
+		n++
+		found := false
+		for _, r := range roots {
+			found = found || bytes.Equal(r.Raw, a.Certificate)
+		}
+		if !found {
+			return false
+		}
+	}
+	return n == len(roots)
 }
 
 func (s *Server) logRotation(ev ca.Event) {
@@ -135,6 +204,9 @@ func (s *Server) republishAndPrune(ctx context.Context) time.Time {
 	for _, a := range pb.GetX509Authorities() {
 		note(a.NotAfter)
 	}
+	for _, a := range pb.GetX509Intermediates() {
+		note(a.NotAfter)
+	}
 	for _, a := range pb.GetJwtAuthorities() {
 		note(a.ExpiresAt)
 	}
@@ -154,9 +226,11 @@ func (s *Server) republishAndPrune(ctx context.Context) time.Time {
 
 func inBundle(pb *sigilv1.Bundle, sl ca.Slot) bool {
 	if sl.Kind == ca.KindX509 {
-		for _, a := range pb.GetX509Authorities() {
-			if bytes.Equal(a.Certificate, sl.Certificate) && a.Tainted == sl.Tainted {
-				return true
+		for _, list := range [][]*sigilv1.X509Authority{pb.GetX509Authorities(), pb.GetX509Intermediates()} {
+			for _, a := range list {
+				if bytes.Equal(a.Certificate, sl.Certificate) && a.Tainted == sl.Tainted {
+					return true
+				}
 			}
 		}
 		return false

@@ -56,6 +56,8 @@ type Server struct {
 	metrics *metrics
 	auth    *authorities // see authority.go; read through s.x509CA() and s.jwtSigner()
 	keys    *keyHealth   // see keyhealth.go
+	// upstream is the state of the upstream authority (upstreamhealth.go).
+	upstream *upstreamHealth
 
 	svid atomic.Pointer[tls.Certificate]
 
@@ -111,6 +113,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics.registerStateCollector(s)
 	s.keys = newKeyHealth(cfg.Clock, s.metrics.reg, !cfg.DisableMetrics)
+	s.upstream = newUpstreamHealth(cfg.UpstreamAuthority != nil, s.metrics.reg)
 	s.auditSink = cfg.AuditSink
 	if s.auditSink == nil {
 		s.auditSink = audit.NewZap(s.log)

@@ -58,6 +58,13 @@ func startServer(t *testing.T) *harness {
 // node API limits before it runs.
 func startServerWith(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits)) *harness {
 	t.Helper()
+	return startServerConfig(t, clk, setLimits, nil)
+}
+
+// startServerConfig is startServerWith with a change to the
+// configuration, when mutate is not nil, before the server is built.
+func startServerConfig(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits), mutate func(*Config)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	core, logs := observer.New(zap.DebugLevel)
 	cfg := DefaultConfig()
@@ -69,6 +76,9 @@ func startServerWith(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits))
 	cfg.Logger = zap.New(core)
 	cfg.Clock = clk
 	withPlugins(t, &cfg, "disk")
+	if mutate != nil {
+		mutate(&cfg)
+	}
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +155,16 @@ func (h *harness) nodeClient(cert *tls.Certificate) sigilv1.NodeClient {
 			if err != nil {
 				return err
 			}
-			_, err = c.Verify(x509.VerifyOptions{Roots: h.pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			// Intermediates: the server's CA when an upstream signed it.
+			inter := x509.NewCertPool()
+			for _, der := range raw[1:] {
+				ic, err := x509.ParseCertificate(der)
+				if err != nil {
+					return err
+				}
+				inter.AddCert(ic)
+			}
+			_, err = c.Verify(x509.VerifyOptions{Roots: h.pool(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 			return err
 		}}
 	if cert != nil {

@@ -724,8 +724,13 @@ type AgentReportsResponse struct {
 	// key_manager_failing_since is when this server's key manager began to
 	// fail (Unix seconds); 0 while it works.
 	KeyManagerFailingSince int64 `protobuf:"varint,7,opt,name=key_manager_failing_since,json=keyManagerFailingSince,proto3" json:"key_manager_failing_since,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// upstream_error and upstream_failing_since are the same for this
+	// server's upstream authority (empty and 0 while it works or when there
+	// is none).
+	UpstreamError        string `protobuf:"bytes,8,opt,name=upstream_error,json=upstreamError,proto3" json:"upstream_error,omitempty"`
+	UpstreamFailingSince int64  `protobuf:"varint,9,opt,name=upstream_failing_since,json=upstreamFailingSince,proto3" json:"upstream_failing_since,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *AgentReportsResponse) Reset() {
@@ -807,6 +812,20 @@ func (x *AgentReportsResponse) GetKeyManagerFailingSince() int64 {
 	return 0
 }
 
+func (x *AgentReportsResponse) GetUpstreamError() string {
+	if x != nil {
+		return x.UpstreamError
+	}
+	return ""
+}
+
+func (x *AgentReportsResponse) GetUpstreamFailingSince() int64 {
+	if x != nil {
+		return x.UpstreamFailingSince
+	}
+	return 0
+}
+
 var File_clusterpb_cluster_proto protoreflect.FileDescriptor
 
 const file_clusterpb_cluster_proto_rawDesc = "" +
@@ -853,7 +872,7 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1f\n" +
 	"\vreceived_at\x18\x02 \x01(\x03R\n" +
 	"receivedAt\x12-\n" +
-	"\x06report\x18\x03 \x01(\v2\x15.sigil.v1.AgentReportR\x06report\"\xc7\x02\n" +
+	"\x06report\x18\x03 \x01(\v2\x15.sigil.v1.AgentReportR\x06report\"\xa4\x03\n" +
 	"\x14AgentReportsResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -863,7 +882,9 @@ const file_clusterpb_cluster_proto_rawDesc = "" +
 	"\x10signing_failures\x18\x04 \x01(\x04R\x0fsigningFailures\x12\x1a\n" +
 	"\binstance\x18\x05 \x01(\tR\binstance\x12*\n" +
 	"\x11key_manager_error\x18\x06 \x01(\tR\x0fkeyManagerError\x129\n" +
-	"\x19key_manager_failing_since\x18\a \x01(\x03R\x16keyManagerFailingSince2\xce\x04\n" +
+	"\x19key_manager_failing_since\x18\a \x01(\x03R\x16keyManagerFailingSince\x12%\n" +
+	"\x0eupstream_error\x18\b \x01(\tR\rupstreamError\x124\n" +
+	"\x16upstream_failing_since\x18\t \x01(\x03R\x14upstreamFailingSince2\xce\x04\n" +
 	"\aCluster\x12P\n" +
 	"\rJoinChallenge\x12\x1e.sigil.v1.JoinChallengeRequest\x1a\x1f.sigil.v1.JoinChallengeResponse\x125\n" +
 	"\x04Join\x12\x15.sigil.v1.JoinRequest\x1a\x16.sigil.v1.JoinResponse\x128\n" +

@@ -234,12 +234,17 @@ func (x *AuthoritySlot) GetNextEvent() string {
 }
 
 type BundleAuthority struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
-	ServerId      string                 `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
-	NotAfter      int64                  `protobuf:"varint,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
-	Tainted       bool                   `protobuf:"varint,5,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Kind     string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id       string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	ServerId string                 `protobuf:"bytes,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	NotAfter int64                  `protobuf:"varint,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	Tainted  bool                   `protobuf:"varint,5,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	// A server's CA certificate signed by the upstream authority (not a
+	// trust anchor; see X509Authority.intermediate).
+	Intermediate bool `protobuf:"varint,6,opt,name=intermediate,proto3" json:"intermediate,omitempty"`
+	// A root of the upstream authority (no server holds its key).
+	Upstream      bool `protobuf:"varint,7,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -305,6 +310,20 @@ func (x *BundleAuthority) GetNotAfter() int64 {
 func (x *BundleAuthority) GetTainted() bool {
 	if x != nil {
 		return x.Tainted
+	}
+	return false
+}
+
+func (x *BundleAuthority) GetIntermediate() bool {
+	if x != nil {
+		return x.Intermediate
+	}
+	return false
+}
+
+func (x *BundleAuthority) GetUpstream() bool {
+	if x != nil {
+		return x.Upstream
 	}
 	return false
 }
@@ -505,13 +524,15 @@ const file_sigil_v1_authority_proto_rawDesc = "" +
 	"\atainted\x18\v \x01(\bR\atainted\x12\"\n" +
 	"\rnext_event_at\x18\f \x01(\x03R\vnextEventAt\x12\x1d\n" +
 	"\n" +
-	"next_event\x18\r \x01(\tR\tnextEvent\"\x89\x01\n" +
+	"next_event\x18\r \x01(\tR\tnextEvent\"\xc9\x01\n" +
 	"\x0fBundleAuthority\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1b\n" +
 	"\tserver_id\x18\x03 \x01(\tR\bserverId\x12\x1b\n" +
 	"\tnot_after\x18\x04 \x01(\x03R\bnotAfter\x12\x18\n" +
-	"\atainted\x18\x05 \x01(\bR\atainted\"\x18\n" +
+	"\atainted\x18\x05 \x01(\bR\atainted\x12\"\n" +
+	"\fintermediate\x18\x06 \x01(\bR\fintermediate\x12\x1a\n" +
+	"\bupstream\x18\a \x01(\bR\bupstream\"\x18\n" +
 	"\x16ShowAuthoritiesRequest\"\xc5\x01\n" +
 	"\x17ShowAuthoritiesResponse\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12-\n" +

@@ -83,7 +83,14 @@ func authorityShow() *cobra.Command {
 			tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "KIND\tID\tSERVER\tNOT AFTER\tTAINTED")
 			for _, b := range resp.Bundle {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", b.Kind, b.Id, b.ServerId, formatTime(b.NotAfter), b.Tainted)
+				server := b.ServerId
+				switch {
+				case b.Upstream:
+					server = "(upstream root)"
+				case b.Intermediate:
+					server += " (signed upstream)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", b.Kind, b.Id, server, formatTime(b.NotAfter), b.Tainted)
 			}
 			return tw.Flush()
 		},

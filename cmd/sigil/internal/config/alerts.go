@@ -46,6 +46,7 @@ type hclAlerts struct {
 	FailureBurst           *uint64 `hcl:"failure_burst,optional"`
 	FailureWindow          string  `hcl:"failure_window,optional"`
 	KeyManagerFailingAfter string  `hcl:"key_manager_failing_after,optional"`
+	UpstreamFailingAfter   string  `hcl:"upstream_failing_after,optional"`
 	MaxIDs                 *int    `hcl:"max_ids,optional"`
 	ReportInterval         string  `hcl:"report_interval,optional"`
 	RepeatInterval         string  `hcl:"repeat_interval,optional"`
@@ -81,6 +82,7 @@ func readAlerts(filename string, sb *hclsyntax.Block, raw *hclAlerts) (*Alerts, 
 		{"member_unreachable_after", raw.MemberUnreachableAfter, &h.MemberUnreachableAfter},
 		{"failure_window", raw.FailureWindow, &h.FailureWindow},
 		{"key_manager_failing_after", raw.KeyManagerFailingAfter, &h.KeyManagerFailingAfter},
+		{"upstream_failing_after", raw.UpstreamFailingAfter, &h.UpstreamFailingAfter},
 		{"report_interval", raw.ReportInterval, &out.ReportInterval},
 		{"repeat_interval", raw.RepeatInterval, &out.RepeatInterval},
 	} {

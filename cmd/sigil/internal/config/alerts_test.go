@@ -27,6 +27,7 @@ func TestAlertsBlock(t *testing.T) {
     failure_burst            = 50
     failure_window           = "10m"
     key_manager_failing_after = "2m"
+    upstream_failing_after   = "20m"
     max_ids                  = 10
     report_interval          = "1m"
     repeat_interval          = "2h"`)))
@@ -38,7 +39,7 @@ func TestAlertsBlock(t *testing.T) {
 			RenewGrace: 2 * time.Minute, ExpiryCritical: 15 * time.Minute, ReportTimeout: 5 * time.Minute,
 			AuthorityWarn: 12 * time.Hour, FederationStaleHints: 4, NoLeaderAfter: 90 * time.Second,
 			MemberUnreachableAfter: 3 * time.Minute, FailureBurst: 50, FailureWindow: 10 * time.Minute, MaxIDs: 10,
-			KeyManagerFailingAfter: 2 * time.Minute,
+			KeyManagerFailingAfter: 2 * time.Minute, UpstreamFailingAfter: 20 * time.Minute,
 		},
 		EvaluateInterval: 30 * time.Second, ReportInterval: time.Minute, RepeatInterval: 2 * time.Hour,
 	}
@@ -73,6 +74,7 @@ func TestAlertsBlockErrors(t *testing.T) {
 		{"max_ids too large", `    max_ids = 101`, `server.hcl:3: server.alerts: health: max_ids: must be 1..100, got 101`},
 		{"no failure burst", `    failure_burst = 0`, `server.hcl:3: server.alerts: health: failure_burst: must be at least 1`},
 		{"zero key manager threshold", `    key_manager_failing_after = "0s"`, `server.hcl:3: server.alerts: health: key_manager_failing_after: must be positive, got 0s`},
+		{"zero upstream threshold", `    upstream_failing_after = "0s"`, `server.hcl:3: server.alerts: health: upstream_failing_after: must be positive, got 0s`},
 		{"stale hints", `    federation_stale_hints = 0`, `server.hcl:3: server.alerts: health: federation_stale_hints: must be 1..1000, got 0`},
 		{"wrong type", `    max_ids = "ten"`, `server.hcl:4,16: Unsuitable value type; Unsuitable value: a number is required`},
 		{"tiny evaluate interval", `    evaluate_interval = "10ms"`, `server.hcl:3: server.alerts: evaluate_interval: must be at least 1s, got 10ms`},
