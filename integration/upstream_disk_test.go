@@ -1,0 +1,269 @@
+package integration
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/sigil-id/sigil/internal/eventually"
+)
+
+// TestUpstreamDisk runs a real server whose CA certificates are signed by
+// an operator's PKI (upstream_authority "disk": a root and an intermediate
+// made by the test, the intermediate's key in a file) and an agent: a
+// workload (this test, through go-spiffe) gets an X.509-SVID whose chain
+// is [SVID, server CA, operator intermediate]; `openssl verify -CAfile
+// upstream-root.pem -untrusted chain.pem svid.pem` accepts it; the
+// workload's X.509 bundle of the trust domain is exactly the upstream root.
+// After a forced CA rotation (authority prepare, activate) the SVID is
+// signed by a new server CA, still verifies with openssl against the same
+// root, and the bundle (the workload's and `sigil bundle show`) is
+// unchanged.
+func TestUpstreamDisk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Fatal("openssl is not in PATH: apt-get install -y openssl")
+	}
+	root := t.TempDir()
+	up := newOperatorPKI(t, filepath.Join(root, "upstream"))
+
+	s := newServerWith(t, filepath.Join(root, "server"), `
+  ca_ttl               = "1h"
+  x509_svid_ttl        = "10s"
+  agent_svid_ttl       = "30s"
+  ca_propagation_delay = "1s"`)
+	appendConfig(t, s.config, fmt.Sprintf(`plugins {
+  node_attestor "join_token" {}
+  key_manager "disk" {}
+  upstream_authority "disk" {
+    cert_file   = %q
+    bundle_file = %q
+    key_file    = %q
+  }
+}
+`, up.certFile, up.rootFile, up.keyFile))
+	s.start()
+	bundleBefore := s.cli("bundle", "show")
+	if got := pemCertsOf(t, []byte(bundleBefore)); len(got) != 1 || !got[0].Equal(up.root) {
+		t.Fatalf("sigil bundle show lists %d certificates, want the upstream root alone:\n%s", len(got), bundleBefore)
+	}
+	a := newAgent(t, s, filepath.Join(root, "agent"))
+	a.start()
+	want := "spiffe://" + trustDomain + "/upstream/workload"
+	createEntry(t, s, want, a.id, uidSelector(t))
+
+	first := fetchID(t, a.socket, want)
+	firstCA := checkUpstreamSVID(t, openssl, first, want, up, filepath.Join(root, "first"))
+	t.Logf("first server CA %q, signed by %q", firstCA.Subject, up.inter.Subject)
+
+	// Forced rotation: the new CA key's certificate is signed upstream.
+	s.cli("authority", "prepare", "-kind", "x509")
+	eventually.NoError(t, 20*time.Second, func() error {
+		out, err := s.cliErr("authority", "activate", "-kind", "x509")
+		if err != nil {
+			return fmt.Errorf("activate: %v: %s", err, out)
+		}
+		return nil
+	})
+	var second *workloadapi.X509Context
+	eventually.NoError(t, 40*time.Second, func() error {
+		xc := fetchID(t, a.socket, want)
+		sv := svidOf(xc, want)
+		if len(sv.Certificates) < 2 {
+			return fmt.Errorf("SVID chain of %d certificates", len(sv.Certificates))
+		}
+		if bytes.Equal(sv.Certificates[1].Raw, firstCA.Raw) {
+			return errors.New("the workload SVID is still signed by the first server CA")
+		}
+		second = xc
+		return nil
+	})
+	secondCA := checkUpstreamSVID(t, openssl, second, want, up, filepath.Join(root, "second"))
+	t.Logf("after rotation: server CA %q, signed by %q", secondCA.Subject, up.inter.Subject)
+	if secondCA.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(firstCA.PublicKey) {
+		t.Fatal("the rotation kept the CA key")
+	}
+	if got := s.cli("bundle", "show"); got != bundleBefore {
+		t.Errorf("sigil bundle show changed across the rotation:\nbefore\n%s\nafter\n%s", bundleBefore, got)
+	}
+}
+
+// operatorPKI is the test's stand-in for an operator's PKI: a root and an
+// intermediate that signs Sigil's CA certificates, in files.
+type operatorPKI struct {
+	root, inter                 *x509.Certificate
+	rootFile, certFile, keyFile string
+}
+
+func newOperatorPKI(t *testing.T, dir string) *operatorPKI {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	mk := func(tmpl *x509.Certificate, parent *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, *ecdsa.PrivateKey) {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if parent == nil {
+			parent, parentKey = tmpl, k
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, k.Public(), parentKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, k
+	}
+	base := func(serial int64, cn string) *x509.Certificate {
+		return &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{Organization: []string{"Operator PKI"}, CommonName: cn},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(30 * 24 * time.Hour),
+			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+		}
+	}
+	rootTmpl := base(1, "Operator Root")
+	rootTmpl.MaxPathLen = 2
+	rootCert, rootKey := mk(rootTmpl, nil, nil)
+	interTmpl := base(2, "Operator Issuing CA")
+	interTmpl.MaxPathLen = 1
+	interCert, interKey := mk(interTmpl, rootCert, rootKey)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(interKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &operatorPKI{root: rootCert, inter: interCert,
+		rootFile: filepath.Join(dir, "upstream-root.pem"), certFile: filepath.Join(dir, "issuing-ca.pem"), keyFile: filepath.Join(dir, "issuing-ca.key")}
+	for path, b := range map[string][]byte{
+		p.rootFile: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootCert.Raw}),
+		p.certFile: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interCert.Raw}),
+		p.keyFile:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	} {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+func svidOf(xc *workloadapi.X509Context, want string) *x509svid.SVID {
+	for _, sv := range xc.SVIDs {
+		if sv.ID.String() == want {
+			return sv
+		}
+	}
+	return nil
+}
+
+// checkUpstreamSVID checks the workload's SVID want in xc against the
+// operator's PKI: its chain is [SVID, server CA, operator intermediate],
+// the bundle of the trust domain is the upstream root alone, go-spiffe
+// verifies the SVID with that bundle, and `openssl verify -CAfile
+// upstream-root.pem -untrusted chain.pem svid.pem` (files written in dir)
+// succeeds. It returns the server CA.
+func checkUpstreamSVID(t *testing.T, openssl string, xc *workloadapi.X509Context, want string, up *operatorPKI, dir string) *x509.Certificate {
+	t.Helper()
+	sv := svidOf(xc, want)
+	if sv == nil {
+		t.Fatalf("no SVID %s", want)
+	}
+	chain := sv.Certificates
+	if len(chain) != 3 {
+		t.Fatalf("SVID chain of %d certificates, want SVID, server CA, operator intermediate", len(chain))
+	}
+	serverCA := chain[1]
+	if !chain[2].Equal(up.inter) {
+		t.Fatalf("the chain's third certificate is %q, want the operator intermediate", chain[2].Subject)
+	}
+	if err := serverCA.CheckSignatureFrom(up.inter); err != nil {
+		t.Fatalf("the server CA is not signed by the operator intermediate: %v", err)
+	}
+	if len(serverCA.URIs) != 1 || serverCA.URIs[0].String() != "spiffe://"+trustDomain || !serverCA.IsCA || serverCA.MaxPathLen != 0 {
+		t.Fatalf("server CA: URIs %v, CA %v, path length %d", serverCA.URIs, serverCA.IsCA, serverCA.MaxPathLen)
+	}
+	td := spiffeid.RequireTrustDomainFromString(trustDomain)
+	b, err := xc.Bundles.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if anchors := b.X509Authorities(); len(anchors) != 1 || !anchors[0].Equal(up.root) {
+		t.Fatalf("the workload's X.509 bundle holds %d authorities, want exactly the upstream root", len(anchors))
+	}
+	if id, _, err := x509svid.Verify(chain, xc.Bundles); err != nil || id.String() != want {
+		t.Fatalf("go-spiffe verification of the SVID with the workload's bundle: %v", err)
+	}
+
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	svidFile, chainFile := filepath.Join(dir, "svid.pem"), filepath.Join(dir, "chain.pem")
+	var rest []byte
+	for _, c := range chain[1:] {
+		rest = append(rest, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	if err := os.WriteFile(svidFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: chain[0].Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(chainFile, rest, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(openssl, "verify", "-CAfile", up.rootFile, "-untrusted", chainFile, svidFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), svidFile+": OK") {
+		t.Fatalf("openssl verify -CAfile %s -untrusted %s %s: %v\n%s", up.rootFile, chainFile, svidFile, err, out)
+	}
+	// Control: without the upstream root openssl refuses the SVID.
+	other := filepath.Join(dir, "not-the-root.pem")
+	if err := os.WriteFile(other, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.inter.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(openssl, "verify", "-CAfile", other, "-untrusted", chainFile, svidFile).CombinedOutput(); err == nil {
+		t.Fatalf("control: openssl verified the SVID without the upstream root:\n%s", out)
+	}
+	return serverCA
+}
+
+// pemCertsOf parses the PEM certificates of b.
+func pemCertsOf(t *testing.T, b []byte) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+}
