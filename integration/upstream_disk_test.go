@@ -36,7 +36,10 @@ import (
 // After a forced CA rotation (authority prepare, activate) the SVID is
 // signed by a new server CA, still verifies with openssl against the same
 // root, and the bundle (the workload's and `sigil bundle show`) is
-// unchanged.
+// unchanged. Then the operator replaces the issuing CA's certificate and
+// key in the files: the next rotation's CA certificate is signed by the
+// new one, SVIDs still verify to the same root, and the bundle is still
+// unchanged. The server stops cleanly (closing its upstream authority).
 func TestUpstreamDisk(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
@@ -78,27 +81,7 @@ func TestUpstreamDisk(t *testing.T) {
 	t.Logf("first server CA %q, signed by %q", firstCA.Subject, up.inter.Subject)
 
 	// Forced rotation: the new CA key's certificate is signed upstream.
-	s.cli("authority", "prepare", "-kind", "x509")
-	eventually.NoError(t, 20*time.Second, func() error {
-		out, err := s.cliErr("authority", "activate", "-kind", "x509")
-		if err != nil {
-			return fmt.Errorf("activate: %v: %s", err, out)
-		}
-		return nil
-	})
-	var second *workloadapi.X509Context
-	eventually.NoError(t, 40*time.Second, func() error {
-		xc := fetchID(t, a.socket, want)
-		sv := svidOf(xc, want)
-		if len(sv.Certificates) < 2 {
-			return fmt.Errorf("SVID chain of %d certificates", len(sv.Certificates))
-		}
-		if bytes.Equal(sv.Certificates[1].Raw, firstCA.Raw) {
-			return errors.New("the workload SVID is still signed by the first server CA")
-		}
-		second = xc
-		return nil
-	})
+	second := rotateUpstreamCA(t, s, a, want, firstCA)
 	secondCA := checkUpstreamSVID(t, openssl, second, want, up, filepath.Join(root, "second"))
 	t.Logf("after rotation: server CA %q, signed by %q", secondCA.Subject, up.inter.Subject)
 	if secondCA.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(firstCA.PublicKey) {
@@ -107,13 +90,68 @@ func TestUpstreamDisk(t *testing.T) {
 	if got := s.cli("bundle", "show"); got != bundleBefore {
 		t.Errorf("sigil bundle show changed across the rotation:\nbefore\n%s\nafter\n%s", bundleBefore, got)
 	}
+
+	// The operator replaces the issuing CA (same root) in the files of the
+	// running server: the next CA certificate is signed by the new one,
+	// SVIDs carry it, and the bundle still is the root alone.
+	oldInter := up.inter
+	up.renew("Operator Issuing CA 2")
+	third := rotateUpstreamCA(t, s, a, want, secondCA)
+	thirdCA := checkUpstreamSVID(t, openssl, third, want, up, filepath.Join(root, "third"))
+	if thirdCA.CheckSignatureFrom(oldInter) == nil {
+		t.Fatal("after the replacement the server CA is still signed by the previous issuing CA")
+	}
+	t.Logf("after the replacement: server CA signed by %q", up.inter.Subject)
+	if got := s.cli("bundle", "show"); got != bundleBefore {
+		t.Errorf("sigil bundle show changed after the upstream replacement:\n%s", got)
+	}
+	s.p.stop()
+	logb, err := os.ReadFile(s.p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(logb, []byte("upstream files reloaded")) || !bytes.Contains(logb, []byte("Operator Issuing CA 2")) {
+		t.Error("the server log does not report the reload of the upstream files")
+	}
+}
+
+// rotateUpstreamCA forces a rotation of the server's X.509 CA (authority
+// prepare, then activate) and waits until the workload's SVID want is
+// signed by another CA than prev; it returns the workload's context then.
+func rotateUpstreamCA(t *testing.T, s *server, a *agent, want string, prev *x509.Certificate) *workloadapi.X509Context {
+	t.Helper()
+	s.cli("authority", "prepare", "-kind", "x509")
+	eventually.NoError(t, 20*time.Second, func() error {
+		out, err := s.cliErr("authority", "activate", "-kind", "x509")
+		if err != nil {
+			return fmt.Errorf("activate: %v: %s", err, out)
+		}
+		return nil
+	})
+	var got *workloadapi.X509Context
+	eventually.NoError(t, 40*time.Second, func() error {
+		xc := fetchID(t, a.socket, want)
+		sv := svidOf(xc, want)
+		if len(sv.Certificates) < 2 {
+			return fmt.Errorf("SVID chain of %d certificates", len(sv.Certificates))
+		}
+		if bytes.Equal(sv.Certificates[1].Raw, prev.Raw) {
+			return errors.New("the workload SVID is still signed by the previous server CA")
+		}
+		got = xc
+		return nil
+	})
+	return got
 }
 
 // operatorPKI is the test's stand-in for an operator's PKI: a root and an
 // intermediate that signs Sigil's CA certificates, in files.
 type operatorPKI struct {
+	t                           *testing.T
 	root, inter                 *x509.Certificate
+	rootKey                     crypto.Signer
 	rootFile, certFile, keyFile string
+	serial                      int64
 }
 
 func newOperatorPKI(t *testing.T, dir string) *operatorPKI {
@@ -121,54 +159,69 @@ func newOperatorPKI(t *testing.T, dir string) *operatorPKI {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	mk := func(tmpl *x509.Certificate, parent *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, *ecdsa.PrivateKey) {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if parent == nil {
-			parent, parentKey = tmpl, k
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, k.Public(), parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c, k
-	}
-	base := func(serial int64, cn string) *x509.Certificate {
-		return &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{Organization: []string{"Operator PKI"}, CommonName: cn},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(30 * 24 * time.Hour),
-			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
-		}
-	}
-	rootTmpl := base(1, "Operator Root")
-	rootTmpl.MaxPathLen = 2
-	rootCert, rootKey := mk(rootTmpl, nil, nil)
-	interTmpl := base(2, "Operator Issuing CA")
-	interTmpl.MaxPathLen = 1
-	interCert, interKey := mk(interTmpl, rootCert, rootKey)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(interKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &operatorPKI{root: rootCert, inter: interCert,
-		rootFile: filepath.Join(dir, "upstream-root.pem"), certFile: filepath.Join(dir, "issuing-ca.pem"), keyFile: filepath.Join(dir, "issuing-ca.key")}
-	for path, b := range map[string][]byte{
-		p.rootFile: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootCert.Raw}),
-		p.certFile: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interCert.Raw}),
-		p.keyFile:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-	} {
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := &operatorPKI{t: t, rootFile: filepath.Join(dir, "upstream-root.pem"),
+		certFile: filepath.Join(dir, "issuing-ca.pem"), keyFile: filepath.Join(dir, "issuing-ca.key")}
+	tmpl := p.template("Operator Root")
+	tmpl.MaxPathLen = 2
+	p.root, p.rootKey = p.issue(tmpl, nil)
+	p.write(p.rootFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.root.Raw}))
+	p.renew("Operator Issuing CA")
 	return p
+}
+
+// template is a CA certificate of the operator's PKI named cn.
+func (p *operatorPKI) template(cn string) *x509.Certificate {
+	p.serial++
+	now := time.Now()
+	return &x509.Certificate{
+		SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{Organization: []string{"Operator PKI"}, CommonName: cn},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(30 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+	}
+}
+
+// issue signs tmpl for a new key with the root (self-signed if the root
+// is not made yet).
+func (p *operatorPKI) issue(tmpl *x509.Certificate, parentKey crypto.Signer) (*x509.Certificate, crypto.Signer) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	parent := p.root
+	if parent == nil {
+		parent, parentKey = tmpl, k
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, k.Public(), parentKey)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return c, k
+}
+
+// renew makes a new issuing CA named cn under the root and writes its
+// certificate and key in place of the previous ones (key first), as an
+// operator replacing the upstream certificate does.
+func (p *operatorPKI) renew(cn string) {
+	tmpl := p.template(cn)
+	tmpl.MaxPathLen = 1
+	var key crypto.Signer
+	p.inter, key = p.issue(tmpl, p.rootKey)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.write(p.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	p.write(p.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.inter.Raw}))
+}
+
+func (p *operatorPKI) write(path string, b []byte) {
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		p.t.Fatal(err)
+	}
 }
 
 func svidOf(xc *workloadapi.X509Context, want string) *x509svid.SVID {
