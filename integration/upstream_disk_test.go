@@ -23,6 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/sigil-id/sigil/ca/keymanager/pkcs11/softhsmtest"
 	"github.com/sigil-id/sigil/internal/eventually"
 )
 
@@ -319,4 +320,60 @@ func pemCertsOf(t *testing.T, b []byte) []*x509.Certificate {
 		}
 		out = append(out, c)
 	}
+}
+
+// TestUpstreamDiskPKCS11 runs a real server whose upstream key is in a
+// SoftHSM2 token (upstream_authority "disk" with key_pkcs11; the key
+// imported with softhsm2-util --import, its file removed): a workload's
+// SVID verifies with openssl against the upstream root, and the server
+// stops cleanly, closing its session with the token.
+func TestUpstreamDiskPKCS11(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Fatal("openssl is not in PATH: apt-get install -y openssl")
+	}
+	tk := softhsmtest.New(t, "upstream")
+	tk.Setenv(t) // the server process inherits SOFTHSM2_CONF
+	root := t.TempDir()
+	up := newOperatorPKI(t, filepath.Join(root, "upstream"))
+	util, _, err := softhsmtest.Find()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(util, "--import", up.keyFile, "--token", tk.Label, "--label", "upstream-ca", "--id", "a1b2c3", "--pin", tk.PIN)
+	cmd.Env = append(os.Environ(), tk.Env())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("softhsm2-util --import: %v\n%s", err, out)
+	}
+	if err := os.Remove(up.keyFile); err != nil {
+		t.Fatal(err)
+	}
+
+	s := newServerWith(t, filepath.Join(root, "server"), "")
+	appendConfig(t, s.config, fmt.Sprintf(`plugins {
+  node_attestor "join_token" {}
+  key_manager "disk" {}
+  upstream_authority "disk" {
+    cert_file   = %q
+    bundle_file = %q
+    key_pkcs11 {
+      module      = %q
+      token_label = %q
+      pin_file    = %q
+      key_label   = "upstream-ca"
+    }
+  }
+}
+`, up.certFile, up.rootFile, tk.Module, tk.Label, tk.WritePIN(t)))
+	s.start()
+	a := newAgent(t, s, filepath.Join(root, "agent"))
+	a.start()
+	want := "spiffe://" + trustDomain + "/upstream/hsm-workload"
+	createEntry(t, s, want, a.id, uidSelector(t))
+	checkUpstreamSVID(t, openssl, fetchID(t, a.socket, want), want, up, filepath.Join(root, "svid"))
+	a.p.stop()
+	s.p.stop()
 }
