@@ -214,13 +214,14 @@ func (a *Authority) MintX509CA(ctx context.Context, req ca.X509CARequest) (*ca.X
 		return nil, err
 	}
 	now := a.cfg.Clock.Now()
-	if err := m.check(a.cfg.TrustDomain, now); err != nil {
+	notAfter, err := m.check(a.cfg.TrustDomain, now)
+	if err != nil {
 		if bad != nil {
 			return nil, fmt.Errorf("%w; the replacement files are not usable either: %s", err, strings.TrimPrefix(bad.Error(), "ca/upstream/disk: "))
 		}
 		return nil, err
 	}
-	tmpl, pub, err := ca.UpstreamCATemplate(req, now, a.cfg.Backdate, m.notAfter)
+	tmpl, pub, err := ca.UpstreamCATemplate(req, now, a.cfg.Backdate, notAfter)
 	if err != nil {
 		return nil, err
 	}

@@ -103,7 +103,7 @@ func loadMaterial(certFile, bundleFile string, key func() (crypto.Signer, error)
 		return nil, fmt.Errorf("ca/upstream/disk: the key does not match the signing certificate %s (the first certificate of cert_file %s): give the key of that certificate, or put the certificate of this key first", describe(m.cert), certFile)
 	}
 	m.signer = signer
-	if err := m.check(td, now); err != nil {
+	if m.notAfter, err = m.check(td, now); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -112,22 +112,23 @@ func loadMaterial(certFile, bundleFile string, key func() (crypto.Signer, error)
 // check checks m at now: the signing certificate is a CA with certSign,
 // valid now, and allows one more CA below it; it verifies to the roots;
 // and on the way, no certificate's path length or URI name constraints
-// forbid a CA of trust domain td under the signing certificate. It sets
-// m.notAfter.
-func (m *material) check(td spiffeid.TrustDomain, now time.Time) error {
+// forbid a CA of trust domain td under the signing certificate. It
+// returns the earliest NotAfter of that path; it does not change m, which
+// may be in use by other goroutines.
+func (m *material) check(td spiffeid.TrustDomain, now time.Time) (notAfter time.Time, err error) {
 	c := m.cert
 	where := fmt.Sprintf("cert_file %s: the signing certificate %s", m.certFile, describe(c))
 	switch {
 	case !c.BasicConstraintsValid || !c.IsCA:
-		return fmt.Errorf("ca/upstream/disk: %s is not a CA certificate (its basic constraints do not say CA:TRUE)", where)
+		return time.Time{}, fmt.Errorf("ca/upstream/disk: %s is not a CA certificate (its basic constraints do not say CA:TRUE)", where)
 	case c.KeyUsage&x509.KeyUsageCertSign == 0:
-		return fmt.Errorf("ca/upstream/disk: %s lacks the certSign key usage: it may not sign certificates", where)
+		return time.Time{}, fmt.Errorf("ca/upstream/disk: %s lacks the certSign key usage: it may not sign certificates", where)
 	case now.Before(c.NotBefore):
-		return fmt.Errorf("ca/upstream/disk: %s is not valid before %s", where, c.NotBefore.UTC().Format(time.RFC3339))
+		return time.Time{}, fmt.Errorf("ca/upstream/disk: %s is not valid before %s", where, c.NotBefore.UTC().Format(time.RFC3339))
 	case !now.Before(c.NotAfter):
-		return fmt.Errorf("ca/upstream/disk: %s expired at %s: replace cert_file with a renewed certificate", where, c.NotAfter.UTC().Format(time.RFC3339))
+		return time.Time{}, fmt.Errorf("ca/upstream/disk: %s expired at %s: replace cert_file with a renewed certificate", where, c.NotAfter.UTC().Format(time.RFC3339))
 	case c.MaxPathLen == 0:
-		return fmt.Errorf("ca/upstream/disk: %s has path length 0: it may sign leaf certificates only, not the CA certificates of Sigil's servers; use a CA certificate with a path length of at least 1 (or none)", where)
+		return time.Time{}, fmt.Errorf("ca/upstream/disk: %s has path length 0: it may sign leaf certificates only, not the CA certificates of Sigil's servers; use a CA certificate with a path length of at least 1 (or none)", where)
 	}
 	opts := x509.VerifyOptions{
 		Roots:         x509.NewCertPool(),
@@ -143,25 +144,25 @@ func (m *material) check(td spiffeid.TrustDomain, now time.Time) error {
 	}
 	chains, err := c.Verify(opts)
 	if err != nil {
-		return fmt.Errorf("ca/upstream/disk: %s does not verify to %s now: %w", where, m.rootsFrom, err)
+		return time.Time{}, fmt.Errorf("ca/upstream/disk: %s does not verify to %s now: %w", where, m.rootsFrom, err)
 	}
 	var first error
 	for _, ch := range chains {
 		err := checkPath(ch, td)
 		if err == nil {
-			m.notAfter = ch[0].NotAfter
+			notAfter = ch[0].NotAfter
 			for _, x := range ch[1:] {
-				if x.NotAfter.Before(m.notAfter) {
-					m.notAfter = x.NotAfter
+				if x.NotAfter.Before(notAfter) {
+					notAfter = x.NotAfter
 				}
 			}
-			return nil
+			return notAfter, nil
 		}
 		if first == nil {
 			first = err
 		}
 	}
-	return fmt.Errorf("ca/upstream/disk: cert_file %s: %w", m.certFile, first)
+	return time.Time{}, fmt.Errorf("ca/upstream/disk: cert_file %s: %w", m.certFile, first)
 }
 
 // checkPath checks that the path from the signing certificate (ch[0]) to
