@@ -192,7 +192,7 @@ func New(cfg Config) (*Authority, error) {
 	cfg.Logger.Info("upstream authority ready",
 		zap.String("signing_certificate", describe(m.cert)),
 		zap.Time("not_after", m.notAfter),
-		zap.Int("intermediates", len(m.chain)-1),
+		zap.Int("chain_certificates", len(m.chain)),
 		zap.Int("roots", len(m.roots)))
 	return a, nil
 }
@@ -302,7 +302,7 @@ func (a *Authority) current() (m *material, bad error, err error) {
 	a.cfg.Logger.Info("upstream files reloaded",
 		zap.String("signing_certificate", describe(nm.cert)),
 		zap.Time("not_after", nm.notAfter),
-		zap.Int("intermediates", len(nm.chain)-1),
+		zap.Int("chain_certificates", len(nm.chain)),
 		zap.Int("roots", len(nm.roots)))
 	return nm, nil, nil
 }
