@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -446,5 +447,53 @@ func TestClose(t *testing.T) {
 	}
 	if _, err := a.Roots(context.Background()); !errors.Is(err, errClosed) {
 		t.Fatalf("Roots after Close: %v", err)
+	}
+}
+
+// Keys as openssl writes them, in clear: SEC 1 after EC PARAMETERS
+// (openssl ecparam -genkey), PKCS#1 RSA (genrsa -traditional), PKCS#8
+// Ed25519 (genpkey): each signs CA certificates whose chains verify.
+func TestKeyFormats(t *testing.T) {
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Fatal("openssl is not in PATH: apt-get install -y openssl")
+	}
+	now := time.Now()
+	for name, c := range map[string]struct {
+		args  []string
+		block string
+	}{
+		"sec1":    {[]string{"ecparam", "-name", "prime256v1", "-genkey", "-out", "OUT"}, "EC PRIVATE KEY"},
+		"pkcs1":   {[]string{"genrsa", "-traditional", "-out", "OUT", "2048"}, "RSA PRIVATE KEY"},
+		"ed25519": {[]string{"genpkey", "-algorithm", "ed25519", "-out", "OUT"}, "PRIVATE KEY"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			keyFile := filepath.Join(t.TempDir(), "ca.key")
+			args := slices.Clone(c.args)
+			args[slices.Index(args, "OUT")] = keyFile
+			out, err := exec.Command(openssl, args...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("openssl %v: %v\n%s", c.args, err, out)
+			}
+			if err := os.Chmod(keyFile, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(keyFile)
+			if !strings.Contains(string(b), "-----BEGIN "+c.block+"-----") {
+				t.Fatalf("openssl wrote no %s block:\n%s", c.block, b)
+			}
+			key, err := readKeyFile(keyFile, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := caOpts("Root "+name, now)
+			o.key = key
+			root := newCert(t, o, nil)
+			f := writeUpstream(t, key, []*x509.Certificate{root.cert}, nil)
+			f.keyPEM = keyFile
+			a := newAuthority(t, f.config(clock.NewFake(now)))
+			resp, r := mint(t, a, time.Hour)
+			verifyBoth(t, resp, r, now)
+		})
 	}
 }
