@@ -42,6 +42,40 @@ func BenchmarkSignX509SVIDParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkSignX509SVIDWithTemplate is BenchmarkSignX509SVID with an
+// operator template: "per-certificate" uses the SPIFFE ID and the entry
+// ID (rendered for each SVID), "rendered-once" uses no data (rendered
+// when parsed).
+func BenchmarkSignX509SVIDWithTemplate(b *testing.B) {
+	for _, bc := range []struct{ name, text string }{
+		{"per-certificate", svidTemplate},
+		{"rendered-once", `{"subject": {"organization": "Example Corp", "organizationalUnit": "web"}, "policyIdentifiers": "1.3.6.1.4.1.55555.7.1"}`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			x, err := ca.ParseX509SVIDTemplate(bc.text)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cfg := testConfig(b, clock.New())
+			cfg.X509SVIDTemplate = x
+			c := newCA(b, cfg)
+			csr := mustCSR(b, genKey(b, "p256"), nil)
+			id := spiffeid.RequireFromPath(td, "/ns/prod/sa/web")
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				pub, err := ca.VerifyCSR(csr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: pub, SPIFFEID: id, DNSNames: []string{"web.example.org"}, EntryID: "entry-1"}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkRawECDSAP256Sign is the machine limit: one P-256 signature of a
 // 32-byte digest, with nothing around it.
 func BenchmarkRawECDSAP256Sign(b *testing.B) {

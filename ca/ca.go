@@ -81,6 +81,12 @@ type Config struct {
 	// level of intermediate CAs below them (path length 1), for servers
 	// that sign downstream clusters' CAs; false: path length 0.
 	AllowIntermediates bool
+	// X509SVIDTemplate and CATemplate, when not nil, are the operator's
+	// certificate templates for X.509-SVIDs and for this server's CA
+	// certificates (see template.go); nil: Sigil's certificates as they
+	// are, at no cost.
+	X509SVIDTemplate *X509SVIDTemplate
+	CATemplate       *CATemplate
 }
 
 // DefaultConfig returns a Config with every default filled in. The trust
@@ -303,7 +309,7 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 	tdURI := c.td.ID().URL()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               caRequestSubject(c.cfg.ServerID),
+		Subject:               defaultCASubject(c.cfg.ServerID),
 		NotBefore:             now.Add(-c.cfg.Backdate),
 		NotAfter:              now.Add(c.cfg.CATTL),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -326,6 +332,10 @@ func (c *CA) selfSign(signer crypto.Signer) (*x509.Certificate, error) {
 	}
 	if c.cfg.AllowIntermediates {
 		tmpl.MaxPathLen = 1
+	}
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.CATemplate.apply(tmpl, c.td, c.cfg.ServerID); err != nil {
+		return nil, err
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {

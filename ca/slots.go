@@ -97,6 +97,7 @@ type Manager struct {
 	// consecutive failures, for the retry backoff.
 	pending          *pendingKey
 	upstreamFailures int
+	upstreamRetryAt  time.Time
 
 	active atomic.Pointer[slot]
 }
@@ -329,11 +330,17 @@ func (m *Manager) Tick(ctx context.Context) (events []Event, next time.Time) {
 			return events, nxt
 		}
 		for _, a := range actions {
+			if a.Kind == ActPrepare && m.upstreamFailures > 0 && now.Before(m.upstreamRetryAt) {
+				// The upstream failed: the schedule waits for the backoff,
+				// however often Tick is called (Prepare does not).
+				return events, m.upstreamRetryAt
+			}
 			ev := m.doLocked(ctx, a)
 			events = append(events, ev)
 			if ev.Err != nil {
 				if errors.Is(ev.Err, ErrUpstream) {
-					return events, now.Add(m.upstreamRetryDelay())
+					m.upstreamRetryAt = now.Add(m.upstreamRetryDelay())
+					return events, m.upstreamRetryAt
 				}
 				return events, now.Add(m.retryDelay())
 			}
@@ -503,8 +510,14 @@ func (m *Manager) prepareLocked(ctx context.Context) (Slot, error) {
 // authority, within the upstream timeout, and checks the answer. The CA it
 // returns carries the upstream's roots in its roots field.
 func (m *Manager) upstreamSignLocked(ctx context.Context, signer crypto.Signer) (*CA, error) {
+	// The operator's CA template gives the subject (the upstream copies
+	// it); its extensions are the upstream's to decide.
+	subject, err := m.cfg.CA.CATemplate.Subject(m.cfg.CA.TrustDomain, m.cfg.CA.ServerID)
+	if err != nil {
+		return nil, fmt.Errorf("ca: CA template: %w", err)
+	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: caRequestSubject(m.cfg.CA.ServerID),
+		Subject: subject,
 		URIs:    []*url.URL{m.cfg.CA.TrustDomain.ID().URL()},
 	}, signer)
 	if err != nil {

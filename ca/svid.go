@@ -60,6 +60,9 @@ type X509SVIDParams struct {
 	SPIFFEID  spiffeid.ID
 	DNSNames  []string
 	TTL       time.Duration // 0 = Config.X509SVIDTTL
+	// EntryID is the registration entry the SVID is minted for ("" for
+	// agent and server SVIDs); only Config.X509SVIDTemplate sees it.
+	EntryID string
 }
 
 // SignX509SVID mints an X.509-SVID: exactly one URI SAN (the SPIFFE ID),
@@ -149,6 +152,10 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 		URIs:                  []*url.URL{p.SPIFFEID.URL()},
 		DNSNames:              p.DNSNames,
 		AuthorityKeyId:        c.subjectKeyID,
+	}
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
+		return nil, err
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
 	if err != nil {

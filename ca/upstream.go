@@ -1,11 +1,9 @@
 package ca
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"net"
@@ -207,27 +205,4 @@ func verifyUpstreamChain(chain, roots []*x509.Certificate, now time.Time) error 
 		return fmt.Errorf("ca: upstream: the CA chain does not verify to the upstream roots: %w", err)
 	}
 	return nil
-}
-
-// caRequestSubject is the subject of a server's CA certificate, in its
-// self-signed form and in its CSR to an upstream authority.
-func caRequestSubject(serverID string) pkix.Name {
-	return pkix.Name{
-		Organization: []string{"Sigil"},
-		CommonName:   "Sigil CA " + serverID,
-		SerialNumber: serverID,
-	}
-}
-
-// sameCerts reports whether a and b hold the same certificates in order.
-func sameCerts(a, b []*x509.Certificate) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i].Raw, b[i].Raw) {
-			return false
-		}
-	}
-	return true
 }

@@ -192,6 +192,13 @@ func TestUpstreamDownDelaysPreparation(t *testing.T) {
 			t.Fatalf("events %+v", evs)
 		}
 		delays = append(delays, next.Sub(clk.Now()))
+		// Ticks before the retry time (the server's loop wakes on its
+		// own) do not call the upstream.
+		calls := u.Calls()
+		clk.Add(next.Sub(clk.Now()) / 2)
+		if evs, n := m.Tick(ctx); len(evs) != 0 || !n.Equal(next) || u.Calls() != calls {
+			t.Fatalf("a tick within the backoff acted: %+v, next %v (want %v), %d calls", evs, n, next, u.Calls()-calls)
+		}
 		// The active key signs all along.
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if _, err := m.X509CA().SignX509SVID(ctx, ca.X509SVIDParams{PublicKey: key.Public(), SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/w")}); err != nil {
@@ -337,5 +344,89 @@ func TestUpstreamRetryDelay(t *testing.T) {
 		if got := ca.UpstreamRetryDelay(5*time.Second, tc.n); got != tc.want {
 			t.Errorf("UpstreamRetryDelay(5s, %d) = %v, want %v", tc.n, got, tc.want)
 		}
+	}
+}
+
+// TestUpstreamCATemplate: the template an upstream signs copies the CSR's
+// subject, carries the trust domain ID, signs leaves only within the trust
+// domain, and is cut at the signer's NotAfter; bad requests are refused.
+func TestUpstreamCATemplate(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr := func(uris ...string) []byte {
+		req := &x509.CertificateRequest{Subject: pkix.Name{CommonName: "Sigil CA s1", SerialNumber: "s1"}}
+		for _, u := range uris {
+			req.URIs = append(req.URIs, spiffeid.RequireFromString(u).URL())
+		}
+		der, err := x509.CreateCertificateRequest(rand.Reader, req, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	tmpl, pub, err := ca.UpstreamCATemplate(ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td, TTL: 48 * time.Hour}, now, time.Second, now.Add(24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !key.PublicKey.Equal(pub) || tmpl.Subject.CommonName != "Sigil CA s1" || tmpl.Subject.SerialNumber != "s1" ||
+		!tmpl.IsCA || !tmpl.MaxPathLenZero || len(tmpl.URIs) != 1 || tmpl.URIs[0].String() != "spiffe://example.org" ||
+		len(tmpl.PermittedURIDomains) != 1 || tmpl.PermittedURIDomains[0] != "example.org" || !tmpl.NotAfter.Equal(now.Add(24*time.Hour)) ||
+		tmpl.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign || len(tmpl.SubjectKeyId) != 20 {
+		t.Fatalf("template %+v", tmpl)
+	}
+	bad := csr("spiffe://example.org")
+	bad[len(bad)-1] ^= 1
+	for name, tc := range map[string]struct {
+		req   ca.X509CARequest
+		limit time.Time
+		want  string
+	}{
+		"no URI":         {ca.X509CARequest{CSR: csr(), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"workload URI":   {ca.X509CARequest{CSR: csr("spiffe://example.org/w"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"other domain":   {ca.X509CARequest{CSR: csr("spiffe://other.org"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"two URIs":       {ca.X509CARequest{CSR: csr("spiffe://example.org", "spiffe://example.org/x"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "exactly one URI SAN"},
+		"bad signature":  {ca.X509CARequest{CSR: bad, TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "CSR"},
+		"garbage":        {ca.X509CARequest{CSR: []byte("junk"), TrustDomain: td, TTL: time.Hour}, now.Add(time.Hour), "CSR"},
+		"zero TTL":       {ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td}, now.Add(time.Hour), "not positive"},
+		"signer expired": {ca.X509CARequest{CSR: csr("spiffe://example.org"), TrustDomain: td, TTL: time.Hour}, now, "expires"},
+		"no domain":      {ca.X509CARequest{CSR: csr("spiffe://example.org"), TTL: time.Hour}, now.Add(time.Hour), "no trust domain"},
+	} {
+		if _, _, err := ca.UpstreamCATemplate(tc.req, now, time.Second, tc.limit); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, tc.want)
+		}
+	}
+}
+
+// TestUpstreamCSRSubjectFromCATemplate: the operator's CA template gives
+// the subject of the CSR sent upstream, which the upstream copies.
+func TestUpstreamCSRSubjectFromCATemplate(t *testing.T) {
+	tmpl, err := ca.ParseCATemplate(`{"subject": {"organization": "Example Corp", "commonName": {{ printf "Example CA %s" .NodeName | toJson }}}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	clk := clock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	u := newTestUpstream(t, clk, false)
+	cfg := ca.DefaultConfig()
+	cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
+	cfg.ServerID = "s1"
+	cfg.KeyManager = memory.New()
+	cfg.Clock = clk
+	cfg.Upstream = u
+	cfg.CATemplate = tmpl
+	m, err := ca.NewManager(ctx, ca.ManagerConfig{Kind: ca.KindX509, CA: cfg, Publisher: &rootBundle{fakeBundle: fakeBundle{entries: map[string]string{}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range tick(ctx, m) {
+		if ev.Err != nil {
+			t.Fatal(ev.Err)
+		}
+	}
+	got := m.X509CA().Certificate().Subject
+	want := pkix.Name{Organization: []string{"Example Corp"}, CommonName: "Example CA s1", SerialNumber: "s1"}
+	if got.String() != want.String() || !m.X509CA().Upstream() {
+		t.Fatalf("upstream-signed CA subject %s, want %s", got, want)
 	}
 }

@@ -52,6 +52,7 @@ func (s *Server) initCA(ctx context.Context) error {
 	base.KeyObserver = s.keys
 	base.Upstream = s.cfg.UpstreamAuthority
 	base.AllowIntermediates = s.cfg.AllowDownstream
+	base.X509SVIDTemplate, base.CATemplate = s.cfg.X509SVIDTemplate, s.cfg.CATemplate
 	pub := &bundlePublisher{s: s}
 	managers := make(map[ca.SlotKind]*ca.Manager, 2)
 	for _, kind := range []ca.SlotKind{ca.KindX509, ca.KindJWT} {

@@ -97,6 +97,13 @@ type Config struct {
 	// at least 5 minutes.
 	RemovedServerGrace time.Duration
 
+	// X509SVIDTemplate and CATemplate, when not nil, are the operator's
+	// certificate templates (ca.ParseX509SVIDTemplate, ca.ParseCATemplate:
+	// validated when parsed) for the X.509-SVIDs this server signs and
+	// for its CA certificates; nil: Sigil's certificates as they are.
+	X509SVIDTemplate *ca.X509SVIDTemplate
+	CATemplate       *ca.CATemplate
+
 	// ClusterAddress is the listen address of the cluster port (Raft and
 	// server-to-server RPCs over mutual TLS). Empty runs a single server
 	// with no network Raft transport, which can never gain peers.

@@ -528,6 +528,7 @@ func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) (
 		SPIFFEID:  id,
 		DNSNames:  e.DnsNames,
 		TTL:       ttlSeconds(e.X509SvidTtl),
+		EntryID:   e.Id,
 	})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "signing: %v", err)

@@ -135,6 +135,7 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
 	cfg.Federation = federationConfig(s.Federation)
+	cfg.X509SVIDTemplate, cfg.CATemplate = s.X509SVIDTemplate, s.CATemplate
 	if a := s.Alerts; a != nil {
 		cfg.Health = a.Health
 		cfg.EvaluateInterval = a.EvaluateInterval

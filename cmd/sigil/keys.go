@@ -20,6 +20,9 @@ type keysOptions struct {
 	clusterDirectory string
 	passphraseFile   string
 	passphraseEnv    string
+	// newPassphraseFile and newPassphraseEnv: rekey's new passphrase.
+	newPassphraseFile string
+	newPassphraseEnv  string
 }
 
 func newKeysCommand() *cobra.Command {
@@ -38,7 +41,43 @@ environment variable, never from the command line.`,
 	cmd.AddCommand(
 		newKeysSubcommand("encrypt", "Encrypt the key files in clear with a passphrase, before configuring passphrase_file or passphrase_env", disk.EncryptFiles),
 		newKeysSubcommand("decrypt", "Rewrite the encrypted key files in clear, before removing passphrase_file or passphrase_env", disk.DecryptFiles),
+		newKeysRekeyCommand(),
 	)
+	return cmd
+}
+
+// newKeysRekeyCommand is `sigil keys rekey`: the passphrase changed in one
+// step, the keys never written in clear.
+func newKeysRekeyCommand() *cobra.Command {
+	var o keysOptions
+	cmd := &cobra.Command{
+		Use:   "rekey",
+		Short: "Change the passphrase of the encrypted key files in one step (the keys are never written in clear)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var newPass string
+			var err error
+			switch {
+			case o.newPassphraseFile != "" && o.newPassphraseEnv != "":
+				return errors.New("keys: both -new-passphrase-file and -new-passphrase-env are set: keep one")
+			case o.newPassphraseFile != "":
+				newPass, err = secretfile.Read(o.newPassphraseFile)
+			case o.newPassphraseEnv != "":
+				newPass, err = secretfile.ReadEnv(o.newPassphraseEnv)
+			default:
+				return errors.New("keys: -new-passphrase-file or -new-passphrase-env is required (a passphrase is never given on the command line)")
+			}
+			if err != nil {
+				return fmt.Errorf("keys: new passphrase: %w", err)
+			}
+			rekey := func(dirs []string, old []byte) ([]string, error) { return disk.RekeyFiles(dirs, old, []byte(newPass)) }
+			return runKeys(o, "rekey", rekey, cmd.OutOrStdout())
+		},
+	}
+	addKeysFlags(cmd, &o)
+	fs := cmd.Flags()
+	fs.StringVar(&o.newPassphraseFile, "new-passphrase-file", "", "file holding the new passphrase (mode 0600 or 0400)")
+	fs.StringVar(&o.newPassphraseEnv, "new-passphrase-env", "", "environment variable holding the new passphrase")
 	return cmd
 }
 
@@ -52,13 +91,18 @@ func newKeysSubcommand(verb, short string, run func([]string, []byte) ([]string,
 			return runKeys(o, verb, run, cmd.OutOrStdout())
 		},
 	}
+	addKeysFlags(cmd, &o)
+	return cmd
+}
+
+// addKeysFlags adds the flags every keys subcommand has to cmd.
+func addKeysFlags(cmd *cobra.Command, o *keysOptions) {
 	fs := cmd.Flags()
 	fs.StringVar(&o.dataDir, "data-dir", "", "the server's data_dir (required)")
 	fs.StringVar(&o.directory, "directory", "", "the key_manager \"disk\" directory, if set (default <data-dir>/keys)")
 	fs.StringVar(&o.clusterDirectory, "cluster-directory", "", "the key_manager \"disk\" cluster_directory, if set (default <data-dir>/cluster/keys)")
 	fs.StringVar(&o.passphraseFile, "passphrase-file", "", "file holding the passphrase (mode 0600 or 0400)")
 	fs.StringVar(&o.passphraseEnv, "passphrase-env", "", "environment variable holding the passphrase")
-	return cmd
 }
 
 // runKeys rewrites the key files of o's directories with run, holding the
@@ -96,8 +140,12 @@ func runKeys(o keysOptions, verb string, run func([]string, []byte) ([]string, e
 	defer release()
 	list := []string{dirs[ca.KeyScopeAuthorities], dirs[ca.KeyScopeClusterIdentity]}
 	done, err := run(list, []byte(pass))
+	past := verb + "ed"
+	if verb == "rekey" {
+		past = "rekeyed"
+	}
 	for _, f := range done {
-		fmt.Fprintf(out, "%sed %s\n", verb, f)
+		fmt.Fprintf(out, "%s %s\n", past, f)
 	}
 	if err != nil {
 		return fmt.Errorf("keys: %w", err)
@@ -106,7 +154,7 @@ func runKeys(o keysOptions, verb string, run func([]string, []byte) ([]string, e
 		fmt.Fprintf(out, "no key file to %s in %s and %s\n", verb, list[0], list[1])
 		return nil
 	}
-	fmt.Fprintf(out, "%d key files %sed\n", len(done), verb)
+	fmt.Fprintf(out, "%d key files %s\n", len(done), past)
 	return nil
 }
 

@@ -162,6 +162,76 @@ func TestKeysEncryptDecrypt(t *testing.T) {
 	checkKeys(t, dataDir, keys)
 }
 
+// TestKeysRekey: `sigil keys rekey` changes the passphrase in one step;
+// a wrong current passphrase, the same passphrase, a short one and key
+// files in clear are refused and change nothing.
+func TestKeysRekey(t *testing.T) {
+	dataDir, keys := keysServerDir(t)
+	dir := t.TempDir()
+	write := func(name, secret string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(secret+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	oldFile, newFile := write("old.pass", "the old passphrase"), write("new.pass", "the new passphrase")
+	wrongFile, shortFile := write("wrong.pass", "not the passphrase"), write("short.pass", "short")
+
+	// Key files in clear are refused: encrypt first.
+	code, _, stderr := runSigil("keys", "rekey", "-data-dir", dataDir, "-passphrase-file", oldFile, "-new-passphrase-file", newFile)
+	if code == 0 || !strings.Contains(stderr, "is in clear: encrypt the key files first") {
+		t.Fatalf("rekey of clear files: code %d, %q", code, stderr)
+	}
+	if code, _, stderr := runSigil("keys", "encrypt", "-data-dir", dataDir, "-passphrase-file", oldFile); code != 0 {
+		t.Fatalf("encrypt: %s", stderr)
+	}
+	before := keyFilesContent(t, dataDir)
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"wrong current": {[]string{"-passphrase-file", wrongFile, "-new-passphrase-file", newFile}, "wrong passphrase"},
+		"same":          {[]string{"-passphrase-file", oldFile, "-new-passphrase-file", oldFile}, "the new passphrase is the current one"},
+		"short new":     {[]string{"-passphrase-file", oldFile, "-new-passphrase-file", shortFile}, "new passphrase"},
+		"no new":        {[]string{"-passphrase-file", oldFile}, "-new-passphrase-file or -new-passphrase-env is required"},
+		"both new":      {[]string{"-passphrase-file", oldFile, "-new-passphrase-file", newFile, "-new-passphrase-env", "X"}, "keep one"},
+	} {
+		code, _, stderr := runSigil(append([]string{"keys", "rekey", "-data-dir", dataDir}, tc.args...)...)
+		if code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: code %d, %q, want %q", name, code, stderr, tc.want)
+		}
+	}
+	if after := keyFilesContent(t, dataDir); len(after) != len(before) {
+		t.Fatal("a refused rekey changed the key files")
+	} else {
+		for f, c := range after {
+			if before[f] != c {
+				t.Fatalf("%s changed after a refused rekey", f)
+			}
+		}
+	}
+
+	code, stdout, stderr := runSigil("keys", "rekey", "-data-dir", dataDir, "-passphrase-file", oldFile, "-new-passphrase-file", newFile)
+	if code != 0 || !strings.HasSuffix(stdout, "2 key files rekeyed\n") {
+		t.Fatalf("rekey: code %d, %q %q", code, stdout, stderr)
+	}
+	for f, c := range keyFilesContent(t, dataDir) {
+		if !strings.HasPrefix(c, "-----BEGIN ENCRYPTED PRIVATE KEY-----") || c == before[f] {
+			t.Errorf("%s not re-encrypted", f)
+		}
+	}
+	checkKeys(t, dataDir, keys, disk.WithPassphrase([]byte("the new passphrase")))
+	st, err := disk.NewStore(disk.DefaultDirs(dataDir), disk.WithPassphrase([]byte("the old passphrase")))
+	if err == nil {
+		if km, err := st.OpenKeyManager(context.Background(), ca.KeyScopeAuthorities); err == nil {
+			if _, err := km.GetKey(context.Background(), "k-authorities"); err == nil {
+				t.Fatal("the old passphrase still opens the keys")
+			}
+		}
+	}
+}
+
 func TestKeysCommandErrors(t *testing.T) {
 	dataDir, _ := keysServerDir(t)
 	passFile := filepath.Join(t.TempDir(), "keys.pass")

@@ -56,6 +56,13 @@ server {
   # the bundle this long. Default: ca_ttl / 6.
   # ca_propagation_delay = "4h"
 
+  # Certificate templates (docs/templates.md): an operator's subject,
+  # extra DNS SANs and extensions for X.509-SVIDs and for this server's CA
+  # certificates. Relative paths are relative to this file. A template
+  # that would break a SPIFFE rule stops the server at start.
+  # x509_svid_template_file = "/etc/sigil/svid-template.json"
+  # ca_template_file        = "/etc/sigil/ca-template.json"
+
   # High availability: give every server a cluster address (Raft and
   # server-to-server traffic, mutual TLS with server SVIDs) and the same
   # join secret; the first server bootstraps, the others join through any

@@ -32,6 +32,42 @@ func DecryptFiles(dirs []string, passphrase []byte) ([]string, error) {
 	return convert(dirs, passphrase, formEncrypted, nil)
 }
 
+// RekeyFiles changes the passphrase of the encrypted key files in dirs in
+// one step: every key file must be encrypted with oldPassphrase (a key
+// file in clear is refused: encrypt it first), and each is rewritten
+// encrypted with newPassphrase, on the terms of EncryptFiles (all checked
+// in memory first, atomic rewrites, mode 0600). The keys are never
+// written in clear. The server using dirs must be stopped.
+func RekeyFiles(dirs []string, oldPassphrase, newPassphrase []byte) ([]string, error) {
+	if len(oldPassphrase) == 0 {
+		return nil, errors.New("ca/keymanager/disk: the current passphrase is empty")
+	}
+	if err := CheckPassphrase(string(newPassphrase)); err != nil {
+		return nil, fmt.Errorf("ca/keymanager/disk: new passphrase: %w", err)
+	}
+	if string(oldPassphrase) == string(newPassphrase) {
+		return nil, errors.New("ca/keymanager/disk: the new passphrase is the current one")
+	}
+	for _, dir := range dirs {
+		files, err := keyFiles(dir)
+		if err != nil {
+			return nil, fmt.Errorf("ca/keymanager/disk: listing key directory: %w", err)
+		}
+		for _, path := range files {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return nil, fmt.Errorf("ca/keymanager/disk: reading key file: %w", err)
+			}
+			f, _ := classify(data)
+			clear(data)
+			if f == formClear {
+				return nil, fmt.Errorf("ca/keymanager/disk: key file %s is in clear: encrypt the key files first (sigil keys encrypt)", path)
+			}
+		}
+	}
+	return convert(dirs, oldPassphrase, formEncrypted, newPassphrase)
+}
+
 // convert rewrites the key files of form from in dirs with the passphrase
 // to (nil: in clear), after checking that every key file decodes with
 // passphrase.

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/plugin"
 )
 
@@ -58,6 +59,16 @@ type Server struct {
 	Federation *Federation
 	// Alerts is the file's alerts block; nil without one.
 	Alerts *Alerts
+	// X509SVIDTemplateFile and CATemplateFile are the paths of the
+	// operator's certificate templates (x509_svid_template_file,
+	// ca_template_file; docs/templates.md); "" for none. The command
+	// reads and validates them at start.
+	X509SVIDTemplateFile string
+	CATemplateFile       string
+	// X509SVIDTemplate and CATemplate are those templates, parsed and
+	// validated; nil for none.
+	X509SVIDTemplate *ca.X509SVIDTemplate
+	CATemplate       *ca.CATemplate
 }
 
 // Agent holds the settings of `sigil agent`. Zero values mean "use the
@@ -139,6 +150,9 @@ type hclServer struct {
 	RaftHeartbeatTimeout string   `hcl:"raft_heartbeat_timeout,optional"`
 	LogLevel             string   `hcl:"log_level,optional"`
 	LogFormat            string   `hcl:"log_format,optional"`
+	// Certificate templates (docs/templates.md).
+	X509SVIDTemplateFile string `hcl:"x509_svid_template_file,optional"`
+	CATemplateFile       string `hcl:"ca_template_file,optional"`
 
 	Plugins    *hclPlugins    `hcl:"plugins,block"`
 	Federation *hclFederation `hcl:"federation,block"`
@@ -220,6 +234,9 @@ func Parse(filename string, src []byte) (*File, error) {
 			RetryJoin:        strings.Join(s.RetryJoin, ","),
 			JoinSecret:       s.JoinSecret,
 			JoinSecretFile:   s.JoinSecretFile,
+
+			X509SVIDTemplateFile: s.X509SVIDTemplateFile,
+			CATemplateFile:       s.CATemplateFile,
 		}
 		if s.Bootstrap != nil {
 			out.Server.NoBootstrap = !*s.Bootstrap
@@ -266,6 +283,9 @@ func Parse(filename string, src []byte) (*File, error) {
 				return nil, err
 			}
 			out.Server.Alerts = al
+		}
+		if err := readTemplates(filename, syntaxBlock(body, "server"), out.Server); err != nil {
+			return nil, err
 		}
 	}
 	if a := raw.Agent; a != nil {

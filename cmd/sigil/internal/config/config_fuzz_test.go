@@ -96,6 +96,13 @@ agent {}`)
   }
 }`)
 	f.Add(`server { plugins { node_attestor {} key_manager "a" "b" {} } }`)
+	f.Add(`server {
+  trust_domain            = "example.org"
+  x509_svid_template_file = "testdata/svid-template.json"
+  ca_template_file        = "testdata/ca-template.json"
+}`)
+	f.Add(`server { x509_svid_template_file = "testdata/ca-template.json" }`)
+	f.Add(`server { ca_template_file = "testdata" }`)
 	f.Fuzz(func(t *testing.T, src string) {
 		file, err := Parse("fuzz.hcl", []byte(src))
 		if err != nil {
@@ -105,6 +112,16 @@ agent {}`)
 			return
 		}
 		again, err := Parse("fuzz.hcl", []byte(src))
+		if s := file.Server; s != nil {
+			// A parsed template holds functions, which DeepEqual never
+			// finds equal: compare which templates were parsed.
+			if (s.X509SVIDTemplate != nil) != (s.X509SVIDTemplateFile != "") || (s.CATemplate != nil) != (s.CATemplateFile != "") {
+				t.Fatal("a template file without its template, or the reverse")
+			}
+			if again != nil && again.Server != nil {
+				again.Server.X509SVIDTemplate, again.Server.CATemplate = s.X509SVIDTemplate, s.CATemplate
+			}
+		}
 		if err != nil || !reflect.DeepEqual(file, again) {
 			t.Fatalf("Parse is not deterministic: %v", err)
 		}
