@@ -190,6 +190,7 @@ func federationConfig(f *config.Federation) server.FederationConfig {
 func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
 	defer closeAuditSinks(cfg.AuditSink, log)
 	defer closeKeyStore(cfg.KeyStore, log)
+	defer closeUpstream(cfg.UpstreamAuthority, log)
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -344,6 +345,16 @@ func setString(dst *string, v string) {
 func setDuration(dst *time.Duration, v time.Duration) {
 	if v != 0 {
 		*dst = v
+	}
+}
+
+// closeUpstream releases the upstream authority's sessions (a PKCS#11
+// session) once the server has stopped, if it holds any (io.Closer).
+func closeUpstream(ua ca.UpstreamAuthority, log *zap.Logger) {
+	if c, ok := ua.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			log.Warn("closing the upstream authority", zap.Error(err))
+		}
 	}
 }
 

@@ -42,12 +42,13 @@ func TestDaemonsImportNoConcretePlugin(t *testing.T) {
 }
 
 // concretePlugins returns the packages in deps under attestor/node/<name>,
-// attestor/workload/<name>, ca/keymanager/<name> or alert/notifier/<name>.
+// attestor/workload/<name>, ca/keymanager/<name>, ca/upstream/<name> or
+// alert/notifier/<name>.
 func concretePlugins(deps []string) []string {
 	const mod = "github.com/sigil-id/sigil/"
 	var out []string
 	for _, d := range deps {
-		for _, parent := range []string{"attestor/node/", "attestor/workload/", "ca/keymanager/", "alert/notifier/"} {
+		for _, parent := range []string{"attestor/node/", "attestor/workload/", "ca/keymanager/", "ca/upstream/", "alert/notifier/"} {
 			if strings.HasPrefix(d, mod+parent) {
 				out = append(out, d)
 			}
