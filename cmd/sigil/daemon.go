@@ -349,22 +349,23 @@ func setDuration(dst *time.Duration, v time.Duration) {
 	}
 }
 
+// closeUpstream releases the upstream authority's sessions (a PKCS#11
+// session, an upstream cluster's connections) once the server has
+// stopped, if it holds any (io.Closer).
+func closeUpstream(ua ca.UpstreamAuthority, log *zap.Logger) {
+	if c, ok := ua.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			log.Warn("closing the upstream authority", zap.Error(err))
+		}
+	}
+}
+
 // closeKeyStore releases the key manager's sessions (an HSM session, a
 // KMS client) once the server has stopped, if it holds any (io.Closer).
 func closeKeyStore(ks ca.KeyStore, log *zap.Logger) {
 	if c, ok := ks.(io.Closer); ok {
 		if err := c.Close(); err != nil {
 			log.Warn("closing the key manager", zap.Error(err))
-		}
-	}
-}
-
-// closeUpstream releases the upstream authority's connections once the
-// server has stopped, if it holds any (io.Closer).
-func closeUpstream(ua ca.UpstreamAuthority, log *zap.Logger) {
-	if c, ok := ua.(io.Closer); ok {
-		if err := c.Close(); err != nil {
-			log.Warn("closing the upstream authority", zap.Error(err))
 		}
 	}
 }

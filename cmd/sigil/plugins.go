@@ -41,6 +41,7 @@ import (
 	_ "github.com/sigil-id/sigil/ca/keymanager/memory"
 	_ "github.com/sigil-id/sigil/ca/keymanager/pkcs11"
 	_ "github.com/sigil-id/sigil/ca/keymanager/tpm"
+	_ "github.com/sigil-id/sigil/ca/upstream/disk"
 	_ "github.com/sigil-id/sigil/ca/upstream/sigil"
 )
 
