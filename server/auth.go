@@ -67,8 +67,15 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	return context.WithValue(ctx, agentKey{}, id), nil
 }
 
+// isDownstreamMethod reports whether a node API method is of the
+// Downstream service, which authenticates its callers itself (see
+// downstream.go): they are downstream workloads, not agents.
+func isDownstreamMethod(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/"+sigilv1.Downstream_ServiceDesc.ServiceName+"/")
+}
+
 func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if !strings.HasPrefix(info.FullMethod, "/sigil.v1.Node/") || isOpenMethod(info.FullMethod) {
+	if !strings.HasPrefix(info.FullMethod, "/sigil.v1.Node/") || isOpenMethod(info.FullMethod) || isDownstreamMethod(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	actx, err := s.authenticate(ctx)

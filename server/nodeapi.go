@@ -677,10 +677,15 @@ func (s *Server) verifiedAgent(certs []*x509.Certificate) bool {
 	return err == nil && registration.IsAgentID(id)
 }
 
-// refuseUnauthenticated is the node guard's answer to a call other than
-// an attestation on a connection that presented no valid agent SVID: the auth
-// interceptor's own error.
-func (s *Server) refuseUnauthenticated(ctx context.Context) error {
+// refuseUnauthenticated is the node guard's answer to a call of method
+// other than an attestation on a connection that presented no valid agent
+// SVID: the auth interceptor's own error, or for the Downstream service
+// its own authentication's (see downstream.go).
+func (s *Server) refuseUnauthenticated(ctx context.Context, method string) error {
+	if isDownstreamMethod(method) {
+		_, _, err := s.authenticateDownstream(ctx)
+		return err
+	}
 	_, err := s.authenticate(ctx)
 	return err
 }

@@ -138,11 +138,12 @@ type nodeGuard struct {
 	clk clock.Clock
 	log *zap.Logger
 	// isAgent reports whether a handshake's peer certificates are a
-	// valid agent SVID of the trust domain.
+	// valid agent SVID of the trust domain (or a downstream workload's
+	// SVID: see downstream.go).
 	isAgent func([]*x509.Certificate) bool
-	// refuse returns the error for a call other than an attestation on
-	// a connection without a valid agent SVID.
-	refuse func(context.Context) error
+	// refuse returns the error for a call of method other than an
+	// attestation on a connection without a valid agent SVID.
+	refuse func(ctx context.Context, method string) error
 
 	mu          sync.RWMutex
 	conns       map[string]*guardedConn // by remote address
@@ -166,7 +167,7 @@ func (s *source) Idle(now time.Time) bool {
 	return s.inFlight == 0 && s.unauthConns == 0 && sourcelimit.BucketFull(s.attests, now) && sourcelimit.BucketFull(s.conns, now)
 }
 
-func newNodeGuard(lim nodeLimits, clk clock.Clock, log *zap.Logger, isAgent func([]*x509.Certificate) bool, refuse func(context.Context) error) *nodeGuard {
+func newNodeGuard(lim nodeLimits, clk clock.Clock, log *zap.Logger, isAgent func([]*x509.Certificate) bool, refuse func(context.Context, string) error) *nodeGuard {
 	return &nodeGuard{
 		lim: lim, clk: clk, log: log, isAgent: isAgent, refuse: refuse,
 		conns: make(map[string]*guardedConn),
@@ -405,7 +406,7 @@ func (g *nodeGuard) tap(ctx context.Context, info *tap.Info) (context.Context, e
 		}
 		// The same check (and error) as the auth interceptor; refused
 		// here it costs no goroutine and reads no message.
-		if err := g.refuse(ctx); err != nil {
+		if err := g.refuse(ctx, info.FullMethodName); err != nil {
 			return nil, err
 		}
 		return ctx, nil

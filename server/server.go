@@ -310,7 +310,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// The node API is open to the network: nodeGuard bounds what a caller
 	// without a valid agent SVID costs (see nodeapi_limits.go).
 	lim := s.nodeLimits
-	s.nodeGuard = newNodeGuard(lim, s.cfg.Clock, s.log.Named("node_api"), s.verifiedAgent, s.refuseUnauthenticated)
+	s.nodeGuard = newNodeGuard(lim, s.cfg.Clock, s.log.Named("node_api"), s.verifiedCaller, s.refuseUnauthenticated)
 	nodeSrv := grpc.NewServer(
 		grpc.Creds(s.nodeGuard.credentials(credentials.NewTLS(s.nodeTLSConfig()))),
 		grpc.InTapHandle(s.nodeGuard.tap),
@@ -324,6 +324,7 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ConnectionTimeout(lim.HandshakeTimeout),
 	)
 	sigilv1.RegisterNodeServer(nodeSrv, &nodeAPI{s: s})
+	sigilv1.RegisterDownstreamServer(nodeSrv, newDownstreamAPI(s)) // Unimplemented without AllowDownstream
 
 	go func() { errc <- nodeSrv.Serve(nodeLis) }()
 	if s.cluster != nil {

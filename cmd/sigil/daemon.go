@@ -132,6 +132,7 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 		cfg.JoinSecret = os.Getenv("SIGIL_JOIN_SECRET")
 	}
 	cfg.NoBootstrap = s.NoBootstrap
+	cfg.AllowDownstream = s.AllowDownstream
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
 	cfg.Federation = federationConfig(s.Federation)
@@ -349,7 +350,8 @@ func setDuration(dst *time.Duration, v time.Duration) {
 }
 
 // closeUpstream releases the upstream authority's sessions (a PKCS#11
-// session) once the server has stopped, if it holds any (io.Closer).
+// session, an upstream cluster's connections) once the server has
+// stopped, if it holds any (io.Closer).
 func closeUpstream(ua ca.UpstreamAuthority, log *zap.Logger) {
 	if c, ok := ua.(io.Closer); ok {
 		if err := c.Close(); err != nil {

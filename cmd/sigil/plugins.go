@@ -42,6 +42,7 @@ import (
 	_ "github.com/sigil-id/sigil/ca/keymanager/pkcs11"
 	_ "github.com/sigil-id/sigil/ca/keymanager/tpm"
 	_ "github.com/sigil-id/sigil/ca/upstream/disk"
+	_ "github.com/sigil-id/sigil/ca/upstream/sigil"
 )
 
 // serverPlugins builds the server's plugins from s (its plugin blocks,

@@ -63,6 +63,17 @@ server {
   # x509_svid_template_file = "/etc/sigil/svid-template.json"
   # ca_template_file        = "/etc/sigil/ca-template.json"
 
+  # Nested clusters (docs/upstream.md): sign the CA certificates of
+  # downstream Sigil clusters of this trust domain, for workloads of
+  # entries marked downstream (sigil entry create ... -downstream).
+  # allow_downstream = true
+  # A downstream cluster's servers instead take their CA certificates from
+  # the upstream cluster, in the plugins block:
+  #   upstream_authority "sigil" {
+  #     server_address      = "10.0.0.1:8081"
+  #     workload_api_socket = "/run/sigil-upstream/agent/public/api.sock"
+  #   }
+
   # High availability: give every server a cluster address (Raft and
   # server-to-server traffic, mutual TLS with server SVIDs) and the same
   # join secret; the first server bootstraps, the others join through any

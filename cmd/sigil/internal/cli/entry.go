@@ -43,6 +43,8 @@ type entryFlags struct {
 	node      bool
 	data      string
 	federates []string
+	// downstream marks the entry downstream (nested topology).
+	downstream bool
 }
 
 func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
@@ -56,11 +58,12 @@ func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
 	fs.StringVar(&f.hint, "hint", "", "hint telling workloads with several SVIDs what this one is for")
 	fs.BoolVar(&f.node, "node", false, "make this a node alias: parent is the trust domain's server ID and selectors match agents' node selectors")
 	fs.StringArrayVar(&f.federates, "federates-with", nil, "foreign trust domain whose bundle the workloads receive, e.g. gcp.example or spiffe://gcp.example (repeatable; the trust domain needs a federation relationship or bundle; on update, an empty value clears the list)")
+	fs.BoolVar(&f.downstream, "downstream", false, "mark the entry downstream: its workload, a server of a downstream Sigil cluster, may have its CA certificates signed by this cluster (nested topology; the servers need allow_downstream); on update, -downstream=false clears it")
 	fs.StringVar(&f.data, "data", "", "JSON file ({\"entries\": [...]}, \"-\" for stdin) with entries to send in one batch")
 }
 
 // fieldFlags are the flags that describe entry fields; -data excludes them.
-var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with"}
+var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream"}
 
 func changedAny(cmd *cobra.Command, names ...string) string {
 	for _, n := range names {
@@ -131,6 +134,9 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 	if changed("hint") {
 		e.Hint = f.hint
 	}
+	if changed("downstream") {
+		e.Downstream = f.downstream
+	}
 	if changed("federates-with") {
 		e.FederatesWith = nil
 		seen := map[string]bool{}
@@ -198,6 +204,7 @@ func newEntryCreate() *cobra.Command {
 		Example: `  sigil entry create -spiffe-id spiffe://example.org/web -parent-id spiffe://example.org/sigil/agent/join_token/... -selector unix:uid:1000
   sigil entry create -node -spiffe-id spiffe://example.org/nodes/db -selector join_token:...
   sigil entry create -spiffe-id spiffe://example.org/api -parent-id ... -selector unix:uid:1001 -federates-with gcp.example
+  sigil entry create -spiffe-id spiffe://example.org/downstream/s1 -parent-id ... -selector unix:path:/usr/bin/sigil -downstream
   sigil entry create -data entries.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -285,8 +292,8 @@ file must carry its "id" and replaces the stored entry as a whole.`,
 				if err != nil {
 					return c.RPCError("update entry "+f.id, err)
 				}
-				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with") == "" {
-					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint, -federates-with")
+				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream") == "" {
+					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint, -federates-with, -downstream")
 				}
 				if err := f.apply(cmd, cur); err != nil {
 					return err
@@ -369,6 +376,9 @@ func printEntry(w io.Writer, e *sigilv1.Entry) {
 	}
 	for _, td := range e.GetFederatesWith() {
 		fmt.Fprintf(w, "Federates with   : %s\n", td)
+	}
+	if e.GetDownstream() {
+		fmt.Fprintf(w, "Downstream       : true\n")
 	}
 	fmt.Fprintf(w, "Created at       : %s\n", formatTime(e.GetCreatedAt()))
 }

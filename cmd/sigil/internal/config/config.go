@@ -51,7 +51,9 @@ type Server struct {
 	JoinSecretFile       string // file (mode 0600) holding the join secret
 	NoBootstrap          bool
 	RaftHeartbeatTimeout time.Duration
-	Log                  Log
+	// AllowDownstream: see server.Config.AllowDownstream.
+	AllowDownstream bool
+	Log             Log
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies KeyManager and the defaults to it.
 	Plugins *Plugins
@@ -150,6 +152,8 @@ type hclServer struct {
 	RaftHeartbeatTimeout string   `hcl:"raft_heartbeat_timeout,optional"`
 	LogLevel             string   `hcl:"log_level,optional"`
 	LogFormat            string   `hcl:"log_format,optional"`
+	// AllowDownstream: see server.Config.AllowDownstream.
+	AllowDownstream bool `hcl:"allow_downstream,optional"`
 	// Certificate templates (docs/templates.md).
 	X509SVIDTemplateFile string `hcl:"x509_svid_template_file,optional"`
 	CATemplateFile       string `hcl:"ca_template_file,optional"`
@@ -235,6 +239,7 @@ func Parse(filename string, src []byte) (*File, error) {
 			JoinSecret:       s.JoinSecret,
 			JoinSecretFile:   s.JoinSecretFile,
 
+			AllowDownstream:      s.AllowDownstream,
 			X509SVIDTemplateFile: s.X509SVIDTemplateFile,
 			CATemplateFile:       s.CATemplateFile,
 		}
@@ -372,6 +377,7 @@ func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
 	fs.StringVar(&f.val.JoinSecretFile, "join-secret-file", "", "file (mode 0600) holding the cluster join secret")
 	fs.BoolVar(&f.val.NoBootstrap, "no-bootstrap", false, "with no Raft state and nothing to join, wait for 'sigil cluster join' instead of bootstrapping")
 	fs.DurationVar(&f.val.RaftHeartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat and election timeout (default 5s)")
+	fs.BoolVar(&f.val.AllowDownstream, "allow-downstream", false, "sign the CA certificates of downstream Sigil clusters (nested) for workloads of entries marked downstream; CA keys made from then on allow one level of intermediates")
 	addLogFlags(fs, &f.val.Log)
 	return f
 }
@@ -412,6 +418,9 @@ func (f *ServerFlags) Apply(s *Server) {
 	}
 	if f.fs.Changed("no-bootstrap") {
 		s.NoBootstrap = f.val.NoBootstrap
+	}
+	if f.fs.Changed("allow-downstream") {
+		s.AllowDownstream = f.val.AllowDownstream
 	}
 	set("log-level", &s.Log.Level, f.val.Log.Level)
 	set("log-format", &s.Log.Format, f.val.Log.Format)

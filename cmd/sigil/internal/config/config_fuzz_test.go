@@ -29,6 +29,7 @@ func FuzzConfig(f *testing.F) {
   join_secret_file = "/etc/sigil/join-secret"
   retry_join       = ["10.0.0.1:8082", "10.0.0.2:8082"]
   bootstrap        = false
+  allow_downstream = true
 }`)
 	f.Add(`agent {
   trust_domain    = "example.org"

@@ -138,6 +138,20 @@ func TestParse(t *testing.T) {
 			wantErr: `Duplicate server block`,
 		},
 		{
+			name: "allow_downstream",
+			src:  "server {\n  trust_domain = \"example.org\"\n  allow_downstream = true\n}",
+			check: func(t *testing.T, f *File) {
+				if f.Server == nil || !f.Server.AllowDownstream {
+					t.Errorf("got %+v, want allow_downstream", f.Server)
+				}
+			},
+		},
+		{
+			name:    "allow_downstream not a bool",
+			src:     "server {\n  allow_downstream = \"yes\"\n}",
+			wantErr: `test.hcl:2,23: Unsuitable value type; Unsuitable value: a bool is required`,
+		},
+		{
 			name:    "negative workload connection limit",
 			src:     `agent { workload_api_max_connections_per_uid = -1 }`,
 			wantErr: `workload_api_max_connections_per_uid and workload_api_max_connections must not be negative`,
@@ -220,6 +234,11 @@ func TestServerFlagOverride(t *testing.T) {
 				s.JWTSVIDTTL = 2 * time.Minute
 				s.CAPropagationDelay = 10 * time.Second
 			},
+		},
+		{
+			name: "allow downstream",
+			args: []string{"--allow-downstream"},
+			want: func(s *Server) { s.AllowDownstream = true },
 		},
 		{
 			name: "explicit empty value overrides too",
