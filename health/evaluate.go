@@ -465,21 +465,10 @@ func evalMembers(cfg Config, s Snapshot) []alert.Alert {
 func evalKeyManagers(cfg Config, s Snapshot) []alert.Alert {
 	var out []alert.Alert
 	for _, sv := range s.Servers {
-		since := sv.KeyManagerFailingSince
-		if since.IsZero() || s.Now.Sub(since) <= cfg.KeyManagerFailingAfter {
-			continue
+		if a, ok := serverFailing(s, sv.Name, sv.KeyManagerFailingSince, sv.KeyManagerError, cfg.KeyManagerFailingAfter,
+			KeyKeyManagerFailing, NameKeyManagerFailing, alert.Critical, "key manager of server %s failing since %s: it cannot sign SVIDs or rotate its keys"); ok {
+			out = append(out, a)
 		}
-		kv := []string{"server", sv.Name, "since", stamp(since)}
-		if sv.KeyManagerError != "" {
-			kv = append(kv, "last_error", cut(sv.KeyManagerError, MaxErrorLen))
-		}
-		// The summary leaves the error out: a backend whose message
-		// changes from one failure to the next must not re-notify.
-		out = append(out, build(alert.Alert{
-			Key: key(KeyKeyManagerFailing, sv.Name), Name: NameKeyManagerFailing, Severity: alert.Critical,
-			Summary: fmt.Sprintf("key manager of server %s failing since %s: it cannot sign SVIDs or rotate its keys", sv.Name, stamp(since)),
-			Source:  s.Source, StartsAt: s.Now,
-		}, kv...))
 	}
 	return out
 }
@@ -487,21 +476,33 @@ func evalKeyManagers(cfg Config, s Snapshot) []alert.Alert {
 func evalUpstreams(cfg Config, s Snapshot) []alert.Alert {
 	var out []alert.Alert
 	for _, sv := range s.Servers {
-		since := sv.UpstreamFailingSince
-		if since.IsZero() || s.Now.Sub(since) <= cfg.UpstreamFailingAfter {
-			continue
+		if a, ok := serverFailing(s, sv.Name, sv.UpstreamFailingSince, sv.UpstreamError, cfg.UpstreamFailingAfter,
+			KeyUpstreamFailing, NameUpstreamFailing, alert.Warning, "upstream authority of server %s failing since %s: its next CA key cannot be signed (the active key still signs)"); ok {
+			out = append(out, a)
 		}
-		kv := []string{"server", sv.Name, "since", stamp(since)}
-		if sv.UpstreamError != "" {
-			kv = append(kv, "last_error", cut(sv.UpstreamError, MaxErrorLen))
-		}
-		out = append(out, build(alert.Alert{
-			Key: key(KeyUpstreamFailing, sv.Name), Name: NameUpstreamFailing, Severity: alert.Warning,
-			Summary: fmt.Sprintf("upstream authority of server %s failing since %s: its next CA key cannot be signed (the active key still signs)", sv.Name, stamp(since)),
-			Source:  s.Source, StartsAt: s.Now,
-		}, kv...))
 	}
 	return out
+}
+
+// serverFailing is the alert of a part of server (its key manager, its
+// upstream authority) failing since since with lastErr, once that has
+// lasted longer than after. summary is formatted with the server and
+// since; it leaves the error out, so that a backend whose message changes
+// from one failure to the next does not re-notify (the error is the
+// last_error detail).
+func serverFailing(s Snapshot, server string, since time.Time, lastErr string, after time.Duration, k, name string, sev alert.Severity, summary string) (alert.Alert, bool) {
+	if since.IsZero() || s.Now.Sub(since) <= after {
+		return alert.Alert{}, false
+	}
+	kv := []string{"server", server, "since", stamp(since)}
+	if lastErr != "" {
+		kv = append(kv, "last_error", cut(lastErr, MaxErrorLen))
+	}
+	return build(alert.Alert{
+		Key: key(k, server), Name: name, Severity: sev,
+		Summary: fmt.Sprintf(summary, server, stamp(since)),
+		Source:  s.Source, StartsAt: s.Now,
+	}, kv...), true
 }
 
 func burst(cfg Config, s Snapshot, k, name, what string, n uint64) alert.Alert {
