@@ -6,7 +6,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -23,6 +25,7 @@ import (
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/eventually"
 	"github.com/sigil-id/sigil/mtls/mtlstest"
 )
 
@@ -397,5 +400,78 @@ func TestConfigAdminRemote(t *testing.T) {
 		if err != nil && strings.Count(err.Error(), "server:") != 1 {
 			t.Errorf("error %q: want one package prefix", err)
 		}
+	}
+}
+
+// adminDialTLS opens a TLS connection to the TCP admin listener,
+// presenting cert (none when nil), and completes the handshake.
+func adminDialTLS(addr string, cert *tls.Certificate) (*tls.Conn, error) {
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}} //nolint:gosec // test client
+	if cert != nil {
+		tc.Certificates = []tls.Certificate{*cert}
+	}
+	c := tls.Client(raw, tc)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := c.Handshake(); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// TestRemoteAdminGuardsUnauthenticated: connections to the TCP admin
+// listener without an admin SVID (none, or a valid SVID that is not an
+// admin) are bounded per source like the node API's; one with an admin
+// SVID is not counted.
+func TestRemoteAdminGuardsUnauthenticated(t *testing.T) {
+	log := &auditLog{}
+	h := startServerConfig(t, nil, func(l *nodeLimits) { l.MaxUnauthConnsPerSource = 2 }, func(c *Config) {
+		c.AdminAddress = "127.0.0.1:0"
+		c.AdminIDs = []spiffeid.ID{spiffeid.RequireFromString(adminListed)}
+		c.AuditSink = log
+	})
+	addr := h.srv.AdminAddr().String()
+	g := h.srv.adminGuard
+	c1, err := adminDialTLS(addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, err := adminDialTLS(addr, h.mintSVID(notAdmin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	eventually.NoError(t, 10*time.Second, func() error {
+		if n := g.unauthConnCount(); n != 2 {
+			return fmt.Errorf("%d unauthenticated admin connections counted, want 2", n)
+		}
+		return nil
+	})
+	if c3, err := adminDialTLS(addr, nil); err == nil {
+		// The server closes it right after accepting it.
+		c3.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, rerr := c3.Read(make([]byte, 1))
+		c3.Close()
+		if ne, ok := rerr.(net.Error); ok && ne.Timeout() {
+			t.Fatal("a third unauthenticated connection from one source was kept")
+		}
+	}
+	c1.Close()
+	// Room again once the server notices; an admin connection is not
+	// counted against the limits.
+	eventually.NoError(t, 10*time.Second, func() error {
+		_, err := createOverTCP(h.remoteAdminConn(h.mintSVID(adminListed)), "spiffe://example.org/after")
+		return err
+	})
+	if n := g.unauthConnCount(); n != 1 {
+		t.Errorf("%d unauthenticated admin connections counted, want 1 (the non-admin SVID's)", n)
+	}
+	if n := h.srv.nodeGuard.unauthConnCount(); n != 0 {
+		t.Errorf("the node API's guard counts %d of the admin listener's connections", n)
 	}
 }
