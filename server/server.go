@@ -1,7 +1,9 @@
 // Package server wires a Sigil server node: the replicated store, this
 // node's CA, the node API that agents call over TLS, the admin API on a
-// local unix socket, and federation with other trust domains (the bundle
-// endpoint, and on the leader the refresh of federated bundles).
+// local unix socket (and with AdminAddress on TCP with mutual TLS for
+// admin SVIDs: adminremote.go), and federation with other trust domains
+// (the bundle endpoint, and on the leader the refresh of federated
+// bundles).
 package server
 
 import (
