@@ -38,7 +38,8 @@ type Event struct {
 	// "entry_created"). It is stable: consumers match on it, and the zap
 	// sink writes it as the "audit" field.
 	What string
-	// Who did it: an agent's or a server's SPIFFE ID, or Admin.
+	// Who did it: an agent's or a server's SPIFFE ID, an admin's SPIFFE
+	// ID (the TCP admin API), or Admin (the admin socket).
 	Who string
 	// Subject is what it was done to: an entry ID, a SPIFFE ID, an
 	// authority ID. Empty when the action has no single subject.

@@ -77,7 +77,7 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 				if stored, err := s.store.Read().Entry(e.Id); err == nil {
 					results[idx[j]].Entry = stored
 				}
-				s.auditEntry("entry_created", "entry created", e)
+				s.auditEntry(ctx, "entry_created", "entry created", e)
 			}
 		}
 	}
@@ -117,7 +117,7 @@ func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdat
 				if stored, err := s.store.Read().Entry(e.Id); err == nil {
 					results[idx[j]].Entry = stored
 				}
-				s.auditEntry("entry_updated", "entry updated", e)
+				s.auditEntry(ctx, "entry_updated", "entry updated", e)
 			}
 		}
 	}
@@ -155,7 +155,7 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 		st := resultAt(res, j)
 		out.Results[idx[j]] = &sigilv1.DeleteResult{Id: id, Status: st}
 		if st.Code == 0 {
-			s.audit(audit.Event{What: "entry_deleted", Who: audit.Admin, Subject: id, Message: "entry deleted",
+			s.auditAdmin(ctx, audit.Event{What: "entry_deleted", Who: audit.Admin, Subject: id, Message: "entry deleted",
 				Fields: []audit.Field{audit.String("entry_id", id)}})
 		}
 	}
@@ -243,7 +243,7 @@ func (a *adminAPI) CreateJoinToken(ctx context.Context, req *sigilv1.CreateJoinT
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "agent id: %v", err)
 	}
-	s.audit(audit.Event{What: "join_token_created", Who: audit.Admin, Subject: agentID.String(), Message: "join token created",
+	s.auditAdmin(ctx, audit.Event{What: "join_token_created", Who: audit.Admin, Subject: agentID.String(), Message: "join token created",
 		Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.Time("expires_at", expires)}})
 	return &sigilv1.CreateJoinTokenResponse{Token: token, AgentId: agentID.String(), ExpiresAt: expires.Unix()}, nil
 }
@@ -318,7 +318,7 @@ func (a *adminAPI) EvictAgent(ctx context.Context, req *sigilv1.EvictAgentReques
 	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_EvictNode{EvictNode: &storepb.EvictNode{SpiffeId: req.SpiffeId, KeepBanned: true}}}); err != nil {
 		return nil, storeError(err)
 	}
-	a.s.audit(audit.Event{What: "agent_evicted", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent evicted",
+	a.s.auditAdmin(ctx, audit.Event{What: "agent_evicted", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent evicted",
 		Fields: []audit.Field{audit.String("agent_id", req.SpiffeId)}})
 	return &sigilv1.EvictAgentResponse{}, nil
 }
@@ -332,14 +332,14 @@ func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (
 	if _, err := a.s.apply(ctx, &storepb.Command{Op: &storepb.Command_BanNode{BanNode: &storepb.BanNode{SpiffeId: req.SpiffeId, BanUnknown: true}}}); err != nil {
 		return nil, storeError(err)
 	}
-	a.s.audit(audit.Event{What: "agent_banned", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent banned",
+	a.s.auditAdmin(ctx, audit.Event{What: "agent_banned", Who: audit.Admin, Subject: req.SpiffeId, Message: "agent banned",
 		Fields: []audit.Field{audit.String("agent_id", req.SpiffeId)}})
 	return &sigilv1.BanAgentResponse{}, nil
 }
 
 // auditEntry records an entry written by the admin API.
-func (s *Server) auditEntry(what, msg string, e *sigilv1.Entry) {
-	s.audit(audit.Event{What: what, Who: audit.Admin, Subject: e.Id, Message: msg, Fields: []audit.Field{
+func (s *Server) auditEntry(ctx context.Context, what, msg string, e *sigilv1.Entry) {
+	s.auditAdmin(ctx, audit.Event{What: what, Who: audit.Admin, Subject: e.Id, Message: msg, Fields: []audit.Field{
 		audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId), audit.String("parent_id", e.ParentId),
 		audit.Strings("selectors", selectorStrings(e.Selectors)),
 	}})

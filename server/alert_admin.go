@@ -105,7 +105,7 @@ func (a *alertAdmin) Test(ctx context.Context, req *sigilv1.AlertTestRequest) (*
 	if len(failed) > 0 || len(results) == 0 {
 		outcome = audit.Failure
 	}
-	s.audit(audit.Event{What: "alert_test_sent", Who: audit.Admin, Subject: al.Key, Outcome: outcome, Message: "test alert sent", Fields: []audit.Field{
+	s.auditAdmin(ctx, audit.Event{What: "alert_test_sent", Who: audit.Admin, Subject: al.Key, Outcome: outcome, Message: "test alert sent", Fields: []audit.Field{
 		audit.String("severity", string(sev)), audit.Int("notifiers", len(results)), audit.Strings("failed", failed),
 	}})
 	return resp, nil

@@ -113,8 +113,8 @@ func slotError(err error) error {
 	return status.Error(codes.Unavailable, err.Error())
 }
 
-func (a *authorityAdmin) audit(op string, sl ca.Slot) {
-	a.s.audit(audit.Event{What: "authority_" + op, Who: audit.Admin, Subject: sl.ID, Message: "authority " + op + " by admin",
+func (a *authorityAdmin) audit(ctx context.Context, op string, sl ca.Slot) {
+	a.s.auditAdmin(ctx, audit.Event{What: "authority_" + op, Who: audit.Admin, Subject: sl.ID, Message: "authority " + op + " by admin",
 		Fields: []audit.Field{audit.String("kind", string(sl.Kind)), audit.Int("slot", sl.Seq), audit.String("authority_id", sl.ID)}})
 }
 
@@ -127,7 +127,7 @@ func (a *authorityAdmin) PrepareAuthority(ctx context.Context, req *sigilv1.Auth
 	if err != nil {
 		return nil, slotError(err)
 	}
-	a.audit("prepared", sl)
+	a.audit(ctx, "prepared", sl)
 	a.s.kickRotation()
 	return a.slotResp(m, sl), nil
 }
@@ -141,7 +141,7 @@ func (a *authorityAdmin) ActivateAuthority(ctx context.Context, req *sigilv1.Aut
 	if err != nil {
 		return nil, slotError(err)
 	}
-	a.audit("activated", sl)
+	a.audit(ctx, "activated", sl)
 	if m.Kind() == ca.KindX509 {
 		if err := a.s.rotateServerSVID(ctx); err != nil {
 			a.s.log.Error("server SVID rotation after CA activation failed", zap.Error(err))
@@ -170,7 +170,7 @@ func (a *authorityAdmin) TaintAuthority(ctx context.Context, req *sigilv1.Author
 	if err != nil {
 		return nil, slotError(err)
 	}
-	a.audit("tainted", sl)
+	a.audit(ctx, "tainted", sl)
 	a.s.kickRotation()
 	return a.slotResp(m, sl), nil
 }
@@ -190,7 +190,7 @@ func (a *authorityAdmin) RevokeAuthority(ctx context.Context, req *sigilv1.Autho
 	if err != nil {
 		return nil, slotError(err)
 	}
-	a.audit("revoked", sl)
+	a.audit(ctx, "revoked", sl)
 	a.s.kickRotation()
 	return a.slotResp(m, sl), nil
 }
@@ -304,7 +304,7 @@ func (a *authorityAdmin) clusterOp(ctx context.Context, op, id string) (*sigilv1
 	for _, m := range matches {
 		resp.Authorities = append(resp.Authorities, m.proto(id))
 		done := map[string]string{"taint": "tainted", "revoke": "revoked"}[op]
-		s.audit(audit.Event{What: "authority_" + done + "_cluster_wide", Who: audit.Admin, Subject: id, Message: "authority " + done + " cluster-wide by admin",
+		s.auditAdmin(ctx, audit.Event{What: "authority_" + done + "_cluster_wide", Who: audit.Admin, Subject: id, Message: "authority " + done + " cluster-wide by admin",
 			Fields: []audit.Field{audit.String("kind", m.kind), audit.String("authority_id", id), audit.String("server_id", m.serverID)}})
 	}
 	return resp, nil

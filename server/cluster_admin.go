@@ -148,12 +148,12 @@ func (s *Server) removeMember(ctx context.Context, req *sigilv1.RemoveMemberRequ
 	if err := s.removeMemberAuthorities(ctx, req.NodeName); err != nil {
 		return nil, storeError(err)
 	}
-	s.audit(audit.Event{What: "member_authorities_tainted", Who: audit.Admin, Subject: req.NodeName, Message: "authorities of a server being removed tainted",
+	s.auditAdmin(ctx, audit.Event{What: "member_authorities_tainted", Who: audit.Admin, Subject: req.NodeName, Message: "authorities of a server being removed tainted",
 		Fields: []audit.Field{audit.String("node_name", req.NodeName), audit.Duration("revoked_after", s.cfg.RemovedServerGrace)}})
 	if err := s.store.RemoveServer(ctx, req.NodeName); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "the authorities of %s are tainted, but removing it from the Raft configuration failed (run the removal again): %v", req.NodeName, err)
 	}
-	s.audit(audit.Event{What: "member_removed", Who: audit.Admin, Subject: req.NodeName, Message: "server removed from the cluster",
+	s.auditAdmin(ctx, audit.Event{What: "member_removed", Who: audit.Admin, Subject: req.NodeName, Message: "server removed from the cluster",
 		Fields: []audit.Field{audit.String("node_name", req.NodeName)}})
 	return &sigilv1.RemoveMemberResponse{}, nil
 }
@@ -171,7 +171,7 @@ func (s *Server) transferLeadership(ctx context.Context, req *sigilv1.TransferLe
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	_, id := s.store.Leader()
-	s.audit(audit.Event{What: "leadership_transferred", Who: audit.Admin, Subject: id, Message: "leadership transferred",
+	s.auditAdmin(ctx, audit.Event{What: "leadership_transferred", Who: audit.Admin, Subject: id, Message: "leadership transferred",
 		Fields: []audit.Field{audit.String("leader", id)}})
 	return &sigilv1.TransferLeadershipResponse{LeaderId: id}, nil
 }
@@ -203,7 +203,7 @@ func (a *clusterAdminAPI) SnapshotSave(_ *sigilv1.SnapshotSaveRequest, stream si
 		}
 		data = data[n:]
 	}
-	a.s.audit(audit.Event{What: "snapshot_saved", Who: audit.Admin, Message: "snapshot saved",
+	a.s.auditAdmin(stream.Context(), audit.Event{What: "snapshot_saved", Who: audit.Admin, Message: "snapshot saved",
 		Fields: []audit.Field{audit.Uint64("index", idx), audit.Int("bytes", buf.Len())}})
 	return nil
 }
@@ -263,7 +263,7 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 			return status.Errorf(codes.Unavailable, "restored, but re-publishing the CA of %s failed: %v", au.ServerId, err)
 		}
 	}
-	s.audit(audit.Event{What: "snapshot_restored", Who: audit.Admin, Message: "snapshot restored",
+	s.auditAdmin(ctx, audit.Event{What: "snapshot_restored", Who: audit.Admin, Message: "snapshot restored",
 		Fields: []audit.Field{audit.Int("entries", len(snap.Entries)), audit.Int("agents", len(snap.Nodes))}})
 	return stream.SendAndClose(&sigilv1.SnapshotRestoreResponse{
 		Index: s.store.LastIndex(), Entries: int32(len(snap.Entries)), Agents: int32(len(snap.Nodes)),

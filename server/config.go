@@ -50,6 +50,19 @@ type Config struct {
 	AdminSocket string
 	// HealthAddress is served by cmd/sigil; "" disables it.
 	HealthAddress string
+
+	// AdminAddress, when not empty, serves the admin API also on this TCP
+	// address (host:port) with mutual TLS (see adminremote.go): the
+	// server presents its server SVID, and a caller must present an
+	// X.509-SVID of the trust domain whose SPIFFE ID is in AdminIDs or is
+	// the spiffe_id of a registration entry marked admin. Empty (the
+	// default): the admin API is only on AdminSocket.
+	AdminAddress string
+	// AdminIDs are the SPIFFE IDs (of this trust domain) allowed to call
+	// the admin API on AdminAddress, besides those of entries marked
+	// admin. The IDs of agents and servers are admins only when listed
+	// here.
+	AdminIDs []spiffeid.ID
 	// DisableMetrics leaves out the instruments of the SVID issuance,
 	// sync and Raft apply paths (metrics_issuance.go): their series are
 	// absent from MetricsHandler and those paths do no metric work. For
@@ -202,6 +215,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminSocket == "" {
 		return errors.New("server: admin_socket is required")
+	}
+	if err := checkAdminRemote(c.TrustDomain, c.AdminAddress, c.AdminIDs); err != nil {
+		return err
 	}
 	if c.KeyStore == nil {
 		return errors.New("server: no key manager: set KeyStore (cmd/sigil builds it from a key_manager plugin block, e.g. disk.NewStore(disk.DefaultDirs(dataDir)))")

@@ -99,7 +99,7 @@ func (f *federationAdmin) putRelationship(ctx context.Context, in *sigilv1.Feder
 	if create {
 		what, msg = "federation_relationship_created", "federation relationship created"
 	}
-	s.audit(audit.Event{What: what, Who: audit.Admin, Subject: rel.TrustDomain, Message: msg, Fields: []audit.Field{
+	s.auditAdmin(ctx, audit.Event{What: what, Who: audit.Admin, Subject: rel.TrustDomain, Message: msg, Fields: []audit.Field{
 		audit.String("trust_domain", rel.TrustDomain), audit.String("bundle_endpoint_url", rel.BundleEndpointUrl),
 		audit.String("profile", rel.Profile), audit.String("endpoint_spiffe_id", rel.EndpointSpiffeId),
 		audit.Bool("bootstrap_bundle", b != nil),
@@ -119,7 +119,7 @@ func (f *federationAdmin) DeleteRelationship(ctx context.Context, req *sigilv1.D
 	if _, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_DeleteFederationRelationship{DeleteFederationRelationship: cmd}}); err != nil {
 		return nil, storeError(err)
 	}
-	s.audit(audit.Event{What: "federation_relationship_deleted", Who: audit.Admin, Subject: req.TrustDomain, Message: "federation relationship deleted",
+	s.auditAdmin(ctx, audit.Event{What: "federation_relationship_deleted", Who: audit.Admin, Subject: req.TrustDomain, Message: "federation relationship deleted",
 		Fields: []audit.Field{audit.String("trust_domain", req.TrustDomain), audit.Bool("keep_bundle", req.KeepBundle)}})
 	return &sigilv1.DeleteRelationshipResponse{}, nil
 }
@@ -179,7 +179,7 @@ func (f *federationAdmin) SetBundle(ctx context.Context, req *sigilv1.SetBundleR
 	if _, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_SetFederatedBundle{SetFederatedBundle: cmd}}); err != nil {
 		return nil, storeError(err)
 	}
-	s.audit(audit.Event{What: "federated_bundle_set", Who: audit.Admin, Subject: td.Name(), Message: "federated bundle set", Fields: []audit.Field{
+	s.auditAdmin(ctx, audit.Event{What: "federated_bundle_set", Who: audit.Admin, Subject: td.Name(), Message: "federated bundle set", Fields: []audit.Field{
 		audit.String("trust_domain", td.Name()), audit.Uint64("sequence_number", b.SequenceNumber),
 		audit.Int("x509_authorities", len(b.X509Authorities)), audit.Int("jwt_authorities", len(b.JwtAuthorities)),
 	}})
@@ -198,7 +198,7 @@ func (f *federationAdmin) DeleteBundle(ctx context.Context, req *sigilv1.DeleteB
 	if _, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_DeleteFederatedBundle{DeleteFederatedBundle: cmd}}); err != nil {
 		return nil, storeError(err)
 	}
-	s.audit(audit.Event{What: "federated_bundle_deleted", Who: audit.Admin, Subject: req.TrustDomain, Message: "federated bundle deleted",
+	s.auditAdmin(ctx, audit.Event{What: "federated_bundle_deleted", Who: audit.Admin, Subject: req.TrustDomain, Message: "federated bundle deleted",
 		Fields: []audit.Field{audit.String("trust_domain", req.TrustDomain)}})
 	return &sigilv1.DeleteBundleResponse{}, nil
 }
@@ -274,7 +274,7 @@ func (f *federationAdmin) RefreshBundle(ctx context.Context, req *sigilv1.Refres
 	}}); err != nil {
 		return nil, storeError(err)
 	}
-	s.audit(audit.Event{What: "federation_refresh_requested", Who: audit.Admin, Subject: req.TrustDomain, Message: "federation refresh requested",
+	s.auditAdmin(ctx, audit.Event{What: "federation_refresh_requested", Who: audit.Admin, Subject: req.TrustDomain, Message: "federation refresh requested",
 		Fields: []audit.Field{audit.String("trust_domain", req.TrustDomain)}})
 	// The count of requests after this one was applied: the refresher
 	// answers it (or a later one) with an attempt.

@@ -1,7 +1,9 @@
 // Package server wires a Sigil server node: the replicated store, this
 // node's CA, the node API that agents call over TLS, the admin API on a
-// local unix socket, and federation with other trust domains (the bundle
-// endpoint, and on the leader the refresh of federated bundles).
+// local unix socket (and with AdminAddress on TCP with mutual TLS for
+// admin SVIDs: adminremote.go), and federation with other trust domains
+// (the bundle endpoint, and on the leader the refresh of federated
+// bundles).
 package server
 
 import (
@@ -71,6 +73,10 @@ type Server struct {
 
 	nodeLimits nodeLimits // see nodeapi_limits.go; tests may change them before Run
 	nodeGuard  *nodeGuard // set by Run
+
+	// adminAddr and adminGuard: the TCP admin listener (adminremote.go).
+	adminAddr  atomic.Value // net.Addr
+	adminGuard *nodeGuard
 
 	auditSink audit.Sink        // see audit.go
 	alerts    *alert.Dispatcher // see alert_admin.go; Run runs it
@@ -192,6 +198,13 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("server: node API listen: %w", err)
 	}
 	defer nodeLis.Close()
+	var adminTCPLis net.Listener
+	if s.cfg.AdminAddress != "" {
+		if adminTCPLis, err = net.Listen("tcp", s.cfg.AdminAddress); err != nil {
+			return fmt.Errorf("server: admin API listen: %w", err)
+		}
+		defer adminTCPLis.Close()
+	}
 	var clusterLis net.Listener
 	if s.cfg.ClusterAddress != "" {
 		if clusterLis, err = net.Listen("tcp", s.cfg.ClusterAddress); err != nil {
@@ -253,13 +266,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	adminSrv := grpc.NewServer(grpc.ChainUnaryInterceptor(s.adminStarting, s.adminConsistency), grpc.ChainStreamInterceptor(s.adminStartingStream))
-	sigilv1.RegisterClusterAdminServer(adminSrv, &clusterAdminAPI{s: s})
-	sigilv1.RegisterAdminServer(adminSrv, &adminAPI{s: s})
-	sigilv1.RegisterAuthorityAdminServer(adminSrv, &authorityAdmin{s: s})
-	sigilv1.RegisterFederationAdminServer(adminSrv, &federationAdmin{s: s})
-	sigilv1.RegisterAlertAdminServer(adminSrv, &alertAdmin{s: s})
-	errc := make(chan error, 3)
+	adminSrv := grpc.NewServer(grpc.Creds(unixPeerCreds{}),
+		grpc.ChainUnaryInterceptor(s.adminUnary(adminTransportUnix), s.adminStarting, s.adminConsistency),
+		grpc.ChainStreamInterceptor(s.adminStream(adminTransportUnix), s.adminStartingStream))
+	s.registerAdminServices(adminSrv)
+	errc := make(chan error, 4)
 	go func() { errc <- adminSrv.Serve(adminLis) }()
 	defer func() {
 		stopped := make(chan struct{})
@@ -327,6 +338,22 @@ func (s *Server) Run(ctx context.Context) error {
 	sigilv1.RegisterDownstreamServer(nodeSrv, newDownstreamAPI(s)) // Unimplemented without AllowDownstream
 
 	go func() { errc <- nodeSrv.Serve(nodeLis) }()
+	if adminTCPLis != nil {
+		// Remote administration (adminremote.go): from now on the server
+		// has its SVID to present and a bundle to verify callers with.
+		adminTCPSrv := s.newAdminTCPServer()
+		s.adminAddr.Store(adminTCPLis.Addr())
+		go func() { errc <- adminTCPSrv.Serve(adminTCPLis) }()
+		defer func() {
+			stopped := make(chan struct{})
+			go func() { adminTCPSrv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				adminTCPSrv.Stop()
+			}
+		}()
+	}
 	if s.cluster != nil {
 		s.cluster.Run(ctx)
 	}
@@ -352,7 +379,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("server ready",
 		zap.String("trust_domain", s.td.Name()),
 		zap.String("node_api", nodeLis.Addr().String()),
-		zap.String("admin_socket", s.cfg.AdminSocket))
+		zap.String("admin_socket", s.cfg.AdminSocket),
+		zap.String("admin_address", s.cfg.AdminAddress))
 	close(s.ready)
 
 	var runErr error

@@ -133,6 +133,17 @@ func serverConfig(s *config.Server, log *zap.Logger) (server.Config, error) {
 	}
 	cfg.NoBootstrap = s.NoBootstrap
 	cfg.AllowDownstream = s.AllowDownstream
+	cfg.AdminAddress = s.AdminAddress
+	for _, v := range strings.Split(s.AdminIDs, ",") {
+		if v = strings.TrimSpace(v); v == "" {
+			continue
+		}
+		id, err := spiffeid.FromString(v)
+		if err != nil {
+			return cfg, fmt.Errorf("admin_ids: %q is not a SPIFFE ID: %v", v, err)
+		}
+		cfg.AdminIDs = append(cfg.AdminIDs, id)
+	}
 	cfg.RaftHeartbeatTimeout = s.RaftHeartbeatTimeout
 	cfg.Logger = log
 	cfg.Federation = federationConfig(s.Federation)
@@ -208,7 +219,8 @@ func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
 		zap.String("trust_domain", cfg.TrustDomain.String()),
 		zap.String("node_name", cfg.NodeName),
 		zap.String("bind_address", cfg.BindAddress),
-		zap.String("admin_socket", cfg.AdminSocket))
+		zap.String("admin_socket", cfg.AdminSocket),
+		zap.String("admin_address", cfg.AdminAddress))
 	err = srv.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return prefixed("server", err)

@@ -35,12 +35,18 @@ const rpcTimeout = 30 * time.Second
 type adminOpts struct {
 	socket string
 	output string
+	// remote is a TCP admin endpoint instead of the socket
+	// (admin_remote.go); cmd is the command, for its flags.
+	remote RemoteAdmin
+	cmd    *cobra.Command
 }
 
 func addAdminFlags(cmd *cobra.Command) *adminOpts {
 	o := &adminOpts{}
 	cmd.Flags().StringVar(&o.socket, "socket", DefaultAdminSocket, "path of the server's admin API unix socket")
 	cmd.Flags().StringVar(&o.output, "output", "text", "output format: text or json")
+	o.cmd = cmd
+	o.addRemoteFlags(cmd)
 	return o
 }
 
@@ -49,19 +55,38 @@ func (o *adminOpts) json() bool { return o.output == "json" }
 // AdminConn is an open admin API connection.
 type AdminConn struct {
 	sigilv1.AdminClient
-	socket string
+	socket string // or the address of a TCP admin endpoint
 	conn   *grpc.ClientConn
+	// closeSource closes the SVID source of a TCP connection.
+	closeSource func() error
 }
 
 // Close closes the connection.
-func (c *AdminConn) Close() { c.conn.Close() }
+func (c *AdminConn) Close() {
+	c.conn.Close()
+	if c.closeSource != nil {
+		_ = c.closeSource()
+	}
+}
 
-// dial checks the flags and connects to the admin socket. The socket's
-// directory (0700) is the access control, so the connection itself needs no
-// credentials.
+// dial checks the flags and connects to the admin socket, or with
+// -server-address to a TCP admin endpoint with an admin SVID
+// (DialAdminRemote). The socket's directory (0700) is the access control,
+// so the connection itself needs no credentials.
 func (o *adminOpts) dial() (*AdminConn, error) {
 	if o.output != "text" && o.output != "json" {
 		return nil, fmt.Errorf("invalid -output %q: want text or json", o.output)
+	}
+	remote, err := o.remoteFlags()
+	if err != nil {
+		return nil, err
+	}
+	if remote {
+		ctx := context.Background()
+		if o.cmd != nil && o.cmd.Context() != nil {
+			ctx = o.cmd.Context()
+		}
+		return DialAdminRemote(ctx, o.remote)
 	}
 	return DialAdmin(o.socket)
 }

@@ -45,6 +45,8 @@ type entryFlags struct {
 	federates []string
 	// downstream marks the entry downstream (nested topology).
 	downstream bool
+	// admin marks the entry admin (remote administration).
+	admin bool
 }
 
 func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
@@ -59,11 +61,12 @@ func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
 	fs.BoolVar(&f.node, "node", false, "make this a node alias: parent is the trust domain's server ID and selectors match agents' node selectors")
 	fs.StringArrayVar(&f.federates, "federates-with", nil, "foreign trust domain whose bundle the workloads receive, e.g. gcp.example or spiffe://gcp.example (repeatable; the trust domain needs a federation relationship or bundle; on update, an empty value clears the list)")
 	fs.BoolVar(&f.downstream, "downstream", false, "mark the entry downstream: its workload, a server of a downstream Sigil cluster, may have its CA certificates signed by this cluster (nested topology; the servers need allow_downstream); on update, -downstream=false clears it")
+	fs.BoolVar(&f.admin, "admin", false, "mark the entry admin: its workload's SVID may call the admin API on the servers' admin_address (docs/remote-admin.md); on update, -admin=false clears it")
 	fs.StringVar(&f.data, "data", "", "JSON file ({\"entries\": [...]}, \"-\" for stdin) with entries to send in one batch")
 }
 
 // fieldFlags are the flags that describe entry fields; -data excludes them.
-var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream"}
+var fieldFlags = []string{"id", "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream", "admin"}
 
 func changedAny(cmd *cobra.Command, names ...string) string {
 	for _, n := range names {
@@ -137,6 +140,9 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 	if changed("downstream") {
 		e.Downstream = f.downstream
 	}
+	if changed("admin") {
+		e.Admin = f.admin
+	}
 	if changed("federates-with") {
 		e.FederatesWith = nil
 		seen := map[string]bool{}
@@ -205,6 +211,7 @@ func newEntryCreate() *cobra.Command {
   sigil entry create -node -spiffe-id spiffe://example.org/nodes/db -selector join_token:...
   sigil entry create -spiffe-id spiffe://example.org/api -parent-id ... -selector unix:uid:1001 -federates-with gcp.example
   sigil entry create -spiffe-id spiffe://example.org/downstream/s1 -parent-id ... -selector unix:path:/usr/bin/sigil -downstream
+  sigil entry create -spiffe-id spiffe://example.org/ops/ci -parent-id ... -selector unix:uid:1000 -admin
   sigil entry create -data entries.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -292,8 +299,8 @@ file must carry its "id" and replaces the stored entry as a whole.`,
 				if err != nil {
 					return c.RPCError("update entry "+f.id, err)
 				}
-				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream") == "" {
-					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint, -federates-with, -downstream")
+				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream", "admin") == "" {
+					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint, -federates-with, -downstream, -admin")
 				}
 				if err := f.apply(cmd, cur); err != nil {
 					return err
@@ -379,6 +386,9 @@ func printEntry(w io.Writer, e *sigilv1.Entry) {
 	}
 	if e.GetDownstream() {
 		fmt.Fprintf(w, "Downstream       : true\n")
+	}
+	if e.GetAdmin() {
+		fmt.Fprintf(w, "Admin            : true\n")
 	}
 	fmt.Fprintf(w, "Created at       : %s\n", formatTime(e.GetCreatedAt()))
 }

@@ -54,6 +54,13 @@ type Server struct {
 	// AllowDownstream: see server.Config.AllowDownstream.
 	AllowDownstream bool
 	Log             Log
+
+	// Remote administration (server.Config.AdminAddress, AdminIDs): the
+	// admin API on TCP with mutual TLS; AdminIDs are comma-separated
+	// SPIFFE IDs, checked by the command.
+	AdminAddress string
+	AdminIDs     string
+
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies KeyManager and the defaults to it.
 	Plugins *Plugins
@@ -154,6 +161,9 @@ type hclServer struct {
 	LogFormat            string   `hcl:"log_format,optional"`
 	// AllowDownstream: see server.Config.AllowDownstream.
 	AllowDownstream bool `hcl:"allow_downstream,optional"`
+	// Remote administration.
+	AdminAddress string   `hcl:"admin_address,optional"`
+	AdminIDs     []string `hcl:"admin_ids,optional"`
 	// Certificate templates (docs/templates.md).
 	X509SVIDTemplateFile string `hcl:"x509_svid_template_file,optional"`
 	CATemplateFile       string `hcl:"ca_template_file,optional"`
@@ -240,6 +250,8 @@ func Parse(filename string, src []byte) (*File, error) {
 			JoinSecretFile:   s.JoinSecretFile,
 
 			AllowDownstream:      s.AllowDownstream,
+			AdminAddress:         s.AdminAddress,
+			AdminIDs:             strings.Join(s.AdminIDs, ","),
 			X509SVIDTemplateFile: s.X509SVIDTemplateFile,
 			CATemplateFile:       s.CATemplateFile,
 		}
@@ -349,9 +361,10 @@ func parseDuration(s string) (time.Duration, error) {
 
 // ServerFlags are the command-line flags of `sigil server`.
 type ServerFlags struct {
-	fs    *pflag.FlagSet
-	val   Server
-	joins []string
+	fs       *pflag.FlagSet
+	val      Server
+	joins    []string
+	adminIDs []string
 }
 
 // NewServerFlags registers the server flags on fs.
@@ -378,6 +391,8 @@ func NewServerFlags(fs *pflag.FlagSet) *ServerFlags {
 	fs.BoolVar(&f.val.NoBootstrap, "no-bootstrap", false, "with no Raft state and nothing to join, wait for 'sigil cluster join' instead of bootstrapping")
 	fs.DurationVar(&f.val.RaftHeartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat and election timeout (default 5s)")
 	fs.BoolVar(&f.val.AllowDownstream, "allow-downstream", false, "sign the CA certificates of downstream Sigil clusters (nested) for workloads of entries marked downstream; CA keys made from then on allow one level of intermediates")
+	fs.StringVar(&f.val.AdminAddress, "admin-address", "", "host:port to serve the admin API on with mutual TLS, for callers with an admin SVID (empty: the unix socket only)")
+	fs.StringArrayVar(&f.adminIDs, "admin-id", nil, "SPIFFE ID allowed to call the admin API on -admin-address, besides those of entries marked admin (repeatable)")
 	addLogFlags(fs, &f.val.Log)
 	return f
 }
@@ -421,6 +436,10 @@ func (f *ServerFlags) Apply(s *Server) {
 	}
 	if f.fs.Changed("allow-downstream") {
 		s.AllowDownstream = f.val.AllowDownstream
+	}
+	set("admin-address", &s.AdminAddress, f.val.AdminAddress)
+	if f.fs.Changed("admin-id") {
+		s.AdminIDs = strings.Join(f.adminIDs, ",")
 	}
 	set("log-level", &s.Log.Level, f.val.Log.Level)
 	set("log-format", &s.Log.Format, f.val.Log.Format)

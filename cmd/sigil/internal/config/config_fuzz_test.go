@@ -31,6 +31,11 @@ func FuzzConfig(f *testing.F) {
   bootstrap        = false
   allow_downstream = true
 }`)
+	f.Add(`server {
+  trust_domain  = "example.org"
+  admin_address = "127.0.0.1:8443"
+  admin_ids     = ["spiffe://example.org/ops/alice", "not an id"]
+}`)
 	f.Add(`agent {
   trust_domain    = "example.org"
   server_address  = "127.0.0.1:8081"

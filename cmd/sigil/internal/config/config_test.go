@@ -147,6 +147,20 @@ func TestParse(t *testing.T) {
 			},
 		},
 		{
+			name: "admin_address and admin_ids",
+			src:  "server {\n  admin_address = \"127.0.0.1:8443\"\n  admin_ids = [\"spiffe://example.org/ops/alice\", \"spiffe://example.org/ci\"]\n}",
+			check: func(t *testing.T, f *File) {
+				if f.Server == nil || f.Server.AdminAddress != "127.0.0.1:8443" || f.Server.AdminIDs != "spiffe://example.org/ops/alice,spiffe://example.org/ci" {
+					t.Errorf("got %+v, want the admin address and ids", f.Server)
+				}
+			},
+		},
+		{
+			name:    "admin_ids not a list",
+			src:     "server {\n  admin_ids = \"spiffe://example.org/ops\"\n}",
+			wantErr: `Unsuitable value type`,
+		},
+		{
 			name:    "allow_downstream not a bool",
 			src:     "server {\n  allow_downstream = \"yes\"\n}",
 			wantErr: `test.hcl:2,23: Unsuitable value type; Unsuitable value: a bool is required`,
@@ -239,6 +253,14 @@ func TestServerFlagOverride(t *testing.T) {
 			name: "allow downstream",
 			args: []string{"--allow-downstream"},
 			want: func(s *Server) { s.AllowDownstream = true },
+		},
+		{
+			name: "remote administration",
+			args: []string{"--admin-address", "127.0.0.1:8443", "--admin-id", "spiffe://example.org/a", "--admin-id=spiffe://example.org/b"},
+			want: func(s *Server) {
+				s.AdminAddress = "127.0.0.1:8443"
+				s.AdminIDs = "spiffe://example.org/a,spiffe://example.org/b"
+			},
 		},
 		{
 			name: "explicit empty value overrides too",
