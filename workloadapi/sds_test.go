@@ -22,6 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -685,5 +687,49 @@ func TestSDSBuilderRefusesBrokenIdentity(t *testing.T) {
 	_, _, err := newSDSBuilder(&X509Snapshot{Identities: []X509Identity{id}}).build([]string{"default"})
 	if err == nil || !strings.Contains(err.Error(), "no private key") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestSDSRefusalsLogged: the names a caller is refused are logged, with
+// its pid and uid, once per process however often it asks; the SDS calls
+// are counted under their own method names.
+func TestSDSRefusalsLogged(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	m, reg := newTestPrometheusMeter(t)
+	f := start(t, func(s *Server) { s.log = zap.New(core); s.meter = m })
+	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/envoy"))
+	c := sdsClient(t, f.addr)
+	for range 3 {
+		if _, err := c.FetchSecrets(testCtx(t), &discoveryv3.DiscoveryRequest{ResourceNames: []string{"default", "spiffe://example.org/db", "Bad"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := logs.FilterMessage("SDS resources refused: the caller is not entitled to them or they are not resource names").All()
+	if len(lines) != 1 {
+		t.Fatalf("%d log lines for 3 calls of one process, want 1", len(lines))
+	}
+	fields := lines[0].ContextMap()
+	if fields["pid"] != int32(os.Getpid()) || fields["uid"] != uint32(os.Geteuid()) {
+		t.Errorf("log fields %v, want pid %d uid %d", fields, os.Getpid(), os.Geteuid())
+	}
+	if ne, _ := fields["not_entitled"].([]any); len(ne) != 1 || ne[0] != `"spiffe://example.org/db"` {
+		t.Errorf("not_entitled %v", fields["not_entitled"])
+	}
+	if inv, _ := fields["invalid"].([]any); len(inv) != 1 || inv[0] != `"Bad"` {
+		t.Errorf("invalid %v", fields["invalid"])
+	}
+	if n := testutil.ToFloat64(m.sdsNotEntitled); n != 3 {
+		t.Errorf("%v not-entitled names counted over 3 calls, want 3", n)
+	}
+	want := `
+# HELP sigil_agent_workload_api_calls_total Workload API calls ended, by method (the Workload API RPCs, or "other") and gRPC status code.
+# TYPE sigil_agent_workload_api_calls_total counter
+sigil_agent_workload_api_calls_total{code="OK",method="FetchSecrets"} 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), MetricCalls); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := histogram(t, reg, "FetchSecrets"); n != 3 {
+		t.Errorf("FetchSecrets latency: %d samples, want 3", n)
 	}
 }
