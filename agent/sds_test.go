@@ -21,7 +21,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap/zaptest"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -276,7 +275,7 @@ func TestAgentServesSDS(t *testing.T) {
 
 	// NACK the first response: counted, and the stream carries on.
 	nack := &discoveryv3.DiscoveryRequest{ResponseNonce: resp.Nonce, ResourceNames: names,
-		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "test rejects it"}}
+		ErrorDetail: status.New(codes.InvalidArgument, "test rejects it").Proto()}
 	if err := stream.Send(nack); err != nil {
 		t.Fatal(err)
 	}

@@ -24,10 +24,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sigil-id/sigil/attestor/workload"
@@ -213,7 +213,7 @@ func TestSDSStreamSecrets(t *testing.T) {
 	// ignored; the next message is the CA change.
 	nack := ack(resp2, names...)
 	nack.VersionInfo = resp.VersionInfo
-	nack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "bad certificate"}
+	nack.ErrorDetail = grpcstatus.New(codes.InvalidArgument, "bad certificate").Proto()
 	if err := stream.Send(nack); err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +363,7 @@ func TestSDSDeltaSecrets(t *testing.T) {
 		t.Fatalf("with ROOTCA held: %d resources, want default only", len(resp4.Resources))
 	}
 	// Unsubscribing sends nothing; a NACK is counted.
-	if err := stream2.Send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: resp4.Nonce, ErrorDetail: &rpcstatus.Status{Message: "no"}, ResourceNamesUnsubscribe: []string{"default"}}); err != nil {
+	if err := stream2.Send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: resp4.Nonce, ErrorDetail: grpcstatus.New(codes.Unknown, "no").Proto(), ResourceNamesUnsubscribe: []string{"default"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitCount(t, m.sdsRejected, 1)
