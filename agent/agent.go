@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -281,6 +282,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := unixsock.Check(a.cfg.AdminSocket, adminSocketOptions(a.cfg.DataDir)); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	if a.cfg.SDSSocket != "" {
+		if err := workloadapi.CheckSocket(a.cfg.SDSSocket); err != nil {
+			return fmt.Errorf("agent: SDS socket: %w", err)
+		}
+	}
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("agent: data directory: %w", err)
 	}
@@ -314,15 +320,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		Clock:           a.clk,
 		Limits:          a.cfg.WorkloadAPILimits,
 		Meter:           a.workloadMeter(),
+		SeparateSDS:     a.cfg.SDSSocket != "",
 	})
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("agent: %w", err)
 	}
+	var sdsLis net.Listener
+	if a.cfg.SDSSocket != "" {
+		if sdsLis, err = workloadapi.ListenFor(a.cfg.SDSSocket, a.cfg.DataDir); err != nil {
+			l.Close()
+			return fmt.Errorf("agent: SDS socket: %w", err)
+		}
+	}
 	a.metrics.wlServer.Store(srv)
 	adminLis, err := a.listenAdmin()
 	if err != nil {
 		l.Close()
+		if sdsLis != nil {
+			sdsLis.Close()
+		}
 		return err
 	}
 	adminSrv := newAdminServer(&adminAPI{a: a, wl: srv, procRoot: "/proc"})
@@ -330,7 +347,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2) // the Workload API's and SDS's
 	wg.Go(func() {
 		defer l.Close()
 		if err := srv.Serve(ctx, l); err != nil && ctx.Err() == nil {
@@ -338,6 +355,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			cancel()
 		}
 	})
+	if sdsLis != nil {
+		wg.Go(func() {
+			defer sdsLis.Close()
+			if err := srv.ServeSDS(ctx, sdsLis); err != nil && ctx.Err() == nil {
+				serveErr <- err
+				cancel()
+			}
+		})
+	}
 	wg.Go(func() {
 		defer adminLis.Close() // removes the socket only if it is still ours
 		go func() {
@@ -351,8 +377,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.listening = true
 	a.mu.Unlock()
+	sdsSocket := a.cfg.SDSSocket
+	if sdsSocket == "" {
+		sdsSocket = a.cfg.SocketPath
+	}
 	a.log.Info("workload API listening", zap.String("socket", a.cfg.SocketPath),
-		zap.String("admin_socket", a.cfg.AdminSocket))
+		zap.String("admin_socket", a.cfg.AdminSocket), zap.String("sds_socket", sdsSocket))
 	a.maybeReady()
 
 	wg.Go(func() { a.syncLoop(ctx) })

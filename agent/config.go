@@ -100,6 +100,12 @@ type Config struct {
 	// by the server overrides it. Between MinHealthReportInterval and
 	// MaxHealthReportInterval; DefaultHealthReportInterval when zero.
 	HealthReportInterval time.Duration
+
+	// SDSSocket, when set, is a unix socket of its own on which Envoy's
+	// Secret Discovery Service is served (then not on SocketPath), with
+	// the Workload API's checks, limits and attestation. Empty: SDS is
+	// served on the Workload API socket.
+	SDSSocket string
 }
 
 // DefaultConfig returns a Config with every default filled in except the
@@ -184,6 +190,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SyncBatchSize > MaxSyncBatchSize {
 		return fmt.Errorf("agent: sync batch size %d exceeds the maximum of %d", c.SyncBatchSize, MaxSyncBatchSize)
+	}
+	if c.SDSSocket != "" && (c.SDSSocket == c.SocketPath || c.SDSSocket == c.AdminSocket) {
+		return fmt.Errorf("agent: SDS socket %s is also the Workload API or admin socket; leave it empty to serve SDS on the Workload API socket", c.SDSSocket)
 	}
 	if c.TrustBundlePath != "" {
 		if _, err := os.Stat(c.TrustBundlePath); err != nil {

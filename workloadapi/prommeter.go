@@ -13,6 +13,9 @@ import (
 const (
 	MetricCalls   = "sigil_agent_workload_api_calls_total"
 	MetricLatency = "sigil_agent_workload_api_seconds"
+
+	MetricSDSRefused  = "sigil_agent_sds_resources_refused_total"
+	MetricSDSRejected = "sigil_agent_sds_rejected_total"
 )
 
 // The method label's values: the Workload API's RPCs, and methodOther for
@@ -30,6 +33,9 @@ var apiMethods = [...]struct {
 	{"FetchJWTSVID", false},
 	{"FetchJWTBundles", true},
 	{"ValidateJWTSVID", false},
+	{"StreamSecrets", true},
+	{"DeltaSecrets", true},
+	{"FetchSecrets", false},
 	{methodOther, false},
 }
 
@@ -47,6 +53,12 @@ func methodIndex(method string) int {
 		return 3
 	case "ValidateJWTSVID":
 		return 4
+	case "StreamSecrets":
+		return 5
+	case "DeltaSecrets":
+		return 6
+	case "FetchSecrets":
+		return 7
 	}
 	return len(apiMethods) - 1
 }
@@ -71,15 +83,22 @@ var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .02
 //     FetchJWTBundles) the time to their first response, for unary calls
 //     the call's duration whatever its outcome. A stream that ends before
 //     its first response (a caller without identity) is counted in the
-//     calls but not in the histogram.
+//     calls but not in the histogram;
+//   - sigil_agent_sds_resources_refused_total{reason}: SDS resource names
+//     asked for and not served, "not_entitled" or "invalid" (SDSMeter);
+//   - sigil_agent_sds_rejected_total: SDS responses a client rejected.
 //
-// Both labels take values from fixed sets. Every series it records on a
+// The method label counts the SDS methods (StreamSecrets, DeltaSecrets,
+// FetchSecrets) beside the Workload API's. The labels take values from
+// fixed sets. Every series it records on a
 // call is resolved once and kept, so that a call costs a few atomic
 // operations and no allocation.
 type PrometheusMeter struct {
 	calls   *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 	methods [len(apiMethods)]methodMetrics
+
+	sdsNotEntitled, sdsInvalid, sdsRejected prometheus.Counter
 }
 
 // methodMetrics are one method's resolved series.
@@ -94,7 +113,10 @@ type methodMetrics struct {
 
 type counterRef struct{ c prometheus.Counter }
 
-var _ Meter = (*PrometheusMeter)(nil)
+var (
+	_ Meter    = (*PrometheusMeter)(nil)
+	_ SDSMeter = (*PrometheusMeter)(nil)
+)
 
 // NewPrometheusMeter returns a PrometheusMeter whose metrics are
 // registered with reg.
@@ -115,7 +137,18 @@ func NewPrometheusMeter(reg prometheus.Registerer) (*PrometheusMeter, error) {
 		m.methods[i].stream = am.stream
 		m.methods[i].latency = m.latency.WithLabelValues(am.name)
 	}
-	for _, c := range []prometheus.Collector{m.calls, m.latency} {
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: MetricSDSRefused,
+		Help: "SDS resource names asked for and not served, by reason: not_entitled (not the caller's) or invalid (not a resource name).",
+	}, []string{"reason"})
+	m.sdsNotEntitled = refused.WithLabelValues(SDSRefusedNotEntitled)
+	m.sdsInvalid = refused.WithLabelValues(SDSRefusedInvalid)
+	rejected := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: MetricSDSRejected,
+		Help: "SDS responses rejected by the client (NACK).",
+	})
+	m.sdsRejected = rejected
+	for _, c := range []prometheus.Collector{m.calls, m.latency, refused, rejected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("workloadapi: registering metrics: %w", err)
 		}
@@ -153,3 +186,15 @@ func (m *PrometheusMeter) CallDone(method string, code codes.Code, d time.Durati
 	}
 	ref.c.Inc()
 }
+
+// SDSResourceRefused counts a refused SDS resource name by reason.
+func (m *PrometheusMeter) SDSResourceRefused(reason string) {
+	if reason == SDSRefusedInvalid {
+		m.sdsInvalid.Inc()
+		return
+	}
+	m.sdsNotEntitled.Inc()
+}
+
+// SDSRejected counts a rejected SDS response.
+func (m *PrometheusMeter) SDSRejected() { m.sdsRejected.Inc() }

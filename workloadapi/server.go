@@ -19,6 +19,10 @@
 //
 // JWT-SVIDs are served when the Cache also implements JWTCache (see jwt.go);
 // otherwise those methods answer Unimplemented.
+//
+// The same server also answers Envoy's Secret Discovery Service (SDS v3,
+// sds.go), with the same attestation, on the Workload API socket or on a
+// socket of its own (Config.SeparateSDS, ServeSDS).
 package workloadapi
 
 import (
@@ -33,6 +37,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -91,6 +96,12 @@ type Config struct {
 	// Limits bound the connections and calls local processes may hold
 	// open; zero fields take their defaults.
 	Limits Limits
+
+	// SeparateSDS serves Envoy's Secret Discovery Service not on the
+	// Workload API's listener (Serve) but on one of its own (ServeSDS),
+	// under the same limits and attestation. By default SDS is served
+	// with the Workload API.
+	SeparateSDS bool
 }
 
 // Server is the Workload API server. Create it with New and run it with
@@ -105,6 +116,9 @@ type Server struct {
 	clk             clock.Clock
 	meter           Meter
 	grpc            *grpc.Server
+	// sdsGRPC serves SDS alone (Config.SeparateSDS); nil when SDS is
+	// served by grpc.
+	sdsGRPC *grpc.Server
 
 	// proc reads /proc; its functions are replaced in tests to simulate
 	// pid reuse, exec and credential changes.
@@ -120,10 +134,14 @@ type Server struct {
 	// about callers whose selectors matched no entry and those whose
 	// attestation failed.
 	denials, failures *logLimiter
+	// sdsRefusals rate-limits the log lines about SDS resources refused.
+	sdsRefusals *logLimiter
 
-	mu       sync.Mutex
-	served   bool
-	stopping chan struct{}
+	mu        sync.Mutex
+	served    bool
+	sdsServed bool
+	stopping  chan struct{}
+	stopOnce  sync.Once
 }
 
 // New returns a Server for cfg.
@@ -166,11 +184,12 @@ func New(cfg Config) (*Server, error) {
 		s.meter = NopMeter{}
 	}
 	s.denials, s.failures = newLogLimiter(s.clk), newLogLimiter(s.clk)
+	s.sdsRefusals = newLogLimiter(s.clk)
 	s.conns = newConnLimits(cfg.Limits, s.clk, func(uid uint32, reason string) {
 		s.log.Warn("workload API connection refused", zap.Uint32("uid", uid), zap.String("reason", reason))
 	})
 	limits := s.conns.limits
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.Creds(&peerCreds{proc: &s.proc, limits: s.conns}),
 		grpc.MaxConcurrentStreams(limits.MaxStreamsPerConn),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: limits.IdleTimeout}),
@@ -181,8 +200,15 @@ func New(cfg Config) (*Server, error) {
 		// Reuse goroutines for short calls instead of starting one per
 		// stream: fetches are many and small.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-	)
+	}
+	s.grpc = grpc.NewServer(opts...)
 	workloadpb.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
+	sds := s.grpc
+	if cfg.SeparateSDS {
+		s.sdsGRPC = grpc.NewServer(opts...)
+		sds = s.sdsGRPC
+	}
+	secretv3.RegisterSecretDiscoveryServiceServer(sds, &sdsServer{s: s})
 	return s, nil
 }
 
@@ -198,25 +224,50 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	s.served = true
 	s.mu.Unlock()
+	return s.serve(ctx, s.grpc, l)
+}
 
+// ServeSDS serves Envoy's Secret Discovery Service alone on l, as Serve
+// does the Workload API (and stops likewise when ctx is done), for a
+// server made with Config.SeparateSDS; without it, SDS is served by
+// Serve and ServeSDS fails. It closes l. ServeSDS may be called once.
+func (s *Server) ServeSDS(ctx context.Context, l net.Listener) error {
+	if s.sdsGRPC == nil {
+		l.Close()
+		return errors.New("workloadapi: ServeSDS needs Config.SeparateSDS; SDS is served with the Workload API")
+	}
+	s.mu.Lock()
+	if s.sdsServed {
+		s.mu.Unlock()
+		return errors.New("workloadapi: ServeSDS called twice")
+	}
+	s.sdsServed = true
+	s.mu.Unlock()
+	return s.serve(ctx, s.sdsGRPC, l)
+}
+
+// serve runs g on l until ctx is done, then stops it gracefully (open
+// streams of every listener end with Unavailable), cutting calls still
+// running after shutdownTimeout.
+func (s *Server) serve(ctx context.Context, g *grpc.Server, l net.Listener) error {
 	errCh := make(chan error, 1)
-	go func() { errCh <- s.grpc.Serve(l) }()
+	go func() { errCh <- g.Serve(l) }()
 	select {
 	case err := <-errCh:
 		return err
 	case <-ctx.Done():
 	}
-	close(s.stopping)
+	s.stopOnce.Do(func() { close(s.stopping) })
 	stopped := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		g.GracefulStop()
 		close(stopped)
 	}()
 	select {
 	case <-stopped:
 	case <-s.clk.After(shutdownTimeout):
 		s.log.Warn("workload API calls did not finish in time; closing them")
-		s.grpc.Stop()
+		g.Stop()
 		<-stopped
 	}
 	return <-errCh
@@ -553,7 +604,7 @@ func (s *Server) end(ctx context.Context, ci *callInfo, err error) {
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	ctx, ci := s.begin(ctx, info.FullMethod)
 	defer func() { s.end(ctx, ci, err) }()
-	if err := checkHeader(ctx); err != nil {
+	if err := checkHeader(ctx); err != nil && !isSDSMethod(info.FullMethod) {
 		return nil, err
 	}
 	return handler(ctx, req)
@@ -562,7 +613,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	ctx, ci := s.begin(ss.Context(), info.FullMethod)
 	defer func() { s.end(ctx, ci, err) }()
-	if err := checkHeader(ctx); err != nil {
+	if err := checkHeader(ctx); err != nil && !isSDSMethod(info.FullMethod) {
 		return err
 	}
 	return handler(srv, grpcstream.WithContext(ss, ctx))

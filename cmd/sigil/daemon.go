@@ -293,6 +293,7 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	if a.HealthReportInterval != 0 {
 		cfg.HealthReportInterval = a.HealthReportInterval
 	}
+	cfg.SDSSocket = a.SDSSocket
 	cfg.Logger = log
 	if err := agentPlugins(a, &cfg); err != nil {
 		return cfg, err

@@ -105,6 +105,11 @@ type Agent struct {
 	// reports to the server (heartbeats); 0 means the default
 	// (agent.Config).
 	HealthReportInterval time.Duration
+
+	// SDSSocket is a socket of its own for Envoy's Secret Discovery
+	// Service (sds_socket); "" serves SDS on the Workload API socket.
+	SDSSocket string
+
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies the defaults to it.
 	Plugins *Plugins
@@ -191,6 +196,8 @@ type hclAgent struct {
 
 	WorkloadAttestorTimeout string `hcl:"workload_attestor_timeout,optional"`
 	HealthReportInterval    string `hcl:"health_report_interval,optional"`
+
+	SDSSocket string `hcl:"sds_socket,optional"`
 
 	Plugins *hclPlugins `hcl:"plugins,block"`
 }
@@ -320,6 +327,8 @@ func Parse(filename string, src []byte) (*File, error) {
 
 			MaxWorkloadConnsPerUID: a.MaxWorkloadConnsPerUID,
 			MaxWorkloadConns:       a.MaxWorkloadConns,
+
+			SDSSocket: a.SDSSocket,
 		}
 		if a.MaxWorkloadConnsPerUID < 0 || a.MaxWorkloadConns < 0 {
 			return nil, fmt.Errorf("%s: agent: workload_api_max_connections_per_uid and workload_api_max_connections must not be negative", filename)
