@@ -427,4 +427,3 @@ func TestSystemdUnitsMutations(t *testing.T) {
 		})
 	}
 }
-
