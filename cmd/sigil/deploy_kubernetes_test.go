@@ -784,6 +784,7 @@ func checkKubernetesManifests(t testing.TB, dir string) {
 	writeTestCA(t, filepath.Join(root, saTokenDir, "ca.crt"))
 	writeTestFile(t, filepath.Join(root, saTokenDir, "token"), []byte("token"))
 	var serverBlocks []plugin.Block
+	var serverTD string
 	var clusterPort int32
 	joined := 0
 	for i := range int(*ss.Spec.Replicas) {
@@ -880,6 +881,7 @@ func checkKubernetesManifests(t testing.TB, dir string) {
 			t.Errorf("%s: bootstrap = false: nobody would bootstrap", pod)
 		}
 		serverBlocks = s.Plugins.Blocks
+		serverTD = s.TrustDomain
 	}
 	if joined != int(*ss.Spec.Replicas)-1 {
 		t.Errorf("%d servers join, want %d", joined, *ss.Spec.Replicas-1)
@@ -945,8 +947,8 @@ func checkKubernetesManifests(t testing.TB, dir string) {
 	if err := a.Validate(); err != nil {
 		t.Fatalf("agent.hcl: %v", err)
 	}
-	if a.TrustDomain != f.Agent.TrustDomain || a.TrustDomain == "" {
-		t.Fatal("agent trust domain")
+	if a.TrustDomain != serverTD {
+		t.Errorf("agent trust_domain %q; the servers' is %q", a.TrustDomain, serverTD)
 	}
 	// The agent reaches the node API Service, which selects the servers
 	// on the port that bind_address listens on.
@@ -1142,6 +1144,7 @@ func TestKubernetesManifestsMutations(t *testing.T) {
 		{"target port", "server-service.yaml", "targetPort: cluster", "targetPort: clustr", "is not a named port"},
 		{"agent server address", "agent-config.yaml", `"sigil-server:8081"`, `"sigil-server:8082"`, "has no port 8082"},
 		{"bind address", "server-config.yaml", `bind_address   = ":8081"`, `bind_address   = ":9081"`, "the container port \"node-api\" is 8081"},
+		{"trust domain", "agent-config.yaml", `trust_domain = "example.org"`, `trust_domain = "example.com"`, "the servers' is"},
 		{"audience", "agent-daemonset.yaml", "audience: sigil-server", "audience: sigil", `agent token audience "sigil"`},
 		{"allow list", "server-config.yaml", `["sigil:sigil-agent"]`, `["default:sigil-agent"]`, "does not allow the agents"},
 		{"hcl key", "server-config.yaml", "log_level  = \"info\"", "log_levl = \"info\"", "Unsupported argument"},
