@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -127,7 +128,10 @@ type Config struct {
 	AdvertiseAddress string
 	// JoinAddresses are cluster addresses of existing servers. A server
 	// with no Raft state joins through them (retrying until one accepts)
-	// instead of bootstrapping a new cluster.
+	// instead of bootstrapping a new cluster. Validate drops the entries
+	// equal to AdvertiseAddress (a server never joins through itself), so
+	// every server may be given the same list: one whose list names only
+	// itself bootstraps (the first pod of deploy/kubernetes does).
 	JoinAddresses []string
 	// JoinSecret is the cluster join secret, the same on every server. It
 	// authenticates a joining server once; after that servers
@@ -269,6 +273,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("server: join address %q: %w", a, err)
 		}
 	}
+	c.JoinAddresses = withoutSelf(c.JoinAddresses, c.AdvertiseAddress)
 	if c.JoinSecret != "" {
 		if _, err := ParseJoinSecret(c.JoinSecret); err != nil {
 			return err
@@ -487,4 +492,19 @@ func (c *Config) validateAlerts() error {
 		c.Health.AuthorityWarn = c.CATTL / 4
 	}
 	return nil
+}
+
+// withoutSelf returns addrs without the entries equal to self (this
+// server's advertise address; host names compared case-insensitively).
+func withoutSelf(addrs []string, self string) []string {
+	if self == "" {
+		return addrs
+	}
+	var out []string
+	for _, a := range addrs {
+		if !strings.EqualFold(a, self) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
