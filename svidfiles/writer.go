@@ -20,9 +20,10 @@
 // A file is never seen half-written. Every file read through one
 // resolution of "current" (readlink DIR/current, then read from that
 // directory) belongs to one rotation, so the key always matches the
-// certificate; the previous rotation's directory is kept until the next
-// one, so a reader that resolved "current" just before a swap can still
-// finish. Readers that open DIR/svid.pem and DIR/svid.key separately get a
+// certificate. The previous rotation's directory is kept until the next
+// rotation, so a reader that resolved "current" just before a swap can
+// still finish; one that finds a file gone (rotations came faster than it
+// read) resolves "current" again. Readers that open DIR/svid.pem and DIR/svid.key separately get a
 // matching pair as long as they read after being told of the rotation
 // (restart, signal, command), which happens only once every file of the
 // rotation is in place.
@@ -161,7 +162,7 @@ func (w *Writer) WriteX509(m *Material) error {
 	}
 	for _, f := range files {
 		p := filepath.Join(ver, f.name)
-		if err := writeFile(p, f.data, f.mode); err != nil {
+		if err := createFile(p, f.data, f.mode); err != nil {
 			return err
 		}
 		if err := chown(p, w.owner, false); err != nil {
@@ -283,6 +284,31 @@ func certsPEM(certs []*x509.Certificate) []byte {
 
 func writeFile(p string, data []byte, mode fs.FileMode) error {
 	if err := atomicfile.WriteFile(p, data, mode); err != nil {
+		return fmt.Errorf("svidfiles: %w", err)
+	}
+	return nil
+}
+
+// createFile writes a new file that no reader can see yet (it is in a
+// version directory "current" does not point to), flushed to disk so that
+// it is complete once "current" points to it, even after a crash.
+func createFile(p string, data []byte, mode fs.FileMode) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("svidfiles: %w", err)
+	}
+	defer f.Close()
+	// The mode does not depend on the umask.
+	if err := f.Chmod(mode); err != nil {
+		return fmt.Errorf("svidfiles: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("svidfiles: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("svidfiles: %w", err)
+	}
+	if err := f.Close(); err != nil {
 		return fmt.Errorf("svidfiles: %w", err)
 	}
 	return nil
