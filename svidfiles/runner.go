@@ -113,7 +113,11 @@ type runner struct {
 
 func (r *runner) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 
 	var (
 		mu     sync.Mutex
@@ -121,8 +125,6 @@ func (r *runner) run(ctx context.Context) error {
 	)
 	kick := make(chan struct{}, 1)
 	watchErr := make(chan error, 1)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	wg.Go(func() {
 		err := r.src.WatchX509(ctx, func(u *Update) {
 			mu.Lock()

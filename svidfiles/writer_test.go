@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -180,7 +181,7 @@ func TestWriteX509Atomic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const rotations = 30
+	const rotations = 50
 	svids := make([]*Material, rotations)
 	for i := range svids {
 		svids[i] = &Material{SVID: ca.svid(t, "/x"), Bundle: []*x509.Certificate{ca.root}}
@@ -198,8 +199,11 @@ func TestWriteX509Atomic(t *testing.T) {
 		readerErr error
 	)
 	fail := func(err error) { failOnce.Do(func() { readerErr = err }) }
-	wg.Go(func() { // consistent pairs through current/
+	// One reader goroutine, so that the writer keeps a processor of its
+	// own on a small machine.
+	wg.Go(func() {
 		for !stop.Load() {
+			// A consistent pair through one resolution of current/.
 			ver, err := os.Readlink(filepath.Join(dir, CurrentLink))
 			if err != nil {
 				fail(err)
@@ -227,10 +231,8 @@ func TestWriteX509Atomic(t *testing.T) {
 			}
 			distinct.Store(certs[0].SerialNumber.String(), true)
 			pairs.Add(1)
-		}
-	})
-	wg.Go(func() { // every top-level file is whole
-		for !stop.Load() {
+
+			// Every top-level file is whole.
 			for _, name := range []string{CertFile, BundleFile} {
 				b, err := os.ReadFile(filepath.Join(dir, name))
 				if err != nil {
@@ -238,7 +240,7 @@ func TestWriteX509Atomic(t *testing.T) {
 					return
 				}
 				if _, err := parseCerts(b); err != nil {
-					fail(err)
+					fail(fmt.Errorf("%s: %w", name, err))
 					return
 				}
 			}
