@@ -100,6 +100,11 @@ type Config struct {
 	// by the server overrides it. Between MinHealthReportInterval and
 	// MaxHealthReportInterval; DefaultHealthReportInterval when zero.
 	HealthReportInterval time.Duration
+
+	// SVIDFiles are the svid_files blocks: directories the agent keeps
+	// SVID, bundle and JWT-SVID files in for software that cannot speak
+	// the Workload API (svidfiles.go).
+	SVIDFiles []SVIDFiles
 }
 
 // DefaultConfig returns a Config with every default filled in except the
@@ -197,6 +202,9 @@ func (c *Config) Validate() error {
 		if err := checkBundleCA(cert); err != nil {
 			return fmt.Errorf("agent: trust bundle certificate %d: %w", i, err)
 		}
+	}
+	if err := checkSVIDFiles(c.SVIDFiles); err != nil {
+		return err
 	}
 	return c.checkPlugins()
 }

@@ -282,6 +282,9 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 		cfg.HealthReportInterval = a.HealthReportInterval
 	}
 	cfg.Logger = log
+	if cfg.SVIDFiles, err = agentSVIDFiles(a.SVIDFiles); err != nil {
+		return cfg, err
+	}
 	if err := agentPlugins(a, &cfg); err != nil {
 		return cfg, err
 	}

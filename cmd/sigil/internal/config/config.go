@@ -101,6 +101,9 @@ type Agent struct {
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies the defaults to it.
 	Plugins *Plugins
+
+	// SVIDFiles are the svid_files blocks.
+	SVIDFiles []SVIDFiles
 }
 
 // Log holds the logging settings shared by both daemons.
@@ -183,6 +186,8 @@ type hclAgent struct {
 	HealthReportInterval    string `hcl:"health_report_interval,optional"`
 
 	Plugins *hclPlugins `hcl:"plugins,block"`
+
+	SVIDFiles []hclSVIDFiles `hcl:"svid_files,block"`
 }
 
 // LoadFile reads and parses the configuration file at path.
@@ -331,6 +336,10 @@ func Parse(filename string, src []byte) (*File, error) {
 			return nil, err
 		}
 		out.Agent.Plugins = p
+
+		if out.Agent.SVIDFiles, err = readSVIDFiles(filename, a.SVIDFiles); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }
