@@ -13,9 +13,12 @@ import (
 
 // agentSVIDFiles turns the agent's svid_files blocks into agent.SVIDFiles;
 // agent.Config.Validate checks the rest.
-func agentSVIDFiles(blocks []config.SVIDFiles) ([]agent.SVIDFiles, error) {
+func agentSVIDFiles(blocks *config.SVIDFilesBlocks) ([]agent.SVIDFiles, error) {
+	if blocks == nil {
+		return nil, nil
+	}
 	var out []agent.SVIDFiles
-	for _, b := range blocks {
+	for _, b := range blocks.Blocks {
 		f := agent.SVIDFiles{
 			Name:         b.Name,
 			Directory:    b.Directory,

@@ -102,8 +102,9 @@ type Agent struct {
 	// PluginBlocks applies the defaults to it.
 	Plugins *Plugins
 
-	// SVIDFiles are the svid_files blocks.
-	SVIDFiles []SVIDFiles
+	// SVIDFiles holds the svid_files blocks; nil when there are none (a
+	// pointer keeps Agent comparable).
+	SVIDFiles *SVIDFilesBlocks
 }
 
 // Log holds the logging settings shared by both daemons.

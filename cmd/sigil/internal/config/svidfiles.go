@@ -18,6 +18,11 @@ type SVIDFiles struct {
 	Command  []string
 }
 
+// SVIDFilesBlocks are an agent's svid_files blocks, in file order.
+type SVIDFilesBlocks struct {
+	Blocks []SVIDFiles
+}
+
 type hclSVIDFiles struct {
 	Name         string   `hcl:"name,label"`
 	Directory    string   `hcl:"directory"`
@@ -31,8 +36,11 @@ type hclSVIDFiles struct {
 	Command      []string `hcl:"command,optional"`
 }
 
-func readSVIDFiles(filename string, blocks []hclSVIDFiles) ([]SVIDFiles, error) {
-	var out []SVIDFiles
+func readSVIDFiles(filename string, blocks []hclSVIDFiles) (*SVIDFilesBlocks, error) {
+	if len(blocks) == 0 {
+		return nil, nil
+	}
+	out := &SVIDFilesBlocks{}
 	for _, b := range blocks {
 		f := SVIDFiles{
 			Name: b.Name, Directory: b.Directory, Selectors: b.Selectors, SPIFFEID: b.SPIFFEID,
@@ -50,7 +58,7 @@ func readSVIDFiles(filename string, blocks []hclSVIDFiles) ([]SVIDFiles, error) 
 			}
 			f.GID = *b.GID
 		}
-		out = append(out, f)
+		out.Blocks = append(out.Blocks, f)
 	}
 	return out, nil
 }
