@@ -134,6 +134,7 @@ func TestSVIDWatchExec(t *testing.T) {
 	rs := readRecords(t, record)
 	serials := map[string]bool{}
 	running := map[int]bool{}
+	reads := 0
 	for i, r := range rs {
 		switch r.Event {
 		case "start":
@@ -156,6 +157,7 @@ func TestSVIDWatchExec(t *testing.T) {
 				t.Errorf("record %d: stop of %d, which was not running", i, r.PID)
 			}
 			delete(running, r.PID)
+			reads += r.Reads
 			if r.BadReads != 0 {
 				t.Errorf("consumer %d saw bad files %d times in %d reads: %s", r.PID, r.BadReads, r.Reads, r.BadError)
 			}
@@ -164,10 +166,13 @@ func TestSVIDWatchExec(t *testing.T) {
 	if len(running) != 0 {
 		t.Errorf("consumers %v were not stopped with svid watch", running)
 	}
+	if reads == 0 {
+		t.Error("the consumers never read the files while they ran")
+	}
 	if len(serials) < 3 {
 		t.Errorf("consumer saw %d different certificates, want 3", len(serials))
 	}
-	t.Logf("%d consumer runs, %d different certificates", countEvents(rs, "start"), len(serials))
+	t.Logf("%d consumer runs, %d different certificates, %d reads of the files while running, none bad", countEvents(rs, "start"), len(serials), reads)
 }
 
 // TestAgentSVIDFiles configures an svid_files block on the agent: it
