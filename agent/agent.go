@@ -294,6 +294,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("data directory is accessible to other users; it holds the agent's private key",
 			zap.String("path", a.cfg.DataDir), zap.Stringer("mode", fi.Mode().Perm()))
 	}
+	svidFiles, err := a.prepareSVIDFiles()
+	if err != nil {
+		return err
+	}
 	ident, bundle, err := a.loadOrAttest(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -388,6 +392,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.syncLoop(ctx) })
 	wg.Go(func() { a.mintLoop(ctx) })
 	wg.Go(func() { a.agentLoop(ctx) })
+	for _, run := range svidFiles {
+		wg.Go(func() { run(ctx) })
+	}
 	wg.Wait()
 	a.log.Info("agent stopped")
 	select {

@@ -106,6 +106,11 @@ type Config struct {
 	// the Workload API's checks, limits and attestation. Empty: SDS is
 	// served on the Workload API socket.
 	SDSSocket string
+
+	// SVIDFiles are the svid_files blocks: directories the agent keeps
+	// SVID, bundle and JWT-SVID files in for software that cannot speak
+	// the Workload API (svidfiles.go).
+	SVIDFiles []SVIDFiles
 }
 
 // DefaultConfig returns a Config with every default filled in except the
@@ -206,6 +211,9 @@ func (c *Config) Validate() error {
 		if err := checkBundleCA(cert); err != nil {
 			return fmt.Errorf("agent: trust bundle certificate %d: %w", i, err)
 		}
+	}
+	if err := checkSVIDFiles(c.SVIDFiles); err != nil {
+		return err
 	}
 	return c.checkPlugins()
 }

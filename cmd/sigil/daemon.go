@@ -295,6 +295,9 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	}
 	cfg.SDSSocket = a.SDSSocket
 	cfg.Logger = log
+	if cfg.SVIDFiles, err = agentSVIDFiles(a.SVIDFiles); err != nil {
+		return cfg, err
+	}
 	if err := agentPlugins(a, &cfg); err != nil {
 		return cfg, err
 	}

@@ -148,7 +148,7 @@ func NewSVIDCommand() *cobra.Command {
 	fetch.Flags().BoolVar(&jwt, "jwt", false, "fetch JWT-SVIDs instead of X.509-SVIDs")
 	fetch.Flags().StringArrayVar(&audience, "audience", nil, "audience of the JWT-SVID (repeatable; with -jwt)")
 	fetch.Flags().StringVar(&spiffeID, "spiffe-id", "", "fetch only the JWT-SVID of this SPIFFE ID (with -jwt)")
-	cmd.AddCommand(fetch)
+	cmd.AddCommand(fetch, newSVIDWatchCommand(def))
 	return cmd
 }
 

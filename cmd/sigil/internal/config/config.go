@@ -113,6 +113,10 @@ type Agent struct {
 	// Plugins is what the file says about plugins; nil without a file.
 	// PluginBlocks applies the defaults to it.
 	Plugins *Plugins
+
+	// SVIDFiles holds the svid_files blocks; nil when there are none (a
+	// pointer keeps Agent comparable).
+	SVIDFiles *SVIDFilesBlocks
 }
 
 // Log holds the logging settings shared by both daemons.
@@ -200,6 +204,8 @@ type hclAgent struct {
 	SDSSocket string `hcl:"sds_socket,optional"`
 
 	Plugins *hclPlugins `hcl:"plugins,block"`
+
+	SVIDFiles []hclSVIDFiles `hcl:"svid_files,block"`
 }
 
 // LoadFile reads and parses the configuration file at path.
@@ -352,6 +358,10 @@ func Parse(filename string, src []byte) (*File, error) {
 			return nil, err
 		}
 		out.Agent.Plugins = p
+
+		if out.Agent.SVIDFiles, err = readSVIDFiles(filename, a.SVIDFiles); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }
