@@ -25,7 +25,7 @@ func NewHealthcheckCommand() *cobra.Command {
 			client := &http.Client{Timeout: timeout}
 			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, url, nil)
 			if err != nil {
-				return fmt.Errorf("invalid -url %q: %v", url, err)
+				return usagef("invalid -url %q: %v", url, err)
 			}
 			resp, err := client.Do(req)
 			if err != nil {

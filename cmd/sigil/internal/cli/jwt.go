@@ -36,7 +36,7 @@ func NewJWTCommand() *cobra.Command {
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if audience == "" {
-				return errors.New("-audience is required")
+				return usageError(errors.New("-audience is required"))
 			}
 			if token == "-" {
 				b, err := io.ReadAll(cmd.InOrStdin())
@@ -46,7 +46,7 @@ func NewJWTCommand() *cobra.Command {
 				token = string(trimSpace(b))
 			}
 			if token == "" {
-				return errors.New("-token is required (\"-\" reads it from stdin)")
+				return usageError(errors.New("-token is required (\"-\" reads it from stdin)"))
 			}
 			addr, err := checkWorkloadSocket(socket)
 			if err != nil {
@@ -102,7 +102,7 @@ func checkWorkloadSocket(socket string) (string, error) {
 	}
 	addr, path, err := workloadAddr(socket)
 	if err != nil {
-		return "", fmt.Errorf("invalid -socket %q: %v", socket, err)
+		return "", usagef("invalid -socket %q: %v", socket, err)
 	}
 	if path != "" {
 		if _, err := os.Stat(path); err != nil {
@@ -127,7 +127,7 @@ func fetchJWT(ctx context.Context, w io.Writer, addr string, audience []string, 
 	if spiffeID != "" {
 		id, err := spiffeid.FromString(spiffeID)
 		if err != nil {
-			return fmt.Errorf("invalid -spiffe-id %q: %v", spiffeID, err)
+			return usagef("invalid -spiffe-id %q: %v", spiffeID, err)
 		}
 		params.Subject = id
 	}

@@ -74,11 +74,11 @@ func NewSVIDCommand() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if socket == "" {
-				return errors.New("-socket is empty")
+				return usageError(errors.New("-socket is empty"))
 			}
 			addr, path, err := workloadAddr(socket)
 			if err != nil {
-				return fmt.Errorf("invalid -socket %q: %v", socket, err)
+				return usagef("invalid -socket %q: %v", socket, err)
 			}
 			if path != "" {
 				if _, err := os.Stat(path); err != nil {
@@ -92,15 +92,15 @@ func NewSVIDCommand() *cobra.Command {
 			defer cancel()
 			if jwt {
 				if len(audience) == 0 {
-					return errors.New("-jwt needs at least one -audience")
+					return usageError(errors.New("-jwt needs at least one -audience"))
 				}
 				if dir != "" {
-					return errors.New("-write is for X.509-SVIDs; it cannot be combined with -jwt")
+					return usageError(errors.New("-write is for X.509-SVIDs; it cannot be combined with -jwt"))
 				}
 				return fetchJWT(ctx, cmd.OutOrStdout(), addr, audience, spiffeID, timeout)
 			}
 			if len(audience) > 0 || spiffeID != "" {
-				return errors.New("-audience and -spiffe-id go with -jwt")
+				return usageError(errors.New("-audience and -spiffe-id go with -jwt"))
 			}
 			x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(addr))
 			if err != nil {

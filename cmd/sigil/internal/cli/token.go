@@ -34,7 +34,7 @@ func NewTokenCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			secs, err := ttlSeconds("ttl", ttl)
 			if err != nil {
-				return err
+				return usageError(err)
 			}
 			c, err := o.dial()
 			if err != nil {
@@ -83,7 +83,7 @@ takes as its bootstrap bundle (sigil bundle set or sigil federation create
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "pem" && format != "spiffe" {
-				return fmt.Errorf("invalid -format %q: want pem or spiffe", format)
+				return usagef("invalid -format %q: want pem or spiffe", format)
 			}
 			req := &sigilv1.GetBundleRequest{}
 			what := "show bundle"
@@ -182,7 +182,7 @@ selectors include all the given ones; the server filters.`,
 			for _, s := range selectors {
 				sel, err := registration.ParseSelector(s)
 				if err != nil {
-					return fmt.Errorf("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
+					return usagef("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
 				}
 				req.Selectors = append(req.Selectors, sel)
 			}
@@ -249,10 +249,10 @@ func agentIDCommand(use, short string, run func(cmd *cobra.Command, c *AdminConn
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if id == "" {
-				return errors.New("-spiffe-id is required")
+				return usageError(errors.New("-spiffe-id is required"))
 			}
 			if _, err := spiffeid.FromString(id); err != nil {
-				return fmt.Errorf("invalid -spiffe-id %q: %v", id, err)
+				return usagef("invalid -spiffe-id %q: %v", id, err)
 			}
 			c, err := o.dial()
 			if err != nil {
