@@ -416,9 +416,6 @@ func newFederationShow() *cobra.Command {
 			if err != nil {
 				return c.RPCError("show federation relationship with "+td, err)
 			}
-			if o.json() {
-				return printJSON(cmd.OutOrStdout(), rel)
-			}
 			list, err := call(cmd.Context(), fc.ListBundles, &sigilv1.ListBundlesRequest{})
 			if err != nil {
 				return c.RPCError("list bundles", err)
@@ -430,6 +427,11 @@ func newFederationShow() *cobra.Command {
 				}
 			}
 			out := cmd.OutOrStdout()
+			if o.json() {
+				// The relationship's fields, and "bundle": its BundleStatus
+				// (null before the first bundle).
+				return printJSONWith(out, rel, protoField{name: "bundle", value: b})
+			}
 			printRelationship(out, rel)
 			printBundleState(out, b, time.Now())
 			return nil

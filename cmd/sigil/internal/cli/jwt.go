@@ -28,6 +28,7 @@ func NewJWTCommand() *cobra.Command {
 		audience string
 		token    string
 		timeout  time.Duration
+		output   string
 	)
 	validate := &cobra.Command{
 		Use:     "validate",
@@ -62,9 +63,19 @@ func NewJWTCommand() *cobra.Command {
 			svid, err := client.ValidateJWTSVID(ctx, token, audience)
 			if err != nil {
 				if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
-					return &ExitError{Code: 1, Err: fmt.Errorf("token is not valid for audience %q: %s", audience, st.Message())}
+					err := fmt.Errorf("token is not valid for audience %q: %s", audience, st.Message())
+					if output == "json" {
+						if perr := printValue(cmd.OutOrStdout(), jwtValidateJSON{Valid: false, Error: OneLine(err.Error())}); perr != nil {
+							return perr
+						}
+					}
+					return &ExitError{Code: ExitFailure, Err: err}
 				}
 				return fmt.Errorf("validate JWT-SVID with %s: %v", addr, err)
+			}
+			if output == "json" {
+				j := newJWTSVIDJSON(svid, false)
+				return printValue(cmd.OutOrStdout(), jwtValidateJSON{Valid: true, SVID: &j})
 			}
 			printJWTSVID(cmd.OutOrStdout(), svid, time.Now())
 			fmt.Fprintln(cmd.OutOrStdout(), "Valid            : yes")
@@ -75,8 +86,16 @@ func NewJWTCommand() *cobra.Command {
 	validate.Flags().StringVar(&audience, "audience", "", "audience the token must be for")
 	validate.Flags().StringVar(&token, "token", "", "the JWT-SVID (\"-\" reads it from stdin)")
 	validate.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the Workload API")
+	validate.Flags().StringVar(&output, "output", "text", "output format: text or json")
 	cmd.AddCommand(validate)
 	return cmd
+}
+
+// jwtValidateJSON is the JSON of `sigil jwt validate`.
+type jwtValidateJSON struct {
+	Valid bool         `json:"valid"`
+	SVID  *jwtSVIDJSON `json:"svid"`
+	Error string       `json:"error,omitempty"`
 }
 
 func trimSpace(b []byte) []byte {
@@ -117,7 +136,8 @@ func checkWorkloadSocket(socket string) (string, error) {
 
 // fetchJWT fetches JWT-SVIDs for audience (and spiffeID, if set) and
 // prints them.
-func fetchJWT(ctx context.Context, w io.Writer, addr string, audience []string, spiffeID string, timeout time.Duration) error {
+// With jsonOut it prints {"svids": [...]} (docs/cli.md).
+func fetchJWT(ctx context.Context, w io.Writer, addr string, audience []string, spiffeID string, timeout time.Duration, jsonOut bool) error {
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(addr))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %v", addr, err)
@@ -134,6 +154,15 @@ func fetchJWT(ctx context.Context, w io.Writer, addr string, audience []string, 
 	svids, err := client.FetchJWTSVIDs(ctx, params)
 	if err != nil {
 		return fetchError(err, addr, timeout)
+	}
+	if jsonOut {
+		out := struct {
+			SVIDs []jwtSVIDJSON `json:"svids"`
+		}{SVIDs: []jwtSVIDJSON{}}
+		for _, s := range svids {
+			out.SVIDs = append(out.SVIDs, newJWTSVIDJSON(s, true))
+		}
+		return printValue(w, out)
 	}
 	now := time.Now()
 	for i, s := range svids {

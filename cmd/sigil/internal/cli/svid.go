@@ -64,6 +64,7 @@ func NewSVIDCommand() *cobra.Command {
 		jwt      bool
 		audience []string
 		spiffeID string
+		output   string
 	)
 	fetch := &cobra.Command{
 		Use:   "fetch",
@@ -97,7 +98,7 @@ func NewSVIDCommand() *cobra.Command {
 				if dir != "" {
 					return usageError(errors.New("-write is for X.509-SVIDs; it cannot be combined with -jwt"))
 				}
-				return fetchJWT(ctx, cmd.OutOrStdout(), addr, audience, spiffeID, timeout)
+				return fetchJWT(ctx, cmd.OutOrStdout(), addr, audience, spiffeID, timeout, output == "json")
 			}
 			if len(audience) > 0 || spiffeID != "" {
 				return usageError(errors.New("-audience and -spiffe-id go with -jwt"))
@@ -108,6 +109,9 @@ func NewSVIDCommand() *cobra.Command {
 			}
 			if len(x509ctx.SVIDs) == 0 {
 				return errors.New("the Workload API returned no X.509-SVIDs")
+			}
+			if output == "json" {
+				return printSVIDJSON(cmd.OutOrStdout(), x509ctx, dir)
 			}
 			now := time.Now()
 			out := cmd.OutOrStdout()
@@ -148,6 +152,7 @@ func NewSVIDCommand() *cobra.Command {
 	fetch.Flags().BoolVar(&jwt, "jwt", false, "fetch JWT-SVIDs instead of X.509-SVIDs")
 	fetch.Flags().StringArrayVar(&audience, "audience", nil, "audience of the JWT-SVID (repeatable; with -jwt)")
 	fetch.Flags().StringVar(&spiffeID, "spiffe-id", "", "fetch only the JWT-SVID of this SPIFFE ID (with -jwt)")
+	fetch.Flags().StringVar(&output, "output", "text", "output format: text or json (the private key is never printed)")
 	cmd.AddCommand(fetch)
 	return cmd
 }
