@@ -91,9 +91,15 @@ func exitCode(err error) int {
 func enforceUsage(root *cobra.Command) {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		var iv *pflag.InvalidValueError
-		if errors.As(err, &iv) {
+		var ne *pflag.NotExistError
+		switch {
+		case errors.As(err, &iv):
 			// In the words of the commands' own checks: invalid -ttl "x": ...
 			err = fmt.Errorf("invalid -%s %q: %v", iv.GetFlag().Name, iv.GetValue(), errors.Unwrap(iv))
+		case errors.As(err, &ne) && len(ne.GetSpecifiedShortnames()) > 1:
+			// "-bogus" is no long flag, so pflag read it as shorthands.
+			name, _, _ := strings.Cut(ne.GetSpecifiedShortnames(), "=")
+			err = fmt.Errorf("unknown flag -%s", name)
 		}
 		return usagef("%v (see '%s -help')", err, c.CommandPath())
 	})
