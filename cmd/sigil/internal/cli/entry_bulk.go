@@ -159,14 +159,23 @@ func scanItems(name string, r io.Reader, fn func(i int, raw json.RawMessage) err
 		if err := expect(']'); err != nil {
 			return err
 		}
-		if dec.More() {
-			return usagef(`-data %s: the object may hold only "entries"`, name)
+		// entry list -output json also prints "next_page_token" (empty).
+		for dec.More() {
+			key, err := dec.Token()
+			if err != nil {
+				return bad(n, err)
+			}
+			var skip json.RawMessage
+			if key != "next_page_token" || dec.Decode(&skip) != nil {
+				return usagef(`-data %s: the object may hold only "entries" (and "next_page_token"), found %v`, name, key)
+			}
 		}
 		if err := expect('}'); err != nil {
 			return err
 		}
-	case first == '{':
-		// JSON lines: objects one after the other.
+	default:
+		// JSON lines: values one after the other (objects; for delete
+		// also strings).
 		for {
 			var raw json.RawMessage
 			err := dec.Decode(&raw)
@@ -176,16 +185,11 @@ func scanItems(name string, r io.Reader, fn func(i int, raw json.RawMessage) err
 			if err != nil {
 				return bad(n, err)
 			}
-			if len(raw) == 0 || raw[0] != '{' {
-				return usagef("-data %s: entry %d: want a JSON object, found %.20s", name, n, raw)
-			}
 			if err := fn(n, raw); err != nil {
 				return err
 			}
 			n++
 		}
-	default:
-		return usagef("-data %s: want a JSON array of entries, JSON lines of entries, or {\"entries\": [...]}, found %q", name, first)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return usagef("-data %s: unexpected data after entry %d", name, n-1)

@@ -134,6 +134,9 @@ func enforceUsage(root *cobra.Command) {
 					return cmd.Help()
 				}
 				msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+				if cmd.SuggestionsMinimumDistance <= 0 {
+					cmd.SuggestionsMinimumDistance = 2
+				}
 				if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
 					msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, ", "))
 				}
