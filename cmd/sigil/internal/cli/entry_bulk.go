@@ -261,14 +261,18 @@ func decodeID(name string, i int, raw json.RawMessage) (string, error) {
 		}
 		return id, nil
 	}
-	e := &sigilv1.Entry{}
-	if err := protojson.Unmarshal(raw, e); err != nil {
-		return "", usagef("-data %s: entry %d: want an entry id (a JSON string) or an entry object with its \"id\": %v", name, i, err)
+	// Only the id matters: the other fields of an entry (as entry list
+	// prints them) are not checked.
+	var e struct {
+		ID string `json:"id"`
 	}
-	if e.Id == "" {
+	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &e) != nil {
+		return "", usagef("-data %s: entry %d: want an entry id (a JSON string) or an entry object with its \"id\", found %.40s", name, i, raw)
+	}
+	if e.ID == "" {
 		return "", usagef("-data %s: entry %d has no id", name, i)
 	}
-	return e.Id, nil
+	return e.ID, nil
 }
 
 // bulkItem is one item of a bulk operation: an entry (create, update) or
