@@ -12,8 +12,8 @@ import (
 )
 
 // Exit codes of every sigil command (docs/cli.md, "Exit codes"). A command
-// may define more of its own above ExitNotFound's neighbours, as `sigil
-// policy test` does with 3 (allowed only by shadow mode).
+// may add codes of its own, as `sigil policy test` does with 3 (allowed
+// only by shadow mode).
 const (
 	// ExitOK: the command did what was asked.
 	ExitOK = 0
