@@ -383,6 +383,9 @@ func runBulk(cmd *cobra.Command, o *adminOpts, op bulkOp, path string, batchSize
 				results = nil
 			}
 		}
+		// The bar's line is cleared so that stdout lines on the same
+		// terminal do not run into it; update redraws it.
+		prog.clear()
 		for k, it := range items {
 			if results == nil {
 				notSent++
@@ -598,6 +601,14 @@ func (p *progress) update(done, failed int) {
 	}
 	p.lastTenth = tenth
 	fmt.Fprintf(p.w, "%s: %d/%d entries (%d%%), %d failed\n", p.verb, done, p.total, pct, failed)
+}
+
+// clear erases the bar, if drawn.
+func (p *progress) clear() {
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.drawn = false
+	}
 }
 
 // finish ends the bar's line.

@@ -231,9 +231,10 @@ func TestProgress(t *testing.T) {
 	var b bytes.Buffer
 	p := newProgress(&b, true, "create", 200)
 	p.update(100, 0)
+	p.clear()
 	p.update(200, 3)
 	p.finish()
-	want := "\r\033[Kcreate [###############---------------] 100/200  50%" +
+	want := "\r\033[Kcreate [###############---------------] 100/200  50%" + "\r\033[K" +
 		"\r\033[Kcreate [##############################] 200/200 100%  3 failed\n"
 	if b.String() != want {
 		t.Errorf("bar = %q, want %q", b.String(), want)
