@@ -89,7 +89,7 @@ func (d *dataFile) scan(fn func(i int, raw json.RawMessage) error) error {
 // scanItems reads the items of a -data document from r (see above).
 func scanItems(name string, r io.Reader, fn func(i int, raw json.RawMessage) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
-	first, err := peekNonSpace(br, 0)
+	first, err := skipSpace(br)
 	if err == io.EOF {
 		return usagef("-data %s holds no entries", name)
 	}
@@ -200,22 +200,19 @@ func scanItems(name string, r io.Reader, fn func(i int, raw json.RawMessage) err
 	return nil
 }
 
-// peekNonSpace returns the first byte of br at or after offset that is not
-// JSON white space, without consuming anything.
-func peekNonSpace(br *bufio.Reader, offset int) (byte, error) {
-	for i := offset; ; i++ {
-		b, err := br.Peek(i + 1)
-		if len(b) <= i {
-			if err == nil {
-				err = io.EOF
-			}
+// skipSpace consumes the JSON white space at the start of br and returns
+// the first other byte, left unread.
+func skipSpace(br *bufio.Reader) (byte, error) {
+	for {
+		b, err := br.ReadByte()
+		if err != nil {
 			return 0, err
 		}
-		switch b[i] {
+		switch b {
 		case ' ', '\t', '\r', '\n':
 			continue
 		}
-		return b[i], nil
+		return b, br.UnreadByte()
 	}
 }
 
