@@ -246,7 +246,7 @@ func TestKeysCommandErrors(t *testing.T) {
 		{[]string{"keys", "encrypt", "-data-dir", dataDir, "-passphrase-file", passFile, "-passphrase-env", "X"}, "both -passphrase-file and -passphrase-env are set"},
 		{[]string{"keys", "encrypt", "-data-dir", dataDir, "-passphrase-file", passFile}, "keys: passphrase: " + passFile + " is accessible by group or others"},
 		{[]string{"keys", "encrypt", "-data-dir", dataDir, "-passphrase-env", "SIGIL_TEST_UNSET_VARIABLE"}, "environment variable SIGIL_TEST_UNSET_VARIABLE is not set or empty"},
-		{[]string{"keys", "encrypt", "-data-dir", dataDir, "-passphrase", "inline"}, "unknown shorthand flag: 'p' in -passphrase"},
+		{[]string{"keys", "encrypt", "-data-dir", dataDir, "-passphrase", "inline"}, "unknown flag -passphrase (see 'sigil keys encrypt -help')"},
 	} {
 		code, _, stderr := runSigil(tt.args...)
 		if code == 0 || !strings.Contains(stderr, tt.want) || strings.Count(stderr, "\n") != 1 {

@@ -49,6 +49,7 @@ Long flags take one dash or two: -config and --config are the same.`,
 		cli.NewHealthcheckCommand(),
 		cli.NewPolicyCommand(),
 		cli.NewAlertCommand(),
+		cli.NewCompletionCommand(),
 		newKeysCommand(),
 		newVersionCommand(),
 	)

@@ -123,8 +123,8 @@ func call[Req, Resp any](ctx context.Context, fn func(context.Context, Req, ...g
 	return fn(ctx, req)
 }
 
-// RPCError describes a failed admin call in one line.
-func (c *AdminConn) RPCError(what string, err error) error {
+// rpcError describes a failed admin call in one line (see RPCError).
+func (c *AdminConn) rpcError(what string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("%s: %v", what, err)
@@ -147,7 +147,7 @@ func statusText(code codes.Code, msg string) string {
 
 // printJSON writes m as indented protojson with proto field names.
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 	if err != nil {
 		return err
 	}

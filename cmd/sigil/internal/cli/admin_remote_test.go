@@ -42,7 +42,7 @@ func TestEntryAdmin(t *testing.T) {
 	if code, out, _ := run(t, "entry", "show", "-socket", sock, "-id", "e1"); code != 0 || strings.Contains(out, "Admin ") {
 		t.Errorf("show of a plain entry: %d\n%s", code, out)
 	}
-	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", "x.json", "-admin"); code != 1 || !strings.Contains(errOut, "-data and -admin are mutually exclusive") {
+	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", "x.json", "-admin"); code != 2 || !strings.Contains(errOut, "-data and -admin are mutually exclusive") {
 		t.Errorf("-data with -admin: %d %q", code, errOut)
 	}
 }

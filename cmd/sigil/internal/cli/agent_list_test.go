@@ -54,7 +54,7 @@ Attested at      : 2026-11-30T12:00:00Z
 		t.Fatalf("agent show: %d\n%s\nwant\n%s", code, out, want)
 	}
 	for _, bad := range []string{"nocolon", ":x", "k8s_psat:"} {
-		if code, _, errOut := run(t, "agent", "list", "-socket", sock, "-selector", bad); code != 1 || !strings.Contains(errOut, "invalid -selector") {
+		if code, _, errOut := run(t, "agent", "list", "-socket", sock, "-selector", bad); code != ExitUsage || !strings.Contains(errOut, "invalid -selector") {
 			t.Errorf("-selector %q: %d %q", bad, code, errOut)
 		}
 	}

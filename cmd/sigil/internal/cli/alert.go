@@ -50,10 +50,10 @@ failed or if the server has none.`,
 			switch severity {
 			case "info", "warning", "critical":
 			default:
-				return fmt.Errorf("invalid -severity %q: want info, warning or critical", severity)
+				return usagef("invalid -severity %q: want info, warning or critical", severity)
 			}
 			if timeout <= 0 || timeout > 5*time.Minute {
-				return fmt.Errorf("invalid -timeout %s: want more than 0 and at most 5m", timeout)
+				return usagef("invalid -timeout %s: want more than 0 and at most 5m", timeout)
 			}
 			c, err := o.dial()
 			if err != nil {

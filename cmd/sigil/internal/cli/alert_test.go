@@ -100,7 +100,7 @@ func TestAlertTest(t *testing.T) {
 	if code, out, errOut := runAlert("test", "-socket", sock); code != 1 || out != "" || !strings.Contains(errOut, "no notifier configured") {
 		t.Fatalf("alert test, no notifier: %d %q %q", code, out, errOut)
 	}
-	if code, _, errOut := runAlert("test", "-socket", sock, "-severity", "urgent"); code != 1 || !strings.Contains(errOut, `invalid -severity "urgent"`) {
+	if code, _, errOut := runAlert("test", "-socket", sock, "-severity", "urgent"); code != ExitUsage || !strings.Contains(errOut, `invalid -severity "urgent"`) {
 		t.Fatalf("bad severity: %d %q", code, errOut)
 	}
 	if code, _, errOut := runAlert("test", "-socket", filepath.Join(t.TempDir(), "none.sock")); code != 1 || !strings.Contains(errOut, "does not exist") {

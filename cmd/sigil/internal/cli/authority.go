@@ -129,13 +129,13 @@ func authorityOp(name, short string, needID bool) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if kind != "x509" && kind != "jwt" {
-				return fmt.Errorf("invalid -kind %q: want x509 or jwt", kind)
+				return usagef("invalid -kind %q: want x509 or jwt", kind)
 			}
 			if authority != "" && id != "" {
 				return fmt.Errorf("give -id (a key of this server) or -authority (any server's key, cluster-wide), not both")
 			}
 			if needID && id == "" && authority == "" {
-				return fmt.Errorf("-id or -authority is required: -id is the ID or slot number of a key of this server, -authority the ID of any authority of the trust bundle, both as `sigil authority show` lists them")
+				return usagef("-id or -authority is required: -id is the ID or slot number of a key of this server, -authority the ID of any authority of the trust bundle, both as `sigil authority show` lists them")
 			}
 			c, err := o.dial()
 			if err != nil {

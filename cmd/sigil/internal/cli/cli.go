@@ -31,26 +31,24 @@ func (e *ExitError) Error() string {
 func (e *ExitError) Unwrap() error { return e.Err }
 
 // Execute runs root with args (without the program name), writing to
-// stdout and stderr, and returns the process exit code. Errors are printed
-// as a single line: "sigil: <error>".
+// stdout and stderr, and returns the process exit code (ExitOK,
+// ExitFailure, ExitUsage, ExitNotFound, or a command's own). Errors are
+// printed as a single line: "sigil: <error>".
 func Execute(root *cobra.Command, args []string, stdout, stderr io.Writer) int {
 	root.SilenceErrors = true
 	root.SilenceUsage = true
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	enforceUsage(root)
 	root.SetArgs(NormalizeArgs(root, args))
 	err := root.Execute()
 	if err == nil {
-		return 0
+		return ExitOK
 	}
-	code := 1
-	var ee *ExitError
-	if errors.As(err, &ee) {
-		code = ee.Code
-		if ee.Err == nil {
-			return code
-		}
-		err = ee.Err
+	code := exitCode(err)
+	// A nil ExitError.Err means the command printed everything already.
+	if ee := (*ExitError)(nil); errors.As(err, &ee) && ee.Err == nil {
+		return code
 	}
 	fmt.Fprintf(stderr, "%s: %s\n", root.Name(), OneLine(err.Error()))
 	return code

@@ -100,7 +100,7 @@ func TestEntryCommands(t *testing.T) {
 		{"entry", "create", "-socket", sock, "-spiffe-id", "spiffe://example.org/a", "-parent-id", agentID, "-selector", "unix:uid:1", "-output", "yaml"},
 	} {
 		code, _, errOut := run(t, args...)
-		if code != 1 || strings.Count(errOut, "\n") != 1 || !strings.HasPrefix(errOut, "sigil: ") {
+		if code != ExitUsage || strings.Count(errOut, "\n") != 1 || !strings.HasPrefix(errOut, "sigil: ") {
 			t.Errorf("%q: code %d, stderr %q", args, code, errOut)
 		}
 	}
@@ -133,7 +133,7 @@ func TestEntryCommands(t *testing.T) {
 
 	// bad batch file
 	os.WriteFile(batch, []byte(`{"entries": [{"spiffe_idd": "x"}]}`), 0o600)
-	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", batch); code != 1 || !strings.Contains(errOut, "-data "+batch) {
+	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", batch); code != ExitUsage || !strings.Contains(errOut, "-data "+batch) {
 		t.Errorf("bad batch file: %d %q", code, errOut)
 	}
 
@@ -149,10 +149,10 @@ func TestEntryCommands(t *testing.T) {
 	if !strings.Contains(out, "Revision         : 1") {
 		t.Errorf("update output = %q", out)
 	}
-	if code, _, errOut := run(t, "entry", "update", "-socket", sock, "-id", "nope", "-hint", "x"); code != 1 || errOut != "sigil: update entry nope: NotFound: entry \"nope\" not found\n" {
+	if code, _, errOut := run(t, "entry", "update", "-socket", sock, "-id", "nope", "-hint", "x"); code != ExitNotFound || errOut != "sigil: update entry nope: NotFound: entry \"nope\" not found\n" {
 		t.Errorf("update missing: %d %q", code, errOut)
 	}
-	if code, _, errOut := run(t, "entry", "update", "-socket", sock, "-id", "e1"); code != 1 || !strings.Contains(errOut, "nothing to update") {
+	if code, _, errOut := run(t, "entry", "update", "-socket", sock, "-id", "e1"); code != ExitUsage || !strings.Contains(errOut, "nothing to update") {
 		t.Errorf("update without fields: %d %q", code, errOut)
 	}
 
@@ -240,7 +240,7 @@ func TestTokenBundleAgentCommands(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || len(doc.Keys) != 1 || doc.Keys[0].Use != "x509-svid" || doc.Seq != 7 || doc.Refresh != 300 {
 		t.Errorf("bundle spiffe: %d %q", code, out)
 	}
-	if code, _, errOut := run(t, "bundle", "show", "-socket", sock, "-format", "der"); code != 1 || !strings.Contains(errOut, `invalid -format "der"`) {
+	if code, _, errOut := run(t, "bundle", "show", "-socket", sock, "-format", "der"); code != ExitUsage || !strings.Contains(errOut, `invalid -format "der"`) {
 		t.Errorf("bad format: %d %q", code, errOut)
 	}
 
@@ -252,7 +252,7 @@ func TestTokenBundleAgentCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "Selector         : join_token:a2") {
 		t.Errorf("agent show: %d %q", code, out)
 	}
-	if code, _, errOut := run(t, "agent", "show", "-socket", sock, "-spiffe-id", "spiffe://example.org/x"); code != 1 || !strings.Contains(errOut, "NotFound") {
+	if code, _, errOut := run(t, "agent", "show", "-socket", sock, "-spiffe-id", "spiffe://example.org/x"); code != ExitNotFound || !strings.Contains(errOut, "NotFound") {
 		t.Errorf("agent show missing: %d %q", code, errOut)
 	}
 	if code, out, _ := run(t, "agent", "evict", "-socket", sock, "-spiffe-id", "spiffe://example.org/sigil/agent/join_token/a1"); code != 0 || !strings.Contains(out, "Evicted") || len(f.evicted) != 1 {
@@ -261,7 +261,7 @@ func TestTokenBundleAgentCommands(t *testing.T) {
 	if code, out, _ := run(t, "agent", "ban", "-socket", sock, "-spiffe-id", "spiffe://example.org/sigil/agent/join_token/a1"); code != 0 || !strings.Contains(out, "Banned") || len(f.banned) != 1 {
 		t.Errorf("ban: %d %q", code, out)
 	}
-	if code, _, errOut := run(t, "agent", "ban", "-socket", sock); code != 1 || !strings.Contains(errOut, "-spiffe-id is required") {
+	if code, _, errOut := run(t, "agent", "ban", "-socket", sock); code != ExitUsage || !strings.Contains(errOut, "-spiffe-id is required") {
 		t.Errorf("ban without id: %d %q", code, errOut)
 	}
 }

@@ -160,6 +160,11 @@ earlier. Stop the removed server's process too.`,
 			if _, err := call(cmd.Context(), c.cluster().RemoveMember, &sigilv1.RemoveMemberRequest{NodeName: args[0]}); err != nil {
 				return c.RPCError("remove "+args[0], err)
 			}
+			if o.json() {
+				return printValue(cmd.OutOrStdout(), struct {
+					Removed string `json:"removed"`
+				}{args[0]})
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %s; its keys are tainted (agents are replacing what they signed) and leave the bundle after removed_server_grace\n", args[0])
 			return nil
 		},
@@ -240,6 +245,12 @@ func clusterSnapshotCmd() *cobra.Command {
 			})
 			if err != nil {
 				return err
+			}
+			if so.json() {
+				return printValue(cmd.OutOrStdout(), struct {
+					Path  string `json:"path"`
+					Bytes int    `json:"bytes"`
+				}{path, n})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "saved %d bytes to %s\n", n, path)
 			return nil

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -47,6 +45,8 @@ type entryFlags struct {
 	downstream bool
 	// admin marks the entry admin (remote administration).
 	admin bool
+	// batchSize is the -batch-size of -data.
+	batchSize int
 }
 
 func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
@@ -62,7 +62,8 @@ func addEntryFlags(cmd *cobra.Command, f *entryFlags) {
 	fs.StringArrayVar(&f.federates, "federates-with", nil, "foreign trust domain whose bundle the workloads receive, e.g. gcp.example or spiffe://gcp.example (repeatable; the trust domain needs a federation relationship or bundle; on update, an empty value clears the list)")
 	fs.BoolVar(&f.downstream, "downstream", false, "mark the entry downstream: its workload, a server of a downstream Sigil cluster, may have its CA certificates signed by this cluster (nested topology; the servers need allow_downstream); on update, -downstream=false clears it")
 	fs.BoolVar(&f.admin, "admin", false, "mark the entry admin: its workload's SVID may call the admin API on the servers' admin_address (docs/remote-admin.md); on update, -admin=false clears it")
-	fs.StringVar(&f.data, "data", "", "JSON file ({\"entries\": [...]}, \"-\" for stdin) with entries to send in one batch")
+	fs.StringVar(&f.data, "data", "", "`FILE` of entries (\"-\" for stdin): a JSON array, JSON lines, or {\"entries\": [...]} as entry list -output json prints; any number of entries, sent in batches with progress on stderr")
+	fs.IntVar(&f.batchSize, "batch-size", defaultBatchSize, "with -data: entries per call to the server (at most the server's limit)")
 }
 
 // fieldFlags are the flags that describe entry fields; -data excludes them.
@@ -82,23 +83,23 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 	changed := func(n string) bool { return cmd.Flags().Changed(n) }
 	if changed("spiffe-id") {
 		if _, err := spiffeid.FromString(f.spiffeID); err != nil {
-			return fmt.Errorf("invalid -spiffe-id %q: %v", f.spiffeID, err)
+			return usagef("invalid -spiffe-id %q: %v", f.spiffeID, err)
 		}
 		e.SpiffeId = f.spiffeID
 	}
 	if f.node && changed("parent-id") {
-		return errors.New("-node and -parent-id are mutually exclusive")
+		return usageError(errors.New("-node and -parent-id are mutually exclusive"))
 	}
 	if changed("parent-id") {
 		if _, err := spiffeid.FromString(f.parentID); err != nil {
-			return fmt.Errorf("invalid -parent-id %q: %v", f.parentID, err)
+			return usagef("invalid -parent-id %q: %v", f.parentID, err)
 		}
 		e.ParentId = f.parentID
 	}
 	if f.node {
 		id, err := spiffeid.FromString(e.SpiffeId)
 		if err != nil {
-			return fmt.Errorf("-node needs a valid -spiffe-id: %v", err)
+			return usagef("-node needs a valid -spiffe-id: %v", err)
 		}
 		e.ParentId = registration.ServersID(id.TrustDomain()).String()
 	}
@@ -107,7 +108,7 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 		for _, s := range f.selectors {
 			sel, err := registration.ParseSelector(s)
 			if err != nil {
-				return fmt.Errorf("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
+				return usagef("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
 			}
 			e.Selectors = append(e.Selectors, sel)
 		}
@@ -123,14 +124,14 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 	if changed("x509-svid-ttl") {
 		ttl, err := ttlSeconds("x509-svid-ttl", f.x509TTL)
 		if err != nil {
-			return err
+			return usageError(err)
 		}
 		e.X509SvidTtl = ttl
 	}
 	if changed("jwt-svid-ttl") {
 		ttl, err := ttlSeconds("jwt-svid-ttl", f.jwtTTL)
 		if err != nil {
-			return err
+			return usageError(err)
 		}
 		e.JwtSvidTtl = ttl
 	}
@@ -163,44 +164,6 @@ func (f *entryFlags) apply(cmd *cobra.Command, e *sigilv1.Entry) error {
 	return nil
 }
 
-// readEntries reads a batch file: protojson of {"entries": [...]}.
-func readEntries(cmd *cobra.Command, path string) ([]*sigilv1.Entry, error) {
-	var (
-		b   []byte
-		err error
-	)
-	if path == "-" {
-		b, err = io.ReadAll(cmd.InOrStdin())
-	} else {
-		b, err = os.ReadFile(path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading -data: %w", err)
-	}
-	var req sigilv1.BatchCreateEntryRequest
-	if err := protojson.Unmarshal(b, &req); err != nil {
-		return nil, fmt.Errorf("-data %s: want JSON like {\"entries\": [{\"spiffe_id\": ..., \"parent_id\": ..., \"selectors\": [{\"type\": \"unix\", \"value\": \"uid:1000\"}]}]}: %v", path, err)
-	}
-	if len(req.Entries) == 0 {
-		return nil, fmt.Errorf("-data %s holds no entries", path)
-	}
-	// federates_with takes trust domain names; like -federates-with, the
-	// file may also give them as spiffe://td.
-	for i, e := range req.Entries {
-		for j, v := range e.FederatesWith {
-			if v == "" {
-				return nil, fmt.Errorf("-data %s: entry %d: federates_with holds an empty trust domain", path, i)
-			}
-			td, err := trustDomainArg("federates-with", v)
-			if err != nil {
-				return nil, fmt.Errorf("-data %s: entry %d: federates_with: %v", path, i, strings.TrimPrefix(err.Error(), "invalid -federates-with "))
-			}
-			e.FederatesWith[j] = td
-		}
-	}
-	return req.Entries, nil
-}
-
 func newEntryCreate() *cobra.Command {
 	var f entryFlags
 	var o *adminOpts
@@ -212,34 +175,33 @@ func newEntryCreate() *cobra.Command {
   sigil entry create -spiffe-id spiffe://example.org/api -parent-id ... -selector unix:uid:1001 -federates-with gcp.example
   sigil entry create -spiffe-id spiffe://example.org/downstream/s1 -parent-id ... -selector unix:path:/usr/bin/sigil -downstream
   sigil entry create -spiffe-id spiffe://example.org/ops/ci -parent-id ... -selector unix:uid:1000 -admin
-  sigil entry create -data entries.json`,
+  sigil entry create -data entries.json
+  sigil entry create -data - < entries.jsonl`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var entries []*sigilv1.Entry
 			if f.data != "" {
 				if n := changedAny(cmd, fieldFlags...); n != "" {
-					return fmt.Errorf("-data and -%s are mutually exclusive", n)
+					return usagef("-data and -%s are mutually exclusive", n)
 				}
-				var err error
-				if entries, err = readEntries(cmd, f.data); err != nil {
-					return err
-				}
-			} else {
-				if !cmd.Flags().Changed("spiffe-id") {
-					return errors.New("-spiffe-id is required (or -data FILE)")
-				}
-				if !cmd.Flags().Changed("parent-id") && !f.node {
-					return errors.New("-parent-id or -node is required")
-				}
-				if len(f.selectors) == 0 {
-					return errors.New("at least one -selector is required")
-				}
-				e := &sigilv1.Entry{}
-				if err := f.apply(cmd, e); err != nil {
-					return err
-				}
-				entries = []*sigilv1.Entry{e}
+				return runBulk(cmd, o, entryBulkOp("create"), f.data, f.batchSize)
 			}
+			if cmd.Flags().Changed("batch-size") {
+				return usageError(errors.New("-batch-size goes with -data"))
+			}
+			if !cmd.Flags().Changed("spiffe-id") {
+				return usageError(errors.New("-spiffe-id is required (or -data FILE)"))
+			}
+			if !cmd.Flags().Changed("parent-id") && !f.node {
+				return usageError(errors.New("-parent-id or -node is required"))
+			}
+			if len(f.selectors) == 0 {
+				return usageError(errors.New("at least one -selector is required"))
+			}
+			e := &sigilv1.Entry{}
+			if err := f.apply(cmd, e); err != nil {
+				return err
+			}
+			entries := []*sigilv1.Entry{e}
 			c, err := o.dial()
 			if err != nil {
 				return err
@@ -271,42 +233,34 @@ file must carry its "id" and replaces the stored entry as a whole.`,
   sigil entry update -data entries.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var entries []*sigilv1.Entry
 			if f.data != "" {
 				if n := changedAny(cmd, fieldFlags...); n != "" {
-					return fmt.Errorf("-data and -%s are mutually exclusive", n)
+					return usagef("-data and -%s are mutually exclusive", n)
 				}
-				var err error
-				if entries, err = readEntries(cmd, f.data); err != nil {
-					return err
-				}
-				for i, e := range entries {
-					if e.Id == "" {
-						return fmt.Errorf("-data %s: entry %d has no id", f.data, i)
-					}
-				}
+				return runBulk(cmd, o, entryBulkOp("update"), f.data, f.batchSize)
 			}
-			if f.data == "" && f.id == "" {
-				return errors.New("-id is required (or -data FILE)")
+			if f.id == "" {
+				return usageError(errors.New("-id is required (or -data FILE)"))
+			}
+			if cmd.Flags().Changed("batch-size") {
+				return usageError(errors.New("-batch-size goes with -data"))
+			}
+			if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream", "admin") == "" {
+				return usageError(errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint, -federates-with, -downstream, -admin"))
 			}
 			c, err := o.dial()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			if f.data == "" {
-				cur, err := call(cmd.Context(), c.GetEntry, &sigilv1.GetEntryRequest{Id: f.id})
-				if err != nil {
-					return c.RPCError("update entry "+f.id, err)
-				}
-				if changedAny(cmd, "spiffe-id", "parent-id", "selector", "dns", "x509-svid-ttl", "jwt-svid-ttl", "hint", "node", "federates-with", "downstream", "admin") == "" {
-					return errors.New("nothing to update: give at least one of -spiffe-id, -parent-id, -node, -selector, -dns, -x509-svid-ttl, -jwt-svid-ttl, -hint, -federates-with, -downstream, -admin")
-				}
-				if err := f.apply(cmd, cur); err != nil {
-					return err
-				}
-				entries = []*sigilv1.Entry{cur}
+			cur, err := call(cmd.Context(), c.GetEntry, &sigilv1.GetEntryRequest{Id: f.id})
+			if err != nil {
+				return c.RPCError("update entry "+f.id, err)
 			}
+			if err := f.apply(cmd, cur); err != nil {
+				return err
+			}
+			entries := []*sigilv1.Entry{cur}
 			resp, err := call(cmd.Context(), c.BatchUpdateEntry, &sigilv1.BatchUpdateEntryRequest{Entries: entries})
 			if err != nil {
 				return c.RPCError("update entries", err)
@@ -396,14 +350,31 @@ func printEntry(w io.Writer, e *sigilv1.Entry) {
 func newEntryDelete() *cobra.Command {
 	var ids []string
 	var o *adminOpts
+	var data string
+	var batchSize int
 	cmd := &cobra.Command{
-		Use:     "delete",
-		Short:   "Delete registration entries",
-		Example: `  sigil entry delete -id 5c0e... -id 9a1b...`,
-		Args:    cobra.NoArgs,
+		Use:   "delete",
+		Short: "Delete registration entries",
+		Long: `Delete registration entries named by -id, or, with -data FILE, every entry
+of a file (entry ids as JSON strings or entry objects with their "id", in a
+JSON array, JSON lines or {"entries": [...]}, as entry list -output json
+prints), sent in batches with progress on stderr and a summary.`,
+		Example: `  sigil entry delete -id 5c0e... -id 9a1b...
+  sigil entry list -parent-id spiffe://example.org/sigil/agent/join_token/... -output json > old.json
+  sigil entry delete -data old.json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if data != "" {
+				if len(ids) > 0 {
+					return usageError(errors.New("-data and -id are mutually exclusive"))
+				}
+				return runBulk(cmd, o, deleteBulkOp(), data, batchSize)
+			}
+			if cmd.Flags().Changed("batch-size") {
+				return usageError(errors.New("-batch-size goes with -data"))
+			}
 			if len(ids) == 0 {
-				return errors.New("at least one -id is required")
+				return usageError(errors.New("at least one -id is required (or -data FILE)"))
 			}
 			c, err := o.dial()
 			if err != nil {
@@ -445,6 +416,8 @@ func newEntryDelete() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringArrayVar(&ids, "id", nil, "ID of an entry to delete (repeatable)")
+	cmd.Flags().StringVar(&data, "data", "", "`FILE` of entries or entry ids to delete (\"-\" for stdin); any number, sent in batches with progress on stderr")
+	cmd.Flags().IntVar(&batchSize, "batch-size", defaultBatchSize, "with -data: entries per call to the server (at most the server's limit)")
 	o = addAdminFlags(cmd)
 	return cmd
 }
@@ -458,7 +431,7 @@ func newEntryShow() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if id == "" {
-				return errors.New("-id is required")
+				return usageError(errors.New("-id is required"))
 			}
 			c, err := o.dial()
 			if err != nil {
@@ -498,7 +471,7 @@ func newEntryList() *cobra.Command {
 			for _, s := range selectors {
 				sel, err := registration.ParseSelector(s)
 				if err != nil {
-					return fmt.Errorf("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
+					return usagef("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
 				}
 				req.Selectors = append(req.Selectors, sel)
 			}

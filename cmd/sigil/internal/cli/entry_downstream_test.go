@@ -34,7 +34,7 @@ func TestEntryDownstream(t *testing.T) {
 	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-spiffe-id", "spiffe://example.org/web", "-parent-id", agentID, "-selector", "unix:uid:1"); code != 0 || f.entries["e2"].Downstream {
 		t.Fatalf("create without -downstream: %d %q %v", code, errOut, f.entries["e2"])
 	}
-	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", "x.json", "-downstream"); code != 1 || !strings.Contains(errOut, "-data and -downstream are mutually exclusive") {
+	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", "x.json", "-downstream"); code != ExitUsage || !strings.Contains(errOut, "-data and -downstream are mutually exclusive") {
 		t.Errorf("-data with -downstream: %d %q", code, errOut)
 	}
 }

@@ -232,7 +232,7 @@ func (f *fakeAdmin) BanAgent(_ context.Context, req *sigilv1.BanAgentRequest) (*
 }
 
 // startFakeAdmin serves f on a unix socket and returns its path.
-func startFakeAdmin(t *testing.T, f *fakeAdmin) string {
+func startFakeAdmin(t *testing.T, f sigilv1.AdminServer) string {
 	t.Helper()
 	path := filepath.Join(shortTempDir(t), "admin.sock")
 	ln, err := net.Listen("unix", path)

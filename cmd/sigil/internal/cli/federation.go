@@ -49,15 +49,15 @@ See docs/federation.md.`,
 // its name.
 func trustDomainArg(flag, v string) (string, error) {
 	if v == "" {
-		return "", fmt.Errorf("-%s is required", flag)
+		return "", usagef("-%s is required", flag)
 	}
 	name := strings.TrimPrefix(v, "spiffe://")
 	if strings.Contains(name, "/") {
-		return "", fmt.Errorf("invalid -%s %q: want a trust domain name such as example.org (or spiffe://example.org), without a path", flag, v)
+		return "", usagef("invalid -%s %q: want a trust domain name such as example.org (or spiffe://example.org), without a path", flag, v)
 	}
 	td, err := spiffeid.TrustDomainFromString(name)
 	if err != nil {
-		return "", fmt.Errorf("invalid -%s %q: %v", flag, v, err)
+		return "", usagef("invalid -%s %q: %v", flag, v, err)
 	}
 	return td.Name(), nil
 }
@@ -71,7 +71,7 @@ func readDocument(cmd *cobra.Command, flag, path string) ([]byte, error) {
 	} else {
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, fmt.Errorf("-%s: %w", flag, err)
+			return nil, usagef("-%s: %w", flag, err)
 		}
 		defer f.Close()
 		r = f
@@ -81,10 +81,10 @@ func readDocument(cmd *cobra.Command, flag, path string) ([]byte, error) {
 		return nil, fmt.Errorf("-%s %s: %w", flag, path, err)
 	}
 	if len(b) > federation.MaxDocumentSize {
-		return nil, fmt.Errorf("-%s %s: larger than %d bytes, the limit of a bundle document", flag, path, federation.MaxDocumentSize)
+		return nil, usagef("-%s %s: larger than %d bytes, the limit of a bundle document", flag, path, federation.MaxDocumentSize)
 	}
 	if len(strings.TrimSpace(string(b))) == 0 {
-		return nil, fmt.Errorf("-%s %s is empty", flag, path)
+		return nil, usagef("-%s %s is empty", flag, path)
 	}
 	return b, nil
 }
@@ -117,20 +117,20 @@ func (f *relationshipFlags) apply(cmd *cobra.Command, rel *sigilv1.FederationRel
 	changed := func(n string) bool { return create || cmd.Flags().Changed(n) }
 	if changed("bundle-endpoint-url") {
 		if f.url == "" {
-			return errors.New("-bundle-endpoint-url is required")
+			return usageError(errors.New("-bundle-endpoint-url is required"))
 		}
 		u, err := url.Parse(f.url)
 		if err != nil {
-			return fmt.Errorf("invalid -bundle-endpoint-url %q: %v", f.url, err)
+			return usagef("invalid -bundle-endpoint-url %q: %v", f.url, err)
 		}
 		if u.Scheme != "https" || u.Host == "" || u.User != nil {
-			return fmt.Errorf("invalid -bundle-endpoint-url %q: want an https URL with a host and no user info, e.g. https://gcp.example:8443", f.url)
+			return usagef("invalid -bundle-endpoint-url %q: want an https URL with a host and no user info, e.g. https://gcp.example:8443", f.url)
 		}
 		rel.BundleEndpointUrl = f.url
 	}
 	if changed("profile") {
 		if f.profile != federation.ProfileHTTPSSPIFFE && f.profile != federation.ProfileHTTPSWeb {
-			return fmt.Errorf("invalid -profile %q: want %s or %s", f.profile, federation.ProfileHTTPSSPIFFE, federation.ProfileHTTPSWeb)
+			return usagef("invalid -profile %q: want %s or %s", f.profile, federation.ProfileHTTPSSPIFFE, federation.ProfileHTTPSWeb)
 		}
 		if rel.Profile != f.profile {
 			rel.EndpointSpiffeId = ""
@@ -139,14 +139,14 @@ func (f *relationshipFlags) apply(cmd *cobra.Command, rel *sigilv1.FederationRel
 	}
 	if cmd.Flags().Changed("endpoint-spiffe-id") {
 		if rel.Profile != federation.ProfileHTTPSSPIFFE {
-			return fmt.Errorf("-endpoint-spiffe-id is for profile %s only", federation.ProfileHTTPSSPIFFE)
+			return usagef("-endpoint-spiffe-id is for profile %s only", federation.ProfileHTTPSSPIFFE)
 		}
 		id, err := spiffeid.FromString(f.endpointID)
 		if err != nil {
-			return fmt.Errorf("invalid -endpoint-spiffe-id %q: %v", f.endpointID, err)
+			return usagef("invalid -endpoint-spiffe-id %q: %v", f.endpointID, err)
 		}
 		if id.TrustDomain().Name() != rel.TrustDomain {
-			return fmt.Errorf("invalid -endpoint-spiffe-id %q: not in trust domain %s", f.endpointID, rel.TrustDomain)
+			return usagef("invalid -endpoint-spiffe-id %q: not in trust domain %s", f.endpointID, rel.TrustDomain)
 		}
 		rel.EndpointSpiffeId = f.endpointID
 	}
@@ -219,7 +219,7 @@ written only when the server holds no bundle of the trust domain.`,
 				return err
 			}
 			if changedAny(cmd, "bundle-endpoint-url", "profile", "endpoint-spiffe-id", "bundle-file") == "" {
-				return errors.New("nothing to update: give at least one of -bundle-endpoint-url, -profile, -endpoint-spiffe-id, -bundle-file")
+				return usageError(errors.New("nothing to update: give at least one of -bundle-endpoint-url, -profile, -endpoint-spiffe-id, -bundle-file"))
 			}
 			var bootstrap []byte
 			if f.bundleFile != "" {
@@ -416,9 +416,6 @@ func newFederationShow() *cobra.Command {
 			if err != nil {
 				return c.RPCError("show federation relationship with "+td, err)
 			}
-			if o.json() {
-				return printJSON(cmd.OutOrStdout(), rel)
-			}
 			list, err := call(cmd.Context(), fc.ListBundles, &sigilv1.ListBundlesRequest{})
 			if err != nil {
 				return c.RPCError("list bundles", err)
@@ -430,6 +427,11 @@ func newFederationShow() *cobra.Command {
 				}
 			}
 			out := cmd.OutOrStdout()
+			if o.json() {
+				// The relationship's fields, and "bundle": its BundleStatus
+				// (null before the first bundle).
+				return printJSONWith(out, rel, protoField{name: "bundle", value: b})
+			}
 			printRelationship(out, rel)
 			printBundleState(out, b, time.Now())
 			return nil
@@ -461,7 +463,7 @@ the attempt failed; the last good bundle stays in use.`,
 				return err
 			}
 			if timeout <= 0 {
-				return fmt.Errorf("-timeout %s must be positive", timeout)
+				return usagef("-timeout %s must be positive", timeout)
 			}
 			c, err := o.dial()
 			if err != nil {
@@ -524,10 +526,10 @@ without a bundle endpoint. A relationship's next successful fetch replaces it.`,
 				return err
 			}
 			if format != "spiffe" && format != "pem" {
-				return fmt.Errorf("invalid -format %q: want spiffe or pem", format)
+				return usagef("invalid -format %q: want spiffe or pem", format)
 			}
 			if file == "" {
-				return errors.New("-file is required (\"-\" for stdin)")
+				return usageError(errors.New("-file is required (\"-\" for stdin)"))
 			}
 			doc, err := readDocument(cmd, "file", file)
 			if err != nil {

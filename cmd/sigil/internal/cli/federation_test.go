@@ -227,7 +227,7 @@ func TestFederationRelationshipCommands(t *testing.T) {
 	} {
 		args := append([]string{"federation", "create", "-socket", sock}, tt.args...)
 		code, _, errOut := run(t, args...)
-		if code != 1 || !strings.HasPrefix(errOut, "sigil: "+tt.want) || strings.Count(errOut, "\n") != 1 {
+		if code != ExitUsage || !strings.HasPrefix(errOut, "sigil: "+tt.want) || strings.Count(errOut, "\n") != 1 {
 			t.Errorf("%q: code %d, stderr %q, want %q", tt.args, code, errOut, tt.want)
 		}
 	}
@@ -249,10 +249,10 @@ func TestFederationRelationshipCommands(t *testing.T) {
 	if r := f.rels["gcp.example"]; code != 0 || r.Profile != "https_spiffe" || r.EndpointSpiffeId != "spiffe://gcp.example/spire/server" || string(f.bootstrap["gcp.example"]) != `{"keys": []}` {
 		t.Errorf("update to https_spiffe: %d %q %v", code, errOut, r)
 	}
-	if code, _, errOut := run(t, "federation", "update", "-socket", sock, "-trust-domain", "gcp.example"); code != 1 || !strings.Contains(errOut, "nothing to update") {
+	if code, _, errOut := run(t, "federation", "update", "-socket", sock, "-trust-domain", "gcp.example"); code != ExitUsage || !strings.Contains(errOut, "nothing to update") {
 		t.Errorf("empty update: %d %q", code, errOut)
 	}
-	if code, _, errOut := run(t, "federation", "update", "-socket", sock, "-trust-domain", "none.example", "-profile", "https_web"); code != 1 || !strings.Contains(errOut, "update federation relationship with none.example: NotFound") {
+	if code, _, errOut := run(t, "federation", "update", "-socket", sock, "-trust-domain", "none.example", "-profile", "https_web"); code != ExitNotFound || !strings.Contains(errOut, "update federation relationship with none.example: NotFound") {
 		t.Errorf("update of a missing relationship: %d %q", code, errOut)
 	}
 
@@ -299,7 +299,7 @@ func TestFederationRelationshipCommands(t *testing.T) {
 	if code != 0 || out != "Deleted federation relationship with gcp.example and its bundle\n" || f.deleted[1].KeepBundle || len(f.rels) != 0 {
 		t.Errorf("delete: %d %q %v", code, out, f.deleted)
 	}
-	if code, _, errOut := run(t, "federation", "delete", "-socket", sock, "-trust-domain", "gcp.example"); code != 1 || !strings.Contains(errOut, "NotFound") {
+	if code, _, errOut := run(t, "federation", "delete", "-socket", sock, "-trust-domain", "gcp.example"); code != ExitNotFound || !strings.Contains(errOut, "NotFound") {
 		t.Errorf("second delete: %d %q", code, errOut)
 	}
 }
@@ -332,10 +332,10 @@ func TestFederationRefresh(t *testing.T) {
 	if code != 1 || !strings.Contains(out, `"last_error": "federation: bundle of trust domain`) {
 		t.Errorf("failed refresh json: %d %q", code, out)
 	}
-	if code, _, errOut := run(t, "federation", "refresh", "-socket", sock, "-trust-domain", "none.example"); code != 1 || !strings.Contains(errOut, "refresh bundle of none.example: NotFound") {
+	if code, _, errOut := run(t, "federation", "refresh", "-socket", sock, "-trust-domain", "none.example"); code != ExitNotFound || !strings.Contains(errOut, "refresh bundle of none.example: NotFound") {
 		t.Errorf("refresh of a missing relationship: %d %q", code, errOut)
 	}
-	if code, _, errOut := run(t, "federation", "refresh", "-socket", sock, "-trust-domain", "gcp.example", "-timeout", "0s"); code != 1 || !strings.Contains(errOut, "-timeout 0s must be positive") {
+	if code, _, errOut := run(t, "federation", "refresh", "-socket", sock, "-trust-domain", "gcp.example", "-timeout", "0s"); code != ExitUsage || !strings.Contains(errOut, "-timeout 0s must be positive") {
 		t.Errorf("zero timeout: %d %q", code, errOut)
 	}
 	// The server's DeadlineExceeded (no attempt in time) is its message,
@@ -379,11 +379,11 @@ func TestBundleFederationCommands(t *testing.T) {
 		{[]string{"-trust-domain", "x.example", "-file", pemFile, "-format", "der"}, `invalid -format "der": want spiffe or pem`},
 	} {
 		code, _, errOut := run(t, append([]string{"bundle", "set", "-socket", sock}, tt.args...)...)
-		if code != 1 || errOut != "sigil: "+tt.want+"\n" {
+		if code != ExitUsage || errOut != "sigil: "+tt.want+"\n" {
 			t.Errorf("%q: %d %q, want %q", tt.args, code, errOut, tt.want)
 		}
 	}
-	if code, _, errOut := runIn(t, bytes.NewReader(bytes.Repeat([]byte("{"), federation.MaxDocumentSize+1)), "bundle", "set", "-socket", sock, "-trust-domain", "x.example", "-file", "-"); code != 1 || !strings.Contains(errOut, "-file -: larger than 1048576 bytes") {
+	if code, _, errOut := runIn(t, bytes.NewReader(bytes.Repeat([]byte("{"), federation.MaxDocumentSize+1)), "bundle", "set", "-socket", sock, "-trust-domain", "x.example", "-file", "-"); code != ExitUsage || !strings.Contains(errOut, "-file -: larger than 1048576 bytes") {
 		t.Errorf("oversized stdin: %d %q", code, errOut)
 	}
 	if len(f.sets) != 2 {
@@ -401,7 +401,7 @@ func TestBundleFederationCommands(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "-----BEGIN CERTIFICATE-----\n") {
 		t.Errorf("show -trust-domain: %d %q", code, out)
 	}
-	if code, _, errOut := run(t, "bundle", "show", "-socket", sock, "-trust-domain", "none.example"); code != 1 || errOut != "sigil: show bundle of none.example: NotFound: no bundle of trust domain \"none.example\"\n" {
+	if code, _, errOut := run(t, "bundle", "show", "-socket", sock, "-trust-domain", "none.example"); code != ExitNotFound || errOut != "sigil: show bundle of none.example: NotFound: no bundle of trust domain \"none.example\"\n" {
 		t.Errorf("show of a missing bundle: %d %q", code, errOut)
 	}
 
@@ -501,7 +501,7 @@ func TestEntryFederatesWith(t *testing.T) {
 	if code, _, errOut := run(t, "entry", "update", "-socket", sock, "-id", "e1", "-federates-with", ""); code != 0 || len(a.entries["e1"].FederatesWith) != 0 {
 		t.Errorf("clear: %d %q %q", code, errOut, a.entries["e1"].FederatesWith)
 	}
-	if code, _, errOut := run(t, "entry", "update", "-socket", sock, "-id", "e1", "-federates-with", "spiffe://gcp.example/x"); code != 1 || !strings.Contains(errOut, `invalid -federates-with "spiffe://gcp.example/x"`) {
+	if code, _, errOut := run(t, "entry", "update", "-socket", sock, "-id", "e1", "-federates-with", "spiffe://gcp.example/x"); code != ExitUsage || !strings.Contains(errOut, `invalid -federates-with "spiffe://gcp.example/x"`) {
 		t.Errorf("bad -federates-with: %d %q", code, errOut)
 	}
 
@@ -514,10 +514,10 @@ func TestEntryFederatesWith(t *testing.T) {
 		t.Errorf("batch: %d %q %v", code, errOut, a.entries["e2"])
 	}
 	os.WriteFile(batch, []byte(`{"entries": [{"spiffe_id": "spiffe://example.org/c", "parent_id": "`+agentID+`", "selectors": [{"type": "unix", "value": "uid:2"}], "federates_with": ["Bad Domain"]}]}`), 0o600)
-	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", batch); code != 1 || !strings.HasPrefix(errOut, "sigil: -data "+batch+`: entry 0: federates_with: "Bad Domain": `) {
+	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", batch); code != ExitUsage || !strings.HasPrefix(errOut, "sigil: -data "+batch+`: entry 0: federates_with: "Bad Domain": `) {
 		t.Errorf("bad batch: %d %q", code, errOut)
 	}
-	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", batch, "-federates-with", "x.example"); code != 1 || !strings.Contains(errOut, "-data and -federates-with are mutually exclusive") {
+	if code, _, errOut := run(t, "entry", "create", "-socket", sock, "-data", batch, "-federates-with", "x.example"); code != ExitUsage || !strings.Contains(errOut, "-data and -federates-with are mutually exclusive") {
 		t.Errorf("-data with -federates-with: %d %q", code, errOut)
 	}
 }

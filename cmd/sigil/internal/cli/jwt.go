@@ -28,6 +28,7 @@ func NewJWTCommand() *cobra.Command {
 		audience string
 		token    string
 		timeout  time.Duration
+		output   string
 	)
 	validate := &cobra.Command{
 		Use:     "validate",
@@ -36,7 +37,7 @@ func NewJWTCommand() *cobra.Command {
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if audience == "" {
-				return errors.New("-audience is required")
+				return usageError(errors.New("-audience is required"))
 			}
 			if token == "-" {
 				b, err := io.ReadAll(cmd.InOrStdin())
@@ -46,7 +47,7 @@ func NewJWTCommand() *cobra.Command {
 				token = string(trimSpace(b))
 			}
 			if token == "" {
-				return errors.New("-token is required (\"-\" reads it from stdin)")
+				return usageError(errors.New("-token is required (\"-\" reads it from stdin)"))
 			}
 			addr, err := checkWorkloadSocket(socket)
 			if err != nil {
@@ -62,9 +63,19 @@ func NewJWTCommand() *cobra.Command {
 			svid, err := client.ValidateJWTSVID(ctx, token, audience)
 			if err != nil {
 				if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
-					return &ExitError{Code: 1, Err: fmt.Errorf("token is not valid for audience %q: %s", audience, st.Message())}
+					err := fmt.Errorf("token is not valid for audience %q: %s", audience, st.Message())
+					if output == "json" {
+						if perr := printValue(cmd.OutOrStdout(), jwtValidateJSON{Valid: false, Error: OneLine(err.Error())}); perr != nil {
+							return perr
+						}
+					}
+					return &ExitError{Code: ExitFailure, Err: err}
 				}
 				return fmt.Errorf("validate JWT-SVID with %s: %v", addr, err)
+			}
+			if output == "json" {
+				j := newJWTSVIDJSON(svid, false)
+				return printValue(cmd.OutOrStdout(), jwtValidateJSON{Valid: true, SVID: &j})
 			}
 			printJWTSVID(cmd.OutOrStdout(), svid, time.Now())
 			fmt.Fprintln(cmd.OutOrStdout(), "Valid            : yes")
@@ -75,8 +86,16 @@ func NewJWTCommand() *cobra.Command {
 	validate.Flags().StringVar(&audience, "audience", "", "audience the token must be for")
 	validate.Flags().StringVar(&token, "token", "", "the JWT-SVID (\"-\" reads it from stdin)")
 	validate.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the Workload API")
+	validate.Flags().StringVar(&output, "output", "text", "output format: text or json")
 	cmd.AddCommand(validate)
 	return cmd
+}
+
+// jwtValidateJSON is the JSON of `sigil jwt validate`.
+type jwtValidateJSON struct {
+	Valid bool         `json:"valid"`
+	SVID  *jwtSVIDJSON `json:"svid"`
+	Error string       `json:"error,omitempty"`
 }
 
 func trimSpace(b []byte) []byte {
@@ -102,7 +121,7 @@ func checkWorkloadSocket(socket string) (string, error) {
 	}
 	addr, path, err := workloadAddr(socket)
 	if err != nil {
-		return "", fmt.Errorf("invalid -socket %q: %v", socket, err)
+		return "", usagef("invalid -socket %q: %v", socket, err)
 	}
 	if path != "" {
 		if _, err := os.Stat(path); err != nil {
@@ -117,7 +136,8 @@ func checkWorkloadSocket(socket string) (string, error) {
 
 // fetchJWT fetches JWT-SVIDs for audience (and spiffeID, if set) and
 // prints them.
-func fetchJWT(ctx context.Context, w io.Writer, addr string, audience []string, spiffeID string, timeout time.Duration) error {
+// With jsonOut it prints {"svids": [...]} (docs/cli.md).
+func fetchJWT(ctx context.Context, w io.Writer, addr string, audience []string, spiffeID string, timeout time.Duration, jsonOut bool) error {
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(addr))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %v", addr, err)
@@ -127,13 +147,22 @@ func fetchJWT(ctx context.Context, w io.Writer, addr string, audience []string, 
 	if spiffeID != "" {
 		id, err := spiffeid.FromString(spiffeID)
 		if err != nil {
-			return fmt.Errorf("invalid -spiffe-id %q: %v", spiffeID, err)
+			return usagef("invalid -spiffe-id %q: %v", spiffeID, err)
 		}
 		params.Subject = id
 	}
 	svids, err := client.FetchJWTSVIDs(ctx, params)
 	if err != nil {
 		return fetchError(err, addr, timeout)
+	}
+	if jsonOut {
+		out := struct {
+			SVIDs []jwtSVIDJSON `json:"svids"`
+		}{SVIDs: []jwtSVIDJSON{}}
+		for _, s := range svids {
+			out.SVIDs = append(out.SVIDs, newJWTSVIDJSON(s, true))
+		}
+		return printValue(w, out)
 	}
 	now := time.Now()
 	for i, s := range svids {

@@ -121,8 +121,32 @@ func newPolicyTestCommand() *cobra.Command {
 	return cmd
 }
 
+// lintJSON is the JSON of `sigil policy lint`.
+type lintJSON struct {
+	Files    []lintFileJSON `json:"files"`
+	Errors   int            `json:"errors"`
+	Warnings int            `json:"warnings"`
+}
+
+// lintFileJSON is one linted file.
+type lintFileJSON struct {
+	File     string            `json:"file"`
+	Rules    int               `json:"rules"`
+	Mode     string            `json:"mode"`
+	Findings []lintFindingJSON `json:"findings"`
+}
+
+// lintFindingJSON is one finding; line is 0 for the policy as a whole.
+type lintFindingJSON struct {
+	Severity string `json:"severity"`
+	Rule     string `json:"rule"`
+	Line     int    `json:"line"`
+	Message  string `json:"message"`
+}
+
 func newPolicyLintCommand() *cobra.Command {
 	var strict bool
+	var output string
 	cmd := &cobra.Command{
 		Use:   "lint FILE...",
 		Short: "Check policy files: exit 1 on shadowed or duplicate rules, 2 if malformed",
@@ -135,19 +159,28 @@ mode. A file that does not parse or compile exits 2.`,
   sigil policy lint -strict policies/*.hcl`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if output != "text" && output != "json" {
+				return malformed(fmt.Errorf("invalid -output %q: want text or json", output))
+			}
 			out := cmd.OutOrStdout()
 			var errs, warns int
+			report := lintJSON{Files: []lintFileJSON{}}
 			for _, file := range args {
 				p, err := policy.Load(file)
 				if err != nil {
 					return malformed(err)
 				}
 				findings := policy.Lint(p, time.Now())
+				lf := lintFileJSON{File: file, Rules: p.Len(), Mode: p.Mode().String(), Findings: []lintFindingJSON{}}
 				for _, f := range findings {
 					if f.Severity == policy.Error {
 						errs++
 					} else {
 						warns++
+					}
+					lf.Findings = append(lf.Findings, lintFindingJSON{Severity: f.Severity.String(), Rule: f.Rule, Line: f.Line, Message: f.Message})
+					if output == "json" {
+						continue
 					}
 					if f.Line > 0 {
 						fmt.Fprintf(out, "%s:%d: %s: %s\n", file, f.Line, f.Severity, f.Message)
@@ -155,8 +188,15 @@ mode. A file that does not parse or compile exits 2.`,
 						fmt.Fprintf(out, "%s: %s: %s\n", file, f.Severity, f.Message)
 					}
 				}
-				if len(findings) == 0 {
+				report.Files = append(report.Files, lf)
+				if len(findings) == 0 && output == "text" {
 					fmt.Fprintf(out, "%s: %d %s, %s mode, no problems\n", file, p.Len(), plural(p.Len(), "rule", "rules"), p.Mode())
+				}
+			}
+			if output == "json" {
+				report.Errors, report.Warnings = errs, warns
+				if err := printValue(out, report); err != nil {
+					return err
 				}
 			}
 			if errs > 0 || (strict && warns > 0) {
@@ -166,5 +206,6 @@ mode. A file that does not parse or compile exits 2.`,
 		},
 	}
 	cmd.Flags().BoolVar(&strict, "strict", false, "fail on warnings too")
+	cmd.Flags().StringVar(&output, "output", "text", "output format: text or json")
 	return cmd
 }

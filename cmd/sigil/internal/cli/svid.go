@@ -64,6 +64,7 @@ func NewSVIDCommand() *cobra.Command {
 		jwt      bool
 		audience []string
 		spiffeID string
+		output   string
 	)
 	fetch := &cobra.Command{
 		Use:   "fetch",
@@ -74,11 +75,11 @@ func NewSVIDCommand() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if socket == "" {
-				return errors.New("-socket is empty")
+				return usageError(errors.New("-socket is empty"))
 			}
 			addr, path, err := workloadAddr(socket)
 			if err != nil {
-				return fmt.Errorf("invalid -socket %q: %v", socket, err)
+				return usagef("invalid -socket %q: %v", socket, err)
 			}
 			if path != "" {
 				if _, err := os.Stat(path); err != nil {
@@ -92,15 +93,15 @@ func NewSVIDCommand() *cobra.Command {
 			defer cancel()
 			if jwt {
 				if len(audience) == 0 {
-					return errors.New("-jwt needs at least one -audience")
+					return usageError(errors.New("-jwt needs at least one -audience"))
 				}
 				if dir != "" {
-					return errors.New("-write is for X.509-SVIDs; it cannot be combined with -jwt")
+					return usageError(errors.New("-write is for X.509-SVIDs; it cannot be combined with -jwt"))
 				}
-				return fetchJWT(ctx, cmd.OutOrStdout(), addr, audience, spiffeID, timeout)
+				return fetchJWT(ctx, cmd.OutOrStdout(), addr, audience, spiffeID, timeout, output == "json")
 			}
 			if len(audience) > 0 || spiffeID != "" {
-				return errors.New("-audience and -spiffe-id go with -jwt")
+				return usageError(errors.New("-audience and -spiffe-id go with -jwt"))
 			}
 			x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr(addr))
 			if err != nil {
@@ -108,6 +109,9 @@ func NewSVIDCommand() *cobra.Command {
 			}
 			if len(x509ctx.SVIDs) == 0 {
 				return errors.New("the Workload API returned no X.509-SVIDs")
+			}
+			if output == "json" {
+				return printSVIDJSON(cmd.OutOrStdout(), x509ctx, dir)
 			}
 			now := time.Now()
 			out := cmd.OutOrStdout()
@@ -148,6 +152,7 @@ func NewSVIDCommand() *cobra.Command {
 	fetch.Flags().BoolVar(&jwt, "jwt", false, "fetch JWT-SVIDs instead of X.509-SVIDs")
 	fetch.Flags().StringArrayVar(&audience, "audience", nil, "audience of the JWT-SVID (repeatable; with -jwt)")
 	fetch.Flags().StringVar(&spiffeID, "spiffe-id", "", "fetch only the JWT-SVID of this SPIFFE ID (with -jwt)")
+	fetch.Flags().StringVar(&output, "output", "text", "output format: text or json (the private key is never printed)")
 	cmd.AddCommand(fetch, newSVIDWatchCommand(def))
 	return cmd
 }

@@ -13,8 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/federation"
 	"github.com/sigil-id/sigil/registration"
 )
@@ -26,15 +28,38 @@ func NewTokenCommand() *cobra.Command {
 		Short: "Manage join tokens for agent attestation",
 	}
 	var ttl time.Duration
+	var alias string
 	var o *adminOpts
 	gen := &cobra.Command{
 		Use:   "generate",
 		Short: "Create a single-use join token for a new agent",
-		Args:  cobra.NoArgs,
+		Long: `Create a single-use join token for a new agent. The agent that attests
+with it gets the SPIFFE ID spiffe://<td>/sigil/agent/join_token/<id>, which
+changes with every token.
+
+-spiffe-id ID also registers ID as a node alias of that agent, as SPIRE's
+token generate -spiffeID does: an entry with parent_id the trust domain's
+server ID (spiffe://<td>/sigil/server) and the agent's one node selector
+join_token:<id>, so that workload entries can be parented to ID, a name
+that stays when the node is re-attested with a new token. The token is
+printed only once the alias is registered; if that fails, the token is
+not printed and expires unused.`,
+		Example: `  sigil token generate
+  sigil token generate -ttl 1h -spiffe-id spiffe://example.org/nodes/db-1`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			secs, err := ttlSeconds("ttl", ttl)
 			if err != nil {
-				return err
+				return usageError(err)
+			}
+			var aliasID spiffeid.ID
+			if cmd.Flags().Changed("spiffe-id") {
+				if aliasID, err = spiffeid.FromString(alias); err != nil {
+					return usagef("invalid -spiffe-id %q: %v", alias, err)
+				}
+				if registration.IsReserved(aliasID) {
+					return usagef("invalid -spiffe-id %q: the path %s is reserved for Sigil's own servers and agents", alias, registration.ReservedPath)
+				}
 			}
 			c, err := o.dial()
 			if err != nil {
@@ -45,20 +70,68 @@ func NewTokenCommand() *cobra.Command {
 			if err != nil {
 				return c.RPCError("generate token", err)
 			}
+			var aliasEntry *sigilv1.Entry
+			if !aliasID.IsZero() {
+				if aliasEntry, err = registerTokenAlias(cmd, c, resp, aliasID); err != nil {
+					return fmt.Errorf("generate token: %w; the token was not printed and expires unused at %s", err, formatTime(resp.GetExpiresAt()))
+				}
+			}
 			out := cmd.OutOrStdout()
 			if o.json() {
-				return printJSON(out, resp)
+				if aliasEntry == nil {
+					return printJSON(out, resp)
+				}
+				return printJSONWith(out, resp, protoField{name: "node_alias", value: aliasEntry})
 			}
 			fmt.Fprintf(out, "Token           : %s\n", resp.GetToken())
 			fmt.Fprintf(out, "Agent SPIFFE ID : %s\n", resp.GetAgentId())
+			if aliasEntry != nil {
+				fmt.Fprintf(out, "Node alias      : %s (entry %s)\n", aliasEntry.GetSpiffeId(), aliasEntry.GetId())
+			}
 			fmt.Fprintf(out, "Expires at      : %s\n", formatTime(resp.GetExpiresAt()))
 			return nil
 		},
 	}
 	gen.Flags().DurationVar(&ttl, "ttl", 10*time.Minute, "how long the token may be used (1s to 24h)")
+	gen.Flags().StringVar(&alias, "spiffe-id", "", "also register this SPIFFE ID as a node alias of the agent that attests with the token")
 	o = addAdminFlags(gen)
 	cmd.AddCommand(gen)
 	return cmd
+}
+
+// registerTokenAlias creates the node alias entry for the agent that will
+// attest with the join token of resp: spiffe_id alias, parent_id the
+// servers ID, selector join_token:<the agent's id>.
+func registerTokenAlias(cmd *cobra.Command, c *AdminConn, resp *sigilv1.CreateJoinTokenResponse, alias spiffeid.ID) (*sigilv1.Entry, error) {
+	agent, err := spiffeid.FromString(resp.GetAgentId())
+	if err != nil {
+		return nil, fmt.Errorf("the server answered an invalid agent ID %q: %v", resp.GetAgentId(), err)
+	}
+	if alias.TrustDomain() != agent.TrustDomain() {
+		return nil, usagef("-spiffe-id %s is not in the server's trust domain %s", alias, agent.TrustDomain())
+	}
+	prefix := "/sigil/agent/" + jointoken.Name + "/"
+	seg, ok := strings.CutPrefix(agent.Path(), prefix)
+	if !ok || seg == "" || strings.Contains(seg, "/") {
+		return nil, fmt.Errorf("the server answered agent ID %s, not one of the form spiffe://%s%s<id>", agent, agent.TrustDomain(), prefix)
+	}
+	e := &sigilv1.Entry{
+		SpiffeId:  alias.String(),
+		ParentId:  registration.ServersID(agent.TrustDomain()).String(),
+		Selectors: []*sigilv1.Selector{{Type: jointoken.Name, Value: seg}},
+	}
+	r, err := call(cmd.Context(), c.BatchCreateEntry, &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{e}})
+	if err != nil {
+		return nil, c.RPCError("register node alias "+alias.String(), err)
+	}
+	if len(r.GetResults()) != 1 {
+		return nil, fmt.Errorf("register node alias %s: the server answered %d results for 1 entry", alias, len(r.GetResults()))
+	}
+	res := r.GetResults()[0]
+	if code := codes.Code(res.GetStatus().GetCode()); code != codes.OK {
+		return nil, fmt.Errorf("register node alias %s: %s", alias, OneLine(statusText(code, res.GetStatus().GetMessage())))
+	}
+	return res.GetEntry(), nil
 }
 
 // NewBundleCommand returns `sigil bundle`.
@@ -83,7 +156,7 @@ takes as its bootstrap bundle (sigil bundle set or sigil federation create
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "pem" && format != "spiffe" {
-				return fmt.Errorf("invalid -format %q: want pem or spiffe", format)
+				return usagef("invalid -format %q: want pem or spiffe", format)
 			}
 			req := &sigilv1.GetBundleRequest{}
 			what := "show bundle"
@@ -182,7 +255,7 @@ selectors include all the given ones; the server filters.`,
 			for _, s := range selectors {
 				sel, err := registration.ParseSelector(s)
 				if err != nil {
-					return fmt.Errorf("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
+					return usagef("invalid -selector %q: %v", s, strings.TrimPrefix(err.Error(), "registration: "))
 				}
 				req.Selectors = append(req.Selectors, sel)
 			}
@@ -249,10 +322,10 @@ func agentIDCommand(use, short string, run func(cmd *cobra.Command, c *AdminConn
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if id == "" {
-				return errors.New("-spiffe-id is required")
+				return usageError(errors.New("-spiffe-id is required"))
 			}
 			if _, err := spiffeid.FromString(id); err != nil {
-				return fmt.Errorf("invalid -spiffe-id %q: %v", id, err)
+				return usagef("invalid -spiffe-id %q: %v", id, err)
 			}
 			c, err := o.dial()
 			if err != nil {

@@ -58,10 +58,10 @@ configuration), which only root and the agent's user may use.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pid <= 0 {
-				return errors.New("-pid is required and must be positive")
+				return usageError(errors.New("-pid is required and must be positive"))
 			}
 			if output != "text" && output != "json" {
-				return fmt.Errorf("invalid -output %q: want text or json", output)
+				return usagef("invalid -output %q: want text or json", output)
 			}
 			client, abs, closeConn, err := dialAgentAdmin(socket)
 			if err != nil {
