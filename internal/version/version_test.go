@@ -72,6 +72,13 @@ func TestReleaseLinkFlags(t *testing.T) {
 	cmd := exec.Command("make", "-n", "-s", "--no-print-directory", "release", "PLATFORMS=linux/amd64", "DIST="+dist,
 		"VERSION="+v, "COMMIT="+commit, "BUILD_DATE="+date)
 	cmd.Dir = root
+	// Not the flags of a make that runs this test (make test): its
+	// jobserver and its variables.
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != "MAKEFLAGS" && k != "MFLAGS" && k != "MAKELEVEL" {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("make -n release: %v\n%s", err, out)
