@@ -186,9 +186,12 @@ var (
 )
 
 // NewStore checks cfg and that its module file exists, and returns a
-// Store. It opens nothing: the module is loaded and the token logged in
-// to on the first OpenKeyManager.
+// Store (ErrNoCgo in a build without cgo). It opens nothing: the module
+// is loaded and the token logged in to on the first OpenKeyManager.
 func NewStore(cfg Config) (*Store, error) {
+	if err := Available(); err != nil {
+		return nil, fmt.Errorf("pkcs11: %w", err)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

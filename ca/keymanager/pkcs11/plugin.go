@@ -36,6 +36,9 @@ type pluginConfig struct {
 }
 
 func newPlugin(body hcl.Body, env plugin.Env) (any, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
 	var c pluginConfig
 	if err := plugin.DecodeBody(body, &c); err != nil {
 		return nil, err

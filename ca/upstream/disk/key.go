@@ -133,6 +133,9 @@ func (k PKCS11Key) key() string {
 }
 
 func (k PKCS11Key) validate() error {
+	if err := PKCS11Available(); err != nil {
+		return fmt.Errorf("ca/upstream/disk: key_pkcs11: %w", err)
+	}
 	switch {
 	case k.Module == "":
 		return errors.New("ca/upstream/disk: key_pkcs11: the module path is empty")

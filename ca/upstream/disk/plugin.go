@@ -141,6 +141,10 @@ func passphrase(body hcl.Body, c pluginConfig) (string, error) {
 // pkcs11Key decodes the key_pkcs11 block and reads the PIN.
 func pkcs11Key(b *pkcs11Block) (*PKCS11Key, error) {
 	body := b.Body
+	if err := PKCS11Available(); err != nil {
+		r := body.MissingItemRange() // the block's opening line
+		return nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "key_pkcs11: " + err.Error(), Subject: &r}}
+	}
 	k := &PKCS11Key{Module: b.Module}
 	if b.Module == "" {
 		return nil, plugin.AttrError(body, "module", "must not be empty: the path of the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
