@@ -81,6 +81,12 @@ type X509SVIDParams struct {
 // It refuses a zero SPIFFE ID, an ID outside the CA's trust domain or
 // without a path, an unsupported public key, a negative TTL, and signing
 // with a CA that has expired.
+//
+// Without an operator template (Config.X509SVIDTemplate), and with an
+// ECDSA P-256/P-384 or RSA CA key, the certificate is encoded and signed
+// once by the fast path (fastsvid.go): the bytes x509.CreateCertificate
+// writes, without its check of every signature (see SECURITY.md); other
+// certificates go through x509.CreateCertificate.
 func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.Certificate, err error) {
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
