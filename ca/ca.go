@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -165,6 +166,11 @@ type CA struct {
 	roots []*x509.Certificate
 	// subjectKeyID is the CA's SubjectKeyId, used as AuthorityKeyId.
 	subjectKeyID []byte
+
+	// fastOnce builds fast, the fast X.509-SVID encoder (fastsvid.go),
+	// on first use; fast stays nil when it does not apply to this CA.
+	fastOnce sync.Once
+	fast     *svidEncoder
 }
 
 // newChainedCA returns the CA of signer whose certificate cert an upstream

@@ -81,6 +81,12 @@ type X509SVIDParams struct {
 // It refuses a zero SPIFFE ID, an ID outside the CA's trust domain or
 // without a path, an unsupported public key, a negative TTL, and signing
 // with a CA that has expired.
+//
+// Without an operator template (Config.X509SVIDTemplate), and with an
+// ECDSA P-256/P-384 or RSA CA key, the certificate is encoded and signed
+// once by the fast path (fastsvid.go): the bytes x509.CreateCertificate
+// writes, without its check of every signature (see SECURITY.md); other
+// certificates go through x509.CreateCertificate.
 func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.Certificate, err error) {
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
@@ -103,6 +109,44 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	if err := checkDNSNames(p.DNSNames); err != nil {
 		return nil, err
 	}
+	tmpl, err := c.x509SVIDTemplate(p)
+	if err != nil {
+		return nil, err
+	}
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
+		return nil, err
+	}
+	var der []byte
+	if c.cfg.X509SVIDTemplate == nil {
+		if enc := c.svidEncoder(); enc != nil {
+			der, err = enc.create(tmpl, p.PublicKey, c.signer, c.cfg.KeyObserver)
+			if err != nil && !errors.Is(err, errNotFast) {
+				return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+			}
+		}
+	}
+	if der == nil {
+		der, err = x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
+		if err != nil {
+			return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+		}
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: parsing new X509-SVID: %w", err)
+	}
+	if len(c.svidChain) == 0 {
+		return []*x509.Certificate{leaf}, nil
+	}
+	chain = make([]*x509.Certificate, 0, 1+len(c.svidChain))
+	return append(append(chain, leaf), c.svidChain...), nil
+}
+
+// x509SVIDTemplate returns the certificate template of the X.509-SVID of
+// p (already checked) before any operator template: what SignX509SVID
+// documents, with a fresh serial and the validity computed from now.
+func (c *CA) x509SVIDTemplate(p X509SVIDParams) (*x509.Certificate, error) {
 	ttl := p.TTL
 	switch {
 	case ttl < 0:
@@ -153,23 +197,16 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 		DNSNames:              p.DNSNames,
 		AuthorityKeyId:        c.subjectKeyID,
 	}
-	// Operator template (template.go): nil = none, nothing done.
-	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
-		return nil, err
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
-	if err != nil {
-		return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("ca: parsing new X509-SVID: %w", err)
-	}
-	if len(c.svidChain) == 0 {
-		return []*x509.Certificate{leaf}, nil
-	}
-	chain = make([]*x509.Certificate, 0, 1+len(c.svidChain))
-	return append(append(chain, leaf), c.svidChain...), nil
+	return tmpl, nil
+}
+
+// svidEncoder returns the CA's fast X.509-SVID encoder, built on first
+// use, or nil when x509.CreateCertificate must sign this CA's SVIDs.
+func (c *CA) svidEncoder() *svidEncoder {
+	c.fastOnce.Do(func() {
+		c.fast, _ = newSVIDEncoder(c.cert, c.signer, c.subjectKeyID)
+	})
+	return c.fast
 }
 
 // SignX509SVIDFromCSR verifies the DER PKCS#10 request csrDER and mints an

@@ -1,0 +1,416 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// This file is the fast path of SignX509SVID: it encodes an X.509-SVID's
+// TBSCertificate itself, from parts of the CA encoded once (issuer name,
+// signature algorithm, the extensions every SVID shares), and signs it
+// once. x509.CreateCertificate encodes the same bytes through
+// encoding/asn1 and then verifies its own signature, which costs more
+// than the signature; the fast path verifies only the signatures
+// svidEncoder.mustVerify picks (see SECURITY.md, "Signing X.509-SVIDs").
+//
+// The output is byte for byte what x509.CreateCertificate produces for
+// the template SignX509SVID builds (fastsvid_test.go proves it for every
+// key type, with deterministic randomness); anything else (an operator
+// template, a CA key type not listed in newSVIDEncoder) takes
+// x509.CreateCertificate.
+
+// errNotFast says the fast path cannot encode a certificate; the caller
+// falls back to x509.CreateCertificate, which encodes it or explains why
+// not.
+var errNotFast = errors.New("ca: certificate not supported by the fast X.509-SVID encoder")
+
+// verifySampleInterval: besides the signatures svidEncoder.mustVerify
+// always checks, one signature in verifySampleInterval by an in-process
+// key is verified.
+const verifySampleInterval = 256
+
+// Object identifiers the fast path writes.
+var (
+	oidSigECDSAWithSHA256 = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
+	oidSigECDSAWithSHA384 = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 3}
+	oidSigSHA256WithRSA   = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}
+	oidCommonName         = asn1.ObjectIdentifier{2, 5, 4, 3}
+	oidExtKeyUsage        = asn1.ObjectIdentifier{2, 5, 29, 15}
+	oidExtExtKeyUsage     = asn1.ObjectIdentifier{2, 5, 29, 37}
+	oidExtBasicConstr     = asn1.ObjectIdentifier{2, 5, 29, 19}
+	oidExtAuthorityKeyID  = asn1.ObjectIdentifier{2, 5, 29, 35}
+	oidExtSubjectAltName  = asn1.ObjectIdentifier{2, 5, 29, 17}
+	oidEKUServerAuth      = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 1}
+	oidEKUClientAuth      = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 2}
+)
+
+// svidEncoder holds what every X.509-SVID of one CA shares, DER-encoded
+// once, and the state of the signature checks. It is safe for concurrent
+// use.
+type svidEncoder struct {
+	// cert is the CA certificate: its public key checks signatures.
+	cert *x509.Certificate
+	// sigAlg is the algorithm x509.CreateCertificate picks for the CA
+	// key, hash its digest, algID its DER AlgorithmIdentifier.
+	sigAlg x509.SignatureAlgorithm
+	hash   crypto.Hash
+	algID  []byte
+	// issuer is the CA's DER subject Name.
+	issuer []byte
+	// extsDS and extsDSKE are the DER extensions that precede the
+	// subject alternative names, for KeyUsage DigitalSignature and
+	// DigitalSignature|KeyEncipherment: key usage, extended key usage,
+	// basic constraints, authority key identifier.
+	extsDS, extsDSKE []byte
+
+	// checked is set once a signature has verified; cleared when the
+	// signer fails, so the next signature is verified again.
+	checked atomic.Bool
+	// distrust is set when a signature failed to verify: from then on
+	// every signature is verified.
+	distrust atomic.Bool
+	// count numbers the signatures, for the sample.
+	count atomic.Uint64
+}
+
+// newSVIDEncoder returns the encoder of the CA of cert, signed by signer
+// whose public key is the certificate's, or nil (with the reason, for
+// tests) when the fast path does not apply to this CA: a key type
+// x509.CreateCertificate signs otherwise than ECDSA P-256/SHA-256, ECDSA
+// P-384/SHA-384 or RSA PKCS#1 v1.5/SHA-256, or a signer that does not
+// match the certificate.
+func newSVIDEncoder(cert *x509.Certificate, signer crypto.Signer, authorityKeyID []byte) (*svidEncoder, error) {
+	if cert == nil || signer == nil || len(cert.RawSubject) == 0 {
+		return nil, errors.New("ca: fast encoder: no CA certificate or signer")
+	}
+	if !samePublicKey(signer.Public(), cert.PublicKey) {
+		return nil, errors.New("ca: fast encoder: signer does not match the CA certificate")
+	}
+	e := &svidEncoder{cert: cert, issuer: cert.RawSubject}
+	var b cryptobyte.Builder
+	switch k := signer.Public().(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			e.sigAlg, e.hash = x509.ECDSAWithSHA256, crypto.SHA256
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidSigECDSAWithSHA256) })
+		case elliptic.P384():
+			e.sigAlg, e.hash = x509.ECDSAWithSHA384, crypto.SHA384
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidSigECDSAWithSHA384) })
+		default:
+			return nil, fmt.Errorf("ca: fast encoder: CA curve %s not supported", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		e.sigAlg, e.hash = x509.SHA256WithRSA, crypto.SHA256
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(oidSigSHA256WithRSA)
+			b.AddASN1NULL()
+		})
+	default:
+		return nil, fmt.Errorf("ca: fast encoder: CA key type %T not supported", k)
+	}
+	var err error
+	if e.algID, err = b.Bytes(); err != nil {
+		return nil, fmt.Errorf("ca: fast encoder: %w", err)
+	}
+	if e.extsDS, err = fixedExtensions(x509.KeyUsageDigitalSignature, authorityKeyID); err != nil {
+		return nil, err
+	}
+	if e.extsDSKE, err = fixedExtensions(x509.KeyUsageDigitalSignature|x509.KeyUsageKeyEncipherment, authorityKeyID); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// fixedExtensions encodes, in x509.CreateCertificate's order, the
+// extensions of an SVID with key usage ku that precede its subject
+// alternative names: key usage (critical), extended key usage server
+// and client authentication, basic constraints CA=false (critical), and
+// the authority key identifier when aki is not empty.
+func fixedExtensions(ku x509.KeyUsage, aki []byte) ([]byte, error) {
+	// Key usage: a BIT STRING with bit i set for usage 1<<i, without
+	// trailing zero bits, as crypto/x509 writes it.
+	ku16 := uint16(ku)
+	kuBytes := []byte{bits.Reverse8(byte(ku16)), bits.Reverse8(byte(ku16 >> 8))}
+	if kuBytes[1] == 0 {
+		kuBytes = kuBytes[:1]
+	}
+	last := kuBytes[len(kuBytes)-1]
+	if last == 0 {
+		return nil, errors.New("ca: fast encoder: empty key usage")
+	}
+	unused := byte(bits.TrailingZeros8(last))
+
+	var b cryptobyte.Builder
+	addExtension(&b, oidExtKeyUsage, true, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
+			b.AddUint8(unused)
+			b.AddBytes(kuBytes)
+		})
+	})
+	addExtension(&b, oidExtExtKeyUsage, false, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(oidEKUServerAuth)
+			b.AddASN1ObjectIdentifier(oidEKUClientAuth)
+		})
+	})
+	// CA=false and no path length: both fields take their DEFAULT and
+	// are omitted, leaving an empty SEQUENCE.
+	addExtension(&b, oidExtBasicConstr, true, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
+	})
+	if len(aki) > 0 {
+		addExtension(&b, oidExtAuthorityKeyID, false, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(aki) })
+			})
+		})
+	}
+	der, err := b.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("ca: fast encoder: %w", err)
+	}
+	return der, nil
+}
+
+// addExtension appends an Extension: its OID, critical when it is, and
+// the OCTET STRING wrapping what value writes.
+func addExtension(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, critical bool, value cryptobyte.BuilderContinuation) {
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(oid)
+		if critical {
+			b.AddASN1Boolean(true)
+		}
+		b.AddASN1(cbasn1.OCTET_STRING, value)
+	})
+}
+
+// encodeTBS returns the DER TBSCertificate of tmpl, an X.509-SVID
+// template as SignX509SVID builds it, for the subject key pub; errNotFast
+// when tmpl has anything else.
+func (e *svidEncoder) encodeTBS(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
+	var fixed []byte
+	switch tmpl.KeyUsage {
+	case x509.KeyUsageDigitalSignature:
+		fixed = e.extsDS
+	case x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment:
+		fixed = e.extsDSKE
+	default:
+		return nil, errNotFast
+	}
+	if tmpl.SerialNumber == nil || tmpl.SerialNumber.Sign() <= 0 || len(tmpl.URIs) != 1 {
+		return nil, errNotFast
+	}
+	uri := tmpl.URIs[0].String()
+	cn := tmpl.Subject.CommonName
+	if !isASCII(uri) || !isASCII(cn) {
+		return nil, errNotFast
+	}
+	for _, n := range tmpl.DNSNames {
+		if !isASCII(n) {
+			return nil, errNotFast
+		}
+	}
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, errNotFast
+	}
+	notBefore, notAfter := tmpl.NotBefore.UTC(), tmpl.NotAfter.UTC()
+	if !encodableTime(notBefore) || !encodableTime(notAfter) {
+		return nil, errNotFast
+	}
+
+	b := cryptobyte.NewBuilder(make([]byte, 0, 512+len(spki)+len(uri)+len(cn)+dnsLen(tmpl.DNSNames)))
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddASN1Int64(2) // v3
+		})
+		b.AddASN1BigInt(tmpl.SerialNumber)
+		b.AddBytes(e.algID)
+		b.AddBytes(e.issuer)
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			addTime(b, notBefore)
+			addTime(b, notAfter)
+		})
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			if cn == "" {
+				return
+			}
+			b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddASN1ObjectIdentifier(oidCommonName)
+					tag := cbasn1.PrintableString
+					if !isPrintableString(cn) {
+						tag = cbasn1.UTF8String
+					}
+					b.AddASN1(tag, func(b *cryptobyte.Builder) { b.AddBytes([]byte(cn)) })
+				})
+			})
+		})
+		b.AddBytes(spki)
+		b.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddBytes(fixed)
+				// RFC 5280 4.2.1.6: the SANs are critical when the
+				// subject is empty.
+				addExtension(b, oidExtSubjectAltName, cn == "", func(b *cryptobyte.Builder) {
+					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+						for _, n := range tmpl.DNSNames {
+							b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(n)) })
+						}
+						b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(uri)) })
+					})
+				})
+			})
+		})
+	})
+	tbs, err := b.Bytes()
+	if err != nil {
+		return nil, errNotFast
+	}
+	return tbs, nil
+}
+
+// assemble returns the DER Certificate of tbs with signature sig.
+func (e *svidEncoder) assemble(tbs, sig []byte) ([]byte, error) {
+	b := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(e.algID)+len(sig)+16))
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(tbs)
+		b.AddBytes(e.algID)
+		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
+			b.AddUint8(0)
+			b.AddBytes(sig)
+		})
+	})
+	der, err := b.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("ca: assembling X509-SVID: %w", err)
+	}
+	return der, nil
+}
+
+// create returns the DER certificate of tmpl for pub signed by signer
+// (the CA key), or errNotFast. The signature is checked when mustVerify
+// says so; a signature that does not verify is an error, reported to obs
+// as a failed signature, and from then on every signature is checked.
+func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
+	tbs, err := e.encodeTBS(tmpl, pub)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := crypto.SignMessage(signer, rand.Reader, tbs, e.hash)
+	if err != nil {
+		// The key may come back changed (re-acquired): check the next
+		// signature.
+		e.checked.Store(false)
+		return nil, err
+	}
+	if e.mustVerify(signer) {
+		if err := e.cert.CheckSignature(e.sigAlg, tbs, sig); err != nil {
+			e.distrust.Store(true)
+			err = fmt.Errorf("signature by the CA key does not verify with the CA certificate: %w", err)
+			if obs != nil {
+				obs.KeyFailed(KeyOpSign, err)
+			}
+			return nil, err
+		}
+		e.checked.Store(true)
+	}
+	return e.assemble(tbs, sig)
+}
+
+// mustVerify reports whether the signature just made by signer is to be
+// checked: always when the key is not an in-process crypto/ecdsa or
+// crypto/rsa key (an HSM, a KMS, a TPM, a plugin's signer), when no
+// signature of this CA has been checked since it was created or since
+// its signer last failed, and once a signature has failed to verify;
+// otherwise one in verifySampleInterval.
+func (e *svidEncoder) mustVerify(signer crypto.Signer) bool {
+	if !inProcessKey(signer) || !e.checked.Load() || e.distrust.Load() {
+		return true
+	}
+	return e.count.Add(1)%verifySampleInterval == 0
+}
+
+// inProcessKey reports whether s signs with a crypto/ecdsa or crypto/rsa
+// private key held in this process, looking through the CA's signer
+// wrappers (re-acquire, key observer).
+func inProcessKey(s crypto.Signer) bool {
+	for {
+		switch k := s.(type) {
+		case *reacquiringSigner:
+			s = k.state.Load().signer
+		case observedSigner:
+			s = k.Signer
+		case *ecdsa.PrivateKey, *rsa.PrivateKey:
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// addTime appends t (UTC) as crypto/x509 writes a validity time: UTCTime
+// for the years 1950 to 2049, GeneralizedTime otherwise.
+func addTime(b *cryptobyte.Builder, t time.Time) {
+	if y := t.Year(); y >= 1950 && y < 2050 {
+		b.AddASN1UTCTime(t)
+		return
+	}
+	b.AddASN1GeneralizedTime(t)
+}
+
+// encodableTime reports whether t has a year a DER time can carry.
+func encodableTime(t time.Time) bool {
+	y := t.Year()
+	return y >= 0 && y <= 9999
+}
+
+// isASCII reports whether s is ASCII, as IA5String requires.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// isPrintableString reports whether encoding/asn1 writes the ASCII string
+// s as a PrintableString (its characters, without '*' or '&'); it writes
+// it as a UTF8String otherwise.
+func isPrintableString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9',
+			'\'' <= c && c <= ')', '+' <= c && c <= '/',
+			c == ' ', c == ':', c == '=', c == '?':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// dnsLen is the total length of names.
+func dnsLen(names []string) int {
+	n := 0
+	for _, s := range names {
+		n += len(s) + 4
+	}
+	return n
+}
