@@ -276,7 +276,7 @@ func (s *Server) serve(ctx context.Context, g *grpc.Server, l net.Listener) erro
 // FetchX509SVID streams the caller's X.509-SVIDs and bundles.
 func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
 	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509SVIDResponse, error) {
-		resp, err := x509SVIDResponse(snap)
+		resp, err := snap.x509SVIDResponse()
 		if err != nil {
 			s.log.Error("building X509SVIDResponse", zap.Error(err))
 			return nil, status.Error(codes.Internal, "cannot encode SVID")
@@ -289,7 +289,7 @@ func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.Server
 // caller entitled to at least one identity.
 func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
 	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509BundlesResponse, error) {
-		return x509BundlesResponse(snap), nil
+		return snap.x509BundlesResponse(), nil
 	})
 }
 
@@ -343,7 +343,9 @@ type changeSender[T any, PT protoPtr[T]] struct {
 
 func (c *changeSender[T, PT]) send(ctx context.Context, resp PT) error {
 	first := c.last == nil
-	if !first && proto.Equal(c.last, resp) {
+	// Responses are shared between streams (memoized per snapshot): the
+	// same one again is a repeat without comparing it.
+	if !first && (c.last == resp || proto.Equal(c.last, resp)) {
 		return nil
 	}
 	if !first {
@@ -429,6 +431,38 @@ func selectorStrings(sels []*sigilv1.Selector) []selectorString {
 		out[i] = selectorString{s}
 	}
 	return out
+}
+
+// x509SVIDResponse returns the snapshot's X509SVIDResponse, built on
+// the first call and shared, unmodified, by every later caller: the
+// snapshot does not change once handed out. A response that cannot be
+// built is not memoized.
+func (snap *X509Snapshot) x509SVIDResponse() (*workloadpb.X509SVIDResponse, error) {
+	if resp := snap.svidResp.Load(); resp != nil {
+		return resp, nil
+	}
+	resp, err := x509SVIDResponse(snap)
+	if err != nil {
+		return nil, err
+	}
+	// Concurrent first callers may build it twice; one of the equal
+	// results is kept.
+	if !snap.svidResp.CompareAndSwap(nil, resp) {
+		resp = snap.svidResp.Load()
+	}
+	return resp, nil
+}
+
+// x509BundlesResponse is x509SVIDResponse for FetchX509Bundles.
+func (snap *X509Snapshot) x509BundlesResponse() *workloadpb.X509BundlesResponse {
+	if resp := snap.bundlesResp.Load(); resp != nil {
+		return resp
+	}
+	resp := x509BundlesResponse(snap)
+	if !snap.bundlesResp.CompareAndSwap(nil, resp) {
+		resp = snap.bundlesResp.Load()
+	}
+	return resp
 }
 
 // x509SVIDResponse encodes a snapshot with at least one identity.
