@@ -46,30 +46,8 @@ func BenchmarkFetchX509SVIDAgentCache(b *testing.B) {
 	c.ReplaceEntries(entries)
 	mintAll(b, c, ca)
 
-	dir, err := os.MkdirTemp("", "agbench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "public", "api.sock")
-	l, err := workloadapi.Listen(sock)
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv, err := workloadapi.New(workloadapi.Config{Cache: c, Attestors: []workload.Attestor{unix.New()}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	b.Cleanup(func() { cancel(); <-done })
-
-	client, err := spiffewl.New(ctx, spiffewl.WithAddr("unix://"+sock))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { client.Close() })
+	client := serveCache(b, c, unix.New())
+	ctx := context.Background()
 	svid, err := client.FetchX509SVID(ctx) // connect, warm the hash cache
 	if err != nil {
 		b.Fatal(err)
@@ -94,6 +72,44 @@ func BenchmarkFetchX509SVIDAgentCache(b *testing.B) {
 	}
 	b.ReportMetric(pct(0.50), "p50-µs")
 	b.ReportMetric(pct(0.99), "p99-µs")
+}
+
+// serveCache serves c's Workload API with attestors on a socket of its
+// own until the test ends, and returns a go-spiffe client connected to
+// it.
+func serveCache(t testing.TB, c *cache, attestors ...workload.Attestor) *spiffewl.Client {
+	t.Helper()
+	// Keep the path short: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "agwl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "public", "api.sock")
+	l, err := workloadapi.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := workloadapi.New(workloadapi.Config{Cache: c, Attestors: attestors})
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	client, err := spiffewl.New(ctx, spiffewl.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client
 }
 
 // mintAll mints an SVID signed by ca for every entry of c that is due.
