@@ -50,7 +50,7 @@ type X509Snapshot struct {
 	// the server on first use and then shared (read-only) by every stream
 	// that sends the snapshot. svidResp holds the identities' key DER
 	// by reference, not a copy of it.
-	svidResp    atomic.Pointer[workloadpb.X509SVIDResponse]
+	svidResp    atomic.Pointer[encodedSVIDs]
 	bundlesResp atomic.Pointer[workloadpb.X509BundlesResponse]
 }
 
