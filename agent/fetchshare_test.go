@@ -256,3 +256,42 @@ func TestFetchSharedEncodingExact(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSharedMemosFreeDeleted: once an entry is deleted, the memos of
+// the subscriptions (views and shared snapshots) no longer hold it or
+// its SVID, even when no workload is subscribed any more.
+func TestSharedMemosFreeDeleted(t *testing.T) {
+	ca := newTestCA(t, time.Now())
+	c := newCache(testTD, zap.NewNop(), clock.NewFake(time.Now()))
+	c.SetBundle(x509bundle.FromX509Authorities(testTD, []*x509.Certificate{ca.cert}))
+	c.ReplaceEntries([]*sigilv1.Entry{labelEntry("a", "a", 1, "a"), labelEntry("b", "b", 2, "b")})
+	mintAll(t, c, ca)
+	for _, l := range []string{"a", "b"} {
+		sub := c.SubscribeX509(labelSels(l))
+		<-sub.Updates()
+		sub.Close()
+	}
+	c.mu.Lock()
+	gone := c.st.entries["a"]
+	c.mu.Unlock()
+	holds := func() (views, shared bool) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, v := range c.subs.views {
+			views = views || slices.Contains(v, gone)
+		}
+		for _, snap := range c.subs.shared {
+			for _, id := range snap.Identities {
+				shared = shared || id.PrivateKey == gone.svid.key
+			}
+		}
+		return views, shared
+	}
+	if v, s := holds(); !v || !s {
+		t.Fatalf("memos before deletion: views %v, shared %v; want both", v, s)
+	}
+	c.ApplyDelta(nil, []string{"a"})
+	if v, s := holds(); v || s {
+		t.Fatalf("memos after deletion: views %v, shared %v; want neither", v, s)
+	}
+}

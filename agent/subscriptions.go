@@ -154,10 +154,15 @@ func (ss *subscriptions) match(sub *subscription, st *x509State) {
 }
 
 // notify brings every subscription up to date with st. The snapshots
-// shared so far are dropped first (they may hold SVIDs no longer
-// served); the subscriptions share the new ones.
+// shared so far, and the views of an older entry set, are dropped first
+// (they may hold entries and SVIDs no longer served, which are then
+// freed); the subscriptions share the new ones.
 func (ss *subscriptions) notify(st *x509State) {
 	clear(ss.shared)
+	if ss.viewsVersion != st.version {
+		clear(ss.views)
+		ss.viewsVersion = st.version
+	}
 	for sub := range ss.subs {
 		ss.update(sub, st)
 	}
