@@ -1,8 +1,8 @@
 package agent
 
 import (
+	"encoding/binary"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -15,12 +15,30 @@ import (
 // subscriptions are the workloads watching their X.509 material. They
 // read the X.509 state and are guarded by the same lock (the cache's);
 // they have none of their own.
+//
+// Two memos spare a workload's fetch the work that does not depend on
+// it: views holds, by selector set, the entries that set matches (valid
+// for one version of the entry set), so that a new subscription does not
+// scan every entry; shared holds, by content key (contentKey), the
+// snapshots handed out, so that callers entitled to the same SVIDs get
+// the same snapshot, whose encoding the Workload API server builds once.
 type subscriptions struct {
 	subs map[*subscription]struct{}
+
+	views        map[string][]*entryState
+	viewsVersion uint64
+	shared       map[string]*workloadapi.X509Snapshot
 }
 
+// maxMemo bounds each memo of subscriptions; a full memo is emptied.
+const maxMemo = 1024
+
 func newSubscriptions() subscriptions {
-	return subscriptions{subs: make(map[*subscription]struct{})}
+	return subscriptions{
+		subs:   make(map[*subscription]struct{}),
+		views:  make(map[string][]*entryState),
+		shared: make(map[string]*workloadapi.X509Snapshot),
+	}
 }
 
 // subscription is one workload's watch. Its fields below ch are guarded
@@ -28,13 +46,38 @@ func newSubscriptions() subscriptions {
 type subscription struct {
 	c    *cache
 	sels registration.SelectorSet
-	ch   chan *workloadapi.X509Snapshot
+	// selKey is sels in canonical form (selectorKey), the key of its
+	// view; set by add.
+	selKey string
+	ch     chan *workloadapi.X509Snapshot
 
 	matchVersion uint64
 	matchValid   bool
-	matched      []*entryState
-	delivered    bool
-	last         string
+	// matched may be shared with other subscriptions (views): it is
+	// replaced, never modified.
+	matched   []*entryState
+	delivered bool
+	// last is the content key of the last snapshot sent.
+	last string
+}
+
+// selectorKey is a canonical, unambiguous encoding of a selector set:
+// its members sorted, each preceded by its length. Two sets have the same
+// key exactly when they hold the same selectors.
+func selectorKey(sels registration.SelectorSet) string {
+	members := make([]string, 0, len(sels))
+	n := 0
+	for s := range sels {
+		members = append(members, s)
+		n += len(s) + binary.MaxVarintLen64
+	}
+	slices.Sort(members)
+	b := make([]byte, 0, n)
+	for _, s := range members {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return string(b)
 }
 
 func (s *subscription) Updates() <-chan *workloadapi.X509Snapshot { return s.ch }
@@ -48,6 +91,7 @@ func (s *subscription) Close() {
 // add registers sub and sends it its first snapshot if it is ready. It
 // reports whether the snapshot was sent.
 func (ss *subscriptions) add(sub *subscription, st *x509State) bool {
+	sub.selKey = selectorKey(sub.sels)
 	ss.subs[sub] = struct{}{}
 	ss.update(sub, st)
 	return sub.delivered
@@ -75,52 +119,128 @@ func (ss *subscriptions) waiting(st *x509State) map[*entryState]bool {
 	return w
 }
 
-// match brings the subscription's matched entries up to date.
+// match brings the subscription's matched entries up to date, from the
+// view of its selector set when another subscription has computed it at
+// this version of the entry set.
 func (ss *subscriptions) match(sub *subscription, st *x509State) {
 	if sub.matchValid && sub.matchVersion == st.version {
 		return
 	}
-	sub.matched = sub.matched[:0]
-	for _, e := range st.entries {
-		if sub.sels.Contains(e.entry.GetSelectors()) {
-			sub.matched = append(sub.matched, e)
-		}
+	if ss.viewsVersion != st.version || len(ss.views) >= maxMemo {
+		clear(ss.views)
+		ss.viewsVersion = st.version
 	}
-	slices.SortFunc(sub.matched, func(a, b *entryState) int {
-		if a.entry.GetCreatedAt() != b.entry.GetCreatedAt() {
-			if a.entry.GetCreatedAt() < b.entry.GetCreatedAt() {
-				return -1
+	matched, ok := ss.views[sub.selKey]
+	if !ok {
+		for _, e := range st.entries {
+			if sub.sels.Contains(e.entry.GetSelectors()) {
+				matched = append(matched, e)
 			}
-			return 1
 		}
-		return strings.Compare(a.entry.GetId(), b.entry.GetId())
-	})
+		slices.SortFunc(matched, func(a, b *entryState) int {
+			if a.entry.GetCreatedAt() != b.entry.GetCreatedAt() {
+				if a.entry.GetCreatedAt() < b.entry.GetCreatedAt() {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(a.entry.GetId(), b.entry.GetId())
+		})
+		ss.views[sub.selKey] = matched
+	}
+	sub.matched = matched
 	sub.matchVersion = st.version
 	sub.matchValid = true
 }
 
-// notify brings every subscription up to date with st.
+// notify brings every subscription up to date with st. The snapshots
+// shared so far, and the views of an older entry set, are dropped first
+// (they may hold entries and SVIDs no longer served, which are then
+// freed); the subscriptions share the new ones.
 func (ss *subscriptions) notify(st *x509State) {
+	clear(ss.shared)
+	if ss.viewsVersion != st.version {
+		clear(ss.views)
+		ss.viewsVersion = st.version
+	}
 	for sub := range ss.subs {
 		ss.update(sub, st)
 	}
 }
 
+// contentKey appends to b a key of what a snapshot of entries (the
+// servable SVIDs among them) holds at st: the bundle's version, then the
+// generation of each entry served and the sequence number of its SVID,
+// then the version of each federated bundle included. Generations,
+// sequence numbers and versions are never reused and each names one
+// entry version, one SVID, one bundle, so two snapshots with the same key
+// hold the same SVIDs, keys, hints and bundles. It also reports whether
+// every entry has an SVID to serve.
+func contentKey(b []byte, st *x509State, entries []*entryState) (key []byte, complete bool) {
+	b = append(b, 'b')
+	b = binary.BigEndian.AppendUint64(b, st.bundleVersion)
+	complete = true
+	for _, e := range entries {
+		s := e.servable()
+		if s == nil {
+			complete = false
+			continue
+		}
+		b = append(b, 'e')
+		b = binary.BigEndian.AppendUint64(b, e.gen)
+		b = binary.BigEndian.AppendUint64(b, s.seq)
+	}
+	st.federatedOf(entries, func(f *fedBundle) {
+		if f.x509 == nil {
+			return
+		}
+		b = append(b, 'f')
+		b = binary.BigEndian.AppendUint64(b, f.x509Version)
+	})
+	return b, complete
+}
+
 // update sends the subscription a snapshot if it is ready and differs
-// from the last one sent.
+// from the last one sent. The snapshot is the one shared by every
+// subscription with the same content key, built by the first of them.
 func (ss *subscriptions) update(sub *subscription, st *x509State) {
 	ss.match(sub, st)
 	if st.bundle == nil || !st.synced {
 		return
 	}
-	ids := make([]workloadapi.X509Identity, 0, len(sub.matched))
-	var fp strings.Builder
-	fp.WriteString(strconv.FormatUint(st.bundleVersion, 10))
-	complete := true
-	for _, e := range sub.matched {
+	var buf [128]byte
+	key, complete := contentKey(buf[:0], st, sub.matched)
+	if !sub.delivered && !complete {
+		return
+	}
+	if sub.delivered && string(key) == sub.last {
+		return
+	}
+	snap := ss.shared[string(key)]
+	if snap == nil {
+		snap = buildSnapshot(st, sub.matched)
+		if len(ss.shared) >= maxMemo {
+			clear(ss.shared)
+		}
+		ss.shared[string(key)] = snap
+	}
+	// Latest wins: replace a snapshot the workload has not taken yet.
+	select {
+	case <-sub.ch:
+	default:
+	}
+	sub.ch <- snap
+	sub.delivered = true
+	sub.last = string(key)
+}
+
+// buildSnapshot returns the snapshot of entries at st: the servable SVID
+// of each, the bundle, and the federated bundles they name.
+func buildSnapshot(st *x509State, entries []*entryState) *workloadapi.X509Snapshot {
+	ids := make([]workloadapi.X509Identity, 0, len(entries))
+	for _, e := range entries {
 		s := e.servable()
 		if s == nil {
-			complete = false
 			continue
 		}
 		ids = append(ids, workloadapi.X509Identity{
@@ -132,18 +252,10 @@ func (ss *subscriptions) update(sub *subscription, st *x509State) {
 			KeyDER:     s.keyDER,
 			Hint:       e.entry.GetHint(),
 		})
-		fp.WriteByte('|')
-		fp.WriteString(e.entry.GetId())
-		fp.WriteByte(':')
-		fp.WriteString(strconv.FormatUint(s.seq, 10))
-		fp.WriteByte(':')
-		fp.WriteString(e.entry.GetHint())
 	}
-	// The federated bundles the matched entries name, by version: a
-	// change of one of them is a change of the snapshot, a change of any
-	// other is not. Nothing is allocated when no entry names one.
+	// Nothing is allocated when no entry names a federated bundle.
 	var federated map[spiffeid.TrustDomain]*x509bundle.Bundle
-	st.federatedOf(sub.matched, func(b *fedBundle) {
+	st.federatedOf(entries, func(b *fedBundle) {
 		if b.x509 == nil {
 			return
 		}
@@ -151,24 +263,6 @@ func (ss *subscriptions) update(sub *subscription, st *x509State) {
 			federated = make(map[spiffeid.TrustDomain]*x509bundle.Bundle)
 		}
 		federated[b.td] = b.x509
-		fp.WriteString("|f:")
-		fp.WriteString(b.td.Name())
-		fp.WriteByte(':')
-		fp.WriteString(strconv.FormatUint(b.x509Version, 10))
 	})
-	if !sub.delivered && !complete {
-		return
-	}
-	if sub.delivered && fp.String() == sub.last {
-		return
-	}
-	snap := &workloadapi.X509Snapshot{Identities: ids, Bundle: st.bundle, Federated: federated}
-	// Latest wins: replace a snapshot the workload has not taken yet.
-	select {
-	case <-sub.ch:
-	default:
-	}
-	sub.ch <- snap
-	sub.delivered = true
-	sub.last = fp.String()
+	return &workloadapi.X509Snapshot{Identities: ids, Bundle: st.bundle, Federated: federated}
 }

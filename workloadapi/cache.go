@@ -3,8 +3,10 @@ package workloadapi
 import (
 	"crypto"
 	"crypto/x509"
+	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -28,9 +30,11 @@ type X509Identity struct {
 	KeyDER   []byte
 }
 
-// X509Snapshot is what a workload is entitled to at one moment. Its
-// bundles must not be modified once handed out: the server memoizes
-// their encodings by pointer.
+// X509Snapshot is what a workload is entitled to at one moment. A
+// snapshot must not be modified once handed out: the server memoizes its
+// encodings (and those of its bundles) by pointer, so a Cache may hand
+// the same snapshot to every workload entitled to exactly its content,
+// which is then encoded once for all of them.
 type X509Snapshot struct {
 	// Identities are the SVIDs of every entry the workload matches; empty
 	// means the workload is entitled to nothing.
@@ -41,6 +45,13 @@ type X509Snapshot struct {
 	// workload's entries federate with (federates_with), keyed by trust
 	// domain; nil when there are none.
 	Federated map[spiffeid.TrustDomain]*x509bundle.Bundle
+
+	// svidResp and bundlesResp are the snapshot's encodings, built by
+	// the server on first use and then shared (read-only) by every stream
+	// that sends the snapshot. svidResp holds the identities' key DER
+	// by reference, not a copy of it.
+	svidResp    atomic.Pointer[encodedSVIDs]
+	bundlesResp atomic.Pointer[workloadpb.X509BundlesResponse]
 }
 
 // Cache is the agent's store of entries, SVIDs and bundles as the Workload

@@ -1,8 +1,10 @@
 package workloadapi
 
 import (
+	"encoding/binary"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -30,6 +32,11 @@ type MemoryCache struct {
 	// entry ID; kept apart from entries so that either may be set first.
 	federatesWith map[string][]spiffeid.TrustDomain
 	subs          map[*memSub]struct{}
+	// snaps are the snapshots handed out since the last change, by
+	// canonical selector set (memSelectorKey), shared by every workload
+	// with that set as the agent's cache shares them; emptied on every
+	// change.
+	snaps map[string]*X509Snapshot
 	// jwtChanged is closed and replaced on every change.
 	jwtChanged chan struct{}
 }
@@ -49,6 +56,7 @@ func NewMemoryCache() *MemoryCache {
 		entries:       make(map[string]memEntry),
 		federatesWith: make(map[string][]spiffeid.TrustDomain),
 		subs:          make(map[*memSub]struct{}),
+		snaps:         make(map[string]*X509Snapshot),
 		jwtChanged:    make(chan struct{}),
 	}
 }
@@ -161,12 +169,46 @@ func (c *MemoryCache) RemoveIdentity(entryID string) {
 
 // SubscribeX509 implements Cache. The first snapshot is ready at once.
 func (c *MemoryCache) SubscribeX509(selectors []*sigilv1.Selector) X509Subscription {
-	sub := &memSub{cache: c, selectors: selectorSet(selectors), ch: make(chan *X509Snapshot, 1)}
+	set := selectorSet(selectors)
+	sub := &memSub{cache: c, selectors: set, key: memSelectorKey(set), ch: make(chan *X509Snapshot, 1)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.subs[sub] = struct{}{}
-	sub.ch <- c.snapshotLocked(sub.selectors)
+	sub.ch <- c.sharedSnapshotLocked(sub)
 	return sub
+}
+
+// sharedSnapshotLocked returns the snapshot for sub's selectors, the one
+// already handed out since the last change if there is one.
+func (c *MemoryCache) sharedSnapshotLocked(sub *memSub) *X509Snapshot {
+	if snap := c.snaps[sub.key]; snap != nil {
+		return snap
+	}
+	snap := c.snapshotLocked(sub.selectors)
+	if len(c.snaps) >= 1024 {
+		clear(c.snaps)
+	}
+	c.snaps[sub.key] = snap
+	return snap
+}
+
+// memSelectorKey is a canonical, unambiguous encoding of a selector set:
+// each selector's type and value, length-prefixed, in sorted order.
+func memSelectorKey(set map[selectorKey]struct{}) string {
+	keys := slices.SortedFunc(maps.Keys(set), func(a, b selectorKey) int {
+		if c := strings.Compare(a.typ, b.typ); c != 0 {
+			return c
+		}
+		return strings.Compare(a.value, b.value)
+	})
+	var b []byte
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k.typ)))
+		b = append(b, k.typ...)
+		b = binary.AppendUvarint(b, uint64(len(k.value)))
+		b = append(b, k.value...)
+	}
+	return string(b)
 }
 
 type selectorKey struct{ typ, value string }
@@ -182,8 +224,9 @@ func selectorSet(selectors []*sigilv1.Selector) map[selectorKey]struct{} {
 func (c *MemoryCache) notifyLocked() {
 	close(c.jwtChanged)
 	c.jwtChanged = make(chan struct{})
+	clear(c.snaps)
 	for sub := range c.subs {
-		snap := c.snapshotLocked(sub.selectors)
+		snap := c.sharedSnapshotLocked(sub)
 		// Replace an undelivered snapshot: only the latest matters.
 		select {
 		case <-sub.ch:
@@ -229,6 +272,7 @@ func matches(entry []*sigilv1.Selector, have map[selectorKey]struct{}) bool {
 type memSub struct {
 	cache     *MemoryCache
 	selectors map[selectorKey]struct{}
+	key       string // memSelectorKey(selectors)
 	ch        chan *X509Snapshot
 	once      sync.Once
 }

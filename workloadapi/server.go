@@ -200,6 +200,9 @@ func New(cfg Config) (*Server, error) {
 		// Reuse goroutines for short calls instead of starting one per
 		// stream: fetches are many and small.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		// Responses shared between callers are sent in the wire form
+		// built once for all of them.
+		grpc.ForceServerCodecV2(newWireCodec()),
 	}
 	s.grpc = grpc.NewServer(opts...)
 	workloadpb.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
@@ -275,29 +278,31 @@ func (s *Server) serve(ctx context.Context, g *grpc.Server, l net.Listener) erro
 
 // FetchX509SVID streams the caller's X.509-SVIDs and bundles.
 func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
-	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509SVIDResponse, error) {
-		resp, err := x509SVIDResponse(snap)
+	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509SVIDResponse, any, error) {
+		enc, err := snap.encodedSVIDs()
 		if err != nil {
 			s.log.Error("building X509SVIDResponse", zap.Error(err))
-			return nil, status.Error(codes.Internal, "cannot encode SVID")
+			return nil, nil, status.Error(codes.Internal, "cannot encode SVID")
 		}
-		return resp, nil
+		return enc.resp, enc.wire, nil
 	})
 }
 
 // FetchX509Bundles streams the trust bundles (own and federated) to a
 // caller entitled to at least one identity.
 func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
-	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509BundlesResponse, error) {
-		return x509BundlesResponse(snap), nil
+	return streamX509(s, stream, func(snap *X509Snapshot) (*workloadpb.X509BundlesResponse, any, error) {
+		return snap.x509BundlesResponse(), nil, nil
 	})
 }
 
 // streamX509 is the loop of both X.509 fetch streams: it attests the
 // caller, subscribes to its identities and sends build(snapshot) each
 // time that changes what the caller would receive. A caller that has
-// (or is left with) no identity gets PermissionDenied.
-func streamX509[T any, PT protoPtr[T]](s *Server, stream grpc.ServerStreamingServer[T], build func(*X509Snapshot) (PT, error)) error {
+// (or is left with) no identity gets PermissionDenied. build returns the
+// message and, when it has one, its wire form (a *wireMessage), which is
+// what is sent.
+func streamX509[T any, PT protoPtr[T]](s *Server, stream grpc.ServerStreamingServer[T], build func(*X509Snapshot) (PT, any, error)) error {
 	ctx := stream.Context()
 	sels, err := s.attest(ctx)
 	if err != nil {
@@ -315,11 +320,11 @@ func streamX509[T any, PT protoPtr[T]](s *Server, stream grpc.ServerStreamingSer
 		if len(snap.Identities) == 0 {
 			return s.noIdentity(ctx, sels)
 		}
-		resp, err := build(snap)
+		resp, wire, err := build(snap)
 		if err != nil {
 			return err
 		}
-		if err := out.send(ctx, resp); err != nil {
+		if err := out.sendWire(ctx, resp, wire); err != nil {
 			return err
 		}
 	}
@@ -342,8 +347,16 @@ type changeSender[T any, PT protoPtr[T]] struct {
 }
 
 func (c *changeSender[T, PT]) send(ctx context.Context, resp PT) error {
+	return c.sendWire(ctx, resp, nil)
+}
+
+// sendWire is send for a message whose wire form, when not nil, is sent
+// in its place (see wireCodec).
+func (c *changeSender[T, PT]) sendWire(ctx context.Context, resp PT, wire any) error {
 	first := c.last == nil
-	if !first && proto.Equal(c.last, resp) {
+	// Responses are shared between streams (memoized per snapshot): the
+	// same one again is a repeat without comparing it.
+	if !first && (c.last == resp || proto.Equal(c.last, resp)) {
 		return nil
 	}
 	if !first {
@@ -351,7 +364,13 @@ func (c *changeSender[T, PT]) send(ctx context.Context, resp PT) error {
 			return err
 		}
 	}
-	if err := c.stream.Send((*T)(resp)); err != nil {
+	var err error
+	if wire != nil {
+		err = c.stream.SendMsg(wire)
+	} else {
+		err = c.stream.Send((*T)(resp))
+	}
+	if err != nil {
 		return err
 	}
 	if first {
@@ -429,6 +448,55 @@ func selectorStrings(sels []*sigilv1.Selector) []selectorString {
 		out[i] = selectorString{s}
 	}
 	return out
+}
+
+// x509SVIDResponse returns the snapshot's X509SVIDResponse, built on
+// the first call and shared, unmodified, by every later caller: the
+// snapshot does not change once handed out. A response that cannot be
+// built is not memoized.
+func (snap *X509Snapshot) x509SVIDResponse() (*workloadpb.X509SVIDResponse, error) {
+	enc, err := snap.encodedSVIDs()
+	if err != nil {
+		return nil, err
+	}
+	return enc.resp, nil
+}
+
+// encodedSVIDs is a snapshot's X509SVIDResponse and its wire form.
+type encodedSVIDs struct {
+	resp *workloadpb.X509SVIDResponse
+	wire *wireMessage
+}
+
+// encodedSVIDs returns the snapshot's memoized X509SVIDResponse and wire
+// form, building them on the first call.
+func (snap *X509Snapshot) encodedSVIDs() (*encodedSVIDs, error) {
+	if enc := snap.svidResp.Load(); enc != nil {
+		return enc, nil
+	}
+	resp, err := x509SVIDResponse(snap)
+	if err != nil {
+		return nil, err
+	}
+	enc := &encodedSVIDs{resp: resp, wire: encodeX509SVIDResponse(resp)}
+	// Concurrent first callers may build it twice; one of the equal
+	// results is kept.
+	if !snap.svidResp.CompareAndSwap(nil, enc) {
+		enc = snap.svidResp.Load()
+	}
+	return enc, nil
+}
+
+// x509BundlesResponse is x509SVIDResponse for FetchX509Bundles.
+func (snap *X509Snapshot) x509BundlesResponse() *workloadpb.X509BundlesResponse {
+	if resp := snap.bundlesResp.Load(); resp != nil {
+		return resp
+	}
+	resp := x509BundlesResponse(snap)
+	if !snap.bundlesResp.CompareAndSwap(nil, resp) {
+		resp = snap.bundlesResp.Load()
+	}
+	return resp
 }
 
 // x509SVIDResponse encodes a snapshot with at least one identity.
