@@ -70,7 +70,10 @@ func TestWriteTable(t *testing.T) {
 	if len(lines) != 5 {
 		t.Fatalf("%d lines, want header + 4:\n%s", len(lines), b.String())
 	}
-	for _, want := range []struct{ line int; parts []string }{
+	for _, want := range []struct {
+		line  int
+		parts []string
+	}{
 		{0, []string{"figure", "value", "limit", "ratio", "goal", "SPIRE"}},
 		{2, []string{"X.509-SVIDs via node API batch", "12800", "16000", "0.80", "≥ 0.75 of limit", "~500/s end to end", "PASS"}},
 		{3, []string{"cached fetch p99, deployed", "0.860", "ms", "≤ 0.5 ms", "2.17 ms", "FAIL"}},
