@@ -266,6 +266,9 @@ type Change struct {
 	Old, New   *float64
 	// Delta is (New-Old)/Old; nil when either is missing or Old is 0.
 	Delta *float64
+	// OldRatio, NewRatio are the figure's ratios to its limit in each run:
+	// on a shared machine the limits move with the load, the ratios less.
+	OldRatio, NewRatio *float64
 	// OldPass, NewPass are the goal markers of the two runs.
 	OldPass, NewPass *bool
 }
@@ -282,10 +285,10 @@ func compareReports(old, new Report) []Change {
 	add := func(o, n *Figure, name, unit string) {
 		c := Change{Name: name, Unit: unit}
 		if o != nil {
-			c.Old, c.OldPass = o.Value, o.Pass
+			c.Old, c.OldRatio, c.OldPass = o.Value, o.Ratio, o.Pass
 		}
 		if n != nil {
-			c.New, c.NewPass = n.Value, n.Pass
+			c.New, c.NewRatio, c.NewPass = n.Value, n.Ratio, n.Pass
 		}
 		if c.Old != nil && c.New != nil && *c.Old != 0 {
 			d := (*c.New - *c.Old) / *c.Old
@@ -311,10 +314,16 @@ func compareReports(old, new Report) []Change {
 	return out
 }
 
-// writeComparison prints changes as a table: old, new, relative change
-// and the goal markers when they differ.
+// writeComparison prints changes as a table: old, new, relative change,
+// the ratios to the limits, and the goal markers when they differ.
 func writeComparison(w io.Writer, changes []Change) error {
-	rows := [][]string{{"figure", "unit", "old", "new", "change", ""}}
+	rows := [][]string{{"figure", "unit", "old", "new", "change", "old ratio", "new ratio", ""}}
+	ratio := func(v *float64) string {
+		if v == nil {
+			return dash
+		}
+		return fmt.Sprintf("%.2f", *v)
+	}
 	val := func(v *float64) string {
 		if v == nil {
 			return dash
@@ -339,7 +348,7 @@ func writeComparison(w io.Writer, changes []Change) error {
 		if mark(c.OldPass) != mark(c.NewPass) {
 			note = mark(c.OldPass) + " -> " + mark(c.NewPass)
 		}
-		rows = append(rows, []string{c.Name, c.Unit, val(c.Old), val(c.New), d, note})
+		rows = append(rows, []string{c.Name, c.Unit, val(c.Old), val(c.New), d, ratio(c.OldRatio), ratio(c.NewRatio), note})
 	}
 	width := make([]int, len(rows[0]))
 	for _, r := range rows {
@@ -351,7 +360,7 @@ func writeComparison(w io.Writer, changes []Change) error {
 	for _, r := range rows {
 		for i, c := range r {
 			pad := strings.Repeat(" ", width[i]-len([]rune(c)))
-			if i >= 2 && i <= 4 {
+			if i >= 2 && i <= 6 {
 				b.WriteString(pad + c)
 			} else {
 				b.WriteString(c + pad)

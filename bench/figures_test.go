@@ -157,7 +157,10 @@ func TestReportRoundTripAndCompare(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"-14.1%", "-50.0%", "PASS -> FAIL", "FAIL -> PASS"} {
+	if c := byName["X.509-SVIDs via node API batch"]; c.OldRatio == nil || c.NewRatio == nil || *c.OldRatio != 0.8 || *c.NewRatio != 11000.0/16000 {
+		t.Errorf("issuance ratios %v -> %v, want 0.8 -> %v", c.OldRatio, c.NewRatio, 11000.0/16000)
+	}
+	for _, want := range []string{"-14.1%", "-50.0%", "PASS -> FAIL", "FAIL -> PASS", "0.80", "0.69"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("comparison lacks %q:\n%s", want, out)
 		}

@@ -512,7 +512,7 @@ func agentBench(ctx context.Context, srv *server.Server, admin sigilv1.AdminClie
 	// Live heap of server and agent together, not RSS of each: the goal is
 	// shown but not checked.
 	record(newFigure("live heap per entry + SVID (server+agent)", perEntry/1024, "KiB", 0,
-		&Goal{Text: "≤ 4 KiB RSS each (not checked: heap)"}, "170/131 MiB at 5,000"))
+		&Goal{Text: "≤ 4 KiB RSS each (not checked: heap)"}, "170/131 MiB RSS (server/agent) at 5,000"))
 	fmt.Printf("memory after deleting them:                 %+9.0f KiB against the heap before they were created (they used %.0f KiB)\n",
 		(float64(heapAfter)-float64(heapBase))/1024, float64(heapFull-heapBase)/1024)
 
