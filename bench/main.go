@@ -1,8 +1,12 @@
 // Command bench measures Sigil's hot paths on this machine and prints each
 // figure beside the machine's own limit measured in the same run:
 //
-//   - raw ECDSA P-256 signatures per second and raw CSR check + certificate
-//     creation per second (the ceiling for issuance);
+//   - first, the raw limits: ECDSA P-256 signatures, verifications, and one
+//     verify + one sign (the X.509-SVID limit) per second, 4 KiB
+//     write+fsync per second on the data directory's file system, and TLS
+//     1.3 handshakes per second over loopback (alone: go run ./bench
+//     -limits-only); then the ca package's CSR check + certificate
+//     creation per second;
 //   - X.509-SVIDs per second through the server's batch path over the node
 //     API (real TLS, real Raft-backed server, loopback);
 //   - X.509-SVIDs per second end to end through a real agent (local key
@@ -21,6 +25,12 @@
 //     rate and the cached FetchX509SVID p50/p99 with the metrics on and
 //     off, side by side with their ratio (alone: go run ./bench
 //     -metrics-only).
+//
+// The run ends with a summary table of every figure (value, unit, limit,
+// ratio, issue 15's goal with PASS/FAIL where this run can check it, and
+// SPIRE's reference numbers quoted in the issue); -json FILE writes the
+// same rows, and -compare OLD.json NEW.json prints the change per figure.
+// See docs/bench.md.
 //
 // Run it with `make bench`. Every loop is bounded in count and time.
 package main
