@@ -69,7 +69,7 @@ integration: build
 	$(GO) test -race -count=1 -timeout 10m ./integration/...
 
 bench:
-	$(GO) run ./bench
+	$(GO) run ./bench $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./ca/ ./ca/keymanager/pkcs11/ ./mtls/...
 
 # fuzz runs every FuzzXxx target of the module for FUZZTIME each.

@@ -145,7 +145,14 @@ func (floodCodec) Unmarshal(data []byte, v any) error {
 func (floodCodec) Name() string { return "proto" }
 
 // vmHWM is a process's peak resident set size in bytes.
-func vmHWM(pid int) (int64, error) {
+func vmHWM(pid int) (int64, error) { return procStatus(pid, "VmHWM") }
+
+// vmRSS is a process's resident set size in bytes.
+func vmRSS(pid int) (int64, error) { return procStatus(pid, "VmRSS") }
+
+// procStatus is a size field ("VmHWM", "VmRSS") of /proc/PID/status in
+// bytes.
+func procStatus(pid int, field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, fmt.Errorf("attest flood: %w", err)
@@ -153,13 +160,13 @@ func vmHWM(pid int) (int64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("attest flood: VmHWM %q: %w", rest, err)
+				return 0, fmt.Errorf("attest flood: %s %q: %w", field, rest, err)
 			}
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("attest flood: no VmHWM in /proc/%d/status", pid)
+	return 0, fmt.Errorf("attest flood: no %s in /proc/%d/status", field, pid)
 }
