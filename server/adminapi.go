@@ -42,40 +42,68 @@ func errStatus(c codes.Code, msg string) *sigilv1.Status {
 	return &sigilv1.Status{Code: int32(c), Message: msg}
 }
 
+// maxEntriesPerCommand is the most entries one Raft command of an admin
+// batch carries. A memdb write transaction that changes more index nodes
+// than go-immutable-radix tracks (8,192 per index) falls back to walking
+// every index tree at commit to find its watch channels, a cost that grows
+// with the whole store rather than with the batch; 1,000 entries stay well
+// under that, and a larger batch becomes a few commands, each one fsync.
+const maxEntriesPerCommand = 1000
+
+// BatchCreateEntry validates every entry here, outside the FSM (which
+// repeats only the checks it needs to refuse a bad entry arriving in the
+// log), and creates the valid ones with one Raft command per
+// maxEntriesPerCommand entries. A batch larger than MaxAdminBatch is
+// refused whole with InvalidArgument before anything is decoded further.
+// When a command after the first fails to commit, the entries of the
+// commands already committed keep their results and every later entry is
+// answered with the commit's error.
 func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreateEntryRequest) (*sigilv1.BatchCreateEntryResponse, error) {
 	s := a.s
 	if len(req.Entries) > MaxAdminBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "batch of %d exceeds the limit of %d", len(req.Entries), MaxAdminBatch)
 	}
 	results := make([]*sigilv1.EntryResult, len(req.Entries))
-	var toCreate []*sigilv1.Entry
-	var idx []int
+	toCreate := make([]*sigilv1.Entry, 0, len(req.Entries))
+	idx := make([]int, 0, len(req.Entries))
 	now := s.cfg.Clock.Now().Unix()
-	for i, in := range req.Entries {
-		e := proto.Clone(in).(*sigilv1.Entry)
+	for i, e := range req.Entries {
 		if err := registration.ValidateInput(s.td, e); err != nil {
-			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: in}
+			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: e}
 			continue
 		}
 		id, err := newEntryID()
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "entry id: %v", err)
 		}
+		// The request was decoded for this call alone, so its entries are
+		// ours to fill in; the FSM stores its own copy decoded from the log.
 		e.Id, e.CreatedAt, e.Revision, e.ModifyIndex = id, now, 0, 0
 		toCreate = append(toCreate, e)
 		idx = append(idx, i)
 	}
-	if len(toCreate) > 0 {
-		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: toCreate}}})
+	for start := 0; start < len(toCreate); start += maxEntriesPerCommand {
+		chunk := toCreate[start:min(start+maxEntriesPerCommand, len(toCreate))]
+		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: chunk}}})
 		if err != nil {
-			return nil, storeError(err)
+			if start == 0 {
+				return nil, storeError(err)
+			}
+			st := status.Convert(storeError(err))
+			for j := start; j < len(toCreate); j++ {
+				results[idx[j]] = &sigilv1.EntryResult{Status: errStatus(st.Code(), st.Message()), Entry: toCreate[j]}
+			}
+			break
 		}
-		for j, e := range toCreate {
+		// One read snapshot for the whole command: it was applied here
+		// before apply returned.
+		r := s.store.Read()
+		for j, e := range chunk {
 			st := resultAt(res, j)
-			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: e}
+			results[idx[start+j]] = &sigilv1.EntryResult{Status: st, Entry: e}
 			if st.Code == 0 {
-				if stored, err := s.store.Read().Entry(e.Id); err == nil {
-					results[idx[j]].Entry = stored
+				if stored, err := r.Entry(e.Id); err == nil {
+					results[idx[start+j]].Entry = stored
 				}
 				s.auditEntry(ctx, "entry_created", "entry created", e)
 			}
