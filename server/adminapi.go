@@ -82,6 +82,7 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 		toCreate = append(toCreate, e)
 		idx = append(idx, i)
 	}
+	var auditCreated func(what, msg string, e *sigilv1.Entry)
 	for start := 0; start < len(toCreate); start += maxEntriesPerCommand {
 		chunk := toCreate[start:min(start+maxEntriesPerCommand, len(toCreate))]
 		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: chunk}}})
@@ -98,6 +99,9 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 		// One read snapshot for the whole command: it was applied here
 		// before apply returned.
 		r := s.store.Read()
+		if auditCreated == nil {
+			auditCreated = s.entryAuditor(ctx)
+		}
 		for j, e := range chunk {
 			st := resultAt(res, j)
 			results[idx[start+j]] = &sigilv1.EntryResult{Status: st, Entry: e}
@@ -105,7 +109,7 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 				if stored, err := r.Entry(e.Id); err == nil {
 					results[idx[start+j]].Entry = stored
 				}
-				s.auditEntry(ctx, "entry_created", "entry created", e)
+				auditCreated("entry_created", "entry created", e)
 			}
 		}
 	}
@@ -367,10 +371,25 @@ func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (
 
 // auditEntry records an entry written by the admin API.
 func (s *Server) auditEntry(ctx context.Context, what, msg string, e *sigilv1.Entry) {
-	s.auditAdmin(ctx, audit.Event{What: what, Who: audit.Admin, Subject: e.Id, Message: msg, Fields: []audit.Field{
-		audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId), audit.String("parent_id", e.ParentId),
-		audit.Strings("selectors", selectorStrings(e.Selectors)),
-	}})
+	s.entryAuditor(ctx)(what, msg, e)
+}
+
+// entryAuditor returns a function that emits the audit event of one entry
+// operation of the admin call of ctx, exactly as auditAdmin would (the
+// caller's Who and fields when ctx has one), with the caller looked up once
+// for a whole batch and each event's fields allocated once.
+func (s *Server) entryAuditor(ctx context.Context) func(what, msg string, e *sigilv1.Entry) {
+	who := audit.Admin
+	var callerFields []audit.Field
+	if c, ok := adminCallerFrom(ctx); ok {
+		who, callerFields = c.who(), c.fields()
+	}
+	return func(what, msg string, e *sigilv1.Entry) {
+		fs := make([]audit.Field, 0, 4+len(callerFields))
+		fs = append(fs, audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId), audit.String("parent_id", e.ParentId),
+			audit.Strings("selectors", selectorStrings(e.Selectors)))
+		s.audit(audit.Event{What: what, Who: who, Subject: e.Id, Message: msg, Fields: append(fs, callerFields...)})
+	}
 }
 
 func selectorStrings(sels []*sigilv1.Selector) []string {
