@@ -50,6 +50,31 @@ func errStatus(c codes.Code, msg string) *sigilv1.Status {
 // under that, and a larger batch becomes a few commands, each one fsync.
 const maxEntriesPerCommand = 1000
 
+// applyInCommands applies the n items of an admin batch as one Raft
+// command per maxEntriesPerCommand items, in order: cmd builds the command
+// of items [lo, hi) and done receives its result once it is committed and
+// applied here. When the first command fails its error is returned (the
+// batch changed nothing); when a later one fails, failed receives lo, the
+// first item not committed, and the commit's status, and the remaining
+// items are not attempted.
+func (s *Server) applyInCommands(ctx context.Context, n int, cmd func(lo, hi int) *storepb.Command,
+	done func(lo, hi int, res *storepb.CommandResult), failed func(lo int, st *sigilv1.Status)) error {
+	for lo := 0; lo < n; lo += maxEntriesPerCommand {
+		hi := min(lo+maxEntriesPerCommand, n)
+		res, err := s.apply(ctx, cmd(lo, hi))
+		if err != nil {
+			if lo == 0 {
+				return storeError(err)
+			}
+			st := status.Convert(storeError(err))
+			failed(lo, errStatus(st.Code(), st.Message()))
+			return nil
+		}
+		done(lo, hi, res)
+	}
+	return nil
+}
+
 // BatchCreateEntry validates every entry here, outside the FSM (which
 // repeats only the checks it needs to refuse a bad entry arriving in the
 // log), and creates the valid ones with one Raft command per
@@ -82,40 +107,37 @@ func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreat
 		toCreate = append(toCreate, e)
 		idx = append(idx, i)
 	}
-	var auditCreated func(what, msg string, e *sigilv1.Entry)
-	for start := 0; start < len(toCreate); start += maxEntriesPerCommand {
-		chunk := toCreate[start:min(start+maxEntriesPerCommand, len(toCreate))]
-		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: chunk}}})
-		if err != nil {
-			if start == 0 {
-				return nil, storeError(err)
-			}
-			st := status.Convert(storeError(err))
-			for j := start; j < len(toCreate); j++ {
-				results[idx[j]] = &sigilv1.EntryResult{Status: errStatus(st.Code(), st.Message()), Entry: toCreate[j]}
-			}
-			break
-		}
-		// One read snapshot for the whole command: it was applied here
-		// before apply returned.
+	auditCreated := s.entryAuditor(ctx)
+	err := s.applyInCommands(ctx, len(toCreate), func(lo, hi int) *storepb.Command {
+		return &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: toCreate[lo:hi]}}}
+	}, func(lo, hi int, res *storepb.CommandResult) {
+		// One read snapshot per command: it was applied here before
+		// apply returned.
 		r := s.store.Read()
-		if auditCreated == nil {
-			auditCreated = s.entryAuditor(ctx)
-		}
-		for j, e := range chunk {
+		for j, e := range toCreate[lo:hi] {
 			st := resultAt(res, j)
-			results[idx[start+j]] = &sigilv1.EntryResult{Status: st, Entry: e}
+			results[idx[lo+j]] = &sigilv1.EntryResult{Status: st, Entry: e}
 			if st.Code == 0 {
 				if stored, err := r.Entry(e.Id); err == nil {
-					results[idx[start+j]].Entry = stored
+					results[idx[lo+j]].Entry = stored
 				}
 				auditCreated("entry_created", "entry created", e)
 			}
 		}
+	}, func(lo int, st *sigilv1.Status) {
+		for j := lo; j < len(toCreate); j++ {
+			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: toCreate[j]}
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &sigilv1.BatchCreateEntryResponse{Results: results}, nil
 }
 
+// BatchUpdateEntry validates every entry here and updates the valid ones
+// with one Raft command per maxEntriesPerCommand entries, as
+// BatchCreateEntry does.
 func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdateEntryRequest) (*sigilv1.BatchUpdateEntryResponse, error) {
 	s := a.s
 	if len(req.Entries) > MaxAdminBatch {
@@ -137,25 +159,34 @@ func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdat
 		toUpdate = append(toUpdate, e)
 		idx = append(idx, i)
 	}
-	if len(toUpdate) > 0 {
-		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_UpdateEntries{UpdateEntries: &storepb.UpdateEntries{Entries: toUpdate}}})
-		if err != nil {
-			return nil, storeError(err)
-		}
-		for j, e := range toUpdate {
+	auditUpdated := s.entryAuditor(ctx)
+	err := s.applyInCommands(ctx, len(toUpdate), func(lo, hi int) *storepb.Command {
+		return &storepb.Command{Op: &storepb.Command_UpdateEntries{UpdateEntries: &storepb.UpdateEntries{Entries: toUpdate[lo:hi]}}}
+	}, func(lo, hi int, res *storepb.CommandResult) {
+		r := s.store.Read()
+		for j, e := range toUpdate[lo:hi] {
 			st := resultAt(res, j)
-			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: e}
+			results[idx[lo+j]] = &sigilv1.EntryResult{Status: st, Entry: e}
 			if st.Code == 0 {
-				if stored, err := s.store.Read().Entry(e.Id); err == nil {
-					results[idx[j]].Entry = stored
+				if stored, err := r.Entry(e.Id); err == nil {
+					results[idx[lo+j]].Entry = stored
 				}
-				s.auditEntry(ctx, "entry_updated", "entry updated", e)
+				auditUpdated("entry_updated", "entry updated", e)
 			}
 		}
+	}, func(lo int, st *sigilv1.Status) {
+		for j := lo; j < len(toUpdate); j++ {
+			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: toUpdate[j]}
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &sigilv1.BatchUpdateEntryResponse{Results: results}, nil
 }
 
+// BatchDeleteEntry deletes the entries of well-formed ids with one Raft
+// command per maxEntriesPerCommand ids, as BatchCreateEntry does.
 func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDeleteEntryRequest) (*sigilv1.BatchDeleteEntryResponse, error) {
 	s := a.s
 	if len(req.Ids) > MaxAdminBatch {
@@ -179,17 +210,24 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 	if len(toDelete) == 0 {
 		return out, nil
 	}
-	res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_DeleteEntries{DeleteEntries: &storepb.DeleteEntries{Ids: toDelete}}})
-	if err != nil {
-		return nil, storeError(err)
-	}
-	for j, id := range toDelete {
-		st := resultAt(res, j)
-		out.Results[idx[j]] = &sigilv1.DeleteResult{Id: id, Status: st}
-		if st.Code == 0 {
-			s.auditAdmin(ctx, audit.Event{What: "entry_deleted", Who: audit.Admin, Subject: id, Message: "entry deleted",
-				Fields: []audit.Field{audit.String("entry_id", id)}})
+	err := s.applyInCommands(ctx, len(toDelete), func(lo, hi int) *storepb.Command {
+		return &storepb.Command{Op: &storepb.Command_DeleteEntries{DeleteEntries: &storepb.DeleteEntries{Ids: toDelete[lo:hi]}}}
+	}, func(lo, hi int, res *storepb.CommandResult) {
+		for j, id := range toDelete[lo:hi] {
+			st := resultAt(res, j)
+			out.Results[idx[lo+j]] = &sigilv1.DeleteResult{Id: id, Status: st}
+			if st.Code == 0 {
+				s.auditAdmin(ctx, audit.Event{What: "entry_deleted", Who: audit.Admin, Subject: id, Message: "entry deleted",
+					Fields: []audit.Field{audit.String("entry_id", id)}})
+			}
 		}
+	}, func(lo int, st *sigilv1.Status) {
+		for j := lo; j < len(toDelete); j++ {
+			out.Results[idx[j]] = &sigilv1.DeleteResult{Id: toDelete[j], Status: st}
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

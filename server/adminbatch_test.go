@@ -118,6 +118,60 @@ func TestBatchCreateEntryAcrossCommands(t *testing.T) {
 	}
 }
 
+// TestBatchUpdateDeleteEntryAcrossCommands: updates and deletes of more
+// entries than one Raft command carries apply to every entry, with each
+// result at its request index.
+func TestBatchUpdateDeleteEntryAcrossCommands(t *testing.T) {
+	h := startServer(t)
+	a := h.attest()
+	const n = 2*maxEntriesPerCommand + 10
+	entries := make([]*sigilv1.Entry, n)
+	for i := range entries {
+		entries[i] = &sigilv1.Entry{SpiffeId: "spiffe://example.org/w/" + strconv.Itoa(i), ParentId: a.id,
+			Selectors: []*sigilv1.Selector{{Type: "unix", Value: "uid:" + strconv.Itoa(i)}}}
+	}
+	ctx := context.Background()
+	resp, err := h.admin.BatchCreateEntry(ctx, &sigilv1.BatchCreateEntryRequest{Entries: entries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := make([]*sigilv1.Entry, n)
+	ids := make([]string, n)
+	for i, r := range resp.Results {
+		if r.Status.GetCode() != 0 {
+			t.Fatalf("create %d: %v", i, r.Status)
+		}
+		stored[i], ids[i] = r.Entry, r.Entry.Id
+		stored[i].X509SvidTtl = 600
+	}
+	up, err := h.admin.BatchUpdateEntry(ctx, &sigilv1.BatchUpdateEntryRequest{Entries: stored})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range up.Results {
+		if r.Status.GetCode() != 0 || r.Entry.GetId() != ids[i] || r.Entry.GetRevision() != 1 || r.Entry.GetX509SvidTtl() != 600 {
+			t.Fatalf("update %d: %v %v", i, r.Status, r.Entry)
+		}
+	}
+	unknown := strings.Repeat("0", 32)
+	del, err := h.admin.BatchDeleteEntry(ctx, &sigilv1.BatchDeleteEntryRequest{Ids: append(ids, unknown)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range del.Results[:n] {
+		if r.Status.GetCode() != 0 || r.Id != ids[i] {
+			t.Fatalf("delete %d: %v %s", i, r.Status, r.Id)
+		}
+	}
+	if last := del.Results[n]; codes.Code(last.Status.GetCode()) != codes.NotFound || last.Id != unknown {
+		t.Fatalf("delete of an unknown id: %v", last)
+	}
+	list, err := h.admin.ListEntries(ctx, &sigilv1.ListEntriesRequest{})
+	if err != nil || len(list.Entries) != 0 {
+		t.Fatalf("entries after deleting all: %d, %v", len(list.GetEntries()), err)
+	}
+}
+
 // TestBatchCreateEntryOverLimit: one entry past MaxAdminBatch refuses the
 // whole call with InvalidArgument naming the limit, and creates nothing;
 // exactly MaxAdminBatch is accepted.
