@@ -1,6 +1,8 @@
 package raftstore
 
 import (
+	"fmt"
+
 	"github.com/hashicorp/go-memdb"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -77,11 +79,11 @@ func schema() *memdb.DBSchema {
 		tableEntries: {
 			Name: tableEntries,
 			Indexes: map[string]*memdb.IndexSchema{
-				indexID:       {Name: indexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-				indexSPIFFEID: {Name: indexSPIFFEID, Indexer: &memdb.StringFieldIndex{Field: "SPIFFEID"}},
-				indexParentID: {Name: indexParentID, Indexer: &memdb.StringFieldIndex{Field: "ParentID"}},
-				indexSelector: {Name: indexSelector, Indexer: &memdb.StringSliceFieldIndex{Field: "Selectors"}},
-				indexKey:      {Name: indexKey, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
+				indexID:       {Name: indexID, Unique: true, Indexer: entryIndex(func(r *entryRow) string { return r.ID })},
+				indexSPIFFEID: {Name: indexSPIFFEID, Indexer: entryIndex(func(r *entryRow) string { return r.SPIFFEID })},
+				indexParentID: {Name: indexParentID, Indexer: entryIndex(func(r *entryRow) string { return r.ParentID })},
+				indexSelector: {Name: indexSelector, Indexer: &entrySelectorIndex{}},
+				indexKey:      {Name: indexKey, Unique: true, Indexer: entryIndex(func(r *entryRow) string { return r.Key })},
 			},
 		},
 		tableNodes: {
@@ -162,4 +164,65 @@ func newMemDB() *memdb.MemDB {
 		panic("raftstore: invalid memdb schema: " + err.Error())
 	}
 	return db
+}
+
+// entryStringIndex indexes one string field of an *entryRow without
+// reflection. Its keys are byte for byte those of memdb.StringFieldIndex
+// (the value and a NUL; no key for an empty value), whose FromArgs and
+// PrefixFromArgs it keeps.
+type entryStringIndex struct {
+	memdb.StringFieldIndex
+	field func(*entryRow) string
+}
+
+func entryIndex(field func(*entryRow) string) *entryStringIndex {
+	return &entryStringIndex{field: field}
+}
+
+// FromObject returns the field's key.
+func (x *entryStringIndex) FromObject(obj interface{}) (bool, []byte, error) {
+	r, ok := obj.(*entryRow)
+	if !ok {
+		return false, nil, fmt.Errorf("raftstore: entry index: object is %T, not *entryRow", obj)
+	}
+	v := x.field(r)
+	if v == "" {
+		return false, nil, nil
+	}
+	return true, nulTerminated(v), nil
+}
+
+// entrySelectorIndex indexes the selectors of an *entryRow without
+// reflection, one key per non-empty selector as memdb.StringSliceFieldIndex
+// does, whose FromArgs and PrefixFromArgs it keeps.
+type entrySelectorIndex struct {
+	memdb.StringSliceFieldIndex
+}
+
+// FromObject returns one key per non-empty selector.
+func (x *entrySelectorIndex) FromObject(obj interface{}) (bool, [][]byte, error) {
+	r, ok := obj.(*entryRow)
+	if !ok {
+		return false, nil, fmt.Errorf("raftstore: selector index: object is %T, not *entryRow", obj)
+	}
+	vals := make([][]byte, 0, len(r.Selectors))
+	for _, s := range r.Selectors {
+		if s != "" {
+			vals = append(vals, nulTerminated(s))
+		}
+	}
+	if len(vals) == 0 {
+		return false, nil, nil
+	}
+	return true, vals, nil
+}
+
+// nulTerminated is s followed by a NUL, in one allocation; nil for "".
+func nulTerminated(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	b := make([]byte, len(s)+1)
+	copy(b, s)
+	return b
 }

@@ -42,48 +42,102 @@ func errStatus(c codes.Code, msg string) *sigilv1.Status {
 	return &sigilv1.Status{Code: int32(c), Message: msg}
 }
 
+// maxEntriesPerCommand is the most entries one Raft command of an admin
+// batch carries. A memdb write transaction that changes more index nodes
+// than go-immutable-radix tracks (8,192 per index) falls back to walking
+// every index tree at commit to find its watch channels, a cost that grows
+// with the whole store rather than with the batch; 1,000 entries stay well
+// under that, and a larger batch becomes a few commands, each one fsync.
+const maxEntriesPerCommand = 1000
+
+// applyInCommands applies the n items of an admin batch as one Raft
+// command per maxEntriesPerCommand items, in order: cmd builds the command
+// of items [lo, hi) and done receives its result once it is committed and
+// applied here. When the first command fails its error is returned (the
+// batch changed nothing); when a later one fails, failed receives lo, the
+// first item not committed, and the commit's status, and the remaining
+// items are not attempted.
+func (s *Server) applyInCommands(ctx context.Context, n int, cmd func(lo, hi int) *storepb.Command,
+	done func(lo, hi int, res *storepb.CommandResult), failed func(lo int, st *sigilv1.Status)) error {
+	for lo := 0; lo < n; lo += maxEntriesPerCommand {
+		hi := min(lo+maxEntriesPerCommand, n)
+		res, err := s.apply(ctx, cmd(lo, hi))
+		if err != nil {
+			if lo == 0 {
+				return storeError(err)
+			}
+			st := status.Convert(storeError(err))
+			failed(lo, errStatus(st.Code(), st.Message()))
+			return nil
+		}
+		done(lo, hi, res)
+	}
+	return nil
+}
+
+// BatchCreateEntry validates every entry here, outside the FSM (which
+// repeats only the checks it needs to refuse a bad entry arriving in the
+// log), and creates the valid ones with one Raft command per
+// maxEntriesPerCommand entries. A batch larger than MaxAdminBatch is
+// refused whole with InvalidArgument before anything is decoded further.
+// When a command after the first fails to commit, the entries of the
+// commands already committed keep their results and every later entry is
+// answered with the commit's error.
 func (a *adminAPI) BatchCreateEntry(ctx context.Context, req *sigilv1.BatchCreateEntryRequest) (*sigilv1.BatchCreateEntryResponse, error) {
 	s := a.s
 	if len(req.Entries) > MaxAdminBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "batch of %d exceeds the limit of %d", len(req.Entries), MaxAdminBatch)
 	}
 	results := make([]*sigilv1.EntryResult, len(req.Entries))
-	var toCreate []*sigilv1.Entry
-	var idx []int
+	toCreate := make([]*sigilv1.Entry, 0, len(req.Entries))
+	idx := make([]int, 0, len(req.Entries))
 	now := s.cfg.Clock.Now().Unix()
-	for i, in := range req.Entries {
-		e := proto.Clone(in).(*sigilv1.Entry)
+	for i, e := range req.Entries {
 		if err := registration.ValidateInput(s.td, e); err != nil {
-			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: in}
+			results[i] = &sigilv1.EntryResult{Status: errStatus(codes.InvalidArgument, err.Error()), Entry: e}
 			continue
 		}
 		id, err := newEntryID()
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "entry id: %v", err)
 		}
+		// The request was decoded for this call alone, so its entries are
+		// ours to fill in; the FSM stores its own copy decoded from the log.
 		e.Id, e.CreatedAt, e.Revision, e.ModifyIndex = id, now, 0, 0
 		toCreate = append(toCreate, e)
 		idx = append(idx, i)
 	}
-	if len(toCreate) > 0 {
-		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: toCreate}}})
-		if err != nil {
-			return nil, storeError(err)
-		}
-		for j, e := range toCreate {
+	auditCreated := s.entryAuditor(ctx)
+	err := s.applyInCommands(ctx, len(toCreate), func(lo, hi int) *storepb.Command {
+		return &storepb.Command{Op: &storepb.Command_CreateEntries{CreateEntries: &storepb.CreateEntries{Entries: toCreate[lo:hi]}}}
+	}, func(lo, hi int, res *storepb.CommandResult) {
+		// One read snapshot per command: it was applied here before
+		// apply returned.
+		r := s.store.Read()
+		for j, e := range toCreate[lo:hi] {
 			st := resultAt(res, j)
-			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: e}
+			results[idx[lo+j]] = &sigilv1.EntryResult{Status: st, Entry: e}
 			if st.Code == 0 {
-				if stored, err := s.store.Read().Entry(e.Id); err == nil {
-					results[idx[j]].Entry = stored
+				if stored, err := r.Entry(e.Id); err == nil {
+					results[idx[lo+j]].Entry = stored
 				}
-				s.auditEntry(ctx, "entry_created", "entry created", e)
+				auditCreated("entry_created", "entry created", e)
 			}
 		}
+	}, func(lo int, st *sigilv1.Status) {
+		for j := lo; j < len(toCreate); j++ {
+			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: toCreate[j]}
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &sigilv1.BatchCreateEntryResponse{Results: results}, nil
 }
 
+// BatchUpdateEntry validates every entry here and updates the valid ones
+// with one Raft command per maxEntriesPerCommand entries, as
+// BatchCreateEntry does.
 func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdateEntryRequest) (*sigilv1.BatchUpdateEntryResponse, error) {
 	s := a.s
 	if len(req.Entries) > MaxAdminBatch {
@@ -105,25 +159,34 @@ func (a *adminAPI) BatchUpdateEntry(ctx context.Context, req *sigilv1.BatchUpdat
 		toUpdate = append(toUpdate, e)
 		idx = append(idx, i)
 	}
-	if len(toUpdate) > 0 {
-		res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_UpdateEntries{UpdateEntries: &storepb.UpdateEntries{Entries: toUpdate}}})
-		if err != nil {
-			return nil, storeError(err)
-		}
-		for j, e := range toUpdate {
+	auditUpdated := s.entryAuditor(ctx)
+	err := s.applyInCommands(ctx, len(toUpdate), func(lo, hi int) *storepb.Command {
+		return &storepb.Command{Op: &storepb.Command_UpdateEntries{UpdateEntries: &storepb.UpdateEntries{Entries: toUpdate[lo:hi]}}}
+	}, func(lo, hi int, res *storepb.CommandResult) {
+		r := s.store.Read()
+		for j, e := range toUpdate[lo:hi] {
 			st := resultAt(res, j)
-			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: e}
+			results[idx[lo+j]] = &sigilv1.EntryResult{Status: st, Entry: e}
 			if st.Code == 0 {
-				if stored, err := s.store.Read().Entry(e.Id); err == nil {
-					results[idx[j]].Entry = stored
+				if stored, err := r.Entry(e.Id); err == nil {
+					results[idx[lo+j]].Entry = stored
 				}
-				s.auditEntry(ctx, "entry_updated", "entry updated", e)
+				auditUpdated("entry_updated", "entry updated", e)
 			}
 		}
+	}, func(lo int, st *sigilv1.Status) {
+		for j := lo; j < len(toUpdate); j++ {
+			results[idx[j]] = &sigilv1.EntryResult{Status: st, Entry: toUpdate[j]}
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &sigilv1.BatchUpdateEntryResponse{Results: results}, nil
 }
 
+// BatchDeleteEntry deletes the entries of well-formed ids with one Raft
+// command per maxEntriesPerCommand ids, as BatchCreateEntry does.
 func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDeleteEntryRequest) (*sigilv1.BatchDeleteEntryResponse, error) {
 	s := a.s
 	if len(req.Ids) > MaxAdminBatch {
@@ -147,17 +210,24 @@ func (a *adminAPI) BatchDeleteEntry(ctx context.Context, req *sigilv1.BatchDelet
 	if len(toDelete) == 0 {
 		return out, nil
 	}
-	res, err := s.apply(ctx, &storepb.Command{Op: &storepb.Command_DeleteEntries{DeleteEntries: &storepb.DeleteEntries{Ids: toDelete}}})
-	if err != nil {
-		return nil, storeError(err)
-	}
-	for j, id := range toDelete {
-		st := resultAt(res, j)
-		out.Results[idx[j]] = &sigilv1.DeleteResult{Id: id, Status: st}
-		if st.Code == 0 {
-			s.auditAdmin(ctx, audit.Event{What: "entry_deleted", Who: audit.Admin, Subject: id, Message: "entry deleted",
-				Fields: []audit.Field{audit.String("entry_id", id)}})
+	err := s.applyInCommands(ctx, len(toDelete), func(lo, hi int) *storepb.Command {
+		return &storepb.Command{Op: &storepb.Command_DeleteEntries{DeleteEntries: &storepb.DeleteEntries{Ids: toDelete[lo:hi]}}}
+	}, func(lo, hi int, res *storepb.CommandResult) {
+		for j, id := range toDelete[lo:hi] {
+			st := resultAt(res, j)
+			out.Results[idx[lo+j]] = &sigilv1.DeleteResult{Id: id, Status: st}
+			if st.Code == 0 {
+				s.auditAdmin(ctx, audit.Event{What: "entry_deleted", Who: audit.Admin, Subject: id, Message: "entry deleted",
+					Fields: []audit.Field{audit.String("entry_id", id)}})
+			}
 		}
+	}, func(lo int, st *sigilv1.Status) {
+		for j := lo; j < len(toDelete); j++ {
+			out.Results[idx[j]] = &sigilv1.DeleteResult{Id: toDelete[j], Status: st}
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -339,10 +409,25 @@ func (a *adminAPI) BanAgent(ctx context.Context, req *sigilv1.BanAgentRequest) (
 
 // auditEntry records an entry written by the admin API.
 func (s *Server) auditEntry(ctx context.Context, what, msg string, e *sigilv1.Entry) {
-	s.auditAdmin(ctx, audit.Event{What: what, Who: audit.Admin, Subject: e.Id, Message: msg, Fields: []audit.Field{
-		audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId), audit.String("parent_id", e.ParentId),
-		audit.Strings("selectors", selectorStrings(e.Selectors)),
-	}})
+	s.entryAuditor(ctx)(what, msg, e)
+}
+
+// entryAuditor returns a function that emits the audit event of one entry
+// operation of the admin call of ctx, exactly as auditAdmin would (the
+// caller's Who and fields when ctx has one), with the caller looked up once
+// for a whole batch and each event's fields allocated once.
+func (s *Server) entryAuditor(ctx context.Context) func(what, msg string, e *sigilv1.Entry) {
+	who := audit.Admin
+	var callerFields []audit.Field
+	if c, ok := adminCallerFrom(ctx); ok {
+		who, callerFields = c.who(), c.fields()
+	}
+	return func(what, msg string, e *sigilv1.Entry) {
+		fs := make([]audit.Field, 0, 4+len(callerFields))
+		fs = append(fs, audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId), audit.String("parent_id", e.ParentId),
+			audit.Strings("selectors", selectorStrings(e.Selectors)))
+		s.audit(audit.Event{What: what, Who: who, Subject: e.Id, Message: msg, Fields: append(fs, callerFields...)})
+	}
 }
 
 func selectorStrings(sels []*sigilv1.Selector) []string {

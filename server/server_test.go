@@ -39,7 +39,7 @@ import (
 var testTD = spiffeid.RequireTrustDomainFromString("example.org")
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *Server
 	admin  sigilv1.AdminClient
 	logs   *observer.ObservedLogs
@@ -48,7 +48,7 @@ type harness struct {
 	done   chan error
 }
 
-func startServer(t *testing.T) *harness {
+func startServer(t testing.TB) *harness {
 	t.Helper()
 	return startServerWith(t, nil, nil)
 }
@@ -56,14 +56,14 @@ func startServer(t *testing.T) *harness {
 // startServerWith starts a single-node server in a temporary directory;
 // clk, when not nil, is its clock, and setLimits, when not nil, changes its
 // node API limits before it runs.
-func startServerWith(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits)) *harness {
+func startServerWith(t testing.TB, clk clock.Clock, setLimits func(*nodeLimits)) *harness {
 	t.Helper()
 	return startServerConfig(t, clk, setLimits, nil)
 }
 
 // startServerConfig is startServerWith with a change to the
 // configuration, when mutate is not nil, before the server is built.
-func startServerConfig(t *testing.T, clk clock.Clock, setLimits func(*nodeLimits), mutate func(*Config)) *harness {
+func startServerConfig(t testing.TB, clk clock.Clock, setLimits func(*nodeLimits), mutate func(*Config)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	core, logs := observer.New(zap.DebugLevel)
