@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -112,7 +113,14 @@ func (a *Agent) prepareSVIDFiles() ([]func(context.Context), error) {
 		var n svidfiles.Notifier
 		switch {
 		case f.Signal != 0:
-			n = &svidfiles.Signal{Signal: f.Signal, PIDFile: f.PIDFile, Logger: log}
+			// The agent signals as root: only a process of the files'
+			// owner (the agent's own user when there is none), named by a
+			// pid file nobody else could have written.
+			guard := svidfiles.Owner{UID: f.Owner.UID, GID: f.Owner.GID}
+			if guard.UID < 0 {
+				guard.UID = os.Geteuid()
+			}
+			n = &svidfiles.Signal{Signal: f.Signal, PIDFile: f.PIDFile, Logger: log, Guard: &guard}
 		case len(f.Command) > 0:
 			n = &svidfiles.Hook{Command: f.Command, Logger: log}
 		}

@@ -184,6 +184,14 @@ type Signal struct {
 	PIDFile string
 	// Logger logs what was sent and failures; nil discards them.
 	Logger *zap.Logger
+	// Guard, when set, is for a signaller more privileged than the
+	// consumer (the agent, as root): the pid file must be a regular file
+	// owned by root, by this process's user or by Guard.UID, and not
+	// writable by group or others, and the process it names must run as
+	// Guard.UID (real user ID). Otherwise a user who could write the pid
+	// file could make the agent signal any process. Nil: no check (sigil
+	// svid watch signals as the user who runs it).
+	Guard *Owner
 }
 
 // Rotated signals the process named in PIDFile.
@@ -193,6 +201,9 @@ func (s *Signal) Rotated(context.Context) error {
 		log = zap.NewNop()
 	}
 	pid, err := ReadPIDFile(s.PIDFile)
+	if err == nil && s.Guard != nil {
+		err = checkSignalTarget(s.PIDFile, pid, s.Guard.UID)
+	}
 	if err == nil {
 		err = syscall.Kill(pid, s.Signal)
 		if err != nil {
@@ -212,6 +223,42 @@ func (*Signal) Exited() <-chan error { return nil }
 
 // Stop does nothing.
 func (*Signal) Stop() {}
+
+// checkSignalTarget checks the pid file at path and the process pid for
+// Signal.Guard: see there.
+func checkSignalTarget(path string, pid, uid int) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("svidfiles: pid file: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.Mode().IsRegular() || !ok {
+		return fmt.Errorf("svidfiles: pid file %s is not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("svidfiles: pid file %s is writable by group or others (mode %04o): refusing to signal the process it names", path, fi.Mode().Perm())
+	}
+	if owner := int(st.Uid); owner != 0 && owner != os.Geteuid() && owner != uid {
+		return fmt.Errorf("svidfiles: pid file %s is owned by uid %d, not root or the consumer's uid %d: refusing to signal the process it names", path, owner, uid)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return fmt.Errorf("svidfiles: process %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) == 0 {
+				break
+			}
+			if real, err := strconv.Atoi(fields[0]); err == nil && real == uid {
+				return nil
+			}
+			return fmt.Errorf("svidfiles: process %d (from %s) runs as uid %s, not the consumer's uid %d: refusing to signal it", pid, path, fields[0], uid)
+		}
+	}
+	return fmt.Errorf("svidfiles: process %d: no Uid line in its status", pid)
+}
 
 // ReadPIDFile reads a positive decimal pid from path.
 func ReadPIDFile(path string) (int, error) {

@@ -146,3 +146,50 @@ func TestHookRunsTheCommand(t *testing.T) {
 		t.Fatalf("a failing hook ended the run: %v", err)
 	}
 }
+
+// TestSignalGuard: with a Guard (the agent signalling as root), a pid file
+// others may write, or one naming a process of another user, is refused
+// and nothing is signalled; a safe pid file naming the owner's process is
+// signalled.
+func TestSignalGuard(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	me := os.Geteuid()
+	if err := os.Chmod(pidFile, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkSignalTarget(pidFile, cmd.Process.Pid, me); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Fatalf("world-writable pid file: %v", err)
+	}
+	if err := os.Chmod(pidFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkSignalTarget(pidFile, cmd.Process.Pid, me+12345); err == nil || !strings.Contains(err.Error(), "not the consumer's uid") {
+		t.Fatalf("process of another uid: %v", err)
+	}
+	// Refused targets are logged, not signalled: sleep is still running.
+	s := &Signal{Signal: syscall.SIGUSR1, PIDFile: pidFile, Guard: &Owner{UID: me + 12345, GID: -1}}
+	if err := s.Rotated(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("a refused target was signalled: %v", err)
+	}
+	s.Guard = &Owner{UID: me, GID: -1}
+	if err := s.Rotated(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGUSR1 {
+		t.Fatalf("sleep ended with %v, want killed by SIGUSR1", err)
+	}
+}
