@@ -17,12 +17,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -63,44 +60,15 @@ func (l *auditLog) count(what string) int {
 // real one) and its audit events in log.
 func startDownstreamServer(t *testing.T, dir string, clk clock.Clock, allow bool, log *auditLog) *harness {
 	t.Helper()
-	core, logs := observer.New(zap.DebugLevel)
-	cfg := DefaultConfig()
-	cfg.TrustDomain = testTD
-	cfg.NodeName = "s1"
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.BindAddress = "127.0.0.1:0"
-	cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
-	cfg.Logger = zap.New(core)
-	cfg.Clock = clk
-	cfg.AllowDownstream = allow
-	if log != nil {
-		cfg.AuditSink = log
-	}
-	withPlugins(t, &cfg, "disk")
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, srv: srv, logs: logs, dir: dir, cancel: cancel, done: make(chan error, 1)}
-	go func() { h.done <- srv.Run(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-h.done:
-		t.Fatalf("server exited: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("server not ready")
-	}
-	conn, err := grpc.NewClient("unix://"+cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.admin = sigilv1.NewAdminClient(conn)
-	t.Cleanup(func() {
-		conn.Close()
-		h.stop()
+	return startServerConfig(t, clk, nil, func(cfg *Config) {
+		cfg.DataDir = filepath.Join(dir, "data")
+		cfg.AdminSocket = filepath.Join(dir, "admin", "admin.sock")
+		withPlugins(t, cfg, "disk") // the keys under dir too, for restarts
+		cfg.AllowDownstream = allow
+		if log != nil {
+			cfg.AuditSink = log
+		}
 	})
-	return h
 }
 
 // downstreamClient dials the server's node API over TLS, presenting cert
