@@ -3,14 +3,135 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 )
+
+// Flags of the deployed-fetch measurement alone (-fetch-only).
+var (
+	fetchOnly = flag.Bool("fetch-only", false,
+		"only measure cached FetchX509SVID as deployed (server, agent and workload in 3 processes)")
+	fetchSigil = flag.String("sigil", "",
+		"with -fetch-only: comma-separated prebuilt sigil binaries to measure instead of building ./cmd/sigil; "+
+			"with two or more, each gets its own server and agent and their rounds alternate (before/after comparisons)")
+	fetchRounds = flag.Int("fetch-rounds", 1,
+		"with -fetch-only: rounds of -fetch-calls timed fetches per binary (alternating binaries; medians are printed)")
+	fetchPerf = flag.String("agent-perf", "",
+		"with -fetch-only: record the agent process with `perf record -g` during the timed fetches into PREFIX.<binary>.<round>.data")
+)
+
+// fetchDeployment is one server and one agent process of a sigil binary,
+// with an entry for this user, ready to serve cached fetches.
+type fetchDeployment struct {
+	bin      string
+	dir      string
+	socket   string
+	srv, ag  *exec.Cmd
+	srvRSS   int64 // idle, before the entry exists
+	agentRSS int64
+}
+
+func (d *fetchDeployment) stop() {
+	for _, cmd := range []*exec.Cmd{d.ag, d.srv} {
+		if cmd != nil && cmd.Process != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+}
+
+// startFetchDeployment starts bin's server and agent in dir and creates
+// an entry for this process's uid parented to the agent.
+func startFetchDeployment(ctx context.Context, bin, dir string) (_ *fetchDeployment, err error) {
+	d := &fetchDeployment{bin: bin, dir: dir}
+	defer func() {
+		if err != nil {
+			d.stop()
+		}
+	}()
+	var addrs [3]string
+	for i := range addrs {
+		if addrs[i], err = benchFreeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	admin := filepath.Join(dir, "admin", "admin.sock")
+	d.socket = filepath.Join(dir, "public", "api.sock")
+	start := func(name string, args ...string) (*exec.Cmd, error) {
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			return nil, err
+		}
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		return cmd, cmd.Start()
+	}
+	d.srv, err = start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
+		"-data-dir", filepath.Join(dir, "server"), "-bind-address", addrs[0], "-health-address", addrs[1],
+		"-admin-socket", admin, "-log-level", "warn")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, "http://"+addrs[1]+"/ready", time.Minute); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, bin, "token", "generate", "-socket", admin, "-output", "json").Output()
+	if err != nil {
+		return nil, fmt.Errorf("token generate: %w", err)
+	}
+	var tok struct {
+		Token   string `json:"token"`
+		AgentID string `json:"agent_id"`
+	}
+	if err := json.Unmarshal(out, &tok); err != nil {
+		return nil, err
+	}
+	bundle, err := exec.CommandContext(ctx, bin, "bundle", "show", "-socket", admin).Output()
+	if err != nil {
+		return nil, fmt.Errorf("bundle show: %w", err)
+	}
+	bundlePath := filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(bundlePath, bundle, 0o644); err != nil {
+		return nil, err
+	}
+	d.ag, err = start("agent", "agent", "-trust-domain", td.Name(), "-server-address", addrs[0],
+		"-data-dir", filepath.Join(dir, "agent"), "-socket-path", d.socket, "-join-token", tok.Token,
+		"-trust-bundle-path", bundlePath, "-health-address", addrs[2], "-log-level", "warn")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, "http://"+addrs[2]+"/ready", time.Minute); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	// Idle: both processes started, no entry yet. Settle briefly first.
+	time.Sleep(time.Second)
+	if d.srvRSS, err = vmRSS(d.srv.Process.Pid); err != nil {
+		return nil, err
+	}
+	if d.agentRSS, err = vmRSS(d.ag.Process.Pid); err != nil {
+		return nil, err
+	}
+	u, err := user.Current()
+	if err != nil {
+		return nil, err
+	}
+	if out, err := exec.CommandContext(ctx, bin, "entry", "create", "-socket", admin,
+		"-spiffe-id", "spiffe://"+td.Name()+"/bench/deployed", "-parent-id", tok.AgentID,
+		"-selector", "unix:uid:"+u.Uid).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("entry create: %v: %s", err, out)
+	}
+	return d, nil
+}
 
 // benchFetchDeployed measures cached FetchX509SVID latency as deployed:
 // a `sigil server` process, a `sigil agent` process, and the workload in a
@@ -25,93 +146,17 @@ func benchFetchDeployed(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var addrs [3]string
-	for i := range addrs {
-		if addrs[i], err = benchFreeAddr(); err != nil {
-			return err
-		}
-	}
-	admin := filepath.Join(dir, "admin", "admin.sock")
-	socket := filepath.Join(dir, "public", "api.sock")
-	start := func(name string, args ...string) (*exec.Cmd, error) {
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			return nil, err
-		}
-		cmd := exec.CommandContext(ctx, bin, args...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		return cmd, cmd.Start()
-	}
-	stop := func(cmd *exec.Cmd) {
-		if cmd != nil && cmd.Process != nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	}
-	srv, err := start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
-		"-data-dir", filepath.Join(dir, "server"), "-bind-address", addrs[0], "-health-address", addrs[1],
-		"-admin-socket", admin, "-log-level", "warn")
-	defer stop(srv)
+	d, err := startFetchDeployment(ctx, bin, dir)
 	if err != nil {
 		return err
 	}
-	if err := waitHTTP(ctx, "http://"+addrs[1]+"/ready", time.Minute); err != nil {
-		return fmt.Errorf("server: %w", err)
-	}
-	out, err := exec.CommandContext(ctx, bin, "token", "generate", "-socket", admin, "-output", "json").Output()
-	if err != nil {
-		return fmt.Errorf("token generate: %w", err)
-	}
-	var tok struct {
-		Token   string `json:"token"`
-		AgentID string `json:"agent_id"`
-	}
-	if err := json.Unmarshal(out, &tok); err != nil {
-		return err
-	}
-	bundle, err := exec.CommandContext(ctx, bin, "bundle", "show", "-socket", admin).Output()
-	if err != nil {
-		return fmt.Errorf("bundle show: %w", err)
-	}
-	bundlePath := filepath.Join(dir, "bundle.pem")
-	if err := os.WriteFile(bundlePath, bundle, 0o644); err != nil {
-		return err
-	}
-	ag, err := start("agent", "agent", "-trust-domain", td.Name(), "-server-address", addrs[0],
-		"-data-dir", filepath.Join(dir, "agent"), "-socket-path", socket, "-join-token", tok.Token,
-		"-trust-bundle-path", bundlePath, "-health-address", addrs[2], "-log-level", "warn")
-	defer stop(ag)
-	if err != nil {
-		return err
-	}
-	if err := waitHTTP(ctx, "http://"+addrs[2]+"/ready", time.Minute); err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	// Idle: both processes started, no entry yet. Settle briefly first.
-	time.Sleep(time.Second)
-	srvRSS, err := vmRSS(srv.Process.Pid)
-	if err != nil {
-		return err
-	}
-	agRSS, err := vmRSS(ag.Process.Pid)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("memory idle RSS, deployed:                 server %6.1f MiB  agent %6.1f MiB  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n", mib(srvRSS), mib(agRSS))
-	record(newFigure("idle RSS, server process", mib(srvRSS), "MiB", 0,
+	defer d.stop()
+	fmt.Printf("memory idle RSS, deployed:                 server %6.1f MiB  agent %6.1f MiB  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n", mib(d.srvRSS), mib(d.agentRSS))
+	record(newFigure("idle RSS, server process", mib(d.srvRSS), "MiB", 0,
 		&Goal{Text: "≤ 20 MiB", Kind: GoalMaxValue, Bound: 20}, "143 MiB"))
-	record(newFigure("idle RSS, agent process", mib(agRSS), "MiB", 0,
+	record(newFigure("idle RSS, agent process", mib(d.agentRSS), "MiB", 0,
 		&Goal{Text: "≤ 16 MiB", Kind: GoalMaxValue, Bound: 16}, "62 MiB"))
-	u, err := user.Current()
-	if err != nil {
-		return err
-	}
-	if out, err := exec.CommandContext(ctx, bin, "entry", "create", "-socket", admin,
-		"-spiffe-id", "spiffe://"+td.Name()+"/bench/deployed", "-parent-id", tok.AgentID,
-		"-selector", "unix:uid:"+u.Uid).CombinedOutput(); err != nil {
-		return fmt.Errorf("entry create: %v: %s", err, out)
-	}
-	lat, err := fetchFromChild(ctx, socket)
+	lat, err := fetchFromChild(ctx, d.socket)
 	if err != nil {
 		return err
 	}
@@ -121,6 +166,106 @@ func benchFetchDeployed(ctx context.Context) error {
 	record(newFigure("cached fetch p99, deployed (3 processes)", ms(p99), "ms", 0,
 		&Goal{Text: "≤ 0.5 ms", Kind: GoalMaxValue, Bound: 0.5}, "2.17 ms"))
 	return nil
+}
+
+// benchFetchOnly is -fetch-only: the deployed cached fetch alone, for
+// one or more sigil binaries (-sigil; built from ./cmd/sigil when empty),
+// each in its own server and agent processes, rounds alternating between
+// binaries, optionally with the agent recorded by perf (-agent-perf).
+func benchFetchOnly(ctx context.Context, jsonOut string) error {
+	if *fetchRounds < 1 {
+		return errors.New("-fetch-rounds must be at least 1")
+	}
+	dir, err := os.MkdirTemp("", "sigil-bench-fetch-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	var bins []string
+	if *fetchSigil == "" {
+		bin, err := buildSigil(ctx, dir)
+		if err != nil {
+			return err
+		}
+		bins = []string{bin}
+	} else {
+		for _, b := range strings.Split(*fetchSigil, ",") {
+			if _, err := os.Stat(b); err != nil {
+				return fmt.Errorf("-sigil: %w", err)
+			}
+			abs, err := filepath.Abs(b)
+			if err != nil {
+				return err
+			}
+			bins = append(bins, abs)
+		}
+	}
+	deps := make([]*fetchDeployment, len(bins))
+	for i, bin := range bins {
+		ddir := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.MkdirAll(ddir, 0o700); err != nil {
+			return err
+		}
+		d, err := startFetchDeployment(ctx, bin, ddir)
+		if err != nil {
+			return fmt.Errorf("%s: %w", bin, err)
+		}
+		defer d.stop()
+		deps[i] = d
+		fmt.Printf("binary %d: %s (idle RSS server %.1f MiB, agent %.1f MiB)\n", i, bin, mib(d.srvRSS), mib(d.agentRSS))
+	}
+	p50s := make([][]time.Duration, len(bins))
+	p99s := make([][]time.Duration, len(bins))
+	for r := 0; r < *fetchRounds; r++ {
+		for j := range bins {
+			// Alternate which binary goes first in each round.
+			i := j
+			if r%2 == 1 {
+				i = len(bins) - 1 - j
+			}
+			d := deps[i]
+			var perf *exec.Cmd
+			if *fetchPerf != "" {
+				out := fmt.Sprintf("%s.%d.%d.data", *fetchPerf, i, r)
+				perf = exec.CommandContext(ctx, "perf", "record", "-q", "-g", "-F", "2000", "-o", out,
+					"-p", strconv.Itoa(d.ag.Process.Pid))
+				perf.Stderr = os.Stderr
+				if err := perf.Start(); err != nil {
+					return fmt.Errorf("perf: %w", err)
+				}
+				time.Sleep(300 * time.Millisecond) // let perf attach
+			}
+			lat, err := fetchFromChild(ctx, d.socket)
+			if perf != nil {
+				_ = perf.Process.Signal(syscall.SIGINT)
+				_ = perf.Wait()
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", d.bin, err)
+			}
+			p50, p99 := percentiles(lat)
+			p50s[i], p99s[i] = append(p50s[i], p50), append(p99s[i], p99)
+			fmt.Printf("round %d binary %d: p50 %.3f ms  p99 %.3f ms  (%d calls)\n", r, i, ms(p50), ms(p99), len(lat))
+		}
+	}
+	median := func(d []time.Duration) time.Duration {
+		s := append([]time.Duration(nil), d...)
+		sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
+		return s[len(s)/2]
+	}
+	for i := range bins {
+		p50, p99 := median(p50s[i]), median(p99s[i])
+		fmt.Printf("fetch  cached FetchX509SVID, deployed, binary %d: median of %d rounds p50 %.3f ms  p99 %.3f ms", i, *fetchRounds, ms(p50), ms(p99))
+		if i > 0 {
+			fmt.Printf("  (ratio to binary 0: p50 %.2f, p99 %.2f)", float64(p50)/float64(median(p50s[0])), float64(p99)/float64(median(p99s[0])))
+		}
+		fmt.Println()
+	}
+	last := len(bins) - 1
+	record(newFigure("cached fetch p50, deployed (3 processes)", ms(median(p50s[last])), "ms", 0, nil, ""))
+	record(newFigure("cached fetch p99, deployed (3 processes)", ms(median(p99s[last])), "ms", 0,
+		&Goal{Text: "≤ 0.5 ms", Kind: GoalMaxValue, Bound: 0.5}, "2.17 ms"))
+	return summarize(jsonOut)
 }
 
 // mib is bytes in MiB.

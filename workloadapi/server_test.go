@@ -754,8 +754,8 @@ func TestCallerDiesDuringAttestation(t *testing.T) {
 func TestPIDReusedDuringAttestation(t *testing.T) {
 	var reused atomic.Bool
 	f := start(t, func(s *Server) {
-		s.proc.startTime = func(pid int32) (uint64, error) {
-			st, err := procStartTime(pid)
+		s.proc.startTime = func(p *PeerInfo) (uint64, error) {
+			st, err := procStartTime(p)
 			if reused.Load() {
 				st++
 			}
@@ -781,7 +781,7 @@ func TestParseStat(t *testing.T) {
 	if _, err := parseStat([]byte("1234 (x) S 1")); err == nil {
 		t.Error("short: no error")
 	}
-	own, err := procStartTime(int32(os.Getpid()))
+	own, err := pidStartTime(int32(os.Getpid()))
 	if err != nil || own == 0 {
 		t.Fatalf("own start time: %d, %v", own, err)
 	}
