@@ -65,14 +65,21 @@ func childMain(sock string) int {
 		return 1
 	}
 	// On SIGUSR1 the child executes the program named in childExecEnv;
-	// the connection stays open in the parent.
+	// the connection stays open in the parent. On SIGUSR2 it changes its
+	// effective uid (only) to 65534 and waits (this needs root).
 	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
+	signal.Notify(usr1, syscall.SIGUSR1, syscall.SIGUSR2)
 	if err := unix.Sendmsg(3, []byte{0}, unix.UnixRights(int(f.Fd())), nil, 0); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	<-usr1
+	if sig := <-usr1; sig == syscall.SIGUSR2 {
+		if err := syscall.Setreuid(-1, 65534); err != nil {
+			fmt.Fprintln(os.Stderr, "setreuid:", err)
+			return 1
+		}
+		select {}
+	}
 	prog := os.Getenv(childExecEnv)
 	err = syscall.Exec(prog, []string{prog, "60"}, os.Environ())
 	fmt.Fprintln(os.Stderr, "exec:", err)
