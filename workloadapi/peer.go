@@ -28,20 +28,18 @@ type PeerInfo struct {
 	// (SO_PEERGROUPS), or nil when the kernel does not report them.
 	Groups []uint32
 
-	// fdMu guards the descriptors that pin the peer process: checks
-	// hold it for reading while they use them, close for writing, so no
-	// check ever reads a descriptor number that was closed and reused.
+	// fdMu guards pidfd: checks hold it for reading while they use it,
+	// close for writing, so no check ever uses a descriptor number that
+	// was closed and reused.
 	fdMu sync.RWMutex
 	// pidfd refers to the process that connected; -1 once the
-	// connection is closed.
+	// connection is closed. It is the only descriptor a connection
+	// holds besides its socket (idle connections are bounded by
+	// descriptors).
 	pidfd int
-	// procDir is /proc/<PID> opened at handshake: lookups under it
-	// (exe, status) fail once that process is gone, even if the pid is
-	// reused. -1 when closed.
-	procDir int
-	// statFD is /proc/<PID>/stat opened at handshake; read again on
-	// every check (one pread, no path lookup). -1 when closed.
-	statFD int
+	// exePath and statPath are /proc/<PID>/exe and /proc/<PID>/stat,
+	// built once.
+	exePath, statPath string
 
 	mu        sync.Mutex
 	startTime uint64 // of PID, read at handshake
@@ -94,9 +92,8 @@ type exeID struct {
 	errno               uintptr // 0 when the file was inspected
 }
 
-// procReader reads what the Workload API checks about a peer's process,
-// through the descriptors pinned at handshake (see PeerInfo). Tests
-// replace its functions to simulate pid reuse, exec and credential
+// procReader reads what the Workload API checks about a peer's process.
+// Tests replace its functions to simulate pid reuse, exec and credential
 // changes.
 type procReader struct {
 	// startTime returns the process's start time; it fails for a

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"unicode"
@@ -63,27 +62,15 @@ func peerFromConn(conn net.Conn, r *procReader) (*PeerInfo, error) {
 		}
 	}
 	unix.CloseOnExec(pidfd)
-	p := &PeerInfo{
-		PID:     cred.Pid,
-		UID:     cred.Uid,
-		GID:     cred.Gid,
-		Groups:  groups,
-		pidfd:   pidfd,
-		procDir: -1,
-		statFD:  -1,
-	}
-	// Pin the process's /proc directory and stat file now: if the pid
-	// was reused before this open, they are the newer process's, whose
-	// pidfd check below fails; afterwards they refer to the process that
-	// connected and never to a later owner of its pid.
 	dir := "/proc/" + strconv.Itoa(int(cred.Pid))
-	if p.procDir, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
-		p.close()
-		return nil, fmt.Errorf("peer %d: opening %s: %w", cred.Pid, dir, err)
-	}
-	if p.statFD, err = unix.Openat(p.procDir, "stat", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-		p.close()
-		return nil, fmt.Errorf("peer %d: opening %s/stat: %w", cred.Pid, dir, err)
+	p := &PeerInfo{
+		PID:      cred.Pid,
+		UID:      cred.Uid,
+		GID:      cred.Gid,
+		Groups:   groups,
+		pidfd:    pidfd,
+		exePath:  dir + "/exe",
+		statPath: dir + "/stat",
 	}
 	exe, err := r.exe(p)
 	if err != nil {
@@ -132,11 +119,10 @@ var (
 
 // alive reports an error unless the process the connection was pinned to
 // still runs under the same pid, with the effective user and group it
-// connected with, and the program it ran when it connected. Everything is
-// read before the liveness check, so that a pid reused meanwhile cannot
-// pass with another process's answers (the reads go through descriptors
-// pinned to the process that connected, which fail once it is gone; the
-// pidfd and the start time check this again).
+// connected with, and the program it ran when it connected. Everything
+// read by pid is read before the liveness check, so that a pid reused
+// meanwhile cannot pass with another process's answers; the credentials
+// are read from the pidfd, the process itself.
 func (p *PeerInfo) alive(r *procReader) error {
 	p.fdMu.RLock()
 	defer p.fdMu.RUnlock()
@@ -172,11 +158,9 @@ func (p *PeerInfo) alive(r *procReader) error {
 
 func (p *PeerInfo) close() {
 	p.fdMu.Lock()
-	for _, fd := range []*int{&p.pidfd, &p.procDir, &p.statFD} {
-		if *fd >= 0 {
-			unix.Close(*fd)
-			*fd = -1
-		}
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+		p.pidfd = -1
 	}
 	p.fdMu.Unlock()
 	p.mu.Lock()
@@ -189,11 +173,11 @@ func (p *PeerInfo) close() {
 }
 
 // procExe identifies the executable of the peer's process by a stat of
-// exe in its pinned /proc directory, which follows the link to the very
-// file the process runs.
+// /proc/<pid>/exe, which follows the link to the very file the process
+// runs.
 func procExe(p *PeerInfo) (exeID, error) {
 	var st unix.Stat_t
-	err := unix.Fstatat(p.procDir, "exe", &st, 0)
+	err := unix.Stat(p.exePath, &st)
 	switch {
 	case err == nil:
 		return exeID{
@@ -217,9 +201,8 @@ func procExe(p *PeerInfo) (exeID, error) {
 var pidfdInfoUnsupported atomic.Bool
 
 // procStatus returns the effective user and group of the peer's process:
-// from its pidfd (PIDFD_GET_INFO, one ioctl on the process itself) or,
-// on kernels without it, from the status file of its pinned /proc
-// directory.
+// from its pidfd (PIDFD_GET_INFO, one ioctl on the process itself, Linux
+// 6.13+) or, on older kernels, from /proc/<pid>/status.
 func procStatus(p *PeerInfo) (procfs.Status, error) {
 	if !pidfdInfoUnsupported.Load() {
 		info := unix.PidfdInfo{Mask: unix.PIDFD_INFO_CREDS}
@@ -238,40 +221,21 @@ func procStatus(p *PeerInfo) (procfs.Status, error) {
 	return procStatusFile(p)
 }
 
-// procStatusFile reads the peer's credentials from the status file of
-// its pinned /proc directory.
+// procStatusFile reads the peer's credentials from /proc/<pid>/status.
 func procStatusFile(p *PeerInfo) (procfs.Status, error) {
-	fd, err := unix.Openat(p.procDir, "status", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return procfs.Status{}, fmt.Errorf("opening status: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "/proc/"+strconv.Itoa(int(p.PID))+"/status")
-	defer f.Close()
-	var st procfs.Status
-	err = procfs.ReadFrom(f, func(b []byte) error {
-		st, err = procfs.ParseStatus(b)
+	return procfs.ReadStatus("/proc/" + strconv.Itoa(int(p.PID)) + "/status")
+}
+
+// procStartTime returns the start time (in clock ticks after boot) of the
+// peer's process from /proc/<pid>/stat, and fails for a zombie.
+func procStartTime(p *PeerInfo) (uint64, error) {
+	var st uint64
+	err := procfs.Read(p.statPath, func(b []byte) error {
+		var err error
+		st, err = parseStat(b)
 		return err
 	})
 	return st, err
-}
-
-// maxStatLen bounds a /proc/<pid>/stat line: 52 numeric fields and a
-// name of at most 64 bytes fit well within it.
-const maxStatLen = 4096
-
-// procStartTime returns the start time (in clock ticks after boot) of the
-// peer's process from its pinned stat file (one pread), and fails for a
-// zombie and for a process that is gone.
-func procStartTime(p *PeerInfo) (uint64, error) {
-	var buf [maxStatLen]byte
-	n, err := unix.Pread(p.statFD, buf[:], 0)
-	if err != nil {
-		return 0, fmt.Errorf("reading stat: %w", err)
-	}
-	if n == 0 || n == len(buf) {
-		return 0, fmt.Errorf("reading stat: %d bytes", n)
-	}
-	return parseStat(buf[:n])
 }
 
 // pidStartTime is procStartTime for a pid, through the path of its stat

@@ -631,8 +631,8 @@ func (s *Server) firstResponse(ctx context.Context) {
 
 // checkHeader rejects calls without the Workload API security header.
 func checkHeader(ctx context.Context) error {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(securityHeader); len(v) != 1 || v[0] != "true" {
+	// Only this header's values are copied, not the whole metadata.
+	if v := metadata.ValueFromIncomingContext(ctx, securityHeader); len(v) != 1 || v[0] != "true" {
 		return status.Error(codes.InvalidArgument, "security header missing from request")
 	}
 	return nil

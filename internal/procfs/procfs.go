@@ -27,13 +27,6 @@ func Read(path string, fn func([]byte) error) error {
 		return err
 	}
 	defer f.Close()
-	return ReadFrom(f, fn)
-}
-
-// ReadFrom reads f from its current offset to its end and passes what it
-// read to fn, as Read does. It does not close f.
-func ReadFrom(f *os.File, fn func([]byte) error) error {
-	path := f.Name()
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
 	b := (*bp)[:0]

@@ -39,8 +39,8 @@ func procState(pid int) string {
 // TestCallerZombieGetsNothing: a caller that exited but was not reaped
 // (a zombie, whose pid still answers signals and whose pidfd is still
 // that of the process) gets nothing more on the connection it handed to
-// another process: the start time check, which reads the pinned stat
-// file, refuses a zombie.
+// another process: the start time check, which reads /proc/<pid>/stat,
+// refuses a zombie.
 func TestCallerZombieGetsNothing(t *testing.T) {
 	f := start(t, func(s *Server) { s.staleGrace = time.Hour })
 	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
@@ -77,7 +77,8 @@ func TestCallerZombieGetsNothing(t *testing.T) {
 // TestCallerEffectiveUIDChangedSinceConnect: a process that connected as
 // root and then changed only its effective uid (its real uid is still
 // root) gets nothing more: the credentials checked on each call are the
-// effective ones of the very process that connected, read from its pidfd.
+// effective ones of the very process that connected, read from its
+// pidfd.
 // It needs root to change uid.
 func TestCallerEffectiveUIDChangedSinceConnect(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -125,26 +126,20 @@ func TestCallerEffectiveUIDChangedSinceConnect(t *testing.T) {
 // it, without a connection.
 func pinned(t *testing.T, pid int) *PeerInfo {
 	t.Helper()
-	p := &PeerInfo{PID: int32(pid), pidfd: -1, procDir: -1, statFD: -1}
+	dir := "/proc/" + itoa(pid)
+	p := &PeerInfo{PID: int32(pid), pidfd: -1, exePath: dir + "/exe", statPath: dir + "/stat"}
 	t.Cleanup(p.close)
 	var err error
 	if p.pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
 		t.Fatal(err)
 	}
-	if p.procDir, err = syscall.Open("/proc/"+itoa(pid), syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0); err != nil {
-		t.Fatal(err)
-	}
-	if p.statFD, err = syscall.Openat(p.procDir, "stat", syscall.O_RDONLY|syscall.O_CLOEXEC, 0); err != nil {
-		t.Fatal(err)
-	}
 	return p
 }
 
-// TestPinnedReadsFollowTheProcess: the reads behind each check answer
-// for the pinned process (its effective ids, executable and start time as
-// /proc shows them by pid) and fail once it is gone, rather than answer
-// for whatever process has its pid next.
-func TestPinnedReadsFollowTheProcess(t *testing.T) {
+// TestProcReadsFollowTheProcess: the reads behind each check answer for
+// the pinned process (its effective ids from its pidfd, its executable
+// and start time as /proc shows them) and fail once it is gone.
+func TestProcReadsFollowTheProcess(t *testing.T) {
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Fatal(err)
@@ -205,8 +200,8 @@ func TestPinnedReadsFollowTheProcess(t *testing.T) {
 	if _, err := procStartTime(p); err == nil {
 		t.Fatal("procStartTime of a zombie: no error")
 	}
-	// Reaped: every read through the pinned descriptors fails or finds
-	// nothing, whoever gets the pid next.
+	// Reaped: every read fails or finds nothing (the pid is not reused
+	// this soon), and the pidfd says the process is gone.
 	_ = cmd.Wait()
 	if _, err := procStartTime(p); err == nil {
 		t.Fatal("procStartTime of a reaped process: no error")
