@@ -305,15 +305,17 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 	}
 	p50s := make([][]time.Duration, len(bins))
 	p99s := make([][]time.Duration, len(bins))
-	var limit50, limit99 []time.Duration
+	var limit50, limit99, limitCPU []time.Duration
+	cpus := make([][]time.Duration, len(bins))
 	for r := 0; r < *fetchRounds; r++ {
-		lat, err := fetchFromChild(ctx, rawSock)
+		lat, cpu, err := timedFetch(ctx, rawSock, raw.Process.Pid)
 		if err != nil {
 			return fmt.Errorf("limit: %w", err)
 		}
 		p50, p99 := percentiles(lat)
 		limit50, limit99 = append(limit50, p50), append(limit99, p99)
-		fmt.Printf("round %d limit:    p50 %.3f ms  p99 %.3f ms  (%d calls; fixed response, no attestation)\n", r, ms(p50), ms(p99), len(lat))
+		limitCPU = append(limitCPU, cpu)
+		fmt.Printf("round %d limit:    p50 %.3f ms  p99 %.3f ms  server CPU %5.1f µs/call  (%d calls; fixed response, no attestation)\n", r, ms(p50), ms(p99), us(cpu), len(lat))
 		for j := range bins {
 			// Alternate which binary goes first in each round.
 			i := j
@@ -332,7 +334,7 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 				}
 				time.Sleep(300 * time.Millisecond) // let perf attach
 			}
-			lat, err := fetchFromChild(ctx, d.socket)
+			lat, cpu, err := timedFetch(ctx, d.socket, d.ag.Process.Pid)
 			if perf != nil {
 				_ = perf.Process.Signal(syscall.SIGINT)
 				_ = perf.Wait()
@@ -342,7 +344,8 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 			}
 			p50, p99 := percentiles(lat)
 			p50s[i], p99s[i] = append(p50s[i], p50), append(p99s[i], p99)
-			fmt.Printf("round %d binary %d: p50 %.3f ms  p99 %.3f ms  (%d calls)\n", r, i, ms(p50), ms(p99), len(lat))
+			cpus[i] = append(cpus[i], cpu)
+			fmt.Printf("round %d binary %d: p50 %.3f ms  p99 %.3f ms  agent CPU %5.1f µs/call  (%d calls)\n", r, i, ms(p50), ms(p99), us(cpu), len(lat))
 		}
 	}
 	median := func(d []time.Duration) time.Duration {
@@ -351,12 +354,12 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 		return s[len(s)/2]
 	}
 	lim50, lim99 := median(limit50), median(limit99)
-	fmt.Printf("limit  cached fetch from a server doing nothing per call: median of %d rounds p50 %.3f ms  p99 %.3f ms\n", *fetchRounds, ms(lim50), ms(lim99))
+	fmt.Printf("limit  cached fetch from a server doing nothing per call: median of %d rounds p50 %.3f ms  p99 %.3f ms  server CPU %.1f µs/call\n", *fetchRounds, ms(lim50), ms(lim99), us(median(limitCPU)))
 	for i := range bins {
-		p50, p99 := median(p50s[i]), median(p99s[i])
-		fmt.Printf("fetch  cached FetchX509SVID, deployed, binary %d: median of %d rounds p50 %.3f ms  p99 %.3f ms", i, *fetchRounds, ms(p50), ms(p99))
+		p50, p99, cpu := median(p50s[i]), median(p99s[i]), median(cpus[i])
+		fmt.Printf("fetch  cached FetchX509SVID, deployed, binary %d: median of %d rounds p50 %.3f ms  p99 %.3f ms  agent CPU %.1f µs/call", i, *fetchRounds, ms(p50), ms(p99), us(cpu))
 		if i > 0 {
-			fmt.Printf("  (ratio to binary 0: p50 %.2f, p99 %.2f)", float64(p50)/float64(median(p50s[0])), float64(p99)/float64(median(p99s[0])))
+			fmt.Printf("  (ratio to binary 0: p50 %.2f, p99 %.2f, CPU %.2f)", float64(p50)/float64(median(p50s[0])), float64(p99)/float64(median(p99s[0])), float64(cpu)/float64(median(cpus[0])))
 		}
 		fmt.Println()
 	}
@@ -368,6 +371,48 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 		&Goal{Text: "≤ 0.5 ms", Kind: GoalMaxValue, Bound: 0.5}, "2.17 ms"))
 	return summarize(jsonOut)
 }
+
+// procCPU is the user + system CPU time process pid has used so far
+// (from /proc/PID/stat, in clock ticks of 10 ms).
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	utime, err1 := strconv.ParseUint(f[11], 10, 64)
+	stime, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// timedFetch runs the fetch client against socket and returns its
+// latencies and the CPU time process pid (the server side) used meanwhile
+// per timed call (the warm-up calls included in the count).
+func timedFetch(ctx context.Context, socket string, pid int) ([]time.Duration, time.Duration, error) {
+	before, err := procCPU(pid)
+	if err != nil {
+		return nil, 0, err
+	}
+	lat, err := fetchFromChild(ctx, socket)
+	if err != nil {
+		return nil, 0, err
+	}
+	after, err := procCPU(pid)
+	if err != nil {
+		return nil, 0, err
+	}
+	return lat, (after - before) / time.Duration(len(lat)+200), nil
+}
+
+// us is d in microseconds.
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // mib is bytes in MiB.
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
