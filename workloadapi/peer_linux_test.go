@@ -4,9 +4,11 @@ package workloadapi
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -14,7 +16,9 @@ import (
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/workload"
@@ -284,5 +288,92 @@ func TestQuickAttestation(t *testing.T) {
 	}}}
 	if id, err := fetchID(); err != nil || id != "/slow" || slowRuns.Load() != 2 {
 		t.Fatalf("one without a quick path: %q, %v, %d slow runs; want /slow from Attest", id, err, slowRuns.Load())
+	}
+}
+
+// frameCounter is a client connection that counts the HTTP/2 frames the
+// server sends, by type, parsing their 9-byte headers as they are read.
+type frameCounter struct {
+	net.Conn
+	mu      sync.Mutex
+	hdr     []byte // partial frame header
+	skip    int    // payload bytes of the current frame still to pass
+	byType  map[byte]int
+	pingAck int
+}
+
+func (c *frameCounter) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for p := b[:n]; len(p) > 0; {
+		if c.skip > 0 {
+			k := min(c.skip, len(p))
+			c.skip -= k
+			p = p[k:]
+			continue
+		}
+		k := min(9-len(c.hdr), len(p))
+		c.hdr = append(c.hdr, p[:k]...)
+		p = p[k:]
+		if len(c.hdr) == 9 {
+			typ, flags := c.hdr[3], c.hdr[4]
+			c.byType[typ]++
+			if typ == 0x6 && flags&0x1 != 0 {
+				c.pingAck++
+			}
+			c.skip = int(c.hdr[0])<<16 | int(c.hdr[1])<<8 | int(c.hdr[2])
+			c.hdr = c.hdr[:0]
+		}
+	}
+	return n, err
+}
+
+// pings returns how many PING frames (not acks) the server sent.
+func (c *frameCounter) pings() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byType[0x6] - c.pingAck
+}
+
+// TestNoFlowControlPingPerCall: the server sends no HTTP/2 PING (gRPC's
+// bandwidth estimation) for the calls of a client: with dynamic windows it
+// would send one, and handle its ack, for the request of nearly every
+// fetch, two more frames each way per call.
+func TestNoFlowControlPingPerCall(t *testing.T) {
+	f := start(t, nil)
+	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
+	var counter *frameCounter
+	cc, err := grpc.NewClient("passthrough:///counted",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, "unix", f.sock)
+			if err != nil {
+				return nil, err
+			}
+			counter = &frameCounter{Conn: conn, byType: make(map[byte]int)}
+			return counter, nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := workloadpb.NewSpiffeWorkloadAPIClient(cc)
+	ctx := withHeader(testCtx(t))
+	const calls = 20
+	for i := 0; i < calls; i++ {
+		stream, err := c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := stream.Recv(); err != nil || len(resp.Svids) != 1 {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if counter == nil || counter.byType[0x0] < calls {
+		t.Fatal("the counting connection saw fewer DATA frames than calls")
+	}
+	if n := counter.pings(); n != 0 {
+		t.Fatalf("the server sent %d PINGs for %d calls", n, calls)
 	}
 }
