@@ -40,6 +40,8 @@ var (
 		"with -fetch-only: rounds of -fetch-calls timed fetches per binary (alternating binaries; medians are printed)")
 	fetchPerf = flag.String("agent-perf", "",
 		"with -fetch-only: record the agent process with `perf record -g` during the timed fetches into PREFIX.<binary>.<round>.data")
+	fetchStrace = flag.String("agent-strace", "",
+		"with -fetch-only: count the agent's system calls with `strace -f -c` during the timed fetches into PREFIX.<binary>.<round>.txt (slows the agent: read counts, not times)")
 	rawFetchServer = flag.String("raw-fetch-server", "",
 		"internal: serve a fixed X509SVIDResponse on this unix socket, with no attestation (the fetch limit)")
 )
@@ -324,15 +326,20 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 			}
 			d := deps[i]
 			var perf *exec.Cmd
-			if *fetchPerf != "" {
+			switch pid := strconv.Itoa(d.ag.Process.Pid); {
+			case *fetchPerf != "":
 				out := fmt.Sprintf("%s.%d.%d.data", *fetchPerf, i, r)
-				perf = exec.CommandContext(ctx, "perf", "record", "-q", "-g", "-F", "2000", "-o", out,
-					"-p", strconv.Itoa(d.ag.Process.Pid))
+				perf = exec.CommandContext(ctx, "perf", "record", "-q", "-g", "-F", "2000", "-o", out, "-p", pid)
+			case *fetchStrace != "":
+				out := fmt.Sprintf("%s.%d.%d.txt", *fetchStrace, i, r)
+				perf = exec.CommandContext(ctx, "strace", "-f", "-c", "-o", out, "-p", pid)
+			}
+			if perf != nil {
 				perf.Stderr = os.Stderr
 				if err := perf.Start(); err != nil {
-					return fmt.Errorf("perf: %w", err)
+					return fmt.Errorf("%s: %w", perf.Path, err)
 				}
-				time.Sleep(300 * time.Millisecond) // let perf attach
+				time.Sleep(300 * time.Millisecond) // let it attach
 			}
 			lat, cpu, err := timedFetch(ctx, d.socket, d.ag.Process.Pid)
 			if perf != nil {
