@@ -161,6 +161,22 @@ func main() {
 		}
 		return
 	}
+	if *rawFetchServer != "" {
+		if err := serveRawFetch(*rawFetchServer); err != nil {
+			fmt.Fprintln(os.Stderr, "bench raw fetch server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *fetchOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if err := benchFetchOnly(ctx, *jsonOut); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {

@@ -28,8 +28,20 @@ type PeerInfo struct {
 	// (SO_PEERGROUPS), or nil when the kernel does not report them.
 	Groups []uint32
 
+	// fdMu guards pidfd: checks hold it for reading while they use it,
+	// close for writing, so no check ever uses a descriptor number that
+	// was closed and reused.
+	fdMu sync.RWMutex
+	// pidfd refers to the process that connected; -1 once the
+	// connection is closed. It is the only descriptor a connection
+	// holds besides its socket (idle connections are bounded by
+	// descriptors).
+	pidfd int
+	// exePath and statPath are /proc/<PID>/exe and /proc/<PID>/stat,
+	// built once.
+	exePath, statPath string
+
 	mu        sync.Mutex
-	pidfd     int    // -1 once the connection is closed
 	startTime uint64 // of PID, read at handshake
 	exe       exeID  // executable of PID, read at handshake
 	release   func() // returns the connection's slot; nil when none
@@ -80,17 +92,18 @@ type exeID struct {
 	errno               uintptr // 0 when the file was inspected
 }
 
-// procReader reads what the Workload API checks about a process. Tests
-// replace its functions to simulate pid reuse, exec and credential
+// procReader reads what the Workload API checks about a peer's process.
+// Tests replace its functions to simulate pid reuse, exec and credential
 // changes.
 type procReader struct {
 	// startTime returns the process's start time; it fails for a
-	// process that has exited.
-	startTime func(pid int32) (uint64, error)
+	// process that has exited (a zombie included).
+	startTime func(p *PeerInfo) (uint64, error)
 	// exe identifies the executable the process runs now.
-	exe func(pid int32) (exeID, error)
-	// status returns the process's current credentials.
-	status func(pid int32) (procfs.Status, error)
+	exe func(p *PeerInfo) (exeID, error)
+	// status returns the process's current effective user and group
+	// (Groups is not filled in).
+	status func(p *PeerInfo) (procfs.Status, error)
 }
 
 // peerCreds are the grpc transport credentials of the Workload API server.

@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync/atomic"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/sigil-id/sigil/internal/procfs"
 
@@ -59,20 +62,23 @@ func peerFromConn(conn net.Conn, r *procReader) (*PeerInfo, error) {
 		}
 	}
 	unix.CloseOnExec(pidfd)
+	dir := "/proc/" + strconv.Itoa(int(cred.Pid))
 	p := &PeerInfo{
-		PID:    cred.Pid,
-		UID:    cred.Uid,
-		GID:    cred.Gid,
-		Groups: groups,
-		pidfd:  pidfd,
+		PID:      cred.Pid,
+		UID:      cred.Uid,
+		GID:      cred.Gid,
+		Groups:   groups,
+		pidfd:    pidfd,
+		exePath:  dir + "/exe",
+		statPath: dir + "/stat",
 	}
-	exe, err := r.exe(cred.Pid)
+	exe, err := r.exe(p)
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("peer %d: %w", cred.Pid, err)
 	}
 	p.exe = exe
-	st, err := r.startTime(cred.Pid)
+	st, err := r.startTime(p)
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("peer %d: %w", cred.Pid, err)
@@ -113,28 +119,28 @@ var (
 
 // alive reports an error unless the process the connection was pinned to
 // still runs under the same pid, with the effective user and group it
-// connected with, and the program it ran when it connected. Everything is
-// read before the liveness check, so that a pid reused meanwhile cannot
-// pass with another process's answers.
+// connected with, and the program it ran when it connected. Everything
+// read by pid is read before the liveness check, so that a pid reused
+// meanwhile cannot pass with another process's answers; the credentials
+// are read from the pidfd, the process itself.
 func (p *PeerInfo) alive(r *procReader) error {
-	p.mu.Lock()
-	fd := p.pidfd
-	p.mu.Unlock()
-	if fd < 0 {
+	p.fdMu.RLock()
+	defer p.fdMu.RUnlock()
+	if p.pidfd < 0 {
 		return errors.New("connection closed")
 	}
-	st, err := r.status(p.PID)
+	st, err := r.status(p)
 	if err != nil {
 		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
 	}
-	exe, err := r.exe(p.PID)
+	exe, err := r.exe(p)
 	if err != nil {
 		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
 	}
-	if err := unix.PidfdSendSignal(fd, 0, nil, 0); err != nil {
+	if err := unix.PidfdSendSignal(p.pidfd, 0, nil, 0); err != nil {
 		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
 	}
-	start, err := r.startTime(p.PID)
+	start, err := r.startTime(p)
 	if err != nil {
 		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
 	}
@@ -151,25 +157,27 @@ func (p *PeerInfo) alive(r *procReader) error {
 }
 
 func (p *PeerInfo) close() {
-	p.mu.Lock()
-	release := p.release
-	p.release = nil
+	p.fdMu.Lock()
 	if p.pidfd >= 0 {
 		unix.Close(p.pidfd)
 		p.pidfd = -1
 	}
+	p.fdMu.Unlock()
+	p.mu.Lock()
+	release := p.release
+	p.release = nil
 	p.mu.Unlock()
 	if release != nil {
 		release()
 	}
 }
 
-// procExe identifies the executable of process pid by a stat of
+// procExe identifies the executable of the peer's process by a stat of
 // /proc/<pid>/exe, which follows the link to the very file the process
 // runs.
-func procExe(pid int32) (exeID, error) {
+func procExe(p *PeerInfo) (exeID, error) {
 	var st unix.Stat_t
-	err := unix.Stat("/proc/"+strconv.Itoa(int(pid))+"/exe", &st)
+	err := unix.Stat(p.exePath, &st)
 	switch {
 	case err == nil:
 		return exeID{
@@ -188,14 +196,51 @@ func procExe(pid int32) (exeID, error) {
 	}
 }
 
-// procStatus reads the credentials of process pid.
-func procStatus(pid int32) (procfs.Status, error) {
-	return procfs.ReadStatus("/proc/" + strconv.Itoa(int(pid)) + "/status")
+// pidfdInfoUnsupported is set once the kernel refused PIDFD_GET_INFO
+// (before Linux 6.13): procStatus then reads the status file.
+var pidfdInfoUnsupported atomic.Bool
+
+// procStatus returns the effective user and group of the peer's process:
+// from its pidfd (PIDFD_GET_INFO, one ioctl on the process itself, Linux
+// 6.13+) or, on older kernels, from /proc/<pid>/status.
+func procStatus(p *PeerInfo) (procfs.Status, error) {
+	if !pidfdInfoUnsupported.Load() {
+		info := unix.PidfdInfo{Mask: unix.PIDFD_INFO_CREDS}
+		err := unix.IoctlPidfdInfo(p.pidfd, &info)
+		switch {
+		case err == nil && info.Mask&unix.PIDFD_INFO_CREDS != 0:
+			return procfs.Status{EUID: info.Euid, EGID: info.Egid}, nil
+		case err == nil:
+			return procfs.Status{}, errors.New("PIDFD_GET_INFO returned no credentials")
+		case errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EINVAL):
+			pidfdInfoUnsupported.Store(true)
+		default:
+			return procfs.Status{}, err
+		}
+	}
+	return procStatusFile(p)
+}
+
+// procStatusFile reads the peer's credentials from /proc/<pid>/status.
+func procStatusFile(p *PeerInfo) (procfs.Status, error) {
+	return procfs.ReadStatus("/proc/" + strconv.Itoa(int(p.PID)) + "/status")
 }
 
 // procStartTime returns the start time (in clock ticks after boot) of the
-// process pid from /proc/<pid>/stat, and fails for a zombie.
-func procStartTime(pid int32) (uint64, error) {
+// peer's process from /proc/<pid>/stat, and fails for a zombie.
+func procStartTime(p *PeerInfo) (uint64, error) {
+	var st uint64
+	err := procfs.Read(p.statPath, func(b []byte) error {
+		var err error
+		st, err = parseStat(b)
+		return err
+	})
+	return st, err
+}
+
+// pidStartTime is procStartTime for a pid, through the path of its stat
+// file.
+func pidStartTime(pid int32) (uint64, error) {
 	var st uint64
 	err := procfs.Read("/proc/"+strconv.Itoa(int(pid))+"/stat", func(b []byte) error {
 		var err error
@@ -208,19 +253,66 @@ func procStartTime(pid int32) (uint64, error) {
 // parseStat extracts the start time (field 22) from a /proc/<pid>/stat
 // line. The command name (field 2) is in parentheses and may itself hold
 // spaces and parentheses, so fields are counted after the last ')'.
+// Fields are split as bytes.Fields splits them, without allocating.
 func parseStat(b []byte) (uint64, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
 		return 0, errors.New("malformed /proc stat")
 	}
-	fields := bytes.Fields(b[i+1:])
-	// fields[0] is field 3 (state); start time is field 22.
-	if len(fields) < 20 {
+	// Field 3 (state) is the first after the name; start time is
+	// field 22, the 20th.
+	var state, start []byte
+	n := 0
+	for rest := b[i+1:]; n < 20; n++ {
+		var f []byte
+		if f, rest = nextField(rest); f == nil {
+			break
+		}
+		switch n {
+		case 0:
+			state = f
+		case 19:
+			start = f
+		}
+	}
+	if n < 20 {
 		return 0, errors.New("malformed /proc stat")
 	}
-	switch string(fields[0]) {
+	switch string(state) {
 	case "Z", "X", "x":
 		return 0, errors.New("process has exited")
 	}
-	return strconv.ParseUint(string(fields[19]), 10, 64)
+	return strconv.ParseUint(string(start), 10, 64)
+}
+
+// nextField returns the first field of b (a run of bytes that are not
+// white space as bytes.Fields sees it) and what follows it; nil when b
+// holds none.
+func nextField(b []byte) (field, rest []byte) {
+	i := 0
+	for i < len(b) {
+		r, w := rune(b[i]), 1
+		if r >= utf8.RuneSelf {
+			r, w = utf8.DecodeRune(b[i:])
+		}
+		if !unicode.IsSpace(r) {
+			break
+		}
+		i += w
+	}
+	if i == len(b) {
+		return nil, nil
+	}
+	j := i
+	for j < len(b) {
+		r, w := rune(b[j]), 1
+		if r >= utf8.RuneSelf {
+			r, w = utf8.DecodeRune(b[j:])
+		}
+		if unicode.IsSpace(r) {
+			break
+		}
+		j += w
+	}
+	return b[i:j], b[j:]
 }

@@ -27,8 +27,10 @@ func (p *PeerInfo) close() {
 	}
 }
 
-func procStartTime(int32) (uint64, error) { return 0, errUnsupported }
+func procStartTime(*PeerInfo) (uint64, error) { return 0, errUnsupported }
 
-func procExe(int32) (exeID, error) { return exeID{}, errUnsupported }
+func pidStartTime(int32) (uint64, error) { return 0, errUnsupported }
 
-func procStatus(int32) (procfs.Status, error) { return procfs.Status{}, errUnsupported }
+func procExe(*PeerInfo) (exeID, error) { return exeID{}, errUnsupported }
+
+func procStatus(*PeerInfo) (procfs.Status, error) { return procfs.Status{}, errUnsupported }

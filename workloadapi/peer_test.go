@@ -92,8 +92,8 @@ func TestCallerCredsChangedSinceConnect(t *testing.T) {
 	var changed atomic.Bool
 	f := start(t, func(s *Server) {
 		s.staleGrace = time.Millisecond
-		s.proc.status = func(pid int32) (procfs.Status, error) {
-			st, err := procStatus(pid)
+		s.proc.status = func(p *PeerInfo) (procfs.Status, error) {
+			st, err := procStatus(p)
 			if changed.Load() {
 				st.EUID++
 			}

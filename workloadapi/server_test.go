@@ -65,14 +65,21 @@ func childMain(sock string) int {
 		return 1
 	}
 	// On SIGUSR1 the child executes the program named in childExecEnv;
-	// the connection stays open in the parent.
+	// the connection stays open in the parent. On SIGUSR2 it changes its
+	// effective uid (only) to 65534 and waits (this needs root).
 	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
+	signal.Notify(usr1, syscall.SIGUSR1, syscall.SIGUSR2)
 	if err := unix.Sendmsg(3, []byte{0}, unix.UnixRights(int(f.Fd())), nil, 0); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	<-usr1
+	if sig := <-usr1; sig == syscall.SIGUSR2 {
+		if err := syscall.Setreuid(-1, 65534); err != nil {
+			fmt.Fprintln(os.Stderr, "setreuid:", err)
+			return 1
+		}
+		select {}
+	}
 	prog := os.Getenv(childExecEnv)
 	err = syscall.Exec(prog, []string{prog, "60"}, os.Environ())
 	fmt.Fprintln(os.Stderr, "exec:", err)
@@ -754,8 +761,8 @@ func TestCallerDiesDuringAttestation(t *testing.T) {
 func TestPIDReusedDuringAttestation(t *testing.T) {
 	var reused atomic.Bool
 	f := start(t, func(s *Server) {
-		s.proc.startTime = func(pid int32) (uint64, error) {
-			st, err := procStartTime(pid)
+		s.proc.startTime = func(p *PeerInfo) (uint64, error) {
+			st, err := procStartTime(p)
 			if reused.Load() {
 				st++
 			}
@@ -781,7 +788,7 @@ func TestParseStat(t *testing.T) {
 	if _, err := parseStat([]byte("1234 (x) S 1")); err == nil {
 		t.Error("short: no error")
 	}
-	own, err := procStartTime(int32(os.Getpid()))
+	own, err := pidStartTime(int32(os.Getpid()))
 	if err != nil || own == 0 {
 		t.Fatalf("own start time: %d, %v", own, err)
 	}

@@ -6,9 +6,9 @@ package procfs
 
 import (
 	"errors"
-	"io"
-	"os"
+	"io/fs"
 	"sync"
+	"syscall"
 )
 
 // MaxSize is the largest file Read accepts.
@@ -20,13 +20,17 @@ var pool = sync.Pool{New: func() any {
 }}
 
 // Read reads the whole file at path and passes its contents to fn. The
-// slice is only valid during fn.
+// slice is only valid during fn. It opens, reads and closes the file with
+// plain system calls: an os.File costs a few more per file (the poller's
+// registration and its flags), which the Workload API pays on every call.
 func Read(path string, fn func([]byte) error) error {
-	f, err := os.Open(path)
+	fd, err := ignoringEINTR(func() (int, error) {
+		return syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	})
 	if err != nil {
-		return err
+		return &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer f.Close()
+	defer syscall.Close(fd)
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
 	b := (*bp)[:0]
@@ -37,15 +41,25 @@ func Read(path string, fn func([]byte) error) error {
 			}
 			b = append(b, 0)[:len(b)]
 		}
-		n, err := f.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF || (err == nil && n == 0) {
+		n, err := ignoringEINTR(func() (int, error) { return syscall.Read(fd, b[len(b):cap(b)]) })
+		if err != nil {
+			return &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n <= 0 {
 			break
 		}
-		if err != nil {
-			return err
-		}
+		b = b[:len(b)+n]
 	}
 	*bp = b[:0]
 	return fn(b)
+}
+
+// ignoringEINTR calls fn until it fails with another error than EINTR.
+func ignoringEINTR(fn func() (int, error)) (int, error) {
+	for {
+		n, err := fn()
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
 }

@@ -82,16 +82,26 @@ func newNameCache(resolve func(string) (string, error)) *nameCache {
 	return &nameCache{resolve: resolve, now: time.Now, names: make(map[string]cachedName)}
 }
 
-func (c *nameCache) lookup(id string) (string, bool) {
+// cached returns id's name from the cache when it is there and fresh:
+// name and ok as lookup returns them, and fresh false otherwise.
+func (c *nameCache) cached(id string) (name string, ok, fresh bool) {
 	now := c.now()
 	c.mu.Lock()
 	e, hit := c.names[id]
 	c.mu.Unlock()
 	if hit && now.Sub(e.at) < nameTTL {
-		return e.name, e.ok
+		return e.name, e.ok, true
 	}
+	return "", false, false
+}
+
+func (c *nameCache) lookup(id string) (string, bool) {
+	if name, ok, fresh := c.cached(id); fresh {
+		return name, ok
+	}
+	now := c.now()
 	name, err := c.resolve(id)
-	e = cachedName{name: name, ok: err == nil, at: now}
+	e := cachedName{name: name, ok: err == nil, at: now}
 	c.mu.Lock()
 	if len(c.names) >= maxHashCache {
 		clear(c.names)
@@ -142,12 +152,35 @@ func (a *Attestor) Name() string { return Name }
 // process runs now; the Workload API checks afterwards that it is the file
 // it ran when it connected.
 func (a *Attestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1.Selector, error) {
-	pid := c.PID
-	if pid <= 0 {
-		return nil, fmt.Errorf("unix attestor: invalid pid %d", pid)
+	if c.PID <= 0 {
+		return nil, fmt.Errorf("unix attestor: invalid pid %d", c.PID)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	sels, _, err := a.attest(c, false)
+	return sels, err
+}
+
+// AttestQuick is Attest when it can answer from what it holds without
+// anything that may block or take long: the user and group names are in
+// their caches (user name services may be remote) and the executable's
+// hash is cached (hashing reads the whole file). It then reads only
+// /proc (the executable link and a stat of it, and the status file when
+// c has no groups) and returns ok true with Attest's answer; otherwise
+// it returns ok false, having cached nothing, and the caller runs Attest.
+// The Workload API runs attestors that have it inline, without a
+// goroutine or a timer, when every attestor answers this way.
+func (a *Attestor) AttestQuick(c workload.Caller) (sels []*sigilv1.Selector, ok bool, err error) {
+	return a.attest(c, true)
+}
+
+// attest is Attest, and AttestQuick when quick is set: then it returns
+// ok false instead of resolving a name or hashing a file.
+func (a *Attestor) attest(c workload.Caller, quick bool) (_ []*sigilv1.Selector, ok bool, _ error) {
+	pid := c.PID
+	if pid <= 0 {
+		return nil, true, fmt.Errorf("unix attestor: invalid pid %d", pid)
 	}
 	dir := a.procRoot + "/" + strconv.Itoa(int(pid))
 	groups := c.Groups
@@ -158,31 +191,48 @@ func (a *Attestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1.Se
 		st, err := readStatus(dir + "/status")
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
-				return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, workload.ErrProcessGone)
+				return nil, true, fmt.Errorf("unix attestor: pid %d: %w", pid, workload.ErrProcessGone)
 			}
-			return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
+			return nil, true, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
 		}
 		groups = st.Groups
 	}
 
-	sels := make([]*sigilv1.Selector, 0, 8+len(groups))
-	add := func(v string) { sels = append(sels, &sigilv1.Selector{Type: Name, Value: v}) }
-
 	uid := strconv.FormatUint(uint64(c.UID), 10)
 	gid := strconv.FormatUint(uint64(c.GID), 10)
+	var uname, gname string
+	var uok, gok bool
+	if quick {
+		var fresh bool
+		if uname, uok, fresh = a.users.cached(uid); !fresh {
+			return nil, false, nil
+		}
+		if gname, gok, fresh = a.groups.cached(gid); !fresh {
+			return nil, false, nil
+		}
+	} else {
+		uname, uok = a.users.lookup(uid)
+		gname, gok = a.groups.lookup(gid)
+	}
+
+	path, sum, err := a.exe(dir+"/exe", quick)
+	if quick && err == errNotCached {
+		return nil, false, nil
+	}
+
+	sels := make([]*sigilv1.Selector, 0, 6+len(groups))
+	add := func(v string) { sels = append(sels, &sigilv1.Selector{Type: Name, Value: v}) }
 	add("uid:" + uid)
-	if name, ok := a.users.lookup(uid); ok {
-		add("user:" + name)
+	if uok {
+		add("user:" + uname)
 	}
 	add("gid:" + gid)
-	if name, ok := a.groups.lookup(gid); ok {
-		add("group:" + name)
+	if gok {
+		add("group:" + gname)
 	}
 	for _, g := range groups {
 		add("supplementary_gid:" + strconv.FormatUint(uint64(g), 10))
 	}
-
-	path, sum, err := a.exe(dir + "/exe")
 	switch {
 	case err == nil:
 		add("path:" + path)
@@ -193,13 +243,17 @@ func (a *Attestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1.Se
 		// Kernel threads have no executable; a process that exited
 		// meanwhile is gone.
 		if _, serr := os.Stat(dir); serr != nil {
-			return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, workload.ErrProcessGone)
+			return nil, true, fmt.Errorf("unix attestor: pid %d: %w", pid, workload.ErrProcessGone)
 		}
 	default:
-		return nil, fmt.Errorf("unix attestor: pid %d: executable: %w", pid, err)
+		return nil, true, fmt.Errorf("unix attestor: pid %d: executable: %w", pid, err)
 	}
-	return sels, nil
+	return sels, true, nil
 }
+
+// errNotCached is exe's answer in quick mode for a file whose hash is not
+// cached.
+var errNotCached = errors.New("executable hash not cached")
 
 // readStatus reads the credentials of a process from its /proc status
 // file.
@@ -214,7 +268,9 @@ func readStatus(path string) (procfs.Status, error) {
 // exe resolves the executable link and hashes the file it points to. The
 // file is opened through the link, so the hash is of the very file the
 // process runs even if the path has been replaced since.
-func (a *Attestor) exe(link string) (path, sum string, err error) {
+// With quick set, a file whose hash is not cached is not hashed: exe
+// returns errNotCached.
+func (a *Attestor) exe(link string, quick bool) (path, sum string, err error) {
 	path, err = os.Readlink(link)
 	if err != nil {
 		return "", "", err
@@ -231,6 +287,9 @@ func (a *Attestor) exe(link string) (path, sum string, err error) {
 				return path, sum, nil
 			}
 		}
+	}
+	if quick {
+		return "", "", errNotCached
 	}
 	f, err := os.Open(link)
 	if err != nil {

@@ -255,3 +255,73 @@ func TestAttestUsesConnectTimeCredentials(t *testing.T) {
 		t.Errorf("%d supplementary_gid selectors, want 2: %q", n, got)
 	}
 }
+
+// TestAttestQuick: AttestQuick answers only from what is cached and
+// fresh. Before the names are resolved and the executable hashed it
+// declines (and hashes nothing); afterwards it returns exactly Attest's
+// selectors; an expired user or group name, or another executable, makes
+// it decline again.
+func TestAttestQuick(t *testing.T) {
+	a := New()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	a.users.now, a.groups.now = clock, clock
+	c := self()
+	if sels, ok, err := a.AttestQuick(c); ok || sels != nil || err != nil {
+		t.Fatalf("AttestQuick before Attest: %v, %v, %v; want it to decline", sels, ok, err)
+	}
+	if a.hashed != 0 {
+		t.Fatalf("AttestQuick hashed %d files", a.hashed)
+	}
+	want, err := a.Attest(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := a.AttestQuick(c)
+	if !ok || err != nil {
+		t.Fatalf("AttestQuick after Attest: %v, %v", ok, err)
+	}
+	if !slices.Equal(values(t, got), values(t, want)) {
+		t.Fatalf("AttestQuick: %q; Attest: %q", values(t, got), values(t, want))
+	}
+	if a.hashed != 1 {
+		t.Fatalf("hashed %d times, want 1", a.hashed)
+	}
+
+	// The user name expires (the group name is kept fresh).
+	now = now.Add(nameTTL)
+	a.groups.now = time.Now
+	if _, ok, _ := a.AttestQuick(c); ok {
+		t.Fatal("AttestQuick answered with an expired user name")
+	}
+	// The group name expires.
+	a.users.now, a.groups.now = time.Now, clock
+	if _, ok, _ := a.AttestQuick(c); ok {
+		t.Fatal("AttestQuick answered with an expired group name")
+	}
+	a.groups.now = time.Now
+
+	// Another executable, never hashed.
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sleep, "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	if _, ok, _ := a.AttestQuick(caller(cmd.Process.Pid)); ok {
+		t.Fatal("AttestQuick answered for an executable it had not hashed")
+	}
+	if a.hashed != 1 {
+		t.Fatalf("hashed %d times, want 1", a.hashed)
+	}
+	// A bad pid is an answer, as from Attest.
+	if _, ok, err := a.AttestQuick(caller(-1)); !ok || err == nil {
+		t.Fatalf("AttestQuick(pid -1): %v, %v; want an error", ok, err)
+	}
+}
