@@ -549,7 +549,7 @@ func TestAgentMintsOverSyncAndWithdrawsDeleted(t *testing.T) {
 	srv.mu.Lock()
 	issued := srv.issuedKeys["e1"]
 	srv.mu.Unlock()
-	if !publicKeyEqual(id.Chain[0].PublicKey, id.PrivateKey.Public()) || !publicKeyEqual(issued, id.PrivateKey.Public()) {
+	if !publicKeyEqual(leafOf(t, id).PublicKey, keyOf(t, id).Public()) || !publicKeyEqual(issued, keyOf(t, id).Public()) {
 		t.Fatal("SVID is not over the key the agent generated")
 	}
 
@@ -599,7 +599,7 @@ func TestAgentHoldsSVIDUntilCAIsInBundle(t *testing.T) {
 	}
 	srv.addCA(ca2)
 	s := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
-	if err := s.Identities[0].Chain[0].CheckSignatureFrom(ca2.cert); err != nil {
+	if err := leafOf(t, s.Identities[0]).CheckSignatureFrom(ca2.cert); err != nil {
 		t.Fatalf("SVID not from the new CA: %v", err)
 	}
 	if !s.Bundle.HasX509Authority(ca2.cert) {
@@ -847,10 +847,10 @@ func TestAgentRenewsWorkloadSVIDsByClock(t *testing.T) {
 	clk.Add(20 * time.Minute)
 	s := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
 	second := s.Identities[0]
-	if second.Chain[0].SerialNumber.Cmp(first.Chain[0].SerialNumber) == 0 {
+	if leafOf(t, second).SerialNumber.Cmp(leafOf(t, first).SerialNumber) == 0 {
 		t.Fatal("same SVID after renewal time")
 	}
-	if publicKeyEqual(second.PrivateKey.Public(), first.PrivateKey.Public()) {
+	if publicKeyEqual(keyOf(t, second).Public(), keyOf(t, first).Public()) {
 		t.Fatal("renewal reused the key")
 	}
 	r.stop(t)

@@ -119,11 +119,10 @@ func (c *cache) report(ch changes) {
 		case evMinted:
 			c.met.minted.Inc()
 			if ce := c.log.Check(zap.DebugLevel, "SVID received"); ce != nil {
-				leaf := e.svid.chain[0]
 				ce.Write(id,
 					zap.String("spiffe_id", e.svid.spiffeID.String()),
-					zap.String("serial", leaf.SerialNumber.Text(16)),
-					zap.Time("expires_at", leaf.NotAfter))
+					zap.String("serial", e.svid.serialText()),
+					zap.Time("expires_at", e.svid.notAfter))
 			}
 		case evStale:
 			c.log.Debug("dropping an SVID minted for an entry that changed or was deleted since", id)

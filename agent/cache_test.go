@@ -140,7 +140,7 @@ func TestCacheSubscribeBeforeEntries(t *testing.T) {
 		t.Fatalf("identities %v, want %v (created_at, then id)", got, want)
 	}
 	for _, id := range s.Identities {
-		if !publicKeyEqual(id.Chain[0].PublicKey, id.PrivateKey.Public()) {
+		if !publicKeyEqual(leafOf(t, id).PublicKey, keyOf(t, id).Public()) {
 			t.Fatalf("identity %s: key does not match its certificate", id.EntryID)
 		}
 	}
@@ -316,8 +316,8 @@ func TestCacheSVIDHeldUntilItsCAIsInTheBundle(t *testing.T) {
 	if got := ids(s); !equalStrings(got, []string{"a"}) {
 		t.Fatalf("identities %v", got)
 	}
-	if s.Identities[0].Chain[0].Issuer.String() != ca2.cert.Subject.String() ||
-		s.Identities[0].Chain[0].CheckSignatureFrom(ca2.cert) != nil {
+	if leafOf(t, s.Identities[0]).Issuer.String() != ca2.cert.Subject.String() ||
+		leafOf(t, s.Identities[0]).CheckSignatureFrom(ca2.cert) != nil {
 		t.Fatal("identity not signed by the new CA")
 	}
 }
@@ -361,7 +361,7 @@ func TestCacheRenewalAndExpiry(t *testing.T) {
 		t.Fatalf("renewed %d", n)
 	}
 	second := recv(t, sub).Identities[0]
-	if second.Chain[0].SerialNumber.Cmp(first.Chain[0].SerialNumber) == 0 {
+	if leafOf(t, second).SerialNumber.Cmp(leafOf(t, first).SerialNumber) == 0 {
 		t.Fatal("rotation delivered the same SVID")
 	}
 

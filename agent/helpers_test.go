@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"github.com/sigil-id/sigil/workloadapi"
 	"math/big"
 	"net/url"
 	"sync/atomic"
@@ -82,4 +83,37 @@ func (ca *testCA) issue(id spiffeid.ID, pub crypto.PublicKey, notBefore time.Tim
 		return nil, err
 	}
 	return []*x509.Certificate{cert}, nil
+}
+
+// certs parses the SVID's chain from its DER, as the tests read it.
+func (s *svid) certs(t testing.TB) []*x509.Certificate {
+	t.Helper()
+	certs, err := x509.ParseCertificates(s.chainDER)
+	if err != nil || len(certs) == 0 {
+		t.Fatalf("SVID chain DER does not parse: %v", err)
+	}
+	return certs
+}
+
+// leafAKI is the AuthorityKeyId of the SVID's leaf.
+func (s *svid) leafAKI() string { return string(s.aki) }
+
+// leafOf is the leaf certificate of an identity the cache handed out.
+func leafOf(t testing.TB, id workloadapi.X509Identity) *x509.Certificate {
+	t.Helper()
+	certs, err := id.Certificates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0]
+}
+
+// keyOf is the private key of an identity the cache handed out.
+func keyOf(t testing.TB, id workloadapi.X509Identity) crypto.Signer {
+	t.Helper()
+	k, err := id.Signer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

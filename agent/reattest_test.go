@@ -144,7 +144,7 @@ func TestAgentReattestsWhenEvicted(t *testing.T) {
 	defer sub.Close()
 	srv.upsert(entry("e1", "svc", 1, "uid:3"))
 	before := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
-	serial := before.Identities[0].Chain[0].SerialNumber.String()
+	serial := leafOf(t, before.Identities[0]).SerialNumber.String()
 
 	srv.mu.Lock()
 	srv.evicted = true
@@ -163,7 +163,7 @@ func TestAgentReattestsWhenEvicted(t *testing.T) {
 	after := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 2 })
 	kept := false
 	for _, id := range after.Identities {
-		if id.Chain[0].SerialNumber.String() == serial {
+		if leafOf(t, id).SerialNumber.String() == serial {
 			kept = true
 		}
 	}

@@ -119,7 +119,7 @@ func (c *cache) reportStates() []svidReport {
 		// An SVID minted for another SPIFFE ID (the entry changed) is
 		// not served: the entry holds none.
 		if sv := e.sv; sv != nil && sv.spiffeID.String() == e.spiffeID {
-			r.serial = sv.chain[0].SerialNumber.Text(16)
+			r.serial = sv.serialText()
 			r.expiresAt = sv.notAfter.Unix()
 			r.renewAt = sv.renewAt.Unix()
 		}

@@ -171,7 +171,7 @@ func heldSerials(r *runningAgent) map[string]string {
 	out := make(map[string]string)
 	for id, st := range r.cache.st.entries {
 		if st.svid != nil {
-			out[id] = st.svid.chain[0].SerialNumber.Text(16)
+			out[id] = st.svid.serialText()
 		}
 	}
 	return out
@@ -572,7 +572,7 @@ func BenchmarkReportStates(b *testing.B) {
 	n := 0
 	for _, st := range c.st.entries {
 		n++
-		st.svid = &svid{spiffeID: id, chain: chain, renewAt: now.Add(time.Duration(n) * time.Second), notAfter: chain[0].NotAfter}
+		st.svid = &svid{spiffeID: id, chainDER: chain[0].Raw, serial: chain[0].SerialNumber.Bytes(), renewAt: now.Add(time.Duration(n) * time.Second), notAfter: chain[0].NotAfter}
 	}
 	last := make(map[string]svidReport)
 	b.Run("locked-copy", func(b *testing.B) {

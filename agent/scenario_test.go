@@ -134,7 +134,7 @@ func (s *scenario) state() {
 		fmt.Fprintf(&s.out, "  %-4s %-8s gen %d %s", id, st.phase(s.now), st.gen, strings.TrimPrefix(st.entry.GetSpiffeId(), "spiffe://example.org"))
 		if sv := st.svid; sv != nil {
 			fmt.Fprintf(&s.out, " | svid#%d %s by %s renew %s expires %s", sv.seq,
-				strings.TrimPrefix(sv.spiffeID.String(), "spiffe://example.org"), s.caOf[string(sv.chain[0].AuthorityKeyId)],
+				strings.TrimPrefix(sv.spiffeID.String(), "spiffe://example.org"), s.caOf[sv.leafAKI()],
 				s.rel(sv.renewAt), s.rel(sv.notAfter))
 			if sv.mintedFor != st.fp {
 				s.out.WriteString(" (for an older version)")
@@ -144,7 +144,7 @@ func (s *scenario) state() {
 			}
 		}
 		if st.pending != nil {
-			fmt.Fprintf(&s.out, " | held since %s, by %s", s.rel(st.pendingSince), s.caOf[string(st.pending.chain[0].AuthorityKeyId)])
+			fmt.Fprintf(&s.out, " | held since %s, by %s", s.rel(st.pendingSince), s.caOf[st.pending.leafAKI()])
 		}
 		if st.failures > 0 || !st.retryAt.IsZero() {
 			fmt.Fprintf(&s.out, " | failures %d retry %s", st.failures, s.rel(st.retryAt))

@@ -244,13 +244,11 @@ func buildSnapshot(st *x509State, entries []*entryState) *workloadapi.X509Snapsh
 			continue
 		}
 		ids = append(ids, workloadapi.X509Identity{
-			EntryID:    e.entry.GetId(),
-			SPIFFEID:   s.spiffeID,
-			Chain:      s.chain,
-			PrivateKey: s.key,
-			ChainDER:   s.chainDER,
-			KeyDER:     s.keyDER,
-			Hint:       e.entry.GetHint(),
+			EntryID:  e.entry.GetId(),
+			SPIFFEID: s.spiffeID,
+			ChainDER: s.chainDER,
+			KeyDER:   s.keyDER,
+			Hint:     e.entry.GetHint(),
 		})
 	}
 	// Nothing is allocated when no entry names a federated bundle.

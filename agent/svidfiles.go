@@ -177,8 +177,17 @@ func (s *cacheSource) WatchX509(ctx context.Context, update func(*svidfiles.Upda
 
 func snapshotUpdate(snap *workloadapi.X509Snapshot) *svidfiles.Update {
 	u := &svidfiles.Update{Bundles: map[spiffeid.TrustDomain][]*x509.Certificate{}}
-	for _, id := range snap.Identities {
-		u.SVIDs = append(u.SVIDs, &x509svid.SVID{ID: id.SPIFFEID, Certificates: id.Chain, PrivateKey: id.PrivateKey, Hint: id.Hint})
+	for i := range snap.Identities {
+		id := &snap.Identities[i]
+		certs, err := id.Certificates()
+		if err != nil {
+			continue // not written; the cache never hands out such an identity
+		}
+		key, err := id.Signer()
+		if err != nil {
+			continue
+		}
+		u.SVIDs = append(u.SVIDs, &x509svid.SVID{ID: id.SPIFFEID, Certificates: certs, PrivateKey: key, Hint: id.Hint})
 	}
 	if snap.Bundle != nil {
 		u.Bundles[snap.Bundle.TrustDomain()] = snap.Bundle.X509Authorities()

@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/big"
 	"slices"
 	"strings"
 	"time"
@@ -111,20 +113,38 @@ func fingerprintOf(e *sigilv1.Entry) entryFingerprint {
 }
 
 // svid is one X.509-SVID with its private key, which never leaves the
-// agent's memory.
+// agent's memory. An installed SVID keeps only the DER of its chain and
+// key and the few fields the agent reads (about 0.8 KiB for a P-256 SVID,
+// against about 4.5 KiB with the parsed certificate and key): the
+// Workload API serves the DER as it is, and the rare users of the parsed
+// forms (SDS, svid_files) parse them from the DER
+// (workloadapi.X509Identity.Certificates and Signer).
 type svid struct {
-	seq       uint64
-	spiffeID  spiffeid.ID
-	chain     []*x509.Certificate
-	key       crypto.Signer
-	chainDER  []byte // concatenated DER of chain
-	keyDER    []byte // PKCS#8 DER of key
+	seq      uint64
+	spiffeID spiffeid.ID
+	chainDER []byte // concatenated DER of the chain, leaf first
+	keyDER   []byte // PKCS#8 DER of the key
+	// serial is the leaf's serial number (big-endian) and aki its
+	// AuthorityKeyId (a slice of chainDER).
+	serial    []byte
+	aki       []byte
+	notBefore time.Time
 	mintedFor entryFingerprint
 	renewAt   time.Time
 	notAfter  time.Time
+	// verifyChain is the parsed chain while the SVID is checked and,
+	// for an SVID held for its CA (entryState.pending), until it
+	// verifies; nil once installed.
+	verifyChain []*x509.Certificate
 	// tainted is set when the key that signed the SVID is tainted in the
 	// bundle: it is replaced at once.
 	tainted bool
+}
+
+// serialText is the leaf's serial number in hex, as logs and reports
+// show it.
+func (s *svid) serialText() string {
+	return new(big.Int).SetBytes(s.serial).Text(16)
 }
 
 // entryState is one registration entry and the minting state of its SVID.
@@ -457,7 +477,7 @@ func (s *x509State) SetBundle(b *x509bundle.Bundle, now time.Time) (bool, change
 			st.pending = nil
 			continue
 		}
-		if _, _, err := x509svid.Verify(st.pending.chain, s.bundle, x509svid.WithTime(now)); err != nil {
+		if _, _, err := x509svid.Verify(st.pending.verifyChain, s.bundle, x509svid.WithTime(now)); err != nil {
 			continue
 		}
 		s.promote(id, st, st.pending, &ch)
@@ -473,7 +493,7 @@ func (s *x509State) Tainted(taintedX509 map[string]bool) changes {
 	var ch changes
 	for _, id := range s.sortedIDs() {
 		st := s.entries[id]
-		if st.svid != nil && !st.svid.tainted && taintedX509[string(st.svid.chain[0].AuthorityKeyId)] {
+		if st.svid != nil && !st.svid.tainted && taintedX509[string(st.svid.aki)] {
 			st.svid.tainted = true
 			ch.add(event{kind: evTainted, entryID: id, svid: st.svid})
 		}
@@ -616,7 +636,7 @@ func checkMint(job *mintJob, out mintOutcome, bundle *x509bundle.Bundle, now tim
 	r.s, r.err = checkSVID(job, out.chain)
 	if r.err == nil && bundle != nil {
 		r.bundle = bundle
-		_, _, r.verErr = x509svid.Verify(r.s.chain, bundle, x509svid.WithTime(now))
+		_, _, r.verErr = x509svid.Verify(r.s.verifyChain, bundle, x509svid.WithTime(now))
 	}
 	return r
 }
@@ -673,7 +693,7 @@ func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
 	if r.bundle != s.bundle {
 		// The bundle changed since the result was verified: check
 		// against the new one.
-		_, _, verErr = x509svid.Verify(r.s.chain, s.bundle, x509svid.WithTime(now))
+		_, _, verErr = x509svid.Verify(r.s.verifyChain, s.bundle, x509svid.WithTime(now))
 	}
 	if verErr != nil {
 		st.pending, st.pendingSince = r.s, now
@@ -689,7 +709,8 @@ func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
 func (s *x509State) promote(id string, st *entryState, sv *svid, ch *changes) {
 	s.svidSeq++
 	sv.seq = s.svidSeq
-	sv.renewAt = RenewAt(sv.chain[0].NotBefore, sv.notAfter, s.jitter())
+	sv.renewAt = RenewAt(sv.notBefore, sv.notAfter, s.jitter())
+	sv.verifyChain = nil // verified: keep only the DER
 	st.svid = sv
 	st.failures = 0
 	st.retryAt = time.Time{}
@@ -751,18 +772,32 @@ func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding the SVID key: %w", err)
 	}
-	var chainDER []byte
+	n := 0
+	for _, c := range chain {
+		n += len(c.Raw)
+	}
+	chainDER := make([]byte, 0, n)
 	for _, c := range chain {
 		chainDER = append(chainDER, c.Raw...)
 	}
+	// The leaf's AuthorityKeyId as a slice of chainDER, so that the
+	// installed SVID references no memory of the parsed certificate.
+	aki := leaf.AuthorityKeyId
+	if i := bytes.Index(chainDER[:len(leaf.Raw)], aki); len(aki) > 0 && i >= 0 {
+		aki = chainDER[i : i+len(aki) : i+len(aki)]
+	} else {
+		aki = bytes.Clone(aki)
+	}
 	return &svid{
-		spiffeID:  id,
-		chain:     chain,
-		key:       job.key,
-		chainDER:  chainDER,
-		keyDER:    keyDER,
-		mintedFor: job.fp,
-		notAfter:  leaf.NotAfter,
+		spiffeID:    id,
+		chainDER:    chainDER,
+		keyDER:      keyDER,
+		serial:      leaf.SerialNumber.Bytes(),
+		aki:         aki,
+		notBefore:   leaf.NotBefore,
+		notAfter:    leaf.NotAfter,
+		mintedFor:   job.fp,
+		verifyChain: chain,
 	}, nil
 }
 

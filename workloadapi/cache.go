@@ -3,6 +3,7 @@ package workloadapi
 import (
 	"crypto"
 	"crypto/x509"
+	"fmt"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -14,6 +15,12 @@ import (
 
 // X509Identity is one X.509-SVID that the agent holds for a registration
 // entry, with its private key (which never leaves the node).
+//
+// An identity carries its SVID parsed (Chain, PrivateKey), encoded
+// (ChainDER, KeyDER), or both. The Workload API serves the encoded forms
+// as they are; Certificates and Signer give the parsed forms, parsing the
+// encoded ones when only those are set, so that a cache may keep only the
+// DER of every SVID it holds.
 type X509Identity struct {
 	EntryID  string
 	SPIFFEID spiffeid.ID
@@ -22,12 +29,48 @@ type X509Identity struct {
 	PrivateKey crypto.Signer
 	Hint       string
 
-	// ChainDER and KeyDER, when set, are the concatenated DER of Chain and
-	// the PKCS#8 DER of PrivateKey, encoded once by the cache so that each
-	// fetch does not encode them again. The server encodes them itself
-	// when they are empty.
+	// ChainDER and KeyDER, when set, are the concatenated DER of the
+	// chain and the PKCS#8 DER of the private key, encoded once by the
+	// cache so that each fetch does not encode them again. The server
+	// encodes them itself when they are empty.
 	ChainDER []byte
 	KeyDER   []byte
+}
+
+// Certificates returns the SVID's chain, leaf first: Chain, or ChainDER
+// parsed when Chain is empty.
+func (id *X509Identity) Certificates() ([]*x509.Certificate, error) {
+	if len(id.Chain) > 0 {
+		return id.Chain, nil
+	}
+	if len(id.ChainDER) == 0 {
+		return nil, fmt.Errorf("workloadapi: entry %s: empty certificate chain", id.EntryID)
+	}
+	certs, err := x509.ParseCertificates(id.ChainDER)
+	if err != nil {
+		return nil, fmt.Errorf("workloadapi: entry %s: certificate chain: %w", id.EntryID, err)
+	}
+	return certs, nil
+}
+
+// Signer returns the SVID's private key: PrivateKey, or KeyDER parsed
+// when PrivateKey is nil.
+func (id *X509Identity) Signer() (crypto.Signer, error) {
+	if id.PrivateKey != nil {
+		return id.PrivateKey, nil
+	}
+	if len(id.KeyDER) == 0 {
+		return nil, fmt.Errorf("workloadapi: entry %s: no private key", id.EntryID)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(id.KeyDER)
+	if err != nil {
+		return nil, fmt.Errorf("workloadapi: entry %s: private key: %w", id.EntryID, err)
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("workloadapi: entry %s: private key of type %T cannot sign", id.EntryID, k)
+	}
+	return s, nil
 }
 
 // X509Snapshot is what a workload is entitled to at one moment. A

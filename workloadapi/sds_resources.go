@@ -282,15 +282,15 @@ func (b *sdsBuilder) secret(name string, n sdsName) (*tlsv3.Secret, error) {
 // tlsCertificate is the secret of one SVID: its chain and its private
 // key, both PEM.
 func tlsCertificate(name string, id *X509Identity) (*tlsv3.Secret, error) {
-	if len(id.Chain) == 0 {
-		return nil, fmt.Errorf("workloadapi: entry %s: empty certificate chain", id.EntryID)
-	}
-	if id.PrivateKey == nil {
-		return nil, fmt.Errorf("workloadapi: entry %s: no private key", id.EntryID)
+	chain, err := id.Certificates()
+	if err != nil {
+		return nil, err
 	}
 	key := id.KeyDER
 	if len(key) == 0 {
-		var err error
+		if id.PrivateKey == nil {
+			return nil, fmt.Errorf("workloadapi: entry %s: no private key", id.EntryID)
+		}
 		if key, err = x509.MarshalPKCS8PrivateKey(id.PrivateKey); err != nil {
 			return nil, fmt.Errorf("workloadapi: entry %s: %w", id.EntryID, err)
 		}
@@ -298,7 +298,7 @@ func tlsCertificate(name string, id *X509Identity) (*tlsv3.Secret, error) {
 	return &tlsv3.Secret{
 		Name: name,
 		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: inlineBytes(pemCerts(id.Chain)),
+			CertificateChain: inlineBytes(pemCerts(chain)),
 			PrivateKey:       inlineBytes(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})),
 		}},
 	}, nil

@@ -516,10 +516,10 @@ func x509SVIDResponse(snap *X509Snapshot) (*workloadpb.X509SVIDResponse, error) 
 		Svids: make([]*workloadpb.X509SVID, 0, len(snap.Identities)),
 	}
 	for _, id := range snap.Identities {
-		if len(id.Chain) == 0 {
+		if len(id.Chain) == 0 && len(id.ChainDER) == 0 {
 			return nil, fmt.Errorf("entry %s: empty certificate chain", id.EntryID)
 		}
-		if id.PrivateKey == nil {
+		if id.PrivateKey == nil && len(id.KeyDER) == 0 {
 			return nil, fmt.Errorf("entry %s: no private key", id.EntryID)
 		}
 		key := id.KeyDER
