@@ -499,7 +499,7 @@ func (s *x509State) SetPolicy(p cachePolicy) changes {
 	var ch changes
 	s.policy = p
 	for _, st := range s.entries {
-		st.eager = s.isEager(st.sels)
+		st.eager = s.isEager(st.entry.sels)
 		s.resched(st)
 	}
 	s.evictOver(&ch)
@@ -517,32 +517,17 @@ func (s *x509State) isEager(sels []string) bool {
 	return false
 }
 
-// selectorStrings formats the selectors of an entry, sorted and without
-// duplicates, interned in s.
-func (s *x509State) selectorStrings(st *entryState) []string {
-	sels := st.entry.GetSelectors()
-	out := make([]string, 0, len(sels))
-	for _, sel := range sels {
-		out = append(out, registration.FormatSelector(sel))
-	}
-	slices.Sort(out)
-	out = slices.Compact(out)
-	for i, v := range out {
-		out[i] = s.strs.intern(v)
-	}
-	return out
-}
-
 // index files st under the one of its selectors that currently has the
 // fewest entries: a workload can only match st if it has every one of
 // st's selectors, so looking up each of the workload's selectors finds
 // st exactly once.
 func (s *x509State) index(st *entryState) {
-	if len(st.sels) == 0 {
+	sels := st.entry.sels
+	if len(sels) == 0 {
 		return
 	}
-	key := st.sels[0]
-	for _, sel := range st.sels[1:] {
+	key := sels[0]
+	for _, sel := range sels[1:] {
 		if len(s.bySel[sel]) < len(s.bySel[key]) {
 			key = sel
 		}
@@ -568,21 +553,13 @@ func (s *x509State) unindex(st *entryState) {
 	st.idxKey = ""
 }
 
-// setSelectors files st under its (new) selectors.
-func (s *x509State) setSelectors(st *entryState) {
-	sels := s.selectorStrings(st)
-	if slices.Equal(sels, st.sels) && st.idxKey != "" {
-		for _, v := range sels {
-			s.strs.release(v)
-		}
+// setSelectors files st under its selectors, which were old.
+func (s *x509State) setSelectors(st *entryState, old []string) {
+	if slices.Equal(st.entry.sels, old) && (st.idxKey != "" || len(old) == 0) {
 		return
 	}
 	s.unindex(st)
-	for _, v := range st.sels {
-		s.strs.release(v)
-	}
-	st.sels = sels
-	st.eager = s.isEager(sels)
+	st.eager = s.isEager(st.entry.sels)
 	s.index(st)
 }
 
@@ -603,10 +580,10 @@ func (s *x509State) matchEntries(sels registration.SelectorSet) []*entryState {
 
 // matchedBy reports whether a workload with selectors sels matches st.
 func (st *entryState) matchedBy(sels registration.SelectorSet) bool {
-	if len(st.sels) == 0 {
+	if len(st.entry.sels) == 0 {
 		return false
 	}
-	for _, v := range st.sels {
+	for _, v := range st.entry.sels {
 		if _, ok := sels[v]; !ok {
 			return false
 		}

@@ -12,7 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
@@ -101,13 +101,24 @@ type entryFingerprint struct {
 	dnsNames string
 }
 
-func fingerprintOf(e *sigilv1.Entry) entryFingerprint {
-	return entryFingerprint{
-		revision: e.GetRevision(),
-		spiffeID: e.GetSpiffeId(),
-		ttl:      e.GetX509SvidTtl(),
-		dnsNames: strings.Join(e.GetDnsNames(), "\x00"),
+func fingerprintOf(e *packedEntry) entryFingerprint {
+	fp := entryFingerprint{spiffeID: e.spiffeID}
+	var dns []string
+	e.fields(func(n protowire.Number, v string, x uint64) bool {
+		switch n {
+		case fieldRevision:
+			fp.revision = int64(x)
+		case fieldX509SVIDTTL:
+			fp.ttl = int32(x)
+		case fieldDNSNames:
+			dns = append(dns, v)
+		}
+		return true
+	})
+	if len(dns) > 0 {
+		fp.dnsNames = strings.Join(dns, "\x00")
 	}
+	return fp
 }
 
 // svid is one X.509-SVID with its private key, which never leaves the
@@ -129,7 +140,7 @@ type svid struct {
 
 // entryState is one registration entry and the minting state of its SVID.
 type entryState struct {
-	entry *sigilv1.Entry
+	entry packedEntry
 	fp    entryFingerprint
 	// gen identifies this version of the entry: it is new (from
 	// x509State.genSeq, so never reused) whenever the entry is added or
@@ -156,11 +167,9 @@ type entryState struct {
 	lastError   string
 	failStreak  int
 
-	// The bounded cache (svidcache.go). id is the entry's ID; sels its
-	// selectors, formatted, sorted and interned; idxKey the one it is
-	// filed under in the selector index.
+	// The bounded cache (svidcache.go). id is the entry's ID; idxKey
+	// the selector it is filed under in the selector index.
 	id     string
-	sels   []string
 	idxKey string
 	// eager: one of its selectors is an eager selector. refs counts the
 	// subscriptions that match it; active is set while any does and until
@@ -388,18 +397,38 @@ func newX509State(jitter func() float64) x509State {
 // are deleted, with their SVIDs and keys. The state is synced from then
 // on.
 func (s *x509State) ReplaceEntries(entries []*sigilv1.Entry) changes {
+	return s.ReplacePacked(packEntries(entries))
+}
+
+// packEntries packs entries (those without an ID are left out), for the
+// state to intern what they share.
+func packEntries(entries []*sigilv1.Entry) []packedEntry {
+	out := make([]packedEntry, 0, len(entries))
+	for _, e := range entries {
+		if e.GetId() != "" {
+			out = append(out, packEntry(e, noIntern))
+		}
+	}
+	return out
+}
+
+func noIntern(s string) string { return s }
+
+// ReplacePacked is ReplaceEntries with packed entries.
+func (s *x509State) ReplacePacked(entries []packedEntry) changes {
 	var ch changes
 	next := make(map[string]*entryState, len(entries))
-	for _, e := range entries {
-		if e.GetId() == "" {
+	for i := range entries {
+		pe := &entries[i]
+		if pe.id == "" {
 			continue
 		}
-		st := s.entries[e.GetId()]
+		st := s.entries[pe.id]
 		if st == nil {
 			st = &entryState{}
 		}
-		s.upsert(st, e, &ch)
-		next[e.GetId()] = st
+		s.upsert(st, pe, &ch)
+		next[st.entry.id] = st
 	}
 	for id, st := range s.entries {
 		if _, ok := next[id]; !ok {
@@ -417,20 +446,30 @@ func (s *x509State) ReplaceEntries(entries []*sigilv1.Entry) changes {
 
 // ApplyDelta upserts and deletes entries.
 func (s *x509State) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) changes {
+	return s.ApplyPacked(packEntries(upserted), deleted)
+}
+
+// ApplyPacked is ApplyDelta with packed entries.
+func (s *x509State) ApplyPacked(upserted []packedEntry, deleted []string) changes {
 	var ch changes
 	if len(upserted) == 0 && len(deleted) == 0 {
 		return ch
 	}
-	for _, e := range upserted {
-		if e.GetId() == "" {
+	for i := range upserted {
+		pe := &upserted[i]
+		if pe.id == "" {
 			continue
 		}
-		st := s.entries[e.GetId()]
+		st := s.entries[pe.id]
 		if st == nil {
 			st = &entryState{}
-			s.entries[e.GetId()] = st
+		} else {
+			// The map's key is a substring of the old encoding: key
+			// the entry by the new one, so that the old is freed.
+			delete(s.entries, pe.id)
 		}
-		s.upsert(st, e, &ch)
+		s.upsert(st, pe, &ch)
+		s.entries[st.entry.id] = st
 	}
 	for _, id := range deleted {
 		if st, ok := s.entries[id]; ok {
@@ -459,27 +498,30 @@ func (s *x509State) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) chan
 	return ch
 }
 
-// upsert installs e as st's entry. A changed entry gets a new generation:
+// upsert installs pe as st's entry. A changed entry gets a new generation:
 // its mint in flight, if any, is abandoned, and it is minted again.
-func (s *x509State) upsert(st *entryState, e *sigilv1.Entry, ch *changes) {
-	if st.entry != nil && proto.Equal(st.entry, e) {
+func (s *x509State) upsert(st *entryState, pe *packedEntry, ch *changes) {
+	known := st.gen != 0
+	if known && st.entry.equal(pe) {
 		return
 	}
-	if len(e.GetFederatesWith()) > 0 || len(st.entry.GetFederatesWith()) > 0 {
+	if pe.fed || st.entry.fed {
 		ch.jwtBundles = true
 	}
-	if st.entry != nil {
+	if known {
 		// A changed entry (SPIFFE ID, JWT TTL) gets new JWT-SVIDs.
-		ch.jwtDrop = append(ch.jwtDrop, e.GetId())
+		ch.jwtDrop = append(ch.jwtDrop, pe.id)
 		if st.inflight {
-			ch.add(event{kind: evAbandoned, entryID: e.GetId()})
+			ch.add(event{kind: evAbandoned, entryID: pe.id})
 		}
 	}
 	s.genSeq++
 	st.gen = s.genSeq
-	st.id = e.GetId()
-	st.entry = e
-	st.fp = fingerprintOf(e)
+	old := st.entry
+	st.entry = s.internEntry(*pe)
+	s.releaseEntry(&old)
+	st.id = st.entry.id
+	st.fp = fingerprintOf(&st.entry)
 	s.setInflight(st, false)
 	st.denied = false
 	st.failures = 0
@@ -487,15 +529,38 @@ func (s *x509State) upsert(st *entryState, e *sigilv1.Entry, ch *changes) {
 	if st.pending != nil && st.pending.mintedFor != st.fp {
 		st.pending = nil
 	}
-	s.setSelectors(st)
+	s.setSelectors(st, old.sels)
 	s.resched(st)
+}
+
+// internEntry interns the strings pe shares with other entries (its
+// parent and selectors), counting the holders; releaseEntry undoes it.
+func (s *x509State) internEntry(pe packedEntry) packedEntry {
+	if pe.parent != "" {
+		pe.parent = s.strs.intern(pe.parent)
+	}
+	sels := make([]string, len(pe.sels))
+	for i, v := range pe.sels {
+		sels[i] = s.strs.intern(v)
+	}
+	pe.sels = sels
+	return pe
+}
+
+func (s *x509State) releaseEntry(pe *packedEntry) {
+	if pe.parent != "" {
+		s.strs.release(pe.parent)
+	}
+	for _, v := range pe.sels {
+		s.strs.release(v)
+	}
 }
 
 // deleted forgets a deleted entry: it leaves the indexes and the counts.
 // Its SVID and key are freed once no snapshot holds them.
 func (s *x509State) deleted(id string, st *entryState, ch *changes) {
 	ch.jwtDrop = append(ch.jwtDrop, id)
-	if len(st.entry.GetFederatesWith()) > 0 {
+	if st.entry.fed {
 		ch.jwtBundles = true
 	}
 	if st.inflight {
@@ -504,10 +569,7 @@ func (s *x509State) deleted(id string, st *entryState, ch *changes) {
 	s.setInflight(st, false)
 	st.gone = true
 	s.unindex(st)
-	for _, v := range st.sels {
-		s.strs.release(v)
-	}
-	st.sels = nil
+	s.releaseEntry(&st.entry)
 	if st.svid != nil {
 		s.svids--
 	}
