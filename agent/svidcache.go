@@ -532,12 +532,9 @@ func (s *x509State) index(st *entryState) {
 			key = sel
 		}
 	}
-	m := s.bySel[key]
-	if m == nil {
-		m = make(map[*entryState]struct{})
-		s.bySel[key] = m
-	}
-	m[st] = struct{}{}
+	list := append(s.bySel[key], st)
+	s.bySel[key] = list
+	st.idxPos = int32(len(list) - 1)
 	st.idxKey = key
 }
 
@@ -545,12 +542,23 @@ func (s *x509State) unindex(st *entryState) {
 	if st.idxKey == "" {
 		return
 	}
-	m := s.bySel[st.idxKey]
-	delete(m, st)
-	if len(m) == 0 {
-		delete(s.bySel, st.idxKey)
+	list := s.bySel[st.idxKey]
+	last := len(list) - 1
+	if i := int(st.idxPos); i != last {
+		list[i] = list[last]
+		list[i].idxPos = int32(i)
 	}
-	st.idxKey = ""
+	list[last] = nil
+	list = list[:last]
+	switch {
+	case len(list) == 0:
+		delete(s.bySel, st.idxKey)
+	case cap(list) > 8 && len(list) < cap(list)/4:
+		s.bySel[st.idxKey] = slices.Clip(slices.Clone(list))
+	default:
+		s.bySel[st.idxKey] = list
+	}
+	st.idxKey, st.idxPos = "", 0
 }
 
 // setSelectors files st under its selectors, which were old.
@@ -569,7 +577,7 @@ func (s *x509State) setSelectors(st *entryState, old []string) {
 func (s *x509State) matchEntries(sels registration.SelectorSet) []*entryState {
 	var out []*entryState
 	for sel := range sels {
-		for st := range s.bySel[sel] {
+		for _, st := range s.bySel[sel] {
 			if st.matchedBy(sels) {
 				out = append(out, st)
 			}
@@ -591,28 +599,32 @@ func (st *entryState) matchedBy(sels registration.SelectorSet) bool {
 	return true
 }
 
-// internTable shares the strings many entries hold (selectors), counting
-// their holders so that a string no entry holds is forgotten.
-type internTable map[string]*interned
+// internTable shares the strings many entries hold (parent IDs,
+// selectors), counting their holders so that a string no entry holds is
+// forgotten.
+type internTable map[string]interned
 
 type interned struct {
 	s string
-	n int
+	n int64
 }
 
 func (t internTable) intern(v string) string {
-	if i := t[v]; i != nil {
+	if i, ok := t[v]; ok {
 		i.n++
+		t[v] = i
 		return i.s
 	}
-	t[v] = &interned{s: v, n: 1}
+	t[v] = interned{s: v, n: 1}
 	return v
 }
 
 func (t internTable) release(v string) {
-	if i := t[v]; i != nil {
+	if i, ok := t[v]; ok {
 		if i.n--; i.n <= 0 {
 			delete(t, v)
+		} else {
+			t[v] = i
 		}
 	}
 }

@@ -194,7 +194,7 @@ func TestBoundedCacheDeletedEntriesLeave(t *testing.T) {
 		}
 	}
 	for _, m := range s.bySel {
-		for st := range m {
+		for _, st := range m {
 			reachable[st] = true
 		}
 	}

@@ -171,6 +171,7 @@ type entryState struct {
 	// the selector it is filed under in the selector index.
 	id     string
 	idxKey string
+	idxPos int32 // in bySel[idxKey]
 	// eager: one of its selectors is an eager selector. refs counts the
 	// subscriptions that match it; active is set while any does and until
 	// activeUntil after the last one ended (lastReq).
@@ -367,7 +368,7 @@ type x509State struct {
 	// inflightNew the mints in flight for entries that had none.
 	svids       int
 	inflightNew int
-	bySel       map[string]map[*entryState]struct{}
+	bySel       map[string][]*entryState
 	strs        internTable
 	sched       entryHeap
 	due         entryHeap
@@ -386,7 +387,7 @@ func newX509State(jitter func() float64) x509State {
 		entries: make(map[string]*entryState),
 		jitter:  jitter,
 		policy:  unboundedPolicy(),
-		bySel:   make(map[string]map[*entryState]struct{}),
+		bySel:   make(map[string][]*entryState),
 		strs:    make(internTable),
 	}
 	newHeaps(&s)
