@@ -438,7 +438,7 @@ func (c *cache) jwtTargets(sels registration.SelectorSet, spiffeID string) []jwt
 	defer c.mu.Unlock()
 	var targets []jwtTarget
 	for _, st := range c.st.matchEntries(sels) {
-		e, id := st.entry, st.id
+		e, id := &st.entry, st.entry.id
 		if spiffeID != "" && e.GetSpiffeId() != spiffeID {
 			continue
 		}

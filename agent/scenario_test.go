@@ -172,7 +172,7 @@ func (s *scenario) state() {
 			if st.refs > 0 {
 				flags = append(flags, fmt.Sprintf("active(%d)", st.refs))
 			} else if st.active {
-				flags = append(flags, "active until "+s.rel(st.activeUntil))
+				flags = append(flags, "active until "+s.rel(unnanos(st.activeUntil)))
 			}
 			if st.q == qSpare {
 				flags = append(flags, "spare")

@@ -233,16 +233,47 @@ func (h *entryHeap) shrink() {
 	}
 }
 
-// earlier orders zero times first.
-func timeLess(a, b time.Time) bool { return a.Before(b) }
+// nanos is t in unix nanoseconds, 0 for the zero time: the heaps' keys
+// (8 bytes per entry instead of 24). unnanos is its inverse, in UTC.
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func unnanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// expiryTime is when st's SVID or held SVID expires, the earlier; zero
+// when it has neither (or is deleted).
+func (st *entryState) expiryTime() time.Time {
+	var exp time.Time
+	if st.gone {
+		return exp
+	}
+	if st.svid != nil {
+		exp = st.svid.notAfter
+	}
+	if st.pending != nil {
+		if t := st.pendingSince.Add(pendingWait); exp.IsZero() || t.Before(exp) {
+			exp = t
+		}
+	}
+	return exp
+}
 
 func newHeaps(s *x509State) {
 	s.sched = entryHeap{
 		less: func(a, b *entryState) bool {
-			if !a.dueAt.Equal(b.dueAt) {
-				return timeLess(a.dueAt, b.dueAt)
+			if a.dueAt != b.dueAt {
+				return a.dueAt < b.dueAt
 			}
-			return a.id < b.id
+			return a.entry.id < b.entry.id
 		},
 		pos: func(st *entryState) *int32 { return &st.qPos },
 	}
@@ -256,38 +287,38 @@ func newHeaps(s *x509State) {
 					return r < 0
 				}
 			}
-			return a.id < b.id
+			return a.entry.id < b.entry.id
 		},
 		pos: func(st *entryState) *int32 { return &st.qPos },
 	}
 	s.spare = entryHeap{
-		less: func(a, b *entryState) bool { return a.id < b.id },
+		less: func(a, b *entryState) bool { return a.entry.id < b.entry.id },
 		pos:  func(st *entryState) *int32 { return &st.qPos },
 	}
 	s.expiry = entryHeap{
 		less: func(a, b *entryState) bool {
-			if !a.expAt.Equal(b.expAt) {
-				return a.expAt.Before(b.expAt)
+			if a.expAt != b.expAt {
+				return a.expAt < b.expAt
 			}
-			return a.id < b.id
+			return a.entry.id < b.entry.id
 		},
 		pos: func(st *entryState) *int32 { return &st.exPos },
 	}
 	s.evict = entryHeap{
 		less: func(a, b *entryState) bool {
-			if !a.lastReq.Equal(b.lastReq) {
-				return a.lastReq.Before(b.lastReq)
+			if a.lastReq != b.lastReq {
+				return a.lastReq < b.lastReq
 			}
-			return a.id < b.id
+			return a.entry.id < b.entry.id
 		},
 		pos: func(st *entryState) *int32 { return &st.evPos },
 	}
 	s.idle = entryHeap{
 		less: func(a, b *entryState) bool {
-			if !a.activeUntil.Equal(b.activeUntil) {
-				return a.activeUntil.Before(b.activeUntil)
+			if a.activeUntil != b.activeUntil {
+				return a.activeUntil < b.activeUntil
 			}
-			return a.id < b.id
+			return a.entry.id < b.entry.id
 		},
 		pos: func(st *entryState) *int32 { return &st.idlePos },
 	}
@@ -327,21 +358,10 @@ func (st *entryState) dueTime() time.Time {
 // transition that changes an entry's state calls it.
 func (s *x509State) resched(st *entryState) {
 	// Expiry of the SVID or of the held SVID.
-	var exp time.Time
-	if !st.gone {
-		if st.svid != nil {
-			exp = st.svid.notAfter
-		}
-		if st.pending != nil {
-			if t := st.pendingSince.Add(pendingWait); exp.IsZero() || t.Before(exp) {
-				exp = t
-			}
-		}
-	}
-	if exp.IsZero() {
+	if exp := st.expiryTime(); exp.IsZero() {
 		s.expiry.remove(st)
 	} else {
-		st.expAt = exp
+		st.expAt = nanos(exp)
 		s.expiry.put(st)
 	}
 
@@ -352,8 +372,8 @@ func (s *x509State) resched(st *entryState) {
 	case !st.wanted() && st.svid == nil && st.pending == nil && st.retryAt.IsZero():
 		q = qSpare
 	default:
-		st.dueAt = st.dueTime()
-		if st.dueAt.IsZero() {
+		st.dueAt = nanos(st.dueTime())
+		if st.dueAt == 0 {
 			q = qDue
 			st.rank = rankNoSVID
 			if st.servable() != nil {
@@ -438,7 +458,7 @@ func (s *x509State) evictOver(ch *changes) {
 		s.setSVID(st, nil)
 		s.resched(st)
 		ch.notify = true
-		ch.add(event{kind: evEvicted, entryID: st.id, svid: sv})
+		ch.add(event{kind: evEvicted, entryID: st.entry.id, svid: sv})
 	}
 	if over := s.overCapacity(); over > 0 {
 		ch.overCapacity = over
@@ -485,8 +505,8 @@ func (s *x509State) Release(now time.Time) {
 		if st.gone || st.refs > 0 {
 			continue
 		}
-		st.lastReq = now
-		st.activeUntil = now.Add(s.policy.idleAfter)
+		st.lastReq = nanos(now)
+		st.activeUntil = nanos(now.Add(s.policy.idleAfter))
 		s.idle.put(st)
 	}
 	clear(s.released)

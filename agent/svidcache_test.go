@@ -199,8 +199,8 @@ func TestBoundedCacheDeletedEntriesLeave(t *testing.T) {
 		}
 	}
 	for st := range reachable {
-		if st.gone || s.entries[st.id] != st {
-			t.Fatalf("deleted entry %s still reachable", st.id)
+		if st.gone || s.entries[st.entry.id] != st {
+			t.Fatalf("deleted entry %s still reachable", st.entry.id)
 		}
 	}
 	n := 0

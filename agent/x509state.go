@@ -167,9 +167,8 @@ type entryState struct {
 	lastError   string
 	failStreak  int
 
-	// The bounded cache (svidcache.go). id is the entry's ID; idxKey
-	// the selector it is filed under in the selector index.
-	id     string
+	// The bounded cache (svidcache.go). idxKey is the selector the
+	// entry is filed under in the selector index.
 	idxKey string
 	idxPos int32 // in bySel[idxKey]
 	// eager: one of its selectors is an eager selector. refs counts the
@@ -181,8 +180,8 @@ type entryState struct {
 	gone        bool // deleted
 	roomTaken   bool // counted in x509State.inflightNew
 	refs        int32
-	activeUntil time.Time
-	lastReq     time.Time
+	activeUntil int64 // unix nanoseconds (nanos); 0 when none
+	lastReq     int64
 	// Positions in the heaps (1-based, 0 when absent) and their keys.
 	q       queue
 	rank    uint8
@@ -190,8 +189,8 @@ type entryState struct {
 	exPos   int32
 	evPos   int32
 	idlePos int32
-	dueAt   time.Time
-	expAt   time.Time
+	dueAt   int64 // nanos(dueTime())
+	expAt   int64 // nanos(expiryTime())
 }
 
 // attemptFailed records a failed attempt for the rotation reports.
@@ -521,7 +520,6 @@ func (s *x509State) upsert(st *entryState, pe *packedEntry, ch *changes) {
 	old := st.entry
 	st.entry = s.internEntry(*pe)
 	s.releaseEntry(&old)
-	st.id = st.entry.id
 	st.fp = fingerprintOf(&st.entry)
 	s.setInflight(st, false)
 	st.denied = false
@@ -597,7 +595,7 @@ func (s *x509State) SetBundle(b *x509bundle.Bundle, now time.Time) (bool, change
 		}
 		sv := st.pending
 		st.pending = nil
-		s.promote(st.id, st, sv, &ch)
+		s.promote(st.entry.id, st, sv, &ch)
 	}
 	s.evictOver(&ch)
 	ch.notify, ch.wake = true, true
@@ -613,7 +611,7 @@ func (s *x509State) timed(keep func(*entryState) bool) []*entryState {
 			out = append(out, st)
 		}
 	}
-	slices.SortFunc(out, func(a, b *entryState) int { return strings.Compare(a.id, b.id) })
+	slices.SortFunc(out, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
 	return out
 }
 
@@ -629,7 +627,7 @@ func (s *x509State) Tainted(taintedX509 map[string]bool) changes {
 	}) {
 		st.svid.tainted = true
 		s.resched(st)
-		ch.add(event{kind: evTainted, entryID: st.id, svid: st.svid})
+		ch.add(event{kind: evTainted, entryID: st.entry.id, svid: st.svid})
 	}
 	ch.wake = len(ch.events) > 0
 	return ch
@@ -641,9 +639,9 @@ func (s *x509State) Tainted(taintedX509 map[string]bool) changes {
 // It costs the entries whose time has come.
 func (s *x509State) Tick(now time.Time) changes {
 	var ch changes
-	for s.expiry.len() > 0 && !now.Before(s.expiry.top().expAt) {
+	for s.expiry.len() > 0 && s.expiry.top().expAt <= nanos(now) {
 		st := s.expiry.top()
-		id := st.id
+		id := st.entry.id
 		if st.svid != nil && !now.Before(st.svid.notAfter) {
 			ch.add(event{kind: evExpired, entryID: id, svid: st.svid})
 			s.setSVID(st, nil)
@@ -658,7 +656,7 @@ func (s *x509State) Tick(now time.Time) changes {
 		}
 		s.resched(st)
 	}
-	for s.idle.len() > 0 && !now.Before(s.idle.top().activeUntil) {
+	for s.idle.len() > 0 && s.idle.top().activeUntil <= nanos(now) {
 		st := s.idle.pop()
 		st.active = false
 		s.resched(st)
@@ -686,7 +684,7 @@ type mintJob struct {
 // is zero and more is due at once. It costs the entries taken and those
 // that came due, not all the entries.
 func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entryState]bool) (jobs []*mintJob, next time.Time) {
-	for s.sched.len() > 0 && !now.Before(s.sched.top().dueAt) {
+	for s.sched.len() > 0 && s.sched.top().dueAt <= nanos(now) {
 		st := s.sched.pop()
 		st.q = qDue
 		st.rank = rankNoSVID
@@ -714,7 +712,7 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 				first = append(first, st)
 			}
 		}
-		slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.id, b.id) })
+		slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
 		for _, st := range first[:min(len(first), max)] {
 			takeOne(st)
 		}
@@ -733,7 +731,7 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 	for i, st := range take {
 		s.setInflight(st, true)
 		st.lastAttempt = now
-		jobs[i] = &mintJob{id: st.id, gen: st.gen, fp: st.fp}
+		jobs[i] = &mintJob{id: st.entry.id, gen: st.gen, fp: st.fp}
 	}
 	if all {
 		next = s.NextEvent()
@@ -752,16 +750,18 @@ func (s *x509State) NextEvent() time.Time {
 		}
 	}
 	if s.sched.len() > 0 {
-		min(s.sched.top().dueAt)
+		min(s.sched.top().dueTime())
 	}
 	if s.expiry.len() > 0 {
-		min(s.expiry.top().expAt)
+		min(s.expiry.top().expiryTime())
 	}
 	if s.idle.len() > 0 {
-		min(s.idle.top().activeUntil)
+		min(unnanos(s.idle.top().activeUntil))
 	}
 	for _, st := range s.due.items {
-		min(st.dueAt)
+		if st.dueAt != 0 {
+			min(st.dueTime())
+		}
 	}
 	return t
 }
