@@ -298,9 +298,15 @@ func (c *cache) federatedBundles() map[spiffeid.TrustDomain]*fedBundle {
 // among them are deleted, with their SVIDs and keys. It marks the cache
 // synced.
 func (c *cache) ReplaceEntries(entries []*sigilv1.Entry) {
+	c.replacePacked(packEntries(entries))
+}
+
+// replacePacked is ReplaceEntries with packed entries (the sync loop
+// packs them as they arrive).
+func (c *cache) replacePacked(entries []packedEntry) {
 	c.mu.Lock()
 	first := !c.st.synced
-	ch := c.st.ReplaceEntries(entries)
+	ch := c.st.ReplacePacked(entries)
 	c.settle(ch)
 	n, removed := len(c.st.entries), 0
 	for _, id := range ch.jwtDrop {
