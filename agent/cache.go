@@ -119,12 +119,13 @@ func (c *cache) settle(ch changes) {
 	if ch.jwtBundles {
 		c.jwt.bundlesChanged()
 	}
-	if ch.overCapacity != c.overLogged {
-		if ch.overCapacity > c.overLogged {
+	// Logged when the excess grows, not on every transition.
+	if over := c.st.overCapacity(); over != c.overLogged {
+		if over > c.overLogged {
 			c.log.Warn("SVIDs of active and eager entries exceed the SVID cache's max_svids; they are kept",
-				zap.Int("over", ch.overCapacity), zap.Int("max_svids", c.st.policy.max))
+				zap.Int("over", over), zap.Int("max_svids", c.st.policy.max))
 		}
-		c.overLogged = ch.overCapacity
+		c.overLogged = over
 	}
 }
 

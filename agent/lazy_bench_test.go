@@ -43,7 +43,7 @@ func benchEntries(n int) []*sigilv1.Entry {
 // whose SVID is minted (go test -run '^$' -bench AgentHeapPerEntry
 // -benchtime 1x ./agent/).
 func BenchmarkAgentHeapPerEntry(b *testing.B) {
-	for _, n := range []int{100_000} {
+	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
 			for range b.N {
 				heapPerEntry(b, n, 1000)
