@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/workloadapi"
 )
 
 func TestSVIDCacheConfigValidate(t *testing.T) {
@@ -260,4 +262,60 @@ func liveHeap() int64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
+}
+
+// A real agent (its sync, minting and renewal loops against the fake
+// server) with a cache of 3 SVIDs and 20 entries mints 3 ahead of any
+// request, the first by ID; a workload asking for another gets it minted
+// at once, and the cache stays at its size by evicting an entry no
+// workload asked for.
+func TestAgentBoundedCacheMintsOnRequest(t *testing.T) {
+	srv := newFakeServer(t)
+	for i := 0; i < 20; i++ {
+		srv.upsert(entry(fmt.Sprintf("e%02d", i), fmt.Sprintf("w%d", i), int64(i), fmt.Sprintf("uid:%d", i)))
+	}
+	cfg := srv.config(t, t.TempDir())
+	cfg.SVIDCache = SVIDCacheConfig{MaxSVIDs: 3}
+	r := startAgent(t, cfg)
+	issued := func() []string {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		var out []string
+		for id := range srv.issuedKeys {
+			out = append(out, id)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for i := 0; ; i++ {
+		if _, svids := r.cache.stats(); svids == 3 {
+			break
+		}
+		if i == 2000 {
+			t.Fatal("the agent did not fill its cache of 3")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := issued(); !equalStrings(got, []string{"e00", "e01", "e02"}) {
+		t.Fatalf("minted ahead of requests: %v", got)
+	}
+	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:15")})
+	defer sub.Close()
+	s := waitSnapshot(t, sub, func(s *workloadapi.X509Snapshot) bool { return len(s.Identities) == 1 })
+	if s.Identities[0].EntryID != "e15" {
+		t.Fatalf("workload got %s", s.Identities[0].EntryID)
+	}
+	if got := issued(); !equalStrings(got, []string{"e00", "e01", "e02", "e15"}) {
+		t.Fatalf("minted: %v", got)
+	}
+	if entries, svids := r.cache.stats(); entries != 20 || svids != 3 {
+		t.Fatalf("%d entries, %d SVIDs held; want 20, 3", entries, svids)
+	}
+	r.cache.mu.Lock()
+	evicted := r.cache.st.entries["e00"].svid == nil
+	r.cache.mu.Unlock()
+	if !evicted {
+		t.Fatal("e00 (first by ID, never asked for) kept its SVID")
+	}
+	r.stop(t)
 }
