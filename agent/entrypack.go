@@ -209,6 +209,13 @@ func (p *packedEntry) GetSelectors() []*sigilv1.Selector {
 	return out
 }
 
+// identity returns a new message with the entry's ID, SPIFFE ID, parent
+// ID and selectors only: what explaining an entry needs, without
+// decoding the rest.
+func (p *packedEntry) identity() *sigilv1.Entry {
+	return &sigilv1.Entry{Id: p.id, SpiffeId: p.spiffeID, ParentId: p.parent, Selectors: p.GetSelectors()}
+}
+
 // decode returns the whole entry as a new message.
 func (p *packedEntry) decode() *sigilv1.Entry {
 	e := &sigilv1.Entry{}

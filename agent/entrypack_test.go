@@ -49,6 +49,9 @@ func TestPackedEntryRoundTrip(t *testing.T) {
 			!slices.Equal(p.GetDnsNames(), e.GetDnsNames()) || !slices.Equal(p.GetFederatesWith(), e.GetFederatesWith()) {
 			t.Fatalf("%s: getters differ from the message's", e.Id)
 		}
+		if id := p.identity(); !proto.Equal(id, &sigilv1.Entry{Id: e.Id, SpiffeId: e.SpiffeId, ParentId: e.ParentId, Selectors: e.Selectors}) {
+			t.Fatalf("%s: identity %v", e.Id, id)
+		}
 		fp := fingerprintOf(&p)
 		if fp.revision != e.GetRevision() || fp.ttl != e.GetX509SvidTtl() || fp.spiffeID != e.GetSpiffeId() {
 			t.Fatalf("%s: fingerprint %+v", e.Id, fp)
