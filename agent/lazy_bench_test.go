@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/clock"
@@ -105,6 +106,39 @@ func heapPerEntry(b *testing.B, n, active int) {
 		n, perEntry, active, perActive, mint, float64(withActive-base)/(1<<20))
 	for _, s := range subs {
 		s.Close()
+	}
+	runtime.KeepAlive(c)
+}
+
+// The memory of deleted entries is returned: the live heap after
+// deleting every entry is back near where it was before they came.
+func TestBoundedCacheDeletedEntriesFreeMemory(t *testing.T) {
+	const n = 10000
+	clk := clock.NewFake(t0)
+	c := newCache(testTD, zaptest.NewLogger(t), clk)
+	c.setPolicy(newCachePolicy(SVIDCacheConfig{MaxSVIDs: 100}))
+	entries := make([]*sigilv1.Entry, n)
+	for i := range entries {
+		id := fmt.Sprintf("e%06d", i)
+		entries[i] = entry(id, "w/"+id, int64(i), fmt.Sprintf("uid:%d", i))
+	}
+	before := liveHeap()
+	c.ReplaceEntries(entries)
+	entries = nil
+	full := liveHeap()
+	var ids []string
+	for i := 0; i < n; i++ {
+		ids = append(ids, fmt.Sprintf("e%06d", i))
+	}
+	c.ApplyDelta(nil, ids)
+	ids = nil
+	after := liveHeap()
+	used := full - before
+	if used < n*100 {
+		t.Fatalf("%d entries took %d bytes: the measure is broken", n, used)
+	}
+	if left := after - before; left > used/10 {
+		t.Fatalf("after deleting every entry %d of %d bytes are still held", left, used)
 	}
 	runtime.KeepAlive(c)
 }

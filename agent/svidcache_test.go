@@ -10,10 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.uber.org/zap/zaptest"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
-	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/workloadapi"
 )
 
@@ -221,39 +219,6 @@ func TestBoundedCacheDeletedEntriesLeave(t *testing.T) {
 	if len(s.strs) != 11 {
 		t.Fatalf("intern table holds %d strings, want 11", len(s.strs))
 	}
-}
-
-// The memory of deleted entries is returned: the live heap after
-// deleting every entry is back near where it was before they came.
-func TestBoundedCacheDeletedEntriesFreeMemory(t *testing.T) {
-	const n = 20000
-	clk := clock.NewFake(t0)
-	c := newCache(testTD, zaptest.NewLogger(t), clk)
-	c.setPolicy(newCachePolicy(SVIDCacheConfig{MaxSVIDs: 100}))
-	entries := make([]*sigilv1.Entry, n)
-	for i := range entries {
-		id := fmt.Sprintf("e%06d", i)
-		entries[i] = entry(id, "w/"+id, int64(i), fmt.Sprintf("uid:%d", i))
-	}
-	before := liveHeap()
-	c.ReplaceEntries(entries)
-	entries = nil
-	full := liveHeap()
-	var ids []string
-	for i := 0; i < n; i++ {
-		ids = append(ids, fmt.Sprintf("e%06d", i))
-	}
-	c.ApplyDelta(nil, ids)
-	ids = nil
-	after := liveHeap()
-	used := full - before
-	if used < n*100 {
-		t.Fatalf("%d entries took %d bytes: the measure is broken", n, used)
-	}
-	if left := after - before; left > used/10 {
-		t.Fatalf("after deleting every entry %d of %d bytes are still held", left, used)
-	}
-	runtime.KeepAlive(c)
 }
 
 func liveHeap() int64 {
