@@ -546,23 +546,27 @@ func (s *x509State) index(st *entryState) {
 	if len(sels) == 0 {
 		return
 	}
-	key := sels[0]
-	for _, sel := range sels[1:] {
-		if len(s.bySel[sel]) < len(s.bySel[key]) {
-			key = sel
+	k := 0
+	for i, sel := range sels[1:] {
+		if len(s.bySel[sel]) < len(s.bySel[sels[k]]) {
+			k = i + 1
 		}
 	}
+	key := sels[k]
 	list := append(s.bySel[key], st)
 	s.bySel[key] = list
 	st.idxPos = int32(len(list) - 1)
-	st.idxKey = key
+	st.idxSel = int32(k + 1)
 }
 
-func (s *x509State) unindex(st *entryState) {
-	if st.idxKey == "" {
+// unindex takes st out of the selector index; sels are the selectors it
+// was filed with.
+func (s *x509State) unindex(st *entryState, sels []string) {
+	if st.idxSel == 0 {
 		return
 	}
-	list := s.bySel[st.idxKey]
+	key := sels[st.idxSel-1]
+	list := s.bySel[key]
 	last := len(list) - 1
 	if i := int(st.idxPos); i != last {
 		list[i] = list[last]
@@ -572,21 +576,21 @@ func (s *x509State) unindex(st *entryState) {
 	list = list[:last]
 	switch {
 	case len(list) == 0:
-		delete(s.bySel, st.idxKey)
+		delete(s.bySel, key)
 	case cap(list) > 8 && len(list) < cap(list)/4:
-		s.bySel[st.idxKey] = slices.Clip(slices.Clone(list))
+		s.bySel[key] = slices.Clip(slices.Clone(list))
 	default:
-		s.bySel[st.idxKey] = list
+		s.bySel[key] = list
 	}
-	st.idxKey, st.idxPos = "", 0
+	st.idxSel, st.idxPos = 0, 0
 }
 
 // setSelectors files st under its selectors, which were old.
 func (s *x509State) setSelectors(st *entryState, old []string) {
-	if slices.Equal(st.entry.sels, old) && (st.idxKey != "" || len(old) == 0) {
+	if slices.Equal(st.entry.sels, old) && (st.idxSel != 0 || len(old) == 0) {
 		return
 	}
-	s.unindex(st)
+	s.unindex(st, old)
 	st.eager = s.isEager(st.entry.sels)
 	s.index(st)
 }

@@ -151,12 +151,8 @@ type entryState struct {
 	// bundle the agent had when it arrived; it waits for a bundle update.
 	pending      *svid
 	pendingSince time.Time
-	// denied is set when the server refused the entry with
-	// PermissionDenied; it stays until the entry changes.
-	denied   bool
-	failures int
-	retryAt  time.Time
-	inflight bool
+	failures     int
+	retryAt      time.Time
 	// lastAttempt is when a mint for the entry last started; lastError
 	// is why the last attempt failed ("" when it succeeded or none
 	// failed) and failStreak counts the attempts that failed in a row.
@@ -167,30 +163,38 @@ type entryState struct {
 	lastError   string
 	failStreak  int
 
-	// The bounded cache (svidcache.go). idxKey is the selector the
-	// entry is filed under in the selector index.
-	idxKey string
-	idxPos int32 // in bySel[idxKey]
-	// eager: one of its selectors is an eager selector. refs counts the
-	// subscriptions that match it; active is set while any does and until
-	// activeUntil after the last one ended (lastReq).
-	eager       bool
-	active      bool
-	released    bool // in x509State.released
-	gone        bool // deleted
-	roomTaken   bool // counted in x509State.inflightNew
-	refs        int32
+	// The bounded cache (svidcache.go), its fields ordered to leave no
+	// padding: this struct is the bulk of an entry's memory. refs counts
+	// the subscriptions that match the entry; it is active while any
+	// does and until activeUntil after the last one ended (lastReq).
 	activeUntil int64 // unix nanoseconds (nanos); 0 when none
 	lastReq     int64
-	// Positions in the heaps (1-based, 0 when absent) and their keys.
-	q       queue
-	rank    uint8
+	dueAt       int64 // nanos(dueTime())
+	expAt       int64 // nanos(expiryTime())
+	refs        int32
+	// idxSel is 1 + the index in entry.sels of the selector the entry is
+	// filed under in the selector index (0: not filed), idxPos its
+	// position there.
+	idxSel int32
+	idxPos int32
+	// Positions in the heaps (1-based, 0 when absent).
 	qPos    int32
 	exPos   int32
 	evPos   int32
 	idlePos int32
-	dueAt   int64 // nanos(dueTime())
-	expAt   int64 // nanos(expiryTime())
+	q       queue
+	rank    uint8
+	// denied is set when the server refused the entry with
+	// PermissionDenied; it stays until the entry changes. inflight: a
+	// mint is in flight.
+	denied   bool
+	inflight bool
+	// eager: one of its selectors is an eager selector.
+	eager     bool
+	active    bool
+	released  bool // in x509State.released
+	gone      bool // deleted
+	roomTaken bool // counted in x509State.inflightNew
 }
 
 // attemptFailed records a failed attempt for the rotation reports.
@@ -567,7 +571,7 @@ func (s *x509State) deleted(id string, st *entryState, ch *changes) {
 	}
 	s.setInflight(st, false)
 	st.gone = true
-	s.unindex(st)
+	s.unindex(st, st.entry.sels)
 	s.releaseEntry(&st.entry)
 	if st.svid != nil {
 		s.svids--
