@@ -86,6 +86,7 @@ func (c *cache) setPolicy(p cachePolicy) {
 	ch := c.st.SetPolicy(p)
 	c.settle(ch)
 	c.mu.Unlock()
+	c.log.Debug("SVID cache bounded", zap.Stringer("policy", p))
 	c.report(ch)
 }
 
