@@ -160,7 +160,7 @@ func (c *cache) heldEntries(now time.Time) ([]heldEntry, bool) {
 	out := make([]heldEntry, 0, len(c.st.entries))
 	for _, id := range c.st.sortedIDs() {
 		st := c.st.entries[id]
-		h := heldEntry{entry: st.entry, state: st.phase(now).String()}
+		h := heldEntry{entry: st.entry.identity(), state: st.phase(now).String()}
 		if sv := st.servable(); sv != nil && now.Before(sv.notAfter) {
 			h.cached, h.notAfter = true, sv.notAfter
 		}

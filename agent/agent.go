@@ -97,6 +97,7 @@ func New(cfg Config) (*Agent, error) {
 		connChanged:  make(chan struct{}),
 		reattestKick: make(chan struct{}, 1),
 	}
+	a.cache.setPolicy(newCachePolicy(cfg.SVIDCache))
 	m, err := newAgentMetrics(a)
 	if err != nil {
 		return nil, err

@@ -53,6 +53,8 @@ type cache struct {
 
 	// met counts minted SVIDs and failed mints (metrics.go).
 	met *mintMetrics
+	// overLogged is the over-capacity count last logged (guarded by mu).
+	overLogged int
 }
 
 var (
@@ -60,7 +62,8 @@ var (
 	_ workloadapi.JWTCache = (*cache)(nil)
 )
 
-// newCache returns an empty cache.
+// newCache returns an empty cache that mints every entry (setPolicy
+// bounds it).
 func newCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock) *cache {
 	c := &cache{
 		log:        log,
@@ -75,6 +78,16 @@ func newCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock) *cache 
 	}
 	c.jwt = newJWTCache(td, log, clk, c.jwtTargets)
 	return c
+}
+
+// setPolicy bounds the cache (svidcache.go).
+func (c *cache) setPolicy(p cachePolicy) {
+	c.mu.Lock()
+	ch := c.st.SetPolicy(p)
+	c.settle(ch)
+	c.mu.Unlock()
+	c.log.Debug("SVID cache bounded", zap.Stringer("policy", p))
+	c.report(ch)
 }
 
 func (c *cache) wake() {
@@ -101,8 +114,19 @@ func (c *cache) settle(ch changes) {
 	if ch.notify {
 		c.subs.notify(&c.st)
 	}
+	if len(c.st.released) > 0 {
+		c.st.Release(c.clk.Now())
+	}
 	if ch.jwtBundles {
 		c.jwt.bundlesChanged()
+	}
+	// Logged when the excess grows, not on every transition.
+	if over := c.st.overCapacity(); over != c.overLogged {
+		if over > c.overLogged {
+			c.log.Warn("SVIDs of active and eager entries exceed the SVID cache's max_svids; they are kept",
+				zap.Int("over", over), zap.Int("max_svids", c.st.policy.max))
+		}
+		c.overLogged = over
 	}
 }
 
@@ -144,6 +168,10 @@ func (c *cache) report(ch changes) {
 			c.log.Warn("minted SVID never verified against the agent's bundle; minting again", id)
 		case evTainted:
 			tainted++
+		case evEvicted:
+			c.met.evicted.Inc()
+			c.log.Debug("SVID evicted: the SVID cache is full and no workload asked for the entry lately",
+				id, zap.String("spiffe_id", e.svid.spiffeID.String()))
 		}
 	}
 	if tainted > 0 {
@@ -271,9 +299,15 @@ func (c *cache) federatedBundles() map[spiffeid.TrustDomain]*fedBundle {
 // among them are deleted, with their SVIDs and keys. It marks the cache
 // synced.
 func (c *cache) ReplaceEntries(entries []*sigilv1.Entry) {
+	c.replacePacked(packEntries(entries))
+}
+
+// replacePacked is ReplaceEntries with packed entries (the sync loop
+// packs them as they arrive).
+func (c *cache) replacePacked(entries []packedEntry) {
 	c.mu.Lock()
 	first := !c.st.synced
-	ch := c.st.ReplaceEntries(entries)
+	ch := c.st.ReplacePacked(entries)
 	c.settle(ch)
 	n, removed := len(c.st.entries), 0
 	for _, id := range ch.jwtDrop {
@@ -359,6 +393,9 @@ func (c *cache) SubscribeX509(selectors []*sigilv1.Selector) workloadapi.X509Sub
 	}
 	c.mu.Lock()
 	delivered := c.subs.add(sub, &c.st)
+	if len(c.st.released) > 0 {
+		c.st.Release(c.clk.Now())
+	}
 	c.mu.Unlock()
 	// A workload waiting for SVIDs that are not minted yet: mint them
 	// first. A workload served from the cache wakes nothing.
@@ -407,11 +444,8 @@ func (c *cache) jwtTargets(sels registration.SelectorSet, spiffeID string) []jwt
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var targets []jwtTarget
-	for id, st := range c.st.entries {
-		e := st.entry
-		if !sels.Contains(e.GetSelectors()) {
-			continue
-		}
+	for _, st := range c.st.matchEntries(sels) {
+		e, id := &st.entry, st.entry.id
 		if spiffeID != "" && e.GetSpiffeId() != spiffeID {
 			continue
 		}

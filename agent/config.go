@@ -111,6 +111,11 @@ type Config struct {
 	// SVID, bundle and JWT-SVID files in for software that cannot speak
 	// the Workload API (svidfiles.go).
 	SVIDFiles []SVIDFiles
+
+	// SVIDCache bounds the workload X.509-SVIDs the agent holds: entries
+	// no workload asked for lately are minted only while there is room
+	// (svidcache.go); zero fields take the defaults.
+	SVIDCache SVIDCacheConfig
 }
 
 // DefaultConfig returns a Config with every default filled in except the
@@ -122,6 +127,8 @@ func DefaultConfig() Config {
 		SyncBatchSize: DefaultSyncBatchSize,
 
 		HealthReportInterval: DefaultHealthReportInterval,
+
+		SVIDCache: SVIDCacheConfig{MaxSVIDs: DefaultMaxSVIDs, IdleAfter: DefaultIdleAfter},
 	}
 }
 
@@ -153,6 +160,7 @@ func (c Config) withDefaults() Config {
 	if c.HealthReportInterval == 0 {
 		c.HealthReportInterval = DefaultHealthReportInterval
 	}
+	c.SVIDCache = c.SVIDCache.withDefaults()
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -213,6 +221,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := checkSVIDFiles(c.SVIDFiles); err != nil {
+		return err
+	}
+	if err := c.SVIDCache.validate(); err != nil {
 		return err
 	}
 	return c.checkPlugins()

@@ -131,8 +131,8 @@ func (c *cache) JWTBundles(selectors []*sigilv1.Selector) (map[spiffeid.TrustDom
 	var out map[spiffeid.TrustDomain]*jwtbundle.Bundle
 	if len(c.st.federated) > 0 {
 		var matched []*entryState
-		for _, st := range c.st.entries {
-			if len(st.entry.GetFederatesWith()) > 0 && sels.Contains(st.entry.GetSelectors()) {
+		for _, st := range c.st.matchEntries(sels) {
+			if len(st.entry.GetFederatesWith()) > 0 {
 				matched = append(matched, st)
 			}
 		}

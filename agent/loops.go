@@ -104,7 +104,9 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 	if err != nil {
 		return false, err
 	}
-	var full map[string]*sigilv1.Entry
+	// full collects a full set of entries until it ends, packed as they
+	// arrive: no decoded message outlives the one that carried it.
+	var full map[string]packedEntry
 	// fedFull collects the federated bundles of a full set, by trust
 	// domain, until it ends.
 	var fedFull map[string]*sigilv1.Bundle
@@ -134,12 +136,14 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 		}
 		if msg.GetReset_() {
 			inFull = true
-			full = make(map[string]*sigilv1.Entry)
+			full = make(map[string]packedEntry)
 			fedFull = make(map[string]*sigilv1.Bundle)
 		}
 		if inFull {
 			for _, e := range msg.GetUpserted() {
-				full[e.GetId()] = e
+				if e.GetId() != "" {
+					full[e.GetId()] = packEntry(e, noIntern)
+				}
 			}
 			for _, id := range msg.GetDeleted() {
 				delete(full, id)
@@ -157,7 +161,7 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 			a.cache.ApplyDelta(msg.GetUpserted(), msg.GetDeleted())
 		}
 		if msg.GetSynced() && inFull {
-			entries := make([]*sigilv1.Entry, 0, len(full))
+			entries := make([]packedEntry, 0, len(full))
 			for _, e := range full {
 				entries = append(entries, e)
 			}
@@ -167,7 +171,7 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 			}
 			full, fedFull, inFull = nil, nil, false
 			a.cache.SetFederated(true, bundles, nil)
-			a.cache.ReplaceEntries(entries)
+			a.cache.replacePacked(entries)
 			a.log.Info("entries synced", zap.Int("entries", len(entries)), zap.Uint64("index", msg.GetIndex()))
 			a.maybeReady()
 			if !reportStarted {

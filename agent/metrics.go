@@ -79,6 +79,7 @@ func mintFailureReason(out mintOutcome) string {
 // count) whether or not a registry holds them.
 type mintMetrics struct {
 	minted   prometheus.Counter
+	evicted  prometheus.Counter
 	failures *prometheus.CounterVec
 	// byReason are the failures' series, resolved once; read-only after
 	// newMintMetrics.
@@ -90,6 +91,10 @@ func newMintMetrics() *mintMetrics {
 		minted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sigil_agent_svids_minted_total",
 			Help: "Workload X.509-SVIDs the agent installed in its cache (new and renewed).",
+		}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sigil_agent_svids_evicted_total",
+			Help: "Workload X.509-SVIDs dropped from the agent's cache because it held more than max_svids and no workload had asked for their entries lately.",
 		}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sigil_agent_svid_mint_failures_total",
@@ -121,6 +126,9 @@ type svidStats struct {
 	late int
 	// earliest is the earliest NotAfter among them; zero when none.
 	earliest time.Time
+	// max is the SVID cache's size (0: unbounded); over the SVIDs held
+	// beyond it for active and eager entries.
+	max, over int
 }
 
 // svidStats scans the SVIDs held at now, under the cache's lock.
@@ -128,7 +136,8 @@ func (c *cache) svidStats(now time.Time) svidStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var s svidStats
-	for _, st := range c.st.entries {
+	s.max, s.over = c.st.policy.max, c.st.overCapacity()
+	for _, st := range c.st.expiry.items {
 		v := st.svid
 		if v == nil || !now.Before(v.notAfter) {
 			continue
@@ -166,7 +175,7 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
-	for _, c := range []prometheus.Collector{a.cache.met.minted, a.cache.met.failures, newAgentCollector(a, m)} {
+	for _, c := range []prometheus.Collector{a.cache.met.minted, a.cache.met.evicted, a.cache.met.failures, newAgentCollector(a, m)} {
 		if err := m.reg.Register(c); err != nil {
 			return nil, fmt.Errorf("agent: registering metrics: %w", err)
 		}
@@ -189,6 +198,7 @@ type agentCollector struct {
 	m *agentMetrics
 
 	cached, earliest, late, workloads, ownExpiry, serverConnected *prometheus.Desc
+	cacheMax, cacheOver                                           *prometheus.Desc
 }
 
 func newAgentCollector(a *Agent, m *agentMetrics) *agentCollector {
@@ -207,12 +217,16 @@ func newAgentCollector(a *Agent, m *agentMetrics) *agentCollector {
 			"Seconds until the agent's own SVID expires (negative once expired); absent before the agent has one.", nil, nil),
 		serverConnected: prometheus.NewDesc("sigil_agent_server_connected",
 			"1 while the agent's sync stream to a server is up, 0 otherwise.", nil, nil),
+		cacheMax: prometheus.NewDesc("sigil_agent_svid_cache_max",
+			"The SVID cache's size (svid_cache max_svids); 0 when unbounded.", nil, nil),
+		cacheOver: prometheus.NewDesc("sigil_agent_svid_cache_over_capacity",
+			"Workload X.509-SVIDs held beyond max_svids because their entries are active or eager (never evicted).", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.cached, c.earliest, c.late, c.workloads, c.ownExpiry, c.serverConnected} {
+	for _, d := range []*prometheus.Desc{c.cached, c.earliest, c.late, c.workloads, c.ownExpiry, c.serverConnected, c.cacheMax, c.cacheOver} {
 		ch <- d
 	}
 }
@@ -227,6 +241,8 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.cached, float64(s.cached))
 	gauge(c.late, float64(s.late))
+	gauge(c.cacheMax, float64(s.max))
+	gauge(c.cacheOver, float64(s.over))
 	if !s.earliest.IsZero() {
 		gauge(c.earliest, s.earliest.Sub(now).Seconds())
 	}

@@ -49,7 +49,16 @@ import (
 //	fedremove TD...              SetFederated: remove these federated bundles
 //	subscribe NAME UID           a subscription with selector uid:UID; after every
 //	                             command, the snapshots subscriptions receive are printed
+//	close NAME                   the subscription ends; its entries' idle period starts
 //	report                       the rotation report fields of every entry (report.go)
+//	cache max=N [eager=SEL[,SEL...]] [idle=D]
+//	                             SetPolicy: bound the SVID cache (unbounded until
+//	                             then); from then on each entry's cache state is
+//	                             printed (active, eager, spare: minted only while
+//	                             there is room) with the cache's count
+//
+// start takes first the entries the subscriptions wait for, as the
+// agent's minting loop does.
 func TestX509StateScenarios(t *testing.T) {
 	golden.Scripts(t, "testdata/x509state/*.script", runX509Scenario)
 }
@@ -117,6 +126,9 @@ func (s *scenario) show(ch changes) {
 	if ch.jwtBundles {
 		flags = append(flags, "jwt-bundles")
 	}
+	if ch.overCapacity > 0 {
+		flags = append(flags, fmt.Sprintf("over-capacity=%d", ch.overCapacity))
+	}
 	if len(ch.jwtDrop) > 0 {
 		d := slices.Clone(ch.jwtDrop)
 		slices.Sort(d)
@@ -152,7 +164,28 @@ func (s *scenario) state() {
 		if st.denied {
 			s.out.WriteString(" | denied")
 		}
+		if s.st.policy.max > 0 {
+			var flags []string
+			if st.eager {
+				flags = append(flags, "eager")
+			}
+			if st.refs > 0 {
+				flags = append(flags, fmt.Sprintf("active(%d)", st.refs))
+			} else if st.active {
+				flags = append(flags, "active until "+s.rel(unnanos(st.activeUntil)))
+			}
+			if st.q == qSpare {
+				flags = append(flags, "spare")
+			}
+			if len(flags) > 0 {
+				fmt.Fprintf(&s.out, " | %s", strings.Join(flags, " "))
+			}
+		}
 		s.out.WriteString("\n")
+	}
+	if s.st.policy.max > 0 {
+		z := s.st.Sizes()
+		fmt.Fprintf(&s.out, "  cache %d/%d svids, %d over\n", z.svids, z.max, z.over)
 	}
 	for _, td := range s.st.sortedFederated() {
 		b := s.st.federated[td]
@@ -253,7 +286,7 @@ func runX509Scenario(t *testing.T, path string) string {
 		opts := map[string]string{}
 		var pos []string
 		for _, a := range args {
-			if k, v, ok := strings.Cut(a, "="); ok && fields[0] != "entries" && fields[0] != "federated" {
+			if k, v, ok := strings.Cut(a, "="); ok && fields[0] != "entries" && fields[0] != "federated" && fields[0] != "close" {
 				opts[k] = v
 			} else {
 				pos = append(pos, a)
@@ -335,7 +368,7 @@ func runX509Scenario(t *testing.T, path string) string {
 					s.fatalf(line, "%v", err)
 				}
 			}
-			jobs, next := s.st.StartMints(s.now, n, func() map[*entryState]bool { return nil })
+			jobs, next := s.st.StartMints(s.now, n, func() map[*entryState]bool { return s.subs.waiting(&s.st) })
 			var names []string
 			for _, j := range jobs {
 				s.njob++
@@ -455,7 +488,44 @@ func runX509Scenario(t *testing.T, path string) string {
 			s.subNames[sub] = pos[0]
 			s.subs.add(sub, &s.st)
 			s.deliveries()
+			if s.st.policy.max > 0 {
+				s.state()
+			}
 			continue
+		case "close":
+			var sub *subscription
+			for sb, n := range s.subNames {
+				if n == pos[0] {
+					sub = sb
+				}
+			}
+			if sub == nil {
+				s.fatalf(line, "no subscription %q", pos[0])
+			}
+			delete(s.subNames, sub)
+			s.subs.remove(sub, &s.st)
+			s.st.Release(s.now)
+			s.state()
+			continue
+		case "cache":
+			c := SVIDCacheConfig{}
+			if v, ok := opts["max"]; ok {
+				if c.MaxSVIDs, err = strconv.Atoi(v); err != nil {
+					s.fatalf(line, "%v", err)
+				}
+			}
+			if v, ok := opts["eager"]; ok {
+				c.EagerSelectors = strings.Split(v, ",")
+			}
+			if v, ok := opts["idle"]; ok {
+				if c.IdleAfter, err = time.ParseDuration(v); err != nil {
+					s.fatalf(line, "%v", err)
+				}
+			}
+			if err := c.validate(); err != nil {
+				s.fatalf(line, "%v", err)
+			}
+			ch = s.st.SetPolicy(newCachePolicy(c))
 		default:
 			s.fatalf(line, "unknown command %q", fields[0])
 		}
@@ -463,6 +533,7 @@ func runX509Scenario(t *testing.T, path string) string {
 		if ch.notify {
 			s.subs.notify(&s.st)
 		}
+		s.st.Release(s.now)
 		s.deliveries()
 		s.state()
 	}

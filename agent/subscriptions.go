@@ -55,7 +55,10 @@ type subscription struct {
 	matchValid   bool
 	// matched may be shared with other subscriptions (views): it is
 	// replaced, never modified.
-	matched   []*entryState
+	matched []*entryState
+	// counted: the entries of matched count this subscription in their
+	// refs (x509State.ref).
+	counted   bool
 	delivered bool
 	// last is the content key of the last snapshot sent.
 	last string
@@ -85,7 +88,8 @@ func (s *subscription) Updates() <-chan *workloadapi.X509Snapshot { return s.ch 
 func (s *subscription) Close() {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.c.subs.remove(s)
+	s.c.subs.remove(s, &s.c.st)
+	s.c.st.Release(s.c.clk.Now())
 }
 
 // add registers sub and sends it its first snapshot if it is ready. It
@@ -97,9 +101,17 @@ func (ss *subscriptions) add(sub *subscription, st *x509State) bool {
 	return sub.delivered
 }
 
-func (ss *subscriptions) remove(sub *subscription) {
+// remove unregisters sub; the entries it matched start their idle period
+// at the next x509State.Release.
+func (ss *subscriptions) remove(sub *subscription, st *x509State) {
 	delete(ss.subs, sub)
+	if sub.counted {
+		for _, e := range sub.matched {
+			st.unref(e)
+		}
+	}
 	sub.matched = nil
+	sub.counted = false
 }
 
 func (ss *subscriptions) len() int { return len(ss.subs) }
@@ -121,7 +133,8 @@ func (ss *subscriptions) waiting(st *x509State) map[*entryState]bool {
 
 // match brings the subscription's matched entries up to date, from the
 // view of its selector set when another subscription has computed it at
-// this version of the entry set.
+// this version of the entry set, else through the selector index. The
+// entries matched are active (x509State.ref) while it holds them.
 func (ss *subscriptions) match(sub *subscription, st *x509State) {
 	if sub.matchValid && sub.matchVersion == st.version {
 		return
@@ -132,11 +145,7 @@ func (ss *subscriptions) match(sub *subscription, st *x509State) {
 	}
 	matched, ok := ss.views[sub.selKey]
 	if !ok {
-		for _, e := range st.entries {
-			if sub.sels.Contains(e.entry.GetSelectors()) {
-				matched = append(matched, e)
-			}
-		}
+		matched = st.matchEntries(sub.sels)
 		slices.SortFunc(matched, func(a, b *entryState) int {
 			if a.entry.GetCreatedAt() != b.entry.GetCreatedAt() {
 				if a.entry.GetCreatedAt() < b.entry.GetCreatedAt() {
@@ -148,6 +157,15 @@ func (ss *subscriptions) match(sub *subscription, st *x509State) {
 		})
 		ss.views[sub.selKey] = matched
 	}
+	for _, e := range matched {
+		st.ref(e)
+	}
+	if sub.counted {
+		for _, e := range sub.matched {
+			st.unref(e)
+		}
+	}
+	sub.counted = true
 	sub.matched = matched
 	sub.matchVersion = st.version
 	sub.matchValid = true

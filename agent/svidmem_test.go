@@ -14,15 +14,6 @@ import (
 	"github.com/sigil-id/sigil/clock"
 )
 
-// liveHeap is the live heap after two collections.
-func liveHeap() int64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return int64(m.HeapAlloc)
-}
-
 // TestInstalledSVIDMemory checks what one installed SVID costs the agent:
 // the DER of its chain and key and a few fields, not the parsed
 // certificate and key (about 4 KiB more for a P-256 SVID). Keys, CSRs,

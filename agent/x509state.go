@@ -14,7 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
@@ -103,13 +103,24 @@ type entryFingerprint struct {
 	dnsNames string
 }
 
-func fingerprintOf(e *sigilv1.Entry) entryFingerprint {
-	return entryFingerprint{
-		revision: e.GetRevision(),
-		spiffeID: e.GetSpiffeId(),
-		ttl:      e.GetX509SvidTtl(),
-		dnsNames: strings.Join(e.GetDnsNames(), "\x00"),
+func fingerprintOf(e *packedEntry) entryFingerprint {
+	fp := entryFingerprint{spiffeID: e.spiffeID}
+	var dns []string
+	e.fields(func(n protowire.Number, v string, x uint64) bool {
+		switch n {
+		case fieldRevision:
+			fp.revision = int64(x)
+		case fieldX509SVIDTTL:
+			fp.ttl = int32(x)
+		case fieldDNSNames:
+			dns = append(dns, v)
+		}
+		return true
+	})
+	if len(dns) > 0 {
+		fp.dnsNames = strings.Join(dns, "\x00")
 	}
+	return fp
 }
 
 // svid is one X.509-SVID with its private key, which never leaves the
@@ -149,7 +160,7 @@ func (s *svid) serialText() string {
 
 // entryState is one registration entry and the minting state of its SVID.
 type entryState struct {
-	entry *sigilv1.Entry
+	entry packedEntry
 	fp    entryFingerprint
 	// gen identifies this version of the entry: it is new (from
 	// x509State.genSeq, so never reused) whenever the entry is added or
@@ -160,12 +171,8 @@ type entryState struct {
 	// bundle the agent had when it arrived; it waits for a bundle update.
 	pending      *svid
 	pendingSince time.Time
-	// denied is set when the server refused the entry with
-	// PermissionDenied; it stays until the entry changes.
-	denied   bool
-	failures int
-	retryAt  time.Time
-	inflight bool
+	failures     int
+	retryAt      time.Time
 	// lastAttempt is when a mint for the entry last started; lastError
 	// is why the last attempt failed ("" when it succeeded or none
 	// failed) and failStreak counts the attempts that failed in a row.
@@ -175,6 +182,39 @@ type entryState struct {
 	lastAttempt time.Time
 	lastError   string
 	failStreak  int
+
+	// The bounded cache (svidcache.go), its fields ordered to leave no
+	// padding: this struct is the bulk of an entry's memory. refs counts
+	// the subscriptions that match the entry; it is active while any
+	// does and until activeUntil after the last one ended (lastReq).
+	activeUntil int64 // unix nanoseconds (nanos); 0 when none
+	lastReq     int64
+	dueAt       int64 // nanos(dueTime())
+	expAt       int64 // nanos(expiryTime())
+	refs        int32
+	// idxSel is 1 + the index in entry.sels of the selector the entry is
+	// filed under in the selector index (0: not filed), idxPos its
+	// position there.
+	idxSel int32
+	idxPos int32
+	// Positions in the heaps (1-based, 0 when absent).
+	qPos    int32
+	exPos   int32
+	evPos   int32
+	idlePos int32
+	q       queue
+	rank    uint8
+	// denied is set when the server refused the entry with
+	// PermissionDenied; it stays until the entry changes. inflight: a
+	// mint is in flight.
+	denied   bool
+	inflight bool
+	// eager: one of its selectors is an eager selector.
+	eager     bool
+	active    bool
+	released  bool // in x509State.released
+	gone      bool // deleted
+	roomTaken bool // counted in x509State.inflightNew
 }
 
 // attemptFailed records a failed attempt for the rotation reports.
@@ -280,10 +320,11 @@ const (
 	evPendingExpired                  // a held SVID never verified; the entry backs off
 	evTainted                         // the SVID's signer was tainted
 	evAbandoned                       // the entry changed or was deleted while its mint was in flight
+	evEvicted                         // the SVID of an entry no workload asked for lately was dropped: the cache is full
 )
 
 func (k eventKind) String() string {
-	return [...]string{"minted", "stale", "held", "failed", "denied", "expired", "pending-expired", "tainted", "abandoned"}[k]
+	return [...]string{"minted", "stale", "held", "failed", "denied", "expired", "pending-expired", "tainted", "abandoned", "evicted"}[k]
 }
 
 // event is one thing that happened to an entry in a transition.
@@ -316,6 +357,9 @@ type changes struct {
 	jwtBundles bool
 	// events are what happened to single entries, in order.
 	events []event
+	// overCapacity is how many SVIDs beyond the cache's size active and
+	// eager entries hold after the transition (0: within the size).
+	overCapacity int
 }
 
 func (c *changes) add(e event) { c.events = append(c.events, e) }
@@ -340,29 +384,75 @@ type x509State struct {
 	// jitter draws the jitter of renewal times and retry backoffs, in
 	// [0, 1).
 	jitter func() float64
+
+	// The bounded cache and the indexes (svidcache.go).
+	policy cachePolicy
+	// svids counts the entries with an SVID (st.svid != nil);
+	// inflightNew the mints in flight for entries that had none.
+	svids       int
+	inflightNew int
+	bySel       map[string][]*entryState
+	strs        internTable
+	sched       entryHeap
+	due         entryHeap
+	spare       entryHeap
+	expiry      entryHeap
+	evict       entryHeap
+	idle        entryHeap
+	// released are entries whose last subscription ended, for Release.
+	released []*entryState
 }
 
-// newX509State returns an empty state that draws its jitter from jitter.
+// newX509State returns an empty state that draws its jitter from jitter
+// and mints every entry (no bound; see SetPolicy).
 func newX509State(jitter func() float64) x509State {
-	return x509State{entries: make(map[string]*entryState), jitter: jitter}
+	s := x509State{
+		entries: make(map[string]*entryState),
+		jitter:  jitter,
+		policy:  unboundedPolicy(),
+		bySel:   make(map[string][]*entryState),
+		strs:    make(internTable),
+	}
+	newHeaps(&s)
+	return s
 }
 
 // ReplaceEntries makes entries the full entry set: entries not among them
 // are deleted, with their SVIDs and keys. The state is synced from then
 // on.
 func (s *x509State) ReplaceEntries(entries []*sigilv1.Entry) changes {
+	return s.ReplacePacked(packEntries(entries))
+}
+
+// packEntries packs entries (those without an ID are left out), for the
+// state to intern what they share.
+func packEntries(entries []*sigilv1.Entry) []packedEntry {
+	out := make([]packedEntry, 0, len(entries))
+	for _, e := range entries {
+		if e.GetId() != "" {
+			out = append(out, packEntry(e, noIntern))
+		}
+	}
+	return out
+}
+
+func noIntern(s string) string { return s }
+
+// ReplacePacked is ReplaceEntries with packed entries.
+func (s *x509State) ReplacePacked(entries []packedEntry) changes {
 	var ch changes
 	next := make(map[string]*entryState, len(entries))
-	for _, e := range entries {
-		if e.GetId() == "" {
+	for i := range entries {
+		pe := &entries[i]
+		if pe.id == "" {
 			continue
 		}
-		st := s.entries[e.GetId()]
+		st := s.entries[pe.id]
 		if st == nil {
 			st = &entryState{}
 		}
-		s.upsert(st, e, &ch)
-		next[e.GetId()] = st
+		s.upsert(st, pe, &ch)
+		next[st.entry.id] = st
 	}
 	for id, st := range s.entries {
 		if _, ok := next[id]; !ok {
@@ -373,26 +463,37 @@ func (s *x509State) ReplaceEntries(entries []*sigilv1.Entry) changes {
 	s.peakEntries = len(next)
 	s.version++
 	s.synced = true
+	s.evictOver(&ch)
 	ch.notify, ch.wake = true, true
 	return ch
 }
 
 // ApplyDelta upserts and deletes entries.
 func (s *x509State) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) changes {
+	return s.ApplyPacked(packEntries(upserted), deleted)
+}
+
+// ApplyPacked is ApplyDelta with packed entries.
+func (s *x509State) ApplyPacked(upserted []packedEntry, deleted []string) changes {
 	var ch changes
 	if len(upserted) == 0 && len(deleted) == 0 {
 		return ch
 	}
-	for _, e := range upserted {
-		if e.GetId() == "" {
+	for i := range upserted {
+		pe := &upserted[i]
+		if pe.id == "" {
 			continue
 		}
-		st := s.entries[e.GetId()]
+		st := s.entries[pe.id]
 		if st == nil {
 			st = &entryState{}
-			s.entries[e.GetId()] = st
+		} else {
+			// The map's key is a substring of the old encoding: key
+			// the entry by the new one, so that the old is freed.
+			delete(s.entries, pe.id)
 		}
-		s.upsert(st, e, &ch)
+		s.upsert(st, pe, &ch)
+		s.entries[st.entry.id] = st
 	}
 	for _, id := range deleted {
 		if st, ok := s.entries[id]; ok {
@@ -416,47 +517,86 @@ func (s *x509State) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) chan
 		s.peakEntries = len(n)
 	}
 	s.version++
+	s.evictOver(&ch)
 	ch.notify, ch.wake = true, true
 	return ch
 }
 
-// upsert installs e as st's entry. A changed entry gets a new generation:
+// upsert installs pe as st's entry. A changed entry gets a new generation:
 // its mint in flight, if any, is abandoned, and it is minted again.
-func (s *x509State) upsert(st *entryState, e *sigilv1.Entry, ch *changes) {
-	if st.entry != nil && proto.Equal(st.entry, e) {
+func (s *x509State) upsert(st *entryState, pe *packedEntry, ch *changes) {
+	known := st.gen != 0
+	if known && st.entry.equal(pe) {
 		return
 	}
-	if len(e.GetFederatesWith()) > 0 || len(st.entry.GetFederatesWith()) > 0 {
+	if pe.fed || st.entry.fed {
 		ch.jwtBundles = true
 	}
-	if st.entry != nil {
+	if known {
 		// A changed entry (SPIFFE ID, JWT TTL) gets new JWT-SVIDs.
-		ch.jwtDrop = append(ch.jwtDrop, e.GetId())
+		ch.jwtDrop = append(ch.jwtDrop, pe.id)
 		if st.inflight {
-			ch.add(event{kind: evAbandoned, entryID: e.GetId()})
+			ch.add(event{kind: evAbandoned, entryID: pe.id})
 		}
 	}
 	s.genSeq++
 	st.gen = s.genSeq
-	st.entry = e
-	st.fp = fingerprintOf(e)
-	st.inflight = false
+	old := st.entry
+	st.entry = s.internEntry(*pe)
+	s.releaseEntry(&old)
+	st.fp = fingerprintOf(&st.entry)
+	s.setInflight(st, false)
 	st.denied = false
 	st.failures = 0
 	st.retryAt = time.Time{}
 	if st.pending != nil && st.pending.mintedFor != st.fp {
 		st.pending = nil
 	}
+	s.setSelectors(st, old.sels)
+	s.resched(st)
 }
 
+// internEntry interns the strings pe shares with other entries (its
+// parent and selectors), counting the holders; releaseEntry undoes it.
+func (s *x509State) internEntry(pe packedEntry) packedEntry {
+	if pe.parent != "" {
+		pe.parent = s.strs.intern(pe.parent)
+	}
+	sels := make([]string, len(pe.sels))
+	for i, v := range pe.sels {
+		sels[i] = s.strs.intern(v)
+	}
+	pe.sels = sels
+	return pe
+}
+
+func (s *x509State) releaseEntry(pe *packedEntry) {
+	if pe.parent != "" {
+		s.strs.release(pe.parent)
+	}
+	for _, v := range pe.sels {
+		s.strs.release(v)
+	}
+}
+
+// deleted forgets a deleted entry: it leaves the indexes and the counts.
+// Its SVID and key are freed once no snapshot holds them.
 func (s *x509State) deleted(id string, st *entryState, ch *changes) {
 	ch.jwtDrop = append(ch.jwtDrop, id)
-	if len(st.entry.GetFederatesWith()) > 0 {
+	if st.entry.fed {
 		ch.jwtBundles = true
 	}
 	if st.inflight {
 		ch.add(event{kind: evAbandoned, entryID: id})
 	}
+	s.setInflight(st, false)
+	st.gone = true
+	s.unindex(st, st.entry.sels)
+	s.releaseEntry(&st.entry)
+	if st.svid != nil {
+		s.svids--
+	}
+	s.resched(st)
 }
 
 // SetBundle replaces the trust bundle at now and reports whether it
@@ -468,48 +608,67 @@ func (s *x509State) SetBundle(b *x509bundle.Bundle, now time.Time) (bool, change
 	}
 	s.bundle = b.Clone()
 	s.bundleVersion++
-	for _, id := range s.sortedIDs() {
-		st := s.entries[id]
-		if st.pending == nil {
-			continue
-		}
+	for _, st := range s.timed(func(st *entryState) bool { return st.pending != nil }) {
 		if st.pending.mintedFor != st.fp {
 			st.pending = nil
+			s.resched(st)
 			continue
 		}
 		if _, _, err := x509svid.Verify(st.pending.verifyChain, s.bundle, x509svid.WithTime(now)); err != nil {
 			continue
 		}
-		s.promote(id, st, st.pending, &ch)
+		sv := st.pending
 		st.pending = nil
+		s.promote(st.entry.id, st, sv, &ch)
 	}
+	s.evictOver(&ch)
 	ch.notify, ch.wake = true, true
 	return true, ch
+}
+
+// timed returns the entries with an SVID or a held SVID (those of the
+// expiry heap) for which keep is true, in order of their IDs.
+func (s *x509State) timed(keep func(*entryState) bool) []*entryState {
+	var out []*entryState
+	for _, st := range s.expiry.items {
+		if keep(st) {
+			out = append(out, st)
+		}
+	}
+	slices.SortFunc(out, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
+	return out
 }
 
 // Tainted takes the tainted X.509 authorities (by SubjectKeyId): SVIDs
 // they signed become due at once and are served until replaced.
 func (s *x509State) Tainted(taintedX509 map[string]bool) changes {
 	var ch changes
-	for _, id := range s.sortedIDs() {
-		st := s.entries[id]
-		if st.svid != nil && !st.svid.tainted && taintedX509[string(st.svid.aki)] {
-			st.svid.tainted = true
-			ch.add(event{kind: evTainted, entryID: id, svid: st.svid})
-		}
+	if len(taintedX509) == 0 {
+		return ch
+	}
+	for _, st := range s.timed(func(st *entryState) bool {
+		return st.svid != nil && !st.svid.tainted && taintedX509[string(st.svid.aki)]
+	}) {
+		st.svid.tainted = true
+		s.resched(st)
+		ch.add(event{kind: evTainted, entryID: st.entry.id, svid: st.svid})
 	}
 	ch.wake = len(ch.events) > 0
 	return ch
 }
 
 // Tick applies the passing of time up to now: expired SVIDs are no longer
-// handed out, and held SVIDs that never verified are given up.
+// handed out, held SVIDs that never verified are given up, and entries
+// idle for IdleAfter stop being active (their SVIDs may then be evicted).
+// It costs the entries whose time has come.
 func (s *x509State) Tick(now time.Time) changes {
 	var ch changes
-	for id, st := range s.entries {
+	for s.expiry.len() > 0 && s.expiry.top().expAt <= nanos(now) {
+		st := s.expiry.top()
+		id := st.entry.id
 		if st.svid != nil && !now.Before(st.svid.notAfter) {
 			ch.add(event{kind: evExpired, entryID: id, svid: st.svid})
-			st.svid = nil
+			s.setSVID(st, nil)
 			ch.notify = true
 		}
 		if st.pending != nil && !now.Before(st.pendingSince.Add(pendingWait)) {
@@ -519,7 +678,14 @@ func (s *x509State) Tick(now time.Time) changes {
 			st.attemptFailed(errors.New("minted SVID never verified against the agent's bundle"))
 			ch.add(event{kind: evPendingExpired, entryID: id, at: st.retryAt, failures: st.failures, reason: mintUnverified})
 		}
+		s.resched(st)
 	}
+	for s.idle.len() > 0 && s.idle.top().activeUntil <= nanos(now) {
+		st := s.idle.pop()
+		st.active = false
+		s.resched(st)
+	}
+	s.evictOver(&ch)
 	return ch
 }
 
@@ -535,55 +701,61 @@ type mintJob struct {
 // StartMints marks up to max entries that are due at now as minting and
 // returns their jobs: entries that a waiting workload needs first
 // (waiting, called only when something is due, reports them), then
-// entries with no SVID, then renewals in order of their renewal time.
-// When it took every due entry, next is the earliest time-driven change
-// after that (zero when there is none); otherwise next is zero and more
-// is due at once.
+// wanted entries with no SVID, then entries no workload asked for (in
+// order of their IDs) while the cache has room, then renewals in order of
+// their renewal time. When it took every due entry, next is the earliest
+// time-driven change after that (zero when there is none); otherwise next
+// is zero and more is due at once. It costs the entries taken and those
+// that came due, not all the entries.
 func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entryState]bool) (jobs []*mintJob, next time.Time) {
-	type cand struct {
-		id      string
-		st      *entryState
-		rank    int
-		renewAt time.Time
+	for s.sched.len() > 0 && s.sched.top().dueAt <= nanos(now) {
+		st := s.sched.pop()
+		st.q = qDue
+		st.rank = rankNoSVID
+		if st.servable() != nil {
+			st.rank = rankRenew
+		}
+		s.due.put(st)
 	}
-	var due []cand
-	for id, st := range s.entries {
-		if st.due(now) {
-			due = append(due, cand{id: id, st: st, rank: 2})
+	var take []*entryState
+	room := s.room()
+	takeOne := func(st *entryState) {
+		if h := s.queue(st.q); h != nil {
+			h.remove(st)
+		}
+		st.q = qNone
+		if st.svid == nil && room > 0 {
+			room--
+		}
+		take = append(take, st)
+	}
+	if s.due.len() > 0 && waiting != nil && max > 0 {
+		var first []*entryState
+		for st := range waiting() {
+			if st.q == qDue {
+				first = append(first, st)
+			}
+		}
+		slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
+		for _, st := range first[:min(len(first), max)] {
+			takeOne(st)
 		}
 	}
-	if len(due) > 0 {
-		w := waiting()
-		for i := range due {
-			d := &due[i]
-			switch {
-			case w[d.st]:
-				d.rank = 0
-			case d.st.servable() == nil:
-				d.rank = 1
-			default:
-				d.renewAt = d.st.svid.renewAt
-			}
-		}
-		slices.SortFunc(due, func(a, b cand) int {
-			if a.rank != b.rank {
-				return a.rank - b.rank
-			}
-			if r := a.renewAt.Compare(b.renewAt); r != 0 {
-				return r
-			}
-			return strings.Compare(a.id, b.id)
-		})
+	for len(take) < max && s.due.len() > 0 && s.due.top().rank == rankNoSVID {
+		takeOne(s.due.top())
 	}
-	all := len(due) <= max
-	if !all {
-		due = due[:max]
+	for len(take) < max && room != 0 && s.spare.len() > 0 {
+		takeOne(s.spare.top())
 	}
-	jobs = make([]*mintJob, len(due))
-	for i, d := range due {
-		d.st.inflight = true
-		d.st.lastAttempt = now
-		jobs[i] = &mintJob{id: d.id, gen: d.st.gen, fp: d.st.fp}
+	for len(take) < max && s.due.len() > 0 {
+		takeOne(s.due.top())
+	}
+	all := s.due.len() == 0 && (room == 0 || s.spare.len() == 0)
+	jobs = make([]*mintJob, len(take))
+	for i, st := range take {
+		s.setInflight(st, true)
+		st.lastAttempt = now
+		jobs[i] = &mintJob{id: st.entry.id, gen: st.gen, fp: st.fp}
 	}
 	if all {
 		next = s.NextEvent()
@@ -592,12 +764,27 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 }
 
 // NextEvent is the earliest time-driven change among all entries; zero
-// when there is none.
+// when there is none. It costs O(1) but for entries due and not taken
+// (StartMints leaves none when it takes every due entry).
 func (s *x509State) NextEvent() time.Time {
 	var t time.Time
-	for _, st := range s.entries {
-		if n := st.nextEvent(); !n.IsZero() && (t.IsZero() || n.Before(t)) {
-			t = n
+	min := func(c time.Time) {
+		if !c.IsZero() && (t.IsZero() || c.Before(t)) {
+			t = c
+		}
+	}
+	if s.sched.len() > 0 {
+		min(s.sched.top().dueTime())
+	}
+	if s.expiry.len() > 0 {
+		min(s.expiry.top().expiryTime())
+	}
+	if s.idle.len() > 0 {
+		min(unnanos(s.idle.top().activeUntil))
+	}
+	for _, st := range s.due.items {
+		if st.dueAt != 0 {
+			min(st.dueTime())
 		}
 	}
 	return t
@@ -652,8 +839,9 @@ func (s *x509State) MintFinished(results []mintResult, now time.Time) (int, chan
 			installed++
 		}
 	}
+	s.evictOver(&ch)
 	ch.wake = true
-	ch.notify = installed > 0
+	ch.notify = ch.notify || installed > 0
 	return installed, ch
 }
 
@@ -664,7 +852,8 @@ func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
 		ch.add(event{kind: evStale, entryID: job.id})
 		return false
 	}
-	st.inflight = false
+	s.setInflight(st, false)
+	defer s.resched(st)
 	if r.out.denied {
 		st.denied = true
 		st.attemptFailed(r.out.err)
@@ -711,32 +900,33 @@ func (s *x509State) promote(id string, st *entryState, sv *svid, ch *changes) {
 	sv.seq = s.svidSeq
 	sv.renewAt = RenewAt(sv.notBefore, sv.notAfter, s.jitter())
 	sv.verifyChain = nil // verified: keep only the DER
-	st.svid = sv
+	s.setSVID(st, sv)
 	st.failures = 0
 	st.retryAt = time.Time{}
 	st.lastError, st.failStreak = "", 0
+	s.resched(st)
 	ch.notify = true
 	ch.add(event{kind: evMinted, entryID: id, svid: sv})
 }
 
 // ResetRetries clears the minting backoff of every entry, so that entries
 // that failed while no server was reachable are minted again at once.
+// It runs when the agent reconnects, over every entry.
 func (s *x509State) ResetRetries() changes {
 	for _, st := range s.entries {
+		if st.failures == 0 && st.retryAt.IsZero() {
+			continue
+		}
 		st.failures = 0
 		st.retryAt = time.Time{}
+		s.resched(st)
 	}
 	return changes{wake: true}
 }
 
 // Stats counts the entries and the entries with an SVID.
 func (s *x509State) Stats() (entries, svids int) {
-	for _, st := range s.entries {
-		if st.svid != nil {
-			svids++
-		}
-	}
-	return len(s.entries), svids
+	return len(s.entries), s.svids
 }
 
 // sortedIDs returns the entry IDs in order, so that transitions that

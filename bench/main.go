@@ -90,6 +90,7 @@ func main() {
 	jsonOut := flag.String("json", "", "also write the summary's figures to this file as JSON (see -compare)")
 	compare := flag.Bool("compare", false, "compare two -json files: go run ./bench -compare OLD.json NEW.json")
 	limitsOnly := flag.Bool("limits-only", false, "only measure the raw limits (ECDSA sign, verify, verify+sign, fsync, TLS handshake) and print the summary")
+	lazyOnly := flag.Bool("lazy-only", false, "only measure the first fetch of an identity the agent has not minted (bounded SVID cache)")
 	flag.Parse()
 	if *compare {
 		if flag.NArg() != 2 {
@@ -188,6 +189,14 @@ func main() {
 			os.Exit(1)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *lazyOnly {
+		if err := benchLazyOnly(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			pprof.StopCPUProfile()
+			os.Exit(1)
+		}
+		return
 	}
 	if err := run(*dur, *svids, *metricsRounds, *limitsOnly, *jsonOut); err != nil {
 		pprof.StopCPUProfile()
@@ -618,7 +627,7 @@ func agentBench(ctx context.Context, srv *server.Server, admin sigilv1.AdminClie
 		fmt.Printf("start  agent start -> SVID in workload:     %9.3f s   (%d other entries; workload waiting on the socket)\n", d.Seconds(), c.others)
 		record(newFigure(c.name, d.Seconds(), "s", 0, c.goal, c.spire))
 	}
-	return nil
+	return benchLazy(ctx, srv, admin, dir)
 }
 
 // minted is what mintAll measured.

@@ -294,6 +294,9 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 		cfg.HealthReportInterval = a.HealthReportInterval
 	}
 	cfg.SDSSocket = a.SDSSocket
+	if c := a.SVIDCache; c != nil {
+		cfg.SVIDCache = agent.SVIDCacheConfig{MaxSVIDs: c.MaxSVIDs, EagerSelectors: c.EagerSelectors, IdleAfter: c.IdleAfter}
+	}
 	cfg.Logger = log
 	if cfg.SVIDFiles, err = agentSVIDFiles(a.SVIDFiles); err != nil {
 		return cfg, err

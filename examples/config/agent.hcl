@@ -46,6 +46,19 @@ agent {
   # report_interval, when set, overrides it. Default 30s.
   # health_report_interval = "30s"
 
+  # The workload X.509-SVIDs the agent holds. Entries a workload asked for
+  # (Workload API, SDS, svid_files) within idle_after, and entries with one
+  # of the eager selectors, always have an SVID. The others are minted
+  # ahead of any request only while the agent holds fewer than max_svids,
+  # and lose theirs first (least recently asked for) when it holds more;
+  # a workload asking for one gets it minted at once (one signing round
+  # trip). Defaults: 1000, none, 10m.
+  # svid_cache {
+  #   max_svids       = 1000
+  #   eager_selectors = ["unix:uid:0"]
+  #   idle_after      = "10m"
+  # }
+
   # Single-use token from `sigil token generate`, needed for the first start
   # only: afterwards the agent renews the identity kept in data_dir. Keep it
   # in a file of mode 0600 owned by the agent's user (the agent refuses any

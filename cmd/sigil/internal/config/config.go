@@ -117,6 +117,9 @@ type Agent struct {
 	// SVIDFiles holds the svid_files blocks; nil when there are none (a
 	// pointer keeps Agent comparable).
 	SVIDFiles *SVIDFilesBlocks
+
+	// SVIDCache is the svid_cache block; nil when there is none.
+	SVIDCache *SVIDCache
 }
 
 // Log holds the logging settings shared by both daemons.
@@ -206,6 +209,8 @@ type hclAgent struct {
 	Plugins *hclPlugins `hcl:"plugins,block"`
 
 	SVIDFiles []hclSVIDFiles `hcl:"svid_files,block"`
+
+	SVIDCache *hclSVIDCache `hcl:"svid_cache,block"`
 }
 
 // LoadFile reads and parses the configuration file at path.
@@ -360,6 +365,9 @@ func Parse(filename string, src []byte) (*File, error) {
 		out.Agent.Plugins = p
 
 		if out.Agent.SVIDFiles, err = readSVIDFiles(filename, a.SVIDFiles); err != nil {
+			return nil, err
+		}
+		if out.Agent.SVIDCache, err = readSVIDCache(filename, a.SVIDCache); err != nil {
 			return nil, err
 		}
 	}

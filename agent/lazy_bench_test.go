@@ -1,0 +1,144 @@
+package agent
+
+import (
+	"crypto/x509"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/clock"
+)
+
+// benchEntries builds n entries shaped like those a Kubernetes agent
+// holds: a UUID-like ID, a SPIFFE ID, the agent as parent, three
+// selectors of which two are shared by many entries.
+func benchEntries(n int) []*sigilv1.Entry {
+	out := make([]*sigilv1.Entry, n)
+	for i := range out {
+		out[i] = &sigilv1.Entry{
+			Id:        fmt.Sprintf("%08x-1a2b-4c3d-8e9f-%012x", i, i*7919),
+			SpiffeId:  fmt.Sprintf("spiffe://example.org/ns/team-%d/sa/workload-%d", i%200, i),
+			ParentId:  "spiffe://example.org/sigil/agent/k8s_psat/cluster-1/0b1f8e2c-5d9a-4f5e-9c3b-7a6d5e4f3a2b",
+			CreatedAt: int64(1_700_000_000 + i),
+			Revision:  1,
+			Selectors: []*sigilv1.Selector{
+				{Type: "k8s", Value: fmt.Sprintf("ns:team-%d", i%200)},
+				{Type: "k8s", Value: fmt.Sprintf("sa:workload-%d", i)},
+				{Type: "k8s", Value: "container-name:app"},
+			},
+		}
+	}
+	return out
+}
+
+// BenchmarkAgentHeapPerEntry measures the agent cache's live heap per
+// entry with 100,000 entries parented to it and none minted, then per
+// active workload with 1,000 workloads subscribed, each to one entry
+// whose SVID is minted (go test -run '^$' -bench AgentHeapPerEntry
+// -benchtime 1x ./agent/).
+func BenchmarkAgentHeapPerEntry(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
+			for range b.N {
+				heapPerEntry(b, n, 1000)
+			}
+		})
+	}
+}
+
+func heapPerEntry(b *testing.B, n, active int) {
+	ca := newTestCA(b, t0)
+	clk := clock.NewFake(t0)
+	base := liveHeap()
+	c := newCache(testTD, zap.NewNop(), clk)
+	c.setPolicy(newCachePolicy(SVIDCacheConfig{MaxSVIDs: active}))
+	c.SetBundle(x509bundle.FromX509Authorities(testTD, []*x509.Certificate{ca.cert}))
+	// The entries arrive decoded, as from the sync stream, and only the
+	// cache keeps them.
+	c.ReplaceEntries(benchEntries(n))
+	withEntries := liveHeap()
+	perEntry := float64(withEntries-base) / float64(n)
+
+	subs := make([]interface{ Close() }, 0, active)
+	for i := 0; i < active; i++ {
+		sub := c.SubscribeX509([]*sigilv1.Selector{
+			{Type: "k8s", Value: fmt.Sprintf("ns:team-%d", i%200)},
+			{Type: "k8s", Value: fmt.Sprintf("sa:workload-%d", i)},
+			{Type: "k8s", Value: "container-name:app"},
+		})
+		subs = append(subs, sub)
+	}
+	start := time.Now()
+	for {
+		jobs := c.takeDue(clk.Now(), 500)
+		if len(jobs) == 0 {
+			break
+		}
+		outs := make([]mintOutcome, len(jobs))
+		for i, j := range jobs {
+			key, _, err := newKeyAndCSR()
+			if err != nil {
+				b.Fatal(err)
+			}
+			j.key = key
+			outs[i] = mintOutcome{chain: ca.sign(b, spiffeid.RequireFromString(j.fp.spiffeID), key.Public(), clk.Now().Add(-time.Minute), time.Hour)}
+		}
+		c.finishBatch(jobs, outs)
+	}
+	mint := time.Since(start)
+	entries, svids := c.stats()
+	if entries != n || svids != active {
+		b.Fatalf("%d entries, %d SVIDs; want %d, %d", entries, svids, n, active)
+	}
+	withActive := liveHeap()
+	perActive := float64(withActive-withEntries) / float64(active)
+	b.ReportMetric(perEntry, "heapB/entry")
+	b.ReportMetric(perActive, "heapB/active")
+	b.ReportMetric(float64(withActive-base)/(1<<20), "heapMiB")
+	b.Logf("%d entries: %.0f B/entry; %d active workloads with SVIDs: %.0f B each (minted in %v); total %.1f MiB",
+		n, perEntry, active, perActive, mint, float64(withActive-base)/(1<<20))
+	for _, s := range subs {
+		s.Close()
+	}
+	runtime.KeepAlive(c)
+}
+
+// The memory of deleted entries is returned: the live heap after
+// deleting every entry is back near where it was before they came.
+func TestBoundedCacheDeletedEntriesFreeMemory(t *testing.T) {
+	const n = 10000
+	clk := clock.NewFake(t0)
+	c := newCache(testTD, zaptest.NewLogger(t), clk)
+	c.setPolicy(newCachePolicy(SVIDCacheConfig{MaxSVIDs: 100}))
+	entries := make([]*sigilv1.Entry, n)
+	for i := range entries {
+		id := fmt.Sprintf("e%06d", i)
+		entries[i] = entry(id, "w/"+id, int64(i), fmt.Sprintf("uid:%d", i))
+	}
+	before := liveHeap()
+	c.ReplaceEntries(entries)
+	entries = nil
+	full := liveHeap()
+	var ids []string
+	for i := 0; i < n; i++ {
+		ids = append(ids, fmt.Sprintf("e%06d", i))
+	}
+	c.ApplyDelta(nil, ids)
+	ids = nil
+	after := liveHeap()
+	used := full - before
+	if used < n*100 {
+		t.Fatalf("%d entries took %d bytes: the measure is broken", n, used)
+	}
+	if left := after - before; left > used/10 {
+		t.Fatalf("after deleting every entry %d of %d bytes are still held", left, used)
+	}
+	runtime.KeepAlive(c)
+}
