@@ -65,6 +65,9 @@ type fakeServer struct {
 	// report answers Node.Report (report_test.go); nil: Unimplemented,
 	// as an older server answers.
 	report func(context.Context, *sigilv1.AgentReport) (*sigilv1.ReportResponse, error)
+	// gate, when set, is called with the size of every BatchNewX509SVID
+	// call before it is answered, without the lock; it may block.
+	gate func(n int)
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
@@ -272,6 +275,12 @@ func (s *fakeServer) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNew
 	id, err := callerID(ctx)
 	if err != nil {
 		return nil, err
+	}
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	if gate != nil {
+		gate(len(req.GetRequests()))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -346,6 +346,27 @@ func (c *cache) takeBatch(now time.Time, max int) (jobs []*mintJob, next time.Ti
 	return jobs, next
 }
 
+// takeNext is what the minting loop takes next: the entries waiting
+// workloads need, alone (x509State.StartWaiting; waiting is true), and
+// otherwise, when bulk is true, a batch of up to max due entries
+// (StartMints, whose next it returns). With bulk false and no waiting
+// workload it takes nothing.
+func (c *cache) takeNext(now time.Time, max int, bulk bool) (jobs []*mintJob, next time.Time, waiting bool) {
+	c.mu.Lock()
+	ch := c.st.Tick(now)
+	w := func() map[*entryState]bool { return c.subs.waiting(&c.st) }
+	if jobs = c.st.StartWaiting(now, max, w); len(jobs) > 0 {
+		waiting = true
+	} else if bulk {
+		jobs, next = c.st.StartMints(now, max, w)
+	}
+	c.settle(ch)
+	c.mu.Unlock()
+	ch.wake = false // the caller is the minting loop
+	c.report(ch)
+	return jobs, next, waiting
+}
+
 // takeDue is takeBatch without the next event.
 func (c *cache) takeDue(now time.Time, max int) []*mintJob {
 	jobs, _ := c.takeBatch(now, max)

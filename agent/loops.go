@@ -183,7 +183,8 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 }
 
 // mintLoop mints SVIDs for entries that need one, in batches, at most
-// maxBatchesInFlight at a time. It also drives renewal: it sleeps until
+// maxBatchesInFlight at a time; the last free slot is left to the SVIDs
+// that waiting workloads need, which go in a batch of their own. It also drives renewal: it sleeps until
 // the next SVID is due by the injected clock. Each batch enters the cache
 // twice: once to take its jobs (takeBatch) and once to hand back their
 // outcomes (finishBatch).
@@ -194,7 +195,11 @@ func (a *Agent) mintLoop(ctx context.Context) {
 		dispatched := false
 		var next time.Time
 		for len(slots) < cap(slots) {
-			jobs, n := a.cache.takeBatch(a.clk.Now(), a.cfg.SyncBatchSize)
+			// The last free slot is kept for the SVIDs waiting
+			// workloads need: they go alone, never behind batches
+			// of others.
+			bulk := len(slots) < cap(slots)-1 || cap(slots) == 1
+			jobs, n, waiting := a.cache.takeNext(a.clk.Now(), a.cfg.SyncBatchSize, bulk)
 			next = n
 			if len(jobs) == 0 {
 				break
@@ -208,6 +213,9 @@ func (a *Agent) mintLoop(ctx context.Context) {
 				}()
 				a.mintBatch(ctx, jobs)
 			}()
+			if waiting {
+				continue // then the rest, as before
+			}
 			if len(jobs) < a.cfg.SyncBatchSize {
 				break // every due entry was taken; next is set
 			}

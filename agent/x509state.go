@@ -708,15 +708,7 @@ type mintJob struct {
 // is zero and more is due at once. It costs the entries taken and those
 // that came due, not all the entries.
 func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entryState]bool) (jobs []*mintJob, next time.Time) {
-	for s.sched.len() > 0 && s.sched.top().dueAt <= nanos(now) {
-		st := s.sched.pop()
-		st.q = qDue
-		st.rank = rankNoSVID
-		if st.servable() != nil {
-			st.rank = rankRenew
-		}
-		s.due.put(st)
-	}
+	s.promoteDue(now)
 	var take []*entryState
 	room := s.room()
 	takeOne := func(st *entryState) {
@@ -761,6 +753,57 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 		next = s.NextEvent()
 	}
 	return jobs, next
+}
+
+// promoteDue moves the entries whose scheduled time has come to the due
+// queue.
+func (s *x509State) promoteDue(now time.Time) {
+	for s.sched.len() > 0 && s.sched.top().dueAt <= nanos(now) {
+		st := s.sched.pop()
+		st.q = qDue
+		st.rank = rankNoSVID
+		if st.servable() != nil {
+			st.rank = rankRenew
+		}
+		s.due.put(st)
+	}
+}
+
+// StartWaiting marks up to max due entries that a waiting workload needs
+// (waiting reports them; it is called only when something is due) as
+// minting and returns their jobs, and nothing else. The minting loop sends
+// them as a batch of their own, in a slot that larger batches leave free,
+// so that a workload waiting for its first SVID waits for one small
+// signing round trip, not for a batch of hundreds of others (at an agent's
+// start, or after an eviction). It returns no job when no waiting
+// workload needs a due entry.
+func (s *x509State) StartWaiting(now time.Time, max int, waiting func() map[*entryState]bool) []*mintJob {
+	s.promoteDue(now)
+	if s.due.len() == 0 || waiting == nil || max <= 0 {
+		return nil
+	}
+	var first []*entryState
+	for st := range waiting() {
+		if st.q == qDue {
+			first = append(first, st)
+		}
+	}
+	if len(first) == 0 {
+		return nil
+	}
+	slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
+	first = first[:min(len(first), max)]
+	jobs := make([]*mintJob, len(first))
+	for i, st := range first {
+		if h := s.queue(st.q); h != nil {
+			h.remove(st)
+		}
+		st.q = qNone
+		s.setInflight(st, true)
+		st.lastAttempt = now
+		jobs[i] = &mintJob{id: st.entry.id, gen: st.gen, fp: st.fp}
+	}
+	return jobs
 }
 
 // NextEvent is the earliest time-driven change among all entries; zero
