@@ -22,17 +22,11 @@ func (n *nodeAPI) NewJWTSVID(ctx context.Context, req *sigilv1.NewJWTSVIDRequest
 	if err := ca.CheckAudience(req.Audience); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	authorized, err := s.store.Read().AuthorizedEntries(agentID.String())
+	authorized, err := s.store.Read().AuthorizedFor(agentID.String(), []string{req.EntryId})
 	if err != nil {
 		return nil, agentStateError(agentID, err)
 	}
-	var entry *sigilv1.Entry
-	for _, e := range authorized {
-		if e.Id == req.EntryId {
-			entry = e
-			break
-		}
-	}
+	entry := authorized[req.EntryId]
 	if entry == nil {
 		s.audit(audit.Event{What: "jwt_svid_refused", Who: agentID.String(), Subject: req.EntryId, Outcome: audit.Denied, Message: "jwt-svid refused",
 			Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("entry_id", req.EntryId), audit.String("reason", "not authorized")}})

@@ -472,13 +472,15 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 	if len(req.Requests) > MaxBatchSize {
 		return nil, status.Errorf(codes.InvalidArgument, "batch of %d requests exceeds the limit of %d", len(req.Requests), MaxBatchSize)
 	}
-	authorized, err := s.store.Read().AuthorizedEntries(agentID.String())
+	ids := make([]string, len(req.Requests))
+	for i, r := range req.Requests {
+		ids[i] = r.EntryId
+	}
+	// Only the entries asked for are looked at, not every entry the
+	// agent is authorized for.
+	byID, err := s.store.Read().AuthorizedFor(agentID.String(), ids)
 	if err != nil {
 		return nil, s.metrics.countRefused(svidX509, len(req.Requests), agentStateError(agentID, err))
-	}
-	byID := make(map[string]*sigilv1.Entry, len(authorized))
-	for _, e := range authorized {
-		byID[e.Id] = e
 	}
 	results := make([]*sigilv1.X509SVIDResult, len(req.Requests))
 	sign := func(i int) {
