@@ -60,7 +60,7 @@ func newFSM(td spiffeid.TrustDomain, log *zap.Logger) *fsm {
 		log:       log,
 		changed:   make(chan struct{}),
 	}
-	f.state.Store(&dbState{db: newMemDB(), abandon: make(chan struct{})})
+	f.state.Store(&dbState{db: newMemDB(f.serversID), abandon: make(chan struct{})})
 	return f
 }
 
@@ -215,20 +215,12 @@ func (a *applier) delete(table string, obj interface{}) *CommandError {
 	return nil
 }
 
-func (a *applier) entryByID(id string) *entryRow {
+func (a *applier) entryByID(id string) *sigilv1.Entry {
 	raw, err := a.txn.First(tableEntries, indexID, id)
 	if err != nil || raw == nil {
 		return nil
 	}
-	return raw.(*entryRow)
-}
-
-func (a *applier) entryByKey(key string) *entryRow {
-	raw, err := a.txn.First(tableEntries, indexKey, key)
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*entryRow)
+	return raw.(*sigilv1.Entry)
 }
 
 func (a *applier) node(id string) *sigilv1.AttestedNode {
@@ -257,9 +249,8 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if a.entryByID(e.Id) != nil {
 		return cmdErr(codes.AlreadyExists, "entry %q already exists", e.Id)
 	}
-	row := newEntryRow(e)
-	if other := a.entryByKey(row.Key); other != nil {
-		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.ID)
+	if other := duplicateEntry(a.txn, e); other != nil {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
 	}
 	// e was decoded from this log entry alone, so the FSM owns it.
 	e.Revision = 0
@@ -267,7 +258,7 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if e.CreatedAt == 0 {
 		e.CreatedAt = a.nowSec
 	}
-	return a.insert(tableEntries, row)
+	return a.insert(tableEntries, e)
 }
 
 func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
@@ -280,17 +271,16 @@ func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
 	}
 	// Only the trust domains the update adds must be federated now: an
 	// entry whose relationship was deleted can still be updated.
-	if err := a.checkFederatesWith(e, old.Entry.FederatesWith); err != nil {
+	if err := a.checkFederatesWith(e, old.FederatesWith); err != nil {
 		return err
 	}
-	row := newEntryRow(e)
-	if other := a.entryByKey(row.Key); other != nil && other.ID != e.Id {
-		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.ID)
+	if other := duplicateEntry(a.txn, e); other != nil {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
 	}
-	e.CreatedAt = old.Entry.CreatedAt
-	e.Revision = old.Entry.Revision + 1
+	e.CreatedAt = old.CreatedAt
+	e.Revision = old.Revision + 1
 	e.ModifyIndex = a.index
-	return a.insert(tableEntries, row)
+	return a.insert(tableEntries, e)
 }
 
 func (a *applier) deleteEntry(id string) *CommandError {
