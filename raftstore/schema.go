@@ -224,12 +224,13 @@ func nulTerminated(s string, room int) []byte {
 	return b
 }
 
-// duplicateEntry returns a stored entry, other than the one with e's id,
-// with e's spiffe_id, parent_id and selectors (the same set: the selectors
-// of a valid entry are distinct), or nil. Any such entry is both among the
-// entries of e's spiffe_id and among those of e's parent_id, so the two
-// index ranges are walked in turn and the search ends with the shorter one.
-func duplicateEntry(txn *memdb.Txn, e *sigilv1.Entry) *sigilv1.Entry {
+// duplicateEntry returns an entry of txn, other than the one with e's id
+// and those whose id is in skip, with e's spiffe_id, parent_id and
+// selectors (the same set: the selectors of a valid entry are distinct), or
+// nil. Any such entry is both among the entries of e's spiffe_id and among
+// those of e's parent_id, so the two index ranges are walked in turn and
+// the search ends with the shorter one.
+func duplicateEntry(txn *memdb.Txn, e *sigilv1.Entry, skip map[string]*sigilv1.Entry) *sigilv1.Entry {
 	bySPIFFEID, err := txn.Get(tableEntries, indexSPIFFEID, e.SpiffeId)
 	if err != nil {
 		panic("raftstore: spiffe_id index: " + err.Error()) // constant schema
@@ -244,7 +245,8 @@ func duplicateEntry(txn *memdb.Txn, e *sigilv1.Entry) *sigilv1.Entry {
 			if raw == nil {
 				return nil
 			}
-			if other := raw.(*sigilv1.Entry); other.Id != e.Id && sameEntryKey(other, e) {
+			other := raw.(*sigilv1.Entry)
+			if _, skipped := skip[other.Id]; !skipped && other.Id != e.Id && sameEntryKey(other, e) {
 				return other
 			}
 		}

@@ -192,18 +192,24 @@ func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, 
 	db := newMemDB(f.serversID)
 	txn := db.Txn(true)
 	defer txn.Abort()
+	// Entries are inserted first and checked for duplicates after: a read
+	// of an index between two inserts would make memdb clone its radix
+	// transaction, and every later insert copy its whole path again.
 	for _, e := range snap.Entries {
 		if err := f.validateEntry(e); err != nil {
 			return nil, errorf("snapshot: %v", err.Msg)
 		}
-		if raw, _ := txn.First(tableEntries, indexID, e.Id); raw != nil {
-			return nil, errorf("snapshot: duplicate entry id %q", e.Id)
-		}
-		if other := duplicateEntry(txn, e); other != nil {
-			return nil, errorf("snapshot: entries %q and %q are duplicates", other.Id, e.Id)
-		}
 		if err := txn.Insert(tableEntries, e); err != nil {
 			return nil, errorf("snapshot: entry %q: %v", e.Id, err)
+		}
+	}
+	for _, e := range snap.Entries {
+		// A later entry with the same id replaced this one.
+		if raw, _ := txn.First(tableEntries, indexID, e.Id); raw != e {
+			return nil, errorf("snapshot: duplicate entry id %q", e.Id)
+		}
+		if other := duplicateEntry(txn, e, nil); other != nil {
+			return nil, errorf("snapshot: entries %q and %q are duplicates", other.Id, e.Id)
 		}
 	}
 	for _, n := range snap.Nodes {
