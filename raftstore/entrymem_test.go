@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"testing"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -119,4 +120,47 @@ func marshalCommand(tb testing.TB, cmd *storepb.Command, ts int64) []byte {
 // admin API's random ids are.
 func entryIDFor(i int) string {
 	return fmt.Sprintf("%032x", uint64(i)*0x9e3779b97f4a7c15)
+}
+
+// TestEntryMemoryReturnedAfterDelete: deleting half of the entries returns
+// their share of the live heap (memdb keeps no old versions of its trees
+// once no reader holds them), and deleting the rest returns nearly all of
+// it. Bounded in size, not timed.
+func TestEntryMemoryReturnedAfterDelete(t *testing.T) {
+	const n = 20000
+	base := liveHeap()
+	tf := newTestFSM(t)
+	createRealistic(t, tf, 0, n)
+	full := float64(int64(liveHeap()) - int64(base))
+	if full < n*500 {
+		t.Fatalf("%d entries hold %.0f bytes: the measurement is wrong", n, full)
+	}
+	var ids []string
+	for i := 0; i < n; i += 2 {
+		ids = append(ids, entryIDFor(i))
+	}
+	deleteAll := func(ids []string) {
+		for lo := 0; lo < len(ids); lo += 1000 {
+			for k, c := range tf.batch(deleteEntries(ids[lo:min(lo+1000, len(ids))]...)) {
+				if c != codes.OK {
+					t.Fatalf("delete %s: %v", ids[lo+k], c)
+				}
+			}
+		}
+	}
+	deleteAll(ids)
+	half := float64(int64(liveHeap()) - int64(base))
+	t.Logf("%d entries: %.0f B each; after deleting half: %.0f B per created entry", n, full/n, half/n)
+	if half > 0.6*full {
+		t.Fatalf("after deleting half of %d entries the heap holds %.0f of %.0f bytes", n, half, full)
+	}
+	ids = ids[:0]
+	for i := 1; i < n; i += 2 {
+		ids = append(ids, entryIDFor(i))
+	}
+	deleteAll(ids)
+	if none := float64(int64(liveHeap()) - int64(base)); none > 0.1*full {
+		t.Fatalf("after deleting every entry the heap holds %.0f of %.0f bytes", none, full)
+	}
+	runtime.KeepAlive(tf)
 }
