@@ -229,28 +229,47 @@ func nulTerminated(s string, room int) []byte {
 // selectors (the same set: the selectors of a valid entry are distinct), or
 // nil. Any such entry is both among the entries of e's spiffe_id and among
 // those of e's parent_id, so the two index ranges are walked in turn and
-// the search ends with the shorter one.
+// the search ends with the shorter one (the parent_id range is not even
+// looked up when the spiffe_id is new, as it mostly is).
 func duplicateEntry(txn *memdb.Txn, e *sigilv1.Entry, skip map[string]*sigilv1.Entry) *sigilv1.Entry {
 	bySPIFFEID, err := txn.Get(tableEntries, indexSPIFFEID, e.SpiffeId)
 	if err != nil {
 		panic("raftstore: spiffe_id index: " + err.Error()) // constant schema
 	}
-	byParent, err := txn.Get(tableEntries, indexParentID, e.ParentId)
-	if err != nil {
-		panic("raftstore: parent_id index: " + err.Error())
-	}
+	var byParent memdb.ResultIterator
 	for {
-		for _, it := range [2]memdb.ResultIterator{bySPIFFEID, byParent} {
-			raw := it.Next()
-			if raw == nil {
-				return nil
-			}
-			other := raw.(*sigilv1.Entry)
-			if _, skipped := skip[other.Id]; !skipped && other.Id != e.Id && sameEntryKey(other, e) {
-				return other
+		raw := bySPIFFEID.Next()
+		if raw == nil {
+			return nil
+		}
+		if other := raw.(*sigilv1.Entry); isDuplicate(other, e, skip) {
+			return other
+		}
+		if byParent == nil {
+			if byParent, err = txn.Get(tableEntries, indexParentID, e.ParentId); err != nil {
+				panic("raftstore: parent_id index: " + err.Error())
 			}
 		}
+		raw = byParent.Next()
+		if raw == nil {
+			return nil
+		}
+		if other := raw.(*sigilv1.Entry); isDuplicate(other, e, skip) {
+			return other
+		}
 	}
+}
+
+// isDuplicate reports whether other, unless its id is e's or in skip, has
+// e's spiffe_id, parent_id and selectors.
+func isDuplicate(other, e *sigilv1.Entry, skip map[string]*sigilv1.Entry) bool {
+	if other.Id == e.Id {
+		return false
+	}
+	if _, skipped := skip[other.Id]; skipped {
+		return false
+	}
+	return sameEntryKey(other, e)
 }
 
 // sameEntryKey reports whether a and b have the same spiffe_id, parent_id
