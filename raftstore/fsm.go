@@ -60,7 +60,7 @@ func newFSM(td spiffeid.TrustDomain, log *zap.Logger) *fsm {
 		log:       log,
 		changed:   make(chan struct{}),
 	}
-	f.state.Store(&dbState{db: newMemDB(), abandon: make(chan struct{})})
+	f.state.Store(&dbState{db: newMemDB(f.serversID), abandon: make(chan struct{})})
 	return f
 }
 
@@ -177,6 +177,50 @@ type applier struct {
 	index   uint64
 	nowSec  int64 // Command.Timestamp in unix seconds
 	changed bool
+
+	// The entry commands look entries up in before (the state before the
+	// command) and written (what the command wrote since), never through
+	// txn: memdb reads an index that txn has modified through a clone of
+	// its radix transaction, and cloning drops the transaction's record of
+	// the nodes it already copied, so that every later insert would copy
+	// its whole path again (three times the allocations of a batch).
+	before            *memdb.Txn
+	written           map[string]*sigilv1.Entry   // by id; nil once deleted
+	writtenBySPIFFEID map[string][]*sigilv1.Entry // every version written
+}
+
+// beforeTxn is the read view of the state before this command.
+func (a *applier) beforeTxn() *memdb.Txn {
+	if a.before == nil {
+		a.before = a.f.state.Load().db.Txn(false)
+	}
+	return a.before
+}
+
+// wrote records that this command stored e under id (e nil: deleted it).
+func (a *applier) wrote(id string, e *sigilv1.Entry) {
+	if a.written == nil {
+		a.written = make(map[string]*sigilv1.Entry)
+		a.writtenBySPIFFEID = make(map[string][]*sigilv1.Entry)
+	}
+	a.written[id] = e
+	if e != nil {
+		a.writtenBySPIFFEID[e.SpiffeId] = append(a.writtenBySPIFFEID[e.SpiffeId], e)
+	}
+}
+
+// duplicateOf returns the entry, as this command left it so far, other
+// than e's id, with e's spiffe_id, parent_id and selectors, or nil.
+func (a *applier) duplicateOf(e *sigilv1.Entry) *sigilv1.Entry {
+	if other := duplicateEntry(a.beforeTxn(), e, a.written); other != nil {
+		return other
+	}
+	for _, other := range a.writtenBySPIFFEID[e.SpiffeId] {
+		if a.written[other.Id] == other && other.Id != e.Id && sameEntryKey(other, e) {
+			return other
+		}
+	}
+	return nil
 }
 
 func (a *applier) batch(n int, item func(i int) *CommandError) *storepb.CommandResult {
@@ -215,20 +259,15 @@ func (a *applier) delete(table string, obj interface{}) *CommandError {
 	return nil
 }
 
-func (a *applier) entryByID(id string) *entryRow {
-	raw, err := a.txn.First(tableEntries, indexID, id)
+func (a *applier) entryByID(id string) *sigilv1.Entry {
+	if e, ok := a.written[id]; ok {
+		return e
+	}
+	raw, err := a.beforeTxn().First(tableEntries, indexID, id)
 	if err != nil || raw == nil {
 		return nil
 	}
-	return raw.(*entryRow)
-}
-
-func (a *applier) entryByKey(key string) *entryRow {
-	raw, err := a.txn.First(tableEntries, indexKey, key)
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*entryRow)
+	return raw.(*sigilv1.Entry)
 }
 
 func (a *applier) node(id string) *sigilv1.AttestedNode {
@@ -257,9 +296,8 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if a.entryByID(e.Id) != nil {
 		return cmdErr(codes.AlreadyExists, "entry %q already exists", e.Id)
 	}
-	row := newEntryRow(e)
-	if other := a.entryByKey(row.Key); other != nil {
-		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.ID)
+	if other := a.duplicateOf(e); other != nil {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
 	}
 	// e was decoded from this log entry alone, so the FSM owns it.
 	e.Revision = 0
@@ -267,7 +305,11 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if e.CreatedAt == 0 {
 		e.CreatedAt = a.nowSec
 	}
-	return a.insert(tableEntries, row)
+	if err := a.insert(tableEntries, e); err != nil {
+		return err
+	}
+	a.wrote(e.Id, e)
+	return nil
 }
 
 func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
@@ -280,17 +322,20 @@ func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
 	}
 	// Only the trust domains the update adds must be federated now: an
 	// entry whose relationship was deleted can still be updated.
-	if err := a.checkFederatesWith(e, old.Entry.FederatesWith); err != nil {
+	if err := a.checkFederatesWith(e, old.FederatesWith); err != nil {
 		return err
 	}
-	row := newEntryRow(e)
-	if other := a.entryByKey(row.Key); other != nil && other.ID != e.Id {
-		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.ID)
+	if other := a.duplicateOf(e); other != nil {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
 	}
-	e.CreatedAt = old.Entry.CreatedAt
-	e.Revision = old.Entry.Revision + 1
+	e.CreatedAt = old.CreatedAt
+	e.Revision = old.Revision + 1
 	e.ModifyIndex = a.index
-	return a.insert(tableEntries, row)
+	if err := a.insert(tableEntries, e); err != nil {
+		return err
+	}
+	a.wrote(e.Id, e)
+	return nil
 }
 
 func (a *applier) deleteEntry(id string) *CommandError {
@@ -301,7 +346,11 @@ func (a *applier) deleteEntry(id string) *CommandError {
 	if old == nil {
 		return cmdErr(codes.NotFound, "entry %q not found", id)
 	}
-	return a.delete(tableEntries, old)
+	if err := a.delete(tableEntries, old); err != nil {
+		return err
+	}
+	a.wrote(id, nil)
+	return nil
 }
 
 // expireJoinTokens deletes every join token expired at the command time.

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"encoding/base64"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -62,24 +63,16 @@ func (r *Reader) first(table, index string, arg string) interface{} {
 	return raw
 }
 
-// entries runs an exact index lookup and returns the entry rows, in id order.
-func (r *Reader) entryRows(index, arg string) []*entryRow {
+// entryRows runs an exact index lookup and returns the entries, in id order.
+func (r *Reader) entryRows(index, arg string) []*sigilv1.Entry {
 	it, err := r.txn.Get(tableEntries, index, arg)
 	if err != nil {
 		return nil
 	}
 	r.ws.Add(it.WatchCh())
-	var out []*entryRow
+	var out []*sigilv1.Entry
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*entryRow))
-	}
-	return out
-}
-
-func entriesOf(rows []*entryRow) []*sigilv1.Entry {
-	out := make([]*sigilv1.Entry, len(rows))
-	for i, row := range rows {
-		out[i] = row.Entry
+		out = append(out, raw.(*sigilv1.Entry))
 	}
 	return out
 }
@@ -90,26 +83,28 @@ func (r *Reader) Entry(id string) (*sigilv1.Entry, error) {
 	if raw == nil {
 		return nil, fmt.Errorf("entry %q: %w", id, ErrNotFound)
 	}
-	return raw.(*entryRow).Entry, nil
+	return raw.(*sigilv1.Entry), nil
 }
 
 // EntriesBySPIFFEID returns the entries with this spiffe_id, in id order.
 func (r *Reader) EntriesBySPIFFEID(id string) []*sigilv1.Entry {
-	return entriesOf(r.entryRows(indexSPIFFEID, id))
+	return r.entryRows(indexSPIFFEID, id)
 }
 
 // EntriesByParentID returns the entries with this parent_id, in id order.
 func (r *Reader) EntriesByParentID(id string) []*sigilv1.Entry {
-	return entriesOf(r.entryRows(indexParentID, id))
+	return r.entryRows(indexParentID, id)
 }
 
 // EntriesBySelector returns the entries having this selector (among
-// others), in id order.
+// others), in id order. Only node aliases are indexed by selector, so this
+// scans every entry.
 func (r *Reader) EntriesBySelector(sel *sigilv1.Selector) []*sigilv1.Entry {
 	if sel == nil {
 		return nil
 	}
-	return entriesOf(r.entryRows(indexSelector, registration.FormatSelector(sel)))
+	out, _, _ := r.listAllEntries(EntryFilter{Selectors: []*sigilv1.Selector{sel}}, "", math.MaxInt)
+	return out
 }
 
 // EntryFilter narrows ListEntries. Empty fields match everything; an entry
@@ -120,22 +115,23 @@ type EntryFilter struct {
 	Selectors []*sigilv1.Selector
 }
 
-func (f EntryFilter) matches(row *entryRow) bool {
-	if f.SPIFFEID != "" && row.SPIFFEID != f.SPIFFEID {
+func (f EntryFilter) matches(e *sigilv1.Entry) bool {
+	if f.SPIFFEID != "" && e.SpiffeId != f.SPIFFEID {
 		return false
 	}
-	if f.ParentID != "" && row.ParentID != f.ParentID {
+	if f.ParentID != "" && e.ParentId != f.ParentID {
 		return false
 	}
-	if len(f.Selectors) > 0 {
-		have := make(map[string]struct{}, len(row.Selectors))
-		for _, s := range row.Selectors {
-			have[s] = struct{}{}
-		}
-		for _, s := range f.Selectors {
-			if _, ok := have[registration.FormatSelector(s)]; !ok {
-				return false
+	for _, want := range f.Selectors {
+		found := false
+		for _, s := range e.Selectors {
+			if s.GetType() == want.GetType() && s.GetValue() == want.GetValue() {
+				found = true
+				break
 			}
+		}
+		if !found {
+			return false
 		}
 	}
 	return true
@@ -176,35 +172,36 @@ func (r *Reader) ListEntries(f EntryFilter, pageToken string, pageSize int) ([]*
 	}
 
 	// Candidates from the most selective index the filter allows; all index
-	// lookups return rows in id order.
-	var candidates []*entryRow
+	// lookups return rows in id order. Only node aliases are indexed by
+	// selector, so a filter of selectors alone scans the table in id order.
+	var candidates []*sigilv1.Entry
 	switch {
 	case f.SPIFFEID != "":
 		candidates = r.entryRows(indexSPIFFEID, f.SPIFFEID)
 	case f.ParentID != "":
 		candidates = r.entryRows(indexParentID, f.ParentID)
-	case len(f.Selectors) > 0:
-		candidates = r.entryRows(indexSelector, registration.FormatSelector(f.Selectors[0]))
 	default:
-		return r.listAllEntries(after, pageSize)
+		return r.listAllEntries(f, after, pageSize)
 	}
 	var out []*sigilv1.Entry
-	for _, row := range candidates {
-		if row.ID <= after && after != "" {
+	for _, e := range candidates {
+		if e.Id <= after && after != "" {
 			continue
 		}
-		if !f.matches(row) {
+		if !f.matches(e) {
 			continue
 		}
 		if len(out) == pageSize {
 			return out, encodePageToken(out[len(out)-1].Id), nil
 		}
-		out = append(out, row.Entry)
+		out = append(out, e)
 	}
 	return out, "", nil
 }
 
-func (r *Reader) listAllEntries(after string, pageSize int) ([]*sigilv1.Entry, string, error) {
+// listAllEntries returns one page of the entries matching f, scanning the
+// table in id order from after.
+func (r *Reader) listAllEntries(f EntryFilter, after string, pageSize int) ([]*sigilv1.Entry, string, error) {
 	// LowerBound iterators cannot be watched; watch the whole id index.
 	all, err := r.txn.Get(tableEntries, indexID+"_prefix", "")
 	if err != nil {
@@ -217,14 +214,17 @@ func (r *Reader) listAllEntries(after string, pageSize int) ([]*sigilv1.Entry, s
 	}
 	var out []*sigilv1.Entry
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		row := raw.(*entryRow)
-		if after != "" && row.ID == after {
+		e := raw.(*sigilv1.Entry)
+		if after != "" && e.Id == after {
+			continue
+		}
+		if !f.matches(e) {
 			continue
 		}
 		if len(out) == pageSize {
 			return out, encodePageToken(out[len(out)-1].Id), nil
 		}
-		out = append(out, row.Entry)
+		out = append(out, e)
 	}
 	return out, "", nil
 }
@@ -254,12 +254,12 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 	nodeSels := registration.NewSelectorSet(node.Selectors)
 	for _, s := range node.Selectors {
 		for _, row := range r.entryRows(indexSelector, registration.FormatSelector(s)) {
-			if row.ParentID != serversID || visited[row.SPIFFEID] {
+			if row.ParentId != serversID || visited[row.SpiffeId] {
 				continue
 			}
-			if nodeSels.Contains(row.Entry.Selectors) {
-				visited[row.SPIFFEID] = true
-				queue = append(queue, row.SPIFFEID)
+			if nodeSels.Contains(row.Selectors) {
+				visited[row.SpiffeId] = true
+				queue = append(queue, row.SpiffeId)
 			}
 		}
 	}
@@ -270,14 +270,14 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 		parent := queue[0]
 		queue = queue[1:]
 		for _, row := range r.entryRows(indexParentID, parent) {
-			if seen[row.ID] {
+			if seen[row.Id] {
 				continue
 			}
-			seen[row.ID] = true
-			out = append(out, row.Entry)
-			if !visited[row.SPIFFEID] {
-				visited[row.SPIFFEID] = true
-				queue = append(queue, row.SPIFFEID)
+			seen[row.Id] = true
+			out = append(out, row)
+			if !visited[row.SpiffeId] {
+				visited[row.SpiffeId] = true
+				queue = append(queue, row.SpiffeId)
 			}
 		}
 	}

@@ -64,7 +64,7 @@ func buildSnapshot(txn *memdb.Txn) (*storepb.Snapshot, error) {
 		}
 		return nil
 	}
-	if err := each(tableEntries, func(raw interface{}) { snap.Entries = append(snap.Entries, raw.(*entryRow).Entry) }); err != nil {
+	if err := each(tableEntries, func(raw interface{}) { snap.Entries = append(snap.Entries, raw.(*sigilv1.Entry)) }); err != nil {
 		return nil, err
 	}
 	if err := each(tableNodes, func(raw interface{}) { snap.Nodes = append(snap.Nodes, raw.(*sigilv1.AttestedNode)) }); err != nil {
@@ -189,22 +189,27 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 
 // loadSnapshot validates snap and builds a fresh database from it.
 func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, error) {
-	db := newMemDB()
+	db := newMemDB(f.serversID)
 	txn := db.Txn(true)
 	defer txn.Abort()
+	// Entries are inserted first and checked for duplicates after: a read
+	// of an index between two inserts would make memdb clone its radix
+	// transaction, and every later insert copy its whole path again.
 	for _, e := range snap.Entries {
 		if err := f.validateEntry(e); err != nil {
 			return nil, errorf("snapshot: %v", err.Msg)
 		}
-		row := newEntryRow(e)
-		if raw, _ := txn.First(tableEntries, indexID, e.Id); raw != nil {
+		if err := txn.Insert(tableEntries, e); err != nil {
+			return nil, errorf("snapshot: entry %q: %v", e.Id, err)
+		}
+	}
+	for _, e := range snap.Entries {
+		// A later entry with the same id replaced this one.
+		if raw, _ := txn.First(tableEntries, indexID, e.Id); raw != e {
 			return nil, errorf("snapshot: duplicate entry id %q", e.Id)
 		}
-		if raw, _ := txn.First(tableEntries, indexKey, row.Key); raw != nil {
-			return nil, errorf("snapshot: entries %q and %q are duplicates", raw.(*entryRow).ID, e.Id)
-		}
-		if err := txn.Insert(tableEntries, row); err != nil {
-			return nil, errorf("snapshot: entry %q: %v", e.Id, err)
+		if other := duplicateEntry(txn, e, nil); other != nil {
+			return nil, errorf("snapshot: entries %q and %q are duplicates", other.Id, e.Id)
 		}
 	}
 	for _, n := range snap.Nodes {

@@ -105,6 +105,33 @@ func FormatSelector(s *sigilv1.Selector) string {
 	return s.GetType() + ":" + s.GetValue()
 }
 
+// duplicateSelector returns the first selector of sels equal to an earlier
+// one, or nil. A few selectors are compared pairwise and more through a
+// map, neither formatting them (the store and the admin API check every
+// entry).
+func duplicateSelector(sels []*sigilv1.Selector) *sigilv1.Selector {
+	if len(sels) <= 8 {
+		for i, s := range sels {
+			for _, t := range sels[:i] {
+				if s.GetType() == t.GetType() && s.GetValue() == t.GetValue() {
+					return s
+				}
+			}
+		}
+		return nil
+	}
+	type key struct{ typ, value string }
+	seen := make(map[key]bool, len(sels))
+	for _, s := range sels {
+		k := key{s.GetType(), s.GetValue()}
+		if seen[k] {
+			return s
+		}
+		seen[k] = true
+	}
+	return nil
+}
+
 // ValidateSelector checks the structural rules of a selector that every
 // stored selector satisfies: a non-empty type of letters, digits, '_', '-'
 // and '.', and a non-empty value without line breaks or NUL. The Raft FSM
@@ -175,16 +202,13 @@ func Validate(td spiffeid.TrustDomain, e *sigilv1.Entry) error {
 	if len(e.Selectors) > MaxSelectors {
 		return fmt.Errorf("registration: entry has %d selectors, at most %d allowed", len(e.Selectors), MaxSelectors)
 	}
-	seen := make(map[string]bool, len(e.Selectors))
 	for _, s := range e.Selectors {
 		if err := ValidateSelector(s); err != nil {
 			return err
 		}
-		k := FormatSelector(s)
-		if seen[k] {
-			return fmt.Errorf("registration: duplicate selector %q", k)
-		}
-		seen[k] = true
+	}
+	if dup := duplicateSelector(e.Selectors); dup != nil {
+		return fmt.Errorf("registration: duplicate selector %q", FormatSelector(dup))
 	}
 	if e.X509SvidTtl < 0 || e.X509SvidTtl > MaxTTLSeconds {
 		return fmt.Errorf("registration: x509_svid_ttl %d out of range [0, %d]", e.X509SvidTtl, MaxTTLSeconds)
