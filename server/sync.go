@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/raftstore"
+	"github.com/sigil-id/sigil/registration"
 )
 
 // Chunk limits of the sync stream: no message carries more than
@@ -26,63 +28,36 @@ func ttlSeconds(s int32) time.Duration { return time.Duration(s) * time.Second }
 
 // Sync pushes the agent's authorized entries, the bundle and the
 // federated bundles its entries federate with: the full set first, then
-// deltas, each computed when a memdb watch fires.
+// deltas. The stream wakes after every applied change and computes the
+// delta from the store's entry change feed (see syncState), in time
+// proportional to the changes, not to the agent's entries.
 func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) error {
 	s := n.s
 	ctx := stream.Context()
 	agentID, _ := agentFrom(ctx)
 	defer s.metrics.iss.syncOpened()()
 	log := s.log.With(zap.String("agent_id", agentID.String()))
-	sent := make(map[string]uint64) // entry id -> modify index sent
-	var bundleSeq uint64
-	var fed federatedSent
-	first := true
+	st := newSyncState(agentID.String(), registration.ServersID(s.td).String())
 	for {
-		r := s.store.Read()
-		entries, err := r.AuthorizedEntries(agentID.String())
+		changed := s.store.Changed()
+		r, gen := s.store.ReadGen()
+		d, err := st.step(s.store, r, gen, s.td.Name())
 		if err != nil {
-			log.Info("sync ended", zap.Error(err))
-			return agentStateError(agentID, err)
-		}
-		bundle, err := r.Bundle(s.td.Name())
-		if err != nil {
-			return status.Errorf(codes.Internal, "reading bundle: %v", err)
-		}
-		fedUp, fedRm := fed.update(r, entries, first)
-		ws := r.WatchSet()
-		index := r.Index()
-
-		var upserted []*sigilv1.Entry
-		current := make(map[string]uint64, len(entries))
-		for _, e := range entries {
-			current[e.Id] = e.ModifyIndex
-			if first || sent[e.Id] != e.ModifyIndex {
-				upserted = append(upserted, e)
+			if errors.Is(err, raftstore.ErrNotFound) || errors.Is(err, raftstore.ErrBanned) {
+				log.Info("sync ended", zap.Error(err))
+				return agentStateError(agentID, err)
 			}
+			return status.Errorf(codes.Internal, "reading entries: %v", err)
 		}
-		var deleted []string
-		if !first {
-			for id := range sent {
-				if _, ok := current[id]; !ok {
-					deleted = append(deleted, id)
-				}
-			}
-		}
-		var sendBundle *sigilv1.Bundle
-		if first || bundle.SequenceNumber != bundleSeq {
-			sendBundle = bundle
-		}
-		if first || len(upserted) > 0 || len(deleted) > 0 || sendBundle != nil || len(fedUp) > 0 || len(fedRm) > 0 {
-			if err := sendChunked(stream, first, upserted, deleted, sendBundle, fedUp, fedRm, index); err != nil {
+		if !d.empty() {
+			if err := sendChunked(stream, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
 				return err
 			}
-			s.metrics.iss.countPushed(len(upserted))
+			s.metrics.iss.countPushed(len(d.upserted))
 		}
-		sent = current
-		bundleSeq = bundle.SequenceNumber
-		first = false
-
-		if err := ws.WatchCtx(ctx); err != nil {
+		select {
+		case <-changed:
+		case <-ctx.Done():
 			return nil // stream closed
 		}
 	}
@@ -149,6 +124,12 @@ func (f *federatedSent) update(r *raftstore.Reader, entries []*sigilv1.Entry, fu
 	if need == nil && len(*f) == 0 {
 		return nil, nil
 	}
+	return f.updateNeed(r, need, full)
+}
+
+// updateNeed is update with the set of trust domains needed already
+// gathered.
+func (f *federatedSent) updateNeed(r *raftstore.Reader, need map[string]struct{}, full bool) (send []*sigilv1.Bundle, removed []string) {
 	cur := make(federatedSent, len(need))
 	for td := range need {
 		b, err := r.FederatedBundle(td)
