@@ -41,8 +41,9 @@ type syncState struct {
 	fed       federatedSent
 	bundleSeq uint64
 
-	// Counters for tests: how many steps recomputed everything, and why.
-	fullRecomputes int
+	// Counters for tests: steps that recomputed everything, and steps
+	// that applied changes from the feed.
+	fullRecomputes, fromFeed int
 }
 
 // syncDelta is one step's result: what to send.
@@ -89,6 +90,8 @@ func (st *syncState) step(store *raftstore.Store, r *raftstore.Reader, gen rafts
 		if !ok || !st.applyChanges(r, changes, d) {
 			recompute = true
 			d.upserted, d.deleted = nil, nil
+		} else {
+			st.fromFeed++
 		}
 	}
 	if recompute {
