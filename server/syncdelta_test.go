@@ -63,20 +63,6 @@ func (m *syncModel) attestNode(id string, sels ...string) {
 	m.apply(&storepb.Command{Op: &storepb.Command_AttestNode{AttestNode: &storepb.AttestNode{Node: n}}})
 }
 
-func sel(s string) *sigilv1.Selector {
-	typ, val, _ := cutSelector(s)
-	return &sigilv1.Selector{Type: typ, Value: val}
-}
-
-func cutSelector(s string) (string, string, bool) {
-	for i := range len(s) {
-		if s[i] == ':' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
-}
-
 // step steps the state of agent and checks it; it returns the delta.
 func (m *syncModel) step(agent string) *syncDelta {
 	m.t.Helper()
