@@ -50,7 +50,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 			return status.Errorf(codes.Internal, "reading entries: %v", err)
 		}
 		if !d.empty() {
-			if err := sendChunked(stream, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
+			if err := sendChunked(stream, &n.wire, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
 				return err
 			}
 			s.metrics.iss.countPushed(len(d.upserted))
@@ -65,38 +65,55 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 
 // sendChunked sends one logical update as one or more messages. For a full
 // set, the first message has Reset and the last Synced. Federated bundles
-// come before the entries, chunked by size like them.
-func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
+// come before the entries, chunked by size like them. Entries are encoded
+// through cache, once for all the streams that send them; the messages
+// are assembled from those encodings and sent as they are (syncCodec).
+func sendChunked(stream sigilv1.Node_SyncServer, cache *entryWireCache, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
 	fedBundles []*sigilv1.Bundle, fedRemoved []string, index uint64) error {
-	msg := &sigilv1.SyncResponse{Reset_: full, Bundle: bundle, Index: index, Deleted: deleted, RemovedFederatedBundles: fedRemoved}
-	size := proto.Size(msg)
+	msg := &syncWireBuilder{reset: full, deleted: deleted, index: index, removed: fedRemoved}
+	if bundle != nil {
+		b, err := proto.Marshal(bundle)
+		if err != nil {
+			return status.Errorf(codes.Internal, "encoding bundle: %v", err)
+		}
+		msg.hasBundle, msg.bundle = true, b
+	}
+	size := msg.size()
 	flush := func(last bool) error {
-		msg.Synced = full && last
-		if err := stream.Send(msg); err != nil {
+		msg.synced = full && last
+		if err := stream.SendMsg(msg.build()); err != nil {
 			return err
 		}
-		msg = &sigilv1.SyncResponse{Index: index}
+		msg = &syncWireBuilder{index: index}
 		size = 0
 		return nil
 	}
-	for _, b := range fedBundles {
-		bs := proto.Size(b) + 8
-		if len(msg.FederatedBundles) > 0 && size+bs > syncChunkBytes {
+	for _, fb := range fedBundles {
+		b, err := proto.Marshal(fb)
+		if err != nil {
+			return status.Errorf(codes.Internal, "encoding federated bundle: %v", err)
+		}
+		bs := len(b) + 8
+		if len(msg.fed) > 0 && size+bs > syncChunkBytes {
 			if err := flush(false); err != nil {
 				return err
 			}
 		}
-		msg.FederatedBundles = append(msg.FederatedBundles, b)
+		msg.addFederated(b)
 		size += bs
 	}
 	for _, e := range upserted {
-		es := proto.Size(e) + 8
-		if len(msg.Upserted) >= syncChunkEntries || (size+es > syncChunkBytes && (len(msg.Upserted) > 0 || len(msg.FederatedBundles) > 0)) {
+		b, err := cache.get(e)
+		if err != nil {
+			return status.Errorf(codes.Internal, "encoding entry: %v", err)
+		}
+		es := len(b) + 8
+		if len(msg.upserted) >= syncChunkEntries || (size+es > syncChunkBytes && (len(msg.upserted) > 0 || len(msg.fed) > 0)) {
 			if err := flush(false); err != nil {
 				return err
 			}
 		}
-		msg.Upserted = append(msg.Upserted, e)
+		msg.addEntry(b)
 		size += es
 	}
 	return flush(true)
