@@ -52,10 +52,10 @@ type FeedGen struct{ st *dbState }
 type entryFeed struct {
 	mu   sync.RWMutex
 	gen  *dbState
-	size int    // capacity; 0 means DefaultEntryFeedSize
-	base uint64 // every change with an index above base is in recs
-	recs []EntryChange
-	head int // index in recs of the oldest record once recs is full
+	size int            // capacity; 0 means DefaultEntryFeedSize
+	base uint64         // every change with an index above base is in recs
+	recs []*EntryChange // records are never modified once pushed
+	head int            // index in recs of the oldest record once recs is full
 }
 
 // recordEntryChanges appends the entry changes of txn (which must track
@@ -77,7 +77,7 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 		if c.Table != tableEntries {
 			continue
 		}
-		ch := EntryChange{Index: index, Before: entryRefOf(c.Before, serversID), After: entryRefOf(c.After, serversID)}
+		ch := &EntryChange{Index: index, Before: entryRefOf(c.Before, serversID), After: entryRefOf(c.After, serversID)}
 		if row, ok := c.After.(*entryRow); ok {
 			ch.ID = row.ID
 		} else if row, ok := c.Before.(*entryRow); ok {
@@ -107,7 +107,7 @@ func (q *entryFeed) capacity() int {
 }
 
 // push appends ch, dropping the oldest record when full.
-func (q *entryFeed) push(ch EntryChange) {
+func (q *entryFeed) push(ch *EntryChange) {
 	if len(q.recs) < q.capacity() {
 		q.recs = append(q.recs, ch)
 		return
@@ -122,12 +122,12 @@ func (q *entryFeed) push(ch EntryChange) {
 
 // at returns the i-th oldest record.
 func (q *entryFeed) at(i int) *EntryChange {
-	return &q.recs[(q.head+i)%len(q.recs)]
+	return q.recs[(q.head+i)%len(q.recs)]
 }
 
 // since returns the changes with after < Index <= upto in gen, oldest
 // first, or false when the feed no longer has them all.
-func (q *entryFeed) since(gen *dbState, after, upto uint64) ([]EntryChange, bool) {
+func (q *entryFeed) since(gen *dbState, after, upto uint64) ([]*EntryChange, bool) {
 	if upto <= after {
 		return nil, upto == after
 	}
@@ -138,13 +138,13 @@ func (q *entryFeed) since(gen *dbState, after, upto uint64) ([]EntryChange, bool
 	}
 	n := len(q.recs)
 	first := sort.Search(n, func(i int) bool { return q.at(i).Index > after })
-	var out []EntryChange
+	var out []*EntryChange
 	for i := first; i < n; i++ {
 		c := q.at(i)
 		if c.Index > upto {
 			break
 		}
-		out = append(out, *c)
+		out = append(out, c)
 	}
 	return out, true
 }
@@ -153,9 +153,9 @@ func (q *entryFeed) since(gen *dbState, after, upto uint64) ([]EntryChange, bool
 func (q *entryFeed) resize(n int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	old := make([]EntryChange, 0, len(q.recs))
+	old := make([]*EntryChange, 0, len(q.recs))
 	for i := range q.recs {
-		old = append(old, *q.at(i))
+		old = append(old, q.at(i))
 	}
 	q.size, q.recs, q.head = n, nil, 0
 	for _, c := range old {
@@ -178,12 +178,13 @@ func (s *Store) ReadGen() (*Reader, FeedGen) {
 }
 
 // EntryChangesSince returns the entry changes with after < Index <= upto
-// of generation gen, oldest first. upto must be the Index of a Reader of
+// of generation gen, oldest first. The changes are shared: the caller
+// must not modify them. upto must be the Index of a Reader of
 // gen (from ReadGen): the feed then holds every change up to it. It
 // returns false when it cannot give them all: the feed dropped some
 // (more than its size happened since after), or the state was replaced
 // by a snapshot. The caller must then recompute from a Reader.
-func (s *Store) EntryChangesSince(gen FeedGen, after, upto uint64) ([]EntryChange, bool) {
+func (s *Store) EntryChangesSince(gen FeedGen, after, upto uint64) ([]*EntryChange, bool) {
 	return s.fsm.feed.since(gen.st, after, upto)
 }
 

@@ -13,7 +13,7 @@ import (
 	"github.com/sigil-id/sigil/registration"
 )
 
-func feedSince(t *testing.T, tf *testFSM, after uint64) []EntryChange {
+func feedSince(t *testing.T, tf *testFSM, after uint64) []*EntryChange {
 	t.Helper()
 	recs, ok := tf.f.feed.since(tf.f.state.Load(), after, tf.index)
 	if !ok {
@@ -48,7 +48,7 @@ func TestEntryFeedRecordsChanges(t *testing.T) {
 	deleted := tf.index
 
 	got := feedSince(t, tf, 0)
-	want := []EntryChange{
+	want := []*EntryChange{
 		{Index: created, ID: "a", After: EntryRef{Exists: true, ParentID: "spiffe://example.org/agent", SPIFFEID: "spiffe://example.org/a"}},
 		{Index: created, ID: "alias", After: EntryRef{Exists: true, ParentID: serversID, SPIFFEID: "spiffe://example.org/alias", Selectors: []string{"join_token:x"}}},
 		{Index: updated, ID: "a",

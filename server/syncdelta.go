@@ -205,15 +205,14 @@ type changed struct {
 // applyChanges turns the feed's changes into the delta, updating sent.
 // It returns false, having changed nothing, when the changes need a full
 // recompute (see syncState).
-func (st *syncState) applyChanges(r *raftstore.Reader, changes []raftstore.EntryChange, d *syncDelta) bool {
+func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.EntryChange, d *syncDelta) bool {
 	if len(changes) == 0 {
 		return true
 	}
 	// Net change per entry, in order of first change.
 	byID := make(map[string]int, len(changes))
 	var ds []changed
-	for i := range changes {
-		c := &changes[i]
+	for _, c := range changes {
 		if j, ok := byID[c.ID]; ok {
 			ds[j].after = c.After
 			continue
