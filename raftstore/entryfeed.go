@@ -56,6 +56,11 @@ type entryFeed struct {
 	base uint64         // every change with an index above base is in recs
 	recs []*EntryChange // records are never modified once pushed
 	head int            // index in recs of the oldest record once recs is full
+
+	// notify is closed (and replaced) when a command records entry
+	// changes; last is that command's index.
+	notify chan struct{}
+	last   uint64
 }
 
 // recordEntryChanges appends the entry changes of txn (which must track
@@ -71,8 +76,18 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 	if q.gen != st {
 		// First command of this state generation: nothing changed between
 		// the last applied index and this one.
-		q.gen, q.base, q.recs, q.head = st, prevIndex, nil, 0
+		q.gen, q.base, q.recs, q.head, q.last = st, prevIndex, nil, 0, 0
 	}
+	pushed := false
+	defer func() {
+		if pushed {
+			q.last = index
+			if q.notify != nil {
+				close(q.notify)
+				q.notify = nil
+			}
+		}
+	}()
 	for _, c := range changes {
 		if c.Table != tableEntries {
 			continue
@@ -84,6 +99,7 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 			ch.ID = row.ID
 		}
 		q.push(ch)
+		pushed = true
 	}
 }
 
@@ -186,6 +202,43 @@ func (s *Store) ReadGen() (*Reader, FeedGen) {
 // by a snapshot. The caller must then recompute from a Reader.
 func (s *Store) EntryChangesSince(gen FeedGen, after, upto uint64) ([]*EntryChange, bool) {
 	return s.fsm.feed.since(gen.st, after, upto)
+}
+
+// watch returns a channel closed when entry changes are next recorded,
+// and whether changes of gen above index are already recorded.
+func (q *entryFeed) watch(gen *dbState, index uint64) (<-chan struct{}, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.notify == nil {
+		q.notify = make(chan struct{})
+	}
+	return q.notify, q.gen == gen && q.last > index
+}
+
+// SyncWatch returns a WatchSet that fires when what a sync stream of
+// agentID computed from r (of generation gen) may have changed: an entry
+// change is recorded in the change feed, the agent's node changes, the
+// bundle of r's trust domain or of one of federated changes (or
+// appears), or the state is replaced by a snapshot. pending is true when
+// entry changes after r's index are already recorded but r does not see
+// them: the caller must not wait on the WatchSet (those changes do not
+// fire it) but read again once they are committed (Changed).
+func (s *Store) SyncWatch(r *Reader, gen FeedGen, agentID string, federated []string) (ws memdb.WatchSet, pending bool) {
+	ws = memdb.NewWatchSet()
+	ws.Add(gen.st.abandon)
+	feedCh, pending := s.fsm.feed.watch(gen.st, r.Index())
+	ws.Add(feedCh)
+	add := func(table, id string) {
+		if ch, _, err := r.txn.FirstWatch(table, indexID, id); err == nil {
+			ws.Add(ch)
+		}
+	}
+	add(tableNodes, agentID)
+	add(tableBundles, r.td.Name())
+	for _, td := range federated {
+		add(tableBundles, td)
+	}
+	return ws, pending
 }
 
 // AuthorizationRoots returns the IDs whose entries the agent agentID is

@@ -178,3 +178,36 @@ func TestAuthorizationRoots(t *testing.T) {
 		t.Fatal("banned agent")
 	}
 }
+
+// TestEntryFeedWatch: the feed's channel closes when entry changes are
+// recorded, not on other commands; pending says whether recorded changes
+// lie beyond an index.
+func TestEntryFeedWatch(t *testing.T) {
+	tf := newTestFSM(t)
+	gen := tf.f.state.Load()
+	ch, pending := tf.f.feed.watch(gen, tf.index)
+	if pending {
+		t.Fatal("pending on an empty feed")
+	}
+	tf.single(createJoinToken(tokenHash("t"), t0.Add(time.Hour)))
+	select {
+	case <-ch:
+		t.Fatal("closed by a command that changed no entry")
+	default:
+	}
+	tf.batch(createEntries(entry("a", "spiffe://example.org/a", "spiffe://example.org/agent")))
+	select {
+	case <-ch:
+	default:
+		t.Fatal("not closed by an entry change")
+	}
+	if _, pending := tf.f.feed.watch(gen, tf.index-1); !pending {
+		t.Fatal("a change above the index is not pending")
+	}
+	if _, pending := tf.f.feed.watch(gen, tf.index); pending {
+		t.Fatal("pending at the last index")
+	}
+	if _, pending := tf.f.feed.watch(&dbState{}, 0); pending {
+		t.Fatal("pending for another generation")
+	}
+}

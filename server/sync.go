@@ -28,9 +28,11 @@ func ttlSeconds(s int32) time.Duration { return time.Duration(s) * time.Second }
 
 // Sync pushes the agent's authorized entries, the bundle and the
 // federated bundles its entries federate with: the full set first, then
-// deltas. The stream wakes after every applied change and computes the
-// delta from the store's entry change feed (see syncState), in time
-// proportional to the changes, not to the agent's entries.
+// deltas. The stream wakes when an entry change is recorded in the
+// store's entry change feed or when the agent's node or a bundle it gets
+// changes (raftstore.SyncWatch), and computes the delta from the feed
+// (see syncState), in time proportional to the changes, not to the
+// agent's entries.
 func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) error {
 	s := n.s
 	ctx := stream.Context()
@@ -55,9 +57,18 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 			}
 			s.metrics.iss.countPushed(len(d.upserted))
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
+		ws, pending := s.store.SyncWatch(r, gen, st.agentID, st.federatedWatched())
+		if pending {
+			// Changes recorded but not yet visible to r: read again
+			// once they are committed.
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return nil // stream closed
+			}
+			continue
+		}
+		if err := ws.WatchCtx(ctx); err != nil {
 			return nil // stream closed
 		}
 	}

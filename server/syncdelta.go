@@ -170,6 +170,24 @@ func (st *syncState) recompute(r *raftstore.Reader, d *syncDelta) error {
 	return nil
 }
 
+// federatedWatched returns the trust domains whose bundles the stream
+// sent or needs.
+func (st *syncState) federatedWatched() []string {
+	if len(st.fed) == 0 && len(st.fedCount) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(st.fed)+len(st.fedCount))
+	for td := range st.fed {
+		out = append(out, td)
+	}
+	for td := range st.fedCount {
+		if _, ok := st.fed[td]; !ok {
+			out = append(out, td)
+		}
+	}
+	return out
+}
+
 func (st *syncState) countFederates(tds []string, by int) {
 	for _, td := range tds {
 		if st.fedCount == nil {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -445,4 +446,80 @@ func sorted(s []string) []string {
 	s = slices.Clone(s)
 	slices.Sort(s)
 	return s
+}
+
+// fired reports whether any channel of ws is closed.
+func fired(ws memdb.WatchSet) bool {
+	for ch := range ws {
+		select {
+		case <-ch:
+			return true
+		default:
+		}
+	}
+	return false
+}
+
+// TestSyncWatchWakesOnlyForWhatMatters: a sync stream sleeps through
+// commands that change nothing it sends (another node's attestation or
+// renewal, join tokens), and wakes for entry changes, its own node's
+// changes, bundle changes and snapshot restores.
+func TestSyncWatchWakesOnlyForWhatMatters(t *testing.T) {
+	h := startServer(t)
+	ctx := context.Background()
+	m := newSyncModel(t, h, 2)
+	a, b := m.agents[0], m.agents[1]
+	watch := func() memdb.WatchSet {
+		t.Helper()
+		m.step(a)
+		r, gen := h.srv.store.ReadGen()
+		ws, pending := h.srv.store.SyncWatch(r, gen, a, m.states[a].federatedWatched())
+		if pending || fired(ws) {
+			t.Fatalf("fired at once (pending %v)", pending)
+		}
+		return ws
+	}
+	ws := watch()
+	m.attestNode(b, nodeSelectorPool[0])
+	m.apply(&storepb.Command{Op: &storepb.Command_UpdateNode{UpdateNode: &storepb.UpdateNode{SpiffeId: b, CertSerial: "9"}}})
+	if _, err := h.admin.CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if fired(ws) {
+		t.Fatal("woken by changes that do not concern the agent")
+	}
+	if _, err := h.admin.BatchCreateEntry(ctx, &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{
+		{SpiffeId: "spiffe://example.org/x", ParentId: b, Selectors: []*sigilv1.Selector{sel("unix:uid:1")}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if !fired(ws) {
+		t.Fatal("not woken by an entry change")
+	}
+	ws = watch()
+	m.apply(&storepb.Command{Op: &storepb.Command_UpdateNode{UpdateNode: &storepb.UpdateNode{SpiffeId: a, CertSerial: "9"}}})
+	if !fired(ws) {
+		t.Fatal("not woken by its node's change")
+	}
+	ws = watch()
+	der, _ := testCA(t, "extra CA")
+	m.apply(&storepb.Command{Op: &storepb.Command_PutX509Authority{PutX509Authority: &storepb.PutX509Authority{
+		TrustDomain: testTD.Name(), Authority: &sigilv1.X509Authority{Certificate: der, ServerId: "extra"}}}})
+	if !fired(ws) {
+		t.Fatal("not woken by a bundle change")
+	}
+	if d := m.step(a); d.bundle == nil {
+		t.Fatal("the changed bundle is not sent")
+	}
+	ws = watch()
+	var snap bytes.Buffer
+	if _, err := h.srv.store.SaveSnapshot(ctx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.srv.store.RestoreSnapshot(ctx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	if !fired(ws) {
+		t.Fatal("not woken by a snapshot restore")
+	}
+	watch()
 }
