@@ -79,15 +79,6 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 		q.gen, q.base, q.recs, q.head, q.last = st, prevIndex, nil, 0, 0
 	}
 	pushed := false
-	defer func() {
-		if pushed {
-			q.last = index
-			if q.notify != nil {
-				close(q.notify)
-				q.notify = nil
-			}
-		}
-	}()
 	for _, c := range changes {
 		if c.Table != tableEntries {
 			continue
@@ -100,6 +91,13 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 		}
 		q.push(ch)
 		pushed = true
+	}
+	if pushed {
+		q.last = index
+		if q.notify != nil {
+			close(q.notify)
+			q.notify = nil
+		}
 	}
 }
 
