@@ -46,6 +46,8 @@ type fsm struct {
 
 	mu      sync.Mutex
 	changed chan struct{}
+
+	feed entryFeed // entry change feed (entryfeed.go)
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -97,6 +99,7 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 	st := f.state.Load()
 	txn := st.db.Txn(true)
 	defer txn.Abort() // no-op after Commit
+	txn.TrackChanges()
 	a := &applier{f: f, txn: txn, index: l.Index, nowSec: cmd.Timestamp / 1e9}
 
 	var res interface{}
@@ -163,6 +166,7 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 			// Cannot happen with a constant schema; refuse rather than panic.
 			return cmdErr(codes.Internal, "recording index: %v", err)
 		}
+		f.recordEntryChanges(st, l.Index, txn)
 		txn.Commit()
 		f.lastIndex.Store(l.Index)
 		f.broadcast()

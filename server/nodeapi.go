@@ -33,6 +33,8 @@ type nodeAPI struct {
 	sigilv1.UnimplementedNodeServer
 	s *Server
 
+	wire entryWireCache // entries encoded once for every sync stream (syncwire.go)
+
 	// claims holds the single-use credentials (join tokens and use-once
 	// records, by kind and ID) that an attestation on this server is
 	// consuming right now; a concurrent one with the same credential is

@@ -333,6 +333,7 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
 		grpc.MaxHeaderListSize(lim.MaxHeaderListSize),
 		grpc.ConnectionTimeout(lim.HandshakeTimeout),
+		grpc.ForceServerCodecV2(newSyncCodec()), // pre-encoded sync messages (syncwire.go)
 	)
 	sigilv1.RegisterNodeServer(nodeSrv, &nodeAPI{s: s})
 	sigilv1.RegisterDownstreamServer(nodeSrv, newDownstreamAPI(s)) // Unimplemented without AllowDownstream

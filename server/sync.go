@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/raftstore"
+	"github.com/sigil-id/sigil/registration"
 )
 
 // Chunk limits of the sync stream: no message carries more than
@@ -26,62 +28,46 @@ func ttlSeconds(s int32) time.Duration { return time.Duration(s) * time.Second }
 
 // Sync pushes the agent's authorized entries, the bundle and the
 // federated bundles its entries federate with: the full set first, then
-// deltas, each computed when a memdb watch fires.
+// deltas. The stream wakes when an entry change is recorded in the
+// store's entry change feed or when the agent's node or a bundle it gets
+// changes (raftstore.SyncWatch), and computes the delta from the feed
+// (see syncState), in time proportional to the changes, not to the
+// agent's entries.
 func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) error {
 	s := n.s
 	ctx := stream.Context()
 	agentID, _ := agentFrom(ctx)
 	defer s.metrics.iss.syncOpened()()
 	log := s.log.With(zap.String("agent_id", agentID.String()))
-	sent := make(map[string]uint64) // entry id -> modify index sent
-	var bundleSeq uint64
-	var fed federatedSent
-	first := true
+	st := newSyncState(agentID.String(), registration.ServersID(s.td).String())
 	for {
-		r := s.store.Read()
-		entries, err := r.AuthorizedEntries(agentID.String())
+		changed := s.store.Changed()
+		r, gen := s.store.ReadGen()
+		d, err := st.step(s.store, r, gen, s.td.Name())
 		if err != nil {
-			log.Info("sync ended", zap.Error(err))
-			return agentStateError(agentID, err)
-		}
-		bundle, err := r.Bundle(s.td.Name())
-		if err != nil {
-			return status.Errorf(codes.Internal, "reading bundle: %v", err)
-		}
-		fedUp, fedRm := fed.update(r, entries, first)
-		ws := r.WatchSet()
-		index := r.Index()
-
-		var upserted []*sigilv1.Entry
-		current := make(map[string]uint64, len(entries))
-		for _, e := range entries {
-			current[e.Id] = e.ModifyIndex
-			if first || sent[e.Id] != e.ModifyIndex {
-				upserted = append(upserted, e)
+			if errors.Is(err, raftstore.ErrNotFound) || errors.Is(err, raftstore.ErrBanned) {
+				log.Info("sync ended", zap.Error(err))
+				return agentStateError(agentID, err)
 			}
+			return status.Errorf(codes.Internal, "reading entries: %v", err)
 		}
-		var deleted []string
-		if !first {
-			for id := range sent {
-				if _, ok := current[id]; !ok {
-					deleted = append(deleted, id)
-				}
-			}
-		}
-		var sendBundle *sigilv1.Bundle
-		if first || bundle.SequenceNumber != bundleSeq {
-			sendBundle = bundle
-		}
-		if first || len(upserted) > 0 || len(deleted) > 0 || sendBundle != nil || len(fedUp) > 0 || len(fedRm) > 0 {
-			if err := sendChunked(stream, first, upserted, deleted, sendBundle, fedUp, fedRm, index); err != nil {
+		if !d.empty() {
+			if err := sendChunked(stream, &n.wire, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
 				return err
 			}
-			s.metrics.iss.countPushed(len(upserted))
+			s.metrics.iss.countPushed(len(d.upserted))
 		}
-		sent = current
-		bundleSeq = bundle.SequenceNumber
-		first = false
-
+		ws, pending := s.store.SyncWatch(r, gen, st.agentID, st.federatedWatched())
+		if pending {
+			// Changes recorded but not yet visible to r: read again
+			// once they are committed.
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return nil // stream closed
+			}
+			continue
+		}
 		if err := ws.WatchCtx(ctx); err != nil {
 			return nil // stream closed
 		}
@@ -90,38 +76,55 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 
 // sendChunked sends one logical update as one or more messages. For a full
 // set, the first message has Reset and the last Synced. Federated bundles
-// come before the entries, chunked by size like them.
-func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
+// come before the entries, chunked by size like them. Entries are encoded
+// through cache, once for all the streams that send them; the messages
+// are assembled from those encodings and sent as they are (syncCodec).
+func sendChunked(stream sigilv1.Node_SyncServer, cache *entryWireCache, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
 	fedBundles []*sigilv1.Bundle, fedRemoved []string, index uint64) error {
-	msg := &sigilv1.SyncResponse{Reset_: full, Bundle: bundle, Index: index, Deleted: deleted, RemovedFederatedBundles: fedRemoved}
-	size := proto.Size(msg)
+	msg := &syncWireBuilder{reset: full, deleted: deleted, index: index, removed: fedRemoved}
+	if bundle != nil {
+		b, err := proto.Marshal(bundle)
+		if err != nil {
+			return status.Errorf(codes.Internal, "encoding bundle: %v", err)
+		}
+		msg.hasBundle, msg.bundle = true, b
+	}
+	size := msg.size()
 	flush := func(last bool) error {
-		msg.Synced = full && last
-		if err := stream.Send(msg); err != nil {
+		msg.synced = full && last
+		if err := stream.SendMsg(msg.build()); err != nil {
 			return err
 		}
-		msg = &sigilv1.SyncResponse{Index: index}
+		msg = &syncWireBuilder{index: index}
 		size = 0
 		return nil
 	}
-	for _, b := range fedBundles {
-		bs := proto.Size(b) + 8
-		if len(msg.FederatedBundles) > 0 && size+bs > syncChunkBytes {
+	for _, fb := range fedBundles {
+		b, err := proto.Marshal(fb)
+		if err != nil {
+			return status.Errorf(codes.Internal, "encoding federated bundle: %v", err)
+		}
+		bs := len(b) + 8
+		if len(msg.fed) > 0 && size+bs > syncChunkBytes {
 			if err := flush(false); err != nil {
 				return err
 			}
 		}
-		msg.FederatedBundles = append(msg.FederatedBundles, b)
+		msg.addFederated(b)
 		size += bs
 	}
 	for _, e := range upserted {
-		es := proto.Size(e) + 8
-		if len(msg.Upserted) >= syncChunkEntries || (size+es > syncChunkBytes && (len(msg.Upserted) > 0 || len(msg.FederatedBundles) > 0)) {
+		b, err := cache.get(e)
+		if err != nil {
+			return status.Errorf(codes.Internal, "encoding entry: %v", err)
+		}
+		es := len(b) + 8
+		if len(msg.upserted) >= syncChunkEntries || (size+es > syncChunkBytes && (len(msg.upserted) > 0 || len(msg.fed) > 0)) {
 			if err := flush(false); err != nil {
 				return err
 			}
 		}
-		msg.Upserted = append(msg.Upserted, e)
+		msg.addEntry(b)
 		size += es
 	}
 	return flush(true)
@@ -149,6 +152,12 @@ func (f *federatedSent) update(r *raftstore.Reader, entries []*sigilv1.Entry, fu
 	if need == nil && len(*f) == 0 {
 		return nil, nil
 	}
+	return f.updateNeed(r, need, full)
+}
+
+// updateNeed is update with the set of trust domains needed already
+// gathered.
+func (f *federatedSent) updateNeed(r *raftstore.Reader, need map[string]struct{}, full bool) (send []*sigilv1.Bundle, removed []string) {
 	cur := make(federatedSent, len(need))
 	for td := range need {
 		b, err := r.FederatedBundle(td)

@@ -1,0 +1,311 @@
+package raftstore
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/go-memdb"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// DefaultEntryFeedSize is how many entry changes the entry change feed
+// keeps by default: more than one 10,000-entry admin batch.
+const DefaultEntryFeedSize = 1 << 14
+
+// EntryChange is one change of one registration entry, as recorded by the
+// entry change feed: the entry's state before and after the command at
+// Index. Before.Exists is false for a creation, After.Exists false for a
+// deletion. Several commands may change the same entry; a command's own
+// repeated changes of one entry are collapsed into one.
+type EntryChange struct {
+	Index  uint64
+	ID     string
+	Before EntryRef
+	After  EntryRef
+}
+
+// EntryRef is what the change feed keeps of one version of an entry: what
+// deciding which agents it reaches needs, not the entry itself (read it
+// from a Reader).
+type EntryRef struct {
+	Exists   bool
+	ParentID string
+	SPIFFEID string
+	// Selectors are the entry's selectors ("type:value"), kept only when
+	// the entry is parented to the servers ID (a node alias candidate).
+	Selectors []string
+	// FederatesWith is the entry's federates_with.
+	FederatesWith []string
+}
+
+// FeedGen identifies one generation of the state: a snapshot restore
+// starts a new one, and the change feed does not span generations.
+type FeedGen struct{ st *dbState }
+
+// entryFeed is a bounded, in-order record of entry changes (the entry
+// change feed). The FSM appends to it inside Apply, before the command's
+// transaction commits, so every change a Reader can see is already in the
+// feed (or was dropped from it, which raises base).
+type entryFeed struct {
+	mu   sync.RWMutex
+	gen  *dbState
+	size int            // capacity; 0 means DefaultEntryFeedSize
+	base uint64         // every change with an index above base is in recs
+	recs []*EntryChange // records are never modified once pushed
+	head int            // index in recs of the oldest record once recs is full
+
+	// notify is closed (and replaced) when a command records entry
+	// changes; last is that command's index.
+	notify chan struct{}
+	last   uint64
+}
+
+// recordEntryChanges appends the entry changes of txn (which must track
+// changes) at index to the feed. It is called by Apply for every command
+// that commits, just before the commit.
+func (f *fsm) recordEntryChanges(st *dbState, index uint64, txn *memdb.Txn) {
+	f.feed.record(st, index, f.lastIndex.Load(), f.serversID, txn.Changes())
+}
+
+func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID string, changes memdb.Changes) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.gen != st {
+		// First command of this state generation: nothing changed between
+		// the last applied index and this one.
+		q.gen, q.base, q.recs, q.head, q.last = st, prevIndex, nil, 0, 0
+	}
+	pushed := false
+	for _, c := range changes {
+		if c.Table != tableEntries {
+			continue
+		}
+		ch := &EntryChange{Index: index, Before: entryRefOf(c.Before, serversID), After: entryRefOf(c.After, serversID)}
+		if row, ok := c.After.(*sigilv1.Entry); ok {
+			ch.ID = row.Id
+		} else if row, ok := c.Before.(*sigilv1.Entry); ok {
+			ch.ID = row.Id
+		}
+		q.push(ch)
+		pushed = true
+	}
+	if pushed {
+		q.last = index
+		if q.notify != nil {
+			close(q.notify)
+			q.notify = nil
+		}
+	}
+}
+
+func entryRefOf(raw interface{}, serversID string) EntryRef {
+	row, ok := raw.(*sigilv1.Entry)
+	if !ok || row == nil {
+		return EntryRef{}
+	}
+	ref := EntryRef{Exists: true, ParentID: row.ParentId, SPIFFEID: row.SpiffeId, FederatesWith: row.FederatesWith}
+	if row.ParentId == serversID {
+		ref.Selectors = make([]string, len(row.Selectors))
+		for i, s := range row.Selectors {
+			ref.Selectors[i] = registration.FormatSelector(s)
+		}
+	}
+	return ref
+}
+
+func (q *entryFeed) capacity() int {
+	if q.size <= 0 {
+		return DefaultEntryFeedSize
+	}
+	return q.size
+}
+
+// push appends ch, dropping the oldest record when full.
+func (q *entryFeed) push(ch *EntryChange) {
+	if len(q.recs) < q.capacity() {
+		q.recs = append(q.recs, ch)
+		return
+	}
+	old := q.recs[q.head]
+	if old.Index > q.base {
+		q.base = old.Index // the changes at old.Index are no longer all here
+	}
+	q.recs[q.head] = ch
+	q.head = (q.head + 1) % len(q.recs)
+}
+
+// at returns the i-th oldest record.
+func (q *entryFeed) at(i int) *EntryChange {
+	return q.recs[(q.head+i)%len(q.recs)]
+}
+
+// since returns the changes with after < Index <= upto in gen, oldest
+// first, or false when the feed no longer has them all.
+func (q *entryFeed) since(gen *dbState, after, upto uint64) ([]*EntryChange, bool) {
+	if upto <= after {
+		return nil, upto == after
+	}
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.gen != gen || after < q.base {
+		return nil, false
+	}
+	n := len(q.recs)
+	first := sort.Search(n, func(i int) bool { return q.at(i).Index > after })
+	var out []*EntryChange
+	for i := first; i < n; i++ {
+		c := q.at(i)
+		if c.Index > upto {
+			break
+		}
+		out = append(out, c)
+	}
+	return out, true
+}
+
+// resize sets the capacity, dropping what no longer fits (oldest first).
+func (q *entryFeed) resize(n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	old := make([]*EntryChange, 0, len(q.recs))
+	for i := range q.recs {
+		old = append(old, q.at(i))
+	}
+	q.size, q.recs, q.head = n, nil, 0
+	for _, c := range old {
+		q.push(c)
+	}
+}
+
+// SetEntryFeedSize sets how many entry changes the change feed keeps
+// (n <= 0 means DefaultEntryFeedSize). A reader that falls further behind
+// than that gets false from EntryChangesSince and must recompute.
+func (s *Store) SetEntryFeedSize(n int) { s.fsm.feed.resize(n) }
+
+// ReadGen is Read plus the generation the Reader's state belongs to, for
+// EntryChangesSince.
+func (s *Store) ReadGen() (*Reader, FeedGen) {
+	st := s.fsm.state.Load()
+	ws := memdb.NewWatchSet()
+	ws.Add(st.abandon)
+	return &Reader{txn: st.db.Txn(false), ws: ws, td: s.fsm.td}, FeedGen{st}
+}
+
+// EntryChangesSince returns the entry changes with after < Index <= upto
+// of generation gen, oldest first. The changes are shared: the caller
+// must not modify them. upto must be the Index of a Reader of
+// gen (from ReadGen): the feed then holds every change up to it. It
+// returns false when it cannot give them all: the feed dropped some
+// (more than its size happened since after), or the state was replaced
+// by a snapshot. The caller must then recompute from a Reader.
+func (s *Store) EntryChangesSince(gen FeedGen, after, upto uint64) ([]*EntryChange, bool) {
+	return s.fsm.feed.since(gen.st, after, upto)
+}
+
+// watch returns a channel closed when entry changes are next recorded,
+// and whether changes of gen above index are already recorded.
+func (q *entryFeed) watch(gen *dbState, index uint64) (<-chan struct{}, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.notify == nil {
+		q.notify = make(chan struct{})
+	}
+	return q.notify, q.gen == gen && q.last > index
+}
+
+// SyncWatch returns a WatchSet that fires when what a sync stream of
+// agentID computed from r (of generation gen) may have changed: an entry
+// change is recorded in the change feed, the agent's node changes, the
+// bundle of r's trust domain or of one of federated changes (or
+// appears), or the state is replaced by a snapshot. pending is true when
+// entry changes after r's index are already recorded but r does not see
+// them: the caller must not wait on the WatchSet (those changes do not
+// fire it) but read again once they are committed (Changed).
+func (s *Store) SyncWatch(r *Reader, gen FeedGen, agentID string, federated []string) (ws memdb.WatchSet, pending bool) {
+	ws = memdb.NewWatchSet()
+	ws.Add(gen.st.abandon)
+	feedCh, pending := s.fsm.feed.watch(gen.st, r.Index())
+	ws.Add(feedCh)
+	add := func(table, id string) {
+		if ch, _, err := r.txn.FirstWatch(table, indexID, id); err == nil {
+			ws.Add(ch)
+		}
+	}
+	add(tableNodes, agentID)
+	add(tableBundles, r.td.Name())
+	for _, td := range federated {
+		add(tableBundles, td)
+	}
+	return ws, pending
+}
+
+// AuthorizationRoots returns the IDs whose entries the agent agentID is
+// authorized for directly (see AuthorizedEntries): the agent's own ID and
+// the SPIFFE IDs of its node aliases, and the agent's node. It fails like
+// AuthorizedEntries for an unknown or banned agent. Nothing is watched.
+func (r *Reader) AuthorizationRoots(agentID string) ([]string, *sigilv1.AttestedNode, error) {
+	node, err := r.Node(agentID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if node.Banned {
+		return nil, node, fmt.Errorf("agent %q: %w", agentID, ErrBanned)
+	}
+	serversID := registration.ServersID(r.td).String()
+	roots := []string{agentID}
+	seen := map[string]bool{agentID: true}
+	nodeSels := registration.NewSelectorSet(node.Selectors)
+	for _, s := range node.Selectors {
+		it, err := r.txn.Get(tableEntries, indexSelector, registration.FormatSelector(s))
+		if err != nil {
+			continue
+		}
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			row := raw.(*sigilv1.Entry)
+			if row.ParentId != serversID || seen[row.SpiffeId] {
+				continue
+			}
+			if nodeSels.Contains(row.Selectors) {
+				seen[row.SpiffeId] = true
+				roots = append(roots, row.SpiffeId)
+			}
+		}
+	}
+	return roots, node, nil
+}
+
+// EachEntryParentedTo calls fn with every entry parented to id, in id
+// order, until fn returns false. Nothing is watched.
+func (r *Reader) EachEntryParentedTo(id string, fn func(*sigilv1.Entry) bool) {
+	r.eachEntry(indexParentID, id, fn)
+}
+
+// EachEntryWithSPIFFEID calls fn with every entry whose spiffe_id is id,
+// in id order, until fn returns false. Nothing is watched.
+func (r *Reader) EachEntryWithSPIFFEID(id string, fn func(*sigilv1.Entry) bool) {
+	r.eachEntry(indexSPIFFEID, id, fn)
+}
+
+func (r *Reader) eachEntry(index, arg string, fn func(*sigilv1.Entry) bool) {
+	it, err := r.txn.Get(tableEntries, index, arg)
+	if err != nil {
+		return
+	}
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		if !fn(raw.(*sigilv1.Entry)) {
+			return
+		}
+	}
+}
+
+// EntryUnwatched is Entry without adding to the WatchSet.
+func (r *Reader) EntryUnwatched(id string) (*sigilv1.Entry, bool) {
+	raw, err := r.txn.First(tableEntries, indexID, id)
+	if err != nil || raw == nil {
+		return nil, false
+	}
+	return raw.(*sigilv1.Entry), true
+}
