@@ -11,12 +11,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
+	"net"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
@@ -29,6 +33,7 @@ import (
 type simAgent struct {
 	id, token string
 	addr      string // node API it talks to
+	src       net.IP // loopback source address: one per agent, as one per node
 	roots     *x509.CertPool
 	key       *ecdsa.PrivateKey
 	chain     [][]byte
@@ -77,13 +82,32 @@ func (a *simAgent) attest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	anon, err := grpc.NewClient(a.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+	anon, err := grpc.NewClient(a.addr, a.dialer(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		InsecureSkipVerify: true, VerifyPeerCertificate: verifyServer(a.roots), MinVersion: tls.VersionTLS13,
 	})))
 	if err != nil {
 		return err
 	}
 	defer anon.Close()
+	// The server limits attestations per second over all sources: retry
+	// ResourceExhausted as the agent does, for at most two minutes.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err = a.attestOnce(ctx, anon, csr, key)
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(50+mrand.IntN(450)) * time.Millisecond):
+		}
+	}
+}
+
+// attestOnce is one attestation over the anonymous connection; with its
+// SVID it opens the agent's mTLS connection.
+func (a *simAgent) attestOnce(ctx context.Context, anon *grpc.ClientConn, csr []byte, key *ecdsa.PrivateKey) error {
 	actx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	st, err := sigilv1.NewNodeClient(anon).AttestStream(actx)
@@ -99,11 +123,11 @@ func (a *simAgent) attest(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("attest: %w", err)
 	}
+	defer func() { _ = st.CloseSend() }()
 	res := resp.GetResult()
 	if res == nil {
 		return errors.New("attest: the server sent a challenge to a join token")
 	}
-	_ = st.CloseSend()
 	if res.SpiffeId != a.id {
 		return fmt.Errorf("attest: got SPIFFE ID %s, want %s", res.SpiffeId, a.id)
 	}
@@ -111,9 +135,26 @@ func (a *simAgent) attest(ctx context.Context) error {
 	return a.dial()
 }
 
+// dialer makes the agent's connections from its own loopback address.
+func (a *simAgent) dialer() grpc.DialOption {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if a.src != nil {
+		d.LocalAddr = &net.TCPAddr{IP: a.src}
+	}
+	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", addr)
+	})
+}
+
+// loopbackSource is the i-th agent's source address, 127.1.0.1 onwards
+// (Linux routes all of 127.0.0.0/8 to loopback).
+func loopbackSource(i int) net.IP {
+	return net.IPv4(127, byte(1+i/(250*250)), byte((i/250)%250), byte(1+i%250))
+}
+
 // dial opens the agent's mTLS connection to its server.
 func (a *simAgent) dial() error {
-	conn, err := grpc.NewClient(a.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+	conn, err := grpc.NewClient(a.addr, a.dialer(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		InsecureSkipVerify: true, VerifyPeerCertificate: verifyServer(a.roots), MinVersion: tls.VersionTLS13,
 		Certificates: []tls.Certificate{{Certificate: a.chain, PrivateKey: a.key}},
 	})))

@@ -147,7 +147,7 @@ func (r *run) makeAgents(ctx context.Context) error {
 		if i == 0 {
 			srv = r.nodes[0]
 		}
-		all[i] = &simAgent{id: tok.AgentId, token: tok.Token, addr: srv.nodeAddr, roots: r.roots}
+		all[i] = &simAgent{id: tok.AgentId, token: tok.Token, addr: srv.nodeAddr, roots: r.roots, src: loopbackSource(i)}
 		return nil
 	})
 	if err != nil {
