@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,6 +39,7 @@ type server struct {
 	args                    []string
 	nodeAddr, health, admin string
 	cmd                     *exec.Cmd
+	pid                     atomic.Int64 // of the running process, read by the RSS guard
 	started                 time.Time
 	done                    chan struct{}
 	conn                    *grpc.ClientConn
@@ -139,6 +141,7 @@ func (s *server) start(ctx context.Context) error {
 		return fmt.Errorf("%s: starting %s: %w", s.name, s.bin, err)
 	}
 	s.cmd, s.started, s.done = cmd, time.Now(), make(chan struct{})
+	s.pid.Store(int64(cmd.Process.Pid))
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
@@ -220,7 +223,7 @@ func (s *server) waitReady(ctx context.Context, within time.Duration) error {
 
 // rss is the process's VmRSS in bytes.
 func (s *server) rss() (int64, error) {
-	return vmRSS(s.cmd.Process.Pid)
+	return vmRSS(int(s.pid.Load()))
 }
 
 func vmRSS(pid int) (int64, error) {

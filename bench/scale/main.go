@@ -50,6 +50,7 @@ type options struct {
 	probes   int           // propagation probes (new entries) per run
 	timeout  time.Duration // whole run
 	jsonOut  string        // -json FILE
+	maxRSS   int64         // bound of any server's RSS, bytes; the run stops past it
 	keepLogs bool          // keep the temp dir (server logs) after the run
 	quiet    bool          // no progress lines
 }
@@ -64,9 +65,11 @@ func main() {
 	flag.IntVar(&o.probes, "probes", 10, "new entries timed to every connected agent (propagation) per run")
 	flag.DurationVar(&o.timeout, "timeout", 30*time.Minute, "bound of the whole run")
 	flag.StringVar(&o.jsonOut, "json", "", "also write every run's figures to this file as JSON")
+	maxRSSMiB := flag.Int64("max-server-rss", 8192, "stop the run when a server's RSS exceeds this many MiB (this machine's other work needs memory too)")
 	flag.BoolVar(&o.keepLogs, "keep", false, "keep the temp dir with the servers' data and logs")
 	flag.BoolVar(&o.quiet, "q", false, "print only the tables")
 	flag.Parse()
+	o.maxRSS = *maxRSSMiB << 20
 	var err error
 	if o.entries, err = intList("entries", entries); err == nil {
 		o.agents, err = intList("agents", agents)
@@ -130,6 +133,9 @@ func (o options) validate() error {
 	}
 	if o.probes < 1 || o.probes > maxProbes {
 		return fmt.Errorf("-probes %d out of range: want 1 to %d", o.probes, maxProbes)
+	}
+	if o.maxRSS <= 0 {
+		return errors.New("-max-server-rss must be positive")
 	}
 	if o.timeout <= 0 {
 		return errors.New("-timeout must be positive")

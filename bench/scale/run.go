@@ -40,8 +40,16 @@ const groupID = "spiffe://" + trustDomain + "/scale/group"
 // cores, more would only queue.
 const setupWorkers = 16
 
-func (r *run) do(ctx context.Context) (err error) {
+func (r *run) do(parent context.Context) (err error) {
 	start := time.Now()
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	defer func() {
+		// A run stopped by the RSS guard says so, not "context canceled".
+		if c := context.Cause(ctx); err != nil && c != nil && c != context.Canceled && parent.Err() == nil {
+			err = c
+		}
+	}()
 	res := r.res
 	fmt.Fprintf(r.w, "\nscale: %d server(s), %d bulk entries, %d agents\n", r.o.servers, res.Entries, res.Agents)
 	r.nodes, err = startCluster(ctx, r.bin, r.dir, r.o.servers)
@@ -59,6 +67,7 @@ func (r *run) do(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	go r.guardRSS(ctx, cancel)
 	if r.lead, err = leader(ctx, r.nodes); err != nil {
 		return err
 	}
@@ -127,6 +136,25 @@ func (r *run) do(ctx context.Context) (err error) {
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return nil
+}
+
+// guardRSS stops the run when a server's RSS exceeds the bound.
+func (r *run) guardRSS(ctx context.Context, stop context.CancelCauseFunc) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, n := range r.nodes {
+			if rss, err := n.rss(); err == nil && rss > r.o.maxRSS {
+				stop(fmt.Errorf("%s RSS %.0f MiB exceeds -max-server-rss %.0f MiB", n.name, mib(rss), mib(r.o.maxRSS)))
+				return
+			}
+		}
+	}
 }
 
 // makeAgents creates one join token for the probe and for each simulated

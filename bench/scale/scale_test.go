@@ -23,7 +23,7 @@ func TestScaleSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	const entries, agents, probes = 300, 20, 3
-	o := options{sigil: bin, servers: 1, entries: []int{entries}, agents: []int{agents}, probes: probes, timeout: 2 * time.Minute}
+	o := options{sigil: bin, servers: 1, entries: []int{entries}, agents: []int{agents}, probes: probes, timeout: 2 * time.Minute, maxRSS: 4 << 30}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestGCTraceLine(t *testing.T) {
 
 // TestOptionsValidate: bad sizes are refused with a clear error.
 func TestOptionsValidate(t *testing.T) {
-	good := options{servers: 1, entries: []int{10}, agents: []int{1}, probes: 1, timeout: time.Minute}
+	good := options{servers: 1, entries: []int{10}, agents: []int{1}, probes: 1, timeout: time.Minute, maxRSS: 1 << 30}
 	if err := good.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +140,7 @@ func TestOptionsValidate(t *testing.T) {
 		"agents big": func(o *options) { o.agents = []int{maxAgents + 1} },
 		"probes 0":   func(o *options) { o.probes = 0 },
 		"timeout 0":  func(o *options) { o.timeout = 0 },
+		"max RSS 0":  func(o *options) { o.maxRSS = 0 },
 	} {
 		o := good
 		edit(&o)
