@@ -80,13 +80,13 @@ func machine() string {
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
-// perServer formats one value per server, "a / b / c".
+// perServer formats one value per server, "a, b, c".
 func perServer(r *Result, f func(*ServerFigures) string) string {
 	var parts []string
 	for _, s := range r.Server {
 		parts = append(parts, f(s))
 	}
-	return strings.Join(parts, " / ")
+	return strings.Join(parts, ", ")
 }
 
 // rows are the figures of a result, in table order: name and value.
@@ -96,15 +96,15 @@ func rows(r *Result) [][2]string {
 	mem := func(pick func(*ServerFigures) Mem) string {
 		return perServer(r, func(s *ServerFigures) string {
 			m := pick(s)
-			return fmt.Sprintf("%.0f / %.0f", mib(m.RSS), mib(m.Heap))
+			return fmt.Sprintf("%.0f/%.0f", mib(m.RSS), mib(m.Heap))
 		})
 	}
 	return [][2]string{
 		{"entries (bulk + 2 per agent)", fmt.Sprintf("%d", r.TotalEntries)},
 		{"bulk entries created, /s (batches of 10,000)", fmt.Sprintf("%.0f", r.CreatePerSecond)},
-		{"server RSS / live heap idle, MiB", mem(func(s *ServerFigures) Mem { return s.Idle })},
-		{"server RSS / live heap with entries, MiB", mem(func(s *ServerFigures) Mem { return s.Entries })},
-		{"server RSS / live heap with agents, MiB", mem(func(s *ServerFigures) Mem { return s.Agents })},
+		{"server RSS/live heap idle, MiB", mem(func(s *ServerFigures) Mem { return s.Idle })},
+		{"server RSS/live heap with entries, MiB", mem(func(s *ServerFigures) Mem { return s.Entries })},
+		{"server RSS/live heap with agents, MiB", mem(func(s *ServerFigures) Mem { return s.Agents })},
 		{"RSS per entry, B", fmt.Sprintf("%.0f", rssE)},
 		{"live heap per entry, B", fmt.Sprintf("%.0f", heapE)},
 		{"RSS per connected agent, KiB", fmt.Sprintf("%.1f", rssA/1024)},
