@@ -173,7 +173,11 @@ func runAll(ctx context.Context, o options, w io.Writer) ([]*Result, error) {
 			run := &run{o: o, bin: bin, dir: rdir, res: r, w: w, log: progress(w, o.quiet)}
 			err = run.do(ctx)
 			if err != nil {
-				return results, fmt.Errorf("%d entries, %d agents: %w", e, a, err)
+				// What was measured before the failure is still printed
+				// (and written with -json), marked as incomplete.
+				r.Error = err.Error()
+				writeTable(w, r)
+				return append(results, r), fmt.Errorf("%d entries, %d agents: %w", e, a, err)
 			}
 			results = append(results, r)
 			writeTable(w, r)

@@ -48,11 +48,15 @@ type Result struct {
 
 	Server  []*ServerFigures `json:"server"`
 	Seconds float64          `json:"run_seconds"`
+	Error   string           `json:"error,omitempty"` // set when the run stopped early: the figures after it are zero
 }
 
 // PerEntry is the mean over servers of (memory with entries - idle) /
 // total entries.
 func (r *Result) PerEntry() (rss, heap float64) {
+	if r.TotalEntries == 0 || len(r.Server) == 0 {
+		return 0, 0
+	}
 	for _, s := range r.Server {
 		rss += float64(s.Entries.RSS - s.Idle.RSS)
 		heap += float64(s.Entries.Heap - s.Idle.Heap)
@@ -129,6 +133,9 @@ func rows(r *Result) [][2]string {
 func writeTable(w io.Writer, r *Result) {
 	fmt.Fprintf(w, "\n%d server(s), %d bulk entries, %d agents (%s; memory per server: %s)\n\n",
 		r.Servers, r.Entries, r.Agents, machine(), perServer(r, func(s *ServerFigures) string { return s.Name }))
+	if r.Error != "" {
+		fmt.Fprintf(w, "INCOMPLETE, stopped by: %s (later figures are zero)\n\n", r.Error)
+	}
 	fmt.Fprintln(w, "| figure | value |")
 	fmt.Fprintln(w, "| --- | --- |")
 	for _, row := range rows(r) {
