@@ -10,10 +10,10 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
 
-// TestScaleSmoke runs the load tool at a small size against a real
-// `sigil server` process built from this tree: every measurement is taken
-// and sane, and every simulated agent got exactly the entries it is
-// authorized for (the run fails otherwise).
+// TestScaleSmoke runs the load tool at a small size (2,000 entries, 20
+// agents) against a real `sigil server` process built from this tree:
+// every measurement is taken and sane, and every simulated agent got
+// exactly the entries it is authorized for (the run fails otherwise).
 func TestScaleSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -22,7 +22,7 @@ func TestScaleSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const entries, agents, probes = 300, 20, 3
+	const entries, agents, probes = 2000, 20, 3
 	o := options{sigil: bin, servers: 1, entries: []int{entries}, agents: []int{agents}, probes: probes, timeout: 2 * time.Minute, maxRSS: 4 << 30}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
@@ -77,11 +77,13 @@ func TestScaleSmoke(t *testing.T) {
 			t.Errorf("%s: RSS %d, heap %d: not a server's memory", name, m.RSS, m.Heap)
 		}
 	}
-	if s.Entries.Heap < s.Idle.Heap {
-		t.Errorf("live heap with entries %d below idle %d", s.Entries.Heap, s.Idle.Heap)
+	// 2,000 entries hold several MiB: more than the heap's 1 MiB
+	// resolution and the pages in flight while it is measured.
+	if s.Entries.Heap <= s.Idle.Heap {
+		t.Errorf("live heap with entries %d not above idle %d", s.Entries.Heap, s.Idle.Heap)
 	}
-	if s.AfterDelete.Heap > s.BeforeDelete.Heap {
-		t.Errorf("live heap grew after deleting half: %d -> %d", s.BeforeDelete.Heap, s.AfterDelete.Heap)
+	if s.AfterDelete.Heap >= s.BeforeDelete.Heap {
+		t.Errorf("live heap did not drop after deleting half: %d -> %d", s.BeforeDelete.Heap, s.AfterDelete.Heap)
 	}
 	for _, want := range []string{"| RSS per entry, B |", "| propagation to 20 agents p50 / p99 / max, ms |", "| restart (kill -9) to /ready / full sync, s |"} {
 		if !strings.Contains(out.String(), want) {
