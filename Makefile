@@ -72,6 +72,12 @@ bench:
 	$(GO) run ./bench $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./ca/ ./ca/keymanager/pkcs11/ ./mtls/...
 
+# scale runs the load tool (a real server cluster, N simulated agents); see
+# docs/scale.md. Example: make scale SCALEFLAGS='-entries 10000,100000 -agents 100,1000'
+.PHONY: scale
+scale:
+	$(GO) run ./bench/scale $(SCALEFLAGS)
+
 # fuzz runs every FuzzXxx target of the module for FUZZTIME each.
 fuzz:
 	GO="$(GO)" FUZZTIME="$(FUZZTIME)" bash scripts/fuzz.sh '$(FUZZ)'
