@@ -48,6 +48,8 @@ type fsm struct {
 	changed chan struct{}
 
 	feed entryFeed // entry change feed (entryfeed.go)
+
+	release *memRelease // memory returned after large deletions (release.go)
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -61,6 +63,7 @@ func newFSM(td spiffeid.TrustDomain, log *zap.Logger) *fsm {
 		serversID: registration.ServersID(td).String(),
 		log:       log,
 		changed:   make(chan struct{}),
+		release:   newMemRelease(),
 	}
 	f.state.Store(&dbState{db: newMemDB(f.serversID), abandon: make(chan struct{})})
 	return f
@@ -170,6 +173,7 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		txn.Commit()
 		f.lastIndex.Store(l.Index)
 		f.broadcast()
+		f.release.entriesDeleted(a.deletedEntries)
 	}
 	return res
 }
@@ -191,6 +195,8 @@ type applier struct {
 	before            *memdb.Txn
 	written           map[string]*sigilv1.Entry   // by id; nil once deleted
 	writtenBySPIFFEID map[string][]*sigilv1.Entry // every version written
+
+	deletedEntries int // entries the command deleted
 }
 
 // beforeTxn is the read view of the state before this command.
@@ -354,6 +360,7 @@ func (a *applier) deleteEntry(id string) *CommandError {
 		return err
 	}
 	a.wrote(id, nil)
+	a.deletedEntries++
 	return nil
 }
 

@@ -1,0 +1,68 @@
+package raftstore
+
+import (
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+)
+
+// Returning memory after large deletions. Go's runtime gives freed heap
+// back to the operating system slowly, and only above its next heap goal,
+// which was set when the deleted entries were live: a server that drops
+// most of its entries keeps most of its resident memory for minutes. After
+// enough entries are deleted, the FSM asks the runtime once to return
+// what is free (debug.FreeOSMemory), off the apply path.
+const (
+	// releaseAfterDeleted is how many entries must be deleted since the
+	// last release before another one runs.
+	releaseAfterDeleted = 4096
+	// releaseSettle is the wait after the deletion that crosses the
+	// threshold, so that a batch split over several commands has been
+	// applied whole when the memory is returned.
+	releaseSettle = 2 * time.Second
+	// releaseMinInterval bounds how often memory is returned: a release
+	// costs a full garbage collection.
+	releaseMinInterval = 30 * time.Second
+)
+
+// memRelease counts deleted entries and returns free memory to the
+// operating system after large deletions. Its zero value does nothing.
+type memRelease struct {
+	// free returns the memory; nil disables releases.
+	free        func()
+	threshold   int64
+	settle      time.Duration
+	minInterval time.Duration
+
+	deleted   atomic.Int64
+	scheduled atomic.Bool
+	last      atomic.Int64 // unix nanoseconds of the last release
+}
+
+func newMemRelease() *memRelease {
+	return &memRelease{free: debug.FreeOSMemory, threshold: releaseAfterDeleted, settle: releaseSettle, minInterval: releaseMinInterval}
+}
+
+// entriesDeleted records n entries deleted by one applied command and
+// schedules a release when the threshold is crossed. It never blocks.
+func (m *memRelease) entriesDeleted(n int) {
+	if m == nil || m.free == nil || n <= 0 {
+		return
+	}
+	if m.deleted.Add(int64(n)) < m.threshold {
+		return
+	}
+	if !m.scheduled.CompareAndSwap(false, true) {
+		return // one is scheduled; it counts these too
+	}
+	wait := m.settle
+	if last := m.last.Load(); last != 0 {
+		wait = max(wait, time.Until(time.Unix(0, last).Add(m.minInterval)))
+	}
+	time.AfterFunc(wait, func() {
+		m.deleted.Store(0)
+		m.free()
+		m.last.Store(time.Now().UnixNano())
+		m.scheduled.Store(false)
+	})
+}
