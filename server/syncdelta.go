@@ -37,6 +37,7 @@ type syncState struct {
 	roots    map[string]bool // agent ID and node alias SPIFFE IDs
 
 	sent      map[string]uint64 // entry id -> modify index sent
+	held      map[string]int    // SPIFFE ID -> sent entries with it
 	fedCount  map[string]int    // trust domain -> sent entries federating with it
 	fed       federatedSent
 	bundleSeq uint64
@@ -62,7 +63,7 @@ func (d *syncDelta) empty() bool {
 }
 
 func newSyncState(agentID, serversID string) *syncState {
-	return &syncState{agentID: agentID, serversID: serversID, sent: make(map[string]uint64)}
+	return &syncState{agentID: agentID, serversID: serversID, sent: make(map[string]uint64), held: make(map[string]int)}
 }
 
 // step brings the state to r (of generation gen, from store.ReadGen) and
@@ -150,9 +151,11 @@ func (st *syncState) recompute(r *raftstore.Reader, d *syncDelta) error {
 	st.nodeSels = registration.NewSelectorSet(node.Selectors)
 
 	current := make(map[string]uint64, len(entries))
+	st.held = make(map[string]int)
 	st.fedCount = nil
 	for _, e := range entries {
 		current[e.Id] = e.ModifyIndex
+		st.held[e.SpiffeId]++
 		if d.full || st.sent[e.Id] != e.ModifyIndex {
 			d.upserted = append(d.upserted, e)
 		}
@@ -252,19 +255,20 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 		}
 	}
 
-	// inBase: P is in the closure whatever this step's changes do.
-	inBase := func(p string) bool {
-		if st.roots[p] {
-			return true
+	// changedHeld counts, by SPIFFE ID, the sent entries that this
+	// step changes (the SPIFFE ID they were sent with).
+	changedHeld := make(map[string]int)
+	for i := range ds {
+		if _, wasSent := st.sent[ds[i].id]; wasSent && ds[i].before.Exists {
+			changedHeld[ds[i].before.SPIFFEID]++
 		}
-		found := false
-		r.EachEntryWithSPIFFEID(p, func(e *sigilv1.Entry) bool {
-			if _, ok := st.sent[e.Id]; ok && !inD(e.Id) {
-				found = true
-			}
-			return !found
-		})
-		return found
+	}
+	// inBase: P is in the closure whatever this step's changes do: a
+	// root, or the SPIFFE ID of a sent entry this step does not change.
+	// O(1): a SPIFFE ID that many agents' entries share (a group every
+	// agent is linked to) costs no walk over all of them.
+	inBase := func(p string) bool {
+		return st.roots[p] || st.held[p]-changedHeld[p] > 0
 	}
 	auth := make(map[string]*sigilv1.Entry)
 	added := make(map[string]bool)
@@ -310,12 +314,14 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 		mi, wasSent := st.sent[c.id]
 		if wasSent {
 			st.countFederates(c.before.FederatesWith, -1)
+			st.unhold(c.before.SPIFFEID)
 		}
 		if e, ok := auth[c.id]; ok {
 			if !wasSent || mi != e.ModifyIndex {
 				d.upserted = append(d.upserted, e)
 			}
 			st.sent[c.id] = e.ModifyIndex
+			st.held[e.SpiffeId]++
 			st.countFederates(e.FederatesWith, 1)
 		} else if wasSent {
 			d.deleted = append(d.deleted, c.id)
@@ -326,8 +332,12 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 		if inD(id) {
 			continue
 		}
-		if mi, ok := st.sent[id]; ok && mi == e.ModifyIndex {
+		mi, ok := st.sent[id]
+		if ok && mi == e.ModifyIndex {
 			continue
+		}
+		if !ok {
+			st.held[e.SpiffeId]++
 		}
 		d.upserted = append(d.upserted, e)
 		st.sent[id] = e.ModifyIndex
@@ -347,6 +357,15 @@ func (st *syncState) isAlias(ref raftstore.EntryRef) bool {
 		}
 	}
 	return true
+}
+
+// unhold forgets one sent entry with SPIFFE ID id.
+func (st *syncState) unhold(id string) {
+	if st.held[id] <= 1 {
+		delete(st.held, id)
+		return
+	}
+	st.held[id]--
 }
 
 func hasChild(r *raftstore.Reader, id string) bool {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -77,6 +78,14 @@ func (m *syncModel) step(agent string) *syncDelta {
 	want, err := r.AuthorizedEntries(agent)
 	if err != nil {
 		m.t.Fatal(err)
+	}
+	// The state's count of held SPIFFE IDs matches what it holds.
+	held := map[string]int{}
+	for _, e := range want {
+		held[e.SpiffeId]++
+	}
+	if !maps.Equal(held, st.held) {
+		m.t.Fatalf("%s: held SPIFFE IDs %v, want %v", agent, st.held, held)
 	}
 	view := m.views[agent]
 	if d.full {
