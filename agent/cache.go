@@ -358,7 +358,9 @@ func (c *cache) takeNext(now time.Time, max int, bulk bool) (jobs []*mintJob, ne
 	if jobs = c.st.StartWaiting(now, max, w); len(jobs) > 0 {
 		waiting = true
 	} else if bulk {
-		jobs, next = c.st.StartMints(now, max, w)
+		// No waiting workload needs a due entry (nothing changed
+		// since, under the lock): StartMints need not ask again.
+		jobs, next = c.st.StartMints(now, max, nil)
 	}
 	c.settle(ch)
 	c.mu.Unlock()

@@ -721,17 +721,8 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 		}
 		take = append(take, st)
 	}
-	if s.due.len() > 0 && waiting != nil && max > 0 {
-		var first []*entryState
-		for st := range waiting() {
-			if st.q == qDue {
-				first = append(first, st)
-			}
-		}
-		slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
-		for _, st := range first[:min(len(first), max)] {
-			takeOne(st)
-		}
+	for _, st := range s.waitingDue(max, waiting) {
+		takeOne(st)
 	}
 	for len(take) < max && s.due.len() > 0 && s.due.top().rank == rankNoSVID {
 		takeOne(s.due.top())
@@ -779,20 +770,10 @@ func (s *x509State) promoteDue(now time.Time) {
 // workload needs a due entry.
 func (s *x509State) StartWaiting(now time.Time, max int, waiting func() map[*entryState]bool) []*mintJob {
 	s.promoteDue(now)
-	if s.due.len() == 0 || waiting == nil || max <= 0 {
-		return nil
-	}
-	var first []*entryState
-	for st := range waiting() {
-		if st.q == qDue {
-			first = append(first, st)
-		}
-	}
+	first := s.waitingDue(max, waiting)
 	if len(first) == 0 {
 		return nil
 	}
-	slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
-	first = first[:min(len(first), max)]
 	jobs := make([]*mintJob, len(first))
 	for i, st := range first {
 		if h := s.queue(st.q); h != nil {
@@ -804,6 +785,22 @@ func (s *x509State) StartWaiting(now time.Time, max int, waiting func() map[*ent
 		jobs[i] = &mintJob{id: st.entry.id, gen: st.gen, fp: st.fp}
 	}
 	return jobs
+}
+
+// waitingDue returns up to max due entries that a waiting workload needs,
+// in order of their IDs. waiting is called only when something is due.
+func (s *x509State) waitingDue(max int, waiting func() map[*entryState]bool) []*entryState {
+	if s.due.len() == 0 || waiting == nil || max <= 0 {
+		return nil
+	}
+	var first []*entryState
+	for st := range waiting() {
+		if st.q == qDue {
+			first = append(first, st)
+		}
+	}
+	slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
+	return first[:min(len(first), max)]
 }
 
 // NextEvent is the earliest time-driven change among all entries; zero
