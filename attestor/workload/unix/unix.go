@@ -246,7 +246,7 @@ func (a *Attestor) attest(c workload.Caller, quick bool) (_ []*sigilv1.Selector,
 				groups: append([]uint32(nil), groups...)}
 		}
 	} else {
-		path, sum, err = a.exe(dir+"/exe", quick)
+		path, sum, err = a.exe(dir + "/exe")
 	}
 
 	sels := make([]*sigilv1.Selector, 0, 6+len(groups))
@@ -358,9 +358,8 @@ func (a *Attestor) exeQuick(link string) (path string, file fileKey, sum string,
 // exe resolves the executable link and hashes the file it points to. The
 // file is opened through the link, so the hash is of the very file the
 // process runs even if the path has been replaced since.
-// With quick set, a file whose hash is not cached is not hashed: exe
-// returns errNotCached.
-func (a *Attestor) exe(link string, quick bool) (path, sum string, err error) {
+// AttestQuick uses exeQuick instead, which hashes nothing.
+func (a *Attestor) exe(link string) (path, sum string, err error) {
 	path, err = os.Readlink(link)
 	if err != nil {
 		return "", "", err
@@ -377,9 +376,6 @@ func (a *Attestor) exe(link string, quick bool) (path, sum string, err error) {
 				return path, sum, nil
 			}
 		}
-	}
-	if quick {
-		return "", "", errNotCached
 	}
 	f, err := os.Open(link)
 	if err != nil {
