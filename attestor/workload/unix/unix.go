@@ -46,13 +46,17 @@ const Name = "unix"
 // maxHashCache bounds the executable hash cache; it is cleared when full.
 const maxHashCache = 4096
 
+// maxQuickMemo bounds the memo of AttestQuick's answers (about 1 KiB
+// each); it is cleared when full.
+const maxQuickMemo = 1024
+
 // Attestor is the unix workload attestor. It is safe for concurrent use.
 type Attestor struct {
 	procRoot string
 
 	mu     sync.Mutex
 	hashes map[fileKey]string
-	// quick holds AttestQuick's answers (bounded like hashes).
+	// quick holds AttestQuick's answers (at most maxQuickMemo).
 	quick map[quickKey]*quickAnswer
 	// hashed counts how many times a file was actually hashed (for tests).
 	hashed int
@@ -280,7 +284,7 @@ func (a *Attestor) attest(c workload.Caller, quick bool) (_ []*sigilv1.Selector,
 	if memo != nil {
 		memo.sels = sels
 		a.mu.Lock()
-		if len(a.quick) >= maxHashCache {
+		if len(a.quick) >= maxQuickMemo {
 			clear(a.quick)
 		}
 		a.quick[memo.key] = memo

@@ -406,4 +406,19 @@ func TestAttestQuickMemo(t *testing.T) {
 	if !slices.Contains(values(t, got), "sha256:0000") || &got[0] == &renamed[0] {
 		t.Fatalf("after the hash changed: %q", values(t, got))
 	}
+	// The memo is bounded.
+	for i := range 2*maxQuickMemo + 1 {
+		other := c
+		other.UID = uint32(100000 + i)
+		a.users.lookup(strconv.FormatUint(uint64(other.UID), 10))
+		if _, ok, err := a.AttestQuick(other); !ok || err != nil {
+			t.Fatalf("uid %d: AttestQuick: %v, %v", other.UID, ok, err)
+		}
+	}
+	a.mu.Lock()
+	n := len(a.quick)
+	a.mu.Unlock()
+	if n > maxQuickMemo {
+		t.Fatalf("%d answers memoized, want at most %d", n, maxQuickMemo)
+	}
 }
