@@ -5,6 +5,9 @@ import (
 	"os"
 	"runtime"
 	"testing"
+	"time"
+
+	"github.com/sigil-id/sigil/internal/eventually"
 )
 
 // goal is the runtime's heap goal at GOGC p after a collection that left
@@ -105,43 +108,70 @@ func collections(n int) uint32 {
 	return after.NumGC - before.NumGC
 }
 
-// TestFewerCollections: with a 64 MiB floor, a process whose live heap is
-// small collects about once per 64 MiB allocated, several times less
-// often than without it, and stop gives it back its GOGC.
-func TestFewerCollections(t *testing.T) {
+// nextGC is the heap goal of the next collection.
+func nextGC() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.NextGC
+}
+
+// TestFloor: with a 32 MiB floor, a process whose live heap is small has
+// a heap goal of at least 32 MiB and collects at most about once per
+// 32 MiB allocated; a live heap that reaches the floor gets the
+// process's own GOGC back (the floor is set again after each
+// collection); stop gives the process its GOGC back.
+func TestFloor(t *testing.T) {
 	if _, set := os.LookupEnv("GOGC"); set {
 		t.Fatal("this test measures the default GOGC; run it without GOGC set")
 	}
+	const floor = 32 << 20
 	base := currentPercent()
 	runtime.GC()
-	without := collections(512 << 20)
-	stop, err := Start(Config{Floor: 64 << 20})
+	if g := nextGC(); g >= floor {
+		t.Fatalf("heap goal %d before the floor, want below %d", g, floor)
+	}
+	stop, err := Start(Config{Floor: floor})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Start(Config{Floor: 64 << 20}); err == nil {
+	if _, err := Start(Config{Floor: floor}); err == nil {
 		t.Error("a second floor was started")
 	}
-	runtime.GC() // the floor is set from the live heap it leaves
-	with := collections(512 << 20)
-	t.Logf("collections for 512 MiB of garbage: %d without the floor, %d with a 64 MiB floor", without, with)
-	if with > 12 {
-		t.Errorf("%d collections with a 64 MiB floor, want at most 12", with)
-	}
-	if with*3 > without {
-		t.Errorf("%d collections with the floor, %d without: want at least 3 times fewer", with, without)
+	if g := nextGC(); g < floor {
+		t.Errorf("heap goal %d with the floor, want at least %d", g, floor)
 	}
 	if p := currentPercent(); p <= base {
 		t.Errorf("GOGC %d with the floor, want above %d", p, base)
 	}
+	runtime.GC()
+	// A cycle starts once the heap nears the goal, so at least about
+	// 3/4 of the floor is allocated between two (margin for the pacer).
+	if n := collections(256 << 20); n > 16 {
+		t.Errorf("%d collections for 256 MiB of garbage with a 32 MiB floor, want at most 16", n)
+	}
+
+	// A live heap as large as the floor: the process's own GOGC.
+	live := make([][]byte, 0, 48)
+	for range 48 {
+		live = append(live, make([]byte, 1<<20))
+	}
+	runtime.GC()
+	eventually.True(t, 10*time.Second, func() bool { return currentPercent() == base },
+		"GOGC %d with a live heap above the floor, want %d", currentPercent(), base)
+	runtime.KeepAlive(live)
+	live = nil
+	runtime.GC()
+	eventually.True(t, 10*time.Second, func() bool { return currentPercent() > base },
+		"GOGC %d once the live heap is small again, want above %d", currentPercent(), base)
+
 	stop()
 	stop()
 	if p := currentPercent(); p != base {
 		t.Errorf("GOGC %d after stop, want %d", p, base)
 	}
 	runtime.GC()
-	if again := collections(512 << 20); again*3 < without {
-		t.Errorf("%d collections after stop, %d before the floor: the floor was not removed", again, without)
+	if g := nextGC(); g >= floor {
+		t.Errorf("heap goal %d after stop, want below %d", g, floor)
 	}
 	// A floor can be kept again once stopped.
 	stop, err = Start(DefaultConfig())
