@@ -15,7 +15,10 @@
 // live heap reaches Floor/2 (at GOGC=100) runs with its own GOGC, as
 // without this package. The cost is memory: up to Floor of heap (garbage
 // not yet collected) in a process that allocates, instead of 4 MiB. An
-// idle process allocates nothing and its heap does not grow.
+// idle process allocates nothing and its heap does not grow; a process
+// that stops allocating has its own GOGC back from its next collection
+// (Config.IdleAfter; the runtime collects at least every 2 minutes),
+// and the runtime then returns the heap it holds above its own goal.
 //
 // A memory limit (GOMEMLIMIT, debug.SetMemoryLimit) still bounds the
 // heap: the runtime collects to stay under it whatever GOGC is.
@@ -29,6 +32,9 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
+	"time"
+
+	"github.com/sigil-id/sigil/clock"
 )
 
 // Config configures Start.
@@ -36,17 +42,30 @@ type Config struct {
 	// Floor is the least heap goal, in bytes: at least 4 MiB (the
 	// runtime's own minimum at GOGC=100) and at most 1 GiB.
 	Floor uint64
+	// IdleAfter ends the floor after a collection that comes longer than
+	// this after the previous one, until a collection comes sooner
+	// again: a process that allocates that little gains nothing from the
+	// floor, and with its own GOGC back the runtime returns the heap it
+	// no longer needs (it collects at least every 2 minutes). Zero keeps
+	// the floor always; negative is an error.
+	IdleAfter time.Duration
+	// Clock times collections; nil is the wall clock.
+	Clock clock.Clock
 }
 
-// DefaultConfig returns a 16 MiB floor.
+// DefaultConfig returns a 16 MiB floor, ended after a minute without a
+// collection.
 func DefaultConfig() Config {
-	return Config{Floor: 16 << 20}
+	return Config{Floor: 16 << 20, IdleAfter: time.Minute}
 }
 
 // Validate reports whether c can be used.
 func (c Config) Validate() error {
 	if c.Floor < runtimeMinimum || c.Floor > 1<<30 {
 		return fmt.Errorf("gcfloor: Floor %d bytes is outside [4 MiB, 1 GiB]", c.Floor)
+	}
+	if c.IdleAfter < 0 {
+		return fmt.Errorf("gcfloor: IdleAfter %v must not be negative", c.IdleAfter)
 	}
 	return nil
 }
@@ -97,6 +116,9 @@ func Start(cfg Config) (stop func(), err error) {
 		running.Unlock()
 		return func() {}, nil
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.New()
+	}
 	t := &tuner{cfg: cfg, base: base, last: base, live: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
 	t.mu.Lock()
 	t.tune()
@@ -137,6 +159,8 @@ type tuner struct {
 	stopped bool
 	last    int
 	live    []metrics.Sample
+	// lastGC is when tune last ran (zero before the first time).
+	lastGC time.Time
 }
 
 // sentinel is allocated with a finalizer that runs after the collection
@@ -159,14 +183,22 @@ func (t *tuner) arm() {
 	})
 }
 
-// tune sets GOGC for the live heap the last collection left.
+// tune sets GOGC for the live heap the last collection left, or the
+// process's own when that collection came after an idle spell.
 func (t *tuner) tune() {
+	now := t.cfg.Clock.Now()
+	idle := t.cfg.IdleAfter > 0 && !t.lastGC.IsZero() && now.Sub(t.lastGC) > t.cfg.IdleAfter
+	t.lastGC = now
 	metrics.Read(t.live)
 	var live uint64
 	if t.live[0].Value.Kind() == metrics.KindUint64 {
 		live = t.live[0].Value.Uint64()
 	}
-	if p := Percent(live, t.cfg.Floor, t.base); p != t.last {
+	p := Percent(live, t.cfg.Floor, t.base)
+	if idle {
+		p = t.base
+	}
+	if p != t.last {
 		debug.SetGCPercent(p)
 		t.last = p
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/eventually"
 )
 
@@ -179,6 +180,40 @@ func TestFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop()
+}
+
+// TestIdleEndsFloor: a collection that comes more than IdleAfter after
+// the previous one gives the process its own GOGC back; the next one
+// that comes sooner sets the floor again.
+func TestIdleEndsFloor(t *testing.T) {
+	const floor = 32 << 20
+	base := currentPercent()
+	clk := clock.NewFake(time.Unix(1000, 0))
+	stop, err := Start(Config{Floor: floor, IdleAfter: time.Minute, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if p := currentPercent(); p <= base {
+		t.Fatalf("GOGC %d with the floor, want above %d", p, base)
+	}
+	// Collections a minute apart, not more: the floor stays.
+	for range 3 {
+		clk.Add(time.Minute)
+		runtime.GC()
+	}
+	// The finalizers of those collections have run once GOGC is set
+	// for a collection that comes after an idle spell.
+	clk.Add(time.Minute + time.Second)
+	runtime.GC()
+	eventually.True(t, 10*time.Second, func() bool { return currentPercent() == base && nextGC() < floor },
+		"GOGC %d and heap goal %d after an idle spell, want %d and below %d", currentPercent(), nextGC(), base, floor)
+	runtime.GC()
+	eventually.True(t, 10*time.Second, func() bool { return currentPercent() > base },
+		"GOGC %d once collections come sooner again, want above %d", currentPercent(), base)
+	if err := (Config{Floor: floor, IdleAfter: -1}).Validate(); err == nil {
+		t.Error("a negative IdleAfter was accepted")
+	}
 }
 
 // TestGOGCSetByOperator: with GOGC in the environment, Start leaves the
