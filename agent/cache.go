@@ -410,9 +410,9 @@ func (c *cache) finishBatch(jobs []*mintJob, outs []mintOutcome) int {
 // SubscribeX509 implements workloadapi.Cache.
 func (c *cache) SubscribeX509(selectors []*sigilv1.Selector) workloadapi.X509Subscription {
 	sub := &subscription{
-		c:    c,
-		sels: registration.NewSelectorSet(selectors),
-		ch:   make(chan *workloadapi.X509Snapshot, 1),
+		c:         c,
+		selectors: selectors,
+		ch:        make(chan *workloadapi.X509Snapshot, 1),
 	}
 	c.mu.Lock()
 	delivered := c.subs.add(sub, &c.st)

@@ -6,11 +6,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"go.uber.org/zap"
@@ -20,6 +22,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/workloadapi"
 )
 
@@ -281,8 +284,8 @@ func TestSharedMemosFreeDeleted(t *testing.T) {
 		for _, v := range c.subs.views {
 			views = views || slices.Contains(v, gone)
 		}
-		for _, snap := range c.subs.shared {
-			for _, id := range snap.Identities {
+		for _, sh := range c.subs.shared {
+			for _, id := range sh.snap.Identities {
 				shared = shared || (len(id.KeyDER) > 0 && &id.KeyDER[0] == &gone.svid.keyDER[0])
 			}
 		}
@@ -295,4 +298,87 @@ func TestSharedMemosFreeDeleted(t *testing.T) {
 	if v, s := holds(); v || s {
 		t.Fatalf("memos after deletion: views %v, shared %v; want neither", v, s)
 	}
+}
+
+// TestSelectorKeyFromSlice: the key built from a workload's selectors as
+// attested is the key of their set, whatever their order and repeats,
+// including selectors whose "type:value" forms collide.
+func TestSelectorKeyFromSlice(t *testing.T) {
+	cases := [][]*sigilv1.Selector{
+		nil,
+		{sel("uid:0")},
+		{sel("uid:0"), sel("gid:0"), sel("uid:0")},
+		{{Type: "a", Value: "b:c"}, {Type: "a:b", Value: "c"}},
+		{{Type: "k8s", Value: "ns:default"}, sel("uid:1000"), {Type: "k8s", Value: "sa:" + strings.Repeat("x", 600)}, sel("path:/bin/sh")},
+	}
+	// Many selectors, in every rotation, past the stack scratch space.
+	var many []*sigilv1.Selector
+	for i := range 40 {
+		many = append(many, sel(fmt.Sprintf("supplementary_gid:%d", (i*7)%40)))
+	}
+	for r := range len(many) {
+		cases = append(cases, append(slices.Clone(many[r:]), many[:r]...))
+	}
+	for i, sels := range cases {
+		want := selectorKey(registration.NewSelectorSet(sels))
+		got, _ := appendSelectorKey([]byte("prefix"), nil, sels)
+		if string(got) != "prefix"+want {
+			t.Errorf("case %d: key %q, want %q", i, got, "prefix"+want)
+		}
+	}
+}
+
+// TestSubscribeReusesSelectorSet: a workload that subscribes again with
+// the same selectors (in any order) reuses the set and key of the first
+// subscription and allocates no more than its subscription; other
+// selectors get their own set, and the memo is bounded.
+func TestSubscribeReusesSelectorSet(t *testing.T) {
+	ca := newTestCA(t, time.Now())
+	c := newCache(testTD, zap.NewNop(), clock.NewFake(time.Now()))
+	c.SetBundle(x509bundle.FromX509Authorities(testTD, []*x509.Certificate{ca.cert}))
+	c.ReplaceEntries([]*sigilv1.Entry{labelEntry("a", "a", 1, "a")})
+	mintAll(t, c, ca)
+	subscribe := func(labels ...string) *subscription {
+		t.Helper()
+		sub := c.SubscribeX509(labelSels(labels...)).(*subscription)
+		t.Cleanup(sub.Close)
+		return sub
+	}
+	first := subscribe("a", "b")
+	again := subscribe("b", "a", "b")
+	if reflect.ValueOf(first.sels).UnsafePointer() != reflect.ValueOf(again.sels).UnsafePointer() || first.selKey != again.selKey {
+		t.Fatal("the same selectors got a new set")
+	}
+	if unsafe.StringData(first.selKey) != unsafe.StringData(again.selKey) {
+		t.Fatal("the same selectors got a new key string")
+	}
+	other := subscribe("a")
+	if other.selKey == first.selKey || len(other.sels) != 1 {
+		t.Fatalf("other selectors: key %q, set %v", other.selKey, other.sels)
+	}
+	if ids := snapshotIDs(<-other.Updates()); !slices.Equal(ids, []string{"a"}) {
+		t.Fatalf("other selectors were served %v, want [a]", ids)
+	}
+	sels := labelSels("a", "b")
+	allocs := testing.AllocsPerRun(100, func() { c.SubscribeX509(sels).Close() })
+	if allocs > 3 {
+		t.Errorf("subscribing again allocates %v times, want at most 3 (the subscription, its channel and the channel's buffer)", allocs)
+	}
+	for i := range 2 * maxMemo {
+		c.SubscribeX509(labelSels(fmt.Sprint(i))).Close()
+	}
+	c.mu.Lock()
+	n := len(c.subs.sets)
+	c.mu.Unlock()
+	if n > maxMemo {
+		t.Fatalf("%d selector sets memoized, want at most %d", n, maxMemo)
+	}
+}
+
+func snapshotIDs(snap *workloadapi.X509Snapshot) []string {
+	var ids []string
+	for _, id := range snap.Identities {
+		ids = append(ids, id.EntryID)
+	}
+	return ids
 }

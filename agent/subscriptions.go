@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/binary"
 	"slices"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/registration"
 	"github.com/sigil-id/sigil/workloadapi"
 )
@@ -27,7 +29,12 @@ type subscriptions struct {
 
 	views        map[string][]*entryState
 	viewsVersion uint64
-	shared       map[string]*workloadapi.X509Snapshot
+	shared       map[string]sharedSnapshot
+	// sets holds, by selectorKey, the selector sets of subscriptions, so
+	// that a workload subscribing again (a one-shot fetch, every call)
+	// reuses its set and key instead of building them. The sets are
+	// never modified.
+	sets map[string]selectorSetMemo
 }
 
 // maxMemo bounds each memo of subscriptions; a full memo is emptied.
@@ -37,15 +44,19 @@ func newSubscriptions() subscriptions {
 	return subscriptions{
 		subs:   make(map[*subscription]struct{}),
 		views:  make(map[string][]*entryState),
-		shared: make(map[string]*workloadapi.X509Snapshot),
+		shared: make(map[string]sharedSnapshot),
+		sets:   make(map[string]selectorSetMemo),
 	}
 }
 
 // subscription is one workload's watch. Its fields below ch are guarded
 // by the cache's lock.
 type subscription struct {
-	c    *cache
-	sels registration.SelectorSet
+	c *cache
+	// selectors are the workload's, as attested; add turns them into
+	// sels and selKey.
+	selectors []*sigilv1.Selector
+	sels      registration.SelectorSet
 	// selKey is sels in canonical form (selectorKey), the key of its
 	// view; set by add.
 	selKey string
@@ -83,6 +94,54 @@ func selectorKey(sels registration.SelectorSet) string {
 	return string(b)
 }
 
+// appendSelectorKey appends to b selectorKey(registration.NewSelectorSet(sels))
+// without building the set: each selector as "type:value", sorted, each
+// once, each preceded by its length. members is scratch space for the
+// members' bounds in b.
+func appendSelectorKey(b []byte, members [][2]int, sels []*sigilv1.Selector) ([]byte, [][2]int) {
+	flat := len(b)
+	for _, sel := range sels {
+		start := len(b)
+		b = append(b, sel.GetType()...)
+		b = append(b, ':')
+		b = append(b, sel.GetValue()...)
+		members = append(members, [2]int{start, len(b)})
+	}
+	member := func(m [2]int) []byte { return b[m[0]:m[1]] }
+	slices.SortFunc(members, func(x, y [2]int) int { return bytes.Compare(member(x), member(y)) })
+	members = slices.CompactFunc(members, func(x, y [2]int) bool { return bytes.Equal(member(x), member(y)) })
+	keyStart := len(b)
+	for _, m := range members {
+		b = binary.AppendUvarint(b, uint64(m[1]-m[0]))
+		b = append(b, b[m[0]:m[1]]...)
+	}
+	// The members, written first, are dropped: the key alone remains.
+	return append(b[:flat], b[keyStart:]...), members
+}
+
+// selectorSet returns the set of sels and its key (selectorKey), from
+// the memo when a subscription had the same set before.
+func (ss *subscriptions) selectorSet(sels []*sigilv1.Selector) (registration.SelectorSet, string) {
+	var buf [512]byte
+	var members [16][2]int
+	key, _ := appendSelectorKey(buf[:0], members[:0], sels)
+	if m, ok := ss.sets[string(key)]; ok {
+		return m.set, m.key
+	}
+	m := selectorSetMemo{key: string(key), set: registration.NewSelectorSet(sels)}
+	if len(ss.sets) >= maxMemo {
+		clear(ss.sets)
+	}
+	ss.sets[m.key] = m
+	return m.set, m.key
+}
+
+// selectorSetMemo is a memoized selector set with its key.
+type selectorSetMemo struct {
+	key string
+	set registration.SelectorSet
+}
+
 func (s *subscription) Updates() <-chan *workloadapi.X509Snapshot { return s.ch }
 
 func (s *subscription) Close() {
@@ -95,7 +154,12 @@ func (s *subscription) Close() {
 // add registers sub and sends it its first snapshot if it is ready. It
 // reports whether the snapshot was sent.
 func (ss *subscriptions) add(sub *subscription, st *x509State) bool {
-	sub.selKey = selectorKey(sub.sels)
+	if sub.sels == nil {
+		sub.sels, sub.selKey = ss.selectorSet(sub.selectors)
+		sub.selectors = nil
+	} else {
+		sub.selKey = selectorKey(sub.sels)
+	}
 	ss.subs[sub] = struct{}{}
 	ss.update(sub, st)
 	return sub.delivered
@@ -234,14 +298,15 @@ func (ss *subscriptions) update(sub *subscription, st *x509State) {
 	if sub.delivered && string(key) == sub.last {
 		return
 	}
-	snap := ss.shared[string(key)]
-	if snap == nil {
-		snap = buildSnapshot(st, sub.matched)
+	shared, ok := ss.shared[string(key)]
+	if !ok {
+		shared = sharedSnapshot{key: string(key), snap: buildSnapshot(st, sub.matched)}
 		if len(ss.shared) >= maxMemo {
 			clear(ss.shared)
 		}
-		ss.shared[string(key)] = snap
+		ss.shared[shared.key] = shared
 	}
+	snap := shared.snap
 	// Latest wins: replace a snapshot the workload has not taken yet.
 	select {
 	case <-sub.ch:
@@ -249,7 +314,15 @@ func (ss *subscriptions) update(sub *subscription, st *x509State) {
 	}
 	sub.ch <- snap
 	sub.delivered = true
-	sub.last = string(key)
+	// The memo's copy of the key: a workload fetching again allocates
+	// no key of its own.
+	sub.last = shared.key
+}
+
+// sharedSnapshot is a snapshot handed out, with its content key.
+type sharedSnapshot struct {
+	key  string
+	snap *workloadapi.X509Snapshot
 }
 
 // buildSnapshot returns the snapshot of entries at st: the servable SVID

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,6 +43,8 @@ var (
 		"with -fetch-only: record the agent process with `perf record -g` during the timed fetches into PREFIX.<binary>.<round>.data")
 	fetchStrace = flag.String("agent-strace", "",
 		"with -fetch-only: count the agent's system calls with `strace -f -c` during the timed fetches into PREFIX.<binary>.<round>.txt (slows the agent: read counts, not times)")
+	fetchGCTrace = flag.Bool("agent-gctrace", false,
+		"with -fetch-only: run the agents with GODEBUG=gctrace=1 and count their garbage collections during the timed fetches")
 	rawFetchServer = flag.String("raw-fetch-server", "",
 		"internal: serve a fixed X509SVIDResponse on this unix socket, with no attestation (the fetch limit)")
 )
@@ -156,6 +159,9 @@ func startFetchDeployment(ctx context.Context, bin, dir string) (_ *fetchDeploym
 		}
 		cmd := exec.CommandContext(ctx, bin, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
+		if name == "agent" && *fetchGCTrace {
+			cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+		}
 		return cmd, cmd.Start()
 	}
 	d.srv, err = start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
@@ -309,6 +315,7 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 	p99s := make([][]time.Duration, len(bins))
 	var limit50, limit99, limitCPU []time.Duration
 	cpus := make([][]time.Duration, len(bins))
+	gcRates := make([][]float64, len(bins))
 	for r := 0; r < *fetchRounds; r++ {
 		lat, cpu, err := timedFetch(ctx, rawSock, raw.Process.Pid)
 		if err != nil {
@@ -341,7 +348,9 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 				}
 				time.Sleep(300 * time.Millisecond) // let it attach
 			}
+			gcBefore := agentGCs(d)
 			lat, cpu, err := timedFetch(ctx, d.socket, d.ag.Process.Pid)
+			gcs := agentGCs(d) - gcBefore
 			if perf != nil {
 				_ = perf.Process.Signal(syscall.SIGINT)
 				_ = perf.Wait()
@@ -352,7 +361,13 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 			p50, p99 := percentiles(lat)
 			p50s[i], p99s[i] = append(p50s[i], p50), append(p99s[i], p99)
 			cpus[i] = append(cpus[i], cpu)
-			fmt.Printf("round %d binary %d: p50 %.3f ms  p99 %.3f ms  agent CPU %5.1f µs/call  (%d calls)\n", r, i, ms(p50), ms(p99), us(cpu), len(lat))
+			fmt.Printf("round %d binary %d: p50 %.3f ms  p99 %.3f ms  agent CPU %5.1f µs/call  (%d calls)", r, i, ms(p50), ms(p99), us(cpu), len(lat))
+			if *fetchGCTrace {
+				per := float64(gcs) * 1000 / float64(len(lat)+200)
+				gcRates[i] = append(gcRates[i], per)
+				fmt.Printf("  agent GCs %d (%.2f per 1,000 calls)", gcs, per)
+			}
+			fmt.Println()
 		}
 	}
 	median := func(d []time.Duration) time.Duration {
@@ -368,6 +383,11 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 		if i > 0 {
 			fmt.Printf("  (ratio to binary 0: p50 %.2f, p99 %.2f, CPU %.2f)", float64(p50)/float64(median(p50s[0])), float64(p99)/float64(median(p99s[0])), float64(cpu)/float64(median(cpus[0])))
 		}
+		if *fetchGCTrace {
+			s := slices.Clone(gcRates[i])
+			slices.Sort(s)
+			fmt.Printf("  agent GCs per 1,000 calls %.2f", s[len(s)/2])
+		}
 		fmt.Println()
 	}
 	last := len(bins) - 1
@@ -377,6 +397,25 @@ func benchFetchOnly(ctx context.Context, jsonOut string) error {
 	record(newFigure("cached fetch p99, deployed (3 processes)", ms(median(p99s[last])), "ms", ms(lim99),
 		&Goal{Text: "≤ 0.5 ms", Kind: GoalMaxValue, Bound: 0.5}, "2.17 ms"))
 	return summarize(jsonOut)
+}
+
+// agentGCs is how many garbage collections d's agent has logged (with
+// -agent-gctrace; 0 otherwise).
+func agentGCs(d *fetchDeployment) int {
+	if !*fetchGCTrace {
+		return 0
+	}
+	b, err := os.ReadFile(filepath.Join(d.dir, "agent.log"))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for line := range strings.Lines(string(b)) {
+		if strings.HasPrefix(line, "gc ") {
+			n++
+		}
+	}
+	return n
 }
 
 // procCPU is the user + system CPU time process pid has used so far

@@ -109,6 +109,9 @@ type Cache interface {
 	// entry has an SVID (at once when nothing matches, with no
 	// identities), then a new snapshot on every change: rotation, an entry
 	// added, changed or deleted, a bundle change.
+	//
+	// The selectors may be shared with other calls (attestors memoize
+	// them): they are read, never modified.
 	SubscribeX509(selectors []*sigilv1.Selector) X509Subscription
 }
 

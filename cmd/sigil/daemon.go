@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
+	"github.com/sigil-id/sigil/internal/gcfloor"
 	"github.com/sigil-id/sigil/server"
 )
 
@@ -316,6 +317,15 @@ func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
+	}
+	// The agent keeps a small heap while every Workload API call
+	// allocates a few KiB inside gRPC: without a floor the collector
+	// runs every few hundred cached fetches (see internal/gcfloor). GOGC
+	// set in the environment turns this off.
+	if stop, err := gcfloor.Start(gcfloor.DefaultConfig()); err != nil {
+		log.Debug("no heap floor", zap.Error(err))
+	} else {
+		defer stop()
 	}
 	if healthAddr != "" {
 		ready := health.All(health.Closed(a.Ready(), "agent is starting"), a.Healthy)

@@ -28,6 +28,7 @@ import (
 	"io/fs"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -45,12 +46,18 @@ const Name = "unix"
 // maxHashCache bounds the executable hash cache; it is cleared when full.
 const maxHashCache = 4096
 
+// maxQuickMemo bounds the memo of AttestQuick's answers (about 1 KiB
+// each); it is cleared when full.
+const maxQuickMemo = 1024
+
 // Attestor is the unix workload attestor. It is safe for concurrent use.
 type Attestor struct {
 	procRoot string
 
 	mu     sync.Mutex
 	hashes map[fileKey]string
+	// quick holds AttestQuick's answers (at most maxQuickMemo).
+	quick map[quickKey]*quickAnswer
 	// hashed counts how many times a file was actually hashed (for tests).
 	hashed int
 
@@ -125,6 +132,7 @@ func New() *Attestor {
 	return &Attestor{
 		procRoot: "/proc",
 		hashes:   make(map[fileKey]string),
+		quick:    make(map[quickKey]*quickAnswer),
 		users: newNameCache(func(id string) (string, error) {
 			u, err := user.LookupId(id)
 			if err != nil {
@@ -169,6 +177,9 @@ func (a *Attestor) Attest(ctx context.Context, c workload.Caller) ([]*sigilv1.Se
 // /proc (the executable link and a stat of it, and the status file when
 // c has no groups) and returns ok true with Attest's answer; otherwise
 // it returns ok false, having cached nothing, and the caller runs Attest.
+// Its answers are memoized by caller identity (ids and executable file)
+// and given again while everything they were made of is unchanged: the
+// slice and selectors returned are shared and must not be modified.
 // The Workload API runs attestors that have it inline, without a
 // goroutine or a timer, when every attestor answers this way.
 func (a *Attestor) AttestQuick(c workload.Caller) (sels []*sigilv1.Selector, ok bool, err error) {
@@ -215,9 +226,31 @@ func (a *Attestor) attest(c workload.Caller, quick bool) (_ []*sigilv1.Selector,
 		gname, gok = a.groups.lookup(gid)
 	}
 
-	path, sum, err := a.exe(dir+"/exe", quick)
-	if quick && err == errNotCached {
-		return nil, false, nil
+	var path, sum string
+	var err error
+	var memo *quickAnswer
+	if quick {
+		var file fileKey
+		var hit bool
+		path, file, sum, err = a.exeQuick(dir + "/exe")
+		if err == errNotCached {
+			return nil, false, nil
+		}
+		if err == nil {
+			key := quickKey{uid: c.UID, gid: c.GID, file: file}
+			a.mu.Lock()
+			memo, hit = a.quick[key]
+			a.mu.Unlock()
+			if hit && memo.matches(path, sum, uname, uok, gname, gok, groups) {
+				// Full slice expression: a caller that appends gets a
+				// copy, never a write into the shared array.
+				return memo.sels[:len(memo.sels):len(memo.sels)], true, nil
+			}
+			memo = &quickAnswer{key: key, path: path, sum: sum, uname: uname, uok: uok, gname: gname, gok: gok,
+				groups: append([]uint32(nil), groups...)}
+		}
+	} else {
+		path, sum, err = a.exe(dir + "/exe")
 	}
 
 	sels := make([]*sigilv1.Selector, 0, 6+len(groups))
@@ -248,7 +281,45 @@ func (a *Attestor) attest(c workload.Caller, quick bool) (_ []*sigilv1.Selector,
 	default:
 		return nil, true, fmt.Errorf("unix attestor: pid %d: executable: %w", pid, err)
 	}
+	if memo != nil {
+		memo.sels = sels
+		a.mu.Lock()
+		if len(a.quick) >= maxQuickMemo {
+			clear(a.quick)
+		}
+		a.quick[memo.key] = memo
+		a.mu.Unlock()
+		return sels[:len(sels):len(sels)], true, nil
+	}
 	return sels, true, nil
+}
+
+// quickKey names a caller identity, for the selectors of AttestQuick:
+// its user and group ids as the kernel reported them at connect, and the
+// executable file it runs.
+type quickKey struct {
+	uid, gid uint32
+	file     fileKey
+}
+
+// quickAnswer is what AttestQuick answered for a quickKey, with what else
+// the answer was made of; it is given again only while all of it is
+// unchanged. Its selectors are shared by every caller given them and
+// never modified.
+type quickAnswer struct {
+	key          quickKey
+	path, sum    string
+	uname, gname string
+	uok, gok     bool
+	groups       []uint32
+	sels         []*sigilv1.Selector
+}
+
+// matches reports whether q was made of these executable path and hash,
+// names and supplementary groups.
+func (q *quickAnswer) matches(path, sum, uname string, uok bool, gname string, gok bool, groups []uint32) bool {
+	return q.path == path && q.sum == sum && q.uname == uname && q.uok == uok && q.gname == gname && q.gok == gok &&
+		slices.Equal(q.groups, groups)
 }
 
 // errNotCached is exe's answer in quick mode for a file whose hash is not
@@ -265,12 +336,34 @@ func readStatus(path string) (procfs.Status, error) {
 	return st, err
 }
 
+// exeQuick is exe in quick mode that also returns the key of the file:
+// it resolves the link and stats the file the process runs, and returns
+// errNotCached when that file's hash is not cached.
+func (a *Attestor) exeQuick(link string) (path string, file fileKey, sum string, err error) {
+	path, err = os.Readlink(link)
+	if err != nil {
+		return "", fileKey{}, "", err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(link, &st); err != nil {
+		// As exe: the hash cannot be found without the stat.
+		return "", fileKey{}, "", errNotCached
+	}
+	file = keyOfStat(&st)
+	a.mu.Lock()
+	sum, hit := a.hashes[file]
+	a.mu.Unlock()
+	if !hit {
+		return "", fileKey{}, "", errNotCached
+	}
+	return path, file, sum, nil
+}
+
 // exe resolves the executable link and hashes the file it points to. The
 // file is opened through the link, so the hash is of the very file the
 // process runs even if the path has been replaced since.
-// With quick set, a file whose hash is not cached is not hashed: exe
-// returns errNotCached.
-func (a *Attestor) exe(link string, quick bool) (path, sum string, err error) {
+// AttestQuick uses exeQuick instead, which hashes nothing.
+func (a *Attestor) exe(link string) (path, sum string, err error) {
 	path, err = os.Readlink(link)
 	if err != nil {
 		return "", "", err
@@ -287,9 +380,6 @@ func (a *Attestor) exe(link string, quick bool) (path, sum string, err error) {
 				return path, sum, nil
 			}
 		}
-	}
-	if quick {
-		return "", "", errNotCached
 	}
 	f, err := os.Open(link)
 	if err != nil {
@@ -324,11 +414,15 @@ func keyOf(fi fs.FileInfo) (fileKey, bool) {
 	if !ok {
 		return fileKey{}, false
 	}
+	return keyOfStat(st), true
+}
+
+func keyOfStat(st *syscall.Stat_t) fileKey {
 	return fileKey{
 		dev:       uint64(st.Dev),
 		ino:       uint64(st.Ino),
 		size:      st.Size,
 		mtimeSec:  int64(st.Mtim.Sec),
 		mtimeNsec: int64(st.Mtim.Nsec),
-	}, true
+	}
 }

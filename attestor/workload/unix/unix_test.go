@@ -325,3 +325,100 @@ func TestAttestQuick(t *testing.T) {
 		t.Fatalf("AttestQuick(pid -1): %v, %v; want an error", ok, err)
 	}
 }
+
+// TestAttestQuickMemo: AttestQuick gives the same selectors again for the
+// same caller identity without building them, and a new answer as soon as
+// anything they were made of differs: the ids, the supplementary groups,
+// a user or group name, or the executable's hash. A caller appending to
+// an answer does not change the next one.
+func TestAttestQuickMemo(t *testing.T) {
+	a := New()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	a.users.now, a.groups.now = clock, clock
+	names := map[string]string{}
+	a.users.resolve = func(id string) (string, error) { return "user-" + id + names["user"], nil }
+	a.groups.resolve = func(id string) (string, error) { return "group-" + id, nil }
+	c := self()
+	c.Groups = []uint32{77}
+	want, err := a.Attest(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, ok, err := a.AttestQuick(c)
+	if !ok || err != nil {
+		t.Fatalf("AttestQuick: %v, %v", ok, err)
+	}
+	if !slices.Equal(values(t, first), values(t, want)) {
+		t.Fatalf("AttestQuick: %q; Attest: %q", values(t, first), values(t, want))
+	}
+	again, _, _ := a.AttestQuick(c)
+	if &again[0] != &first[0] {
+		t.Fatal("the same caller's selectors were built again")
+	}
+	// Appending to an answer copies it.
+	extended := append(again, &sigilv1.Selector{Type: Name, Value: "uid:0"})
+	if &extended[0] == &first[0] {
+		t.Fatal("appending to a shared answer wrote into it")
+	}
+	if got, _, _ := a.AttestQuick(c); !slices.Equal(values(t, got), values(t, want)) {
+		t.Fatalf("after an append: %q, want %q", values(t, got), values(t, want))
+	}
+	if allocs := testing.AllocsPerRun(100, func() { a.AttestQuick(c) }); allocs > 8 {
+		t.Errorf("a memoized AttestQuick allocates %v times, want at most 8 (paths and /proc reads)", allocs)
+	}
+
+	check := func(what string, c workload.Caller, wantSel string) {
+		t.Helper()
+		got, ok, err := a.AttestQuick(c)
+		if !ok || err != nil {
+			t.Fatalf("%s: AttestQuick: %v, %v", what, ok, err)
+		}
+		if !slices.Contains(values(t, got), wantSel) {
+			t.Fatalf("%s: selectors %q lack %q", what, values(t, got), wantSel)
+		}
+		if &got[0] == &first[0] {
+			t.Fatalf("%s: the old answer was given", what)
+		}
+	}
+	other := c
+	other.UID = c.UID + 1000
+	a.users.lookup(strconv.FormatUint(uint64(other.UID), 10))
+	check("another uid", other, "uid:"+strconv.FormatUint(uint64(other.UID), 10))
+	other = c
+	other.Groups = []uint32{78}
+	check("other groups", other, "supplementary_gid:78")
+	// The user's name changes and is resolved again after its TTL.
+	names["user"] = "-renamed"
+	now = now.Add(nameTTL)
+	a.users.lookup(strconv.FormatUint(uint64(c.UID), 10))
+	a.groups.lookup(strconv.FormatUint(uint64(c.GID), 10))
+	check("renamed user", c, "user:user-"+strconv.FormatUint(uint64(c.UID), 10)+"-renamed")
+	// The executable's hash changes in the hash cache (as it would for
+	// a file rewritten in place with its old mtime restored).
+	renamed, _, _ := a.AttestQuick(c)
+	a.mu.Lock()
+	for k := range a.hashes {
+		a.hashes[k] = "0000"
+	}
+	a.mu.Unlock()
+	got, _, _ := a.AttestQuick(c)
+	if !slices.Contains(values(t, got), "sha256:0000") || &got[0] == &renamed[0] {
+		t.Fatalf("after the hash changed: %q", values(t, got))
+	}
+	// The memo is bounded.
+	for i := range 2*maxQuickMemo + 1 {
+		other := c
+		other.UID = uint32(100000 + i)
+		a.users.lookup(strconv.FormatUint(uint64(other.UID), 10))
+		if _, ok, err := a.AttestQuick(other); !ok || err != nil {
+			t.Fatalf("uid %d: AttestQuick: %v, %v", other.UID, ok, err)
+		}
+	}
+	a.mu.Lock()
+	n := len(a.quick)
+	a.mu.Unlock()
+	if n > maxQuickMemo {
+		t.Fatalf("%d answers memoized, want at most %d", n, maxQuickMemo)
+	}
+}
