@@ -254,20 +254,22 @@ func TestLeafCheckAgreesWithVerify(t *testing.T) {
 	bundle := x509bundle.FromX509Authorities(testTD, []*x509.Certificate{root.cert})
 	other := spiffeid.RequireFromString("spiffe://other.org/w")
 	edits := map[string]func(*x509.Certificate){
-		"as issued":        nil,
-		"expired":          func(c *x509.Certificate) { c.NotBefore, c.NotAfter = now.Add(-2*time.Hour), now.Add(-time.Hour) },
-		"not yet valid":    func(c *x509.Certificate) { c.NotBefore = now.Add(time.Hour); c.NotAfter = now.Add(2 * time.Hour) },
-		"CA":               func(c *x509.Certificate) { c.IsCA, c.BasicConstraintsValid = true, true },
-		"cert sign":        func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCertSign },
-		"CRL sign":         func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCRLSign },
-		"IP address":       func(c *x509.Certificate) { c.IPAddresses = []net.IP{net.IPv4(10, 0, 0, 1)} },
-		"email":            func(c *x509.Certificate) { c.EmailAddresses = []string{"a@example.org"} },
-		"DNS in domain":    func(c *x509.Certificate) { c.DNSNames = []string{"db.example.com"} },
-		"DNS outside":      func(c *x509.Certificate) { c.DNSNames = []string{"db.example.net"} },
-		"other TD":         func(c *x509.Certificate) { c.URIs = []*url.URL{other.URL()} },
-		"SHA-384":          func(c *x509.Certificate) { c.SignatureAlgorithm = x509.ECDSAWithSHA384 },
-		"critical unknown": func(c *x509.Certificate) { c.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Critical: true, Value: []byte{5, 0}}} },
-		"long lived":       func(c *x509.Certificate) { c.NotAfter = now.Add(48 * time.Hour) },
+		"as issued":     nil,
+		"expired":       func(c *x509.Certificate) { c.NotBefore, c.NotAfter = now.Add(-2*time.Hour), now.Add(-time.Hour) },
+		"not yet valid": func(c *x509.Certificate) { c.NotBefore = now.Add(time.Hour); c.NotAfter = now.Add(2 * time.Hour) },
+		"CA":            func(c *x509.Certificate) { c.IsCA, c.BasicConstraintsValid = true, true },
+		"cert sign":     func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCertSign },
+		"CRL sign":      func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCRLSign },
+		"IP address":    func(c *x509.Certificate) { c.IPAddresses = []net.IP{net.IPv4(10, 0, 0, 1)} },
+		"email":         func(c *x509.Certificate) { c.EmailAddresses = []string{"a@example.org"} },
+		"DNS in domain": func(c *x509.Certificate) { c.DNSNames = []string{"db.example.com"} },
+		"DNS outside":   func(c *x509.Certificate) { c.DNSNames = []string{"db.example.net"} },
+		"other TD":      func(c *x509.Certificate) { c.URIs = []*url.URL{other.URL()} },
+		"SHA-384":       func(c *x509.Certificate) { c.SignatureAlgorithm = x509.ECDSAWithSHA384 },
+		"critical unknown": func(c *x509.Certificate) {
+			c.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Critical: true, Value: []byte{5, 0}}}
+		},
+		"long lived": func(c *x509.Certificate) { c.NotAfter = now.Add(48 * time.Hour) },
 	}
 	for _, ca := range []*leafCA{root, inter, shortInter, dnsConstrained} {
 		for _, at := range []time.Time{now, now.Add(45 * time.Minute)} {
