@@ -178,15 +178,6 @@ func main() {
 		}
 		return
 	}
-	if *e2eOnly {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-		defer cancel()
-		if err := benchE2EOnly(ctx, *e2eSigil, *e2eRounds, *e2eSVIDs, *jsonOut); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
-	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -198,6 +189,16 @@ func main() {
 			os.Exit(1)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *e2eOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		if err := benchE2EOnly(ctx, *e2eSigil, *e2eRounds, *e2eSVIDs, *jsonOut); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			pprof.StopCPUProfile()
+			os.Exit(1)
+		}
+		return
 	}
 	if *lazyOnly {
 		if err := benchLazyOnly(); err != nil {
