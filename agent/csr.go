@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"fmt"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -89,4 +90,43 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 		})
 	})
 	return out.Bytes()
+}
+
+// p256PKCS8Prefix is the DER of a P-256 key's PKCS#8 PrivateKeyInfo up
+// to its private scalar: SEQUENCE { version 0, SEQUENCE { id-ecPublicKey,
+// prime256v1 }, OCTET STRING { ECPrivateKey SEQUENCE { version 1, OCTET
+// STRING (32 bytes) ...
+var p256PKCS8Prefix = []byte{
+	0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13,
+	0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, // 1.2.840.10045.2.1
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, // 1.2.840.10045.3.1.7
+	0x04, 0x6d, 0x30, 0x6b, 0x02, 0x01, 0x01, 0x04, 0x20,
+}
+
+// p256PKCS8PublicPrefix follows the private scalar: [1] { BIT STRING (no
+// unused bits) the uncompressed point }.
+var p256PKCS8PublicPrefix = []byte{0xa1, 0x44, 0x03, 0x42, 0x00}
+
+// marshalPKCS8 is x509.MarshalPKCS8PrivateKey(key), encoded directly for
+// a P-256 ECDSA key (the bytes are the same, csr_test.go compares them;
+// the generic encoder goes through encoding/asn1's reflection, a tenth
+// of the agent's CPU per SVID beside the signatures).
+func marshalPKCS8(key crypto.Signer) ([]byte, error) {
+	k, ok := key.(*ecdsa.PrivateKey)
+	if !ok || k.Curve != elliptic.P256() {
+		return x509.MarshalPKCS8PrivateKey(key)
+	}
+	d, err := k.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	point, err := k.PublicKey.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(p256PKCS8Prefix)+len(d)+len(p256PKCS8PublicPrefix)+len(point))
+	out = append(out, p256PKCS8Prefix...)
+	out = append(out, d...)
+	out = append(out, p256PKCS8PublicPrefix...)
+	return append(out, point...), nil
 }

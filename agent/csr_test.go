@@ -74,3 +74,41 @@ func TestMintCSRRefusesOtherCurves(t *testing.T) {
 		t.Fatalf("P-384 key: err %v, want one naming the curve", err)
 	}
 }
+
+// TestMarshalPKCS8MatchesX509: the key encoding of the SVIDs is byte for
+// byte x509.MarshalPKCS8PrivateKey's, and parses back to the key; other
+// keys go through x509.MarshalPKCS8PrivateKey.
+func TestMarshalPKCS8MatchesX509(t *testing.T) {
+	for range 200 {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := marshalPKCS8(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("PKCS#8 differs\n got %x\nwant %x", got, want)
+		}
+		back, err := x509.ParsePKCS8PrivateKey(got)
+		if err != nil || !key.Equal(back) {
+			t.Fatalf("PKCS#8 does not parse back to the key: %v", err)
+		}
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := marshalPKCS8(p384)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, err := x509.ParsePKCS8PrivateKey(got); err != nil || !p384.Equal(back) {
+		t.Fatalf("P-384 key: %v", err)
+	}
+}

@@ -1029,7 +1029,7 @@ func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
 	if !publicKeyEqual(leaf.PublicKey, job.key.Public()) {
 		return nil, errors.New("returned SVID does not carry the agent's public key")
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(job.key)
+	keyDER, err := marshalPKCS8(job.key)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the SVID key: %w", err)
 	}
