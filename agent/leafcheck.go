@@ -205,18 +205,18 @@ func (iss *verifiedIssuer) matches(leaf *x509.Certificate, now time.Time) bool {
 func checkMints(jobs []*mintJob, outs []mintOutcome, v *leafVerifier, bundle *x509bundle.Bundle, now time.Time) (results []mintResult, sampleFailed bool) {
 	results = make([]mintResult, len(jobs))
 	for i, job := range jobs {
+		if v == nil {
+			results[i] = checkMint(job, outs[i], bundle, now)
+			continue
+		}
 		r := mintResult{job: job, out: outs[i]}
 		if r.out.err == nil && !r.out.denied {
 			r.s, r.err = checkSVID(job, r.out.chain)
 			if r.err == nil && bundle != nil {
 				r.bundle = bundle
-				if v == nil {
-					_, _, r.verErr = x509svid.Verify(r.s.verifyChain, bundle, x509svid.WithTime(now))
-				} else {
-					var failed bool
-					failed, r.verErr = v.verify(r.s.verifyChain, bundle, now)
-					sampleFailed = sampleFailed || failed
-				}
+				var failed bool
+				failed, r.verErr = v.verify(r.s.verifyChain, bundle, now)
+				sampleFailed = sampleFailed || failed
 			}
 		}
 		results[i] = r
