@@ -46,6 +46,7 @@ const (
 //	no-svid, due, tainted --StartMints--> minting (an older SVID is still served)
 //	minting --MintFinished ok--> valid
 //	minting --MintFinished error, denial, or SVID held for its CA--> the phase it left
+//	minting (in a large batch) --StartWaiting for a waiting workload--> minting alone; the batch's result is dropped
 //	held SVID --SetBundle with its CA--> valid
 //	valid --now passes renewAt--> due
 //	valid, due --Tainted(its signer)--> tainted
@@ -53,8 +54,9 @@ const (
 //	any --entry changed--> due (same SPIFFE ID) or no-svid; a mint in flight is abandoned
 //	any --entry deleted--> gone; a mint in flight is abandoned
 //
-// An abandoned mint's result is dropped when it comes back: jobs carry the
-// entry's generation (entryState.gen). Backoff after errors, a denial and
+// An abandoned or superseded mint's result is dropped when it comes back:
+// jobs carry the entry's generation (entryState.gen) and take
+// (entryState.take). Backoff after errors, a denial and
 // a held SVID are attributes that keep a no-svid or due entry from being
 // minted until they clear.
 type phase uint8
@@ -318,7 +320,7 @@ type eventKind uint8
 
 const (
 	evMinted         eventKind = iota // an SVID was installed
-	evStale                           // a mint result for a changed or deleted entry was dropped
+	evStale                           // a mint result for a changed or deleted entry, or for one minted again alone since, was dropped
 	evHeld                            // a minted SVID waits for its CA to reach the bundle
 	evFailed                          // minting failed; the entry backs off
 	evDenied                          // the server refused the entry until it changes
