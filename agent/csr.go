@@ -63,7 +63,8 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 	}
 	// CertificationRequestInfo: version 0, an empty Name, the key, and
 	// an empty [0] set of attributes.
-	var info cryptobyte.Builder
+	// 100 bytes of request info, about 190 in all.
+	info := cryptobyte.NewBuilder(make([]byte, 0, 128))
 	info.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1Int64(0)
 		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
@@ -80,7 +81,7 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out cryptobyte.Builder
+	out := cryptobyte.NewBuilder(make([]byte, 0, 256))
 	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
 		b.AddBytes(ecdsaWithSHA256)

@@ -310,3 +310,69 @@ func TestLeafCheckAcrossRotation(t *testing.T) {
 	got, _ = checkChains(t, v, b3, now, []func(*mintJob, spiffeid.ID) []*x509.Certificate{good(t, oldCA, now), good(t, newCA, now), good(t, oldCA, now)})
 	wantOK(t, "old CA dropped", got, false, true, false)
 }
+
+// BenchmarkMintCheck is the agent's CPU per minted SVID outside the
+// server: a key and its request (make), then the returned chain parsed,
+// checked and verified (check). "full" is every SVID verified with
+// x509svid.Verify and the request made by x509.CreateCertificateRequest
+// (the agent before leafcheck.go and csr.go); "every" checks every
+// signature against the verified issuer; "sampled" is the agent's
+// default. The server's signing is done before the timer runs.
+func BenchmarkMintCheck(b *testing.B) {
+	now := time.Now()
+	ca := newTestCA(b, now)
+	bundle := x509bundle.FromX509Authorities(testTD, []*x509.Certificate{ca.cert})
+	const batch = 100
+	for _, mode := range []string{"full", "every", "sampled"} {
+		b.Run("make/"+mode, func(b *testing.B) {
+			for b.Loop() {
+				var err error
+				if mode == "full" {
+					_, _, err = newKeyAndCSR()
+				} else {
+					_, _, err = newMintKeyAndCSR()
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("check/"+mode, func(b *testing.B) {
+			var v *leafVerifier
+			switch mode {
+			case "every":
+				v = newLeafVerifier(1)
+			case "sampled":
+				v = newLeafVerifier(leafVerifyInterval)
+			}
+			jobs := make([]*mintJob, batch)
+			ders := make([][][]byte, batch)
+			for i := range jobs {
+				key, _, err := newMintKeyAndCSR()
+				if err != nil {
+					b.Fatal(err)
+				}
+				id := spiffeid.RequireFromPath(testTD, fmt.Sprintf("/w/%d", i))
+				jobs[i] = &mintJob{id: fmt.Sprint(i), fp: entryFingerprint{spiffeID: id.String()}, key: key}
+				ders[i] = derChain(ca.sign(b, id, key.Public(), now, time.Hour))
+			}
+			outs := make([]mintOutcome, batch)
+			b.ResetTimer()
+			for n := 0; n < b.N; n += batch {
+				for i := range outs {
+					chain, err := parseDERChain(ders[i])
+					if err != nil {
+						b.Fatal(err)
+					}
+					outs[i] = mintOutcome{chain: chain}
+				}
+				results, _ := checkMints(jobs, outs, v, bundle, now)
+				for _, r := range results {
+					if r.err != nil || r.verErr != nil {
+						b.Fatal(r.err, r.verErr)
+					}
+				}
+			}
+		})
+	}
+}
