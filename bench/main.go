@@ -10,7 +10,11 @@
 //   - X.509-SVIDs per second through the server's batch path over the node
 //     API (real TLS, real Raft-backed server, loopback);
 //   - X.509-SVIDs per second end to end through a real agent (local key
-//     generation, CSR, batch signing, chain verification, caching);
+//     generation, CSR, batch signing, checking the SVIDs, caching), with
+//     the server in this process and again in a process of its own, with
+//     the agent's and the server's CPU per SVID (alone, with agent start
+//     and admin batches: go run ./bench -e2e-only);
+//   - entries created per second by admin batches of 10,000, timed alone;
 //   - latency from entry creation to the SVID in a workload's hands
 //     (go-spiffe watcher on the Workload API socket);
 //   - latency of a cached FetchX509SVID over the socket.
@@ -301,6 +305,12 @@ func run(dur time.Duration, maxSVIDs, metricsRounds int, limitsOnly bool, jsonOu
 		return fmt.Errorf("agent: %w", err)
 	}
 	stopServer()
+	fmt.Println()
+	// The same with the server in its own process: the agent's CPU per
+	// SVID apart from the server's.
+	if err := benchE2E(ctx, "", 1, 5000, false); err != nil {
+		return fmt.Errorf("end to end, server process: %w", err)
+	}
 	fmt.Println()
 	if err := benchMetricsCost(ctx, dur, maxSVIDs, metricsRounds); err != nil {
 		return fmt.Errorf("metrics cost: %w", err)
