@@ -195,6 +195,25 @@ func TestWaitingEntryInFlightTakenAgainAlone(t *testing.T) {
 		if again := st.StartWaiting(now, 50, waiting); len(again) != 0 {
 			t.Fatalf("entry of a batch of %d taken again", quickBatch)
 		}
+
+		// More than quickBatch waited-for entries in flight in a large
+		// batch are waited for: taking them again would sign each twice.
+		large, _ := st.StartMints(now, 34, nil)
+		if len(large) != 34 {
+			t.Fatalf("took %d, want 34", len(large))
+		}
+		many := make(map[*entryState]bool)
+		for _, j := range large[:quickBatch+1] {
+			many[st.entries[j.id]] = true
+		}
+		manyWaiting := func() map[*entryState]bool { return many }
+		if again := st.StartWaiting(now, 50, manyWaiting); len(again) != 0 {
+			t.Fatalf("%d in-flight entries taken again, want none of %d", len(again), quickBatch+1)
+		}
+		delete(many, st.entries[large[0].id])
+		if again := st.StartWaiting(now, 50, manyWaiting); len(again) != quickBatch {
+			t.Fatalf("%d in-flight entries taken again, want all %d", len(again), quickBatch)
+		}
 	}
 }
 

@@ -781,12 +781,12 @@ func (s *x509State) promoteDue(now time.Time) {
 // loop sends them as a batch of their own, in a slot that larger batches
 // leave free, so that a workload waiting for its first SVID waits for one
 // small signing round trip, not for a batch of hundreds of others (at an
-// agent's start, or after an eviction). An entry a waiting workload needs
-// that is already in flight in a batch of more than quickBatch entries (the
-// workload asked after the batch was taken) is taken again, alone: the
-// batch's result for it is dropped as stale when it comes back (finish).
-// It returns no job when no waiting workload needs a due entry or one in
-// flight in a large batch.
+// agent's start, or after an eviction). Entries waiting workloads need
+// that are already in flight in batches of more than quickBatch entries
+// (the workload asked after the batch was taken) are taken again, alone,
+// when there are at most quickBatch of them: the batch's result for each
+// is dropped as stale when it comes back (finish). It returns no job when
+// no waiting workload needs a due entry or one it may take again.
 func (s *x509State) StartWaiting(now time.Time, max int, waiting func() map[*entryState]bool) []*mintJob {
 	s.promoteDue(now)
 	first := s.waitingDue(max, waiting, true)
@@ -818,18 +818,28 @@ func (s *x509State) startJob(st *entryState, now time.Time) *mintJob {
 
 // waitingDue returns up to max due entries that a waiting workload needs,
 // in order of their IDs, and with inflight set, those in flight in a
-// batch of more than quickBatch entries. waiting is called only when
-// something is due or, with inflight set, in flight for an entry that had
-// no SVID.
+// batch of more than quickBatch entries when there are at most quickBatch
+// of them. waiting is called only when something is due or, with inflight
+// set, in flight for an entry that had no SVID.
 func (s *x509State) waitingDue(max int, waiting func() map[*entryState]bool, inflight bool) []*entryState {
 	if waiting == nil || max <= 0 || (s.due.len() == 0 && !(inflight && s.inflightNew > 0)) {
 		return nil
 	}
-	var first []*entryState
+	var first, again []*entryState
 	for st := range waiting() {
-		if st.q == qDue || (inflight && st.inflight && !st.quick && !st.gone) {
+		switch {
+		case st.q == qDue:
 			first = append(first, st)
+		case inflight && st.inflight && !st.quick && !st.gone:
+			again = append(again, st)
 		}
+	}
+	// Each entry taken again costs a second signature: only a few are,
+	// for workloads that wait for few entries. Workloads that wait for
+	// more (one with thousands of identities, hundreds starting at once)
+	// wait for the batches they are in.
+	if len(again) <= quickBatch {
+		first = append(first, again...)
 	}
 	slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
 	return first[:min(len(first), max)]
