@@ -39,6 +39,8 @@ type cache struct {
 	subs subscriptions
 	// bundle is st.bundle, for verifying minted SVIDs without the lock.
 	bundle atomic.Pointer[x509bundle.Bundle]
+	// verifier verifies minted SVIDs against bundle (leafcheck.go).
+	verifier *leafVerifier
 
 	// kick wakes the minting loop; buffered 1.
 	kick chan struct{}
@@ -75,6 +77,7 @@ func newCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock) *cache 
 		agentTaint: make(chan struct{}, 1),
 		reportKick: make(chan struct{}, 1),
 		met:        newMintMetrics(),
+		verifier:   newLeafVerifier(leafVerifyInterval),
 	}
 	c.jwt = newJWTCache(td, log, clk, c.jwtTargets)
 	return c
@@ -391,13 +394,13 @@ func (c *cache) finish(job *mintJob, out mintOutcome) bool {
 
 // finishBatch records the outcomes of jobs (outs[i] belongs to jobs[i]),
 // notifies subscribers once, and reports how many SVIDs were cached. The
-// SVIDs are checked and verified before the lock is taken.
+// SVIDs are checked and verified (checkMints) before the lock is taken.
 func (c *cache) finishBatch(jobs []*mintJob, outs []mintOutcome) int {
 	now := c.clk.Now()
 	bundle := c.bundle.Load()
-	results := make([]mintResult, len(jobs))
-	for i, job := range jobs {
-		results[i] = checkMint(job, outs[i], bundle, now)
+	results, sampleFailed := checkMints(jobs, outs, c.verifier, bundle, now)
+	if sampleFailed {
+		c.log.Error("a returned X.509-SVID failed verification although it named a verified issuer; verifying every SVID from now on")
 	}
 	c.mu.Lock()
 	installed, ch := c.st.MintFinished(results, now)

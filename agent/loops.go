@@ -255,7 +255,7 @@ func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 	req := &sigilv1.BatchNewX509SVIDRequest{Requests: make([]*sigilv1.X509SVIDRequest, 0, len(jobs))}
 	sent := make([]int, 0, len(jobs)) // indexes of the jobs in req
 	for i, j := range jobs {
-		key, csr, err := newKeyAndCSR()
+		key, csr, err := newMintKeyAndCSR()
 		if err != nil {
 			outs[i].err = err
 			continue

@@ -46,6 +46,7 @@ const (
 //	no-svid, due, tainted --StartMints--> minting (an older SVID is still served)
 //	minting --MintFinished ok--> valid
 //	minting --MintFinished error, denial, or SVID held for its CA--> the phase it left
+//	minting (in a large batch) --StartWaiting for a waiting workload--> minting alone; the batch's result is dropped
 //	held SVID --SetBundle with its CA--> valid
 //	valid --now passes renewAt--> due
 //	valid, due --Tainted(its signer)--> tainted
@@ -53,8 +54,9 @@ const (
 //	any --entry changed--> due (same SPIFFE ID) or no-svid; a mint in flight is abandoned
 //	any --entry deleted--> gone; a mint in flight is abandoned
 //
-// An abandoned mint's result is dropped when it comes back: jobs carry the
-// entry's generation (entryState.gen). Backoff after errors, a denial and
+// An abandoned or superseded mint's result is dropped when it comes back:
+// jobs carry the entry's generation (entryState.gen) and take
+// (entryState.take). Backoff after errors, a denial and
 // a held SVID are attributes that keep a no-svid or due entry from being
 // minted until they clear.
 type phase uint8
@@ -204,11 +206,17 @@ type entryState struct {
 	idlePos int32
 	q       queue
 	rank    uint8
+	// take numbers the mints started for the entry (it wraps): a job
+	// whose take is not the entry's was superseded (StartWaiting).
+	take uint8
 	// denied is set when the server refused the entry with
 	// PermissionDenied; it stays until the entry changes. inflight: a
-	// mint is in flight.
+	// mint is in flight; quick: in a batch of at most quickBatch entries
+	// (or alone for a waiting workload, StartWaiting), which a waiting
+	// workload waits for rather than taking the entry again.
 	denied   bool
 	inflight bool
+	quick    bool
 	// eager: one of its selectors is an eager selector.
 	eager     bool
 	active    bool
@@ -312,7 +320,7 @@ type eventKind uint8
 
 const (
 	evMinted         eventKind = iota // an SVID was installed
-	evStale                           // a mint result for a changed or deleted entry was dropped
+	evStale                           // a mint result for a changed or deleted entry, or for one minted again alone since, was dropped
 	evHeld                            // a minted SVID waits for its CA to reach the bundle
 	evFailed                          // minting failed; the entry backs off
 	evDenied                          // the server refused the entry until it changes
@@ -689,11 +697,18 @@ func (s *x509State) Tick(now time.Time) changes {
 	return ch
 }
 
+// quickBatch is the largest batch whose entries a waiting workload waits
+// for rather than taking them again alone (StartWaiting): a few
+// milliseconds of signing.
+const quickBatch = 16
+
 // mintJob is one entry sent for minting.
 type mintJob struct {
 	id  string
 	gen uint64
-	fp  entryFingerprint
+	// take is the entry's take when the job started (entryState.take).
+	take uint8
+	fp   entryFingerprint
 	// key is the SVID's private key, set by whoever builds the CSR.
 	key crypto.Signer
 }
@@ -721,7 +736,7 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 		}
 		take = append(take, st)
 	}
-	for _, st := range s.waitingDue(max, waiting) {
+	for _, st := range s.waitingDue(max, waiting, false) {
 		takeOne(st)
 	}
 	for len(take) < max && s.due.len() > 0 && s.due.top().rank == rankNoSVID {
@@ -737,8 +752,8 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 	jobs = make([]*mintJob, len(take))
 	for i, st := range take {
 		s.setInflight(st, true)
-		st.lastAttempt = now
-		jobs[i] = &mintJob{id: st.entry.id, gen: st.gen, fp: st.fp}
+		st.quick = len(take) <= quickBatch
+		jobs[i] = s.startJob(st, now)
 	}
 	if all {
 		next = s.NextEvent()
@@ -761,43 +776,70 @@ func (s *x509State) promoteDue(now time.Time) {
 }
 
 // StartWaiting marks up to max due entries that a waiting workload needs
-// (waiting reports them; it is called only when something is due) as
-// minting and returns their jobs, and nothing else. The minting loop sends
-// them as a batch of their own, in a slot that larger batches leave free,
-// so that a workload waiting for its first SVID waits for one small
-// signing round trip, not for a batch of hundreds of others (at an agent's
-// start, or after an eviction). It returns no job when no waiting
-// workload needs a due entry.
+// (waiting reports them; it is called only when something is due or in
+// flight) as minting and returns their jobs, and nothing else. The minting
+// loop sends them as a batch of their own, in a slot that larger batches
+// leave free, so that a workload waiting for its first SVID waits for one
+// small signing round trip, not for a batch of hundreds of others (at an
+// agent's start, or after an eviction). Entries waiting workloads need
+// that are already in flight in batches of more than quickBatch entries
+// (the workload asked after the batch was taken) are taken again, alone,
+// when there are at most quickBatch of them: the batch's result for each
+// is dropped as stale when it comes back (finish). It returns no job when
+// no waiting workload needs a due entry or one it may take again.
 func (s *x509State) StartWaiting(now time.Time, max int, waiting func() map[*entryState]bool) []*mintJob {
 	s.promoteDue(now)
-	first := s.waitingDue(max, waiting)
+	first := s.waitingDue(max, waiting, true)
 	if len(first) == 0 {
 		return nil
 	}
 	jobs := make([]*mintJob, len(first))
 	for i, st := range first {
-		if h := s.queue(st.q); h != nil {
-			h.remove(st)
+		if !st.inflight {
+			if h := s.queue(st.q); h != nil {
+				h.remove(st)
+			}
+			st.q = qNone
+			s.setInflight(st, true)
 		}
-		st.q = qNone
-		s.setInflight(st, true)
-		st.lastAttempt = now
-		jobs[i] = &mintJob{id: st.entry.id, gen: st.gen, fp: st.fp}
+		st.quick = true
+		jobs[i] = s.startJob(st, now)
 	}
 	return jobs
 }
 
+// startJob is the job of a mint of st starting at now; it supersedes any
+// job of st still in flight.
+func (s *x509State) startJob(st *entryState, now time.Time) *mintJob {
+	st.take++
+	st.lastAttempt = now
+	return &mintJob{id: st.entry.id, gen: st.gen, take: st.take, fp: st.fp}
+}
+
 // waitingDue returns up to max due entries that a waiting workload needs,
-// in order of their IDs. waiting is called only when something is due.
-func (s *x509State) waitingDue(max int, waiting func() map[*entryState]bool) []*entryState {
-	if s.due.len() == 0 || waiting == nil || max <= 0 {
+// in order of their IDs, and with inflight set, those in flight in a
+// batch of more than quickBatch entries when there are at most quickBatch
+// of them. waiting is called only when something is due or, with inflight
+// set, in flight for an entry that had no SVID.
+func (s *x509State) waitingDue(max int, waiting func() map[*entryState]bool, inflight bool) []*entryState {
+	if waiting == nil || max <= 0 || (s.due.len() == 0 && !(inflight && s.inflightNew > 0)) {
 		return nil
 	}
-	var first []*entryState
+	var first, again []*entryState
 	for st := range waiting() {
-		if st.q == qDue {
+		switch {
+		case st.q == qDue:
 			first = append(first, st)
+		case inflight && st.inflight && !st.quick && !st.gone:
+			again = append(again, st)
 		}
+	}
+	// Each entry taken again costs a second signature: only a few are,
+	// for workloads that wait for few entries. Workloads that wait for
+	// more (one with thousands of identities, hundreds starting at once)
+	// wait for the batches they are in.
+	if len(again) <= quickBatch {
+		first = append(first, again...)
 	}
 	slices.SortFunc(first, func(a, b *entryState) int { return strings.Compare(a.entry.id, b.entry.id) })
 	return first[:min(len(first), max)]
@@ -888,7 +930,8 @@ func (s *x509State) MintFinished(results []mintResult, now time.Time) (int, chan
 func (s *x509State) finish(r mintResult, now time.Time, ch *changes) bool {
 	job := r.job
 	st := s.entries[job.id]
-	if st == nil || st.gen != job.gen {
+	if st == nil || st.gen != job.gen || st.take != job.take {
+		// Deleted, changed, or minted again alone since (StartWaiting).
 		ch.add(event{kind: evStale, entryID: job.id})
 		return false
 	}
@@ -998,7 +1041,7 @@ func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
 	if !publicKeyEqual(leaf.PublicKey, job.key.Public()) {
 		return nil, errors.New("returned SVID does not carry the agent's public key")
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(job.key)
+	keyDER, err := marshalPKCS8(job.key)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the SVID key: %w", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"os/user"
 	"path/filepath"
@@ -14,16 +15,16 @@ import (
 	"github.com/sigil-id/sigil/attestor/node/jointoken"
 	"github.com/sigil-id/sigil/attestor/workload"
 	"github.com/sigil-id/sigil/attestor/workload/unix"
-	"github.com/sigil-id/sigil/server"
 )
 
 // benchAgentStart measures the time from a fresh agent's start to the
 // first X.509-SVID in the hands of a workload already waiting on its
 // socket, with others entries already registered for the agent (minted
 // in the background; the waiting workload's entry is one more). The
-// agent runs in this process against srv; the workload is this process,
+// agent runs in this process against the server at nodeAddr, whose trust
+// bundle is bundle; the workload is this process,
 // matched by uid, polling the socket every 2 ms with a fresh client.
-func benchAgentStart(ctx context.Context, srv *server.Server, admin sigilv1.AdminClient, dir string, others int) (time.Duration, error) {
+func benchAgentStart(ctx context.Context, nodeAddr string, bundle []*x509.Certificate, admin sigilv1.AdminClient, dir string, others int) (time.Duration, error) {
 	tok, err := admin.CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{})
 	if err != nil {
 		return 0, err
@@ -39,7 +40,7 @@ func benchAgentStart(ctx context.Context, srv *server.Server, admin sigilv1.Admi
 	for i := 0; i < others; i++ {
 		entries = append(entries, &sigilv1.Entry{
 			SpiffeId: fmt.Sprintf("spiffe://%s/bench/start%d/%d", td.Name(), others, i), ParentId: tok.AgentId,
-			Selectors: []*sigilv1.Selector{{Type: "bench", Value: fmt.Sprintf("start%d-%d", others, i)}},
+			Selectors: []*sigilv1.Selector{noWorkloadSelector(fmt.Sprintf("start%d-%d", others, i))},
 		})
 	}
 	created, err := admin.BatchCreateEntry(ctx, &sigilv1.BatchCreateEntryRequest{Entries: entries})
@@ -60,12 +61,12 @@ func benchAgentStart(ctx context.Context, srv *server.Server, admin sigilv1.Admi
 
 	acfg := agent.DefaultConfig()
 	acfg.TrustDomain = td
-	acfg.ServerAddress = srv.NodeAddr().String()
+	acfg.ServerAddress = nodeAddr
 	acfg.DataDir = filepath.Join(dir, fmt.Sprintf("agent-start%d", others))
 	acfg.SocketPath = filepath.Join(dir, fmt.Sprintf("start%d", others), "api.sock")
 	acfg.NodeAttestor = jointoken.NewAttestor(tok.Token)
 	acfg.WorkloadAttestors = []workload.Attestor{unix.New()}
-	acfg.TrustBundle = srv.Bundle()
+	acfg.TrustBundle = bundle
 	ag, err := agent.New(acfg)
 	if err != nil {
 		return 0, err

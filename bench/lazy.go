@@ -204,7 +204,7 @@ func benchLazyOnly() error {
 	if err := benchLazy(ctx, srv, admin, dir); err != nil {
 		return err
 	}
-	d, err := benchAgentStart(ctx, srv, admin, dir, 9999)
+	d, err := benchAgentStart(ctx, srv.NodeAddr().String(), srv.Bundle(), admin, dir, 9999)
 	if err != nil {
 		return fmt.Errorf("agent start, 10,000 entries: %w", err)
 	}

@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"fmt"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// This file encodes the PKCS#10 request of a workload SVID's key itself.
+// x509.CreateCertificateRequest verifies the signature it has just made
+// before it returns the request (it guards against a faulty crypto.Signer);
+// for a P-256 key the agent generated in its own memory a moment before,
+// that check costs twice the signature and guards against nothing the
+// server's check of the request (its proof of possession) does not catch:
+// a request whose signature is wrong is refused, and the entry is minted
+// again. The bytes are those CreateCertificateRequest writes for an empty
+// template (csr_test.go compares them).
+
+// p256SPKIPrefix is the DER of a P-256 SubjectPublicKeyInfo up to its
+// point: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING
+// (no unused bits) ...
+var p256SPKIPrefix = []byte{
+	0x30, 0x59, 0x30, 0x13,
+	0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, // 1.2.840.10045.2.1
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, // 1.2.840.10045.3.1.7
+	0x03, 0x42, 0x00,
+}
+
+// ecdsaWithSHA256 is the DER AlgorithmIdentifier of ecdsa-with-SHA256
+// (1.2.840.10045.4.3.2, no parameters).
+var ecdsaWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02}
+
+// newMintKeyAndCSR generates a P-256 key and a PKCS#10 request over it
+// with an empty subject and no attributes, signed once (see above).
+func newMintKeyAndCSR() (crypto.Signer, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate key: %w", err)
+	}
+	csr, err := p256CSR(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create CSR: %w", err)
+	}
+	return key, csr, nil
+}
+
+// p256CSR is the PKCS#10 request of key (a P-256 key) with an empty
+// subject and no attributes, signed with ECDSA and SHA-256.
+func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
+	if key.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("key on curve %s, want P-256", key.Curve.Params().Name)
+	}
+	point, err := key.PublicKey.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	// CertificationRequestInfo: version 0, an empty Name, the key, and
+	// an empty [0] set of attributes.
+	// 100 bytes of request info, about 190 in all.
+	info := cryptobyte.NewBuilder(make([]byte, 0, 128))
+	info.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1Int64(0)
+		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
+		b.AddBytes(p256SPKIPrefix)
+		b.AddBytes(point)
+		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(*cryptobyte.Builder) {})
+	})
+	tbs, err := info.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	digest := sha256.Sum256(tbs)
+	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
+	if err != nil {
+		return nil, err
+	}
+	out := cryptobyte.NewBuilder(make([]byte, 0, 256))
+	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(tbs)
+		b.AddBytes(ecdsaWithSHA256)
+		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
+			b.AddUint8(0) // no unused bits
+			b.AddBytes(sig)
+		})
+	})
+	return out.Bytes()
+}
+
+// p256PKCS8Prefix is the DER of a P-256 key's PKCS#8 PrivateKeyInfo up
+// to its private scalar: SEQUENCE { version 0, SEQUENCE { id-ecPublicKey,
+// prime256v1 }, OCTET STRING { ECPrivateKey SEQUENCE { version 1, OCTET
+// STRING (32 bytes) ...
+var p256PKCS8Prefix = []byte{
+	0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13,
+	0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, // 1.2.840.10045.2.1
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, // 1.2.840.10045.3.1.7
+	0x04, 0x6d, 0x30, 0x6b, 0x02, 0x01, 0x01, 0x04, 0x20,
+}
+
+// p256PKCS8PublicPrefix follows the private scalar: [1] { BIT STRING (no
+// unused bits) the uncompressed point }.
+var p256PKCS8PublicPrefix = []byte{0xa1, 0x44, 0x03, 0x42, 0x00}
+
+// marshalPKCS8 is x509.MarshalPKCS8PrivateKey(key), encoded directly for
+// a P-256 ECDSA key (the bytes are the same, csr_test.go compares them;
+// the generic encoder goes through encoding/asn1's reflection, a tenth
+// of the agent's CPU per SVID beside the signatures).
+func marshalPKCS8(key crypto.Signer) ([]byte, error) {
+	k, ok := key.(*ecdsa.PrivateKey)
+	if !ok || k.Curve != elliptic.P256() {
+		return x509.MarshalPKCS8PrivateKey(key)
+	}
+	d, err := k.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	point, err := k.PublicKey.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(p256PKCS8Prefix)+len(d)+len(p256PKCS8PublicPrefix)+len(point))
+	out = append(out, p256PKCS8Prefix...)
+	out = append(out, d...)
+	out = append(out, p256PKCS8PublicPrefix...)
+	return append(out, point...), nil
+}
