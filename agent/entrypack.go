@@ -44,6 +44,7 @@ const (
 	fieldX509SVIDTTL   = 5
 	fieldDNSNames      = 7
 	fieldHint          = 10
+	fieldCreatedAt     = 11
 	fieldRevision      = 12
 	fieldFederatesWith = 14
 )
@@ -71,6 +72,25 @@ func packEntry(e *sigilv1.Entry, intern func(string) string) packedEntry {
 		p.sels[i] = intern(s.GetType() + ":" + s.GetValue())
 	}
 	return p
+}
+
+// fill sets the fields of p read from raw: the ID, the SPIFFE ID, the
+// creation time and whether it federates.
+func (p *packedEntry) fill() {
+	p.id, p.spiffeID, p.createdAt, p.fed = "", "", 0, false
+	p.fields(func(n protowire.Number, v string, x uint64) bool {
+		switch n {
+		case fieldID:
+			p.id = v
+		case fieldSPIFFEID:
+			p.spiffeID = v
+		case fieldCreatedAt:
+			p.createdAt = int64(x)
+		case fieldFederatesWith:
+			p.fed = true
+		}
+		return true
+	})
 }
 
 // withoutFields returns b, a protobuf encoding, without the fields

@@ -117,12 +117,14 @@ func TestBoundedCacheDeletedEntriesFreeMemory(t *testing.T) {
 	clk := clock.NewFake(t0)
 	c := newCache(testTD, zaptest.NewLogger(t), clk)
 	c.setPolicy(newCachePolicy(SVIDCacheConfig{MaxSVIDs: 100}))
+	// Measured before the entries are built: they are garbage once the
+	// cache holds them.
+	before := liveHeap()
 	entries := make([]*sigilv1.Entry, n)
 	for i := range entries {
 		id := fmt.Sprintf("e%06d", i)
 		entries[i] = entry(id, "w/"+id, int64(i), fmt.Sprintf("uid:%d", i))
 	}
-	before := liveHeap()
 	c.ReplaceEntries(entries)
 	entries = nil
 	full := liveHeap()

@@ -1,0 +1,740 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/maphash"
+	"slices"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/sigil-id/sigil/registration"
+)
+
+// This file holds the agent's cold tier: the registration entries that
+// no workload asked for, that are not eager and that hold no SVID and no
+// minting state (with a bounded SVID cache and a million entries
+// parented to the agent, nearly all of them). A warm entry is an
+// entryState with its packed entry, its heaps and its index slot, about
+// 0.8 KB; a cold entry is only its record in an arena of large byte
+// chunks and a few fixed-size integers in tables without pointers, which
+// the garbage collector does not scan:
+//
+//   - records: the entry's packed encoding (packedEntry.raw), its
+//     generation, its parent (a reference into a small table of parent
+//     IDs) and its selectors, appended to chunks of up to coldChunkMax
+//     bytes;
+//   - slots: per entry, where its record is, its links in the selector
+//     index and its place in the spare heap (24 bytes);
+//   - an open-addressing table from entry ID to slot (4 bytes per
+//     entry, at most 3/4 full);
+//   - the selector index: an open-addressing table from the hash of a
+//     selector to a doubly linked list of the entries filed under it
+//     (each entry is filed under its least-shared selector, as in the
+//     warm index, so matching costs the entries filed under a
+//     workload's selectors);
+//   - the spare heap: the slots in order of their entry IDs, the order
+//     in which entries no workload asked for are minted while the SVID
+//     cache has room.
+//
+// Deleting a record leaves garbage in its chunk; a chunk (other than the
+// one appended to) that is half garbage has its live records moved to
+// the end and is freed, so the work a deletion causes is bounded by one
+// chunk. When the table of slots is mostly free it is renumbered.
+
+// Bounds of the arena's chunks: they start small (an agent with a few
+// entries holds a few KiB) and grow to coldChunkMax.
+const (
+	coldChunkMin = 4 << 10
+	coldChunkMax = 256 << 10
+)
+
+// coldStore is the cold tier. Its zero value is not ready: use
+// newColdStore. It is not safe for concurrent use (x509State's lock
+// guards it).
+type coldStore struct {
+	seed   maphash.Seed
+	chunks []coldChunk
+	// freeChunks are indexes of chunks that were freed, for reuse.
+	freeChunks []uint32
+	tail       int // the chunk records are appended to; -1 when none
+	slots      []coldSlot
+	freeSlots  []uint32
+	n          int
+	ids        []uint32 // slot+1; 0 is empty
+	sels       []selBucket
+	nsels      int
+	heap       []uint32
+	// parents interns parent IDs: a record holds 1 + an index into
+	// parents (0: no parent).
+	parents    []coldParent
+	parentIdx  map[string]uint32
+	freeParent []uint32
+	// hold: slots must not be renumbered (a caller holds slot numbers).
+	hold bool
+}
+
+type coldChunk struct {
+	b       []byte
+	garbage int
+}
+
+// coldSlot is where one cold entry is. A free slot has size 0.
+type coldSlot struct {
+	chunk, off, size uint32
+	prev, next       uint32 // in the selector index's list: slot+1, 0 none
+	hpos             uint32 // position in the spare heap + 1
+}
+
+type selBucket struct {
+	hash  uint64
+	head  uint32 // slot+1; 0: the bucket is empty
+	count uint32
+}
+
+type coldParent struct {
+	id   string
+	refs int32
+}
+
+func newColdStore() coldStore {
+	return coldStore{seed: maphash.MakeSeed(), tail: -1, parentIdx: make(map[string]uint32)}
+}
+
+// len is how many entries the store holds.
+func (c *coldStore) len() int { return c.n }
+
+// coldRec is a decoded record header; its byte slices are views of the
+// chunk, valid until the store changes.
+type coldRec struct {
+	gen    uint64
+	parent uint32
+	filed  uint8
+	// filedAt is the offset of the filed byte in the chunk.
+	filedAt uint32
+	sels    []byte // nsels times (uvarint length, bytes)
+	nsels   int
+	raw     []byte
+}
+
+// rec decodes the record of slot i.
+func (c *coldStore) rec(i uint32) coldRec {
+	s := &c.slots[i]
+	b := c.chunks[s.chunk].b[s.off : s.off+s.size]
+	_, l := binary.Uvarint(b)
+	p := l + 4 // the slot number
+	var r coldRec
+	r.gen, l = binary.Uvarint(b[p:])
+	p += l
+	parent, l := binary.Uvarint(b[p:])
+	r.parent = uint32(parent)
+	p += l
+	r.filed = b[p]
+	r.filedAt = s.off + uint32(p)
+	p++
+	nsels, l := binary.Uvarint(b[p:])
+	r.nsels = int(nsels)
+	p += l
+	start := p
+	for range r.nsels {
+		n, l := binary.Uvarint(b[p:])
+		p += l + int(n)
+	}
+	r.sels = b[start:p]
+	r.raw = b[p:]
+	return r
+}
+
+// eachSel calls f with each selector of r (a view of the chunk) until f
+// returns false.
+func (r *coldRec) eachSel(f func(i int, sel []byte) bool) {
+	b := r.sels
+	for i := range r.nsels {
+		n, l := binary.Uvarint(b)
+		if !f(i, b[l:l+int(n)]) {
+			return
+		}
+		b = b[l+int(n):]
+	}
+}
+
+// sel is r's i-th selector.
+func (r *coldRec) sel(i int) []byte {
+	var out []byte
+	r.eachSel(func(j int, s []byte) bool {
+		if j == i {
+			out = s
+			return false
+		}
+		return true
+	})
+	return out
+}
+
+// rawID is the entry ID in an entry encoding: its first field when the
+// encoding is deterministic (fields in order), else looked for.
+func rawID(raw []byte) []byte {
+	if len(raw) > 1 && raw[0] == byte(fieldID<<3|protowire.BytesType) {
+		n, l := protowire.ConsumeVarint(raw[1:])
+		if l > 0 && uint64(len(raw)-1-l) >= n {
+			return raw[1+l : 1+l+int(n)]
+		}
+	}
+	var out []byte
+	for rest := raw; len(rest) > 0; {
+		num, typ, l := protowire.ConsumeTag(rest)
+		if l < 0 {
+			break
+		}
+		m := protowire.ConsumeFieldValue(num, typ, rest[l:])
+		if m < 0 {
+			break
+		}
+		if num == fieldID && typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(rest[l:])
+			out = v
+		}
+		rest = rest[l+m:]
+	}
+	return out
+}
+
+// id is the entry ID of slot i, a view of the chunk.
+func (c *coldStore) id(i uint32) []byte {
+	r := c.rec(i)
+	return rawID(r.raw)
+}
+
+func (c *coldStore) hashID(id []byte) uint64 { return maphash.Bytes(c.seed, id) }
+
+// get returns the slot of the entry with ID id.
+func (c *coldStore) get(id string) (uint32, bool) {
+	if c.n == 0 {
+		return 0, false
+	}
+	mask := uint64(len(c.ids) - 1)
+	for i := maphash.String(c.seed, id) & mask; ; i = (i + 1) & mask {
+		v := c.ids[i]
+		if v == 0 {
+			return 0, false
+		}
+		if string(c.id(v-1)) == id {
+			return v - 1, true
+		}
+	}
+}
+
+// gen is the generation of slot i's entry.
+func (c *coldStore) gen(i uint32) uint64 { return c.rec(i).gen }
+
+// insert adds pe with generation gen; no entry with its ID may be held.
+// It returns its slot.
+func (c *coldStore) insert(pe *packedEntry, gen uint64) uint32 {
+	var parent uint32
+	if pe.parent != "" {
+		parent = c.internParent(pe.parent)
+	}
+	sels := make([][]byte, len(pe.sels))
+	for i, s := range pe.sels {
+		sels[i] = []byte(s)
+	}
+	return c.add([]byte(pe.raw), gen, parent, sels)
+}
+
+// add stores a record and indexes it.
+func (c *coldStore) add(raw []byte, gen uint64, parent uint32, sels [][]byte) uint32 {
+	var slot uint32
+	if n := len(c.freeSlots); n > 0 {
+		slot = c.freeSlots[n-1]
+		c.freeSlots = c.freeSlots[:n-1]
+	} else {
+		slot = uint32(len(c.slots))
+		c.slots = append(c.slots, coldSlot{})
+	}
+	// The selector it is filed under: the least shared.
+	filed := 0
+	if len(sels) > 0 {
+		best := c.selCount(sels[0])
+		for i := 1; i < len(sels); i++ {
+			if n := c.selCount(sels[i]); n < best {
+				filed, best = i, n
+			}
+		}
+	}
+	n := 4 + uvarintLen(gen) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	for _, s := range sels {
+		n += uvarintLen(uint64(len(s))) + len(s)
+	}
+	chunk, off := c.place(n)
+	ch := &c.chunks[chunk]
+	b := ch.b
+	b = binary.LittleEndian.AppendUint32(b, slot)
+	b = binary.AppendUvarint(b, gen)
+	b = binary.AppendUvarint(b, uint64(parent))
+	b = append(b, uint8(filed))
+	b = binary.AppendUvarint(b, uint64(len(sels)))
+	for _, s := range sels {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	b = append(b, raw...)
+	ch.b = b
+	s := &c.slots[slot]
+	s.chunk, s.off = chunk, off
+	s.size = uint32(len(c.chunks[chunk].b)) - off
+	c.n++
+	c.idsPut(slot)
+	if len(sels) > 0 {
+		c.link(slot, sels[filed])
+	}
+	c.heapPush(slot)
+	return slot
+}
+
+// place makes room for a record of n bytes after its length at the
+// end of the tail chunk and writes the length; the caller appends the n
+// bytes. It returns where the record starts.
+func (c *coldStore) place(n int) (uint32, uint32) {
+	need := uvarintLen(uint64(n)) + n
+	if c.tail < 0 || cap(c.chunks[c.tail].b)-len(c.chunks[c.tail].b) < need {
+		size := coldChunkMin
+		if c.tail >= 0 {
+			size = min(2*cap(c.chunks[c.tail].b), coldChunkMax)
+		}
+		size = max(size, need)
+		b := make([]byte, 0, size)
+		if k := len(c.freeChunks); k > 0 {
+			c.tail = int(c.freeChunks[k-1])
+			c.freeChunks = c.freeChunks[:k-1]
+			c.chunks[c.tail] = coldChunk{b: b}
+		} else {
+			c.tail = len(c.chunks)
+			c.chunks = append(c.chunks, coldChunk{b: b})
+		}
+	}
+	ch := &c.chunks[c.tail]
+	off := uint32(len(ch.b))
+	ch.b = binary.AppendUvarint(ch.b, uint64(n))
+	return uint32(c.tail), off
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+// remove forgets slot i's entry.
+func (c *coldStore) remove(i uint32) {
+	r := c.rec(i)
+	if r.parent != 0 {
+		c.releaseParent(r.parent)
+	}
+	if r.nsels > 0 {
+		c.unlink(i, r.sel(int(r.filed)))
+	}
+	c.idsDel(i)
+	c.heapRemove(i)
+	s := &c.slots[i]
+	chunk, size := s.chunk, s.size
+	*s = coldSlot{}
+	c.freeSlots = append(c.freeSlots, i)
+	c.n--
+	ch := &c.chunks[chunk]
+	ch.garbage += int(size)
+	switch {
+	case ch.garbage >= len(ch.b) && int(chunk) == c.tail:
+		ch.b, ch.garbage = ch.b[:0], 0
+	case ch.garbage >= len(ch.b):
+		c.freeChunk(chunk)
+	case int(chunk) != c.tail && 2*ch.garbage >= len(ch.b):
+		c.compact(chunk)
+	}
+	if c.n == 0 && !c.hold {
+		*c = coldStore{seed: c.seed, tail: -1, parentIdx: make(map[string]uint32)}
+		return
+	}
+	if !c.hold && len(c.slots) > 1024 && c.n < len(c.slots)/4 {
+		c.renumber()
+	}
+}
+
+func (c *coldStore) freeChunk(i uint32) {
+	c.chunks[i] = coldChunk{}
+	c.freeChunks = append(c.freeChunks, i)
+}
+
+// compact moves the live records of chunk i to the tail and frees it.
+func (c *coldStore) compact(i uint32) {
+	b := c.chunks[i].b
+	for off := 0; off < len(b); {
+		n, l := binary.Uvarint(b[off:])
+		body := b[off+l : off+l+int(n)]
+		slot := binary.LittleEndian.Uint32(body)
+		if int(slot) < len(c.slots) {
+			if s := &c.slots[slot]; s.size != 0 && s.chunk == i && int(s.off) == off {
+				chunk, noff := c.place(len(body))
+				c.chunks[chunk].b = append(c.chunks[chunk].b, body...)
+				s.chunk, s.off = chunk, noff
+			}
+		}
+		off += l + int(n)
+	}
+	c.freeChunk(i)
+}
+
+// renumber rebuilds the store with its entries in new, dense slots.
+func (c *coldStore) renumber() {
+	old := *c
+	*c = coldStore{seed: old.seed, tail: -1, parentIdx: make(map[string]uint32)}
+	for i := range old.slots {
+		if old.slots[i].size == 0 {
+			continue
+		}
+		r := old.rec(uint32(i))
+		var parent uint32
+		if r.parent != 0 {
+			parent = c.internParent(old.parents[r.parent-1].id)
+		}
+		sels := make([][]byte, 0, r.nsels)
+		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, s); return true })
+		c.add(r.raw, r.gen, parent, sels)
+	}
+}
+
+// release ends a hold (see hold) and renumbers if it was put off.
+func (c *coldStore) release() {
+	c.hold = false
+	if c.n == 0 {
+		*c = coldStore{seed: c.seed, tail: -1, parentIdx: make(map[string]uint32)}
+	} else if len(c.slots) > 1024 && c.n < len(c.slots)/4 {
+		c.renumber()
+	}
+}
+
+// The ID table: linear probing, deletion by backward shift.
+
+func (c *coldStore) idsPut(slot uint32) {
+	if 4*(c.n+1) > 3*len(c.ids) {
+		c.idsResize(max(16, 2*len(c.ids)))
+	}
+	c.idsInsert(slot)
+}
+
+func (c *coldStore) idsInsert(slot uint32) {
+	mask := uint64(len(c.ids) - 1)
+	for i := c.hashID(c.id(slot)) & mask; ; i = (i + 1) & mask {
+		if c.ids[i] == 0 {
+			c.ids[i] = slot + 1
+			return
+		}
+	}
+}
+
+func (c *coldStore) idsResize(n int) {
+	old := c.ids
+	c.ids = make([]uint32, n)
+	for _, v := range old {
+		if v != 0 {
+			c.idsInsert(v - 1)
+		}
+	}
+}
+
+func (c *coldStore) idsDel(slot uint32) {
+	mask := uint64(len(c.ids) - 1)
+	i := c.hashID(c.id(slot)) & mask
+	for c.ids[i] != slot+1 {
+		i = (i + 1) & mask
+	}
+	c.ids[i] = 0
+	// Move back the entries of the run after i whose home is not
+	// between i and them.
+	for j := (i + 1) & mask; c.ids[j] != 0; j = (j + 1) & mask {
+		home := c.hashID(c.id(c.ids[j]-1)) & mask
+		if (j-home)&mask >= (j-i)&mask {
+			c.ids[i], c.ids[j] = c.ids[j], 0
+			i = j
+		}
+	}
+	if len(c.ids) > 64 && 8*(c.n-1) < len(c.ids) {
+		c.idsResize(len(c.ids) / 2)
+	}
+}
+
+// The selector index: buckets by selector hash, linear probing,
+// deletion by backward shift. Different selectors with the same hash
+// share a bucket; matching checks each entry's selectors anyway.
+
+func (c *coldStore) bucket(h uint64) (int, bool) {
+	if len(c.sels) == 0 {
+		return 0, false
+	}
+	mask := uint64(len(c.sels) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		b := &c.sels[i]
+		if b.head == 0 {
+			return int(i), false
+		}
+		if b.hash == h {
+			return int(i), true
+		}
+	}
+}
+
+func (c *coldStore) selCount(sel []byte) uint32 {
+	if i, ok := c.bucket(maphash.Bytes(c.seed, sel)); ok {
+		return c.sels[i].count
+	}
+	return 0
+}
+
+func (c *coldStore) link(slot uint32, sel []byte) {
+	h := maphash.Bytes(c.seed, sel)
+	i, ok := c.bucket(h)
+	if !ok {
+		if 4*(c.nsels+1) > 3*len(c.sels) {
+			c.selsResize(max(16, 2*len(c.sels)))
+			i, _ = c.bucket(h)
+		}
+		c.sels[i] = selBucket{hash: h}
+		c.nsels++
+	}
+	b := &c.sels[i]
+	s := &c.slots[slot]
+	s.prev, s.next = 0, b.head
+	if b.head != 0 {
+		c.slots[b.head-1].prev = slot + 1
+	}
+	b.head = slot + 1
+	b.count++
+}
+
+func (c *coldStore) unlink(slot uint32, sel []byte) {
+	i, ok := c.bucket(maphash.Bytes(c.seed, sel))
+	if !ok {
+		return
+	}
+	b := &c.sels[i]
+	s := &c.slots[slot]
+	if s.prev != 0 {
+		c.slots[s.prev-1].next = s.next
+	} else {
+		b.head = s.next
+	}
+	if s.next != 0 {
+		c.slots[s.next-1].prev = s.prev
+	}
+	s.prev, s.next = 0, 0
+	if b.count--; b.count == 0 {
+		c.selsDel(i)
+	}
+}
+
+func (c *coldStore) selsResize(n int) {
+	old := c.sels
+	c.sels = make([]selBucket, n)
+	mask := uint64(n - 1)
+	for _, b := range old {
+		if b.head == 0 {
+			continue
+		}
+		i := b.hash & mask
+		for c.sels[i].head != 0 {
+			i = (i + 1) & mask
+		}
+		c.sels[i] = b
+	}
+}
+
+func (c *coldStore) selsDel(at int) {
+	mask := uint64(len(c.sels) - 1)
+	i := uint64(at)
+	c.sels[i] = selBucket{}
+	for j := (i + 1) & mask; c.sels[j].head != 0; j = (j + 1) & mask {
+		home := c.sels[j].hash & mask
+		if (j-home)&mask >= (j-i)&mask {
+			c.sels[i], c.sels[j] = c.sels[j], selBucket{}
+			i = j
+		}
+	}
+	c.nsels--
+	if len(c.sels) > 64 && 8*c.nsels < len(c.sels) {
+		c.selsResize(len(c.sels) / 2)
+	}
+}
+
+// match calls f with the slot of each entry filed under sel all of
+// whose selectors are in set. Each entry is filed under one selector,
+// so calling match with each selector of set finds each matching entry
+// once. f must not change the store.
+func (c *coldStore) match(sel string, set registration.SelectorSet, f func(uint32)) {
+	i, ok := c.bucket(maphash.String(c.seed, sel))
+	if !ok {
+		return
+	}
+	for v := c.sels[i].head; v != 0; v = c.slots[v-1].next {
+		slot := v - 1
+		r := c.rec(slot)
+		if string(r.sel(int(r.filed))) != sel {
+			continue // another selector with the same hash
+		}
+		all := r.nsels > 0
+		r.eachSel(func(_ int, s []byte) bool {
+			if _, in := set[string(s)]; !in {
+				all = false
+			}
+			return all
+		})
+		if all {
+			f(slot)
+		}
+	}
+}
+
+// equal reports whether slot i holds pe.
+func (c *coldStore) equal(i uint32, pe *packedEntry) bool {
+	r := c.rec(i)
+	if string(r.raw) != pe.raw || r.nsels != len(pe.sels) {
+		return false
+	}
+	if (r.parent == 0) != (pe.parent == "") || (r.parent != 0 && c.parents[r.parent-1].id != pe.parent) {
+		return false
+	}
+	same := true
+	r.eachSel(func(j int, s []byte) bool {
+		same = string(s) == pe.sels[j]
+		return same
+	})
+	return same
+}
+
+// packed returns slot i's entry as a packedEntry of its own (no memory
+// shared with the store), its parent and selectors not interned.
+func (c *coldStore) packed(i uint32) packedEntry {
+	r := c.rec(i)
+	p := packedEntry{raw: string(r.raw)}
+	if r.parent != 0 {
+		p.parent = c.parents[r.parent-1].id
+	}
+	p.sels = make([]string, 0, r.nsels)
+	r.eachSel(func(_ int, s []byte) bool { p.sels = append(p.sels, string(s)); return true })
+	p.fill()
+	return p
+}
+
+// each calls f with every slot held, in no order. f must not change the
+// store.
+func (c *coldStore) each(f func(uint32)) {
+	for i := range c.slots {
+		if c.slots[i].size != 0 {
+			f(uint32(i))
+		}
+	}
+}
+
+// Parents.
+
+func (c *coldStore) internParent(id string) uint32 {
+	if i, ok := c.parentIdx[id]; ok {
+		c.parents[i].refs++
+		return i + 1
+	}
+	var i uint32
+	if n := len(c.freeParent); n > 0 {
+		i = c.freeParent[n-1]
+		c.freeParent = c.freeParent[:n-1]
+		c.parents[i] = coldParent{id: id, refs: 1}
+	} else {
+		i = uint32(len(c.parents))
+		c.parents = append(c.parents, coldParent{id: id, refs: 1})
+	}
+	c.parentIdx[id] = i
+	return i + 1
+}
+
+func (c *coldStore) releaseParent(ref uint32) {
+	p := &c.parents[ref-1]
+	if p.refs--; p.refs == 0 {
+		delete(c.parentIdx, p.id)
+		*p = coldParent{}
+		c.freeParent = append(c.freeParent, ref-1)
+	}
+}
+
+// The spare heap: slots by entry ID.
+
+func (c *coldStore) less(a, b uint32) bool { return bytes.Compare(c.id(a), c.id(b)) < 0 }
+
+func (c *coldStore) heapSwap(i, j int) {
+	c.heap[i], c.heap[j] = c.heap[j], c.heap[i]
+	c.slots[c.heap[i]].hpos = uint32(i + 1)
+	c.slots[c.heap[j]].hpos = uint32(j + 1)
+}
+
+func (c *coldStore) heapUp(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !c.less(c.heap[i], c.heap[p]) {
+			return
+		}
+		c.heapSwap(i, p)
+		i = p
+	}
+}
+
+func (c *coldStore) heapDown(i int) bool {
+	moved := false
+	n := len(c.heap)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return moved
+		}
+		m := l
+		if r := l + 1; r < n && c.less(c.heap[r], c.heap[l]) {
+			m = r
+		}
+		if !c.less(c.heap[m], c.heap[i]) {
+			return moved
+		}
+		c.heapSwap(i, m)
+		i, moved = m, true
+	}
+}
+
+func (c *coldStore) heapPush(slot uint32) {
+	c.heap = append(c.heap, slot)
+	c.slots[slot].hpos = uint32(len(c.heap))
+	c.heapUp(len(c.heap) - 1)
+}
+
+func (c *coldStore) heapRemove(slot uint32) {
+	p := c.slots[slot].hpos
+	if p == 0 {
+		return
+	}
+	i, last := int(p-1), len(c.heap)-1
+	if i != last {
+		c.heapSwap(i, last)
+	}
+	c.heap = c.heap[:last]
+	c.slots[slot].hpos = 0
+	if i != last && !c.heapDown(i) {
+		c.heapUp(i)
+	}
+	if cp := cap(c.heap); cp > 1024 && len(c.heap) < cp/4 {
+		c.heap = slices.Clip(slices.Clone(c.heap))
+	}
+}
+
+// top is the slot of the entry with the least ID.
+func (c *coldStore) top() (uint32, bool) {
+	if len(c.heap) == 0 {
+		return 0, false
+	}
+	return c.heap[0], true
+}
