@@ -92,6 +92,16 @@ type selBucket struct {
 	count uint32
 }
 
+// coldMeta is what a cold entry keeps of its state besides the entry:
+// its generation, and when a workload last asked for it and a mint for
+// it last started (unix nanoseconds, 0 for never), so that an entry that
+// goes cold and is warmed again is evicted and reported as before.
+type coldMeta struct {
+	gen         uint64
+	lastReq     int64
+	lastAttempt int64
+}
+
 type coldParent struct {
 	id   string
 	refs int32
@@ -107,7 +117,7 @@ func (c *coldStore) len() int { return c.n }
 // coldRec is a decoded record header; its byte slices are views of the
 // chunk, valid until the store changes.
 type coldRec struct {
-	gen    uint64
+	coldMeta
 	parent uint32
 	filed  uint8
 	// filedAt is the offset of the filed byte in the chunk.
@@ -125,6 +135,10 @@ func (c *coldStore) rec(i uint32) coldRec {
 	p := l + 4 // the slot number
 	var r coldRec
 	r.gen, l = binary.Uvarint(b[p:])
+	p += l
+	r.lastReq, l = binary.Varint(b[p:])
+	p += l
+	r.lastAttempt, l = binary.Varint(b[p:])
 	p += l
 	parent, l := binary.Uvarint(b[p:])
 	r.parent = uint32(parent)
@@ -224,12 +238,12 @@ func (c *coldStore) get(id string) (uint32, bool) {
 	}
 }
 
-// gen is the generation of slot i's entry.
-func (c *coldStore) gen(i uint32) uint64 { return c.rec(i).gen }
+// meta is what slot i's entry keeps of its state.
+func (c *coldStore) meta(i uint32) coldMeta { return c.rec(i).coldMeta }
 
-// insert adds pe with generation gen; no entry with its ID may be held.
-// It returns its slot.
-func (c *coldStore) insert(pe *packedEntry, gen uint64) uint32 {
+// insert adds pe with m; no entry with its ID may be held. It returns
+// its slot.
+func (c *coldStore) insert(pe *packedEntry, m coldMeta) uint32 {
 	var parent uint32
 	if pe.parent != "" {
 		parent = c.internParent(pe.parent)
@@ -238,11 +252,11 @@ func (c *coldStore) insert(pe *packedEntry, gen uint64) uint32 {
 	for i, s := range pe.sels {
 		sels[i] = []byte(s)
 	}
-	return c.add([]byte(pe.raw), gen, parent, sels)
+	return c.add([]byte(pe.raw), m, parent, sels)
 }
 
 // add stores a record and indexes it.
-func (c *coldStore) add(raw []byte, gen uint64, parent uint32, sels [][]byte) uint32 {
+func (c *coldStore) add(raw []byte, m coldMeta, parent uint32, sels [][]byte) uint32 {
 	var slot uint32
 	if n := len(c.freeSlots); n > 0 {
 		slot = c.freeSlots[n-1]
@@ -261,7 +275,7 @@ func (c *coldStore) add(raw []byte, gen uint64, parent uint32, sels [][]byte) ui
 			}
 		}
 	}
-	n := 4 + uvarintLen(gen) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	n := 4 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
 	for _, s := range sels {
 		n += uvarintLen(uint64(len(s))) + len(s)
 	}
@@ -269,7 +283,9 @@ func (c *coldStore) add(raw []byte, gen uint64, parent uint32, sels [][]byte) ui
 	ch := &c.chunks[chunk]
 	b := ch.b
 	b = binary.LittleEndian.AppendUint32(b, slot)
-	b = binary.AppendUvarint(b, gen)
+	b = binary.AppendUvarint(b, m.gen)
+	b = binary.AppendVarint(b, m.lastReq)
+	b = binary.AppendVarint(b, m.lastAttempt)
 	b = binary.AppendUvarint(b, uint64(parent))
 	b = append(b, uint8(filed))
 	b = binary.AppendUvarint(b, uint64(len(sels)))
@@ -316,6 +332,14 @@ func (c *coldStore) place(n int) (uint32, uint32) {
 	off := uint32(len(ch.b))
 	ch.b = binary.AppendUvarint(ch.b, uint64(n))
 	return uint32(c.tail), off
+}
+
+func varintLen(v int64) int {
+	u := uint64(v) << 1
+	if v < 0 {
+		u = ^u
+	}
+	return uvarintLen(u)
 }
 
 func uvarintLen(v uint64) int {
@@ -401,7 +425,7 @@ func (c *coldStore) renumber() {
 		}
 		sels := make([][]byte, 0, r.nsels)
 		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, s); return true })
-		c.add(r.raw, r.gen, parent, sels)
+		c.add(r.raw, r.coldMeta, parent, sels)
 	}
 }
 

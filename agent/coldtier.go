@@ -25,8 +25,9 @@ import (
 //     an SVID evicted or expired, an entry idle past IdleAfter, an
 //     entry that a JWT request matched.
 //
-// Going cold bumps the entry set's version, so that the subscriptions'
-// memo of matched entries (which may hold the entryState) is dropped.
+// An entry that a subscription matched goes cold with a new version of
+// the entry set, so that the subscriptions' memo of matched entries
+// (which may hold its entryState) is dropped.
 // With an unbounded cache (every entry is minted) nothing goes cold.
 
 // upsertAny installs pe, a new or changed entry, in its tier. It reports
@@ -40,6 +41,8 @@ func (s *x509State) upsertAny(pe *packedEntry, ch *changes) (st *entryState, slo
 		s.entries[st.entry.id] = st
 		return st, 0, false
 	}
+	// A changed entry keeps what it remembers of its state (as upsert).
+	var m coldMeta
 	if slot, ok := s.cold.get(pe.id); ok {
 		if s.cold.equal(slot, pe) {
 			return nil, slot, true
@@ -49,16 +52,18 @@ func (s *x509State) upsertAny(pe *packedEntry, ch *changes) (st *entryState, slo
 			ch.jwtBundles = true
 		}
 		ch.jwtDrop = append(ch.jwtDrop, pe.id)
+		m = s.cold.meta(slot)
 		s.cold.remove(slot)
 	}
-	if s.policy.max > 0 && !s.isEager(pe.sels) {
+	if s.policy.max > 0 && !s.coldOff && !s.isEager(pe.sels) {
 		if pe.fed {
 			ch.jwtBundles = true
 		}
 		s.genSeq++
-		return nil, s.cold.insert(pe, s.genSeq), true
+		m.gen = s.genSeq
+		return nil, s.cold.insert(pe, m), true
 	}
-	st = &entryState{}
+	st = &entryState{lastReq: m.lastReq, lastAttempt: unnanos(m.lastAttempt)}
 	s.upsert(st, pe, ch)
 	s.entries[st.entry.id] = st
 	return st, 0, false
@@ -78,7 +83,8 @@ func (s *x509State) coldDeleted(i uint32, ch *changes) {
 // state, in the spare queue. The entry keeps its generation.
 func (s *x509State) warm(i uint32) *entryState {
 	pe := s.cold.packed(i)
-	st := &entryState{gen: s.cold.gen(i)}
+	m := s.cold.meta(i)
+	st := &entryState{gen: m.gen, lastReq: m.lastReq, lastAttempt: unnanos(m.lastAttempt)}
 	s.cold.remove(i)
 	st.entry = s.internEntry(pe)
 	st.fp = fingerprintOf(&st.entry)
@@ -90,7 +96,7 @@ func (s *x509State) warm(i uint32) *entryState {
 
 // coldOK reports whether st's state is that of a cold entry.
 func (s *x509State) coldOK(st *entryState) bool {
-	return s.policy.max > 0 && !st.gone && st.q == qSpare && st.refs == 0 && !st.active && !st.released &&
+	return s.policy.max > 0 && !s.coldOff && !st.gone && st.q == qSpare && st.refs == 0 && !st.active && !st.released &&
 		!st.eager && st.svid == nil && st.pending == nil && !st.inflight && !st.denied &&
 		st.failures == 0 && st.retryAt.IsZero() && st.lastError == "" && st.failStreak == 0 &&
 		st.idlePos == 0 && st.evPos == 0 && st.exPos == 0
@@ -122,10 +128,10 @@ func (s *x509State) coolDown() {
 		st.q = qNone
 		s.unindex(st, st.entry.sels)
 		delete(s.entries, st.entry.id)
-		s.cold.insert(&st.entry, st.gen)
+		s.cold.insert(&st.entry, coldMeta{gen: st.gen, lastReq: st.lastReq, lastAttempt: nanos(st.lastAttempt)})
 		s.releaseEntry(&st.entry)
 		st.gone = true
-		cooled = true
+		cooled = cooled || st.refd
 	}
 	clear(s.cooling)
 	s.cooling = s.cooling[:0]
@@ -202,7 +208,8 @@ func (s *x509State) peek(id string) *entryState {
 	if !ok {
 		return nil
 	}
-	st := &entryState{entry: s.cold.packed(slot), gen: s.cold.gen(slot), q: qSpare}
+	m := s.cold.meta(slot)
+	st := &entryState{entry: s.cold.packed(slot), gen: m.gen, lastReq: m.lastReq, lastAttempt: unnanos(m.lastAttempt), q: qSpare}
 	st.fp = fingerprintOf(&st.entry)
 	return st
 }
@@ -213,7 +220,7 @@ func (s *x509State) genOf(id string) uint64 {
 		return st.gen
 	}
 	if slot, ok := s.cold.get(id); ok {
-		return s.cold.gen(slot)
+		return s.cold.meta(slot).gen
 	}
 	return 0
 }

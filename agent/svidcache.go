@@ -480,6 +480,7 @@ func (s *x509State) overCapacity() int {
 // ref records that a subscription matches st: it is active from now on.
 func (s *x509State) ref(st *entryState) {
 	st.refs++
+	st.refd = true
 	if st.refs != 1 || st.gone {
 		return
 	}

@@ -216,6 +216,9 @@ type entryState struct {
 	gone      bool // deleted, or gone to the cold tier
 	roomTaken bool // counted in x509State.inflightNew
 	cooling   bool // in x509State.cooling
+	// refd: a subscription matched the entry at some point (the
+	// subscriptions' memo may hold it).
+	refd bool
 }
 
 // attemptFailed records a failed attempt for the rotation reports.
@@ -404,8 +407,10 @@ type x509State struct {
 	idle        entryHeap
 	// released are entries whose last subscription ended, for Release.
 	released []*entryState
-	// cooling are entries that may go to the cold tier (coolDown).
+	// cooling are entries that may go to the cold tier (coolDown);
+	// coldOff keeps every entry warm (tests compare the two).
 	cooling []*entryState
+	coldOff bool
 }
 
 // newX509State returns an empty state that draws its jitter from jitter
