@@ -160,6 +160,15 @@ func (c *cache) reportStates(max int) ([]svidReport, int) {
 	return out, held
 }
 
+// rotationReport is what a report of at most max SVIDs carries: the view
+// (reportView of the states reportSet lists), how many entries the agent
+// holds, and whether the view leaves some out.
+func (c *cache) rotationReport(max int) (view []svidReport, held int, truncated bool) {
+	states, held := c.reportStates(max)
+	view, _, truncated = reportView(states, max)
+	return view, held, truncated || held > len(view)
+}
+
 // kickReport wakes the report loop.
 func (c *cache) kickReport() {
 	select {
@@ -357,9 +366,7 @@ func (a *Agent) reportLoop(ctx context.Context, client sigilv1.NodeClient) {
 // Report.
 func (s *reportSession) send(ctx context.Context, now time.Time, changesOnly bool) bool {
 	a := s.a
-	states, held := a.cache.reportStates(MaxReportSVIDs)
-	view, _, truncated := reportView(states, MaxReportSVIDs)
-	truncated = truncated || held > len(view)
+	view, held, truncated := a.cache.rotationReport(MaxReportSVIDs)
 	agentSVID := a.agentReport()
 	full := s.needFull
 	var changed []svidReport
