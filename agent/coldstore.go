@@ -25,7 +25,7 @@ import (
 //     IDs) and its selectors, appended to chunks of up to coldChunkMax
 //     bytes;
 //   - slots: per entry, where its record is, its links in the selector
-//     index and its place in the spare heap (24 bytes);
+//     index and its place in the spare heap (20 bytes);
 //   - an open-addressing table from entry ID to slot (4 bytes per
 //     entry, at most 3/4 full);
 //   - the selector index: an open-addressing table from the hash of a
@@ -79,15 +79,23 @@ type coldChunk struct {
 	garbage int
 }
 
-// coldSlot is where one cold entry is. A free slot has size 0.
+// coldSlot is where one cold entry is (its record's length is the
+// record's first bytes). A free slot's chunk is freeSlot.
 type coldSlot struct {
-	chunk, off, size uint32
-	prev, next       uint32 // in the selector index's list: slot+1, 0 none
-	hpos             uint32 // position in the spare heap + 1
+	chunk, off uint32
+	prev, next uint32 // in the selector index's list: slot+1, 0 none
+	hpos       uint32 // position in the spare heap + 1
 }
 
+const freeSlot = ^uint32(0)
+
+func (s *coldSlot) live() bool { return s.chunk != freeSlot }
+
+// selBucket is one selector's list in the selector index, keyed by 32
+// bits of the selector's hash: selectors whose hashes agree in them
+// share a list, which matching tells apart.
 type selBucket struct {
-	hash  uint64
+	hash  uint32
 	head  uint32 // slot+1; 0: the bucket is empty
 	count uint32
 }
@@ -130,8 +138,9 @@ type coldRec struct {
 // rec decodes the record of slot i.
 func (c *coldStore) rec(i uint32) coldRec {
 	s := &c.slots[i]
-	b := c.chunks[s.chunk].b[s.off : s.off+s.size]
-	_, l := binary.Uvarint(b)
+	b := c.chunks[s.chunk].b[s.off:]
+	n, l := binary.Uvarint(b)
+	b = b[:l+int(n)]
 	p := l + 4 // the slot number
 	var r coldRec
 	r.gen, l = binary.Uvarint(b[p:])
@@ -263,7 +272,7 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent uint32, sels [][]byte) ui
 		c.freeSlots = c.freeSlots[:n-1]
 	} else {
 		slot = uint32(len(c.slots))
-		c.slots = append(c.slots, coldSlot{})
+		c.slots = append(c.slots, coldSlot{chunk: freeSlot})
 	}
 	// The selector it is filed under: the least shared.
 	filed := 0
@@ -297,7 +306,6 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent uint32, sels [][]byte) ui
 	ch.b = b
 	s := &c.slots[slot]
 	s.chunk, s.off = chunk, off
-	s.size = uint32(len(c.chunks[chunk].b)) - off
 	c.n++
 	c.idsPut(slot)
 	if len(sels) > 0 {
@@ -363,8 +371,10 @@ func (c *coldStore) remove(i uint32) {
 	c.idsDel(i)
 	c.heapRemove(i)
 	s := &c.slots[i]
-	chunk, size := s.chunk, s.size
-	*s = coldSlot{}
+	chunk := s.chunk
+	n, l := binary.Uvarint(c.chunks[chunk].b[s.off:])
+	size := uint32(l) + uint32(n)
+	*s = coldSlot{chunk: freeSlot}
 	c.freeSlots = append(c.freeSlots, i)
 	c.n--
 	ch := &c.chunks[chunk]
@@ -399,7 +409,7 @@ func (c *coldStore) compact(i uint32) {
 		body := b[off+l : off+l+int(n)]
 		slot := binary.LittleEndian.Uint32(body)
 		if int(slot) < len(c.slots) {
-			if s := &c.slots[slot]; s.size != 0 && s.chunk == i && int(s.off) == off {
+			if s := &c.slots[slot]; s.chunk == i && int(s.off) == off {
 				chunk, noff := c.place(len(body))
 				c.chunks[chunk].b = append(c.chunks[chunk].b, body...)
 				s.chunk, s.off = chunk, noff
@@ -415,7 +425,7 @@ func (c *coldStore) renumber() {
 	old := *c
 	*c = coldStore{seed: old.seed, tail: -1, parentIdx: make(map[string]uint32)}
 	for i := range old.slots {
-		if old.slots[i].size == 0 {
+		if !old.slots[i].live() {
 			continue
 		}
 		r := old.rec(uint32(i))
@@ -493,11 +503,11 @@ func (c *coldStore) idsDel(slot uint32) {
 // deletion by backward shift. Different selectors with the same hash
 // share a bucket; matching checks each entry's selectors anyway.
 
-func (c *coldStore) bucket(h uint64) (int, bool) {
+func (c *coldStore) bucket(h uint32) (int, bool) {
 	if len(c.sels) == 0 {
 		return 0, false
 	}
-	mask := uint64(len(c.sels) - 1)
+	mask := uint32(len(c.sels) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
 		b := &c.sels[i]
 		if b.head == 0 {
@@ -510,14 +520,14 @@ func (c *coldStore) bucket(h uint64) (int, bool) {
 }
 
 func (c *coldStore) selCount(sel []byte) uint32 {
-	if i, ok := c.bucket(maphash.Bytes(c.seed, sel)); ok {
+	if i, ok := c.bucket(uint32(maphash.Bytes(c.seed, sel))); ok {
 		return c.sels[i].count
 	}
 	return 0
 }
 
 func (c *coldStore) link(slot uint32, sel []byte) {
-	h := maphash.Bytes(c.seed, sel)
+	h := uint32(maphash.Bytes(c.seed, sel))
 	i, ok := c.bucket(h)
 	if !ok {
 		if 4*(c.nsels+1) > 3*len(c.sels) {
@@ -538,7 +548,7 @@ func (c *coldStore) link(slot uint32, sel []byte) {
 }
 
 func (c *coldStore) unlink(slot uint32, sel []byte) {
-	i, ok := c.bucket(maphash.Bytes(c.seed, sel))
+	i, ok := c.bucket(uint32(maphash.Bytes(c.seed, sel)))
 	if !ok {
 		return
 	}
@@ -561,7 +571,7 @@ func (c *coldStore) unlink(slot uint32, sel []byte) {
 func (c *coldStore) selsResize(n int) {
 	old := c.sels
 	c.sels = make([]selBucket, n)
-	mask := uint64(n - 1)
+	mask := uint32(n - 1)
 	for _, b := range old {
 		if b.head == 0 {
 			continue
@@ -575,8 +585,8 @@ func (c *coldStore) selsResize(n int) {
 }
 
 func (c *coldStore) selsDel(at int) {
-	mask := uint64(len(c.sels) - 1)
-	i := uint64(at)
+	mask := uint32(len(c.sels) - 1)
+	i := uint32(at)
 	c.sels[i] = selBucket{}
 	for j := (i + 1) & mask; c.sels[j].head != 0; j = (j + 1) & mask {
 		home := c.sels[j].hash & mask
@@ -596,7 +606,7 @@ func (c *coldStore) selsDel(at int) {
 // so calling match with each selector of set finds each matching entry
 // once. f must not change the store.
 func (c *coldStore) match(sel string, set registration.SelectorSet, f func(uint32)) {
-	i, ok := c.bucket(maphash.String(c.seed, sel))
+	i, ok := c.bucket(uint32(maphash.String(c.seed, sel)))
 	if !ok {
 		return
 	}
@@ -654,7 +664,7 @@ func (c *coldStore) packed(i uint32) packedEntry {
 // store.
 func (c *coldStore) each(f func(uint32)) {
 	for i := range c.slots {
-		if c.slots[i].size != 0 {
+		if c.slots[i].live() {
 			f(uint32(i))
 		}
 	}

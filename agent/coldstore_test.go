@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -127,8 +128,9 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 	}
 	used := 0
 	for i := range c.slots {
-		if c.slots[i].size != 0 {
-			used += int(c.slots[i].size)
+		if c.slots[i].live() {
+			n, l := binary.Uvarint(c.chunks[c.slots[i].chunk].b[c.slots[i].off:])
+			used += l + int(n)
 		}
 	}
 	if live != used {
