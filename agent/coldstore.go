@@ -20,10 +20,10 @@ import (
 // chunks and a few fixed-size integers in tables without pointers, which
 // the garbage collector does not scan:
 //
-//   - records: the entry's packed encoding (packedEntry.raw), its
-//     generation, its parent (a reference into a small table of parent
-//     IDs) and its selectors, appended to chunks of up to coldChunkMax
-//     bytes;
+//   - records: the entry's packed encoding (packedEntry.raw) with its
+//     SPIFFE ID's directory (up to the last slash) taken out and
+//     interned, its generation, its parent (interned too) and its
+//     selectors, appended to chunks of up to coldChunkMax bytes;
 //   - slots: per entry, where its record is, its links in the selector
 //     index and its place in the spare heap (20 bytes);
 //   - an open-addressing table from entry ID to slot (4 bytes per
@@ -65,11 +65,10 @@ type coldStore struct {
 	sels       []selBucket
 	nsels      int
 	heap       []uint32
-	// parents interns parent IDs: a record holds 1 + an index into
-	// parents (0: no parent).
-	parents    []coldParent
-	parentIdx  map[string]uint32
-	freeParent []uint32
+	// parents interns parent IDs and dirs the directories of SPIFFE IDs
+	// (up to their last slash), which many entries share.
+	parents refTable
+	dirs    refTable
 	// hold: slots must not be renumbered (a caller holds slot numbers).
 	hold bool
 }
@@ -110,14 +109,66 @@ type coldMeta struct {
 	lastAttempt int64
 }
 
+// refTable interns strings that many cold entries share, counting their
+// holders: a record holds 1 + an index into list (0: none).
+type refTable struct {
+	list []coldParent
+	idx  map[string]uint32
+	free []uint32
+}
+
 type coldParent struct {
 	id   string
 	refs int32
 }
 
-func newColdStore() coldStore {
-	return coldStore{seed: maphash.MakeSeed(), tail: -1, parentIdx: make(map[string]uint32)}
+func (t *refTable) intern(id string) uint32 {
+	if i, ok := t.idx[id]; ok {
+		t.list[i].refs++
+		return i + 1
+	}
+	if t.idx == nil {
+		t.idx = make(map[string]uint32)
+	}
+	var i uint32
+	if n := len(t.free); n > 0 {
+		i = t.free[n-1]
+		t.free = t.free[:n-1]
+		t.list[i] = coldParent{id: id, refs: 1}
+	} else {
+		i = uint32(len(t.list))
+		t.list = append(t.list, coldParent{id: id, refs: 1})
+	}
+	t.idx[id] = i
+	return i + 1
 }
+
+func (t *refTable) release(ref uint32) {
+	if ref == 0 {
+		return
+	}
+	p := &t.list[ref-1]
+	if p.refs--; p.refs == 0 {
+		delete(t.idx, p.id)
+		*p = coldParent{}
+		t.free = append(t.free, ref-1)
+	}
+}
+
+// get is the string ref names, "" for none.
+func (t *refTable) get(ref uint32) string {
+	if ref == 0 {
+		return ""
+	}
+	return t.list[ref-1].id
+}
+
+func newColdStore() coldStore {
+	return coldStore{seed: maphash.MakeSeed(), tail: -1}
+}
+
+// reset empties the store.
+func (c *coldStore) reset() { *c = coldStore{seed: c.seed, tail: -1} }
 
 // len is how many entries the store holds.
 func (c *coldStore) len() int { return c.n }
@@ -132,7 +183,12 @@ type coldRec struct {
 	filedAt uint32
 	sels    []byte // nsels times (uvarint length, bytes)
 	nsels   int
-	raw     []byte
+	// dir is the reference of the SPIFFE ID's directory when the SPIFFE
+	// ID was taken out of raw (0: raw is whole); leaf is the rest of it,
+	// which goes back right after the ID (fullRaw).
+	dir  uint32
+	leaf []byte
+	raw  []byte
 }
 
 // rec decodes the record of slot i.
@@ -164,8 +220,58 @@ func (c *coldStore) rec(i uint32) coldRec {
 		p += l + int(n)
 	}
 	r.sels = b[start:p]
+	dir, l := binary.Uvarint(b[p:])
+	r.dir = uint32(dir)
+	p += l
+	if r.dir != 0 {
+		n, l := binary.Uvarint(b[p:])
+		r.leaf = b[p+l : p+l+int(n)]
+		p += l + int(n)
+	}
 	r.raw = b[p:]
 	return r
+}
+
+// splitSPIFFE finds, in an entry's encoding that starts with its ID
+// (field 1) followed by its SPIFFE ID (field 2), the length of the first
+// field, that of the second and the SPIFFE ID; ok is false for any other
+// layout.
+func splitSPIFFE(raw []byte) (f1, f2 int, val []byte, ok bool) {
+	num, typ, l := protowire.ConsumeTag(raw)
+	if l < 0 || num != fieldID || typ != protowire.BytesType {
+		return 0, 0, nil, false
+	}
+	if m := protowire.ConsumeFieldValue(num, typ, raw[l:]); m < 0 {
+		return 0, 0, nil, false
+	} else {
+		f1 = l + m
+	}
+	num, typ, l = protowire.ConsumeTag(raw[f1:])
+	if l < 0 || num != fieldSPIFFEID || typ != protowire.BytesType {
+		return 0, 0, nil, false
+	}
+	v, m := protowire.ConsumeBytes(raw[f1+l:])
+	if m < 0 {
+		return 0, 0, nil, false
+	}
+	return f1, l + m, v, true
+}
+
+// fullRaw is the entry's encoding with its SPIFFE ID back in place.
+func (c *coldStore) fullRaw(r *coldRec) []byte {
+	if r.dir == 0 {
+		return r.raw
+	}
+	_, _, l := protowire.ConsumeTag(r.raw)
+	_, m := protowire.ConsumeBytes(r.raw[l:])
+	dir := c.dirs.get(r.dir)
+	out := make([]byte, 0, len(r.raw)+2+binary.MaxVarintLen64+len(dir)+len(r.leaf))
+	out = append(out, r.raw[:l+m]...)
+	out = protowire.AppendTag(out, fieldSPIFFEID, protowire.BytesType)
+	out = protowire.AppendVarint(out, uint64(len(dir)+len(r.leaf)))
+	out = append(out, dir...)
+	out = append(out, r.leaf...)
+	return append(out, r.raw[l+m:]...)
 }
 
 // eachSel calls f with each selector of r (a view of the chunk) until f
@@ -255,17 +361,28 @@ func (c *coldStore) meta(i uint32) coldMeta { return c.rec(i).coldMeta }
 func (c *coldStore) insert(pe *packedEntry, m coldMeta) uint32 {
 	var parent uint32
 	if pe.parent != "" {
-		parent = c.internParent(pe.parent)
+		parent = c.parents.intern(pe.parent)
 	}
 	sels := make([][]byte, len(pe.sels))
 	for i, s := range pe.sels {
 		sels[i] = []byte(s)
 	}
-	return c.add([]byte(pe.raw), m, parent, sels)
+	raw := []byte(pe.raw)
+	var dir uint32
+	var leaf []byte
+	if f1, f2, v, ok := splitSPIFFE(raw); ok {
+		if k := bytes.LastIndexByte(v, '/'); k >= 0 {
+			dir = c.dirs.intern(string(v[:k+1]))
+			leaf = bytes.Clone(v[k+1:])
+			raw = append(raw[:f1], raw[f1+f2:]...)
+		}
+	}
+	return c.add(raw, m, parent, dir, leaf, sels)
 }
 
-// add stores a record and indexes it.
-func (c *coldStore) add(raw []byte, m coldMeta, parent uint32, sels [][]byte) uint32 {
+// add stores a record and indexes it; raw is without its SPIFFE ID when
+// dir is not 0 (insert).
+func (c *coldStore) add(raw []byte, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte) uint32 {
 	var slot uint32
 	if n := len(c.freeSlots); n > 0 {
 		slot = c.freeSlots[n-1]
@@ -288,6 +405,10 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent uint32, sels [][]byte) ui
 	for _, s := range sels {
 		n += uvarintLen(uint64(len(s))) + len(s)
 	}
+	n += uvarintLen(uint64(dir))
+	if dir != 0 {
+		n += uvarintLen(uint64(len(leaf))) + len(leaf)
+	}
 	chunk, off := c.place(n)
 	ch := &c.chunks[chunk]
 	b := ch.b
@@ -301,6 +422,11 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent uint32, sels [][]byte) ui
 	for _, s := range sels {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
+	}
+	b = binary.AppendUvarint(b, uint64(dir))
+	if dir != 0 {
+		b = binary.AppendUvarint(b, uint64(len(leaf)))
+		b = append(b, leaf...)
 	}
 	b = append(b, raw...)
 	ch.b = b
@@ -362,9 +488,8 @@ func uvarintLen(v uint64) int {
 // remove forgets slot i's entry.
 func (c *coldStore) remove(i uint32) {
 	r := c.rec(i)
-	if r.parent != 0 {
-		c.releaseParent(r.parent)
-	}
+	c.parents.release(r.parent)
+	c.dirs.release(r.dir)
 	if r.nsels > 0 {
 		c.unlink(i, r.sel(int(r.filed)))
 	}
@@ -388,7 +513,7 @@ func (c *coldStore) remove(i uint32) {
 		c.compact(chunk)
 	}
 	if c.n == 0 && !c.hold {
-		*c = coldStore{seed: c.seed, tail: -1, parentIdx: make(map[string]uint32)}
+		c.reset()
 		return
 	}
 	if !c.hold && len(c.slots) > 1024 && c.n < len(c.slots)/4 {
@@ -423,19 +548,22 @@ func (c *coldStore) compact(i uint32) {
 // renumber rebuilds the store with its entries in new, dense slots.
 func (c *coldStore) renumber() {
 	old := *c
-	*c = coldStore{seed: old.seed, tail: -1, parentIdx: make(map[string]uint32)}
+	c.reset()
 	for i := range old.slots {
 		if !old.slots[i].live() {
 			continue
 		}
 		r := old.rec(uint32(i))
-		var parent uint32
+		var parent, dir uint32
 		if r.parent != 0 {
-			parent = c.internParent(old.parents[r.parent-1].id)
+			parent = c.parents.intern(old.parents.get(r.parent))
+		}
+		if r.dir != 0 {
+			dir = c.dirs.intern(old.dirs.get(r.dir))
 		}
 		sels := make([][]byte, 0, r.nsels)
 		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, s); return true })
-		c.add(r.raw, r.coldMeta, parent, sels)
+		c.add(r.raw, r.coldMeta, parent, dir, r.leaf, sels)
 	}
 }
 
@@ -443,7 +571,7 @@ func (c *coldStore) renumber() {
 func (c *coldStore) release() {
 	c.hold = false
 	if c.n == 0 {
-		*c = coldStore{seed: c.seed, tail: -1, parentIdx: make(map[string]uint32)}
+		c.reset()
 	} else if len(c.slots) > 1024 && c.n < len(c.slots)/4 {
 		c.renumber()
 	}
@@ -632,10 +760,7 @@ func (c *coldStore) match(sel string, set registration.SelectorSet, f func(uint3
 // equal reports whether slot i holds pe.
 func (c *coldStore) equal(i uint32, pe *packedEntry) bool {
 	r := c.rec(i)
-	if string(r.raw) != pe.raw || r.nsels != len(pe.sels) {
-		return false
-	}
-	if (r.parent == 0) != (pe.parent == "") || (r.parent != 0 && c.parents[r.parent-1].id != pe.parent) {
+	if r.nsels != len(pe.sels) || c.parents.get(r.parent) != pe.parent || string(c.fullRaw(&r)) != pe.raw {
 		return false
 	}
 	same := true
@@ -650,10 +775,7 @@ func (c *coldStore) equal(i uint32, pe *packedEntry) bool {
 // shared with the store), its parent and selectors not interned.
 func (c *coldStore) packed(i uint32) packedEntry {
 	r := c.rec(i)
-	p := packedEntry{raw: string(r.raw)}
-	if r.parent != 0 {
-		p.parent = c.parents[r.parent-1].id
-	}
+	p := packedEntry{raw: string(c.fullRaw(&r)), parent: c.parents.get(r.parent)}
 	p.sels = make([]string, 0, r.nsels)
 	r.eachSel(func(_ int, s []byte) bool { p.sels = append(p.sels, string(s)); return true })
 	p.fill()
@@ -667,35 +789,6 @@ func (c *coldStore) each(f func(uint32)) {
 		if c.slots[i].live() {
 			f(uint32(i))
 		}
-	}
-}
-
-// Parents.
-
-func (c *coldStore) internParent(id string) uint32 {
-	if i, ok := c.parentIdx[id]; ok {
-		c.parents[i].refs++
-		return i + 1
-	}
-	var i uint32
-	if n := len(c.freeParent); n > 0 {
-		i = c.freeParent[n-1]
-		c.freeParent = c.freeParent[:n-1]
-		c.parents[i] = coldParent{id: id, refs: 1}
-	} else {
-		i = uint32(len(c.parents))
-		c.parents = append(c.parents, coldParent{id: id, refs: 1})
-	}
-	c.parentIdx[id] = i
-	return i + 1
-}
-
-func (c *coldStore) releaseParent(ref uint32) {
-	p := &c.parents[ref-1]
-	if p.refs--; p.refs == 0 {
-		delete(c.parentIdx, p.id)
-		*p = coldParent{}
-		c.freeParent = append(c.freeParent, ref-1)
 	}
 }
 

@@ -106,14 +106,27 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 	if listed != withSels {
 		t.Fatalf("selector index lists %d entries, %d have selectors", listed, withSels)
 	}
-	for _, p := range c.parents {
+	for _, p := range c.parents.list {
 		if p.refs != refs[p.id] {
 			t.Fatalf("parent %q has %d references, want %d", p.id, p.refs, refs[p.id])
 		}
 		delete(refs, p.id)
 	}
-	if len(refs) != 0 || len(c.parentIdx) != len(c.parents)-len(c.freeParent) {
+	if len(refs) != 0 || len(c.parents.idx) != len(c.parents.list)-len(c.parents.free) {
 		t.Fatalf("parents not interned: %v", refs)
+	}
+	dirs := map[string]int32{}
+	for _, e := range m {
+		dirs[e.pe.spiffeID[:strings.LastIndexByte(e.pe.spiffeID, '/')+1]]++
+	}
+	for _, d := range c.dirs.list {
+		if d.refs != dirs[d.id] {
+			t.Fatalf("SPIFFE ID directory %q has %d references, want %d", d.id, d.refs, dirs[d.id])
+		}
+		delete(dirs, d.id)
+	}
+	if len(dirs) != 0 || len(c.dirs.idx) != len(c.dirs.list)-len(c.dirs.free) {
+		t.Fatalf("SPIFFE ID directories not interned: %v", dirs)
 	}
 	for i := 1; i < len(c.heap); i++ {
 		if c.less(c.heap[i], c.heap[(i-1)/2]) {
@@ -251,9 +264,9 @@ func TestColdStoreMatchesModel(t *testing.T) {
 				delete(m, id)
 			}
 			m.check(t, c, probes)
-			if len(c.chunks) != 0 || len(c.slots) != 0 || len(c.ids) != 0 || len(c.sels) != 0 || len(c.heap) != 0 || len(c.parents) != 0 {
+			if len(c.chunks) != 0 || len(c.slots) != 0 || len(c.ids) != 0 || len(c.sels) != 0 || len(c.heap) != 0 || len(c.parents.list) != 0 || len(c.dirs.list) != 0 {
 				t.Fatalf("an empty store keeps %d chunks, %d slots, %d ids, %d buckets, %d heap, %d parents",
-					len(c.chunks), len(c.slots), len(c.ids), len(c.sels), len(c.heap), len(c.parents))
+					len(c.chunks), len(c.slots), len(c.ids), len(c.sels), len(c.heap), len(c.parents.list))
 			}
 		})
 	}

@@ -124,8 +124,7 @@ func (s *x509State) reportSet(max int) (out []entryReport, held int) {
 	}
 	if all {
 		s.cold.each(func(i uint32) {
-			pe := packedEntry{raw: string(s.cold.rec(i).raw)}
-			pe.fill()
+			pe := s.cold.packed(i)
 			out = append(out, entryReport{id: pe.id, spiffeID: pe.spiffeID})
 		})
 	}

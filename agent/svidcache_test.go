@@ -222,7 +222,7 @@ func TestBoundedCacheDeletedEntriesLeave(t *testing.T) {
 	for k := range s.strs {
 		held[k] = true
 	}
-	for _, p := range s.cold.parents {
+	for _, p := range s.cold.parents.list {
 		if p.refs > 0 {
 			held[p.id] = true
 		}
