@@ -317,6 +317,25 @@ func (c *cache) replacePacked(entries []packedEntry) {
 	c.report(ch)
 }
 
+// replaceStaged is ReplaceEntries with the entries of stage (the sync
+// loop stages a full set as it arrives), which it drains.
+func (c *cache) replaceStaged(stage *entryStage) {
+	c.mu.Lock()
+	first := !c.st.synced
+	ch := c.st.ReplaceStaged(stage)
+	c.settle(ch)
+	n, _ := c.st.Stats()
+	removed := 0
+	for _, id := range ch.jwtDrop {
+		if !c.st.has(id) {
+			removed++
+		}
+	}
+	c.mu.Unlock()
+	c.log.Debug("entry set replaced", zap.Int("entries", n), zap.Int("removed", removed), zap.Bool("first", first))
+	c.report(ch)
+}
+
 // ApplyDelta upserts and deletes entries.
 func (c *cache) ApplyDelta(upserted []*sigilv1.Entry, deleted []string) {
 	if len(upserted) == 0 && len(deleted) == 0 {

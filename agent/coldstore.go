@@ -71,6 +71,11 @@ type coldStore struct {
 	dirs    refTable
 	// hold: slots must not be renumbered (a caller holds slot numbers).
 	hold bool
+	// plain: no selector index and no spare heap (a store that only
+	// collects entries by ID: entryStage). drain: records are removed
+	// in the order they were added, so chunks are freed as they empty
+	// and never compacted.
+	plain, drain bool
 }
 
 type coldChunk struct {
@@ -168,7 +173,7 @@ func newColdStore() coldStore {
 }
 
 // reset empties the store.
-func (c *coldStore) reset() { *c = coldStore{seed: c.seed, tail: -1} }
+func (c *coldStore) reset() { *c = coldStore{seed: c.seed, tail: -1, plain: c.plain, drain: c.drain} }
 
 // len is how many entries the store holds.
 func (c *coldStore) len() int { return c.n }
@@ -198,6 +203,8 @@ func (c *coldStore) rec(i uint32) coldRec {
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
 	p := l + 4 // the slot number
+	_, l = binary.Uvarint(b[p:]) // raw's length (id)
+	p += l
 	var r coldRec
 	r.gen, l = binary.Uvarint(b[p:])
 	p += l
@@ -330,8 +337,12 @@ func rawID(raw []byte) []byte {
 
 // id is the entry ID of slot i, a view of the chunk.
 func (c *coldStore) id(i uint32) []byte {
-	r := c.rec(i)
-	return rawID(r.raw)
+	s := &c.slots[i]
+	b := c.chunks[s.chunk].b[s.off:]
+	n, l := binary.Uvarint(b)
+	b = b[:l+int(n)]
+	raw, _ := binary.Uvarint(b[l+4:])
+	return rawID(b[len(b)-int(raw):])
 }
 
 func (c *coldStore) hashID(id []byte) uint64 { return maphash.Bytes(c.seed, id) }
@@ -401,7 +412,7 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent, dir uint32, leaf []byte,
 			}
 		}
 	}
-	n := 4 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	n := 4 + uvarintLen(uint64(len(raw))) + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
 	for _, s := range sels {
 		n += uvarintLen(uint64(len(s))) + len(s)
 	}
@@ -413,6 +424,7 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent, dir uint32, leaf []byte,
 	ch := &c.chunks[chunk]
 	b := ch.b
 	b = binary.LittleEndian.AppendUint32(b, slot)
+	b = binary.AppendUvarint(b, uint64(len(raw)))
 	b = binary.AppendUvarint(b, m.gen)
 	b = binary.AppendVarint(b, m.lastReq)
 	b = binary.AppendVarint(b, m.lastAttempt)
@@ -434,6 +446,9 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent, dir uint32, leaf []byte,
 	s.chunk, s.off = chunk, off
 	c.n++
 	c.idsPut(slot)
+	if c.plain {
+		return slot
+	}
 	if len(sels) > 0 {
 		c.link(slot, sels[filed])
 	}
@@ -490,7 +505,7 @@ func (c *coldStore) remove(i uint32) {
 	r := c.rec(i)
 	c.parents.release(r.parent)
 	c.dirs.release(r.dir)
-	if r.nsels > 0 {
+	if r.nsels > 0 && !c.plain {
 		c.unlink(i, r.sel(int(r.filed)))
 	}
 	c.idsDel(i)
@@ -509,7 +524,7 @@ func (c *coldStore) remove(i uint32) {
 		ch.b, ch.garbage = ch.b[:0], 0
 	case ch.garbage >= len(ch.b):
 		c.freeChunk(chunk)
-	case int(chunk) != c.tail && 2*ch.garbage >= len(ch.b):
+	case int(chunk) != c.tail && 2*ch.garbage >= len(ch.b) && !c.drain:
 		c.compact(chunk)
 	}
 	if c.n == 0 && !c.hold {

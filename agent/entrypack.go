@@ -246,3 +246,57 @@ func (p *packedEntry) decode() *sigilv1.Entry {
 	e.Selectors = p.GetSelectors()
 	return e
 }
+
+// entryStage collects a full set of entries as it arrives from the
+// server, message by message, until the set ends: packed into the cold
+// store's records (coldstore.go), so that a million entries in flight
+// weigh about 0.2 KB each instead of a packed entry and a map slot each
+// (about 0.5 KB). x509State.ReplaceStaged drains it.
+type entryStage struct {
+	cs coldStore
+}
+
+func newEntryStage() *entryStage {
+	cs := newColdStore()
+	cs.plain = true
+	return &entryStage{cs: cs}
+}
+
+// put adds e, replacing an entry with its ID; an entry without an ID is
+// left out.
+func (s *entryStage) put(e *sigilv1.Entry) {
+	if e.GetId() == "" {
+		return
+	}
+	pe := packEntry(e, noIntern)
+	if slot, ok := s.cs.get(pe.id); ok {
+		s.cs.remove(slot)
+	}
+	s.cs.insert(&pe, coldMeta{})
+}
+
+// del removes the entry with ID id, if any.
+func (s *entryStage) del(id string) {
+	if slot, ok := s.cs.get(id); ok {
+		s.cs.remove(slot)
+	}
+}
+
+// len is how many entries the stage holds.
+func (s *entryStage) len() int { return s.cs.len() }
+
+// drain calls f with each entry, in the order they were added, removing
+// each from the stage after f returns, so that its memory is returned as
+// the entries move on. The stage is empty after.
+func (s *entryStage) drain(f func(pe *packedEntry)) {
+	s.cs.hold, s.cs.drain = true, true
+	for i := range s.cs.slots {
+		if !s.cs.slots[i].live() {
+			continue
+		}
+		pe := s.cs.packed(uint32(i))
+		f(&pe)
+		s.cs.remove(uint32(i))
+	}
+	s.cs.reset()
+}

@@ -452,6 +452,21 @@ func noIntern(s string) string { return s }
 // ReplacePacked is ReplaceEntries with packed entries. Entries that
 // arrive cold (coldtier.go) stay in the cold tier.
 func (s *x509State) ReplacePacked(entries []packedEntry) changes {
+	return s.replace(func(f func(*packedEntry)) {
+		for i := range entries {
+			f(&entries[i])
+		}
+	})
+}
+
+// ReplaceStaged is ReplaceEntries with the entries of stage, which it
+// drains.
+func (s *x509State) ReplaceStaged(stage *entryStage) changes {
+	return s.replace(stage.drain)
+}
+
+// replace makes the entries that each yields the full entry set.
+func (s *x509State) replace(each func(func(*packedEntry))) changes {
 	var ch changes
 	before := len(s.entries)
 	seen := make(map[*entryState]struct{}, before)
@@ -465,10 +480,9 @@ func (s *x509State) ReplacePacked(entries []packedEntry) changes {
 		marks[i/64] |= 1 << (i % 64)
 	}
 	s.cold.hold = true
-	for i := range entries {
-		pe := &entries[i]
+	each(func(pe *packedEntry) {
 		if pe.id == "" {
-			continue
+			return
 		}
 		st, slot, cold := s.upsertAny(pe, &ch)
 		if cold {
@@ -476,7 +490,7 @@ func (s *x509State) ReplacePacked(entries []packedEntry) changes {
 		} else {
 			seen[st] = struct{}{}
 		}
-	}
+	})
 	for id, st := range s.entries {
 		if _, ok := seen[st]; !ok {
 			delete(s.entries, id)
