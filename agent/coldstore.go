@@ -202,8 +202,9 @@ func (c *coldStore) rec(i uint32) coldRec {
 	b := c.chunks[s.chunk].b[s.off:]
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
-	p := l + 4 // the slot number
-	_, l = binary.Uvarint(b[p:]) // raw's length (id)
+	// The slot number, then raw's length (for id).
+	p := l + 4
+	_, l = binary.Uvarint(b[p:])
 	p += l
 	var r coldRec
 	r.gen, l = binary.Uvarint(b[p:])
