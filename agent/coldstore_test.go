@@ -271,3 +271,53 @@ func TestColdStoreMatchesModel(t *testing.T) {
 		})
 	}
 }
+
+// An entryStage holds the last version of each entry put and not
+// deleted, hands each out once when drained, and is empty after.
+func TestEntryStage(t *testing.T) {
+	s := newEntryStage()
+	want := map[string]*sigilv1.Entry{}
+	var order []string
+	for i := range 3000 {
+		e := benchEntry(i % 2500)
+		e.Revision = int64(i)
+		if _, ok := want[e.GetId()]; !ok {
+			order = append(order, e.GetId())
+		}
+		want[e.GetId()] = e
+		s.put(e)
+	}
+	s.put(&sigilv1.Entry{SpiffeId: "spiffe://example.org/no-id"})
+	for i := 0; i < 2500; i += 3 {
+		id := benchEntry(i).GetId()
+		s.del(id)
+		delete(want, id)
+	}
+	s.del("absent")
+	if s.len() != len(want) {
+		t.Fatalf("stage holds %d, want %d", s.len(), len(want))
+	}
+	var got []string
+	s.drain(func(pe *packedEntry) {
+		w := want[pe.id]
+		if w == nil {
+			t.Fatalf("drained %s, deleted or never put", pe.id)
+		}
+		if p := packEntry(w, noIntern); !pe.equal(&p) {
+			t.Fatalf("drained %s as %+v, want %+v", pe.id, pe, p)
+		}
+		got = append(got, pe.id)
+		delete(want, pe.id)
+	})
+	if len(want) != 0 {
+		t.Fatalf("%d entries not drained", len(want))
+	}
+	// The first drained is the first put and not deleted (a replaced
+	// entry keeps its place).
+	if len(got) == 0 || got[0] != order[1] {
+		t.Fatalf("drained first %v, want %s", got[:min(3, len(got))], order[1])
+	}
+	if s.len() != 0 || len(s.cs.chunks) != 0 || len(s.cs.slots) != 0 || len(s.cs.ids) != 0 {
+		t.Fatalf("drained stage keeps %d entries, %d chunks, %d slots, %d ids", s.len(), len(s.cs.chunks), len(s.cs.slots), len(s.cs.ids))
+	}
+}

@@ -285,9 +285,10 @@ func (s *entryStage) del(id string) {
 // len is how many entries the stage holds.
 func (s *entryStage) len() int { return s.cs.len() }
 
-// drain calls f with each entry, in the order they were added, removing
-// each from the stage after f returns, so that its memory is returned as
-// the entries move on. The stage is empty after.
+// drain calls f with each entry, in the order of their slots (about the
+// order they were added, which the chunks follow), removing each from
+// the stage after f returns, so that the chunks are freed as the entries
+// move on. The stage is empty after.
 func (s *entryStage) drain(f func(pe *packedEntry)) {
 	s.cs.hold, s.cs.drain = true, true
 	for i := range s.cs.slots {
