@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"hash/maphash"
 	"slices"
 
@@ -188,12 +189,74 @@ type coldRec struct {
 	filedAt uint32
 	sels    []byte // nsels times (uvarint length, bytes)
 	nsels   int
-	// dir is the reference of the SPIFFE ID's directory when the SPIFFE
-	// ID was taken out of raw (0: raw is whole); leaf is the rest of it,
-	// which goes back right after the ID (fullRaw).
-	dir  uint32
-	leaf []byte
-	raw  []byte
+	// idMode says whether the ID was taken out of raw and kept as 16
+	// bytes (idBin): an ID of 32 hex digits (the servers' own) or a UUID,
+	// lower case. dir is the reference of the SPIFFE ID's directory when
+	// the SPIFFE ID was taken out of raw (0: it was not); leaf is the
+	// rest of it. Both go back in place in fullRaw.
+	idMode uint8
+	idBin  []byte
+	dir    uint32
+	leaf   []byte
+	raw    []byte
+}
+
+// Ways a cold record keeps the entry's ID.
+const (
+	idText uint8 = iota // in raw, as it is
+	idHex               // 32 lower-case hex digits, as 16 bytes
+	idUUID              // a lower-case UUID (8-4-4-4-12 hex digits), as 16 bytes
+)
+
+// packID returns how id can be kept (idText: as it is) and its 16 bytes.
+func packID(id []byte) (uint8, [16]byte) {
+	var out [16]byte
+	var digits [32]byte
+	switch {
+	case len(id) == 32:
+		copy(digits[:], id)
+	case len(id) == 36 && id[8] == '-' && id[13] == '-' && id[18] == '-' && id[23] == '-':
+		n := 0
+		for i, c := range id {
+			if i != 8 && i != 13 && i != 18 && i != 23 {
+				digits[n] = c
+				n++
+			}
+		}
+	default:
+		return idText, out
+	}
+	for _, c := range digits {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return idText, out
+		}
+	}
+	hex.Decode(out[:], digits[:])
+	if len(id) == 32 {
+		return idHex, out
+	}
+	return idUUID, out
+}
+
+// idBuf holds an ID formatted from its 16 bytes.
+type idBuf [36]byte
+
+// unpackID formats an ID kept as 16 bytes into buf.
+func unpackID(mode uint8, bin []byte, buf *idBuf) []byte {
+	if mode == idHex {
+		hex.Encode(buf[:32], bin)
+		return buf[:32]
+	}
+	hex.Encode(buf[0:8], bin[0:4])
+	buf[8] = '-'
+	hex.Encode(buf[9:13], bin[4:6])
+	buf[13] = '-'
+	hex.Encode(buf[14:18], bin[6:8])
+	buf[18] = '-'
+	hex.Encode(buf[19:23], bin[8:10])
+	buf[23] = '-'
+	hex.Encode(buf[24:36], bin[10:16])
+	return buf[:36]
 }
 
 // rec decodes the record of slot i.
@@ -202,11 +265,17 @@ func (c *coldStore) rec(i uint32) coldRec {
 	b := c.chunks[s.chunk].b[s.off:]
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
-	// The slot number, then raw's length (for id).
+	// The slot number, then raw's length and the packed ID (for id).
 	p := l + 4
 	_, l = binary.Uvarint(b[p:])
 	p += l
 	var r coldRec
+	r.idMode = b[p]
+	p++
+	if r.idMode != idText {
+		r.idBin = b[p : p+16]
+		p += 16
+	}
 	r.gen, l = binary.Uvarint(b[p:])
 	p += l
 	r.lastReq, l = binary.Varint(b[p:])
@@ -267,19 +336,29 @@ func splitSPIFFE(raw []byte) (f1, f2 int, val []byte, ok bool) {
 
 // fullRaw is the entry's encoding with its SPIFFE ID back in place.
 func (c *coldStore) fullRaw(r *coldRec) []byte {
-	if r.dir == 0 {
+	if r.dir == 0 && r.idMode == idText {
 		return r.raw
 	}
-	_, _, l := protowire.ConsumeTag(r.raw)
-	_, m := protowire.ConsumeBytes(r.raw[l:])
 	dir := c.dirs.get(r.dir)
-	out := make([]byte, 0, len(r.raw)+2+binary.MaxVarintLen64+len(dir)+len(r.leaf))
-	out = append(out, r.raw[:l+m]...)
-	out = protowire.AppendTag(out, fieldSPIFFEID, protowire.BytesType)
-	out = protowire.AppendVarint(out, uint64(len(dir)+len(r.leaf)))
-	out = append(out, dir...)
-	out = append(out, r.leaf...)
-	return append(out, r.raw[l+m:]...)
+	out := make([]byte, 0, len(r.raw)+2*(2+binary.MaxVarintLen64)+36+len(dir)+len(r.leaf))
+	rest := r.raw
+	if r.idMode != idText {
+		var buf idBuf
+		out = protowire.AppendTag(out, fieldID, protowire.BytesType)
+		out = protowire.AppendBytes(out, unpackID(r.idMode, r.idBin, &buf))
+	} else {
+		_, _, l := protowire.ConsumeTag(r.raw)
+		_, m := protowire.ConsumeBytes(r.raw[l:])
+		out = append(out, r.raw[:l+m]...)
+		rest = r.raw[l+m:]
+	}
+	if r.dir != 0 {
+		out = protowire.AppendTag(out, fieldSPIFFEID, protowire.BytesType)
+		out = protowire.AppendVarint(out, uint64(len(dir)+len(r.leaf)))
+		out = append(out, dir...)
+		out = append(out, r.leaf...)
+	}
+	return append(out, rest...)
 }
 
 // eachSel calls f with each selector of r (a view of the chunk) until f
@@ -338,11 +417,21 @@ func rawID(raw []byte) []byte {
 
 // id is the entry ID of slot i, a view of the chunk.
 func (c *coldStore) id(i uint32) []byte {
+	var buf idBuf
+	return bytes.Clone(c.idb(i, &buf))
+}
+
+// idb is the entry ID of slot i: a view of the chunk, or formatted in
+// buf.
+func (c *coldStore) idb(i uint32, buf *idBuf) []byte {
 	s := &c.slots[i]
 	b := c.chunks[s.chunk].b[s.off:]
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
-	raw, _ := binary.Uvarint(b[l+4:])
+	raw, k := binary.Uvarint(b[l+4:])
+	if p := l + 4 + k; b[p] != idText {
+		return unpackID(b[p], b[p+1:p+17], buf)
+	}
 	return rawID(b[len(b)-int(raw):])
 }
 
@@ -359,7 +448,8 @@ func (c *coldStore) get(id string) (uint32, bool) {
 		if v == 0 {
 			return 0, false
 		}
-		if string(c.id(v-1)) == id {
+		var buf idBuf
+		if string(c.idb(v-1, &buf)) == id {
 			return v - 1, true
 		}
 	}
@@ -382,6 +472,17 @@ func (c *coldStore) insert(pe *packedEntry, m coldMeta) uint32 {
 	raw := []byte(pe.raw)
 	var dir uint32
 	var leaf []byte
+	// The ID leaves raw when it packs in 16 bytes, the SPIFFE ID when
+	// it follows the ID (deterministic encodings, as packEntry's).
+	var id idPart
+	start := 0
+	if num, typ, l := protowire.ConsumeTag(raw); l > 0 && num == fieldID && typ == protowire.BytesType {
+		if v, m := protowire.ConsumeBytes(raw[l:]); m > 0 {
+			if id.mode, id.bin = packID(v); id.mode != idText {
+				start = l + m
+			}
+		}
+	}
 	if f1, f2, v, ok := splitSPIFFE(raw); ok {
 		if k := bytes.LastIndexByte(v, '/'); k >= 0 {
 			dir = c.dirs.intern(string(v[:k+1]))
@@ -389,12 +490,19 @@ func (c *coldStore) insert(pe *packedEntry, m coldMeta) uint32 {
 			raw = append(raw[:f1], raw[f1+f2:]...)
 		}
 	}
-	return c.add(raw, m, parent, dir, leaf, sels)
+	return c.add(raw[start:], id, m, parent, dir, leaf, sels)
 }
 
-// add stores a record and indexes it; raw is without its SPIFFE ID when
-// dir is not 0 (insert).
-func (c *coldStore) add(raw []byte, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte) uint32 {
+// idPart is how a record keeps the ID (packID).
+type idPart struct {
+	mode uint8
+	bin  [16]byte
+}
+
+// add stores a record and indexes it; raw is without its ID when
+// id.mode is not idText and without its SPIFFE ID when dir is not 0
+// (insert).
+func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte) uint32 {
 	var slot uint32
 	if n := len(c.freeSlots); n > 0 {
 		slot = c.freeSlots[n-1]
@@ -413,11 +521,14 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent, dir uint32, leaf []byte,
 			}
 		}
 	}
-	n := 4 + uvarintLen(uint64(len(raw))) + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	n := 4 + uvarintLen(uint64(len(raw))) + 1 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
 	for _, s := range sels {
 		n += uvarintLen(uint64(len(s))) + len(s)
 	}
 	n += uvarintLen(uint64(dir))
+	if id.mode != idText {
+		n += 16
+	}
 	if dir != 0 {
 		n += uvarintLen(uint64(len(leaf))) + len(leaf)
 	}
@@ -426,6 +537,10 @@ func (c *coldStore) add(raw []byte, m coldMeta, parent, dir uint32, leaf []byte,
 	b := ch.b
 	b = binary.LittleEndian.AppendUint32(b, slot)
 	b = binary.AppendUvarint(b, uint64(len(raw)))
+	b = append(b, id.mode)
+	if id.mode != idText {
+		b = append(b, id.bin[:]...)
+	}
 	b = binary.AppendUvarint(b, m.gen)
 	b = binary.AppendVarint(b, m.lastReq)
 	b = binary.AppendVarint(b, m.lastAttempt)
@@ -579,7 +694,9 @@ func (c *coldStore) renumber() {
 		}
 		sels := make([][]byte, 0, r.nsels)
 		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, s); return true })
-		c.add(r.raw, r.coldMeta, parent, dir, r.leaf, sels)
+		id := idPart{mode: r.idMode}
+		copy(id.bin[:], r.idBin)
+		c.add(r.raw, id, r.coldMeta, parent, dir, r.leaf, sels)
 	}
 }
 
@@ -604,7 +721,8 @@ func (c *coldStore) idsPut(slot uint32) {
 
 func (c *coldStore) idsInsert(slot uint32) {
 	mask := uint64(len(c.ids) - 1)
-	for i := c.hashID(c.id(slot)) & mask; ; i = (i + 1) & mask {
+	var buf idBuf
+	for i := c.hashID(c.idb(slot, &buf)) & mask; ; i = (i + 1) & mask {
 		if c.ids[i] == 0 {
 			c.ids[i] = slot + 1
 			return
@@ -624,7 +742,8 @@ func (c *coldStore) idsResize(n int) {
 
 func (c *coldStore) idsDel(slot uint32) {
 	mask := uint64(len(c.ids) - 1)
-	i := c.hashID(c.id(slot)) & mask
+	var buf idBuf
+	i := c.hashID(c.idb(slot, &buf)) & mask
 	for c.ids[i] != slot+1 {
 		i = (i + 1) & mask
 	}
@@ -632,7 +751,7 @@ func (c *coldStore) idsDel(slot uint32) {
 	// Move back the entries of the run after i whose home is not
 	// between i and them.
 	for j := (i + 1) & mask; c.ids[j] != 0; j = (j + 1) & mask {
-		home := c.hashID(c.id(c.ids[j]-1)) & mask
+		home := c.hashID(c.idb(c.ids[j]-1, &buf)) & mask
 		if (j-home)&mask >= (j-i)&mask {
 			c.ids[i], c.ids[j] = c.ids[j], 0
 			i = j
@@ -810,7 +929,10 @@ func (c *coldStore) each(f func(uint32)) {
 
 // The spare heap: slots by entry ID.
 
-func (c *coldStore) less(a, b uint32) bool { return bytes.Compare(c.id(a), c.id(b)) < 0 }
+func (c *coldStore) less(a, b uint32) bool {
+	var x, y idBuf
+	return bytes.Compare(c.idb(a, &x), c.idb(b, &y)) < 0
+}
 
 func (c *coldStore) heapSwap(i, j int) {
 	c.heap[i], c.heap[j] = c.heap[j], c.heap[i]

@@ -57,9 +57,16 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 		t.Fatalf("heap top %v %q, want %q", ok, c.id(top), minID)
 	}
 	n := 0
-	c.each(func(uint32) { n++ })
+	modes := map[uint8]int{}
+	c.each(func(i uint32) {
+		n++
+		modes[c.rec(i).idMode]++
+	})
 	if n != len(m) {
 		t.Fatalf("each visits %d of %d", n, len(m))
+	}
+	if len(m) > 100 && (modes[idText] == 0 || modes[idHex] == 0 || modes[idUUID] == 0) {
+		t.Fatalf("IDs kept %v: not every way is tested", modes)
 	}
 	for _, set := range probes {
 		var got []string
@@ -162,8 +169,15 @@ func TestColdStoreMatchesModel(t *testing.T) {
 			c := &cs
 			m := coldModel{}
 			mk := func(i int) packedEntry {
+				// IDs kept as they are, and as 16 bytes (coldRec.idMode).
+				id := []string{
+					fmt.Sprintf("e-%05d", i),
+					fmt.Sprintf("%032x", uint64(i)*0x9e3779b97f4a7c15),
+					fmt.Sprintf("%08x-1a2b-4c3d-8e9f-%012x", i, i*7919),
+					fmt.Sprintf("%032X", uint64(i)*0x9e3779b97f4a7c15),
+				}[i%4]
 				e := &sigilv1.Entry{
-					Id:        fmt.Sprintf("e-%05d", i),
+					Id:        id,
 					SpiffeId:  fmt.Sprintf("spiffe://example.org/w/%d/%s", i, strings.Repeat("x", rng.IntN(40))),
 					ParentId:  fmt.Sprintf("spiffe://example.org/agent/%d", rng.IntN(3)),
 					CreatedAt: int64(rng.IntN(1 << 40)),
