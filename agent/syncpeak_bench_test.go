@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"runtime"
 	"runtime/metrics"
 	"sync"
@@ -100,7 +102,23 @@ func fullSyncPeak(b *testing.B, n int, how string) {
 	}
 	b.ReportMetric(float64(peak-min(peak, uint64(base)))/(1<<20), "peakHeapMiB")
 	b.ReportMetric(float64(live-base)/float64(n), "heapB/entry")
-	b.Logf("%d entries collected by %s: peak heap %.1f MiB, live %.1f MiB after, in %v",
-		n, how, float64(peak-min(peak, uint64(base)))/(1<<20), float64(live-base)/(1<<20), took)
+	b.Logf("%d entries collected by %s: peak heap %.1f MiB, live %.1f MiB after, in %v; process %s",
+		n, how, float64(peak-min(peak, uint64(base)))/(1<<20), float64(live-base)/(1<<20), took, procMem())
 	runtime.KeepAlive(c)
+}
+
+// procMem is the process's peak and current RSS (VmHWM, VmRSS), as
+// /proc/self/status says ("" where it cannot be read).
+func procMem() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return ""
+	}
+	var out []string
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if bytes.HasPrefix(line, []byte("VmHWM:")) || bytes.HasPrefix(line, []byte("VmRSS:")) {
+			out = append(out, string(bytes.Join(bytes.Fields(line), []byte(" "))))
+		}
+	}
+	return fmt.Sprint(out)
 }
