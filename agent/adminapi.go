@@ -157,9 +157,10 @@ type heldEntry struct {
 func (c *cache) heldEntries(now time.Time) ([]heldEntry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]heldEntry, 0, len(c.st.entries))
-	for _, id := range c.st.sortedIDs() {
-		st := c.st.entries[id]
+	ids := c.st.sortedIDs()
+	out := make([]heldEntry, 0, len(ids))
+	for _, id := range ids {
+		st := c.st.peek(id)
 		h := heldEntry{entry: st.entry.identity(), state: st.phase(now).String()}
 		if sv := st.servable(); sv != nil && now.Before(sv.notAfter) {
 			h.cached, h.notAfter = true, sv.notAfter

@@ -106,11 +106,7 @@ func (c *cache) settle(ch changes) {
 	if len(ch.jwtDrop) > 0 {
 		gens := make(map[string]uint64, len(ch.jwtDrop))
 		for _, id := range ch.jwtDrop {
-			var g uint64 // deleted
-			if st := c.st.entries[id]; st != nil {
-				g = st.gen
-			}
-			gens[id] = g
+			gens[id] = c.st.genOf(id) // 0: deleted
 		}
 		c.jwt.entriesChanged(gens, c.st.genSeq)
 	}
@@ -312,9 +308,29 @@ func (c *cache) replacePacked(entries []packedEntry) {
 	first := !c.st.synced
 	ch := c.st.ReplacePacked(entries)
 	c.settle(ch)
-	n, removed := len(c.st.entries), 0
+	n, _ := c.st.Stats()
+	removed := 0
 	for _, id := range ch.jwtDrop {
-		if c.st.entries[id] == nil {
+		if !c.st.has(id) {
+			removed++
+		}
+	}
+	c.mu.Unlock()
+	c.log.Debug("entry set replaced", zap.Int("entries", n), zap.Int("removed", removed), zap.Bool("first", first))
+	c.report(ch)
+}
+
+// replaceStaged is ReplaceEntries with the entries of stage (the sync
+// loop stages a full set as it arrives), which it drains.
+func (c *cache) replaceStaged(stage *entryStage) {
+	c.mu.Lock()
+	first := !c.st.synced
+	ch := c.st.ReplaceStaged(stage)
+	c.settle(ch)
+	n, _ := c.st.Stats()
+	removed := 0
+	for _, id := range ch.jwtDrop {
+		if !c.st.has(id) {
 			removed++
 		}
 	}

@@ -44,6 +44,7 @@ const (
 	fieldX509SVIDTTL   = 5
 	fieldDNSNames      = 7
 	fieldHint          = 10
+	fieldCreatedAt     = 11
 	fieldRevision      = 12
 	fieldFederatesWith = 14
 )
@@ -71,6 +72,25 @@ func packEntry(e *sigilv1.Entry, intern func(string) string) packedEntry {
 		p.sels[i] = intern(s.GetType() + ":" + s.GetValue())
 	}
 	return p
+}
+
+// fill sets the fields of p read from raw: the ID, the SPIFFE ID, the
+// creation time and whether it federates.
+func (p *packedEntry) fill() {
+	p.id, p.spiffeID, p.createdAt, p.fed = "", "", 0, false
+	p.fields(func(n protowire.Number, v string, x uint64) bool {
+		switch n {
+		case fieldID:
+			p.id = v
+		case fieldSPIFFEID:
+			p.spiffeID = v
+		case fieldCreatedAt:
+			p.createdAt = int64(x)
+		case fieldFederatesWith:
+			p.fed = true
+		}
+		return true
+	})
 }
 
 // withoutFields returns b, a protobuf encoding, without the fields
@@ -225,4 +245,59 @@ func (p *packedEntry) decode() *sigilv1.Entry {
 	e.ParentId = p.parent
 	e.Selectors = p.GetSelectors()
 	return e
+}
+
+// entryStage collects a full set of entries as it arrives from the
+// server, message by message, until the set ends: packed into the cold
+// store's records (coldstore.go), so that a million entries in flight
+// weigh about 0.2 KB each instead of a packed entry and a map slot each
+// (about 0.5 KB). x509State.ReplaceStaged drains it.
+type entryStage struct {
+	cs coldStore
+}
+
+func newEntryStage() *entryStage {
+	cs := newColdStore()
+	cs.plain = true
+	return &entryStage{cs: cs}
+}
+
+// put adds e, replacing an entry with its ID; an entry without an ID is
+// left out.
+func (s *entryStage) put(e *sigilv1.Entry) {
+	if e.GetId() == "" {
+		return
+	}
+	pe := packEntry(e, noIntern)
+	if slot, ok := s.cs.get(pe.id); ok {
+		s.cs.remove(slot)
+	}
+	s.cs.insert(&pe, coldMeta{})
+}
+
+// del removes the entry with ID id, if any.
+func (s *entryStage) del(id string) {
+	if slot, ok := s.cs.get(id); ok {
+		s.cs.remove(slot)
+	}
+}
+
+// len is how many entries the stage holds.
+func (s *entryStage) len() int { return s.cs.len() }
+
+// drain calls f with each entry, in the order of their slots (about the
+// order they were added, which the chunks follow), removing each from
+// the stage after f returns, so that the chunks are freed as the entries
+// move on. The stage is empty after.
+func (s *entryStage) drain(f func(pe *packedEntry)) {
+	s.cs.hold, s.cs.drain = true, true
+	for i := range s.cs.slots {
+		if !s.cs.slots[i].live() {
+			continue
+		}
+		pe := s.cs.packed(uint32(i))
+		f(&pe)
+		s.cs.remove(uint32(i))
+	}
+	s.cs.reset()
 }

@@ -91,9 +91,13 @@ type jwtCache struct {
 	// floor is, for entries that changed or were deleted, the lowest
 	// generation still current: a token minted for an older one is not
 	// cached. running counts the mints in flight per entry; floors are
-	// forgotten when none runs.
-	floor   map[string]uint64
-	running map[string]int
+	// forgotten when none runs. fetching counts the fetches under way
+	// (which may hold targets of older generations): floors are kept
+	// only while a fetch or a mint of the entry may need them, so that
+	// deleting many entries leaves none behind.
+	floor    map[string]uint64
+	running  map[string]int
+	fetching int
 }
 
 func newJWTCache(td spiffeid.TrustDomain, log *zap.Logger, clk clock.Clock,
@@ -179,6 +183,10 @@ func (j *jwtCache) entriesChanged(gens map[string]uint64, genSeq uint64) {
 		}
 	}
 	for id, g := range gens {
+		if j.fetching == 0 && j.running[id] == 0 {
+			// No fetch or mint can hold an older generation.
+			continue
+		}
 		if g == 0 {
 			// Deleted: every generation issued so far is gone; an entry
 			// added again under the same ID gets a later one.
@@ -284,6 +292,20 @@ func canonicalAudience(aud []string) []string {
 func (j *jwtCache) fetch(ctx context.Context, selectors []*sigilv1.Selector, audience []string, spiffeID string) ([]workloadapi.JWTSVID, error) {
 	aud := canonicalAudience(audience)
 	audKey := strings.Join(aud, "\x00")
+	j.mu.Lock()
+	j.fetching++
+	j.mu.Unlock()
+	defer func() {
+		j.mu.Lock()
+		if j.fetching--; j.fetching == 0 {
+			for id := range j.floor {
+				if j.running[id] == 0 {
+					delete(j.floor, id)
+				}
+			}
+		}
+		j.mu.Unlock()
+	}()
 	targets := j.targets(registration.NewSelectorSet(selectors), spiffeID)
 	j.mu.Lock()
 	j.sweepLocked()
@@ -390,11 +412,16 @@ func (j *jwtCache) run(call *jwtCall, k jwtKey, aud []string, mint jwtMinter) {
 	if j.inflight[k] == call {
 		delete(j.inflight, k)
 	}
+	last := false
 	if j.running[k.entryID]--; j.running[k.entryID] <= 0 {
 		delete(j.running, k.entryID)
+		last = true
 	}
 	if err == nil && j.cacheableLocked(k, tok) {
 		j.tokens[k] = tok
+	}
+	if last && j.fetching == 0 {
+		delete(j.floor, k.entryID)
 	}
 	j.mu.Unlock()
 	if err != nil {

@@ -22,20 +22,25 @@ import (
 func benchEntries(n int) []*sigilv1.Entry {
 	out := make([]*sigilv1.Entry, n)
 	for i := range out {
-		out[i] = &sigilv1.Entry{
-			Id:        fmt.Sprintf("%08x-1a2b-4c3d-8e9f-%012x", i, i*7919),
-			SpiffeId:  fmt.Sprintf("spiffe://example.org/ns/team-%d/sa/workload-%d", i%200, i),
-			ParentId:  "spiffe://example.org/sigil/agent/k8s_psat/cluster-1/0b1f8e2c-5d9a-4f5e-9c3b-7a6d5e4f3a2b",
-			CreatedAt: int64(1_700_000_000 + i),
-			Revision:  1,
-			Selectors: []*sigilv1.Selector{
-				{Type: "k8s", Value: fmt.Sprintf("ns:team-%d", i%200)},
-				{Type: "k8s", Value: fmt.Sprintf("sa:workload-%d", i)},
-				{Type: "k8s", Value: "container-name:app"},
-			},
-		}
+		out[i] = benchEntry(i)
 	}
 	return out
+}
+
+// benchEntry is the i-th entry of benchEntries.
+func benchEntry(i int) *sigilv1.Entry {
+	return &sigilv1.Entry{
+		Id:        fmt.Sprintf("%08x-1a2b-4c3d-8e9f-%012x", i, i*7919),
+		SpiffeId:  fmt.Sprintf("spiffe://example.org/ns/team-%d/sa/workload-%d", i%200, i),
+		ParentId:  "spiffe://example.org/sigil/agent/k8s_psat/cluster-1/0b1f8e2c-5d9a-4f5e-9c3b-7a6d5e4f3a2b",
+		CreatedAt: int64(1_700_000_000 + i),
+		Revision:  1,
+		Selectors: []*sigilv1.Selector{
+			{Type: "k8s", Value: fmt.Sprintf("ns:team-%d", i%200)},
+			{Type: "k8s", Value: fmt.Sprintf("sa:workload-%d", i)},
+			{Type: "k8s", Value: "container-name:app"},
+		},
+	}
 }
 
 // BenchmarkAgentHeapPerEntry measures the agent cache's live heap per
@@ -117,12 +122,14 @@ func TestBoundedCacheDeletedEntriesFreeMemory(t *testing.T) {
 	clk := clock.NewFake(t0)
 	c := newCache(testTD, zaptest.NewLogger(t), clk)
 	c.setPolicy(newCachePolicy(SVIDCacheConfig{MaxSVIDs: 100}))
+	// Measured before the entries are built: they are garbage once the
+	// cache holds them.
+	before := liveHeap()
 	entries := make([]*sigilv1.Entry, n)
 	for i := range entries {
 		id := fmt.Sprintf("e%06d", i)
 		entries[i] = entry(id, "w/"+id, int64(i), fmt.Sprintf("uid:%d", i))
 	}
-	before := liveHeap()
 	c.ReplaceEntries(entries)
 	entries = nil
 	full := liveHeap()

@@ -106,7 +106,7 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 	}
 	// full collects a full set of entries until it ends, packed as they
 	// arrive: no decoded message outlives the one that carried it.
-	var full map[string]packedEntry
+	var full *entryStage
 	// fedFull collects the federated bundles of a full set, by trust
 	// domain, until it ends.
 	var fedFull map[string]*sigilv1.Bundle
@@ -136,17 +136,15 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 		}
 		if msg.GetReset_() {
 			inFull = true
-			full = make(map[string]packedEntry)
+			full = newEntryStage()
 			fedFull = make(map[string]*sigilv1.Bundle)
 		}
 		if inFull {
 			for _, e := range msg.GetUpserted() {
-				if e.GetId() != "" {
-					full[e.GetId()] = packEntry(e, noIntern)
-				}
+				full.put(e)
 			}
 			for _, id := range msg.GetDeleted() {
-				delete(full, id)
+				full.del(id)
 			}
 			for _, b := range msg.GetFederatedBundles() {
 				fedFull[b.GetTrustDomain()] = b
@@ -161,18 +159,15 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 			a.cache.ApplyDelta(msg.GetUpserted(), msg.GetDeleted())
 		}
 		if msg.GetSynced() && inFull {
-			entries := make([]packedEntry, 0, len(full))
-			for _, e := range full {
-				entries = append(entries, e)
-			}
+			staged, n := full, full.len()
 			bundles := make([]*sigilv1.Bundle, 0, len(fedFull))
 			for _, b := range fedFull {
 				bundles = append(bundles, b)
 			}
 			full, fedFull, inFull = nil, nil, false
 			a.cache.SetFederated(true, bundles, nil)
-			a.cache.replacePacked(entries)
-			a.log.Info("entries synced", zap.Int("entries", len(entries)), zap.Uint64("index", msg.GetIndex()))
+			a.cache.replaceStaged(staged)
+			a.log.Info("entries synced", zap.Int("entries", n), zap.Uint64("index", msg.GetIndex()))
 			a.maybeReady()
 			if !reportStarted {
 				reportStarted = true

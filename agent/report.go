@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"math"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -87,8 +88,31 @@ type entryReport struct {
 
 // reportStates copies the report fields of every entry.
 func (s *x509State) reportStates() []entryReport {
-	out := make([]entryReport, 0, len(s.entries))
+	out, _ := s.reportSet(math.MaxInt)
+	return out
+}
+
+// reportSet copies the report fields of the entries a report of at most
+// max entries lists, and counts the entries held. When every entry fits,
+// it lists them all. Otherwise it lists only the entries that hold an
+// SVID or whose last attempt failed: an entry that holds no SVID and has
+// not failed (one no workload asked for, never minted or evicted) is
+// counted in held but not listed, so that such entries never crowd the
+// SVIDs held out of a truncated report. It costs the warm entries (a
+// cold entry is such an entry), and the cold ones only when all are
+// listed (at most max).
+func (s *x509State) reportSet(max int) (out []entryReport, held int) {
+	held = len(s.entries) + s.cold.len()
+	all := held <= max
+	n := len(s.entries)
+	if all {
+		n = held
+	}
+	out = make([]entryReport, 0, n)
 	for id, st := range s.entries {
+		if !all && st.svid == nil && st.lastError == "" && st.failStreak == 0 {
+			continue
+		}
 		out = append(out, entryReport{
 			id:          id,
 			spiffeID:    st.entry.GetSpiffeId(),
@@ -98,14 +122,21 @@ func (s *x509State) reportStates() []entryReport {
 			failStreak:  st.failStreak,
 		})
 	}
-	return out
+	if all {
+		s.cold.each(func(i uint32) {
+			pe := s.cold.packed(i)
+			out = append(out, entryReport{id: pe.id, spiffeID: pe.spiffeID})
+		})
+	}
+	return out, held
 }
 
-// reportStates returns the reported state of every entry the agent
-// holds, in no order. Only the copy is made under the lock.
-func (c *cache) reportStates() []svidReport {
+// reportStates returns the reported state of the entries a report of at
+// most max entries lists (x509State.reportSet), in no order, and how
+// many entries the agent holds. Only the copy is made under the lock.
+func (c *cache) reportStates(max int) ([]svidReport, int) {
 	c.mu.Lock()
-	raw := c.st.reportStates()
+	raw, held := c.st.reportSet(max)
 	c.mu.Unlock()
 	out := make([]svidReport, len(raw))
 	for i, e := range raw {
@@ -125,7 +156,16 @@ func (c *cache) reportStates() []svidReport {
 		}
 		out[i] = r
 	}
-	return out
+	return out, held
+}
+
+// rotationReport is what a report of at most max SVIDs carries: the view
+// (reportView of the states reportSet lists), how many entries the agent
+// holds, and whether the view leaves some out.
+func (c *cache) rotationReport(max int) (view []svidReport, held int, truncated bool) {
+	states, held := c.reportStates(max)
+	view, _, truncated = reportView(states, max)
+	return view, held, truncated || held > len(view)
 }
 
 // kickReport wakes the report loop.
@@ -325,7 +365,7 @@ func (a *Agent) reportLoop(ctx context.Context, client sigilv1.NodeClient) {
 // Report.
 func (s *reportSession) send(ctx context.Context, now time.Time, changesOnly bool) bool {
 	a := s.a
-	view, held, truncated := reportView(a.cache.reportStates(), MaxReportSVIDs)
+	view, held, truncated := a.cache.rotationReport(MaxReportSVIDs)
 	agentSVID := a.agentReport()
 	full := s.needFull
 	var changed []svidReport

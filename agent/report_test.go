@@ -584,7 +584,8 @@ func BenchmarkReportStates(b *testing.B) {
 	})
 	b.Run("build", func(b *testing.B) {
 		for b.Loop() {
-			view, _, _ := reportView(c.reportStates(), MaxReportSVIDs)
+			states, _ := c.reportStates(MaxReportSVIDs)
+			view, _, _ := reportView(states, MaxReportSVIDs)
 			reportDelta(last, view)
 		}
 	})

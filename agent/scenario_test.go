@@ -142,7 +142,7 @@ func (s *scenario) show(ch changes) {
 // state prints every entry and the next time-driven event.
 func (s *scenario) state() {
 	for _, id := range s.st.sortedIDs() {
-		st := s.st.entries[id]
+		st := s.st.peek(id)
 		fmt.Fprintf(&s.out, "  %-4s %-8s gen %d %s", id, st.phase(s.now), st.gen, strings.TrimPrefix(st.entry.GetSpiffeId(), "spiffe://example.org"))
 		if sv := st.svid; sv != nil {
 			fmt.Fprintf(&s.out, " | svid#%d %s by %s renew %s expires %s", sv.seq,

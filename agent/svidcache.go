@@ -402,6 +402,9 @@ func (s *x509State) resched(st *entryState) {
 	if st.gone {
 		s.idle.remove(st)
 	}
+	if q == qSpare {
+		s.queueCooling(st)
+	}
 }
 
 func (s *x509State) queue(q queue) *entryHeap {
@@ -477,6 +480,7 @@ func (s *x509State) overCapacity() int {
 // ref records that a subscription matches st: it is active from now on.
 func (s *x509State) ref(st *entryState) {
 	st.refs++
+	st.refd = true
 	if st.refs != 1 || st.gone {
 		return
 	}
@@ -518,11 +522,28 @@ func (s *x509State) Release(now time.Time) {
 func (s *x509State) SetPolicy(p cachePolicy) changes {
 	var ch changes
 	s.policy = p
+	// Cold entries that are now eager, or all of them when the cache is
+	// no longer bounded, are warmed.
+	switch {
+	case s.cold.len() == 0:
+	case p.max == 0:
+		s.warmWhere(func(*coldRec) bool { return true })
+	case len(p.eager) > 0:
+		s.warmWhere(func(r *coldRec) bool {
+			eager := false
+			r.eachSel(func(_ int, sel []byte) bool {
+				eager = p.eager[string(sel)]
+				return !eager
+			})
+			return eager
+		})
+	}
 	for _, st := range s.entries {
 		st.eager = s.isEager(st.entry.sels)
 		s.resched(st)
 	}
 	s.evictOver(&ch)
+	s.coolDown()
 	ch.wake = true
 	return ch
 }
@@ -597,7 +618,8 @@ func (s *x509State) setSelectors(st *entryState, old []string) {
 
 // matchEntries returns the entries a workload with selectors sels
 // matches, in no order: every selector of each is in sels. It costs the
-// entries filed under sels' selectors, not all the entries.
+// entries filed under sels' selectors, not all the entries. Cold entries
+// it matches are warmed (coldtier.go).
 func (s *x509State) matchEntries(sels registration.SelectorSet) []*entryState {
 	var out []*entryState
 	for sel := range sels {
@@ -607,7 +629,7 @@ func (s *x509State) matchEntries(sels registration.SelectorSet) []*entryState {
 			}
 		}
 	}
-	return out
+	return append(out, s.matchCold(sels)...)
 }
 
 // matchedBy reports whether a workload with selectors sels matches st.
@@ -660,7 +682,7 @@ type cacheSizes struct {
 
 // Sizes reports the cache's counts.
 func (s *x509State) Sizes() cacheSizes {
-	return cacheSizes{entries: len(s.entries), svids: s.svids, max: s.policy.max, over: s.overCapacity()}
+	return cacheSizes{entries: len(s.entries) + s.cold.len(), svids: s.svids, max: s.policy.max, over: s.overCapacity()}
 }
 
 // String describes the policy for logs.

@@ -116,7 +116,7 @@ func TestBoundedCacheFirstFetchAndIdle(t *testing.T) {
 		t.Fatalf("stats %d entries %d svids", e, s)
 	}
 	f.c.mu.Lock()
-	evicted := f.c.st.entries["e00000"].svid == nil
+	evicted := f.c.st.peek("e00000").svid == nil
 	f.c.mu.Unlock()
 	if !evicted {
 		t.Fatal("e00000 kept its SVID")
@@ -133,7 +133,7 @@ func TestBoundedCacheFirstFetchAndIdle(t *testing.T) {
 	f.mintJobs(f.c.takeDue(f.clk.Now(), 500))
 	recv(t, sub2)
 	f.c.mu.Lock()
-	kept, gone := f.c.st.entries["e00777"].svid != nil, f.c.st.entries["e00001"].svid == nil
+	kept, gone := f.c.st.peek("e00777").svid != nil, f.c.st.peek("e00001").svid == nil
 	f.c.mu.Unlock()
 	if !kept || !gone {
 		t.Fatalf("within idle_after: e00777 kept %v, e00001 evicted %v", kept, gone)
@@ -143,7 +143,7 @@ func TestBoundedCacheFirstFetchAndIdle(t *testing.T) {
 	f.clk.Add(time.Second)
 	f.c.takeBatch(f.clk.Now(), 500)
 	f.c.mu.Lock()
-	active := f.c.st.entries["e00777"].active
+	active := f.c.st.peek("e00777").active
 	f.c.mu.Unlock()
 	if active {
 		t.Fatal("e00777 still active after idle_after")
@@ -152,7 +152,7 @@ func TestBoundedCacheFirstFetchAndIdle(t *testing.T) {
 	f.c.mu.Lock()
 	var held []string
 	for _, id := range f.c.st.sortedIDs() {
-		if f.c.st.entries[id].svid != nil {
+		if f.c.st.peek(id).svid != nil {
 			held = append(held, id)
 		}
 	}
@@ -212,12 +212,38 @@ func TestBoundedCacheDeletedEntriesLeave(t *testing.T) {
 	if n != s.svids {
 		t.Fatalf("svids count %d, held %d", s.svids, n)
 	}
-	if len(s.bySel) != 10 {
-		t.Fatalf("selector index holds %d selectors, want 10", len(s.bySel))
+	// The selector indexes of both tiers (coldtier.go) and the strings
+	// they hold.
+	indexed := map[string]bool{}
+	for k := range s.bySel {
+		indexed[k] = true
+	}
+	held := map[string]bool{}
+	for k := range s.strs {
+		held[k] = true
+	}
+	for _, p := range s.cold.parents.list {
+		if p.refs > 0 {
+			held[p.id] = true
+		}
+	}
+	s.cold.each(func(i uint32) {
+		r := s.cold.rec(i)
+		if id := string(s.cold.id(i)); s.entries[id] != nil || slices.Contains(del, id) {
+			t.Fatalf("cold entry %s is warm too, or deleted", id)
+		}
+		indexed[string(r.sel(int(r.filed)))] = true
+		r.eachSel(func(_ int, sel []byte) bool { held[string(sel)] = true; return true })
+	})
+	if len(indexed) != 10 || len(s.bySel)+s.cold.nsels != 10 {
+		t.Fatalf("selector indexes hold %d selectors (%d warm, %d cold), want 10", len(indexed), len(s.bySel), s.cold.nsels)
 	}
 	// 10 selectors and the parent ID the entries share.
-	if len(s.strs) != 11 {
-		t.Fatalf("intern table holds %d strings, want 11", len(s.strs))
+	if len(held) != 11 {
+		t.Fatalf("intern tables hold %d strings, want 11", len(held))
+	}
+	if e, _ := s.Stats(); e != 10 {
+		t.Fatalf("%d entries held, want 10", e)
 	}
 }
 
@@ -277,7 +303,7 @@ func TestAgentBoundedCacheMintsOnRequest(t *testing.T) {
 		t.Fatalf("%d entries, %d SVIDs held; want 20, 3", entries, svids)
 	}
 	r.cache.mu.Lock()
-	evicted := r.cache.st.entries["e00"].svid == nil
+	evicted := r.cache.st.peek("e00").svid == nil
 	r.cache.mu.Unlock()
 	if !evicted {
 		t.Fatal("e00 (first by ID, never asked for) kept its SVID")

@@ -221,8 +221,12 @@ type entryState struct {
 	eager     bool
 	active    bool
 	released  bool // in x509State.released
-	gone      bool // deleted
+	gone      bool // deleted, or gone to the cold tier
 	roomTaken bool // counted in x509State.inflightNew
+	cooling   bool // in x509State.cooling
+	// refd: a subscription matched the entry at some point (the
+	// subscriptions' memo may hold it).
+	refd bool
 }
 
 // attemptFailed records a failed attempt for the rotation reports.
@@ -375,7 +379,9 @@ func (c *changes) add(e event) { c.events = append(c.events, e) }
 // x509State is the agent's entries, their X.509-SVIDs and the trust
 // bundle. It is not safe for concurrent use; the cache guards it.
 type x509State struct {
+	// entries are the warm entries; cold holds the others (coldtier.go).
 	entries     map[string]*entryState
+	cold        coldStore
 	peakEntries int
 	// version counts changes of the entry set (for subscriptions'
 	// matching).
@@ -409,6 +415,10 @@ type x509State struct {
 	idle        entryHeap
 	// released are entries whose last subscription ended, for Release.
 	released []*entryState
+	// cooling are entries that may go to the cold tier (coolDown);
+	// coldOff keeps every entry warm (tests compare the two).
+	cooling []*entryState
+	coldOff bool
 }
 
 // newX509State returns an empty state that draws its jitter from jitter
@@ -416,6 +426,7 @@ type x509State struct {
 func newX509State(jitter func() float64) x509State {
 	s := x509State{
 		entries: make(map[string]*entryState),
+		cold:    newColdStore(),
 		jitter:  jitter,
 		policy:  unboundedPolicy(),
 		bySel:   make(map[string][]*entryState),
@@ -446,32 +457,77 @@ func packEntries(entries []*sigilv1.Entry) []packedEntry {
 
 func noIntern(s string) string { return s }
 
-// ReplacePacked is ReplaceEntries with packed entries.
+// ReplacePacked is ReplaceEntries with packed entries. Entries that
+// arrive cold (coldtier.go) stay in the cold tier.
 func (s *x509State) ReplacePacked(entries []packedEntry) changes {
+	return s.replace(func(f func(*packedEntry)) {
+		for i := range entries {
+			f(&entries[i])
+		}
+	})
+}
+
+// ReplaceStaged is ReplaceEntries with the entries of stage, which it
+// drains.
+func (s *x509State) ReplaceStaged(stage *entryStage) changes {
+	return s.replace(stage.drain)
+}
+
+// replace makes the entries that each yields the full entry set.
+func (s *x509State) replace(each func(func(*packedEntry))) changes {
 	var ch changes
-	next := make(map[string]*entryState, len(entries))
-	for i := range entries {
-		pe := &entries[i]
-		if pe.id == "" {
-			continue
+	before := len(s.entries)
+	seen := make(map[*entryState]struct{}, before)
+	// The cold slots held by the new set; slot numbers stay valid while
+	// the store is held.
+	var marks []uint64
+	mark := func(i uint32) {
+		for int(i/64) >= len(marks) {
+			marks = append(marks, 0)
 		}
-		st := s.entries[pe.id]
-		if st == nil {
-			st = &entryState{}
-		}
-		s.upsert(st, pe, &ch)
-		next[st.entry.id] = st
+		marks[i/64] |= 1 << (i % 64)
 	}
+	s.cold.hold = true
+	each(func(pe *packedEntry) {
+		if pe.id == "" {
+			return
+		}
+		st, slot, cold := s.upsertAny(pe, &ch)
+		if cold {
+			mark(slot)
+		} else {
+			seen[st] = struct{}{}
+		}
+	})
 	for id, st := range s.entries {
-		if _, ok := next[id]; !ok {
+		if _, ok := seen[st]; !ok {
+			delete(s.entries, id)
 			s.deleted(id, st, &ch)
 		}
 	}
-	s.entries = next
-	s.peakEntries = len(next)
+	var gone []uint32
+	s.cold.each(func(i uint32) {
+		if int(i/64) >= len(marks) || marks[i/64]&(1<<(i%64)) == 0 {
+			gone = append(gone, i)
+		}
+	})
+	for _, i := range gone {
+		s.coldDeleted(i, &ch)
+	}
+	s.cold.release()
+	if n := len(s.entries); n < before/2 && before > 1024 {
+		// Go maps never shrink.
+		m := make(map[string]*entryState, n)
+		for k, v := range s.entries {
+			m[k] = v
+		}
+		s.entries = m
+	}
+	s.peakEntries = len(s.entries)
 	s.version++
 	s.synced = true
 	s.evictOver(&ch)
+	s.coolDown()
 	ch.notify, ch.wake = true, true
 	return ch
 }
@@ -488,25 +544,16 @@ func (s *x509State) ApplyPacked(upserted []packedEntry, deleted []string) change
 		return ch
 	}
 	for i := range upserted {
-		pe := &upserted[i]
-		if pe.id == "" {
-			continue
+		if pe := &upserted[i]; pe.id != "" {
+			s.upsertAny(pe, &ch)
 		}
-		st := s.entries[pe.id]
-		if st == nil {
-			st = &entryState{}
-		} else {
-			// The map's key is a substring of the old encoding: key
-			// the entry by the new one, so that the old is freed.
-			delete(s.entries, pe.id)
-		}
-		s.upsert(st, pe, &ch)
-		s.entries[st.entry.id] = st
 	}
 	for _, id := range deleted {
 		if st, ok := s.entries[id]; ok {
 			delete(s.entries, id)
 			s.deleted(id, st, &ch)
+		} else if slot, ok := s.cold.get(id); ok {
+			s.coldDeleted(slot, &ch)
 		} else {
 			ch.jwtDrop = append(ch.jwtDrop, id)
 		}
@@ -526,6 +573,7 @@ func (s *x509State) ApplyPacked(upserted []packedEntry, deleted []string) change
 	}
 	s.version++
 	s.evictOver(&ch)
+	s.coolDown()
 	ch.notify, ch.wake = true, true
 	return ch
 }
@@ -630,6 +678,7 @@ func (s *x509State) SetBundle(b *x509bundle.Bundle, now time.Time) (bool, change
 		s.promote(st.entry.id, st, sv, &ch)
 	}
 	s.evictOver(&ch)
+	s.coolDown()
 	ch.notify, ch.wake = true, true
 	return true, ch
 }
@@ -694,6 +743,7 @@ func (s *x509State) Tick(now time.Time) changes {
 		s.resched(st)
 	}
 	s.evictOver(&ch)
+	s.coolDown()
 	return ch
 }
 
@@ -742,13 +792,17 @@ func (s *x509State) StartMints(now time.Time, max int, waiting func() map[*entry
 	for len(take) < max && s.due.len() > 0 && s.due.top().rank == rankNoSVID {
 		takeOne(s.due.top())
 	}
-	for len(take) < max && room != 0 && s.spare.len() > 0 {
-		takeOne(s.spare.top())
+	for len(take) < max && room != 0 {
+		st := s.nextSpare()
+		if st == nil {
+			break
+		}
+		takeOne(st)
 	}
 	for len(take) < max && s.due.len() > 0 {
 		takeOne(s.due.top())
 	}
-	all := s.due.len() == 0 && (room == 0 || s.spare.len() == 0)
+	all := s.due.len() == 0 && (room == 0 || s.spare.len() == 0 && s.cold.len() == 0)
 	jobs = make([]*mintJob, len(take))
 	for i, st := range take {
 		s.setInflight(st, true)
@@ -922,6 +976,7 @@ func (s *x509State) MintFinished(results []mintResult, now time.Time) (int, chan
 		}
 	}
 	s.evictOver(&ch)
+	s.coolDown()
 	ch.wake = true
 	ch.notify = ch.notify || installed > 0
 	return installed, ch
@@ -1009,16 +1064,17 @@ func (s *x509State) ResetRetries() changes {
 
 // Stats counts the entries and the entries with an SVID.
 func (s *x509State) Stats() (entries, svids int) {
-	return len(s.entries), s.svids
+	return len(s.entries) + s.cold.len(), s.svids
 }
 
 // sortedIDs returns the entry IDs in order, so that transitions that
 // report events for several entries report them in a stable order.
 func (s *x509State) sortedIDs() []string {
-	ids := make([]string, 0, len(s.entries))
+	ids := make([]string, 0, len(s.entries)+s.cold.len())
 	for id := range s.entries {
 		ids = append(ids, id)
 	}
+	s.cold.each(func(i uint32) { ids = append(ids, string(s.cold.id(i))) })
 	slices.Sort(ids)
 	return ids
 }

@@ -1,0 +1,337 @@
+package agent
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// coldModel is what a coldStore must hold, as plain maps.
+type coldModel map[string]struct {
+	pe   packedEntry
+	meta coldMeta
+}
+
+// check compares c with m through every query of the store, and checks
+// the store's own bookkeeping: list counts, parent references, the
+// heap's order and the chunks' garbage.
+func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.SelectorSet) {
+	t.Helper()
+	if c.len() != len(m) {
+		t.Fatalf("store holds %d, model %d", c.len(), len(m))
+	}
+	var minID string
+	for id, want := range m {
+		slot, ok := c.get(id)
+		if !ok {
+			t.Fatalf("%s not found", id)
+		}
+		if got := c.packed(slot); !got.equal(&want.pe) || got.id != id || got.spiffeID != want.pe.spiffeID || got.createdAt != want.pe.createdAt || got.fed != want.pe.fed {
+			t.Fatalf("%s reads back as %+v, want %+v", id, got, want.pe)
+		}
+		if !c.equal(slot, &want.pe) {
+			t.Fatalf("%s not equal to itself", id)
+		}
+		if got := c.meta(slot); got != want.meta {
+			t.Fatalf("%s meta %+v, want %+v", id, got, want.meta)
+		}
+		if c.fed(slot) != want.pe.fed {
+			t.Fatalf("%s fed %v", id, !want.pe.fed)
+		}
+		if minID == "" || id < minID {
+			minID = id
+		}
+	}
+	for _, id := range []string{"absent", "e-99999", ""} {
+		if _, ok := c.get(id); ok {
+			t.Fatalf("%q found", id)
+		}
+	}
+	if top, ok := c.top(); ok != (len(m) > 0) || (ok && string(c.id(top)) != minID) {
+		t.Fatalf("heap top %v %q, want %q", ok, c.id(top), minID)
+	}
+	n := 0
+	modes := map[uint8]int{}
+	c.each(func(i uint32) {
+		n++
+		modes[c.rec(i).idMode]++
+	})
+	if n != len(m) {
+		t.Fatalf("each visits %d of %d", n, len(m))
+	}
+	if len(m) > 100 && (modes[idText] == 0 || modes[idHex] == 0 || modes[idUUID] == 0) {
+		t.Fatalf("IDs kept %v: not every way is tested", modes)
+	}
+	for _, set := range probes {
+		var got []string
+		for sel := range set {
+			c.match(sel, set, func(i uint32) { got = append(got, string(c.id(i))) })
+		}
+		var want []string
+		for id, e := range m {
+			if len(e.pe.sels) > 0 && registration.SelectorSet(set).Contains(e.pe.GetSelectors()) {
+				want = append(want, id)
+			}
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("match %v: %v, want %v", set, got, want)
+		}
+	}
+	// Bookkeeping.
+	listed := 0
+	for _, b := range c.sels {
+		if b.head == 0 {
+			continue
+		}
+		k := uint32(0)
+		for v := b.head; v != 0; v = c.slots[v-1].next {
+			k++
+		}
+		if k != b.count {
+			t.Fatalf("bucket lists %d, counts %d", k, b.count)
+		}
+		listed += int(k)
+	}
+	withSels := 0
+	refs := map[string]int32{}
+	for _, e := range m {
+		if len(e.pe.sels) > 0 {
+			withSels++
+		}
+		if e.pe.parent != "" {
+			refs[e.pe.parent]++
+		}
+	}
+	if listed != withSels {
+		t.Fatalf("selector index lists %d entries, %d have selectors", listed, withSels)
+	}
+	for _, p := range c.parents.list {
+		if p.refs != refs[p.id] {
+			t.Fatalf("parent %q has %d references, want %d", p.id, p.refs, refs[p.id])
+		}
+		delete(refs, p.id)
+	}
+	if len(refs) != 0 || len(c.parents.idx) != len(c.parents.list)-len(c.parents.free) {
+		t.Fatalf("parents not interned: %v", refs)
+	}
+	dirs := map[string]int32{}
+	for _, e := range m {
+		dirs[e.pe.spiffeID[:strings.LastIndexByte(e.pe.spiffeID, '/')+1]]++
+	}
+	for _, d := range c.dirs.list {
+		if d.refs != dirs[d.id] {
+			t.Fatalf("SPIFFE ID directory %q has %d references, want %d", d.id, d.refs, dirs[d.id])
+		}
+		delete(dirs, d.id)
+	}
+	if len(dirs) != 0 || len(c.dirs.idx) != len(c.dirs.list)-len(c.dirs.free) {
+		t.Fatalf("SPIFFE ID directories not interned: %v", dirs)
+	}
+	for i := 1; i < len(c.heap); i++ {
+		if c.less(c.heap[i], c.heap[(i-1)/2]) {
+			t.Fatalf("heap out of order at %d", i)
+		}
+	}
+	live := 0
+	for i := range c.chunks {
+		if c.chunks[i].b != nil {
+			live += len(c.chunks[i].b) - c.chunks[i].garbage
+		}
+	}
+	used := 0
+	for i := range c.slots {
+		if c.slots[i].live() {
+			n, l := binary.Uvarint(c.chunks[c.slots[i].chunk].b[c.slots[i].off:])
+			used += l + int(n)
+		}
+	}
+	if live != used {
+		t.Fatalf("chunks hold %d live bytes, slots %d", live, used)
+	}
+}
+
+// A coldStore agrees with a map model across random inserts, changes,
+// removals, holds and matches, through enough entries and deletions to
+// grow and compact chunks, resize its tables and renumber its slots.
+func TestColdStoreMatchesModel(t *testing.T) {
+	for seed := uint64(1); seed <= 4; seed++ {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 7))
+			cs := newColdStore()
+			c := &cs
+			m := coldModel{}
+			mk := func(i int) packedEntry {
+				// IDs kept as they are, and as 16 bytes (coldRec.idMode).
+				id := []string{
+					fmt.Sprintf("e-%05d", i),
+					fmt.Sprintf("%032x", uint64(i)*0x9e3779b97f4a7c15),
+					fmt.Sprintf("%08x-1a2b-4c3d-8e9f-%012x", i, i*7919),
+					fmt.Sprintf("%032X", uint64(i)*0x9e3779b97f4a7c15),
+				}[i%4]
+				e := &sigilv1.Entry{
+					Id:        id,
+					SpiffeId:  fmt.Sprintf("spiffe://example.org/w/%d/%s", i, strings.Repeat("x", rng.IntN(40))),
+					ParentId:  fmt.Sprintf("spiffe://example.org/agent/%d", rng.IntN(3)),
+					CreatedAt: int64(rng.IntN(1 << 40)),
+					Revision:  int64(rng.IntN(5)),
+				}
+				if rng.IntN(10) == 0 {
+					e.ParentId = ""
+				}
+				for range rng.IntN(4) {
+					switch rng.IntN(3) {
+					case 0:
+						e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: "k8s", Value: fmt.Sprintf("sa:%d", i)})
+					case 1:
+						e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: "k8s", Value: fmt.Sprintf("ns:%d", rng.IntN(5))})
+					default:
+						e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: "unix", Value: "uid:0"})
+					}
+				}
+				if rng.IntN(6) == 0 {
+					e.FederatesWith = []string{"other.org"}
+				}
+				if rng.IntN(5) == 0 {
+					e.DnsNames = []string{"a.example", "b.example"}
+				}
+				return packEntry(e, noIntern)
+			}
+			meta := func() coldMeta {
+				return coldMeta{gen: rng.Uint64N(1 << 40), lastReq: rng.Int64N(1<<62) - 1<<61, lastAttempt: int64(rng.IntN(2)) * rng.Int64N(1<<62)}
+			}
+			var probes []registration.SelectorSet
+			for i := range 20 {
+				set := registration.SelectorSet{fmt.Sprintf("k8s:ns:%d", i%5): {}, "unix:uid:0": {}}
+				if i%2 == 0 {
+					set[fmt.Sprintf("k8s:sa:%d", rng.IntN(3000))] = struct{}{}
+				}
+				probes = append(probes, set)
+			}
+			ids := func() []string {
+				out := make([]string, 0, len(m))
+				for id := range m {
+					out = append(out, id)
+				}
+				slices.Sort(out)
+				return out
+			}
+			for round := range 6 {
+				// Grow, with changes among the inserts.
+				for range 1500 {
+					i := rng.IntN(3000)
+					pe := mk(i)
+					if old, ok := m[pe.id]; ok {
+						slot, _ := c.get(pe.id)
+						if c.equal(slot, &pe) != old.pe.equal(&pe) {
+							t.Fatalf("equal disagrees for %s", pe.id)
+						}
+						c.remove(slot)
+					}
+					mt := meta()
+					c.insert(&pe, mt)
+					m[pe.id] = struct {
+						pe   packedEntry
+						meta coldMeta
+					}{pe, mt}
+				}
+				m.check(t, c, probes)
+				// Shrink: most entries go, some under a hold (slot
+				// numbers kept), as x509State removes them.
+				all := ids()
+				hold := round%2 == 1
+				if hold {
+					c.hold = true
+				}
+				var slots []uint32
+				for _, id := range all {
+					if rng.IntN(10) < 8 {
+						slot, _ := c.get(id)
+						delete(m, id)
+						if !hold {
+							// Slot numbers hold only until the
+							// next change.
+							c.remove(slot)
+							continue
+						}
+						slots = append(slots, slot)
+					}
+				}
+				for _, slot := range slots {
+					c.remove(slot)
+				}
+				if hold {
+					c.release()
+				}
+				m.check(t, c, probes)
+			}
+			for _, id := range ids() {
+				slot, _ := c.get(id)
+				c.remove(slot)
+				delete(m, id)
+			}
+			m.check(t, c, probes)
+			if len(c.chunks) != 0 || len(c.slots) != 0 || len(c.ids) != 0 || len(c.sels) != 0 || len(c.heap) != 0 || len(c.parents.list) != 0 || len(c.dirs.list) != 0 {
+				t.Fatalf("an empty store keeps %d chunks, %d slots, %d ids, %d buckets, %d heap, %d parents",
+					len(c.chunks), len(c.slots), len(c.ids), len(c.sels), len(c.heap), len(c.parents.list))
+			}
+		})
+	}
+}
+
+// An entryStage holds the last version of each entry put and not
+// deleted, hands each out once when drained, and is empty after.
+func TestEntryStage(t *testing.T) {
+	s := newEntryStage()
+	want := map[string]*sigilv1.Entry{}
+	var order []string
+	for i := range 3000 {
+		e := benchEntry(i % 2500)
+		e.Revision = int64(i)
+		if _, ok := want[e.GetId()]; !ok {
+			order = append(order, e.GetId())
+		}
+		want[e.GetId()] = e
+		s.put(e)
+	}
+	s.put(&sigilv1.Entry{SpiffeId: "spiffe://example.org/no-id"})
+	for i := 0; i < 2500; i += 3 {
+		id := benchEntry(i).GetId()
+		s.del(id)
+		delete(want, id)
+	}
+	s.del("absent")
+	if s.len() != len(want) {
+		t.Fatalf("stage holds %d, want %d", s.len(), len(want))
+	}
+	var got []string
+	s.drain(func(pe *packedEntry) {
+		w := want[pe.id]
+		if w == nil {
+			t.Fatalf("drained %s, deleted or never put", pe.id)
+		}
+		if p := packEntry(w, noIntern); !pe.equal(&p) {
+			t.Fatalf("drained %s as %+v, want %+v", pe.id, pe, p)
+		}
+		got = append(got, pe.id)
+		delete(want, pe.id)
+	})
+	if len(want) != 0 {
+		t.Fatalf("%d entries not drained", len(want))
+	}
+	// The first drained is the first put and not deleted (a replaced
+	// entry keeps its place).
+	if len(got) == 0 || got[0] != order[1] {
+		t.Fatalf("drained first %v, want %s", got[:min(3, len(got))], order[1])
+	}
+	if s.len() != 0 || len(s.cs.chunks) != 0 || len(s.cs.slots) != 0 || len(s.cs.ids) != 0 {
+		t.Fatalf("drained stage keeps %d entries, %d chunks, %d slots, %d ids", s.len(), len(s.cs.chunks), len(s.cs.slots), len(s.cs.ids))
+	}
+}
