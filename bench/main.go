@@ -190,6 +190,19 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if *idleOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		bins, err := idleBins()
+		if err == nil {
+			err = benchIdle(ctx, bins, *idleRounds, *idleEntries, false)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *lazyOnly {
 		if err := benchLazyOnly(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -289,6 +302,10 @@ func run(dur time.Duration, maxSVIDs, metricsRounds int, limitsOnly bool, jsonOu
 	fmt.Println()
 	if err := benchFetchDeployed(ctx); err != nil {
 		return fmt.Errorf("deployed fetch: %w", err)
+	}
+	fmt.Println()
+	if err := benchIdle(ctx, nil, 1, *idleEntries, true); err != nil {
+		return fmt.Errorf("idle memory: %w", err)
 	}
 	fmt.Println()
 	if err := benchWorkloadK8s(ctx); err != nil {

@@ -61,6 +61,8 @@ type entryFeed struct {
 	// changes; last is that command's index.
 	notify chan struct{}
 	last   uint64
+
+	trim feedTrim // dropping the records once quiet (feedtrim.go)
 }
 
 // recordEntryChanges appends the entry changes of txn (which must track
@@ -94,6 +96,7 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 	}
 	if pushed {
 		q.last = index
+		q.pushed()
 		if q.notify != nil {
 			close(q.notify)
 			q.notify = nil
