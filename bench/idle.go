@@ -47,7 +47,7 @@ const (
 	// server's memory is read: raftstore returns free memory 2 s after
 	// 4,096 entries are deleted (then at most every 30 s), and again 2 s
 	// after its entry change feed, quiet for 30 s, drops its records.
-	releaseWait = 35 * time.Second
+	releaseWait = 40 * time.Second
 	// releaseWithin bounds the wait for the RSS to settle after that.
 	releaseWithin = 20 * time.Second
 )

@@ -116,13 +116,15 @@ func TestEntryFeedDroppedWhenQuiet(t *testing.T) {
 }
 
 // TestMemoryReleasedWhenFeedDropped: a drop of at least feedThreshold
-// records returns free memory; a smaller one does not.
+// records returns free memory, even within the minimum interval of the
+// last release; a smaller one does not.
 func TestMemoryReleasedWhenFeedDropped(t *testing.T) {
 	tf := newTestFSM(t)
 	fake := clock.NewFake(t0)
 	tf.f.feed.trim.clock = fake
 	released := make(chan struct{}, 4)
-	tf.f.release = &memRelease{free: func() { released <- struct{}{} }, threshold: 1 << 30, feedThreshold: 3}
+	tf.f.release = &memRelease{free: func() { released <- struct{}{} }, threshold: 1 << 30, feedThreshold: 3, minInterval: time.Hour}
+	tf.f.release.last.Store(time.Now().UnixNano()) // a release just ran
 
 	createN(t, tf, "a", 2)
 	fake.Add(feedQuiet)

@@ -62,8 +62,10 @@ func (m *memRelease) entriesDeleted(n int) {
 
 // feedDropped records that the entry change feed dropped n records once
 // quiet (feedtrim.go), which frees the last references to the entries
-// they name, and schedules a release when they were at least
-// feedThreshold (0 means feedReleaseAfter). It never blocks.
+// they name, and returns free memory after the settle time when they were
+// at least feedThreshold (0 means feedReleaseAfter). Such a release does
+// not wait for minInterval: the feed drops its records at most once per
+// feedQuiet, and what is left to collect then is small. It never blocks.
 func (m *memRelease) feedDropped(n int) {
 	if m == nil || m.free == nil {
 		return
@@ -75,7 +77,7 @@ func (m *memRelease) feedDropped(n int) {
 	if n < threshold {
 		return
 	}
-	m.schedule()
+	time.AfterFunc(m.settle, m.release)
 }
 
 // schedule runs one release after the settle time (and not within
@@ -89,9 +91,14 @@ func (m *memRelease) schedule() {
 		wait = max(wait, time.Until(time.Unix(0, last).Add(m.minInterval)))
 	}
 	time.AfterFunc(wait, func() {
-		m.deleted.Store(0)
-		m.free()
-		m.last.Store(time.Now().UnixNano())
+		m.release()
 		m.scheduled.Store(false)
 	})
+}
+
+// release returns free memory to the operating system now.
+func (m *memRelease) release() {
+	m.deleted.Store(0)
+	m.free()
+	m.last.Store(time.Now().UnixNano())
 }
