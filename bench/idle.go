@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -307,11 +308,12 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 	}
 	defer os.RemoveAll(dir)
 	if len(bins) == 0 {
-		bin, err := buildSigil(ctx, dir)
+		bin, err := buildSigilRelease(ctx, dir)
 		if err != nil {
 			return err
 		}
 		bins = []string{bin}
+		fmt.Println("memory: sigil built as released (CGO_ENABLED=0 -trimpath -ldflags '-s -w', as make release and the container image)")
 	}
 	all := make([][]idleResult, len(bins))
 	for r := 0; r < rounds; r++ {
@@ -391,4 +393,64 @@ func idleBins() ([]string, error) {
 		bins = append(bins, abs)
 	}
 	return bins, nil
+}
+
+// buildSigilRelease builds ./cmd/sigil into dir as `make release` and the
+// container image do: static (no cgo, so no pkcs11 key manager), without
+// file paths, symbol table or DWARF.
+func buildSigilRelease(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "sigil-release")
+	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/sigil")
+	build.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("building sigil: %w", err)
+	}
+	return installCopy(bin, filepath.Join(dir, "sigil-installed"))
+}
+
+// installCopy copies the executable src to dst with plain writes, as an
+// installer (cp, a package manager, an image layer) would, and returns
+// dst. The linker writes its output through a memory mapping, which on
+// kernels with large page-cache folios (ext4 since 6.x) leaves the fresh
+// binary in 2 MiB folios that every process running it maps whole (shown
+// as FilePmdMapped in smaps): about 6 MiB more resident per process than
+// the same binary installed by copying, an artefact of the build, not of
+// Sigil.
+func installCopy(src, dst string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, rerr := in.Read(buf)
+		if n > 0 {
+			if _, err := out.Write(buf[:n]); err != nil {
+				out.Close()
+				return "", err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			out.Close()
+			return "", rerr
+		}
+	}
+	if err := out.Close(); err != nil {
+		return "", err
+	}
+	return dst, nil
 }
