@@ -199,6 +199,7 @@ func main() {
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
+			pprof.StopCPUProfile()
 			os.Exit(1)
 		}
 		return
@@ -304,10 +305,6 @@ func run(dur time.Duration, maxSVIDs, metricsRounds int, limitsOnly bool, jsonOu
 		return fmt.Errorf("deployed fetch: %w", err)
 	}
 	fmt.Println()
-	if err := benchIdle(ctx, nil, 1, *idleEntries, true); err != nil {
-		return fmt.Errorf("idle memory: %w", err)
-	}
-	fmt.Println()
 	if err := benchWorkloadK8s(ctx); err != nil {
 		return fmt.Errorf("workload k8s: %w", err)
 	}
@@ -334,6 +331,13 @@ func run(dur time.Duration, maxSVIDs, metricsRounds int, limitsOnly bool, jsonOu
 	fmt.Println()
 	if err := benchFederation(ctx); err != nil {
 		return fmt.Errorf("federation: %w", err)
+	}
+	fmt.Println()
+	// Idle memory last, on its own time budget (a build, then about 70 s).
+	ictx, icancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer icancel()
+	if err := benchIdle(ictx, nil, 1, *idleEntries, true); err != nil {
+		return fmt.Errorf("idle memory: %w", err)
 	}
 	return summarize(jsonOut)
 }
