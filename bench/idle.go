@@ -307,13 +307,23 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 		return err
 	}
 	defer os.RemoveAll(dir)
+	names := append([]string(nil), bins...)
 	if len(bins) == 0 {
 		bin, err := buildSigilRelease(ctx, dir)
 		if err != nil {
 			return err
 		}
-		bins = []string{bin}
+		bins, names = []string{bin}, []string{"./cmd/sigil as released"}
 		fmt.Println("memory: sigil built as released (CGO_ENABLED=0 -trimpath -ldflags '-s -w', as make release and the container image)")
+	} else {
+		// Every binary installed the same way (see installCopy).
+		installed := make([]string, len(bins))
+		for i, b := range bins {
+			if installed[i], err = installCopy(b, filepath.Join(dir, fmt.Sprintf("sigil-%d", i))); err != nil {
+				return fmt.Errorf("idle: %w", err)
+			}
+		}
+		bins = installed
 	}
 	all := make([][]idleResult, len(bins))
 	for r := 0; r < rounds; r++ {
@@ -336,7 +346,7 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			}
 		}
 	}
-	for i, bin := range bins {
+	for i := range bins {
 		rs := all[i]
 		med := func(f func(idleResult) int64) float64 {
 			v := make([]float64, len(rs))
@@ -344,11 +354,14 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 				v[j] = float64(f(r))
 			}
 			sort.Float64s(v)
+			if n := len(v); n%2 == 0 {
+				return (v[n/2-1] + v[n/2]) / 2
+			}
 			return v[len(v)/2]
 		}
 		srv, agent := med(func(r idleResult) int64 { return r.Server.RSS }), med(func(r idleResult) int64 { return r.Agent.RSS })
 		if len(bins) > 1 {
-			fmt.Printf("binary %d: %s\n", i, bin)
+			fmt.Printf("binary %d: %s\n", i, names[i])
 		}
 		fmt.Printf("memory idle RSS (median of %d):              server %6.1f MiB (anon %.1f, file %.1f)  agent %6.1f MiB (anon %.1f, file %.1f)  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n",
 			len(rs), mib(int64(srv)), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.File }))),
