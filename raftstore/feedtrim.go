@@ -20,8 +20,9 @@ const (
 	// feedQuiet is how long the feed keeps its records after the last
 	// entry change.
 	feedQuiet = 30 * time.Second
-	// feedReleaseAfter is how many records a drop must free before it
-	// asks for the memory to be returned (memRelease).
+	// feedReleaseAfter is how many records of entry deletions a drop must
+	// free before it asks for the memory to be returned (memRelease):
+	// records of creations and updates name entries that are still held.
 	feedReleaseAfter = 1024
 )
 
@@ -29,9 +30,11 @@ const (
 // guarded by the feed's mutex; the zero value uses feedQuiet and the wall
 // clock.
 type feedTrim struct {
-	quiet   time.Duration // 0 means feedQuiet
-	clock   clock.Clock   // nil means the wall clock
-	dropped func(n int)   // called (outside the lock) after a drop of n records; may be nil
+	quiet time.Duration // 0 means feedQuiet
+	clock clock.Clock   // nil means the wall clock
+	// dropped is called (outside the lock) after a drop of n records, of
+	// which deletions were entry deletions; it may be nil.
+	dropped func(n, deletions int)
 
 	lastPush  time.Time
 	scheduled bool
@@ -87,13 +90,18 @@ func (q *entryFeed) trimIfQuiet() {
 		return
 	}
 	t.scheduled = false
-	n := len(q.recs)
+	n, deletions := len(q.recs), 0
+	for _, c := range q.recs {
+		if !c.After.Exists {
+			deletions++
+		}
+	}
 	// Every record's index is at most last: nothing above it is missing.
 	q.base = max(q.base, q.last)
 	q.recs, q.head = nil, 0
 	dropped := t.dropped
 	q.mu.Unlock()
 	if dropped != nil {
-		dropped(n)
+		dropped(n, deletions)
 	}
 }

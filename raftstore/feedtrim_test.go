@@ -63,15 +63,17 @@ func TestEntryFeedDroppedWhenQuiet(t *testing.T) {
 	tf := newTestFSM(t)
 	fake := clock.NewFake(t0)
 	tf.f.feed.trim.clock = fake
-	dropped := make(chan int, 4)
-	tf.f.feed.trim.dropped = func(n int) { dropped <- n }
+	dropped := make(chan [2]int, 4)
+	tf.f.feed.trim.dropped = func(n, deletions int) { dropped <- [2]int{n, deletions} }
 
 	createN(t, tf, "a", 3)
 	if fake.Waiters() != 1 {
 		t.Fatalf("no drop scheduled after a change: %d waiters", fake.Waiters())
 	}
 	fake.Add(20 * time.Second)
-	createN(t, tf, "b", 1)
+	if got := tf.batch(deleteEntries("a0")); got[0] != codes.OK {
+		t.Fatal(got)
+	}
 	last := tf.index
 	// 30 s after the first change but 10 s after the last: kept, and
 	// scheduled again.
@@ -82,14 +84,14 @@ func TestEntryFeedDroppedWhenQuiet(t *testing.T) {
 	}
 	select {
 	case n := <-dropped:
-		t.Fatalf("dropped %d records 10 s after the last change", n)
+		t.Fatalf("dropped %v records 10 s after the last change", n)
 	default:
 	}
 	fake.Add(20 * time.Second)
 	select {
 	case n := <-dropped:
-		if n != 4 {
-			t.Fatalf("dropped %d records, want 4", n)
+		if n != [2]int{4, 1} {
+			t.Fatalf("dropped %v records (all, deletions), want 4 and 1", n)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("feed not dropped after the quiet time")
@@ -116,8 +118,9 @@ func TestEntryFeedDroppedWhenQuiet(t *testing.T) {
 }
 
 // TestMemoryReleasedWhenFeedDropped: a drop of at least feedThreshold
-// records returns free memory, even within the minimum interval of the
-// last release; a smaller one does not.
+// records of deletions returns free memory, even within the minimum
+// interval of the last release; a drop of fewer, or of creations only,
+// does not.
 func TestMemoryReleasedWhenFeedDropped(t *testing.T) {
 	tf := newTestFSM(t)
 	fake := clock.NewFake(t0)
@@ -126,19 +129,35 @@ func TestMemoryReleasedWhenFeedDropped(t *testing.T) {
 	tf.f.release = &memRelease{free: func() { released <- struct{}{} }, threshold: 1 << 30, feedThreshold: 3, minInterval: time.Hour}
 	tf.f.release.last.Store(time.Now().UnixNano()) // a release just ran
 
-	createN(t, tf, "a", 2)
+	noRelease := func(what string) {
+		t.Helper()
+		select {
+		case <-released:
+			t.Fatalf("memory released after dropping %s", what)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	del := func(ids ...string) {
+		t.Helper()
+		for _, c := range tf.batch(deleteEntries(ids...)) {
+			if c != codes.OK {
+				t.Fatal(c)
+			}
+		}
+	}
+	createN(t, tf, "a", 5)
 	fake.Add(feedQuiet)
 	waitDropped(t, tf)
-	select {
-	case <-released:
-		t.Fatal("memory released after dropping 2 records")
-	case <-time.After(50 * time.Millisecond):
-	}
-	createN(t, tf, "b", 3)
+	noRelease("5 records of creations")
+	del("a0", "a1")
+	fake.Add(feedQuiet)
+	waitDropped(t, tf)
+	noRelease("2 records of deletions")
+	del("a2", "a3", "a4")
 	fake.Add(feedQuiet)
 	select {
 	case <-released:
 	case <-time.After(10 * time.Second):
-		t.Fatal("memory not released after dropping 3 records")
+		t.Fatal("memory not released after dropping 3 records of deletions")
 	}
 }

@@ -66,7 +66,7 @@ func newFSM(td spiffeid.TrustDomain, log *zap.Logger) *fsm {
 		release:   newMemRelease(),
 	}
 	f.state.Store(&dbState{db: newMemDB(f.serversID), abandon: make(chan struct{})})
-	f.feed.trim.dropped = func(n int) { f.release.feedDropped(n) }
+	f.feed.trim.dropped = func(_, deletions int) { f.release.feedDropped(deletions) }
 	return f
 }
 

@@ -33,8 +33,8 @@ type memRelease struct {
 	// free returns the memory; nil disables releases.
 	free      func()
 	threshold int64
-	// feedThreshold is the fewest feed records dropped at once that
-	// schedule a release (0 means feedReleaseAfter).
+	// feedThreshold is the fewest feed records of deletions dropped at
+	// once that schedule a release (0 means feedReleaseAfter).
 	feedThreshold int
 	settle        time.Duration
 	minInterval   time.Duration
@@ -60,10 +60,11 @@ func (m *memRelease) entriesDeleted(n int) {
 	m.schedule()
 }
 
-// feedDropped records that the entry change feed dropped n records once
-// quiet (feedtrim.go), which frees the last references to the entries
-// they name, and returns free memory after the settle time when they were
-// at least feedThreshold (0 means feedReleaseAfter). Such a release does
+// feedDropped records that the entry change feed dropped, once quiet
+// (feedtrim.go), n records of entry deletions, which held the last
+// references to the deleted entries' IDs, and returns free memory after
+// the settle time when they were at least feedThreshold (0 means
+// feedReleaseAfter). Such a release does
 // not wait for minInterval: the feed drops its records at most once per
 // feedQuiet, and what is left to collect then is small. It never blocks.
 func (m *memRelease) feedDropped(n int) {
