@@ -204,6 +204,20 @@ func main() {
 		}
 		return
 	}
+	if *idleOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		bins, err := idleBins()
+		if err == nil {
+			err = benchIdle(ctx, bins, *idleRounds, *idleEntries, false)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			pprof.StopCPUProfile()
+			os.Exit(1)
+		}
+		return
+	}
 	if *lazyOnly {
 		if err := benchLazyOnly(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -346,6 +360,13 @@ func run(dur time.Duration, maxSVIDs, metricsRounds int, limitsOnly bool, jsonOu
 	fmt.Println()
 	if err := benchFederation(ctx); err != nil {
 		return fmt.Errorf("federation: %w", err)
+	}
+	fmt.Println()
+	// Idle memory last, on its own time budget (a build, then about 70 s).
+	ictx, icancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer icancel()
+	if err := benchIdle(ictx, nil, 1, *idleEntries, true); err != nil {
+		return fmt.Errorf("idle memory: %w", err)
 	}
 	return summarize(jsonOut)
 }

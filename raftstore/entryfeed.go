@@ -61,6 +61,8 @@ type entryFeed struct {
 	// changes; last is that command's index.
 	notify chan struct{}
 	last   uint64
+
+	trim feedTrim // dropping the records once quiet (feedtrim.go)
 }
 
 // recordEntryChanges appends the entry changes of txn (which must track
@@ -94,6 +96,7 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 	}
 	if pushed {
 		q.last = index
+		q.pushed()
 		if q.notify != nil {
 			close(q.notify)
 			q.notify = nil
@@ -199,7 +202,8 @@ func (s *Store) ReadGen() (*Reader, FeedGen) {
 // must not modify them. upto must be the Index of a Reader of
 // gen (from ReadGen): the feed then holds every change up to it. It
 // returns false when it cannot give them all: the feed dropped some
-// (more than its size happened since after), or the state was replaced
+// (more than its size happened since after, or the feed, quiet for
+// feedQuiet, dropped its records: feedtrim.go), or the state was replaced
 // by a snapshot. The caller must then recompute from a Reader.
 func (s *Store) EntryChangesSince(gen FeedGen, after, upto uint64) ([]*EntryChange, bool) {
 	return s.fsm.feed.since(gen.st, after, upto)

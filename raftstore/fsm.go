@@ -66,6 +66,7 @@ func newFSM(td spiffeid.TrustDomain, log *zap.Logger) *fsm {
 		release:   newMemRelease(),
 	}
 	f.state.Store(&dbState{db: newMemDB(f.serversID), abandon: make(chan struct{})})
+	f.feed.trim.dropped = func(_, deletions int) { f.release.feedDropped(deletions) }
 	return f
 }
 

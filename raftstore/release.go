@@ -11,7 +11,9 @@ import (
 // which was set when the deleted entries were live: a server that drops
 // most of its entries keeps most of its resident memory for minutes. After
 // enough entries are deleted, the FSM asks the runtime once to return
-// what is free (debug.FreeOSMemory), off the apply path.
+// what is free (debug.FreeOSMemory), off the apply path; and again when
+// the entry change feed, quiet since, drops the records that still named
+// the deleted entries (feedtrim.go).
 const (
 	// releaseAfterDeleted is how many entries must be deleted since the
 	// last release before another one runs.
@@ -29,10 +31,13 @@ const (
 // operating system after large deletions. Its zero value does nothing.
 type memRelease struct {
 	// free returns the memory; nil disables releases.
-	free        func()
-	threshold   int64
-	settle      time.Duration
-	minInterval time.Duration
+	free      func()
+	threshold int64
+	// feedThreshold is the fewest feed records of deletions dropped at
+	// once that schedule a release (0 means feedReleaseAfter).
+	feedThreshold int
+	settle        time.Duration
+	minInterval   time.Duration
 
 	deleted   atomic.Int64
 	scheduled atomic.Bool
@@ -52,6 +57,33 @@ func (m *memRelease) entriesDeleted(n int) {
 	if m.deleted.Add(int64(n)) < m.threshold {
 		return
 	}
+	m.schedule()
+}
+
+// feedDropped records that the entry change feed dropped, once quiet
+// (feedtrim.go), n records of entry deletions, which held the last
+// references to the deleted entries' IDs, and returns free memory after
+// the settle time when they were at least feedThreshold (0 means
+// feedReleaseAfter). Such a release does
+// not wait for minInterval: the feed drops its records at most once per
+// feedQuiet, and what is left to collect then is small. It never blocks.
+func (m *memRelease) feedDropped(n int) {
+	if m == nil || m.free == nil {
+		return
+	}
+	threshold := m.feedThreshold
+	if threshold <= 0 {
+		threshold = feedReleaseAfter
+	}
+	if n < threshold {
+		return
+	}
+	time.AfterFunc(m.settle, m.release)
+}
+
+// schedule runs one release after the settle time (and not within
+// minInterval of the last one), unless one is already scheduled.
+func (m *memRelease) schedule() {
 	if !m.scheduled.CompareAndSwap(false, true) {
 		return // one is scheduled; it counts these too
 	}
@@ -60,9 +92,14 @@ func (m *memRelease) entriesDeleted(n int) {
 		wait = max(wait, time.Until(time.Unix(0, last).Add(m.minInterval)))
 	}
 	time.AfterFunc(wait, func() {
-		m.deleted.Store(0)
-		m.free()
-		m.last.Store(time.Now().UnixNano())
+		m.release()
 		m.scheduled.Store(false)
 	})
+}
+
+// release returns free memory to the operating system now.
+func (m *memRelease) release() {
+	m.deleted.Store(0)
+	m.free()
+	m.last.Store(time.Now().UnixNano())
 }

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
@@ -65,19 +66,27 @@ type Document struct {
 }
 
 // The shapes of document fields that become selectors and agent ID
-// segments; anything else is malformed evidence.
+// segments; anything else is malformed evidence. They are compiled on
+// first use, not at start: their counted repetitions make programs of
+// about 100 KiB together that every sigil process would otherwise build
+// and keep, configured with this attestor or not.
 var (
-	reAccount      = regexp.MustCompile(`^[0-9]{12}$`)
-	reRegion       = regexp.MustCompile(`^[a-z]{2}(-[a-z0-9]+)+-[0-9]{1,2}$`)
-	reAZ           = regexp.MustCompile(`^[a-z]{2}(-[a-z0-9]+)+-[0-9]{1,2}[a-z0-9-]{1,16}$`)
-	reInstanceID   = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
-	reImageID      = regexp.MustCompile(`^ami-[0-9a-f]{8,17}$`)
-	reInstanceType = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,30}\.[a-z0-9-]{1,31}$`)
+	reAccount      = lazyRegexp(`^[0-9]{12}$`)
+	reRegion       = lazyRegexp(`^[a-z]{2}(-[a-z0-9]+)+-[0-9]{1,2}$`)
+	reAZ           = lazyRegexp(`^[a-z]{2}(-[a-z0-9]+)+-[0-9]{1,2}[a-z0-9-]{1,16}$`)
+	reInstanceID   = lazyRegexp(`^i-[0-9a-f]{8,17}$`)
+	reImageID      = lazyRegexp(`^ami-[0-9a-f]{8,17}$`)
+	reInstanceType = lazyRegexp(`^[a-z0-9][a-z0-9-]{0,30}\.[a-z0-9-]{1,31}$`)
 )
+
+// lazyRegexp returns expr compiled once, on the first call.
+func lazyRegexp(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // selectorKinds maps each selector kind ("aws_iid:<kind>:<value>") to the
 // shape of its value.
-var selectorKinds = map[string]*regexp.Regexp{
+var selectorKinds = map[string]func() *regexp.Regexp{
 	"account":       reAccount,
 	"region":        reRegion,
 	"az":            reAZ,
@@ -130,7 +139,7 @@ func ParseDocument(b []byte) (*Document, error) {
 	}
 	for _, f := range []struct {
 		name, value string
-		re          *regexp.Regexp
+		re          func() *regexp.Regexp
 	}{
 		{"accountId", d.AccountID, reAccount},
 		{"region", d.Region, reRegion},
@@ -139,7 +148,7 @@ func ParseDocument(b []byte) (*Document, error) {
 		{"imageId", d.ImageID, reImageID},
 		{"instanceType", d.InstanceType, reInstanceType},
 	} {
-		if !f.re.MatchString(f.value) {
+		if !f.re().MatchString(f.value) {
 			return nil, fmt.Errorf("awsiid: instance identity document: %s %q is not valid", f.name, truncate(f.value))
 		}
 	}
@@ -182,7 +191,7 @@ func ValidateSelector(value string) error {
 	if !ok || re == nil {
 		return fmt.Errorf("%q is not an aws_iid selector: want account:, region:, az:, instance_id:, image_id: or instance_type: and a value", value)
 	}
-	if !re.MatchString(v) {
+	if !re().MatchString(v) {
 		return fmt.Errorf("%q is not a valid aws_iid %s", v, kind)
 	}
 	return nil

@@ -64,7 +64,7 @@ func (c Config) Validate() error {
 		return errors.New("awsiid: no region configured: name each region whose instances may attest, with its AWS public certificate")
 	}
 	for r, certs := range c.Regions {
-		if !reRegion.MatchString(r) {
+		if !reRegion().MatchString(r) {
 			return fmt.Errorf("awsiid: %q is not an AWS region name", r)
 		}
 		if len(certs) == 0 {
@@ -80,7 +80,7 @@ func (c Config) Validate() error {
 		return errors.New("awsiid: account allow-list is empty: name the AWS accounts whose instances may attest")
 	}
 	for _, a := range c.Accounts {
-		if !reAccount.MatchString(a) {
+		if !reAccount().MatchString(a) {
 			return fmt.Errorf("awsiid: %q is not an AWS account ID (12 digits)", a)
 		}
 	}

@@ -444,6 +444,13 @@ func TestNames(t *testing.T) {
 	if err != nil || len("key-"+long+".tpmobj") > 255 {
 		t.Errorf("the longest name does not fit a file name: %d %v", len(long), err)
 	}
+	// Ids outside 1 to 128 characters of [A-Za-z0-9._-] not starting
+	// with a dot are refused.
+	for _, id := range []string{"", strings.Repeat("i", 129), ".x", "a/b", "a b", "é"} {
+		if n, err := Name("example.org", "n1", ca.KeyScopeAuthorities, id); err == nil {
+			t.Errorf("id %q: name %q", id, n)
+		}
+	}
 }
 
 // TestClose: Close releases the TPM; signers, key managers and the store

@@ -1,0 +1,469 @@
+package main
+
+// Idle memory and memory after deleting: a `sigil server` and a `sigil
+// agent` process with nothing registered, measured as deployed (VmRSS and
+// its anonymous and file-backed parts from /proc/PID/status, and the
+// proportional set size from /proc/PID/smaps_rollup); then, on the same
+// server, N entries created through the admin API and all deleted, and
+// the server's RSS once it has settled, against its idle RSS.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+)
+
+var (
+	idleOnly = flag.Bool("idle-only", false,
+		"only measure idle RSS of a server and an agent process, and the server's RSS after creating and deleting -idle-entries entries")
+	idleSigil = flag.String("idle-sigil", "",
+		"with -idle-only: comma-separated sigil binaries to compare, rounds alternating between them (built from ./cmd/sigil when empty)")
+	idleRounds  = flag.Int("idle-rounds", 1, "with -idle-only: rounds per binary")
+	idleEntries = flag.Int("idle-entries", 100_000, "entries created then deleted for the after-delete figure (0: skip it)")
+)
+
+const (
+	// idleSettle is how long a process is left alone before its idle
+	// memory is read, and the least wait after the last deletion.
+	idleSettle = 5 * time.Second
+	// idleBatch is the entries per admin batch call.
+	idleBatch = 5_000
+	// releaseWait is the wait after the last deletion before the
+	// server's memory is read: raftstore returns free memory 2 s after
+	// 4,096 entries are deleted (then at most every 30 s), and again 2 s
+	// after its entry change feed, quiet for 30 s, drops its records.
+	releaseWait = 40 * time.Second
+	// releaseWithin bounds the wait for the RSS to settle after that.
+	releaseWithin = 20 * time.Second
+)
+
+// procMem is a process's resident memory in bytes.
+type procMem struct {
+	RSS  int64 `json:"rss"`      // VmRSS
+	Anon int64 `json:"rss_anon"` // RssAnon: what the process allocated itself
+	File int64 `json:"rss_file"` // RssFile: mapped file pages (the executable), shared
+	PSS  int64 `json:"pss"`      // Pss: shared pages divided among their users
+	Priv int64 `json:"pss_anon"` // Pss_Anon
+}
+
+func (m procMem) String() string {
+	return fmt.Sprintf("RSS %5.1f MiB (anon %4.1f, file %4.1f; PSS %5.1f)", mib(m.RSS), mib(m.Anon), mib(m.File), mib(m.PSS))
+}
+
+// readProcMem reads pid's memory from /proc/PID/status and
+// /proc/PID/smaps_rollup.
+func readProcMem(pid int) (procMem, error) {
+	var m procMem
+	fields := map[string]*int64{"VmRSS:": &m.RSS, "RssAnon:": &m.Anon, "RssFile:": &m.File}
+	if err := readKB(fmt.Sprintf("/proc/%d/status", pid), fields); err != nil {
+		return m, err
+	}
+	fields = map[string]*int64{"Pss:": &m.PSS, "Pss_Anon:": &m.Priv}
+	if err := readKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), fields); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// readKB fills each field found in path (lines "Name:   123 kB") in bytes.
+func readKB(path string, fields map[string]*int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("idle: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		p := fields[name+":"]
+		if p == nil {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		if err != nil {
+			return fmt.Errorf("idle: %s %s %q: %w", path, name, rest, err)
+		}
+		*p = kb << 10
+	}
+	return sc.Err()
+}
+
+// settledMem waits at least idleSettle, then until pid's RSS changes by
+// less than 1 % over three reads 500 ms apart (at most within), and
+// returns its memory.
+func settledMem(ctx context.Context, pid int, within time.Duration) (procMem, error) {
+	deadline := time.Now().Add(within)
+	select {
+	case <-ctx.Done():
+		return procMem{}, ctx.Err()
+	case <-time.After(idleSettle):
+	}
+	var last []int64
+	for {
+		m, err := readProcMem(pid)
+		if err != nil {
+			return m, err
+		}
+		last = append(last, m.RSS)
+		if n := len(last); n >= 3 {
+			lo, hi := last[n-3], last[n-3]
+			for _, v := range last[n-3:] {
+				lo, hi = min(lo, v), max(hi, v)
+			}
+			if float64(hi-lo) < 0.01*float64(hi) || time.Now().After(deadline) {
+				return m, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return m, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// idleResult is one round of one binary.
+type idleResult struct {
+	Server, Agent procMem
+	// After delete (zero when skipped): the server's memory with the
+	// entries, and settled after deleting them all.
+	Full, After procMem
+	CreateSecs  float64
+}
+
+// idleRun starts bin's server and agent in dir, measures them idle and,
+// with entries > 0, measures the server after creating and deleting them.
+func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, err error) {
+	var res idleResult
+	var procs []*exec.Cmd
+	defer func() {
+		for _, c := range procs {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+	}()
+	var addrs [3]string
+	for i := range addrs {
+		if addrs[i], err = benchFreeAddr(); err != nil {
+			return res, err
+		}
+	}
+	admin := filepath.Join(dir, "admin", "admin.sock")
+	start := func(name string, args ...string) (*exec.Cmd, error) {
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			return nil, err
+		}
+		defer logf.Close()
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		procs = append(procs, cmd)
+		return cmd, nil
+	}
+	srv, err := start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
+		"-data-dir", filepath.Join(dir, "server"), "-bind-address", addrs[0], "-health-address", addrs[1],
+		"-admin-socket", admin, "-log-level", "warn")
+	if err != nil {
+		return res, err
+	}
+	if err := waitHTTP(ctx, "http://"+addrs[1]+"/ready", time.Minute); err != nil {
+		return res, fmt.Errorf("server: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, bin, "token", "generate", "-socket", admin, "-output", "json").Output()
+	if err != nil {
+		return res, fmt.Errorf("token generate: %w", err)
+	}
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(out, &tok); err != nil {
+		return res, fmt.Errorf("token generate: %w", err)
+	}
+	bundle, err := exec.CommandContext(ctx, bin, "bundle", "show", "-socket", admin).Output()
+	if err != nil {
+		return res, fmt.Errorf("bundle show: %w", err)
+	}
+	bundlePath := filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(bundlePath, bundle, 0o644); err != nil {
+		return res, err
+	}
+	ag, err := start("agent", "agent", "-trust-domain", td.Name(), "-server-address", addrs[0],
+		"-data-dir", filepath.Join(dir, "agent"), "-socket-path", filepath.Join(dir, "public", "api.sock"),
+		"-join-token", tok.Token, "-trust-bundle-path", bundlePath, "-health-address", addrs[2], "-log-level", "warn")
+	if err != nil {
+		return res, err
+	}
+	if err := waitHTTP(ctx, "http://"+addrs[2]+"/ready", time.Minute); err != nil {
+		return res, fmt.Errorf("agent: %w", err)
+	}
+	if res.Server, err = settledMem(ctx, srv.Process.Pid, 15*time.Second); err != nil {
+		return res, err
+	}
+	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 5*time.Second); err != nil {
+		return res, err
+	}
+	if entries <= 0 {
+		return res, nil
+	}
+	conn, err := grpc.NewClient("unix://"+admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close()
+	api := sigilv1.NewAdminClient(conn)
+	// The entries are parented to a node that never attests, so the
+	// figure is the server's alone: no agent holds or mints them.
+	parent := "spiffe://" + td.Name() + "/sigil/agent/bench/idle-node"
+	ids := make([]string, 0, entries)
+	began := time.Now()
+	for lo := 0; lo < entries; lo += idleBatch {
+		batch := make([]*sigilv1.Entry, 0, idleBatch)
+		for i := lo; i < min(lo+idleBatch, entries); i++ {
+			batch = append(batch, &sigilv1.Entry{
+				SpiffeId: fmt.Sprintf("spiffe://%s/idle/ns-%d/sa-%d", td.Name(), i%50, i),
+				ParentId: parent,
+				Selectors: []*sigilv1.Selector{
+					{Type: "k8s", Value: fmt.Sprintf("ns:ns-%d", i%50)},
+					{Type: "k8s", Value: fmt.Sprintf("sa:sa-%d", i)},
+				},
+			})
+		}
+		resp, err := api.BatchCreateEntry(ctx, &sigilv1.BatchCreateEntryRequest{Entries: batch})
+		if err != nil {
+			return res, fmt.Errorf("batch create entry: %w", err)
+		}
+		for _, r := range resp.Results {
+			if r.Status.GetCode() != 0 {
+				return res, fmt.Errorf("create entry: %s", r.Status.GetMessage())
+			}
+			ids = append(ids, r.Entry.GetId())
+		}
+	}
+	res.CreateSecs = time.Since(began).Seconds()
+	if res.Full, err = readProcMem(srv.Process.Pid); err != nil {
+		return res, err
+	}
+	for lo := 0; lo < len(ids); lo += idleBatch {
+		resp, err := api.BatchDeleteEntry(ctx, &sigilv1.BatchDeleteEntryRequest{Ids: ids[lo:min(lo+idleBatch, len(ids))]})
+		if err != nil {
+			return res, fmt.Errorf("batch delete entry: %w", err)
+		}
+		for _, r := range resp.Results {
+			if r.Status.GetCode() != 0 {
+				return res, fmt.Errorf("delete entry %s: %s", r.Id, r.Status.GetMessage())
+			}
+		}
+	}
+	left, err := api.ListEntries(ctx, &sigilv1.ListEntriesRequest{PageSize: 1})
+	if err != nil {
+		return res, fmt.Errorf("list entries: %w", err)
+	}
+	if len(left.Entries) != 0 {
+		return res, errors.New("entries left after deleting them all")
+	}
+	select {
+	case <-ctx.Done():
+		return res, ctx.Err()
+	case <-time.After(releaseWait):
+	}
+	if res.After, err = settledMem(ctx, srv.Process.Pid, releaseWithin); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// benchIdle measures idle memory and memory after deleting for each
+// binary, rounds alternating between binaries, and prints each round and
+// the medians. With record set (one binary, the full bench), it records
+// the figures for the summary.
+func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool) error {
+	if rounds < 1 || entries < 0 {
+		return errors.New("-idle-rounds must be at least 1 and -idle-entries at least 0")
+	}
+	dir, err := os.MkdirTemp("", "sigil-bench-idle-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	names := append([]string(nil), bins...)
+	if len(bins) == 0 {
+		bin, err := buildSigilRelease(ctx, dir)
+		if err != nil {
+			return err
+		}
+		bins, names = []string{bin}, []string{"./cmd/sigil as released"}
+		fmt.Println("memory: sigil built as released (CGO_ENABLED=0 -trimpath -ldflags '-s -w', as make release and the container image)")
+	} else {
+		// Every binary installed the same way (see installCopy).
+		installed := make([]string, len(bins))
+		for i, b := range bins {
+			if installed[i], err = installCopy(b, filepath.Join(dir, fmt.Sprintf("sigil-%d", i))); err != nil {
+				return fmt.Errorf("idle: %w", err)
+			}
+		}
+		bins = installed
+	}
+	all := make([][]idleResult, len(bins))
+	for r := 0; r < rounds; r++ {
+		for i, bin := range bins {
+			rdir := filepath.Join(dir, fmt.Sprintf("r%d-b%d", r, i))
+			for _, sub := range []string{"admin", "public"} {
+				if err := os.MkdirAll(filepath.Join(rdir, sub), 0o700); err != nil {
+					return err
+				}
+			}
+			res, err := idleRun(ctx, bin, rdir, entries)
+			if err != nil {
+				return fmt.Errorf("%s: %w", bin, err)
+			}
+			all[i] = append(all[i], res)
+			fmt.Printf("round %d binary %d: server %v  agent %v\n", r, i, res.Server, res.Agent)
+			if entries > 0 {
+				fmt.Printf("    %d entries created in %.1f s: server %v; all deleted: %v = %.2f of idle\n",
+					entries, res.CreateSecs, res.Full, res.After, float64(res.After.RSS)/float64(res.Server.RSS))
+			}
+		}
+	}
+	for i := range bins {
+		rs := all[i]
+		med := func(f func(idleResult) int64) float64 {
+			v := make([]float64, len(rs))
+			for j, r := range rs {
+				v[j] = float64(f(r))
+			}
+			sort.Float64s(v)
+			if n := len(v); n%2 == 0 {
+				return (v[n/2-1] + v[n/2]) / 2
+			}
+			return v[len(v)/2]
+		}
+		srv, agent := med(func(r idleResult) int64 { return r.Server.RSS }), med(func(r idleResult) int64 { return r.Agent.RSS })
+		if len(bins) > 1 {
+			fmt.Printf("binary %d: %s\n", i, names[i])
+		}
+		fmt.Printf("memory idle RSS (median of %d):              server %6.1f MiB (anon %.1f, file %.1f)  agent %6.1f MiB (anon %.1f, file %.1f)  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n",
+			len(rs), mib(int64(srv)), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.File }))),
+			mib(int64(agent)), mib(int64(med(func(r idleResult) int64 { return r.Agent.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Agent.File }))))
+		ratio := 0.0
+		if entries > 0 {
+			ratio = med(func(r idleResult) int64 { return r.After.RSS * 1000 / r.Server.RSS }) / 1000
+			fmt.Printf("memory server RSS after deleting %d entries: %6.1f MiB, %.2f of idle (anon %.1f MiB against %.1f idle; goal ≤ 1.10)\n",
+				entries, mib(int64(med(func(r idleResult) int64 { return r.After.RSS }))), ratio,
+				mib(int64(med(func(r idleResult) int64 { return r.After.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))))
+		}
+		if rec {
+			record(newFigure("idle RSS, server process (anon+file)", mib(int64(srv)), "MiB", 0,
+				&Goal{Text: "≤ 20 MiB", Kind: GoalMaxValue, Bound: 20}, "143 MiB"))
+			record(newFigure("idle RSS, agent process (anon+file)", mib(int64(agent)), "MiB", 0,
+				&Goal{Text: "≤ 16 MiB", Kind: GoalMaxValue, Bound: 16}, "62 MiB"))
+			record(newFigure("idle anonymous RSS, server process", mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))), "MiB", 0, nil, ""))
+			record(newFigure("idle anonymous RSS, agent process", mib(int64(med(func(r idleResult) int64 { return r.Agent.Anon }))), "MiB", 0, nil, ""))
+			if entries > 0 {
+				record(newFigure(fmt.Sprintf("server RSS after deleting %d entries / idle", entries), ratio, "", 0,
+					&Goal{Text: "≤ 1.10", Kind: GoalMaxValue, Bound: 1.10}, ""))
+			}
+		}
+	}
+	return nil
+}
+
+// idleBins is -idle-sigil split into absolute paths.
+func idleBins() ([]string, error) {
+	if *idleSigil == "" {
+		return nil, nil
+	}
+	var bins []string
+	for _, b := range strings.Split(*idleSigil, ",") {
+		abs, err := filepath.Abs(b)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, fmt.Errorf("-idle-sigil: %w", err)
+		}
+		bins = append(bins, abs)
+	}
+	return bins, nil
+}
+
+// buildSigilRelease builds ./cmd/sigil into dir as `make release` and the
+// container image do: static (no cgo, so no pkcs11 key manager), without
+// file paths, symbol table or DWARF.
+func buildSigilRelease(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "sigil-release")
+	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/sigil")
+	build.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("building sigil: %w", err)
+	}
+	return installCopy(bin, filepath.Join(dir, "sigil-installed"))
+}
+
+// installCopy copies the executable src to dst with plain writes, as an
+// installer (cp, a package manager, an image layer) would, and returns
+// dst. The linker writes its output through a memory mapping, which on
+// kernels with large page-cache folios (ext4 since 6.x) leaves the fresh
+// binary in 2 MiB folios that every process running it maps whole (shown
+// as FilePmdMapped in smaps): about 6 MiB more resident per process than
+// the same binary installed by copying, an artefact of the build, not of
+// Sigil.
+func installCopy(src, dst string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, rerr := in.Read(buf)
+		if n > 0 {
+			if _, err := out.Write(buf[:n]); err != nil {
+				out.Close()
+				return "", err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			out.Close()
+			return "", rerr
+		}
+	}
+	if err := out.Close(); err != nil {
+		return "", err
+	}
+	return dst, nil
+}
