@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -69,16 +70,27 @@ func measureSnapshotOp(b *testing.B, op func()) (alloc, peak float64) {
 	base := liveHeap()
 	runtime.ReadMemStats(&m0)
 	p := startHeapPeak()
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	op()
 	opTime += time.Since(start)
+	opCPU += processCPU() - cpu0
 	top := p.end()
 	runtime.ReadMemStats(&m1)
 	return float64(m1.TotalAlloc - m0.TotalAlloc), float64(int64(top) - int64(base))
 }
 
-// opTime is the time spent in measured operations.
-var opTime time.Duration
+// opTime is the time spent in measured operations, and opCPU the CPU
+// time the process used meanwhile (garbage collection included).
+var opTime, opCPU time.Duration
+
+// processCPU is the user and system CPU time the process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		panic(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 const snapshotBenchEntries = 100000
 
@@ -90,7 +102,7 @@ func BenchmarkSnapshotPersist(b *testing.B) {
 	createRealistic(b, tf, 0, snapshotBenchEntries)
 	var alloc, peak float64
 	var size int64
-	opTime = 0
+	opTime, opCPU = 0, 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		a, p := measureSnapshotOp(b, func() {
@@ -111,6 +123,7 @@ func BenchmarkSnapshotPersist(b *testing.B) {
 	b.ReportMetric(peak/(1<<20), "peak-MiB")
 	b.ReportMetric(float64(size)/(1<<20), "snapshot-MiB")
 	b.ReportMetric(float64(opTime.Milliseconds())/float64(b.N), "op-ms")
+	b.ReportMetric(float64(opCPU.Milliseconds())/float64(b.N), "op-cpu-ms")
 }
 
 // BenchmarkSnapshotRestore restores a snapshot of 100,000 realistic
@@ -124,7 +137,7 @@ func BenchmarkSnapshotRestore(b *testing.B) {
 	data := persistBytes(b, tf.f)
 	tf = nil
 	var alloc, peak, kept float64
-	opTime = 0
+	opTime, opCPU = 0, 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		dst := newFSM(td, nil)
@@ -143,4 +156,5 @@ func BenchmarkSnapshotRestore(b *testing.B) {
 	b.ReportMetric(peak/(1<<20), "peak-MiB")
 	b.ReportMetric(kept/(1<<20), "state-MiB")
 	b.ReportMetric(float64(opTime.Milliseconds())/float64(b.N), "op-ms")
+	b.ReportMetric(float64(opCPU.Milliseconds())/float64(b.N), "op-cpu-ms")
 }
