@@ -215,43 +215,51 @@ const maxRestoreSize = 1 << 30
 // RestoreSnapshot replaces the cluster's whole state with a snapshot
 // written by SaveSnapshot, read from r to its end. Leader only. The
 // snapshot is checked in full (framing, checksum, every record) before
-// anything changes; the current Raft configuration is kept. It is spooled
-// to a temporary file (in the data directory, or the system's temporary
-// directory for an in-memory store) and read from there one record at a
-// time, never held in memory whole.
+// anything changes; the current Raft configuration is kept. It is read
+// one record at a time, never held in memory whole: from r itself when r
+// is an io.ReadSeeker (a file), which is read from its start, or else
+// from a copy spooled to a temporary file (in the data directory, or the
+// system's temporary directory for an in-memory store).
 func (s *Store) RestoreSnapshot(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
-	dir := s.cfg.DataDir
-	if s.cfg.InMemory {
-		dir = ""
+	rs, ok := r.(io.ReadSeeker)
+	if !ok {
+		dir := s.cfg.DataDir
+		if s.cfg.InMemory {
+			dir = ""
+		}
+		tmp, err := os.CreateTemp(dir, "restore-*.snap")
+		if err != nil {
+			return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
+		}
+		defer os.Remove(tmp.Name())
+		defer tmp.Close()
+		if _, err := io.Copy(tmp, io.LimitReader(r, maxRestoreSize+1)); err != nil {
+			return SnapshotInfo{}, fmt.Errorf("raftstore: restore: reading: %w", err)
+		}
+		rs = tmp
 	}
-	tmp, err := os.CreateTemp(dir, "restore-*.snap")
+	n, err := rs.Seek(0, io.SeekEnd)
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	n, err := io.Copy(tmp, io.LimitReader(r, maxRestoreSize+1))
-	if err != nil {
-		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: reading: %w", err)
 	}
 	if n > maxRestoreSize {
 		return SnapshotInfo{}, errors.New("raftstore: restore: snapshot is larger than 1 GiB")
 	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+	if _, err := rs.Seek(0, io.SeekStart); err != nil {
 		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
 	}
-	_, info, err := s.fsm.readState(tmp)
+	_, info, err := s.fsm.readState(rs)
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
 	if !s.IsLeader() {
 		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", raft.ErrNotLeader)
 	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+	if _, err := rs.Seek(0, io.SeekStart); err != nil {
 		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
 	}
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: info.Index, Size: n}
-	if err := s.raft.Restore(meta, tmp, timeoutOf(ctx)); err != nil {
+	if err := s.raft.Restore(meta, rs, timeoutOf(ctx)); err != nil {
 		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
 	}
 	return info, nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -272,6 +273,21 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 	if !s.store.IsLeader() {
 		return a.notLeader()
 	}
+	// The upload is spooled to a file as it comes, never held in memory,
+	// and restored from there.
+	spool, err := os.CreateTemp(s.cfg.DataDir, "restore-*.snap")
+	if err != nil {
+		return status.Errorf(codes.Internal, "snapshot restore: %v", err)
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	in := &chunkReceiver{stream: stream}
+	if _, err := io.Copy(spool, in); err != nil {
+		if in.err != nil {
+			return in.err
+		}
+		return status.Errorf(codes.Internal, "snapshot restore: spooling the upload: %v", err)
+	}
 	// The members' CA certificates must stay trusted, or the members
 	// could no longer authenticate each other after the restore.
 	var keep []*sigilv1.X509Authority
@@ -290,12 +306,7 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 		}
 		s.cluster.TrustExtra(certs)
 	}
-	// The upload is read as the store spools it, never held in memory.
-	in := &chunkReceiver{stream: stream}
-	snap, err := s.store.RestoreSnapshot(ctx, in)
-	if in.err != nil {
-		return in.err
-	}
+	snap, err := s.store.RestoreSnapshot(ctx, spool)
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
