@@ -3,11 +3,14 @@ package raftstore
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"math/rand"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -17,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/clock"
 	"github.com/sigil-id/sigil/internal/storepb"
 )
 
@@ -487,4 +491,70 @@ func (r *pieceReader) Read(p []byte) (int, error) {
 	n := copy(p[:min(len(p), r.piece)], r.data)
 	r.data = r.data[n:]
 	return n, nil
+}
+
+// TestStoreRestoreSnapshotFromAStream: Store.RestoreSnapshot restores a
+// snapshot read from a reader that cannot seek (spooled to the data
+// directory) as from a file; a corrupt one is refused without a change;
+// the spooled copy is removed either way; and the state survives a
+// restart from the Raft snapshot the restore wrote.
+func TestStoreRestoreSnapshotFromAStream(t *testing.T) {
+	dir := t.TempDir()
+	s := openDisk(t, dir, func(c *Config) { c.Clock = clock.NewFake(t0) })
+	ctx := context.Background()
+	create := func(id string) {
+		t.Helper()
+		if _, err := s.Apply(ctx, createEntries(entry(id, "spiffe://example.org/"+id, agent))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create("a")
+	var saved bytes.Buffer
+	if _, err := s.SaveSnapshot(ctx, &saved); err != nil {
+		t.Fatal(err)
+	}
+	create("b")
+	noSpool := func() {
+		t.Helper()
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && strings.HasPrefix(d.Name(), "restore-") {
+				t.Fatalf("spooled snapshot left behind: %s", path)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := append([]byte{}, saved.Bytes()...)
+	bad[len(bad)-5] ^= 1
+	if _, err := s.RestoreSnapshot(ctx, io.MultiReader(bytes.NewReader(bad))); err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("corrupt snapshot: %v", err)
+	}
+	if _, err := s.Read().Entry("b"); err != nil {
+		t.Fatalf("a refused restore changed the state: %v", err)
+	}
+	noSpool()
+	info, err := s.RestoreSnapshot(ctx, io.MultiReader(bytes.NewReader(saved.Bytes())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Entries != 1 || info.Size != int64(saved.Len()) {
+		t.Fatalf("restored %+v from %d bytes", info, saved.Len())
+	}
+	noSpool()
+	if _, err := s.Read().Entry("b"); err == nil {
+		t.Fatal("entry b survived the restore")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openDisk(t, dir)
+	defer s.Close()
+	if _, err := s.Read().Entry("a"); err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
+	if _, err := s.Read().Entry("b"); err == nil {
+		t.Fatal("entry b is back after a restart")
+	}
 }
