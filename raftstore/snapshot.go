@@ -44,6 +44,9 @@ const (
 	// snapshotBufferSize is the size of the buffers between a snapshot
 	// and its writer or reader.
 	snapshotBufferSize = 64 << 10
+	// snapshotBatch is the number of rows a snapshot's writer takes from a
+	// table at a time.
+	snapshotBatch = 1024
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -133,11 +136,33 @@ func eachRowOf(table string, msg func(raw any) proto.Message) func(*memdb.Txn, f
 // buffer, with the checksum kept as it goes. txn must be a read
 // transaction (its rows do not change between the passes).
 func writeSnapshot(w io.Writer, txn *memdb.Txn, index uint64) error {
+	// Rows are taken from the tables in batches, so that walking an index
+	// is not slowed by the encoding between two rows.
+	batch := make([]proto.Message, 0, snapshotBatch)
+	eachBatch := func(t snapshotTable, fn func([]proto.Message) error) error {
+		batch = batch[:0]
+		if err := t.each(txn, func(m proto.Message) error {
+			if batch = append(batch, m); len(batch) < cap(batch) {
+				return nil
+			}
+			err := fn(batch)
+			batch = batch[:0]
+			return err
+		}); err != nil {
+			return err
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		return fn(batch)
+	}
 	var n uint64
 	for _, t := range snapshotTables {
 		tag := uint64(protowire.SizeTag(t.field))
-		if err := t.each(txn, func(m proto.Message) error {
-			n += tag + uint64(protowire.SizeBytes(proto.Size(m)))
+		if err := eachBatch(t, func(ms []proto.Message) error {
+			for _, m := range ms {
+				n += tag + uint64(protowire.SizeBytes(proto.Size(m)))
+			}
 			return nil
 		}); err != nil {
 			return err
@@ -157,20 +182,26 @@ func writeSnapshot(w io.Writer, txn *memdb.Txn, index uint64) error {
 		rec     []byte
 		prefix  [2 * binary.MaxVarintLen64]byte
 	)
-	marshal := proto.MarshalOptions{Deterministic: true}
+	// The first pass left each row's size in its size cache: rows are
+	// never modified once stored, so the second reuses it instead of
+	// computing every size again (the check of written against n below
+	// would catch a size that changed).
+	marshal := proto.MarshalOptions{Deterministic: true, UseCachedSize: true}
 	for _, t := range snapshotTables {
-		if err := t.each(txn, func(m proto.Message) error {
-			var err error
-			if rec, err = marshal.MarshalAppend(rec[:0], m); err != nil {
-				return errorf("encoding snapshot: %s: %v", t.name, err)
-			}
-			p := protowire.AppendTag(prefix[:0], t.field, protowire.BytesType)
-			p = protowire.AppendVarint(p, uint64(len(rec)))
-			for _, b := range [][]byte{p, rec} {
-				crc = crc32.Update(crc, crcTable, b)
-				written += uint64(len(b))
-				if _, err := bw.Write(b); err != nil {
-					return errorf("writing snapshot: %v", err)
+		if err := eachBatch(t, func(ms []proto.Message) error {
+			for _, m := range ms {
+				var err error
+				if rec, err = marshal.MarshalAppend(rec[:0], m); err != nil {
+					return errorf("encoding snapshot: %s: %v", t.name, err)
+				}
+				p := protowire.AppendTag(prefix[:0], t.field, protowire.BytesType)
+				p = protowire.AppendVarint(p, uint64(len(rec)))
+				for _, b := range [][]byte{p, rec} {
+					crc = crc32.Update(crc, crcTable, b)
+					written += uint64(len(b))
+					if _, err := bw.Write(b); err != nil {
+						return errorf("writing snapshot: %v", err)
+					}
 				}
 			}
 			return nil
