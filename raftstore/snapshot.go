@@ -62,6 +62,8 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{txn: f.state.Load().db.Txn(false), index: f.lastIndex.Load()}, nil
 }
 
+// Persist writes the snapshot to sink as it is encoded (writeSnapshot) and
+// closes it, or cancels it on any error.
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	if err := writeSnapshot(sink, s.txn, s.index); err != nil {
 		_ = sink.Cancel()
@@ -388,13 +390,13 @@ func decodeSnapshotBody(body *bodyReader, record func(field protowire.Number, b 
 	return nil
 }
 
-// readTag reads a field's tag, with a field number of at most max.
-func readTag(br *bufio.Reader, max protowire.Number) (protowire.Number, protowire.Type, error) {
+// readTag reads a field's tag, with a field number of at most limit.
+func readTag(br *bufio.Reader, limit protowire.Number) (protowire.Number, protowire.Type, error) {
 	v, err := binary.ReadUvarint(br)
 	if err != nil {
 		return 0, 0, decodeError(err)
 	}
-	if n := v >> 3; n < uint64(protowire.MinValidNumber) || n > uint64(max) {
+	if n := v >> 3; n < uint64(protowire.MinValidNumber) || n > uint64(limit) {
 		return 0, 0, errorf("snapshot: decoding: invalid field number %d", n)
 	}
 	return protowire.Number(v >> 3), protowire.Type(v & 7), nil
