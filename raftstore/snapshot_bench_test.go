@@ -3,8 +3,10 @@ package raftstore
 import (
 	"bytes"
 	"io"
+	"os"
 	"runtime"
 	"runtime/metrics"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -92,14 +94,27 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-const snapshotBenchEntries = 100000
+// snapshotBenchEntries is the number of entries of the snapshot
+// benchmarks: 100,000, or SIGIL_SNAPSHOT_BENCH_ENTRIES.
+func snapshotBenchEntries(b *testing.B) int {
+	v := os.Getenv("SIGIL_SNAPSHOT_BENCH_ENTRIES")
+	if v == "" {
+		return 100000
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		b.Fatalf("SIGIL_SNAPSHOT_BENCH_ENTRIES=%q is not a positive number", v)
+	}
+	return n
+}
 
 // BenchmarkSnapshotPersist writes a snapshot of 100,000 realistic entries
-// to a sink that keeps nothing, and reports the bytes allocated and the
-// peak heap above the live state while writing (MiB), and the time.
+// (see snapshotBenchEntries) to a sink that keeps nothing, and reports the
+// bytes allocated and the peak heap above the live state while writing
+// (MiB), and the time.
 func BenchmarkSnapshotPersist(b *testing.B) {
 	tf := newTestFSM(b)
-	createRealistic(b, tf, 0, snapshotBenchEntries)
+	createRealistic(b, tf, 0, snapshotBenchEntries(b))
 	var alloc, peak float64
 	var size int64
 	opTime, opCPU = 0, 0
@@ -127,13 +142,13 @@ func BenchmarkSnapshotPersist(b *testing.B) {
 }
 
 // BenchmarkSnapshotRestore restores a snapshot of 100,000 realistic
-// entries held in memory, and reports the bytes allocated and the peak
+// entries (see snapshotBenchEntries) held in memory, and reports the bytes allocated and the peak
 // heap above the live heap before it (the input included in that base),
 // in MiB, and the time. The restored state itself is part of both; it is
 // reported alone as state-MiB.
 func BenchmarkSnapshotRestore(b *testing.B) {
 	tf := newTestFSM(b)
-	createRealistic(b, tf, 0, snapshotBenchEntries)
+	createRealistic(b, tf, 0, snapshotBenchEntries(b))
 	data := persistBytes(b, tf.f)
 	tf = nil
 	var alloc, peak, kept float64
