@@ -500,6 +500,21 @@ type snapshotLoader struct {
 	txn   *memdb.Txn
 
 	entries, nodes, relationships, alerts int
+	// pending are checked entries not yet inserted.
+	pending []*sigilv1.Entry
+}
+
+// insertEntries inserts the pending entries.
+func (l *snapshotLoader) insertEntries() error {
+	for _, e := range l.pending {
+		if err := restoreEntry(l.txn, e); err != nil {
+			return err
+		}
+	}
+	l.entries += len(l.pending)
+	clear(l.pending)
+	l.pending = l.pending[:0]
+	return nil
 }
 
 func (f *fsm) newSnapshotLoader(index uint64) *snapshotLoader {
@@ -549,10 +564,11 @@ func (l *snapshotLoader) load(field protowire.Number, b []byte) error {
 		if err := f.validateEntry(r); err != nil {
 			return errorf("snapshot: %v", err.Msg)
 		}
-		if err := restoreEntry(txn, r); err != nil {
-			return err
+		// Inserted in batches: inserting each as it is decoded leaves
+		// the index's nodes out of the cache between two inserts.
+		if l.pending = append(l.pending, r); len(l.pending) == snapshotBatch {
+			return l.insertEntries()
 		}
-		l.entries++
 	case *sigilv1.AttestedNode:
 		if err := f.validateNode(r); err != nil {
 			return errorf("snapshot: %v", err.Msg)
@@ -740,6 +756,9 @@ func (l *snapshotLoader) loadBundle(b *sigilv1.Bundle) error {
 // finish checks what involves several records, once every record is in,
 // and records the index.
 func (l *snapshotLoader) finish() error {
+	if err := l.insertEntries(); err != nil {
+		return err
+	}
 	txn := l.txn
 	if err := checkRestoredEntries(txn, l.entries); err != nil {
 		return err
