@@ -1,16 +1,14 @@
 package raftstore
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/hashicorp/raft"
-
-	"github.com/sigil-id/sigil/internal/storepb"
 )
 
 // Member is one server of the Raft configuration.
@@ -215,30 +213,54 @@ func (s *Store) SaveSnapshot(ctx context.Context, w io.Writer) (uint64, error) {
 const maxRestoreSize = 1 << 30
 
 // RestoreSnapshot replaces the cluster's whole state with a snapshot
-// written by SaveSnapshot. Leader only. The snapshot is checked in full
-// (framing, checksum, every record) before anything changes; the current
-// Raft configuration is kept.
-func (s *Store) RestoreSnapshot(ctx context.Context, r io.Reader) (*storepb.Snapshot, error) {
-	data, err := io.ReadAll(io.LimitReader(r, maxRestoreSize+1))
+// written by SaveSnapshot, read from r to its end. Leader only. The
+// snapshot is checked in full (framing, checksum, every record) before
+// anything changes; the current Raft configuration is kept. It is read
+// one record at a time, never held in memory whole: from r itself when r
+// is an io.ReadSeeker (a file), which is read from its start, or else
+// from a copy spooled to a temporary file (in the data directory, or the
+// system's temporary directory for an in-memory store).
+func (s *Store) RestoreSnapshot(ctx context.Context, r io.Reader) (SnapshotInfo, error) {
+	rs, ok := r.(io.ReadSeeker)
+	if !ok {
+		dir := s.cfg.DataDir
+		if s.cfg.InMemory {
+			dir = ""
+		}
+		tmp, err := os.CreateTemp(dir, "restore-*.snap")
+		if err != nil {
+			return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
+		}
+		defer os.Remove(tmp.Name())
+		defer tmp.Close()
+		if _, err := io.Copy(tmp, io.LimitReader(r, maxRestoreSize+1)); err != nil {
+			return SnapshotInfo{}, fmt.Errorf("raftstore: restore: reading: %w", err)
+		}
+		rs = tmp
+	}
+	n, err := rs.Seek(0, io.SeekEnd)
 	if err != nil {
-		return nil, fmt.Errorf("raftstore: restore: reading: %w", err)
+		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
 	}
-	if len(data) > maxRestoreSize {
-		return nil, errors.New("raftstore: restore: snapshot is larger than 1 GiB")
+	if n > maxRestoreSize {
+		return SnapshotInfo{}, errors.New("raftstore: restore: snapshot is larger than 1 GiB")
 	}
-	snap, index, err := readSnapshot(bytes.NewReader(data))
+	if _, err := rs.Seek(0, io.SeekStart); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
+	}
+	_, info, err := s.fsm.readState(rs)
 	if err != nil {
-		return nil, err
-	}
-	if _, err := s.fsm.loadSnapshot(snap, index); err != nil {
-		return nil, err
+		return SnapshotInfo{}, err
 	}
 	if !s.IsLeader() {
-		return nil, fmt.Errorf("raftstore: restore: %w", raft.ErrNotLeader)
+		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", raft.ErrNotLeader)
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: index, Size: int64(len(data))}
-	if err := s.raft.Restore(meta, bytes.NewReader(data), timeoutOf(ctx)); err != nil {
-		return nil, fmt.Errorf("raftstore: restore: %w", err)
+	if _, err := rs.Seek(0, io.SeekStart); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
 	}
-	return snap, nil
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: info.Index, Size: n}
+	if err := s.raft.Restore(meta, rs, timeoutOf(ctx)); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
+	}
+	return info, nil
 }

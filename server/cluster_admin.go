@@ -1,12 +1,13 @@
 package server
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -190,22 +191,80 @@ func (a *clusterAdminAPI) SnapshotSave(_ *sigilv1.SnapshotSaveRequest, stream si
 	if err := a.s.consistentRead(stream.Context()); err != nil {
 		return status.Errorf(codes.Unavailable, "snapshot save: %v", err)
 	}
-	var buf bytes.Buffer
-	idx, err := a.s.store.SaveSnapshot(stream.Context(), &buf)
+	// The snapshot is streamed as it is written, never held whole. Should
+	// writing fail half-way, the client has a snapshot that its length
+	// and checksum show to be incomplete, and this call's error.
+	w := &chunkSender{stream: stream}
+	bw := bufio.NewWriterSize(w, snapshotChunk)
+	idx, err := a.s.store.SaveSnapshot(stream.Context(), bw)
+	if err == nil && w.err == nil {
+		err = bw.Flush()
+	}
+	if w.err != nil {
+		return w.err
+	}
 	if err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	data := buf.Bytes()
-	for len(data) > 0 {
-		n := min(len(data), snapshotChunk)
-		if err := stream.Send(&sigilv1.SnapshotChunk{Data: data[:n]}); err != nil {
-			return err
-		}
-		data = data[n:]
-	}
 	a.s.auditAdmin(stream.Context(), audit.Event{What: "snapshot_saved", Who: audit.Admin, Message: "snapshot saved",
-		Fields: []audit.Field{audit.Uint64("index", idx), audit.Int("bytes", buf.Len())}})
+		Fields: []audit.Field{audit.Uint64("index", idx), audit.Int("bytes", int(w.n))}})
 	return nil
+}
+
+// chunkSender writes a snapshot to a SnapshotSave stream in chunks of at
+// most snapshotChunk bytes, and keeps the stream's error.
+type chunkSender struct {
+	stream sigilv1.ClusterAdmin_SnapshotSaveServer
+	n      int64
+	err    error
+}
+
+func (c *chunkSender) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	for done := 0; done < len(p); {
+		n := min(len(p)-done, snapshotChunk)
+		if c.err = c.stream.Send(&sigilv1.SnapshotChunk{Data: p[done : done+n]}); c.err != nil {
+			return done, c.err
+		}
+		done += n
+		c.n += int64(n)
+	}
+	return len(p), nil
+}
+
+// chunkReceiver reads a snapshot from a SnapshotRestore stream, at most
+// maxRestoreBytes of it, and keeps the stream's error.
+type chunkReceiver struct {
+	stream sigilv1.ClusterAdmin_SnapshotRestoreServer
+	data   []byte
+	n      int64
+	err    error
+}
+
+func (c *chunkReceiver) Read(p []byte) (int, error) {
+	for len(c.data) == 0 {
+		if c.err != nil {
+			return 0, c.err
+		}
+		chunk, err := c.stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return 0, io.EOF
+		}
+		if err != nil {
+			c.err = err
+			return 0, err
+		}
+		if c.n += int64(len(chunk.Data)); c.n > maxRestoreBytes {
+			c.err = status.Error(codes.InvalidArgument, "snapshot is too large")
+			return 0, c.err
+		}
+		c.data = chunk.Data
+	}
+	n := copy(p, c.data)
+	c.data = c.data[n:]
+	return n, nil
 }
 
 func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRestoreServer) error {
@@ -214,19 +273,20 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 	if !s.store.IsLeader() {
 		return a.notLeader()
 	}
-	var buf bytes.Buffer
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
+	// The upload is spooled to a file as it comes, never held in memory,
+	// and restored from there.
+	spool, err := os.CreateTemp(s.cfg.DataDir, "restore-*.snap")
+	if err != nil {
+		return status.Errorf(codes.Internal, "snapshot restore: %v", err)
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	in := &chunkReceiver{stream: stream}
+	if _, err := io.Copy(spool, in); err != nil {
+		if in.err != nil {
+			return in.err
 		}
-		if err != nil {
-			return err
-		}
-		if buf.Len()+len(chunk.Data) > maxRestoreBytes {
-			return status.Error(codes.InvalidArgument, "snapshot is too large")
-		}
-		buf.Write(chunk.Data)
+		return status.Errorf(codes.Internal, "snapshot restore: spooling the upload: %v", err)
 	}
 	// The members' CA certificates must stay trusted, or the members
 	// could no longer authenticate each other after the restore.
@@ -246,7 +306,7 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 		}
 		s.cluster.TrustExtra(certs)
 	}
-	snap, err := s.store.RestoreSnapshot(ctx, &buf)
+	snap, err := s.store.RestoreSnapshot(ctx, spool)
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -264,9 +324,9 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 		}
 	}
 	s.auditAdmin(ctx, audit.Event{What: "snapshot_restored", Who: audit.Admin, Message: "snapshot restored",
-		Fields: []audit.Field{audit.Int("entries", len(snap.Entries)), audit.Int("agents", len(snap.Nodes))}})
+		Fields: []audit.Field{audit.Int("entries", snap.Entries), audit.Int("agents", snap.Nodes)}})
 	return stream.SendAndClose(&sigilv1.SnapshotRestoreResponse{
-		Index: s.store.LastIndex(), Entries: int32(len(snap.Entries)), Agents: int32(len(snap.Nodes)),
+		Index: s.store.LastIndex(), Entries: int32(snap.Entries), Agents: int32(snap.Nodes),
 	})
 }
 
