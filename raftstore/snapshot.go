@@ -64,9 +64,7 @@ func buildSnapshot(txn *memdb.Txn) (*storepb.Snapshot, error) {
 		}
 		return nil
 	}
-	if err := each(tableEntries, func(raw interface{}) { snap.Entries = append(snap.Entries, raw.(*sigilv1.Entry)) }); err != nil {
-		return nil, err
-	}
+	eachStoredEntry(txn, func(e *sigilv1.Entry) { snap.Entries = append(snap.Entries, e) })
 	if err := each(tableNodes, func(raw interface{}) { snap.Nodes = append(snap.Nodes, raw.(*sigilv1.AttestedNode)) }); err != nil {
 		return nil, err
 	}
@@ -192,25 +190,15 @@ func (f *fsm) loadSnapshot(snap *storepb.Snapshot, index uint64) (*memdb.MemDB, 
 	db := newMemDB(f.serversID)
 	txn := db.Txn(true)
 	defer txn.Abort()
-	// Entries are inserted first and checked for duplicates after: a read
-	// of an index between two inserts would make memdb clone its radix
-	// transaction, and every later insert copy its whole path again.
+	ents := newEntryRestore(f.serversID)
 	for _, e := range snap.Entries {
 		if err := f.validateEntry(e); err != nil {
 			return nil, errorf("snapshot: %v", err.Msg)
 		}
-		if err := txn.Insert(tableEntries, e); err != nil {
-			return nil, errorf("snapshot: entry %q: %v", e.Id, err)
-		}
+		ents.add(e)
 	}
-	for _, e := range snap.Entries {
-		// A later entry with the same id replaced this one.
-		if raw, _ := txn.First(tableEntries, indexID, e.Id); raw != e {
-			return nil, errorf("snapshot: duplicate entry id %q", e.Id)
-		}
-		if other := duplicateEntry(txn, e, nil); other != nil {
-			return nil, errorf("snapshot: entries %q and %q are duplicates", other.Id, e.Id)
-		}
+	if err := ents.finish(txn); err != nil {
+		return nil, err
 	}
 	for _, n := range snap.Nodes {
 		if err := f.validateNode(n); err != nil {
