@@ -124,3 +124,16 @@ func BenchmarkListEntriesPage(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkEntryStoreHeapSizes is BenchmarkEntryStoreHeap at 100,000 and
+// 1,000,000 entries: the live heap per stored entry in the FSM.
+func BenchmarkEntryStoreHeapSizes(b *testing.B) {
+	for _, n := range []int{100000, 1000000} {
+		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
+			for range b.N {
+				b.ReportMetric(storeHeapPerEntry(b, n), "heap-B/entry")
+			}
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}

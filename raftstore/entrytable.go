@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 
@@ -28,7 +29,10 @@ import (
 // between a tree and its clones; a write copies every node it would
 // change that its own tree did not create), which entryTable.clone keeps
 // by cloning a copy of each tree header, so that not even the header of
-// a published tree is written.
+// a published tree is written. The clones of a tree share its node free
+// list, which is locked; a node goes back to it only from the tree whose
+// copy-on-write context created it, a clone not yet stored, which no
+// reader has seen (TestEntryTableReadersKeepTheirVersion, under -race).
 //
 // Per entry this costs the *sigilv1.Entry (decoded once from the log or a
 // snapshot, owned by the table), one pointer in each of three trees (about
@@ -137,18 +141,14 @@ func (t *entryTable) clone() *entryTable {
 func loadEntryTable(txn *memdb.Txn, ws memdb.WatchSet) *entryTable {
 	ch, raw, err := txn.FirstWatch(tableEntrySet, indexID, entrySetKey)
 	if err != nil || raw == nil {
-		// Cannot happen with the constant schema and the row stored at
-		// creation; an empty table is the honest answer.
-		return emptyEntryTable
+		// A database not made by newMemDB: a programming error.
+		panic(fmt.Sprintf("raftstore: the entry table row is missing (%v)", err))
 	}
 	if ws != nil {
 		ws.Add(ch)
 	}
 	return raw.(*entryTable)
 }
-
-// emptyEntryTable is what a state with no entry table reads as.
-var emptyEntryTable = newEntryTable("")
 
 // pivots holds scratch entries used as search keys, so that a lookup
 // allocates nothing. A pivot is in use for the whole of one walk: a
