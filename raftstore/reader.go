@@ -259,8 +259,9 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 	visited := map[string]bool{agentID: true}
 	queue := []string{agentID}
 
-	// Node aliases: candidates come from the selector index, one lookup per
-	// node selector, so a new alias matching any of them fires the watch.
+	// Node aliases: candidates come from the alias selector index, one
+	// lookup per node selector. (The watch is on the whole entry table:
+	// any entry change, a new alias among them, fires it.)
 	ents := r.entries()
 	nodeSels := registration.NewSelectorSet(node.Selectors)
 	for _, s := range node.Selectors {
