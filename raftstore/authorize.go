@@ -72,19 +72,19 @@ func (w *upWalk) parentAuthorized(parent string, onPath map[string]bool) bool {
 	}
 	onPath[parent] = true
 	defer delete(onPath, parent)
-	for _, x := range w.r.EntriesBySPIFFEID(parent) {
-		var ok bool
+	found := false
+	w.r.entries().eachBySPIFFEID(parent, func(x *sigilv1.Entry) bool {
 		if x.ParentId == w.serversID {
 			// A node alias: it lends its SPIFFE ID to the agent's
 			// node when all its selectors are the node's.
-			ok = w.nodeSels.Contains(x.Selectors)
+			found = w.nodeSels.Contains(x.Selectors)
 		} else {
-			ok = w.parentAuthorized(x.ParentId, onPath)
+			found = w.parentAuthorized(x.ParentId, onPath)
 		}
-		if ok {
-			w.yes[parent] = true
-			return true
-		}
+		return !found
+	})
+	if found {
+		w.yes[parent] = true
 	}
-	return false
+	return found
 }

@@ -13,11 +13,13 @@
 //
 // Writes are typed commands (storepb.Command) proposed with Store.Apply; the
 // leader appends them to the Raft log and every server applies them, in log
-// order, to an indexed in-memory database (go-memdb). Reads go through a
-// Reader, a consistent, immutable view of that database that also collects
-// the watch channels of every query run through it, so a caller can block
-// until the answer to exactly its queries may have changed (Reader.WatchSet)
-// and then read again. Store.Changed is a coarser broadcast fired after
+// order, to an indexed in-memory database (go-memdb; the registration
+// entries are one row of it, ordered copy-on-write trees: entrytable.go).
+// Reads go through a Reader, a consistent, immutable view of that database
+// that also collects the watch channels of every query run through it, so
+// a caller can block until the answer to its queries may have changed
+// (Reader.WatchSet; an entry query watches every entry) and then read
+// again. Store.Changed is a coarser broadcast fired after
 // every applied change.
 //
 // # Determinism contract

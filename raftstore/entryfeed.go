@@ -65,14 +65,14 @@ type entryFeed struct {
 	trim feedTrim // dropping the records once quiet (feedtrim.go)
 }
 
-// recordEntryChanges appends the entry changes of txn (which must track
-// changes) at index to the feed. It is called by Apply for every command
-// that commits, just before the commit.
-func (f *fsm) recordEntryChanges(st *dbState, index uint64, txn *memdb.Txn) {
-	f.feed.record(st, index, f.lastIndex.Load(), f.serversID, txn.Changes())
+// recordEntryChanges appends the entry changes of the command at index
+// (applier.entryChanges) to the feed. It is called by Apply for every
+// command that commits, just before the commit.
+func (f *fsm) recordEntryChanges(st *dbState, index uint64, changes []entryChange) {
+	f.feed.record(st, index, f.lastIndex.Load(), f.serversID, changes)
 }
 
-func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID string, changes memdb.Changes) {
+func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID string, changes []entryChange) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.gen != st {
@@ -82,16 +82,10 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 	}
 	pushed := false
 	for _, c := range changes {
-		if c.Table != tableEntries {
-			continue
+		if c.id == "" {
+			continue // written again later in the command
 		}
-		ch := &EntryChange{Index: index, Before: entryRefOf(c.Before, serversID), After: entryRefOf(c.After, serversID)}
-		if row, ok := c.After.(*sigilv1.Entry); ok {
-			ch.ID = row.Id
-		} else if row, ok := c.Before.(*sigilv1.Entry); ok {
-			ch.ID = row.Id
-		}
-		q.push(ch)
+		q.push(&EntryChange{Index: index, ID: c.id, Before: entryRefOf(c.before, serversID), After: entryRefOf(c.after, serversID)})
 		pushed = true
 	}
 	if pushed {
@@ -104,9 +98,8 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 	}
 }
 
-func entryRefOf(raw interface{}, serversID string) EntryRef {
-	row, ok := raw.(*sigilv1.Entry)
-	if !ok || row == nil {
+func entryRefOf(row *sigilv1.Entry, serversID string) EntryRef {
+	if row == nil {
 		return EntryRef{}
 	}
 	ref := EntryRef{Exists: true, ParentID: row.ParentId, SPIFFEID: row.SpiffeId, FederatesWith: row.FederatesWith}
@@ -262,21 +255,18 @@ func (r *Reader) AuthorizationRoots(agentID string) ([]string, *sigilv1.Attested
 	roots := []string{agentID}
 	seen := map[string]bool{agentID: true}
 	nodeSels := registration.NewSelectorSet(node.Selectors)
+	ents := r.entriesUnwatched()
 	for _, s := range node.Selectors {
-		it, err := r.txn.Get(tableEntries, indexSelector, registration.FormatSelector(s))
-		if err != nil {
-			continue
-		}
-		for raw := it.Next(); raw != nil; raw = it.Next() {
-			row := raw.(*sigilv1.Entry)
+		ents.eachAlias(registration.FormatSelector(s), func(row *sigilv1.Entry) bool {
 			if row.ParentId != serversID || seen[row.SpiffeId] {
-				continue
+				return true
 			}
 			if nodeSels.Contains(row.Selectors) {
 				seen[row.SpiffeId] = true
 				roots = append(roots, row.SpiffeId)
 			}
-		}
+			return true
+		})
 	}
 	return roots, node, nil
 }
@@ -284,32 +274,16 @@ func (r *Reader) AuthorizationRoots(agentID string) ([]string, *sigilv1.Attested
 // EachEntryParentedTo calls fn with every entry parented to id, in id
 // order, until fn returns false. Nothing is watched.
 func (r *Reader) EachEntryParentedTo(id string, fn func(*sigilv1.Entry) bool) {
-	r.eachEntry(indexParentID, id, fn)
+	r.entriesUnwatched().eachByParentID(id, fn)
 }
 
 // EachEntryWithSPIFFEID calls fn with every entry whose spiffe_id is id,
 // in id order, until fn returns false. Nothing is watched.
 func (r *Reader) EachEntryWithSPIFFEID(id string, fn func(*sigilv1.Entry) bool) {
-	r.eachEntry(indexSPIFFEID, id, fn)
-}
-
-func (r *Reader) eachEntry(index, arg string, fn func(*sigilv1.Entry) bool) {
-	it, err := r.txn.Get(tableEntries, index, arg)
-	if err != nil {
-		return
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if !fn(raw.(*sigilv1.Entry)) {
-			return
-		}
-	}
+	r.entriesUnwatched().eachBySPIFFEID(id, fn)
 }
 
 // EntryUnwatched is Entry without adding to the WatchSet.
 func (r *Reader) EntryUnwatched(id string) (*sigilv1.Entry, bool) {
-	raw, err := r.txn.First(tableEntries, indexID, id)
-	if err != nil || raw == nil {
-		return nil, false
-	}
-	return raw.(*sigilv1.Entry), true
+	return r.entriesUnwatched().get(id)
 }

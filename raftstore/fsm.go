@@ -103,7 +103,6 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 	st := f.state.Load()
 	txn := st.db.Txn(true)
 	defer txn.Abort() // no-op after Commit
-	txn.TrackChanges()
 	a := &applier{f: f, txn: txn, index: l.Index, nowSec: cmd.Timestamp / 1e9}
 
 	var res interface{}
@@ -166,11 +165,16 @@ func (f *fsm) Apply(l *raft.Log) interface{} {
 		return cmdErr(codes.InvalidArgument, "command has no known operation")
 	}
 	if a.changed {
+		if a.ents != nil {
+			if err := txn.Insert(tableEntrySet, a.ents); err != nil {
+				return cmdErr(codes.Internal, "storing the entry table: %v", err)
+			}
+		}
 		if err := txn.Insert(tableMeta, &metaRow{Key: metaIndexKey, Index: l.Index}); err != nil {
 			// Cannot happen with a constant schema; refuse rather than panic.
 			return cmdErr(codes.Internal, "recording index: %v", err)
 		}
-		f.recordEntryChanges(st, l.Index, txn)
+		f.recordEntryChanges(st, l.Index, a.entryChanges)
 		txn.Commit()
 		f.lastIndex.Store(l.Index)
 		f.broadcast()
@@ -187,51 +191,64 @@ type applier struct {
 	nowSec  int64 // Command.Timestamp in unix seconds
 	changed bool
 
-	// The entry commands look entries up in before (the state before the
-	// command) and written (what the command wrote since), never through
-	// txn: memdb reads an index that txn has modified through a clone of
-	// its radix transaction, and cloning drops the transaction's record of
-	// the nodes it already copied, so that every later insert would copy
-	// its whole path again (three times the allocations of a batch).
-	before            *memdb.Txn
-	written           map[string]*sigilv1.Entry   // by id; nil once deleted
-	writtenBySPIFFEID map[string][]*sigilv1.Entry // every version written
+	// The entry commands read and write the entry table: base is the
+	// table before the command, ents the writable clone made at its
+	// first entry write, which the commit stores in place of base.
+	base *entryTable
+	ents *entryTable
+	// entryChanges are the command's entry changes in the change feed's
+	// order: one per entry, at the place of its last write, with the
+	// entry before its first write (as memdb's Txn.Changes collapses
+	// them). entryChangeAt indexes them by id.
+	entryChanges  []entryChange
+	entryChangeAt map[string]int
 
 	deletedEntries int // entries the command deleted
 }
 
-// beforeTxn is the read view of the state before this command.
-func (a *applier) beforeTxn() *memdb.Txn {
-	if a.before == nil {
-		a.before = a.f.state.Load().db.Txn(false)
-	}
-	return a.before
+// entryChange is one entry's change by one command: nil before for a
+// creation, nil after for a deletion.
+type entryChange struct {
+	id            string
+	before, after *sigilv1.Entry
 }
 
-// wrote records that this command stored e under id (e nil: deleted it).
-func (a *applier) wrote(id string, e *sigilv1.Entry) {
-	if a.written == nil {
-		a.written = make(map[string]*sigilv1.Entry)
-		a.writtenBySPIFFEID = make(map[string][]*sigilv1.Entry)
+// entries is the entry table as this command left it so far.
+func (a *applier) entries() *entryTable {
+	if a.ents != nil {
+		return a.ents
 	}
-	a.written[id] = e
+	if a.base == nil {
+		a.base = loadEntryTable(a.txn, nil)
+	}
+	return a.base
+}
+
+// writeEntry stores e under id (e nil: deletes the entry with id, which
+// must exist) in the command's writable entry table and records the
+// change.
+func (a *applier) writeEntry(id string, e *sigilv1.Entry) {
+	if a.ents == nil {
+		a.ents = a.entries().clone()
+	}
+	var before *sigilv1.Entry
 	if e != nil {
-		a.writtenBySPIFFEID[e.SpiffeId] = append(a.writtenBySPIFFEID[e.SpiffeId], e)
+		before = a.ents.put(e)
+	} else {
+		before = a.ents.remove(id)
 	}
-}
-
-// duplicateOf returns the entry, as this command left it so far, other
-// than e's id, with e's spiffe_id, parent_id and selectors, or nil.
-func (a *applier) duplicateOf(e *sigilv1.Entry) *sigilv1.Entry {
-	if other := duplicateEntry(a.beforeTxn(), e, a.written); other != nil {
-		return other
+	a.changed = true
+	if a.entryChangeAt == nil {
+		a.entryChangeAt = make(map[string]int)
 	}
-	for _, other := range a.writtenBySPIFFEID[e.SpiffeId] {
-		if a.written[other.Id] == other && other.Id != e.Id && sameEntryKey(other, e) {
-			return other
-		}
+	if i, ok := a.entryChangeAt[id]; ok {
+		// Written before by this command: the change moves to this
+		// write's place and keeps the first before.
+		before = a.entryChanges[i].before
+		a.entryChanges[i].id = "" // dropped when the feed reads them
 	}
-	return nil
+	a.entryChangeAt[id] = len(a.entryChanges)
+	a.entryChanges = append(a.entryChanges, entryChange{id: id, before: before, after: e})
 }
 
 func (a *applier) batch(n int, item func(i int) *CommandError) *storepb.CommandResult {
@@ -271,14 +288,8 @@ func (a *applier) delete(table string, obj interface{}) *CommandError {
 }
 
 func (a *applier) entryByID(id string) *sigilv1.Entry {
-	if e, ok := a.written[id]; ok {
-		return e
-	}
-	raw, err := a.beforeTxn().First(tableEntries, indexID, id)
-	if err != nil || raw == nil {
-		return nil
-	}
-	return raw.(*sigilv1.Entry)
+	e, _ := a.entries().get(id)
+	return e
 }
 
 func (a *applier) node(id string) *sigilv1.AttestedNode {
@@ -307,7 +318,7 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if a.entryByID(e.Id) != nil {
 		return cmdErr(codes.AlreadyExists, "entry %q already exists", e.Id)
 	}
-	if other := a.duplicateOf(e); other != nil {
+	if other := a.entries().duplicate(e); other != nil {
 		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
 	}
 	// e was decoded from this log entry alone, so the FSM owns it.
@@ -316,10 +327,7 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if e.CreatedAt == 0 {
 		e.CreatedAt = a.nowSec
 	}
-	if err := a.insert(tableEntries, e); err != nil {
-		return err
-	}
-	a.wrote(e.Id, e)
+	a.writeEntry(e.Id, e)
 	return nil
 }
 
@@ -336,16 +344,13 @@ func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
 	if err := a.checkFederatesWith(e, old.FederatesWith); err != nil {
 		return err
 	}
-	if other := a.duplicateOf(e); other != nil {
+	if other := a.entries().duplicate(e); other != nil {
 		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
 	}
 	e.CreatedAt = old.CreatedAt
 	e.Revision = old.Revision + 1
 	e.ModifyIndex = a.index
-	if err := a.insert(tableEntries, e); err != nil {
-		return err
-	}
-	a.wrote(e.Id, e)
+	a.writeEntry(e.Id, e)
 	return nil
 }
 
@@ -357,10 +362,7 @@ func (a *applier) deleteEntry(id string) *CommandError {
 	if old == nil {
 		return cmdErr(codes.NotFound, "entry %q not found", id)
 	}
-	if err := a.delete(tableEntries, old); err != nil {
-		return err
-	}
-	a.wrote(id, nil)
+	a.writeEntry(id, nil)
 	a.deletedEntries++
 	return nil
 }

@@ -27,6 +27,30 @@ type Reader struct {
 	txn *memdb.Txn
 	ws  memdb.WatchSet
 	td  spiffeid.TrustDomain
+
+	// ents is the entry table of txn, read at the first entry query;
+	// entsWatched records that its row's watch channel is in ws.
+	ents        *entryTable
+	entsWatched bool
+}
+
+// entries returns the entry table of this view and watches it: every
+// entry query watches the whole table, so the WatchSet fires on any entry
+// change.
+func (r *Reader) entries() *entryTable {
+	if !r.entsWatched {
+		r.ents, r.entsWatched = loadEntryTable(r.txn, r.ws), true
+	}
+	return r.ents
+}
+
+// entriesUnwatched returns the entry table of this view without watching
+// it.
+func (r *Reader) entriesUnwatched() *entryTable {
+	if r.ents == nil {
+		r.ents = loadEntryTable(r.txn, nil)
+	}
+	return r.ents
 }
 
 func (f *fsm) reader() *Reader {
@@ -51,7 +75,8 @@ func (r *Reader) Index() uint64 {
 // fires when the result of any of those queries may have changed: always
 // when one did, and sometimes spuriously, since a lookup that found nothing
 // watches the nearest node of the radix tree, which other writes to the
-// same index can touch. Re-read after it fires.
+// same index can touch, and every entry query watches the whole entry
+// table (any entry change fires it). Re-read after it fires.
 func (r *Reader) WatchSet() memdb.WatchSet { return r.ws }
 
 func (r *Reader) first(table, index string, arg string) interface{} {
@@ -63,37 +88,33 @@ func (r *Reader) first(table, index string, arg string) interface{} {
 	return raw
 }
 
-// entryRows runs an exact index lookup and returns the entries, in id order.
-func (r *Reader) entryRows(index, arg string) []*sigilv1.Entry {
-	it, err := r.txn.Get(tableEntries, index, arg)
-	if err != nil {
-		return nil
-	}
-	r.ws.Add(it.WatchCh())
+// collect returns the entries each gives, in its order.
+func collect(each func(string, func(*sigilv1.Entry) bool), arg string) []*sigilv1.Entry {
 	var out []*sigilv1.Entry
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		out = append(out, raw.(*sigilv1.Entry))
-	}
+	each(arg, func(e *sigilv1.Entry) bool {
+		out = append(out, e)
+		return true
+	})
 	return out
 }
 
 // Entry returns the entry with the given id, or ErrNotFound.
 func (r *Reader) Entry(id string) (*sigilv1.Entry, error) {
-	raw := r.first(tableEntries, indexID, id)
-	if raw == nil {
+	e, ok := r.entries().get(id)
+	if !ok {
 		return nil, fmt.Errorf("entry %q: %w", id, ErrNotFound)
 	}
-	return raw.(*sigilv1.Entry), nil
+	return e, nil
 }
 
 // EntriesBySPIFFEID returns the entries with this spiffe_id, in id order.
 func (r *Reader) EntriesBySPIFFEID(id string) []*sigilv1.Entry {
-	return r.entryRows(indexSPIFFEID, id)
+	return collect(r.entries().eachBySPIFFEID, id)
 }
 
 // EntriesByParentID returns the entries with this parent_id, in id order.
 func (r *Reader) EntriesByParentID(id string) []*sigilv1.Entry {
-	return r.entryRows(indexParentID, id)
+	return collect(r.entries().eachByParentID, id)
 }
 
 // EntriesBySelector returns the entries having this selector (among
@@ -171,62 +192,51 @@ func (r *Reader) ListEntries(f EntryFilter, pageToken string, pageSize int) ([]*
 		}
 	}
 
-	// Candidates from the most selective index the filter allows; all index
-	// lookups return rows in id order. Only node aliases are indexed by
-	// selector, so a filter of selectors alone scans the table in id order.
-	var candidates []*sigilv1.Entry
-	switch {
-	case f.SPIFFEID != "":
-		candidates = r.entryRows(indexSPIFFEID, f.SPIFFEID)
-	case f.ParentID != "":
-		candidates = r.entryRows(indexParentID, f.ParentID)
-	default:
-		return r.listAllEntries(f, after, pageSize)
-	}
+	// Candidates from the most selective index the filter allows, in id
+	// order from after. Only node aliases are indexed by selector, so a
+	// filter of selectors alone scans the table in id order.
+	ents := r.entries()
 	var out []*sigilv1.Entry
-	for _, e := range candidates {
-		if e.Id <= after && after != "" {
-			continue
-		}
+	next := ""
+	page := func(e *sigilv1.Entry) bool {
 		if !f.matches(e) {
-			continue
+			return true
 		}
 		if len(out) == pageSize {
-			return out, encodePageToken(out[len(out)-1].Id), nil
+			next = encodePageToken(out[len(out)-1].Id)
+			return false
 		}
 		out = append(out, e)
+		return true
 	}
-	return out, "", nil
+	switch {
+	case f.SPIFFEID != "":
+		ents.eachBySPIFFEIDFrom(f.SPIFFEID, after, page)
+	case f.ParentID != "":
+		ents.eachByParentIDFrom(f.ParentID, after, page)
+	default:
+		ents.eachAfter(after, page)
+	}
+	return out, next, nil
 }
 
 // listAllEntries returns one page of the entries matching f, scanning the
 // table in id order from after.
 func (r *Reader) listAllEntries(f EntryFilter, after string, pageSize int) ([]*sigilv1.Entry, string, error) {
-	// LowerBound iterators cannot be watched; watch the whole id index.
-	all, err := r.txn.Get(tableEntries, indexID+"_prefix", "")
-	if err != nil {
-		return nil, "", fmt.Errorf("raftstore: listing entries: %w", err)
-	}
-	r.ws.Add(all.WatchCh())
-	it, err := r.txn.LowerBound(tableEntries, indexID, after)
-	if err != nil {
-		return nil, "", fmt.Errorf("raftstore: listing entries: %w", err)
-	}
 	var out []*sigilv1.Entry
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		e := raw.(*sigilv1.Entry)
-		if after != "" && e.Id == after {
-			continue
-		}
+	next := ""
+	r.entries().eachAfter(after, func(e *sigilv1.Entry) bool {
 		if !f.matches(e) {
-			continue
+			return true
 		}
 		if len(out) == pageSize {
-			return out, encodePageToken(out[len(out)-1].Id), nil
+			next = encodePageToken(out[len(out)-1].Id)
+			return false
 		}
 		out = append(out, e)
-	}
-	return out, "", nil
+		return true
+	})
+	return out, next, nil
 }
 
 // AuthorizedEntries returns, in id order, the entries the agent agentID may
@@ -249,19 +259,22 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 	visited := map[string]bool{agentID: true}
 	queue := []string{agentID}
 
-	// Node aliases: candidates come from the selector index, one lookup per
-	// node selector, so a new alias matching any of them fires the watch.
+	// Node aliases: candidates come from the alias selector index, one
+	// lookup per node selector. (The watch is on the whole entry table:
+	// any entry change, a new alias among them, fires it.)
+	ents := r.entries()
 	nodeSels := registration.NewSelectorSet(node.Selectors)
 	for _, s := range node.Selectors {
-		for _, row := range r.entryRows(indexSelector, registration.FormatSelector(s)) {
+		ents.eachAlias(registration.FormatSelector(s), func(row *sigilv1.Entry) bool {
 			if row.ParentId != serversID || visited[row.SpiffeId] {
-				continue
+				return true
 			}
 			if nodeSels.Contains(row.Selectors) {
 				visited[row.SpiffeId] = true
 				queue = append(queue, row.SpiffeId)
 			}
-		}
+			return true
+		})
 	}
 
 	seen := make(map[string]bool)
@@ -269,9 +282,9 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 	for len(queue) > 0 {
 		parent := queue[0]
 		queue = queue[1:]
-		for _, row := range r.entryRows(indexParentID, parent) {
+		ents.eachByParentID(parent, func(row *sigilv1.Entry) bool {
 			if seen[row.Id] {
-				continue
+				return true
 			}
 			seen[row.Id] = true
 			out = append(out, row)
@@ -279,7 +292,8 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 				visited[row.SpiffeId] = true
 				queue = append(queue, row.SpiffeId)
 			}
-		}
+			return true
+		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out, nil

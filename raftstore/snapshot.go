@@ -86,7 +86,7 @@ type snapshotTable struct {
 // snapshotTables are the tables of a snapshot in field order, the order in
 // which they are written.
 var snapshotTables = []snapshotTable{
-	{1, tableEntries, func(txn *memdb.Txn, fn func(proto.Message) error) error {
+	{1, "entries", func(txn *memdb.Txn, fn func(proto.Message) error) error {
 		return eachEntry(txn, func(e *sigilv1.Entry) error { return fn(e) })
 	}},
 	{2, tableNodes, eachRowOf(tableNodes, func(raw any) proto.Message { return raw.(*sigilv1.AttestedNode) })},
@@ -103,16 +103,12 @@ var snapshotTables = []snapshotTable{
 
 // eachEntry calls fn with every entry of txn in id order, until fn fails.
 func eachEntry(txn *memdb.Txn, fn func(e *sigilv1.Entry) error) error {
-	it, err := txn.Get(tableEntries, indexID)
-	if err != nil {
-		return errorf("snapshot of %s: %v", tableEntries, err)
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if err := fn(raw.(*sigilv1.Entry)); err != nil {
-			return err
-		}
-	}
-	return nil
+	var err error
+	loadEntryTable(txn, nil).byID.Ascend(func(e *sigilv1.Entry) bool {
+		err = fn(e)
+		return err == nil
+	})
+	return err
 }
 
 // eachRowOf walks table in id order, each row as msg encodes it.
@@ -500,16 +496,16 @@ type snapshotLoader struct {
 	txn   *memdb.Txn
 
 	entries, nodes, relationships, alerts int
-	// pending are checked entries not yet inserted.
+	// pending are checked entries not yet added to ents.
 	pending []*sigilv1.Entry
+	// ents builds the entry table, stored by finish.
+	ents *entryRestore
 }
 
 // insertEntries inserts the pending entries.
 func (l *snapshotLoader) insertEntries() error {
 	for _, e := range l.pending {
-		if err := restoreEntry(l.txn, e); err != nil {
-			return err
-		}
+		l.ents.add(e)
 	}
 	l.entries += len(l.pending)
 	clear(l.pending)
@@ -519,7 +515,7 @@ func (l *snapshotLoader) insertEntries() error {
 
 func (f *fsm) newSnapshotLoader(index uint64) *snapshotLoader {
 	db := newMemDB(f.serversID)
-	return &snapshotLoader{f: f, index: index, db: db, txn: db.Txn(true)}
+	return &snapshotLoader{f: f, index: index, db: db, txn: db.Txn(true), ents: newEntryRestore(f.serversID)}
 }
 
 // load decodes, checks and inserts the record b of field.
@@ -685,36 +681,6 @@ func (l *snapshotLoader) load(field protowire.Number, b []byte) error {
 	return nil
 }
 
-// restoreEntry inserts a checked entry of a snapshot into txn, a write
-// transaction of a fresh database. Another entry with its id is replaced
-// (and found by checkRestoredEntries).
-func restoreEntry(txn *memdb.Txn, e *sigilv1.Entry) error {
-	if err := txn.Insert(tableEntries, e); err != nil {
-		return errorf("snapshot: entry %q: %v", e.Id, err)
-	}
-	return nil
-}
-
-// checkRestoredEntries checks the entries of txn once n of them were
-// inserted by restoreEntry: n distinct ids, and no two entries with the
-// same spiffe_id, parent_id and selectors.
-func checkRestoredEntries(txn *memdb.Txn, n int) error {
-	distinct := 0
-	if err := eachEntry(txn, func(e *sigilv1.Entry) error {
-		distinct++
-		if other := duplicateEntry(txn, e, nil); other != nil {
-			return errorf("snapshot: entries %q and %q are duplicates", other.Id, e.Id)
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	if distinct != n {
-		return errorf("snapshot: duplicate entry id (%d entries, %d distinct ids)", n, distinct)
-	}
-	return nil
-}
-
 // loadBundle checks and inserts a bundle: a federated one as
 // SetFederatedBundle stores it; the local one with CA certificates and JWT
 // authorities as PutJWTAuthority accepts them.
@@ -760,7 +726,9 @@ func (l *snapshotLoader) finish() error {
 		return err
 	}
 	txn := l.txn
-	if err := checkRestoredEntries(txn, l.entries); err != nil {
+	// Every id once, no two entries with the same spiffe_id, parent_id
+	// and selectors; then the table is stored.
+	if err := l.ents.finish(txn); err != nil {
 		return err
 	}
 	it, err := txn.Get(tableFederationStatuses, indexID)

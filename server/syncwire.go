@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync"
+	"weak"
 
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the "proto" codec syncCodec wraps
@@ -71,7 +72,9 @@ type entryWireKey struct {
 }
 
 type entryWire struct {
-	e *sigilv1.Entry
+	// e is the entry the encoding was made from, held weakly: the cache
+	// must not keep a deleted entry alive.
+	e weak.Pointer[sigilv1.Entry]
 	b []byte
 }
 
@@ -79,7 +82,7 @@ type entryWire struct {
 func (c *entryWireCache) get(e *sigilv1.Entry) ([]byte, error) {
 	k := entryWireKey{e.Id, e.ModifyIndex}
 	c.mu.Lock()
-	if w, ok := c.m[k]; ok && w.e == e {
+	if w, ok := c.m[k]; ok && w.e.Value() == e {
 		c.mu.Unlock()
 		return w.b, nil
 	}
@@ -98,7 +101,7 @@ func (c *entryWireCache) get(e *sigilv1.Entry) ([]byte, error) {
 	} else {
 		c.order = append(c.order, k)
 	}
-	c.m[k] = entryWire{e: e, b: b}
+	c.m[k] = entryWire{e: weak.Make(e), b: b}
 	c.bytes += len(b)
 	for c.bytes > entryWireCacheBytes && c.head < len(c.order) {
 		old := c.order[c.head]

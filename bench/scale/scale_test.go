@@ -10,7 +10,7 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
 
-// TestScaleSmoke runs the load tool at a small size (2,000 entries, 20
+// TestScaleSmoke runs the load tool at a small size (30,000 entries, 20
 // agents) against a real `sigil server` process built from this tree:
 // every measurement is taken and sane, and every simulated agent got
 // exactly the entries it is authorized for (the run fails otherwise).
@@ -22,7 +22,7 @@ func TestScaleSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const entries, agents, probes = 2000, 20, 3
+	const entries, agents, probes = 30000, 20, 3
 	o := options{sigil: bin, servers: 1, entries: []int{entries}, agents: []int{agents}, probes: probes, timeout: 2 * time.Minute, maxRSS: 4 << 30}
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
@@ -77,8 +77,9 @@ func TestScaleSmoke(t *testing.T) {
 			t.Errorf("%s: RSS %d, heap %d: not a server's memory", name, m.RSS, m.Heap)
 		}
 	}
-	// 2,000 entries hold several MiB: more than the heap's 1 MiB
-	// resolution and the pages in flight while it is measured.
+	// 30,000 entries hold several MiB (about 0.6 KiB each): more than
+	// the heap's 1 MiB resolution and the pages in flight while it is
+	// measured.
 	if s.Entries.Heap <= s.Idle.Heap {
 		t.Errorf("live heap with entries %d not above idle %d", s.Entries.Heap, s.Idle.Heap)
 	}

@@ -1,0 +1,601 @@
+package raftstore
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/storepb"
+	"github.com/sigil-id/sigil/registration"
+)
+
+// entryModel is the reference model of the entry table: a map by id,
+// queried by scanning.
+type entryModel map[string]*sigilv1.Entry
+
+func (m entryModel) sorted(pred func(*sigilv1.Entry) bool) []string {
+	var out []string
+	for id, e := range m {
+		if pred(e) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// duplicateOf is an entry other than e's id with e's spiffe_id, parent_id
+// and selectors.
+func (m entryModel) duplicateOf(e *sigilv1.Entry) bool {
+	for id, x := range m {
+		if id != e.Id && sameEntryKey(x, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// create, update and delete apply one item as the FSM must and return
+// its code.
+func (m entryModel) create(e *sigilv1.Entry) codes.Code {
+	if _, ok := m[e.Id]; ok || m.duplicateOf(e) {
+		return codes.AlreadyExists
+	}
+	m[e.Id] = e
+	return codes.OK
+}
+
+func (m entryModel) update(e *sigilv1.Entry) codes.Code {
+	if _, ok := m[e.Id]; !ok {
+		return codes.NotFound
+	}
+	if m.duplicateOf(e) {
+		return codes.AlreadyExists
+	}
+	m[e.Id] = e
+	return codes.OK
+}
+
+func (m entryModel) delete(id string) codes.Code {
+	if _, ok := m[id]; !ok {
+		return codes.NotFound
+	}
+	delete(m, id)
+	return codes.OK
+}
+
+// authorized is AuthorizedEntries computed on the model by a plain
+// breadth-first walk.
+func (m entryModel) authorized(agentID string, nodeSels []*sigilv1.Selector, serversID string) []string {
+	have := registration.NewSelectorSet(nodeSels)
+	ids := map[string]bool{agentID: true}
+	for _, e := range m {
+		if e.ParentId == serversID && have.Contains(e.Selectors) {
+			ids[e.SpiffeId] = true
+		}
+	}
+	out := map[string]bool{}
+	for changed := true; changed; {
+		changed = false
+		for id, e := range m {
+			if !out[id] && ids[e.ParentId] {
+				out[id] = true
+				if !ids[e.SpiffeId] {
+					ids[e.SpiffeId] = true
+				}
+				changed = true
+			}
+		}
+	}
+	var list []string
+	for id := range out {
+		list = append(list, id)
+	}
+	slices.Sort(list)
+	return list
+}
+
+func entryIDs(es []*sigilv1.Entry) []string {
+	out := make([]string, 0, len(es))
+	for _, e := range es {
+		out = append(out, e.Id)
+	}
+	return out
+}
+
+// TestEntryTableMatchesModel: random commands of creates, updates and
+// deletes (batches with conflicts, repeats and refusals), with snapshot
+// restores between them, applied to the FSM and to a map-based model.
+// After every command every query agrees with the model: by id, SPIFFE
+// ID, parent, alias selector, ListEntries pages under every filter,
+// EntriesBySelector, AuthorizedEntries, AuthorizationRoots; the change
+// feed holds exactly the command's changes; and the interned strings are
+// shared and counted exactly.
+func TestEntryTableMatchesModel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 3))
+	serversID := registration.ServersID(td).String()
+	other := "spiffe://example.org/sigil/agent/join_token/other"
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, fmt.Sprintf("%02x-%d", i*37%256, i))
+	}
+	spiffeIDs := []string{"spiffe://example.org/a", "spiffe://example.org/b", "spiffe://example.org/c",
+		"spiffe://example.org/d", "spiffe://example.org/e", "spiffe://example.org/f"}
+	parents := append([]string{agent, agent, other, serversID, serversID}, spiffeIDs[:4]...)
+	// "uid:1" has two types: keyed by value, the interner shares one.
+	selPool := [][2]string{{"unix", "uid:1"}, {"k8s", "uid:1"}, {"region", "eu"}, {"region", "us"}, {"type", "gpu"}, {"k8s", "ns:x"}}
+	randomEntry := func() *sigilv1.Entry {
+		e := &sigilv1.Entry{Id: ids[rng.IntN(len(ids))], SpiffeId: spiffeIDs[rng.IntN(len(spiffeIDs))],
+			ParentId: parents[rng.IntN(len(parents))], X509SvidTtl: int32(rng.IntN(3)) * 3600}
+		for e.ParentId == e.SpiffeId {
+			e.ParentId = parents[rng.IntN(len(parents))]
+		}
+		for _, i := range rng.Perm(len(selPool))[:1+rng.IntN(3)] {
+			e.Selectors = append(e.Selectors, sel(selPool[i][0], selPool[i][1]))
+		}
+		return e
+	}
+	nodeSels := []*sigilv1.Selector{sel("region", "eu"), sel("type", "gpu")}
+
+	tf := newTestFSM(t)
+	tf.single(attestNode(agent, "", nodeSels...))
+	tf.single(attestNode(other, "", sel("region", "us")))
+	model := entryModel{}
+	for step := range 400 {
+		var cmd *storepb.Command
+		var want []codes.Code
+		before := copyModel(model)
+		switch k := rng.IntN(10); {
+		case k < 4:
+			var es []*sigilv1.Entry
+			for range 1 + rng.IntN(8) {
+				e := randomEntry()
+				es = append(es, e)
+				want = append(want, model.create(proto.Clone(e).(*sigilv1.Entry)))
+			}
+			cmd = createEntries(es...)
+		case k < 7:
+			var es []*sigilv1.Entry
+			for range 1 + rng.IntN(8) {
+				e := randomEntry()
+				es = append(es, e)
+				want = append(want, model.update(proto.Clone(e).(*sigilv1.Entry)))
+			}
+			cmd = updateEntries(es...)
+		case k < 9:
+			var del []string
+			for range 1 + rng.IntN(6) {
+				id := ids[rng.IntN(len(ids))]
+				del = append(del, id)
+				want = append(want, model.delete(id))
+			}
+			cmd = deleteEntries(del...)
+		default:
+			// Restore a snapshot of the state into a new FSM and go on
+			// with it.
+			restored := newTestFSM(t)
+			if err := restored.f.Restore(io.NopCloser(bytes.NewReader(persist(t, tf.f)))); err != nil {
+				t.Fatalf("step %d: restore: %v", step, err)
+			}
+			restored.index = tf.index
+			tf = restored
+			checkEntryTable(t, step, tf, model, agent, nodeSels)
+			continue
+		}
+		if got := tf.batch(cmd); !slices.Equal(got, want) {
+			t.Fatalf("step %d: codes %v, model %v", step, got, want)
+		}
+		checkEntryTable(t, step, tf, model, agent, nodeSels)
+		if slices.Contains(want, codes.OK) {
+			// (A command that changed nothing records nothing: after a
+			// restore, the feed would not even know the generation.)
+			checkFeedStep(t, step, tf, before, model)
+		}
+	}
+	if len(model) == 0 {
+		t.Fatal("the model ended empty: the test exercised little")
+	}
+}
+
+// copyModel copies a model.
+func copyModel(m entryModel) entryModel {
+	out := make(entryModel, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// checkFeedStep checks that the feed's records of the last command are
+// exactly the entries whose state changed from before to after.
+func checkFeedStep(t *testing.T, step int, tf *testFSM, before, after entryModel) {
+	t.Helper()
+	recs, ok := tf.f.feed.since(tf.f.state.Load(), tf.index-1, tf.index)
+	if !ok {
+		t.Fatalf("step %d: feed incomplete", step)
+	}
+	got := map[string]*EntryChange{}
+	for _, r := range recs {
+		if got[r.ID] != nil {
+			t.Fatalf("step %d: entry %s twice in the feed", step, r.ID)
+		}
+		got[r.ID] = r
+	}
+	ref := func(e *sigilv1.Entry) (bool, string, string) {
+		if e == nil {
+			return false, "", ""
+		}
+		return true, e.ParentId, e.SpiffeId
+	}
+	for _, id := range unionIDs(before, after) {
+		b, a := before[id], after[id]
+		changed := (b == nil) != (a == nil) || (b != nil && !proto.Equal(stripStored(b), stripStored(a)))
+		r := got[id]
+		delete(got, id)
+		if !changed {
+			// An update that sets the same values is still a change.
+			if r != nil && (r.Before.Exists != (b != nil) || r.After.Exists != (a != nil)) {
+				t.Fatalf("step %d: feed record of unchanged %s: %+v", step, id, r)
+			}
+			continue
+		}
+		if r == nil {
+			t.Fatalf("step %d: change of %s not in the feed", step, id)
+		}
+		if ex, p, s := ref(b); r.Before.Exists != ex || r.Before.ParentID != p || r.Before.SPIFFEID != s {
+			t.Fatalf("step %d: %s before %+v, model %v", step, id, r.Before, b)
+		}
+		if ex, p, s := ref(a); r.After.Exists != ex || r.After.ParentID != p || r.After.SPIFFEID != s {
+			t.Fatalf("step %d: %s after %+v, model %v", step, id, r.After, a)
+		}
+	}
+	if len(got) != 0 {
+		t.Fatalf("step %d: feed records of entries that did not change: %v", step, got)
+	}
+}
+
+func unionIDs(a, b entryModel) []string {
+	set := map[string]bool{}
+	for id := range a {
+		set[id] = true
+	}
+	for id := range b {
+		set[id] = true
+	}
+	var out []string
+	for id := range set {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// stripStored is e without what the FSM sets (revision, indexes, times).
+func stripStored(e *sigilv1.Entry) *sigilv1.Entry {
+	c := proto.Clone(e).(*sigilv1.Entry)
+	c.Revision, c.ModifyIndex, c.CreatedAt = 0, 0, 0
+	return c
+}
+
+// checkEntryTable compares every query of a fresh Reader with the model.
+func checkEntryTable(t *testing.T, step int, tf *testFSM, model entryModel, agentID string, nodeSels []*sigilv1.Selector) {
+	t.Helper()
+	r := tf.f.reader()
+	ents := r.entriesUnwatched()
+	if ents.len() != len(model) || ents.bySPIFFE.Len() != len(model) || ents.byParent.Len() != len(model) {
+		t.Fatalf("step %d: table holds %d/%d/%d entries, model %d", step, ents.len(), ents.bySPIFFE.Len(), ents.byParent.Len(), len(model))
+	}
+	spiffeIDs, parents, sels := map[string]bool{"spiffe://example.org/none": true}, map[string]bool{"spiffe://example.org/none": true}, map[string]bool{"none:x": true}
+	for id, want := range model {
+		got, err := r.Entry(id)
+		if err != nil {
+			t.Fatalf("step %d: entry %s: %v", step, id, err)
+		}
+		if !proto.Equal(stripStored(got), stripStored(want)) {
+			t.Fatalf("step %d: entry %s is %v, model %v", step, id, got, want)
+		}
+		spiffeIDs[want.SpiffeId], parents[want.ParentId] = true, true
+		for _, s := range want.Selectors {
+			sels[registration.FormatSelector(s)] = true
+		}
+	}
+	if _, err := r.Entry("absent"); err == nil {
+		t.Fatalf("step %d: an absent entry was found", step)
+	}
+	for s := range spiffeIDs {
+		want := model.sorted(func(e *sigilv1.Entry) bool { return e.SpiffeId == s })
+		if got := entryIDs(r.EntriesBySPIFFEID(s)); !slices.Equal(got, want) {
+			t.Fatalf("step %d: by SPIFFE ID %s: %v, model %v", step, s, got, want)
+		}
+		var each []string
+		r.EachEntryWithSPIFFEID(s, func(e *sigilv1.Entry) bool { each = append(each, e.Id); return true })
+		if !slices.Equal(each, want) {
+			t.Fatalf("step %d: each with SPIFFE ID %s: %v, model %v", step, s, each, want)
+		}
+		checkPages(t, step, r, EntryFilter{SPIFFEID: s}, model)
+	}
+	for p := range parents {
+		want := model.sorted(func(e *sigilv1.Entry) bool { return e.ParentId == p })
+		if got := entryIDs(r.EntriesByParentID(p)); !slices.Equal(got, want) {
+			t.Fatalf("step %d: by parent %s: %v, model %v", step, p, got, want)
+		}
+		var each []string
+		r.EachEntryParentedTo(p, func(e *sigilv1.Entry) bool { each = append(each, e.Id); return len(each) < 2 })
+		if !slices.Equal(each, want[:min(2, len(want))]) {
+			t.Fatalf("step %d: each parented to %s (stopping at 2): %v, model %v", step, p, each, want)
+		}
+		checkPages(t, step, r, EntryFilter{ParentID: p}, model)
+		for s := range spiffeIDs {
+			checkPages(t, step, r, EntryFilter{SPIFFEID: s, ParentID: p}, model)
+		}
+	}
+	for s := range sels {
+		want := model.sorted(func(e *sigilv1.Entry) bool {
+			if e.ParentId != ents.serversID {
+				return false
+			}
+			for _, x := range e.Selectors {
+				if registration.FormatSelector(x) == s {
+					return true
+				}
+			}
+			return false
+		})
+		var got []string
+		ents.eachAlias(s, func(e *sigilv1.Entry) bool { got = append(got, e.Id); return true })
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: aliases with %s: %v, model %v", step, s, got, want)
+		}
+		typ, value, _ := cutSelector(s)
+		selector := sel(typ, value)
+		wantAll := model.sorted(func(e *sigilv1.Entry) bool { return (EntryFilter{Selectors: []*sigilv1.Selector{selector}}).matches(e) })
+		if got := entryIDs(r.EntriesBySelector(selector)); !slices.Equal(got, wantAll) {
+			t.Fatalf("step %d: by selector %s: %v, model %v", step, s, got, wantAll)
+		}
+		checkPages(t, step, r, EntryFilter{Selectors: []*sigilv1.Selector{selector}}, model)
+	}
+	checkPages(t, step, r, EntryFilter{}, model)
+
+	got, err := r.AuthorizedEntries(agentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := model.authorized(agentID, nodeSels, ents.serversID); !slices.Equal(entryIDs(got), want) {
+		t.Fatalf("step %d: authorized %v, model %v", step, entryIDs(got), want)
+	}
+	roots, _, err := r.AuthorizationRoots(agentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRoots := map[string]bool{agentID: true}
+	have := registration.NewSelectorSet(nodeSels)
+	for _, e := range model {
+		if e.ParentId == ents.serversID && have.Contains(e.Selectors) {
+			wantRoots[e.SpiffeId] = true
+		}
+	}
+	if len(roots) != len(wantRoots) {
+		t.Fatalf("step %d: roots %v, model %v", step, roots, wantRoots)
+	}
+	for _, x := range roots {
+		if !wantRoots[x] {
+			t.Fatalf("step %d: roots %v, model %v", step, roots, wantRoots)
+		}
+	}
+	checkInterned(t, step, ents)
+}
+
+func cutSelector(s string) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == ':' {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+// checkPages lists every page of f at several page sizes and compares
+// their concatenation, and each token, with the model.
+func checkPages(t *testing.T, step int, r *Reader, f EntryFilter, model entryModel) {
+	t.Helper()
+	want := model.sorted(f.matches)
+	for _, size := range []int{1, 3, 1000} {
+		var got []string
+		tok := ""
+		for pages := 0; ; pages++ {
+			page, next, err := r.ListEntries(f, tok, size)
+			if err != nil {
+				t.Fatalf("step %d: list %+v: %v", step, f, err)
+			}
+			if len(page) > size || (next != "" && len(page) != size) {
+				t.Fatalf("step %d: list %+v size %d: page of %d, next %q", step, f, size, len(page), next)
+			}
+			got = append(got, entryIDs(page)...)
+			if next == "" {
+				break
+			}
+			tok = next
+			if pages > len(model)+1 {
+				t.Fatalf("step %d: list %+v does not end", step, f)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: list %+v size %d: %v, model %v", step, f, size, got, want)
+		}
+	}
+}
+
+// checkInterned: every entry's parent ID and (interned) selectors are the
+// interner's shared copies, and the interner counts exactly the entries
+// holding each.
+func checkInterned(t *testing.T, step int, ents *entryTable) {
+	t.Helper()
+	strs, sels := map[string]int32{}, map[*sigilv1.Selector]int32{}
+	ents.byID.Ascend(func(e *sigilv1.Entry) bool {
+		r, ok := ents.names.strs[e.ParentId]
+		if !ok || unsafe.StringData(r.s) != unsafe.StringData(e.ParentId) {
+			t.Fatalf("step %d: entry %s: parent ID not shared", step, e.Id)
+		}
+		strs[e.ParentId]++
+		for _, s := range e.Selectors {
+			r, ok := ents.names.sels[s.Value]
+			switch {
+			case !ok:
+				t.Fatalf("step %d: entry %s: selector %v not interned", step, e.Id, s)
+			case r.sel.Type != s.Type:
+				continue // same value, other type: not shared
+			case r.sel != s:
+				t.Fatalf("step %d: entry %s: selector %v not shared", step, e.Id, s)
+			}
+			sels[s]++
+		}
+		return true
+	})
+	if len(strs) != len(ents.names.strs) || len(sels) != len(ents.names.sels) {
+		t.Fatalf("step %d: interner holds %d strings and %d selectors, entries %d and %d", step, len(ents.names.strs), len(ents.names.sels), len(strs), len(sels))
+	}
+	for s, n := range strs {
+		if ents.names.strs[s].n != n {
+			t.Fatalf("step %d: %s counted %d times, held %d", step, s, ents.names.strs[s].n, n)
+		}
+	}
+	for s, n := range sels {
+		if ents.names.sels[s.Value].n != n {
+			t.Fatalf("step %d: %v counted %d times, held %d", step, s, ents.names.sels[s.Value].n, n)
+		}
+	}
+}
+
+// TestEntryTableReadersKeepTheirVersion: readers on old versions of the
+// entry table, walking every query while the FSM commits creates,
+// updates and deletes, each see exactly the version they started with,
+// whole and consistent (run with -race: the writer changes clones of the
+// trees the readers walk).
+func TestEntryTableReadersKeepTheirVersion(t *testing.T) {
+	tf := newTestFSM(t)
+	createRealistic(t, tf, 0, 3000)
+
+	// view is what one reader reads of everything.
+	type view struct {
+		all      []string
+		bySPIFFE map[string][]string
+		byParent map[string][]string
+	}
+	read := func(r *Reader) view {
+		v := view{bySPIFFE: map[string][]string{}, byParent: map[string][]string{}}
+		page, next, err := r.ListEntries(EntryFilter{}, "", 100000)
+		if err != nil || next != "" {
+			panic(fmt.Sprint("list: ", err, next))
+		}
+		for _, e := range page {
+			v.all = append(v.all, e.Id+"/"+e.SpiffeId+"/"+e.ParentId)
+			if got, err := r.Entry(e.Id); err != nil || got != e {
+				panic("entry by id differs from the list")
+			}
+		}
+		for _, i := range []int{0, 1, 7, 10, 3001} {
+			s := realisticEntry(i).SpiffeId
+			v.bySPIFFE[s] = entryIDs(r.EntriesBySPIFFEID(s))
+			p := realisticEntry(i).ParentId
+			v.byParent[p] = entryIDs(r.EntriesByParentID(p))
+		}
+		return v
+	}
+	equal := func(a, b view) bool {
+		if !slices.Equal(a.all, b.all) {
+			return false
+		}
+		for k, v := range a.bySPIFFE {
+			if !slices.Equal(v, b.bySPIFFE[k]) {
+				return false
+			}
+		}
+		for k, v := range a.byParent {
+			if !slices.Equal(v, b.byParent[k]) {
+				return false
+			}
+		}
+		return true
+	}
+
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	for g := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := 0; ; round++ {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				r := tf.f.reader()
+				first := read(r)
+				if n := len(first.all); n < 2000 || n > 4000 {
+					errs <- fmt.Errorf("reader %d: a version with %d entries", g, n)
+					return
+				}
+				for range 3 {
+					if again := read(r); !equal(first, again) {
+						errs <- fmt.Errorf("reader %d round %d: the version changed while it was read", g, round)
+						return
+					}
+				}
+			}
+		}()
+	}
+	// The writer: 60 commands of creates, updates (new SPIFFE IDs and
+	// parents) and deletes over the same entries the readers walk.
+	for n := range 60 {
+		var cmd *storepb.Command
+		switch n % 3 {
+		case 0:
+			var es []*sigilv1.Entry
+			for i := range 50 {
+				es = append(es, realisticEntry(3000+n*50+i))
+			}
+			cmd = createEntries(es...)
+		case 1:
+			var es []*sigilv1.Entry
+			for i := range 50 {
+				e := realisticEntry(n*40 + i)
+				e.SpiffeId += fmt.Sprintf("/v%d", n)
+				e.ParentId = realisticEntry(n*40 + i + 1).ParentId
+				es = append(es, e)
+			}
+			cmd = updateEntries(es...)
+		default:
+			var del []string
+			for i := range 50 {
+				del = append(del, entryIDFor(n*45+i))
+			}
+			cmd = deleteEntries(del...)
+		}
+		for i, c := range tf.batch(cmd) {
+			if c != codes.OK && c != codes.NotFound {
+				t.Fatalf("command %d item %d: %v", n, i, c)
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
