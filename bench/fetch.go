@@ -239,11 +239,12 @@ func benchFetchDeployed(ctx context.Context) error {
 		return err
 	}
 	defer d.stop()
-	fmt.Printf("memory idle RSS, deployed:                 server %6.1f MiB  agent %6.1f MiB  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n", mib(d.srvRSS), mib(d.agentRSS))
-	record(newFigure("idle RSS, server process", mib(d.srvRSS), "MiB", 0,
-		&Goal{Text: "≤ 20 MiB", Kind: GoalMaxValue, Bound: 20}, "143 MiB"))
-	record(newFigure("idle RSS, agent process", mib(d.agentRSS), "MiB", 0,
-		&Goal{Text: "≤ 16 MiB", Kind: GoalMaxValue, Bound: 16}, "62 MiB"))
+	// The idle RSS goals are judged by -idle-only's rows (bench/idle.go),
+	// on a binary built and installed as released; these are the RSS of
+	// the fetch deployment's processes before the timed fetches.
+	fmt.Printf("memory RSS before the fetches, deployed:   server %6.1f MiB  agent %6.1f MiB  (idle RSS: see -idle-only)\n", mib(d.srvRSS), mib(d.agentRSS))
+	record(newFigure("RSS before the fetches, server process", mib(d.srvRSS), "MiB", 0, nil, ""))
+	record(newFigure("RSS before the fetches, agent process", mib(d.agentRSS), "MiB", 0, nil, ""))
 	lat, err := fetchFromChild(ctx, d.socket)
 	if err != nil {
 		return err

@@ -227,7 +227,7 @@ func (s *Store) RestoreSnapshot(ctx context.Context, r io.Reader) (SnapshotInfo,
 		if s.cfg.InMemory {
 			dir = ""
 		}
-		tmp, err := os.CreateTemp(dir, "restore-*.snap")
+		tmp, err := os.CreateTemp(dir, restoreSpoolPattern)
 		if err != nil {
 			return SnapshotInfo{}, fmt.Errorf("raftstore: restore: %w", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -67,6 +68,9 @@ func Open(cfg Config) (*Store, error) {
 	} else {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("raftstore: creating data directory: %w", err)
+		}
+		if err := RemoveRestoreSpools(cfg.DataDir); err != nil {
+			return nil, err
 		}
 		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
 		if err != nil {
@@ -295,3 +299,24 @@ func (s *Store) Raft() *raft.Raft { return s.raft }
 // LastIndex is the Raft index of the last log entry applied to the state
 // machine.
 func (s *Store) LastIndex() uint64 { return s.fsm.lastIndex.Load() }
+
+// restoreSpoolPattern names the temporary files a snapshot restore spools
+// an upload to (RestoreSnapshot, the server's SnapshotRestore).
+const restoreSpoolPattern = "restore-*.snap"
+
+// RemoveRestoreSpools removes from dir the files a snapshot restore spooled
+// its upload to and that a crash during the restore left behind (each as
+// large as a snapshot). Open calls it for its data directory; a caller
+// that spools elsewhere calls it for that directory at start.
+func RemoveRestoreSpools(dir string) error {
+	spools, err := filepath.Glob(filepath.Join(dir, restoreSpoolPattern))
+	if err != nil {
+		return fmt.Errorf("raftstore: %w", err)
+	}
+	for _, f := range spools {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("raftstore: removing a left-over restore spool: %w", err)
+		}
+	}
+	return nil
+}

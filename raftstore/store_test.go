@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -331,5 +332,26 @@ func BenchmarkApplyCreateEntry(b *testing.B) {
 		if err != nil || res.Results[0].Code != 0 {
 			b.Fatal(res, err)
 		}
+	}
+}
+
+// A restore spool left in the data directory by a crash is removed when
+// the store opens; other files are kept.
+func TestOpenRemovesRestoreSpools(t *testing.T) {
+	dir := t.TempDir()
+	spool := filepath.Join(dir, "restore-12345.snap")
+	other := filepath.Join(dir, "restore-notes.txt")
+	for _, f := range []string{spool, other} {
+		if err := os.WriteFile(f, []byte("left over"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openDisk(t, dir)
+	defer s.Close()
+	if _, err := os.Stat(spool); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("spool still there after Open: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("another file was removed: %v", err)
 	}
 }

@@ -275,7 +275,7 @@ func (a *clusterAdminAPI) SnapshotRestore(stream sigilv1.ClusterAdmin_SnapshotRe
 	}
 	// The upload is spooled to a file as it comes, never held in memory,
 	// and restored from there.
-	spool, err := os.CreateTemp(s.cfg.DataDir, "restore-*.snap")
+	spool, err := os.CreateTemp(s.cfg.DataDir, "restore-*.snap") // removed at start if a crash leaves it (raftstore.RemoveRestoreSpools)
 	if err != nil {
 		return status.Errorf(codes.Internal, "snapshot restore: %v", err)
 	}

@@ -226,6 +226,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
 	}
+	if err := raftstore.RemoveRestoreSpools(s.cfg.DataDir); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
 	rcfg := raftstore.DefaultConfig()
 	rcfg.TrustDomain = s.td
 	rcfg.NodeID = s.cfg.NodeName
