@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,14 +165,46 @@ type joinNode struct {
 }
 
 // joinFreeAddrOn returns a free TCP address on ip.
+//
+// The port is below the kernel's ephemeral range when there is room for
+// it there: a server restarted on its cluster address (as a real server
+// restarts) must find the port free again, and a port of the ephemeral
+// range may meanwhile be taken by any outgoing connection of the tests
+// running in parallel ("bind: address already in use").
 func joinFreeAddrOn(t *testing.T, ip string) string {
 	t.Helper()
+	if lo, ok := ephemeralLow(); ok && lo > 1024+4096 {
+		base := max(1024, lo-16384)
+		for range 64 {
+			port := base + rand.IntN(lo-base)
+			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+			if err != nil {
+				continue // in use: try another
+			}
+			l.Close()
+			return l.Addr().String()
+		}
+	}
 	l, err := net.Listen("tcp", ip+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// ephemeralLow is the lowest port of the kernel's ephemeral range.
+func ephemeralLow() (int, bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, false
+	}
+	lo, err := strconv.Atoi(f[0])
+	return lo, err == nil
 }
 
 // startJoinNode starts a server with a cluster port on ip. It returns
