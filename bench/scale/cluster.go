@@ -40,14 +40,18 @@ type server struct {
 	nodeAddr, health, admin string
 	cmd                     *exec.Cmd
 	pid                     atomic.Int64 // of the running process, read by the RSS guard
-	started                 time.Time
-	done                    chan struct{}
-	conn                    *grpc.ClientConn
-	adminAPI                sigilv1.AdminClient
-	clusterAPI              sigilv1.ClusterAdminClient
-	gcMu                    sync.Mutex
-	gcs                     []gcEvent
-	gcWake                  chan struct{} // closed and replaced on every new collection
+	// peak is the highest RSS seen of the server's processes: the RSS
+	// guard's samples and each process's VmHWM, read before it is killed
+	// and at the end of the run (notePeak).
+	peak       atomic.Int64
+	started    time.Time
+	done       chan struct{}
+	conn       *grpc.ClientConn
+	adminAPI   sigilv1.AdminClient
+	clusterAPI sigilv1.ClusterAdminClient
+	gcMu       sync.Mutex
+	gcs        []gcEvent
+	gcWake     chan struct{} // closed and replaced on every new collection
 }
 
 // gcEvent is one line of the Go runtime's GC trace.
@@ -179,8 +183,26 @@ func (s *server) scanTrace(r io.Reader, logf io.Writer) {
 	}
 }
 
+// notePeak raises s.peak to the running process's VmHWM.
+func (s *server) notePeak() {
+	if hwm, err := procStatusBytes(int(s.pid.Load()), "VmHWM:"); err == nil {
+		s.raisePeak(hwm)
+	}
+}
+
+// raisePeak raises s.peak to v.
+func (s *server) raisePeak(v int64) {
+	for {
+		p := s.peak.Load()
+		if v <= p || s.peak.CompareAndSwap(p, v) {
+			return
+		}
+	}
+}
+
 // kill stops the process with SIGKILL and waits for it.
 func (s *server) kill() {
+	s.notePeak()
 	if s.cmd != nil && s.cmd.Process != nil {
 		_ = s.cmd.Process.Kill()
 		<-s.done
@@ -226,21 +248,25 @@ func (s *server) rss() (int64, error) {
 	return vmRSS(int(s.pid.Load()))
 }
 
-func vmRSS(pid int) (int64, error) {
+func vmRSS(pid int) (int64, error) { return procStatusBytes(pid, "VmRSS:") }
+
+// procStatusBytes is the field (e.g. "VmRSS:") of /proc/PID/status, in
+// bytes.
+func procStatusBytes(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("VmRSS of %d: %w", pid, err)
+				return 0, fmt.Errorf("%s of %d: %w", strings.TrimSuffix(field, ":"), pid, err)
 			}
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("no %s for pid %d", strings.TrimSuffix(field, ":"), pid)
 }
 
 // liveHeap is the heap (bytes, MiB resolution) marked live by the first

@@ -22,6 +22,9 @@ type ServerFigures struct {
 	Agents       Mem    `json:"agents"`        // every simulated agent connected and synced
 	BeforeDelete Mem    `json:"before_delete"` // after the restart, every entry still there
 	AfterDelete  Mem    `json:"after_delete"`  // half of the bulk entries deleted
+	// PeakRSS is the highest RSS of the server's processes until the
+	// deletion: sampled every 250 ms, and each process's VmHWM.
+	PeakRSS int64 `json:"peak_rss_bytes"`
 }
 
 // Result is what one run (one size) measured.
@@ -109,6 +112,7 @@ func rows(r *Result) [][2]string {
 		{"server RSS/live heap idle, MiB", mem(func(s *ServerFigures) Mem { return s.Idle })},
 		{"server RSS/live heap with entries, MiB", mem(func(s *ServerFigures) Mem { return s.Entries })},
 		{"server RSS/live heap with agents, MiB", mem(func(s *ServerFigures) Mem { return s.Agents })},
+		{"peak server RSS (VmHWM and 250 ms samples), MiB", perServer(r, func(s *ServerFigures) string { return fmt.Sprintf("%.0f", mib(s.PeakRSS)) })},
 		{"RSS per entry, B", fmt.Sprintf("%.0f", rssE)},
 		{"live heap per entry, B", fmt.Sprintf("%.0f", heapE)},
 		{"RSS per connected agent, KiB", fmt.Sprintf("%.1f", rssA/1024)},

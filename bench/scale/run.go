@@ -149,7 +149,11 @@ func (r *run) guardRSS(ctx context.Context, stop context.CancelCauseFunc) {
 		case <-t.C:
 		}
 		for _, n := range r.nodes {
-			if rss, err := n.rss(); err == nil && rss > r.o.maxRSS {
+			rss, err := n.rss()
+			if err == nil {
+				n.raisePeak(rss)
+			}
+			if err == nil && rss > r.o.maxRSS {
 				stop(fmt.Errorf("%s RSS %.0f MiB exceeds -max-server-rss %.0f MiB", n.name, mib(rss), mib(r.o.maxRSS)))
 				return
 			}
@@ -535,6 +539,8 @@ func (r *run) deleteHalf(ctx context.Context) error {
 			return err
 		}
 		r.res.Server[i].AfterDelete = Mem{RSS: rss, Heap: heap}
+		n.notePeak()
+		r.res.Server[i].PeakRSS = n.peak.Load()
 	}
 	r.log("deleted %d bulk entries", len(half))
 	if err := r.probe.dial(); err != nil {

@@ -83,10 +83,17 @@ func TestScaleSmoke(t *testing.T) {
 	if s.Entries.Heap <= s.Idle.Heap {
 		t.Errorf("live heap with entries %d not above idle %d", s.Entries.Heap, s.Idle.Heap)
 	}
+	// The peak covers every point measured (their RSS is below the
+	// process's high-water mark).
+	for _, m := range []Mem{s.Idle, s.Entries, s.BeforeAgents, s.Agents, s.BeforeDelete} {
+		if s.PeakRSS < m.RSS {
+			t.Errorf("peak RSS %d below a measured RSS %d", s.PeakRSS, m.RSS)
+		}
+	}
 	if s.AfterDelete.Heap >= s.BeforeDelete.Heap {
 		t.Errorf("live heap did not drop after deleting half: %d -> %d", s.BeforeDelete.Heap, s.AfterDelete.Heap)
 	}
-	for _, want := range []string{"| RSS per entry, B |", "| propagation to 20 agents p50 / p99 / max, ms |", "| restart (kill -9) to /ready / full sync, s |"} {
+	for _, want := range []string{"| RSS per entry, B |", "| peak server RSS (VmHWM and 250 ms samples), MiB |", "| propagation to 20 agents p50 / p99 / max, ms |", "| restart (kill -9) to /ready / full sync, s |"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}
