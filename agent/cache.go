@@ -304,28 +304,20 @@ func (c *cache) ReplaceEntries(entries []*sigilv1.Entry) {
 // replacePacked is ReplaceEntries with packed entries (the sync loop
 // packs them as they arrive).
 func (c *cache) replacePacked(entries []packedEntry) {
-	c.mu.Lock()
-	first := !c.st.synced
-	ch := c.st.ReplacePacked(entries)
-	c.settle(ch)
-	n, _ := c.st.Stats()
-	removed := 0
-	for _, id := range ch.jwtDrop {
-		if !c.st.has(id) {
-			removed++
-		}
-	}
-	c.mu.Unlock()
-	c.log.Debug("entry set replaced", zap.Int("entries", n), zap.Int("removed", removed), zap.Bool("first", first))
-	c.report(ch)
+	c.replace(func() changes { return c.st.ReplacePacked(entries) })
 }
 
 // replaceStaged is ReplaceEntries with the entries of stage (the sync
 // loop stages a full set as it arrives), which it drains.
 func (c *cache) replaceStaged(stage *entryStage) {
+	c.replace(func() changes { return c.st.ReplaceStaged(stage) })
+}
+
+// replace replaces the entry set with replaceSet, which runs under c.mu.
+func (c *cache) replace(replaceSet func() changes) {
 	c.mu.Lock()
 	first := !c.st.synced
-	ch := c.st.ReplaceStaged(stage)
+	ch := replaceSet()
 	c.settle(ch)
 	n, _ := c.st.Stats()
 	removed := 0
