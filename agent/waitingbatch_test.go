@@ -3,6 +3,7 @@ package agent
 import (
 	"crypto/x509"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,29 +29,8 @@ func TestWaitingWorkloadNotBehindBatches(t *testing.T) {
 	waited := entry("zzz", "waited", 1, "uid:waited")
 	srv.entries[waited.Id] = waited
 
-	release := make(chan struct{})
-	var bigCalls, smallCalls int
-	srv.mu.Lock()
-	srv.gate = func(n int) {
-		srv.mu.Lock()
-		if n > 1 {
-			bigCalls++
-		} else {
-			smallCalls++
-		}
-		srv.mu.Unlock()
-		if n > 1 {
-			<-release
-		}
-	}
-	srv.mu.Unlock()
-	defer func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
+	g := holdBatches(t, srv)
+	defer g.release()
 
 	cfg := srv.config(t, t.TempDir())
 	cfg.SyncBatchSize = 500
@@ -61,7 +41,7 @@ func TestWaitingWorkloadNotBehindBatches(t *testing.T) {
 	pollUntil(t, func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
-		return bigCalls == maxBatchesInFlight-1
+		return g.big == maxBatchesInFlight-1
 	}, "the batches of others to reach the server")
 
 	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:waited")})
@@ -71,14 +51,14 @@ func TestWaitingWorkloadNotBehindBatches(t *testing.T) {
 		t.Fatalf("got an SVID for %s, want zzz", s.Identities[0].EntryID)
 	}
 	srv.mu.Lock()
-	big, small := bigCalls, smallCalls
+	big, small := g.big, g.small
 	srv.mu.Unlock()
 	if big != maxBatchesInFlight-1 || small != 1 {
 		t.Fatalf("%d large and %d single-entry calls while the large ones were held, want %d and 1", big, small, maxBatchesInFlight-1)
 	}
 
 	// Then the rest are minted.
-	close(release)
+	g.release()
 	pollUntil(t, func() bool {
 		_, svids := r.cache.stats()
 		return svids == bulk+1
@@ -231,29 +211,8 @@ func TestWaitingWorkloadEntryInFlightMintedAlone(t *testing.T) {
 		e := entry(fmt.Sprintf("b%05d", i), fmt.Sprintf("bulk/%d", i), 1, "uid:bulk")
 		srv.entries[e.Id] = e
 	}
-	release := make(chan struct{})
-	var bigCalls, smallCalls int
-	srv.mu.Lock()
-	srv.gate = func(n int) {
-		srv.mu.Lock()
-		if n > 1 {
-			bigCalls++
-		} else {
-			smallCalls++
-		}
-		srv.mu.Unlock()
-		if n > 1 {
-			<-release
-		}
-	}
-	srv.mu.Unlock()
-	defer func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
+	g := holdBatches(t, srv)
+	defer g.release()
 	cfg := srv.config(t, t.TempDir())
 	cfg.SyncBatchSize = 500
 	cfg.SVIDCache.MaxSVIDs = bulk + 1
@@ -262,7 +221,7 @@ func TestWaitingWorkloadEntryInFlightMintedAlone(t *testing.T) {
 	pollUntil(t, func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
-		return bigCalls == 3
+		return g.big == 3
 	}, "the batches to reach the server")
 
 	sub := r.Cache().SubscribeX509([]*sigilv1.Selector{sel("uid:waited")})
@@ -273,13 +232,13 @@ func TestWaitingWorkloadEntryInFlightMintedAlone(t *testing.T) {
 	}
 	serial := leafOf(t, s.Identities[0]).SerialNumber
 	srv.mu.Lock()
-	big, small := bigCalls, smallCalls
+	big, small := g.big, g.small
 	srv.mu.Unlock()
 	if big != 3 || small != 1 {
 		t.Fatalf("%d large and %d single-entry calls while the large ones were held, want 3 and 1", big, small)
 	}
 
-	close(release)
+	g.release()
 	pollUntil(t, func() bool {
 		_, svids := r.cache.stats()
 		return svids == bulk+1
@@ -292,4 +251,38 @@ func TestWaitingWorkloadEntryInFlightMintedAlone(t *testing.T) {
 		}
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// batchGate holds the fake server's signing calls of more than one
+// entry until release, and counts the calls; its counts are guarded by
+// the server's mutex.
+type batchGate struct {
+	big, small int
+	release    func()
+}
+
+// holdBatches makes srv hold every signing call of more than one entry
+// until the gate's release, which the test defers so that it runs before
+// the agent and the server stop (and again, harmlessly, at cleanup).
+func holdBatches(t *testing.T, srv *fakeServer) *batchGate {
+	t.Helper()
+	ch := make(chan struct{})
+	var once sync.Once
+	g := &batchGate{release: func() { once.Do(func() { close(ch) }) }}
+	t.Cleanup(g.release)
+	srv.mu.Lock()
+	srv.gate = func(n int) {
+		srv.mu.Lock()
+		if n > 1 {
+			g.big++
+		} else {
+			g.small++
+		}
+		srv.mu.Unlock()
+		if n > 1 {
+			<-ch
+		}
+	}
+	srv.mu.Unlock()
+	return g
 }
