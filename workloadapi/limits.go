@@ -120,11 +120,17 @@ func (c *connLimits) open(uid uint32) (fromUID, total int) {
 }
 
 // watchFirstCall closes pc unless a call starts on it within the first
-// call timeout.
+// call timeout. The watch ends when pc is closed first (by its peer, or
+// by the server stopping): it neither outlives the connection by the
+// timeout nor reports a closed connection as refused.
 func (c *connLimits) watchFirstCall(pc *peerConn) {
 	timeout := c.clk.After(c.limits.FirstCallTimeout)
 	go func() {
-		<-timeout
+		select {
+		case <-timeout:
+		case <-pc.closed:
+			return
+		}
 		if !pc.peer.hasCalled() {
 			if c.onRefused != nil {
 				c.onRefused(pc.peer.UID, "no call within "+c.limits.FirstCallTimeout.String())

@@ -134,7 +134,7 @@ func (c *peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthIn
 		p.release = release
 	}
 	p.CommonAuthInfo = credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}
-	pc := &peerConn{Conn: conn, peer: p}
+	pc := newPeerConn(conn, p)
 	p.conn = pc
 	if c.limits != nil {
 		c.limits.watchFirstCall(pc)
@@ -158,9 +158,17 @@ func (c *peerCreds) OverrideServerName(string) error { return nil }
 type peerConn struct {
 	net.Conn
 	peer *PeerInfo
+	// closed is closed by the first Close.
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func newPeerConn(conn net.Conn, p *PeerInfo) *peerConn {
+	return &peerConn{Conn: conn, peer: p, closed: make(chan struct{})}
 }
 
 func (c *peerConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
 	c.peer.close()
 	return c.Conn.Close()
 }

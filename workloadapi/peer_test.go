@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -208,6 +209,60 @@ func TestFirstCallTimeout(t *testing.T) {
 	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
 	if _, err := stream.Recv(); err != nil {
 		t.Fatalf("the connection with a call was closed: %v", err)
+	}
+}
+
+// TestFirstCallWatchEndsWithTheConnection: a connection closed before
+// the first-call timeout is not reported as refused when the timeout
+// passes (its watch ended with it; before, it outlived the connection and
+// logged a refusal, after the server and the test had stopped).
+func TestFirstCallWatchEndsWithTheConnection(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	var mu sync.Mutex
+	var refused []string
+	f := start(t, func(s *Server) {
+		s.conns.clk = clk
+		prev := s.conns.onRefused
+		s.conns.onRefused = func(uid uint32, reason string) {
+			mu.Lock()
+			refused = append(refused, reason)
+			mu.Unlock()
+			if prev != nil {
+				prev(uid, reason)
+			}
+		}
+	})
+	uid := uint32(os.Geteuid())
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(refused)
+	}
+
+	gone, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection admitted", func() bool { n, _ := f.server.conns.open(uid); return n == 1 })
+	gone.Close()
+	waitFor(t, "the closed connection released", func() bool { n, _ := f.server.conns.open(uid); return n == 0 })
+	clk.Add(DefaultFirstCallTimeout)
+
+	// A second idle connection, refused at its timeout, is the barrier:
+	// by then the first watch, had it still run, would have reported
+	// its refusal too.
+	idle, err := net.Dial("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	waitFor(t, "the idle connection admitted", func() bool { n, _ := f.server.conns.open(uid); return n == 1 })
+	waitFor(t, "the idle connection's timer", func() bool { return clk.Waiters() >= 1 })
+	clk.Add(DefaultFirstCallTimeout)
+	waitFor(t, "the idle connection refused", func() bool { return count() >= 1 })
+	waitFor(t, "the idle connection closed", func() bool { n, _ := f.server.conns.open(uid); return n == 0 })
+	if n := count(); n != 1 {
+		t.Fatalf("%d refusals (%q), want 1: the closed connection was reported too", n, refused)
 	}
 }
 
