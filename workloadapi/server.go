@@ -174,7 +174,7 @@ func New(cfg Config) (*Server, error) {
 		log:             cfg.Logger,
 		clk:             cfg.Clock,
 		meter:           cfg.Meter,
-		proc:            procReader{startTime: procStartTime, exe: procExe, status: procStatus},
+		proc:            procReader{startTime: pinnedStartTime, exe: procExe, status: procStatus},
 		staleGrace:      staleConnGrace,
 		stopping:        make(chan struct{}),
 	}
