@@ -129,7 +129,7 @@ func TestCallerEffectiveUIDChangedSinceConnect(t *testing.T) {
 
 // pinned returns a PeerInfo pinned to process pid as a handshake pins
 // it, without a connection.
-func pinned(t *testing.T, pid int) *PeerInfo {
+func pinned(t testing.TB, pid int) *PeerInfo {
 	t.Helper()
 	dir := "/proc/" + itoa(pid)
 	p := &PeerInfo{PID: int32(pid), pidfd: -1, exePath: dir + "/exe", statPath: dir + "/stat"}
@@ -460,5 +460,38 @@ func TestNoFlowControlPingPerCall(t *testing.T) {
 	}
 	if n := counter.pings(); n != 0 {
 		t.Fatalf("the server sent %d PINGs for %d calls", n, calls)
+	}
+}
+
+// BenchmarkAlive is the per-call check that the caller is still the
+// process that connected, on this (multi-threaded) process, with the
+// server's liveness check (pinnedStartTime, one poll of the pidfd) and
+// with the start time read by pid from /proc/<pid>/stat.
+func BenchmarkAlive(b *testing.B) {
+	for _, bc := range []struct {
+		name      string
+		startTime func(*PeerInfo) (uint64, error)
+	}{
+		{"pidfd", pinnedStartTime},
+		{"procStat", procStartTime},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			p := pinned(b, os.Getpid())
+			defer p.close()
+			var err error
+			if p.startTime, err = procStartTime(p); err != nil {
+				b.Fatal(err)
+			}
+			if p.exe, err = procExe(p); err != nil {
+				b.Fatal(err)
+			}
+			r := procReader{startTime: bc.startTime, exe: procExe, status: procStatus}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := p.alive(&r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
