@@ -28,6 +28,8 @@ import (
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+
+	sigilwl "github.com/sigil-id/sigil/workloadapi"
 )
 
 // Flags of the deployed-fetch measurement alone (-fetch-only).
@@ -54,6 +56,8 @@ var (
 // cache, no metrics. Timing the fetch client against it gives the limit
 // of a cached fetch on this machine (gRPC over a unix socket, and the
 // client's parsing of the SVID), beside which the agent's figure is read.
+// It runs with the agent's gRPC transport options
+// (workloadapi.TransportOptions), so that it stays the limit.
 type rawFetch struct {
 	workloadpb.UnimplementedSpiffeWorkloadAPIServer
 	resp *workloadpb.X509SVIDResponse
@@ -110,7 +114,7 @@ func serveRawFetch(socket string) error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(sigilwl.TransportOptions(sigilwl.Limits{})...)
 	workloadpb.RegisterSpiffeWorkloadAPIServer(g, &rawFetch{resp: resp})
 	return g.Serve(l)
 }

@@ -96,8 +96,10 @@ type exeID struct {
 // Tests replace its functions to simulate pid reuse, exec and credential
 // changes.
 type procReader struct {
-	// startTime returns the process's start time; it fails for a
-	// process that has exited (a zombie included).
+	// startTime returns the start time of the process now under the
+	// peer's pid; it fails for a process that has exited (a zombie
+	// included). The server's (pinnedStartTime) answers from the pidfd
+	// and the start time recorded at handshake.
 	startTime func(p *PeerInfo) (uint64, error)
 	// exe identifies the executable the process runs now.
 	exe func(p *PeerInfo) (exeID, error)

@@ -78,7 +78,9 @@ func peerFromConn(conn net.Conn, r *procReader) (*PeerInfo, error) {
 		return nil, fmt.Errorf("peer %d: %w", cred.Pid, err)
 	}
 	p.exe = exe
-	st, err := r.startTime(p)
+	// Read by pid: whichever process the pid names now. The check below
+	// (alive) proves it is the pinned one.
+	st, err := procStartTime(p)
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("peer %d: %w", cred.Pid, err)
@@ -120,9 +122,11 @@ var (
 // alive reports an error unless the process the connection was pinned to
 // still runs under the same pid, with the effective user and group it
 // connected with, and the program it ran when it connected. Everything
-// read by pid is read before the liveness check, so that a pid reused
-// meanwhile cannot pass with another process's answers; the credentials
-// are read from the pidfd, the process itself.
+// read by pid is read before the liveness check (r.startTime: for the
+// server, pinnedStartTime, which asks the pidfd whether the pinned
+// process has exited), so that a pid reused meanwhile cannot pass with
+// another process's answers; the credentials are read from the pidfd,
+// the process itself.
 func (p *PeerInfo) alive(r *procReader) error {
 	p.fdMu.RLock()
 	defer p.fdMu.RUnlock()
@@ -137,9 +141,8 @@ func (p *PeerInfo) alive(r *procReader) error {
 	if err != nil {
 		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
 	}
-	if err := unix.PidfdSendSignal(p.pidfd, 0, nil, 0); err != nil {
-		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
-	}
+	// The liveness check (pinnedStartTime, on the pidfd), after every
+	// read by pid.
 	start, err := r.startTime(p)
 	if err != nil {
 		return fmt.Errorf("peer process %d is gone: %w", p.PID, err)
@@ -149,6 +152,13 @@ func (p *PeerInfo) alive(r *procReader) error {
 	}
 	if st.EUID != p.UID || st.EGID != p.GID {
 		return fmt.Errorf("peer process %d %w (uid %d gid %d then, %d %d now)", p.PID, errCredsChanged, p.UID, p.GID, st.EUID, st.EGID)
+	}
+	if exe.errno == uintptr(unix.ENOENT) && p.exe.errno == 0 {
+		// It ran a program and has none now: its main thread has
+		// exited and released its memory (the rest of the process may
+		// still be exiting; the pidfd reports the exit only once every
+		// thread is done).
+		return fmt.Errorf("peer process %d is gone: its main thread has exited", p.PID)
 	}
 	if exe != p.exe {
 		return fmt.Errorf("peer process %d %w", p.PID, errExecd)
@@ -224,6 +234,51 @@ func procStatus(p *PeerInfo) (procfs.Status, error) {
 // procStatusFile reads the peer's credentials from /proc/<pid>/status.
 func procStatusFile(p *PeerInfo) (procfs.Status, error) {
 	return procfs.ReadStatus("/proc/" + strconv.Itoa(int(p.PID)) + "/status")
+}
+
+// pinnedStartTime is the start time of the process a connection is
+// pinned to while that process has not exited: the start time read by
+// pid at handshake (PeerInfo.startTime), after checking on the pidfd,
+// the process itself, that it has not exited. It fails for a process
+// that has exited, a zombie included, as procStartTime does.
+//
+// It gives what procStartTime would read at this moment, with one cheap
+// system call instead of opening, generating and parsing
+// /proc/<pid>/stat: a pid is reused only once its process has exited and
+// been reaped, so while the pinned process has not exited its pid names
+// it, and the start time read by that pid at handshake (after the pidfd
+// was taken) is its own. Reads by pid made before this check are
+// therefore of the pinned process whenever it passes.
+func pinnedStartTime(p *PeerInfo) (uint64, error) {
+	exited, err := pidfdExited(p.pidfd)
+	if err != nil {
+		return 0, err
+	}
+	if exited {
+		return 0, errors.New("process has exited")
+	}
+	return p.startTime, nil
+}
+
+// pidfdExited reports whether the process pidfd refers to has exited:
+// poll(2) finds a pidfd readable once every thread of the process has
+// exited (a zombie not yet reaped included) and, with POLLHUP, once it has
+// been reaped. It does not block.
+func pidfdExited(pidfd int) (bool, error) {
+	fds := [1]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds[:], 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("polling pidfd: %w", err)
+		}
+		if n > 0 && fds[0].Revents&unix.POLLNVAL != 0 {
+			return false, errors.New("polling pidfd: not an open descriptor")
+		}
+		return n > 0, nil
+	}
 }
 
 // procStartTime returns the start time (in clock ticks after boot) of the

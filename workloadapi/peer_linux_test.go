@@ -4,6 +4,7 @@ package workloadapi
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -43,8 +44,8 @@ func procState(pid int) string {
 // TestCallerZombieGetsNothing: a caller that exited but was not reaped
 // (a zombie, whose pid still answers signals and whose pidfd is still
 // that of the process) gets nothing more on the connection it handed to
-// another process: the start time check, which reads /proc/<pid>/stat,
-// refuses a zombie.
+// another process: the liveness check, which asks the pidfd whether the
+// process has exited (pinnedStartTime), refuses a zombie.
 func TestCallerZombieGetsNothing(t *testing.T) {
 	f := start(t, func(s *Server) { s.staleGrace = time.Hour })
 	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
@@ -128,7 +129,7 @@ func TestCallerEffectiveUIDChangedSinceConnect(t *testing.T) {
 
 // pinned returns a PeerInfo pinned to process pid as a handshake pins
 // it, without a connection.
-func pinned(t *testing.T, pid int) *PeerInfo {
+func pinned(t testing.TB, pid int) *PeerInfo {
 	t.Helper()
 	dir := "/proc/" + itoa(pid)
 	p := &PeerInfo{PID: int32(pid), pidfd: -1, exePath: dir + "/exe", statPath: dir + "/stat"}
@@ -221,6 +222,90 @@ func TestProcReadsFollowTheProcess(t *testing.T) {
 	}
 	if err := p.alive(&procReader{startTime: procStartTime, exe: procExe, status: procStatus}); err == nil {
 		t.Fatal("alive: a reaped process passed")
+	}
+}
+
+// TestPinnedStartTime: the server's liveness check answers the start
+// time /proc shows for the pinned process while it runs, and fails, with
+// no read by pid, once it has exited: a zombie, then reaped.
+func TestPinnedStartTime(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sleep, "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	p := pinned(t, pid)
+	if p.startTime, err = procStartTime(p); err != nil {
+		t.Fatal(err)
+	}
+	if p.exe, err = procExe(p); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		got, err := pinnedStartTime(p)
+		if err != nil || got != p.startTime {
+			t.Fatalf("pinnedStartTime of a live process = %d, %v; /proc says %d", got, err, p.startTime)
+		}
+	}
+	if exited, err := pidfdExited(p.pidfd); err != nil || exited {
+		t.Fatalf("pidfdExited of a live process = %v, %v", exited, err)
+	}
+	if err := p.alive(&procReader{startTime: pinnedStartTime, exe: procExe, status: procStatus}); err != nil {
+		t.Fatalf("alive: %v", err)
+	}
+
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	waitFor(t, "the child to be a zombie", func() bool { return procState(pid) == "Z" })
+	if _, err := pinnedStartTime(p); err == nil || err.Error() != "process has exited" {
+		t.Fatalf("pinnedStartTime of a zombie: %v", err)
+	}
+	if err := p.alive(&procReader{startTime: pinnedStartTime, exe: procExe, status: procStatus}); err == nil {
+		t.Fatal("alive: a zombie passed")
+	}
+	_ = cmd.Wait()
+	if _, err := pinnedStartTime(p); err == nil {
+		t.Fatal("pinnedStartTime of a reaped process: no error")
+	}
+
+	// A descriptor that is not open is an error, not a live process.
+	fd := p.pidfd
+	p.close()
+	if exited, err := pidfdExited(fd); err == nil {
+		t.Fatalf("pidfdExited of a closed descriptor = %v, no error", exited)
+	}
+}
+
+// TestAliveNoExecutableIsExit: a process that ran a program and has
+// none now (its main thread has exited, as in the moment after SIGKILL
+// before its last thread is gone, when the pidfd does not yet report the
+// exit) is refused as gone, not as having exec'd another program.
+func TestAliveNoExecutableIsExit(t *testing.T) {
+	p := pinned(t, os.Getpid())
+	var err error
+	if p.startTime, err = procStartTime(p); err != nil {
+		t.Fatal(err)
+	}
+	if p.exe, err = procExe(p); err != nil {
+		t.Fatal(err)
+	}
+	r := procReader{startTime: pinnedStartTime, exe: procExe, status: procStatus}
+	if err := p.alive(&r); err != nil {
+		t.Fatalf("alive: %v", err)
+	}
+	r.exe = func(*PeerInfo) (exeID, error) { return exeID{errno: uintptr(unix.ENOENT)}, nil }
+	err = p.alive(&r)
+	if err == nil || errors.Is(err, errExecd) || !strings.Contains(err.Error(), "its main thread has exited") {
+		t.Fatalf("alive with no executable: %v", err)
+	}
+	// Another executable is still an exec.
+	r.exe = func(*PeerInfo) (exeID, error) { e := p.exe; e.ino++; return e, nil }
+	if err := p.alive(&r); !errors.Is(err, errExecd) {
+		t.Fatalf("alive with another executable: %v", err)
 	}
 }
 
@@ -375,5 +460,38 @@ func TestNoFlowControlPingPerCall(t *testing.T) {
 	}
 	if n := counter.pings(); n != 0 {
 		t.Fatalf("the server sent %d PINGs for %d calls", n, calls)
+	}
+}
+
+// BenchmarkAlive is the per-call check that the caller is still the
+// process that connected, on this (multi-threaded) process, with the
+// server's liveness check (pinnedStartTime, one poll of the pidfd) and
+// with the start time read by pid from /proc/<pid>/stat.
+func BenchmarkAlive(b *testing.B) {
+	for _, bc := range []struct {
+		name      string
+		startTime func(*PeerInfo) (uint64, error)
+	}{
+		{"pidfd", pinnedStartTime},
+		{"procStat", procStartTime},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			p := pinned(b, os.Getpid())
+			defer p.close()
+			var err error
+			if p.startTime, err = procStartTime(p); err != nil {
+				b.Fatal(err)
+			}
+			if p.exe, err = procExe(p); err != nil {
+				b.Fatal(err)
+			}
+			r := procReader{startTime: bc.startTime, exe: procExe, status: procStatus}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := p.alive(&r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -29,6 +29,8 @@ func (p *PeerInfo) close() {
 
 func procStartTime(*PeerInfo) (uint64, error) { return 0, errUnsupported }
 
+func pinnedStartTime(*PeerInfo) (uint64, error) { return 0, errUnsupported }
+
 func pidStartTime(int32) (uint64, error) { return 0, errUnsupported }
 
 func procExe(*PeerInfo) (exeID, error) { return exeID{}, errUnsupported }

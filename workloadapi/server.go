@@ -174,7 +174,7 @@ func New(cfg Config) (*Server, error) {
 		log:             cfg.Logger,
 		clk:             cfg.Clock,
 		meter:           cfg.Meter,
-		proc:            procReader{startTime: procStartTime, exe: procExe, status: procStatus},
+		proc:            procReader{startTime: pinnedStartTime, exe: procExe, status: procStatus},
 		staleGrace:      staleConnGrace,
 		stopping:        make(chan struct{}),
 	}
@@ -192,15 +192,39 @@ func New(cfg Config) (*Server, error) {
 	s.conns = newConnLimits(cfg.Limits, s.clk, func(uid uint32, reason string) {
 		s.log.Warn("workload API connection refused", zap.Uint32("uid", uid), zap.String("reason", reason))
 	})
-	limits := s.conns.limits
-	opts := []grpc.ServerOption{
+	opts := append(TransportOptions(s.conns.limits),
 		grpc.Creds(&peerCreds{proc: &s.proc, limits: s.conns}),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		// Responses shared between callers are sent in the wire form
+		// built once for all of them.
+		grpc.ForceServerCodecV2(newWireCodec()),
+	)
+	s.grpc = grpc.NewServer(opts...)
+	workloadpb.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
+	sds := s.grpc
+	if cfg.SeparateSDS {
+		s.sdsGRPC = grpc.NewServer(opts...)
+		sds = s.sdsGRPC
+	}
+	secretv3.RegisterSecretDiscoveryServiceServer(sds, &sdsServer{s: s})
+	return s, nil
+}
+
+// TransportOptions are the gRPC transport options of the Workload API
+// server under limits (zero fields take their defaults): stream and
+// connection bounds, stream workers, flow-control windows and buffers.
+// Besides them the server has its own credentials, interceptors and
+// codec. They are exported so that a server measured beside this one
+// (bench's limit of a cached fetch: a plain gRPC server answering a
+// fixed response) runs with the same transport.
+func TransportOptions(limits Limits) []grpc.ServerOption {
+	limits = limits.withDefaults()
+	return []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(limits.MaxStreamsPerConn),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: limits.IdleTimeout}),
 		// Requests are tiny; a peer gets no more than this buffered.
 		grpc.MaxRecvMsgSize(maxRequestSize),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
-		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		// Reuse goroutines for short calls instead of starting one per
 		// stream: fetches are many and small.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
@@ -211,19 +235,7 @@ func New(cfg Config) (*Server, error) {
 		// requests of a few bytes on a local socket.
 		grpc.StaticStreamWindowSize(staticWindow),
 		grpc.StaticConnWindowSize(staticWindow),
-		// Responses shared between callers are sent in the wire form
-		// built once for all of them.
-		grpc.ForceServerCodecV2(newWireCodec()),
 	}
-	s.grpc = grpc.NewServer(opts...)
-	workloadpb.RegisterSpiffeWorkloadAPIServer(s.grpc, s)
-	sds := s.grpc
-	if cfg.SeparateSDS {
-		s.sdsGRPC = grpc.NewServer(opts...)
-		sds = s.sdsGRPC
-	}
-	secretv3.RegisterSecretDiscoveryServiceServer(sds, &sdsServer{s: s})
-	return s, nil
 }
 
 // Serve serves the Workload API on l until ctx is done, then stops
