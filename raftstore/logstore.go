@@ -3,9 +3,12 @@ package raftstore
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/sigil-id/sigil/clock"
 )
 
 // The Raft log store, and the pages of it the process keeps mapped.
@@ -22,8 +25,9 @@ import (
 // it lacks, or an append rewrites the leaf they are in.
 //
 // logStore therefore drops its mapped pages (madvise(MADV_DONTNEED), see
-// dropMapped) after each log compaction and whenever the store returns
-// memory after large deletions (memRelease). For a shared file mapping
+// dropMapped) after each log compaction, whenever the store returns memory
+// after large deletions (memRelease), and once no record was appended for
+// logQuiet after at least logDropAfter bytes of records were. For a shared file mapping
 // that only removes the pages from this process's page tables: the file's
 // pages stay in the kernel's page cache, where bbolt's own writes put them
 // anyway, and the next read of any of them maps the same bytes again (a
@@ -38,11 +42,30 @@ import (
 type logStore struct {
 	*raftboltdb.BoltStore
 
-	path string
-	mu   sync.Mutex
+	path  string
+	clock clock.Clock
+	quiet time.Duration // logQuiet, shorter in tests
+
+	mu sync.Mutex
 	// closed is set by Close; dropMapped does nothing after it.
 	closed bool
+	// appended counts the bytes of records appended since the last drop;
+	// lastAppend is when the last one was.
+	appended   int64
+	lastAppend time.Time
+	// quietDrop is set while a quiet-time drop is scheduled.
+	quietDrop bool
 }
+
+const (
+	// logDropAfter is how many bytes of records must have been appended
+	// since the last drop for a drop to be scheduled once the log is
+	// quiet: appends of small records map few pages.
+	logDropAfter = 1 << 20
+	// logQuiet is how long no record must have been appended before
+	// those pages are dropped.
+	logQuiet = 30 * time.Second
+)
 
 var (
 	_ raft.LogStore    = (*logStore)(nil)
@@ -50,27 +73,58 @@ var (
 )
 
 // openLogStore opens (or creates) the bbolt file at path as Raft's log
-// and stable store.
-func openLogStore(path string) (*logStore, error) {
+// and stable store; clk times the quiet-time drops.
+func openLogStore(path string, clk clock.Clock) (*logStore, error) {
 	b, err := raftboltdb.New(raftboltdb.Options{Path: path})
 	if err != nil {
 		return nil, err
 	}
-	return &logStore{BoltStore: b, path: path}, nil
+	return &logStore{BoltStore: b, path: path, clock: clk, quiet: logQuiet}, nil
 }
 
 // StoreLog stores one Raft log record.
 func (s *logStore) StoreLog(l *raft.Log) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.BoltStore.StoreLog(l)
+	return s.StoreLogs([]*raft.Log{l})
 }
 
 // StoreLogs stores Raft log records.
 func (s *logStore) StoreLogs(logs []*raft.Log) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.BoltStore.StoreLogs(logs)
+	if err := s.BoltStore.StoreLogs(logs); err != nil {
+		return err
+	}
+	for _, l := range logs {
+		s.appended += int64(len(l.Data) + len(l.Extensions))
+	}
+	s.lastAppend = s.clock.Now()
+	if s.appended >= logDropAfter && !s.quietDrop {
+		s.quietDrop = true
+		s.scheduleQuietDrop(s.quiet)
+	}
+	return nil
+}
+
+// scheduleQuietDrop runs dropIfQuiet after d on the store's clock.
+func (s *logStore) scheduleQuietDrop(d time.Duration) {
+	ch := s.clock.After(d)
+	go func() {
+		<-ch
+		s.dropIfQuiet()
+	}()
+}
+
+// dropIfQuiet drops the mapped pages when no record was appended for the
+// quiet time, or schedules itself again for when that will be the case.
+func (s *logStore) dropIfQuiet() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if wait := s.quiet - s.clock.Now().Sub(s.lastAppend); wait > 0 && !s.closed {
+		s.scheduleQuietDrop(wait)
+		return
+	}
+	s.quietDrop = false
+	_, _ = s.dropMappedLocked() // best effort, as after a compaction
 }
 
 // DeleteRange deletes the records from min to max inclusive (a log
@@ -123,6 +177,7 @@ func (s *logStore) dropMappedLocked() (int64, error) {
 	if s.closed {
 		return 0, nil
 	}
+	s.appended = 0
 	n, err := dropFileMappings(s.path)
 	if err != nil {
 		return n, fmt.Errorf("raftstore: dropping mapped pages of %s: %w", s.path, err)

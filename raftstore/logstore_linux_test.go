@@ -10,11 +10,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"golang.org/x/sys/unix"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/clock"
 )
 
 // residentMapped returns the bytes of the file at path resident in this
@@ -104,7 +106,7 @@ func TestParseMapsLine(t *testing.T) {
 // compaction (DeleteRange); every record reads back the same afterwards.
 func TestLogStoreDropsMappedPages(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "raft.db")
-	s, err := openLogStore(path)
+	s, err := openLogStore(path, clock.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +153,7 @@ func TestLogStoreDropsMappedPages(t *testing.T) {
 // (bbolt replaces its mapping then) and reads run lose nothing.
 func TestLogStoreDropWhileGrowing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "raft.db")
-	s, err := openLogStore(path)
+	s, err := openLogStore(path, clock.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,4 +256,55 @@ func TestStoreReleaseDropsLogPages(t *testing.T) {
 	if err := s.raft.Barrier(0).Error(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestLogStoreDropsWhenQuiet: after logDropAfter bytes of records, the
+// mapped pages are dropped once no record was appended for the quiet
+// time, not before.
+func TestLogStoreDropsWhenQuiet(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "raft.db")
+	fake := clock.NewFake(time.Unix(1_700_000_000, 0))
+	s, err := openLogStore(path, fake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const size = 64 << 10
+	n := logDropAfter/size + 1 // records of size-1 bytes: the n-th crosses logDropAfter
+	for i := 1; i < n; i++ {
+		if err := s.StoreLog(bigLog(i, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := fake.Waiters(); w != 0 {
+		t.Fatalf("%d waiters below logDropAfter bytes", w)
+	}
+	if err := s.StoreLog(bigLog(n, size)); err != nil {
+		t.Fatal(err)
+	}
+	waitWaiters(t, fake, 1)
+	checkLogs(t, s, 1, n, size)
+	resident := func() int64 { return residentMapped(t, path) }
+	if r := resident(); r < int64(n*size/2) {
+		t.Fatalf("%d bytes resident after reading the log: the test reads nothing", r)
+	}
+	fake.Add(s.quiet / 3)
+	if err := s.StoreLog(bigLog(n+1, size)); err != nil { // the log is not quiet yet
+		t.Fatal(err)
+	}
+	fake.Add(s.quiet * 2 / 3) // the first wait ends; another is scheduled
+	waitWaiters(t, fake, 1)
+	if r := resident(); r < int64(n*size/2) {
+		t.Fatalf("%d bytes resident: pages dropped while records were still appended", r)
+	}
+	fake.Add(s.quiet / 3)
+	waitWaiters(t, fake, 0)
+	deadline := time.Now().Add(10 * time.Second)
+	for resident() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes of raft.db resident after the quiet time", resident())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	checkLogs(t, s, 1, n+1, size)
 }

@@ -71,7 +71,7 @@ func Open(cfg Config) (*Store, error) {
 		if err := RemoveRestoreSpools(cfg.DataDir); err != nil {
 			return nil, err
 		}
-		bolt, err := openLogStore(filepath.Join(cfg.DataDir, "raft.db"))
+		bolt, err := openLogStore(filepath.Join(cfg.DataDir, "raft.db"), cfg.Clock)
 		if err != nil {
 			return nil, fmt.Errorf("raftstore: opening raft.db: %w", err)
 		}
