@@ -60,6 +60,7 @@ type procMem struct {
 	File int64 `json:"rss_file"` // RssFile: mapped file pages (the executable), shared
 	PSS  int64 `json:"pss"`      // Pss: shared pages divided among their users
 	Priv int64 `json:"pss_anon"` // Pss_Anon
+	HWM  int64 `json:"vm_hwm"`   // VmHWM: the largest VmRSS so far
 }
 
 func (m procMem) String() string {
@@ -70,7 +71,7 @@ func (m procMem) String() string {
 // /proc/PID/smaps_rollup.
 func readProcMem(pid int) (procMem, error) {
 	var m procMem
-	fields := map[string]*int64{"VmRSS:": &m.RSS, "RssAnon:": &m.Anon, "RssFile:": &m.File}
+	fields := map[string]*int64{"VmRSS:": &m.RSS, "RssAnon:": &m.Anon, "RssFile:": &m.File, "VmHWM:": &m.HWM}
 	if err := readKB(fmt.Sprintf("/proc/%d/status", pid), fields); err != nil {
 		return m, err
 	}
@@ -341,8 +342,8 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			all[i] = append(all[i], res)
 			fmt.Printf("round %d binary %d: server %v  agent %v\n", r, i, res.Server, res.Agent)
 			if entries > 0 {
-				fmt.Printf("    %d entries created in %.1f s: server %v; all deleted: %v = %.2f of idle\n",
-					entries, res.CreateSecs, res.Full, res.After, float64(res.After.RSS)/float64(res.Server.RSS))
+				fmt.Printf("    %d entries created in %.1f s: server %v; all deleted: %v = %.2f of idle; peak RSS %.1f MiB\n",
+					entries, res.CreateSecs, res.Full, res.After, float64(res.After.RSS)/float64(res.Server.RSS), mib(res.After.HWM))
 			}
 		}
 	}
@@ -369,9 +370,11 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 		ratio := 0.0
 		if entries > 0 {
 			ratio = med(func(r idleResult) int64 { return r.After.RSS * 1000 / r.Server.RSS }) / 1000
-			fmt.Printf("memory server RSS after deleting %d entries: %6.1f MiB, %.2f of idle (anon %.1f MiB against %.1f idle; goal ≤ 1.10)\n",
+			fmt.Printf("memory server RSS after deleting %d entries: %6.1f MiB, %.2f of idle (anon %.1f MiB against %.1f idle, file %.1f against %.1f; peak RSS %.1f MiB; goal ≤ 1.10)\n",
 				entries, mib(int64(med(func(r idleResult) int64 { return r.After.RSS }))), ratio,
-				mib(int64(med(func(r idleResult) int64 { return r.After.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))))
+				mib(int64(med(func(r idleResult) int64 { return r.After.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))),
+				mib(int64(med(func(r idleResult) int64 { return r.After.File }))), mib(int64(med(func(r idleResult) int64 { return r.Server.File }))),
+				mib(int64(med(func(r idleResult) int64 { return r.After.HWM }))))
 		}
 		if rec {
 			record(newFigure("idle RSS, server process (anon+file)", mib(int64(srv)), "MiB", 0,

@@ -20,7 +20,7 @@ func TestReadProcMem(t *testing.T) {
 	// status is read in one pass; smaps_rollup a moment later, while
 	// this process may still allocate.
 	const slack = 1 << 20
-	if m.Anon+m.File > m.RSS || m.PSS > m.RSS+slack || m.Priv > m.Anon+slack {
+	if m.Anon+m.File > m.RSS || m.PSS > m.RSS+slack || m.Priv > m.Anon+slack || m.HWM < m.RSS {
 		t.Fatalf("inconsistent: %#v", m)
 	}
 	if _, err := readProcMem(-1); err == nil {

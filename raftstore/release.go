@@ -13,7 +13,8 @@ import (
 // enough entries are deleted, the FSM asks the runtime once to return
 // what is free (debug.FreeOSMemory), off the apply path; and again when
 // the entry change feed, quiet since, drops the records that still named
-// the deleted entries (feedtrim.go).
+// the deleted entries (feedtrim.go). Each release also drops the pages of
+// the Raft log file the process has mapped (logstore.go).
 const (
 	// releaseAfterDeleted is how many entries must be deleted since the
 	// last release before another one runs.
@@ -31,7 +32,11 @@ const (
 // operating system after large deletions. Its zero value does nothing.
 type memRelease struct {
 	// free returns the memory; nil disables releases.
-	free      func()
+	free func()
+	// dropLog, when set, runs after free: it drops the Raft log's mapped
+	// pages (logStore.dropMapped). It is set before the FSM applies
+	// anything.
+	dropLog   func()
 	threshold int64
 	// feedThreshold is the fewest feed records of deletions dropped at
 	// once that schedule a release (0 means feedReleaseAfter).
@@ -101,5 +106,8 @@ func (m *memRelease) schedule() {
 func (m *memRelease) release() {
 	m.deleted.Store(0)
 	m.free()
+	if m.dropLog != nil {
+		m.dropLog()
+	}
 	m.last.Store(time.Now().UnixNano())
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -38,9 +37,9 @@ type Store struct {
 	fsm   *fsm
 	raft  *raft.Raft
 
-	bolt      *raftboltdb.BoltStore // nil when InMemory
-	ownTrans  *raft.InmemTransport  // the transport Open created, if any
-	hadState  bool                  // Raft state existed when Open ran
+	bolt      *logStore            // nil when InMemory
+	ownTrans  *raft.InmemTransport // the transport Open created, if any
+	hadState  bool                 // Raft state existed when Open ran
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -72,11 +71,16 @@ func Open(cfg Config) (*Store, error) {
 		if err := RemoveRestoreSpools(cfg.DataDir); err != nil {
 			return nil, err
 		}
-		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+		bolt, err := openLogStore(filepath.Join(cfg.DataDir, "raft.db"), cfg.Clock)
 		if err != nil {
 			return nil, fmt.Errorf("raftstore: opening raft.db: %w", err)
 		}
 		s.bolt = bolt
+		s.fsm.release.dropLog = func() {
+			if _, err := bolt.dropMapped(); err != nil {
+				s.log.Warn("returning the Raft log's mapped pages", zap.Error(err))
+			}
+		}
 		fss, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, retainSnapshots, hlog.Named("snapshot"))
 		if err != nil {
 			bolt.Close()

@@ -1,0 +1,129 @@
+package raftstore
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// fileMapping is one range of /proc/self/maps.
+type fileMapping struct {
+	start, end uintptr
+	shared     bool   // perms end in 's': MAP_SHARED
+	dev        uint64 // device, as unix.Mkdev(major, minor)
+	ino        uint64
+	path       string
+}
+
+// dropFileMappings advises MADV_DONTNEED on every shared mapping of the
+// file at path in this process, and returns the bytes of mapping advised.
+// On a shared file mapping that is never destructive: it removes the
+// pages from the process's page tables, and the next access maps the
+// file's current bytes again from the page cache (or the disk). Private
+// mappings, whose pages may be private copies, are left alone.
+func dropFileMappings(path string) (int64, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return 0, err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(abs, &st); err != nil {
+		return 0, err
+	}
+	maps, err := readFileMappings()
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, m := range maps {
+		if !m.shared || !(m.path == abs || (m.ino == st.Ino && m.dev == st.Dev)) {
+			continue
+		}
+		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, m.start, m.end-m.start, unix.MADV_DONTNEED); errno != 0 {
+			return n, fmt.Errorf("madvise %#x-%#x: %w", m.start, m.end, errno)
+		}
+		n += int64(m.end - m.start)
+	}
+	return n, nil
+}
+
+// readFileMappings parses /proc/self/maps, keeping the file mappings.
+func readFileMappings() ([]fileMapping, error) {
+	data, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		return nil, err
+	}
+	var out []fileMapping
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		m, ok, err := parseMapsLine(sc.Bytes())
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, m)
+		}
+	}
+	return out, sc.Err()
+}
+
+// parseMapsLine parses one line of /proc/PID/maps:
+//
+//	start-end perms offset major:minor inode   pathname
+//
+// ok is false for anonymous mappings (inode 0).
+func parseMapsLine(line []byte) (m fileMapping, ok bool, err error) {
+	bad := func() (fileMapping, bool, error) {
+		return fileMapping{}, false, fmt.Errorf("unexpected line in /proc/self/maps: %q", line)
+	}
+	var f [5][]byte
+	rest := line
+	for i := range f {
+		rest = bytes.TrimLeft(rest, " ")
+		end := bytes.IndexByte(rest, ' ')
+		if end < 0 {
+			if i < 4 {
+				return bad()
+			}
+			end = len(rest)
+		}
+		f[i], rest = rest[:end], rest[end:]
+	}
+	lo, hi, found := bytes.Cut(f[0], []byte("-"))
+	if !found {
+		return bad()
+	}
+	start, err1 := strconv.ParseUint(string(lo), 16, 64)
+	end, err2 := strconv.ParseUint(string(hi), 16, 64)
+	major, minor, found := bytes.Cut(f[3], []byte(":"))
+	if !found {
+		return bad()
+	}
+	maj, err3 := strconv.ParseUint(string(major), 16, 32)
+	min, err4 := strconv.ParseUint(string(minor), 16, 32)
+	ino, err5 := strconv.ParseUint(string(f[4]), 10, 64)
+	if errors.Join(err1, err2, err3, err4, err5) != nil || end < start || len(f[1]) != 4 {
+		return bad()
+	}
+	if ino == 0 {
+		return fileMapping{}, false, nil
+	}
+	return fileMapping{
+		start:  uintptr(start),
+		end:    uintptr(end),
+		shared: f[1][3] == 's',
+		dev:    unix.Mkdev(uint32(maj), uint32(min)),
+		ino:    ino,
+		path:   string(bytes.TrimLeft(rest, " ")),
+	}, true, nil
+}
