@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/url"
 	"time"
 
@@ -40,6 +41,14 @@ func VerifyCSR(der []byte) (crypto.PublicKey, error) {
 	}
 	if len(der) > MaxCSRSize {
 		return nil, fmt.Errorf("ca: CSR of %d bytes is too large (at most %d)", len(der), MaxCSRSize)
+	}
+	if r, ok := splitFastCSR(der); ok {
+		// A P-256 request of the agents' profile (csrfast.go).
+		pub, err := verifyFastCSR(r)
+		if err != nil {
+			return nil, err
+		}
+		return pub, nil
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
@@ -91,46 +100,9 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
 
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
-	}
-	if p.SPIFFEID.IsZero() {
-		return nil, errors.New("ca: SPIFFE ID is empty")
-	}
-	if p.SPIFFEID.TrustDomain() != c.td {
-		return nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
-	}
-	if p.SPIFFEID.Path() == "" {
-		return nil, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
-	}
-	if err := checkPublicKey(p.PublicKey); err != nil {
-		return nil, err
-	}
-	if err := checkDNSNames(p.DNSNames); err != nil {
-		return nil, err
-	}
-	tmpl, err := c.x509SVIDTemplate(p)
+	der, _, err := c.signX509SVID(ctx, p)
 	if err != nil {
 		return nil, err
-	}
-	// Operator template (template.go): nil = none, nothing done.
-	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
-		return nil, err
-	}
-	var der []byte
-	if c.cfg.X509SVIDTemplate == nil {
-		if enc := c.svidEncoder(); enc != nil {
-			der, err = enc.create(tmpl, p.PublicKey, c.signer, c.cfg.KeyObserver)
-			if err != nil && !errors.Is(err, errNotFast) {
-				return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
-			}
-		}
-	}
-	if der == nil {
-		der, err = x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
-		if err != nil {
-			return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
-		}
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -141,6 +113,100 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	}
 	chain = make([]*x509.Certificate, 0, 1+len(c.svidChain))
 	return append(append(chain, leaf), c.svidChain...), nil
+}
+
+// RawX509SVID is an X.509-SVID as SignX509SVIDRaw returns it: DER, with
+// the two fields of the leaf its callers record.
+type RawX509SVID struct {
+	// Chain is the DER chain, leaf first: the Raw of the certificates
+	// SignX509SVID returns.
+	Chain [][]byte
+	// Serial is the leaf's serial number.
+	Serial *big.Int
+	// NotAfter is the leaf's expiry, to the second (as encoded).
+	NotAfter time.Time
+}
+
+// SignX509SVIDRaw mints the X.509-SVID SignX509SVID mints, with the same
+// checks and the same bytes, and returns it as DER without parsing it
+// back: for the node API, which sends the DER and records only the
+// serial and expiry. A certificate the fast path did not encode (an
+// operator template, a CA key it does not sign with) is still parsed,
+// and its serial and expiry read from it.
+func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX509SVID, err error) {
+	start := time.Now()
+	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
+
+	der, tmpl, err := c.signX509SVID(ctx, p)
+	if err != nil {
+		return svid, err
+	}
+	if tmpl != nil {
+		// Encoded by the fast path from tmpl: its serial, and its
+		// NotAfter as written (seconds, UTC).
+		svid.Serial = tmpl.SerialNumber
+		svid.NotAfter = tmpl.NotAfter.Truncate(time.Second).UTC()
+	} else {
+		leaf, err := x509.ParseCertificate(der)
+		if err != nil {
+			return svid, fmt.Errorf("ca: parsing new X509-SVID: %w", err)
+		}
+		svid.Serial, svid.NotAfter = leaf.SerialNumber, leaf.NotAfter
+	}
+	svid.Chain = make([][]byte, 1, 1+len(c.svidChain))
+	svid.Chain[0] = der
+	for _, cert := range c.svidChain {
+		svid.Chain = append(svid.Chain, cert.Raw)
+	}
+	return svid, nil
+}
+
+// signX509SVID checks p, builds the template and signs it: it returns the
+// DER leaf and, when the fast path encoded it, the template it encoded
+// (nil when x509.CreateCertificate did).
+func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *x509.Certificate, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, fmt.Errorf("ca: %w", err)
+	}
+	if p.SPIFFEID.IsZero() {
+		return nil, nil, errors.New("ca: SPIFFE ID is empty")
+	}
+	if p.SPIFFEID.TrustDomain() != c.td {
+		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
+	}
+	if p.SPIFFEID.Path() == "" {
+		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
+	}
+	if err := checkPublicKey(p.PublicKey); err != nil {
+		return nil, nil, err
+	}
+	if err := checkDNSNames(p.DNSNames); err != nil {
+		return nil, nil, err
+	}
+	tmpl, err := c.x509SVIDTemplate(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
+		return nil, nil, err
+	}
+	if c.cfg.X509SVIDTemplate == nil {
+		if enc := c.svidEncoder(); enc != nil {
+			der, err := enc.create(tmpl, p.PublicKey, c.signer, c.cfg.KeyObserver)
+			switch {
+			case err == nil:
+				return der, tmpl, nil
+			case !errors.Is(err, errNotFast):
+				return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+			}
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+	}
+	return der, nil, nil
 }
 
 // x509SVIDTemplate returns the certificate template of the X.509-SVID of
