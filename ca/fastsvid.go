@@ -205,13 +205,44 @@ func addExtension(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, critical boo
 	})
 }
 
-// encodeTBS returns the DER TBSCertificate of tmpl, an X.509-SVID
-// template as SignX509SVID builds it, for the subject key pub, after
-// certHeadroom bytes of room and with the capacity for the rest of the
-// certificate; errNotFast when tmpl has anything else.
-func (e *svidEncoder) encodeTBS(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
+// svidFields are the parts of an X.509-SVID that differ from one SVID
+// of a CA to the next, as SignX509SVID sets them: the fast path encodes
+// them without an x509.Certificate template (a large structure, most of
+// the garbage of an issuance beside the signatures').
+type svidFields struct {
+	serial              *big.Int
+	notBefore, notAfter time.Time
+	keyUsage            x509.KeyUsage
+	// cn is the subject's common name ("" for an empty subject), uri the
+	// SPIFFE ID.
+	cn, uri string
+	dns     []string
+}
+
+// fieldsOfTemplate returns the fields of tmpl, an X.509-SVID template as
+// SignX509SVID builds it; errNotFast when it has not exactly one URI.
+func fieldsOfTemplate(tmpl *x509.Certificate) (svidFields, error) {
+	if len(tmpl.URIs) != 1 {
+		return svidFields{}, errNotFast
+	}
+	return svidFields{
+		serial:    tmpl.SerialNumber,
+		notBefore: tmpl.NotBefore,
+		notAfter:  tmpl.NotAfter,
+		keyUsage:  tmpl.KeyUsage,
+		cn:        tmpl.Subject.CommonName,
+		uri:       tmpl.URIs[0].String(),
+		dns:       tmpl.DNSNames,
+	}, nil
+}
+
+// encodeTBS returns the DER TBSCertificate of an X.509-SVID with fields f
+// for the subject key pub, after certHeadroom bytes of room and with the
+// capacity for the rest of the certificate; errNotFast when f has
+// anything the fast path does not write as x509.CreateCertificate does.
+func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey) ([]byte, error) {
 	var fixed []byte
-	switch tmpl.KeyUsage {
+	switch f.keyUsage {
 	case x509.KeyUsageDigitalSignature:
 		fixed = e.extsDS
 	case x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment:
@@ -219,15 +250,13 @@ func (e *svidEncoder) encodeTBS(tmpl *x509.Certificate, pub crypto.PublicKey) ([
 	default:
 		return nil, errNotFast
 	}
-	if tmpl.SerialNumber == nil || tmpl.SerialNumber.Sign() <= 0 || len(tmpl.URIs) != 1 {
+	if f.serial == nil || f.serial.Sign() <= 0 {
 		return nil, errNotFast
 	}
-	uri := tmpl.URIs[0].String()
-	cn := tmpl.Subject.CommonName
-	if !isASCII(uri) || !isASCII(cn) {
+	if !isASCII(f.uri) || !isASCII(f.cn) {
 		return nil, errNotFast
 	}
-	for _, n := range tmpl.DNSNames {
+	for _, n := range f.dns {
 		if !isASCII(n) {
 			return nil, errNotFast
 		}
@@ -236,7 +265,7 @@ func (e *svidEncoder) encodeTBS(tmpl *x509.Certificate, pub crypto.PublicKey) ([
 	if err != nil {
 		return nil, errNotFast
 	}
-	notBefore, notAfter := tmpl.NotBefore.UTC(), tmpl.NotAfter.UTC()
+	notBefore, notAfter := f.notBefore.UTC(), f.notAfter.UTC()
 	if !encodableTime(notBefore) || !encodableTime(notAfter) {
 		return nil, errNotFast
 	}
@@ -244,9 +273,9 @@ func (e *svidEncoder) encodeTBS(tmpl *x509.Certificate, pub crypto.PublicKey) ([
 	// Room for the certificate: the headers and fixed fields (128 bytes
 	// are more than they take), the variable ones, the algorithm twice
 	// and the signature.
-	size := certHeadroom + 128 + len(e.issuer) + len(fixed) + len(spki) + len(uri) + len(cn) + dnsLen(tmpl.DNSNames) +
+	size := certHeadroom + 128 + len(e.issuer) + len(fixed) + len(spki) + len(f.uri) + len(f.cn) + dnsLen(f.dns) +
 		2*len(e.algID) + e.maxSigLen
-	return e.appendTBS(make([]byte, 0, size), tmpl.SerialNumber, notBefore, notAfter, cn, spki, fixed, tmpl.DNSNames, uri), nil
+	return e.appendTBS(make([]byte, 0, size), f.serial, notBefore, notAfter, f.cn, spki, fixed, f.dns, f.uri), nil
 }
 
 // certHeadroom is the room encodeTBS leaves before the TBSCertificate for
@@ -411,12 +440,24 @@ func append2(b []byte, v int) []byte {
 	return append(b, byte('0'+v/10), byte('0'+v%10))
 }
 
-// create returns the DER certificate of tmpl for pub signed by signer
-// (the CA key), or errNotFast. The signature is checked when mustVerify
-// says so; a signature that does not verify is an error, reported to obs
-// as a failed signature, and from then on every signature is checked.
+// create returns the DER certificate of tmpl, an X.509-SVID template as
+// SignX509SVID builds it, for pub signed by signer (the CA key), or
+// errNotFast: createFields with the template's fields.
 func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
-	buf, err := e.encodeTBS(tmpl, pub)
+	f, err := fieldsOfTemplate(tmpl)
+	if err != nil {
+		return nil, err
+	}
+	return e.createFields(f, pub, signer, obs)
+}
+
+// createFields returns the DER certificate of the X.509-SVID with fields
+// f for pub signed by signer (the CA key), or errNotFast. The signature
+// is checked when mustVerify says so; a signature that does not verify
+// is an error, reported to obs as a failed signature, and from then on
+// every signature is checked.
+func (e *svidEncoder) createFields(f svidFields, pub crypto.PublicKey, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
+	buf, err := e.encodeTBS(f, pub)
 	if err != nil {
 		return nil, err
 	}

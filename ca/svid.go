@@ -137,15 +137,15 @@ func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX50
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
 
-	der, tmpl, err := c.signX509SVID(ctx, p)
+	der, f, err := c.signX509SVID(ctx, p)
 	if err != nil {
 		return svid, err
 	}
-	if tmpl != nil {
-		// Encoded by the fast path from tmpl: its serial, and its
+	if f != nil {
+		// Encoded by the fast path from f: its serial, and its
 		// NotAfter as written (seconds, UTC).
-		svid.Serial = tmpl.SerialNumber
-		svid.NotAfter = tmpl.NotAfter.Truncate(time.Second).UTC()
+		svid.Serial = f.serial
+		svid.NotAfter = f.notAfter.Truncate(time.Second).UTC()
 	} else {
 		leaf, err := x509.ParseCertificate(der)
 		if err != nil {
@@ -161,10 +161,11 @@ func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX50
 	return svid, nil
 }
 
-// signX509SVID checks p, builds the template and signs it: it returns the
-// DER leaf and, when the fast path encoded it, the template it encoded
-// (nil when x509.CreateCertificate did).
-func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *x509.Certificate, error) {
+// signX509SVID checks p and signs its X.509-SVID: it returns the DER leaf
+// and, when the fast path encoded it, the fields it encoded (nil when
+// x509.CreateCertificate signed the template, with the operator's
+// template applied when there is one).
+func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *svidFields, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, nil, fmt.Errorf("ca: %w", err)
 	}
@@ -183,24 +184,25 @@ func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *x509.
 	if err := checkDNSNames(p.DNSNames); err != nil {
 		return nil, nil, err
 	}
-	tmpl, err := c.x509SVIDTemplate(p)
+	f, err := c.x509SVIDFields(p)
 	if err != nil {
-		return nil, nil, err
-	}
-	// Operator template (template.go): nil = none, nothing done.
-	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
 		return nil, nil, err
 	}
 	if c.cfg.X509SVIDTemplate == nil {
 		if enc := c.svidEncoder(); enc != nil {
-			der, err := enc.create(tmpl, p.PublicKey, c.signer, c.cfg.KeyObserver)
+			der, err := enc.createFields(f, p.PublicKey, c.signer, c.cfg.KeyObserver)
 			switch {
 			case err == nil:
-				return der, tmpl, nil
+				return der, &f, nil
 			case !errors.Is(err, errNotFast):
 				return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
 			}
 		}
+	}
+	tmpl := c.templateOf(f, p)
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
+		return nil, nil, err
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
 	if err != nil {
@@ -213,17 +215,51 @@ func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *x509.
 // p (already checked) before any operator template: what SignX509SVID
 // documents, with a fresh serial and the validity computed from now.
 func (c *CA) x509SVIDTemplate(p X509SVIDParams) (*x509.Certificate, error) {
+	f, err := c.x509SVIDFields(p)
+	if err != nil {
+		return nil, err
+	}
+	return c.templateOf(f, p), nil
+}
+
+// templateOf is the certificate template of the X.509-SVID of p with
+// fields f.
+func (c *CA) templateOf(f svidFields, p X509SVIDParams) *x509.Certificate {
+	var subject pkix.Name
+	subject.CommonName = f.cn
+	return &x509.Certificate{
+		SerialNumber:          f.serial,
+		Subject:               subject,
+		NotBefore:             f.notBefore,
+		NotAfter:              f.notAfter,
+		KeyUsage:              f.keyUsage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		URIs:                  []*url.URL{p.SPIFFEID.URL()},
+		DNSNames:              p.DNSNames,
+		AuthorityKeyId:        c.subjectKeyID,
+	}
+}
+
+// x509SVIDFields returns the fields of the X.509-SVID of p (already
+// checked) that differ from one SVID to the next, before any operator
+// template: a fresh serial, the validity computed from now, the key usage
+// of p's key, the first DNS name as common name, the SPIFFE ID. The
+// rest, the same for every SVID of the CA, is what x509SVIDTemplate adds
+// and what the fast encoder holds encoded.
+func (c *CA) x509SVIDFields(p X509SVIDParams) (svidFields, error) {
 	ttl := p.TTL
 	switch {
 	case ttl < 0:
-		return nil, fmt.Errorf("ca: TTL %v is negative", ttl)
+		return svidFields{}, fmt.Errorf("ca: TTL %v is negative", ttl)
 	case ttl == 0:
 		ttl = c.cfg.X509SVIDTTL
 	}
 
 	now := c.cfg.Clock.Now()
 	if !now.Before(c.cert.NotAfter) {
-		return nil, fmt.Errorf("ca: CA certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
+		return svidFields{}, fmt.Errorf("ca: CA certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	// Backdating covers clock skew; it is bounded by a tenth of the TTL
 	// so that a short-lived SVID's half-life (its renewal point) stays
@@ -240,30 +276,24 @@ func (c *CA) x509SVIDTemplate(p X509SVIDParams) (*x509.Certificate, error) {
 
 	serial, err := newSerial()
 	if err != nil {
-		return nil, err
+		return svidFields{}, err
 	}
 	keyUsage := x509.KeyUsageDigitalSignature
 	if _, ok := p.PublicKey.(*rsa.PublicKey); ok {
 		keyUsage |= x509.KeyUsageKeyEncipherment
 	}
-	var subject pkix.Name
+	f := svidFields{
+		serial:    serial,
+		notBefore: notBefore,
+		notAfter:  notAfter,
+		keyUsage:  keyUsage,
+		uri:       p.SPIFFEID.String(),
+		dns:       p.DNSNames,
+	}
 	if len(p.DNSNames) > 0 {
-		subject.CommonName = p.DNSNames[0]
+		f.cn = p.DNSNames[0]
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               subject,
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              keyUsage,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-		URIs:                  []*url.URL{p.SPIFFEID.URL()},
-		DNSNames:              p.DNSNames,
-		AuthorityKeyId:        c.subjectKeyID,
-	}
-	return tmpl, nil
+	return f, nil
 }
 
 // svidEncoder returns the CA's fast X.509-SVID encoder, built on first
