@@ -7,9 +7,12 @@ import (
 	"crypto/x509"
 	"math/big"
 	mrand "math/rand/v2"
+	"strings"
 	"testing"
 	"testing/cryptotest"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // TestSignX509SVIDRawMatchesCreateCertificate: for random entries, every
@@ -139,4 +142,64 @@ func TestSignX509SVIDRawChainAndTemplate(t *testing.T) {
 	if leaf.SerialNumber.Cmp(svid.Serial) != 0 || !leaf.NotAfter.Equal(svid.NotAfter) {
 		t.Fatalf("serial %x, not after %v; the leaf has %x, %v", svid.Serial, svid.NotAfter, leaf.SerialNumber, leaf.NotAfter)
 	}
+}
+
+// FuzzSignX509SVIDRaw: for any SPIFFE ID path, DNS names and TTL, with
+// every CA and leaf key type, SignX509SVIDRaw either refuses the
+// parameters as SignX509SVID does or returns the bytes
+// x509.CreateCertificate writes for x509SVIDTemplate's template with the
+// same randomness.
+func FuzzSignX509SVIDRaw(f *testing.F) {
+	keys := fastKeys()
+	f.Add("/ns/prod/sa/web", "web.example.org", int64(3600), uint8(0), uint8(0), uint64(1))
+	f.Add("/a", "", int64(0), uint8(1), uint8(3), uint64(2))
+	f.Add("/db/x", "*.db,a&b,_srv.tcp", int64(86400*3), uint8(2), uint8(4), uint64(3))
+	f.Add("/x/y.z", "ünïcode", int64(-5), uint8(0), uint8(1), uint64(4))
+	now := time.Date(2049, 12, 31, 12, 0, 0, 500, time.UTC)
+	var cas []*CA
+	for _, kind := range fastCAKinds {
+		cas = append(cas, fastCA(f, keys[kind], now, 48*time.Hour))
+	}
+	f.Fuzz(func(t *testing.T, path, dns string, ttlSeconds int64, caIdx, leafIdx uint8, seed uint64) {
+		if len(path) > 512 || len(dns) > 4096 {
+			return
+		}
+		c := cas[int(caIdx)%len(cas)]
+		pub := keys[fastLeafKinds[int(leafIdx)%len(fastLeafKinds)]].Public()
+		id, err := spiffeid.FromPath(fastTD, path)
+		if err != nil {
+			return
+		}
+		var names []string
+		if dns != "" {
+			names = strings.Split(dns, ",")
+		}
+		p := X509SVIDParams{PublicKey: pub, SPIFFEID: id, DNSNames: names, TTL: time.Duration(ttlSeconds%(1<<32)) * time.Second}
+		ctx := context.Background()
+		cryptotest.SetGlobalRandom(t, seed)
+		svid, rawErr := c.SignX509SVIDRaw(ctx, p)
+		cryptotest.SetGlobalRandom(t, seed)
+		chain, err := c.SignX509SVID(ctx, p)
+		if (rawErr == nil) != (err == nil) {
+			t.Fatalf("SignX509SVIDRaw: %v; SignX509SVID: %v", rawErr, err)
+		}
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(svid.Chain[0], chain[0].Raw) {
+			t.Fatal("SignX509SVIDRaw and SignX509SVID differ")
+		}
+		cryptotest.SetGlobalRandom(t, seed)
+		tmpl, err := c.x509SVIDTemplate(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
+		if err != nil {
+			t.Fatalf("x509.CreateCertificate refuses what SignX509SVIDRaw signed: %v", err)
+		}
+		if !bytes.Equal(svid.Chain[0], want) {
+			t.Fatalf("SignX509SVIDRaw differs from x509.CreateCertificate for %+v:\n got %x\nwant %x", p, svid.Chain[0], want)
+		}
+	})
 }
