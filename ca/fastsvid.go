@@ -10,6 +10,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 	"math/bits"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,8 @@ type svidEncoder struct {
 	// DigitalSignature|KeyEncipherment: key usage, extended key usage,
 	// basic constraints, authority key identifier.
 	extsDS, extsDSKE []byte
+	// maxSigLen bounds the length of a signature by the CA key.
+	maxSigLen int
 
 	// checked is set once a signature has verified; cleared when the
 	// signer fails, so the next signature is verified again.
@@ -103,6 +106,9 @@ func newSVIDEncoder(cert *x509.Certificate, signer crypto.Signer, authorityKeyID
 	var b cryptobyte.Builder
 	switch k := signer.Public().(type) {
 	case *ecdsa.PublicKey:
+		// SEQUENCE { INTEGER r, INTEGER s }, each at most one byte
+		// longer than the order.
+		e.maxSigLen = 2*(2+(k.Curve.Params().BitSize+7)/8+1) + 3
 		switch k.Curve {
 		case elliptic.P256():
 			e.sigAlg, e.hash = x509.ECDSAWithSHA256, crypto.SHA256
@@ -114,6 +120,7 @@ func newSVIDEncoder(cert *x509.Certificate, signer crypto.Signer, authorityKeyID
 			return nil, fmt.Errorf("ca: fast encoder: CA curve %s not supported", k.Curve.Params().Name)
 		}
 	case *rsa.PublicKey:
+		e.maxSigLen = k.Size()
 		e.sigAlg, e.hash = x509.SHA256WithRSA, crypto.SHA256
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			b.AddASN1ObjectIdentifier(oidSigSHA256WithRSA)
@@ -198,12 +205,44 @@ func addExtension(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, critical boo
 	})
 }
 
-// encodeTBS returns the DER TBSCertificate of tmpl, an X.509-SVID
-// template as SignX509SVID builds it, for the subject key pub; errNotFast
-// when tmpl has anything else.
-func (e *svidEncoder) encodeTBS(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
+// svidFields are the parts of an X.509-SVID that differ from one SVID
+// of a CA to the next, as SignX509SVID sets them: the fast path encodes
+// them without an x509.Certificate template (a large structure, most of
+// the garbage of an issuance beside the signatures').
+type svidFields struct {
+	serial              *big.Int
+	notBefore, notAfter time.Time
+	keyUsage            x509.KeyUsage
+	// cn is the subject's common name ("" for an empty subject), uri the
+	// SPIFFE ID.
+	cn, uri string
+	dns     []string
+}
+
+// fieldsOfTemplate returns the fields of tmpl, an X.509-SVID template as
+// SignX509SVID builds it; errNotFast when it has not exactly one URI.
+func fieldsOfTemplate(tmpl *x509.Certificate) (svidFields, error) {
+	if len(tmpl.URIs) != 1 {
+		return svidFields{}, errNotFast
+	}
+	return svidFields{
+		serial:    tmpl.SerialNumber,
+		notBefore: tmpl.NotBefore,
+		notAfter:  tmpl.NotAfter,
+		keyUsage:  tmpl.KeyUsage,
+		cn:        tmpl.Subject.CommonName,
+		uri:       tmpl.URIs[0].String(),
+		dns:       tmpl.DNSNames,
+	}, nil
+}
+
+// encodeTBS returns the DER TBSCertificate of an X.509-SVID with fields f
+// for the subject key pub, after certHeadroom bytes of room and with the
+// capacity for the rest of the certificate; errNotFast when f has
+// anything the fast path does not write as x509.CreateCertificate does.
+func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey) ([]byte, error) {
 	var fixed []byte
-	switch tmpl.KeyUsage {
+	switch f.keyUsage {
 	case x509.KeyUsageDigitalSignature:
 		fixed = e.extsDS
 	case x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment:
@@ -211,106 +250,218 @@ func (e *svidEncoder) encodeTBS(tmpl *x509.Certificate, pub crypto.PublicKey) ([
 	default:
 		return nil, errNotFast
 	}
-	if tmpl.SerialNumber == nil || tmpl.SerialNumber.Sign() <= 0 || len(tmpl.URIs) != 1 {
+	if f.serial == nil || f.serial.Sign() <= 0 {
 		return nil, errNotFast
 	}
-	uri := tmpl.URIs[0].String()
-	cn := tmpl.Subject.CommonName
-	if !isASCII(uri) || !isASCII(cn) {
+	if !isASCII(f.uri) || !isASCII(f.cn) {
 		return nil, errNotFast
 	}
-	for _, n := range tmpl.DNSNames {
+	for _, n := range f.dns {
 		if !isASCII(n) {
 			return nil, errNotFast
 		}
 	}
-	spki, err := x509.MarshalPKIXPublicKey(pub)
+	spki, err := marshalSPKI(pub)
 	if err != nil {
 		return nil, errNotFast
 	}
-	notBefore, notAfter := tmpl.NotBefore.UTC(), tmpl.NotAfter.UTC()
+	notBefore, notAfter := f.notBefore.UTC(), f.notAfter.UTC()
 	if !encodableTime(notBefore) || !encodableTime(notAfter) {
 		return nil, errNotFast
 	}
 
-	b := cryptobyte.NewBuilder(make([]byte, 0, 512+len(spki)+len(uri)+len(cn)+dnsLen(tmpl.DNSNames)))
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1Int64(2) // v3
-		})
-		b.AddASN1BigInt(tmpl.SerialNumber)
-		b.AddBytes(e.algID)
-		b.AddBytes(e.issuer)
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			addTime(b, notBefore)
-			addTime(b, notAfter)
-		})
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			if cn == "" {
-				return
-			}
-			b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					b.AddASN1ObjectIdentifier(oidCommonName)
-					tag := cbasn1.PrintableString
-					if !isPrintableString(cn) {
-						tag = cbasn1.UTF8String
-					}
-					b.AddASN1(tag, func(b *cryptobyte.Builder) { b.AddBytes([]byte(cn)) })
-				})
-			})
-		})
-		b.AddBytes(spki)
-		b.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddBytes(fixed)
-				// RFC 5280 4.2.1.6: the SANs are critical when the
-				// subject is empty.
-				addExtension(b, oidExtSubjectAltName, cn == "", func(b *cryptobyte.Builder) {
-					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-						for _, n := range tmpl.DNSNames {
-							b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(n)) })
-						}
-						b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(uri)) })
-					})
-				})
-			})
-		})
-	})
-	tbs, err := b.Bytes()
-	if err != nil {
-		return nil, errNotFast
-	}
-	return tbs, nil
+	// Room for the certificate: the headers and fixed fields (128 bytes
+	// are more than they take), the variable ones, the algorithm twice
+	// and the signature.
+	size := certHeadroom + 128 + len(e.issuer) + len(fixed) + len(spki) + len(f.uri) + len(f.cn) + dnsLen(f.dns) +
+		2*len(e.algID) + e.maxSigLen
+	return e.appendTBS(make([]byte, 0, size), f.serial, notBefore, notAfter, f.cn, spki, fixed, f.dns, f.uri), nil
 }
 
-// assemble returns the DER Certificate of tbs with signature sig.
-func (e *svidEncoder) assemble(tbs, sig []byte) ([]byte, error) {
-	b := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(e.algID)+len(sig)+16))
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(tbs)
-		b.AddBytes(e.algID)
-		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
-			b.AddUint8(0)
-			b.AddBytes(sig)
-		})
-	})
-	der, err := b.Bytes()
-	if err != nil {
-		return nil, fmt.Errorf("ca: assembling X509-SVID: %w", err)
+// certHeadroom is the room encodeTBS leaves before the TBSCertificate for
+// the header of the Certificate SEQUENCE (create writes it there once the
+// signature's length is known): a tag and a length of up to 5 bytes.
+const certHeadroom = 6
+
+// appendTBS appends to dst, after certHeadroom bytes of room, the DER
+// TBSCertificate of an X.509-SVID with these fields, exactly as
+// x509.CreateCertificate writes it (see encodeTBS); it returns the slice
+// from dst's start. The lengths of every element are computed first and
+// each element written once, in one buffer.
+func (e *svidEncoder) appendTBS(dst []byte, serial *big.Int, notBefore, notAfter time.Time, cn string, spki, fixed []byte, dns []string, uri string) []byte {
+	// INTEGER serial: its big-endian bytes, with a leading zero when
+	// the top bit is set (serial > 0).
+	serialBytes := (serial.BitLen() + 7) / 8
+	serialLen := serialBytes
+	if serial.BitLen()%8 == 0 {
+		serialLen++
 	}
-	return der, nil
+	validityLen := derLen(timeLen(notBefore)) + derLen(timeLen(notAfter))
+	subjectLen := 0
+	cnTag := byte(0x13) // PrintableString
+	if cn != "" {
+		if !isPrintableString(cn) {
+			cnTag = 0x0c // UTF8String
+		}
+		subjectLen = derLen(derLen(len(oidCommonNameDER) + derLen(len(cn))))
+	}
+	sanListLen := derLen(len(uri))
+	for _, n := range dns {
+		sanListLen += derLen(len(n))
+	}
+	sanExtLen := len(oidSANDER) + derLen(derLen(sanListLen))
+	if cn == "" {
+		sanExtLen += len(derTrue)
+	}
+	extsLen := len(fixed) + derLen(sanExtLen)
+	tbsLen := len(tbsVersion) + derLen(serialLen) + len(e.algID) + len(e.issuer) + derLen(validityLen) +
+		derLen(subjectLen) + len(spki) + derLen(derLen(extsLen))
+
+	b := append(dst, make([]byte, certHeadroom)...)
+	b = appendHeader(b, 0x30, tbsLen)
+	b = append(b, tbsVersion...)
+	b = appendHeader(b, 0x02, serialLen)
+	if serialLen > serialBytes {
+		b = append(b, 0)
+	}
+	b = append(b, make([]byte, serialBytes)...)
+	serial.FillBytes(b[len(b)-serialBytes:])
+	b = append(b, e.algID...)
+	b = append(b, e.issuer...)
+	b = appendHeader(b, 0x30, validityLen)
+	b = appendTime(b, notBefore)
+	b = appendTime(b, notAfter)
+	b = appendHeader(b, 0x30, subjectLen)
+	if cn != "" {
+		b = appendHeader(b, 0x31, derLen(len(oidCommonNameDER)+derLen(len(cn))))
+		b = appendHeader(b, 0x30, len(oidCommonNameDER)+derLen(len(cn)))
+		b = append(b, oidCommonNameDER...)
+		b = appendHeader(b, cnTag, len(cn))
+		b = append(b, cn...)
+	}
+	b = append(b, spki...)
+	b = appendHeader(b, 0xa3, derLen(extsLen))
+	b = appendHeader(b, 0x30, extsLen)
+	b = append(b, fixed...)
+	b = appendHeader(b, 0x30, sanExtLen)
+	b = append(b, oidSANDER...)
+	if cn == "" {
+		// RFC 5280 4.2.1.6: the SANs are critical when the subject is
+		// empty.
+		b = append(b, derTrue...)
+	}
+	b = appendHeader(b, 0x04, derLen(sanListLen))
+	b = appendHeader(b, 0x30, sanListLen)
+	for _, n := range dns {
+		b = appendHeader(b, 0x82, len(n)) // [2] dNSName
+		b = append(b, n...)
+	}
+	b = appendHeader(b, 0x86, len(uri)) // [6] uniformResourceIdentifier
+	b = append(b, uri...)
+	return b
 }
 
-// create returns the DER certificate of tmpl for pub signed by signer
-// (the CA key), or errNotFast. The signature is checked when mustVerify
-// says so; a signature that does not verify is an error, reported to obs
-// as a failed signature, and from then on every signature is checked.
+// DER pieces appendTBS writes as they are.
+var (
+	// tbsVersion is [0] EXPLICIT INTEGER 2 (v3).
+	tbsVersion = []byte{0xa0, 0x03, 0x02, 0x01, 0x02}
+	// oidCommonNameDER is the OBJECT IDENTIFIER 2.5.4.3.
+	oidCommonNameDER = []byte{0x06, 0x03, 0x55, 0x04, 0x03}
+	// oidSANDER is the OBJECT IDENTIFIER 2.5.29.17.
+	oidSANDER = []byte{0x06, 0x03, 0x55, 0x1d, 0x11}
+	// derTrue is the BOOLEAN true.
+	derTrue = []byte{0x01, 0x01, 0xff}
+)
+
+// derLen is the length of a DER element (tag number below 31) with n
+// bytes of content.
+func derLen(n int) int {
+	switch {
+	case n < 0x80:
+		return 2 + n
+	case n <= 0xff:
+		return 3 + n
+	case n <= 0xffff:
+		return 4 + n
+	case n <= 0xffffff:
+		return 5 + n
+	}
+	return 6 + n
+}
+
+// appendHeader appends the tag and the DER length of an element with n
+// bytes of content.
+func appendHeader(b []byte, tag byte, n int) []byte {
+	switch {
+	case n < 0x80:
+		return append(b, tag, byte(n))
+	case n <= 0xff:
+		return append(b, tag, 0x81, byte(n))
+	case n <= 0xffff:
+		return append(b, tag, 0x82, byte(n>>8), byte(n))
+	case n <= 0xffffff:
+		return append(b, tag, 0x83, byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, tag, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}
+
+// timeLen is the content length of t as appendTime writes it.
+func timeLen(t time.Time) int {
+	if y := t.Year(); y >= 1950 && y < 2050 {
+		return 13
+	}
+	return 15
+}
+
+// appendTime appends t (UTC, year 0 to 9999) as crypto/x509 writes a
+// validity time: UTCTime YYMMDDHHMMSSZ for the years 1950 to 2049,
+// GeneralizedTime YYYYMMDDHHMMSSZ otherwise; fractions of a second are
+// dropped.
+func appendTime(b []byte, t time.Time) []byte {
+	year, month, day := t.Date()
+	hour, minute, sec := t.Clock()
+	if year >= 1950 && year < 2050 {
+		b = append(b, 0x17, 13)
+		b = append2(b, year%100)
+	} else {
+		b = append(b, 0x18, 15)
+		b = append2(append2(b, year/100), year%100)
+	}
+	b = append2(b, int(month))
+	b = append2(b, day)
+	b = append2(b, hour)
+	b = append2(b, minute)
+	b = append2(b, sec)
+	return append(b, 'Z')
+}
+
+// append2 appends v (0 to 99) as two decimal digits.
+func append2(b []byte, v int) []byte {
+	return append(b, byte('0'+v/10), byte('0'+v%10))
+}
+
+// create returns the DER certificate of tmpl, an X.509-SVID template as
+// SignX509SVID builds it, for pub signed by signer (the CA key), or
+// errNotFast: createFields with the template's fields.
 func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
-	tbs, err := e.encodeTBS(tmpl, pub)
+	f, err := fieldsOfTemplate(tmpl)
 	if err != nil {
 		return nil, err
 	}
+	return e.createFields(f, pub, signer, obs)
+}
+
+// createFields returns the DER certificate of the X.509-SVID with fields
+// f for pub signed by signer (the CA key), or errNotFast. The signature
+// is checked when mustVerify says so; a signature that does not verify
+// is an error, reported to obs as a failed signature, and from then on
+// every signature is checked.
+func (e *svidEncoder) createFields(f svidFields, pub crypto.PublicKey, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
+	buf, err := e.encodeTBS(f, pub)
+	if err != nil {
+		return nil, err
+	}
+	tbs := buf[certHeadroom:]
 	sig, err := crypto.SignMessage(signer, rand.Reader, tbs, e.hash)
 	if err != nil {
 		// The key may come back changed (re-acquired): check the next
@@ -329,7 +480,15 @@ func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signe
 		}
 		e.checked.Store(true)
 	}
-	return e.assemble(tbs, sig)
+	// Certificate: SEQUENCE { tbs, the algorithm, BIT STRING (no
+	// unused bits) sig }, its header written into the room before tbs.
+	bodyLen := len(tbs) + len(e.algID) + derLen(1+len(sig))
+	buf = append(buf, e.algID...)
+	buf = appendHeader(buf, 0x03, 1+len(sig))
+	buf = append(append(buf, 0), sig...)
+	start := certHeadroom - (derLen(bodyLen) - bodyLen)
+	appendHeader(buf[start:start], 0x30, bodyLen)
+	return buf[start:], nil
 }
 
 // mustVerify reports whether the signature just made by signer is to be
@@ -361,16 +520,6 @@ func inProcessKey(s crypto.Signer) bool {
 			return false
 		}
 	}
-}
-
-// addTime appends t (UTC) as crypto/x509 writes a validity time: UTCTime
-// for the years 1950 to 2049, GeneralizedTime otherwise.
-func addTime(b *cryptobyte.Builder, t time.Time) {
-	if y := t.Year(); y >= 1950 && y < 2050 {
-		b.AddASN1UTCTime(t)
-		return
-	}
-	b.AddASN1GeneralizedTime(t)
 }
 
 // encodableTime reports whether t has a year a DER time can carry.
@@ -413,4 +562,21 @@ func dnsLen(names []string) int {
 		n += len(s) + 4
 	}
 	return n
+}
+
+// marshalSPKI is x509.MarshalPKIXPublicKey(pub), written directly for a
+// P-256 ECDSA key (the same bytes: the fixed prefix and the uncompressed
+// point), the key of nearly every SVID; encoding/asn1's reflection costs
+// a few microseconds per certificate.
+func marshalSPKI(pub crypto.PublicKey) ([]byte, error) {
+	k, ok := pub.(*ecdsa.PublicKey)
+	if !ok || k.Curve != elliptic.P256() {
+		return x509.MarshalPKIXPublicKey(pub)
+	}
+	point, err := k.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	spki := make([]byte, 0, len(p256SPKIPrefix)+len(point))
+	return append(append(spki, p256SPKIPrefix...), point...), nil
 }

@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/url"
 	"time"
 
@@ -33,13 +34,24 @@ const MaxCSRSize = 16 << 10
 // VerifyCSR parses a DER PKCS#10 request, checks its signature, and returns
 // its public key. Nothing else of the CSR (subject, SANs, extensions) is
 // used: the identity of an SVID comes from the caller, never from the CSR.
-// A CSR larger than MaxCSRSize is refused before it is parsed.
+// A CSR larger than MaxCSRSize is refused before it is parsed. The
+// request agents send (P-256, ECDSA with SHA-256, empty subject, no
+// attributes) is checked without crypto/x509's parser (csrfast.go), with
+// the same outcome.
 func VerifyCSR(der []byte) (crypto.PublicKey, error) {
 	if len(der) == 0 {
 		return nil, errors.New("ca: CSR is empty")
 	}
 	if len(der) > MaxCSRSize {
 		return nil, fmt.Errorf("ca: CSR of %d bytes is too large (at most %d)", len(der), MaxCSRSize)
+	}
+	if r, ok := splitFastCSR(der); ok {
+		// A P-256 request of the agents' profile (csrfast.go).
+		pub, err := verifyFastCSR(r)
+		if err != nil {
+			return nil, err
+		}
+		return pub, nil
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
@@ -91,46 +103,9 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
 
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
-	}
-	if p.SPIFFEID.IsZero() {
-		return nil, errors.New("ca: SPIFFE ID is empty")
-	}
-	if p.SPIFFEID.TrustDomain() != c.td {
-		return nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
-	}
-	if p.SPIFFEID.Path() == "" {
-		return nil, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
-	}
-	if err := checkPublicKey(p.PublicKey); err != nil {
-		return nil, err
-	}
-	if err := checkDNSNames(p.DNSNames); err != nil {
-		return nil, err
-	}
-	tmpl, err := c.x509SVIDTemplate(p)
+	der, _, err := c.signX509SVID(ctx, p)
 	if err != nil {
 		return nil, err
-	}
-	// Operator template (template.go): nil = none, nothing done.
-	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
-		return nil, err
-	}
-	var der []byte
-	if c.cfg.X509SVIDTemplate == nil {
-		if enc := c.svidEncoder(); enc != nil {
-			der, err = enc.create(tmpl, p.PublicKey, c.signer, c.cfg.KeyObserver)
-			if err != nil && !errors.Is(err, errNotFast) {
-				return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
-			}
-		}
-	}
-	if der == nil {
-		der, err = x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
-		if err != nil {
-			return nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
-		}
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -143,21 +118,151 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	return append(append(chain, leaf), c.svidChain...), nil
 }
 
+// RawX509SVID is an X.509-SVID as SignX509SVIDRaw returns it: DER, with
+// the two fields of the leaf its callers record.
+type RawX509SVID struct {
+	// Chain is the DER chain, leaf first: the Raw of the certificates
+	// SignX509SVID returns.
+	Chain [][]byte
+	// Serial is the leaf's serial number.
+	Serial *big.Int
+	// NotAfter is the leaf's expiry, to the second (as encoded).
+	NotAfter time.Time
+}
+
+// SignX509SVIDRaw mints the X.509-SVID SignX509SVID mints, with the same
+// checks and the same bytes, and returns it as DER without parsing it
+// back: for the node API, which sends the DER and records only the
+// serial and expiry. A certificate the fast path did not encode (an
+// operator template, a CA key it does not sign with) is still parsed,
+// and its serial and expiry read from it.
+func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX509SVID, err error) {
+	start := time.Now()
+	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
+
+	der, f, err := c.signX509SVID(ctx, p)
+	if err != nil {
+		return svid, err
+	}
+	if f != nil {
+		// Encoded by the fast path from f: its serial, and its
+		// NotAfter as written (seconds, UTC).
+		svid.Serial = f.serial
+		svid.NotAfter = f.notAfter.Truncate(time.Second).UTC()
+	} else {
+		leaf, err := x509.ParseCertificate(der)
+		if err != nil {
+			return svid, fmt.Errorf("ca: parsing new X509-SVID: %w", err)
+		}
+		svid.Serial, svid.NotAfter = leaf.SerialNumber, leaf.NotAfter
+	}
+	svid.Chain = make([][]byte, 1, 1+len(c.svidChain))
+	svid.Chain[0] = der
+	for _, cert := range c.svidChain {
+		svid.Chain = append(svid.Chain, cert.Raw)
+	}
+	return svid, nil
+}
+
+// signX509SVID checks p and signs its X.509-SVID: it returns the DER leaf
+// and, when the fast path encoded it, the fields it encoded (nil when
+// x509.CreateCertificate signed the template, with the operator's
+// template applied when there is one).
+func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *svidFields, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, fmt.Errorf("ca: %w", err)
+	}
+	if p.SPIFFEID.IsZero() {
+		return nil, nil, errors.New("ca: SPIFFE ID is empty")
+	}
+	if p.SPIFFEID.TrustDomain() != c.td {
+		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
+	}
+	if p.SPIFFEID.Path() == "" {
+		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
+	}
+	if err := checkPublicKey(p.PublicKey); err != nil {
+		return nil, nil, err
+	}
+	if err := checkDNSNames(p.DNSNames); err != nil {
+		return nil, nil, err
+	}
+	f, err := c.x509SVIDFields(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.cfg.X509SVIDTemplate == nil {
+		if enc := c.svidEncoder(); enc != nil {
+			der, err := enc.createFields(f, p.PublicKey, c.signer, c.cfg.KeyObserver)
+			switch {
+			case err == nil:
+				return der, &f, nil
+			case !errors.Is(err, errNotFast):
+				return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+			}
+		}
+	}
+	tmpl := c.templateOf(f, p)
+	// Operator template (template.go): nil = none, nothing done.
+	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+	}
+	return der, nil, nil
+}
+
 // x509SVIDTemplate returns the certificate template of the X.509-SVID of
 // p (already checked) before any operator template: what SignX509SVID
 // documents, with a fresh serial and the validity computed from now.
 func (c *CA) x509SVIDTemplate(p X509SVIDParams) (*x509.Certificate, error) {
+	f, err := c.x509SVIDFields(p)
+	if err != nil {
+		return nil, err
+	}
+	return c.templateOf(f, p), nil
+}
+
+// templateOf is the certificate template of the X.509-SVID of p with
+// fields f.
+func (c *CA) templateOf(f svidFields, p X509SVIDParams) *x509.Certificate {
+	var subject pkix.Name
+	subject.CommonName = f.cn
+	return &x509.Certificate{
+		SerialNumber:          f.serial,
+		Subject:               subject,
+		NotBefore:             f.notBefore,
+		NotAfter:              f.notAfter,
+		KeyUsage:              f.keyUsage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		URIs:                  []*url.URL{p.SPIFFEID.URL()},
+		DNSNames:              p.DNSNames,
+		AuthorityKeyId:        c.subjectKeyID,
+	}
+}
+
+// x509SVIDFields returns the fields of the X.509-SVID of p (already
+// checked) that differ from one SVID to the next, before any operator
+// template: a fresh serial, the validity computed from now, the key usage
+// of p's key, the first DNS name as common name, the SPIFFE ID. The
+// rest, the same for every SVID of the CA, is what x509SVIDTemplate adds
+// and what the fast encoder holds encoded.
+func (c *CA) x509SVIDFields(p X509SVIDParams) (svidFields, error) {
 	ttl := p.TTL
 	switch {
 	case ttl < 0:
-		return nil, fmt.Errorf("ca: TTL %v is negative", ttl)
+		return svidFields{}, fmt.Errorf("ca: TTL %v is negative", ttl)
 	case ttl == 0:
 		ttl = c.cfg.X509SVIDTTL
 	}
 
 	now := c.cfg.Clock.Now()
 	if !now.Before(c.cert.NotAfter) {
-		return nil, fmt.Errorf("ca: CA certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
+		return svidFields{}, fmt.Errorf("ca: CA certificate expired at %s", c.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	// Backdating covers clock skew; it is bounded by a tenth of the TTL
 	// so that a short-lived SVID's half-life (its renewal point) stays
@@ -174,30 +279,24 @@ func (c *CA) x509SVIDTemplate(p X509SVIDParams) (*x509.Certificate, error) {
 
 	serial, err := newSerial()
 	if err != nil {
-		return nil, err
+		return svidFields{}, err
 	}
 	keyUsage := x509.KeyUsageDigitalSignature
 	if _, ok := p.PublicKey.(*rsa.PublicKey); ok {
 		keyUsage |= x509.KeyUsageKeyEncipherment
 	}
-	var subject pkix.Name
+	f := svidFields{
+		serial:    serial,
+		notBefore: notBefore,
+		notAfter:  notAfter,
+		keyUsage:  keyUsage,
+		uri:       p.SPIFFEID.String(),
+		dns:       p.DNSNames,
+	}
 	if len(p.DNSNames) > 0 {
-		subject.CommonName = p.DNSNames[0]
+		f.cn = p.DNSNames[0]
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               subject,
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              keyUsage,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-		URIs:                  []*url.URL{p.SPIFFEID.URL()},
-		DNSNames:              p.DNSNames,
-		AuthorityKeyId:        c.subjectKeyID,
-	}
-	return tmpl, nil
+	return f, nil
 }
 
 // svidEncoder returns the CA's fast X.509-SVID encoder, built on first

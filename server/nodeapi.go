@@ -494,17 +494,17 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 			res.Status = &sigilv1.Status{Code: int32(codes.PermissionDenied), Message: fmt.Sprintf("agent is not authorized for entry %q", r.EntryId)}
 			return
 		}
-		chain, err := n.signEntry(ctx, e, r.Csr)
+		svid, err := n.signEntry(ctx, e, r.Csr)
 		if err != nil {
 			res.Status = &sigilv1.Status{Code: int32(status.Code(err)), Message: status.Convert(err).Message()}
 			return
 		}
 		res.Status = &sigilv1.Status{}
-		res.Chain = rawChain(chain)
-		res.ExpiresAt = chain[0].NotAfter.Unix()
+		res.Chain = svid.Chain
+		res.ExpiresAt = svid.NotAfter.Unix()
 		s.audit(audit.Event{What: "x509_svid_issued", Who: agentID.String(), Subject: e.SpiffeId, Message: "x509-svid issued",
 			Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId),
-				audit.String("serial", chain[0].SerialNumber.Text(16)), audit.Time("not_after", chain[0].NotAfter)}})
+				audit.String("serial", svid.Serial.Text(16)), audit.Time("not_after", svid.NotAfter)}})
 	}
 	parallelFor(len(req.Requests), sign)
 	s.metrics.countX509Results(results)
@@ -517,17 +517,17 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 	return &sigilv1.BatchNewX509SVIDResponse{Results: results}, nil
 }
 
-func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) ([]*x509.Certificate, error) {
+func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) (ca.RawX509SVID, error) {
 	defer n.s.metrics.iss.observeSign(svidX509, time.Now())
 	id, err := spiffeid.FromString(e.SpiffeId)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.Id, err)
+		return ca.RawX509SVID{}, status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.Id, err)
 	}
 	pub, err := ca.VerifyCSR(csr)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
+		return ca.RawX509SVID{}, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
 	}
-	chain, err := n.s.x509CA().SignX509SVID(ctx, ca.X509SVIDParams{
+	svid, err := n.s.x509CA().SignX509SVIDRaw(ctx, ca.X509SVIDParams{
 		PublicKey: pub,
 		SPIFFEID:  id,
 		DNSNames:  e.DnsNames,
@@ -535,9 +535,9 @@ func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) (
 		EntryID:   e.Id,
 	})
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "signing: %v", err)
+		return ca.RawX509SVID{}, status.Errorf(codes.Internal, "signing: %v", err)
 	}
-	return chain, nil
+	return svid, nil
 }
 
 // parallelFor runs fn(0..n-1) on up to GOMAXPROCS goroutines.
