@@ -21,7 +21,19 @@ import (
 // server's check of the request (its proof of possession) does not catch:
 // a request whose signature is wrong is refused, and the entry is minted
 // again. The bytes are those CreateCertificateRequest writes for an empty
-// template (csr_test.go compares them).
+// template and no random source (csr_test.go compares them).
+//
+// The request's signature is deterministic (RFC 6979: the nonce is derived
+// from the key and the digest with HMAC-SHA-256), as crypto/ecdsa makes it
+// when no random source is given. crypto/ecdsa's randomized signature is
+// "hedged": it derives its nonce with an HMAC-DRBG over SHA-512 from fresh
+// randomness, the key and the digest, which costs about a third of the
+// signature here. What the hedge adds over RFC 6979 is protection against
+// fault attacks on a key that signs the same message more than once; each
+// key the agent generates signs exactly one message, its own request,
+// once (a failed mint generates a new key), and the request itself is
+// public. The key is still generated from crypto/rand; only the nonce of
+// its single signature is derived deterministically.
 
 // p256SPKIPrefix is the DER of a P-256 SubjectPublicKeyInfo up to its
 // point: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING
@@ -52,7 +64,8 @@ func newMintKeyAndCSR() (crypto.Signer, []byte, error) {
 }
 
 // p256CSR is the PKCS#10 request of key (a P-256 key) with an empty
-// subject and no attributes, signed with ECDSA and SHA-256.
+// subject and no attributes, signed with deterministic ECDSA (RFC 6979)
+// and SHA-256.
 func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 	if key.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("key on curve %s, want P-256", key.Curve.Params().Name)
@@ -77,7 +90,8 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 		return nil, err
 	}
 	digest := sha256.Sum256(tbs)
-	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
+	// A nil random source: RFC 6979 (see above).
+	sig, err := key.Sign(nil, digest[:], crypto.SHA256)
 	if err != nil {
 		return nil, err
 	}
