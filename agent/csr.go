@@ -52,28 +52,47 @@ var ecdsaWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3
 // newMintKeyAndCSR generates a P-256 key and a PKCS#10 request over it
 // with an empty subject and no attributes, signed once (see above).
 func newMintKeyAndCSR() (crypto.Signer, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, _, csr, err := newMintRequest()
 	if err != nil {
-		return nil, nil, fmt.Errorf("generate key: %w", err)
-	}
-	csr, err := p256CSR(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("create CSR: %w", err)
+		return nil, nil, err
 	}
 	return key, csr, nil
+}
+
+// newMintRequest is newMintKeyAndCSR with the DER SubjectPublicKeyInfo of
+// the key, which the returned SVID must carry byte for byte to be parsed
+// without x509.ParseCertificate (leafparse.go).
+func newMintRequest() (key *ecdsa.PrivateKey, spki, csr []byte, err error) {
+	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("generate key: %w", err)
+	}
+	csr, spki, err = p256Request(key)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("create CSR: %w", err)
+	}
+	return key, spki, csr, nil
 }
 
 // p256CSR is the PKCS#10 request of key (a P-256 key) with an empty
 // subject and no attributes, signed with deterministic ECDSA (RFC 6979)
 // and SHA-256.
 func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
+	csr, _, err := p256Request(key)
+	return csr, err
+}
+
+// p256Request is p256CSR with the key's DER SubjectPublicKeyInfo.
+func p256Request(key *ecdsa.PrivateKey) (csr, spki []byte, err error) {
 	if key.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("key on curve %s, want P-256", key.Curve.Params().Name)
+		return nil, nil, fmt.Errorf("key on curve %s, want P-256", key.Curve.Params().Name)
 	}
 	point, err := key.PublicKey.Bytes()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	spki = make([]byte, 0, len(p256SPKIPrefix)+len(point))
+	spki = append(append(spki, p256SPKIPrefix...), point...)
 	// CertificationRequestInfo: version 0, an empty Name, the key, and
 	// an empty [0] set of attributes.
 	// 100 bytes of request info, about 190 in all.
@@ -81,19 +100,18 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 	info.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1Int64(0)
 		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
-		b.AddBytes(p256SPKIPrefix)
-		b.AddBytes(point)
+		b.AddBytes(spki)
 		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(*cryptobyte.Builder) {})
 	})
 	tbs, err := info.Bytes()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	digest := sha256.Sum256(tbs)
 	// A nil random source: RFC 6979 (see above).
 	sig, err := key.Sign(nil, digest[:], crypto.SHA256)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := cryptobyte.NewBuilder(make([]byte, 0, 256))
 	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
@@ -104,7 +122,11 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 			b.AddBytes(sig)
 		})
 	})
-	return out.Bytes()
+	csr, err = out.Bytes()
+	if err != nil {
+		return nil, nil, err
+	}
+	return csr, spki, nil
 }
 
 // p256PKCS8Prefix is the DER of a P-256 key's PKCS#8 PrivateKeyInfo up
