@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -166,4 +167,27 @@ func marshalPKCS8(key crypto.Signer) ([]byte, error) {
 	out = append(out, d...)
 	out = append(out, p256PKCS8PublicPrefix...)
 	return append(out, point...), nil
+}
+
+// marshalPKCS8Known is marshalPKCS8(key) for a P-256 key whose DER
+// SubjectPublicKeyInfo spki the agent encoded itself (p256Request): the
+// point is taken from spki and the scalar from key.D, without converting
+// the key to crypto/ecdsa's internal form twice. Other keys go through
+// marshalPKCS8.
+func marshalPKCS8Known(key crypto.Signer, spki []byte) ([]byte, error) {
+	k, ok := key.(*ecdsa.PrivateKey)
+	const pointLen = 65
+	if !ok || k.Curve != elliptic.P256() || len(spki) != len(p256SPKIPrefix)+pointLen ||
+		!bytes.Equal(spki[:len(p256SPKIPrefix)], p256SPKIPrefix) ||
+		k.D == nil || k.D.Sign() <= 0 || k.D.BitLen() > 256 {
+		return marshalPKCS8(key)
+	}
+	point := spki[len(p256SPKIPrefix):]
+	out := make([]byte, len(p256PKCS8Prefix)+32+len(p256PKCS8PublicPrefix)+pointLen)
+	n := copy(out, p256PKCS8Prefix)
+	k.D.FillBytes(out[n : n+32])
+	n += 32
+	n += copy(out[n:], p256PKCS8PublicPrefix)
+	copy(out[n:], point)
+	return out, nil
 }

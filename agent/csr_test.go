@@ -151,3 +151,43 @@ func TestMarshalPKCS8MatchesX509(t *testing.T) {
 		t.Fatalf("P-384 key: %v", err)
 	}
 }
+
+// TestMarshalPKCS8KnownMatchesX509: with the SubjectPublicKeyInfo of the
+// agent's request, the key encoding is byte for byte
+// x509.MarshalPKCS8PrivateKey's; with none, or one of another key form,
+// it is marshalPKCS8's.
+func TestMarshalPKCS8KnownMatchesX509(t *testing.T) {
+	for range 200 {
+		key, spki, _, err := newMintRequest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range [][]byte{spki, nil, spki[:len(spki)-1]} {
+			got, err := marshalPKCS8Known(key, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("PKCS#8 with SPKI %x differs\n got %x\nwant %x", s, got, want)
+			}
+		}
+		if der, err := x509.MarshalPKIXPublicKey(key.Public()); err != nil || !bytes.Equal(der, spki) {
+			t.Fatalf("request SPKI %x, x509's %x (%v)", spki, der, err)
+		}
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := marshalPKCS8Known(p384, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, err := x509.ParsePKCS8PrivateKey(got); err != nil || !p384.Equal(back) {
+		t.Fatalf("P-384 key: %v", err)
+	}
+}

@@ -1123,7 +1123,7 @@ func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
 	if !publicKeyEqual(leaf.PublicKey, job.key.Public()) {
 		return nil, errors.New("returned SVID does not carry the agent's public key")
 	}
-	keyDER, err := marshalPKCS8(job.key)
+	keyDER, err := marshalPKCS8Known(job.key, job.spki)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the SVID key: %w", err)
 	}
