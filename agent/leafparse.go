@@ -125,7 +125,7 @@ func newLeafTemplate(ref *x509.Certificate) *leafTemplate {
 // would refuse it): the caller parses it with x509.ParseCertificate.
 func (t *leafTemplate) parseLeafLike(der, spki []byte, pub *ecdsa.PublicKey) (cert *x509.Certificate, ok bool) {
 	input := cryptobyte.String(der)
-	var certSeq, tbsElem, tbs, serial, validity, subjectPK, exts, ext, oid, sanValue, sans, uri, outerAlg, sig cryptobyte.String
+	var certSeq, tbsElem, tbs, serial, validity, subjectPK, extsField, exts, ext, oid, sanValue, sans, uri, outerAlg, sig cryptobyte.String
 	var sanCritical bool
 	var notBefore, notAfter time.Time
 	if !input.ReadASN1Element(&certSeq, cbasn1.SEQUENCE) || !input.Empty() ||
@@ -154,8 +154,8 @@ func (t *leafTemplate) parseLeafLike(der, spki []byte, pub *ecdsa.PublicKey) (ce
 		return nil, false
 	}
 	if !tbs.ReadASN1Element(&subjectPK, cbasn1.SEQUENCE) || !bytes.Equal(subjectPK, spki) ||
-		!tbs.ReadASN1(&exts, cbasn1.Tag(3).Constructed().ContextSpecific()) || !tbs.Empty() ||
-		!exts.ReadASN1(&exts, cbasn1.SEQUENCE) ||
+		!tbs.ReadASN1(&extsField, cbasn1.Tag(3).Constructed().ContextSpecific()) || !tbs.Empty() ||
+		!extsField.ReadASN1(&exts, cbasn1.SEQUENCE) || !extsField.Empty() ||
 		!skipEqual(&exts, t.exts) ||
 		!exts.ReadASN1(&ext, cbasn1.SEQUENCE) || !exts.Empty() ||
 		!ext.ReadASN1(&oid, cbasn1.OBJECT_IDENTIFIER) || !bytes.Equal(oid, oidSubjectAltName) {
@@ -168,8 +168,8 @@ func (t *leafTemplate) parseLeafLike(der, spki []byte, pub *ecdsa.PublicKey) (ce
 		!ext.ReadASN1(&sanValue, cbasn1.OCTET_STRING) || !ext.Empty() {
 		return nil, false
 	}
-	sans = sanValue
-	if !sans.ReadASN1(&sans, cbasn1.SEQUENCE) ||
+	rest := sanValue
+	if !rest.ReadASN1(&sans, cbasn1.SEQUENCE) || !rest.Empty() ||
 		!sans.ReadASN1(&uri, cbasn1.Tag(6).ContextSpecific()) || !sans.Empty() ||
 		!isASCII(uri) {
 		return nil, false

@@ -130,6 +130,13 @@ func TestParseLeafLikeMatchesParseCertificate(t *testing.T) {
 				if _, ok := tmpl.parseLeafLike(dns.der, dns.spki, &dns.key.PublicKey); ok {
 					t.Fatal("a leaf with DNS names was parsed against a template without")
 				}
+				parsed, err := x509.ParseCertificate(dns.der)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if newLeafTemplate(parsed) != nil {
+					t.Fatal("a leaf with DNS names (a subject, two names) became a template")
+				}
 			}
 		})
 	}
