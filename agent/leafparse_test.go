@@ -358,3 +358,51 @@ func BenchmarkMintCheckDER(b *testing.B) {
 		}
 	}
 }
+
+// TestParseChainWithIntermediates: with an intermediate CA (an upstream
+// authority), a chain whose intermediates are byte for byte those of a
+// verified chain reuses them and parses its leaf against that chain's;
+// a chain through another intermediate is parsed by x509.ParseCertificate
+// and verified fully.
+func TestParseChainWithIntermediates(t *testing.T) {
+	now := time.Now()
+	root := newLeafCA(t, now, nil, nil)
+	inter := newLeafCA(t, now, root, nil)
+	other := newLeafCA(t, now, root, nil)
+	bundle := x509bundle.FromX509Authorities(testTD, []*x509.Certificate{root.cert})
+	v := newLeafVerifier(leafVerifyInterval)
+	mint := func(ca *leafCA, path string) (*mintJob, [][]byte) {
+		key, spki, _, err := newMintRequest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := spiffeid.RequireFromPath(testTD, path)
+		return &mintJob{id: path, fp: entryFingerprint{spiffeID: id.String()}, key: key, spki: spki},
+			derChain(ca.leaf(t, id, key.Public(), now, nil))
+	}
+	check := func(job *mintJob, der [][]byte) []*x509.Certificate {
+		t.Helper()
+		results, _ := checkMints([]*mintJob{job}, []mintOutcome{{der: der}}, v, bundle, now)
+		if r := results[0]; r.out.err != nil || r.err != nil || r.verErr != nil {
+			t.Fatal(r.out.err, r.err, r.verErr)
+		}
+		return results[0].s.verifyChain
+	}
+	first := check(mint(inter, "/w/0"))
+	if len(first) != 2 {
+		t.Fatalf("chain of %d certificates", len(first))
+	}
+	second := check(mint(inter, "/w/1"))
+	if second[1] != first[1] || &second[0].AuthorityKeyId[0] != &first[0].AuthorityKeyId[0] {
+		t.Fatal("a chain through the verified intermediate was parsed again")
+	}
+	job, der := mint(other, "/w/2")
+	third := check(job, der)
+	if third[1] == first[1] || !bytes.Equal(third[1].Raw, other.cert.Raw) {
+		t.Fatal("a chain through another intermediate was parsed against the first")
+	}
+	want, err := parseDERChain(der)
+	if err != nil || !reflect.DeepEqual(third, want) {
+		t.Fatalf("chain through another intermediate differs from x509's (%v)", err)
+	}
+}
