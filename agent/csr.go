@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"errors"
 	"fmt"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -21,7 +23,19 @@ import (
 // server's check of the request (its proof of possession) does not catch:
 // a request whose signature is wrong is refused, and the entry is minted
 // again. The bytes are those CreateCertificateRequest writes for an empty
-// template (csr_test.go compares them).
+// template and no random source (csr_test.go compares them).
+//
+// The request's signature is deterministic (RFC 6979: the nonce is derived
+// from the key and the digest with HMAC-SHA-256), as crypto/ecdsa makes it
+// when no random source is given. crypto/ecdsa's randomized signature is
+// "hedged": it derives its nonce with an HMAC-DRBG over SHA-512 from fresh
+// randomness, the key and the digest, which costs about a third of the
+// signature here. What the hedge adds over RFC 6979 is protection against
+// fault attacks on a key that signs the same message more than once; each
+// key the agent generates signs exactly one message, its own request,
+// once (a failed mint generates a new key), and the request itself is
+// public. The key is still generated from crypto/rand; only the nonce of
+// its single signature is derived deterministically.
 
 // p256SPKIPrefix is the DER of a P-256 SubjectPublicKeyInfo up to its
 // point: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING
@@ -40,27 +54,53 @@ var ecdsaWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3
 // newMintKeyAndCSR generates a P-256 key and a PKCS#10 request over it
 // with an empty subject and no attributes, signed once (see above).
 func newMintKeyAndCSR() (crypto.Signer, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, _, csr, err := newMintRequest()
 	if err != nil {
-		return nil, nil, fmt.Errorf("generate key: %w", err)
-	}
-	csr, err := p256CSR(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("create CSR: %w", err)
+		return nil, nil, err
 	}
 	return key, csr, nil
 }
 
-// p256CSR is the PKCS#10 request of key (a P-256 key) with an empty
-// subject and no attributes, signed with ECDSA and SHA-256.
-func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
-	if key.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("key on curve %s, want P-256", key.Curve.Params().Name)
-	}
-	point, err := key.PublicKey.Bytes()
+// newMintRequest is newMintKeyAndCSR with the DER SubjectPublicKeyInfo of
+// the key, which the returned SVID must carry byte for byte to be parsed
+// without x509.ParseCertificate (leafparse.go).
+func newMintRequest() (key *ecdsa.PrivateKey, spki, csr []byte, err error) {
+	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, fmt.Errorf("generate key: %w", err)
 	}
+	csr, spki, err = p256Request(key)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("create CSR: %w", err)
+	}
+	return key, spki, csr, nil
+}
+
+// p256CSR is the PKCS#10 request of key (a P-256 key) with an empty
+// subject and no attributes, signed with deterministic ECDSA (RFC 6979)
+// and SHA-256.
+func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
+	csr, _, err := p256Request(key)
+	return csr, err
+}
+
+// p256Request is p256CSR with the key's DER SubjectPublicKeyInfo.
+func p256Request(key *ecdsa.PrivateKey) (csr, spki []byte, err error) {
+	if key.Curve != elliptic.P256() {
+		return nil, nil, fmt.Errorf("key on curve %s, want P-256", key.Curve.Params().Name)
+	}
+	// The uncompressed point, 0x04 || X || Y, written from the key's
+	// coordinates: PublicKey.Bytes converts the key to crypto/ecdsa's
+	// internal form and back to affine coordinates, a field inversion
+	// (as much CPU as a tenth of the signature) for the same bytes.
+	if key.X == nil || key.Y == nil || key.X.Sign() < 0 || key.Y.Sign() < 0 || key.X.BitLen() > 256 || key.Y.BitLen() > 256 {
+		return nil, nil, errors.New("invalid P-256 public key")
+	}
+	spki = make([]byte, len(p256SPKIPrefix)+65)
+	n := copy(spki, p256SPKIPrefix)
+	spki[n] = 0x04
+	key.X.FillBytes(spki[n+1 : n+33])
+	key.Y.FillBytes(spki[n+33 : n+65])
 	// CertificationRequestInfo: version 0, an empty Name, the key, and
 	// an empty [0] set of attributes.
 	// 100 bytes of request info, about 190 in all.
@@ -68,18 +108,18 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 	info.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1Int64(0)
 		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
-		b.AddBytes(p256SPKIPrefix)
-		b.AddBytes(point)
+		b.AddBytes(spki)
 		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(*cryptobyte.Builder) {})
 	})
 	tbs, err := info.Bytes()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	digest := sha256.Sum256(tbs)
-	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
+	// A nil random source: RFC 6979 (see above).
+	sig, err := key.Sign(nil, digest[:], crypto.SHA256)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := cryptobyte.NewBuilder(make([]byte, 0, 256))
 	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
@@ -90,7 +130,11 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 			b.AddBytes(sig)
 		})
 	})
-	return out.Bytes()
+	csr, err = out.Bytes()
+	if err != nil {
+		return nil, nil, err
+	}
+	return csr, spki, nil
 }
 
 // p256PKCS8Prefix is the DER of a P-256 key's PKCS#8 PrivateKeyInfo up
@@ -130,4 +174,27 @@ func marshalPKCS8(key crypto.Signer) ([]byte, error) {
 	out = append(out, d...)
 	out = append(out, p256PKCS8PublicPrefix...)
 	return append(out, point...), nil
+}
+
+// marshalPKCS8Known is marshalPKCS8(key) for a P-256 key whose DER
+// SubjectPublicKeyInfo spki the agent encoded itself (p256Request): the
+// point is taken from spki and the scalar from key.D, without converting
+// the key to crypto/ecdsa's internal form twice. Other keys go through
+// marshalPKCS8.
+func marshalPKCS8Known(key crypto.Signer, spki []byte) ([]byte, error) {
+	k, ok := key.(*ecdsa.PrivateKey)
+	const pointLen = 65
+	if !ok || k.Curve != elliptic.P256() || len(spki) != len(p256SPKIPrefix)+pointLen ||
+		!bytes.Equal(spki[:len(p256SPKIPrefix)], p256SPKIPrefix) ||
+		k.D == nil || k.D.Sign() <= 0 || k.D.BitLen() > 256 {
+		return marshalPKCS8(key)
+	}
+	point := spki[len(p256SPKIPrefix):]
+	out := make([]byte, len(p256PKCS8Prefix)+32+len(p256PKCS8PublicPrefix)+pointLen)
+	n := copy(out, p256PKCS8Prefix)
+	k.D.FillBytes(out[n : n+32])
+	n += 32
+	n += copy(out[n:], p256PKCS8PublicPrefix)
+	copy(out[n:], point)
+	return out, nil
 }

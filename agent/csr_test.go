@@ -2,17 +2,20 @@ package agent
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"testing"
 	"testing/cryptotest"
 )
 
-// TestMintCSRMatchesCreateCertificateRequest: with the same key and the
-// same randomness, the request the agent encodes itself is byte for byte
-// what x509.CreateCertificateRequest writes for an empty template, and it
+// TestMintCSRMatchesCreateCertificateRequest: with the same key (the same
+// randomness), the request the agent encodes itself is byte for byte what
+// x509.CreateCertificateRequest writes for an empty template with no
+// random source (a deterministic RFC 6979 signature, see csr.go), and it
 // parses and verifies (the server's proof-of-possession check).
 func TestMintCSRMatchesCreateCertificateRequest(t *testing.T) {
 	for seed := range uint64(50) {
@@ -21,7 +24,7 @@ func TestMintCSRMatchesCreateCertificateRequest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		want, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,6 +39,42 @@ func TestMintCSRMatchesCreateCertificateRequest(t *testing.T) {
 		if !bytes.Equal(csr, want) {
 			t.Fatalf("seed %d: request differs from CreateCertificateRequest's\n got %x\nwant %x", seed, csr, want)
 		}
+	}
+}
+
+// TestMintCSRDeterministic: the request's signature is RFC 6979's, the
+// same for the same key every time (a randomized signature would differ
+// each time), and it is the signature crypto/ecdsa makes with no random
+// source.
+func TestMintCSRDeterministic(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := p256CSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		again, err := p256CSR(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(again, first) {
+			t.Fatalf("two requests over one key differ\n%x\n%x", first, again)
+		}
+	}
+	req, err := x509.ParseCertificateRequest(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256(req.RawTBSCertificateRequest)
+	want, err := key.Sign(nil, digest[:], crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(req.Signature, want) {
+		t.Fatalf("signature %x, want RFC 6979's %x", req.Signature, want)
 	}
 }
 
@@ -105,6 +144,46 @@ func TestMarshalPKCS8MatchesX509(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := marshalPKCS8(p384)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, err := x509.ParsePKCS8PrivateKey(got); err != nil || !p384.Equal(back) {
+		t.Fatalf("P-384 key: %v", err)
+	}
+}
+
+// TestMarshalPKCS8KnownMatchesX509: with the SubjectPublicKeyInfo of the
+// agent's request, the key encoding is byte for byte
+// x509.MarshalPKCS8PrivateKey's; with none, or one of another key form,
+// it is marshalPKCS8's.
+func TestMarshalPKCS8KnownMatchesX509(t *testing.T) {
+	for range 200 {
+		key, spki, _, err := newMintRequest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range [][]byte{spki, nil, spki[:len(spki)-1]} {
+			got, err := marshalPKCS8Known(key, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("PKCS#8 with SPKI %x differs\n got %x\nwant %x", s, got, want)
+			}
+		}
+		if der, err := x509.MarshalPKIXPublicKey(key.Public()); err != nil || !bytes.Equal(der, spki) {
+			t.Fatalf("request SPKI %x, x509's %x (%v)", spki, der, err)
+		}
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := marshalPKCS8Known(p384, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

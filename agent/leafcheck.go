@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"crypto/ecdsa"
 	"crypto/x509"
 	"fmt"
 	"sync"
@@ -53,6 +54,107 @@ type leafVerifier struct {
 	// are forgotten when it changes.
 	bundle  *x509bundle.Bundle
 	issuers map[string]*verifiedIssuer
+	// templates are the chains, as the servers sent them, of the SVIDs
+	// that verified fully under bundle, with the template of their leaf
+	// (at most maxTemplates, the latest last; replaced, never changed in
+	// place): returned chains like them are parsed against them
+	// (parseChain).
+	templates []*chainTemplate
+}
+
+// maxTemplates bounds leafVerifier.templates.
+const maxTemplates = 4
+
+// chainTemplate is a chain a server sent (leaf first) whose SVID verified
+// fully, and the template of its leaf.
+type chainTemplate struct {
+	sent []*x509.Certificate
+	leaf *leafTemplate
+}
+
+// parseChain parses der, the chain a server returned for job, leaf first,
+// to be verified under bundle (nil: not verified now). When the
+// certificates after the leaf are those of a chain that verified fully
+// under bundle, byte for byte, and the leaf
+// differs from that chain's leaf only as SVIDs of one issuer do and
+// carries the job's key (leafTemplate.parseLeafLike), the leaf is parsed
+// against it and the other certificates are the ones parsed before;
+// otherwise every certificate is parsed by x509.ParseCertificate. Either
+// way the result is what x509.ParseCertificate returns, or its error.
+func (v *leafVerifier) parseChain(der [][]byte, job *mintJob, bundle *x509bundle.Bundle) ([]*x509.Certificate, error) {
+	key, _ := job.key.(*ecdsa.PrivateKey)
+	if len(der) == 0 || job.spki == nil || key == nil || bundle == nil {
+		return parseDERChain(der)
+	}
+	v.mu.Lock()
+	v.setBundleLocked(bundle)
+	templates := v.templates
+	v.mu.Unlock()
+	for i := len(templates) - 1; i >= 0; i-- {
+		t := templates[i]
+		if len(t.sent) != len(der) || !sameRaw(der[1:], t.sent[1:]) {
+			continue
+		}
+		if leaf, ok := t.leaf.parseLeafLike(der[0], job.spki, &key.PublicKey); ok {
+			chain := make([]*x509.Certificate, len(der))
+			chain[0] = leaf
+			copy(chain[1:], t.sent[1:])
+			return chain, nil
+		}
+	}
+	return parseDERChain(der)
+}
+
+// setBundleLocked forgets the issuers and templates verified under
+// another bundle than bundle. v.mu is held.
+func (v *leafVerifier) setBundleLocked(bundle *x509bundle.Bundle) {
+	if v.bundle != bundle {
+		v.bundle, v.issuers, v.templates = bundle, make(map[string]*verifiedIssuer), nil
+	}
+}
+
+// sameRaw reports whether der are the DER of certs, one for one.
+func sameRaw(der [][]byte, certs []*x509.Certificate) bool {
+	for i, d := range der {
+		if !bytes.Equal(d, certs[i].Raw) {
+			return false
+		}
+	}
+	return true
+}
+
+// addTemplate records sent, a chain whose SVID verified fully under
+// bundle, as a template for parseChain, unless its leaf has no template
+// or a template with the same certificates after the leaf is known.
+func (v *leafVerifier) addTemplate(sent []*x509.Certificate, bundle *x509bundle.Bundle) {
+	lt := newLeafTemplate(sent[0])
+	if lt == nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.bundle != bundle {
+		return
+	}
+	for _, t := range v.templates {
+		if len(t.sent) == len(sent) && bytes.Equal(t.sent[0].RawIssuer, sent[0].RawIssuer) &&
+			bytes.Equal(t.sent[0].AuthorityKeyId, sent[0].AuthorityKeyId) && sameRaw(rawOf(sent[1:]), t.sent[1:]) {
+			return
+		}
+	}
+	templates := append(make([]*chainTemplate, 0, maxTemplates), v.templates...)
+	if len(templates) == maxTemplates {
+		templates = templates[1:]
+	}
+	v.templates = append(templates, &chainTemplate{sent: sent, leaf: lt})
+}
+
+func rawOf(certs []*x509.Certificate) [][]byte {
+	der := make([][]byte, len(certs))
+	for i, c := range certs {
+		der[i] = c.Raw
+	}
+	return der
 }
 
 // verifiedIssuer is the certificate that signed a fully verified SVID,
@@ -99,9 +201,7 @@ func issuerKey(chain []*x509.Certificate) string {
 func (v *leafVerifier) verify(chain []*x509.Certificate, bundle *x509bundle.Bundle, now time.Time) (sampleFailed bool, err error) {
 	key := issuerKey(chain)
 	v.mu.Lock()
-	if v.bundle != bundle {
-		v.bundle, v.issuers = bundle, make(map[string]*verifiedIssuer)
-	}
+	v.setBundleLocked(bundle)
 	iss := v.issuers[key]
 	v.mu.Unlock()
 	if iss != nil && iss.matches(chain[0], now) {
@@ -127,6 +227,7 @@ func (v *leafVerifier) verify(chain []*x509.Certificate, bundle *x509bundle.Bund
 			v.issuers[key] = iss
 		}
 		v.mu.Unlock()
+		v.addTemplate(chain, bundle)
 	}
 	return false, nil
 }
@@ -210,6 +311,7 @@ func checkMints(jobs []*mintJob, outs []mintOutcome, v *leafVerifier, bundle *x5
 			continue
 		}
 		r := mintResult{job: job, out: outs[i]}
+		parseOutcome(&r.out, v, job, bundle)
 		if r.out.err == nil && !r.out.denied {
 			r.s, r.err = checkSVID(job, r.out.chain)
 			if r.err == nil && bundle != nil {

@@ -250,12 +250,12 @@ func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 	req := &sigilv1.BatchNewX509SVIDRequest{Requests: make([]*sigilv1.X509SVIDRequest, 0, len(jobs))}
 	sent := make([]int, 0, len(jobs)) // indexes of the jobs in req
 	for i, j := range jobs {
-		key, csr, err := newMintKeyAndCSR()
+		key, spki, csr, err := newMintRequest()
 		if err != nil {
 			outs[i].err = err
 			continue
 		}
-		j.key = key
+		j.key, j.spki = key, spki
 		req.Requests = append(req.Requests, &sigilv1.X509SVIDRequest{EntryId: j.id, Csr: csr})
 		sent = append(sent, i)
 	}
@@ -299,8 +299,9 @@ func (a *Agent) mintRPC(ctx context.Context, req *sigilv1.BatchNewX509SVIDReques
 			out.err = status.Error(c, r.GetStatus().GetMessage())
 			out.denied = c == codes.PermissionDenied
 		default:
-			out.chain, out.err = parseDERChain(r.GetChain())
-			out.badResponse = out.err != nil
+			// Parsed with the rest of the batch, against the
+			// issuers verified so far (checkMints).
+			out.der = r.GetChain()
 		}
 	}
 }

@@ -761,6 +761,10 @@ type mintJob struct {
 	fp   entryFingerprint
 	// key is the SVID's private key, set by whoever builds the CSR.
 	key crypto.Signer
+	// spki is the DER SubjectPublicKeyInfo of key when the CSR's builder
+	// sets it: a returned leaf that carries it byte for byte may be
+	// parsed against a verified issuer's (leafparse.go).
+	spki []byte
 }
 
 // StartMints marks up to max entries that are due at now as minting and
@@ -928,7 +932,11 @@ func (s *x509State) NextEvent() time.Time {
 
 // mintOutcome is what the server answered for one job.
 type mintOutcome struct {
-	chain  []*x509.Certificate
+	chain []*x509.Certificate
+	// der is the chain as the server returned it, leaf first, while
+	// chain is nil: it is parsed with the other SVIDs of the batch
+	// (parseOutcome).
+	der    [][]byte
 	err    error
 	denied bool
 	// badResponse: the server's answer for the job was unusable (no
@@ -953,15 +961,33 @@ type mintResult struct {
 // bundle (nil: not verified) at now. It is a pure function.
 func checkMint(job *mintJob, out mintOutcome, bundle *x509bundle.Bundle, now time.Time) mintResult {
 	r := mintResult{job: job, out: out}
-	if out.err != nil || out.denied {
+	parseOutcome(&r.out, nil, job, nil)
+	if r.out.err != nil || r.out.denied {
 		return r
 	}
-	r.s, r.err = checkSVID(job, out.chain)
+	r.s, r.err = checkSVID(job, r.out.chain)
 	if r.err == nil && bundle != nil {
 		r.bundle = bundle
 		_, _, r.verErr = x509svid.Verify(r.s.verifyChain, bundle, x509svid.WithTime(now))
 	}
 	return r
+}
+
+// parseOutcome parses the chain the server returned for job (out.der),
+// with v's issuers verified under bundle when v is not nil
+// (leafVerifier.parseChain); a chain that does not parse makes the
+// outcome a bad response.
+func parseOutcome(out *mintOutcome, v *leafVerifier, job *mintJob, bundle *x509bundle.Bundle) {
+	if out.chain != nil || out.err != nil || out.denied {
+		return
+	}
+	if v != nil {
+		out.chain, out.err = v.parseChain(out.der, job, bundle)
+	} else {
+		out.chain, out.err = parseDERChain(out.der)
+	}
+	out.badResponse = out.err != nil
+	out.der = nil
 }
 
 // MintFinished records the results of jobs that StartMints returned. A
@@ -1097,7 +1123,7 @@ func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
 	if !publicKeyEqual(leaf.PublicKey, job.key.Public()) {
 		return nil, errors.New("returned SVID does not carry the agent's public key")
 	}
-	keyDER, err := marshalPKCS8(job.key)
+	keyDER, err := marshalPKCS8Known(job.key, job.spki)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the SVID key: %w", err)
 	}
