@@ -5,10 +5,11 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash/maphash"
-	"slices"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/sigil-id/sigil/internal/offheap"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -24,7 +25,13 @@ import (
 //   - records: the entry's packed encoding (packedEntry.raw) with its
 //     SPIFFE ID's directory (up to the last slash) taken out and
 //     interned, its generation, its parent (interned too) and its
-//     selectors, appended to chunks of up to coldChunkMax bytes;
+//     selectors, appended to chunks of up to coldChunkMax bytes. A
+//     selector is kept in the record the first time the store sees it,
+//     and as a reference to a counted dictionary entry (selDict) once it
+//     was seen before (selSeen, a small table of selector hashes): the
+//     selectors many entries share (a namespace, a container name, a
+//     node) cost one or two bytes per entry, and a selector of one entry
+//     only (a service account) costs nothing in the dictionary;
 //   - slots: per entry, where its record is, its links in the selector
 //     index and its place in the spare heap (20 bytes);
 //   - an open-addressing table from entry ID to slot (4 bytes per
@@ -42,6 +49,20 @@ import (
 // one appended to) that is half garbage has its live records moved to
 // the end and is freed, so the work a deletion causes is bounded by one
 // chunk. When the table of slots is mostly free it is renumbered.
+//
+// The chunks and the tables (slots, free slots, the ID table, the
+// selector index and the spare heap) hold no Go pointers: they are
+// allocated from an offheap.Arena, outside the Go heap once they are
+// large (offheap.MinMapped), so that the collector neither scans them
+// nor counts them towards its heap goal (a million cold entries would
+// otherwise let the heap grow by as much again before a collection), and
+// a chunk or table that is freed is unmapped at once. Only the slices
+// that reference them (c.chunks, c.slots...) and the intern tables are
+// Go memory. No Go pointer may ever be stored in them.
+
+// selSeenLen is the size of coldStore.selSeen: 256 KiB, outside the Go
+// heap.
+const selSeenLen = 1 << 16
 
 // Bounds of the arena's chunks: they start small (an agent with a few
 // entries holds a few KiB) and grow to coldChunkMax.
@@ -54,6 +75,8 @@ const (
 // newColdStore. It is not safe for concurrent use (x509State's lock
 // guards it).
 type coldStore struct {
+	// mem holds the chunks and tables (nil: the Go heap).
+	mem    *offheap.Arena
 	seed   maphash.Seed
 	chunks []coldChunk
 	// freeChunks are indexes of chunks that were freed, for reuse.
@@ -70,6 +93,12 @@ type coldStore struct {
 	// (up to their last slash), which many entries share.
 	parents refTable
 	dirs    refTable
+	// selDict interns the selectors that more than one record held
+	// when they were added; selSeen holds hashes of selectors added
+	// (selSeenLen of them, by hash modulo, overwritten): a selector
+	// whose hash is there was most likely seen before.
+	selDict refTable
+	selSeen []uint32
 	// hold: slots must not be renumbered (a caller holds slot numbers).
 	hold bool
 	// plain: no selector index and no spare heap (a store that only
@@ -128,6 +157,22 @@ type coldParent struct {
 	refs int32
 }
 
+// internBytes is intern for a selector given as bytes: only a new
+// entry copies them.
+func (t *refTable) internBytes(b []byte) uint32 {
+	if i, ok := t.idx[string(b)]; ok {
+		t.list[i].refs++
+		return i + 1
+	}
+	return t.intern(string(b))
+}
+
+// has reports whether the table holds b.
+func (t *refTable) has(b []byte) bool {
+	_, ok := t.idx[string(b)]
+	return ok
+}
+
 func (t *refTable) intern(id string) uint32 {
 	if i, ok := t.idx[id]; ok {
 		t.list[i].refs++
@@ -170,11 +215,14 @@ func (t *refTable) get(ref uint32) string {
 }
 
 func newColdStore() coldStore {
-	return coldStore{seed: maphash.MakeSeed(), tail: -1}
+	return coldStore{mem: offheap.New(), seed: maphash.MakeSeed(), tail: -1}
 }
 
-// reset empties the store.
-func (c *coldStore) reset() { *c = coldStore{seed: c.seed, tail: -1, plain: c.plain, drain: c.drain} }
+// reset empties the store, unmapping its chunks and tables.
+func (c *coldStore) reset() {
+	c.mem.FreeAll()
+	*c = coldStore{mem: c.mem, seed: c.seed, tail: -1, plain: c.plain, drain: c.drain}
+}
 
 // len is how many entries the store holds.
 func (c *coldStore) len() int { return c.n }
@@ -187,8 +235,11 @@ type coldRec struct {
 	filed  uint8
 	// filedAt is the offset of the filed byte in the chunk.
 	filedAt uint32
-	sels    []byte // nsels times (uvarint length, bytes)
-	nsels   int
+	// sels are nsels selectors, each a uvarint v: when v is even, the
+	// selector's v/2 bytes follow; when odd, it is entry v/2 of dict.
+	sels  []byte
+	nsels int
+	dict  *refTable
 	// idMode says whether the ID was taken out of raw and kept as 16
 	// bytes (idBin): an ID of 32 hex digits (the servers' own) or a UUID,
 	// lower case. dir is the reference of the SPIFFE ID's directory when
@@ -293,10 +344,14 @@ func (c *coldStore) rec(i uint32) coldRec {
 	p += l
 	start := p
 	for range r.nsels {
-		n, l := binary.Uvarint(b[p:])
-		p += l + int(n)
+		v, l := binary.Uvarint(b[p:])
+		p += l
+		if v&1 == 0 {
+			p += int(v >> 1)
+		}
 	}
 	r.sels = b[start:p]
+	r.dict = &c.selDict
 	dir, l := binary.Uvarint(b[p:])
 	r.dir = uint32(dir)
 	p += l
@@ -361,17 +416,58 @@ func (c *coldStore) fullRaw(r *coldRec) []byte {
 	return append(out, rest...)
 }
 
-// eachSel calls f with each selector of r (a view of the chunk) until f
-// returns false.
+// eachSel calls f with each selector of r (a view of the chunk or of
+// the dictionary's string: f must not change it) until f returns false.
 func (r *coldRec) eachSel(f func(i int, sel []byte) bool) {
 	b := r.sels
 	for i := range r.nsels {
-		n, l := binary.Uvarint(b)
-		if !f(i, b[l:l+int(n)]) {
+		v, l := binary.Uvarint(b)
+		b = b[l:]
+		var sel []byte
+		if v&1 == 0 {
+			sel, b = b[:v>>1], b[v>>1:]
+		} else {
+			d := r.dict.get(uint32(v >> 1))
+			sel = unsafe.Slice(unsafe.StringData(d), len(d))
+		}
+		if !f(i, sel) {
 			return
 		}
-		b = b[l+int(n):]
 	}
+}
+
+// eachSelRef calls f with the dictionary reference of each selector of
+// r kept in the dictionary.
+func (r *coldRec) eachSelRef(f func(ref uint32)) {
+	b := r.sels
+	for range r.nsels {
+		v, l := binary.Uvarint(b)
+		b = b[l:]
+		if v&1 == 0 {
+			b = b[v>>1:]
+		} else {
+			f(uint32(v >> 1))
+		}
+	}
+}
+
+// selRef is how a record keeps sel (a uvarint): its dictionary
+// reference (interned now) when the store has seen it before, else 0
+// (the bytes follow), noting that it was seen.
+func (c *coldStore) selRef(sel []byte) uint32 {
+	if c.selDict.has(sel) {
+		return c.selDict.internBytes(sel)
+	}
+	if c.selSeen == nil {
+		c.selSeen = offheap.MakeSlice[uint32](c.mem, selSeenLen)
+	}
+	h := maphash.Bytes(c.seed, sel)
+	at, tag := h%selSeenLen, uint32(h>>32)|1
+	if c.selSeen[at] == tag {
+		return c.selDict.internBytes(sel)
+	}
+	c.selSeen[at] = tag
+	return 0
 }
 
 // sel is r's i-th selector.
@@ -509,7 +605,7 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 		c.freeSlots = c.freeSlots[:n-1]
 	} else {
 		slot = uint32(len(c.slots))
-		c.slots = append(c.slots, coldSlot{chunk: freeSlot})
+		c.slots = offheap.Append(c.mem, c.slots, coldSlot{chunk: freeSlot})
 	}
 	// The selector it is filed under: the least shared.
 	filed := 0
@@ -522,8 +618,16 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 		}
 	}
 	n := 4 + uvarintLen(uint64(len(raw))) + 1 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	var refBuf [8]uint32
+	refs := refBuf[:0]
 	for _, s := range sels {
-		n += uvarintLen(uint64(len(s))) + len(s)
+		ref := c.selRef(s)
+		refs = append(refs, ref)
+		if ref != 0 {
+			n += uvarintLen(uint64(ref)<<1 | 1)
+		} else {
+			n += uvarintLen(uint64(len(s))<<1) + len(s)
+		}
 	}
 	n += uvarintLen(uint64(dir))
 	if id.mode != idText {
@@ -547,8 +651,12 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	b = binary.AppendUvarint(b, uint64(parent))
 	b = append(b, uint8(filed))
 	b = binary.AppendUvarint(b, uint64(len(sels)))
-	for _, s := range sels {
-		b = binary.AppendUvarint(b, uint64(len(s)))
+	for i, s := range sels {
+		if refs[i] != 0 {
+			b = binary.AppendUvarint(b, uint64(refs[i])<<1|1)
+			continue
+		}
+		b = binary.AppendUvarint(b, uint64(len(s))<<1)
 		b = append(b, s...)
 	}
 	b = binary.AppendUvarint(b, uint64(dir))
@@ -557,6 +665,11 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 		b = append(b, leaf...)
 	}
 	b = append(b, raw...)
+	if cap(b) != cap(ch.b) {
+		// The record outgrew the room place made: append moved it to
+		// the Go heap. A bug, never input.
+		panic("agent: cold record larger than its size")
+	}
 	ch.b = b
 	s := &c.slots[slot]
 	s.chunk, s.off = chunk, off
@@ -583,7 +696,7 @@ func (c *coldStore) place(n int) (uint32, uint32) {
 			size = min(2*cap(c.chunks[c.tail].b), coldChunkMax)
 		}
 		size = max(size, need)
-		b := make([]byte, 0, size)
+		b := c.mem.Bytes(size)[:0]
 		if k := len(c.freeChunks); k > 0 {
 			c.tail = int(c.freeChunks[k-1])
 			c.freeChunks = c.freeChunks[:k-1]
@@ -624,6 +737,7 @@ func (c *coldStore) remove(i uint32) {
 	if r.nsels > 0 && !c.plain {
 		c.unlink(i, r.sel(int(r.filed)))
 	}
+	r.eachSelRef(c.selDict.release)
 	c.idsDel(i)
 	c.heapRemove(i)
 	s := &c.slots[i]
@@ -631,7 +745,7 @@ func (c *coldStore) remove(i uint32) {
 	n, l := binary.Uvarint(c.chunks[chunk].b[s.off:])
 	size := uint32(l) + uint32(n)
 	*s = coldSlot{chunk: freeSlot}
-	c.freeSlots = append(c.freeSlots, i)
+	c.freeSlots = offheap.Append(c.mem, c.freeSlots, i)
 	c.n--
 	ch := &c.chunks[chunk]
 	ch.garbage += int(size)
@@ -653,6 +767,7 @@ func (c *coldStore) remove(i uint32) {
 }
 
 func (c *coldStore) freeChunk(i uint32) {
+	c.mem.Free(c.chunks[i].b)
 	c.chunks[i] = coldChunk{}
 	c.freeChunks = append(c.freeChunks, i)
 }
@@ -679,7 +794,8 @@ func (c *coldStore) compact(i uint32) {
 // renumber rebuilds the store with its entries in new, dense slots.
 func (c *coldStore) renumber() {
 	old := *c
-	c.reset()
+	*c = coldStore{mem: offheap.New(), seed: old.seed, tail: -1, plain: old.plain, drain: old.drain}
+	defer old.mem.FreeAll()
 	for i := range old.slots {
 		if !old.slots[i].live() {
 			continue
@@ -732,12 +848,13 @@ func (c *coldStore) idsInsert(slot uint32) {
 
 func (c *coldStore) idsResize(n int) {
 	old := c.ids
-	c.ids = make([]uint32, n)
+	c.ids = offheap.MakeSlice[uint32](c.mem, n)
 	for _, v := range old {
 		if v != 0 {
 			c.idsInsert(v - 1)
 		}
 	}
+	offheap.FreeSlice(c.mem, old)
 }
 
 func (c *coldStore) idsDel(slot uint32) {
@@ -833,7 +950,8 @@ func (c *coldStore) unlink(slot uint32, sel []byte) {
 
 func (c *coldStore) selsResize(n int) {
 	old := c.sels
-	c.sels = make([]selBucket, n)
+	c.sels = offheap.MakeSlice[selBucket](c.mem, n)
+	defer offheap.FreeSlice(c.mem, old)
 	mask := uint32(n - 1)
 	for _, b := range old {
 		if b.head == 0 {
@@ -972,7 +1090,7 @@ func (c *coldStore) heapDown(i int) bool {
 }
 
 func (c *coldStore) heapPush(slot uint32) {
-	c.heap = append(c.heap, slot)
+	c.heap = offheap.Append(c.mem, c.heap, slot)
 	c.slots[slot].hpos = uint32(len(c.heap))
 	c.heapUp(len(c.heap) - 1)
 }
@@ -992,7 +1110,9 @@ func (c *coldStore) heapRemove(slot uint32) {
 		c.heapUp(i)
 	}
 	if cp := cap(c.heap); cp > 1024 && len(c.heap) < cp/4 {
-		c.heap = slices.Clip(slices.Clone(c.heap))
+		h := offheap.Clone(c.mem, c.heap)
+		offheap.FreeSlice(c.mem, c.heap)
+		c.heap = h
 	}
 }
 

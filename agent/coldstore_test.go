@@ -4,11 +4,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/offheap"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -135,6 +137,24 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 	if len(dirs) != 0 || len(c.dirs.idx) != len(c.dirs.list)-len(c.dirs.free) {
 		t.Fatalf("SPIFFE ID directories not interned: %v", dirs)
 	}
+	// Each selector in the dictionary is referenced by as many records
+	// as count it, and held by them.
+	selRefs := map[uint32]int32{}
+	c.each(func(i uint32) {
+		r := c.rec(i)
+		r.eachSelRef(func(ref uint32) { selRefs[ref]++ })
+	})
+	for k, d := range c.selDict.list {
+		if d.refs != selRefs[uint32(k)+1] {
+			t.Fatalf("selector %q has %d references, records hold %d", d.id, d.refs, selRefs[uint32(k)+1])
+		}
+	}
+	if len(c.selDict.idx) != len(c.selDict.list)-len(c.selDict.free) {
+		t.Fatalf("selector dictionary: %d indexed, %d listed, %d free", len(c.selDict.idx), len(c.selDict.list), len(c.selDict.free))
+	}
+	if len(m) > 100 && len(selRefs) == 0 {
+		t.Fatal("no selector kept in the dictionary: it is not tested")
+	}
 	for i := 1; i < len(c.heap); i++ {
 		if c.less(c.heap[i], c.heap[(i-1)/2]) {
 			t.Fatalf("heap out of order at %d", i)
@@ -166,6 +186,11 @@ func TestColdStoreMatchesModel(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 7))
 			cs := newColdStore()
+			if seed%2 == 0 {
+				// Every table and chunk mapped: a view of memory
+				// used after it is freed faults.
+				cs.mem = offheap.NewMin(1)
+			}
 			c := &cs
 			m := coldModel{}
 			mk := func(i int) packedEntry {
@@ -278,9 +303,12 @@ func TestColdStoreMatchesModel(t *testing.T) {
 				delete(m, id)
 			}
 			m.check(t, c, probes)
-			if len(c.chunks) != 0 || len(c.slots) != 0 || len(c.ids) != 0 || len(c.sels) != 0 || len(c.heap) != 0 || len(c.parents.list) != 0 || len(c.dirs.list) != 0 {
+			if len(c.chunks) != 0 || len(c.slots) != 0 || len(c.ids) != 0 || len(c.sels) != 0 || len(c.heap) != 0 || len(c.parents.list) != 0 || len(c.dirs.list) != 0 || len(c.selDict.list) != 0 {
 				t.Fatalf("an empty store keeps %d chunks, %d slots, %d ids, %d buckets, %d heap, %d parents",
 					len(c.chunks), len(c.slots), len(c.ids), len(c.sels), len(c.heap), len(c.parents.list))
+			}
+			if n := c.mem.Size(); n != 0 {
+				t.Fatalf("an empty store keeps %d bytes mapped", n)
 			}
 		})
 	}
@@ -334,4 +362,48 @@ func TestEntryStage(t *testing.T) {
 	if s.len() != 0 || len(s.cs.chunks) != 0 || len(s.cs.slots) != 0 || len(s.cs.ids) != 0 {
 		t.Fatalf("drained stage keeps %d entries, %d chunks, %d slots, %d ids", s.len(), len(s.cs.chunks), len(s.cs.slots), len(s.cs.ids))
 	}
+}
+
+// A large cold store lives outside the Go heap: the collector's heap
+// barely grows with it, and its memory is unmapped when its entries go.
+func TestColdStoreOutsideGoHeap(t *testing.T) {
+	const n = 20000
+	pes := make([]packedEntry, n)
+	for i := range pes {
+		pes[i] = packEntry(benchEntry(i), noIntern)
+	}
+	cs := newColdStore()
+	c := &cs
+	before := goHeap()
+	for i := range pes {
+		c.insert(&pes[i], coldMeta{gen: uint64(i)})
+	}
+	grew := goHeap() - before
+	mapped := c.mem.Size()
+	if mapped < n*50 {
+		t.Fatalf("%d entries map %d bytes", n, mapped)
+	}
+	if grew > mapped/10 {
+		t.Fatalf("the Go heap grew by %d bytes for %d bytes mapped", grew, mapped)
+	}
+	for i := range pes {
+		slot, ok := c.get(pes[i].id)
+		if !ok || !c.equal(slot, &pes[i]) {
+			t.Fatalf("entry %d reads back wrong", i)
+		}
+	}
+	for i := range pes {
+		slot, _ := c.get(pes[i].id)
+		c.remove(slot)
+	}
+	if got := c.mem.Size(); got != 0 {
+		t.Fatalf("%d bytes still mapped with no entry", got)
+	}
+}
+
+func goHeap() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
 }

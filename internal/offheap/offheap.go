@@ -48,7 +48,8 @@ func InUse() int64 { return inUse.Load() }
 // only be used while the arena is reachable (typically, the arena and
 // the slices are fields of the same struct).
 type Arena struct {
-	m *mappings
+	m   *mappings
+	min int // MinMapped, or less for tests
 }
 
 // mappings are an arena's live mappings, apart from the Arena so that
@@ -59,8 +60,13 @@ type mappings struct {
 }
 
 // New returns an empty arena.
-func New() *Arena {
-	a := &Arena{m: &mappings{blocks: make(map[*byte]int)}}
+func New() *Arena { return NewMin(MinMapped) }
+
+// NewMin returns an empty arena that maps every allocation of at least
+// min bytes (at least 1): a small min makes tests touch mapped memory
+// (a use after free faults) with small tables.
+func NewMin(min int) *Arena {
+	a := &Arena{m: &mappings{blocks: make(map[*byte]int)}, min: max(min, 1)}
 	runtime.AddCleanup(a, func(m *mappings) { m.freeAll() }, a.m)
 	return a
 }
@@ -79,7 +85,7 @@ func (a *Arena) Bytes(n int) []byte {
 	if n < 0 {
 		panic(fmt.Sprintf("offheap: negative size %d", n))
 	}
-	if a == nil || n < MinMapped {
+	if a == nil || n < a.min || n == 0 {
 		return make([]byte, n)
 	}
 	if !canMap {
@@ -100,7 +106,7 @@ func (a *Arena) Bytes(n int) []byte {
 // first byte), to the kernel if it is mapped; a slice of the Go heap or
 // of another arena is left to the collector. b must not be used after.
 func (a *Arena) Free(b []byte) {
-	if a == nil || cap(b) < MinMapped {
+	if a == nil || cap(b) == 0 {
 		return
 	}
 	p := unsafe.SliceData(b)
@@ -150,10 +156,10 @@ func MakeSlice[T any](a *Arena, n int) []T {
 	if n > (1<<62)/size {
 		panic(fmt.Sprintf("offheap: %d elements of %d bytes", n, size))
 	}
-	b := a.Bytes(n * size)
-	if cap(b) < MinMapped || a == nil {
+	if a == nil || n*size < a.min || !canMap {
 		return make([]T, n)
 	}
+	b := a.Bytes(n * size)
 	return unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(b))), n)
 }
 
