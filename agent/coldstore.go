@@ -36,11 +36,12 @@ import (
 //     index and its place in the spare heap (20 bytes);
 //   - an open-addressing table from entry ID to slot (4 bytes per
 //     entry, at most 3/4 full);
-//   - the selector index: an open-addressing table from the hash of a
-//     selector to a doubly linked list of the entries filed under it
-//     (each entry is filed under its least-shared selector, as in the
-//     warm index, so matching costs the entries filed under a
-//     workload's selectors);
+//   - the selector index: buckets (one per two entries or more) by
+//     the hash of a selector, each a doubly linked list of the entries
+//     filed under the selectors of its hashes (each entry is filed under
+//     its least-shared selector, as in the warm index, so matching costs
+//     the entries filed under a workload's selectors, and the few others
+//     of their buckets);
 //   - the spare heap: the slots in order of their entry IDs, the order
 //     in which entries no workload asked for are minted while the SVID
 //     cache has room.
@@ -87,7 +88,8 @@ type coldStore struct {
 	n          int
 	ids        []uint32 // slot+1; 0 is empty
 	sels       []selBucket
-	nsels      int
+	nfiled     int // entries in the selector index
+	nsels      int // selectors entries are filed under
 	heap       []uint32
 	// parents interns parent IDs and dirs the directories of SPIFFE IDs
 	// (up to their last slash), which many entries share.
@@ -125,11 +127,9 @@ const freeSlot = ^uint32(0)
 
 func (s *coldSlot) live() bool { return s.chunk != freeSlot }
 
-// selBucket is one selector's list in the selector index, keyed by 32
-// bits of the selector's hash: selectors whose hashes agree in them
-// share a list, which matching tells apart.
+// selBucket is one list of the selector index: the entries filed under
+// the selectors whose hashes fall in it, which matching tells apart.
 type selBucket struct {
-	hash  uint32
 	head  uint32 // slot+1; 0: the bucket is empty
 	count uint32
 }
@@ -879,42 +879,52 @@ func (c *coldStore) idsDel(slot uint32) {
 	}
 }
 
-// The selector index: buckets by selector hash, linear probing,
-// deletion by backward shift. Different selectors with the same hash
-// share a bucket; matching checks each entry's selectors anyway.
+// The selector index: a power of two of buckets, each the doubly linked
+// list of the entries filed under the selectors whose hashes fall in it,
+// at most two entries per bucket on average (so about 4 bytes per
+// entry). Different selectors share buckets; matching checks each
+// entry's filed selector. Entries filed under one selector are in one
+// list in the order they were filed (newest first), which resizing
+// keeps.
 
-func (c *coldStore) bucket(h uint32) (int, bool) {
+// selBucketOf is the bucket of the selector whose hash is h.
+func (c *coldStore) selBucketOf(h uint64) int { return int(h & uint64(len(c.sels)-1)) }
+
+// selCount is how many entries are filed in sel's bucket: the entries
+// filed under sel, and rarely others.
+func (c *coldStore) selCount(sel []byte) uint32 {
 	if len(c.sels) == 0 {
-		return 0, false
+		return 0
 	}
-	mask := uint32(len(c.sels) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
-		b := &c.sels[i]
-		if b.head == 0 {
-			return int(i), false
-		}
-		if b.hash == h {
-			return int(i), true
-		}
-	}
+	return c.sels[c.selBucketOf(maphash.Bytes(c.seed, sel))].count
 }
 
-func (c *coldStore) selCount(sel []byte) uint32 {
-	if i, ok := c.bucket(uint32(maphash.Bytes(c.seed, sel))); ok {
-		return c.sels[i].count
+// filedUnder reports whether bucket i lists an entry filed under sel
+// other than skip (slot+1; 0: none). It reads the bucket's entries until
+// one is: one or two entries for most selectors, the first for a
+// selector many entries are filed under. (A selector of few entries
+// whose hash falls in the bucket of a selector of many reads that
+// bucket: rare, with as many buckets as half the entries and a seeded
+// hash.)
+func (c *coldStore) filedUnder(i int, sel []byte, skip uint32) bool {
+	for v := c.sels[i].head; v != 0; v = c.slots[v-1].next {
+		if v == skip {
+			continue
+		}
+		r := c.rec(v - 1)
+		if bytes.Equal(r.sel(int(r.filed)), sel) {
+			return true
+		}
 	}
-	return 0
+	return false
 }
 
 func (c *coldStore) link(slot uint32, sel []byte) {
-	h := uint32(maphash.Bytes(c.seed, sel))
-	i, ok := c.bucket(h)
-	if !ok {
-		if 4*(c.nsels+1) > 3*len(c.sels) {
-			c.selsResize(max(16, 2*len(c.sels)))
-			i, _ = c.bucket(h)
-		}
-		c.sels[i] = selBucket{hash: h}
+	if 2*len(c.sels) < c.nfiled+1 {
+		c.selsResize(max(16, 2*len(c.sels)))
+	}
+	i := c.selBucketOf(maphash.Bytes(c.seed, sel))
+	if !c.filedUnder(i, sel, 0) {
 		c.nsels++
 	}
 	b := &c.sels[i]
@@ -925,12 +935,16 @@ func (c *coldStore) link(slot uint32, sel []byte) {
 	}
 	b.head = slot + 1
 	b.count++
+	c.nfiled++
 }
 
 func (c *coldStore) unlink(slot uint32, sel []byte) {
-	i, ok := c.bucket(uint32(maphash.Bytes(c.seed, sel)))
-	if !ok {
+	if len(c.sels) == 0 {
 		return
+	}
+	i := c.selBucketOf(maphash.Bytes(c.seed, sel))
+	if !c.filedUnder(i, sel, slot+1) {
+		c.nsels--
 	}
 	b := &c.sels[i]
 	s := &c.slots[slot]
@@ -943,42 +957,41 @@ func (c *coldStore) unlink(slot uint32, sel []byte) {
 		c.slots[s.next-1].prev = s.prev
 	}
 	s.prev, s.next = 0, 0
-	if b.count--; b.count == 0 {
-		c.selsDel(i)
+	b.count--
+	c.nfiled--
+	if len(c.sels) > 64 && 8*c.nfiled < len(c.sels) {
+		c.selsResize(len(c.sels) / 2)
 	}
 }
 
+// selsResize moves the lists to n buckets, each list's entries in the
+// order they had.
 func (c *coldStore) selsResize(n int) {
 	old := c.sels
 	c.sels = offheap.MakeSlice[selBucket](c.mem, n)
 	defer offheap.FreeSlice(c.mem, old)
-	mask := uint32(n - 1)
+	if c.nfiled == 0 {
+		return
+	}
+	tails := offheap.MakeSlice[uint32](c.mem, n)
+	defer offheap.FreeSlice(c.mem, tails)
 	for _, b := range old {
-		if b.head == 0 {
-			continue
+		for v := b.head; v != 0; {
+			s := &c.slots[v-1]
+			next := s.next
+			r := c.rec(v - 1)
+			i := c.selBucketOf(maphash.Bytes(c.seed, r.sel(int(r.filed))))
+			nb := &c.sels[i]
+			s.prev, s.next = tails[i], 0
+			if tails[i] != 0 {
+				c.slots[tails[i]-1].next = v
+			} else {
+				nb.head = v
+			}
+			tails[i] = v
+			nb.count++
+			v = next
 		}
-		i := b.hash & mask
-		for c.sels[i].head != 0 {
-			i = (i + 1) & mask
-		}
-		c.sels[i] = b
-	}
-}
-
-func (c *coldStore) selsDel(at int) {
-	mask := uint32(len(c.sels) - 1)
-	i := uint32(at)
-	c.sels[i] = selBucket{}
-	for j := (i + 1) & mask; c.sels[j].head != 0; j = (j + 1) & mask {
-		home := c.sels[j].hash & mask
-		if (j-home)&mask >= (j-i)&mask {
-			c.sels[i], c.sels[j] = c.sels[j], selBucket{}
-			i = j
-		}
-	}
-	c.nsels--
-	if len(c.sels) > 64 && 8*c.nsels < len(c.sels) {
-		c.selsResize(len(c.sels) / 2)
 	}
 }
 
@@ -987,15 +1000,15 @@ func (c *coldStore) selsDel(at int) {
 // so calling match with each selector of set finds each matching entry
 // once. f must not change the store.
 func (c *coldStore) match(sel string, set registration.SelectorSet, f func(uint32)) {
-	i, ok := c.bucket(uint32(maphash.String(c.seed, sel)))
-	if !ok {
+	if len(c.sels) == 0 {
 		return
 	}
+	i := c.selBucketOf(maphash.String(c.seed, sel))
 	for v := c.sels[i].head; v != 0; v = c.slots[v-1].next {
 		slot := v - 1
 		r := c.rec(slot)
 		if string(r.sel(int(r.filed))) != sel {
-			continue // another selector with the same hash
+			continue // another selector in the bucket
 		}
 		all := r.nsels > 0
 		r.eachSel(func(_ int, s []byte) bool {

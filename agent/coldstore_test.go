@@ -112,6 +112,15 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 			refs[e.pe.parent]++
 		}
 	}
+	filed := map[string]bool{}
+	c.each(func(i uint32) {
+		if r := c.rec(i); r.nsels > 0 {
+			filed[string(r.sel(int(r.filed)))] = true
+		}
+	})
+	if len(filed) != c.nsels || listed != c.nfiled {
+		t.Fatalf("selector index counts %d selectors and %d entries, holds %d and %d", c.nsels, c.nfiled, len(filed), listed)
+	}
 	if listed != withSels {
 		t.Fatalf("selector index lists %d entries, %d have selectors", listed, withSels)
 	}
