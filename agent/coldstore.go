@@ -105,6 +105,7 @@ type coldStore struct {
 	hold bool
 	// plain: no selector index and no spare heap (a store that only
 	// collects entries by ID: entryStage). drain: records are removed
+	// (and never looked up by ID again: the ID table is gone)
 	// in the order they were added, so chunks are freed as they empty
 	// and never compacted.
 	plain, drain bool
@@ -738,14 +739,18 @@ func (c *coldStore) remove(i uint32) {
 		c.unlink(i, r.sel(int(r.filed)))
 	}
 	r.eachSelRef(c.selDict.release)
-	c.idsDel(i)
+	if !c.drain { // a drained store has no ID table (entryStage.drain)
+		c.idsDel(i)
+	}
 	c.heapRemove(i)
 	s := &c.slots[i]
 	chunk := s.chunk
 	n, l := binary.Uvarint(c.chunks[chunk].b[s.off:])
 	size := uint32(l) + uint32(n)
 	*s = coldSlot{chunk: freeSlot}
-	c.freeSlots = offheap.Append(c.mem, c.freeSlots, i)
+	if !c.drain { // a drained store reuses no slot
+		c.freeSlots = offheap.Append(c.mem, c.freeSlots, i)
+	}
 	c.n--
 	ch := &c.chunks[chunk]
 	ch.garbage += int(size)

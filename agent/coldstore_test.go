@@ -327,6 +327,9 @@ func TestColdStoreMatchesModel(t *testing.T) {
 // deleted, hands each out once when drained, and is empty after.
 func TestEntryStage(t *testing.T) {
 	s := newEntryStage()
+	// Every table and chunk mapped: a view used after it is freed
+	// faults.
+	s.cs.mem = offheap.NewMin(1)
 	want := map[string]*sigilv1.Entry{}
 	var order []string
 	for i := range 3000 {
@@ -370,6 +373,20 @@ func TestEntryStage(t *testing.T) {
 	}
 	if s.len() != 0 || len(s.cs.chunks) != 0 || len(s.cs.slots) != 0 || len(s.cs.ids) != 0 {
 		t.Fatalf("drained stage keeps %d entries, %d chunks, %d slots, %d ids", s.len(), len(s.cs.chunks), len(s.cs.slots), len(s.cs.ids))
+	}
+	if n := s.cs.mem.Size(); n != 0 {
+		t.Fatalf("drained stage keeps %d bytes mapped", n)
+	}
+	// A drained stage collects again, by ID.
+	for i := range 3 {
+		s.put(benchEntry(i))
+	}
+	s.del(benchEntry(1).GetId())
+	s.put(benchEntry(2))
+	got = got[:0]
+	s.drain(func(pe *packedEntry) { got = append(got, pe.id) })
+	if want := []string{benchEntry(0).GetId(), benchEntry(2).GetId()}; !slices.Equal(got, want) {
+		t.Fatalf("drained %v after reuse, want %v", got, want)
 	}
 }
 

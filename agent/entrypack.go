@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/offheap"
 )
 
 // packedEntry is a registration entry as the agent holds it: with a
@@ -291,6 +292,13 @@ func (s *entryStage) len() int { return s.cs.len() }
 // move on. The stage is empty after.
 func (s *entryStage) drain(f func(pe *packedEntry)) {
 	s.cs.hold, s.cs.drain = true, true
+	// Nothing is looked up by ID or added while draining: the tables
+	// for that go first, which lowers the peak of a full sync (the
+	// stage and the state it fills are held together).
+	offheap.FreeSlice(s.cs.mem, s.cs.ids)
+	offheap.FreeSlice(s.cs.mem, s.cs.selSeen)
+	offheap.FreeSlice(s.cs.mem, s.cs.freeSlots)
+	s.cs.ids, s.cs.selSeen, s.cs.freeSlots = nil, nil, nil
 	for i := range s.cs.slots {
 		if !s.cs.slots[i].live() {
 			continue
@@ -299,5 +307,6 @@ func (s *entryStage) drain(f func(pe *packedEntry)) {
 		f(&pe)
 		s.cs.remove(uint32(i))
 	}
+	s.cs.hold, s.cs.drain = false, false
 	s.cs.reset()
 }
