@@ -383,6 +383,9 @@ func TestEntryStage(t *testing.T) {
 	}
 	s.del(benchEntry(1).GetId())
 	s.put(benchEntry(2))
+	if _, ok := s.cs.get(benchEntry(1).GetId()); ok || s.len() != 2 {
+		t.Fatalf("stage holds %d entries, a deleted one found %v", s.len(), ok)
+	}
 	got = got[:0]
 	s.drain(func(pe *packedEntry) { got = append(got, pe.id) })
 	if want := []string{benchEntry(0).GetId(), benchEntry(2).GetId()}; !slices.Equal(got, want) {
