@@ -317,8 +317,8 @@ func (c *coldStore) rec(i uint32) coldRec {
 	b := c.chunks[s.chunk].b[s.off:]
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
-	// The slot number, then raw's length and the packed ID (for id).
-	p := l + 4
+	// raw's length and the packed ID (for id) first.
+	p := l
 	_, l = binary.Uvarint(b[p:])
 	p += l
 	var r coldRec
@@ -522,11 +522,16 @@ func (c *coldStore) id(i uint32) []byte {
 // buf.
 func (c *coldStore) idb(i uint32, buf *idBuf) []byte {
 	s := &c.slots[i]
-	b := c.chunks[s.chunk].b[s.off:]
+	return recID(c.chunks[s.chunk].b[s.off:], buf)
+}
+
+// recID is the entry ID of the record at the start of b: a view of b, or
+// formatted in buf.
+func recID(b []byte, buf *idBuf) []byte {
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
-	raw, k := binary.Uvarint(b[l+4:])
-	if p := l + 4 + k; b[p] != idText {
+	raw, k := binary.Uvarint(b[l:])
+	if p := l + k; b[p] != idText {
 		return unpackID(b[p], b[p+1:p+17], buf)
 	}
 	return rawID(b[len(b)-int(raw):])
@@ -536,11 +541,21 @@ func (c *coldStore) hashID(id []byte) uint64 { return maphash.Bytes(c.seed, id) 
 
 // get returns the slot of the entry with ID id.
 func (c *coldStore) get(id string) (uint32, bool) {
+	return c.getHashed(id, maphash.String(c.seed, id))
+}
+
+// getb is get for an ID given as bytes.
+func (c *coldStore) getb(id []byte) (uint32, bool) {
+	return c.getHashed(unsafe.String(unsafe.SliceData(id), len(id)), c.hashID(id))
+}
+
+// getHashed is get given the ID's hash.
+func (c *coldStore) getHashed(id string, h uint64) (uint32, bool) {
 	if c.n == 0 {
 		return 0, false
 	}
 	mask := uint64(len(c.ids) - 1)
-	for i := maphash.String(c.seed, id) & mask; ; i = (i + 1) & mask {
+	for i := h & mask; ; i = (i + 1) & mask {
 		v := c.ids[i]
 		if v == 0 {
 			return 0, false
@@ -618,7 +633,7 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 			}
 		}
 	}
-	n := 4 + uvarintLen(uint64(len(raw))) + 1 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	n := uvarintLen(uint64(len(raw))) + 1 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
 	var refBuf [8]uint32
 	refs := refBuf[:0]
 	for _, s := range sels {
@@ -640,7 +655,6 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	chunk, off := c.place(n)
 	ch := &c.chunks[chunk]
 	b := ch.b
-	b = binary.LittleEndian.AppendUint32(b, slot)
 	b = binary.AppendUvarint(b, uint64(len(raw)))
 	b = append(b, id.mode)
 	if id.mode != idText {
@@ -778,13 +792,15 @@ func (c *coldStore) freeChunk(i uint32) {
 }
 
 // compact moves the live records of chunk i to the tail and frees it.
+// A record is live when the slot of its ID (records do not keep their
+// slot) is where it is.
 func (c *coldStore) compact(i uint32) {
 	b := c.chunks[i].b
+	var buf idBuf
 	for off := 0; off < len(b); {
 		n, l := binary.Uvarint(b[off:])
 		body := b[off+l : off+l+int(n)]
-		slot := binary.LittleEndian.Uint32(body)
-		if int(slot) < len(c.slots) {
+		if slot, ok := c.getb(recID(b[off:], &buf)); ok {
 			if s := &c.slots[slot]; s.chunk == i && int(s.off) == off {
 				chunk, noff := c.place(len(body))
 				c.chunks[chunk].b = append(c.chunks[chunk].b, body...)
