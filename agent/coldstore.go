@@ -61,9 +61,9 @@ import (
 // that reference them (c.chunks, c.slots...) and the intern tables are
 // Go memory. No Go pointer may ever be stored in them.
 
-// selSeenLen is the size of coldStore.selSeen: 256 KiB, outside the Go
-// heap.
-const selSeenLen = 1 << 16
+// selSeenMax is the largest size of coldStore.selSeen: 256 KiB, outside
+// the Go heap.
+const selSeenMax = 1 << 16
 
 // Bounds of the arena's chunks: they start small (an agent with a few
 // entries holds a few KiB) and grow to coldChunkMax.
@@ -97,8 +97,9 @@ type coldStore struct {
 	dirs    refTable
 	// selDict interns the selectors that more than one record held
 	// when they were added; selSeen holds hashes of selectors added
-	// (selSeenLen of them, by hash modulo, overwritten): a selector
-	// whose hash is there was most likely seen before.
+	// (at most selSeenMax of them, four per entry, by hash modulo,
+	// overwritten): a selector whose hash is there was most likely seen
+	// before.
 	selDict refTable
 	selSeen []uint32
 	// hold: slots must not be renumbered (a caller holds slot numbers).
@@ -459,11 +460,18 @@ func (c *coldStore) selRef(sel []byte) uint32 {
 	if c.selDict.has(sel) {
 		return c.selDict.internBytes(sel)
 	}
-	if c.selSeen == nil {
-		c.selSeen = offheap.MakeSlice[uint32](c.mem, selSeenLen)
+	if len(c.selSeen) < selSeenMax && len(c.selSeen) < 4*(c.n+1) {
+		// Grown to a power of two (what it remembered is forgotten: a
+		// few selectors more are kept in records).
+		size := max(64, len(c.selSeen))
+		for size < selSeenMax && size < 4*(c.n+1) {
+			size *= 2
+		}
+		offheap.FreeSlice(c.mem, c.selSeen)
+		c.selSeen = offheap.MakeSlice[uint32](c.mem, size)
 	}
 	h := maphash.Bytes(c.seed, sel)
-	at, tag := h%selSeenLen, uint32(h>>32)|1
+	at, tag := h&uint64(len(c.selSeen)-1), uint32(h>>32)|1
 	if c.selSeen[at] == tag {
 		return c.selDict.internBytes(sel)
 	}

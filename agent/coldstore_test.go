@@ -436,3 +436,39 @@ func goHeap() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
 }
+
+// Selectors many entries share are kept once, in the dictionary, and
+// the selectors of one entry only stay in its record.
+func TestColdStoreSelectorDictionary(t *testing.T) {
+	const n = 5000
+	cs := newColdStore()
+	c := &cs
+	pes := make([]packedEntry, n)
+	for i := range pes {
+		pes[i] = packEntry(benchEntry(i), noIntern)
+		c.insert(&pes[i], coldMeta{})
+	}
+	// benchEntry: 200 namespaces, one container name, a service
+	// account per entry.
+	if got := len(c.selDict.idx); got < 201 || got > 210 {
+		t.Fatalf("dictionary holds %d selectors, want the 201 shared ones", got)
+	}
+	if i, ok := c.selDict.idx["k8s:container-name:app"]; !ok || c.selDict.list[i].refs < n-10 {
+		t.Fatalf("the selector every entry has is not shared (%v)", ok)
+	}
+	for _, sel := range []string{"k8s:sa:workload-7", "k8s:sa:workload-4999"} {
+		if _, ok := c.selDict.idx[sel]; ok {
+			t.Fatalf("%s, of one entry, is in the dictionary", sel)
+		}
+	}
+	for i := range pes {
+		slot, ok := c.get(pes[i].id)
+		if !ok || !c.equal(slot, &pes[i]) {
+			t.Fatalf("entry %d reads back wrong", i)
+		}
+		c.remove(slot)
+	}
+	if len(c.selDict.list) != 0 || c.mem.Size() != 0 {
+		t.Fatalf("an empty store keeps %d dictionary entries, %d bytes", len(c.selDict.list), c.mem.Size())
+	}
+}
