@@ -470,12 +470,24 @@ func (c *coldStore) selRef(sel []byte) uint32 {
 		offheap.FreeSlice(c.mem, c.selSeen)
 		c.selSeen = offheap.MakeSlice[uint32](c.mem, size)
 	}
+	// Four ways per set, so that selectors that recur and share a set
+	// do not keep evicting each other.
 	h := maphash.Bytes(c.seed, sel)
-	at, tag := h&uint64(len(c.selSeen)-1), uint32(h>>32)|1
-	if c.selSeen[at] == tag {
-		return c.selDict.internBytes(sel)
+	set, tag := c.selSeen[h&uint64(len(c.selSeen)-4):][:4], uint32(h>>32)|1
+	for k, v := range set {
+		if v == tag {
+			set[k] = 0 // in the dictionary from now on
+			return c.selDict.internBytes(sel)
+		}
 	}
-	c.selSeen[at] = tag
+	k := int(h>>28) & 3
+	for j, v := range set {
+		if v == 0 {
+			k = j
+			break
+		}
+	}
+	set[k] = tag
 	return 0
 }
 
