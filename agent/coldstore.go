@@ -557,31 +557,66 @@ func recID(b []byte, buf *idBuf) []byte {
 	return rawID(b[len(b)-int(raw):])
 }
 
-func (c *coldStore) hashID(id []byte) uint64 { return maphash.Bytes(c.seed, id) }
+// The ID table files an ID by the hash of its key: the way it is kept
+// and its 16 bytes when it packs (packID), else its text; probing
+// compares keys, so that no ID is formatted to be found.
+
+// idHash is the hash of the key of an ID kept as mode with bin, or as
+// text.
+func (c *coldStore) idHash(mode uint8, bin, text []byte) uint64 {
+	if mode == idText {
+		return maphash.Bytes(c.seed, text)
+	}
+	var k [17]byte
+	k[0] = mode
+	copy(k[1:], bin)
+	return maphash.Bytes(c.seed, k[:])
+}
+
+// recKey is the key of slot i's ID: its way and 16 bytes, or its text
+// (a view of the chunk). An ID kept as text that packs (in a record
+// whose encoding did not start with it) has the key it would have
+// packed.
+func (c *coldStore) recKey(i uint32) (mode uint8, bin [16]byte, text []byte) {
+	s := &c.slots[i]
+	b := c.chunks[s.chunk].b[s.off:]
+	n, l := binary.Uvarint(b)
+	b = b[:l+int(n)]
+	raw, k := binary.Uvarint(b[l:])
+	if p := l + k; b[p] != idText {
+		copy(bin[:], b[p+1:p+17])
+		return b[p], bin, nil
+	}
+	text = rawID(b[len(b)-int(raw):])
+	mode, bin = packID(text)
+	return mode, bin, text
+}
+
+// slotHash is idHash of slot i's ID.
+func (c *coldStore) slotHash(i uint32) uint64 {
+	mode, bin, text := c.recKey(i)
+	return c.idHash(mode, bin[:], text)
+}
 
 // get returns the slot of the entry with ID id.
 func (c *coldStore) get(id string) (uint32, bool) {
-	return c.getHashed(id, maphash.String(c.seed, id))
+	return c.getb(unsafe.Slice(unsafe.StringData(id), len(id)))
 }
 
-// getb is get for an ID given as bytes.
+// getb is get for an ID given as bytes (not changed).
 func (c *coldStore) getb(id []byte) (uint32, bool) {
-	return c.getHashed(unsafe.String(unsafe.SliceData(id), len(id)), c.hashID(id))
-}
-
-// getHashed is get given the ID's hash.
-func (c *coldStore) getHashed(id string, h uint64) (uint32, bool) {
 	if c.n == 0 {
 		return 0, false
 	}
+	mode, bin := packID(id)
 	mask := uint64(len(c.ids) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
+	for i := c.idHash(mode, bin[:], id) & mask; ; i = (i + 1) & mask {
 		v := c.ids[i]
 		if v == 0 {
 			return 0, false
 		}
-		var buf idBuf
-		if string(c.idb(v-1, &buf)) == id {
+		m, b, t := c.recKey(v - 1)
+		if m == mode && (mode == idText && bytes.Equal(t, id) || mode != idText && b == bin) {
 			return v - 1, true
 		}
 	}
@@ -878,8 +913,7 @@ func (c *coldStore) idsPut(slot uint32) {
 
 func (c *coldStore) idsInsert(slot uint32) {
 	mask := uint64(len(c.ids) - 1)
-	var buf idBuf
-	for i := c.hashID(c.idb(slot, &buf)) & mask; ; i = (i + 1) & mask {
+	for i := c.slotHash(slot) & mask; ; i = (i + 1) & mask {
 		if c.ids[i] == 0 {
 			c.ids[i] = slot + 1
 			return
@@ -900,8 +934,7 @@ func (c *coldStore) idsResize(n int) {
 
 func (c *coldStore) idsDel(slot uint32) {
 	mask := uint64(len(c.ids) - 1)
-	var buf idBuf
-	i := c.hashID(c.idb(slot, &buf)) & mask
+	i := c.slotHash(slot) & mask
 	for c.ids[i] != slot+1 {
 		i = (i + 1) & mask
 	}
@@ -909,7 +942,7 @@ func (c *coldStore) idsDel(slot uint32) {
 	// Move back the entries of the run after i whose home is not
 	// between i and them.
 	for j := (i + 1) & mask; c.ids[j] != 0; j = (j + 1) & mask {
-		home := c.hashID(c.idb(c.ids[j]-1, &buf)) & mask
+		home := c.slotHash(c.ids[j]-1) & mask
 		if (j-home)&mask >= (j-i)&mask {
 			c.ids[i], c.ids[j] = c.ids[j], 0
 			i = j

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/internal/offheap"
 	"github.com/sigil-id/sigil/registration"
@@ -470,5 +472,43 @@ func TestColdStoreSelectorDictionary(t *testing.T) {
 	}
 	if len(c.selDict.list) != 0 || c.mem.Size() != 0 {
 		t.Fatalf("an empty store keeps %d dictionary entries, %d bytes", len(c.selDict.list), c.mem.Size())
+	}
+}
+
+// An entry whose encoding does not start with its ID keeps the ID as
+// text even when it would pack; it is found by ID all the same.
+func TestColdStoreIDNotFirst(t *testing.T) {
+	cs := newColdStore()
+	c := &cs
+	var pes []packedEntry
+	for i := range 50 {
+		pe := packEntry(benchEntry(i), noIntern)
+		raw := []byte(pe.raw)
+		_, _, l := protowire.ConsumeTag(raw)
+		_, m := protowire.ConsumeBytes(raw[l:])
+		// The ID field moved to the end.
+		pe.raw = string(append(append([]byte{}, raw[l+m:]...), raw[:l+m]...))
+		pe.fill()
+		if pe.id != benchEntry(i).GetId() {
+			t.Fatalf("moved ID reads %q", pe.id)
+		}
+		c.insert(&pe, coldMeta{})
+		pes = append(pes, pe)
+	}
+	for i := range pes {
+		slot, ok := c.get(pes[i].id)
+		if !ok || !c.equal(slot, &pes[i]) {
+			t.Fatalf("entry %d not found by its ID (%v)", i, ok)
+		}
+		if r := c.rec(slot); r.idMode != idText {
+			t.Fatalf("entry %d ID kept as %d", i, r.idMode)
+		}
+	}
+	for i := range pes {
+		slot, _ := c.get(pes[i].id)
+		c.remove(slot)
+		if _, ok := c.get(pes[i].id); ok {
+			t.Fatalf("entry %d found after removal", i)
+		}
 	}
 }
