@@ -51,8 +51,8 @@ func heapPeak() (stop func() uint64) {
 // sync loop takes it: messages of 1,000 decoded entries, each packed and
 // dropped, collected until the set ends, then handed to the cache
 // (bounded to 1,000 SVIDs, nothing minted). It reports the peak of the
-// heap during the sync (what sets the agent's RSS) and the live heap
-// after it, per entry (go test -run '^$' -bench AgentFullSync
+// heap and of the memory outside it during the sync (what sets the
+// agent's RSS) and the live memory after it, per entry (go test -run '^$' -bench AgentFullSync
 // -benchtime 1x ./agent/).
 func BenchmarkAgentFullSync(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
