@@ -248,6 +248,10 @@ func (p *packedEntry) decode() *sigilv1.Entry {
 	return e
 }
 
+// drainReleaseEvery is how many slots entryStage.drain passes between
+// releases of their pages (a variable for tests).
+var drainReleaseEvery = 1 << 14
+
 // entryStage collects a full set of entries as it arrives from the
 // server, message by message, until the set ends: packed into the cold
 // store's records (coldstore.go), so that a million entries in flight
@@ -300,7 +304,13 @@ func (s *entryStage) drain(f func(pe *packedEntry)) {
 	offheap.FreeSlice(s.cs.mem, s.cs.selSeen)
 	offheap.FreeSlice(s.cs.mem, s.cs.freeSlots)
 	s.cs.ids, s.cs.selSeen, s.cs.freeSlots = nil, nil, nil
+	// The slots already drained are not read again: their pages go
+	// back to the kernel as the drain passes them.
+	every := drainReleaseEvery
 	for i := range s.cs.slots {
+		if i%every == 0 && i > 0 {
+			offheap.ReleaseSlice(s.cs.mem, s.cs.slots, i-every, i)
+		}
 		if !s.cs.slots[i].live() {
 			continue
 		}

@@ -10,3 +10,5 @@ const canMap = false
 func mmap(int) ([]byte, error) { return nil, errors.New("offheap: no mmap on this system") }
 
 func munmap([]byte) error { return nil }
+
+func pageSize() int { return 4096 }

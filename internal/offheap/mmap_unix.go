@@ -15,3 +15,5 @@ func mmap(n int) ([]byte, error) {
 
 // munmap unmaps b, a slice mmap returned (same length).
 func munmap(b []byte) error { return syscall.Munmap(b) }
+
+func pageSize() int { return syscall.Getpagesize() }

@@ -118,6 +118,45 @@ func (a *Arena) Free(b []byte) {
 	a.m.unmap(p, n)
 }
 
+// Release returns to the kernel the whole pages of b[from:to], where b
+// is a slice Bytes returned (any length, the same first byte), if it is
+// mapped (on Linux; elsewhere it does nothing): what they held is lost
+// (they read as zeros), so release only what is no longer read; they
+// are resident again only when written. b stays allocated (Free it as
+// before). Release does nothing to Go memory.
+func (a *Arena) Release(b []byte, from, to int) {
+	if a == nil || cap(b) == 0 || from >= to {
+		return
+	}
+	n, ok := a.m.blocks[unsafe.SliceData(b)]
+	if !ok {
+		return
+	}
+	if from < 0 || to > n {
+		panic(fmt.Sprintf("offheap: release of [%d:%d] of %d bytes", from, to, n))
+	}
+	page := pageSize()
+	lo := (from + page - 1) / page * page
+	hi := to / page * page
+	if lo >= hi {
+		return
+	}
+	if err := release(unsafe.Slice(unsafe.SliceData(b), n)[lo:hi]); err != nil {
+		panic(fmt.Sprintf("offheap: releasing %d bytes: %v", hi-lo, err))
+	}
+}
+
+// ReleaseSlice is Release for elements [from:to) of s, a slice
+// MakeSlice returned (the same first element).
+func ReleaseSlice[T any](a *Arena, s []T, from, to int) {
+	if cap(s) == 0 {
+		return
+	}
+	var zero T
+	size := int(unsafe.Sizeof(zero))
+	a.Release(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), cap(s)*size), from*size, to*size)
+}
+
 // FreeAll unmaps everything a has mapped; none of it may be used after.
 func (a *Arena) FreeAll() {
 	if a != nil {

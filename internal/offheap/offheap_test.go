@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"unsafe"
 )
@@ -160,4 +161,54 @@ func mappedAt(t *testing.T, addr uintptr) bool {
 		}
 	}
 	return false
+}
+
+// Release drops the whole pages of a range of a mapped block, and only
+// them: the bytes around them are kept, and the block is still freed
+// as before.
+func TestRelease(t *testing.T) {
+	a := NewMin(1)
+	page := pageSize()
+	b := a.Bytes(8 * page)
+	for i := range b {
+		b[i] = 1
+	}
+	a.Release(b, page/2, 5*page+page/2) // pages 1-4 whole
+	// (Before reading them: a read maps them again.)
+	if got := residentPages(t, b); got != 4 {
+		t.Fatalf("%d of 8 pages resident after releasing 4", got)
+	}
+	for i, v := range b {
+		inside := i >= page && i < 5*page
+		if inside && v != 0 || !inside && v != 1 {
+			t.Fatalf("byte %d (page %d) is %d after release", i, i/page, v)
+		}
+	}
+	s := MakeSlice[uint64](a, 4*page/8)
+	for i := range s {
+		s[i] = 7
+	}
+	ReleaseSlice(a, s, 0, page/8)
+	if s[0] != 0 || s[page/8] != 7 {
+		t.Fatalf("ReleaseSlice: %d %d", s[0], s[page/8])
+	}
+	a.Release(make([]byte, 4*page), 0, 4*page) // Go memory: nothing
+	a.FreeAll()
+	if a.Size() != 0 {
+		t.Fatal("released blocks not freed")
+	}
+}
+
+// residentPages counts the pages of b in memory (mincore).
+func residentPages(t *testing.T, b []byte) int {
+	page := pageSize()
+	vec := make([]byte, (len(b)+page-1)/page)
+	if _, _, e := syscall.Syscall(syscall.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }
