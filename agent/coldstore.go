@@ -96,19 +96,19 @@ type coldStore struct {
 	parents refTable
 	dirs    refTable
 	// selDict interns the selectors that more than one record held
-	// when they were added; selSeen holds hashes of selectors added
-	// (at most selSeenMax of them, four per entry, by hash modulo,
-	// overwritten): a selector whose hash is there was most likely seen
-	// before.
+	// when they were added; selSeen holds 32 bits of the hashes of
+	// selectors added and not yet in selDict (four per entry, at most
+	// selSeenMax, in sets of four by hash, the oldest overwritten): a
+	// selector whose hash is there was most likely seen before.
 	selDict refTable
 	selSeen []uint32
 	// hold: slots must not be renumbered (a caller holds slot numbers).
 	hold bool
 	// plain: no selector index and no spare heap (a store that only
 	// collects entries by ID: entryStage). drain: records are removed
-	// (and never looked up by ID again: the ID table is gone)
 	// in the order they were added, so chunks are freed as they empty
-	// and never compacted.
+	// and never compacted, and none is looked up by ID (the ID table is
+	// gone).
 	plain, drain bool
 }
 
