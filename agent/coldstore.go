@@ -98,7 +98,8 @@ type coldStore struct {
 	// selDict interns the selectors that more than one record held
 	// when they were added; selSeen holds 32 bits of the hashes of
 	// selectors added and not yet in selDict (four per entry, at most
-	// selSeenMax, in sets of four by hash, the oldest overwritten): a
+	// selSeenMax, in sets of four by hash, one overwritten when its
+	// set is full): a
 	// selector whose hash is there was most likely seen before.
 	selDict refTable
 	selSeen []uint32
