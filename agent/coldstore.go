@@ -5,10 +5,11 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash/maphash"
-	"slices"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/sigil-id/sigil/internal/offheap"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -24,16 +25,23 @@ import (
 //   - records: the entry's packed encoding (packedEntry.raw) with its
 //     SPIFFE ID's directory (up to the last slash) taken out and
 //     interned, its generation, its parent (interned too) and its
-//     selectors, appended to chunks of up to coldChunkMax bytes;
+//     selectors, appended to chunks of up to coldChunkMax bytes. A
+//     selector is kept in the record the first time the store sees it,
+//     and as a reference to a counted dictionary entry (selDict) once it
+//     was seen before (selSeen, a small table of selector hashes): the
+//     selectors many entries share (a namespace, a container name, a
+//     node) cost one or two bytes per entry, and a selector of one entry
+//     only (a service account) costs nothing in the dictionary;
 //   - slots: per entry, where its record is, its links in the selector
 //     index and its place in the spare heap (20 bytes);
 //   - an open-addressing table from entry ID to slot (4 bytes per
 //     entry, at most 3/4 full);
-//   - the selector index: an open-addressing table from the hash of a
-//     selector to a doubly linked list of the entries filed under it
-//     (each entry is filed under its least-shared selector, as in the
-//     warm index, so matching costs the entries filed under a
-//     workload's selectors);
+//   - the selector index: buckets (one per two entries or more) by
+//     the hash of a selector, each a doubly linked list of the entries
+//     filed under the selectors of its hashes (each entry is filed under
+//     its least-shared selector, as in the warm index, so matching costs
+//     the entries filed under a workload's selectors, and the few others
+//     of their buckets);
 //   - the spare heap: the slots in order of their entry IDs, the order
 //     in which entries no workload asked for are minted while the SVID
 //     cache has room.
@@ -42,6 +50,20 @@ import (
 // one appended to) that is half garbage has its live records moved to
 // the end and is freed, so the work a deletion causes is bounded by one
 // chunk. When the table of slots is mostly free it is renumbered.
+//
+// The chunks and the tables (slots, free slots, the ID table, the
+// selector index and the spare heap) hold no Go pointers: they are
+// allocated from an offheap.Arena, outside the Go heap once they are
+// large (offheap.MinMapped), so that the collector neither scans them
+// nor counts them towards its heap goal (a million cold entries would
+// otherwise let the heap grow by as much again before a collection), and
+// a chunk or table that is freed is unmapped at once. Only the slices
+// that reference them (c.chunks, c.slots...) and the intern tables are
+// Go memory. No Go pointer may ever be stored in them.
+
+// selSeenMax is the largest size of coldStore.selSeen: 256 KiB, outside
+// the Go heap.
+const selSeenMax = 1 << 16
 
 // Bounds of the arena's chunks: they start small (an agent with a few
 // entries holds a few KiB) and grow to coldChunkMax.
@@ -54,6 +76,8 @@ const (
 // newColdStore. It is not safe for concurrent use (x509State's lock
 // guards it).
 type coldStore struct {
+	// mem holds the chunks and tables (nil: the Go heap).
+	mem    *offheap.Arena
 	seed   maphash.Seed
 	chunks []coldChunk
 	// freeChunks are indexes of chunks that were freed, for reuse.
@@ -64,18 +88,28 @@ type coldStore struct {
 	n          int
 	ids        []uint32 // slot+1; 0 is empty
 	sels       []selBucket
-	nsels      int
+	nfiled     int // entries in the selector index
+	nsels      int // selectors entries are filed under
 	heap       []uint32
 	// parents interns parent IDs and dirs the directories of SPIFFE IDs
 	// (up to their last slash), which many entries share.
 	parents refTable
 	dirs    refTable
+	// selDict interns the selectors that more than one record held
+	// when they were added; selSeen holds 32 bits of the hashes of
+	// selectors added and not yet in selDict (four per entry, at most
+	// selSeenMax, in sets of four by hash, one overwritten when its
+	// set is full): a
+	// selector whose hash is there was most likely seen before.
+	selDict refTable
+	selSeen []uint32
 	// hold: slots must not be renumbered (a caller holds slot numbers).
 	hold bool
 	// plain: no selector index and no spare heap (a store that only
 	// collects entries by ID: entryStage). drain: records are removed
 	// in the order they were added, so chunks are freed as they empty
-	// and never compacted.
+	// and never compacted, and none is looked up by ID (the ID table is
+	// gone).
 	plain, drain bool
 }
 
@@ -96,11 +130,9 @@ const freeSlot = ^uint32(0)
 
 func (s *coldSlot) live() bool { return s.chunk != freeSlot }
 
-// selBucket is one selector's list in the selector index, keyed by 32
-// bits of the selector's hash: selectors whose hashes agree in them
-// share a list, which matching tells apart.
+// selBucket is one list of the selector index: the entries filed under
+// the selectors whose hashes fall in it, which matching tells apart.
 type selBucket struct {
-	hash  uint32
 	head  uint32 // slot+1; 0: the bucket is empty
 	count uint32
 }
@@ -126,6 +158,22 @@ type refTable struct {
 type coldParent struct {
 	id   string
 	refs int32
+}
+
+// internBytes is intern for a selector given as bytes: only a new
+// entry copies them.
+func (t *refTable) internBytes(b []byte) uint32 {
+	if i, ok := t.idx[string(b)]; ok {
+		t.list[i].refs++
+		return i + 1
+	}
+	return t.intern(string(b))
+}
+
+// has reports whether the table holds b.
+func (t *refTable) has(b []byte) bool {
+	_, ok := t.idx[string(b)]
+	return ok
 }
 
 func (t *refTable) intern(id string) uint32 {
@@ -170,11 +218,14 @@ func (t *refTable) get(ref uint32) string {
 }
 
 func newColdStore() coldStore {
-	return coldStore{seed: maphash.MakeSeed(), tail: -1}
+	return coldStore{mem: offheap.New(), seed: maphash.MakeSeed(), tail: -1}
 }
 
-// reset empties the store.
-func (c *coldStore) reset() { *c = coldStore{seed: c.seed, tail: -1, plain: c.plain, drain: c.drain} }
+// reset empties the store, unmapping its chunks and tables.
+func (c *coldStore) reset() {
+	c.mem.FreeAll()
+	*c = coldStore{mem: c.mem, seed: c.seed, tail: -1, plain: c.plain, drain: c.drain}
+}
 
 // len is how many entries the store holds.
 func (c *coldStore) len() int { return c.n }
@@ -187,8 +238,11 @@ type coldRec struct {
 	filed  uint8
 	// filedAt is the offset of the filed byte in the chunk.
 	filedAt uint32
-	sels    []byte // nsels times (uvarint length, bytes)
-	nsels   int
+	// sels are nsels selectors, each a uvarint v: when v is even, the
+	// selector's v/2 bytes follow; when odd, it is entry v/2 of dict.
+	sels  []byte
+	nsels int
+	dict  *refTable
 	// idMode says whether the ID was taken out of raw and kept as 16
 	// bytes (idBin): an ID of 32 hex digits (the servers' own) or a UUID,
 	// lower case. dir is the reference of the SPIFFE ID's directory when
@@ -265,8 +319,8 @@ func (c *coldStore) rec(i uint32) coldRec {
 	b := c.chunks[s.chunk].b[s.off:]
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
-	// The slot number, then raw's length and the packed ID (for id).
-	p := l + 4
+	// raw's length and the packed ID (for id) first.
+	p := l
 	_, l = binary.Uvarint(b[p:])
 	p += l
 	var r coldRec
@@ -293,10 +347,14 @@ func (c *coldStore) rec(i uint32) coldRec {
 	p += l
 	start := p
 	for range r.nsels {
-		n, l := binary.Uvarint(b[p:])
-		p += l + int(n)
+		v, l := binary.Uvarint(b[p:])
+		p += l
+		if v&1 == 0 {
+			p += int(v >> 1)
+		}
 	}
 	r.sels = b[start:p]
+	r.dict = &c.selDict
 	dir, l := binary.Uvarint(b[p:])
 	r.dir = uint32(dir)
 	p += l
@@ -361,17 +419,77 @@ func (c *coldStore) fullRaw(r *coldRec) []byte {
 	return append(out, rest...)
 }
 
-// eachSel calls f with each selector of r (a view of the chunk) until f
-// returns false.
+// eachSel calls f with each selector of r (a view of the chunk or of
+// the dictionary's string: f must not change it) until f returns false.
 func (r *coldRec) eachSel(f func(i int, sel []byte) bool) {
 	b := r.sels
 	for i := range r.nsels {
-		n, l := binary.Uvarint(b)
-		if !f(i, b[l:l+int(n)]) {
+		v, l := binary.Uvarint(b)
+		b = b[l:]
+		var sel []byte
+		if v&1 == 0 {
+			sel, b = b[:v>>1], b[v>>1:]
+		} else {
+			d := r.dict.get(uint32(v >> 1))
+			sel = unsafe.Slice(unsafe.StringData(d), len(d))
+		}
+		if !f(i, sel) {
 			return
 		}
-		b = b[l+int(n):]
 	}
+}
+
+// eachSelRef calls f with the dictionary reference of each selector of
+// r kept in the dictionary.
+func (r *coldRec) eachSelRef(f func(ref uint32)) {
+	b := r.sels
+	for range r.nsels {
+		v, l := binary.Uvarint(b)
+		b = b[l:]
+		if v&1 == 0 {
+			b = b[v>>1:]
+		} else {
+			f(uint32(v >> 1))
+		}
+	}
+}
+
+// selRef is how a record keeps sel (a uvarint): its dictionary
+// reference (interned now) when the store has seen it before, else 0
+// (the bytes follow), noting that it was seen.
+func (c *coldStore) selRef(sel []byte) uint32 {
+	if c.selDict.has(sel) {
+		return c.selDict.internBytes(sel)
+	}
+	if len(c.selSeen) < selSeenMax && len(c.selSeen) < 4*(c.n+1) {
+		// Grown to a power of two (what it remembered is forgotten: a
+		// few selectors more are kept in records).
+		size := max(64, len(c.selSeen))
+		for size < selSeenMax && size < 4*(c.n+1) {
+			size *= 2
+		}
+		offheap.FreeSlice(c.mem, c.selSeen)
+		c.selSeen = offheap.MakeSlice[uint32](c.mem, size)
+	}
+	// Four ways per set, so that selectors that recur and share a set
+	// do not keep evicting each other.
+	h := maphash.Bytes(c.seed, sel)
+	set, tag := c.selSeen[h&uint64(len(c.selSeen)-4):][:4], uint32(h>>32)|1
+	for k, v := range set {
+		if v == tag {
+			set[k] = 0 // in the dictionary from now on
+			return c.selDict.internBytes(sel)
+		}
+	}
+	k := int(h>>28) & 3
+	for j, v := range set {
+		if v == 0 {
+			k = j
+			break
+		}
+	}
+	set[k] = tag
+	return 0
 }
 
 // sel is r's i-th selector.
@@ -425,31 +543,81 @@ func (c *coldStore) id(i uint32) []byte {
 // buf.
 func (c *coldStore) idb(i uint32, buf *idBuf) []byte {
 	s := &c.slots[i]
-	b := c.chunks[s.chunk].b[s.off:]
+	return recID(c.chunks[s.chunk].b[s.off:], buf)
+}
+
+// recID is the entry ID of the record at the start of b: a view of b, or
+// formatted in buf.
+func recID(b []byte, buf *idBuf) []byte {
 	n, l := binary.Uvarint(b)
 	b = b[:l+int(n)]
-	raw, k := binary.Uvarint(b[l+4:])
-	if p := l + 4 + k; b[p] != idText {
+	raw, k := binary.Uvarint(b[l:])
+	if p := l + k; b[p] != idText {
 		return unpackID(b[p], b[p+1:p+17], buf)
 	}
 	return rawID(b[len(b)-int(raw):])
 }
 
-func (c *coldStore) hashID(id []byte) uint64 { return maphash.Bytes(c.seed, id) }
+// The ID table files an ID by the hash of its key: the way it is kept
+// and its 16 bytes when it packs (packID), else its text; probing
+// compares keys, so that no ID is formatted to be found.
+
+// idHash is the hash of the key of an ID kept as mode with bin, or as
+// text.
+func (c *coldStore) idHash(mode uint8, bin, text []byte) uint64 {
+	if mode == idText {
+		return maphash.Bytes(c.seed, text)
+	}
+	var k [17]byte
+	k[0] = mode
+	copy(k[1:], bin)
+	return maphash.Bytes(c.seed, k[:])
+}
+
+// recKey is the key of slot i's ID: its way and 16 bytes, or its text
+// (a view of the chunk). An ID kept as text that packs (in a record
+// whose encoding did not start with it) has the key it would have
+// packed.
+func (c *coldStore) recKey(i uint32) (mode uint8, bin [16]byte, text []byte) {
+	s := &c.slots[i]
+	b := c.chunks[s.chunk].b[s.off:]
+	n, l := binary.Uvarint(b)
+	b = b[:l+int(n)]
+	raw, k := binary.Uvarint(b[l:])
+	if p := l + k; b[p] != idText {
+		copy(bin[:], b[p+1:p+17])
+		return b[p], bin, nil
+	}
+	text = rawID(b[len(b)-int(raw):])
+	mode, bin = packID(text)
+	return mode, bin, text
+}
+
+// slotHash is idHash of slot i's ID.
+func (c *coldStore) slotHash(i uint32) uint64 {
+	mode, bin, text := c.recKey(i)
+	return c.idHash(mode, bin[:], text)
+}
 
 // get returns the slot of the entry with ID id.
 func (c *coldStore) get(id string) (uint32, bool) {
+	return c.getb(unsafe.Slice(unsafe.StringData(id), len(id)))
+}
+
+// getb is get for an ID given as bytes (not changed).
+func (c *coldStore) getb(id []byte) (uint32, bool) {
 	if c.n == 0 {
 		return 0, false
 	}
+	mode, bin := packID(id)
 	mask := uint64(len(c.ids) - 1)
-	for i := maphash.String(c.seed, id) & mask; ; i = (i + 1) & mask {
+	for i := c.idHash(mode, bin[:], id) & mask; ; i = (i + 1) & mask {
 		v := c.ids[i]
 		if v == 0 {
 			return 0, false
 		}
-		var buf idBuf
-		if string(c.idb(v-1, &buf)) == id {
+		m, b, t := c.recKey(v - 1)
+		if m == mode && (mode == idText && bytes.Equal(t, id) || mode != idText && b == bin) {
 			return v - 1, true
 		}
 	}
@@ -509,7 +677,7 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 		c.freeSlots = c.freeSlots[:n-1]
 	} else {
 		slot = uint32(len(c.slots))
-		c.slots = append(c.slots, coldSlot{chunk: freeSlot})
+		c.slots = offheap.Append(c.mem, c.slots, coldSlot{chunk: freeSlot})
 	}
 	// The selector it is filed under: the least shared.
 	filed := 0
@@ -521,9 +689,17 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 			}
 		}
 	}
-	n := 4 + uvarintLen(uint64(len(raw))) + 1 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	n := uvarintLen(uint64(len(raw))) + 1 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
+	var refBuf [8]uint32
+	refs := refBuf[:0]
 	for _, s := range sels {
-		n += uvarintLen(uint64(len(s))) + len(s)
+		ref := c.selRef(s)
+		refs = append(refs, ref)
+		if ref != 0 {
+			n += uvarintLen(uint64(ref)<<1 | 1)
+		} else {
+			n += uvarintLen(uint64(len(s))<<1) + len(s)
+		}
 	}
 	n += uvarintLen(uint64(dir))
 	if id.mode != idText {
@@ -535,7 +711,6 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	chunk, off := c.place(n)
 	ch := &c.chunks[chunk]
 	b := ch.b
-	b = binary.LittleEndian.AppendUint32(b, slot)
 	b = binary.AppendUvarint(b, uint64(len(raw)))
 	b = append(b, id.mode)
 	if id.mode != idText {
@@ -547,8 +722,12 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	b = binary.AppendUvarint(b, uint64(parent))
 	b = append(b, uint8(filed))
 	b = binary.AppendUvarint(b, uint64(len(sels)))
-	for _, s := range sels {
-		b = binary.AppendUvarint(b, uint64(len(s)))
+	for i, s := range sels {
+		if refs[i] != 0 {
+			b = binary.AppendUvarint(b, uint64(refs[i])<<1|1)
+			continue
+		}
+		b = binary.AppendUvarint(b, uint64(len(s))<<1)
 		b = append(b, s...)
 	}
 	b = binary.AppendUvarint(b, uint64(dir))
@@ -557,6 +736,11 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 		b = append(b, leaf...)
 	}
 	b = append(b, raw...)
+	if cap(b) != cap(ch.b) {
+		// The record outgrew the room place made: append moved it to
+		// the Go heap. A bug, never input.
+		panic("agent: cold record larger than its size")
+	}
 	ch.b = b
 	s := &c.slots[slot]
 	s.chunk, s.off = chunk, off
@@ -583,7 +767,7 @@ func (c *coldStore) place(n int) (uint32, uint32) {
 			size = min(2*cap(c.chunks[c.tail].b), coldChunkMax)
 		}
 		size = max(size, need)
-		b := make([]byte, 0, size)
+		b := c.mem.Bytes(size)[:0]
 		if k := len(c.freeChunks); k > 0 {
 			c.tail = int(c.freeChunks[k-1])
 			c.freeChunks = c.freeChunks[:k-1]
@@ -624,14 +808,19 @@ func (c *coldStore) remove(i uint32) {
 	if r.nsels > 0 && !c.plain {
 		c.unlink(i, r.sel(int(r.filed)))
 	}
-	c.idsDel(i)
+	r.eachSelRef(c.selDict.release)
+	if !c.drain { // a drained store has no ID table (entryStage.drain)
+		c.idsDel(i)
+	}
 	c.heapRemove(i)
 	s := &c.slots[i]
 	chunk := s.chunk
 	n, l := binary.Uvarint(c.chunks[chunk].b[s.off:])
 	size := uint32(l) + uint32(n)
 	*s = coldSlot{chunk: freeSlot}
-	c.freeSlots = append(c.freeSlots, i)
+	if !c.drain { // a drained store reuses no slot
+		c.freeSlots = offheap.Append(c.mem, c.freeSlots, i)
+	}
 	c.n--
 	ch := &c.chunks[chunk]
 	ch.garbage += int(size)
@@ -653,18 +842,21 @@ func (c *coldStore) remove(i uint32) {
 }
 
 func (c *coldStore) freeChunk(i uint32) {
+	c.mem.Free(c.chunks[i].b)
 	c.chunks[i] = coldChunk{}
 	c.freeChunks = append(c.freeChunks, i)
 }
 
 // compact moves the live records of chunk i to the tail and frees it.
+// A record is live when the slot of its ID (records do not keep their
+// slot) is where it is.
 func (c *coldStore) compact(i uint32) {
 	b := c.chunks[i].b
+	var buf idBuf
 	for off := 0; off < len(b); {
 		n, l := binary.Uvarint(b[off:])
 		body := b[off+l : off+l+int(n)]
-		slot := binary.LittleEndian.Uint32(body)
-		if int(slot) < len(c.slots) {
+		if slot, ok := c.getb(recID(b[off:], &buf)); ok {
 			if s := &c.slots[slot]; s.chunk == i && int(s.off) == off {
 				chunk, noff := c.place(len(body))
 				c.chunks[chunk].b = append(c.chunks[chunk].b, body...)
@@ -679,7 +871,8 @@ func (c *coldStore) compact(i uint32) {
 // renumber rebuilds the store with its entries in new, dense slots.
 func (c *coldStore) renumber() {
 	old := *c
-	c.reset()
+	*c = coldStore{mem: offheap.New(), seed: old.seed, tail: -1, plain: old.plain, drain: old.drain}
+	defer old.mem.FreeAll()
 	for i := range old.slots {
 		if !old.slots[i].live() {
 			continue
@@ -721,8 +914,7 @@ func (c *coldStore) idsPut(slot uint32) {
 
 func (c *coldStore) idsInsert(slot uint32) {
 	mask := uint64(len(c.ids) - 1)
-	var buf idBuf
-	for i := c.hashID(c.idb(slot, &buf)) & mask; ; i = (i + 1) & mask {
+	for i := c.slotHash(slot) & mask; ; i = (i + 1) & mask {
 		if c.ids[i] == 0 {
 			c.ids[i] = slot + 1
 			return
@@ -732,18 +924,18 @@ func (c *coldStore) idsInsert(slot uint32) {
 
 func (c *coldStore) idsResize(n int) {
 	old := c.ids
-	c.ids = make([]uint32, n)
+	c.ids = offheap.MakeSlice[uint32](c.mem, n)
 	for _, v := range old {
 		if v != 0 {
 			c.idsInsert(v - 1)
 		}
 	}
+	offheap.FreeSlice(c.mem, old)
 }
 
 func (c *coldStore) idsDel(slot uint32) {
 	mask := uint64(len(c.ids) - 1)
-	var buf idBuf
-	i := c.hashID(c.idb(slot, &buf)) & mask
+	i := c.slotHash(slot) & mask
 	for c.ids[i] != slot+1 {
 		i = (i + 1) & mask
 	}
@@ -751,7 +943,7 @@ func (c *coldStore) idsDel(slot uint32) {
 	// Move back the entries of the run after i whose home is not
 	// between i and them.
 	for j := (i + 1) & mask; c.ids[j] != 0; j = (j + 1) & mask {
-		home := c.hashID(c.idb(c.ids[j]-1, &buf)) & mask
+		home := c.slotHash(c.ids[j]-1) & mask
 		if (j-home)&mask >= (j-i)&mask {
 			c.ids[i], c.ids[j] = c.ids[j], 0
 			i = j
@@ -762,42 +954,52 @@ func (c *coldStore) idsDel(slot uint32) {
 	}
 }
 
-// The selector index: buckets by selector hash, linear probing,
-// deletion by backward shift. Different selectors with the same hash
-// share a bucket; matching checks each entry's selectors anyway.
+// The selector index: a power of two of buckets, each the doubly linked
+// list of the entries filed under the selectors whose hashes fall in it,
+// at most two entries per bucket on average (so about 4 bytes per
+// entry). Different selectors share buckets; matching checks each
+// entry's filed selector. Entries filed under one selector are in one
+// list in the order they were filed (newest first), which resizing
+// keeps.
 
-func (c *coldStore) bucket(h uint32) (int, bool) {
+// selBucketOf is the bucket of the selector whose hash is h.
+func (c *coldStore) selBucketOf(h uint64) int { return int(h & uint64(len(c.sels)-1)) }
+
+// selCount is how many entries are filed in sel's bucket: the entries
+// filed under sel, and rarely others.
+func (c *coldStore) selCount(sel []byte) uint32 {
 	if len(c.sels) == 0 {
-		return 0, false
+		return 0
 	}
-	mask := uint32(len(c.sels) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
-		b := &c.sels[i]
-		if b.head == 0 {
-			return int(i), false
-		}
-		if b.hash == h {
-			return int(i), true
-		}
-	}
+	return c.sels[c.selBucketOf(maphash.Bytes(c.seed, sel))].count
 }
 
-func (c *coldStore) selCount(sel []byte) uint32 {
-	if i, ok := c.bucket(uint32(maphash.Bytes(c.seed, sel))); ok {
-		return c.sels[i].count
+// filedUnder reports whether bucket i lists an entry filed under sel
+// other than skip (slot+1; 0: none). It reads the bucket's entries until
+// one is: one or two entries for most selectors, the first for a
+// selector many entries are filed under. (A selector of few entries
+// whose hash falls in the bucket of a selector of many reads that
+// bucket: rare, with as many buckets as half the entries and a seeded
+// hash.)
+func (c *coldStore) filedUnder(i int, sel []byte, skip uint32) bool {
+	for v := c.sels[i].head; v != 0; v = c.slots[v-1].next {
+		if v == skip {
+			continue
+		}
+		r := c.rec(v - 1)
+		if bytes.Equal(r.sel(int(r.filed)), sel) {
+			return true
+		}
 	}
-	return 0
+	return false
 }
 
 func (c *coldStore) link(slot uint32, sel []byte) {
-	h := uint32(maphash.Bytes(c.seed, sel))
-	i, ok := c.bucket(h)
-	if !ok {
-		if 4*(c.nsels+1) > 3*len(c.sels) {
-			c.selsResize(max(16, 2*len(c.sels)))
-			i, _ = c.bucket(h)
-		}
-		c.sels[i] = selBucket{hash: h}
+	if 2*len(c.sels) < c.nfiled+1 {
+		c.selsResize(max(16, 2*len(c.sels)))
+	}
+	i := c.selBucketOf(maphash.Bytes(c.seed, sel))
+	if !c.filedUnder(i, sel, 0) {
 		c.nsels++
 	}
 	b := &c.sels[i]
@@ -808,12 +1010,16 @@ func (c *coldStore) link(slot uint32, sel []byte) {
 	}
 	b.head = slot + 1
 	b.count++
+	c.nfiled++
 }
 
 func (c *coldStore) unlink(slot uint32, sel []byte) {
-	i, ok := c.bucket(uint32(maphash.Bytes(c.seed, sel)))
-	if !ok {
+	if len(c.sels) == 0 {
 		return
+	}
+	i := c.selBucketOf(maphash.Bytes(c.seed, sel))
+	if !c.filedUnder(i, sel, slot+1) {
+		c.nsels--
 	}
 	b := &c.sels[i]
 	s := &c.slots[slot]
@@ -826,41 +1032,41 @@ func (c *coldStore) unlink(slot uint32, sel []byte) {
 		c.slots[s.next-1].prev = s.prev
 	}
 	s.prev, s.next = 0, 0
-	if b.count--; b.count == 0 {
-		c.selsDel(i)
+	b.count--
+	c.nfiled--
+	if len(c.sels) > 64 && 8*c.nfiled < len(c.sels) {
+		c.selsResize(len(c.sels) / 2)
 	}
 }
 
+// selsResize moves the lists to n buckets, each list's entries in the
+// order they had.
 func (c *coldStore) selsResize(n int) {
 	old := c.sels
-	c.sels = make([]selBucket, n)
-	mask := uint32(n - 1)
+	c.sels = offheap.MakeSlice[selBucket](c.mem, n)
+	defer offheap.FreeSlice(c.mem, old)
+	if c.nfiled == 0 {
+		return
+	}
+	tails := offheap.MakeSlice[uint32](c.mem, n)
+	defer offheap.FreeSlice(c.mem, tails)
 	for _, b := range old {
-		if b.head == 0 {
-			continue
+		for v := b.head; v != 0; {
+			s := &c.slots[v-1]
+			next := s.next
+			r := c.rec(v - 1)
+			i := c.selBucketOf(maphash.Bytes(c.seed, r.sel(int(r.filed))))
+			nb := &c.sels[i]
+			s.prev, s.next = tails[i], 0
+			if tails[i] != 0 {
+				c.slots[tails[i]-1].next = v
+			} else {
+				nb.head = v
+			}
+			tails[i] = v
+			nb.count++
+			v = next
 		}
-		i := b.hash & mask
-		for c.sels[i].head != 0 {
-			i = (i + 1) & mask
-		}
-		c.sels[i] = b
-	}
-}
-
-func (c *coldStore) selsDel(at int) {
-	mask := uint32(len(c.sels) - 1)
-	i := uint32(at)
-	c.sels[i] = selBucket{}
-	for j := (i + 1) & mask; c.sels[j].head != 0; j = (j + 1) & mask {
-		home := c.sels[j].hash & mask
-		if (j-home)&mask >= (j-i)&mask {
-			c.sels[i], c.sels[j] = c.sels[j], selBucket{}
-			i = j
-		}
-	}
-	c.nsels--
-	if len(c.sels) > 64 && 8*c.nsels < len(c.sels) {
-		c.selsResize(len(c.sels) / 2)
 	}
 }
 
@@ -869,15 +1075,15 @@ func (c *coldStore) selsDel(at int) {
 // so calling match with each selector of set finds each matching entry
 // once. f must not change the store.
 func (c *coldStore) match(sel string, set registration.SelectorSet, f func(uint32)) {
-	i, ok := c.bucket(uint32(maphash.String(c.seed, sel)))
-	if !ok {
+	if len(c.sels) == 0 {
 		return
 	}
+	i := c.selBucketOf(maphash.String(c.seed, sel))
 	for v := c.sels[i].head; v != 0; v = c.slots[v-1].next {
 		slot := v - 1
 		r := c.rec(slot)
 		if string(r.sel(int(r.filed))) != sel {
-			continue // another selector with the same hash
+			continue // another selector in the bucket
 		}
 		all := r.nsels > 0
 		r.eachSel(func(_ int, s []byte) bool {
@@ -972,7 +1178,7 @@ func (c *coldStore) heapDown(i int) bool {
 }
 
 func (c *coldStore) heapPush(slot uint32) {
-	c.heap = append(c.heap, slot)
+	c.heap = offheap.Append(c.mem, c.heap, slot)
 	c.slots[slot].hpos = uint32(len(c.heap))
 	c.heapUp(len(c.heap) - 1)
 }
@@ -992,7 +1198,9 @@ func (c *coldStore) heapRemove(slot uint32) {
 		c.heapUp(i)
 	}
 	if cp := cap(c.heap); cp > 1024 && len(c.heap) < cp/4 {
-		c.heap = slices.Clip(slices.Clone(c.heap))
+		h := offheap.Clone(c.mem, c.heap)
+		offheap.FreeSlice(c.mem, c.heap)
+		c.heap = h
 	}
 }
 

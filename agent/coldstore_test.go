@@ -4,11 +4,15 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/internal/offheap"
 	"github.com/sigil-id/sigil/registration"
 )
 
@@ -110,6 +114,15 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 			refs[e.pe.parent]++
 		}
 	}
+	filed := map[string]bool{}
+	c.each(func(i uint32) {
+		if r := c.rec(i); r.nsels > 0 {
+			filed[string(r.sel(int(r.filed)))] = true
+		}
+	})
+	if len(filed) != c.nsels || listed != c.nfiled {
+		t.Fatalf("selector index counts %d selectors and %d entries, holds %d and %d", c.nsels, c.nfiled, len(filed), listed)
+	}
 	if listed != withSels {
 		t.Fatalf("selector index lists %d entries, %d have selectors", listed, withSels)
 	}
@@ -134,6 +147,24 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 	}
 	if len(dirs) != 0 || len(c.dirs.idx) != len(c.dirs.list)-len(c.dirs.free) {
 		t.Fatalf("SPIFFE ID directories not interned: %v", dirs)
+	}
+	// Each selector in the dictionary is referenced by as many records
+	// as count it, and held by them.
+	selRefs := map[uint32]int32{}
+	c.each(func(i uint32) {
+		r := c.rec(i)
+		r.eachSelRef(func(ref uint32) { selRefs[ref]++ })
+	})
+	for k, d := range c.selDict.list {
+		if d.refs != selRefs[uint32(k)+1] {
+			t.Fatalf("selector %q has %d references, records hold %d", d.id, d.refs, selRefs[uint32(k)+1])
+		}
+	}
+	if len(c.selDict.idx) != len(c.selDict.list)-len(c.selDict.free) {
+		t.Fatalf("selector dictionary: %d indexed, %d listed, %d free", len(c.selDict.idx), len(c.selDict.list), len(c.selDict.free))
+	}
+	if len(m) > 100 && len(selRefs) == 0 {
+		t.Fatal("no selector kept in the dictionary: it is not tested")
 	}
 	for i := 1; i < len(c.heap); i++ {
 		if c.less(c.heap[i], c.heap[(i-1)/2]) {
@@ -166,6 +197,11 @@ func TestColdStoreMatchesModel(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 7))
 			cs := newColdStore()
+			if seed%2 == 0 {
+				// Every table and chunk mapped: a view of memory
+				// used after it is freed faults.
+				cs.mem = offheap.NewMin(1)
+			}
 			c := &cs
 			m := coldModel{}
 			mk := func(i int) packedEntry {
@@ -278,9 +314,12 @@ func TestColdStoreMatchesModel(t *testing.T) {
 				delete(m, id)
 			}
 			m.check(t, c, probes)
-			if len(c.chunks) != 0 || len(c.slots) != 0 || len(c.ids) != 0 || len(c.sels) != 0 || len(c.heap) != 0 || len(c.parents.list) != 0 || len(c.dirs.list) != 0 {
+			if len(c.chunks) != 0 || len(c.slots) != 0 || len(c.ids) != 0 || len(c.sels) != 0 || len(c.heap) != 0 || len(c.parents.list) != 0 || len(c.dirs.list) != 0 || len(c.selDict.list) != 0 {
 				t.Fatalf("an empty store keeps %d chunks, %d slots, %d ids, %d buckets, %d heap, %d parents",
 					len(c.chunks), len(c.slots), len(c.ids), len(c.sels), len(c.heap), len(c.parents.list))
+			}
+			if n := c.mem.Size(); n != 0 {
+				t.Fatalf("an empty store keeps %d bytes mapped", n)
 			}
 		})
 	}
@@ -290,6 +329,12 @@ func TestColdStoreMatchesModel(t *testing.T) {
 // deleted, hands each out once when drained, and is empty after.
 func TestEntryStage(t *testing.T) {
 	s := newEntryStage()
+	// Every table and chunk mapped: a view used after it is freed
+	// faults; the drained slots' pages are released every 512 (a slot
+	// read after its page is released reads as zeros).
+	s.cs.mem = offheap.NewMin(1)
+	defer func(n int) { drainReleaseEvery = n }(drainReleaseEvery)
+	drainReleaseEvery = 512
 	want := map[string]*sigilv1.Entry{}
 	var order []string
 	for i := range 3000 {
@@ -333,5 +378,140 @@ func TestEntryStage(t *testing.T) {
 	}
 	if s.len() != 0 || len(s.cs.chunks) != 0 || len(s.cs.slots) != 0 || len(s.cs.ids) != 0 {
 		t.Fatalf("drained stage keeps %d entries, %d chunks, %d slots, %d ids", s.len(), len(s.cs.chunks), len(s.cs.slots), len(s.cs.ids))
+	}
+	if n := s.cs.mem.Size(); n != 0 {
+		t.Fatalf("drained stage keeps %d bytes mapped", n)
+	}
+	// A drained stage collects again, by ID.
+	for i := range 3 {
+		s.put(benchEntry(i))
+	}
+	s.del(benchEntry(1).GetId())
+	s.put(benchEntry(2))
+	if _, ok := s.cs.get(benchEntry(1).GetId()); ok || s.len() != 2 {
+		t.Fatalf("stage holds %d entries, a deleted one found %v", s.len(), ok)
+	}
+	got = got[:0]
+	s.drain(func(pe *packedEntry) { got = append(got, pe.id) })
+	if want := []string{benchEntry(0).GetId(), benchEntry(2).GetId()}; !slices.Equal(got, want) {
+		t.Fatalf("drained %v after reuse, want %v", got, want)
+	}
+}
+
+// A large cold store lives outside the Go heap: the collector's heap
+// barely grows with it, and its memory is unmapped when its entries go.
+func TestColdStoreOutsideGoHeap(t *testing.T) {
+	const n = 20000
+	pes := make([]packedEntry, n)
+	for i := range pes {
+		pes[i] = packEntry(benchEntry(i), noIntern)
+	}
+	cs := newColdStore()
+	c := &cs
+	before := goHeap()
+	for i := range pes {
+		c.insert(&pes[i], coldMeta{gen: uint64(i)})
+	}
+	grew := goHeap() - before
+	mapped := c.mem.Size()
+	if mapped < n*50 {
+		t.Fatalf("%d entries map %d bytes", n, mapped)
+	}
+	if grew > mapped/10 {
+		t.Fatalf("the Go heap grew by %d bytes for %d bytes mapped", grew, mapped)
+	}
+	for i := range pes {
+		slot, ok := c.get(pes[i].id)
+		if !ok || !c.equal(slot, &pes[i]) {
+			t.Fatalf("entry %d reads back wrong", i)
+		}
+	}
+	for i := range pes {
+		slot, _ := c.get(pes[i].id)
+		c.remove(slot)
+	}
+	if got := c.mem.Size(); got != 0 {
+		t.Fatalf("%d bytes still mapped with no entry", got)
+	}
+}
+
+func goHeap() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// Selectors many entries share are kept once, in the dictionary, and
+// the selectors of one entry only stay in its record.
+func TestColdStoreSelectorDictionary(t *testing.T) {
+	const n = 5000
+	cs := newColdStore()
+	c := &cs
+	pes := make([]packedEntry, n)
+	for i := range pes {
+		pes[i] = packEntry(benchEntry(i), noIntern)
+		c.insert(&pes[i], coldMeta{})
+	}
+	// benchEntry: 200 namespaces, one container name, a service
+	// account per entry.
+	if got := len(c.selDict.idx); got < 201 || got > 210 {
+		t.Fatalf("dictionary holds %d selectors, want the 201 shared ones", got)
+	}
+	if i, ok := c.selDict.idx["k8s:container-name:app"]; !ok || c.selDict.list[i].refs < n-10 {
+		t.Fatalf("the selector every entry has is not shared (%v)", ok)
+	}
+	for _, sel := range []string{"k8s:sa:workload-7", "k8s:sa:workload-4999"} {
+		if _, ok := c.selDict.idx[sel]; ok {
+			t.Fatalf("%s, of one entry, is in the dictionary", sel)
+		}
+	}
+	for i := range pes {
+		slot, ok := c.get(pes[i].id)
+		if !ok || !c.equal(slot, &pes[i]) {
+			t.Fatalf("entry %d reads back wrong", i)
+		}
+		c.remove(slot)
+	}
+	if len(c.selDict.list) != 0 || c.mem.Size() != 0 {
+		t.Fatalf("an empty store keeps %d dictionary entries, %d bytes", len(c.selDict.list), c.mem.Size())
+	}
+}
+
+// An entry whose encoding does not start with its ID keeps the ID as
+// text even when it would pack; it is found by ID all the same.
+func TestColdStoreIDNotFirst(t *testing.T) {
+	cs := newColdStore()
+	c := &cs
+	var pes []packedEntry
+	for i := range 50 {
+		pe := packEntry(benchEntry(i), noIntern)
+		raw := []byte(pe.raw)
+		_, _, l := protowire.ConsumeTag(raw)
+		_, m := protowire.ConsumeBytes(raw[l:])
+		// The ID field moved to the end.
+		pe.raw = string(append(append([]byte{}, raw[l+m:]...), raw[:l+m]...))
+		pe.fill()
+		if pe.id != benchEntry(i).GetId() {
+			t.Fatalf("moved ID reads %q", pe.id)
+		}
+		c.insert(&pe, coldMeta{})
+		pes = append(pes, pe)
+	}
+	for i := range pes {
+		slot, ok := c.get(pes[i].id)
+		if !ok || !c.equal(slot, &pes[i]) {
+			t.Fatalf("entry %d not found by its ID (%v)", i, ok)
+		}
+		if r := c.rec(slot); r.idMode != idText {
+			t.Fatalf("entry %d ID kept as %d", i, r.idMode)
+		}
+	}
+	for i := range pes {
+		slot, _ := c.get(pes[i].id)
+		c.remove(slot)
+		if _, ok := c.get(pes[i].id); ok {
+			t.Fatalf("entry %d found after removal", i)
+		}
 	}
 }

@@ -13,10 +13,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/offheap"
 )
 
 // heapPeak samples the bytes of heap objects (live or not yet
-// collected: what the process must hold) every millisecond until stop
+// collected: what the process must hold) and of the cold stores outside
+// the heap (internal/offheap) every millisecond until stop
 // is called, which returns the largest sample.
 func heapPeak() (stop func() uint64) {
 	done := make(chan struct{})
@@ -30,7 +32,7 @@ func heapPeak() (stop func() uint64) {
 		defer t.Stop()
 		for {
 			metrics.Read(sample)
-			peak = max(peak, sample[0].Value.Uint64())
+			peak = max(peak, sample[0].Value.Uint64()+uint64(offheap.InUse()))
 			select {
 			case <-done:
 				return
@@ -49,8 +51,8 @@ func heapPeak() (stop func() uint64) {
 // sync loop takes it: messages of 1,000 decoded entries, each packed and
 // dropped, collected until the set ends, then handed to the cache
 // (bounded to 1,000 SVIDs, nothing minted). It reports the peak of the
-// heap during the sync (what sets the agent's RSS) and the live heap
-// after it, per entry (go test -run '^$' -bench AgentFullSync
+// heap and of the memory outside it during the sync (what sets the
+// agent's RSS) and the live memory after it, per entry (go test -run '^$' -bench AgentFullSync
 // -benchtime 1x ./agent/).
 func BenchmarkAgentFullSync(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
@@ -105,6 +107,23 @@ func fullSyncPeak(b *testing.B, n int, how string) {
 	b.Logf("%d entries collected by %s: peak heap %.1f MiB, live %.1f MiB after, in %v; process %s",
 		n, how, float64(peak-min(peak, uint64(base)))/(1<<20), float64(live-base)/(1<<20), took, procMem())
 	runtime.KeepAlive(c)
+}
+
+// procRSS is the process's resident set in bytes (VmRSS), 0 when it
+// cannot be read.
+func procRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("VmRSS:")); ok {
+			var kb int64
+			fmt.Sscan(string(v), &kb)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // procMem is the process's peak and current RSS (VmHWM, VmRSS), as
