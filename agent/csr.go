@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/sigil-id/sigil/internal/p256der"
 )
 
 // This file encodes the PKCS#10 request of a workload SVID's key itself.
@@ -36,20 +38,6 @@ import (
 // once (a failed mint generates a new key), and the request itself is
 // public. The key is still generated from crypto/rand; only the nonce of
 // its single signature is derived deterministically.
-
-// p256SPKIPrefix is the DER of a P-256 SubjectPublicKeyInfo up to its
-// point: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING
-// (no unused bits) ...
-var p256SPKIPrefix = []byte{
-	0x30, 0x59, 0x30, 0x13,
-	0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, // 1.2.840.10045.2.1
-	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, // 1.2.840.10045.3.1.7
-	0x03, 0x42, 0x00,
-}
-
-// ecdsaWithSHA256 is the DER AlgorithmIdentifier of ecdsa-with-SHA256
-// (1.2.840.10045.4.3.2, no parameters).
-var ecdsaWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02}
 
 // newMintKeyAndCSR generates a P-256 key and a PKCS#10 request over it
 // with an empty subject and no attributes, signed once (see above).
@@ -96,8 +84,8 @@ func p256Request(key *ecdsa.PrivateKey) (csr, spki []byte, err error) {
 	if key.X == nil || key.Y == nil || key.X.Sign() < 0 || key.Y.Sign() < 0 || key.X.BitLen() > 256 || key.Y.BitLen() > 256 {
 		return nil, nil, errors.New("invalid P-256 public key")
 	}
-	spki = make([]byte, len(p256SPKIPrefix)+65)
-	n := copy(spki, p256SPKIPrefix)
+	spki = make([]byte, len(p256der.SPKIPrefix)+p256der.PointLen)
+	n := copy(spki, p256der.SPKIPrefix)
 	spki[n] = 0x04
 	key.X.FillBytes(spki[n+1 : n+33])
 	key.Y.FillBytes(spki[n+33 : n+65])
@@ -124,7 +112,7 @@ func p256Request(key *ecdsa.PrivateKey) (csr, spki []byte, err error) {
 	out := cryptobyte.NewBuilder(make([]byte, 0, 256))
 	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
-		b.AddBytes(ecdsaWithSHA256)
+		b.AddBytes(p256der.ECDSAWithSHA256)
 		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
 			b.AddUint8(0) // no unused bits
 			b.AddBytes(sig)
@@ -183,14 +171,13 @@ func marshalPKCS8(key crypto.Signer) ([]byte, error) {
 // marshalPKCS8.
 func marshalPKCS8Known(key crypto.Signer, spki []byte) ([]byte, error) {
 	k, ok := key.(*ecdsa.PrivateKey)
-	const pointLen = 65
-	if !ok || k.Curve != elliptic.P256() || len(spki) != len(p256SPKIPrefix)+pointLen ||
-		!bytes.Equal(spki[:len(p256SPKIPrefix)], p256SPKIPrefix) ||
+	if !ok || k.Curve != elliptic.P256() || len(spki) != len(p256der.SPKIPrefix)+p256der.PointLen ||
+		!bytes.Equal(spki[:len(p256der.SPKIPrefix)], p256der.SPKIPrefix) ||
 		k.D == nil || k.D.Sign() <= 0 || k.D.BitLen() > 256 {
 		return marshalPKCS8(key)
 	}
-	point := spki[len(p256SPKIPrefix):]
-	out := make([]byte, len(p256PKCS8Prefix)+32+len(p256PKCS8PublicPrefix)+pointLen)
+	point := spki[len(p256der.SPKIPrefix):]
+	out := make([]byte, len(p256PKCS8Prefix)+32+len(p256PKCS8PublicPrefix)+p256der.PointLen)
 	n := copy(out, p256PKCS8Prefix)
 	k.D.FillBytes(out[n : n+32])
 	n += 32

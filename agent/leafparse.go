@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/sigil-id/sigil/internal/p256der"
 )
 
 // This file parses the leaves a server returns without
@@ -70,7 +72,7 @@ func newLeafTemplate(ref *x509.Certificate) *leafTemplate {
 	if ref == nil || ref.Version != 3 || ref.SignatureAlgorithm != x509.ECDSAWithSHA256 ||
 		len(ref.URIs) != 1 || len(ref.DNSNames) != 0 || len(ref.EmailAddresses) != 0 || len(ref.IPAddresses) != 0 ||
 		len(ref.UnhandledCriticalExtensions) != 0 || len(ref.Extensions) == 0 ||
-		!bytes.HasPrefix(ref.RawSubjectPublicKeyInfo, p256SPKIPrefix) {
+		!bytes.HasPrefix(ref.RawSubjectPublicKeyInfo, p256der.SPKIPrefix) {
 		return nil
 	}
 	t := &leafTemplate{ref: ref, host: ref.URIs[0].Host}

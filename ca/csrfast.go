@@ -9,6 +9,8 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/sigil-id/sigil/internal/p256der"
 )
 
 // This file is the fast path of VerifyCSR: the request agents send for a
@@ -29,24 +31,6 @@ import (
 // path; a request of this profile whose key is not a point of P-256 or
 // whose signature does not verify is refused here, with the error the
 // full path gives.
-
-// p256SPKIPrefix is the DER of a P-256 SubjectPublicKeyInfo up to its
-// point: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING
-// (no unused bits) ... It is what x509.MarshalPKIXPublicKey writes before
-// the uncompressed point.
-var p256SPKIPrefix = []byte{
-	0x30, 0x59, 0x30, 0x13,
-	0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, // 1.2.840.10045.2.1
-	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, // 1.2.840.10045.3.1.7
-	0x03, 0x42, 0x00,
-}
-
-// p256PointLen is the length of an uncompressed P-256 point.
-const p256PointLen = 65
-
-// algECDSAWithSHA256 is the DER AlgorithmIdentifier of ecdsa-with-SHA256
-// (1.2.840.10045.4.3.2, no parameters).
-var algECDSAWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02}
 
 // fastCSR is a request of the fast path's profile, split: tbs is the
 // signed CertificationRequestInfo, point the key's uncompressed point
@@ -74,17 +58,17 @@ func splitFastCSR(der []byte) (fastCSR, bool) {
 	// Version 0, an empty subject, the SPKI prefix, the point, no
 	// attributes, and nothing else.
 	head := []byte{0x02, 0x01, 0x00, 0x30, 0x00}
-	if len(info) != len(head)+len(p256SPKIPrefix)+p256PointLen+2 ||
-		!bytes.HasPrefix(info, head) || !bytes.HasPrefix(info[len(head):], p256SPKIPrefix) {
+	if len(info) != len(head)+len(p256der.SPKIPrefix)+p256der.PointLen+2 ||
+		!bytes.HasPrefix(info, head) || !bytes.HasPrefix(info[len(head):], p256der.SPKIPrefix) {
 		return out, false
 	}
-	info = info[len(head)+len(p256SPKIPrefix):]
-	if info[p256PointLen] != 0xa0 || info[p256PointLen+1] != 0x00 {
+	info = info[len(head)+len(p256der.SPKIPrefix):]
+	if info[p256der.PointLen] != 0xa0 || info[p256der.PointLen+1] != 0x00 {
 		return out, false
 	}
-	out.point = info[:p256PointLen]
+	out.point = info[:p256der.PointLen]
 	var alg []byte
-	if !req.ReadBytes(&alg, len(algECDSAWithSHA256)) || !bytes.Equal(alg, algECDSAWithSHA256) {
+	if !req.ReadBytes(&alg, len(p256der.ECDSAWithSHA256)) || !bytes.Equal(alg, p256der.ECDSAWithSHA256) {
 		return out, false
 	}
 	var bits cryptobyte.String

@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/sigil-id/sigil/internal/p256der"
 )
 
 // csrOf is x509.CreateCertificateRequest(tmpl) by key.
@@ -167,7 +169,7 @@ func signedCSR(t testing.TB, key *ecdsa.PrivateKey, version int64, subject, spki
 	if err != nil {
 		t.Fatal(err)
 	}
-	return assembleCSR(t, tbs, algECDSAWithSHA256, 0, sig)
+	return assembleCSR(t, tbs, p256der.ECDSAWithSHA256, 0, sig)
 }
 
 // TestFastCSRRefusals: requests of the fast path's profile with a
@@ -190,7 +192,7 @@ func TestFastCSRRefusals(t *testing.T) {
 	if pointAt < 0 {
 		t.Fatal("point not found")
 	}
-	spki := func(point []byte) []byte { return append(bytes.Clone(p256SPKIPrefix), point...) }
+	spki := func(point []byte) []byte { return append(bytes.Clone(p256der.SPKIPrefix), point...) }
 	offCurve := bytes.Clone(r.point)
 	offCurve[64] ^= 1
 	emptyName, emptyAttrs := []byte{0x30, 0x00}, []byte{0xa0, 0x00}
@@ -200,13 +202,13 @@ func TestFastCSRRefusals(t *testing.T) {
 		der        []byte
 	}{
 		{"signature byte flipped", "ca: CSR signature is invalid: ECDSA verification failure", true, mutate(func(b []byte) { b[len(b)-3] ^= 1 })},
-		{"key of another request", "ca: CSR signature is invalid: ECDSA verification failure", true, assembleCSR(t, other.tbs, algECDSAWithSHA256, 0, r.sig)},
-		{"signature of another request", "ca: CSR signature is invalid", true, assembleCSR(t, r.tbs, algECDSAWithSHA256, 0, other.sig)},
+		{"key of another request", "ca: CSR signature is invalid: ECDSA verification failure", true, assembleCSR(t, other.tbs, p256der.ECDSAWithSHA256, 0, r.sig)},
+		{"signature of another request", "ca: CSR signature is invalid", true, assembleCSR(t, r.tbs, p256der.ECDSAWithSHA256, 0, other.sig)},
 		{"signed by another key", "ca: CSR signature is invalid", true, signedCSR(t, p256Key(t), 0, emptyName, spki(r.point), emptyAttrs)},
 		{"point off the curve", "ca: malformed CSR: public key is not a point of P-256", true, signedCSR(t, key, 0, emptyName, spki(offCurve), emptyAttrs)},
 		{"compressed point marker", "ca: malformed CSR", true, mutate(func(b []byte) { b[pointAt] = 2 })},
-		{"unused bits in the signature", "ca: ", false, assembleCSR(t, r.tbs, algECDSAWithSHA256, 1, r.sig)},
-		{"empty signature", "ca: ", false, assembleCSR(t, r.tbs, algECDSAWithSHA256, 0, nil)},
+		{"unused bits in the signature", "ca: ", false, assembleCSR(t, r.tbs, p256der.ECDSAWithSHA256, 1, r.sig)},
+		{"empty signature", "ca: ", false, assembleCSR(t, r.tbs, p256der.ECDSAWithSHA256, 0, nil)},
 		{"trailing byte", "ca: malformed CSR", false, append(bytes.Clone(good), 0)},
 		{"truncated", "ca: malformed CSR", false, good[:len(good)-1]},
 	} {
@@ -234,7 +236,7 @@ func TestFastCSRRefusals(t *testing.T) {
 		fast bool
 	}{
 		{signedCSR(t, key, 0, emptyName, spki(r.point), emptyAttrs), true},
-		{assembleCSR(t, r.tbs, algECDSAWithSHA256, 0, r.sig), true},
+		{assembleCSR(t, r.tbs, p256der.ECDSAWithSHA256, 0, r.sig), true},
 		{signedCSR(t, key, 1, emptyName, spki(r.point), emptyAttrs), false},
 	} {
 		if _, ok := splitFastCSR(c.der); ok != c.fast {

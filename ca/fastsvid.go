@@ -17,6 +17,8 @@ import (
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/sigil-id/sigil/internal/p256der"
 )
 
 // This file is the fast path of SignX509SVID: it encodes an X.509-SVID's
@@ -577,6 +579,6 @@ func marshalSPKI(pub crypto.PublicKey) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	spki := make([]byte, 0, len(p256SPKIPrefix)+len(point))
-	return append(append(spki, p256SPKIPrefix...), point...), nil
+	spki := make([]byte, 0, len(p256der.SPKIPrefix)+len(point))
+	return append(append(spki, p256der.SPKIPrefix...), point...), nil
 }
