@@ -116,9 +116,10 @@ const (
 // it prepared, Plan's ActPublish; it does not make a new key), and that is
 // safe because publishing is idempotent: PutX509Authority replaces the
 // authority with the same server ID and certificate, PutJWTAuthority the
-// one with the same key ID, so a write that committed although its caller
-// saw an error (a timeout, a leadership lost after the commit) leaves the
-// bundle as a single write would.
+// one with the same key ID (a taint is kept either way), so a write that
+// committed although its caller saw an error (a timeout, a leadership
+// lost after the commit) leaves the bundle's authorities as a single
+// write would; only its sequence number moves again.
 //
 // The bounds are on the wall clock, not on the injectable clock: what is
 // awaited (an election, a busy leader) runs on Raft's timers, and the
@@ -215,7 +216,7 @@ func transientWrite(err error) bool {
 type bundlePublisher struct{ s *Server }
 
 // Publish adds or replaces sl's authority in the bundle; publishing the
-// same slot again leaves the bundle as it was.
+// same slot again leaves the bundle's authorities as they were.
 func (p *bundlePublisher) Publish(ctx context.Context, sl ca.Slot) error {
 	s := p.s
 	var cmd *storepb.Command
