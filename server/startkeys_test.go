@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -333,4 +334,75 @@ func TestTransientWriteClassification(t *testing.T) {
 	if !allTransient([]error{raft.ErrLeadershipLost, cluster.ErrNoLeader}) {
 		t.Error("allTransient with only transient failures")
 	}
+}
+
+// TestClusterRestartPublishesWhileLeaderStops: a follower restarts
+// without its key slot state (as when its keys expired while it was
+// down), so it must publish new keys; the leader stops at the moment of
+// its first publishing write. The restarted server starts anyway, and its
+// keys are in the bundle of the new leader.
+func TestClusterRestartPublishesWhileLeaderStops(t *testing.T) {
+	mc := newMemCluster(t)
+	disk := func(c *Config) { withPlugins(t, c, "disk") }
+	first := mc.start("s1", mc.config("s1", "", disk))
+	first.waitReady()
+	for _, name := range []string{"s2", "s3"} {
+		mc.start(name, mc.config(name, "", func(c *Config) { disk(c); c.JoinAddresses = []string{first.cfg.ClusterAddress} })).waitReady()
+	}
+	l := mc.leader()
+	var f *memNode
+	for _, n := range mc.live() {
+		if n != l {
+			f = n
+			break
+		}
+	}
+	cfg := f.cfg
+	f.stop()
+	for _, kind := range []ca.SlotKind{ca.KindX509, ca.KindJWT} {
+		if err := os.Remove(filepath.Join(cfg.DataDir, "authorities-"+string(kind)+".json")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pc publishCounter
+	back := mc.startTuned(f.name, cfg, func(c *cluster.Config) {
+		// Short, so that a write to the stopped leader fails instead of
+		// riding out the election inside cluster.Cluster.Apply.
+		c.ForwardRetryFor = 300 * time.Millisecond
+		// Called in Run before the store opens: the fault is in place
+		// before any write.
+		mc.mu.Lock()
+		srv := mc.nodes[f.name].srv
+		mc.mu.Unlock()
+		srv.applyFault = func(_ context.Context, cmd *storepb.Command) error {
+			if kind, n := pc.count(cmd); kind != "" && n == 1 {
+				l.stop()
+			}
+			return nil
+		}
+	})
+	back.waitReady()
+	if x, j := pc.counts(); x == 0 || j == 0 {
+		t.Fatalf("publishing writes: %d X.509, %d JWT; the restarted server published nothing", x, j)
+	}
+	t.Logf("publishing writes: %v; retry rounds: %d", func() [2]int { x, j := pc.counts(); return [2]int{x, j} }(),
+		back.logs.FilterMessage("publishing this server's keys failed; retrying once there is a leader").Len())
+	nl := mc.leader()
+	if nl == l {
+		t.Fatal("the stopped leader is still the leader")
+	}
+	clusterWait(t, "the restarted server's keys in the new leader's bundle", func() bool {
+		pb, err := nl.srv.store.Read().Bundle(testTD.Name())
+		if err != nil {
+			return false
+		}
+		okX, okJ := false, false
+		for _, a := range pb.X509Authorities {
+			okX = okX || (a.ServerId == f.name && bytes.Equal(a.Certificate, back.srv.x509CA().Certificate().Raw))
+		}
+		for _, a := range pb.JwtAuthorities {
+			okJ = okJ || (a.ServerId == f.name && a.KeyId == back.srv.jwtSigner().KeyID())
+		}
+		return okX && okJ
+	})
 }
