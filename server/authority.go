@@ -38,7 +38,8 @@ func (s *Server) jwtSigner() *ca.JWTSigner { return s.auth.jwt.JWTSigner() }
 
 // initCA loads this node's key slots (or creates the first keys) and
 // brings them up to date with the schedule: every key is published in the
-// replicated bundle, and that write committed, before it signs anything.
+// replicated bundle, and that write committed, before it signs anything
+// (a transient failure of that write is retried: startKeys).
 func (s *Server) initCA(ctx context.Context) error {
 	// Keys that die with the process take their slot state with them.
 	km, persist, err := s.authorityKeyManager(ctx)
