@@ -8,12 +8,15 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/audit"
 	"github.com/sigil-id/sigil/ca"
+	"github.com/sigil-id/sigil/cluster"
 	"github.com/sigil-id/sigil/internal/storepb"
 	"github.com/sigil-id/sigil/raftstore"
 )
@@ -35,7 +38,8 @@ func (s *Server) jwtSigner() *ca.JWTSigner { return s.auth.jwt.JWTSigner() }
 
 // initCA loads this node's key slots (or creates the first keys) and
 // brings them up to date with the schedule: every key is published in the
-// replicated bundle, and that write committed, before it signs anything.
+// replicated bundle, and that write committed, before it signs anything
+// (a transient failure of that write is retried: startKeys).
 func (s *Server) initCA(ctx context.Context) error {
 	// Keys that die with the process take their slot state with them.
 	km, persist, err := s.authorityKeyManager(ctx)
@@ -76,12 +80,8 @@ func (s *Server) initCA(ctx context.Context) error {
 		managers[kind] = m
 	}
 	s.auth = &authorities{x509: managers[ca.KindX509], jwt: managers[ca.KindJWT], kick: make(chan struct{}, 1)}
-	s.rotateOnce(ctx)
-	if s.x509CA() == nil {
-		return errors.New("server: no active CA key: publishing it in the bundle failed (see the log)")
-	}
-	if s.jwtSigner() == nil {
-		return errors.New("server: no active JWT key: publishing it in the bundle failed (see the log)")
+	if err := s.startKeys(ctx); err != nil {
+		return err
 	}
 	cert := s.x509CA().Certificate()
 	s.log.Info("CA ready", zap.String("ca_serial", fmt.Sprintf("%x", cert.SerialNumber)),
@@ -90,9 +90,134 @@ func (s *Server) initCA(ctx context.Context) error {
 	return nil
 }
 
+// Bounds of startKeys.
+const (
+	// startKeyRounds bounds the rotation rounds a starting server runs
+	// to get its keys active and published.
+	startKeyRounds = 8
+	// startKeyRoundFor bounds one round (wall clock): a write to a
+	// leader that does not answer counts as a transient failure.
+	startKeyRoundFor = 30 * time.Second
+	// startKeysFor bounds all the rounds together (wall clock).
+	startKeysFor = 2 * time.Minute
+)
+
+// startKeys runs the key schedule at start until both kinds of keys have
+// an active key, published in the replicated bundle. Publishing is one
+// Raft write per key (forwarded to the leader on a follower), and a
+// restarted server often meets a cluster in motion: no leader yet, a
+// leadership lost or changing, a leader unreachable or too busy to answer
+// in time. Such transient failures are retried, after waiting for a
+// leader, at most startKeyRounds rounds and startKeysFor in all; any
+// other failure (a write the state machine refuses, a key that cannot be
+// made), or the bounds, end the start with an error naming the last
+// cause.
+//
+// A retry writes the same authority again (the Manager publishes the slot
+// it prepared, Plan's ActPublish; it does not make a new key), and that is
+// safe because publishing is idempotent: PutX509Authority replaces the
+// authority with the same server ID and certificate, PutJWTAuthority the
+// one with the same key ID (a taint is kept either way), so a write that
+// committed although its caller saw an error (a timeout, a leadership
+// lost after the commit) leaves the bundle's authorities as a single
+// write would; only its sequence number moves again.
+//
+// The bounds are on the wall clock, not on the injectable clock: what is
+// awaited (an election, a busy leader) runs on Raft's timers, and the
+// injectable clock only schedules keys; no round sleeps on it.
+func (s *Server) startKeys(ctx context.Context) error {
+	start := time.Now()
+	bctx, cancel := context.WithTimeout(ctx, startKeysFor)
+	defer cancel()
+	for round := 1; ; round++ {
+		rctx, rcancel := context.WithTimeout(bctx, startKeyRoundFor)
+		_, failed := s.rotate(rctx)
+		rcancel()
+		missing := ""
+		switch {
+		case s.x509CA() == nil:
+			missing = "no active CA key"
+		case s.jwtSigner() == nil:
+			missing = "no active JWT key"
+		default:
+			if round > 1 {
+				s.log.Info("keys published after transient failures", zap.Int("rounds", round))
+			}
+			return nil
+		}
+		cause := errors.Join(failed...)
+		if cause == nil {
+			cause = errors.New("the key schedule made no key active")
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("server: %s: start canceled: %w", missing, cause)
+		}
+		if !allTransient(failed) {
+			return fmt.Errorf("server: %s: %w", missing, cause)
+		}
+		if round >= startKeyRounds || bctx.Err() != nil {
+			return fmt.Errorf("server: %s after %d rounds in %s (transient failures; the last): %w",
+				missing, round, time.Since(start).Round(time.Millisecond), cause)
+		}
+		s.log.Warn("publishing this server's keys failed; retrying once there is a leader",
+			zap.Int("round", round), zap.Error(cause))
+		if err := s.store.WaitForLeader(bctx); err != nil {
+			return fmt.Errorf("server: %s after %d rounds in %s: %w (the last cause: %w)",
+				missing, round, time.Since(start).Round(time.Millisecond), err, cause)
+		}
+	}
+}
+
+// allTransient reports whether errs is not empty and each error is a
+// replicated write's failure that may pass without anything changing
+// here: no leader yet or a leadership lost or changing, the leader
+// unreachable, a write that timed out or was aborted. A command the state
+// machine refused (*raftstore.CommandError) is not transient: the same
+// write is refused again.
+func allTransient(errs []error) bool {
+	for _, err := range errs {
+		if !transientWrite(err) {
+			return false
+		}
+	}
+	return len(errs) > 0
+}
+
+func transientWrite(err error) bool {
+	if ce := (*raftstore.CommandError)(nil); errors.As(err, &ce) {
+		return false
+	}
+	if errors.Is(err, ca.ErrUpstream) {
+		// Not a write: the upstream authority's failures have their own
+		// backoff (ca.Manager), on the injectable clock.
+		return false
+	}
+	for _, t := range []error{raft.ErrNotLeader, raft.ErrLeadershipLost, raft.ErrLeadershipTransferInProgress,
+		raft.ErrEnqueueTimeout, raft.ErrAbortedByRestore, cluster.ErrNoLeader, context.DeadlineExceeded} {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Aborted, codes.DeadlineExceeded:
+		// The leader unreachable, or the forwarded write aborted by a
+		// leadership change or timed out (cluster.Cluster.Apply).
+		return true
+	case codes.FailedPrecondition:
+		// A forwarded write refused before the log by a server that is no
+		// longer the leader: refusals of the state machine came back as a
+		// *raftstore.CommandError above.
+		return true
+	}
+	return false
+}
+
 // bundlePublisher writes this node's authorities to the replicated bundle.
+// Publish is idempotent (see startKeys).
 type bundlePublisher struct{ s *Server }
 
+// Publish adds or replaces sl's authority in the bundle; publishing the
+// same slot again leaves the bundle's authorities as they were.
 func (p *bundlePublisher) Publish(ctx context.Context, sl ca.Slot) error {
 	s := p.s
 	var cmd *storepb.Command

@@ -55,7 +55,14 @@ func (s *Server) kickRotation() {
 // rotateOnce applies every due rotation step and returns when the next one
 // is due.
 func (s *Server) rotateOnce(ctx context.Context) time.Time {
-	var next time.Time
+	next, _ := s.rotate(ctx)
+	return next
+}
+
+// rotate is rotateOnce that also returns the errors of the rotation steps
+// that failed: at most one per kind of key, since a Manager's Tick stops
+// at its first failed step (the start path decides on them: startKeys).
+func (s *Server) rotate(ctx context.Context) (next time.Time, failed []error) {
 	earliest := func(t time.Time) {
 		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
 			next = t
@@ -70,6 +77,9 @@ func (s *Server) rotateOnce(ctx context.Context) time.Time {
 		activated := false
 		for _, ev := range events {
 			s.logRotation(ev)
+			if ev.Err != nil {
+				failed = append(failed, ev.Err)
+			}
 			if ev.Err == nil && ev.Action == ca.ActActivate {
 				activated = true
 			}
@@ -93,7 +103,7 @@ func (s *Server) rotateOnce(ctx context.Context) time.Time {
 	earliest(s.republishAndPrune(ctx))
 	earliest(s.finishRetirements(ctx))
 	s.mirrorUpstreamRoots(ctx)
-	return next
+	return next, failed
 }
 
 // mirrorUpstreamRoots makes the bundle's upstream roots, on the leader,

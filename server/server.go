@@ -95,6 +95,10 @@ type Server struct {
 	// cluster addresses), and changes to the cluster's tuning.
 	raftTransport raft.Transport
 	clusterTuning func(*cluster.Config)
+	// applyFault, when a test sets it before Run, is called by apply
+	// before each write; an error it returns is the write's result (fault
+	// injection at the apply seam).
+	applyFault applyFaultFunc
 }
 
 // New checks cfg and returns a server that Run starts.
