@@ -202,6 +202,10 @@ type applier struct {
 	// them). entryChangeAt indexes them by id.
 	entryChanges  []entryChange
 	entryChangeAt map[string]int
+	// items is the number of items of a batch command (zero for the
+	// others): the entries it may write, which sizes entryChanges and
+	// entryChangeAt at once instead of growing them write by write.
+	items int
 
 	deletedEntries int // entries the command deleted
 }
@@ -239,7 +243,8 @@ func (a *applier) writeEntry(id string, e *sigilv1.Entry) {
 	}
 	a.changed = true
 	if a.entryChangeAt == nil {
-		a.entryChangeAt = make(map[string]int)
+		a.entryChangeAt = make(map[string]int, a.items)
+		a.entryChanges = make([]entryChange, 0, a.items)
 	}
 	if i, ok := a.entryChangeAt[id]; ok {
 		// Written before by this command: the change moves to this
@@ -252,9 +257,13 @@ func (a *applier) writeEntry(id string, e *sigilv1.Entry) {
 }
 
 func (a *applier) batch(n int, item func(i int) *CommandError) *storepb.CommandResult {
+	a.items = n
 	res := &storepb.CommandResult{Results: make([]*sigilv1.Status, n)}
+	// One allocation for the n statuses, which live as long as the
+	// result does.
+	sts := make([]sigilv1.Status, n)
 	for i := range n {
-		st := &sigilv1.Status{}
+		st := &sts[i]
 		if err := item(i); err != nil {
 			st.Code, st.Message = int32(err.Code), err.Msg
 		}

@@ -232,7 +232,7 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 	}
 	// Net change per entry, in order of first change.
 	byID := make(map[string]int, len(changes))
-	var ds []changed
+	ds := make([]changed, 0, len(changes))
 	for _, c := range changes {
 		if j, ok := byID[c.ID]; ok {
 			ds[j].after = c.After
