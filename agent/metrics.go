@@ -135,15 +135,17 @@ type svidStats struct {
 }
 
 // svidStats computes the gauges about the SVIDs held at now, under the
-// cache's lock, visiting only the top of the expiry heap, in order of
-// expiry: the entries whose expiry (expAt, at most their SVID's
-// NotAfter) is at most now+maxLead, and after those only while one may
-// still hold an earlier NotAfter than the earliest found. Every SVID
-// that has expired or is past its renewal time is among the first (its
-// NotAfter is at most now+maxLead): in the steady state that is what
-// changed since the SVIDs were minted, not every SVID held. The count of
-// SVIDs held is x509State.svids (the entries of the heap with an SVID;
-// a deleted entry is in neither).
+// cache's lock, visiting only the top of the expiry heap. First every
+// entry whose expiry (expAt, at most its SVID's NotAfter) is at most
+// now+maxLead, a subtree at the heap's root: every SVID that has expired
+// or is past its renewal time is among them (its NotAfter is at most
+// now+maxLead). Then, below that subtree and in order of expiry, only
+// while an entry may still hold an earlier NotAfter than the earliest
+// found. In the steady state that is what changed since the SVIDs were
+// minted, not every SVID held; at worst (every SVID within maxLead of
+// its NotAfter) it is one pass, as a full walk. The count of SVIDs held
+// is x509State.svids (the entries of the heap with an SVID; a deleted
+// entry is in neither).
 func (c *cache) svidStats(now time.Time) svidStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -160,35 +162,55 @@ func (c *cache) svidStats(now time.Time) svidStats {
 	}
 	expired := 0
 	var earliest int64 // nanos of s.earliest; 0 while none
-	// frontier is a min-heap (by expAt) of the heap positions still to
-	// visit: the children of the entries visited.
-	frontier := make(expFrontier, 0, 8)
-	frontier.push(items, 0)
-	for len(frontier) > 0 {
-		i := frontier.pop(items)
-		e := items[i]
-		if e.expAt > bound && earliest != 0 && e.expAt >= earliest {
-			// Neither late nor expired, and its NotAfter (at least
-			// its expAt) is no earlier than the earliest found; so
-			// for every entry not visited.
-			break
+	visit := func(e *entryState) {
+		v := e.svid
+		if v == nil {
+			return
 		}
-		if v := e.svid; v != nil {
-			if !now.Before(v.notAfter) {
-				expired++
-			} else {
-				if !now.Before(v.renewAt) {
-					s.late++
-				}
-				if n := v.notAfter.UnixNano(); earliest == 0 || n < earliest {
-					earliest = n
-					s.earliest = v.notAfter
-				}
-			}
+		if !now.Before(v.notAfter) {
+			expired++
+			return
 		}
+		if !now.Before(v.renewAt) {
+			s.late++
+		}
+		if n := v.notAfter.UnixNano(); earliest == 0 || n < earliest {
+			earliest = n
+			s.earliest = v.notAfter
+		}
+	}
+	// The subtree within the bound, depth first; below collects the
+	// positions just under it.
+	var below expFrontier
+	stack := []int{0}
+	for len(stack) > 0 {
+		i := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if items[i].expAt > bound {
+			below = append(below, i)
+			continue
+		}
+		visit(items[i])
 		for _, ch := range [2]int{2*i + 1, 2*i + 2} {
 			if ch < len(items) {
-				frontier.push(items, ch)
+				stack = append(stack, ch)
+			}
+		}
+	}
+	// Below it, no SVID is late or expired: only an earlier NotAfter
+	// than the earliest found may be there, in an entry that expires
+	// (expAt) before it.
+	below.init(items)
+	for len(below) > 0 {
+		i := below[0]
+		if earliest != 0 && items[i].expAt >= earliest {
+			break
+		}
+		below.pop(items)
+		visit(items[i])
+		for _, ch := range [2]int{2*i + 1, 2*i + 2} {
+			if ch < len(items) {
+				below.push(items, ch)
 			}
 		}
 	}
@@ -199,6 +221,13 @@ func (c *cache) svidStats(now time.Time) svidStats {
 // expFrontier is a binary min-heap of positions in an expiry heap's
 // items, ordered by their expAt (svidStats' walk in order of expiry).
 type expFrontier []int
+
+// init orders f.
+func (f expFrontier) init(items []*entryState) {
+	for i := len(f)/2 - 1; i >= 0; i-- {
+		f.down(items, i)
+	}
+}
 
 func (f *expFrontier) push(items []*entryState, i int) {
 	*f = append(*f, i)
@@ -219,23 +248,27 @@ func (f *expFrontier) pop(items []*entryState) int {
 	last := len(h) - 1
 	h[0] = h[last]
 	h = h[:last]
-	for j := 0; ; {
-		l := 2*j + 1
-		if l >= len(h) {
-			break
-		}
-		m := l
-		if r := l + 1; r < len(h) && items[h[r]].expAt < items[h[l]].expAt {
-			m = r
-		}
-		if items[h[j]].expAt <= items[h[m]].expAt {
-			break
-		}
-		h[j], h[m] = h[m], h[j]
-		j = m
-	}
+	h.down(items, 0)
 	*f = h
 	return top
+}
+
+func (f expFrontier) down(items []*entryState, j int) {
+	for {
+		l := 2*j + 1
+		if l >= len(f) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(f) && items[f[r]].expAt < items[f[l]].expAt {
+			m = r
+		}
+		if items[f[j]].expAt <= items[f[m]].expAt {
+			return
+		}
+		f[j], f[m] = f[m], f[j]
+		j = m
+	}
 }
 
 // agentMetrics is the agent's registry and what its scrape-time

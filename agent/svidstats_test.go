@@ -122,8 +122,9 @@ func TestSVIDStatsMatchesFullWalk(t *testing.T) {
 
 // BenchmarkSVIDStats measures a scrape's pass over 10,000 SVIDs held,
 // minted over the last minute with an hour of lifetime (none late): the
-// walk over the top of the expiry heap, the full walk it replaced, and
-// the whole scrape of the agent's metrics as Prometheus would make it.
+// walk over the top of the expiry heap, the full walk it replaced, both
+// again when every SVID is late, and the whole scrape of the agent's
+// metrics as Prometheus would make it.
 func BenchmarkSVIDStats(b *testing.B) {
 	const n = 10000
 	clk := clock.NewFake(t0)
@@ -154,6 +155,22 @@ func BenchmarkSVIDStats(b *testing.B) {
 	b.Run("full-walk", func(b *testing.B) {
 		for b.Loop() {
 			c.svidStatsWalk(t0)
+		}
+	})
+	// The worst case: 45 minutes on, every SVID is past its renewal
+	// time (none was renewed), so every one is visited.
+	late := t0.Add(45 * time.Minute)
+	if s := c.svidStats(late); s.late != n {
+		b.Fatalf("stats %+v", s)
+	}
+	b.Run("top-all-late", func(b *testing.B) {
+		for b.Loop() {
+			c.svidStats(late)
+		}
+	})
+	b.Run("full-walk-all-late", func(b *testing.B) {
+		for b.Loop() {
+			c.svidStatsWalk(late)
 		}
 	})
 	a := &Agent{clk: clk, cache: c}
