@@ -15,7 +15,10 @@ import (
 // what a warm entry in the spare queue would be: phase no-svid, minted
 // ahead of requests in order of its ID while the cache has room.
 //
-//   - New entries that are not eager arrive cold.
+//   - New entries that are not eager arrive cold, unless the spare
+//     queue has fewer entries than the cache has room to mint: those
+//     stay warm (spareOverRoom), as they would be warmed at once to be
+//     minted.
 //   - An entry is warmed (given an entryState, in the warm selector
 //     index and the spare queue) when a workload's selectors match it,
 //     when it is taken for minting, and when a policy change makes it
@@ -55,7 +58,7 @@ func (s *x509State) upsertAny(pe *packedEntry, ch *changes) (st *entryState, slo
 		m = s.cold.meta(slot)
 		s.cold.remove(slot)
 	}
-	if s.policy.max > 0 && !s.coldOff && !s.isEager(pe.sels) {
+	if s.policy.max > 0 && !s.coldOff && !s.isEager(pe.sels) && s.spare.len() >= s.room() {
 		if pe.fed {
 			ch.jwtBundles = true
 		}
@@ -94,13 +97,24 @@ func (s *x509State) warm(i uint32) *entryState {
 	return st
 }
 
-// coldOK reports whether st's state is that of a cold entry.
+// coldOK reports whether st's state is that of a cold entry, and the
+// spare queue (which holds st) has more entries than the cache has room
+// to mint ahead of requests (spareOverRoom).
 func (s *x509State) coldOK(st *entryState) bool {
 	return s.policy.max > 0 && !s.coldOff && !st.gone && st.q == qSpare && st.refs == 0 && !st.active && !st.released &&
 		!st.eager && st.svid == nil && st.pending == nil && !st.inflight && !st.denied &&
 		st.failures == 0 && st.retryAt.IsZero() && st.lastError == "" && st.failStreak == 0 &&
-		st.idlePos == 0 && st.evPos == 0 && st.exPos == 0
+		st.idlePos == 0 && st.evPos == 0 && st.exPos == 0 && s.spareOverRoom()
 }
+
+// spareOverRoom reports whether the warm spare queue holds more entries
+// than the cache has room to mint ahead of requests. Spare entries
+// within the room stay warm: the minting loop takes them at its next
+// turn (in order of ID with the cold ones, as before), and sending them
+// cold would only decode them again when they are warmed to be minted,
+// a cost on every entry of a sync that the cache has room for. At most
+// the room's worth of spare entries (max_svids) is held warm that way.
+func (s *x509State) spareOverRoom() bool { return s.spare.len() > s.room() }
 
 // queueCooling queues st for coolDown if its state is that of a cold
 // entry (resched calls it).

@@ -315,3 +315,30 @@ func TestColdTierResubscribeAfterCooling(t *testing.T) {
 		t.Fatalf("returning workload got %v", got)
 	}
 }
+
+// Entries that arrive while the cache has room to mint them stay warm
+// (they are taken at once, so sending them cold would decode them twice);
+// those beyond the room arrive cold, and an entry whose SVID is dropped
+// goes cold only while the spare queue has more entries than the room.
+func TestColdTierSpareWithinRoomStaysWarm(t *testing.T) {
+	f := boundedFixture(t, 4, 10)
+	f.c.mu.Lock()
+	warm, cold := len(f.c.st.entries), f.c.st.cold.len()
+	f.c.mu.Unlock()
+	if warm != 4 || cold != 6 {
+		t.Fatalf("max_svids 4, 10 entries: %d warm, %d cold; want 4 warm, 6 cold", warm, cold)
+	}
+	// The spare entries are minted in order of ID across both tiers,
+	// as before.
+	if got := f.mintJobs(f.c.takeDue(f.clk.Now(), 500)); !equalStrings(got, []string{"e00000", "e00001", "e00002", "e00003"}) {
+		t.Fatalf("minted ahead of requests: %v", got)
+	}
+	// No room left: a new entry arrives cold.
+	f.c.ApplyDelta([]*sigilv1.Entry{entry("e00010", "w/e00010", 10, "uid:10")}, nil)
+	f.c.mu.Lock()
+	warm, cold = len(f.c.st.entries), f.c.st.cold.len()
+	f.c.mu.Unlock()
+	if warm != 4 || cold != 7 {
+		t.Fatalf("cache full, one more entry: %d warm, %d cold; want 4 warm (with SVIDs), 7 cold", warm, cold)
+	}
+}

@@ -2,12 +2,14 @@ package agent
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -19,12 +21,13 @@ import (
 // comes from a fixed set.
 //
 // Counters move when their event happens (cache.report). The gauges about
-// the SVIDs held are computed when scraped, in one pass over the entries
-// under the cache's lock (cache.svidStats): two of them (SVIDs past their
-// renewal point, seconds to the earliest expiry) change with the passing
-// of time alone, with no event to update them on, and a pass costs
-// O(entries) per scrape, microseconds for thousands of entries, instead
-// of work on every transition of the minting loop.
+// the SVIDs held are computed when scraped, under the cache's lock
+// (cache.svidStats): two of them (SVIDs past their renewal point, seconds
+// to the earliest expiry) change with the passing of time alone, with no
+// event to update them on. A scrape visits only the top of the expiry
+// heap (the SVIDs expired or past their renewal time, and the earliest),
+// not every SVID held, so that it does not hold up minting and fetches
+// for a pass over thousands of SVIDs.
 
 // Reasons a workload SVID could not be minted: the values of the reason
 // label of sigil_agent_svid_mint_failures_total.
@@ -131,26 +134,141 @@ type svidStats struct {
 	max, over int
 }
 
-// svidStats scans the SVIDs held at now, under the cache's lock.
+// svidStats computes the gauges about the SVIDs held at now, under the
+// cache's lock, visiting only the top of the expiry heap. First every
+// entry whose expiry (expAt, at most its SVID's NotAfter) is at most
+// now+maxLead, a subtree at the heap's root: every SVID that has expired
+// or is past its renewal time is among them (its NotAfter is at most
+// now+maxLead). Then, below that subtree and in order of expiry, only
+// while an entry may still hold an earlier NotAfter than the earliest
+// found. In the steady state that is what changed since the SVIDs were
+// minted, not every SVID held; at worst (every SVID within maxLead of
+// its NotAfter) it is one pass, as a full walk. The count of SVIDs held
+// is x509State.svids (the entries of the heap with an SVID; a deleted
+// entry is in neither).
 func (c *cache) svidStats(now time.Time) svidStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var s svidStats
-	s.max, s.over = c.st.policy.max, c.st.overCapacity()
-	for _, st := range c.st.expiry.items {
-		v := st.svid
-		if v == nil || !now.Before(v.notAfter) {
-			continue
+	st := c.st
+	s := svidStats{max: st.policy.max, over: st.overCapacity()}
+	items := st.expiry.items
+	if len(items) == 0 {
+		return s
+	}
+	nowN := nanos(now)
+	bound := nowN + int64(st.maxLead)
+	if bound < nowN { // overflow: every entry may be late
+		bound = math.MaxInt64
+	}
+	expired := 0
+	var earliest int64 // nanos of s.earliest; 0 while none
+	visit := func(e *entryState) {
+		v := e.svid
+		if v == nil {
+			return
 		}
-		s.cached++
+		if !now.Before(v.notAfter) {
+			expired++
+			return
+		}
 		if !now.Before(v.renewAt) {
 			s.late++
 		}
-		if s.earliest.IsZero() || v.notAfter.Before(s.earliest) {
+		if n := v.notAfter.UnixNano(); earliest == 0 || n < earliest {
+			earliest = n
 			s.earliest = v.notAfter
 		}
 	}
+	// The subtree within the bound, depth first; below collects the
+	// positions just under it.
+	var below expFrontier
+	stack := []int{0}
+	for len(stack) > 0 {
+		i := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if items[i].expAt > bound {
+			below = append(below, i)
+			continue
+		}
+		visit(items[i])
+		for _, ch := range [2]int{2*i + 1, 2*i + 2} {
+			if ch < len(items) {
+				stack = append(stack, ch)
+			}
+		}
+	}
+	// Below it, no SVID is late or expired: only an earlier NotAfter
+	// than the earliest found may be there, in an entry that expires
+	// (expAt) before it.
+	below.init(items)
+	for len(below) > 0 {
+		i := below[0]
+		if earliest != 0 && items[i].expAt >= earliest {
+			break
+		}
+		below.pop(items)
+		visit(items[i])
+		for _, ch := range [2]int{2*i + 1, 2*i + 2} {
+			if ch < len(items) {
+				below.push(items, ch)
+			}
+		}
+	}
+	s.cached = st.svids - expired
 	return s
+}
+
+// expFrontier is a binary min-heap of positions in an expiry heap's
+// items, ordered by their expAt (svidStats' walk in order of expiry).
+type expFrontier []int
+
+// init orders f.
+func (f expFrontier) init(items []*entryState) {
+	for i := len(f)/2 - 1; i >= 0; i-- {
+		f.down(items, i)
+	}
+}
+
+func (f *expFrontier) push(items []*entryState, i int) {
+	*f = append(*f, i)
+	h := *f
+	for j := len(h) - 1; j > 0; {
+		p := (j - 1) / 2
+		if items[h[p]].expAt <= items[h[j]].expAt {
+			break
+		}
+		h[p], h[j] = h[j], h[p]
+		j = p
+	}
+}
+
+func (f *expFrontier) pop(items []*entryState) int {
+	h := *f
+	top := h[0]
+	last := len(h) - 1
+	h[0] = h[last]
+	h = h[:last]
+	h.down(items, 0)
+	*f = h
+	return top
+}
+
+func (f expFrontier) down(items []*entryState, j int) {
+	for {
+		l := 2*j + 1
+		if l >= len(f) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(f) && items[f[r]].expAt < items[f[l]].expAt {
+			m = r
+		}
+		if items[f[j]].expAt <= items[f[m]].expAt {
+			return
+		}
+		f[j], f[m] = f[m], f[j]
+		j = m
+	}
 }
 
 // agentMetrics is the agent's registry and what its scrape-time
@@ -262,6 +380,19 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		connected = 1
 	}
 	gauge(c.serverConnected, connected)
+}
+
+// SVIDsMinted is the value of sigil_agent_svids_minted_total: the
+// workload X.509-SVIDs the agent installed in its cache since New (new
+// and renewed). It reads that one counter, without the cache's lock, for
+// a tool or test that waits for minting: a scrape of MetricsHandler
+// gathers and formats every metric, hundreds of microseconds.
+func (a *Agent) SVIDsMinted() uint64 {
+	var m dto.Metric
+	if err := a.cache.met.minted.Write(&m); err != nil {
+		return 0
+	}
+	return uint64(m.GetCounter().GetValue())
 }
 
 // MetricsHandler serves the agent's metrics in the Prometheus format

@@ -146,6 +146,9 @@ sigil_agent_svid_earliest_expiry_seconds 2640
 sigil_agent_renewals_late 0
 sigil_agent_svids_minted_total 3
 `, gauges...)
+	if got := f.a.SVIDsMinted(); got != 3 {
+		t.Fatalf("SVIDsMinted() = %d, want 3 (the counter's value)", got)
+	}
 }
 
 // TestMetricsMintFailuresByReason: each kind of failed mint is counted

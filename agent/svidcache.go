@@ -426,6 +426,9 @@ func (s *x509State) setSVID(st *entryState, sv *svid) {
 	} else if st.svid != nil && sv == nil {
 		s.svids--
 	}
+	if sv != nil {
+		s.maxLead = max(s.maxLead, sv.notAfter.Sub(sv.renewAt))
+	}
 	st.svid = sv
 }
 

@@ -419,6 +419,11 @@ type x509State struct {
 	// coldOff keeps every entry warm (tests compare the two).
 	cooling []*entryState
 	coldOff bool
+	// maxLead is the longest time between an SVID's renewal time and
+	// its NotAfter among every SVID installed so far (it never
+	// shrinks): the scrape's bound on the SVIDs that may be late
+	// (cache.svidStats).
+	maxLead time.Duration
 }
 
 // newX509State returns an empty state that draws its jitter from jitter
