@@ -414,6 +414,14 @@ func (c *frameCounter) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// frames returns how many frames of type typ the server sent so far.
+// The connection's reader goroutine may still be counting.
+func (c *frameCounter) frames(typ byte) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byType[typ]
+}
+
 // pings returns how many PING frames (not acks) the server sent.
 func (c *frameCounter) pings() int {
 	c.mu.Lock()
@@ -428,7 +436,7 @@ func (c *frameCounter) pings() int {
 func TestNoFlowControlPingPerCall(t *testing.T) {
 	f := start(t, nil)
 	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
-	var counter *frameCounter
+	var dialed atomic.Pointer[frameCounter]
 	cc, err := grpc.NewClient("passthrough:///counted",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
@@ -436,7 +444,8 @@ func TestNoFlowControlPingPerCall(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			counter = &frameCounter{Conn: conn, byType: make(map[byte]int)}
+			counter := &frameCounter{Conn: conn, byType: make(map[byte]int)}
+			dialed.Store(counter)
 			return counter, nil
 		}))
 	if err != nil {
@@ -455,7 +464,8 @@ func TestNoFlowControlPingPerCall(t *testing.T) {
 			t.Fatalf("call %d: %v", i, err)
 		}
 	}
-	if counter == nil || counter.byType[0x0] < calls {
+	counter := dialed.Load()
+	if counter == nil || counter.frames(0x0) < calls {
 		t.Fatal("the counting connection saw fewer DATA frames than calls")
 	}
 	if n := counter.pings(); n != 0 {

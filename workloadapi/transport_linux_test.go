@@ -6,6 +6,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -46,7 +47,7 @@ func TestTransportOptionsAloneSendNoFlowControlPing(t *testing.T) {
 			workloadpb.RegisterSpiffeWorkloadAPIServer(g, fixedFetch{})
 			go func() { _ = g.Serve(l) }()
 			defer g.Stop()
-			var counter *frameCounter
+			var dialed atomic.Pointer[frameCounter]
 			cc, err := grpc.NewClient("passthrough:///counted",
 				grpc.WithTransportCredentials(insecure.NewCredentials()),
 				grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
@@ -54,7 +55,8 @@ func TestTransportOptionsAloneSendNoFlowControlPing(t *testing.T) {
 					if err != nil {
 						return nil, err
 					}
-					counter = &frameCounter{Conn: conn, byType: make(map[byte]int)}
+					counter := &frameCounter{Conn: conn, byType: make(map[byte]int)}
+					dialed.Store(counter)
 					return counter, nil
 				}))
 			if err != nil {
@@ -72,7 +74,8 @@ func TestTransportOptionsAloneSendNoFlowControlPing(t *testing.T) {
 					t.Fatalf("call %d: %v", i, err)
 				}
 			}
-			if counter == nil || counter.byType[0x0] < calls {
+			counter := dialed.Load()
+			if counter == nil || counter.frames(0x0) < calls {
 				t.Fatal("the counting connection saw fewer DATA frames than calls")
 			}
 			if n := counter.pings(); (n > 0) != tc.wantPings {
