@@ -223,18 +223,15 @@ func TestFastSVIDUsedAndVerifiable(t *testing.T) {
 	}
 }
 
-// TestFastSVIDUpstreamChain: with a CA certificate an upstream root
-// signed, the fast path's SVID chains to the root.
-func TestFastSVIDUpstreamChain(t *testing.T) {
-	keys := fastKeys()
-	now := time.Now()
-	root := fastCA(t, keys["ca-p384"], now, 48*time.Hour, func(c *Config) { c.AllowIntermediates = true })
-	caKey := keys["ca-p256"]
-	ski, err := subjectKeyID(caKey.Public())
+// intermediateCA returns a CA whose key is caKey and whose certificate
+// root signed (an upstream-signed intermediate valid from now for a day).
+func intermediateCA(t *testing.T, root *CA, caKey crypto.Signer, now time.Time) *CA {
+	t.Helper()
+	serial, err := newSerial()
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial, err := newSerial()
+	ski, err := subjectKeyID(caKey.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +249,16 @@ func TestFastSVIDUpstreamChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newChainedCA(root.cfg, caKey, inter, nil, false)
+	return newChainedCA(root.cfg, caKey, inter, nil, false)
+}
+
+// TestFastSVIDUpstreamChain: with a CA certificate an upstream root
+// signed, the fast path's SVID chains to the root.
+func TestFastSVIDUpstreamChain(t *testing.T) {
+	keys := fastKeys()
+	now := time.Now()
+	root := fastCA(t, keys["ca-p384"], now, 48*time.Hour, func(c *Config) { c.AllowIntermediates = true })
+	c := intermediateCA(t, root, keys["ca-p256"], now)
 	id := spiffeid.RequireFromPath(fastTD, "/db")
 	chain, err := c.SignX509SVID(context.Background(), X509SVIDParams{PublicKey: keys["rsa2048"].Public(), SPIFFEID: id})
 	if err != nil {
@@ -261,7 +267,7 @@ func TestFastSVIDUpstreamChain(t *testing.T) {
 	if c.fast == nil {
 		t.Fatal("fast path not taken")
 	}
-	if len(chain) != 2 || !chain[1].Equal(inter) {
+	if len(chain) != 2 || !chain[1].Equal(c.cert) {
 		t.Fatalf("chain has %d certificates, want the leaf and the CA certificate", len(chain))
 	}
 	verifyChainEverywhere(t, root.cert, chain, id)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
-	"math/big"
 	mrand "math/rand/v2"
 	"strings"
 	"testing"
@@ -78,26 +77,7 @@ func TestSignX509SVIDRawChainAndTemplate(t *testing.T) {
 	now := time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC)
 	ctx := context.Background()
 	root := fastCA(t, keys["ca-p384"], now, 48*time.Hour, func(c *Config) { c.AllowIntermediates = true })
-	caKey := keys["ca-p256"]
-	ski, err := subjectKeyID(caKey.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	interTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7), Subject: defaultCASubject("intermediate"),
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
-		MaxPathLenZero: true, URIs: root.cert.URIs, SubjectKeyId: ski,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, interTmpl, root.cert, caKey.Public(), root.signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	interCert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := newChainedCA(root.cfg, caKey, interCert, nil, false)
+	up := intermediateCA(t, root, keys["ca-p256"], now)
 	p := randomParams(mrand.New(mrand.NewPCG(1, 2)), keys["p256"].Public())
 	svid, err := up.SignX509SVIDRaw(ctx, p)
 	if err != nil {
@@ -119,7 +99,7 @@ func TestSignX509SVIDRawChainAndTemplate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := leaf.CheckSignatureFrom(interCert); err != nil {
+	if err := leaf.CheckSignatureFrom(up.cert); err != nil {
 		t.Fatalf("raw leaf does not verify: %v", err)
 	}
 

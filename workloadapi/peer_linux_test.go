@@ -429,18 +429,17 @@ func (c *frameCounter) pings() int {
 	return c.byType[0x6] - c.pingAck
 }
 
-// TestNoFlowControlPingPerCall: the server sends no HTTP/2 PING (gRPC's
-// bandwidth estimation) for the calls of a client: with dynamic windows it
-// would send one, and handle its ack, for the request of nearly every
-// fetch, two more frames each way per call.
-func TestNoFlowControlPingPerCall(t *testing.T) {
-	f := start(t, nil)
-	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
+// countedFetches makes calls one-shot FetchX509SVID calls on one new
+// connection to the server at sock, each answered with one SVID, and
+// returns the counter of the frames the server sent on it (which saw at
+// least one DATA frame per call).
+func countedFetches(t *testing.T, sock string, ctx context.Context, calls int) *frameCounter {
+	t.Helper()
 	var dialed atomic.Pointer[frameCounter]
 	cc, err := grpc.NewClient("passthrough:///counted",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			conn, err := (&net.Dialer{}).DialContext(ctx, "unix", f.sock)
+			conn, err := (&net.Dialer{}).DialContext(ctx, "unix", sock)
 			if err != nil {
 				return nil, err
 			}
@@ -453,8 +452,6 @@ func TestNoFlowControlPingPerCall(t *testing.T) {
 	}
 	defer cc.Close()
 	c := workloadpb.NewSpiffeWorkloadAPIClient(cc)
-	ctx := withHeader(testCtx(t))
-	const calls = 20
 	for i := 0; i < calls; i++ {
 		stream, err := c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
 		if err != nil {
@@ -468,6 +465,18 @@ func TestNoFlowControlPingPerCall(t *testing.T) {
 	if counter == nil || counter.frames(0x0) < calls {
 		t.Fatal("the counting connection saw fewer DATA frames than calls")
 	}
+	return counter
+}
+
+// TestNoFlowControlPingPerCall: the server sends no HTTP/2 PING (gRPC's
+// bandwidth estimation) for the calls of a client: with dynamic windows it
+// would send one, and handle its ack, for the request of nearly every
+// fetch, two more frames each way per call.
+func TestNoFlowControlPingPerCall(t *testing.T) {
+	f := start(t, nil)
+	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
+	const calls = 20
+	counter := countedFetches(t, f.sock, withHeader(testCtx(t)), calls)
 	if n := counter.pings(); n != 0 {
 		t.Fatalf("the server sent %d PINGs for %d calls", n, calls)
 	}

@@ -3,15 +3,12 @@
 package workloadapi
 
 import (
-	"context"
 	"net"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // fixedFetch answers every FetchX509SVID with the same response, as
@@ -47,37 +44,8 @@ func TestTransportOptionsAloneSendNoFlowControlPing(t *testing.T) {
 			workloadpb.RegisterSpiffeWorkloadAPIServer(g, fixedFetch{})
 			go func() { _ = g.Serve(l) }()
 			defer g.Stop()
-			var dialed atomic.Pointer[frameCounter]
-			cc, err := grpc.NewClient("passthrough:///counted",
-				grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-					conn, err := (&net.Dialer{}).DialContext(ctx, "unix", sock)
-					if err != nil {
-						return nil, err
-					}
-					counter := &frameCounter{Conn: conn, byType: make(map[byte]int)}
-					dialed.Store(counter)
-					return counter, nil
-				}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cc.Close()
-			c := workloadpb.NewSpiffeWorkloadAPIClient(cc)
 			const calls = 20
-			for i := 0; i < calls; i++ {
-				stream, err := c.FetchX509SVID(testCtx(t), &workloadpb.X509SVIDRequest{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if resp, err := stream.Recv(); err != nil || len(resp.Svids) != 1 {
-					t.Fatalf("call %d: %v", i, err)
-				}
-			}
-			counter := dialed.Load()
-			if counter == nil || counter.frames(0x0) < calls {
-				t.Fatal("the counting connection saw fewer DATA frames than calls")
-			}
+			counter := countedFetches(t, sock, testCtx(t), calls)
 			if n := counter.pings(); (n > 0) != tc.wantPings {
 				t.Fatalf("the server sent %d PINGs for %d calls", n, calls)
 			}
