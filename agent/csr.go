@@ -11,9 +11,6 @@ import (
 	"errors"
 	"fmt"
 
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
-
 	"github.com/sigil-id/sigil/internal/p256der"
 )
 
@@ -72,7 +69,33 @@ func p256CSR(key *ecdsa.PrivateKey) ([]byte, error) {
 	return csr, err
 }
 
-// p256Request is p256CSR with the key's DER SubjectPublicKeyInfo.
+// The request's DER, written directly (the lengths are fixed but the
+// signature's): SEQUENCE { CertificationRequestInfo, AlgorithmIdentifier,
+// BIT STRING signature }, where the CertificationRequestInfo is SEQUENCE
+// { INTEGER 0, an empty Name, the SubjectPublicKeyInfo, an empty [0] set
+// of attributes }.
+const (
+	// p256SPKILen is the length of a P-256 key's DER
+	// SubjectPublicKeyInfo.
+	p256SPKILen = 26 + p256der.PointLen
+	// p256InfoLen is the length of the CertificationRequestInfo: its
+	// header (2 bytes) and version (3), empty Name (2), key and empty
+	// attributes (2).
+	p256InfoLen = 2 + 3 + 2 + p256SPKILen + 2
+	// maxP256SigLen bounds a DER ECDSA P-256 signature: SEQUENCE of two
+	// INTEGERs of at most 33 bytes each.
+	maxP256SigLen = 2 + 2*(2+33)
+	// p256CSRCap is room for the longest request: a header of at most 3
+	// bytes, the info, the algorithm, and the BIT STRING's header (2)
+	// and unused-bits byte (1) before the signature.
+	p256CSRCap = 3 + p256InfoLen + 12 + 3 + maxP256SigLen
+)
+
+// p256Request is p256CSR with the key's DER SubjectPublicKeyInfo (a slice
+// of the request's buffer with no room to grow). The request is written
+// into one buffer, without cryptobyte's builders (an allocation per
+// nested element): the bytes are those x509.CreateCertificateRequest
+// writes (csr_test.go compares them).
 func p256Request(key *ecdsa.PrivateKey) (csr, spki []byte, err error) {
 	if key.Curve != elliptic.P256() {
 		return nil, nil, fmt.Errorf("key on curve %s, want P-256", key.Curve.Params().Name)
@@ -84,45 +107,44 @@ func p256Request(key *ecdsa.PrivateKey) (csr, spki []byte, err error) {
 	if key.X == nil || key.Y == nil || key.X.Sign() < 0 || key.Y.Sign() < 0 || key.X.BitLen() > 256 || key.Y.BitLen() > 256 {
 		return nil, nil, errors.New("invalid P-256 public key")
 	}
-	spki = make([]byte, len(p256der.SPKIPrefix)+p256der.PointLen)
-	n := copy(spki, p256der.SPKIPrefix)
-	spki[n] = 0x04
-	key.X.FillBytes(spki[n+1 : n+33])
-	key.Y.FillBytes(spki[n+33 : n+65])
-	// CertificationRequestInfo: version 0, an empty Name, the key, and
-	// an empty [0] set of attributes.
-	// 100 bytes of request info, about 190 in all.
-	info := cryptobyte.NewBuilder(make([]byte, 0, 128))
-	info.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1Int64(0)
-		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
-		b.AddBytes(spki)
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(*cryptobyte.Builder) {})
-	})
-	tbs, err := info.Bytes()
-	if err != nil {
-		return nil, nil, err
+	if len(p256der.SPKIPrefix) != 26 || len(p256der.ECDSAWithSHA256) != 12 {
+		return nil, nil, errors.New("internal error: unexpected DER prefixes")
 	}
-	digest := sha256.Sum256(tbs)
+	// The info starts after 3 bytes kept for the request's header.
+	buf := make([]byte, p256CSRCap)
+	info := buf[3 : 3+p256InfoLen]
+	n := copy(info, []byte{0x30, p256InfoLen - 2, 0x02, 0x01, 0x00, 0x30, 0x00})
+	spki = info[n : n+p256SPKILen : n+p256SPKILen]
+	n += copy(spki, p256der.SPKIPrefix)
+	info[n] = 0x04
+	key.X.FillBytes(info[n+1 : n+33])
+	key.Y.FillBytes(info[n+33 : n+65])
+	n += p256der.PointLen
+	info[n], info[n+1] = 0xa0, 0x00
+	digest := sha256.Sum256(info)
 	// A nil random source: RFC 6979 (see above).
 	sig, err := key.Sign(nil, digest[:], crypto.SHA256)
 	if err != nil {
 		return nil, nil, err
 	}
-	out := cryptobyte.NewBuilder(make([]byte, 0, 256))
-	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(tbs)
-		b.AddBytes(p256der.ECDSAWithSHA256)
-		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
-			b.AddUint8(0) // no unused bits
-			b.AddBytes(sig)
-		})
-	})
-	csr, err = out.Bytes()
-	if err != nil {
-		return nil, nil, err
+	if len(sig) > maxP256SigLen {
+		return nil, nil, fmt.Errorf("signature of %d bytes", len(sig))
 	}
-	return csr, spki, nil
+	body := p256InfoLen + len(p256der.ECDSAWithSHA256) + 3 + len(sig)
+	start := 3
+	if body < 0x80 {
+		start -= 2
+		buf[start], buf[start+1] = 0x30, byte(body)
+	} else {
+		start -= 3
+		buf[start], buf[start+1], buf[start+2] = 0x30, 0x81, byte(body)
+	}
+	tail := buf[3+p256InfoLen:]
+	m := copy(tail, p256der.ECDSAWithSHA256)
+	tail[m], tail[m+1], tail[m+2] = 0x03, byte(1+len(sig)), 0 // no unused bits
+	m += 3
+	m += copy(tail[m:], sig)
+	return buf[start : 3+p256InfoLen+m : 3+p256InfoLen+m], spki, nil
 }
 
 // p256PKCS8Prefix is the DER of a P-256 key's PKCS#8 PrivateKeyInfo up

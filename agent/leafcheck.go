@@ -178,19 +178,19 @@ func newLeafVerifier(interval uint64) *leafVerifier {
 	return &leafVerifier{interval: max(interval, 1)}
 }
 
-// issuerKey names the issuer a chain claims: the certificates the server
-// sent after the leaf and the leaf's issuer name and key identifier.
-func issuerKey(chain []*x509.Certificate) string {
+// appendIssuerKey appends to b the name of the issuer a chain claims: the
+// certificates the server sent after the leaf and the leaf's issuer name
+// and key identifier. verify looks the name up in a stack buffer, so that
+// an SVID of a known issuer costs no allocation for it.
+func appendIssuerKey(b []byte, chain []*x509.Certificate) []byte {
 	leaf := chain[0]
-	var b bytes.Buffer
 	for _, c := range chain[1:] {
-		b.Write(c.Raw)
+		b = append(b, c.Raw...)
 	}
-	b.WriteByte(0)
-	b.Write(leaf.RawIssuer)
-	b.WriteByte(0)
-	b.Write(leaf.AuthorityKeyId)
-	return b.String()
+	b = append(b, 0)
+	b = append(b, leaf.RawIssuer...)
+	b = append(b, 0)
+	return append(b, leaf.AuthorityKeyId...)
 }
 
 // verify checks chain (leaf first) against bundle at now, as described
@@ -199,10 +199,11 @@ func issuerKey(chain []*x509.Certificate) string {
 // matched a verified issuer (sampleFailed): v has switched to checking
 // every signature, and the caller must check the rest of the batch again.
 func (v *leafVerifier) verify(chain []*x509.Certificate, bundle *x509bundle.Bundle, now time.Time) (sampleFailed bool, err error) {
-	key := issuerKey(chain)
+	var buf [512]byte
+	key := appendIssuerKey(buf[:0], chain)
 	v.mu.Lock()
 	v.setBundleLocked(bundle)
-	iss := v.issuers[key]
+	iss := v.issuers[string(key)]
 	v.mu.Unlock()
 	if iss != nil && iss.matches(chain[0], now) {
 		if v.interval > 1 && !v.full.Load() && v.count.Add(1)%v.interval != 0 {
@@ -224,7 +225,7 @@ func (v *leafVerifier) verify(chain []*x509.Certificate, bundle *x509bundle.Bund
 		iss = newVerifiedIssuer(chains[0])
 		v.mu.Lock()
 		if v.bundle == bundle {
-			v.issuers[key] = iss
+			v.issuers[string(key)] = iss
 		}
 		v.mu.Unlock()
 		v.addTemplate(chain, bundle)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"math/big"
 	"net/url"
@@ -181,7 +182,8 @@ func (t *leafTemplate) parseLeafLike(der, spki []byte, pub *ecdsa.PublicKey) (ce
 		return nil, false
 	}
 
-	c := new(x509.Certificate)
+	l := new(parsedLeaf)
+	c := &l.cert
 	*c = *t.ref
 	c.Raw = der
 	c.RawTBSCertificate = tbsElem
@@ -189,13 +191,37 @@ func (t *leafTemplate) parseLeafLike(der, spki []byte, pub *ecdsa.PublicKey) (ce
 	c.RawSubject = subject[:len(t.subject)]
 	c.RawSubjectPublicKeyInfo = subjectPK
 	c.Signature = sig[1:]
-	c.SerialNumber = new(big.Int).SetBytes(serial)
+	c.SerialNumber = l.serial.SetBytes(serial)
 	c.NotBefore, c.NotAfter = notBefore, notAfter
-	c.PublicKey = &ecdsa.PublicKey{Curve: pub.Curve, X: pub.X, Y: pub.Y}
-	c.URIs = []*url.URL{u}
-	c.Extensions = append(c.Extensions[:len(c.Extensions)-1:len(c.Extensions)-1], c.Extensions[len(c.Extensions)-1])
-	c.Extensions[len(c.Extensions)-1].Value = sanValue
+	l.pub = ecdsa.PublicKey{Curve: pub.Curve, X: pub.X, Y: pub.Y}
+	c.PublicKey = &l.pub
+	l.uri = *u
+	l.uris[0] = &l.uri
+	c.URIs = l.uris[:]
+	var certExts []pkix.Extension
+	if n := len(t.ref.Extensions); n <= len(l.exts) {
+		certExts = l.exts[:n:n]
+	} else {
+		certExts = make([]pkix.Extension, n)
+	}
+	copy(certExts, t.ref.Extensions)
+	certExts[len(certExts)-1].Value = sanValue
+	c.Extensions = certExts
 	return c, true
+}
+
+// parsedLeaf is what parseLeafLike returns a certificate in: the
+// certificate and the values it points to that differ between SVIDs, in
+// one allocation instead of one each.
+type parsedLeaf struct {
+	cert   x509.Certificate
+	pub    ecdsa.PublicKey
+	serial big.Int
+	uri    url.URL
+	uris   [1]*url.URL
+	// exts holds the certificate's extensions when they fit (an SVID
+	// has about six).
+	exts [6]pkix.Extension
 }
 
 // skipEqual advances s over want if s starts with it.

@@ -248,6 +248,9 @@ func (a *Agent) mintLoop(ctx context.Context) {
 func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 	outs := make([]mintOutcome, len(jobs))
 	req := &sigilv1.BatchNewX509SVIDRequest{Requests: make([]*sigilv1.X509SVIDRequest, 0, len(jobs))}
+	// The requests in one allocation; each is used through its pointer
+	// only.
+	reqs := make([]sigilv1.X509SVIDRequest, len(jobs))
 	sent := make([]int, 0, len(jobs)) // indexes of the jobs in req
 	for i, j := range jobs {
 		key, spki, csr, err := newMintRequest()
@@ -256,7 +259,9 @@ func (a *Agent) mintBatch(ctx context.Context, jobs []*mintJob) {
 			continue
 		}
 		j.key, j.spki = key, spki
-		req.Requests = append(req.Requests, &sigilv1.X509SVIDRequest{EntryId: j.id, Csr: csr})
+		r := &reqs[i]
+		r.EntryId, r.Csr = j.id, csr
+		req.Requests = append(req.Requests, r)
 		sent = append(sent, i)
 	}
 	start := a.clk.Now()
@@ -283,12 +288,29 @@ func (a *Agent) mintRPC(ctx context.Context, req *sigilv1.BatchNewX509SVIDReques
 		}
 		return
 	}
-	results := make(map[string]*sigilv1.X509SVIDResult, len(resp.GetResults()))
-	for _, r := range resp.GetResults() {
-		results[r.GetEntryId()] = r
-	}
-	for _, i := range sent {
-		r := results[jobs[i].id]
+	matchResults(resp.GetResults(), jobs, sent, outs)
+}
+
+// matchResults fills in outs[i] for each job index i in sent from got,
+// the server's results. The server answers in the order of the requests:
+// each result is matched by position when its entry ID is the job's, and
+// otherwise by entry ID, through a map built only then (the last result
+// for an entry ID wins). A job with no result is a bad response.
+func matchResults(got []*sigilv1.X509SVIDResult, jobs []*mintJob, sent []int, outs []mintOutcome) {
+	var results map[string]*sigilv1.X509SVIDResult
+	for k, i := range sent {
+		var r *sigilv1.X509SVIDResult
+		if k < len(got) && got[k].GetEntryId() == jobs[i].id {
+			r = got[k]
+		} else {
+			if results == nil {
+				results = make(map[string]*sigilv1.X509SVIDResult, len(got))
+				for _, g := range got {
+					results[g.GetEntryId()] = g
+				}
+			}
+			r = results[jobs[i].id]
+		}
 		out := &outs[i]
 		switch {
 		case r == nil:

@@ -1125,7 +1125,7 @@ func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
 	if id.String() != job.fp.spiffeID {
 		return nil, fmt.Errorf("returned SVID has ID %q, want %q", id, job.fp.spiffeID)
 	}
-	if !publicKeyEqual(leaf.PublicKey, job.key.Public()) {
+	if !carriesJobKey(leaf, job) {
 		return nil, errors.New("returned SVID does not carry the agent's public key")
 	}
 	keyDER, err := marshalPKCS8Known(job.key, job.spki)
@@ -1159,6 +1159,21 @@ func checkSVID(job *mintJob, chain []*x509.Certificate) (*svid, error) {
 		mintedFor:   job.fp,
 		verifyChain: chain,
 	}, nil
+}
+
+// carriesJobKey reports whether leaf's public key is the job's. When the
+// job has the DER SubjectPublicKeyInfo of its key (job.spki, which
+// p256Request wrote from the key itself), a leaf whose
+// SubjectPublicKeyInfo is those bytes carries that key: x509 parsed its
+// PublicKey from them. Any other leaf is compared by value
+// (publicKeyEqual), which converts both keys' coordinates to bytes: for
+// the SVIDs the agent mints the byte comparison gives the same answer
+// without those allocations.
+func carriesJobKey(leaf *x509.Certificate, job *mintJob) bool {
+	if len(job.spki) > 0 && bytes.Equal(leaf.RawSubjectPublicKeyInfo, job.spki) {
+		return true
+	}
+	return publicKeyEqual(leaf.PublicKey, job.key.Public())
 }
 
 func publicKeyEqual(a, b crypto.PublicKey) bool {
