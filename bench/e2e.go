@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +34,10 @@ var (
 	e2eSigil  = flag.String("e2e-sigil", "", "with -e2e-only: a prebuilt sigil binary for the server (default: build ./cmd/sigil)")
 	e2eRounds = flag.Int("e2e-rounds", 3, "with -e2e-only: rounds of each measurement (medians are printed)")
 	e2eSVIDs  = flag.Int("e2e-svids", 5000, "with -e2e-only: entries minted end to end per round (at most 10,000)")
+	e2ePerf   = flag.String("e2e-server-perf", "",
+		"with -e2e-only: record the server process with `perf record -g` during each round's minting into PREFIX.<round>.data (read it with perf report)")
+	e2eGCTrace = flag.Bool("e2e-server-gctrace", false,
+		"with -e2e-only: run the server with GODEBUG=gctrace=1 and print how many garbage collections it ran during each round's minting")
 )
 
 // adminBatchSize is the size of the admin batches timed alone: the
@@ -106,6 +112,7 @@ func selfCPU() time.Duration {
 // e2eServer is a `sigil server` process and an admin client to it.
 type e2eServer struct {
 	cmd      *exec.Cmd
+	logPath  string // the server's stdout and stderr
 	nodeAddr string
 	admin    sigilv1.AdminClient
 	conn     *grpc.ClientConn
@@ -138,7 +145,8 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 		return nil, err
 	}
 	adminSock := filepath.Join(dir, "admin", "admin.sock")
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
+	s.logPath = filepath.Join(dir, "server.log")
+	logf, err := os.Create(s.logPath)
 	if err != nil {
 		return nil, err
 	}
@@ -146,6 +154,9 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 		"-data-dir", filepath.Join(dir, "server"), "-bind-address", s.nodeAddr, "-health-address", health,
 		"-admin-socket", adminSock, "-log-level", "warn")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if *e2eGCTrace {
+		s.cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+	}
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -174,6 +185,28 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 type e2eRound struct {
 	rate                float64       // SVIDs/s from the entries' creation to the last SVID in the agent
 	agentCPU, serverCPU time.Duration // per SVID
+	gcs                 int           // the server's collections (with -e2e-server-gctrace)
+	lastGC              string        // the last one's gctrace line
+}
+
+// gcCount is the number of garbage collections the server has logged
+// with GODEBUG=gctrace=1 (-e2e-server-gctrace), and the last one's line;
+// zero without it.
+func (s *e2eServer) gcCount() (int, string) {
+	if !*e2eGCTrace {
+		return 0, ""
+	}
+	b, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return 0, ""
+	}
+	n, last := 0, ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "gc ") {
+			n, last = n+1, line
+		}
+	}
+	return n, last
 }
 
 // e2eMint starts a fresh agent in this process against s, creates n
@@ -219,10 +252,24 @@ func e2eMint(ctx context.Context, s *e2eServer, dir string, round, n int) (e2eRo
 			Selectors: []*sigilv1.Selector{noWorkloadSelector(fmt.Sprintf("e2e%d-%d", round, i))},
 		}
 	}
+	if *e2ePerf != "" {
+		out := fmt.Sprintf("%s.%d.data", *e2ePerf, round)
+		perf := exec.CommandContext(ctx, "perf", "record", "-q", "-g", "-F", "2000", "-o", out, "-p", strconv.Itoa(s.cmd.Process.Pid))
+		perf.Stderr = os.Stderr
+		if err := perf.Start(); err != nil {
+			return r, fmt.Errorf("%s: %w", perf.Path, err)
+		}
+		time.Sleep(300 * time.Millisecond) // let it attach
+		defer func() {
+			_ = perf.Process.Signal(syscall.SIGINT)
+			_ = perf.Wait()
+		}()
+	}
 	cpu0, err := procCPU(s.cmd.Process.Pid)
 	if err != nil {
 		return r, err
 	}
+	gc0, _ := s.gcCount()
 	self0 := selfCPU()
 	start := time.Now()
 	// The response echoes every entry created. It is kept as raw bytes
@@ -280,6 +327,8 @@ func e2eMint(ctx context.Context, s *e2eServer, dir string, round, n int) (e2eRo
 	if err := created(); err != nil {
 		return r, err
 	}
+	gc1, last := s.gcCount()
+	r.gcs, r.lastGC = gc1-gc0, last
 	r.rate = float64(n) / took.Seconds()
 	r.agentCPU = (self1 - self0) / time.Duration(n)
 	r.serverCPU = (cpu1 - cpu0) / time.Duration(n)
@@ -326,8 +375,12 @@ func benchE2E(ctx context.Context, bin string, rounds, n int, all bool) error {
 		if err != nil {
 			return fmt.Errorf("end to end, round %d: %w", i+1, err)
 		}
-		fmt.Printf("round %d  X.509-SVIDs end to end via agent: %7.0f /s  agent CPU %6.1f µs/SVID  server CPU %6.1f µs/SVID  (%d entries)\n",
+		fmt.Printf("round %d  X.509-SVIDs end to end via agent: %7.0f /s  agent CPU %6.1f µs/SVID  server CPU %6.1f µs/SVID  (%d entries)",
 			i+1, r.rate, us(r.agentCPU), us(r.serverCPU), n)
+		if *e2eGCTrace {
+			fmt.Printf("  server GCs %d (last: %s)", r.gcs, r.lastGC)
+		}
+		fmt.Println()
 		rates = append(rates, r.rate)
 		agentCPU = append(agentCPU, us(r.agentCPU))
 		serverCPU = append(serverCPU, us(r.serverCPU))
