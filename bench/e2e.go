@@ -38,6 +38,8 @@ var (
 		"with -e2e-only: record the server process with `perf record -g` during each round's minting into PREFIX.<round>.data (read it with perf report)")
 	e2eGCTrace = flag.Bool("e2e-server-gctrace", false,
 		"with -e2e-only: run the server with GODEBUG=gctrace=1 and print how many garbage collections it ran during each round's minting")
+	e2eServerEnv = flag.String("e2e-server-env", "",
+		"with -e2e-only: comma-separated NAME=VALUE settings added to the server process's environment (e.g. GOGC=200), not to this process's")
 )
 
 // adminBatchSize is the size of the admin batches timed alone: the
@@ -154,8 +156,14 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 		"-data-dir", filepath.Join(dir, "server"), "-bind-address", s.nodeAddr, "-health-address", health,
 		"-admin-socket", adminSock, "-log-level", "warn")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if *e2eGCTrace {
-		s.cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+	if *e2eGCTrace || *e2eServerEnv != "" {
+		s.cmd.Env = os.Environ()
+		if *e2eGCTrace {
+			s.cmd.Env = append(s.cmd.Env, "GODEBUG=gctrace=1")
+		}
+		if *e2eServerEnv != "" {
+			s.cmd.Env = append(s.cmd.Env, strings.Split(*e2eServerEnv, ",")...)
+		}
 	}
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
