@@ -484,40 +484,27 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 	if err != nil {
 		return nil, s.metrics.countRefused(svidX509, len(req.Requests), agentStateError(agentID, err))
 	}
-	// The results, their statuses and the fields of the issuance audit
-	// records are allocated once for the batch, not once per request:
-	// fewer objects for the collector. Each record still gets fields of
-	// its own (a sink may keep them), capped so that a sink's append
-	// cannot reach the next record's.
-	nreq := len(req.Requests)
-	results := make([]*sigilv1.X509SVIDResult, nreq)
-	resultSlab := make([]sigilv1.X509SVIDResult, nreq)
-	statusSlab := make([]sigilv1.Status, nreq)
-	const issuedFields = 5
-	fieldSlab := make([]audit.Field, issuedFields*nreq)
-	agentField := audit.String("agent_id", agentID.String())
+	results := make([]*sigilv1.X509SVIDResult, len(req.Requests))
 	sign := func(i int) {
 		r := req.Requests[i]
-		res := &resultSlab[i]
-		res.EntryId = r.EntryId
-		res.Status = &statusSlab[i]
+		res := &sigilv1.X509SVIDResult{EntryId: r.EntryId}
 		results[i] = res
 		e, ok := byID[r.EntryId]
 		if !ok {
-			res.Status.Code, res.Status.Message = int32(codes.PermissionDenied), fmt.Sprintf("agent is not authorized for entry %q", r.EntryId)
+			res.Status = &sigilv1.Status{Code: int32(codes.PermissionDenied), Message: fmt.Sprintf("agent is not authorized for entry %q", r.EntryId)}
 			return
 		}
 		svid, err := n.signEntry(ctx, e, r.Csr)
 		if err != nil {
-			res.Status.Code, res.Status.Message = int32(status.Code(err)), status.Convert(err).Message()
+			res.Status = &sigilv1.Status{Code: int32(status.Code(err)), Message: status.Convert(err).Message()}
 			return
 		}
+		res.Status = &sigilv1.Status{}
 		res.Chain = svid.Chain
 		res.ExpiresAt = svid.NotAfter.Unix()
-		fields := append(fieldSlab[issuedFields*i:issuedFields*i:issuedFields*(i+1)],
-			agentField, audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId),
-			audit.String("serial", svid.Serial.Text(16)), audit.Time("not_after", svid.NotAfter))
-		s.audit(audit.Event{What: "x509_svid_issued", Who: agentID.String(), Subject: e.SpiffeId, Message: "x509-svid issued", Fields: fields})
+		s.audit(audit.Event{What: "x509_svid_issued", Who: agentID.String(), Subject: e.SpiffeId, Message: "x509-svid issued",
+			Fields: []audit.Field{audit.String("agent_id", agentID.String()), audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId),
+				audit.String("serial", svid.Serial.Text(16)), audit.Time("not_after", svid.NotAfter)}})
 	}
 	parallelFor(len(req.Requests), sign)
 	s.metrics.countX509Results(results)
