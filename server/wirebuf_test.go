@@ -35,13 +35,14 @@ func batchMessages(rng *rand.Rand, n int) (*sigilv1.BatchNewX509SVIDRequest, *si
 	return req, resp
 }
 
-// frames splits b into buffers of at most size bytes, as gRPC hands a
-// message received in several HTTP/2 frames to the codec.
+// frames splits b into buffers of at most size bytes (sharing b's
+// memory), as gRPC hands a message received in several HTTP/2 frames to
+// the codec.
 func frames(b []byte, size int) mem.BufferSlice {
-	var s mem.BufferSlice
+	s := make(mem.BufferSlice, 0, (len(b)+size-1)/size)
 	for len(b) > 0 {
 		n := min(size, len(b))
-		s = append(s, mem.SliceBuffer(bytes.Clone(b[:n])))
+		s = append(s, mem.SliceBuffer(b[:n:n]))
 		b = b[n:]
 	}
 	return s
