@@ -15,9 +15,10 @@ import (
 // (wireBufs) instead of gRPC's default one. gRPC's proto codec takes a
 // buffer for every message over 1 KiB from its default pool, whose tier
 // above 32 KiB holds 1 MiB buffers, and clears the whole buffer on every
-// Get: each batch cleared (or, when the pool was emptied by a garbage
-// collection, allocated) 1 MiB twice, for messages of 100 to 300 KiB,
-// which was most of the garbage of a batch beside the signatures'.
+// Get: each batch cleared 1 MiB twice, for messages of 100 to 300 KiB,
+// or, when a garbage collection had emptied the pool, allocated them
+// (fresh pages the kernel faults in, and garbage for the next
+// collection). See docs/bench.md for what it cost.
 //
 // wireBufs hands out buffers of the next power of two above the size
 // asked for and does not clear them: each is written in full (the
@@ -52,8 +53,9 @@ type wireBufPool struct {
 // wireBufs is the node API codec's buffer pool.
 var wireBufs = &wireBufPool{}
 
-// class is the index of the pool of capacity 1<<(wireBufMinShift+i)
-// that buffers of n bytes come from; -1 above wireBufMax.
+// wireBufClass is the index i of the pool, of buffers of capacity
+// 1<<(wireBufMinShift+i), that a buffer of n bytes comes from; -1 above
+// wireBufMax.
 func wireBufClass(n int) int {
 	switch {
 	case n > wireBufMax:
