@@ -38,9 +38,43 @@ var (
 		"with -e2e-only: record the server process with `perf record -g` during each round's minting into PREFIX.<round>.data (read it with perf report)")
 	e2eGCTrace = flag.Bool("e2e-server-gctrace", false,
 		"with -e2e-only: run the server with GODEBUG=gctrace=1 and print how many garbage collections it ran during each round's minting")
-	e2eServerEnv = flag.String("e2e-server-env", "",
-		"with -e2e-only: comma-separated NAME=VALUE settings added to the server process's environment (e.g. GOGC=200), not to this process's")
 )
+
+// e2eServerEnv holds the -e2e-server-env settings, in order.
+var e2eServerEnv []string
+
+func init() {
+	flag.Func("e2e-server-env",
+		"with -e2e-only: a NAME=VALUE setting added to the server process's environment (e.g. GOGC=200), not to this process's; may be given several times",
+		func(v string) error {
+			if name, _, ok := strings.Cut(v, "="); !ok || name == "" {
+				return fmt.Errorf("want NAME=VALUE, not %q", v)
+			}
+			e2eServerEnv = append(e2eServerEnv, v)
+			return nil
+		})
+}
+
+// serverEnv is the server process's environment: this process's, with
+// the -e2e-server-env settings and, with -e2e-server-gctrace,
+// gctrace=1 added to GODEBUG (to the one given, if any); nil (inherit)
+// with neither.
+func serverEnv() []string {
+	if !*e2eGCTrace && len(e2eServerEnv) == 0 {
+		return nil
+	}
+	env := append(os.Environ(), e2eServerEnv...)
+	if *e2eGCTrace {
+		debug := "gctrace=1"
+		for _, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok && v != "" {
+				debug = v + ",gctrace=1" // the last one is the one exec keeps
+			}
+		}
+		env = append(env, "GODEBUG="+debug)
+	}
+	return env
+}
 
 // adminBatchSize is the size of the admin batches timed alone: the
 // largest one call may carry (server.MaxAdminBatch).
@@ -156,15 +190,7 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 		"-data-dir", filepath.Join(dir, "server"), "-bind-address", s.nodeAddr, "-health-address", health,
 		"-admin-socket", adminSock, "-log-level", "warn")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if *e2eGCTrace || *e2eServerEnv != "" {
-		s.cmd.Env = os.Environ()
-		if *e2eGCTrace {
-			s.cmd.Env = append(s.cmd.Env, "GODEBUG=gctrace=1")
-		}
-		if *e2eServerEnv != "" {
-			s.cmd.Env = append(s.cmd.Env, strings.Split(*e2eServerEnv, ",")...)
-		}
-	}
+	s.cmd.Env = serverEnv()
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -195,6 +221,24 @@ type e2eRound struct {
 	agentCPU, serverCPU time.Duration // per SVID
 	gcs                 int           // the server's collections (with -e2e-server-gctrace)
 	lastGC              string        // the last one's gctrace line
+	minflt              float64       // the server's minor page faults per SVID
+}
+
+// procMinFlt is the number of minor page faults process pid has taken
+// (a page of memory touched for the first time, or again after the
+// runtime gave it back to the kernel); zero when /proc does not say.
+func procMinFlt(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 8 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[7], 10, 64) // field 10 of stat(5)
+	return n
 }
 
 // gcCount is the number of garbage collections the server has logged
@@ -278,6 +322,7 @@ func e2eMint(ctx context.Context, s *e2eServer, dir string, round, n int) (e2eRo
 		return r, err
 	}
 	gc0, _ := s.gcCount()
+	flt0 := procMinFlt(s.cmd.Process.Pid)
 	self0 := selfCPU()
 	start := time.Now()
 	// The response echoes every entry created. It is kept as raw bytes
@@ -337,6 +382,7 @@ func e2eMint(ctx context.Context, s *e2eServer, dir string, round, n int) (e2eRo
 	}
 	gc1, last := s.gcCount()
 	r.gcs, r.lastGC = gc1-gc0, last
+	r.minflt = float64(procMinFlt(s.cmd.Process.Pid)-flt0) / float64(n)
 	r.rate = float64(n) / took.Seconds()
 	r.agentCPU = (self1 - self0) / time.Duration(n)
 	r.serverCPU = (cpu1 - cpu0) / time.Duration(n)
@@ -386,7 +432,7 @@ func benchE2E(ctx context.Context, bin string, rounds, n int, all bool) error {
 		fmt.Printf("round %d  X.509-SVIDs end to end via agent: %7.0f /s  agent CPU %6.1f µs/SVID  server CPU %6.1f µs/SVID  (%d entries)",
 			i+1, r.rate, us(r.agentCPU), us(r.serverCPU), n)
 		if *e2eGCTrace {
-			fmt.Printf("  server GCs %d (last: %s)", r.gcs, r.lastGC)
+			fmt.Printf("  server GCs %d, minor page faults %.2f/SVID (last GC: %s)", r.gcs, r.minflt, r.lastGC)
 		}
 		fmt.Println()
 		rates = append(rates, r.rate)

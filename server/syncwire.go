@@ -1,7 +1,6 @@
 package server
 
 import (
-	"fmt"
 	"sync"
 	"weak"
 
@@ -34,10 +33,9 @@ type syncWire struct {
 }
 
 // syncCodec is the node API server's gRPC codec: the standard "proto"
-// codec, except that a *syncWire is sent as the bytes it already is, and
-// that messages of wireBufMin bytes or more are encoded into, and decoded
-// from, buffers of wireBufs (wirebuf.go) instead of gRPC's default pool.
-// The bytes on the wire are the same.
+// codec, except that a *syncWire is sent as the bytes it already is.
+// Requests, and every other response, go through the proto codec
+// unchanged.
 type syncCodec struct{ encoding.CodecV2 }
 
 func newSyncCodec() syncCodec { return syncCodec{encoding.GetCodecV2("proto")} }
@@ -47,30 +45,7 @@ func (c syncCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if w, ok := v.(*syncWire); ok {
 		return mem.BufferSlice{mem.SliceBuffer(w.b)}, nil
 	}
-	if m, ok := v.(proto.Message); ok {
-		if size := proto.Size(m); size >= wireBufMin {
-			return marshalPooled(m, size)
-		}
-	}
 	return c.CodecV2.Marshal(v)
-}
-
-// Unmarshal implements encoding.CodecV2.
-func (c syncCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	if m, ok := v.(proto.Message); ok {
-		if len(data) == 1 {
-			// One buffer: decoded where it is (proto.Unmarshal
-			// copies what it keeps).
-			if err := proto.Unmarshal(data[0].ReadOnlyData(), m); err != nil {
-				return fmt.Errorf("server: decoding %T: %w", m, err)
-			}
-			return nil
-		}
-		if n := data.Len(); n >= wireBufMin {
-			return unmarshalPooled(data, n, m)
-		}
-	}
-	return c.CodecV2.Unmarshal(data, v)
 }
 
 // entryWireCacheBytes bounds the encoded entries kept for sharing.
