@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,7 +34,47 @@ var (
 	e2eSigil  = flag.String("e2e-sigil", "", "with -e2e-only: a prebuilt sigil binary for the server (default: build ./cmd/sigil)")
 	e2eRounds = flag.Int("e2e-rounds", 3, "with -e2e-only: rounds of each measurement (medians are printed)")
 	e2eSVIDs  = flag.Int("e2e-svids", 5000, "with -e2e-only: entries minted end to end per round (at most 10,000)")
+	e2ePerf   = flag.String("e2e-server-perf", "",
+		"with -e2e-only: record the server process with `perf record -g` during each round's minting into PREFIX.<round>.data (read it with perf report)")
+	e2eGCTrace = flag.Bool("e2e-server-gctrace", false,
+		"with -e2e-only: run the server with GODEBUG=gctrace=1 and print how many garbage collections it ran during each round's minting")
 )
+
+// e2eServerEnv holds the -e2e-server-env settings, in order.
+var e2eServerEnv []string
+
+func init() {
+	flag.Func("e2e-server-env",
+		"with -e2e-only: a NAME=VALUE setting added to the server process's environment (e.g. GOGC=200), not to this process's; may be given several times",
+		func(v string) error {
+			if name, _, ok := strings.Cut(v, "="); !ok || name == "" {
+				return fmt.Errorf("want NAME=VALUE, not %q", v)
+			}
+			e2eServerEnv = append(e2eServerEnv, v)
+			return nil
+		})
+}
+
+// serverEnv is the server process's environment: this process's, with
+// the -e2e-server-env settings and, with -e2e-server-gctrace,
+// gctrace=1 added to GODEBUG (to the one given, if any); nil (inherit)
+// with neither.
+func serverEnv() []string {
+	if !*e2eGCTrace && len(e2eServerEnv) == 0 {
+		return nil
+	}
+	env := append(os.Environ(), e2eServerEnv...)
+	if *e2eGCTrace {
+		debug := "gctrace=1"
+		for _, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok && v != "" {
+				debug = v + ",gctrace=1" // the last one is the one exec keeps
+			}
+		}
+		env = append(env, "GODEBUG="+debug)
+	}
+	return env
+}
 
 // adminBatchSize is the size of the admin batches timed alone: the
 // largest one call may carry (server.MaxAdminBatch).
@@ -106,6 +148,7 @@ func selfCPU() time.Duration {
 // e2eServer is a `sigil server` process and an admin client to it.
 type e2eServer struct {
 	cmd      *exec.Cmd
+	logPath  string // the server's stdout and stderr
 	nodeAddr string
 	admin    sigilv1.AdminClient
 	conn     *grpc.ClientConn
@@ -138,7 +181,8 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 		return nil, err
 	}
 	adminSock := filepath.Join(dir, "admin", "admin.sock")
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
+	s.logPath = filepath.Join(dir, "server.log")
+	logf, err := os.Create(s.logPath)
 	if err != nil {
 		return nil, err
 	}
@@ -146,6 +190,7 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 		"-data-dir", filepath.Join(dir, "server"), "-bind-address", s.nodeAddr, "-health-address", health,
 		"-admin-socket", adminSock, "-log-level", "warn")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.cmd.Env = serverEnv()
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -174,6 +219,46 @@ func startE2EServer(ctx context.Context, bin, dir string) (_ *e2eServer, err err
 type e2eRound struct {
 	rate                float64       // SVIDs/s from the entries' creation to the last SVID in the agent
 	agentCPU, serverCPU time.Duration // per SVID
+	gcs                 int           // the server's collections (with -e2e-server-gctrace)
+	lastGC              string        // the last one's gctrace line
+	minflt              float64       // the server's minor page faults per SVID
+}
+
+// procMinFlt is the number of minor page faults process pid has taken
+// (a page of memory touched for the first time, or again after the
+// runtime gave it back to the kernel); zero when /proc does not say.
+func procMinFlt(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 8 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[7], 10, 64) // field 10 of stat(5)
+	return n
+}
+
+// gcCount is the number of garbage collections the server has logged
+// with GODEBUG=gctrace=1 (-e2e-server-gctrace), and the last one's line;
+// zero without it.
+func (s *e2eServer) gcCount() (int, string) {
+	if !*e2eGCTrace {
+		return 0, ""
+	}
+	b, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return 0, ""
+	}
+	n, last := 0, ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "gc ") {
+			n, last = n+1, line
+		}
+	}
+	return n, last
 }
 
 // e2eMint starts a fresh agent in this process against s, creates n
@@ -219,10 +304,25 @@ func e2eMint(ctx context.Context, s *e2eServer, dir string, round, n int) (e2eRo
 			Selectors: []*sigilv1.Selector{noWorkloadSelector(fmt.Sprintf("e2e%d-%d", round, i))},
 		}
 	}
+	if *e2ePerf != "" {
+		out := fmt.Sprintf("%s.%d.data", *e2ePerf, round)
+		perf := exec.CommandContext(ctx, "perf", "record", "-q", "-g", "-F", "2000", "-o", out, "-p", strconv.Itoa(s.cmd.Process.Pid))
+		perf.Stderr = os.Stderr
+		if err := perf.Start(); err != nil {
+			return r, fmt.Errorf("%s: %w", perf.Path, err)
+		}
+		time.Sleep(300 * time.Millisecond) // let it attach
+		defer func() {
+			_ = perf.Process.Signal(syscall.SIGINT)
+			_ = perf.Wait()
+		}()
+	}
 	cpu0, err := procCPU(s.cmd.Process.Pid)
 	if err != nil {
 		return r, err
 	}
+	gc0, _ := s.gcCount()
+	flt0 := procMinFlt(s.cmd.Process.Pid)
 	self0 := selfCPU()
 	start := time.Now()
 	// The response echoes every entry created. It is kept as raw bytes
@@ -280,6 +380,9 @@ func e2eMint(ctx context.Context, s *e2eServer, dir string, round, n int) (e2eRo
 	if err := created(); err != nil {
 		return r, err
 	}
+	gc1, last := s.gcCount()
+	r.gcs, r.lastGC = gc1-gc0, last
+	r.minflt = float64(procMinFlt(s.cmd.Process.Pid)-flt0) / float64(n)
 	r.rate = float64(n) / took.Seconds()
 	r.agentCPU = (self1 - self0) / time.Duration(n)
 	r.serverCPU = (cpu1 - cpu0) / time.Duration(n)
@@ -326,8 +429,12 @@ func benchE2E(ctx context.Context, bin string, rounds, n int, all bool) error {
 		if err != nil {
 			return fmt.Errorf("end to end, round %d: %w", i+1, err)
 		}
-		fmt.Printf("round %d  X.509-SVIDs end to end via agent: %7.0f /s  agent CPU %6.1f µs/SVID  server CPU %6.1f µs/SVID  (%d entries)\n",
+		fmt.Printf("round %d  X.509-SVIDs end to end via agent: %7.0f /s  agent CPU %6.1f µs/SVID  server CPU %6.1f µs/SVID  (%d entries)",
 			i+1, r.rate, us(r.agentCPU), us(r.serverCPU), n)
+		if *e2eGCTrace {
+			fmt.Printf("  server GCs %d, minor page faults %.2f/SVID (last GC: %s)", r.gcs, r.minflt, r.lastGC)
+		}
+		fmt.Println()
 		rates = append(rates, r.rate)
 		agentCPU = append(agentCPU, us(r.agentCPU))
 		serverCPU = append(serverCPU, us(r.serverCPU))
