@@ -40,6 +40,7 @@ var (
 	agent1mRounds  = flag.Int("agent-1m-rounds", 1, "with -agent-1m-only: rounds per binary")
 	agent1mEntries = flag.Int("agent-1m-entries", 1_000_000, "with -agent-1m-only: entries parented to the agent")
 	agent1mActive  = flag.Int("agent-1m-active", 1000, "with -agent-1m-only: of those, entries matching this process (fetched, so active)")
+	agent1mLogs    = flag.String("agent-1m-logs", "", "with -agent-1m-only: copy each round's agent log to this directory (run with GODEBUG=gctrace=1 to see the agent's heap)")
 )
 
 // agent1mBatch is the entries per BatchCreateEntry call (the most one
@@ -283,6 +284,11 @@ func benchAgent1M(ctx context.Context, bins []string, rounds, entries, active in
 			res, err := agent1mRun(ctx, bin, rdir, entries, active)
 			if err != nil {
 				return fmt.Errorf("%s: %w", names[i], err)
+			}
+			if *agent1mLogs != "" {
+				if b, err := os.ReadFile(filepath.Join(rdir, "agent.log")); err == nil {
+					_ = os.WriteFile(filepath.Join(*agent1mLogs, fmt.Sprintf("agent-r%d-b%d.log", r, i)), b, 0o644)
+				}
 			}
 			// Free the server's data between rounds (a million entries).
 			_ = os.RemoveAll(rdir)
