@@ -1031,17 +1031,22 @@ func (c *coldStore) winDel(slot uint32) {
 }
 
 // winFill fills the empty window with the spareWindow least IDs of the
-// store, in one scan (a bounded heap of the greatest first).
+// store, in one scan (a bounded heap of the greatest first, whose
+// greatest ID is kept formatted: most entries are compared with it
+// only).
 func (c *coldStore) winFill() {
 	h := c.heap[:0]
 	more := func(a, b uint32) bool { return c.less(b, a) }
+	var maxBuf, buf idBuf
+	var maxID []byte
 	c.each(func(i uint32) {
 		if len(h) == spareWindow {
-			if !c.less(i, h[0]) {
+			if bytes.Compare(c.idb(i, &buf), maxID) >= 0 {
 				return
 			}
 			h[0] = i
 			siftDown(h, 0, more)
+			maxID = append(maxBuf[:0], c.idb(h[0], &buf)...)
 			return
 		}
 		h = append(h, i)
@@ -1052,6 +1057,9 @@ func (c *coldStore) winFill() {
 			}
 			h[j], h[p] = h[p], h[j]
 			j = p
+		}
+		if len(h) == spareWindow {
+			maxID = append(maxBuf[:0], c.idb(h[0], &buf)...)
 		}
 	})
 	slices.SortFunc(h, func(a, b uint32) int {
