@@ -1,16 +1,19 @@
 package main
 
 // An agent with a million entries parented to it, as deployed
-// (-agent-1m-only): a `sigil server` process and a `sigil agent` process
-// (built as released, installed by copying), N entries created through
-// the admin API in batches of 10,000 and parented to the agent before it
-// starts, of which `active` match this process as a workload (its uid)
-// and the rest match nothing on the machine. The agent's first sync is
-// then a full sync of every entry; this process fetches the active
-// SVIDs through the Workload API with go-spiffe's client and keeps
-// watching (so they stay active) while the agent's memory settles, then
-// reads the agent's and the server's memory (/proc/PID/status and
-// smaps_rollup).
+// (-agent-1m-only): a `sigil server` process and `sigil agent` processes
+// (built as released, installed by copying). N entries are created
+// through the admin API in batches of 10,000, parented to the agent
+// before it first starts, of which `active` match this process as a
+// workload (its uid) and the rest match nothing on the machine. Each run
+// starts an agent process (the first attests with a join token, the
+// others load the identity it saved: the same agent ID) whose first sync
+// is a full sync of every entry; this process fetches the active SVIDs
+// through the Workload API with go-spiffe's client and keeps watching
+// (so they stay active) while the agent's memory settles, then reads the
+// agent's and the server's memory (/proc/PID/status and smaps_rollup)
+// and stops the agent. Runs alternate between the binaries compared; the
+// server (the first binary's) and its entries are shared by all runs.
 
 import (
 	"context"
@@ -57,74 +60,94 @@ type agent1mResult struct {
 	SyncedLog  bool    // the agent's log reports a sync of every entry
 }
 
-// agent1mRun is one round: a server and an agent of bin in dir.
-func agent1mRun(ctx context.Context, bin, dir string, entries, active int) (_ agent1mResult, err error) {
-	var res agent1mResult
-	if active > entries || active < 1 {
-		return res, errors.New("agent1m: -agent-1m-active must be between 1 and -agent-1m-entries")
+// agent1mServer is the server process of every run and its entries.
+type agent1mServer struct {
+	procs      []*exec.Cmd
+	srv        *exec.Cmd
+	nodeAddr   string
+	token      string
+	bundlePath string
+	createSecs float64
+}
+
+func (s *agent1mServer) stop() {
+	for _, c := range s.procs {
+		_ = c.Process.Kill()
+		_ = c.Wait()
 	}
-	var procs []*exec.Cmd
+}
+
+// startProc starts bin with args in dir, its output in dir/name.log.
+func startProc(ctx context.Context, bin, dir, name string, args ...string) (*exec.Cmd, error) {
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return cmd, nil
+}
+
+// agent1mSetup starts bin's server in dir and creates the entries.
+func agent1mSetup(ctx context.Context, bin, dir string, entries, active int) (_ *agent1mServer, err error) {
+	s := &agent1mServer{}
 	defer func() {
-		for _, c := range procs {
-			_ = c.Process.Kill()
-			_ = c.Wait()
+		if err != nil {
+			s.stop()
 		}
 	}()
-	var addrs [3]string
-	for i := range addrs {
-		if addrs[i], err = benchFreeAddr(); err != nil {
-			return res, err
+	var health string
+	if s.nodeAddr, err = benchFreeAddr(); err != nil {
+		return nil, err
+	}
+	if health, err = benchFreeAddr(); err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{"admin", "public"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, err
 		}
 	}
 	admin := filepath.Join(dir, "admin", "admin.sock")
-	start := func(name string, args ...string) (*exec.Cmd, error) {
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			return nil, err
-		}
-		defer logf.Close()
-		cmd := exec.CommandContext(ctx, bin, args...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			return nil, err
-		}
-		procs = append(procs, cmd)
-		return cmd, nil
+	if s.srv, err = startProc(ctx, bin, dir, "server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
+		"-data-dir", filepath.Join(dir, "server"), "-bind-address", s.nodeAddr, "-health-address", health,
+		"-admin-socket", admin, "-log-level", "warn"); err != nil {
+		return nil, err
 	}
-	srv, err := start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
-		"-data-dir", filepath.Join(dir, "server"), "-bind-address", addrs[0], "-health-address", addrs[1],
-		"-admin-socket", admin, "-log-level", "warn")
-	if err != nil {
-		return res, err
-	}
-	if err := waitHTTP(ctx, "http://"+addrs[1]+"/ready", time.Minute); err != nil {
-		return res, fmt.Errorf("agent1m: server: %w", err)
+	s.procs = append(s.procs, s.srv)
+	if err := waitHTTP(ctx, "http://"+health+"/ready", time.Minute); err != nil {
+		return nil, fmt.Errorf("agent1m: server: %w", err)
 	}
 	conn, err := grpc.NewClient("unix://"+admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	defer conn.Close()
 	api := sigilv1.NewAdminClient(conn)
 	tok, err := api.CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{})
 	if err != nil {
-		return res, fmt.Errorf("agent1m: create join token: %w", err)
+		return nil, fmt.Errorf("agent1m: create join token: %w", err)
 	}
+	s.token = tok.Token
 	bundle, err := exec.CommandContext(ctx, bin, "bundle", "show", "-socket", admin).Output()
 	if err != nil {
-		return res, fmt.Errorf("agent1m: bundle show: %w", err)
+		return nil, fmt.Errorf("agent1m: bundle show: %w", err)
 	}
-	bundlePath := filepath.Join(dir, "bundle.pem")
-	if err := os.WriteFile(bundlePath, bundle, 0o644); err != nil {
-		return res, err
+	s.bundlePath = filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(s.bundlePath, bundle, 0o644); err != nil {
+		return nil, err
 	}
 
-	// The entries, before the agent starts: its first sync is a full
-	// one. The active ones come last, one selector each (this process's
-	// uid, with which the unix workload attestor matches it); the others
-	// are shaped like a Kubernetes node's (a namespace shared by many, a
-	// service account of their own, a container name shared by all),
-	// which no workload on this machine has.
+	// The entries, before the agent first starts. The active ones come
+	// last, one selector each (this process's uid, with which the unix
+	// workload attestor matches it); the others are shaped like a
+	// Kubernetes node's (a namespace shared by many, a service account
+	// of their own, a container name shared by all), which no workload
+	// on this machine has.
 	uid := strconv.Itoa(os.Geteuid())
 	began := time.Now()
 	for lo := 0; lo < entries; lo += agent1mBatch {
@@ -148,27 +171,45 @@ func agent1mRun(ctx context.Context, bin, dir string, entries, active int) (_ ag
 		resp, err := api.BatchCreateEntry(cctx, &sigilv1.BatchCreateEntryRequest{Entries: batch})
 		cancel()
 		if err != nil {
-			return res, fmt.Errorf("agent1m: batch create entry: %w", err)
+			return nil, fmt.Errorf("agent1m: batch create entry: %w", err)
 		}
 		if len(resp.Results) != len(batch) {
-			return res, fmt.Errorf("agent1m: batch create entry: %d results for %d entries", len(resp.Results), len(batch))
+			return nil, fmt.Errorf("agent1m: batch create entry: %d results for %d entries", len(resp.Results), len(batch))
 		}
 		for _, r := range resp.Results {
 			if r.Status.GetCode() != 0 {
-				return res, fmt.Errorf("agent1m: create entry: %s", r.Status.GetMessage())
+				return nil, fmt.Errorf("agent1m: create entry: %s", r.Status.GetMessage())
 			}
 		}
 	}
-	res.CreateSecs = time.Since(began).Seconds()
+	s.createSecs = time.Since(began).Seconds()
+	return s, nil
+}
 
-	socket := filepath.Join(dir, "public", "api.sock")
-	agentStart := time.Now()
-	ag, err := start("agent", "agent", "-trust-domain", td.Name(), "-server-address", addrs[0],
-		"-data-dir", filepath.Join(dir, "agent"), "-socket-path", socket,
-		"-join-token", tok.Token, "-trust-bundle-path", bundlePath, "-health-address", addrs[2], "-log-level", "info")
+// agent1mRun is one run: bin's agent against s, the agent's data dir
+// shared by every run (the identity the first run saved), its socket and
+// log in dir.
+func agent1mRun(ctx context.Context, s *agent1mServer, bin, dataDir, dir string, entries, active int) (_ agent1mResult, err error) {
+	res := agent1mResult{CreateSecs: s.createSecs}
+	health, err := benchFreeAddr()
 	if err != nil {
 		return res, err
 	}
+	if err := os.MkdirAll(filepath.Join(dir, "public"), 0o700); err != nil {
+		return res, err
+	}
+	socket := filepath.Join(dir, "public", "api.sock")
+	agentStart := time.Now()
+	ag, err := startProc(ctx, bin, dir, "agent", "agent", "-trust-domain", td.Name(), "-server-address", s.nodeAddr,
+		"-data-dir", dataDir, "-socket-path", socket,
+		"-join-token", s.token, "-trust-bundle-path", s.bundlePath, "-health-address", health, "-log-level", "info")
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		_ = ag.Process.Kill()
+		_ = ag.Wait()
+	}()
 	// The watch starts as soon as the socket is there (the client
 	// retries until the agent listens) and stays open until the memory
 	// is read: the active SVIDs are those of a connected workload.
@@ -187,7 +228,7 @@ func agent1mRun(ctx context.Context, bin, dir string, entries, active int) (_ ag
 	}()
 	ready := make(chan error, 1)
 	go func() {
-		err := waitHTTP(ctx, "http://"+addrs[2]+"/ready", 5*time.Minute)
+		err := waitHTTP(ctx, "http://"+health+"/ready", 5*time.Minute)
 		if err == nil {
 			res.ReadySecs = time.Since(agentStart).Seconds()
 		}
@@ -209,7 +250,7 @@ func agent1mRun(ctx context.Context, bin, dir string, entries, active int) (_ ag
 	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 30*time.Second); err != nil {
 		return res, err
 	}
-	if res.Server, err = readProcMem(srv.Process.Pid); err != nil {
+	if res.Server, err = readProcMem(s.srv.Process.Pid); err != nil {
 		return res, err
 	}
 	if n := w.seen(); n != active {
@@ -272,16 +313,23 @@ func benchAgent1M(ctx context.Context, bins []string, rounds, entries, active in
 		bins = installed
 	}
 	fmt.Printf("agent with %d entries parented to it, %d active (fetched by this process); sigil as released, installed by copying\n", entries, active)
+	srv, err := agent1mSetup(ctx, bins[0], filepath.Join(dir, "server"), entries, active)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	fmt.Printf("%d entries created in %.1f s (batches of %d)\n", entries, srv.createSecs, agent1mBatch)
+	dataDir := filepath.Join(dir, "agent-data")
 	all := make([][]agent1mResult, len(bins))
 	for r := 0; r < rounds; r++ {
-		for i, bin := range bins {
-			rdir := filepath.Join(dir, fmt.Sprintf("r%d-b%d", r, i))
-			for _, sub := range []string{"admin", "public"} {
-				if err := os.MkdirAll(filepath.Join(rdir, sub), 0o700); err != nil {
-					return err
-				}
+		for k := range bins {
+			// The order reversed every other round.
+			i := k
+			if r%2 == 1 {
+				i = len(bins) - 1 - k
 			}
-			res, err := agent1mRun(ctx, bin, rdir, entries, active)
+			rdir := filepath.Join(dir, fmt.Sprintf("r%d-b%d", r, i))
+			res, err := agent1mRun(ctx, srv, bins[i], dataDir, rdir, entries, active)
 			if err != nil {
 				return fmt.Errorf("%s: %w", names[i], err)
 			}
@@ -290,12 +338,10 @@ func benchAgent1M(ctx context.Context, bins []string, rounds, entries, active in
 					_ = os.WriteFile(filepath.Join(*agent1mLogs, fmt.Sprintf("agent-r%d-b%d.log", r, i)), b, 0o644)
 				}
 			}
-			// Free the server's data between rounds (a million entries).
-			_ = os.RemoveAll(rdir)
 			all[i] = append(all[i], res)
-			fmt.Printf("round %d binary %d: agent VmRSS %.1f MiB (RssAnon %.1f, RssFile %.1f, Pss %.1f, VmHWM %.1f); created in %.1f s; agent /ready %.2f s, %d SVIDs %.2f s after start (sync logged: %v); server %v\n",
+			fmt.Printf("round %d binary %d: agent VmRSS %.1f MiB (RssAnon %.1f, RssFile %.1f, Pss %.1f, VmHWM %.1f); /ready (full sync) %.2f s, %d SVIDs %.2f s after start (sync logged: %v); server %v; load %s\n",
 				r, i, mib(res.Agent.RSS), mib(res.Agent.Anon), mib(res.Agent.File), mib(res.Agent.PSS), mib(res.Agent.HWM),
-				res.CreateSecs, res.ReadySecs, active, res.FetchSecs, res.SyncedLog, res.Server)
+				res.ReadySecs, active, res.FetchSecs, res.SyncedLog, res.Server, loadAvg())
 		}
 	}
 	for i := range bins {
@@ -338,4 +384,17 @@ func agent1mBins() ([]string, error) {
 		bins = append(bins, abs)
 	}
 	return bins, nil
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
