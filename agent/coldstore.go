@@ -717,7 +717,7 @@ func (c *coldStore) renumber() {
 			dir = c.dirs.intern(old.dirs.get(r.dir))
 		}
 		sels := make([][]byte, 0, r.nsels)
-		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, s); return true })
+		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, bytes.Clone(s)); return true })
 		id := idPart{mode: r.idMode}
 		copy(id.bin[:], r.idBin)
 		var leaf []byte
@@ -922,12 +922,16 @@ func (c *coldStore) match(sel string, set registration.SelectorSet, f func(uint3
 			continue // another selector in the bucket
 		}
 		all := r.nsels > 0
-		r.eachSel(func(_ int, s []byte) bool {
+		var buf [64]byte
+		b := r.sels
+		for range r.nsels {
+			var s []byte
+			s, b = r.nextSelBytes(b, buf[:0])
 			if _, in := set[string(s)]; !in {
 				all = false
+				break
 			}
-			return all
-		})
+		}
 		if all {
 			f(slot)
 		}
@@ -940,12 +944,15 @@ func (c *coldStore) equal(i uint32, pe *packedEntry) bool {
 	if r.nsels != len(pe.sels) || c.parents.get(r.parent) != pe.parent || string(c.fullRaw(&r)) != pe.raw {
 		return false
 	}
-	same := true
-	r.eachSel(func(j int, s []byte) bool {
-		same = string(s) == pe.sels[j]
-		return same
-	})
-	return same
+	var buf [64]byte
+	b := r.sels
+	for j := range r.nsels {
+		var s []byte
+		if s, b = r.nextSelBytes(b, buf[:0]); string(s) != pe.sels[j] {
+			return false
+		}
+	}
+	return true
 }
 
 // packed returns slot i's entry as a packedEntry of its own (no memory
@@ -954,7 +961,13 @@ func (c *coldStore) packed(i uint32) packedEntry {
 	r := c.rec(i)
 	p := packedEntry{raw: string(c.fullRaw(&r)), parent: c.parents.get(r.parent)}
 	p.sels = make([]string, 0, r.nsels)
-	r.eachSel(func(_ int, s []byte) bool { p.sels = append(p.sels, string(s)); return true })
+	var buf [64]byte
+	b := r.sels
+	for range r.nsels {
+		var s []byte
+		s, b = r.nextSelBytes(b, buf[:0])
+		p.sels = append(p.sels, string(s))
+	}
 	p.fill()
 	return p
 }

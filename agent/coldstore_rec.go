@@ -337,17 +337,31 @@ func (r *coldRec) selIs(i int, sel []byte) bool {
 }
 
 // eachSel calls f with each selector of r until f returns false; sel is
-// a view (of the chunk, of the dictionary's string, or built for the
-// call) that f must not change.
+// a view (of the chunk, of the dictionary's string, or of a buffer the
+// next selector reuses) valid during the call only, which f must not
+// change.
 func (r *coldRec) eachSel(f func(i int, sel []byte) bool) {
+	var buf []byte
 	b := r.sels
 	for i := range r.nsels {
 		kind, ref, inline, num, rest := r.nextSel(b)
 		b = rest
-		if !f(i, r.selBytes(nil, kind, ref, inline, num)) {
+		sel := r.selBytes(buf, kind, ref, inline, num)
+		if kind == selStem || kind == selStemLf {
+			buf = sel[:0] // built there: reused by the next
+		}
+		if !f(i, sel) {
 			return
 		}
 	}
+}
+
+// nextSelBytes decodes the selector at the start of b (nextSel) and
+// returns it as selBytes does, built in buf when it must be, and what
+// follows it.
+func (r *coldRec) nextSelBytes(b, buf []byte) (sel, rest []byte) {
+	kind, ref, inline, num, rest := r.nextSel(b)
+	return r.selBytes(buf, kind, ref, inline, num), rest
 }
 
 // eachSelRef calls f with each dictionary reference r holds: its
