@@ -635,3 +635,33 @@ func TestColdStoreNumbersAndWindowMatchModel(t *testing.T) {
 		})
 	}
 }
+
+// A cold entry shaped like a Kubernetes node's (benchEntry) keeps at
+// most 48 bytes of record (76 before names and selectors ending in
+// numbers were kept as stems and numbers), and the store keeps no table
+// of every entry for the spare order (the window holds at most
+// spareWindow).
+func TestColdStoreBytesPerEntry(t *testing.T) {
+	const n = 20_000
+	cs := newColdStore()
+	c := &cs
+	for i := range n {
+		pe := packEntry(benchEntry(i), noIntern)
+		c.insert(&pe, coldMeta{gen: uint64(n + i)})
+	}
+	used := 0
+	c.each(func(i uint32) {
+		s := &c.slots[i]
+		l, k := binary.Uvarint(c.chunks[s.chunk].b[s.off:])
+		used += k + int(l)
+	})
+	if per := float64(used) / n; per > 48 {
+		t.Fatalf("%.1f bytes of record per entry, want at most 48", per)
+	}
+	if len(c.heap) > spareWindow {
+		t.Fatalf("the spare order holds %d entries, at most %d", len(c.heap), spareWindow)
+	}
+	if top, ok := c.top(); !ok || string(c.id(top)) != benchEntry(0).GetId() {
+		t.Fatalf("top %v, want %s", ok, benchEntry(0).GetId())
+	}
+}
