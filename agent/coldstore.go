@@ -24,17 +24,22 @@ import (
 // the garbage collector does not scan:
 //
 //   - records: the entry's packed encoding (packedEntry.raw) with its
-//     SPIFFE ID's directory (up to the last slash) taken out and
-//     interned, its generation, its parent (interned too) and its
-//     selectors, appended to chunks of up to coldChunkMax bytes. A
-//     selector is kept in the record the first time the store sees it,
-//     and as a reference to a counted dictionary entry (selDict) once it
-//     was seen before (selSeen, a small table of selector hashes): the
-//     selectors many entries share (a namespace, a container name, a
-//     node) cost one or two bytes per entry, and a selector of one entry
-//     only (a service account) costs nothing in the dictionary;
-//   - slots: per entry, where its record is, its links in the selector
-//     index and its place in the spare heap (20 bytes);
+//     ID taken out (16 bytes when it is hex or a UUID), its SPIFFE ID's
+//     directory (up to the last slash) taken out and interned, its
+//     generation, its parent (interned too) and its selectors, appended
+//     to chunks of up to coldChunkMax bytes (the layout is in
+//     coldstore_rec.go). A selector is kept in the record the first time
+//     the store sees it, and as a reference to a counted dictionary
+//     entry (selDict) once it was seen before (selSeen, a small table of
+//     hashes): the selectors many entries share (a namespace, a
+//     container name, a node) cost one or two bytes per entry, and a
+//     selector of one entry only (a service account) costs nothing in
+//     the dictionary. A selector or the rest of the SPIFFE ID that ends
+//     in a number is kept as a stem in the dictionary and the number
+//     once the store saw the stem before (sa:workload-1234: two bytes
+//     and the number, none when it is the SPIFFE ID's);
+//   - slots: per entry, where its record is and its links in the
+//     selector index (16 bytes);
 //   - an open-addressing table from entry ID to slot (4 bytes per
 //     entry, at most 3/4 full);
 //   - the selector index: buckets (one per two entries or more) by
@@ -43,17 +48,17 @@ import (
 //     its least-shared selector, as in the warm index, so matching costs
 //     the entries filed under a workload's selectors, and the few others
 //     of their buckets);
-//   - the spare heap: the slots in order of their entry IDs, the order
-//     in which entries no workload asked for are minted while the SVID
-//     cache has room.
-//
+//   - the spare window: the spareWindow entries of least IDs, in order
+//     (the order in which entries no workload asked for are minted while
+//     the SVID cache has room), refilled by one scan when it is empty.
+
 // Deleting a record leaves garbage in its chunk; a chunk (other than the
 // one appended to) that is half garbage has its live records moved to
 // the end and is freed, so the work a deletion causes is bounded by one
 // chunk. When the table of slots is mostly free it is renumbered.
 //
 // The chunks and the tables (slots, free slots, the ID table, the
-// selector index and the spare heap) hold no Go pointers: they are
+// selector index, the seen hashes) hold no Go pointers: they are
 // allocated from an offheap.Arena, outside the Go heap once they are
 // large (offheap.MinMapped), so that the collector neither scans them
 // nor counts them towards its heap goal (a million cold entries would
@@ -100,19 +105,19 @@ type coldStore struct {
 	// (up to their last slash), which many entries share.
 	parents refTable
 	dirs    refTable
-	// selDict interns the selectors that more than one record held
-	// when they were added; selSeen holds 32 bits of the hashes of
-	// selectors added and not yet in selDict (four per entry, at most
-	// selSeenMax, in sets of four by hash, one overwritten when its
-	// set is full): a
-	// selector whose hash is there was most likely seen before.
+	// selDict interns the selectors, and the stems of selectors and of
+	// SPIFFE IDs, that more than one record held when they were added
+	// (coldstore_rec.go); selSeen holds 32 bits of the hashes of those
+	// added and not yet in selDict (four per entry, at most selSeenMax,
+	// in sets of four by hash, one overwritten when its set is full): a
+	// string whose hash is there was most likely seen before.
 	selDict refTable
 	selSeen []uint32
 	// hold: slots must not be renumbered (a caller holds slot numbers).
 	hold bool
 	// scratch is where add encodes a record before placing it.
 	scratch []byte
-	// plain: no selector index and no spare heap (a store that only
+	// plain: no selector index and no spare window (a store that only
 	// collects entries by ID: entryStage). drain: records are removed
 	// in the order they were added, so chunks are freed as they empty
 	// and never compacted, and none is looked up by ID (the ID table is
