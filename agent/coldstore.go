@@ -616,14 +616,6 @@ func (c *coldStore) place(n int) (uint32, uint32) {
 	return uint32(c.tail), off
 }
 
-func varintLen(v int64) int {
-	u := uint64(v) << 1
-	if v < 0 {
-		u = ^u
-	}
-	return uvarintLen(u)
-}
-
 func uvarintLen(v uint64) int {
 	n := 1
 	for v >= 0x80 {
