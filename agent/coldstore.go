@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash/maphash"
+	"slices"
 	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -23,17 +24,22 @@ import (
 // the garbage collector does not scan:
 //
 //   - records: the entry's packed encoding (packedEntry.raw) with its
-//     SPIFFE ID's directory (up to the last slash) taken out and
-//     interned, its generation, its parent (interned too) and its
-//     selectors, appended to chunks of up to coldChunkMax bytes. A
-//     selector is kept in the record the first time the store sees it,
-//     and as a reference to a counted dictionary entry (selDict) once it
-//     was seen before (selSeen, a small table of selector hashes): the
-//     selectors many entries share (a namespace, a container name, a
-//     node) cost one or two bytes per entry, and a selector of one entry
-//     only (a service account) costs nothing in the dictionary;
-//   - slots: per entry, where its record is, its links in the selector
-//     index and its place in the spare heap (20 bytes);
+//     ID taken out (16 bytes when it is hex or a UUID), its SPIFFE ID's
+//     directory (up to the last slash) taken out and interned, its
+//     generation, its parent (interned too) and its selectors, appended
+//     to chunks of up to coldChunkMax bytes (the layout is in
+//     coldstore_rec.go). A selector is kept in the record the first time
+//     the store sees it, and as a reference to a counted dictionary
+//     entry (selDict) once it was seen before (selSeen, a small table of
+//     hashes): the selectors many entries share (a namespace, a
+//     container name, a node) cost one or two bytes per entry, and a
+//     selector of one entry only (a service account) costs nothing in
+//     the dictionary. A selector or the rest of the SPIFFE ID that ends
+//     in a number is kept as a stem in the dictionary and the number
+//     once the store saw the stem before (sa:workload-1234: two bytes
+//     and the number, none when it is the SPIFFE ID's);
+//   - slots: per entry, where its record is and its links in the
+//     selector index (16 bytes);
 //   - an open-addressing table from entry ID to slot (4 bytes per
 //     entry, at most 3/4 full);
 //   - the selector index: buckets (one per two entries or more) by
@@ -42,17 +48,17 @@ import (
 //     its least-shared selector, as in the warm index, so matching costs
 //     the entries filed under a workload's selectors, and the few others
 //     of their buckets);
-//   - the spare heap: the slots in order of their entry IDs, the order
-//     in which entries no workload asked for are minted while the SVID
-//     cache has room.
-//
+//   - the spare window: the spareWindow entries of least IDs, in order
+//     (the order in which entries no workload asked for are minted while
+//     the SVID cache has room), refilled by one scan when it is empty.
+
 // Deleting a record leaves garbage in its chunk; a chunk (other than the
 // one appended to) that is half garbage has its live records moved to
 // the end and is freed, so the work a deletion causes is bounded by one
 // chunk. When the table of slots is mostly free it is renumbered.
 //
 // The chunks and the tables (slots, free slots, the ID table, the
-// selector index and the spare heap) hold no Go pointers: they are
+// selector index, the seen hashes) hold no Go pointers: they are
 // allocated from an offheap.Arena, outside the Go heap once they are
 // large (offheap.MinMapped), so that the collector neither scans them
 // nor counts them towards its heap goal (a million cold entries would
@@ -90,22 +96,28 @@ type coldStore struct {
 	sels       []selBucket
 	nfiled     int // entries in the selector index
 	nsels      int // selectors entries are filed under
-	heap       []uint32
+	// heap is the spare window: the slots of the entries of least IDs,
+	// in order (see winAdd). part: some entries are not in it (all
+	// entries outside have greater IDs than those in it).
+	heap []uint32
+	part bool
 	// parents interns parent IDs and dirs the directories of SPIFFE IDs
 	// (up to their last slash), which many entries share.
 	parents refTable
 	dirs    refTable
-	// selDict interns the selectors that more than one record held
-	// when they were added; selSeen holds 32 bits of the hashes of
-	// selectors added and not yet in selDict (four per entry, at most
-	// selSeenMax, in sets of four by hash, one overwritten when its
-	// set is full): a
-	// selector whose hash is there was most likely seen before.
+	// selDict interns the selectors, and the stems of selectors and of
+	// SPIFFE IDs, that more than one record held when they were added
+	// (coldstore_rec.go); selSeen holds 32 bits of the hashes of those
+	// added and not yet in selDict (four per entry, at most selSeenMax,
+	// in sets of four by hash, one overwritten when its set is full): a
+	// string whose hash is there was most likely seen before.
 	selDict refTable
 	selSeen []uint32
 	// hold: slots must not be renumbered (a caller holds slot numbers).
 	hold bool
-	// plain: no selector index and no spare heap (a store that only
+	// scratch is where add encodes a record before placing it.
+	scratch []byte
+	// plain: no selector index and no spare window (a store that only
 	// collects entries by ID: entryStage). drain: records are removed
 	// in the order they were added, so chunks are freed as they empty
 	// and never compacted, and none is looked up by ID (the ID table is
@@ -123,7 +135,6 @@ type coldChunk struct {
 type coldSlot struct {
 	chunk, off uint32
 	prev, next uint32 // in the selector index's list: slot+1, 0 none
-	hpos       uint32 // position in the spare heap + 1
 }
 
 const freeSlot = ^uint32(0)
@@ -211,7 +222,7 @@ func (t *refTable) release(ref uint32) {
 
 // get is the string ref names, "" for none.
 func (t *refTable) get(ref uint32) string {
-	if ref == 0 {
+	if ref == 0 || int(ref) > len(t.list) {
 		return ""
 	}
 	return t.list[ref-1].id
@@ -229,31 +240,6 @@ func (c *coldStore) reset() {
 
 // len is how many entries the store holds.
 func (c *coldStore) len() int { return c.n }
-
-// coldRec is a decoded record header; its byte slices are views of the
-// chunk, valid until the store changes.
-type coldRec struct {
-	coldMeta
-	parent uint32
-	filed  uint8
-	// filedAt is the offset of the filed byte in the chunk.
-	filedAt uint32
-	// sels are nsels selectors, each a uvarint v: when v is even, the
-	// selector's v/2 bytes follow; when odd, it is entry v/2 of dict.
-	sels  []byte
-	nsels int
-	dict  *refTable
-	// idMode says whether the ID was taken out of raw and kept as 16
-	// bytes (idBin): an ID of 32 hex digits (the servers' own) or a UUID,
-	// lower case. dir is the reference of the SPIFFE ID's directory when
-	// the SPIFFE ID was taken out of raw (0: it was not); leaf is the
-	// rest of it. Both go back in place in fullRaw.
-	idMode uint8
-	idBin  []byte
-	dir    uint32
-	leaf   []byte
-	raw    []byte
-}
 
 // Ways a cold record keeps the entry's ID.
 const (
@@ -313,60 +299,6 @@ func unpackID(mode uint8, bin []byte, buf *idBuf) []byte {
 	return buf[:36]
 }
 
-// rec decodes the record of slot i.
-func (c *coldStore) rec(i uint32) coldRec {
-	s := &c.slots[i]
-	b := c.chunks[s.chunk].b[s.off:]
-	n, l := binary.Uvarint(b)
-	b = b[:l+int(n)]
-	// raw's length and the packed ID (for id) first.
-	p := l
-	_, l = binary.Uvarint(b[p:])
-	p += l
-	var r coldRec
-	r.idMode = b[p]
-	p++
-	if r.idMode != idText {
-		r.idBin = b[p : p+16]
-		p += 16
-	}
-	r.gen, l = binary.Uvarint(b[p:])
-	p += l
-	r.lastReq, l = binary.Varint(b[p:])
-	p += l
-	r.lastAttempt, l = binary.Varint(b[p:])
-	p += l
-	parent, l := binary.Uvarint(b[p:])
-	r.parent = uint32(parent)
-	p += l
-	r.filed = b[p]
-	r.filedAt = s.off + uint32(p)
-	p++
-	nsels, l := binary.Uvarint(b[p:])
-	r.nsels = int(nsels)
-	p += l
-	start := p
-	for range r.nsels {
-		v, l := binary.Uvarint(b[p:])
-		p += l
-		if v&1 == 0 {
-			p += int(v >> 1)
-		}
-	}
-	r.sels = b[start:p]
-	r.dict = &c.selDict
-	dir, l := binary.Uvarint(b[p:])
-	r.dir = uint32(dir)
-	p += l
-	if r.dir != 0 {
-		n, l := binary.Uvarint(b[p:])
-		r.leaf = b[p+l : p+l+int(n)]
-		p += l + int(n)
-	}
-	r.raw = b[p:]
-	return r
-}
-
 // splitSPIFFE finds, in an entry's encoding that starts with its ID
 // (field 1) followed by its SPIFFE ID (field 2), the length of the first
 // field, that of the second and the SPIFFE ID; ok is false for any other
@@ -392,78 +324,13 @@ func splitSPIFFE(raw []byte) (f1, f2 int, val []byte, ok bool) {
 	return f1, l + m, v, true
 }
 
-// fullRaw is the entry's encoding with its SPIFFE ID back in place.
-func (c *coldStore) fullRaw(r *coldRec) []byte {
-	if r.dir == 0 && r.idMode == idText {
-		return r.raw
-	}
-	dir := c.dirs.get(r.dir)
-	out := make([]byte, 0, len(r.raw)+2*(2+binary.MaxVarintLen64)+36+len(dir)+len(r.leaf))
-	rest := r.raw
-	if r.idMode != idText {
-		var buf idBuf
-		out = protowire.AppendTag(out, fieldID, protowire.BytesType)
-		out = protowire.AppendBytes(out, unpackID(r.idMode, r.idBin, &buf))
-	} else {
-		_, _, l := protowire.ConsumeTag(r.raw)
-		_, m := protowire.ConsumeBytes(r.raw[l:])
-		out = append(out, r.raw[:l+m]...)
-		rest = r.raw[l+m:]
-	}
-	if r.dir != 0 {
-		out = protowire.AppendTag(out, fieldSPIFFEID, protowire.BytesType)
-		out = protowire.AppendVarint(out, uint64(len(dir)+len(r.leaf)))
-		out = append(out, dir...)
-		out = append(out, r.leaf...)
-	}
-	return append(out, rest...)
-}
-
-// eachSel calls f with each selector of r (a view of the chunk or of
-// the dictionary's string: f must not change it) until f returns false.
-func (r *coldRec) eachSel(f func(i int, sel []byte) bool) {
-	b := r.sels
-	for i := range r.nsels {
-		v, l := binary.Uvarint(b)
-		b = b[l:]
-		var sel []byte
-		if v&1 == 0 {
-			sel, b = b[:v>>1], b[v>>1:]
-		} else {
-			d := r.dict.get(uint32(v >> 1))
-			sel = unsafe.Slice(unsafe.StringData(d), len(d))
-		}
-		if !f(i, sel) {
-			return
-		}
-	}
-}
-
-// eachSelRef calls f with the dictionary reference of each selector of
-// r kept in the dictionary.
-func (r *coldRec) eachSelRef(f func(ref uint32)) {
-	b := r.sels
-	for range r.nsels {
-		v, l := binary.Uvarint(b)
-		b = b[l:]
-		if v&1 == 0 {
-			b = b[v>>1:]
-		} else {
-			f(uint32(v >> 1))
-		}
-	}
-}
-
-// selRef is how a record keeps sel (a uvarint): its dictionary
-// reference (interned now) when the store has seen it before, else 0
-// (the bytes follow), noting that it was seen.
-func (c *coldStore) selRef(sel []byte) uint32 {
-	if c.selDict.has(sel) {
-		return c.selDict.internBytes(sel)
-	}
+// seen reports whether the store most likely saw b before (a selector,
+// a stem), noting that it did: the second time a string is seen it goes
+// into the dictionary.
+func (c *coldStore) seen(b []byte) bool {
 	if len(c.selSeen) < selSeenMax && len(c.selSeen) < 4*(c.n+1) {
 		// Grown to a power of two (what it remembered is forgotten: a
-		// few selectors more are kept in records).
+		// few strings more are kept in records).
 		size := max(64, len(c.selSeen))
 		for size < selSeenMax && size < 4*(c.n+1) {
 			size *= 2
@@ -471,14 +338,14 @@ func (c *coldStore) selRef(sel []byte) uint32 {
 		offheap.FreeSlice(c.mem, c.selSeen)
 		c.selSeen = offheap.MakeSlice[uint32](c.mem, size)
 	}
-	// Four ways per set, so that selectors that recur and share a set
-	// do not keep evicting each other.
-	h := maphash.Bytes(c.seed, sel)
+	// Four ways per set, so that strings that recur and share a set do
+	// not keep evicting each other.
+	h := maphash.Bytes(c.seed, b)
 	set, tag := c.selSeen[h&uint64(len(c.selSeen)-4):][:4], uint32(h>>32)|1
 	for k, v := range set {
 		if v == tag {
 			set[k] = 0 // in the dictionary from now on
-			return c.selDict.internBytes(sel)
+			return true
 		}
 	}
 	k := int(h>>28) & 3
@@ -489,20 +356,26 @@ func (c *coldStore) selRef(sel []byte) uint32 {
 		}
 	}
 	set[k] = tag
-	return 0
+	return false
 }
 
-// sel is r's i-th selector.
-func (r *coldRec) sel(i int) []byte {
-	var out []byte
-	r.eachSel(func(j int, s []byte) bool {
-		if j == i {
-			out = s
-			return false
+// selEncode is how a record keeps sel: as a reference to the whole of
+// it in the dictionary when the store saw it before, else as a stem in
+// the dictionary and a number when it ends in one and the store saw its
+// stem before (selStemLf when the number is leaf's, the SPIFFE ID's, of
+// number leafNum), else inline. A reference is interned now.
+func (c *coldStore) selEncode(sel []byte, leafNum bool, leaf uint64) selEnc {
+	if c.selDict.has(sel) || c.seen(sel) {
+		return selEnc{kind: selDictRef, ref: c.selDict.internBytes(sel)}
+	}
+	if stem, num, ok := splitNum(sel); ok && len(stem) > 0 && (c.selDict.has(stem) || c.seen(stem)) {
+		e := selEnc{kind: selStem, ref: c.selDict.internBytes(stem), num: num}
+		if leafNum && num == leaf {
+			e.kind = selStemLf
 		}
-		return true
-	})
-	return out
+		return e
+	}
+	return selEnc{kind: selInline}
 }
 
 // rawID is the entry ID in an entry encoding: its first field when the
@@ -546,18 +419,6 @@ func (c *coldStore) idb(i uint32, buf *idBuf) []byte {
 	return recID(c.chunks[s.chunk].b[s.off:], buf)
 }
 
-// recID is the entry ID of the record at the start of b: a view of b, or
-// formatted in buf.
-func recID(b []byte, buf *idBuf) []byte {
-	n, l := binary.Uvarint(b)
-	b = b[:l+int(n)]
-	raw, k := binary.Uvarint(b[l:])
-	if p := l + k; b[p] != idText {
-		return unpackID(b[p], b[p+1:p+17], buf)
-	}
-	return rawID(b[len(b)-int(raw):])
-}
-
 // The ID table files an ID by the hash of its key: the way it is kept
 // and its 16 bytes when it packs (packID), else its text; probing
 // compares keys, so that no ID is formatted to be found.
@@ -582,13 +443,12 @@ func (c *coldStore) recKey(i uint32) (mode uint8, bin [16]byte, text []byte) {
 	s := &c.slots[i]
 	b := c.chunks[s.chunk].b[s.off:]
 	n, l := binary.Uvarint(b)
-	b = b[:l+int(n)]
-	raw, k := binary.Uvarint(b[l:])
-	if p := l + k; b[p] != idText {
-		copy(bin[:], b[p+1:p+17])
-		return b[p], bin, nil
+	b = b[l : l+int(n)]
+	if m := b[0] & recIDMode; m != idText {
+		copy(bin[:], b[1:17])
+		return m, bin, nil
 	}
-	text = rawID(b[len(b)-int(raw):])
+	text = rawID(c.rec(i).raw)
 	mode, bin = packID(text)
 	return mode, bin, text
 }
@@ -668,8 +528,9 @@ type idPart struct {
 }
 
 // add stores a record and indexes it; raw is without its ID when
-// id.mode is not idText and without its SPIFFE ID when dir is not 0
-// (insert).
+// id.mode is not idText and without its SPIFFE ID when dir is not 0, the
+// SPIFFE ID's directory, leaf being the rest of it (insert). It takes
+// the references parent and dir.
 func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte) uint32 {
 	var slot uint32
 	if n := len(c.freeSlots); n > 0 {
@@ -689,59 +550,31 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 			}
 		}
 	}
-	n := uvarintLen(uint64(len(raw))) + 1 + uvarintLen(m.gen) + varintLen(m.lastReq) + varintLen(m.lastAttempt) + uvarintLen(uint64(parent)) + 1 + uvarintLen(uint64(len(sels))) + len(raw)
-	var refBuf [8]uint32
-	refs := refBuf[:0]
+	// The leaf as a stem and a number when it ends in one and the
+	// store saw its stem before (an empty stem needs no dictionary).
+	var leafNum bool
+	var leafStem uint32
+	var num uint64
+	if dir != 0 {
+		if stem, n, ok := splitNum(leaf); ok && (len(stem) == 0 || c.selDict.has(stem) || c.seen(stem)) {
+			leafNum, num = true, n
+			if len(stem) > 0 {
+				leafStem = c.selDict.internBytes(stem)
+			}
+		}
+	}
+	var encBuf [8]selEnc
+	encs := encBuf[:0]
 	for _, s := range sels {
-		ref := c.selRef(s)
-		refs = append(refs, ref)
-		if ref != 0 {
-			n += uvarintLen(uint64(ref)<<1 | 1)
-		} else {
-			n += uvarintLen(uint64(len(s))<<1) + len(s)
-		}
+		encs = append(encs, c.selEncode(s, leafNum, num))
 	}
-	n += uvarintLen(uint64(dir))
-	if id.mode != idText {
-		n += 16
+	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leaf, leafNum, leafStem, num, filed, sels, encs)
+	if cap(c.scratch) > 64<<10 {
+		defer func() { c.scratch = nil }()
 	}
-	if dir != 0 {
-		n += uvarintLen(uint64(len(leaf))) + len(leaf)
-	}
-	chunk, off := c.place(n)
+	chunk, off := c.place(len(c.scratch))
 	ch := &c.chunks[chunk]
-	b := ch.b
-	b = binary.AppendUvarint(b, uint64(len(raw)))
-	b = append(b, id.mode)
-	if id.mode != idText {
-		b = append(b, id.bin[:]...)
-	}
-	b = binary.AppendUvarint(b, m.gen)
-	b = binary.AppendVarint(b, m.lastReq)
-	b = binary.AppendVarint(b, m.lastAttempt)
-	b = binary.AppendUvarint(b, uint64(parent))
-	b = append(b, uint8(filed))
-	b = binary.AppendUvarint(b, uint64(len(sels)))
-	for i, s := range sels {
-		if refs[i] != 0 {
-			b = binary.AppendUvarint(b, uint64(refs[i])<<1|1)
-			continue
-		}
-		b = binary.AppendUvarint(b, uint64(len(s))<<1)
-		b = append(b, s...)
-	}
-	b = binary.AppendUvarint(b, uint64(dir))
-	if dir != 0 {
-		b = binary.AppendUvarint(b, uint64(len(leaf)))
-		b = append(b, leaf...)
-	}
-	b = append(b, raw...)
-	if cap(b) != cap(ch.b) {
-		// The record outgrew the room place made: append moved it to
-		// the Go heap. A bug, never input.
-		panic("agent: cold record larger than its size")
-	}
-	ch.b = b
+	ch.b = append(ch.b, c.scratch...)
 	s := &c.slots[slot]
 	s.chunk, s.off = chunk, off
 	c.n++
@@ -752,7 +585,7 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	if len(sels) > 0 {
 		c.link(slot, sels[filed])
 	}
-	c.heapPush(slot)
+	c.winAdd(slot)
 	return slot
 }
 
@@ -783,14 +616,6 @@ func (c *coldStore) place(n int) (uint32, uint32) {
 	return uint32(c.tail), off
 }
 
-func varintLen(v int64) int {
-	u := uint64(v) << 1
-	if v < 0 {
-		u = ^u
-	}
-	return uvarintLen(u)
-}
-
 func uvarintLen(v uint64) int {
 	n := 1
 	for v >= 0x80 {
@@ -806,13 +631,16 @@ func (c *coldStore) remove(i uint32) {
 	c.parents.release(r.parent)
 	c.dirs.release(r.dir)
 	if r.nsels > 0 && !c.plain {
-		c.unlink(i, r.sel(int(r.filed)))
+		var buf [128]byte
+		c.unlink(i, r.appendSel(buf[:0], r.filed))
 	}
 	r.eachSelRef(c.selDict.release)
 	if !c.drain { // a drained store has no ID table (entryStage.drain)
 		c.idsDel(i)
 	}
-	c.heapRemove(i)
+	if !c.plain {
+		c.winDel(i)
+	}
 	s := &c.slots[i]
 	chunk := s.chunk
 	n, l := binary.Uvarint(c.chunks[chunk].b[s.off:])
@@ -886,10 +714,14 @@ func (c *coldStore) renumber() {
 			dir = c.dirs.intern(old.dirs.get(r.dir))
 		}
 		sels := make([][]byte, 0, r.nsels)
-		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, s); return true })
+		r.eachSel(func(_ int, s []byte) bool { sels = append(sels, bytes.Clone(s)); return true })
 		id := idPart{mode: r.idMode}
 		copy(id.bin[:], r.idBin)
-		c.add(r.raw, id, r.coldMeta, parent, dir, r.leaf, sels)
+		var leaf []byte
+		if r.dir != 0 {
+			leaf = r.appendLeaf(nil)
+		}
+		c.add(r.raw, id, r.coldMeta, parent, dir, leaf, sels)
 	}
 }
 
@@ -987,7 +819,7 @@ func (c *coldStore) filedUnder(i int, sel []byte, skip uint32) bool {
 			continue
 		}
 		r := c.rec(v - 1)
-		if bytes.Equal(r.sel(int(r.filed)), sel) {
+		if r.selIs(r.filed, sel) {
 			return true
 		}
 	}
@@ -1055,7 +887,8 @@ func (c *coldStore) selsResize(n int) {
 			s := &c.slots[v-1]
 			next := s.next
 			r := c.rec(v - 1)
-			i := c.selBucketOf(maphash.Bytes(c.seed, r.sel(int(r.filed))))
+			var buf [128]byte
+			i := c.selBucketOf(maphash.Bytes(c.seed, r.appendSel(buf[:0], r.filed)))
 			nb := &c.sels[i]
 			s.prev, s.next = tails[i], 0
 			if tails[i] != 0 {
@@ -1082,16 +915,20 @@ func (c *coldStore) match(sel string, set registration.SelectorSet, f func(uint3
 	for v := c.sels[i].head; v != 0; v = c.slots[v-1].next {
 		slot := v - 1
 		r := c.rec(slot)
-		if string(r.sel(int(r.filed))) != sel {
+		if !r.selIs(r.filed, unsafe.Slice(unsafe.StringData(sel), len(sel))) {
 			continue // another selector in the bucket
 		}
 		all := r.nsels > 0
-		r.eachSel(func(_ int, s []byte) bool {
+		var buf [64]byte
+		b := r.sels
+		for range r.nsels {
+			var s []byte
+			s, b = r.nextSelBytes(b, buf[:0])
 			if _, in := set[string(s)]; !in {
 				all = false
+				break
 			}
-			return all
-		})
+		}
 		if all {
 			f(slot)
 		}
@@ -1104,12 +941,15 @@ func (c *coldStore) equal(i uint32, pe *packedEntry) bool {
 	if r.nsels != len(pe.sels) || c.parents.get(r.parent) != pe.parent || string(c.fullRaw(&r)) != pe.raw {
 		return false
 	}
-	same := true
-	r.eachSel(func(j int, s []byte) bool {
-		same = string(s) == pe.sels[j]
-		return same
-	})
-	return same
+	var buf [64]byte
+	b := r.sels
+	for j := range r.nsels {
+		var s []byte
+		if s, b = r.nextSelBytes(b, buf[:0]); string(s) != pe.sels[j] {
+			return false
+		}
+	}
+	return true
 }
 
 // packed returns slot i's entry as a packedEntry of its own (no memory
@@ -1118,7 +958,13 @@ func (c *coldStore) packed(i uint32) packedEntry {
 	r := c.rec(i)
 	p := packedEntry{raw: string(c.fullRaw(&r)), parent: c.parents.get(r.parent)}
 	p.sels = make([]string, 0, r.nsels)
-	r.eachSel(func(_ int, s []byte) bool { p.sels = append(p.sels, string(s)); return true })
+	var buf [64]byte
+	b := r.sels
+	for range r.nsels {
+		var s []byte
+		s, b = r.nextSelBytes(b, buf[:0])
+		p.sels = append(p.sels, string(s))
+	}
 	p.fill()
 	return p
 }
@@ -1133,81 +979,138 @@ func (c *coldStore) each(f func(uint32)) {
 	}
 }
 
-// The spare heap: slots by entry ID.
+// The spare window: the entries in order of their IDs, the order in
+// which entries no workload asked for are minted while the SVID cache
+// has room, needs only the entry of least ID (top), which the minting
+// loop takes and warms one after the other. Instead of a heap of every
+// entry (4 bytes per entry, and 4 more for its place in it), the store
+// keeps the spareWindow entries of least IDs in order (c.heap) and the
+// invariant that every entry outside has a greater ID than all inside.
+// When the minting loop empties it, the next top scans the store once
+// for the spareWindow least IDs again: one scan per spareWindow entries
+// taken.
+
+// spareWindow is the most entries the spare window holds.
+const spareWindow = 1024
 
 func (c *coldStore) less(a, b uint32) bool {
 	var x, y idBuf
 	return bytes.Compare(c.idb(a, &x), c.idb(b, &y)) < 0
 }
 
-func (c *coldStore) heapSwap(i, j int) {
-	c.heap[i], c.heap[j] = c.heap[j], c.heap[i]
-	c.slots[c.heap[i]].hpos = uint32(i + 1)
-	c.slots[c.heap[j]].hpos = uint32(j + 1)
-}
-
-func (c *coldStore) heapUp(i int) {
-	for i > 0 {
-		p := (i - 1) / 2
-		if !c.less(c.heap[i], c.heap[p]) {
-			return
+// winPos is where slot's ID is, or would go, in the window.
+func (c *coldStore) winPos(slot uint32) int {
+	var x, y idBuf
+	id := c.idb(slot, &x)
+	lo, hi := 0, len(c.heap)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if bytes.Compare(c.idb(c.heap[m], &y), id) < 0 {
+			lo = m + 1
+		} else {
+			hi = m
 		}
-		c.heapSwap(i, p)
-		i = p
 	}
+	return lo
 }
 
-func (c *coldStore) heapDown(i int) bool {
-	moved := false
+// winAdd files a new slot in the window if its ID is less than the
+// window's greatest, or the window holds every entry.
+func (c *coldStore) winAdd(slot uint32) {
 	n := len(c.heap)
-	for {
-		l := 2*i + 1
-		if l >= n {
-			return moved
-		}
-		m := l
-		if r := l + 1; r < n && c.less(c.heap[r], c.heap[l]) {
-			m = r
-		}
-		if !c.less(c.heap[m], c.heap[i]) {
-			return moved
-		}
-		c.heapSwap(i, m)
-		i, moved = m, true
-	}
-}
-
-func (c *coldStore) heapPush(slot uint32) {
-	c.heap = offheap.Append(c.mem, c.heap, slot)
-	c.slots[slot].hpos = uint32(len(c.heap))
-	c.heapUp(len(c.heap) - 1)
-}
-
-func (c *coldStore) heapRemove(slot uint32) {
-	p := c.slots[slot].hpos
-	if p == 0 {
+	if c.part && (n == 0 || !c.less(slot, c.heap[n-1])) {
 		return
 	}
-	i, last := int(p-1), len(c.heap)-1
-	if i != last {
-		c.heapSwap(i, last)
+	i := c.winPos(slot)
+	c.heap = slices.Insert(c.heap, i, slot)
+	if len(c.heap) > spareWindow {
+		c.heap = c.heap[:spareWindow]
+		c.part = true
 	}
-	c.heap = c.heap[:last]
-	c.slots[slot].hpos = 0
-	if i != last && !c.heapDown(i) {
-		c.heapUp(i)
+}
+
+// winDel removes slot from the window if it is there.
+func (c *coldStore) winDel(slot uint32) {
+	n := len(c.heap)
+	if n == 0 || c.less(c.heap[n-1], slot) {
+		return
 	}
-	if cp := cap(c.heap); cp > 1024 && len(c.heap) < cp/4 {
-		h := offheap.Clone(c.mem, c.heap)
-		offheap.FreeSlice(c.mem, c.heap)
-		c.heap = h
+	if i := c.winPos(slot); i < n && c.heap[i] == slot {
+		c.heap = slices.Delete(c.heap, i, i+1)
+	}
+}
+
+// winFill fills the empty window with the spareWindow least IDs of the
+// store, in one scan (a bounded heap of the greatest first, whose
+// greatest ID is kept formatted: most entries are compared with it
+// only).
+func (c *coldStore) winFill() {
+	h := c.heap[:0]
+	more := func(a, b uint32) bool { return c.less(b, a) }
+	var maxBuf, buf idBuf
+	var maxID []byte
+	c.each(func(i uint32) {
+		if len(h) == spareWindow {
+			if bytes.Compare(c.idb(i, &buf), maxID) >= 0 {
+				return
+			}
+			h[0] = i
+			siftDown(h, 0, more)
+			maxID = append(maxBuf[:0], c.idb(h[0], &buf)...)
+			return
+		}
+		h = append(h, i)
+		for j := len(h) - 1; j > 0; {
+			p := (j - 1) / 2
+			if !more(h[j], h[p]) {
+				break
+			}
+			h[j], h[p] = h[p], h[j]
+			j = p
+		}
+		if len(h) == spareWindow {
+			maxID = append(maxBuf[:0], c.idb(h[0], &buf)...)
+		}
+	})
+	slices.SortFunc(h, func(a, b uint32) int {
+		switch {
+		case a == b:
+			return 0
+		case c.less(a, b):
+			return -1
+		}
+		return 1
+	})
+	c.heap, c.part = h, c.n > len(h)
+}
+
+// siftDown restores the heap order of h (first is greatest by before)
+// below i.
+func siftDown(h []uint32, i int, before func(a, b uint32) bool) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		m := l
+		if r := l + 1; r < len(h) && before(h[r], h[l]) {
+			m = r
+		}
+		if !before(h[m], h[i]) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
 	}
 }
 
 // top is the slot of the entry with the least ID.
 func (c *coldStore) top() (uint32, bool) {
-	if len(c.heap) == 0 {
+	if c.n == 0 || c.plain {
 		return 0, false
+	}
+	if len(c.heap) == 0 {
+		c.winFill()
 	}
 	return c.heap[0], true
 }

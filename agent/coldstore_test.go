@@ -515,3 +515,153 @@ func TestColdStoreIDNotFirst(t *testing.T) {
 		}
 	}
 }
+
+// The same model check with entries whose SPIFFE IDs and selectors end
+// in numbers (kept as stems and numbers: leading zeros, the largest
+// numbers, numbers too long for 64 bits, a selector whose number is the
+// SPIFFE ID's), more entries than the spare window holds, and the entry
+// of least ID taken again and again as the minting loop takes them,
+// among inserts and removals.
+func TestColdStoreNumbersAndWindowMatchModel(t *testing.T) {
+	for seed := uint64(1); seed <= 3; seed++ {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 11))
+			cs := newColdStore()
+			if seed == 2 {
+				cs.mem = offheap.NewMin(1)
+			}
+			c := &cs
+			m := coldModel{}
+			nums := []string{"0", "7", "007", "10", "18446744073709551615", "18446744073709551616", "99999999999999999999", "1234567890123456789"}
+			num := func(i int) string {
+				if rng.IntN(4) == 0 {
+					return nums[rng.IntN(len(nums))]
+				}
+				return fmt.Sprint(i)
+			}
+			mk := func(i int) packedEntry {
+				// The three ways of keeping IDs spread over the
+				// order, so that taking the least leaves each.
+				h := uint64(i) * 0x9e3779b97f4a7c15
+				id := []string{
+					fmt.Sprintf("%x-%05d", h>>60, i),
+					fmt.Sprintf("%016x%016x", h, h*3),
+					fmt.Sprintf("%08x-1a2b-4c3d-8e9f-%012x", h>>32, i*7919),
+				}[i%3]
+				n := num(i)
+				leaf := []string{"workload-" + n, n, "w" + n + "x", "pod-" + n}[rng.IntN(4)]
+				e := &sigilv1.Entry{
+					Id:        id,
+					SpiffeId:  fmt.Sprintf("spiffe://example.org/ns/team-%d/sa/%s", rng.IntN(7), leaf),
+					ParentId:  "spiffe://example.org/agent/1",
+					CreatedAt: int64(rng.IntN(1 << 40)),
+				}
+				for range rng.IntN(4) {
+					switch rng.IntN(4) {
+					case 0:
+						e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: "k8s", Value: "sa:workload-" + n})
+					case 1:
+						e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: "k8s", Value: fmt.Sprintf("ns:team-%d", rng.IntN(7))})
+					case 2:
+						e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: "unix", Value: "uid:" + num(rng.IntN(50))})
+					default:
+						e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: "k8s", Value: "pod-uid:" + num(i*31)})
+					}
+				}
+				return packEntry(e, noIntern)
+			}
+			var probes []registration.SelectorSet
+			for i := range 20 {
+				set := registration.SelectorSet{fmt.Sprintf("k8s:ns:team-%d", i%7): {}, "unix:uid:7": {}, "unix:uid:0": {}}
+				set["k8s:sa:workload-"+num(rng.IntN(4000))] = struct{}{}
+				probes = append(probes, set)
+			}
+			put := func(pe packedEntry) {
+				if _, ok := m[pe.id]; ok {
+					slot, _ := c.get(pe.id)
+					c.remove(slot)
+				}
+				mt := coldMeta{gen: rng.Uint64N(1 << 30)}
+				c.insert(&pe, mt)
+				m[pe.id] = struct {
+					pe   packedEntry
+					meta coldMeta
+				}{pe, mt}
+			}
+			for round := range 4 {
+				for range 2500 {
+					put(mk(rng.IntN(4000)))
+				}
+				m.check(t, c, probes)
+				// Every way of keeping a name or a selector is used.
+				kinds := map[string]int{}
+				c.each(func(i uint32) {
+					r := c.rec(i)
+					if r.leafNum {
+						kinds["leaf number"]++
+					} else {
+						kinds["leaf text"]++
+					}
+					for b := r.sels; len(b) > 0; {
+						kind, _, _, _, rest := r.nextSel(b)
+						kinds[fmt.Sprint("selector kind ", kind)]++
+						b = rest
+					}
+				})
+				if len(kinds) != 6 {
+					t.Fatalf("names and selectors kept %v: not every way is tested", kinds)
+				}
+				// Take the least ID, as the minting loop does, more
+				// times than the window holds, with a few inserts.
+				for k := range 1500 {
+					slot, ok := c.top()
+					if !ok {
+						break
+					}
+					id := string(c.id(slot))
+					for other := range m {
+						if other < id {
+							t.Fatalf("round %d take %d: top %s, but %s is held", round, k, id, other)
+						}
+					}
+					c.remove(slot)
+					delete(m, id)
+					if k%50 == 0 {
+						put(mk(rng.IntN(4000)))
+					}
+				}
+				m.check(t, c, probes)
+			}
+		})
+	}
+}
+
+// A cold entry shaped like a Kubernetes node's (benchEntry) keeps at
+// most 48 bytes of record (76 before names and selectors ending in
+// numbers were kept as stems and numbers), and the store keeps no table
+// of every entry for the spare order (the window holds at most
+// spareWindow).
+func TestColdStoreBytesPerEntry(t *testing.T) {
+	const n = 20_000
+	cs := newColdStore()
+	c := &cs
+	for i := range n {
+		pe := packEntry(benchEntry(i), noIntern)
+		c.insert(&pe, coldMeta{gen: uint64(n + i)})
+	}
+	used := 0
+	c.each(func(i uint32) {
+		s := &c.slots[i]
+		l, k := binary.Uvarint(c.chunks[s.chunk].b[s.off:])
+		used += k + int(l)
+	})
+	if per := float64(used) / n; per > 48 {
+		t.Fatalf("%.1f bytes of record per entry, want at most 48", per)
+	}
+	if len(c.heap) > spareWindow {
+		t.Fatalf("the spare order holds %d entries, at most %d", len(c.heap), spareWindow)
+	}
+	if top, ok := c.top(); !ok || string(c.id(top)) != benchEntry(0).GetId() {
+		t.Fatalf("top %v, want %s", ok, benchEntry(0).GetId())
+	}
+}

@@ -255,7 +255,7 @@ var drainReleaseEvery = 1 << 14
 // entryStage collects a full set of entries as it arrives from the
 // server, message by message, until the set ends: packed into the cold
 // store's records (coldstore.go), so that a million entries in flight
-// weigh about 0.1 KB each, outside the Go heap, instead of a packed
+// weigh about 70 B each, outside the Go heap, instead of a packed
 // entry and a map slot each (about 0.5 KB). x509State.ReplaceStaged
 // drains it.
 type entryStage struct {

@@ -218,6 +218,20 @@ func main() {
 		}
 		return
 	}
+	if *agent1mOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+		defer cancel()
+		bins, err := agent1mBins()
+		if err == nil {
+			err = benchAgent1M(ctx, bins, *agent1mRounds, *agent1mEntries, *agent1mActive)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			pprof.StopCPUProfile()
+			os.Exit(1)
+		}
+		return
+	}
 	if *lazyOnly {
 		if err := benchLazyOnly(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
