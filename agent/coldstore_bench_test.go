@@ -7,7 +7,7 @@ import (
 	"github.com/sigil-id/sigil/registration"
 )
 
-// coldBenchStore is a store of n entries shaped as benchEntries.
+// coldBenchStore is a store of n entries shaped as benchEntry.
 func coldBenchStore(b *testing.B, n int) (*coldStore, []packedEntry) {
 	b.Helper()
 	cs := newColdStore()
