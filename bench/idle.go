@@ -40,8 +40,15 @@ var (
 
 const (
 	// idleSettle is how long a process is left alone before its idle
-	// memory is read, and the least wait after the last deletion.
-	idleSettle = 5 * time.Second
+	// memory is read (counted from when both are ready), and the least
+	// wait after the last deletion. A daemon drops the pages of its
+	// executable it does not use once it has been ready for 10 s and is
+	// quiet (internal/exepages); the idle figure is the RSS after that,
+	// as it is for as long as the daemon stays idle.
+	idleSettle = 20 * time.Second
+	// afterSettle is the least wait for the RSS after deleting, on top
+	// of releaseWait.
+	afterSettle = 5 * time.Second
 	// idleBatch is the entries per admin batch call.
 	idleBatch = 5_000
 	// releaseWait is the wait after the last deletion before the
@@ -108,15 +115,15 @@ func readKB(path string, fields map[string]*int64) error {
 	return sc.Err()
 }
 
-// settledMem waits at least idleSettle, then until pid's RSS changes by
+// settledMem waits at least settle, then until pid's RSS changes by
 // less than 1 % over three reads 500 ms apart (at most within), and
 // returns its memory.
-func settledMem(ctx context.Context, pid int, within time.Duration) (procMem, error) {
-	deadline := time.Now().Add(within)
+func settledMem(ctx context.Context, pid int, settle, within time.Duration) (procMem, error) {
+	deadline := time.Now().Add(settle + within)
 	select {
 	case <-ctx.Done():
 		return procMem{}, ctx.Err()
-	case <-time.After(idleSettle):
+	case <-time.After(settle):
 	}
 	var last []int64
 	for {
@@ -219,10 +226,10 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	if err := waitHTTP(ctx, "http://"+addrs[2]+"/ready", time.Minute); err != nil {
 		return res, fmt.Errorf("agent: %w", err)
 	}
-	if res.Server, err = settledMem(ctx, srv.Process.Pid, 15*time.Second); err != nil {
+	if res.Server, err = settledMem(ctx, srv.Process.Pid, idleSettle, 10*time.Second); err != nil {
 		return res, err
 	}
-	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 5*time.Second); err != nil {
+	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 0, 5*time.Second); err != nil {
 		return res, err
 	}
 	if entries <= 0 {
@@ -289,7 +296,7 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		return res, ctx.Err()
 	case <-time.After(releaseWait):
 	}
-	if res.After, err = settledMem(ctx, srv.Process.Pid, releaseWithin); err != nil {
+	if res.After, err = settledMem(ctx, srv.Process.Pid, afterSettle, releaseWithin); err != nil {
 		return res, err
 	}
 	return res, nil
