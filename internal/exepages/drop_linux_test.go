@@ -31,7 +31,7 @@ var bssMarker [512]uint64
 
 // childReport is what the re-executed test binary prints.
 type childReport struct {
-	FileBefore, FileAfter int64 // RssFile of /proc/self/status, KiB
+	FileBefore, FileAfter int64  // RssFile of /proc/self/status, KiB
 	ExeBefore, ExeAfter   uint64 // resident bytes of the selected mappings
 	Resident              uint64
 	Mappings              int
