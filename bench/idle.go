@@ -17,12 +17,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -36,6 +38,8 @@ var (
 		"with -idle-only: comma-separated sigil binaries to compare, rounds alternating between them (built from ./cmd/sigil when empty)")
 	idleRounds  = flag.Int("idle-rounds", 1, "with -idle-only: rounds per binary")
 	idleEntries = flag.Int("idle-entries", 100_000, "entries created then deleted for the after-delete figure (0: skip it)")
+	idleFirst   = flag.Bool("idle-first-fetch", false,
+		"with -idle-only: register an entry for this user when the agent is ready and, once both processes are idle, time the first and second FetchX509SVID of a new workload (the code of the fetch path is paged in then)")
 )
 
 const (
@@ -156,6 +160,11 @@ type idleResult struct {
 	// entries, and settled after deleting them all.
 	Full, After procMem
 	CreateSecs  float64
+	// With -idle-first-fetch: the first and second fetch of a workload
+	// on the idle agent (each a new connection), and the agent's memory
+	// after them.
+	First, Second time.Duration
+	AgentFetched  procMem
 }
 
 // idleRun starts bin's server and agent in dir, measures them idle and,
@@ -204,7 +213,8 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		return res, fmt.Errorf("token generate: %w", err)
 	}
 	var tok struct {
-		Token string `json:"token"`
+		Token   string `json:"token"`
+		AgentID string `json:"agent_id"`
 	}
 	if err := json.Unmarshal(out, &tok); err != nil {
 		return res, fmt.Errorf("token generate: %w", err)
@@ -226,11 +236,37 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	if err := waitHTTP(ctx, "http://"+addrs[2]+"/ready", time.Minute); err != nil {
 		return res, fmt.Errorf("agent: %w", err)
 	}
+	if *idleFirst {
+		// Registered now, before the idle wait: the agent mints its
+		// SVID at once, and the fetch path's code is first run by the
+		// timed fetch.
+		u, err := user.Current()
+		if err != nil {
+			return res, err
+		}
+		if out, err := exec.CommandContext(ctx, bin, "entry", "create", "-socket", admin,
+			"-spiffe-id", "spiffe://"+td.Name()+"/bench/idle-first", "-parent-id", tok.AgentID,
+			"-selector", "unix:uid:"+u.Uid).CombinedOutput(); err != nil {
+			return res, fmt.Errorf("entry create: %v: %s", err, out)
+		}
+	}
 	if res.Server, err = settledMem(ctx, srv.Process.Pid, idleSettle, 10*time.Second); err != nil {
 		return res, err
 	}
 	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 0, 5*time.Second); err != nil {
 		return res, err
+	}
+	if *idleFirst {
+		sock := filepath.Join(dir, "public", "api.sock")
+		if res.First, err = timedFirstFetch(ctx, sock); err != nil {
+			return res, err
+		}
+		if res.Second, err = timedFirstFetch(ctx, sock); err != nil {
+			return res, err
+		}
+		if res.AgentFetched, err = readProcMem(ag.Process.Pid); err != nil {
+			return res, err
+		}
 	}
 	if entries <= 0 {
 		return res, nil
@@ -302,6 +338,23 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	return res, nil
 }
 
+// timedFirstFetch times one FetchX509SVID of a new Workload API client
+// (connection included).
+func timedFirstFetch(ctx context.Context, socket string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		return 0, fmt.Errorf("idle: workload client: %w", err)
+	}
+	defer client.Close()
+	if _, err := client.FetchX509SVID(ctx); err != nil {
+		return 0, fmt.Errorf("idle: first fetch: %w", err)
+	}
+	return time.Since(t0), nil
+}
+
 // benchIdle measures idle memory and memory after deleting for each
 // binary, rounds alternating between binaries, and prints each round and
 // the medians. With record set (one binary, the full bench), it records
@@ -348,6 +401,9 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			}
 			all[i] = append(all[i], res)
 			fmt.Printf("round %d binary %d: server %v  agent %v\n", r, i, res.Server, res.Agent)
+			if *idleFirst {
+				fmt.Printf("    first fetch %.2f ms, second %.2f ms; agent then %v\n", ms(res.First), ms(res.Second), res.AgentFetched)
+			}
 			if entries > 0 {
 				fmt.Printf("    %d entries created in %.1f s: server %v; all deleted: %v = %.2f of idle; peak RSS %.1f MiB\n",
 					entries, res.CreateSecs, res.Full, res.After, float64(res.After.RSS)/float64(res.Server.RSS), mib(res.After.HWM))
@@ -370,6 +426,11 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 		srv, agent := med(func(r idleResult) int64 { return r.Server.RSS }), med(func(r idleResult) int64 { return r.Agent.RSS })
 		if len(bins) > 1 {
 			fmt.Printf("binary %d: %s\n", i, names[i])
+		}
+		if *idleFirst {
+			fmt.Printf("memory idle agent, a new workload's first fetch (median of %d): %.2f ms, second %.2f ms; agent RSS then %.1f MiB\n", len(rs),
+				ms(time.Duration(med(func(r idleResult) int64 { return int64(r.First) }))), ms(time.Duration(med(func(r idleResult) int64 { return int64(r.Second) }))),
+				mib(int64(med(func(r idleResult) int64 { return r.AgentFetched.RSS }))))
 		}
 		fmt.Printf("memory idle RSS (median of %d):              server %6.1f MiB (anon %.1f, file %.1f)  agent %6.1f MiB (anon %.1f, file %.1f)  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n",
 			len(rs), mib(int64(srv)), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.File }))),
