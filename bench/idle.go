@@ -165,6 +165,9 @@ type idleResult struct {
 	// after them.
 	First, Second time.Duration
 	AgentFetched  procMem
+	// FirstMajFlt is the agent's major page faults (reads from disk)
+	// during the first fetch.
+	FirstMajFlt int64
 }
 
 // idleRun starts bin's server and agent in dir, measures them idle and,
@@ -258,9 +261,18 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	}
 	if *idleFirst {
 		sock := filepath.Join(dir, "public", "api.sock")
+		before, err := majorFaults(ag.Process.Pid)
+		if err != nil {
+			return res, err
+		}
 		if res.First, err = timedFirstFetch(ctx, sock); err != nil {
 			return res, err
 		}
+		after, err := majorFaults(ag.Process.Pid)
+		if err != nil {
+			return res, err
+		}
+		res.FirstMajFlt = after - before
 		if res.Second, err = timedFirstFetch(ctx, sock); err != nil {
 			return res, err
 		}
@@ -338,6 +350,20 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	return res, nil
 }
 
+// majorFaults is process pid's major page faults so far (field 12 of
+// /proc/PID/stat).
+func majorFaults(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("idle: %w", err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 10 {
+		return 0, fmt.Errorf("idle: /proc/%d/stat: malformed", pid)
+	}
+	return strconv.ParseInt(f[9], 10, 64)
+}
+
 // timedFirstFetch times one FetchX509SVID of a new Workload API client
 // (connection included).
 func timedFirstFetch(ctx context.Context, socket string) (time.Duration, error) {
@@ -402,7 +428,7 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			all[i] = append(all[i], res)
 			fmt.Printf("round %d binary %d: server %v  agent %v\n", r, i, res.Server, res.Agent)
 			if *idleFirst {
-				fmt.Printf("    first fetch %.2f ms, second %.2f ms; agent then %v\n", ms(res.First), ms(res.Second), res.AgentFetched)
+				fmt.Printf("    first fetch %.2f ms (agent: %d major faults), second %.2f ms; agent then %v\n", ms(res.First), res.FirstMajFlt, ms(res.Second), res.AgentFetched)
 			}
 			if entries > 0 {
 				fmt.Printf("    %d entries created in %.1f s: server %v; all deleted: %v = %.2f of idle; peak RSS %.1f MiB\n",
@@ -428,8 +454,9 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			fmt.Printf("binary %d: %s\n", i, names[i])
 		}
 		if *idleFirst {
-			fmt.Printf("memory idle agent, a new workload's first fetch (median of %d): %.2f ms, second %.2f ms; agent RSS then %.1f MiB\n", len(rs),
-				ms(time.Duration(med(func(r idleResult) int64 { return int64(r.First) }))), ms(time.Duration(med(func(r idleResult) int64 { return int64(r.Second) }))),
+			fmt.Printf("memory idle agent, a new workload's first fetch (median of %d): %.2f ms (%.0f major faults), second %.2f ms; agent RSS then %.1f MiB\n", len(rs),
+				ms(time.Duration(med(func(r idleResult) int64 { return int64(r.First) }))), med(func(r idleResult) int64 { return r.FirstMajFlt }),
+				ms(time.Duration(med(func(r idleResult) int64 { return int64(r.Second) }))),
 				mib(int64(med(func(r idleResult) int64 { return r.AgentFetched.RSS }))))
 		}
 		fmt.Printf("memory idle RSS (median of %d):              server %6.1f MiB (anon %.1f, file %.1f)  agent %6.1f MiB (anon %.1f, file %.1f)  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n",
