@@ -424,7 +424,7 @@ func startCodePages(ctx context.Context, pages []*config.CodePages, ready <-chan
 			zap.Uint64("advised_kib", res.Size>>10), zap.Uint64("resident_kib", res.Resident>>10))
 	}}
 	if p := pages[0]; p != nil {
-		cfg.Disabled, cfg.After = !p.Drop, p.After
+		cfg.Disabled, cfg.After, cfg.Random = !p.Drop, p.After, p.NoReadahead
 	}
 	go exepages.Run(ctx, cfg, ready)
 }

@@ -12,11 +12,15 @@ import (
 )
 
 // Drop advises the executable's selected mappings (see the package
-// comment) and returns what it advised. It fails with nothing changed
+// comment) and returns what it advised. With random set it also advises
+// MADV_RANDOM, which turns off the kernel's readahead on later faults on
+// them: each fault then reads only its page, so fewer pages come back,
+// but code run for the first time afterwards waits for one disk read per
+// page (Config.Random). It fails with nothing changed
 // when /proc/self/exe or /proc/self/smaps cannot be read, and stops at the
 // first madvise that fails. Dropping the file's cached pages is best
 // effort: its error is returned with the Result of what was advised.
-func Drop() (Result, error) {
+func Drop(random bool) (Result, error) {
 	var res Result
 	exe, err := os.Open("/proc/self/exe")
 	if err != nil {
@@ -37,7 +41,11 @@ func Drop() (Result, error) {
 	sel := Select(ms, unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev)), st.Ino)
 	for _, m := range sel {
 		size := uintptr(m.End - m.Start)
-		for _, advice := range []int{unix.MADV_RANDOM, unix.MADV_DONTNEED} {
+		advice := []int{unix.MADV_DONTNEED}
+		if random {
+			advice = []int{unix.MADV_RANDOM, unix.MADV_DONTNEED}
+		}
+		for _, advice := range advice {
 			if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.Start), size, uintptr(advice)); errno != 0 {
 				return res, fmt.Errorf("exepages: madvise %#x-%#x: %w", m.Start, m.End, errno)
 			}

@@ -10,13 +10,14 @@
 //
 // Drop, called once the process is ready and its start-up work is done,
 // selects the executable's read-only mappings that hold no private copy
-// (Select), advises MADV_RANDOM on them (later faults read the one page
-// asked for, without readahead) and MADV_DONTNEED (their pages leave this
+// (Select), advises MADV_DONTNEED on them (their pages leave this
 // process's page tables), then asks the kernel (POSIX_FADV_DONTNEED) to
 // drop from the page cache the pages of those ranges of the file that no
 // process maps any more. From then on a fault maps its own page and only
-// the neighbours some fault read back since: the resident executable is
-// about the pages the process really uses.
+// the neighbours in the page cache, that is those some fault read back
+// since (with its readahead): the resident executable follows the code
+// the process runs, not the code its initialisation ran. Optionally
+// (MADV_RANDOM) faults read no more than their page.
 //
 // It is never destructive: the pages are the file's, unchanged; a later
 // access maps them again (a minor fault if they are still cached, a read

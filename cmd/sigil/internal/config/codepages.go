@@ -15,11 +15,15 @@ type CodePages struct {
 	// After is the least wait after ready before the first drop; 0 means
 	// the default (exepages.DefaultAfter).
 	After time.Duration
+	// NoReadahead (readahead = false) also turns off the kernel's
+	// readahead on the executable (exepages.Config.Random).
+	NoReadahead bool
 }
 
 type hclCodePages struct {
-	Drop  *bool  `hcl:"drop,optional"`
-	After string `hcl:"after,optional"`
+	Drop      *bool  `hcl:"drop,optional"`
+	After     string `hcl:"after,optional"`
+	Readahead *bool  `hcl:"readahead,optional"`
 }
 
 // maxCodePagesAfter bounds code_pages.after: a longer wait is a typo
@@ -32,7 +36,7 @@ func readCodePages(filename, daemon string, b *hclCodePages) (*CodePages, error)
 	if b == nil {
 		return nil, nil
 	}
-	out := &CodePages{Drop: b.Drop == nil || *b.Drop}
+	out := &CodePages{Drop: b.Drop == nil || *b.Drop, NoReadahead: b.Readahead != nil && !*b.Readahead}
 	if b.After != "" {
 		d, err := parseDuration(b.After)
 		if err != nil {
