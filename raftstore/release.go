@@ -1,11 +1,11 @@
 package raftstore
 
 import (
-	"github.com/sigil-id/sigil/internal/exepages"
-
 	"runtime/debug"
 	"sync/atomic"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/exepages"
 )
 
 // Returning memory after large deletions. Go's runtime gives freed heap

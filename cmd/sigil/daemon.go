@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/sigil-id/sigil/internal/exepages"
 	"io"
 	"os"
 	"os/signal"
@@ -21,6 +20,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
+	"github.com/sigil-id/sigil/internal/exepages"
 	"github.com/sigil-id/sigil/internal/gcfloor"
 	"github.com/sigil-id/sigil/server"
 )
