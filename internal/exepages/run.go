@@ -24,7 +24,7 @@ const (
 	quietCPU    = 50 * time.Millisecond
 	// minInterval is the least time between two drops: Request after a
 	// drop waits for it.
-	minInterval = time.Minute
+	minInterval = 30 * time.Second
 )
 
 // Config says when a daemon drops its executable's unused pages.
@@ -55,7 +55,7 @@ type Config struct {
 var requests atomic.Pointer[chan struct{}]
 
 // Request asks the running Run (if any) for one more drop once the
-// process is quiet, at least a minute after the last one. It never
+// process is quiet, at least 30 s after the last one. It never
 // blocks; requests made while one is pending are one. The server calls it
 // after returning memory following large deletions: creating and
 // deleting entries ran code the idle server does not run again.
@@ -71,7 +71,7 @@ func Request() {
 // Run drops the executable's unused pages once after ready is closed,
 // at least After later and once the process is quiet (it used less than
 // 2.5 % of a core over 2 s), then once per Request under the same
-// conditions, at most once a minute. It returns when ctx is done, at
+// conditions, at most every 30 s (the rate of the server's releases after deletions). It returns when ctx is done, at
 // once when cfg.Disabled or, without cfg.Drop, where Drop does nothing. One Run at a time per process receives
 // Requests (the last started).
 func Run(ctx context.Context, cfg Config, ready <-chan struct{}) {

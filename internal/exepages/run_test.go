@@ -87,7 +87,7 @@ func TestRunSchedule(t *testing.T) {
 	busy.Store(false)
 	clk.Add(quietWindow)
 	dropped("once quiet after ready")
-	// A Request is a drop a minute after the last one.
+	// A Request is a drop 30 s after the last one.
 	waitWaiters(t, clk, 0)
 	Request()
 	waitWaiters(t, clk, 1)
@@ -96,12 +96,12 @@ func TestRunSchedule(t *testing.T) {
 	Request()
 	clk.Add(minInterval - time.Second)
 	waitWaiters(t, clk, 1)
-	noDrop("within a minute of the last drop")
+	noDrop("within 30 s of the last drop")
 	clk.Add(time.Second)
 	waitWaiters(t, clk, 1) // the quiet window
 	clk.Add(quietWindow)
 	dropped("on request")
-	waitWaiters(t, clk, 1) // the pending request, a minute later
+	waitWaiters(t, clk, 1) // the pending request, 30 s later
 	clk.Add(minInterval)
 	waitWaiters(t, clk, 1)
 	clk.Add(quietWindow)
@@ -110,7 +110,7 @@ func TestRunSchedule(t *testing.T) {
 	clk.Add(time.Hour)
 	noDrop("without request")
 	Request()
-	waitWaiters(t, clk, 1) // the last drop is over a minute ago: the quiet window only
+	waitWaiters(t, clk, 1) // the last drop is over 30 s ago: the quiet window only
 	clk.Add(quietWindow)
 	dropped("on a later request")
 	cancel()
