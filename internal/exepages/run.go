@@ -22,8 +22,8 @@ const (
 	// fault back at once, page by page.
 	quietWindow = 2 * time.Second
 	quietCPU    = 50 * time.Millisecond
-	// minInterval is the least time between two drops: Request after a
-	// drop waits for it.
+	// minInterval is the least time between two drops: a Request
+	// soon after a drop waits for it.
 	minInterval = 30 * time.Second
 )
 
@@ -71,9 +71,10 @@ func Request() {
 // Run drops the executable's unused pages once after ready is closed,
 // at least After later and once the process is quiet (it used less than
 // 2.5 % of a core over 2 s), then once per Request under the same
-// conditions, at most every 30 s (the rate of the server's releases after deletions). It returns when ctx is done, at
-// once when cfg.Disabled or, without cfg.Drop, where Drop does nothing. One Run at a time per process receives
-// Requests (the last started).
+// conditions, at most every 30 s (the rate of the server's releases
+// after deletions). It returns when ctx is done, at once when
+// cfg.Disabled or, without cfg.Drop, where Drop does nothing. One Run at
+// a time per process receives Requests (the last started).
 func Run(ctx context.Context, cfg Config, ready <-chan struct{}) {
 	if cfg.Disabled || (!supported && cfg.Drop == nil) {
 		return
