@@ -58,8 +58,10 @@ const (
 	// releaseWait is the wait after the last deletion before the
 	// server's memory is read: raftstore returns free memory 2 s after
 	// 4,096 entries are deleted (then at most every 30 s), and again 2 s
-	// after its entry change feed, quiet for 30 s, drops its records.
-	releaseWait = 40 * time.Second
+	// after its entry change feed, quiet for 30 s, drops its records;
+	// each release asks for a drop of the executable's unused pages,
+	// once quiet and at most 30 s after the one before (exepages).
+	releaseWait = 70 * time.Second
 	// releaseWithin bounds the wait for the RSS to settle after that.
 	releaseWithin = 20 * time.Second
 )
