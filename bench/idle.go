@@ -17,12 +17,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -36,19 +38,30 @@ var (
 		"with -idle-only: comma-separated sigil binaries to compare, rounds alternating between them (built from ./cmd/sigil when empty)")
 	idleRounds  = flag.Int("idle-rounds", 1, "with -idle-only: rounds per binary")
 	idleEntries = flag.Int("idle-entries", 100_000, "entries created then deleted for the after-delete figure (0: skip it)")
+	idleFirst   = flag.Bool("idle-first-fetch", false,
+		"with -idle-only: register an entry for this user when the agent is ready and, once both processes are idle, time the first and second FetchX509SVID of a new workload (the code of the fetch path is paged in then)")
 )
 
 const (
 	// idleSettle is how long a process is left alone before its idle
-	// memory is read, and the least wait after the last deletion.
-	idleSettle = 5 * time.Second
+	// memory is read (counted from when both are ready), and the least
+	// wait after the last deletion. A daemon drops the pages of its
+	// executable it does not use once it has been ready for 10 s and is
+	// quiet (internal/exepages); the idle figure is the RSS after that,
+	// as it is for as long as the daemon stays idle.
+	idleSettle = 20 * time.Second
+	// afterSettle is the least wait for the RSS after deleting, on top
+	// of releaseWait.
+	afterSettle = 5 * time.Second
 	// idleBatch is the entries per admin batch call.
 	idleBatch = 5_000
 	// releaseWait is the wait after the last deletion before the
 	// server's memory is read: raftstore returns free memory 2 s after
 	// 4,096 entries are deleted (then at most every 30 s), and again 2 s
-	// after its entry change feed, quiet for 30 s, drops its records.
-	releaseWait = 40 * time.Second
+	// after its entry change feed, quiet for 30 s, drops its records;
+	// each release asks for a drop of the executable's unused pages,
+	// once quiet and at most 30 s after the one before (exepages).
+	releaseWait = 70 * time.Second
 	// releaseWithin bounds the wait for the RSS to settle after that.
 	releaseWithin = 20 * time.Second
 )
@@ -108,15 +121,15 @@ func readKB(path string, fields map[string]*int64) error {
 	return sc.Err()
 }
 
-// settledMem waits at least idleSettle, then until pid's RSS changes by
+// settledMem waits at least settle, then until pid's RSS changes by
 // less than 1 % over three reads 500 ms apart (at most within), and
 // returns its memory.
-func settledMem(ctx context.Context, pid int, within time.Duration) (procMem, error) {
-	deadline := time.Now().Add(within)
+func settledMem(ctx context.Context, pid int, settle, within time.Duration) (procMem, error) {
+	deadline := time.Now().Add(settle + within)
 	select {
 	case <-ctx.Done():
 		return procMem{}, ctx.Err()
-	case <-time.After(idleSettle):
+	case <-time.After(settle):
 	}
 	var last []int64
 	for {
@@ -149,6 +162,14 @@ type idleResult struct {
 	// entries, and settled after deleting them all.
 	Full, After procMem
 	CreateSecs  float64
+	// With -idle-first-fetch: the first and second fetch of a workload
+	// on the idle agent (each a new connection), and the agent's memory
+	// after them.
+	First, Second time.Duration
+	AgentFetched  procMem
+	// FirstMajFlt is the agent's major page faults (reads from disk)
+	// during the first fetch.
+	FirstMajFlt int64
 }
 
 // idleRun starts bin's server and agent in dir, measures them idle and,
@@ -197,7 +218,8 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		return res, fmt.Errorf("token generate: %w", err)
 	}
 	var tok struct {
-		Token string `json:"token"`
+		Token   string `json:"token"`
+		AgentID string `json:"agent_id"`
 	}
 	if err := json.Unmarshal(out, &tok); err != nil {
 		return res, fmt.Errorf("token generate: %w", err)
@@ -219,11 +241,46 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	if err := waitHTTP(ctx, "http://"+addrs[2]+"/ready", time.Minute); err != nil {
 		return res, fmt.Errorf("agent: %w", err)
 	}
-	if res.Server, err = settledMem(ctx, srv.Process.Pid, 15*time.Second); err != nil {
+	if *idleFirst {
+		// Registered now, before the idle wait: the agent mints its
+		// SVID at once, and the fetch path's code is first run by the
+		// timed fetch.
+		u, err := user.Current()
+		if err != nil {
+			return res, err
+		}
+		if out, err := exec.CommandContext(ctx, bin, "entry", "create", "-socket", admin,
+			"-spiffe-id", firstFetchID, "-parent-id", tok.AgentID,
+			"-selector", "unix:uid:"+u.Uid).CombinedOutput(); err != nil {
+			return res, fmt.Errorf("entry create: %v: %s", err, out)
+		}
+	}
+	if res.Server, err = settledMem(ctx, srv.Process.Pid, idleSettle, 10*time.Second); err != nil {
 		return res, err
 	}
-	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 5*time.Second); err != nil {
+	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 0, 5*time.Second); err != nil {
 		return res, err
+	}
+	if *idleFirst {
+		sock := filepath.Join(dir, "public", "api.sock")
+		before, err := majorFaults(ag.Process.Pid)
+		if err != nil {
+			return res, err
+		}
+		if res.First, err = timedFirstFetch(ctx, sock); err != nil {
+			return res, err
+		}
+		after, err := majorFaults(ag.Process.Pid)
+		if err != nil {
+			return res, err
+		}
+		res.FirstMajFlt = after - before
+		if res.Second, err = timedFirstFetch(ctx, sock); err != nil {
+			return res, err
+		}
+		if res.AgentFetched, err = readProcMem(ag.Process.Pid); err != nil {
+			return res, err
+		}
 	}
 	if entries <= 0 {
 		return res, nil
@@ -277,22 +334,58 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 			}
 		}
 	}
-	left, err := api.ListEntries(ctx, &sigilv1.ListEntriesRequest{PageSize: 1})
+	left, err := api.ListEntries(ctx, &sigilv1.ListEntriesRequest{PageSize: 2})
 	if err != nil {
 		return res, fmt.Errorf("list entries: %w", err)
 	}
-	if len(left.Entries) != 0 {
-		return res, errors.New("entries left after deleting them all")
+	for _, e := range left.Entries {
+		if e.GetSpiffeId() != firstFetchID {
+			return res, errors.New("entries left after deleting them all")
+		}
 	}
 	select {
 	case <-ctx.Done():
 		return res, ctx.Err()
 	case <-time.After(releaseWait):
 	}
-	if res.After, err = settledMem(ctx, srv.Process.Pid, releaseWithin); err != nil {
+	if res.After, err = settledMem(ctx, srv.Process.Pid, afterSettle, releaseWithin); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// majorFaults is process pid's major page faults so far (field 12 of
+// /proc/PID/stat).
+func majorFaults(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("idle: %w", err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 10 {
+		return 0, fmt.Errorf("idle: /proc/%d/stat: malformed", pid)
+	}
+	return strconv.ParseInt(f[9], 10, 64)
+}
+
+// firstFetchID is the SPIFFE ID of -idle-first-fetch's entry.
+var firstFetchID = "spiffe://" + td.Name() + "/bench/idle-first"
+
+// timedFirstFetch times one FetchX509SVID of a new Workload API client
+// (connection included).
+func timedFirstFetch(ctx context.Context, socket string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		return 0, fmt.Errorf("idle: workload client: %w", err)
+	}
+	defer client.Close()
+	if _, err := client.FetchX509SVID(ctx); err != nil {
+		return 0, fmt.Errorf("idle: first fetch: %w", err)
+	}
+	return time.Since(t0), nil
 }
 
 // benchIdle measures idle memory and memory after deleting for each
@@ -341,6 +434,9 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			}
 			all[i] = append(all[i], res)
 			fmt.Printf("round %d binary %d: server %v  agent %v\n", r, i, res.Server, res.Agent)
+			if *idleFirst {
+				fmt.Printf("    first fetch %.2f ms (agent: %d major faults), second %.2f ms; agent then %v\n", ms(res.First), res.FirstMajFlt, ms(res.Second), res.AgentFetched)
+			}
 			if entries > 0 {
 				fmt.Printf("    %d entries created in %.1f s: server %v; all deleted: %v = %.2f of idle; peak RSS %.1f MiB\n",
 					entries, res.CreateSecs, res.Full, res.After, float64(res.After.RSS)/float64(res.Server.RSS), mib(res.After.HWM))
@@ -363,6 +459,12 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 		srv, agent := med(func(r idleResult) int64 { return r.Server.RSS }), med(func(r idleResult) int64 { return r.Agent.RSS })
 		if len(bins) > 1 {
 			fmt.Printf("binary %d: %s\n", i, names[i])
+		}
+		if *idleFirst {
+			fmt.Printf("memory idle agent, a new workload's first fetch (median of %d): %.2f ms (%.0f major faults), second %.2f ms; agent RSS then %.1f MiB\n", len(rs),
+				ms(time.Duration(med(func(r idleResult) int64 { return int64(r.First) }))), med(func(r idleResult) int64 { return r.FirstMajFlt }),
+				ms(time.Duration(med(func(r idleResult) int64 { return int64(r.Second) }))),
+				mib(int64(med(func(r idleResult) int64 { return r.AgentFetched.RSS }))))
 		}
 		fmt.Printf("memory idle RSS (median of %d):              server %6.1f MiB (anon %.1f, file %.1f)  agent %6.1f MiB (anon %.1f, file %.1f)  (goal ≤ 20 / ≤ 16 MiB; SPIRE 143/62 MiB)\n",
 			len(rs), mib(int64(srv)), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.File }))),

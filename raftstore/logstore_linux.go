@@ -3,13 +3,13 @@ package raftstore
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sigil-id/sigil/internal/procfs"
 )
 
 // fileMapping is one range of /proc/self/maps.
@@ -77,53 +77,25 @@ func readFileMappings() ([]fileMapping, error) {
 	return out, sc.Err()
 }
 
-// parseMapsLine parses one line of /proc/PID/maps:
-//
-//	start-end perms offset major:minor inode   pathname
-//
+// parseMapsLine parses one line of /proc/PID/maps (procfs.ParseMapsLine).
 // ok is false for anonymous mappings (inode 0).
 func parseMapsLine(line []byte) (m fileMapping, ok bool, err error) {
-	bad := func() (fileMapping, bool, error) {
+	pm, err := procfs.ParseMapsLine(line)
+	if err != nil {
+		if len(line) > 120 {
+			line = line[:120]
+		}
 		return fileMapping{}, false, fmt.Errorf("unexpected line in /proc/self/maps: %q", line)
 	}
-	var f [5][]byte
-	rest := line
-	for i := range f {
-		rest = bytes.TrimLeft(rest, " ")
-		end := bytes.IndexByte(rest, ' ')
-		if end < 0 {
-			if i < 4 {
-				return bad()
-			}
-			end = len(rest)
-		}
-		f[i], rest = rest[:end], rest[end:]
-	}
-	lo, hi, found := bytes.Cut(f[0], []byte("-"))
-	if !found {
-		return bad()
-	}
-	start, err1 := strconv.ParseUint(string(lo), 16, 64)
-	end, err2 := strconv.ParseUint(string(hi), 16, 64)
-	major, minor, found := bytes.Cut(f[3], []byte(":"))
-	if !found {
-		return bad()
-	}
-	maj, err3 := strconv.ParseUint(string(major), 16, 32)
-	min, err4 := strconv.ParseUint(string(minor), 16, 32)
-	ino, err5 := strconv.ParseUint(string(f[4]), 10, 64)
-	if errors.Join(err1, err2, err3, err4, err5) != nil || end < start || len(f[1]) != 4 {
-		return bad()
-	}
-	if ino == 0 {
+	if pm.Inode == 0 {
 		return fileMapping{}, false, nil
 	}
 	return fileMapping{
-		start:  uintptr(start),
-		end:    uintptr(end),
-		shared: f[1][3] == 's',
-		dev:    unix.Mkdev(uint32(maj), uint32(min)),
-		ino:    ino,
-		path:   string(bytes.TrimLeft(rest, " ")),
+		start:  uintptr(pm.Start),
+		end:    uintptr(pm.End),
+		shared: pm.Shared,
+		dev:    unix.Mkdev(pm.Major, pm.Minor),
+		ino:    pm.Inode,
+		path:   pm.Path,
 	}, true, nil
 }

@@ -4,6 +4,8 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/exepages"
 )
 
 // Returning memory after large deletions. Go's runtime gives freed heap
@@ -14,7 +16,8 @@ import (
 // what is free (debug.FreeOSMemory), off the apply path; and again when
 // the entry change feed, quiet since, drops the records that still named
 // the deleted entries (feedtrim.go). Each release also drops the pages of
-// the Raft log file the process has mapped (logstore.go).
+// the Raft log file the process has mapped (logstore.go), and asks for
+// the executable's unused pages to be dropped (internal/exepages).
 const (
 	// releaseAfterDeleted is how many entries must be deleted since the
 	// last release before another one runs.
@@ -109,5 +112,9 @@ func (m *memRelease) release() {
 	if m.dropLog != nil {
 		m.dropLog()
 	}
+	// Creating and deleting entries ran code the idle server does not
+	// run again: ask for its pages to be dropped once quiet (a daemon
+	// run from the command line only; internal/exepages).
+	exepages.Request()
 	m.last.Store(time.Now().UnixNano())
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/sigil-id/sigil/ca"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/health"
+	"github.com/sigil-id/sigil/internal/exepages"
 	"github.com/sigil-id/sigil/internal/gcfloor"
 	"github.com/sigil-id/sigil/server"
 )
@@ -55,7 +56,7 @@ command line override the file.`,
 				if err != nil {
 					return err
 				}
-				return runServer(ctx, cfg, log)
+				return runServer(ctx, cfg, log, settings.CodePages)
 			}),
 	}
 	cmd.Flags().StringVar(&path, "config", "", "HCL configuration file with a server block")
@@ -200,7 +201,10 @@ func federationConfig(f *config.Federation) server.FederationConfig {
 	return out
 }
 
-func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
+// runServer runs the server until ctx is done. pages is the code_pages
+// block (nil: none, the default); without it (in-process tests) the
+// server does not drop its executable's pages.
+func runServer(ctx context.Context, cfg server.Config, log *zap.Logger, pages ...*config.CodePages) error {
 	defer closeAuditSinks(cfg.AuditSink, log)
 	defer closeKeyStore(cfg.KeyStore, log)
 	defer closeUpstream(cfg.UpstreamAuthority, log)
@@ -222,6 +226,7 @@ func runServer(ctx context.Context, cfg server.Config, log *zap.Logger) error {
 		zap.String("bind_address", cfg.BindAddress),
 		zap.String("admin_socket", cfg.AdminSocket),
 		zap.String("admin_address", cfg.AdminAddress))
+	startCodePages(ctx, pages, srv.Ready(), log)
 	err = srv.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return prefixed("server", err)
@@ -260,7 +265,7 @@ through a server's admin socket.`,
 				if err != nil {
 					return err
 				}
-				return runAgent(ctx, cfg, settings.HealthAddress, log)
+				return runAgent(ctx, cfg, settings.HealthAddress, log, settings.CodePages)
 			}),
 	}
 	cmd.Flags().StringVar(&path, "config", "", "HCL configuration file with an agent block")
@@ -312,7 +317,8 @@ func agentConfig(a *config.Agent, log *zap.Logger) (agent.Config, error) {
 	return cfg, nil
 }
 
-func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap.Logger) error {
+// runAgent runs the agent until ctx is done; pages is as for runServer.
+func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap.Logger, pages ...*config.CodePages) error {
 	defer closeAuditSinks(cfg.AuditSink, log)
 	a, err := agent.New(cfg)
 	if err != nil {
@@ -340,6 +346,7 @@ func runAgent(ctx context.Context, cfg agent.Config, healthAddr string, log *zap
 		zap.String("trust_domain", cfg.TrustDomain.String()),
 		zap.String("server_address", cfg.ServerAddress),
 		zap.String("socket_path", cfg.SocketPath))
+	startCodePages(ctx, pages, a.Ready(), log)
 	err = a.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return prefixed("agent", err)
@@ -397,4 +404,27 @@ func closeKeyStore(ks ca.KeyStore, log *zap.Logger) {
 			log.Warn("closing the key manager", zap.Error(err))
 		}
 	}
+}
+
+// startCodePages starts, for a daemon run from the command line (pages
+// given, its only element nil without a code_pages block), the drops of
+// the executable's unused pages once ready is closed and the process is
+// quiet (internal/exepages); they stop with ctx.
+func startCodePages(ctx context.Context, pages []*config.CodePages, ready <-chan struct{}, log *zap.Logger) {
+	if len(pages) == 0 {
+		return
+	}
+	cfg := exepages.Config{Report: func(res exepages.Result, err error) {
+		if err != nil {
+			log.Warn("dropping the executable's unused pages", zap.Error(err),
+				zap.Int("mappings", res.Mappings), zap.Uint64("resident_kib", res.Resident>>10))
+			return
+		}
+		log.Info("dropped the executable's unused pages", zap.Int("mappings", res.Mappings),
+			zap.Uint64("advised_kib", res.Size>>10), zap.Uint64("resident_kib", res.Resident>>10))
+	}}
+	if p := pages[0]; p != nil {
+		cfg.Disabled, cfg.After, cfg.Random = !p.Drop, p.After, p.NoReadahead
+	}
+	go exepages.Run(ctx, cfg, ready)
 }

@@ -59,6 +59,21 @@ agent {
   #   idle_after      = "10m"
   # }
 
+  # Memory (docs/memory.md): once ready for `after` and quiet, the daemon
+  # drops the pages of its executable it does not use (the kernel maps
+  # 64 KiB around each page the code touches, so nearly the whole binary
+  # is resident otherwise: about 25 MiB against 2-10 MiB). The pages
+  # leave the page cache if no process maps them; code the daemon runs
+  # later is read back from disk. drop = false turns it off. readahead =
+  # false keeps a few MiB fewer but reads code run for the first time
+  # afterwards one page at a time (an agent's first Workload API fetch
+  # waits for about 240 disk reads). Defaults: true, 10s, true.
+  # code_pages {
+  #   drop      = true
+  #   after     = "10s"
+  #   readahead = true
+  # }
+
   # Single-use token from `sigil token generate`, needed for the first start
   # only: afterwards the agent renews the identity kept in data_dir. Keep it
   # in a file of mode 0600 owned by the agent's user (the agent refuses any

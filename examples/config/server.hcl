@@ -86,6 +86,21 @@ server {
   #   (umask 077; sigil cluster secret generate > /etc/sigil/join-secret)
   # join_secret_file  = "/etc/sigil/join-secret"
 
+  # Memory (docs/memory.md): once ready for `after` and quiet, the daemon
+  # drops the pages of its executable it does not use (the kernel maps
+  # 64 KiB around each page the code touches, so nearly the whole binary
+  # is resident otherwise: about 25 MiB against 2-10 MiB). The pages
+  # leave the page cache if no process maps them; code the daemon runs
+  # later is read back from disk. drop = false turns it off. readahead =
+  # false keeps a few MiB fewer but reads code run for the first time
+  # afterwards one page at a time (an agent's first Workload API fetch
+  # waits for about 240 disk reads). Defaults: true, 10s, true.
+  # code_pages {
+  #   drop      = true
+  #   after     = "10s"
+  #   readahead = true
+  # }
+
   log_level  = "info"  # debug, info, warn, error
   log_format = "json"  # json or console
 }

@@ -78,6 +78,9 @@ type Server struct {
 	// validated; nil for none.
 	X509SVIDTemplate *ca.X509SVIDTemplate
 	CATemplate       *ca.CATemplate
+	// CodePages is the code_pages block; nil when there is none (the
+	// default: drop).
+	CodePages *CodePages
 }
 
 // Agent holds the settings of `sigil agent`. Zero values mean "use the
@@ -120,6 +123,10 @@ type Agent struct {
 
 	// SVIDCache is the svid_cache block; nil when there is none.
 	SVIDCache *SVIDCache
+
+	// CodePages is the code_pages block; nil when there is none (the
+	// default: drop).
+	CodePages *CodePages
 }
 
 // Log holds the logging settings shared by both daemons.
@@ -183,6 +190,7 @@ type hclServer struct {
 	Plugins    *hclPlugins    `hcl:"plugins,block"`
 	Federation *hclFederation `hcl:"federation,block"`
 	Alerts     *hclAlerts     `hcl:"alerts,block"`
+	CodePages  *hclCodePages  `hcl:"code_pages,block"`
 }
 
 type hclAgent struct {
@@ -211,6 +219,8 @@ type hclAgent struct {
 	SVIDFiles []hclSVIDFiles `hcl:"svid_files,block"`
 
 	SVIDCache *hclSVIDCache `hcl:"svid_cache,block"`
+
+	CodePages *hclCodePages `hcl:"code_pages,block"`
 }
 
 // LoadFile reads and parses the configuration file at path.
@@ -322,6 +332,9 @@ func Parse(filename string, src []byte) (*File, error) {
 		if err := readTemplates(filename, syntaxBlock(body, "server"), out.Server); err != nil {
 			return nil, err
 		}
+		if out.Server.CodePages, err = readCodePages(filename, "server", s.CodePages); err != nil {
+			return nil, err
+		}
 	}
 	if a := raw.Agent; a != nil {
 		out.Agent = &Agent{
@@ -368,6 +381,9 @@ func Parse(filename string, src []byte) (*File, error) {
 			return nil, err
 		}
 		if out.Agent.SVIDCache, err = readSVIDCache(filename, a.SVIDCache); err != nil {
+			return nil, err
+		}
+		if out.Agent.CodePages, err = readCodePages(filename, "agent", a.CodePages); err != nil {
 			return nil, err
 		}
 	}

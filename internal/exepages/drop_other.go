@@ -1,0 +1,14 @@
+//go:build !linux
+
+package exepages
+
+import "time"
+
+// supported says Drop does something on this system.
+const supported = false
+
+// Drop does nothing where /proc/self/smaps does not exist.
+func Drop(bool) (Result, error) { return Result{}, nil }
+
+// ProcessCPU returns 0 on this system.
+func ProcessCPU() time.Duration { return 0 }

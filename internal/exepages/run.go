@@ -1,0 +1,138 @@
+package exepages
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/sigil-id/sigil/clock"
+)
+
+// Defaults of Config.
+const (
+	// DefaultAfter is the least wait between the daemon being ready and
+	// the first drop: start-up work (an agent's first sync and SVIDs,
+	// a server's first agents) runs code once that the idle process
+	// does not run again.
+	DefaultAfter = 10 * time.Second
+	// quietWindow is how often the process's CPU time is sampled while
+	// waiting for it to be quiet, and quietCPU the most CPU time it may
+	// use in one window to count as quiet (2.5 % of one core): a drop
+	// while the process is busy would make the code it is running
+	// fault back at once, page by page.
+	quietWindow = 2 * time.Second
+	quietCPU    = 50 * time.Millisecond
+	// minInterval is the least time between two drops: a Request
+	// soon after a drop waits for it.
+	minInterval = 30 * time.Second
+)
+
+// Config says when a daemon drops its executable's unused pages.
+type Config struct {
+	// Disabled turns the drops off.
+	Disabled bool
+	// After is the least wait after ready before the first drop; 0
+	// means DefaultAfter.
+	After time.Duration
+	// Clock times the waits; nil means the wall clock.
+	Clock clock.Clock
+	// CPU returns the CPU time the process used so far; nil means
+	// getrusage (ProcessCPU).
+	CPU func() time.Duration
+	// Random also turns off readahead on the executable's mappings
+	// (MADV_RANDOM): the idle process keeps fewer pages, but each page
+	// of code it runs for the first time after a drop is one disk read
+	// (about 240 for an agent's first Workload API fetch, 175 ms more on
+	// the machine of docs/memory.md).
+	Random bool
+	// Drop drops the pages; nil means the package's Drop with Random.
+	Drop func() (Result, error)
+	// Report receives what each drop did (for the daemon's log).
+	Report func(Result, error)
+}
+
+// requests is the channel of the running Run, if any (see Request).
+var requests atomic.Pointer[chan struct{}]
+
+// Request asks the running Run (if any) for one more drop once the
+// process is quiet, at least 30 s after the last one. It never
+// blocks; requests made while one is pending are one. The server calls it
+// after returning memory following large deletions: creating and
+// deleting entries ran code the idle server does not run again.
+func Request() {
+	if ch := requests.Load(); ch != nil {
+		select {
+		case *ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Run drops the executable's unused pages once after ready is closed,
+// at least After later and once the process is quiet (it used less than
+// 2.5 % of a core over 2 s), then once per Request under the same
+// conditions, at most every 30 s (the rate of the server's releases
+// after deletions). It returns when ctx is done, at once when
+// cfg.Disabled or, without cfg.Drop, where Drop does nothing. One Run at
+// a time per process receives Requests (the last started).
+func Run(ctx context.Context, cfg Config, ready <-chan struct{}) {
+	if cfg.Disabled || (!supported && cfg.Drop == nil) {
+		return
+	}
+	clk := cfg.Clock
+	if clk == nil {
+		clk = clock.New()
+	}
+	after := cfg.After
+	if after <= 0 {
+		after = DefaultAfter
+	}
+	cpu := cfg.CPU
+	if cpu == nil {
+		cpu = ProcessCPU
+	}
+	drop := cfg.Drop
+	if drop == nil {
+		drop = func() (Result, error) { return Drop(cfg.Random) }
+	}
+	ch := make(chan struct{}, 1)
+	requests.Store(&ch)
+	defer requests.CompareAndSwap(&ch, nil)
+
+	select {
+	case <-ctx.Done():
+		return
+	case <-ready:
+	}
+	wait := after
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-clk.After(wait):
+		}
+		// Wait until one window passes with little CPU used.
+		for {
+			before := cpu()
+			select {
+			case <-ctx.Done():
+				return
+			case <-clk.After(quietWindow):
+			}
+			if cpu()-before <= quietCPU {
+				break
+			}
+		}
+		res, err := drop()
+		if cfg.Report != nil {
+			cfg.Report(res, err)
+		}
+		last := clk.Now()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+		wait = max(0, minInterval-clk.Now().Sub(last))
+	}
+}

@@ -1,0 +1,60 @@
+// Package exepages returns to the kernel the pages of the running
+// executable that the process mapped but does not use.
+//
+// On Linux each fault on a file mapping maps, besides the page asked for,
+// the neighbouring pages that are already in the page cache (the kernel's
+// fault-around, 64 KiB by default). A Go daemon's initialisation touches
+// a few hundred pages spread over its whole text and read-only data, so
+// nearly the whole executable ends up mapped and counted in its resident
+// memory, although the idle process runs a small part of it.
+//
+// Drop, called once the process is ready and its start-up work is done,
+// selects the executable's read-only mappings that hold no private copy
+// (Select), advises MADV_DONTNEED on them (their pages leave this
+// process's page tables), then asks the kernel (POSIX_FADV_DONTNEED) to
+// drop from the page cache the pages of those ranges of the file that no
+// process maps any more. From then on a fault maps its own page and only
+// the neighbours in the page cache, that is those some fault read back
+// since (with its readahead): the resident executable follows the code
+// the process runs, not the code its initialisation ran. Optionally
+// (MADV_RANDOM) faults read no more than their page.
+//
+// It is never destructive: the pages are the file's, unchanged; a later
+// access maps them again (a minor fault if they are still cached, a read
+// of one page from disk otherwise). Writable mappings and mappings with
+// private (anonymous) pages are never advised: MADV_DONTNEED would discard
+// their contents.
+package exepages
+
+import "github.com/sigil-id/sigil/internal/procfs"
+
+// Select returns the mappings of ms that Drop may advise: mappings of the
+// file with device major:minor and inode ino that are not writable and
+// hold no anonymous page (a private mapping that was ever written, such
+// as a dynamically linked binary's relocated read-only data, holds copies
+// that MADV_DONTNEED would throw away). A mapping without an "Anonymous:"
+// line is not selected.
+func Select(ms []procfs.SmapsMapping, major, minor uint32, ino uint64) []procfs.SmapsMapping {
+	var out []procfs.SmapsMapping
+	for _, m := range ms {
+		if ino == 0 || m.Inode != ino || m.Major != major || m.Minor != minor {
+			continue
+		}
+		if m.Write || !m.HaveAnonymous || m.Anonymous != 0 || m.End <= m.Start {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Result says what one Drop did.
+type Result struct {
+	// Mappings is how many mappings were advised.
+	Mappings int
+	// Size is the bytes of address range advised.
+	Size uint64
+	// Resident is the bytes of those mappings that were resident
+	// before (their Rss in /proc/self/smaps).
+	Resident uint64
+}
