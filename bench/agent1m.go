@@ -247,7 +247,7 @@ func agent1mRun(ctx context.Context, s *agent1mServer, bin, dataDir, dir string,
 	case <-ctx.Done():
 		return res, ctx.Err()
 	}
-	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 30*time.Second); err != nil {
+	if res.Agent, err = settledMem(ctx, ag.Process.Pid, idleSettle, 30*time.Second); err != nil {
 		return res, err
 	}
 	if res.Server, err = readProcMem(s.srv.Process.Pid); err != nil {
