@@ -93,7 +93,9 @@ func (mc *memCluster) config(name, dir string, mod func(*Config)) Config {
 	withPlugins(t, &cfg, "memory")
 	cfg.ClusterAddress = joinFreeAddrOn(t, "127.0.0.1")
 	cfg.JoinSecret = mc.secret
-	cfg.RaftHeartbeatTimeout = 200 * time.Millisecond
+	// 200 ms lost leaders under -race at a load of 15-18 (elections
+	// during writes); 500 ms keeps the tests of a leader's loss short.
+	cfg.RaftHeartbeatTimeout = 500 * time.Millisecond
 	if mod != nil {
 		mod(&cfg)
 	}
