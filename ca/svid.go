@@ -103,7 +103,7 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
 
-	der, _, err := c.signX509SVID(ctx, p)
+	der, _, _, err := c.signX509SVID(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -140,11 +140,11 @@ func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX50
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
 
-	der, f, err := c.signX509SVID(ctx, p)
+	der, f, fast, err := c.signX509SVID(ctx, p)
 	if err != nil {
 		return svid, err
 	}
-	if f != nil {
+	if fast {
 		// Encoded by the fast path from f: its serial, and its
 		// NotAfter as written (seconds, UTC).
 		svid.Serial = f.serial
@@ -165,53 +165,54 @@ func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX50
 }
 
 // signX509SVID checks p and signs its X.509-SVID: it returns the DER leaf
-// and, when the fast path encoded it, the fields it encoded (nil when
-// x509.CreateCertificate signed the template, with the operator's
-// template applied when there is one).
-func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *svidFields, error) {
+// and, when the fast path encoded it, the fields it encoded and fast true
+// (false when x509.CreateCertificate signed the template, with the
+// operator's template applied when there is one). The fields are
+// returned by value: a pointer to them cost an allocation per SVID.
+func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) (der []byte, f svidFields, fast bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return nil, nil, fmt.Errorf("ca: %w", err)
+		return nil, svidFields{}, false, fmt.Errorf("ca: %w", err)
 	}
 	if p.SPIFFEID.IsZero() {
-		return nil, nil, errors.New("ca: SPIFFE ID is empty")
+		return nil, svidFields{}, false, errors.New("ca: SPIFFE ID is empty")
 	}
 	if p.SPIFFEID.TrustDomain() != c.td {
-		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
+		return nil, svidFields{}, false, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
 	}
 	if p.SPIFFEID.Path() == "" {
-		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
+		return nil, svidFields{}, false, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
 	}
 	if err := checkPublicKey(p.PublicKey); err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
 	if err := checkDNSNames(p.DNSNames); err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
-	f, err := c.x509SVIDFields(p)
+	f, err = c.x509SVIDFields(p)
 	if err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
 	if c.cfg.X509SVIDTemplate == nil {
 		if enc := c.svidEncoder(); enc != nil {
-			der, err := enc.createFields(f, p.PublicKey, c.signer, c.cfg.KeyObserver)
+			der, err = enc.createFields(f, p.PublicKey, c.signer, c.cfg.KeyObserver)
 			switch {
 			case err == nil:
-				return der, &f, nil
+				return der, f, true, nil
 			case !errors.Is(err, errNotFast):
-				return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+				return nil, svidFields{}, false, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
 			}
 		}
 	}
 	tmpl := c.templateOf(f, p)
 	// Operator template (template.go): nil = none, nothing done.
 	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
+	der, err = x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
 	if err != nil {
-		return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+		return nil, svidFields{}, false, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
 	}
-	return der, nil, nil
+	return der, svidFields{}, false, nil
 }
 
 // x509SVIDTemplate returns the certificate template of the X.509-SVID of
