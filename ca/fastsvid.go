@@ -244,7 +244,7 @@ func fieldsOfTemplate(tmpl *x509.Certificate) (svidFields, error) {
 // for the subject key pub, after certHeadroom bytes of room and with the
 // capacity for the rest of the certificate; errNotFast when f has
 // anything the fast path does not write as x509.CreateCertificate does.
-func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey) ([]byte, error) {
+func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey, point []byte) ([]byte, error) {
 	var fixed []byte
 	switch f.keyUsage {
 	case x509.KeyUsageDigitalSignature:
@@ -265,7 +265,7 @@ func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey) ([]byte, err
 			return nil, errNotFast
 		}
 	}
-	spkiPrefix, spki, err := marshalSPKI(pub)
+	spkiPrefix, spki, err := marshalSPKI(pub, point)
 	if err != nil {
 		return nil, errNotFast
 	}
@@ -452,7 +452,7 @@ func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signe
 	if err != nil {
 		return nil, err
 	}
-	return e.createFields(f, pub, signer, obs)
+	return e.createFields(f, pub, nil, signer, obs)
 }
 
 // createFields returns the DER certificate of the X.509-SVID with fields
@@ -460,8 +460,8 @@ func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signe
 // is checked when mustVerify says so; a signature that does not verify
 // is an error, reported to obs as a failed signature, and from then on
 // every signature is checked.
-func (e *svidEncoder) createFields(f svidFields, pub crypto.PublicKey, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
-	buf, err := e.encodeTBS(f, pub)
+func (e *svidEncoder) createFields(f svidFields, pub crypto.PublicKey, point []byte, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
+	buf, err := e.encodeTBS(f, pub, point)
 	if err != nil {
 		return nil, err
 	}
@@ -591,14 +591,20 @@ func dnsLen(names []string) int {
 // key, the key of nearly every SVID, the fixed prefix and the
 // uncompressed point (the same bytes, without encoding/asn1's reflection,
 // which costs a few microseconds per certificate, and without a buffer
-// of their own); for any other key, nil and the whole encoding.
-func marshalSPKI(pub crypto.PublicKey) (prefix, rest []byte, err error) {
+// of their own); for any other key, nil and the whole encoding. point,
+// when not nil, is pub's uncompressed point as a CSR of the fast path
+// carried it (CSRKey: checked to be pub's, on the curve), written as it
+// is rather than converted from pub again.
+func marshalSPKI(pub crypto.PublicKey, point []byte) (prefix, rest []byte, err error) {
 	k, ok := pub.(*ecdsa.PublicKey)
 	if !ok || k.Curve != elliptic.P256() {
 		rest, err = x509.MarshalPKIXPublicKey(pub)
 		return nil, rest, err
 	}
-	point, err := k.Bytes()
+	if point != nil && len(point) == p256der.PointLen {
+		return p256der.SPKIPrefix, point, nil
+	}
+	point, err = k.Bytes()
 	if err != nil {
 		return nil, nil, err
 	}

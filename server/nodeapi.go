@@ -537,16 +537,16 @@ func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) (
 	if err != nil {
 		return ca.RawX509SVID{}, status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.Id, err)
 	}
-	pub, err := ca.VerifyCSR(csr)
+	key, err := ca.VerifyCSRKey(csr)
 	if err != nil {
 		return ca.RawX509SVID{}, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
 	}
 	svid, err := n.s.x509CA().SignX509SVIDRaw(ctx, ca.X509SVIDParams{
-		PublicKey: pub,
-		SPIFFEID:  id,
-		DNSNames:  e.DnsNames,
-		TTL:       ttlSeconds(e.X509SvidTtl),
-		EntryID:   e.Id,
+		CSRKey:   key,
+		SPIFFEID: id,
+		DNSNames: e.DnsNames,
+		TTL:      ttlSeconds(e.X509SvidTtl),
+		EntryID:  e.Id,
 	})
 	if err != nil {
 		return ca.RawX509SVID{}, status.Errorf(codes.Internal, "signing: %v", err)

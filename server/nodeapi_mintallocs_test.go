@@ -51,12 +51,15 @@ func rawECDSAAllocs(t *testing.T) float64 {
 }
 
 // TestBatchMintAllocsPerSVID: the node API's batch handler allocates at
-// most 16 times per SVID beyond what crypto/ecdsa allocates for the
-// CSR's check and the CA's signature (21 before the batch's results,
-// statuses and issuance records' fields were allocated once per batch,
-// the agent's audit field boxed once, the serial's hex written with one
-// allocation, and the CA's fast path stopped allocating for its digest,
-// its SPKI buffer and its fields).
+// most 12.5 times per SVID beyond what crypto/ecdsa allocates for the
+// CSR's check and the CA's signature (10.6; 11.8 with the race
+// detector): 21.5 at cfde7b3; 13.5 once the
+// batch's results, statuses and issuance records' fields were allocated
+// once per batch, the agent's audit field boxed once, the serial's hex
+// written with one allocation, and the CA's fast path stopped allocating
+// for its digest, its SPKI buffer and its fields; 10.6 once the SVID's
+// key came as a ca.CSRKey, whose P-256 point is written as the request
+// carried it instead of being encoded again (ecdsa.PublicKey.Bytes).
 func TestBatchMintAllocsPerSVID(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server")
@@ -79,8 +82,8 @@ func TestBatchMintAllocsPerSVID(t *testing.T) {
 	}) / n
 	raw := rawECDSAAllocs(t)
 	t.Logf("%.1f allocations per SVID, %.1f of them crypto/ecdsa's", perSVID, raw)
-	if own := perSVID - raw; own > 16 {
-		t.Fatalf("%.1f allocations per SVID beyond crypto/ecdsa's %.1f, want at most 16", own, raw)
+	if own := perSVID - raw; own > 12.5 {
+		t.Fatalf("%.1f allocations per SVID beyond crypto/ecdsa's %.1f, want at most 12.5", own, raw)
 	}
 }
 
