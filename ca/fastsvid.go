@@ -6,6 +6,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
@@ -242,7 +244,7 @@ func fieldsOfTemplate(tmpl *x509.Certificate) (svidFields, error) {
 // for the subject key pub, after certHeadroom bytes of room and with the
 // capacity for the rest of the certificate; errNotFast when f has
 // anything the fast path does not write as x509.CreateCertificate does.
-func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey) ([]byte, error) {
+func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey, point []byte) ([]byte, error) {
 	var fixed []byte
 	switch f.keyUsage {
 	case x509.KeyUsageDigitalSignature:
@@ -263,7 +265,7 @@ func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey) ([]byte, err
 			return nil, errNotFast
 		}
 	}
-	spki, err := marshalSPKI(pub)
+	spkiPrefix, spki, err := marshalSPKI(pub, point)
 	if err != nil {
 		return nil, errNotFast
 	}
@@ -275,9 +277,9 @@ func (e *svidEncoder) encodeTBS(f svidFields, pub crypto.PublicKey) ([]byte, err
 	// Room for the certificate: the headers and fixed fields (128 bytes
 	// are more than they take), the variable ones, the algorithm twice
 	// and the signature.
-	size := certHeadroom + 128 + len(e.issuer) + len(fixed) + len(spki) + len(f.uri) + len(f.cn) + dnsLen(f.dns) +
+	size := certHeadroom + 128 + len(e.issuer) + len(fixed) + len(spkiPrefix) + len(spki) + len(f.uri) + len(f.cn) + dnsLen(f.dns) +
 		2*len(e.algID) + e.maxSigLen
-	return e.appendTBS(make([]byte, 0, size), f.serial, notBefore, notAfter, f.cn, spki, fixed, f.dns, f.uri), nil
+	return e.appendTBS(make([]byte, 0, size), f.serial, notBefore, notAfter, f.cn, spkiPrefix, spki, fixed, f.dns, f.uri), nil
 }
 
 // certHeadroom is the room encodeTBS leaves before the TBSCertificate for
@@ -290,7 +292,7 @@ const certHeadroom = 6
 // x509.CreateCertificate writes it (see encodeTBS); it returns the slice
 // from dst's start. The lengths of every element are computed first and
 // each element written once, in one buffer.
-func (e *svidEncoder) appendTBS(dst []byte, serial *big.Int, notBefore, notAfter time.Time, cn string, spki, fixed []byte, dns []string, uri string) []byte {
+func (e *svidEncoder) appendTBS(dst []byte, serial *big.Int, notBefore, notAfter time.Time, cn string, spkiPrefix, spki, fixed []byte, dns []string, uri string) []byte {
 	// INTEGER serial: its big-endian bytes, with a leading zero when
 	// the top bit is set (serial > 0).
 	serialBytes := (serial.BitLen() + 7) / 8
@@ -317,7 +319,7 @@ func (e *svidEncoder) appendTBS(dst []byte, serial *big.Int, notBefore, notAfter
 	}
 	extsLen := len(fixed) + derLen(sanExtLen)
 	tbsLen := len(tbsVersion) + derLen(serialLen) + len(e.algID) + len(e.issuer) + derLen(validityLen) +
-		derLen(subjectLen) + len(spki) + derLen(derLen(extsLen))
+		derLen(subjectLen) + len(spkiPrefix) + len(spki) + derLen(derLen(extsLen))
 
 	b := append(dst, make([]byte, certHeadroom)...)
 	b = appendHeader(b, 0x30, tbsLen)
@@ -341,7 +343,7 @@ func (e *svidEncoder) appendTBS(dst []byte, serial *big.Int, notBefore, notAfter
 		b = appendHeader(b, cnTag, len(cn))
 		b = append(b, cn...)
 	}
-	b = append(b, spki...)
+	b = append(append(b, spkiPrefix...), spki...)
 	b = appendHeader(b, 0xa3, derLen(extsLen))
 	b = appendHeader(b, 0x30, extsLen)
 	b = append(b, fixed...)
@@ -450,7 +452,7 @@ func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signe
 	if err != nil {
 		return nil, err
 	}
-	return e.createFields(f, pub, signer, obs)
+	return e.createFields(f, pub, nil, signer, obs)
 }
 
 // createFields returns the DER certificate of the X.509-SVID with fields
@@ -458,13 +460,13 @@ func (e *svidEncoder) create(tmpl *x509.Certificate, pub crypto.PublicKey, signe
 // is checked when mustVerify says so; a signature that does not verify
 // is an error, reported to obs as a failed signature, and from then on
 // every signature is checked.
-func (e *svidEncoder) createFields(f svidFields, pub crypto.PublicKey, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
-	buf, err := e.encodeTBS(f, pub)
+func (e *svidEncoder) createFields(f svidFields, pub crypto.PublicKey, point []byte, signer crypto.Signer, obs KeyObserver) ([]byte, error) {
+	buf, err := e.encodeTBS(f, pub, point)
 	if err != nil {
 		return nil, err
 	}
 	tbs := buf[certHeadroom:]
-	sig, err := crypto.SignMessage(signer, rand.Reader, tbs, e.hash)
+	sig, err := signMessage(signer, tbs, e.hash)
 	if err != nil {
 		// The key may come back changed (re-acquired): check the next
 		// signature.
@@ -491,6 +493,24 @@ func (e *svidEncoder) createFields(f svidFields, pub crypto.PublicKey, signer cr
 	start := certHeadroom - (derLen(bodyLen) - bodyLen)
 	appendHeader(buf[start:start], 0x30, bodyLen)
 	return buf[start:], nil
+}
+
+// signMessage is crypto.SignMessage(signer, rand.Reader, msg, hash): the
+// signer's own SignMessage when it has one, else Sign over msg's digest,
+// computed here with SHA-256 or SHA-384 into an array rather than through
+// a hash.Hash and its Sum (two allocations fewer per certificate).
+func signMessage(signer crypto.Signer, msg []byte, hash crypto.Hash) ([]byte, error) {
+	if _, ok := signer.(crypto.MessageSigner); !ok {
+		switch hash {
+		case crypto.SHA256:
+			d := sha256.Sum256(msg)
+			return signer.Sign(rand.Reader, d[:], hash)
+		case crypto.SHA384:
+			d := sha512.Sum384(msg)
+			return signer.Sign(rand.Reader, d[:], hash)
+		}
+	}
+	return crypto.SignMessage(signer, rand.Reader, msg, hash)
 }
 
 // mustVerify reports whether the signature just made by signer is to be
@@ -566,19 +586,27 @@ func dnsLen(names []string) int {
 	return n
 }
 
-// marshalSPKI is x509.MarshalPKIXPublicKey(pub), written directly for a
-// P-256 ECDSA key (the same bytes: the fixed prefix and the uncompressed
-// point), the key of nearly every SVID; encoding/asn1's reflection costs
-// a few microseconds per certificate.
-func marshalSPKI(pub crypto.PublicKey) ([]byte, error) {
+// marshalSPKI is x509.MarshalPKIXPublicKey(pub) in two pieces, prefix
+// then rest, that appendTBS writes one after the other: for a P-256 ECDSA
+// key, the key of nearly every SVID, the fixed prefix and the
+// uncompressed point (the same bytes, without encoding/asn1's reflection,
+// which costs a few microseconds per certificate, and without a buffer
+// of their own); for any other key, nil and the whole encoding. point,
+// when not nil, is pub's uncompressed point as a CSR of the fast path
+// carried it (CSRKey: checked to be pub's, on the curve), written as it
+// is rather than converted from pub again.
+func marshalSPKI(pub crypto.PublicKey, point []byte) (prefix, rest []byte, err error) {
 	k, ok := pub.(*ecdsa.PublicKey)
 	if !ok || k.Curve != elliptic.P256() {
-		return x509.MarshalPKIXPublicKey(pub)
+		rest, err = x509.MarshalPKIXPublicKey(pub)
+		return nil, rest, err
 	}
-	point, err := k.Bytes()
+	if point != nil && len(point) == p256der.PointLen {
+		return p256der.SPKIPrefix, point, nil
+	}
+	point, err = k.Bytes()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	spki := make([]byte, 0, len(p256der.SPKIPrefix)+len(point))
-	return append(append(spki, p256der.SPKIPrefix...), point...), nil
+	return p256der.SPKIPrefix, point, nil
 }

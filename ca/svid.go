@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/sigil-id/sigil/internal/p256der"
 )
 
 // MinRSABits is the smallest RSA modulus accepted for an SVID key.
@@ -39,39 +41,74 @@ const MaxCSRSize = 16 << 10
 // attributes) is checked without crypto/x509's parser (csrfast.go), with
 // the same outcome.
 func VerifyCSR(der []byte) (crypto.PublicKey, error) {
+	k, err := VerifyCSRKey(der)
+	if err != nil {
+		return nil, err
+	}
+	return k.pub, nil
+}
+
+// CSRKey is the public key of a CSR whose signature VerifyCSRKey checked,
+// to be given to X509SVIDParams.CSRKey: for a request of the agents'
+// profile, with its uncompressed P-256 point as the request carried it
+// (and as the key's checks accepted it), which the SVID's encoder then
+// writes as it is instead of encoding the key again. Its zero value is
+// no key.
+type CSRKey struct {
+	pub crypto.PublicKey
+	// point is the P-256 point of a request of the fast path, copied
+	// (the request's bytes may change after the check); hasPoint says
+	// whether there is one.
+	point    [p256der.PointLen]byte
+	hasPoint bool
+}
+
+// Public returns the key.
+func (k CSRKey) Public() crypto.PublicKey { return k.pub }
+
+// VerifyCSRKey is VerifyCSR, returning the key as a CSRKey: the same
+// checks, the same errors.
+func VerifyCSRKey(der []byte) (CSRKey, error) {
 	if len(der) == 0 {
-		return nil, errors.New("ca: CSR is empty")
+		return CSRKey{}, errors.New("ca: CSR is empty")
 	}
 	if len(der) > MaxCSRSize {
-		return nil, fmt.Errorf("ca: CSR of %d bytes is too large (at most %d)", len(der), MaxCSRSize)
+		return CSRKey{}, fmt.Errorf("ca: CSR of %d bytes is too large (at most %d)", len(der), MaxCSRSize)
 	}
 	if r, ok := splitFastCSR(der); ok {
 		// A P-256 request of the agents' profile (csrfast.go).
 		pub, err := verifyFastCSR(r)
 		if err != nil {
-			return nil, err
+			return CSRKey{}, err
 		}
-		return pub, nil
+		k := CSRKey{pub: pub, hasPoint: true}
+		copy(k.point[:], r.point)
+		return k, nil
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("ca: malformed CSR: %w", err)
+		return CSRKey{}, fmt.Errorf("ca: malformed CSR: %w", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("ca: CSR signature is invalid: %w", err)
+		return CSRKey{}, fmt.Errorf("ca: CSR signature is invalid: %w", err)
 	}
 	if err := checkPublicKey(csr.PublicKey); err != nil {
-		return nil, err
+		return CSRKey{}, err
 	}
-	return csr.PublicKey, nil
+	return CSRKey{pub: csr.PublicKey}, nil
 }
 
 // X509SVIDParams is what an X.509-SVID is minted from.
 type X509SVIDParams struct {
+	// PublicKey is the subject's key; nil when CSRKey is set.
 	PublicKey crypto.PublicKey
-	SPIFFEID  spiffeid.ID
-	DNSNames  []string
-	TTL       time.Duration // 0 = Config.X509SVIDTTL
+	// CSRKey, from VerifyCSRKey, is the subject's key in place of
+	// PublicKey (the same certificate, without encoding a P-256 key's
+	// point again).
+	CSRKey   CSRKey
+	SPIFFEID spiffeid.ID
+	DNSNames []string
+	TTL      time.Duration // 0 = Config.X509SVIDTTL
 	// EntryID is the registration entry the SVID is minted for ("" for
 	// agent and server SVIDs); only Config.X509SVIDTemplate sees it.
 	EntryID string
@@ -103,7 +140,7 @@ func (c *CA) SignX509SVID(ctx context.Context, p X509SVIDParams) (chain []*x509.
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
 
-	der, _, err := c.signX509SVID(ctx, p)
+	der, _, _, err := c.signX509SVID(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -140,11 +177,11 @@ func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX50
 	start := time.Now()
 	defer func() { c.cfg.Meter.X509SVIDSigned(time.Since(start), err) }()
 
-	der, f, err := c.signX509SVID(ctx, p)
+	der, f, fast, err := c.signX509SVID(ctx, p)
 	if err != nil {
 		return svid, err
 	}
-	if f != nil {
+	if fast {
 		// Encoded by the fast path from f: its serial, and its
 		// NotAfter as written (seconds, UTC).
 		svid.Serial = f.serial
@@ -165,59 +202,85 @@ func (c *CA) SignX509SVIDRaw(ctx context.Context, p X509SVIDParams) (svid RawX50
 }
 
 // signX509SVID checks p and signs its X.509-SVID: it returns the DER leaf
-// and, when the fast path encoded it, the fields it encoded (nil when
-// x509.CreateCertificate signed the template, with the operator's
-// template applied when there is one).
-func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) ([]byte, *svidFields, error) {
+// and, when the fast path encoded it, the fields it encoded and fast true
+// (false when x509.CreateCertificate signed the template, with the
+// operator's template applied when there is one). The fields are
+// returned by value: a pointer to them cost an allocation per SVID.
+func (c *CA) signX509SVID(ctx context.Context, p X509SVIDParams) (der []byte, f svidFields, fast bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return nil, nil, fmt.Errorf("ca: %w", err)
+		return nil, svidFields{}, false, fmt.Errorf("ca: %w", err)
 	}
 	if p.SPIFFEID.IsZero() {
-		return nil, nil, errors.New("ca: SPIFFE ID is empty")
+		return nil, svidFields{}, false, errors.New("ca: SPIFFE ID is empty")
 	}
 	if p.SPIFFEID.TrustDomain() != c.td {
-		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
+		return nil, svidFields{}, false, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", p.SPIFFEID, c.td)
 	}
 	if p.SPIFFEID.Path() == "" {
-		return nil, nil, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
+		return nil, svidFields{}, false, fmt.Errorf("ca: SPIFFE ID %q has no path: the trust domain ID is not a workload identity", p.SPIFFEID)
+	}
+	p, point, err := p.withKey()
+	if err != nil {
+		return nil, svidFields{}, false, err
 	}
 	if err := checkPublicKey(p.PublicKey); err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
 	if err := checkDNSNames(p.DNSNames); err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
-	f, err := c.x509SVIDFields(p)
+	f, err = c.x509SVIDFields(p)
 	if err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
 	if c.cfg.X509SVIDTemplate == nil {
 		if enc := c.svidEncoder(); enc != nil {
-			der, err := enc.createFields(f, p.PublicKey, c.signer, c.cfg.KeyObserver)
+			der, err = enc.createFields(f, p.PublicKey, point, c.signer, c.cfg.KeyObserver)
 			switch {
 			case err == nil:
-				return der, &f, nil
+				return der, f, true, nil
 			case !errors.Is(err, errNotFast):
-				return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+				return nil, svidFields{}, false, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
 			}
 		}
 	}
 	tmpl := c.templateOf(f, p)
 	// Operator template (template.go): nil = none, nothing done.
 	if tmpl, err = c.cfg.X509SVIDTemplate.apply(tmpl, p); err != nil {
-		return nil, nil, err
+		return nil, svidFields{}, false, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
+	der, err = x509.CreateCertificate(rand.Reader, tmpl, c.cert, p.PublicKey, c.signer)
 	if err != nil {
-		return nil, nil, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
+		return nil, svidFields{}, false, fmt.Errorf("ca: signing X509-SVID for %q: %w", p.SPIFFEID, err)
 	}
-	return der, nil, nil
+	return der, svidFields{}, false, nil
+}
+
+// withKey returns p with CSRKey's key as its PublicKey, and the key's
+// point as the CSR carried it (nil when there is none); an error when
+// both PublicKey and CSRKey are set.
+func (p X509SVIDParams) withKey() (X509SVIDParams, []byte, error) {
+	if p.CSRKey.pub == nil {
+		return p, nil, nil
+	}
+	if p.PublicKey != nil {
+		return p, nil, errors.New("ca: both PublicKey and CSRKey are set")
+	}
+	p.PublicKey = p.CSRKey.pub
+	if !p.CSRKey.hasPoint {
+		return p, nil, nil
+	}
+	return p, p.CSRKey.point[:], nil
 }
 
 // x509SVIDTemplate returns the certificate template of the X.509-SVID of
 // p (already checked) before any operator template: what SignX509SVID
 // documents, with a fresh serial and the validity computed from now.
 func (c *CA) x509SVIDTemplate(p X509SVIDParams) (*x509.Certificate, error) {
+	p, _, err := p.withKey()
+	if err != nil {
+		return nil, err
+	}
 	f, err := c.x509SVIDFields(p)
 	if err != nil {
 		return nil, err
