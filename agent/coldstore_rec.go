@@ -31,8 +31,9 @@ import (
 //	sels         nsels selectors, each a uvarint v, by v&3 (selKind):
 //	             0: v/4 bytes follow; 1: dictionary entry v/4;
 //	             2: a stem (dictionary entry v/4) and a decimal number,
-//	             a uvarint that follows; 3: a stem (dictionary entry
-//	             v/4) and the leaf's number
+//	             a uvarint that follows; 3: a prefix (dictionary entry
+//	             v/4, none when 0) and the leaf, the whole rest of the
+//	             SPIFFE ID (only with recDir)
 //	raw          the rest: the entry's encoding without what was taken
 //	             out
 //
@@ -43,6 +44,11 @@ import (
 // it (coldStore.seen), so that names of one entry each add nothing to the
 // dictionary. A number is kept only when it prints back the same: at
 // most 19 digits, no leading zero (leading zeros stay in the stem).
+//
+// A selector that ends in the leaf (k8s:sa:NAME with a SPIFFE ID ending
+// in /sa/NAME, as Kubernetes agents name service accounts) is kept as
+// its prefix (k8s:sa:, in the dictionary) and a reference to the leaf:
+// one or two bytes whether NAME ends in a number or not.
 
 // Bits of a record's flags byte.
 const (
@@ -209,7 +215,7 @@ func parseRec(b []byte) (coldRec, error) {
 				return r, err
 			}
 		case selStemLf:
-			if !r.leafNum {
+			if r.dir == 0 {
 				return r, errColdRec
 			}
 		}
@@ -281,8 +287,6 @@ func (r *coldRec) nextSel(b []byte) (kind uint8, ref uint32, inline []byte, num 
 	case selStem:
 		n, l := binary.Uvarint(b)
 		return kind, uint32(v >> 2), nil, n, b[l:]
-	case selStemLf:
-		return kind, uint32(v >> 2), nil, r.num, b
 	}
 	return kind, uint32(v >> 2), nil, 0, b
 }
@@ -309,6 +313,8 @@ func (r *coldRec) selBytes(dst []byte, kind uint8, ref uint32, inline []byte, nu
 	case selDictRef:
 		d := r.dict.get(ref)
 		return unsafe.Slice(unsafe.StringData(d), len(d))
+	case selStemLf:
+		return r.appendLeaf(append(dst[:0], r.dict.get(ref)...))
 	}
 	dst = append(dst[:0], r.dict.get(ref)...)
 	return strconv.AppendUint(dst, num, 10)
@@ -331,9 +337,26 @@ func (r *coldRec) selIs(i int, sel []byte) bool {
 			return r.dict.get(ref) == string(sel)
 		}
 		stem := r.dict.get(ref)
-		return len(sel) > len(stem) && string(sel[:len(stem)]) == stem &&
-			bytes.Equal(sel[len(stem):], strconv.AppendUint(buf[:0], num, 10))
+		if len(sel) < len(stem) || string(sel[:len(stem)]) != stem {
+			return false
+		}
+		if kind == selStemLf {
+			return r.leafIs(sel[len(stem):])
+		}
+		return len(sel) > len(stem) && bytes.Equal(sel[len(stem):], strconv.AppendUint(buf[:0], num, 10))
 	}
+}
+
+// leafIs reports whether s is the rest of the SPIFFE ID after its
+// directory (appendLeaf), without building it.
+func (r *coldRec) leafIs(s []byte) bool {
+	if !r.leafNum {
+		return bytes.Equal(r.leaf, s)
+	}
+	var buf [24]byte
+	stem := r.dict.get(r.leafStem)
+	return len(s) > len(stem) && string(s[:len(stem)]) == stem &&
+		bytes.Equal(s[len(stem):], strconv.AppendUint(buf[:0], r.num, 10))
 }
 
 // eachSel calls f with each selector of r until f returns false; sel is
