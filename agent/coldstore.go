@@ -562,12 +562,18 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	var leafNum bool
 	var leafStem uint32
 	var num uint64
+	leafRest := leaf
 	if dir != 0 {
 		if stem, n, ok := splitNum(leaf); ok && (len(stem) == 0 || c.selDict.has(stem) || c.seen(stem)) {
 			leafNum, num = true, n
 			if len(stem) > 0 {
 				leafStem = c.selDict.internBytes(stem)
 			}
+		} else if stem := splitTail(leaf); len(stem) > 0 && (c.selDict.has(stem) || c.seen(stem)) {
+			// The stem up to its last character other than a letter
+			// or digit (workload- of workload-hjkl) and the tail.
+			leafStem = c.selDict.internBytes(stem)
+			leafRest = leaf[len(stem):]
 		}
 	}
 	var encBuf [8]selEnc
@@ -579,7 +585,7 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	for _, s := range sels {
 		encs = append(encs, c.selEncode(s, selLeaf))
 	}
-	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leaf, leafNum, leafStem, num, filed, sels, encs)
+	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leafRest, leafNum, leafStem, num, filed, sels, encs)
 	if cap(c.scratch) > 64<<10 {
 		defer func() { c.scratch = nil }()
 	}
