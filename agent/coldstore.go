@@ -360,20 +360,27 @@ func (c *coldStore) seen(b []byte) bool {
 }
 
 // selEncode is how a record keeps sel: as a reference to the whole of
-// it in the dictionary when the store saw it before, else as a stem in
-// the dictionary and a number when it ends in one and the store saw its
-// stem before (selStemLf when the number is leaf's, the SPIFFE ID's, of
-// number leafNum), else inline. A reference is interned now.
-func (c *coldStore) selEncode(sel []byte, leafNum bool, leaf uint64) selEnc {
+// it in the dictionary when the store saw it before, else as a prefix
+// and the record's leaf (the rest of the SPIFFE ID, leaf; nil when the
+// record keeps none) when sel ends in it and the prefix is empty or the
+// store saw it before, else as a stem in the dictionary and a number
+// when it ends in one and the store saw its stem before, else inline. A
+// reference is interned now.
+func (c *coldStore) selEncode(sel, leaf []byte) selEnc {
 	if c.selDict.has(sel) || c.seen(sel) {
 		return selEnc{kind: selDictRef, ref: c.selDict.internBytes(sel)}
 	}
-	if stem, num, ok := splitNum(sel); ok && len(stem) > 0 && (c.selDict.has(stem) || c.seen(stem)) {
-		e := selEnc{kind: selStem, ref: c.selDict.internBytes(stem), num: num}
-		if leafNum && num == leaf {
-			e.kind = selStemLf
+	if len(leaf) > 0 && bytes.HasSuffix(sel, leaf) {
+		pre := sel[:len(sel)-len(leaf)]
+		if len(pre) == 0 {
+			return selEnc{kind: selStemLf}
 		}
-		return e
+		if c.selDict.has(pre) || c.seen(pre) {
+			return selEnc{kind: selStemLf, ref: c.selDict.internBytes(pre)}
+		}
+	}
+	if stem, num, ok := splitNum(sel); ok && len(stem) > 0 && (c.selDict.has(stem) || c.seen(stem)) {
+		return selEnc{kind: selStem, ref: c.selDict.internBytes(stem), num: num}
 	}
 	return selEnc{kind: selInline}
 }
@@ -555,20 +562,30 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	var leafNum bool
 	var leafStem uint32
 	var num uint64
+	leafRest := leaf
 	if dir != 0 {
 		if stem, n, ok := splitNum(leaf); ok && (len(stem) == 0 || c.selDict.has(stem) || c.seen(stem)) {
 			leafNum, num = true, n
 			if len(stem) > 0 {
 				leafStem = c.selDict.internBytes(stem)
 			}
+		} else if stem := splitTail(leaf); len(stem) > 0 && (c.selDict.has(stem) || c.seen(stem)) {
+			// The stem up to its last character other than a letter
+			// or digit (workload- of workload-hjkl) and the tail.
+			leafStem = c.selDict.internBytes(stem)
+			leafRest = leaf[len(stem):]
 		}
 	}
 	var encBuf [8]selEnc
 	encs := encBuf[:0]
-	for _, s := range sels {
-		encs = append(encs, c.selEncode(s, leafNum, num))
+	var selLeaf []byte
+	if dir != 0 {
+		selLeaf = leaf
 	}
-	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leaf, leafNum, leafStem, num, filed, sels, encs)
+	for _, s := range sels {
+		encs = append(encs, c.selEncode(s, selLeaf))
+	}
+	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leafRest, leafNum, leafStem, num, filed, sels, encs)
 	if cap(c.scratch) > 64<<10 {
 		defer func() { c.scratch = nil }()
 	}

@@ -10,12 +10,19 @@ import (
 )
 
 // fuzzStore is a store with entries whose names and selectors end in
-// numbers, so that its dictionary holds stems a fuzzed record may name.
+// numbers or letters, so that its dictionary holds stems and prefixes a
+// fuzzed record may name.
 func fuzzStore() *coldStore {
 	cs := newColdStore()
 	for i := range 8 {
 		pe := packEntry(benchEntry(i), noIntern)
 		cs.insert(&pe, coldMeta{gen: uint64(i), lastReq: int64(i)})
+	}
+	// And names in letters: selectors kept as a prefix and the leaf's
+	// text.
+	for i := range 4 {
+		pe := packEntry(benchEntryLettered(100+i), noIntern)
+		cs.insert(&pe, coldMeta{gen: uint64(i)})
 	}
 	return &cs
 }
@@ -81,6 +88,7 @@ func FuzzColdStoreRoundTrip(f *testing.F) {
 	f.Add("e-1", "spiffe://example.org/ns/a/sa/w-7", "k8s:sa:w-7\nk8s:ns:a", uint64(3), int64(0))
 	f.Add("0b1f8e2c-5d9a-4f5e-9c3b-7a6d5e4f3a2b", "spiffe://example.org/x/0007", "unix:uid:0\nunix:uid:00\nu:99999999999999999999", uint64(1<<63), int64(-5))
 	f.Add("0123456789abcdef0123456789abcdef", "spiffe://example.org/18446744073709551615", "a:18446744073709551615\n:1", uint64(0), int64(1))
+	f.Add("e-2", "spiffe://example.org/ns/a/sa/web-abc", "k8s:sa:web-abc\nweb-abc\nk8s:pod:web-abcweb-abc", uint64(2), int64(0))
 	f.Fuzz(func(t *testing.T, id, spiffeID, sels string, gen uint64, last int64) {
 		if id == "" {
 			return

@@ -23,16 +23,20 @@ import (
 //	parent       uvarint, a reference into coldStore.parents (0: none)
 //	dir, leaf    only with recDir (the SPIFFE ID was taken out of raw):
 //	             dir, a uvarint reference into coldStore.dirs (the
-//	             SPIFFE ID up to its last slash); then the rest of it as
-//	             a uvarint v: even, the v/2 bytes of the rest follow;
-//	             odd, the rest is a stem (dictionary entry v/2, none when
-//	             0) followed by a decimal number, a uvarint that follows
+//	             SPIFFE ID up to its last slash); then the rest of it,
+//	             the leaf, as a uvarint v, by v&3: 0, the v/4 bytes of
+//	             the leaf follow; 1, the leaf is a stem (dictionary entry
+//	             v/4, none when 0) followed by a decimal number, a
+//	             uvarint that follows; 2, the leaf is a stem (dictionary
+//	             entry v/4, not 0) followed by a tail of letters and
+//	             digits, its length (a uvarint) and bytes that follow
 //	nsels        uvarint; then filed, a uvarint, when nsels > 1
 //	sels         nsels selectors, each a uvarint v, by v&3 (selKind):
 //	             0: v/4 bytes follow; 1: dictionary entry v/4;
 //	             2: a stem (dictionary entry v/4) and a decimal number,
-//	             a uvarint that follows; 3: a stem (dictionary entry
-//	             v/4) and the leaf's number
+//	             a uvarint that follows; 3: a prefix (dictionary entry
+//	             v/4, none when 0) and the leaf, the whole rest of the
+//	             SPIFFE ID (only with recDir)
 //	raw          the rest: the entry's encoding without what was taken
 //	             out
 //
@@ -43,6 +47,15 @@ import (
 // it (coldStore.seen), so that names of one entry each add nothing to the
 // dictionary. A number is kept only when it prints back the same: at
 // most 19 digits, no leading zero (leading zeros stay in the stem).
+//
+// A selector that ends in the leaf (k8s:sa:NAME with a SPIFFE ID ending
+// in /sa/NAME, as Kubernetes agents name service accounts) is kept as
+// its prefix (k8s:sa:, in the dictionary) and a reference to the leaf:
+// one or two bytes whether NAME ends in a number or not. A leaf that
+// does not end in a number (workload-hjkl) is kept as its stem up to its
+// last character other than a letter or a digit (workload-, in the
+// dictionary from the second time the store sees it) and the tail
+// (hjkl).
 
 // Bits of a record's flags byte.
 const (
@@ -50,6 +63,13 @@ const (
 	recTimes  = 0x04 // lastReq and lastAttempt follow gen
 	recDir    = 0x08 // the SPIFFE ID is taken out of raw
 	recKnown  = recIDMode | recTimes | recDir
+)
+
+// Ways a record keeps its leaf (the low two bits of its uvarint).
+const (
+	leafText     = 0
+	leafStemNum  = 1
+	leafStemText = 2
 )
 
 // Kinds of a selector in a record (the low two bits of its uvarint).
@@ -78,8 +98,9 @@ type coldRec struct {
 	// lower case. dir is the reference of the SPIFFE ID's directory when
 	// the SPIFFE ID was taken out of raw (0: it was not); the rest of it
 	// is leaf (text) or, with leafNum set, the stem leafStem (a
-	// dictionary reference, 0: none) and the number num. They go back in
-	// place in fullRaw.
+	// dictionary reference, 0: none) and the number num, or without
+	// leafNum and with leafStem not 0, the stem leafStem and the tail
+	// leaf. They go back in place in fullRaw.
 	idMode   uint8
 	idBin    []byte
 	dir      uint32
@@ -163,20 +184,34 @@ func parseRec(b []byte) (coldRec, error) {
 		if err != nil {
 			return r, err
 		}
-		if v&1 == 0 {
-			if v>>1 > uint64(len(b)-p) {
+		switch v & 3 {
+		case leafText:
+			if v>>2 > uint64(len(b)-p) {
 				return r, errColdRec
 			}
-			r.leaf = b[p : p+int(v>>1)]
-			p += int(v >> 1)
-		} else {
-			if v>>1 > 1<<32-1 {
+			r.leaf = b[p : p+int(v>>2)]
+			p += int(v >> 2)
+		case leafStemNum:
+			if v>>2 > 1<<32-1 {
 				return r, errColdRec
 			}
-			r.leafNum, r.leafStem = true, uint32(v>>1)
+			r.leafNum, r.leafStem = true, uint32(v>>2)
 			if r.num, err = uvar(b, &p); err != nil {
 				return r, err
 			}
+		case leafStemText:
+			if v>>2 > 1<<32-1 || v>>2 == 0 {
+				return r, errColdRec
+			}
+			r.leafStem = uint32(v >> 2)
+			n, err := uvar(b, &p)
+			if err != nil || n > uint64(len(b)-p) {
+				return r, errColdRec
+			}
+			r.leaf = b[p : p+int(n)]
+			p += int(n)
+		default:
+			return r, errColdRec
 		}
 	}
 	nsels, err := uvar(b, &p)
@@ -209,7 +244,7 @@ func parseRec(b []byte) (coldRec, error) {
 				return r, err
 			}
 		case selStemLf:
-			if !r.leafNum {
+			if r.dir == 0 {
 				return r, errColdRec
 			}
 		}
@@ -262,6 +297,9 @@ func splitNum(s []byte) (stem []byte, num uint64, ok bool) {
 // appendLeaf appends the rest of the SPIFFE ID after its directory.
 func (r *coldRec) appendLeaf(dst []byte) []byte {
 	if !r.leafNum {
+		if r.leafStem != 0 {
+			dst = append(dst, r.dict.get(r.leafStem)...)
+		}
 		return append(dst, r.leaf...)
 	}
 	dst = append(dst, r.dict.get(r.leafStem)...)
@@ -281,8 +319,6 @@ func (r *coldRec) nextSel(b []byte) (kind uint8, ref uint32, inline []byte, num 
 	case selStem:
 		n, l := binary.Uvarint(b)
 		return kind, uint32(v >> 2), nil, n, b[l:]
-	case selStemLf:
-		return kind, uint32(v >> 2), nil, r.num, b
 	}
 	return kind, uint32(v >> 2), nil, 0, b
 }
@@ -309,6 +345,8 @@ func (r *coldRec) selBytes(dst []byte, kind uint8, ref uint32, inline []byte, nu
 	case selDictRef:
 		d := r.dict.get(ref)
 		return unsafe.Slice(unsafe.StringData(d), len(d))
+	case selStemLf:
+		return r.appendLeaf(append(dst[:0], r.dict.get(ref)...))
 	}
 	dst = append(dst[:0], r.dict.get(ref)...)
 	return strconv.AppendUint(dst, num, 10)
@@ -331,9 +369,26 @@ func (r *coldRec) selIs(i int, sel []byte) bool {
 			return r.dict.get(ref) == string(sel)
 		}
 		stem := r.dict.get(ref)
-		return len(sel) > len(stem) && string(sel[:len(stem)]) == stem &&
-			bytes.Equal(sel[len(stem):], strconv.AppendUint(buf[:0], num, 10))
+		if len(sel) < len(stem) || string(sel[:len(stem)]) != stem {
+			return false
+		}
+		if kind == selStemLf {
+			return r.leafIs(sel[len(stem):])
+		}
+		return len(sel) > len(stem) && bytes.Equal(sel[len(stem):], strconv.AppendUint(buf[:0], num, 10))
 	}
+}
+
+// leafIs reports whether s is the rest of the SPIFFE ID after its
+// directory (appendLeaf), without building it.
+func (r *coldRec) leafIs(s []byte) bool {
+	stem := r.dict.get(r.leafStem)
+	if !r.leafNum {
+		return len(s) == len(stem)+len(r.leaf) && string(s[:len(stem)]) == stem && bytes.Equal(s[len(stem):], r.leaf)
+	}
+	var buf [24]byte
+	return len(s) > len(stem) && string(s[:len(stem)]) == stem &&
+		bytes.Equal(s[len(stem):], strconv.AppendUint(buf[:0], r.num, 10))
 }
 
 // eachSel calls f with each selector of r until f returns false; sel is
@@ -367,7 +422,7 @@ func (r *coldRec) nextSelBytes(b, buf []byte) (sel, rest []byte) {
 // eachSelRef calls f with each dictionary reference r holds: its
 // selectors kept in the dictionary, their stems and its leaf's stem.
 func (r *coldRec) eachSelRef(f func(ref uint32)) {
-	if r.leafNum && r.leafStem != 0 {
+	if r.leafStem != 0 {
 		f(r.leafStem)
 	}
 	b := r.sels
@@ -390,7 +445,7 @@ func (c *coldStore) fullRaw(r *coldRec) []byte {
 		return r.raw
 	}
 	dir := c.dirs.get(r.dir)
-	out := make([]byte, 0, len(r.raw)+2*(2+binary.MaxVarintLen64)+36+len(dir)+len(r.leaf)+40)
+	out := make([]byte, 0, len(r.raw)+2*(2+binary.MaxVarintLen64)+36+len(dir)+len(c.selDict.get(r.leafStem))+len(r.leaf)+40)
 	rest := r.raw
 	if r.idMode != idText {
 		var buf idBuf
@@ -437,7 +492,9 @@ type selEnc struct {
 	num  uint64
 }
 
-// encodeRec appends the record body of an entry to dst.
+// encodeRec appends the record body of an entry to dst. With leafNum
+// the leaf is the stem leafStem and num; else with leafStem not 0 it is
+// the stem leafStem followed by leaf; else leaf.
 func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, leafNum bool, leafStem uint32, num uint64, filed int, sels [][]byte, encs []selEnc) []byte {
 	flags := id.mode
 	if m.lastReq != 0 || m.lastAttempt != 0 {
@@ -458,11 +515,17 @@ func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32
 	dst = binary.AppendUvarint(dst, uint64(parent))
 	if dir != 0 {
 		dst = binary.AppendUvarint(dst, uint64(dir))
-		if leafNum {
-			dst = binary.AppendUvarint(dst, uint64(leafStem)<<1|1)
+		switch {
+		case leafNum:
+			dst = binary.AppendUvarint(dst, uint64(leafStem)<<2|leafStemNum)
 			dst = binary.AppendUvarint(dst, num)
-		} else {
-			dst = binary.AppendUvarint(dst, uint64(len(leaf))<<1)
+		case leafStem != 0:
+			// leaf is the tail after the stem.
+			dst = binary.AppendUvarint(dst, uint64(leafStem)<<2|leafStemText)
+			dst = binary.AppendUvarint(dst, uint64(len(leaf)))
+			dst = append(dst, leaf...)
+		default:
+			dst = binary.AppendUvarint(dst, uint64(len(leaf))<<2|leafText)
 			dst = append(dst, leaf...)
 		}
 	}
@@ -483,4 +546,21 @@ func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32
 		}
 	}
 	return append(dst, raw...)
+}
+
+// splitTail is the stem of a leaf that does not end in a number: s up to
+// and with its last byte other than an ASCII letter or digit, when a
+// tail follows it (nil when there is none, or no such byte).
+func splitTail(s []byte) []byte {
+	for k := len(s) - 1; k >= 0; k-- {
+		c := s[k]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if k == len(s)-1 {
+			return nil
+		}
+		return s[:k+1]
+	}
+	return nil
 }

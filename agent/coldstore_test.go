@@ -549,7 +549,7 @@ func TestColdStoreNumbersAndWindowMatchModel(t *testing.T) {
 					fmt.Sprintf("%08x-1a2b-4c3d-8e9f-%012x", h>>32, i*7919),
 				}[i%3]
 				n := num(i)
-				leaf := []string{"workload-" + n, n, "w" + n + "x", "pod-" + n}[rng.IntN(4)]
+				leaf := []string{"workload-" + n, n, "w" + n + "x", "pod-" + n, "web-" + n + "z"}[rng.IntN(5)]
 				e := &sigilv1.Entry{
 					Id:        id,
 					SpiffeId:  fmt.Sprintf("spiffe://example.org/ns/team-%d/sa/%s", rng.IntN(7), leaf),
@@ -597,9 +597,12 @@ func TestColdStoreNumbersAndWindowMatchModel(t *testing.T) {
 				kinds := map[string]int{}
 				c.each(func(i uint32) {
 					r := c.rec(i)
-					if r.leafNum {
+					switch {
+					case r.leafNum:
 						kinds["leaf number"]++
-					} else {
+					case r.leafStem != 0:
+						kinds["leaf stem and text"]++
+					default:
 						kinds["leaf text"]++
 					}
 					for b := r.sels; len(b) > 0; {
@@ -608,7 +611,7 @@ func TestColdStoreNumbersAndWindowMatchModel(t *testing.T) {
 						b = rest
 					}
 				})
-				if len(kinds) != 6 {
+				if len(kinds) != 7 {
 					t.Fatalf("names and selectors kept %v: not every way is tested", kinds)
 				}
 				// Take the least ID, as the minting loop does, more
@@ -663,5 +666,37 @@ func TestColdStoreBytesPerEntry(t *testing.T) {
 	}
 	if top, ok := c.top(); !ok || string(c.id(top)) != benchEntry(0).GetId() {
 		t.Fatalf("top %v, want %s", ok, benchEntry(0).GetId())
+	}
+}
+
+// The same entries with names in letters (benchEntryLettered: no
+// trailing number, so no stem and number): the service account selector
+// (k8s:sa:workload-NAME) ends in the SPIFFE ID's leaf (workload-NAME)
+// and is kept as its prefix and a reference to the leaf, and the leaf as
+// its stem (workload-) and its tail. 69.8 bytes of record per entry
+// before (the selector inline, 18 bytes; the leaf inline, 15 bytes).
+func TestColdStoreBytesPerEntryLetters(t *testing.T) {
+	const n = 20_000
+	cs := newColdStore()
+	c := &cs
+	for i := range n {
+		pe := packEntry(benchEntryLettered(i), noIntern)
+		c.insert(&pe, coldMeta{gen: uint64(n + i)})
+	}
+	used := 0
+	c.each(func(i uint32) {
+		s := &c.slots[i]
+		l, k := binary.Uvarint(c.chunks[s.chunk].b[s.off:])
+		used += k + int(l)
+	})
+	if per := float64(used) / n; per > 46 {
+		t.Fatalf("%.1f bytes of record per entry, want at most 46", per)
+	}
+	for i := range n {
+		pe := packEntry(benchEntryLettered(i), noIntern)
+		slot, ok := c.get(pe.id)
+		if !ok || !c.equal(slot, &pe) {
+			t.Fatalf("entry %d: not found or changed", i)
+		}
 	}
 }
