@@ -38,7 +38,9 @@ var (
 		"with -idle-only: comma-separated sigil binaries to compare, rounds alternating between them (built from ./cmd/sigil when empty)")
 	idleRounds  = flag.Int("idle-rounds", 1, "with -idle-only: rounds per binary")
 	idleEntries = flag.Int("idle-entries", 100_000, "entries created then deleted for the after-delete figure (0: skip it)")
-	idleFirst   = flag.Bool("idle-first-fetch", false,
+	idleTrace   = flag.Bool("idle-trace", false,
+		"with -idle-only: run the server at log level info, print its RSS (anon, file) every second from the first creation to the after-delete read, its file-backed mappings' RSS then (smaps) and its log")
+	idleFirst = flag.Bool("idle-first-fetch", false,
 		"with -idle-only: register an entry for this user when the agent is ready and, once both processes are idle, time the first and second FetchX509SVID of a new workload (the code of the fetch path is paged in then)")
 )
 
@@ -204,11 +206,26 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		procs = append(procs, cmd)
 		return cmd, nil
 	}
+	srvLevel := "warn"
+	traceStart := time.Now()
+	if *idleTrace {
+		srvLevel = "info"
+	}
 	srv, err := start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
 		"-data-dir", filepath.Join(dir, "server"), "-bind-address", addrs[0], "-health-address", addrs[1],
-		"-admin-socket", admin, "-log-level", "warn")
+		"-admin-socket", admin, "-log-level", srvLevel)
 	if err != nil {
 		return res, err
+	}
+	if *idleTrace {
+		stop := traceMem(srv.Process.Pid, traceStart)
+		defer stop()
+		defer func() {
+			printFileMappings(srv.Process.Pid)
+			if b, err := os.ReadFile(filepath.Join(dir, "server.log")); err == nil {
+				fmt.Fprintf(os.Stderr, "server log:\n%s", b)
+			}
+		}()
 	}
 	if err := waitHTTP(ctx, "http://"+addrs[1]+"/ready", time.Minute); err != nil {
 		return res, fmt.Errorf("server: %w", err)
@@ -255,6 +272,10 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 			return res, fmt.Errorf("entry create: %v: %s", err, out)
 		}
 	}
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: both ready\n", time.Since(traceStart).Seconds())
+		defer func() { fmt.Fprintf(os.Stderr, "trace: read idle %v, after %v\n", res.Server, res.After) }()
+	}
 	if res.Server, err = settledMem(ctx, srv.Process.Pid, idleSettle, 10*time.Second); err != nil {
 		return res, err
 	}
@@ -296,6 +317,9 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	parent := "spiffe://" + td.Name() + "/sigil/agent/bench/idle-node"
 	ids := make([]string, 0, entries)
 	began := time.Now()
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: creating\n", time.Since(traceStart).Seconds())
+	}
 	for lo := 0; lo < entries; lo += idleBatch {
 		batch := make([]*sigilv1.Entry, 0, idleBatch)
 		for i := lo; i < min(lo+idleBatch, entries); i++ {
@@ -320,6 +344,9 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		}
 	}
 	res.CreateSecs = time.Since(began).Seconds()
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: created, deleting\n", time.Since(traceStart).Seconds())
+	}
 	if res.Full, err = readProcMem(srv.Process.Pid); err != nil {
 		return res, err
 	}
@@ -333,6 +360,9 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 				return res, fmt.Errorf("delete entry %s: %s", r.Id, r.Status.GetMessage())
 			}
 		}
+	}
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: deleted\n", time.Since(traceStart).Seconds())
 	}
 	left, err := api.ListEntries(ctx, &sigilv1.ListEntriesRequest{PageSize: 2})
 	if err != nil {
@@ -571,4 +601,47 @@ func installCopy(src, dst string) (string, error) {
 		return "", err
 	}
 	return dst, nil
+}
+
+// traceMem prints pid's memory every second, with the time since began,
+// until the returned function is called (-idle-trace).
+func traceMem(pid int, began time.Time) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			m, err := readProcMem(pid)
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(os.Stderr, "trace +%5.1fs: %v HWM %.1f MiB\n", time.Since(began).Seconds(), m, mib(m.HWM))
+		}
+	}()
+	return func() { close(done) }
+}
+
+// printFileMappings prints the resident file-backed mappings of pid
+// from /proc/PID/smaps (-idle-trace).
+func printFileMappings(pid int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return
+	}
+	var head string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			head = line
+			continue
+		}
+		if len(f) == 3 && f[0] == "Rss:" && f[1] != "0" && len(strings.Fields(head)) >= 6 {
+			fmt.Fprintf(os.Stderr, "smaps: %s kB  %s\n", f[1], head)
+		}
+	}
 }
