@@ -40,6 +40,8 @@ var (
 	idleEntries = flag.Int("idle-entries", 100_000, "entries created then deleted for the after-delete figure (0: skip it)")
 	idleWindow  = flag.Duration("idle-window", 0,
 		"with -idle-only: also sample the server's RSS every 500 ms for this long after the idle read and after the after-delete read, and report its least, mean and largest value over that window (35s covers one of the agent's 30 s reports, which fault code back in after a drop of the executable's pages); 0: off")
+	idleServerConfig = flag.String("idle-server-config", "",
+		"with -idle-only: a configuration file passed to every server with -config (e.g. a server block holding only code_pages { readahead = false }); the command-line flags still set the rest")
 	idleTrace = flag.Bool("idle-trace", false,
 		"with -idle-only: run the server at log level info, print its RSS (anon, file) every second from the first creation to the after-delete read, its file-backed mappings' RSS then (smaps) and its log")
 	idleFirst = flag.Bool("idle-first-fetch", false,
@@ -216,9 +218,13 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	if *idleTrace {
 		srvLevel = "info"
 	}
-	srv, err := start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
+	srvArgs := []string{"server", "-trust-domain", td.Name(), "-node-name", "s1",
 		"-data-dir", filepath.Join(dir, "server"), "-bind-address", addrs[0], "-health-address", addrs[1],
-		"-admin-socket", admin, "-log-level", srvLevel)
+		"-admin-socket", admin, "-log-level", srvLevel}
+	if *idleServerConfig != "" {
+		srvArgs = append(srvArgs, "-config", *idleServerConfig)
+	}
+	srv, err := start("server", srvArgs...)
 	if err != nil {
 		return res, err
 	}
