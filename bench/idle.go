@@ -38,7 +38,13 @@ var (
 		"with -idle-only: comma-separated sigil binaries to compare, rounds alternating between them (built from ./cmd/sigil when empty)")
 	idleRounds  = flag.Int("idle-rounds", 1, "with -idle-only: rounds per binary")
 	idleEntries = flag.Int("idle-entries", 100_000, "entries created then deleted for the after-delete figure (0: skip it)")
-	idleFirst   = flag.Bool("idle-first-fetch", false,
+	idleWindow  = flag.Duration("idle-window", 0,
+		"with -idle-only: also sample the server's RSS every 500 ms for this long after the idle read and after the after-delete read, and report its least, mean and largest value over that window (35s covers one of the agent's 30 s reports, which fault code back in after a drop of the executable's pages); 0: off")
+	idleServerConfig = flag.String("idle-server-config", "",
+		"with -idle-only: a configuration file passed to every server with -config (e.g. a server block holding only code_pages { readahead = false }); the command-line flags still set the rest")
+	idleTrace = flag.Bool("idle-trace", false,
+		"with -idle-only: run the server at log level info, print its RSS (anon, file) every second from the first creation to the after-delete read, its file-backed mappings' RSS then (smaps) and its log")
+	idleFirst = flag.Bool("idle-first-fetch", false,
 		"with -idle-only: register an entry for this user when the agent is ready and, once both processes are idle, time the first and second FetchX509SVID of a new workload (the code of the fetch path is paged in then)")
 )
 
@@ -162,6 +168,9 @@ type idleResult struct {
 	// entries, and settled after deleting them all.
 	Full, After procMem
 	CreateSecs  float64
+	// With -idle-window: the server's RSS over the window after the
+	// idle read and after the after-delete read.
+	ServerWin, AfterWin memWindow
 	// With -idle-first-fetch: the first and second fetch of a workload
 	// on the idle agent (each a new connection), and the agent's memory
 	// after them.
@@ -204,11 +213,30 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		procs = append(procs, cmd)
 		return cmd, nil
 	}
-	srv, err := start("server", "server", "-trust-domain", td.Name(), "-node-name", "s1",
+	srvLevel := "warn"
+	traceStart := time.Now()
+	if *idleTrace {
+		srvLevel = "info"
+	}
+	srvArgs := []string{"server", "-trust-domain", td.Name(), "-node-name", "s1",
 		"-data-dir", filepath.Join(dir, "server"), "-bind-address", addrs[0], "-health-address", addrs[1],
-		"-admin-socket", admin, "-log-level", "warn")
+		"-admin-socket", admin, "-log-level", srvLevel}
+	if *idleServerConfig != "" {
+		srvArgs = append(srvArgs, "-config", *idleServerConfig)
+	}
+	srv, err := start("server", srvArgs...)
 	if err != nil {
 		return res, err
+	}
+	if *idleTrace {
+		stop := traceMem(srv.Process.Pid, traceStart)
+		defer stop()
+		defer func() {
+			printFileMappings(srv.Process.Pid)
+			if b, err := os.ReadFile(filepath.Join(dir, "server.log")); err == nil {
+				fmt.Fprintf(os.Stderr, "server log:\n%s", b)
+			}
+		}()
 	}
 	if err := waitHTTP(ctx, "http://"+addrs[1]+"/ready", time.Minute); err != nil {
 		return res, fmt.Errorf("server: %w", err)
@@ -255,11 +283,20 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 			return res, fmt.Errorf("entry create: %v: %s", err, out)
 		}
 	}
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: both ready\n", time.Since(traceStart).Seconds())
+		defer func() { fmt.Fprintf(os.Stderr, "trace: read idle %v, after %v\n", res.Server, res.After) }()
+	}
 	if res.Server, err = settledMem(ctx, srv.Process.Pid, idleSettle, 10*time.Second); err != nil {
 		return res, err
 	}
 	if res.Agent, err = settledMem(ctx, ag.Process.Pid, 0, 5*time.Second); err != nil {
 		return res, err
+	}
+	if *idleWindow > 0 {
+		if res.ServerWin, err = sampleWindow(ctx, srv.Process.Pid, *idleWindow); err != nil {
+			return res, err
+		}
 	}
 	if *idleFirst {
 		sock := filepath.Join(dir, "public", "api.sock")
@@ -296,6 +333,9 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	parent := "spiffe://" + td.Name() + "/sigil/agent/bench/idle-node"
 	ids := make([]string, 0, entries)
 	began := time.Now()
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: creating\n", time.Since(traceStart).Seconds())
+	}
 	for lo := 0; lo < entries; lo += idleBatch {
 		batch := make([]*sigilv1.Entry, 0, idleBatch)
 		for i := lo; i < min(lo+idleBatch, entries); i++ {
@@ -320,6 +360,9 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		}
 	}
 	res.CreateSecs = time.Since(began).Seconds()
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: created, deleting\n", time.Since(traceStart).Seconds())
+	}
 	if res.Full, err = readProcMem(srv.Process.Pid); err != nil {
 		return res, err
 	}
@@ -333,6 +376,9 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 				return res, fmt.Errorf("delete entry %s: %s", r.Id, r.Status.GetMessage())
 			}
 		}
+	}
+	if *idleTrace {
+		fmt.Fprintf(os.Stderr, "trace %+.1fs: deleted\n", time.Since(traceStart).Seconds())
 	}
 	left, err := api.ListEntries(ctx, &sigilv1.ListEntriesRequest{PageSize: 2})
 	if err != nil {
@@ -351,7 +397,75 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 	if res.After, err = settledMem(ctx, srv.Process.Pid, afterSettle, releaseWithin); err != nil {
 		return res, err
 	}
+	if *idleWindow > 0 {
+		if res.AfterWin, err = sampleWindow(ctx, srv.Process.Pid, *idleWindow); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
+}
+
+// memWindow is the least, mean and largest RSS (and its anonymous and
+// file-backed parts, each taken on its own) of a process sampled over a
+// window (-idle-window). A drop of the executable's unused pages leaves
+// the file-backed part at its lowest, and code that runs periodically
+// (the agent's report every 30 s) maps some of it again: one read is
+// the figure of one moment of that cycle, the window's figures are not.
+type memWindow struct {
+	Samples        int
+	Min, Mean, Max procMem
+}
+
+// summarizeWindow returns the window of samples (zero when there are none).
+func summarizeWindow(samples []procMem) memWindow {
+	w := memWindow{Samples: len(samples)}
+	if len(samples) == 0 {
+		return w
+	}
+	w.Min, w.Max = samples[0], samples[0]
+	var sum procMem
+	fields := func(m *procMem) []*int64 { return []*int64{&m.RSS, &m.Anon, &m.File} }
+	for _, m := range samples {
+		lo, hi, tot, v := fields(&w.Min), fields(&w.Max), fields(&sum), fields(&m)
+		for i := range v {
+			*lo[i] = min(*lo[i], *v[i])
+			*hi[i] = max(*hi[i], *v[i])
+			*tot[i] += *v[i]
+		}
+	}
+	mean, tot := fields(&w.Mean), fields(&sum)
+	for i := range mean {
+		*mean[i] = *tot[i] / int64(len(samples))
+	}
+	return w
+}
+
+// sampleWindow reads pid's memory every 500 ms for d.
+func sampleWindow(ctx context.Context, pid int, d time.Duration) (memWindow, error) {
+	var samples []procMem
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for end := time.Now().Add(d); ; {
+		m, err := readProcMem(pid)
+		if err != nil {
+			return memWindow{}, err
+		}
+		samples = append(samples, m)
+		if time.Now().After(end) {
+			return summarizeWindow(samples), nil
+		}
+		select {
+		case <-ctx.Done():
+			return memWindow{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (w memWindow) String() string {
+	return fmt.Sprintf("RSS %.1f / %.1f / %.1f MiB (anon %.1f / %.1f / %.1f, file %.1f / %.1f / %.1f)",
+		mib(w.Min.RSS), mib(w.Mean.RSS), mib(w.Max.RSS), mib(w.Min.Anon), mib(w.Mean.Anon), mib(w.Max.Anon),
+		mib(w.Min.File), mib(w.Mean.File), mib(w.Max.File))
 }
 
 // majorFaults is process pid's major page faults so far (field 12 of
@@ -441,6 +555,13 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 				fmt.Printf("    %d entries created in %.1f s: server %v; all deleted: %v = %.2f of idle; peak RSS %.1f MiB\n",
 					entries, res.CreateSecs, res.Full, res.After, float64(res.After.RSS)/float64(res.Server.RSS), mib(res.After.HWM))
 			}
+			if *idleWindow > 0 {
+				fmt.Printf("    over %v (least / mean / largest): server idle %v\n", *idleWindow, res.ServerWin)
+				if entries > 0 {
+					fmt.Printf("    over %v (least / mean / largest): after deleting %v; mean %.2f of idle mean, largest %.2f of idle largest\n", *idleWindow, res.AfterWin,
+						float64(res.AfterWin.Mean.RSS)/float64(res.ServerWin.Mean.RSS), float64(res.AfterWin.Max.RSS)/float64(res.ServerWin.Max.RSS))
+				}
+			}
 		}
 	}
 	for i := range bins {
@@ -477,6 +598,22 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 				mib(int64(med(func(r idleResult) int64 { return r.After.Anon }))), mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))),
 				mib(int64(med(func(r idleResult) int64 { return r.After.File }))), mib(int64(med(func(r idleResult) int64 { return r.Server.File }))),
 				mib(int64(med(func(r idleResult) int64 { return r.After.HWM }))))
+		}
+		if *idleWindow > 0 {
+			fmt.Printf("memory server RSS over %v (medians of %d): idle mean %.1f MiB (anon %.1f, file %.1f), largest %.1f MiB (anon %.1f, file %.1f)\n", *idleWindow, len(rs),
+				mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Mean.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Mean.Anon }))),
+				mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Mean.File }))),
+				mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Max.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Max.Anon }))),
+				mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Max.File }))))
+			if entries > 0 {
+				fmt.Printf("memory server RSS over %v after deleting %d entries (medians of %d): mean %.1f MiB (anon %.1f, file %.1f) = %.2f of idle mean, largest %.1f MiB (anon %.1f, file %.1f) = %.2f of idle largest\n", *idleWindow, entries, len(rs),
+					mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Mean.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Mean.Anon }))),
+					mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Mean.File }))),
+					med(func(r idleResult) int64 { return r.AfterWin.Mean.RSS * 1000 / r.ServerWin.Mean.RSS })/1000,
+					mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Max.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Max.Anon }))),
+					mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Max.File }))),
+					med(func(r idleResult) int64 { return r.AfterWin.Max.RSS * 1000 / r.ServerWin.Max.RSS })/1000)
+			}
 		}
 		if rec {
 			record(newFigure("idle RSS, server process (anon+file)", mib(int64(srv)), "MiB", 0,
@@ -571,4 +708,47 @@ func installCopy(src, dst string) (string, error) {
 		return "", err
 	}
 	return dst, nil
+}
+
+// traceMem prints pid's memory every second, with the time since began,
+// until the returned function is called (-idle-trace).
+func traceMem(pid int, began time.Time) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			m, err := readProcMem(pid)
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(os.Stderr, "trace +%5.1fs: %v HWM %.1f MiB\n", time.Since(began).Seconds(), m, mib(m.HWM))
+		}
+	}()
+	return func() { close(done) }
+}
+
+// printFileMappings prints the resident file-backed mappings of pid
+// from /proc/PID/smaps (-idle-trace).
+func printFileMappings(pid int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return
+	}
+	var head string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			head = line
+			continue
+		}
+		if len(f) == 3 && f[0] == "Rss:" && f[1] != "0" && len(strings.Fields(head)) >= 6 {
+			fmt.Fprintf(os.Stderr, "smaps: %s kB  %s\n", f[1], head)
+		}
+	}
 }

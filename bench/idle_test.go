@@ -49,3 +49,27 @@ func TestReadKB(t *testing.T) {
 		t.Fatal("no error for a malformed size")
 	}
 }
+
+// TestSummarizeWindow: each part's least, mean and largest value is taken
+// on its own (the sample with the largest RSS need not hold the largest
+// file-backed part), and an empty window is zero.
+func TestSummarizeWindow(t *testing.T) {
+	if w := summarizeWindow(nil); w != (memWindow{}) {
+		t.Fatalf("empty window: %+v", w)
+	}
+	w := summarizeWindow([]procMem{
+		{RSS: 20, Anon: 11, File: 9},
+		{RSS: 16, Anon: 12, File: 4},
+		{RSS: 27, Anon: 11, File: 16},
+		{RSS: 17, Anon: 10, File: 7},
+	})
+	want := memWindow{
+		Samples: 4,
+		Min:     procMem{RSS: 16, Anon: 10, File: 4},
+		Mean:    procMem{RSS: 20, Anon: 11, File: 9},
+		Max:     procMem{RSS: 27, Anon: 12, File: 16},
+	}
+	if w != want {
+		t.Fatalf("window %+v, want %+v", w, want)
+	}
+}
