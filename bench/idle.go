@@ -168,9 +168,10 @@ type idleResult struct {
 	// entries, and settled after deleting them all.
 	Full, After procMem
 	CreateSecs  float64
-	// With -idle-window: the server's RSS over the window after the
-	// idle read and after the after-delete read.
-	ServerWin, AfterWin memWindow
+	// With -idle-window: the server's and the agent's RSS over the
+	// window after the idle read, and the server's after the
+	// after-delete read.
+	ServerWin, AgentWin, AfterWin memWindow
 	// With -idle-first-fetch: the first and second fetch of a workload
 	// on the idle agent (each a new connection), and the agent's memory
 	// after them.
@@ -294,9 +295,11 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		return res, err
 	}
 	if *idleWindow > 0 {
-		if res.ServerWin, err = sampleWindow(ctx, srv.Process.Pid, *idleWindow); err != nil {
+		ws, err := sampleWindows(ctx, []int{srv.Process.Pid, ag.Process.Pid}, *idleWindow)
+		if err != nil {
 			return res, err
 		}
+		res.ServerWin, res.AgentWin = ws[0], ws[1]
 	}
 	if *idleFirst {
 		sock := filepath.Join(dir, "public", "api.sock")
@@ -398,9 +401,11 @@ func idleRun(ctx context.Context, bin, dir string, entries int) (_ idleResult, e
 		return res, err
 	}
 	if *idleWindow > 0 {
-		if res.AfterWin, err = sampleWindow(ctx, srv.Process.Pid, *idleWindow); err != nil {
+		ws, err := sampleWindows(ctx, []int{srv.Process.Pid}, *idleWindow)
+		if err != nil {
 			return res, err
 		}
+		res.AfterWin = ws[0]
 	}
 	return res, nil
 }
@@ -440,23 +445,30 @@ func summarizeWindow(samples []procMem) memWindow {
 	return w
 }
 
-// sampleWindow reads pid's memory every 500 ms for d.
-func sampleWindow(ctx context.Context, pid int, d time.Duration) (memWindow, error) {
-	var samples []procMem
+// sampleWindows reads the memory of each of pids every 500 ms for d and
+// returns their windows, in the order of pids.
+func sampleWindows(ctx context.Context, pids []int, d time.Duration) ([]memWindow, error) {
+	samples := make([][]procMem, len(pids))
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for end := time.Now().Add(d); ; {
-		m, err := readProcMem(pid)
-		if err != nil {
-			return memWindow{}, err
+		for i, pid := range pids {
+			m, err := readProcMem(pid)
+			if err != nil {
+				return nil, err
+			}
+			samples[i] = append(samples[i], m)
 		}
-		samples = append(samples, m)
 		if time.Now().After(end) {
-			return summarizeWindow(samples), nil
+			ws := make([]memWindow, len(pids))
+			for i := range samples {
+				ws[i] = summarizeWindow(samples[i])
+			}
+			return ws, nil
 		}
 		select {
 		case <-ctx.Done():
-			return memWindow{}, ctx.Err()
+			return nil, ctx.Err()
 		case <-t.C:
 		}
 	}
@@ -557,6 +569,7 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			}
 			if *idleWindow > 0 {
 				fmt.Printf("    over %v (least / mean / largest): server idle %v\n", *idleWindow, res.ServerWin)
+				fmt.Printf("    over %v (least / mean / largest): agent idle %v\n", *idleWindow, res.AgentWin)
 				if entries > 0 {
 					fmt.Printf("    over %v (least / mean / largest): after deleting %v; mean %.2f of idle mean, largest %.2f of idle largest\n", *idleWindow, res.AfterWin,
 						float64(res.AfterWin.Mean.RSS)/float64(res.ServerWin.Mean.RSS), float64(res.AfterWin.Max.RSS)/float64(res.ServerWin.Max.RSS))
@@ -605,6 +618,11 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 				mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Mean.File }))),
 				mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Max.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Max.Anon }))),
 				mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Max.File }))))
+			fmt.Printf("memory agent RSS over %v (medians of %d): idle mean %.1f MiB (anon %.1f, file %.1f), largest %.1f MiB (anon %.1f, file %.1f)\n", *idleWindow, len(rs),
+				mib(int64(med(func(r idleResult) int64 { return r.AgentWin.Mean.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.AgentWin.Mean.Anon }))),
+				mib(int64(med(func(r idleResult) int64 { return r.AgentWin.Mean.File }))),
+				mib(int64(med(func(r idleResult) int64 { return r.AgentWin.Max.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.AgentWin.Max.Anon }))),
+				mib(int64(med(func(r idleResult) int64 { return r.AgentWin.Max.File }))))
 			if entries > 0 {
 				fmt.Printf("memory server RSS over %v after deleting %d entries (medians of %d): mean %.1f MiB (anon %.1f, file %.1f) = %.2f of idle mean, largest %.1f MiB (anon %.1f, file %.1f) = %.2f of idle largest\n", *idleWindow, entries, len(rs),
 					mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Mean.RSS }))), mib(int64(med(func(r idleResult) int64 { return r.AfterWin.Mean.Anon }))),
@@ -616,15 +634,36 @@ func benchIdle(ctx context.Context, bins []string, rounds, entries int, rec bool
 			}
 		}
 		if rec {
-			record(newFigure("idle RSS, server process (anon+file)", mib(int64(srv)), "MiB", 0,
-				&Goal{Text: "≤ 20 MiB", Kind: GoalMaxValue, Bound: 20}, "143 MiB"))
-			record(newFigure("idle RSS, agent process (anon+file)", mib(int64(agent)), "MiB", 0,
-				&Goal{Text: "≤ 16 MiB", Kind: GoalMaxValue, Bound: 16}, "62 MiB"))
+			// With a window (make bench takes one), the goals are checked
+			// on its largest values: one read is one moment of the cycle
+			// of drops and reports, the largest value holds all along.
+			idleGoal := func(g *Goal) *Goal {
+				if *idleWindow > 0 {
+					return nil
+				}
+				return g
+			}
+			record(newFigure("idle RSS, server process (anon+file, one read)", mib(int64(srv)), "MiB", 0,
+				idleGoal(&Goal{Text: "≤ 20 MiB", Kind: GoalMaxValue, Bound: 20}), "143 MiB"))
+			record(newFigure("idle RSS, agent process (anon+file, one read)", mib(int64(agent)), "MiB", 0,
+				idleGoal(&Goal{Text: "≤ 16 MiB", Kind: GoalMaxValue, Bound: 16}), "62 MiB"))
+			if *idleWindow > 0 {
+				over := fmt.Sprintf("largest over %v", *idleWindow)
+				record(newFigure("idle RSS, server process (anon+file, "+over+")", mib(int64(med(func(r idleResult) int64 { return r.ServerWin.Max.RSS }))), "MiB", 0,
+					&Goal{Text: "≤ 20 MiB", Kind: GoalMaxValue, Bound: 20}, "143 MiB"))
+				record(newFigure("idle RSS, agent process (anon+file, "+over+")", mib(int64(med(func(r idleResult) int64 { return r.AgentWin.Max.RSS }))), "MiB", 0,
+					&Goal{Text: "≤ 16 MiB", Kind: GoalMaxValue, Bound: 16}, "62 MiB"))
+			}
 			record(newFigure("idle anonymous RSS, server process", mib(int64(med(func(r idleResult) int64 { return r.Server.Anon }))), "MiB", 0, nil, ""))
 			record(newFigure("idle anonymous RSS, agent process", mib(int64(med(func(r idleResult) int64 { return r.Agent.Anon }))), "MiB", 0, nil, ""))
 			if entries > 0 {
-				record(newFigure(fmt.Sprintf("server RSS after deleting %d entries / idle", entries), ratio, "", 0,
-					&Goal{Text: "≤ 1.10", Kind: GoalMaxValue, Bound: 1.10}, ""))
+				record(newFigure(fmt.Sprintf("server RSS after deleting %d entries / idle (one read each)", entries), ratio, "", 0,
+					idleGoal(&Goal{Text: "≤ 1.10", Kind: GoalMaxValue, Bound: 1.10}), ""))
+				if *idleWindow > 0 {
+					largest := med(func(r idleResult) int64 { return r.AfterWin.Max.RSS * 1000 / r.ServerWin.Max.RSS }) / 1000
+					record(newFigure(fmt.Sprintf("server RSS after deleting %d entries / idle (largest over %v each)", entries, *idleWindow), largest, "", 0,
+						&Goal{Text: "≤ 1.10", Kind: GoalMaxValue, Bound: 1.10}, ""))
+				}
 			}
 		}
 	}
