@@ -27,8 +27,17 @@ func TestMeasureLimitsSmoke(t *testing.T) {
 		}
 	}
 	// A verify plus a sign cannot be much faster than either alone (the
-	// slack allows for a loaded machine's noise).
-	if l.VerifySign > 1.5*l.Sign || l.VerifySign > 1.5*l.Verify {
-		t.Errorf("verify+sign %.0f /s against sign %.0f /s and verify %.0f /s", l.VerifySign, l.Sign, l.Verify)
+	// slack allows for a loaded machine's noise). Each figure is 50 ms
+	// of a machine that runs other test binaries meanwhile (under -race,
+	// sign once read 2,278 /s against verify+sign's 3,725 /s): the check
+	// holds in one of up to three measurements, which a verify+sign
+	// that measured less than both would fail every time.
+	for try := 1; l.VerifySign > 1.5*l.Sign || l.VerifySign > 1.5*l.Verify; try++ {
+		if try == 3 {
+			t.Fatalf("verify+sign %.0f /s against sign %.0f /s and verify %.0f /s, in 3 measurements", l.VerifySign, l.Sign, l.Verify)
+		}
+		if l, err = measureLimits(ctx, 50*time.Millisecond, t.TempDir()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
