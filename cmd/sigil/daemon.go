@@ -421,10 +421,11 @@ func startCodePages(ctx context.Context, pages []*config.CodePages, ready <-chan
 			return
 		}
 		log.Info("dropped the executable's unused pages", zap.Int("mappings", res.Mappings),
-			zap.Uint64("advised_kib", res.Size>>10), zap.Uint64("resident_kib", res.Resident>>10))
+			zap.Uint64("advised_kib", res.Size>>10), zap.Uint64("resident_kib", res.Resident>>10),
+			zap.Uint64("random_kib", res.Random>>10))
 	}}
 	if p := pages[0]; p != nil {
-		cfg.Disabled, cfg.After, cfg.Random = !p.Drop, p.After, p.NoReadahead
+		cfg.Disabled, cfg.After, cfg.Readahead = !p.Drop, p.After, p.Readahead
 	}
 	go exepages.Run(ctx, cfg, ready)
 }

@@ -1,6 +1,7 @@
 package exepages
 
 import (
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -12,15 +13,15 @@ import (
 )
 
 // Drop advises the executable's selected mappings (see the package
-// comment) and returns what it advised. With random set it also advises
-// MADV_RANDOM, which turns off the kernel's readahead on later faults on
-// them: each fault then reads only its page, so fewer pages come back,
-// but code run for the first time afterwards waits for one disk read per
-// page (Config.Random). It fails with nothing changed
-// when /proc/self/exe or /proc/self/smaps cannot be read, and stops at the
-// first madvise that fails. Dropping the file's cached pages is best
-// effort: its error is returned with the Result of what was advised.
-func Drop(random bool) (Result, error) {
+// comment) and returns what it advised. ra says where later faults still
+// read ahead (Readahead): where they do not, Drop also advises
+// MADV_RANDOM, so that each fault reads only its page. It fails with
+// nothing changed when /proc/self/exe or /proc/self/smaps cannot be
+// read, and stops at the first madvise that fails. Finding the function
+// tables (for ReadaheadCode) and dropping the file's cached pages are
+// best effort: their errors are returned with the Result of what was
+// advised.
+func Drop(ra Readahead) (Result, error) {
 	var res Result
 	exe, err := os.Open("/proc/self/exe")
 	if err != nil {
@@ -39,22 +40,37 @@ func Drop(random bool) (Result, error) {
 		return res, fmt.Errorf("exepages: %w", err)
 	}
 	sel := Select(ms, unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev)), st.Ino)
-	for _, m := range sel {
-		size := uintptr(m.End - m.Start)
-		advice := []int{unix.MADV_DONTNEED}
-		if random {
-			advice = []int{unix.MADV_RANDOM, unix.MADV_DONTNEED}
+	var errs []error
+	var random []AddrRange
+	switch ra {
+	case ReadaheadNone:
+		for _, m := range sel {
+			random = append(random, AddrRange{m.Start, m.End})
 		}
-		for _, advice := range advice {
-			if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.Start), size, uintptr(advice)); errno != 0 {
-				return res, fmt.Errorf("exepages: madvise %#x-%#x: %w", m.Start, m.End, errno)
-			}
+	case ReadaheadCode:
+		off, size, err := tablesInFile(exe)
+		if err != nil {
+			errs = append(errs, err)
+			break
+		}
+		random = FileRangeAddrs(sel, off, size, uint64(os.Getpagesize()))
+	}
+	// MADV_RANDOM first: a fault between the two advices would otherwise
+	// read ahead once more.
+	for _, r := range random {
+		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(r.Start), uintptr(r.End-r.Start), unix.MADV_RANDOM); errno != 0 {
+			return res, fmt.Errorf("exepages: madvise random %#x-%#x: %w", r.Start, r.End, errno)
+		}
+		res.Random += r.End - r.Start
+	}
+	for _, m := range sel {
+		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.Start), uintptr(m.End-m.Start), unix.MADV_DONTNEED); errno != 0 {
+			return res, fmt.Errorf("exepages: madvise %#x-%#x: %w", m.Start, m.End, errno)
 		}
 		res.Mappings++
 		res.Size += m.End - m.Start
 		res.Resident += m.Rss
 	}
-	var errs []error
 	for _, m := range sel {
 		if err := unix.Fadvise(int(exe.Fd()), int64(m.Offset), int64(m.End-m.Start), unix.FADV_DONTNEED); err != nil {
 			errs = append(errs, fmt.Errorf("exepages: fadvise: %w", err))
@@ -62,6 +78,21 @@ func Drop(random bool) (Result, error) {
 		}
 	}
 	return res, errors.Join(errs...)
+}
+
+// tablesInFile returns the offset and size in the executable f of its
+// function tables (the ELF section .gopclntab). The Go linker writes
+// that section in every ELF executable it links, stripped or not.
+func tablesInFile(f *os.File) (off, size uint64, err error) {
+	ef, err := elf.NewFile(f)
+	if err != nil {
+		return 0, 0, fmt.Errorf("exepages: reading the executable's sections: %w", err)
+	}
+	sec := ef.Section(".gopclntab")
+	if sec == nil || sec.Type != elf.SHT_PROGBITS || sec.Size == 0 {
+		return 0, 0, errors.New("exepages: the executable has no .gopclntab section")
+	}
+	return sec.Offset, sec.Size, nil
 }
 
 // supported says Drop does something on this system.

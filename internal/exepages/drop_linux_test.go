@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -38,6 +39,44 @@ type childReport struct {
 	DataIntact            bool
 	CodeCorrect           bool
 	Err                   string
+	Random                uint64   // Result.Random
+	ExeMaps               []exeVMA // the executable's mappings after Drop
+}
+
+// exeVMA is one mapping of the executable in /proc/self/smaps.
+type exeVMA struct {
+	Offset, Size uint64
+	Perms        string
+	RandomRead   bool // VmFlags has "rr" (MADV_RANDOM)
+}
+
+// exeVMAs lists the mappings of /proc/self/exe in /proc/self/smaps with
+// their VmFlags' random-read flag.
+func exeVMAs() ([]exeVMA, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &st); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return nil, err
+	}
+	var out []exeVMA
+	cur := -1
+	for _, line := range strings.Split(string(b), "\n") {
+		if m, err := procfs.ParseMapsLine([]byte(line)); err == nil {
+			cur = -1
+			if m.Inode == st.Ino && m.Major == unix.Major(st.Dev) && m.Minor == unix.Minor(st.Dev) {
+				out = append(out, exeVMA{Offset: m.Offset, Size: m.End - m.Start, Perms: line[strings.IndexByte(line, ' ')+1:][:4]})
+				cur = len(out) - 1
+			}
+			continue
+		}
+		if flags, ok := strings.CutPrefix(line, "VmFlags:"); ok && cur >= 0 {
+			out[cur].RandomRead = slices.Contains(strings.Fields(flags), "rr")
+		}
+	}
+	return out, nil
 }
 
 // work runs code from several corners of the binary and returns a digest
@@ -97,9 +136,14 @@ func TestMain(m *testing.M) {
 		}
 		want := work()
 		rep.FileBefore, rep.ExeBefore = rssFileKiB(), exeResident()
-		res, err := Drop(os.Getenv("EXEPAGES_TEST_RANDOM") == "1")
+		ra, _ := strconv.Atoi(os.Getenv("EXEPAGES_TEST_READAHEAD"))
+		res, err := Drop(Readahead(ra))
 		rep.FileAfter, rep.ExeAfter = rssFileKiB(), exeResident()
 		if err != nil {
+			rep.Err = err.Error()
+		}
+		rep.Random = res.Random
+		if rep.ExeMaps, err = exeVMAs(); err != nil {
 			rep.Err = err.Error()
 		}
 		rep.Resident, rep.Mappings = res.Resident, res.Mappings
@@ -117,13 +161,16 @@ func TestMain(m *testing.M) {
 
 // A real process loses the file-backed resident pages of its executable,
 // keeps its written data, and goes on running correct code.
+// With ReadaheadCode the mapping of the function tables, and only it,
+// is advised MADV_RANDOM; with ReadaheadNone every advised mapping is;
+// with ReadaheadAll none is.
 func TestDropChild(t *testing.T) {
-	for _, random := range []string{"0", "1"} {
-		t.Run("random="+random, func(t *testing.T) { testDropChild(t, random) })
+	for _, ra := range []Readahead{ReadaheadCode, ReadaheadAll, ReadaheadNone} {
+		t.Run(ra.String(), func(t *testing.T) { testDropChild(t, ra) })
 	}
 }
 
-func testDropChild(t *testing.T, random string) {
+func testDropChild(t *testing.T, ra Readahead) {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +203,7 @@ func testDropChild(t *testing.T, random string) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(child, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "EXEPAGES_TEST_CHILD=1", "EXEPAGES_TEST_RANDOM="+random)
+	cmd.Env = append(os.Environ(), "EXEPAGES_TEST_CHILD=1", "EXEPAGES_TEST_READAHEAD="+strconv.Itoa(int(ra)))
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("child: %v", err)
@@ -179,7 +226,7 @@ func testDropChild(t *testing.T, random string) {
 	// a few hundred KiB at most, or with readahead, the neighbourhoods
 	// of those.
 	limit := rep.ExeBefore * 3 / 4
-	if random == "1" {
+	if ra == ReadaheadNone {
 		limit = rep.ExeBefore / 2
 	}
 	if rep.ExeBefore < 1<<20 || rep.ExeAfter > limit {
@@ -187,5 +234,65 @@ func testDropChild(t *testing.T, random string) {
 	}
 	if rep.FileAfter >= rep.FileBefore {
 		t.Fatalf("RssFile %d KiB before, %d KiB after", rep.FileBefore, rep.FileAfter)
+	}
+	checkRandomRead(t, child, ra, rep)
+}
+
+// checkRandomRead checks which of the child's executable mappings carry
+// MADV_RANDOM after Drop(ra).
+func checkRandomRead(t *testing.T, child string, ra Readahead, rep childReport) {
+	t.Helper()
+	f, err := os.Open(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	off, size, err := tablesInFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables, other, randomTables, randomOther uint64
+	for _, m := range rep.ExeMaps {
+		if m.Perms[1] == 'w' {
+			if m.RandomRead {
+				t.Errorf("writable mapping %+v advised MADV_RANDOM", m)
+			}
+			continue
+		}
+		// A mapping lies in the tables when its file range is inside
+		// them, widened to whole pages.
+		in := m.Offset+m.Size > off && m.Offset < off+size &&
+			m.Offset >= off&^4095 && m.Offset+m.Size <= (off+size+4095)&^4095
+		switch {
+		case in && m.RandomRead:
+			randomTables += m.Size
+			tables += m.Size
+		case in:
+			tables += m.Size
+		case m.RandomRead:
+			randomOther += m.Size
+			other += m.Size
+		default:
+			other += m.Size
+		}
+	}
+	t.Logf("tables at %#x+%#x; mapped %d KiB (random %d), rest %d KiB (random %d); Result.Random %d KiB",
+		off, size, tables>>10, randomTables>>10, other>>10, randomOther>>10, rep.Random>>10)
+	switch ra {
+	case ReadaheadCode:
+		if tables < size || randomTables != tables || randomOther != 0 {
+			t.Errorf("want the tables (%d KiB) in mappings of their own, all MADV_RANDOM, and nothing else", size>>10)
+		}
+		if rep.Random != tables {
+			t.Errorf("Result.Random %d, want %d", rep.Random, tables)
+		}
+	case ReadaheadAll:
+		if randomTables != 0 || randomOther != 0 || rep.Random != 0 {
+			t.Errorf("want no mapping advised MADV_RANDOM")
+		}
+	case ReadaheadNone:
+		if randomTables != tables || randomOther != other || rep.Random != tables+other {
+			t.Errorf("want every read-only mapping advised MADV_RANDOM")
+		}
 	}
 }

@@ -8,7 +8,7 @@ import "time"
 const supported = false
 
 // Drop does nothing where /proc/self/smaps does not exist.
-func Drop(bool) (Result, error) { return Result{}, nil }
+func Drop(Readahead) (Result, error) { return Result{}, nil }
 
 // ProcessCPU returns 0 on this system.
 func ProcessCPU() time.Duration { return 0 }

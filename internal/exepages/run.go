@@ -39,13 +39,10 @@ type Config struct {
 	// CPU returns the CPU time the process used so far; nil means
 	// getrusage (ProcessCPU).
 	CPU func() time.Duration
-	// Random also turns off readahead on the executable's mappings
-	// (MADV_RANDOM): the idle process keeps fewer pages, but each page
-	// of code it runs for the first time after a drop is one disk read
-	// (about 240 for an agent's first Workload API fetch, 175 ms more on
-	// the machine of docs/memory.md).
-	Random bool
-	// Drop drops the pages; nil means the package's Drop with Random.
+	// Readahead says where faults after a drop still read ahead; the
+	// zero value is ReadaheadCode (off on the function tables only).
+	Readahead Readahead
+	// Drop drops the pages; nil means the package's Drop with Readahead.
 	Drop func() (Result, error)
 	// Report receives what each drop did (for the daemon's log).
 	Report func(Result, error)
@@ -93,7 +90,7 @@ func Run(ctx context.Context, cfg Config, ready <-chan struct{}) {
 	}
 	drop := cfg.Drop
 	if drop == nil {
-		drop = func() (Result, error) { return Drop(cfg.Random) }
+		drop = func() (Result, error) { return Drop(cfg.Readahead) }
 	}
 	ch := make(chan struct{}, 1)
 	requests.Store(&ch)

@@ -16,8 +16,10 @@
 // process maps any more. From then on a fault maps its own page and only
 // the neighbours in the page cache, that is those some fault read back
 // since (with its readahead): the resident executable follows the code
-// the process runs, not the code its initialisation ran. Optionally
-// (MADV_RANDOM) faults read no more than their page.
+// the process runs, not the code its initialisation ran. Faults on the
+// function tables (.gopclntab), which the garbage collector reads a few
+// scattered pages at a time, read no more than their page (MADV_RANDOM);
+// optionally all faults do (Readahead).
 //
 // It is never destructive: the pages are the file's, unchanged; a later
 // access maps them again (a minor fault if they are still cached, a read
@@ -26,7 +28,11 @@
 // their contents.
 package exepages
 
-import "github.com/sigil-id/sigil/internal/procfs"
+import (
+	"fmt"
+
+	"github.com/sigil-id/sigil/internal/procfs"
+)
 
 // Select returns the mappings of ms that Drop may advise: mappings of the
 // file with device major:minor and inode ino that are not writable and
@@ -57,4 +63,81 @@ type Result struct {
 	// Resident is the bytes of those mappings that were resident
 	// before (their Rss in /proc/self/smaps).
 	Resident uint64
+	// Random is the bytes of address range also advised MADV_RANDOM
+	// (Readahead).
+	Random uint64
+}
+
+// Readahead says where a fault on the executable still reads ahead once
+// Drop has dropped its pages. On a fault the kernel reads the pages
+// around the one asked for into its cache (readahead), and maps those of
+// them already cached (fault-around, 64 KiB); with MADV_RANDOM it reads
+// only the page asked for, so the fault maps that page and any cached
+// neighbours only.
+type Readahead int
+
+const (
+	// ReadaheadCode, the default, keeps readahead on the executable's
+	// code and data and turns it off on its function tables (the ELF
+	// section .gopclntab: each function's name, pc-value tables and
+	// stack maps). The garbage collector looks up the stack maps of every
+	// function on every goroutine's stack in each cycle (stack growth and
+	// tracebacks do too): a few scattered pages per function, each of
+	// which brought its neighbourhood back with readahead (about 2.5 MiB
+	// of an idle server's resident memory, docs/memory.md). Code run for
+	// the first time after a drop still has its neighbours read ahead.
+	ReadaheadCode Readahead = iota
+	// ReadaheadAll keeps the kernel's readahead everywhere.
+	ReadaheadAll
+	// ReadaheadNone turns readahead off on every mapping Drop advises:
+	// the idle process keeps the fewest pages, but code run for the first
+	// time after a drop reads its pages from disk one at a time (about
+	// 240 reads for an agent's first Workload API fetch, 175 ms more on
+	// the machine of docs/memory.md).
+	ReadaheadNone
+)
+
+// String is the name of r as the code_pages block spells it.
+func (r Readahead) String() string {
+	switch r {
+	case ReadaheadCode:
+		return "code"
+	case ReadaheadAll:
+		return "all"
+	case ReadaheadNone:
+		return "none"
+	}
+	return fmt.Sprintf("Readahead(%d)", int(r))
+}
+
+// AddrRange is the address range [Start, End).
+type AddrRange struct{ Start, End uint64 }
+
+// FileRangeAddrs returns where the mappings ms map the bytes [off,
+// off+size) of their file, widened to whole pages of pageSize and kept
+// inside each mapping: the ranges to advise for that part of the file.
+// Mappings that map none of it give nothing.
+func FileRangeAddrs(ms []procfs.SmapsMapping, off, size, pageSize uint64) []AddrRange {
+	if size == 0 || pageSize == 0 || off+size < off {
+		return nil
+	}
+	var out []AddrRange
+	for _, m := range ms {
+		if m.End <= m.Start {
+			continue
+		}
+		mEnd := m.Offset + (m.End - m.Start) // end of the file range m maps
+		lo, hi := max(off, m.Offset), min(off+size, mEnd)
+		if lo >= hi {
+			continue
+		}
+		start := m.Start + (lo - m.Offset)
+		end := m.Start + (hi - m.Offset)
+		start -= start % pageSize
+		if r := end % pageSize; r != 0 {
+			end += pageSize - r
+		}
+		out = append(out, AddrRange{max(start, m.Start), min(end, m.End)})
+	}
+	return out
 }

@@ -60,3 +60,43 @@ func TestSelect(t *testing.T) {
 		t.Fatalf("selected %+v", got)
 	}
 }
+
+// FileRangeAddrs finds a file range in the mappings that map it, in whole
+// pages, never outside a mapping, and nothing for mappings of other parts.
+func TestFileRangeAddrs(t *testing.T) {
+	m := func(start, end, off uint64) procfs.SmapsMapping {
+		return procfs.SmapsMapping{Mapping: procfs.Mapping{Start: start, End: end, Offset: off}}
+	}
+	// A text mapping of file [0, 0x10000) at 0x400000 and a read-only
+	// data mapping of file [0x10000, 0x30000) at 0x410000 (as a Go
+	// executable is mapped), then one at a bias (as PIE) of [0x30000,
+	// 0x31000).
+	ms := []procfs.SmapsMapping{m(0x400000, 0x410000, 0), m(0x410000, 0x430000, 0x10000), m(0x7f0000000000, 0x7f0000001000, 0x30000)}
+	for _, tc := range []struct {
+		name      string
+		off, size uint64
+		want      []AddrRange
+	}{
+		{"inside one mapping, widened to pages", 0x18ba0, 0x5000, []AddrRange{{0x418000, 0x41e000}}},
+		{"page-aligned", 0x20000, 0x2000, []AddrRange{{0x420000, 0x422000}}},
+		{"across two mappings", 0xf800, 0x1000, []AddrRange{{0x40f000, 0x410000}, {0x410000, 0x411000}}},
+		{"to the end of the file and beyond", 0x2f000, 0x10000, []AddrRange{{0x42f000, 0x430000}, {0x7f0000000000, 0x7f0000001000}}},
+		{"in no mapping", 0x40000, 0x1000, nil},
+		{"empty", 0x20000, 0, nil},
+		{"wrapping", 1 << 63, 1 << 63, nil},
+	} {
+		got := FileRangeAddrs(ms, tc.off, tc.size, 0x1000)
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: %x, want %x", tc.name, got, tc.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != tc.want[i] {
+				t.Errorf("%s: %x, want %x", tc.name, got, tc.want)
+			}
+		}
+	}
+	if got := FileRangeAddrs(ms, 0x20000, 0x1000, 0); got != nil {
+		t.Errorf("page size 0: %x", got)
+	}
+}

@@ -3,6 +3,8 @@ package config
 import (
 	"fmt"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/exepages"
 )
 
 // CodePages is the code_pages block of a server or an agent: whether the
@@ -15,9 +17,11 @@ type CodePages struct {
 	// After is the least wait after ready before the first drop; 0 means
 	// the default (exepages.DefaultAfter).
 	After time.Duration
-	// NoReadahead (readahead = false) also turns off the kernel's
-	// readahead on the executable (exepages.Config.Random).
-	NoReadahead bool
+	// Readahead is where faults after a drop still read ahead
+	// (exepages.Readahead): without the attribute, everywhere but in the
+	// function tables (exepages.ReadaheadCode); readahead = true,
+	// everywhere; readahead = false, nowhere.
+	Readahead exepages.Readahead
 }
 
 type hclCodePages struct {
@@ -36,7 +40,15 @@ func readCodePages(filename, daemon string, b *hclCodePages) (*CodePages, error)
 	if b == nil {
 		return nil, nil
 	}
-	out := &CodePages{Drop: b.Drop == nil || *b.Drop, NoReadahead: b.Readahead != nil && !*b.Readahead}
+	out := &CodePages{Drop: b.Drop == nil || *b.Drop}
+	switch {
+	case b.Readahead == nil:
+		out.Readahead = exepages.ReadaheadCode
+	case *b.Readahead:
+		out.Readahead = exepages.ReadaheadAll
+	default:
+		out.Readahead = exepages.ReadaheadNone
+	}
 	if b.After != "" {
 		d, err := parseDuration(b.After)
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sigil-id/sigil/internal/exepages"
 )
 
 // The code_pages block of either daemon reaches CodePages; without it,
@@ -17,10 +19,12 @@ func TestCodePagesBlock(t *testing.T) {
 			return f.Agent.CodePages
 		}
 		for src, want := range map[string]*CodePages{
-			``:                            nil,
-			`code_pages {}`:               {Drop: true},
-			`code_pages { drop = false }`: {Drop: false},
-			`code_pages { after = "1m" }`: {Drop: true, After: time.Minute},
+			``:                                 nil,
+			`code_pages {}`:                    {Drop: true},
+			`code_pages { drop = false }`:      {Drop: false},
+			`code_pages { after = "1m" }`:      {Drop: true, After: time.Minute},
+			`code_pages { readahead = true }`:  {Drop: true, Readahead: exepages.ReadaheadAll},
+			`code_pages { readahead = false }`: {Drop: true, Readahead: exepages.ReadaheadNone},
 			"code_pages {\n  drop  = true\n  after = \"90s\"\n}": {Drop: true, After: 90 * time.Second},
 		} {
 			f, err := Parse("test.hcl", []byte(daemon+" {\n"+src+"\n}"))
