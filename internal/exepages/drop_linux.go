@@ -1,7 +1,6 @@
 package exepages
 
 import (
-	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -17,10 +16,9 @@ import (
 // read ahead (Readahead): where they do not, Drop also advises
 // MADV_RANDOM, so that each fault reads only its page. It fails with
 // nothing changed when /proc/self/exe or /proc/self/smaps cannot be
-// read, and stops at the first madvise that fails. Finding the function
-// tables (for ReadaheadCode) and dropping the file's cached pages are
-// best effort: their errors are returned with the Result of what was
-// advised.
+// read, and stops at the first madvise that fails. Dropping the file's
+// cached pages is best effort: its error is returned with the Result of
+// what was advised.
 func Drop(ra Readahead) (Result, error) {
 	var res Result
 	exe, err := os.Open("/proc/self/exe")
@@ -40,28 +38,19 @@ func Drop(ra Readahead) (Result, error) {
 		return res, fmt.Errorf("exepages: %w", err)
 	}
 	sel := Select(ms, unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev)), st.Ino)
-	var errs []error
-	var random []AddrRange
-	switch ra {
-	case ReadaheadNone:
-		for _, m := range sel {
-			random = append(random, AddrRange{m.Start, m.End})
+	var random []procfs.SmapsMapping
+	for _, m := range sel {
+		if ra == ReadaheadNone || (ra == ReadaheadCode && !m.Exec) {
+			random = append(random, m)
 		}
-	case ReadaheadCode:
-		off, size, err := tablesInFile(exe)
-		if err != nil {
-			errs = append(errs, err)
-			break
-		}
-		random = FileRangeAddrs(sel, off, size, uint64(os.Getpagesize()))
 	}
 	// MADV_RANDOM first: a fault between the two advices would otherwise
 	// read ahead once more.
-	for _, r := range random {
-		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(r.Start), uintptr(r.End-r.Start), unix.MADV_RANDOM); errno != 0 {
-			return res, fmt.Errorf("exepages: madvise random %#x-%#x: %w", r.Start, r.End, errno)
+	for _, m := range random {
+		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.Start), uintptr(m.End-m.Start), unix.MADV_RANDOM); errno != 0 {
+			return res, fmt.Errorf("exepages: madvise random %#x-%#x: %w", m.Start, m.End, errno)
 		}
-		res.Random += r.End - r.Start
+		res.Random += m.End - m.Start
 	}
 	for _, m := range sel {
 		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.Start), uintptr(m.End-m.Start), unix.MADV_DONTNEED); errno != 0 {
@@ -71,6 +60,7 @@ func Drop(ra Readahead) (Result, error) {
 		res.Size += m.End - m.Start
 		res.Resident += m.Rss
 	}
+	var errs []error
 	for _, m := range sel {
 		if err := unix.Fadvise(int(exe.Fd()), int64(m.Offset), int64(m.End-m.Start), unix.FADV_DONTNEED); err != nil {
 			errs = append(errs, fmt.Errorf("exepages: fadvise: %w", err))
@@ -78,21 +68,6 @@ func Drop(ra Readahead) (Result, error) {
 		}
 	}
 	return res, errors.Join(errs...)
-}
-
-// tablesInFile returns the offset and size in the executable f of its
-// function tables (the ELF section .gopclntab). The Go linker writes
-// that section in every ELF executable it links, stripped or not.
-func tablesInFile(f *os.File) (off, size uint64, err error) {
-	ef, err := elf.NewFile(f)
-	if err != nil {
-		return 0, 0, fmt.Errorf("exepages: reading the executable's sections: %w", err)
-	}
-	sec := ef.Section(".gopclntab")
-	if sec == nil || sec.Type != elf.SHT_PROGBITS || sec.Size == 0 {
-		return 0, 0, errors.New("exepages: the executable has no .gopclntab section")
-	}
-	return sec.Offset, sec.Size, nil
 }
 
 // supported says Drop does something on this system.

@@ -40,7 +40,7 @@ type Config struct {
 	// getrusage (ProcessCPU).
 	CPU func() time.Duration
 	// Readahead says where faults after a drop still read ahead; the
-	// zero value is ReadaheadCode (off on the function tables only).
+	// zero value is ReadaheadCode (off on the read-only data only).
 	Readahead Readahead
 	// Drop drops the pages; nil means the package's Drop with Readahead.
 	Drop func() (Result, error)

@@ -17,9 +17,10 @@
 // the neighbours in the page cache, that is those some fault read back
 // since (with its readahead): the resident executable follows the code
 // the process runs, not the code its initialisation ran. Faults on the
-// function tables (.gopclntab), which the garbage collector reads a few
-// scattered pages at a time, read no more than their page (MADV_RANDOM);
-// optionally all faults do (Readahead).
+// read-only data (type descriptors, constants, function tables), which
+// the garbage collector reads a few scattered pages at a time, read no
+// more than their page (MADV_RANDOM); optionally code faults do too
+// (Readahead).
 //
 // It is never destructive: the pages are the file's, unchanged; a later
 // access maps them again (a minor fault if they are still cached, a read
@@ -78,14 +79,18 @@ type Readahead int
 
 const (
 	// ReadaheadCode, the default, keeps readahead on the executable's
-	// code and data and turns it off on its function tables (the ELF
-	// section .gopclntab: each function's name, pc-value tables and
-	// stack maps). The garbage collector looks up the stack maps of every
-	// function on every goroutine's stack in each cycle (stack growth and
-	// tracebacks do too): a few scattered pages per function, each of
-	// which brought its neighbourhood back with readahead (about 2.5 MiB
-	// of an idle server's resident memory, docs/memory.md). Code run for
-	// the first time after a drop still has its neighbours read ahead.
+	// code (its executable mapping) and turns it off on its read-only
+	// data: type descriptors, constants and the function tables
+	// (.gopclntab: each function's pc-value tables and stack maps). The
+	// garbage collector reads those in every cycle, a few scattered
+	// pages at a time (the type of each object it scans, the stack map
+	// of each function on a goroutine's stack), and each such fault
+	// brought its neighbourhood back with readahead: about 5.5 MiB of an
+	// idle server's resident memory (docs/memory.md). Code run for the
+	// first time after a drop still has its neighbours read ahead; the
+	// data it reads comes a page at a time (about 100 reads more for an
+	// agent's first Workload API fetch, 7 ms on the machine of
+	// docs/memory.md).
 	ReadaheadCode Readahead = iota
 	// ReadaheadAll keeps the kernel's readahead everywhere.
 	ReadaheadAll
@@ -108,36 +113,4 @@ func (r Readahead) String() string {
 		return "none"
 	}
 	return fmt.Sprintf("Readahead(%d)", int(r))
-}
-
-// AddrRange is the address range [Start, End).
-type AddrRange struct{ Start, End uint64 }
-
-// FileRangeAddrs returns where the mappings ms map the bytes [off,
-// off+size) of their file, widened to whole pages of pageSize and kept
-// inside each mapping: the ranges to advise for that part of the file.
-// Mappings that map none of it give nothing.
-func FileRangeAddrs(ms []procfs.SmapsMapping, off, size, pageSize uint64) []AddrRange {
-	if size == 0 || pageSize == 0 || off+size < off {
-		return nil
-	}
-	var out []AddrRange
-	for _, m := range ms {
-		if m.End <= m.Start {
-			continue
-		}
-		mEnd := m.Offset + (m.End - m.Start) // end of the file range m maps
-		lo, hi := max(off, m.Offset), min(off+size, mEnd)
-		if lo >= hi {
-			continue
-		}
-		start := m.Start + (lo - m.Offset)
-		end := m.Start + (hi - m.Offset)
-		start -= start % pageSize
-		if r := end % pageSize; r != 0 {
-			end += pageSize - r
-		}
-		out = append(out, AddrRange{max(start, m.Start), min(end, m.End)})
-	}
-	return out
 }
