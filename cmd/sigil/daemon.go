@@ -420,6 +420,11 @@ func startCodePages(ctx context.Context, pages []*config.CodePages, ready <-chan
 				zap.Int("mappings", res.Mappings), zap.Uint64("resident_kib", res.Resident>>10))
 			return
 		}
+		if res.Unmapped {
+			log.Info("unmapped the executable's pages after initialisation", zap.Int("mappings", res.Mappings),
+				zap.Uint64("resident_kib", res.Resident>>10))
+			return
+		}
 		log.Info("dropped the executable's unused pages", zap.Int("mappings", res.Mappings),
 			zap.Uint64("advised_kib", res.Size>>10), zap.Uint64("resident_kib", res.Resident>>10),
 			zap.Uint64("random_kib", res.Random>>10))

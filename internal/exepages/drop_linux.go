@@ -20,6 +20,25 @@ import (
 // cached pages is best effort: its error is returned with the Result of
 // what was advised.
 func Drop(ra Readahead) (Result, error) {
+	return drop(ra, true)
+}
+
+// Unmap advises MADV_DONTNEED on the executable's selected mappings and
+// nothing else: their pages leave this process's page tables but stay in
+// the page cache, so that code run afterwards maps its pages back with a
+// minor fault (and the kernel's fault-around), without a disk read. It is
+// the step at start (Run): the initialisation of a Go program touches
+// pages all over the executable (every package's init), and the work
+// that follows, such as an agent's first full sync, would otherwise run
+// with all of them resident.
+func Unmap() (Result, error) {
+	res, err := drop(ReadaheadAll, false)
+	res.Unmapped = true
+	return res, err
+}
+
+// drop is Drop, and with evict false Unmap.
+func drop(ra Readahead, evict bool) (Result, error) {
 	var res Result
 	exe, err := os.Open("/proc/self/exe")
 	if err != nil {
@@ -59,6 +78,9 @@ func Drop(ra Readahead) (Result, error) {
 		res.Mappings++
 		res.Size += m.End - m.Start
 		res.Resident += m.Rss
+	}
+	if !evict {
+		return res, nil
 	}
 	var errs []error
 	for _, m := range sel {

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -39,7 +40,10 @@ type childReport struct {
 	DataIntact            bool
 	CodeCorrect           bool
 	Err                   string
-	Random                uint64   // Result.Random
+	Random                uint64 // Result.Random
+	Unmapped              bool   // Result.Unmapped
+	CachedBefore          int    // pages of the selected mappings in the page cache (mincore)
+	CachedAfter           int
 	ExeMaps               []exeVMA // the executable's mappings after Drop
 }
 
@@ -126,6 +130,30 @@ func exeResident() uint64 {
 	return n
 }
 
+// exeCached counts the pages of the mappings Select picks that are in
+// the page cache (mincore), mapped by this process or not.
+func exeCached() int {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &st); err != nil {
+		return -1
+	}
+	var ms []procfs.SmapsMapping
+	if err := procfs.Read("/proc/self/smaps", func(b []byte) (err error) { ms, err = procfs.ParseSmaps(b); return err }); err != nil {
+		return -1
+	}
+	n := 0
+	for _, m := range Select(ms, unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino) {
+		vec := make([]byte, (m.End-m.Start+4095)/4096)
+		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(m.Start), uintptr(m.End-m.Start), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+			return -1
+		}
+		for _, v := range vec {
+			n += int(v & 1)
+		}
+	}
+	return n
+}
+
 // TestMain runs the child's part when re-executed by TestDropChild.
 func TestMain(m *testing.M) {
 	if os.Getenv("EXEPAGES_TEST_CHILD") == "1" {
@@ -137,8 +165,17 @@ func TestMain(m *testing.M) {
 		want := work()
 		rep.FileBefore, rep.ExeBefore = rssFileKiB(), exeResident()
 		ra, _ := strconv.Atoi(os.Getenv("EXEPAGES_TEST_READAHEAD"))
-		res, err := Drop(Readahead(ra))
+		rep.CachedBefore = exeCached()
+		var res Result
+		var err error
+		if os.Getenv("EXEPAGES_TEST_UNMAP") == "1" {
+			res, err = Unmap()
+		} else {
+			res, err = Drop(Readahead(ra))
+		}
 		rep.FileAfter, rep.ExeAfter = rssFileKiB(), exeResident()
+		rep.CachedAfter = exeCached()
+		rep.Unmapped = res.Unmapped
 		if err != nil {
 			rep.Err = err.Error()
 		}
@@ -166,11 +203,27 @@ func TestMain(m *testing.M) {
 // ReadaheadAll none is.
 func TestDropChild(t *testing.T) {
 	for _, ra := range []Readahead{ReadaheadCode, ReadaheadAll, ReadaheadNone} {
-		t.Run(ra.String(), func(t *testing.T) { testDropChild(t, ra) })
+		t.Run(ra.String(), func(t *testing.T) { checkRandomRead(t, ra, runChild(t, ra, false)) })
 	}
 }
 
-func testDropChild(t *testing.T, ra Readahead) {
+// Unmap takes the executable's pages out of the process, as Drop does,
+// but leaves them in the page cache and advises nothing else.
+func TestUnmapChild(t *testing.T) {
+	rep := runChild(t, ReadaheadAll, true)
+	if !rep.Unmapped || rep.Random != 0 {
+		t.Fatalf("Result: unmapped %v, random %d", rep.Unmapped, rep.Random)
+	}
+	if rep.CachedBefore <= 0 || rep.CachedAfter < rep.CachedBefore*9/10 {
+		t.Fatalf("pages in the page cache: %d before, %d after; want nearly all kept", rep.CachedBefore, rep.CachedAfter)
+	}
+	checkRandomRead(t, ReadaheadAll, rep)
+}
+
+// runChild runs a copy of this test binary that calls Drop(ra), or Unmap
+// with unmap, and checks what every drop must do: the executable's
+// resident pages go, its written data stays, its code still runs.
+func runChild(t *testing.T, ra Readahead, unmap bool) childReport {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -204,6 +257,9 @@ func testDropChild(t *testing.T, ra Readahead) {
 	}
 	cmd := exec.Command(child, "-test.run=^$")
 	cmd.Env = append(os.Environ(), "EXEPAGES_TEST_CHILD=1", "EXEPAGES_TEST_READAHEAD="+strconv.Itoa(int(ra)))
+	if unmap {
+		cmd.Env = append(cmd.Env, "EXEPAGES_TEST_UNMAP=1")
+	}
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("child: %v", err)
@@ -235,7 +291,7 @@ func testDropChild(t *testing.T, ra Readahead) {
 	if rep.FileAfter >= rep.FileBefore {
 		t.Fatalf("RssFile %d KiB before, %d KiB after", rep.FileBefore, rep.FileAfter)
 	}
-	checkRandomRead(t, ra, rep)
+	return rep
 }
 
 // checkRandomRead checks which of the child's executable mappings carry

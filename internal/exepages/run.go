@@ -44,6 +44,8 @@ type Config struct {
 	Readahead Readahead
 	// Drop drops the pages; nil means the package's Drop with Readahead.
 	Drop func() (Result, error)
+	// Unmap is the step at start; nil means the package's Unmap.
+	Unmap func() (Result, error)
 	// Report receives what each drop did (for the daemon's log).
 	Report func(Result, error)
 }
@@ -65,13 +67,16 @@ func Request() {
 	}
 }
 
-// Run drops the executable's unused pages once after ready is closed,
-// at least After later and once the process is quiet (it used less than
-// 2.5 % of a core over 2 s), then once per Request under the same
-// conditions, at most every 30 s (the rate of the server's releases
-// after deletions). It returns when ctx is done, at once when
-// cfg.Disabled or, without cfg.Drop, where Drop does nothing. One Run at
-// a time per process receives Requests (the last started).
+// Run unmaps the executable's pages at once (Unmap: the pages the
+// initialisation touched, which the daemon's start-up work, such as an
+// agent's first full sync, would otherwise hold at its peak), drops the
+// executable's unused pages once after ready is closed, at least After
+// later and once the process is quiet (it used less than 2.5 % of a core
+// over 2 s), then once per Request under the same conditions, at most
+// every 30 s (the rate of the server's releases after deletions). It
+// returns when ctx is done, at once when cfg.Disabled or, without
+// cfg.Drop, where Drop does nothing. One Run at a time per process
+// receives Requests (the last started).
 func Run(ctx context.Context, cfg Config, ready <-chan struct{}) {
 	if cfg.Disabled || (!supported && cfg.Drop == nil) {
 		return
@@ -95,6 +100,15 @@ func Run(ctx context.Context, cfg Config, ready <-chan struct{}) {
 	ch := make(chan struct{}, 1)
 	requests.Store(&ch)
 	defer requests.CompareAndSwap(&ch, nil)
+
+	unmap := cfg.Unmap
+	if unmap == nil {
+		unmap = Unmap
+	}
+	res, err := unmap()
+	if cfg.Report != nil {
+		cfg.Report(res, err)
+	}
 
 	select {
 	case <-ctx.Done():

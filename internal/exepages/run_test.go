@@ -27,6 +27,8 @@ func TestRunSchedule(t *testing.T) {
 	var cpu atomic.Int64
 	drops := make(chan struct{}, 10)
 	reports := make(chan error, 10)
+	var unmaps atomic.Int32
+	unmapReports := make(chan error, 10)
 	cfg := Config{
 		After: 10 * time.Second,
 		Clock: clk,
@@ -40,7 +42,18 @@ func TestRunSchedule(t *testing.T) {
 			drops <- struct{}{}
 			return Result{Mappings: 2}, errors.New("partly")
 		},
+		Unmap: func() (Result, error) {
+			unmaps.Add(1)
+			return Result{Unmapped: true, Mappings: 3}, nil
+		},
 		Report: func(r Result, err error) {
+			if r.Unmapped {
+				if r.Mappings != 3 || err != nil {
+					err = errors.New("wrong result of the unmap")
+				}
+				unmapReports <- err
+				return
+			}
 			if r.Mappings != 2 {
 				err = errors.New("wrong result")
 			}
@@ -70,7 +83,15 @@ func TestRunSchedule(t *testing.T) {
 			t.Fatalf("report: %v", err)
 		}
 	}
-	// Nothing before ready.
+	// The unmap at start, once, before ready; then no drop before ready.
+	select {
+	case err := <-unmapReports:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no unmap at start")
+	}
 	clk.Add(time.Hour)
 	noDrop("before ready")
 	close(ready)
@@ -122,6 +143,9 @@ func TestRunSchedule(t *testing.T) {
 	if requests.Load() != nil {
 		t.Fatal("Run left its request channel")
 	}
+	if n := unmaps.Load(); n != 1 || len(unmapReports) != 0 {
+		t.Fatalf("%d unmaps, want the one at start", n)
+	}
 }
 
 func TestRunDisabled(t *testing.T) {
@@ -130,7 +154,9 @@ func TestRunDisabled(t *testing.T) {
 	close(ready)
 	done := make(chan struct{})
 	go func() {
-		Run(context.Background(), Config{Disabled: true, Drop: func() (Result, error) { dropped = true; return Result{}, nil }}, ready)
+		Run(context.Background(), Config{Disabled: true,
+			Drop:  func() (Result, error) { dropped = true; return Result{}, nil },
+			Unmap: func() (Result, error) { dropped = true; return Result{}, nil }}, ready)
 		close(done)
 	}()
 	select {

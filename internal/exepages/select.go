@@ -22,6 +22,11 @@
 // more than their page (MADV_RANDOM); optionally code faults do too
 // (Readahead).
 //
+// Unmap, called once at start, takes the pages out of the process's page
+// tables and nothing else: what the initialisation touched stays in the
+// page cache but is not counted while the daemon's start-up work (an
+// agent's first full sync) runs.
+//
 // It is never destructive: the pages are the file's, unchanged; a later
 // access maps them again (a minor fault if they are still cached, a read
 // of one page from disk otherwise). Writable mappings and mappings with
@@ -67,6 +72,9 @@ type Result struct {
 	// Random is the bytes of address range also advised MADV_RANDOM
 	// (Readahead).
 	Random uint64
+	// Unmapped says the pages were only unmapped, the page cache kept
+	// (Unmap, the step at start), not dropped.
+	Unmapped bool
 }
 
 // Readahead says where a fault on the executable still reads ahead once
