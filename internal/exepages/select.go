@@ -110,7 +110,7 @@ const (
 	ReadaheadNone
 )
 
-// String is the name of r as the code_pages block spells it.
+// String names r (in logs and test names).
 func (r Readahead) String() string {
 	switch r {
 	case ReadaheadCode:
