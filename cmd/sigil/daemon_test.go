@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
 	"github.com/sigil-id/sigil/internal/eventually"
+	"github.com/sigil-id/sigil/server"
 )
 
 // freeAddr returns a loopback address that was free a moment ago.
@@ -29,6 +32,54 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// startRetrying starts a daemon with start(attempt) and waits until the
+// health address it returns answers /live with 200. If the daemon exits
+// first because an address it was given is in use, it starts it again
+// (at most three attempts); any other exit fails the test.
+func startRetrying(t *testing.T, name string, start func(attempt int) (healthAddr string, done chan error)) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		addr, done := start(attempt)
+		err := waitLive("http://"+addr+"/live", done)
+		if err == nil {
+			return
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Logf("%s, attempt %d: %v; starting it again on other addresses", name, attempt, err)
+	}
+}
+
+// waitLive polls url until it answers 200 (nil), or until the daemon
+// whose result done carries exits (its error, put back on done), for at
+// most 30 s.
+func waitLive(url string, done chan error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			done <- err
+			return fmt.Errorf("exited before %s answered: %v", url, err)
+		default:
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer 200 within 30s (last: %v)", url, err)
+		}
+		<-tick.C
+	}
 }
 
 func waitStatus(t *testing.T, url string, want int) string {
@@ -65,22 +116,32 @@ func TestDaemons(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	nodeAddr, serverHealth, agentHealth := freeAddr(t), freeAddr(t), freeAddr(t)
-	scfg, err := serverConfig(&config.Server{
-		TrustDomain:   "daemon.test",
-		NodeName:      "s1",
-		DataDir:       filepath.Join(tmp, "server"),
-		BindAddress:   nodeAddr,
-		AdminSocket:   filepath.Join(tmp, "adm", "admin.sock"),
-		HealthAddress: serverHealth,
-		KeyManager:    "memory",
-	}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverDone := make(chan error, 1)
-	go func() { serverDone <- runServer(ctx, scfg, zap.NewNop()) }()
-	waitStatus(t, "http://"+serverHealth+"/live", 200)
+	// The daemons bind addresses freeAddr found free; another test
+	// process may take one first (then the daemon exits with "address
+	// already in use" and the test would poll that process's server):
+	// each start is tried again on other addresses, in a fresh directory.
+	var nodeAddr, serverHealth string
+	var scfg server.Config
+	var serverDone chan error
+	startRetrying(t, "server", func(attempt int) (string, chan error) {
+		nodeAddr, serverHealth = freeAddr(t), freeAddr(t)
+		var err error
+		scfg, err = serverConfig(&config.Server{
+			TrustDomain:   "daemon.test",
+			NodeName:      "s1",
+			DataDir:       filepath.Join(tmp, fmt.Sprintf("server%d", attempt)),
+			BindAddress:   nodeAddr,
+			AdminSocket:   filepath.Join(tmp, fmt.Sprintf("adm%d", attempt), "admin.sock"),
+			HealthAddress: serverHealth,
+			KeyManager:    "memory",
+		}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		serverDone = make(chan error, 1)
+		go func() { serverDone <- runServer(ctx, scfg, zap.NewNop()) }()
+		return serverHealth, serverDone
+	})
 	waitStatus(t, "http://"+serverHealth+"/ready", 200)
 
 	admin, err := cli.DialAdmin(scfg.AdminSocket)
@@ -101,25 +162,30 @@ func TestDaemons(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	tok, err := admin.CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
 
-	acfg, err := agentConfig(&config.Agent{
-		TrustDomain:     "daemon.test",
-		ServerAddress:   nodeAddr,
-		DataDir:         filepath.Join(tmp, "agent"),
-		SocketPath:      filepath.Join(tmp, "api.sock"),
-		JoinToken:       tok.Token,
-		TrustBundlePath: bundlePath,
-	}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- runAgent(ctx, acfg, agentHealth, zap.NewNop()) }()
-	waitStatus(t, "http://"+agentHealth+"/live", 200)
+	var agentHealth string
+	var agentDone chan error
+	startRetrying(t, "agent", func(attempt int) (string, chan error) {
+		agentHealth = freeAddr(t)
+		tok, err := admin.CreateJoinToken(ctx, &sigilv1.CreateJoinTokenRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		acfg, err := agentConfig(&config.Agent{
+			TrustDomain:     "daemon.test",
+			ServerAddress:   nodeAddr,
+			DataDir:         filepath.Join(tmp, fmt.Sprintf("agent%d", attempt)),
+			SocketPath:      filepath.Join(tmp, fmt.Sprintf("api%d.sock", attempt)),
+			JoinToken:       tok.Token,
+			TrustBundlePath: bundlePath,
+		}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		agentDone = make(chan error, 1)
+		go func() { agentDone <- runAgent(ctx, acfg, agentHealth, zap.NewNop()) }()
+		return agentHealth, agentDone
+	})
 	if body := waitStatus(t, "http://"+agentHealth+"/ready", 200); strings.TrimSpace(body) != "ready" {
 		t.Errorf("agent /ready body = %q", body)
 	}
@@ -142,5 +208,35 @@ func TestDaemons(t *testing.T) {
 	}
 	if _, err := http.Get("http://" + agentHealth + "/live"); err == nil {
 		t.Error("agent health endpoint still up after shutdown")
+	}
+}
+
+// startRetrying starts a daemon again when it exits because an address
+// was taken, and waits for the start that answers.
+func TestStartRetrying(t *testing.T) {
+	live := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/live" {
+			http.NotFound(w, r)
+		}
+	}))
+	defer live.Close()
+	var attempts []int
+	startRetrying(t, "daemon", func(attempt int) (string, chan error) {
+		attempts = append(attempts, attempt)
+		done := make(chan error, 1)
+		if attempt == 1 {
+			done <- errors.New("listen tcp 127.0.0.1:1: bind: address already in use")
+			return freeAddr(t), done
+		}
+		return strings.TrimPrefix(live.URL, "http://"), done
+	})
+	if len(attempts) != 2 || attempts[1] != 2 {
+		t.Fatalf("attempts %v, want [1 2]", attempts)
+	}
+	// A daemon that exits for another reason is reported at once.
+	done := make(chan error, 1)
+	done <- errors.New("bad config")
+	if err := waitLive("http://"+freeAddr(t)+"/live", done); err == nil || !strings.Contains(err.Error(), "bad config") {
+		t.Fatalf("waitLive: %v", err)
 	}
 }
