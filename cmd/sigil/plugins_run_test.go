@@ -34,7 +34,7 @@ func TestDaemonsFromPluginBlocks(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	nodeAddr, serverHealth, agentHealth := freeAddr(t), freeAddr(t), freeAddr(t)
+	nodeAddr, serverHealth := freeAddr(t), freeAddr(t)
 	keys, clusterKeys := filepath.Join(tmp, "k"), filepath.Join(tmp, "ck")
 	serverFile := filepath.Join(tmp, "server.hcl")
 	if err := os.WriteFile(serverFile, []byte(fmt.Sprintf(`server {
@@ -142,8 +142,16 @@ agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- runAgent(ctx, acfg, agentHealth, zap.NewNop()) }()
+	// The agent's health address is chosen right before its start, and
+	// the start tried again if another process took it (startRetrying).
+	var agentHealth string
+	var agentDone chan error
+	startRetrying(t, "agent", func(int) (string, chan error) {
+		agentHealth = freeAddr(t)
+		agentDone = make(chan error, 1)
+		go func() { agentDone <- runAgent(ctx, acfg, agentHealth, zap.NewNop()) }()
+		return agentHealth, agentDone
+	})
 	waitStatus(t, "http://"+agentHealth+"/ready", 200)
 
 	fctx, fcancel := context.WithTimeout(ctx, 20*time.Second)
