@@ -415,6 +415,11 @@ func startCodePages(ctx context.Context, pages []*config.CodePages, ready <-chan
 		return
 	}
 	cfg := exepages.Config{Report: func(res exepages.Result, err error) {
+		if err != nil && res.Unmapped {
+			log.Warn("unmapping the executable's pages at start", zap.Error(err),
+				zap.Int("mappings", res.Mappings), zap.Uint64("resident_kib", res.Resident>>10))
+			return
+		}
 		if err != nil {
 			log.Warn("dropping the executable's unused pages", zap.Error(err),
 				zap.Int("mappings", res.Mappings), zap.Uint64("resident_kib", res.Resident>>10))

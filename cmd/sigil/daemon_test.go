@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sigil-id/sigil/agent"
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/cli"
 	"github.com/sigil-id/sigil/cmd/sigil/internal/config"
@@ -51,6 +52,20 @@ func startRetrying(t *testing.T, name string, start func(attempt int) (healthAdd
 		}
 		t.Logf("%s, attempt %d: %v; starting it again on other addresses", name, attempt, err)
 	}
+}
+
+// startAgent runs the agent of cfg with a health address chosen right
+// before its start (started again if another process took it, as
+// startRetrying does) and returns that address and the agent's result.
+func startAgent(t *testing.T, ctx context.Context, cfg agent.Config) (healthAddr string, done chan error) {
+	t.Helper()
+	startRetrying(t, "agent", func(int) (string, chan error) {
+		healthAddr = freeAddr(t)
+		done = make(chan error, 1)
+		go func(addr string, done chan error) { done <- runAgent(ctx, cfg, addr, zap.NewNop()) }(healthAddr, done)
+		return healthAddr, done
+	})
+	return healthAddr, done
 }
 
 // waitLive polls url until it answers 200 (nil), or until the daemon

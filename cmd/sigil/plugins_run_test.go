@@ -142,16 +142,7 @@ agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The agent's health address is chosen right before its start, and
-	// the start tried again if another process took it (startRetrying).
-	var agentHealth string
-	var agentDone chan error
-	startRetrying(t, "agent", func(int) (string, chan error) {
-		agentHealth = freeAddr(t)
-		agentDone = make(chan error, 1)
-		go func() { agentDone <- runAgent(ctx, acfg, agentHealth, zap.NewNop()) }()
-		return agentHealth, agentDone
-	})
+	agentHealth, agentDone := startAgent(t, ctx, acfg)
 	waitStatus(t, "http://"+agentHealth+"/ready", 200)
 
 	fctx, fcancel := context.WithTimeout(ctx, 20*time.Second)
