@@ -2,14 +2,16 @@ package raftstore
 
 import (
 	"fmt"
+	"unsafe"
 
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/sigil-id/sigil/registration"
 )
 
 // AuthorizedFor returns, among the entries with the given ids, those the
-// agent is authorized for, by id: exactly the ones AuthorizedEntries
-// would list. An id that names no entry, or an entry the agent is not
+// agent is authorized for, by id, as what signing their SVIDs needs:
+// exactly the ones AuthorizedEntries would list. An id that names no entry, or an entry the agent is not
 // authorized for, is absent from the map. It fails like AuthorizedEntries
 // for an unknown or banned agent.
 //
@@ -17,7 +19,7 @@ import (
 // have that parent as their SPIFFE ID, their parents, ...) instead of
 // listing every entry the agent is authorized for, so a signing call
 // costs the entries it names, not the agent's whole entry set.
-func (r *Reader) AuthorizedFor(agentID string, ids []string) (map[string]*sigilv1.Entry, error) {
+func (r *Reader) AuthorizedFor(agentID string, ids []string) (map[string]SigningEntry, error) {
 	node, err := r.Node(agentID)
 	if err != nil {
 		return nil, err
@@ -32,17 +34,51 @@ func (r *Reader) AuthorizedFor(agentID string, ids []string) (map[string]*sigilv
 		nodeSels:  registration.NewSelectorSet(node.Selectors),
 		yes:       make(map[string]bool),
 	}
-	out := make(map[string]*sigilv1.Entry, len(ids))
+	out := make(map[string]SigningEntry, len(ids))
+	ents := r.entries()
 	for _, id := range ids {
-		e, err := r.Entry(id)
-		if err != nil {
+		rec, ok := ents.get(id)
+		if !ok {
 			continue
 		}
-		if w.parentAuthorized(e.ParentId, make(map[string]bool)) {
-			out[id] = e
+		if w.parentAuthorized(rec.parentID(), make(map[string]bool)) {
+			out[id] = rec.signingEntry()
 		}
 	}
 	return out, nil
+}
+
+// SigningEntry is what minting an SVID needs of a stored entry, read in
+// place from the store's record of it without decoding the rest: its
+// strings share the store's memory (keeping one keeps that record).
+type SigningEntry struct {
+	ID       string
+	SPIFFEID string
+	DNSNames []string
+	X509TTL  int32 // x509_svid_ttl, seconds (0: the server default)
+	JWTTTL   int32 // jwt_svid_ttl, seconds (0: the server default)
+}
+
+// signingEntry reads r's SigningEntry (one allocation, for DNS names).
+func (r entryRec) signingEntry() SigningEntry {
+	var se SigningEntry
+	scanFields(r.bytes(), func(n protowire.Number, typ protowire.Type, v []byte, u uint64) bool {
+		str := unsafe.String(unsafe.SliceData(v), len(v))
+		switch {
+		case n == entryFieldID && typ == protowire.BytesType:
+			se.ID = str
+		case n == entryFieldSPIFFEID && typ == protowire.BytesType:
+			se.SPIFFEID = str
+		case n == entryFieldX509TTL && typ == protowire.VarintType:
+			se.X509TTL = int32(u)
+		case n == entryFieldJWTTTL && typ == protowire.VarintType:
+			se.JWTTTL = int32(u)
+		case n == entryFieldDNSNames && typ == protowire.BytesType:
+			se.DNSNames = append(se.DNSNames, str)
+		}
+		return true
+	})
+	return se
 }
 
 // upWalk answers, for one agent, whether a SPIFFE ID is one whose
@@ -73,13 +109,13 @@ func (w *upWalk) parentAuthorized(parent string, onPath map[string]bool) bool {
 	onPath[parent] = true
 	defer delete(onPath, parent)
 	found := false
-	w.r.entries().eachBySPIFFEID(parent, func(x *sigilv1.Entry) bool {
-		if x.ParentId == w.serversID {
+	w.r.entries().eachBySPIFFEID(parent, func(x entryRec) bool {
+		if xp := x.parentID(); xp == w.serversID {
 			// A node alias: it lends its SPIFFE ID to the agent's
 			// node when all its selectors are the node's.
-			found = w.nodeSels.Contains(x.Selectors)
+			found = x.selectorsIn(w.nodeSels)
 		} else {
-			found = w.parentAuthorized(x.ParentId, onPath)
+			found = w.parentAuthorized(xp, onPath)
 		}
 		return !found
 	})

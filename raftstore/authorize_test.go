@@ -22,8 +22,12 @@ func authorizedIDs(t *testing.T, r *Reader, agentID string, ask []string) []stri
 	}
 	var out []string
 	for id, e := range m {
-		if e.Id != id {
-			t.Fatalf("entry %s returned under id %s", e.Id, id)
+		full, err := r.Entry(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.ID != id || e.SPIFFEID != full.SpiffeId || !slices.Equal(e.DNSNames, full.DnsNames) || e.X509TTL != full.X509SvidTtl || e.JWTTTL != full.JwtSvidTtl {
+			t.Fatalf("entry %s returned under id %s as %+v, stored %v", e.ID, id, e, full)
 		}
 		out = append(out, id)
 	}
@@ -53,7 +57,14 @@ func TestAuthorizedForMatchesAuthorizedEntries(t *testing.T) {
 			if len(ss) == 0 {
 				ss = append(ss, sels[rng.IntN(len(sels))])
 			}
-			es = append(es, entry(fmt.Sprintf("e%02d", i), spiffeIDs[rng.IntN(len(spiffeIDs))], parents[rng.IntN(len(parents))], ss...))
+			e := entry(fmt.Sprintf("e%02d", i), spiffeIDs[rng.IntN(len(spiffeIDs))], parents[rng.IntN(len(parents))], ss...)
+			if rng.IntN(2) == 0 {
+				// What signing reads of the record besides the keys.
+				e.DnsNames = []string{"a.example", fmt.Sprintf("b%d.example", i)}[:1+rng.IntN(2)]
+				e.X509SvidTtl, e.JwtSvidTtl = int32(rng.IntN(100000)), int32(rng.IntN(3600))
+				e.Hint, e.FederatesWith = "h", nil
+			}
+			es = append(es, e)
 		}
 		tf.batch(createEntries(es...))
 		var ask []string

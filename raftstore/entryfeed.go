@@ -3,6 +3,7 @@ package raftstore
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/go-memdb"
@@ -98,16 +99,18 @@ func (q *entryFeed) record(st *dbState, index, prevIndex uint64, serversID strin
 	}
 }
 
-func entryRefOf(row *sigilv1.Entry, serversID string) EntryRef {
-	if row == nil {
+// entryRefOf is the reference of the entry of row. Its strings share
+// row's memory, which the feed keeps only as long as its records.
+func entryRefOf(row entryRec, serversID string) EntryRef {
+	if row == "" {
 		return EntryRef{}
 	}
-	ref := EntryRef{Exists: true, ParentID: row.ParentId, SPIFFEID: row.SpiffeId, FederatesWith: row.FederatesWith}
-	if row.ParentId == serversID {
-		ref.Selectors = make([]string, len(row.Selectors))
-		for i, s := range row.Selectors {
-			ref.Selectors[i] = registration.FormatSelector(s)
-		}
+	ref := EntryRef{Exists: true, ParentID: row.parentID(), SPIFFEID: row.spiffeID(), FederatesWith: row.federatesWith()}
+	if ref.ParentID == serversID {
+		row.eachSelector(func(typ, value string) bool {
+			ref.Selectors = append(ref.Selectors, typ+":"+value)
+			return true
+		})
 	}
 	return ref
 }
@@ -257,13 +260,15 @@ func (r *Reader) AuthorizationRoots(agentID string) ([]string, *sigilv1.Attested
 	nodeSels := registration.NewSelectorSet(node.Selectors)
 	ents := r.entriesUnwatched()
 	for _, s := range node.Selectors {
-		ents.eachAlias(registration.FormatSelector(s), func(row *sigilv1.Entry) bool {
-			if row.ParentId != serversID || seen[row.SpiffeId] {
+		ents.eachAlias(registration.FormatSelector(s), func(row entryRec) bool {
+			id := row.spiffeID()
+			if row.parentID() != serversID || seen[id] {
 				return true
 			}
-			if nodeSels.Contains(row.Selectors) {
-				seen[row.SpiffeId] = true
-				roots = append(roots, row.SpiffeId)
+			if row.selectorsIn(nodeSels) {
+				id = strings.Clone(id)
+				seen[id] = true
+				roots = append(roots, id)
 			}
 			return true
 		})
@@ -274,16 +279,20 @@ func (r *Reader) AuthorizationRoots(agentID string) ([]string, *sigilv1.Attested
 // EachEntryParentedTo calls fn with every entry parented to id, in id
 // order, until fn returns false. Nothing is watched.
 func (r *Reader) EachEntryParentedTo(id string, fn func(*sigilv1.Entry) bool) {
-	r.entriesUnwatched().eachByParentID(id, fn)
+	r.entriesUnwatched().eachByParentID(id, func(rec entryRec) bool { return fn(rec.entry()) })
 }
 
 // EachEntryWithSPIFFEID calls fn with every entry whose spiffe_id is id,
 // in id order, until fn returns false. Nothing is watched.
 func (r *Reader) EachEntryWithSPIFFEID(id string, fn func(*sigilv1.Entry) bool) {
-	r.entriesUnwatched().eachBySPIFFEID(id, fn)
+	r.entriesUnwatched().eachBySPIFFEID(id, func(rec entryRec) bool { return fn(rec.entry()) })
 }
 
 // EntryUnwatched is Entry without adding to the WatchSet.
 func (r *Reader) EntryUnwatched(id string) (*sigilv1.Entry, bool) {
-	return r.entriesUnwatched().get(id)
+	rec, ok := r.entriesUnwatched().get(id)
+	if !ok {
+		return nil, false
+	}
+	return rec.entry(), true
 }

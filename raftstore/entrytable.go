@@ -2,14 +2,16 @@ package raftstore
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/google/btree"
 	"github.com/hashicorp/go-memdb"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
-	"github.com/sigil-id/sigil/registration"
 )
 
 // Registration entries are not rows of memdb. They are held in an
@@ -34,12 +36,11 @@ import (
 // copy-on-write context created it, a clone not yet stored, which no
 // reader has seen (TestEntryTableReadersKeepTheirVersion, under -race).
 //
-// Per entry this costs the *sigilv1.Entry (decoded once from the log or a
-// snapshot, owned by the table), one pointer in each of three trees (about
-// 20 bytes each with the nodes' headers and free room), and nothing for
-// strings that other entries share: parent IDs and selectors are interned
-// (intern.go), so a million entries under one parent hold one copy of its
-// ID.
+// Each entry is held once, as its record (entryRec: the entry's protobuf
+// encoding in one allocation without pointers), and each tree item is
+// that record's string header: 16 bytes per tree, plus the nodes' own
+// headers and free room. The trees compare the keys in the records.
+// Readers decode the entries they return, each into a copy of their own.
 
 const (
 	// tableEntrySet holds the one *entryTable row, keyed entrySetKey.
@@ -47,7 +48,7 @@ const (
 	entrySetKey   = "entries"
 
 	// entryTreeDegree is the degree of the entry B-trees: nodes of up to
-	// 63 items, each a pointer.
+	// 63 items.
 	entryTreeDegree = 32
 )
 
@@ -59,15 +60,12 @@ type entryTable struct {
 	// Key is the memdb row key (entrySetKey).
 	Key string
 
-	byID     *btree.BTreeG[*sigilv1.Entry]
-	bySPIFFE *btree.BTreeG[*sigilv1.Entry] // (spiffe_id, id)
-	byParent *btree.BTreeG[*sigilv1.Entry] // (parent_id, id)
-	byAlias  *btree.BTreeG[aliasItem]      // node aliases: ("type:value", id)
+	byID     *btree.BTreeG[entryRec]
+	bySPIFFE *btree.BTreeG[entryRec]  // (spiffe_id, id)
+	byParent *btree.BTreeG[entryRec]  // (parent_id, id)
+	byAlias  *btree.BTreeG[aliasItem] // node aliases: ("type:value", id)
 
 	serversID string
-	// names interns the parent IDs and selectors of the entries of this
-	// table and of the tables cloned from it. Only the writer uses it.
-	names *interner
 }
 
 // aliasItem is one selector of one node alias (an entry parented to the
@@ -75,23 +73,23 @@ type entryTable struct {
 type aliasItem struct {
 	sel string // registration.FormatSelector form
 	id  string
-	e   *sigilv1.Entry
+	e   entryRec
 }
 
-func lessByID(a, b *sigilv1.Entry) bool { return a.Id < b.Id }
+func lessByID(a, b entryRec) bool { return a.id() < b.id() }
 
-func lessBySPIFFEID(a, b *sigilv1.Entry) bool {
-	if c := strings.Compare(a.SpiffeId, b.SpiffeId); c != 0 {
+func lessBySPIFFEID(a, b entryRec) bool {
+	if c := strings.Compare(a.spiffeID(), b.spiffeID()); c != 0 {
 		return c < 0
 	}
-	return a.Id < b.Id
+	return a.id() < b.id()
 }
 
-func lessByParentID(a, b *sigilv1.Entry) bool {
-	if c := strings.Compare(a.ParentId, b.ParentId); c != 0 {
+func lessByParentID(a, b entryRec) bool {
+	if c := strings.Compare(a.parentID(), b.parentID()); c != 0 {
 		return c < 0
 	}
-	return a.Id < b.Id
+	return a.id() < b.id()
 }
 
 func lessAlias(a, b aliasItem) bool {
@@ -110,7 +108,6 @@ func newEntryTable(serversID string) *entryTable {
 		byParent:  btree.NewG(entryTreeDegree, lessByParentID),
 		byAlias:   btree.NewG(entryTreeDegree, lessAlias),
 		serversID: serversID,
-		names:     newInterner(),
 	}
 }
 
@@ -131,7 +128,6 @@ func (t *entryTable) clone() *entryTable {
 		byParent:  cloneTree(t.byParent),
 		byAlias:   cloneTree(t.byAlias),
 		serversID: t.serversID,
-		names:     t.names,
 	}
 }
 
@@ -150,81 +146,85 @@ func loadEntryTable(txn *memdb.Txn, ws memdb.WatchSet) *entryTable {
 	return raw.(*entryTable)
 }
 
-// pivots holds scratch entries used as search keys, so that a lookup
-// allocates nothing. A pivot is in use for the whole of one walk: a
-// callback may start another lookup, which takes another pivot.
-var pivots = sync.Pool{New: func() any { return new(sigilv1.Entry) }}
+// pivots holds scratch buffers for the search keys, records of only
+// the key fields, so that a lookup allocates nothing. A pivot is in use
+// for the whole of one walk: a callback may start another lookup, which
+// takes another pivot.
+var pivots = sync.Pool{New: func() any { return new(pivot) }}
 
-func getPivot(id, spiffeID, parentID string) *sigilv1.Entry {
-	p := pivots.Get().(*sigilv1.Entry)
-	p.Id, p.SpiffeId, p.ParentId = id, spiffeID, parentID
-	return p
+type pivot struct{ b []byte }
+
+func getPivot(id, spiffeID, parentID string) (*pivot, entryRec) {
+	p := pivots.Get().(*pivot)
+	b := p.b[:0]
+	for _, f := range [...]struct {
+		n protowire.Number
+		v string
+	}{{entryFieldID, id}, {entryFieldSPIFFEID, spiffeID}, {entryFieldParentID, parentID}} {
+		b = protowire.AppendTag(b, f.n, protowire.BytesType)
+		b = protowire.AppendString(b, f.v)
+	}
+	p.b = b
+	return p, entryRec(unsafe.String(unsafe.SliceData(b), len(b)))
 }
 
-func putPivot(p *sigilv1.Entry) {
-	p.Id, p.SpiffeId, p.ParentId = "", "", ""
-	pivots.Put(p)
+func putPivot(p *pivot) {
+	if cap(p.b) <= 4096 {
+		pivots.Put(p)
+	}
 }
 
 // len is the number of entries.
 func (t *entryTable) len() int { return t.byID.Len() }
 
-// get returns the entry with this id.
-func (t *entryTable) get(id string) (*sigilv1.Entry, bool) {
-	p := getPivot(id, "", "")
+// get returns the record of the entry with this id.
+func (t *entryTable) get(id string) (entryRec, bool) {
+	p, k := getPivot(id, "", "")
 	defer putPivot(p)
-	return t.byID.Get(p)
+	return t.byID.Get(k)
 }
 
 // eachBySPIFFEID calls fn with the entries whose spiffe_id is id, in id
 // order, until fn returns false.
-func (t *entryTable) eachBySPIFFEID(id string, fn func(*sigilv1.Entry) bool) {
-	p := getPivot("", id, "")
-	defer putPivot(p)
-	t.bySPIFFE.AscendGreaterOrEqual(p, func(e *sigilv1.Entry) bool {
-		return e.SpiffeId == id && fn(e)
-	})
+func (t *entryTable) eachBySPIFFEID(id string, fn func(entryRec) bool) {
+	t.eachBySPIFFEIDFrom(id, "", fn)
 }
 
 // eachByParentID calls fn with the entries whose parent_id is id, in id
 // order, until fn returns false.
-func (t *entryTable) eachByParentID(id string, fn func(*sigilv1.Entry) bool) {
-	p := getPivot("", "", id)
-	defer putPivot(p)
-	t.byParent.AscendGreaterOrEqual(p, func(e *sigilv1.Entry) bool {
-		return e.ParentId == id && fn(e)
-	})
+func (t *entryTable) eachByParentID(id string, fn func(entryRec) bool) {
+	t.eachByParentIDFrom(id, "", fn)
 }
 
 // eachBySPIFFEIDFrom is eachBySPIFFEID from the entries with an id after
 // after (all of them if after is "").
-func (t *entryTable) eachBySPIFFEIDFrom(id, after string, fn func(*sigilv1.Entry) bool) {
-	p := getPivot(after, id, "")
+func (t *entryTable) eachBySPIFFEIDFrom(id, after string, fn func(entryRec) bool) {
+	p, k := getPivot(after, id, "")
 	defer putPivot(p)
-	t.bySPIFFE.AscendGreaterOrEqual(p, func(e *sigilv1.Entry) bool {
-		if e.SpiffeId != id {
+	t.bySPIFFE.AscendGreaterOrEqual(k, func(e entryRec) bool {
+		if e.spiffeID() != id {
 			return false
 		}
-		return (after != "" && e.Id == after) || fn(e)
+		return (after != "" && e.id() == after) || fn(e)
 	})
 }
 
 // eachByParentIDFrom is eachByParentID from the entries with an id after
 // after (all of them if after is "").
-func (t *entryTable) eachByParentIDFrom(id, after string, fn func(*sigilv1.Entry) bool) {
-	p := getPivot(after, "", id)
+func (t *entryTable) eachByParentIDFrom(id, after string, fn func(entryRec) bool) {
+	p, k := getPivot(after, "", id)
 	defer putPivot(p)
-	t.byParent.AscendGreaterOrEqual(p, func(e *sigilv1.Entry) bool {
-		if e.ParentId != id {
+	t.byParent.AscendGreaterOrEqual(k, func(e entryRec) bool {
+		if e.parentID() != id {
 			return false
 		}
-		return (after != "" && e.Id == after) || fn(e)
+		return (after != "" && e.id() == after) || fn(e)
 	})
 }
 
 // eachAlias calls fn with the node aliases having the selector sel
 // (registration.FormatSelector form), in id order, until fn returns false.
-func (t *entryTable) eachAlias(sel string, fn func(*sigilv1.Entry) bool) {
+func (t *entryTable) eachAlias(sel string, fn func(entryRec) bool) {
 	t.byAlias.AscendGreaterOrEqual(aliasItem{sel: sel}, func(it aliasItem) bool {
 		return it.sel == sel && fn(it.e)
 	})
@@ -232,111 +232,167 @@ func (t *entryTable) eachAlias(sel string, fn func(*sigilv1.Entry) bool) {
 
 // eachAfter calls fn with every entry whose id is after after (every
 // entry if after is ""), in id order, until fn returns false.
-func (t *entryTable) eachAfter(after string, fn func(*sigilv1.Entry) bool) {
+func (t *entryTable) eachAfter(after string, fn func(entryRec) bool) {
 	if after == "" {
 		t.byID.Ascend(fn)
 		return
 	}
-	p := getPivot(after, "", "")
+	p, k := getPivot(after, "", "")
 	defer putPivot(p)
-	t.byID.AscendGreaterOrEqual(p, func(e *sigilv1.Entry) bool {
-		return e.Id == after || fn(e)
+	t.byID.AscendGreaterOrEqual(k, func(e entryRec) bool {
+		return e.id() == after || fn(e)
 	})
 }
 
-// isAlias reports whether e is a node alias candidate: an entry parented
-// to the servers ID.
-func (t *entryTable) isAlias(e *sigilv1.Entry) bool {
-	return t.serversID != "" && e.ParentId == t.serversID
+// isAlias reports whether an entry with this parent ID is a node alias
+// candidate: an entry parented to the servers ID.
+func (t *entryTable) isAlias(parentID string) bool {
+	return t.serversID != "" && parentID == t.serversID
 }
 
-// put stores e (a writable table only), replacing the entry with its id,
-// which it returns. The table owns e from then on: its parent ID and
-// selectors are replaced by their interned copies.
-func (t *entryTable) put(e *sigilv1.Entry) (old *sigilv1.Entry) {
-	t.names.internEntry(e)
-	old, replaced := t.byID.ReplaceOrInsert(e)
+// put stores the entry e (a writable table only), replacing the entry
+// with its id, whose record it returns ("" if there was none), and
+// returns the record stored.
+func (t *entryTable) put(e *sigilv1.Entry) (rec, old entryRec, err error) {
+	if rec, err = encodeEntry(e); err != nil {
+		return "", "", err
+	}
+	return rec, t.putRec(rec), nil
+}
+
+// putRec stores rec (see put) and returns the record it replaced.
+func (t *entryTable) putRec(rec entryRec) (old entryRec) {
+	old, replaced := t.byID.ReplaceOrInsert(rec)
 	if replaced {
 		t.unindex(old)
-		t.names.releaseEntry(old)
 	}
-	t.bySPIFFE.ReplaceOrInsert(e)
-	t.byParent.ReplaceOrInsert(e)
-	if t.isAlias(e) {
-		for _, s := range e.Selectors {
-			t.byAlias.ReplaceOrInsert(aliasItem{sel: registration.FormatSelector(s), id: e.Id, e: e})
-		}
+	t.bySPIFFE.ReplaceOrInsert(rec)
+	t.byParent.ReplaceOrInsert(rec)
+	if t.isAlias(rec.parentID()) {
+		id := rec.id()
+		rec.eachSelector(func(typ, value string) bool {
+			t.byAlias.ReplaceOrInsert(aliasItem{sel: typ + ":" + value, id: id, e: rec})
+			return true
+		})
 	}
 	return old
 }
 
 // remove deletes the entry with this id (a writable table only) and
-// returns it.
-func (t *entryTable) remove(id string) (old *sigilv1.Entry) {
-	p := getPivot(id, "", "")
-	old, ok := t.byID.Delete(p)
+// returns its record ("" if there was none).
+func (t *entryTable) remove(id string) (old entryRec) {
+	p, k := getPivot(id, "", "")
+	old, ok := t.byID.Delete(k)
 	putPivot(p)
 	if !ok {
-		return nil
+		return ""
 	}
 	t.unindex(old)
-	t.names.releaseEntry(old)
 	return old
 }
 
 // unindex removes old from the secondary trees.
-func (t *entryTable) unindex(old *sigilv1.Entry) {
+func (t *entryTable) unindex(old entryRec) {
 	t.bySPIFFE.Delete(old)
 	t.byParent.Delete(old)
-	if t.isAlias(old) {
-		for _, s := range old.Selectors {
-			t.byAlias.Delete(aliasItem{sel: registration.FormatSelector(s), id: old.Id})
-		}
+	if t.isAlias(old.parentID()) {
+		id := old.id()
+		old.eachSelector(func(typ, value string) bool {
+			t.byAlias.Delete(aliasItem{sel: typ + ":" + value, id: id})
+			return true
+		})
 	}
 }
 
-// duplicate returns an entry of t, other than the one with e's id, with
-// e's spiffe_id, parent_id and selectors (the same set: the selectors of
-// a valid entry are distinct), or nil. Any such entry is both among the
-// entries of e's spiffe_id and among those of e's parent_id, so the two
-// ranges are walked in turn, in growing steps, and the search ends with
-// the shorter one (the parent_id range is not even looked up when the
+// duplicate returns the id of an entry of t, other than the one with e's
+// id, with e's spiffe_id, parent_id and selectors (the same set: the
+// selectors of a valid entry are distinct), or "".
+func (t *entryTable) duplicate(e *sigilv1.Entry) string {
+	return t.duplicateOf(e.Id, e.SpiffeId, e.ParentId, func(x entryRec) bool { return sameRecKey(x, e) })
+}
+
+// duplicateRec is duplicate for a stored record.
+func (t *entryTable) duplicateRec(rec entryRec) string {
+	return t.duplicateOf(rec.id(), rec.spiffeID(), rec.parentID(), func(x entryRec) bool { return sameRecKeys(x, rec) })
+}
+
+// duplicateOf returns the id of an entry other than id with spiffeID and
+// parentID for which same is true, or "". Any such entry is both among
+// the entries of spiffeID and among those of parentID, so the two ranges
+// are walked in turn, in growing steps, and the search ends with the
+// shorter one (the parent_id range is not even looked up when the
 // spiffe_id is new, as it mostly is).
-func (t *entryTable) duplicate(e *sigilv1.Entry) *sigilv1.Entry {
-	var found *sigilv1.Entry
-	check := func(x *sigilv1.Entry) bool {
-		if x.Id != e.Id && sameEntryKey(x, e) {
-			found = x
+func (t *entryTable) duplicateOf(id, spiffeID, parentID string, same func(entryRec) bool) string {
+	var found string
+	check := func(x entryRec) bool {
+		if x.id() != id && same(x) {
+			found = x.id()
 			return false
 		}
 		return true
 	}
 	spiffeAfter, parentAfter := "", ""
 	for n := 4; ; n *= 2 {
-		done, last := walkN(t.eachBySPIFFEIDFrom, e.SpiffeId, spiffeAfter, n, check)
-		if found != nil || done {
+		done, last := walkN(t.eachBySPIFFEIDFrom, spiffeID, spiffeAfter, n, check)
+		if found != "" || done {
 			return found
 		}
 		spiffeAfter = last
-		done, last = walkN(t.eachByParentIDFrom, e.ParentId, parentAfter, n, check)
-		if found != nil || done {
+		done, last = walkN(t.eachByParentIDFrom, parentID, parentAfter, n, check)
+		if found != "" || done {
 			return found
 		}
 		parentAfter = last
 	}
 }
 
+// sameRecKey is sameEntryKey for a stored entry x, read in place.
+func sameRecKey(x entryRec, e *sigilv1.Entry) bool {
+	if x.spiffeID() != e.SpiffeId || x.parentID() != e.ParentId {
+		return false
+	}
+	n, all := 0, true
+	x.eachSelector(func(typ, value string) bool {
+		n++
+		for _, y := range e.Selectors {
+			if y.GetType() == typ && y.GetValue() == value {
+				return true
+			}
+		}
+		all = false
+		return false
+	})
+	return all && n == len(e.Selectors)
+}
+
+// sameRecKeys is sameEntryKey for two stored entries.
+func sameRecKeys(x, y entryRec) bool {
+	if x.spiffeID() != y.spiffeID() || x.parentID() != y.parentID() {
+		return false
+	}
+	type sel struct{ typ, value string }
+	var ys []sel
+	y.eachSelector(func(typ, value string) bool { ys = append(ys, sel{typ, value}); return true })
+	n, all := 0, true
+	x.eachSelector(func(typ, value string) bool {
+		n++
+		all = slices.Contains(ys, sel{typ, value})
+		return all
+	})
+	return all && n == len(ys)
+}
+
 // walkN calls check with up to n entries of one range (each) after the
 // id after, until check returns false. done reports that the range ended
 // or check stopped it; last is the id of the last entry checked.
-func walkN(each func(key, after string, fn func(*sigilv1.Entry) bool), key, after string, n int, check func(*sigilv1.Entry) bool) (done bool, last string) {
+func walkN(each func(key, after string, fn func(entryRec) bool), key, after string, n int, check func(entryRec) bool) (done bool, last string) {
 	done = true
 	k := 0
-	each(key, after, func(x *sigilv1.Entry) bool {
+	each(key, after, func(x entryRec) bool {
 		if !check(x) {
 			return false
 		}
-		last = x.Id
+		last = x.id()
 		if k++; k == n {
 			done = false
 			return false
@@ -344,15 +400,6 @@ func walkN(each func(key, after string, fn func(*sigilv1.Entry) bool), key, afte
 		return true
 	})
 	return done, last
-}
-
-// eachStoredEntry calls fn with every entry of txn, in id order (the
-// entries of a snapshot).
-func eachStoredEntry(txn *memdb.Txn, fn func(*sigilv1.Entry)) {
-	loadEntryTable(txn, nil).byID.Ascend(func(e *sigilv1.Entry) bool {
-		fn(e)
-		return true
-	})
 }
 
 // entryRestore builds the entry table of a snapshot being loaded, one
@@ -366,11 +413,16 @@ func newEntryRestore(serversID string) *entryRestore {
 	return &entryRestore{t: newEntryTable(serversID)}
 }
 
-// add adds e, which the table owns from then on.
-func (r *entryRestore) add(e *sigilv1.Entry) {
-	if old := r.t.put(e); old != nil && r.dupID == "" {
+// add adds e.
+func (r *entryRestore) add(e *sigilv1.Entry) error {
+	_, old, err := r.t.put(e)
+	if err != nil {
+		return err
+	}
+	if old != "" && r.dupID == "" {
 		r.dupID = e.Id
 	}
+	return nil
 }
 
 // finish refuses a snapshot with an id twice or two entries with the same
@@ -380,9 +432,9 @@ func (r *entryRestore) finish(txn *memdb.Txn) error {
 		return errorf("snapshot: duplicate entry id %q", r.dupID)
 	}
 	var err error
-	r.t.byID.Ascend(func(e *sigilv1.Entry) bool {
-		if other := r.t.duplicate(e); other != nil {
-			err = errorf("snapshot: entries %q and %q are duplicates", other.Id, e.Id)
+	r.t.byID.Ascend(func(rec entryRec) bool {
+		if other := r.t.duplicateRec(rec); other != "" {
+			err = errorf("snapshot: entries %q and %q are duplicates", other, rec.id())
 		}
 		return err == nil
 	})

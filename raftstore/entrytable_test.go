@@ -9,7 +9,6 @@ import (
 	"sort"
 	"sync"
 	"testing"
-	"unsafe"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -352,13 +351,13 @@ func checkEntryTable(t *testing.T, step int, tf *testFSM, model entryModel, agen
 			return false
 		})
 		var got []string
-		ents.eachAlias(s, func(e *sigilv1.Entry) bool { got = append(got, e.Id); return true })
+		ents.eachAlias(s, func(e entryRec) bool { got = append(got, e.id()); return true })
 		if !slices.Equal(got, want) {
 			t.Fatalf("step %d: aliases with %s: %v, model %v", step, s, got, want)
 		}
 		typ, value, _ := cutSelector(s)
 		selector := sel(typ, value)
-		wantAll := model.sorted(func(e *sigilv1.Entry) bool { return (EntryFilter{Selectors: []*sigilv1.Selector{selector}}).matches(e) })
+		wantAll := model.sorted(matchesEntry(EntryFilter{Selectors: []*sigilv1.Selector{selector}}))
 		if got := entryIDs(r.EntriesBySelector(selector)); !slices.Equal(got, wantAll) {
 			t.Fatalf("step %d: by selector %s: %v, model %v", step, s, got, wantAll)
 		}
@@ -392,7 +391,7 @@ func checkEntryTable(t *testing.T, step int, tf *testFSM, model entryModel, agen
 			t.Fatalf("step %d: roots %v, model %v", step, roots, wantRoots)
 		}
 	}
-	checkInterned(t, step, ents)
+	checkRecords(t, step, ents)
 }
 
 func cutSelector(s string) (string, string, bool) {
@@ -408,7 +407,7 @@ func cutSelector(s string) (string, string, bool) {
 // their concatenation, and each token, with the model.
 func checkPages(t *testing.T, step int, r *Reader, f EntryFilter, model entryModel) {
 	t.Helper()
-	want := model.sorted(f.matches)
+	want := model.sorted(matchesEntry(f))
 	for _, size := range []int{1, 3, 1000} {
 		var got []string
 		tok := ""
@@ -435,44 +434,50 @@ func checkPages(t *testing.T, step int, r *Reader, f EntryFilter, model entryMod
 	}
 }
 
-// checkInterned: every entry's parent ID and (interned) selectors are the
-// interner's shared copies, and the interner counts exactly the entries
-// holding each.
-func checkInterned(t *testing.T, step int, ents *entryTable) {
+// checkRecords: every record of the table is the deterministic encoding
+// of the entry it decodes to, its keys read in place are that entry's,
+// and the secondary trees hold the same records.
+func checkRecords(t *testing.T, step int, ents *entryTable) {
 	t.Helper()
-	strs, sels := map[string]int32{}, map[*sigilv1.Selector]int32{}
-	ents.byID.Ascend(func(e *sigilv1.Entry) bool {
-		r, ok := ents.names.strs[e.ParentId]
-		if !ok || unsafe.StringData(r.s) != unsafe.StringData(e.ParentId) {
-			t.Fatalf("step %d: entry %s: parent ID not shared", step, e.Id)
+	ents.byID.Ascend(func(rec entryRec) bool {
+		e := rec.entry()
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(e)
+		if err != nil || !bytes.Equal(rec.bytes(), want) {
+			t.Fatalf("step %d: record of %s is not its entry's encoding (%v)", step, e.Id, err)
 		}
-		strs[e.ParentId]++
-		for _, s := range e.Selectors {
-			r, ok := ents.names.sels[s.Value]
-			switch {
-			case !ok:
-				t.Fatalf("step %d: entry %s: selector %v not interned", step, e.Id, s)
-			case r.sel.Type != s.Type:
-				continue // same value, other type: not shared
-			case r.sel != s:
-				t.Fatalf("step %d: entry %s: selector %v not shared", step, e.Id, s)
+		if rec.id() != e.Id || rec.spiffeID() != e.SpiffeId || rec.parentID() != e.ParentId || rec.modifyIndex() != e.ModifyIndex ||
+			!slices.Equal(rec.federatesWith(), e.FederatesWith) {
+			t.Fatalf("step %d: keys of %s read in place differ from the entry's", step, e.Id)
+		}
+		var sels []string
+		rec.eachSelector(func(typ, value string) bool { sels = append(sels, typ+":"+value); return true })
+		for i, x := range e.Selectors {
+			if i >= len(sels) || sels[i] != registration.FormatSelector(x) {
+				t.Fatalf("step %d: selectors of %s read in place: %v, entry %v", step, e.Id, sels, e.Selectors)
 			}
-			sels[s]++
+		}
+		if len(sels) != len(e.Selectors) {
+			t.Fatalf("step %d: selectors of %s read in place: %v, entry %v", step, e.Id, sels, e.Selectors)
+		}
+		for _, tr := range []interface {
+			Get(entryRec) (entryRec, bool)
+		}{ents.bySPIFFE, ents.byParent} {
+			if got, ok := tr.Get(rec); !ok || got != rec {
+				t.Fatalf("step %d: %s missing from a secondary tree", step, e.Id)
+			}
 		}
 		return true
 	})
-	if len(strs) != len(ents.names.strs) || len(sels) != len(ents.names.sels) {
-		t.Fatalf("step %d: interner holds %d strings and %d selectors, entries %d and %d", step, len(ents.names.strs), len(ents.names.sels), len(strs), len(sels))
-	}
-	for s, n := range strs {
-		if ents.names.strs[s].n != n {
-			t.Fatalf("step %d: %s counted %d times, held %d", step, s, ents.names.strs[s].n, n)
+}
+
+// matchesEntry is f.matches for an entry of the model.
+func matchesEntry(f EntryFilter) func(*sigilv1.Entry) bool {
+	return func(e *sigilv1.Entry) bool {
+		rec, err := encodeEntry(e)
+		if err != nil {
+			panic(err)
 		}
-	}
-	for s, n := range sels {
-		if ents.names.sels[s.Value].n != n {
-			t.Fatalf("step %d: %v counted %d times, held %d", step, s, ents.names.sels[s.Value].n, n)
-		}
+		return f.matches(rec)
 	}
 }
 
@@ -499,7 +504,7 @@ func TestEntryTableReadersKeepTheirVersion(t *testing.T) {
 		}
 		for _, e := range page {
 			v.all = append(v.all, e.Id+"/"+e.SpiffeId+"/"+e.ParentId)
-			if got, err := r.Entry(e.Id); err != nil || got != e {
+			if got, err := r.Entry(e.Id); err != nil || !proto.Equal(got, e) {
 				panic("entry by id differs from the list")
 			}
 		}

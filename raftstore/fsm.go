@@ -210,11 +210,11 @@ type applier struct {
 	deletedEntries int // entries the command deleted
 }
 
-// entryChange is one entry's change by one command: nil before for a
-// creation, nil after for a deletion.
+// entryChange is one entry's change by one command: the records before
+// and after, "" before for a creation, "" after for a deletion.
 type entryChange struct {
 	id            string
-	before, after *sigilv1.Entry
+	before, after entryRec
 }
 
 // entries is the entry table as this command left it so far.
@@ -231,13 +231,16 @@ func (a *applier) entries() *entryTable {
 // writeEntry stores e under id (e nil: deletes the entry with id, which
 // must exist) in the command's writable entry table and records the
 // change.
-func (a *applier) writeEntry(id string, e *sigilv1.Entry) {
+func (a *applier) writeEntry(id string, e *sigilv1.Entry) *CommandError {
 	if a.ents == nil {
 		a.ents = a.entries().clone()
 	}
-	var before *sigilv1.Entry
+	var before, after entryRec
 	if e != nil {
-		before = a.ents.put(e)
+		var err error
+		if after, before, err = a.ents.put(e); err != nil {
+			return cmdErr(codes.Internal, "%v", err)
+		}
 	} else {
 		before = a.ents.remove(id)
 	}
@@ -253,7 +256,8 @@ func (a *applier) writeEntry(id string, e *sigilv1.Entry) {
 		a.entryChanges[i].id = "" // dropped when the feed reads them
 	}
 	a.entryChangeAt[id] = len(a.entryChanges)
-	a.entryChanges = append(a.entryChanges, entryChange{id: id, before: before, after: e})
+	a.entryChanges = append(a.entryChanges, entryChange{id: id, before: before, after: after})
+	return nil
 }
 
 func (a *applier) batch(n int, item func(i int) *CommandError) *storepb.CommandResult {
@@ -296,7 +300,8 @@ func (a *applier) delete(table string, obj interface{}) *CommandError {
 	return nil
 }
 
-func (a *applier) entryByID(id string) *sigilv1.Entry {
+// entryByID returns the record of the entry with this id, "" if none.
+func (a *applier) entryByID(id string) entryRec {
 	e, _ := a.entries().get(id)
 	return e
 }
@@ -324,11 +329,11 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if err := a.checkFederatesWith(e, nil); err != nil {
 		return err
 	}
-	if a.entryByID(e.Id) != nil {
+	if a.entryByID(e.Id) != "" {
 		return cmdErr(codes.AlreadyExists, "entry %q already exists", e.Id)
 	}
-	if other := a.entries().duplicate(e); other != nil {
-		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
+	if other := a.entries().duplicate(e); other != "" {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other)
 	}
 	// e was decoded from this log entry alone, so the FSM owns it.
 	e.Revision = 0
@@ -336,42 +341,42 @@ func (a *applier) createEntry(e *sigilv1.Entry) *CommandError {
 	if e.CreatedAt == 0 {
 		e.CreatedAt = a.nowSec
 	}
-	a.writeEntry(e.Id, e)
-	return nil
+	return a.writeEntry(e.Id, e)
 }
 
 func (a *applier) updateEntry(e *sigilv1.Entry) *CommandError {
 	if err := a.f.validateEntry(e); err != nil {
 		return err
 	}
-	old := a.entryByID(e.Id)
-	if old == nil {
+	rec := a.entryByID(e.Id)
+	if rec == "" {
 		return cmdErr(codes.NotFound, "entry %q not found", e.Id)
 	}
+	old := rec.entry()
 	// Only the trust domains the update adds must be federated now: an
 	// entry whose relationship was deleted can still be updated.
 	if err := a.checkFederatesWith(e, old.FederatesWith); err != nil {
 		return err
 	}
-	if other := a.entries().duplicate(e); other != nil {
-		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other.Id)
+	if other := a.entries().duplicate(e); other != "" {
+		return cmdErr(codes.AlreadyExists, "entry %q has the same spiffe_id, parent_id and selectors", other)
 	}
 	e.CreatedAt = old.CreatedAt
 	e.Revision = old.Revision + 1
 	e.ModifyIndex = a.index
-	a.writeEntry(e.Id, e)
-	return nil
+	return a.writeEntry(e.Id, e)
 }
 
 func (a *applier) deleteEntry(id string) *CommandError {
 	if id == "" {
 		return cmdErr(codes.InvalidArgument, "entry id is empty")
 	}
-	old := a.entryByID(id)
-	if old == nil {
+	if a.entryByID(id) == "" {
 		return cmdErr(codes.NotFound, "entry %q not found", id)
 	}
-	a.writeEntry(id, nil)
+	if err := a.writeEntry(id, nil); err != nil {
+		return err
+	}
 	a.deletedEntries++
 	return nil
 }

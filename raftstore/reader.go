@@ -4,7 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"math"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/go-memdb"
@@ -88,14 +88,28 @@ func (r *Reader) first(table, index string, arg string) interface{} {
 	return raw
 }
 
-// collect returns the entries each gives, in its order.
-func collect(each func(string, func(*sigilv1.Entry) bool), arg string) []*sigilv1.Entry {
+// collect returns the entries each gives, in its order, decoded.
+func collect(each func(string, func(entryRec) bool), arg string) []*sigilv1.Entry {
 	var out []*sigilv1.Entry
-	each(arg, func(e *sigilv1.Entry) bool {
-		out = append(out, e)
+	each(arg, func(e entryRec) bool {
+		out = append(out, e.entry())
 		return true
 	})
 	return out
+}
+
+// EntryWire returns the protobuf encoding of the entry with this id if
+// its modify_index is modifyIndex (the entry as this Reader returned
+// it), so that an entry is sent as the store holds it instead of being
+// encoded again. The bytes are the store's: the caller must not modify
+// them, and should not keep them (they hold the entry's memory).
+// Nothing is watched.
+func (r *Reader) EntryWire(id string, modifyIndex uint64) ([]byte, bool) {
+	rec, ok := r.entriesUnwatched().get(id)
+	if !ok || rec.modifyIndex() != modifyIndex {
+		return nil, false
+	}
+	return rec.bytes(), true
 }
 
 // Entry returns the entry with the given id, or ErrNotFound.
@@ -104,7 +118,7 @@ func (r *Reader) Entry(id string) (*sigilv1.Entry, error) {
 	if !ok {
 		return nil, fmt.Errorf("entry %q: %w", id, ErrNotFound)
 	}
-	return e, nil
+	return e.entry(), nil
 }
 
 // EntriesBySPIFFEID returns the entries with this spiffe_id, in id order.
@@ -136,21 +150,20 @@ type EntryFilter struct {
 	Selectors []*sigilv1.Selector
 }
 
-func (f EntryFilter) matches(e *sigilv1.Entry) bool {
-	if f.SPIFFEID != "" && e.SpiffeId != f.SPIFFEID {
+// matches reports whether the entry of e matches f, read in place.
+func (f EntryFilter) matches(e entryRec) bool {
+	if f.SPIFFEID != "" && e.spiffeID() != f.SPIFFEID {
 		return false
 	}
-	if f.ParentID != "" && e.ParentId != f.ParentID {
+	if f.ParentID != "" && e.parentID() != f.ParentID {
 		return false
 	}
 	for _, want := range f.Selectors {
 		found := false
-		for _, s := range e.Selectors {
-			if s.GetType() == want.GetType() && s.GetValue() == want.GetValue() {
-				found = true
-				break
-			}
-		}
+		e.eachSelector(func(typ, value string) bool {
+			found = typ == want.GetType() && value == want.GetValue()
+			return !found
+		})
 		if !found {
 			return false
 		}
@@ -198,7 +211,7 @@ func (r *Reader) ListEntries(f EntryFilter, pageToken string, pageSize int) ([]*
 	ents := r.entries()
 	var out []*sigilv1.Entry
 	next := ""
-	page := func(e *sigilv1.Entry) bool {
+	page := func(e entryRec) bool {
 		if !f.matches(e) {
 			return true
 		}
@@ -206,7 +219,7 @@ func (r *Reader) ListEntries(f EntryFilter, pageToken string, pageSize int) ([]*
 			next = encodePageToken(out[len(out)-1].Id)
 			return false
 		}
-		out = append(out, e)
+		out = append(out, e.entry())
 		return true
 	}
 	switch {
@@ -225,7 +238,7 @@ func (r *Reader) ListEntries(f EntryFilter, pageToken string, pageSize int) ([]*
 func (r *Reader) listAllEntries(f EntryFilter, after string, pageSize int) ([]*sigilv1.Entry, string, error) {
 	var out []*sigilv1.Entry
 	next := ""
-	r.entries().eachAfter(after, func(e *sigilv1.Entry) bool {
+	r.entries().eachAfter(after, func(e entryRec) bool {
 		if !f.matches(e) {
 			return true
 		}
@@ -233,7 +246,7 @@ func (r *Reader) listAllEntries(f EntryFilter, after string, pageSize int) ([]*s
 			next = encodePageToken(out[len(out)-1].Id)
 			return false
 		}
-		out = append(out, e)
+		out = append(out, e.entry())
 		return true
 	})
 	return out, next, nil
@@ -265,37 +278,45 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 	ents := r.entries()
 	nodeSels := registration.NewSelectorSet(node.Selectors)
 	for _, s := range node.Selectors {
-		ents.eachAlias(registration.FormatSelector(s), func(row *sigilv1.Entry) bool {
-			if row.ParentId != serversID || visited[row.SpiffeId] {
+		ents.eachAlias(registration.FormatSelector(s), func(row entryRec) bool {
+			id := row.spiffeID()
+			if row.parentID() != serversID || visited[id] {
 				return true
 			}
-			if nodeSels.Contains(row.Selectors) {
-				visited[row.SpiffeId] = true
-				queue = append(queue, row.SpiffeId)
+			if row.selectorsIn(nodeSels) {
+				visited[id] = true
+				queue = append(queue, id)
 			}
 			return true
 		})
 	}
 
+	// The ids and SPIFFE IDs in these maps share the records' memory,
+	// for the length of this call.
 	seen := make(map[string]bool)
-	var out []*sigilv1.Entry
+	var recs []entryRec
 	for len(queue) > 0 {
 		parent := queue[0]
 		queue = queue[1:]
-		ents.eachByParentID(parent, func(row *sigilv1.Entry) bool {
-			if seen[row.Id] {
+		ents.eachByParentID(parent, func(row entryRec) bool {
+			id := row.id()
+			if seen[id] {
 				return true
 			}
-			seen[row.Id] = true
-			out = append(out, row)
-			if !visited[row.SpiffeId] {
-				visited[row.SpiffeId] = true
-				queue = append(queue, row.SpiffeId)
+			seen[id] = true
+			recs = append(recs, row)
+			if sid := row.spiffeID(); !visited[sid] {
+				visited[sid] = true
+				queue = append(queue, sid)
 			}
 			return true
 		})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	slices.SortFunc(recs, func(a, b entryRec) int { return strings.Compare(a.id(), b.id()) })
+	out := make([]*sigilv1.Entry, len(recs))
+	for i, rec := range recs {
+		out[i] = rec.entry()
+	}
 	return out, nil
 }
 

@@ -80,14 +80,27 @@ func (s *fsmSnapshot) Release() {}
 type snapshotTable struct {
 	field protowire.Number
 	name  string
-	each  func(txn *memdb.Txn, fn func(proto.Message) error) error
+	each  func(txn *memdb.Txn, fn func(snapRow) error) error
+}
+
+// snapRow is one row of a snapshot table: a message to encode, or, when
+// raw is not nil, the row's encoding already made (an entry's record,
+// which is the entry's deterministic encoding).
+type snapRow struct {
+	m   proto.Message
+	raw []byte
 }
 
 // snapshotTables are the tables of a snapshot in field order, the order in
 // which they are written.
 var snapshotTables = []snapshotTable{
-	{1, "entries", func(txn *memdb.Txn, fn func(proto.Message) error) error {
-		return eachEntry(txn, func(e *sigilv1.Entry) error { return fn(e) })
+	{1, "entries", func(txn *memdb.Txn, fn func(snapRow) error) error {
+		var err error
+		loadEntryTable(txn, nil).byID.Ascend(func(e entryRec) bool {
+			err = fn(snapRow{raw: e.bytes()})
+			return err == nil
+		})
+		return err
 	}},
 	{2, tableNodes, eachRowOf(tableNodes, func(raw any) proto.Message { return raw.(*sigilv1.AttestedNode) })},
 	{3, tableJoinTokens, eachRowOf(tableJoinTokens, func(raw any) proto.Message { return raw.(*sigilv1.JoinToken) })},
@@ -104,22 +117,22 @@ var snapshotTables = []snapshotTable{
 // eachEntry calls fn with every entry of txn in id order, until fn fails.
 func eachEntry(txn *memdb.Txn, fn func(e *sigilv1.Entry) error) error {
 	var err error
-	loadEntryTable(txn, nil).byID.Ascend(func(e *sigilv1.Entry) bool {
-		err = fn(e)
+	loadEntryTable(txn, nil).byID.Ascend(func(e entryRec) bool {
+		err = fn(e.entry())
 		return err == nil
 	})
 	return err
 }
 
 // eachRowOf walks table in id order, each row as msg encodes it.
-func eachRowOf(table string, msg func(raw any) proto.Message) func(*memdb.Txn, func(proto.Message) error) error {
-	return func(txn *memdb.Txn, fn func(proto.Message) error) error {
+func eachRowOf(table string, msg func(raw any) proto.Message) func(*memdb.Txn, func(snapRow) error) error {
+	return func(txn *memdb.Txn, fn func(snapRow) error) error {
 		it, err := txn.Get(table, indexID)
 		if err != nil {
 			return errorf("snapshot of %s: %v", table, err)
 		}
 		for raw := it.Next(); raw != nil; raw = it.Next() {
-			if err := fn(msg(raw)); err != nil {
+			if err := fn(snapRow{m: msg(raw)}); err != nil {
 				return err
 			}
 		}
@@ -136,10 +149,10 @@ func eachRowOf(table string, msg func(raw any) proto.Message) func(*memdb.Txn, f
 func writeSnapshot(w io.Writer, txn *memdb.Txn, index uint64) error {
 	// Rows are taken from the tables in batches, so that walking an index
 	// is not slowed by the encoding between two rows.
-	batch := make([]proto.Message, 0, snapshotBatch)
-	eachBatch := func(t snapshotTable, fn func([]proto.Message) error) error {
+	batch := make([]snapRow, 0, snapshotBatch)
+	eachBatch := func(t snapshotTable, fn func([]snapRow) error) error {
 		batch = batch[:0]
-		if err := t.each(txn, func(m proto.Message) error {
+		if err := t.each(txn, func(m snapRow) error {
 			if batch = append(batch, m); len(batch) < cap(batch) {
 				return nil
 			}
@@ -157,9 +170,13 @@ func writeSnapshot(w io.Writer, txn *memdb.Txn, index uint64) error {
 	var n uint64
 	for _, t := range snapshotTables {
 		tag := uint64(protowire.SizeTag(t.field))
-		if err := eachBatch(t, func(ms []proto.Message) error {
+		if err := eachBatch(t, func(ms []snapRow) error {
 			for _, m := range ms {
-				n += tag + uint64(protowire.SizeBytes(proto.Size(m)))
+				size := len(m.raw)
+				if m.raw == nil {
+					size = proto.Size(m.m)
+				}
+				n += tag + uint64(protowire.SizeBytes(size))
 			}
 			return nil
 		}); err != nil {
@@ -186,15 +203,19 @@ func writeSnapshot(w io.Writer, txn *memdb.Txn, index uint64) error {
 	// would catch a size that changed).
 	marshal := proto.MarshalOptions{Deterministic: true, UseCachedSize: true}
 	for _, t := range snapshotTables {
-		if err := eachBatch(t, func(ms []proto.Message) error {
+		if err := eachBatch(t, func(ms []snapRow) error {
 			for _, m := range ms {
-				var err error
-				if rec, err = marshal.MarshalAppend(rec[:0], m); err != nil {
-					return errorf("encoding snapshot: %s: %v", t.name, err)
+				row := m.raw
+				if row == nil {
+					var err error
+					if rec, err = marshal.MarshalAppend(rec[:0], m.m); err != nil {
+						return errorf("encoding snapshot: %s: %v", t.name, err)
+					}
+					row = rec
 				}
 				p := protowire.AppendTag(prefix[:0], t.field, protowire.BytesType)
-				p = protowire.AppendVarint(p, uint64(len(rec)))
-				for _, b := range [][]byte{p, rec} {
+				p = protowire.AppendVarint(p, uint64(len(row)))
+				for _, b := range [][]byte{p, row} {
 					crc = crc32.Update(crc, crcTable, b)
 					written += uint64(len(b))
 					if _, err := bw.Write(b); err != nil {
@@ -505,7 +526,9 @@ type snapshotLoader struct {
 // insertEntries inserts the pending entries.
 func (l *snapshotLoader) insertEntries() error {
 	for _, e := range l.pending {
-		l.ents.add(e)
+		if err := l.ents.add(e); err != nil {
+			return err
+		}
 	}
 	l.entries += len(l.pending)
 	clear(l.pending)

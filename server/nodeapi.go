@@ -35,8 +35,6 @@ type nodeAPI struct {
 	sigilv1.UnimplementedNodeServer
 	s *Server
 
-	wire entryWireCache // entries encoded once for every sync stream (syncwire.go)
-
 	// claims holds the single-use credentials (join tokens and use-once
 	// records, by kind and ID) that an attestation on this server is
 	// consuming right now; a concurrent one with the same credential is
@@ -516,9 +514,9 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 		res.Chain = svid.Chain
 		res.ExpiresAt = svid.NotAfter.Unix()
 		fs := fieldSlab[i*issuedFields : i*issuedFields : (i+1)*issuedFields]
-		fs = append(fs, agentField, audit.String("entry_id", e.Id), audit.String("spiffe_id", e.SpiffeId),
+		fs = append(fs, agentField, audit.String("entry_id", e.ID), audit.String("spiffe_id", e.SPIFFEID),
 			audit.String("serial", serialHex(svid.Serial)), audit.Time("not_after", svid.NotAfter))
-		s.audit(audit.Event{What: "x509_svid_issued", Who: agentID.String(), Subject: e.SpiffeId, Message: "x509-svid issued", Fields: fs})
+		s.audit(audit.Event{What: "x509_svid_issued", Who: agentID.String(), Subject: e.SPIFFEID, Message: "x509-svid issued", Fields: fs})
 	}
 	parallelFor(len(req.Requests), sign)
 	s.metrics.countX509Results(results)
@@ -531,11 +529,11 @@ func (n *nodeAPI) BatchNewX509SVID(ctx context.Context, req *sigilv1.BatchNewX50
 	return &sigilv1.BatchNewX509SVIDResponse{Results: results}, nil
 }
 
-func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) (ca.RawX509SVID, error) {
+func (n *nodeAPI) signEntry(ctx context.Context, e raftstore.SigningEntry, csr []byte) (ca.RawX509SVID, error) {
 	defer n.s.metrics.iss.observeSign(svidX509, time.Now())
-	id, err := spiffeid.FromString(e.SpiffeId)
+	id, err := spiffeid.FromString(e.SPIFFEID)
 	if err != nil {
-		return ca.RawX509SVID{}, status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.Id, err)
+		return ca.RawX509SVID{}, status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.ID, err)
 	}
 	key, err := ca.VerifyCSRKey(csr)
 	if err != nil {
@@ -544,9 +542,9 @@ func (n *nodeAPI) signEntry(ctx context.Context, e *sigilv1.Entry, csr []byte) (
 	svid, err := n.s.x509CA().SignX509SVIDRaw(ctx, ca.X509SVIDParams{
 		CSRKey:   key,
 		SPIFFEID: id,
-		DNSNames: e.DnsNames,
-		TTL:      ttlSeconds(e.X509SvidTtl),
-		EntryID:  e.Id,
+		DNSNames: e.DNSNames,
+		TTL:      ttlSeconds(e.X509TTL),
+		EntryID:  e.ID,
 	})
 	if err != nil {
 		return ca.RawX509SVID{}, status.Errorf(codes.Internal, "signing: %v", err)

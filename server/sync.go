@@ -52,7 +52,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 			return status.Errorf(codes.Internal, "reading entries: %v", err)
 		}
 		if !d.empty() {
-			if err := sendChunked(stream, &n.wire, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
+			if err := sendChunked(stream, r, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
 				return err
 			}
 			s.metrics.iss.countPushed(len(d.upserted))
@@ -76,10 +76,11 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 
 // sendChunked sends one logical update as one or more messages. For a full
 // set, the first message has Reset and the last Synced. Federated bundles
-// come before the entries, chunked by size like them. Entries are encoded
-// through cache, once for all the streams that send them; the messages
-// are assembled from those encodings and sent as they are (syncCodec).
-func sendChunked(stream sigilv1.Node_SyncServer, cache *entryWireCache, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
+// come before the entries, chunked by size like them. Entries are sent as
+// the store encoded them (entryWire: the upserted entries were read from
+// r), in messages assembled from those encodings and sent as they are
+// (syncCodec).
+func sendChunked(stream sigilv1.Node_SyncServer, r *raftstore.Reader, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
 	fedBundles []*sigilv1.Bundle, fedRemoved []string, index uint64) error {
 	msg := &syncWireBuilder{reset: full, deleted: deleted, index: index, removed: fedRemoved}
 	if bundle != nil {
@@ -114,7 +115,7 @@ func sendChunked(stream sigilv1.Node_SyncServer, cache *entryWireCache, full boo
 		size += bs
 	}
 	for _, e := range upserted {
-		b, err := cache.get(e)
+		b, err := entryWire(r, e)
 		if err != nil {
 			return status.Errorf(codes.Internal, "encoding entry: %v", err)
 		}

@@ -1,9 +1,6 @@
 package server
 
 import (
-	"sync"
-	"weak"
-
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the "proto" codec syncCodec wraps
 	"google.golang.org/grpc/mem"
@@ -11,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // Field numbers of sigilv1.SyncResponse.
@@ -26,8 +24,8 @@ const (
 )
 
 // syncWire is a SyncResponse already in its protobuf wire form, built by
-// syncWireBuilder from entries encoded once for every stream (see
-// entryWireCache). The node API's codec (syncCodec) sends it as it is.
+// syncWireBuilder from the store's encodings of the entries (see
+// entryWire). The node API's codec (syncCodec) sends it as it is.
 type syncWire struct {
 	b []byte
 }
@@ -48,75 +46,15 @@ func (c syncCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.CodecV2.Marshal(v)
 }
 
-// entryWireCacheBytes bounds the encoded entries kept for sharing.
-const entryWireCacheBytes = 16 << 20
-
-// entryWireCache holds the protobuf encoding of recently sent entries, so
-// that a change sent to many sync streams is encoded once. An entry is
-// known by its id and modify index, and an encoding is used only for the
-// very entry value it was made from (the store's entries are immutable
-// values), so a restored snapshot with other entries under the same keys
-// gets fresh encodings. The oldest encodings go first when the cache
-// holds more than entryWireCacheBytes. The zero value is ready to use.
-type entryWireCache struct {
-	mu    sync.Mutex
-	m     map[entryWireKey]entryWire
-	order []entryWireKey // insertion order, oldest first from head
-	head  int
-	bytes int
-}
-
-type entryWireKey struct {
-	id          string
-	modifyIndex uint64
-}
-
-type entryWire struct {
-	// e is the entry the encoding was made from, held weakly: the cache
-	// must not keep a deleted entry alive.
-	e weak.Pointer[sigilv1.Entry]
-	b []byte
-}
-
-// get returns proto.Marshal(e), shared: the caller must not modify it.
-func (c *entryWireCache) get(e *sigilv1.Entry) ([]byte, error) {
-	k := entryWireKey{e.Id, e.ModifyIndex}
-	c.mu.Lock()
-	if w, ok := c.m[k]; ok && w.e.Value() == e {
-		c.mu.Unlock()
-		return w.b, nil
+// entryWire returns the encoding of e, an entry read from r: the
+// store's own record of it (raftstore.Reader.EntryWire), which every
+// stream sends without encoding it again, or, for an entry r does not
+// hold as it is, proto.Marshal(e).
+func entryWire(r *raftstore.Reader, e *sigilv1.Entry) ([]byte, error) {
+	if b, ok := r.EntryWire(e.Id, e.ModifyIndex); ok {
+		return b, nil
 	}
-	c.mu.Unlock()
-	b, err := proto.Marshal(e)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = make(map[entryWireKey]entryWire)
-	}
-	if old, ok := c.m[k]; ok {
-		c.bytes -= len(old.b)
-	} else {
-		c.order = append(c.order, k)
-	}
-	c.m[k] = entryWire{e: weak.Make(e), b: b}
-	c.bytes += len(b)
-	for c.bytes > entryWireCacheBytes && c.head < len(c.order) {
-		old := c.order[c.head]
-		c.order[c.head] = entryWireKey{}
-		c.head++
-		if w, ok := c.m[old]; ok {
-			c.bytes -= len(w.b)
-			delete(c.m, old)
-		}
-	}
-	if c.head > len(c.order)/2 && c.head > 1024 {
-		c.order = append([]entryWireKey(nil), c.order[c.head:]...)
-		c.head = 0
-	}
-	return b, nil
+	return proto.Marshal(e)
 }
 
 // syncWireBuilder assembles one SyncResponse in wire form, fields in

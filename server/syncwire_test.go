@@ -38,7 +38,6 @@ func randomSyncEntry(rng *rand.Rand, i int) *sigilv1.Entry {
 // SyncResponse, and decode to it.
 func TestSyncWireMatchesProtoMarshal(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	var cache entryWireCache
 	for round := range 300 {
 		msg := &sigilv1.SyncResponse{
 			Reset_: rng.IntN(2) == 0,
@@ -49,7 +48,7 @@ func TestSyncWireMatchesProtoMarshal(t *testing.T) {
 		for i := range rng.IntN(5) {
 			e := randomSyncEntry(rng, round*10+i)
 			msg.Upserted = append(msg.Upserted, e)
-			b, err := cache.get(e)
+			b, err := proto.Marshal(e)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -116,36 +115,35 @@ func TestSyncWireMatchesProtoMarshal(t *testing.T) {
 	}
 }
 
-// TestEntryWireCache: one encoding per entry value, shared; another value
-// under the same id and modify index (a restored snapshot) gets its own;
-// the cache stays within its byte bound.
-func TestEntryWireCache(t *testing.T) {
-	var c entryWireCache
-	e := &sigilv1.Entry{Id: "a", SpiffeId: "spiffe://example.org/a", ModifyIndex: 5}
-	b1, _ := c.get(e)
-	b2, _ := c.get(e)
-	if &b1[0] != &b2[0] {
-		t.Fatal("the same entry was encoded twice")
+// TestEntryWire: an entry read from the store is sent as the store's
+// own record of it, the same bytes every time (no stream encodes it
+// again), which are what proto.Marshal gives for it; an entry the store
+// does not hold as it is (another modify index) is encoded.
+func TestEntryWire(t *testing.T) {
+	h := startServer(t)
+	resp, err := h.admin.BatchCreateEntry(context.Background(), &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{{
+		SpiffeId: "spiffe://example.org/w", ParentId: "spiffe://example.org/sigil/agent/x",
+		Selectors: []*sigilv1.Selector{{Type: "unix", Value: "uid:1"}}, DnsNames: []string{"w.example"}, Hint: "h",
+	}}})
+	if err != nil || resp.Results[0].Status.GetCode() != 0 {
+		t.Fatalf("create: %v %v", err, resp)
 	}
-	other := &sigilv1.Entry{Id: "a", SpiffeId: "spiffe://example.org/other", ModifyIndex: 5}
-	b3, _ := c.get(other)
-	want, _ := proto.Marshal(other)
-	if !bytes.Equal(b3, want) {
-		t.Fatal("another entry under the same key got a stale encoding")
+	r := h.srv.store.Read()
+	e, err := r.Entry(resp.Results[0].Entry.Id)
+	if err != nil {
+		t.Fatal(err)
 	}
-	big := &sigilv1.Entry{Hint: string(make([]byte, 64<<10))}
-	for i := range 3 * entryWireCacheBytes / (64 << 10) {
-		e := proto.Clone(big).(*sigilv1.Entry)
-		e.Id, e.ModifyIndex = "big-"+strconv.Itoa(i), uint64(i)
-		if _, err := c.get(e); err != nil {
-			t.Fatal(err)
-		}
-		if c.bytes > entryWireCacheBytes+(66<<10) {
-			t.Fatalf("cache holds %d bytes", c.bytes)
-		}
+	b1, err1 := entryWire(r, e)
+	b2, err2 := entryWire(h.srv.store.Read(), e)
+	want, _ := proto.Marshal(e)
+	if err1 != nil || err2 != nil || !bytes.Equal(b1, want) || &b1[0] != &b2[0] {
+		t.Fatalf("entryWire: %x %v / %v, want the store's record %x", b1, err1, err2, want)
 	}
-	if len(c.m) > entryWireCacheBytes/(64<<10)+1 || len(c.order)-c.head != len(c.m) {
-		t.Fatalf("cache holds %d entries, %d in order", len(c.m), len(c.order)-c.head)
+	e.ModifyIndex++
+	b3, err := entryWire(r, e)
+	want, _ = proto.Marshal(e)
+	if err != nil || !bytes.Equal(b3, want) || &b3[0] == &b1[0] {
+		t.Fatalf("entryWire of an entry not held as it is: %x %v, want %x", b3, err, want)
 	}
 }
 
