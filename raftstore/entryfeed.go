@@ -282,6 +282,17 @@ func (r *Reader) EachEntryParentedTo(id string, fn func(*sigilv1.Entry) bool) {
 	r.entriesUnwatched().eachByParentID(id, func(rec entryRec) bool { return fn(rec.entry()) })
 }
 
+// HasEntryParentedTo reports whether any entry is parented to id.
+// Nothing is watched.
+func (r *Reader) HasEntryParentedTo(id string) bool {
+	found := false
+	r.entriesUnwatched().eachByParentID(id, func(entryRec) bool {
+		found = true
+		return false
+	})
+	return found
+}
+
 // EachEntryWithSPIFFEID calls fn with every entry whose spiffe_id is id,
 // in id order, until fn returns false. Nothing is watched.
 func (r *Reader) EachEntryWithSPIFFEID(id string, fn func(*sigilv1.Entry) bool) {

@@ -328,6 +328,9 @@ func checkEntryTable(t *testing.T, step int, tf *testFSM, model entryModel, agen
 		if got := entryIDs(r.EntriesByParentID(p)); !slices.Equal(got, want) {
 			t.Fatalf("step %d: by parent %s: %v, model %v", step, p, got, want)
 		}
+		if r.HasEntryParentedTo(p) != (len(want) > 0) {
+			t.Fatalf("step %d: HasEntryParentedTo(%s) is %v with %d entries", step, p, r.HasEntryParentedTo(p), len(want))
+		}
 		var each []string
 		r.EachEntryParentedTo(p, func(e *sigilv1.Entry) bool { each = append(each, e.Id); return len(each) < 2 })
 		if !slices.Equal(each, want[:min(2, len(want))]) {

@@ -368,11 +368,4 @@ func (st *syncState) unhold(id string) {
 	st.held[id]--
 }
 
-func hasChild(r *raftstore.Reader, id string) bool {
-	found := false
-	r.EachEntryParentedTo(id, func(*sigilv1.Entry) bool {
-		found = true
-		return false
-	})
-	return found
-}
+func hasChild(r *raftstore.Reader, id string) bool { return r.HasEntryParentedTo(id) }
