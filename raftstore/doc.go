@@ -14,7 +14,9 @@
 // Writes are typed commands (storepb.Command) proposed with Store.Apply; the
 // leader appends them to the Raft log and every server applies them, in log
 // order, to an indexed in-memory database (go-memdb; the registration
-// entries are one row of it, ordered copy-on-write trees: entrytable.go).
+// entries are one row of it, ordered copy-on-write trees of the entries'
+// protobuf records: entrytable.go, entryrec.go). Entries read through a
+// Reader are decoded copies the caller owns.
 // Reads go through a Reader, a consistent, immutable view of that database
 // that also collects the watch channels of every query run through it, so
 // a caller can block until the answer to its queries may have changed

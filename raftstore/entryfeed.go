@@ -282,6 +282,51 @@ func (r *Reader) EachEntryParentedTo(id string, fn func(*sigilv1.Entry) bool) {
 	r.entriesUnwatched().eachByParentID(id, func(rec entryRec) bool { return fn(rec.entry()) })
 }
 
+// SyncEntry is a stored entry as a sync stream reads it: the store's
+// record of the entry, with its fields read in place. The strings it
+// returns share the record's memory, so keeping one keeps the record
+// (a deleted entry's included) until it is dropped. The zero value is no
+// entry.
+type SyncEntry struct{ rec entryRec }
+
+// NewSyncEntry returns the SyncEntry of e as the store would hold it (for
+// tests of sync streams).
+func NewSyncEntry(e *sigilv1.Entry) (SyncEntry, error) {
+	rec, err := encodeEntry(e)
+	return SyncEntry{rec}, err
+}
+
+// ID is the entry's id.
+func (e SyncEntry) ID() string { return e.rec.id() }
+
+// SPIFFEID is the entry's spiffe_id.
+func (e SyncEntry) SPIFFEID() string { return e.rec.spiffeID() }
+
+// ModifyIndex is the entry's modify_index.
+func (e SyncEntry) ModifyIndex() uint64 { return e.rec.modifyIndex() }
+
+// FederatesWith returns a copy of the entry's federates_with (nil for
+// none).
+func (e SyncEntry) FederatesWith() []string { return e.rec.federatesWith() }
+
+// Wire is the entry's protobuf encoding, which the caller must not
+// modify.
+func (e SyncEntry) Wire() []byte { return e.rec.bytes() }
+
+// Entry decodes the entry into a copy the caller owns.
+func (e SyncEntry) Entry() *sigilv1.Entry { return e.rec.entry() }
+
+// SyncEntryUnwatched is EntryUnwatched as a SyncEntry.
+func (r *Reader) SyncEntryUnwatched(id string) (SyncEntry, bool) {
+	rec, ok := r.entriesUnwatched().get(id)
+	return SyncEntry{rec}, ok
+}
+
+// EachSyncEntryParentedTo is EachEntryParentedTo with SyncEntry values.
+func (r *Reader) EachSyncEntryParentedTo(id string, fn func(SyncEntry) bool) {
+	r.entriesUnwatched().eachByParentID(id, func(rec entryRec) bool { return fn(SyncEntry{rec}) })
+}
+
 // HasEntryParentedTo reports whether any entry is parented to id.
 // Nothing is watched.
 func (r *Reader) HasEntryParentedTo(id string) bool {

@@ -98,20 +98,6 @@ func collect(each func(string, func(entryRec) bool), arg string) []*sigilv1.Entr
 	return out
 }
 
-// EntryWire returns the protobuf encoding of the entry with this id if
-// its modify_index is modifyIndex (the entry as this Reader returned
-// it), so that an entry is sent as the store holds it instead of being
-// encoded again. The bytes are the store's: the caller must not modify
-// them, and should not keep them (they hold the entry's memory).
-// Nothing is watched.
-func (r *Reader) EntryWire(id string, modifyIndex uint64) ([]byte, bool) {
-	rec, ok := r.entriesUnwatched().get(id)
-	if !ok || rec.modifyIndex() != modifyIndex {
-		return nil, false
-	}
-	return rec.bytes(), true
-}
-
 // Entry returns the entry with the given id, or ErrNotFound.
 func (r *Reader) Entry(id string) (*sigilv1.Entry, error) {
 	e, ok := r.entries().get(id)
@@ -260,6 +246,32 @@ func (r *Reader) listAllEntries(f EntryFilter, after string, pageSize int) ([]*s
 // ErrNotFound for an unknown agent and with an error wrapping ErrBanned for
 // a banned one.
 func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
+	recs, err := r.authorizedRecs(agentID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*sigilv1.Entry, len(recs))
+	for i, rec := range recs {
+		out[i] = rec.entry()
+	}
+	return out, nil
+}
+
+// AuthorizedSyncEntries is AuthorizedEntries as a sync stream reads them:
+// the store's records, nothing decoded.
+func (r *Reader) AuthorizedSyncEntries(agentID string) ([]SyncEntry, error) {
+	recs, err := r.authorizedRecs(agentID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SyncEntry, len(recs))
+	for i, rec := range recs {
+		out[i] = SyncEntry{rec}
+	}
+	return out, nil
+}
+
+func (r *Reader) authorizedRecs(agentID string) ([]entryRec, error) {
 	node, err := r.Node(agentID)
 	if err != nil {
 		return nil, err
@@ -313,11 +325,7 @@ func (r *Reader) AuthorizedEntries(agentID string) ([]*sigilv1.Entry, error) {
 		})
 	}
 	slices.SortFunc(recs, func(a, b entryRec) int { return strings.Compare(a.id(), b.id()) })
-	out := make([]*sigilv1.Entry, len(recs))
-	for i, rec := range recs {
-		out[i] = rec.entry()
-	}
-	return out, nil
+	return recs, nil
 }
 
 // Node returns the attested node with this SPIFFE ID, or ErrNotFound.

@@ -29,6 +29,7 @@ import (
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 	"github.com/sigil-id/sigil/federation"
+	"github.com/sigil-id/sigil/raftstore"
 )
 
 // fedHarness is a single server with the FederationAdmin and
@@ -431,7 +432,14 @@ func TestFederationSyncSendsFederatedBundles(t *testing.T) {
 // TestFederationSyncHotPathAllocatesNothing: with no entry that
 // federates, the sync stream's federated-bundle step allocates nothing.
 func TestFederationSyncHotPathAllocatesNothing(t *testing.T) {
-	entries := []*sigilv1.Entry{{Id: "a"}, {Id: "b"}}
+	var entries []raftstore.SyncEntry
+	for _, id := range []string{"a", "b"} {
+		e, err := raftstore.NewSyncEntry(&sigilv1.Entry{Id: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
 	var f federatedSent
 	allocs := testing.AllocsPerRun(100, func() {
 		if send, rm := f.update(nil, entries, false); send != nil || rm != nil {

@@ -52,7 +52,7 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 			return status.Errorf(codes.Internal, "reading entries: %v", err)
 		}
 		if !d.empty() {
-			if err := sendChunked(stream, r, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
+			if err := sendChunked(stream, d.full, d.upserted, d.deleted, d.bundle, d.fedUp, d.fedRm, d.index); err != nil {
 				return err
 			}
 			s.metrics.iss.countPushed(len(d.upserted))
@@ -77,10 +77,9 @@ func (n *nodeAPI) Sync(_ *sigilv1.SyncRequest, stream sigilv1.Node_SyncServer) e
 // sendChunked sends one logical update as one or more messages. For a full
 // set, the first message has Reset and the last Synced. Federated bundles
 // come before the entries, chunked by size like them. Entries are sent as
-// the store encoded them (entryWire: the upserted entries were read from
-// r), in messages assembled from those encodings and sent as they are
-// (syncCodec).
-func sendChunked(stream sigilv1.Node_SyncServer, r *raftstore.Reader, full bool, upserted []*sigilv1.Entry, deleted []string, bundle *sigilv1.Bundle,
+// the store's records of them (raftstore.SyncEntry.Wire), in messages
+// assembled from those encodings and sent as they are (syncCodec).
+func sendChunked(stream sigilv1.Node_SyncServer, full bool, upserted []raftstore.SyncEntry, deleted []string, bundle *sigilv1.Bundle,
 	fedBundles []*sigilv1.Bundle, fedRemoved []string, index uint64) error {
 	msg := &syncWireBuilder{reset: full, deleted: deleted, index: index, removed: fedRemoved}
 	if bundle != nil {
@@ -115,10 +114,7 @@ func sendChunked(stream sigilv1.Node_SyncServer, r *raftstore.Reader, full bool,
 		size += bs
 	}
 	for _, e := range upserted {
-		b, err := entryWire(r, e)
-		if err != nil {
-			return status.Errorf(codes.Internal, "encoding entry: %v", err)
-		}
+		b := e.Wire()
 		es := len(b) + 8
 		if len(msg.upserted) >= syncChunkEntries || (size+es > syncChunkBytes && (len(msg.upserted) > 0 || len(msg.fed) > 0)) {
 			if err := flush(false); err != nil {
@@ -140,10 +136,10 @@ type federatedSent map[string]uint64
 // those to send (new, changed, or all of them when full) and the trust
 // domains to drop (no longer needed, or deleted). With no entry that
 // federates and nothing sent before, it allocates nothing.
-func (f *federatedSent) update(r *raftstore.Reader, entries []*sigilv1.Entry, full bool) (send []*sigilv1.Bundle, removed []string) {
+func (f *federatedSent) update(r *raftstore.Reader, entries []raftstore.SyncEntry, full bool) (send []*sigilv1.Bundle, removed []string) {
 	var need map[string]struct{}
 	for _, e := range entries {
-		for _, td := range e.FederatesWith {
+		for _, td := range e.FederatesWith() {
 			if need == nil {
 				need = make(map[string]struct{})
 			}

@@ -36,6 +36,10 @@ type syncState struct {
 	nodeSels registration.SelectorSet
 	roots    map[string]bool // agent ID and node alias SPIFFE IDs
 
+	// The keys of sent and held may share the memory of the store's
+	// records of the entries (raftstore.SyncEntry): a key is replaced
+	// or deleted as its entry changes, so they keep at most one old
+	// record per key.
 	sent      map[string]uint64 // entry id -> modify index sent
 	held      map[string]int    // SPIFFE ID -> sent entries with it
 	fedCount  map[string]int    // trust domain -> sent entries federating with it
@@ -50,7 +54,7 @@ type syncState struct {
 // syncDelta is one step's result: what to send.
 type syncDelta struct {
 	full     bool // the first set (Reset ... Synced)
-	upserted []*sigilv1.Entry
+	upserted []raftstore.SyncEntry
 	deleted  []string
 	bundle   *sigilv1.Bundle
 	fedUp    []*sigilv1.Bundle
@@ -136,7 +140,7 @@ func sameSelectors(set registration.SelectorSet, sels []*sigilv1.Selector) bool 
 // sends it all, for the first set).
 func (st *syncState) recompute(r *raftstore.Reader, d *syncDelta) error {
 	st.fullRecomputes++
-	entries, err := r.AuthorizedEntries(st.agentID)
+	entries, err := r.AuthorizedSyncEntries(st.agentID)
 	if err != nil {
 		return err
 	}
@@ -154,12 +158,13 @@ func (st *syncState) recompute(r *raftstore.Reader, d *syncDelta) error {
 	st.held = make(map[string]int)
 	st.fedCount = nil
 	for _, e := range entries {
-		current[e.Id] = e.ModifyIndex
-		st.held[e.SpiffeId]++
-		if d.full || st.sent[e.Id] != e.ModifyIndex {
+		id, mi := e.ID(), e.ModifyIndex()
+		current[id] = mi
+		st.held[e.SPIFFEID()]++
+		if d.full || st.sent[id] != mi {
 			d.upserted = append(d.upserted, e)
 		}
-		st.countFederates(e.FederatesWith, 1)
+		st.countFederates(e.FederatesWith(), 1)
 	}
 	if !d.full {
 		for id := range st.sent {
@@ -270,15 +275,16 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 	inBase := func(p string) bool {
 		return st.roots[p] || st.held[p]-changedHeld[p] > 0
 	}
-	auth := make(map[string]*sigilv1.Entry)
+	auth := make(map[string]raftstore.SyncEntry)
 	added := make(map[string]bool)
 	var queue []string
-	mark := func(e *sigilv1.Entry) {
-		if _, ok := auth[e.Id]; ok {
+	mark := func(e raftstore.SyncEntry) {
+		id := e.ID()
+		if _, ok := auth[id]; ok {
 			return
 		}
-		auth[e.Id] = e
-		if s := e.SpiffeId; !st.roots[s] && !added[s] {
+		auth[id] = e
+		if s := e.SPIFFEID(); !st.roots[s] && !added[s] {
 			added[s] = true
 			queue = append(queue, s)
 		}
@@ -290,7 +296,7 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 		}
 		p := c.after.ParentID
 		if added[p] || inBase(p) {
-			if e, ok := r.EntryUnwatched(c.id); ok {
+			if e, ok := r.SyncEntryUnwatched(c.id); ok {
 				mark(e)
 			}
 		}
@@ -303,7 +309,7 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 			// judged above).
 			continue
 		}
-		r.EachEntryParentedTo(s, func(e *sigilv1.Entry) bool {
+		r.EachSyncEntryParentedTo(s, func(e raftstore.SyncEntry) bool {
 			mark(e)
 			return true
 		})
@@ -317,12 +323,13 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 			st.unhold(c.before.SPIFFEID)
 		}
 		if e, ok := auth[c.id]; ok {
-			if !wasSent || mi != e.ModifyIndex {
+			emi := e.ModifyIndex()
+			if !wasSent || mi != emi {
 				d.upserted = append(d.upserted, e)
 			}
-			st.sent[c.id] = e.ModifyIndex
-			st.held[e.SpiffeId]++
-			st.countFederates(e.FederatesWith, 1)
+			st.sent[c.id] = emi
+			st.held[e.SPIFFEID()]++
+			st.countFederates(e.FederatesWith(), 1)
 		} else if wasSent {
 			d.deleted = append(d.deleted, c.id)
 			delete(st.sent, c.id)
@@ -333,15 +340,16 @@ func (st *syncState) applyChanges(r *raftstore.Reader, changes []*raftstore.Entr
 			continue
 		}
 		mi, ok := st.sent[id]
-		if ok && mi == e.ModifyIndex {
+		emi := e.ModifyIndex()
+		if ok && mi == emi {
 			continue
 		}
 		if !ok {
-			st.held[e.SpiffeId]++
+			st.held[e.SPIFFEID()]++
 		}
 		d.upserted = append(d.upserted, e)
-		st.sent[id] = e.ModifyIndex
-		st.countFederates(e.FederatesWith, 1)
+		st.sent[id] = emi
+		st.countFederates(e.FederatesWith(), 1)
 	}
 	return true
 }

@@ -96,7 +96,11 @@ func (m *syncModel) step(agent string) *syncDelta {
 	for _, e := range want {
 		wantByID[e.Id] = e
 	}
-	for _, e := range d.upserted {
+	for _, se := range d.upserted {
+		e := se.Entry()
+		if !bytes.Equal(se.Wire(), mustMarshal(m.t, e)) || se.ID() != e.Id || se.SPIFFEID() != e.SpiffeId || se.ModifyIndex() != e.ModifyIndex || !slices.Equal(se.FederatesWith(), e.FederatesWith) {
+			m.t.Fatalf("%s: entry %s read in place differs from its decoding", agent, e.Id)
+		}
 		if seen[e.Id] {
 			m.t.Fatalf("%s: entry %s sent twice in one delta", agent, e.Id)
 		}
@@ -143,6 +147,24 @@ func sameIndexes(a, b map[string]uint64) bool {
 		}
 	}
 	return true
+}
+
+func mustMarshal(t testing.TB, e *sigilv1.Entry) []byte {
+	t.Helper()
+	b, err := proto.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// syncIDs is ids for a delta's entries.
+func syncIDs(es []raftstore.SyncEntry) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.ID())
+	}
+	return out
 }
 
 func ids(es []*sigilv1.Entry) []string {
@@ -355,7 +377,7 @@ func TestSyncStateRecomputesOnlyWhenNeeded(t *testing.T) {
 		if got := st.fullRecomputes > before; got != recompute {
 			t.Fatalf("%s: recomputed %v, want %v", what, got, recompute)
 		}
-		if got := ids(d.upserted); !slices.Equal(sorted(got), sorted(upserted)) {
+		if got := syncIDs(d.upserted); !slices.Equal(sorted(got), sorted(upserted)) {
 			t.Fatalf("%s: upserted %v, want %v", what, got, upserted)
 		}
 		if !slices.Equal(sorted(d.deleted), sorted(deleted)) {

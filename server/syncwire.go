@@ -5,10 +5,6 @@ import (
 	_ "google.golang.org/grpc/encoding/proto" // registers the "proto" codec syncCodec wraps
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
-
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
-	"github.com/sigil-id/sigil/raftstore"
 )
 
 // Field numbers of sigilv1.SyncResponse.
@@ -24,8 +20,9 @@ const (
 )
 
 // syncWire is a SyncResponse already in its protobuf wire form, built by
-// syncWireBuilder from the store's encodings of the entries (see
-// entryWire). The node API's codec (syncCodec) sends it as it is.
+// syncWireBuilder from the store's records of the entries
+// (raftstore.SyncEntry.Wire). The node API's codec (syncCodec) sends it as
+// it is.
 type syncWire struct {
 	b []byte
 }
@@ -44,17 +41,6 @@ func (c syncCodec) Marshal(v any) (mem.BufferSlice, error) {
 		return mem.BufferSlice{mem.SliceBuffer(w.b)}, nil
 	}
 	return c.CodecV2.Marshal(v)
-}
-
-// entryWire returns the encoding of e, an entry read from r: the
-// store's own record of it (raftstore.Reader.EntryWire), which every
-// stream sends without encoding it again, or, for an entry r does not
-// hold as it is, proto.Marshal(e).
-func entryWire(r *raftstore.Reader, e *sigilv1.Entry) ([]byte, error) {
-	if b, ok := r.EntryWire(e.Id, e.ModifyIndex); ok {
-		return b, nil
-	}
-	return proto.Marshal(e)
 }
 
 // syncWireBuilder assembles one SyncResponse in wire form, fields in

@@ -115,11 +115,10 @@ func TestSyncWireMatchesProtoMarshal(t *testing.T) {
 	}
 }
 
-// TestEntryWire: an entry read from the store is sent as the store's
-// own record of it, the same bytes every time (no stream encodes it
-// again), which are what proto.Marshal gives for it; an entry the store
-// does not hold as it is (another modify index) is encoded.
-func TestEntryWire(t *testing.T) {
+// TestSyncEntryWire: an entry a sync stream reads from the store is sent
+// as the store's own record of it, the same bytes every time (no stream
+// encodes it again), which are what proto.Marshal gives for it.
+func TestSyncEntryWire(t *testing.T) {
 	h := startServer(t)
 	resp, err := h.admin.BatchCreateEntry(context.Background(), &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{{
 		SpiffeId: "spiffe://example.org/w", ParentId: "spiffe://example.org/sigil/agent/x",
@@ -128,22 +127,19 @@ func TestEntryWire(t *testing.T) {
 	if err != nil || resp.Results[0].Status.GetCode() != 0 {
 		t.Fatalf("create: %v %v", err, resp)
 	}
-	r := h.srv.store.Read()
-	e, err := r.Entry(resp.Results[0].Entry.Id)
-	if err != nil {
-		t.Fatal(err)
+	id := resp.Results[0].Entry.Id
+	e1, ok1 := h.srv.store.Read().SyncEntryUnwatched(id)
+	e2, ok2 := h.srv.store.Read().SyncEntryUnwatched(id)
+	if !ok1 || !ok2 {
+		t.Fatal("entry not found")
 	}
-	b1, err1 := entryWire(r, e)
-	b2, err2 := entryWire(h.srv.store.Read(), e)
-	want, _ := proto.Marshal(e)
-	if err1 != nil || err2 != nil || !bytes.Equal(b1, want) || &b1[0] != &b2[0] {
-		t.Fatalf("entryWire: %x %v / %v, want the store's record %x", b1, err1, err2, want)
+	b1, b2 := e1.Wire(), e2.Wire()
+	want, _ := proto.Marshal(e1.Entry())
+	if !bytes.Equal(b1, want) || &b1[0] != &b2[0] {
+		t.Fatalf("wire %x, want the store's record %x, shared", b1, want)
 	}
-	e.ModifyIndex++
-	b3, err := entryWire(r, e)
-	want, _ = proto.Marshal(e)
-	if err != nil || !bytes.Equal(b3, want) || &b3[0] == &b1[0] {
-		t.Fatalf("entryWire of an entry not held as it is: %x %v, want %x", b3, err, want)
+	if _, ok := h.srv.store.Read().SyncEntryUnwatched("no-such-entry"); ok {
+		t.Fatal("an absent entry was found")
 	}
 }
 
