@@ -6,16 +6,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
 
 // The read paths of the entry store at 100,000 realistic entries (about
 // 900 per agent over 100 agents, a tenth of them node aliases): what a
 // signing call (AuthorizedFor), a sync stream's full set
-// (AuthorizedEntries) and its deltas (EntryUnwatched, EachEntryParentedTo)
-// cost. Only the public Reader API is used, so the same file measures any
-// version of the store.
+// (AuthorizedEntries) and its deltas (SyncEntryUnwatched,
+// HasEntryParentedTo, EachSyncEntryParentedTo) cost. Only the public Reader
+// API is used, so the same file measures any version of the store that
+// has it (SyncEntry since 2026-12-02).
 
 var (
 	readBenchOnce sync.Once
@@ -98,19 +97,20 @@ func BenchmarkAuthorizedFor(b *testing.B) {
 	})
 }
 
-// BenchmarkEntryReads is one sync delta's lookups for one changed entry:
-// the entry by id, the entries parented to its SPIFFE ID, the entries
-// with its SPIFFE ID.
+// BenchmarkEntryReads is one sync delta's lookups for one changed entry,
+// as syncState.applyChanges makes them: the entry by id, whether entries
+// are parented to its SPIFFE ID, and those entries.
 func BenchmarkEntryReads(b *testing.B) {
 	tf, _ := readBenchStore(b)
 	measureCPU(b, func(i int) {
 		r := tf.f.reader()
-		e, ok := r.EntryUnwatched(entryIDFor(i % 100000))
+		e, ok := r.SyncEntryUnwatched(entryIDFor(i % 100000))
 		if !ok {
 			b.Fatal("entry not found")
 		}
-		r.EachEntryParentedTo(e.SpiffeId, func(*sigilv1.Entry) bool { return true })
-		r.EachEntryWithSPIFFEID(e.SpiffeId, func(*sigilv1.Entry) bool { return true })
+		if r.HasEntryParentedTo(e.SPIFFEID()) {
+			r.EachSyncEntryParentedTo(e.SPIFFEID(), func(SyncEntry) bool { return true })
+		}
 	})
 }
 

@@ -95,20 +95,6 @@ func scanFields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []
 	}
 }
 
-// str returns the contents of the last length-delimited field num of r
-// (proto's rule for a field written twice), sharing r's memory: a
-// caller that keeps it past r's life in the table keeps r.
-func (r entryRec) str(num protowire.Number) string {
-	var s []byte
-	scanFields(r.bytes(), func(n protowire.Number, typ protowire.Type, v []byte, _ uint64) bool {
-		if n == num && typ == protowire.BytesType {
-			s = v
-		}
-		return true
-	})
-	return unsafe.String(unsafe.SliceData(s), len(s))
-}
-
 // key returns the contents of field num, one of the first three fields
 // (id, spiffe_id, parent_id): the record's fields are in field number
 // order, so the scan stops at the first field past num. It is what the

@@ -114,16 +114,6 @@ var snapshotTables = []snapshotTable{
 	{11, tableAlerts, eachRowOf(tableAlerts, func(raw any) proto.Message { return raw.(*storepb.AlertRecord) })},
 }
 
-// eachEntry calls fn with every entry of txn in id order, until fn fails.
-func eachEntry(txn *memdb.Txn, fn func(e *sigilv1.Entry) error) error {
-	var err error
-	loadEntryTable(txn, nil).byID.Ascend(func(e entryRec) bool {
-		err = fn(e.entry())
-		return err == nil
-	})
-	return err
-}
-
 // eachRowOf walks table in id order, each row as msg encodes it.
 func eachRowOf(table string, msg func(raw any) proto.Message) func(*memdb.Txn, func(snapRow) error) error {
 	return func(txn *memdb.Txn, fn func(snapRow) error) error {

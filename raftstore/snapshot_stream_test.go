@@ -558,3 +558,14 @@ func TestStoreRestoreSnapshotFromAStream(t *testing.T) {
 		t.Fatal("entry b is back after a restart")
 	}
 }
+
+// eachEntry calls fn with every entry of txn in id order, decoded, until
+// fn fails.
+func eachEntry(txn *memdb.Txn, fn func(e *sigilv1.Entry) error) error {
+	var err error
+	loadEntryTable(txn, nil).byID.Ascend(func(e entryRec) bool {
+		err = fn(e.entry())
+		return err == nil
+	})
+	return err
+}
