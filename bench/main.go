@@ -174,6 +174,13 @@ func main() {
 		}
 		return
 	}
+	if *floorFetchServer != "" {
+		if err := serveFloorFetch(*floorFetchServer); err != nil {
+			fmt.Fprintln(os.Stderr, "bench floor fetch server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *fetchOnly {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
