@@ -341,6 +341,12 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.MaxHeaderListSize(lim.MaxHeaderListSize),
 		grpc.ConnectionTimeout(lim.HandshakeTimeout),
 		grpc.ForceServerCodecV2(newSyncCodec()), // pre-encoded sync messages (syncwire.go)
+		// No read buffer of gRPC's own: a TLS connection reads whole
+		// records into its own buffer and serves frames from it, so
+		// gRPC's 32 KiB per connection (kept for the connection's life,
+		// as gRPC cannot pool reads from a TLS connection) would only
+		// copy it again, for every connected agent.
+		grpc.ReadBufferSize(0),
 	)
 	sigilv1.RegisterNodeServer(nodeSrv, &nodeAPI{s: s})
 	sigilv1.RegisterDownstreamServer(nodeSrv, newDownstreamAPI(s)) // Unimplemented without AllowDownstream

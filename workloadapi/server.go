@@ -69,6 +69,15 @@ const staleConnGrace = time.Second
 // of a connection: gRPC's default initial window (64 KiB).
 const staticWindow = 64 << 10
 
+// readBuffer is the size of each connection's read buffer. gRPC's default
+// (32 KiB, allocated for every connection and kept for its life: a
+// connection wrapped as peerConn is not one whose reads gRPC can pool)
+// is sized for bulk transfers; requests here are a few hundred bytes,
+// and a read larger than the buffer goes to the socket directly. It is
+// per-connection memory in an agent holding one or more connections per
+// workload.
+const readBuffer = 4 << 10
+
 // maxRequestSize caps a Workload API request. The largest is a
 // ValidateJWTSVID request, whose token is a few KiB.
 const maxRequestSize = 256 << 10
@@ -235,6 +244,7 @@ func TransportOptions(limits Limits) []grpc.ServerOption {
 		// requests of a few bytes on a local socket.
 		grpc.StaticStreamWindowSize(staticWindow),
 		grpc.StaticConnWindowSize(staticWindow),
+		grpc.ReadBufferSize(readBuffer),
 	}
 }
 
