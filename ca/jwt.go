@@ -10,13 +10,11 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
-	"encoding/asn1"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"slices"
 	"time"
 
@@ -105,13 +103,6 @@ type JWTSVIDParams struct {
 	TTL      time.Duration // 0 = the signer's default
 }
 
-type jwtClaims struct {
-	Sub string   `json:"sub"`
-	Aud []string `json:"aud"`
-	Exp int64    `json:"exp"`
-	Iat int64    `json:"iat"`
-}
-
 // SignJWTSVID mints a compact JWS JWT-SVID: sub is the SPIFFE ID, aud the
 // audience list, iat now and exp now+TTL, never past the key's expiry.
 func (j *JWTSigner) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token string, expiresAt time.Time, err error) {
@@ -145,16 +136,22 @@ func (j *JWTSigner) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token str
 	// Whole seconds: exp is rounded down so the token never outlives
 	// the key.
 	exp = exp.Truncate(time.Second)
-	claims, err := json.Marshal(jwtClaims{Sub: p.SPIFFEID.String(), Aud: p.Audience, Exp: exp.Unix(), Iat: now.Unix()})
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("ca: encoding claims: %w", err)
-	}
-	signingInput := j.header + "." + base64.RawURLEncoding.EncodeToString(claims)
-	sig, err := j.sign([]byte(signingInput))
+	var buf [512]byte
+	claims := appendClaims(buf[:0], p.SPIFFEID.String(), p.Audience, exp.Unix(), now.Unix())
+	enc := base64.RawURLEncoding
+	// The token in one buffer: header.claims, then .signature once the
+	// signing input (the buffer so far) is signed.
+	tok := make([]byte, 0, len(j.header)+1+enc.EncodedLen(len(claims))+1+enc.EncodedLen(512))
+	tok = append(tok, j.header...)
+	tok = append(tok, '.')
+	tok = enc.AppendEncode(tok, claims)
+	sig, err := j.sign(tok)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("ca: signing JWT-SVID for %q: %w", p.SPIFFEID, err)
 	}
-	return signingInput + "." + base64.RawURLEncoding.EncodeToString(sig), exp, nil
+	tok = append(tok, '.')
+	tok = enc.AppendEncode(tok, sig)
+	return string(tok), exp, nil
 }
 
 func (j *JWTSigner) sign(input []byte) ([]byte, error) {
@@ -174,16 +171,8 @@ func (j *JWTSigner) sign(input []byte) ([]byte, error) {
 	if j.ecSize == 0 {
 		return sig, nil // RSASSA-PKCS1-v1_5, already in JWS form
 	}
-	// crypto.Signer returns an ASN.1 ECDSA signature; JWS wants r||s,
-	// each left-padded to the curve size (RFC 7518 section 3.4).
-	var rs struct{ R, S *big.Int }
-	if rest, err := asn1.Unmarshal(sig, &rs); err != nil || len(rest) != 0 {
-		return nil, errors.New("malformed ECDSA signature from the key")
-	}
-	out := make([]byte, 2*j.ecSize)
-	rs.R.FillBytes(out[:j.ecSize])
-	rs.S.FillBytes(out[j.ecSize:])
-	return out, nil
+	// crypto.Signer returns an ASN.1 ECDSA signature; JWS wants r||s.
+	return jwsSignature(sig, j.ecSize)
 }
 
 // CheckAudience refuses an empty audience list, empty audiences, and too
