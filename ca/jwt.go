@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unsafe"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -145,16 +146,20 @@ func (j *JWTSigner) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token str
 	tok = append(tok, j.header...)
 	tok = append(tok, '.')
 	tok = enc.AppendEncode(tok, claims)
-	sig, err := j.sign(tok)
+	var sigBuf [2 * 66]byte // r||s of P-521 at most
+	sig, err := j.sign(sigBuf[:0], tok)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("ca: signing JWT-SVID for %q: %w", p.SPIFFEID, err)
 	}
 	tok = append(tok, '.')
 	tok = enc.AppendEncode(tok, sig)
-	return string(tok), exp, nil
+	// tok is not written again: the string shares its bytes.
+	return unsafe.String(unsafe.SliceData(tok), len(tok)), exp, nil
 }
 
-func (j *JWTSigner) sign(input []byte) ([]byte, error) {
+// sign signs input and returns the JWS signature, appended to dst for
+// ECDSA keys.
+func (j *JWTSigner) sign(dst, input []byte) ([]byte, error) {
 	var digest []byte
 	switch j.hash {
 	case crypto.SHA384:
@@ -172,7 +177,7 @@ func (j *JWTSigner) sign(input []byte) ([]byte, error) {
 		return sig, nil // RSASSA-PKCS1-v1_5, already in JWS form
 	}
 	// crypto.Signer returns an ASN.1 ECDSA signature; JWS wants r||s.
-	return jwsSignature(sig, j.ecSize)
+	return appendJWSSignature(dst, sig, j.ecSize)
 }
 
 // CheckAudience refuses an empty audience list, empty audiences, and too

@@ -96,26 +96,27 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// errMalformedSignature is jwsSignature's refusal.
+// errMalformedSignature is appendJWSSignature's refusal.
 var errMalformedSignature = errors.New("malformed ECDSA signature from the key")
 
-// jwsSignature converts an ASN.1 ECDSA signature (SEQUENCE of the
-// INTEGERs r and s, as crypto.Signer returns it) to the JWS form: r||s,
-// each big-endian and left-padded to size bytes (RFC 7518 section 3.4).
-// It refuses trailing data, negative, empty or not minimally encoded
-// integers and integers longer than size.
-func jwsSignature(sig []byte, size int) ([]byte, error) {
+// appendJWSSignature converts an ASN.1 ECDSA signature (SEQUENCE of the
+// INTEGERs r and s, as crypto.Signer returns it) to the JWS form, r||s,
+// each big-endian and left-padded to size bytes (RFC 7518 section 3.4),
+// and appends it to dst. It refuses trailing data, negative, empty or
+// not minimally encoded integers and integers longer than size.
+func appendJWSSignature(dst, sig []byte, size int) ([]byte, error) {
 	in := cryptobyte.String(sig)
 	var seq, r, s cryptobyte.String
 	if !in.ReadASN1(&seq, cbasn1.SEQUENCE) || !in.Empty() ||
 		!seq.ReadASN1(&r, cbasn1.INTEGER) || !seq.ReadASN1(&s, cbasn1.INTEGER) || !seq.Empty() {
 		return nil, errMalformedSignature
 	}
-	out := make([]byte, 2*size)
-	if !fillInteger(out[:size], r) || !fillInteger(out[size:], s) {
+	n := len(dst)
+	dst = append(dst, make([]byte, 2*size)...)
+	if !fillInteger(dst[n:n+size], r) || !fillInteger(dst[n+size:], s) {
 		return nil, errMalformedSignature
 	}
-	return out, nil
+	return dst, nil
 }
 
 // fillInteger writes the non-negative DER INTEGER content v into out,

@@ -57,7 +57,7 @@ func FuzzAppendClaims(f *testing.F) {
 	})
 }
 
-// referenceJWS is the conversion jwsSignature replaced: encoding/asn1
+// referenceJWS is the conversion appendJWSSignature replaced: encoding/asn1
 // into two big.Ints, then FillBytes, with the refusals made explicit
 // (encoding/asn1 accepts negative integers, whose magnitude FillBytes
 // would write, and ignores elements of a SEQUENCE past the struct's
@@ -81,9 +81,16 @@ func referenceJWS(sig []byte, size int) ([]byte, bool) {
 func checkJWS(t *testing.T, sig []byte, size int) {
 	t.Helper()
 	want, ok := referenceJWS(sig, size)
-	got, err := jwsSignature(sig, size)
+	got, err := appendJWSSignature(nil, sig, size)
+	if err == nil {
+		// Appended after what dst holds, which is kept.
+		prefixed, err := appendJWSSignature([]byte("kept"), sig, size)
+		if err != nil || string(prefixed[:4]) != "kept" || !bytes.Equal(prefixed[4:], got) {
+			t.Fatalf("appendJWSSignature after a prefix: %x, %v", prefixed, err)
+		}
+	}
 	if ok != (err == nil) || !bytes.Equal(got, want) {
-		t.Fatalf("jwsSignature(%x, %d) = %x, %v; reference %x, %v", sig, size, got, err, want, ok)
+		t.Fatalf("appendJWSSignature(%x, %d) = %x, %v; reference %x, %v", sig, size, got, err, want, ok)
 	}
 }
 
@@ -104,7 +111,7 @@ func TestJWSSignature(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkJWS(t, sig, size)
-			if _, err := jwsSignature(sig, size); err != nil {
+			if _, err := appendJWSSignature(nil, sig, size); err != nil {
 				t.Fatal(err)
 			}
 		}
