@@ -205,8 +205,31 @@ func startBenchCluster(ctx context.Context, bin, dir string, n int) ([]*benchNod
 		}
 		go func() { _ = nd.cmd.Wait(); close(nd.done) }()
 		nodes = append(nodes, nd)
-		if err := waitHTTP(ctx, "http://"+nd.health+"/ready", 60*time.Second); err != nil {
-			return nodes, fmt.Errorf("ha bench: %s: %w", nd.name, err)
+		readyCtx, cancelReady := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-nd.done: // exited: stop waiting for it
+				cancelReady()
+			case <-readyCtx.Done():
+			}
+		}()
+		err = waitHTTP(readyCtx, "http://"+nd.health+"/ready", 60*time.Second)
+		cancelReady()
+		select {
+		case <-nd.done:
+			if err != nil {
+				err = fmt.Errorf("exited before it was ready (%s)", nd.cmd.ProcessState)
+			}
+		default:
+		}
+		if err != nil {
+			// Its log says why (a port taken between benchFreeAddr and
+			// the server's bind, a failed join, ...).
+			tail, _ := os.ReadFile(filepath.Join(dir, nd.name+".log"))
+			if len(tail) > 2048 {
+				tail = tail[len(tail)-2048:]
+			}
+			return nodes, fmt.Errorf("ha bench: %s: %w; its log ends:\n%s", nd.name, err, tail)
 		}
 		conn, err := grpc.NewClient("unix://"+nd.admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
