@@ -17,6 +17,13 @@ func TestConnectionsKeepSmallReadBuffers(t *testing.T) {
 	defer heapsite.RecordAll()()
 	f := start(t, nil)
 	f.cache.SetIdentity(uidSelector(os.Geteuid()), f.ca.identity(t, "e1", "/workload"))
+	const (
+		server = "google.golang.org/grpc/internal/transport.NewServerTransport"
+		buffer = "bufio.NewReaderSize"
+	)
+	// What is in use before the test's connections (anything an earlier
+	// test left, sampled at the old rate) is not counted.
+	b0, o0 := heapsite.InUse(server, buffer)
 	const conns = 8
 	for i := 0; i < conns; i++ {
 		if _, err := f.client(t).FetchX509SVID(testCtx(t)); err != nil {
@@ -24,7 +31,8 @@ func TestConnectionsKeepSmallReadBuffers(t *testing.T) {
 		}
 	}
 	// A buffered reader is two objects: the reader and its buffer.
-	b, o := heapsite.InUse("google.golang.org/grpc/internal/transport.NewServerTransport", "bufio.NewReaderSize")
+	b, o := heapsite.InUse(server, buffer)
+	b, o = b-b0, o-o0
 	if o < 2*conns {
 		t.Fatalf("%d objects (%d bytes) of read buffers in the profile for %d connections: the profile does not show them", o, b, conns)
 	}
