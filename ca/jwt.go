@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"slices"
 	"time"
-	"unsafe"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -146,15 +145,14 @@ func (j *JWTSigner) SignJWTSVID(ctx context.Context, p JWTSVIDParams) (token str
 	tok = append(tok, j.header...)
 	tok = append(tok, '.')
 	tok = enc.AppendEncode(tok, claims)
-	var sigBuf [2 * 66]byte // r||s of P-521 at most
+	var sigBuf [2 * 48]byte // r||s of P-384, the largest curve NewJWTSigner takes
 	sig, err := j.sign(sigBuf[:0], tok)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("ca: signing JWT-SVID for %q: %w", p.SPIFFEID, err)
 	}
 	tok = append(tok, '.')
 	tok = enc.AppendEncode(tok, sig)
-	// tok is not written again: the string shares its bytes.
-	return unsafe.String(unsafe.SliceData(tok), len(tok)), exp, nil
+	return string(tok), exp, nil
 }
 
 // sign signs input and returns the JWS signature, appended to dst for
