@@ -425,6 +425,11 @@ func startCodePages(ctx context.Context, pages []*config.CodePages, ready <-chan
 				zap.Int("mappings", res.Mappings), zap.Uint64("resident_kib", res.Resident>>10))
 			return
 		}
+		if res.Again {
+			log.Debug("unmapped the executable's pages again while starting", zap.Int("mappings", res.Mappings),
+				zap.Uint64("resident_kib", res.Resident>>10))
+			return
+		}
 		if res.Unmapped {
 			log.Info("unmapped the executable's pages after initialisation", zap.Int("mappings", res.Mappings),
 				zap.Uint64("resident_kib", res.Resident>>10))

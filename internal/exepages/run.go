@@ -25,6 +25,9 @@ const (
 	// minInterval is the least time between two drops: a Request
 	// soon after a drop waits for it.
 	minInterval = 30 * time.Second
+	// startUnmapEvery is how often Run unmaps the executable's pages
+	// again until its first drop.
+	startUnmapEvery = time.Second
 )
 
 // Config says when a daemon drops its executable's unused pages.
@@ -69,7 +72,8 @@ func Request() {
 
 // Run unmaps the executable's pages at once (Unmap: the pages the
 // initialisation touched, which the daemon's start-up work, such as an
-// agent's first full sync, would otherwise hold at its peak), drops the
+// agent's first full sync, would otherwise hold at its peak) and again
+// every second until its first drop (what the start-up work ran), drops the
 // executable's unused pages once after ready is closed, at least After
 // later and once the process is quiet (it used less than 2.5 % of a core
 // over 2 s), then once per Request under the same conditions, at most
@@ -105,39 +109,72 @@ func Run(ctx context.Context, cfg Config, ready <-chan struct{}) {
 	if unmap == nil {
 		unmap = Unmap
 	}
-	res, err := unmap()
-	if cfg.Report != nil {
-		cfg.Report(res, err)
+	report := func(res Result, err error) {
+		if cfg.Report != nil {
+			cfg.Report(res, err)
+		}
 	}
-
-	select {
-	case <-ctx.Done():
-		return
-	case <-ready:
+	report(unmap())
+	// Until the first drop, unmap again every startUnmapEvery: the
+	// start-up work maps back what it runs, each fault with its 64 KiB
+	// neighbourhood (the pages are all in the page cache after the
+	// initialisation), so that over a long start (an agent's first full
+	// sync of a million entries, then its first SVIDs) much of the
+	// executable would be resident again at the process's peak. Each
+	// unmap costs a read of /proc/self/smaps and, after it, minor faults
+	// for the code still running.
+	starting := true
+	again := func() {
+		res, err := unmap()
+		res.Again = true
+		report(res, err)
 	}
-	wait := after
-	for {
+	// sleep waits d, unmapping again every startUnmapEvery while
+	// starting; it returns false when ctx is done first.
+	sleep := func(d time.Duration) bool {
+		for {
+			step := d
+			if starting {
+				step = min(d, startUnmapEvery)
+			}
+			select {
+			case <-ctx.Done():
+				return false
+			case <-clk.After(step):
+			}
+			if d -= step; d <= 0 {
+				return true
+			}
+			again()
+		}
+	}
+	for waiting := true; waiting; {
 		select {
 		case <-ctx.Done():
 			return
-		case <-clk.After(wait):
+		case <-ready:
+			waiting = false
+		case <-clk.After(startUnmapEvery):
+			again()
+		}
+	}
+	wait := after
+	for {
+		if !sleep(wait) {
+			return
 		}
 		// Wait until one window passes with little CPU used.
 		for {
 			before := cpu()
-			select {
-			case <-ctx.Done():
+			if !sleep(quietWindow) {
 				return
-			case <-clk.After(quietWindow):
 			}
 			if cpu()-before <= quietCPU {
 				break
 			}
 		}
-		res, err := drop()
-		if cfg.Report != nil {
-			cfg.Report(res, err)
-		}
+		starting = false
+		report(drop())
 		last := clk.Now()
 		select {
 		case <-ctx.Done():

@@ -48,7 +48,7 @@ func TestRunSchedule(t *testing.T) {
 		},
 		Report: func(r Result, err error) {
 			if r.Unmapped {
-				if r.Mappings != 3 || err != nil {
+				if r.Mappings != 3 || err != nil || r.Again != (unmaps.Load() > 1) {
 					err = errors.New("wrong result of the unmap")
 				}
 				unmapReports <- err
@@ -92,21 +92,56 @@ func TestRunSchedule(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no unmap at start")
 	}
+	// Until ready, the unmap again every startUnmapEvery.
+	unmappedAgain := func(when string) {
+		t.Helper()
+		select {
+		case err := <-unmapReports:
+			if err != nil {
+				t.Fatalf("%s: %v", when, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no unmap %s", when)
+		}
+	}
+	waitWaiters(t, clk, 1)
+	clk.Add(startUnmapEvery - time.Millisecond)
+	waitWaiters(t, clk, 1)
+	if n := unmaps.Load(); n != 1 {
+		t.Fatalf("%d unmaps before %v, want 1", n, startUnmapEvery)
+	}
+	clk.Add(time.Millisecond)
+	unmappedAgain("after startUnmapEvery")
+	waitWaiters(t, clk, 1)
 	clk.Add(time.Hour)
+	unmappedAgain("an hour later, still starting")
+	waitWaiters(t, clk, 1)
 	noDrop("before ready")
 	close(ready)
-	waitWaiters(t, clk, 1)
-	clk.Add(9 * time.Second)
-	waitWaiters(t, clk, 1)
-	noDrop("before After")
-	clk.Add(time.Second) // After: now the quiet check
+	// The last wait of the start (a fake clock's waits are not
+	// cancelled) and the first step of After: until the first drop, the
+	// waits are cut into steps of startUnmapEvery with an unmap between.
+	waitWaiters(t, clk, 2)
+	for i := time.Duration(1); i < 10*time.Second/startUnmapEvery; i++ {
+		clk.Add(startUnmapEvery)
+		unmappedAgain("while waiting for After")
+		waitWaiters(t, clk, 1)
+		noDrop("before After")
+	}
+	clk.Add(startUnmapEvery) // After: now the quiet check
 	waitWaiters(t, clk, 1)
 	busy.Store(true)
-	clk.Add(quietWindow) // busy: another window
+	clk.Add(startUnmapEvery)
+	unmappedAgain("in a quiet window")
+	waitWaiters(t, clk, 1)
+	clk.Add(quietWindow - startUnmapEvery) // busy: another window
 	waitWaiters(t, clk, 1)
 	noDrop("while busy")
 	busy.Store(false)
-	clk.Add(quietWindow)
+	clk.Add(startUnmapEvery)
+	unmappedAgain("in a quiet window")
+	waitWaiters(t, clk, 1)
+	clk.Add(quietWindow - startUnmapEvery)
 	dropped("once quiet after ready")
 	// A Request is a drop 30 s after the last one.
 	waitWaiters(t, clk, 0)
@@ -143,8 +178,10 @@ func TestRunSchedule(t *testing.T) {
 	if requests.Load() != nil {
 		t.Fatal("Run left its request channel")
 	}
-	if n := unmaps.Load(); n != 1 || len(unmapReports) != 0 {
-		t.Fatalf("%d unmaps, want the one at start", n)
+	// At start, two before ready, 9 during After, one in each of the
+	// two quiet windows; none after the first drop.
+	if n, want := unmaps.Load(), int32(1+2+9+2); n != want || len(unmapReports) != 0 {
+		t.Fatalf("%d unmaps, want %d", n, want)
 	}
 }
 

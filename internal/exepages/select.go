@@ -75,6 +75,9 @@ type Result struct {
 	// Unmapped says the pages were only unmapped, the page cache kept
 	// (Unmap, the step at start), not dropped.
 	Unmapped bool
+	// Again says the unmap is one of those repeated until the first
+	// drop, not the one at start.
+	Again bool
 }
 
 // Readahead says where a fault on the executable still reads ahead once
