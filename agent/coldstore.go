@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"hash/maphash"
 	"slices"
 	"unsafe"
@@ -123,6 +124,9 @@ type coldStore struct {
 	// and never compacted, and none is looked up by ID (the ID table is
 	// gone).
 	plain, drain bool
+	// maxChunks, when not 0, is fewer chunk indexes than
+	// coldChunksMax (tests of a full store).
+	maxChunks int
 }
 
 type coldChunk struct {
@@ -130,16 +134,44 @@ type coldChunk struct {
 	garbage int
 }
 
-// coldSlot is where one cold entry is (its record's length is the
-// record's first bytes). A free slot's chunk is freeSlot.
+// coldSlot is where one cold entry is, its record's chunk and offset
+// in one word (coldPos; the record's length is the record's first
+// bytes), and its links in the selector index: 12 bytes per entry. A
+// free slot's pos is freeSlot.
 type coldSlot struct {
-	chunk, off uint32
+	pos        uint32
 	prev, next uint32 // in the selector index's list: slot+1, 0 none
 }
 
+// A record's position keeps its chunk's index in the high bits and its
+// offset in the chunk in the low coldOffBits: records start below
+// coldOffMax in their chunk (place), and a store uses fewer than
+// coldChunksMax chunk indexes (the largest position is freeSlot), so it
+// holds at most about coldChunksMax × coldChunkMax bytes of records
+// (4 GiB, some hundred million entries; see full).
+const (
+	coldOffBits   = 18
+	coldOffMax    = 1 << coldOffBits
+	coldChunksMax = 1<<(32-coldOffBits) - 1
+	// coldChunksSpare is how many chunk indexes full keeps for what
+	// takes chunks without adding entries: a compaction fills some
+	// before it frees one, and a renumbering starts again from small
+	// chunks.
+	coldChunksSpare = 16
+)
+
+// A chunk of coldChunkMax bytes has all its offsets below coldOffMax.
+var _ [coldOffMax - coldChunkMax]struct{}
+
 const freeSlot = ^uint32(0)
 
-func (s *coldSlot) live() bool { return s.chunk != freeSlot }
+func coldPos(chunk, off uint32) uint32 { return chunk<<coldOffBits | off }
+
+func (s *coldSlot) chunk() uint32 { return s.pos >> coldOffBits }
+
+func (s *coldSlot) off() uint32 { return s.pos & (coldOffMax - 1) }
+
+func (s *coldSlot) live() bool { return s.pos != freeSlot }
 
 // selBucket is one list of the selector index: the entries filed under
 // the selectors whose hashes fall in it, which matching tells apart.
@@ -235,11 +267,38 @@ func newColdStore() coldStore {
 // reset empties the store, unmapping its chunks and tables.
 func (c *coldStore) reset() {
 	c.mem.FreeAll()
-	*c = coldStore{mem: c.mem, seed: c.seed, tail: -1, plain: c.plain, drain: c.drain}
+	*c = coldStore{mem: c.mem, seed: c.seed, tail: -1, plain: c.plain, drain: c.drain, maxChunks: c.maxChunks}
 }
 
 // len is how many entries the store holds.
 func (c *coldStore) len() int { return c.n }
+
+// recordBytes is how many bytes the store's chunks hold, garbage
+// included.
+func (c *coldStore) recordBytes() int {
+	n := 0
+	for i := range c.chunks {
+		n += len(c.chunks[i].b)
+	}
+	return n
+}
+
+// chunkLimit is how many chunk indexes the store may use.
+func (c *coldStore) chunkLimit() int {
+	if c.maxChunks > 0 {
+		return c.maxChunks
+	}
+	return coldChunksMax
+}
+
+// full reports whether the store must take no more entries: its chunks
+// use nearly every index a position can name (about 4 GiB of records),
+// less the few a compaction fills before it frees one. An entry the
+// cold store cannot take stays warm; a stage that is full fails its
+// sync (entryStage.put).
+func (c *coldStore) full() bool {
+	return len(c.chunks)-len(c.freeChunks) >= c.chunkLimit()-coldChunksSpare
+}
 
 // Ways a cold record keeps the entry's ID.
 const (
@@ -413,6 +472,12 @@ func rawID(raw []byte) []byte {
 	return out
 }
 
+// at is the chunk of slot i's record from where the record starts.
+func (c *coldStore) at(i uint32) []byte {
+	s := &c.slots[i]
+	return c.chunks[s.chunk()].b[s.off():]
+}
+
 // id is the entry ID of slot i, a view of the chunk.
 func (c *coldStore) id(i uint32) []byte {
 	var buf idBuf
@@ -422,8 +487,7 @@ func (c *coldStore) id(i uint32) []byte {
 // idb is the entry ID of slot i: a view of the chunk, or formatted in
 // buf.
 func (c *coldStore) idb(i uint32, buf *idBuf) []byte {
-	s := &c.slots[i]
-	return recID(c.chunks[s.chunk].b[s.off:], buf)
+	return recID(c.at(i), buf)
 }
 
 // The ID table files an ID by the hash of its key: the way it is kept
@@ -447,8 +511,7 @@ func (c *coldStore) idHash(mode uint8, bin, text []byte) uint64 {
 // whose encoding did not start with it) has the key it would have
 // packed.
 func (c *coldStore) recKey(i uint32) (mode uint8, bin [16]byte, text []byte) {
-	s := &c.slots[i]
-	b := c.chunks[s.chunk].b[s.off:]
+	b := c.at(i)
 	n, l := binary.Uvarint(b)
 	b = b[l : l+int(n)]
 	if m := b[0] & recIDMode; m != idText {
@@ -545,7 +608,7 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 		c.freeSlots = c.freeSlots[:n-1]
 	} else {
 		slot = uint32(len(c.slots))
-		c.slots = offheap.Append(c.mem, c.slots, coldSlot{chunk: freeSlot})
+		c.slots = offheap.Append(c.mem, c.slots, coldSlot{pos: freeSlot})
 	}
 	// The selector it is filed under: the least shared.
 	filed := 0
@@ -592,8 +655,7 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	chunk, off := c.place(len(c.scratch))
 	ch := &c.chunks[chunk]
 	ch.b = append(ch.b, c.scratch...)
-	s := &c.slots[slot]
-	s.chunk, s.off = chunk, off
+	c.slots[slot].pos = coldPos(chunk, off)
 	c.n++
 	c.idsPut(slot)
 	if c.plain {
@@ -611,14 +673,21 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 // bytes. It returns where the record starts.
 func (c *coldStore) place(n int) (uint32, uint32) {
 	need := uvarintLen(uint64(n)) + n
-	if c.tail < 0 || cap(c.chunks[c.tail].b)-len(c.chunks[c.tail].b) < need {
+	// A record starts below coldOffMax: a chunk made larger for one
+	// record of more than coldChunkMax bytes takes no other after it.
+	if t := c.tail; t < 0 || cap(c.chunks[t].b)-len(c.chunks[t].b) < need || len(c.chunks[t].b) >= coldOffMax {
 		size := coldChunkMin
 		if c.tail >= 0 {
 			size = min(2*cap(c.chunks[c.tail].b), coldChunkMax)
 		}
 		size = max(size, need)
+		k := len(c.freeChunks)
+		if k == 0 && len(c.chunks) >= c.chunkLimit() {
+			// Callers check full first; this is a bug of the store.
+			panic(fmt.Sprintf("agent: cold store: chunk %d of at most %d", len(c.chunks), c.chunkLimit()))
+		}
 		b := c.mem.Bytes(size)[:0]
-		if k := len(c.freeChunks); k > 0 {
+		if k > 0 {
 			c.tail = int(c.freeChunks[k-1])
 			c.freeChunks = c.freeChunks[:k-1]
 			c.chunks[c.tail] = coldChunk{b: b}
@@ -659,10 +728,10 @@ func (c *coldStore) remove(i uint32) {
 		c.winDel(i)
 	}
 	s := &c.slots[i]
-	chunk := s.chunk
-	n, l := binary.Uvarint(c.chunks[chunk].b[s.off:])
+	chunk := s.chunk()
+	n, l := binary.Uvarint(c.at(i))
 	size := uint32(l) + uint32(n)
-	*s = coldSlot{chunk: freeSlot}
+	*s = coldSlot{pos: freeSlot}
 	if !c.drain { // a drained store reuses no slot
 		c.freeSlots = offheap.Append(c.mem, c.freeSlots, i)
 	}
@@ -702,10 +771,10 @@ func (c *coldStore) compact(i uint32) {
 		n, l := binary.Uvarint(b[off:])
 		body := b[off+l : off+l+int(n)]
 		if slot, ok := c.getb(recID(b[off:], &buf)); ok {
-			if s := &c.slots[slot]; s.chunk == i && int(s.off) == off {
+			if s := &c.slots[slot]; s.pos == coldPos(i, uint32(off)) {
 				chunk, noff := c.place(len(body))
 				c.chunks[chunk].b = append(c.chunks[chunk].b, body...)
-				s.chunk, s.off = chunk, noff
+				s.pos = coldPos(chunk, noff)
 			}
 		}
 		off += l + int(n)
@@ -716,7 +785,7 @@ func (c *coldStore) compact(i uint32) {
 // renumber rebuilds the store with its entries in new, dense slots.
 func (c *coldStore) renumber() {
 	old := *c
-	*c = coldStore{mem: offheap.New(), seed: old.seed, tail: -1, plain: old.plain, drain: old.drain}
+	*c = coldStore{mem: offheap.New(), seed: old.seed, tail: -1, plain: old.plain, drain: old.drain, maxChunks: old.maxChunks}
 	defer old.mem.FreeAll()
 	for i := range old.slots {
 		if !old.slots[i].live() {

@@ -31,8 +31,7 @@ func fuzzStore() *coldStore {
 func recordsOf(c *coldStore) [][]byte {
 	var out [][]byte
 	c.each(func(i uint32) {
-		s := &c.slots[i]
-		b, err := recBody(c.chunks[s.chunk].b[s.off:])
+		b, err := recBody(c.at(i))
 		if err != nil {
 			panic(err)
 		}

@@ -260,8 +260,7 @@ func parseRec(b []byte) (coldRec, error) {
 // rec decodes the record of slot i. Records are written only by add, so
 // one that does not decode is a bug of the store, never input.
 func (c *coldStore) rec(i uint32) coldRec {
-	s := &c.slots[i]
-	b, err := recBody(c.chunks[s.chunk].b[s.off:])
+	b, err := recBody(c.at(i))
 	var r coldRec
 	if err == nil {
 		r, err = parseRec(b)

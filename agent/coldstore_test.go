@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -180,7 +181,7 @@ func (m coldModel) check(t *testing.T, c *coldStore, probes []registration.Selec
 	used := 0
 	for i := range c.slots {
 		if c.slots[i].live() {
-			n, l := binary.Uvarint(c.chunks[c.slots[i].chunk].b[c.slots[i].off:])
+			n, l := binary.Uvarint(c.at(uint32(i)))
 			used += l + int(n)
 		}
 	}
@@ -654,8 +655,7 @@ func TestColdStoreBytesPerEntry(t *testing.T) {
 	}
 	used := 0
 	c.each(func(i uint32) {
-		s := &c.slots[i]
-		l, k := binary.Uvarint(c.chunks[s.chunk].b[s.off:])
+		l, k := binary.Uvarint(c.at(i))
 		used += k + int(l)
 	})
 	if per := float64(used) / n; per > 48 {
@@ -685,8 +685,7 @@ func TestColdStoreBytesPerEntryLetters(t *testing.T) {
 	}
 	used := 0
 	c.each(func(i uint32) {
-		s := &c.slots[i]
-		l, k := binary.Uvarint(c.chunks[s.chunk].b[s.off:])
+		l, k := binary.Uvarint(c.at(i))
 		used += k + int(l)
 	})
 	if per := float64(used) / n; per > 46 {
@@ -698,5 +697,92 @@ func TestColdStoreBytesPerEntryLetters(t *testing.T) {
 		if !ok || !c.equal(slot, &pe) {
 			t.Fatalf("entry %d: not found or changed", i)
 		}
+	}
+}
+
+// A cold entry's slot is 12 bytes, its record's chunk and offset in one
+// word (16 bytes before): a million cold entries hold 12 MiB of slots.
+func TestColdSlotSize(t *testing.T) {
+	if n := unsafe.Sizeof(coldSlot{}); n != 12 {
+		t.Fatalf("a cold slot is %d bytes, want 12", n)
+	}
+}
+
+// Records start below coldOffMax in their chunk whatever their sizes:
+// one larger than coldChunkMax gets a chunk of its own, and every entry
+// around it reads back, before and after it is removed.
+func TestColdStoreLargeRecord(t *testing.T) {
+	cs := newColdStore()
+	c := &cs
+	big := benchEntry(1_000_000)
+	for i := range 6000 {
+		big.Selectors = append(big.Selectors, &sigilv1.Selector{Type: "k8s", Value: fmt.Sprintf("label:key-%04d:%s", i, strings.Repeat("v", 40))})
+	}
+	var want []*sigilv1.Entry
+	for i := range 3000 {
+		e := benchEntry(i)
+		if i == 1500 {
+			e = big
+		}
+		want = append(want, e)
+		pe := packEntry(e, noIntern)
+		c.insert(&pe, coldMeta{})
+	}
+	check := func(what string) {
+		t.Helper()
+		for _, e := range want {
+			pe := packEntry(e, noIntern)
+			slot, ok := c.get(pe.id)
+			if !ok || !c.equal(slot, &pe) {
+				t.Fatalf("%s: entry %s not found or changed", what, pe.id)
+			}
+			s := &c.slots[slot]
+			if s.off() >= coldOffMax || int(s.chunk()) >= len(c.chunks) || int(s.off()) >= len(c.chunks[s.chunk()].b) {
+				t.Fatalf("%s: entry %s at chunk %d offset %d of %d chunks", what, pe.id, s.chunk(), s.off(), len(c.chunks))
+			}
+		}
+	}
+	pe := packEntry(big, noIntern)
+	slot, _ := c.get(pe.id)
+	if n, _ := binary.Uvarint(c.at(slot)); n <= coldChunkMax {
+		t.Fatalf("the large record is %d bytes, not larger than a chunk (%d)", n, coldChunkMax)
+	}
+	check("inserted")
+	c.remove(slot)
+	want = slices.DeleteFunc(want, func(e *sigilv1.Entry) bool { return e == big })
+	check("large record removed")
+}
+
+// A stage that is full (coldStore.full) refuses the next entry with an
+// error and keeps what it holds; the sync loop ends the stream with it.
+func TestEntryStageFull(t *testing.T) {
+	s := newEntryStage()
+	s.cs.maxChunks = coldChunksSpare + 3
+	var err error
+	n := 0
+	for i := 0; i < 100_000; i++ {
+		if err = s.put(benchEntry(i)); err != nil {
+			break
+		}
+		n++
+	}
+	if err == nil || !strings.Contains(err.Error(), "does not fit the sync stage") {
+		t.Fatalf("100,000 entries in a stage of %d chunks: %v", s.cs.maxChunks, err)
+	}
+	if s.len() != n || n == 0 {
+		t.Fatalf("stage holds %d entries after %d were put", s.len(), n)
+	}
+	if err := s.put(benchEntry(0)); err == nil {
+		t.Fatal("a full stage replaced an entry")
+	}
+	got := 0
+	s.drain(func(pe *packedEntry) {
+		if w := packEntry(benchEntry(got), noIntern); !pe.equal(&w) {
+			t.Fatalf("drained %s, want %s", pe.id, w.id)
+		}
+		got++
+	})
+	if got != n {
+		t.Fatalf("drained %d of %d", got, n)
 	}
 }

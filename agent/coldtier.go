@@ -58,7 +58,7 @@ func (s *x509State) upsertAny(pe *packedEntry, ch *changes) (st *entryState, slo
 		m = s.cold.meta(slot)
 		s.cold.remove(slot)
 	}
-	if s.policy.max > 0 && !s.coldOff && !s.isEager(pe.sels) && s.spare.len() >= s.room() {
+	if s.policy.max > 0 && !s.coldOff && !s.cold.full() && !s.isEager(pe.sels) && s.spare.len() >= s.room() {
 		if pe.fed {
 			ch.jwtBundles = true
 		}
@@ -101,7 +101,7 @@ func (s *x509State) warm(i uint32) *entryState {
 // spare queue (which holds st) has more entries than the cache has room
 // to mint ahead of requests (spareOverRoom).
 func (s *x509State) coldOK(st *entryState) bool {
-	return s.policy.max > 0 && !s.coldOff && !st.gone && st.q == qSpare && st.refs == 0 && !st.active && !st.released &&
+	return s.policy.max > 0 && !s.coldOff && !s.cold.full() && !st.gone && st.q == qSpare && st.refs == 0 && !st.active && !st.released &&
 		!st.eager && st.svid == nil && st.pending == nil && !st.inflight && !st.denied &&
 		st.failures == 0 && st.retryAt.IsZero() && st.lastError == "" && st.failStreak == 0 &&
 		st.idlePos == 0 && st.evPos == 0 && st.exPos == 0 && s.spareOverRoom()

@@ -123,7 +123,11 @@ func coldTwinRun(t *testing.T, seed uint64) {
 	ca := newTestCA(t, now)
 	p := newCachePolicy(SVIDCacheConfig{MaxSVIDs: 8 + int(seed), EagerSelectors: []string{"unix:grp:eager"}, IdleAfter: 3 * time.Minute})
 	ref, cold := newTwin(true, p), newTwin(false, p)
-	both := []*twin{ref, cold}
+	// full's cold store is made full (coldStore.full) a quarter into
+	// the run: the entries it cannot take from then on stay warm.
+	full := newTwin(false, p)
+	both := []*twin{ref, cold, full}
+	names := []string{"warm", "cold", "full"}
 	const universe = 120
 	mkEntry := func(i int, rev int) *sigilv1.Entry {
 		sels := []string{fmt.Sprintf("uid:%d", i%50), fmt.Sprintf("grp:%d", i%7)}
@@ -144,20 +148,27 @@ func coldTwinRun(t *testing.T, seed uint64) {
 		return e
 	}
 	rev := make([]int, universe)
-	peakCold := 0
+	peakCold, fewer := 0, 0
 	step := func(what string, f func(w *twin) changes) {
 		t.Helper()
-		var got [2]string
+		var got [3]string
 		for k, w := range both {
 			got[k] = describeChanges(f(w))
 		}
-		if got[0] != got[1] {
-			t.Fatalf("%s: changes differ:\nwarm %s\ncold %s", what, got[0], got[1])
+		for k := 1; k < len(both); k++ {
+			if got[0] != got[k] {
+				t.Fatalf("%s: changes differ:\nwarm %s\n%s %s", what, got[0], names[k], got[k])
+			}
 		}
 		peakCold = max(peakCold, cold.st.cold.len())
-		a, b := ref.describe(now), cold.describe(now)
-		if a != b {
-			t.Fatalf("%s: states differ:\nwarm:\n%s\ncold:\n%s", what, a, b)
+		if full.st.cold.len() < cold.st.cold.len() {
+			fewer++
+		}
+		a := ref.describe(now)
+		for k := 1; k < len(both); k++ {
+			if b := both[k].describe(now); a != b {
+				t.Fatalf("%s: states differ:\nwarm:\n%s\n%s:\n%s", what, a, names[k], b)
+			}
 		}
 	}
 	bundle := x509bundle.FromX509Authorities(testTD, []*x509.Certificate{ca.cert})
@@ -167,6 +178,10 @@ func coldTwinRun(t *testing.T, seed uint64) {
 	})
 	nsub := 0
 	for i := 0; i < 400; i++ {
+		if i == 100 {
+			c := &full.st.cold
+			c.maxChunks = len(c.chunks) - len(c.freeChunks) + coldChunksSpare
+		}
 		switch op := rng.IntN(11); op {
 		case 0: // full sync of a random subset
 			var set []*sigilv1.Entry
@@ -228,13 +243,15 @@ func coldTwinRun(t *testing.T, seed uint64) {
 			step("policy", func(w *twin) changes { return w.settle(w.st.SetPolicy(np), now) })
 		default: // a batch is minted
 			max := 1 + rng.IntN(12)
-			var jobs [2][]*mintJob
+			var jobs [3][]*mintJob
 			for k, w := range both {
 				w.settle(w.st.Tick(now), now)
 				jobs[k], _ = w.st.StartMints(now, max, func() map[*entryState]bool { return w.subs.waiting(&w.st) })
 			}
-			if a, b := jobIDs(jobs[0]), jobIDs(jobs[1]); !slices.Equal(a, b) {
-				t.Fatalf("step %d: jobs differ: warm %v cold %v", i, a, b)
+			for k := 1; k < len(both); k++ {
+				if a, b := jobIDs(jobs[0]), jobIDs(jobs[k]); !slices.Equal(a, b) {
+					t.Fatalf("step %d: jobs differ: warm %v %s %v", i, a, names[k], b)
+				}
 			}
 			outs := make([]mintOutcome, len(jobs[0]))
 			keys := make([]crypto.Signer, len(jobs[0]))
@@ -273,7 +290,14 @@ func coldTwinRun(t *testing.T, seed uint64) {
 	if peakCold < universe/3 {
 		t.Fatalf("cold tier little used: at most %d entries cold", peakCold)
 	}
-	t.Logf("%d entries: %d warm, %d cold; at most %d cold", len(ref.st.entries), len(cold.st.entries), cold.st.cold.len(), peakCold)
+	// The full store kept entries warm that the other sent cold.
+	if fewer == 0 {
+		t.Fatal("the full cold store always held as many entries as the other")
+	}
+	if n := len(full.st.cold.chunks); n > full.st.cold.maxChunks {
+		t.Fatalf("a full cold store used %d chunk indexes, at most %d", n, full.st.cold.maxChunks)
+	}
+	t.Logf("%d entries: %d warm, %d cold; at most %d cold; %d steps with fewer cold in a full store", len(ref.st.entries), len(cold.st.entries), cold.st.cold.len(), peakCold, fewer)
 }
 
 // A workload that asks again for an entry that went cold since the last

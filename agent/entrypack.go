@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -269,16 +270,21 @@ func newEntryStage() *entryStage {
 }
 
 // put adds e, replacing an entry with its ID; an entry without an ID is
-// left out.
-func (s *entryStage) put(e *sigilv1.Entry) {
+// left out. It fails with nothing changed when the stage is full (about
+// 4 GiB of records: coldStore.full).
+func (s *entryStage) put(e *sigilv1.Entry) error {
 	if e.GetId() == "" {
-		return
+		return nil
+	}
+	if s.cs.full() {
+		return fmt.Errorf("agent: the full entry set does not fit the sync stage: more than %d entries, %d bytes of records", s.cs.len(), s.cs.recordBytes())
 	}
 	pe := packEntry(e, noIntern)
 	if slot, ok := s.cs.get(pe.id); ok {
 		s.cs.remove(slot)
 	}
 	s.cs.insert(&pe, coldMeta{})
+	return nil
 }
 
 // del removes the entry with ID id, if any.

@@ -141,7 +141,9 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 		}
 		if inFull {
 			for _, e := range msg.GetUpserted() {
-				full.put(e)
+				if err := full.put(e); err != nil {
+					return progressed, err
+				}
 			}
 			for _, id := range msg.GetDeleted() {
 				full.del(id)
