@@ -786,3 +786,40 @@ func TestEntryStageFull(t *testing.T) {
 		t.Fatalf("drained %d of %d", got, n)
 	}
 }
+
+// The ID table grows by half, not by doubling, so that it stays between
+// 1/2 and 3/4 full as it grows: with 100,000 entries it is over half
+// full (doubling made it 262,144 slots, 38 % full). Every entry is found
+// through it, before and after most are deleted (which shrinks it).
+func TestColdStoreIDTableLoad(t *testing.T) {
+	const n = 100_000
+	cs := newColdStore()
+	c := &cs
+	for i := range n {
+		pe := packEntry(benchEntry(i), noIntern)
+		c.insert(&pe, coldMeta{})
+	}
+	if load := float64(n) / float64(len(c.ids)); load <= 0.5 || load > 0.75 {
+		t.Fatalf("%d entries in an ID table of %d slots: %.0f %% full, want over 50 and at most 75", n, len(c.ids), 100*load)
+	}
+	for i := range n {
+		if _, ok := c.get(benchEntry(i).GetId()); !ok {
+			t.Fatalf("entry %d not found", i)
+		}
+	}
+	for i := range n {
+		if i%10 != 0 {
+			slot, _ := c.get(benchEntry(i).GetId())
+			c.remove(slot)
+		}
+	}
+	for i := range n {
+		slot, ok := c.get(benchEntry(i).GetId())
+		if ok != (i%10 == 0) || ok && string(c.id(slot)) != benchEntry(i).GetId() {
+			t.Fatalf("entry %d after deletions: found %v", i, ok)
+		}
+	}
+	if 4*c.len() > 3*len(c.ids) || len(c.ids) > 8*c.len() {
+		t.Fatalf("%d entries in an ID table of %d slots", c.len(), len(c.ids))
+	}
+}
