@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,6 +77,10 @@ type Agent struct {
 	reportSeq    reportSeq
 	// reportLoops counts the report loops running (at most one).
 	reportLoops atomic.Int32
+	// releaseHeap returns the free heap to the kernel after a full sync
+	// of releaseAfterSync entries or more (debug.FreeOSMemory; tests
+	// count its calls).
+	releaseHeap func()
 }
 
 // New checks cfg and returns an agent that is not running yet.
@@ -96,6 +101,7 @@ func New(cfg Config) (*Agent, error) {
 		ready:        make(chan struct{}),
 		connChanged:  make(chan struct{}),
 		reattestKick: make(chan struct{}, 1),
+		releaseHeap:  debug.FreeOSMemory,
 	}
 	a.cache.setPolicy(newCachePolicy(cfg.SVIDCache))
 	m, err := newAgentMetrics(a)

@@ -16,11 +16,14 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -863,4 +866,51 @@ func TestAgentRenewsWorkloadSVIDsByClock(t *testing.T) {
 		t.Fatal("renewal reused the key")
 	}
 	r.stop(t)
+}
+
+// After a full sync of releaseAfterSync entries or more the agent
+// returns its free heap to the kernel once; after a smaller one it does
+// not.
+func TestAgentReleasesHeapAfterLargeSync(t *testing.T) {
+	for _, n := range []int{releaseAfterSync - 1, releaseAfterSync} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			srv := newFakeServer(t)
+			for i := range n {
+				srv.upsert(entry(fmt.Sprintf("e%05d", i), fmt.Sprintf("w/%d", i), int64(i), fmt.Sprintf("uid:%d", 100_000+i)))
+			}
+			cfg := srv.config(t, t.TempDir())
+			cfg.SVIDCache.MaxSVIDs = 10
+			core, logs := observer.New(zap.InfoLevel)
+			cfg.Logger = zap.New(core)
+			a, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var released atomic.Int32
+			a.releaseHeap = func() { released.Add(1) }
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			select {
+			case <-a.Ready():
+			case err := <-done:
+				t.Fatalf("Run returned before ready: %v", err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("agent not ready")
+			}
+			if e, _ := a.cache.stats(); e != n {
+				t.Fatalf("%d entries synced, want %d", e, n)
+			}
+			// The sync loop logs the sync after it decided.
+			eventually.True(t, 10*time.Second, func() bool { return logs.FilterMessage("entries synced").Len() > 0 }, "sync not logged")
+			want := int32(0)
+			if n >= releaseAfterSync {
+				want = 1
+			}
+			if got := released.Load(); got != want {
+				t.Fatalf("a full sync of %d entries released the heap %d times, want %d", n, got, want)
+			}
+		})
+	}
 }

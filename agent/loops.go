@@ -15,6 +15,16 @@ import (
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
 )
 
+// releaseAfterSync is the least number of entries of a full sync after
+// which the agent returns its free heap to the kernel at once
+// (debug.FreeOSMemory, one forced collection). A full sync of many
+// entries grows the heap with the messages it decodes, and the runtime
+// keeps free heap up to about its heap goal rather than returning it;
+// the agent mints its first SVIDs right after the sync, its busiest
+// moment. With 1,000,000 entries and 1,000 active workloads: VmHWM 102.3
+// -> 98.3 MiB, settled VmRSS 87.8 -> 84.6 MiB (docs/memory.md).
+const releaseAfterSync = 10_000
+
 // isAuthError reports whether the server refused the agent itself: it was
 // evicted or banned, or its SVID is no longer accepted.
 func isAuthError(err error) bool {
@@ -169,6 +179,9 @@ func (a *Agent) syncOnce(ctx context.Context, client sigilv1.NodeClient, changed
 			full, fedFull, inFull = nil, nil, false
 			a.cache.SetFederated(true, bundles, nil)
 			a.cache.replaceStaged(staged)
+			if n >= releaseAfterSync {
+				a.releaseHeap()
+			}
 			a.log.Info("entries synced", zap.Int("entries", n), zap.Uint64("index", msg.GetIndex()))
 			a.maybeReady()
 			if !reportStarted {
