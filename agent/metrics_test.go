@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -45,25 +46,30 @@ func newMetricsFixture(t *testing.T) *metricsFixture {
 // from the scrape).
 func (f *metricsFixture) expect(want string, names ...string) {
 	f.t.Helper()
-	if err := testutil.GatherAndCompare(f.a.metrics.reg, strings.NewReader(withMeta(f.t, f.a, want)), names...); err != nil {
+	if err := testutil.GatherAndCompare(f.a.metrics.reg, strings.NewReader(withMeta(f.t, f.a.metrics.reg, want)), names...); err != nil {
 		f.t.Fatal(err)
 	}
 }
 
-// withMeta adds the HELP and TYPE lines of the registry's metrics to the
-// samples in want, so that tests state only the samples.
-func withMeta(t *testing.T, a *Agent, want string) string {
+// withMeta adds the HELP and TYPE lines of the gathered metrics to the
+// samples in want, so that tests state only the samples. A sample of a
+// metric that is not gathered at all (a vector without series yet) is
+// kept as it is, untyped, so that the comparison fails on it rather than
+// leaving it out.
+func withMeta(t *testing.T, g prometheus.Gatherer, want string) string {
 	t.Helper()
-	mfs, err := a.metrics.reg.Gather()
+	mfs, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	used := make(map[string]bool)
 	var b strings.Builder
 	for _, mf := range mfs {
 		var lines []string
 		for _, l := range strings.Split(want, "\n") {
 			if l = strings.TrimSpace(l); l != "" && (strings.HasPrefix(l, mf.GetName()+" ") || strings.HasPrefix(l, mf.GetName()+"{")) {
 				lines = append(lines, l)
+				used[l] = true
 			}
 		}
 		if len(lines) == 0 {
@@ -74,7 +80,30 @@ func withMeta(t *testing.T, a *Agent, want string) string {
 			b.WriteString(l + "\n")
 		}
 	}
+	for _, l := range strings.Split(want, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !used[l] {
+			b.WriteString(l + "\n")
+		}
+	}
 	return b.String()
+}
+
+// TestWithMetaKeepsAbsentMetrics: a wanted sample of a metric the
+// registry does not gather yet (a vector without series) makes the
+// comparison fail instead of dropping out of it.
+func TestWithMetaKeepsAbsentMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	calls := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_calls_total", Help: "calls"}, []string{"code"})
+	up := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x_up", Help: "up"})
+	reg.MustRegister(calls, up)
+	want := "x_calls_total{code=\"OK\"} 1\nx_up 0\n"
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(withMeta(t, reg, want)), "x_calls_total", "x_up"); err == nil {
+		t.Fatal("comparison passed while x_calls_total has no series")
+	}
+	calls.WithLabelValues("OK").Inc()
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(withMeta(t, reg, want)), "x_calls_total", "x_up"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func failuresWant(counts map[string]int) string {
@@ -314,7 +343,7 @@ sigil_agent_workloads_connected 0
 	// The one-shot fetch ends when the client cancels it, after its
 	// first response; the client stays connected.
 	eventually.NoError(t, 10*time.Second, func() error {
-		return testutil.GatherAndCompare(r.metrics.reg, strings.NewReader(withMeta(t, r.Agent, `
+		return testutil.GatherAndCompare(r.metrics.reg, strings.NewReader(withMeta(t, r.metrics.reg, `
 sigil_agent_workload_api_calls_total{code="Canceled",method="FetchX509SVID"} 1
 sigil_agent_workloads_connected 1
 `)), "sigil_agent_workload_api_calls_total", "sigil_agent_workloads_connected")
@@ -345,7 +374,7 @@ sigil_agent_workloads_connected 1
 	srv.mu.Unlock()
 	srv.cutStreams()
 	eventually.NoError(t, 10*time.Second, func() error {
-		return testutil.GatherAndCompare(r.metrics.reg, strings.NewReader(withMeta(t, r.Agent, "sigil_agent_server_connected 0\n")),
+		return testutil.GatherAndCompare(r.metrics.reg, strings.NewReader(withMeta(t, r.metrics.reg, "sigil_agent_server_connected 0\n")),
 			"sigil_agent_server_connected")
 	})
 	r.stop(t)
