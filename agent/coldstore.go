@@ -128,6 +128,11 @@ type coldStore struct {
 	// maxChunks, when not 0, is fewer chunk indexes than
 	// coldChunksMax (tests of a full store).
 	maxChunks int
+	// createdBase is the creation time of the first record that took
+	// its creation time out of raw (createdSet); records keep theirs as
+	// the difference (coldstore_rec.go).
+	createdBase int64
+	createdSet  bool
 }
 
 type coldChunk struct {
@@ -588,7 +593,8 @@ func (c *coldStore) insert(pe *packedEntry, m coldMeta) uint32 {
 			raw = append(raw[:f1], raw[f1+f2:]...)
 		}
 	}
-	return c.add(raw[start:], id, m, parent, dir, leaf, sels)
+	created, rest := takeCreated(raw[start:])
+	return c.add(rest, id, m, parent, dir, leaf, sels, created)
 }
 
 // idPart is how a record keeps the ID (packID).
@@ -598,10 +604,11 @@ type idPart struct {
 }
 
 // add stores a record and indexes it; raw is without its ID when
-// id.mode is not idText and without its SPIFFE ID when dir is not 0, the
-// SPIFFE ID's directory, leaf being the rest of it (insert). It takes
-// the references parent and dir.
-func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte) uint32 {
+// id.mode is not idText, without its SPIFFE ID when dir is not 0, the
+// SPIFFE ID's directory, leaf being the rest of it, and without its
+// creation time when created.ok (insert). It takes the references
+// parent and dir.
+func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte, created createdPart) uint32 {
 	var slot uint32
 	if n := len(c.freeSlots); n > 0 {
 		slot = c.freeSlots[n-1]
@@ -648,7 +655,13 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	for _, s := range sels {
 		encs = append(encs, c.selEncode(s, selLeaf))
 	}
-	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leafRest, leafNum, leafStem, num, filed, sels, encs)
+	if created.ok && !c.createdSet {
+		c.createdBase, c.createdSet = created.v, true
+	}
+	// The difference wraps around like the sum that undoes it
+	// (fullRaw), so that any two times give back the same.
+	created.v -= c.createdBase
+	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leafRest, leafNum, leafStem, num, filed, sels, encs, created)
 	if cap(c.scratch) > 64<<10 {
 		defer func() { c.scratch = nil }()
 	}
@@ -807,7 +820,7 @@ func (c *coldStore) renumber() {
 		if r.dir != 0 {
 			leaf = r.appendLeaf(nil)
 		}
-		c.add(r.raw, id, r.coldMeta, parent, dir, leaf, sels)
+		c.add(r.raw, id, r.coldMeta, parent, dir, leaf, sels, createdPart{ok: r.hasCreated, v: old.createdBase + r.created})
 	}
 }
 

@@ -84,17 +84,17 @@ func FuzzColdRecord(f *testing.F) {
 // Entries of any names and selectors read back as they were put, and
 // leave nothing behind once removed.
 func FuzzColdStoreRoundTrip(f *testing.F) {
-	f.Add("e-1", "spiffe://example.org/ns/a/sa/w-7", "k8s:sa:w-7\nk8s:ns:a", uint64(3), int64(0))
-	f.Add("0b1f8e2c-5d9a-4f5e-9c3b-7a6d5e4f3a2b", "spiffe://example.org/x/0007", "unix:uid:0\nunix:uid:00\nu:99999999999999999999", uint64(1<<63), int64(-5))
-	f.Add("0123456789abcdef0123456789abcdef", "spiffe://example.org/18446744073709551615", "a:18446744073709551615\n:1", uint64(0), int64(1))
-	f.Add("e-2", "spiffe://example.org/ns/a/sa/web-abc", "k8s:sa:web-abc\nweb-abc\nk8s:pod:web-abcweb-abc", uint64(2), int64(0))
-	f.Fuzz(func(t *testing.T, id, spiffeID, sels string, gen uint64, last int64) {
+	f.Add("e-1", "spiffe://example.org/ns/a/sa/w-7", "k8s:sa:w-7\nk8s:ns:a", uint64(3), int64(0), int64(1_700_000_000))
+	f.Add("0b1f8e2c-5d9a-4f5e-9c3b-7a6d5e4f3a2b", "spiffe://example.org/x/0007", "unix:uid:0\nunix:uid:00\nu:99999999999999999999", uint64(1<<63), int64(-5), int64(-1<<63))
+	f.Add("0123456789abcdef0123456789abcdef", "spiffe://example.org/18446744073709551615", "a:18446744073709551615\n:1", uint64(0), int64(1), int64(1<<63-1))
+	f.Add("e-2", "spiffe://example.org/ns/a/sa/web-abc", "k8s:sa:web-abc\nweb-abc\nk8s:pod:web-abcweb-abc", uint64(2), int64(0), int64(0))
+	f.Fuzz(func(t *testing.T, id, spiffeID, sels string, gen uint64, last, created int64) {
 		if id == "" {
 			return
 		}
 		c := fuzzStore()
 		before := len(c.selDict.idx)
-		e := &sigilv1.Entry{Id: id, SpiffeId: spiffeID, ParentId: "spiffe://example.org/agent"}
+		e := &sigilv1.Entry{Id: id, SpiffeId: spiffeID, ParentId: "spiffe://example.org/agent", CreatedAt: created, Revision: 2}
 		for _, s := range strings.Split(sels, "\n") {
 			typ, value, _ := strings.Cut(s, ":")
 			e.Selectors = append(e.Selectors, &sigilv1.Selector{Type: typ, Value: value})
@@ -108,7 +108,12 @@ func FuzzColdStoreRoundTrip(f *testing.F) {
 				break
 			}
 			slot := c.insert(&pe, coldMeta{gen: gen, lastReq: last})
-			if got := c.packed(slot); !got.equal(&pe) || got.id != pe.id || got.spiffeID != pe.spiffeID {
+			// The creation time as raw holds it (an entry that does not
+			// encode, such as one with names not in UTF-8, keeps its ID
+			// and SPIFFE ID only).
+			want := pe
+			want.fill()
+			if got := c.packed(slot); !got.equal(&pe) || got.id != pe.id || got.spiffeID != pe.spiffeID || got.createdAt != want.createdAt {
 				t.Fatalf("round %d: %+v reads back as %+v", k, pe, got)
 			}
 			if m := c.meta(slot); m.gen != gen || m.lastReq != last {
@@ -127,6 +132,33 @@ func FuzzColdStoreRoundTrip(f *testing.F) {
 		}
 		if len(c.selDict.idx) != before {
 			t.Fatalf("dictionary holds %d, held %d before", len(c.selDict.idx), before)
+		}
+	})
+}
+
+// takeCreated takes out only what putCreated puts back as it was: any
+// bytes come back whole.
+func FuzzColdCreated(f *testing.F) {
+	pe := packEntry(benchEntry(3), noIntern)
+	f.Add([]byte(pe.raw))
+	f.Add([]byte{0x58, 0x01, 0x60, 0x01})
+	f.Add([]byte{0x60, 0x01, 0x58, 0x01})
+	f.Add([]byte{0x58, 0x81, 0x00})
+	f.Add([]byte{0x58, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		orig := bytes.Clone(raw)
+		created, rest := takeCreated(raw)
+		if !created.ok {
+			if !bytes.Equal(rest, orig) {
+				t.Fatalf("%x changed to %x", orig, rest)
+			}
+			return
+		}
+		if len(rest) >= len(orig) {
+			t.Fatalf("%x: nothing taken out", orig)
+		}
+		if back := putCreated(bytes.Clone(rest), created.v); !bytes.Equal(back, orig) {
+			t.Fatalf("%x: taken out %d, put back %x", orig, created.v, back)
 		}
 	})
 }

@@ -37,6 +37,9 @@ import (
 //	             a uvarint that follows; 3: a prefix (dictionary entry
 //	             v/4, none when 0) and the leaf, the whole rest of the
 //	             SPIFFE ID (only with recDir)
+//	created      only with recCreated (the creation time was taken out of
+//	             raw): a varint (zigzag), the creation time less the
+//	             store's coldStore.createdBase, wrapping around
 //	raw          the rest: the entry's encoding without what was taken
 //	             out
 //
@@ -62,7 +65,10 @@ const (
 	recIDMode = 0x03 // idText, idHex, idUUID
 	recTimes  = 0x04 // lastReq and lastAttempt follow gen
 	recDir    = 0x08 // the SPIFFE ID is taken out of raw
-	recKnown  = recIDMode | recTimes | recDir
+	// recCreated: the creation time is taken out of raw (takeCreated);
+	// it goes back before the first field numbered above it.
+	recCreated = 0x10
+	recKnown   = recIDMode | recTimes | recDir | recCreated
 )
 
 // Ways a record keeps its leaf (the low two bits of its uvarint).
@@ -108,7 +114,11 @@ type coldRec struct {
 	leafNum  bool
 	leafStem uint32
 	num      uint64
-	raw      []byte
+	// hasCreated: the creation time was taken out of raw; created is
+	// it less the store's createdBase.
+	hasCreated bool
+	created    int64
+	raw        []byte
 }
 
 // recBody returns the record at the start of b without its length.
@@ -253,6 +263,13 @@ func parseRec(b []byte) (coldRec, error) {
 		}
 	}
 	r.sels = b[start:p]
+	if flags&recCreated != 0 {
+		v, l := binary.Varint(b[p:])
+		if l <= 0 {
+			return r, errColdRec
+		}
+		r.hasCreated, r.created, p = true, v, p+l
+	}
 	r.raw = b[p:]
 	return r, nil
 }
@@ -437,14 +454,28 @@ func (r *coldRec) eachSelRef(f func(ref uint32)) {
 // sel is r's i-th selector (a view, or a copy of its own).
 func (r *coldRec) sel(i int) []byte { return r.appendSel(nil, i) }
 
-// fullRaw is the entry's encoding with its ID and SPIFFE ID back in
-// place.
+// fullRaw is the entry's encoding with its ID, SPIFFE ID and creation
+// time back in place.
 func (c *coldStore) fullRaw(r *coldRec) []byte {
-	if r.dir == 0 && r.idMode == idText {
+	if r.dir == 0 && r.idMode == idText && !r.hasCreated {
 		return r.raw
 	}
+	out := c.fullRawNoCreated(r)
+	if r.hasCreated {
+		out = putCreated(out, c.createdBase+r.created)
+	}
+	return out
+}
+
+// fullRawNoCreated is fullRaw without the creation time when it was
+// taken out.
+func (c *coldStore) fullRawNoCreated(r *coldRec) []byte {
+	if r.dir == 0 && r.idMode == idText {
+		// A copy: putCreated inserts into it.
+		return append(make([]byte, 0, len(r.raw)+protowire.SizeTag(fieldCreatedAt)+binary.MaxVarintLen64), r.raw...)
+	}
 	dir := c.dirs.get(r.dir)
-	out := make([]byte, 0, len(r.raw)+2*(2+binary.MaxVarintLen64)+36+len(dir)+len(c.selDict.get(r.leafStem))+len(r.leaf)+40)
+	out := make([]byte, 0, len(r.raw)+3*(2+binary.MaxVarintLen64)+36+len(dir)+len(c.selDict.get(r.leafStem))+len(r.leaf)+40)
 	rest := r.raw
 	if r.idMode != idText {
 		var buf idBuf
@@ -465,6 +496,74 @@ func (c *coldStore) fullRaw(r *coldRec) []byte {
 		out = append(out, leaf...)
 	}
 	return append(out, rest...)
+}
+
+// createdPart is how a record keeps the entry's creation time: taken
+// out of raw (ok), with its value v.
+type createdPart struct {
+	ok bool
+	v  int64
+}
+
+// takeCreated takes the creation time (field 11, a varint) out of raw,
+// an entry's encoding, when putCreated puts it back as it was: a single
+// byte tag, the value in its shortest form, only fields numbered below
+// 11 before it and one numbered above 11 (or nothing) right after it.
+// Else raw is returned as it is. Deterministic encodings (the servers')
+// always qualify; raw is changed in place.
+func takeCreated(raw []byte) (createdPart, []byte) {
+	for p := 0; p < len(raw); {
+		num, typ, l := protowire.ConsumeTag(raw[p:])
+		if l < 0 || num > fieldCreatedAt {
+			return createdPart{}, raw
+		}
+		m := protowire.ConsumeFieldValue(num, typ, raw[p+l:])
+		if m < 0 {
+			return createdPart{}, raw
+		}
+		if num < fieldCreatedAt {
+			p += l + m
+			continue
+		}
+		v, n := protowire.ConsumeVarint(raw[p+l:])
+		if typ != protowire.VarintType || l != 1 || n != protowire.SizeVarint(v) {
+			return createdPart{}, raw
+		}
+		q := p + l + m
+		if q < len(raw) {
+			if next, _, nl := protowire.ConsumeTag(raw[q:]); nl < 0 || next <= fieldCreatedAt {
+				return createdPart{}, raw
+			}
+		}
+		return createdPart{ok: true, v: int64(v)}, append(raw[:p], raw[q:]...)
+	}
+	return createdPart{}, raw
+}
+
+// putCreated puts the creation time v into b, an entry's encoding,
+// before its first field numbered above 11 (at the end when there is
+// none, or when b does not parse, which takeCreated rules out).
+func putCreated(b []byte, v int64) []byte {
+	p := 0
+	for p < len(b) {
+		num, typ, l := protowire.ConsumeTag(b[p:])
+		if l < 0 || num > fieldCreatedAt {
+			break
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[p+l:])
+		if m < 0 {
+			p = len(b)
+			break
+		}
+		p += l + m
+	}
+	var f [1 + binary.MaxVarintLen64]byte
+	field := protowire.AppendVarint(protowire.AppendTag(f[:0], fieldCreatedAt, protowire.VarintType), uint64(v))
+	n := len(field)
+	b = append(b, field...)
+	copy(b[p+n:], b[p:len(b)-n])
+	copy(b[p:], field)
+	return b
 }
 
 // recID is the entry ID of the record at the start of b: a view of b, or
@@ -494,8 +593,11 @@ type selEnc struct {
 // encodeRec appends the record body of an entry to dst. With leafNum
 // the leaf is the stem leafStem and num; else with leafStem not 0 it is
 // the stem leafStem followed by leaf; else leaf.
-func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, leafNum bool, leafStem uint32, num uint64, filed int, sels [][]byte, encs []selEnc) []byte {
+func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, leafNum bool, leafStem uint32, num uint64, filed int, sels [][]byte, encs []selEnc, created createdPart) []byte {
 	flags := id.mode
+	if created.ok {
+		flags |= recCreated
+	}
 	if m.lastReq != 0 || m.lastAttempt != 0 {
 		flags |= recTimes
 	}
@@ -543,6 +645,9 @@ func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32
 		if e.kind == selStem {
 			dst = binary.AppendUvarint(dst, e.num)
 		}
+	}
+	if created.ok {
+		dst = binary.AppendVarint(dst, created.v)
 	}
 	return append(dst, raw...)
 }
