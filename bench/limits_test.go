@@ -16,14 +16,17 @@ func TestMeasureLimitsSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
+	d := time.Since(start)
+	if d > 2*time.Second {
 		t.Errorf("measurement took %v, want < 2 s with 50 ms per figure", d)
 	}
 	for name, v := range map[string]float64{"sign": l.Sign, "verify": l.Verify, "verify+sign": l.VerifySign, "fsync": l.Fsync, "TLS": l.TLS} {
-		// At least one operation in 50 ms, and no more than 10 million a
-		// second (a rate that high means nothing was measured).
-		if v < 20 || v > 1e7 {
-			t.Errorf("%s: %.0f /s, not a plausible rate", name, v)
+		// At least one operation within the whole measurement (one may
+		// take longer than its 50 ms on a loaded machine: an fsync once
+		// took 83 ms in CI, 12 /s), and no more than 10 million a second
+		// (a rate that high means nothing was measured).
+		if v*d.Seconds() < 1 || v > 1e7 {
+			t.Errorf("%s: %.0f /s in a measurement of %v, not a plausible rate", name, v, d)
 		}
 	}
 	// A verify plus a sign cannot be much faster than either alone (the
