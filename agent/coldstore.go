@@ -593,8 +593,8 @@ func (c *coldStore) insert(pe *packedEntry, m coldMeta) uint32 {
 			raw = append(raw[:f1], raw[f1+f2:]...)
 		}
 	}
-	created, rest := takeCreated(raw[start:])
-	return c.add(rest, id, m, parent, dir, leaf, sels, created)
+	out, rest := takeVarints(raw[start:])
+	return c.add(rest, id, m, parent, dir, leaf, sels, out)
 }
 
 // idPart is how a record keeps the ID (packID).
@@ -605,10 +605,10 @@ type idPart struct {
 
 // add stores a record and indexes it; raw is without its ID when
 // id.mode is not idText, without its SPIFFE ID when dir is not 0, the
-// SPIFFE ID's directory, leaf being the rest of it, and without its
-// creation time when created.ok (insert). It takes the references
-// parent and dir.
-func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte, created createdPart) uint32 {
+// SPIFFE ID's directory, leaf being the rest of it, and without what
+// out says was taken out (insert). It takes the references parent and
+// dir.
+func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, sels [][]byte, out takenOut) uint32 {
 	var slot uint32
 	if n := len(c.freeSlots); n > 0 {
 		slot = c.freeSlots[n-1]
@@ -655,13 +655,13 @@ func (c *coldStore) add(raw []byte, id idPart, m coldMeta, parent, dir uint32, l
 	for _, s := range sels {
 		encs = append(encs, c.selEncode(s, selLeaf))
 	}
-	if created.ok && !c.createdSet {
-		c.createdBase, c.createdSet = created.v, true
+	if out.created && !c.createdSet {
+		c.createdBase, c.createdSet = out.createdAt, true
 	}
 	// The difference wraps around like the sum that undoes it
 	// (fullRaw), so that any two times give back the same.
-	created.v -= c.createdBase
-	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leafRest, leafNum, leafStem, num, filed, sels, encs, created)
+	out.createdAt -= c.createdBase
+	c.scratch = encodeRec(c.scratch[:0], raw, id, m, parent, dir, leafRest, leafNum, leafStem, num, filed, sels, encs, out)
 	if cap(c.scratch) > 64<<10 {
 		defer func() { c.scratch = nil }()
 	}
@@ -820,7 +820,7 @@ func (c *coldStore) renumber() {
 		if r.dir != 0 {
 			leaf = r.appendLeaf(nil)
 		}
-		c.add(r.raw, id, r.coldMeta, parent, dir, leaf, sels, createdPart{ok: r.hasCreated, v: old.createdBase + r.created})
+		c.add(r.raw, id, r.coldMeta, parent, dir, leaf, sels, takenOut{created: r.hasCreated, createdAt: old.createdBase + r.created, rev1: r.rev1})
 	}
 }
 

@@ -136,29 +136,31 @@ func FuzzColdStoreRoundTrip(f *testing.F) {
 	})
 }
 
-// takeCreated takes out only what putCreated puts back as it was: any
+// takeVarints takes out only what putVarint puts back as it was: any
 // bytes come back whole.
-func FuzzColdCreated(f *testing.F) {
+func FuzzColdVarints(f *testing.F) {
 	pe := packEntry(benchEntry(3), noIntern)
 	f.Add([]byte(pe.raw))
 	f.Add([]byte{0x58, 0x01, 0x60, 0x01})
 	f.Add([]byte{0x60, 0x01, 0x58, 0x01})
+	f.Add([]byte{0x58, 0x01, 0x60, 0x02, 0x70, 0x00})
 	f.Add([]byte{0x58, 0x81, 0x00})
 	f.Add([]byte{0x58, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		orig := bytes.Clone(raw)
-		created, rest := takeCreated(raw)
-		if !created.ok {
-			if !bytes.Equal(rest, orig) {
-				t.Fatalf("%x changed to %x", orig, rest)
-			}
-			return
+		out, rest := takeVarints(raw)
+		back := bytes.Clone(rest)
+		if out.rev1 {
+			back = putVarint(back, fieldRevision, 1)
 		}
-		if len(rest) >= len(orig) {
-			t.Fatalf("%x: nothing taken out", orig)
+		if out.created {
+			back = putVarint(back, fieldCreatedAt, uint64(out.createdAt))
 		}
-		if back := putCreated(bytes.Clone(rest), created.v); !bytes.Equal(back, orig) {
-			t.Fatalf("%x: taken out %d, put back %x", orig, created.v, back)
+		if !bytes.Equal(back, orig) {
+			t.Fatalf("%x: taken out %+v, leaving %x, put back %x", orig, out, rest, back)
+		}
+		if (out.created || out.rev1) != (len(rest) < len(orig)) {
+			t.Fatalf("%x: taken out %+v, %d bytes of %d left", orig, out, len(rest), len(orig))
 		}
 	})
 }

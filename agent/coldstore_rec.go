@@ -65,10 +65,12 @@ const (
 	recIDMode = 0x03 // idText, idHex, idUUID
 	recTimes  = 0x04 // lastReq and lastAttempt follow gen
 	recDir    = 0x08 // the SPIFFE ID is taken out of raw
-	// recCreated: the creation time is taken out of raw (takeCreated);
-	// it goes back before the first field numbered above it.
+	// recCreated: the creation time is taken out of raw; recRev1: so is
+	// a revision of 1 (takeVarints). Each goes back before the first
+	// field numbered above its own.
 	recCreated = 0x10
-	recKnown   = recIDMode | recTimes | recDir | recCreated
+	recRev1    = 0x20
+	recKnown   = recIDMode | recTimes | recDir | recCreated | recRev1
 )
 
 // Ways a record keeps its leaf (the low two bits of its uvarint).
@@ -115,9 +117,10 @@ type coldRec struct {
 	leafStem uint32
 	num      uint64
 	// hasCreated: the creation time was taken out of raw; created is
-	// it less the store's createdBase.
+	// it less the store's createdBase. rev1: so was a revision of 1.
 	hasCreated bool
 	created    int64
+	rev1       bool
 	raw        []byte
 }
 
@@ -270,6 +273,7 @@ func parseRec(b []byte) (coldRec, error) {
 		}
 		r.hasCreated, r.created, p = true, v, p+l
 	}
+	r.rev1 = flags&recRev1 != 0
 	r.raw = b[p:]
 	return r, nil
 }
@@ -454,28 +458,34 @@ func (r *coldRec) eachSelRef(f func(ref uint32)) {
 // sel is r's i-th selector (a view, or a copy of its own).
 func (r *coldRec) sel(i int) []byte { return r.appendSel(nil, i) }
 
-// fullRaw is the entry's encoding with its ID, SPIFFE ID and creation
-// time back in place.
+// fullRaw is the entry's encoding with its ID, SPIFFE ID, creation
+// time and revision back in place.
 func (c *coldStore) fullRaw(r *coldRec) []byte {
-	if r.dir == 0 && r.idMode == idText && !r.hasCreated {
+	if r.dir == 0 && r.idMode == idText && !r.hasCreated && !r.rev1 {
 		return r.raw
 	}
-	out := c.fullRawNoCreated(r)
+	out := c.fullRawNoVarints(r)
+	// In the reverse order of insert's.
+	if r.rev1 {
+		out = putVarint(out, fieldRevision, 1)
+	}
 	if r.hasCreated {
-		out = putCreated(out, c.createdBase+r.created)
+		out = putVarint(out, fieldCreatedAt, uint64(c.createdBase+r.created))
 	}
 	return out
 }
 
-// fullRawNoCreated is fullRaw without the creation time when it was
-// taken out.
-func (c *coldStore) fullRawNoCreated(r *coldRec) []byte {
+// fullRawNoVarints is fullRaw without the creation time and revision
+// when they were taken out.
+func (c *coldStore) fullRawNoVarints(r *coldRec) []byte {
+	// Room for the two varint fields putVarint inserts.
+	const varints = 2 * (1 + binary.MaxVarintLen64)
 	if r.dir == 0 && r.idMode == idText {
-		// A copy: putCreated inserts into it.
-		return append(make([]byte, 0, len(r.raw)+protowire.SizeTag(fieldCreatedAt)+binary.MaxVarintLen64), r.raw...)
+		// A copy: putVarint inserts into it.
+		return append(make([]byte, 0, len(r.raw)+varints), r.raw...)
 	}
 	dir := c.dirs.get(r.dir)
-	out := make([]byte, 0, len(r.raw)+3*(2+binary.MaxVarintLen64)+36+len(dir)+len(c.selDict.get(r.leafStem))+len(r.leaf)+40)
+	out := make([]byte, 0, len(r.raw)+varints+2*(2+binary.MaxVarintLen64)+36+len(dir)+len(c.selDict.get(r.leafStem))+len(r.leaf)+40)
 	rest := r.raw
 	if r.idMode != idText {
 		var buf idBuf
@@ -498,59 +508,77 @@ func (c *coldStore) fullRawNoCreated(r *coldRec) []byte {
 	return append(out, rest...)
 }
 
-// createdPart is how a record keeps the entry's creation time: taken
-// out of raw (ok), with its value v.
-type createdPart struct {
-	ok bool
-	v  int64
+// takenOut is what insert took out of an entry's encoding besides its
+// ID and SPIFFE ID: the creation time (created, its value createdAt)
+// and a revision of 1 (rev1).
+type takenOut struct {
+	created   bool
+	createdAt int64
+	rev1      bool
 }
 
-// takeCreated takes the creation time (field 11, a varint) out of raw,
-// an entry's encoding, when putCreated puts it back as it was: a single
-// byte tag, the value in its shortest form, only fields numbered below
-// 11 before it and one numbered above 11 (or nothing) right after it.
-// Else raw is returned as it is. Deterministic encodings (the servers')
-// always qualify; raw is changed in place.
-func takeCreated(raw []byte) (createdPart, []byte) {
-	for p := 0; p < len(raw); {
-		num, typ, l := protowire.ConsumeTag(raw[p:])
-		if l < 0 || num > fieldCreatedAt {
-			return createdPart{}, raw
+// takeVarints takes the creation time, then a revision of 1, out of
+// raw, an entry's encoding, each when putVarint gives raw back as it
+// was (findVarint). raw is changed in place.
+func takeVarints(raw []byte) (takenOut, []byte) {
+	var t takenOut
+	if p, q, v, ok := findVarint(raw, fieldCreatedAt); ok {
+		t.created, t.createdAt = true, int64(v)
+		raw = append(raw[:p], raw[q:]...)
+	}
+	if p, q, v, ok := findVarint(raw, fieldRevision); ok && v == 1 {
+		t.rev1 = true
+		raw = append(raw[:p], raw[q:]...)
+	}
+	return t, raw
+}
+
+// findVarint finds field num, a varint, in raw, an entry's encoding, at
+// raw[p:q] with its value v, when putVarint(raw[:p]+raw[q:], num, v)
+// gives raw back: a single byte tag, the value in its shortest form,
+// only fields numbered below num before it and one numbered above num
+// (or nothing) right after it. Deterministic encodings (the servers')
+// always qualify.
+func findVarint(raw []byte, num protowire.Number) (p, q int, v uint64, ok bool) {
+	for p < len(raw) {
+		n, typ, l := protowire.ConsumeTag(raw[p:])
+		if l < 0 || n > num {
+			return 0, 0, 0, false
 		}
-		m := protowire.ConsumeFieldValue(num, typ, raw[p+l:])
+		m := protowire.ConsumeFieldValue(n, typ, raw[p+l:])
 		if m < 0 {
-			return createdPart{}, raw
+			return 0, 0, 0, false
 		}
-		if num < fieldCreatedAt {
+		if n < num {
 			p += l + m
 			continue
 		}
-		v, n := protowire.ConsumeVarint(raw[p+l:])
-		if typ != protowire.VarintType || l != 1 || n != protowire.SizeVarint(v) {
-			return createdPart{}, raw
+		v, k := protowire.ConsumeVarint(raw[p+l:])
+		if typ != protowire.VarintType || l != 1 || k != protowire.SizeVarint(v) {
+			return 0, 0, 0, false
 		}
-		q := p + l + m
+		q = p + l + m
 		if q < len(raw) {
-			if next, _, nl := protowire.ConsumeTag(raw[q:]); nl < 0 || next <= fieldCreatedAt {
-				return createdPart{}, raw
+			if next, _, nl := protowire.ConsumeTag(raw[q:]); nl < 0 || next <= num {
+				return 0, 0, 0, false
 			}
 		}
-		return createdPart{ok: true, v: int64(v)}, append(raw[:p], raw[q:]...)
+		return p, q, v, true
 	}
-	return createdPart{}, raw
+	return 0, 0, 0, false
 }
 
-// putCreated puts the creation time v into b, an entry's encoding,
-// before its first field numbered above 11 (at the end when there is
-// none, or when b does not parse, which takeCreated rules out).
-func putCreated(b []byte, v int64) []byte {
+// putVarint puts field num, the varint v, into b, an entry's encoding,
+// before its first field numbered above num (at the end when there is
+// none, or when b does not parse, which findVarint rules out).
+func putVarint(b []byte, num protowire.Number, v uint64) []byte {
 	p := 0
 	for p < len(b) {
-		num, typ, l := protowire.ConsumeTag(b[p:])
-		if l < 0 || num > fieldCreatedAt {
+		n, typ, l := protowire.ConsumeTag(b[p:])
+		if l < 0 || n > num {
 			break
 		}
-		m := protowire.ConsumeFieldValue(num, typ, b[p+l:])
+		m := protowire.ConsumeFieldValue(n, typ, b[p+l:])
 		if m < 0 {
 			p = len(b)
 			break
@@ -558,10 +586,10 @@ func putCreated(b []byte, v int64) []byte {
 		p += l + m
 	}
 	var f [1 + binary.MaxVarintLen64]byte
-	field := protowire.AppendVarint(protowire.AppendTag(f[:0], fieldCreatedAt, protowire.VarintType), uint64(v))
-	n := len(field)
+	field := protowire.AppendVarint(protowire.AppendTag(f[:0], num, protowire.VarintType), v)
+	k := len(field)
 	b = append(b, field...)
-	copy(b[p+n:], b[p:len(b)-n])
+	copy(b[p+k:], b[p:len(b)-k])
 	copy(b[p:], field)
 	return b
 }
@@ -593,10 +621,13 @@ type selEnc struct {
 // encodeRec appends the record body of an entry to dst. With leafNum
 // the leaf is the stem leafStem and num; else with leafStem not 0 it is
 // the stem leafStem followed by leaf; else leaf.
-func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, leafNum bool, leafStem uint32, num uint64, filed int, sels [][]byte, encs []selEnc, created createdPart) []byte {
+func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32, leaf []byte, leafNum bool, leafStem uint32, num uint64, filed int, sels [][]byte, encs []selEnc, out takenOut) []byte {
 	flags := id.mode
-	if created.ok {
+	if out.created {
 		flags |= recCreated
+	}
+	if out.rev1 {
+		flags |= recRev1
 	}
 	if m.lastReq != 0 || m.lastAttempt != 0 {
 		flags |= recTimes
@@ -646,8 +677,9 @@ func encodeRec(dst []byte, raw []byte, id idPart, m coldMeta, parent, dir uint32
 			dst = binary.AppendUvarint(dst, e.num)
 		}
 	}
-	if created.ok {
-		dst = binary.AppendVarint(dst, created.v)
+	if out.created {
+		// The difference from the store's createdBase (add).
+		dst = binary.AppendVarint(dst, out.createdAt)
 	}
 	return append(dst, raw...)
 }
