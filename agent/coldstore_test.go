@@ -649,19 +649,9 @@ func TestColdStoreNumbersAndWindowMatchModel(t *testing.T) {
 // of every entry for the spare order (the window holds at most
 // spareWindow).
 func TestColdStoreBytesPerEntry(t *testing.T) {
-	const n = 20_000
 	cs := newColdStore()
 	c := &cs
-	for i := range n {
-		pe := packEntry(benchEntry(i), noIntern)
-		c.insert(&pe, coldMeta{gen: uint64(n + i)})
-	}
-	used := 0
-	c.each(func(i uint32) {
-		l, k := binary.Uvarint(c.at(i))
-		used += k + int(l)
-	})
-	if per := float64(used) / n; per > 48 {
+	if per := fillBytesPerEntry(c, 20_000, benchEntry); per > 48 {
 		t.Fatalf("%.1f bytes of record per entry, want at most 48", per)
 	}
 	if len(c.heap) > spareWindow {
@@ -682,16 +672,7 @@ func TestColdStoreBytesPerEntryLetters(t *testing.T) {
 	const n = 20_000
 	cs := newColdStore()
 	c := &cs
-	for i := range n {
-		pe := packEntry(benchEntryLettered(i), noIntern)
-		c.insert(&pe, coldMeta{gen: uint64(n + i)})
-	}
-	used := 0
-	c.each(func(i uint32) {
-		l, k := binary.Uvarint(c.at(i))
-		used += k + int(l)
-	})
-	if per := float64(used) / n; per > 46 {
+	if per := fillBytesPerEntry(c, n, benchEntryLettered); per > 46 {
 		t.Fatalf("%.1f bytes of record per entry, want at most 46", per)
 	}
 	for i := range n {
@@ -903,13 +884,22 @@ func TestColdStoreVarintsTakenOut(t *testing.T) {
 // 1: a record of 33.4 bytes each, 40.4 with the creation time and the
 // revision kept whole.
 func TestColdStoreBytesPerEntryBatch(t *testing.T) {
-	const n = 20_000
 	cs := newColdStore()
-	c := &cs
-	for i := range n {
+	batch := func(i int) *sigilv1.Entry {
 		e := benchEntry(i)
 		e.CreatedAt = int64(1_700_000_000 + i/1000)
-		pe := packEntry(e, noIntern)
+		return e
+	}
+	if per := fillBytesPerEntry(&cs, 20_000, batch); per > 34 {
+		t.Fatalf("%.1f bytes of record per entry, want at most 34", per)
+	}
+}
+
+// fillBytesPerEntry inserts entries mk(0) to mk(n-1) into c and returns
+// the bytes of record (with their lengths) per entry.
+func fillBytesPerEntry(c *coldStore, n int, mk func(int) *sigilv1.Entry) float64 {
+	for i := range n {
+		pe := packEntry(mk(i), noIntern)
 		c.insert(&pe, coldMeta{gen: uint64(n + i)})
 	}
 	used := 0
@@ -917,7 +907,5 @@ func TestColdStoreBytesPerEntryBatch(t *testing.T) {
 		l, k := binary.Uvarint(c.at(i))
 		used += k + int(l)
 	})
-	if per := float64(used) / n; per > 34 {
-		t.Fatalf("%.1f bytes of record per entry, want at most 34", per)
-	}
+	return float64(used) / float64(n)
 }
