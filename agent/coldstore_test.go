@@ -809,7 +809,8 @@ func TestColdStoreIDTableLoad(t *testing.T) {
 }
 
 // A record keeps the entry's creation time as its difference from the
-// store's first (3 bytes at most here instead of 6) and a revision of 1
+// store's first (a zigzag varint: 1 byte for the times near the first
+// here, up to 10 for the negative one, instead of 6) and a revision of 1
 // in a flag (instead of 2 bytes), and gives back the entry's encoding
 // byte for byte, also for encodings it keeps as they are: out of order,
 // repeated, in a longer form than needed.
