@@ -11,7 +11,8 @@
 //
 // Start raises GOGC, after every collection, just enough that the next
 // goal is Config.Floor, and never lowers it below the GOGC the process
-// had: the heap goal is max(Floor, live × (1+GOGC/100)). A process whose
+// had (ScanPercent's, with Config.ScanHeadroom, below): the heap goal
+// is max(Floor, live × (1+GOGC/100)). A process whose
 // live heap reaches Floor/2 (at GOGC=100) runs with its own GOGC, as
 // without this package. The cost is memory: up to Floor of heap (garbage
 // not yet collected) in a process that allocates, instead of 4 MiB. An
@@ -22,6 +23,26 @@
 //
 // A memory limit (GOMEMLIMIT, debug.SetMemoryLimit) still bounds the
 // heap: the runtime collects to stay under it whatever GOGC is.
+//
+// # Headroom for what a collection scans (Config.ScanHeadroom)
+//
+// The runtime gives the heap headroom in proportion to all of it: at
+// GOGC=100 a process that keeps 35 MB grows to 70 MB before it collects.
+// A collection's cost follows what it scans, though: the bytes of
+// objects that hold pointers, the stacks and the globals. Objects
+// without pointers (a server's registration entries as encoded records,
+// most of its live heap) are only marked, from the pointers that scanned
+// objects hold, never read. With ScanHeadroom the process's GOGC applies
+// to the scanned bytes instead: the heap goal is
+// live + (scanned heap + stacks + globals) × GOGC/100, so a collection
+// runs as often per byte allocated as it would with GOGC for a process
+// whose heap were only its scanned part, and the runtime's
+// bookkeeping for the largest heap (span structures and arena metadata,
+// which it never returns) follows a smaller peak. The headroom is never
+// below a quarter of the process's GOGC's (MinFraction), nor below the
+// lesser of 16 MiB (LeastHeadroom) and the process's GOGC's: sweeping
+// and each collection's fixed costs follow the whole heap, and a process
+// with a small heap gains little memory from collecting more often.
 package gcfloor
 
 import (
@@ -49,6 +70,11 @@ type Config struct {
 	// no longer needs (it collects at least every 2 minutes). Zero keeps
 	// the floor always; negative is an error.
 	IdleAfter time.Duration
+	// ScanHeadroom applies the process's GOGC to the bytes a collection
+	// scans rather than to the whole live heap (see the package
+	// comment): ScanPercent replaces the process's GOGC as the least
+	// GOGC kept, and as the GOGC after an idle spell.
+	ScanHeadroom bool
 	// Clock times collections; nil is the wall clock.
 	Clock clock.Clock
 }
@@ -119,7 +145,12 @@ func Start(cfg Config) (stop func(), err error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.New()
 	}
-	t := &tuner{cfg: cfg, base: base, last: base, live: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	t := &tuner{cfg: cfg, base: base, last: base, live: []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/gc/scan/heap:bytes"},
+		{Name: "/gc/scan/stack:bytes"},
+		{Name: "/gc/scan/globals:bytes"},
+	}}
 	t.mu.Lock()
 	t.tune()
 	t.mu.Unlock()
@@ -134,6 +165,49 @@ func Start(cfg Config) (stop func(), err error) {
 			running.Unlock()
 		})
 	}, nil
+}
+
+// MinFraction and LeastHeadroom bound ScanPercent from below: the
+// headroom it gives is never below a quarter of the process's GOGC's, nor
+// below the lesser of LeastHeadroom and the process's GOGC's. So a heap
+// that the collector hardly scans still gets a quarter of its headroom,
+// and a heap of up to LeastHeadroom bytes keeps all of it: a small
+// process that allocates quickly (a server signing SVIDs) would
+// otherwise collect several times as often for a few MiB less.
+const (
+	MinFraction   = 4
+	LeastHeadroom = 16 << 20
+)
+
+// ScanPercent returns the GOGC that gives a heap whose last collection
+// left live bytes, of which it scanned scan (objects that hold
+// pointers), with roots bytes of stacks and globals, the headroom base
+// would give a heap of scan + roots bytes, within the bounds above (least
+// is LeastHeadroom, as a parameter for tests). The runtime's goal at
+// GOGC p is live + (live + roots) × p/100, so the headroom at p is
+// (live + roots) × p/100 and the one wanted
+// max((scan + roots) × base/100, min((live + roots) × base/100, least),
+// (live + roots) × base/100/MinFraction). The result is rounded up, at
+// most base and at least 1 for a positive base; a scan larger than live
+// counts as live. It is base when base is not positive or nothing is
+// live.
+func ScanPercent(live, scan, roots, least uint64, base int) int {
+	if base <= 0 || (live == 0 && roots == 0) {
+		return base
+	}
+	scan = min(scan, live)
+	// Sizes are scaled down below 2^31 bytes each so that the sums and
+	// products below stay within 64 bits (base is below 2^31).
+	for live >= 1<<31 || roots >= 1<<31 {
+		live, scan, roots = live>>1, scan>>1, roots>>1
+		least >>= 1
+	}
+	b := uint64(base)
+	whole := live + roots
+	// Headrooms times 100, to stay in integers.
+	wanted := max((scan+roots)*b, min(whole*b, least*100), (whole*b+MinFraction-1)/MinFraction)
+	p := (wanted + whole - 1) / whole
+	return int(min(max(p, 1), b))
 }
 
 // currentPercent returns the process's GOGC (negative when off).
@@ -190,13 +264,23 @@ func (t *tuner) tune() {
 	idle := t.cfg.IdleAfter > 0 && !t.lastGC.IsZero() && now.Sub(t.lastGC) > t.cfg.IdleAfter
 	t.lastGC = now
 	metrics.Read(t.live)
-	var live uint64
-	if t.live[0].Value.Kind() == metrics.KindUint64 {
-		live = t.live[0].Value.Uint64()
+	var v [4]uint64
+	for i, s := range t.live {
+		if s.Value.Kind() == metrics.KindUint64 {
+			v[i] = s.Value.Uint64()
+		}
 	}
-	p := Percent(live, t.cfg.Floor, t.base)
+	live := v[0]
+	base := t.base
+	if t.cfg.ScanHeadroom && t.live[1].Value.Kind() == metrics.KindUint64 {
+		// The scanned heap read now also counts what was allocated since
+		// the collection (the runtime adds it as it goes): a little
+		// more headroom, never less.
+		base = ScanPercent(live, v[1], v[2]+v[3], LeastHeadroom, t.base)
+	}
+	p := Percent(live, t.cfg.Floor, base)
 	if idle {
-		p = t.base
+		p = base
 	}
 	if p != t.last {
 		debug.SetGCPercent(p)

@@ -232,3 +232,120 @@ func TestGOGCSetByOperator(t *testing.T) {
 		t.Fatalf("GOGC %d with GOGC set by the operator, want %d", p, base)
 	}
 }
+
+func TestScanPercent(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		live, scan, roots, least uint64
+		base, want               int
+	}{
+		{100 * mib, 100 * mib, 0, 0, 100, 100},           // all scanned: the process's GOGC
+		{100 * mib, 50 * mib, 0, 0, 100, 50},             // half
+		{100 * mib, 43 * mib, 0, 0, 100, 43},             // a server's entries: most bytes not scanned
+		{100 * mib, 0, 0, 0, 100, 25},                    // nothing scanned: a quarter
+		{100 * mib, 10 * mib, 0, 0, 100, 25},             // a tenth: still a quarter
+		{100 * mib, 30 * mib, 0, 0, 100, 30},             // above the quarter
+		{90 * mib, 20 * mib, 10 * mib, 0, 100, 30},       // roots count on both sides: 30/100
+		{100 * mib, 200 * mib, 0, 0, 100, 100},           // more scanned than live (allocated since): live
+		{3, 1, 0, 0, 100, 34},                            // rounded up
+		{100 * mib, 50 * mib, 0, 0, 200, 100},            // another GOGC
+		{100 * mib, 0, 0, 0, 10, 3},                      // ceil(10/4)
+		{100 * mib, 0, 0, 0, 1, 1},                       // never 0
+		{100 * mib, 50 * mib, 0, 0, 0, 0},                // GOGC=0 stays
+		{100 * mib, 50 * mib, 0, 0, -1, -1},              // off stays off
+		{0, 0, 0, 0, 100, 100},                           // nothing live yet
+		{0, 0, 1 * mib, 0, 100, 100},                     // only roots: all scanned
+		{1 << 62, 1 << 61, 0, 0, 100, 50},                // no overflow
+		{1<<64 - 1, 1<<64 - 1, 0, 0, 1 << 30, 1 << 30},   // no overflow at the top
+		{8 * mib, 0, 0, 16 * mib, 100, 100},              // a small heap keeps its headroom
+		{16 * mib, 0, 0, 16 * mib, 100, 100},             // up to the least headroom
+		{32 * mib, 0, 0, 16 * mib, 100, 50},              // then the least headroom: 16 MiB
+		{35 * mib, 15 * mib, 0, 16 * mib, 100, 46},       // 100,000 entries: ceil(16/35)
+		{35 * mib, 20 * mib, 0, 16 * mib, 100, 58},       // more scanned than the least: ceil(20/35)
+		{100 * mib, 0, 0, 16 * mib, 100, 25},             // a quarter above the least
+		{350 * mib, 150 * mib, 0, 16 * mib, 100, 43},     // a million entries
+		{12 * mib, 0, 0, 16 * mib, 50, 50},               // GOGC=50: 6 MiB of headroom, below the least
+		{64 * mib, 0, 0, 16 * mib, 50, 25},               // GOGC=50: 16 MiB is a quarter of the heap
+		{1 << 62, 0, 0, 16 * mib, 100, 25},               // scaled down with the rest
+		{8 * mib, 0, 2 * mib, 16 * mib, 100, 100},        // roots count in the heap
+		{20 * mib, 2 * mib, 4 * mib, 16 * mib, 100, 67},  // ceil(16/24)
+		{20 * mib, 10 * mib, 6 * mib, 16 * mib, 100, 62}, // ceil(16/26)
+	} {
+		if got := ScanPercent(c.live, c.scan, c.roots, c.least, c.base); got != c.want {
+			t.Errorf("ScanPercent(%d, %d, %d, %d, %d) = %d, want %d", c.live, c.scan, c.roots, c.least, c.base, got, c.want)
+		}
+	}
+	// For any heap: within [1, base]; the headroom it gives covers the
+	// scanned bytes' at base, a quarter of the whole heap's and the
+	// lesser of the least and the whole heap's; one less would not.
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 100000 {
+		live := r.Uint64N(1 << 30)
+		scan := r.Uint64N(live + 1)
+		roots := r.Uint64N(1 << 24)
+		least := r.Uint64N(64 << 20)
+		base := 1 + r.IntN(1000)
+		p := ScanPercent(live, scan, roots, least, base)
+		whole, b := live+roots, uint64(base)
+		wanted := max((scan+roots)*b, min(whole*b, least*100), (whole*b+MinFraction-1)/MinFraction)
+		if p < 1 || p > base {
+			t.Fatalf("ScanPercent(%d, %d, %d, %d, %d) = %d, outside [1, base]", live, scan, roots, least, base, p)
+		}
+		if whole > 0 && whole*uint64(p) < wanted {
+			t.Fatalf("ScanPercent(%d, %d, %d, %d, %d) = %d: headroom below the one wanted", live, scan, roots, least, base, p)
+		}
+		if p > 1 && whole*uint64(p-1) >= wanted {
+			t.Fatalf("ScanPercent(%d, %d, %d, %d, %d) = %d: %d gives that headroom already", live, scan, roots, least, base, p, p-1)
+		}
+	}
+}
+
+// TestScanHeadroom: a process whose live heap is mostly without pointers
+// gets less headroom with ScanHeadroom (a quarter at 64 MiB), and its own GOGC
+// back once its live heap holds pointers; without ScanHeadroom the
+// same heap keeps the process's GOGC.
+func TestScanHeadroom(t *testing.T) {
+	if _, set := os.LookupEnv("GOGC"); set {
+		t.Fatal("this test measures the default GOGC; run it without GOGC set")
+	}
+	base := currentPercent()
+	// 64 MiB that the collector never scans.
+	noscan := make([][]byte, 0, 64)
+	for range 64 {
+		noscan = append(noscan, make([]byte, 1<<20))
+	}
+	for _, scanned := range []bool{false, true} {
+		stop, err := Start(Config{Floor: runtimeMinimum, ScanHeadroom: scanned})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runtime.GC()
+		lo, hi := base, base
+		if scanned {
+			// 16 MiB of 64 MiB: a quarter, both bounds at once (the
+			// test binary's own heap adds a little).
+			lo, hi = base/5, ScanPercent(64<<20, 0, 0, LeastHeadroom, base)
+		}
+		eventually.True(t, 10*time.Second, func() bool { p := currentPercent(); return p >= lo && p <= hi },
+			"ScanHeadroom %v: GOGC %d with 64 MiB not scanned, want within [%d, %d]", scanned, currentPercent(), lo, hi)
+		if g := nextGC(); scanned && g > 64<<20*3/2 {
+			t.Errorf("heap goal %d with 64 MiB live, want at most 1.5 times", g)
+		}
+		if scanned {
+			// 64 MiB of pointers: as scanned as live.
+			ptrs := make([]*byte, 8<<20)
+			for i := range ptrs {
+				ptrs[i] = &noscan[i%64][i%(1<<20)]
+			}
+			runtime.GC()
+			eventually.True(t, 10*time.Second, func() bool { p := currentPercent(); return p > base*2/5 && p <= base },
+				"GOGC %d with half the live heap scanned, want about %d", currentPercent(), base/2)
+			runtime.KeepAlive(ptrs)
+		}
+		stop()
+		if p := currentPercent(); p != base {
+			t.Errorf("GOGC %d after stop, want %d", p, base)
+		}
+	}
+	runtime.KeepAlive(noscan)
+}
