@@ -3,12 +3,16 @@ package raftstore
 import (
 	"fmt"
 	"runtime"
+	"runtime/metrics"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	sigilv1 "github.com/sigil-id/sigil/api/sigil/v1"
+	"github.com/sigil-id/sigil/clock"
+	"github.com/sigil-id/sigil/internal/gcfloor"
 	"github.com/sigil-id/sigil/internal/storepb"
 )
 
@@ -79,6 +83,58 @@ func BenchmarkEntryStoreHeap(b *testing.B) {
 		b.ReportMetric(per, "heap-B/entry")
 	}
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkEntryStorePeakHeap creates 100,000 realistic entries in an
+// FSM, in batches of 5,000, and reports the largest heap goal the
+// runtime set meanwhile (read after each batch): with the runtime's own
+// pacing, and with the server's (gcfloor.ScanConfig: headroom for the
+// bytes a collection scans; records hold no pointers).
+func BenchmarkEntryStorePeakHeap(b *testing.B) {
+	const n = 100000
+	goal := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}}
+	for _, scan := range []bool{false, true} {
+		b.Run(fmt.Sprintf("scan-headroom=%v", scan), func(b *testing.B) {
+			for range b.N {
+				stop := func() {}
+				if scan {
+					var err error
+					if stop, err = gcfloor.Start(gcfloor.ScanConfig()); err != nil {
+						b.Fatal(err)
+					}
+				}
+				runtime.GC()
+				tf := newTestFSM(b)
+				// The feed's trim goroutine holds the FSM until it runs:
+				// on a clock of the benchmark's, run once the store is
+				// built, so that no run's entries stay live into the next.
+				clk := clock.NewFake(t0)
+				tf.f.feed.trim.clock = clk
+				var peak uint64
+				for i := 0; i < n; i += 5000 {
+					createRealistic(b, tf, i, i+5000)
+					metrics.Read(goal)
+					peak = max(peak, goal[0].Value.Uint64())
+				}
+				stop()
+				for deadline := time.Now().Add(10 * time.Second); ; {
+					clk.Add(time.Hour)
+					tf.f.feed.mu.Lock()
+					done := !tf.f.feed.trim.scheduled
+					tf.f.feed.mu.Unlock()
+					if done {
+						break
+					}
+					if time.Now().After(deadline) {
+						b.Fatal("the entry feed was not trimmed")
+					}
+					time.Sleep(time.Millisecond)
+				}
+				b.ReportMetric(float64(peak)/(1<<20), "peak-goal-MiB")
+			}
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }
 
 // BenchmarkApplyCreateEntries applies commands of 1,000 new realistic

@@ -218,7 +218,7 @@ func runServer(ctx context.Context, cfg server.Config, log *zap.Logger, pages ..
 	// the runtime's bookkeeping for it that stays after deletions, is
 	// smaller. The floor is the runtime's own minimum heap goal. GOGC
 	// set in the environment turns this off.
-	if stop, err := gcfloor.Start(gcfloor.Config{Floor: 4 << 20, ScanHeadroom: true}); err != nil {
+	if stop, err := gcfloor.Start(gcfloor.ScanConfig()); err != nil {
 		log.Debug("no scan headroom", zap.Error(err))
 	} else {
 		defer stop()

@@ -85,6 +85,13 @@ func DefaultConfig() Config {
 	return Config{Floor: 16 << 20, IdleAfter: time.Minute}
 }
 
+// ScanConfig returns the configuration of a process whose live heap is
+// mostly without pointers (a server's entries): ScanHeadroom, and the
+// runtime's own 4 MiB minimum as the floor.
+func ScanConfig() Config {
+	return Config{Floor: runtimeMinimum, ScanHeadroom: true}
+}
+
 // Validate reports whether c can be used.
 func (c Config) Validate() error {
 	if c.Floor < runtimeMinimum || c.Floor > 1<<30 {
