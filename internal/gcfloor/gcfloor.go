@@ -202,7 +202,7 @@ func ScanPercent(live, scan, roots, least uint64, base int) int {
 	if base <= 0 || (live == 0 && roots == 0) {
 		return base
 	}
-	scan = min(scan, live)
+	scan, least = min(scan, live), min(least, 1<<40)
 	// Sizes are scaled down below 2^31 bytes each so that the sums and
 	// products below stay within 64 bits (base is below 2^31).
 	for live >= 1<<31 || roots >= 1<<31 {

@@ -270,6 +270,7 @@ func TestScanPercent(t *testing.T) {
 		{8 * mib, 0, 2 * mib, 16 * mib, 100, 100},        // roots count in the heap
 		{20 * mib, 2 * mib, 4 * mib, 16 * mib, 100, 67},  // ceil(16/24)
 		{20 * mib, 10 * mib, 6 * mib, 16 * mib, 100, 62}, // ceil(16/26)
+		{20 * mib, 0, 0, 1 << 62, 100, 100},              // no overflow of the least (x100 wraps to 0)
 	} {
 		if got := ScanPercent(c.live, c.scan, c.roots, c.least, c.base); got != c.want {
 			t.Errorf("ScanPercent(%d, %d, %d, %d, %d) = %d, want %d", c.live, c.scan, c.roots, c.least, c.base, got, c.want)
