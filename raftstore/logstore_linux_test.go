@@ -258,9 +258,11 @@ func TestStoreReleaseDropsLogPages(t *testing.T) {
 	}
 }
 
-// TestLogStoreDropsWhenQuiet: after logDropAfter bytes of records, the
-// mapped pages are dropped once no record was appended for the quiet
-// time, not before.
+// TestLogStoreDropsWhenQuiet: after logDropAfter bytes of records
+// appended, the mapped pages are dropped at the first check, every quiet
+// time, that finds fewer than that many appended or read since the one
+// before, not while the log is busy; an occasional small record does not
+// keep them.
 func TestLogStoreDropsWhenQuiet(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "raft.db")
 	fake := clock.NewFake(time.Unix(1_700_000_000, 0))
@@ -283,28 +285,129 @@ func TestLogStoreDropsWhenQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitWaiters(t, fake, 1)
-	checkLogs(t, s, 1, n, size)
+	checkLogs(t, s, 1, n, size) // as many bytes read: busy
 	resident := func() int64 { return residentMapped(t, path) }
 	if r := resident(); r < int64(n*size/2) {
 		t.Fatalf("%d bytes resident after reading the log: the test reads nothing", r)
 	}
-	fake.Add(s.quiet / 3)
-	if err := s.StoreLog(bigLog(n+1, size)); err != nil { // the log is not quiet yet
-		t.Fatal(err)
-	}
-	fake.Add(s.quiet * 2 / 3) // the first wait ends; another is scheduled
+	fake.Add(s.quiet) // the first check finds the log busy and waits again
 	waitWaiters(t, fake, 1)
 	if r := resident(); r < int64(n*size/2) {
-		t.Fatalf("%d bytes resident: pages dropped while records were still appended", r)
+		t.Fatalf("%d bytes resident: pages dropped while the log was busy", r)
 	}
-	fake.Add(s.quiet / 3)
+	if err := s.StoreLog(bigLog(n+1, size)); err != nil { // one small record
+		t.Fatal(err)
+	}
+	fake.Add(s.quiet)
 	waitWaiters(t, fake, 0)
 	deadline := time.Now().Add(10 * time.Second)
 	for resident() != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d bytes of raft.db resident after the quiet time", resident())
+			t.Fatalf("%d bytes of raft.db resident after a quiet time", resident())
 		}
 		time.Sleep(time.Millisecond)
 	}
 	checkLogs(t, s, 1, n+1, size)
+}
+
+// TestLogStoreDropsWhenReadQuiet: a store that only reads its records
+// (a restarted server replaying its log) maps their pages too; after
+// logDropAfter bytes read, they are dropped once a quiet time passes
+// with fewer read, not while reads go on.
+func TestLogStoreDropsWhenReadQuiet(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "raft.db")
+	const size = 64 << 10
+	n := logDropAfter/size + 1 // records of size-1 bytes: reading the n-th crosses logDropAfter
+	w, err := openLogStore(path, clock.NewFake(time.Unix(1_700_000_000, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n+1; i++ {
+		if err := w.StoreLog(bigLog(i, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fake := clock.NewFake(time.Unix(1_700_000_000, 0))
+	s, err := openLogStore(path, fake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	resident := func() int64 { return residentMapped(t, path) }
+	checkLogs(t, s, 1, n-1, size)
+	if w := fake.Waiters(); w != 0 {
+		t.Fatalf("%d waiters below logDropAfter bytes read", w)
+	}
+	checkLogs(t, s, n, n, size)
+	waitWaiters(t, fake, 1)
+	if r := resident(); r < int64(n*size/2) {
+		t.Fatalf("%d bytes resident after reading the log: the test reads nothing", r)
+	}
+	checkLogs(t, s, 1, n, size) // reads go on
+	fake.Add(s.quiet)
+	waitWaiters(t, fake, 1)
+	if r := resident(); r < int64(n*size/2) {
+		t.Fatalf("%d bytes resident: pages dropped while records were still read", r)
+	}
+	checkLogs(t, s, n+1, n+1, size) // one record: quiet enough
+	fake.Add(s.quiet)
+	waitWaiters(t, fake, 0)
+	deadline := time.Now().Add(10 * time.Second)
+	for resident() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes of raft.db resident after a quiet time", resident())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	checkLogs(t, s, 1, n+1, size)
+}
+
+// TestStoreRestartDropsReplayedLogPages: a restarted store reads its log
+// (Raft scans it for configurations, then applies it), which maps the
+// pages of raft.db; they are dropped once the log has been quiet for the
+// quiet time.
+func TestStoreRestartDropsReplayedLogPages(t *testing.T) {
+	dir := t.TempDir()
+	s := openDisk(t, dir)
+	for b := range 16 {
+		var es []*sigilv1.Entry
+		for i := range 500 {
+			es = append(es, entry(fmt.Sprintf("e%02d-%03d", b, i), fmt.Sprintf("spiffe://example.org/batch-%d/workload-%d", b, i), agent,
+				sel("k8s", fmt.Sprintf("ns:ns-%d", i%7)), sel("k8s", fmt.Sprintf("sa:workload-service-account-%d", i))))
+		}
+		mustCreate(t, s, es...)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fake := clock.NewFake(time.Now())
+	s = openDisk(t, dir, func(c *Config) { c.Clock = fake })
+	defer s.Close()
+	if err := s.raft.Barrier(0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Read().Entry("e15-499"); err != nil {
+		t.Fatalf("the log was not replayed: %v", err)
+	}
+	path := filepath.Join(dir, "raft.db")
+	if r := residentMapped(t, path); r < 1<<20 {
+		t.Fatalf("%d bytes of raft.db resident after the replay: the test reads too little", r)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for residentMapped(t, path) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes of raft.db resident after the log was quiet", residentMapped(t, path))
+		}
+		fake.Add(logQuiet)
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := s.Read().Entry("e00-000"); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, numbered(0, 3)...)
 }
