@@ -36,9 +36,11 @@ import (
 // after large deletions (memRelease), and once the log is quiet again
 // after logDropAfter bytes of records were appended or read: checked
 // every logQuiet from then on, quiet meaning fewer than logDropAfter
-// bytes appended or read since the last check. (A server appends small
-// records now and then, a node's report for instance: waiting for no
-// append at all might wait for ever.) For a shared file mapping
+// bytes appended or read since the last check. (With "nothing appended
+// or read for logQuiet" as the rule instead, a restarted server still
+// held its replayed log 45 s later: something in a running server
+// appends or reads a few small records every so often; what was not
+// traced.) For a shared file mapping
 // that only removes the pages from this process's page tables: the file's
 // pages stay in the kernel's page cache, where bbolt's own writes put them
 // anyway, and the next read of any of them maps the same bytes again (a
