@@ -221,14 +221,7 @@ func TestStoreReleaseDropsLogPages(t *testing.T) {
 	dir := t.TempDir()
 	s := openDisk(t, dir)
 	defer s.Close()
-	for b := range 8 {
-		var es []*sigilv1.Entry
-		for i := range 500 {
-			es = append(es, entry(fmt.Sprintf("e%d-%03d", b, i), fmt.Sprintf("spiffe://example.org/batch-%d/workload-%d", b, i), agent,
-				sel("k8s", fmt.Sprintf("ns:ns-%d", i%7)), sel("k8s", fmt.Sprintf("sa:workload-service-account-%d", i))))
-		}
-		mustCreate(t, s, es...)
-	}
+	createBatches(t, s, 8)
 	path := filepath.Join(dir, "raft.db")
 	last, err := s.bolt.LastIndex()
 	if err != nil {
@@ -298,15 +291,7 @@ func TestLogStoreDropsWhenQuiet(t *testing.T) {
 	if err := s.StoreLog(bigLog(n+1, size)); err != nil { // one small record
 		t.Fatal(err)
 	}
-	fake.Add(s.quiet)
-	waitWaiters(t, fake, 0)
-	deadline := time.Now().Add(10 * time.Second)
-	for resident() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d bytes of raft.db resident after a quiet time", resident())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	quietDropped(t, s, fake, path)
 	checkLogs(t, s, 1, n+1, size)
 }
 
@@ -354,15 +339,7 @@ func TestLogStoreDropsWhenReadQuiet(t *testing.T) {
 		t.Fatalf("%d bytes resident: pages dropped while records were still read", r)
 	}
 	checkLogs(t, s, n+1, n+1, size) // one record: quiet enough
-	fake.Add(s.quiet)
-	waitWaiters(t, fake, 0)
-	deadline := time.Now().Add(10 * time.Second)
-	for resident() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d bytes of raft.db resident after a quiet time", resident())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	quietDropped(t, s, fake, path)
 	checkLogs(t, s, 1, n+1, size)
 }
 
@@ -373,14 +350,7 @@ func TestLogStoreDropsWhenReadQuiet(t *testing.T) {
 func TestStoreRestartDropsReplayedLogPages(t *testing.T) {
 	dir := t.TempDir()
 	s := openDisk(t, dir)
-	for b := range 16 {
-		var es []*sigilv1.Entry
-		for i := range 500 {
-			es = append(es, entry(fmt.Sprintf("e%02d-%03d", b, i), fmt.Sprintf("spiffe://example.org/batch-%d/workload-%d", b, i), agent,
-				sel("k8s", fmt.Sprintf("ns:ns-%d", i%7)), sel("k8s", fmt.Sprintf("sa:workload-service-account-%d", i))))
-		}
-		mustCreate(t, s, es...)
-	}
+	createBatches(t, s, 16)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -410,4 +380,32 @@ func TestStoreRestartDropsReplayedLogPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustCreate(t, s, numbered(0, 3)...)
+}
+
+// quietDropped lets one quiet time pass on fake and waits until the check
+// it runs has dropped every page of path that s mapped.
+func quietDropped(t *testing.T, s *logStore, fake *clock.Fake, path string) {
+	t.Helper()
+	fake.Add(s.quiet)
+	waitWaiters(t, fake, 0)
+	deadline := time.Now().Add(10 * time.Second)
+	for residentMapped(t, path) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes of raft.db resident after a quiet time", residentMapped(t, path))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// createBatches creates n batches of 500 entries in s, ids e00-000 on.
+func createBatches(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for b := range n {
+		var es []*sigilv1.Entry
+		for i := range 500 {
+			es = append(es, entry(fmt.Sprintf("e%02d-%03d", b, i), fmt.Sprintf("spiffe://example.org/batch-%d/workload-%d", b, i), agent,
+				sel("k8s", fmt.Sprintf("ns:ns-%d", i%7)), sel("k8s", fmt.Sprintf("sa:workload-service-account-%d", i))))
+		}
+		mustCreate(t, s, es...)
+	}
 }
