@@ -341,6 +341,11 @@ type writer struct {
 	fails atomic.Int64
 	stop  chan struct{}
 	done  chan struct{}
+	// slowest is the longest attempt, acknowledged or not, and slowestAt
+	// when it ended: a commit path that stalled (a disk that does not
+	// sync for seconds) shows here.
+	slowest   time.Duration
+	slowestAt time.Time
 }
 
 func startWriter(t *testing.T, prefix string, targets func() []*haNode) *writer {
@@ -367,12 +372,18 @@ func startWriter(t *testing.T, prefix string, targets func() []*haNode) *writer 
 			}
 			id := fmt.Sprintf("spiffe://%s/%s/%d", trustDomain, prefix, i)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			began := time.Now()
 			resp, err := ac.admin.BatchCreateEntry(ctx, &sigilv1.BatchCreateEntryRequest{Entries: []*sigilv1.Entry{{
 				SpiffeId:  id,
 				ParentId:  fmt.Sprintf("spiffe://%s/writer", trustDomain),
 				Selectors: []*sigilv1.Selector{{Type: "unix", Value: "uid:4242"}},
 			}}})
 			cancel()
+			if took := time.Since(began); took > w.slowest {
+				w.mu.Lock()
+				w.slowest, w.slowestAt = took, time.Now()
+				w.mu.Unlock()
+			}
 			if err == nil && len(resp.Results) == 1 && resp.Results[0].Status.GetCode() == 0 {
 				w.mu.Lock()
 				w.acked = append(w.acked, id)
@@ -384,6 +395,13 @@ func startWriter(t *testing.T, prefix string, targets func() []*haNode) *writer 
 		}
 	}()
 	return w
+}
+
+// slowestWrite reports the longest write attempt and when it ended.
+func (w *writer) slowestWrite() (time.Duration, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.slowest, w.slowestAt
 }
 
 func (w *writer) finish() []string {
