@@ -33,13 +33,13 @@ import (
 //
 // A server prepares its next CA at half its lifetime (backdating
 // included), which leaves 35s before the active one expires for the
-// successor's bundle write to commit. With 40s keys that was 25s, and a CI
-// run in which the cluster's writes stalled for about 20s let a key expire before its
-// successor was published: SVIDs capped at the old CA's expiry expired
-// with it. (The stall is inferred from the servers' logs: a key made 20s
-// before its prepare and activation were logged, and a third of the
-// usual writes; the cause, a disk slow to sync, is a guess.) The writer's
-// slowest write is logged to show such a stall next time.
+// successor's bundle write to commit. With 40s keys that was 25s, and a
+// CI run in which the cluster's writes stalled for about 20s let a key
+// expire before its successor was published: SVIDs capped at the old
+// CA's expiry expired with it. (The stall is inferred from the servers'
+// logs: a key made 20s before its prepare and activation were logged,
+// and a third of the usual writes; the cause, a disk slow to sync, is a
+// guess.) The writer's slowest write is logged to show such a stall.
 func TestHARotation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration")
