@@ -95,6 +95,7 @@ func main() {
 	jsonOut := flag.String("json", "", "also write the summary's figures to this file as JSON (see -compare)")
 	compare := flag.Bool("compare", false, "compare two -json files: go run ./bench -compare OLD.json NEW.json")
 	limitsOnly := flag.Bool("limits-only", false, "only measure the raw limits (ECDSA sign, verify, verify+sign, fsync, TLS handshake) and print the summary")
+	jwtOnly := flag.Bool("jwt-only", false, "only measure JWT-SVID minting beside the raw ES256 signing rate, and their validation")
 	lazyOnly := flag.Bool("lazy-only", false, "only measure the first fetch of an identity the agent has not minted (bounded SVID cache)")
 	flag.Parse()
 	if *compare {
@@ -132,6 +133,15 @@ func main() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := benchFederation(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *jwtOnly {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := benchJWT(ctx); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
