@@ -701,7 +701,9 @@ func agentBench(ctx context.Context, srv *server.Server, admin sigilv1.AdminClie
 	record(newFigure("cached fetch p99 (server+agent in 1 process)", ms(p99), "ms", 0, nil, ""))
 
 	// A fresh agent's start to the first SVID in a waiting workload's
-	// hands, alone and with 1,000 other entries registered for it.
+	// hands, alone and with 1,000 and 10,000 other entries registered
+	// for it (issue 15's two goals; -e2e-only takes them against a
+	// server process).
 	for _, c := range []struct {
 		others int
 		name   string
@@ -710,6 +712,7 @@ func agentBench(ctx context.Context, srv *server.Server, admin sigilv1.AdminClie
 	}{
 		{0, "fresh agent -> first SVID", nil, "5.6–7.5 s"},
 		{1000, "agent start -> first SVID, 1,000 entries", &Goal{Text: "≤ 0.25 s", Kind: GoalMaxValue, Bound: 0.25}, "7.4 s"},
+		{9999, "agent start -> first SVID, 10,000 entries", &Goal{Text: "≤ 1 s", Kind: GoalMaxValue, Bound: 1}, "15.3 s at 5,000"},
 	} {
 		d, err := benchAgentStart(ctx, srv.NodeAddr().String(), srv.Bundle(), admin, dir, c.others)
 		if err != nil {
