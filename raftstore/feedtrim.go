@@ -26,6 +26,13 @@ const (
 	feedReleaseAfter = 1024
 )
 
+// EntryFeedQuiet is how long after the last entry change the entry change
+// feed drops its records. Its records of deletions share the memory of
+// the deleted entries, so a server returns that memory only after this
+// (and a collection): a tool measuring the memory deletions return waits
+// this long first.
+const EntryFeedQuiet = feedQuiet
+
 // feedTrim schedules the quiet-time drop of an entryFeed. Its fields are
 // guarded by the feed's mutex; the zero value uses feedQuiet and the wall
 // clock.

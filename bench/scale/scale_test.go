@@ -92,8 +92,12 @@ func TestScaleSmoke(t *testing.T) {
 			t.Errorf("peak RSS %d below a measured RSS %d", s.PeakRSS, m.RSS)
 		}
 	}
-	if s.AfterDelete.Heap >= s.BeforeDelete.Heap {
-		t.Errorf("live heap did not drop after deleting half: %d -> %d", s.BeforeDelete.Heap, s.AfterDelete.Heap)
+	// Half the bulk entries deleted, and the change feed's records of the
+	// deletions dropped (the tool waits for that): the live heap above
+	// idle falls by about half, and at least by a quarter. Measured
+	// without the wait, it fell by none (17 -> 17 MiB) to a tenth.
+	if above, after := s.BeforeDelete.Heap-s.Idle.Heap, s.AfterDelete.Heap-s.Idle.Heap; after > above*3/4 {
+		t.Errorf("live heap did not drop by a quarter above idle after deleting half: %d -> %d (idle %d)", s.BeforeDelete.Heap, s.AfterDelete.Heap, s.Idle.Heap)
 	}
 	for _, want := range []string{"| RSS per entry, B |", "| peak server RSS (VmHWM and 250 ms samples), MiB |", "| propagation to 20 agents p50 / p99 / max, ms |", "| restart (kill -9) to /ready / full sync, s |"} {
 		if !strings.Contains(out.String(), want) {
