@@ -607,3 +607,91 @@ func TestEntryTableReadersKeepTheirVersion(t *testing.T) {
 		}
 	}
 }
+
+// sameRecKeys is sameEntryKey for two stored entries.
+func sameRecKeys(x, y entryRec) bool {
+	if x.spiffeID() != y.spiffeID() || x.parentID() != y.parentID() {
+		return false
+	}
+	type sel struct{ typ, value string }
+	var ys []sel
+	y.eachSelector(func(typ, value string) bool { ys = append(ys, sel{typ, value}); return true })
+	n, all := 0, true
+	x.eachSelector(func(typ, value string) bool {
+		n++
+		all = slices.Contains(ys, sel{typ, value})
+		return all
+	})
+	return all && n == len(ys)
+}
+
+// TestRestoreFindsDuplicatesAsThePairwiseCheck: finish's one walk of the
+// spiffe_id tree refuses a set of entries exactly when some two of them
+// have the same spiffe_id, parent_id and set of selectors (compared pair
+// by pair with sameRecKeys), and the two ids it names are such a pair.
+// The entries are drawn from few spiffe_ids, parents and selectors, in
+// shuffled selector order, so that long runs and near misses are common.
+func TestRestoreFindsDuplicatesAsThePairwiseCheck(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 3))
+	sels := []*sigilv1.Selector{
+		{Type: "unix", Value: "uid:0"}, {Type: "unix", Value: "uid:1"},
+		{Type: "k8s", Value: "ns:a"}, {Type: "k8s", Value: "ns:a:b"}, {Type: "k8s", Value: "ns"},
+	}
+	refused := 0
+	for round := range 400 {
+		n := 1 + rng.IntN(40)
+		r := newEntryRestore("spiffe://example.org/sigil/servers")
+		var recs []entryRec
+		for i := range n {
+			e := &sigilv1.Entry{
+				Id:       fmt.Sprintf("e%03d", i),
+				SpiffeId: fmt.Sprintf("spiffe://example.org/w%d", rng.IntN(3)),
+				ParentId: fmt.Sprintf("spiffe://example.org/agent%d", rng.IntN(3)),
+			}
+			for _, j := range rng.Perm(len(sels))[:1+rng.IntN(3)] {
+				e.Selectors = append(e.Selectors, sels[j])
+			}
+			if err := r.add(e); err != nil {
+				t.Fatal(err)
+			}
+			rec, err := encodeEntry(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs = append(recs, rec)
+		}
+		want := false
+		for i := range recs {
+			for j := i + 1; j < len(recs); j++ {
+				want = want || sameRecKeys(recs[i], recs[j])
+			}
+		}
+		err := r.finish(newMemDB("spiffe://example.org/sigil/servers").Txn(true))
+		if (err != nil) != want {
+			t.Fatalf("round %d, %d entries: finish: %v; a duplicate pair exists: %v", round, n, err, want)
+		}
+		if err == nil {
+			continue
+		}
+		refused++
+		var a, b string
+		if _, scanErr := fmt.Sscanf(err.Error(), "raftstore: snapshot: entries %q and %q are duplicates", &a, &b); scanErr != nil {
+			t.Fatalf("round %d: %v (%v)", round, err, scanErr)
+		}
+		byID := func(id string) entryRec {
+			for _, rec := range recs {
+				if rec.id() == id {
+					return rec
+				}
+			}
+			t.Fatalf("round %d: no entry %q", round, id)
+			return ""
+		}
+		if a == b || !sameRecKeys(byID(a), byID(b)) {
+			t.Fatalf("round %d: %v, but they are not duplicates", round, err)
+		}
+	}
+	if refused < 50 || refused > 350 {
+		t.Fatalf("%d of 400 rounds had duplicates: the draw does not exercise both outcomes", refused)
+	}
+}
