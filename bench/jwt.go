@@ -86,10 +86,10 @@ func benchJWT(ctx context.Context) error {
 }
 
 // interleavedRates runs a and b on every core, alternating blocks of
-// jwtBlock operations of each, for dur (and at most 10,000,000 blocks of
-// each per core), and returns each one's rate: its operations over the
-// time its blocks took, per core, times the cores. It stops at the first
-// error.
+// jwtBlock operations of each, for dur (and at most 10,000,000 blocks per
+// core, half of each kind), and returns each one's rate: its operations
+// over the time its blocks took, per core, times the cores. A core stops
+// at its first error.
 func interleavedRates(dur time.Duration, a, b func() error) (rateA, rateB float64) {
 	workers := runtime.GOMAXPROCS(0)
 	type tally struct {
