@@ -130,44 +130,25 @@ func main() {
 		return
 	}
 	if *fedOnly {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if err := benchFederation(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		runAlone(benchFederation)
 		return
 	}
 	if *jwtOnly {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if err := benchJWT(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		runAlone(benchJWT)
 		return
 	}
 	if *attestOnly {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		err := benchAttestX509pop(ctx)
-		if err == nil {
+		runAlone(func(ctx context.Context) error {
+			if err := benchAttestX509pop(ctx); err != nil {
+				return err
+			}
 			fmt.Println()
-			err = benchAttestOIDC(ctx)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+			return benchAttestOIDC(ctx)
+		})
 		return
 	}
 	if *floodOnly {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if err := benchAttestFlood(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		runAlone(benchAttestFlood)
 		return
 	}
 	if *fetchClient != "" {
@@ -413,6 +394,18 @@ func run(dur time.Duration, maxSVIDs, metricsRounds int, limitsOnly bool, jsonOu
 }
 
 // rawMintRate is CSR verification plus certificate creation with the ca
+// runAlone runs one -X-only measurement within 5 minutes and exits with
+// status 1 if it fails.
+func runAlone(measure func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	err := measure(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
 // package directly, on all cores.
 func rawMintRate(ctx context.Context, dur time.Duration) (float64, error) {
 	cfg := ca.DefaultConfig()
