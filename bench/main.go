@@ -393,7 +393,6 @@ func run(dur time.Duration, maxSVIDs, metricsRounds int, limitsOnly bool, jsonOu
 	return summarize(jsonOut)
 }
 
-// rawMintRate is CSR verification plus certificate creation with the ca
 // runAlone runs one -X-only measurement within 5 minutes and exits with
 // status 1 if it fails.
 func runAlone(measure func(context.Context) error) {
@@ -406,6 +405,7 @@ func runAlone(measure func(context.Context) error) {
 	}
 }
 
+// rawMintRate is CSR verification plus certificate creation with the ca
 // package directly, on all cores.
 func rawMintRate(ctx context.Context, dur time.Duration) (float64, error) {
 	cfg := ca.DefaultConfig()
